@@ -1,0 +1,1 @@
+"""sagaz: embeddable asyncio sagas started from events."""

@@ -1,0 +1,248 @@
+"""Contracts: :class:`SagaStore` (storage backends) and :class:`Source` (event sources).
+
+Every store passes the same suite in ``tests/contract/test_store_contract.py``; every broker
+source passes ``tests/contract/test_source_contract.py``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+from sagaz.records import (
+    DeadLetterRecord,
+    InboxClaim,
+    OutboxMessage,
+    SagaRecord,
+    StepRecord,
+    TriggerExecutionRecord,
+    TriggerScheduleRecord,
+)
+from sagaz.types import SagaStatus
+
+if TYPE_CHECKING:
+    from sagaz.events import AdmissionResult, Delivery
+
+__all__ = ["Emit", "SagaStore", "Source"]
+
+
+class _Lifecycle:
+    """``start()``/``stop()`` mirrored by ``async with``; ``stop()`` is idempotent."""
+
+    _started: bool = False
+
+    async def start(self) -> None:
+        """Acquire resources. Calling it twice is harmless."""
+        self._started = True
+
+    async def stop(self) -> None:
+        """Release resources. Idempotent."""
+        self._started = False
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __del__(self) -> None:
+        if getattr(self, "_started", False):
+            warnings.warn(
+                f"{type(self).__name__} was started but never stopped; "
+                "call `await obj.stop()` or use `async with`",
+                ResourceWarning,
+                stacklevel=1,
+            )
+
+
+class SagaStore(_Lifecycle, ABC):
+    """Durable state of sagas, steps, inbox, outbox, dead letters, poll triggers and cron claims.
+
+    Claims use the backend's atomic primitives (``INSERT ... ON CONFLICT``, ``SET NX``), never
+    read-then-write. ``start()`` creates or migrates the versioned schema.
+    """
+
+    #: False for stores that lose everything on exit (``MemorySagaStore``)
+    durable: ClassVar[bool] = True
+
+    # -- saga executions -------------------------------------------------------------------
+    @abstractmethod
+    async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
+        """Insert ``record`` unless its ``saga_id`` exists; return (stored record, created?)."""
+
+    @abstractmethod
+    async def save_saga(self, record: SagaRecord) -> None:
+        """Insert or overwrite the saga row (status, context, error, attempt, lease)."""
+
+    @abstractmethod
+    async def get_saga(self, saga_id: str) -> SagaRecord | None:
+        """The saga row, or ``None``."""
+
+    @abstractmethod
+    async def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        saga_name: str | None = None,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        """Sagas, oldest first, filtered by status and/or name."""
+
+    @abstractmethod
+    async def delete_saga(self, saga_id: str) -> None:
+        """Remove a saga and its steps (an accepted event dropped before it started)."""
+
+    @abstractmethod
+    async def list_recoverable(self, now: datetime, limit: int = 100) -> list[SagaRecord]:
+        """Non-terminal sagas whose lease is absent or expired at ``now`` (crash recovery)."""
+
+    @abstractmethod
+    async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
+        """Atomically take the lease of a saga if it is free, expired or already ``owner``'s."""
+
+    # -- steps -----------------------------------------------------------------------------
+    @abstractmethod
+    async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
+        """Upsert a step checkpoint; ``outbox`` messages are written in the same transaction."""
+
+    @abstractmethod
+    async def get_steps(self, saga_id: str) -> list[StepRecord]:
+        """All step checkpoints of a saga (any order)."""
+
+    @abstractmethod
+    async def reset_steps(self, saga_id: str) -> None:
+        """Forget step checkpoints before a new attempt of the same saga."""
+
+    # -- inbox -----------------------------------------------------------------------------
+    @abstractmethod
+    async def claim_inbox(
+        self, trigger_id: str, key: str, saga_id: str, owner: str, lease_until: datetime
+    ) -> InboxClaim:
+        """Claim ``(trigger_id, key)`` atomically.
+
+        New key → ``CLAIMED``; completed → ``DUPLICATE``; pending with a live lease of another
+        owner → ``BUSY``; pending with an expired lease, or our own → ``TAKEN_OVER``.
+        """
+
+    @abstractmethod
+    async def complete_inbox(self, trigger_id: str, key: str) -> None:
+        """Mark the row completed: later deliveries of the key are duplicates."""
+
+    @abstractmethod
+    async def release_inbox(self, trigger_id: str, key: str) -> None:
+        """Delete the row (the event was dropped before its saga started)."""
+
+    @abstractmethod
+    async def renew_leases(self, owner: str, lease_until: datetime) -> int:
+        """Extend every pending inbox row and live saga of ``owner``; return rows touched."""
+
+    @abstractmethod
+    async def purge_expired(self, before: datetime) -> int:
+        """Delete completed inbox rows older than ``before`` and drop stored events of
+        terminal sagas older than ``before``; return the number of rows affected."""
+
+    # -- outbox ----------------------------------------------------------------------------
+    @abstractmethod
+    async def fetch_outbox(self, limit: int = 100) -> list[OutboxMessage]:
+        """Unsent outbox messages, in id order (ordered per saga)."""
+
+    @abstractmethod
+    async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
+        """Mark the given outbox messages as published."""
+
+    # -- dead letters ----------------------------------------------------------------------
+    @abstractmethod
+    async def add_dead_letter(self, record: DeadLetterRecord) -> int:
+        """Store a dead letter; return its id."""
+
+    @abstractmethod
+    async def list_dead_letters(
+        self, *, trigger_id: str | None = None, limit: int = 100
+    ) -> list[DeadLetterRecord]:
+        """Dead letters, oldest first."""
+
+    @abstractmethod
+    async def get_dead_letter(self, dead_letter_id: int) -> DeadLetterRecord | None:
+        """One dead letter by id."""
+
+    @abstractmethod
+    async def delete_dead_letter(self, dead_letter_id: int) -> bool:
+        """Delete one dead letter; return whether it existed."""
+
+    # -- poll triggers ---------------------------------------------------------------------
+    @abstractmethod
+    async def save_trigger_schedule(self, record: TriggerScheduleRecord) -> None:
+        """Upsert a row of ``trigger_schedules`` (keeps ``last_poll_at`` if the new one is None)."""
+
+    @abstractmethod
+    async def get_trigger_schedule(self, trigger_name: str) -> TriggerScheduleRecord | None:
+        """One row of ``trigger_schedules``."""
+
+    @abstractmethod
+    async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
+        """Record the time of the last poll."""
+
+    @abstractmethod
+    async def start_trigger_execution(
+        self, record: TriggerExecutionRecord, *, exclusive: bool
+    ) -> bool:
+        """Insert an execution row. With ``exclusive``, refuse (return False) when an open row
+        (``completed_at`` is null) with the same ``(trigger_name, context_hash)`` exists."""
+
+    @abstractmethod
+    async def complete_trigger_execution(self, trigger_name: str, saga_id: str) -> None:
+        """Close the execution row(s) of that saga."""
+
+    @abstractmethod
+    async def list_trigger_executions(self, trigger_name: str) -> list[TriggerExecutionRecord]:
+        """Execution rows of a trigger, oldest first."""
+
+    # -- cron ------------------------------------------------------------------------------
+    @abstractmethod
+    async def claim_cron_tick(self, trigger_id: str, tick: datetime, owner: str) -> bool:
+        """Claim one tick; exactly one caller across all instances gets True."""
+
+    @abstractmethod
+    async def last_cron_tick(self, trigger_id: str) -> datetime | None:
+        """The latest claimed tick of a cron trigger (its ``last_fired_at``)."""
+
+
+Emit = Callable[["Delivery"], Awaitable["AdmissionResult"]]
+"""What a source calls for every event. It returns once the event is admitted (durably
+accepted, deduplicated, filtered or refused); with ``backpressure_strategy="block"`` it waits
+for room in the queue. The delivery's ``ack``/``nack`` are called later, after the saga's
+terminal state is in the store."""
+
+
+class Source(_Lifecycle, ABC):
+    """An event source: one asyncio task per instance runs :meth:`run`.
+
+    Sources know nothing of sagas. A source turns each message into a
+    :class:`~sagaz.events.Delivery` with its own ``ack``/``nack`` and calls ``emit``.
+    """
+
+    #: the ``source=`` name of ``@trigger`` (``"kafka"``, ``"cron"``...)
+    kind: ClassVar[str] = "custom"
+    #: whether an un-acked message comes back by itself (brokers) or not (webhook, cron...)
+    redeliverable: ClassVar[bool] = False
+
+    @abstractmethod
+    async def run(self, emit: Emit) -> None:
+        """Consume until cancelled, calling ``emit`` for every event."""
+
+    async def publish_dead_letter(self, delivery: Delivery, record: DeadLetterRecord) -> None:  # noqa: B027
+        """Publish a dead letter to the source's broker (``dead_letter_topic``); default: no-op."""
+
+    def describe(self) -> dict[str, Any]:
+        """A short description for logs and ``sagaz triggers list``."""
+        return {"kind": self.kind}

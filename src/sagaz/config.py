@@ -1,0 +1,74 @@
+"""``TriggerConfig``: engine-wide settings. Every field also reads ``SAGAZ_<FIELD>``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["BackpressureStrategy", "TriggerConfig"]
+
+BackpressureStrategy = Literal["block", "drop_oldest", "drop_newest", "reject"]
+
+
+class TriggerConfig(BaseSettings):
+    """Settings of the trigger engine; per-trigger options override the global ones.
+
+    >>> TriggerConfig(dead_letter_topic="failed-triggers", max_retries=3,
+    ...               retry_backoff_seconds=[10, 60, 300])  # doctest: +ELLIPSIS
+    TriggerConfig(...)
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SAGAZ_", extra="forbid", validate_assignment=True)
+
+    # retries and dead letters
+    dead_letter_topic: str | None = None
+    max_retries: int = Field(default=0, ge=0)
+    retry_backoff_seconds: list[float] = Field(default_factory=lambda: [1.0, 5.0, 30.0])
+    retry_jitter: float = Field(default=0.1, ge=0.0, le=1.0)
+
+    # event persistence
+    persist_events: bool = False
+    event_retention_days: float = Field(default=7.0, gt=0)
+    cleanup_interval_seconds: float = Field(default=3600.0, gt=0)
+
+    # backpressure and limits
+    backpressure_strategy: BackpressureStrategy = "block"
+    queue_size: int = Field(default=1000, ge=1)
+    max_concurrent_sagas: int = Field(default=100, ge=1)
+    rate_limit_per_second: float | None = Field(default=None, gt=0)
+    shutdown_timeout: float = Field(default=30.0, ge=0)
+
+    # leases (crash recovery, scale-out)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    worker_id: str | None = None
+
+    # poll triggers (Cloacina)
+    enable_trigger_scheduling: bool = True
+    trigger_base_poll_interval: float = Field(default=1.0, gt=0)
+    trigger_poll_timeout: float = Field(default=10.0, gt=0)
+
+    # broker connections
+    kafka_bootstrap_servers: str = "localhost:9092"
+    rabbitmq_url: str = "amqp://guest:guest@localhost:5672/"
+    redis_url: str = "redis://localhost:6379/0"
+    sqs_endpoint_url: str | None = None
+    sqs_region: str = "us-east-1"
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = Field(default=8000, ge=0, le=65535)
+    webhook_tokens: list[str] = Field(default_factory=list)
+    webhook_hmac_secret: str | None = None
+
+    @field_validator("retry_backoff_seconds")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(v < 0 for v in value):
+            raise ValueError("retry_backoff_seconds must hold non-negative numbers")
+        return value
+
+    def backoff_for(self, retry: int) -> float:
+        """Base delay before retry number ``retry`` (1-based); the last value repeats."""
+        if not self.retry_backoff_seconds:
+            return 0.0
+        return self.retry_backoff_seconds[min(retry, len(self.retry_backoff_seconds)) - 1]

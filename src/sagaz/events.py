@@ -1,0 +1,141 @@
+"""Event-side value types: what sources hand in and what trigger methods receive."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sagaz.clock import utcnow
+
+__all__ = [
+    "AdmissionOutcome",
+    "AdmissionResult",
+    "CronTick",
+    "Delivery",
+    "EventMeta",
+    "FileEvent",
+    "Reason",
+    "WebhookRequest",
+]
+
+
+@dataclass(slots=True)
+class EventMeta:
+    """Source metadata; a trigger method receives it as a second parameter annotated ``EventMeta``."""
+
+    source: str
+    trigger: str = ""
+    message_id: str | None = None
+    topic: str | None = None  # Kafka topic, RabbitMQ queue, Redis stream, SQS queue url, channel
+    partition: int | None = None
+    offset: int | None = None
+    key: bytes | str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    received_at: datetime = field(default_factory=utcnow)
+    attempt: int = 1
+
+
+async def _no_ack() -> None:
+    return None
+
+
+async def _no_nack(requeue: bool) -> None:
+    return None
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """One event as a source hands it to the pipeline.
+
+    ``payload`` is raw ``bytes``/``str`` (decoded as JSON when possible) or, with
+    ``decoded=True``, the event object itself. ``identity`` is the source's message identity,
+    the dedup key when the trigger has no ``idempotency_key``. ``ack``/``nack(requeue)`` are
+    called once, after the saga's terminal state is in the store.
+    """
+
+    payload: Any
+    meta: EventMeta
+    identity: str
+    ack: Callable[[], Awaitable[None]] = _no_ack
+    nack: Callable[[bool], Awaitable[None]] = _no_nack
+    decoded: bool = False
+
+
+class AdmissionOutcome(StrEnum):
+    """What happened to an event at admission."""
+
+    ACCEPTED = "accepted"  # durably accepted: a saga will run (or is running) for it
+    DUPLICATE = "duplicate"  # its key already completed
+    FILTERED = "filtered"  # the trigger method returned None
+    DROPPED = "dropped"  # the backpressure queue dropped it (drop_oldest / drop_newest)
+    REJECTED = "rejected"  # the queue was full under ``reject``: dead-lettered
+    INVALID = "invalid"  # decoding, validation or the trigger method failed: dead-lettered
+    BUSY = "busy"  # another live worker holds the key (or an overlapping poll run)
+
+
+class Reason(StrEnum):
+    """The one reason code of an event that does not become a saga (DESIGN 3.6)."""
+
+    FILTERED = "filtered"
+    DUPLICATE = "duplicate"
+    DROPPED_OLDEST = "dropped_oldest"
+    DROPPED_NEWEST = "dropped_newest"
+    REJECTED = "rejected"
+    OVERLAP_SKIPPED = "overlap_skipped"
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionResult:
+    """Answer of ``emit(delivery)``; the webhook maps it to a status code."""
+
+    outcome: AdmissionOutcome
+    saga_id: str | None = None
+    reason: Reason | None = None
+    error: str | None = None
+    details: Any = None  # e.g. pydantic's error list for a validation failure
+
+    @property
+    def accepted(self) -> bool:
+        """True when a saga will run for this event."""
+        return self.outcome is AdmissionOutcome.ACCEPTED
+
+
+@dataclass(frozen=True, slots=True)
+class CronTick:
+    """What a ``source="cron"`` trigger method receives."""
+
+    timestamp: float  # the scheduled tick, as a POSIX timestamp
+    scheduled_at: datetime
+    fired_at: datetime
+    schedule: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileEvent:
+    """What a ``source="file"`` trigger method receives."""
+
+    path: str
+    size: int
+    event_type: str  # "created" | "modified" | "deleted"
+    mtime: float
+
+
+@dataclass(slots=True)
+class WebhookRequest:
+    """What a ``source="webhook"`` trigger method receives. ``json()`` is synchronous."""
+
+    method: str
+    path: str
+    path_params: dict[str, str]
+    query_params: dict[str, str]
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body parsed as JSON (raises ``ValueError`` for a body that is not JSON)."""
+        return json.loads(self.body) if self.body else None

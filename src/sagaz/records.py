@@ -1,0 +1,138 @@
+"""Plain records that the stores persist. Every store returns exactly these types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sagaz.types import InboxStatus, JSONDict, SagaStatus, StepStatus
+
+__all__ = [
+    "ClaimOutcome",
+    "CronClaim",
+    "DeadLetterRecord",
+    "InboxClaim",
+    "OutboxMessage",
+    "SagaRecord",
+    "StepRecord",
+    "TriggerExecutionRecord",
+    "TriggerScheduleRecord",
+]
+
+
+@dataclass(slots=True)
+class SagaRecord:
+    """One row of ``saga_executions``."""
+
+    saga_id: str
+    saga_name: str
+    status: SagaStatus
+    context: JSONDict
+    attempt: int = 1
+    error: str | None = None
+    trigger_id: str | None = None
+    event: Any = None  # the original event when ``persist_events`` is on
+    owner: str | None = None  # worker holding the lease (recovery, scale-out)
+    lease_expires_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One row of ``saga_steps``: the checkpoint of one step of one saga."""
+
+    saga_id: str
+    name: str
+    status: StepStatus
+    result: JSONDict | None = None
+    error: str | None = None
+    attempts: int = 0
+    #: order in which steps completed (compensation runs in reverse); ``None`` until completed
+    completed_seq: int | None = None
+    compensation_error: str | None = None
+    updated_at: datetime | None = None
+
+
+class ClaimOutcome(StrEnum):
+    """Result of :meth:`sagaz.abc.SagaStore.claim_inbox`."""
+
+    CLAIMED = "claimed"  # first time this key is seen: the caller owns it
+    TAKEN_OVER = "taken_over"  # a previous owner's lease expired (or it was us): resume it
+    DUPLICATE = "duplicate"  # already completed: acknowledge and do nothing
+    BUSY = "busy"  # a live worker holds it: leave it alone
+
+
+@dataclass(slots=True)
+class InboxClaim:
+    """What :meth:`sagaz.abc.SagaStore.claim_inbox` found or made."""
+
+    outcome: ClaimOutcome
+    saga_id: str
+    owner: str | None = None
+
+
+@dataclass(slots=True)
+class OutboxMessage:
+    """One row of ``outbox``: a message a step emitted, published later by the relay."""
+
+    saga_id: str
+    topic: str
+    payload: Any
+    headers: dict[str, str] = field(default_factory=dict)
+    id: int | None = None  # assigned by the store, increasing per store
+    created_at: datetime | None = None
+    sent_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class DeadLetterRecord:
+    """One row of ``dead_letters``: an event that did not become a completed saga."""
+
+    trigger_id: str
+    saga_name: str
+    payload: Any
+    error: str
+    reason: str
+    traceback: str | None = None
+    attempts: int = 0
+    saga_id: str | None = None
+    source: str | None = None
+    meta: JSONDict = field(default_factory=dict)
+    id: int | None = None  # assigned by the store
+    created_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class TriggerScheduleRecord:
+    """One row of ``trigger_schedules`` (poll triggers, as in Cloacina)."""
+
+    trigger_name: str
+    saga_name: str
+    poll_interval_ms: int
+    allow_concurrent: bool
+    enabled: bool = True
+    last_poll_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class TriggerExecutionRecord:
+    """One row of ``trigger_executions``: audit trail and cross-instance dedup."""
+
+    trigger_name: str
+    context_hash: str
+    saga_id: str
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class CronClaim:
+    """One row of ``cron_claims``: a cron tick fired by exactly one instance."""
+
+    trigger_id: str
+    tick: datetime
+    owner: str
+    claimed_at: datetime | None = None

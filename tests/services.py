@@ -1,0 +1,62 @@
+"""Real services for the test suite.
+
+A service that is absent makes its tests skip on a laptop, but **fail** when
+``SAGAZ_REQUIRE_SERVICES=1`` (``.ci/run`` sets it): CI never passes by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from urllib.parse import urlparse
+
+import pytest
+
+__all__ = [
+    "POSTGRES_DSN",
+    "RABBITMQ_URL",
+    "REDIS_URL",
+    "require_service",
+    "services_required",
+    "tcp_reachable",
+    "unique_name",
+]
+
+POSTGRES_DSN = os.environ.get(
+    "SAGAZ_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("SAGAZ_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RABBITMQ_URL = os.environ.get("SAGAZ_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def services_required() -> bool:
+    """True when a missing service must fail the run instead of skipping."""
+    return os.environ.get("SAGAZ_REQUIRE_SERVICES", "") not in ("", "0", "false", "no")
+
+
+def tcp_reachable(url: str, default_port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections at the url's host and port."""
+    parsed = urlparse(url)
+    host = parsed.hostname or "127.0.0.1"
+    port = parsed.port or default_port
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, available: bool, hint: str) -> None:
+    """Skip (laptop) or fail (CI) when ``name`` is not available."""
+    if available:
+        return
+    message = f"{name} is not available: {hint}"
+    if services_required():
+        pytest.fail(f"{message} (SAGAZ_REQUIRE_SERVICES=1, so this is a failure, not a skip)")
+    pytest.skip(message)
+
+
+def unique_name(prefix: str) -> str:
+    """A per-test name (topic, queue, stream, key prefix) so tests can run in any order."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
