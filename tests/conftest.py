@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+pytest_plugins = ["tests.fixtures_kafka", "tests.fixtures_sqs"]
+
 from tests.services import (
     POSTGRES_DSN,
     RABBITMQ_URL,

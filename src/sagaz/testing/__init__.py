@@ -1,0 +1,7 @@
+"""Test helpers: ``TriggerTestHarness``, ``FakeClock`` and the pytest plugin."""
+
+from __future__ import annotations
+
+from sagaz.testing.clock import FakeClock
+
+__all__ = ["FakeClock"]

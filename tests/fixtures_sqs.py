@@ -1,0 +1,1 @@
+"""SQS endpoint fixture (moto's server). Owned by the SQS work."""
