@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_kafka", "tests.fixtures_sqs"]
-
 from tests.services import (
     POSTGRES_DSN,
     RABBITMQ_URL,
@@ -13,6 +11,8 @@ from tests.services import (
     require_service,
     tcp_reachable,
 )
+
+pytest_plugins = ["tests.fixtures_kafka", "tests.fixtures_sqs"]
 
 
 @pytest.fixture(scope="session")
