@@ -1,1 +1,70 @@
-"""sagaz: embeddable asyncio sagas started from events."""
+"""sagaz: embeddable asyncio sagas started from events.
+
+>>> import sagaz
+>>> class OrderSaga(sagaz.Saga):  # doctest: +SKIP
+...     @sagaz.trigger(source="kafka", topic="orders")
+...     def on_order(self, event): return {"order_id": event["id"]}
+...     @sagaz.action("reserve")
+...     async def reserve(self, ctx): ...
+>>> await sagaz.start_triggers()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sagaz.config import TriggerConfig
+from sagaz.configuration import configure
+from sagaz.events import CronTick, EventMeta, FileEvent, WebhookRequest
+from sagaz.exceptions import InvalidEventError, MissingExtraError, SagazError
+from sagaz.saga import (
+    OutboxSagaListener,
+    Saga,
+    SagaContext,
+    SagaListener,
+    SagaResult,
+    action,
+    compensate,
+)
+from sagaz.triggers import Fire, Skip, Trigger, trigger
+from sagaz.types import SagaStatus
+
+if TYPE_CHECKING:
+    from sagaz.triggers.engine import TriggerEngine
+
+__all__ = [
+    "CronTick",
+    "EventMeta",
+    "FileEvent",
+    "Fire",
+    "InvalidEventError",
+    "MissingExtraError",
+    "OutboxSagaListener",
+    "Saga",
+    "SagaContext",
+    "SagaListener",
+    "SagaResult",
+    "SagaStatus",
+    "SagazError",
+    "Skip",
+    "Trigger",
+    "TriggerConfig",
+    "TriggerEngine",
+    "WebhookRequest",
+    "action",
+    "compensate",
+    "configure",
+    "fire_event",
+    "start_triggers",
+    "stop_triggers",
+    "trigger",
+    "webhook_app",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("TriggerEngine", "start_triggers", "stop_triggers", "fire_event", "webhook_app"):
+        from sagaz.triggers import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'sagaz' has no attribute {name!r}")

@@ -29,8 +29,10 @@ class SagaDefinitionError(SagazError, TypeError):
     """A ``Saga`` subclass is declared wrongly (duplicate step, unknown dependency, cycle...)."""
 
 
-class TriggerDefinitionError(SagazError, TypeError):
-    """A ``@trigger`` declaration is wrong (unknown source or option, missing option...)."""
+class TriggerDefinitionError(SagazError, TypeError, ValueError):
+    """A ``@trigger`` declaration is wrong (unknown source or option, missing or bad value).
+
+    It is both a ``TypeError`` and a ``ValueError``, as DESIGN 2 promises either."""
 
 
 class ConfigurationError(SagazError, ValueError):

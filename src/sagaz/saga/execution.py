@@ -1,0 +1,392 @@
+"""Running one saga: steps (sequence or DAG), checkpoints, retries, compensation, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sagaz.clock import Clock, SystemClock
+from sagaz.exceptions import SagaStepError, SagaTimeoutError
+from sagaz.records import SagaRecord, StepRecord
+from sagaz.saga.context import SagaContext, StreamChannel, current_step
+from sagaz.saga.definition import StepDefinition
+from sagaz.saga.listeners import SagaListener, notify
+from sagaz.saga.result import SagaResult
+from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
+
+if TYPE_CHECKING:
+    from sagaz.abc import SagaStore
+    from sagaz.saga.definition import Saga
+
+__all__ = ["SagaExecution"]
+
+logger = logging.getLogger(__name__)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class SagaExecution:
+    """Runs one saga instance against a store, checkpointing every step transition.
+
+    Interrupted executions resume by ``saga_id``: completed steps are not run again.
+    """
+
+    def __init__(
+        self,
+        saga: Saga,
+        *,
+        store: SagaStore,
+        listeners: list[SagaListener] | None = None,
+        clock: Clock | None = None,
+        trigger_id: str | None = None,
+        event: Any = None,
+        owner: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> None:
+        self.saga = saga
+        self.definition = type(saga).definition()
+        self.saga_name = type(saga).saga_name
+        self.store = store
+        self.listeners = listeners or []
+        self.clock = clock or SystemClock()
+        self.trigger_id = trigger_id
+        self.event = event
+        self.owner = owner
+        self.lease_until = lease_until
+        self._seq = 0
+        self._record: SagaRecord | None = None
+
+    # -- entry point -----------------------------------------------------------------------
+    async def run(
+        self,
+        initial: Mapping[str, Any],
+        saga_id: str | None = None,
+        *,
+        new_attempt: bool = False,
+    ) -> SagaResult:
+        """Run, resume, or (``new_attempt``) retry the saga ``saga_id`` from ``initial``."""
+        saga_id = saga_id or str(uuid.uuid4())
+        fresh = SagaRecord(
+            saga_id=saga_id,
+            saga_name=self.saga_name,
+            status=SagaStatus.RUNNING,
+            context=dict(initial),
+            trigger_id=self.trigger_id,
+            event=self.event,
+            owner=self.owner,
+            lease_expires_at=self.lease_until,
+        )
+        record, created = await self.store.create_saga(fresh)
+        steps: dict[str, StepRecord] = {}
+        if not created:
+            if record.status in TERMINAL_SAGA_STATUSES:
+                if not new_attempt:
+                    return await self._stored_result(record)
+                await self.store.reset_steps(saga_id)
+                record.attempt += 1
+                record.context = dict(initial)
+                record.error = None
+            elif record.status is SagaStatus.PENDING:
+                record.context = dict(initial) or record.context
+            else:
+                steps = {s.name: s for s in await self.store.get_steps(saga_id)}
+            record.owner = self.owner or record.owner
+            record.lease_expires_at = self.lease_until or record.lease_expires_at
+            resuming_compensation = record.status is SagaStatus.COMPENSATING
+            if not resuming_compensation:
+                record.status = SagaStatus.RUNNING
+            await self.store.save_saga(record)
+        else:
+            resuming_compensation = False
+        self._record = record
+        ctx = SagaContext(
+            record.context, saga_id=saga_id, saga_name=self.saga_name, attempt=record.attempt
+        )
+        done = self._restore(ctx, steps)
+        await notify(self.listeners, "on_saga_start", self.saga_name, saga_id, ctx)
+        if resuming_compensation:
+            return await self._compensate(ctx, None, record.error or "resumed compensation")
+        failure = await self._forward(ctx, done)
+        if failure is None:
+            record.status = SagaStatus.COMPLETED
+            record.context = ctx.to_dict()
+            await self.store.save_saga(record)
+            await notify(self.listeners, "on_saga_complete", self.saga_name, saga_id, ctx)
+            return SagaResult(saga_id, SagaStatus.COMPLETED, ctx.to_dict(), attempt=record.attempt)
+        failed_step, exc = failure
+        return await self._compensate(ctx, failed_step, exc)
+
+    # -- restore ---------------------------------------------------------------------------
+    def _restore(self, ctx: SagaContext, steps: dict[str, StepRecord]) -> set[str]:
+        """Re-apply completed steps (in completion order); return the names not to run again."""
+        known = {s.action.name for s in self.definition.steps}
+        completed = sorted(
+            (s for s in steps.values() if s.name in known and s.status is StepStatus.COMPLETED),
+            key=lambda s: s.completed_seq or 0,
+        )
+        for step in completed:
+            ctx.update(step.result or {})
+            self._seq = max(self._seq, step.completed_seq or 0)
+        done = {s.name for s in completed}
+        # a finished stream whose reader did not finish is produced again
+        for step in self.definition.steps:
+            if step.action.streaming and step.action.name in done:
+                readers = [s for s in self.definition.steps if step.action.name in s.depends_on]
+                if any(r.action.name not in done for r in readers):
+                    done.discard(step.action.name)
+        return done
+
+    # -- forward ---------------------------------------------------------------------------
+    async def _forward(
+        self, ctx: SagaContext, done: set[str]
+    ) -> tuple[str, BaseException] | None:
+        started: set[str] = set(done)
+        running: dict[asyncio.Task[None], str] = {}
+        channels: dict[str, StreamChannel] = {}
+        failure: tuple[str, BaseException] | None = None
+        try:
+            while True:
+                if failure is None:
+                    for step in self.definition.steps:
+                        name = step.action.name
+                        if name in started or not self._ready(step, done, started):
+                            continue
+                        started.add(name)
+                        channel = ctx.open_stream(name) if step.action.streaming else None
+                        if channel is not None:
+                            channels[name] = channel
+                        task = asyncio.create_task(
+                            self._run_step(step, ctx, channel), name=f"sagaz-step-{name}"
+                        )
+                        running[task] = name
+                if not running:
+                    return failure
+                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    name = running.pop(task)
+                    exc = task.exception()
+                    if exc is not None:
+                        if failure is None:
+                            failure = (name, exc)
+                            ctx.abort_streams()
+                    else:
+                        done.add(name)
+                self._detach_unread(channels, done)
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    def _ready(self, step: StepDefinition, done: set[str], started: set[str]) -> bool:
+        for dep in step.depends_on:
+            if dep in done:
+                continue
+            if dep in started and self.definition.step(dep).action.streaming:
+                continue  # readers of a stream run while it is produced
+            return False
+        return True
+
+    def _detach_unread(self, channels: dict[str, StreamChannel], done: set[str]) -> None:
+        for name, channel in channels.items():
+            readers = [s for s in self.definition.steps if name in s.depends_on]
+            if all(r.action.name in done for r in readers):
+                channel.detach()
+
+    async def _run_step(
+        self, step: StepDefinition, ctx: SagaContext, channel: StreamChannel | None
+    ) -> None:
+        spec = step.action
+        name = spec.name
+        current_step.set(name)
+        fn = getattr(self.saga, spec.attr)
+        saga_id = ctx.saga_id
+        tries = spec.max_retries + 1
+        for try_no in range(1, tries + 1):
+            await self.store.save_step(
+                StepRecord(saga_id, name, StepStatus.RUNNING, attempts=try_no)
+            )
+            await notify(self.listeners, "on_step_enter", self.saga_name, name, ctx)
+            try:
+                async with asyncio.timeout(spec.timeout_seconds):
+                    if channel is not None:
+                        result = await self._produce(fn, ctx, channel)
+                    else:
+                        result = self._check_result(name, await fn(ctx))
+            except TimeoutError as exc:
+                error: Exception = SagaTimeoutError(
+                    f"step {name!r} of saga {self.saga_name!r} exceeded "
+                    f"timeout_seconds={spec.timeout_seconds}"
+                )
+                error.__cause__ = exc
+            except SagaStepError as exc:
+                error = exc
+                tries = try_no  # a broken return value is a bug: retrying cannot help
+            except Exception as exc:
+                error = exc
+            else:
+                self._seq += 1
+                ctx.update(result)
+                await self.store.save_step(
+                    StepRecord(
+                        saga_id,
+                        name,
+                        StepStatus.COMPLETED,
+                        result=result,
+                        attempts=try_no,
+                        completed_seq=self._seq,
+                    ),
+                    ctx.take_outbox(name),
+                )
+                if self._record is not None:
+                    self._record.context = ctx.to_dict()
+                    await self.store.save_saga(self._record)
+                await notify(self.listeners, "on_step_success", self.saga_name, name, ctx, result)
+                return
+            ctx.take_outbox(name)  # a failed try publishes nothing
+            await notify(self.listeners, "on_step_failure", self.saga_name, name, ctx, error)
+            if try_no < tries:
+                await self.clock.sleep(spec.retry_backoff_seconds * 2 ** (try_no - 1))
+                continue
+            await self.store.save_step(
+                StepRecord(
+                    saga_id, name, StepStatus.FAILED, error=_describe(error), attempts=try_no
+                )
+            )
+            raise error
+
+    async def _produce(self, fn: Any, ctx: SagaContext, channel: StreamChannel) -> dict[str, Any]:
+        generator = fn(ctx)
+        try:
+            async for record in generator:
+                await channel.put(record)
+        finally:
+            await generator.aclose()
+        await channel.close()
+        return {}
+
+    def _check_result(self, name: str, value: Any) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise SagaStepError(
+            f"{type(self.saga).__qualname__}: step {name!r} returned {type(value).__name__} "
+            f"({value!r:.80}); an action must return a dict (merged into the context) or None"
+        )
+
+    # -- compensation ----------------------------------------------------------------------
+    async def _compensate(
+        self, ctx: SagaContext, failed_step: str | None, cause: BaseException | str
+    ) -> SagaResult:
+        record = self._record
+        assert record is not None
+        saga_id = record.saga_id
+        error = cause if isinstance(cause, str) else f"step {failed_step!r} failed: {_describe(cause)}"
+        record.status = SagaStatus.COMPENSATING
+        record.error = error
+        record.context = ctx.to_dict()
+        await self.store.save_saga(record)
+        steps = await self.store.get_steps(saga_id)
+        if failed_step is None:
+            failed_step = next((s.name for s in steps if s.status is StepStatus.FAILED), None)
+        to_undo = sorted(
+            (s for s in steps if s.status in (StepStatus.COMPLETED, StepStatus.COMPENSATING)),
+            key=lambda s: s.completed_seq or 0,
+            reverse=True,
+        )
+        errors: dict[str, str] = {
+            s.name: s.compensation_error or "compensation failed"
+            for s in steps
+            if s.status is StepStatus.COMPENSATION_FAILED
+        }
+        for step in to_undo:
+            try:
+                definition = self.definition.step(step.name)
+            except KeyError:
+                continue
+            if definition.compensation is not None:
+                problem = await self._run_compensation(definition, ctx, step)
+                if problem is not None:
+                    errors[step.name] = problem
+        status = SagaStatus.FAILED if errors else SagaStatus.COMPENSATED
+        if errors:
+            error += "; " + "; ".join(
+                f"compensation of {name!r} failed: {msg}" for name, msg in errors.items()
+            )
+        record.status = status
+        record.error = error
+        record.context = ctx.to_dict()
+        await self.store.save_saga(record)
+        await notify(self.listeners, "on_saga_failed", self.saga_name, saga_id, ctx, cause)
+        return SagaResult(
+            saga_id,
+            status,
+            ctx.to_dict(),
+            error=error,
+            failed_step=failed_step,
+            compensation_errors=errors,
+            attempt=record.attempt,
+        )
+
+    async def _run_compensation(
+        self, definition: StepDefinition, ctx: SagaContext, step: StepRecord
+    ) -> str | None:
+        spec = definition.compensation
+        assert spec is not None
+        fn = getattr(self.saga, spec.attr)
+        step.status = StepStatus.COMPENSATING
+        await self.store.save_step(step)
+        await notify(self.listeners, "on_compensation_start", self.saga_name, step.name, ctx)
+        last = ""
+        for try_no in range(1, spec.max_retries + 2):
+            try:
+                async with asyncio.timeout(spec.timeout_seconds):
+                    await fn(ctx)
+            except TimeoutError:
+                last = f"timed out after timeout_seconds={spec.timeout_seconds} (try {try_no})"
+            except Exception as exc:
+                last = f"{_describe(exc)} (try {try_no})"
+                logger.warning(
+                    "compensation of %s failed", step.name,
+                    extra={"saga_id": ctx.saga_id, "step": step.name, "try": try_no},
+                )
+            else:
+                step.status = StepStatus.COMPENSATED
+                await self.store.save_step(step)
+                await notify(
+                    self.listeners, "on_compensation_complete", self.saga_name, step.name, ctx
+                )
+                return None
+            if try_no <= spec.max_retries:
+                await self.clock.sleep(spec.retry_backoff_seconds * 2 ** (try_no - 1))
+        step.status = StepStatus.COMPENSATION_FAILED
+        step.compensation_error = last
+        await self.store.save_step(step)
+        return last
+
+    # -- stored result ---------------------------------------------------------------------
+    async def _stored_result(self, record: SagaRecord) -> SagaResult:
+        failed_step: str | None = None
+        errors: dict[str, str] = {}
+        if record.status is not SagaStatus.COMPLETED:
+            for step in await self.store.get_steps(record.saga_id):
+                if step.status is StepStatus.FAILED:
+                    failed_step = step.name
+                if step.status is StepStatus.COMPENSATION_FAILED:
+                    errors[step.name] = step.compensation_error or "compensation failed"
+        return SagaResult(
+            record.saga_id,
+            record.status,
+            dict(record.context),
+            error=record.error,
+            failed_step=failed_step,
+            compensation_errors=errors,
+            attempt=record.attempt,
+        )

@@ -1,0 +1,118 @@
+"""Listeners: observe sagas and triggers. All hooks are async; failures are logged, isolated."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from sagaz.records import DeadLetterRecord, OutboxMessage
+
+if TYPE_CHECKING:
+    from sagaz.abc import SagaStore
+    from sagaz.saga.context import SagaContext
+
+__all__ = ["OutboxSagaListener", "SagaListener", "notify"]
+
+logger = logging.getLogger(__name__)
+
+
+class SagaListener:
+    """Base class with a no-op for every hook; override the ones you need.
+
+    >>> class Audit(SagaListener):
+    ...     async def on_saga_complete(self, saga_name, saga_id, ctx):
+    ...         print("done", saga_id)
+    """
+
+    # -- triggers --------------------------------------------------------------------------
+    async def on_trigger_received(self, saga_name: str, event_source: str, event: Any) -> None:
+        """An event arrived for a trigger of ``saga_name``."""
+
+    async def on_trigger_filtered(self, saga_name: str, event: Any, reason: str) -> None:
+        """An event did not become a saga; ``reason`` is one code of DESIGN 3.6."""
+
+    async def on_trigger_error(self, saga_name: str, error: BaseException, event: Any) -> None:
+        """A source or poll failed (the engine keeps going)."""
+
+    async def on_dead_letter(self, saga_name: str, record: DeadLetterRecord) -> None:
+        """An event was dead-lettered."""
+
+    # -- sagas -----------------------------------------------------------------------------
+    async def on_saga_start(self, saga_name: str, saga_id: str, ctx: SagaContext) -> None:
+        """A saga execution (or a resumed one) starts."""
+
+    async def on_step_enter(self, saga_name: str, step_name: str, ctx: SagaContext) -> None:
+        """A step is about to run (once per try)."""
+
+    async def on_step_success(
+        self, saga_name: str, step_name: str, ctx: SagaContext, result: dict[str, Any]
+    ) -> None:
+        """A step completed; ``result`` is what it returned."""
+
+    async def on_step_failure(
+        self, saga_name: str, step_name: str, ctx: SagaContext, error: BaseException
+    ) -> None:
+        """A try of a step failed."""
+
+    async def on_compensation_start(
+        self, saga_name: str, step_name: str, ctx: SagaContext
+    ) -> None:
+        """The compensation of ``step_name`` starts."""
+
+    async def on_compensation_complete(
+        self, saga_name: str, step_name: str, ctx: SagaContext
+    ) -> None:
+        """The compensation of ``step_name`` succeeded."""
+
+    async def on_saga_complete(self, saga_name: str, saga_id: str, ctx: SagaContext) -> None:
+        """The saga completed."""
+
+    async def on_saga_failed(
+        self, saga_name: str, saga_id: str, ctx: SagaContext, error: BaseException | str
+    ) -> None:
+        """The saga ended compensated or failed."""
+
+
+async def notify(listeners: Iterable[SagaListener], hook: str, *args: Any) -> None:
+    """Call ``hook`` on every listener; a failing listener is logged and never propagates."""
+    for listener in listeners:
+        try:
+            await getattr(listener, hook)(*args)
+        except Exception:
+            logger.exception(
+                "listener %s.%s failed", type(listener).__name__, hook, extra={"hook": hook}
+            )
+
+
+class OutboxSagaListener(SagaListener):
+    """Writes saga lifecycle events to the outbox of ``store``.
+
+    Messages a step emits with ``ctx.emit(topic, payload)`` are written by the executor in the
+    same transaction as that step's checkpoint; this listener adds ``saga.completed`` and
+    ``saga.failed`` events (topic ``f"{topic_prefix}.completed"``...), relayed by ``OutboxRelay``.
+    """
+
+    def __init__(self, store: SagaStore | None = None, *, topic_prefix: str = "saga") -> None:
+        self.store = store
+        self.topic_prefix = topic_prefix
+
+    async def _write(self, saga_id: str, suffix: str, payload: dict[str, Any]) -> None:
+        if self.store is None:
+            return
+        from sagaz.records import StepRecord
+        from sagaz.types import StepStatus
+
+        marker = StepRecord(saga_id=saga_id, name=f"__outbox_{suffix}", status=StepStatus.COMPLETED)
+        message = OutboxMessage(saga_id=saga_id, topic=f"{self.topic_prefix}.{suffix}", payload=payload)
+        await self.store.save_step(marker, [message])
+
+    async def on_saga_complete(self, saga_name: str, saga_id: str, ctx: SagaContext) -> None:
+        await self._write(saga_id, "completed", {"saga_name": saga_name, "saga_id": saga_id})
+
+    async def on_saga_failed(
+        self, saga_name: str, saga_id: str, ctx: SagaContext, error: BaseException | str
+    ) -> None:
+        await self._write(
+            saga_id, "failed", {"saga_name": saga_name, "saga_id": saga_id, "error": str(error)}
+        )
