@@ -1,1 +1,206 @@
-"""SQS endpoint fixture (moto's server). Owned by the SQS work."""
+"""SQS endpoint fixture (moto's server in a subprocess). Owned by the SQS work.
+
+``sqs_endpoint`` (session) starts ``python -m moto.server`` on a free port and yields its URL;
+``SAGAZ_TEST_SQS_ENDPOINT`` points the suite at an existing SQS-compatible endpoint instead
+(ElasticMQ, LocalStack...). Nothing reads AWS credentials from the environment: every client
+gets the dummy ones below explicitly (``sqs_client_options()``, ``sqs_source_options()``).
+
+``sqs_client`` (function) is a raw aiobotocore SQS client; ``sqs_queue_url`` creates a uniquely
+named queue; ``make_sqs_queue`` creates more (``await make_sqs_queue("dlq")``). Queues made by a
+test are deleted after it.
+
+moto runs in its own process rather than in a thread of the test process: it then shares no
+GIL and no ``warnings`` filters with the tests, and a crash of the emulator cannot take the
+test run with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.services import require_service, tcp_reachable, unique_name
+
+__all__ = [
+    "SQS_ACCESS_KEY_ID",
+    "SQS_REGION",
+    "SQS_SECRET_ACCESS_KEY",
+    "make_sqs_queue",
+    "sqs_client",
+    "sqs_client_options",
+    "sqs_endpoint",
+    "sqs_queue_url",
+    "sqs_source_options",
+]
+
+SQS_ENDPOINT_ENV = "SAGAZ_TEST_SQS_ENDPOINT"
+SQS_REGION = "us-east-1"
+SQS_ACCESS_KEY_ID = "testing"
+SQS_SECRET_ACCESS_KEY = "testing"  # noqa: S105  (moto accepts any credentials)
+STARTUP_DEADLINE_SECONDS = 20.0
+START_ATTEMPTS = 3
+
+MakeQueue = Callable[..., Awaitable[str]]
+
+
+def sqs_client_options(endpoint: str) -> dict[str, Any]:
+    """Keyword arguments of ``get_session().create_client("sqs", **...)`` for the test endpoint."""
+    return {
+        "endpoint_url": endpoint,
+        "region_name": SQS_REGION,
+        "aws_access_key_id": SQS_ACCESS_KEY_ID,
+        "aws_secret_access_key": SQS_SECRET_ACCESS_KEY,
+    }
+
+
+def sqs_source_options(endpoint: str) -> dict[str, Any]:
+    """The ``SQSSource`` keyword arguments that point it at the test endpoint."""
+    return {
+        "endpoint_url": endpoint,
+        "region": SQS_REGION,
+        "aws_access_key_id": SQS_ACCESS_KEY_ID,
+        "aws_secret_access_key": SQS_SECRET_ACCESS_KEY,
+    }
+
+
+def _moto_importable() -> bool:
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answers(endpoint: str) -> bool:
+    """One HTTP round trip to moto's management API; any HTTP status counts as an answer."""
+    try:
+        with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2.0):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def wait_until_answers(endpoint: str, deadline_seconds: float, alive: Callable[[], bool]) -> bool:
+    """Poll ``endpoint`` until it answers, the server dies, or the deadline passes."""
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline and alive():
+        if _answers(endpoint):
+            return True
+        time.sleep(0.05)  # pause between probes, not a wait for a result
+    return False
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _start_moto(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start moto's server on a free port; retry a few ports if one is taken meanwhile."""
+    failures: list[str] = []
+    for _ in range(START_ATTEMPTS):
+        port = _free_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        if wait_until_answers(endpoint, STARTUP_DEADLINE_SECONDS, lambda: process.poll() is None):
+            return process, endpoint
+        failures.append(f"port {port}: exit code {process.poll()}")
+        _stop(process)
+    tail = log_path.read_text(errors="replace")[-2000:]
+    pytest.fail(
+        f"moto's server did not answer within {STARTUP_DEADLINE_SECONDS}s "
+        f"({'; '.join(failures)}); log:\n{tail}"
+    )
+
+
+@pytest.fixture(scope="session")
+def sqs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of an SQS endpoint for the whole test session (moto's server by default)."""
+    external = os.environ.get(SQS_ENDPOINT_ENV)
+    if external:
+        require_service(
+            "SQS",
+            tcp_reachable(external, 443 if external.startswith("https") else 80),
+            f"nothing answers at {SQS_ENDPOINT_ENV}={external}",
+        )
+        yield external.rstrip("/")
+        return
+
+    require_service(
+        "SQS (moto)",
+        _moto_importable(),
+        f'install the emulator with `pip install "moto[server]>=5"`, '
+        f"or point {SQS_ENDPOINT_ENV} at a running SQS-compatible endpoint",
+    )
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    process, endpoint = _start_moto(log_path)
+    try:
+        yield endpoint
+    finally:
+        _stop(process)
+
+
+@pytest.fixture
+async def sqs_client(sqs_endpoint: str) -> AsyncIterator[Any]:
+    """A raw aiobotocore SQS client on the test endpoint (dummy credentials passed explicitly)."""
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client("sqs", **sqs_client_options(sqs_endpoint)) as client:
+        yield client
+
+
+@pytest.fixture
+async def make_sqs_queue(sqs_client: Any) -> AsyncIterator[MakeQueue]:
+    """Factory: ``await make_sqs_queue(prefix="sagaz-sqs", **attributes)`` → a new queue URL.
+
+    Attribute values are passed as strings (``VisibilityTimeout="2"``). Deleted after the test.
+    """
+    created: list[str] = []
+
+    async def make(prefix: str = "sagaz-sqs", **attributes: str) -> str:
+        name = unique_name(prefix)
+        response = await sqs_client.create_queue(QueueName=name, Attributes=attributes)
+        url: str = response["QueueUrl"]
+        created.append(url)
+        return url
+
+    yield make
+    for url in created:
+        with contextlib.suppress(Exception):
+            await sqs_client.delete_queue(QueueUrl=url)
+
+
+@pytest.fixture
+async def sqs_queue_url(make_sqs_queue: MakeQueue) -> str:
+    """URL of a new, uniquely named standard queue."""
+    return await make_sqs_queue("sagaz-sqs")
