@@ -47,7 +47,7 @@ __all__ = [
 SQS_ENDPOINT_ENV = "SAGAZ_TEST_SQS_ENDPOINT"
 SQS_REGION = "us-east-1"
 SQS_ACCESS_KEY_ID = "testing"
-SQS_SECRET_ACCESS_KEY = "testing"  # noqa: S105  (moto accepts any credentials)
+SQS_SECRET_ACCESS_KEY = "testing"  # moto accepts any credentials
 STARTUP_DEADLINE_SECONDS = 20.0
 START_ATTEMPTS = 3
 
@@ -119,6 +119,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
+def _running(process: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    return lambda: process.poll() is None
+
+
 def _start_moto(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     """Start moto's server on a free port; retry a few ports if one is taken meanwhile."""
     failures: list[str] = []
@@ -132,7 +136,7 @@ def _start_moto(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        if wait_until_answers(endpoint, STARTUP_DEADLINE_SECONDS, lambda: process.poll() is None):
+        if wait_until_answers(endpoint, STARTUP_DEADLINE_SECONDS, _running(process)):
             return process, endpoint
         failures.append(f"port {port}: exit code {process.poll()}")
         _stop(process)
