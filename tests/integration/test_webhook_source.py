@@ -626,6 +626,33 @@ async def test_webhook_server_stops_with_its_last_source() -> None:
             await client.get(f"http://127.0.0.1:{port}/healthz")
 
 
+async def test_webhook_server_dying_fails_run_and_restart_serves_again() -> None:
+    shared: dict[str, Any] = {}
+    source = webhook.create({"path": "/r"}, make_ctx(shared, unique_trigger(), []))
+    server = webhook.webhook_server(shared)
+    emit = FakeEmit()
+    await source.start()  # what the engine does before spawning run(): the port is bound now
+    assert server.port is not None
+    task = asyncio.create_task(source.run(emit))
+    try:
+        await wait_until(lambda: server.app.ready)
+        assert server._uvicorn is not None
+        server._uvicorn.should_exit = True  # uvicorn ends although a trigger still needs it
+        with pytest.raises(WebhookServerError, match="unexpectedly"):
+            await asyncio.wait_for(task, 5)
+        assert not server.serving
+
+        # the engine's supervisor: start() again, then run() again
+        await source.start()
+        task = asyncio.create_task(source.run(emit))
+        await wait_until(lambda: server.app.ready)
+        async with httpx.AsyncClient(base_url=server.url or "") as client:
+            response = await client.post("/r", content=b"{}")
+        assert response.status_code == 202
+    finally:
+        await stop_all([source], [task] if not task.done() else [])
+
+
 async def test_webhook_port_in_use_is_a_clear_error() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
