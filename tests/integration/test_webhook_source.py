@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import signal
 import socket
 import time
 import tracemalloc
@@ -38,8 +39,8 @@ from sagaz.events import (
 from sagaz.exceptions import ConfigurationError
 from sagaz.triggers import webhook, webhook_app
 from sagaz.triggers.sources import SourceContext
-from sagaz.triggers.webhook_app import WebhookServer, WebhookServerError
 from sagaz.triggers.webhook_auth import sign_body
+from sagaz.triggers.webhook_server import WebhookServer, WebhookServerError
 
 try:
     from sagaz.storage import MemorySagaStore
@@ -607,7 +608,13 @@ async def test_webhook_healthz_readyz_follow_the_routes() -> None:
 
 async def test_webhook_server_stops_with_its_last_source() -> None:
     emit = FakeEmit()
+    sigint, sigterm = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     async with serving({"path": "/one"}, {"path": "/two"}, emit=emit) as running:
+        # uvicorn must leave the host application's signal handling alone
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == (
+            sigint,
+            sigterm,
+        )
         server, sources = running.server, running.sources
         port = server.port
         assert port is not None

@@ -45,8 +45,9 @@ from sagaz.triggers.sources import SourceContext
 from sagaz.triggers.webhook_auth import DEFAULT_SIGNATURE_HEADER, BearerAuth, HmacAuth
 
 if TYPE_CHECKING:
-    from sagaz.triggers.webhook_app import WebhookApp, WebhookRoute, WebhookServer
+    from sagaz.triggers.webhook_app import WebhookApp, WebhookRoute
     from sagaz.triggers.webhook_auth import WebhookAuth
+    from sagaz.triggers.webhook_server import WebhookServer
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
@@ -297,7 +298,7 @@ def webhook_server(shared: MutableMapping[str, Any]) -> WebhookServer:
     first use. It needs no running engine: the engine's sources find the same object later."""
     require_extra("webhook", "starlette")
     require_extra("webhook", "uvicorn")
-    from sagaz.triggers.webhook_app import WebhookServer
+    from sagaz.triggers.webhook_server import WebhookServer
 
     server = shared.get(SHARED_KEY)
     if server is None:
@@ -313,7 +314,13 @@ def webhook_app(shared: MutableMapping[str, Any]) -> WebhookApp:
     """The ASGI app of the webhook triggers that use ``shared``, for mounting in your own app.
 
     Pass the dict the engine hands its sources as ``SourceContext.shared``. Once mounted, the
-    engine does not start uvicorn: requests reach the triggers through your server.
+    engine does not start uvicorn: requests reach the triggers through your server. Call it
+    before the engine starts its sources; if uvicorn already runs, it keeps serving until the
+    webhook sources stop (the app then answers on both).
+
+    >>> shared = {}
+    >>> app = webhook_app(shared)  # doctest: +SKIP
+    >>> Starlette(routes=[Mount("/hooks", app=app)])  # doctest: +SKIP
     """
     return webhook_server(shared).mount()
 
