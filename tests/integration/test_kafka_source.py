@@ -330,3 +330,48 @@ def test_validate_accepts_topic_lists() -> None:
     kafka.validate({"topic": ["orders", "refunds"], "group_id": "svc", "commit_every": 10})
     assert "topic" in kafka.REQUIRED
     assert {"group_id", "bootstrap_servers", "commit_interval_ms"} <= kafka.OPTIONS
+
+
+async def test_rebalance_commits_contiguous_work_and_ignores_late_acks(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    await produce(kafka_bootstrap, kafka_topic, 10)
+    group = unique_name("group")
+    ctx, errors = make_ctx(kafka_bootstrap)
+    first, second = Recorder(), Recorder()
+    # only the rebalance (and stop) commit: the interval is far away
+    source_a = source_for(ctx, kafka_topic, group, commit_interval_ms=600_000)
+    source_b = source_for(ctx, kafka_topic, group, commit_interval_ms=600_000)
+    async with running(source_a, first):
+        await wait_until(lambda: len(first.deliveries) == 30, what="30 deliveries")
+        before = list(first.deliveries)
+        for d in before:
+            if d.meta.offset in (0, 1, 2, 4):
+                await d.ack()
+        async with running(source_b, second):
+            await wait_until(
+                lambda: (
+                    source_a.assignments == 2
+                    and len(source_a.describe()["assigned"]) + len(source_b.describe()["assigned"])
+                    == 3
+                    and bool(source_b.describe()["assigned"])
+                ),
+                what="the rebalance",
+            )
+            # the revoke committed what was contiguous-done (0..2), not past offset 3
+            assert await committed(kafka_bootstrap, group, kafka_topic) == [3] * 3
+            # late acks of deliveries made before the rebalance are ignored
+            for d in before:
+                if d.meta.offset == 3:
+                    await d.ack()
+            await source_a.commit()
+            assert await committed(kafka_bootstrap, group, kafka_topic) == [3] * 3
+            # each partition's new owner starts again from the committed offset
+            await wait_until(
+                lambda: len(first.deliveries) - 30 + len(second.deliveries) == 21,
+                what="21 redeliveries",
+            )
+            after = first.deliveries[30:] + second.deliveries
+            for p in range(3):
+                assert [d.meta.offset for d in after if d.meta.partition == p] == list(range(3, 10))
+    assert errors == []

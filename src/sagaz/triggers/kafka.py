@@ -3,14 +3,16 @@
 >>> @trigger(source="kafka", topic="orders", group_id="order-service")  # doctest: +SKIP
 ... def on_order(self, event: dict) -> dict: ...
 
-Offsets are committed by hand, per partition, up to the highest **contiguous** acknowledged
-offset, so an acknowledgement that arrives out of order never commits past an event whose saga
-has not finished. Emits run in one task per partition (per-partition order is kept) while the
-poll loop keeps polling; a partition whose local buffer fills up is paused, not the consumer,
-so a slow pipeline never gets the member evicted for ``max_poll_interval_ms``.
+Offsets are committed by hand, per partition, up to the highest **contiguous** settled offset,
+so an acknowledgement that arrives out of order never commits past an event whose saga has not
+finished. Emits run in one task per partition (per-partition order is kept) while the poll loop
+keeps polling; a partition whose buffer fills up is paused, not the consumer, so a slow pipeline
+never gets the member evicted for ``max_poll_interval_ms``. On a rebalance, the revoked
+partitions commit what is contiguous-done and their in-flight state is forgotten (a late ack is
+ignored: the new owner redelivers the event and the inbox deduplicates it).
 
 ``nack(requeue=True)`` leaves the offset uncommitted: the event comes back after a restart or a
-rebalance (commits of that partition stop short of it until then; nothing is re-sought
+rebalance; until then that partition's commits stop short of it (nothing is re-sought
 in-process). ``nack(requeue=False)`` commits past the event, as Kafka cannot drop one message.
 """
 
@@ -23,6 +25,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
 
 from sagaz._imports import require_extra
@@ -31,43 +34,34 @@ from sagaz.events import Delivery, EventMeta
 from sagaz.records import DeadLetterRecord
 from sagaz.triggers.sources import SourceContext
 
-__all__ = ["OPTIONS", "REQUIRED", "KafkaSource", "create", "validate"]
+__all__ = ["DEFAULTS", "OPTIONS", "REQUIRED", "KafkaSource", "create", "validate"]
 
 logger = logging.getLogger(__name__)
 
-#: options of ``@trigger(source="kafka", ...)`` and their defaults (``None``: not passed on)
+#: options of ``@trigger(source="kafka", ...)`` with their defaults
 DEFAULTS: dict[str, Any] = {
-    "topic": None,  # a topic name or a list of names
+    "topic": None,  # a topic name or a list of names (required)
     "group_id": None,  # default: "sagaz-" + the trigger id
     "bootstrap_servers": None,  # default: TriggerConfig.kafka_bootstrap_servers
     "auto_offset_reset": "earliest",
-    "client_id": None,
+    "client_id": None,  # default: "sagaz-" + the worker id
     "session_timeout_ms": 10_000,
     "heartbeat_interval_ms": 3_000,
     "max_poll_interval_ms": 300_000,
     "max_poll_records": 500,
     "poll_timeout_ms": 250,  # longest wait of one poll; bounds how fast stop() is noticed
-    "commit_interval_ms": 1_000,  # commit finished work at least this often...
+    "commit_interval_ms": 1_000,  # commit settled work at least this often...
     "commit_every": 500,  # ...or as soon as this many events were settled
-    "max_buffered_per_partition": 100,  # a partition is paused above this many un-emitted events
+    "max_buffered_per_partition": 1_000,  # pause a partition above this many un-emitted events
+    "max_unsettled_per_partition": 10_000,  # ...or this many emitted but unsettled ones
+    "close_timeout_ms": 10_000,  # bound of the final commit in stop()
     "reconnect_backoff_max_ms": 30_000,
-    "consumer_options": None,  # extra AIOKafkaConsumer keyword arguments (security, ...)
+    "consumer_options": None,  # extra AIOKafkaConsumer keyword arguments (security...)
     "producer_options": None,  # extra AIOKafkaProducer keyword arguments (dead letters)
 }
 OPTIONS = frozenset(DEFAULTS) | {"dead_letter_topic"}
 REQUIRED = frozenset({"topic"})
-
-_POSITIVE_INTS = (
-    "session_timeout_ms",
-    "heartbeat_interval_ms",
-    "max_poll_interval_ms",
-    "max_poll_records",
-    "poll_timeout_ms",
-    "commit_interval_ms",
-    "commit_every",
-    "max_buffered_per_partition",
-    "reconnect_backoff_max_ms",
-)
+_POSITIVE_INTS = tuple(name for name, value in DEFAULTS.items() if isinstance(value, int))
 _OFFSET_RESETS = ("earliest", "latest", "none")
 
 
@@ -96,18 +90,15 @@ def validate(options: Mapping[str, Any]) -> None:
     if reset not in _OFFSET_RESETS:
         raise ValueError(f"option auto_offset_reset={reset!r} must be one of {_OFFSET_RESETS}")
     for name in _POSITIVE_INTS:
-        value = options.get(name)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
+        value = options.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"option {name}={value!r} must be a positive integer")
     for name in ("consumer_options", "producer_options"):
         value = options.get(name)
         if value is not None and not isinstance(value, Mapping):
             raise ValueError(f"option {name}={value!r} must be a dict of aiokafka arguments")
-    session, heartbeat = (
-        options.get(n, DEFAULTS[n]) for n in ("session_timeout_ms", "heartbeat_interval_ms")
-    )
+    session = options.get("session_timeout_ms", DEFAULTS["session_timeout_ms"])
+    heartbeat = options.get("heartbeat_interval_ms", DEFAULTS["heartbeat_interval_ms"])
     if heartbeat >= session:
         raise ValueError(
             f"option heartbeat_interval_ms={heartbeat} must be lower than "
@@ -124,25 +115,32 @@ def create(options: Mapping[str, Any], ctx: SourceContext) -> KafkaSource:
 
 @dataclass(slots=True, eq=False)
 class _Partition:
-    """Bookkeeping of one assigned partition; replaced by a fresh one on every assignment."""
+    """State of one assigned partition; a fresh one replaces it on every assignment."""
 
     tp: Any
-    buffer: deque[Any] = field(default_factory=deque)  # fetched, not yet emitted
+    buffer: deque[tuple[Any, datetime]] = field(default_factory=deque)  # (record, received at)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    outstanding: deque[int] = field(default_factory=deque)  # emitted or buffered, in order
+    outstanding: deque[int] = field(default_factory=deque)  # fetched, unsettled, in order
     done: set[int] = field(default_factory=set)  # settled, but behind an unsettled offset
     last_offset: int = -1
-    commit_offset: int | None = None  # first offset not yet settled (what to commit)
+    commit_offset: int | None = None  # after the last contiguous settled offset
     committed_offset: int | None = None
-    requeued: int = 0
     paused: bool = False
     worker: asyncio.Task[None] | None = None
+
+    def settle(self, offset: int) -> None:
+        """Mark ``offset`` done and advance over the contiguous done prefix."""
+        self.done.add(offset)
+        while self.outstanding and self.outstanding[0] in self.done:
+            first = self.outstanding.popleft()
+            self.done.discard(first)
+            self.commit_offset = first + 1
 
 
 class KafkaSource(Source):
     """A consumer-group member of one Kafka trigger (see the module docstring).
 
-    >>> async with KafkaSource({"topic": "orders"}, ctx) as source:  # doctest: +SKIP
+    >>> async with kafka.create({"topic": "orders"}, ctx) as source:  # doctest: +SKIP
     ...     await source.run(emit)
     """
 
@@ -160,105 +158,107 @@ class KafkaSource(Source):
         self.dead_letter_topic: str | None = (
             self._opts.get("dead_letter_topic") or ctx.config.dead_letter_topic
         )
+        #: how many times partitions were assigned to this member (1 while no rebalance)
+        self.assignments = 0
         self._log = {"trigger": ctx.trigger_id, "source": self.kind, "group_id": self.group_id}
         self._partitions: dict[Any, _Partition] = {}
+        self._aiokafka: Any = None
+        self._errors: Any = None
         self._consumer: Any = None
         self._producer: Any = None
         self._producer_lock = asyncio.Lock()
         self._commit_lock = asyncio.Lock()
         self._commit_wanted = asyncio.Event()
-        self._closing = asyncio.Event()
-        self._running = False
-        self._run_done = asyncio.Event()
-        self._run_done.set()
         self._settled_since_commit = 0
         self._emit: Emit | None = None
-        #: how many times partitions were assigned to this member (1 without rebalances)
-        self.assignments = 0
+        self._closing = asyncio.Event()
+        self._close_future: asyncio.Future[None] | None = None
+        self._run_done = asyncio.Event()
+        self._run_done.set()
+        self._limits: tuple[int, int] = (
+            self._opts["max_buffered_per_partition"],
+            self._opts["max_unsettled_per_partition"],
+        )
 
-    # -- lifecycle -----------------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Check that aiokafka is installed; the connection is made (and retried) by ``run``."""
-        require_extra("kafka")
+        """Check that aiokafka is installed; ``run`` connects (and reconnects) to the broker."""
+        self._aiokafka = require_extra("kafka")
+        self._errors = require_extra("kafka", "aiokafka.errors")
         self._closing.clear()
+        self._close_future = None
         await super().start()
 
     async def stop(self) -> None:
         """Stop intake, commit what is settled (shielded from cancellation), close clients."""
         if not self._started:
             return
-        self._closing.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._run_done.wait(), self._opts["poll_timeout_ms"] / 500 + 1)
-        closing = asyncio.ensure_future(self._close())
+        if self._close_future is None:
+            self._closing.set()
+            self._close_future = asyncio.ensure_future(self._close())
+        closing = self._close_future
         try:
             await asyncio.shield(closing)
         except asyncio.CancelledError:
-            await closing  # finish the final commit, then let the cancellation through
+            await asyncio.wait({closing})  # finish the final commit, then let the cancel through
             raise
         finally:
             await super().stop()
 
     async def _close(self) -> None:
+        with contextlib.suppress(TimeoutError):  # run() notices _closing within one poll
+            await asyncio.wait_for(self._run_done.wait(), self._opts["poll_timeout_ms"] / 500 + 1)
         consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            try:
-                await self._commit(consumer)
-            finally:
+        producer, self._producer = self._producer, None
+        try:
+            if consumer is not None:
+                try:
+                    async with asyncio.timeout(self._opts["close_timeout_ms"] / 1000):
+                        await self._commit(consumer)
+                except TimeoutError as exc:
+                    await self._report(exc, "final commit timed out; events will be redelivered")
                 self._partitions.clear()
                 await consumer.stop()
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            await producer.stop()
+        finally:
+            if producer is not None:
+                await producer.stop()
 
     def describe(self) -> dict[str, Any]:
         """Configuration and live state (for logs and ``sagaz triggers list``)."""
+        states = self._partitions.values()
         return {
             "kind": self.kind,
             "topics": self.topics,
             "group_id": self.group_id,
             "bootstrap_servers": self.bootstrap_servers,
             "dead_letter_topic": self.dead_letter_topic,
-            "assigned": sorted((tp.topic, tp.partition) for tp in self._partitions),
-            "paused": sorted(
-                (p.tp.topic, p.tp.partition) for p in self._partitions.values() if p.paused
-            ),
+            "assigned": sorted((p.tp.topic, p.tp.partition) for p in states),
+            "paused": sorted((p.tp.topic, p.tp.partition) for p in states if p.paused),
             "assignments": self.assignments,
         }
 
-    async def commit(self) -> None:
-        """Commit the settled contiguous offsets now (it also happens every
-        ``commit_interval_ms``, after ``commit_every`` settlements and on ``stop()``)."""
-        if self._consumer is not None:
-            await self._commit(self._consumer)
-
-    # -- consuming -----------------------------------------------------------------------
+    # -- consuming -------------------------------------------------------------------------
     async def run(self, emit: Emit) -> None:
         """Poll until ``stop()`` or cancellation, emitting every message in partition order."""
-        if self._running:
-            raise RuntimeError(
-                f"KafkaSource of trigger {self._ctx.trigger_id!r} is already running"
-            )
+        if not self._run_done.is_set():
+            raise RuntimeError(f"the Kafka source of {self._ctx.trigger_id!r} already runs")
         if not self._started:
             await self.start()
-        self._running, self._emit = True, emit
+        self._emit = emit
         self._run_done.clear()
         committer = asyncio.create_task(self._commit_loop(), name=f"kafka-commit-{self.group_id}")
         try:
             await self._poll_loop()
         finally:
-            committer.cancel()
             workers = [p.worker for p in self._partitions.values() if p.worker is not None]
-            for task in workers:
+            for task in (committer, *workers):
                 task.cancel()
             await asyncio.gather(committer, *workers, return_exceptions=True)
             for partition in self._partitions.values():
                 partition.worker = None
-            self._running = False
             self._run_done.set()
 
     async def _poll_loop(self) -> None:
-        errors = require_extra("kafka", "aiokafka.errors")
         failures = 0
         while not self._closing.is_set():
             try:
@@ -270,9 +270,9 @@ class KafkaSource(Source):
                     timeout_ms=self._opts["poll_timeout_ms"],
                     max_records=self._opts["max_poll_records"],
                 )
-            except errors.ConsumerStoppedError:
+            except self._errors.ConsumerStoppedError:
                 return
-            except (errors.KafkaError, OSError) as exc:
+            except (self._errors.KafkaError, OSError) as exc:
                 failures += 1
                 await self._report(exc, "Kafka consumer failed; retrying")
                 delay = min(0.1 * 2**failures, self._opts["reconnect_backoff_max_ms"] / 1000)
@@ -293,19 +293,17 @@ class KafkaSource(Source):
             closing.cancel()
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.wait({task})  # unlike `await task`, never eats our own cancel
         if not task.cancelled():
             task.result()
 
     async def _connect(self) -> None:
-        aiokafka = require_extra("kafka")
         options = self._opts
-        client_id = options["client_id"] or f"sagaz-{self._ctx.worker_id}"
-        consumer = aiokafka.AIOKafkaConsumer(
+        self._partitions.clear()
+        consumer = self._aiokafka.AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             group_id=self.group_id,
-            client_id=client_id,
+            client_id=options["client_id"] or f"sagaz-{self._ctx.worker_id}",
             enable_auto_commit=False,
             auto_offset_reset=options["auto_offset_reset"],
             session_timeout_ms=options["session_timeout_ms"],
@@ -320,55 +318,72 @@ class KafkaSource(Source):
             await consumer.stop()
             raise
         self._consumer = consumer
-        logger.info(
-            "Kafka consumer joined %s", self.topics, extra={**self._log, "topic": self.topics}
-        )
+        logger.info("Kafka consumer started for %s", self.topics, extra=self._log)
 
     def _take(self, tp: Any, records: Iterable[Any]) -> None:
         partition = self._partitions.get(tp)
         if partition is None:  # revoked while the batch was on its way
             return
+        received_at = self._ctx.clock.now()
         for record in records:
             if record.offset > partition.last_offset:
                 partition.last_offset = record.offset
                 partition.outstanding.append(record.offset)
-                partition.buffer.append(record)
+                partition.buffer.append((record, received_at))
         if partition.worker is None and self._emit is not None:
+            name = f"kafka-emit-{tp.topic}-{tp.partition}"
             partition.worker = asyncio.create_task(
-                self._emit_loop(partition, self._emit), name=f"kafka-emit-{tp.topic}-{tp.partition}"
+                self._emit_loop(partition, self._emit), name=name
             )
         partition.wakeup.set()
-        if (
-            not partition.paused
-            and len(partition.buffer) >= self._opts["max_buffered_per_partition"]
-        ):
-            partition.paused = True
-            self._consumer.pause(tp)
+        self._update_flow(partition)
 
     async def _emit_loop(self, partition: _Partition, emit: Emit) -> None:
         """Emit the partition's records one at a time, in offset order."""
-        resume_at = self._opts["max_buffered_per_partition"] // 2
         while True:
             if not partition.buffer:
                 partition.wakeup.clear()
                 await partition.wakeup.wait()
                 continue
-            delivery = self._delivery(partition, partition.buffer.popleft())
+            delivery = self._delivery(partition, *partition.buffer.popleft())
             try:
                 await emit(delivery)
-            except Exception as exc:  # the pipeline should not raise; if it does, keep going
+            except Exception as exc:  # the pipeline should not raise; if it does, go on
                 await self._report(exc, "emit failed; the message stays uncommitted")
-            if partition.paused and len(partition.buffer) <= resume_at:
-                partition.paused = False
-                if self._partitions.get(partition.tp) is partition and self._consumer is not None:
-                    self._consumer.resume(partition.tp)
+            self._update_flow(partition)
 
-    def _delivery(self, partition: _Partition, record: Any) -> Delivery:
-        topic, number, offset = record.topic, record.partition, record.offset
-        key = record.key
+    def _update_flow(self, partition: _Partition) -> None:
+        """Pause a partition whose buffer or unsettled backlog is full; resume it once drained.
+
+        Only that partition stops fetching: the poll loop goes on, so the member stays alive.
+        """
+        if self._consumer is None or self._partitions.get(partition.tp) is not partition:
+            return
+        buffered, unsettled = len(partition.buffer), len(partition.outstanding)
+        limit, backlog = self._limits
+        if not partition.paused and buffered < limit and unsettled < backlog:
+            return  # the common case, once per event
+        if not partition.paused and (buffered >= limit or unsettled >= backlog):
+            partition.paused = True
+            self._consumer.pause(partition.tp)
+            if unsettled >= backlog:  # rare: the pipeline holds (or nacked) an old event
+                logger.warning(
+                    "partition %s paused: %d events unsettled since offset %d",
+                    partition.tp.partition,
+                    unsettled,
+                    partition.outstanding[0],
+                    extra=self._log,
+                )
+        elif partition.paused and buffered <= limit // 2 and unsettled < backlog:
+            partition.paused = False
+            with contextlib.suppress(self._errors.IllegalStateError):  # mid-rebalance
+                self._consumer.resume(partition.tp)
+
+    def _delivery(self, partition: _Partition, record: Any, received_at: datetime) -> Delivery:
+        topic, number, offset, key = record.topic, record.partition, record.offset, record.key
         if isinstance(key, bytes):
             with contextlib.suppress(UnicodeDecodeError):
-                key = key.decode("utf-8")
+                key = key.decode()
         meta = EventMeta(
             source=self.kind,
             trigger=self._ctx.trigger_id,
@@ -377,19 +392,16 @@ class KafkaSource(Source):
             partition=number,
             offset=offset,
             key=key,
-            headers={k: (v or b"").decode("utf-8", "replace") for k, v in record.headers or ()},
-            received_at=self._ctx.clock.now(),
+            headers={k: (v or b"").decode("utf-8", "replace") for k, v in record.headers}
+            if record.headers
+            else {},
+            received_at=received_at,
         )
         ack, nack = self._settlers(partition, offset)
-        return Delivery(
-            payload=record.value if record.value is not None else b"",
-            meta=meta,
-            identity=f"{topic}/{number}/{offset}",
-            ack=ack,
-            nack=nack,
-        )
+        payload = record.value if record.value is not None else b""
+        return Delivery(payload, meta, f"{topic}/{number}/{offset}", ack=ack, nack=nack)
 
-    # -- settling and committing ---------------------------------------------------------
+    # -- settling and committing -----------------------------------------------------------
     def _settlers(
         self, partition: _Partition, offset: int
     ) -> tuple[Callable[[], Awaitable[None]], Callable[[bool], Awaitable[None]]]:
@@ -403,87 +415,77 @@ class KafkaSource(Source):
 
         async def nack(requeue: bool) -> None:
             nonlocal settled
-            if settled:
-                return
-            settled = True
-            if not requeue:
-                self._settle(partition, offset)
-            elif self._partitions.get(partition.tp) is partition:
-                partition.requeued += 1
-                logger.debug(
-                    "offset %s left uncommitted for redelivery",
-                    offset,
-                    extra={**self._log, "partition": partition.tp.partition},
-                )
+            if not settled:
+                settled = True
+                if not requeue:
+                    self._settle(partition, offset)
 
         return ack, nack
 
     def _settle(self, partition: _Partition, offset: int) -> None:
         if self._partitions.get(partition.tp) is not partition:
-            return  # the partition was revoked since: its new owner redelivers the event
-        partition.done.add(offset)
-        outstanding, done = partition.outstanding, partition.done
-        while outstanding and outstanding[0] in done:
-            done.discard(first := outstanding.popleft())
-            partition.commit_offset = first + 1
+            return  # revoked since: the partition's new owner redelivers the event
+        partition.settle(offset)
+        if partition.paused:
+            self._update_flow(partition)
         self._settled_since_commit += 1
         if self._settled_since_commit >= self._opts["commit_every"]:
             self._commit_wanted.set()
 
+    async def commit(self) -> None:
+        """Commit the contiguous settled offsets now (this also happens every
+        ``commit_interval_ms``, after ``commit_every`` settlements, on rebalance and on stop)."""
+        if self._consumer is not None:
+            await self._commit(self._consumer)
+
     async def _commit_loop(self) -> None:
-        interval = self._opts["commit_interval_ms"] / 1000
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._commit_wanted.wait(), interval)
+                await asyncio.wait_for(
+                    self._commit_wanted.wait(), self._opts["commit_interval_ms"] / 1000
+                )
             self._commit_wanted.clear()
             await self.commit()
 
     async def _commit(self, consumer: Any, only: Iterable[Any] | None = None) -> None:
         """Commit the contiguous settled offsets of ``only`` (default: every partition)."""
-        errors = require_extra("kafka", "aiokafka.errors")
         async with self._commit_lock:
-            chosen = (
-                self._partitions.values()
-                if only is None
-                else [self._partitions[tp] for tp in only if tp in self._partitions]
-            )
-            pending = [
-                p
-                for p in chosen
-                if p.commit_offset is not None and p.commit_offset != p.committed_offset
-            ]
-            if not pending:
+            parts = self._partitions
+            chosen = parts.values() if only is None else [parts[tp] for tp in only if tp in parts]
+            due = [p for p in chosen if p.commit_offset not in (None, p.committed_offset)]
+            if not due:
                 return
             self._settled_since_commit = 0
-            offsets = {p.tp: p.commit_offset for p in pending}
+            offsets = {p.tp: p.commit_offset for p in due}
             try:
                 await consumer.commit(offsets)
-            except errors.IllegalStateError:
-                logger.debug("commit skipped: partitions are being reassigned", extra=self._log)
+            except (self._errors.IllegalStateError, self._errors.CommitFailedError) as exc:
+                # a rebalance is under way; the revoke callback commits again before it ends
+                logger.info("commit skipped during a rebalance: %r", exc, extra=self._log)
                 return
-            except errors.KafkaError as exc:
-                await self._report(exc, "Kafka commit failed; the events may be redelivered")
+            except self._errors.KafkaError as exc:
+                await self._report(exc, "Kafka commit failed; events may be redelivered")
                 return
-            for p in pending:
+            for p in due:
                 p.committed_offset = offsets[p.tp]
             logger.debug("committed %s", offsets, extra=self._log)
 
-    # -- rebalancing ---------------------------------------------------------------------
+    # -- rebalancing -----------------------------------------------------------------------
     async def _on_revoked(self, revoked: Iterable[Any]) -> None:
         """Commit what is contiguous-done, then forget the partitions' in-flight state."""
-        revoked = [tp for tp in revoked if tp in self._partitions]
-        workers = [w for tp in revoked if (w := self._partitions[tp].worker) is not None]
+        gone = [tp for tp in revoked if tp in self._partitions]
+        workers = [w for tp in gone if (w := self._partitions[tp].worker) is not None]
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         if self._consumer is not None:
-            await self._commit(self._consumer, revoked)
-        for tp in revoked:
-            self._partitions.pop(tp, None)
-        logger.info("partitions revoked: %s", revoked, extra=self._log)
+            await self._commit(self._consumer, gone)
+        for tp in gone:
+            del self._partitions[tp]
+        logger.info("partitions revoked: %s", gone, extra=self._log)
 
     async def _on_assigned(self, assigned: Iterable[Any]) -> None:
-        """Start every assigned partition fresh (from the committed offset)."""
+        """Start every assigned partition afresh, from its committed offset."""
         for tp in assigned:
             self._partitions[tp] = _Partition(tp)
         self.assignments += 1
@@ -493,12 +495,11 @@ class KafkaSource(Source):
     async def publish_dead_letter(self, delivery: Delivery, record: DeadLetterRecord) -> None:
         """Produce the original payload to ``dead_letter_topic`` with ``x-sagaz-*`` headers.
 
-        No-op when no ``dead_letter_topic`` is set (trigger option or ``TriggerConfig``).
+        A no-op when no ``dead_letter_topic`` is set (trigger option or ``TriggerConfig``).
         Raises aiokafka's error when the broker refuses it, so the caller keeps the event.
         """
         if not self.dead_letter_topic:
             return
-        producer = await self._dead_letter_producer()
         meta = delivery.meta
         headers = {
             "x-sagaz-error": record.error[:4096],
@@ -509,21 +510,21 @@ class KafkaSource(Source):
             "x-sagaz-source-partition": "" if meta.partition is None else str(meta.partition),
             "x-sagaz-source-offset": "" if meta.offset is None else str(meta.offset),
         }
-        key = meta.key.encode() if isinstance(meta.key, str) else meta.key
+        producer = await self._dead_letter_producer()
         await producer.send_and_wait(
             self.dead_letter_topic,
             _as_bytes(delivery.payload),
-            key=key,
+            key=meta.key.encode() if isinstance(meta.key, str) else meta.key,
             headers=[(k, v.encode()) for k, v in headers.items()],
         )
 
     async def _dead_letter_producer(self) -> Any:
         async with self._producer_lock:
             if self._producer is None:
-                aiokafka = require_extra("kafka")
+                aiokafka = self._aiokafka or require_extra("kafka")
+                options = self._opts["producer_options"] or {}
                 producer = aiokafka.AIOKafkaProducer(
-                    bootstrap_servers=self.bootstrap_servers,
-                    **(self._opts["producer_options"] or {}),
+                    bootstrap_servers=self.bootstrap_servers, **options
                 )
                 try:
                     await producer.start()
@@ -548,7 +549,6 @@ def _as_bytes(payload: Any) -> bytes:
 
 def _rebalance_listener(source: KafkaSource) -> Any:
     """An aiokafka ``ConsumerRebalanceListener`` bound to ``source`` (built after the import)."""
-    require_extra("kafka")
     from aiokafka.abc import ConsumerRebalanceListener
 
     class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
