@@ -285,7 +285,30 @@ async def test_dead_letter_carries_payload_and_headers(
     assert errors == []
 
 
-async def test_unreachable_broker_is_reported_and_retried(kafka_bootstrap: str) -> None:
+async def test_acks_after_intake_stopped_are_committed_by_stop(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    """The engine's shutdown: cancel run() (intake), let sagas finish and ack, then stop()."""
+    await produce(kafka_bootstrap, kafka_topic, 2)
+    group = unique_name("group")
+    ctx, errors = make_ctx(kafka_bootstrap)
+    emit = Recorder()
+    source = source_for(ctx, kafka_topic, group, commit_interval_ms=600_000)
+    task = asyncio.create_task(source.run(emit))
+    await wait_until(lambda: len(emit.deliveries) == 6, what="6 deliveries")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for d in emit.deliveries:
+        if d.meta.offset == 0 or d.meta.partition == 2:
+            await d.ack()
+    await source.stop()
+    await source.stop()  # idempotent
+    assert await committed(kafka_bootstrap, group, kafka_topic) == [1, 1, 2]
+    assert errors == []
+
+
+async def test_unreachable_broker_is_reported_and_retried() -> None:
     ctx, errors = make_ctx("127.0.0.1:1")  # nothing listens on port 1
     source = kafka.create({"topic": "orders", **FAST}, ctx)
     async with running(source, Recorder()):

@@ -67,13 +67,13 @@ _OFFSET_RESETS = ("earliest", "latest", "none")
 
 def _topics(value: Any) -> list[str]:
     topics = [value] if isinstance(value, str) else value
-    if (
-        not isinstance(topics, list | tuple)
-        or not topics
-        or not all(isinstance(t, str) and t for t in topics)
+    if not (
+        isinstance(topics, list | tuple)
+        and topics
+        and all(isinstance(t, str) and t for t in topics)
     ):
         raise ValueError(
-            f"option topic={value!r} must be a topic name or a non-empty list of names, "
+            f"option topic={value!r} must be a topic name or a non-empty list of topic names, "
             'e.g. topic="orders" or topic=["orders", "refunds"]'
         )
     return list(topics)
@@ -290,10 +290,9 @@ class KafkaSource(Source):
         try:
             await asyncio.wait({task, closing}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            closing.cancel()
-            if not task.done():
-                task.cancel()
-                await asyncio.wait({task})  # unlike `await task`, never eats our own cancel
+            for future in (closing, task):
+                future.cancel()  # a no-op for the one that is done
+            await asyncio.wait({closing, task})  # unlike `await task`, never eats our cancel
         if not task.cancelled():
             task.result()
 
@@ -397,30 +396,23 @@ class KafkaSource(Source):
             else {},
             received_at=received_at,
         )
-        ack, nack = self._settlers(partition, offset)
+        settle = self._settler(partition, offset)
         payload = record.value if record.value is not None else b""
-        return Delivery(payload, meta, f"{topic}/{number}/{offset}", ack=ack, nack=nack)
+        return Delivery(payload, meta, f"{topic}/{number}/{offset}", ack=settle, nack=settle)
 
     # -- settling and committing -----------------------------------------------------------
-    def _settlers(
-        self, partition: _Partition, offset: int
-    ) -> tuple[Callable[[], Awaitable[None]], Callable[[bool], Awaitable[None]]]:
+    def _settler(self, partition: _Partition, offset: int) -> Callable[..., Awaitable[None]]:
+        """The delivery's ``ack()`` and ``nack(requeue)``: the first call counts."""
         settled = False
 
-        async def ack() -> None:
+        async def settle(requeue: bool = False) -> None:
             nonlocal settled
             if not settled:
                 settled = True
-                self._settle(partition, offset)
-
-        async def nack(requeue: bool) -> None:
-            nonlocal settled
-            if not settled:
-                settled = True
-                if not requeue:
+                if not requeue:  # nack(requeue=True) leaves the offset uncommitted
                     self._settle(partition, offset)
 
-        return ack, nack
+        return settle
 
     def _settle(self, partition: _Partition, offset: int) -> None:
         if self._partitions.get(partition.tp) is not partition:
