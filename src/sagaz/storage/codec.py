@@ -1,0 +1,143 @@
+"""How the durable stores turn records into JSON and timestamps into sortable values.
+
+Contexts, step results, event payloads and outbox payloads are stored as JSON. Values JSON has no
+type for are wrapped in a one-key *envelope* so they come back as they went in:
+
+>>> loads(dumps({"raw": b"\\x00\\xff"}))
+{'raw': b'\\x00\\xff'}
+
+``bytes`` → ``{"$sagaz:bytes": "<base64>"}``, ``datetime`` → ``{"$sagaz:datetime": "<iso>"}``,
+and a user dict whose keys start with ``$sagaz:`` is escaped so it never reads as an envelope.
+Tuples come back as lists (JSON has no tuple). Anything else is refused with a
+:class:`~sagaz.exceptions.StoreError` that says which value to convert.
+
+Record timestamps must be aware datetimes; they are stored in UTC, either as fixed-width ISO
+text (SQLite: sorts as text) or as integer microseconds (Redis scores).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sagaz.exceptions import StoreError
+
+__all__ = [
+    "BYTES_TAG",
+    "DATETIME_TAG",
+    "DICT_TAG",
+    "decode_value",
+    "dumps",
+    "encode_value",
+    "from_micros",
+    "from_text",
+    "loads",
+    "to_micros",
+    "to_text",
+    "to_utc",
+]
+
+BYTES_TAG = "$sagaz:bytes"
+"""Envelope key of a ``bytes`` value (base64 text)."""
+DATETIME_TAG = "$sagaz:datetime"
+"""Envelope key of a ``datetime`` value (ISO 8601 text)."""
+DICT_TAG = "$sagaz:dict"
+"""Envelope key of a user dict whose own keys start with ``$sagaz:``."""
+
+_TAG_PREFIX = "$sagaz:"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def encode_value(value: Any, *, _path: str = "value") -> Any:
+    """``value`` as plain JSON types, with bytes and datetimes in envelopes."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, dict):
+        encoded: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise StoreError(
+                    f"cannot store {_path}: key {key!r} is a {type(key).__name__}, but JSON "
+                    "object keys must be strings; convert the key with str() before storing"
+                )
+            encoded[key] = encode_value(item, _path=f"{_path}[{key!r}]")
+        if any(key.startswith(_TAG_PREFIX) for key in encoded):
+            return {DICT_TAG: encoded}
+        return encoded
+    if isinstance(value, list | tuple):
+        return [encode_value(item, _path=f"{_path}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {BYTES_TAG: base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, datetime):
+        return {DATETIME_TAG: value.isoformat()}
+    raise StoreError(
+        f"cannot store {_path} of type {type(value).__name__}: a durable store keeps JSON "
+        "(dict, list, str, int, float, bool, None) plus bytes and datetime; convert it first, "
+        "e.g. model.model_dump(mode='json') for pydantic or dataclasses.asdict()"
+    )
+
+
+def decode_value(value: Any) -> Any:
+    """The inverse of :func:`encode_value`."""
+    if isinstance(value, dict):
+        if len(value) == 1:
+            ((key, inner),) = value.items()
+            if key == BYTES_TAG:
+                return base64.b64decode(inner)
+            if key == DATETIME_TAG:
+                return datetime.fromisoformat(inner)
+            if key == DICT_TAG:
+                return {k: decode_value(v) for k, v in inner.items()}
+        return {k: decode_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_value(item) for item in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    """JSON text of ``value`` (see :func:`encode_value`); NaN and infinities are refused,
+    because PostgreSQL's JSONB cannot hold them and every store must accept the same data."""
+    try:
+        return json.dumps(encode_value(value), separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        raise StoreError(
+            f"cannot store a NaN or infinite float ({exc}); store None or a string instead"
+        ) from exc
+
+
+def loads(text: str | bytes) -> Any:
+    """The value :func:`dumps` wrote."""
+    return decode_value(json.loads(text))
+
+
+def to_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive datetime is refused (its zone would be a guess)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise StoreError(
+            f"naive datetime {moment.isoformat()} given to the store: pass an aware datetime, "
+            "e.g. datetime.now(UTC) or sagaz.clock.utcnow()"
+        )
+    return moment.astimezone(UTC)
+
+
+def to_text(moment: datetime) -> str:
+    """Fixed-width ISO text in UTC (``2024-05-01T12:00:00.000000Z``): sorts like the moment."""
+    return to_utc(moment).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def from_text(text: str) -> datetime:
+    """The aware UTC datetime :func:`to_text` wrote."""
+    return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=UTC)
+
+
+def to_micros(moment: datetime) -> int:
+    """Microseconds since the Unix epoch, exact (fits a Redis score up to the year 2255)."""
+    delta = to_utc(moment) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(micros: int | str | bytes) -> datetime:
+    """The aware UTC datetime :func:`to_micros` wrote."""
+    return _EPOCH + timedelta(microseconds=int(micros))

@@ -1,0 +1,572 @@
+"""The shared store for many processes: PostgreSQL through an asyncpg pool.
+
+>>> store = PostgresSagaStore("postgresql://app@db/app", schema="sagaz")  # doctest: +SKIP
+>>> async with store: ...  # doctest: +SKIP
+
+Every claim is one atomic statement (``INSERT ... ON CONFLICT``, ``UPDATE ... WHERE lease expired
+RETURNING``), so any number of processes can share the schema. Contexts and payloads are JSONB;
+bytes and datetimes inside them round-trip through :mod:`sagaz.storage.codec`. asyncpg is
+imported when the store starts (``pip install "sagaz[postgres]"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sagaz._imports import require_extra
+from sagaz.abc import SagaStore
+from sagaz.clock import utcnow
+from sagaz.exceptions import StoreError
+from sagaz.records import (
+    ClaimOutcome,
+    DeadLetterRecord,
+    InboxClaim,
+    OutboxMessage,
+    SagaRecord,
+    StepRecord,
+    TriggerExecutionRecord,
+    TriggerScheduleRecord,
+)
+from sagaz.storage.codec import dumps, loads, to_utc
+from sagaz.storage.postgres_schema import ACTIVE_SQL, TERMINAL_SQL, migrate, quote_schema
+from sagaz.storage.url import redact_url
+from sagaz.types import SagaStatus, StepStatus
+
+__all__ = ["PostgresSagaStore"]
+
+_SAGA_COLUMNS = (
+    "saga_id, saga_name, status, context, attempt, error, trigger_id, event, owner, "
+    "lease_expires_at, created_at, updated_at"
+)
+_SAGA_VALUES = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12"
+_STEP_COLUMNS = (
+    "saga_id, name, status, result, error, attempts, completed_seq, compensation_error, updated_at"
+)
+_DEAD_COLUMNS = (
+    "trigger_id, saga_name, payload, error, reason, traceback, attempts, saga_id, source, meta"
+)
+_CLAIM_RETRIES = 5  # a row deleted between our two statements makes us look again
+
+
+def _json_text(text: str) -> str:
+    return text
+
+
+async def _init_connection(conn: Any) -> None:
+    """Read JSONB with the sagaz codec; parameters arrive as :func:`dumps` text already, so a
+    value that cannot be stored fails with a clear :class:`StoreError` before any query runs."""
+    await conn.set_type_codec("jsonb", encoder=_json_text, decoder=loads, schema="pg_catalog")
+
+
+def _saga_params(record: SagaRecord, created_at: datetime, updated_at: datetime) -> tuple[Any, ...]:
+    lease = record.lease_expires_at
+    return (
+        record.saga_id,
+        record.saga_name,
+        SagaStatus(record.status).value,
+        dumps(record.context),
+        record.attempt,
+        record.error,
+        record.trigger_id,
+        None if record.event is None else dumps(record.event),
+        record.owner,
+        None if lease is None else to_utc(lease),
+        to_utc(created_at),
+        updated_at,
+    )
+
+
+def _saga(row: Mapping[str, Any]) -> SagaRecord:
+    return SagaRecord(
+        saga_id=row["saga_id"],
+        saga_name=row["saga_name"],
+        status=SagaStatus(row["status"]),
+        context=row["context"],
+        attempt=row["attempt"],
+        error=row["error"],
+        trigger_id=row["trigger_id"],
+        event=row["event"],
+        owner=row["owner"],
+        lease_expires_at=row["lease_expires_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _step(row: Mapping[str, Any]) -> StepRecord:
+    return StepRecord(
+        saga_id=row["saga_id"],
+        name=row["name"],
+        status=StepStatus(row["status"]),
+        result=row["result"],
+        error=row["error"],
+        attempts=row["attempts"],
+        completed_seq=row["completed_seq"],
+        compensation_error=row["compensation_error"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _dead(row: Mapping[str, Any]) -> DeadLetterRecord:
+    return DeadLetterRecord(
+        trigger_id=row["trigger_id"],
+        saga_name=row["saga_name"],
+        payload=row["payload"],
+        error=row["error"],
+        reason=row["reason"],
+        traceback=row["traceback"],
+        attempts=row["attempts"],
+        saga_id=row["saga_id"],
+        source=row["source"],
+        meta=row["meta"],
+        id=row["id"],
+        created_at=row["created_at"],
+    )
+
+
+class PostgresSagaStore(SagaStore):
+    """A :class:`~sagaz.abc.SagaStore` in PostgreSQL, shared by every instance of an app.
+
+    ``schema`` names the PostgreSQL schema that holds the tables (created at ``start()``);
+    ``min_size``/``max_size`` bound the asyncpg connection pool.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "sagaz",
+        min_size: int = 1,
+        max_size: int = 10,
+        command_timeout: float | None = 60.0,
+    ) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self._s = quote_schema(schema)
+        self._min_size = min_size
+        self._max_size = max_size
+        self._command_timeout = command_timeout
+        self._pool: Any = None
+        self._lifecycle_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresSagaStore({redact_url(self.dsn)!r}, schema={self.schema!r})"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the pool and create or migrate the schema. Idempotent."""
+        async with self._lifecycle_lock:
+            if self._pool is not None:
+                return
+            asyncpg = require_extra("postgres")
+            try:
+                pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    command_timeout=self._command_timeout,
+                    init=_init_connection,
+                )
+            except (OSError, asyncpg.PostgresError) as exc:
+                raise StoreError(
+                    f"cannot connect to PostgreSQL at {redact_url(self.dsn)}: {exc}; check the "
+                    "DSN (postgresql://user:password@host:5432/db) and that the server is up"
+                ) from exc
+            try:
+                async with pool.acquire() as conn:
+                    await migrate(conn, self.schema)
+            except BaseException:
+                await pool.close()
+                raise
+            self._pool = pool
+            self._started = True
+
+    async def stop(self) -> None:
+        """Close the pool, letting running queries finish. Idempotent."""
+        async with self._lifecycle_lock:
+            pool, self._pool = self._pool, None
+            self._started = False
+            if pool is not None:
+                await pool.close()
+
+    async def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        return int(await self._db().fetchval(f"SELECT MAX(version) FROM {self._s}.schema_version"))
+
+    def _db(self) -> Any:
+        if self._pool is None:
+            raise StoreError(
+                f"{self!r} is not started: call await store.start() or use async with store"
+            )
+        return self._pool
+
+    # -- sagas -----------------------------------------------------------------------------
+    async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
+        db = self._db()
+        now = utcnow()
+        params = _saga_params(record, record.created_at or now, now)
+        for _ in range(_CLAIM_RETRIES):
+            row = await db.fetchrow(
+                f"INSERT INTO {self._s}.saga_executions ({_SAGA_COLUMNS}) VALUES ({_SAGA_VALUES}) "
+                f"ON CONFLICT (saga_id) DO NOTHING RETURNING {_SAGA_COLUMNS}",
+                *params,
+            )
+            if row is not None:
+                return _saga(row), True
+            row = await db.fetchrow(
+                f"SELECT {_SAGA_COLUMNS} FROM {self._s}.saga_executions WHERE saga_id = $1",
+                record.saga_id,
+            )
+            if row is not None:
+                return _saga(row), False
+        raise StoreError(f"saga {record.saga_id!r} kept appearing and disappearing; retry")
+
+    async def save_saga(self, record: SagaRecord) -> None:
+        now = utcnow()
+        await self._db().execute(
+            f"INSERT INTO {self._s}.saga_executions ({_SAGA_COLUMNS}) VALUES ({_SAGA_VALUES}) "
+            "ON CONFLICT (saga_id) DO UPDATE SET saga_name = EXCLUDED.saga_name, "
+            "status = EXCLUDED.status, context = EXCLUDED.context, attempt = EXCLUDED.attempt, "
+            "error = EXCLUDED.error, trigger_id = EXCLUDED.trigger_id, event = EXCLUDED.event, "
+            "owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at, "
+            "updated_at = EXCLUDED.updated_at",
+            *_saga_params(record, record.created_at or now, now),
+        )
+
+    async def get_saga(self, saga_id: str) -> SagaRecord | None:
+        row = await self._db().fetchrow(
+            f"SELECT {_SAGA_COLUMNS} FROM {self._s}.saga_executions WHERE saga_id = $1", saga_id
+        )
+        return None if row is None else _saga(row)
+
+    async def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        saga_name: str | None = None,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            params.append(SagaStatus(status).value)
+            where.append(f"status = ${len(params)}")
+        if saga_name is not None:
+            params.append(saga_name)
+            where.append(f"saga_name = ${len(params)}")
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        params.append(limit)
+        rows = await self._db().fetch(
+            f"SELECT {_SAGA_COLUMNS} FROM {self._s}.saga_executions {clause}"
+            f"ORDER BY seq LIMIT ${len(params)}",
+            *params,
+        )
+        return [_saga(row) for row in rows]
+
+    async def delete_saga(self, saga_id: str) -> None:
+        await self._db().execute(
+            f"WITH steps AS (DELETE FROM {self._s}.saga_steps WHERE saga_id = $1) "
+            f"DELETE FROM {self._s}.saga_executions WHERE saga_id = $1",
+            saga_id,
+        )
+
+    async def list_recoverable(self, now: datetime, limit: int = 100) -> list[SagaRecord]:
+        rows = await self._db().fetch(
+            f"SELECT {_SAGA_COLUMNS} FROM {self._s}.saga_executions WHERE status IN {ACTIVE_SQL} "
+            "AND (lease_expires_at IS NULL OR lease_expires_at < $1) ORDER BY seq LIMIT $2",
+            to_utc(now),
+            limit,
+        )
+        return [_saga(row) for row in rows]
+
+    async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
+        claimed = await self._db().fetchval(
+            f"UPDATE {self._s}.saga_executions SET owner = $2, lease_expires_at = $3 "
+            "WHERE saga_id = $1 AND (owner IS NULL OR owner = $2 OR lease_expires_at IS NULL "
+            "OR lease_expires_at < $4) RETURNING TRUE",
+            saga_id,
+            owner,
+            to_utc(lease_until),
+            utcnow(),
+        )
+        return bool(claimed)
+
+    # -- steps -----------------------------------------------------------------------------
+    async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
+        now = utcnow()
+        result = None if step.result is None else dumps(step.result)
+        messages = [(m.saga_id, m.topic, dumps(m.payload), dumps(m.headers), now) for m in outbox]
+        async with self._db().acquire() as conn, conn.transaction():
+            await conn.execute(
+                f"INSERT INTO {self._s}.saga_steps ({_STEP_COLUMNS}) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+                "ON CONFLICT (saga_id, name) DO UPDATE SET status = EXCLUDED.status, "
+                "result = EXCLUDED.result, error = EXCLUDED.error, "
+                "attempts = EXCLUDED.attempts, completed_seq = EXCLUDED.completed_seq, "
+                "compensation_error = EXCLUDED.compensation_error, "
+                "updated_at = EXCLUDED.updated_at",
+                step.saga_id,
+                step.name,
+                StepStatus(step.status).value,
+                result,
+                step.error,
+                step.attempts,
+                step.completed_seq,
+                step.compensation_error,
+                now,
+            )
+            if messages:
+                await conn.executemany(
+                    f"INSERT INTO {self._s}.outbox (saga_id, topic, payload, headers, created_at) "
+                    "VALUES ($1, $2, $3, $4, $5)",
+                    messages,
+                )
+
+    async def get_steps(self, saga_id: str) -> list[StepRecord]:
+        rows = await self._db().fetch(
+            f"SELECT {_STEP_COLUMNS} FROM {self._s}.saga_steps WHERE saga_id = $1", saga_id
+        )
+        return [_step(row) for row in rows]
+
+    async def reset_steps(self, saga_id: str) -> None:
+        await self._db().execute(f"DELETE FROM {self._s}.saga_steps WHERE saga_id = $1", saga_id)
+
+    # -- inbox -----------------------------------------------------------------------------
+    async def claim_inbox(
+        self, trigger_id: str, key: str, saga_id: str, owner: str, lease_until: datetime
+    ) -> InboxClaim:
+        db = self._db()
+        for _ in range(_CLAIM_RETRIES):
+            # one statement inserts a new row or takes over an expired/own one; the row lock
+            # taken by ON CONFLICT makes the lease check and the takeover atomic
+            row = await db.fetchrow(
+                f"INSERT INTO {self._s}.inbox AS i (trigger_id, key, saga_id, owner, "
+                "lease_until, status, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6) "
+                "ON CONFLICT (trigger_id, key) DO UPDATE SET owner = EXCLUDED.owner, "
+                "lease_until = EXCLUDED.lease_until WHERE i.status = 'pending' AND "
+                "(i.owner = EXCLUDED.owner OR i.lease_until IS NULL OR i.lease_until < $6) "
+                "RETURNING i.saga_id, (xmax = 0) AS inserted",
+                trigger_id,
+                key,
+                saga_id,
+                owner,
+                to_utc(lease_until),
+                utcnow(),
+            )
+            if row is not None:
+                outcome = ClaimOutcome.CLAIMED if row["inserted"] else ClaimOutcome.TAKEN_OVER
+                return InboxClaim(outcome, row["saga_id"], owner)
+            row = await db.fetchrow(
+                f"SELECT saga_id, owner, status FROM {self._s}.inbox "
+                "WHERE trigger_id = $1 AND key = $2",
+                trigger_id,
+                key,
+            )
+            if row is not None:
+                outcome = (
+                    ClaimOutcome.DUPLICATE if row["status"] == "completed" else ClaimOutcome.BUSY
+                )
+                return InboxClaim(outcome, row["saga_id"], row["owner"])
+        raise StoreError(f"inbox row ({trigger_id!r}, {key!r}) kept changing under us; retry")
+
+    async def complete_inbox(self, trigger_id: str, key: str) -> None:
+        await self._db().execute(
+            f"UPDATE {self._s}.inbox SET status = 'completed', completed_at = $3 "
+            "WHERE trigger_id = $1 AND key = $2",
+            trigger_id,
+            key,
+            utcnow(),
+        )
+
+    async def release_inbox(self, trigger_id: str, key: str) -> None:
+        await self._db().execute(
+            f"DELETE FROM {self._s}.inbox WHERE trigger_id = $1 AND key = $2", trigger_id, key
+        )
+
+    async def renew_leases(self, owner: str, lease_until: datetime) -> int:
+        touched = await self._db().fetchval(
+            f"WITH i AS (UPDATE {self._s}.inbox SET lease_until = $2 "
+            "WHERE owner = $1 AND status = 'pending' RETURNING 1), "
+            f"s AS (UPDATE {self._s}.saga_executions SET lease_expires_at = $2 "
+            f"WHERE owner = $1 AND status IN {ACTIVE_SQL} RETURNING 1) "
+            "SELECT (SELECT count(*) FROM i) + (SELECT count(*) FROM s)",
+            owner,
+            to_utc(lease_until),
+        )
+        return int(touched)
+
+    async def purge_expired(self, before: datetime) -> int:
+        affected = await self._db().fetchval(
+            f"WITH i AS (DELETE FROM {self._s}.inbox "
+            "WHERE status = 'completed' AND completed_at < $1 RETURNING 1), "
+            f"s AS (UPDATE {self._s}.saga_executions SET event = NULL WHERE event IS NOT NULL "
+            f"AND status IN {TERMINAL_SQL} AND updated_at < $1 RETURNING 1) "
+            "SELECT (SELECT count(*) FROM i) + (SELECT count(*) FROM s)",
+            to_utc(before),
+        )
+        return int(affected)
+
+    # -- outbox ----------------------------------------------------------------------------
+    async def fetch_outbox(self, limit: int = 100) -> list[OutboxMessage]:
+        rows = await self._db().fetch(
+            f"SELECT id, saga_id, topic, payload, headers, created_at, sent_at "
+            f"FROM {self._s}.outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+            limit,
+        )
+        return [
+            OutboxMessage(
+                saga_id=row["saga_id"],
+                topic=row["topic"],
+                payload=row["payload"],
+                headers=row["headers"],
+                id=row["id"],
+                created_at=row["created_at"],
+                sent_at=row["sent_at"],
+            )
+            for row in rows
+        ]
+
+    async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self._db().execute(
+                f"UPDATE {self._s}.outbox SET sent_at = $2 WHERE id = ANY($1::bigint[])",
+                [int(i) for i in ids],
+                utcnow(),
+            )
+
+    # -- dead letters ----------------------------------------------------------------------
+    async def add_dead_letter(self, record: DeadLetterRecord) -> int:
+        dead_id = await self._db().fetchval(
+            f"INSERT INTO {self._s}.dead_letters ({_DEAD_COLUMNS}, created_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+            record.trigger_id,
+            record.saga_name,
+            dumps(record.payload),
+            record.error,
+            record.reason,
+            record.traceback,
+            record.attempts,
+            record.saga_id,
+            record.source,
+            dumps(record.meta),
+            utcnow(),
+        )
+        return int(dead_id)
+
+    async def list_dead_letters(
+        self, *, trigger_id: str | None = None, limit: int = 100
+    ) -> list[DeadLetterRecord]:
+        select = f"SELECT id, {_DEAD_COLUMNS}, created_at FROM {self._s}.dead_letters"
+        if trigger_id is None:
+            rows = await self._db().fetch(f"{select} ORDER BY id LIMIT $1", limit)
+        else:
+            rows = await self._db().fetch(
+                f"{select} WHERE trigger_id = $1 ORDER BY id LIMIT $2", trigger_id, limit
+            )
+        return [_dead(row) for row in rows]
+
+    async def get_dead_letter(self, dead_letter_id: int) -> DeadLetterRecord | None:
+        row = await self._db().fetchrow(
+            f"SELECT id, {_DEAD_COLUMNS}, created_at FROM {self._s}.dead_letters WHERE id = $1",
+            dead_letter_id,
+        )
+        return None if row is None else _dead(row)
+
+    async def delete_dead_letter(self, dead_letter_id: int) -> bool:
+        deleted = await self._db().fetchval(
+            f"DELETE FROM {self._s}.dead_letters WHERE id = $1 RETURNING TRUE", dead_letter_id
+        )
+        return bool(deleted)
+
+    # -- poll triggers ---------------------------------------------------------------------
+    async def save_trigger_schedule(self, record: TriggerScheduleRecord) -> None:
+        last = record.last_poll_at
+        await self._db().execute(
+            f"INSERT INTO {self._s}.trigger_schedules AS t (trigger_name, saga_name, "
+            "poll_interval_ms, allow_concurrent, enabled, last_poll_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (trigger_name) DO UPDATE SET "
+            "saga_name = EXCLUDED.saga_name, poll_interval_ms = EXCLUDED.poll_interval_ms, "
+            "allow_concurrent = EXCLUDED.allow_concurrent, enabled = EXCLUDED.enabled, "
+            "last_poll_at = COALESCE(EXCLUDED.last_poll_at, t.last_poll_at)",
+            record.trigger_name,
+            record.saga_name,
+            record.poll_interval_ms,
+            record.allow_concurrent,
+            record.enabled,
+            None if last is None else to_utc(last),
+        )
+
+    async def get_trigger_schedule(self, trigger_name: str) -> TriggerScheduleRecord | None:
+        row = await self._db().fetchrow(
+            "SELECT trigger_name, saga_name, poll_interval_ms, allow_concurrent, enabled, "
+            f"last_poll_at FROM {self._s}.trigger_schedules WHERE trigger_name = $1",
+            trigger_name,
+        )
+        return None if row is None else TriggerScheduleRecord(*row)
+
+    async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
+        await self._db().execute(
+            f"UPDATE {self._s}.trigger_schedules SET last_poll_at = $2 WHERE trigger_name = $1",
+            trigger_name,
+            to_utc(last_poll_at),
+        )
+
+    async def start_trigger_execution(
+        self, record: TriggerExecutionRecord, *, exclusive: bool
+    ) -> bool:
+        started = to_utc(record.started_at or utcnow())
+        insert = (
+            f"INSERT INTO {self._s}.trigger_executions "
+            "(trigger_name, context_hash, saga_id, exclusive, started_at) "
+        )
+        args = (record.trigger_name, record.context_hash, record.saga_id, exclusive, started)
+        if not exclusive:
+            await self._db().execute(insert + "VALUES ($1, $2, $3, $4, $5)", *args)
+            return True
+        # the NOT EXISTS sees committed open rows; the partial unique index settles two
+        # exclusive inserts racing each other (the loser's ON CONFLICT does nothing)
+        inserted = await self._db().fetchval(
+            insert + "SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM "
+            f"{self._s}.trigger_executions WHERE trigger_name = $1 AND context_hash = $2 "
+            "AND completed_at IS NULL) ON CONFLICT DO NOTHING RETURNING TRUE",
+            *args,
+        )
+        return bool(inserted)
+
+    async def complete_trigger_execution(self, trigger_name: str, saga_id: str) -> None:
+        await self._db().execute(
+            f"UPDATE {self._s}.trigger_executions SET completed_at = $3 "
+            "WHERE trigger_name = $1 AND saga_id = $2 AND completed_at IS NULL",
+            trigger_name,
+            saga_id,
+            utcnow(),
+        )
+
+    async def list_trigger_executions(self, trigger_name: str) -> list[TriggerExecutionRecord]:
+        rows = await self._db().fetch(
+            "SELECT trigger_name, context_hash, saga_id, started_at, completed_at "
+            f"FROM {self._s}.trigger_executions WHERE trigger_name = $1 ORDER BY id",
+            trigger_name,
+        )
+        return [TriggerExecutionRecord(*row) for row in rows]
+
+    # -- cron ------------------------------------------------------------------------------
+    async def claim_cron_tick(self, trigger_id: str, tick: datetime, owner: str) -> bool:
+        claimed = await self._db().fetchval(
+            f"INSERT INTO {self._s}.cron_claims (trigger_id, tick, owner, claimed_at) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING TRUE",
+            trigger_id,
+            to_utc(tick),
+            owner,
+            utcnow(),
+        )
+        return bool(claimed)
+
+    async def last_cron_tick(self, trigger_id: str) -> datetime | None:
+        tick: datetime | None = await self._db().fetchval(
+            f"SELECT MAX(tick) FROM {self._s}.cron_claims WHERE trigger_id = $1", trigger_id
+        )
+        return tick

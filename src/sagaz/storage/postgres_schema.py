@@ -1,0 +1,195 @@
+"""The versioned PostgreSQL schema of :class:`~sagaz.storage.postgres.PostgresSagaStore`.
+
+Every table lives in one schema (``sagaz`` by default) whose name replaces ``{s}`` in the
+statements. A migration is a version number and the statements that bring the schema to it;
+append new migrations, never edit a released one. :func:`migrate` runs under
+``pg_advisory_xact_lock``, so processes starting at once apply each migration exactly once.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sagaz.exceptions import ConfigurationError, StoreError
+from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
+
+__all__ = [
+    "ACTIVE_SQL",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "TERMINAL_SQL",
+    "migrate",
+    "quote_schema",
+]
+
+TERMINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_SAGA_STATUSES)) + ")"
+"""SQL list of the terminal saga statuses (``IN`` clauses and partial indexes)."""
+ACTIVE_SQL = (
+    "(" + ", ".join(f"'{s.value}'" for s in sorted(set(SagaStatus) - TERMINAL_SAGA_STATUSES)) + ")"
+)
+"""SQL list of the non-terminal saga statuses."""
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
+
+MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
+    (
+        1,
+        (
+            """CREATE TABLE {s}.saga_executions (
+                seq bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+                saga_id text PRIMARY KEY,
+                saga_name text NOT NULL,
+                status text NOT NULL,
+                context jsonb NOT NULL,
+                attempt integer NOT NULL,
+                error text,
+                trigger_id text,
+                event jsonb,
+                owner text,
+                lease_expires_at timestamptz,
+                created_at timestamptz NOT NULL,
+                updated_at timestamptz NOT NULL
+            )""",
+            "CREATE INDEX saga_executions_by_status ON {s}.saga_executions (status, seq)",
+            "CREATE INDEX saga_executions_by_name ON {s}.saga_executions (saga_name, seq)",
+            "CREATE INDEX saga_executions_active ON {s}.saga_executions (seq) "
+            f"WHERE status IN {ACTIVE_SQL}",
+            "CREATE INDEX saga_executions_by_owner ON {s}.saga_executions (owner) "
+            f"WHERE status IN {ACTIVE_SQL}",
+            "CREATE INDEX saga_executions_stored_events ON {s}.saga_executions (updated_at) "
+            f"WHERE event IS NOT NULL AND status IN {TERMINAL_SQL}",
+            """CREATE TABLE {s}.saga_steps (
+                saga_id text NOT NULL,
+                name text NOT NULL,
+                status text NOT NULL,
+                result jsonb,
+                error text,
+                attempts integer NOT NULL,
+                completed_seq integer,
+                compensation_error text,
+                updated_at timestamptz NOT NULL,
+                PRIMARY KEY (saga_id, name)
+            )""",
+            """CREATE TABLE {s}.inbox (
+                trigger_id text NOT NULL,
+                key text NOT NULL,
+                saga_id text NOT NULL,
+                owner text,
+                lease_until timestamptz,
+                status text NOT NULL,
+                created_at timestamptz NOT NULL,
+                completed_at timestamptz,
+                PRIMARY KEY (trigger_id, key)
+            )""",
+            "CREATE INDEX inbox_pending_by_owner ON {s}.inbox (owner) WHERE status = 'pending'",
+            "CREATE INDEX inbox_completed ON {s}.inbox (completed_at) WHERE status = 'completed'",
+            """CREATE TABLE {s}.outbox (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                saga_id text NOT NULL,
+                topic text NOT NULL,
+                payload jsonb,
+                headers jsonb NOT NULL,
+                created_at timestamptz NOT NULL,
+                sent_at timestamptz
+            )""",
+            "CREATE INDEX outbox_unsent ON {s}.outbox (id) WHERE sent_at IS NULL",
+            """CREATE TABLE {s}.dead_letters (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                trigger_id text NOT NULL,
+                saga_name text NOT NULL,
+                payload jsonb,
+                error text NOT NULL,
+                reason text NOT NULL,
+                traceback text,
+                attempts integer NOT NULL,
+                saga_id text,
+                source text,
+                meta jsonb NOT NULL,
+                created_at timestamptz NOT NULL
+            )""",
+            "CREATE INDEX dead_letters_by_trigger ON {s}.dead_letters (trigger_id, id)",
+            """CREATE TABLE {s}.trigger_schedules (
+                trigger_name text PRIMARY KEY,
+                saga_name text NOT NULL,
+                poll_interval_ms bigint NOT NULL,
+                allow_concurrent boolean NOT NULL,
+                enabled boolean NOT NULL,
+                last_poll_at timestamptz
+            )""",
+            """CREATE TABLE {s}.trigger_executions (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                trigger_name text NOT NULL,
+                context_hash text NOT NULL,
+                saga_id text NOT NULL,
+                exclusive boolean NOT NULL,
+                started_at timestamptz NOT NULL,
+                completed_at timestamptz
+            )""",
+            # at most one open exclusive execution per context, across every process
+            "CREATE UNIQUE INDEX trigger_executions_open_exclusive "
+            "ON {s}.trigger_executions (trigger_name, context_hash) "
+            "WHERE completed_at IS NULL AND exclusive",
+            "CREATE INDEX trigger_executions_by_trigger ON {s}.trigger_executions "
+            "(trigger_name, id)",
+            "CREATE INDEX trigger_executions_open_by_saga ON {s}.trigger_executions "
+            "(trigger_name, saga_id) WHERE completed_at IS NULL",
+            """CREATE TABLE {s}.cron_claims (
+                trigger_id text NOT NULL,
+                tick timestamptz NOT NULL,
+                owner text NOT NULL,
+                claimed_at timestamptz NOT NULL,
+                PRIMARY KEY (trigger_id, tick)
+            )""",
+        ),
+    ),
+]
+"""Every migration, oldest first (``{s}`` is the quoted schema name)."""
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+"""The schema version this code writes and expects."""
+
+
+def quote_schema(schema: str) -> str:
+    """``schema`` as a quoted SQL identifier, after checking it is a plain name."""
+    if not _SCHEMA_NAME.match(schema):
+        raise ConfigurationError(
+            f"invalid PostgreSQL schema name {schema!r}: use letters, digits, '_' or '-', "
+            "starting with a letter or '_', at most 63 characters"
+        )
+    return f'"{schema}"'
+
+
+async def migrate(conn: Any, schema: str) -> int:
+    """Create or upgrade the schema in one transaction; return the version now in place.
+
+    ``conn`` is an asyncpg connection. The advisory lock is keyed on the schema name, so two
+    processes starting at once queue up instead of racing on ``CREATE TABLE``.
+    """
+    s = quote_schema(schema)
+    async with conn.transaction():
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", f"sagaz:{schema}"
+        )
+        exists = await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema)
+        if not exists:
+            await conn.execute(f"CREATE SCHEMA {s}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {s}.schema_version ("
+            "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        current = int(
+            await conn.fetchval(f"SELECT COALESCE(MAX(version), 0) FROM {s}.schema_version")
+        )
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"the PostgreSQL schema {schema!r} has version {current}, newer than the "
+                f"{SCHEMA_VERSION} this sagaz understands: upgrade sagaz (pip install -U sagaz)"
+            )
+        for version, statements in MIGRATIONS:
+            if version <= current:
+                continue
+            for statement in statements:
+                await conn.execute(statement.replace("{s}", s))
+            await conn.execute(f"INSERT INTO {s}.schema_version (version) VALUES ($1)", version)
+    return SCHEMA_VERSION

@@ -1,0 +1,551 @@
+"""A shared store in Redis, through ``redis.asyncio``.
+
+>>> store = RedisSagaStore("redis://localhost:6379/0", prefix="myapp")  # doctest: +SKIP
+>>> async with store: ...  # doctest: +SKIP
+
+Each claim, and each write that must keep an index in step with its row, is one Lua script
+(:mod:`sagaz.storage.redis_scripts`), which Redis runs atomically. Every key starts with
+``prefix:``, so several apps (or tests) can share a database. Written for a single Redis
+primary (standalone or Sentinel); the scripts build some key names themselves, which Redis
+Cluster does not allow. redis-py is imported when the store starts
+(``pip install "sagaz[redis]"``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+from sagaz._imports import require_extra
+from sagaz.abc import SagaStore
+from sagaz.clock import utcnow
+from sagaz.exceptions import StoreError
+from sagaz.records import (
+    ClaimOutcome,
+    DeadLetterRecord,
+    InboxClaim,
+    OutboxMessage,
+    SagaRecord,
+    StepRecord,
+    TriggerExecutionRecord,
+    TriggerScheduleRecord,
+)
+from sagaz.storage import redis_scripts as lua
+from sagaz.storage.codec import dumps, from_micros, loads, to_micros
+from sagaz.storage.url import redact_url
+from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
+
+__all__ = ["SCHEMA_VERSION", "RedisSagaStore"]
+
+SCHEMA_VERSION = 1
+"""The key-layout version this code writes (stored in ``<prefix>:schema_version``).
+
+Version 1 needs no data migration (keys are created on first write); a later layout adds a
+step to :meth:`RedisSagaStore._migrate`, which runs under a ``SET NX`` lock."""
+
+_CHUNK = 200  # ids read per round trip when scanning an index
+_PURGE_BATCH = 500
+
+
+def _us(moment: datetime) -> str:
+    return str(to_micros(moment))
+
+
+def _opt_moment(micros: str | None) -> datetime | None:
+    return None if micros is None else from_micros(micros)
+
+
+def _saga(fields: dict[str, str]) -> SagaRecord:
+    return SagaRecord(
+        saga_id=fields["saga_id"],
+        saga_name=fields["saga_name"],
+        status=SagaStatus(fields["status"]),
+        context=loads(fields["context"]),
+        attempt=int(fields["attempt"]),
+        error=fields.get("error"),
+        trigger_id=fields.get("trigger_id"),
+        event=loads(fields["event"]) if "event" in fields else None,
+        owner=fields.get("owner"),
+        lease_expires_at=_opt_moment(fields.get("lease")),
+        created_at=from_micros(fields["created_at"]),
+        updated_at=from_micros(fields["updated_at"]),
+    )
+
+
+class RedisSagaStore(SagaStore):
+    """A :class:`~sagaz.abc.SagaStore` in Redis, shared by every instance of an app.
+
+    ``prefix`` starts every key (default ``sagaz``); extra keyword arguments go to
+    ``redis.asyncio.Redis.from_url`` (``socket_timeout``, ``max_connections``...).
+    """
+
+    def __init__(self, url: str, *, prefix: str = "sagaz", **client_options: Any) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._client_options = client_options
+        self._client: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._lifecycle_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"RedisSagaStore({redact_url(self.url)!r}, prefix={self.prefix!r})"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect, check the server answers, and record or migrate the key layout."""
+        async with self._lifecycle_lock:
+            if self._client is not None:
+                return
+            redis = require_extra("redis", "redis.asyncio")
+            client = redis.Redis.from_url(self.url, decode_responses=True, **self._client_options)
+            try:
+                await client.ping()
+                await self._migrate(client)
+            except BaseException as exc:
+                await client.aclose()
+                if isinstance(exc, OSError | redis.RedisError):
+                    raise StoreError(
+                        f"cannot use Redis at {redact_url(self.url)}: {exc}; check the URL "
+                        "(redis://host:6379/0) and that the server is up"
+                    ) from exc
+                raise
+            self._scripts = {
+                name: client.register_script(getattr(lua, name)) for name in lua.__all__
+            }
+            self._client = client
+            self._started = True
+
+    async def stop(self) -> None:
+        """Close the connection pool. Idempotent."""
+        async with self._lifecycle_lock:
+            client, self._client = self._client, None
+            self._started = False
+            if client is not None:
+                await client.aclose()
+
+    async def _migrate(self, client: Any) -> None:
+        """Bring ``<prefix>:schema_version`` to :data:`SCHEMA_VERSION` under a lock."""
+        version_key = self._key("schema_version")
+        lock, token = self._key("migration-lock"), secrets.token_hex(8)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while True:
+            if int(await client.get(version_key) or 0) == SCHEMA_VERSION:
+                return  # current (perhaps another process just migrated): no lock needed
+            if await client.set(lock, token, nx=True, px=30_000):
+                break
+            if loop.time() > deadline:
+                raise StoreError(
+                    f"another process has held {lock!r} for 30 s; if none is migrating, "
+                    f"delete that key and start again"
+                )
+            await asyncio.sleep(0.05)
+        try:
+            current = int(await client.get(version_key) or 0)
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the Redis keys under {self.prefix!r} have layout version {current}, newer "
+                    f"than the {SCHEMA_VERSION} this sagaz understands: upgrade sagaz"
+                )
+            if current < SCHEMA_VERSION:  # version 1: keys appear on first write
+                await client.set(version_key, SCHEMA_VERSION)
+        finally:
+            await client.eval(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
+                1,
+                lock,
+                token,
+            )
+
+    async def schema_version(self) -> int:
+        """The key-layout version recorded in Redis."""
+        return int(await self._db().get(self._key("schema_version")) or 0)
+
+    def _db(self) -> Any:
+        if self._client is None:
+            raise StoreError(
+                f"{self!r} is not started: call await store.start() or use async with store"
+            )
+        return self._client
+
+    async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        self._db()
+        return await self._scripts[name](keys=list(keys), args=list(args))
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def _inbox_key(self, trigger_id: str, key: str) -> str:
+        # two free-form parts: quote them so ("a:b", "c") and ("a", "b:c") stay apart
+        return self._key("inbox", quote(trigger_id, safe=""), quote(key, safe=""))
+
+    def _open_executions_key(self, trigger_name: str, saga_id: str) -> str:
+        return self._key("texec-open-saga", quote(trigger_name, safe=""), quote(saga_id, safe=""))
+
+    # -- sagas -----------------------------------------------------------------------------
+    def _saga_args(self, mode: str, record: SagaRecord, now: datetime) -> list[str]:
+        status = SagaStatus(record.status)
+        values: dict[str, str | None] = {
+            "saga_id": record.saga_id,
+            "saga_name": record.saga_name,
+            "status": status.value,
+            "context": dumps(record.context),
+            "attempt": str(record.attempt),
+            "error": record.error,
+            "trigger_id": record.trigger_id,
+            "event": None if record.event is None else dumps(record.event),
+            "owner": record.owner,
+            "lease": None if record.lease_expires_at is None else _us(record.lease_expires_at),
+        }
+        present = [(k, v) for k, v in values.items() if v is not None]
+        absent = [k for k, v in values.items() if v is None]
+        return [
+            self.prefix,
+            mode,
+            record.saga_id,
+            record.saga_name,
+            status.value,
+            "1" if status in TERMINAL_SAGA_STATUSES else "0",
+            _us(record.created_at or now),
+            _us(now),
+            record.owner or "",
+            "0" if record.event is None else "1",
+            str(len(present)),
+            *(item for pair in present for item in pair),
+            *absent,
+        ]
+
+    async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
+        now = utcnow()
+        key = self._key("saga", record.saga_id)
+        for _ in range(5):
+            if await self._script("SAVE_SAGA", [key], self._saga_args("create", record, now)):
+                stored = await self.get_saga(record.saga_id)
+                if stored is not None:
+                    return stored, True
+            stored = await self.get_saga(record.saga_id)
+            if stored is not None:
+                return stored, False
+        raise StoreError(f"saga {record.saga_id!r} kept appearing and disappearing; retry")
+
+    async def save_saga(self, record: SagaRecord) -> None:
+        await self._script(
+            "SAVE_SAGA",
+            [self._key("saga", record.saga_id)],
+            self._saga_args("save", record, utcnow()),
+        )
+
+    async def get_saga(self, saga_id: str) -> SagaRecord | None:
+        fields = await self._db().hgetall(self._key("saga", saga_id))
+        return _saga(fields) if fields else None
+
+    async def _scan(
+        self, index: str, keep: Callable[[SagaRecord], bool], limit: int
+    ) -> list[SagaRecord]:
+        """Sagas listed in the sorted set ``index``, in its order, that pass ``keep``."""
+        db, start = self._db(), 0
+        found: list[SagaRecord] = []
+        while len(found) < limit:
+            ids = await db.zrange(index, start, start + _CHUNK - 1)
+            if not ids:
+                break
+            start += len(ids)
+            async with db.pipeline(transaction=False) as pipe:
+                for saga_id in ids:
+                    pipe.hgetall(self._key("saga", saga_id))
+                rows = await pipe.execute()
+            for fields in rows:
+                if fields and keep(record := _saga(fields)):
+                    found.append(record)
+        return found[:limit]
+
+    async def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        saga_name: str | None = None,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        if status is not None:
+            wanted = SagaStatus(status)
+            index = self._key("sagas-status", wanted.value)
+        elif saga_name is not None:
+            index = self._key("sagas-name", saga_name)
+        else:
+            index = self._key("sagas")
+        return await self._scan(
+            index,
+            lambda r: (
+                (status is None or r.status == status)
+                and (saga_name is None or r.saga_name == saga_name)
+            ),
+            limit,
+        )
+
+    async def delete_saga(self, saga_id: str) -> None:
+        await self._script(
+            "DELETE_SAGA",
+            [self._key("saga", saga_id), self._key("steps", saga_id)],
+            [self.prefix, saga_id],
+        )
+
+    async def list_recoverable(self, now: datetime, limit: int = 100) -> list[SagaRecord]:
+        return await self._scan(
+            self._key("sagas-active"),
+            lambda r: (
+                r.status not in TERMINAL_SAGA_STATUSES
+                and (r.lease_expires_at is None or r.lease_expires_at < now)
+            ),
+            limit,
+        )
+
+    async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
+        claimed = await self._script(
+            "CLAIM_SAGA",
+            [self._key("saga", saga_id)],
+            [self.prefix, saga_id, owner, _us(lease_until), _us(utcnow())],
+        )
+        return bool(claimed)
+
+    # -- steps -----------------------------------------------------------------------------
+    async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
+        now = _us(utcnow())
+        document = dumps(
+            {
+                "saga_id": step.saga_id,
+                "name": step.name,
+                "status": StepStatus(step.status).value,
+                "result": step.result,
+                "error": step.error,
+                "attempts": step.attempts,
+                "completed_seq": step.completed_seq,
+                "compensation_error": step.compensation_error,
+                "updated_at": now,
+            }
+        )
+        messages = [
+            dumps(
+                {"saga_id": m.saga_id, "topic": m.topic, "payload": m.payload, "headers": m.headers}
+            )
+            for m in outbox
+        ]
+        await self._script(
+            "SAVE_STEP",
+            [self._key("steps", step.saga_id)],
+            [self.prefix, step.name, document, now, *messages],
+        )
+
+    async def get_steps(self, saga_id: str) -> list[StepRecord]:
+        steps = []
+        for document in await self._db().hvals(self._key("steps", saga_id)):
+            data = loads(document)
+            data["status"] = StepStatus(data["status"])
+            data["updated_at"] = from_micros(data["updated_at"])
+            steps.append(StepRecord(**data))
+        return steps
+
+    async def reset_steps(self, saga_id: str) -> None:
+        await self._db().delete(self._key("steps", saga_id))
+
+    # -- inbox -----------------------------------------------------------------------------
+    async def claim_inbox(
+        self, trigger_id: str, key: str, saga_id: str, owner: str, lease_until: datetime
+    ) -> InboxClaim:
+        outcome, row_saga, row_owner = await self._script(
+            "CLAIM_INBOX",
+            [self._inbox_key(trigger_id, key)],
+            [self.prefix, saga_id, owner, _us(lease_until), _us(utcnow())],
+        )
+        return InboxClaim(ClaimOutcome(outcome), row_saga, row_owner or None)
+
+    async def complete_inbox(self, trigger_id: str, key: str) -> None:
+        await self._script(
+            "COMPLETE_INBOX", [self._inbox_key(trigger_id, key)], [self.prefix, _us(utcnow())]
+        )
+
+    async def release_inbox(self, trigger_id: str, key: str) -> None:
+        await self._script("RELEASE_INBOX", [self._inbox_key(trigger_id, key)], [self.prefix])
+
+    async def renew_leases(self, owner: str, lease_until: datetime) -> int:
+        touched = await self._script("RENEW_LEASES", [], [self.prefix, owner, _us(lease_until)])
+        return int(touched)
+
+    async def purge_expired(self, before: datetime) -> int:
+        total = 0
+        while True:
+            affected, seen = await self._script(
+                "PURGE_EXPIRED", [], [self.prefix, _us(before), _PURGE_BATCH]
+            )
+            total += int(affected)
+            if not seen:
+                return total
+
+    # -- outbox ----------------------------------------------------------------------------
+    async def fetch_outbox(self, limit: int = 100) -> list[OutboxMessage]:
+        db = self._db()
+        ids = await db.zrange(self._key("outbox-unsent"), 0, limit - 1) if limit > 0 else []
+        async with db.pipeline(transaction=False) as pipe:
+            for outbox_id in ids:
+                pipe.hgetall(self._key("outbox", outbox_id))
+            rows = await pipe.execute()
+        messages = []
+        for outbox_id, fields in zip(ids, rows, strict=True):
+            if not fields or "sent_at" in fields:
+                continue  # sent or gone between the two reads
+            data = loads(fields["doc"])
+            messages.append(
+                OutboxMessage(
+                    **data, id=int(outbox_id), created_at=from_micros(fields["created_at"])
+                )
+            )
+        return messages
+
+    async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self._script(
+                "MARK_OUTBOX_SENT", [], [self.prefix, _us(utcnow()), *(int(i) for i in ids)]
+            )
+
+    # -- dead letters ----------------------------------------------------------------------
+    async def add_dead_letter(self, record: DeadLetterRecord) -> int:
+        document = dumps(
+            {
+                "trigger_id": record.trigger_id,
+                "saga_name": record.saga_name,
+                "payload": record.payload,
+                "error": record.error,
+                "reason": record.reason,
+                "traceback": record.traceback,
+                "attempts": record.attempts,
+                "saga_id": record.saga_id,
+                "source": record.source,
+                "meta": record.meta,
+            }
+        )
+        dead_id = await self._script(
+            "ADD_DEAD_LETTER", [], [self.prefix, record.trigger_id, document, _us(utcnow())]
+        )
+        return int(dead_id)
+
+    async def _dead_letters(self, ids: Sequence[str]) -> list[DeadLetterRecord]:
+        async with self._db().pipeline(transaction=False) as pipe:
+            for dead_id in ids:
+                pipe.hgetall(self._key("dead", str(dead_id)))
+            rows = await pipe.execute()
+        return [
+            DeadLetterRecord(
+                **loads(fields["doc"]),
+                id=int(dead_id),
+                created_at=from_micros(fields["created_at"]),
+            )
+            for dead_id, fields in zip(ids, rows, strict=True)
+            if fields
+        ]
+
+    async def list_dead_letters(
+        self, *, trigger_id: str | None = None, limit: int = 100
+    ) -> list[DeadLetterRecord]:
+        if limit <= 0:
+            return []
+        index = self._key("dead-all" if trigger_id is None else f"dead-by-trigger:{trigger_id}")
+        return await self._dead_letters(await self._db().zrange(index, 0, limit - 1))
+
+    async def get_dead_letter(self, dead_letter_id: int) -> DeadLetterRecord | None:
+        found = await self._dead_letters([str(int(dead_letter_id))])
+        return found[0] if found else None
+
+    async def delete_dead_letter(self, dead_letter_id: int) -> bool:
+        deleted = await self._script(
+            "DELETE_DEAD_LETTER", [], [self.prefix, str(int(dead_letter_id))]
+        )
+        return bool(deleted)
+
+    # -- poll triggers ---------------------------------------------------------------------
+    async def save_trigger_schedule(self, record: TriggerScheduleRecord) -> None:
+        fields = {
+            "saga_name": record.saga_name,
+            "poll_interval_ms": str(record.poll_interval_ms),
+            "allow_concurrent": "1" if record.allow_concurrent else "0",
+            "enabled": "1" if record.enabled else "0",
+        }
+        if record.last_poll_at is not None:  # None keeps the stored time (one atomic HSET)
+            fields["last_poll_at"] = _us(record.last_poll_at)
+        await self._db().hset(self._key("schedule", record.trigger_name), mapping=fields)
+
+    async def get_trigger_schedule(self, trigger_name: str) -> TriggerScheduleRecord | None:
+        fields = await self._db().hgetall(self._key("schedule", trigger_name))
+        if not fields:
+            return None
+        return TriggerScheduleRecord(
+            trigger_name=trigger_name,
+            saga_name=fields["saga_name"],
+            poll_interval_ms=int(fields["poll_interval_ms"]),
+            allow_concurrent=fields["allow_concurrent"] == "1",
+            enabled=fields["enabled"] == "1",
+            last_poll_at=_opt_moment(fields.get("last_poll_at")),
+        )
+
+    async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
+        await self._script(
+            "TOUCH_TRIGGER_SCHEDULE", [self._key("schedule", trigger_name)], [_us(last_poll_at)]
+        )
+
+    async def start_trigger_execution(
+        self, record: TriggerExecutionRecord, *, exclusive: bool
+    ) -> bool:
+        started = await self._script(
+            "START_TRIGGER_EXECUTION",
+            [self._open_executions_key(record.trigger_name, record.saga_id)],
+            [
+                self.prefix,
+                record.trigger_name,
+                record.context_hash,
+                record.saga_id,
+                "1" if exclusive else "0",
+                _us(record.started_at or utcnow()),
+            ],
+        )
+        return bool(started)
+
+    async def complete_trigger_execution(self, trigger_name: str, saga_id: str) -> None:
+        await self._script(
+            "COMPLETE_TRIGGER_EXECUTION",
+            [self._open_executions_key(trigger_name, saga_id)],
+            [self.prefix, trigger_name, _us(utcnow())],
+        )
+
+    async def list_trigger_executions(self, trigger_name: str) -> list[TriggerExecutionRecord]:
+        db = self._db()
+        ids = await db.zrange(self._key("texecs", trigger_name), 0, -1)
+        async with db.pipeline(transaction=False) as pipe:
+            for execution_id in ids:
+                pipe.hgetall(self._key("texec", execution_id))
+            rows = await pipe.execute()
+        return [
+            TriggerExecutionRecord(
+                trigger_name=fields["trigger_name"],
+                context_hash=fields["context_hash"],
+                saga_id=fields["saga_id"],
+                started_at=from_micros(fields["started_at"]),
+                completed_at=_opt_moment(fields.get("completed_at")),
+            )
+            for fields in rows
+            if fields
+        ]
+
+    # -- cron ------------------------------------------------------------------------------
+    async def claim_cron_tick(self, trigger_id: str, tick: datetime, owner: str) -> bool:
+        claimed = await self._script(
+            "CLAIM_CRON_TICK",
+            [self._key("cron", trigger_id), self._key("cron-owners", trigger_id)],
+            [_us(tick), owner],
+        )
+        return bool(claimed)
+
+    async def last_cron_tick(self, trigger_id: str) -> datetime | None:
+        latest = await self._db().zrange(self._key("cron", trigger_id), -1, -1)
+        return from_micros(latest[0]) if latest else None

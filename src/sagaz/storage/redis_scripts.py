@@ -1,0 +1,308 @@
+"""Lua scripts of :class:`~sagaz.storage.redis.RedisSagaStore`.
+
+Redis runs a script atomically, so every claim and every change that keeps an index in step
+with its row is one script. Key layout under the prefix ``p`` (``ARGV[1]`` of every script):
+
+``p:saga:<id>`` hash of a saga; ``p:sagas`` / ``p:sagas-active`` / ``p:sagas-status:<status>`` /
+``p:sagas-name:<name>`` sorted sets of saga ids scored by insertion order (``p:saga-seq``);
+``p:sagas-events`` terminal sagas with a stored event, scored by ``updated_at``;
+``p:owner-sagas:<owner>`` / ``p:owner-inbox:<owner>`` what a worker holds (lease renewal);
+``p:steps:<id>`` hash step name → JSON; ``p:inbox:<trigger>:<key>`` hash of an inbox row
+(both parts URL-quoted); ``p:inbox-completed`` completed rows scored by ``completed_at``;
+``p:outbox:<id>`` hash, ``p:outbox-unsent`` sorted set of unsent ids; ``p:dead:<id>`` hash,
+``p:dead-all`` / ``p:dead-by-trigger:<trigger>`` sorted sets of ids; ``p:schedule:<name>`` hash;
+``p:texec:<id>`` hash, ``p:texecs:<trigger>`` ids, ``p:texec-open:<trigger>`` open count per
+context hash, ``p:texec-open-saga:<trigger>:<saga>`` open ids of one saga; ``p:cron:<trigger>``
+claimed ticks; ``p:schema_version``.
+
+Timestamps are integer microseconds passed in as strings and stored verbatim (never formatted
+by Lua), and only compared with ``tonumber`` (exact below 2^53).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ADD_DEAD_LETTER",
+    "CLAIM_CRON_TICK",
+    "CLAIM_INBOX",
+    "CLAIM_SAGA",
+    "COMPLETE_INBOX",
+    "COMPLETE_TRIGGER_EXECUTION",
+    "DELETE_DEAD_LETTER",
+    "DELETE_SAGA",
+    "MARK_OUTBOX_SENT",
+    "PURGE_EXPIRED",
+    "RELEASE_INBOX",
+    "RENEW_LEASES",
+    "SAVE_SAGA",
+    "SAVE_STEP",
+    "START_TRIGGER_EXECUTION",
+    "TOUCH_TRIGGER_SCHEDULE",
+]
+
+SAVE_SAGA = """
+-- KEYS[1] saga hash; ARGV: prefix, mode ('create'|'save'), id, name, status, terminal,
+-- created_at, updated_at, owner ('' = none), has_event, n_set, n_set field/value pairs,
+-- then the fields to delete
+local key, p, id = KEYS[1], ARGV[1], ARGV[3]
+local name, status, terminal = ARGV[4], ARGV[5], ARGV[6] == '1'
+local owner, has_event = ARGV[9], ARGV[10] == '1'
+local old = redis.call('HMGET', key, 'seq', 'status', 'saga_name', 'owner')
+local seq = old[1]
+if seq then
+  if ARGV[2] == 'create' then return 0 end
+  if old[2] ~= status then redis.call('ZREM', p .. ':sagas-status:' .. old[2], id) end
+  if old[3] ~= name then redis.call('ZREM', p .. ':sagas-name:' .. old[3], id) end
+  if old[4] and old[4] ~= owner then redis.call('SREM', p .. ':owner-sagas:' .. old[4], id) end
+else
+  seq = redis.call('INCR', p .. ':saga-seq')
+  redis.call('HSET', key, 'seq', seq, 'created_at', ARGV[7])
+  redis.call('ZADD', p .. ':sagas', seq, id)
+end
+redis.call('ZADD', p .. ':sagas-status:' .. status, seq, id)
+redis.call('ZADD', p .. ':sagas-name:' .. name, seq, id)
+if terminal then
+  redis.call('ZREM', p .. ':sagas-active', id)
+  if owner ~= '' then redis.call('SREM', p .. ':owner-sagas:' .. owner, id) end
+  if has_event then
+    redis.call('ZADD', p .. ':sagas-events', ARGV[8], id)
+  else
+    redis.call('ZREM', p .. ':sagas-events', id)
+  end
+else
+  redis.call('ZADD', p .. ':sagas-active', seq, id)
+  if owner ~= '' then redis.call('SADD', p .. ':owner-sagas:' .. owner, id) end
+  redis.call('ZREM', p .. ':sagas-events', id)
+end
+local n_set = tonumber(ARGV[11])
+local fields = {'updated_at', ARGV[8]}
+for i = 12, 11 + 2 * n_set do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', key, unpack(fields))
+if #ARGV > 11 + 2 * n_set then
+  redis.call('HDEL', key, unpack(ARGV, 12 + 2 * n_set, #ARGV))
+end
+return 1
+"""
+
+DELETE_SAGA = """
+-- KEYS[1] saga hash, KEYS[2] steps hash; ARGV: prefix, id
+local p, id = ARGV[1], ARGV[2]
+local old = redis.call('HMGET', KEYS[1], 'status', 'saga_name', 'owner')
+redis.call('DEL', KEYS[2])
+if not old[1] then return 0 end
+redis.call('ZREM', p .. ':sagas', id)
+redis.call('ZREM', p .. ':sagas-active', id)
+redis.call('ZREM', p .. ':sagas-events', id)
+redis.call('ZREM', p .. ':sagas-status:' .. old[1], id)
+redis.call('ZREM', p .. ':sagas-name:' .. old[2], id)
+if old[3] then redis.call('SREM', p .. ':owner-sagas:' .. old[3], id) end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+CLAIM_SAGA = """
+-- KEYS[1] saga hash; ARGV: prefix, id, owner, lease_until, now
+local p, id, owner = ARGV[1], ARGV[2], ARGV[3]
+local old = redis.call('HMGET', KEYS[1], 'seq', 'owner', 'lease')
+if not old[1] then return 0 end
+if old[2] and old[2] ~= owner and old[3] and tonumber(old[3]) >= tonumber(ARGV[5]) then
+  return 0
+end
+if old[2] and old[2] ~= owner then redis.call('SREM', p .. ':owner-sagas:' .. old[2], id) end
+redis.call('HSET', KEYS[1], 'owner', owner, 'lease', ARGV[4])
+if redis.call('ZSCORE', p .. ':sagas-active', id) then
+  redis.call('SADD', p .. ':owner-sagas:' .. owner, id)
+end
+return 1
+"""
+
+SAVE_STEP = """
+-- KEYS[1] steps hash; ARGV: prefix, step name, step JSON, created_at, outbox JSON...
+local p = ARGV[1]
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+local ids = {}
+for i = 5, #ARGV do
+  local id = redis.call('INCR', p .. ':outbox-seq')
+  redis.call('HSET', p .. ':outbox:' .. id, 'doc', ARGV[i], 'created_at', ARGV[4])
+  redis.call('ZADD', p .. ':outbox-unsent', id, id)
+  ids[#ids + 1] = id
+end
+return ids
+"""
+
+CLAIM_INBOX = """
+-- KEYS[1] inbox row; ARGV: prefix, saga_id, owner, lease_until, now
+local row, p, owner = KEYS[1], ARGV[1], ARGV[3]
+local v = redis.call('HMGET', row, 'status', 'saga_id', 'owner', 'lease')
+if not v[1] then
+  redis.call('HSET', row, 'status', 'pending', 'saga_id', ARGV[2], 'owner', owner,
+             'lease', ARGV[4], 'created_at', ARGV[5])
+  redis.call('SADD', p .. ':owner-inbox:' .. owner, row)
+  return {'claimed', ARGV[2], owner}
+end
+if v[1] == 'completed' then return {'duplicate', v[2], v[3] or ''} end
+if v[3] == owner or not v[4] or tonumber(v[4]) < tonumber(ARGV[5]) then
+  if v[3] and v[3] ~= owner then redis.call('SREM', p .. ':owner-inbox:' .. v[3], row) end
+  redis.call('HSET', row, 'owner', owner, 'lease', ARGV[4])
+  redis.call('SADD', p .. ':owner-inbox:' .. owner, row)
+  return {'taken_over', v[2], owner}
+end
+return {'busy', v[2], v[3] or ''}
+"""
+
+COMPLETE_INBOX = """
+-- KEYS[1] inbox row; ARGV: prefix, now
+local v = redis.call('HMGET', KEYS[1], 'status', 'owner')
+if not v[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'completed', 'completed_at', ARGV[2])
+redis.call('ZADD', ARGV[1] .. ':inbox-completed', ARGV[2], KEYS[1])
+if v[2] then redis.call('SREM', ARGV[1] .. ':owner-inbox:' .. v[2], KEYS[1]) end
+return 1
+"""
+
+RELEASE_INBOX = """
+-- KEYS[1] inbox row; ARGV: prefix
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner then redis.call('SREM', ARGV[1] .. ':owner-inbox:' .. owner, KEYS[1]) end
+redis.call('ZREM', ARGV[1] .. ':inbox-completed', KEYS[1])
+return redis.call('DEL', KEYS[1])
+"""
+
+RENEW_LEASES = """
+-- ARGV: prefix, owner, lease_until
+local p, owner, lease = ARGV[1], ARGV[2], ARGV[3]
+local touched = 0
+local held = p .. ':owner-inbox:' .. owner
+for _, row in ipairs(redis.call('SMEMBERS', held)) do
+  local v = redis.call('HMGET', row, 'owner', 'status')
+  if v[1] == owner and v[2] == 'pending' then
+    redis.call('HSET', row, 'lease', lease)
+    touched = touched + 1
+  else
+    redis.call('SREM', held, row)
+  end
+end
+held = p .. ':owner-sagas:' .. owner
+for _, id in ipairs(redis.call('SMEMBERS', held)) do
+  local key = p .. ':saga:' .. id
+  if redis.call('HGET', key, 'owner') == owner
+      and redis.call('ZSCORE', p .. ':sagas-active', id) then
+    redis.call('HSET', key, 'lease', lease)
+    touched = touched + 1
+  else
+    redis.call('SREM', held, id)
+  end
+end
+return touched
+"""
+
+PURGE_EXPIRED = """
+-- ARGV: prefix, before, batch size; returns {rows affected, index entries looked at}
+local p, before, batch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local affected, seen = 0, 0
+local index = p .. ':inbox-completed'
+for _, row in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. ARGV[2],
+                                'LIMIT', 0, batch)) do
+  local v = redis.call('HMGET', row, 'status', 'completed_at')
+  if v[1] == 'completed' and tonumber(v[2]) < before then
+    redis.call('DEL', row)
+    affected = affected + 1
+  end
+  redis.call('ZREM', index, row)
+  seen = seen + 1
+end
+index = p .. ':sagas-events'
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. ARGV[2],
+                               'LIMIT', 0, batch)) do
+  local key = p .. ':saga:' .. id
+  local v = redis.call('HMGET', key, 'event', 'updated_at')
+  if v[1] and tonumber(v[2]) < before then
+    redis.call('HDEL', key, 'event')
+    affected = affected + 1
+  end
+  redis.call('ZREM', index, id)
+  seen = seen + 1
+end
+return {affected, seen}
+"""
+
+MARK_OUTBOX_SENT = """
+-- ARGV: prefix, now, ids...
+local p = ARGV[1]
+for i = 3, #ARGV do
+  local key = p .. ':outbox:' .. ARGV[i]
+  if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, 'sent_at', ARGV[2]) end
+  redis.call('ZREM', p .. ':outbox-unsent', ARGV[i])
+end
+return #ARGV - 2
+"""
+
+ADD_DEAD_LETTER = """
+-- ARGV: prefix, trigger_id, JSON, created_at; returns the new id
+local p = ARGV[1]
+local id = redis.call('INCR', p .. ':dead-seq')
+redis.call('HSET', p .. ':dead:' .. id, 'doc', ARGV[3], 'trigger_id', ARGV[2],
+           'created_at', ARGV[4])
+redis.call('ZADD', p .. ':dead-all', id, id)
+redis.call('ZADD', p .. ':dead-by-trigger:' .. ARGV[2], id, id)
+return id
+"""
+
+DELETE_DEAD_LETTER = """
+-- ARGV: prefix, id
+local p, id = ARGV[1], ARGV[2]
+local key = p .. ':dead:' .. id
+local trigger = redis.call('HGET', key, 'trigger_id')
+if not trigger then return 0 end
+redis.call('DEL', key)
+redis.call('ZREM', p .. ':dead-all', id)
+redis.call('ZREM', p .. ':dead-by-trigger:' .. trigger, id)
+return 1
+"""
+
+TOUCH_TRIGGER_SCHEDULE = """
+-- KEYS[1] schedule hash; ARGV: last_poll_at
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'last_poll_at', ARGV[1])
+return 1
+"""
+
+START_TRIGGER_EXECUTION = """
+-- KEYS[1] open ids of this saga; ARGV: prefix, trigger, context hash, saga_id, exclusive,
+-- started_at
+local p, trigger, hash = ARGV[1], ARGV[2], ARGV[3]
+local open = p .. ':texec-open:' .. trigger
+if ARGV[5] == '1' and tonumber(redis.call('HGET', open, hash) or '0') > 0 then return 0 end
+local id = redis.call('INCR', p .. ':texec-seq')
+redis.call('HSET', p .. ':texec:' .. id, 'trigger_name', trigger, 'context_hash', hash,
+           'saga_id', ARGV[4], 'started_at', ARGV[6])
+redis.call('ZADD', p .. ':texecs:' .. trigger, id, id)
+redis.call('HINCRBY', open, hash, 1)
+redis.call('SADD', KEYS[1], id)
+return 1
+"""
+
+COMPLETE_TRIGGER_EXECUTION = """
+-- KEYS[1] open ids of this saga; ARGV: prefix, trigger, completed_at
+local p = ARGV[1]
+local open = p .. ':texec-open:' .. ARGV[2]
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = p .. ':texec:' .. id
+  if redis.call('HEXISTS', key, 'completed_at') == 0 then
+    redis.call('HSET', key, 'completed_at', ARGV[3])
+    local hash = redis.call('HGET', key, 'context_hash')
+    if redis.call('HINCRBY', open, hash, -1) <= 0 then redis.call('HDEL', open, hash) end
+  end
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+CLAIM_CRON_TICK = """
+-- KEYS[1] claimed ticks (sorted set), KEYS[2] tick -> owner; ARGV: tick, owner
+if redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"""

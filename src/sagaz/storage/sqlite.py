@@ -1,0 +1,660 @@
+"""The embedded default store: one SQLite file, through aiosqlite.
+
+>>> async with SQLiteSagaStore("sqlite:///sagaz.db") as store:  # doctest: +SKIP
+...     await store.get_saga("...")
+
+One connection serves the process; an ``asyncio.Lock`` keeps its transactions apart, and every
+write is a ``BEGIN IMMEDIATE`` transaction, so a claim (read the row, then write it) holds
+SQLite's write lock throughout and stays atomic even against another process on the same file.
+The database runs in WAL mode with ``synchronous=FULL``: a committed claim survives a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import aiosqlite
+
+from sagaz.abc import SagaStore
+from sagaz.clock import utcnow
+from sagaz.exceptions import StoreError
+from sagaz.records import (
+    ClaimOutcome,
+    DeadLetterRecord,
+    InboxClaim,
+    OutboxMessage,
+    SagaRecord,
+    StepRecord,
+    TriggerExecutionRecord,
+    TriggerScheduleRecord,
+)
+from sagaz.storage.codec import dumps, from_text, loads, to_text
+from sagaz.storage.sqlite_schema import ACTIVE_SQL, TERMINAL_SQL, migrate
+from sagaz.storage.url import sqlite_path
+from sagaz.types import SagaStatus, StepStatus
+
+__all__ = ["SQLiteSagaStore"]
+
+_SAGA_COLUMNS = (
+    "saga_id, saga_name, status, context, attempt, error, trigger_id, event, owner, "
+    "lease_expires_at, created_at, updated_at"
+)
+_STEP_COLUMNS = (
+    "saga_id, name, status, result, error, attempts, completed_seq, compensation_error, updated_at"
+)
+_OUTBOX_COLUMNS = "id, saga_id, topic, payload, headers, created_at, sent_at"
+_DEAD_COLUMNS = (
+    "id, trigger_id, saga_name, payload, error, reason, traceback, attempts, saga_id, source, "
+    "meta, created_at"
+)
+_EXECUTION_COLUMNS = "trigger_name, context_hash, saga_id, started_at, completed_at"
+_IN_CHUNK = 500  # well under SQLite's bound-parameter limit
+
+
+def _text(moment: datetime | None) -> str | None:
+    return None if moment is None else to_text(moment)
+
+
+def _moment(text: str | None) -> datetime | None:
+    return None if text is None else from_text(text)
+
+
+def _saga_params(record: SagaRecord, created_at: datetime, updated_at: datetime) -> tuple[Any, ...]:
+    return (
+        record.saga_id,
+        record.saga_name,
+        SagaStatus(record.status).value,
+        dumps(record.context),
+        record.attempt,
+        record.error,
+        record.trigger_id,
+        None if record.event is None else dumps(record.event),
+        record.owner,
+        _text(record.lease_expires_at),
+        to_text(created_at),
+        to_text(updated_at),
+    )
+
+
+def _saga(row: Iterable[Any]) -> SagaRecord:
+    (saga_id, name, status, context, attempt, error, trigger_id, event, owner, lease, created,
+     updated) = row  # fmt: skip
+    return SagaRecord(
+        saga_id=saga_id,
+        saga_name=name,
+        status=SagaStatus(status),
+        context=loads(context),
+        attempt=attempt,
+        error=error,
+        trigger_id=trigger_id,
+        event=None if event is None else loads(event),
+        owner=owner,
+        lease_expires_at=_moment(lease),
+        created_at=from_text(created),
+        updated_at=from_text(updated),
+    )
+
+
+def _step(row: Iterable[Any]) -> StepRecord:
+    saga_id, name, status, result, error, attempts, seq, comp_error, updated = row
+    return StepRecord(
+        saga_id=saga_id,
+        name=name,
+        status=StepStatus(status),
+        result=None if result is None else loads(result),
+        error=error,
+        attempts=attempts,
+        completed_seq=seq,
+        compensation_error=comp_error,
+        updated_at=from_text(updated),
+    )
+
+
+def _outbox(row: Iterable[Any]) -> OutboxMessage:
+    id_, saga_id, topic, payload, headers, created, sent = row
+    return OutboxMessage(
+        saga_id=saga_id,
+        topic=topic,
+        payload=loads(payload),
+        headers=loads(headers),
+        id=id_,
+        created_at=from_text(created),
+        sent_at=_moment(sent),
+    )
+
+
+def _dead(row: Iterable[Any]) -> DeadLetterRecord:
+    id_, trigger, name, payload, error, reason, tb, attempts, saga_id, source, meta, at = row
+    return DeadLetterRecord(
+        trigger_id=trigger,
+        saga_name=name,
+        payload=loads(payload),
+        error=error,
+        reason=reason,
+        traceback=tb,
+        attempts=attempts,
+        saga_id=saga_id,
+        source=source,
+        meta=loads(meta),
+        id=id_,
+        created_at=from_text(at),
+    )
+
+
+def _execution(row: Iterable[Any]) -> TriggerExecutionRecord:
+    trigger_name, context_hash, saga_id, started, completed = row
+    return TriggerExecutionRecord(
+        trigger_name=trigger_name,
+        context_hash=context_hash,
+        saga_id=saga_id,
+        started_at=from_text(started),
+        completed_at=_moment(completed),
+    )
+
+
+class SQLiteSagaStore(SagaStore):
+    """A :class:`~sagaz.abc.SagaStore` in one SQLite file (the embedded default).
+
+    ``path_or_url`` is a file path or a ``sqlite:///relative.db`` / ``sqlite:////abs/path.db``
+    URL. ``busy_timeout`` is how long a write waits for another process's write lock.
+    """
+
+    def __init__(
+        self, path_or_url: str | os.PathLike[str] = "sagaz.db", *, busy_timeout: float = 30.0
+    ) -> None:
+        self.path = sqlite_path(os.fspath(path_or_url))
+        self._busy_timeout_ms = int(busy_timeout * 1000)
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()  # one transaction at a time on the shared connection
+        self._lifecycle_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"SQLiteSagaStore({self.path!r})"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the file (WAL mode) and create or migrate the schema. Idempotent."""
+        async with self._lifecycle_lock:
+            if self._conn is not None:
+                return
+            try:
+                conn = await aiosqlite.connect(self.path, isolation_level=None)
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    f"cannot open the SQLite database {self.path!r}: {exc}; check that its "
+                    "directory exists and is writable"
+                ) from exc
+            try:
+                await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+                await self._enable_wal(conn)
+                await conn.execute("PRAGMA synchronous = FULL")
+                await migrate(conn)
+            except BaseException as exc:
+                await conn.close()
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(exc) from exc
+                raise
+            self._conn = conn
+            self._started = True
+
+    async def _enable_wal(self, conn: aiosqlite.Connection) -> None:
+        """Switch the file to WAL mode (once: the mode is stored in the file).
+
+        Changing the journal mode fails at once, without waiting, while another connection
+        is opening the file, so two first starts retry for up to ``busy_timeout``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                rows = list(await conn.execute_fetchall("PRAGMA journal_mode"))
+                if str(rows[0][0]).lower() != "wal":
+                    await conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or loop.time() > deadline:
+                    raise
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        """Wait for the running operation, then close the connection. Idempotent."""
+        async with self._lifecycle_lock:
+            conn, self._conn = self._conn, None
+            self._started = False
+            if conn is not None:
+                async with self._lock:
+                    await conn.close()
+
+    async def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        rows = await self._fetch("SELECT MAX(version) FROM schema_version")
+        return int(rows[0][0])
+
+    def _connection(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise StoreError(
+                f"{self!r} is not started: call await store.start() or use async with store"
+            )
+        return self._conn
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        hint = ""
+        if "locked" in str(exc):
+            hint = (
+                "; another process held the write lock longer than busy_timeout: raise "
+                "SQLiteSagaStore(..., busy_timeout=) or use PostgreSQL for many writers"
+            )
+        return StoreError(f"SQLite store {self.path!r}: {exc}{hint}")
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any error or cancellation."""
+        conn = self._connection()
+        async with self._lock:
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                await conn.execute("COMMIT")
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    await conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(exc) from exc
+                raise
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        conn = self._connection()
+        async with self._lock:
+            try:
+                return list(await conn.execute_fetchall(sql, params))
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+
+    @staticmethod
+    async def _run(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> int:
+        """Execute one statement; return the number of rows it changed."""
+        async with conn.execute(sql, params) as cursor:
+            return cursor.rowcount
+
+    # -- sagas -----------------------------------------------------------------------------
+    async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
+        now = utcnow()
+        async with self._transaction() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    f"SELECT {_SAGA_COLUMNS} FROM saga_executions WHERE saga_id = ?",
+                    (record.saga_id,),
+                )
+            )
+            if rows:
+                return _saga(rows[0]), False
+            params = _saga_params(record, record.created_at or now, now)
+            await self._run(
+                conn, f"INSERT INTO saga_executions ({_SAGA_COLUMNS}) VALUES ({_marks(12)})", params
+            )
+        return _saga(params), True
+
+    async def save_saga(self, record: SagaRecord) -> None:
+        now = utcnow()
+        params = _saga_params(record, record.created_at or now, now)
+        async with self._transaction() as conn:
+            await self._run(
+                conn,
+                f"INSERT INTO saga_executions ({_SAGA_COLUMNS}) VALUES ({_marks(12)}) "
+                "ON CONFLICT (saga_id) DO UPDATE SET saga_name = excluded.saga_name, "
+                "status = excluded.status, context = excluded.context, "
+                "attempt = excluded.attempt, error = excluded.error, "
+                "trigger_id = excluded.trigger_id, event = excluded.event, "
+                "owner = excluded.owner, lease_expires_at = excluded.lease_expires_at, "
+                "updated_at = excluded.updated_at",
+                params,
+            )
+
+    async def get_saga(self, saga_id: str) -> SagaRecord | None:
+        rows = await self._fetch(
+            f"SELECT {_SAGA_COLUMNS} FROM saga_executions WHERE saga_id = ?", (saga_id,)
+        )
+        return _saga(rows[0]) if rows else None
+
+    async def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        saga_name: str | None = None,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(SagaStatus(status).value)
+        if saga_name is not None:
+            where.append("saga_name = ?")
+            params.append(saga_name)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = await self._fetch(
+            f"SELECT {_SAGA_COLUMNS} FROM saga_executions {clause}ORDER BY seq LIMIT ?",
+            (*params, limit),
+        )
+        return [_saga(row) for row in rows]
+
+    async def delete_saga(self, saga_id: str) -> None:
+        async with self._transaction() as conn:
+            await self._run(conn, "DELETE FROM saga_steps WHERE saga_id = ?", (saga_id,))
+            await self._run(conn, "DELETE FROM saga_executions WHERE saga_id = ?", (saga_id,))
+
+    async def list_recoverable(self, now: datetime, limit: int = 100) -> list[SagaRecord]:
+        rows = await self._fetch(
+            f"SELECT {_SAGA_COLUMNS} FROM saga_executions WHERE status IN {ACTIVE_SQL} "
+            "AND (lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY seq LIMIT ?",
+            (to_text(now), limit),
+        )
+        return [_saga(row) for row in rows]
+
+    async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
+        async with self._transaction() as conn:
+            changed = await self._run(
+                conn,
+                "UPDATE saga_executions SET owner = ?, lease_expires_at = ? WHERE saga_id = ? "
+                "AND (owner IS NULL OR owner = ? OR lease_expires_at IS NULL "
+                "OR lease_expires_at < ?)",
+                (owner, to_text(lease_until), saga_id, owner, to_text(utcnow())),
+            )
+        return changed == 1
+
+    # -- steps -----------------------------------------------------------------------------
+    async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
+        now = to_text(utcnow())
+        step_params = (
+            step.saga_id,
+            step.name,
+            StepStatus(step.status).value,
+            None if step.result is None else dumps(step.result),
+            step.error,
+            step.attempts,
+            step.completed_seq,
+            step.compensation_error,
+            now,
+        )
+        messages = [
+            (m.saga_id, m.topic, dumps(m.payload), dumps(dict(m.headers)), now) for m in outbox
+        ]
+        async with self._transaction() as conn:
+            await self._run(
+                conn, f"INSERT OR REPLACE INTO saga_steps ({_STEP_COLUMNS}) VALUES ({_marks(9)})",
+                step_params,
+            )  # fmt: skip
+            if messages:
+                await conn.executemany(
+                    "INSERT INTO outbox (saga_id, topic, payload, headers, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    messages,
+                )
+
+    async def get_steps(self, saga_id: str) -> list[StepRecord]:
+        rows = await self._fetch(
+            f"SELECT {_STEP_COLUMNS} FROM saga_steps WHERE saga_id = ?", (saga_id,)
+        )
+        return [_step(row) for row in rows]
+
+    async def reset_steps(self, saga_id: str) -> None:
+        async with self._transaction() as conn:
+            await self._run(conn, "DELETE FROM saga_steps WHERE saga_id = ?", (saga_id,))
+
+    # -- inbox -----------------------------------------------------------------------------
+    async def claim_inbox(
+        self, trigger_id: str, key: str, saga_id: str, owner: str, lease_until: datetime
+    ) -> InboxClaim:
+        now = utcnow()
+        async with self._transaction() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT saga_id, owner, lease_until, status FROM inbox "
+                    "WHERE trigger_id = ? AND key = ?",
+                    (trigger_id, key),
+                )
+            )
+            if not rows:
+                await self._run(
+                    conn,
+                    "INSERT INTO inbox (trigger_id, key, saga_id, owner, lease_until, status, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                    (trigger_id, key, saga_id, owner, to_text(lease_until), to_text(now)),
+                )
+                return InboxClaim(ClaimOutcome.CLAIMED, saga_id, owner)
+            row_saga, row_owner, row_lease, row_status = rows[0]
+            if row_status == "completed":
+                return InboxClaim(ClaimOutcome.DUPLICATE, row_saga, row_owner)
+            if row_owner == owner or row_lease is None or row_lease < to_text(now):
+                await self._run(
+                    conn,
+                    "UPDATE inbox SET owner = ?, lease_until = ? WHERE trigger_id = ? AND key = ?",
+                    (owner, to_text(lease_until), trigger_id, key),
+                )
+                return InboxClaim(ClaimOutcome.TAKEN_OVER, row_saga, owner)
+            return InboxClaim(ClaimOutcome.BUSY, row_saga, row_owner)
+
+    async def complete_inbox(self, trigger_id: str, key: str) -> None:
+        async with self._transaction() as conn:
+            await self._run(
+                conn,
+                "UPDATE inbox SET status = 'completed', completed_at = ? "
+                "WHERE trigger_id = ? AND key = ?",
+                (to_text(utcnow()), trigger_id, key),
+            )
+
+    async def release_inbox(self, trigger_id: str, key: str) -> None:
+        async with self._transaction() as conn:
+            await self._run(
+                conn, "DELETE FROM inbox WHERE trigger_id = ? AND key = ?", (trigger_id, key)
+            )
+
+    async def renew_leases(self, owner: str, lease_until: datetime) -> int:
+        until = to_text(lease_until)
+        async with self._transaction() as conn:
+            inbox = await self._run(
+                conn,
+                "UPDATE inbox SET lease_until = ? WHERE owner = ? AND status = 'pending'",
+                (until, owner),
+            )
+            sagas = await self._run(
+                conn,
+                f"UPDATE saga_executions SET lease_expires_at = ? "
+                f"WHERE owner = ? AND status IN {ACTIVE_SQL}",
+                (until, owner),
+            )
+        return inbox + sagas
+
+    async def purge_expired(self, before: datetime) -> int:
+        cutoff = to_text(before)
+        async with self._transaction() as conn:
+            inbox = await self._run(
+                conn,
+                "DELETE FROM inbox WHERE status = 'completed' AND completed_at < ?",
+                (cutoff,),
+            )
+            events = await self._run(
+                conn,
+                f"UPDATE saga_executions SET event = NULL WHERE event IS NOT NULL "
+                f"AND status IN {TERMINAL_SQL} AND updated_at < ?",
+                (cutoff,),
+            )
+        return inbox + events
+
+    # -- outbox ----------------------------------------------------------------------------
+    async def fetch_outbox(self, limit: int = 100) -> list[OutboxMessage]:
+        rows = await self._fetch(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [_outbox(row) for row in rows]
+
+    async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        now = to_text(utcnow())
+        async with self._transaction() as conn:
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = [int(i) for i in ids[start : start + _IN_CHUNK]]
+                await self._run(
+                    conn, f"UPDATE outbox SET sent_at = ? WHERE id IN ({_marks(len(chunk))})",
+                    (now, *chunk),
+                )  # fmt: skip
+
+    # -- dead letters ----------------------------------------------------------------------
+    async def add_dead_letter(self, record: DeadLetterRecord) -> int:
+        params = (
+            record.trigger_id,
+            record.saga_name,
+            dumps(record.payload),
+            record.error,
+            record.reason,
+            record.traceback,
+            record.attempts,
+            record.saga_id,
+            record.source,
+            dumps(record.meta),
+            to_text(utcnow()),
+        )
+        insert = (
+            f"INSERT INTO dead_letters ({_DEAD_COLUMNS.removeprefix('id, ')}) VALUES ({_marks(11)})"
+        )
+        async with self._transaction() as conn, conn.execute(insert, params) as cursor:
+            dead_id = cursor.lastrowid
+        if dead_id is None:  # pragma: no cover - SQLite always reports the rowid of an INSERT
+            raise StoreError("SQLite did not report the id of the new dead letter")
+        return dead_id
+
+    async def list_dead_letters(
+        self, *, trigger_id: str | None = None, limit: int = 100
+    ) -> list[DeadLetterRecord]:
+        params: list[Any]
+        sql, params = "", [limit]
+        if trigger_id is not None:
+            sql, params = "WHERE trigger_id = ? ", [trigger_id, limit]
+        rows = await self._fetch(
+            f"SELECT {_DEAD_COLUMNS} FROM dead_letters {sql}ORDER BY id LIMIT ?", params
+        )
+        return [_dead(row) for row in rows]
+
+    async def get_dead_letter(self, dead_letter_id: int) -> DeadLetterRecord | None:
+        rows = await self._fetch(
+            f"SELECT {_DEAD_COLUMNS} FROM dead_letters WHERE id = ?", (dead_letter_id,)
+        )
+        return _dead(rows[0]) if rows else None
+
+    async def delete_dead_letter(self, dead_letter_id: int) -> bool:
+        async with self._transaction() as conn:
+            deleted = await self._run(
+                conn, "DELETE FROM dead_letters WHERE id = ?", (dead_letter_id,)
+            )
+        return deleted == 1
+
+    # -- poll triggers ---------------------------------------------------------------------
+    async def save_trigger_schedule(self, record: TriggerScheduleRecord) -> None:
+        async with self._transaction() as conn:
+            await self._run(
+                conn,
+                "INSERT INTO trigger_schedules (trigger_name, saga_name, poll_interval_ms, "
+                "allow_concurrent, enabled, last_poll_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (trigger_name) DO UPDATE SET saga_name = excluded.saga_name, "
+                "poll_interval_ms = excluded.poll_interval_ms, "
+                "allow_concurrent = excluded.allow_concurrent, enabled = excluded.enabled, "
+                "last_poll_at = COALESCE(excluded.last_poll_at, trigger_schedules.last_poll_at)",
+                (
+                    record.trigger_name,
+                    record.saga_name,
+                    record.poll_interval_ms,
+                    int(record.allow_concurrent),
+                    int(record.enabled),
+                    _text(record.last_poll_at),
+                ),
+            )
+
+    async def get_trigger_schedule(self, trigger_name: str) -> TriggerScheduleRecord | None:
+        rows = await self._fetch(
+            "SELECT trigger_name, saga_name, poll_interval_ms, allow_concurrent, enabled, "
+            "last_poll_at FROM trigger_schedules WHERE trigger_name = ?",
+            (trigger_name,),
+        )
+        if not rows:
+            return None
+        name, saga_name, interval, concurrent, enabled, last = rows[0]
+        return TriggerScheduleRecord(
+            name, saga_name, interval, bool(concurrent), bool(enabled), _moment(last)
+        )
+
+    async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
+        async with self._transaction() as conn:
+            await self._run(
+                conn,
+                "UPDATE trigger_schedules SET last_poll_at = ? WHERE trigger_name = ?",
+                (to_text(last_poll_at), trigger_name),
+            )
+
+    async def start_trigger_execution(
+        self, record: TriggerExecutionRecord, *, exclusive: bool
+    ) -> bool:
+        started = to_text(record.started_at or utcnow())
+        params = (record.trigger_name, record.context_hash, record.saga_id, int(exclusive), started)
+        insert = (
+            "INSERT INTO trigger_executions (trigger_name, context_hash, saga_id, exclusive, "
+            "started_at) "
+        )
+        async with self._transaction() as conn:
+            if not exclusive:
+                await self._run(conn, insert + "VALUES (?, ?, ?, ?, ?)", params)
+                return True
+            inserted = await self._run(
+                conn,
+                insert + "SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM "
+                "trigger_executions WHERE trigger_name = ? AND context_hash = ? "
+                "AND completed_at IS NULL) ON CONFLICT DO NOTHING",
+                (*params, record.trigger_name, record.context_hash),
+            )
+        return inserted == 1
+
+    async def complete_trigger_execution(self, trigger_name: str, saga_id: str) -> None:
+        async with self._transaction() as conn:
+            await self._run(
+                conn,
+                "UPDATE trigger_executions SET completed_at = ? WHERE trigger_name = ? "
+                "AND saga_id = ? AND completed_at IS NULL",
+                (to_text(utcnow()), trigger_name, saga_id),
+            )
+
+    async def list_trigger_executions(self, trigger_name: str) -> list[TriggerExecutionRecord]:
+        rows = await self._fetch(
+            f"SELECT {_EXECUTION_COLUMNS} FROM trigger_executions WHERE trigger_name = ? "
+            "ORDER BY id",
+            (trigger_name,),
+        )
+        return [_execution(row) for row in rows]
+
+    # -- cron ------------------------------------------------------------------------------
+    async def claim_cron_tick(self, trigger_id: str, tick: datetime, owner: str) -> bool:
+        async with self._transaction() as conn:
+            inserted = await self._run(
+                conn,
+                "INSERT INTO cron_claims (trigger_id, tick, owner, claimed_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (trigger_id, to_text(tick), owner, to_text(utcnow())),
+            )
+        return inserted == 1
+
+    async def last_cron_tick(self, trigger_id: str) -> datetime | None:
+        rows = await self._fetch(
+            "SELECT MAX(tick) FROM cron_claims WHERE trigger_id = ?", (trigger_id,)
+        )
+        return _moment(rows[0][0]) if rows else None
+
+
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)

@@ -1,0 +1,714 @@
+"""One suite for every :class:`sagaz.abc.SagaStore`: memory, SQLite, PostgreSQL and Redis.
+
+Each test runs against all four stores. PostgreSQL gets a throw-away schema and Redis a
+throw-away key prefix per test; both are removed afterwards. Contention tests open several
+store instances (separate connections) on the same storage and race them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sagaz.abc import SagaStore
+from sagaz.clock import utcnow
+from sagaz.exceptions import ConfigurationError, StoreError
+from sagaz.records import (
+    ClaimOutcome,
+    DeadLetterRecord,
+    OutboxMessage,
+    SagaRecord,
+    StepRecord,
+    TriggerExecutionRecord,
+    TriggerScheduleRecord,
+)
+from sagaz.storage import (
+    MemorySagaStore,
+    PostgresSagaStore,
+    RedisSagaStore,
+    SQLiteSagaStore,
+    store_from_url,
+)
+from sagaz.types import SagaStatus, StepStatus
+from tests.services import unique_name
+
+CONTENDERS = 50
+
+
+@dataclasses.dataclass
+class Backend:
+    """One storage location and a way to open (more) stores on it."""
+
+    name: str
+    make: Callable[..., SagaStore]
+    #: how many store instances the contention tests spread their callers over
+    instances: int
+    opened: list[SagaStore] = dataclasses.field(default_factory=list)
+
+    async def open(self, **options: Any) -> SagaStore:
+        store = self.make(**options)
+        await store.start()
+        self.opened.append(store)
+        return store
+
+    async def open_many(self, count: int) -> list[SagaStore]:
+        options = {"max_size": 3} if self.name == "postgres" else {}
+        return list(await asyncio.gather(*(self.open(**options) for _ in range(count))))
+
+
+async def _drop_postgres_schema(dsn: str, schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def _delete_redis_keys(url: str, prefix: str) -> None:
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """A fresh, empty storage location of one kind; every store opened on it is stopped."""
+    kind: str = request.param
+    cleanup: Callable[[], Any] | None = None
+    if kind == "memory":
+        shared = MemorySagaStore()
+        backend = Backend(kind, lambda **_: shared, instances=1)
+    elif kind == "sqlite":
+        path = tmp_path / "sagaz.db"
+        backend = Backend(kind, lambda **kw: SQLiteSagaStore(path, **kw), instances=8)
+    elif kind == "postgres":
+        dsn = request.getfixturevalue("postgres_dsn")
+        schema = unique_name("sagaz_test")
+        backend = Backend(
+            kind, lambda **kw: PostgresSagaStore(dsn, schema=schema, **kw), instances=10
+        )
+        cleanup = lambda: _drop_postgres_schema(dsn, schema)  # noqa: E731
+    else:
+        url = request.getfixturevalue("redis_url")
+        prefix = unique_name("sagaz-test")
+        backend = Backend(kind, lambda **kw: RedisSagaStore(url, prefix=prefix, **kw), 50)
+        cleanup = lambda: _delete_redis_keys(url, prefix)  # noqa: E731
+    try:
+        yield backend
+    finally:
+        for store in backend.opened:
+            await store.stop()
+        if cleanup is not None:
+            await cleanup()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> SagaStore:
+    """A started store on a fresh storage location."""
+    return await backend.open()
+
+
+def _saga(saga_id: str = "s1", **changes: Any) -> SagaRecord:
+    base = SagaRecord(saga_id, "order-saga", SagaStatus.PENDING, {"order_id": 1})
+    return dataclasses.replace(base, **changes)
+
+
+def _later(seconds: float = 60) -> datetime:
+    return utcnow() + timedelta(seconds=seconds)
+
+
+def _earlier(seconds: float = 1) -> datetime:
+    return utcnow() - timedelta(seconds=seconds)
+
+
+# -- sagas ---------------------------------------------------------------------------------
+async def test_create_saga_inserts_only_if_absent(store: SagaStore) -> None:
+    first, created = await store.create_saga(_saga(context={"n": 1}))
+    assert created
+    assert first.context == {"n": 1}
+    assert first.created_at is not None
+    assert first.updated_at is not None
+
+    again, created = await store.create_saga(_saga(status=SagaStatus.RUNNING, context={"n": 2}))
+    assert not created
+    assert (again.status, again.context, again.created_at) == (
+        SagaStatus.PENDING,
+        {"n": 1},
+        first.created_at,
+    )
+    stored = await store.get_saga("s1")
+    assert stored is not None
+    assert stored.context == {"n": 1}
+
+
+async def test_save_saga_overwrites_but_keeps_created_at(store: SagaStore) -> None:
+    assert await store.get_saga("s1") is None
+    await store.save_saga(_saga())
+    before = await store.get_saga("s1")
+    assert before is not None
+    assert before.created_at is not None
+
+    lease = _later()
+    await store.save_saga(
+        _saga(
+            status=SagaStatus.COMPENSATED,
+            context={"order_id": 1, "refund": True},
+            attempt=2,
+            error="boom",
+            trigger_id="order-saga.on_order",
+            owner="worker-a",
+            lease_expires_at=lease,
+        )
+    )
+    after = await store.get_saga("s1")
+    assert after is not None
+    assert after.status is SagaStatus.COMPENSATED
+    assert (after.context, after.attempt, after.error) == (
+        {"order_id": 1, "refund": True},
+        2,
+        "boom",
+    )
+    assert (after.trigger_id, after.owner, after.lease_expires_at) == (
+        "order-saga.on_order",
+        "worker-a",
+        lease,
+    )
+    assert after.created_at == before.created_at
+    assert after.updated_at is not None
+    assert after.updated_at >= before.created_at
+
+    await store.save_saga(_saga(status=SagaStatus.RUNNING))  # optional fields cleared again
+    cleared = await store.get_saga("s1")
+    assert cleared is not None
+    assert (cleared.error, cleared.owner, cleared.lease_expires_at, cleared.trigger_id) == (
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+async def test_values_round_trip_including_bytes_and_datetimes(store: SagaStore) -> None:
+    moment = datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
+    context = {
+        "text": "zürich ✓",
+        "nested": {"items": [1, 2.5, None, True, {"deep": []}], "empty": {}},
+        "blob": b"\x00\xffraw",
+        "when": moment,
+        "$sagaz:bytes": "not an envelope",  # a user key that looks like ours stays a key
+    }
+    event = b"\x01binary event"
+    lease = datetime(2030, 1, 1, 10, 0, tzinfo=timezone(timedelta(hours=2)))
+    await store.save_saga(_saga(context=context, event=event, lease_expires_at=lease))
+    stored = await store.get_saga("s1")
+    assert stored is not None
+    assert stored.context == context
+    assert stored.event == event
+    assert stored.lease_expires_at == lease  # same instant, whatever the zone
+    assert stored.lease_expires_at is not None
+    assert stored.lease_expires_at.utcoffset() is not None
+
+
+async def test_list_sagas_oldest_first_with_filters_and_limit(store: SagaStore) -> None:
+    specs = [
+        ("a", "orders", SagaStatus.COMPLETED),
+        ("b", "payments", SagaStatus.RUNNING),
+        ("c", "orders", SagaStatus.RUNNING),
+        ("d", "orders", SagaStatus.COMPLETED),
+        ("e", "payments", SagaStatus.COMPLETED),
+    ]
+    for saga_id, name, status in specs:
+        await store.create_saga(_saga(saga_id, saga_name=name, status=status))
+    await store.save_saga(_saga("a", saga_name="orders", status=SagaStatus.FAILED))
+
+    def ids(records: list[SagaRecord]) -> list[str]:
+        return [r.saga_id for r in records]
+
+    assert ids(await store.list_sagas()) == ["a", "b", "c", "d", "e"]
+    assert ids(await store.list_sagas(limit=2)) == ["a", "b"]
+    assert ids(await store.list_sagas(status=SagaStatus.COMPLETED)) == ["d", "e"]
+    assert ids(await store.list_sagas(status=SagaStatus.FAILED)) == ["a"]
+    assert ids(await store.list_sagas(saga_name="orders")) == ["a", "c", "d"]
+    assert ids(await store.list_sagas(saga_name="orders", status=SagaStatus.COMPLETED)) == ["d"]
+    assert await store.list_sagas(saga_name="nope") == []
+
+
+async def test_delete_saga_removes_it_and_its_steps(store: SagaStore) -> None:
+    await store.create_saga(_saga("gone"))
+    await store.create_saga(_saga("kept"))
+    await store.save_step(StepRecord("gone", "reserve", StepStatus.COMPLETED))
+    await store.save_step(StepRecord("kept", "reserve", StepStatus.COMPLETED))
+    await store.delete_saga("gone")
+    await store.delete_saga("never-existed")
+    assert await store.get_saga("gone") is None
+    assert await store.get_steps("gone") == []
+    assert [r.saga_id for r in await store.list_sagas()] == ["kept"]
+    assert len(await store.get_steps("kept")) == 1
+
+
+async def test_list_recoverable_finds_unleased_and_expired_live_sagas(store: SagaStore) -> None:
+    await store.save_saga(_saga("no-lease", status=SagaStatus.PENDING))
+    await store.save_saga(
+        _saga("expired", status=SagaStatus.RUNNING, owner="w", lease_expires_at=_earlier())
+    )
+    await store.save_saga(
+        _saga("live", status=SagaStatus.RUNNING, owner="w", lease_expires_at=_later())
+    )
+    await store.save_saga(_saga("done", status=SagaStatus.COMPLETED))
+    await store.save_saga(_saga("undoing", status=SagaStatus.COMPENSATING))
+    await store.save_saga(_saga("undoing", status=SagaStatus.COMPENSATED))  # became terminal
+
+    found = await store.list_recoverable(utcnow())
+    assert [r.saga_id for r in found] == ["no-lease", "expired"]
+    assert [r.saga_id for r in await store.list_recoverable(utcnow(), limit=1)] == ["no-lease"]
+    later = await store.list_recoverable(utcnow() + timedelta(hours=1))
+    assert [r.saga_id for r in later] == ["no-lease", "expired", "live"]
+
+
+async def test_claim_saga_takes_free_expired_or_own_leases_only(store: SagaStore) -> None:
+    assert not await store.claim_saga("missing", "a", _later())
+    await store.save_saga(_saga(status=SagaStatus.RUNNING))
+
+    lease = _later()
+    assert await store.claim_saga("s1", "a", lease)
+    stored = await store.get_saga("s1")
+    assert stored is not None
+    assert (stored.owner, stored.lease_expires_at) == ("a", lease)
+    assert not await store.claim_saga("s1", "b", _later())  # a's lease is live
+    assert await store.claim_saga("s1", "a", _later(120))  # own lease: renewed
+
+    await store.claim_saga("s1", "a", _earlier())  # a's lease lapses
+    assert await store.claim_saga("s1", "b", _later())
+    stored = await store.get_saga("s1")
+    assert stored is not None
+    assert stored.owner == "b"
+    assert [r.saga_id for r in await store.list_recoverable(utcnow())] == []
+
+
+# -- steps ---------------------------------------------------------------------------------
+async def test_steps_round_trip_upsert_and_reset(store: SagaStore) -> None:
+    await store.save_step(StepRecord("s1", "reserve", StepStatus.RUNNING, attempts=1))
+    await store.save_step(StepRecord("s1", "charge", StepStatus.FAILED, error="card declined"))
+    await store.save_step(
+        StepRecord(
+            "s1",
+            "reserve",
+            StepStatus.COMPENSATION_FAILED,
+            result={"sku": "x", "raw": b"\x00"},
+            attempts=3,
+            completed_seq=1,
+            compensation_error="still reserved",
+        )
+    )
+    await store.save_step(StepRecord("other", "reserve", StepStatus.COMPLETED))
+
+    steps = {s.name: s for s in await store.get_steps("s1")}
+    assert set(steps) == {"reserve", "charge"}
+    reserve = steps["reserve"]
+    assert reserve.status is StepStatus.COMPENSATION_FAILED
+    assert (reserve.result, reserve.attempts, reserve.completed_seq) == (
+        {"sku": "x", "raw": b"\x00"},
+        3,
+        1,
+    )
+    assert reserve.compensation_error == "still reserved"
+    assert reserve.updated_at is not None
+    assert (steps["charge"].error, steps["charge"].result) == ("card declined", None)
+
+    await store.reset_steps("s1")
+    assert await store.get_steps("s1") == []
+    assert len(await store.get_steps("other")) == 1
+
+
+# -- inbox ---------------------------------------------------------------------------------
+async def test_inbox_claimed_then_duplicate_then_released(store: SagaStore) -> None:
+    claim = await store.claim_inbox("t", "k1", "saga-1", "a", _later())
+    assert (claim.outcome, claim.saga_id, claim.owner) == (ClaimOutcome.CLAIMED, "saga-1", "a")
+
+    await store.complete_inbox("t", "k1")
+    dup = await store.claim_inbox("t", "k1", "saga-2", "b", _later())
+    assert (dup.outcome, dup.saga_id) == (ClaimOutcome.DUPLICATE, "saga-1")
+    other_trigger = await store.claim_inbox("t2", "k1", "saga-3", "b", _later())
+    assert other_trigger.outcome is ClaimOutcome.CLAIMED
+
+    await store.release_inbox("t", "k1")
+    again = await store.claim_inbox("t", "k1", "saga-4", "b", _later())
+    assert (again.outcome, again.saga_id) == (ClaimOutcome.CLAIMED, "saga-4")
+
+
+async def test_inbox_busy_while_another_owner_holds_a_live_lease(store: SagaStore) -> None:
+    await store.claim_inbox("t", "k", "saga-1", "a", _later())
+    busy = await store.claim_inbox("t", "k", "saga-2", "b", _later())
+    assert (busy.outcome, busy.saga_id, busy.owner) == (ClaimOutcome.BUSY, "saga-1", "a")
+
+
+async def test_inbox_taken_over_by_own_owner_or_after_expiry(store: SagaStore) -> None:
+    await store.claim_inbox("t", "k", "saga-1", "a", _later())
+    own = await store.claim_inbox("t", "k", "saga-x", "a", _earlier())  # a lets it lapse
+    assert (own.outcome, own.saga_id, own.owner) == (ClaimOutcome.TAKEN_OVER, "saga-1", "a")
+
+    stolen = await store.claim_inbox("t", "k", "saga-2", "b", _later())
+    assert (stolen.outcome, stolen.saga_id, stolen.owner) == (
+        ClaimOutcome.TAKEN_OVER,
+        "saga-1",
+        "b",
+    )
+    back = await store.claim_inbox("t", "k", "saga-3", "a", _later())
+    assert (back.outcome, back.owner) == (ClaimOutcome.BUSY, "b")
+
+
+async def test_renew_leases_extends_what_an_owner_still_holds(store: SagaStore) -> None:
+    await store.claim_inbox("t", "k1", "s-1", "a", _earlier())
+    await store.claim_inbox("t", "k2", "s-2", "a", _earlier())
+    await store.claim_inbox("t", "k3", "s-3", "a", _earlier())
+    await store.complete_inbox("t", "k3")  # completed rows are not renewed
+    await store.claim_inbox("t", "k4", "s-4", "z", _earlier())  # someone else's
+    await store.save_saga(_saga("run", status=SagaStatus.RUNNING, owner="a"))
+    await store.save_saga(_saga("done", status=SagaStatus.COMPLETED, owner="a"))
+    await store.save_saga(_saga("theirs", status=SagaStatus.RUNNING, owner="z"))
+
+    assert await store.renew_leases("a", _later()) == 3
+    assert (await store.claim_inbox("t", "k1", "x", "b", _later())).outcome is ClaimOutcome.BUSY
+    assert (await store.claim_inbox("t", "k4", "x", "b", _later())).outcome is (
+        ClaimOutcome.TAKEN_OVER
+    )
+    assert [r.saga_id for r in await store.list_recoverable(utcnow())] == ["theirs"]
+    run = await store.get_saga("run")
+    assert run is not None
+    assert run.lease_expires_at is not None
+    assert await store.renew_leases("nobody", _later()) == 0
+
+    # a row another worker took over is no longer renewed for the old owner
+    await store.claim_inbox("t", "k2", "s-2", "a", _earlier())
+    await store.claim_inbox("t", "k2", "s-2", "b", _later())
+    assert await store.renew_leases("a", _later()) == 2
+
+
+async def test_purge_expired_drops_old_completed_rows_and_stored_events(store: SagaStore) -> None:
+    await store.claim_inbox("t", "done", "s-1", "a", _later())
+    await store.complete_inbox("t", "done")
+    await store.claim_inbox("t", "pending", "s-2", "a", _later())
+    await store.save_saga(_saga("finished", status=SagaStatus.COMPLETED, event={"id": 1}))
+    await store.save_saga(_saga("running", status=SagaStatus.RUNNING, event={"id": 2}))
+
+    assert await store.purge_expired(utcnow() - timedelta(hours=1)) == 0
+    assert await store.purge_expired(utcnow() + timedelta(seconds=5)) == 2
+
+    again = await store.claim_inbox("t", "done", "s-9", "b", _later())
+    assert (again.outcome, again.saga_id) == (ClaimOutcome.CLAIMED, "s-9")
+    pending = await store.claim_inbox("t", "pending", "s-9", "b", _later())
+    assert pending.outcome is ClaimOutcome.BUSY
+    finished = await store.get_saga("finished")
+    running = await store.get_saga("running")
+    assert finished is not None
+    assert finished.event is None
+    assert finished.status is SagaStatus.COMPLETED
+    assert finished.context == {"order_id": 1}
+    assert running is not None
+    assert running.event == {"id": 2}
+    assert await store.purge_expired(utcnow() + timedelta(seconds=5)) == 0
+
+
+# -- outbox --------------------------------------------------------------------------------
+async def test_outbox_is_written_with_the_step_and_fetched_in_id_order(store: SagaStore) -> None:
+    step = StepRecord("s1", "reserve", StepStatus.COMPLETED)
+    await store.save_step(
+        step,
+        [
+            OutboxMessage("s1", "orders", {"event": "reserved"}, {"trace": "1"}),
+            OutboxMessage("s1", "orders", b"\x00raw"),
+        ],
+    )
+    await store.save_step(StepRecord("s2", "charge", StepStatus.COMPLETED))  # no messages
+    await store.save_step(StepRecord("s2", "ship", StepStatus.COMPLETED), [
+        OutboxMessage("s2", "shipping", None),
+        OutboxMessage("s2", "shipping", "text"),
+    ])  # fmt: skip
+    assert {s.name for s in await store.get_steps("s1")} == {"reserve"}
+
+    messages = await store.fetch_outbox()
+    assert [m.payload for m in messages] == [{"event": "reserved"}, b"\x00raw", None, "text"]
+    ids = [m.id for m in messages]
+    assert all(isinstance(i, int) for i in ids)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 4
+    assert messages[0].headers == {"trace": "1"}
+    assert messages[1].headers == {}
+    assert all(m.created_at is not None and m.sent_at is None for m in messages)
+    assert [m.topic for m in await store.fetch_outbox(limit=2)] == ["orders", "orders"]
+
+    await store.mark_outbox_sent([i for i in ids[:3] if i is not None])
+    await store.mark_outbox_sent([])
+    rest = await store.fetch_outbox()
+    assert [(m.id, m.payload) for m in rest] == [(ids[3], "text")]
+
+
+async def test_a_step_whose_outbox_cannot_be_stored_writes_nothing(store: SagaStore) -> None:
+    if not store.durable:
+        pytest.skip("the memory store keeps any Python object")
+    step = StepRecord("s1", "reserve", StepStatus.COMPLETED)
+    good = OutboxMessage("s1", "orders", {"ok": True})
+    bad = OutboxMessage("s1", "orders", object())
+    with pytest.raises(StoreError, match="convert it first"):
+        await store.save_step(step, [good, bad])
+    assert await store.get_steps("s1") == []
+    assert await store.fetch_outbox() == []
+
+
+# -- dead letters --------------------------------------------------------------------------
+async def test_dead_letters_crud_with_bytes_payload(store: SagaStore) -> None:
+    first = DeadLetterRecord(
+        trigger_id="orders.on_order",
+        saga_name="orders",
+        payload=b"\x00\x01not json",
+        error="ValidationError: id missing",
+        reason="invalid",
+        traceback="Traceback ...",
+        attempts=1,
+        saga_id="s1",
+        source="kafka",
+        meta={"partition": 0, "offset": 42},
+    )
+    second = dataclasses.replace(first, trigger_id="pay.on_pay", payload={"id": 7}, meta={})
+    third = dataclasses.replace(first, payload=None, traceback=None, saga_id=None, source=None)
+    id1 = await store.add_dead_letter(first)
+    id2 = await store.add_dead_letter(second)
+    id3 = await store.add_dead_letter(third)
+    assert id1 < id2 < id3
+
+    got = await store.get_dead_letter(id1)
+    assert got is not None
+    assert got.created_at is not None
+    assert dataclasses.replace(got, id=None, created_at=None) == first
+    assert got.id == id1
+    assert [d.id for d in await store.list_dead_letters()] == [id1, id2, id3]
+    assert [d.id for d in await store.list_dead_letters(limit=1)] == [id1]
+    by_trigger = await store.list_dead_letters(trigger_id="orders.on_order")
+    assert [(d.id, d.payload) for d in by_trigger] == [(id1, first.payload), (id3, None)]
+
+    assert await store.delete_dead_letter(id1)
+    assert not await store.delete_dead_letter(id1)
+    assert await store.get_dead_letter(id1) is None
+    assert [d.id for d in await store.list_dead_letters(trigger_id="orders.on_order")] == [id3]
+    assert await store.get_dead_letter(10_000) is None
+
+
+# -- poll triggers -------------------------------------------------------------------------
+async def test_trigger_schedule_upsert_keeps_last_poll_at(store: SagaStore) -> None:
+    assert await store.get_trigger_schedule("poll") is None
+    await store.touch_trigger_schedule("poll", utcnow())  # no row: nothing to touch
+    assert await store.get_trigger_schedule("poll") is None
+
+    await store.save_trigger_schedule(TriggerScheduleRecord("poll", "orders", 1000, False))
+    saved = await store.get_trigger_schedule("poll")
+    assert saved == TriggerScheduleRecord("poll", "orders", 1000, False, True, None)
+
+    polled = datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    await store.touch_trigger_schedule("poll", polled)
+    await store.save_trigger_schedule(
+        TriggerScheduleRecord("poll", "orders-v2", 500, True, enabled=False)
+    )
+    assert await store.get_trigger_schedule("poll") == TriggerScheduleRecord(
+        "poll", "orders-v2", 500, True, False, polled
+    )
+    newer = polled + timedelta(minutes=1)
+    await store.save_trigger_schedule(TriggerScheduleRecord("poll", "o", 500, True, True, newer))
+    stored = await store.get_trigger_schedule("poll")
+    assert stored is not None
+    assert stored.last_poll_at == newer
+
+
+async def test_exclusive_trigger_execution_refuses_an_open_duplicate(store: SagaStore) -> None:
+    started = datetime(2024, 1, 1, tzinfo=UTC)
+    first = TriggerExecutionRecord("poll", "hash-a", "saga-1", started_at=started)
+    assert await store.start_trigger_execution(first, exclusive=True)
+    again = TriggerExecutionRecord("poll", "hash-a", "saga-2")
+    assert not await store.start_trigger_execution(again, exclusive=True)
+    other_hash = TriggerExecutionRecord("poll", "hash-b", "saga-3")
+    assert await store.start_trigger_execution(other_hash, exclusive=True)
+    other_trigger = TriggerExecutionRecord("poll-2", "hash-a", "saga-4")
+    assert await store.start_trigger_execution(other_trigger, exclusive=True)
+    concurrent = TriggerExecutionRecord("poll", "hash-a", "saga-5")
+    assert await store.start_trigger_execution(concurrent, exclusive=False)
+
+    await store.complete_trigger_execution("poll", "saga-1")
+    assert not await store.start_trigger_execution(again, exclusive=True)  # saga-5 still open
+    await store.complete_trigger_execution("poll", "saga-5")
+    await store.complete_trigger_execution("poll", "never-started")
+    assert await store.start_trigger_execution(again, exclusive=True)
+
+    rows = await store.list_trigger_executions("poll")
+    assert [(r.saga_id, r.completed_at is None) for r in rows] == [
+        ("saga-1", False),
+        ("saga-3", True),
+        ("saga-5", False),
+        ("saga-2", True),
+    ]
+    assert rows[0].started_at == started
+    assert rows[0].context_hash == "hash-a"
+    assert all(r.started_at is not None for r in rows)
+    assert [r.saga_id for r in await store.list_trigger_executions("poll-2")] == ["saga-4"]
+    assert await store.list_trigger_executions("unknown") == []
+
+
+# -- cron ----------------------------------------------------------------------------------
+async def test_cron_tick_is_claimed_once_and_last_tick_is_the_latest(store: SagaStore) -> None:
+    assert await store.last_cron_tick("nightly") is None
+    nine = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+    ten = datetime(2024, 3, 1, 11, 0, tzinfo=timezone(timedelta(hours=1)))  # 10:00 UTC
+    assert await store.claim_cron_tick("nightly", ten, "a")
+    assert not await store.claim_cron_tick("nightly", ten, "b")
+    assert not await store.claim_cron_tick("nightly", datetime(2024, 3, 1, 10, tzinfo=UTC), "b")
+    assert await store.claim_cron_tick("nightly", nine, "b")  # catch-up of an older tick
+    assert await store.claim_cron_tick("hourly", ten, "a")  # another trigger, same tick
+    assert await store.last_cron_tick("nightly") == ten
+
+
+# -- lifecycle and schema ------------------------------------------------------------------
+async def test_start_and_stop_are_idempotent_and_data_survives_reopening(
+    backend: Backend,
+) -> None:
+    store = backend.make()
+    await store.start()
+    await store.start()
+    await store.create_saga(_saga("kept"))
+    await store.stop()
+    await store.stop()
+    if not store.durable:
+        return  # a new MemorySagaStore starts empty: nothing to reopen
+    async with backend.make() as reopened:
+        assert await reopened.get_saga("kept") is not None
+
+
+async def test_durable_store_refuses_work_before_start_and_after_stop(backend: Backend) -> None:
+    store = backend.make()
+    if not store.durable:
+        pytest.skip("the memory store needs no start()")
+    with pytest.raises(StoreError, match=r"await store\.start\(\)"):
+        await store.get_saga("s1")
+    async with store:
+        await store.save_saga(_saga())
+    with pytest.raises(StoreError, match="not started"):
+        await store.claim_inbox("t", "k", "s", "a", _later())
+
+
+async def test_schema_is_created_once_and_its_version_recorded(backend: Backend) -> None:
+    if backend.name == "memory":
+        pytest.skip("the memory store has no schema")
+    stores = await asyncio.gather(*(backend.open() for _ in range(4)))  # concurrent first start
+    for store in stores:
+        await store.start()  # again: harmless
+    versions = {await store.schema_version() for store in stores}  # type: ignore[attr-defined]
+    assert versions == {1}
+    await stores[0].save_saga(_saga())
+    later = await backend.open()  # starting on an existing schema keeps the data
+    assert await later.get_saga("s1") is not None
+
+
+# -- contention ----------------------------------------------------------------------------
+async def _contenders(backend: Backend) -> list[SagaStore]:
+    stores = await backend.open_many(backend.instances)
+    return [stores[i % len(stores)] for i in range(CONTENDERS)]
+
+
+async def test_concurrent_inbox_claims_of_one_key_have_one_winner(backend: Backend) -> None:
+    stores = await _contenders(backend)
+    claims = await asyncio.gather(
+        *(s.claim_inbox("t", "key", f"saga-{i}", f"w{i}", _later()) for i, s in enumerate(stores))
+    )
+    winners = [c for c in claims if c.outcome is ClaimOutcome.CLAIMED]
+    assert len(winners) == 1
+    assert {c.outcome for c in claims} == {ClaimOutcome.CLAIMED, ClaimOutcome.BUSY}
+    assert {c.saga_id for c in claims} == {winners[0].saga_id}
+
+
+async def test_concurrent_cron_claims_of_one_tick_have_one_winner(backend: Backend) -> None:
+    stores = await _contenders(backend)
+    tick = datetime(2024, 6, 1, 0, 0, tzinfo=UTC)
+    results = await asyncio.gather(
+        *(s.claim_cron_tick("nightly", tick, f"w{i}") for i, s in enumerate(stores))
+    )
+    assert results.count(True) == 1
+    assert await stores[0].last_cron_tick("nightly") == tick
+
+
+async def test_concurrent_exclusive_executions_of_one_context_have_one_winner(
+    backend: Backend,
+) -> None:
+    stores = await _contenders(backend)
+    results = await asyncio.gather(
+        *(
+            s.start_trigger_execution(
+                TriggerExecutionRecord("poll", "same-hash", f"saga-{i}"), exclusive=True
+            )
+            for i, s in enumerate(stores)
+        )
+    )
+    assert results.count(True) == 1
+    assert len(await stores[0].list_trigger_executions("poll")) == 1
+
+
+async def test_concurrent_create_saga_creates_once(backend: Backend) -> None:
+    stores = await _contenders(backend)
+    results = await asyncio.gather(
+        *(s.create_saga(_saga("one", context={"by": i})) for i, s in enumerate(stores))
+    )
+    created = [record for record, was_created in results if was_created]
+    assert len(created) == 1
+    assert {record.context["by"] for record, _ in results} == {created[0].context["by"]}
+
+
+# -- store URLs ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "kind", "detail"),
+    [
+        ("memory://", MemorySagaStore, None),
+        ("sqlite:///sagaz.db", SQLiteSagaStore, "sagaz.db"),
+        ("sqlite:////var/lib/sagaz/app.db", SQLiteSagaStore, "/var/lib/sagaz/app.db"),
+        ("postgresql://u:p@db:5432/app?schema=billing", PostgresSagaStore, "billing"),
+        ("postgres://u@db/app", PostgresSagaStore, "sagaz"),
+        ("redis://localhost:6379/0?prefix=billing", RedisSagaStore, "billing"),
+        ("rediss://localhost:6380/1", RedisSagaStore, "sagaz"),
+    ],
+)
+def test_store_from_url_picks_the_store(url: str, kind: type, detail: str | None) -> None:
+    store = store_from_url(url)
+    assert type(store) is kind
+    if isinstance(store, SQLiteSagaStore):
+        assert store.path == detail
+    elif isinstance(store, PostgresSagaStore):
+        assert store.schema == detail
+        assert "schema=" not in store.dsn
+    elif isinstance(store, RedisSagaStore):
+        assert store.prefix == detail
+        assert "prefix=" not in store.url
+
+
+@pytest.mark.parametrize("url", ["mysql://db/app", "sagaz.db", "sqlite://relative.db"])
+def test_store_from_url_refuses_unknown_forms_and_lists_the_accepted_ones(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        store_from_url(url)
+    message = str(info.value)
+    assert "sqlite:///" in message
+    if "sqlite" not in url:
+        assert all(form in message for form in ("memory://", "postgresql://", "redis://"))
+
+
+def test_store_from_url_hides_passwords_in_errors() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        store_from_url("mysql://user:s3cret@db/app")
+    assert "s3cret" not in str(info.value)
