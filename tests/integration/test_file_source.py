@@ -249,3 +249,14 @@ def test_importing_the_module_does_not_import_watchfiles() -> None:
 def test_bad_options_are_rejected_naming_the_option(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         file_source.validate(options)
+
+
+def test_a_saga_with_a_bad_file_option_fails_at_class_definition() -> None:
+    from sagaz import Saga, trigger
+
+    with pytest.raises(ValueError, match=r"BadFiles.*on_file.*event_type='renamed'"):
+
+        class BadFiles(Saga):
+            @trigger(source="file", path="/data/inbox", event_type="renamed")
+            def on_file(self, event: FileEvent) -> dict[str, Any]:
+                return {}
