@@ -22,88 +22,20 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, ClassVar
 
 from sagaz._imports import require_extra
 from sagaz.abc import Emit, Source
 from sagaz.events import Delivery, EventMeta
 from sagaz.records import DeadLetterRecord
+from sagaz.triggers.kafka_options import DEFAULTS, OPTIONS, REQUIRED, topics_of, validate
+from sagaz.triggers.kafka_partitions import PartitionState
 from sagaz.triggers.sources import SourceContext
 
 __all__ = ["DEFAULTS", "OPTIONS", "REQUIRED", "KafkaSource", "create", "validate"]
 
 logger = logging.getLogger(__name__)
-
-#: options of ``@trigger(source="kafka", ...)`` with their defaults
-DEFAULTS: dict[str, Any] = {
-    "topic": None,  # a topic name or a list of names (required)
-    "group_id": None,  # default: "sagaz-" + the trigger id
-    "bootstrap_servers": None,  # default: TriggerConfig.kafka_bootstrap_servers
-    "auto_offset_reset": "earliest",
-    "client_id": None,  # default: "sagaz-" + the worker id
-    "session_timeout_ms": 10_000,
-    "heartbeat_interval_ms": 3_000,
-    "max_poll_interval_ms": 300_000,
-    "max_poll_records": 500,
-    "poll_timeout_ms": 250,  # longest wait of one poll; bounds how fast stop() is noticed
-    "commit_interval_ms": 1_000,  # commit settled work at least this often...
-    "commit_every": 500,  # ...or as soon as this many events were settled
-    "max_buffered_per_partition": 1_000,  # pause a partition above this many un-emitted events
-    "max_unsettled_per_partition": 10_000,  # ...or this many emitted but unsettled ones
-    "close_timeout_ms": 10_000,  # bound of the final commit in stop()
-    "reconnect_backoff_max_ms": 30_000,
-    "consumer_options": None,  # extra AIOKafkaConsumer keyword arguments (security...)
-    "producer_options": None,  # extra AIOKafkaProducer keyword arguments (dead letters)
-}
-OPTIONS = frozenset(DEFAULTS) | {"dead_letter_topic"}
-REQUIRED = frozenset({"topic"})
-_POSITIVE_INTS = tuple(name for name, value in DEFAULTS.items() if isinstance(value, int))
-_OFFSET_RESETS = ("earliest", "latest", "none")
-
-
-def _topics(value: Any) -> list[str]:
-    topics = [value] if isinstance(value, str) else value
-    if not (
-        isinstance(topics, list | tuple)
-        and topics
-        and all(isinstance(t, str) and t for t in topics)
-    ):
-        raise ValueError(
-            f"option topic={value!r} must be a topic name or a non-empty list of topic names, "
-            'e.g. topic="orders" or topic=["orders", "refunds"]'
-        )
-    return list(topics)
-
-
-def validate(options: Mapping[str, Any]) -> None:
-    """Check option types and values at class-definition time (aiokafka is not imported)."""
-    _topics(options.get("topic"))
-    for name in ("group_id", "bootstrap_servers", "client_id", "dead_letter_topic"):
-        value = options.get(name)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ValueError(f"option {name}={value!r} must be a non-empty string")
-    reset = options.get("auto_offset_reset", "earliest")
-    if reset not in _OFFSET_RESETS:
-        raise ValueError(f"option auto_offset_reset={reset!r} must be one of {_OFFSET_RESETS}")
-    for name in _POSITIVE_INTS:
-        value = options.get(name, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"option {name}={value!r} must be a positive integer")
-    for name in ("consumer_options", "producer_options"):
-        value = options.get(name)
-        if value is not None and not isinstance(value, Mapping):
-            raise ValueError(f"option {name}={value!r} must be a dict of aiokafka arguments")
-    session = options.get("session_timeout_ms", DEFAULTS["session_timeout_ms"])
-    heartbeat = options.get("heartbeat_interval_ms", DEFAULTS["heartbeat_interval_ms"])
-    if heartbeat >= session:
-        raise ValueError(
-            f"option heartbeat_interval_ms={heartbeat} must be lower than "
-            f"session_timeout_ms={session} (typically a third of it)"
-        )
 
 
 def create(options: Mapping[str, Any], ctx: SourceContext) -> KafkaSource:
@@ -111,30 +43,6 @@ def create(options: Mapping[str, Any], ctx: SourceContext) -> KafkaSource:
     require_extra("kafka")
     validate(options)
     return KafkaSource(options, ctx)
-
-
-@dataclass(slots=True, eq=False)
-class _Partition:
-    """State of one assigned partition; a fresh one replaces it on every assignment."""
-
-    tp: Any
-    buffer: deque[tuple[Any, datetime]] = field(default_factory=deque)  # (record, received at)
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    outstanding: deque[int] = field(default_factory=deque)  # fetched, unsettled, in order
-    done: set[int] = field(default_factory=set)  # settled, but behind an unsettled offset
-    last_offset: int = -1
-    commit_offset: int | None = None  # after the last contiguous settled offset
-    committed_offset: int | None = None
-    paused: bool = False
-    worker: asyncio.Task[None] | None = None
-
-    def settle(self, offset: int) -> None:
-        """Mark ``offset`` done and advance over the contiguous done prefix."""
-        self.done.add(offset)
-        while self.outstanding and self.outstanding[0] in self.done:
-            first = self.outstanding.popleft()
-            self.done.discard(first)
-            self.commit_offset = first + 1
 
 
 class KafkaSource(Source):
@@ -150,7 +58,7 @@ class KafkaSource(Source):
     def __init__(self, options: Mapping[str, Any], ctx: SourceContext) -> None:
         self._ctx = ctx
         self._opts: dict[str, Any] = {**DEFAULTS, **options}
-        self.topics = _topics(self._opts["topic"])
+        self.topics = topics_of(self._opts["topic"])
         self.group_id: str = self._opts["group_id"] or f"sagaz-{ctx.trigger_id}"
         self.bootstrap_servers: str = (
             self._opts["bootstrap_servers"] or ctx.config.kafka_bootstrap_servers
@@ -161,7 +69,7 @@ class KafkaSource(Source):
         #: how many times partitions were assigned to this member (1 while no rebalance)
         self.assignments = 0
         self._log = {"trigger": ctx.trigger_id, "source": self.kind, "group_id": self.group_id}
-        self._partitions: dict[Any, _Partition] = {}
+        self._partitions: dict[Any, PartitionState] = {}
         self._aiokafka: Any = None
         self._errors: Any = None
         self._consumer: Any = None
@@ -175,6 +83,7 @@ class KafkaSource(Source):
         self._close_future: asyncio.Future[None] | None = None
         self._run_done = asyncio.Event()
         self._run_done.set()
+        self._last_records_at = 0.0
         self._limits: tuple[int, int] = (
             self._opts["max_buffered_per_partition"],
             self._opts["max_unsettled_per_partition"],
@@ -218,7 +127,7 @@ class KafkaSource(Source):
                 except TimeoutError as exc:
                     await self._report(exc, "final commit timed out; events will be redelivered")
                 self._partitions.clear()
-                await consumer.stop()
+                await _stop_consumer(consumer)
         finally:
             if producer is not None:
                 await producer.stop()
@@ -280,6 +189,8 @@ class KafkaSource(Source):
                     await asyncio.wait_for(self._closing.wait(), delay)
                 continue
             failures = 0
+            if batches:
+                self._last_records_at = asyncio.get_running_loop().time()
             for tp, records in batches.items():
                 self._take(tp, records)
 
@@ -314,7 +225,7 @@ class KafkaSource(Source):
         try:
             await consumer.start()
         except BaseException:
-            await consumer.stop()
+            await _stop_consumer(consumer)
             raise
         self._consumer = consumer
         logger.info("Kafka consumer started for %s", self.topics, extra=self._log)
@@ -323,13 +234,8 @@ class KafkaSource(Source):
         partition = self._partitions.get(tp)
         if partition is None:  # revoked while the batch was on its way
             return
-        received_at = self._ctx.clock.now()
-        for record in records:
-            if record.offset > partition.last_offset:
-                partition.last_offset = record.offset
-                partition.outstanding.append(record.offset)
-                partition.buffer.append((record, received_at))
-        if partition.worker is None and self._emit is not None:
+        partition.track(records, self._ctx.clock.now())
+        if self._emit is not None and (partition.worker is None or partition.worker.done()):
             name = f"kafka-emit-{tp.topic}-{tp.partition}"
             partition.worker = asyncio.create_task(
                 self._emit_loop(partition, self._emit), name=name
@@ -337,7 +243,7 @@ class KafkaSource(Source):
         partition.wakeup.set()
         self._update_flow(partition)
 
-    async def _emit_loop(self, partition: _Partition, emit: Emit) -> None:
+    async def _emit_loop(self, partition: PartitionState, emit: Emit) -> None:
         """Emit the partition's records one at a time, in offset order."""
         while True:
             if not partition.buffer:
@@ -347,38 +253,39 @@ class KafkaSource(Source):
             delivery = self._delivery(partition, *partition.buffer.popleft())
             try:
                 await emit(delivery)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                # the pipeline cancelled its own wait (e.g. its queue closed): not fatal to us
+                logger.warning("emit was cancelled; the event stays uncommitted", extra=self._log)
             except Exception as exc:  # the pipeline should not raise; if it does, go on
-                await self._report(exc, "emit failed; the message stays uncommitted")
+                await self._report(exc, "emit failed; the event stays uncommitted")
             self._update_flow(partition)
 
-    def _update_flow(self, partition: _Partition) -> None:
+    def _update_flow(self, partition: PartitionState) -> None:
         """Pause a partition whose buffer or unsettled backlog is full; resume it once drained.
 
         Only that partition stops fetching: the poll loop goes on, so the member stays alive.
         """
         if self._consumer is None or self._partitions.get(partition.tp) is not partition:
             return
-        buffered, unsettled = len(partition.buffer), len(partition.outstanding)
-        limit, backlog = self._limits
-        if not partition.paused and buffered < limit and unsettled < backlog:
-            return  # the common case, once per event
-        if not partition.paused and (buffered >= limit or unsettled >= backlog):
-            partition.paused = True
+        change = partition.flow(*self._limits)
+        if change is True:
             self._consumer.pause(partition.tp)
-            if unsettled >= backlog:  # rare: the pipeline holds (or nacked) an old event
+            if len(partition.outstanding) >= self._limits[1]:  # rare: an old event is held
                 logger.warning(
                     "partition %s paused: %d events unsettled since offset %d",
                     partition.tp.partition,
-                    unsettled,
+                    len(partition.outstanding),
                     partition.outstanding[0],
                     extra=self._log,
                 )
-        elif partition.paused and buffered <= limit // 2 and unsettled < backlog:
-            partition.paused = False
+        elif change is False:
             with contextlib.suppress(self._errors.IllegalStateError):  # mid-rebalance
                 self._consumer.resume(partition.tp)
 
-    def _delivery(self, partition: _Partition, record: Any, received_at: datetime) -> Delivery:
+    def _delivery(self, partition: PartitionState, record: Any, received_at: Any) -> Delivery:
         topic, number, offset, key = record.topic, record.partition, record.offset, record.key
         if isinstance(key, bytes):
             with contextlib.suppress(UnicodeDecodeError):
@@ -401,7 +308,7 @@ class KafkaSource(Source):
         return Delivery(payload, meta, f"{topic}/{number}/{offset}", ack=settle, nack=settle)
 
     # -- settling and committing -----------------------------------------------------------
-    def _settler(self, partition: _Partition, offset: int) -> Callable[..., Awaitable[None]]:
+    def _settler(self, partition: PartitionState, offset: int) -> Callable[..., Awaitable[None]]:
         """The delivery's ``ack()`` and ``nack(requeue)``: the first call counts."""
         settled = False
 
@@ -414,7 +321,7 @@ class KafkaSource(Source):
 
         return settle
 
-    def _settle(self, partition: _Partition, offset: int) -> None:
+    def _settle(self, partition: PartitionState, offset: int) -> None:
         if self._partitions.get(partition.tp) is not partition:
             return  # revoked since: the partition's new owner redelivers the event
         partition.settle(offset)
@@ -431,6 +338,16 @@ class KafkaSource(Source):
             await self._commit(self._consumer)
 
     async def _commit_loop(self) -> None:
+        """Commit periodically; probe the broker when no record came for a while.
+
+        aiokafka retries a lost broker internally and only logs it, so without the probe an
+        outage would look like an idle topic to the engine's listeners.
+        """
+        loop, probe_every = (
+            asyncio.get_running_loop(),
+            self._opts["health_check_interval_ms"] / 1000,
+        )
+        probed_at, unreachable = loop.time(), False
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
@@ -438,13 +355,27 @@ class KafkaSource(Source):
                 )
             self._commit_wanted.clear()
             await self.commit()
+            now = loop.time()
+            if self._consumer is None or now - max(probed_at, self._last_records_at) < probe_every:
+                continue
+            probed_at = now
+            try:
+                async with asyncio.timeout(probe_every):
+                    await self._consumer.topics()
+            except (self._errors.KafkaError, TimeoutError) as exc:
+                unreachable = True
+                await self._report(exc, "Kafka broker unreachable; aiokafka keeps reconnecting")
+            else:
+                if unreachable:
+                    logger.info("Kafka broker reachable again", extra=self._log)
+                unreachable = False
 
     async def _commit(self, consumer: Any, only: Iterable[Any] | None = None) -> None:
         """Commit the contiguous settled offsets of ``only`` (default: every partition)."""
         async with self._commit_lock:
             parts = self._partitions
             chosen = parts.values() if only is None else [parts[tp] for tp in only if tp in parts]
-            due = [p for p in chosen if p.commit_offset not in (None, p.committed_offset)]
+            due = [p for p in chosen if p.commit_due]
             if not due:
                 return
             self._settled_since_commit = 0
@@ -479,7 +410,7 @@ class KafkaSource(Source):
     async def _on_assigned(self, assigned: Iterable[Any]) -> None:
         """Start every assigned partition afresh, from its committed offset."""
         for tp in assigned:
-            self._partitions[tp] = _Partition(tp)
+            self._partitions[tp] = PartitionState(tp)
         self.assignments += 1
         logger.info("partitions assigned: %s", sorted(assigned), extra=self._log)
 
@@ -537,6 +468,18 @@ def _as_bytes(payload: Any) -> bytes:
     if isinstance(payload, str):
         return payload.encode()
     return json.dumps(payload, default=str).encode()
+
+
+async def _stop_consumer(consumer: Any) -> None:
+    """``consumer.stop()``, which can raise the cancellation of its own pending fetches while
+    the broker is down (aio-libs/aiokafka#647): then finish closing its connections."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # a real cancellation of ours
+        await consumer._client.close()
 
 
 def _rebalance_listener(source: KafkaSource) -> Any:

@@ -1,0 +1,75 @@
+"""Bookkeeping of one assigned Kafka partition: what is buffered, what is unsettled, how far
+it may be committed, and whether it should be paused. Pure data, no aiokafka.
+
+Offsets are tracked in fetch order (not as ``offset + 1``), so gaps left by compaction or
+transaction markers never hold a commit back.
+
+Offsets 0, 1, 2 fetched, 2 and 0 settled: ``commit_offset`` is 1, because offset 1 still runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PartitionState"]
+
+
+@dataclass(slots=True, eq=False)
+class PartitionState:
+    """State of one assigned partition; a fresh one replaces it on every assignment."""
+
+    tp: Any  # aiokafka's TopicPartition
+    buffer: deque[tuple[Any, Any]] = field(default_factory=deque)  # (record, received_at)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # set when buffer fills
+    outstanding: deque[int] = field(default_factory=deque)  # fetched, unsettled, in order
+    done: set[int] = field(default_factory=set)  # settled, but behind an unsettled offset
+    last_offset: int = -1
+    commit_offset: int | None = None  # just after the last contiguous settled offset
+    committed_offset: int | None = None
+    paused: bool = False
+    worker: asyncio.Task[None] | None = None
+
+    def track(self, records: Iterable[Any], received_at: Any) -> int:
+        """Buffer new records (ones at or below the last offset seen are skipped)."""
+        added = 0
+        for record in records:
+            if record.offset > self.last_offset:
+                self.last_offset = record.offset
+                self.outstanding.append(record.offset)
+                self.buffer.append((record, received_at))
+                added += 1
+        return added
+
+    def settle(self, offset: int) -> None:
+        """Mark ``offset`` done and move the commit point over the contiguous done prefix."""
+        self.done.add(offset)
+        while self.outstanding and self.outstanding[0] in self.done:
+            first = self.outstanding.popleft()
+            self.done.discard(first)
+            self.commit_offset = first + 1
+
+    @property
+    def commit_due(self) -> bool:
+        """Whether the commit point moved since the last successful commit."""
+        return self.commit_offset is not None and self.commit_offset != self.committed_offset
+
+    def flow(self, max_buffered: int, max_unsettled: int) -> bool | None:
+        """``True``: pause it now; ``False``: resume it now; ``None``: leave it as it is.
+
+        Paused above ``max_buffered`` un-emitted or ``max_unsettled`` unsettled events;
+        resumed once the buffer is half drained and the backlog is under its bound.
+        """
+        buffered, unsettled = len(self.buffer), len(self.outstanding)
+        if not self.paused:
+            if buffered < max_buffered and unsettled < max_unsettled:
+                return None
+            self.paused = True
+            return True
+        if buffered <= max_buffered // 2 and unsettled < max_unsettled:
+            self.paused = False
+            return False
+        return None
