@@ -12,7 +12,7 @@ imported when the store starts (``pip install "sagaz[postgres]"``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,101 +30,14 @@ from sagaz.records import (
     TriggerExecutionRecord,
     TriggerScheduleRecord,
 )
-from sagaz.storage.codec import dumps, loads, to_utc
-from sagaz.storage.postgres_schema import ACTIVE_SQL, TERMINAL_SQL, migrate, quote_schema
+from sagaz.storage import postgres_schema as tables
+from sagaz.storage.codec import dumps, to_utc
 from sagaz.storage.url import redact_url
 from sagaz.types import SagaStatus, StepStatus
 
 __all__ = ["PostgresSagaStore"]
 
-_SAGA_COLUMNS = (
-    "saga_id, saga_name, status, context, attempt, error, trigger_id, event, owner, "
-    "lease_expires_at, created_at, updated_at"
-)
-_SAGA_VALUES = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12"
-_STEP_COLUMNS = (
-    "saga_id, name, status, result, error, attempts, completed_seq, compensation_error, updated_at"
-)
-_DEAD_COLUMNS = (
-    "trigger_id, saga_name, payload, error, reason, traceback, attempts, saga_id, source, meta"
-)
 _CLAIM_RETRIES = 5  # a row deleted between our two statements makes us look again
-
-
-def _json_text(text: str) -> str:
-    return text
-
-
-async def _init_connection(conn: Any) -> None:
-    """Read JSONB with the sagaz codec; parameters arrive as :func:`dumps` text already, so a
-    value that cannot be stored fails with a clear :class:`StoreError` before any query runs."""
-    await conn.set_type_codec("jsonb", encoder=_json_text, decoder=loads, schema="pg_catalog")
-
-
-def _saga_params(record: SagaRecord, created_at: datetime, updated_at: datetime) -> tuple[Any, ...]:
-    lease = record.lease_expires_at
-    return (
-        record.saga_id,
-        record.saga_name,
-        SagaStatus(record.status).value,
-        dumps(record.context),
-        record.attempt,
-        record.error,
-        record.trigger_id,
-        None if record.event is None else dumps(record.event),
-        record.owner,
-        None if lease is None else to_utc(lease),
-        to_utc(created_at),
-        updated_at,
-    )
-
-
-def _saga(row: Mapping[str, Any]) -> SagaRecord:
-    return SagaRecord(
-        saga_id=row["saga_id"],
-        saga_name=row["saga_name"],
-        status=SagaStatus(row["status"]),
-        context=row["context"],
-        attempt=row["attempt"],
-        error=row["error"],
-        trigger_id=row["trigger_id"],
-        event=row["event"],
-        owner=row["owner"],
-        lease_expires_at=row["lease_expires_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
-
-
-def _step(row: Mapping[str, Any]) -> StepRecord:
-    return StepRecord(
-        saga_id=row["saga_id"],
-        name=row["name"],
-        status=StepStatus(row["status"]),
-        result=row["result"],
-        error=row["error"],
-        attempts=row["attempts"],
-        completed_seq=row["completed_seq"],
-        compensation_error=row["compensation_error"],
-        updated_at=row["updated_at"],
-    )
-
-
-def _dead(row: Mapping[str, Any]) -> DeadLetterRecord:
-    return DeadLetterRecord(
-        trigger_id=row["trigger_id"],
-        saga_name=row["saga_name"],
-        payload=row["payload"],
-        error=row["error"],
-        reason=row["reason"],
-        traceback=row["traceback"],
-        attempts=row["attempts"],
-        saga_id=row["saga_id"],
-        source=row["source"],
-        meta=row["meta"],
-        id=row["id"],
-        created_at=row["created_at"],
-    )
 
 
 class PostgresSagaStore(SagaStore):
@@ -145,7 +58,15 @@ class PostgresSagaStore(SagaStore):
     ) -> None:
         self.dsn = dsn
         self.schema = schema
-        self._s = quote_schema(schema)
+        self._s = tables.quote_schema(schema)
+        self._insert_saga = (
+            f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
+            f"VALUES ({tables.SAGA_VALUES})"
+        )
+        self._select_sagas = f"SELECT {tables.SAGA_COLUMNS} FROM {self._s}.saga_executions"
+        self._select_dead_letters = (
+            f"SELECT id, {tables.DEAD_LETTER_COLUMNS}, created_at FROM {self._s}.dead_letters"
+        )
         self._min_size = min_size
         self._max_size = max_size
         self._command_timeout = command_timeout
@@ -168,7 +89,7 @@ class PostgresSagaStore(SagaStore):
                     min_size=self._min_size,
                     max_size=self._max_size,
                     command_timeout=self._command_timeout,
-                    init=_init_connection,
+                    init=tables.init_connection,
                 )
             except (OSError, asyncpg.PostgresError) as exc:
                 raise StoreError(
@@ -177,7 +98,7 @@ class PostgresSagaStore(SagaStore):
                 ) from exc
             try:
                 async with pool.acquire() as conn:
-                    await migrate(conn, self.schema)
+                    await tables.migrate(conn, self.schema)
             except BaseException:
                 await pool.close()
                 raise
@@ -207,40 +128,41 @@ class PostgresSagaStore(SagaStore):
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
         db = self._db()
         now = utcnow()
-        params = _saga_params(record, record.created_at or now, now)
+        params = tables.saga_params(record, record.created_at or now, now)
         for _ in range(_CLAIM_RETRIES):
             row = await db.fetchrow(
-                f"INSERT INTO {self._s}.saga_executions ({_SAGA_COLUMNS}) VALUES ({_SAGA_VALUES}) "
-                f"ON CONFLICT (saga_id) DO NOTHING RETURNING {_SAGA_COLUMNS}",
+                f"{self._insert_saga} "
+                f"ON CONFLICT (saga_id) DO NOTHING RETURNING {tables.SAGA_COLUMNS}",
                 *params,
             )
             if row is not None:
-                return _saga(row), True
+                return tables.saga_from_row(row), True
             row = await db.fetchrow(
-                f"SELECT {_SAGA_COLUMNS} FROM {self._s}.saga_executions WHERE saga_id = $1",
+                f"{self._select_sagas} WHERE saga_id = $1",
                 record.saga_id,
             )
             if row is not None:
-                return _saga(row), False
+                return tables.saga_from_row(row), False
         raise StoreError(f"saga {record.saga_id!r} kept appearing and disappearing; retry")
 
     async def save_saga(self, record: SagaRecord) -> None:
         now = utcnow()
         await self._db().execute(
-            f"INSERT INTO {self._s}.saga_executions ({_SAGA_COLUMNS}) VALUES ({_SAGA_VALUES}) "
+            f"{self._insert_saga} "
             "ON CONFLICT (saga_id) DO UPDATE SET saga_name = EXCLUDED.saga_name, "
             "status = EXCLUDED.status, context = EXCLUDED.context, attempt = EXCLUDED.attempt, "
             "error = EXCLUDED.error, trigger_id = EXCLUDED.trigger_id, event = EXCLUDED.event, "
             "owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at, "
             "updated_at = EXCLUDED.updated_at",
-            *_saga_params(record, record.created_at or now, now),
+            *tables.saga_params(record, record.created_at or now, now),
         )
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         row = await self._db().fetchrow(
-            f"SELECT {_SAGA_COLUMNS} FROM {self._s}.saga_executions WHERE saga_id = $1", saga_id
+            f"{self._select_sagas} WHERE saga_id = $1",
+            saga_id,
         )
-        return None if row is None else _saga(row)
+        return None if row is None else tables.saga_from_row(row)
 
     async def list_sagas(
         self,
@@ -260,11 +182,10 @@ class PostgresSagaStore(SagaStore):
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         params.append(limit)
         rows = await self._db().fetch(
-            f"SELECT {_SAGA_COLUMNS} FROM {self._s}.saga_executions {clause}"
-            f"ORDER BY seq LIMIT ${len(params)}",
+            f"{self._select_sagas} {clause}ORDER BY seq LIMIT ${len(params)}",
             *params,
         )
-        return [_saga(row) for row in rows]
+        return [tables.saga_from_row(row) for row in rows]
 
     async def delete_saga(self, saga_id: str) -> None:
         await self._db().execute(
@@ -275,12 +196,12 @@ class PostgresSagaStore(SagaStore):
 
     async def list_recoverable(self, now: datetime, limit: int = 100) -> list[SagaRecord]:
         rows = await self._db().fetch(
-            f"SELECT {_SAGA_COLUMNS} FROM {self._s}.saga_executions WHERE status IN {ACTIVE_SQL} "
-            "AND (lease_expires_at IS NULL OR lease_expires_at < $1) ORDER BY seq LIMIT $2",
+            f"{self._select_sagas} WHERE status IN {tables.ACTIVE_SQL} AND "
+            " (lease_expires_at IS NULL OR lease_expires_at < $1) ORDER BY seq LIMIT $2",
             to_utc(now),
             limit,
         )
-        return [_saga(row) for row in rows]
+        return [tables.saga_from_row(row) for row in rows]
 
     async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
         claimed = await self._db().fetchval(
@@ -301,7 +222,7 @@ class PostgresSagaStore(SagaStore):
         messages = [(m.saga_id, m.topic, dumps(m.payload), dumps(m.headers), now) for m in outbox]
         async with self._db().acquire() as conn, conn.transaction():
             await conn.execute(
-                f"INSERT INTO {self._s}.saga_steps ({_STEP_COLUMNS}) "
+                f"INSERT INTO {self._s}.saga_steps ({tables.STEP_COLUMNS}) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
                 "ON CONFLICT (saga_id, name) DO UPDATE SET status = EXCLUDED.status, "
                 "result = EXCLUDED.result, error = EXCLUDED.error, "
@@ -327,9 +248,9 @@ class PostgresSagaStore(SagaStore):
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
         rows = await self._db().fetch(
-            f"SELECT {_STEP_COLUMNS} FROM {self._s}.saga_steps WHERE saga_id = $1", saga_id
+            f"SELECT {tables.STEP_COLUMNS} FROM {self._s}.saga_steps WHERE saga_id = $1", saga_id
         )
-        return [_step(row) for row in rows]
+        return [tables.step_from_row(row) for row in rows]
 
     async def reset_steps(self, saga_id: str) -> None:
         await self._db().execute(f"DELETE FROM {self._s}.saga_steps WHERE saga_id = $1", saga_id)
@@ -391,7 +312,7 @@ class PostgresSagaStore(SagaStore):
             f"WITH i AS (UPDATE {self._s}.inbox SET lease_until = $2 "
             "WHERE owner = $1 AND status = 'pending' RETURNING 1), "
             f"s AS (UPDATE {self._s}.saga_executions SET lease_expires_at = $2 "
-            f"WHERE owner = $1 AND status IN {ACTIVE_SQL} RETURNING 1) "
+            f"WHERE owner = $1 AND status IN {tables.ACTIVE_SQL} RETURNING 1) "
             "SELECT (SELECT count(*) FROM i) + (SELECT count(*) FROM s)",
             owner,
             to_utc(lease_until),
@@ -403,7 +324,7 @@ class PostgresSagaStore(SagaStore):
             f"WITH i AS (DELETE FROM {self._s}.inbox "
             "WHERE status = 'completed' AND completed_at < $1 RETURNING 1), "
             f"s AS (UPDATE {self._s}.saga_executions SET event = NULL WHERE event IS NOT NULL "
-            f"AND status IN {TERMINAL_SQL} AND updated_at < $1 RETURNING 1) "
+            f"AND status IN {tables.TERMINAL_SQL} AND updated_at < $1 RETURNING 1) "
             "SELECT (SELECT count(*) FROM i) + (SELECT count(*) FROM s)",
             to_utc(before),
         )
@@ -440,7 +361,7 @@ class PostgresSagaStore(SagaStore):
     # -- dead letters ----------------------------------------------------------------------
     async def add_dead_letter(self, record: DeadLetterRecord) -> int:
         dead_id = await self._db().fetchval(
-            f"INSERT INTO {self._s}.dead_letters ({_DEAD_COLUMNS}, created_at) "
+            f"INSERT INTO {self._s}.dead_letters ({tables.DEAD_LETTER_COLUMNS}, created_at) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
             record.trigger_id,
             record.saga_name,
@@ -459,21 +380,21 @@ class PostgresSagaStore(SagaStore):
     async def list_dead_letters(
         self, *, trigger_id: str | None = None, limit: int = 100
     ) -> list[DeadLetterRecord]:
-        select = f"SELECT id, {_DEAD_COLUMNS}, created_at FROM {self._s}.dead_letters"
+        select = self._select_dead_letters
         if trigger_id is None:
             rows = await self._db().fetch(f"{select} ORDER BY id LIMIT $1", limit)
         else:
             rows = await self._db().fetch(
                 f"{select} WHERE trigger_id = $1 ORDER BY id LIMIT $2", trigger_id, limit
             )
-        return [_dead(row) for row in rows]
+        return [tables.dead_letter_from_row(row) for row in rows]
 
     async def get_dead_letter(self, dead_letter_id: int) -> DeadLetterRecord | None:
         row = await self._db().fetchrow(
-            f"SELECT id, {_DEAD_COLUMNS}, created_at FROM {self._s}.dead_letters WHERE id = $1",
+            f"{self._select_dead_letters} WHERE id = $1",
             dead_letter_id,
         )
-        return None if row is None else _dead(row)
+        return None if row is None else tables.dead_letter_from_row(row)
 
     async def delete_dead_letter(self, dead_letter_id: int) -> bool:
         deleted = await self._db().fetchval(

@@ -1,4 +1,5 @@
-"""The versioned PostgreSQL schema of :class:`~sagaz.storage.postgres.PostgresSagaStore`.
+"""The versioned PostgreSQL schema of :class:`~sagaz.storage.postgres.PostgresSagaStore` and
+how its rows map to records.
 
 Every table lives in one schema (``sagaz`` by default) whose name replaces ``{s}`` in the
 statements. A migration is a version number and the statements that bring the schema to it;
@@ -9,18 +10,31 @@ append new migrations, never edit a released one. :func:`migrate` runs under
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from sagaz.exceptions import ConfigurationError, StoreError
-from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
+from sagaz.records import DeadLetterRecord, SagaRecord, StepRecord
+from sagaz.storage.codec import dumps, loads, to_utc
+from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
 __all__ = [
     "ACTIVE_SQL",
+    "DEAD_LETTER_COLUMNS",
     "MIGRATIONS",
+    "SAGA_COLUMNS",
+    "SAGA_VALUES",
     "SCHEMA_VERSION",
+    "STEP_COLUMNS",
     "TERMINAL_SQL",
+    "dead_letter_from_row",
+    "init_connection",
     "migrate",
     "quote_schema",
+    "saga_from_row",
+    "saga_params",
+    "step_from_row",
 ]
 
 TERMINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_SAGA_STATUSES)) + ")"
@@ -193,3 +207,97 @@ async def migrate(conn: Any, schema: str) -> int:
                 await conn.execute(statement.replace("{s}", s))
             await conn.execute(f"INSERT INTO {s}.schema_version (version) VALUES ($1)", version)
     return SCHEMA_VERSION
+
+
+# -- rows <-> records ----------------------------------------------------------------------
+SAGA_COLUMNS = (
+    "saga_id, saga_name, status, context, attempt, error, trigger_id, event, owner, "
+    "lease_expires_at, created_at, updated_at"
+)
+SAGA_VALUES = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12"
+STEP_COLUMNS = (
+    "saga_id, name, status, result, error, attempts, completed_seq, compensation_error, updated_at"
+)
+DEAD_LETTER_COLUMNS = (
+    "trigger_id, saga_name, payload, error, reason, traceback, attempts, saga_id, source, meta"
+)
+
+
+def _json_text(text: str) -> str:
+    return text
+
+
+async def init_connection(conn: Any) -> None:
+    """Read JSONB with the sagaz codec; parameters arrive as :func:`dumps` text already, so a
+    value that cannot be stored fails with a clear :class:`StoreError` before any query runs."""
+    await conn.set_type_codec("jsonb", encoder=_json_text, decoder=loads, schema="pg_catalog")
+
+
+def saga_params(record: SagaRecord, created_at: datetime, updated_at: datetime) -> tuple[Any, ...]:
+    """The values of :data:`SAGA_COLUMNS` for ``record`` (JSON columns as text)."""
+    lease = record.lease_expires_at
+    return (
+        record.saga_id,
+        record.saga_name,
+        SagaStatus(record.status).value,
+        dumps(record.context),
+        record.attempt,
+        record.error,
+        record.trigger_id,
+        None if record.event is None else dumps(record.event),
+        record.owner,
+        None if lease is None else to_utc(lease),
+        to_utc(created_at),
+        updated_at,
+    )
+
+
+def saga_from_row(row: Mapping[str, Any]) -> SagaRecord:
+    """A row of :data:`SAGA_COLUMNS` as a record."""
+    return SagaRecord(
+        saga_id=row["saga_id"],
+        saga_name=row["saga_name"],
+        status=SagaStatus(row["status"]),
+        context=row["context"],
+        attempt=row["attempt"],
+        error=row["error"],
+        trigger_id=row["trigger_id"],
+        event=row["event"],
+        owner=row["owner"],
+        lease_expires_at=row["lease_expires_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def step_from_row(row: Mapping[str, Any]) -> StepRecord:
+    """A row of :data:`STEP_COLUMNS` as a record."""
+    return StepRecord(
+        saga_id=row["saga_id"],
+        name=row["name"],
+        status=StepStatus(row["status"]),
+        result=row["result"],
+        error=row["error"],
+        attempts=row["attempts"],
+        completed_seq=row["completed_seq"],
+        compensation_error=row["compensation_error"],
+        updated_at=row["updated_at"],
+    )
+
+
+def dead_letter_from_row(row: Mapping[str, Any]) -> DeadLetterRecord:
+    """A row of ``id``, :data:`DEAD_LETTER_COLUMNS`, ``created_at`` as a record."""
+    return DeadLetterRecord(
+        trigger_id=row["trigger_id"],
+        saga_name=row["saga_name"],
+        payload=row["payload"],
+        error=row["error"],
+        reason=row["reason"],
+        traceback=row["traceback"],
+        attempts=row["attempts"],
+        saga_id=row["saga_id"],
+        source=row["source"],
+        meta=row["meta"],
+        id=row["id"],
+        created_at=row["created_at"],
+    )

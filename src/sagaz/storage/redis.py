@@ -14,7 +14,6 @@ Cluster does not allow. redis-py is imported when the store starts
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -34,46 +33,16 @@ from sagaz.records import (
     TriggerExecutionRecord,
     TriggerScheduleRecord,
 )
-from sagaz.storage import redis_scripts as lua
-from sagaz.storage.codec import dumps, from_micros, loads, to_micros
+from sagaz.storage import redis_schema as tables
+from sagaz.storage.codec import dumps, from_micros, loads
+from sagaz.storage.redis_schema import micros
 from sagaz.storage.url import redact_url
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
-__all__ = ["SCHEMA_VERSION", "RedisSagaStore"]
-
-SCHEMA_VERSION = 1
-"""The key-layout version this code writes (stored in ``<prefix>:schema_version``).
-
-Version 1 needs no data migration (keys are created on first write); a later layout adds a
-step to :meth:`RedisSagaStore._migrate`, which runs under a ``SET NX`` lock."""
+__all__ = ["RedisSagaStore"]
 
 _CHUNK = 200  # ids read per round trip when scanning an index
 _PURGE_BATCH = 500
-
-
-def _us(moment: datetime) -> str:
-    return str(to_micros(moment))
-
-
-def _opt_moment(micros: str | None) -> datetime | None:
-    return None if micros is None else from_micros(micros)
-
-
-def _saga(fields: dict[str, str]) -> SagaRecord:
-    return SagaRecord(
-        saga_id=fields["saga_id"],
-        saga_name=fields["saga_name"],
-        status=SagaStatus(fields["status"]),
-        context=loads(fields["context"]),
-        attempt=int(fields["attempt"]),
-        error=fields.get("error"),
-        trigger_id=fields.get("trigger_id"),
-        event=loads(fields["event"]) if "event" in fields else None,
-        owner=fields.get("owner"),
-        lease_expires_at=_opt_moment(fields.get("lease")),
-        created_at=from_micros(fields["created_at"]),
-        updated_at=from_micros(fields["updated_at"]),
-    )
 
 
 class RedisSagaStore(SagaStore):
@@ -104,7 +73,7 @@ class RedisSagaStore(SagaStore):
             client = redis.Redis.from_url(self.url, decode_responses=True, **self._client_options)
             try:
                 await client.ping()
-                await self._migrate(client)
+                await tables.migrate(client, self.prefix)
             except BaseException as exc:
                 await client.aclose()
                 if isinstance(exc, OSError | redis.RedisError):
@@ -114,7 +83,7 @@ class RedisSagaStore(SagaStore):
                     ) from exc
                 raise
             self._scripts = {
-                name: client.register_script(getattr(lua, name)) for name in lua.__all__
+                name: client.register_script(source) for name, source in tables.SCRIPTS.items()
             }
             self._client = client
             self._started = True
@@ -126,40 +95,6 @@ class RedisSagaStore(SagaStore):
             self._started = False
             if client is not None:
                 await client.aclose()
-
-    async def _migrate(self, client: Any) -> None:
-        """Bring ``<prefix>:schema_version`` to :data:`SCHEMA_VERSION` under a lock."""
-        version_key = self._key("schema_version")
-        lock, token = self._key("migration-lock"), secrets.token_hex(8)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30
-        while True:
-            if int(await client.get(version_key) or 0) == SCHEMA_VERSION:
-                return  # current (perhaps another process just migrated): no lock needed
-            if await client.set(lock, token, nx=True, px=30_000):
-                break
-            if loop.time() > deadline:
-                raise StoreError(
-                    f"another process has held {lock!r} for 30 s; if none is migrating, "
-                    f"delete that key and start again"
-                )
-            await asyncio.sleep(0.05)
-        try:
-            current = int(await client.get(version_key) or 0)
-            if current > SCHEMA_VERSION:
-                raise StoreError(
-                    f"the Redis keys under {self.prefix!r} have layout version {current}, newer "
-                    f"than the {SCHEMA_VERSION} this sagaz understands: upgrade sagaz"
-                )
-            if current < SCHEMA_VERSION:  # version 1: keys appear on first write
-                await client.set(version_key, SCHEMA_VERSION)
-        finally:
-            await client.eval(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
-                1,
-                lock,
-                token,
-            )
 
     async def schema_version(self) -> int:
         """The key-layout version recorded in Redis."""
@@ -199,7 +134,7 @@ class RedisSagaStore(SagaStore):
             "trigger_id": record.trigger_id,
             "event": None if record.event is None else dumps(record.event),
             "owner": record.owner,
-            "lease": None if record.lease_expires_at is None else _us(record.lease_expires_at),
+            "lease": None if record.lease_expires_at is None else micros(record.lease_expires_at),
         }
         present = [(k, v) for k, v in values.items() if v is not None]
         absent = [k for k, v in values.items() if v is None]
@@ -210,8 +145,8 @@ class RedisSagaStore(SagaStore):
             record.saga_name,
             status.value,
             "1" if status in TERMINAL_SAGA_STATUSES else "0",
-            _us(record.created_at or now),
-            _us(now),
+            micros(record.created_at or now),
+            micros(now),
             record.owner or "",
             "0" if record.event is None else "1",
             str(len(present)),
@@ -241,7 +176,7 @@ class RedisSagaStore(SagaStore):
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         fields = await self._db().hgetall(self._key("saga", saga_id))
-        return _saga(fields) if fields else None
+        return tables.saga_from_hash(fields) if fields else None
 
     async def _scan(
         self, index: str, keep: Callable[[SagaRecord], bool], limit: int
@@ -259,7 +194,7 @@ class RedisSagaStore(SagaStore):
                     pipe.hgetall(self._key("saga", saga_id))
                 rows = await pipe.execute()
             for fields in rows:
-                if fields and keep(record := _saga(fields)):
+                if fields and keep(record := tables.saga_from_hash(fields)):
                     found.append(record)
         return found[:limit]
 
@@ -307,13 +242,13 @@ class RedisSagaStore(SagaStore):
         claimed = await self._script(
             "CLAIM_SAGA",
             [self._key("saga", saga_id)],
-            [self.prefix, saga_id, owner, _us(lease_until), _us(utcnow())],
+            [self.prefix, saga_id, owner, micros(lease_until), micros(utcnow())],
         )
         return bool(claimed)
 
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
-        now = _us(utcnow())
+        now = micros(utcnow())
         document = dumps(
             {
                 "saga_id": step.saga_id,
@@ -358,27 +293,29 @@ class RedisSagaStore(SagaStore):
         outcome, row_saga, row_owner = await self._script(
             "CLAIM_INBOX",
             [self._inbox_key(trigger_id, key)],
-            [self.prefix, saga_id, owner, _us(lease_until), _us(utcnow())],
+            [self.prefix, saga_id, owner, micros(lease_until), micros(utcnow())],
         )
         return InboxClaim(ClaimOutcome(outcome), row_saga, row_owner or None)
 
     async def complete_inbox(self, trigger_id: str, key: str) -> None:
         await self._script(
-            "COMPLETE_INBOX", [self._inbox_key(trigger_id, key)], [self.prefix, _us(utcnow())]
+            "COMPLETE_INBOX",
+            [self._inbox_key(trigger_id, key)],
+            [self.prefix, micros(utcnow())],
         )
 
     async def release_inbox(self, trigger_id: str, key: str) -> None:
         await self._script("RELEASE_INBOX", [self._inbox_key(trigger_id, key)], [self.prefix])
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
-        touched = await self._script("RENEW_LEASES", [], [self.prefix, owner, _us(lease_until)])
+        touched = await self._script("RENEW_LEASES", [], [self.prefix, owner, micros(lease_until)])
         return int(touched)
 
     async def purge_expired(self, before: datetime) -> int:
         total = 0
         while True:
             affected, seen = await self._script(
-                "PURGE_EXPIRED", [], [self.prefix, _us(before), _PURGE_BATCH]
+                "PURGE_EXPIRED", [], [self.prefix, micros(before), _PURGE_BATCH]
             )
             total += int(affected)
             if not seen:
@@ -407,7 +344,9 @@ class RedisSagaStore(SagaStore):
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
         if ids:
             await self._script(
-                "MARK_OUTBOX_SENT", [], [self.prefix, _us(utcnow()), *(int(i) for i in ids)]
+                "MARK_OUTBOX_SENT",
+                [],
+                [self.prefix, micros(utcnow()), *(int(i) for i in ids)],
             )
 
     # -- dead letters ----------------------------------------------------------------------
@@ -427,7 +366,9 @@ class RedisSagaStore(SagaStore):
             }
         )
         dead_id = await self._script(
-            "ADD_DEAD_LETTER", [], [self.prefix, record.trigger_id, document, _us(utcnow())]
+            "ADD_DEAD_LETTER",
+            [],
+            [self.prefix, record.trigger_id, document, micros(utcnow())],
         )
         return int(dead_id)
 
@@ -473,7 +414,7 @@ class RedisSagaStore(SagaStore):
             "enabled": "1" if record.enabled else "0",
         }
         if record.last_poll_at is not None:  # None keeps the stored time (one atomic HSET)
-            fields["last_poll_at"] = _us(record.last_poll_at)
+            fields["last_poll_at"] = micros(record.last_poll_at)
         await self._db().hset(self._key("schedule", record.trigger_name), mapping=fields)
 
     async def get_trigger_schedule(self, trigger_name: str) -> TriggerScheduleRecord | None:
@@ -486,12 +427,14 @@ class RedisSagaStore(SagaStore):
             poll_interval_ms=int(fields["poll_interval_ms"]),
             allow_concurrent=fields["allow_concurrent"] == "1",
             enabled=fields["enabled"] == "1",
-            last_poll_at=_opt_moment(fields.get("last_poll_at")),
+            last_poll_at=tables.optional_moment(fields.get("last_poll_at")),
         )
 
     async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
         await self._script(
-            "TOUCH_TRIGGER_SCHEDULE", [self._key("schedule", trigger_name)], [_us(last_poll_at)]
+            "TOUCH_TRIGGER_SCHEDULE",
+            [self._key("schedule", trigger_name)],
+            [micros(last_poll_at)],
         )
 
     async def start_trigger_execution(
@@ -506,7 +449,7 @@ class RedisSagaStore(SagaStore):
                 record.context_hash,
                 record.saga_id,
                 "1" if exclusive else "0",
-                _us(record.started_at or utcnow()),
+                micros(record.started_at or utcnow()),
             ],
         )
         return bool(started)
@@ -515,7 +458,7 @@ class RedisSagaStore(SagaStore):
         await self._script(
             "COMPLETE_TRIGGER_EXECUTION",
             [self._open_executions_key(trigger_name, saga_id)],
-            [self.prefix, trigger_name, _us(utcnow())],
+            [self.prefix, trigger_name, micros(utcnow())],
         )
 
     async def list_trigger_executions(self, trigger_name: str) -> list[TriggerExecutionRecord]:
@@ -531,7 +474,7 @@ class RedisSagaStore(SagaStore):
                 context_hash=fields["context_hash"],
                 saga_id=fields["saga_id"],
                 started_at=from_micros(fields["started_at"]),
-                completed_at=_opt_moment(fields.get("completed_at")),
+                completed_at=tables.optional_moment(fields.get("completed_at")),
             )
             for fields in rows
             if fields
@@ -542,7 +485,7 @@ class RedisSagaStore(SagaStore):
         claimed = await self._script(
             "CLAIM_CRON_TICK",
             [self._key("cron", trigger_id), self._key("cron-owners", trigger_id)],
-            [_us(tick), owner],
+            [micros(tick), owner],
         )
         return bool(claimed)
 

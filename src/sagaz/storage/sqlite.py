@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -35,128 +35,24 @@ from sagaz.records import (
     TriggerExecutionRecord,
     TriggerScheduleRecord,
 )
-from sagaz.storage.codec import dumps, from_text, loads, to_text
-from sagaz.storage.sqlite_schema import ACTIVE_SQL, TERMINAL_SQL, migrate
+from sagaz.storage import sqlite_schema as tables
+from sagaz.storage.codec import dumps, to_text
 from sagaz.storage.url import sqlite_path
 from sagaz.types import SagaStatus, StepStatus
 
 __all__ = ["SQLiteSagaStore"]
 
-_SAGA_COLUMNS = (
-    "saga_id, saga_name, status, context, attempt, error, trigger_id, event, owner, "
-    "lease_expires_at, created_at, updated_at"
-)
-_STEP_COLUMNS = (
-    "saga_id, name, status, result, error, attempts, completed_seq, compensation_error, updated_at"
-)
-_OUTBOX_COLUMNS = "id, saga_id, topic, payload, headers, created_at, sent_at"
-_DEAD_COLUMNS = (
-    "id, trigger_id, saga_name, payload, error, reason, traceback, attempts, saga_id, source, "
-    "meta, created_at"
-)
-_EXECUTION_COLUMNS = "trigger_name, context_hash, saga_id, started_at, completed_at"
 _IN_CHUNK = 500  # well under SQLite's bound-parameter limit
-
-
-def _text(moment: datetime | None) -> str | None:
-    return None if moment is None else to_text(moment)
-
-
-def _moment(text: str | None) -> datetime | None:
-    return None if text is None else from_text(text)
-
-
-def _saga_params(record: SagaRecord, created_at: datetime, updated_at: datetime) -> tuple[Any, ...]:
-    return (
-        record.saga_id,
-        record.saga_name,
-        SagaStatus(record.status).value,
-        dumps(record.context),
-        record.attempt,
-        record.error,
-        record.trigger_id,
-        None if record.event is None else dumps(record.event),
-        record.owner,
-        _text(record.lease_expires_at),
-        to_text(created_at),
-        to_text(updated_at),
-    )
-
-
-def _saga(row: Iterable[Any]) -> SagaRecord:
-    (saga_id, name, status, context, attempt, error, trigger_id, event, owner, lease, created,
-     updated) = row  # fmt: skip
-    return SagaRecord(
-        saga_id=saga_id,
-        saga_name=name,
-        status=SagaStatus(status),
-        context=loads(context),
-        attempt=attempt,
-        error=error,
-        trigger_id=trigger_id,
-        event=None if event is None else loads(event),
-        owner=owner,
-        lease_expires_at=_moment(lease),
-        created_at=from_text(created),
-        updated_at=from_text(updated),
-    )
-
-
-def _step(row: Iterable[Any]) -> StepRecord:
-    saga_id, name, status, result, error, attempts, seq, comp_error, updated = row
-    return StepRecord(
-        saga_id=saga_id,
-        name=name,
-        status=StepStatus(status),
-        result=None if result is None else loads(result),
-        error=error,
-        attempts=attempts,
-        completed_seq=seq,
-        compensation_error=comp_error,
-        updated_at=from_text(updated),
-    )
-
-
-def _outbox(row: Iterable[Any]) -> OutboxMessage:
-    id_, saga_id, topic, payload, headers, created, sent = row
-    return OutboxMessage(
-        saga_id=saga_id,
-        topic=topic,
-        payload=loads(payload),
-        headers=loads(headers),
-        id=id_,
-        created_at=from_text(created),
-        sent_at=_moment(sent),
-    )
-
-
-def _dead(row: Iterable[Any]) -> DeadLetterRecord:
-    id_, trigger, name, payload, error, reason, tb, attempts, saga_id, source, meta, at = row
-    return DeadLetterRecord(
-        trigger_id=trigger,
-        saga_name=name,
-        payload=loads(payload),
-        error=error,
-        reason=reason,
-        traceback=tb,
-        attempts=attempts,
-        saga_id=saga_id,
-        source=source,
-        meta=loads(meta),
-        id=id_,
-        created_at=from_text(at),
-    )
-
-
-def _execution(row: Iterable[Any]) -> TriggerExecutionRecord:
-    trigger_name, context_hash, saga_id, started, completed = row
-    return TriggerExecutionRecord(
-        trigger_name=trigger_name,
-        context_hash=context_hash,
-        saga_id=saga_id,
-        started_at=from_text(started),
-        completed_at=_moment(completed),
-    )
+_INSERT_SAGA = (
+    f"INSERT INTO saga_executions ({tables.SAGA_COLUMNS}) VALUES ({tables.placeholders(12)})"
+)
+_INSERT_STEP = (
+    f"INSERT OR REPLACE INTO saga_steps ({tables.STEP_COLUMNS}) VALUES ({tables.placeholders(9)})"
+)
+_INSERT_DEAD_LETTER = (
+    f"INSERT INTO dead_letters ({tables.DEAD_LETTER_COLUMNS.removeprefix('id, ')}) "
+    f"VALUES ({tables.placeholders(11)})"
+)
 
 
 class SQLiteSagaStore(SagaStore):
@@ -185,43 +81,11 @@ class SQLiteSagaStore(SagaStore):
             if self._conn is not None:
                 return
             try:
-                conn = await aiosqlite.connect(self.path, isolation_level=None)
+                conn = await tables.open_database(self.path, self._busy_timeout_ms)
             except sqlite3.Error as exc:
-                raise StoreError(
-                    f"cannot open the SQLite database {self.path!r}: {exc}; check that its "
-                    "directory exists and is writable"
-                ) from exc
-            try:
-                await conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-                await self._enable_wal(conn)
-                await conn.execute("PRAGMA synchronous = FULL")
-                await migrate(conn)
-            except BaseException as exc:
-                await conn.close()
-                if isinstance(exc, sqlite3.Error):
-                    raise self._error(exc) from exc
-                raise
+                raise self._error(exc) from exc
             self._conn = conn
             self._started = True
-
-    async def _enable_wal(self, conn: aiosqlite.Connection) -> None:
-        """Switch the file to WAL mode (once: the mode is stored in the file).
-
-        Changing the journal mode fails at once, without waiting, while another connection
-        is opening the file, so two first starts retry for up to ``busy_timeout``.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._busy_timeout_ms / 1000
-        while True:
-            try:
-                rows = list(await conn.execute_fetchall("PRAGMA journal_mode"))
-                if str(rows[0][0]).lower() != "wal":
-                    await conn.execute("PRAGMA journal_mode = WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or loop.time() > deadline:
-                    raise
-            await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
         """Wait for the running operation, then close the connection. Idempotent."""
@@ -289,27 +153,25 @@ class SQLiteSagaStore(SagaStore):
         async with self._transaction() as conn:
             rows = list(
                 await conn.execute_fetchall(
-                    f"SELECT {_SAGA_COLUMNS} FROM saga_executions WHERE saga_id = ?",
+                    f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions WHERE saga_id = ?",
                     (record.saga_id,),
                 )
             )
             if rows:
-                return _saga(rows[0]), False
-            params = _saga_params(record, record.created_at or now, now)
-            await self._run(
-                conn, f"INSERT INTO saga_executions ({_SAGA_COLUMNS}) VALUES ({_marks(12)})", params
-            )
-        return _saga(params), True
+                return tables.saga_from_row(rows[0]), False
+            params = tables.saga_params(record, record.created_at or now, now)
+            await self._run(conn, _INSERT_SAGA, params)
+        return tables.saga_from_row(params), True
 
     async def save_saga(self, record: SagaRecord) -> None:
         now = utcnow()
-        params = _saga_params(record, record.created_at or now, now)
+        params = tables.saga_params(record, record.created_at or now, now)
         async with self._transaction() as conn:
             await self._run(
                 conn,
-                f"INSERT INTO saga_executions ({_SAGA_COLUMNS}) VALUES ({_marks(12)}) "
-                "ON CONFLICT (saga_id) DO UPDATE SET saga_name = excluded.saga_name, "
-                "status = excluded.status, context = excluded.context, "
+                f"{_INSERT_SAGA} ON CONFLICT (saga_id) DO UPDATE SET "
+                "saga_name = excluded.saga_name, status = excluded.status, "
+                "context = excluded.context, "
                 "attempt = excluded.attempt, error = excluded.error, "
                 "trigger_id = excluded.trigger_id, event = excluded.event, "
                 "owner = excluded.owner, lease_expires_at = excluded.lease_expires_at, "
@@ -319,9 +181,9 @@ class SQLiteSagaStore(SagaStore):
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         rows = await self._fetch(
-            f"SELECT {_SAGA_COLUMNS} FROM saga_executions WHERE saga_id = ?", (saga_id,)
+            f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions WHERE saga_id = ?", (saga_id,)
         )
-        return _saga(rows[0]) if rows else None
+        return tables.saga_from_row(rows[0]) if rows else None
 
     async def list_sagas(
         self,
@@ -340,10 +202,10 @@ class SQLiteSagaStore(SagaStore):
             params.append(saga_name)
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         rows = await self._fetch(
-            f"SELECT {_SAGA_COLUMNS} FROM saga_executions {clause}ORDER BY seq LIMIT ?",
+            f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions {clause}ORDER BY seq LIMIT ?",
             (*params, limit),
         )
-        return [_saga(row) for row in rows]
+        return [tables.saga_from_row(row) for row in rows]
 
     async def delete_saga(self, saga_id: str) -> None:
         async with self._transaction() as conn:
@@ -352,11 +214,12 @@ class SQLiteSagaStore(SagaStore):
 
     async def list_recoverable(self, now: datetime, limit: int = 100) -> list[SagaRecord]:
         rows = await self._fetch(
-            f"SELECT {_SAGA_COLUMNS} FROM saga_executions WHERE status IN {ACTIVE_SQL} "
+            f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions "
+            f"WHERE status IN {tables.ACTIVE_SQL} "
             "AND (lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY seq LIMIT ?",
             (to_text(now), limit),
         )
-        return [_saga(row) for row in rows]
+        return [tables.saga_from_row(row) for row in rows]
 
     async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
         async with self._transaction() as conn:
@@ -387,10 +250,7 @@ class SQLiteSagaStore(SagaStore):
             (m.saga_id, m.topic, dumps(m.payload), dumps(dict(m.headers)), now) for m in outbox
         ]
         async with self._transaction() as conn:
-            await self._run(
-                conn, f"INSERT OR REPLACE INTO saga_steps ({_STEP_COLUMNS}) VALUES ({_marks(9)})",
-                step_params,
-            )  # fmt: skip
+            await self._run(conn, _INSERT_STEP, step_params)
             if messages:
                 await conn.executemany(
                     "INSERT INTO outbox (saga_id, topic, payload, headers, created_at) "
@@ -400,9 +260,9 @@ class SQLiteSagaStore(SagaStore):
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
         rows = await self._fetch(
-            f"SELECT {_STEP_COLUMNS} FROM saga_steps WHERE saga_id = ?", (saga_id,)
+            f"SELECT {tables.STEP_COLUMNS} FROM saga_steps WHERE saga_id = ?", (saga_id,)
         )
-        return [_step(row) for row in rows]
+        return [tables.step_from_row(row) for row in rows]
 
     async def reset_steps(self, saga_id: str) -> None:
         async with self._transaction() as conn:
@@ -467,7 +327,7 @@ class SQLiteSagaStore(SagaStore):
             sagas = await self._run(
                 conn,
                 f"UPDATE saga_executions SET lease_expires_at = ? "
-                f"WHERE owner = ? AND status IN {ACTIVE_SQL}",
+                f"WHERE owner = ? AND status IN {tables.ACTIVE_SQL}",
                 (until, owner),
             )
         return inbox + sagas
@@ -483,7 +343,7 @@ class SQLiteSagaStore(SagaStore):
             events = await self._run(
                 conn,
                 f"UPDATE saga_executions SET event = NULL WHERE event IS NOT NULL "
-                f"AND status IN {TERMINAL_SQL} AND updated_at < ?",
+                f"AND status IN {tables.TERMINAL_SQL} AND updated_at < ?",
                 (cutoff,),
             )
         return inbox + events
@@ -491,10 +351,10 @@ class SQLiteSagaStore(SagaStore):
     # -- outbox ----------------------------------------------------------------------------
     async def fetch_outbox(self, limit: int = 100) -> list[OutboxMessage]:
         rows = await self._fetch(
-            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?",
+            f"SELECT {tables.OUTBOX_COLUMNS} FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?",
             (limit,),
         )
-        return [_outbox(row) for row in rows]
+        return [tables.outbox_from_row(row) for row in rows]
 
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
         if not ids:
@@ -503,10 +363,9 @@ class SQLiteSagaStore(SagaStore):
         async with self._transaction() as conn:
             for start in range(0, len(ids), _IN_CHUNK):
                 chunk = [int(i) for i in ids[start : start + _IN_CHUNK]]
-                await self._run(
-                    conn, f"UPDATE outbox SET sent_at = ? WHERE id IN ({_marks(len(chunk))})",
-                    (now, *chunk),
-                )  # fmt: skip
+                marks = tables.placeholders(len(chunk))
+                sql = f"UPDATE outbox SET sent_at = ? WHERE id IN ({marks})"
+                await self._run(conn, sql, (now, *chunk))
 
     # -- dead letters ----------------------------------------------------------------------
     async def add_dead_letter(self, record: DeadLetterRecord) -> int:
@@ -523,10 +382,7 @@ class SQLiteSagaStore(SagaStore):
             dumps(record.meta),
             to_text(utcnow()),
         )
-        insert = (
-            f"INSERT INTO dead_letters ({_DEAD_COLUMNS.removeprefix('id, ')}) VALUES ({_marks(11)})"
-        )
-        async with self._transaction() as conn, conn.execute(insert, params) as cursor:
+        async with self._transaction() as conn, conn.execute(_INSERT_DEAD_LETTER, params) as cursor:
             dead_id = cursor.lastrowid
         if dead_id is None:  # pragma: no cover - SQLite always reports the rowid of an INSERT
             raise StoreError("SQLite did not report the id of the new dead letter")
@@ -540,15 +396,16 @@ class SQLiteSagaStore(SagaStore):
         if trigger_id is not None:
             sql, params = "WHERE trigger_id = ? ", [trigger_id, limit]
         rows = await self._fetch(
-            f"SELECT {_DEAD_COLUMNS} FROM dead_letters {sql}ORDER BY id LIMIT ?", params
+            f"SELECT {tables.DEAD_LETTER_COLUMNS} FROM dead_letters {sql}ORDER BY id LIMIT ?",
+            params,
         )
-        return [_dead(row) for row in rows]
+        return [tables.dead_letter_from_row(row) for row in rows]
 
     async def get_dead_letter(self, dead_letter_id: int) -> DeadLetterRecord | None:
         rows = await self._fetch(
-            f"SELECT {_DEAD_COLUMNS} FROM dead_letters WHERE id = ?", (dead_letter_id,)
+            f"SELECT {tables.DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?", (dead_letter_id,)
         )
-        return _dead(rows[0]) if rows else None
+        return tables.dead_letter_from_row(rows[0]) if rows else None
 
     async def delete_dead_letter(self, dead_letter_id: int) -> bool:
         async with self._transaction() as conn:
@@ -574,7 +431,7 @@ class SQLiteSagaStore(SagaStore):
                     record.poll_interval_ms,
                     int(record.allow_concurrent),
                     int(record.enabled),
-                    _text(record.last_poll_at),
+                    tables.optional_text(record.last_poll_at),
                 ),
             )
 
@@ -588,7 +445,7 @@ class SQLiteSagaStore(SagaStore):
             return None
         name, saga_name, interval, concurrent, enabled, last = rows[0]
         return TriggerScheduleRecord(
-            name, saga_name, interval, bool(concurrent), bool(enabled), _moment(last)
+            name, saga_name, interval, bool(concurrent), bool(enabled), tables.optional_moment(last)
         )
 
     async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
@@ -632,11 +489,11 @@ class SQLiteSagaStore(SagaStore):
 
     async def list_trigger_executions(self, trigger_name: str) -> list[TriggerExecutionRecord]:
         rows = await self._fetch(
-            f"SELECT {_EXECUTION_COLUMNS} FROM trigger_executions WHERE trigger_name = ? "
+            f"SELECT {tables.EXECUTION_COLUMNS} FROM trigger_executions WHERE trigger_name = ? "
             "ORDER BY id",
             (trigger_name,),
         )
-        return [_execution(row) for row in rows]
+        return [tables.execution_from_row(row) for row in rows]
 
     # -- cron ------------------------------------------------------------------------------
     async def claim_cron_tick(self, trigger_id: str, tick: datetime, owner: str) -> bool:
@@ -653,8 +510,4 @@ class SQLiteSagaStore(SagaStore):
         rows = await self._fetch(
             "SELECT MAX(tick) FROM cron_claims WHERE trigger_id = ?", (trigger_id,)
         )
-        return _moment(rows[0][0]) if rows else None
-
-
-def _marks(count: int) -> str:
-    return ", ".join("?" * count)
+        return tables.optional_moment(rows[0][0]) if rows else None

@@ -1,4 +1,5 @@
-"""The versioned SQLite schema of :class:`~sagaz.storage.sqlite.SQLiteSagaStore`.
+"""The versioned SQLite schema of :class:`~sagaz.storage.sqlite.SQLiteSagaStore`, how its rows
+map to records, and how the file is opened.
 
 Timestamps are fixed-width ISO text in UTC (see :func:`sagaz.storage.codec.to_text`), so they
 compare and sort as text; JSON columns hold :func:`sagaz.storage.codec.dumps` text.
@@ -8,14 +9,48 @@ migrations; never edit a released one.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
 import aiosqlite
 
 from sagaz.clock import utcnow
 from sagaz.exceptions import StoreError
-from sagaz.storage.codec import to_text
-from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
+from sagaz.records import (
+    DeadLetterRecord,
+    OutboxMessage,
+    SagaRecord,
+    StepRecord,
+    TriggerExecutionRecord,
+)
+from sagaz.storage.codec import dumps, from_text, loads, to_text
+from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
-__all__ = ["ACTIVE_SQL", "MIGRATIONS", "SCHEMA_VERSION", "TERMINAL_SQL", "migrate"]
+__all__ = [
+    "ACTIVE_SQL",
+    "DEAD_LETTER_COLUMNS",
+    "EXECUTION_COLUMNS",
+    "MIGRATIONS",
+    "OUTBOX_COLUMNS",
+    "SAGA_COLUMNS",
+    "SCHEMA_VERSION",
+    "STEP_COLUMNS",
+    "TERMINAL_SQL",
+    "dead_letter_from_row",
+    "execution_from_row",
+    "migrate",
+    "open_database",
+    "optional_moment",
+    "optional_text",
+    "outbox_from_row",
+    "placeholders",
+    "saga_from_row",
+    "saga_params",
+    "step_from_row",
+]
 
 TERMINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_SAGA_STATUSES)) + ")"
 """SQL list of the terminal saga statuses (``IN`` clauses and partial indexes)."""
@@ -175,3 +210,168 @@ async def migrate(conn: aiosqlite.Connection) -> int:
         raise
     await conn.execute("COMMIT")
     return SCHEMA_VERSION
+
+
+async def open_database(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
+    """Connect in autocommit mode (sagaz issues ``BEGIN IMMEDIATE`` itself), switch the file to
+    WAL mode with ``synchronous=FULL``, and create or migrate the schema."""
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        await _enable_wal(conn, patience=busy_timeout_ms / 1000)
+        await conn.execute("PRAGMA synchronous = FULL")
+        await migrate(conn)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+async def _enable_wal(conn: aiosqlite.Connection, *, patience: float) -> None:
+    """Switch the file to WAL mode (once: the mode is stored in the file).
+
+    Changing the journal mode fails at once, without waiting for ``busy_timeout``, while
+    another connection is opening the file, so concurrent first starts retry for a while.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    while True:
+        try:
+            rows = list(await conn.execute_fetchall("PRAGMA journal_mode"))
+            if str(rows[0][0]).lower() != "wal":
+                await conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or loop.time() > deadline:
+                raise
+        await asyncio.sleep(0.01)
+
+
+# -- rows <-> records ----------------------------------------------------------------------
+SAGA_COLUMNS = (
+    "saga_id, saga_name, status, context, attempt, error, trigger_id, event, owner, "
+    "lease_expires_at, created_at, updated_at"
+)
+STEP_COLUMNS = (
+    "saga_id, name, status, result, error, attempts, completed_seq, compensation_error, updated_at"
+)
+OUTBOX_COLUMNS = "id, saga_id, topic, payload, headers, created_at, sent_at"
+DEAD_LETTER_COLUMNS = (
+    "id, trigger_id, saga_name, payload, error, reason, traceback, attempts, saga_id, source, "
+    "meta, created_at"
+)
+EXECUTION_COLUMNS = "trigger_name, context_hash, saga_id, started_at, completed_at"
+
+
+def optional_text(moment: datetime | None) -> str | None:
+    """:func:`~sagaz.storage.codec.to_text`, passing ``None`` through."""
+    return None if moment is None else to_text(moment)
+
+
+def optional_moment(text: str | None) -> datetime | None:
+    """:func:`~sagaz.storage.codec.from_text`, passing ``None`` through."""
+    return None if text is None else from_text(text)
+
+
+def saga_params(record: SagaRecord, created_at: datetime, updated_at: datetime) -> tuple[Any, ...]:
+    """The values of :data:`SAGA_COLUMNS` for ``record``."""
+    return (
+        record.saga_id,
+        record.saga_name,
+        SagaStatus(record.status).value,
+        dumps(record.context),
+        record.attempt,
+        record.error,
+        record.trigger_id,
+        None if record.event is None else dumps(record.event),
+        record.owner,
+        optional_text(record.lease_expires_at),
+        to_text(created_at),
+        to_text(updated_at),
+    )
+
+
+def saga_from_row(row: Iterable[Any]) -> SagaRecord:
+    """A row of :data:`SAGA_COLUMNS` as a record."""
+    (saga_id, name, status, context, attempt, error, trigger_id, event, owner, lease, created,
+     updated) = row  # fmt: skip
+    return SagaRecord(
+        saga_id=saga_id,
+        saga_name=name,
+        status=SagaStatus(status),
+        context=loads(context),
+        attempt=attempt,
+        error=error,
+        trigger_id=trigger_id,
+        event=None if event is None else loads(event),
+        owner=owner,
+        lease_expires_at=optional_moment(lease),
+        created_at=from_text(created),
+        updated_at=from_text(updated),
+    )
+
+
+def step_from_row(row: Iterable[Any]) -> StepRecord:
+    """A row of :data:`STEP_COLUMNS` as a record."""
+    saga_id, name, status, result, error, attempts, seq, comp_error, updated = row
+    return StepRecord(
+        saga_id=saga_id,
+        name=name,
+        status=StepStatus(status),
+        result=None if result is None else loads(result),
+        error=error,
+        attempts=attempts,
+        completed_seq=seq,
+        compensation_error=comp_error,
+        updated_at=from_text(updated),
+    )
+
+
+def outbox_from_row(row: Iterable[Any]) -> OutboxMessage:
+    """A row of :data:`OUTBOX_COLUMNS` as a message."""
+    id_, saga_id, topic, payload, headers, created, sent = row
+    return OutboxMessage(
+        saga_id=saga_id,
+        topic=topic,
+        payload=loads(payload),
+        headers=loads(headers),
+        id=id_,
+        created_at=from_text(created),
+        sent_at=optional_moment(sent),
+    )
+
+
+def dead_letter_from_row(row: Iterable[Any]) -> DeadLetterRecord:
+    """A row of :data:`DEAD_LETTER_COLUMNS` as a record."""
+    id_, trigger, name, payload, error, reason, tb, attempts, saga_id, source, meta, at = row
+    return DeadLetterRecord(
+        trigger_id=trigger,
+        saga_name=name,
+        payload=loads(payload),
+        error=error,
+        reason=reason,
+        traceback=tb,
+        attempts=attempts,
+        saga_id=saga_id,
+        source=source,
+        meta=loads(meta),
+        id=id_,
+        created_at=from_text(at),
+    )
+
+
+def execution_from_row(row: Iterable[Any]) -> TriggerExecutionRecord:
+    """A row of :data:`EXECUTION_COLUMNS` as a record."""
+    trigger_name, context_hash, saga_id, started, completed = row
+    return TriggerExecutionRecord(
+        trigger_name=trigger_name,
+        context_hash=context_hash,
+        saga_id=saga_id,
+        started_at=from_text(started),
+        completed_at=optional_moment(completed),
+    )
+
+
+def placeholders(count: int) -> str:
+    """``?, ?, ...`` for ``count`` parameters."""
+    return ", ".join("?" * count)

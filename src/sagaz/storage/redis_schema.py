@@ -1,4 +1,5 @@
-"""Lua scripts of :class:`~sagaz.storage.redis.RedisSagaStore`.
+"""The key layout of :class:`~sagaz.storage.redis.RedisSagaStore`: its version, how a saga hash
+maps to a record, and the Lua scripts that change it.
 
 Redis runs a script atomically, so every claim and every change that keeps an index in step
 with its row is one script. Key layout under the prefix ``p`` (``ARGV[1]`` of every script):
@@ -21,24 +22,99 @@ by Lua), and only compared with ``tonumber`` (exact below 2^53).
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+from datetime import datetime
+from typing import Any
+
+from sagaz.exceptions import StoreError
+from sagaz.records import SagaRecord
+from sagaz.storage.codec import from_micros, loads, to_micros
+from sagaz.types import SagaStatus
+
 __all__ = [
-    "ADD_DEAD_LETTER",
-    "CLAIM_CRON_TICK",
-    "CLAIM_INBOX",
-    "CLAIM_SAGA",
-    "COMPLETE_INBOX",
-    "COMPLETE_TRIGGER_EXECUTION",
-    "DELETE_DEAD_LETTER",
-    "DELETE_SAGA",
-    "MARK_OUTBOX_SENT",
-    "PURGE_EXPIRED",
-    "RELEASE_INBOX",
-    "RENEW_LEASES",
-    "SAVE_SAGA",
-    "SAVE_STEP",
-    "START_TRIGGER_EXECUTION",
-    "TOUCH_TRIGGER_SCHEDULE",
+    "SCHEMA_VERSION",
+    "SCRIPTS",
+    "micros",
+    "migrate",
+    "optional_moment",
+    "saga_from_hash",
 ]
+
+SCHEMA_VERSION = 1
+"""The key-layout version this code writes (stored in ``<prefix>:schema_version``).
+
+Version 1 needs no data migration (keys are created on first write); a later layout adds its
+data migration to :func:`migrate`, which runs it under a ``SET NX`` lock."""
+
+
+async def migrate(client: Any, prefix: str) -> int:
+    """Bring ``<prefix>:schema_version`` to :data:`SCHEMA_VERSION`; return it.
+
+    ``client`` is a ``redis.asyncio.Redis``. Processes starting at once queue on a ``SET NX``
+    lock (expiring after 30 s, should its holder die) and re-read the version while waiting.
+    """
+    version_key = f"{prefix}:schema_version"
+    lock, token = f"{prefix}:migration-lock", secrets.token_hex(8)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:
+        if int(await client.get(version_key) or 0) == SCHEMA_VERSION:
+            return SCHEMA_VERSION  # current (perhaps another process just migrated it)
+        if await client.set(lock, token, nx=True, px=30_000):
+            break
+        if loop.time() > deadline:
+            raise StoreError(
+                f"another process has held {lock!r} for 30 s; if none is migrating, "
+                "delete that key and start again"
+            )
+        await asyncio.sleep(0.05)
+    try:
+        current = int(await client.get(version_key) or 0)
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"the Redis keys under {prefix!r} have layout version {current}, newer than "
+                f"the {SCHEMA_VERSION} this sagaz understands: upgrade sagaz (pip install -U sagaz)"
+            )
+        if current < SCHEMA_VERSION:  # version 1: keys appear on first write
+            await client.set(version_key, SCHEMA_VERSION)
+    finally:
+        await client.eval(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
+            1,
+            lock,
+            token,
+        )
+    return SCHEMA_VERSION
+
+
+def micros(moment: datetime) -> str:
+    """``moment`` as the integer-microseconds text the scripts store and compare."""
+    return str(to_micros(moment))
+
+
+def optional_moment(text: str | None) -> datetime | None:
+    """The datetime of :func:`micros` text, passing ``None`` through."""
+    return None if text is None else from_micros(text)
+
+
+def saga_from_hash(fields: dict[str, str]) -> SagaRecord:
+    """A ``p:saga:<id>`` hash as a record (absent fields are ``None``)."""
+    return SagaRecord(
+        saga_id=fields["saga_id"],
+        saga_name=fields["saga_name"],
+        status=SagaStatus(fields["status"]),
+        context=loads(fields["context"]),
+        attempt=int(fields["attempt"]),
+        error=fields.get("error"),
+        trigger_id=fields.get("trigger_id"),
+        event=loads(fields["event"]) if "event" in fields else None,
+        owner=fields.get("owner"),
+        lease_expires_at=optional_moment(fields.get("lease")),
+        created_at=from_micros(fields["created_at"]),
+        updated_at=from_micros(fields["updated_at"]),
+    )
+
 
 SAVE_SAGA = """
 -- KEYS[1] saga hash; ARGV: prefix, mode ('create'|'save'), id, name, status, terminal,
@@ -306,3 +382,23 @@ if redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[1]) == 1 then
 end
 return 0
 """
+
+SCRIPTS: dict[str, str] = {
+    "SAVE_SAGA": SAVE_SAGA,
+    "DELETE_SAGA": DELETE_SAGA,
+    "CLAIM_SAGA": CLAIM_SAGA,
+    "SAVE_STEP": SAVE_STEP,
+    "CLAIM_INBOX": CLAIM_INBOX,
+    "COMPLETE_INBOX": COMPLETE_INBOX,
+    "RELEASE_INBOX": RELEASE_INBOX,
+    "RENEW_LEASES": RENEW_LEASES,
+    "PURGE_EXPIRED": PURGE_EXPIRED,
+    "MARK_OUTBOX_SENT": MARK_OUTBOX_SENT,
+    "ADD_DEAD_LETTER": ADD_DEAD_LETTER,
+    "DELETE_DEAD_LETTER": DELETE_DEAD_LETTER,
+    "TOUCH_TRIGGER_SCHEDULE": TOUCH_TRIGGER_SCHEDULE,
+    "START_TRIGGER_EXECUTION": START_TRIGGER_EXECUTION,
+    "COMPLETE_TRIGGER_EXECUTION": COMPLETE_TRIGGER_EXECUTION,
+    "CLAIM_CRON_TICK": CLAIM_CRON_TICK,
+}
+"""Every script by name; the store registers them all at start (EVALSHA afterwards)."""
