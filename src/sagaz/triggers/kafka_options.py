@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "commit_every": 500,  # ...or as soon as this many events were settled
     "max_buffered_per_partition": 1_000,  # pause a partition above this many un-emitted events
     "max_unsettled_per_partition": 10_000,  # ...or this many emitted but unsettled ones
-    "close_timeout_ms": 10_000,  # bound of the final commit in stop()
+    "commit_timeout_ms": 15_000,  # bound of one commit (the final one in stop() too)
     "reconnect_backoff_max_ms": 30_000,
     "health_check_interval_ms": 10_000,  # probe the broker after this long without records
     "consumer_options": None,  # extra AIOKafkaConsumer keyword arguments (security...)

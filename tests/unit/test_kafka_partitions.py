@@ -1,0 +1,114 @@
+"""Kafka partition bookkeeping and options, without a broker."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sagaz.triggers import kafka_options
+from sagaz.triggers.kafka_partitions import PartitionState
+
+
+class Record(NamedTuple):
+    offset: int
+
+
+@given(
+    gaps=st.lists(st.integers(min_value=1, max_value=3), min_size=1, max_size=40),
+    data=st.data(),
+)
+def test_commit_offset_never_passes_the_first_unsettled_offset(
+    gaps: list[int], data: st.DataObject
+) -> None:
+    offsets, offset = [], 0
+    for gap in gaps:  # gaps, as compaction and transaction markers leave them
+        offsets.append(offset)
+        offset += gap
+    state = PartitionState(tp="t-0")
+    assert state.track([Record(o) for o in offsets], received_at=None) == len(offsets)
+    settled: set[int] = set()
+    for o in data.draw(st.permutations(offsets)):
+        state.settle(o)
+        settled.add(o)
+        unsettled = [x for x in offsets if x not in settled]
+        if unsettled:
+            done_before = [x for x in offsets if x < unsettled[0]]
+            expected = done_before[-1] + 1 if done_before else None
+        else:
+            expected = offsets[-1] + 1
+        assert state.commit_offset == expected
+        assert (state.commit_offset or 0) <= (unsettled[0] if unsettled else expected)
+    assert not state.outstanding
+    assert not state.done
+
+
+def test_track_skips_records_already_seen() -> None:
+    state = PartitionState(tp="t-0")
+    assert state.track([Record(0), Record(1)], received_at=None) == 2
+    assert state.track([Record(1), Record(2)], received_at=None) == 1
+    assert list(state.outstanding) == [0, 1, 2]
+
+
+def test_commit_due_only_after_the_point_moved() -> None:
+    state = PartitionState(tp="t-0")
+    state.track([Record(0), Record(1)], received_at=None)
+    assert not state.commit_due
+    state.settle(1)
+    assert not state.commit_due  # offset 0 still runs
+    state.settle(0)
+    assert state.commit_due
+    assert state.commit_offset == 2
+    state.committed_offset = 2
+    assert not state.commit_due
+
+
+def test_flow_pauses_when_full_and_resumes_half_drained() -> None:
+    state = PartitionState(tp="t-0")
+    state.track([Record(o) for o in range(4)], received_at=None)
+    assert state.flow(max_buffered=4, max_unsettled=100) is True
+    assert state.flow(max_buffered=4, max_unsettled=100) is None  # already paused
+    state.buffer.popleft()
+    assert state.flow(max_buffered=4, max_unsettled=100) is None  # 3 buffered > 4 // 2
+    state.buffer.popleft()
+    assert state.flow(max_buffered=4, max_unsettled=100) is False
+    # emitted but unsettled events count too: a held event pauses the partition
+    state.buffer.clear()
+    assert state.flow(max_buffered=4, max_unsettled=4) is True
+    state.settle(0)
+    assert state.flow(max_buffered=4, max_unsettled=4) is False
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "option topic=None"),
+        ({"topic": []}, "non-empty list"),
+        ({"topic": ["ok", ""]}, "non-empty list"),
+        ({"topic": "t", "group_id": ""}, "group_id='' must be a non-empty string"),
+        ({"topic": "t", "auto_offset_reset": "first"}, "auto_offset_reset"),
+        ({"topic": "t", "commit_every": 0}, "commit_every=0 must be a positive integer"),
+        ({"topic": "t", "poll_timeout_ms": True}, "poll_timeout_ms=True"),
+        ({"topic": "t", "session_timeout_ms": 1000, "heartbeat_interval_ms": 1000}, "lower than"),
+        ({"topic": "t", "consumer_options": ["x"]}, "dict of aiokafka arguments"),
+    ],
+)
+def test_validate_explains_bad_options(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        kafka_options.validate(options)
+
+
+def test_validate_accepts_a_full_trigger() -> None:
+    kafka_options.validate(
+        {
+            "topic": ["orders", "refunds"],
+            "group_id": "svc",
+            "bootstrap_servers": "kafka:9092",
+            "commit_every": 10,
+            "consumer_options": {"security_protocol": "SSL"},
+        }
+    )
+    assert "topic" in kafka_options.REQUIRED
+    assert {"group_id", "bootstrap_servers", "dead_letter_topic"} <= kafka_options.OPTIONS
