@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
-from sagaz.exceptions import ConfigurationError, StoreError
+from sagaz.exceptions import ConfigurationError, MissingExtraError, StoreError
 from sagaz.records import (
     ClaimOutcome,
     DeadLetterRecord,
@@ -712,3 +713,41 @@ def test_store_from_url_hides_passwords_in_errors() -> None:
     with pytest.raises(ConfigurationError) as info:
         store_from_url("mysql://user:s3cret@db/app")
     assert "s3cret" not in str(info.value)
+
+
+# -- errors a user can hit -----------------------------------------------------------------
+async def test_sqlite_in_a_missing_directory_says_what_to_check(tmp_path: Path) -> None:
+    store = SQLiteSagaStore(tmp_path / "no-such-dir" / "sagaz.db")
+    with pytest.raises(StoreError, match="directory exists"):
+        await store.start()
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        PostgresSagaStore("postgresql://app:s3cret@127.0.0.1:1/app"),
+        RedisSagaStore("redis://:s3cret@127.0.0.1:1/0"),
+    ],
+    ids=["postgres", "redis"],
+)
+async def test_unreachable_server_is_a_store_error_without_the_password(store: SagaStore) -> None:
+    with pytest.raises(StoreError, match="server is up") as info:
+        await store.start()
+    assert "s3cret" not in str(info.value)
+    assert "127.0.0.1:1" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("module", "store"),
+    [
+        ("asyncpg", PostgresSagaStore("postgresql://127.0.0.1/app")),
+        ("redis.asyncio", RedisSagaStore("redis://127.0.0.1")),
+    ],
+    ids=["postgres", "redis"],
+)
+async def test_missing_driver_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, module: str, store: SagaStore
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # makes the import fail
+    with pytest.raises(MissingExtraError, match=r'pip install "sagaz\[(postgres|redis)\]"'):
+        await store.start()

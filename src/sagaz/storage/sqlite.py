@@ -115,6 +115,8 @@ class SQLiteSagaStore(SagaStore):
                 "; another process held the write lock longer than busy_timeout: raise "
                 "SQLiteSagaStore(..., busy_timeout=) or use PostgreSQL for many writers"
             )
+        elif "unable to open" in str(exc):
+            hint = "; check that the directory exists and that this process may write to it"
         return StoreError(f"SQLite store {self.path!r}: {exc}{hint}")
 
     @asynccontextmanager

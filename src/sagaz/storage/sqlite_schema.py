@@ -215,7 +215,14 @@ async def migrate(conn: aiosqlite.Connection) -> int:
 async def open_database(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
     """Connect in autocommit mode (sagaz issues ``BEGIN IMMEDIATE`` itself), switch the file to
     WAL mode with ``synchronous=FULL``, and create or migrate the schema."""
-    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn = aiosqlite.connect(path, isolation_level=None)
+    try:
+        await conn
+    except BaseException:
+        # a failed connect makes aiosqlite stop its worker thread, which then reports back to
+        # this loop; wait for the thread, or it may call into a loop that is already closed
+        await asyncio.to_thread(conn._thread.join, 5.0)
+        raise
     try:
         await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         await _enable_wal(conn, patience=busy_timeout_ms / 1000)
