@@ -470,6 +470,20 @@ async def test_a_step_whose_outbox_cannot_be_stored_writes_nothing(store: SagaSt
     assert await store.fetch_outbox() == []
 
 
+async def test_a_database_error_inside_save_step_rolls_the_step_back(backend: Backend) -> None:
+    if backend.name not in ("sqlite", "postgres"):
+        pytest.skip("only the SQL stores can fail in the middle of save_step")
+    import asyncpg
+
+    store = await backend.open()
+    await store.save_step(StepRecord("s1", "reserve", StepStatus.RUNNING))
+    broken = OutboxMessage("s1", None, {"ok": True})  # type: ignore[arg-type]  # NOT NULL topic
+    with pytest.raises((StoreError, asyncpg.NotNullViolationError)):
+        await store.save_step(StepRecord("s1", "reserve", StepStatus.COMPLETED), [broken])
+    assert [s.status for s in await store.get_steps("s1")] == [StepStatus.RUNNING]
+    assert await store.fetch_outbox() == []
+
+
 # -- dead letters --------------------------------------------------------------------------
 async def test_dead_letters_crud_with_bytes_payload(store: SagaStore) -> None:
     first = DeadLetterRecord(
