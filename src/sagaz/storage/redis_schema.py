@@ -14,7 +14,8 @@ with its row is one script. Key layout under the prefix ``p`` (``ARGV[1]`` of ev
 ``p:dead-all`` / ``p:dead-by-trigger:<trigger>`` sorted sets of ids; ``p:schedule:<name>`` hash;
 ``p:texec:<id>`` hash, ``p:texecs:<trigger>`` ids, ``p:texec-open:<trigger>`` open count per
 context hash, ``p:texec-open-saga:<trigger>:<saga>`` open ids of one saga; ``p:cron:<trigger>``
-claimed ticks; ``p:schema_version``.
+claimed ticks and ``p:cron-owners:<trigger>`` who claimed each; id counters ``p:<kind>-seq``;
+``p:schema_version`` and ``p:migration-lock``.
 
 Timestamps are integer microseconds passed in as strings and stored verbatim (never formatted
 by Lua), and only compared with ``tonumber`` (exact below 2^53).
