@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from sagaz.abc import Source
@@ -24,11 +25,18 @@ __all__ = ["RecordingEmit", "consuming", "eventually", "source_context", "stop_i
 
 
 async def eventually(
-    predicate: Callable[[], bool], *, within: float = 10.0, what: str = "condition"
+    predicate: Callable[[], object | Awaitable[object]],
+    *,
+    within: float = 10.0,
+    what: str = "condition",
 ) -> None:
-    """Poll ``predicate`` until it holds; fail with ``what`` after ``within`` seconds."""
+    """Poll ``predicate`` (sync or async) until it holds; fail with ``what`` after ``within``
+    seconds."""
     deadline = time.monotonic() + within
-    while not predicate():
+    while True:
+        result = predicate()
+        if await result if inspect.isawaitable(result) else result:
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.01)

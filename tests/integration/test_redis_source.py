@@ -1,0 +1,361 @@
+"""``source="redis"`` (Redis Streams) against the real local Redis, driven by a recording emit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from sagaz.exceptions import MissingExtraError
+from sagaz.records import DeadLetterRecord
+from sagaz.triggers import redis as redis_source
+from sagaz.triggers.redis import RedisStreamSource
+from tests.recording_emit import (
+    RecordingEmit,
+    consuming,
+    eventually,
+    source_context,
+    stop_intake,
+)
+from tests.services import unique_name
+
+pytestmark = pytest.mark.integration
+
+GROUP = "workers"
+
+
+class Streams:
+    """A raw client plus the stream names a test used (deleted afterwards)."""
+
+    def __init__(self, url: str, client: aioredis.Redis) -> None:
+        self.url = url
+        self.client: Any = client  # redis-py's stubs are stricter than its behaviour
+        self.names: list[str] = []
+
+    def name(self) -> str:
+        name = unique_name("sagaz-stream")
+        self.names.append(name)
+        return name
+
+    async def add(self, stream: str, payloads: list[bytes]) -> list[str]:
+        pipe = self.client.pipeline(transaction=False)
+        for payload in payloads:
+            pipe.xadd(stream, {"data": payload})
+        return [i.decode() for i in await pipe.execute()]
+
+    async def pending(self, stream: str) -> int:
+        summary = await self.client.xpending(stream, GROUP)
+        return int(summary["pending"])
+
+    async def consumers(self, stream: str) -> dict[str, int]:
+        rows = await self.client.xinfo_consumers(stream, GROUP)
+        return {row["name"].decode(): int(row["pending"]) for row in rows}
+
+
+@pytest.fixture
+async def streams(redis_url: str) -> AsyncIterator[Streams]:
+    client = aioredis.Redis.from_url(redis_url)
+    state = Streams(redis_url, client)
+    try:
+        yield state
+    finally:
+        if state.names:
+            await client.delete(*state.names)
+        await client.aclose()
+
+
+def make_source(streams: Streams, stream: str, **options: Any) -> RedisStreamSource:
+    ctx = source_context(unique_name("saga") + ".on_event", redis_url=streams.url)
+    return redis_source.create({"stream": stream, "consumer_group": GROUP, **options}, ctx)
+
+
+def payloads(count: int, prefix: str = "m") -> list[bytes]:
+    return [json.dumps({"n": f"{prefix}{i}"}).encode() for i in range(count)]
+
+
+async def expect_nothing_more(streams: Streams, stream: str, emit: RecordingEmit) -> None:
+    """Add a sentinel and wait for it: it must be the only delivery."""
+    before = len(emit.deliveries)
+    await streams.add(stream, [b"sentinel"])
+    await emit.wait_for(before + 1)
+    assert emit.payloads[before:] == [b"sentinel"]
+
+
+async def test_raw_client_round_trip(streams: Streams) -> None:
+    stream = streams.name()
+    await streams.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    (entry_id,) = await streams.add(stream, [b"hello"])
+    reply = await streams.client.xreadgroup(GROUP, "c1", {stream: ">"}, count=10)
+    assert reply == [[stream.encode(), [(entry_id.encode(), {b"data": b"hello"})]]]
+    assert await streams.client.xack(stream, GROUP, entry_id) == 1
+    assert await streams.pending(stream) == 0
+
+
+async def test_thousand_entries_acked_are_not_redelivered(streams: Streams) -> None:
+    stream = streams.name()
+    source = make_source(streams, stream)
+    await source.start()  # creates the group at "$": only entries added from now on
+    sent = payloads(1000)
+    ids = await streams.add(stream, sent)
+
+    emit = RecordingEmit(auto_ack=True)
+    async with consuming(source, emit):
+        await emit.wait_for(1000)
+    assert emit.payloads == sent  # one consumer reads a stream in order
+    assert emit.identities == [f"{stream}/{i}" for i in ids]
+    assert {d.meta.attempt for d in emit.deliveries} == {1}
+    assert await streams.pending(stream) == 0
+    assert await streams.consumers(stream) == {}  # an empty consumer leaves the group
+
+    again = RecordingEmit(auto_ack=True)
+    async with consuming(make_source(streams, stream), again):
+        await expect_nothing_more(streams, stream, again)
+
+
+async def test_unacked_and_nacked_entries_come_back_after_restart(streams: Streams) -> None:
+    stream = streams.name()
+    await streams.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    ids = await streams.add(stream, payloads(10))
+
+    emit = RecordingEmit()
+    source = make_source(streams, stream, consumer="worker-1")
+    async with consuming(source, emit) as task:
+        deliveries = await emit.wait_for(10)
+        for delivery in deliveries[:6]:
+            await delivery.ack()
+        # the engine's shutdown: stop intake, nack the interrupted, leave the rest un-acked
+        await stop_intake(task)
+        for delivery in deliveries[6:8]:
+            await delivery.nack(True)
+    assert await streams.consumers(stream) == {"worker-1": 4}
+
+    again = RecordingEmit(auto_ack=True)
+    async with consuming(make_source(streams, stream, consumer="worker-1"), again):
+        redelivered = await again.wait_for(4)
+        assert [d.meta.message_id for d in redelivered] == ids[6:]
+        assert {d.meta.attempt for d in redelivered} == {2}
+        await expect_nothing_more(streams, stream, again)
+    assert await streams.pending(stream) == 0
+
+
+async def test_entries_of_a_dead_consumer_are_claimed(streams: Streams) -> None:
+    stream = streams.name()
+    await streams.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    ids = await streams.add(stream, payloads(5))
+
+    dead = RecordingEmit()
+    async with consuming(make_source(streams, stream, consumer="dies"), dead):
+        await dead.wait_for(5)  # received, never acked: then the process "dies"
+    assert await streams.consumers(stream) == {"dies": 5}
+
+    survivor = RecordingEmit(auto_ack=True)
+    source = make_source(streams, stream, consumer="survives", claim_idle_ms=200)
+    async with consuming(source, survivor):
+        claimed = await survivor.wait_for(5)
+        assert [d.meta.message_id for d in claimed] == ids
+        assert {d.meta.attempt for d in claimed} == {2}
+        await expect_nothing_more(streams, stream, survivor)
+    assert await streams.pending(stream) == 0
+
+
+async def test_entries_in_flight_are_not_claimed_from_a_live_consumer(streams: Streams) -> None:
+    stream = streams.name()
+    await streams.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    await streams.add(stream, payloads(3))
+    busy, idle = RecordingEmit(), RecordingEmit()
+    claim_idle_ms = 300
+    slow = make_source(streams, stream, consumer="slow", claim_idle_ms=claim_idle_ms)
+    other = make_source(streams, stream, consumer="other", claim_idle_ms=claim_idle_ms)
+    async with consuming(slow, busy):
+        await busy.wait_for(3)  # three long sagas start
+        async with consuming(other, idle):
+            # for 4 claim periods the slow consumer keeps its entries fresh
+            deadline = time.monotonic() + 4 * claim_idle_ms / 1000
+            while time.monotonic() < deadline:
+                rows = await streams.client.xpending_range(stream, GROUP, "-", "+", 10)
+                assert {r["consumer"] for r in rows} == {b"slow"}
+                assert max(r["time_since_delivered"] for r in rows) < claim_idle_ms
+                await asyncio.sleep(0.02)  # poll interval, not a wait for an outcome
+        assert idle.deliveries == []
+        for delivery in busy.deliveries:
+            await delivery.ack()
+    assert await streams.pending(stream) == 0
+
+
+async def test_payload_rule_and_metadata(streams: Streams) -> None:
+    stream = streams.name()
+    source = make_source(streams, stream)
+    await source.start()
+    entries: list[dict[str, Any]] = [
+        {"data": b"raw"},
+        {"payload": b'{"x": 1}'},
+        {"body": "text"},
+        {"user": "ada", "amount": "12"},
+        {"data": "x", "other": "y"},
+    ]
+    ids = [(await streams.client.xadd(stream, fields)).decode() for fields in entries]
+    emit = RecordingEmit(auto_ack=True)
+    async with consuming(source, emit):
+        got = await emit.wait_for(5)
+    assert [d.payload for d in got] == [
+        b"raw",
+        b'{"x": 1}',
+        b"text",
+        {"user": "ada", "amount": "12"},
+        {"data": "x", "other": "y"},
+    ]
+    assert [d.decoded for d in got] == [False, False, False, True, True]
+    first = got[0]
+    assert first.identity == f"{stream}/{ids[0]}"
+    assert (first.meta.source, first.meta.topic, first.meta.message_id) == (
+        "redis",
+        stream,
+        ids[0],
+    )
+    assert first.meta.trigger == source.trigger_id
+
+
+async def test_dead_letter_is_added_to_the_dead_letter_stream(streams: Streams) -> None:
+    stream, dead_letters = streams.name(), streams.name()
+    source = make_source(streams, stream, dead_letter_topic=dead_letters)
+    await source.start()
+    (entry_id,) = await streams.add(stream, [b'{"bad": true}'])
+    emit = RecordingEmit()
+    async with consuming(source, emit):
+        (delivery,) = await emit.wait_for(1)
+        record = DeadLetterRecord(
+            trigger_id=source.trigger_id,
+            saga_name="test-saga",
+            payload={"bad": True},
+            error="ValueError: bad event",
+            reason="invalid",
+            attempts=3,
+            saga_id="saga-1",
+        )
+        await source.publish_dead_letter(delivery, record)
+        await delivery.ack()
+
+    ((_, fields),) = await streams.client.xrange(dead_letters)
+    assert fields == {
+        b"payload": b'{"bad": true}',
+        b"error": b"ValueError: bad event",
+        b"reason": b"invalid",
+        b"attempts": b"3",
+        b"trigger": source.trigger_id.encode(),
+        b"stream": stream.encode(),
+        b"entry_id": entry_id.encode(),
+        b"saga_id": b"saga-1",
+    }
+    assert await streams.pending(stream) == 0
+
+
+async def kill_connections_of(streams: Streams, source: RedisStreamSource) -> int:
+    """``CLIENT KILL`` every connection of ``source`` (its client name), nobody else's."""
+    name = f"sagaz:{source.consumer}"
+    clients = [c for c in await streams.client.client_list() if c["name"] == name]
+    for client in clients:
+        await streams.client.client_kill_filter(_id=client["id"])
+    return len(clients)
+
+
+async def test_reconnects_after_its_connection_is_killed(streams: Streams) -> None:
+    stream = streams.name()
+    emit = RecordingEmit()
+    source = make_source(streams, stream, claim_idle_ms=500)
+    await source.start()
+    first = payloads(50, "a")
+    await streams.add(stream, first)
+    async with consuming(source, emit):
+        deliveries = await emit.wait_for(50)
+        for delivery in deliveries[:40]:
+            await delivery.ack()
+        assert await kill_connections_of(streams, source) >= 1
+        for delivery in deliveries[40:]:
+            await delivery.ack()  # XACK is not tied to the connection: it still counts
+        second = payloads(50, "b")
+        await streams.add(stream, second)
+        await emit.wait_for(100)
+        assert await kill_connections_of(streams, source) >= 1  # killed while blocked
+        third = payloads(10, "c")
+        await streams.add(stream, third)
+        await emit.wait_for(110)
+        for delivery in emit.deliveries[50:]:
+            await delivery.ack()
+        assert emit.payloads == first + second + third
+        assert await streams.pending(stream) == 0
+    again = RecordingEmit(auto_ack=True)
+    async with consuming(make_source(streams, stream), again):
+        await expect_nothing_more(streams, stream, again)
+
+
+async def test_recreates_a_vanished_group(streams: Streams) -> None:
+    stream = streams.name()
+    errors: list[BaseException] = []
+    ctx = source_context(unique_name("saga") + ".on_event", errors, redis_url=streams.url)
+    source = redis_source.create({"stream": stream, "consumer_group": GROUP}, ctx)
+    await source.start()
+    emit = RecordingEmit(auto_ack=True)
+    async with consuming(source, emit):
+        await streams.add(stream, [b"before"])
+        await emit.wait_for(1)
+        await streams.client.delete(stream)  # as after a restart of a Redis without persistence
+        # Redis answers the blocked read with UNBLOCKED, or the next one with NOGROUP
+        await eventually(lambda: bool(errors), what="the missing group to be reported")
+        assert str(errors[0]).startswith(("NOGROUP", "UNBLOCKED"))
+
+        await eventually(lambda: streams.client.exists(stream), what="the group recreated")
+        await streams.add(stream, [b"after"])
+        await emit.wait_for(2)
+    assert emit.payloads == [b"before", b"after"]
+
+
+async def test_unreachable_redis_is_reported_and_retried() -> None:
+    errors: list[BaseException] = []
+    ctx = source_context("saga.on_event", errors, redis_url="redis://127.0.0.1:1/0")
+    source = redis_source.create({"stream": "s"}, ctx)
+    emit = RecordingEmit()
+    async with consuming(source, emit) as task:
+        await eventually(lambda: len(errors) >= 2, what="two reported connection failures")
+        assert not task.done()  # it keeps trying
+    assert emit.deliveries == []
+
+
+def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    with pytest.raises(MissingExtraError, match=r'pip install "sagaz\[redis\]"'):
+        redis_source.create({"stream": "s"}, source_context())
+
+
+def test_importing_the_module_does_not_import_the_driver() -> None:
+    code = "import sys, sagaz.triggers.redis; assert 'redis' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_defaults_come_from_the_trigger_and_the_process() -> None:
+    source = redis_source.create({"stream": "s"}, source_context("orders.on_order"))
+    assert source.consumer_group == "orders.on_order"
+    other = redis_source.create({"stream": "s"}, source_context("orders.on_order"))
+    assert source.consumer != other.consumer  # unique per process and instance
+    assert (source.claim_idle_ms, source.start_id) == (60_000, "$")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"stream": ""}, "stream"),
+        ({"stream": "s", "start_id": "1"}, "start_id"),
+        ({"stream": "s", "claim_idle_ms": 0}, "claim_idle_ms"),
+        ({"stream": "s", "batch_size": True}, "batch_size"),
+        ({"stream": "s", "url": "http://x"}, "redis://"),
+    ],
+)
+def test_validate_rejects_bad_options(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        redis_source.validate(options)
