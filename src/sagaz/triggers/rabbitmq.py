@@ -128,6 +128,8 @@ class RabbitMQSource(Source):
     Identity (the dedup key when the trigger has no ``idempotency_key``): the AMQP
     ``message_id`` when the publisher set one, else the SHA-256 hex digest of the body, so
     two messages with identical bodies and no ``message_id`` count as the same event.
+    (aio-pika publishers always set a random ``message_id``: there, a publisher that sends
+    the same event twice gets two events unless the trigger has an ``idempotency_key``.)
 
     ``prefetch`` bounds the un-acked messages the broker hands us; under ``block``
     backpressure it stays full and the broker stops delivering.
@@ -168,7 +170,6 @@ class RabbitMQSource(Source):
         self._ctx = ctx
         self._log = {"source": self.kind, "trigger": trigger_id, "queue": queue}
         self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
@@ -197,7 +198,7 @@ class RabbitMQSource(Source):
         except BaseException:
             await connection.close()
             raise
-        self._connection, self._channel, self._queue = connection, channel, queue
+        self._connection, self._queue = connection, queue
         self._started = True
         logger.info("rabbitmq source connected", extra=self._log)
 
@@ -227,7 +228,7 @@ class RabbitMQSource(Source):
         self._started = False
         await self._stop_intake()
         connection, self._connection = self._connection, None
-        self._channel = self._queue = self._dead_letter_exchange = None
+        self._queue = self._dead_letter_exchange = None
         if connection is not None:
             await connection.close()
         logger.info("rabbitmq source stopped", extra=self._log)
@@ -298,7 +299,7 @@ class RabbitMQSource(Source):
             try:
                 async with asyncio.timeout(5):
                     await self._queue.cancel(tag)
-            except (Exception, TimeoutError) as exc:
+            except Exception as exc:  # the channel may be gone: closing requeues anyway
                 logger.debug("consumer cancel failed: %r", exc, extra=self._log)
         while not self._buffer.empty():
             await self._settle(self._buffer.get_nowait(), ack=False, requeue=True)
