@@ -79,12 +79,13 @@ class Broker:
         assert count is not None
         return count
 
-    async def wait_ready(self, queue: str, count: int, within: float = 10.0) -> None:
+    async def wait_ready(self, queue: str, count: int) -> None:
         """Poll until ``queue`` holds exactly ``count`` ready messages."""
-        deadline = asyncio.get_running_loop().time() + within
-        while (ready := await self.ready(queue)) != count:
-            assert asyncio.get_running_loop().time() < deadline, f"{ready} ready, want {count}"
-            await asyncio.sleep(0.01)
+
+        async def holds() -> bool:
+            return await self.ready(queue) == count
+
+        await eventually(holds, what=f"{count} ready messages in {queue}")
 
 
 @pytest.fixture
