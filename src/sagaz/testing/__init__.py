@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from sagaz.testing.clock import FakeClock
+from sagaz.testing.harness import TriggerTestHarness
 
-__all__ = ["FakeClock"]
+__all__ = ["FakeClock", "TriggerTestHarness"]

@@ -45,7 +45,9 @@ class PollSource(Source):
     @property
     def interval(self) -> float:
         """Seconds between polls."""
-        return max(float(self.poll_trigger.poll_interval), self.ctx.config.trigger_base_poll_interval)
+        return max(
+            float(self.poll_trigger.poll_interval), self.ctx.config.trigger_base_poll_interval
+        )
 
     async def run(self, emit: Emit) -> None:
         """Poll until cancelled."""

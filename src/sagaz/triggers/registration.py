@@ -108,7 +108,9 @@ def build_trigger_definition(
         raise _fail(where, f"missing required option(s) {sorted(missing)}")
     for name in ("idempotency_key", "concurrency_key"):
         if name in options and not callable(options[name]):
-            raise _fail(where, f"option {name} must be a callable taking the event, e.g. lambda e: e['id']")
+            raise _fail(
+                where, f"option {name} must be a callable taking the event, e.g. lambda e: e['id']"
+            )
     _positive(where, "max_concurrent_sagas", options.get("max_concurrent_sagas"), int)
     _positive(where, "rate_limit_per_second", options.get("rate_limit_per_second"), float)
     retries = options.get("max_retries")
@@ -116,9 +118,12 @@ def build_trigger_definition(
         raise _fail(where, f"option max_retries={retries!r} must be an integer >= 0")
     backoff = options.get("retry_backoff_seconds")
     if backoff is not None and (
-        not isinstance(backoff, (list, tuple)) or any(not isinstance(b, (int, float)) or b < 0 for b in backoff)
+        not isinstance(backoff, (list, tuple))
+        or any(not isinstance(b, (int, float)) or b < 0 for b in backoff)
     ):
-        raise _fail(where, f"option retry_backoff_seconds={backoff!r} must be a list of seconds >= 0")
+        raise _fail(
+            where, f"option retry_backoff_seconds={backoff!r} must be a list of seconds >= 0"
+        )
     source_options = {k: v for k, v in options.items() if k not in PIPELINE_OPTIONS}
     try:
         module.validate(source_options)

@@ -1,0 +1,1 @@
+"""The event pipeline: admission, backpressure queue, dispatcher, runner, settlement."""

@@ -1,0 +1,104 @@
+"""``ActiveTrigger`` and ``PipelineState``: what the pipeline knows of a trigger and itself."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sagaz.clock import Clock
+from sagaz.config import TriggerConfig
+from sagaz.flow.decoding import EventDecoder
+from sagaz.flow.limits import TokenBucket
+from sagaz.flow.metrics import EngineMetrics
+from sagaz.saga.listeners import SagaListener
+
+if TYPE_CHECKING:
+    from sagaz.abc import SagaStore, Source
+    from sagaz.flow.backpressure import BackpressureQueue
+    from sagaz.saga.definition import Saga
+    from sagaz.triggers.registration import TriggerDefinition
+
+__all__ = ["ActiveTrigger", "PipelineState"]
+
+
+@dataclass(slots=True)
+class PipelineState:
+    """Shared by admission, dispatcher and runner of one engine."""
+
+    config: TriggerConfig
+    store: SagaStore
+    clock: Clock
+    worker_id: str
+    queue: BackpressureQueue
+    listeners: list[SagaListener]
+    metrics: EngineMetrics = field(default_factory=EngineMetrics)
+    global_bucket: TokenBucket | None = None
+
+
+class ActiveTrigger:
+    """A registered trigger bound to a running engine: saga instance, decoder, limits."""
+
+    def __init__(
+        self, definition: TriggerDefinition, state: PipelineState, source: Source | None = None
+    ) -> None:
+        self.definition = definition
+        self.saga: Saga = definition.saga_cls()
+        self.method = getattr(self.saga, definition.method)
+        self.is_async = inspect.iscoroutinefunction(self.method)
+        where = f"{definition.saga_cls.__qualname__}.{definition.method}"
+        self.decoder = EventDecoder(self.method, where=where)
+        self.source = source
+        config = state.config
+        self.max_retries = (
+            definition.max_retries if definition.max_retries is not None else config.max_retries
+        )
+        self.retry_backoff = (
+            definition.retry_backoff_seconds
+            if definition.retry_backoff_seconds is not None
+            else config.retry_backoff_seconds
+        )
+        self.dead_letter_topic = definition.dead_letter_topic or config.dead_letter_topic
+        self.persist_events = (
+            definition.persist_events
+            if definition.persist_events is not None
+            else config.persist_events
+        )
+        self.max_concurrent = definition.max_concurrent_sagas
+        self.bucket = (
+            TokenBucket(definition.rate_limit_per_second, state.clock)
+            if definition.rate_limit_per_second
+            else None
+        )
+        self.listeners: list[SagaListener] = [*type(self.saga).listeners, *state.listeners]
+        self.poll_exclusive = (
+            definition.poll_trigger is not None and not definition.poll_trigger.allow_concurrent
+        )
+        self.poll_name = (
+            (definition.poll_trigger.name or definition.trigger_id)
+            if definition.poll_trigger is not None
+            else None
+        )
+
+    @property
+    def trigger_id(self) -> str:
+        """The trigger id (``"{saga_name}.{method}"``)."""
+        return self.definition.trigger_id
+
+    @property
+    def saga_name(self) -> str:
+        """The saga's name."""
+        return self.definition.saga_name
+
+    async def transform(self, event: Any, meta: Any) -> Any:
+        """Call the trigger method (sync or async)."""
+        result = self.method(*self.decoder.arguments(event, meta))
+        if self.is_async:
+            result = await result
+        return result
+
+    def backoff(self, retry: int) -> float:
+        """Base delay before retry number ``retry`` (1-based); the last value repeats."""
+        if not self.retry_backoff:
+            return 0.0
+        return float(self.retry_backoff[min(retry, len(self.retry_backoff)) - 1])

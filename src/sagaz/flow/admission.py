@@ -1,0 +1,283 @@
+"""Admission: decode, validate, identify, claim the inbox, transform, persist, enqueue.
+
+Every event leaves admission with exactly one outcome (:class:`~sagaz.events.AdmissionResult`)
+and, when it does not become a saga, exactly one reason code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, Reason
+from sagaz.exceptions import InvalidEventError
+from sagaz.flow.active import ActiveTrigger, PipelineState
+from sagaz.flow.decoding import InvalidPayloadError
+from sagaz.flow.identity import canonical_hash, content_key, saga_id_for
+from sagaz.flow.items import WorkItem
+from sagaz.flow.settlement import Settlement, storable
+from sagaz.records import ClaimOutcome, SagaRecord, TriggerExecutionRecord
+from sagaz.saga.listeners import notify
+from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
+
+__all__ = ["Admission"]
+
+logger = logging.getLogger(__name__)
+
+
+class Admission:
+    """The front of the pipeline; ``admit`` is what sources call as ``emit``."""
+
+    def __init__(self, state: PipelineState, settlement: Settlement) -> None:
+        self.state = state
+        self.settlement = settlement
+        self.accepting = True
+        self._busy_watchers: set[asyncio.Task[None]] = set()
+
+    def lease_until(self) -> Any:
+        """The lease deadline for claims made now."""
+        return self.state.clock.now() + timedelta(seconds=self.state.config.lease_seconds)
+
+    async def admit(self, trigger: ActiveTrigger, delivery: Delivery) -> AdmissionResult:
+        """Admit one delivery of ``trigger``."""
+        state = self.state
+        state.metrics.received[trigger.trigger_id] += 1
+        delivery.meta.trigger = delivery.meta.trigger or trigger.trigger_id
+        if trigger.listeners:
+            await notify(
+                trigger.listeners,
+                "on_trigger_received",
+                trigger.saga_name,
+                delivery.meta.source,
+                delivery.payload,
+            )
+        if not self.accepting:
+            await self.settlement.nack(trigger, delivery)
+            return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
+        try:
+            event = trigger.decoder.decode(delivery)
+            key = self._key(trigger, delivery, event)
+            concurrency_key = (
+                trigger.definition.concurrency_key(event)
+                if trigger.definition.concurrency_key
+                else None
+            )
+        except Exception as exc:
+            return await self._invalid(trigger, delivery, exc, None)
+        saga_id = saga_id_for(trigger.trigger_id, key)
+        claim = await state.store.claim_inbox(
+            trigger.trigger_id, key, saga_id, state.worker_id, self.lease_until()
+        )
+        if claim.outcome is ClaimOutcome.DUPLICATE:
+            await self.settlement.ack(trigger, delivery)
+            await self.settlement.filtered(trigger, event, Reason.DUPLICATE)
+            return AdmissionResult(AdmissionOutcome.DUPLICATE, saga_id, Reason.DUPLICATE)
+        if claim.outcome is ClaimOutcome.BUSY:
+            self._watch_busy(trigger, delivery, event, key, saga_id, concurrency_key)
+            return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
+        return await self._accept(trigger, delivery, event, key, saga_id, concurrency_key)
+
+    def _key(self, trigger: ActiveTrigger, delivery: Delivery, event: Any) -> str:
+        if trigger.definition.idempotency_key is not None:
+            value = trigger.definition.idempotency_key(event)
+            if value is None:
+                raise InvalidEventError(
+                    f"{trigger.trigger_id}: idempotency_key returned None for this event"
+                )
+            return str(value)
+        if delivery.identity:
+            return delivery.identity
+        return content_key(storable(delivery.payload))
+
+    async def _accept(
+        self,
+        trigger: ActiveTrigger,
+        delivery: Delivery,
+        event: Any,
+        key: str,
+        saga_id: str,
+        concurrency_key: Any,
+    ) -> AdmissionResult:
+        state = self.state
+        existing = await state.store.get_saga(saga_id)
+        if existing is not None and existing.status is not SagaStatus.PENDING:
+            context = dict(existing.context)  # resume an interrupted (or finished) saga
+        else:
+            try:
+                context = await trigger.transform(event, delivery.meta)
+            except Exception as exc:
+                await state.store.release_inbox(trigger.trigger_id, key)
+                return await self._invalid(trigger, delivery, exc, saga_id, claimed=True)
+            if context is None:
+                await state.store.complete_inbox(trigger.trigger_id, key)
+                await self.settlement.ack(trigger, delivery)
+                await self.settlement.filtered(trigger, event, Reason.FILTERED)
+                return AdmissionResult(AdmissionOutcome.FILTERED, saga_id, Reason.FILTERED)
+            if not isinstance(context, dict):
+                await state.store.release_inbox(trigger.trigger_id, key)
+                error = InvalidEventError(
+                    f"{trigger.trigger_id}: the trigger method returned "
+                    f"{type(context).__name__}; it must return a dict (the saga's starting "
+                    "context) or None (skip the event)"
+                )
+                return await self._invalid(trigger, delivery, error, saga_id, claimed=True)
+        context_hash: str | None = None
+        if trigger.poll_name is not None:
+            context_hash = canonical_hash(context)
+            started = await state.store.start_trigger_execution(
+                TriggerExecutionRecord(trigger.poll_name, context_hash, saga_id),
+                exclusive=trigger.poll_exclusive,
+            )
+            if not started:
+                await state.store.complete_inbox(trigger.trigger_id, key)
+                await self.settlement.ack(trigger, delivery)
+                await self.settlement.filtered(trigger, event, Reason.OVERLAP_SKIPPED)
+                return AdmissionResult(
+                    AdmissionOutcome.FILTERED, saga_id, Reason.OVERLAP_SKIPPED
+                )
+        if existing is None:
+            await state.store.create_saga(
+                SagaRecord(
+                    saga_id=saga_id,
+                    saga_name=trigger.saga_name,
+                    status=SagaStatus.PENDING,
+                    context=context,
+                    trigger_id=trigger.trigger_id,
+                    event=storable(delivery.payload) if trigger.persist_events else None,
+                    owner=state.worker_id,
+                    lease_expires_at=self.lease_until(),
+                )
+            )
+        item = WorkItem(
+            trigger=trigger,
+            delivery=delivery,
+            key=key,
+            saga_id=saga_id,
+            context=context,
+            event=event,
+            concurrency_key=concurrency_key,
+            accepted_at=state.clock.monotonic(),
+            context_hash=context_hash,
+        )
+        if existing is not None and existing.status in TERMINAL_SAGA_STATUSES:
+            item.extra["already_terminal"] = True
+        put = await state.queue.put(item)
+        if not put.accepted:
+            return await self._refused(trigger, item)
+        if put.evicted is not None:
+            await self._drop(put.evicted, Reason.DROPPED_OLDEST)
+        state.metrics.accepted[trigger.trigger_id] += 1
+        return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
+
+    async def _refused(self, trigger: ActiveTrigger, item: WorkItem) -> AdmissionResult:
+        state = self.state
+        if not self.accepting:  # released from a blocked put by shutdown
+            await self._forget(item)
+            await self.settlement.nack(trigger, item.delivery)
+            return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
+        if state.queue.strategy == "reject":
+            await self._forget(item)
+            await self.settlement.dead_letter(
+                trigger,
+                item.delivery,
+                reason=Reason.REJECTED.value,
+                error=f"queue full (queue_size={state.queue.capacity}, strategy=reject)",
+                attempts=0,
+                saga_id=item.saga_id,
+            )
+            await self.settlement.ack(trigger, item.delivery)
+            await self.settlement.filtered(trigger, item.event, Reason.REJECTED)
+            return AdmissionResult(AdmissionOutcome.REJECTED, item.saga_id, Reason.REJECTED)
+        await self._drop(item, Reason.DROPPED_NEWEST)
+        return AdmissionResult(AdmissionOutcome.DROPPED, item.saga_id, Reason.DROPPED_NEWEST)
+
+    async def _drop(self, item: WorkItem, reason: Reason) -> None:
+        await self._forget(item)
+        await self.settlement.ack(item.trigger, item.delivery)
+        await self.settlement.filtered(item.trigger, item.event, reason)
+
+    async def _forget(self, item: WorkItem) -> None:
+        """Undo an acceptance that never started: the key may be delivered again."""
+        store = self.state.store
+        await store.delete_saga(item.saga_id)
+        await store.release_inbox(item.trigger_id, item.key)
+        if item.context_hash is not None and item.trigger.poll_name is not None:
+            await store.complete_trigger_execution(item.trigger.poll_name, item.saga_id)
+
+    async def _invalid(
+        self,
+        trigger: ActiveTrigger,
+        delivery: Delivery,
+        exc: BaseException,
+        saga_id: str | None,
+        *,
+        claimed: bool = False,
+    ) -> AdmissionResult:
+        details = exc.details if isinstance(exc, InvalidPayloadError) else None
+        await self.settlement.dead_letter(
+            trigger, delivery, reason=Reason.INVALID.value, error=exc, attempts=0, saga_id=saga_id
+        )
+        await self.settlement.ack(trigger, delivery)
+        await self.settlement.filtered(trigger, delivery.payload, Reason.INVALID)
+        return AdmissionResult(
+            AdmissionOutcome.INVALID, saga_id, Reason.INVALID, error=str(exc), details=details
+        )
+
+    # -- a key held by another live worker -------------------------------------------------
+    def _watch_busy(
+        self,
+        trigger: ActiveTrigger,
+        delivery: Delivery,
+        event: Any,
+        key: str,
+        saga_id: str,
+        concurrency_key: Any,
+    ) -> None:
+        task = asyncio.create_task(
+            self._await_other_owner(trigger, delivery, event, key, saga_id, concurrency_key),
+            name=f"sagaz-busy-{saga_id}",
+        )
+        self._busy_watchers.add(task)
+        task.add_done_callback(self._busy_watchers.discard)
+
+    async def _await_other_owner(
+        self,
+        trigger: ActiveTrigger,
+        delivery: Delivery,
+        event: Any,
+        key: str,
+        saga_id: str,
+        concurrency_key: Any,
+    ) -> None:
+        """Hold the delivery until the other owner finishes (ack) or its lease expires (take
+        over); never ack an event whose saga is not terminal."""
+        state = self.state
+        try:
+            while True:
+                await state.clock.sleep(max(0.05, state.config.lease_seconds / 4))
+                claim = await state.store.claim_inbox(
+                    trigger.trigger_id, key, saga_id, state.worker_id, self.lease_until()
+                )
+                if claim.outcome is ClaimOutcome.DUPLICATE:
+                    await self.settlement.ack(trigger, delivery)
+                    await self.settlement.filtered(trigger, event, Reason.DUPLICATE)
+                    return
+                if claim.outcome is not ClaimOutcome.BUSY:
+                    await self._accept(trigger, delivery, event, key, saga_id, concurrency_key)
+                    return
+        except asyncio.CancelledError:
+            await self.settlement.nack(trigger, delivery)
+            raise
+        except Exception as exc:
+            await self.settlement.report(trigger, exc, delivery.payload)
+            await self.settlement.nack(trigger, delivery)
+
+    async def close(self) -> None:
+        """Stop watching busy keys (their deliveries are nacked)."""
+        self.accepting = False
+        for task in list(self._busy_watchers):
+            task.cancel()
+        if self._busy_watchers:
+            await asyncio.gather(*self._busy_watchers, return_exceptions=True)

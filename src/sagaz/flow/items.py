@@ -1,0 +1,38 @@
+"""``WorkItem``: one admitted event on its way from the queue to its saga."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sagaz.events import Delivery
+
+if TYPE_CHECKING:
+    from sagaz.flow.active import ActiveTrigger
+
+__all__ = ["WorkItem"]
+
+
+@dataclass(slots=True, eq=False)
+class WorkItem:
+    """An accepted event: its trigger, delivery, identity and starting context."""
+
+    trigger: ActiveTrigger
+    delivery: Delivery
+    key: str
+    saga_id: str
+    context: dict[str, Any]
+    event: Any = None
+    concurrency_key: Hashable | None = None
+    attempt: int = 1
+    accepted_at: float = 0.0  # clock.monotonic() at admission (start-latency metric)
+    seq: int = 0
+    evicted: bool = False
+    context_hash: str | None = None  # poll triggers: the execution row to close
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trigger_id(self) -> str:
+        """Id of the trigger that admitted the event."""
+        return self.trigger.definition.trigger_id

@@ -1,0 +1,54 @@
+"""In-process counters of the pipeline (exported to Prometheus by the metrics extra)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["EngineMetrics"]
+
+
+@dataclass(slots=True)
+class EngineMetrics:
+    """Counters and gauges of one engine. Cheap: plain integers, no locks (one event loop)."""
+
+    received: Counter[str] = field(default_factory=Counter)  # by trigger id
+    accepted: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)  # filtered, duplicate, dropped_*...
+    completed: Counter[str] = field(default_factory=Counter)
+    compensated: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
+    retried: Counter[str] = field(default_factory=Counter)
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+    source_errors: Counter[str] = field(default_factory=Counter)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    start_latencies: list[float] = field(default_factory=list)  # seconds, bounded sample
+    _latency_limit: int = 100_000
+
+    def started(self, latency: float) -> None:
+        """A saga started ``latency`` seconds after its event was accepted."""
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        if len(self.start_latencies) < self._latency_limit:
+            self.start_latencies.append(latency)
+
+    def finished(self) -> None:
+        """A saga left the in-flight set."""
+        self.in_flight -= 1
+
+    def snapshot(self) -> dict[str, object]:
+        """A plain dict of every counter (for logs, ``/metrics`` and tests)."""
+        return {
+            "received": sum(self.received.values()),
+            "accepted": sum(self.accepted.values()),
+            "reasons": dict(self.reasons),
+            "completed": sum(self.completed.values()),
+            "compensated": sum(self.compensated.values()),
+            "failed": sum(self.failed.values()),
+            "retried": sum(self.retried.values()),
+            "dead_lettered": sum(self.dead_lettered.values()),
+            "source_errors": sum(self.source_errors.values()),
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+        }

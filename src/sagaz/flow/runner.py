@@ -1,0 +1,205 @@
+"""Running admitted events: the dispatcher's worker pool, saga runs, retries, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from datetime import timedelta
+
+from sagaz.flow.active import PipelineState
+from sagaz.flow.items import WorkItem
+from sagaz.flow.settlement import Settlement
+from sagaz.saga.execution import SagaExecution
+from sagaz.saga.result import SagaResult
+from sagaz.types import SagaStatus
+
+__all__ = ["Dispatcher", "SagaRunner"]
+
+logger = logging.getLogger(__name__)
+
+
+class SagaRunner:
+    """Runs the saga of one work item, retries a compensated saga, dead-letters the rest, and
+    settles (inbox completed, then ack) only after the terminal state is in the store."""
+
+    def __init__(
+        self,
+        state: PipelineState,
+        settlement: Settlement,
+        on_result: Callable[[WorkItem, SagaResult | None], None] | None = None,
+    ) -> None:
+        self.state = state
+        self.settlement = settlement
+        self.on_result = on_result
+        self._retries: set[asyncio.Task[None]] = set()
+
+    async def run(self, item: WorkItem) -> None:
+        """Run ``item``'s saga to a terminal state and settle it. Cancellation never acks."""
+        state = self.state
+        trigger = item.trigger
+        execution = SagaExecution(
+            trigger.saga,
+            store=state.store,
+            listeners=trigger.listeners,
+            clock=state.clock,
+            trigger_id=trigger.trigger_id,
+            owner=state.worker_id,
+            lease_until=state.clock.now() + timedelta(seconds=state.config.lease_seconds),
+        )
+        try:
+            result = await execution.run(item.context, item.saga_id, new_attempt=item.attempt > 1)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store failed: leave the event for redelivery/recovery
+            await self.settlement.report(trigger, exc, item.event)
+            await self.settlement.nack(trigger, item.delivery)
+            self._notify(item, None)
+            return
+        if result.status is SagaStatus.COMPLETED:
+            state.metrics.completed[trigger.trigger_id] += 1
+            await self._settle(item)
+            self._notify(item, result)
+            return
+        if result.status is SagaStatus.COMPENSATED:
+            state.metrics.compensated[trigger.trigger_id] += 1
+            if item.attempt <= trigger.max_retries and not item.extra.get("already_terminal"):
+                self._schedule_retry(item)
+                return
+        else:
+            state.metrics.failed[trigger.trigger_id] += 1
+        await self.settlement.dead_letter(
+            trigger,
+            item.delivery,
+            reason="saga_failed" if result.status is SagaStatus.FAILED else "retries_exhausted",
+            error=result.error or result.status.value,
+            attempts=item.attempt,
+            saga_id=item.saga_id,
+        )
+        await self._settle(item)
+        self._notify(item, result)
+
+    async def _settle(self, item: WorkItem) -> None:
+        store = self.state.store
+        await store.complete_inbox(item.trigger_id, item.key)
+        if item.context_hash is not None and item.trigger.poll_name is not None:
+            await store.complete_trigger_execution(item.trigger.poll_name, item.saga_id)
+        await self.settlement.ack(item.trigger, item.delivery)
+
+    def _notify(self, item: WorkItem, result: SagaResult | None) -> None:
+        if self.on_result is not None:
+            self.on_result(item, result)
+
+    def _schedule_retry(self, item: WorkItem) -> None:
+        trigger = item.trigger
+        delay = trigger.backoff(item.attempt)
+        jitter = self.state.config.retry_jitter
+        if delay and jitter:
+            delay *= 1 + random.uniform(-jitter, jitter)
+        item.attempt += 1
+        self.state.metrics.retried[trigger.trigger_id] += 1
+        logger.info(
+            "retrying saga %s (attempt %d) in %.2fs",
+            item.saga_id,
+            item.attempt,
+            delay,
+            extra={"saga_id": item.saga_id, "trigger": trigger.trigger_id},
+        )
+        task = asyncio.create_task(self._retry_later(item, delay), name=f"sagaz-retry-{item.saga_id}")
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _retry_later(self, item: WorkItem, delay: float) -> None:
+        try:
+            await self.state.clock.sleep(delay)
+        except asyncio.CancelledError:
+            await self.settlement.nack(item.trigger, item.delivery)
+            raise
+        self.state.queue.put_nowait_unbounded(item)
+
+    @property
+    def pending_retries(self) -> int:
+        """Retries waiting for their backoff."""
+        return len(self._retries)
+
+    async def close(self) -> None:
+        """Cancel waiting retries (their deliveries are nacked for redelivery)."""
+        for task in list(self._retries):
+            task.cancel()
+        if self._retries:
+            await asyncio.gather(*self._retries, return_exceptions=True)
+
+
+class Dispatcher:
+    """A pool of ``max_concurrent_sagas`` workers taking eligible events from the queue,
+    applying the global and per-trigger rate limits, and running them."""
+
+    def __init__(self, state: PipelineState, runner: SagaRunner) -> None:
+        self.state = state
+        self.runner = runner
+        self._workers: list[asyncio.Task[None]] = []
+        self._current: dict[asyncio.Task[None], WorkItem] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start(self, size: int) -> None:
+        """Start ``size`` workers."""
+        for n in range(size):
+            self._workers.append(asyncio.create_task(self._work(), name=f"sagaz-worker-{n}"))
+
+    @property
+    def in_flight(self) -> int:
+        """Sagas running now."""
+        return len(self._current)
+
+    async def _work(self) -> None:
+        state = self.state
+        queue = state.queue
+        me = asyncio.current_task()
+        assert me is not None
+        while True:
+            item = await queue.get()
+            self._current[me] = item
+            self._idle.clear()
+            try:
+                if state.global_bucket is not None:
+                    await state.global_bucket.acquire()
+                if item.trigger.bucket is not None:
+                    await item.trigger.bucket.acquire()
+                state.metrics.started(state.clock.monotonic() - item.accepted_at)
+                try:
+                    await self.runner.run(item)
+                finally:
+                    state.metrics.finished()
+            except asyncio.CancelledError:
+                await self.runner.settlement.nack(item.trigger, item.delivery)
+                raise
+            except Exception as exc:  # never let one event kill a worker
+                await self.runner.settlement.report(item.trigger, exc, item.event)
+                await self.runner.settlement.nack(item.trigger, item.delivery)
+            finally:
+                self._current.pop(me, None)
+                queue.done(item)
+                if not self._current:
+                    self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no saga is running."""
+        await self._idle.wait()
+
+    async def stop(self, timeout: float) -> None:
+        """Let running sagas finish up to ``timeout`` seconds, then cancel the rest."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            logger.warning(
+                "shutdown_timeout=%ss reached: cancelling %d running saga(s); their events stay "
+                "un-acked and will be redelivered and resumed",
+                timeout,
+                len(self._current),
+            )
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()

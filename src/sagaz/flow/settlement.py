@@ -1,0 +1,125 @@
+"""Settlement: acknowledging deliveries and dead-lettering events, after the store has them."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import traceback as tb
+from typing import Any
+
+from sagaz.events import Delivery, Reason
+from sagaz.flow.active import ActiveTrigger, PipelineState
+from sagaz.records import DeadLetterRecord
+from sagaz.saga.listeners import notify
+
+__all__ = ["Settlement", "storable"]
+
+logger = logging.getLogger(__name__)
+
+
+def storable(payload: Any) -> Any:
+    """A payload the stores can keep (bytes, str, JSON values; objects as dicts)."""
+    if payload is None or isinstance(payload, (bytes, str, int, float, bool, list, dict)):
+        return payload
+    if hasattr(payload, "model_dump"):
+        return payload.model_dump(mode="json")
+    if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
+        data = dataclasses.asdict(payload)
+        return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in data.items()}
+    return repr(payload)
+
+
+class Settlement:
+    """Acks, nacks and dead letters. Acks and nacks are shielded from cancellation."""
+
+    def __init__(self, state: PipelineState) -> None:
+        self.state = state
+
+    async def ack(self, trigger: ActiveTrigger, delivery: Delivery) -> None:
+        """Acknowledge to the source (failures are reported, never raised)."""
+        try:
+            await asyncio.shield(delivery.ack())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self.report(trigger, exc, delivery.payload)
+
+    async def nack(self, trigger: ActiveTrigger, delivery: Delivery) -> None:
+        """Leave the delivery for redelivery (shutdown, cancellation)."""
+        try:
+            await asyncio.shield(delivery.nack(True))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self.report(trigger, exc, delivery.payload)
+
+    async def report(self, trigger: ActiveTrigger, error: BaseException, event: Any) -> None:
+        """Log an error and tell the listeners (``on_trigger_error``)."""
+        self.state.metrics.source_errors[trigger.trigger_id] += 1
+        logger.error(
+            "trigger %s: %s",
+            trigger.trigger_id,
+            error,
+            exc_info=error,
+            extra={"trigger": trigger.trigger_id, "saga_name": trigger.saga_name},
+        )
+        await notify(trigger.listeners, "on_trigger_error", trigger.saga_name, error, event)
+
+    async def filtered(self, trigger: ActiveTrigger, event: Any, reason: Reason) -> None:
+        """Count and report an event that does not become a saga."""
+        self.state.metrics.reasons[reason.value] += 1
+        if trigger.listeners:
+            await notify(trigger.listeners, "on_trigger_filtered", trigger.saga_name, event, reason.value)
+
+    async def dead_letter(
+        self,
+        trigger: ActiveTrigger,
+        delivery: Delivery,
+        *,
+        reason: str,
+        error: BaseException | str,
+        attempts: int,
+        saga_id: str | None = None,
+    ) -> DeadLetterRecord:
+        """Store a dead letter, publish it to the source's broker if configured, notify."""
+        if isinstance(error, BaseException):
+            message = f"{type(error).__name__}: {error}"
+            trace = "".join(tb.format_exception(error))
+        else:
+            message, trace = error, None
+        meta = delivery.meta
+        record = DeadLetterRecord(
+            trigger_id=trigger.trigger_id,
+            saga_name=trigger.saga_name,
+            payload=storable(delivery.payload),
+            error=message,
+            reason=reason,
+            traceback=trace,
+            attempts=attempts,
+            saga_id=saga_id,
+            source=meta.source,
+            meta={
+                "message_id": meta.message_id,
+                "topic": meta.topic,
+                "partition": meta.partition,
+                "offset": meta.offset,
+                "identity": delivery.identity,
+            },
+        )
+        record.id = await self.state.store.add_dead_letter(record)
+        self.state.metrics.dead_lettered[trigger.trigger_id] += 1
+        if trigger.dead_letter_topic and trigger.source is not None:
+            try:
+                await trigger.source.publish_dead_letter(delivery, record)
+            except Exception as exc:  # the store record exists: report, do not lose the event
+                await self.report(trigger, exc, delivery.payload)
+        logger.warning(
+            "dead-lettered an event of %s: %s",
+            trigger.trigger_id,
+            message,
+            extra={"trigger": trigger.trigger_id, "reason": reason, "saga_id": saga_id},
+        )
+        if trigger.listeners:
+            await notify(trigger.listeners, "on_dead_letter", trigger.saga_name, record)
+        return record

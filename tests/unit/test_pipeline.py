@@ -1,0 +1,434 @@
+"""The trigger pipeline through the memory source: inbox, backpressure, limits, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+import sagaz
+from sagaz import (
+    EventMeta,
+    InvalidEventError,
+    Saga,
+    SagaListener,
+    SagaStatus,
+    TriggerConfig,
+    action,
+    trigger,
+)
+from sagaz.events import AdmissionOutcome
+from sagaz.exceptions import ConfigurationError, TriggerDefinitionError
+from sagaz.storage.memory import MemorySagaStore
+from sagaz.testing import FakeClock
+from sagaz.triggers import registry
+from sagaz.triggers.engine import TriggerEngine
+
+
+class Recorder(SagaListener):
+    def __init__(self) -> None:
+        self.filtered: list[tuple[Any, str]] = []
+        self.dead: list[Any] = []
+        self.errors: list[BaseException] = []
+
+    async def on_trigger_filtered(self, saga_name: str, event: Any, reason: str) -> None:
+        self.filtered.append((event, reason))
+
+    async def on_dead_letter(self, saga_name: str, record: Any) -> None:
+        self.dead.append(record)
+
+    async def on_trigger_error(self, saga_name: str, error: BaseException, event: Any) -> None:
+        self.errors.append(error)
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+async def test_ten_thousand_events_complete_exactly_once_and_twice_fired_still_once() -> None:
+    ran: list[int] = []
+
+    class Counted(Saga):
+        @trigger(source="memory", channel="orders", idempotency_key=lambda e: e["id"])
+        def on_order(self, event: dict[str, Any]) -> dict[str, Any]:
+            return {"id": event["id"]}
+
+        @action("one")
+        async def one(self, ctx: Any) -> None:
+            ran.append(ctx["id"])
+
+    store = MemorySagaStore()
+    async with TriggerEngine(TriggerConfig(queue_size=500), store) as engine:
+        for round_ in range(2):
+            for i in range(10_000):
+                await engine.fire("orders", {"id": i})
+            await wait_until(lambda: engine.metrics.in_flight == 0 and len(engine.state.queue) == 0)
+        await wait_until(lambda: len(ran) >= 10_000)
+        await engine.dispatcher.wait_idle()
+    assert len(ran) == 10_000
+    assert sorted(ran) == list(range(10_000))
+    completed = await store.list_sagas(status=SagaStatus.COMPLETED, limit=100_000)
+    assert len(completed) == 10_000
+    assert engine.metrics.reasons["duplicate"] == 10_000
+
+
+def make_blocking_saga(channel: str, gate: asyncio.Event, started: list[int]) -> type[Saga]:
+    class Blocked(Saga):
+        saga_name = f"blocked-{channel}"
+
+        @trigger(source="memory", channel=channel, idempotency_key=lambda e: e["n"])
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return {"n": event["n"]}
+
+        @action("wait")
+        async def wait(self, ctx: Any) -> None:
+            started.append(ctx["n"])
+            await gate.wait()
+
+    return Blocked
+
+
+@pytest.mark.parametrize("strategy", ["drop_oldest", "drop_newest", "reject"])
+async def test_full_queue_strategies_drop_exactly_the_expected_events(strategy: str) -> None:
+    gate = asyncio.Event()
+    started: list[int] = []
+    make_blocking_saga("bp", gate, started)
+    recorder = Recorder()
+    store = MemorySagaStore()
+    config = TriggerConfig(queue_size=10, backpressure_strategy=strategy, max_concurrent_sagas=1)
+    async with TriggerEngine(config, store, listeners=[recorder]) as engine:
+        await engine.fire("bp", {"n": 0})
+        await wait_until(lambda: started == [0])  # the only worker is stuck on event 0
+        results = [await engine.fire("bp", {"n": n}) for n in range(1, 16)]  # 15 more; room for 10
+        gate.set()
+        await wait_until(lambda: len(started) == 11)
+        await engine.dispatcher.wait_idle()
+    reasons = [r for _, r in recorder.filtered]
+    if strategy == "drop_oldest":
+        assert sorted(started) == [0, *range(6, 16)]
+        assert reasons == ["dropped_oldest"] * 5
+        assert [e["n"] for e, _ in recorder.filtered] == [1, 2, 3, 4, 5]
+    elif strategy == "drop_newest":
+        assert sorted(started) == list(range(0, 11))
+        assert reasons == ["dropped_newest"] * 5
+        assert all(r == [] for r in results[10:])
+    else:
+        assert sorted(started) == list(range(0, 11))
+        assert reasons == ["rejected"] * 5
+        dead = await store.list_dead_letters()
+        assert sorted(d.payload["n"] for d in dead) == [11, 12, 13, 14, 15]
+        assert all(d.reason == "rejected" for d in dead)
+    assert engine.metrics.reasons[reasons[0]] == 5
+
+
+async def test_block_strategy_loses_nothing_and_the_producer_waits() -> None:
+    gate = asyncio.Event()
+    started: list[int] = []
+    make_blocking_saga("blk", gate, started)
+    config = TriggerConfig(queue_size=10, backpressure_strategy="block", max_concurrent_sagas=1)
+    async with TriggerEngine(config, MemorySagaStore()) as engine:
+        await engine.fire("blk", {"n": 0})
+        await wait_until(lambda: started == [0])
+        for n in range(1, 11):
+            await engine.fire("blk", {"n": n})
+        producer = asyncio.create_task(engine.fire("blk", {"n": 11}))
+        await asyncio.sleep(0.05)
+        assert not producer.done()  # the 11th buffered event waits for room
+        gate.set()
+        await asyncio.wait_for(producer, 5)
+        await wait_until(lambda: len(started) == 12)
+    assert sorted(started) == list(range(12))
+
+
+async def test_concurrency_key_serialises_per_key_and_does_not_block_other_keys() -> None:
+    stuck = asyncio.Event()
+    running: dict[str, int] = {}
+    overlap: list[str] = []
+    order: dict[str, list[int]] = {}
+    finished: list[tuple[str, int]] = []
+
+    class PerUser(Saga):
+        @trigger(
+            source="memory",
+            channel="users",
+            idempotency_key=lambda e: f"{e['user']}-{e['n']}",
+            concurrency_key=lambda e: e["user"],
+        )
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("work")
+        async def work(self, ctx: Any) -> None:
+            user = ctx["user"]
+            running[user] = running.get(user, 0) + 1
+            if running[user] > 1:
+                overlap.append(user)
+            order.setdefault(user, []).append(ctx["n"])
+            if user == "slow":
+                await stuck.wait()
+            else:
+                await asyncio.sleep(0)
+            running[user] -= 1
+            finished.append((user, ctx["n"]))
+
+    async with TriggerEngine(TriggerConfig(max_concurrent_sagas=8), MemorySagaStore()) as engine:
+        for n in range(5):
+            for user in ("slow", "a", "b", "c"):
+                await engine.fire("users", {"user": user, "n": n})
+        # other keys finish while "slow" is stuck on its first event
+        await wait_until(lambda: sum(1 for u, _ in finished if u != "slow") == 15)
+        assert [n for u, n in finished if u == "slow"] == []
+        assert order["slow"] == [0]
+        stuck.set()
+        await wait_until(lambda: len(finished) == 20)
+    assert overlap == []
+    assert all(order[u] == [0, 1, 2, 3, 4] for u in ("slow", "a", "b", "c"))
+
+
+async def test_max_concurrent_sagas_is_never_exceeded() -> None:
+    current = 0
+    high_water = 0
+
+    class Limited(Saga):
+        @trigger(
+            source="memory", channel="lim", idempotency_key=lambda e: e["n"], max_concurrent_sagas=3
+        )
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("work")
+        async def work(self, ctx: Any) -> None:
+            nonlocal current, high_water
+            current += 1
+            high_water = max(high_water, current)
+            await asyncio.sleep(0.001)
+            current -= 1
+
+    async with TriggerEngine(TriggerConfig(max_concurrent_sagas=50), MemorySagaStore()) as engine:
+        for n in range(200):
+            await engine.fire("lim", {"n": n})
+        await wait_until(lambda: sum(engine.metrics.completed.values()) == 200)
+    assert high_water == 3
+
+
+async def test_rate_limit_over_two_seconds_of_fake_time() -> None:
+    clock = FakeClock()
+    starts: list[float] = []
+
+    class Rated(Saga):
+        @trigger(
+            source="memory",
+            channel="rate",
+            idempotency_key=lambda e: e["n"],
+            rate_limit_per_second=50,
+        )
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("work")
+        async def work(self, ctx: Any) -> None:
+            starts.append(clock.monotonic())
+
+    async with TriggerEngine(
+        TriggerConfig(queue_size=1000), MemorySagaStore(), clock=clock
+    ) as engine:
+        for n in range(500):
+            await engine.fire("rate", {"n": n})
+        await clock.settle()
+        for _ in range(200):  # 2 s in 10 ms steps
+            await clock.advance(0.01)
+    assert 99 <= len([s for s in starts if s <= 2.0]) <= 101
+
+
+@dataclass
+class Ping:
+    value: int
+
+
+class Order(BaseModel):
+    id: int
+    user: str
+
+
+async def test_bad_input_is_dead_lettered_and_the_engine_keeps_running() -> None:
+    ran: list[int] = []
+
+    class Strict(Saga):
+        @trigger(source="memory", channel="strict")
+        def on_order(self, event: Order) -> dict[str, Any]:
+            if event.id == 666:
+                raise InvalidEventError("order 666 is cursed")
+            if event.id == 13:
+                raise RuntimeError("bug in user code")
+            return {"id": event.id}
+
+        @action("work")
+        async def work(self, ctx: Any) -> None:
+            ran.append(ctx["id"])
+
+    recorder = Recorder()
+    store = MemorySagaStore()
+    async with TriggerEngine(TriggerConfig(), store, listeners=[recorder]) as engine:
+        active = engine.triggers["strict.on_order"]
+        from sagaz.events import Delivery
+
+        bad_json = await engine.admission.admit(
+            active, Delivery(payload=b"{not json", identity="m1", meta=EventMeta(source="memory"))
+        )
+        invalid = await engine.fire("strict", {"id": "abc", "user": "u"})
+        cursed = await engine.fire("strict", {"id": 666, "user": "u"})
+        buggy = await engine.fire("strict", {"id": 13, "user": "u"})
+        good = await engine.fire("strict", {"id": 1, "user": "u"})
+        await wait_until(lambda: ran == [1])
+    assert bad_json.outcome is AdmissionOutcome.INVALID
+    assert bad_json.details and bad_json.details[0]["type"] == "json_invalid"
+    assert invalid == [] and cursed == [] and buggy == [] and len(good) == 1
+    dead = await store.list_dead_letters()
+    assert len(dead) == 4
+    assert all(d.reason == "invalid" for d in dead)
+    errors = " | ".join(d.error for d in dead)
+    assert "cursed" in errors and "bug in user code" in errors and "int_parsing" not in errors
+    assert "valid integer" in errors
+    assert any(d.traceback and "RuntimeError" in d.traceback for d in dead)
+    assert [r for _, r in recorder.filtered].count("invalid") == 4
+    assert len(recorder.dead) == 4
+
+
+async def test_failing_saga_is_retried_with_backoff_then_dead_lettered() -> None:
+    clock = FakeClock()
+    attempts: list[float] = []
+
+    class Doomed(Saga):
+        @trigger(source="memory", channel="doom", max_retries=2, retry_backoff_seconds=[10, 60])
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("fail")
+        async def fail(self, ctx: Any) -> None:
+            attempts.append(clock.monotonic())
+            raise RuntimeError("downstream is down")
+
+    store = MemorySagaStore()
+    config = TriggerConfig(retry_jitter=0)
+    async with TriggerEngine(config, store, clock=clock) as engine:
+        [saga_id] = await engine.fire("doom", {"n": 1})
+        await wait_until(lambda: len(attempts) == 1)
+        await clock.advance(9.9)
+        assert len(attempts) == 1
+        await clock.advance(0.2)
+        await wait_until(lambda: len(attempts) == 2)
+        await clock.advance(59)
+        assert len(attempts) == 2
+        await clock.advance(1.1)
+        await wait_until(lambda: len(attempts) == 3)
+        await wait_until(lambda: engine.metrics.dead_lettered["doomed.on_event"] == 1)
+    assert attempts == pytest.approx([0, 10, 70], abs=0.2)
+    [dead] = await store.list_dead_letters()
+    assert dead.saga_id == saga_id and dead.attempts == 3 and "downstream is down" in dead.error
+    record = await store.get_saga(saga_id)
+    assert record is not None and record.attempt == 3 and record.status is SagaStatus.COMPENSATED
+
+
+async def test_filtered_and_async_transform_and_event_meta() -> None:
+    seen: list[EventMeta] = []
+
+    class Meta(Saga):
+        @trigger(source="memory", channel="meta")
+        async def on_ping(self, event: Ping, meta: EventMeta) -> dict[str, Any] | None:
+            seen.append(meta)
+            return {"v": event.value} if event.value > 0 else None
+
+        @action("noop")
+        async def noop(self, ctx: Any) -> None: ...
+
+    recorder = Recorder()
+    async with TriggerEngine(TriggerConfig(), MemorySagaStore(), listeners=[recorder]) as engine:
+        assert await engine.fire("meta", {"value": 0}) == []
+        assert len(await engine.fire("meta", {"value": 2})) == 1
+    assert [r for _, r in recorder.filtered] == ["filtered"]
+    assert (
+        seen[0].source == "memory" and seen[0].topic == "meta" and seen[0].trigger == "meta.on_ping"
+    )
+
+
+def test_trigger_options_are_validated_at_class_definition() -> None:
+    with pytest.raises(
+        TriggerDefinitionError, match=r"Typo\.on_event.*unknown option\(s\) \['chanel'\]"
+    ):
+
+        class Typo(Saga):
+            @trigger(source="memory", chanel="x")
+            def on_event(self, event: Any) -> None: ...
+
+    with pytest.raises(TriggerDefinitionError, match=r"Nowhere\.on_event.*unknown source 'pigeon'"):
+
+        class Nowhere(Saga):
+            @trigger(source="pigeon")
+            def on_event(self, event: Any) -> None: ...
+
+    with pytest.raises(TriggerDefinitionError, match=r"missing required option\(s\) \['channel'\]"):
+
+        class Missing(Saga):
+            @trigger(source="memory")
+            def on_event(self, event: Any) -> None: ...
+
+    with pytest.raises(TriggerDefinitionError, match=r"idempotency_key must be a callable"):
+
+        class NotCallable(Saga):
+            @trigger(source="memory", channel="c", idempotency_key="id")
+            def on_event(self, event: Any) -> None: ...
+
+
+def test_inherited_triggers_register_under_the_subclass_and_duplicates_explain_the_fix() -> None:
+    class Base(Saga, abstract=True):
+        @trigger(source="memory", channel="inh")
+        def on_event(self, event: Any) -> dict[str, Any]:
+            return {}
+
+        @action("a")
+        async def a(self, ctx: Any) -> None: ...
+
+    class Child(Base):
+        saga_name = "child-one"
+
+    ids = [t.trigger_id for t in registry.triggers()]
+    assert "child-one.on_event" in ids
+    assert not any(i.startswith("base.") for i in ids)
+    with pytest.raises(TriggerDefinitionError, match=r"saga_name.*abstract=True"):
+
+        class Other(Base):
+            saga_name = "child-one"
+
+
+async def test_start_without_triggers_explains_discovery() -> None:
+    registry.clear()
+    with pytest.raises(ConfigurationError, match=r"import"):
+        await sagaz.start_triggers(store=MemorySagaStore())
+
+
+async def test_module_level_api_start_fire_stop() -> None:
+    done = asyncio.Event()
+
+    class Api(Saga):
+        @trigger(source="memory", channel="api")
+        def on_event(self, event: Any) -> dict[str, Any]:
+            return {"x": event["x"]}
+
+        @action("a")
+        async def a(self, ctx: Any) -> None:
+            done.set()
+
+    engine = await sagaz.start_triggers(store=MemorySagaStore())
+    try:
+        ids = await sagaz.fire_event("api", {"x": 1})
+        assert len(ids) == 1
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        await sagaz.stop_triggers()
+    assert not engine.running
+    await sagaz.stop_triggers()  # idempotent
