@@ -41,7 +41,23 @@ class Admission:
         return self.state.clock.now() + timedelta(seconds=self.state.config.lease_seconds)
 
     async def admit(self, trigger: ActiveTrigger, delivery: Delivery) -> AdmissionResult:
-        """Admit one delivery of ``trigger``."""
+        """Admit one delivery of ``trigger``; never raises (bar cancellation).
+
+        A failure of the store itself leaves the delivery for redelivery (nack) and answers
+        ``REJECTED`` with the error, so a webhook caller gets 503 and retries.
+        """
+        try:
+            return await self._admit(trigger, delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self.settlement.report(trigger, exc, delivery.payload)
+            await self.settlement.nack(trigger, delivery)
+            return AdmissionResult(
+                AdmissionOutcome.REJECTED, error=f"the event could not be accepted: {exc}"
+            )
+
+    async def _admit(self, trigger: ActiveTrigger, delivery: Delivery) -> AdmissionResult:
         state = self.state
         state.metrics.received[trigger.trigger_id] += 1
         delivery.meta.trigger = delivery.meta.trigger or trigger.trigger_id

@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import uuid
+from datetime import timedelta
 from collections import OrderedDict
 from collections.abc import Sequence
 from types import TracebackType
@@ -70,6 +71,7 @@ class TriggerEngine:
         clock: Clock | None = None,
         triggers: Sequence[TriggerDefinition] | None = None,
         start_sources: bool = True,
+        shared: dict[str, Any] | None = None,
     ) -> None:
         self.config = config or TriggerConfig()
         self._explicit_store = store
@@ -87,7 +89,7 @@ class TriggerEngine:
         self._started = False
         self._stopping = False
         self._store_started_here = False
-        self.shared: dict[str, Any] = {}
+        self.shared: dict[str, Any] = shared if shared is not None else {}
         self.state: PipelineState | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -205,8 +207,6 @@ class TriggerEngine:
         while True:
             await asyncio.sleep(interval)
             try:
-                from datetime import timedelta
-
                 await self.store.renew_leases(
                     self.worker_id, self.clock.now() + timedelta(seconds=self.config.lease_seconds)
                 )
@@ -215,8 +215,6 @@ class TriggerEngine:
 
     async def _cleanup(self) -> None:
         """Purge expired inbox rows and stored events (``event_retention_days``)."""
-        from datetime import timedelta
-
         while True:
             try:
                 before = self.clock.now() - timedelta(days=self.config.event_retention_days)
@@ -226,12 +224,15 @@ class TriggerEngine:
             await asyncio.sleep(self.config.cleanup_interval_seconds)
 
     async def stop(self) -> None:
-        """Graceful shutdown; idempotent."""
+        """Graceful shutdown; idempotent.
+
+        Order: stop intake (cancel the source tasks), nack what is buffered but not started,
+        let in-flight sagas finish up to ``shutdown_timeout`` (their acks still reach the
+        sources), release this worker's leases, then close the sources and the store.
+        """
         if not self._started or self._stopping:
             return
         self._stopping = True
-        from datetime import timedelta
-
         state = self.state
         assert state is not None
         self.admission.accepting = False
@@ -240,11 +241,6 @@ class TriggerEngine:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for source in self.sources.values():
-            try:
-                await source.stop()
-            except Exception:
-                logger.exception("stopping source %s failed", source.describe())
         await self.admission.close()
         await self.runner.close()
         for item in state.queue.drain():  # accepted, never started: redelivered or recovered
@@ -254,6 +250,11 @@ class TriggerEngine:
             await self.store.renew_leases(self.worker_id, self.clock.now() - timedelta(seconds=1))
         except Exception:
             logger.exception("releasing leases failed")
+        for source in self.sources.values():
+            try:
+                await source.stop()
+            except Exception:
+                logger.exception("stopping source %s failed", source.describe())
         for waiters in self._waiters.values():
             for waiter in waiters:
                 if not waiter.done():
@@ -355,6 +356,7 @@ class TriggerEngine:
 
 # -- the process-wide engine -------------------------------------------------------------
 _engine: TriggerEngine | None = None
+_pending_shared: dict[str, Any] = {}  # what webhook_app() prepares before start_triggers()
 
 
 async def start_triggers(
@@ -364,7 +366,9 @@ async def start_triggers(
     global _engine
     if _engine is not None and _engine.running:
         raise RuntimeError("triggers are already running; call `await sagaz.stop_triggers()` first")
-    engine = TriggerEngine(config, store)
+    global _pending_shared
+    engine = TriggerEngine(config, store, shared=_pending_shared)
+    _pending_shared = {}
     await engine.start()
     _engine = engine
     return engine
@@ -386,10 +390,14 @@ async def fire_event(channel: str, event: Any) -> list[str]:
 
 
 def webhook_app() -> Any:
-    """The ASGI app of the running engine's webhook triggers, to mount in your own app."""
-    if _engine is None:
-        raise RuntimeError("no trigger engine is running: `await sagaz.start_triggers()` first")
-    app = _engine.shared.get("webhook_app")
-    if app is None:
-        raise RuntimeError("the running engine has no webhook trigger")
-    return app
+    """The ASGI app of the webhook triggers, to mount in an existing Starlette/FastAPI app.
+
+    Call it before or after ``start_triggers()``; once mounted, sagaz does not start its own
+    uvicorn server (call it before ``start_triggers()`` for that).
+
+    >>> app.mount("/hooks", sagaz.webhook_app())  # doctest: +SKIP
+    """
+    from sagaz.triggers.webhook import webhook_app as build
+
+    shared = _engine.shared if _engine is not None else _pending_shared
+    return build(shared)

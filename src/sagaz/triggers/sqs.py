@@ -36,6 +36,14 @@ from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import ConfigurationError, SagazError
 from sagaz.records import DeadLetterRecord
 from sagaz.triggers.sources import SourceContext
+from sagaz.triggers.sqs_options import (
+    MAX_MESSAGE_ATTRIBUTES,
+    MAX_WAIT_TIME,
+    OPTIONS,
+    REQUIRED,
+    is_url,
+    validate,
+)
 from sagaz.triggers.sqs_settlement import (
     MAX_BATCH,
     Backoff,
@@ -48,56 +56,9 @@ __all__ = ["OPTIONS", "REQUIRED", "SQSSource", "create", "validate"]
 
 logger = logging.getLogger(__name__)
 
-OPTIONS = frozenset(
-    {
-        "queue_url",
-        "visibility_timeout",
-        "wait_time",
-        "max_messages",
-        "endpoint_url",
-        "region",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "aws_session_token",
-        "dead_letter_topic",
-    }
-)
-REQUIRED = frozenset({"queue_url"})
-
-#: SQS limits: long-poll seconds, visibility seconds, attributes of a message
-MAX_WAIT_TIME = 20
-MAX_VISIBILITY_TIMEOUT = 43_200
-MAX_MESSAGE_ATTRIBUTES = 10
 #: longest ``x-sagaz-error`` attribute published with a dead letter
 MAX_ERROR_ATTRIBUTE = 4096
 _MISSING_QUEUE_CODES = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
-
-
-def _bounded_int(options: Mapping[str, Any], name: str, low: int, high: int) -> None:
-    value = options.get(name)
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
-    ):
-        raise ValueError(f"option {name}={value!r} must be an integer in {low}..{high}")
-
-
-def validate(options: Mapping[str, Any]) -> None:
-    """Check the options of a ``source="sqs"`` trigger without importing aiobotocore."""
-    queue_url = options.get("queue_url")
-    if not isinstance(queue_url, str) or not queue_url:
-        raise ValueError(f"option queue_url={queue_url!r} must be a queue URL (or queue name)")
-    _bounded_int(options, "visibility_timeout", 1, MAX_VISIBILITY_TIMEOUT)
-    _bounded_int(options, "wait_time", 0, MAX_WAIT_TIME)
-    _bounded_int(options, "max_messages", 1, MAX_BATCH)
-    endpoint_url = options.get("endpoint_url")
-    if endpoint_url is not None and not _is_url(endpoint_url):
-        raise ValueError("option endpoint_url must be an http:// or https:// URL")
-    for name in ("region", "aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
-        value = options.get(name)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ValueError(f"option {name} must be a non-empty string")
-    if ("aws_access_key_id" in options) != ("aws_secret_access_key" in options):
-        raise ValueError("options aws_access_key_id and aws_secret_access_key go together")
 
 
 class SQSSource(Source):
@@ -158,7 +119,7 @@ class SQSSource(Source):
         self._log = {"source": self.kind, "trigger": trigger_id, "queue": queue_url}
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
-        self._resolved_queue_url: str | None = queue_url if _is_url(queue_url) else None
+        self._resolved_queue_url: str | None = queue_url if is_url(queue_url) else None
         self._dead_letter_url: str | None = None
         self._dead_letter_lock = asyncio.Lock()
         self._settlement: SQSSettlement | None = None
@@ -327,14 +288,16 @@ class SQSSource(Source):
 
     def _explained(self, exc: Exception, *, option: str = "queue_url", name: str = "") -> Exception:
         """The error itself, or one that says how to fix it when it is configuration."""
-        if type(exc).__name__ == "NoCredentialsError":
+        botocore_exceptions = require_extra("sqs", "botocore.exceptions")
+        if isinstance(exc, botocore_exceptions.NoCredentialsError):
             return ConfigurationError(
                 f"trigger {self.trigger_id!r}: no AWS credentials for SQS; pass "
                 "aws_access_key_id=/aws_secret_access_key= or configure the usual AWS chain "
                 "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, instance role)"
             )
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code")
-        if code in _MISSING_QUEUE_CODES:
+        if isinstance(exc, botocore_exceptions.ClientError) and (
+            exc.response.get("Error", {}).get("Code") in _MISSING_QUEUE_CODES
+        ):
             where = self.endpoint_url or f"region {self.region or 'default'}"
             return ConfigurationError(
                 f"trigger {self.trigger_id!r}: {option}={name or self.queue_url!r} names no SQS "
@@ -457,7 +420,7 @@ class SQSSource(Source):
                 topic = self.dead_letter_topic
                 self._dead_letter_url = (
                     topic
-                    if _is_url(topic)
+                    if is_url(topic)
                     else await self._get_queue_url(topic, "dead_letter_topic")
                 )
             return self._dead_letter_url
@@ -484,10 +447,6 @@ class SQSSource(Source):
             "endpoint_url": self.endpoint_url,
             "dead_letter_topic": self.dead_letter_topic,
         }
-
-
-def _is_url(value: Any) -> bool:
-    return isinstance(value, str) and value.startswith(("http://", "https://"))
 
 
 def _parse_body(body: str) -> Any:
@@ -522,7 +481,8 @@ def create(options: Mapping[str, Any], ctx: SourceContext) -> SQSSource:
     """Build the source of one ``source="sqs"`` trigger (checks that aiobotocore is installed).
 
     ``endpoint_url`` and ``region`` default to ``TriggerConfig.sqs_endpoint_url`` and
-    ``sqs_region``; ``dead_letter_topic`` to ``TriggerConfig.dead_letter_topic``.
+    ``sqs_region``; ``dead_letter_topic`` to ``TriggerConfig.dead_letter_topic``;
+    ``max_messages`` to 10, or ``TriggerConfig.queue_size`` when that is smaller.
     """
     require_extra("sqs")
     config = ctx.config
@@ -530,7 +490,7 @@ def create(options: Mapping[str, Any], ctx: SourceContext) -> SQSSource:
         str(options["queue_url"]),
         visibility_timeout=options.get("visibility_timeout", 30),
         wait_time=options.get("wait_time", MAX_WAIT_TIME),
-        max_messages=options.get("max_messages", MAX_BATCH),
+        max_messages=options.get("max_messages", min(MAX_BATCH, config.queue_size)),
         endpoint_url=options.get("endpoint_url") or config.sqs_endpoint_url,
         region=options.get("region") or config.sqs_region,
         aws_access_key_id=options.get("aws_access_key_id"),
