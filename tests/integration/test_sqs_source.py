@@ -116,8 +116,9 @@ async def test_500_messages_delivered_parsed_then_acked_and_deleted(
 ) -> None:
     # moto's ReceiveMessage costs O(messages in the queue) per message, so the 500 go in
     # waves of 50 (each acked, out of order, once delivered) to keep the test fast.
-    # A short visibility timeout bounds the cost of a receive moto fails after taking
-    # messages (its server is not thread-safe under concurrent deletes; seen once).
+    # The short visibility timeout bounds the wait should a receive's answer get lost on the
+    # way (its messages then come back after the timeout): once, on a loaded machine, a wave
+    # stalled ~30 s with the default timeout; the cause was not found or reproduced since.
     emit = RecordingEmit()
     errors: list[BaseException] = []
     source = make_source(sqs_endpoint, sqs_queue_url, errors, visibility_timeout=5)
