@@ -1,4 +1,4 @@
-"""Shared fixtures: real services (skip locally when absent, fail under SAGAZ_REQUIRE_SERVICES=1)."""
+"""Shared fixtures: real services (skip when absent, fail under SAGAZ_REQUIRE_SERVICES=1)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ __all__ = [
 
 @dataclass(slots=True)
 class EventMeta:
-    """Source metadata; a trigger method receives it as a second parameter annotated ``EventMeta``."""
+    """Source metadata: a trigger method gets it as a second parameter annotated ``EventMeta``."""
 
     source: str
     trigger: str = ""

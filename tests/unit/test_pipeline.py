@@ -64,7 +64,7 @@ async def test_ten_thousand_events_complete_exactly_once_and_twice_fired_still_o
 
     store = MemorySagaStore()
     async with TriggerEngine(TriggerConfig(queue_size=500), store) as engine:
-        for round_ in range(2):
+        for _ in range(2):
             for i in range(10_000):
                 await engine.fire("orders", {"id": i})
             await wait_until(lambda: engine.metrics.in_flight == 0 and len(engine.state.queue) == 0)

@@ -93,7 +93,15 @@ class Admission:
         if claim.outcome is ClaimOutcome.BUSY:
             self._watch_busy(trigger, delivery, event, key, saga_id, concurrency_key)
             return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
-        return await self._accept(trigger, delivery, event, key, saga_id, concurrency_key)
+        return await self._accept(
+            trigger,
+            delivery,
+            event,
+            key,
+            saga_id,
+            concurrency_key,
+            fresh=claim.outcome is ClaimOutcome.CLAIMED,
+        )
 
     def _key(self, trigger: ActiveTrigger, delivery: Delivery, event: Any) -> str:
         if trigger.definition.idempotency_key is not None:
@@ -115,9 +123,12 @@ class Admission:
         key: str,
         saga_id: str,
         concurrency_key: Any,
+        *,
+        fresh: bool = False,
     ) -> AdmissionResult:
         state = self.state
-        existing = await state.store.get_saga(saga_id)
+        # a key never claimed before has no saga yet; a taken-over one may be half done
+        existing = None if fresh else await state.store.get_saga(saga_id)
         if existing is not None and existing.status is not SagaStatus.PENDING:
             context = dict(existing.context)  # resume an interrupted (or finished) saga
         else:
@@ -150,11 +161,10 @@ class Admission:
                 await state.store.complete_inbox(trigger.trigger_id, key)
                 await self.settlement.ack(trigger, delivery)
                 await self.settlement.filtered(trigger, event, Reason.OVERLAP_SKIPPED)
-                return AdmissionResult(
-                    AdmissionOutcome.FILTERED, saga_id, Reason.OVERLAP_SKIPPED
-                )
+                return AdmissionResult(AdmissionOutcome.FILTERED, saga_id, Reason.OVERLAP_SKIPPED)
+        pending: SagaRecord | None = None
         if existing is None:
-            await state.store.create_saga(
+            pending, created = await state.store.create_saga(
                 SagaRecord(
                     saga_id=saga_id,
                     saga_name=trigger.saga_name,
@@ -166,6 +176,8 @@ class Admission:
                     lease_expires_at=self.lease_until(),
                 )
             )
+            if not created:
+                pending = None
         item = WorkItem(
             trigger=trigger,
             delivery=delivery,
@@ -176,6 +188,7 @@ class Admission:
             concurrency_key=concurrency_key,
             accepted_at=state.clock.monotonic(),
             context_hash=context_hash,
+            pending=pending,
         )
         if existing is not None and existing.status in TERMINAL_SAGA_STATUSES:
             item.extra["already_terminal"] = True

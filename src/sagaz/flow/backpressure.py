@@ -152,7 +152,9 @@ class BackpressureQueue:
             del self._running[trigger_id]
         self._unpark(self._parked_triggers, trigger_id)
 
-    def _unpark(self, parked: dict[Hashable, deque[WorkItem]] | dict[str, deque[WorkItem]], key: Hashable) -> None:
+    def _unpark(
+        self, parked: dict[Hashable, deque[WorkItem]] | dict[str, deque[WorkItem]], key: Hashable
+    ) -> None:
         queue = parked.get(key)  # type: ignore[call-overload]
         while queue:
             head = queue.popleft()

@@ -32,7 +32,9 @@ class InvalidPayloadError(InvalidEventError):
 
 
 def _json_or_raw(payload: Any) -> Any:
-    if isinstance(payload, (bytes, bytearray, memoryview, str)):
+    if isinstance(payload, memoryview):
+        payload = payload.tobytes()
+    if isinstance(payload, (bytes, bytearray, str)):
         try:
             return json.loads(payload)
         except (ValueError, UnicodeDecodeError):
@@ -78,9 +80,13 @@ class EventDecoder:
         payload = delivery.payload
         if self.annotation is None:
             return _json_or_raw(payload) if not delivery.decoded else payload
-        if self._isinstance_type is not None and isinstance(payload, self._isinstance_type):
-            if not typing.is_typeddict(self.annotation) and self._isinstance_type is not dict:
-                return payload
+        if (
+            self._isinstance_type is not None
+            and isinstance(payload, self._isinstance_type)
+            and not typing.is_typeddict(self.annotation)
+            and self._isinstance_type is not dict
+        ):
+            return payload
         if self.adapter is None:  # a source type such as CronTick, and it did not match
             raise InvalidPayloadError(
                 f"{self.where}: expected a {self.annotation.__name__}, got "
@@ -99,8 +105,9 @@ class EventDecoder:
             return self.adapter.validate_python(payload)
         except ValidationError as exc:
             details = exc.errors(include_url=False, include_context=False)
+            expected = getattr(self.annotation, "__name__", self.annotation)
             raise InvalidPayloadError(
-                f"{self.where}: event does not match {getattr(self.annotation, '__name__', self.annotation)}: "
+                f"{self.where}: event does not match {expected}: "
                 f"{exc.error_count()} validation error(s): {_summary(details)}",
                 details=_jsonable(details),
             ) from exc

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sagaz.events import Delivery
+from sagaz.records import SagaRecord
 
 if TYPE_CHECKING:
     from sagaz.flow.active import ActiveTrigger
@@ -30,6 +31,7 @@ class WorkItem:
     seq: int = 0
     evicted: bool = False
     context_hash: str | None = None  # poll triggers: the execution row to close
+    pending: SagaRecord | None = None  # the PENDING row admission created (first attempt)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

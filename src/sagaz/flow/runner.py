@@ -49,7 +49,12 @@ class SagaRunner:
             lease_until=state.clock.now() + timedelta(seconds=state.config.lease_seconds),
         )
         try:
-            result = await execution.run(item.context, item.saga_id, new_attempt=item.attempt > 1)
+            result = await execution.run(
+                item.context,
+                item.saga_id,
+                new_attempt=item.attempt > 1,
+                known=item.pending if item.attempt == 1 else None,
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the store failed: leave the event for redelivery/recovery
@@ -106,7 +111,9 @@ class SagaRunner:
             delay,
             extra={"saga_id": item.saga_id, "trigger": trigger.trigger_id},
         )
-        task = asyncio.create_task(self._retry_later(item, delay), name=f"sagaz-retry-{item.saga_id}")
+        task = asyncio.create_task(
+            self._retry_later(item, delay), name=f"sagaz-retry-{item.saga_id}"
+        )
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from contextvars import ContextVar
 from collections.abc import AsyncIterator, Iterator, MutableMapping
+from contextvars import ContextVar
 from typing import Any
 
 from sagaz.exceptions import SagaStepError
@@ -151,9 +151,7 @@ class SagaContext(MutableMapping[str, Any]):
             channel.abort()
 
     # -- outbox ----------------------------------------------------------------------------
-    def emit(
-        self, topic: str, payload: Any, headers: dict[str, str] | None = None
-    ) -> None:
+    def emit(self, topic: str, payload: Any, headers: dict[str, str] | None = None) -> None:
         """Queue a message for the outbox; it is written in the same transaction as the
         checkpoint of the step that emitted it, and published by the ``OutboxRelay``."""
         step = current_step.get()

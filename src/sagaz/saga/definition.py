@@ -37,6 +37,11 @@ class SagaDefinition:
     steps: tuple[StepDefinition, ...]
     is_dag: bool
 
+    @property
+    def sequential(self) -> bool:
+        """Steps run one after another (no DAG, no streaming action)."""
+        return not self.is_dag and not any(s.action.streaming for s in self.steps)
+
     def step(self, name: str) -> StepDefinition:
         """The step called ``name``."""
         for step in self.steps:

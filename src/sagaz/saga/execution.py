@@ -60,6 +60,7 @@ class SagaExecution:
         self.owner = owner
         self.lease_until = lease_until
         self._seq = 0
+        self._remaining = 0
         self._record: SagaRecord | None = None
 
     # -- entry point -----------------------------------------------------------------------
@@ -69,8 +70,12 @@ class SagaExecution:
         saga_id: str | None = None,
         *,
         new_attempt: bool = False,
+        known: SagaRecord | None = None,
     ) -> SagaResult:
-        """Run, resume, or (``new_attempt``) retry the saga ``saga_id`` from ``initial``."""
+        """Run, resume, or (``new_attempt``) retry the saga ``saga_id`` from ``initial``.
+
+        ``known`` is the stored row when the caller just created it (skips one read).
+        """
         saga_id = saga_id or str(uuid.uuid4())
         fresh = SagaRecord(
             saga_id=saga_id,
@@ -82,7 +87,10 @@ class SagaExecution:
             owner=self.owner,
             lease_expires_at=self.lease_until,
         )
-        record, created = await self.store.create_saga(fresh)
+        if known is not None and known.saga_id == saga_id:
+            record, created = known, False
+        else:
+            record, created = await self.store.create_saga(fresh)
         steps: dict[str, StepRecord] = {}
         if not created:
             if record.status in TERMINAL_SAGA_STATUSES:
@@ -135,17 +143,28 @@ class SagaExecution:
             self._seq = max(self._seq, step.completed_seq or 0)
         done = {s.name for s in completed}
         # a finished stream whose reader did not finish is produced again
-        for step in self.definition.steps:
-            if step.action.streaming and step.action.name in done:
-                readers = [s for s in self.definition.steps if step.action.name in s.depends_on]
+        for definition in self.definition.steps:
+            name = definition.action.name
+            if definition.action.streaming and name in done:
+                readers = [s for s in self.definition.steps if name in s.depends_on]
                 if any(r.action.name not in done for r in readers):
-                    done.discard(step.action.name)
+                    done.discard(name)
         return done
 
     # -- forward ---------------------------------------------------------------------------
-    async def _forward(
-        self, ctx: SagaContext, done: set[str]
-    ) -> tuple[str, BaseException] | None:
+    async def _forward(self, ctx: SagaContext, done: set[str]) -> tuple[str, BaseException] | None:
+        self._remaining = len(self.definition.steps) - len(done)
+        if self.definition.sequential:  # the common case: no task per step
+            for step in self.definition.steps:
+                name = step.action.name
+                if name in done:
+                    continue
+                try:
+                    await self._run_step(step, ctx, None)
+                except Exception as exc:
+                    return (name, exc)
+                done.add(name)
+            return None
         started: set[str] = set(done)
         running: dict[asyncio.Task[None], str] = {}
         channels: dict[str, StreamChannel] = {}
@@ -204,7 +223,17 @@ class SagaExecution:
     ) -> None:
         spec = step.action
         name = spec.name
-        current_step.set(name)
+        token = current_step.set(name)
+        try:
+            await self._try_step(step, ctx, channel)
+        finally:
+            current_step.reset(token)
+
+    async def _try_step(
+        self, step: StepDefinition, ctx: SagaContext, channel: StreamChannel | None
+    ) -> None:
+        spec = step.action
+        name = spec.name
         fn = getattr(self.saga, spec.attr)
         saga_id = ctx.saga_id
         tries = spec.max_retries + 1
@@ -244,7 +273,10 @@ class SagaExecution:
                     ),
                     ctx.take_outbox(name),
                 )
-                if self._record is not None:
+                self._remaining -= 1
+                if self._record is not None and self._remaining > 0:
+                    # direct ``ctx[...] = ...`` writes survive a crash; the last step's are
+                    # saved with the terminal state right after
                     self._record.context = ctx.to_dict()
                     await self.store.save_saga(self._record)
                 await notify(self.listeners, "on_step_success", self.saga_name, name, ctx, result)
@@ -288,7 +320,9 @@ class SagaExecution:
         record = self._record
         assert record is not None
         saga_id = record.saga_id
-        error = cause if isinstance(cause, str) else f"step {failed_step!r} failed: {_describe(cause)}"
+        error = (
+            cause if isinstance(cause, str) else f"step {failed_step!r} failed: {_describe(cause)}"
+        )
         record.status = SagaStatus.COMPENSATING
         record.error = error
         record.context = ctx.to_dict()
@@ -354,7 +388,8 @@ class SagaExecution:
             except Exception as exc:
                 last = f"{_describe(exc)} (try {try_no})"
                 logger.warning(
-                    "compensation of %s failed", step.name,
+                    "compensation of %s failed",
+                    step.name,
                     extra={"saga_id": ctx.saga_id, "step": step.name, "try": try_no},
                 )
             else:

@@ -55,9 +55,7 @@ class SagaListener:
     ) -> None:
         """A try of a step failed."""
 
-    async def on_compensation_start(
-        self, saga_name: str, step_name: str, ctx: SagaContext
-    ) -> None:
+    async def on_compensation_start(self, saga_name: str, step_name: str, ctx: SagaContext) -> None:
         """The compensation of ``step_name`` starts."""
 
     async def on_compensation_complete(
@@ -104,7 +102,9 @@ class OutboxSagaListener(SagaListener):
         from sagaz.types import StepStatus
 
         marker = StepRecord(saga_id=saga_id, name=f"__outbox_{suffix}", status=StepStatus.COMPLETED)
-        message = OutboxMessage(saga_id=saga_id, topic=f"{self.topic_prefix}.{suffix}", payload=payload)
+        message = OutboxMessage(
+            saga_id=saga_id, topic=f"{self.topic_prefix}.{suffix}", payload=payload
+        )
         await self.store.save_step(marker, [message])
 
     async def on_saga_complete(self, saga_name: str, saga_id: str, ctx: SagaContext) -> None:

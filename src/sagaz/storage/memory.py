@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
+from typing import Any, TypeVar
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -24,6 +26,41 @@ from sagaz.records import (
 from sagaz.types import TERMINAL_SAGA_STATUSES, InboxStatus, SagaStatus
 
 __all__ = ["MemorySagaStore"]
+
+R = TypeVar("R")
+_ATOMIC = (str, int, float, bool, type(None), bytes)
+_NESTED = ("context", "result", "event", "payload", "headers", "meta")
+
+
+def _copy_value(value: Any) -> Any:
+    """A deep copy of JSON-like data (dict/list/tuple), much cheaper than ``copy.deepcopy``."""
+    if isinstance(value, _ATOMIC):
+        return value
+    if isinstance(value, dict):
+        return {k: _copy_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_value(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_copy_value(v) for v in value)
+    return copy.deepcopy(value)
+
+
+_SLOTS: dict[type, tuple[str, ...]] = {}
+
+
+def _clone(record: R) -> R:
+    """Copy a record so callers cannot change stored state by mutation (and vice versa)."""
+    cls = type(record)
+    slots = _SLOTS.get(cls)
+    if slots is None:
+        slots = _SLOTS[cls] = tuple(f.name for f in dataclasses.fields(record))  # type: ignore[arg-type]
+    clone = object.__new__(cls)
+    for name in slots:
+        value = getattr(record, name)
+        if name in _NESTED and value is not None and not isinstance(value, _ATOMIC):
+            value = _copy_value(value)
+        object.__setattr__(clone, name, value)
+    return clone
 
 
 class _InboxRow:
@@ -63,16 +100,16 @@ class MemorySagaStore(SagaStore):
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
         existing = self._sagas.get(record.saga_id)
         if existing is not None:
-            return copy.deepcopy(existing), False
+            return _clone(existing), False
         now = utcnow()
-        stored = copy.deepcopy(record)
+        stored = _clone(record)
         stored.created_at = stored.created_at or now
         stored.updated_at = now
         self._sagas[record.saga_id] = stored
-        return copy.deepcopy(stored), True
+        return _clone(stored), True
 
     async def save_saga(self, record: SagaRecord) -> None:
-        stored = copy.deepcopy(record)
+        stored = _clone(record)
         previous = self._sagas.get(record.saga_id)
         stored.created_at = previous.created_at if previous else (record.created_at or utcnow())
         stored.updated_at = utcnow()
@@ -80,7 +117,7 @@ class MemorySagaStore(SagaStore):
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         record = self._sagas.get(saga_id)
-        return copy.deepcopy(record) if record else None
+        return _clone(record) if record else None
 
     async def list_sagas(
         self,
@@ -95,7 +132,7 @@ class MemorySagaStore(SagaStore):
             if (status is None or r.status == status)
             and (saga_name is None or r.saga_name == saga_name)
         ]
-        return [copy.deepcopy(r) for r in rows[:limit]]
+        return [_clone(r) for r in rows[:limit]]
 
     async def delete_saga(self, saga_id: str) -> None:
         self._sagas.pop(saga_id, None)
@@ -108,7 +145,7 @@ class MemorySagaStore(SagaStore):
             if r.status not in TERMINAL_SAGA_STATUSES
             and (r.lease_expires_at is None or r.lease_expires_at < now)
         ]
-        return [copy.deepcopy(r) for r in rows[:limit]]
+        return [_clone(r) for r in rows[:limit]]
 
     async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
         record = self._sagas.get(saga_id)
@@ -127,16 +164,16 @@ class MemorySagaStore(SagaStore):
 
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
-        stored = copy.deepcopy(step)
+        stored = _clone(step)
         stored.updated_at = utcnow()
         self._steps.setdefault(step.saga_id, {})[step.name] = stored
         for message in outbox:
             self._outbox.append(
-                replace(copy.deepcopy(message), id=next(self._outbox_ids), created_at=utcnow())
+                replace(_clone(message), id=next(self._outbox_ids), created_at=utcnow())
             )
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
-        return [copy.deepcopy(s) for s in self._steps.get(saga_id, {}).values()]
+        return [_clone(s) for s in self._steps.get(saga_id, {}).values()]
 
     async def reset_steps(self, saga_id: str) -> None:
         self._steps.pop(saga_id, None)
@@ -202,7 +239,7 @@ class MemorySagaStore(SagaStore):
 
     # -- outbox ----------------------------------------------------------------------------
     async def fetch_outbox(self, limit: int = 100) -> list[OutboxMessage]:
-        return [copy.deepcopy(m) for m in self._outbox if m.sent_at is None][:limit]
+        return [_clone(m) for m in self._outbox if m.sent_at is None][:limit]
 
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
         wanted = set(ids)
@@ -214,18 +251,18 @@ class MemorySagaStore(SagaStore):
     # -- dead letters ----------------------------------------------------------------------
     async def add_dead_letter(self, record: DeadLetterRecord) -> int:
         dead_id = next(self._dead_ids)
-        self._dead[dead_id] = replace(copy.deepcopy(record), id=dead_id, created_at=utcnow())
+        self._dead[dead_id] = replace(_clone(record), id=dead_id, created_at=utcnow())
         return dead_id
 
     async def list_dead_letters(
         self, *, trigger_id: str | None = None, limit: int = 100
     ) -> list[DeadLetterRecord]:
         rows = [r for r in self._dead.values() if trigger_id is None or r.trigger_id == trigger_id]
-        return [copy.deepcopy(r) for r in rows[:limit]]
+        return [_clone(r) for r in rows[:limit]]
 
     async def get_dead_letter(self, dead_letter_id: int) -> DeadLetterRecord | None:
         record = self._dead.get(dead_letter_id)
-        return copy.deepcopy(record) if record else None
+        return _clone(record) if record else None
 
     async def delete_dead_letter(self, dead_letter_id: int) -> bool:
         return self._dead.pop(dead_letter_id, None) is not None
@@ -233,14 +270,14 @@ class MemorySagaStore(SagaStore):
     # -- poll triggers ---------------------------------------------------------------------
     async def save_trigger_schedule(self, record: TriggerScheduleRecord) -> None:
         previous = self._schedules.get(record.trigger_name)
-        stored = copy.deepcopy(record)
+        stored = _clone(record)
         if stored.last_poll_at is None and previous is not None:
             stored.last_poll_at = previous.last_poll_at
         self._schedules[record.trigger_name] = stored
 
     async def get_trigger_schedule(self, trigger_name: str) -> TriggerScheduleRecord | None:
         record = self._schedules.get(trigger_name)
-        return copy.deepcopy(record) if record else None
+        return _clone(record) if record else None
 
     async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
         record = self._schedules.get(trigger_name)
@@ -257,7 +294,7 @@ class MemorySagaStore(SagaStore):
             for e in self._executions
         ):
             return False
-        stored = copy.deepcopy(record)
+        stored = _clone(record)
         stored.started_at = stored.started_at or utcnow()
         self._executions.append(stored)
         return True
@@ -269,7 +306,7 @@ class MemorySagaStore(SagaStore):
                 e.completed_at = now
 
     async def list_trigger_executions(self, trigger_name: str) -> list[TriggerExecutionRecord]:
-        return [copy.deepcopy(e) for e in self._executions if e.trigger_name == trigger_name]
+        return [_clone(e) for e in self._executions if e.trigger_name == trigger_name]
 
     # -- cron ------------------------------------------------------------------------------
     async def claim_cron_tick(self, trigger_id: str, tick: datetime, owner: str) -> bool:

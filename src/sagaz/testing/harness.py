@@ -21,7 +21,8 @@ class TriggerTestHarness:
     """Drive the ``@trigger`` methods of one saga in tests.
 
     >>> harness = TriggerTestHarness(ModelRetrainingSaga())  # doctest: +SKIP
-    >>> await harness.trigger("on_drift_detected", DriftEvent(model_id="m", score=0.8))  # doctest: +SKIP
+    >>> event = DriftEvent(model_id="m", score=0.8)  # doctest: +SKIP
+    >>> await harness.trigger("on_drift_detected", event)  # doctest: +SKIP
     {'model_id': 'm', 'reason': 'drift'}
 
     ``trigger()`` validates the event like the engine and calls the method: the context dict,
@@ -31,7 +32,9 @@ class TriggerTestHarness:
     :attr:`last_admission`).
     """
 
-    def __init__(self, saga: Saga, *, config: TriggerConfig | None = None, store: Any = None) -> None:
+    def __init__(
+        self, saga: Saga, *, config: TriggerConfig | None = None, store: Any = None
+    ) -> None:
         self.saga = saga
         self.config = config or TriggerConfig(shutdown_timeout=5)
         self.store = store or MemorySagaStore()
@@ -53,19 +56,27 @@ class TriggerTestHarness:
                 f"trigger methods: {sorted(self._definitions)}"
             ) from None
 
-    async def trigger(self, method: str, event: Any, meta: EventMeta | None = None) -> dict[str, Any] | None:
+    async def trigger(
+        self, method: str, event: Any, meta: EventMeta | None = None
+    ) -> dict[str, Any] | None:
         """Validate ``event`` as the engine would and call the trigger method."""
         definition = self._definition(method)
         fn = getattr(self.saga, method)
         decoder = EventDecoder(fn, where=f"{type(self.saga).__qualname__}.{method}")
         meta = meta or EventMeta(source=definition.source, trigger=definition.trigger_id)
-        decoded = decoder.decode(Delivery(payload=event, meta=meta, identity="", decoded=not isinstance(event, (bytes, str))))
+        decoded = decoder.decode(
+            Delivery(
+                payload=event, meta=meta, identity="", decoded=not isinstance(event, (bytes, str))
+            )
+        )
         result = fn(*decoder.arguments(decoded, meta))
         if inspect.isawaitable(result):
             result = await result
         return result  # type: ignore[no-any-return]
 
-    async def run(self, method: str, event: Any, *, key: str = "", timeout: float = 30.0) -> SagaResult | None:
+    async def run(
+        self, method: str, event: Any, *, key: str = "", timeout: float = 30.0
+    ) -> SagaResult | None:
         """Run ``event`` through the real pipeline and return the saga's result."""
         from sagaz.triggers.engine import TriggerEngine
 
@@ -94,6 +105,9 @@ class TriggerTestHarness:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()

@@ -18,9 +18,9 @@ import logging
 import os
 import socket
 import uuid
-from datetime import timedelta
 from collections import OrderedDict
 from collections.abc import Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self
 
