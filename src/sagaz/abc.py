@@ -240,7 +240,7 @@ class Source(_Lifecycle, ABC):
     async def run(self, emit: Emit) -> None:
         """Consume until cancelled, calling ``emit`` for every event."""
 
-    async def publish_dead_letter(self, delivery: Delivery, record: DeadLetterRecord) -> None:  # noqa: B027
+    async def publish_dead_letter(self, delivery: Delivery, record: DeadLetterRecord) -> None:
         """Publish a dead letter to the source's broker (``dead_letter_topic``); default: no-op."""
 
     def describe(self) -> dict[str, Any]:

@@ -43,6 +43,7 @@ class TriggerConfig(BaseSettings):
     # leases (crash recovery, scale-out)
     lease_seconds: float = Field(default=60.0, gt=0)
     worker_id: str | None = None
+    recovery_interval_seconds: float = Field(default=15.0, gt=0)
 
     # poll triggers (Cloacina)
     enable_trigger_scheduling: bool = True

@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sagaz.types import InboxStatus, JSONDict, SagaStatus, StepStatus
+from sagaz.types import JSONDict, SagaStatus, StepStatus
 
 __all__ = [
     "ClaimOutcome",

@@ -52,8 +52,8 @@ class SagaRunner:
             result = await execution.run(
                 item.context,
                 item.saga_id,
-                new_attempt=item.attempt > 1,
-                known=item.pending if item.attempt == 1 else None,
+                new_attempt=bool(item.extra.pop("new_attempt", False)),
+                known=item.pending,
             )
         except asyncio.CancelledError:
             raise
@@ -103,6 +103,8 @@ class SagaRunner:
         if delay and jitter:
             delay *= 1 + random.uniform(-jitter, jitter)
         item.attempt += 1
+        item.pending = None
+        item.extra["new_attempt"] = True
         self.state.metrics.retried[trigger.trigger_id] += 1
         logger.info(
             "retrying saga %s (attempt %d) in %.2fs",

@@ -161,8 +161,8 @@ class SagaExecution:
                     continue
                 try:
                     await self._run_step(step, ctx, None)
-                except Exception as exc:
-                    return (name, exc)
+                except Exception as error:
+                    return (name, error)
                 done.add(name)
             return None
         started: set[str] = set(done)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-from typing import Any, TypeVar
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow

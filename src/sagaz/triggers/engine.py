@@ -143,6 +143,7 @@ class TriggerEngine:
                 await source.start()
                 self._spawn(self._supervise(active, source), f"sagaz-source-{trigger_id}")
             self._spawn(self._heartbeat(), "sagaz-heartbeat")
+            self._spawn(self._recover(), "sagaz-recovery")
             self._spawn(self._cleanup(), "sagaz-cleanup")
         except BaseException:
             await self.stop()
@@ -212,6 +213,55 @@ class TriggerEngine:
                 )
             except Exception:
                 logger.exception("renewing leases failed", extra={"worker_id": self.worker_id})
+
+    async def _recover(self) -> None:
+        """Resume accepted or interrupted sagas of non-redeliverable sources whose worker died.
+
+        Broker events come back by themselves (they were never acked); events of webhook,
+        cron, file, memory and poll triggers were acknowledged once accepted, so their
+        sagas are found in the store (lease expired) and resumed here.
+        """
+        interval = self.config.recovery_interval_seconds
+        while True:
+            try:
+                await self.recover_once()
+            except Exception:
+                logger.exception("recovery pass failed", extra={"worker_id": self.worker_id})
+            await asyncio.sleep(interval)
+
+    async def recover_once(self) -> int:
+        """One recovery pass; returns how many sagas were resumed."""
+        state = self.state
+        assert state is not None
+        now = self.clock.now()
+        lease_until = now + timedelta(seconds=self.config.lease_seconds)
+        resumed = 0
+        for record in await self.store.list_recoverable(now):
+            active = self.triggers.get(record.trigger_id or "")
+            if active is None or (active.source is not None and active.source.redeliverable):
+                continue
+            if not await self.store.claim_saga(record.saga_id, self.worker_id, lease_until):
+                continue
+            item = WorkItem(
+                trigger=active,
+                delivery=Delivery(
+                    payload=record.event,
+                    decoded=True,
+                    identity="",
+                    meta=EventMeta(source="recovery", trigger=active.trigger_id),
+                ),
+                key="",  # the inbox row completes lazily on a retried delivery
+                saga_id=record.saga_id,
+                context=dict(record.context),
+                attempt=record.attempt,
+                accepted_at=self.clock.monotonic(),
+                context_hash="recovered" if active.poll_name else None,
+            )
+            state.queue.put_nowait_unbounded(item)
+            resumed += 1
+        if resumed:
+            logger.info("recovered %d saga(s)", resumed, extra={"worker_id": self.worker_id})
+        return resumed
 
     async def _cleanup(self) -> None:
         """Purge expired inbox rows and stored events (``event_retention_days``)."""

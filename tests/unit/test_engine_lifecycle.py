@@ -1,0 +1,229 @@
+"""Engine lifecycle: cancellation never acks, restart resumes, recovery, retention."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from sagaz import Saga, SagaStatus, TriggerConfig, action, trigger
+from sagaz.abc import Emit, Source
+from sagaz.clock import utcnow
+from sagaz.events import Delivery, EventMeta
+from sagaz.records import ClaimOutcome, SagaRecord
+from sagaz.storage.memory import MemorySagaStore
+from sagaz.triggers.engine import TriggerEngine
+from tests.recording_emit import eventually
+
+
+class ScriptedSource(Source):
+    """A push source that emits the given (identity, payload) pairs and records settlement."""
+
+    kind: ClassVar[str] = "scripted"
+    redeliverable: ClassVar[bool] = True
+
+    def __init__(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        self.messages = messages
+        self.acked: list[str] = []
+        self.nacked: list[str] = []
+
+    async def run(self, emit: Emit) -> None:
+        for identity, payload in self.messages:
+            await emit(
+                Delivery(
+                    payload=payload,
+                    decoded=True,
+                    identity=identity,
+                    meta=EventMeta(source="scripted"),
+                    ack=self._ack(identity),
+                    nack=self._nack(identity),
+                )
+            )
+        await asyncio.Event().wait()
+
+    def _ack(self, identity: str) -> Any:
+        async def ack() -> None:
+            self.acked.append(identity)
+
+        return ack
+
+    def _nack(self, identity: str) -> Any:
+        async def nack(requeue: bool) -> None:
+            self.nacked.append(identity)
+
+        return nack
+
+
+async def test_cancellation_never_acks_and_a_restart_resumes_without_rerunning_steps() -> None:
+    gate = asyncio.Event()
+    runs = {"first": 0, "second": 0}
+    first_source = ScriptedSource([("m-1", {"n": 1})])
+    second_source = ScriptedSource([("m-1", {"n": 1})])  # the broker redelivers m-1
+
+    class Shipping(Saga):
+        @trigger(source="custom", trigger=first_source)
+        def on_message(self, event: dict[str, Any]) -> dict[str, Any]:
+            return {"n": event["n"]}
+
+        @action("first")
+        async def first(self, ctx: Any) -> None:
+            runs["first"] += 1
+
+        @action("second")
+        async def second(self, ctx: Any) -> None:
+            runs["second"] += 1
+            await gate.wait()
+
+    store = MemorySagaStore()
+    config = TriggerConfig(shutdown_timeout=0.05)
+    engine = TriggerEngine(config, store)
+    await engine.start()
+    await eventually(lambda: runs["second"] == 1, within=5)
+    await engine.stop()  # the saga is stuck: cancelled by shutdown_timeout
+    assert first_source.acked == []
+    assert first_source.nacked == ["m-1"]
+    [record] = await store.list_sagas()
+    assert record.status is SagaStatus.RUNNING
+    # our leases were released: another worker may take the key over at once
+    claim = await store.claim_inbox(
+        "shipping.on_message", "m-1", record.saga_id, "other", utcnow() + timedelta(seconds=5)
+    )
+    assert claim.outcome is ClaimOutcome.TAKEN_OVER
+    await store.renew_leases("other", utcnow() - timedelta(seconds=1))
+
+    # a new process: the same saga, and the broker redelivers m-1
+    from sagaz.triggers import registry
+
+    registry.clear()
+
+    class Shipping2(Saga):  # same saga name and trigger id, new source
+        saga_name = "shipping"
+
+        @trigger(source="custom", trigger=second_source)
+        def on_message(self, event: dict[str, Any]) -> dict[str, Any]:
+            return {"n": event["n"]}
+
+        first = Shipping.first
+        second = Shipping.second
+
+    gate.set()
+    async with TriggerEngine(config, store, triggers=registry.for_saga(Shipping2)):
+        await eventually(lambda: second_source.acked == ["m-1"], within=5)
+    assert runs == {"first": 1, "second": 2}  # "first" completed before the crash: not rerun
+    [record] = await store.list_sagas()
+    assert record.status is SagaStatus.COMPLETED
+
+
+async def test_recovery_resumes_accepted_and_interrupted_sagas_of_non_redeliverable_sources() -> (
+    None
+):
+    ran: list[tuple[str, str]] = []
+
+    class Webish(Saga):
+        @trigger(source="memory", channel="recover")
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("one")
+        async def one(self, ctx: Any) -> dict[str, Any]:
+            ran.append((ctx["id"], "one"))
+            return {"one": True}
+
+        @action("two")
+        async def two(self, ctx: Any) -> None:
+            ran.append((ctx["id"], "two"))
+
+    store = MemorySagaStore()
+    expired = utcnow() - timedelta(seconds=1)
+    # a crashed worker accepted "a" (never started) and ran "b" up to step one
+    await store.create_saga(
+        SagaRecord(
+            "saga-a",
+            "webish",
+            SagaStatus.PENDING,
+            {"id": "a"},
+            trigger_id="webish.on_event",
+            owner="dead",
+            lease_expires_at=expired,
+        )
+    )
+    await store.create_saga(
+        SagaRecord(
+            "saga-b",
+            "webish",
+            SagaStatus.RUNNING,
+            {"id": "b", "one": True},
+            trigger_id="webish.on_event",
+            owner="dead",
+            lease_expires_at=expired,
+        )
+    )
+    from sagaz.records import StepRecord
+    from sagaz.types import StepStatus
+
+    await store.save_step(
+        StepRecord("saga-b", "one", StepStatus.COMPLETED, result={"one": True}, completed_seq=1)
+    )
+    async with TriggerEngine(TriggerConfig(), store) as engine:
+        await eventually(lambda: len(ran) == 3, within=5)  # the loop's first pass at start
+        assert await engine.recover_once() == 0  # nothing left to recover
+    assert sorted(ran) == [("a", "one"), ("a", "two"), ("b", "two")]
+    for saga_id in ("saga-a", "saga-b"):
+        record = await store.get_saga(saga_id)
+        assert record is not None
+        assert record.status is SagaStatus.COMPLETED
+
+
+async def test_live_leases_are_not_recovered() -> None:
+    class Held(Saga):
+        @trigger(source="memory", channel="held")
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("one")
+        async def one(self, ctx: Any) -> None:
+            raise AssertionError("a saga leased by a live worker must not be resumed")
+
+    store = MemorySagaStore()
+    await store.create_saga(
+        SagaRecord(
+            "held-1",
+            "held",
+            SagaStatus.RUNNING,
+            {},
+            trigger_id="held.on_event",
+            owner="alive",
+            lease_expires_at=utcnow() + timedelta(minutes=5),
+        )
+    )
+    async with TriggerEngine(TriggerConfig(), store) as engine:
+        assert await engine.recover_once() == 0
+
+
+async def test_persisted_events_are_purged_after_retention() -> None:
+    class Audited(Saga):
+        @trigger(source="memory", channel="audit")
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return {"id": event["id"]}
+
+        @action("one")
+        async def one(self, ctx: Any) -> None: ...
+
+    store = MemorySagaStore()
+    config = TriggerConfig(
+        persist_events=True, event_retention_days=0.5 / 86400, cleanup_interval_seconds=0.05
+    )
+    async with TriggerEngine(config, store) as engine:
+        [saga_id] = await engine.fire("audit", {"id": 7, "secret": "x"})
+        await eventually(lambda: sum(engine.metrics.completed.values()) == 1, within=5)
+        record = await store.get_saga(saga_id)
+        assert record is not None
+        assert record.event == {"id": 7, "secret": "x"}
+
+        async def purged() -> bool:
+            stored = await store.get_saga(saga_id)
+            return stored is not None and stored.event is None
+
+        await eventually(purged, within=5)
+        # the inbox row expired too: the same event is accepted again
+        assert await engine.fire("audit", {"id": 7, "secret": "x"}) == [saga_id]
