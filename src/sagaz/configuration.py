@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sagaz.abc import SagaStore
 
-__all__ = ["configure", "reset_configuration", "resolve_store"]
+__all__ = ["configure", "ensure_store", "reset_configuration", "resolve_store"]
 
 _configured: SagaStore | None = None
 _from_env: SagaStore | None = None
@@ -52,3 +52,14 @@ def resolve_store(store: SagaStore | None = None) -> SagaStore:
         else:
             _from_env = MemorySagaStore()
     return _from_env
+
+
+async def ensure_store(store: SagaStore | None = None) -> SagaStore:
+    """Like :func:`resolve_store`, and start an implicit (configured or environment) store.
+
+    An explicit ``store=`` is the caller's to start and stop.
+    """
+    resolved = resolve_store(store)
+    if store is None and not getattr(resolved, "_started", False):
+        await resolved.start()
+    return resolved

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +36,8 @@ class Admission:
         self.settlement = settlement
         self.accepting = True
         self._busy_watchers: set[asyncio.Task[None]] = set()
+        #: saga id -> deliveries of the saga queued or running here (see ``_join``)
+        self._in_flight: dict[str, _JointDeliveries] = {}
 
     def lease_until(self) -> Any:
         """The lease deadline for claims made now."""
@@ -83,6 +86,13 @@ class Admission:
         except Exception as exc:
             return await self._invalid(trigger, delivery, exc, None)
         saga_id = saga_id_for(trigger.trigger_id, key)
+        joint = self._in_flight.get(saga_id)
+        if joint is not None:
+            # Redelivered (a lost ack, a broker reconnect) or sent twice while its saga is
+            # queued or running here: the inbox would hand our own claim back (TAKEN_OVER)
+            # and a second run would repeat the steps. Settle it with the run instead.
+            joint.deliveries.append(delivery)
+            return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
         claim = await state.store.claim_inbox(
             trigger.trigger_id, key, saga_id, state.worker_id, self.lease_until()
         )
@@ -197,6 +207,7 @@ class Admission:
         )
         if existing is not None and existing.status in TERMINAL_SAGA_STATUSES:
             item.extra["already_terminal"] = True
+        self._join(item)
         put = await state.queue.put(item)
         if not put.accepted:
             return await self._refused(trigger, item)
@@ -204,6 +215,21 @@ class Admission:
             await self._drop(put.evicted, Reason.DROPPED_OLDEST)
         state.metrics.accepted[trigger.trigger_id] += 1
         return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
+
+    def _join(self, item: WorkItem) -> None:
+        """Track ``item`` as in flight until its delivery is acked or nacked; deliveries of
+        the same saga admitted meanwhile are settled together with it."""
+        joint = _JointDeliveries(item.delivery, self._in_flight, item.saga_id)
+        self._in_flight[item.saga_id] = joint
+        first = item.delivery
+        item.delivery = Delivery(
+            payload=first.payload,
+            meta=first.meta,
+            identity=first.identity,
+            ack=joint.ack,
+            nack=joint.nack,
+            decoded=first.decoded,
+        )
 
     async def _refused(self, trigger: ActiveTrigger, item: WorkItem) -> AdmissionResult:
         state = self.state
@@ -315,3 +341,37 @@ class Admission:
             task.cancel()
         if self._busy_watchers:
             await asyncio.gather(*self._busy_watchers, return_exceptions=True)
+
+
+class _JointDeliveries:
+    """The deliveries of one saga run, settled together; the first settlement ends the
+    run's tracking (a later delivery of the key then meets the inbox)."""
+
+    __slots__ = ("deliveries", "in_flight", "saga_id")
+
+    def __init__(self, first: Delivery, in_flight: dict[str, _JointDeliveries], saga_id: str):
+        self.deliveries = [first]
+        self.in_flight = in_flight
+        self.saga_id = saga_id
+
+    def _forget(self) -> None:
+        if self.in_flight.get(self.saga_id) is self:
+            del self.in_flight[self.saga_id]
+
+    async def ack(self) -> None:
+        self._forget()
+        await self._each(lambda delivery: delivery.ack())
+
+    async def nack(self, requeue: bool) -> None:
+        self._forget()
+        await self._each(lambda delivery: delivery.nack(requeue))
+
+    async def _each(self, settle: Callable[[Delivery], Awaitable[None]]) -> None:
+        error: Exception | None = None
+        for delivery in self.deliveries:  # one failing settlement must not skip the others
+            try:
+                await settle(delivery)
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error

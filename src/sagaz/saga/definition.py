@@ -223,12 +223,12 @@ class Saga:
         A ``saga_id`` that already reached a terminal state returns its stored result without
         running anything again.
         """
-        from sagaz.configuration import resolve_store
+        from sagaz.configuration import ensure_store
         from sagaz.saga.execution import SagaExecution
 
         execution = SagaExecution(
             self,
-            store=resolve_store(store),
+            store=await ensure_store(store),
             listeners=[*type(self).listeners, *(listeners or [])],
         )
         return await execution.run(dict(context or {}), saga_id=saga_id)

@@ -83,6 +83,9 @@ class MemorySagaStore(SagaStore):
 
     durable: ClassVar[bool] = False
 
+    def __del__(self) -> None:  # holds no OS resource: nothing to warn about
+        return None
+
     def __init__(self) -> None:
         self._sagas: dict[str, SagaRecord] = {}
         self._steps: dict[str, dict[str, StepRecord]] = {}
