@@ -46,3 +46,13 @@ def rabbitmq_url() -> str:
         f"start it, or set SAGAZ_TEST_RABBITMQ_URL (tried {RABBITMQ_URL})",
     )
     return RABBITMQ_URL
+
+
+@pytest.fixture(autouse=True)
+def empty_trigger_registry(sagaz_registry: object) -> None:
+    """Each test starts with no registered triggers: sagas that other test modules define at
+    import time must not start sources (a Kafka consumer...) in an unrelated engine test.
+    The plugin's ``sagaz_registry`` fixture puts everything back afterwards."""
+    from sagaz.triggers import registry
+
+    registry.clear()
