@@ -1,0 +1,1 @@
+"""The ``sagaz`` command: ``run``, ``triggers list``, ``dlq list|show|replay|purge``."""
