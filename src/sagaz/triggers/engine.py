@@ -21,10 +21,9 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import timedelta
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from sagaz.abc import SagaStore, Source
+from sagaz.abc import SagaStore, Source, _Lifecycle
 from sagaz.clock import Clock, SystemClock
 from sagaz.config import TriggerConfig
 from sagaz.configuration import resolve_store
@@ -54,7 +53,7 @@ def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-class TriggerEngine:
+class TriggerEngine(_Lifecycle):
     """Runs every registered trigger: sources → admission → queue → dispatcher → sagas.
 
     ``start()``/``stop()`` are mirrored by ``async with``; ``stop()`` is idempotent and
@@ -314,18 +313,6 @@ class TriggerEngine:
             await self.store.stop()
         self._started = False
         self._stopping = False
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def running(self) -> bool:
