@@ -432,3 +432,87 @@ async def test_module_level_api_start_fire_stop() -> None:
         await sagaz.stop_triggers()
     assert not engine.running
     await sagaz.stop_triggers()  # idempotent
+
+
+async def test_a_delivery_of_a_saga_running_here_joins_the_run_instead_of_repeating_it() -> None:
+    # a broker redelivers an event whose saga still runs here (lost ack, reconnect): our own
+    # inbox claim would be handed back (TAKEN_OVER) and a second run would repeat the step
+    from sagaz.events import Delivery
+
+    gate = asyncio.Event()
+    runs: list[int] = []
+    acks: list[str] = []
+
+    class Joined(Saga):
+        @trigger(source="memory", channel="joined", idempotency_key=lambda e: e["n"])
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("work")
+        async def work(self, ctx: Any) -> None:
+            runs.append(ctx["n"])
+            await gate.wait()
+
+    def delivery(name: str) -> Delivery:
+        async def ack() -> None:
+            acks.append(name)
+
+        return Delivery(payload={"n": 1}, meta=EventMeta(source="memory"), identity=name, ack=ack)
+
+    async with TriggerEngine(TriggerConfig(), MemorySagaStore()) as engine:
+        active = engine.triggers["joined.on_event"]
+        first = await engine.admission.admit(active, delivery("first"))
+        await wait_until(lambda: runs == [1])
+        again = await engine.admission.admit(active, delivery("redelivered"))
+        assert (again.outcome, again.saga_id) == (AdmissionOutcome.ACCEPTED, first.saga_id)
+        gate.set()
+        await wait_until(lambda: len(acks) == 2)
+    assert runs == [1]
+    assert sorted(acks) == ["first", "redelivered"]
+
+
+async def test_a_completed_unacked_event_settles_at_once_though_its_finisher_holds_the_lease() -> (
+    None
+):
+    # the worker that finished the saga died before acking; its lease on the saga row is
+    # still live, its inbox lease expired: the redelivery must not wait for the saga lease
+    from datetime import timedelta
+
+    from sagaz.clock import utcnow
+    from sagaz.flow.identity import saga_id_for
+    from sagaz.records import ClaimOutcome, SagaRecord
+
+    ran: list[int] = []
+
+    class Finished(Saga):
+        @trigger(source="memory", channel="finished", idempotency_key=lambda e: e["n"])
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("work")
+        async def work(self, ctx: Any) -> None:
+            ran.append(ctx["n"])
+
+    trigger_id = "finished.on_event"
+    saga_id = saga_id_for(trigger_id, "1")
+    store = MemorySagaStore()
+    now = utcnow()
+    await store.create_saga(
+        SagaRecord(
+            saga_id=saga_id,
+            saga_name="finished",
+            status=SagaStatus.COMPLETED,
+            context={"n": 1},
+            trigger_id=trigger_id,
+            owner="dead-worker",
+            lease_expires_at=now + timedelta(hours=1),
+        )
+    )
+    await store.claim_inbox(trigger_id, "1", saga_id, "dead-worker", now - timedelta(seconds=1))
+    async with TriggerEngine(TriggerConfig(), store) as engine:
+        result = await engine.dispatch(trigger_id, {"n": 1})
+        assert result.outcome is AdmissionOutcome.ACCEPTED
+        await wait_until(lambda: engine.metrics.completed[trigger_id] == 1, timeout=5)
+    assert ran == []  # finished before: not run again
+    claim = await store.claim_inbox(trigger_id, "1", saga_id, "w", now + timedelta(minutes=1))
+    assert claim.outcome is ClaimOutcome.DUPLICATE

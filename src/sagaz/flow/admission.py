@@ -139,8 +139,12 @@ class Admission:
         state = self.state
         # a key never claimed before has no saga yet; a taken-over one may be half done
         existing = None if fresh else await state.store.get_saga(saga_id)
-        if existing is not None and not await state.store.claim_saga(
-            saga_id, state.worker_id, self.lease_until()
+        if (
+            existing is not None
+            # a finished saga is not run again (its stored result settles the event), and its
+            # lease may still name the worker that finished it but never acked the event
+            and existing.status not in TERMINAL_SAGA_STATUSES
+            and not await state.store.claim_saga(saga_id, state.worker_id, self.lease_until())
         ):  # the saga itself is leased by a live worker (e.g. the recovery loop elsewhere)
             self._watch_busy(trigger, delivery, event, key, saga_id, concurrency_key)
             return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
