@@ -12,6 +12,12 @@ test are deleted after it.
 moto runs in its own process rather than in a thread of the test process: it then shares no
 GIL and no ``warnings`` filters with the tests, and a crash of the emulator cannot take the
 test run with it.
+
+moto 5.2's ``Queue.delete_message`` rebuilds the queue's message list without its lock, so two
+``DeleteMessageBatch`` calls served by two server threads at once can resurrect each other's
+deleted messages (found by the SQS source tests: acked messages came back after the
+visibility timeout). Real SQS has no such race, so the server runs with that method wrapped
+in the queue's own lock (``MOTO_SERVER`` below).
 """
 
 from __future__ import annotations
@@ -50,6 +56,24 @@ SQS_ACCESS_KEY_ID = "testing"
 SQS_SECRET_ACCESS_KEY = "testing"  # moto accepts any credentials
 STARTUP_DEADLINE_SECONDS = 20.0
 START_ATTEMPTS = 3
+
+#: ``python -c MOTO_SERVER HOST PORT``: moto's server with thread-safe message deletes
+MOTO_SERVER = """
+import sys
+from moto.server import main
+from moto.sqs.models import Queue
+
+_delete_message = Queue.delete_message
+
+
+def delete_message(self, receipt_handle):
+    with self._messages_lock:
+        return _delete_message(self, receipt_handle)
+
+
+Queue.delete_message = delete_message
+main(["-H", sys.argv[1], "-p", sys.argv[2]])
+"""
 
 MakeQueue = Callable[..., Awaitable[str]]
 
@@ -131,7 +155,7 @@ def _start_moto(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
         endpoint = f"http://127.0.0.1:{port}"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                [sys.executable, "-c", MOTO_SERVER, "127.0.0.1", str(port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
