@@ -154,6 +154,14 @@ async def completed(store: SagaStore, saga_id: str) -> None:
     await eventually(done, within=10, what=f"saga {saga_id} to complete")
 
 
+async def settled(running: Running, saga_id: str) -> None:
+    """Completed in the store and settled by the engine (inbox completed, delivery acked): only
+    then is the same key a duplicate rather than a repeat joining the run in flight."""
+    await completed(running.store, saga_id)
+    async with asyncio.timeout(10):
+        await running.engine.dispatcher.wait_idle()
+
+
 async def sagas_of(store: SagaStore, shop: Shop) -> list[Any]:
     return await store.list_sagas(saga_name=shop.name, limit=10_000)
 
@@ -201,7 +209,7 @@ async def test_repeated_idempotency_key_answers_200_with_the_same_saga() -> None
         )
         assert first.status_code == 202
         saga_id = first.json()["saga_id"]
-        await completed(running.store, saga_id)
+        await settled(running, saga_id)
         # a client retry; the key, not the body, identifies the event
         again = await running.client.post(
             "/orders", json={"order_id": "A-2", "amount": 3}, headers=headers
@@ -228,9 +236,8 @@ async def test_repeated_idempotency_key_while_the_saga_runs_does_not_run_it_agai
         await eventually(lambda: shop.runs == [saga_id], what="the saga to be running")
         during = await running.client.post("/orders", json=order, headers=headers)
         shop.gate.set()
-        await completed(running.store, saga_id)
+        await settled(running, saga_id)
         after = await running.client.post("/orders", json=order, headers=headers)
-        await running.engine.dispatcher.wait_idle()
         sagas = await sagas_of(running.store, shop)
 
     assert first.status_code == 202
