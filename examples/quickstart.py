@@ -2,7 +2,7 @@
 
 Run it (no broker needed: sagas are kept in the SQLite file ./sagaz.db)::
 
-    pip install "sagaz[webhook,file]"
+    pip install -e ".[webhook,file]"   # from a clone of the repository
     python examples/quickstart.py
 
 then, in another terminal::
