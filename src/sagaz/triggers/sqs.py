@@ -239,7 +239,8 @@ class SQSSource(Source):
                     raise
 
     async def _receive(self) -> list[ReceivedMessage]:
-        """Long-poll until a batch arrives; API errors are logged, reported, retried."""
+        """One long poll (an empty answer is an empty batch); API errors are logged,
+        reported and retried with backoff."""
         backoff = Backoff()
         while True:
             try:
