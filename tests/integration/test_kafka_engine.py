@@ -146,7 +146,7 @@ def kafka_source(engine: TriggerEngine, trigger_id: str) -> KafkaSource:
 
 # -- 1. bulk: exactly once, and a clean restart redelivers nothing -------------------------
 async def test_five_thousand_messages_complete_once_and_a_restart_redelivers_nothing(
-    kafka_bootstrap: str, make_kafka_topic: MakeTopic, tmp_path: Path
+    kafka_bootstrap: str, make_kafka_topic: MakeTopic
 ) -> None:
     total, partitions = 5_000, 3
     topic = await make_kafka_topic("bulk", partitions=partitions)
@@ -460,8 +460,8 @@ async def test_block_backpressure_stalls_without_losing_messages_or_the_group(
             TriggerEngine(config, MemorySagaStore()) as engine,
         ):
             source = kafka_source(engine, "stalled.on_event")
-            queue = engine.state.queue if engine.state else None
-            assert queue is not None
+            assert engine.state is not None
+            queue = engine.state.queue
             await eventually(
                 lambda: len(entered) == 2 and len(queue) == 10 and source.describe()["paused"],
                 within=20,
