@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+from sagaz.abc import Source
 from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
-from sagaz.triggers.sources import load_source_module
+from sagaz.triggers.sources import SOURCE_MODULES, load_source_module
 from tests.contract.source_backends import DRIVERS, Backend, open_backend
 from tests.recording_emit import RecordingEmit, consuming, source_context, stop_intake
 
@@ -183,3 +184,14 @@ def test_a_missing_driver_names_the_extra_to_install(
     module = load_source_module(kind)
     with pytest.raises(MissingExtraError, match=rf'pip install "sagaz\[{driver.extra}\]"'):
         module.create(driver.offline_options, source_context())
+
+
+def test_every_redeliverable_built_in_source_is_in_this_suite() -> None:
+    # a new broker source must join the contract (add an adapter in source_backends.py)
+    redeliverable = {
+        kind
+        for kind in SOURCE_MODULES
+        for value in vars(load_source_module(kind)).values()
+        if isinstance(value, type) and issubclass(value, Source) and value.redeliverable
+    }
+    assert redeliverable == set(DRIVERS)
