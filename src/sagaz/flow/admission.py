@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
+from sagaz.clock import utcnow
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, Reason
 from sagaz.exceptions import InvalidEventError
 from sagaz.flow.active import ActiveTrigger, PipelineState
@@ -40,8 +41,11 @@ class Admission:
         self._in_flight: dict[str, _JointDeliveries] = {}
 
     def lease_until(self) -> Any:
-        """The lease deadline for claims made now."""
-        return self.state.clock.now() + timedelta(seconds=self.state.config.lease_seconds)
+        """The lease deadline for claims made now.
+
+        Leases measure the liveness of real processes, so they use the real clock even when
+        the engine runs on a ``FakeClock`` (the stores compare them with real time)."""
+        return utcnow() + timedelta(seconds=self.state.config.lease_seconds)
 
     async def admit(self, trigger: ActiveTrigger, delivery: Delivery) -> AdmissionResult:
         """Admit one delivery of ``trigger``; never raises (bar cancellation).

@@ -8,6 +8,7 @@ import random
 from collections.abc import Callable
 from datetime import timedelta
 
+from sagaz.clock import utcnow
 from sagaz.flow.active import PipelineState
 from sagaz.flow.items import WorkItem
 from sagaz.flow.settlement import Settlement
@@ -46,7 +47,7 @@ class SagaRunner:
             clock=state.clock,
             trigger_id=trigger.trigger_id,
             owner=state.worker_id,
-            lease_until=state.clock.now() + timedelta(seconds=state.config.lease_seconds),
+            lease_until=utcnow() + timedelta(seconds=state.config.lease_seconds),
         )
         try:
             result = await execution.run(

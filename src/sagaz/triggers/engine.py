@@ -24,7 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 from sagaz.abc import SagaStore, Source, _Lifecycle
-from sagaz.clock import Clock, SystemClock
+from sagaz.clock import Clock, SystemClock, utcnow
 from sagaz.config import TriggerConfig
 from sagaz.configuration import resolve_store
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta
@@ -208,7 +208,7 @@ class TriggerEngine(_Lifecycle):
             await asyncio.sleep(interval)
             try:
                 await self.store.renew_leases(
-                    self.worker_id, self.clock.now() + timedelta(seconds=self.config.lease_seconds)
+                    self.worker_id, utcnow() + timedelta(seconds=self.config.lease_seconds)
                 )
             except Exception:
                 logger.exception("renewing leases failed", extra={"worker_id": self.worker_id})
@@ -232,7 +232,7 @@ class TriggerEngine(_Lifecycle):
         """One recovery pass; returns how many sagas were resumed."""
         state = self.state
         assert state is not None
-        now = self.clock.now()
+        now = utcnow()
         lease_until = now + timedelta(seconds=self.config.lease_seconds)
         resumed = 0
         for record in await self.store.list_recoverable(now):
@@ -266,7 +266,7 @@ class TriggerEngine(_Lifecycle):
         """Purge expired inbox rows and stored events (``event_retention_days``)."""
         while True:
             try:
-                before = self.clock.now() - timedelta(days=self.config.event_retention_days)
+                before = utcnow() - timedelta(days=self.config.event_retention_days)
                 await self.store.purge_expired(before)
             except Exception:
                 logger.exception("purging expired events failed")
@@ -296,7 +296,7 @@ class TriggerEngine(_Lifecycle):
             await self.settlement.nack(item.trigger, item.delivery)
         await self.dispatcher.stop(self.config.shutdown_timeout)
         try:  # let a restarted worker take over our unfinished claims at once
-            await self.store.renew_leases(self.worker_id, self.clock.now() - timedelta(seconds=1))
+            await self.store.renew_leases(self.worker_id, utcnow() - timedelta(seconds=1))
         except Exception:
             logger.exception("releasing leases failed")
         for source in self.sources.values():
