@@ -80,6 +80,15 @@ class Rabbit:
         assert count is not None
         return count
 
+    async def wait_ready(self, queue: str, count: int) -> None:
+        """Wait until ``queue`` holds ``count`` messages (a broker hands un-acked messages
+        back a moment after their consumer's connection closed)."""
+
+        async def holds() -> bool:
+            return await self.ready(queue) == count
+
+        await eventually(holds, what=f"{count} messages ready in {queue}")
+
     async def take_all(self, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
         """Get (and ack) every message waiting in ``queue``."""
         declared = await self.channel.declare_queue(queue, passive=True)
@@ -231,7 +240,7 @@ async def test_out_of_order_completion_survives_a_restart_with_one_saga_per_mess
         )
         assert engine.metrics.completed[TRIGGER] == len(acked)
     # the 20 stuck and the 10 held were cancelled: never acked, so handed back
-    assert await rabbit.ready(queue) == len(odd) + len(unacked)
+    await rabbit.wait_ready(queue, len(odd) + len(unacked))
     assert await completed_per_message(store) == Counter(acked | unacked)
 
     async with TriggerEngine(config, store) as again:
