@@ -170,13 +170,14 @@ class Dispatcher:
         assert me is not None
         while True:
             item = await queue.get()
-            self._current[me] = item
-            self._idle.clear()
             try:
+                # waiting for a rate-limit token is not "in flight": shutdown cancels it
                 if state.global_bucket is not None:
                     await state.global_bucket.acquire()
                 if item.trigger.bucket is not None:
                     await item.trigger.bucket.acquire()
+                self._current[me] = item
+                self._idle.clear()
                 state.metrics.started(state.clock.monotonic() - item.accepted_at)
                 try:
                     await self.runner.run(item)
