@@ -299,11 +299,7 @@ class TriggerEngine(_Lifecycle):
             await self.store.renew_leases(self.worker_id, utcnow() - timedelta(seconds=1))
         except Exception:
             logger.exception("releasing leases failed")
-        for source in self.sources.values():
-            try:
-                await source.stop()
-            except Exception:
-                logger.exception("stopping source %s failed", source.describe())
+        await asyncio.gather(*(self._stop_source(s) for s in self.sources.values()))
         for waiters in self._waiters.values():
             for waiter in waiters:
                 if not waiter.done():
@@ -313,6 +309,13 @@ class TriggerEngine(_Lifecycle):
             await self.store.stop()
         self._started = False
         self._stopping = False
+
+    @staticmethod
+    async def _stop_source(source: Source) -> None:
+        try:
+            await source.stop()
+        except Exception:
+            logger.exception("stopping source %s failed", source.describe())
 
     @property
     def running(self) -> bool:
