@@ -516,3 +516,47 @@ async def test_a_completed_unacked_event_settles_at_once_though_its_finisher_hol
     assert ran == []  # finished before: not run again
     claim = await store.claim_inbox(trigger_id, "1", saga_id, "w", now + timedelta(minutes=1))
     assert claim.outcome is ClaimOutcome.DUPLICATE
+
+
+async def test_deliveries_of_one_key_admitted_concurrently_start_one_run(tmp_path: Any) -> None:
+    # e.g. a webhook retried while its first request is still being admitted, or one key on
+    # two Kafka partitions: a durable store yields between the claim and the queue
+    from sagaz.events import Delivery
+    from sagaz.storage.sqlite import SQLiteSagaStore
+
+    gate = asyncio.Event()
+    runs: list[int] = []
+    acks: list[int] = []
+
+    class Concurrent(Saga):
+        @trigger(source="memory", channel="concurrent", idempotency_key=lambda e: e["n"])
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return {"n": event["n"]}
+
+        @action("work")
+        async def work(self, ctx: Any) -> None:
+            runs.append(ctx["n"])
+            await gate.wait()
+
+    def delivery(copy: int) -> Delivery:
+        async def ack() -> None:
+            acks.append(copy)
+
+        meta = EventMeta(source="memory")
+        return Delivery(payload={"n": 1, "copy": copy}, meta=meta, identity=str(copy), ack=ack)
+
+    store = SQLiteSagaStore(tmp_path / "sagaz.db")
+    async with store, TriggerEngine(TriggerConfig(), store) as engine:
+        active = engine.triggers["concurrent.on_event"]
+        results = await asyncio.gather(
+            *(engine.admission.admit(active, delivery(copy)) for copy in range(5))
+        )
+        assert {r.outcome for r in results} == {AdmissionOutcome.ACCEPTED}
+        assert len({r.saga_id for r in results}) == 1
+        await wait_until(lambda: runs == [1])
+        gate.set()
+        await wait_until(lambda: len(acks) == 5)  # all five settled by the one run
+        await engine.dispatcher.wait_idle()
+        assert len(engine.state.queue) == 0
+    assert runs == [1]
+    assert sorted(acks) == [0, 1, 2, 3, 4]

@@ -93,10 +93,47 @@ class Admission:
         joint = self._in_flight.get(saga_id)
         if joint is not None:
             # Redelivered (a lost ack, a broker reconnect) or sent twice while its saga is
-            # queued or running here: the inbox would hand our own claim back (TAKEN_OVER)
-            # and a second run would repeat the steps. Settle it with the run instead.
+            # being admitted, queued or running here: the inbox would hand our own claim back
+            # (TAKEN_OVER) and a second run would repeat the steps. Settle it with that one.
             joint.deliveries.append(delivery)
             return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
+        tracked = self._track(saga_id, delivery)
+        try:
+            return await self._claim(trigger, tracked, event, key, saga_id, concurrency_key)
+        except asyncio.CancelledError:
+            await self.settlement.nack(trigger, tracked)
+            raise
+        except Exception as exc:
+            await self.settlement.report(trigger, exc, delivery.payload)
+            await self.settlement.nack(trigger, tracked)
+            return AdmissionResult(
+                AdmissionOutcome.REJECTED, error=f"the event could not be accepted: {exc}"
+            )
+
+    def _track(self, saga_id: str, delivery: Delivery) -> Delivery:
+        """``delivery``, settling also the deliveries of the same saga admitted until it is
+        acked or nacked (see :class:`_JointDeliveries`)."""
+        joint = _JointDeliveries(delivery, self._in_flight, saga_id)
+        self._in_flight[saga_id] = joint
+        return Delivery(
+            payload=delivery.payload,
+            meta=delivery.meta,
+            identity=delivery.identity,
+            ack=joint.ack,
+            nack=joint.nack,
+            decoded=delivery.decoded,
+        )
+
+    async def _claim(
+        self,
+        trigger: ActiveTrigger,
+        delivery: Delivery,
+        event: Any,
+        key: str,
+        saga_id: str,
+        concurrency_key: Any,
+    ) -> AdmissionResult:
+        state = self.state
         claim = await state.store.claim_inbox(
             trigger.trigger_id, key, saga_id, state.worker_id, self.lease_until()
         )
@@ -215,7 +252,6 @@ class Admission:
         )
         if existing is not None and existing.status in TERMINAL_SAGA_STATUSES:
             item.extra["already_terminal"] = True
-        self._join(item)
         put = await state.queue.put(item)
         if not put.accepted:
             return await self._refused(trigger, item)
@@ -223,21 +259,6 @@ class Admission:
             await self._drop(put.evicted, Reason.DROPPED_OLDEST)
         state.metrics.accepted[trigger.trigger_id] += 1
         return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
-
-    def _join(self, item: WorkItem) -> None:
-        """Track ``item`` as in flight until its delivery is acked or nacked; deliveries of
-        the same saga admitted meanwhile are settled together with it."""
-        joint = _JointDeliveries(item.delivery, self._in_flight, item.saga_id)
-        self._in_flight[item.saga_id] = joint
-        first = item.delivery
-        item.delivery = Delivery(
-            payload=first.payload,
-            meta=first.meta,
-            identity=first.identity,
-            ack=joint.ack,
-            nack=joint.nack,
-            decoded=first.decoded,
-        )
 
     async def _refused(self, trigger: ActiveTrigger, item: WorkItem) -> AdmissionResult:
         state = self.state
@@ -352,27 +373,31 @@ class Admission:
 
 
 class _JointDeliveries:
-    """The deliveries of one saga run, settled together; the first settlement ends the
-    run's tracking (a later delivery of the key then meets the inbox)."""
+    """The deliveries of one saga, from admission until the first of them is settled, all
+    settled together, once; that first settlement ends the tracking (a later delivery of the
+    key then meets the inbox)."""
 
-    __slots__ = ("deliveries", "in_flight", "saga_id")
+    __slots__ = ("deliveries", "in_flight", "saga_id", "settled")
 
     def __init__(self, first: Delivery, in_flight: dict[str, _JointDeliveries], saga_id: str):
         self.deliveries = [first]
         self.in_flight = in_flight
         self.saga_id = saga_id
+        self.settled = False
 
-    def _forget(self) -> None:
+    def _forget(self) -> bool:
         if self.in_flight.get(self.saga_id) is self:
             del self.in_flight[self.saga_id]
+        settled, self.settled = self.settled, True
+        return not settled
 
     async def ack(self) -> None:
-        self._forget()
-        await self._each(lambda delivery: delivery.ack())
+        if self._forget():
+            await self._each(lambda delivery: delivery.ack())
 
     async def nack(self, requeue: bool) -> None:
-        self._forget()
-        await self._each(lambda delivery: delivery.nack(requeue))
+        if self._forget():
+            await self._each(lambda delivery: delivery.nack(requeue))
 
     async def _each(self, settle: Callable[[Delivery], Awaitable[None]]) -> None:
         error: Exception | None = None
