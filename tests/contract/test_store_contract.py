@@ -85,8 +85,7 @@ async def _delete_redis_keys(url: str, prefix: str) -> None:
         await client.aclose()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+async def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """A fresh, empty storage location of one kind; every store opened on it is stopped."""
     kind: str = request.param
     cleanup: Callable[[], Any] | None = None
@@ -115,6 +114,27 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             await store.stop()
         if cleanup is not None:
             await cleanup()
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Every store kind."""
+    async for made in _backend(request, tmp_path):
+        yield made
+
+
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
+async def durable_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """The durable stores (they refuse work before start, keep JSON only, have a schema)."""
+    async for made in _backend(request, tmp_path):
+        yield made
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def sql_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """The SQL stores (a database error can hit the middle of a transaction)."""
+    async for made in _backend(request, tmp_path):
+        yield made
 
 
 @pytest.fixture
@@ -458,9 +478,10 @@ async def test_outbox_is_written_with_the_step_and_fetched_in_id_order(store: Sa
     assert [(m.id, m.payload) for m in rest] == [(ids[3], "text")]
 
 
-async def test_a_step_whose_outbox_cannot_be_stored_writes_nothing(store: SagaStore) -> None:
-    if not store.durable:
-        pytest.skip("the memory store keeps any Python object")
+async def test_a_step_whose_outbox_cannot_be_stored_writes_nothing(
+    durable_backend: Backend,
+) -> None:
+    store = await durable_backend.open()
     step = StepRecord("s1", "reserve", StepStatus.COMPLETED)
     good = OutboxMessage("s1", "orders", {"ok": True})
     bad = OutboxMessage("s1", "orders", object())
@@ -470,9 +491,10 @@ async def test_a_step_whose_outbox_cannot_be_stored_writes_nothing(store: SagaSt
     assert await store.fetch_outbox() == []
 
 
-async def test_a_database_error_inside_save_step_rolls_the_step_back(backend: Backend) -> None:
-    if backend.name not in ("sqlite", "postgres"):
-        pytest.skip("only the SQL stores can fail in the middle of save_step")
+async def test_a_database_error_inside_save_step_rolls_the_step_back(
+    sql_backend: Backend,
+) -> None:
+    backend = sql_backend
     import asyncpg
 
     store = await backend.open()
@@ -609,10 +631,10 @@ async def test_start_and_stop_are_idempotent_and_data_survives_reopening(
         assert await reopened.get_saga("kept") is not None
 
 
-async def test_durable_store_refuses_work_before_start_and_after_stop(backend: Backend) -> None:
-    store = backend.make()
-    if not store.durable:
-        pytest.skip("the memory store needs no start()")
+async def test_durable_store_refuses_work_before_start_and_after_stop(
+    durable_backend: Backend,
+) -> None:
+    store = durable_backend.make()
     with pytest.raises(StoreError, match=r"await store\.start\(\)"):
         await store.get_saga("s1")
     async with store:
@@ -621,9 +643,8 @@ async def test_durable_store_refuses_work_before_start_and_after_stop(backend: B
         await store.claim_inbox("t", "k", "s", "a", _later())
 
 
-async def test_schema_is_created_once_and_its_version_recorded(backend: Backend) -> None:
-    if backend.name == "memory":
-        pytest.skip("the memory store has no schema")
+async def test_schema_is_created_once_and_its_version_recorded(durable_backend: Backend) -> None:
+    backend = durable_backend
     stores = await asyncio.gather(*(backend.open() for _ in range(4)))  # concurrent first start
     for store in stores:
         await store.start()  # again: harmless
