@@ -117,7 +117,8 @@ class SagaExecution:
             record.context, saga_id=saga_id, saga_name=self.saga_name, attempt=record.attempt
         )
         done = self._restore(ctx, steps)
-        await notify(self.listeners, "on_saga_start", self.saga_name, saga_id, ctx)
+        if self.listeners:
+            await notify(self.listeners, "on_saga_start", self.saga_name, saga_id, ctx)
         if resuming_compensation:
             return await self._compensate(ctx, None, record.error or "resumed compensation")
         failure = await self._forward(ctx, done)
@@ -125,7 +126,8 @@ class SagaExecution:
             record.status = SagaStatus.COMPLETED
             record.context = ctx.to_dict()
             await self.store.save_saga(record)
-            await notify(self.listeners, "on_saga_complete", self.saga_name, saga_id, ctx)
+            if self.listeners:
+                await notify(self.listeners, "on_saga_complete", self.saga_name, saga_id, ctx)
             return SagaResult(saga_id, SagaStatus.COMPLETED, ctx.to_dict(), attempt=record.attempt)
         failed_step, exc = failure
         return await self._compensate(ctx, failed_step, exc)
@@ -241,7 +243,8 @@ class SagaExecution:
             await self.store.save_step(
                 StepRecord(saga_id, name, StepStatus.RUNNING, attempts=try_no)
             )
-            await notify(self.listeners, "on_step_enter", self.saga_name, name, ctx)
+            if self.listeners:
+                await notify(self.listeners, "on_step_enter", self.saga_name, name, ctx)
             try:
                 async with asyncio.timeout(spec.timeout_seconds):
                     if channel is not None:
@@ -279,10 +282,14 @@ class SagaExecution:
                     # saved with the terminal state right after
                     self._record.context = ctx.to_dict()
                     await self.store.save_saga(self._record)
-                await notify(self.listeners, "on_step_success", self.saga_name, name, ctx, result)
+                if self.listeners:
+                    await notify(
+                        self.listeners, "on_step_success", self.saga_name, name, ctx, result
+                    )
                 return
             ctx.take_outbox(name)  # a failed try publishes nothing
-            await notify(self.listeners, "on_step_failure", self.saga_name, name, ctx, error)
+            if self.listeners:
+                await notify(self.listeners, "on_step_failure", self.saga_name, name, ctx, error)
             if try_no < tries:
                 await self.clock.sleep(spec.retry_backoff_seconds * 2 ** (try_no - 1))
                 continue
@@ -358,7 +365,8 @@ class SagaExecution:
         record.error = error
         record.context = ctx.to_dict()
         await self.store.save_saga(record)
-        await notify(self.listeners, "on_saga_failed", self.saga_name, saga_id, ctx, cause)
+        if self.listeners:
+            await notify(self.listeners, "on_saga_failed", self.saga_name, saga_id, ctx, cause)
         return SagaResult(
             saga_id,
             status,
@@ -377,7 +385,8 @@ class SagaExecution:
         fn = getattr(self.saga, spec.attr)
         step.status = StepStatus.COMPENSATING
         await self.store.save_step(step)
-        await notify(self.listeners, "on_compensation_start", self.saga_name, step.name, ctx)
+        if self.listeners:
+            await notify(self.listeners, "on_compensation_start", self.saga_name, step.name, ctx)
         last = ""
         for try_no in range(1, spec.max_retries + 2):
             try:

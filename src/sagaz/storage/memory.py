@@ -108,7 +108,8 @@ class MemorySagaStore(SagaStore):
         stored.created_at = stored.created_at or now
         stored.updated_at = now
         self._sagas[record.saga_id] = stored
-        return _clone(stored), True
+        record.created_at, record.updated_at = stored.created_at, now
+        return record, True  # the caller's own object: the store keeps its private copy
 
     async def save_saga(self, record: SagaRecord) -> None:
         stored = _clone(record)
