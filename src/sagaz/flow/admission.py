@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -98,8 +99,13 @@ class Admission:
             joint.deliveries.append(delivery)
             return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
         tracked = self._track(saga_id, delivery)
+        candidate = _Candidate(trigger, tracked, event, key, saga_id, concurrency_key)
         try:
-            return await self._claim(trigger, tracked, event, key, saga_id, concurrency_key)
+            result = await self._claim(candidate)
+            if result is None:
+                self._watch_busy(candidate)
+                return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
+            return result
         except asyncio.CancelledError:
             await self.settlement.nack(trigger, tracked)
             raise
@@ -124,35 +130,19 @@ class Admission:
             decoded=delivery.decoded,
         )
 
-    async def _claim(
-        self,
-        trigger: ActiveTrigger,
-        delivery: Delivery,
-        event: Any,
-        key: str,
-        saga_id: str,
-        concurrency_key: Any,
-    ) -> AdmissionResult:
+    async def _claim(self, c: _Candidate) -> AdmissionResult | None:
+        """Claim the inbox row of ``c``; ``None`` while another live worker holds it."""
         state = self.state
         claim = await state.store.claim_inbox(
-            trigger.trigger_id, key, saga_id, state.worker_id, self.lease_until()
+            c.trigger.trigger_id, c.key, c.saga_id, state.worker_id, self.lease_until()
         )
         if claim.outcome is ClaimOutcome.DUPLICATE:
-            await self.settlement.ack(trigger, delivery)
-            await self.settlement.filtered(trigger, event, Reason.DUPLICATE)
-            return AdmissionResult(AdmissionOutcome.DUPLICATE, saga_id, Reason.DUPLICATE)
+            await self.settlement.ack(c.trigger, c.delivery)
+            await self.settlement.filtered(c.trigger, c.event, Reason.DUPLICATE)
+            return AdmissionResult(AdmissionOutcome.DUPLICATE, c.saga_id, Reason.DUPLICATE)
         if claim.outcome is ClaimOutcome.BUSY:
-            self._watch_busy(trigger, delivery, event, key, saga_id, concurrency_key)
-            return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
-        return await self._accept(
-            trigger,
-            delivery,
-            event,
-            key,
-            saga_id,
-            concurrency_key,
-            fresh=claim.outcome is ClaimOutcome.CLAIMED,
-        )
+            return None
+        return await self._accept(c, fresh=claim.outcome is ClaimOutcome.CLAIMED)
 
     def _key(self, trigger: ActiveTrigger, delivery: Delivery, event: Any) -> str:
         if trigger.definition.idempotency_key is not None:
@@ -166,18 +156,9 @@ class Admission:
             return delivery.identity
         return content_key(storable(delivery.payload))
 
-    async def _accept(
-        self,
-        trigger: ActiveTrigger,
-        delivery: Delivery,
-        event: Any,
-        key: str,
-        saga_id: str,
-        concurrency_key: Any,
-        *,
-        fresh: bool = False,
-    ) -> AdmissionResult:
+    async def _accept(self, c: _Candidate, *, fresh: bool = False) -> AdmissionResult:
         state = self.state
+        trigger, delivery, event, key, saga_id = c.trigger, c.delivery, c.event, c.key, c.saga_id
         # a key never claimed before has no saga yet; a taken-over one may be half done
         existing = None if fresh else await state.store.get_saga(saga_id)
         if (
@@ -187,7 +168,7 @@ class Admission:
             and existing.status not in TERMINAL_SAGA_STATUSES
             and not await state.store.claim_saga(saga_id, state.worker_id, self.lease_until())
         ):  # the saga itself is leased by a live worker (e.g. the recovery loop elsewhere)
-            self._watch_busy(trigger, delivery, event, key, saga_id, concurrency_key)
+            self._watch_busy(c)
             return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
         if existing is not None and existing.status is not SagaStatus.PENDING:
             context = dict(existing.context)  # resume an interrupted (or finished) saga
@@ -245,7 +226,7 @@ class Admission:
             saga_id=saga_id,
             context=context,
             event=event,
-            concurrency_key=concurrency_key,
+            concurrency_key=c.concurrency_key,
             accepted_at=state.clock.monotonic(),
             context_hash=context_hash,
             pending=pending,
@@ -315,53 +296,26 @@ class Admission:
         )
 
     # -- a key held by another live worker -------------------------------------------------
-    def _watch_busy(
-        self,
-        trigger: ActiveTrigger,
-        delivery: Delivery,
-        event: Any,
-        key: str,
-        saga_id: str,
-        concurrency_key: Any,
-    ) -> None:
-        task = asyncio.create_task(
-            self._await_other_owner(trigger, delivery, event, key, saga_id, concurrency_key),
-            name=f"sagaz-busy-{saga_id}",
-        )
+    def _watch_busy(self, c: _Candidate) -> None:
+        task = asyncio.create_task(self._await_other_owner(c), name=f"sagaz-busy-{c.saga_id}")
         self._busy_watchers.add(task)
         task.add_done_callback(self._busy_watchers.discard)
 
-    async def _await_other_owner(
-        self,
-        trigger: ActiveTrigger,
-        delivery: Delivery,
-        event: Any,
-        key: str,
-        saga_id: str,
-        concurrency_key: Any,
-    ) -> None:
+    async def _await_other_owner(self, c: _Candidate) -> None:
         """Hold the delivery until the other owner finishes (ack) or its lease expires (take
         over); never ack an event whose saga is not terminal."""
         state = self.state
         try:
             while True:
                 await state.clock.sleep(max(0.05, state.config.lease_seconds / 4))
-                claim = await state.store.claim_inbox(
-                    trigger.trigger_id, key, saga_id, state.worker_id, self.lease_until()
-                )
-                if claim.outcome is ClaimOutcome.DUPLICATE:
-                    await self.settlement.ack(trigger, delivery)
-                    await self.settlement.filtered(trigger, event, Reason.DUPLICATE)
-                    return
-                if claim.outcome is not ClaimOutcome.BUSY:
-                    await self._accept(trigger, delivery, event, key, saga_id, concurrency_key)
+                if await self._claim(c) is not None:
                     return
         except asyncio.CancelledError:
-            await self.settlement.nack(trigger, delivery)
+            await self.settlement.nack(c.trigger, c.delivery)
             raise
         except Exception as exc:
-            await self.settlement.report(trigger, exc, delivery.payload)
-            await self.settlement.nack(trigger, delivery)
+            await self.settlement.report(c.trigger, exc, c.delivery.payload)
+            await self.settlement.nack(c.trigger, c.delivery)
 
     async def close(self) -> None:
         """Stop watching busy keys (their deliveries are nacked)."""
@@ -370,6 +324,18 @@ class Admission:
             task.cancel()
         if self._busy_watchers:
             await asyncio.gather(*self._busy_watchers, return_exceptions=True)
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """An event on its way through admission, with its identity."""
+
+    trigger: ActiveTrigger
+    delivery: Delivery
+    event: Any
+    key: str
+    saga_id: str
+    concurrency_key: Any
 
 
 class _JointDeliveries:
