@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -12,9 +13,14 @@ __all__ = ["SAGAZ_NAMESPACE", "canonical_hash", "content_key", "saga_id_for"]
 SAGAZ_NAMESPACE = uuid.UUID("3f1d5c8e-6a52-5b8e-9c57-5a6761a7a001")
 
 
+@functools.lru_cache(maxsize=1024)
+def _trigger_namespace(trigger_id: str) -> uuid.UUID:
+    return uuid.uuid5(SAGAZ_NAMESPACE, trigger_id)
+
+
 def saga_id_for(trigger_id: str, key: str) -> str:
     """``uuid5(trigger_id, key)``: a redelivered event maps to the same saga."""
-    return str(uuid.uuid5(uuid.uuid5(SAGAZ_NAMESPACE, trigger_id), key))
+    return str(uuid.uuid5(_trigger_namespace(trigger_id), key))
 
 
 def _default(value: Any) -> Any:

@@ -39,7 +39,10 @@ class Settlement:
     async def ack(self, trigger: ActiveTrigger, delivery: Delivery) -> None:
         """Acknowledge to the source (failures are reported, never raised)."""
         try:
-            await asyncio.shield(delivery.ack())
+            if trigger.source is not None and trigger.source.redeliverable:
+                await asyncio.shield(delivery.ack())  # a lost broker ack means a redelivery
+            else:
+                await delivery.ack()  # nothing to lose: no task for the shield
         except asyncio.CancelledError:
             raise
         except Exception as exc:
