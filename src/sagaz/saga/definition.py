@@ -197,6 +197,8 @@ class Saga:
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.__sagaz_abstract__ = abstract
+        if "listeners" not in cls.__dict__:  # own copy: appending must not reach other sagas
+            cls.listeners = list(cls.listeners)
         if not cls.__dict__.get("saga_name"):
             cls.saga_name = _kebab(cls.__name__)
         cls.__sagaz_definition__ = build_definition(cls)
