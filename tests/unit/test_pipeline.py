@@ -560,3 +560,37 @@ async def test_deliveries_of_one_key_admitted_concurrently_start_one_run(tmp_pat
         assert len(engine.state.queue) == 0
     assert runs == [1]
     assert sorted(acks) == [0, 1, 2, 3, 4]
+
+
+class ExplodingListener(SagaListener):
+    async def on_trigger_received(self, saga_name: str, event_source: str, event: Any) -> None:
+        raise RuntimeError("listener bug")
+
+    async def on_saga_start(self, saga_name: str, saga_id: str, ctx: Any) -> None:
+        raise RuntimeError("listener bug")
+
+    async def on_saga_complete(self, saga_name: str, saga_id: str, ctx: Any) -> None:
+        raise RuntimeError("listener bug")
+
+
+async def test_a_failing_listener_is_isolated(caplog: pytest.LogCaptureFixture) -> None:
+    done: list[int] = []
+
+    class Observed(Saga):
+        @trigger(source="memory", channel="observed")
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("one")
+        async def one(self, ctx: Any) -> None:
+            done.append(ctx["n"])
+
+    store = MemorySagaStore()
+    async with TriggerEngine(TriggerConfig(), store, listeners=[ExplodingListener()]) as engine:
+        [saga_id] = await engine.fire("observed", {"n": 1})
+        await wait_until(lambda: sum(engine.metrics.completed.values()) == 1)
+    assert done == [1]
+    record = await store.get_saga(saga_id)
+    assert record is not None
+    assert record.status is SagaStatus.COMPLETED
+    assert "ExplodingListener.on_saga_start failed" in caplog.text
