@@ -501,3 +501,54 @@ async def test_block_backpressure_stops_receiving_without_losing_messages(
         assert dropped == {}, f"admission reasons under block: {dropped}"
     assert entered == finished == once_each(range(total))
     assert await completed_per_message(store) == once_each(range(total))
+
+
+async def test_stopped_while_blocked_every_message_comes_back_at_once_and_completes(
+    sqs_client: Any, sqs_queue_url: str, sqs_options: dict[str, Any], store: MemorySagaStore
+) -> None:
+    """A stop during the stall: the running sagas are cancelled, the queued and the blocked
+    events nacked, the rest of the source's batch released — all visible again at once."""
+    total = 40
+    gate = asyncio.Event()
+    entered: Counter[int] = Counter()
+    finished: Counter[int] = Counter()
+
+    class SQSOrders(Saga):
+        saga_name = SAGA
+
+        @trigger(source="sqs", queue_url=sqs_queue_url, visibility_timeout=30, **sqs_options)
+        def on_message(self, event: dict[str, Any]) -> dict[str, Any]:
+            return {"n": event["n"]}
+
+        @action("slow")
+        async def slow(self, ctx: SagaContext) -> None:
+            entered[ctx["n"]] += 1
+            await gate.wait()
+            finished[ctx["n"]] += 1
+
+    await send(sqs_client, sqs_queue_url, [body(n) for n in range(total)])
+    config = TriggerConfig(
+        queue_size=5, backpressure_strategy="block", max_concurrent_sagas=2, shutdown_timeout=0.2
+    )
+    async with TriggerEngine(config, store) as engine:
+        await eventually(
+            lambda: len(entered) == 2 and engine.metrics.received[TRIGGER] == 8,
+            what="the stall",
+        )
+        _visible, in_flight = await queue_counts(sqs_client, sqs_queue_url)
+        assert in_flight >= 8
+    stuck = set(entered)
+    # handed back by the stop, not after the 30 s visibility timeout
+    await wait_for_counts(sqs_client, sqs_queue_url, (total, 0), within=3)
+    assert finished == Counter()
+    assert await completed_per_message(store) == Counter()
+
+    gate.set()
+    async with TriggerEngine(config, store) as again:
+        await eventually(lambda: len(finished) == total, within=20, what="every message done")
+        await wait_for_counts(sqs_client, sqs_queue_url, (0, 0))
+        assert again.metrics.received[TRIGGER] == total
+    assert finished == once_each(range(total))
+    # only the 2 cancelled mid-step entered their step twice (resumed, same saga)
+    assert entered == once_each(range(total)) + Counter(stuck)
+    assert await completed_per_message(store) == once_each(range(total))
