@@ -186,6 +186,8 @@ async def test_5000_messages_complete_once_and_a_restart_redelivers_nothing(
     )
     assert runs == once_each(range(total))
     assert await completed_per_message(store) == once_each(range(total))
+    rows = await store.list_sagas(status=SagaStatus.COMPLETED, saga_name=SAGA, limit=100_000)
+    assert len({row.context["message_id"] for row in rows}) == total  # one per SQS message
     assert engine.metrics.received[TRIGGER] == total
     assert engine.metrics.reasons["duplicate"] == 0
     assert await store.list_dead_letters() == []
