@@ -594,3 +594,26 @@ async def test_a_failing_listener_is_isolated(caplog: pytest.LogCaptureFixture) 
     assert record is not None
     assert record.status is SagaStatus.COMPLETED
     assert "ExplodingListener.on_saga_start failed" in caplog.text
+
+
+class SqsOrder(BaseModel):
+    id: int
+
+
+async def test_sqs_events_plain_dict_gets_the_message_and_a_model_gets_the_body() -> None:
+    from sagaz.events import Delivery
+    from sagaz.flow.decoding import EventDecoder
+
+    message = {"MessageId": "m-1", "Body": {"id": 3}, "Attributes": {}}
+    delivery = Delivery(payload=message, decoded=True, identity="m-1", meta=EventMeta(source="sqs"))
+
+    def plain(self: Any, event: dict[str, Any]) -> None: ...
+
+    def modelled(self: Any, event: SqsOrder) -> None: ...
+
+    def bare(self: Any, event) -> None:  # type: ignore[no-untyped-def]
+        ...
+
+    assert EventDecoder(plain, where="t").decode(delivery)["MessageId"] == "m-1"
+    assert EventDecoder(bare, where="t").decode(delivery)["MessageId"] == "m-1"
+    assert EventDecoder(modelled, where="t").decode(delivery) == SqsOrder(id=3)

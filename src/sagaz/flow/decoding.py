@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -67,6 +67,14 @@ class EventDecoder:
             annotation = None
         self.annotation: Any = annotation
         self.adapter: TypeAdapter[Any] | None = None
+        origin_type = typing.get_origin(annotation) or annotation
+        #: a model, dataclass or TypedDict (not a plain dict/mapping): validated from the body
+        self.structured = annotation is not None and origin_type not in (
+            dict,
+            Mapping,
+            MutableMapping,
+            object,
+        )
         self._isinstance_type: type | None = None
         if annotation is not None:
             origin = typing.get_origin(annotation) or annotation
@@ -95,7 +103,12 @@ class EventDecoder:
         try:
             if isinstance(payload, WebhookRequest):
                 return self.adapter.validate_json(payload.body or b"null")
-            if delivery.meta.source == "sqs" and isinstance(payload, dict) and "Body" in payload:
+            if (
+                self.structured
+                and delivery.meta.source == "sqs"
+                and isinstance(payload, dict)
+                and "Body" in payload
+            ):  # a model describes the message body; a plain dict gets the whole message
                 body = payload["Body"]
                 if isinstance(body, (str, bytes)):
                     return self.adapter.validate_json(body)
