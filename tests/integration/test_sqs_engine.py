@@ -156,7 +156,8 @@ async def test_5000_messages_complete_once_and_a_restart_redelivers_nothing(
         @trigger(source="sqs", queue_url=sqs_queue_url, **sqs_options)
         def on_message(self, event: dict[str, Any], meta: EventMeta) -> dict[str, Any]:
             # annotated: the Body validated into the type; the message's identity is in meta
-            return {"n": event["n"], "message_id": meta.message_id}
+            assert event["MessageId"] == meta.message_id  # a plain dict gets the whole message
+            return {"n": event["Body"]["n"], "message_id": meta.message_id}
 
         @action("work")
         async def work(self, ctx: SagaContext) -> None:
@@ -247,11 +248,11 @@ async def test_out_of_order_completion_survives_a_restart_with_one_saga_per_mess
             source="sqs",
             queue_url=sqs_queue_url,
             visibility_timeout=30,
-            idempotency_key=lambda e: e["n"],
+            idempotency_key=lambda e: e["Body"]["n"],
             **sqs_options,
         )
         def on_message(self, event: dict[str, Any]) -> dict[str, Any]:
-            return {"n": event["n"]}
+            return {"n": event["Body"]["n"]}
 
         @action("first")
         async def first(self, ctx: SagaContext) -> None:
@@ -412,7 +413,7 @@ async def test_visibility_is_extended_while_a_long_saga_runs(
             source="sqs", queue_url=sqs_queue_url, visibility_timeout=visibility, **sqs_options
         )
         def on_message(self, event: dict[str, Any]) -> dict[str, Any]:
-            return {"n": event["n"]}
+            return {"n": event["Body"]["n"]}
 
         @action("long")
         async def long(self, ctx: SagaContext) -> None:
@@ -457,7 +458,7 @@ async def test_block_backpressure_stops_receiving_without_losing_messages(
 
         @trigger(source="sqs", queue_url=sqs_queue_url, **sqs_options)
         def on_message(self, event: dict[str, Any]) -> dict[str, Any]:
-            return {"n": event["n"]}
+            return {"n": event["Body"]["n"]}
 
         @action("slow")
         async def slow(self, ctx: SagaContext) -> None:
@@ -520,7 +521,7 @@ async def test_stopped_while_blocked_every_message_comes_back_at_once_and_comple
 
         @trigger(source="sqs", queue_url=sqs_queue_url, visibility_timeout=30, **sqs_options)
         def on_message(self, event: dict[str, Any]) -> dict[str, Any]:
-            return {"n": event["n"]}
+            return {"n": event["Body"]["n"]}
 
         @action("slow")
         async def slow(self, ctx: SagaContext) -> None:
