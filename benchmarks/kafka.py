@@ -56,7 +56,11 @@ from typing import Any
 
 from _tansu import BrokerUnavailable, answers, tansu_broker
 
-GROUP_TIMEOUTS: dict[str, int] = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 2_000}
+SESSION_TIMEOUT_MS, HEARTBEAT_INTERVAL_MS = 6_000, 2_000
+GROUP_TIMEOUTS = {
+    "session_timeout_ms": SESSION_TIMEOUT_MS,
+    "heartbeat_interval_ms": HEARTBEAT_INTERVAL_MS,
+}
 MAX_RECORDS = 500  # per getmany(), as sagaz's max_poll_records default
 BODY_PAD = "x" * 12  # brings the JSON body to about 100 bytes
 NOISY_WINDOW_SECONDS = 0.5
@@ -221,7 +225,8 @@ async def faststream(bootstrap: str, topic: str, events: int, ack_policy: str) -
         auto_offset_reset="earliest",
         ack_policy=AckPolicy(ack_policy),
         listener=assignment_listener(timing),
-        **GROUP_TIMEOUTS,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
     )
     async def handle(message: dict[str, Any]) -> None:
         timing.begin()
