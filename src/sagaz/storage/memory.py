@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
@@ -44,21 +44,40 @@ def _copy_value(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-_SLOTS: dict[type, tuple[str, ...]] = {}
+_CLONERS: dict[type, Callable[[Any], Any]] = {}
+
+
+def _make_cloner(cls: type) -> Callable[[Any], Any]:
+    """Compile a copy function for one record class (as ``dataclasses`` compiles ``__init__``):
+    straight-line attribute copies are several times cheaper than a generic loop, and the
+    memory store copies every record it takes in and gives out."""
+    lines = ["def clone(r):", "    c = new(cls)"]
+    for field in dataclasses.fields(cls):
+        name = field.name
+        if name in _NESTED:
+            lines.append(f"    v = r.{name}")
+            lines.append(f"    c.{name} = v if v is None or type(v) in atomic else copy_value(v)")
+        else:
+            lines.append(f"    c.{name} = r.{name}")
+    lines.append("    return c")
+    namespace: dict[str, Any] = {
+        "new": object.__new__,
+        "cls": cls,
+        "atomic": frozenset(_ATOMIC),
+        "copy_value": _copy_value,
+    }
+    exec("\n".join(lines), namespace)
+    cloner: Callable[[Any], Any] = namespace["clone"]
+    return cloner
 
 
 def _clone(record: R) -> R:
     """Copy a record so callers cannot change stored state by mutation (and vice versa)."""
     cls = type(record)
-    slots = _SLOTS.get(cls)
-    if slots is None:
-        slots = _SLOTS[cls] = tuple(f.name for f in dataclasses.fields(record))  # type: ignore[arg-type]
-    clone = object.__new__(cls)
-    for name in slots:
-        value = getattr(record, name)
-        if name in _NESTED and value is not None and not isinstance(value, _ATOMIC):
-            value = _copy_value(value)
-        object.__setattr__(clone, name, value)
+    cloner = _CLONERS.get(cls)
+    if cloner is None:
+        cloner = _CLONERS[cls] = _make_cloner(cls)
+    clone: R = cloner(record)
     return clone
 
 
