@@ -31,6 +31,7 @@ from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.triggers.engine import TriggerEngine
 from sagaz.triggers.kafka import KafkaSource
+from tests.engine_support import holds_for
 from tests.recording_emit import eventually
 from tests.services import unique_name
 
@@ -123,15 +124,6 @@ async def group_offsets(
         yield GroupOffsets(reader, bootstrap, topic, partitions)
     finally:
         await reader.stop()
-
-
-async def holds_for(seconds: float, predicate: Callable[[], Awaitable[bool]], *, what: str) -> None:
-    """Check that ``predicate`` keeps holding over ``seconds`` (an invariant over a window,
-    not a wait for an outcome)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert await predicate(), f"{what} stopped holding"
-        await asyncio.sleep(0.05)
 
 
 async def completed_sagas(store: SagaStore) -> list[Any]:

@@ -21,11 +21,11 @@ import pytest
 from pydantic import BaseModel
 
 import sagaz
-from sagaz import Saga, SagaContext, SagaListener, SagaStatus, TriggerConfig, action, trigger
+from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.triggers.engine import TriggerEngine
 from sagaz.triggers.rabbitmq import RabbitMQSource
-from sagaz.triggers.registration import TriggerRegistry
+from tests.engine_support import ErrorRecorder, HoldCompletion, completed_per_message, once_each
 from tests.recording_emit import eventually
 from tests.services import require_service, unique_name
 
@@ -33,13 +33,6 @@ pytestmark = pytest.mark.integration
 
 SAGA = "rabbit-orders"
 TRIGGER = f"{SAGA}.on_message"
-
-
-@pytest.fixture(autouse=True)
-def only_this_tests_sagas(sagaz_registry: TriggerRegistry) -> None:
-    """The engine starts every registered trigger: keep out module-level sagas of other test
-    modules (the plugin puts them back after the test)."""
-    sagaz_registry.clear()
 
 
 @dataclass
@@ -125,16 +118,6 @@ def body(n: int) -> bytes:
     return json.dumps({"n": n}).encode()
 
 
-async def completed_per_message(store: MemorySagaStore) -> Counter[int]:
-    """How many completed saga rows each message number has."""
-    rows = await store.list_sagas(status=SagaStatus.COMPLETED, saga_name=SAGA, limit=100_000)
-    return Counter(row.context["n"] for row in rows)
-
-
-def once_each(numbers: range) -> Counter[int]:
-    return Counter(numbers)
-
-
 async def test_5000_messages_complete_once_and_a_restart_redelivers_nothing(
     rabbit: Rabbit, store: MemorySagaStore
 ) -> None:
@@ -165,7 +148,7 @@ async def test_5000_messages_complete_once_and_a_restart_redelivers_nothing(
     finally:
         await sagaz.stop_triggers()
     assert runs == once_each(range(5000))
-    assert await completed_per_message(store) == once_each(range(5000))
+    assert await completed_per_message(store, SAGA) == once_each(range(5000))
     assert await store.list_dead_letters() == []
     assert await rabbit.ready(queue) == 0  # all acked: closing the connection handed none back
 
@@ -176,23 +159,8 @@ async def test_5000_messages_complete_once_and_a_restart_redelivers_nothing(
         await eventually(lambda: again.metrics.completed[TRIGGER] == 1, what="the new message")
         assert again.metrics.received[TRIGGER] == 1
     assert runs == once_each(range(5001))
-    assert await completed_per_message(store) == once_each(range(5001))
+    assert await completed_per_message(store, SAGA) == once_each(range(5001))
     assert await rabbit.ready(queue) == 0
-
-
-class HoldCompletion(SagaListener):
-    """Holds ``on_saga_complete`` of some sagas: they are completed in the store but not yet
-    acknowledged — the window a crash between the store write and the ack leaves open."""
-
-    def __init__(self, gate: asyncio.Event, hold: set[int]) -> None:
-        self.gate = gate
-        self.hold = hold
-        self.held: set[int] = set()
-
-    async def on_saga_complete(self, saga_name: str, saga_id: str, ctx: SagaContext) -> None:
-        if ctx["n"] in self.hold:
-            self.held.add(ctx["n"])
-            await self.gate.wait()
 
 
 async def test_out_of_order_completion_survives_a_restart_with_one_saga_per_message(
@@ -241,7 +209,7 @@ async def test_out_of_order_completion_survives_a_restart_with_one_saga_per_mess
         assert engine.metrics.completed[TRIGGER] == len(acked)
     # the 20 stuck and the 10 held were cancelled: never acked, so handed back
     await rabbit.wait_ready(queue, len(odd) + len(unacked))
-    assert await completed_per_message(store) == Counter(acked | unacked)
+    assert await completed_per_message(store, SAGA) == Counter(acked | unacked)
 
     async with TriggerEngine(config, store) as again:
         # a publisher retry of finished messages: the inbox knows them
@@ -263,7 +231,7 @@ async def test_out_of_order_completion_survives_a_restart_with_one_saga_per_mess
             what="the released sagas",
         )
         assert again.metrics.received[TRIGGER] == len(odd) + len(unacked) + len(acked)
-    assert await completed_per_message(store) == once_each(range(count))
+    assert await completed_per_message(store, SAGA) == once_each(range(count))
     assert first == once_each(range(count))  # resumed after the completed step
     assert second_done == once_each(range(count))
     assert await rabbit.ready(queue) == 0
@@ -348,14 +316,6 @@ async def close_connections_named(name: str) -> int:
     return len(pids)
 
 
-class Errors(SagaListener):
-    def __init__(self) -> None:
-        self.errors: list[BaseException] = []
-
-    async def on_trigger_error(self, saga_name: str, error: BaseException, event: Any) -> None:
-        self.errors.append(error)
-
-
 async def test_connection_dropped_by_the_broker_still_one_saga_per_message(
     rabbit: Rabbit, store: MemorySagaStore
 ) -> None:
@@ -382,7 +342,7 @@ async def test_connection_dropped_by_the_broker_still_one_saga_per_message(
                 await gate.wait()
             done[ctx["n"]] += 1
 
-    errors = Errors()
+    errors = ErrorRecorder()
     before, during, after = range(0, 200), range(200, 400), range(400, 600)
     await rabbit.publish(queue, [body(n) for n in before])
     config = TriggerConfig(rabbitmq_url=rabbit.url)
@@ -401,6 +361,6 @@ async def test_connection_dropped_by_the_broker_still_one_saga_per_message(
         await rabbit.publish(queue, [body(n) for n in after])
         await eventually(lambda: len(done) == 600, within=30, what="every message done")
         assert done == once_each(range(600))
-    assert await completed_per_message(store) == once_each(range(600))
+    assert await completed_per_message(store, SAGA) == once_each(range(600))
     assert started - Counter(range(600)) == Counter()  # no step ran twice
     assert await rabbit.ready(queue) == 0

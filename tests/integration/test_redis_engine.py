@@ -21,13 +21,12 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 import sagaz
-from sagaz import Saga, SagaContext, SagaListener, SagaStatus, TriggerConfig, action, trigger
-from sagaz.abc import SagaStore
+from sagaz import Saga, SagaContext, SagaStatus, TriggerConfig, action, trigger
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.triggers.engine import TriggerEngine
 from sagaz.triggers.redis import RedisStreamSource
-from sagaz.triggers.registration import TriggerRegistry
+from tests.engine_support import ErrorRecorder, HoldCompletion, completed_per_message, once_each
 from tests.recording_emit import eventually
 from tests.services import unique_name
 
@@ -36,13 +35,6 @@ pytestmark = pytest.mark.integration
 SAGA = "redis-orders"
 TRIGGER = f"{SAGA}.on_message"
 GROUP = "workers"
-
-
-@pytest.fixture(autouse=True)
-def only_this_tests_sagas(sagaz_registry: TriggerRegistry) -> None:
-    """The engine starts every registered trigger: keep out module-level sagas of other test
-    modules (the plugin puts them back after the test)."""
-    sagaz_registry.clear()
 
 
 class Streams:
@@ -103,16 +95,6 @@ def body(n: int) -> bytes:
     return json.dumps({"n": n}).encode()
 
 
-async def completed_per_message(store: SagaStore) -> Counter[int]:
-    """How many completed saga rows each message number has."""
-    rows = await store.list_sagas(status=SagaStatus.COMPLETED, saga_name=SAGA, limit=100_000)
-    return Counter(row.context["n"] for row in rows)
-
-
-def once_each(numbers: range) -> Counter[int]:
-    return Counter(numbers)
-
-
 async def test_5000_entries_complete_once_and_a_restart_redelivers_nothing(
     streams: Streams, store: MemorySagaStore
 ) -> None:
@@ -142,7 +124,7 @@ async def test_5000_entries_complete_once_and_a_restart_redelivers_nothing(
     finally:
         await sagaz.stop_triggers()
     assert runs == once_each(range(5000))
-    assert await completed_per_message(store) == once_each(range(5000))
+    assert await completed_per_message(store, SAGA) == once_each(range(5000))
     assert await store.list_dead_letters() == []
     assert (await streams.pending(stream), await streams.lag(stream)) == (0, 0)
 
@@ -153,23 +135,8 @@ async def test_5000_entries_complete_once_and_a_restart_redelivers_nothing(
         await eventually(lambda: again.metrics.completed[TRIGGER] == 1, what="the new entry")
         assert again.metrics.received[TRIGGER] == 1
     assert runs == once_each(range(5001))
-    assert await completed_per_message(store) == once_each(range(5001))
+    assert await completed_per_message(store, SAGA) == once_each(range(5001))
     assert (await streams.pending(stream), await streams.lag(stream)) == (0, 0)
-
-
-class HoldCompletion(SagaListener):
-    """Holds ``on_saga_complete`` of some sagas: they are completed in the store but not yet
-    acknowledged — the window a crash between the store write and the ack leaves open."""
-
-    def __init__(self, gate: asyncio.Event, hold: set[int]) -> None:
-        self.gate = gate
-        self.hold = hold
-        self.held: set[int] = set()
-
-    async def on_saga_complete(self, saga_name: str, saga_id: str, ctx: SagaContext) -> None:
-        if ctx["n"] in self.hold:
-            self.held.add(ctx["n"])
-            await self.gate.wait()
 
 
 async def test_out_of_order_completion_survives_a_restart_with_one_saga_per_entry(
@@ -224,7 +191,7 @@ async def test_out_of_order_completion_survives_a_restart_with_one_saga_per_entr
         assert engine.metrics.completed[TRIGGER] == len(acked)
     # the 20 stuck and the 10 held were cancelled: never acked, so still pending
     assert await streams.pending(stream) == len(odd) + len(unacked)
-    assert await completed_per_message(store) == Counter(acked | unacked)
+    assert await completed_per_message(store, SAGA) == Counter(acked | unacked)
 
     async with TriggerEngine(config, store) as again:
         # a producer retry of finished events (new entries, same key): the inbox knows them
@@ -246,7 +213,7 @@ async def test_out_of_order_completion_survives_a_restart_with_one_saga_per_entr
             what="the released sagas",
         )
         assert again.metrics.received[TRIGGER] == len(odd) + len(unacked) + len(acked)
-    assert await completed_per_message(store) == once_each(range(count))
+    assert await completed_per_message(store, SAGA) == once_each(range(count))
     assert first == once_each(range(count))  # resumed after the completed step
     assert second_done == once_each(range(count))
     assert (await streams.pending(stream), await streams.lag(stream)) == (0, 0)
@@ -321,14 +288,6 @@ async def kill_connections_of(streams: Streams, source: RedisStreamSource) -> in
     return len(clients)
 
 
-class Errors(SagaListener):
-    def __init__(self) -> None:
-        self.errors: list[BaseException] = []
-
-    async def on_trigger_error(self, saga_name: str, error: BaseException, event: Any) -> None:
-        self.errors.append(error)
-
-
 async def test_connection_killed_by_the_server_still_one_saga_per_entry(
     streams: Streams, store: MemorySagaStore
 ) -> None:
@@ -354,7 +313,7 @@ async def test_connection_killed_by_the_server_still_one_saga_per_entry(
                 await gate.wait()
             done[ctx["n"]] += 1
 
-    errors = Errors()
+    errors = ErrorRecorder()
     before, during, after = range(0, 200), range(200, 400), range(400, 600)
     await streams.add(stream, [body(n) for n in before])
     config = TriggerConfig(redis_url=streams.url)
@@ -374,7 +333,7 @@ async def test_connection_killed_by_the_server_still_one_saga_per_entry(
         await eventually(lambda: len(done) == 600, within=20, what="every entry done")
         assert done == once_each(range(600))
         await eventually(lambda: errors.errors, what="the connection loss reported")
-    assert await completed_per_message(store) == once_each(range(600))
+    assert await completed_per_message(store, SAGA) == once_each(range(600))
     assert started == once_each(range(600))  # no step ran twice
     assert (await streams.pending(stream), await streams.lag(stream)) == (0, 0)
 

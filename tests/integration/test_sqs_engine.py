@@ -27,16 +27,15 @@ from sagaz import (
     EventMeta,
     Saga,
     SagaContext,
-    SagaListener,
     SagaStatus,
     TriggerConfig,
     action,
     trigger,
 )
-from sagaz.abc import SagaStore
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.triggers.engine import TriggerEngine
+from tests.engine_support import HoldCompletion, completed_per_message, holds_for, once_each
 from tests.fixtures_sqs import sqs_source_options
 from tests.recording_emit import eventually
 
@@ -124,25 +123,6 @@ async def wait_for_counts(
     await eventually(reached, within=within, what=f"queue counts {expected}")
 
 
-async def holds_for(seconds: float, predicate: Callable[[], Awaitable[bool]], *, what: str) -> None:
-    """Check that ``predicate`` keeps holding over ``seconds`` (an invariant over a window,
-    not a wait for an outcome)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert await predicate(), f"{what} stopped holding"
-        await asyncio.sleep(0.05)
-
-
-async def completed_per_message(store: SagaStore) -> Counter[int]:
-    """How many completed saga rows each message number has."""
-    rows = await store.list_sagas(status=SagaStatus.COMPLETED, saga_name=SAGA, limit=100_000)
-    return Counter(row.context["n"] for row in rows)
-
-
-def once_each(numbers: range) -> Counter[int]:
-    return Counter(numbers)
-
-
 # -- 1. bulk: exactly once, and a clean restart redelivers nothing ---------------------------
 async def test_5000_messages_complete_once_and_a_restart_redelivers_nothing(
     sqs_client: Any, sqs_queue_url: str, sqs_options: dict[str, Any], store: MemorySagaStore
@@ -186,7 +166,7 @@ async def test_5000_messages_complete_once_and_a_restart_redelivers_nothing(
         f"({total / elapsed:.0f}/s, paced sends included; moto-bound)"
     )
     assert runs == once_each(range(total))
-    assert await completed_per_message(store) == once_each(range(total))
+    assert await completed_per_message(store, SAGA) == once_each(range(total))
     rows = await store.list_sagas(status=SagaStatus.COMPLETED, saga_name=SAGA, limit=100_000)
     assert len({row.context["message_id"] for row in rows}) == total  # one per SQS message
     assert engine.metrics.received[TRIGGER] == total
@@ -209,24 +189,11 @@ async def test_5000_messages_complete_once_and_a_restart_redelivers_nothing(
         await sagaz.stop_triggers()
     assert again.metrics.reasons["duplicate"] == 0
     assert runs == once_each(range(total + 1))
-    assert await completed_per_message(store) == once_each(range(total + 1))
+    assert await completed_per_message(store, SAGA) == once_each(range(total + 1))
     assert await queue_counts(sqs_client, sqs_queue_url) == (0, 0)
 
 
 # -- 2. out-of-order completion, stop mid-way, restart ---------------------------------------
-class HoldCompletion(SagaListener):
-    """Holds ``on_saga_complete`` of some sagas: they are completed in the store but not yet
-    acknowledged — the window a crash between the store write and the ack leaves open."""
-
-    def __init__(self, gate: asyncio.Event, hold: set[int]) -> None:
-        self.gate = gate
-        self.hold = hold
-        self.held: set[int] = set()
-
-    async def on_saga_complete(self, saga_name: str, saga_id: str, ctx: SagaContext) -> None:
-        if ctx["n"] in self.hold:
-            self.held.add(ctx["n"])
-            await self.gate.wait()
 
 
 async def test_out_of_order_completion_survives_a_restart_with_one_saga_per_message(
@@ -283,7 +250,7 @@ async def test_out_of_order_completion_survives_a_restart_with_one_saga_per_mess
         # (visibility 0) rather than after the 30 s visibility timeout
         await wait_for_counts(sqs_client, sqs_queue_url, (len(odd) + len(unacked), 0))
         assert time.monotonic() - stopped < 10
-        assert await completed_per_message(store) == Counter(acked | unacked)
+        assert await completed_per_message(store, SAGA) == Counter(acked | unacked)
 
         async with TriggerEngine(config, store) as again:
             # a producer retry of finished messages (new MessageIds, same key): the inbox
@@ -306,7 +273,7 @@ async def test_out_of_order_completion_survives_a_restart_with_one_saga_per_mess
                 what="the released sagas",
             )
             assert again.metrics.received[TRIGGER] == len(odd) + len(unacked) + len(acked)
-        assert await completed_per_message(store) == once_each(range(count))
+        assert await completed_per_message(store, SAGA) == once_each(range(count))
     assert first == once_each(range(count))  # resumed after the completed step
     assert second_done == once_each(range(count))
     assert all(second_started[n] == 1 for n in acked | unacked)  # finished work never reran
@@ -363,7 +330,7 @@ async def test_poison_messages_are_dead_lettered_and_the_rest_keeps_flowing(
         await eventually(lambda: engine.metrics.completed[TRIGGER] == 7, what="a later message")
         assert engine.metrics.reasons["invalid"] == len(poison)
     assert runs == once_each(range(7))
-    assert await completed_per_message(store) == once_each(range(7))
+    assert await completed_per_message(store, SAGA) == once_each(range(7))
 
     stored = {d.payload["MessageId"]: d for d in await store.list_dead_letters(trigger_id=TRIGGER)}
     assert set(stored) == set(poison_ids)
@@ -503,7 +470,7 @@ async def test_block_backpressure_stops_receiving_without_losing_messages(
         dropped = {r: c for r, c in engine.metrics.reasons.items() if c}
         assert dropped == {}, f"admission reasons under block: {dropped}"
     assert entered == finished == once_each(range(total))
-    assert await completed_per_message(store) == once_each(range(total))
+    assert await completed_per_message(store, SAGA) == once_each(range(total))
 
 
 async def test_stopped_while_blocked_every_message_comes_back_at_once_and_completes(
@@ -544,7 +511,7 @@ async def test_stopped_while_blocked_every_message_comes_back_at_once_and_comple
     # handed back by the stop, not after the 30 s visibility timeout
     await wait_for_counts(sqs_client, sqs_queue_url, (total, 0), within=3)
     assert finished == Counter()
-    assert await completed_per_message(store) == Counter()
+    assert await completed_per_message(store, SAGA) == Counter()
 
     gate.set()
     async with TriggerEngine(config, store) as again:
@@ -554,4 +521,4 @@ async def test_stopped_while_blocked_every_message_comes_back_at_once_and_comple
     assert finished == once_each(range(total))
     # only the 2 cancelled mid-step entered their step twice (resumed, same saga)
     assert entered == once_each(range(total)) + Counter(stuck)
-    assert await completed_per_message(store) == once_each(range(total))
+    assert await completed_per_message(store, SAGA) == once_each(range(total))

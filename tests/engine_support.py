@@ -1,0 +1,59 @@
+"""Shared pieces of the broker engine suites (``tests/integration/test_*_engine.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sagaz import SagaContext, SagaListener, SagaStatus
+from sagaz.abc import SagaStore
+
+__all__ = ["ErrorRecorder", "HoldCompletion", "completed_per_message", "holds_for", "once_each"]
+
+
+class HoldCompletion(SagaListener):
+    """Holds ``on_saga_complete`` of some sagas: they are completed in the store but not yet
+    acknowledged — the window a crash between the store write and the ack leaves open."""
+
+    def __init__(self, gate: asyncio.Event, hold: set[int]) -> None:
+        self.gate = gate
+        self.hold = hold
+        self.held: set[int] = set()
+
+    async def on_saga_complete(self, saga_name: str, saga_id: str, ctx: SagaContext) -> None:
+        if ctx["n"] in self.hold:
+            self.held.add(ctx["n"])
+            await self.gate.wait()
+
+
+class ErrorRecorder(SagaListener):
+    """Records what the engine reports through ``on_trigger_error``."""
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException] = []
+
+    async def on_trigger_error(self, saga_name: str, error: BaseException, event: Any) -> None:
+        self.errors.append(error)
+
+
+async def completed_per_message(store: SagaStore, saga_name: str) -> Counter[int]:
+    """How many completed saga rows of ``saga_name`` each message number ``ctx["n"]`` has."""
+    rows = await store.list_sagas(status=SagaStatus.COMPLETED, saga_name=saga_name, limit=100_000)
+    return Counter(row.context["n"] for row in rows)
+
+
+def once_each(numbers: range) -> Counter[int]:
+    """The expected count: every number exactly once."""
+    return Counter(numbers)
+
+
+async def holds_for(seconds: float, predicate: Callable[[], Awaitable[bool]], *, what: str) -> None:
+    """Check that ``predicate`` keeps holding over ``seconds`` (an invariant over a window,
+    not a wait for an outcome)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert await predicate(), f"{what} stopped holding"
+        await asyncio.sleep(0.05)
