@@ -67,9 +67,3 @@ class TriggerConfig(BaseSettings):
         if any(v < 0 for v in value):
             raise ValueError("retry_backoff_seconds must hold non-negative numbers")
         return value
-
-    def backoff_for(self, retry: int) -> float:
-        """Base delay before retry number ``retry`` (1-based); the last value repeats."""
-        if not self.retry_backoff_seconds:
-            return 0.0
-        return self.retry_backoff_seconds[min(retry, len(self.retry_backoff_seconds)) - 1]

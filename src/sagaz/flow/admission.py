@@ -18,9 +18,9 @@ from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, Reason
 from sagaz.exceptions import InvalidEventError
 from sagaz.flow.active import ActiveTrigger, PipelineState
 from sagaz.flow.decoding import InvalidPayloadError
-from sagaz.flow.identity import canonical_hash, content_key, saga_id_for
+from sagaz.flow.identity import canonical_hash, content_key, saga_id_for, storable
 from sagaz.flow.items import WorkItem
-from sagaz.flow.settlement import Settlement, storable
+from sagaz.flow.settlement import Settlement
 from sagaz.records import ClaimOutcome, SagaRecord, TriggerExecutionRecord
 from sagaz.saga.listeners import notify
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
@@ -232,7 +232,7 @@ class Admission:
             pending=pending,
         )
         if existing is not None and existing.status in TERMINAL_SAGA_STATUSES:
-            item.extra["already_terminal"] = True
+            item.already_terminal = True
         put = await state.queue.put(item)
         if not put.accepted:
             return await self._refused(trigger, item)

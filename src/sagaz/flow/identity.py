@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import uuid
 from typing import Any
 
-__all__ = ["SAGAZ_NAMESPACE", "canonical_hash", "content_key", "saga_id_for"]
+__all__ = ["SAGAZ_NAMESPACE", "canonical_hash", "content_key", "saga_id_for", "storable"]
 
 SAGAZ_NAMESPACE = uuid.UUID("3f1d5c8e-6a52-5b8e-9c57-5a6761a7a001")
 
@@ -23,14 +24,23 @@ def saga_id_for(trigger_id: str, key: str) -> str:
     return str(uuid.uuid5(_trigger_namespace(trigger_id), key))
 
 
+def storable(payload: Any) -> Any:
+    """A payload the stores can keep (bytes, str, JSON values; objects as dicts)."""
+    if payload is None or isinstance(payload, (bytes, str, int, float, bool, list, dict)):
+        return payload
+    if hasattr(payload, "model_dump"):
+        return payload.model_dump(mode="json")
+    if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
+        data = dataclasses.asdict(payload)
+        return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in data.items()}
+    return repr(payload)
+
+
 def _default(value: Any) -> Any:
+    """``json.dumps`` fallback of :func:`canonical_hash`: objects as :func:`storable` has them."""
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).hex()
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if hasattr(value, "__dataclass_fields__"):
-        return {f: getattr(value, f) for f in value.__dataclass_fields__}
-    return repr(value)
+    return storable(value)
 
 
 def canonical_hash(value: Any) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sagaz.events import Delivery
@@ -32,7 +32,8 @@ class WorkItem:
     evicted: bool = False
     context_hash: str | None = None  # poll triggers: the execution row to close
     pending: SagaRecord | None = None  # the PENDING row admission created (first attempt)
-    extra: dict[str, Any] = field(default_factory=dict)
+    new_attempt: bool = False  # a retry: the runner starts attempt ``attempt`` afresh
+    already_terminal: bool = False  # a redelivery of a saga that already finished
 
     @property
     def trigger_id(self) -> str:

@@ -53,7 +53,7 @@ class SagaRunner:
             result = await execution.run(
                 item.context,
                 item.saga_id,
-                new_attempt=bool(item.extra.pop("new_attempt", False)),
+                new_attempt=self._take_new_attempt(item),
                 known=item.pending,
             )
         except asyncio.CancelledError:
@@ -70,7 +70,7 @@ class SagaRunner:
             return
         if result.status is SagaStatus.COMPENSATED:
             state.metrics.compensated[trigger.trigger_id] += 1
-            if item.attempt <= trigger.max_retries and not item.extra.get("already_terminal"):
+            if item.attempt <= trigger.max_retries and not item.already_terminal:
                 self._schedule_retry(item)
                 return
         else:
@@ -85,6 +85,12 @@ class SagaRunner:
         )
         await self._settle(item)
         self._notify(item, result)
+
+    @staticmethod
+    def _take_new_attempt(item: WorkItem) -> bool:
+        """Whether this run starts a new attempt (set once by a scheduled retry)."""
+        new_attempt, item.new_attempt = item.new_attempt, False
+        return new_attempt
 
     async def _settle(self, item: WorkItem) -> None:
         store = self.state.store
@@ -105,7 +111,7 @@ class SagaRunner:
             delay *= 1 + random.uniform(-jitter, jitter)
         item.attempt += 1
         item.pending = None
-        item.extra["new_attempt"] = True
+        item.new_attempt = True
         self.state.metrics.retried[trigger.trigger_id] += 1
         logger.info(
             "retrying saga %s (attempt %d) in %.2fs",

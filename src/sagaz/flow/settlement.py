@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import traceback as tb
 from typing import Any
 
 from sagaz.events import Delivery, Reason
 from sagaz.flow.active import ActiveTrigger, PipelineState
+from sagaz.flow.identity import storable
 from sagaz.records import DeadLetterRecord
 from sagaz.saga.listeners import notify
 
-__all__ = ["Settlement", "storable"]
+__all__ = ["Settlement"]
 
 logger = logging.getLogger(__name__)
-
-
-def storable(payload: Any) -> Any:
-    """A payload the stores can keep (bytes, str, JSON values; objects as dicts)."""
-    if payload is None or isinstance(payload, (bytes, str, int, float, bool, list, dict)):
-        return payload
-    if hasattr(payload, "model_dump"):
-        return payload.model_dump(mode="json")
-    if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
-        data = dataclasses.asdict(payload)
-        return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in data.items()}
-    return repr(payload)
 
 
 class Settlement:

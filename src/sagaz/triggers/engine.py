@@ -32,15 +32,14 @@ from sagaz.exceptions import ConfigurationError
 from sagaz.flow.active import ActiveTrigger, PipelineState
 from sagaz.flow.admission import Admission
 from sagaz.flow.backpressure import BackpressureQueue
-from sagaz.flow.identity import content_key
+from sagaz.flow.identity import content_key, storable
 from sagaz.flow.items import WorkItem
 from sagaz.flow.limits import TokenBucket
 from sagaz.flow.runner import Dispatcher, SagaRunner
-from sagaz.flow.settlement import Settlement, storable
+from sagaz.flow.settlement import Settlement
 from sagaz.saga.listeners import SagaListener
 from sagaz.saga.result import SagaResult
 from sagaz.triggers.custom import PollSource
-from sagaz.triggers.memory import MemorySource
 from sagaz.triggers.registration import TriggerDefinition, registry
 from sagaz.triggers.sources import SourceContext, load_source_module
 
@@ -82,6 +81,7 @@ class TriggerEngine(_Lifecycle):
         self.worker_id = self.config.worker_id or _default_worker_id()
         self.triggers: dict[str, ActiveTrigger] = {}
         self.sources: dict[str, Source] = {}
+        self._channels: dict[str, list[ActiveTrigger]] = {}  # memory triggers by channel
         self._tasks: list[asyncio.Task[None]] = []
         self._waiters: dict[str, list[asyncio.Future[SagaResult | None]]] = {}
         self._recent: OrderedDict[str, SagaResult | None] = OrderedDict()
@@ -133,7 +133,9 @@ class TriggerEngine(_Lifecycle):
             for definition in definitions:
                 active = ActiveTrigger(definition, state)
                 self.triggers[definition.trigger_id] = active
-                if self.start_sources or definition.source == "memory":
+                if definition.source == "memory":  # events come in through fire()
+                    self._channels.setdefault(str(definition.channel), []).append(active)
+                elif self.start_sources:
                     active.source = self._build_source(active)
                     self.sources[definition.trigger_id] = active.source
             self.dispatcher.start(config.max_concurrent_sagas)
@@ -158,8 +160,6 @@ class TriggerEngine(_Lifecycle):
 
     def _build_source(self, active: ActiveTrigger) -> Source:
         definition = active.definition
-        if definition.source == "memory":
-            return MemorySource(str(definition.channel))
         ctx = SourceContext(
             trigger_id=definition.trigger_id,
             saga_name=definition.saga_name,
@@ -333,11 +333,7 @@ class TriggerEngine(_Lifecycle):
         """Send ``event`` to every ``source="memory"`` trigger on ``channel``; return the
         saga ids accepted (durable in the store when this returns)."""
         self._require_running()
-        targets = [
-            t
-            for t in self.triggers.values()
-            if t.definition.source == "memory" and t.definition.channel == channel
-        ]
+        targets = self._channels.get(channel)
         if not targets:
             raise ConfigurationError(
                 f"no trigger listens on channel {channel!r}; declare one with "
@@ -345,8 +341,6 @@ class TriggerEngine(_Lifecycle):
             )
         accepted: list[str] = []
         for active in targets:
-            source = self.sources[active.trigger_id]
-            assert isinstance(source, MemorySource)
             delivery = Delivery(
                 payload=event,
                 decoded=True,
