@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sagaz.clock import Clock
+from sagaz.clock import Clock, utcnow
 from sagaz.config import TriggerConfig
 from sagaz.flow.decoding import EventDecoder
 from sagaz.flow.limits import TokenBucket
@@ -34,6 +35,13 @@ class PipelineState:
     listeners: list[SagaListener]
     metrics: EngineMetrics = field(default_factory=EngineMetrics)
     global_bucket: TokenBucket | None = None
+
+    def lease_until(self) -> datetime:
+        """The lease deadline for claims made now.
+
+        Leases measure the liveness of real processes, so they use the real clock even when
+        the engine runs on a ``FakeClock`` (the stores compare them with real time)."""
+        return utcnow() + timedelta(seconds=self.config.lease_seconds)
 
 
 class ActiveTrigger:

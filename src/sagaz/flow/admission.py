@@ -10,10 +10,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-from sagaz.clock import utcnow
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, Reason
 from sagaz.exceptions import InvalidEventError
 from sagaz.flow.active import ActiveTrigger, PipelineState
@@ -40,13 +38,6 @@ class Admission:
         self._busy_watchers: set[asyncio.Task[None]] = set()
         #: saga id -> deliveries of the saga queued or running here (see ``_join``)
         self._in_flight: dict[str, _JointDeliveries] = {}
-
-    def lease_until(self) -> Any:
-        """The lease deadline for claims made now.
-
-        Leases measure the liveness of real processes, so they use the real clock even when
-        the engine runs on a ``FakeClock`` (the stores compare them with real time)."""
-        return utcnow() + timedelta(seconds=self.state.config.lease_seconds)
 
     async def admit(self, trigger: ActiveTrigger, delivery: Delivery) -> AdmissionResult:
         """Admit one delivery of ``trigger``; never raises (bar cancellation).
@@ -134,7 +125,7 @@ class Admission:
         """Claim the inbox row of ``c``; ``None`` while another live worker holds it."""
         state = self.state
         claim = await state.store.claim_inbox(
-            c.trigger.trigger_id, c.key, c.saga_id, state.worker_id, self.lease_until()
+            c.trigger.trigger_id, c.key, c.saga_id, state.worker_id, state.lease_until()
         )
         if claim.outcome is ClaimOutcome.DUPLICATE:
             await self.settlement.ack(c.trigger, c.delivery)
@@ -166,7 +157,7 @@ class Admission:
             # a finished saga is not run again (its stored result settles the event), and its
             # lease may still name the worker that finished it but never acked the event
             and existing.status not in TERMINAL_SAGA_STATUSES
-            and not await state.store.claim_saga(saga_id, state.worker_id, self.lease_until())
+            and not await state.store.claim_saga(saga_id, state.worker_id, state.lease_until())
         ):  # the saga itself is leased by a live worker (e.g. the recovery loop elsewhere)
             self._watch_busy(c)
             return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
@@ -214,7 +205,7 @@ class Admission:
                     trigger_id=trigger.trigger_id,
                     event=storable(delivery.payload) if trigger.persist_events else None,
                     owner=state.worker_id,
-                    lease_expires_at=self.lease_until(),
+                    lease_expires_at=state.lease_until(),
                 )
             )
             if not created:

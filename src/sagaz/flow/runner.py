@@ -6,9 +6,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from datetime import timedelta
 
-from sagaz.clock import utcnow
 from sagaz.flow.active import PipelineState
 from sagaz.flow.items import WorkItem
 from sagaz.flow.settlement import Settlement
@@ -47,7 +45,7 @@ class SagaRunner:
             clock=state.clock,
             trigger_id=trigger.trigger_id,
             owner=state.worker_id,
-            lease_until=utcnow() + timedelta(seconds=state.config.lease_seconds),
+            lease_until=state.lease_until(),
         )
         try:
             result = await execution.run(

@@ -72,7 +72,6 @@ class TriggerEngine(_Lifecycle):
         shared: dict[str, Any] | None = None,
     ) -> None:
         self.config = config or TriggerConfig()
-        self._explicit_store = store
         self.store: SagaStore = resolve_store(store)
         self.clock = clock or SystemClock()
         self.listeners = list(listeners)
@@ -204,12 +203,12 @@ class TriggerEngine(_Lifecycle):
     async def _heartbeat(self) -> None:
         """Keep the leases of this worker's claims alive while it runs."""
         interval = self.config.lease_seconds / 3
+        state = self.state
+        assert state is not None
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.store.renew_leases(
-                    self.worker_id, utcnow() + timedelta(seconds=self.config.lease_seconds)
-                )
+                await self.store.renew_leases(self.worker_id, state.lease_until())
             except Exception:
                 logger.exception("renewing leases failed", extra={"worker_id": self.worker_id})
 
@@ -232,10 +231,9 @@ class TriggerEngine(_Lifecycle):
         """One recovery pass; returns how many sagas were resumed."""
         state = self.state
         assert state is not None
-        now = utcnow()
-        lease_until = now + timedelta(seconds=self.config.lease_seconds)
+        lease_until = state.lease_until()
         resumed = 0
-        for record in await self.store.list_recoverable(now):
+        for record in await self.store.list_recoverable(utcnow()):
             active = self.triggers.get(record.trigger_id or "")
             if active is None or (active.source is not None and active.source.redeliverable):
                 continue
