@@ -35,13 +35,17 @@ class PipelineState:
     listeners: list[SagaListener]
     metrics: EngineMetrics = field(default_factory=EngineMetrics)
     global_bucket: TokenBucket | None = None
+    _lease: timedelta = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._lease = timedelta(seconds=self.config.lease_seconds)
 
     def lease_until(self) -> datetime:
         """The lease deadline for claims made now.
 
         Leases measure the liveness of real processes, so they use the real clock even when
         the engine runs on a ``FakeClock`` (the stores compare them with real time)."""
-        return utcnow() + timedelta(seconds=self.config.lease_seconds)
+        return utcnow() + self._lease
 
 
 class ActiveTrigger:
@@ -51,6 +55,10 @@ class ActiveTrigger:
         self, definition: TriggerDefinition, state: PipelineState, source: Source | None = None
     ) -> None:
         self.definition = definition
+        #: the trigger id (``"{saga_name}.{method}"``)
+        self.trigger_id: str = definition.trigger_id
+        #: the saga's name
+        self.saga_name: str = definition.saga_name
         self.saga: Saga = definition.saga_cls()
         self.method = getattr(self.saga, definition.method)
         self.is_async = inspect.iscoroutinefunction(self.method)
@@ -87,16 +95,6 @@ class ActiveTrigger:
             if definition.poll_trigger is not None
             else None
         )
-
-    @property
-    def trigger_id(self) -> str:
-        """The trigger id (``"{saga_name}.{method}"``)."""
-        return self.definition.trigger_id
-
-    @property
-    def saga_name(self) -> str:
-        """The saga's name."""
-        return self.definition.saga_name
 
     async def transform(self, event: Any, meta: Any) -> Any:
         """Call the trigger method (sync or async)."""

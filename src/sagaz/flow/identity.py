@@ -15,13 +15,19 @@ SAGAZ_NAMESPACE = uuid.UUID("3f1d5c8e-6a52-5b8e-9c57-5a6761a7a001")
 
 
 @functools.lru_cache(maxsize=1024)
-def _trigger_namespace(trigger_id: str) -> uuid.UUID:
-    return uuid.uuid5(SAGAZ_NAMESPACE, trigger_id)
+def _trigger_namespace(trigger_id: str) -> bytes:
+    return uuid.uuid5(SAGAZ_NAMESPACE, trigger_id).bytes
+
+
+_VARIANT = "89ab89ab89ab89ab"  # RFC 4122 variant bits over the first hex digit of clock_seq
 
 
 def saga_id_for(trigger_id: str, key: str) -> str:
-    """``uuid5(trigger_id, key)``: a redelivered event maps to the same saga."""
-    return str(uuid.uuid5(_trigger_namespace(trigger_id), key))
+    """``str(uuid5(uuid5(SAGAZ_NAMESPACE, trigger_id), key))``: a redelivered event maps to
+    the same saga. Computed on the hex digest directly (a third of ``uuid.uuid5``'s cost: it
+    runs once per event)."""
+    h = hashlib.sha1(_trigger_namespace(trigger_id) + key.encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[int(h[16], 16)]}{h[17:20]}-{h[20:32]}"
 
 
 def storable(payload: Any) -> Any:

@@ -38,4 +38,4 @@ class WorkItem:
     @property
     def trigger_id(self) -> str:
         """Id of the trigger that admitted the event."""
-        return self.trigger.definition.trigger_id
+        return self.trigger.trigger_id

@@ -77,20 +77,21 @@ class SagaExecution:
         ``known`` is the stored row when the caller just created it (skips one read).
         """
         saga_id = saga_id or str(uuid.uuid4())
-        fresh = SagaRecord(
-            saga_id=saga_id,
-            saga_name=self.saga_name,
-            status=SagaStatus.RUNNING,
-            context=dict(initial),
-            trigger_id=self.trigger_id,
-            event=self.event,
-            owner=self.owner,
-            lease_expires_at=self.lease_until,
-        )
         if known is not None and known.saga_id == saga_id:
             record, created = known, False
         else:
-            record, created = await self.store.create_saga(fresh)
+            record, created = await self.store.create_saga(
+                SagaRecord(
+                    saga_id=saga_id,
+                    saga_name=self.saga_name,
+                    status=SagaStatus.RUNNING,
+                    context=dict(initial),
+                    trigger_id=self.trigger_id,
+                    event=self.event,
+                    owner=self.owner,
+                    lease_expires_at=self.lease_until,
+                )
+            )
         steps: dict[str, StepRecord] = {}
         if not created:
             if record.status in TERMINAL_SAGA_STATUSES:
@@ -128,13 +129,16 @@ class SagaExecution:
             await self.store.save_saga(record)
             if self.listeners:
                 await notify(self.listeners, "on_saga_complete", self.saga_name, saga_id, ctx)
-            return SagaResult(saga_id, SagaStatus.COMPLETED, ctx.to_dict(), attempt=record.attempt)
+                record.context = ctx.to_dict()  # a listener may have written to the context
+            return SagaResult(saga_id, SagaStatus.COMPLETED, record.context, attempt=record.attempt)
         failed_step, exc = failure
         return await self._compensate(ctx, failed_step, exc)
 
     # -- restore ---------------------------------------------------------------------------
     def _restore(self, ctx: SagaContext, steps: dict[str, StepRecord]) -> set[str]:
         """Re-apply completed steps (in completion order); return the names not to run again."""
+        if not steps:
+            return set()
         known = {s.action.name for s in self.definition.steps}
         completed = sorted(
             (s for s in steps.values() if s.name in known and s.status is StepStatus.COMPLETED),
@@ -246,11 +250,14 @@ class SagaExecution:
             if self.listeners:
                 await notify(self.listeners, "on_step_enter", self.saga_name, name, ctx)
             try:
-                async with asyncio.timeout(spec.timeout_seconds):
-                    if channel is not None:
-                        result = await self._produce(fn, ctx, channel)
-                    else:
-                        result = self._check_result(name, await fn(ctx))
+                if spec.timeout_seconds is None and channel is None:  # the common case
+                    result = self._check_result(name, await fn(ctx))
+                else:
+                    async with asyncio.timeout(spec.timeout_seconds):
+                        if channel is not None:
+                            result = await self._produce(fn, ctx, channel)
+                        else:
+                            result = self._check_result(name, await fn(ctx))
             except TimeoutError as exc:
                 error: Exception = SagaTimeoutError(
                     f"step {name!r} of saga {self.saga_name!r} exceeded "

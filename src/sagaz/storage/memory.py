@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
@@ -22,82 +20,34 @@ from sagaz.records import (
     TriggerExecutionRecord,
     TriggerScheduleRecord,
 )
+from sagaz.storage.rows import RowCodec
+from sagaz.storage.rows import clone as _clone
 from sagaz.types import TERMINAL_SAGA_STATUSES, InboxStatus, SagaStatus
 
 __all__ = ["MemorySagaStore"]
 
-R = TypeVar("R")
-_ATOMIC = (str, int, float, bool, type(None), bytes)
-_NESTED = ("context", "result", "event", "payload", "headers", "meta")
+_SAGA = RowCodec(SagaRecord)
+_STEP = RowCodec(StepRecord)
+_S_STATUS = _SAGA.index["status"]
+_S_NAME = _SAGA.index["saga_name"]
+_S_OWNER = _SAGA.index["owner"]
+_S_LEASE = _SAGA.index["lease_expires_at"]
+_S_EVENT = _SAGA.index["event"]
+_S_CREATED = _SAGA.index["created_at"]
+_S_UPDATED = _SAGA.index["updated_at"]
 
-
-def _copy_value(value: Any) -> Any:
-    """A deep copy of JSON-like data (dict/list/tuple), much cheaper than ``copy.deepcopy``."""
-    if isinstance(value, _ATOMIC):
-        return value
-    if isinstance(value, dict):
-        return {k: _copy_value(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy_value(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_copy_value(v) for v in value)
-    return copy.deepcopy(value)
-
-
-_CLONERS: dict[type, Callable[[Any], Any]] = {}
-
-
-def _make_cloner(cls: type) -> Callable[[Any], Any]:
-    """Compile a copy function for one record class (as ``dataclasses`` compiles ``__init__``):
-    straight-line attribute copies are several times cheaper than a generic loop, and the
-    memory store copies every record it takes in and gives out."""
-    lines = ["def clone(r):", "    c = new(cls)"]
-    for field in dataclasses.fields(cls):
-        name = field.name
-        if name in _NESTED:
-            lines.append(f"    v = r.{name}")
-            lines.append(f"    c.{name} = v if v is None or type(v) in atomic else copy_value(v)")
-        else:
-            lines.append(f"    c.{name} = r.{name}")
-    lines.append("    return c")
-    namespace: dict[str, Any] = {
-        "new": object.__new__,
-        "cls": cls,
-        "atomic": frozenset(_ATOMIC),
-        "copy_value": _copy_value,
-    }
-    exec("\n".join(lines), namespace)
-    cloner: Callable[[Any], Any] = namespace["clone"]
-    return cloner
-
-
-def _clone(record: R) -> R:
-    """Copy a record so callers cannot change stored state by mutation (and vice versa)."""
-    cls = type(record)
-    cloner = _CLONERS.get(cls)
-    if cloner is None:
-        cloner = _CLONERS[cls] = _make_cloner(cls)
-    clone: R = cloner(record)
-    return clone
-
-
-class _InboxRow:
-    __slots__ = ("completed_at", "created_at", "lease_until", "owner", "saga_id", "status")
-
-    def __init__(self, saga_id: str, owner: str, lease_until: datetime) -> None:
-        self.saga_id = saga_id
-        self.owner: str | None = owner
-        self.lease_until: datetime | None = lease_until
-        self.status = InboxStatus.PENDING
-        self.created_at = utcnow()
-        self.completed_at: datetime | None = None
+#: an inbox row: (saga_id, owner, lease_until, status value, created_at, completed_at)
+_InboxRow = tuple[str, str | None, datetime | None, str, datetime, datetime | None]
+_PENDING = InboxStatus.PENDING.value
+_COMPLETED = InboxStatus.COMPLETED.value
 
 
 class MemorySagaStore(SagaStore):
     """A :class:`~sagaz.abc.SagaStore` in dictionaries.
 
     Every operation runs without an ``await`` in between, so it is atomic on the event loop.
-    Records are copied in and out, so callers cannot change stored state by mutation.
+    Records are copied in and out, so callers cannot change stored state by mutation; sagas,
+    steps and inbox rows are kept as tuples of plain values (see :mod:`sagaz.storage.rows`).
     """
 
     durable: ClassVar[bool] = False
@@ -106,8 +56,8 @@ class MemorySagaStore(SagaStore):
         return None
 
     def __init__(self) -> None:
-        self._sagas: dict[str, SagaRecord] = {}
-        self._steps: dict[str, dict[str, StepRecord]] = {}
+        self._sagas: dict[str, tuple[Any, ...]] = {}
+        self._steps: dict[str, dict[str, tuple[Any, ...]]] = {}
         self._inbox: dict[tuple[str, str], _InboxRow] = {}
         self._outbox: list[OutboxMessage] = []
         self._outbox_ids = itertools.count(1)
@@ -121,25 +71,25 @@ class MemorySagaStore(SagaStore):
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
         existing = self._sagas.get(record.saga_id)
         if existing is not None:
-            return _clone(existing), False
+            return _SAGA.unpack(existing), False
         now = utcnow()
-        stored = _clone(record)
-        stored.created_at = stored.created_at or now
-        stored.updated_at = now
-        self._sagas[record.saga_id] = stored
-        record.created_at, record.updated_at = stored.created_at, now
+        record.created_at = record.created_at or now
+        record.updated_at = now
+        self._sagas[record.saga_id] = _SAGA.pack(record)
         return record, True  # the caller's own object: the store keeps its private copy
 
     async def save_saga(self, record: SagaRecord) -> None:
-        stored = _clone(record)
         previous = self._sagas.get(record.saga_id)
-        stored.created_at = previous.created_at if previous else (record.created_at or utcnow())
-        stored.updated_at = utcnow()
-        self._sagas[record.saga_id] = stored
+        now = utcnow()
+        created, updated = record.created_at, record.updated_at
+        record.created_at = previous[_S_CREATED] if previous else (created or now)
+        record.updated_at = now
+        self._sagas[record.saga_id] = _SAGA.pack(record)
+        record.created_at, record.updated_at = created, updated
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
-        record = self._sagas.get(saga_id)
-        return _clone(record) if record else None
+        row = self._sagas.get(saga_id)
+        return _SAGA.unpack(row) if row else None
 
     async def list_sagas(
         self,
@@ -151,10 +101,10 @@ class MemorySagaStore(SagaStore):
         rows = [
             r
             for r in self._sagas.values()
-            if (status is None or r.status == status)
-            and (saga_name is None or r.saga_name == saga_name)
+            if (status is None or r[_S_STATUS] == status)
+            and (saga_name is None or r[_S_NAME] == saga_name)
         ]
-        return [_clone(r) for r in rows[:limit]]
+        return [_SAGA.unpack(r) for r in rows[:limit]]
 
     async def delete_saga(self, saga_id: str) -> None:
         self._sagas.pop(saga_id, None)
@@ -164,38 +114,37 @@ class MemorySagaStore(SagaStore):
         rows = [
             r
             for r in self._sagas.values()
-            if r.status not in TERMINAL_SAGA_STATUSES
-            and (r.lease_expires_at is None or r.lease_expires_at < now)
+            if r[_S_STATUS] not in TERMINAL_SAGA_STATUSES
+            and (r[_S_LEASE] is None or r[_S_LEASE] < now)
         ]
-        return [_clone(r) for r in rows[:limit]]
+        return [_SAGA.unpack(r) for r in rows[:limit]]
 
     async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
-        record = self._sagas.get(saga_id)
-        if record is None:
+        row = self._sagas.get(saga_id)
+        if row is None:
             return False
-        now = utcnow()
         if (
-            record.owner not in (None, owner)
-            and record.lease_expires_at is not None
-            and record.lease_expires_at >= now
+            row[_S_OWNER] not in (None, owner)
+            and row[_S_LEASE] is not None
+            and row[_S_LEASE] >= utcnow()
         ):
             return False
-        record.owner = owner
-        record.lease_expires_at = lease_until
+        self._sagas[saga_id] = _SAGA.replace(row, owner=owner, lease_expires_at=lease_until)
         return True
 
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
-        stored = _clone(step)
-        stored.updated_at = utcnow()
-        self._steps.setdefault(step.saga_id, {})[step.name] = stored
+        updated = step.updated_at
+        step.updated_at = utcnow()
+        self._steps.setdefault(step.saga_id, {})[step.name] = _STEP.pack(step)
+        step.updated_at = updated
         for message in outbox:
             self._outbox.append(
                 replace(_clone(message), id=next(self._outbox_ids), created_at=utcnow())
             )
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
-        return [_clone(s) for s in self._steps.get(saga_id, {}).values()]
+        return [_STEP.unpack(s) for s in self._steps.get(saga_id, {}).values()]
 
     async def reset_steps(self, saga_id: str) -> None:
         self._steps.pop(saga_id, None)
@@ -206,34 +155,57 @@ class MemorySagaStore(SagaStore):
     ) -> InboxClaim:
         row = self._inbox.get((trigger_id, key))
         if row is None:
-            self._inbox[(trigger_id, key)] = _InboxRow(saga_id, owner, lease_until)
+            self._inbox[(trigger_id, key)] = (
+                saga_id,
+                owner,
+                lease_until,
+                _PENDING,
+                utcnow(),
+                None,
+            )
             return InboxClaim(ClaimOutcome.CLAIMED, saga_id, owner)
-        if row.status is InboxStatus.COMPLETED:
-            return InboxClaim(ClaimOutcome.DUPLICATE, row.saga_id, row.owner)
-        if row.owner == owner or row.lease_until is None or row.lease_until < utcnow():
-            row.owner = owner
-            row.lease_until = lease_until
-            return InboxClaim(ClaimOutcome.TAKEN_OVER, row.saga_id, owner)
-        return InboxClaim(ClaimOutcome.BUSY, row.saga_id, row.owner)
+        stored_id, stored_owner, stored_lease, status, created, _ = row
+        if status == _COMPLETED:
+            return InboxClaim(ClaimOutcome.DUPLICATE, stored_id, stored_owner)
+        if stored_owner == owner or stored_lease is None or stored_lease < utcnow():
+            self._inbox[(trigger_id, key)] = (
+                stored_id,
+                owner,
+                lease_until,
+                _PENDING,
+                created,
+                None,
+            )
+            return InboxClaim(ClaimOutcome.TAKEN_OVER, stored_id, owner)
+        return InboxClaim(ClaimOutcome.BUSY, stored_id, stored_owner)
 
     async def complete_inbox(self, trigger_id: str, key: str) -> None:
         row = self._inbox.get((trigger_id, key))
         if row is not None:
-            row.status = InboxStatus.COMPLETED
-            row.completed_at = utcnow()
+            saga_id, owner, lease_until, _, created, _ = row
+            self._inbox[(trigger_id, key)] = (
+                saga_id,
+                owner,
+                lease_until,
+                _COMPLETED,
+                created,
+                utcnow(),
+            )
 
     async def release_inbox(self, trigger_id: str, key: str) -> None:
         self._inbox.pop((trigger_id, key), None)
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
         touched = 0
-        for row in self._inbox.values():
-            if row.owner == owner and row.status is InboxStatus.PENDING:
-                row.lease_until = lease_until
+        inbox = self._inbox
+        for k, row in inbox.items():
+            if row[1] == owner and row[3] == _PENDING:
+                inbox[k] = (row[0], owner, lease_until, _PENDING, row[4], row[5])
                 touched += 1
-        for record in self._sagas.values():
-            if record.owner == owner and record.status not in TERMINAL_SAGA_STATUSES:
-                record.lease_expires_at = lease_until
+        sagas = self._sagas
+        for saga_id, record in sagas.items():
+            if record[_S_OWNER] == owner and record[_S_STATUS] not in TERMINAL_SAGA_STATUSES:
+                sagas[saga_id] = _SAGA.replace(record, lease_expires_at=lease_until)
                 touched += 1
         return touched
 
@@ -241,21 +213,20 @@ class MemorySagaStore(SagaStore):
         expired = [
             k
             for k, row in self._inbox.items()
-            if row.status is InboxStatus.COMPLETED
-            and row.completed_at is not None
-            and row.completed_at < before
+            if row[3] == _COMPLETED and row[5] is not None and row[5] < before
         ]
         for k in expired:
             del self._inbox[k]
         cleared = 0
-        for record in self._sagas.values():
+        sagas = self._sagas
+        for saga_id, record in sagas.items():
             if (
-                record.event is not None
-                and record.status in TERMINAL_SAGA_STATUSES
-                and record.updated_at is not None
-                and record.updated_at < before
+                record[_S_EVENT] is not None
+                and record[_S_STATUS] in TERMINAL_SAGA_STATUSES
+                and record[_S_UPDATED] is not None
+                and record[_S_UPDATED] < before
             ):
-                record.event = None
+                sagas[saga_id] = _SAGA.replace(record, event=None)
                 cleared += 1
         return len(expired) + cleared
 
