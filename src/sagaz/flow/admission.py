@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, Reason
@@ -124,8 +125,9 @@ class Admission:
     async def _claim(self, c: _Candidate) -> AdmissionResult | None:
         """Claim the inbox row of ``c``; ``None`` while another live worker holds it."""
         state = self.state
+        lease = state.lease_until()
         claim = await state.store.claim_inbox(
-            c.trigger.trigger_id, c.key, c.saga_id, state.worker_id, state.lease_until()
+            c.trigger.trigger_id, c.key, c.saga_id, state.worker_id, lease
         )
         if claim.outcome is ClaimOutcome.DUPLICATE:
             await self.settlement.ack(c.trigger, c.delivery)
@@ -133,7 +135,7 @@ class Admission:
             return AdmissionResult(AdmissionOutcome.DUPLICATE, c.saga_id, Reason.DUPLICATE)
         if claim.outcome is ClaimOutcome.BUSY:
             return None
-        return await self._accept(c, fresh=claim.outcome is ClaimOutcome.CLAIMED)
+        return await self._accept(c, lease, fresh=claim.outcome is ClaimOutcome.CLAIMED)
 
     def _key(self, trigger: ActiveTrigger, delivery: Delivery, event: Any) -> str:
         if trigger.definition.idempotency_key is not None:
@@ -147,7 +149,9 @@ class Admission:
             return delivery.identity
         return content_key(storable(delivery.payload))
 
-    async def _accept(self, c: _Candidate, *, fresh: bool = False) -> AdmissionResult:
+    async def _accept(
+        self, c: _Candidate, lease: datetime, *, fresh: bool = False
+    ) -> AdmissionResult:
         state = self.state
         trigger, delivery, event, key, saga_id = c.trigger, c.delivery, c.event, c.key, c.saga_id
         # a key never claimed before has no saga yet; a taken-over one may be half done
@@ -157,7 +161,7 @@ class Admission:
             # a finished saga is not run again (its stored result settles the event), and its
             # lease may still name the worker that finished it but never acked the event
             and existing.status not in TERMINAL_SAGA_STATUSES
-            and not await state.store.claim_saga(saga_id, state.worker_id, state.lease_until())
+            and not await state.store.claim_saga(saga_id, state.worker_id, lease)
         ):  # the saga itself is leased by a live worker (e.g. the recovery loop elsewhere)
             self._watch_busy(c)
             return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
@@ -205,7 +209,7 @@ class Admission:
                     trigger_id=trigger.trigger_id,
                     event=storable(delivery.payload) if trigger.persist_events else None,
                     owner=state.worker_id,
-                    lease_expires_at=state.lease_until(),
+                    lease_expires_at=lease,
                 )
             )
             if not created:

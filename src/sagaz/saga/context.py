@@ -120,6 +120,10 @@ class SagaContext(MutableMapping[str, Any]):
     def __repr__(self) -> str:
         return f"SagaContext({self._data!r}, saga_id={self.saga_id!r})"
 
+    def update(self, other: Any = (), /, **values: Any) -> None:
+        """Merge a mapping (or key/value pairs) into the context, as ``dict.update`` does."""
+        self._data.update(other, **values)
+
     def to_dict(self) -> dict[str, Any]:
         """A plain-dict copy of the data."""
         return dict(self._data)

@@ -158,7 +158,7 @@ class RowCodec(Generic[R]):
                 unpack.append(f"    c.{name} = thaw(t[{i}])")
             elif enum is not None:
                 members[f"m{i}"] = {m.value: m for m in enum}
-                values.append(f"(None if r.{name} is None else r.{name}.value)")
+                values.append(f"(None if r.{name} is None else r.{name}._value_)")
                 unpack.append(f"    c.{name} = None if t[{i}] is None else m{i}[t[{i}]]")
             else:
                 values.append(f"r.{name}")
