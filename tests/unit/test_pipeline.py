@@ -245,6 +245,51 @@ async def test_rate_limit_over_two_seconds_of_fake_time() -> None:
     assert 99 <= len([s for s in starts if s <= 2.0]) <= 101
 
 
+async def test_a_rate_limited_trigger_does_not_hold_workers_from_other_triggers() -> None:
+    """Events waiting for a rate-limit token are parked, not held by workers: with four
+    workers and a hundred throttled events queued first, an unthrottled trigger's events all
+    run before (fake) time moves at all; the throttled ones start in arrival order."""
+    clock = FakeClock()
+    slow_starts: list[int] = []
+    fast_done: list[int] = []
+
+    class Throttled(Saga):
+        @trigger(
+            source="memory",
+            channel="slow",
+            idempotency_key=lambda e: e["n"],
+            rate_limit_per_second=1,
+        )
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("work")
+        async def work(self, ctx: Any) -> None:
+            slow_starts.append(ctx["n"])
+
+    class Free(Saga):
+        @trigger(source="memory", channel="fast", idempotency_key=lambda e: e["n"])
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("work")
+        async def work(self, ctx: Any) -> None:
+            fast_done.append(ctx["n"])
+
+    config = TriggerConfig(queue_size=1000, max_concurrent_sagas=4)
+    async with TriggerEngine(config, MemorySagaStore(), clock=clock) as engine:
+        for n in range(100):
+            await engine.fire("slow", {"n": n})
+        for n in range(50):
+            await engine.fire("fast", {"n": n})
+        await wait_until(lambda: len(fast_done) == 50)
+        assert slow_starts == [0]  # one token at t=0, the rest wait for time to move
+        for _ in range(5):
+            await clock.advance(1.0)
+        assert slow_starts == list(range(6))
+        assert engine.metrics.in_flight == 0  # parked events hold no worker
+
+
 @dataclass
 class Ping:
     value: int

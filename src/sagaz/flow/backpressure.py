@@ -1,9 +1,10 @@
 """``BackpressureQueue``: the bounded buffer between sources and the dispatcher.
 
-It also parks events whose ``concurrency_key`` is busy, or whose trigger is at its
-``max_concurrent_sagas``, so they never block events of other keys (no head-of-line
-blocking), while keeping per-key arrival order. Parked events count against the capacity:
-memory stays bounded by ``queue_size`` plus the sagas in flight.
+It also parks events whose ``concurrency_key`` is busy, whose trigger is at its
+``max_concurrent_sagas``, or whose trigger has no ``rate_limit_per_second`` token left, so they
+never block events of other keys or triggers (no head-of-line blocking), while keeping per-key
+and per-trigger arrival order. Parked events count against the capacity: memory stays bounded
+by ``queue_size`` plus the sagas in flight.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from sagaz.config import BackpressureStrategy
 from sagaz.flow.items import WorkItem
+from sagaz.flow.limits import TokenBucket
 
 __all__ = ["BackpressureQueue", "PutResult"]
 
@@ -41,6 +43,9 @@ class BackpressureQueue:
         self._ready: deque[WorkItem] = deque()
         self._parked_keys: dict[Hashable, deque[WorkItem]] = {}
         self._parked_triggers: dict[str, deque[WorkItem]] = {}
+        #: events waiting for a rate-limit token, per trigger, and the task granting them
+        self._rate_parked: dict[str, deque[WorkItem]] = {}
+        self._rate_granters: dict[str, asyncio.Task[None]] = {}
         self._busy_keys: set[Hashable] = set()
         self._running: Counter[str] = Counter()
         self._getters: deque[asyncio.Future[None]] = deque()
@@ -132,6 +137,15 @@ class BackpressureQueue:
             if limit is not None and self._running[trigger_id] >= limit:
                 self._parked_triggers.setdefault(trigger_id, deque()).append(item)
                 continue
+            bucket = item.trigger.bucket
+            if (
+                bucket is not None
+                and not item.rate_granted
+                and (trigger_id in self._rate_parked or not bucket.try_take())
+            ):
+                self._park_for_rate(item, bucket)
+                continue
+            item.rate_granted = False  # a retry takes a token of its own
             if key is not None:
                 self._busy_keys.add(key)
             self._running[trigger_id] += 1
@@ -165,6 +179,43 @@ class BackpressureQueue:
         if queue is not None and not queue:
             del parked[key]  # type: ignore[arg-type]
 
+    # -- rate limits -----------------------------------------------------------------------
+    def _park_for_rate(self, item: WorkItem, bucket: TokenBucket) -> None:
+        trigger_id = item.trigger_id
+        self._rate_parked.setdefault(trigger_id, deque()).append(item)
+        if trigger_id not in self._rate_granters:
+            self._rate_granters[trigger_id] = asyncio.get_running_loop().create_task(
+                self._grant(trigger_id, bucket), name=f"sagaz-rate-{trigger_id}"
+            )
+
+    async def _grant(self, trigger_id: str, bucket: TokenBucket) -> None:
+        """Hand the events parked for ``trigger_id``'s rate limit back, in order, one per
+        token; ends when none is left."""
+        waiting = self._rate_parked[trigger_id]
+        try:
+            while True:
+                while waiting and waiting[0].evicted:
+                    waiting.popleft()
+                if not waiting:
+                    return
+                if not bucket.try_take():
+                    await bucket.clock.sleep(bucket.delay())
+                    continue
+                item = waiting.popleft()
+                item.rate_granted = True
+                self._ready.appendleft(item)  # it arrived before anything behind it
+                self._wake(self._getters)
+        finally:
+            if self._rate_parked.get(trigger_id) is waiting and not waiting:
+                del self._rate_parked[trigger_id]
+            if self._rate_granters.get(trigger_id) is asyncio.current_task():
+                del self._rate_granters[trigger_id]
+
+    def _stop_granting(self) -> None:
+        for task in self._rate_granters.values():
+            task.cancel()
+        self._rate_granters.clear()
+
     # -- shutdown --------------------------------------------------------------------------
     def drain(self) -> list[WorkItem]:
         """Remove and return every buffered event (shutdown: they are nacked)."""
@@ -175,11 +226,14 @@ class BackpressureQueue:
         self._ready.clear()
         self._parked_keys.clear()
         self._parked_triggers.clear()
+        self._rate_parked.clear()
+        self._stop_granting()
         return items
 
     def close(self) -> None:
         """Release producers waiting for room (they get ``accepted=False``)."""
         self._closed = True
+        self._stop_granting()
         while self._putters:
             waiter = self._putters.popleft()
             if not waiter.done():

@@ -34,6 +34,7 @@ class WorkItem:
     pending: SagaRecord | None = None  # the PENDING row admission created (first attempt)
     new_attempt: bool = False  # a retry: the runner starts attempt ``attempt`` afresh
     already_terminal: bool = False  # a redelivery of a saga that already finished
+    rate_granted: bool = False  # its trigger's rate-limit token is taken (see BackpressureQueue)
 
     @property
     def trigger_id(self) -> str:

@@ -28,11 +28,23 @@ class TokenBucket:
     async def acquire(self) -> None:
         """Wait for one token."""
         async with self._lock:
-            while True:
-                now = self.clock.monotonic()
-                self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
-                self._updated = now
-                if self._tokens >= 1.0 - 1e-9:  # float rounding must not strand a waiter
-                    self._tokens = max(0.0, self._tokens - 1.0)
-                    return
-                await self.clock.sleep((1.0 - self._tokens) / self.rate)
+            while not self.try_take():
+                await self.clock.sleep(self.delay())
+
+    def try_take(self) -> bool:
+        """Take one token if there is one now; never waits."""
+        self._refill()
+        if self._tokens >= 1.0 - 1e-9:  # float rounding must not strand a waiter
+            self._tokens = max(0.0, self._tokens - 1.0)
+            return True
+        return False
+
+    def delay(self) -> float:
+        """Seconds until the next token."""
+        self._refill()
+        return max(0.0, (1.0 - self._tokens) / self.rate)
+
+    def _refill(self) -> None:
+        now = self.clock.monotonic()
+        self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now

@@ -175,11 +175,10 @@ class Dispatcher:
         while True:
             item = await queue.get()
             try:
-                # waiting for a rate-limit token is not "in flight": shutdown cancels it
+                # waiting for a global rate-limit token is not "in flight": shutdown cancels it
+                # (per-trigger limits are applied by the queue, which parks the events)
                 if state.global_bucket is not None:
                     await state.global_bucket.acquire()
-                if item.trigger.bucket is not None:
-                    await item.trigger.bucket.acquire()
                 self._current[me] = item
                 self._idle.clear()
                 state.metrics.started(state.clock.monotonic() - item.accepted_at)
