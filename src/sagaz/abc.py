@@ -149,7 +149,11 @@ class SagaStore(_Lifecycle, ABC):
     @abstractmethod
     async def purge_expired(self, before: datetime) -> int:
         """Delete completed inbox rows older than ``before`` and drop stored events of
-        terminal sagas older than ``before``; return the number of rows affected."""
+        terminal sagas older than ``before``; return the number of rows affected.
+
+        Also delete trigger executions completed before ``before`` (running ones are kept
+        whatever their age) and cron claims of ticks before ``before``, except the newest tick
+        of each trigger, so :meth:`last_cron_tick` answers the same after a purge."""
 
     # -- outbox ----------------------------------------------------------------------------
     @abstractmethod

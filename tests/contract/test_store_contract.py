@@ -137,6 +137,13 @@ async def sql_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         yield made
 
 
+@pytest.fixture(params=["redis"])
+async def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Redis only (its key layout has data migrations)."""
+    async for made in _backend(request, tmp_path):
+        yield made
+
+
 @pytest.fixture
 async def store(backend: Backend) -> SagaStore:
     """A started store on a fresh storage location."""
@@ -444,6 +451,65 @@ async def test_purge_expired_drops_old_completed_rows_and_stored_events(store: S
     assert await store.purge_expired(utcnow() + timedelta(seconds=5)) == 0
 
 
+async def test_purge_expired_deletes_old_completed_trigger_executions_only(
+    store: SagaStore,
+) -> None:
+    started = datetime(2024, 1, 1, tzinfo=UTC)  # every execution started long ago
+    for trigger, saga_id in [("poll", "old"), ("poll", "running"), ("poll", "recent"),
+                             ("poll-2", "other")]:  # fmt: skip
+        record = TriggerExecutionRecord(trigger, f"hash-{saga_id}", saga_id, started_at=started)
+        assert await store.start_trigger_execution(record, exclusive=True)
+    await store.complete_trigger_execution("poll", "old")
+    await store.complete_trigger_execution("poll-2", "other")
+    await asyncio.sleep(0.01)
+    cutoff = utcnow()
+    await asyncio.sleep(0.01)
+    await store.complete_trigger_execution("poll", "recent")
+
+    assert await store.purge_expired(cutoff - timedelta(hours=1)) == 0
+    assert await store.purge_expired(cutoff) == 2
+    rows = await store.list_trigger_executions("poll")
+    assert [(r.saga_id, r.completed_at is None) for r in rows] == [
+        ("running", True),
+        ("recent", False),
+    ]
+    assert await store.list_trigger_executions("poll-2") == []
+    # the running execution still holds its context; a purged one no longer does
+    running_again = TriggerExecutionRecord("poll", "hash-running", "again")
+    assert not await store.start_trigger_execution(running_again, exclusive=True)
+    old_again = TriggerExecutionRecord("poll", "hash-old", "again")
+    assert await store.start_trigger_execution(old_again, exclusive=True)
+
+    assert await store.purge_expired(utcnow() + timedelta(seconds=5)) == 1  # "recent"
+    rows = await store.list_trigger_executions("poll")
+    assert [r.saga_id for r in rows] == ["running", "again"]
+    assert await store.purge_expired(utcnow() + timedelta(seconds=5)) == 0
+
+
+async def test_purge_expired_keeps_the_newest_cron_tick_of_each_trigger(store: SagaStore) -> None:
+    first = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+    ticks = [first + timedelta(hours=h) for h in range(3)]
+    for tick in ticks:
+        assert await store.claim_cron_tick("a", tick, "w1")
+    assert await store.claim_cron_tick("b", first, "w1")
+
+    assert await store.purge_expired(first - timedelta(days=1)) == 0
+    assert await store.purge_expired(utcnow() + timedelta(seconds=5)) == 2  # a's older two
+    assert await store.last_cron_tick("a") == ticks[-1]
+    assert await store.last_cron_tick("b") == first
+    assert not await store.claim_cron_tick("a", ticks[-1], "w2")  # the kept tick stays claimed
+    assert not await store.claim_cron_tick("b", first, "w2")
+    assert await store.purge_expired(utcnow() + timedelta(seconds=5)) == 0
+
+    upcoming = utcnow() + timedelta(days=1)  # newer than the cutoff
+    assert await store.claim_cron_tick("a", upcoming, "w1")
+    assert await store.purge_expired(utcnow() + timedelta(seconds=5)) == 1  # ticks[-1]
+    assert await store.last_cron_tick("a") == upcoming
+    assert not await store.claim_cron_tick("a", upcoming, "w2")
+    assert await store.last_cron_tick("b") == first
+    assert await store.last_cron_tick("never") is None
+
+
 # -- outbox --------------------------------------------------------------------------------
 async def test_outbox_is_written_with_the_step_and_fetched_in_id_order(store: SagaStore) -> None:
     step = StepRecord("s1", "reserve", StepStatus.COMPLETED)
@@ -649,10 +715,46 @@ async def test_schema_is_created_once_and_its_version_recorded(durable_backend: 
     for store in stores:
         await store.start()  # again: harmless
     versions = {await store.schema_version() for store in stores}  # type: ignore[attr-defined]
-    assert versions == {1}
+    assert versions == {2}
     await stores[0].save_saga(_saga())
     later = await backend.open()  # starting on an existing schema keeps the data
     assert await later.get_saga("s1") is not None
+
+
+async def test_redis_layout_1_is_indexed_for_purging_on_upgrade(
+    redis_backend: Backend, redis_url: str
+) -> None:
+    import redis.asyncio as redis
+
+    store = await redis_backend.open()
+    assert isinstance(store, RedisSagaStore)
+    started = datetime(2024, 1, 1, tzinfo=UTC)
+    for saga_id in ("done", "running"):
+        record = TriggerExecutionRecord("poll", f"hash-{saga_id}", saga_id, started_at=started)
+        await store.start_trigger_execution(record, exclusive=False)
+    await store.complete_trigger_execution("poll", "done")
+    ticks = [started + timedelta(hours=h) for h in range(3)]
+    for tick in ticks:
+        await store.claim_cron_tick("a", tick, "w1")
+    await store.claim_cron_tick("b*[x]", started, "w1")  # glob characters in the key
+    await store.claim_cron_tick("b*[x]", ticks[1], "w1")
+    await store.stop()
+
+    client = redis.Redis.from_url(redis_url)
+    try:  # what a version-1 store left behind: no purge indexes
+        p = store.prefix
+        await client.delete(f"{p}:texec-completed", f"{p}:cron-triggers")
+        await client.set(f"{p}:schema_version", 1)
+    finally:
+        await client.aclose()
+
+    upgraded = await redis_backend.open()
+    assert await upgraded.schema_version() == 2  # type: ignore[attr-defined]
+    assert await upgraded.purge_expired(utcnow() + timedelta(seconds=5)) == 4
+    assert [r.saga_id for r in await upgraded.list_trigger_executions("poll")] == ["running"]
+    assert await upgraded.last_cron_tick("a") == ticks[-1]
+    assert await upgraded.last_cron_tick("b*[x]") == ticks[1]
+    assert await upgraded.purge_expired(utcnow() + timedelta(seconds=5)) == 0
 
 
 # -- contention ----------------------------------------------------------------------------

@@ -228,7 +228,17 @@ class MemorySagaStore(SagaStore):
             ):
                 sagas[saga_id] = _SAGA.replace(record, event=None)
                 cleared += 1
-        return len(expired) + cleared
+        kept = [e for e in self._executions if e.completed_at is None or e.completed_at >= before]
+        executions = len(self._executions) - len(kept)
+        self._executions = kept
+        ticks_dropped = 0
+        for ticks in self._cron.values():
+            newest = max(ticks)
+            stale = [t for t in ticks if t < before and t != newest]
+            for tick in stale:
+                del ticks[tick]
+            ticks_dropped += len(stale)
+        return len(expired) + cleared + executions + ticks_dropped
 
     # -- outbox ----------------------------------------------------------------------------
     async def fetch_outbox(self, limit: int = 100) -> list[OutboxMessage]:

@@ -324,8 +324,14 @@ class PostgresSagaStore(SagaStore):
             f"WITH i AS (DELETE FROM {self._s}.inbox "
             "WHERE status = 'completed' AND completed_at < $1 RETURNING 1), "
             f"s AS (UPDATE {self._s}.saga_executions SET event = NULL WHERE event IS NOT NULL "
-            f"AND status IN {tables.TERMINAL_SQL} AND updated_at < $1 RETURNING 1) "
-            "SELECT (SELECT count(*) FROM i) + (SELECT count(*) FROM s)",
+            f"AND status IN {tables.TERMINAL_SQL} AND updated_at < $1 RETURNING 1), "
+            f"e AS (DELETE FROM {self._s}.trigger_executions WHERE completed_at < $1 RETURNING 1), "
+            # every trigger keeps its newest tick: last_cron_tick answers the same afterwards
+            f"c AS (DELETE FROM {self._s}.cron_claims AS c WHERE c.tick < $1 AND c.tick < "
+            f"(SELECT max(n.tick) FROM {self._s}.cron_claims AS n "
+            "WHERE n.trigger_id = c.trigger_id) RETURNING 1) "
+            "SELECT (SELECT count(*) FROM i) + (SELECT count(*) FROM s) "
+            "+ (SELECT count(*) FROM e) + (SELECT count(*) FROM c)",
             to_utc(before),
         )
         return int(affected)

@@ -157,6 +157,15 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             )""",
         ),
     ),
+    (
+        2,
+        (
+            # purge_expired deletes completed executions by age; the newest cron tick of a
+            # trigger (the one it keeps) is found through the primary key (trigger_id, tick)
+            "CREATE INDEX IF NOT EXISTS trigger_executions_completed "
+            "ON {s}.trigger_executions (completed_at) WHERE completed_at IS NOT NULL",
+        ),
+    ),
 ]
 """Every migration, oldest first (``{s}`` is the quoted schema name)."""
 

@@ -484,8 +484,12 @@ class RedisSagaStore(SagaStore):
     async def claim_cron_tick(self, trigger_id: str, tick: datetime, owner: str) -> bool:
         claimed = await self._script(
             "CLAIM_CRON_TICK",
-            [self._key("cron", trigger_id), self._key("cron-owners", trigger_id)],
-            [micros(tick), owner],
+            [
+                self._key("cron", trigger_id),
+                self._key("cron-owners", trigger_id),
+                self._key("cron-triggers"),
+            ],
+            [micros(tick), owner, trigger_id],
         )
         return bool(claimed)
 

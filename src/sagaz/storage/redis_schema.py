@@ -13,9 +13,10 @@ with its row is one script. Key layout under the prefix ``p`` (``ARGV[1]`` of ev
 ``p:outbox:<id>`` hash, ``p:outbox-unsent`` sorted set of unsent ids; ``p:dead:<id>`` hash,
 ``p:dead-all`` / ``p:dead-by-trigger:<trigger>`` sorted sets of ids; ``p:schedule:<name>`` hash;
 ``p:texec:<id>`` hash, ``p:texecs:<trigger>`` ids, ``p:texec-open:<trigger>`` open count per
-context hash, ``p:texec-open-saga:<trigger>:<saga>`` open ids of one saga; ``p:cron:<trigger>``
-claimed ticks and ``p:cron-owners:<trigger>`` who claimed each; id counters ``p:<kind>-seq``;
-``p:schema_version`` and ``p:migration-lock``.
+context hash, ``p:texec-open-saga:<trigger>:<saga>`` open ids of one saga, ``p:texec-completed``
+completed ids scored by ``completed_at``; ``p:cron:<trigger>`` claimed ticks,
+``p:cron-owners:<trigger>`` who claimed each and ``p:cron-triggers`` the set of triggers with
+claimed ticks; id counters ``p:<kind>-seq``; ``p:schema_version`` and ``p:migration-lock``.
 
 Timestamps are integer microseconds passed in as strings and stored verbatim (never formatted
 by Lua), and only compared with ``tonumber`` (exact below 2^53).
@@ -24,7 +25,9 @@ by Lua), and only compared with ``tonumber`` (exact below 2^53).
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -42,11 +45,22 @@ __all__ = [
     "saga_from_hash",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The key-layout version this code writes (stored in ``<prefix>:schema_version``).
 
-Version 1 needs no data migration (keys are created on first write); a later layout adds its
-data migration to :func:`migrate`, which runs it under a ``SET NX`` lock."""
+Version 1 needs no data migration (keys are created on first write). Version 2 adds the two
+indexes that ``purge_expired`` walks, ``p:texec-completed`` and ``p:cron-triggers``;
+:func:`migrate` fills them from version-1 data (:func:`_index_for_purge`); rows that a
+version-1 process still running during the upgrade writes afterwards are not indexed, so
+purging misses them. A later layout adds its data migration to :func:`migrate` too, which runs
+it under a ``SET NX`` lock."""
+
+_MIGRATION_LOCK_MS = 30_000
+_MIGRATION_CHUNK = 500
+_EXTEND_LOCK = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+    "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+)
 
 
 async def migrate(client: Any, prefix: str) -> int:
@@ -62,7 +76,7 @@ async def migrate(client: Any, prefix: str) -> int:
     while True:
         if int(await client.get(version_key) or 0) == SCHEMA_VERSION:
             return SCHEMA_VERSION  # current (perhaps another process just migrated it)
-        if await client.set(lock, token, nx=True, px=30_000):
+        if await client.set(lock, token, nx=True, px=_MIGRATION_LOCK_MS):
             break
         if loop.time() > deadline:
             raise StoreError(
@@ -77,7 +91,9 @@ async def migrate(client: Any, prefix: str) -> int:
                 f"the Redis keys under {prefix!r} have layout version {current}, newer than "
                 f"the {SCHEMA_VERSION} this sagaz understands: upgrade sagaz (pip install -U sagaz)"
             )
-        if current < SCHEMA_VERSION:  # version 1: keys appear on first write
+        if current < SCHEMA_VERSION:  # from 0 (a new prefix): keys appear on first write
+            if current == 1:
+                await _index_for_purge(client, prefix, lambda: _extend(client, lock, token))
             await client.set(version_key, SCHEMA_VERSION)
     finally:
         await client.eval(
@@ -87,6 +103,43 @@ async def migrate(client: Any, prefix: str) -> int:
             token,
         )
     return SCHEMA_VERSION
+
+
+async def _extend(client: Any, lock: str, token: str) -> None:
+    """Keep the migration lock while a long data migration runs."""
+    await client.eval(_EXTEND_LOCK, 1, lock, token, _MIGRATION_LOCK_MS)
+
+
+async def _index_for_purge(
+    client: Any, prefix: str, keep_lock: Callable[[], Awaitable[None]]
+) -> None:
+    """Version 1 → 2: index completed executions and cron triggers (idempotent).
+
+    Executions are found by id (``1..p:texec-seq``), cron triggers by ``SCAN`` of
+    ``p:cron:*``; both in chunks, extending the migration lock after each.
+    """
+    last_id = int(await client.get(f"{prefix}:texec-seq") or 0)
+    for first in range(1, last_id + 1, _MIGRATION_CHUNK):
+        ids = range(first, min(first + _MIGRATION_CHUNK, last_id + 1))
+        async with client.pipeline(transaction=False) as pipe:
+            for execution_id in ids:
+                pipe.hget(f"{prefix}:texec:{execution_id}", "completed_at")
+            completed = await pipe.execute()
+        done = {str(i): at for i, at in zip(ids, completed, strict=True) if at is not None}
+        if done:
+            await client.zadd(f"{prefix}:texec-completed", done)
+        await keep_lock()
+    head = f"{prefix}:cron:"
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", head) + "*"
+    triggers: list[str] = []
+    async for key in client.scan_iter(match=pattern, count=_MIGRATION_CHUNK):
+        triggers.append(key.removeprefix(head))
+        if len(triggers) >= _MIGRATION_CHUNK:
+            await client.sadd(f"{prefix}:cron-triggers", *triggers)
+            triggers.clear()
+            await keep_lock()
+    if triggers:
+        await client.sadd(f"{prefix}:cron-triggers", *triggers)
 
 
 def micros(moment: datetime) -> str:
@@ -300,6 +353,41 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. ARGV[2],
   redis.call('ZREM', index, id)
   seen = seen + 1
 end
+index = p .. ':texec-completed'
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. ARGV[2],
+                               'LIMIT', 0, batch)) do
+  local key = p .. ':texec:' .. id
+  local v = redis.call('HMGET', key, 'trigger_name', 'completed_at')
+  if v[2] and tonumber(v[2]) < before then
+    redis.call('DEL', key)
+    redis.call('ZREM', p .. ':texecs:' .. v[1], id)
+    affected = affected + 1
+  end
+  redis.call('ZREM', index, id)
+  seen = seen + 1
+end
+-- cron claims before the cutoff, except the newest tick of each trigger (last_cron_tick);
+-- ticks are their own members, integer-microsecond text
+local triggers, budget = p .. ':cron-triggers', batch
+for _, trigger in ipairs(redis.call('SMEMBERS', triggers)) do
+  if budget <= 0 then break end
+  local ticks = p .. ':cron:' .. trigger
+  local newest = redis.call('ZRANGE', ticks, -1, -1)[1]
+  if not newest then
+    redis.call('SREM', triggers, trigger)
+  else
+    local upto = ARGV[2]
+    if tonumber(newest) < before then upto = newest end
+    local old = redis.call('ZRANGEBYSCORE', ticks, '-inf', '(' .. upto, 'LIMIT', 0, budget)
+    if #old > 0 then
+      redis.call('ZREM', ticks, unpack(old))
+      redis.call('HDEL', p .. ':cron-owners:' .. trigger, unpack(old))
+      affected = affected + #old
+      seen = seen + #old
+      budget = budget - #old
+    end
+  end
+end
 return {affected, seen}
 """
 
@@ -367,6 +455,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local key = p .. ':texec:' .. id
   if redis.call('HEXISTS', key, 'completed_at') == 0 then
     redis.call('HSET', key, 'completed_at', ARGV[3])
+    redis.call('ZADD', p .. ':texec-completed', ARGV[3], id)
     local hash = redis.call('HGET', key, 'context_hash')
     if redis.call('HINCRBY', open, hash, -1) <= 0 then redis.call('HDEL', open, hash) end
   end
@@ -376,9 +465,11 @@ return 1
 """
 
 CLAIM_CRON_TICK = """
--- KEYS[1] claimed ticks (sorted set), KEYS[2] tick -> owner; ARGV: tick, owner
+-- KEYS[1] claimed ticks (sorted set), KEYS[2] tick -> owner, KEYS[3] triggers with ticks;
+-- ARGV: tick, owner, trigger
 if redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[1]) == 1 then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('SADD', KEYS[3], ARGV[3])
   return 1
 end
 return 0

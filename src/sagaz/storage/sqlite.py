@@ -348,7 +348,16 @@ class SQLiteSagaStore(SagaStore):
                 f"AND status IN {tables.TERMINAL_SQL} AND updated_at < ?",
                 (cutoff,),
             )
-        return inbox + events
+            executions = await self._run(
+                conn, "DELETE FROM trigger_executions WHERE completed_at < ?", (cutoff,)
+            )
+            ticks = await self._run(  # every trigger keeps its newest tick (last_cron_tick)
+                conn,
+                "DELETE FROM cron_claims WHERE tick < ? AND tick < (SELECT MAX(newest.tick) "
+                "FROM cron_claims AS newest WHERE newest.trigger_id = cron_claims.trigger_id)",
+                (cutoff,),
+            )
+        return inbox + events + executions + ticks
 
     # -- outbox ----------------------------------------------------------------------------
     async def fetch_outbox(self, limit: int = 100) -> list[OutboxMessage]:
