@@ -261,7 +261,9 @@ class TriggerEngine(_Lifecycle):
         return resumed
 
     async def _cleanup(self) -> None:
-        """Purge expired inbox rows and stored events (``event_retention_days``)."""
+        """Purge what is older than ``event_retention_days``: completed inbox rows, stored
+        events of finished sagas, finished poll-trigger executions, and cron claims (each
+        trigger keeps its newest tick)."""
         while True:
             try:
                 before = utcnow() - timedelta(days=self.config.event_retention_days)
