@@ -3,10 +3,15 @@
 >>> async with SQLiteSagaStore("sqlite:///sagaz.db") as store:  # doctest: +SKIP
 ...     await store.get_saga("...")
 
-One connection serves the process; an ``asyncio.Lock`` keeps its transactions apart, and every
-write is a ``BEGIN IMMEDIATE`` transaction, so a claim (read the row, then write it) holds
-SQLite's write lock throughout and stays atomic even against another process on the same file.
-The database runs in WAL mode with ``synchronous=FULL``: a committed claim survives a crash.
+One connection serves the process; an ``asyncio.Lock`` runs one operation at a time on it.
+Writes are grouped (group commit): the first write opens a ``BEGIN IMMEDIATE`` transaction,
+the writes queued behind it join it, each in its own ``SAVEPOINT`` (an error undoes that
+operation only), and one ``COMMIT`` ends the group. Every operation returns only after that
+COMMIT, so a claim (read the row, then write it) still holds SQLite's write lock throughout,
+stays atomic even against another process on the same file, and is durable when it returns:
+the database runs in WAL mode with ``synchronous=FULL``. A failed COMMIT fails every operation
+of its group; reads made while a group is open wait for its COMMIT too, so no caller acts on
+a write that did not last.
 """
 
 from __future__ import annotations
@@ -55,6 +60,12 @@ _INSERT_DEAD_LETTER = (
 )
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as seen (its waiters, if any, still get it)."""
+    if future.done() and not future.cancelled():
+        future.exception()
+
+
 class SQLiteSagaStore(SagaStore):
     """A :class:`~sagaz.abc.SagaStore` in one SQLite file (the embedded default).
 
@@ -68,8 +79,10 @@ class SQLiteSagaStore(SagaStore):
         self.path = sqlite_path(os.fspath(path_or_url))
         self._busy_timeout_ms = int(busy_timeout * 1000)
         self._conn: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()  # one transaction at a time on the shared connection
+        self._lock = asyncio.Lock()  # one operation at a time on the shared connection
         self._lifecycle_lock = asyncio.Lock()
+        #: the open group transaction: done once it is committed (or failed)
+        self._group: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteSagaStore({self.path!r})"
@@ -94,6 +107,7 @@ class SQLiteSagaStore(SagaStore):
             self._started = False
             if conn is not None:
                 async with self._lock:
+                    await self._commit_group(conn)
                     await conn.close()
 
     async def schema_version(self) -> int:
@@ -121,27 +135,81 @@ class SQLiteSagaStore(SagaStore):
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any error or cancellation."""
+        """One operation's writes: atomic (a savepoint of the group transaction), rolled back
+        on any error or cancellation, durable once the ``async with`` block has exited."""
         conn = self._connection()
         async with self._lock:
             try:
-                await conn.execute("BEGIN IMMEDIATE")
+                group = await self._join_group(conn)
+                await conn.execute("SAVEPOINT op")
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+            try:
                 yield conn
-                await conn.execute("COMMIT")
+                await conn.execute("RELEASE op")
             except BaseException as exc:
                 with contextlib.suppress(sqlite3.Error):
-                    await conn.execute("ROLLBACK")
+                    await conn.execute("ROLLBACK TO op")
+                    await conn.execute("RELEASE op")
+                if not conn.in_transaction:  # SQLite rolled the whole group back
+                    self._fail_group(group, exc)
                 if isinstance(exc, sqlite3.Error):
                     raise self._error(exc) from exc
                 raise
+        await group
+
+    async def _join_group(self, conn: aiosqlite.Connection) -> asyncio.Future[None]:
+        """The open group transaction, opened (with its committer) if there is none."""
+        if self._group is None:
+            await conn.execute("BEGIN IMMEDIATE")
+            self._group = group = asyncio.get_running_loop().create_future()
+            committer = asyncio.create_task(self._committer(conn, group), name="sagaz-sqlite")
+            committer.add_done_callback(_retrieve)
+        return self._group
+
+    async def _committer(self, conn: aiosqlite.Connection, group: asyncio.Future[None]) -> None:
+        # Queued on the lock behind the operations already waiting: they join the group.
+        async with self._lock:
+            if self._group is group:
+                await self._commit_group(conn)
+
+    async def _commit_group(self, conn: aiosqlite.Connection) -> None:
+        """``COMMIT`` the open group (the lock is held)."""
+        group, self._group = self._group, None
+        if group is None or group.done():
+            return
+        try:
+            await conn.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                await conn.execute("ROLLBACK")
+            self._fail_group(group, exc)
+            if not isinstance(exc, sqlite3.Error):
+                raise
+        else:
+            group.set_result(None)
+
+    def _fail_group(self, group: asyncio.Future[None], exc: BaseException) -> None:
+        if self._group is group:
+            self._group = None
+        if not group.done():
+            error = self._error(exc) if isinstance(exc, sqlite3.Error) else exc
+            group.set_exception(
+                StoreError(f"SQLite store {self.path!r}: the transaction was lost ({error})")
+            )
+            _retrieve(group)  # its operations may all be gone (cancelled): no warning then
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         conn = self._connection()
         async with self._lock:
             try:
-                return list(await conn.execute_fetchall(sql, params))
+                rows = list(await conn.execute_fetchall(sql, params))
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
+            group = self._group
+        if group is not None:  # it may have read the group's writes: they must last
+            await group
+        return rows
 
     @staticmethod
     async def _run(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> int:
