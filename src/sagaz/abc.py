@@ -239,6 +239,10 @@ class Source(_Lifecycle, ABC):
     kind: ClassVar[str] = "custom"
     #: whether an un-acked message comes back by itself (brokers) or not (webhook, cron...)
     redeliverable: ClassVar[bool] = False
+    #: whether ``ack()``/``nack()`` only record the outcome in memory and never wait (Kafka:
+    #: offsets are committed in batches by the source's own task); otherwise the engine
+    #: shields each ack of a redeliverable source from cancellation, which costs a task
+    settles_locally: ClassVar[bool] = False
 
     @abstractmethod
     async def run(self, emit: Emit) -> None:

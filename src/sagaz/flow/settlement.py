@@ -27,10 +27,11 @@ class Settlement:
     async def ack(self, trigger: ActiveTrigger, delivery: Delivery) -> None:
         """Acknowledge to the source (failures are reported, never raised)."""
         try:
-            if trigger.source is not None and trigger.source.redeliverable:
+            source = trigger.source
+            if source is not None and source.redeliverable and not source.settles_locally:
                 await asyncio.shield(delivery.ack())  # a lost broker ack means a redelivery
             else:
-                await delivery.ack()  # nothing to lose: no task for the shield
+                await delivery.ack()  # nothing to lose, or nothing to wait for: no task
         except asyncio.CancelledError:
             raise
         except Exception as exc:

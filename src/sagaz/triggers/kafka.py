@@ -54,6 +54,7 @@ class KafkaSource(Source):
 
     kind: ClassVar[str] = "kafka"
     redeliverable: ClassVar[bool] = True
+    settles_locally: ClassVar[bool] = True  # acks mark offsets; commits are batched
 
     def __init__(self, options: Mapping[str, Any], ctx: SourceContext) -> None:
         self._ctx = ctx
