@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,15 @@ from sagaz.types import SagaStatus, StepStatus
 
 def record(n: int) -> SagaRecord:
     return SagaRecord(str(n), "orders", SagaStatus.RUNNING, {"n": n})
+
+
+def tables_insert_saga(saga_id: str) -> str:
+    """An INSERT of a minimal saga row, as an operation would run it."""
+    return (
+        "INSERT INTO saga_executions (saga_id, saga_name, status, context, attempt, "
+        f"created_at, updated_at) VALUES ('{saga_id}', 'orders', 'running', '{{}}', 0, "
+        "'2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')"
+    )
 
 
 def committed_sagas(path: Path) -> set[str]:
@@ -39,57 +49,121 @@ async def test_every_write_is_committed_when_it_returns(tmp_path: Path) -> None:
 
 async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:
     path = tmp_path / "sagaz.db"
-    commits = 0
+    statements: list[str] = []
     async with SQLiteSagaStore(path) as store:
-        conn = store._connection()
-        original = conn.execute
-
-        def counting(sql: str, *args: object) -> object:
-            nonlocal commits
-            commits += sql == "COMMIT"
-            return original(sql, *args)
-
-        conn.execute = counting  # type: ignore[method-assign]
+        await store._write(lambda conn: conn.set_trace_callback(statements.append))
+        statements.clear()
         await asyncio.gather(*(store.create_saga(record(n)) for n in range(200)))
-        conn.execute = original  # type: ignore[method-assign]
+        await store._write(lambda conn: conn.set_trace_callback(None))
     assert committed_sagas(path) == {str(n) for n in range(200)}
-    assert commits < 50  # one per operation without grouping
+    assert 1 <= statements.count("COMMIT") < 50  # one per operation without grouping
 
 
 async def test_a_failing_operation_undoes_only_itself(tmp_path: Path) -> None:
     path = tmp_path / "sagaz.db"
+    statements: list[str] = []
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT INTO saga_steps (saga_id, name, status, attempts, updated_at) "
+            "VALUES ('x', 'half', 'running', 1, '2026-01-01T00:00:00+00:00')"
+        )
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
     async with SQLiteSagaStore(path) as store:
-
-        async def broken() -> None:
-            async with store._transaction() as conn:
-                await conn.execute(
-                    "INSERT INTO saga_steps (saga_id, name, status, attempts, updated_at) "
-                    "VALUES ('x', 'half', 'running', 1, '2026-01-01T00:00:00+00:00')"
-                )
-                await conn.execute("INSERT INTO no_such_table VALUES (1)")
-
+        await store._write(lambda conn: conn.set_trace_callback(statements.append))
+        statements.clear()
         results = await asyncio.gather(
             *(store.create_saga(record(n)) for n in range(20)),
-            broken(),
+            store._write(broken),
             *(store.create_saga(record(n)) for n in range(20, 40)),
             return_exceptions=True,
         )
+        assert statements.count("COMMIT") == 1  # all 41 in one group
         errors = [r for r in results if isinstance(r, BaseException)]
         assert len(errors) == 1 and isinstance(errors[0], StoreError)
+        assert "no such table" in str(errors[0])
         assert await store.get_steps("x") == []  # its first statement was undone too
         await store.save_step(StepRecord("1", "pay", StepStatus.COMPLETED, result={}))
     assert committed_sagas(path) == {str(n) for n in range(40)}
 
 
-async def test_stop_commits_the_open_group(tmp_path: Path) -> None:
+async def test_a_lost_transaction_fails_every_operation_of_its_group(tmp_path: Path) -> None:
+    path = tmp_path / "sagaz.db"
+
+    def rollback_all(conn: sqlite3.Connection) -> None:
+        conn.execute("ROLLBACK")  # ends the group's transaction, savepoints and all
+
+    async with SQLiteSagaStore(path) as store:
+        results = await asyncio.gather(
+            *(store.create_saga(record(n)) for n in range(10)),
+            store._write(rollback_all),
+            *(store.create_saga(record(n)) for n in range(10, 20)),
+            return_exceptions=True,
+        )
+        assert len(results) == 21
+        for result in results:
+            assert isinstance(result, StoreError)
+            assert "the transaction was lost" in str(result)
+        assert committed_sagas(path) == set()
+        await store.create_saga(record(99))  # the next group starts afresh
+    assert committed_sagas(path) == {"99"}
+
+
+async def test_a_cancelled_operation_is_dropped_while_queued_and_completes_once_running(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sagaz.db"
+    running, release = threading.Event(), threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> None:
+        conn.execute(tables_insert_saga("slow"))
+        running.set()
+        release.wait(5)
+
+    async with SQLiteSagaStore(path) as store:
+        slow_write = asyncio.create_task(store._write(slow))
+        assert await asyncio.to_thread(running.wait, 5)  # its group holds the thread
+        queued = asyncio.create_task(store.create_saga(record(1)))
+        await asyncio.sleep(0)  # queued behind the running group
+        queued.cancel()
+        slow_write.cancel()  # already running: it completes, its result is discarded
+        release.set()
+        for task in (queued, slow_write):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await store.create_saga(record(2))
+    assert committed_sagas(path) == {"slow", "2"}  # saga 1 was never written
+
+
+async def test_reads_do_not_take_the_write_lock(tmp_path: Path) -> None:
+    path = tmp_path / "sagaz.db"
+    async with SQLiteSagaStore(path, busy_timeout=0.1) as store:
+        await store.create_saga(record(1))
+        other = sqlite3.connect(path, isolation_level=None)  # another process writing
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            assert await store.get_saga("1") is not None
+            with pytest.raises(StoreError, match="busy_timeout"):
+                await store.create_saga(record(2))
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        await store.create_saga(record(2))
+    assert committed_sagas(path) == {"1", "2"}
+
+
+async def test_stop_commits_the_queued_operations(tmp_path: Path) -> None:
     path = tmp_path / "sagaz.db"
     store = SQLiteSagaStore(path)
     await store.start()
     writes = [asyncio.create_task(store.create_saga(record(n))) for n in range(10)]
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # all ten queued
     await store.stop()
-    await asyncio.gather(*writes, return_exceptions=True)
-    done = {str(n) for n, w in enumerate(writes) if w.exception() is None}
-    assert done <= committed_sagas(path)
+    assert all(w.done() and w.exception() is None for w in writes)
+    assert committed_sagas(path) == {str(n) for n in range(10)}
     with pytest.raises(StoreError, match="not started"):
         await store.get_saga("0")
+    with pytest.raises(StoreError, match="not started"):
+        await store.create_saga(record(10))
+    await store.stop()  # idempotent

@@ -9,13 +9,11 @@ migrations; never edit a released one.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
+import time
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
-
-import aiosqlite
 
 from sagaz.clock import utcnow
 from sagaz.exceptions import StoreError
@@ -185,20 +183,19 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 """The schema version this code writes and expects."""
 
 
-async def migrate(conn: aiosqlite.Connection) -> int:
+def migrate(conn: sqlite3.Connection) -> int:
     """Create or upgrade the schema in one ``BEGIN IMMEDIATE`` transaction; return the version.
 
     The write lock of ``BEGIN IMMEDIATE`` serialises two processes starting at once: the second
     one waits (``busy_timeout``) and then finds the schema current.
     """
-    await conn.execute("BEGIN IMMEDIATE")
+    conn.execute("BEGIN IMMEDIATE")
     try:
-        await conn.execute(
+        conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_version ("
             "version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
         )
-        async with conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version") as cur:
-            row = await cur.fetchone()
+        row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
         current = int(row[0]) if row else 0
         if current > SCHEMA_VERSION:
             raise StoreError(
@@ -209,58 +206,54 @@ async def migrate(conn: aiosqlite.Connection) -> int:
             if version <= current:
                 continue
             for statement in statements:
-                await conn.execute(statement)
-            await conn.execute(
+                conn.execute(statement)
+            conn.execute(
                 "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
                 (version, to_text(utcnow())),
             )
     except BaseException:
-        await conn.execute("ROLLBACK")
+        conn.execute("ROLLBACK")
         raise
-    await conn.execute("COMMIT")
+    conn.execute("COMMIT")
     return SCHEMA_VERSION
 
 
-async def open_database(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
+def open_database(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
     """Connect in autocommit mode (sagaz issues ``BEGIN IMMEDIATE`` itself), switch the file to
-    WAL mode with ``synchronous=FULL``, and create or migrate the schema."""
-    conn = aiosqlite.connect(path, isolation_level=None)
+    WAL mode with ``synchronous=FULL``, and create or migrate the schema.
+
+    It blocks (on another process's write lock, up to ``busy_timeout_ms``): call it in the one
+    thread that will use the connection.
+    """
+    conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None)
     try:
-        await conn
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        _enable_wal(conn, patience=busy_timeout_ms / 1000)
+        conn.execute("PRAGMA synchronous = FULL")
+        migrate(conn)
     except BaseException:
-        # a failed connect makes aiosqlite stop its worker thread, which then reports back to
-        # this loop; wait for the thread, or it may call into a loop that is already closed
-        await asyncio.to_thread(conn._thread.join, 5.0)
-        raise
-    try:
-        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        await _enable_wal(conn, patience=busy_timeout_ms / 1000)
-        await conn.execute("PRAGMA synchronous = FULL")
-        await migrate(conn)
-    except BaseException:
-        await conn.close()
+        conn.close()
         raise
     return conn
 
 
-async def _enable_wal(conn: aiosqlite.Connection, *, patience: float) -> None:
+def _enable_wal(conn: sqlite3.Connection, *, patience: float) -> None:
     """Switch the file to WAL mode (once: the mode is stored in the file).
 
     Changing the journal mode fails at once, without waiting for ``busy_timeout``, while
     another connection is opening the file, so concurrent first starts retry for a while.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + patience
+    deadline = time.monotonic() + patience
     while True:
         try:
-            rows = list(await conn.execute_fetchall("PRAGMA journal_mode"))
-            if str(rows[0][0]).lower() != "wal":
-                await conn.execute("PRAGMA journal_mode = WAL")
+            row = conn.execute("PRAGMA journal_mode").fetchone()
+            if str(row[0]).lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or loop.time() > deadline:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
-        await asyncio.sleep(0.01)
+        time.sleep(0.01)
 
 
 # -- rows <-> records ----------------------------------------------------------------------
