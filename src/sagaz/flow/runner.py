@@ -7,6 +7,7 @@ import logging
 import random
 from collections.abc import Callable
 
+from sagaz._aio import wait_event
 from sagaz.flow.active import PipelineState
 from sagaz.flow.items import WorkItem
 from sagaz.flow.settlement import Settlement
@@ -204,9 +205,7 @@ class Dispatcher:
 
     async def stop(self, timeout: float) -> None:
         """Let running sagas finish up to ``timeout`` seconds, then cancel the rest."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
+        if not await wait_event(self._idle, timeout):
             logger.warning(
                 "shutdown_timeout=%ss reached: cancelling %d running saga(s); their events stay "
                 "un-acked and will be redelivered and resumed",

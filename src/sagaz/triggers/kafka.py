@@ -25,6 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
+from sagaz._aio import wait_event
 from sagaz._imports import require_extra
 from sagaz.abc import Emit, Source
 from sagaz.events import Delivery, EventMeta
@@ -116,8 +117,8 @@ class KafkaSource(Source):
             await super().stop()
 
     async def _close(self) -> None:
-        with contextlib.suppress(TimeoutError):  # run() notices _closing within one poll
-            await asyncio.wait_for(self._run_done.wait(), self._opts["poll_timeout_ms"] / 500 + 1)
+        # run() notices _closing within one poll
+        await wait_event(self._run_done, self._opts["poll_timeout_ms"] / 500 + 1)
         consumer, self._consumer = self._consumer, None
         producer, self._producer = self._producer, None
         try:
@@ -182,8 +183,7 @@ class KafkaSource(Source):
                 failures += 1
                 await self._report(exc, "Kafka consumer failed; retrying")
                 delay = min(0.1 * 2**failures, self._opts["reconnect_backoff_max_ms"] / 1000)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), delay)
+                await wait_event(self._closing, delay)
                 continue
             failures = 0
             if batches:
@@ -346,10 +346,8 @@ class KafkaSource(Source):
         )
         probed_at, unreachable = loop.time(), False
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._commit_wanted.wait(), self._opts["commit_interval_ms"] / 1000
-                )
+            # not asyncio.wait_for: on 3.11 it can swallow the cancel that stops this loop
+            await wait_event(self._commit_wanted, self._opts["commit_interval_ms"] / 1000)
             self._commit_wanted.clear()
             try:
                 await self.commit()
