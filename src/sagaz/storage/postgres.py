@@ -220,31 +220,36 @@ class PostgresSagaStore(SagaStore):
         now = utcnow()
         result = None if step.result is None else dumps(step.result)
         messages = [(m.saga_id, m.topic, dumps(m.payload), dumps(m.headers), now) for m in outbox]
+        upsert = (
+            f"INSERT INTO {self._s}.saga_steps ({tables.STEP_COLUMNS}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+            "ON CONFLICT (saga_id, name) DO UPDATE SET status = EXCLUDED.status, "
+            "result = EXCLUDED.result, error = EXCLUDED.error, "
+            "attempts = EXCLUDED.attempts, completed_seq = EXCLUDED.completed_seq, "
+            "compensation_error = EXCLUDED.compensation_error, "
+            "updated_at = EXCLUDED.updated_at"
+        )
+        params = (
+            step.saga_id,
+            step.name,
+            StepStatus(step.status).value,
+            result,
+            step.error,
+            step.attempts,
+            step.completed_seq,
+            step.compensation_error,
+            now,
+        )
+        if not messages:  # one statement: atomic alone, one round trip
+            await self._db().execute(upsert, *params)
+            return
         async with self._db().acquire() as conn, conn.transaction():
-            await conn.execute(
-                f"INSERT INTO {self._s}.saga_steps ({tables.STEP_COLUMNS}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
-                "ON CONFLICT (saga_id, name) DO UPDATE SET status = EXCLUDED.status, "
-                "result = EXCLUDED.result, error = EXCLUDED.error, "
-                "attempts = EXCLUDED.attempts, completed_seq = EXCLUDED.completed_seq, "
-                "compensation_error = EXCLUDED.compensation_error, "
-                "updated_at = EXCLUDED.updated_at",
-                step.saga_id,
-                step.name,
-                StepStatus(step.status).value,
-                result,
-                step.error,
-                step.attempts,
-                step.completed_seq,
-                step.compensation_error,
-                now,
+            await conn.execute(upsert, *params)
+            await conn.executemany(
+                f"INSERT INTO {self._s}.outbox (saga_id, topic, payload, headers, created_at) "
+                "VALUES ($1, $2, $3, $4, $5)",
+                messages,
             )
-            if messages:
-                await conn.executemany(
-                    f"INSERT INTO {self._s}.outbox (saga_id, topic, payload, headers, created_at) "
-                    "VALUES ($1, $2, $3, $4, $5)",
-                    messages,
-                )
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
         rows = await self._db().fetch(

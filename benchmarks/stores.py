@@ -1,0 +1,116 @@
+"""Sagas/s through the in-memory pipeline on each store, against ``MemorySagaStore``.
+
+Run: ``python benchmarks/stores.py [--events 3000] [--stores sqlite,postgres,redis]``
+(PostgreSQL and Redis at their default local ports: ``--postgres-dsn`` / ``--redis-url``).
+
+The pipeline is the one of ``benchmarks/pipeline.py`` (``fire()`` → admission → queue →
+a one-step no-op saga → settlement), fed by 20 concurrent producers, with 100 concurrent
+sagas. Every saga makes seven store operations (inbox claim, pending row, running row, step
+running, step completed, completed row, inbox completed); a durable store makes each durable
+before the call returns. The baseline is the same run on ``MemorySagaStore`` in this process.
+Each durable store gets a fresh file, schema or key prefix, removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pipeline  # noqa: F401  (defines NoopSaga: its trigger listens on channel "bench")
+
+from sagaz import TriggerConfig
+from sagaz.abc import SagaStore
+from sagaz.storage.memory import MemorySagaStore
+from sagaz.triggers.engine import TriggerEngine
+
+PRODUCERS = 20
+
+
+def make_store(kind: str, args: argparse.Namespace, tmp: Path) -> SagaStore:
+    if kind == "memory":
+        return MemorySagaStore()
+    if kind == "sqlite":
+        from sagaz.storage.sqlite import SQLiteSagaStore
+
+        return SQLiteSagaStore(tmp / f"{uuid.uuid4().hex}.db")
+    if kind == "postgres":
+        from sagaz.storage.postgres import PostgresSagaStore
+
+        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        return PostgresSagaStore(args.postgres_dsn, schema=schema, max_size=20)
+    if kind == "redis":
+        from sagaz.storage.redis import RedisSagaStore
+
+        return RedisSagaStore(args.redis_url, prefix=f"bench-{uuid.uuid4().hex[:8]}")
+    raise SystemExit(f"unknown store {kind!r}: memory, sqlite, postgres or redis")
+
+
+async def throughput(store: SagaStore, events: int) -> float:
+    config = TriggerConfig(queue_size=1000, max_concurrent_sagas=100)
+
+    async def produce(engine: TriggerEngine, first: int) -> None:
+        for i in range(first, events, PRODUCERS):
+            await engine.fire("bench", {"id": i})
+
+    async with store, TriggerEngine(config, store) as engine:
+        start = time.perf_counter()
+        await asyncio.gather(*(produce(engine, k) for k in range(PRODUCERS)))
+        while sum(engine.metrics.completed.values()) < events:
+            await asyncio.sleep(0.001)
+        return events / (time.perf_counter() - start)
+
+
+async def remove(store: SagaStore) -> None:
+    """Drop what a run left in PostgreSQL or Redis (the SQLite file goes with its folder)."""
+    schema = getattr(store, "schema", None)
+    if schema is not None:
+        import asyncpg
+
+        conn = await asyncpg.connect(store.dsn)  # type: ignore[attr-defined]
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+    prefix = getattr(store, "prefix", None)
+    if prefix is not None:
+        from redis.asyncio import Redis
+
+        client = Redis.from_url(store.url)  # type: ignore[attr-defined]
+        try:
+            keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+            for start in range(0, len(keys), 1000):
+                await client.delete(*keys[start : start + 1000])
+        finally:
+            await client.aclose()
+
+
+async def main(args: argparse.Namespace) -> None:
+    kinds = [k for k in args.stores.split(",") if k]
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
+        await throughput(MemorySagaStore(), min(args.events, 1000))  # warm-up
+        baseline = await throughput(MemorySagaStore(), args.events)
+        rows = [("memory", baseline)]
+        for kind in kinds:
+            store = make_store(kind, args, tmp)
+            try:
+                rows.append((kind, await throughput(store, args.events)))
+            finally:
+                await remove(store)
+    print(f"events: {args.events}, producers: {PRODUCERS}, concurrent sagas: 100")
+    print(f"{'store':<10} {'sagas/s':>10} {'of memory':>10}")
+    for kind, rate in rows:
+        print(f"{kind:<10} {rate:>10,.0f} {rate / baseline:>10.1%}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=3000)
+    parser.add_argument("--stores", default="sqlite,postgres,redis")
+    parser.add_argument("--postgres-dsn", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    asyncio.run(main(parser.parse_args()))
