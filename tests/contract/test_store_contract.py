@@ -757,6 +757,39 @@ async def test_redis_layout_1_is_indexed_for_purging_on_upgrade(
     assert await upgraded.purge_expired(utcnow() + timedelta(seconds=5)) == 0
 
 
+async def test_redis_store_reloads_its_scripts_when_the_server_lost_them(
+    redis_backend: Backend, redis_url: str
+) -> None:
+    import redis.asyncio as redis
+
+    store = await redis_backend.open()
+    await store.create_saga(_saga("before"))
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        await admin.script_flush()  # as after a restart
+    finally:
+        await admin.aclose()
+    results = await asyncio.gather(*(store.create_saga(_saga(f"s{n}")) for n in range(20)))
+    assert all(created for _, created in results)
+    assert await store.claim_inbox("t", "k", "s0", "w1", utcnow() + timedelta(seconds=30))
+
+
+async def test_concurrent_redis_calls_share_round_trips_and_keep_their_own_replies(
+    redis_backend: Backend,
+) -> None:
+    store = await redis_backend.open()
+    lease = utcnow() + timedelta(seconds=30)
+    await store.claim_inbox("t", "taken", "s-taken", "w1", lease)
+    await store.complete_inbox("t", "taken")
+    claims = await asyncio.gather(
+        *(store.claim_inbox("t", f"k{n}", f"s{n}", "w1", lease) for n in range(50)),
+        store.claim_inbox("t", "taken", "s-taken", "w1", lease),
+    )
+    assert [c.outcome for c in claims[:50]] == [ClaimOutcome.CLAIMED] * 50
+    assert [c.saga_id for c in claims[:50]] == [f"s{n}" for n in range(50)]
+    assert claims[50].outcome is ClaimOutcome.DUPLICATE
+
+
 # -- contention ----------------------------------------------------------------------------
 async def _contenders(backend: Backend) -> list[SagaStore]:
     stores = await backend.open_many(backend.instances)

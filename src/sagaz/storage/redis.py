@@ -35,6 +35,7 @@ from sagaz.records import (
 )
 from sagaz.storage import redis_schema as tables
 from sagaz.storage.codec import dumps, from_micros, loads
+from sagaz.storage.redis_pipeline import ScriptPipeline
 from sagaz.storage.redis_schema import micros
 from sagaz.storage.url import redact_url
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
@@ -57,8 +58,8 @@ class RedisSagaStore(SagaStore):
         self.prefix = prefix
         self._client_options = client_options
         self._client: Any = None
-        self._scripts: dict[str, Any] = {}
         self._lifecycle_lock = asyncio.Lock()
+        self._pipeline: ScriptPipeline | None = None
 
     def __repr__(self) -> str:
         return f"RedisSagaStore({redact_url(self.url)!r}, prefix={self.prefix!r})"
@@ -82,15 +83,18 @@ class RedisSagaStore(SagaStore):
                         "(redis://host:6379/0) and that the server is up"
                     ) from exc
                 raise
-            self._scripts = {
+            scripts = {
                 name: client.register_script(source) for name, source in tables.SCRIPTS.items()
             }
+            self._pipeline = ScriptPipeline(client, scripts)
             self._client = client
             self._started = True
 
     async def stop(self) -> None:
-        """Close the connection pool. Idempotent."""
+        """Send the queued script calls, then close the connection pool. Idempotent."""
         async with self._lifecycle_lock:
+            if self._pipeline is not None:
+                await self._pipeline.drain()
             client, self._client = self._client, None
             self._started = False
             if client is not None:
@@ -108,8 +112,11 @@ class RedisSagaStore(SagaStore):
         return self._client
 
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one of the store's Lua scripts, pipelined with concurrent calls (see
+        :mod:`sagaz.storage.redis_pipeline`)."""
         self._db()
-        return await self._scripts[name](keys=list(keys), args=list(args))
+        assert self._pipeline is not None
+        return await self._pipeline.call(name, keys, args)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
