@@ -114,6 +114,52 @@ async def test_cancellation_never_acks_and_a_restart_resumes_without_rerunning_s
     assert record.status is SagaStatus.COMPLETED
 
 
+class SlowAckSource(ScriptedSource):
+    """Acks take a while (a broker round trip); ``stop()`` notes what was acked by then."""
+
+    def __init__(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        super().__init__(messages)
+        self.ack_started = asyncio.Event()
+        self.acked_at_stop: list[str] | None = None
+
+    def _ack(self, identity: str) -> Any:
+        async def ack() -> None:
+            self.ack_started.set()
+            await asyncio.sleep(0.3)
+            self.acked.append(identity)
+
+        return ack
+
+    async def stop(self) -> None:
+        self.acked_at_stop = list(self.acked)
+        await super().stop()
+
+
+async def test_shutdown_lets_acks_under_way_finish_before_it_closes_the_sources() -> None:
+    """A duplicate is acked from the source's own task, which shutdown cancels first: the
+    shielded ack goes on, and the source is not closed under it."""
+    source = SlowAckSource([("dup", {"n": 1})])
+
+    class Billing(Saga):
+        @trigger(source="custom", trigger=source)
+        def on_message(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("bill")
+        async def bill(self, ctx: Any) -> None:
+            return None
+
+    store = MemorySagaStore()
+    lease = utcnow() + timedelta(seconds=30)
+    await store.claim_inbox("billing.on_message", "dup", "s-dup", "earlier", lease)
+    await store.complete_inbox("billing.on_message", "dup")  # done before: a duplicate now
+    engine = TriggerEngine(TriggerConfig(shutdown_timeout=0.05), store)
+    await engine.start()
+    await asyncio.wait_for(source.ack_started.wait(), 5)
+    await engine.stop()
+    assert source.acked_at_stop == ["dup"]
+
+
 async def test_recovery_resumes_accepted_and_interrupted_sagas_of_non_redeliverable_sources() -> (
     None
 ):

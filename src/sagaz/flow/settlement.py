@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback as tb
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from sagaz.events import Delivery, Reason
@@ -19,32 +20,44 @@ logger = logging.getLogger(__name__)
 
 
 class Settlement:
-    """Acks, nacks and dead letters. Acks and nacks are shielded from cancellation."""
+    """Acks, nacks and dead letters. Broker acks and nacks are shielded from cancellation and
+    tracked, so a shutdown lets them finish before it closes the sources (:meth:`drain`)."""
 
     def __init__(self, state: PipelineState) -> None:
         self.state = state
+        self._under_way: set[asyncio.Task[None]] = set()
 
     async def ack(self, trigger: ActiveTrigger, delivery: Delivery) -> None:
         """Acknowledge to the source (failures are reported, never raised)."""
-        try:
-            source = trigger.source
-            if source is not None and source.redeliverable and not source.settles_locally:
-                await asyncio.shield(delivery.ack())  # a lost broker ack means a redelivery
-            else:
-                await delivery.ack()  # nothing to lose, or nothing to wait for: no task
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await self.report(trigger, exc, delivery.payload)
+        source = trigger.source
+        if source is not None and source.redeliverable and not source.settles_locally:
+            # a lost broker ack means a redelivery: it finishes even if our caller is cancelled
+            await asyncio.shield(self._detach(self._settle(trigger, delivery, delivery.ack())))
+        else:
+            await self._settle(trigger, delivery, delivery.ack())  # nothing to lose: no task
 
     async def nack(self, trigger: ActiveTrigger, delivery: Delivery) -> None:
         """Leave the delivery for redelivery (shutdown, cancellation)."""
+        await asyncio.shield(self._detach(self._settle(trigger, delivery, delivery.nack(True))))
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the acks and nacks under way."""
+        if self._under_way:
+            await asyncio.wait(set(self._under_way), timeout=timeout)
+
+    async def _settle(
+        self, trigger: ActiveTrigger, delivery: Delivery, settling: Awaitable[None]
+    ) -> None:
         try:
-            await asyncio.shield(delivery.nack(True))
-        except asyncio.CancelledError:
-            raise
+            await settling
         except Exception as exc:
             await self.report(trigger, exc, delivery.payload)
+
+    def _detach(self, settling: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(settling)
+        self._under_way.add(task)
+        task.add_done_callback(self._under_way.discard)
+        return task
 
     async def report(self, trigger: ActiveTrigger, error: BaseException, event: Any) -> None:
         """Log an error and tell the listeners (``on_trigger_error``)."""

@@ -47,6 +47,9 @@ __all__ = ["TriggerEngine", "fire_event", "start_triggers", "stop_triggers", "we
 
 logger = logging.getLogger(__name__)
 
+#: how long a shutdown waits for broker acks and nacks already under way
+ACK_DRAIN_SECONDS = 5.0
+
 
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -277,7 +280,8 @@ class TriggerEngine(_Lifecycle):
 
         Order: stop intake (cancel the source tasks), nack what is buffered but not started,
         let in-flight sagas finish up to ``shutdown_timeout`` (their acks still reach the
-        sources), release this worker's leases, then close the sources and the store.
+        sources: acks under way are awaited too), release this worker's leases, then close
+        the sources and the store.
         """
         if not self._started or self._stopping:
             return
@@ -295,6 +299,7 @@ class TriggerEngine(_Lifecycle):
         for item in state.queue.drain():  # accepted, never started: redelivered or recovered
             await self.settlement.nack(item.trigger, item.delivery)
         await self.dispatcher.stop(self.config.shutdown_timeout)
+        await self.settlement.drain(ACK_DRAIN_SECONDS)  # acks under way, before sources close
         try:  # let a restarted worker take over our unfinished claims at once
             await self.store.renew_leases(self.worker_id, utcnow() - timedelta(seconds=1))
         except Exception:
