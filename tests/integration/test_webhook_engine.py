@@ -471,6 +471,33 @@ async def test_webhook_app_mounted_under_a_prefix_starts_sagas_without_its_own_p
     assert shop.runs == [record.saga_id]
 
 
+async def test_metrics_are_served_next_to_the_webhooks_while_the_engine_runs() -> None:
+    define_shop()
+    app = sagaz.webhook_app()
+    transport = httpx.ASGITransport(app=app)
+    store = MemorySagaStore()
+    config = TriggerConfig(webhook_tokens=[TOKEN], webhook_hmac_secret=CONFIG_SECRET)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        before = await client.get("/metrics")
+        engine = await sagaz.start_triggers(config, store)
+        try:
+            await eventually(lambda: app.ready, what="the webhook routes to be active")
+            response = await client.post("/orders", json={"order_id": "P-1", "amount": 3})
+            await completed(store, response.json()["saga_id"])
+            scraped = await client.get("/metrics")
+            posted = await client.post("/metrics")
+        finally:
+            await sagaz.stop_triggers()
+        after = await client.get("/metrics")
+    assert before.status_code == 404 and "sagaz[metrics]" in before.json()["error"]
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("text/plain")
+    trigger_id = next(iter(engine.triggers))
+    assert f'sagaz_sagas_completed_total{{trigger="{trigger_id}"}} 1.0' in scraped.text
+    assert posted.status_code == 405
+    assert after.status_code == 404  # the engine stopped: nothing to report
+
+
 @pytest.fixture(autouse=True)
 async def _no_engine_left_running() -> AsyncIterator[None]:
     yield

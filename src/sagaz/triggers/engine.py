@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.util
 import logging
 import os
 import socket
@@ -145,6 +146,7 @@ class TriggerEngine(_Lifecycle):
                 active = self.triggers[trigger_id]
                 await source.start()
                 self._spawn(self._supervise(active, source), f"sagaz-source-{trigger_id}")
+            self._serve_metrics(True)
             self._spawn(self._heartbeat(), "sagaz-heartbeat")
             self._spawn(self._recover(), "sagaz-recovery")
             self._spawn(self._cleanup(), "sagaz-cleanup")
@@ -305,6 +307,7 @@ class TriggerEngine(_Lifecycle):
         except Exception:
             logger.exception("releasing leases failed")
         await asyncio.gather(*(self._stop_source(s) for s in self.sources.values()))
+        self._serve_metrics(False)
         for waiters in self._waiters.values():
             for waiter in waiters:
                 if not waiter.done():
@@ -314,6 +317,16 @@ class TriggerEngine(_Lifecycle):
             await self.store.stop()
         self._started = False
         self._stopping = False
+
+    def _serve_metrics(self, on: bool) -> None:
+        """Let the webhook server (if this engine has one) answer ``GET /metrics`` with this
+        engine's Prometheus metrics, when the ``metrics`` extra is installed."""
+        server = self.shared.get("webhook")  # sagaz.triggers.webhook.SHARED_KEY
+        if server is None or importlib.util.find_spec("prometheus_client") is None:
+            return
+        from sagaz.triggers.prometheus import render
+
+        server.app.metrics = functools.partial(render, self) if on else None
 
     @staticmethod
     async def _stop_source(source: Source) -> None:

@@ -18,6 +18,9 @@ Responses (the body is always JSON)::
     413                                         body larger than max_body_bytes
     503 (+ Retry-After)                         queue full (dropped/rejected), starting, stopping
     500 {"error": "internal error"}             the pipeline raised (logged, never echoed)
+
+Besides the triggers' routes: ``GET /healthz``, ``GET /readyz`` and ``GET /metrics`` (the
+engine's Prometheus metrics, with the ``metrics`` extra; 404 with a hint without it).
 """
 
 from __future__ import annotations
@@ -136,11 +139,15 @@ class WebhookApp:
 
     Routes are added by the engine (through ``sagaz.triggers.webhook.create``). Besides them it
     answers ``GET /healthz`` (200 whenever it answers at all) and ``GET /readyz`` (200 when every
-    registered trigger is running, 503 while starting or stopping). ``/metrics`` is reserved.
+    registered trigger is running, 503 while starting or stopping) and ``GET /metrics``
+    (what :attr:`metrics` renders; the engine sets it while it runs, when the ``metrics``
+    extra is installed).
     """
 
     def __init__(self) -> None:
         self._routes: dict[tuple[str, str], WebhookRoute] = {}
+        #: renders the Prometheus text and its content type (``None``: no metrics to serve)
+        self.metrics: Callable[[], tuple[bytes, str]] | None = None
 
     @property
     def routes(self) -> list[WebhookRoute]:
@@ -168,6 +175,18 @@ class WebhookApp:
             del self._routes[route.key]
         self._routes[route.key] = route
 
+    def _metrics(self) -> Response:
+        if self.metrics is None:
+            return _json(
+                404,
+                {
+                    "error": "no metrics here: they need a running engine and the metrics "
+                    'extra (pip install "sagaz[metrics]")'
+                },
+            )
+        body, content_type = self.metrics()
+        return Response(body, 200, media_type=content_type)
+
     def discard_closed(self) -> None:
         """Forget the routes whose source stopped (their path answers 404 from now on)."""
         for key, route in list(self._routes.items()):
@@ -189,11 +208,13 @@ class WebhookApp:
     async def _dispatch(self, request: Request) -> Response:
         path = _route_path(request.scope)
         method = request.method
-        if path in ("/healthz", "/readyz"):
+        if path in ("/healthz", "/readyz", "/metrics"):
             if method not in ("GET", "HEAD"):
                 return _json(405, {"error": "method not allowed"}, {"Allow": "GET, HEAD"})
             if path == "/healthz":
                 return _json(200, {"status": "ok"})
+            if path == "/metrics":
+                return self._metrics()
             return self._readiness()
         matches: list[tuple[WebhookRoute, dict[str, str]]] = []
         for route in self._routes.values():
