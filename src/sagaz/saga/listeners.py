@@ -108,11 +108,13 @@ class OutboxSagaListener(SagaListener):
         await self.store.save_step(marker, [message])
 
     async def on_saga_complete(self, saga_name: str, saga_id: str, ctx: SagaContext) -> None:
+        """Queue ``{topic_prefix}.completed`` with the saga's name and id."""
         await self._write(saga_id, "completed", {"saga_name": saga_name, "saga_id": saga_id})
 
     async def on_saga_failed(
         self, saga_name: str, saga_id: str, ctx: SagaContext, error: BaseException | str
     ) -> None:
+        """Queue ``{topic_prefix}.failed`` with the saga's name, id and error."""
         await self._write(
             saga_id, "failed", {"saga_name": saga_name, "saga_id": saga_id, "error": str(error)}
         )

@@ -80,9 +80,14 @@ class SourceModule(Protocol):
     OPTIONS: frozenset[str]
     REQUIRED: frozenset[str]
 
-    def validate(self, options: Mapping[str, Any]) -> None: ...
+    def validate(self, options: Mapping[str, Any]) -> None:
+        """Check the trigger's options at class definition; raise ``ValueError`` naming the
+        option and what to fix."""
+        ...
 
-    def create(self, options: Mapping[str, Any], ctx: SourceContext) -> Source: ...
+    def create(self, options: Mapping[str, Any], ctx: SourceContext) -> Source:
+        """Build the source of one trigger (drivers are imported here, not at import time)."""
+        ...
 
 
 def load_source_module(kind: str) -> SourceModule:
