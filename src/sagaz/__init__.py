@@ -30,6 +30,7 @@ from sagaz.triggers import Fire, Skip, Trigger, trigger
 from sagaz.types import SagaStatus
 
 if TYPE_CHECKING:
+    from sagaz.outbox import OutboxRelay
     from sagaz.triggers.engine import TriggerEngine
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "Fire",
     "InvalidEventError",
     "MissingExtraError",
+    "OutboxRelay",
     "OutboxSagaListener",
     "Saga",
     "SagaContext",
@@ -67,4 +69,8 @@ def __getattr__(name: str) -> Any:
         from sagaz.triggers import engine
 
         return getattr(engine, name)
+    if name == "OutboxRelay":
+        from sagaz.outbox import OutboxRelay
+
+        return OutboxRelay
     raise AttributeError(f"module 'sagaz' has no attribute {name!r}")
