@@ -290,6 +290,51 @@ async def test_a_rate_limited_trigger_does_not_hold_workers_from_other_triggers(
         assert engine.metrics.in_flight == 0  # parked events hold no worker
 
 
+async def test_throttled_events_granted_while_every_worker_is_busy_start_in_arrival_order() -> None:
+    clock = FakeClock()
+    gate = asyncio.Event()
+    starts: list[int] = []
+
+    class Blocker(Saga):
+        @trigger(source="memory", channel="block", idempotency_key=lambda e: e["n"])
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("hold")
+        async def hold(self, ctx: Any) -> None:
+            await gate.wait()
+
+    class Metered(Saga):
+        @trigger(
+            source="memory",
+            channel="metered",
+            idempotency_key=lambda e: e["n"],
+            rate_limit_per_second=10,
+        )
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("work")
+        async def work(self, ctx: Any) -> None:
+            starts.append(ctx["n"])
+
+    config = TriggerConfig(queue_size=100, max_concurrent_sagas=2)
+    async with TriggerEngine(config, MemorySagaStore(), clock=clock) as engine:
+        await engine.fire("block", {"n": 0})  # holds one worker
+        await clock.settle()
+        for n in range(6):  # the other worker runs 0 and parks 1..5 for tokens
+            await engine.fire("metered", {"n": n})
+        await clock.settle()
+        await engine.fire("block", {"n": 1})  # now holds the other worker too
+        await clock.settle()
+        for _ in range(10):  # 1..5 are granted tokens while no worker is free
+            await clock.advance(0.1)
+        assert starts == [0]
+        gate.set()
+        await wait_until(lambda: len(starts) == 6)
+    assert starts == list(range(6))
+
+
 @dataclass
 class Ping:
     value: int

@@ -41,6 +41,9 @@ class BackpressureQueue:
         self.strategy = strategy
         self._buffered: dict[int, WorkItem] = {}  # seq -> item, oldest first
         self._ready: deque[WorkItem] = deque()
+        #: parked events handed back (key or trigger freed, rate token granted), in the order
+        #: they were handed back; served before ``_ready``: they arrived before it
+        self._returning: deque[WorkItem] = deque()
         self._parked_keys: dict[Hashable, deque[WorkItem]] = {}
         self._parked_triggers: dict[str, deque[WorkItem]] = {}
         #: events waiting for a rate-limit token, per trigger, and the task granting them
@@ -123,9 +126,9 @@ class BackpressureQueue:
                 raise
 
     def _pop_eligible(self) -> WorkItem | None:
-        ready = self._ready
-        while ready:
-            item = ready.popleft()
+        returning, ready = self._returning, self._ready
+        while returning or ready:
+            item = returning.popleft() if returning else ready.popleft()
             if item.evicted:
                 continue
             key = item.concurrency_key
@@ -173,7 +176,7 @@ class BackpressureQueue:
         while queue:
             head = queue.popleft()
             if not head.evicted:
-                self._ready.appendleft(head)  # it arrived before anything behind it
+                self._returning.append(head)  # it arrived before anything behind it
                 self._wake(self._getters)
                 break
         if queue is not None and not queue:
@@ -203,7 +206,7 @@ class BackpressureQueue:
                     continue
                 item = waiting.popleft()
                 item.rate_granted = True
-                self._ready.appendleft(item)  # it arrived before anything behind it
+                self._returning.append(item)  # it arrived before anything behind it
                 self._wake(self._getters)
         finally:
             if self._rate_parked.get(trigger_id) is waiting and not waiting:
@@ -224,6 +227,7 @@ class BackpressureQueue:
             item.evicted = True
         self._buffered.clear()
         self._ready.clear()
+        self._returning.clear()
         self._parked_keys.clear()
         self._parked_triggers.clear()
         self._rate_parked.clear()
