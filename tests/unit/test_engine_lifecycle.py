@@ -158,6 +158,7 @@ async def test_shutdown_lets_acks_under_way_finish_before_it_closes_the_sources(
     await asyncio.wait_for(source.ack_started.wait(), 5)
     await engine.stop()
     assert source.acked_at_stop == ["dup"]
+    assert engine.metrics.reasons["duplicate"] == 1  # counted before the ack, not after
 
 
 async def test_recovery_resumes_accepted_and_interrupted_sagas_of_non_redeliverable_sources() -> (

@@ -1,7 +1,9 @@
 """Admission: decode, validate, identify, claim the inbox, transform, persist, enqueue.
 
 Every event leaves admission with exactly one outcome (:class:`~sagaz.events.AdmissionResult`)
-and, when it does not become a saga, exactly one reason code.
+and, when it does not become a saga, exactly one reason code. Such an event is counted and
+reported (``on_trigger_filtered``) before it is acked, so a shutdown that cancels the ack's
+caller cannot skip the count.
 """
 
 from __future__ import annotations
@@ -130,8 +132,8 @@ class Admission:
             c.trigger.trigger_id, c.key, c.saga_id, state.worker_id, lease
         )
         if claim.outcome is ClaimOutcome.DUPLICATE:
-            await self.settlement.ack(c.trigger, c.delivery)
             await self.settlement.filtered(c.trigger, c.event, Reason.DUPLICATE)
+            await self.settlement.ack(c.trigger, c.delivery)
             return AdmissionResult(AdmissionOutcome.DUPLICATE, c.saga_id, Reason.DUPLICATE)
         if claim.outcome is ClaimOutcome.BUSY:
             return None
@@ -175,8 +177,8 @@ class Admission:
                 return await self._invalid(trigger, delivery, exc, saga_id, claimed=True)
             if context is None:
                 await state.store.complete_inbox(trigger.trigger_id, key)
-                await self.settlement.ack(trigger, delivery)
                 await self.settlement.filtered(trigger, event, Reason.FILTERED)
+                await self.settlement.ack(trigger, delivery)
                 return AdmissionResult(AdmissionOutcome.FILTERED, saga_id, Reason.FILTERED)
             if not isinstance(context, dict):
                 await state.store.release_inbox(trigger.trigger_id, key)
@@ -195,8 +197,8 @@ class Admission:
             )
             if not started:
                 await state.store.complete_inbox(trigger.trigger_id, key)
-                await self.settlement.ack(trigger, delivery)
                 await self.settlement.filtered(trigger, event, Reason.OVERLAP_SKIPPED)
+                await self.settlement.ack(trigger, delivery)
                 return AdmissionResult(AdmissionOutcome.FILTERED, saga_id, Reason.OVERLAP_SKIPPED)
         pending: SagaRecord | None = None
         if existing is None:
@@ -252,16 +254,16 @@ class Admission:
                 attempts=0,
                 saga_id=item.saga_id,
             )
-            await self.settlement.ack(trigger, item.delivery)
             await self.settlement.filtered(trigger, item.event, Reason.REJECTED)
+            await self.settlement.ack(trigger, item.delivery)
             return AdmissionResult(AdmissionOutcome.REJECTED, item.saga_id, Reason.REJECTED)
         await self._drop(item, Reason.DROPPED_NEWEST)
         return AdmissionResult(AdmissionOutcome.DROPPED, item.saga_id, Reason.DROPPED_NEWEST)
 
     async def _drop(self, item: WorkItem, reason: Reason) -> None:
         await self._forget(item)
-        await self.settlement.ack(item.trigger, item.delivery)
         await self.settlement.filtered(item.trigger, item.event, reason)
+        await self.settlement.ack(item.trigger, item.delivery)
 
     async def _forget(self, item: WorkItem) -> None:
         """Undo an acceptance that never started: the key may be delivered again."""
@@ -284,8 +286,8 @@ class Admission:
         await self.settlement.dead_letter(
             trigger, delivery, reason=Reason.INVALID.value, error=exc, attempts=0, saga_id=saga_id
         )
-        await self.settlement.ack(trigger, delivery)
         await self.settlement.filtered(trigger, delivery.payload, Reason.INVALID)
+        await self.settlement.ack(trigger, delivery)
         return AdmissionResult(
             AdmissionOutcome.INVALID, saga_id, Reason.INVALID, error=str(exc), details=details
         )
