@@ -198,9 +198,9 @@ class MemorySagaStore(SagaStore):
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
         touched = 0
         inbox = self._inbox
-        for k, row in inbox.items():
-            if row[1] == owner and row[3] == _PENDING:
-                inbox[k] = (row[0], owner, lease_until, _PENDING, row[4], row[5])
+        for k, (saga_id, row_owner, _, status, created, completed) in inbox.items():
+            if row_owner == owner and status == _PENDING:
+                inbox[k] = (saga_id, owner, lease_until, _PENDING, created, completed)
                 touched += 1
         sagas = self._sagas
         for saga_id, record in sagas.items():
@@ -212,8 +212,8 @@ class MemorySagaStore(SagaStore):
     async def purge_expired(self, before: datetime) -> int:
         expired = [
             k
-            for k, row in self._inbox.items()
-            if row[3] == _COMPLETED and row[5] is not None and row[5] < before
+            for k, (_, _, _, status, _, completed) in self._inbox.items()
+            if status == _COMPLETED and completed is not None and completed < before
         ]
         for k in expired:
             del self._inbox[k]
