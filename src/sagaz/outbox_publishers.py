@@ -34,6 +34,7 @@ from sagaz.abc import _Lifecycle
 from sagaz.exceptions import ConfigurationError, SagazError
 from sagaz.records import OutboxMessage
 from sagaz.storage.codec import dumps
+from sagaz.triggers.kafka import start_producer
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
@@ -168,17 +169,12 @@ class KafkaPublisher(Publisher):
         self._require_started()
         async with self._connect_lock:
             if self._producer is None:
-                producer = self._aiokafka.AIOKafkaProducer(
+                self._producer = await start_producer(
+                    self._aiokafka,
                     bootstrap_servers=self.bootstrap_servers,
                     acks=self.acks,
                     **self.producer_options,
                 )
-                try:
-                    await producer.start()
-                except BaseException:
-                    await producer.stop()
-                    raise
-                self._producer = producer
                 logger.info(
                     "kafka outbox publisher connected",
                     extra={"bootstrap_servers": self.bootstrap_servers},

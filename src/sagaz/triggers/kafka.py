@@ -34,7 +34,15 @@ from sagaz.triggers.kafka_options import DEFAULTS, OPTIONS, REQUIRED, topics_of,
 from sagaz.triggers.kafka_partitions import PartitionState
 from sagaz.triggers.sources import SourceContext
 
-__all__ = ["DEFAULTS", "OPTIONS", "REQUIRED", "KafkaSource", "create", "validate"]
+__all__ = [
+    "DEFAULTS",
+    "OPTIONS",
+    "REQUIRED",
+    "KafkaSource",
+    "create",
+    "start_producer",
+    "validate",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -444,17 +452,11 @@ class KafkaSource(Source):
     async def _dead_letter_producer(self) -> Any:
         async with self._producer_lock:
             if self._producer is None:
-                aiokafka = self._aiokafka or require_extra("kafka")
-                options = self._opts["producer_options"] or {}
-                producer = aiokafka.AIOKafkaProducer(
-                    bootstrap_servers=self.bootstrap_servers, **options
+                self._producer = await start_producer(
+                    self._aiokafka or require_extra("kafka"),
+                    bootstrap_servers=self.bootstrap_servers,
+                    **(self._opts["producer_options"] or {}),
                 )
-                try:
-                    await producer.start()
-                except BaseException:
-                    await producer.stop()
-                    raise
-                self._producer = producer
             return self._producer
 
     async def _report(self, exc: BaseException, message: str) -> None:
@@ -468,6 +470,17 @@ def _as_bytes(payload: Any) -> bytes:
     if isinstance(payload, str):
         return payload.encode()
     return json.dumps(payload, default=str).encode()
+
+
+async def start_producer(aiokafka: Any, **options: Any) -> Any:
+    """An ``AIOKafkaProducer(**options)``, started; closed again if it cannot start."""
+    producer = aiokafka.AIOKafkaProducer(**options)
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise
+    return producer
 
 
 async def _stop_consumer(consumer: Any) -> None:
