@@ -321,7 +321,9 @@ class TriggerEngine(_Lifecycle):
     def _serve_metrics(self, on: bool) -> None:
         """Let the webhook server (if this engine has one) answer ``GET /metrics`` with this
         engine's Prometheus metrics, when the ``metrics`` extra is installed."""
-        server = self.shared.get("webhook")  # sagaz.triggers.webhook.SHARED_KEY
+        from sagaz.triggers.webhook import SHARED_KEY  # imports no web framework
+
+        server = self.shared.get(SHARED_KEY)
         if server is None or importlib.util.find_spec("prometheus_client") is None:
             return
         from sagaz.triggers.prometheus import render
