@@ -40,12 +40,6 @@ __all__ = ["PostgresSagaStore"]
 _CLAIM_RETRIES = 5  # a row deleted between our two statements makes us look again
 
 
-async def _keep_session(conn: Any) -> None:
-    """The pool's reset hook: nothing to undo. The store keeps no session state (no LISTEN,
-    advisory locks, cursors or SET), and the pool still rolls back an open transaction; the
-    default reset would cost every operation a second round trip."""
-
-
 class PostgresSagaStore(SagaStore):
     """A :class:`~sagaz.abc.SagaStore` in PostgreSQL, shared by every instance of an app.
 
@@ -96,7 +90,7 @@ class PostgresSagaStore(SagaStore):
                     max_size=self._max_size,
                     command_timeout=self._command_timeout,
                     init=tables.init_connection,
-                    reset=_keep_session,
+                    reset=tables.keep_session,
                 )
             except (OSError, asyncpg.PostgresError) as exc:
                 raise StoreError(

@@ -30,6 +30,7 @@ __all__ = [
     "TERMINAL_SQL",
     "dead_letter_from_row",
     "init_connection",
+    "keep_session",
     "migrate",
     "quote_schema",
     "saga_from_row",
@@ -240,6 +241,12 @@ async def init_connection(conn: Any) -> None:
     """Read JSONB with the sagaz codec; parameters arrive as :func:`dumps` text already, so a
     value that cannot be stored fails with a clear :class:`StoreError` before any query runs."""
     await conn.set_type_codec("jsonb", encoder=_json_text, decoder=loads, schema="pg_catalog")
+
+
+async def keep_session(conn: Any) -> None:
+    """The pool's reset hook: nothing to undo. The store keeps no session state (no LISTEN,
+    advisory locks, cursors or SET), and the pool still rolls back an open transaction; the
+    default reset would cost every operation a second round trip."""
 
 
 def saga_params(record: SagaRecord, created_at: datetime, updated_at: datetime) -> tuple[Any, ...]:
