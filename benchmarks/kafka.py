@@ -260,8 +260,8 @@ async def sagaz_engine(
     bootstrap: str, topic: str, events: int, store_kind: str, profile: cProfile.Profile | None
 ) -> Timing:
     from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
+    from sagaz.engine.engine import TriggerEngine
     from sagaz.triggers import registry
-    from sagaz.triggers.engine import TriggerEngine
 
     timing = Timing(events)
     registry.clear()

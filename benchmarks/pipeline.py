@@ -27,8 +27,8 @@ import time
 from typing import Any
 
 from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
+from sagaz.engine.engine import TriggerEngine
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.triggers.engine import TriggerEngine
 
 WORKERS = 100
 

@@ -24,8 +24,8 @@ import pipeline  # noqa: F401  (defines NoopSaga: its trigger listens on channel
 
 from sagaz import TriggerConfig
 from sagaz.abc import SagaStore
+from sagaz.engine.engine import TriggerEngine
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.triggers.engine import TriggerEngine
 
 PRODUCERS = 20
 

@@ -17,9 +17,9 @@ from typing import Any
 from sagaz.abc import Source
 from sagaz.clock import SystemClock
 from sagaz.config import TriggerConfig
+from sagaz.engine.loading import SourceContext
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.triggers.sources import SourceContext
 
 __all__ = ["RecordingEmit", "consuming", "eventually", "source_context", "stop_intake"]
 

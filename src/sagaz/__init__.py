@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sagaz.config import TriggerConfig
-from sagaz.configuration import configure
+from sagaz.config import TriggerConfig, configure
 from sagaz.events import CronTick, EventMeta, FileEvent, WebhookRequest
 from sagaz.exceptions import InvalidEventError, MissingExtraError, SagazError
 from sagaz.saga import (
@@ -30,8 +29,8 @@ from sagaz.triggers import Fire, Skip, Trigger, trigger
 from sagaz.types import SagaStatus
 
 if TYPE_CHECKING:
+    from sagaz.engine import TriggerEngine
     from sagaz.outbox import OutboxRelay
-    from sagaz.triggers.engine import TriggerEngine
 
 __all__ = [
     "CronTick",
@@ -66,7 +65,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in ("TriggerEngine", "start_triggers", "stop_triggers", "fire_event", "webhook_app"):
-        from sagaz.triggers import engine
+        from sagaz import engine
 
         return getattr(engine, name)
     if name == "OutboxRelay":

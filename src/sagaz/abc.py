@@ -13,6 +13,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
+from sagaz.exceptions import SagazError
 from sagaz.records import (
     DeadLetterRecord,
     InboxClaim,
@@ -27,10 +28,10 @@ from sagaz.types import SagaStatus
 if TYPE_CHECKING:
     from sagaz.events import AdmissionResult, Delivery
 
-__all__ = ["Emit", "SagaStore", "Source"]
+__all__ = ["Emit", "Lifecycle", "Publisher", "SagaStore", "Source"]
 
 
-class _Lifecycle:
+class Lifecycle:
     """``start()``/``stop()`` mirrored by ``async with``; ``stop()`` is idempotent."""
 
     _started: bool = False
@@ -65,7 +66,7 @@ class _Lifecycle:
             )
 
 
-class SagaStore(_Lifecycle, ABC):
+class SagaStore(Lifecycle, ABC):
     """Durable state of sagas, steps, inbox, outbox, dead letters, poll triggers and cron claims.
 
     Claims use the backend's atomic primitives (``INSERT ... ON CONFLICT``, ``SET NX``), never
@@ -228,7 +229,7 @@ for room in the queue. The delivery's ``ack``/``nack`` are called later, after t
 terminal state is in the store."""
 
 
-class Source(_Lifecycle, ABC):
+class Source(Lifecycle, ABC):
     """An event source: one asyncio task per instance runs :meth:`run`.
 
     Sources know nothing of sagas. A source turns each message into a
@@ -254,3 +255,35 @@ class Source(_Lifecycle, ABC):
     def describe(self) -> dict[str, Any]:
         """A short description for logs and ``sagaz triggers list``."""
         return {"kind": self.kind}
+
+
+class Publisher(Lifecycle, ABC):
+    """Publishes outbox messages to a broker; used by :class:`sagaz.outbox.OutboxRelay`.
+
+    ``publish`` returns once the broker has the message and **raises** when it could not be
+    published (the relay then retries it later, and publishes nothing after it meanwhile).
+    ``start()``/``stop()`` (or ``async with``) acquire and release the connection; a relay
+    starts and stops a publisher that was not started when the relay needed it. A subclass
+    that overrides them must call ``super().start()``/``super().stop()`` (they keep
+    :attr:`started`, which the relay reads).
+
+    >>> class Printer(Publisher):
+    ...     async def publish(self, message: OutboxMessage) -> None:
+    ...         print(message.topic, message.payload)
+    """
+
+    @property
+    def started(self) -> bool:
+        """Whether ``start()`` was called (and ``stop()`` not since)."""
+        return self._started
+
+    @abstractmethod
+    async def publish(self, message: OutboxMessage) -> None:
+        """Publish one message; raise if the broker did not take it."""
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise SagazError(
+                f"{type(self).__name__} is not started: use `async with publisher:` or "
+                "`await publisher.start()` first (an OutboxRelay starts it in its own start())"
+            )

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from sagaz.abc import Source
+from sagaz.engine.loading import load_source_module
 from sagaz.events import Delivery
-from sagaz.triggers.sources import load_source_module
 from tests.recording_emit import source_context
 from tests.services import unique_name
 
@@ -41,12 +41,12 @@ class Driver:
 
 
 DRIVERS: dict[str, Driver] = {
-    "kafka": Driver("sagaz.triggers.kafka", ("aiokafka",), "kafka", {"topic": "t"}),
+    "kafka": Driver("sagaz.sources.kafka", ("aiokafka",), "kafka", {"topic": "t"}),
     "rabbitmq": Driver(
-        "sagaz.triggers.rabbitmq", ("aio_pika", "aiormq"), "rabbitmq", {"queue": "q"}
+        "sagaz.sources.rabbitmq", ("aio_pika", "aiormq"), "rabbitmq", {"queue": "q"}
     ),
-    "redis": Driver("sagaz.triggers.redis", ("redis",), "redis", {"stream": "s"}),
-    "sqs": Driver("sagaz.triggers.sqs", ("aiobotocore", "botocore"), "sqs", {"queue_url": "q"}),
+    "redis": Driver("sagaz.sources.redis", ("redis",), "redis", {"stream": "s"}),
+    "sqs": Driver("sagaz.sources.sqs", ("aiobotocore", "botocore"), "sqs", {"queue_url": "q"}),
 }
 
 

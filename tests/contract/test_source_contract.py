@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from sagaz.abc import Source
+from sagaz.engine.loading import SOURCE_MODULES, load_source_module
 from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
-from sagaz.triggers.sources import SOURCE_MODULES, load_source_module
 from tests.contract.source_backends import DRIVERS, Backend, open_backend
 from tests.recording_emit import (
     RecordingEmit,

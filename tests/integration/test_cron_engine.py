@@ -16,10 +16,10 @@ import pytest
 
 from sagaz import CronTick, Saga, SagaContext, SagaStatus, TriggerConfig, action, trigger
 from sagaz.abc import SagaStore
+from sagaz.engine.engine import TriggerEngine
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.postgres import PostgresSagaStore
 from sagaz.testing import FakeClock
-from sagaz.triggers.engine import TriggerEngine
 from tests.recording_emit import eventually
 from tests.services import unique_name
 

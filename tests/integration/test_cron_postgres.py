@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from sagaz.events import CronTick
+from sagaz.sources import cron
+from sagaz.sources.cron import CronSource
 from sagaz.storage.postgres import PostgresSagaStore
 from sagaz.testing.clock import FakeClock
-from sagaz.triggers import cron
-from sagaz.triggers.cron import CronSource
 from tests.recording_emit import RecordingEmit, eventually, source_context, stop_intake
 from tests.services import unique_name
 

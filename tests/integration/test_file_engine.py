@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from sagaz import FileEvent, Saga, SagaContext, SagaStatus, TriggerConfig, action, trigger
+from sagaz.engine.engine import TriggerEngine
+from sagaz.sources.file import FileSource
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.triggers.engine import TriggerEngine
-from sagaz.triggers.file import FileSource
 from tests.recording_emit import eventually
 from tests.services import unique_name
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from sagaz.events import FileEvent
-from sagaz.triggers import file as file_source
-from sagaz.triggers.file import FileSource
+from sagaz.sources import file as file_source
+from sagaz.sources.file import FileSource
 from tests.recording_emit import RecordingEmit, consuming, eventually, source_context
 
 pytest.importorskip("watchfiles")
@@ -230,7 +230,7 @@ async def test_stopping_is_prompt(tmp_path: Path) -> None:
 
 
 def test_importing_the_module_does_not_import_watchfiles() -> None:
-    code = "import sys, sagaz.triggers.file; assert 'watchfiles' not in sys.modules"
+    code = "import sys, sagaz.sources.file; assert 'watchfiles' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -26,11 +26,11 @@ import sagaz
 import sagaz.triggers
 from sagaz import Saga, SagaContext, SagaStatus, TriggerConfig, action, trigger
 from sagaz.abc import SagaStore
+from sagaz.engine.engine import TriggerEngine
 from sagaz.exceptions import MissingExtraError
+from sagaz.sources.kafka.source import KafkaSource
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
-from sagaz.triggers.engine import TriggerEngine
-from sagaz.triggers.kafka import KafkaSource
 from tests.engine_support import holds_for
 from tests.recording_emit import eventually
 from tests.services import unique_name
@@ -500,7 +500,7 @@ async def test_without_aiokafka_start_triggers_names_the_extra(
         monkeypatch.setitem(sys.modules, name, None)  # `import aiokafka...` raises ImportError
     monkeypatch.setitem(sys.modules, "aiokafka", None)
     # the Kafka source module is imported afresh, as in a process that never had aiokafka
-    monkeypatch.delitem(sys.modules, "sagaz.triggers.kafka", raising=False)
+    monkeypatch.delitem(sys.modules, "sagaz.sources.kafka.source", raising=False)
     monkeypatch.setattr(sagaz.triggers, "kafka", None, raising=False)
 
     class NoDriverSaga(Saga):  # defining the class needs no driver

@@ -17,13 +17,13 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from sagaz.clock import SystemClock
 from sagaz.config import TriggerConfig
+from sagaz.engine.loading import SourceContext
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery
 from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
+from sagaz.sources.kafka import source as kafka
+from sagaz.sources.kafka.source import KafkaSource
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.triggers import kafka
-from sagaz.triggers.kafka import KafkaSource
-from sagaz.triggers.sources import SourceContext
 from tests.fixtures_kafka import TansuBroker
 from tests.services import unique_name
 
@@ -359,7 +359,7 @@ async def test_missing_aiokafka_names_the_extra(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_importing_the_module_does_not_import_aiokafka() -> None:
-    code = "import sys, sagaz.triggers.kafka; assert 'aiokafka' not in sys.modules"
+    code = "import sys, sagaz.sources.kafka.source; assert 'aiokafka' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

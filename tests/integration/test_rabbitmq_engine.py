@@ -22,9 +22,9 @@ from pydantic import BaseModel
 
 import sagaz
 from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
+from sagaz.engine.engine import TriggerEngine
+from sagaz.sources.rabbitmq import RabbitMQSource
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.triggers.engine import TriggerEngine
-from sagaz.triggers.rabbitmq import RabbitMQSource
 from tests.engine_support import ErrorRecorder, HoldCompletion, completed_per_message, once_each
 from tests.recording_emit import eventually
 from tests.services import require_service, unique_name

@@ -18,8 +18,8 @@ import pytest
 
 from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
-from sagaz.triggers import rabbitmq
-from sagaz.triggers.rabbitmq import RabbitMQSource
+from sagaz.sources import rabbitmq
+from sagaz.sources.rabbitmq import RabbitMQSource
 from tests.recording_emit import (
     RecordingEmit,
     consuming,
@@ -349,7 +349,7 @@ def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_importing_the_module_does_not_import_the_driver() -> None:
-    code = "import sys, sagaz.triggers.rabbitmq; assert 'aio_pika' not in sys.modules"
+    code = "import sys, sagaz.sources.rabbitmq; assert 'aio_pika' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

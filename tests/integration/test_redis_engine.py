@@ -22,10 +22,10 @@ from pydantic import BaseModel
 
 import sagaz
 from sagaz import Saga, SagaContext, SagaStatus, TriggerConfig, action, trigger
+from sagaz.engine.engine import TriggerEngine
+from sagaz.sources.redis import RedisStreamSource
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
-from sagaz.triggers.engine import TriggerEngine
-from sagaz.triggers.redis import RedisStreamSource
 from tests.engine_support import ErrorRecorder, HoldCompletion, completed_per_message, once_each
 from tests.recording_emit import eventually
 from tests.services import unique_name

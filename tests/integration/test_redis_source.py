@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 
 from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
-from sagaz.triggers import redis as redis_source
-from sagaz.triggers.redis import RedisStreamSource
+from sagaz.sources import redis as redis_source
+from sagaz.sources.redis import RedisStreamSource
 from tests.recording_emit import (
     RecordingEmit,
     consuming,
@@ -334,7 +334,7 @@ def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_importing_the_module_does_not_import_the_driver() -> None:
-    code = "import sys, sagaz.triggers.redis; assert 'redis' not in sys.modules"
+    code = "import sys, sagaz.sources.redis; assert 'redis' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

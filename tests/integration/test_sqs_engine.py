@@ -32,9 +32,9 @@ from sagaz import (
     action,
     trigger,
 )
+from sagaz.engine.engine import TriggerEngine
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
-from sagaz.triggers.engine import TriggerEngine
 from tests.engine_support import HoldCompletion, completed_per_message, holds_for, once_each
 from tests.fixtures_sqs import sqs_source_options
 from tests.recording_emit import eventually

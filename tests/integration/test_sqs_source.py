@@ -14,8 +14,8 @@ import pytest
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery
 from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
-from sagaz.triggers import sqs
-from sagaz.triggers.sqs import SQSSource
+from sagaz.sources.sqs import source as sqs
+from sagaz.sources.sqs.source import SQSSource
 from tests.fixtures_sqs import sqs_source_options
 from tests.recording_emit import (
     RecordingEmit,
@@ -425,8 +425,8 @@ async def test_engine_runs_one_saga_per_message_and_deletes_them(
     sqs_endpoint: str, sqs_client: Any, sqs_queue_url: str, make_sqs_queue: MakeQueue
 ) -> None:
     from sagaz import Saga, TriggerConfig, action, trigger
+    from sagaz.engine.engine import TriggerEngine
     from sagaz.storage.memory import MemorySagaStore
-    from sagaz.triggers.engine import TriggerEngine
 
     dlq_url = await make_sqs_queue("sagaz-dlq")
     seen: list[int] = []

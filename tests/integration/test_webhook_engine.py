@@ -34,10 +34,10 @@ from sagaz import (
     trigger,
 )
 from sagaz.abc import SagaStore
+from sagaz.engine.engine import TriggerEngine
+from sagaz.sources.webhook.auth import sign_body
+from sagaz.sources.webhook.source import webhook_server
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.triggers.engine import TriggerEngine
-from sagaz.triggers.webhook import webhook_server
-from sagaz.triggers.webhook_auth import sign_body
 from tests.recording_emit import eventually
 from tests.services import unique_name
 

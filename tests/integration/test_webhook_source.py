@@ -29,6 +29,7 @@ from starlette.routing import Mount
 
 from sagaz.clock import SystemClock
 from sagaz.config import TriggerConfig
+from sagaz.engine.loading import SourceContext
 from sagaz.events import (
     AdmissionOutcome,
     AdmissionResult,
@@ -37,10 +38,10 @@ from sagaz.events import (
     WebhookRequest,
 )
 from sagaz.exceptions import ConfigurationError
-from sagaz.triggers import webhook, webhook_app
-from sagaz.triggers.sources import SourceContext
-from sagaz.triggers.webhook_auth import sign_body
-from sagaz.triggers.webhook_server import WebhookServer, WebhookServerError
+from sagaz.sources.webhook import app as webhook_app
+from sagaz.sources.webhook import source as webhook
+from sagaz.sources.webhook.auth import sign_body
+from sagaz.sources.webhook.server import WebhookServer, WebhookServerError
 
 try:
     from sagaz.storage import MemorySagaStore
@@ -342,7 +343,7 @@ async def test_webhook_emit_that_raises_gives_500_and_server_keeps_serving(
             raise RuntimeError("db password is hunter2")
         return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id="s-after")
 
-    caplog.set_level(logging.ERROR, logger="sagaz.triggers.webhook_app")
+    caplog.set_level(logging.ERROR, logger="sagaz.sources.webhook.app")
     async with serving({"path": "/boom"}, emit=FakeEmit(respond)) as running:
         failed = await running.client.post("/boom", content=b"{}")
         after = await running.client.post("/boom", content=b"{}")
@@ -354,7 +355,7 @@ async def test_webhook_emit_that_raises_gives_500_and_server_keeps_serving(
     assert after.status_code == 202
     assert after.json()["saga_id"] == "s-after"
     assert [type(e) for e in errors] == [RuntimeError]  # reported to the listeners
-    record = next(r for r in caplog.records if r.name == "sagaz.triggers.webhook_app")
+    record = next(r for r in caplog.records if r.name == "sagaz.sources.webhook.app")
     assert record.exc_info is not None
     assert record.trigger.endswith(".r0")  # type: ignore[attr-defined]
 

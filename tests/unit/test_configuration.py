@@ -12,7 +12,7 @@ import pytest
 import sagaz
 from sagaz import Saga, SagaContext, SagaStatus, TriggerConfig, action
 from sagaz._imports import require_extra
-from sagaz.configuration import reset_configuration, resolve_store
+from sagaz.config import reset_configuration, resolve_store
 from sagaz.exceptions import ConfigurationError, MissingExtraError
 from sagaz.storage import MemorySagaStore, SQLiteSagaStore, store_from_url
 

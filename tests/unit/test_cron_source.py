@@ -13,12 +13,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from sagaz.abc import SagaStore
+from sagaz.engine.loading import SourceContext
 from sagaz.events import CronTick, Delivery
+from sagaz.sources import cron
+from sagaz.sources.cron import CronSchedule, CronSource
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.testing.clock import FakeClock
-from sagaz.triggers import cron
-from sagaz.triggers.cron import CronSchedule, CronSource
-from sagaz.triggers.sources import SourceContext
 from tests.recording_emit import RecordingEmit, source_context, stop_intake
 
 TRIGGER = "reports.on_tick"
@@ -133,7 +133,7 @@ async def test_schedule_is_computed_in_the_trigger_timezone() -> None:
     assert ticks(emit)[0].scheduled_at.hour == 9
 
 
-# -- daylight saving time (rule: see the docstring of sagaz.triggers.cron) ------------------
+# -- daylight saving time (rule: see the docstring of sagaz.sources.cron) ------------------
 
 
 async def test_spring_forward_daily_tick_in_the_gap_fires_once_after_the_gap() -> None:
@@ -233,7 +233,7 @@ async def test_catchup_after_a_three_hour_outage(catchup: str, fired: list[datet
 
 
 async def test_catchup_all_is_bounded_by_max_catchup(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="sagaz.triggers.cron")
+    caplog.set_level(logging.WARNING, logger="sagaz.sources.cron")
     _, after, _ = await catch_up({"schedule": "*/5 * * * *", "catchup": "all", "max_catchup": 10})
 
     assert scheduled_utc(after) == [

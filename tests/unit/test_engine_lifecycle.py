@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 from sagaz import Saga, SagaStatus, TriggerConfig, action, trigger
 from sagaz.abc import Emit, Source
 from sagaz.clock import utcnow
+from sagaz.engine.engine import TriggerEngine
 from sagaz.events import Delivery, EventMeta
 from sagaz.records import ClaimOutcome, SagaRecord
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.triggers.engine import TriggerEngine
 from tests.recording_emit import eventually
 
 

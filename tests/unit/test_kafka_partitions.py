@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sagaz.triggers import kafka_options
-from sagaz.triggers.kafka_partitions import PartitionState
+from sagaz.sources.kafka.partitions import PartitionState
+from sagaz.triggers.options import kafka as kafka_options
 
 
 class Record(NamedTuple):

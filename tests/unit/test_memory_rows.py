@@ -6,7 +6,7 @@ import gc
 import uuid
 from datetime import UTC, datetime
 
-from sagaz.flow.identity import SAGAZ_NAMESPACE, saga_id_for
+from sagaz.engine.identity import SAGAZ_NAMESPACE, saga_id_for
 from sagaz.records import SagaRecord, StepRecord
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.rows import RowCodec, freeze, thaw

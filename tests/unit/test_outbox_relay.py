@@ -22,7 +22,7 @@ from sagaz.outbox import (
     RabbitMQPublisher,
     RedisStreamPublisher,
 )
-from sagaz.outbox_publishers import dedup_id, encode_payload
+from sagaz.outbox.messages import dedup_id, encode_payload
 from sagaz.records import OutboxMessage
 from sagaz.storage.memory import MemorySagaStore
 from tests.recording_emit import eventually

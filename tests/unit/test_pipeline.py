@@ -20,12 +20,12 @@ from sagaz import (
     action,
     trigger,
 )
+from sagaz.engine.engine import TriggerEngine
 from sagaz.events import AdmissionOutcome
 from sagaz.exceptions import ConfigurationError, TriggerDefinitionError
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.testing import FakeClock
 from sagaz.triggers import registry
-from sagaz.triggers.engine import TriggerEngine
 
 
 class Recorder(SagaListener):
@@ -569,7 +569,7 @@ async def test_a_completed_unacked_event_settles_at_once_though_its_finisher_hol
     from datetime import timedelta
 
     from sagaz.clock import utcnow
-    from sagaz.flow.identity import saga_id_for
+    from sagaz.engine.identity import saga_id_for
     from sagaz.records import ClaimOutcome, SagaRecord
 
     ran: list[int] = []
@@ -691,8 +691,8 @@ class SqsOrder(BaseModel):
 
 
 async def test_sqs_events_plain_dict_gets_the_message_and_a_model_gets_the_body() -> None:
+    from sagaz.engine.decoding import EventDecoder
     from sagaz.events import Delivery
-    from sagaz.flow.decoding import EventDecoder
 
     message = {"MessageId": "m-1", "Body": {"id": 3}, "Attributes": {}}
     delivery = Delivery(payload=message, decoded=True, identity="m-1", meta=EventMeta(source="sqs"))

@@ -6,9 +6,9 @@ import asyncio
 from typing import Any
 
 from sagaz import Fire, Saga, SagaListener, Skip, Trigger, TriggerConfig, action, trigger
-from sagaz.flow.identity import canonical_hash
+from sagaz.engine.engine import TriggerEngine
+from sagaz.engine.identity import canonical_hash
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.triggers.engine import TriggerEngine
 from tests.recording_emit import eventually
 
 

@@ -7,9 +7,9 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from sagaz import Saga, TriggerConfig, action, trigger
+from sagaz.engine.engine import TriggerEngine
+from sagaz.engine.prometheus import render
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.triggers.engine import TriggerEngine
-from sagaz.triggers.prometheus import render
 from tests.recording_emit import eventually
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from sagaz.triggers import webhook
-from sagaz.triggers.webhook_auth import BearerAuth, HmacAuth, sign_body
+from sagaz.sources.webhook import source as webhook
+from sagaz.sources.webhook.auth import BearerAuth, HmacAuth, sign_body
 
 
 def test_webhook_options_are_normalised() -> None:
@@ -78,7 +78,7 @@ def test_webhook_path_template_matches_segments_literally() -> None:
 def test_webhook_validate_imports_no_web_framework() -> None:
     code = (
         "import sys\n"
-        "from sagaz.triggers import webhook\n"
+        "from sagaz.sources.webhook import source as webhook\n"
         "webhook.validate({'path': '/x', 'auth': 'hmac', 'secret': 's'})\n"
         "assert 'starlette' not in sys.modules, 'starlette imported'\n"
         "assert 'uvicorn' not in sys.modules, 'uvicorn imported'\n"

@@ -44,7 +44,7 @@ def _import(modules: Sequence[str]) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     from sagaz.config import TriggerConfig
-    from sagaz.triggers.engine import TriggerEngine
+    from sagaz.engine.engine import TriggerEngine
 
     _import(args.modules)
     stop = asyncio.Event()
@@ -108,9 +108,9 @@ async def _dlq(args: argparse.Namespace) -> int:
 
 async def _replay(args: argparse.Namespace, store: SagaStore, record: Any) -> int:
     from sagaz.config import TriggerConfig
+    from sagaz.engine.engine import TriggerEngine
     from sagaz.events import AdmissionOutcome
     from sagaz.triggers import registry
-    from sagaz.triggers.engine import TriggerEngine
 
     _import(args.modules)
     definition = registry.get(record.trigger_id)

@@ -225,7 +225,7 @@ class Saga:
         A ``saga_id`` that already reached a terminal state returns its stored result without
         running anything again.
         """
-        from sagaz.configuration import ensure_store
+        from sagaz.config import ensure_store
         from sagaz.saga.execution import SagaExecution
 
         execution = SagaExecution(

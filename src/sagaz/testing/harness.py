@@ -7,8 +7,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from sagaz.config import TriggerConfig
+from sagaz.engine.decoding import EventDecoder
 from sagaz.events import AdmissionOutcome, Delivery, EventMeta
-from sagaz.flow.decoding import EventDecoder
 from sagaz.saga.definition import Saga
 from sagaz.saga.result import SagaResult
 from sagaz.storage.memory import MemorySagaStore
@@ -78,7 +78,7 @@ class TriggerTestHarness:
         self, method: str, event: Any, *, key: str = "", timeout: float = 30.0
     ) -> SagaResult | None:
         """Run ``event`` through the real pipeline and return the saga's result."""
-        from sagaz.triggers.engine import TriggerEngine
+        from sagaz.engine.engine import TriggerEngine
 
         if self._engine is None:
             self._engine = TriggerEngine(

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from sagaz.exceptions import TriggerDefinitionError
 from sagaz.triggers.decorator import TRIGGER_ATTR, TriggerSpec
 from sagaz.triggers.poll import Trigger
-from sagaz.triggers.sources import PIPELINE_OPTIONS, SOURCE_MODULES, load_source_module
 
 if TYPE_CHECKING:
     from sagaz.abc import Source
@@ -74,6 +73,8 @@ def build_trigger_definition(
     saga_cls: type[Saga], method: str, spec: TriggerSpec, trigger_id: str
 ) -> TriggerDefinition:
     """Validate one ``@trigger`` and build its definition; errors name class, method, option."""
+    from sagaz.engine.loading import PIPELINE_OPTIONS, SOURCE_MODULES, load_source_module
+
     where = f"{saga_cls.__qualname__}.{method} @trigger(source={spec.source!r})"
     options = dict(spec.options)
     if spec.source not in SOURCE_MODULES:

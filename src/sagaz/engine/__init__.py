@@ -1,0 +1,15 @@
+"""The trigger engine: :class:`TriggerEngine` and the pipeline stages it runs.
+
+``Source.run(emit)`` → :mod:`~sagaz.engine.admission` → :mod:`~sagaz.engine.backpressure` →
+:mod:`~sagaz.engine.dispatcher` → :mod:`~sagaz.engine.runner` → :mod:`~sagaz.engine.settlement`.
+"""
+
+from sagaz.engine.engine import (
+    TriggerEngine,
+    fire_event,
+    start_triggers,
+    stop_triggers,
+    webhook_app,
+)
+
+__all__ = ["TriggerEngine", "fire_event", "start_triggers", "stop_triggers", "webhook_app"]

@@ -1,0 +1,110 @@
+"""``ActiveTrigger`` and ``PipelineState``: what the pipeline knows of a trigger and itself."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sagaz.clock import Clock, utcnow
+from sagaz.config import TriggerConfig
+from sagaz.engine.decoding import EventDecoder
+from sagaz.engine.limits import TokenBucket
+from sagaz.engine.metrics import EngineMetrics
+from sagaz.saga.listeners import SagaListener
+
+if TYPE_CHECKING:
+    from sagaz.abc import SagaStore, Source
+    from sagaz.engine.backpressure import BackpressureQueue
+    from sagaz.saga.definition import Saga
+    from sagaz.triggers.registration import TriggerDefinition
+
+__all__ = ["ActiveTrigger", "PipelineState"]
+
+
+@dataclass(slots=True)
+class PipelineState:
+    """Shared by admission, dispatcher and runner of one engine."""
+
+    config: TriggerConfig
+    store: SagaStore
+    clock: Clock
+    worker_id: str
+    queue: BackpressureQueue
+    listeners: list[SagaListener]
+    metrics: EngineMetrics = field(default_factory=EngineMetrics)
+    global_bucket: TokenBucket | None = None
+    _lease: timedelta = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._lease = timedelta(seconds=self.config.lease_seconds)
+
+    def lease_until(self) -> datetime:
+        """The lease deadline for claims made now.
+
+        Leases measure the liveness of real processes, so they use the real clock even when
+        the engine runs on a ``FakeClock`` (the stores compare them with real time)."""
+        return utcnow() + self._lease
+
+
+class ActiveTrigger:
+    """A registered trigger bound to a running engine: saga instance, decoder, limits."""
+
+    def __init__(
+        self, definition: TriggerDefinition, state: PipelineState, source: Source | None = None
+    ) -> None:
+        self.definition = definition
+        #: the trigger id (``"{saga_name}.{method}"``)
+        self.trigger_id: str = definition.trigger_id
+        #: the saga's name
+        self.saga_name: str = definition.saga_name
+        self.saga: Saga = definition.saga_cls()
+        self.method = getattr(self.saga, definition.method)
+        self.is_async = inspect.iscoroutinefunction(self.method)
+        where = f"{definition.saga_cls.__qualname__}.{definition.method}"
+        self.decoder = EventDecoder(self.method, where=where)
+        self.source = source
+        config = state.config
+        self.max_retries = (
+            definition.max_retries if definition.max_retries is not None else config.max_retries
+        )
+        self.retry_backoff = (
+            definition.retry_backoff_seconds
+            if definition.retry_backoff_seconds is not None
+            else config.retry_backoff_seconds
+        )
+        self.dead_letter_topic = definition.dead_letter_topic or config.dead_letter_topic
+        self.persist_events = (
+            definition.persist_events
+            if definition.persist_events is not None
+            else config.persist_events
+        )
+        self.max_concurrent = definition.max_concurrent_sagas
+        self.bucket = (
+            TokenBucket(definition.rate_limit_per_second, state.clock)
+            if definition.rate_limit_per_second
+            else None
+        )
+        self.listeners: list[SagaListener] = [*type(self.saga).listeners, *state.listeners]
+        self.poll_exclusive = (
+            definition.poll_trigger is not None and not definition.poll_trigger.allow_concurrent
+        )
+        self.poll_name = (
+            (definition.poll_trigger.name or definition.trigger_id)
+            if definition.poll_trigger is not None
+            else None
+        )
+
+    async def transform(self, event: Any, meta: Any) -> Any:
+        """Call the trigger method (sync or async)."""
+        result = self.method(*self.decoder.arguments(event, meta))
+        if self.is_async:
+            result = await result
+        return result
+
+    def backoff(self, retry: int) -> float:
+        """Base delay before retry number ``retry`` (1-based); the last value repeats."""
+        if not self.retry_backoff:
+            return 0.0
+        return float(self.retry_backoff[min(retry, len(self.retry_backoff)) - 1])

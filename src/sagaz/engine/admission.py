@@ -1,0 +1,373 @@
+"""Admission: decode, validate, identify, claim the inbox, transform, persist, enqueue.
+
+Every event leaves admission with exactly one outcome (:class:`~sagaz.events.AdmissionResult`)
+and, when it does not become a saga, exactly one reason code. Such an event is counted and
+reported (``on_trigger_filtered``) before it is acked, so a shutdown that cancels the ack's
+caller cannot skip the count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
+from sagaz.engine.decoding import InvalidPayloadError
+from sagaz.engine.identity import canonical_hash, content_key, saga_id_for, storable
+from sagaz.engine.settlement import Settlement
+from sagaz.engine.work_item import WorkItem
+from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, Reason
+from sagaz.exceptions import InvalidEventError
+from sagaz.records import ClaimOutcome, SagaRecord, TriggerExecutionRecord
+from sagaz.saga.listeners import notify
+from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
+
+__all__ = ["Admission"]
+
+logger = logging.getLogger(__name__)
+
+
+class Admission:
+    """The front of the pipeline; ``admit`` is what sources call as ``emit``."""
+
+    def __init__(self, state: PipelineState, settlement: Settlement) -> None:
+        self.state = state
+        self.settlement = settlement
+        self.accepting = True
+        self._busy_watchers: set[asyncio.Task[None]] = set()
+        #: saga id -> deliveries of the saga queued or running here (see ``_join``)
+        self._in_flight: dict[str, _JointDeliveries] = {}
+
+    async def admit(self, trigger: ActiveTrigger, delivery: Delivery) -> AdmissionResult:
+        """Admit one delivery of ``trigger``; never raises (bar cancellation).
+
+        A failure of the store itself leaves the delivery for redelivery (nack) and answers
+        ``REJECTED`` with the error, so a webhook caller gets 503 and retries.
+        """
+        try:
+            return await self._admit(trigger, delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self.settlement.report(trigger, exc, delivery.payload)
+            await self.settlement.nack(trigger, delivery)
+            return AdmissionResult(
+                AdmissionOutcome.REJECTED, error=f"the event could not be accepted: {exc}"
+            )
+
+    async def _admit(self, trigger: ActiveTrigger, delivery: Delivery) -> AdmissionResult:
+        state = self.state
+        state.metrics.received[trigger.trigger_id] += 1
+        delivery.meta.trigger = delivery.meta.trigger or trigger.trigger_id
+        if trigger.listeners:
+            await notify(
+                trigger.listeners,
+                "on_trigger_received",
+                trigger.saga_name,
+                delivery.meta.source,
+                delivery.payload,
+            )
+        if not self.accepting:
+            await self.settlement.nack(trigger, delivery)
+            return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
+        try:
+            event = trigger.decoder.decode(delivery)
+            key = self._key(trigger, delivery, event)
+            concurrency_key = (
+                trigger.definition.concurrency_key(event)
+                if trigger.definition.concurrency_key
+                else None
+            )
+        except Exception as exc:
+            return await self._invalid(trigger, delivery, exc, None)
+        saga_id = saga_id_for(trigger.trigger_id, key)
+        joint = self._in_flight.get(saga_id)
+        if joint is not None:
+            # Redelivered (a lost ack, a broker reconnect) or sent twice while its saga is
+            # being admitted, queued or running here: the inbox would hand our own claim back
+            # (TAKEN_OVER) and a second run would repeat the steps. Settle it with that one.
+            joint.deliveries.append(delivery)
+            return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
+        tracked = self._track(saga_id, delivery)
+        candidate = _Candidate(trigger, tracked, event, key, saga_id, concurrency_key)
+        try:
+            result = await self._claim(candidate)
+            if result is None:
+                self._watch_busy(candidate)
+                return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
+            return result
+        except asyncio.CancelledError:
+            await self.settlement.nack(trigger, tracked)
+            raise
+        except Exception as exc:
+            await self.settlement.report(trigger, exc, delivery.payload)
+            await self.settlement.nack(trigger, tracked)
+            return AdmissionResult(
+                AdmissionOutcome.REJECTED, error=f"the event could not be accepted: {exc}"
+            )
+
+    def _track(self, saga_id: str, delivery: Delivery) -> Delivery:
+        """``delivery``, settling also the deliveries of the same saga admitted until it is
+        acked or nacked (see :class:`_JointDeliveries`)."""
+        joint = _JointDeliveries(delivery, self._in_flight, saga_id)
+        self._in_flight[saga_id] = joint
+        return Delivery(
+            payload=delivery.payload,
+            meta=delivery.meta,
+            identity=delivery.identity,
+            ack=joint.ack,
+            nack=joint.nack,
+            decoded=delivery.decoded,
+        )
+
+    async def _claim(self, c: _Candidate) -> AdmissionResult | None:
+        """Claim the inbox row of ``c``; ``None`` while another live worker holds it."""
+        state = self.state
+        lease = state.lease_until()
+        claim = await state.store.claim_inbox(
+            c.trigger.trigger_id, c.key, c.saga_id, state.worker_id, lease
+        )
+        if claim.outcome is ClaimOutcome.DUPLICATE:
+            await self.settlement.filtered(c.trigger, c.event, Reason.DUPLICATE)
+            await self.settlement.ack(c.trigger, c.delivery)
+            return AdmissionResult(AdmissionOutcome.DUPLICATE, c.saga_id, Reason.DUPLICATE)
+        if claim.outcome is ClaimOutcome.BUSY:
+            return None
+        return await self._accept(c, lease, fresh=claim.outcome is ClaimOutcome.CLAIMED)
+
+    def _key(self, trigger: ActiveTrigger, delivery: Delivery, event: Any) -> str:
+        if trigger.definition.idempotency_key is not None:
+            value = trigger.definition.idempotency_key(event)
+            if value is None:
+                raise InvalidEventError(
+                    f"{trigger.trigger_id}: idempotency_key returned None for this event"
+                )
+            return str(value)
+        if delivery.identity:
+            return delivery.identity
+        return content_key(storable(delivery.payload))
+
+    async def _accept(
+        self, c: _Candidate, lease: datetime, *, fresh: bool = False
+    ) -> AdmissionResult:
+        state = self.state
+        trigger, delivery, event, key, saga_id = c.trigger, c.delivery, c.event, c.key, c.saga_id
+        # a key never claimed before has no saga yet; a taken-over one may be half done
+        existing = None if fresh else await state.store.get_saga(saga_id)
+        if (
+            existing is not None
+            # a finished saga is not run again (its stored result settles the event), and its
+            # lease may still name the worker that finished it but never acked the event
+            and existing.status not in TERMINAL_SAGA_STATUSES
+            and not await state.store.claim_saga(saga_id, state.worker_id, lease)
+        ):  # the saga itself is leased by a live worker (e.g. the recovery loop elsewhere)
+            self._watch_busy(c)
+            return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
+        if existing is not None and existing.status is not SagaStatus.PENDING:
+            context = dict(existing.context)  # resume an interrupted (or finished) saga
+        else:
+            try:
+                context = await trigger.transform(event, delivery.meta)
+            except Exception as exc:
+                await state.store.release_inbox(trigger.trigger_id, key)
+                return await self._invalid(trigger, delivery, exc, saga_id, claimed=True)
+            if context is None:
+                await state.store.complete_inbox(trigger.trigger_id, key)
+                await self.settlement.filtered(trigger, event, Reason.FILTERED)
+                await self.settlement.ack(trigger, delivery)
+                return AdmissionResult(AdmissionOutcome.FILTERED, saga_id, Reason.FILTERED)
+            if not isinstance(context, dict):
+                await state.store.release_inbox(trigger.trigger_id, key)
+                error = InvalidEventError(
+                    f"{trigger.trigger_id}: the trigger method returned "
+                    f"{type(context).__name__}; it must return a dict (the saga's starting "
+                    "context) or None (skip the event)"
+                )
+                return await self._invalid(trigger, delivery, error, saga_id, claimed=True)
+        context_hash: str | None = None
+        if trigger.poll_name is not None:
+            context_hash = canonical_hash(context)
+            started = await state.store.start_trigger_execution(
+                TriggerExecutionRecord(trigger.poll_name, context_hash, saga_id),
+                exclusive=trigger.poll_exclusive,
+            )
+            if not started:
+                await state.store.complete_inbox(trigger.trigger_id, key)
+                await self.settlement.filtered(trigger, event, Reason.OVERLAP_SKIPPED)
+                await self.settlement.ack(trigger, delivery)
+                return AdmissionResult(AdmissionOutcome.FILTERED, saga_id, Reason.OVERLAP_SKIPPED)
+        pending: SagaRecord | None = None
+        if existing is None:
+            pending, created = await state.store.create_saga(
+                SagaRecord(
+                    saga_id=saga_id,
+                    saga_name=trigger.saga_name,
+                    status=SagaStatus.PENDING,
+                    context=context,
+                    trigger_id=trigger.trigger_id,
+                    event=storable(delivery.payload) if trigger.persist_events else None,
+                    owner=state.worker_id,
+                    lease_expires_at=lease,
+                )
+            )
+            if not created:
+                pending = None
+        item = WorkItem(
+            trigger=trigger,
+            delivery=delivery,
+            key=key,
+            saga_id=saga_id,
+            context=context,
+            event=event,
+            concurrency_key=c.concurrency_key,
+            accepted_at=state.clock.monotonic(),
+            context_hash=context_hash,
+            pending=pending,
+        )
+        if existing is not None and existing.status in TERMINAL_SAGA_STATUSES:
+            item.already_terminal = True
+        put = await state.queue.put(item)
+        if not put.accepted:
+            return await self._refused(trigger, item)
+        if put.evicted is not None:
+            await self._drop(put.evicted, Reason.DROPPED_OLDEST)
+        state.metrics.accepted[trigger.trigger_id] += 1
+        return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
+
+    async def _refused(self, trigger: ActiveTrigger, item: WorkItem) -> AdmissionResult:
+        state = self.state
+        if not self.accepting:  # released from a blocked put by shutdown
+            await self._forget(item)
+            await self.settlement.nack(trigger, item.delivery)
+            return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
+        if state.queue.strategy == "reject":
+            await self._forget(item)
+            await self.settlement.dead_letter(
+                trigger,
+                item.delivery,
+                reason=Reason.REJECTED.value,
+                error=f"queue full (queue_size={state.queue.capacity}, strategy=reject)",
+                attempts=0,
+                saga_id=item.saga_id,
+            )
+            await self.settlement.filtered(trigger, item.event, Reason.REJECTED)
+            await self.settlement.ack(trigger, item.delivery)
+            return AdmissionResult(AdmissionOutcome.REJECTED, item.saga_id, Reason.REJECTED)
+        await self._drop(item, Reason.DROPPED_NEWEST)
+        return AdmissionResult(AdmissionOutcome.DROPPED, item.saga_id, Reason.DROPPED_NEWEST)
+
+    async def _drop(self, item: WorkItem, reason: Reason) -> None:
+        await self._forget(item)
+        await self.settlement.filtered(item.trigger, item.event, reason)
+        await self.settlement.ack(item.trigger, item.delivery)
+
+    async def _forget(self, item: WorkItem) -> None:
+        """Undo an acceptance that never started: the key may be delivered again."""
+        store = self.state.store
+        await store.delete_saga(item.saga_id)
+        await store.release_inbox(item.trigger_id, item.key)
+        if item.context_hash is not None and item.trigger.poll_name is not None:
+            await store.complete_trigger_execution(item.trigger.poll_name, item.saga_id)
+
+    async def _invalid(
+        self,
+        trigger: ActiveTrigger,
+        delivery: Delivery,
+        exc: BaseException,
+        saga_id: str | None,
+        *,
+        claimed: bool = False,
+    ) -> AdmissionResult:
+        details = exc.details if isinstance(exc, InvalidPayloadError) else None
+        await self.settlement.dead_letter(
+            trigger, delivery, reason=Reason.INVALID.value, error=exc, attempts=0, saga_id=saga_id
+        )
+        await self.settlement.filtered(trigger, delivery.payload, Reason.INVALID)
+        await self.settlement.ack(trigger, delivery)
+        return AdmissionResult(
+            AdmissionOutcome.INVALID, saga_id, Reason.INVALID, error=str(exc), details=details
+        )
+
+    # -- a key held by another live worker -------------------------------------------------
+    def _watch_busy(self, c: _Candidate) -> None:
+        task = asyncio.create_task(self._await_other_owner(c), name=f"sagaz-busy-{c.saga_id}")
+        self._busy_watchers.add(task)
+        task.add_done_callback(self._busy_watchers.discard)
+
+    async def _await_other_owner(self, c: _Candidate) -> None:
+        """Hold the delivery until the other owner finishes (ack) or its lease expires (take
+        over); never ack an event whose saga is not terminal."""
+        state = self.state
+        try:
+            while True:
+                await state.clock.sleep(max(0.05, state.config.lease_seconds / 4))
+                if await self._claim(c) is not None:
+                    return
+        except asyncio.CancelledError:
+            await self.settlement.nack(c.trigger, c.delivery)
+            raise
+        except Exception as exc:
+            await self.settlement.report(c.trigger, exc, c.delivery.payload)
+            await self.settlement.nack(c.trigger, c.delivery)
+
+    async def close(self) -> None:
+        """Stop watching busy keys (their deliveries are nacked)."""
+        self.accepting = False
+        for task in list(self._busy_watchers):
+            task.cancel()
+        if self._busy_watchers:
+            await asyncio.gather(*self._busy_watchers, return_exceptions=True)
+
+
+@dataclass(slots=True)
+class _Candidate:
+    """An event on its way through admission, with its identity."""
+
+    trigger: ActiveTrigger
+    delivery: Delivery
+    event: Any
+    key: str
+    saga_id: str
+    concurrency_key: Any
+
+
+class _JointDeliveries:
+    """The deliveries of one saga, from admission until the first of them is settled, all
+    settled together, once; that first settlement ends the tracking (a later delivery of the
+    key then meets the inbox)."""
+
+    __slots__ = ("deliveries", "in_flight", "saga_id", "settled")
+
+    def __init__(self, first: Delivery, in_flight: dict[str, _JointDeliveries], saga_id: str):
+        self.deliveries = [first]
+        self.in_flight = in_flight
+        self.saga_id = saga_id
+        self.settled = False
+
+    def _forget(self) -> bool:
+        if self.in_flight.get(self.saga_id) is self:
+            del self.in_flight[self.saga_id]
+        settled, self.settled = self.settled, True
+        return not settled
+
+    async def ack(self) -> None:
+        if self._forget():
+            await self._each(lambda delivery: delivery.ack())
+
+    async def nack(self, requeue: bool) -> None:
+        if self._forget():
+            await self._each(lambda delivery: delivery.nack(requeue))
+
+    async def _each(self, settle: Callable[[Delivery], Awaitable[None]]) -> None:
+        error: Exception | None = None
+        for delivery in self.deliveries:  # one failing settlement must not skip the others
+            try:
+                await settle(delivery)
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error

@@ -1,0 +1,87 @@
+"""The dispatcher: a worker pool taking eligible events from the queue under the rate limits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sagaz._aio import wait_event
+from sagaz.engine.active_trigger import PipelineState
+from sagaz.engine.runner import SagaRunner
+from sagaz.engine.work_item import WorkItem
+
+__all__ = ["Dispatcher"]
+
+logger = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """A pool of ``max_concurrent_sagas`` workers taking eligible events from the queue,
+    applying the global and per-trigger rate limits, and running them."""
+
+    def __init__(self, state: PipelineState, runner: SagaRunner) -> None:
+        self.state = state
+        self.runner = runner
+        self._workers: list[asyncio.Task[None]] = []
+        self._current: dict[asyncio.Task[None], WorkItem] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start(self, size: int) -> None:
+        """Start ``size`` workers."""
+        for n in range(size):
+            self._workers.append(asyncio.create_task(self._work(), name=f"sagaz-worker-{n}"))
+
+    @property
+    def in_flight(self) -> int:
+        """Sagas running now."""
+        return len(self._current)
+
+    async def _work(self) -> None:
+        state = self.state
+        queue = state.queue
+        me = asyncio.current_task()
+        assert me is not None
+        while True:
+            item = await queue.get()
+            try:
+                # waiting for a global rate-limit token is not "in flight": shutdown cancels it
+                # (per-trigger limits are applied by the queue, which parks the events)
+                if state.global_bucket is not None:
+                    await state.global_bucket.acquire()
+                self._current[me] = item
+                self._idle.clear()
+                state.metrics.started(state.clock.monotonic() - item.accepted_at)
+                try:
+                    await self.runner.run(item)
+                finally:
+                    state.metrics.finished()
+            except asyncio.CancelledError:
+                await self.runner.settlement.nack(item.trigger, item.delivery)
+                raise
+            except Exception as exc:  # never let one event kill a worker
+                await self.runner.settlement.report(item.trigger, exc, item.event)
+                await self.runner.settlement.nack(item.trigger, item.delivery)
+            finally:
+                self._current.pop(me, None)
+                queue.done(item)
+                if not self._current:
+                    self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until no saga is running."""
+        await self._idle.wait()
+
+    async def stop(self, timeout: float) -> None:
+        """Let running sagas finish up to ``timeout`` seconds, then cancel the rest."""
+        if not await wait_event(self._idle, timeout):
+            logger.warning(
+                "shutdown_timeout=%ss reached: cancelling %d running saga(s); their events stay "
+                "un-acked and will be redelivered and resumed",
+                timeout,
+                len(self._current),
+            )
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers.clear()

@@ -1,0 +1,457 @@
+"""``TriggerEngine``: one task per source, a backpressure queue, a worker pool, listeners.
+
+>>> engine = await sagaz.start_triggers()  # doctest: +SKIP
+>>> await sagaz.fire_event("orders", {"id": 1})  # doctest: +SKIP
+>>> await sagaz.stop_triggers()  # doctest: +SKIP
+
+or, without the process-wide engine::
+
+    async with TriggerEngine(TriggerConfig(queue_size=100), store) as engine:
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.util
+import logging
+import os
+import socket
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from sagaz.abc import Lifecycle, SagaStore, Source
+from sagaz.clock import Clock, SystemClock, utcnow
+from sagaz.config import TriggerConfig, resolve_store
+from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
+from sagaz.engine.admission import Admission
+from sagaz.engine.backpressure import BackpressureQueue
+from sagaz.engine.dispatcher import Dispatcher
+from sagaz.engine.identity import content_key, storable
+from sagaz.engine.limits import TokenBucket
+from sagaz.engine.loading import SourceContext, load_source_module
+from sagaz.engine.runner import SagaRunner
+from sagaz.engine.settlement import Settlement
+from sagaz.engine.work_item import WorkItem
+from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta
+from sagaz.exceptions import ConfigurationError
+from sagaz.saga.listeners import SagaListener
+from sagaz.saga.result import SagaResult
+from sagaz.sources.poll import PollSource
+from sagaz.triggers.registration import TriggerDefinition, registry
+
+__all__ = ["TriggerEngine", "fire_event", "start_triggers", "stop_triggers", "webhook_app"]
+
+logger = logging.getLogger(__name__)
+
+#: how long a shutdown waits for broker acks and nacks already under way
+ACK_DRAIN_SECONDS = 5.0
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class TriggerEngine(Lifecycle):
+    """Runs every registered trigger: sources → admission → queue → dispatcher → sagas.
+
+    ``start()``/``stop()`` are mirrored by ``async with``; ``stop()`` is idempotent and
+    graceful: stop intake, let in-flight sagas finish up to ``shutdown_timeout``, ack what
+    finished, leave the rest un-acked for redelivery, close the sources.
+    """
+
+    def __init__(
+        self,
+        config: TriggerConfig | None = None,
+        store: SagaStore | None = None,
+        *,
+        listeners: Sequence[SagaListener] = (),
+        clock: Clock | None = None,
+        triggers: Sequence[TriggerDefinition] | None = None,
+        start_sources: bool = True,
+        shared: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config or TriggerConfig()
+        self.store: SagaStore = resolve_store(store)
+        self.clock = clock or SystemClock()
+        self.listeners = list(listeners)
+        self._definitions = list(triggers) if triggers is not None else None
+        self.start_sources = start_sources
+        self.worker_id = self.config.worker_id or _default_worker_id()
+        self.triggers: dict[str, ActiveTrigger] = {}
+        self.sources: dict[str, Source] = {}
+        self._channels: dict[str, list[ActiveTrigger]] = {}  # memory triggers by channel
+        self._tasks: list[asyncio.Task[None]] = []
+        self._waiters: dict[str, list[asyncio.Future[SagaResult | None]]] = {}
+        self._recent: OrderedDict[str, SagaResult | None] = OrderedDict()
+        self._started = False
+        self._stopping = False
+        self._store_started_here = False
+        self.shared: dict[str, Any] = shared if shared is not None else {}
+        self.state: PipelineState | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the store (if needed), the workers and one task per source."""
+        if self._started:
+            return
+        definitions = self._definitions if self._definitions is not None else registry.triggers()
+        definitions = [d for d in definitions if d.enabled]
+        if not definitions:
+            raise ConfigurationError(
+                "no triggers are registered, so there is nothing to start. Triggers are "
+                "discovered when the module defining your `class MySaga(Saga)` with "
+                "`@trigger(...)` methods is imported: import it before start_triggers() "
+                "(e.g. `import myapp.sagas`), or run `sagaz run myapp.sagas`."
+            )
+        if not getattr(self.store, "_started", False):
+            await self.store.start()
+            self._store_started_here = True
+        config = self.config
+        queue = BackpressureQueue(config.queue_size, config.backpressure_strategy)
+        state = PipelineState(
+            config=config,
+            store=self.store,
+            clock=self.clock,
+            worker_id=self.worker_id,
+            queue=queue,
+            listeners=self.listeners,
+            global_bucket=(
+                TokenBucket(config.rate_limit_per_second, self.clock)
+                if config.rate_limit_per_second
+                else None
+            ),
+        )
+        self.state = state
+        self.settlement = Settlement(state)
+        self.admission = Admission(state, self.settlement)
+        self.runner = SagaRunner(state, self.settlement, on_result=self._on_result)
+        self.dispatcher = Dispatcher(state, self.runner)
+        self._started = True
+        try:
+            for definition in definitions:
+                active = ActiveTrigger(definition, state)
+                self.triggers[definition.trigger_id] = active
+                if definition.source == "memory":  # events come in through fire()
+                    self._channels.setdefault(str(definition.channel), []).append(active)
+                elif self.start_sources:
+                    active.source = self._build_source(active)
+                    self.sources[definition.trigger_id] = active.source
+            self.dispatcher.start(config.max_concurrent_sagas)
+            for trigger_id, source in self.sources.items():
+                active = self.triggers[trigger_id]
+                await source.start()
+                self._spawn(self._supervise(active, source), f"sagaz-source-{trigger_id}")
+            self._serve_metrics(True)
+            self._spawn(self._heartbeat(), "sagaz-heartbeat")
+            self._spawn(self._recover(), "sagaz-recovery")
+            self._spawn(self._cleanup(), "sagaz-cleanup")
+        except BaseException:
+            await self.stop()
+            raise
+        logger.info(
+            "sagaz engine started with %d trigger(s)",
+            len(self.triggers),
+            extra={"worker_id": self.worker_id, "triggers": sorted(self.triggers)},
+        )
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    def _build_source(self, active: ActiveTrigger) -> Source:
+        definition = active.definition
+        ctx = SourceContext(
+            trigger_id=definition.trigger_id,
+            saga_name=definition.saga_name,
+            config=self.config,
+            store=self.store,
+            clock=self.clock,
+            worker_id=self.worker_id,
+            report_error=functools.partial(self._report_source_error, active),
+            shared=self.shared,
+        )
+        if definition.poll_trigger is not None:
+            return PollSource(definition.poll_trigger, ctx)
+        if definition.push_source is not None:
+            return definition.push_source
+        module = load_source_module(definition.source)
+        options = dict(definition.source_options)
+        if active.dead_letter_topic and "dead_letter_topic" not in options:
+            options["dead_letter_topic"] = active.dead_letter_topic
+        return module.create(options, ctx)
+
+    async def _report_source_error(self, active: ActiveTrigger, error: BaseException) -> None:
+        await self.settlement.report(active, error, None)
+
+    async def _supervise(self, active: ActiveTrigger, source: Source) -> None:
+        emit = functools.partial(self.admission.admit, active)
+        delay = 0.5
+        while True:
+            try:
+                await source.run(emit)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._report_source_error(active, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                try:
+                    await source.start()
+                except Exception as start_error:
+                    await self._report_source_error(active, start_error)
+
+    async def _heartbeat(self) -> None:
+        """Keep the leases of this worker's claims alive while it runs."""
+        interval = self.config.lease_seconds / 3
+        state = self.state
+        assert state is not None
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.store.renew_leases(self.worker_id, state.lease_until())
+            except Exception:
+                logger.exception("renewing leases failed", extra={"worker_id": self.worker_id})
+
+    async def _recover(self) -> None:
+        """Resume accepted or interrupted sagas of non-redeliverable sources whose worker died.
+
+        Broker events come back by themselves (they were never acked); events of webhook,
+        cron, file, memory and poll triggers were acknowledged once accepted, so their
+        sagas are found in the store (lease expired) and resumed here.
+        """
+        interval = self.config.recovery_interval_seconds
+        while True:
+            try:
+                await self.recover_once()
+            except Exception:
+                logger.exception("recovery pass failed", extra={"worker_id": self.worker_id})
+            await asyncio.sleep(interval)
+
+    async def recover_once(self) -> int:
+        """One recovery pass; returns how many sagas were resumed."""
+        state = self.state
+        assert state is not None
+        lease_until = state.lease_until()
+        resumed = 0
+        for record in await self.store.list_recoverable(utcnow()):
+            active = self.triggers.get(record.trigger_id or "")
+            if active is None or (active.source is not None and active.source.redeliverable):
+                continue
+            if not await self.store.claim_saga(record.saga_id, self.worker_id, lease_until):
+                continue
+            item = WorkItem(
+                trigger=active,
+                delivery=Delivery(
+                    payload=record.event,
+                    decoded=True,
+                    identity="",
+                    meta=EventMeta(source="recovery", trigger=active.trigger_id),
+                ),
+                key="",  # the inbox row completes lazily on a retried delivery
+                saga_id=record.saga_id,
+                context=dict(record.context),
+                attempt=record.attempt,
+                accepted_at=self.clock.monotonic(),
+                context_hash="recovered" if active.poll_name else None,
+            )
+            state.queue.put_nowait_unbounded(item)
+            resumed += 1
+        if resumed:
+            logger.info("recovered %d saga(s)", resumed, extra={"worker_id": self.worker_id})
+        return resumed
+
+    async def _cleanup(self) -> None:
+        """Purge what is older than ``event_retention_days``: completed inbox rows, stored
+        events of finished sagas, finished poll-trigger executions, and cron claims (each
+        trigger keeps its newest tick)."""
+        while True:
+            try:
+                before = utcnow() - timedelta(days=self.config.event_retention_days)
+                await self.store.purge_expired(before)
+            except Exception:
+                logger.exception("purging expired events failed")
+            await asyncio.sleep(self.config.cleanup_interval_seconds)
+
+    async def stop(self) -> None:
+        """Graceful shutdown; idempotent.
+
+        Order: stop intake (cancel the source tasks), nack what is buffered but not started,
+        let in-flight sagas finish up to ``shutdown_timeout`` (their acks still reach the
+        sources: acks under way are awaited too), release this worker's leases, then close
+        the sources and the store.
+        """
+        if not self._started or self._stopping:
+            return
+        self._stopping = True
+        state = self.state
+        assert state is not None
+        self.admission.accepting = False
+        state.queue.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.admission.close()
+        await self.runner.close()
+        for item in state.queue.drain():  # accepted, never started: redelivered or recovered
+            await self.settlement.nack(item.trigger, item.delivery)
+        await self.dispatcher.stop(self.config.shutdown_timeout)
+        await self.settlement.drain(ACK_DRAIN_SECONDS)  # acks under way, before sources close
+        try:  # let a restarted worker take over our unfinished claims at once
+            await self.store.renew_leases(self.worker_id, utcnow() - timedelta(seconds=1))
+        except Exception:
+            logger.exception("releasing leases failed")
+        await asyncio.gather(*(self._stop_source(s) for s in self.sources.values()))
+        self._serve_metrics(False)
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        self._waiters.clear()
+        if self._store_started_here:
+            await self.store.stop()
+        self._started = False
+        self._stopping = False
+
+    def _serve_metrics(self, on: bool) -> None:
+        """Let the webhook server (if this engine has one) answer ``GET /metrics`` with this
+        engine's Prometheus metrics, when the ``metrics`` extra is installed."""
+        from sagaz.sources.webhook.source import SHARED_KEY  # imports no web framework
+
+        server = self.shared.get(SHARED_KEY)
+        if server is None or importlib.util.find_spec("prometheus_client") is None:
+            return
+        from sagaz.engine.prometheus import render
+
+        server.app.metrics = functools.partial(render, self) if on else None
+
+    @staticmethod
+    async def _stop_source(source: Source) -> None:
+        try:
+            await source.stop()
+        except Exception:
+            logger.exception("stopping source %s failed", source.describe())
+
+    @property
+    def running(self) -> bool:
+        """True between ``start()`` and ``stop()``."""
+        return self._started and not self._stopping
+
+    @property
+    def metrics(self) -> Any:
+        """The engine's :class:`~sagaz.engine.metrics.EngineMetrics`."""
+        assert self.state is not None, "start the engine first"
+        return self.state.metrics
+
+    # -- in-process events -----------------------------------------------------------------
+    async def fire(self, channel: str, event: Any) -> list[str]:
+        """Send ``event`` to every ``source="memory"`` trigger on ``channel``; return the
+        saga ids accepted (durable in the store when this returns)."""
+        self._require_running()
+        targets = self._channels.get(channel)
+        if not targets:
+            raise ConfigurationError(
+                f"no trigger listens on channel {channel!r}; declare one with "
+                f"@trigger(source='memory', channel={channel!r})"
+            )
+        accepted: list[str] = []
+        for active in targets:
+            delivery = Delivery(
+                payload=event,
+                decoded=True,
+                identity="",
+                meta=EventMeta(source="memory", trigger=active.trigger_id, topic=channel),
+            )
+            result = await self.admission.admit(active, delivery)
+            if result.outcome is AdmissionOutcome.ACCEPTED and result.saga_id:
+                accepted.append(result.saga_id)
+        return accepted
+
+    async def dispatch(
+        self, trigger_id: str, event: Any, *, meta: EventMeta | None = None, identity: str = ""
+    ) -> AdmissionResult:
+        """Admit ``event`` for one trigger directly, bypassing its source (tests, replay)."""
+        self._require_running()
+        active = self.triggers[trigger_id]
+        delivery = Delivery(
+            payload=event,
+            decoded=True,
+            identity=identity or content_key(storable(event)),
+            meta=meta or EventMeta(source=active.definition.source, trigger=trigger_id),
+        )
+        return await self.admission.admit(active, delivery)
+
+    async def wait_for(self, saga_id: str, timeout: float | None = None) -> SagaResult | None:
+        """Wait for the run of ``saga_id`` started by this engine to settle."""
+        if saga_id in self._recent:
+            return self._recent[saga_id]
+        future: asyncio.Future[SagaResult | None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(saga_id, []).append(future)
+        async with asyncio.timeout(timeout):
+            return await future
+
+    def _on_result(self, item: WorkItem, result: SagaResult | None) -> None:
+        self._recent[item.saga_id] = result
+        if len(self._recent) > 10_000:
+            self._recent.popitem(last=False)
+        for waiter in self._waiters.pop(item.saga_id, ()):
+            if not waiter.done():
+                waiter.set_result(result)
+
+    def _require_running(self) -> None:
+        if not self.running:
+            raise RuntimeError("the trigger engine is not running: `await engine.start()` first")
+
+
+# -- the process-wide engine -------------------------------------------------------------
+_engine: TriggerEngine | None = None
+_pending_shared: dict[str, Any] = {}  # what webhook_app() prepares before start_triggers()
+
+
+async def start_triggers(
+    config: TriggerConfig | None = None, store: SagaStore | None = None
+) -> TriggerEngine:
+    """Start the process-wide engine for every registered trigger and return it."""
+    global _engine
+    if _engine is not None and _engine.running:
+        raise RuntimeError("triggers are already running; call `await sagaz.stop_triggers()` first")
+    global _pending_shared
+    engine = TriggerEngine(config, store, shared=_pending_shared)
+    _pending_shared = {}
+    await engine.start()
+    _engine = engine
+    return engine
+
+
+async def stop_triggers() -> None:
+    """Stop the process-wide engine (graceful: stop intake, drain, ack, close)."""
+    global _engine
+    engine, _engine = _engine, None
+    if engine is not None:
+        await engine.stop()
+
+
+async def fire_event(channel: str, event: Any) -> list[str]:
+    """Send an in-process event to the ``source="memory"`` triggers on ``channel``."""
+    if _engine is None:
+        raise RuntimeError("no trigger engine is running: `await sagaz.start_triggers()` first")
+    return await _engine.fire(channel, event)
+
+
+def webhook_app() -> Any:
+    """The ASGI app of the webhook triggers, to mount in an existing Starlette/FastAPI app.
+
+    Call it before or after ``start_triggers()``; once mounted, sagaz does not start its own
+    uvicorn server (call it before ``start_triggers()`` for that).
+
+    >>> app.mount("/hooks", sagaz.webhook_app())  # doctest: +SKIP
+    """
+    from sagaz.sources.webhook.source import webhook_app as build
+
+    shared = _engine.shared if _engine is not None else _pending_shared
+    return build(shared)

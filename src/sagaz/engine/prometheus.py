@@ -1,0 +1,101 @@
+"""Prometheus metrics of a running engine (the ``metrics`` extra: ``pip install "sagaz[metrics]"``).
+
+The numbers are read from the engine's in-process counters when Prometheus scrapes, so they
+cost nothing per event. Two ways to expose them:
+
+* the webhook server answers ``GET /metrics`` while an engine with webhook triggers runs;
+* or register the collector in your own registry:
+
+>>> from prometheus_client import REGISTRY  # doctest: +SKIP
+>>> REGISTRY.register(EngineCollector(engine))  # doctest: +SKIP
+
+Every name starts with ``sagaz_``; per-trigger series carry a ``trigger`` label
+(``"{saga_name}.{method}"``), events that did not become a saga a ``reason`` label
+(``filtered``, ``duplicate``, ``dropped_oldest``, ``dropped_newest``, ``rejected``,
+``overlap_skipped``, ``invalid``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from sagaz._imports import require_extra
+
+if TYPE_CHECKING:
+    from sagaz.engine.engine import TriggerEngine
+
+__all__ = ["EngineCollector", "render"]
+
+#: (metric name, help, EngineMetrics counter) of the per-trigger counters
+_PER_TRIGGER = (
+    ("sagaz_events_received", "Events handed to the pipeline by the sources.", "received"),
+    ("sagaz_events_accepted", "Events durably accepted: a saga runs for each.", "accepted"),
+    ("sagaz_sagas_completed", "Saga runs that completed.", "completed"),
+    ("sagaz_sagas_compensated", "Saga runs that ended compensated.", "compensated"),
+    ("sagaz_sagas_failed", "Saga runs whose compensation failed.", "failed"),
+    ("sagaz_saga_retries", "Compensated sagas started again as a new attempt.", "retried"),
+    (
+        "sagaz_dead_letters",
+        "Events dead-lettered (invalid, rejected, retries exhausted).",
+        "dead_lettered",
+    ),
+    ("sagaz_source_errors", "Errors reported by sources, acks and the store.", "source_errors"),
+)
+
+
+class EngineCollector:
+    """A ``prometheus_client`` collector of one :class:`~sagaz.engine.engine.TriggerEngine`."""
+
+    def __init__(self, engine: TriggerEngine) -> None:
+        require_extra("metrics", "prometheus_client")
+        self.engine = engine
+
+    def describe(self) -> list[Any]:
+        """Nothing up front: the series depend on the triggers (collected at scrape time)."""
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        """The engine's counters and gauges as Prometheus metric families."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        state = self.engine.state
+        if state is None:  # never started
+            return
+        metrics = state.metrics
+        triggers = sorted(self.engine.triggers)
+        for name, documentation, attribute in _PER_TRIGGER:
+            family = CounterMetricFamily(name, documentation, labels=["trigger"])
+            counts = getattr(metrics, attribute)
+            for trigger_id in triggers:
+                family.add_metric([trigger_id], counts[trigger_id])
+            yield family
+        reasons = CounterMetricFamily(
+            "sagaz_events_not_started",
+            "Events that did not become a saga, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(metrics.reasons.items()):
+            reasons.add_metric([reason], count)
+        yield reasons
+        yield GaugeMetricFamily(
+            "sagaz_queue_depth", "Events accepted and waiting to start.", value=len(state.queue)
+        )
+        yield GaugeMetricFamily(
+            "sagaz_sagas_in_flight", "Sagas running now.", value=metrics.in_flight
+        )
+        yield GaugeMetricFamily(
+            "sagaz_sagas_in_flight_max",
+            "The most sagas that ran at once since the engine started.",
+            value=metrics.max_in_flight,
+        )
+
+
+def render(engine: TriggerEngine) -> tuple[bytes, str]:
+    """The engine's metrics in the Prometheus text format, and its content type."""
+    require_extra("metrics", "prometheus_client")
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EngineCollector(engine))
+    return generate_latest(registry), CONTENT_TYPE_LATEST

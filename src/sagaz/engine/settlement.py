@@ -1,0 +1,132 @@
+"""Settlement: acknowledging deliveries and dead-lettering events, after the store has them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback as tb
+from collections.abc import Awaitable, Coroutine
+from typing import Any
+
+from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
+from sagaz.engine.identity import storable
+from sagaz.events import Delivery, Reason
+from sagaz.records import DeadLetterRecord
+from sagaz.saga.listeners import notify
+
+__all__ = ["Settlement"]
+
+logger = logging.getLogger(__name__)
+
+
+class Settlement:
+    """Acks, nacks and dead letters. Broker acks and nacks are shielded from cancellation and
+    tracked, so a shutdown lets them finish before it closes the sources (:meth:`drain`)."""
+
+    def __init__(self, state: PipelineState) -> None:
+        self.state = state
+        self._under_way: set[asyncio.Task[None]] = set()
+
+    async def ack(self, trigger: ActiveTrigger, delivery: Delivery) -> None:
+        """Acknowledge to the source (failures are reported, never raised)."""
+        source = trigger.source
+        if source is not None and source.redeliverable and not source.settles_locally:
+            # a lost broker ack means a redelivery: it finishes even if our caller is cancelled
+            await asyncio.shield(self._detach(self._settle(trigger, delivery, delivery.ack())))
+        else:
+            await self._settle(trigger, delivery, delivery.ack())  # nothing to lose: no task
+
+    async def nack(self, trigger: ActiveTrigger, delivery: Delivery) -> None:
+        """Leave the delivery for redelivery (shutdown, cancellation)."""
+        await asyncio.shield(self._detach(self._settle(trigger, delivery, delivery.nack(True))))
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the acks and nacks under way."""
+        if self._under_way:
+            await asyncio.wait(set(self._under_way), timeout=timeout)
+
+    async def _settle(
+        self, trigger: ActiveTrigger, delivery: Delivery, settling: Awaitable[None]
+    ) -> None:
+        try:
+            await settling
+        except Exception as exc:
+            await self.report(trigger, exc, delivery.payload)
+
+    def _detach(self, settling: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(settling)
+        self._under_way.add(task)
+        task.add_done_callback(self._under_way.discard)
+        return task
+
+    async def report(self, trigger: ActiveTrigger, error: BaseException, event: Any) -> None:
+        """Log an error and tell the listeners (``on_trigger_error``)."""
+        self.state.metrics.source_errors[trigger.trigger_id] += 1
+        logger.error(
+            "trigger %s: %s",
+            trigger.trigger_id,
+            error,
+            exc_info=error,
+            extra={"trigger": trigger.trigger_id, "saga_name": trigger.saga_name},
+        )
+        await notify(trigger.listeners, "on_trigger_error", trigger.saga_name, error, event)
+
+    async def filtered(self, trigger: ActiveTrigger, event: Any, reason: Reason) -> None:
+        """Count and report an event that does not become a saga."""
+        self.state.metrics.reasons[reason.value] += 1
+        if trigger.listeners:
+            await notify(
+                trigger.listeners, "on_trigger_filtered", trigger.saga_name, event, reason.value
+            )
+
+    async def dead_letter(
+        self,
+        trigger: ActiveTrigger,
+        delivery: Delivery,
+        *,
+        reason: str,
+        error: BaseException | str,
+        attempts: int,
+        saga_id: str | None = None,
+    ) -> DeadLetterRecord:
+        """Store a dead letter, publish it to the source's broker if configured, notify."""
+        if isinstance(error, BaseException):
+            message = f"{type(error).__name__}: {error}"
+            trace = "".join(tb.format_exception(error))
+        else:
+            message, trace = error, None
+        meta = delivery.meta
+        record = DeadLetterRecord(
+            trigger_id=trigger.trigger_id,
+            saga_name=trigger.saga_name,
+            payload=storable(delivery.payload),
+            error=message,
+            reason=reason,
+            traceback=trace,
+            attempts=attempts,
+            saga_id=saga_id,
+            source=meta.source,
+            meta={
+                "message_id": meta.message_id,
+                "topic": meta.topic,
+                "partition": meta.partition,
+                "offset": meta.offset,
+                "identity": delivery.identity,
+            },
+        )
+        record.id = await self.state.store.add_dead_letter(record)
+        self.state.metrics.dead_lettered[trigger.trigger_id] += 1
+        if trigger.dead_letter_topic and trigger.source is not None:
+            try:
+                await trigger.source.publish_dead_letter(delivery, record)
+            except Exception as exc:  # the store record exists: report, do not lose the event
+                await self.report(trigger, exc, delivery.payload)
+        logger.warning(
+            "dead-lettered an event of %s: %s",
+            trigger.trigger_id,
+            message,
+            extra={"trigger": trigger.trigger_id, "reason": reason, "saga_id": saga_id},
+        )
+        if trigger.listeners:
+            await notify(trigger.listeners, "on_dead_letter", trigger.saga_name, record)
+        return record

@@ -1,1 +1,0 @@
-"""The event pipeline: admission, backpressure queue, dispatcher, runner, settlement."""

@@ -1,0 +1,498 @@
+"""``source="kafka"``: consume topics with aiokafka in a consumer group, at least once.
+
+>>> @trigger(source="kafka", topic="orders", group_id="order-service")  # doctest: +SKIP
+... def on_order(self, event: dict) -> dict: ...
+
+Offsets are committed by hand, per partition, up to the highest **contiguous** settled offset,
+so an acknowledgement that arrives out of order never commits past an event whose saga has not
+finished. Emits run in one task per partition (per-partition order is kept) while the poll loop
+keeps polling; a partition whose buffer fills up is paused, not the consumer, so a slow pipeline
+never gets the member evicted for ``max_poll_interval_ms``. On a rebalance, the revoked
+partitions commit what is contiguous-done and their in-flight state is forgotten (a late ack is
+ignored: the new owner redelivers the event and the inbox deduplicates it).
+
+``nack(requeue=True)`` leaves the offset uncommitted: the event comes back after a restart or a
+rebalance; until then that partition's commits stop short of it (nothing is re-sought
+in-process). ``nack(requeue=False)`` commits past the event, as Kafka cannot drop one message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+from sagaz._aio import wait_event
+from sagaz._imports import require_extra
+from sagaz.abc import Emit, Source
+from sagaz.engine.loading import SourceContext
+from sagaz.events import Delivery, EventMeta
+from sagaz.outbox.kafka import start_producer
+from sagaz.records import DeadLetterRecord
+from sagaz.sources.kafka.partitions import PartitionState
+from sagaz.triggers.options.kafka import DEFAULTS, OPTIONS, REQUIRED, topics_of, validate
+
+__all__ = [
+    "DEFAULTS",
+    "OPTIONS",
+    "REQUIRED",
+    "KafkaSource",
+    "create",
+    "validate",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def create(options: Mapping[str, Any], ctx: SourceContext) -> KafkaSource:
+    """Build the source of one Kafka trigger; raises ``MissingExtraError`` without aiokafka."""
+    require_extra("kafka")
+    validate(options)
+    return KafkaSource(options, ctx)
+
+
+class KafkaSource(Source):
+    """A consumer-group member of one Kafka trigger (see the module docstring).
+
+    >>> async with kafka.create({"topic": "orders"}, ctx) as source:  # doctest: +SKIP
+    ...     await source.run(emit)
+    """
+
+    kind: ClassVar[str] = "kafka"
+    redeliverable: ClassVar[bool] = True
+    settles_locally: ClassVar[bool] = True  # acks mark offsets; commits are batched
+
+    def __init__(self, options: Mapping[str, Any], ctx: SourceContext) -> None:
+        self._ctx = ctx
+        self._opts: dict[str, Any] = {**DEFAULTS, **options}
+        self.topics = topics_of(self._opts["topic"])
+        self.group_id: str = self._opts["group_id"] or f"sagaz-{ctx.trigger_id}"
+        self.bootstrap_servers: str = (
+            self._opts["bootstrap_servers"] or ctx.config.kafka_bootstrap_servers
+        )
+        self.dead_letter_topic: str | None = (
+            self._opts.get("dead_letter_topic") or ctx.config.dead_letter_topic
+        )
+        #: how many times partitions were assigned to this member (1 while no rebalance)
+        self.assignments = 0
+        self._log = {"trigger": ctx.trigger_id, "source": self.kind, "group_id": self.group_id}
+        self._partitions: dict[Any, PartitionState] = {}
+        self._aiokafka: Any = None
+        self._errors: Any = None
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._producer_lock = asyncio.Lock()
+        self._commit_lock = asyncio.Lock()
+        self._commit_wanted = asyncio.Event()
+        self._settled_since_commit = 0
+        self._emit: Emit | None = None
+        self._closing = asyncio.Event()
+        self._close_future: asyncio.Future[None] | None = None
+        self._run_done = asyncio.Event()
+        self._run_done.set()
+        self._last_records_at = 0.0
+        self._limits: tuple[int, int] = (
+            self._opts["max_buffered_per_partition"],
+            self._opts["max_unsettled_per_partition"],
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Check that aiokafka is installed; ``run`` connects (and reconnects) to the broker."""
+        self._aiokafka = require_extra("kafka")
+        self._errors = require_extra("kafka", "aiokafka.errors")
+        self._closing.clear()
+        self._close_future = None
+        await super().start()
+
+    async def stop(self) -> None:
+        """Stop intake, commit what is settled (shielded from cancellation), close clients."""
+        if not self._started:
+            return
+        if self._close_future is None:
+            self._closing.set()
+            self._close_future = asyncio.ensure_future(self._close())
+        closing = self._close_future
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            await asyncio.wait({closing})  # finish the final commit, then let the cancel through
+            raise
+        finally:
+            await super().stop()
+
+    async def _close(self) -> None:
+        # run() notices _closing within one poll
+        await wait_event(self._run_done, self._opts["poll_timeout_ms"] / 500 + 1)
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        try:
+            if consumer is not None:
+                await self._commit(consumer)
+                self._partitions.clear()
+                await _stop_consumer(consumer)
+        finally:
+            if producer is not None:
+                await producer.stop()
+
+    def describe(self) -> dict[str, Any]:
+        """Configuration and live state (for logs and ``sagaz triggers list``)."""
+        states = self._partitions.values()
+        return {
+            "kind": self.kind,
+            "topics": self.topics,
+            "group_id": self.group_id,
+            "bootstrap_servers": self.bootstrap_servers,
+            "dead_letter_topic": self.dead_letter_topic,
+            "assigned": sorted((p.tp.topic, p.tp.partition) for p in states),
+            "paused": sorted((p.tp.topic, p.tp.partition) for p in states if p.paused),
+            "assignments": self.assignments,
+        }
+
+    # -- consuming -------------------------------------------------------------------------
+    async def run(self, emit: Emit) -> None:
+        """Poll until ``stop()`` or cancellation, emitting every message in partition order."""
+        if not self._run_done.is_set():
+            raise RuntimeError(f"the Kafka source of {self._ctx.trigger_id!r} already runs")
+        if not self._started:
+            await self.start()
+        self._emit = emit
+        self._run_done.clear()
+        committer = asyncio.create_task(self._commit_loop(), name=f"kafka-commit-{self.group_id}")
+        try:
+            await self._poll_loop()
+        finally:
+            workers = [p.worker for p in self._partitions.values() if p.worker is not None]
+            for task in (committer, *workers):
+                task.cancel()
+            await asyncio.gather(committer, *workers, return_exceptions=True)
+            for partition in self._partitions.values():
+                partition.worker = None
+            self._run_done.set()
+
+    async def _poll_loop(self) -> None:
+        failures = 0
+        while not self._closing.is_set():
+            try:
+                if self._consumer is None:
+                    await self._until_closing(self._connect())
+                    if self._consumer is None:
+                        return
+                batches = await self._consumer.getmany(
+                    timeout_ms=self._opts["poll_timeout_ms"],
+                    max_records=self._opts["max_poll_records"],
+                )
+            except self._errors.ConsumerStoppedError:
+                return
+            except (self._errors.KafkaError, OSError) as exc:
+                failures += 1
+                await self._report(exc, "Kafka consumer failed; retrying")
+                delay = min(0.1 * 2**failures, self._opts["reconnect_backoff_max_ms"] / 1000)
+                await wait_event(self._closing, delay)
+                continue
+            failures = 0
+            if batches:
+                self._last_records_at = asyncio.get_running_loop().time()
+            for tp, records in batches.items():
+                self._take(tp, records)
+
+    async def _until_closing(self, work: Awaitable[None]) -> None:
+        """Await ``work`` unless ``stop()`` is called first (then cancel it)."""
+        task = asyncio.ensure_future(work)
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({task, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (closing, task):
+                future.cancel()  # a no-op for the one that is done
+            await asyncio.wait({closing, task})  # unlike `await task`, never eats our cancel
+        if not task.cancelled():
+            task.result()
+
+    async def _connect(self) -> None:
+        options = self._opts
+        self._partitions.clear()
+        consumer = self._aiokafka.AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=self.group_id,
+            client_id=options["client_id"] or f"sagaz-{self._ctx.worker_id}",
+            enable_auto_commit=False,
+            auto_offset_reset=options["auto_offset_reset"],
+            session_timeout_ms=options["session_timeout_ms"],
+            heartbeat_interval_ms=options["heartbeat_interval_ms"],
+            max_poll_interval_ms=options["max_poll_interval_ms"],
+            **(options["consumer_options"] or {}),
+        )
+        consumer.subscribe(self.topics, listener=_rebalance_listener(self))
+        try:
+            await consumer.start()
+        except BaseException:
+            await _stop_consumer(consumer)
+            raise
+        self._consumer = consumer
+        logger.info("Kafka consumer started for %s", self.topics, extra=self._log)
+
+    def _take(self, tp: Any, records: Iterable[Any]) -> None:
+        partition = self._partitions.get(tp)
+        if partition is None:  # revoked while the batch was on its way
+            return
+        partition.track(records, self._ctx.clock.now())
+        if self._emit is not None and (partition.worker is None or partition.worker.done()):
+            name = f"kafka-emit-{tp.topic}-{tp.partition}"
+            partition.worker = asyncio.create_task(
+                self._emit_loop(partition, self._emit), name=name
+            )
+        partition.wakeup.set()
+        self._update_flow(partition)
+
+    async def _emit_loop(self, partition: PartitionState, emit: Emit) -> None:
+        """Emit the partition's records one at a time, in offset order."""
+        while True:
+            if not partition.buffer:
+                partition.wakeup.clear()
+                await partition.wakeup.wait()
+                continue
+            delivery = self._delivery(partition, *partition.buffer.popleft())
+            try:
+                await emit(delivery)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                # the pipeline cancelled its own wait (e.g. its queue closed): not fatal to us
+                logger.warning("emit was cancelled; the event stays uncommitted", extra=self._log)
+            except Exception as exc:  # the pipeline should not raise; if it does, go on
+                await self._report(exc, "emit failed; the event stays uncommitted")
+            self._update_flow(partition)
+
+    def _update_flow(self, partition: PartitionState) -> None:
+        """Pause a partition whose buffer or unsettled backlog is full; resume it once drained.
+
+        Only that partition stops fetching: the poll loop goes on, so the member stays alive.
+        """
+        if self._consumer is None or self._partitions.get(partition.tp) is not partition:
+            return
+        change = partition.flow(*self._limits)
+        if change is True:
+            self._consumer.pause(partition.tp)
+            if len(partition.outstanding) >= self._limits[1]:  # rare: an old event is held
+                logger.warning(
+                    "partition %s paused: %d events unsettled since offset %d",
+                    partition.tp.partition,
+                    len(partition.outstanding),
+                    partition.outstanding[0],
+                    extra=self._log,
+                )
+        elif change is False:
+            with contextlib.suppress(self._errors.IllegalStateError):  # mid-rebalance
+                self._consumer.resume(partition.tp)
+
+    def _delivery(self, partition: PartitionState, record: Any, received_at: Any) -> Delivery:
+        topic, number, offset, key = record.topic, record.partition, record.offset, record.key
+        if isinstance(key, bytes):
+            with contextlib.suppress(UnicodeDecodeError):
+                key = key.decode()
+        meta = EventMeta(
+            source=self.kind,
+            trigger=self._ctx.trigger_id,
+            message_id=f"{topic}:{number}:{offset}",
+            topic=topic,
+            partition=number,
+            offset=offset,
+            key=key,
+            headers={k: (v or b"").decode("utf-8", "replace") for k, v in record.headers}
+            if record.headers
+            else {},
+            received_at=received_at,
+        )
+        settle = self._settler(partition, offset)
+        payload = record.value if record.value is not None else b""
+        return Delivery(payload, meta, f"{topic}/{number}/{offset}", ack=settle, nack=settle)
+
+    # -- settling and committing -----------------------------------------------------------
+    def _settler(self, partition: PartitionState, offset: int) -> Callable[..., Awaitable[None]]:
+        """The delivery's ``ack()`` and ``nack(requeue)``: the first call counts."""
+        settled = False
+
+        async def settle(requeue: bool = False) -> None:
+            nonlocal settled
+            if not settled:
+                settled = True
+                if not requeue:  # nack(requeue=True) leaves the offset uncommitted
+                    self._settle(partition, offset)
+
+        return settle
+
+    def _settle(self, partition: PartitionState, offset: int) -> None:
+        if self._partitions.get(partition.tp) is not partition:
+            return  # revoked since: the partition's new owner redelivers the event
+        partition.settle(offset)
+        if partition.paused:
+            self._update_flow(partition)
+        self._settled_since_commit += 1
+        if self._settled_since_commit >= self._opts["commit_every"]:
+            self._commit_wanted.set()
+
+    async def commit(self) -> None:
+        """Commit the contiguous settled offsets now (this also happens every
+        ``commit_interval_ms``, after ``commit_every`` settlements, on rebalance and on stop)."""
+        if self._consumer is not None:
+            await self._commit(self._consumer)
+
+    async def _commit_loop(self) -> None:
+        """Commit periodically; probe the broker when no record came for a while.
+
+        aiokafka retries a lost broker internally and only logs it, so without the probe an
+        outage would look like an idle topic to the engine's listeners.
+        """
+        loop, probe_every = (
+            asyncio.get_running_loop(),
+            self._opts["health_check_interval_ms"] / 1000,
+        )
+        probed_at, unreachable = loop.time(), False
+        while True:
+            # not asyncio.wait_for: on 3.11 it can swallow the cancel that stops this loop
+            await wait_event(self._commit_wanted, self._opts["commit_interval_ms"] / 1000)
+            self._commit_wanted.clear()
+            try:
+                await self.commit()
+            except Exception as exc:  # keep committing: a dead committer would stall silently
+                await self._report(exc, "unexpected error while committing")
+            now = loop.time()
+            if self._consumer is None or now - max(probed_at, self._last_records_at) < probe_every:
+                continue
+            probed_at = now
+            try:
+                async with asyncio.timeout(probe_every):
+                    await self._consumer.topics()
+            except (self._errors.KafkaError, TimeoutError) as exc:
+                unreachable = True
+                await self._report(exc, "Kafka broker unreachable; aiokafka keeps reconnecting")
+            else:
+                if unreachable:
+                    logger.info("Kafka broker reachable again", extra=self._log)
+                unreachable = False
+
+    async def _commit(self, consumer: Any, only: Iterable[Any] | None = None) -> None:
+        """Commit the contiguous settled offsets of ``only`` (default: every partition)."""
+        async with self._commit_lock:
+            parts = self._partitions
+            chosen = parts.values() if only is None else [parts[tp] for tp in only if tp in parts]
+            due = [p for p in chosen if p.commit_due]
+            if not due:
+                return
+            self._settled_since_commit = 0
+            offsets = {p.tp: p.commit_offset for p in due}
+            try:
+                # aiokafka retries a commit until the coordinator answers: bound it
+                async with asyncio.timeout(self._opts["commit_timeout_ms"] / 1000):
+                    await consumer.commit(offsets)
+            except (self._errors.IllegalStateError, self._errors.CommitFailedError) as exc:
+                # a rebalance is under way; the revoke callback commits again before it ends
+                logger.info("commit skipped during a rebalance: %r", exc, extra=self._log)
+                return
+            except (self._errors.KafkaError, TimeoutError) as exc:
+                await self._report(exc, "Kafka commit failed; events may be redelivered")
+                return
+            for p in due:
+                p.committed_offset = offsets[p.tp]
+            logger.debug("committed %s", offsets, extra=self._log)
+
+    # -- rebalancing -----------------------------------------------------------------------
+    async def _on_revoked(self, revoked: Iterable[Any]) -> None:
+        """Commit what is contiguous-done, then forget the partitions' in-flight state."""
+        gone = [tp for tp in revoked if tp in self._partitions]
+        workers = [w for tp in gone if (w := self._partitions[tp].worker) is not None]
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        if self._consumer is not None:
+            await self._commit(self._consumer, gone)
+        for tp in gone:
+            del self._partitions[tp]
+        logger.info("partitions revoked: %s", gone, extra=self._log)
+
+    async def _on_assigned(self, assigned: Iterable[Any]) -> None:
+        """Start every assigned partition afresh, from its committed offset."""
+        for tp in assigned:
+            self._partitions[tp] = PartitionState(tp)
+        self.assignments += 1
+        logger.info("partitions assigned: %s", sorted(assigned), extra=self._log)
+
+    # -- dead letters ----------------------------------------------------------------------
+    async def publish_dead_letter(self, delivery: Delivery, record: DeadLetterRecord) -> None:
+        """Produce the original payload to ``dead_letter_topic`` with ``x-sagaz-*`` headers.
+
+        A no-op when no ``dead_letter_topic`` is set (trigger option or ``TriggerConfig``).
+        Raises aiokafka's error when the broker refuses it, so the caller keeps the event.
+        """
+        if not self.dead_letter_topic:
+            return
+        meta = delivery.meta
+        headers = {
+            "x-sagaz-error": record.error[:4096],
+            "x-sagaz-reason": record.reason,
+            "x-sagaz-attempts": str(record.attempts),
+            "x-sagaz-trigger": record.trigger_id,
+            "x-sagaz-source-topic": meta.topic or "",
+            "x-sagaz-source-partition": "" if meta.partition is None else str(meta.partition),
+            "x-sagaz-source-offset": "" if meta.offset is None else str(meta.offset),
+        }
+        producer = await self._dead_letter_producer()
+        await producer.send_and_wait(
+            self.dead_letter_topic,
+            _as_bytes(delivery.payload),
+            key=meta.key.encode() if isinstance(meta.key, str) else meta.key,
+            headers=[(k, v.encode()) for k, v in headers.items()],
+        )
+
+    async def _dead_letter_producer(self) -> Any:
+        async with self._producer_lock:
+            if self._producer is None:
+                self._producer = await start_producer(
+                    self._aiokafka or require_extra("kafka"),
+                    bootstrap_servers=self.bootstrap_servers,
+                    **(self._opts["producer_options"] or {}),
+                )
+            return self._producer
+
+    async def _report(self, exc: BaseException, message: str) -> None:
+        logger.warning("%s: %r", message, exc, extra=self._log)
+        await self._ctx.report_error(exc)
+
+
+def _as_bytes(payload: Any) -> bytes:
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode()
+    return json.dumps(payload, default=str).encode()
+
+
+async def _stop_consumer(consumer: Any) -> None:
+    """``consumer.stop()``, which can raise the cancellation of its own pending fetches while
+    the broker is down (aio-libs/aiokafka#647): then finish closing its connections."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # a real cancellation of ours
+        await consumer._client.close()
+
+
+def _rebalance_listener(source: KafkaSource) -> Any:
+    """An aiokafka ``ConsumerRebalanceListener`` bound to ``source`` (built after the import)."""
+    from aiokafka.abc import ConsumerRebalanceListener
+
+    class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            await source._on_revoked(revoked)
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            await source._on_assigned(assigned)
+
+    return _Listener()

@@ -1,0 +1,116 @@
+"""``source="custom"``: a poll-based :class:`~sagaz.triggers.poll.Trigger` (Cloacina semantics)
+or a push :class:`~sagaz.abc.Source` given as ``trigger=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from sagaz.abc import Emit, Source
+from sagaz.engine.loading import SourceContext
+from sagaz.events import Delivery, EventMeta
+from sagaz.records import TriggerScheduleRecord
+from sagaz.triggers.poll import Fire, Trigger
+
+__all__ = ["OPTIONS", "REQUIRED", "PollSource", "create", "validate"]
+
+logger = logging.getLogger(__name__)
+
+OPTIONS: frozenset[str] = frozenset()
+REQUIRED: frozenset[str] = frozenset()
+
+
+def validate(options: Mapping[str, Any]) -> None:
+    """Nothing beyond ``trigger=`` (checked by the registry)."""
+
+
+class PollSource(Source):
+    """Polls a :class:`Trigger` every ``max(poll_interval, trigger_base_poll_interval)``.
+
+    Each poll is bounded by ``trigger_poll_timeout``; a poll that raises or times out is
+    logged, reported to listeners (``on_trigger_error``) and polling continues.
+    """
+
+    kind: ClassVar[str] = "custom"
+
+    def __init__(self, poll_trigger: Trigger, ctx: SourceContext) -> None:
+        self.poll_trigger = poll_trigger
+        self.ctx = ctx
+        self.name = poll_trigger.name or ctx.trigger_id
+
+    @property
+    def interval(self) -> float:
+        """Seconds between polls."""
+        return max(
+            float(self.poll_trigger.poll_interval), self.ctx.config.trigger_base_poll_interval
+        )
+
+    async def run(self, emit: Emit) -> None:
+        """Poll until cancelled."""
+        ctx = self.ctx
+        await ctx.store.save_trigger_schedule(
+            TriggerScheduleRecord(
+                trigger_name=self.name,
+                saga_name=ctx.saga_name,
+                poll_interval_ms=int(self.interval * 1000),
+                allow_concurrent=bool(self.poll_trigger.allow_concurrent),
+                enabled=True,
+            )
+        )
+        while True:
+            await ctx.clock.sleep(self.interval)
+            await self.poll_once(emit)
+
+    async def poll_once(self, emit: Emit) -> None:
+        """One poll: ``Fire`` → emit the context; errors and timeouts are reported."""
+        ctx = self.ctx
+        try:
+            async with asyncio.timeout(ctx.config.trigger_poll_timeout):
+                outcome = await self.poll_trigger.poll()
+        except TimeoutError:
+            await ctx.report_error(
+                TimeoutError(
+                    f"poll of trigger {self.name!r} exceeded trigger_poll_timeout="
+                    f"{ctx.config.trigger_poll_timeout}s; polling continues"
+                )
+            )
+            return
+        except Exception as exc:
+            await ctx.report_error(exc)
+            return
+        finally:
+            try:
+                await ctx.store.touch_trigger_schedule(self.name, ctx.clock.now())
+            except Exception as exc:
+                await ctx.report_error(exc)
+        if not isinstance(outcome, Fire):
+            return
+        context = dict(outcome.context or {})
+        delivery = Delivery(
+            payload=context,
+            decoded=True,
+            identity=f"{self.name}:{uuid.uuid4().hex}",
+            meta=EventMeta(source="custom", trigger=ctx.trigger_id, topic=self.name),
+        )
+        try:
+            await emit(delivery)
+        except Exception as exc:
+            await ctx.report_error(exc)
+
+    def describe(self) -> dict[str, Any]:
+        """Kind, name, interval and overlap policy."""
+        return {
+            "kind": "poll",
+            "name": self.name,
+            "poll_interval": self.interval,
+            "allow_concurrent": self.poll_trigger.allow_concurrent,
+        }
+
+
+def create(options: Mapping[str, Any], ctx: SourceContext) -> Source:
+    """Not used directly: the engine builds custom sources from the trigger definition."""
+    raise NotImplementedError("custom sources are built by the engine from trigger=")

@@ -1,0 +1,456 @@
+"""The one ASGI app that serves every webhook trigger of an engine, and the server around it.
+
+* :class:`WebhookApp` is a plain ASGI app. Routes are added to it when the engine creates the
+  webhook sources, so it exists before anything listens: mount it in Starlette/FastAPI with
+  ``Mount("/hooks", app=sagaz.webhook_app())``.
+* :class:`~sagaz.sources.webhook.server.WebhookServer` owns that app and, unless it was
+  mounted, serves it with uvicorn while at least one webhook source runs.
+
+Responses (the body is always JSON)::
+
+    202 {"saga_id", "status": "accepted"}       event durably accepted
+    202 {"saga_id", "status": "in_progress"}    same key already running elsewhere (BUSY)
+    200 {"saga_id", "status": "duplicate"}      key already completed (repeated Idempotency-Key)
+    200 {"status": "filtered"}                  the trigger method returned None
+    400 {"error", "details"}                    invalid event (bad JSON, validation error)
+    401 / 403                                   no credentials / wrong credentials
+    404 / 405 (+ Allow)                         unknown path / wrong method
+    413                                         body larger than max_body_bytes
+    503 (+ Retry-After)                         queue full (dropped/rejected), starting, stopping
+    500 {"error": "internal error"}             the pipeline raised (logged, never echoed)
+
+Besides the triggers' routes: ``GET /healthz``, ``GET /readyz`` and ``GET /metrics`` (the
+engine's Prometheus metrics, with the ``metrics`` extra; 404 with a hint without it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from sagaz.abc import Emit
+from sagaz.clock import Clock, SystemClock
+from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta, WebhookRequest
+from sagaz.exceptions import ConfigurationError
+from sagaz.sources.webhook.auth import AuthFailure, BearerAuth, WebhookAuth
+from sagaz.sources.webhook.source import DEFAULT_MAX_BODY_BYTES
+
+__all__ = [
+    "MAX_DISCARD_BYTES",
+    "MAX_IDEMPOTENCY_KEY_LENGTH",
+    "RouteState",
+    "WebhookApp",
+    "WebhookRoute",
+    "admission_response",
+]
+
+logger = logging.getLogger(__name__)
+
+#: how much of an oversized body is read (and dropped) after the 413 before the connection closes
+MAX_DISCARD_BYTES = 16 << 20
+#: longest accepted ``Idempotency-Key`` header value
+MAX_IDEMPOTENCY_KEY_LENGTH = 256
+
+_PARAMETER = re.compile(r"\{[^{}]*\}")
+
+
+class RouteState(StrEnum):
+    """Lifecycle of a :class:`WebhookRoute`."""
+
+    REGISTERED = "registered"  # created by the engine, its source not running yet → 503
+    ACTIVE = "active"  # its source runs: requests are admitted
+    CLOSED = "closed"  # its source stopped → 503 until the app drops it
+
+
+@dataclass(eq=False)
+class WebhookRoute:
+    """One webhook trigger as the app serves it (built by the webhook source's ``create``)."""
+
+    trigger_id: str
+    method: str
+    path: str  # the template, e.g. "/orders/{order_id}"
+    pattern: re.Pattern[str]
+    auth: WebhookAuth | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    retry_after: int = 1
+    clock: Clock = field(default_factory=SystemClock)
+    #: log + ``on_trigger_error`` listeners for an exception raised by ``emit``
+    report_error: Callable[[BaseException], Awaitable[None]] | None = None
+    state: RouteState = RouteState.REGISTERED
+    _emit: Emit | None = field(default=None, repr=False)
+    _in_flight: int = field(default=0, repr=False)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        self._idle.set()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What two triggers may not share: the method and the path shape.
+
+        ``/orders/{id}`` and ``/orders/{order_id}`` have the same shape.
+        """
+        return (self.method, _PARAMETER.sub("{}", self.path))
+
+    @property
+    def in_flight(self) -> int:
+        """Requests of this route being handled right now."""
+        return self._in_flight
+
+    def activate(self, emit: Emit) -> None:
+        """Start admitting requests through ``emit``."""
+        self._emit = emit
+        self.state = RouteState.ACTIVE
+
+    def close(self) -> None:
+        """Stop admitting requests: new ones get 503 + Retry-After. Idempotent."""
+        self.state = RouteState.CLOSED
+        self._emit = None
+
+    async def wait_idle(self) -> None:
+        """Wait until no request of this route is in flight."""
+        await self._idle.wait()
+
+    def _enter(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+
+class WebhookApp:
+    """The ASGI app of the webhook triggers; it needs no running server.
+
+    Routes are added by the engine (through the webhook source's ``create``). Besides them it
+    answers ``GET /healthz`` (200 whenever it answers at all) and ``GET /readyz`` (200 when every
+    registered trigger is running, 503 while starting or stopping) and ``GET /metrics``
+    (what :attr:`metrics` renders; the engine sets it while it runs, when the ``metrics``
+    extra is installed).
+    """
+
+    def __init__(self) -> None:
+        self._routes: dict[tuple[str, str], WebhookRoute] = {}
+        #: renders the Prometheus text and its content type (``None``: no metrics to serve)
+        self.metrics: Callable[[], tuple[bytes, str]] | None = None
+
+    @property
+    def routes(self) -> list[WebhookRoute]:
+        """The routes, in registration order."""
+        return list(self._routes.values())
+
+    @property
+    def ready(self) -> bool:
+        """True when there are routes and all of them admit requests."""
+        return bool(self._routes) and all(
+            route.state is RouteState.ACTIVE for route in self._routes.values()
+        )
+
+    def add_route(self, route: WebhookRoute) -> None:
+        """Register ``route``; a live route with the same method and path shape is an error."""
+        existing = self._routes.get(route.key)
+        if existing is not None and existing is not route:
+            if existing.state is not RouteState.CLOSED:
+                same = "" if existing.path == route.path else f" (as {existing.path})"
+                raise ConfigurationError(
+                    f"webhook triggers {existing.trigger_id!r} and {route.trigger_id!r} both "
+                    f"serve {route.method} {route.path}{same}; give one of them another "
+                    "path= or method="
+                )
+            del self._routes[route.key]
+        self._routes[route.key] = route
+
+    def _metrics(self) -> Response:
+        if self.metrics is None:
+            return _json(
+                404,
+                {
+                    "error": "no metrics here: they need a running engine and the metrics "
+                    'extra (pip install "sagaz[metrics]")'
+                },
+            )
+        body, content_type = self.metrics()
+        return Response(body, 200, media_type=content_type)
+
+    def discard_closed(self) -> None:
+        """Forget the routes whose source stopped (their path answers 404 from now on)."""
+        for key, route in list(self._routes.items()):
+            if route.state is RouteState.CLOSED:
+                del self._routes[key]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":  # websockets: refuse the handshake
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        request = Request(scope, receive)
+        response = await self._dispatch(request)
+        await response(scope, receive, send)
+
+    async def _dispatch(self, request: Request) -> Response:
+        path = _route_path(request.scope)
+        method = request.method
+        if path in ("/healthz", "/readyz", "/metrics"):
+            if method not in ("GET", "HEAD"):
+                return _json(405, {"error": "method not allowed"}, {"Allow": "GET, HEAD"})
+            if path == "/healthz":
+                return _json(200, {"status": "ok"})
+            if path == "/metrics":
+                return self._metrics()
+            return self._readiness()
+        matches: list[tuple[WebhookRoute, dict[str, str]]] = []
+        for route in self._routes.values():
+            found = route.pattern.fullmatch(path)
+            if found is not None:
+                matches.append((route, found.groupdict()))
+        if not matches:
+            return _json(404, {"error": "no webhook trigger at this path"})
+        allowed = [(route, params) for route, params in matches if route.method == method]
+        if not allowed:
+            methods = ", ".join(sorted({route.method for route, _ in matches}))
+            return _json(405, {"error": "method not allowed"}, {"Allow": methods})
+        # "/orders/new" beats "/orders/{id}": the fewest parameters wins
+        route, params = min(allowed, key=lambda item: len(item[1]))
+        return await self._handle(route, params, request, path)
+
+    def _readiness(self) -> Response:
+        waiting = [r.trigger_id for r in self._routes.values() if r.state is not RouteState.ACTIVE]
+        if self.ready:
+            return _json(200, {"status": "ready", "triggers": len(self._routes)})
+        return _json(503, {"status": "not ready", "waiting": waiting}, {"Retry-After": "1"})
+
+    async def _handle(
+        self, route: WebhookRoute, params: dict[str, str], request: Request, path: str
+    ) -> Response:
+        emit = route._emit
+        if route.state is not RouteState.ACTIVE or emit is None:
+            return _unavailable(route.retry_after, "webhook trigger is starting or stopping")
+        route._enter()
+        try:
+            return await _admit(route, emit, params, request, path)
+        finally:
+            route._leave()
+
+
+async def _admit(
+    route: WebhookRoute,
+    emit: Emit,
+    params: dict[str, str],
+    request: Request,
+    path: str,
+) -> Response:
+    """Auth, body, identity, ``emit``: one request of an active route."""
+    log_extra: dict[str, Any] = {"trigger": route.trigger_id, "source": "webhook", "path": path}
+    headers = _headers(request)
+    if route.auth is not None:
+        failure = route.auth.check_headers(headers)
+        if failure is not None:
+            return _refused(failure, log_extra)
+    body = await _read_body(request, headers, route.max_body_bytes, log_extra)
+    if isinstance(body, Response):
+        return body
+    if route.auth is not None:
+        failure = route.auth.check_body(headers, body)
+        if failure is not None:
+            return _refused(failure, log_extra)
+
+    key = headers.get("idempotency-key")
+    if key is not None:
+        key = key.strip()
+        if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            return _json(
+                400,
+                {"error": f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"},
+            )
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    identity = key or _body_identity(request.method, path, query, body)
+    message_id = key or uuid.uuid4().hex
+    log_extra["message_id"] = message_id
+    if isinstance(route.auth, BearerAuth):  # the credential was ours: keep it out of the store
+        headers["authorization"] = "[redacted]"
+    event = WebhookRequest(
+        method=request.method,
+        path=path,
+        path_params=params,
+        query_params=dict(request.query_params),
+        headers=headers,
+        body=body,
+    )
+    delivery = Delivery(
+        payload=event,
+        meta=EventMeta(
+            source="webhook",
+            trigger=route.trigger_id,
+            message_id=message_id,
+            topic=route.path,
+            headers=dict(headers),
+            received_at=route.clock.now(),
+        ),
+        identity=identity,
+        decoded=True,
+    )
+    try:
+        result = await emit(delivery)
+    except Exception as exc:  # CancelledError is a BaseException: it propagates
+        logger.error("webhook request could not be admitted", exc_info=True, extra=log_extra)
+        if route.report_error is not None:
+            with contextlib.suppress(Exception):
+                await route.report_error(exc)
+        return _json(500, {"error": "internal error", "request_id": message_id})
+    response = admission_response(result, retry_after=route.retry_after)
+    logger.debug(
+        "webhook request admitted: %s",
+        result.outcome,
+        extra={**log_extra, "saga_id": result.saga_id, "status": response.status_code},
+    )
+    return response
+
+
+def admission_response(result: AdmissionResult, *, retry_after: int = 1) -> Response:
+    """The HTTP answer to an :class:`~sagaz.events.AdmissionResult` (see the module table)."""
+    outcome = result.outcome
+    if outcome is AdmissionOutcome.ACCEPTED:
+        return _json(202, {"saga_id": result.saga_id, "status": "accepted"})
+    if outcome is AdmissionOutcome.BUSY:
+        return _json(202, {"saga_id": result.saga_id, "status": "in_progress"})
+    if outcome is AdmissionOutcome.DUPLICATE:
+        return _json(200, {"saga_id": result.saga_id, "status": "duplicate"})
+    if outcome is AdmissionOutcome.FILTERED:
+        return _json(200, {"status": "filtered"})
+    if outcome is AdmissionOutcome.INVALID:
+        return _json(400, {"error": result.error or "invalid event", "details": result.details})
+    if outcome in (AdmissionOutcome.DROPPED, AdmissionOutcome.REJECTED):
+        return _unavailable(retry_after, "too many events in flight, retry later")
+    logger.error("unknown admission outcome %r", outcome)
+    return _json(500, {"error": "internal error"})
+
+
+# -- small pieces ----------------------------------------------------------------------------
+
+
+def _json(status: int, content: Any, headers: Mapping[str, str] | None = None) -> Response:
+    # default=str: pydantic error details may carry exceptions or other non-JSON values
+    body = json.dumps(content, default=str, separators=(",", ":"), ensure_ascii=False)
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def _unavailable(retry_after: int, error: str) -> Response:
+    return _json(503, {"error": error}, {"Retry-After": str(retry_after)})
+
+
+def _refused(failure: AuthFailure, log_extra: dict[str, Any]) -> Response:
+    logger.debug("webhook request refused: %s", failure.error, extra=log_extra)
+    return _json(failure.status, {"error": failure.error}, failure.headers)
+
+
+class _BodyTooLarge(Response):
+    """413, sent at once; then the rest of the request body is read and dropped.
+
+    The status line and JSON body leave before the upload ends, so a client that reads while
+    it sends stops early. Dropping the rest (at most :data:`MAX_DISCARD_BYTES`, never kept)
+    lets a client that only reads after sending still get the 413 instead of a reset
+    connection; past that budget the connection is closed.
+    """
+
+    def __init__(self, limit: int, *, discard: bool) -> None:
+        super().__init__(
+            json.dumps({"error": f"request body is larger than {limit} bytes"}),
+            status_code=413,
+            headers={"Connection": "close"},
+            media_type="application/json",
+        )
+        self.discard = discard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 413, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": True})
+        discarded = 0
+        while self.discard and discarded <= MAX_DISCARD_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                break
+            discarded += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _read_body(
+    request: Request, headers: Mapping[str, str], limit: int, log_extra: dict[str, Any]
+) -> bytes | Response:
+    """The body, or the response refusing it; never holds more than ``limit`` + one chunk."""
+    declared = headers.get("content-length")
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            return _json(400, {"error": "invalid Content-Length header"})
+        if length > limit:
+            logger.debug("webhook body refused by Content-Length", extra=log_extra)
+            # with "Expect: 100-continue" the client waits for us and sends no body at all
+            waits = "100-continue" in headers.get("expect", "").lower()
+            return _BodyTooLarge(limit, discard=not waits)
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                logger.debug("webhook body refused while streaming", extra=log_extra)
+                return _BodyTooLarge(limit, discard=True)
+    except ClientDisconnect:
+        return _json(400, {"error": "client disconnected"})  # nobody reads it; ends the task
+    return bytes(body)
+
+
+def _headers(request: Request) -> dict[str, str]:
+    """Lower-case header names; a repeated header's values joined with ", "."""
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
+
+
+def _body_identity(method: str, path: str, query: str, body: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in (method.encode(), path.encode(), query.encode("latin-1")):
+        digest.update(part)
+        digest.update(b"\n")
+    digest.update(body)
+    return "sha256:" + digest.hexdigest()
+
+
+def _route_path(scope: Scope) -> str:
+    """The path below the mount point (``Mount`` keeps ``path`` and sets ``root_path``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path or "/"
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
