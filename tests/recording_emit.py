@@ -14,10 +14,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from sagaz.abc import Source
+from sagaz.abc import Source, SourceContext
 from sagaz.clock import SystemClock
 from sagaz.config import TriggerConfig
-from sagaz.engine.loading import SourceContext
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery
 from sagaz.storage.memory import MemorySagaStore
 

@@ -1,4 +1,5 @@
-"""Contracts: :class:`SagaStore` (storage backends) and :class:`Source` (event sources).
+"""Contracts: :class:`SagaStore` (storage backends), :class:`Source` (event sources) with the
+:class:`SourceContext` a source is built with, and :class:`Publisher` (outbox).
 
 Every store passes the same suite in ``tests/contract/test_store_contract.py``; every broker
 source passes ``tests/contract/test_source_contract.py``.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -26,9 +28,11 @@ from sagaz.records import (
 from sagaz.types import SagaStatus
 
 if TYPE_CHECKING:
+    from sagaz.clock import Clock
+    from sagaz.config import TriggerConfig
     from sagaz.events import AdmissionResult, Delivery
 
-__all__ = ["Emit", "Lifecycle", "Publisher", "SagaStore", "Source"]
+__all__ = ["Emit", "Lifecycle", "Publisher", "SagaStore", "Source", "SourceContext"]
 
 
 class Lifecycle:
@@ -255,6 +259,28 @@ class Source(Lifecycle, ABC):
     def describe(self) -> dict[str, Any]:
         """A short description for logs and ``sagaz triggers list``."""
         return {"kind": self.kind}
+
+
+@dataclass(slots=True)
+class SourceContext:
+    """What a source module's ``create(options, ctx)`` gets: everything a source needs from
+    the engine, handed in, so that sources never import the engine.
+
+    It lives here, beside :class:`Source`, because it is half of the source contract; the
+    engine builds one per trigger when it starts (``sagaz.engine.loading`` finds the module).
+    """
+
+    trigger_id: str
+    saga_name: str
+    config: TriggerConfig
+    store: SagaStore
+    clock: Clock
+    worker_id: str
+    #: log + ``on_trigger_error`` listeners; never raises
+    report_error: Callable[[BaseException], Awaitable[None]]
+    #: per-engine resources that the sources of one kind share (e.g. the one webhook server of
+    #: all webhook triggers); the engine never looks inside
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 class Publisher(Lifecycle, ABC):

@@ -15,9 +15,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from sagaz.abc import SourceContext
 from sagaz.clock import SystemClock
 from sagaz.config import TriggerConfig
-from sagaz.engine.loading import SourceContext
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery
 from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord

@@ -27,9 +27,9 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from sagaz.abc import SourceContext
 from sagaz.clock import SystemClock
 from sagaz.config import TriggerConfig
-from sagaz.engine.loading import SourceContext
 from sagaz.events import (
     AdmissionOutcome,
     AdmissionResult,

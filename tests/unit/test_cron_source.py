@@ -12,8 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sagaz.abc import SagaStore
-from sagaz.engine.loading import SourceContext
+from sagaz.abc import SagaStore, SourceContext
 from sagaz.events import CronTick, Delivery
 from sagaz.sources import cron
 from sagaz.sources.cron import CronSchedule, CronSource

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sagaz.abc import Lifecycle, SagaStore, Source
+from sagaz.abc import Lifecycle, SagaStore, Source, SourceContext
 from sagaz.clock import Clock, SystemClock, utcnow
 from sagaz.config import TriggerConfig, resolve_store
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
@@ -33,7 +33,7 @@ from sagaz.engine.backpressure import BackpressureQueue
 from sagaz.engine.dispatcher import Dispatcher
 from sagaz.engine.identity import content_key, storable
 from sagaz.engine.limits import TokenBucket
-from sagaz.engine.loading import SourceContext, load_source_module
+from sagaz.engine.loading import load_source_module
 from sagaz.engine.runner import SagaRunner
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem

@@ -7,25 +7,22 @@ Each built-in source lives in its own module (``sagaz.sources.kafka.source``...)
 * ``validate(options)``: extra checks at class-definition time (raise ``ValueError``),
   which must not import the broker driver,
 * ``create(options, ctx) -> Source``: build the source when the engine starts
-  (this is where the driver is imported, through :func:`sagaz._imports.require_extra`).
+  (this is where the driver is imported, through :func:`sagaz._imports.require_extra`);
+  ``ctx`` is a :class:`sagaz.abc.SourceContext`, all a source gets from the engine.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any, Protocol, cast
 
-from sagaz.abc import SagaStore, Source
-from sagaz.clock import Clock
-from sagaz.config import TriggerConfig
+from sagaz.abc import Source, SourceContext
 
 __all__ = [
     "PIPELINE_OPTIONS",
     "SOURCE_MODULES",
-    "SourceContext",
     "SourceModule",
     "load_source_module",
 ]
@@ -56,22 +53,6 @@ SOURCE_MODULES: dict[str, str] = {
     "webhook": "sagaz.sources.webhook",
     "file": "sagaz.sources.file",
 }
-
-
-@dataclass(slots=True)
-class SourceContext:
-    """What a source gets from the engine when it is created."""
-
-    trigger_id: str
-    saga_name: str
-    config: TriggerConfig
-    store: SagaStore
-    clock: Clock
-    worker_id: str
-    #: log + ``on_trigger_error`` listeners; never raises
-    report_error: Callable[[BaseException], Awaitable[None]]
-    #: per-engine shared resources (e.g. the one webhook server of all webhook triggers)
-    shared: dict[str, Any] = field(default_factory=dict)
 
 
 class SourceModule(Protocol):

@@ -41,8 +41,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from sagaz.abc import Emit, Source
-from sagaz.engine.loading import SourceContext
+from sagaz.abc import Emit, Source, SourceContext
 from sagaz.events import CronTick, Delivery, EventMeta
 
 __all__ = [

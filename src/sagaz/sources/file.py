@@ -35,8 +35,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, cast
 
 from sagaz._imports import require_extra
-from sagaz.abc import Emit, Source
-from sagaz.engine.loading import SourceContext
+from sagaz.abc import Emit, Source, SourceContext
 from sagaz.events import Delivery, EventMeta, FileEvent
 
 __all__ = ["OPTIONS", "REQUIRED", "FileOptions", "FileSource", "create", "validate"]

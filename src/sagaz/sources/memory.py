@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sagaz.abc import Source
-from sagaz.engine.loading import SourceContext
+from sagaz.abc import Source, SourceContext
 
 __all__ = ["OPTIONS", "REQUIRED", "create", "validate"]
 

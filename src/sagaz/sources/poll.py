@@ -10,8 +10,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from sagaz.abc import Emit, Source
-from sagaz.engine.loading import SourceContext
+from sagaz.abc import Emit, Source, SourceContext
 from sagaz.events import Delivery, EventMeta
 from sagaz.records import TriggerScheduleRecord
 from sagaz.triggers.poll import Fire, Trigger

@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 from sagaz._imports import require_extra
-from sagaz.abc import Emit, Source
-from sagaz.engine.loading import SourceContext
+from sagaz.abc import Emit, Source, SourceContext
 from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import ConfigurationError, SagazError
 

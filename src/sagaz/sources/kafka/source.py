@@ -27,8 +27,7 @@ from typing import Any, ClassVar
 
 from sagaz._aio import wait_event
 from sagaz._imports import require_extra
-from sagaz.abc import Emit, Source
-from sagaz.engine.loading import SourceContext
+from sagaz.abc import Emit, Source, SourceContext
 from sagaz.events import Delivery, EventMeta
 from sagaz.outbox.kafka import start_producer
 from sagaz.records import DeadLetterRecord

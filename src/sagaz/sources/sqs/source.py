@@ -31,8 +31,7 @@ from functools import partial
 from typing import Any, ClassVar
 
 from sagaz._imports import require_extra
-from sagaz.abc import Emit, Source
-from sagaz.engine.loading import SourceContext
+from sagaz.abc import Emit, Source, SourceContext
 from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import ConfigurationError, SagazError
 from sagaz.records import DeadLetterRecord

@@ -39,8 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from sagaz._imports import require_extra
-from sagaz.abc import Emit, Source
-from sagaz.engine.loading import SourceContext
+from sagaz.abc import Emit, Source, SourceContext
 from sagaz.exceptions import ConfigurationError
 from sagaz.sources.webhook.auth import DEFAULT_SIGNATURE_HEADER, BearerAuth, HmacAuth
 
