@@ -281,6 +281,9 @@ class SourceContext:
     #: per-engine resources that the sources of one kind share (e.g. the one webhook server of
     #: all webhook triggers); the engine never looks inside
     shared: dict[str, Any] = field(default_factory=dict)
+    #: the engine's metrics in the Prometheus text format and their content type, for a source
+    #: that serves HTTP (the webhook's ``GET /metrics``); ``None`` without the ``metrics`` extra
+    metrics_renderer: Callable[[], tuple[bytes, str]] | None = None
 
 
 class Publisher(Lifecycle, ABC):

@@ -20,7 +20,7 @@ import os
 import socket
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -41,7 +41,6 @@ from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta
 from sagaz.exceptions import ConfigurationError
 from sagaz.saga.listeners import SagaListener
 from sagaz.saga.result import SagaResult
-from sagaz.sources.poll import PollSource
 from sagaz.triggers.registration import TriggerDefinition, registry
 
 __all__ = ["TriggerEngine", "fire_event", "start_triggers", "stop_triggers", "webhook_app"]
@@ -136,7 +135,7 @@ class TriggerEngine(Lifecycle):
             for definition in definitions:
                 active = ActiveTrigger(definition, state)
                 self.triggers[definition.trigger_id] = active
-                if definition.source == "memory":  # events come in through fire()
+                if definition.channel is not None:  # in-process events come through fire()
                     self._channels.setdefault(str(definition.channel), []).append(active)
                 elif self.start_sources:
                     active.source = self._build_source(active)
@@ -146,7 +145,6 @@ class TriggerEngine(Lifecycle):
                 active = self.triggers[trigger_id]
                 await source.start()
                 self._spawn(self._supervise(active, source), f"sagaz-source-{trigger_id}")
-            self._serve_metrics(True)
             self._spawn(self._heartbeat(), "sagaz-heartbeat")
             self._spawn(self._recover(), "sagaz-recovery")
             self._spawn(self._cleanup(), "sagaz-cleanup")
@@ -173,13 +171,14 @@ class TriggerEngine(Lifecycle):
             worker_id=self.worker_id,
             report_error=functools.partial(self._report_source_error, active),
             shared=self.shared,
+            metrics_renderer=self._metrics_renderer(),
         )
-        if definition.poll_trigger is not None:
-            return PollSource(definition.poll_trigger, ctx)
         if definition.push_source is not None:
             return definition.push_source
         module = load_source_module(definition.source)
         options = dict(definition.source_options)
+        if definition.poll_trigger is not None:
+            options["trigger"] = definition.poll_trigger
         if active.dead_letter_topic and "dead_letter_topic" not in options:
             options["dead_letter_topic"] = active.dead_letter_topic
         return module.create(options, ctx)
@@ -307,7 +306,6 @@ class TriggerEngine(Lifecycle):
         except Exception:
             logger.exception("releasing leases failed")
         await asyncio.gather(*(self._stop_source(s) for s in self.sources.values()))
-        self._serve_metrics(False)
         for waiters in self._waiters.values():
             for waiter in waiters:
                 if not waiter.done():
@@ -318,17 +316,14 @@ class TriggerEngine(Lifecycle):
         self._started = False
         self._stopping = False
 
-    def _serve_metrics(self, on: bool) -> None:
-        """Let the webhook server (if this engine has one) answer ``GET /metrics`` with this
-        engine's Prometheus metrics, when the ``metrics`` extra is installed."""
-        from sagaz.sources.webhook.source import SHARED_KEY  # imports no web framework
-
-        server = self.shared.get(SHARED_KEY)
-        if server is None or importlib.util.find_spec("prometheus_client") is None:
-            return
+    def _metrics_renderer(self) -> Callable[[], tuple[bytes, str]] | None:
+        """This engine's Prometheus metrics for a source that serves them (``GET /metrics``
+        of the webhook server), or ``None`` without the ``metrics`` extra."""
+        if importlib.util.find_spec("prometheus_client") is None:
+            return None
         from sagaz.engine.prometheus import render
 
-        server.app.metrics = functools.partial(render, self) if on else None
+        return functools.partial(render, self)
 
     @staticmethod
     async def _stop_source(source: Source) -> None:
@@ -451,7 +446,8 @@ def webhook_app() -> Any:
 
     >>> app.mount("/hooks", sagaz.webhook_app())  # doctest: +SKIP
     """
-    from sagaz.sources.webhook.source import webhook_app as build
-
+    # The webhook module is loaded by its kind, as start() does; it keeps its server in the
+    # resources the process-wide engine shares with its sources, which the engine never reads.
+    webhook: Any = load_source_module("webhook")  # webhook_app() is its own, not the contract's
     shared = _engine.shared if _engine is not None else _pending_shared
-    return build(shared)
+    return webhook.webhook_app(shared)

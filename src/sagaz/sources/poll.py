@@ -111,5 +111,12 @@ class PollSource(Source):
 
 
 def create(options: Mapping[str, Any], ctx: SourceContext) -> Source:
-    """Not used directly: the engine builds custom sources from the trigger definition."""
-    raise NotImplementedError("custom sources are built by the engine from trigger=")
+    """The :class:`PollSource` of the poll trigger given as ``trigger=`` (a push source given
+    as ``trigger=`` is already a :class:`~sagaz.abc.Source`: the engine runs it as it is)."""
+    poll_trigger = options.get("trigger")
+    if not isinstance(poll_trigger, Trigger):
+        raise TypeError(
+            f"trigger {ctx.trigger_id!r}: option trigger= must be an instance of a sagaz.Trigger "
+            f"subclass, got {poll_trigger!r}"
+        )
+    return PollSource(poll_trigger, ctx)

@@ -140,8 +140,8 @@ class WebhookApp:
     Routes are added by the engine (through the webhook source's ``create``). Besides them it
     answers ``GET /healthz`` (200 whenever it answers at all) and ``GET /readyz`` (200 when every
     registered trigger is running, 503 while starting or stopping) and ``GET /metrics``
-    (what :attr:`metrics` renders; the engine sets it while it runs, when the ``metrics``
-    extra is installed).
+    (what :attr:`metrics` renders: the engine's ``SourceContext.metrics_renderer``, set by
+    the webhook sources while they hold the server, when the ``metrics`` extra is installed).
     """
 
     def __init__(self) -> None:

@@ -107,12 +107,14 @@ class WebhookServer:
                 raise
 
     async def release(self, holder: object) -> None:
-        """Stop holding the server; the last release stops uvicorn and forgets closed routes."""
+        """Stop holding the server; the last release stops uvicorn and forgets closed routes
+        and the engine's metrics."""
         async with self._lock:
             self._holders.pop(holder, None)
             if self._holders:
                 return
             self.app.discard_closed()
+            self.app.metrics = None
             await self._stop()
 
     async def close(self) -> None:
@@ -120,6 +122,7 @@ class WebhookServer:
         async with self._lock:
             self._holders.clear()
             self.app.discard_closed()
+            self.app.metrics = None
             await self._stop()
 
     async def _start(self) -> None:

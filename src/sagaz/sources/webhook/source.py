@@ -34,7 +34,7 @@ import asyncio
 import logging
 import math
 import re
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -269,7 +269,12 @@ def create(options: Mapping[str, Any], ctx: SourceContext) -> WebhookSource:
         report_error=ctx.report_error,
     )
     server.app.add_route(route)
-    return WebhookSource(route, server, drain_timeout=ctx.config.shutdown_timeout)
+    return WebhookSource(
+        route,
+        server,
+        drain_timeout=ctx.config.shutdown_timeout,
+        metrics=ctx.metrics_renderer,
+    )
 
 
 def _build_auth(opts: WebhookOptions, ctx: SourceContext) -> WebhookAuth | None:
@@ -330,15 +335,26 @@ class WebhookSource(Source):
     Not redeliverable: the caller gets its answer once the event is admitted. When the source
     stops, its route answers 503 + ``Retry-After`` at once, requests in flight finish (up to
     ``drain_timeout``), and the last webhook source to stop stops the server.
+
+    ``metrics`` (the engine's ``SourceContext.metrics_renderer``) is what the server answers
+    ``GET /metrics`` with while the source holds it.
     """
 
     kind = "webhook"
     redeliverable = False
 
-    def __init__(self, route: WebhookRoute, server: WebhookServer, *, drain_timeout: float) -> None:
+    def __init__(
+        self,
+        route: WebhookRoute,
+        server: WebhookServer,
+        *,
+        drain_timeout: float,
+        metrics: Callable[[], tuple[bytes, str]] | None = None,
+    ) -> None:
         self.route = route
         self.server = server
         self.drain_timeout = drain_timeout
+        self.metrics = metrics
         self._wake = asyncio.Event()
         self._failure: BaseException | None = None
         self._holding = False
@@ -355,6 +371,8 @@ class WebhookSource(Source):
         self._wake.clear()
         self._failure = None
         await self.server.acquire(self, self._on_server_failure)
+        if self.metrics is not None:
+            self.server.app.metrics = self.metrics
         self._holding = True
         await super().start()
 
