@@ -51,10 +51,24 @@ async def _no_nack(requeue: bool) -> None:
 class Delivery:
     """One event as a source hands it to the pipeline.
 
-    ``payload`` is raw ``bytes``/``str`` (decoded as JSON when possible) or, with
-    ``decoded=True``, the event object itself. ``identity`` is the source's message identity,
-    the dedup key when the trigger has no ``idempotency_key``. ``ack``/``nack(requeue)`` are
-    called once, after the saga's terminal state is in the store.
+    The source says what its payload is, and the pipeline decodes it by that and by the
+    trigger method's annotation, never by the source's name:
+
+    * ``decoded=False`` (the default): ``payload`` is the raw ``bytes``/``str`` of a message.
+      It is parsed as JSON where it is JSON (non-JSON bytes stay ``bytes``); a typed method
+      (pydantic model, dataclass, TypedDict) gets it validated from the JSON.
+    * ``decoded=True``: ``payload`` is the event object itself (a dict, a ``CronTick``, a
+      ``FileEvent``, a poll trigger's context). A method annotated with its type gets it as it
+      is; any other annotation gets it validated (pydantic's python mode).
+    * ``body`` set (with ``decoded=True``): ``payload`` is an **envelope**, the message as the
+      source knows it (the SQS message dict, a ``WebhookRequest``), and ``body`` the raw
+      ``bytes``/``str`` its producer sent. An unannotated method, one annotated with the
+      envelope's type, or a plain mapping when the envelope is a mapping, gets the envelope;
+      a typed method gets ``body`` validated as JSON (an empty body as ``null``).
+
+    ``identity`` is the source's message identity, the dedup key when the trigger has no
+    ``idempotency_key``. ``ack``/``nack(requeue)`` are called once, after the saga's terminal
+    state is in the store.
     """
 
     payload: Any
@@ -63,6 +77,7 @@ class Delivery:
     ack: Callable[[], Awaitable[None]] = _no_ack
     nack: Callable[[bool], Awaitable[None]] = _no_nack
     decoded: bool = False
+    body: bytes | str | None = None
 
 
 class AdmissionOutcome(StrEnum):

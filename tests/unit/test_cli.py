@@ -14,7 +14,12 @@ from sagaz.storage.sqlite import SQLiteSagaStore
 
 APP = textwrap.dedent(
     """
+    from pydantic import BaseModel
+
     from sagaz import Saga, action, trigger
+
+    class Count(BaseModel):
+        n: int
 
     class CliSaga(Saga):
         saga_name = "cli-saga"
@@ -22,6 +27,10 @@ APP = textwrap.dedent(
         @trigger(source="memory", channel="cli")
         def on_event(self, event: dict) -> dict:
             return {"n": event["n"]}
+
+        @trigger(source="memory", channel="cli-typed")
+        def on_typed(self, event: Count) -> dict:
+            return {"n": event.n}
 
         @action("one")
         async def one(self, ctx) -> dict:
@@ -79,3 +88,29 @@ def test_dlq_list_show_replay_purge(
     asyncio.run(_seed(db))
     assert main([*store, "dlq", "purge"]) == 0
     assert "purged 1" in capsys.readouterr().out
+
+
+def test_dlq_replay_gives_a_typed_trigger_the_body_of_an_envelope(
+    app: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    async def seed(url: Path) -> int:
+        async with SQLiteSagaStore(str(url)) as store:
+            return await store.add_dead_letter(
+                DeadLetterRecord(
+                    trigger_id="cli-saga.on_typed",
+                    saga_name="cli-saga",
+                    payload={"MessageId": "m-1", "Body": {"n": 7}},  # the whole message
+                    error="RuntimeError: boom",
+                    reason="retries_exhausted",
+                    meta={"body": '{"n": 7}'},  # the settlement keeps an envelope's body
+                )
+            )
+
+    db = tmp_path / "dlq.db"
+    dead_id = asyncio.run(seed(db))
+    assert (
+        main(["--store", f"sqlite:///{db}", "dlq", "replay", str(dead_id), "--modules", app]) == 0
+    )
+    assert "completed" in capsys.readouterr().out

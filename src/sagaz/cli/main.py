@@ -118,7 +118,10 @@ async def _replay(args: argparse.Namespace, store: SagaStore, record: Any) -> in
         TriggerConfig(), store, triggers=[definition], start_sources=False
     ) as engine:
         result = await engine.dispatch(
-            record.trigger_id, record.payload, identity=f"replay:{record.id}"
+            record.trigger_id,
+            record.payload,
+            identity=f"replay:{record.id}",
+            body=record.meta.get("body"),  # set when the source delivered an envelope
         )
         if result.outcome is not AdmissionOutcome.ACCEPTED or result.saga_id is None:
             print(f"replay not accepted: {result.outcome.value} {result.error or ''}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -115,14 +115,7 @@ class Admission:
         acked or nacked (see :class:`_JointDeliveries`)."""
         joint = _JointDeliveries(delivery, self._in_flight, saga_id)
         self._in_flight[saga_id] = joint
-        return Delivery(
-            payload=delivery.payload,
-            meta=delivery.meta,
-            identity=delivery.identity,
-            ack=joint.ack,
-            nack=joint.nack,
-            decoded=delivery.decoded,
-        )
+        return replace(delivery, ack=joint.ack, nack=joint.nack)
 
     async def _claim(self, c: _Candidate) -> AdmissionResult | None:
         """Claim the inbox row of ``c``; ``None`` while another live worker holds it."""

@@ -3,6 +3,10 @@
 If the method's first parameter is annotated with a pydantic model, dataclass or TypedDict,
 the payload is validated into it (pydantic ``TypeAdapter``). Unannotated: the decoded payload
 (JSON → dict/list, otherwise ``bytes``).
+
+The decoder knows no source: it goes by the method's annotation, the payload's type, and what
+the source said its payload is (``Delivery.decoded``, ``Delivery.body``; see
+:class:`~sagaz.events.Delivery`).
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+from typing_extensions import is_typeddict
 
-from sagaz.events import CronTick, Delivery, EventMeta, FileEvent, WebhookRequest
+from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import InvalidEventError
 
 __all__ = ["EventDecoder", "InvalidPayloadError"]
 
-_PASSTHROUGH = (CronTick, FileEvent, WebhookRequest)
+#: payload types that are plain data (what JSON decodes to): no hint about the source's type
+_PLAIN = (Mapping, list, tuple, str, bytes, bytearray, int, float, bool, type(None))
 
 
 class InvalidPayloadError(InvalidEventError):
@@ -66,62 +72,55 @@ class EventDecoder:
         if annotation is Any:
             annotation = None
         self.annotation: Any = annotation
-        self.adapter: TypeAdapter[Any] | None = None
-        origin_type = typing.get_origin(annotation) or annotation
+        origin = typing.get_origin(annotation) or annotation
         #: a model, dataclass or TypedDict (not a plain dict/mapping): validated from the body
-        self.structured = annotation is not None and origin_type not in (
+        self.structured = annotation is not None and origin not in (
             dict,
             Mapping,
             MutableMapping,
             object,
         )
-        self._isinstance_type: type | None = None
-        if annotation is not None:
-            origin = typing.get_origin(annotation) or annotation
-            if isinstance(origin, type):
-                self._isinstance_type = origin
-            if annotation not in _PASSTHROUGH:
-                self.adapter = TypeAdapter(annotation)
+        #: the class a payload may already be an instance of; none for ``dict`` (its items are
+        #: validated) nor for a TypedDict (a plain dict at run time, with no instance check)
+        self._instance_of: type | None = (
+            origin
+            if isinstance(origin, type) and origin is not dict and not is_typeddict(annotation)
+            else None
+        )
+        self.adapter: TypeAdapter[Any] | None = (
+            TypeAdapter(annotation) if annotation is not None else None
+        )
 
     def decode(self, delivery: Delivery) -> Any:
         """The event object for the trigger method, or :class:`InvalidPayloadError`."""
         payload = delivery.payload
-        if self.annotation is None:
-            return _json_or_raw(payload) if not delivery.decoded else payload
-        if (
-            self._isinstance_type is not None
-            and isinstance(payload, self._isinstance_type)
-            and not typing.is_typeddict(self.annotation)
-            and self._isinstance_type is not dict
-        ):
-            return payload
-        if self.adapter is None:  # a source type such as CronTick, and it did not match
-            raise InvalidPayloadError(
-                f"{self.where}: expected a {self.annotation.__name__}, got "
-                f"{type(payload).__name__}; is the trigger's source right?"
-            )
+        if self.adapter is None:  # unannotated: the payload as the source gave it
+            return payload if delivery.decoded else _json_or_raw(payload)
+        if self._instance_of is not None and isinstance(payload, self._instance_of):
+            return payload  # already what the method wants (a CronTick, a WebhookRequest...)
+        envelope = delivery.body is not None and (
+            # a typed event is the envelope's body; a plain mapping gets a mapping envelope
+            self.structured or not isinstance(payload, Mapping)
+        )
         try:
-            if isinstance(payload, WebhookRequest):
-                return self.adapter.validate_json(payload.body or b"null")
-            if (
-                self.structured
-                and delivery.meta.source == "sqs"
-                and isinstance(payload, dict)
-                and "Body" in payload
-            ):  # a model describes the message body; a plain dict gets the whole message
-                body = payload["Body"]
-                if isinstance(body, (str, bytes)):
-                    return self.adapter.validate_json(body)
-                return self.adapter.validate_python(body)
-            if isinstance(payload, (bytes, bytearray, str)) and not delivery.decoded:
+            if envelope:
+                return self.adapter.validate_json(delivery.body or b"null")
+            if not delivery.decoded and isinstance(payload, (bytes, bytearray, str)):
                 return self.adapter.validate_json(payload)
             return self.adapter.validate_python(payload)
         except ValidationError as exc:
             details = exc.errors(include_url=False, include_context=False)
             expected = getattr(self.annotation, "__name__", self.annotation)
+            hint = ""
+            if not envelope and not isinstance(payload, _PLAIN):
+                delivered = type(payload).__name__
+                hint = (
+                    f" (the trigger's source delivers a {delivered}: annotate the event as "
+                    f"{delivered}, or leave it unannotated)"
+                )
             raise InvalidPayloadError(
                 f"{self.where}: event does not match {expected}: "
-                f"{exc.error_count()} validation error(s): {_summary(details)}",
+                f"{exc.error_count()} validation error(s): {_summary(details)}{hint}",
                 details=_jsonable(details),
             ) from exc
 

@@ -368,9 +368,19 @@ class TriggerEngine(Lifecycle):
         return accepted
 
     async def dispatch(
-        self, trigger_id: str, event: Any, *, meta: EventMeta | None = None, identity: str = ""
+        self,
+        trigger_id: str,
+        event: Any,
+        *,
+        meta: EventMeta | None = None,
+        identity: str = "",
+        body: bytes | str | None = None,
     ) -> AdmissionResult:
-        """Admit ``event`` for one trigger directly, bypassing its source (tests, replay)."""
+        """Admit ``event`` for one trigger directly, bypassing its source (tests, replay).
+
+        ``body`` makes ``event`` an envelope, as its source marked it (see
+        :class:`~sagaz.events.Delivery`): a typed trigger method gets ``body`` validated.
+        """
         self._require_running()
         active = self.triggers[trigger_id]
         delivery = Delivery(
@@ -378,6 +388,7 @@ class TriggerEngine(Lifecycle):
             decoded=True,
             identity=identity or content_key(storable(event)),
             meta=meta or EventMeta(source=active.definition.source, trigger=trigger_id),
+            body=body,
         )
         return await self.admission.admit(active, delivery)
 

@@ -114,6 +114,9 @@ class Settlement:
                 "identity": delivery.identity,
             },
         )
+        if delivery.body is not None:  # an envelope: a replay hands its body to a typed method
+            body = delivery.body
+            record.meta["body"] = body if isinstance(body, str) else body.decode("utf-8", "replace")
         record.id = await self.state.store.add_dead_letter(record)
         self.state.metrics.dead_lettered[trigger.trigger_id] += 1
         if trigger.dead_letter_topic and trigger.source is not None:

@@ -8,13 +8,19 @@ from typing import Any, Self
 
 from sagaz.config import TriggerConfig
 from sagaz.engine.decoding import EventDecoder
-from sagaz.events import AdmissionOutcome, Delivery, EventMeta
+from sagaz.events import AdmissionOutcome, Delivery, EventMeta, WebhookRequest
 from sagaz.saga.definition import Saga
 from sagaz.saga.result import SagaResult
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.triggers.registration import TriggerDefinition, TriggerRegistry
 
 __all__ = ["TriggerTestHarness"]
+
+
+def _envelope_body(event: Any) -> bytes | None:
+    """A :class:`WebhookRequest` is an envelope, as the webhook source hands it in: a typed
+    trigger method gets its body."""
+    return event.body if isinstance(event, WebhookRequest) else None
 
 
 class TriggerTestHarness:
@@ -66,7 +72,11 @@ class TriggerTestHarness:
         meta = meta or EventMeta(source=definition.source, trigger=definition.trigger_id)
         decoded = decoder.decode(
             Delivery(
-                payload=event, meta=meta, identity="", decoded=not isinstance(event, (bytes, str))
+                payload=event,
+                meta=meta,
+                identity="",
+                decoded=not isinstance(event, (bytes, str)),
+                body=_envelope_body(event),
             )
         )
         result = fn(*decoder.arguments(decoded, meta))
@@ -89,7 +99,12 @@ class TriggerTestHarness:
             )
             await self._engine.start()
         definition = self._definition(method)
-        result = await self._engine.dispatch(definition.trigger_id, event, identity=key)
+        result = await self._engine.dispatch(
+            definition.trigger_id,
+            event,
+            identity=key,
+            body=_envelope_body(event),
+        )
         self.last_admission = result
         if result.outcome is not AdmissionOutcome.ACCEPTED or result.saga_id is None:
             return None

@@ -342,6 +342,7 @@ class SQSSource(Source):
             ack=partial(self._ack, message),
             nack=partial(self._nack, message),
             decoded=True,
+            body=raw.get("Body", ""),  # an envelope: a typed trigger method gets the body
         )
 
     # -- settling --------------------------------------------------------------------------

@@ -306,6 +306,7 @@ async def _admit(
         ),
         identity=identity,
         decoded=True,
+        body=body,  # an envelope: a typed trigger method gets the body
     )
     try:
         result = await emit(delivery)
