@@ -78,6 +78,14 @@ class TriggerConfig(BaseSettings):
     webhook_tokens: list[str] = Field(default_factory=list)
     webhook_hmac_secret: str | None = None
 
+    # refused webhook requests (all counted in sagaz_webhook_requests_rejected_total)
+    webhook_rejection_log_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Refused requests are logged at most once per reason in this many "
+        "seconds, with the count since the previous line (they are all counted in metrics).",
+    )
+
     @field_validator("retry_backoff_seconds")
     @classmethod
     def _non_negative(cls, value: list[float]) -> list[float]:

@@ -13,6 +13,13 @@ Every name starts with ``sagaz_``; per-trigger series carry a ``trigger`` label
 (``"{saga_name}.{method}"``), events that did not become a saga a ``reason`` label
 (``filtered``, ``duplicate``, ``dropped_oldest``, ``dropped_newest``, ``rejected``,
 ``overlap_skipped``, ``invalid``).
+
+With webhook triggers, ``sagaz_webhook_requests_rejected_total{reason, trigger}`` counts the
+requests the webhook server refused (reasons in
+:class:`~sagaz.sources.webhook.rejections.RejectionReason`; ``trigger`` is empty when the
+request reached no trigger) and ``sagaz_webhook_invalid_dead_letters_capped_total{trigger}``
+the invalid requests not dead-lettered because the trigger's ``dead_letter_invalid_limit``
+was reached.
 """
 
 from __future__ import annotations
@@ -89,6 +96,35 @@ class EngineCollector:
             "The most sagas that ran at once since the engine started.",
             value=metrics.max_in_flight,
         )
+        yield from self._webhook_rejections()
+
+    def _webhook_rejections(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        from sagaz.sources.webhook.source import SHARED_KEY  # imports no web framework
+
+        server = self.engine.shared.get(SHARED_KEY)
+        if server is None:
+            return
+        rejections = server.app.rejections
+        family = CounterMetricFamily(
+            "sagaz_webhook_requests_rejected",
+            "Requests the webhook server refused (answered 4xx or 503, never stored), "
+            "by reason and trigger.",
+            labels=["reason", "trigger"],
+        )
+        for (reason, trigger_id), count in sorted(rejections.counts.items()):
+            family.add_metric([reason, trigger_id], count)
+        yield family
+        capped = CounterMetricFamily(
+            "sagaz_webhook_invalid_dead_letters_capped",
+            "Invalid webhook requests not dead-lettered: the trigger's "
+            "dead_letter_invalid_limit was reached.",
+            labels=["trigger"],
+        )
+        for trigger_id, count in sorted(rejections.dead_letters_capped.items()):
+            capped.add_metric([trigger_id], count)
+        yield capped
 
 
 def render(engine: TriggerEngine) -> tuple[bytes, str]:
