@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -32,7 +32,15 @@ if TYPE_CHECKING:
     from sagaz.config import TriggerConfig
     from sagaz.events import AdmissionResult, Delivery
 
-__all__ = ["Emit", "Lifecycle", "Publisher", "SagaStore", "Source", "SourceContext"]
+__all__ = [
+    "Emit",
+    "Lifecycle",
+    "Publisher",
+    "SagaStore",
+    "Source",
+    "SourceContext",
+    "SourceCounter",
+]
 
 
 class Lifecycle:
@@ -259,6 +267,27 @@ class Source(Lifecycle, ABC):
     def describe(self) -> dict[str, Any]:
         """A short description for logs and ``sagaz triggers list``."""
         return {"kind": self.kind}
+
+    def counters(self) -> Sequence[SourceCounter]:
+        """The source's own counters, exported beside the engine's metrics; default: none.
+
+        Sources that share one resource (the webhook triggers share one server) may report
+        the same counter: the engine exports a counter name once.
+        """
+        return ()
+
+
+@dataclass(frozen=True, slots=True)
+class SourceCounter:
+    """One counter a source keeps itself (e.g. the webhook's refused requests).
+
+    ``values`` maps a tuple of label values (in the order of ``labels``) to the count.
+    """
+
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+    values: Mapping[tuple[str, ...], int]
 
 
 @dataclass(slots=True)

@@ -78,6 +78,58 @@ class TriggerConfig(BaseSettings):
     webhook_tokens: list[str] = Field(default_factory=list)
     webhook_hmac_secret: str | None = None
 
+    # limits of the built-in webhook server (a webhook_app() mounted in your own ASGI server
+    # follows that server's limits); every refusal is counted in
+    # sagaz_webhook_requests_rejected_total{reason}
+    webhook_max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="Open connections at most; a request on a connection beyond it gets 503 "
+        "+ Retry-After and the connection is closed (reason overloaded).",
+    )
+    webhook_max_concurrent_requests: int = Field(
+        default=512,
+        ge=1,
+        description="Requests handled at once at most (beyond: 503 + Retry-After, reason "
+        "overloaded). Request bodies in memory stay below this times max_body_bytes.",
+    )
+    webhook_header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds for a request line and its headers to arrive, from the "
+        "connection's opening or the request's first byte; then 408 and close (a connection "
+        "that sent nothing is closed without an answer). Cuts off clients that trickle "
+        "headers (slowloris).",
+    )
+    webhook_body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds for a request body to arrive once its headers are in; then 408 "
+        "(if no response started) and close. 30 s lets a 1 MiB body through at ~35 kB/s.",
+    )
+    webhook_keep_alive_timeout: int = Field(
+        default=5,
+        ge=1,
+        description="Seconds an idle keep-alive connection stays open between requests.",
+    )
+    webhook_max_header_bytes: int = Field(
+        default=16384,
+        ge=1024,
+        description="Bytes of request line + headers at most (beyond: 431, reason "
+        "headers_too_large).",
+    )
+    webhook_max_headers: int = Field(
+        default=100,
+        ge=1,
+        description="Header fields per request at most (beyond: 431, reason too_many_headers).",
+    )
+    webhook_rejection_log_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Refused requests are logged at most once per reason in this many "
+        "seconds, with the count since the previous line (they are all counted in metrics).",
+    )
+
     @field_validator("retry_backoff_seconds")
     @classmethod
     def _non_negative(cls, value: list[float]) -> list[float]:

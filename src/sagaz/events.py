@@ -69,6 +69,11 @@ class Delivery:
     ``identity`` is the source's message identity, the dedup key when the trigger has no
     ``idempotency_key``. ``ack``/``nack(requeue)`` are called once, after the saga's terminal
     state is in the store.
+
+    ``keep_invalid`` is asked (once) when the event turns out invalid: ``True`` stores it as a
+    dead letter, ``False`` only counts and reports it. ``None`` (brokers, files...) always
+    stores it. The webhook answers an invalid request 400 and keeps it only when its trigger
+    opts in, within a cap: whoever reaches the port must not grow the store.
     """
 
     payload: Any
@@ -78,6 +83,7 @@ class Delivery:
     nack: Callable[[bool], Awaitable[None]] = _no_nack
     decoded: bool = False
     body: bytes | str | None = None
+    keep_invalid: Callable[[], bool] | None = None
 
 
 class AdmissionOutcome(StrEnum):
@@ -88,7 +94,9 @@ class AdmissionOutcome(StrEnum):
     FILTERED = "filtered"  # the trigger method returned None
     DROPPED = "dropped"  # the backpressure queue dropped it (drop_oldest / drop_newest)
     REJECTED = "rejected"  # the queue was full under ``reject``: dead-lettered
-    INVALID = "invalid"  # decoding, validation or the trigger method failed: dead-lettered
+    # decoding, validation or the trigger method failed: dead-lettered (unless the delivery's
+    # keep_invalid says no: a webhook request answered 400)
+    INVALID = "invalid"
     BUSY = "busy"  # another live worker holds the key (or an overlapping poll run)
 
 

@@ -3,7 +3,8 @@
 The test sends the ``curl`` requests of ``README.md`` and ``examples/README.md`` (parsed from
 them, so they cannot drift apart from the example) through httpx, waits for each saga's
 completion on the example's stdout, drops an order file into its inbox, and stops the example
-with SIGTERM.
+with SIGTERM. A second test floods the example's webhook with invalid requests, as anyone who
+reaches its port could, and checks that nothing is stored and its memory stays flat.
 """
 
 from __future__ import annotations
@@ -198,3 +199,95 @@ async def test_quickstart_runs_the_readme_request_to_completion_and_stops_on_sig
         assert {k: record.context[k] for k in ("order_id", "amount")} == json.loads(body)
     assert from_file is not None and from_file.status is SagaStatus.COMPLETED
     assert from_file.context["order_id"] == "F-1"
+
+
+# -- under abuse ----------------------------------------------------------------------------
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process ``pid`` (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+def rejected_invalid(metrics: str) -> float:
+    """The ``invalid_body`` count of the example's trigger on its ``/metrics`` page."""
+    found = re.search(
+        r'^sagaz_webhook_requests_rejected_total\{reason="invalid_body",'
+        r'trigger="order.from_http"\} (\S+)$',
+        metrics,
+        re.MULTILINE,
+    )
+    return float(found[1]) if found else 0.0
+
+
+async def send_invalid(port: int, numbers: range, connections: int = 4) -> list[int]:
+    """POST an invalid order for each of ``numbers`` over keep-alive connections (raw HTTP/1.1:
+    an HTTP client library would cost more CPU than the server under test); the statuses."""
+    statuses: list[int] = []
+
+    async def one_connection(mine: range) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for n in mine:
+                # alternately malformed JSON and a valid JSON that is not an order
+                body = b'{"order_id": "bad-%d", ' % n if n % 2 else b'{"amount": -%d}' % n
+                writer.write(
+                    b"POST /orders HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(body), body)
+                )
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: (\d+)", head)
+                assert length is not None, head
+                await reader.readexactly(int(length[1]))
+                statuses.append(int(head.split(b" ", 2)[1]))
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    await asyncio.gather(*(one_connection(numbers[i::connections]) for i in range(connections)))
+    return statuses
+
+
+async def test_quickstart_answers_10000_invalid_requests_without_storing_or_growing(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("prometheus_client")
+    async with running_example(tmp_path) as example:
+        async with httpx.AsyncClient(base_url=example.url, timeout=10) as client:
+            await wait_healthy(example, client)
+            port = int(example.url.rsplit(":", 1)[1])
+            pid = example.process.pid
+            # warm up (imports, allocator arenas, pydantic's error paths, the metrics page)
+            assert set(await send_invalid(port, range(1000))) == {400}
+            counted_before = rejected_invalid((await client.get("/metrics")).text)
+            rss_before = rss_bytes(pid)
+            started = time.monotonic()
+            statuses = await send_invalid(port, range(1000, 11000))
+            seconds = time.monotonic() - started
+            rss_after = rss_bytes(pid)
+            counted_after = rejected_invalid((await client.get("/metrics")).text)
+        example.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            assert await example.process.wait() == 0, example.output()
+
+    store = SQLiteSagaStore(tmp_path / "sagaz.db")
+    async with store:
+        dead = await store.list_dead_letters(limit=100)
+        orders = await store.list_sagas(saga_name="order", limit=100)  # cron's are fine
+
+    growth = rss_after - rss_before
+    print(
+        f"10,000 invalid requests in {seconds:.1f} s; RSS {rss_before / 2**20:.1f} MiB -> "
+        f"{rss_after / 2**20:.1f} MiB ({growth / 2**20:+.2f} MiB)"
+    )
+    assert statuses.count(400) == 10000
+    assert (counted_before, counted_after) == (1000, 11000)
+    assert dead == [] and orders == []
+    assert growth < 4 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB"
+    # logged at a bounded rate: the first refusal, and a summary (at most one a minute)
+    refusals = [line for line in example.errors if "refused" in line]
+    assert 1 <= len(refusals) <= 3, refusals

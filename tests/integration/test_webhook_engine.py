@@ -251,7 +251,9 @@ async def test_repeated_idempotency_key_while_the_saga_runs_does_not_run_it_agai
 # -- refused requests ----------------------------------------------------------------------
 
 
-async def test_malformed_json_and_validation_errors_answer_400_and_are_dead_lettered() -> None:
+async def test_malformed_json_and_validation_errors_answer_400_and_are_not_stored() -> None:
+    # anyone who reaches the port can send them: counted, never stored (unless the trigger
+    # sets dead_letter_invalid=True, see test_webhook_limits.py)
     shop = define_shop()
     async with serving() as running:
         malformed = await running.client.post(
@@ -261,6 +263,8 @@ async def test_malformed_json_and_validation_errors_answer_400_and_are_dead_lett
         missing = await running.client.post("/orders", json={"amount": 2})
         dead = await running.store.list_dead_letters(trigger_id=shop.trigger_id("on_order"))
         assert await sagas_of(running.store, shop) == []
+        rejections = webhook_server(running.engine.shared).app.rejections.counts
+        not_started = running.engine.metrics.reasons["invalid"]
 
     assert malformed.status_code == 400
     assert malformed.json()["details"][0]["type"] == "json_invalid"
@@ -270,7 +274,9 @@ async def test_malformed_json_and_validation_errors_answer_400_and_are_dead_lett
     assert "greater than 0" in error["msg"]
     assert missing.status_code == 400
     assert [(e["loc"], e["type"]) for e in missing.json()["details"]] == [(["order_id"], "missing")]
-    assert [d.reason for d in dead] == ["invalid"] * 3
+    assert dead == []
+    assert rejections[("invalid_body", shop.trigger_id("on_order"))] == 3
+    assert not_started == 3  # still one reason code per event that did not become a saga
     assert shop.runs == []
 
 

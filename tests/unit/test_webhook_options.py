@@ -23,6 +23,18 @@ def test_webhook_options_are_normalised() -> None:
     assert options.tokens == ("t",)
     assert options.max_body_bytes == 1024 * 1024
     assert options.signature_header == "X-Hub-Signature-256"
+    assert options.dead_letter_invalid is False  # a 400 is answered, not stored
+
+
+def test_webhook_dead_letter_invalid_cap_options() -> None:
+    options = webhook.parse_options(
+        {"path": "/x", "dead_letter_invalid": True, "dead_letter_invalid_limit": 5}
+        | {"dead_letter_invalid_window": 10}
+    )
+    assert (options.dead_letter_invalid, options.dead_letter_invalid_limit) == (True, 5)
+    assert options.dead_letter_invalid_window == 10.0
+    defaults = webhook.parse_options({"path": "/x", "dead_letter_invalid": True})
+    assert (defaults.dead_letter_invalid_limit, defaults.dead_letter_invalid_window) == (100, 60)
 
 
 @pytest.mark.parametrize(
@@ -51,6 +63,16 @@ def test_webhook_options_are_normalised() -> None:
         ({"path": "/x", "max_body_bytes": 1.5}, "max_body_bytes=1.5"),
         ({"path": "/x", "retry_after": -1}, "retry_after=-1"),
         ({"path": "/x", "retry_after": float("inf")}, "retry_after=inf"),
+        ({"path": "/x", "dead_letter_invalid": "yes"}, "dead_letter_invalid='yes'"),
+        ({"path": "/x", "dead_letter_invalid_limit": 5}, "add dead_letter_invalid=True"),
+        (
+            {"path": "/x", "dead_letter_invalid": True, "dead_letter_invalid_limit": 0},
+            "dead_letter_invalid_limit=0",
+        ),
+        (
+            {"path": "/x", "dead_letter_invalid": True, "dead_letter_invalid_window": 0},
+            "dead_letter_invalid_window=0",
+        ),
     ],
 )
 def test_webhook_bad_option_is_named_in_the_error(options: dict[str, Any], names: str) -> None:

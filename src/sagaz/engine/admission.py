@@ -276,9 +276,15 @@ class Admission:
         claimed: bool = False,
     ) -> AdmissionResult:
         details = exc.details if isinstance(exc, InvalidPayloadError) else None
-        await self.settlement.dead_letter(
-            trigger, delivery, reason=Reason.INVALID.value, error=exc, attempts=0, saga_id=saga_id
-        )
+        if delivery.keep_invalid is None or delivery.keep_invalid():
+            await self.settlement.dead_letter(
+                trigger,
+                delivery,
+                reason=Reason.INVALID.value,
+                error=exc,
+                attempts=0,
+                saga_id=saga_id,
+            )
         await self.settlement.filtered(trigger, delivery.payload, Reason.INVALID)
         await self.settlement.ack(trigger, delivery)
         return AdmissionResult(

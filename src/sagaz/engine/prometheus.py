@@ -13,6 +13,14 @@ Every name starts with ``sagaz_``; per-trigger series carry a ``trigger`` label
 (``"{saga_name}.{method}"``), events that did not become a saga a ``reason`` label
 (``filtered``, ``duplicate``, ``dropped_oldest``, ``dropped_newest``, ``rejected``,
 ``overlap_skipped``, ``invalid``).
+
+Sources add their own counters (:meth:`sagaz.abc.Source.counters`). With webhook triggers,
+``sagaz_webhook_requests_rejected_total{reason, trigger}`` counts the
+requests the webhook server refused (reasons in
+:class:`~sagaz.sources.webhook.rejections.RejectionReason`; ``trigger`` is empty when the
+request reached no trigger) and ``sagaz_webhook_invalid_dead_letters_capped_total{trigger}``
+the invalid requests not dead-lettered because the trigger's ``dead_letter_invalid_limit``
+was reached.
 """
 
 from __future__ import annotations
@@ -89,6 +97,24 @@ class EngineCollector:
             "The most sagas that ran at once since the engine started.",
             value=metrics.max_in_flight,
         )
+        yield from self._source_counters()
+
+    def _source_counters(self) -> Iterator[Any]:
+        """The sources' own counters (:meth:`sagaz.abc.Source.counters`), each name once."""
+        from prometheus_client.core import CounterMetricFamily
+
+        seen: set[str] = set()
+        for source in self.engine.sources.values():
+            for counter in source.counters():
+                if counter.name in seen:  # a resource several sources share
+                    continue
+                seen.add(counter.name)
+                family = CounterMetricFamily(
+                    counter.name, counter.documentation, labels=list(counter.labels)
+                )
+                for labels, count in sorted(counter.values.items()):
+                    family.add_metric(list(labels), count)
+                yield family
 
 
 def render(engine: TriggerEngine) -> tuple[bytes, str]:

@@ -13,11 +13,18 @@ Responses (the body is always JSON)::
     200 {"saga_id", "status": "duplicate"}      key already completed (repeated Idempotency-Key)
     200 {"status": "filtered"}                  the trigger method returned None
     400 {"error", "details"}                    invalid event (bad JSON, validation error)
+                                                not stored (``dead_letter_invalid``: opt in)
     401 / 403                                   no credentials / wrong credentials
     404 / 405 (+ Allow)                         unknown path / wrong method
     413                                         body larger than max_body_bytes
     503 (+ Retry-After)                         queue full (dropped/rejected), starting, stopping
     500 {"error": "internal error"}             the pipeline raised (logged, never echoed)
+
+Every refused request (4xx) is counted per reason in :attr:`WebhookApp.rejections` and logged
+at a bounded rate (:mod:`sagaz.sources.webhook.rejections`); none is stored. An invalid event
+reaches the pipeline (which validates it) but is dead-lettered only when its trigger sets
+``dead_letter_invalid=True``, and then at most ``dead_letter_invalid_limit`` per
+``dead_letter_invalid_window`` seconds.
 
 Besides the triggers' routes: ``GET /healthz``, ``GET /readyz`` and ``GET /metrics`` (the
 engine's Prometheus metrics, with the ``metrics`` extra; 404 with a hint without it).
@@ -46,7 +53,12 @@ from sagaz.clock import Clock, SystemClock
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta, WebhookRequest
 from sagaz.exceptions import ConfigurationError
 from sagaz.sources.webhook.auth import AuthFailure, BearerAuth, WebhookAuth
-from sagaz.sources.webhook.source import DEFAULT_MAX_BODY_BYTES
+from sagaz.sources.webhook.rejections import RejectionReason, RequestRejections
+from sagaz.sources.webhook.source import (
+    DEFAULT_DEAD_LETTER_INVALID_LIMIT,
+    DEFAULT_DEAD_LETTER_INVALID_WINDOW,
+    DEFAULT_MAX_BODY_BYTES,
+)
 
 __all__ = [
     "MAX_DISCARD_BYTES",
@@ -86,6 +98,10 @@ class WebhookRoute:
     auth: WebhookAuth | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     retry_after: int = 1
+    #: keep invalid events as dead letters (capped), instead of only answering 400
+    dead_letter_invalid: bool = False
+    dead_letter_invalid_limit: int = DEFAULT_DEAD_LETTER_INVALID_LIMIT
+    dead_letter_invalid_window: float = DEFAULT_DEAD_LETTER_INVALID_WINDOW
     clock: Clock = field(default_factory=SystemClock)
     #: log + ``on_trigger_error`` listeners for an exception raised by ``emit``
     report_error: Callable[[BaseException], Awaitable[None]] | None = None
@@ -93,6 +109,7 @@ class WebhookRoute:
     _emit: Emit | None = field(default=None, repr=False)
     _in_flight: int = field(default=0, repr=False)
     _idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _invalid_window: tuple[float, int] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._idle.set()
@@ -124,6 +141,24 @@ class WebhookRoute:
         """Wait until no request of this route is in flight."""
         await self._idle.wait()
 
+    def take_dead_letter_slot(self) -> bool:
+        """May one more invalid event of this route be dead-lettered now?
+
+        Only with ``dead_letter_invalid``, and at most ``dead_letter_invalid_limit`` in each
+        window of ``dead_letter_invalid_window`` seconds (fixed windows, on :attr:`clock`).
+        """
+        if not self.dead_letter_invalid:
+            return False
+        now = self.clock.monotonic()
+        window = self._invalid_window
+        if window is None or now - window[0] >= self.dead_letter_invalid_window:
+            window = (now, 0)
+        if window[1] >= self.dead_letter_invalid_limit:
+            self._invalid_window = window
+            return False
+        self._invalid_window = (window[0], window[1] + 1)
+        return True
+
     def _enter(self) -> None:
         self._in_flight += 1
         self._idle.clear()
@@ -142,12 +177,15 @@ class WebhookApp:
     registered trigger is running, 503 while starting or stopping) and ``GET /metrics``
     (what :attr:`metrics` renders: the engine's ``SourceContext.metrics_renderer``, set by
     the webhook sources while they hold the server, when the ``metrics`` extra is installed).
+    Refused requests are counted in :attr:`rejections`.
     """
 
     def __init__(self) -> None:
         self._routes: dict[tuple[str, str], WebhookRoute] = {}
         #: renders the Prometheus text and its content type (``None``: no metrics to serve)
         self.metrics: Callable[[], tuple[bytes, str]] | None = None
+        #: requests refused by this app (and by the built-in server's limits), per reason
+        self.rejections = RequestRejections()
 
     @property
     def routes(self) -> list[WebhookRoute]:
@@ -208,8 +246,10 @@ class WebhookApp:
     async def _dispatch(self, request: Request) -> Response:
         path = _route_path(request.scope)
         method = request.method
+        rejections = self.rejections
         if path in ("/healthz", "/readyz", "/metrics"):
             if method not in ("GET", "HEAD"):
+                rejections.count(RejectionReason.METHOD_NOT_ALLOWED, detail=f"{method} {path}")
                 return _json(405, {"error": "method not allowed"}, {"Allow": "GET, HEAD"})
             if path == "/healthz":
                 return _json(200, {"status": "ok"})
@@ -222,10 +262,13 @@ class WebhookApp:
             if found is not None:
                 matches.append((route, found.groupdict()))
         if not matches:
+            rejections.count(RejectionReason.NOT_FOUND, detail=f"{method} {path}")
             return _json(404, {"error": "no webhook trigger at this path"})
         allowed = [(route, params) for route, params in matches if route.method == method]
         if not allowed:
             methods = ", ".join(sorted({route.method for route, _ in matches}))
+            only = matches[0][0].trigger_id if len(matches) == 1 else ""
+            rejections.count(RejectionReason.METHOD_NOT_ALLOWED, only, f"{method} {path}")
             return _json(405, {"error": "method not allowed"}, {"Allow": methods})
         # "/orders/new" beats "/orders/{id}": the fewest parameters wins
         route, params = min(allowed, key=lambda item: len(item[1]))
@@ -245,7 +288,7 @@ class WebhookApp:
             return _unavailable(route.retry_after, "webhook trigger is starting or stopping")
         route._enter()
         try:
-            return await _admit(route, emit, params, request, path)
+            return await _admit(route, emit, params, request, path, self.rejections)
         finally:
             route._leave()
 
@@ -256,30 +299,34 @@ async def _admit(
     params: dict[str, str],
     request: Request,
     path: str,
+    rejections: RequestRejections,
 ) -> Response:
     """Auth, body, identity, ``emit``: one request of an active route."""
     log_extra: dict[str, Any] = {"trigger": route.trigger_id, "source": "webhook", "path": path}
+    trigger_id = route.trigger_id
     headers = _headers(request)
     if route.auth is not None:
         failure = route.auth.check_headers(headers)
         if failure is not None:
-            return _refused(failure, log_extra)
+            return _refused(failure, trigger_id, rejections, log_extra)
     body = await _read_body(request, headers, route.max_body_bytes, log_extra)
+    if isinstance(body, _Refusal):
+        rejections.count(body.reason, trigger_id, body.detail)
+        return body.response
     if isinstance(body, Response):
         return body
     if route.auth is not None:
         failure = route.auth.check_body(headers, body)
         if failure is not None:
-            return _refused(failure, log_extra)
+            return _refused(failure, trigger_id, rejections, log_extra)
 
     key = headers.get("idempotency-key")
     if key is not None:
         key = key.strip()
         if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-            return _json(
-                400,
-                {"error": f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"},
-            )
+            error = f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+            rejections.count(RejectionReason.BAD_REQUEST, trigger_id, error)
+            return _json(400, {"error": error})
     query = request.scope.get("query_string", b"").decode("latin-1")
     identity = key or _body_identity(request.method, path, query, body)
     message_id = key or uuid.uuid4().hex
@@ -294,6 +341,14 @@ async def _admit(
         headers=headers,
         body=body,
     )
+
+    def keep_invalid() -> bool:  # asked by the pipeline only if the event is invalid
+        if route.take_dead_letter_slot():
+            return True
+        if route.dead_letter_invalid:
+            rejections.capped(trigger_id)
+        return False
+
     delivery = Delivery(
         payload=event,
         meta=EventMeta(
@@ -307,6 +362,7 @@ async def _admit(
         identity=identity,
         decoded=True,
         body=body,  # an envelope: a typed trigger method gets the body
+        keep_invalid=keep_invalid,
     )
     try:
         result = await emit(delivery)
@@ -317,6 +373,8 @@ async def _admit(
                 await route.report_error(exc)
         return _json(500, {"error": "internal error", "request_id": message_id})
     response = admission_response(result, retry_after=route.retry_after)
+    if result.outcome is AdmissionOutcome.INVALID:
+        rejections.count(RejectionReason.INVALID_BODY, trigger_id, result.error or "")
     logger.debug(
         "webhook request admitted: %s",
         result.outcome,
@@ -357,9 +415,25 @@ def _unavailable(retry_after: int, error: str) -> Response:
     return _json(503, {"error": error}, {"Retry-After": str(retry_after)})
 
 
-def _refused(failure: AuthFailure, log_extra: dict[str, Any]) -> Response:
+def _refused(
+    failure: AuthFailure,
+    trigger_id: str,
+    rejections: RequestRejections,
+    log_extra: dict[str, Any],
+) -> Response:
     logger.debug("webhook request refused: %s", failure.error, extra=log_extra)
+    reason = RejectionReason.UNAUTHORIZED if failure.status == 401 else RejectionReason.FORBIDDEN
+    rejections.count(reason, trigger_id, failure.error)
     return _json(failure.status, {"error": failure.error}, failure.headers)
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """A refused body: the response and how to count it."""
+
+    response: Response
+    reason: RejectionReason
+    detail: str
 
 
 class _BodyTooLarge(Response):
@@ -396,26 +470,30 @@ class _BodyTooLarge(Response):
 
 async def _read_body(
     request: Request, headers: Mapping[str, str], limit: int, log_extra: dict[str, Any]
-) -> bytes | Response:
+) -> bytes | _Refusal | Response:
     """The body, or the response refusing it; never holds more than ``limit`` + one chunk."""
+    too_large = f"body larger than max_body_bytes={limit}"
     declared = headers.get("content-length")
     if declared is not None:
         try:
             length = int(declared)
         except ValueError:
-            return _json(400, {"error": "invalid Content-Length header"})
+            error = "invalid Content-Length header"
+            return _Refusal(_json(400, {"error": error}), RejectionReason.BAD_REQUEST, error)
         if length > limit:
             logger.debug("webhook body refused by Content-Length", extra=log_extra)
             # with "Expect: 100-continue" the client waits for us and sends no body at all
             waits = "100-continue" in headers.get("expect", "").lower()
-            return _BodyTooLarge(limit, discard=not waits)
+            refusal = _BodyTooLarge(limit, discard=not waits)
+            return _Refusal(refusal, RejectionReason.TOO_LARGE, too_large)
     body = bytearray()
     try:
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
                 logger.debug("webhook body refused while streaming", extra=log_extra)
-                return _BodyTooLarge(limit, discard=True)
+                refusal = _BodyTooLarge(limit, discard=True)
+                return _Refusal(refusal, RejectionReason.TOO_LARGE, too_large)
     except ClientDisconnect:
         return _json(400, {"error": "client disconnected"})  # nobody reads it; ends the task
     return bytes(body)

@@ -5,6 +5,10 @@ holds it; uvicorn listens on ``TriggerConfig.webhook_host``/``webhook_port`` (po
 port, see :attr:`WebhookServer.port`) while anybody holds it, and stops with the last release.
 When the app was mounted in the host application (:meth:`WebhookServer.mount`), sagaz listens on
 no port of its own.
+
+uvicorn serves with :class:`~sagaz.sources.webhook.protocol.LimitedH11Protocol`: the
+``webhook_*`` limits of ``TriggerConfig`` (connections, requests in flight, header and body
+deadlines, header size and count, keep-alive) apply to the built-in server only.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import uvicorn
 from sagaz.config import TriggerConfig
 from sagaz.exceptions import SagazError
 from sagaz.sources.webhook.app import WebhookApp
+from sagaz.sources.webhook.protocol import LimitedConfig, ServerLimits
 
 __all__ = ["WebhookServer", "WebhookServerError"]
 
@@ -130,8 +135,10 @@ class WebhookServer:
         sock = await _listen(config.webhook_host, config.webhook_port)
         host, port = sock.getsockname()[:2]
         server = _EmbeddedUvicorn(
-            uvicorn.Config(
+            LimitedConfig(
                 self.app,
+                limits=ServerLimits.from_config(config),
+                rejections=self.app.rejections,
                 host=config.webhook_host,
                 port=port,
                 log_config=None,  # leave the host application's logging alone
@@ -164,6 +171,7 @@ class WebhookServer:
             raise
         finally:
             self._task = self._uvicorn = None
+            self.app.rejections.flush()
         if not task.cancelled() and task.exception() is not None:
             logger.error(
                 "webhook server failed while stopping",

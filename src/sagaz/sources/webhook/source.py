@@ -21,6 +21,12 @@ until :func:`create`):
 ``signature_header``  header of the ``sha256=<hex>`` signature; default ``X-Hub-Signature-256``
 ``max_body_bytes`` default 1 MiB; larger bodies get 413 and are never read whole
 ``retry_after``    seconds in the ``Retry-After`` header of a 503; default 1
+``dead_letter_invalid``  ``False`` (default): an invalid request (bad JSON, validation error,
+                   the trigger method raised) is answered 400, counted and logged, not stored;
+                   ``True``: it is also stored as a dead letter, within the cap below
+``dead_letter_invalid_limit``  at most this many such dead letters per window; default 100
+                   (more are counted in ``sagaz_webhook_invalid_dead_letters_capped_total``)
+``dead_letter_invalid_window``  the cap's window in seconds; default 60
 =================  ==========================================================================
 
 The trigger method receives a :class:`~sagaz.events.WebhookRequest`. The event's identity (its
@@ -39,7 +45,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from sagaz._imports import require_extra
-from sagaz.abc import Emit, Source, SourceContext
+from sagaz.abc import Emit, Source, SourceContext, SourceCounter
 from sagaz.exceptions import ConfigurationError
 from sagaz.sources.webhook.auth import DEFAULT_SIGNATURE_HEADER, BearerAuth, HmacAuth
 
@@ -49,6 +55,8 @@ if TYPE_CHECKING:
     from sagaz.sources.webhook.server import WebhookServer
 
 __all__ = [
+    "DEFAULT_DEAD_LETTER_INVALID_LIMIT",
+    "DEFAULT_DEAD_LETTER_INVALID_WINDOW",
     "DEFAULT_MAX_BODY_BYTES",
     "HTTP_METHODS",
     "OPTIONS",
@@ -77,6 +85,9 @@ OPTIONS = frozenset(
         "signature_header",
         "max_body_bytes",
         "retry_after",
+        "dead_letter_invalid",
+        "dead_letter_invalid_limit",
+        "dead_letter_invalid_window",
     }
 )
 REQUIRED = frozenset({"path"})
@@ -85,6 +96,10 @@ REQUIRED = frozenset({"path"})
 SHARED_KEY = "webhook"
 #: default ``max_body_bytes``: 1 MiB
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+#: default ``dead_letter_invalid_limit``: invalid requests kept per window and trigger
+DEFAULT_DEAD_LETTER_INVALID_LIMIT = 100
+#: default ``dead_letter_invalid_window``, in seconds
+DEFAULT_DEAD_LETTER_INVALID_WINDOW = 60.0
 #: paths the app answers itself; no trigger may use them
 RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -105,6 +120,9 @@ class WebhookOptions:
     signature_header: str = DEFAULT_SIGNATURE_HEADER
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     retry_after: int = 1
+    dead_letter_invalid: bool = False
+    dead_letter_invalid_limit: int = DEFAULT_DEAD_LETTER_INVALID_LIMIT
+    dead_letter_invalid_window: float = DEFAULT_DEAD_LETTER_INVALID_WINDOW
 
 
 def compile_path(path: str) -> re.Pattern[str]:
@@ -209,6 +227,34 @@ def parse_options(options: Mapping[str, Any]) -> WebhookOptions:
             f"webhook option retry_after={retry_after!r} must be a number of seconds >= 0"
         )
 
+    dead_letter_invalid = options.get("dead_letter_invalid", False)
+    if not isinstance(dead_letter_invalid, bool):
+        raise ValueError(
+            f"webhook option dead_letter_invalid={dead_letter_invalid!r} must be True or False"
+        )
+    limit = options.get("dead_letter_invalid_limit", DEFAULT_DEAD_LETTER_INVALID_LIMIT)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(
+            f"webhook option dead_letter_invalid_limit={limit!r} must be a positive int "
+            "(dead letters of invalid requests per window)"
+        )
+    window = options.get("dead_letter_invalid_window", DEFAULT_DEAD_LETTER_INVALID_WINDOW)
+    if (
+        not isinstance(window, int | float)
+        or isinstance(window, bool)
+        or not math.isfinite(window)
+        or window <= 0
+    ):
+        raise ValueError(
+            f"webhook option dead_letter_invalid_window={window!r} must be a number of seconds > 0"
+        )
+    capped = ("dead_letter_invalid_limit", "dead_letter_invalid_window")
+    if not dead_letter_invalid and any(name in options for name in capped):
+        raise ValueError(
+            "webhook options dead_letter_invalid_limit=/dead_letter_invalid_window= are set "
+            "but dead_letter_invalid is not; add dead_letter_invalid=True"
+        )
+
     return WebhookOptions(
         path=path,
         method=method.upper(),
@@ -218,6 +264,9 @@ def parse_options(options: Mapping[str, Any]) -> WebhookOptions:
         signature_header=signature_header,
         max_body_bytes=max_body_bytes,
         retry_after=math.ceil(retry_after),
+        dead_letter_invalid=dead_letter_invalid,
+        dead_letter_invalid_limit=limit,
+        dead_letter_invalid_window=float(window),
     )
 
 
@@ -257,6 +306,7 @@ def create(options: Mapping[str, Any], ctx: SourceContext) -> WebhookSource:
 
     server = webhook_server(ctx.shared)
     server.config = ctx.config
+    server.app.rejections.log_interval = ctx.config.webhook_rejection_log_seconds
     route = WebhookRoute(
         trigger_id=ctx.trigger_id,
         method=opts.method,
@@ -265,6 +315,9 @@ def create(options: Mapping[str, Any], ctx: SourceContext) -> WebhookSource:
         auth=_build_auth(opts, ctx),
         max_body_bytes=opts.max_body_bytes,
         retry_after=opts.retry_after,
+        dead_letter_invalid=opts.dead_letter_invalid,
+        dead_letter_invalid_limit=opts.dead_letter_invalid_limit,
+        dead_letter_invalid_window=opts.dead_letter_invalid_window,
         clock=ctx.clock,
         report_error=ctx.report_error,
     )
@@ -409,6 +462,26 @@ class WebhookSource(Source):
             "url": None if url is None else url + self.route.path,
             "mounted": self.server.mounted,
         }
+
+    def counters(self) -> Sequence[SourceCounter]:
+        """The shared server's refused requests, and invalid requests not dead-lettered."""
+        rejections = self.server.app.rejections
+        return (
+            SourceCounter(
+                "sagaz_webhook_requests_rejected",
+                "Requests the webhook server refused (answered 4xx or 503, never stored), "
+                "by reason and trigger.",
+                ("reason", "trigger"),
+                rejections.counts,
+            ),
+            SourceCounter(
+                "sagaz_webhook_invalid_dead_letters_capped",
+                "Invalid webhook requests not dead-lettered: the trigger's "
+                "dead_letter_invalid_limit was reached.",
+                ("trigger",),
+                {(trigger,): n for trigger, n in rejections.dead_letters_capped.items()},
+            ),
+        )
 
     def _on_server_failure(self, error: BaseException) -> None:
         self._failure = error
