@@ -173,16 +173,13 @@ class TriggerEngine(Lifecycle):
             worker_id=self.worker_id,
             report_error=functools.partial(self._report_source_error, active),
             shared=self.shared,
+            dead_letter_topic=active.dead_letter_topic,
         )
         if definition.poll_trigger is not None:
             return PollSource(definition.poll_trigger, ctx)
         if definition.push_source is not None:
             return definition.push_source
-        module = load_source_module(definition.source)
-        options = dict(definition.source_options)
-        if active.dead_letter_topic and "dead_letter_topic" not in options:
-            options["dead_letter_topic"] = active.dead_letter_topic
-        return module.create(options, ctx)
+        return load_source_module(definition.source).create(definition.source_options, ctx)
 
     async def _report_source_error(self, active: ActiveTrigger, error: BaseException) -> None:
         await self.settlement.report(active, error, None)

@@ -1,19 +1,15 @@
 """How the engine finds and builds a source for a ``@trigger(source=...)``.
 
-Each built-in source lives in its own module (``sagaz.sources.kafka.source``...) that exposes:
-
-* ``OPTIONS``: the ``@trigger`` options it accepts (besides the pipeline options),
-* ``REQUIRED``: the options it cannot do without,
-* ``validate(options)``: extra checks at class-definition time (raise ``ValueError``),
-  which must not import the broker driver,
-* ``create(options, ctx) -> Source``: build the source when the engine starts
-  (this is where the driver is imported, through :func:`sagaz._imports.require_extra`).
+Each built-in source lives in its own module (``sagaz.sources.kafka``...) that exposes
+``create(options, ctx) -> Source``: build the source when the engine starts, from the option
+model validated when the saga class was defined (``sagaz.triggers.options.OPTION_MODELS``).
+This is where the driver is imported, through :func:`sagaz._imports.require_extra`.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol, cast
@@ -21,29 +17,14 @@ from typing import Any, Protocol, cast
 from sagaz.abc import SagaStore, Source
 from sagaz.clock import Clock
 from sagaz.config import TriggerConfig
+from sagaz.triggers.options import SourceOptions
 
 __all__ = [
-    "PIPELINE_OPTIONS",
     "SOURCE_MODULES",
     "SourceContext",
     "SourceModule",
     "load_source_module",
 ]
-
-#: options handled by the pipeline for every source
-PIPELINE_OPTIONS = frozenset(
-    {
-        "idempotency_key",
-        "concurrency_key",
-        "max_concurrent_sagas",
-        "rate_limit_per_second",
-        "max_retries",
-        "retry_backoff_seconds",
-        "dead_letter_topic",
-        "persist_events",
-        "enabled",
-    }
-)
 
 SOURCE_MODULES: dict[str, str] = {
     "memory": "sagaz.sources.memory",
@@ -72,21 +53,17 @@ class SourceContext:
     report_error: Callable[[BaseException], Awaitable[None]]
     #: per-engine shared resources (e.g. the one webhook server of all webhook triggers)
     shared: dict[str, Any] = field(default_factory=dict)
+    #: where a broker source publishes dead letters: the trigger's ``dead_letter_topic``,
+    #: else ``TriggerConfig.dead_letter_topic`` (resolved by the engine); ``None``: nowhere
+    dead_letter_topic: str | None = None
 
 
 class SourceModule(Protocol):
     """The shape of a source module (see the module docstring)."""
 
-    OPTIONS: frozenset[str]
-    REQUIRED: frozenset[str]
-
-    def validate(self, options: Mapping[str, Any]) -> None:
-        """Check the trigger's options at class definition; raise ``ValueError`` naming the
-        option and what to fix."""
-        ...
-
-    def create(self, options: Mapping[str, Any], ctx: SourceContext) -> Source:
-        """Build the source of one trigger (drivers are imported here, not at import time)."""
+    def create(self, options: SourceOptions, ctx: SourceContext) -> Source:
+        """Build the source of one trigger from its validated options (its kind's model in
+        ``OPTION_MODELS``); drivers are imported here, not at import time."""
         ...
 
 

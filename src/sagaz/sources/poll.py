@@ -7,25 +7,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from sagaz.abc import Emit, Source
 from sagaz.engine.loading import SourceContext
 from sagaz.events import Delivery, EventMeta
 from sagaz.records import TriggerScheduleRecord
+from sagaz.triggers.options.custom import CustomOptions
 from sagaz.triggers.poll import Fire, Trigger
 
-__all__ = ["OPTIONS", "REQUIRED", "PollSource", "create", "validate"]
+__all__ = ["PollSource", "create"]
 
 logger = logging.getLogger(__name__)
-
-OPTIONS: frozenset[str] = frozenset()
-REQUIRED: frozenset[str] = frozenset()
-
-
-def validate(options: Mapping[str, Any]) -> None:
-    """Nothing beyond ``trigger=`` (checked by the registry)."""
 
 
 class PollSource(Source):
@@ -111,6 +104,6 @@ class PollSource(Source):
         }
 
 
-def create(options: Mapping[str, Any], ctx: SourceContext) -> Source:
+def create(options: CustomOptions, ctx: SourceContext) -> Source:
     """Not used directly: the engine builds custom sources from the trigger definition."""
     raise NotImplementedError("custom sources are built by the engine from trigger=")

@@ -1,5 +1,5 @@
 """The webhook source (starlette + uvicorn): the source, the shared app, server and auth."""
 
-from sagaz.sources.webhook.source import OPTIONS, REQUIRED, WebhookSource, create, validate
+from sagaz.sources.webhook.source import WebhookSource, create
 
-__all__ = ["OPTIONS", "REQUIRED", "WebhookSource", "create", "validate"]
+__all__ = ["WebhookSource", "create"]
