@@ -32,6 +32,7 @@ class SourceOptions(BaseModel):
     def describe(self) -> dict[str, Any]:
         """The options the trigger sets, without secrets (for listings and logs).
 
+        >>> from sagaz.triggers.options import SQSOptions
         >>> SQSOptions(queue_url="q", aws_access_key_id="id", aws_secret_access_key="s").describe()
         {'queue_url': 'q', 'aws_access_key_id': 'id'}
         """

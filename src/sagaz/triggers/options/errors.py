@@ -22,7 +22,7 @@ import annotated_types
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-__all__ = ["explain", "unknown_options"]
+__all__ = ["explain"]
 
 
 def explain(
@@ -64,14 +64,14 @@ def explain(
             )
     messages: list[str] = []
     if unknown:
-        messages.append(unknown_options(unknown, [*model.model_fields, *accepted]))
+        messages.append(_unknown(unknown, [*model.model_fields, *accepted]))
     if missing:
         messages.append(_missing(missing, model))
     messages.extend(problems.values())
     return messages
 
 
-def unknown_options(unknown: Iterable[str], accepted: Iterable[str]) -> str:
+def _unknown(unknown: Iterable[str], accepted: Iterable[str]) -> str:
     """``unknown option(s) [...]``, with a close match when there is one, and the accepted list."""
     names, allowed = sorted(unknown), sorted(set(accepted))
     hints = [
