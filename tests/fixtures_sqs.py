@@ -89,7 +89,7 @@ def sqs_client_options(endpoint: str) -> dict[str, Any]:
 
 
 def sqs_source_options(endpoint: str) -> dict[str, Any]:
-    """The ``SQSSource`` keyword arguments that point it at the test endpoint."""
+    """The ``SQSOptions`` fields (``@trigger`` options) that point a source at the test endpoint."""
     return {
         "endpoint_url": endpoint,
         "region": SQS_REGION,

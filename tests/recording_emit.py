@@ -83,20 +83,26 @@ def source_context(
     errors: list[BaseException] | None = None,
     **config: Any,
 ) -> SourceContext:
-    """A :class:`SourceContext` as the engine would build it; reported errors go to ``errors``."""
+    """A :class:`SourceContext` as the engine would build it; reported errors go to ``errors``.
+
+    ``config`` holds ``TriggerConfig`` fields; its ``dead_letter_topic`` becomes the context's,
+    as for a trigger without a ``dead_letter_topic`` of its own.
+    """
     reported = errors if errors is not None else []
 
     async def report_error(exc: BaseException) -> None:
         reported.append(exc)
 
+    trigger_config = TriggerConfig(**config)
     return SourceContext(
         trigger_id=trigger_id,
         saga_name=trigger_id.split(".", 1)[0],
-        config=TriggerConfig(**config),
+        config=trigger_config,
         store=MemorySagaStore(),
         clock=SystemClock(),
         worker_id="test-worker",
         report_error=report_error,
+        dead_letter_topic=trigger_config.dead_letter_topic,
     )
 
 

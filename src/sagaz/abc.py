@@ -313,6 +313,9 @@ class SourceContext:
     #: the engine's metrics in the Prometheus text format and their content type, for a source
     #: that serves HTTP (the webhook's ``GET /metrics``); ``None`` without the ``metrics`` extra
     metrics_renderer: Callable[[], tuple[bytes, str]] | None = None
+    #: where a broker source publishes dead letters: the trigger's ``dead_letter_topic``,
+    #: else ``TriggerConfig.dead_letter_topic`` (resolved by the engine); ``None``: nowhere
+    dead_letter_topic: str | None = None
 
 
 class Publisher(Lifecycle, ABC):

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from sagaz.abc import Source
 from sagaz.engine.loading import load_source_module
 from sagaz.events import Delivery
+from sagaz.triggers.options import parse_trigger_options
 from tests.recording_emit import source_context
 from tests.services import unique_name
 
@@ -73,10 +74,12 @@ class Backend(ABC):
         return {}
 
     def make_source(self, **options: Any) -> Source:
-        """A new source on the same queue/topic/stream, built as the engine builds it."""
-        module = load_source_module(self.kind)
+        """A new source on the same queue/topic/stream, built as the engine builds it: from
+        the validated ``@trigger`` options, with the dead-letter topic in the context."""
+        pipeline, source_options = parse_trigger_options(self.kind, {**self.options(), **options})
         ctx = source_context(self.trigger_id, self.errors, **self.config())
-        return module.create({**self.options(), **options}, ctx)
+        ctx.dead_letter_topic = pipeline.dead_letter_topic or ctx.config.dead_letter_topic
+        return load_source_module(self.kind).create(source_options, ctx)
 
     @abstractmethod
     async def outstanding(self) -> int:

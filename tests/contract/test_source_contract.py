@@ -20,6 +20,7 @@ from sagaz.abc import Source
 from sagaz.engine.loading import SOURCE_MODULES, load_source_module
 from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
+from sagaz.triggers.options import OPTION_MODELS
 from tests.contract.source_backends import DRIVERS, Backend, open_backend
 from tests.recording_emit import (
     RecordingEmit,
@@ -199,7 +200,7 @@ def test_a_missing_driver_names_the_extra_to_install(
         monkeypatch.setitem(sys.modules, name, None)
     module = load_source_module(kind)
     with pytest.raises(MissingExtraError, match=rf'pip install "sagaz\[{driver.extra}\]"'):
-        module.create(driver.offline_options, source_context())
+        module.create(OPTION_MODELS[kind].model_validate(driver.offline_options), source_context())
 
 
 def test_every_redeliverable_built_in_source_is_in_this_suite() -> None:

@@ -15,6 +15,7 @@ from sagaz.sources import cron
 from sagaz.sources.cron import CronSource
 from sagaz.storage.postgres import PostgresSagaStore
 from sagaz.testing.clock import FakeClock
+from sagaz.triggers.options import CronOptions
 from tests.recording_emit import RecordingEmit, eventually, source_context, stop_intake
 from tests.services import unique_name
 
@@ -54,7 +55,7 @@ def make_source(
 ) -> CronSource:
     ctx = source_context(trigger_id)
     ctx.clock, ctx.store, ctx.worker_id = clock, store, worker
-    return cron.create(options, ctx)
+    return cron.create(CronOptions.model_validate(options), ctx)
 
 
 @contextlib.asynccontextmanager

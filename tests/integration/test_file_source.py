@@ -17,6 +17,7 @@ import pytest
 from sagaz.events import FileEvent
 from sagaz.sources import file as file_source
 from sagaz.sources.file import FileSource
+from sagaz.triggers.options import FileOptions, parse_trigger_options
 from tests.recording_emit import RecordingEmit, consuming, eventually, source_context
 
 pytest.importorskip("watchfiles")
@@ -31,7 +32,7 @@ async def watching(
     """Run a file source on ``path``; by default wait until its watch is live."""
     options.setdefault("settle_ms", SETTLE_MS)
     ctx = source_context("imports.on_file", errors=errors)
-    source = file_source.create({"path": str(path), **options}, ctx)
+    source = file_source.create(FileOptions(path=path, **options), ctx)
     emit = RecordingEmit()
     async with consuming(source, emit):
         if ready:
@@ -220,7 +221,7 @@ async def test_force_polling(tmp_path: Path) -> None:
 
 async def test_stopping_is_prompt(tmp_path: Path) -> None:
     ctx = source_context("imports.on_file")
-    source = file_source.create({"path": str(tmp_path)}, ctx)
+    source = file_source.create(FileOptions(path=tmp_path), ctx)
     task = asyncio.create_task(source.run(RecordingEmit()))
     await asyncio.wait_for(source.ready.wait(), timeout=10)
     task.cancel()
@@ -237,18 +238,19 @@ def test_importing_the_module_does_not_import_watchfiles() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({}, "path=None"),
-        ({"path": "/x", "event_type": "renamed"}, "event_type='renamed'"),
-        ({"path": "/x", "settle_ms": -1}, "settle_ms=-1"),
-        ({"path": "/x", "pattern": ""}, "pattern=''"),
-        ({"path": "/x", "recursive": "yes"}, "recursive='yes'"),
-        ({"path": "/x", "force_polling": 1}, "force_polling=1"),
+        ({}, r"missing required option\(s\) \['path'\]"),
+        ({"path": None}, "path=None must be the directory to watch"),
+        ({"path": "/x", "event_type": "renamed"}, "event_type='renamed' must be one of"),
+        ({"path": "/x", "settle_ms": -1}, "settle_ms=-1 must be an integer >= 0"),
+        ({"path": "/x", "pattern": ""}, "pattern='' must be a non-empty string .*glob"),
+        ({"path": "/x", "recursive": "yes"}, "recursive='yes' must be True or False"),
+        ({"path": "/x", "force_polling": 1}, "force_polling=1 must be True or False"),
         ({"path": "/x", "event_type": "deleted", "process_existing": True}, "process_existing"),
     ],
 )
 def test_bad_options_are_rejected_naming_the_option(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        file_source.validate(options)
+        parse_trigger_options("file", options)
 
 
 def test_a_saga_with_a_bad_file_option_fails_at_class_definition() -> None:

@@ -24,6 +24,7 @@ from sagaz.records import DeadLetterRecord
 from sagaz.sources.kafka import source as kafka
 from sagaz.sources.kafka.source import KafkaSource
 from sagaz.storage.memory import MemorySagaStore
+from sagaz.triggers.options import KafkaOptions
 from tests.fixtures_kafka import TansuBroker
 from tests.services import unique_name
 
@@ -71,14 +72,16 @@ def make_ctx(
     async def report_error(exc: BaseException) -> None:
         errors.append(exc)
 
+    trigger_config = TriggerConfig(kafka_bootstrap_servers=bootstrap, **config)
     ctx = SourceContext(
         trigger_id=trigger_id,
         saga_name="orders",
-        config=TriggerConfig(kafka_bootstrap_servers=bootstrap, **config),
+        config=trigger_config,
         store=MemorySagaStore(),
         clock=SystemClock(),
         worker_id="worker-1",
         report_error=report_error,
+        dead_letter_topic=trigger_config.dead_letter_topic,  # as the engine resolves it
     )
     return ctx, errors
 
@@ -125,7 +128,8 @@ async def committed(bootstrap: str, group: str, topic: str, partitions: int = 3)
 
 
 def source_for(ctx: SourceContext, topic: str, group: str, **options: Any) -> KafkaSource:
-    return kafka.create({"topic": topic, "group_id": group, **FAST, **options}, ctx)
+    fields = {"topic": topic, "group_id": group, **FAST, **options}
+    return kafka.create(KafkaOptions.model_validate(fields), ctx)
 
 
 async def test_delivers_every_message_with_meta_then_commits_them(
@@ -340,7 +344,7 @@ async def test_broker_outage_is_reported_and_stop_stays_bounded(
 
 async def test_unreachable_broker_is_reported_and_retried() -> None:
     ctx, errors = make_ctx("127.0.0.1:1")  # nothing listens on port 1
-    source = kafka.create({"topic": "orders", **FAST}, ctx)
+    source = kafka.create(KafkaOptions(topic="orders", **FAST), ctx)
     async with running(source, Recorder()):
         await wait_until(lambda: len(errors) >= 2, what="two reported connection failures")
     assert all(isinstance(exc, KafkaConnectionError) for exc in errors), errors
@@ -352,8 +356,8 @@ async def test_missing_aiokafka_names_the_extra(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, "aiokafka", None)
     ctx, _ = make_ctx("127.0.0.1:9092")
     with pytest.raises(MissingExtraError, match=r'pip install "sagaz\[kafka\]"'):
-        kafka.create({"topic": "orders"}, ctx)
-    source = KafkaSource({"topic": "orders"}, ctx)
+        kafka.create(KafkaOptions(topic="orders"), ctx)
+    source = KafkaSource(KafkaOptions(topic="orders"), ctx)
     with pytest.raises(MissingExtraError, match=r'pip install "sagaz\[kafka\]"'):
         await source.start()
 

@@ -20,6 +20,7 @@ from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
 from sagaz.sources import rabbitmq
 from sagaz.sources.rabbitmq import RabbitMQSource
+from sagaz.triggers.options import RabbitMQOptions, parse_trigger_options
 from tests.recording_emit import (
     RecordingEmit,
     consuming,
@@ -104,9 +105,15 @@ async def broker(rabbitmq_url: str) -> AsyncIterator[Broker]:
         await connection.close()
 
 
-def make_source(broker: Broker, queue: str, **options: Any) -> RabbitMQSource:
-    ctx = source_context(unique_name("saga") + ".on_event", rabbitmq_url=broker.url)
-    return rabbitmq.create({"queue": queue, **options}, ctx)
+def make_source(
+    broker: Broker, queue: str, dead_letter_topic: str | None = None, **options: Any
+) -> RabbitMQSource:
+    ctx = source_context(
+        unique_name("saga") + ".on_event",
+        rabbitmq_url=broker.url,
+        dead_letter_topic=dead_letter_topic,
+    )
+    return rabbitmq.create(RabbitMQOptions(queue=queue, **options), ctx)
 
 
 def bodies(count: int, prefix: str = "m") -> list[bytes]:
@@ -297,9 +304,7 @@ async def test_reconnects_after_the_broker_drops_the_connection(broker: Broker) 
     errors: list[BaseException] = []
     ctx = source_context(unique_name("saga") + ".on_event", errors, rabbitmq_url=broker.url)
     # aio-pika's reconnect loop naps reconnect_interval (default 5 s) after each connect
-    source = RabbitMQSource(
-        queue, url=broker.url, trigger_id=ctx.trigger_id, ctx=ctx, reconnect_interval=0.2
-    )
+    source = RabbitMQSource(RabbitMQOptions(queue=queue), ctx, reconnect_interval=0.2)
     async with consuming(source, emit):
         deliveries = await emit.wait_for(50)
         for delivery in deliveries[:40]:
@@ -327,7 +332,7 @@ async def test_reconnects_after_the_broker_drops_the_connection(broker: Broker) 
 
 def test_identity_is_the_body_hash_without_a_message_id() -> None:
     # aio-pika/aiormq always set a message_id when publishing, so this needs a stand-in
-    source = RabbitMQSource("orders", trigger_id="t.on_order")
+    source = RabbitMQSource(RabbitMQOptions(queue="orders"), source_context("t.on_order"))
     message = SimpleNamespace(
         body=b'{"id": 1}',
         message_id=None,
@@ -345,7 +350,7 @@ def test_identity_is_the_body_hash_without_a_message_id() -> None:
 def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "aio_pika", None)
     with pytest.raises(MissingExtraError, match=r'pip install "sagaz\[rabbitmq\]"'):
-        rabbitmq.create({"queue": "q"}, source_context())
+        rabbitmq.create(RabbitMQOptions(queue="q"), source_context())
 
 
 def test_importing_the_module_does_not_import_the_driver() -> None:
@@ -356,13 +361,28 @@ def test_importing_the_module_does_not_import_the_driver() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"queue": ""}, "queue"),
-        ({"queue": "q", "routing_key": "a.*"}, "needs exchange"),
-        ({"queue": "q", "exchange": "x", "exchange_type": "fan"}, "exchange_type"),
-        ({"queue": "q", "prefetch": 0}, "prefetch"),
+        ({"queue": ""}, "queue='' must be a non-empty string"),
+        ({"queue": "q", "routing_key": "a.*"}, "routing_key needs exchange"),
+        ({"queue": "q", "exchange": "x", "exchange_type": "fan"}, "exchange_type='fan' must be"),
+        ({"queue": "q", "exchange": "x", "routing_key": []}, "routing_key=\\[\\] must be"),
+        ({"queue": "q", "prefetch": 0}, "prefetch=0 must be an integer in 1..65535"),
         ({"queue": "q", "url": "http://x"}, "amqp://"),
+        ({"queue": "q", "durable": "yes"}, "durable='yes' must be True or False"),
     ],
 )
-def test_validate_rejects_bad_options(options: dict[str, Any], message: str) -> None:
+def test_bad_options_are_explained(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        rabbitmq.validate(options)
+        parse_trigger_options("rabbitmq", options)
+
+
+def test_create_takes_defaults_from_options_and_config() -> None:
+    ctx = source_context(
+        rabbitmq_url="amqp://u:p@broker:5672/", queue_size=10, dead_letter_topic="dlq"
+    )
+    source = rabbitmq.create(RabbitMQOptions(queue="q", exchange="x"), ctx)
+    assert (source.url, source.prefetch, source.dead_letter_topic) == (
+        "amqp://u:p@broker:5672/",
+        10,
+        "dlq",
+    )
+    assert (source.exchange_type, source.routing_keys, source.durable) == ("topic", ("#",), True)

@@ -17,6 +17,7 @@ from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
 from sagaz.sources import redis as redis_source
 from sagaz.sources.redis import RedisStreamSource
+from sagaz.triggers.options import RedisOptions, parse_trigger_options
 from tests.recording_emit import (
     RecordingEmit,
     consuming,
@@ -71,9 +72,15 @@ async def streams(redis_url: str) -> AsyncIterator[Streams]:
         await client.aclose()
 
 
-def make_source(streams: Streams, stream: str, **options: Any) -> RedisStreamSource:
-    ctx = source_context(unique_name("saga") + ".on_event", redis_url=streams.url)
-    return redis_source.create({"stream": stream, "consumer_group": GROUP, **options}, ctx)
+def make_source(
+    streams: Streams, stream: str, dead_letter_topic: str | None = None, **options: Any
+) -> RedisStreamSource:
+    ctx = source_context(
+        unique_name("saga") + ".on_event",
+        redis_url=streams.url,
+        dead_letter_topic=dead_letter_topic,
+    )
+    return redis_source.create(RedisOptions(stream=stream, consumer_group=GROUP, **options), ctx)
 
 
 def payloads(count: int, prefix: str = "m") -> list[bytes]:
@@ -299,7 +306,7 @@ async def test_recreates_a_vanished_group(streams: Streams) -> None:
     stream = streams.name()
     errors: list[BaseException] = []
     ctx = source_context(unique_name("saga") + ".on_event", errors, redis_url=streams.url)
-    source = redis_source.create({"stream": stream, "consumer_group": GROUP}, ctx)
+    source = redis_source.create(RedisOptions(stream=stream, consumer_group=GROUP), ctx)
     await source.start()
     emit = RecordingEmit(auto_ack=True)
     async with consuming(source, emit):
@@ -319,7 +326,7 @@ async def test_recreates_a_vanished_group(streams: Streams) -> None:
 async def test_unreachable_redis_is_reported_and_retried() -> None:
     errors: list[BaseException] = []
     ctx = source_context("saga.on_event", errors, redis_url="redis://127.0.0.1:1/0")
-    source = redis_source.create({"stream": "s"}, ctx)
+    source = redis_source.create(RedisOptions(stream="s"), ctx)
     emit = RecordingEmit()
     async with consuming(source, emit) as task:
         await eventually(lambda: len(errors) >= 2, what="two reported connection failures")
@@ -330,7 +337,7 @@ async def test_unreachable_redis_is_reported_and_retried() -> None:
 def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(MissingExtraError, match=r'pip install "sagaz\[redis\]"'):
-        redis_source.create({"stream": "s"}, source_context())
+        redis_source.create(RedisOptions(stream="s"), source_context())
 
 
 def test_importing_the_module_does_not_import_the_driver() -> None:
@@ -339,23 +346,29 @@ def test_importing_the_module_does_not_import_the_driver() -> None:
 
 
 def test_defaults_come_from_the_trigger_and_the_process() -> None:
-    source = redis_source.create({"stream": "s"}, source_context("orders.on_order"))
+    source = redis_source.create(RedisOptions(stream="s"), source_context("orders.on_order"))
     assert source.consumer_group == "orders.on_order"
-    other = redis_source.create({"stream": "s"}, source_context("orders.on_order"))
+    other = redis_source.create(RedisOptions(stream="s"), source_context("orders.on_order"))
     assert source.consumer != other.consumer  # unique per process and instance
     assert (source.claim_idle_ms, source.start_id) == (60_000, "$")
+    assert (source.url, source.batch_size, source.block_ms) == (
+        "redis://localhost:6379/0",
+        100,
+        1000,
+    )
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"stream": ""}, "stream"),
-        ({"stream": "s", "start_id": "1"}, "start_id"),
-        ({"stream": "s", "claim_idle_ms": 0}, "claim_idle_ms"),
-        ({"stream": "s", "batch_size": True}, "batch_size"),
+        ({"stream": ""}, "stream='' must be a non-empty string"),
+        ({"stream": "s", "consumer_group": ""}, "consumer_group='' must be a non-empty string"),
+        ({"stream": "s", "start_id": "1"}, "start_id='1' must be one of '\\$', '0'"),
+        ({"stream": "s", "claim_idle_ms": 0}, "claim_idle_ms=0 must be an integer >= 1"),
+        ({"stream": "s", "batch_size": True}, "batch_size=True must be an integer >= 1"),
         ({"stream": "s", "url": "http://x"}, "redis://"),
     ],
 )
-def test_validate_rejects_bad_options(options: dict[str, Any], message: str) -> None:
+def test_bad_options_are_explained(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        redis_source.validate(options)
+        parse_trigger_options("redis", options)

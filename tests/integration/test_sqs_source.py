@@ -16,6 +16,7 @@ from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
 from sagaz.sources.sqs import source as sqs
 from sagaz.sources.sqs.source import SQSSource
+from sagaz.triggers.options import SQSOptions, parse_trigger_options
 from tests.fixtures_sqs import sqs_source_options
 from tests.recording_emit import (
     RecordingEmit,
@@ -35,16 +36,16 @@ def make_source(
     endpoint: str,
     queue_url: str,
     errors: list[BaseException] | None = None,
+    dead_letter_topic: str | None = None,
     **options: Any,
 ) -> SQSSource:
-    options.setdefault("wait_time", 1)
-    return SQSSource(
-        queue_url,
-        **sqs_source_options(endpoint),
-        trigger_id="test-saga.on_event",
-        ctx=source_context(errors=errors),
-        **options,
-    )
+    """A source on ``queue_url``; ``options`` are ``SQSOptions`` fields or ``SQSSource``
+    keyword arguments (``flush_interval``...)."""
+    fields = {"queue_url": queue_url, "wait_time": 1, **sqs_source_options(endpoint)}
+    fields |= {k: v for k, v in options.items() if k in SQSOptions.model_fields}
+    tuning = {k: v for k, v in options.items() if k not in SQSOptions.model_fields}
+    ctx = source_context(errors=errors, dead_letter_topic=dead_letter_topic)
+    return SQSSource(SQSOptions.model_validate(fields), ctx, **tuning)
 
 
 async def send(client: Any, queue_url: str, bodies: list[str], **attributes: str) -> list[str]:
@@ -378,13 +379,13 @@ def test_missing_extra_names_the_install(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.setitem(sys.modules, module, None)
     ctx = source_context()
     with pytest.raises(MissingExtraError, match=r'pip install "sagaz\[sqs\]"'):
-        sqs.create({"queue_url": "https://sqs.example/1/q"}, ctx)
+        sqs.create(SQSOptions(queue_url="https://sqs.example/1/q"), ctx)
 
 
 async def test_missing_extra_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     for module in ("aiobotocore", "aiobotocore.session", "aiobotocore.config"):
         monkeypatch.setitem(sys.modules, module, None)
-    source = SQSSource("https://sqs.example/1/q")
+    source = SQSSource(SQSOptions(queue_url="https://sqs.example/1/q"), source_context())
     with pytest.raises(MissingExtraError, match=r'pip install "sagaz\[sqs\]"'):
         await source.start()
 
@@ -392,32 +393,33 @@ async def test_missing_extra_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({}, "queue_url"),
-        ({"queue_url": "q", "wait_time": 21}, "wait_time"),
-        ({"queue_url": "q", "max_messages": 11}, "max_messages"),
-        ({"queue_url": "q", "max_messages": 0}, "max_messages"),
-        ({"queue_url": "q", "visibility_timeout": 0}, "visibility_timeout"),
-        ({"queue_url": "q", "visibility_timeout": True}, "visibility_timeout"),
-        ({"queue_url": "q", "endpoint_url": "localhost:4566"}, "endpoint_url"),
+        ({}, r"missing required option\(s\) \['queue_url'\]"),
+        ({"queue_url": "q", "wait_time": 21}, "wait_time=21 must be an integer in 0..20"),
+        ({"queue_url": "q", "max_messages": 11}, "max_messages=11 must be an integer in 1..10"),
+        ({"queue_url": "q", "max_messages": 0}, "max_messages=0 must be an integer in 1..10"),
+        ({"queue_url": "q", "visibility_timeout": 0}, "visibility_timeout=0 must be an integer"),
+        ({"queue_url": "q", "visibility_timeout": True}, "visibility_timeout=True must be"),
+        ({"queue_url": "q", "endpoint_url": "localhost:4566"}, "endpoint_url must be an http"),
         ({"queue_url": "q", "aws_access_key_id": "a"}, "go together"),
+        ({"queue_url": "q", "region": ""}, "region='' must be a non-empty string"),
     ],
 )
-def test_validate_rejects_bad_options(options: dict[str, Any], message: str) -> None:
+def test_bad_options_are_explained(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        sqs.validate(options)
+        parse_trigger_options("sqs", options)
 
 
 def test_create_takes_defaults_from_config() -> None:
     ctx = source_context(
         sqs_endpoint_url="http://127.0.0.1:4566", sqs_region="eu-west-1", dead_letter_topic="dlq"
     )
-    source = sqs.create({"queue_url": "orders"}, ctx)
+    source = sqs.create(SQSOptions(queue_url="orders"), ctx)
     assert (source.endpoint_url, source.region) == ("http://127.0.0.1:4566", "eu-west-1")
     assert source.dead_letter_topic == "dlq"
     assert (source.visibility_timeout, source.wait_time, source.max_messages) == (30, 20, 10)
     assert source.kind == "sqs"
     assert source.redeliverable is True
-    small = sqs.create({"queue_url": "orders"}, source_context(queue_size=4))
+    small = sqs.create(SQSOptions(queue_url="orders"), source_context(queue_size=4))
     assert small.max_messages == 4  # never more un-emitted messages than the queue holds
 
 

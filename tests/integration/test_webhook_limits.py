@@ -22,13 +22,14 @@ import pytest
 from pydantic import BaseModel, Field
 
 from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
+from sagaz.abc import SourceContext
 from sagaz.clock import SystemClock
 from sagaz.engine.engine import TriggerEngine
-from sagaz.engine.loading import SourceContext
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery
 from sagaz.sources.webhook import source as webhook
 from sagaz.sources.webhook.server import WebhookServer
 from sagaz.storage.memory import MemorySagaStore
+from sagaz.triggers.options import WebhookOptions
 from tests.recording_emit import eventually
 from tests.services import unique_name
 
@@ -80,7 +81,7 @@ async def serving(emit: Gate, **limits: Any) -> AsyncIterator[Served]:
         report_error=report_error,
         shared=shared,
     )
-    source = webhook.create({"path": "/orders"}, ctx)
+    source = webhook.create(WebhookOptions(path="/orders"), ctx)
     task = asyncio.create_task(source.run(emit))
     try:
         await eventually(lambda: source.server.app.ready, what="the webhook route")

@@ -42,6 +42,7 @@ from sagaz.sources.webhook import app as webhook_app
 from sagaz.sources.webhook import source as webhook
 from sagaz.sources.webhook.auth import sign_body
 from sagaz.sources.webhook.server import WebhookServer, WebhookServerError
+from sagaz.triggers.options import WebhookOptions
 
 try:
     from sagaz.storage import MemorySagaStore
@@ -108,6 +109,11 @@ def make_ctx(
     )
 
 
+def create_source(options: dict[str, Any], ctx: SourceContext) -> webhook.WebhookSource:
+    """Build a webhook source as the engine does: from the validated ``@trigger`` options."""
+    return webhook.create(WebhookOptions.model_validate(options), ctx)
+
+
 def unique_trigger(name: str = "hook") -> str:
     return f"webhook-test-{uuid.uuid4().hex[:8]}.{name}"
 
@@ -132,7 +138,7 @@ async def serving(
     shared: dict[str, Any] = {}
     errors: list[BaseException] = []
     sources = [
-        webhook.create(options, make_ctx(shared, unique_trigger(f"r{i}"), errors, config))
+        create_source(options, make_ctx(shared, unique_trigger(f"r{i}"), errors, config))
         for i, options in enumerate(routes)
     ]
     tasks = [asyncio.create_task(source.run(emit)) for source in sources]
@@ -569,8 +575,8 @@ async def test_webhook_413_arrives_before_the_upload_ends(monkeypatch: pytest.Mo
 async def test_webhook_healthz_readyz_follow_the_routes() -> None:
     shared: dict[str, Any] = {}
     errors: list[BaseException] = []
-    running_source = webhook.create({"path": "/a"}, make_ctx(shared, unique_trigger("a"), errors))
-    idle_source = webhook.create({"path": "/b"}, make_ctx(shared, unique_trigger("b"), errors))
+    running_source = create_source({"path": "/a"}, make_ctx(shared, unique_trigger("a"), errors))
+    idle_source = create_source({"path": "/b"}, make_ctx(shared, unique_trigger("b"), errors))
     emit = FakeEmit()
     task = asyncio.create_task(running_source.run(emit))
     server = webhook.webhook_server(shared)
@@ -636,7 +642,7 @@ async def test_webhook_server_stops_with_its_last_source() -> None:
 
 async def test_webhook_server_dying_fails_run_and_restart_serves_again() -> None:
     shared: dict[str, Any] = {}
-    source = webhook.create({"path": "/r"}, make_ctx(shared, unique_trigger(), []))
+    source = create_source({"path": "/r"}, make_ctx(shared, unique_trigger(), []))
     server = webhook.webhook_server(shared)
     emit = FakeEmit()
     await source.start()  # what the engine does before spawning run(): the port is bound now
@@ -667,7 +673,7 @@ async def test_webhook_port_in_use_is_a_clear_error() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         config = TriggerConfig(webhook_port=port)
-        source = webhook.create({"path": "/x"}, make_ctx({}, unique_trigger(), [], config))
+        source = create_source({"path": "/x"}, make_ctx({}, unique_trigger(), [], config))
         with pytest.raises(WebhookServerError, match="SAGAZ_WEBHOOK_PORT") as excinfo:
             await source.run(FakeEmit())
     assert str(port) in str(excinfo.value)
@@ -678,7 +684,7 @@ async def test_webhook_port_in_use_is_a_clear_error() -> None:
 async def test_webhook_app_mounted_under_a_prefix_in_a_parent_app() -> None:
     shared: dict[str, Any] = {}
     parent = Starlette(routes=[Mount("/hooks", app=webhook.webhook_app(shared))])
-    source = webhook.create(
+    source = create_source(
         {"path": "/orders/{order_id}", "auth": "bearer", "tokens": "t0k"},
         make_ctx(shared, unique_trigger(), []),
     )
@@ -717,10 +723,10 @@ async def test_webhook_app_mounted_under_a_prefix_in_a_parent_app() -> None:
 def test_webhook_same_method_and_path_twice_names_both_triggers() -> None:
     shared: dict[str, Any] = {}
     first, second = unique_trigger("first"), unique_trigger("second")
-    webhook.create({"path": "/orders/{order_id}"}, make_ctx(shared, first, []))
-    webhook.create({"path": "/orders/{order_id}", "method": "PUT"}, make_ctx(shared, first, []))
+    create_source({"path": "/orders/{order_id}"}, make_ctx(shared, first, []))
+    create_source({"path": "/orders/{order_id}", "method": "PUT"}, make_ctx(shared, first, []))
     with pytest.raises(ConfigurationError) as excinfo:
-        webhook.create({"path": "/orders/{id}"}, make_ctx(shared, second, []))
+        create_source({"path": "/orders/{id}"}, make_ctx(shared, second, []))
     message = str(excinfo.value)
     assert first in message
     assert second in message
@@ -741,7 +747,7 @@ def test_webhook_auth_without_credentials_fails_at_create(
     monkeypatch.delenv("SAGAZ_WEBHOOK_HMAC_SECRET", raising=False)
     trigger_id = unique_trigger()
     with pytest.raises(ConfigurationError, match=hint) as excinfo:
-        webhook.create(options, make_ctx({}, trigger_id, [], TriggerConfig(webhook_port=0)))
+        create_source(options, make_ctx({}, trigger_id, [], TriggerConfig(webhook_port=0)))
     assert trigger_id in str(excinfo.value)
 
 

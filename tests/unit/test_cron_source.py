@@ -18,6 +18,7 @@ from sagaz.sources import cron
 from sagaz.sources.cron import CronSchedule, CronSource
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.testing.clock import FakeClock
+from sagaz.triggers.options import CronOptions, parse_trigger_options
 from tests.recording_emit import RecordingEmit, source_context, stop_intake
 
 TRIGGER = "reports.on_tick"
@@ -36,7 +37,7 @@ def make_source(
     ctx.clock = clock
     ctx.store = store
     ctx.worker_id = worker_id
-    return cron.create(options, ctx)
+    return cron.create(CronOptions.model_validate(options), ctx)
 
 
 async def parked(clock: FakeClock, count: int = 1) -> None:
@@ -397,15 +398,15 @@ async def test_store_errors_are_reported_and_the_schedule_keeps_running() -> Non
 )
 def test_a_bad_expression_is_rejected_naming_the_option(schedule: object) -> None:
     with pytest.raises(ValueError, match="schedule") as info:
-        cron.validate({"schedule": schedule})
+        parse_trigger_options("cron", {"schedule": schedule})
     assert repr(schedule) in str(info.value)
 
 
 def test_a_bad_timezone_is_rejected_naming_the_option() -> None:
     with pytest.raises(ValueError, match=r"timezone='Mars/Olympus_Mons'.*Europe/Berlin"):
-        cron.validate({"schedule": "@daily", "timezone": "Mars/Olympus_Mons"})
+        parse_trigger_options("cron", {"schedule": "@daily", "timezone": "Mars/Olympus_Mons"})
     with pytest.raises(ValueError, match="timezone"):
-        cron.validate({"schedule": "@daily", "timezone": "../etc/passwd"})
+        parse_trigger_options("cron", {"schedule": "@daily", "timezone": "../etc/passwd"})
 
 
 @pytest.mark.parametrize(
@@ -418,7 +419,7 @@ def test_a_bad_timezone_is_rejected_naming_the_option() -> None:
 )
 def test_bad_catchup_options_are_rejected(options: dict[str, Any], name: str) -> None:
     with pytest.raises(ValueError, match=name):
-        cron.validate(options)
+        parse_trigger_options("cron", options)
 
 
 @pytest.mark.parametrize(
@@ -438,7 +439,9 @@ def test_bad_catchup_options_are_rejected(options: dict[str, Any], name: str) ->
     ],
 )
 def test_valid_expressions_pass(schedule: str) -> None:
-    cron.validate({"schedule": schedule, "timezone": "America/New_York", "catchup": "all"})
+    parse_trigger_options(
+        "cron", {"schedule": schedule, "timezone": "America/New_York", "catchup": "all"}
+    )
 
 
 def test_a_saga_with_a_bad_schedule_fails_at_class_definition() -> None:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sagaz.sources.kafka.partitions import PartitionState
-from sagaz.triggers.options import kafka as kafka_options
+from sagaz.triggers.options import KafkaOptions, parse_trigger_options
 
 
 class Record(NamedTuple):
@@ -84,31 +84,38 @@ def test_flow_pauses_when_full_and_resumes_half_drained() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({}, "option topic=None"),
-        ({"topic": []}, "non-empty list"),
+        ({}, r"missing required option\(s\) \['topic'\]"),
+        ({"topic": []}, r"option topic=\[\] must be a topic name or a non-empty list"),
         ({"topic": ["ok", ""]}, "non-empty list"),
         ({"topic": "t", "group_id": ""}, "group_id='' must be a non-empty string"),
-        ({"topic": "t", "auto_offset_reset": "first"}, "auto_offset_reset"),
-        ({"topic": "t", "commit_every": 0}, "commit_every=0 must be a positive integer"),
-        ({"topic": "t", "poll_timeout_ms": True}, "poll_timeout_ms=True"),
+        ({"topic": "t", "auto_offset_reset": "first"}, "auto_offset_reset='first' must be one of"),
+        ({"topic": "t", "commit_every": 0}, "commit_every=0 must be an integer >= 1"),
+        ({"topic": "t", "poll_timeout_ms": True}, "poll_timeout_ms=True must be an integer"),
         ({"topic": "t", "session_timeout_ms": 1000, "heartbeat_interval_ms": 1000}, "lower than"),
-        ({"topic": "t", "consumer_options": ["x"]}, "dict of aiokafka arguments"),
+        ({"topic": "t", "consumer_options": ["x"]}, r"consumer_options=\['x'\] must be a dict"),
+        ({"topic": "t", "dead_letter_topic": ""}, "dead_letter_topic='' must be a non-empty"),
     ],
 )
-def test_validate_explains_bad_options(options: dict[str, Any], message: str) -> None:
+def test_bad_options_are_explained(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        kafka_options.validate(options)
+        parse_trigger_options("kafka", options)
 
 
-def test_validate_accepts_a_full_trigger() -> None:
-    kafka_options.validate(
+def test_a_full_trigger_is_accepted() -> None:
+    pipeline, options = parse_trigger_options(
+        "kafka",
         {
             "topic": ["orders", "refunds"],
             "group_id": "svc",
             "bootstrap_servers": "kafka:9092",
             "commit_every": 10,
             "consumer_options": {"security_protocol": "SSL"},
-        }
+            "dead_letter_topic": "orders.dlq",
+        },
     )
-    assert "topic" in kafka_options.REQUIRED
-    assert {"group_id", "bootstrap_servers", "dead_letter_topic"} <= kafka_options.OPTIONS
+    assert isinstance(options, KafkaOptions)
+    assert options.topics == ["orders", "refunds"]
+    assert (options.group_id, options.commit_every) == ("svc", 10)
+    # the dead-letter topic is a pipeline option: the engine hands it to the source
+    assert pipeline.dead_letter_topic == "orders.dlq"
+    assert "dead_letter_topic" not in KafkaOptions.model_fields

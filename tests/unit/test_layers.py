@@ -122,18 +122,6 @@ RULES: tuple[Rule, ...] = (
     ),
 )
 
-#: Violations being removed on another branch right now: the ``options`` worktree moves the
-#: option checks into driver-free models in ``sagaz.triggers.options``, so the registry no
-#: longer asks the engine's loader for a source module and the SQS options no longer borrow a
-#: constant from the SQS source. Each entry must still occur: once it is gone the test fails
-#: until the entry is deleted here, so this set only shrinks (empty it when merging options).
-EXPECTED_TO_DISAPPEAR: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("sagaz/triggers/registration.py", "sagaz.engine.loading"),
-        ("sagaz/triggers/options/sqs.py", "sagaz.sources.sqs.settlement"),
-    }
-)
-
 
 @dataclass(frozen=True)
 class Import:
@@ -291,26 +279,9 @@ def tree_imports() -> list[Import]:
 
 
 # -- the tree ---------------------------------------------------------------------------------
-def against(
-    broken: list[tuple[Import, Rule]], allowed: frozenset[tuple[str, str]]
-) -> tuple[list[tuple[Import, Rule]], list[tuple[str, str]]]:
-    """The violations not in ``allowed``, and the allowed ones that no longer occur."""
-    unexpected = [(f, r) for f, r in broken if (f.path, f.target) not in allowed]
-    gone = sorted(allowed - {(f.path, f.target) for f, _ in broken})
-    return unexpected, gone
-
-
 def test_the_layers_depend_one_way() -> None:
-    unexpected, gone = against(violations(tree_imports()), EXPECTED_TO_DISAPPEAR)
-    assert not unexpected, "imports against the layering (DESIGN §8):\n" + report(unexpected)
-    assert not gone, f"fixed, so delete them from EXPECTED_TO_DISAPPEAR: {gone}"
-
-
-def test_an_allowed_violation_that_disappears_must_leave_the_list() -> None:
-    broken = violations(find_imports("import sagaz.engine\n", "sagaz/triggers/fake.py"))
-    allowed = frozenset({("sagaz/triggers/fake.py", "sagaz.engine"), ("sagaz/gone.py", "x")})
-    assert against(broken, allowed) == ([], [("sagaz/gone.py", "x")])
-    assert against(broken, frozenset()) == (broken, [])
+    broken = violations(tree_imports())
+    assert not broken, "imports against the layering (DESIGN §8):\n" + report(broken)
 
 
 def test_every_rule_governs_modules_that_exist() -> None:
@@ -346,11 +317,6 @@ def test_importing_the_engine_loads_no_source_module() -> None:
     assert _loaded_after("import sagaz.engine", "sagaz.sources") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="registration asks engine.loading for the source module at class definition; "
-    "the options branch validates options without it: remove this mark when it is merged",
-)
 def test_defining_a_saga_with_a_trigger_loads_no_engine_and_no_source() -> None:
     code = textwrap.dedent(
         """

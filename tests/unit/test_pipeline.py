@@ -467,7 +467,10 @@ def test_trigger_options_are_validated_at_class_definition() -> None:
             @trigger(source="memory")
             def on_event(self, event: Any) -> None: ...
 
-    with pytest.raises(TriggerDefinitionError, match=r"idempotency_key must be a callable"):
+    with pytest.raises(
+        TriggerDefinitionError,
+        match=r"NotCallable\.on_event.*idempotency_key='id' must be a callable",
+    ):
 
         class NotCallable(Saga):
             @trigger(source="memory", channel="c", idempotency_key="id")

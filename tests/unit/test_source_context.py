@@ -14,6 +14,7 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.sources import webhook
 from sagaz.sources.poll import PollSource
 from sagaz.storage.memory import MemorySagaStore
+from sagaz.triggers.options import WebhookOptions
 from tests.recording_emit import RecordingEmit, eventually, source_context
 
 
@@ -27,7 +28,7 @@ async def test_the_webhook_serves_the_metrics_renderer_of_its_context_while_it_r
     shared: dict[str, Any] = {}
     app = webhook.webhook_app(shared)  # mounted: no port of its own
     ctx = dataclasses.replace(source_context(), shared=shared, metrics_renderer=render)
-    source = webhook.create({"path": "/orders"}, ctx)
+    source = webhook.create(WebhookOptions(path="/orders"), ctx)
     task = asyncio.create_task(source.run(RecordingEmit(auto_ack=True)))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
@@ -50,7 +51,7 @@ async def test_the_webhook_without_a_metrics_renderer_answers_404_with_the_hint(
     shared: dict[str, Any] = {}
     app = webhook.webhook_app(shared)
     source = webhook.create(
-        {"path": "/orders"}, dataclasses.replace(source_context(), shared=shared)
+        WebhookOptions(path="/orders"), dataclasses.replace(source_context(), shared=shared)
     )
     task = asyncio.create_task(source.run(RecordingEmit(auto_ack=True)))
     transport = httpx.ASGITransport(app=app)

@@ -9,12 +9,20 @@ from typing import Any
 
 import pytest
 
-from sagaz.sources.webhook import source as webhook
 from sagaz.sources.webhook.auth import BearerAuth, HmacAuth, sign_body
+from sagaz.triggers.options import WebhookOptions, parse_trigger_options
+from sagaz.triggers.options.webhook import compile_path
+
+
+def validate(options: dict[str, Any]) -> WebhookOptions:
+    """The webhook options of a ``@trigger``, as the registry validates them."""
+    _, webhook = parse_trigger_options("webhook", options)
+    assert isinstance(webhook, WebhookOptions)
+    return webhook
 
 
 def test_webhook_options_are_normalised() -> None:
-    options = webhook.parse_options(
+    options = validate(
         {"path": "/orders/{order_id}", "method": "put", "retry_after": 2.5, "tokens": "t"}
         | {"auth": "bearer"}
     )
@@ -27,13 +35,13 @@ def test_webhook_options_are_normalised() -> None:
 
 
 def test_webhook_dead_letter_invalid_cap_options() -> None:
-    options = webhook.parse_options(
+    options = validate(
         {"path": "/x", "dead_letter_invalid": True, "dead_letter_invalid_limit": 5}
         | {"dead_letter_invalid_window": 10}
     )
     assert (options.dead_letter_invalid, options.dead_letter_invalid_limit) == (True, 5)
     assert options.dead_letter_invalid_window == 10.0
-    defaults = webhook.parse_options({"path": "/x", "dead_letter_invalid": True})
+    defaults = validate({"path": "/x", "dead_letter_invalid": True})
     assert (defaults.dead_letter_invalid_limit, defaults.dead_letter_invalid_window) == (100, 60)
 
 
@@ -77,31 +85,31 @@ def test_webhook_dead_letter_invalid_cap_options() -> None:
 )
 def test_webhook_bad_option_is_named_in_the_error(options: dict[str, Any], names: str) -> None:
     with pytest.raises(ValueError, match=re.escape(names)):
-        webhook.validate(options)
+        validate(options)
 
 
 def test_webhook_hmac_or_bearer_without_credentials_passes_definition_time() -> None:
     # TriggerConfig (SAGAZ_WEBHOOK_TOKENS / SAGAZ_WEBHOOK_HMAC_SECRET) may supply them
-    webhook.validate({"path": "/x", "auth": "bearer"})
-    webhook.validate({"path": "/x", "auth": "hmac"})
+    validate({"path": "/x", "auth": "bearer"})
+    validate({"path": "/x", "auth": "hmac"})
 
 
 def test_webhook_path_template_matches_segments_literally() -> None:
-    pattern = webhook.compile_path("/v1.0/repos/{owner}/{repo}/events")
+    pattern = compile_path("/v1.0/repos/{owner}/{repo}/events")
     found = pattern.fullmatch("/v1.0/repos/acme/sagaz/events")
     assert found is not None
     assert found.groupdict() == {"owner": "acme", "repo": "sagaz"}
     assert pattern.fullmatch("/v1x0/repos/acme/sagaz/events") is None  # "." is literal
     assert pattern.fullmatch("/v1.0/repos/acme/sagaz/x/events") is None  # one segment each
     assert pattern.fullmatch("/v1.0/repos//sagaz/events") is None  # never empty
-    assert webhook.compile_path("/").fullmatch("/") is not None
+    assert compile_path("/").fullmatch("/") is not None
 
 
 def test_webhook_validate_imports_no_web_framework() -> None:
     code = (
         "import sys\n"
-        "from sagaz.sources.webhook import source as webhook\n"
-        "webhook.validate({'path': '/x', 'auth': 'hmac', 'secret': 's'})\n"
+        "from sagaz.triggers.options import parse_trigger_options\n"
+        "parse_trigger_options('webhook', {'path': '/x', 'auth': 'hmac', 'secret': 's'})\n"
         "assert 'starlette' not in sys.modules, 'starlette imported'\n"
         "assert 'uvicorn' not in sys.modules, 'uvicorn imported'\n"
     )

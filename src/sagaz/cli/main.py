@@ -63,7 +63,7 @@ def _list_triggers(args: argparse.Namespace) -> int:
 
     _import(args.modules)
     for definition in registry.triggers():
-        options = {k: v for k, v in definition.source_options.items() if not callable(v)}
+        options = definition.source_options.describe()
         print(f"{definition.trigger_id}\t{definition.source}\t{json.dumps(options, default=str)}")
     return 0
 

@@ -172,16 +172,11 @@ class TriggerEngine(Lifecycle):
             report_error=functools.partial(self._report_source_error, active),
             shared=self.shared,
             metrics_renderer=self._metrics_renderer(),
+            dead_letter_topic=active.dead_letter_topic,
         )
         if definition.push_source is not None:
             return definition.push_source
-        module = load_source_module(definition.source)
-        options = dict(definition.source_options)
-        if definition.poll_trigger is not None:
-            options["trigger"] = definition.poll_trigger
-        if active.dead_letter_topic and "dead_letter_topic" not in options:
-            options["dead_letter_topic"] = active.dead_letter_topic
-        return module.create(options, ctx)
+        return load_source_module(definition.source).create(definition.source_options, ctx)
 
     async def _report_source_error(self, active: ActiveTrigger, error: BaseException) -> None:
         await self.settlement.report(active, error, None)

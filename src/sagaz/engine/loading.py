@@ -1,46 +1,25 @@
 """How the engine finds and builds a source for a ``@trigger(source=...)``.
 
-Each built-in source lives in its own module (``sagaz.sources.kafka.source``...) that exposes:
-
-* ``OPTIONS``: the ``@trigger`` options it accepts (besides the pipeline options),
-* ``REQUIRED``: the options it cannot do without,
-* ``validate(options)``: extra checks at class-definition time (raise ``ValueError``),
-  which must not import the broker driver,
-* ``create(options, ctx) -> Source``: build the source when the engine starts
-  (this is where the driver is imported, through :func:`sagaz._imports.require_extra`);
-  ``ctx`` is a :class:`sagaz.abc.SourceContext`, all a source gets from the engine.
+Each built-in source lives in its own module (``sagaz.sources.kafka``...) that exposes
+``create(options, ctx) -> Source``: build the source when the engine starts, from the option
+model validated when the saga class was defined (``sagaz.triggers.options.OPTION_MODELS``).
+This is where the driver is imported, through :func:`sagaz._imports.require_extra`.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
 from types import ModuleType
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 from sagaz.abc import Source, SourceContext
+from sagaz.triggers.options import SourceOptions
 
 __all__ = [
-    "PIPELINE_OPTIONS",
     "SOURCE_MODULES",
     "SourceModule",
     "load_source_module",
 ]
-
-#: options handled by the pipeline for every source
-PIPELINE_OPTIONS = frozenset(
-    {
-        "idempotency_key",
-        "concurrency_key",
-        "max_concurrent_sagas",
-        "rate_limit_per_second",
-        "max_retries",
-        "retry_backoff_seconds",
-        "dead_letter_topic",
-        "persist_events",
-        "enabled",
-    }
-)
 
 SOURCE_MODULES: dict[str, str] = {
     "memory": "sagaz.sources.memory",
@@ -58,16 +37,9 @@ SOURCE_MODULES: dict[str, str] = {
 class SourceModule(Protocol):
     """The shape of a source module (see the module docstring)."""
 
-    OPTIONS: frozenset[str]
-    REQUIRED: frozenset[str]
-
-    def validate(self, options: Mapping[str, Any]) -> None:
-        """Check the trigger's options at class definition; raise ``ValueError`` naming the
-        option and what to fix."""
-        ...
-
-    def create(self, options: Mapping[str, Any], ctx: SourceContext) -> Source:
-        """Build the source of one trigger (drivers are imported here, not at import time)."""
+    def create(self, options: SourceOptions, ctx: SourceContext) -> Source:
+        """Build the source of one trigger from its validated options (its kind's model in
+        ``OPTION_MODELS``); drivers are imported here, not at import time."""
         ...
 
 

@@ -33,104 +33,24 @@ treats the overdue ticks the same way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Literal, cast
-from zoneinfo import ZoneInfo
+from typing import Any, ClassVar
 
 from croniter import croniter
 
 from sagaz.abc import Emit, Source, SourceContext
 from sagaz.events import CronTick, Delivery, EventMeta
+from sagaz.triggers.options.cron import CronOptions, check_expression, zone
 
-__all__ = [
-    "OPTIONS",
-    "REQUIRED",
-    "CronOptions",
-    "CronSchedule",
-    "CronSource",
-    "create",
-    "validate",
-]
+__all__ = ["CronSchedule", "CronSource", "create"]
 
 logger = logging.getLogger(__name__)
 
-OPTIONS = frozenset({"schedule", "timezone", "catchup", "max_catchup"})
-REQUIRED = frozenset({"schedule"})
-
-CatchupPolicy = Literal["none", "latest", "all"]
-_CATCHUP_POLICIES: tuple[CatchupPolicy, ...] = ("none", "latest", "all")
-_ALIASES = frozenset(
-    {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
-)
-_SCHEDULE_HINT = (
-    'use 5 fields "minute hour day-of-month month day-of-week" (e.g. "*/5 * * * *"), '
-    '6 fields with the seconds last (croniter\'s convention, e.g. "0 * * * * 30"), '
-    "or one of " + ", ".join(sorted(_ALIASES))
-)
 #: re-read the wall clock at least this often while waiting, so a suspended host or a
 #: stepped system clock is noticed within a minute
 _MAX_SLEEP_SECONDS = 60.0
 #: guard against pathological expressions: never scan more candidate wall times than this
 _MAX_SCAN = 100_000
-
-
-@dataclass(frozen=True, slots=True)
-class CronOptions:
-    """The validated options of one cron trigger."""
-
-    schedule: str
-    timezone: str = "UTC"
-    catchup: CatchupPolicy = "none"
-    max_catchup: int = 100
-
-    @classmethod
-    def parse(cls, options: Mapping[str, Any]) -> CronOptions:
-        """Check ``options`` and fill in the defaults; a bad value raises ``ValueError``
-        naming the option, the value and what to write instead."""
-        schedule = options.get("schedule")
-        if not isinstance(schedule, str) or not schedule.strip():
-            raise ValueError(
-                f"option schedule={schedule!r} must be a cron expression string; {_SCHEDULE_HINT}"
-            )
-        schedule = schedule.strip()
-        timezone = options.get("timezone", "UTC")
-        catchup = options.get("catchup", "none")
-        if catchup not in _CATCHUP_POLICIES:
-            raise ValueError(
-                f"option catchup={catchup!r} is not a catch-up policy; use one of "
-                f"{list(_CATCHUP_POLICIES)}"
-            )
-        max_catchup = options.get("max_catchup", 100)
-        if isinstance(max_catchup, bool) or not isinstance(max_catchup, int) or max_catchup < 1:
-            raise ValueError(
-                f"option max_catchup={max_catchup!r} must be an integer >= 1 "
-                '(it bounds how many missed ticks catchup="all" fires)'
-            )
-        parsed = cls(
-            schedule=schedule,
-            timezone=timezone,
-            catchup=cast(CatchupPolicy, catchup),
-            max_catchup=max_catchup,
-        )
-        CronSchedule(parsed.schedule, parsed.timezone)  # validates expression and zone
-        return parsed
-
-
-def _zone(name: object) -> ZoneInfo:
-    if not isinstance(name, str) or not name:
-        raise ValueError(
-            f'option timezone={name!r} must be an IANA time zone name such as "UTC" or '
-            '"Europe/Berlin"'
-        )
-    try:
-        return ZoneInfo(name)
-    except (KeyError, ValueError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
-        raise ValueError(
-            f"option timezone={name!r} is not a known IANA time zone; use a name such as "
-            '"UTC" or "Europe/Berlin" (see zoneinfo.available_timezones())'
-        ) from exc
 
 
 class CronSchedule:
@@ -146,26 +66,8 @@ class CronSchedule:
     def __init__(self, expression: str, timezone: str = "UTC") -> None:
         self.expression = expression
         self.timezone = timezone
-        self.tz = _zone(timezone)
-        expr = expression.strip()
-        if expr.startswith("@"):
-            if expr.lower() not in _ALIASES:
-                raise ValueError(
-                    f"option schedule={expression!r} is not a known shortcut; {_SCHEDULE_HINT}"
-                )
-        elif len(expr.split()) not in (5, 6):
-            raise ValueError(
-                f"option schedule={expression!r} has {len(expr.split())} fields; {_SCHEDULE_HINT}"
-            )
-        self._expr = expr
-        try:
-            # one real step also rejects dates that never come (e.g. "0 0 30 2 *")
-            croniter(expr, datetime(2026, 1, 1)).get_next(datetime)
-        except (ValueError, TypeError, KeyError) as exc:  # croniter's errors are ValueErrors
-            raise ValueError(
-                f"option schedule={expression!r} is not a valid cron expression ({exc}); "
-                f"{_SCHEDULE_HINT}"
-            ) from exc
+        self.tz = zone(timezone)
+        self._expr = check_expression(expression)
 
     def resolve(self, wall: datetime) -> datetime:
         """The UTC instant of a naive local wall time, by the DST rule.
@@ -222,11 +124,6 @@ class CronSchedule:
                 return found[::-1], True
             found.append(tick)
         return found[::-1], True  # pragma: no cover - needs a pathological expression
-
-
-def validate(options: Mapping[str, Any]) -> None:
-    """Check the expression, time zone and catch-up options at class-definition time."""
-    CronOptions.parse(options)
 
 
 class CronSource(Source):
@@ -376,6 +273,6 @@ class CronSource(Source):
         }
 
 
-def create(options: Mapping[str, Any], ctx: SourceContext) -> CronSource:
+def create(options: CronOptions, ctx: SourceContext) -> CronSource:
     """Build the source of one cron trigger."""
-    return CronSource(CronOptions.parse(options), ctx)
+    return CronSource(options, ctx)

@@ -30,33 +30,18 @@ import logging
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar
 
 from sagaz._imports import require_extra
 from sagaz.abc import Emit, Source, SourceContext
 from sagaz.events import Delivery, EventMeta, FileEvent
+from sagaz.triggers.options.file import EventType, FileOptions
 
-__all__ = ["OPTIONS", "REQUIRED", "FileOptions", "FileSource", "create", "validate"]
+__all__ = ["FileSource", "create"]
 
 logger = logging.getLogger(__name__)
-
-OPTIONS = frozenset(
-    {
-        "path",
-        "pattern",
-        "event_type",
-        "recursive",
-        "process_existing",
-        "settle_ms",
-        "force_polling",
-    }
-)
-REQUIRED = frozenset({"path"})
-
-EventType = Literal["created", "modified", "deleted"]
-_EVENT_TYPES: tuple[EventType, ...] = ("created", "modified", "deleted")
 
 #: watchfiles groups changes for at most this long before handing them over
 _DEBOUNCE_MS = 200
@@ -67,71 +52,6 @@ _IDLE_CHECK_MS = 500
 _MAX_DIRECTORY_POLL_SECONDS = 2.0
 #: identities remembered for in-process dedup
 _SEEN_CAPACITY = 100_000
-
-
-@dataclass(frozen=True, slots=True)
-class FileOptions:
-    """The validated options of one file trigger."""
-
-    path: str
-    pattern: str = "*"
-    event_type: EventType = "created"
-    recursive: bool = False
-    process_existing: bool = False
-    settle_ms: int = 500
-    force_polling: bool | None = None  # None: watchfiles' default (WATCHFILES_FORCE_POLLING)
-
-    @classmethod
-    def parse(cls, options: Mapping[str, Any]) -> FileOptions:
-        """Check ``options`` and fill in the defaults; a bad value raises ``ValueError``
-        naming the option, the value and what to write instead."""
-        path = options.get("path")
-        if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
-            raise ValueError(f"option path={path!r} must be the directory to watch (a str or Path)")
-        pattern = options.get("pattern", "*")
-        if not isinstance(pattern, str) or not pattern:
-            raise ValueError(
-                f'option pattern={pattern!r} must be a glob on the file name, e.g. "*.csv"'
-            )
-        event_type = options.get("event_type", "created")
-        if event_type not in _EVENT_TYPES:
-            raise ValueError(
-                f"option event_type={event_type!r} must be one of {list(_EVENT_TYPES)}"
-            )
-        flags: dict[str, bool] = {}
-        for name in ("recursive", "process_existing"):
-            value = options.get(name, False)
-            if not isinstance(value, bool):
-                raise ValueError(f"option {name}={value!r} must be True or False")
-            flags[name] = value
-        if flags["process_existing"] and event_type == "deleted":
-            raise ValueError(
-                'option process_existing=True has no meaning with event_type="deleted"; '
-                "remove it or watch created/modified files"
-            )
-        settle_ms = options.get("settle_ms", 500)
-        if isinstance(settle_ms, bool) or not isinstance(settle_ms, int) or settle_ms < 0:
-            raise ValueError(
-                f"option settle_ms={settle_ms!r} must be an integer >= 0 (milliseconds a file's "
-                "size must stay unchanged before it fires)"
-            )
-        force_polling = options.get("force_polling")
-        if force_polling is not None and not isinstance(force_polling, bool):
-            raise ValueError(f"option force_polling={force_polling!r} must be True, False or None")
-        return cls(
-            path=os.fspath(path),
-            pattern=pattern,
-            event_type=cast(EventType, event_type),
-            recursive=flags["recursive"],
-            process_existing=flags["process_existing"],
-            settle_ms=settle_ms,
-            force_polling=force_polling,
-        )
-
-
-def validate(options: Mapping[str, Any]) -> None:
-    """Check the options at class-definition time (does not import watchfiles)."""
-    FileOptions.parse(options)
 
 
 @dataclass(slots=True)
@@ -453,6 +373,6 @@ class FileSource(Source):
         }
 
 
-def create(options: Mapping[str, Any], ctx: SourceContext) -> FileSource:
+def create(options: FileOptions, ctx: SourceContext) -> FileSource:
     """Build the source of one file trigger."""
-    return FileSource(FileOptions.parse(options), ctx)
+    return FileSource(options, ctx)

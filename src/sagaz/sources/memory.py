@@ -5,24 +5,12 @@ event into the pipeline directly."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from sagaz.abc import Source, SourceContext
+from sagaz.triggers.options.memory import MemoryOptions
 
-__all__ = ["OPTIONS", "REQUIRED", "create", "validate"]
-
-OPTIONS = frozenset({"channel"})
-REQUIRED = frozenset({"channel"})
+__all__ = ["create"]
 
 
-def validate(options: Mapping[str, Any]) -> None:
-    """``channel`` must be a non-empty string."""
-    channel = options.get("channel")
-    if not isinstance(channel, str) or not channel:
-        raise ValueError(f"option channel={channel!r} must be a non-empty string")
-
-
-def create(options: Mapping[str, Any], ctx: SourceContext) -> Source:
+def create(options: MemoryOptions, ctx: SourceContext) -> Source:
     """Not used: the engine admits memory events itself, in :meth:`TriggerEngine.fire`."""
     raise NotImplementedError("memory triggers receive events from sagaz.fire_event()")

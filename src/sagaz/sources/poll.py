@@ -7,24 +7,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from sagaz.abc import Emit, Source, SourceContext
 from sagaz.events import Delivery, EventMeta
 from sagaz.records import TriggerScheduleRecord
+from sagaz.triggers.options.custom import CustomOptions
 from sagaz.triggers.poll import Fire, Trigger
 
-__all__ = ["OPTIONS", "REQUIRED", "PollSource", "create", "validate"]
+__all__ = ["PollSource", "create"]
 
 logger = logging.getLogger(__name__)
-
-OPTIONS: frozenset[str] = frozenset()
-REQUIRED: frozenset[str] = frozenset()
-
-
-def validate(options: Mapping[str, Any]) -> None:
-    """Nothing beyond ``trigger=`` (checked by the registry)."""
 
 
 class PollSource(Source):
@@ -110,10 +103,10 @@ class PollSource(Source):
         }
 
 
-def create(options: Mapping[str, Any], ctx: SourceContext) -> Source:
+def create(options: CustomOptions, ctx: SourceContext) -> Source:
     """The :class:`PollSource` of the poll trigger given as ``trigger=`` (a push source given
     as ``trigger=`` is already a :class:`~sagaz.abc.Source`: the engine runs it as it is)."""
-    poll_trigger = options.get("trigger")
+    poll_trigger = options.trigger
     if not isinstance(poll_trigger, Trigger):
         raise TypeError(
             f"trigger {ctx.trigger_id!r}: option trigger= must be an instance of a sagaz.Trigger "

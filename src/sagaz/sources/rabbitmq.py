@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
@@ -29,6 +28,7 @@ from sagaz._imports import require_extra
 from sagaz.abc import Emit, Source, SourceContext
 from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import ConfigurationError, SagazError
+from sagaz.triggers.options.rabbitmq import RabbitMQOptions
 
 if TYPE_CHECKING:
     from aio_pika.abc import (
@@ -41,69 +41,12 @@ if TYPE_CHECKING:
 
     from sagaz.records import DeadLetterRecord
 
-__all__ = ["OPTIONS", "REQUIRED", "RabbitMQSource", "create", "validate"]
+__all__ = ["RabbitMQSource", "create"]
 
 logger = logging.getLogger(__name__)
 
-OPTIONS = frozenset(
-    {"queue", "exchange", "exchange_type", "routing_key", "prefetch", "url", "durable"}
-)
-REQUIRED = frozenset({"queue"})
-
-EXCHANGE_TYPES = ("topic", "direct", "fanout", "headers")
-#: AMQP's prefetch-count is an unsigned short
-MAX_PREFETCH = 65535
 #: longest ``x-sagaz-error`` header published with a dead letter
 MAX_ERROR_HEADER = 4096
-
-
-def validate(options: Mapping[str, Any]) -> None:
-    """Check the options of a ``source="rabbitmq"`` trigger without importing aio-pika."""
-    queue = options.get("queue")
-    if not isinstance(queue, str) or not queue:
-        raise ValueError(f"option queue={queue!r} must be a non-empty queue name")
-    exchange = options.get("exchange")
-    if exchange is not None and (not isinstance(exchange, str) or not exchange):
-        raise ValueError(f"option exchange={exchange!r} must be a non-empty exchange name")
-    exchange_type = options.get("exchange_type", "topic")
-    if exchange_type not in EXCHANGE_TYPES:
-        raise ValueError(f"option exchange_type={exchange_type!r} must be one of {EXCHANGE_TYPES}")
-    for name in ("exchange_type", "routing_key"):
-        if name in options and exchange is None:
-            raise ValueError(
-                f"option {name} needs exchange=...: without an exchange the queue only "
-                "receives messages published to it directly"
-            )
-    _routing_keys(options.get("routing_key"), str(exchange_type), queue)
-    prefetch = options.get("prefetch")
-    if prefetch is not None and (
-        isinstance(prefetch, bool)
-        or not isinstance(prefetch, int)
-        or not 1 <= prefetch <= MAX_PREFETCH
-    ):
-        raise ValueError(f"option prefetch={prefetch!r} must be an integer in 1..{MAX_PREFETCH}")
-    url = options.get("url")
-    if url is not None and (
-        not isinstance(url, str) or not url.startswith(("amqp://", "amqps://"))
-    ):
-        raise ValueError("option url must be an amqp:// or amqps:// URL")
-    durable = options.get("durable", True)
-    if not isinstance(durable, bool):
-        raise ValueError(f"option durable={durable!r} must be True or False")
-
-
-def _routing_keys(value: Any, exchange_type: str, queue: str) -> tuple[str, ...]:
-    """One binding per key. Default: ``#`` (everything) on a topic exchange, the queue name on
-    a direct exchange, ``""`` on fanout/headers (where the key is ignored)."""
-    if value is None:
-        return {"topic": ("#",), "direct": (queue,)}.get(exchange_type, ("",))
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, Sequence) and value and all(isinstance(key, str) for key in value):
-        return tuple(value)
-    raise ValueError(
-        f"option routing_key={value!r} must be a string or a non-empty list of strings"
-    )
 
 
 def _header_text(value: Any) -> str:
@@ -139,35 +82,29 @@ class RabbitMQSource(Source):
 
     def __init__(
         self,
-        queue: str,
+        options: RabbitMQOptions,
+        ctx: SourceContext,
         *,
-        url: str = "amqp://guest:guest@localhost:5672/",
-        exchange: str | None = None,
-        exchange_type: str = "topic",
-        routing_key: str | Sequence[str] | None = None,
-        prefetch: int = 1000,
-        durable: bool = True,
-        dead_letter_topic: str | None = None,
-        trigger_id: str = "",
         connection_name: str | None = None,
         reconnect_interval: float = 5.0,
-        ctx: SourceContext | None = None,
     ) -> None:
-        self.queue = queue
-        self.url = url
-        self.exchange = exchange
-        self.exchange_type = exchange_type
-        self.routing_keys = _routing_keys(routing_key, exchange_type, queue) if exchange else ()
-        self.prefetch = prefetch
-        self.durable = durable
-        self.dead_letter_topic = dead_letter_topic
+        config, trigger_id = ctx.config, ctx.trigger_id
+        self.options = options
+        self.queue = options.queue
+        self.url = options.url or config.rabbitmq_url
+        self.exchange = options.exchange
+        self.exchange_type = options.exchange_type
+        self.routing_keys = options.routing_keys
+        self.prefetch = options.prefetch or min(config.queue_size, 1000)
+        self.durable = options.durable
+        self.dead_letter_topic = ctx.dead_letter_topic
         self.trigger_id = trigger_id
         self.connection_name = connection_name or (
-            f"sagaz {trigger_id or queue} {socket.gethostname()}-{os.getpid()}"
+            f"sagaz {trigger_id} {socket.gethostname()}-{os.getpid()}"
         )
         self.reconnect_interval = reconnect_interval
         self._ctx = ctx
-        self._log = {"source": self.kind, "trigger": trigger_id, "queue": queue}
+        self._log = {"source": self.kind, "trigger": trigger_id, "queue": self.queue}
         self._connection: AbstractRobustConnection | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
@@ -437,23 +374,12 @@ def _body(delivery: Delivery, record: DeadLetterRecord) -> bytes:
     return json.dumps(record.payload, default=str).encode()
 
 
-def create(options: Mapping[str, Any], ctx: SourceContext) -> RabbitMQSource:
+def create(options: RabbitMQOptions, ctx: SourceContext) -> RabbitMQSource:
     """Build the source of one ``source="rabbitmq"`` trigger (checks that aio-pika is installed).
 
-    ``dead_letter_topic`` comes from the trigger's options when present, else from
-    ``TriggerConfig.dead_letter_topic``.
+    ``url`` defaults to ``TriggerConfig.rabbitmq_url``, ``prefetch`` to
+    ``min(TriggerConfig.queue_size, 1000)``; the dead-letter exchange is
+    ``ctx.dead_letter_topic``.
     """
     require_extra("rabbitmq")
-    config = ctx.config
-    return RabbitMQSource(
-        str(options["queue"]),
-        url=options.get("url") or config.rabbitmq_url,
-        exchange=options.get("exchange"),
-        exchange_type=options.get("exchange_type", "topic"),
-        routing_key=options.get("routing_key"),
-        prefetch=options.get("prefetch") or min(config.queue_size, 1000),
-        durable=options.get("durable", True),
-        dead_letter_topic=options.get("dead_letter_topic") or config.dead_letter_topic,
-        trigger_id=ctx.trigger_id,
-        ctx=ctx,
-    )
+    return RabbitMQSource(options, ctx)

@@ -29,7 +29,6 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,62 +36,23 @@ from sagaz._imports import require_extra
 from sagaz.abc import Emit, Source, SourceContext
 from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import ConfigurationError, SagazError
+from sagaz.triggers.options.redis import RedisOptions
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from sagaz.records import DeadLetterRecord
 
-__all__ = ["OPTIONS", "PAYLOAD_FIELDS", "REQUIRED", "RedisStreamSource", "create", "validate"]
+__all__ = ["PAYLOAD_FIELDS", "RedisStreamSource", "create"]
 
 logger = logging.getLogger(__name__)
 
-OPTIONS = frozenset(
-    {
-        "stream",
-        "consumer_group",
-        "consumer",
-        "url",
-        "batch_size",
-        "block_ms",
-        "claim_idle_ms",
-        "start_id",
-    }
-)
-REQUIRED = frozenset({"stream"})
-
 #: an entry whose only field has one of these names is that field's bytes
 PAYLOAD_FIELDS = frozenset({b"data", b"payload", b"body"})
-START_IDS = ("$", "0")
 #: the longest pause between reconnection attempts
 MAX_BACKOFF = 5.0
 #: pauses between XACK attempts after a connection error (XACK is idempotent)
 ACK_RETRY_PAUSES = (0.05, 0.25, 1.0)
-
-
-def validate(options: Mapping[str, Any]) -> None:
-    """Check the options of a ``source="redis"`` trigger without importing redis-py."""
-    for name in ("stream", "consumer_group", "consumer"):
-        value = options.get(name, "-")
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"option {name}={value!r} must be a non-empty string")
-    url = options.get("url")
-    if url is not None and (
-        not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://"))
-    ):
-        raise ValueError("option url must be a redis://, rediss:// or unix:// URL")
-    for name, low in (("batch_size", 1), ("block_ms", 1), ("claim_idle_ms", 1)):
-        value = options.get(name)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < low
-        ):
-            raise ValueError(f"option {name}={value!r} must be an integer >= {low}")
-    start_id = options.get("start_id", "$")
-    if start_id not in START_IDS:
-        raise ValueError(
-            f"option start_id={start_id!r} must be '$' (only entries added after the group "
-            "is created) or '0' (the whole stream)"
-        )
 
 
 def default_consumer_name() -> str:
@@ -132,33 +92,21 @@ class RedisStreamSource(Source):
     kind: ClassVar[str] = "redis"
     redeliverable: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        stream: str,
-        *,
-        consumer_group: str,
-        url: str = "redis://localhost:6379/0",
-        consumer: str | None = None,
-        batch_size: int = 100,
-        block_ms: int = 1000,
-        claim_idle_ms: int = 60_000,
-        start_id: str = "$",
-        dead_letter_topic: str | None = None,
-        trigger_id: str = "",
-        ctx: SourceContext | None = None,
-    ) -> None:
-        self.stream = stream
-        self.consumer_group = consumer_group
-        self.consumer = consumer or default_consumer_name()
-        self.url = url
-        self.batch_size = batch_size
-        self.block_ms = block_ms
-        self.claim_idle_ms = claim_idle_ms
-        self.start_id = start_id
-        self.dead_letter_topic = dead_letter_topic
+    def __init__(self, options: RedisOptions, ctx: SourceContext) -> None:
+        config, trigger_id = ctx.config, ctx.trigger_id
+        self.options = options
+        self.stream = options.stream
+        self.consumer_group = options.consumer_group or trigger_id
+        self.consumer = options.consumer or default_consumer_name()
+        self.url = options.url or config.redis_url
+        self.batch_size = options.batch_size or min(config.queue_size, 100)
+        self.block_ms = options.block_ms
+        self.claim_idle_ms = options.claim_idle_ms
+        self.start_id = options.start_id
+        self.dead_letter_topic = ctx.dead_letter_topic
         self.trigger_id = trigger_id
         self._ctx = ctx
-        self._log = {"source": self.kind, "trigger": trigger_id, "stream": stream}
+        self._log = {"source": self.kind, "trigger": trigger_id, "stream": self.stream}
         self._errors: Any = require_extra("redis").exceptions
         #: errors after which the connection is re-established and the call retried
         self._transient: tuple[type[BaseException], ...] = (
@@ -477,23 +425,10 @@ class RedisStreamSource(Source):
         }
 
 
-def create(options: Mapping[str, Any], ctx: SourceContext) -> RedisStreamSource:
+def create(options: RedisOptions, ctx: SourceContext) -> RedisStreamSource:
     """Build the source of one ``source="redis"`` trigger (checks that redis-py is installed).
 
-    ``consumer_group`` defaults to the trigger id, ``consumer`` to a per-process unique name;
-    ``dead_letter_topic`` comes from the trigger's options, else ``TriggerConfig``.
+    ``consumer_group`` defaults to the trigger id, ``consumer`` to a per-process unique name,
+    ``url`` to ``TriggerConfig.redis_url``; the dead-letter stream is ``ctx.dead_letter_topic``.
     """
-    config = ctx.config
-    return RedisStreamSource(
-        str(options["stream"]),
-        consumer_group=options.get("consumer_group") or ctx.trigger_id,
-        consumer=options.get("consumer"),
-        url=options.get("url") or config.redis_url,
-        batch_size=options.get("batch_size") or min(config.queue_size, 100),
-        block_ms=options.get("block_ms") or 1000,
-        claim_idle_ms=options.get("claim_idle_ms") or 60_000,
-        start_id=options.get("start_id", "$"),
-        dead_letter_topic=options.get("dead_letter_topic") or config.dead_letter_topic,
-        trigger_id=ctx.trigger_id,
-        ctx=ctx,
-    )
+    return RedisStreamSource(options, ctx)

@@ -1,6 +1,8 @@
 """The trigger registry: filled by ``Saga.__init_subclass__``, read by the engine.
 
-A plain data structure: importing it imports no source and no broker driver.
+A plain data structure: a ``@trigger`` is validated through the option models of
+:mod:`sagaz.triggers.options` alone, so defining a saga class imports no source, no engine and
+no broker driver.
 """
 
 from __future__ import annotations
@@ -8,15 +10,21 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sagaz.abc import Source
 from sagaz.exceptions import TriggerDefinitionError
 from sagaz.triggers.decorator import TRIGGER_ATTR, TriggerSpec
+from sagaz.triggers.options import (
+    CustomOptions,
+    MemoryOptions,
+    SourceOptions,
+    parse_trigger_options,
+)
 from sagaz.triggers.poll import Trigger
 
 if TYPE_CHECKING:
-    from sagaz.abc import Source
     from sagaz.saga.definition import Saga
 
 __all__ = ["TriggerDefinition", "TriggerRegistry", "registry"]
@@ -24,14 +32,20 @@ __all__ = ["TriggerDefinition", "TriggerRegistry", "registry"]
 
 @dataclass(frozen=True, slots=True)
 class TriggerDefinition:
-    """One registered trigger: a saga class, a method and a source with its options."""
+    """One registered trigger: a saga class, a method and a source with its validated options.
+
+    ``source_options`` is the source's option model (``OPTION_MODELS[source]``), handed to the
+    source when the engine builds it; the pipeline options are flattened into the fields below
+    (``None``: the engine-wide ``TriggerConfig`` value applies).
+    """
 
     trigger_id: str
     saga_cls: type[Saga]
     method: str
     source: str
+    #: the keyword arguments of the ``@trigger``, as written
     options: dict[str, Any]
-    source_options: dict[str, Any] = field(default_factory=dict)
+    source_options: SourceOptions
     idempotency_key: Callable[[Any], Any] | None = None
     concurrency_key: Callable[[Any], Any] | None = None
     max_concurrent_sagas: int | None = None
@@ -52,84 +66,22 @@ class TriggerDefinition:
     @property
     def channel(self) -> str | None:
         """The channel of a ``memory`` trigger."""
-        value = self.source_options.get("channel")
-        return str(value) if value is not None else None
-
-
-def _fail(where: str, message: str) -> TriggerDefinitionError:
-    return TriggerDefinitionError(f"{where}: {message}")
-
-
-def _positive(where: str, name: str, value: Any, kind: type) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise _fail(where, f"option {name}={value!r} must be a positive number")
-    if kind is int and not isinstance(value, int):
-        raise _fail(where, f"option {name}={value!r} must be a positive integer")
+        options = self.source_options
+        return options.channel if isinstance(options, MemoryOptions) else None
 
 
 def build_trigger_definition(
     saga_cls: type[Saga], method: str, spec: TriggerSpec, trigger_id: str
 ) -> TriggerDefinition:
     """Validate one ``@trigger`` and build its definition; errors name class, method, option."""
-    from sagaz.engine.loading import PIPELINE_OPTIONS, SOURCE_MODULES, load_source_module
-
     where = f"{saga_cls.__qualname__}.{method} @trigger(source={spec.source!r})"
     options = dict(spec.options)
-    if spec.source not in SOURCE_MODULES:
-        raise _fail(
-            where,
-            f"unknown source {spec.source!r}; choose one of {sorted(SOURCE_MODULES)} "
-            "(or source='custom' with trigger=YourTrigger())",
-        )
-    poll_trigger: Trigger | None = None
-    push_source: Source | None = None
-    if spec.source == "custom":
-        from sagaz.abc import Source
-
-        custom = options.pop("trigger", None)
-        if isinstance(custom, Trigger):
-            poll_trigger = custom
-        elif isinstance(custom, Source):
-            push_source = custom
-        else:
-            raise _fail(
-                where,
-                "option trigger= must be an instance of a sagaz.Trigger subclass (poll) or of "
-                f"a sagaz.abc.Source subclass (push), got {custom!r}",
-            )
-    module = load_source_module(spec.source)
-    unknown = set(options) - PIPELINE_OPTIONS - module.OPTIONS
-    if unknown:
-        allowed = sorted(PIPELINE_OPTIONS | module.OPTIONS)
-        raise _fail(where, f"unknown option(s) {sorted(unknown)}; accepted options: {allowed}")
-    missing = module.REQUIRED - set(options)
-    if missing:
-        raise _fail(where, f"missing required option(s) {sorted(missing)}")
-    for name in ("idempotency_key", "concurrency_key"):
-        if name in options and not callable(options[name]):
-            raise _fail(
-                where, f"option {name} must be a callable taking the event, e.g. lambda e: e['id']"
-            )
-    _positive(where, "max_concurrent_sagas", options.get("max_concurrent_sagas"), int)
-    _positive(where, "rate_limit_per_second", options.get("rate_limit_per_second"), float)
-    retries = options.get("max_retries")
-    if retries is not None and (not isinstance(retries, int) or retries < 0):
-        raise _fail(where, f"option max_retries={retries!r} must be an integer >= 0")
-    backoff = options.get("retry_backoff_seconds")
-    if backoff is not None and (
-        not isinstance(backoff, (list, tuple))
-        or any(not isinstance(b, (int, float)) or b < 0 for b in backoff)
-    ):
-        raise _fail(
-            where, f"option retry_backoff_seconds={backoff!r} must be a list of seconds >= 0"
-        )
-    source_options = {k: v for k, v in options.items() if k not in PIPELINE_OPTIONS}
     try:
-        module.validate(source_options)
-    except (ValueError, TypeError) as exc:
-        raise _fail(where, str(exc)) from exc
+        pipeline, source_options = parse_trigger_options(spec.source, options)
+    except ValueError as exc:
+        raise TriggerDefinitionError(f"{where}: {exc}") from None
+    custom = source_options.trigger if isinstance(source_options, CustomOptions) else None
+    backoff = pipeline.retry_backoff_seconds
     return TriggerDefinition(
         trigger_id=trigger_id,
         saga_cls=saga_cls,
@@ -137,17 +89,17 @@ def build_trigger_definition(
         source=spec.source,
         options=options,
         source_options=source_options,
-        idempotency_key=options.get("idempotency_key"),
-        concurrency_key=options.get("concurrency_key"),
-        max_concurrent_sagas=options.get("max_concurrent_sagas"),
-        rate_limit_per_second=options.get("rate_limit_per_second"),
-        max_retries=retries,
+        idempotency_key=pipeline.idempotency_key,
+        concurrency_key=pipeline.concurrency_key,
+        max_concurrent_sagas=pipeline.max_concurrent_sagas,
+        rate_limit_per_second=pipeline.rate_limit_per_second,
+        max_retries=pipeline.max_retries,
         retry_backoff_seconds=list(backoff) if backoff is not None else None,
-        dead_letter_topic=options.get("dead_letter_topic"),
-        persist_events=options.get("persist_events"),
-        enabled=bool(options.get("enabled", True)),
-        poll_trigger=poll_trigger,
-        push_source=push_source,
+        dead_letter_topic=pipeline.dead_letter_topic,
+        persist_events=pipeline.persist_events,
+        enabled=pipeline.enabled,
+        poll_trigger=custom if isinstance(custom, Trigger) else None,
+        push_source=custom if isinstance(custom, Source) else None,
     )
 
 

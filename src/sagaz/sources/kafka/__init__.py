@@ -1,5 +1,5 @@
 """The Kafka source (aiokafka): :class:`KafkaSource` and its partition bookkeeping."""
 
-from sagaz.sources.kafka.source import OPTIONS, REQUIRED, KafkaSource, create, validate
+from sagaz.sources.kafka.source import KafkaSource, create
 
-__all__ = ["OPTIONS", "REQUIRED", "KafkaSource", "create", "validate"]
+__all__ = ["KafkaSource", "create"]

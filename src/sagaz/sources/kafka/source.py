@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar
 
 from sagaz._aio import wait_event
@@ -32,31 +32,23 @@ from sagaz.events import Delivery, EventMeta
 from sagaz.outbox.kafka import start_producer
 from sagaz.records import DeadLetterRecord
 from sagaz.sources.kafka.partitions import PartitionState
-from sagaz.triggers.options.kafka import DEFAULTS, OPTIONS, REQUIRED, topics_of, validate
+from sagaz.triggers.options.kafka import KafkaOptions
 
-__all__ = [
-    "DEFAULTS",
-    "OPTIONS",
-    "REQUIRED",
-    "KafkaSource",
-    "create",
-    "validate",
-]
+__all__ = ["KafkaSource", "create"]
 
 logger = logging.getLogger(__name__)
 
 
-def create(options: Mapping[str, Any], ctx: SourceContext) -> KafkaSource:
+def create(options: KafkaOptions, ctx: SourceContext) -> KafkaSource:
     """Build the source of one Kafka trigger; raises ``MissingExtraError`` without aiokafka."""
     require_extra("kafka")
-    validate(options)
     return KafkaSource(options, ctx)
 
 
 class KafkaSource(Source):
     """A consumer-group member of one Kafka trigger (see the module docstring).
 
-    >>> async with kafka.create({"topic": "orders"}, ctx) as source:  # doctest: +SKIP
+    >>> async with kafka.create(KafkaOptions(topic="orders"), ctx) as source:  # doctest: +SKIP
     ...     await source.run(emit)
     """
 
@@ -64,17 +56,15 @@ class KafkaSource(Source):
     redeliverable: ClassVar[bool] = True
     settles_locally: ClassVar[bool] = True  # acks mark offsets; commits are batched
 
-    def __init__(self, options: Mapping[str, Any], ctx: SourceContext) -> None:
+    def __init__(self, options: KafkaOptions, ctx: SourceContext) -> None:
         self._ctx = ctx
-        self._opts: dict[str, Any] = {**DEFAULTS, **options}
-        self.topics = topics_of(self._opts["topic"])
-        self.group_id: str = self._opts["group_id"] or f"sagaz-{ctx.trigger_id}"
+        self.options = options
+        self.topics = options.topics
+        self.group_id: str = options.group_id or f"sagaz-{ctx.trigger_id}"
         self.bootstrap_servers: str = (
-            self._opts["bootstrap_servers"] or ctx.config.kafka_bootstrap_servers
+            options.bootstrap_servers or ctx.config.kafka_bootstrap_servers
         )
-        self.dead_letter_topic: str | None = (
-            self._opts.get("dead_letter_topic") or ctx.config.dead_letter_topic
-        )
+        self.dead_letter_topic: str | None = ctx.dead_letter_topic
         #: how many times partitions were assigned to this member (1 while no rebalance)
         self.assignments = 0
         self._log = {"trigger": ctx.trigger_id, "source": self.kind, "group_id": self.group_id}
@@ -94,8 +84,8 @@ class KafkaSource(Source):
         self._run_done.set()
         self._last_records_at = 0.0
         self._limits: tuple[int, int] = (
-            self._opts["max_buffered_per_partition"],
-            self._opts["max_unsettled_per_partition"],
+            options.max_buffered_per_partition,
+            options.max_unsettled_per_partition,
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -125,7 +115,7 @@ class KafkaSource(Source):
 
     async def _close(self) -> None:
         # run() notices _closing within one poll
-        await wait_event(self._run_done, self._opts["poll_timeout_ms"] / 500 + 1)
+        await wait_event(self._run_done, self.options.poll_timeout_ms / 500 + 1)
         consumer, self._consumer = self._consumer, None
         producer, self._producer = self._producer, None
         try:
@@ -181,15 +171,15 @@ class KafkaSource(Source):
                     if self._consumer is None:
                         return
                 batches = await self._consumer.getmany(
-                    timeout_ms=self._opts["poll_timeout_ms"],
-                    max_records=self._opts["max_poll_records"],
+                    timeout_ms=self.options.poll_timeout_ms,
+                    max_records=self.options.max_poll_records,
                 )
             except self._errors.ConsumerStoppedError:
                 return
             except (self._errors.KafkaError, OSError) as exc:
                 failures += 1
                 await self._report(exc, "Kafka consumer failed; retrying")
-                delay = min(0.1 * 2**failures, self._opts["reconnect_backoff_max_ms"] / 1000)
+                delay = min(0.1 * 2**failures, self.options.reconnect_backoff_max_ms / 1000)
                 await wait_event(self._closing, delay)
                 continue
             failures = 0
@@ -212,18 +202,18 @@ class KafkaSource(Source):
             task.result()
 
     async def _connect(self) -> None:
-        options = self._opts
+        options = self.options
         self._partitions.clear()
         consumer = self._aiokafka.AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             group_id=self.group_id,
-            client_id=options["client_id"] or f"sagaz-{self._ctx.worker_id}",
+            client_id=options.client_id or f"sagaz-{self._ctx.worker_id}",
             enable_auto_commit=False,
-            auto_offset_reset=options["auto_offset_reset"],
-            session_timeout_ms=options["session_timeout_ms"],
-            heartbeat_interval_ms=options["heartbeat_interval_ms"],
-            max_poll_interval_ms=options["max_poll_interval_ms"],
-            **(options["consumer_options"] or {}),
+            auto_offset_reset=options.auto_offset_reset,
+            session_timeout_ms=options.session_timeout_ms,
+            heartbeat_interval_ms=options.heartbeat_interval_ms,
+            max_poll_interval_ms=options.max_poll_interval_ms,
+            **(options.consumer_options or {}),
         )
         consumer.subscribe(self.topics, listener=_rebalance_listener(self))
         try:
@@ -332,7 +322,7 @@ class KafkaSource(Source):
         if partition.paused:
             self._update_flow(partition)
         self._settled_since_commit += 1
-        if self._settled_since_commit >= self._opts["commit_every"]:
+        if self._settled_since_commit >= self.options.commit_every:
             self._commit_wanted.set()
 
     async def commit(self) -> None:
@@ -349,12 +339,12 @@ class KafkaSource(Source):
         """
         loop, probe_every = (
             asyncio.get_running_loop(),
-            self._opts["health_check_interval_ms"] / 1000,
+            self.options.health_check_interval_ms / 1000,
         )
         probed_at, unreachable = loop.time(), False
         while True:
             # not asyncio.wait_for: on 3.11 it can swallow the cancel that stops this loop
-            await wait_event(self._commit_wanted, self._opts["commit_interval_ms"] / 1000)
+            await wait_event(self._commit_wanted, self.options.commit_interval_ms / 1000)
             self._commit_wanted.clear()
             try:
                 await self.commit()
@@ -387,7 +377,7 @@ class KafkaSource(Source):
             offsets = {p.tp: p.commit_offset for p in due}
             try:
                 # aiokafka retries a commit until the coordinator answers: bound it
-                async with asyncio.timeout(self._opts["commit_timeout_ms"] / 1000):
+                async with asyncio.timeout(self.options.commit_timeout_ms / 1000):
                     await consumer.commit(offsets)
             except (self._errors.IllegalStateError, self._errors.CommitFailedError) as exc:
                 # a rebalance is under way; the revoke callback commits again before it ends
@@ -425,7 +415,8 @@ class KafkaSource(Source):
     async def publish_dead_letter(self, delivery: Delivery, record: DeadLetterRecord) -> None:
         """Produce the original payload to ``dead_letter_topic`` with ``x-sagaz-*`` headers.
 
-        A no-op when no ``dead_letter_topic`` is set (trigger option or ``TriggerConfig``).
+        A no-op without a dead-letter topic (``ctx.dead_letter_topic``: the trigger's option,
+        else ``TriggerConfig.dead_letter_topic``).
         Raises aiokafka's error when the broker refuses it, so the caller keeps the event.
         """
         if not self.dead_letter_topic:
@@ -454,7 +445,7 @@ class KafkaSource(Source):
                 self._producer = await start_producer(
                     self._aiokafka or require_extra("kafka"),
                     bootstrap_servers=self.bootstrap_servers,
-                    **(self._opts["producer_options"] or {}),
+                    **(self.options.producer_options or {}),
                 )
             return self._producer
 

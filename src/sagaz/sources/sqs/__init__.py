@@ -1,5 +1,5 @@
 """The SQS source (aiobotocore): :class:`SQSSource` and its batched settlement."""
 
-from sagaz.sources.sqs.source import OPTIONS, REQUIRED, SQSSource, create, validate
+from sagaz.sources.sqs.source import SQSSource, create
 
-__all__ = ["OPTIONS", "REQUIRED", "SQSSource", "create", "validate"]
+__all__ = ["SQSSource", "create"]

@@ -35,23 +35,15 @@ from sagaz.abc import Emit, Source, SourceContext
 from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import ConfigurationError, SagazError
 from sagaz.records import DeadLetterRecord
-from sagaz.sources.sqs.settlement import (
-    MAX_BATCH,
-    Backoff,
-    ReceivedMessage,
-    Settle,
-    SQSSettlement,
-)
+from sagaz.sources.sqs.settlement import Backoff, ReceivedMessage, Settle, SQSSettlement
 from sagaz.triggers.options.sqs import (
     MAX_MESSAGE_ATTRIBUTES,
-    MAX_WAIT_TIME,
-    OPTIONS,
-    REQUIRED,
+    MAX_RECEIVE_MESSAGES,
+    SQSOptions,
     is_url,
-    validate,
 )
 
-__all__ = ["OPTIONS", "REQUIRED", "SQSSource", "create", "validate"]
+__all__ = ["SQSSource", "create"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,45 +66,28 @@ class SQSSource(Source):
 
     def __init__(
         self,
-        queue_url: str,
+        options: SQSOptions,
+        ctx: SourceContext,
         *,
-        visibility_timeout: int = 30,
-        wait_time: int = 20,
-        max_messages: int = MAX_BATCH,
-        endpoint_url: str | None = None,
-        region: str | None = None,
-        aws_access_key_id: str | None = None,
-        aws_secret_access_key: str | None = None,
-        aws_session_token: str | None = None,
-        dead_letter_topic: str | None = None,
-        trigger_id: str = "",
         flush_interval: float = 0.1,
         stop_timeout: float = 10.0,
-        ctx: SourceContext | None = None,
     ) -> None:
-        validate(
-            {
-                "queue_url": queue_url,
-                "visibility_timeout": visibility_timeout,
-                "wait_time": wait_time,
-                "max_messages": max_messages,
-                "endpoint_url": endpoint_url,
-            }
-        )
-        self.queue_url = queue_url
-        self.visibility_timeout = visibility_timeout
-        self.wait_time = wait_time
-        self.max_messages = max_messages
-        self.endpoint_url = endpoint_url
-        self.region = region
-        self.dead_letter_topic = dead_letter_topic
+        config, trigger_id = ctx.config, ctx.trigger_id
+        self.options = options
+        self.queue_url = queue_url = options.queue_url
+        self.visibility_timeout = options.visibility_timeout
+        self.wait_time = options.wait_time
+        self.max_messages = options.max_messages or min(MAX_RECEIVE_MESSAGES, config.queue_size)
+        self.endpoint_url = options.endpoint_url or config.sqs_endpoint_url
+        self.region = options.region or config.sqs_region
+        self.dead_letter_topic = ctx.dead_letter_topic
         self.trigger_id = trigger_id
         self.flush_interval = flush_interval
         self.stop_timeout = stop_timeout
         self._credentials = {
-            "aws_access_key_id": aws_access_key_id,
-            "aws_secret_access_key": aws_secret_access_key,
-            "aws_session_token": aws_session_token,
+            "aws_access_key_id": options.aws_access_key_id,
+            "aws_secret_access_key": options.aws_secret_access_key,
+            "aws_session_token": options.aws_session_token,
         }
         self._ctx = ctx
         self._log = {"source": self.kind, "trigger": trigger_id, "queue": queue_url}
@@ -478,26 +453,12 @@ def _string(value: str) -> dict[str, str]:
     return {"DataType": "String", "StringValue": value}
 
 
-def create(options: Mapping[str, Any], ctx: SourceContext) -> SQSSource:
+def create(options: SQSOptions, ctx: SourceContext) -> SQSSource:
     """Build the source of one ``source="sqs"`` trigger (checks that aiobotocore is installed).
 
     ``endpoint_url`` and ``region`` default to ``TriggerConfig.sqs_endpoint_url`` and
-    ``sqs_region``; ``dead_letter_topic`` to ``TriggerConfig.dead_letter_topic``;
-    ``max_messages`` to 10, or ``TriggerConfig.queue_size`` when that is smaller.
+    ``sqs_region``; ``max_messages`` to 10, or ``TriggerConfig.queue_size`` when that is
+    smaller; the dead-letter queue is ``ctx.dead_letter_topic``.
     """
     require_extra("sqs")
-    config = ctx.config
-    return SQSSource(
-        str(options["queue_url"]),
-        visibility_timeout=options.get("visibility_timeout", 30),
-        wait_time=options.get("wait_time", MAX_WAIT_TIME),
-        max_messages=options.get("max_messages", min(MAX_BATCH, config.queue_size)),
-        endpoint_url=options.get("endpoint_url") or config.sqs_endpoint_url,
-        region=options.get("region") or config.sqs_region,
-        aws_access_key_id=options.get("aws_access_key_id"),
-        aws_secret_access_key=options.get("aws_secret_access_key"),
-        aws_session_token=options.get("aws_session_token"),
-        dead_letter_topic=options.get("dead_letter_topic") or config.dead_letter_topic,
-        trigger_id=ctx.trigger_id,
-        ctx=ctx,
-    )
+    return SQSSource(options, ctx)

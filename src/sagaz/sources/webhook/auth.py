@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sagaz.triggers.options.webhook import DEFAULT_SIGNATURE_HEADER
+
 __all__ = [
     "DEFAULT_SIGNATURE_HEADER",
     "AuthFailure",
@@ -27,9 +29,6 @@ __all__ = [
     "WebhookAuth",
     "sign_body",
 ]
-
-#: the header GitHub uses for ``sha256=<hex>`` signatures
-DEFAULT_SIGNATURE_HEADER = "X-Hub-Signature-256"
 
 _SIGNATURE_PREFIX = "sha256="
 

@@ -1,81 +1,126 @@
-"""Options of ``@trigger(source="kafka", ...)``: defaults and class-definition-time checks.
+"""``KafkaOptions``: the options of ``@trigger(source="kafka", ...)``.
 
-Kept apart from :mod:`sagaz.sources.kafka.source` (which re-exports them) and free of aiokafka, so a
-typo in a trigger fails at import even where the driver is not installed.
+Free of aiokafka, so a typo in a trigger fails at import even where the driver is not installed.
+
+>>> KafkaOptions(topic="orders").topics
+['orders']
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
-__all__ = ["DEFAULTS", "OPTIONS", "REQUIRED", "topics_of", "validate"]
+from pydantic import Field, field_validator, model_validator
 
-#: options of ``@trigger(source="kafka", ...)`` with their defaults
-DEFAULTS: dict[str, Any] = {
-    "topic": None,  # a topic name or a list of names (required)
-    "group_id": None,  # default: "sagaz-" + the trigger id
-    "bootstrap_servers": None,  # default: TriggerConfig.kafka_bootstrap_servers
-    "auto_offset_reset": "earliest",
-    "client_id": None,  # default: "sagaz-" + the worker id
-    "session_timeout_ms": 10_000,
-    "heartbeat_interval_ms": 3_000,
-    "max_poll_interval_ms": 300_000,
-    "max_poll_records": 500,
-    "poll_timeout_ms": 250,  # longest wait of one poll; bounds how fast stop() is noticed
-    "commit_interval_ms": 1_000,  # commit settled work at least this often...
-    "commit_every": 500,  # ...or as soon as this many events were settled
-    "max_buffered_per_partition": 1_000,  # pause a partition above this many un-emitted events
-    "max_unsettled_per_partition": 10_000,  # ...or this many emitted but unsettled ones
-    "commit_timeout_ms": 15_000,  # bound of one commit (the final one in stop() too)
-    "reconnect_backoff_max_ms": 30_000,
-    "health_check_interval_ms": 10_000,  # probe the broker after this long without records
-    "consumer_options": None,  # extra AIOKafkaConsumer keyword arguments (security...)
-    "producer_options": None,  # extra AIOKafkaProducer keyword arguments (dead letters)
-}
-OPTIONS = frozenset(DEFAULTS) | {"dead_letter_topic"}
-REQUIRED = frozenset({"topic"})
-_POSITIVE_INTS = tuple(name for name, value in DEFAULTS.items() if isinstance(value, int))
-_OFFSET_RESETS = ("earliest", "latest", "none")
+from sagaz.triggers.options.base import NonEmptyStr, PositiveInt, SourceOptions
+
+__all__ = ["KafkaOptions"]
 
 
-def topics_of(value: Any) -> list[str]:
-    """The ``topic`` option as a list of names (``ValueError`` for anything else)."""
-    topics = [value] if isinstance(value, str) else value
-    if not (
-        isinstance(topics, list | tuple)
-        and topics
-        and all(isinstance(t, str) and t for t in topics)
-    ):
-        raise ValueError(
-            f"option topic={value!r} must be a topic name or a non-empty list of topic names, "
-            'e.g. topic="orders" or topic=["orders", "refunds"]'
-        )
-    return list(topics)
+class KafkaOptions(SourceOptions):
+    """One consumer-group member reading one or more topics (aiokafka)."""
 
+    topic: tuple[str, ...] = Field(
+        description='A topic name or a list of topic names, e.g. "orders" or '
+        '["orders", "refunds"].',
+        examples=["orders", ["orders", "refunds"]],
+    )
+    group_id: NonEmptyStr | None = Field(
+        default=None, description='Consumer group; default: "sagaz-" + the trigger id.'
+    )
+    bootstrap_servers: NonEmptyStr | None = Field(
+        default=None,
+        description="Broker addresses (host:port,...); default: "
+        "TriggerConfig.kafka_bootstrap_servers.",
+    )
+    auto_offset_reset: Literal["earliest", "latest", "none"] = Field(
+        default="earliest",
+        description="Where a group without a committed offset starts reading.",
+    )
+    client_id: NonEmptyStr | None = Field(
+        default=None, description='Kafka client id; default: "sagaz-" + the worker id.'
+    )
+    session_timeout_ms: PositiveInt = Field(
+        default=10_000,
+        description="Milliseconds without heartbeat after which the broker evicts the member.",
+    )
+    heartbeat_interval_ms: PositiveInt = Field(
+        default=3_000,
+        description="Milliseconds between heartbeats; lower than session_timeout_ms (about 1/3).",
+    )
+    max_poll_interval_ms: PositiveInt = Field(
+        default=300_000,
+        description="Longest pause between polls before the member leaves the group.",
+    )
+    max_poll_records: PositiveInt = Field(default=500, description="Most records one poll returns.")
+    poll_timeout_ms: PositiveInt = Field(
+        default=250,
+        description="Longest wait of one poll; bounds how fast stop() is noticed.",
+    )
+    commit_interval_ms: PositiveInt = Field(
+        default=1_000,
+        description="Commit settled offsets at least this often (or after commit_every events).",
+    )
+    commit_every: PositiveInt = Field(
+        default=500,
+        description="Commit as soon as this many events were settled since the last commit.",
+    )
+    max_buffered_per_partition: PositiveInt = Field(
+        default=1_000,
+        description="Pause a partition above this many fetched but not yet emitted records.",
+    )
+    max_unsettled_per_partition: PositiveInt = Field(
+        default=10_000,
+        description="Pause a partition above this many emitted but unsettled events.",
+    )
+    commit_timeout_ms: PositiveInt = Field(
+        default=15_000, description="Bound of one commit (the final one in stop() too)."
+    )
+    reconnect_backoff_max_ms: PositiveInt = Field(
+        default=30_000, description="Longest pause between reconnection attempts."
+    )
+    health_check_interval_ms: PositiveInt = Field(
+        default=10_000,
+        description="Probe the broker after this long without records (reports an outage).",
+    )
+    consumer_options: dict[str, Any] | None = Field(
+        default=None,
+        strict=False,  # any mapping
+        description="Extra AIOKafkaConsumer keyword arguments (security_protocol, sasl_*...).",
+    )
+    producer_options: dict[str, Any] | None = Field(
+        default=None,
+        strict=False,
+        description="Extra AIOKafkaProducer keyword arguments (for dead letters).",
+    )
 
-def validate(options: Mapping[str, Any]) -> None:
-    """Check option types and values at class-definition time (aiokafka is not imported)."""
-    topics_of(options.get("topic"))
-    for name in ("group_id", "bootstrap_servers", "client_id", "dead_letter_topic"):
-        value = options.get(name)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ValueError(f"option {name}={value!r} must be a non-empty string")
-    reset = options.get("auto_offset_reset", "earliest")
-    if reset not in _OFFSET_RESETS:
-        raise ValueError(f"option auto_offset_reset={reset!r} must be one of {_OFFSET_RESETS}")
-    for name in _POSITIVE_INTS:
-        value = options.get(name, 1)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"option {name}={value!r} must be a positive integer")
-    for name in ("consumer_options", "producer_options"):
-        value = options.get(name)
-        if value is not None and not isinstance(value, Mapping):
-            raise ValueError(f"option {name}={value!r} must be a dict of aiokafka arguments")
-    session = options.get("session_timeout_ms", DEFAULTS["session_timeout_ms"])
-    heartbeat = options.get("heartbeat_interval_ms", DEFAULTS["heartbeat_interval_ms"])
-    if heartbeat >= session:
-        raise ValueError(
-            f"option heartbeat_interval_ms={heartbeat} must be lower than "
-            f"session_timeout_ms={session} (typically a third of it)"
-        )
+    @field_validator("topic", mode="before")
+    @classmethod
+    def _topics(cls, value: Any) -> tuple[str, ...]:
+        topics = [value] if isinstance(value, str) else value
+        if not (
+            isinstance(topics, Sequence)
+            and not isinstance(topics, str | bytes)
+            and topics
+            and all(isinstance(t, str) and t for t in topics)
+        ):
+            raise ValueError(
+                f"option topic={value!r} must be a topic name or a non-empty list of topic "
+                'names, e.g. topic="orders" or topic=["orders", "refunds"]'
+            )
+        return tuple(topics)
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> KafkaOptions:
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError(
+                f"option heartbeat_interval_ms={self.heartbeat_interval_ms} must be lower than "
+                f"session_timeout_ms={self.session_timeout_ms} (typically a third of it)"
+            )
+        return self
+
+    @property
+    def topics(self) -> list[str]:
+        """The topics to subscribe to."""
+        return list(self.topic)

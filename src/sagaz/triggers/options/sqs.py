@@ -1,79 +1,90 @@
-"""Options of ``@trigger(source="sqs", ...)`` and their checks (no aiobotocore import).
+"""``SQSOptions``: the options of ``@trigger(source="sqs", ...)`` (no aiobotocore import).
 
->>> validate({"queue_url": "orders", "wait_time": 25})
-Traceback (most recent call last):
-...
-ValueError: option wait_time=25 must be an integer in 0..20
+>>> SQSOptions(queue_url="orders").wait_time
+20
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from sagaz.sources.sqs.settlement import MAX_BATCH
+from pydantic import Field, field_validator, model_validator
+
+from sagaz.triggers.options.base import NonEmptyStr, SourceOptions
 
 __all__ = [
     "MAX_MESSAGE_ATTRIBUTES",
+    "MAX_RECEIVE_MESSAGES",
     "MAX_VISIBILITY_TIMEOUT",
     "MAX_WAIT_TIME",
-    "OPTIONS",
-    "REQUIRED",
+    "SQSOptions",
     "is_url",
-    "validate",
 ]
 
-#: the ``@trigger(source="sqs", ...)`` options
-OPTIONS = frozenset(
-    {
-        "queue_url",
-        "visibility_timeout",
-        "wait_time",
-        "max_messages",
-        "endpoint_url",
-        "region",
-        "aws_access_key_id",
-        "aws_secret_access_key",
-        "aws_session_token",
-        "dead_letter_topic",
-    }
-)
-#: the options a ``source="sqs"`` trigger cannot do without
-REQUIRED = frozenset({"queue_url"})
-
-#: SQS limits: long-poll seconds, visibility seconds, attributes of a message
+#: SQS limits: long-poll seconds, visibility seconds, messages per receive, attributes
 MAX_WAIT_TIME = 20
 MAX_VISIBILITY_TIMEOUT = 43_200
+MAX_RECEIVE_MESSAGES = 10
 MAX_MESSAGE_ATTRIBUTES = 10
-
-
-def _bounded_int(options: Mapping[str, Any], name: str, low: int, high: int) -> None:
-    value = options.get(name)
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
-    ):
-        raise ValueError(f"option {name}={value!r} must be an integer in {low}..{high}")
-
-
-def validate(options: Mapping[str, Any]) -> None:
-    """Check the options of a ``source="sqs"`` trigger without importing aiobotocore."""
-    queue_url = options.get("queue_url")
-    if not isinstance(queue_url, str) or not queue_url:
-        raise ValueError(f"option queue_url={queue_url!r} must be a queue URL (or queue name)")
-    _bounded_int(options, "visibility_timeout", 1, MAX_VISIBILITY_TIMEOUT)
-    _bounded_int(options, "wait_time", 0, MAX_WAIT_TIME)
-    _bounded_int(options, "max_messages", 1, MAX_BATCH)
-    endpoint_url = options.get("endpoint_url")
-    if endpoint_url is not None and not is_url(endpoint_url):
-        raise ValueError("option endpoint_url must be an http:// or https:// URL")
-    for name in ("region", "aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
-        value = options.get(name)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise ValueError(f"option {name} must be a non-empty string")
-    if ("aws_access_key_id" in options) != ("aws_secret_access_key" in options):
-        raise ValueError("options aws_access_key_id and aws_secret_access_key go together")
 
 
 def is_url(value: Any) -> bool:
     """Whether ``value`` is an http(s) URL (a queue URL), rather than a queue name."""
     return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+class SQSOptions(SourceOptions):
+    """One SQS queue, long-polled; credentials not given here come from the AWS chain."""
+
+    queue_url: NonEmptyStr = Field(
+        description="The queue URL, or a queue name (resolved with GetQueueUrl).",
+        examples=["https://sqs.eu-west-1.amazonaws.com/123456789012/orders"],
+    )
+    visibility_timeout: int = Field(
+        default=30,
+        ge=1,
+        le=MAX_VISIBILITY_TIMEOUT,
+        description="Seconds a received message stays invisible; extended while its saga runs.",
+    )
+    wait_time: int = Field(
+        default=MAX_WAIT_TIME,
+        ge=0,
+        le=MAX_WAIT_TIME,
+        description="Long-poll seconds of one ReceiveMessage.",
+    )
+    max_messages: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_RECEIVE_MESSAGES,
+        description="Messages per receive; default: 10, or TriggerConfig.queue_size when smaller.",
+    )
+    endpoint_url: str | None = Field(
+        default=None,
+        description="http(s) URL of the SQS API (LocalStack, moto...); default: "
+        "TriggerConfig.sqs_endpoint_url, else AWS.",
+    )
+    region: NonEmptyStr | None = Field(
+        default=None, description="AWS region; default: TriggerConfig.sqs_region."
+    )
+    aws_access_key_id: NonEmptyStr | None = Field(
+        default=None, description="Access key id (with aws_secret_access_key); default: AWS chain."
+    )
+    aws_secret_access_key: NonEmptyStr | None = Field(
+        default=None, repr=False, description="Secret access key (with aws_access_key_id)."
+    )
+    aws_session_token: NonEmptyStr | None = Field(
+        default=None, repr=False, description="Session token of temporary credentials."
+    )
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not is_url(value):
+            raise ValueError("option endpoint_url must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> SQSOptions:
+        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
+            raise ValueError("options aws_access_key_id and aws_secret_access_key go together")
+        return self
