@@ -26,7 +26,7 @@ from typing import Any
 
 from sagaz.abc import Lifecycle, SagaStore, Source, SourceContext
 from sagaz.clock import Clock, SystemClock, utcnow
-from sagaz.config import TriggerConfig, resolve_store
+from sagaz.config import TriggerConfig, resolve_store, store_is_chosen
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.admission import Admission
 from sagaz.engine.backpressure import BackpressureQueue
@@ -49,6 +49,15 @@ logger = logging.getLogger(__name__)
 
 #: how long a shutdown waits for broker acks and nacks already under way
 ACK_DRAIN_SECONDS = 5.0
+
+#: logged once per start by an engine that fell back to the memory store
+NOT_DURABLE_WARNING = (
+    "no store configured: the trigger engine runs on an in-memory MemorySagaStore, so sagas "
+    "are not durable (a restart loses accepted and running sagas, nothing resumes, and other "
+    "processes share no inbox). Choose a store with start_triggers(store=...), "
+    "sagaz.configure(store=...) or SAGAZ_STORE_URL (sqlite:///sagaz.db, postgresql://..., "
+    "redis://...)"
+)
 
 
 def _default_worker_id() -> str:
@@ -76,6 +85,7 @@ class TriggerEngine(Lifecycle):
     ) -> None:
         self.config = config or TriggerConfig()
         self.store: SagaStore = resolve_store(store)
+        self._store_chosen = store_is_chosen(store)
         self.clock = clock or SystemClock()
         self.listeners = list(listeners)
         self._definitions = list(triggers) if triggers is not None else None
@@ -107,6 +117,8 @@ class TriggerEngine(Lifecycle):
                 "`@trigger(...)` methods is imported: import it before start_triggers() "
                 "(e.g. `import myapp.sagas`), or run `sagaz run myapp.sagas`."
             )
+        if not self._store_chosen:
+            logger.warning(NOT_DURABLE_WARNING, extra={"worker_id": self.worker_id})
         if not getattr(self.store, "_started", False):
             await self.store.start()
             self._store_started_here = True
