@@ -713,3 +713,62 @@ async def test_sqs_events_plain_dict_gets_the_message_and_a_model_gets_the_body(
     assert EventDecoder(plain, where="t").decode(delivery)["MessageId"] == "m-1"
     assert EventDecoder(bare, where="t").decode(delivery)["MessageId"] == "m-1"
     assert EventDecoder(modelled, where="t").decode(delivery) == SqsOrder(id=3)
+
+
+# -- issue 11: handles of fire_event, identity without a key, process-wide listeners --------
+
+
+class AuditedOrder(BaseModel):
+    id: int
+    test: bool = False
+
+
+async def test_process_wide_listeners_get_the_decoded_event_and_the_reason_enum() -> None:
+    from sagaz.events import Reason
+
+    class Audit(SagaListener):
+        def __init__(self) -> None:
+            self.received: list[tuple[str, str, Any]] = []
+            self.filtered: list[tuple[Any, Any]] = []
+            self.completed: list[str] = []
+
+        async def on_trigger_received(self, saga_name, event_source, event):  # type: ignore[no-untyped-def]
+            self.received.append((saga_name, event_source, event))
+
+        async def on_trigger_filtered(self, saga_name: str, event: Any, reason: Reason) -> None:
+            self.filtered.append((event, reason))
+
+        async def on_saga_complete(self, saga_name: str, saga_id: str, ctx: Any) -> None:
+            self.completed.append(saga_id)
+
+    per_saga = Audit()
+
+    class Orders(Saga):
+        saga_name = "audited-orders"
+        listeners = [per_saga]
+
+        @trigger(source="memory", channel="audited")
+        def on_order(self, order: AuditedOrder) -> dict[str, Any] | None:
+            return None if order.test else {"id": order.id}
+
+        @action("one")
+        async def one(self, ctx: Any) -> None: ...
+
+    audit = Audit()
+    engine = await sagaz.start_triggers(store=MemorySagaStore(), listeners=[audit])
+    try:
+        [saga_id] = await sagaz.fire_event("audited", {"id": 1})
+        await engine.wait_for(saga_id, timeout=5)
+        assert await sagaz.fire_event("audited", {"id": 2, "test": True}) == []
+    finally:
+        await sagaz.stop_triggers()
+    for listener in (audit, per_saga):  # the process-wide one in addition to the saga's own
+        assert listener.received == [
+            ("audited-orders", "memory", AuditedOrder(id=1)),
+            ("audited-orders", "memory", AuditedOrder(id=2, test=True)),
+        ]
+        [(event, reason)] = listener.filtered
+        assert event is listener.received[1][2]  # the same object on_trigger_received got
+        assert reason is Reason.FILTERED
+        assert reason == "filtered"  # a str: existing comparisons keep working
+        assert listener.completed == [saga_id]

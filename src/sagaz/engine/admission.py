@@ -63,19 +63,25 @@ class Admission:
         state = self.state
         state.metrics.received[trigger.trigger_id] += 1
         delivery.meta.trigger = delivery.meta.trigger or trigger.trigger_id
-        if trigger.listeners:
+        undecodable: Exception | None = None
+        try:
+            event = trigger.decoder.decode(delivery)
+        except Exception as exc:
+            event, undecodable = delivery.payload, exc
+        if trigger.listeners:  # the object on_trigger_filtered gets, should it come to that
             await notify(
                 trigger.listeners,
                 "on_trigger_received",
                 trigger.saga_name,
                 delivery.meta.source,
-                delivery.payload,
+                event,
             )
         if not self.accepting:
             await self.settlement.nack(trigger, delivery)
             return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
+        if undecodable is not None:
+            return await self._invalid(trigger, delivery, event, undecodable, None)
         try:
-            event = trigger.decoder.decode(delivery)
             key = self._key(trigger, delivery, event)
             concurrency_key = (
                 trigger.definition.concurrency_key(event)
@@ -83,7 +89,7 @@ class Admission:
                 else None
             )
         except Exception as exc:
-            return await self._invalid(trigger, delivery, exc, None)
+            return await self._invalid(trigger, delivery, event, exc, None)
         saga_id = saga_id_for(trigger.trigger_id, key)
         joint = self._in_flight.get(saga_id)
         if joint is not None:
@@ -167,7 +173,7 @@ class Admission:
                 context = await trigger.transform(event, delivery.meta)
             except Exception as exc:
                 await state.store.release_inbox(trigger.trigger_id, key)
-                return await self._invalid(trigger, delivery, exc, saga_id, claimed=True)
+                return await self._invalid(trigger, delivery, event, exc, saga_id, claimed=True)
             if context is None:
                 await state.store.complete_inbox(trigger.trigger_id, key)
                 await self.settlement.filtered(trigger, event, Reason.FILTERED)
@@ -180,7 +186,7 @@ class Admission:
                     f"{type(context).__name__}; it must return a dict (the saga's starting "
                     "context) or None (skip the event)"
                 )
-                return await self._invalid(trigger, delivery, error, saga_id, claimed=True)
+                return await self._invalid(trigger, delivery, event, error, saga_id, claimed=True)
         context_hash: str | None = None
         if trigger.poll_name is not None:
             context_hash = canonical_hash(context)
@@ -270,11 +276,14 @@ class Admission:
         self,
         trigger: ActiveTrigger,
         delivery: Delivery,
+        event: Any,
         exc: BaseException,
         saga_id: str | None,
         *,
         claimed: bool = False,
     ) -> AdmissionResult:
+        """Dead-letter (unless ``keep_invalid`` says no), report and ack an invalid event;
+        ``event`` is what listeners got as received: decoded, or the payload if undecodable."""
         details = exc.details if isinstance(exc, InvalidPayloadError) else None
         if delivery.keep_invalid is None or delivery.keep_invalid():
             await self.settlement.dead_letter(
@@ -285,7 +294,7 @@ class Admission:
                 attempts=0,
                 saga_id=saga_id,
             )
-        await self.settlement.filtered(trigger, delivery.payload, Reason.INVALID)
+        await self.settlement.filtered(trigger, event, Reason.INVALID)
         await self.settlement.ack(trigger, delivery)
         return AdmissionResult(
             AdmissionOutcome.INVALID, saga_id, Reason.INVALID, error=str(exc), details=details

@@ -432,14 +432,21 @@ _pending_shared: dict[str, Any] = {}  # what webhook_app() prepares before start
 
 
 async def start_triggers(
-    config: TriggerConfig | None = None, store: SagaStore | None = None
+    config: TriggerConfig | None = None,
+    store: SagaStore | None = None,
+    *,
+    listeners: Sequence[SagaListener] = (),
 ) -> TriggerEngine:
-    """Start the process-wide engine for every registered trigger and return it."""
+    """Start the process-wide engine for every registered trigger and return it.
+
+    ``listeners`` hear about every trigger and saga of the engine, in addition to the
+    ``listeners`` of each saga class (audit, metrics, tracing).
+    """
     global _engine
     if _engine is not None and _engine.running:
         raise RuntimeError("triggers are already running; call `await sagaz.stop_triggers()` first")
     global _pending_shared
-    engine = TriggerEngine(config, store, shared=_pending_shared)
+    engine = TriggerEngine(config, store, listeners=listeners, shared=_pending_shared)
     _pending_shared = {}
     await engine.start()
     _engine = engine
