@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from sagaz.clock import utcnow
 
@@ -18,6 +18,7 @@ __all__ = [
     "Delivery",
     "EventMeta",
     "FileEvent",
+    "NotRun",
     "Reason",
     "WebhookRequest",
 ]
@@ -126,6 +127,37 @@ class AdmissionResult:
     def accepted(self) -> bool:
         """True when a saga will run for this event."""
         return self.outcome is AdmissionOutcome.ACCEPTED
+
+
+@dataclass(frozen=True, slots=True)
+class NotRun:
+    """Why an accepted event's saga has no result here: what ``TriggerEngine.wait_for(saga_id)``
+    answers instead of a ``SagaResult``.
+
+    ``reason`` is
+
+    * ``Reason.DROPPED_OLDEST``: the event was accepted (its saga id returned by
+      ``fire_event``, a webhook answered 202) and later evicted from the full queue under
+      ``backpressure_strategy="drop_oldest"``; its saga never runs (the drop was reported
+      to ``on_trigger_filtered`` and counted, like every drop);
+    * ``"interrupted"``: the engine stopped, or the store failed, before the saga ended; the
+      event is redelivered (brokers) or recovered from the store (other sources, with a
+      durable store) and its saga resumes, in this process after a restart or in another.
+
+    A ``NotRun`` is falsy, so ``if outcome:`` reads "there is a result"::
+
+        [saga_id] = await sagaz.fire_event("orders", {"id": 1})
+        outcome = await engine.wait_for(saga_id, timeout=30)
+        if isinstance(outcome, NotRun):
+            log.warning("order 1 did not run: %s", outcome.reason)
+    """
+
+    saga_id: str
+    reason: Reason | Literal["interrupted"]
+    error: str | None = None  # what interrupted it, when it was an error
+
+    def __bool__(self) -> Literal[False]:
+        return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -718,6 +718,64 @@ async def test_sqs_events_plain_dict_gets_the_message_and_a_model_gets_the_body(
 # -- issue 11: handles of fire_event, identity without a key, process-wide listeners --------
 
 
+async def test_fire_event_handles_of_events_evicted_by_drop_oldest_resolve_to_the_reason() -> None:
+    from sagaz.events import NotRun, Reason
+    from sagaz.saga.result import SagaResult
+
+    gate = asyncio.Event()
+    started: list[int] = []
+    make_blocking_saga("evict", gate, started)
+    config = TriggerConfig(
+        queue_size=2, backpressure_strategy="drop_oldest", max_concurrent_sagas=1
+    )
+    engine = await sagaz.start_triggers(config, MemorySagaStore())
+    try:
+        [running] = await sagaz.fire_event("evict", {"n": 0})
+        await wait_until(lambda: started == [0])  # the only worker holds event 0
+        handles = [await sagaz.fire_event("evict", {"n": n}) for n in range(1, 5)]
+        assert all(len(ids) == 1 for ids in handles)  # each was accepted when fired
+        [evicted_1], [evicted_2], [kept_3], [kept_4] = handles
+        waiting = asyncio.ensure_future(engine.wait_for(evicted_2, timeout=5))
+        gate.set()
+        outcomes = {
+            saga_id: await engine.wait_for(saga_id, timeout=5)
+            for saga_id in (running, evicted_1, kept_3, kept_4)
+        }
+        outcomes[evicted_2] = await waiting
+    finally:
+        await sagaz.stop_triggers()
+    for saga_id in (evicted_1, evicted_2):
+        outcome = outcomes[saga_id]
+        assert isinstance(outcome, NotRun)
+        assert outcome.saga_id == saga_id
+        assert outcome.reason is Reason.DROPPED_OLDEST
+        assert not outcome  # "no result"
+    for saga_id in (running, kept_3, kept_4):
+        outcome = outcomes[saga_id]
+        assert isinstance(outcome, SagaResult)
+        assert outcome.status is SagaStatus.COMPLETED
+    assert sorted(started) == [0, 3, 4]
+
+
+async def test_handles_still_queued_or_running_at_shutdown_resolve_to_interrupted() -> None:
+    from sagaz.events import NotRun
+
+    gate = asyncio.Event()
+    started: list[int] = []
+    make_blocking_saga("halt", gate, started)
+    config = TriggerConfig(max_concurrent_sagas=1, shutdown_timeout=0.05)
+    engine = TriggerEngine(config, MemorySagaStore())
+    await engine.start()
+    [running] = await engine.fire("halt", {"n": 0})
+    await wait_until(lambda: started == [0])
+    [queued] = await engine.fire("halt", {"n": 1})
+    waiting = [asyncio.ensure_future(engine.wait_for(i, timeout=5)) for i in (running, queued)]
+    await engine.stop()  # the running saga is cancelled, the queued one never starts
+    outcomes = [await w for w in waiting]
+    assert outcomes == [NotRun(running, "interrupted"), NotRun(queued, "interrupted")]
+    assert await engine.wait_for(queued, timeout=5) == NotRun(queued, "interrupted")
+
+
 class AuditedOrder(BaseModel):
     id: int
     test: bool = False

@@ -13,14 +13,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.decoding import InvalidPayloadError
 from sagaz.engine.identity import canonical_hash, content_key, saga_id_for, storable
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
-from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, Reason
+from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, NotRun, Reason
 from sagaz.exceptions import InvalidEventError
 from sagaz.records import ClaimOutcome, SagaRecord, TriggerExecutionRecord
 from sagaz.saga.listeners import notify
@@ -229,6 +229,7 @@ class Admission:
         )
         if existing is not None and existing.status in TERMINAL_SAGA_STATUSES:
             item.already_terminal = True
+        state.outcomes.accepted(saga_id)  # its outcome is still to come
         put = await state.queue.put(item)
         if not put.accepted:
             return await self._refused(trigger, item)
@@ -240,11 +241,11 @@ class Admission:
     async def _refused(self, trigger: ActiveTrigger, item: WorkItem) -> AdmissionResult:
         state = self.state
         if not self.accepting:  # released from a blocked put by shutdown
-            await self._forget(item)
+            await self._forget(item, "interrupted")
             await self.settlement.nack(trigger, item.delivery)
             return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
         if state.queue.strategy == "reject":
-            await self._forget(item)
+            await self._forget(item, Reason.REJECTED)
             await self.settlement.dead_letter(
                 trigger,
                 item.delivery,
@@ -260,12 +261,14 @@ class Admission:
         return AdmissionResult(AdmissionOutcome.DROPPED, item.saga_id, Reason.DROPPED_NEWEST)
 
     async def _drop(self, item: WorkItem, reason: Reason) -> None:
-        await self._forget(item)
+        await self._forget(item, reason)
         await self.settlement.filtered(item.trigger, item.event, reason)
         await self.settlement.ack(item.trigger, item.delivery)
 
-    async def _forget(self, item: WorkItem) -> None:
-        """Undo an acceptance that never started: the key may be delivered again."""
+    async def _forget(self, item: WorkItem, why: Reason | Literal["interrupted"]) -> None:
+        """Undo an acceptance that never started: the key may be delivered again. Whoever
+        waits on its saga id (``fire_event`` returned it) is told ``why`` at once."""
+        self.state.outcomes.settle(item.saga_id, NotRun(item.saga_id, why))
         store = self.state.store
         await store.delete_saga(item.saga_id)
         await store.release_inbox(item.trigger_id, item.key)

@@ -19,7 +19,6 @@ import logging
 import os
 import socket
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -34,10 +33,11 @@ from sagaz.engine.dispatcher import Dispatcher
 from sagaz.engine.identity import content_key, storable
 from sagaz.engine.limits import TokenBucket
 from sagaz.engine.loading import load_source_module
+from sagaz.engine.outcomes import SagaOutcomes
 from sagaz.engine.runner import SagaRunner
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
-from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta
+from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta, NotRun
 from sagaz.exceptions import ConfigurationError
 from sagaz.saga.listeners import SagaListener
 from sagaz.saga.result import SagaResult
@@ -95,8 +95,7 @@ class TriggerEngine(Lifecycle):
         self.sources: dict[str, Source] = {}
         self._channels: dict[str, list[ActiveTrigger]] = {}  # memory triggers by channel
         self._tasks: list[asyncio.Task[None]] = []
-        self._waiters: dict[str, list[asyncio.Future[SagaResult | None]]] = {}
-        self._recent: OrderedDict[str, SagaResult | None] = OrderedDict()
+        self.outcomes = SagaOutcomes()
         self._started = False
         self._stopping = False
         self._store_started_here = False
@@ -131,6 +130,7 @@ class TriggerEngine(Lifecycle):
             worker_id=self.worker_id,
             queue=queue,
             listeners=self.listeners,
+            outcomes=self.outcomes,
             global_bucket=(
                 TokenBucket(config.rate_limit_per_second, self.clock)
                 if config.rate_limit_per_second
@@ -140,7 +140,8 @@ class TriggerEngine(Lifecycle):
         self.state = state
         self.settlement = Settlement(state)
         self.admission = Admission(state, self.settlement)
-        self.runner = SagaRunner(state, self.settlement, on_result=self._on_result)
+        self.runner = SagaRunner(state, self.settlement)
+        self.outcomes.resume()
         self.dispatcher = Dispatcher(state, self.runner)
         self._started = True
         try:
@@ -318,11 +319,7 @@ class TriggerEngine(Lifecycle):
         except Exception:
             logger.exception("releasing leases failed")
         await asyncio.gather(*(self._stop_source(s) for s in self.sources.values()))
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-        self._waiters.clear()
+        self.outcomes.interrupt()  # what did not end here resumes later: say so to waiters
         if self._store_started_here:
             await self.store.stop()
         self._started = False
@@ -358,7 +355,9 @@ class TriggerEngine(Lifecycle):
     # -- in-process events -----------------------------------------------------------------
     async def fire(self, channel: str, event: Any) -> list[str]:
         """Send ``event`` to every ``source="memory"`` trigger on ``channel``; return the
-        saga ids accepted (durable in the store when this returns)."""
+        saga ids accepted (durable in the store when this returns).
+
+        :meth:`wait_for` answers every returned id: its result, or why it did not run."""
         self._require_running()
         targets = self._channels.get(channel)
         if not targets:
@@ -404,22 +403,23 @@ class TriggerEngine(Lifecycle):
         )
         return await self.admission.admit(active, delivery)
 
-    async def wait_for(self, saga_id: str, timeout: float | None = None) -> SagaResult | None:
-        """Wait for the run of ``saga_id`` started by this engine to settle."""
-        if saga_id in self._recent:
-            return self._recent[saga_id]
-        future: asyncio.Future[SagaResult | None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(saga_id, []).append(future)
-        async with asyncio.timeout(timeout):
-            return await future
+    async def wait_for(self, saga_id: str, timeout: float | None = None) -> SagaResult | NotRun:
+        """Wait until the saga of an event this engine accepted has an outcome.
 
-    def _on_result(self, item: WorkItem, result: SagaResult | None) -> None:
-        self._recent[item.saga_id] = result
-        if len(self._recent) > 10_000:
-            self._recent.popitem(last=False)
-        for waiter in self._waiters.pop(item.saga_id, ()):
-            if not waiter.done():
-                waiter.set_result(result)
+        Every saga id :meth:`fire` (``sagaz.fire_event``), :meth:`dispatch` or a webhook's
+        202 handed out gets one: its :class:`~sagaz.saga.result.SagaResult` (completed, or
+        compensated/failed and dead-lettered after its retries), or a
+        :class:`~sagaz.events.NotRun` saying why it has none: ``reason`` is
+        ``"dropped_oldest"`` (evicted from the full queue after it was accepted: it never
+        runs) or ``"interrupted"`` (the engine stopped, or the store failed, first: it
+        resumes later). ``TimeoutError`` after ``timeout`` seconds.
+
+        >>> [saga_id] = await sagaz.fire_event("orders", {"id": 1})  # doctest: +SKIP
+        >>> outcome = await engine.wait_for(saga_id, timeout=30)  # doctest: +SKIP
+        >>> outcome.status if outcome else outcome.reason  # doctest: +SKIP
+        <SagaStatus.COMPLETED: 'completed'>
+        """
+        return await self.outcomes.wait(saga_id, timeout)
 
     def _require_running(self) -> None:
         if not self.running:
@@ -462,7 +462,10 @@ async def stop_triggers() -> None:
 
 
 async def fire_event(channel: str, event: Any) -> list[str]:
-    """Send an in-process event to the ``source="memory"`` triggers on ``channel``."""
+    """Send an in-process event to the ``source="memory"`` triggers on ``channel``; return
+    the accepted saga ids. ``(await sagaz.start_triggers()).wait_for(saga_id)`` answers each
+    with its ``SagaResult`` or a ``NotRun`` naming why it did not run (see
+    :meth:`TriggerEngine.wait_for`)."""
     if _engine is None:
         raise RuntimeError("no trigger engine is running: `await sagaz.start_triggers()` first")
     return await _engine.fire(channel, event)

@@ -108,7 +108,8 @@ class TriggerTestHarness:
         self.last_admission = result
         if result.outcome is not AdmissionOutcome.ACCEPTED or result.saga_id is None:
             return None
-        return await self._engine.wait_for(result.saga_id, timeout)  # type: ignore[no-any-return]
+        outcome = await self._engine.wait_for(result.saga_id, timeout)
+        return outcome if isinstance(outcome, SagaResult) else None  # NotRun: interrupted
 
     async def close(self) -> None:
         """Stop the pipeline started by :meth:`run`."""
