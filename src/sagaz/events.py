@@ -68,8 +68,13 @@ class Delivery:
       a typed method gets ``body`` validated as JSON (an empty body as ``null``).
 
     ``identity`` is the source's message identity, the dedup key when the trigger has no
-    ``idempotency_key``. ``ack``/``nack(requeue)`` are called once, after the saga's terminal
-    state is in the store.
+    ``idempotency_key`` (DESIGN 3.1). ``""``: the delivery has none, and then it is its own
+    event (two identical webhook bodies, two ``fire_event`` calls start two sagas), unless
+    its trigger sets ``dedup="content"`` (or its source is redeliverable: a redelivery must
+    map to the same saga), which makes the content the key: ``content_identity`` when the
+    source gives one (the webhook hashes method, path, query and body), else a hash of
+    ``body`` (an envelope) or of ``payload``. ``ack``/``nack(requeue)`` are called once, after
+    the saga's terminal state is in the store.
 
     ``keep_invalid`` is asked (once) when the event turns out invalid: ``True`` stores it as a
     dead letter, ``False`` only counts and reports it. ``None`` (brokers, files...) always
@@ -85,6 +90,7 @@ class Delivery:
     decoded: bool = False
     body: bytes | str | None = None
     keep_invalid: Callable[[], bool] | None = None
+    content_identity: str | None = None
 
 
 class AdmissionOutcome(StrEnum):

@@ -776,6 +776,70 @@ async def test_handles_still_queued_or_running_at_shutdown_resolve_to_interrupte
     assert await engine.wait_for(queued, timeout=5) == NotRun(queued, "interrupted")
 
 
+async def test_identical_fire_event_payloads_are_two_events_unless_the_trigger_dedups_content() -> (
+    None
+):
+    runs: list[str] = []
+
+    class Plain(Saga):
+        @trigger(source="memory", channel="plain")
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("one")
+        async def one(self, ctx: Any) -> None:
+            runs.append("plain")
+
+    class ByContent(Saga):
+        @trigger(source="memory", channel="by-content", dedup="content")
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("one")
+        async def one(self, ctx: Any) -> None:
+            runs.append("content")
+
+    store = MemorySagaStore()
+    async with TriggerEngine(TriggerConfig(), store) as engine:
+        first = await engine.fire("plain", {"amount": 5})
+        second = await engine.fire("plain", {"amount": 5})
+        for saga_id in first + second:
+            assert await engine.wait_for(saga_id, timeout=5)
+        same = await engine.fire("by-content", {"amount": 5})
+        assert await engine.wait_for(same[0], timeout=5)
+        again = await engine.fire("by-content", {"amount": 5})  # completed: a duplicate
+        other = await engine.fire("by-content", {"amount": 6})
+        assert await engine.wait_for(other[0], timeout=5)
+    assert len(first) == len(second) == 1
+    assert first != second  # two calls, two events, two sagas
+    assert again == []
+    assert other != same
+    assert sorted(runs) == ["content", "content", "plain", "plain"]
+    assert engine.metrics.reasons["duplicate"] == 1
+
+
+def test_dedup_option_is_validated_at_class_definition() -> None:
+    with pytest.raises(TriggerDefinitionError, match=r"Odd\.on_event.*dedup='body'.*'content'"):
+
+        class Odd(Saga):
+            @trigger(source="memory", channel="c", dedup="body")
+            def on_event(self, event: Any) -> None: ...
+
+    with pytest.raises(TriggerDefinitionError, match=r"Both\.on_event.*dedup.*idempotency_key"):
+
+        class Both(Saga):
+            @trigger(
+                source="memory", channel="c", dedup="content", idempotency_key=lambda e: e["id"]
+            )
+            def on_event(self, event: Any) -> None: ...
+
+    with pytest.raises(TriggerDefinitionError, match=r"Ticks\.on_tick.*cron events always carry"):
+
+        class Ticks(Saga):
+            @trigger(source="cron", schedule="@hourly", dedup="content")
+            def on_tick(self, event: Any) -> None: ...
+
+
 class AuditedOrder(BaseModel):
     id: int
     test: bool = False

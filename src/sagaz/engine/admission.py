@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -148,7 +149,15 @@ class Admission:
             return str(value)
         if delivery.identity:
             return delivery.identity
-        return content_key(storable(delivery.payload))
+        source = trigger.source
+        if trigger.definition.dedup == "content" or (source is not None and source.redeliverable):
+            if delivery.content_identity:
+                return delivery.content_identity
+            content = delivery.body if delivery.body is not None else delivery.payload
+            return content_key(storable(content))
+        # no identity (a fire_event call, a webhook request without Idempotency-Key): its own
+        # event, never merged with an identical one behind the user's back (DESIGN 3.1)
+        return f"event:{uuid.uuid4().hex}"
 
     async def _accept(
         self, c: _Candidate, lease: datetime, *, fresh: bool = False

@@ -30,7 +30,6 @@ from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.admission import Admission
 from sagaz.engine.backpressure import BackpressureQueue
 from sagaz.engine.dispatcher import Dispatcher
-from sagaz.engine.identity import content_key, storable
 from sagaz.engine.limits import TokenBucket
 from sagaz.engine.loading import load_source_module
 from sagaz.engine.outcomes import SagaOutcomes
@@ -357,6 +356,8 @@ class TriggerEngine(Lifecycle):
         """Send ``event`` to every ``source="memory"`` trigger on ``channel``; return the
         saga ids accepted (durable in the store when this returns).
 
+        Each call is its own event (two identical payloads start two sagas) unless the
+        trigger names an identity (``idempotency_key=``) or asks ``dedup="content"``.
         :meth:`wait_for` answers every returned id: its result, or why it did not run."""
         self._require_running()
         targets = self._channels.get(channel)
@@ -389,15 +390,17 @@ class TriggerEngine(Lifecycle):
     ) -> AdmissionResult:
         """Admit ``event`` for one trigger directly, bypassing its source (tests, replay).
 
-        ``body`` makes ``event`` an envelope, as its source marked it (see
-        :class:`~sagaz.events.Delivery`): a typed trigger method gets ``body`` validated.
+        ``identity`` is its dedup key (unless the trigger sets ``idempotency_key``); without
+        one each call is its own event, as for :meth:`fire`. ``body`` makes ``event`` an
+        envelope, as its source marked it (see :class:`~sagaz.events.Delivery`): a typed
+        trigger method gets ``body`` validated.
         """
         self._require_running()
         active = self.triggers[trigger_id]
         delivery = Delivery(
             payload=event,
             decoded=True,
-            identity=identity or content_key(storable(event)),
+            identity=identity,
             meta=meta or EventMeta(source=active.definition.source, trigger=trigger_id),
             body=body,
         )

@@ -31,6 +31,7 @@ __all__ = [
 PIPELINE_OPTIONS = frozenset(
     {
         "idempotency_key",
+        "dedup",
         "concurrency_key",
         "max_concurrent_sagas",
         "rate_limit_per_second",

@@ -87,7 +87,10 @@ class TriggerTestHarness:
     async def run(
         self, method: str, event: Any, *, key: str = "", timeout: float = 30.0
     ) -> SagaResult | None:
-        """Run ``event`` through the real pipeline and return the saga's result."""
+        """Run ``event`` through the real pipeline and return the saga's result.
+
+        ``key`` is the event's identity (as a broker message id would be): running the same
+        key again is a duplicate. Without one each run is its own event."""
         from sagaz.engine.engine import TriggerEngine
 
         if self._engine is None:

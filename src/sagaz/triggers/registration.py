@@ -9,7 +9,7 @@ import inspect
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sagaz.exceptions import TriggerDefinitionError
 from sagaz.triggers.decorator import TRIGGER_ATTR, TriggerSpec
@@ -33,6 +33,7 @@ class TriggerDefinition:
     options: dict[str, Any]
     source_options: dict[str, Any] = field(default_factory=dict)
     idempotency_key: Callable[[Any], Any] | None = None
+    dedup: Literal["content"] | None = None
     concurrency_key: Callable[[Any], Any] | None = None
     max_concurrent_sagas: int | None = None
     rate_limit_per_second: float | None = None
@@ -67,6 +68,36 @@ def _positive(where: str, name: str, value: Any, kind: type) -> None:
         raise _fail(where, f"option {name}={value!r} must be a positive number")
     if kind is int and not isinstance(value, int):
         raise _fail(where, f"option {name}={value!r} must be a positive integer")
+
+
+#: sources whose deliveries may come without a message identity (``dedup="content"`` applies)
+_IDENTITY_OPTIONAL_SOURCES = frozenset({"memory", "webhook", "custom"})
+
+
+def _check_dedup(where: str, source: str, options: dict[str, Any], poll: bool) -> None:
+    dedup = options.get("dedup")
+    if dedup is None:
+        return
+    if dedup != "content":
+        raise _fail(
+            where,
+            f"option dedup={dedup!r} is not known; dedup='content' makes events with the same "
+            "content one event (without it, each delivery without an identity is its own)",
+        )
+    if "idempotency_key" in options:
+        raise _fail(
+            where,
+            "options dedup and idempotency_key both say what identifies an event; keep one "
+            "(idempotency_key wins over any content)",
+        )
+    if source not in _IDENTITY_OPTIONAL_SOURCES or poll:
+        raise _fail(
+            where,
+            f"option dedup='content' applies to events without an identity (memory, webhook, "
+            f"custom push sources); {source} events always carry one (message id, offset, "
+            "tick, path+mtime+size...). To dedup by content, name it: "
+            "idempotency_key=lambda e: e['id']",
+        )
 
 
 def build_trigger_definition(
@@ -112,6 +143,7 @@ def build_trigger_definition(
             raise _fail(
                 where, f"option {name} must be a callable taking the event, e.g. lambda e: e['id']"
             )
+    _check_dedup(where, spec.source, options, poll_trigger is not None)
     _positive(where, "max_concurrent_sagas", options.get("max_concurrent_sagas"), int)
     _positive(where, "rate_limit_per_second", options.get("rate_limit_per_second"), float)
     retries = options.get("max_retries")
@@ -138,6 +170,7 @@ def build_trigger_definition(
         options=options,
         source_options=source_options,
         idempotency_key=options.get("idempotency_key"),
+        dedup=options.get("dedup"),
         concurrency_key=options.get("concurrency_key"),
         max_concurrent_sagas=options.get("max_concurrent_sagas"),
         rate_limit_per_second=options.get("rate_limit_per_second"),
