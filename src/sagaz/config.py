@@ -24,6 +24,7 @@ __all__ = [
     "ensure_store",
     "reset_configuration",
     "resolve_store",
+    "store_is_chosen",
 ]
 
 BackpressureStrategy = Literal["block", "drop_oldest", "drop_newest", "reject"]
@@ -177,6 +178,12 @@ def resolve_store(store: SagaStore | None = None) -> SagaStore:
         else:
             _from_env = MemorySagaStore()
     return _from_env
+
+
+def store_is_chosen(store: SagaStore | None = None) -> bool:
+    """Whether :func:`resolve_store` (``store``) gives a store somebody chose: an explicit
+    ``store=``, :func:`configure` or ``SAGAZ_STORE_URL``, rather than the memory fallback."""
+    return store is not None or _configured is not None or bool(os.environ.get("SAGAZ_STORE_URL"))
 
 
 async def ensure_store(store: SagaStore | None = None) -> SagaStore:

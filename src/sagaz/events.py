@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from sagaz.clock import utcnow
 
@@ -18,6 +18,7 @@ __all__ = [
     "Delivery",
     "EventMeta",
     "FileEvent",
+    "NotRun",
     "Reason",
     "WebhookRequest",
 ]
@@ -67,8 +68,13 @@ class Delivery:
       a typed method gets ``body`` validated as JSON (an empty body as ``null``).
 
     ``identity`` is the source's message identity, the dedup key when the trigger has no
-    ``idempotency_key``. ``ack``/``nack(requeue)`` are called once, after the saga's terminal
-    state is in the store.
+    ``idempotency_key`` (DESIGN 3.1). ``""``: the delivery has none, and then it is its own
+    event (two identical webhook bodies, two ``fire_event`` calls start two sagas), unless
+    its trigger sets ``dedup="content"`` (or its source is redeliverable: a redelivery must
+    map to the same saga), which makes the content the key: ``content_identity`` when the
+    source gives one (the webhook hashes method, path, query and body), else a hash of
+    ``body`` (an envelope) or of ``payload``. ``ack``/``nack(requeue)`` are called once, after
+    the saga's terminal state is in the store.
 
     ``keep_invalid`` is asked (once) when the event turns out invalid: ``True`` stores it as a
     dead letter, ``False`` only counts and reports it. ``None`` (brokers, files...) always
@@ -84,6 +90,7 @@ class Delivery:
     decoded: bool = False
     body: bytes | str | None = None
     keep_invalid: Callable[[], bool] | None = None
+    content_identity: str | None = None
 
 
 class AdmissionOutcome(StrEnum):
@@ -126,6 +133,37 @@ class AdmissionResult:
     def accepted(self) -> bool:
         """True when a saga will run for this event."""
         return self.outcome is AdmissionOutcome.ACCEPTED
+
+
+@dataclass(frozen=True, slots=True)
+class NotRun:
+    """Why an accepted event's saga has no result here: what ``TriggerEngine.wait_for(saga_id)``
+    answers instead of a ``SagaResult``.
+
+    ``reason`` is
+
+    * ``Reason.DROPPED_OLDEST``: the event was accepted (its saga id returned by
+      ``fire_event``, a webhook answered 202) and later evicted from the full queue under
+      ``backpressure_strategy="drop_oldest"``; its saga never runs (the drop was reported
+      to ``on_trigger_filtered`` and counted, like every drop);
+    * ``"interrupted"``: the engine stopped, or the store failed, before the saga ended; the
+      event is redelivered (brokers) or recovered from the store (other sources, with a
+      durable store) and its saga resumes, in this process after a restart or in another.
+
+    A ``NotRun`` is falsy, so ``if outcome:`` reads "there is a result"::
+
+        [saga_id] = await sagaz.fire_event("orders", {"id": 1})
+        outcome = await engine.wait_for(saga_id, timeout=30)
+        if isinstance(outcome, NotRun):
+            log.warning("order 1 did not run: %s", outcome.reason)
+    """
+
+    saga_id: str
+    reason: Reason | Literal["interrupted"]
+    error: str | None = None  # what interrupted it, when it was an error
+
+    def __bool__(self) -> Literal[False]:
+        return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -248,6 +248,50 @@ async def test_repeated_idempotency_key_while_the_saga_runs_does_not_run_it_agai
     assert [s.saga_id for s in sagas] == [saga_id]
 
 
+async def test_identical_bodies_without_idempotency_key_are_two_events() -> None:
+    # two customers may well send the same body; only a key (or dedup="content") merges them
+    name = unique_name("tips")
+    runs: list[str] = []
+
+    class TipSaga(Saga):
+        saga_name = name
+
+        @trigger(source="webhook", path="/tips")
+        def on_tip(self, request: WebhookRequest) -> dict[str, Any]:
+            return dict(request.json())
+
+        @trigger(source="webhook", path="/tips/{user}", dedup="content")
+        def on_user_tip(self, request: WebhookRequest) -> dict[str, Any]:
+            return {"user": request.path_params["user"], **request.json()}
+
+        @action("record")
+        async def record(self, ctx: SagaContext) -> None:
+            runs.append(ctx.saga_id)
+
+    tip = {"amount": 2}
+    async with serving() as running:
+        first = await running.client.post("/tips", json=tip)
+        second = await running.client.post("/tips", json=tip)
+        for response in (first, second):
+            assert response.status_code == 202
+            await settled(running, response.json()["saga_id"])
+        alice = await running.client.post("/tips/alice", json=tip)
+        await settled(running, alice.json()["saga_id"])
+        alice_again = await running.client.post("/tips/alice", json=tip)
+        bob = await running.client.post("/tips/bob", json=tip)  # same body, another path
+        await settled(running, bob.json()["saga_id"])
+        sagas = await running.store.list_sagas(saga_name=name, limit=100)
+
+    assert first.json()["saga_id"] != second.json()["saga_id"]
+    assert (alice_again.status_code, alice_again.json()) == (
+        200,
+        {"saga_id": alice.json()["saga_id"], "status": "duplicate"},
+    )
+    assert bob.status_code == 202
+    assert bob.json()["saga_id"] != alice.json()["saga_id"]
+    assert len(sagas) == len(runs) == 4
+
+
 # -- refused requests ----------------------------------------------------------------------
 
 

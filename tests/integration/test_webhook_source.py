@@ -52,8 +52,13 @@ except ImportError:  # a sibling storage module may be missing while it is being
 Respond = Callable[[Delivery], AdmissionResult | Awaitable[AdmissionResult]]
 
 
+def _key(delivery: Delivery) -> str:
+    """What the pipeline would key this delivery on, for a trigger with ``dedup="content"``."""
+    return delivery.identity or delivery.content_identity or ""
+
+
 def _accept(delivery: Delivery) -> AdmissionResult:
-    return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id=f"saga-{delivery.identity[-8:]}")
+    return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id=f"saga-{_key(delivery)[-8:]}")
 
 
 @dataclass
@@ -176,7 +181,7 @@ async def test_webhook_accepted_request_reaches_emit_as_webhook_request() -> Non
         assert response.status_code == 202
         delivery = emit.deliveries[0]
         assert response.json() == {
-            "saga_id": f"saga-{delivery.identity[-8:]}",
+            "saga_id": f"saga-{_key(delivery)[-8:]}",
             "status": "accepted",
         }
         request = delivery.payload
@@ -194,13 +199,17 @@ async def test_webhook_accepted_request_reaches_emit_as_webhook_request() -> Non
         assert meta.topic == "/orders/{order_id}"
         assert meta.headers["x-tenant"] == "acme"
         assert meta.message_id
-        assert delivery.identity == body_identity("POST", "/orders/42", "source=shop", body)
+        # no Idempotency-Key: no identity (each request is its own event), and the content
+        # key a trigger with dedup="content" uses instead
+        assert delivery.identity == ""
+        assert delivery.content_identity == body_identity("POST", "/orders/42", "source=shop", body)
 
-        # the same request again has the same identity (it maps to the same saga); another body not
+        # the same request again has the same content key; another body not
         await running.client.post("/orders/42?source=shop", content=body)
         await running.client.post("/orders/42?source=shop", content=b'{"amount": 11}')
-        identities = [d.identity for d in emit.deliveries]
-        assert identities[0] == identities[1] != identities[2]
+        contents = [d.content_identity for d in emit.deliveries]
+        assert contents[0] == contents[1] != contents[2]
+        assert [d.identity for d in emit.deliveries] == ["", "", ""]
 
 
 async def test_webhook_repeated_idempotency_key_answers_duplicate() -> None:
@@ -232,6 +241,7 @@ async def test_webhook_repeated_idempotency_key_answers_duplicate() -> None:
         {"saga_id": "saga-1", "status": "duplicate"},
     )
     assert [d.identity for d in emit.deliveries] == ["pay-123", "pay-123"]
+    assert [d.content_identity for d in emit.deliveries] == [None, None]  # the key says it all
     assert [d.meta.message_id for d in emit.deliveries] == ["pay-123", "pay-123"]
     assert too_long.status_code == 400
     assert "Idempotency-Key" in too_long.json()["error"]

@@ -6,11 +6,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import sagaz
-from sagaz import Saga, SagaContext, SagaStatus, TriggerConfig, action
+from sagaz import Saga, SagaContext, SagaStatus, TriggerConfig, action, trigger
 from sagaz._imports import require_extra
 from sagaz.config import reset_configuration, resolve_store
 from sagaz.exceptions import ConfigurationError, MissingExtraError
@@ -61,6 +62,45 @@ async def test_configure_wins_over_the_environment(monkeypatch: pytest.MonkeyPat
 def test_default_is_an_in_memory_store(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SAGAZ_STORE_URL", raising=False)
     assert isinstance(resolve_store(), MemorySagaStore)
+
+
+async def test_engine_without_a_store_warns_once_at_start_that_sagas_are_not_durable(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Pinged(Saga):
+        @trigger(source="memory", channel="pings")
+        def on_ping(self, event: Any) -> dict[str, Any]:
+            return dict(event)
+
+        @action("one")
+        async def one(self, ctx: SagaContext) -> None: ...
+
+    def not_durable() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "not durable" in r.getMessage()]
+
+    monkeypatch.delenv("SAGAZ_STORE_URL", raising=False)
+    caplog.set_level("WARNING", logger="sagaz")
+    engine = await sagaz.start_triggers()
+    try:
+        for n in range(3):  # events do not repeat it
+            [saga_id] = await sagaz.fire_event("pings", {"n": n})
+            await engine.wait_for(saga_id, timeout=5)
+    finally:
+        await sagaz.stop_triggers()
+    [warning] = not_durable()
+    assert "MemorySagaStore" in warning
+    for how in ("store=", "sagaz.configure(store=", "SAGAZ_STORE_URL", "sqlite:///"):
+        assert how in warning
+
+    caplog.clear()  # a store chosen explicitly, even a memory one, is not warned about
+    sagaz.configure(store=MemorySagaStore())
+    await sagaz.start_triggers()
+    await sagaz.stop_triggers()
+    monkeypatch.setenv("SAGAZ_STORE_URL", "memory://")
+    reset_configuration()
+    await sagaz.start_triggers()
+    await sagaz.stop_triggers()
+    assert not_durable() == []
 
 
 def test_unknown_store_url_lists_the_accepted_forms() -> None:

@@ -248,8 +248,8 @@ async def test_live_leases_are_not_recovered() -> None:
 
 
 async def test_persisted_events_are_purged_after_retention() -> None:
-    class Audited(Saga):
-        @trigger(source="memory", channel="audit")
+    class Audited(Saga):  # the id names the event: the same one, once its inbox row expired
+        @trigger(source="memory", channel="audit", idempotency_key=lambda e: e["id"])
         def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
             return {"id": event["id"]}
 
@@ -274,3 +274,42 @@ async def test_persisted_events_are_purged_after_retention() -> None:
         await eventually(purged, within=5)
         # the inbox row expired too: the same event is accepted again
         assert await engine.fire("audit", {"id": 7, "secret": "x"}) == [saga_id]
+
+
+class PushedOnce(ScriptedSource):
+    redeliverable: ClassVar[bool] = False
+
+
+async def test_without_an_identity_a_redelivery_keeps_its_saga_and_a_push_is_its_own_event() -> (
+    None
+):
+    # a broker message without any id comes back the same: its body hash must find its saga;
+    # a non-redeliverable push without an id is a new event each time, identical or not
+    broker = ScriptedSource([("", {"n": 1}), ("", {"n": 1})])
+    pushed = PushedOnce([("", {"n": 1}), ("", {"n": 1})])
+    runs: list[str] = []
+
+    class Brokered(Saga):
+        @trigger(source="custom", trigger=broker)
+        def on_message(self, event: dict[str, Any]) -> dict[str, Any]:
+            return {"n": event["n"]}
+
+        @action("one")
+        async def one(self, ctx: Any) -> None:
+            runs.append("broker")
+
+    class Pushed(Saga):
+        @trigger(source="custom", trigger=pushed)
+        def on_message(self, event: dict[str, Any]) -> dict[str, Any]:
+            return {"n": event["n"]}
+
+        @action("one")
+        async def one(self, ctx: Any) -> None:
+            runs.append("pushed")
+
+    store = MemorySagaStore()
+    async with TriggerEngine(TriggerConfig(), store):
+        await eventually(lambda: len(broker.acked) == len(pushed.acked) == 2, within=5)
+    assert sorted(runs) == ["broker", "pushed", "pushed"]
+    assert len(await store.list_sagas(saga_name="brokered")) == 1
+    assert len(await store.list_sagas(saga_name="pushed")) == 2

@@ -716,3 +716,184 @@ async def test_sqs_events_plain_dict_gets_the_message_and_a_model_gets_the_body(
     assert EventDecoder(plain, where="t").decode(delivery)["MessageId"] == "m-1"
     assert EventDecoder(bare, where="t").decode(delivery)["MessageId"] == "m-1"
     assert EventDecoder(modelled, where="t").decode(delivery) == SqsOrder(id=3)
+
+
+# -- issue 11: handles of fire_event, identity without a key, process-wide listeners --------
+
+
+async def test_fire_event_handles_of_events_evicted_by_drop_oldest_resolve_to_the_reason() -> None:
+    from sagaz.events import NotRun, Reason
+    from sagaz.saga.result import SagaResult
+
+    gate = asyncio.Event()
+    started: list[int] = []
+    make_blocking_saga("evict", gate, started)
+    config = TriggerConfig(
+        queue_size=2, backpressure_strategy="drop_oldest", max_concurrent_sagas=1
+    )
+    engine = await sagaz.start_triggers(config, MemorySagaStore())
+    try:
+        [running] = await sagaz.fire_event("evict", {"n": 0})
+        await wait_until(lambda: started == [0])  # the only worker holds event 0
+        handles = [await sagaz.fire_event("evict", {"n": n}) for n in range(1, 5)]
+        assert all(len(ids) == 1 for ids in handles)  # each was accepted when fired
+        [evicted_1], [evicted_2], [kept_3], [kept_4] = handles
+        waiting = asyncio.ensure_future(engine.wait_for(evicted_2, timeout=5))
+        gate.set()
+        outcomes = {
+            saga_id: await engine.wait_for(saga_id, timeout=5)
+            for saga_id in (running, evicted_1, kept_3, kept_4)
+        }
+        outcomes[evicted_2] = await waiting
+    finally:
+        await sagaz.stop_triggers()
+    for saga_id in (evicted_1, evicted_2):
+        outcome = outcomes[saga_id]
+        assert isinstance(outcome, NotRun)
+        assert outcome.saga_id == saga_id
+        assert outcome.reason is Reason.DROPPED_OLDEST
+        assert not outcome  # "no result"
+    for saga_id in (running, kept_3, kept_4):
+        outcome = outcomes[saga_id]
+        assert isinstance(outcome, SagaResult)
+        assert outcome.status is SagaStatus.COMPLETED
+    assert sorted(started) == [0, 3, 4]
+
+
+async def test_handles_still_queued_or_running_at_shutdown_resolve_to_interrupted() -> None:
+    from sagaz.events import NotRun
+
+    gate = asyncio.Event()
+    started: list[int] = []
+    make_blocking_saga("halt", gate, started)
+    config = TriggerConfig(max_concurrent_sagas=1, shutdown_timeout=0.05)
+    engine = TriggerEngine(config, MemorySagaStore())
+    await engine.start()
+    [running] = await engine.fire("halt", {"n": 0})
+    await wait_until(lambda: started == [0])
+    [queued] = await engine.fire("halt", {"n": 1})
+    waiting = [asyncio.ensure_future(engine.wait_for(i, timeout=5)) for i in (running, queued)]
+    await engine.stop()  # the running saga is cancelled, the queued one never starts
+    outcomes = [await w for w in waiting]
+    assert outcomes == [NotRun(running, "interrupted"), NotRun(queued, "interrupted")]
+    assert await engine.wait_for(queued, timeout=5) == NotRun(queued, "interrupted")
+
+
+async def test_identical_fire_event_payloads_are_two_events_unless_the_trigger_dedups_content() -> (
+    None
+):
+    runs: list[str] = []
+
+    class Plain(Saga):
+        @trigger(source="memory", channel="plain")
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("one")
+        async def one(self, ctx: Any) -> None:
+            runs.append("plain")
+
+    class ByContent(Saga):
+        @trigger(source="memory", channel="by-content", dedup="content")
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("one")
+        async def one(self, ctx: Any) -> None:
+            runs.append("content")
+
+    store = MemorySagaStore()
+    async with TriggerEngine(TriggerConfig(), store) as engine:
+        first = await engine.fire("plain", {"amount": 5})
+        second = await engine.fire("plain", {"amount": 5})
+        for saga_id in first + second:
+            assert await engine.wait_for(saga_id, timeout=5)
+        same = await engine.fire("by-content", {"amount": 5})
+        assert await engine.wait_for(same[0], timeout=5)
+        again = await engine.fire("by-content", {"amount": 5})  # completed: a duplicate
+        other = await engine.fire("by-content", {"amount": 6})
+        assert await engine.wait_for(other[0], timeout=5)
+    assert len(first) == len(second) == 1
+    assert first != second  # two calls, two events, two sagas
+    assert again == []
+    assert other != same
+    assert sorted(runs) == ["content", "content", "plain", "plain"]
+    assert engine.metrics.reasons["duplicate"] == 1
+
+
+def test_dedup_option_is_validated_at_class_definition() -> None:
+    with pytest.raises(TriggerDefinitionError, match=r"Odd\.on_event.*dedup='body'.*'content'"):
+
+        class Odd(Saga):
+            @trigger(source="memory", channel="c", dedup="body")
+            def on_event(self, event: Any) -> None: ...
+
+    with pytest.raises(TriggerDefinitionError, match=r"Both\.on_event.*dedup.*idempotency_key"):
+
+        class Both(Saga):
+            @trigger(
+                source="memory", channel="c", dedup="content", idempotency_key=lambda e: e["id"]
+            )
+            def on_event(self, event: Any) -> None: ...
+
+    with pytest.raises(TriggerDefinitionError, match=r"Ticks\.on_tick.*cron events always carry"):
+
+        class Ticks(Saga):
+            @trigger(source="cron", schedule="@hourly", dedup="content")
+            def on_tick(self, event: Any) -> None: ...
+
+
+class AuditedOrder(BaseModel):
+    id: int
+    test: bool = False
+
+
+async def test_process_wide_listeners_get_the_decoded_event_and_the_reason_enum() -> None:
+    from sagaz.events import Reason
+
+    class Audit(SagaListener):
+        def __init__(self) -> None:
+            self.received: list[tuple[str, str, Any]] = []
+            self.filtered: list[tuple[Any, Any]] = []
+            self.completed: list[str] = []
+
+        async def on_trigger_received(self, saga_name, event_source, event):  # type: ignore[no-untyped-def]
+            self.received.append((saga_name, event_source, event))
+
+        async def on_trigger_filtered(self, saga_name: str, event: Any, reason: Reason) -> None:
+            self.filtered.append((event, reason))
+
+        async def on_saga_complete(self, saga_name: str, saga_id: str, ctx: Any) -> None:
+            self.completed.append(saga_id)
+
+    per_saga = Audit()
+
+    class Orders(Saga):
+        saga_name = "audited-orders"
+        listeners = [per_saga]
+
+        @trigger(source="memory", channel="audited")
+        def on_order(self, order: AuditedOrder) -> dict[str, Any] | None:
+            return None if order.test else {"id": order.id}
+
+        @action("one")
+        async def one(self, ctx: Any) -> None: ...
+
+    audit = Audit()
+    engine = await sagaz.start_triggers(store=MemorySagaStore(), listeners=[audit])
+    try:
+        [saga_id] = await sagaz.fire_event("audited", {"id": 1})
+        await engine.wait_for(saga_id, timeout=5)
+        assert await sagaz.fire_event("audited", {"id": 2, "test": True}) == []
+    finally:
+        await sagaz.stop_triggers()
+    for listener in (audit, per_saga):  # the process-wide one in addition to the saga's own
+        assert listener.received == [
+            ("audited-orders", "memory", AuditedOrder(id=1)),
+            ("audited-orders", "memory", AuditedOrder(id=2, test=True)),
+        ]
+        [(event, reason)] = listener.filtered
+        assert event is listener.received[1][2]  # the same object on_trigger_received got
+        assert reason is Reason.FILTERED
+        assert reason == "filtered"  # a str: existing comparisons keep working
+        assert listener.completed == [saga_id]

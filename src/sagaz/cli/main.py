@@ -109,7 +109,7 @@ async def _dlq(args: argparse.Namespace) -> int:
 async def _replay(args: argparse.Namespace, store: SagaStore, record: Any) -> int:
     from sagaz.config import TriggerConfig
     from sagaz.engine.engine import TriggerEngine
-    from sagaz.events import AdmissionOutcome
+    from sagaz.events import AdmissionOutcome, NotRun
     from sagaz.triggers import registry
 
     _import(args.modules)
@@ -127,9 +127,9 @@ async def _replay(args: argparse.Namespace, store: SagaStore, record: Any) -> in
             print(f"replay not accepted: {result.outcome.value} {result.error or ''}")
             return 1
         saga = await engine.wait_for(result.saga_id, timeout=args.timeout)
-    status = saga.status.value if saga else "unknown"
+    status = f"not run ({saga.reason})" if isinstance(saga, NotRun) else saga.status.value
     print(f"replayed dead letter {record.id} as saga {result.saga_id}: {status}")
-    if saga is not None and saga.succeeded:
+    if saga and saga.succeeded:
         await store.delete_dead_letter(record.id)
         return 0
     return 1

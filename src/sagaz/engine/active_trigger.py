@@ -12,6 +12,7 @@ from sagaz.config import TriggerConfig
 from sagaz.engine.decoding import EventDecoder
 from sagaz.engine.limits import TokenBucket
 from sagaz.engine.metrics import EngineMetrics
+from sagaz.engine.outcomes import SagaOutcomes
 from sagaz.saga.listeners import SagaListener
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ class PipelineState:
     queue: BackpressureQueue
     listeners: list[SagaListener]
     metrics: EngineMetrics = field(default_factory=EngineMetrics)
+    #: the outcome of every accepted saga id, for ``TriggerEngine.wait_for``
+    outcomes: SagaOutcomes = field(default_factory=SagaOutcomes)
     global_bucket: TokenBucket | None = None
     _lease: timedelta = field(init=False)
 

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.decoding import InvalidPayloadError
 from sagaz.engine.identity import canonical_hash, content_key, saga_id_for, storable
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
-from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, Reason
+from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, NotRun, Reason
 from sagaz.exceptions import InvalidEventError
 from sagaz.records import ClaimOutcome, SagaRecord, TriggerExecutionRecord
 from sagaz.saga.listeners import notify
@@ -63,19 +64,25 @@ class Admission:
         state = self.state
         state.metrics.received[trigger.trigger_id] += 1
         delivery.meta.trigger = delivery.meta.trigger or trigger.trigger_id
-        if trigger.listeners:
+        undecodable: Exception | None = None
+        try:
+            event = trigger.decoder.decode(delivery)
+        except Exception as exc:
+            event, undecodable = delivery.payload, exc
+        if trigger.listeners:  # the object on_trigger_filtered gets, should it come to that
             await notify(
                 trigger.listeners,
                 "on_trigger_received",
                 trigger.saga_name,
                 delivery.meta.source,
-                delivery.payload,
+                event,
             )
         if not self.accepting:
             await self.settlement.nack(trigger, delivery)
             return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
+        if undecodable is not None:
+            return await self._invalid(trigger, delivery, event, undecodable, None)
         try:
-            event = trigger.decoder.decode(delivery)
             key = self._key(trigger, delivery, event)
             concurrency_key = (
                 trigger.definition.concurrency_key(event)
@@ -83,7 +90,7 @@ class Admission:
                 else None
             )
         except Exception as exc:
-            return await self._invalid(trigger, delivery, exc, None)
+            return await self._invalid(trigger, delivery, event, exc, None)
         saga_id = saga_id_for(trigger.trigger_id, key)
         joint = self._in_flight.get(saga_id)
         if joint is not None:
@@ -142,7 +149,15 @@ class Admission:
             return str(value)
         if delivery.identity:
             return delivery.identity
-        return content_key(storable(delivery.payload))
+        source = trigger.source
+        if trigger.definition.dedup == "content" or (source is not None and source.redeliverable):
+            if delivery.content_identity:
+                return delivery.content_identity
+            content = delivery.body if delivery.body is not None else delivery.payload
+            return content_key(storable(content))
+        # no identity (a fire_event call, a webhook request without Idempotency-Key): its own
+        # event, never merged with an identical one behind the user's back (DESIGN 3.1)
+        return f"event:{uuid.uuid4().hex}"
 
     async def _accept(
         self, c: _Candidate, lease: datetime, *, fresh: bool = False
@@ -167,7 +182,7 @@ class Admission:
                 context = await trigger.transform(event, delivery.meta)
             except Exception as exc:
                 await state.store.release_inbox(trigger.trigger_id, key)
-                return await self._invalid(trigger, delivery, exc, saga_id, claimed=True)
+                return await self._invalid(trigger, delivery, event, exc, saga_id, claimed=True)
             if context is None:
                 await state.store.complete_inbox(trigger.trigger_id, key)
                 await self.settlement.filtered(trigger, event, Reason.FILTERED)
@@ -180,7 +195,7 @@ class Admission:
                     f"{type(context).__name__}; it must return a dict (the saga's starting "
                     "context) or None (skip the event)"
                 )
-                return await self._invalid(trigger, delivery, error, saga_id, claimed=True)
+                return await self._invalid(trigger, delivery, event, error, saga_id, claimed=True)
         context_hash: str | None = None
         if trigger.poll_name is not None:
             context_hash = canonical_hash(context)
@@ -223,6 +238,7 @@ class Admission:
         )
         if existing is not None and existing.status in TERMINAL_SAGA_STATUSES:
             item.already_terminal = True
+        state.outcomes.accepted(saga_id)  # its outcome is still to come
         put = await state.queue.put(item)
         if not put.accepted:
             return await self._refused(trigger, item)
@@ -234,11 +250,11 @@ class Admission:
     async def _refused(self, trigger: ActiveTrigger, item: WorkItem) -> AdmissionResult:
         state = self.state
         if not self.accepting:  # released from a blocked put by shutdown
-            await self._forget(item)
+            await self._forget(item, "interrupted")
             await self.settlement.nack(trigger, item.delivery)
             return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
         if state.queue.strategy == "reject":
-            await self._forget(item)
+            await self._forget(item, Reason.REJECTED)
             await self.settlement.dead_letter(
                 trigger,
                 item.delivery,
@@ -254,12 +270,14 @@ class Admission:
         return AdmissionResult(AdmissionOutcome.DROPPED, item.saga_id, Reason.DROPPED_NEWEST)
 
     async def _drop(self, item: WorkItem, reason: Reason) -> None:
-        await self._forget(item)
+        await self._forget(item, reason)
         await self.settlement.filtered(item.trigger, item.event, reason)
         await self.settlement.ack(item.trigger, item.delivery)
 
-    async def _forget(self, item: WorkItem) -> None:
-        """Undo an acceptance that never started: the key may be delivered again."""
+    async def _forget(self, item: WorkItem, why: Reason | Literal["interrupted"]) -> None:
+        """Undo an acceptance that never started: the key may be delivered again. Whoever
+        waits on its saga id (``fire_event`` returned it) is told ``why`` at once."""
+        self.state.outcomes.settle(item.saga_id, NotRun(item.saga_id, why))
         store = self.state.store
         await store.delete_saga(item.saga_id)
         await store.release_inbox(item.trigger_id, item.key)
@@ -270,11 +288,14 @@ class Admission:
         self,
         trigger: ActiveTrigger,
         delivery: Delivery,
+        event: Any,
         exc: BaseException,
         saga_id: str | None,
         *,
         claimed: bool = False,
     ) -> AdmissionResult:
+        """Dead-letter (unless ``keep_invalid`` says no), report and ack an invalid event;
+        ``event`` is what listeners got as received: decoded, or the payload if undecodable."""
         details = exc.details if isinstance(exc, InvalidPayloadError) else None
         if delivery.keep_invalid is None or delivery.keep_invalid():
             await self.settlement.dead_letter(
@@ -285,7 +306,7 @@ class Admission:
                 attempts=0,
                 saga_id=saga_id,
             )
-        await self.settlement.filtered(trigger, delivery.payload, Reason.INVALID)
+        await self.settlement.filtered(trigger, event, Reason.INVALID)
         await self.settlement.ack(trigger, delivery)
         return AdmissionResult(
             AdmissionOutcome.INVALID, saga_id, Reason.INVALID, error=str(exc), details=details

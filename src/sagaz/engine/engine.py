@@ -19,25 +19,24 @@ import logging
 import os
 import socket
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from sagaz.abc import Lifecycle, SagaStore, Source, SourceContext
 from sagaz.clock import Clock, SystemClock, utcnow
-from sagaz.config import TriggerConfig, resolve_store
+from sagaz.config import TriggerConfig, resolve_store, store_is_chosen
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.admission import Admission
 from sagaz.engine.backpressure import BackpressureQueue
 from sagaz.engine.dispatcher import Dispatcher
-from sagaz.engine.identity import content_key, storable
 from sagaz.engine.limits import TokenBucket
 from sagaz.engine.loading import load_source_module
+from sagaz.engine.outcomes import SagaOutcomes
 from sagaz.engine.runner import SagaRunner
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
-from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta
+from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta, NotRun
 from sagaz.exceptions import ConfigurationError
 from sagaz.saga.listeners import SagaListener
 from sagaz.saga.result import SagaResult
@@ -49,6 +48,15 @@ logger = logging.getLogger(__name__)
 
 #: how long a shutdown waits for broker acks and nacks already under way
 ACK_DRAIN_SECONDS = 5.0
+
+#: logged once per start by an engine that fell back to the memory store
+NOT_DURABLE_WARNING = (
+    "no store configured: the trigger engine runs on an in-memory MemorySagaStore, so sagas "
+    "are not durable (a restart loses accepted and running sagas, nothing resumes, and other "
+    "processes share no inbox). Choose a store with start_triggers(store=...), "
+    "sagaz.configure(store=...) or SAGAZ_STORE_URL (sqlite:///sagaz.db, postgresql://..., "
+    "redis://...)"
+)
 
 
 def _default_worker_id() -> str:
@@ -76,6 +84,7 @@ class TriggerEngine(Lifecycle):
     ) -> None:
         self.config = config or TriggerConfig()
         self.store: SagaStore = resolve_store(store)
+        self._store_chosen = store_is_chosen(store)
         self.clock = clock or SystemClock()
         self.listeners = list(listeners)
         self._definitions = list(triggers) if triggers is not None else None
@@ -85,8 +94,7 @@ class TriggerEngine(Lifecycle):
         self.sources: dict[str, Source] = {}
         self._channels: dict[str, list[ActiveTrigger]] = {}  # memory triggers by channel
         self._tasks: list[asyncio.Task[None]] = []
-        self._waiters: dict[str, list[asyncio.Future[SagaResult | None]]] = {}
-        self._recent: OrderedDict[str, SagaResult | None] = OrderedDict()
+        self.outcomes = SagaOutcomes()
         self._started = False
         self._stopping = False
         self._store_started_here = False
@@ -107,6 +115,8 @@ class TriggerEngine(Lifecycle):
                 "`@trigger(...)` methods is imported: import it before start_triggers() "
                 "(e.g. `import myapp.sagas`), or run `sagaz run myapp.sagas`."
             )
+        if not self._store_chosen:
+            logger.warning(NOT_DURABLE_WARNING, extra={"worker_id": self.worker_id})
         if not getattr(self.store, "_started", False):
             await self.store.start()
             self._store_started_here = True
@@ -119,6 +129,7 @@ class TriggerEngine(Lifecycle):
             worker_id=self.worker_id,
             queue=queue,
             listeners=self.listeners,
+            outcomes=self.outcomes,
             global_bucket=(
                 TokenBucket(config.rate_limit_per_second, self.clock)
                 if config.rate_limit_per_second
@@ -128,7 +139,8 @@ class TriggerEngine(Lifecycle):
         self.state = state
         self.settlement = Settlement(state)
         self.admission = Admission(state, self.settlement)
-        self.runner = SagaRunner(state, self.settlement, on_result=self._on_result)
+        self.runner = SagaRunner(state, self.settlement)
+        self.outcomes.resume()
         self.dispatcher = Dispatcher(state, self.runner)
         self._started = True
         try:
@@ -301,11 +313,7 @@ class TriggerEngine(Lifecycle):
         except Exception:
             logger.exception("releasing leases failed")
         await asyncio.gather(*(self._stop_source(s) for s in self.sources.values()))
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-        self._waiters.clear()
+        self.outcomes.interrupt()  # what did not end here resumes later: say so to waiters
         if self._store_started_here:
             await self.store.stop()
         self._started = False
@@ -341,7 +349,11 @@ class TriggerEngine(Lifecycle):
     # -- in-process events -----------------------------------------------------------------
     async def fire(self, channel: str, event: Any) -> list[str]:
         """Send ``event`` to every ``source="memory"`` trigger on ``channel``; return the
-        saga ids accepted (durable in the store when this returns)."""
+        saga ids accepted (durable in the store when this returns).
+
+        Each call is its own event (two identical payloads start two sagas) unless the
+        trigger names an identity (``idempotency_key=``) or asks ``dedup="content"``.
+        :meth:`wait_for` answers every returned id: its result, or why it did not run."""
         self._require_running()
         targets = self._channels.get(channel)
         if not targets:
@@ -373,36 +385,39 @@ class TriggerEngine(Lifecycle):
     ) -> AdmissionResult:
         """Admit ``event`` for one trigger directly, bypassing its source (tests, replay).
 
-        ``body`` makes ``event`` an envelope, as its source marked it (see
-        :class:`~sagaz.events.Delivery`): a typed trigger method gets ``body`` validated.
+        ``identity`` is its dedup key (unless the trigger sets ``idempotency_key``); without
+        one each call is its own event, as for :meth:`fire`. ``body`` makes ``event`` an
+        envelope, as its source marked it (see :class:`~sagaz.events.Delivery`): a typed
+        trigger method gets ``body`` validated.
         """
         self._require_running()
         active = self.triggers[trigger_id]
         delivery = Delivery(
             payload=event,
             decoded=True,
-            identity=identity or content_key(storable(event)),
+            identity=identity,
             meta=meta or EventMeta(source=active.definition.source, trigger=trigger_id),
             body=body,
         )
         return await self.admission.admit(active, delivery)
 
-    async def wait_for(self, saga_id: str, timeout: float | None = None) -> SagaResult | None:
-        """Wait for the run of ``saga_id`` started by this engine to settle."""
-        if saga_id in self._recent:
-            return self._recent[saga_id]
-        future: asyncio.Future[SagaResult | None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(saga_id, []).append(future)
-        async with asyncio.timeout(timeout):
-            return await future
+    async def wait_for(self, saga_id: str, timeout: float | None = None) -> SagaResult | NotRun:
+        """Wait until the saga of an event this engine accepted has an outcome.
 
-    def _on_result(self, item: WorkItem, result: SagaResult | None) -> None:
-        self._recent[item.saga_id] = result
-        if len(self._recent) > 10_000:
-            self._recent.popitem(last=False)
-        for waiter in self._waiters.pop(item.saga_id, ()):
-            if not waiter.done():
-                waiter.set_result(result)
+        Every saga id :meth:`fire` (``sagaz.fire_event``), :meth:`dispatch` or a webhook's
+        202 handed out gets one: its :class:`~sagaz.saga.result.SagaResult` (completed, or
+        compensated/failed and dead-lettered after its retries), or a
+        :class:`~sagaz.events.NotRun` saying why it has none: ``reason`` is
+        ``"dropped_oldest"`` (evicted from the full queue after it was accepted: it never
+        runs) or ``"interrupted"`` (the engine stopped, or the store failed, first: it
+        resumes later). ``TimeoutError`` after ``timeout`` seconds.
+
+        >>> [saga_id] = await sagaz.fire_event("orders", {"id": 1})  # doctest: +SKIP
+        >>> outcome = await engine.wait_for(saga_id, timeout=30)  # doctest: +SKIP
+        >>> outcome.status if outcome else outcome.reason  # doctest: +SKIP
+        <SagaStatus.COMPLETED: 'completed'>
+        """
+        return await self.outcomes.wait(saga_id, timeout)
 
     def _require_running(self) -> None:
         if not self.running:
@@ -415,14 +430,21 @@ _pending_shared: dict[str, Any] = {}  # what webhook_app() prepares before start
 
 
 async def start_triggers(
-    config: TriggerConfig | None = None, store: SagaStore | None = None
+    config: TriggerConfig | None = None,
+    store: SagaStore | None = None,
+    *,
+    listeners: Sequence[SagaListener] = (),
 ) -> TriggerEngine:
-    """Start the process-wide engine for every registered trigger and return it."""
+    """Start the process-wide engine for every registered trigger and return it.
+
+    ``listeners`` hear about every trigger and saga of the engine, in addition to the
+    ``listeners`` of each saga class (audit, metrics, tracing).
+    """
     global _engine
     if _engine is not None and _engine.running:
         raise RuntimeError("triggers are already running; call `await sagaz.stop_triggers()` first")
     global _pending_shared
-    engine = TriggerEngine(config, store, shared=_pending_shared)
+    engine = TriggerEngine(config, store, listeners=listeners, shared=_pending_shared)
     _pending_shared = {}
     await engine.start()
     _engine = engine
@@ -438,7 +460,10 @@ async def stop_triggers() -> None:
 
 
 async def fire_event(channel: str, event: Any) -> list[str]:
-    """Send an in-process event to the ``source="memory"`` triggers on ``channel``."""
+    """Send an in-process event to the ``source="memory"`` triggers on ``channel``; return
+    the accepted saga ids. ``(await sagaz.start_triggers()).wait_for(saga_id)`` answers each
+    with its ``SagaResult`` or a ``NotRun`` naming why it did not run (see
+    :meth:`TriggerEngine.wait_for`)."""
     if _engine is None:
         raise RuntimeError("no trigger engine is running: `await sagaz.start_triggers()` first")
     return await _engine.fire(channel, event)

@@ -56,7 +56,9 @@ def canonical_hash(value: Any) -> str:
 
 
 def content_key(payload: Any) -> str:
-    """The dedup key of a payload without a message identity (body hash)."""
+    """The dedup key of a payload by its content (body hash): for a trigger with
+    ``dedup="content"``, and for a redeliverable message without an id (a redelivery must
+    map to the same saga)."""
     if isinstance(payload, (bytes, bytearray)):
         return hashlib.sha256(payload).hexdigest()
     if isinstance(payload, str):

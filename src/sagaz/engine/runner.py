@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
 
 from sagaz.engine.active_trigger import PipelineState
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
+from sagaz.events import NotRun
 from sagaz.saga.execution import SagaExecution
-from sagaz.saga.result import SagaResult
 from sagaz.types import SagaStatus
 
 __all__ = ["SagaRunner"]
@@ -23,15 +22,9 @@ class SagaRunner:
     """Runs the saga of one work item, retries a compensated saga, dead-letters the rest, and
     settles (inbox completed, then ack) only after the terminal state is in the store."""
 
-    def __init__(
-        self,
-        state: PipelineState,
-        settlement: Settlement,
-        on_result: Callable[[WorkItem, SagaResult | None], None] | None = None,
-    ) -> None:
+    def __init__(self, state: PipelineState, settlement: Settlement) -> None:
         self.state = state
         self.settlement = settlement
-        self.on_result = on_result
         self._retries: set[asyncio.Task[None]] = set()
 
     async def run(self, item: WorkItem) -> None:
@@ -59,12 +52,12 @@ class SagaRunner:
         except Exception as exc:  # the store failed: leave the event for redelivery/recovery
             await self.settlement.report(trigger, exc, item.event)
             await self.settlement.nack(trigger, item.delivery)
-            self._notify(item, None)
+            state.outcomes.settle(item.saga_id, NotRun(item.saga_id, "interrupted", str(exc)))
             return
         if result.status is SagaStatus.COMPLETED:
             state.metrics.completed[trigger.trigger_id] += 1
             await self._settle(item)
-            self._notify(item, result)
+            state.outcomes.settle(item.saga_id, result)
             return
         if result.status is SagaStatus.COMPENSATED:
             state.metrics.compensated[trigger.trigger_id] += 1
@@ -82,7 +75,7 @@ class SagaRunner:
             saga_id=item.saga_id,
         )
         await self._settle(item)
-        self._notify(item, result)
+        state.outcomes.settle(item.saga_id, result)
 
     @staticmethod
     def _take_new_attempt(item: WorkItem) -> bool:
@@ -96,10 +89,6 @@ class SagaRunner:
         if item.context_hash is not None and item.trigger.poll_name is not None:
             await store.complete_trigger_execution(item.trigger.poll_name, item.saga_id)
         await self.settlement.ack(item.trigger, item.delivery)
-
-    def _notify(self, item: WorkItem, result: SagaResult | None) -> None:
-        if self.on_result is not None:
-            self.on_result(item, result)
 
     def _schedule_retry(self, item: WorkItem) -> None:
         trigger = item.trigger

@@ -75,9 +75,7 @@ class Settlement:
         """Count and report an event that does not become a saga."""
         self.state.metrics.reasons[reason.value] += 1
         if trigger.listeners:
-            await notify(
-                trigger.listeners, "on_trigger_filtered", trigger.saga_name, event, reason.value
-            )
+            await notify(trigger.listeners, "on_trigger_filtered", trigger.saga_name, event, reason)
 
     async def dead_letter(
         self,

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from sagaz.events import Reason
 from sagaz.records import DeadLetterRecord, OutboxMessage
 
 if TYPE_CHECKING:
@@ -20,17 +21,33 @@ logger = logging.getLogger(__name__)
 class SagaListener:
     """Base class with a no-op for every hook; override the ones you need.
 
+    A saga class's ``listeners`` hear about that saga; listeners given to
+    ``sagaz.start_triggers(listeners=[...])`` (or ``TriggerEngine(listeners=...)``) hear
+    about every saga and trigger of the engine, in addition to each class's own.
+
     >>> class Audit(SagaListener):
+    ...     async def on_trigger_received(self, saga_name, event_source, event):
+    ...         print(saga_name, event_source, event)  # "orders" "kafka" Order(id=1)
     ...     async def on_saga_complete(self, saga_name, saga_id, ctx):
     ...         print("done", saga_id)
+    >>> await sagaz.start_triggers(listeners=[Audit()])  # doctest: +SKIP
     """
 
     # -- triggers --------------------------------------------------------------------------
     async def on_trigger_received(self, saga_name: str, event_source: str, event: Any) -> None:
-        """An event arrived for a trigger of ``saga_name``."""
+        """An event arrived for a trigger of ``saga_name``.
 
-    async def on_trigger_filtered(self, saga_name: str, event: Any, reason: str) -> None:
-        """An event did not become a saga; ``reason`` is one code of DESIGN 3.6."""
+        ``event_source`` is the kind of source it came through (``EventMeta.source``:
+        ``"kafka"``, ``"webhook"``, ``"memory"``, ``"cron"``... or a custom source's kind).
+        ``event`` is the decoded event, as the trigger method receives it (a pydantic model,
+        the read-only mapping, a ``CronTick``...), the same object ``on_trigger_filtered``
+        gets if the event then does not become a saga; an event that cannot be decoded
+        arrives as its raw payload.
+        """
+
+    async def on_trigger_filtered(self, saga_name: str, event: Any, reason: Reason) -> None:
+        """An event did not become a saga; ``reason`` is one :class:`~sagaz.events.Reason`
+        of DESIGN 3.6 (a ``str`` enum: ``reason == "duplicate"`` works)."""
 
     async def on_trigger_error(self, saga_name: str, error: BaseException, event: Any) -> None:
         """A source or poll failed (the engine keeps going)."""

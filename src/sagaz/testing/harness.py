@@ -87,7 +87,10 @@ class TriggerTestHarness:
     async def run(
         self, method: str, event: Any, *, key: str = "", timeout: float = 30.0
     ) -> SagaResult | None:
-        """Run ``event`` through the real pipeline and return the saga's result."""
+        """Run ``event`` through the real pipeline and return the saga's result.
+
+        ``key`` is the event's identity (as a broker message id would be): running the same
+        key again is a duplicate. Without one each run is its own event."""
         from sagaz.engine.engine import TriggerEngine
 
         if self._engine is None:
@@ -108,7 +111,8 @@ class TriggerTestHarness:
         self.last_admission = result
         if result.outcome is not AdmissionOutcome.ACCEPTED or result.saga_id is None:
             return None
-        return await self._engine.wait_for(result.saga_id, timeout)  # type: ignore[no-any-return]
+        outcome = await self._engine.wait_for(result.saga_id, timeout)
+        return outcome if isinstance(outcome, SagaResult) else None  # NotRun: interrupted
 
     async def close(self) -> None:
         """Stop the pipeline started by :meth:`run`."""

@@ -11,7 +11,7 @@ import inspect
 import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sagaz.abc import Source
 from sagaz.exceptions import TriggerDefinitionError
@@ -47,6 +47,7 @@ class TriggerDefinition:
     options: dict[str, Any]
     source_options: SourceOptions
     idempotency_key: Callable[[Any], Any] | None = None
+    dedup: Literal["content"] | None = None
     concurrency_key: Callable[[Any], Any] | None = None
     max_concurrent_sagas: int | None = None
     rate_limit_per_second: float | None = None
@@ -70,6 +71,20 @@ class TriggerDefinition:
         return options.channel if isinstance(options, MemoryOptions) else None
 
 
+#: sources whose deliveries may come without a message identity (``dedup="content"`` applies)
+_IDENTITY_OPTIONAL_SOURCES = frozenset({"memory", "webhook", "custom"})
+
+
+def _check_dedup(where: str, source: str, poll: bool) -> None:
+    if source not in _IDENTITY_OPTIONAL_SOURCES or poll:
+        raise TriggerDefinitionError(
+            f"{where}: option dedup='content' applies to events without an identity (memory, "
+            f"webhook, custom push sources); {source} events always carry one (message id, "
+            "offset, tick, path+mtime+size...). To dedup by content, name it: "
+            "idempotency_key=lambda e: e['id']"
+        )
+
+
 def build_trigger_definition(
     saga_cls: type[Saga], method: str, spec: TriggerSpec, trigger_id: str
 ) -> TriggerDefinition:
@@ -81,6 +96,8 @@ def build_trigger_definition(
     except ValueError as exc:
         raise TriggerDefinitionError(f"{where}: {exc}") from None
     custom = source_options.trigger if isinstance(source_options, CustomOptions) else None
+    if pipeline.dedup is not None:
+        _check_dedup(where, spec.source, isinstance(custom, Trigger))
     backoff = pipeline.retry_backoff_seconds
     return TriggerDefinition(
         trigger_id=trigger_id,
@@ -90,6 +107,7 @@ def build_trigger_definition(
         options=options,
         source_options=source_options,
         idempotency_key=pipeline.idempotency_key,
+        dedup=pipeline.dedup,
         concurrency_key=pipeline.concurrency_key,
         max_concurrent_sagas=pipeline.max_concurrent_sagas,
         rate_limit_per_second=pipeline.rate_limit_per_second,

@@ -328,7 +328,8 @@ async def _admit(
             rejections.count(RejectionReason.BAD_REQUEST, trigger_id, error)
             return _json(400, {"error": error})
     query = request.scope.get("query_string", b"").decode("latin-1")
-    identity = key or _body_identity(request.method, path, query, body)
+    # without a key the request is its own event, unless its trigger dedups by content
+    content = None if key else _body_identity(request.method, path, query, body)
     message_id = key or uuid.uuid4().hex
     log_extra["message_id"] = message_id
     if isinstance(route.auth, BearerAuth):  # the credential was ours: keep it out of the store
@@ -359,7 +360,8 @@ async def _admit(
             headers=dict(headers),
             received_at=route.clock.now(),
         ),
-        identity=identity,
+        identity=key or "",
+        content_identity=content,
         decoded=True,
         body=body,  # an envelope: a typed trigger method gets the body
         keep_invalid=keep_invalid,

@@ -12,7 +12,9 @@ defined; this module imports neither starlette nor uvicorn until :func:`create`)
 
 The trigger method receives a :class:`~sagaz.events.WebhookRequest`. The event's identity (its
 dedup key unless the trigger sets ``idempotency_key``) is the ``Idempotency-Key`` header when
-the request has one, else ``"sha256:" + sha256(method, path, query string, body)``.
+the request has one; without it each request is its own event (two identical bodies start two
+sagas), unless the trigger sets ``dedup="content"``: then the key is
+``"sha256:" + sha256(method, path, query string, body)``.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sagaz.triggers.options.base import NonEmptyStr, PositiveInt
 
@@ -29,6 +29,14 @@ class PipelineOptions(BaseModel):
         description=(
             "Function of the event returning its deduplication key (e.g. lambda e: e['id']); "
             "default: the source's message identity."
+        ),
+    )
+    dedup: Literal["content"] | None = Field(
+        default=None,
+        description=(
+            "'content': events with the same content are one event (memory, webhook and "
+            "custom push sources, whose deliveries may carry no identity). Default: each "
+            "delivery without an identity is its own event."
         ),
     )
     concurrency_key: Callable[[Any], Any] | None = Field(
@@ -85,3 +93,12 @@ class PipelineOptions(BaseModel):
         default=True,
         description="False: the trigger stays registered but the engine does not run it.",
     )
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> PipelineOptions:
+        if self.dedup is not None and self.idempotency_key is not None:
+            raise ValueError(
+                "options dedup and idempotency_key both say what identifies an event; keep one "
+                "(idempotency_key wins over any content)"
+            )
+        return self

@@ -1,0 +1,78 @@
+"""``SagaOutcomes``: how the sagas of accepted events ended, for ``TriggerEngine.wait_for``.
+
+Every saga id the engine accepted gets exactly one outcome here: the ``SagaResult`` of its run,
+or a :class:`~sagaz.events.NotRun` naming why there is none (evicted under ``drop_oldest``,
+interrupted by shutdown or a store failure). So a caller waiting on a saga id that
+``fire_event`` returned is always answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+
+from sagaz.events import NotRun
+from sagaz.saga.result import SagaResult
+
+__all__ = ["SagaOutcome", "SagaOutcomes"]
+
+#: what :meth:`SagaOutcomes.wait` answers
+SagaOutcome = SagaResult | NotRun
+
+
+class SagaOutcomes:
+    """The latest ``keep`` outcomes by saga id, and the callers waiting for one."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self.keep = keep
+        self._recent: OrderedDict[str, SagaOutcome] = OrderedDict()
+        self._waiters: dict[str, list[asyncio.Future[SagaOutcome]]] = {}
+        self._interrupted = False
+
+    def accepted(self, saga_id: str) -> None:
+        """``saga_id`` is accepted (again): an outcome recorded before is not this one's."""
+        self._recent.pop(saga_id, None)
+
+    def settle(self, saga_id: str, outcome: SagaOutcome) -> None:
+        """Record the outcome of ``saga_id`` and answer whoever waits for it."""
+        self._recent[saga_id] = outcome
+        self._recent.move_to_end(saga_id)
+        if len(self._recent) > self.keep:
+            self._recent.popitem(last=False)
+        for waiter in self._waiters.pop(saga_id, ()):
+            if not waiter.done():
+                waiter.set_result(outcome)
+
+    async def wait(self, saga_id: str, timeout: float | None = None) -> SagaOutcome:
+        """The outcome of ``saga_id``, once there is one (``TimeoutError`` after ``timeout``)."""
+        known = self._recent.get(saga_id)
+        if known is not None:
+            return known
+        if self._interrupted:
+            return NotRun(saga_id, "interrupted")
+        future: asyncio.Future[SagaOutcome] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(saga_id, [])
+        waiters.append(future)
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        finally:  # answered, timed out or cancelled: forget this caller
+            with contextlib.suppress(ValueError):
+                waiters.remove(future)
+            if not waiters and self._waiters.get(saga_id) is waiters:
+                del self._waiters[saga_id]
+
+    def interrupt(self) -> None:
+        """The engine stopped: answer every waiter (and later ones) ``NotRun("interrupted")``
+        for a saga whose outcome it does not know."""
+        self._interrupted = True
+        waiting, self._waiters = self._waiters, {}
+        for saga_id, waiters in waiting.items():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(NotRun(saga_id, "interrupted"))
+
+    def resume(self) -> None:
+        """The engine started (again): wait for outcomes instead of answering "interrupted"."""
+        self._interrupted = False
