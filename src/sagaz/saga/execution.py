@@ -120,6 +120,7 @@ class SagaExecution:
         ctx = SagaContext(
             record.context, saga_id=saga_id, saga_name=self.saga_name, attempt=record.attempt
         )
+        ctx.declare_streams(self.definition.readers)
         done = self._restore(ctx, steps)
         if self.listeners:
             await notify(self.listeners, "on_saga_start", self.saga_name, saga_id, ctx)
@@ -152,12 +153,9 @@ class SagaExecution:
             self._seq = max(self._seq, step.completed_seq or 0)
         done = {s.name for s in completed}
         # a finished stream whose reader did not finish is produced again
-        for definition in self.definition.steps:
-            name = definition.action.name
-            if definition.action.streaming and name in done:
-                readers = [s for s in self.definition.steps if name in s.depends_on]
-                if any(r.action.name not in done for r in readers):
-                    done.discard(name)
+        for name, readers in self.definition.readers.items():
+            if name in done and any(r not in done for r in readers):
+                done.discard(name)
         return done
 
     # -- forward ---------------------------------------------------------------------------
@@ -189,6 +187,7 @@ class SagaExecution:
                         channel = ctx.open_stream(name) if step.action.streaming else None
                         if channel is not None:
                             channels[name] = channel
+                            self._detach_unread({name: channel}, done)
                         task = asyncio.create_task(
                             self._run_step(step, ctx, channel), name=f"sagaz-step-{name}"
                         )
@@ -206,6 +205,7 @@ class SagaExecution:
                     else:
                         done.add(name)
                 self._detach_unread(channels, done)
+                self._report_drained(ctx, channels)
         finally:
             for task in running:
                 task.cancel()
@@ -222,10 +222,33 @@ class SagaExecution:
         return True
 
     def _detach_unread(self, channels: dict[str, StreamChannel], done: set[str]) -> None:
+        """Nobody will read a stream whose readers all finished (or that has none): from then
+        on its producer runs to completion without waiting, its records counted and dropped."""
         for name, channel in channels.items():
-            readers = [s for s in self.definition.steps if name in s.depends_on]
-            if all(r.action.name in done for r in readers):
+            if all(r in done for r in self.definition.readers[name]):
                 channel.detach()
+
+    def _report_drained(self, ctx: SagaContext, channels: dict[str, StreamChannel]) -> None:
+        """Log each finished stream whose records were (partly) not read, once."""
+        for name, channel in list(channels.items()):
+            if not (channel.closed and channel.detached):
+                continue
+            del channels[name]
+            if channel.discarded:
+                logger.info(
+                    "stream %r of saga %r: %d of its %d records were read by no step "
+                    "and were dropped",
+                    name,
+                    self.saga_name,
+                    channel.discarded,
+                    channel.yielded,
+                    extra={
+                        "saga_id": ctx.saga_id,
+                        "step": name,
+                        "yielded": channel.yielded,
+                        "discarded": channel.discarded,
+                    },
+                )
 
     async def _run_step(
         self, step: StepDefinition, ctx: SagaContext, channel: StreamChannel | None
