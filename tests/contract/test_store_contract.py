@@ -634,6 +634,40 @@ async def test_a_database_error_inside_save_saga_rolls_the_saga_back(
     assert await store.fetch_outbox() == []
 
 
+@pytest.mark.parametrize("decline", [False, True], ids=["completed", "compensated"])
+async def test_a_saga_with_an_outbox_listener_keeps_outbox_state_out_of_the_steps(
+    store: SagaStore, decline: bool
+) -> None:
+    from sagaz import OutboxSagaListener, Saga, SagaContext, action, compensate
+
+    class Order(Saga, abstract=True):
+        saga_name = "order"
+        listeners = [OutboxSagaListener(store)]
+
+        @action("reserve")
+        async def reserve(self, ctx: SagaContext) -> None:
+            ctx.emit("orders.reserved", {"id": 1})
+
+        @compensate("reserve")
+        async def release(self, ctx: SagaContext) -> None:
+            pass
+
+        @action("charge")
+        async def charge(self, ctx: SagaContext) -> None:
+            if ctx["decline"]:
+                raise RuntimeError("card declined")
+            ctx.emit("orders.charged", {"id": 1})
+
+    result = await Order().run({"decline": decline}, saga_id="o1", store=store)
+    assert result.status is (SagaStatus.COMPENSATED if decline else SagaStatus.COMPLETED)
+    assert sorted(s.name for s in await store.get_steps("o1")) == ["charge", "reserve"]
+    topics = [m.topic for m in await store.fetch_outbox()]
+    if decline:
+        assert topics == ["orders.reserved", "saga.failed"]
+    else:
+        assert topics == ["orders.reserved", "orders.charged", "saga.completed"]
+
+
 # -- dead letters --------------------------------------------------------------------------
 async def test_dead_letters_crud_with_bytes_payload(store: SagaStore) -> None:
     first = DeadLetterRecord(

@@ -11,11 +11,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sagaz.clock import Clock, SystemClock
-from sagaz.exceptions import SagaStepError, SagaTimeoutError
-from sagaz.records import SagaRecord, StepRecord
+from sagaz.exceptions import ConfigurationError, SagaStepError, SagaTimeoutError
+from sagaz.records import OutboxMessage, SagaRecord, StepRecord
 from sagaz.saga.context import SagaContext, StreamChannel, current_step
 from sagaz.saga.definition import StepDefinition
-from sagaz.saga.listeners import SagaListener, notify
+from sagaz.saga.listeners import OutboxSagaListener, SagaListener, notify
 from sagaz.saga.result import SagaResult
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
@@ -79,6 +79,7 @@ class SagaExecution:
 
         ``known`` is the stored row when the caller just created it (skips one read).
         """
+        self._check_outbox_listeners()
         saga_id = saga_id or str(uuid.uuid4())
         if known is not None and known.saga_id == saga_id:
             record, created = known, False
@@ -130,13 +131,38 @@ class SagaExecution:
         if failure is None:
             record.status = SagaStatus.COMPLETED
             record.context = ctx.to_dict()
-            await self.store.save_saga(record)
+            await self.store.save_saga(record, self._terminal_outbox(record))
             if self.listeners:
                 await notify(self.listeners, "on_saga_complete", self.saga_name, saga_id, ctx)
                 record.context = ctx.to_dict()  # a listener may have written to the context
             return SagaResult(saga_id, SagaStatus.COMPLETED, record.context, attempt=record.attempt)
         failed_step, exc = failure
         return await self._compensate(ctx, failed_step, exc)
+
+    # -- outbox listeners ------------------------------------------------------------------
+    def _check_outbox_listeners(self) -> None:
+        """An ``OutboxSagaListener`` writes in the saga's own transaction: same store only."""
+        for listener in self.listeners:
+            if not isinstance(listener, OutboxSagaListener):
+                continue
+            if listener.store is not None and listener.store is not self.store:
+                raise ConfigurationError(
+                    f"the OutboxSagaListener of saga {self.saga_name!r} writes to "
+                    f"{listener.store!r}, but the saga runs on {self.store!r}: its messages are "
+                    "written in the same transaction as the saga's state, so both need the "
+                    "same store. Run the saga on that store (Saga.run(..., store=...), "
+                    "start_triggers(store=...)) or create OutboxSagaListener() without a store"
+                )
+
+    def _terminal_outbox(self, record: SagaRecord) -> list[OutboxMessage]:
+        """The outbox listeners' messages, written with the saga's terminal state."""
+        messages: list[OutboxMessage] = []
+        for listener in self.listeners:
+            if isinstance(listener, OutboxSagaListener):
+                messages += listener.saga_messages(
+                    self.saga_name, record.saga_id, record.status, record.error
+                )
+        return messages
 
     # -- restore ---------------------------------------------------------------------------
     def _restore(self, ctx: SagaContext, steps: dict[str, StepRecord]) -> set[str]:
@@ -399,7 +425,7 @@ class SagaExecution:
         record.status = status
         record.error = error
         record.context = ctx.to_dict()
-        await self.store.save_saga(record)
+        await self.store.save_saga(record, self._terminal_outbox(record))
         if self.listeners:
             await notify(self.listeners, "on_saga_failed", self.saga_name, saga_id, ctx, cause)
         return SagaResult(
