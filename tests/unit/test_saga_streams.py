@@ -264,3 +264,34 @@ async def test_reading_at_run_time_a_stream_the_step_does_not_depend_on_fails_th
     assert result.failed_step == "load"
     assert "does not depend on 'extract'" in (result.error or "")
     assert "depends_on=['extract']" in (result.error or "")
+
+
+async def test_a_triggered_saga_ending_with_an_unread_stream_completes_in_the_engine() -> None:
+    import sagaz
+    from sagaz import trigger
+
+    class Export(Saga):
+        @trigger(source="memory", channel="exports")
+        def on_export(self, event: dict[str, int]) -> dict[str, int]:
+            return {"rows": event["rows"]}
+
+        @action("export")
+        async def export(self, ctx: SagaContext) -> AsyncIterator[int]:
+            for i in range(ctx["rows"]):
+                yield i
+
+    store = MemorySagaStore()
+    await sagaz.start_triggers(store=store)
+    try:
+        [saga_id] = await sagaz.fire_event("exports", {"rows": 500})
+
+        async def completed() -> None:
+            while True:
+                saga = await store.get_saga(saga_id)
+                if saga is not None and saga.status is SagaStatus.COMPLETED:
+                    return
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(completed(), GUARD)
+    finally:
+        await sagaz.stop_triggers()
