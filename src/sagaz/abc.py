@@ -94,8 +94,10 @@ class SagaStore(Lifecycle, ABC):
         """Insert ``record`` unless its ``saga_id`` exists; return (stored record, created?)."""
 
     @abstractmethod
-    async def save_saga(self, record: SagaRecord) -> None:
-        """Insert or overwrite the saga row (status, context, error, attempt, lease)."""
+    async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
+        """Insert or overwrite the saga row (status, context, error, attempt, lease);
+        ``outbox`` messages (the events of a terminal state) are written in the same
+        transaction."""
 
     @abstractmethod
     async def get_saga(self, saga_id: str) -> SagaRecord | None:

@@ -572,6 +572,102 @@ async def test_a_database_error_inside_save_step_rolls_the_step_back(
     assert await store.fetch_outbox() == []
 
 
+async def test_save_saga_writes_its_outbox_in_the_same_transaction(store: SagaStore) -> None:
+    await store.save_saga(_saga(status=SagaStatus.RUNNING))
+    await store.save_step(StepRecord("s1", "reserve", StepStatus.COMPLETED), [
+        OutboxMessage("s1", "orders", {"event": "reserved"}),
+    ])  # fmt: skip
+    await store.save_saga(
+        _saga(status=SagaStatus.COMPLETED),
+        [
+            OutboxMessage("s1", "saga.completed", {"saga_id": "s1"}, {"trace": "1"}),
+            OutboxMessage("s1", "audit", b"\x00raw"),
+        ],
+    )
+    saved = await store.get_saga("s1")
+    assert saved is not None
+    assert saved.status is SagaStatus.COMPLETED
+    assert [s.name for s in await store.get_steps("s1")] == ["reserve"]
+    messages = await store.fetch_outbox()
+    assert [(m.saga_id, m.topic, m.payload) for m in messages] == [
+        ("s1", "orders", {"event": "reserved"}),
+        ("s1", "saga.completed", {"saga_id": "s1"}),
+        ("s1", "audit", b"\x00raw"),
+    ]
+    assert messages[1].headers == {"trace": "1"}
+    ids = [m.id or 0 for m in messages]
+    assert 0 < ids[0] < ids[1] < ids[2]
+    assert all(m.created_at is not None and m.sent_at is None for m in messages)
+
+    await store.save_saga(_saga(status=SagaStatus.COMPLETED, error="again"))  # no messages
+    assert len(await store.fetch_outbox()) == 3
+
+
+async def test_a_saga_whose_outbox_cannot_be_stored_keeps_its_previous_state(
+    durable_backend: Backend,
+) -> None:
+    store = await durable_backend.open()
+    await store.save_saga(_saga(status=SagaStatus.RUNNING))
+    good = OutboxMessage("s1", "saga.completed", {"ok": True})
+    bad = OutboxMessage("s1", "saga.completed", object())
+    with pytest.raises(StoreError, match="convert it first"):
+        await store.save_saga(_saga(status=SagaStatus.COMPLETED), [good, bad])
+    saved = await store.get_saga("s1")
+    assert saved is not None
+    assert saved.status is SagaStatus.RUNNING
+    assert await store.fetch_outbox() == []
+
+
+async def test_a_database_error_inside_save_saga_rolls_the_saga_back(
+    sql_backend: Backend,
+) -> None:
+    import asyncpg
+
+    store = await sql_backend.open()
+    await store.save_saga(_saga(status=SagaStatus.RUNNING))
+    broken = OutboxMessage("s1", None, {"ok": True})  # type: ignore[arg-type]  # NOT NULL topic
+    with pytest.raises((StoreError, asyncpg.NotNullViolationError)):
+        await store.save_saga(_saga(status=SagaStatus.COMPLETED), [broken])
+    saved = await store.get_saga("s1")
+    assert saved is not None
+    assert saved.status is SagaStatus.RUNNING
+    assert await store.fetch_outbox() == []
+
+
+@pytest.mark.parametrize("decline", [False, True], ids=["completed", "compensated"])
+async def test_a_saga_with_an_outbox_listener_keeps_outbox_state_out_of_the_steps(
+    store: SagaStore, decline: bool
+) -> None:
+    from sagaz import OutboxSagaListener, Saga, SagaContext, action, compensate
+
+    class Order(Saga, abstract=True):
+        saga_name = "order"
+        listeners = [OutboxSagaListener(store)]
+
+        @action("reserve")
+        async def reserve(self, ctx: SagaContext) -> None:
+            ctx.emit("orders.reserved", {"id": 1})
+
+        @compensate("reserve")
+        async def release(self, ctx: SagaContext) -> None:
+            pass
+
+        @action("charge")
+        async def charge(self, ctx: SagaContext) -> None:
+            if ctx["decline"]:
+                raise RuntimeError("card declined")
+            ctx.emit("orders.charged", {"id": 1})
+
+    result = await Order().run({"decline": decline}, saga_id="o1", store=store)
+    assert result.status is (SagaStatus.COMPENSATED if decline else SagaStatus.COMPLETED)
+    assert sorted(s.name for s in await store.get_steps("o1")) == ["charge", "reserve"]
+    topics = [m.topic for m in await store.fetch_outbox()]
+    if decline:
+        assert topics == ["orders.reserved", "saga.failed"]
+    else:
+        assert topics == ["orders.reserved", "orders.charged", "saga.completed"]
+
+
 # -- dead letters --------------------------------------------------------------------------
 async def test_dead_letters_crud_with_bytes_payload(store: SagaStore) -> None:
     first = DeadLetterRecord(

@@ -3,13 +3,18 @@ the triggers (``Saga.__init_subclass__`` → ``sagaz.triggers.registry``)."""
 
 from __future__ import annotations
 
+import ast
+import inspect
 import re
+import textwrap
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sagaz.exceptions import SagaDefinitionError
+from sagaz.saga.context import describe_streams
 from sagaz.saga.listeners import SagaListener
 from sagaz.saga.steps import ACTION_ATTR, COMPENSATION_ATTR, ActionSpec, CompensationSpec
 
@@ -36,6 +41,8 @@ class SagaDefinition:
 
     steps: tuple[StepDefinition, ...]
     is_dag: bool
+    #: each streaming action and the steps that depend on it (its possible readers)
+    readers: Mapping[str, tuple[str, ...]]
 
     @property
     def sequential(self) -> bool:
@@ -145,7 +152,84 @@ def build_definition(cls: type) -> SagaDefinition:
                 raise SagaDefinitionError(f"{where}: step {name!r} depends on itself")
         steps.append(StepDefinition(spec, compensations.get(name), tuple(deps), index))
     _check_cycles(where, steps)
-    return SagaDefinition(tuple(steps), is_dag)
+    readers = {
+        s.action.name: tuple(r.action.name for r in steps if s.action.name in r.depends_on)
+        for s in steps
+        if s.action.streaming
+    }
+    for step in steps:
+        _check_stream_reads(cls, step, functions[step.action.name], readers, is_dag)
+    return SagaDefinition(tuple(steps), is_dag, readers)
+
+
+def _mentions(code: types.CodeType, name: str) -> bool:
+    """Whether ``code`` (or a function nested in it) uses the attribute or global ``name``."""
+    return name in code.co_names or any(
+        isinstance(const, types.CodeType) and _mentions(const, name) for const in code.co_consts
+    )
+
+
+def _stream_reads(fn: Any) -> list[str]:
+    """The literal names a step passes to ``ctx.stream(...)``, read from its source.
+
+    Best effort: a step whose source is not available (defined in ``exec``, a REPL) or that
+    computes the name is checked when it calls ``ctx.stream()`` instead.
+    """
+    fn = inspect.unwrap(fn)
+    code = getattr(fn, "__code__", None)
+    if code is None or not _mentions(code, "stream"):
+        return []
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return []
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        return []
+    params = [*node.args.posonlyargs, *node.args.args]
+    if len(params) < 2:
+        return []
+    ctx = params[1].arg  # (self, ctx)
+    return [
+        call.args[0].value
+        for call in ast.walk(node)
+        if isinstance(call, ast.Call)
+        and isinstance(call.func, ast.Attribute)
+        and call.func.attr == "stream"
+        and isinstance(call.func.value, ast.Name)
+        and call.func.value.id == ctx
+        and call.args
+        and isinstance(call.args[0], ast.Constant)
+        and isinstance(call.args[0].value, str)
+    ]
+
+
+def _check_stream_reads(
+    cls: type,
+    step: StepDefinition,
+    fn: Any,
+    readers: Mapping[str, tuple[str, ...]],
+    is_dag: bool,
+) -> None:
+    """A step that reads ``ctx.stream("x")`` needs a streaming action ``x`` it depends on."""
+    name = step.action.name
+    saga_name = getattr(cls, "saga_name", "") or cls.__name__
+    where = f"{cls.__qualname__} (saga {saga_name!r}): step {name!r}"
+    for stream in _stream_reads(fn):
+        if stream not in readers:
+            raise SagaDefinitionError(
+                f"{where} reads ctx.stream({stream!r}), but no streaming action is named "
+                f"{stream!r}; {describe_streams(readers)}"
+            )
+        if name not in readers[stream]:
+            place = (
+                f"add depends_on=[{stream!r}]"
+                if is_dag
+                else f"declare it right after {stream!r}, or use depends_on=[{stream!r}]"
+            )
+            raise SagaDefinitionError(
+                f"{where} reads ctx.stream({stream!r}) but does not depend on {stream!r}: {place}"
+            )
 
 
 def _check_cycles(where: str, steps: list[StepDefinition]) -> None:

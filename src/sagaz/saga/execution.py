@@ -11,11 +11,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sagaz.clock import Clock, SystemClock
-from sagaz.exceptions import SagaStepError, SagaTimeoutError
-from sagaz.records import SagaRecord, StepRecord
+from sagaz.exceptions import ConfigurationError, SagaStepError, SagaTimeoutError
+from sagaz.records import OutboxMessage, SagaRecord, StepRecord
 from sagaz.saga.context import SagaContext, StreamChannel, current_step
 from sagaz.saga.definition import StepDefinition
-from sagaz.saga.listeners import SagaListener, notify
+from sagaz.saga.listeners import OutboxSagaListener, SagaListener, notify
 from sagaz.saga.result import SagaResult
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
@@ -79,6 +79,7 @@ class SagaExecution:
 
         ``known`` is the stored row when the caller just created it (skips one read).
         """
+        self._check_outbox_listeners()
         saga_id = saga_id or str(uuid.uuid4())
         if known is not None and known.saga_id == saga_id:
             record, created = known, False
@@ -120,6 +121,7 @@ class SagaExecution:
         ctx = SagaContext(
             record.context, saga_id=saga_id, saga_name=self.saga_name, attempt=record.attempt
         )
+        ctx.declare_streams(self.definition.readers)
         done = self._restore(ctx, steps)
         if self.listeners:
             await notify(self.listeners, "on_saga_start", self.saga_name, saga_id, ctx)
@@ -129,13 +131,38 @@ class SagaExecution:
         if failure is None:
             record.status = SagaStatus.COMPLETED
             record.context = ctx.to_dict()
-            await self.store.save_saga(record)
+            await self.store.save_saga(record, self._terminal_outbox(record))
             if self.listeners:
                 await notify(self.listeners, "on_saga_complete", self.saga_name, saga_id, ctx)
                 record.context = ctx.to_dict()  # a listener may have written to the context
             return SagaResult(saga_id, SagaStatus.COMPLETED, record.context, attempt=record.attempt)
         failed_step, exc = failure
         return await self._compensate(ctx, failed_step, exc)
+
+    # -- outbox listeners ------------------------------------------------------------------
+    def _check_outbox_listeners(self) -> None:
+        """An ``OutboxSagaListener`` writes in the saga's own transaction: same store only."""
+        for listener in self.listeners:
+            if not isinstance(listener, OutboxSagaListener):
+                continue
+            if listener.store is not None and listener.store is not self.store:
+                raise ConfigurationError(
+                    f"the OutboxSagaListener of saga {self.saga_name!r} writes to "
+                    f"{listener.store!r}, but the saga runs on {self.store!r}: its messages are "
+                    "written in the same transaction as the saga's state, so both need the "
+                    "same store. Run the saga on that store (Saga.run(..., store=...), "
+                    "start_triggers(store=...)) or create OutboxSagaListener() without a store"
+                )
+
+    def _terminal_outbox(self, record: SagaRecord) -> list[OutboxMessage]:
+        """The outbox listeners' messages, written with the saga's terminal state."""
+        messages: list[OutboxMessage] = []
+        for listener in self.listeners:
+            if isinstance(listener, OutboxSagaListener):
+                messages += listener.saga_messages(
+                    self.saga_name, record.saga_id, record.status, record.error
+                )
+        return messages
 
     # -- restore ---------------------------------------------------------------------------
     def _restore(self, ctx: SagaContext, steps: dict[str, StepRecord]) -> set[str]:
@@ -152,12 +179,9 @@ class SagaExecution:
             self._seq = max(self._seq, step.completed_seq or 0)
         done = {s.name for s in completed}
         # a finished stream whose reader did not finish is produced again
-        for definition in self.definition.steps:
-            name = definition.action.name
-            if definition.action.streaming and name in done:
-                readers = [s for s in self.definition.steps if name in s.depends_on]
-                if any(r.action.name not in done for r in readers):
-                    done.discard(name)
+        for name, readers in self.definition.readers.items():
+            if name in done and any(r not in done for r in readers):
+                done.discard(name)
         return done
 
     # -- forward ---------------------------------------------------------------------------
@@ -189,6 +213,7 @@ class SagaExecution:
                         channel = ctx.open_stream(name) if step.action.streaming else None
                         if channel is not None:
                             channels[name] = channel
+                            self._detach_unread({name: channel}, done)
                         task = asyncio.create_task(
                             self._run_step(step, ctx, channel), name=f"sagaz-step-{name}"
                         )
@@ -206,6 +231,7 @@ class SagaExecution:
                     else:
                         done.add(name)
                 self._detach_unread(channels, done)
+                self._report_drained(ctx, channels)
         finally:
             for task in running:
                 task.cancel()
@@ -222,10 +248,33 @@ class SagaExecution:
         return True
 
     def _detach_unread(self, channels: dict[str, StreamChannel], done: set[str]) -> None:
+        """Nobody will read a stream whose readers all finished (or that has none): from then
+        on its producer runs to completion without waiting, its records counted and dropped."""
         for name, channel in channels.items():
-            readers = [s for s in self.definition.steps if name in s.depends_on]
-            if all(r.action.name in done for r in readers):
+            if all(r in done for r in self.definition.readers[name]):
                 channel.detach()
+
+    def _report_drained(self, ctx: SagaContext, channels: dict[str, StreamChannel]) -> None:
+        """Log each finished stream whose records were (partly) not read, once."""
+        for name, channel in list(channels.items()):
+            if not (channel.closed and channel.detached):
+                continue
+            del channels[name]
+            if channel.discarded:
+                logger.info(
+                    "stream %r of saga %r: %d of its %d records were read by no step "
+                    "and were dropped",
+                    name,
+                    self.saga_name,
+                    channel.discarded,
+                    channel.yielded,
+                    extra={
+                        "saga_id": ctx.saga_id,
+                        "step": name,
+                        "yielded": channel.yielded,
+                        "discarded": channel.discarded,
+                    },
+                )
 
     async def _run_step(
         self, step: StepDefinition, ctx: SagaContext, channel: StreamChannel | None
@@ -376,7 +425,7 @@ class SagaExecution:
         record.status = status
         record.error = error
         record.context = ctx.to_dict()
-        await self.store.save_saga(record)
+        await self.store.save_saga(record, self._terminal_outbox(record))
         if self.listeners:
             await notify(self.listeners, "on_saga_failed", self.saga_name, saga_id, ctx, cause)
         return SagaResult(

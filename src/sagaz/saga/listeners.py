@@ -1,4 +1,7 @@
-"""Listeners: observe sagas and triggers. All hooks are async; failures are logged, isolated."""
+"""Listeners: observe sagas and triggers. All hooks are async; failures are logged, isolated.
+
+The exception is :class:`OutboxSagaListener`: its messages are part of the saga's terminal
+write, so a failure to write them fails that write."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from sagaz.events import Reason
 from sagaz.records import DeadLetterRecord, OutboxMessage
+from sagaz.types import SagaStatus
 
 if TYPE_CHECKING:
     from sagaz.abc import SagaStore
@@ -101,37 +105,39 @@ async def notify(listeners: Iterable[SagaListener], hook: str, *args: Any) -> No
 
 
 class OutboxSagaListener(SagaListener):
-    """Writes saga lifecycle events to the outbox of ``store``.
+    """Writes a saga's lifecycle events to the outbox, relayed by ``OutboxRelay``.
 
-    Messages a step emits with ``ctx.emit(topic, payload)`` are written by the executor in the
-    same transaction as that step's checkpoint; this listener adds ``saga.completed`` and
-    ``saga.failed`` events (topic ``f"{topic_prefix}.completed"``...), relayed by ``OutboxRelay``.
+    Messages a step emits with ``ctx.emit(topic, payload)`` are written with that step's
+    checkpoint; this listener adds ``f"{topic_prefix}.completed"`` when the saga completes and
+    ``f"{topic_prefix}.failed"`` when it ends compensated or failed. Unlike other listeners it
+    is not a hook that may fail on the side: its messages are written in the same transaction
+    as the saga's terminal state (``SagaStore.save_saga(record, outbox)``). If that write
+    fails, the saga does not end: ``run()`` raises, the saga stays resumable, and the resume
+    writes the state and the messages together.
+
+    ``store`` is the store the saga runs on (``None``: whichever it runs on). A listener on
+    another store is refused before the saga starts: one transaction cannot span two stores.
+
+    >>> class OrderSaga(Saga):  # doctest: +SKIP
+    ...     listeners = [OutboxSagaListener()]
     """
 
     def __init__(self, store: SagaStore | None = None, *, topic_prefix: str = "saga") -> None:
         self.store = store
         self.topic_prefix = topic_prefix
 
-    async def _write(self, saga_id: str, suffix: str, payload: dict[str, Any]) -> None:
-        if self.store is None:
-            return
-        from sagaz.records import StepRecord
-        from sagaz.types import StepStatus
-
-        marker = StepRecord(saga_id=saga_id, name=f"__outbox_{suffix}", status=StepStatus.COMPLETED)
-        message = OutboxMessage(
-            saga_id=saga_id, topic=f"{self.topic_prefix}.{suffix}", payload=payload
-        )
-        await self.store.save_step(marker, [message])
-
-    async def on_saga_complete(self, saga_name: str, saga_id: str, ctx: SagaContext) -> None:
-        """Queue ``{topic_prefix}.completed`` with the saga's name and id."""
-        await self._write(saga_id, "completed", {"saga_name": saga_name, "saga_id": saga_id})
-
-    async def on_saga_failed(
-        self, saga_name: str, saga_id: str, ctx: SagaContext, error: BaseException | str
-    ) -> None:
-        """Queue ``{topic_prefix}.failed`` with the saga's name, id and error."""
-        await self._write(
-            saga_id, "failed", {"saga_name": saga_name, "saga_id": saga_id, "error": str(error)}
-        )
+    def saga_messages(
+        self, saga_name: str, saga_id: str, status: SagaStatus, error: str | None
+    ) -> list[OutboxMessage]:
+        """The messages written with the terminal ``status`` of a saga (override to change
+        them): ``{topic_prefix}.completed`` with its name and id, or ``{topic_prefix}.failed``
+        with its name, id and error."""
+        payload: dict[str, Any] = {"saga_name": saga_name, "saga_id": saga_id}
+        if status is SagaStatus.COMPLETED:
+            suffix = "completed"
+        else:
+            suffix = "failed"
+            payload["error"] = error
+        return [
+            OutboxMessage(saga_id=saga_id, topic=f"{self.topic_prefix}.{suffix}", payload=payload)
+        ]

@@ -63,7 +63,12 @@ def action(
     """Declare a step. The method is ``async def step(self, ctx) -> dict | None``.
 
     The returned dict merges into the context. An async generator (``yield``) is a streaming
-    action: downstream steps read its records with ``ctx.stream(name)``.
+    action: the steps that depend on it read its records with ``ctx.stream(name)``, through a
+    bounded channel (the producer waits while 100 records are unread). Records no step reads
+    (nobody depends on the stream, or its readers finished early) do not block it: they are
+    dropped and counted in an INFO log line of ``sagaz.saga.execution``. ``timeout_seconds``
+    bounds the whole production. After a crash, a streaming step that had not finished, or
+    whose reader had not, is produced again from its first record.
 
     >>> class Order(Saga):  # doctest: +SKIP
     ...     @action("reserve", max_retries=2, timeout_seconds=5)

@@ -78,7 +78,8 @@ class MemorySagaStore(SagaStore):
         self._sagas[record.saga_id] = _SAGA.pack(record)
         return record, True  # the caller's own object: the store keeps its private copy
 
-    async def save_saga(self, record: SagaRecord) -> None:
+    async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
+        messages = [_clone(m) for m in outbox]
         previous = self._sagas.get(record.saga_id)
         now = utcnow()
         created, updated = record.created_at, record.updated_at
@@ -86,6 +87,7 @@ class MemorySagaStore(SagaStore):
         record.updated_at = now
         self._sagas[record.saga_id] = _SAGA.pack(record)
         record.created_at, record.updated_at = created, updated
+        self._append_outbox(messages)
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         row = self._sagas.get(saga_id)
@@ -134,14 +136,16 @@ class MemorySagaStore(SagaStore):
 
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
+        messages = [_clone(m) for m in outbox]
         updated = step.updated_at
         step.updated_at = utcnow()
         self._steps.setdefault(step.saga_id, {})[step.name] = _STEP.pack(step)
         step.updated_at = updated
-        for message in outbox:
-            self._outbox.append(
-                replace(_clone(message), id=next(self._outbox_ids), created_at=utcnow())
-            )
+        self._append_outbox(messages)
+
+    def _append_outbox(self, messages: Sequence[OutboxMessage]) -> None:
+        for message in messages:
+            self._outbox.append(replace(message, id=next(self._outbox_ids), created_at=utcnow()))
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
         return [_STEP.unpack(s) for s in self._steps.get(saga_id, {}).values()]

@@ -64,6 +64,10 @@ class PostgresSagaStore(SagaStore):
             f"VALUES ({tables.SAGA_VALUES})"
         )
         self._select_sagas = f"SELECT {tables.SAGA_COLUMNS} FROM {self._s}.saga_executions"
+        self._insert_outbox = (
+            f"INSERT INTO {self._s}.outbox (saga_id, topic, payload, headers, created_at) "
+            "VALUES ($1, $2, $3, $4, $5)"
+        )
         self._select_dead_letters = (
             f"SELECT id, {tables.DEAD_LETTER_COLUMNS}, created_at FROM {self._s}.dead_letters"
         )
@@ -146,17 +150,24 @@ class PostgresSagaStore(SagaStore):
                 return tables.saga_from_row(row), False
         raise StoreError(f"saga {record.saga_id!r} kept appearing and disappearing; retry")
 
-    async def save_saga(self, record: SagaRecord) -> None:
+    async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()
-        await self._db().execute(
+        upsert = (
             f"{self._insert_saga} "
             "ON CONFLICT (saga_id) DO UPDATE SET saga_name = EXCLUDED.saga_name, "
             "status = EXCLUDED.status, context = EXCLUDED.context, attempt = EXCLUDED.attempt, "
             "error = EXCLUDED.error, trigger_id = EXCLUDED.trigger_id, event = EXCLUDED.event, "
             "owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at, "
-            "updated_at = EXCLUDED.updated_at",
-            *tables.saga_params(record, record.created_at or now, now),
+            "updated_at = EXCLUDED.updated_at"
         )
+        params = tables.saga_params(record, record.created_at or now, now)
+        messages = self._outbox_rows(outbox, now)
+        if not messages:  # one statement: atomic alone, one round trip
+            await self._db().execute(upsert, *params)
+            return
+        async with self._db().acquire() as conn, conn.transaction():
+            await conn.execute(upsert, *params)
+            await conn.executemany(self._insert_outbox, messages)
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         row = await self._db().fetchrow(
@@ -220,7 +231,7 @@ class PostgresSagaStore(SagaStore):
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()
         result = None if step.result is None else dumps(step.result)
-        messages = [(m.saga_id, m.topic, dumps(m.payload), dumps(m.headers), now) for m in outbox]
+        messages = self._outbox_rows(outbox, now)
         upsert = (
             f"INSERT INTO {self._s}.saga_steps ({tables.STEP_COLUMNS}) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
@@ -246,11 +257,11 @@ class PostgresSagaStore(SagaStore):
             return
         async with self._db().acquire() as conn, conn.transaction():
             await conn.execute(upsert, *params)
-            await conn.executemany(
-                f"INSERT INTO {self._s}.outbox (saga_id, topic, payload, headers, created_at) "
-                "VALUES ($1, $2, $3, $4, $5)",
-                messages,
-            )
+            await conn.executemany(self._insert_outbox, messages)
+
+    @staticmethod
+    def _outbox_rows(outbox: Sequence[OutboxMessage], now: datetime) -> list[tuple[Any, ...]]:
+        return [(m.saga_id, m.topic, dumps(m.payload), dumps(m.headers), now) for m in outbox]
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
         rows = await self._db().fetch(

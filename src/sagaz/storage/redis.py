@@ -46,6 +46,14 @@ _CHUNK = 200  # ids read per round trip when scanning an index
 _PURGE_BATCH = 500
 
 
+def _outbox_documents(outbox: Sequence[OutboxMessage]) -> list[str]:
+    """The JSON documents the store's scripts write as outbox rows."""
+    return [
+        dumps({"saga_id": m.saga_id, "topic": m.topic, "payload": m.payload, "headers": m.headers})
+        for m in outbox
+    ]
+
+
 class RedisSagaStore(SagaStore):
     """A :class:`~sagaz.abc.SagaStore` in Redis, shared by every instance of an app.
 
@@ -129,7 +137,13 @@ class RedisSagaStore(SagaStore):
         return self._key("texec-open-saga", quote(trigger_name, safe=""), quote(saga_id, safe=""))
 
     # -- sagas -----------------------------------------------------------------------------
-    def _saga_args(self, mode: str, record: SagaRecord, now: datetime) -> list[str]:
+    def _saga_args(
+        self,
+        mode: str,
+        record: SagaRecord,
+        now: datetime,
+        outbox: Sequence[OutboxMessage] = (),
+    ) -> list[str]:
         status = SagaStatus(record.status)
         values: dict[str, str | None] = {
             "saga_id": record.saga_id,
@@ -158,7 +172,9 @@ class RedisSagaStore(SagaStore):
             "0" if record.event is None else "1",
             str(len(present)),
             *(item for pair in present for item in pair),
+            str(len(absent)),
             *absent,
+            *_outbox_documents(outbox),
         ]
 
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
@@ -174,11 +190,11 @@ class RedisSagaStore(SagaStore):
                 return stored, False
         raise StoreError(f"saga {record.saga_id!r} kept appearing and disappearing; retry")
 
-    async def save_saga(self, record: SagaRecord) -> None:
+    async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         await self._script(
             "SAVE_SAGA",
             [self._key("saga", record.saga_id)],
-            self._saga_args("save", record, utcnow()),
+            self._saga_args("save", record, utcnow(), outbox),
         )
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
@@ -269,16 +285,10 @@ class RedisSagaStore(SagaStore):
                 "updated_at": now,
             }
         )
-        messages = [
-            dumps(
-                {"saga_id": m.saga_id, "topic": m.topic, "payload": m.payload, "headers": m.headers}
-            )
-            for m in outbox
-        ]
         await self._script(
             "SAVE_STEP",
             [self._key("steps", step.saga_id)],
-            [self.prefix, step.name, document, now, *messages],
+            [self.prefix, step.name, document, now, *_outbox_documents(outbox)],
         )
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:

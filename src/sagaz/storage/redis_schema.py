@@ -173,7 +173,7 @@ def saga_from_hash(fields: dict[str, str]) -> SagaRecord:
 SAVE_SAGA = """
 -- KEYS[1] saga hash; ARGV: prefix, mode ('create'|'save'), id, name, status, terminal,
 -- created_at, updated_at, owner ('' = none), has_event, n_set, n_set field/value pairs,
--- then the fields to delete
+-- n_del, n_del fields to delete, then outbox JSON documents written with the row
 local key, p, id = KEYS[1], ARGV[1], ARGV[3]
 local name, status, terminal = ARGV[4], ARGV[5], ARGV[6] == '1'
 local owner, has_event = ARGV[9], ARGV[10] == '1'
@@ -208,8 +208,15 @@ local n_set = tonumber(ARGV[11])
 local fields = {'updated_at', ARGV[8]}
 for i = 12, 11 + 2 * n_set do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', key, unpack(fields))
-if #ARGV > 11 + 2 * n_set then
-  redis.call('HDEL', key, unpack(ARGV, 12 + 2 * n_set, #ARGV))
+local del_at = 12 + 2 * n_set
+local n_del = tonumber(ARGV[del_at])
+if n_del > 0 then
+  redis.call('HDEL', key, unpack(ARGV, del_at + 1, del_at + n_del))
+end
+for i = del_at + n_del + 1, #ARGV do
+  local outbox_id = redis.call('INCR', p .. ':outbox-seq')
+  redis.call('HSET', p .. ':outbox:' .. outbox_id, 'doc', ARGV[i], 'created_at', ARGV[8])
+  redis.call('ZADD', p .. ':outbox-unsent', outbox_id, outbox_id)
 end
 return 1
 """

@@ -55,6 +55,15 @@ _IN_CHUNK = 500  # well under SQLite's bound-parameter limit
 _INSERT_SAGA = (
     f"INSERT INTO saga_executions ({tables.SAGA_COLUMNS}) VALUES ({tables.placeholders(12)})"
 )
+_UPSERT_SAGA = (
+    f"{_INSERT_SAGA} ON CONFLICT (saga_id) DO UPDATE SET "
+    "saga_name = excluded.saga_name, status = excluded.status, "
+    "context = excluded.context, "
+    "attempt = excluded.attempt, error = excluded.error, "
+    "trigger_id = excluded.trigger_id, event = excluded.event, "
+    "owner = excluded.owner, lease_expires_at = excluded.lease_expires_at, "
+    "updated_at = excluded.updated_at"
+)
 _INSERT_STEP = (
     f"INSERT OR REPLACE INTO saga_steps ({tables.STEP_COLUMNS}) VALUES ({tables.placeholders(9)})"
 )
@@ -178,19 +187,17 @@ class SQLiteSagaStore(SagaStore):
             return tables.saga_from_row(rows[0]), False
         return tables.saga_from_row(params), True
 
-    async def save_saga(self, record: SagaRecord) -> None:
+    async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()
         params = tables.saga_params(record, record.created_at or now, now)
-        await self._write_one(
-            f"{_INSERT_SAGA} ON CONFLICT (saga_id) DO UPDATE SET "
-            "saga_name = excluded.saga_name, status = excluded.status, "
-            "context = excluded.context, "
-            "attempt = excluded.attempt, error = excluded.error, "
-            "trigger_id = excluded.trigger_id, event = excluded.event, "
-            "owner = excluded.owner, lease_expires_at = excluded.lease_expires_at, "
-            "updated_at = excluded.updated_at",
-            params,
-        )
+        messages = self._outbox_rows(outbox, to_text(now))
+
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute(_UPSERT_SAGA, params)
+            if messages:
+                conn.executemany(_INSERT_OUTBOX, messages)
+
+        await self._write(save)
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         rows = await self._fetch(
@@ -259,9 +266,7 @@ class SQLiteSagaStore(SagaStore):
             step.compensation_error,
             now,
         )
-        messages = [
-            (m.saga_id, m.topic, dumps(m.payload), dumps(dict(m.headers)), now) for m in outbox
-        ]
+        messages = self._outbox_rows(outbox, now)
 
         def save(conn: sqlite3.Connection) -> None:
             conn.execute(_INSERT_STEP, step_params)
@@ -269,6 +274,10 @@ class SQLiteSagaStore(SagaStore):
                 conn.executemany(_INSERT_OUTBOX, messages)
 
         await self._write(save)
+
+    @staticmethod
+    def _outbox_rows(outbox: Sequence[OutboxMessage], now: str) -> list[tuple[Any, ...]]:
+        return [(m.saga_id, m.topic, dumps(m.payload), dumps(dict(m.headers)), now) for m in outbox]
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
         rows = await self._fetch(
