@@ -32,13 +32,14 @@ from typing import Any, ClassVar
 
 from sagaz._imports import require_extra
 from sagaz.abc import Emit, Source
+from sagaz.backoff import Backoff
+from sagaz.clock import Clock, SystemClock
 from sagaz.engine.loading import SourceContext
 from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import ConfigurationError, SagazError
 from sagaz.records import DeadLetterRecord
 from sagaz.sources.sqs.settlement import (
     MAX_BATCH,
-    Backoff,
     ReceivedMessage,
     Settle,
     SQSSettlement,
@@ -116,6 +117,7 @@ class SQSSource(Source):
             "aws_session_token": aws_session_token,
         }
         self._ctx = ctx
+        self._clock: Clock = ctx.clock if ctx is not None else SystemClock()
         self._log = {"source": self.kind, "trigger": trigger_id, "queue": queue_url}
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
@@ -157,6 +159,7 @@ class SQSSource(Source):
             flush_interval=self.flush_interval,
             report=self._report,
             log=self._log,
+            clock=self._clock,
         )
         self._started = True
         logger.info("sqs source started", extra=self._log)
@@ -241,7 +244,7 @@ class SQSSource(Source):
     async def _receive(self) -> list[ReceivedMessage]:
         """One long poll (an empty answer is an empty batch); API errors are logged,
         reported and retried with backoff."""
-        backoff = Backoff()
+        backoff = Backoff(self._clock, initial=0.5, maximum=30.0)
         while True:
             try:
                 queue_url = await self._queue_url()
@@ -317,7 +320,7 @@ class SQSSource(Source):
         )
         if self._ctx is not None:
             await self._ctx.report_error(exc)
-        await asyncio.sleep(delay)
+        await backoff.sleep(delay)
 
     def _delivery(self, message: ReceivedMessage) -> Delivery:
         raw = message.raw
