@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sagaz._imports import require_extra
 from sagaz.abc import Emit, Source
+from sagaz.backoff import Backoff
+from sagaz.clock import Clock, SystemClock
 from sagaz.engine.loading import SourceContext
 from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import ConfigurationError, SagazError
@@ -67,8 +69,8 @@ PAYLOAD_FIELDS = frozenset({b"data", b"payload", b"body"})
 START_IDS = ("$", "0")
 #: the longest pause between reconnection attempts
 MAX_BACKOFF = 5.0
-#: pauses between XACK attempts after a connection error (XACK is idempotent)
-ACK_RETRY_PAUSES = (0.05, 0.25, 1.0)
+#: XACK retries after a connection error (XACK is idempotent), pausing about 0.05, 0.25, 1 s
+ACK_RETRIES = 3
 
 
 def validate(options: Mapping[str, Any]) -> None:
@@ -159,6 +161,7 @@ class RedisStreamSource(Source):
         self.dead_letter_topic = dead_letter_topic
         self.trigger_id = trigger_id
         self._ctx = ctx
+        self._clock: Clock = ctx.clock if ctx is not None else SystemClock()
         self._log = {"source": self.kind, "trigger": trigger_id, "stream": stream}
         self._errors: Any = require_extra("redis").exceptions
         #: errors after which the connection is re-established and the call retried
@@ -259,7 +262,7 @@ class RedisStreamSource(Source):
         """Consume until cancelled: own pending entries first, then new ones, with a
         periodic ``XAUTOCLAIM`` sweep for entries idle longer than ``claim_idle_ms``."""
         errors = self._errors
-        delay = 0.1
+        backoff = Backoff(self._clock, initial=0.1, maximum=MAX_BACKOFF)
         recovering = True  # our own pending entries (a restart under the same name)
         cursor = "0-0"  # of the recovery read and of the XAUTOCLAIM sweep
         loop = asyncio.get_running_loop()
@@ -283,7 +286,7 @@ class RedisStreamSource(Source):
                 else:
                     wait_ms = math.ceil((next_claim - loop.time()) * 1000)
                     await self._read_new(emit, max(1, min(self.block_ms, wait_ms)))
-                delay = 0.1
+                backoff.reset()
             except self._transient as exc:
                 if isinstance(exc, errors.AuthenticationError):
                     raise ConfigurationError(
@@ -292,9 +295,9 @@ class RedisStreamSource(Source):
                     ) from exc
                 if self._stopping:
                     return
+                delay = backoff.next()
                 await self._report(exc, f"redis unreachable; retrying in {delay:.1f}s")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF)
+                await backoff.sleep(delay)
                 recovering, cursor = True, "0-0"  # a reply may have been lost with the link
             except errors.ResponseError as exc:
                 if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
@@ -407,16 +410,17 @@ class RedisStreamSource(Source):
         self._inflight.discard(entry_id)
         if not ack or self._client is None:
             return
-        for attempt in range(len(ACK_RETRY_PAUSES) + 1):
+        backoff = Backoff(self._clock, initial=0.05, maximum=1.0, factor=5.0)
+        while True:
             try:
                 await self._client.xack(self.stream, self.consumer_group, entry_id)
                 return
             except self._transient as exc:
-                if attempt == len(ACK_RETRY_PAUSES):
+                if backoff.attempts == ACK_RETRIES:
                     # It stays pending: it is claimed again later and the inbox dedups it.
                     logger.debug("XACK lost: %r", exc, extra={**self._log, "message_id": entry_id})
                     return
-            await asyncio.sleep(ACK_RETRY_PAUSES[attempt])
+            await backoff.sleep()
 
     async def _keep_fresh(self) -> None:
         """Reset the idle time of our in-flight entries so no live consumer claims them."""
