@@ -27,6 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sagaz._imports import require_extra
 from sagaz.abc import Emit, Source
+from sagaz.backoff import Backoff
+from sagaz.clock import Clock, SystemClock
 from sagaz.engine.loading import SourceContext
 from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import ConfigurationError, SagazError
@@ -168,6 +170,7 @@ class RabbitMQSource(Source):
         )
         self.reconnect_interval = reconnect_interval
         self._ctx = ctx
+        self._clock: Clock = ctx.clock if ctx is not None else SystemClock()
         self._log = {"source": self.kind, "trigger": trigger_id, "queue": queue}
         self._connection: AbstractRobustConnection | None = None
         self._queue: AbstractQueue | None = None
@@ -267,7 +270,7 @@ class RabbitMQSource(Source):
     async def _start_with_retry(self) -> None:
         """Start, waiting out a broker that is not reachable yet (reported, with backoff)."""
         aio_pika = require_extra("rabbitmq")
-        delay = 0.5
+        backoff = Backoff(self._clock, initial=0.5, maximum=30.0)
         while not self._started:
             try:
                 await self.start()
@@ -281,6 +284,7 @@ class RabbitMQSource(Source):
                     "TriggerConfig.rabbitmq_url (SAGAZ_RABBITMQ_URL)"
                 ) from exc
             except aio_pika.exceptions.CONNECTION_EXCEPTIONS as exc:
+                delay = backoff.next()
                 logger.warning(
                     "cannot reach rabbitmq at %s; retrying in %.1fs",
                     _redacted(self.url),
@@ -289,8 +293,7 @@ class RabbitMQSource(Source):
                 )
                 if self._ctx is not None:
                     await self._ctx.report_error(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                await backoff.sleep(delay)
 
     async def _stop_intake(self) -> None:
         """Cancel the consumer and hand back what was received but never emitted."""
