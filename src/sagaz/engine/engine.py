@@ -25,6 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 from sagaz.abc import Lifecycle, SagaStore, Source
+from sagaz.backoff import Backoff
 from sagaz.clock import Clock, SystemClock, utcnow
 from sagaz.config import TriggerConfig, resolve_store
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
@@ -189,7 +190,7 @@ class TriggerEngine(Lifecycle):
 
     async def _supervise(self, active: ActiveTrigger, source: Source) -> None:
         emit = functools.partial(self.admission.admit, active)
-        delay = 0.5
+        backoff = Backoff(self.clock, initial=0.5, maximum=30.0)
         while True:
             try:
                 await source.run(emit)
@@ -198,8 +199,7 @@ class TriggerEngine(Lifecycle):
                 raise
             except Exception as exc:
                 await self._report_source_error(active, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                await backoff.sleep()
                 try:
                     await source.start()
                 except Exception as start_error:
