@@ -117,6 +117,7 @@ async def test_sleep_of_a_given_delay_does_not_draw_another() -> None:
     backoff = Backoff(clock, initial=1.0, maximum=8.0, jitter=0.0)
     delay = backoff.next()  # e.g. to log "retrying in 1.0s" first
     sleeping = asyncio.create_task(backoff.sleep(delay))
+    await clock.settle()
     await clock.advance(1.0)
     assert await sleeping == 1.0
     assert backoff.attempts == 1
