@@ -211,7 +211,7 @@ class TriggerEngine(Lifecycle):
         state = self.state
         assert state is not None
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval)  # real time, as leases are (PipelineState.lease_until)
             try:
                 await self.store.renew_leases(self.worker_id, state.lease_until())
             except Exception:
@@ -230,7 +230,7 @@ class TriggerEngine(Lifecycle):
                 await self.recover_once()
             except Exception:
                 logger.exception("recovery pass failed", extra={"worker_id": self.worker_id})
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval)  # real time: expired leases are found by real time
 
     async def recover_once(self) -> int:
         """One recovery pass; returns how many sagas were resumed."""
@@ -275,6 +275,7 @@ class TriggerEngine(Lifecycle):
                 await self.store.purge_expired(before)
             except Exception:
                 logger.exception("purging expired events failed")
+            # real time, like the utcnow() that retention is measured from
             await asyncio.sleep(self.config.cleanup_interval_seconds)
 
     async def stop(self) -> None:

@@ -429,7 +429,7 @@ class RedisStreamSource(Source):
         # claimed after our heartbeats stalled past claim_idle_ms (the inbox lease decides).
         min_idle = max(1, self.claim_idle_ms // 6)
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval)  # real time: Redis measures the idle time of entries
             ids: list[Any] = list(self._inflight)
             try:
                 for start in range(0, len(ids), 1000):
