@@ -8,10 +8,12 @@ by a recording ``emit`` (:mod:`tests.recording_emit`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -20,8 +22,10 @@ from sagaz.abc import Source
 from sagaz.engine.loading import SOURCE_MODULES, load_source_module
 from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
+from sagaz.testing import FakeClock
 from sagaz.triggers.options import OPTION_MODELS
 from tests.contract.source_backends import DRIVERS, Backend, open_backend
+from tests.fixtures_sqs import sqs_source_options
 from tests.recording_emit import (
     RecordingEmit,
     consuming,
@@ -212,3 +216,54 @@ def test_every_redeliverable_built_in_source_is_in_this_suite() -> None:
         if isinstance(value, type) and issubclass(value, Source) and value.redeliverable
     }
     assert redeliverable == set(DRIVERS)
+
+
+#: nothing listens on port 1: (trigger options, TriggerConfig fields, first nominal backoff)
+UNREACHABLE: dict[str, tuple[dict[str, Any], dict[str, Any], float]] = {
+    "kafka": ({"topic": "t"}, {"kafka_bootstrap_servers": "127.0.0.1:1"}, 0.2),
+    "rabbitmq": ({"queue": "q"}, {"rabbitmq_url": "amqp://guest:guest@127.0.0.1:1/"}, 0.5),
+    "redis": ({"stream": "s"}, {"redis_url": "redis://127.0.0.1:1/0"}, 0.1),
+    "sqs": (
+        {
+            "queue_url": "http://127.0.0.1:1/000000000000/q",
+            **sqs_source_options("http://127.0.0.1:1"),
+        },
+        {},
+        0.5,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_an_unreachable_broker_is_reported_and_retried_on_the_source_clock(
+    kind: str,
+) -> None:
+    """Reconnect attempts wait on ``ctx.clock`` (a :class:`sagaz.backoff.Backoff`): with a
+    ``FakeClock`` no attempt happens until the test moves time past the backoff."""
+    options, config, nominal = UNREACHABLE[kind]
+    errors: list[BaseException] = []
+    clock = FakeClock()
+    ctx = dataclasses.replace(source_context("saga.on_event", errors, **config), clock=clock)
+    source = load_source_module(kind).create(OPTION_MODELS[kind].model_validate(options), ctx)
+    emit = RecordingEmit()
+
+    def parked(failures: int) -> bool:
+        return len(errors) == failures and clock.sleepers == 1
+
+    async with consuming(source, emit) as task:
+        await eventually(partial(parked, 1), within=30, what="the first failure, then a backoff")
+        await asyncio.sleep(2 * nominal)  # real time passes: no retry without the clock
+        assert parked(1)
+        for failures in (1, 2, 3):
+            step, waited = nominal / 100, 0.0
+            while parked(failures) and waited < 2 * nominal:  # until the source retries
+                await clock.advance(step)
+                waited += step
+            # jittered: between half the nominal delay and the nominal delay
+            assert nominal / 2 * 0.97 <= waited <= nominal * 1.02, (failures, waited)
+            await eventually(
+                partial(parked, failures + 1), within=30, what=f"failure {failures + 1}"
+            )
+            nominal *= 2
+        assert not task.done()  # it keeps trying
+    assert emit.deliveries == []

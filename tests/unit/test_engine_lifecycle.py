@@ -13,6 +13,7 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.events import Delivery, EventMeta
 from sagaz.records import ClaimOutcome, SagaRecord
 from sagaz.storage.memory import MemorySagaStore
+from sagaz.testing import FakeClock
 from tests.recording_emit import eventually
 
 
@@ -313,3 +314,55 @@ async def test_without_an_identity_a_redelivery_keeps_its_saga_and_a_push_is_its
     assert sorted(runs) == ["broker", "pushed", "pushed"]
     assert len(await store.list_sagas(saga_name="brokered")) == 1
     assert len(await store.list_sagas(saga_name="pushed")) == 2
+
+
+class FailingSource(Source):
+    """A push source whose ``run()`` raises its first ``failures`` times, then idles."""
+
+    kind: ClassVar[str] = "failing"
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.starts = 0
+        self.runs = 0
+
+    async def start(self) -> None:
+        self.starts += 1
+        await super().start()
+
+    async def run(self, emit: Emit) -> None:
+        self.runs += 1
+        if self.runs <= self.failures:
+            raise ConnectionError(f"broker gone (run {self.runs})")
+        await asyncio.Event().wait()
+
+
+async def test_a_failing_source_is_restarted_after_a_backoff_on_the_engine_clock() -> None:
+    source = FailingSource(failures=3)
+
+    class Feeds(Saga):
+        @trigger(source="custom", trigger=source)
+        def on_message(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("noop")
+        async def noop(self, ctx: Any) -> None:
+            return None
+
+    clock = FakeClock()
+    async with TriggerEngine(TriggerConfig(), MemorySagaStore(), clock=clock) as engine:
+        await eventually(lambda: source.runs == 1 and clock.sleepers == 1, what="a failure")
+        await asyncio.sleep(1.0)  # real time beyond the first backoff: no restart without it
+        assert source.runs == 1
+        for runs, nominal in ((1, 0.5), (2, 1.0), (3, 2.0)):
+            step, waited = nominal / 100, 0.0
+            while source.runs == runs and waited < 2 * nominal:
+                await clock.advance(step)
+                waited += step
+            # jittered: between half the nominal delay and the nominal delay
+            assert nominal / 2 * 0.97 <= waited <= nominal * 1.02, (runs, waited)
+            await eventually(lambda n=runs + 1: source.runs == n, what=f"run {runs + 1}")
+        assert sum(engine.metrics.source_errors.values()) == 3  # each failure reported
+        assert source.starts == 4  # started by the engine, then before each restart
+        await clock.settle()
+        assert clock.sleepers == 0  # the fourth run works: no more backing off

@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 from sagaz.abc import Lifecycle, SagaStore, Source, SourceContext
+from sagaz.backoff import Backoff
 from sagaz.clock import Clock, SystemClock, utcnow
 from sagaz.config import TriggerConfig, resolve_store, store_is_chosen
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
@@ -195,7 +196,7 @@ class TriggerEngine(Lifecycle):
 
     async def _supervise(self, active: ActiveTrigger, source: Source) -> None:
         emit = functools.partial(self.admission.admit, active)
-        delay = 0.5
+        backoff = Backoff(self.clock, initial=0.5, maximum=30.0)
         while True:
             try:
                 await source.run(emit)
@@ -204,8 +205,7 @@ class TriggerEngine(Lifecycle):
                 raise
             except Exception as exc:
                 await self._report_source_error(active, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                await backoff.sleep()
                 try:
                     await source.start()
                 except Exception as start_error:
@@ -217,7 +217,7 @@ class TriggerEngine(Lifecycle):
         state = self.state
         assert state is not None
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval)  # real time, as leases are (PipelineState.lease_until)
             try:
                 await self.store.renew_leases(self.worker_id, state.lease_until())
             except Exception:
@@ -236,7 +236,7 @@ class TriggerEngine(Lifecycle):
                 await self.recover_once()
             except Exception:
                 logger.exception("recovery pass failed", extra={"worker_id": self.worker_id})
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval)  # real time: expired leases are found by real time
 
     async def recover_once(self) -> int:
         """One recovery pass; returns how many sagas were resumed."""
@@ -281,6 +281,7 @@ class TriggerEngine(Lifecycle):
                 await self.store.purge_expired(before)
             except Exception:
                 logger.exception("purging expired events failed")
+            # real time, like the utcnow() that retention is measured from
             await asyncio.sleep(self.config.cleanup_interval_seconds)
 
     async def stop(self) -> None:

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sagaz.abc import Lifecycle, Publisher, SagaStore
+from sagaz.backoff import Backoff
 from sagaz.clock import Clock, SystemClock
 from sagaz.exceptions import ConfigurationError
 from sagaz.records import OutboxMessage
@@ -55,9 +56,10 @@ class OutboxRelay(Lifecycle):
     ``start()`` (or ``async with``) runs one task that loops: fetch up to ``batch_size``
     unsent messages, publish them in order, mark the published ones sent. After a full batch
     it goes on at once, otherwise it sleeps ``poll_interval`` seconds. After a failure (of the
-    publisher or of the store) it logs a warning, calls ``on_error``, and waits
-    ``poll_interval * 2**n`` seconds (at most ``max_backoff``) before the next try; the task
-    lives until ``stop()``.
+    publisher or of the store) it logs a warning, calls ``on_error``, and waits before the next
+    try: a :class:`sagaz.backoff.Backoff` on ``clock`` of about ``poll_interval * 2**n`` seconds
+    after ``n`` failures in a row (jittered: between half that and that, at most
+    ``max_backoff``); the task lives until ``stop()``.
 
     ``relay_once()`` publishes one batch without the task (tests, or your own scheduling).
 
@@ -96,8 +98,9 @@ class OutboxRelay(Lifecycle):
         self.published = 0
         #: failures so far (publisher and store)
         self.errors = 0
-        #: consecutive failed batches (0 after a batch that went through)
-        self.failures = 0
+        self._backoff = Backoff(
+            self.clock, initial=min(poll_interval * 2, max_backoff), maximum=max_backoff
+        )
         self._owns_publisher = False
         self._task: asyncio.Task[None] | None = None
         self._batch_lock = asyncio.Lock()
@@ -135,6 +138,11 @@ class OutboxRelay(Lifecycle):
                     await self.publisher.stop()
             finally:
                 await super().stop()
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failed batches (0 after a batch that went through)."""
+        return self._backoff.attempts
 
     @property
     def running(self) -> bool:
@@ -217,18 +225,13 @@ class OutboxRelay(Lifecycle):
                 error, fetched = exc, 0  # the store failed: report, back off, go on
                 await self._report(exc, None, "outbox relay failed; retrying")
             if error is not None:
-                self.failures += 1
-                await self.clock.sleep(self.backoff(self.failures))
+                await self._backoff.sleep()
                 continue
-            self.failures = 0
+            self._backoff.reset()
             if fetched >= self.batch_size:
                 await asyncio.sleep(0)  # more to send: go on, but let others run first
             else:
                 await self.clock.sleep(self.poll_interval)
-
-    def backoff(self, failures: int) -> float:
-        """Seconds to wait after ``failures`` consecutive failed batches (1, 2, 3...)."""
-        return float(min(self.max_backoff, self.poll_interval * 2 ** min(failures, 62)))
 
     async def _report(self, exc: BaseException, message: OutboxMessage | None, text: str) -> None:
         self.errors += 1

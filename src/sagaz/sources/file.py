@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 
 from sagaz._imports import require_extra
 from sagaz.abc import Emit, Source, SourceContext
+from sagaz.backoff import Backoff
 from sagaz.events import Delivery, EventMeta, FileEvent
 from sagaz.triggers.options.file import EventType, FileOptions
 
@@ -122,7 +123,7 @@ class FileSource(Source):
         if self.options.process_existing:
             scan_kind = "modified" if self.options.event_type == "modified" else "created"
         reported = False
-        backoff = 0.05
+        backoff = Backoff(self.ctx.clock, initial=0.05, maximum=_MAX_DIRECTORY_POLL_SECONDS)
         while not stop.is_set():
             if await self._wait_for_directory(stop, reported=reported):
                 scan_kind = "created"  # files that appeared while nothing watched are new
@@ -155,7 +156,7 @@ class FileSource(Source):
                         self._scan(rescan)  # files created between the scan and the watch
                         rescan = None
                     self.ready.set()
-                    backoff = 0.05
+                    backoff.reset()
                     await self._handle(changes, watchfiles.Change, emit)
                     if self._directory_identity() != identity:
                         raise _DirectoryGone
@@ -177,8 +178,7 @@ class FileSource(Source):
                 )
                 error.__cause__ = exc
                 await self.ctx.report_error(error)
-                await self.ctx.clock.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_DIRECTORY_POLL_SECONDS)
+                await backoff.sleep(until=stop)
 
     def _directory_identity(self) -> tuple[int, int] | None:
         try:
@@ -207,10 +207,9 @@ class FileSource(Source):
             return False
         if not reported and not stop.is_set():
             await self.ctx.report_error(self._missing_error(removed=False))
-        delay = 0.05
+        backoff = Backoff(self.ctx.clock, initial=0.05, maximum=_MAX_DIRECTORY_POLL_SECONDS)
         while self._directory_identity() is None and not stop.is_set():
-            await self.ctx.clock.sleep(delay)
-            delay = min(delay * 2, _MAX_DIRECTORY_POLL_SECONDS)
+            await backoff.sleep(until=stop)
         logger.info("watched directory %s exists again", self.root, extra=self._log_extra)
         return True
 

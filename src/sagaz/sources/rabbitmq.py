@@ -26,6 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sagaz._imports import require_extra
 from sagaz.abc import Emit, Source, SourceContext
+from sagaz.backoff import Backoff
+from sagaz.clock import Clock
 from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import ConfigurationError, SagazError
 from sagaz.triggers.options.rabbitmq import RabbitMQOptions
@@ -104,6 +106,7 @@ class RabbitMQSource(Source):
         )
         self.reconnect_interval = reconnect_interval
         self._ctx = ctx
+        self._clock: Clock = ctx.clock
         self._log = {"source": self.kind, "trigger": trigger_id, "queue": self.queue}
         self._connection: AbstractRobustConnection | None = None
         self._queue: AbstractQueue | None = None
@@ -203,7 +206,7 @@ class RabbitMQSource(Source):
     async def _start_with_retry(self) -> None:
         """Start, waiting out a broker that is not reachable yet (reported, with backoff)."""
         aio_pika = require_extra("rabbitmq")
-        delay = 0.5
+        backoff = Backoff(self._clock, initial=0.5, maximum=30.0)
         while not self._started:
             try:
                 await self.start()
@@ -217,6 +220,7 @@ class RabbitMQSource(Source):
                     "TriggerConfig.rabbitmq_url (SAGAZ_RABBITMQ_URL)"
                 ) from exc
             except aio_pika.exceptions.CONNECTION_EXCEPTIONS as exc:
+                delay = backoff.next()
                 logger.warning(
                     "cannot reach rabbitmq at %s; retrying in %.1fs",
                     _redacted(self.url),
@@ -225,8 +229,7 @@ class RabbitMQSource(Source):
                 )
                 if self._ctx is not None:
                     await self._ctx.report_error(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                await backoff.sleep(delay)
 
     async def _stop_intake(self) -> None:
         """Cancel the consumer and hand back what was received but never emitted."""

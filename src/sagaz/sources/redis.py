@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sagaz._imports import require_extra
 from sagaz.abc import Emit, Source, SourceContext
+from sagaz.backoff import Backoff
+from sagaz.clock import Clock
 from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import ConfigurationError, SagazError
 from sagaz.triggers.options.redis import RedisOptions
@@ -51,8 +53,8 @@ logger = logging.getLogger(__name__)
 PAYLOAD_FIELDS = frozenset({b"data", b"payload", b"body"})
 #: the longest pause between reconnection attempts
 MAX_BACKOFF = 5.0
-#: pauses between XACK attempts after a connection error (XACK is idempotent)
-ACK_RETRY_PAUSES = (0.05, 0.25, 1.0)
+#: XACK retries after a connection error (XACK is idempotent), pausing about 0.05, 0.25, 1 s
+ACK_RETRIES = 3
 
 
 def default_consumer_name() -> str:
@@ -106,6 +108,7 @@ class RedisStreamSource(Source):
         self.dead_letter_topic = ctx.dead_letter_topic
         self.trigger_id = trigger_id
         self._ctx = ctx
+        self._clock: Clock = ctx.clock
         self._log = {"source": self.kind, "trigger": trigger_id, "stream": self.stream}
         self._errors: Any = require_extra("redis").exceptions
         #: errors after which the connection is re-established and the call retried
@@ -206,7 +209,7 @@ class RedisStreamSource(Source):
         """Consume until cancelled: own pending entries first, then new ones, with a
         periodic ``XAUTOCLAIM`` sweep for entries idle longer than ``claim_idle_ms``."""
         errors = self._errors
-        delay = 0.1
+        backoff = Backoff(self._clock, initial=0.1, maximum=MAX_BACKOFF)
         recovering = True  # our own pending entries (a restart under the same name)
         cursor = "0-0"  # of the recovery read and of the XAUTOCLAIM sweep
         loop = asyncio.get_running_loop()
@@ -230,7 +233,7 @@ class RedisStreamSource(Source):
                 else:
                     wait_ms = math.ceil((next_claim - loop.time()) * 1000)
                     await self._read_new(emit, max(1, min(self.block_ms, wait_ms)))
-                delay = 0.1
+                backoff.reset()
             except self._transient as exc:
                 if isinstance(exc, errors.AuthenticationError):
                     raise ConfigurationError(
@@ -239,9 +242,9 @@ class RedisStreamSource(Source):
                     ) from exc
                 if self._stopping:
                     return
+                delay = backoff.next()
                 await self._report(exc, f"redis unreachable; retrying in {delay:.1f}s")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF)
+                await backoff.sleep(delay)
                 recovering, cursor = True, "0-0"  # a reply may have been lost with the link
             except errors.ResponseError as exc:
                 if not str(exc).startswith(("NOGROUP", "UNBLOCKED")):
@@ -354,16 +357,17 @@ class RedisStreamSource(Source):
         self._inflight.discard(entry_id)
         if not ack or self._client is None:
             return
-        for attempt in range(len(ACK_RETRY_PAUSES) + 1):
+        backoff = Backoff(self._clock, initial=0.05, maximum=1.0, factor=5.0)
+        while True:
             try:
                 await self._client.xack(self.stream, self.consumer_group, entry_id)
                 return
             except self._transient as exc:
-                if attempt == len(ACK_RETRY_PAUSES):
+                if backoff.attempts == ACK_RETRIES:
                     # It stays pending: it is claimed again later and the inbox dedups it.
                     logger.debug("XACK lost: %r", exc, extra={**self._log, "message_id": entry_id})
                     return
-            await asyncio.sleep(ACK_RETRY_PAUSES[attempt])
+            await backoff.sleep()
 
     async def _keep_fresh(self) -> None:
         """Reset the idle time of our in-flight entries so no live consumer claims them."""
@@ -372,7 +376,7 @@ class RedisStreamSource(Source):
         # claimed after our heartbeats stalled past claim_idle_ms (the inbox lease decides).
         min_idle = max(1, self.claim_idle_ms // 6)
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval)  # real time: Redis measures the idle time of entries
             ids: list[Any] = list(self._inflight)
             try:
                 for start in range(0, len(ids), 1000):

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 from sagaz._aio import wait_event
 from sagaz._imports import require_extra
 from sagaz.abc import Emit, Source, SourceContext
+from sagaz.backoff import Backoff
 from sagaz.events import Delivery, EventMeta
 from sagaz.outbox.kafka import start_producer
 from sagaz.records import DeadLetterRecord
@@ -163,7 +164,8 @@ class KafkaSource(Source):
             self._run_done.set()
 
     async def _poll_loop(self) -> None:
-        failures = 0
+        longest = self.options.reconnect_backoff_max_ms / 1000
+        backoff = Backoff(self._ctx.clock, initial=min(0.2, longest), maximum=longest)
         while not self._closing.is_set():
             try:
                 if self._consumer is None:
@@ -177,12 +179,10 @@ class KafkaSource(Source):
             except self._errors.ConsumerStoppedError:
                 return
             except (self._errors.KafkaError, OSError) as exc:
-                failures += 1
                 await self._report(exc, "Kafka consumer failed; retrying")
-                delay = min(0.1 * 2**failures, self.options.reconnect_backoff_max_ms / 1000)
-                await wait_event(self._closing, delay)
+                await backoff.sleep(until=self._closing)
                 continue
-            failures = 0
+            backoff.reset()
             if batches:
                 self._last_records_at = asyncio.get_running_loop().time()
             for tp, records in batches.items():

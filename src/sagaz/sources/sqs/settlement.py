@@ -18,7 +18,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["MAX_BATCH", "Backoff", "ReceivedMessage", "SQSSettlement", "Settle"]
+from sagaz.backoff import Backoff
+from sagaz.clock import Clock
+
+__all__ = ["MAX_BATCH", "ReceivedMessage", "SQSSettlement", "Settle"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,22 +43,6 @@ class ReceivedMessage:
     settled: bool = False
 
 
-class Backoff:
-    """Exponential delays between retries: ``first``, doubled each time, capped at ``cap``."""
-
-    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
-        self.first, self.cap, self.delay = first, cap, first
-
-    def next(self) -> float:
-        """The delay to wait now; the following one doubles."""
-        delay, self.delay = self.delay, min(self.delay * 2, self.cap)
-        return delay
-
-    def reset(self) -> None:
-        """Start over from ``first`` (after a success)."""
-        self.delay = self.first
-
-
 class SQSSettlement:
     """Tracks unsettled messages of one queue; owns the flush and heartbeat tasks."""
 
@@ -68,8 +55,10 @@ class SQSSettlement:
         flush_interval: float,
         report: Callable[[str, Exception], Awaitable[None]],
         log: dict[str, Any],
+        clock: Clock,
     ) -> None:
         self._client = client
+        self._clock = clock
         self._queue_url = queue_url
         self.visibility_timeout = visibility_timeout
         self.flush_interval = flush_interval
@@ -146,7 +135,7 @@ class SQSSettlement:
 
     # -- deletes and releases --------------------------------------------------------------
     async def _flush_loop(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(self._clock, initial=0.5, maximum=30.0)
         while True:
             await self._dirty.wait()
             if not self._closing:
@@ -161,7 +150,7 @@ class SQSSettlement:
             if flushed:
                 backoff.reset()
             else:
-                await asyncio.sleep(0.2 if self._closing else backoff.next())
+                await backoff.sleep(0.2 if self._closing else None)
                 self._dirty.set()
 
     async def _flush_pending(self) -> bool:

@@ -32,10 +32,12 @@ from typing import Any, ClassVar
 
 from sagaz._imports import require_extra
 from sagaz.abc import Emit, Source, SourceContext
+from sagaz.backoff import Backoff
+from sagaz.clock import Clock
 from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import ConfigurationError, SagazError
 from sagaz.records import DeadLetterRecord
-from sagaz.sources.sqs.settlement import Backoff, ReceivedMessage, Settle, SQSSettlement
+from sagaz.sources.sqs.settlement import ReceivedMessage, Settle, SQSSettlement
 from sagaz.triggers.options.sqs import (
     MAX_MESSAGE_ATTRIBUTES,
     MAX_RECEIVE_MESSAGES,
@@ -90,6 +92,7 @@ class SQSSource(Source):
             "aws_session_token": options.aws_session_token,
         }
         self._ctx = ctx
+        self._clock: Clock = ctx.clock
         self._log = {"source": self.kind, "trigger": trigger_id, "queue": queue_url}
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
@@ -131,6 +134,7 @@ class SQSSource(Source):
             flush_interval=self.flush_interval,
             report=self._report,
             log=self._log,
+            clock=self._clock,
         )
         self._started = True
         logger.info("sqs source started", extra=self._log)
@@ -215,7 +219,7 @@ class SQSSource(Source):
     async def _receive(self) -> list[ReceivedMessage]:
         """One long poll (an empty answer is an empty batch); API errors are logged,
         reported and retried with backoff."""
-        backoff = Backoff()
+        backoff = Backoff(self._clock, initial=0.5, maximum=30.0)
         while True:
             try:
                 queue_url = await self._queue_url()
@@ -291,7 +295,7 @@ class SQSSource(Source):
         )
         if self._ctx is not None:
             await self._ctx.report_error(exc)
-        await asyncio.sleep(delay)
+        await backoff.sleep(delay)
 
     def _delivery(self, message: ReceivedMessage) -> Delivery:
         raw = message.raw
