@@ -302,6 +302,40 @@ async def test_reconnects_after_its_connection_is_killed(streams: Streams) -> No
         await expect_nothing_more(streams, stream, again)
 
 
+async def test_an_ack_waits_for_a_connection_when_all_are_busy(streams: Streams) -> None:
+    """More commands at once than the client's connection pool holds (redis-py 8 caps a
+    pool at 100 and fails the rest with ``MaxConnectionsError``): an ack waits for a free
+    connection; it is neither failed nor, after its retries, silently left pending."""
+    stream, blocker = streams.name(), streams.name()
+    source = make_source(streams, stream)
+    await source.start()
+    await streams.add(stream, [b"finished"])
+    emit = RecordingEmit()
+    async with consuming(source, emit) as task:
+        (delivery,) = await emit.wait_for(1)
+        await stop_intake(task)
+        client: Any = source._redis
+        # XREAD of a missing stream from 0 blocks until the first XADD: each holds a connection
+        busy = [
+            asyncio.create_task(client.xread({blocker: "0-0"}, block=5_000)) for _ in range(120)
+        ]
+        await eventually(lambda: blocked_on(streams, source), what="blocked XREADs")
+        ack = asyncio.create_task(delivery.ack())
+        await asyncio.sleep(1.8)  # longer than its retries (pauses of at most 0.05, 0.25, 1 s)
+        await streams.client.xadd(blocker, {"data": b"go"})
+        await ack
+        assert await streams.pending(stream) == 0
+        replies = await asyncio.gather(*busy, return_exceptions=True)
+        assert [r for r in replies if isinstance(r, Exception)] == []
+
+
+async def blocked_on(streams: Streams, source: RedisStreamSource) -> bool:
+    name = f"sagaz:{source.consumer}"
+    return any(
+        c["name"] == name and c["cmd"] == "xread" for c in await streams.client.client_list()
+    )
+
+
 async def test_recreates_a_vanished_group(streams: Streams) -> None:
     stream = streams.name()
     errors: list[BaseException] = []

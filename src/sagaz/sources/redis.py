@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 PAYLOAD_FIELDS = frozenset({b"data", b"payload", b"body"})
 #: the longest pause between reconnection attempts
 MAX_BACKOFF = 5.0
+#: connections of one source's client; more concurrent commands wait for a free one
+MAX_CONNECTIONS = 20
 #: XACK retries after a connection error (XACK is idempotent), pausing about 0.05, 0.25, 1 s
 ACK_RETRIES = 3
 
@@ -139,12 +141,20 @@ class RedisStreamSource(Source):
             return
         redis_asyncio = require_extra("redis", "redis.asyncio")
         self._stopping = False
-        client: Redis = redis_asyncio.Redis.from_url(
+        # a blocking XREADGROUP must not trip the socket timeout
+        socket_timeout = max(5.0, self.block_ms / 1000 + 5.0)
+        # Acks come from every saga settling at once (up to max_concurrent_sagas), beside the
+        # blocking read. A plain pool fails the commands beyond its cap (redis-py 8: 100) with
+        # MaxConnectionsError, which looks like a lost link: XACKs gave up after their retries
+        # and left finished entries pending. This pool makes a command wait for a connection.
+        pool = redis_asyncio.BlockingConnectionPool.from_url(
             self.url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=socket_timeout,
             client_name=f"sagaz:{self.consumer}",
-            # a blocking XREADGROUP must not trip the socket timeout
-            socket_timeout=max(5.0, self.block_ms / 1000 + 5.0),
+            socket_timeout=socket_timeout,
         )
+        client: Redis = redis_asyncio.Redis.from_pool(pool)
         try:
             await self._ensure_group(client)
         except BaseException:
