@@ -170,7 +170,7 @@ def _keep_payload(payload: Any) -> tuple[Any, dict[str, Any]]:
         fields = payload.model_dump(mode="python")
         if _storable(fields):
             return fields, {"payload_type": type_name, **_zones(fields)}
-    if not isinstance(payload, _PLAIN | Mapping | tuple):
+    if not isinstance(payload, (*_PLAIN, Mapping, tuple)):
         try:  # pydantic knows most types (UUID, Decimal, nested models) and parses them back
             from pydantic import TypeAdapter
 
