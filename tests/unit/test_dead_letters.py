@@ -27,7 +27,7 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.engine.replay import import_saga, replay
 from sagaz.events import CronTick, Delivery, EventMeta, FileEvent, WebhookRequest
 from sagaz.exceptions import DeadLetterReplayError, InvalidEventError
-from sagaz.records import DeadLetterRecord
+from sagaz.records import DeadLetterRecord, SagaRecord
 from sagaz.storage.codec import dumps, loads
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.triggers import registry
@@ -363,6 +363,33 @@ async def test_an_event_the_trigger_method_rejected_replays_once_the_method_is_f
     assert outcome.status == "completed"
     assert dead.saga_id is not None and outcome.saga_id == dead.saga_id
     assert await store.list_dead_letters() == []
+
+
+async def test_a_replay_leaves_the_applications_interrupted_sagas_alone() -> None:
+    """The replay's engine is no worker of the application: it resumes no other saga, even
+    one of the same trigger whose worker's lease expired (the application recovers it)."""
+    flaky = Flaky()
+    define_flaky(flaky)
+    store = MemorySagaStore()
+    dead = await dead_lettered(store, flaky)
+    interrupted = SagaRecord(
+        saga_id="interrupted",
+        saga_name="flaky-shop",
+        status=SagaStatus.RUNNING,
+        context={"order_id": "o-2", "amount": 1.0},
+        trigger_id=flaky.trigger_id,
+        owner="a-dead-worker",
+        lease_expires_at=datetime(2020, 1, 1, tzinfo=UTC),
+    )
+    await store.create_saga(interrupted)
+
+    flaky.broken = False
+    assert (await replay(store, dead, timeout=10)).status == "completed"
+
+    untouched = await store.get_saga("interrupted")
+    assert untouched is not None
+    assert (untouched.status, untouched.owner) == (SagaStatus.RUNNING, "a-dead-worker")
+    assert flaky.charges == 2  # the dead letter's saga twice, the interrupted one never
 
 
 async def test_a_replay_needs_its_trigger_registered() -> None:
