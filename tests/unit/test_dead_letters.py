@@ -226,6 +226,15 @@ def test_an_event_sagaz_cannot_store_is_described_and_its_replay_says_why_not() 
         replay_delivery(record)
 
 
+def test_a_saga_resumed_by_recovery_has_no_delivery_to_replay_and_says_so() -> None:
+    delivery = Delivery({"n": 1}, EventMeta(source="recovery"), "", decoded=True)
+    record = through_a_store(
+        dead_letter_record(stub_trigger(), delivery, reason="r", error="e", attempts=2, saga_id="s")
+    )
+    with pytest.raises(DeadLetterReplayError, match="resumed after its worker stopped"):
+        replay_delivery(record)
+
+
 def test_plain_data_json_cannot_hold_is_kept_as_close_as_it_gets_and_flagged() -> None:
     delivery = Delivery({"amount": Decimal("1.5"), "tags": {"a"}}, meta("memory"), "", decoded=True)
     record = through_a_store(

@@ -50,6 +50,8 @@ FORMAT = 2
 
 #: the class of an event a dead letter could only describe (``repr``): it cannot be replayed
 UNSTORABLE = "unstorable"
+#: the source of a saga the recovery loop resumed (``TriggerEngine.recover_once``)
+RECOVERED = "recovery"
 
 _PLAIN = (type(None), str, bytes, int, float, bool, dict, list)
 
@@ -231,6 +233,13 @@ def replay_delivery(
     meta = record.meta
     if meta.get("format") != FORMAT:
         return _legacy_delivery(record)
+    if meta.get("source") == RECOVERED:
+        raise DeadLetterReplayError(
+            f"dead letter {record.id} is of saga {record.saga_id}, which was resumed after its "
+            "worker stopped: the engine resumed it from its stored context, without the "
+            "event's original delivery, so it cannot be replayed as that event. Send the "
+            f"event again (saga {record.saga_id} holds its context)"
+        )
     event_meta = EventMeta(
         source=meta.get("source") or record.source or "replay",
         trigger=meta.get("trigger") or record.trigger_id,
