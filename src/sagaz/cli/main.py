@@ -166,8 +166,10 @@ async def _replay(args: argparse.Namespace, store: SagaStore, record: DeadLetter
         print(f"dead letter {record.id}: the trigger skips the event now; dead letter removed")
     elif outcome.status in ("compensated", "failed", "invalid", "rejected"):
         print(f"replayed dead letter {record.id}: {outcome.status} again{error}{replaced}")
-    else:
-        print(f"dead letter {record.id} not replayed: {outcome.status}{error}; it is kept")
+    elif outcome.status == "busy":
+        print(f"dead letter {record.id}: another worker is running {saga}; it is kept, try later")
+    else:  # timeout, dropped, or the store failed under the run
+        print(f"dead letter {record.id}: {outcome.status}{error}; the dead letter is kept")
     return 0 if outcome.settled else 1
 
 
