@@ -21,6 +21,9 @@ Environment variables:
 * ``SAGAZ_STORE_URL`` (default ``sqlite:///sagaz.db``): ``memory://``, ``sqlite:///path.db``,
   ``postgresql://...`` or ``redis://...``.
 * ``QUICKSTART_INBOX`` (default ``inbox``): the directory watched for order files.
+* ``QUICKSTART_CARD_LIMIT`` (default 1000): larger charges are declined, so the order is
+  compensated and dead-lettered. Raise the limit, then ``sagaz dlq replay ID`` runs the
+  declined order again (``sagaz dlq list`` shows the IDs).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from sagaz.storage import store_from_url
 
 INBOX = Path(os.environ.get("QUICKSTART_INBOX", "inbox"))
 STORE_URL = os.environ.get("SAGAZ_STORE_URL", "sqlite:///sagaz.db")
+CARD_LIMIT = float(os.environ.get("QUICKSTART_CARD_LIMIT", "1000"))
 
 
 class Order(BaseModel):
@@ -116,8 +120,11 @@ class OrderSaga(Saga):
 
     @action("charge_payment")
     async def charge_payment(self, ctx: SagaContext) -> dict[str, Any]:
-        if ctx["amount"] > 1000:
-            raise RuntimeError("card declined (amounts over 1000 always are, in this demo)")
+        if ctx["amount"] > CARD_LIMIT:
+            raise RuntimeError(
+                f"card declined: {ctx['amount']:g} is over the limit of {CARD_LIMIT:g} "
+                "(QUICKSTART_CARD_LIMIT)"
+            )
         return {"payment": f"P-{ctx['order_id']}"}
 
     @action("ship")

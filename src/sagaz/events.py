@@ -80,6 +80,12 @@ class Delivery:
     dead letter, ``False`` only counts and reports it. ``None`` (brokers, files...) always
     stores it. The webhook answers an invalid request 400 and keeps it only when its trigger
     opts in, within a cap: whoever reaches the port must not grow the store.
+
+    ``replay_of`` is the id of the dead letter this delivery replays (``sagaz dlq replay``):
+    its event was dead-lettered after its saga ran, so admission reopens the event's inbox key
+    and runs that saga again as a new attempt of the same ``saga_id`` (unless it completed in
+    the meantime). Once the replay is settled the dead letter is deleted; a replay that is
+    dead-lettered again leaves a new dead letter naming the old one (``meta["replay_of"]``).
     """
 
     payload: Any
@@ -91,6 +97,7 @@ class Delivery:
     body: bytes | str | None = None
     keep_invalid: Callable[[], bool] | None = None
     content_identity: str | None = None
+    replay_of: int | None = None
 
 
 class AdmissionOutcome(StrEnum):

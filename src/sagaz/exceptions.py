@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "DeadLetterReplayError",
     "InvalidEventError",
     "MissingExtraError",
     "SagaDefinitionError",
@@ -61,3 +62,8 @@ class InvalidEventError(SagazError, ValueError):
 
 class StoreError(SagazError, RuntimeError):
     """The saga store failed or was used before ``start()``."""
+
+
+class DeadLetterReplayError(SagazError, ValueError):
+    """A dead letter cannot be replayed (its saga's module does not import, its trigger is
+    gone, or its event cannot be rebuilt); the message says what to pass or do."""

@@ -706,6 +706,49 @@ async def test_dead_letters_crud_with_bytes_payload(store: SagaStore) -> None:
     assert await store.get_dead_letter(10_000) is None
 
 
+async def test_a_dead_letter_keeps_its_delivery_exactly(store: SagaStore) -> None:
+    """The layout of ``sagaz.engine.dead_letters``: raw bytes, an envelope's body, datetimes
+    with their offset, headers and a bytes key come back as they went in."""
+    paris = timezone(timedelta(hours=1))
+    record = DeadLetterRecord(
+        trigger_id="orders.from_http",
+        saga_name="orders",
+        payload={
+            "method": "POST",
+            "headers": {"content-type": "application/json", "$sagaz:bytes": "not an envelope"},
+            "body": b'{"order_id": "A-1", "amount": 4200}',
+            "scheduled_at": datetime(2026, 3, 1, 13, 30, tzinfo=paris),
+        },
+        error="step 'charge' failed: RuntimeError: card declined",
+        reason="retries_exhausted",
+        attempts=1,
+        saga_id="6d327cb4-2b45-5945-9d54-34a5c7f2b661",
+        source="webhook",
+        meta={
+            "format": 2,
+            "key": b"\x00\xffkey",
+            "headers": {"x-trace": "abc"},
+            "received_at": datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=UTC),
+            "partition": None,
+            "offset": 2**40,
+            "decoded": True,
+            "body_field": "body",
+            "payload_type": "sagaz.events:WebhookRequest",
+            "payload_zones": {"scheduled_at": "Europe/Paris"},
+            "saga_module": "__main__",
+            "saga_file": "/srv/app/quickstart.py",
+        },
+    )
+    got = await store.get_dead_letter(await store.add_dead_letter(record))
+    assert got is not None
+    assert dataclasses.replace(got, id=None, created_at=None) == record
+    assert type(got.payload["body"]) is bytes and type(got.meta["key"]) is bytes
+    assert got.payload["scheduled_at"].utcoffset() == timedelta(hours=1)
+    raw = await store.add_dead_letter(dataclasses.replace(record, payload=b"\x00raw", meta={}))
+    again = await store.get_dead_letter(raw)
+    assert again is not None and again.payload == b"\x00raw"
+
+
 # -- poll triggers -------------------------------------------------------------------------
 async def test_trigger_schedule_upsert_keeps_last_poll_at(store: SagaStore) -> None:
     assert await store.get_trigger_schedule("poll") is None

@@ -201,6 +201,86 @@ async def test_quickstart_runs_the_readme_request_to_completion_and_stops_on_sig
     assert from_file.context["order_id"] == "F-1"
 
 
+# -- a declined order, replayed -------------------------------------------------------------
+
+
+async def sagaz_command(*args: str, cwd: Path, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run the ``sagaz`` command (``python -m sagaz.cli.main``) as a user does, in ``cwd``."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sagaz.cli.main",
+        *args,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_a_declined_order_is_dead_lettered_exactly_and_replays_once_the_limit_is_raised(
+    tmp_path: Path,
+) -> None:
+    body = b'{"order_id": "D-1", "amount": 4200}'
+    async with running_example(tmp_path) as example:
+        async with httpx.AsyncClient(base_url=example.url, timeout=10) as client:
+            await wait_healthy(example, client)
+            response = await client.post(
+                "/orders", content=body, headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 202, response.text
+            saga_id = response.json()["saga_id"]
+            await example.wait_for_line(
+                f"saga {saga_id} did not complete: card declined: 4200 is over the limit of "
+                "1000 (QUICKSTART_CARD_LIMIT)"
+            )
+            await example.wait_until(
+                lambda: any(
+                    "dead-lettered an event of order.from_http" in e for e in example.errors
+                ),
+                "the dead letter",
+            )
+        example.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            assert await example.process.wait() == 0, example.output()
+
+    async with SQLiteSagaStore(tmp_path / "sagaz.db") as store:
+        [dead] = await store.list_dead_letters()
+    assert dead.trigger_id == "order.from_http" and dead.saga_id == saga_id
+    assert dead.payload["body"] == body  # the request's bytes, not a repr of them
+    assert dead.payload["headers"]["content-type"] == "application/json"
+    assert (dead.meta["saga_module"], dead.meta["saga_file"]) == ("__main__", str(QUICKSTART))
+
+    env = {k: v for k, v in os.environ.items() if k not in ("SAGAZ_STORE_URL", "QUICKSTART_INBOX")}
+    # as the user runs it, in the example's directory, no --modules: still declined ...
+    code, out, err = await sagaz_command("dlq", "replay", str(dead.id), cwd=tmp_path, env=env)
+    assert code == 1, (out, err)
+    assert f"saga {saga_id} did not complete: card declined" in out
+    assert "compensated again" in out and "it is now dead letter" in out
+    async with SQLiteSagaStore(tmp_path / "sagaz.db") as store:
+        [again] = await store.list_dead_letters()
+    assert again.meta["replay_of"] == dead.id and again.payload == dead.payload
+
+    # ... until the cause is fixed: a higher card limit
+    env["QUICKSTART_CARD_LIMIT"] = "10000"
+    code, out, err = await sagaz_command("dlq", "replay", str(again.id), cwd=tmp_path, env=env)
+    assert code == 0, (out, err)
+    assert f"replayed dead letter {again.id}: saga {saga_id} completed" in out
+    assert f"saga {saga_id} step charge_payment done" in out
+    assert "Traceback" not in err
+
+    async with SQLiteSagaStore(tmp_path / "sagaz.db") as store:
+        saga = await store.get_saga(saga_id)
+        assert await store.list_dead_letters() == []
+    assert saga is not None and saga.status is SagaStatus.COMPLETED
+    assert saga.attempt == 3  # the original run and two replays, one saga
+    assert {k: saga.context[k] for k in ("order_id", "amount")} == json.loads(body)
+
+
 # -- under abuse ----------------------------------------------------------------------------
 
 

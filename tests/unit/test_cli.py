@@ -114,3 +114,143 @@ def test_dlq_replay_gives_a_typed_trigger_the_body_of_an_envelope(
         main(["--store", f"sqlite:///{db}", "dlq", "replay", str(dead_id), "--modules", app]) == 0
     )
     assert "completed" in capsys.readouterr().out
+
+
+# -- replay finds the saga by itself, or says what to pass ------------------------------------
+async def _seed_failed(db: Path, app: str) -> int:
+    """A dead letter as the engine writes it: the saga's module stored with it."""
+    from sagaz import TriggerConfig
+    from sagaz.engine.engine import TriggerEngine
+    from sagaz.triggers import registry
+
+    module = __import__(app)
+    module.BROKEN = True
+    async with SQLiteSagaStore(str(db)) as store:
+        async with TriggerEngine(TriggerConfig(max_retries=0), store) as engine:
+            [saga_id] = await engine.fire("cli-flaky", {"n": 3})
+            await engine.wait_for(saga_id, timeout=10)
+        [dead] = await store.list_dead_letters()
+    registry.clear()  # as in a fresh `sagaz` process
+    sys.modules.pop(app, None)
+    assert dead.id is not None
+    return dead.id
+
+
+FLAKY_APP = APP + textwrap.dedent(
+    """
+    import os
+
+    BROKEN = os.environ.get("CLI_FLAKY_BROKEN") == "1"
+
+    class FlakySaga(Saga):
+        saga_name = "cli-flaky"
+
+        @trigger(source="memory", channel="cli-flaky")
+        def on_event(self, event: dict) -> dict:
+            return {"n": event["n"]}
+
+        @action("one")
+        async def one(self, ctx) -> dict:
+            if BROKEN:
+                raise RuntimeError("still broken")
+            return {"done": True}
+    """
+)
+
+
+@pytest.fixture
+def flaky_app(app: str, tmp_path: Path) -> str:
+    (tmp_path / f"{app}.py").write_text(FLAKY_APP)
+    return app
+
+
+def test_dlq_replay_imports_the_stored_module_and_replaces_a_dead_letter_that_fails_again(
+    flaky_app: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    from sagaz.triggers import registry
+
+    db = tmp_path / "dlq.db"
+    dead_id = asyncio.run(_seed_failed(db, flaky_app))
+    store = ["--store", f"sqlite:///{db}"]
+
+    monkeypatch.setenv("CLI_FLAKY_BROKEN", "1")
+    assert main([*store, "dlq", "replay", str(dead_id)]) == 1
+    out = capsys.readouterr().out
+    assert f"replayed dead letter {dead_id}: compensated again" in out
+    assert f"it is now dead letter {dead_id + 1}" in out
+    registry.clear()  # a fresh `sagaz` process again
+    sys.modules.pop(flaky_app, None)
+
+    monkeypatch.setenv("CLI_FLAKY_BROKEN", "0")
+    assert main([*store, "dlq", "replay", str(dead_id + 1)]) == 0
+    assert "completed" in capsys.readouterr().out
+    assert main([*store, "dlq", "list"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_dlq_replay_of_a_module_that_does_not_import_says_what_to_pass(
+    app: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    async def seed(url: Path) -> int:
+        async with SQLiteSagaStore(str(url)) as store:
+            return await store.add_dead_letter(
+                DeadLetterRecord(
+                    trigger_id="gone-saga.on_event",
+                    saga_name="gone-saga",
+                    payload=b'{"n": 1}',
+                    error="RuntimeError: boom",
+                    reason="retries_exhausted",
+                    meta={"format": 2, "saga_module": "gone_app.sagas", "identity": "x"},
+                )
+            )
+
+    db = tmp_path / "dlq.db"
+    dead_id = asyncio.run(seed(db))
+    store = ["--store", f"sqlite:///{db}"]
+    assert main([*store, "dlq", "replay", str(dead_id)]) == 2
+    err = capsys.readouterr().err
+    assert "needs the module 'gone_app.sagas', which cannot be imported here" in err
+    assert f"sagaz dlq replay {dead_id} --modules myapp.sagas" in err
+    assert "Traceback" not in err
+
+    # a module that imports but no longer defines the trigger
+    assert main([*store, "dlq", "replay", str(dead_id), "--modules", app]) == 2
+    err = capsys.readouterr().err
+    assert "'gone-saga.on_event', which importing" in err and "cli-saga.on_event" in err
+
+    assert main([*store, "dlq", "replay", "999"]) == 2
+    assert "no dead letter 999" in capsys.readouterr().err
+    assert main([*store, "dlq", "list"]) == 0
+    assert str(dead_id) in capsys.readouterr().out  # nothing ran: the dead letter is kept
+
+
+def test_dlq_show_prints_bytes_as_bytes_not_a_repr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+    import json
+
+    async def seed(url: Path) -> int:
+        async with SQLiteSagaStore(str(url)) as store:
+            return await store.add_dead_letter(
+                DeadLetterRecord(
+                    trigger_id="t.m",
+                    saga_name="t",
+                    payload={"body": b'{"n": 1}', "raw": b"\xff\x00"},
+                    error="e",
+                    reason="r",
+                )
+            )
+
+    db = tmp_path / "dlq.db"
+    dead_id = asyncio.run(seed(db))
+    assert main(["--store", f"sqlite:///{db}", "dlq", "show", str(dead_id)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["payload"] == {"body": {"bytes": '{"n": 1}'}, "raw": {"bytes_base64": "/wA="}}

@@ -3,7 +3,10 @@
 * ``sagaz run myapp.sagas [more.modules]`` — import the modules (registering their triggers)
   and run the engine until SIGINT/SIGTERM, then stop gracefully.
 * ``sagaz triggers list myapp.sagas`` — the registered triggers.
-* ``sagaz dlq list|show ID|replay ID|purge`` — dead letters in the store.
+* ``sagaz dlq list|show ID|replay ID|purge`` — dead letters in the store. ``replay`` imports
+  the saga's module stored with the dead letter (``--modules`` names others) and runs the
+  event again as its source delivered it, as a new attempt of the same saga; exit status 0
+  once the event is settled, 1 when it failed again, 2 when nothing could be run.
 
 The store is ``--store URL``, else ``SAGAZ_STORE_URL``, else ``sqlite:///sagaz.db``.
 """
@@ -12,15 +15,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import importlib
 import json
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sagaz.abc import SagaStore
+from sagaz.records import DeadLetterRecord
 
 __all__ = ["main"]
 
@@ -72,7 +78,10 @@ async def _dlq(args: argparse.Namespace) -> int:
     async with _store(args.store) as store:
         if args.action == "list":
             for dead in await store.list_dead_letters(limit=args.limit):
-                print(f"{dead.id}\t{dead.trigger_id}\t{dead.reason}\t{dead.error[:80]}")
+                print(
+                    f"{dead.id}\t{dead.trigger_id}\t{dead.source or '-'}\t{dead.reason}\t"
+                    f"{dead.saga_id or '-'}\t{dead.error[:80]}"
+                )
             return 0
         if args.action == "purge":
             count = 0
@@ -82,57 +91,86 @@ async def _dlq(args: argparse.Namespace) -> int:
             print(f"purged {count} dead letter(s)")
             return 0
         if args.id is None:
-            raise SystemExit(f"sagaz dlq {args.action} needs a dead-letter ID")
-        found = await store.get_dead_letter(args.id)
-        if found is None:
-            raise SystemExit(f"sagaz: no dead letter {args.id}")
-        record = found
+            return _fail(f"sagaz dlq {args.action} needs a dead-letter ID (sagaz dlq list)")
+        record = await store.get_dead_letter(args.id)
+        if record is None:
+            return _fail(f"no dead letter {args.id} in {_store_url(args.store)} (sagaz dlq list)")
         if args.action == "show":
-            data: dict[str, Any] = {
-                "id": record.id,
-                "trigger_id": record.trigger_id,
-                "saga_id": record.saga_id,
-                "reason": record.reason,
-                "attempts": record.attempts,
-                "error": record.error,
-                "payload": record.payload
-                if not isinstance(record.payload, bytes)
-                else record.payload.decode("utf-8", "replace"),
-                "meta": record.meta,
-                "traceback": record.traceback,
-            }
-            print(json.dumps(data, indent=2, default=str))
+            print(json.dumps(_shown(record), indent=2, default=_jsonable))
             return 0
         return await _replay(args, store, record)
 
 
-async def _replay(args: argparse.Namespace, store: SagaStore, record: Any) -> int:
-    from sagaz.config import TriggerConfig
-    from sagaz.engine.engine import TriggerEngine
-    from sagaz.events import AdmissionOutcome, NotRun
-    from sagaz.triggers import registry
+def _fail(message: str) -> int:
+    """Exit status 2 with ``message``: the command could not do what was asked."""
+    print(f"sagaz: {message}", file=sys.stderr)
+    return 2
 
-    _import(args.modules)
-    definition = registry.get(record.trigger_id)
-    async with TriggerEngine(
-        TriggerConfig(), store, triggers=[definition], start_sources=False
-    ) as engine:
-        result = await engine.dispatch(
-            record.trigger_id,
-            record.payload,
-            identity=f"replay:{record.id}",
-            body=record.meta.get("body"),  # set when the source delivered an envelope
+
+def _store_url(url: str | None) -> str:
+    return url or os.environ.get("SAGAZ_STORE_URL") or DEFAULT_STORE
+
+
+def _shown(record: DeadLetterRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "trigger_id": record.trigger_id,
+        "saga_name": record.saga_name,
+        "saga_id": record.saga_id,
+        "source": record.source,
+        "reason": record.reason,
+        "attempts": record.attempts,
+        "created_at": record.created_at,
+        "error": record.error,
+        "payload": record.payload,
+        "meta": record.meta,
+        "traceback": record.traceback,
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """``json.dumps`` fallback of ``dlq show``: bytes say they are bytes (as text where they
+    are UTF-8), datetimes are ISO 8601."""
+    if isinstance(value, bytes):
+        try:
+            return {"bytes": value.decode("utf-8")}
+        except UnicodeDecodeError:
+            return {"bytes_base64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return repr(value)
+
+
+async def _replay(args: argparse.Namespace, store: SagaStore, record: DeadLetterRecord) -> int:
+    """Exit status 0: the event is settled (its saga completed, now or before, or its trigger
+    skips it); 1: the replay ran and failed again (or did not finish); 2: nothing was run."""
+    from sagaz.config import TriggerConfig
+    from sagaz.engine.replay import import_saga, replay
+    from sagaz.exceptions import DeadLetterReplayError
+
+    try:
+        aliases = import_saga(record, args.modules)
+        outcome = await replay(
+            store, record, config=TriggerConfig(), timeout=args.timeout, module_aliases=aliases
         )
-        if result.outcome is not AdmissionOutcome.ACCEPTED or result.saga_id is None:
-            print(f"replay not accepted: {result.outcome.value} {result.error or ''}")
-            return 1
-        saga = await engine.wait_for(result.saga_id, timeout=args.timeout)
-    status = f"not run ({saga.reason})" if isinstance(saga, NotRun) else saga.status.value
-    print(f"replayed dead letter {record.id} as saga {result.saga_id}: {status}")
-    if saga and saga.succeeded:
-        await store.delete_dead_letter(record.id)
-        return 0
-    return 1
+    except DeadLetterReplayError as exc:
+        return _fail(str(exc))
+    saga = f"saga {outcome.saga_id}" if outcome.saga_id else "its saga"
+    replaced = f"; it is now dead letter {outcome.dead_letter_id}" if outcome.dead_letter_id else ""
+    error = f": {outcome.error}" if outcome.error else ""
+    if outcome.status == "completed":
+        print(f"replayed dead letter {record.id}: {saga} completed")
+    elif outcome.status == "duplicate":
+        print(f"dead letter {record.id}: {saga} had completed already; dead letter removed")
+    elif outcome.status == "filtered":
+        print(f"dead letter {record.id}: the trigger skips the event now; dead letter removed")
+    elif outcome.status in ("compensated", "failed", "invalid", "rejected"):
+        print(f"replayed dead letter {record.id}: {outcome.status} again{error}{replaced}")
+    elif outcome.status == "busy":
+        print(f"dead letter {record.id}: another worker is running {saga}; it is kept, try later")
+    else:  # timeout, dropped, or the store failed under the run
+        print(f"dead letter {record.id}: {outcome.status}{error}; the dead letter is kept")
+    return 0 if outcome.settled else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,7 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     dlq = commands.add_parser("dlq", help="dead letters: list, show, replay, purge")
     dlq.add_argument("action", choices=["list", "show", "replay", "purge"])
     dlq.add_argument("id", nargs="?", type=int)
-    dlq.add_argument("--modules", nargs="*", default=[], help="modules to import for replay")
+    dlq.add_argument(
+        "--modules",
+        nargs="*",
+        default=[],
+        help="modules (or .py files) that define the saga, for replay; by default the module "
+        "stored with the dead letter",
+    )
     dlq.add_argument("--limit", type=int, default=100)
     dlq.add_argument("--timeout", type=float, default=60.0)
     return parser

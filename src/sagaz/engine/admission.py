@@ -23,7 +23,7 @@ from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, NotRun, Reason
 from sagaz.exceptions import InvalidEventError
-from sagaz.records import ClaimOutcome, SagaRecord, TriggerExecutionRecord
+from sagaz.records import ClaimOutcome, InboxClaim, SagaRecord, TriggerExecutionRecord
 from sagaz.saga.listeners import notify
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 
@@ -84,6 +84,8 @@ class Admission:
             return await self._invalid(trigger, delivery, event, undecodable, None)
         try:
             key = self._key(trigger, delivery, event)
+            if not delivery.identity:  # the key it was given: its dead letter replays to it
+                delivery.identity = key
             concurrency_key = (
                 trigger.definition.concurrency_key(event)
                 if trigger.definition.concurrency_key
@@ -131,13 +133,31 @@ class Admission:
         claim = await state.store.claim_inbox(
             c.trigger.trigger_id, c.key, c.saga_id, state.worker_id, lease
         )
+        replay = c.delivery.replay_of is not None
+        if claim.outcome is ClaimOutcome.DUPLICATE and replay:
+            claim = await self._reopen(c, claim, lease)
         if claim.outcome is ClaimOutcome.DUPLICATE:
             await self.settlement.filtered(c.trigger, c.event, Reason.DUPLICATE)
             await self.settlement.ack(c.trigger, c.delivery)
             return AdmissionResult(AdmissionOutcome.DUPLICATE, c.saga_id, Reason.DUPLICATE)
         if claim.outcome is ClaimOutcome.BUSY:
             return None
-        return await self._accept(c, lease, fresh=claim.outcome is ClaimOutcome.CLAIMED)
+        # a replay may find the saga of its key (dead-lettered: run it again), even when new
+        fresh = claim.outcome is ClaimOutcome.CLAIMED and not replay
+        return await self._accept(c, lease, fresh=fresh)
+
+    async def _reopen(self, c: _Candidate, claim: InboxClaim, lease: datetime) -> InboxClaim:
+        """Claim the key of a replayed dead letter again: dead-lettering completed its inbox
+        row, but its saga did not complete. A saga that completed since (an earlier replay)
+        keeps its key completed: the replay is then a duplicate."""
+        store = self.state.store
+        saga = await store.get_saga(c.saga_id)
+        if saga is not None and saga.status is SagaStatus.COMPLETED:
+            return claim
+        await store.release_inbox(c.trigger.trigger_id, c.key)
+        return await store.claim_inbox(
+            c.trigger.trigger_id, c.key, c.saga_id, self.state.worker_id, lease
+        )
 
     def _key(self, trigger: ActiveTrigger, delivery: Delivery, event: Any) -> str:
         if trigger.definition.idempotency_key is not None:
@@ -166,6 +186,13 @@ class Admission:
         trigger, delivery, event, key, saga_id = c.trigger, c.delivery, c.event, c.key, c.saga_id
         # a key never claimed before has no saga yet; a taken-over one may be half done
         existing = None if fresh else await state.store.get_saga(saga_id)
+        # a replayed dead letter runs its saga again, from the event, as a new attempt
+        rerun = (
+            delivery.replay_of is not None
+            and existing is not None
+            and existing.status in TERMINAL_SAGA_STATUSES
+            and existing.status is not SagaStatus.COMPLETED
+        )
         if (
             existing is not None
             # a finished saga is not run again (its stored result settles the event), and its
@@ -175,7 +202,7 @@ class Admission:
         ):  # the saga itself is leased by a live worker (e.g. the recovery loop elsewhere)
             self._watch_busy(c)
             return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
-        if existing is not None and existing.status is not SagaStatus.PENDING:
+        if existing is not None and existing.status is not SagaStatus.PENDING and not rerun:
             context = dict(existing.context)  # resume an interrupted (or finished) saga
         else:
             try:
@@ -235,8 +262,9 @@ class Admission:
             accepted_at=state.clock.monotonic(),
             context_hash=context_hash,
             pending=pending,
+            new_attempt=rerun,
         )
-        if existing is not None and existing.status in TERMINAL_SAGA_STATUSES:
+        if existing is not None and existing.status in TERMINAL_SAGA_STATUSES and not rerun:
             item.already_terminal = True
         state.outcomes.accepted(saga_id)  # its outcome is still to come
         put = await state.queue.put(item)
@@ -272,7 +300,10 @@ class Admission:
     async def _drop(self, item: WorkItem, reason: Reason) -> None:
         await self._forget(item, reason)
         await self.settlement.filtered(item.trigger, item.event, reason)
-        await self.settlement.ack(item.trigger, item.delivery)
+        if item.delivery.replay_of is not None:  # not replayed after all: keep its dead letter
+            await self.settlement.nack(item.trigger, item.delivery)
+        else:
+            await self.settlement.ack(item.trigger, item.delivery)
 
     async def _forget(self, item: WorkItem, why: Reason | Literal["interrupted"]) -> None:
         """Undo an acceptance that never started: the key may be delivered again. Whoever

@@ -70,6 +70,9 @@ class TriggerEngine(Lifecycle):
     ``start()``/``stop()`` are mirrored by ``async with``; ``stop()`` is idempotent and
     graceful: stop intake, let in-flight sagas finish up to ``shutdown_timeout``, ack what
     finished, leave the rest un-acked for redelivery, close the sources.
+
+    With ``start_sources=False`` (a dead-letter replay, the test harness) no source runs, nor
+    do the recovery and cleanup loops: the engine runs only the events it is handed.
     """
 
     def __init__(
@@ -159,8 +162,9 @@ class TriggerEngine(Lifecycle):
                 await source.start()
                 self._spawn(self._supervise(active, source), f"sagaz-source-{trigger_id}")
             self._spawn(self._heartbeat(), "sagaz-heartbeat")
-            self._spawn(self._recover(), "sagaz-recovery")
-            self._spawn(self._cleanup(), "sagaz-cleanup")
+            if self.start_sources:  # one fed by hand (a replay) takes on no one else's sagas
+                self._spawn(self._recover(), "sagaz-recovery")
+                self._spawn(self._cleanup(), "sagaz-cleanup")
         except BaseException:
             await self.stop()
             raise

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import traceback as tb
 from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
-from sagaz.engine.identity import storable
+from sagaz.engine.dead_letters import dead_letter_record
 from sagaz.events import Delivery, Reason
 from sagaz.records import DeadLetterRecord
 from sagaz.saga.listeners import notify
@@ -28,13 +27,22 @@ class Settlement:
         self._under_way: set[asyncio.Task[None]] = set()
 
     async def ack(self, trigger: ActiveTrigger, delivery: Delivery) -> None:
-        """Acknowledge to the source (failures are reported, never raised)."""
+        """Acknowledge to the source (failures are reported, never raised).
+
+        A replayed dead letter is settled too, so it is deleted: its saga completed, its event
+        was filtered or a duplicate, or it was dead-lettered again (the new dead letter
+        replaces it)."""
         source = trigger.source
         if source is not None and source.redeliverable and not source.settles_locally:
             # a lost broker ack means a redelivery: it finishes even if our caller is cancelled
             await asyncio.shield(self._detach(self._settle(trigger, delivery, delivery.ack())))
         else:
             await self._settle(trigger, delivery, delivery.ack())  # nothing to lose: no task
+        if delivery.replay_of is not None:
+            try:
+                await self.state.store.delete_dead_letter(delivery.replay_of)
+            except Exception as exc:
+                await self.report(trigger, exc, delivery.payload)
 
     async def nack(self, trigger: ActiveTrigger, delivery: Delivery) -> None:
         """Leave the delivery for redelivery (shutdown, cancellation)."""
@@ -87,34 +95,11 @@ class Settlement:
         attempts: int,
         saga_id: str | None = None,
     ) -> DeadLetterRecord:
-        """Store a dead letter, publish it to the source's broker if configured, notify."""
-        if isinstance(error, BaseException):
-            message = f"{type(error).__name__}: {error}"
-            trace = "".join(tb.format_exception(error))
-        else:
-            message, trace = error, None
-        meta = delivery.meta
-        record = DeadLetterRecord(
-            trigger_id=trigger.trigger_id,
-            saga_name=trigger.saga_name,
-            payload=storable(delivery.payload),
-            error=message,
-            reason=reason,
-            traceback=trace,
-            attempts=attempts,
-            saga_id=saga_id,
-            source=meta.source,
-            meta={
-                "message_id": meta.message_id,
-                "topic": meta.topic,
-                "partition": meta.partition,
-                "offset": meta.offset,
-                "identity": delivery.identity,
-            },
+        """Store a dead letter (the delivery exactly, see :mod:`sagaz.engine.dead_letters`),
+        publish it to the source's broker if configured, notify."""
+        record = dead_letter_record(
+            trigger, delivery, reason=reason, error=error, attempts=attempts, saga_id=saga_id
         )
-        if delivery.body is not None:  # an envelope: a replay hands its body to a typed method
-            body = delivery.body
-            record.meta["body"] = body if isinstance(body, str) else body.decode("utf-8", "replace")
         record.id = await self.state.store.add_dead_letter(record)
         self.state.metrics.dead_lettered[trigger.trigger_id] += 1
         if trigger.dead_letter_topic and trigger.source is not None:
@@ -125,7 +110,7 @@ class Settlement:
         logger.warning(
             "dead-lettered an event of %s: %s",
             trigger.trigger_id,
-            message,
+            record.error,
             extra={"trigger": trigger.trigger_id, "reason": reason, "saga_id": saga_id},
         )
         if trigger.listeners:
