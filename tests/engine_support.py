@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sagaz import SagaContext, SagaListener, SagaStatus
 from sagaz.abc import SagaStore
 
-__all__ = ["ErrorRecorder", "HoldCompletion", "completed_per_message", "holds_for", "once_each"]
+__all__ = ["ErrorRecorder", "HoldCompletion", "completed_per_message", "once_each"]
 
 
 class HoldCompletion(SagaListener):
@@ -48,12 +46,3 @@ async def completed_per_message(store: SagaStore, saga_name: str) -> Counter[int
 def once_each(numbers: range) -> Counter[int]:
     """The expected count: every number exactly once."""
     return Counter(numbers)
-
-
-async def holds_for(seconds: float, predicate: Callable[[], Awaitable[bool]], *, what: str) -> None:
-    """Check that ``predicate`` keeps holding over ``seconds`` (an invariant over a window,
-    not a wait for an outcome)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert await predicate(), f"{what} stopped holding"
-        await asyncio.sleep(0.05)

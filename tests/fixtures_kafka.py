@@ -25,23 +25,26 @@ import asyncio
 import contextlib
 import os
 import subprocess
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from sagaz.testing import eventually
 from sagaz.testing.tansu import broker_command, free_port, kafka_answers, tansu_binary
-from tests.services import require_service, unique_name
+from tests.services import answers_within, require_service, unique_name
 
 __all__ = [
+    "MakeTopic",
     "TansuBroker",
     "kafka_bootstrap",
     "kafka_topic",
     "make_kafka_topic",
     "private_kafka",
+    "take_records",
     "tansu_broker",
 ]
 
@@ -52,19 +55,20 @@ STARTUP_DEADLINE_SECONDS = 20.0
 MakeTopic = Callable[..., Awaitable[str]]
 
 
-def wait_until_answers(bootstrap: str, deadline_seconds: float, alive: Callable[[], bool]) -> bool:
-    """Poll the broker with metadata requests until it answers, it dies, or the deadline passes.
+def kafka_answers_within(
+    bootstrap: str, seconds: float, alive: Callable[[], bool] = lambda: True
+) -> bool:
+    """Probe the broker with metadata requests until it answers, it dies, or ``seconds`` pass.
 
-    The probe runs its own event loop in a worker thread so it never disturbs the loop that
+    Each probe runs its own event loop in a worker thread so it never disturbs the loop that
     pytest-asyncio manages for the current test.
     """
-    deadline = time.monotonic() + deadline_seconds
     with ThreadPoolExecutor(max_workers=1) as pool:
-        while time.monotonic() < deadline and alive():
-            if pool.submit(asyncio.run, kafka_answers(bootstrap)).result():
-                return True
-            time.sleep(0.05)  # pause between probes, not a wait for a result
-    return False
+
+        def probe() -> bool:
+            return pool.submit(asyncio.run, kafka_answers(bootstrap)).result()
+
+        return answers_within(probe, seconds, alive)
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +78,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         require_service(
             "Kafka",
-            wait_until_answers(external, 5.0, lambda: True),
+            kafka_answers_within(external, 5.0),
             f"nothing answers at {KAFKA_BOOTSTRAP_ENV}={external}",
         )
         yield external
@@ -118,7 +122,7 @@ def tansu_broker(binary: str, log_path: Path) -> Iterator[TansuBroker]:
         )
     bootstrap = f"127.0.0.1:{port}"
     try:
-        ready = wait_until_answers(
+        ready = kafka_answers_within(
             bootstrap, STARTUP_DEADLINE_SECONDS, lambda: process.poll() is None
         )
         if not ready:
@@ -188,3 +192,17 @@ async def make_kafka_topic(kafka_bootstrap: str) -> AsyncIterator[MakeTopic]:
 async def kafka_topic(make_kafka_topic: MakeTopic) -> str:
     """A new, uniquely named topic with 3 partitions."""
     return await make_kafka_topic("sagaz-test", partitions=3)
+
+
+async def take_records(consumer: Any, count: int, *, within: float = 15.0) -> list[Any]:
+    """Fetch from ``consumer`` (an ``AIOKafkaConsumer``, subscribed or assigned) until at least
+    ``count`` records arrived; fail after ``within`` seconds. The records in fetch order."""
+    records: list[Any] = []
+
+    async def enough() -> bool:
+        for batch in (await consumer.getmany(timeout_ms=200)).values():
+            records.extend(batch)
+        return len(records) >= count
+
+    await eventually(enough, within=within, interval=0, what=f"{count} records")
+    return records

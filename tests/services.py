@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
+from collections.abc import Callable
 from urllib.parse import urlparse
 
 import pytest
@@ -17,6 +19,7 @@ __all__ = [
     "POSTGRES_DSN",
     "RABBITMQ_URL",
     "REDIS_URL",
+    "answers_within",
     "require_service",
     "services_required",
     "tcp_reachable",
@@ -45,6 +48,20 @@ def tcp_reachable(url: str, default_port: int, timeout: float = 1.0) -> bool:
             return True
     except OSError:
         return False
+
+
+def answers_within(
+    probe: Callable[[], bool], seconds: float, alive: Callable[[], bool] = lambda: True
+) -> bool:
+    """Call ``probe`` until it answers True, ``alive()`` turns False (the server process
+    died), or ``seconds`` pass. Synchronous, for session fixtures that start a server.
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and alive():
+        if probe():
+            return True
+        time.sleep(0.05)  # pause between probes, not a wait for a result
+    return False
 
 
 def require_service(name: str, available: bool, hint: str) -> None:

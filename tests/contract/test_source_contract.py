@@ -20,14 +20,9 @@ from sagaz.abc import Source
 from sagaz.engine.loading import SOURCE_MODULES, load_source_module
 from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
+from sagaz.testing import eventually
 from tests.contract.source_backends import DRIVERS, Backend, open_backend
-from tests.recording_emit import (
-    RecordingEmit,
-    consuming,
-    eventually,
-    source_context,
-    stop_intake,
-)
+from tests.recording_emit import RecordingEmit, consuming, source_context, stop_intake
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,7 @@ from sagaz.abc import SagaStore
 from sagaz.engine.engine import TriggerEngine
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.postgres import PostgresSagaStore
-from sagaz.testing import FakeClock
-from tests.recording_emit import eventually
+from sagaz.testing import FakeClock, eventually
 from tests.services import unique_name
 
 START = datetime(2026, 1, 1, tzinfo=UTC)

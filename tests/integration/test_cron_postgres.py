@@ -14,8 +14,9 @@ from sagaz.events import CronTick
 from sagaz.sources import cron
 from sagaz.sources.cron import CronSource
 from sagaz.storage.postgres import PostgresSagaStore
+from sagaz.testing import eventually
 from sagaz.testing.clock import FakeClock
-from tests.recording_emit import RecordingEmit, eventually, source_context, stop_intake
+from tests.recording_emit import RecordingEmit, source_context, stop_intake
 from tests.services import unique_name
 
 pytestmark = pytest.mark.integration

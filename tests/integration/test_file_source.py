@@ -17,7 +17,8 @@ import pytest
 from sagaz.events import FileEvent
 from sagaz.sources import file as file_source
 from sagaz.sources.file import FileSource
-from tests.recording_emit import RecordingEmit, consuming, eventually, source_context
+from sagaz.testing import eventually
+from tests.recording_emit import RecordingEmit, consuming, source_context
 
 pytest.importorskip("watchfiles")
 

@@ -25,8 +25,8 @@ from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
 from sagaz.engine.engine import TriggerEngine
 from sagaz.sources.rabbitmq import RabbitMQSource
 from sagaz.storage.memory import MemorySagaStore
+from sagaz.testing import eventually
 from tests.engine_support import ErrorRecorder, HoldCompletion, completed_per_message, once_each
-from tests.recording_emit import eventually
 from tests.services import require_service, unique_name
 
 pytestmark = pytest.mark.integration

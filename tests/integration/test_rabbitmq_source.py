@@ -20,13 +20,8 @@ from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
 from sagaz.sources import rabbitmq
 from sagaz.sources.rabbitmq import RabbitMQSource
-from tests.recording_emit import (
-    RecordingEmit,
-    consuming,
-    eventually,
-    source_context,
-    stop_intake,
-)
+from sagaz.testing import eventually
+from tests.recording_emit import RecordingEmit, consuming, source_context, stop_intake
 from tests.services import require_service, unique_name
 
 pytestmark = pytest.mark.integration

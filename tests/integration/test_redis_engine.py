@@ -26,8 +26,8 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.sources.redis import RedisStreamSource
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
+from sagaz.testing import eventually
 from tests.engine_support import ErrorRecorder, HoldCompletion, completed_per_message, once_each
-from tests.recording_emit import eventually
 from tests.services import unique_name
 
 pytestmark = pytest.mark.integration

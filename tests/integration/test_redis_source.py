@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,13 +15,8 @@ from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
 from sagaz.sources import redis as redis_source
 from sagaz.sources.redis import RedisStreamSource
-from tests.recording_emit import (
-    RecordingEmit,
-    consuming,
-    eventually,
-    source_context,
-    stop_intake,
-)
+from sagaz.testing import continually, eventually
+from tests.recording_emit import RecordingEmit, consuming, source_context, stop_intake
 from tests.services import unique_name
 
 pytestmark = pytest.mark.integration
@@ -176,13 +169,19 @@ async def test_entries_in_flight_are_not_claimed_from_a_live_consumer(streams: S
     async with consuming(slow, busy):
         await busy.wait_for(3)  # three long sagas start
         async with consuming(other, idle):
-            # for 4 claim periods the slow consumer keeps its entries fresh
-            deadline = time.monotonic() + 4 * claim_idle_ms / 1000
-            while time.monotonic() < deadline:
+
+            async def kept_fresh_by_slow() -> bool:
                 rows = await streams.client.xpending_range(stream, GROUP, "-", "+", 10)
-                assert {r["consumer"] for r in rows} == {b"slow"}
-                assert max(r["time_since_delivered"] for r in rows) < claim_idle_ms
-                await asyncio.sleep(0.02)  # poll interval, not a wait for an outcome
+                return {r["consumer"] for r in rows} == {b"slow"} and max(
+                    r["time_since_delivered"] for r in rows
+                ) < claim_idle_ms
+
+            await continually(
+                kept_fresh_by_slow,
+                during=4 * claim_idle_ms / 1000,  # 4 claim periods
+                interval=0.02,
+                what="the slow consumer keeping its entries fresh",
+            )
         assert idle.deliveries == []
         for delivery in busy.deliveries:
             await delivery.ack()

@@ -24,7 +24,7 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.events import AdmissionOutcome
 from sagaz.exceptions import ConfigurationError, TriggerDefinitionError
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.testing import FakeClock
+from sagaz.testing import FakeClock, continually, eventually
 from sagaz.triggers import registry
 
 
@@ -44,12 +44,6 @@ class Recorder(SagaListener):
         self.errors.append(error)
 
 
-async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
-
-
 async def test_ten_thousand_events_complete_exactly_once_and_twice_fired_still_once() -> None:
     ran: list[int] = []
 
@@ -67,8 +61,8 @@ async def test_ten_thousand_events_complete_exactly_once_and_twice_fired_still_o
         for _ in range(2):
             for i in range(10_000):
                 await engine.fire("orders", {"id": i})
-            await wait_until(lambda: engine.metrics.in_flight == 0 and len(engine.state.queue) == 0)
-        await wait_until(lambda: len(ran) >= 10_000)
+            await eventually(lambda: engine.metrics.in_flight == 0 and len(engine.state.queue) == 0)
+        await eventually(lambda: len(ran) >= 10_000)
         await engine.dispatcher.wait_idle()
     assert len(ran) == 10_000
     assert sorted(ran) == list(range(10_000))
@@ -103,10 +97,10 @@ async def test_full_queue_strategies_drop_exactly_the_expected_events(strategy: 
     config = TriggerConfig(queue_size=10, backpressure_strategy=strategy, max_concurrent_sagas=1)
     async with TriggerEngine(config, store, listeners=[recorder]) as engine:
         await engine.fire("bp", {"n": 0})
-        await wait_until(lambda: started == [0])  # the only worker is stuck on event 0
+        await eventually(lambda: started == [0])  # the only worker is stuck on event 0
         results = [await engine.fire("bp", {"n": n}) for n in range(1, 16)]  # 15 more; room for 10
         gate.set()
-        await wait_until(lambda: len(started) == 11)
+        await eventually(lambda: len(started) == 11)
         await engine.dispatcher.wait_idle()
     reasons = [r for _, r in recorder.filtered]
     if strategy == "drop_oldest":
@@ -133,15 +127,14 @@ async def test_block_strategy_loses_nothing_and_the_producer_waits() -> None:
     config = TriggerConfig(queue_size=10, backpressure_strategy="block", max_concurrent_sagas=1)
     async with TriggerEngine(config, MemorySagaStore()) as engine:
         await engine.fire("blk", {"n": 0})
-        await wait_until(lambda: started == [0])
+        await eventually(lambda: started == [0])
         for n in range(1, 11):
             await engine.fire("blk", {"n": n})
         producer = asyncio.create_task(engine.fire("blk", {"n": 11}))
-        await asyncio.sleep(0.05)
-        assert not producer.done()  # the 11th buffered event waits for room
+        await continually(lambda: not producer.done(), during=0.05, what="the 11th event waiting")
         gate.set()
         await asyncio.wait_for(producer, 5)
-        await wait_until(lambda: len(started) == 12)
+        await eventually(lambda: len(started) == 12)
     assert sorted(started) == list(range(12))
 
 
@@ -181,11 +174,11 @@ async def test_concurrency_key_serialises_per_key_and_does_not_block_other_keys(
             for user in ("slow", "a", "b", "c"):
                 await engine.fire("users", {"user": user, "n": n})
         # other keys finish while "slow" is stuck on its first event
-        await wait_until(lambda: sum(1 for u, _ in finished if u != "slow") == 15)
+        await eventually(lambda: sum(1 for u, _ in finished if u != "slow") == 15)
         assert [n for u, n in finished if u == "slow"] == []
         assert order["slow"] == [0]
         stuck.set()
-        await wait_until(lambda: len(finished) == 20)
+        await eventually(lambda: len(finished) == 20)
     assert overlap == []
     assert all(order[u] == [0, 1, 2, 3, 4] for u in ("slow", "a", "b", "c"))
 
@@ -212,7 +205,7 @@ async def test_max_concurrent_sagas_is_never_exceeded() -> None:
     async with TriggerEngine(TriggerConfig(max_concurrent_sagas=50), MemorySagaStore()) as engine:
         for n in range(200):
             await engine.fire("lim", {"n": n})
-        await wait_until(lambda: sum(engine.metrics.completed.values()) == 200)
+        await eventually(lambda: sum(engine.metrics.completed.values()) == 200)
     assert high_water == 3
 
 
@@ -282,7 +275,7 @@ async def test_a_rate_limited_trigger_does_not_hold_workers_from_other_triggers(
             await engine.fire("slow", {"n": n})
         for n in range(50):
             await engine.fire("fast", {"n": n})
-        await wait_until(lambda: len(fast_done) == 50)
+        await eventually(lambda: len(fast_done) == 50)
         assert slow_starts == [0]  # one token at t=0, the rest wait for time to move
         for _ in range(5):
             await clock.advance(1.0)
@@ -331,7 +324,7 @@ async def test_throttled_events_granted_while_every_worker_is_busy_start_in_arri
             await clock.advance(0.1)
         assert starts == [0]
         gate.set()
-        await wait_until(lambda: len(starts) == 6)
+        await eventually(lambda: len(starts) == 6)
     assert starts == list(range(6))
 
 
@@ -374,7 +367,7 @@ async def test_bad_input_is_dead_lettered_and_the_engine_keeps_running() -> None
         cursed = await engine.fire("strict", {"id": 666, "user": "u"})
         buggy = await engine.fire("strict", {"id": 13, "user": "u"})
         good = await engine.fire("strict", {"id": 1, "user": "u"})
-        await wait_until(lambda: ran == [1])
+        await eventually(lambda: ran == [1])
     assert bad_json.outcome is AdmissionOutcome.INVALID
     assert bad_json.details and bad_json.details[0]["type"] == "json_invalid"
     assert invalid == [] and cursed == [] and buggy == [] and len(good) == 1
@@ -407,16 +400,16 @@ async def test_failing_saga_is_retried_with_backoff_then_dead_lettered() -> None
     config = TriggerConfig(retry_jitter=0)
     async with TriggerEngine(config, store, clock=clock) as engine:
         [saga_id] = await engine.fire("doom", {"n": 1})
-        await wait_until(lambda: len(attempts) == 1)
+        await eventually(lambda: len(attempts) == 1)
         await clock.advance(9.9)
         assert len(attempts) == 1
         await clock.advance(0.2)
-        await wait_until(lambda: len(attempts) == 2)
+        await eventually(lambda: len(attempts) == 2)
         await clock.advance(59)
         assert len(attempts) == 2
         await clock.advance(1.1)
-        await wait_until(lambda: len(attempts) == 3)
-        await wait_until(lambda: engine.metrics.dead_lettered["doomed.on_event"] == 1)
+        await eventually(lambda: len(attempts) == 3)
+        await eventually(lambda: engine.metrics.dead_lettered["doomed.on_event"] == 1)
     assert attempts == pytest.approx([0, 10, 70], abs=0.2)
     [dead] = await store.list_dead_letters()
     assert dead.saga_id == saga_id and dead.attempts == 3 and "downstream is down" in dead.error
@@ -552,11 +545,11 @@ async def test_a_delivery_of_a_saga_running_here_joins_the_run_instead_of_repeat
     async with TriggerEngine(TriggerConfig(), MemorySagaStore()) as engine:
         active = engine.triggers["joined.on_event"]
         first = await engine.admission.admit(active, delivery("first"))
-        await wait_until(lambda: runs == [1])
+        await eventually(lambda: runs == [1])
         again = await engine.admission.admit(active, delivery("redelivered"))
         assert (again.outcome, again.saga_id) == (AdmissionOutcome.ACCEPTED, first.saga_id)
         gate.set()
-        await wait_until(lambda: len(acks) == 2)
+        await eventually(lambda: len(acks) == 2)
     assert runs == [1]
     assert sorted(acks) == ["first", "redelivered"]
 
@@ -602,7 +595,7 @@ async def test_a_completed_unacked_event_settles_at_once_though_its_finisher_hol
     async with TriggerEngine(TriggerConfig(), store) as engine:
         result = await engine.dispatch(trigger_id, {"n": 1})
         assert result.outcome is AdmissionOutcome.ACCEPTED
-        await wait_until(lambda: engine.metrics.completed[trigger_id] == 1, timeout=5)
+        await eventually(lambda: engine.metrics.completed[trigger_id] == 1, within=5)
     assert ran == []  # finished before: not run again
     claim = await store.claim_inbox(trigger_id, "1", saga_id, "w", now + timedelta(minutes=1))
     assert claim.outcome is ClaimOutcome.DUPLICATE
@@ -643,9 +636,9 @@ async def test_deliveries_of_one_key_admitted_concurrently_start_one_run(tmp_pat
         )
         assert {r.outcome for r in results} == {AdmissionOutcome.ACCEPTED}
         assert len({r.saga_id for r in results}) == 1
-        await wait_until(lambda: runs == [1])
+        await eventually(lambda: runs == [1])
         gate.set()
-        await wait_until(lambda: len(acks) == 5)  # all five settled by the one run
+        await eventually(lambda: len(acks) == 5)  # all five settled by the one run
         await engine.dispatcher.wait_idle()
         assert len(engine.state.queue) == 0
     assert runs == [1]
@@ -678,7 +671,7 @@ async def test_a_failing_listener_is_isolated(caplog: pytest.LogCaptureFixture) 
     store = MemorySagaStore()
     async with TriggerEngine(TriggerConfig(), store, listeners=[ExplodingListener()]) as engine:
         [saga_id] = await engine.fire("observed", {"n": 1})
-        await wait_until(lambda: sum(engine.metrics.completed.values()) == 1)
+        await eventually(lambda: sum(engine.metrics.completed.values()) == 1)
     assert done == [1]
     record = await store.get_saga(saga_id)
     assert record is not None

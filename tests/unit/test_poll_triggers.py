@@ -9,7 +9,7 @@ from sagaz import Fire, Saga, SagaListener, Skip, Trigger, TriggerConfig, action
 from sagaz.engine.engine import TriggerEngine
 from sagaz.engine.identity import canonical_hash
 from sagaz.storage.memory import MemorySagaStore
-from tests.recording_emit import eventually
+from sagaz.testing import eventually
 
 
 class Errors(SagaListener):
