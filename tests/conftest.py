@@ -12,7 +12,12 @@ from tests.services import (
     tcp_reachable,
 )
 
-pytest_plugins = ["tests.fixtures_kafka", "tests.fixtures_sqs"]
+pytest_plugins = [
+    "tests.fixtures_kafka",
+    "tests.fixtures_rabbitmq",
+    "tests.fixtures_redis",
+    "tests.fixtures_sqs",
+]
 
 
 @pytest.fixture(scope="session")

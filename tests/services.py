@@ -20,6 +20,7 @@ __all__ = [
     "RABBITMQ_URL",
     "REDIS_URL",
     "answers_within",
+    "drop_postgres_schema",
     "require_service",
     "services_required",
     "tcp_reachable",
@@ -77,3 +78,14 @@ def require_service(name: str, available: bool, hint: str) -> None:
 def unique_name(prefix: str) -> str:
     """A per-test name (topic, queue, stream, key prefix) so tests can run in any order."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def drop_postgres_schema(dsn: str, schema: str) -> None:
+    """Drop a test's PostgreSQL schema and everything in it."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()

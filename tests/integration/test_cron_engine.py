@@ -20,7 +20,7 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.postgres import PostgresSagaStore
 from sagaz.testing import FakeClock, eventually
-from tests.services import unique_name
+from tests.services import drop_postgres_schema, unique_name
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 EVERY_FIVE_MINUTES = "*/5 * * * *"
@@ -124,13 +124,7 @@ async def shared_postgres(postgres_dsn: str) -> AsyncIterator[tuple[SagaStore, S
     finally:
         for store in stores:
             await store.stop()
-        import asyncpg
-
-        conn = await asyncpg.connect(postgres_dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_postgres_schema(postgres_dsn, schema)
 
 
 @pytest.mark.integration

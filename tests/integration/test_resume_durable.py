@@ -14,7 +14,7 @@ from sagaz import Saga, SagaContext, SagaStatus, action, compensate
 from sagaz.abc import SagaStore
 from sagaz.storage.postgres import PostgresSagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
-from tests.services import unique_name
+from tests.services import drop_postgres_schema, unique_name
 
 pytestmark = pytest.mark.integration
 
@@ -59,13 +59,7 @@ async def store_factory(
     dsn = request.getfixturevalue("postgres_dsn")
     schema = unique_name("resume").replace("-", "_")
     yield lambda: PostgresSagaStore(dsn, schema=schema, max_size=2)
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+    await drop_postgres_schema(dsn, schema)
 
 
 async def test_killed_saga_resumes_from_the_store_without_rerunning_steps(

@@ -26,22 +26,7 @@ from sagaz.exceptions import ConfigurationError, TriggerDefinitionError
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.testing import FakeClock, continually, eventually
 from sagaz.triggers import registry
-
-
-class Recorder(SagaListener):
-    def __init__(self) -> None:
-        self.filtered: list[tuple[Any, str]] = []
-        self.dead: list[Any] = []
-        self.errors: list[BaseException] = []
-
-    async def on_trigger_filtered(self, saga_name: str, event: Any, reason: str) -> None:
-        self.filtered.append((event, reason))
-
-    async def on_dead_letter(self, saga_name: str, record: Any) -> None:
-        self.dead.append(record)
-
-    async def on_trigger_error(self, saga_name: str, error: BaseException, event: Any) -> None:
-        self.errors.append(error)
+from tests.engine_support import RecordingListener
 
 
 async def test_ten_thousand_events_complete_exactly_once_and_twice_fired_still_once() -> None:
@@ -92,7 +77,7 @@ async def test_full_queue_strategies_drop_exactly_the_expected_events(strategy: 
     gate = asyncio.Event()
     started: list[int] = []
     make_blocking_saga("bp", gate, started)
-    recorder = Recorder()
+    recorder = RecordingListener()
     store = MemorySagaStore()
     config = TriggerConfig(queue_size=10, backpressure_strategy=strategy, max_concurrent_sagas=1)
     async with TriggerEngine(config, store, listeners=[recorder]) as engine:
@@ -102,7 +87,7 @@ async def test_full_queue_strategies_drop_exactly_the_expected_events(strategy: 
         gate.set()
         await eventually(lambda: len(started) == 11)
         await engine.dispatcher.wait_idle()
-    reasons = [r for _, r in recorder.filtered]
+    reasons = recorder.reasons
     if strategy == "drop_oldest":
         assert sorted(started) == [0, *range(6, 16)]
         assert reasons == ["dropped_oldest"] * 5
@@ -354,7 +339,7 @@ async def test_bad_input_is_dead_lettered_and_the_engine_keeps_running() -> None
         async def work(self, ctx: Any) -> None:
             ran.append(ctx["id"])
 
-    recorder = Recorder()
+    recorder = RecordingListener()
     store = MemorySagaStore()
     async with TriggerEngine(TriggerConfig(), store, listeners=[recorder]) as engine:
         active = engine.triggers["strict.on_order"]
@@ -378,7 +363,7 @@ async def test_bad_input_is_dead_lettered_and_the_engine_keeps_running() -> None
     assert "cursed" in errors and "bug in user code" in errors and "int_parsing" not in errors
     assert "valid integer" in errors
     assert any(d.traceback and "RuntimeError" in d.traceback for d in dead)
-    assert [r for _, r in recorder.filtered].count("invalid") == 4
+    assert recorder.reasons.count("invalid") == 4
     assert len(recorder.dead) == 4
 
 
@@ -429,11 +414,11 @@ async def test_filtered_and_async_transform_and_event_meta() -> None:
         @action("noop")
         async def noop(self, ctx: Any) -> None: ...
 
-    recorder = Recorder()
+    recorder = RecordingListener()
     async with TriggerEngine(TriggerConfig(), MemorySagaStore(), listeners=[recorder]) as engine:
         assert await engine.fire("meta", {"value": 0}) == []
         assert len(await engine.fire("meta", {"value": 2})) == 1
-    assert [r for _, r in recorder.filtered] == ["filtered"]
+    assert recorder.reasons == ["filtered"]
     assert (
         seen[0].source == "memory" and seen[0].topic == "meta" and seen[0].trigger == "meta.on_ping"
     )
