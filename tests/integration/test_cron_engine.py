@@ -127,7 +127,6 @@ async def shared_postgres(postgres_dsn: str) -> AsyncIterator[tuple[SagaStore, S
         await drop_postgres_schema(postgres_dsn, schema)
 
 
-@pytest.mark.integration
 async def test_two_engines_sharing_postgres_fire_each_tick_once(
     shared_postgres: tuple[SagaStore, SagaStore],
 ) -> None:

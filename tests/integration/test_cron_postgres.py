@@ -19,8 +19,6 @@ from sagaz.testing.clock import FakeClock
 from tests.recording_emit import RecordingEmit, source_context, stop_intake
 from tests.services import drop_postgres_schema, unique_name
 
-pytestmark = pytest.mark.integration
-
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 

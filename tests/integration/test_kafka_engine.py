@@ -35,9 +35,6 @@ from sagaz.testing import continually, eventually
 from tests.fixtures_kafka import MakeTopic
 from tests.services import unique_name
 
-pytestmark = pytest.mark.integration
-
-
 # Tansu answers a group join after about session_timeout_ms / 2, and a restart in the same
 # group waits for the old member's session to expire: keep the group timeouts small.
 FAST: dict[str, Any] = {

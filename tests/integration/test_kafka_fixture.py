@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tests.fixtures_kafka import take_records
 from tests.services import unique_name
-
-pytestmark = pytest.mark.integration
 
 # Tansu holds a group join for about session_timeout_ms / 2: keep it small.
 FAST_GROUP = {"session_timeout_ms": 1500, "heartbeat_interval_ms": 300}

@@ -28,8 +28,6 @@ from sagaz.testing import eventually
 from tests.fixtures_kafka import TansuBroker
 from tests.services import unique_name
 
-pytestmark = pytest.mark.integration
-
 # Tansu answers a group join after about session_timeout_ms / 2: keep the group timeouts small.
 FAST = {"session_timeout_ms": 1500, "heartbeat_interval_ms": 300, "poll_timeout_ms": 100}
 ACCEPTED = AdmissionResult(AdmissionOutcome.ACCEPTED)

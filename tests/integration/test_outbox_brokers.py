@@ -28,8 +28,6 @@ from sagaz.testing import eventually
 from tests.fixtures_kafka import MakeTopic, take_records
 from tests.services import unique_name
 
-pytestmark = pytest.mark.integration
-
 
 class Checkout(Saga):
     """One step that emits two messages to ``ctx["topic"]``."""

@@ -25,8 +25,6 @@ from sagaz.testing import eventually
 from tests.engine_support import HoldCompletion, RecordingListener, completed_per_message, once_each
 from tests.fixtures_rabbitmq import Rabbit, close_connections_named
 
-pytestmark = pytest.mark.integration
-
 SAGA = "rabbit-orders"
 TRIGGER = f"{SAGA}.on_message"
 

@@ -22,8 +22,6 @@ from tests.fixtures_rabbitmq import Rabbit, close_connections_named
 from tests.recording_emit import RecordingEmit, consuming, source_context, stop_intake
 from tests.services import unique_name
 
-pytestmark = pytest.mark.integration
-
 
 def make_source(rabbit: Rabbit, queue: str, **options: Any) -> RabbitMQSource:
     ctx = source_context(unique_name("saga") + ".on_event", rabbitmq_url=rabbit.url)

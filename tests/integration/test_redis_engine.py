@@ -29,8 +29,6 @@ from sagaz.testing import eventually
 from tests.engine_support import HoldCompletion, RecordingListener, completed_per_message, once_each
 from tests.fixtures_redis import GROUP, Streams, kill_connections_of
 
-pytestmark = pytest.mark.integration
-
 SAGA = "redis-orders"
 TRIGGER = f"{SAGA}.on_message"
 

@@ -18,8 +18,6 @@ from tests.fixtures_redis import GROUP, Streams, kill_connections_of
 from tests.recording_emit import RecordingEmit, consuming, source_context, stop_intake
 from tests.services import unique_name
 
-pytestmark = pytest.mark.integration
-
 
 def make_source(streams: Streams, stream: str, **options: Any) -> RedisStreamSource:
     ctx = source_context(unique_name("saga") + ".on_event", redis_url=streams.url)

@@ -45,9 +45,6 @@ from tests.fixtures_sqs import (
     wait_for_counts,
 )
 
-pytestmark = pytest.mark.integration
-
-
 SAGA = "sqs-orders"
 TRIGGER = f"{SAGA}.on_message"
 

@@ -26,8 +26,6 @@ from tests.fixtures_sqs import (
 from tests.recording_emit import RecordingEmit, consuming, source_context, stop_intake
 from tests.services import unique_name
 
-pytestmark = pytest.mark.integration
-
 
 def make_source(
     endpoint: str,
