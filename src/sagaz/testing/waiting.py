@@ -22,7 +22,6 @@ __all__ = ["continually", "eventually"]
 T = TypeVar("T")
 
 
-
 async def _check(condition: Callable[[], T | Awaitable[T]]) -> T:
     result = condition()
     if inspect.isawaitable(result):
