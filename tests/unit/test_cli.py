@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 import textwrap
 from pathlib import Path
@@ -79,3 +80,10 @@ def test_dlq_list_show_replay_purge(
     asyncio.run(_seed(db))
     assert main([*store, "dlq", "purge"]) == 0
     assert "purged 1" in capsys.readouterr().out
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"sagaz {importlib.metadata.version('sagaz')}\n"

@@ -4,6 +4,7 @@
   and run the engine until SIGINT/SIGTERM, then stop gracefully.
 * ``sagaz triggers list myapp.sagas`` — the registered triggers.
 * ``sagaz dlq list|show ID|replay ID|purge`` — dead letters in the store.
+* ``sagaz --version`` — the installed version.
 
 The store is ``--store URL``, else ``SAGAZ_STORE_URL``, else ``sqlite:///sagaz.db``.
 """
@@ -20,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from sagaz import __version__
 from sagaz.abc import SagaStore
 
 __all__ = ["main"]
@@ -135,6 +137,7 @@ async def _replay(args: argparse.Namespace, store: SagaStore, record: Any) -> in
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``sagaz`` command."""
     parser = argparse.ArgumentParser(prog="sagaz", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sagaz {__version__}")
     parser.add_argument("--store", help=f"store URL (default: $SAGAZ_STORE_URL or {DEFAULT_STORE})")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the engine for the triggers of these modules")
