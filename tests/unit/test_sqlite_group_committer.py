@@ -55,6 +55,21 @@ class Database:
         return self.statements.count(statement)
 
 
+class Hold:
+    """An operation that holds the committer's thread (its group) until released."""
+
+    def __init__(self) -> None:
+        self.running, self.released = threading.Event(), threading.Event()
+
+    def __call__(self, conn: sqlite3.Connection) -> str:
+        self.running.set()
+        self.released.wait(5)
+        return "held"
+
+    async def started(self) -> None:
+        assert await asyncio.to_thread(self.running.wait, 5)
+
+
 def store_error(exc: sqlite3.Error) -> StoreError:
     return StoreError(f"test store: {exc}")
 
@@ -85,18 +100,13 @@ async def test_operations_queued_while_a_group_runs_form_the_next_group(
     db: tuple[Database, GroupCommitter],
 ) -> None:
     database, groups = db
-    running, release = threading.Event(), threading.Event()
-
-    def slow(conn: sqlite3.Connection) -> None:
-        running.set()
-        release.wait(5)
-
+    hold = Hold()
     database.statements.clear()
-    first = asyncio.create_task(groups.run(slow))
-    assert await asyncio.to_thread(running.wait, 5)
+    first = asyncio.create_task(groups.run(hold))
+    await hold.started()
     later = [asyncio.create_task(groups.run(database.insert(f"k{n}"))) for n in range(10)]
     await asyncio.sleep(0)  # all ten queued while the first group holds the thread
-    release.set()
+    hold.released.set()
     await asyncio.gather(first, *later)
     assert (database.count("BEGIN IMMEDIATE"), database.count("COMMIT")) == (2, 2)
     assert database.committed() == {f"k{n}" for n in range(10)}
@@ -143,23 +153,17 @@ async def test_a_cancelled_queued_operation_never_runs(
     db: tuple[Database, GroupCommitter],
 ) -> None:
     database, groups = db
-    running, release = threading.Event(), threading.Event()
-
-    def slow(conn: sqlite3.Connection) -> str:
-        running.set()
-        release.wait(5)
-        return "slow"
-
-    first = asyncio.create_task(groups.run(slow))
-    assert await asyncio.to_thread(running.wait, 5)
+    hold = Hold()
+    first = asyncio.create_task(groups.run(hold))
+    await hold.started()
     cancelled = asyncio.create_task(groups.run(database.insert("cancelled")))
     kept = asyncio.create_task(groups.run(database.insert("kept")))
     await asyncio.sleep(0)  # both queued behind the running group
     cancelled.cancel()
-    release.set()
+    hold.released.set()
     with pytest.raises(asyncio.CancelledError):
         await cancelled
-    assert await first == "slow"
+    assert await first == "held"
     assert await kept == "kept"
     assert database.ran == ["kept"]
     assert database.committed() == {"kept"}
