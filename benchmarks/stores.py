@@ -1,7 +1,8 @@
 """Sagas/s through the in-memory pipeline on each store, against ``MemorySagaStore``.
 
 Run: ``python benchmarks/stores.py [--events 3000] [--stores sqlite,postgres,redis]``
-(PostgreSQL and Redis at their default local ports: ``--postgres-dsn`` / ``--redis-url``).
+(PostgreSQL and Redis at their default local ports: ``--postgres-dsn`` / ``--redis-url``;
+their drivers: ``pip install -e ".[postgres,redis]"``).
 
 The pipeline is the one of ``benchmarks/pipeline.py`` (``fire()`` → admission → queue →
 a one-step no-op saga → settlement), fed by 20 concurrent producers, with 100 concurrent

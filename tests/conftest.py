@@ -1,4 +1,10 @@
-"""Shared fixtures: real services (skip when absent, fail under SAGAZ_REQUIRE_SERVICES=1)."""
+"""Shared fixtures: real services (skip when absent, fail under SAGAZ_REQUIRE_SERVICES=1),
+and the service markers (see ``tests/services.py``).
+
+Each service has a session fixture that checks once whether it is there (``_postgres_dsn``...)
+and a public, function-scoped one that tests request (``postgres_dsn``...): the public one
+first checks that the test carries the service's marker, then asks the session fixture.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +14,46 @@ from tests.services import (
     POSTGRES_DSN,
     RABBITMQ_URL,
     REDIS_URL,
+    SERVICE_FIXTURES,
+    SERVICES,
+    require_marker,
     require_service,
     tcp_reachable,
 )
 
-pytest_plugins = ["tests.fixtures_kafka", "tests.fixtures_sqs"]
+pytest_plugins = [
+    "pytester",
+    "tests.fixtures_kafka",
+    "tests.fixtures_rabbitmq",
+    "tests.fixtures_redis",
+    "tests.fixtures_sqs",
+]
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects anything
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with the services whose fixtures it requests, and with
+    ``integration`` when it has any service marker (set by hand or here)."""
+    handmade: list[str] = []
+    for item in items:
+        for fixture in sorted(SERVICE_FIXTURES.keys() & set(getattr(item, "fixturenames", ()))):
+            if item.get_closest_marker(SERVICE_FIXTURES[fixture]) is None:
+                item.add_marker(SERVICE_FIXTURES[fixture])
+        services = {mark.name for mark in item.iter_markers() if mark.name in SERVICES}
+        if services:
+            item.add_marker("integration")
+        elif item.get_closest_marker("integration") is not None:
+            handmade.append(item.nodeid)
+    if handmade:
+        raise pytest.UsageError(
+            "`integration` follows from a service marker (" + ", ".join(SERVICES) + "); "
+            "mark the service these tests talk to instead, or nothing if they need none: "
+            + ", ".join(handmade)
+        )
 
 
 @pytest.fixture(scope="session")
-def postgres_dsn() -> str:
-    """DSN of the local PostgreSQL (``SAGAZ_TEST_POSTGRES_DSN`` overrides)."""
+def _postgres_dsn() -> str:
     require_service(
         "PostgreSQL",
         tcp_reachable(POSTGRES_DSN, 5432),
@@ -26,9 +62,16 @@ def postgres_dsn() -> str:
     return POSTGRES_DSN
 
 
+@pytest.fixture
+def postgres_dsn(request: pytest.FixtureRequest) -> str:
+    """DSN of the local PostgreSQL (``SAGAZ_TEST_POSTGRES_DSN`` overrides)."""
+    require_marker(request)
+    dsn: str = request.getfixturevalue("_postgres_dsn")
+    return dsn
+
+
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """URL of the local Redis (``SAGAZ_TEST_REDIS_URL`` overrides)."""
+def _redis_url() -> str:
     require_service(
         "Redis",
         tcp_reachable(REDIS_URL, 6379),
@@ -37,15 +80,30 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """URL of the local Redis (``SAGAZ_TEST_REDIS_URL`` overrides)."""
+    require_marker(request)
+    url: str = request.getfixturevalue("_redis_url")
+    return url
+
+
 @pytest.fixture(scope="session")
-def rabbitmq_url() -> str:
-    """URL of the local RabbitMQ (``SAGAZ_TEST_RABBITMQ_URL`` overrides)."""
+def _rabbitmq_url() -> str:
     require_service(
         "RabbitMQ",
         tcp_reachable(RABBITMQ_URL, 5672),
         f"start it, or set SAGAZ_TEST_RABBITMQ_URL (tried {RABBITMQ_URL})",
     )
     return RABBITMQ_URL
+
+
+@pytest.fixture
+def rabbitmq_url(request: pytest.FixtureRequest) -> str:
+    """URL of the local RabbitMQ (``SAGAZ_TEST_RABBITMQ_URL`` overrides)."""
+    require_marker(request)
+    url: str = request.getfixturevalue("_rabbitmq_url")
+    return url
 
 
 @pytest.fixture(autouse=True)

@@ -1,17 +1,16 @@
-"""Shared pieces of the broker engine suites (``tests/integration/test_*_engine.py``)."""
+"""Shared pieces of the engine suites (``tests/unit/test_pipeline.py``,
+``tests/integration/test_*_engine.py``...)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sagaz import SagaContext, SagaListener, SagaStatus
 from sagaz.abc import SagaStore
 
-__all__ = ["ErrorRecorder", "HoldCompletion", "completed_per_message", "holds_for", "once_each"]
+__all__ = ["HoldCompletion", "RecordingListener", "completed_per_message", "once_each"]
 
 
 class HoldCompletion(SagaListener):
@@ -29,11 +28,25 @@ class HoldCompletion(SagaListener):
             await self.gate.wait()
 
 
-class ErrorRecorder(SagaListener):
-    """Records what the engine reports through ``on_trigger_error``."""
+class RecordingListener(SagaListener):
+    """Records what the engine reports: ``on_trigger_filtered`` (event, reason),
+    ``on_dead_letter`` and ``on_trigger_error``."""
 
     def __init__(self) -> None:
+        self.filtered: list[tuple[Any, str]] = []
+        self.dead: list[Any] = []
         self.errors: list[BaseException] = []
+
+    @property
+    def reasons(self) -> list[str]:
+        """The reason codes of the filtered events, in order."""
+        return [reason for _, reason in self.filtered]
+
+    async def on_trigger_filtered(self, saga_name: str, event: Any, reason: str) -> None:
+        self.filtered.append((event, reason))
+
+    async def on_dead_letter(self, saga_name: str, record: Any) -> None:
+        self.dead.append(record)
 
     async def on_trigger_error(self, saga_name: str, error: BaseException, event: Any) -> None:
         self.errors.append(error)
@@ -48,12 +61,3 @@ async def completed_per_message(store: SagaStore, saga_name: str) -> Counter[int
 def once_each(numbers: range) -> Counter[int]:
     """The expected count: every number exactly once."""
     return Counter(numbers)
-
-
-async def holds_for(seconds: float, predicate: Callable[[], Awaitable[bool]], *, what: str) -> None:
-    """Check that ``predicate`` keeps holding over ``seconds`` (an invariant over a window,
-    not a wait for an outcome)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert await predicate(), f"{what} stopped holding"
-        await asyncio.sleep(0.05)

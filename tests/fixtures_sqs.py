@@ -1,6 +1,6 @@
 """SQS endpoint fixture (moto's server in a subprocess). Owned by the SQS work.
 
-``sqs_endpoint`` (session) starts ``python -m moto.server`` on a free port and yields its URL;
+``sqs_endpoint`` is the URL of moto's server, which the session starts on a free port;
 ``SAGAZ_TEST_SQS_ENDPOINT`` points the suite at an existing SQS-compatible endpoint instead
 (ElasticMQ, LocalStack...). Nothing reads AWS credentials from the environment: every client
 gets the dummy ones below explicitly (``sqs_client_options()``, ``sqs_source_options()``).
@@ -22,12 +22,12 @@ in the queue's own lock (``MOTO_SERVER`` below).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -36,18 +36,30 @@ from typing import Any
 
 import pytest
 
-from tests.services import require_service, tcp_reachable, unique_name
+from sagaz.testing import eventually
+from sagaz.testing.tansu import free_port
+from tests.services import (
+    answers_within,
+    require_marker,
+    require_service,
+    tcp_reachable,
+    unique_name,
+)
 
 __all__ = [
     "SQS_ACCESS_KEY_ID",
     "SQS_REGION",
     "SQS_SECRET_ACCESS_KEY",
+    "MakeQueue",
     "make_sqs_queue",
+    "queue_counts",
+    "send_messages",
     "sqs_client",
     "sqs_client_options",
     "sqs_endpoint",
     "sqs_queue_url",
     "sqs_source_options",
+    "wait_for_counts",
 ]
 
 SQS_ENDPOINT_ENV = "SAGAZ_TEST_SQS_ENDPOINT"
@@ -98,19 +110,59 @@ def sqs_source_options(endpoint: str) -> dict[str, Any]:
     }
 
 
+async def send_messages(
+    client: Any, queue_url: str, bodies: list[str], **attributes: str
+) -> list[str]:
+    """``SendMessageBatch`` in batches of 10 (concurrently), each message with the string
+    ``attributes``; the MessageIds in body order."""
+    message_attributes = {
+        name: {"DataType": "String", "StringValue": value} for name, value in attributes.items()
+    }
+
+    async def batch(start: int) -> list[str]:
+        entries = [
+            {"Id": str(i), "MessageBody": body, "MessageAttributes": message_attributes}
+            for i, body in enumerate(bodies[start : start + 10])
+        ]
+        response = await client.send_message_batch(QueueUrl=queue_url, Entries=entries)
+        assert not response.get("Failed"), response
+        ids = {int(entry["Id"]): entry["MessageId"] for entry in response["Successful"]}
+        return [ids[i] for i in range(len(entries))]
+
+    chunks = await asyncio.gather(*(batch(start) for start in range(0, len(bodies), 10)))
+    return [message_id for chunk in chunks for message_id in chunk]
+
+
+async def queue_counts(client: Any, queue_url: str) -> tuple[int, int]:
+    """(visible, in flight) messages of a queue."""
+    response = await client.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )
+    attributes = response["Attributes"]
+    return (
+        int(attributes["ApproximateNumberOfMessages"]),
+        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+async def wait_for_counts(
+    client: Any, queue_url: str, expected: tuple[int, int], within: float = 10.0
+) -> None:
+    """Wait until the queue holds ``expected`` (visible, in flight) messages."""
+
+    async def reached() -> bool:
+        return await queue_counts(client, queue_url) == expected
+
+    await eventually(reached, within=within, what=f"queue counts {expected}")
+
+
 def _moto_importable() -> bool:
     try:
         import moto.server  # noqa: F401
     except ImportError:
         return False
     return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _answers(endpoint: str) -> bool:
@@ -122,16 +174,6 @@ def _answers(endpoint: str) -> bool:
         return True
     except OSError:
         return False
-
-
-def wait_until_answers(endpoint: str, deadline_seconds: float, alive: Callable[[], bool]) -> bool:
-    """Poll ``endpoint`` until it answers, the server dies, or the deadline passes."""
-    deadline = time.monotonic() + deadline_seconds
-    while time.monotonic() < deadline and alive():
-        if _answers(endpoint):
-            return True
-        time.sleep(0.05)  # pause between probes, not a wait for a result
-    return False
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -151,7 +193,7 @@ def _start_moto(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     """Start moto's server on a free port; retry a few ports if one is taken meanwhile."""
     failures: list[str] = []
     for _ in range(START_ATTEMPTS):
-        port = _free_port()
+        port = free_port()
         endpoint = f"http://127.0.0.1:{port}"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -160,7 +202,8 @@ def _start_moto(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        if wait_until_answers(endpoint, STARTUP_DEADLINE_SECONDS, _running(process)):
+        answers = functools.partial(_answers, endpoint)
+        if answers_within(answers, STARTUP_DEADLINE_SECONDS, _running(process)):
             return process, endpoint
         failures.append(f"port {port}: exit code {process.poll()}")
         _stop(process)
@@ -171,8 +214,17 @@ def _start_moto(log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     )
 
 
+@pytest.fixture
+def sqs_endpoint(request: pytest.FixtureRequest) -> str:
+    """URL of the session's SQS endpoint (the test must be marked ``sqs``:
+    ``tests/services.py``)."""
+    require_marker(request)
+    endpoint: str = request.getfixturevalue("_sqs_endpoint")
+    return endpoint
+
+
 @pytest.fixture(scope="session")
-def sqs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def _sqs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of an SQS endpoint for the whole test session (moto's server by default)."""
     external = os.environ.get(SQS_ENDPOINT_ENV)
     if external:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sagaz.abc import Source, SourceContext
@@ -19,26 +17,9 @@ from sagaz.clock import SystemClock
 from sagaz.config import TriggerConfig
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery
 from sagaz.storage.memory import MemorySagaStore
+from sagaz.testing import eventually
 
-__all__ = ["RecordingEmit", "consuming", "eventually", "source_context", "stop_intake"]
-
-
-async def eventually(
-    predicate: Callable[[], object | Awaitable[object]],
-    *,
-    within: float = 10.0,
-    what: str = "condition",
-) -> None:
-    """Poll ``predicate`` (sync or async) until it holds; fail with ``what`` after ``within``
-    seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = predicate()
-        if await result if inspect.isawaitable(result) else result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.01)
+__all__ = ["RecordingEmit", "consuming", "source_context", "stop_intake"]
 
 
 class RecordingEmit:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
 from sagaz.config import TriggerConfig, configure
@@ -32,6 +33,11 @@ if TYPE_CHECKING:
     from sagaz.engine import TriggerEngine
     from sagaz.outbox import OutboxRelay
 
+try:
+    __version__: str = _metadata.version("sagaz")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
+
 __all__ = [
     "CronTick",
     "EventMeta",
@@ -52,6 +58,7 @@ __all__ = [
     "TriggerConfig",
     "TriggerEngine",
     "WebhookRequest",
+    "__version__",
     "action",
     "compensate",
     "configure",

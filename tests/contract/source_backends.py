@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any, ClassVar
 from sagaz.abc import Source
 from sagaz.engine.loading import load_source_module
 from sagaz.events import Delivery
+from sagaz.testing import eventually
 from sagaz.triggers.options import parse_trigger_options
 from tests.recording_emit import source_context
 from tests.services import unique_name
@@ -172,12 +172,13 @@ class KafkaBackend(Backend):
             # until a fetch comes back empty
             end = (await reader.end_offsets([tp]))[tp]
             bodies: list[bytes] = []
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
+
+            async def read_to_the_end() -> bool:
                 records = (await reader.getmany(tp, timeout_ms=200)).get(tp, [])
                 bodies.extend(record.value for record in records)
-                if not records and await reader.position(tp) >= end:
-                    break
+                return not records and await reader.position(tp) >= end
+
+            await eventually(read_to_the_end, within=10, interval=0, what="the dead letters")
             return bodies
         finally:
             await reader.stop()

@@ -22,19 +22,12 @@ from sagaz.abc import Source
 from sagaz.engine.loading import SOURCE_MODULES, load_source_module
 from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
-from sagaz.testing import FakeClock
+from sagaz.testing import FakeClock, eventually
 from sagaz.triggers.options import OPTION_MODELS
 from tests.contract.source_backends import DRIVERS, Backend, open_backend
 from tests.fixtures_sqs import sqs_source_options
-from tests.recording_emit import (
-    RecordingEmit,
-    consuming,
-    eventually,
-    source_context,
-    stop_intake,
-)
-
-pytestmark = pytest.mark.integration
+from tests.recording_emit import RecordingEmit, consuming, source_context, stop_intake
+from tests.services import backend_params
 
 KINDS = sorted(DRIVERS)
 SERVICE_FIXTURES = {
@@ -45,7 +38,7 @@ SERVICE_FIXTURES = {
 }
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=backend_params(*KINDS))
 def service(request: pytest.FixtureRequest) -> tuple[str, str]:
     """(kind, address) of a running broker; only the parameter's service is required."""
     kind: str = request.param

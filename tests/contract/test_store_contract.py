@@ -37,7 +37,7 @@ from sagaz.storage import (
     store_from_url,
 )
 from sagaz.types import SagaStatus, StepStatus
-from tests.services import unique_name
+from tests.services import backend_params, drop_postgres_schema, unique_name
 
 CONTENDERS = 50
 
@@ -61,16 +61,6 @@ class Backend:
     async def open_many(self, count: int) -> list[SagaStore]:
         options = {"max_size": 3} if self.name == "postgres" else {}
         return list(await asyncio.gather(*(self.open(**options) for _ in range(count))))
-
-
-async def _drop_postgres_schema(dsn: str, schema: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 async def _delete_redis_keys(url: str, prefix: str) -> None:
@@ -101,7 +91,7 @@ async def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         backend = Backend(
             kind, lambda **kw: PostgresSagaStore(dsn, schema=schema, **kw), instances=10
         )
-        cleanup = lambda: _drop_postgres_schema(dsn, schema)  # noqa: E731
+        cleanup = lambda: drop_postgres_schema(dsn, schema)  # noqa: E731
     else:
         url = request.getfixturevalue("redis_url")
         prefix = unique_name("sagaz-test")
@@ -116,28 +106,28 @@ async def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
             await cleanup()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
+@pytest.fixture(params=backend_params("memory", "sqlite", "postgres", "redis"))
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """Every store kind."""
     async for made in _backend(request, tmp_path):
         yield made
 
 
-@pytest.fixture(params=["sqlite", "postgres", "redis"])
+@pytest.fixture(params=backend_params("sqlite", "postgres", "redis"))
 async def durable_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """The durable stores (they refuse work before start, keep JSON only, have a schema)."""
     async for made in _backend(request, tmp_path):
         yield made
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=backend_params("sqlite", "postgres"))
 async def sql_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """The SQL stores (a database error can hit the middle of a transaction)."""
     async for made in _backend(request, tmp_path):
         yield made
 
 
-@pytest.fixture(params=["redis"])
+@pytest.fixture(params=backend_params("redis"))
 async def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """Redis only (its key layout has data migrations)."""
     async for made in _backend(request, tmp_path):

@@ -19,9 +19,8 @@ from sagaz.abc import SagaStore
 from sagaz.engine.engine import TriggerEngine
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.postgres import PostgresSagaStore
-from sagaz.testing import FakeClock
-from tests.recording_emit import eventually
-from tests.services import unique_name
+from sagaz.testing import FakeClock, eventually
+from tests.services import drop_postgres_schema, unique_name
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 EVERY_FIVE_MINUTES = "*/5 * * * *"
@@ -125,16 +124,9 @@ async def shared_postgres(postgres_dsn: str) -> AsyncIterator[tuple[SagaStore, S
     finally:
         for store in stores:
             await store.stop()
-        import asyncpg
-
-        conn = await asyncpg.connect(postgres_dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_postgres_schema(postgres_dsn, schema)
 
 
-@pytest.mark.integration
 async def test_two_engines_sharing_postgres_fire_each_tick_once(
     shared_postgres: tuple[SagaStore, SagaStore],
 ) -> None:

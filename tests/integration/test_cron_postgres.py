@@ -14,12 +14,11 @@ from sagaz.events import CronTick
 from sagaz.sources import cron
 from sagaz.sources.cron import CronSource
 from sagaz.storage.postgres import PostgresSagaStore
+from sagaz.testing import eventually
 from sagaz.testing.clock import FakeClock
 from sagaz.triggers.options import CronOptions
-from tests.recording_emit import RecordingEmit, eventually, source_context, stop_intake
-from tests.services import unique_name
-
-pytestmark = pytest.mark.integration
+from tests.recording_emit import RecordingEmit, source_context, stop_intake
+from tests.services import drop_postgres_schema, unique_name
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -37,13 +36,7 @@ async def stores(postgres_dsn: str) -> AsyncIterator[tuple[PostgresSagaStore, Po
     finally:
         await first.stop()
         await second.stop()
-        import asyncpg
-
-        conn = await asyncpg.connect(postgres_dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_postgres_schema(postgres_dsn, schema)
 
 
 def make_source(

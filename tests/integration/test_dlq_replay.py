@@ -50,11 +50,8 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.engine.replay import replay
 from sagaz.records import DeadLetterRecord
 from sagaz.storage.sqlite import SQLiteSagaStore
-from sagaz.testing import FakeClock
-from tests.recording_emit import eventually
+from sagaz.testing import FakeClock, eventually
 from tests.services import unique_name
-
-pytestmark = pytest.mark.integration
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 ORDER = b'{"order_id": "A-1", "amount": 4200}'

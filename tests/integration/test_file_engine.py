@@ -21,7 +21,7 @@ from sagaz import FileEvent, Saga, SagaContext, SagaStatus, TriggerConfig, actio
 from sagaz.engine.engine import TriggerEngine
 from sagaz.sources.file import FileSource
 from sagaz.storage.memory import MemorySagaStore
-from tests.recording_emit import eventually
+from sagaz.testing import eventually
 from tests.services import unique_name
 
 pytest.importorskip("watchfiles")

@@ -17,8 +17,9 @@ import pytest
 from sagaz.events import FileEvent
 from sagaz.sources import file as file_source
 from sagaz.sources.file import FileSource
+from sagaz.testing import eventually
 from sagaz.triggers.options import FileOptions, parse_trigger_options
-from tests.recording_emit import RecordingEmit, consuming, eventually, source_context
+from tests.recording_emit import RecordingEmit, consuming, source_context
 
 pytest.importorskip("watchfiles")
 

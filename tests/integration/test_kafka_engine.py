@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,13 +31,9 @@ from sagaz.exceptions import MissingExtraError
 from sagaz.sources.kafka.source import KafkaSource
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
-from tests.engine_support import holds_for
-from tests.recording_emit import eventually
+from sagaz.testing import continually, eventually
+from tests.fixtures_kafka import MakeTopic
 from tests.services import unique_name
-
-pytestmark = pytest.mark.integration
-
-MakeTopic = Callable[..., Awaitable[str]]
 
 # Tansu answers a group join after about session_timeout_ms / 2, and a restart in the same
 # group waits for the old member's session to expire: keep the group timeouts small.
@@ -282,7 +278,7 @@ async def test_out_of_order_completion_never_commits_past_unfinished_work_across
             # the completed prefix gets committed, and never more than that: also not over
             # the next commit intervals (commit_interval_ms=200) while the odd ones are stuck
             await eventually(committed_within_bounds, what=f"commits up to {bounds}")
-            await holds_for(1.0, committed_within_bounds, what=f"commits stay at {bounds}")
+            await continually(committed_within_bounds, during=1.0, what=f"commits stay at {bounds}")
         finally:
             stopping = time.monotonic()
             await engine.stop()  # cancels the stuck sagas after shutdown_timeout

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
-import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from tests.fixtures_kafka import take_records
 from tests.services import unique_name
-
-pytestmark = pytest.mark.integration
 
 # Tansu holds a group join for about session_timeout_ms / 2: keep it small.
 FAST_GROUP = {"session_timeout_ms": 1500, "heartbeat_interval_ms": 300}
-
-
-async def _consume(consumer: AIOKafkaConsumer, count: int, deadline: float = 15.0) -> list[bytes]:
-    values: list[bytes] = []
-    end = time.monotonic() + deadline
-    while len(values) < count and time.monotonic() < end:
-        batches = await consumer.getmany(timeout_ms=200)
-        for records in batches.values():
-            values.extend(record.value for record in records)
-    return values
 
 
 async def test_produce_consume_commit_round_trip(kafka_bootstrap: str, kafka_topic: str) -> None:
@@ -45,7 +31,7 @@ async def test_produce_consume_commit_round_trip(kafka_bootstrap: str, kafka_top
     )
     await consumer.start()
     try:
-        values = await _consume(consumer, 6)
+        values = [record.value for record in await take_records(consumer, 6)]
         assert sorted(values) == [f"m{i}".encode() for i in range(6)]
         # commit partition 0 fully, partition 1 half way, partition 2 not at all
         await consumer.commit(
@@ -68,6 +54,6 @@ async def test_produce_consume_commit_round_trip(kafka_bootstrap: str, kafka_top
         assert await again.committed(TopicPartition(kafka_topic, 1)) == 1
         assert await again.committed(TopicPartition(kafka_topic, 2)) is None
         # the new member resumes from the committed offsets: m4 (p1, offset 1), m2 and m5 (p2)
-        assert sorted(await _consume(again, 3)) == [b"m2", b"m4", b"m5"]
+        assert sorted(r.value for r in await take_records(again, 3)) == [b"m2", b"m4", b"m5"]
     finally:
         await again.stop()

@@ -24,24 +24,14 @@ from sagaz.records import DeadLetterRecord
 from sagaz.sources.kafka import source as kafka
 from sagaz.sources.kafka.source import KafkaSource
 from sagaz.storage.memory import MemorySagaStore
+from sagaz.testing import eventually
 from sagaz.triggers.options import KafkaOptions
 from tests.fixtures_kafka import TansuBroker
 from tests.services import unique_name
 
-pytestmark = pytest.mark.integration
-
 # Tansu answers a group join after about session_timeout_ms / 2: keep the group timeouts small.
 FAST = {"session_timeout_ms": 1500, "heartbeat_interval_ms": 300, "poll_timeout_ms": 100}
 ACCEPTED = AdmissionResult(AdmissionOutcome.ACCEPTED)
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 15.0, what: str = "") -> None:
-    """Poll ``predicate`` until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
 
 
 class Recorder:
@@ -141,7 +131,9 @@ async def test_delivers_every_message_with_meta_then_commits_them(
     ctx, errors = make_ctx(kafka_bootstrap)
     emit = Recorder()
     async with running(source_for(ctx, kafka_topic, group), emit) as source:
-        await wait_until(lambda: len(emit.deliveries) == 3 * per_partition, what="600 deliveries")
+        await eventually(
+            lambda: len(emit.deliveries) == 3 * per_partition, what="600 deliveries", within=15
+        )
         for p in range(3):
             deliveries = emit.of(p)
             assert [d.meta.offset for d in deliveries] == list(range(per_partition))
@@ -165,7 +157,7 @@ async def test_delivers_every_message_with_meta_then_commits_them(
     await produce(kafka_bootstrap, kafka_topic, 1)
     again = Recorder()
     async with running(source_for(ctx, kafka_topic, group), again):
-        await wait_until(lambda: len(again.deliveries) >= 3, what="the 3 new messages")
+        await eventually(lambda: len(again.deliveries) >= 3, what="the 3 new messages", within=15)
         assert sorted(d.meta.offset for d in again.deliveries) == [per_partition] * 3
 
 
@@ -187,7 +179,7 @@ async def test_out_of_order_acks_never_commit_past_an_unacked_offset(
     # a long commit interval: only the explicit commit() calls below commit anything
     source = source_for(ctx, kafka_topic, group, commit_interval_ms=600_000)
     async with running(source, emit):
-        await wait_until(lambda: len(emit.deliveries) == 30, what="30 deliveries")
+        await eventually(lambda: len(emit.deliveries) == 30, what="30 deliveries", within=15)
         assert await settle([4, 3, 2]) == [None] * 3  # offset 0 is still running
         assert await settle([0]) == [1] * 3  # offset 1 is not done
         assert await settle([1]) == [5] * 3  # 0..4 done, contiguous
@@ -199,7 +191,7 @@ async def test_out_of_order_acks_never_commit_past_an_unacked_offset(
 
     again = Recorder()
     async with running(source_for(ctx, kafka_topic, group), again):
-        await wait_until(lambda: len(again.deliveries) == 15, what="15 redeliveries")
+        await eventually(lambda: len(again.deliveries) == 15, what="15 redeliveries", within=15)
         for p in range(3):
             # from the first un-acked offset on: 5, 7, 9 un-acked, 6 and 8 (acked) come along
             assert [d.meta.offset for d in again.of(p)] == [5, 6, 7, 8, 9]
@@ -227,7 +219,7 @@ async def test_blocked_emit_pauses_the_partition_but_polling_goes_on(
     await producer.start()
     try:
         async with running(source, emit):
-            await wait_until(lambda: len(emit.of(1)) == 40 and len(emit.of(2)) == 40)
+            await eventually(lambda: len(emit.of(1)) == 40 and len(emit.of(2)) == 40, within=15)
             assert emit.blocked == {0}
             assert (kafka_topic, 0) in source.describe()["paused"]
             # keep partition 1 busy for 3x max_poll_interval while partition 0 stays blocked:
@@ -237,10 +229,12 @@ async def test_blocked_emit_pauses_the_partition_but_polling_goes_on(
                 await producer.send_and_wait(kafka_topic, b"live", partition=1)
                 sent += 1
                 expected = 40 + sent
-                await wait_until(lambda n=expected: len(emit.of(1)) == n, within=5, what="live")
+                await eventually(lambda n=expected: len(emit.of(1)) == n, within=5, what="live")
             assert emit.of(0) == []
             emit.gates[0].set()
-            await wait_until(lambda: len(emit.of(0)) == 40, what="partition 0 after unblocking")
+            await eventually(
+                lambda: len(emit.of(0)) == 40, what="partition 0 after unblocking", within=15
+            )
             assert [d.meta.offset for d in emit.of(0)] == list(range(40))
             assert source.describe()["paused"] == []
             # never evicted: the first assignment is still the only one
@@ -258,7 +252,7 @@ async def test_dead_letter_carries_payload_and_headers(
     ctx, errors = make_ctx(kafka_bootstrap, dead_letter_topic=dlq)
     emit = Recorder()
     async with running(source_for(ctx, kafka_topic, unique_name("group")), emit) as source:
-        await wait_until(lambda: len(emit.deliveries) == 1)
+        await eventually(lambda: len(emit.deliveries) == 1, within=15)
         delivery = emit.deliveries[0]
         record = DeadLetterRecord(
             trigger_id="orders.on_order",
@@ -301,7 +295,7 @@ async def test_acks_after_intake_stopped_are_committed_by_stop(
     emit = Recorder()
     source = source_for(ctx, kafka_topic, group, commit_interval_ms=600_000)
     task = asyncio.create_task(source.run(emit))
-    await wait_until(lambda: len(emit.deliveries) == 6, what="6 deliveries")
+    await eventually(lambda: len(emit.deliveries) == 6, what="6 deliveries", within=15)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -330,10 +324,10 @@ async def test_broker_outage_is_reported_and_stop_stays_bounded(
     options = {"health_check_interval_ms": 200, "commit_timeout_ms": 1000}
     source = source_for(ctx, "orders", unique_name("group"), **options)
     async with running(source, emit):
-        await wait_until(lambda: len(emit.deliveries) == 1)
+        await eventually(lambda: len(emit.deliveries) == 1, within=15)
         private_kafka.kill()
         # nothing to commit: only the idle probe can notice (aiokafka just logs and retries)
-        await wait_until(lambda: len(errors) >= 1, what="the outage to be reported")
+        await eventually(lambda: len(errors) >= 1, what="the outage to be reported", within=15)
         assert isinstance(errors[0], KafkaError), errors
         await emit.deliveries[0].ack()  # due for commit, which the outage makes impossible
         stopping = time.monotonic()
@@ -346,7 +340,9 @@ async def test_unreachable_broker_is_reported_and_retried() -> None:
     ctx, errors = make_ctx("127.0.0.1:1")  # nothing listens on port 1
     source = kafka.create(KafkaOptions(topic="orders", **FAST), ctx)
     async with running(source, Recorder()):
-        await wait_until(lambda: len(errors) >= 2, what="two reported connection failures")
+        await eventually(
+            lambda: len(errors) >= 2, what="two reported connection failures", within=15
+        )
     assert all(isinstance(exc, KafkaConnectionError) for exc in errors), errors
 
 
@@ -378,19 +374,20 @@ async def test_rebalance_commits_contiguous_work_and_ignores_late_acks(
     source_a = source_for(ctx, kafka_topic, group, commit_interval_ms=600_000)
     source_b = source_for(ctx, kafka_topic, group, commit_interval_ms=600_000)
     async with running(source_a, first):
-        await wait_until(lambda: len(first.deliveries) == 30, what="30 deliveries")
+        await eventually(lambda: len(first.deliveries) == 30, what="30 deliveries", within=15)
         before = list(first.deliveries)
         for d in before:
             if d.meta.offset in (0, 1, 2, 4):
                 await d.ack()
         async with running(source_b, second):
-            await wait_until(
+            await eventually(
                 lambda: (
                     source_a.assignments == 2
                     and len(source_a.describe()["assigned"]) + len(source_b.describe()["assigned"])
                     == 3
                     and bool(source_b.describe()["assigned"])
                 ),
+                within=15,
                 what="the rebalance",
             )
             # the revoke committed what was contiguous-done (0..2), not past offset 3
@@ -402,8 +399,9 @@ async def test_rebalance_commits_contiguous_work_and_ignores_late_acks(
             await source_a.commit()
             assert await committed(kafka_bootstrap, group, kafka_topic) == [3] * 3
             # each partition's new owner starts again from the committed offset
-            await wait_until(
+            await eventually(
                 lambda: len(first.deliveries) - 30 + len(second.deliveries) == 21,
+                within=15,
                 what="21 redeliveries",
             )
             after = first.deliveries[30:] + second.deliveries

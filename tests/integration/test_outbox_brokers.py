@@ -4,8 +4,7 @@ client reads the messages back (payload, order, dedup id)."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,9 @@ from sagaz.outbox import (
 from sagaz.records import OutboxMessage
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
-from tests.recording_emit import eventually
+from sagaz.testing import eventually
+from tests.fixtures_kafka import MakeTopic, take_records
 from tests.services import unique_name
-
-pytestmark = pytest.mark.integration
-
-MakeTopic = Callable[..., Awaitable[str]]
 
 
 class Checkout(Saga):
@@ -59,16 +55,11 @@ async def read_kafka(bootstrap: str, topic: str, count: int, partitions: int = 3
     """The first ``count`` records of ``topic`` (every partition, from the start)."""
     reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await reader.start()
-    records: list[Any] = []
     try:
         reader.assign([TopicPartition(topic, p) for p in range(partitions)])
-        deadline = time.monotonic() + 10
-        while len(records) < count and time.monotonic() < deadline:
-            for batch in (await reader.getmany(timeout_ms=100)).values():
-                records.extend(batch)
+        return await take_records(reader, count, within=10)
     finally:
         await reader.stop()
-    return records
 
 
 async def test_kafka_publisher_keys_by_saga_and_carries_the_dedup_headers(

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import re
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +27,8 @@ import pytest
 
 from sagaz import SagaStatus
 from sagaz.storage.sqlite import SQLiteSagaStore
+from sagaz.testing import eventually
+from sagaz.testing.tansu import free_port
 
 pytest.importorskip("uvicorn")
 pytest.importorskip("watchfiles")
@@ -50,12 +52,6 @@ def readme_requests() -> list[tuple[str, bytes]]:
     return requests
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Example:
     process: asyncio.subprocess.Process
@@ -69,15 +65,19 @@ class Example:
     async def wait_until(
         self, condition: Callable[[], object], what: str, *, within: float = 15.0
     ) -> None:
-        """Poll ``condition`` until it holds; fail with the example's output if it exits or
-        ``within`` seconds pass first."""
-        deadline = time.monotonic() + within
-        while not condition():
+        """Poll ``condition`` (plain or async) until it holds; fail with the example's output
+        if it exits or ``within`` seconds pass first."""
+
+        async def reached() -> object:
             if self.process.returncode is not None:
                 pytest.fail(f"the example exited ({self.process.returncode}):\n{self.output()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {what} within {within}s:\n{self.output()}")
-            await asyncio.sleep(0.02)
+            result = condition()
+            return await result if inspect.isawaitable(result) else result
+
+        try:
+            await eventually(reached, within=within, interval=0.02, what=what)
+        except AssertionError as timeout:
+            pytest.fail(f"{timeout}:\n{self.output()}")
 
     async def wait_for_line(self, line: str) -> None:
         await self.wait_until(lambda: line in self.lines, f"line {line!r}")
@@ -119,16 +119,13 @@ async def running_example(workdir: Path) -> AsyncIterator[Example]:
 
 async def wait_healthy(example: Example, client: httpx.AsyncClient, within: float = 30.0) -> None:
     """Poll ``/healthz`` until it answers 200 (the example is importing and starting)."""
-    deadline = time.monotonic() + within
-    while True:
-        if example.process.returncode is not None:
-            pytest.fail(f"the example exited ({example.process.returncode}):\n{example.output()}")
+
+    async def healthy() -> bool:
         with contextlib.suppress(httpx.TransportError):
-            if (await client.get("/healthz")).status_code == 200:
-                return
-        if time.monotonic() > deadline:
-            pytest.fail(f"/healthz did not answer within {within}s:\n{example.output()}")
-        await asyncio.sleep(0.05)
+            return (await client.get("/healthz")).status_code == 200
+        return False
+
+    await example.wait_until(healthy, "/healthz to answer 200", within=within)
 
 
 def write(path: Path, text: str) -> None:

@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
-import aio_pika
 import pytest
 from pydantic import BaseModel
 
@@ -25,86 +21,12 @@ from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
 from sagaz.engine.engine import TriggerEngine
 from sagaz.sources.rabbitmq import RabbitMQSource
 from sagaz.storage.memory import MemorySagaStore
-from tests.engine_support import ErrorRecorder, HoldCompletion, completed_per_message, once_each
-from tests.recording_emit import eventually
-from tests.services import require_service, unique_name
-
-pytestmark = pytest.mark.integration
+from sagaz.testing import eventually
+from tests.engine_support import HoldCompletion, RecordingListener, completed_per_message, once_each
+from tests.fixtures_rabbitmq import Rabbit, close_connections_named
 
 SAGA = "rabbit-orders"
 TRIGGER = f"{SAGA}.on_message"
-
-
-@dataclass
-class Rabbit:
-    """A raw aio-pika client for publishing and inspecting; deletes the queues it named."""
-
-    url: str
-    channel: aio_pika.abc.AbstractChannel
-    queues: list[str] = field(default_factory=list)
-
-    def name(self, prefix: str = "sagaz-rmq-engine") -> str:
-        name = unique_name(prefix)
-        self.queues.append(name)
-        return name
-
-    async def declare(self, queue: str) -> None:
-        await self.channel.declare_queue(queue, durable=True)
-
-    async def publish(
-        self, queue: str, bodies: Sequence[bytes], message_ids: Sequence[str] | None = None
-    ) -> None:
-        ids = message_ids or [None] * len(bodies)
-        messages = [
-            aio_pika.Message(body, message_id=mid) for body, mid in zip(bodies, ids, strict=True)
-        ]
-        for start in range(0, len(messages), 1000):  # confirmed publishes, 1000 at a time
-            await asyncio.gather(
-                *(
-                    self.channel.default_exchange.publish(message, routing_key=queue)
-                    for message in messages[start : start + 1000]
-                )
-            )
-
-    async def ready(self, queue: str) -> int:
-        """Messages waiting in ``queue`` (never delivered, or handed back)."""
-        declared = await self.channel.declare_queue(queue, passive=True)
-        count = declared.declaration_result.message_count
-        assert count is not None
-        return count
-
-    async def wait_ready(self, queue: str, count: int) -> None:
-        """Wait until ``queue`` holds ``count`` messages (a broker hands un-acked messages
-        back a moment after their consumer's connection closed)."""
-
-        async def holds() -> bool:
-            return await self.ready(queue) == count
-
-        await eventually(holds, what=f"{count} messages ready in {queue}")
-
-    async def take_all(self, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
-        """Get (and ack) every message waiting in ``queue``."""
-        declared = await self.channel.declare_queue(queue, passive=True)
-        taken = []
-        while (message := await declared.get(fail=False, timeout=5)) is not None:
-            await message.ack()
-            taken.append(message)
-        return taken
-
-
-@pytest.fixture
-async def rabbit(rabbitmq_url: str) -> AsyncIterator[Rabbit]:
-    connection = await aio_pika.connect(rabbitmq_url)
-    channel = await connection.channel(publisher_confirms=True)
-    state = Rabbit(rabbitmq_url, channel)
-    try:
-        yield state
-    finally:
-        cleanup = await connection.channel()
-        for queue in state.queues:
-            await cleanup.queue_delete(queue)
-            await cleanup.exchange_delete(queue)  # a dead-letter exchange of that name, if any
-        await connection.close()
 
 
 @pytest.fixture
@@ -121,7 +43,7 @@ def body(n: int) -> bytes:
 async def test_5000_messages_complete_once_and_a_restart_redelivers_nothing(
     rabbit: Rabbit, store: MemorySagaStore
 ) -> None:
-    queue = rabbit.name()
+    queue = rabbit.queue_name()
     await rabbit.declare(queue)
     runs: Counter[int] = Counter()
 
@@ -169,7 +91,7 @@ async def test_out_of_order_completion_survives_a_restart_with_one_saga_per_mess
     """Odd messages block in their second step; n % 4 == 2 complete but are not acked yet;
     n % 4 == 0 complete and are acked. Stop mid-way (stuck sagas cancelled, un-acked),
     restart, then release the gate."""
-    queue = rabbit.name()
+    queue = rabbit.queue_name()
     await rabbit.declare(queue)
     count = 40
     gate = asyncio.Event()
@@ -245,7 +167,7 @@ class Order(BaseModel):
 async def test_poison_messages_are_dead_lettered_and_the_rest_keeps_flowing(
     rabbit: Rabbit, store: MemorySagaStore
 ) -> None:
-    queue, dead_letters = rabbit.name(), rabbit.name("sagaz-rmq-dlq")
+    queue, dead_letters = rabbit.queue_name(), rabbit.queue_name("sagaz-rmq-dlq")
     await rabbit.declare(queue)
     runs: Counter[int] = Counter()
 
@@ -292,36 +214,12 @@ async def test_poison_messages_are_dead_lettered_and_the_rest_keeps_flowing(
     assert await rabbit.ready(queue) == 0  # poison is acked, not requeued forever
 
 
-async def close_connections_named(name: str) -> int:
-    """Close, from the broker side, the connections whose client named itself ``name``."""
-    require_service(
-        "rabbitmqctl", shutil.which("rabbitmqctl") is not None, "install rabbitmq-server"
-    )
-
-    async def rabbitmqctl(*args: str) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            "rabbitmqctl", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode()
-        return out.decode()
-
-    listing = await rabbitmqctl(
-        "list_connections", "-q", "--no-table-headers", "pid", "client_properties"
-    )
-    marker = f'{{"connection_name","{name}"}}'
-    pids = [line.split("\t", 1)[0] for line in listing.splitlines() if marker in line]
-    for pid in pids:
-        await rabbitmqctl("close_connection", pid, "sagaz test: simulated broker loss")
-    return len(pids)
-
-
 async def test_connection_dropped_by_the_broker_still_one_saga_per_message(
     rabbit: Rabbit, store: MemorySagaStore
 ) -> None:
     """Sagas are in flight when the broker drops the connection: their acks are lost, the
     broker hands the messages back, and they arrive again while the sagas still run."""
-    queue = rabbit.name()
+    queue = rabbit.queue_name()
     await rabbit.declare(queue)
     gate = asyncio.Event()
     started: Counter[int] = Counter()
@@ -342,7 +240,7 @@ async def test_connection_dropped_by_the_broker_still_one_saga_per_message(
                 await gate.wait()
             done[ctx["n"]] += 1
 
-    errors = ErrorRecorder()
+    errors = RecordingListener()
     before, during, after = range(0, 200), range(200, 400), range(400, 600)
     await rabbit.publish(queue, [body(n) for n in before])
     config = TriggerConfig(rabbitmq_url=rabbit.url)

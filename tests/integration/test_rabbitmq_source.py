@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,97 +17,19 @@ from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
 from sagaz.sources import rabbitmq
 from sagaz.sources.rabbitmq import RabbitMQSource
+from sagaz.testing import eventually
 from sagaz.triggers.options import RabbitMQOptions, parse_trigger_options
-from tests.recording_emit import (
-    RecordingEmit,
-    consuming,
-    eventually,
-    source_context,
-    stop_intake,
-)
-from tests.services import require_service, unique_name
-
-pytestmark = pytest.mark.integration
-
-
-@dataclass
-class Broker:
-    """A raw aio-pika client for publishing and inspecting; deletes what the test names."""
-
-    url: str
-    connection: aio_pika.abc.AbstractConnection
-    channel: aio_pika.abc.AbstractChannel
-    queues: list[str] = field(default_factory=list)
-    exchanges: list[str] = field(default_factory=list)
-
-    def queue_name(self) -> str:
-        name = unique_name("sagaz-rmq")
-        self.queues.append(name)
-        return name
-
-    def exchange_name(self) -> str:
-        name = unique_name("sagaz-rmq-x")
-        self.exchanges.append(name)
-        return name
-
-    async def declare(self, queue: str) -> None:
-        await self.channel.declare_queue(queue, durable=True)
-
-    async def publish(
-        self,
-        queue: str,
-        bodies: Sequence[bytes],
-        *,
-        message_ids: Sequence[str | None] | None = None,
-    ) -> None:
-        ids = message_ids or [None] * len(bodies)
-        await asyncio.gather(
-            *(
-                self.channel.default_exchange.publish(
-                    aio_pika.Message(body, message_id=mid), routing_key=queue
-                )
-                for body, mid in zip(bodies, ids, strict=True)
-            )
-        )
-
-    async def ready(self, queue: str) -> int:
-        """Messages ready in ``queue`` (not delivered, or delivered and requeued)."""
-        declared = await self.channel.declare_queue(queue, passive=True)
-        count = declared.declaration_result.message_count
-        assert count is not None
-        return count
-
-    async def wait_ready(self, queue: str, count: int) -> None:
-        """Poll until ``queue`` holds exactly ``count`` ready messages."""
-
-        async def holds() -> bool:
-            return await self.ready(queue) == count
-
-        await eventually(holds, what=f"{count} ready messages in {queue}")
-
-
-@pytest.fixture
-async def broker(rabbitmq_url: str) -> AsyncIterator[Broker]:
-    connection = await aio_pika.connect(rabbitmq_url)
-    channel = await connection.channel(publisher_confirms=True)
-    state = Broker(rabbitmq_url, connection, channel)
-    try:
-        yield state
-    finally:
-        cleanup = await connection.channel()
-        for queue in state.queues:
-            await cleanup.queue_delete(queue)
-        for exchange in state.exchanges:
-            await cleanup.exchange_delete(exchange)
-        await connection.close()
+from tests.fixtures_rabbitmq import Rabbit, close_connections_named
+from tests.recording_emit import RecordingEmit, consuming, source_context, stop_intake
+from tests.services import unique_name
 
 
 def make_source(
-    broker: Broker, queue: str, dead_letter_topic: str | None = None, **options: Any
+    rabbit: Rabbit, queue: str, dead_letter_topic: str | None = None, **options: Any
 ) -> RabbitMQSource:
     ctx = source_context(
         unique_name("saga") + ".on_event",
-        rabbitmq_url=broker.url,
+        rabbitmq_url=rabbit.url,
         dead_letter_topic=dead_letter_topic,
     )
     return rabbitmq.create(RabbitMQOptions(queue=queue, **options), ctx)
@@ -120,57 +39,57 @@ def bodies(count: int, prefix: str = "m") -> list[bytes]:
     return [json.dumps({"n": f"{prefix}{i}"}).encode() for i in range(count)]
 
 
-async def expect_nothing_more(broker: Broker, queue: str, emit: RecordingEmit) -> None:
+async def expect_nothing_more(rabbit: Rabbit, queue: str, emit: RecordingEmit) -> None:
     """Publish a sentinel; requeued messages sit before it, so once it arrives anything
     still owed has arrived too. Asserts the sentinel is the only delivery."""
     before = len(emit.deliveries)
-    await broker.publish(queue, [b"sentinel"])
+    await rabbit.publish(queue, [b"sentinel"])
     await emit.wait_for(before + 1)
     assert emit.payloads[before:] == [b"sentinel"]
 
 
-async def test_raw_client_round_trip(broker: Broker) -> None:
-    queue = broker.queue_name()
-    await broker.declare(queue)
-    await broker.publish(queue, [b"hello"], message_ids=["id-1"])
+async def test_raw_client_round_trip(rabbit: Rabbit) -> None:
+    queue = rabbit.queue_name()
+    await rabbit.declare(queue)
+    await rabbit.publish(queue, [b"hello"], message_ids=["id-1"])
 
-    declared = await broker.channel.declare_queue(queue, passive=True)
+    declared = await rabbit.channel.declare_queue(queue, passive=True)
     message = await declared.get(timeout=5)
     assert message is not None
     assert (message.body, message.message_id) == (b"hello", "id-1")
     await message.ack()
-    assert await broker.ready(queue) == 0
+    assert await rabbit.ready(queue) == 0
 
 
-async def test_thousand_messages_acked_are_not_redelivered(broker: Broker) -> None:
-    queue = broker.queue_name()
-    await broker.declare(queue)
+async def test_thousand_messages_acked_are_not_redelivered(rabbit: Rabbit) -> None:
+    queue = rabbit.queue_name()
+    await rabbit.declare(queue)
     sent = bodies(1000)
-    await broker.publish(queue, sent)
+    await rabbit.publish(queue, sent)
 
     emit = RecordingEmit(auto_ack=True)
-    source = make_source(broker, queue)
+    source = make_source(rabbit, queue)
     assert source.prefetch == 1000  # min(queue_size, 1000) with the default queue_size
     async with consuming(source, emit):
         await emit.wait_for(1000)
     assert sorted(emit.payloads) == sorted(sent)
     assert len(set(emit.identities)) == 1000  # aio-pika publishers set a random message_id
     assert {d.meta.attempt for d in emit.deliveries} == {1}
-    assert await broker.ready(queue) == 0
+    assert await rabbit.ready(queue) == 0
 
     again = RecordingEmit(auto_ack=True)
-    async with consuming(make_source(broker, queue), again):
-        await expect_nothing_more(broker, queue, again)
+    async with consuming(make_source(rabbit, queue), again):
+        await expect_nothing_more(rabbit, queue, again)
 
 
-async def test_unacked_and_nacked_messages_come_back_after_restart(broker: Broker) -> None:
-    queue = broker.queue_name()
-    await broker.declare(queue)
+async def test_unacked_and_nacked_messages_come_back_after_restart(rabbit: Rabbit) -> None:
+    queue = rabbit.queue_name()
+    await rabbit.declare(queue)
     ids = [f"msg-{i}" for i in range(10)]
-    await broker.publish(queue, bodies(10), message_ids=ids)
+    await rabbit.publish(queue, bodies(10), message_ids=ids)
 
     emit = RecordingEmit()
-    source = make_source(broker, queue)
+    source = make_source(rabbit, queue)
     async with consuming(source, emit) as task:
         deliveries = await emit.wait_for(10)
         assert [d.identity for d in deliveries] == ids
@@ -185,17 +104,17 @@ async def test_unacked_and_nacked_messages_come_back_after_restart(broker: Broke
     await deliveries[9].ack()  # after stop: a no-op that must not raise
 
     again = RecordingEmit(auto_ack=True)
-    async with consuming(make_source(broker, queue), again):
+    async with consuming(make_source(rabbit, queue), again):
         redelivered = await again.wait_for(4)
         assert sorted(d.identity for d in redelivered) == ids[6:]
         assert {d.meta.attempt for d in redelivered} == {2}
-        await expect_nothing_more(broker, queue, again)
+        await expect_nothing_more(rabbit, queue, again)
 
 
-async def test_block_backpressure_keeps_prefetch_full(broker: Broker) -> None:
-    queue = broker.queue_name()
-    await broker.declare(queue)
-    await broker.publish(queue, bodies(20))
+async def test_block_backpressure_keeps_prefetch_full(rabbit: Rabbit) -> None:
+    queue = rabbit.queue_name()
+    await rabbit.declare(queue)
+    await rabbit.publish(queue, bodies(20))
     gate = asyncio.Event()
 
     class BlockingEmit(RecordingEmit):
@@ -205,27 +124,27 @@ async def test_block_backpressure_keeps_prefetch_full(broker: Broker) -> None:
             return result
 
     emit = BlockingEmit()
-    source = make_source(broker, queue, prefetch=5)
+    source = make_source(rabbit, queue, prefetch=5)
     async with consuming(source, emit) as task:
         await emit.wait_for(1)
-        await broker.wait_ready(queue, 15)  # the broker holds back everything beyond prefetch
+        await rabbit.wait_ready(queue, 15)  # the broker holds back everything beyond prefetch
         assert len(emit.deliveries) == 1
         await stop_intake(task)
-        await broker.wait_ready(queue, 19)  # the 4 buffered, never emitted, go back at once
+        await rabbit.wait_ready(queue, 19)  # the 4 buffered, never emitted, go back at once
 
     again = RecordingEmit(auto_ack=True)
-    async with consuming(make_source(broker, queue), again):
+    async with consuming(make_source(rabbit, queue), again):
         await again.wait_for(20)
         assert sorted(again.payloads) == sorted(bodies(20))
 
 
-async def test_exchange_binding_delivers_only_matching_keys(broker: Broker) -> None:
-    queue, exchange_name = broker.queue_name(), broker.exchange_name()
+async def test_exchange_binding_delivers_only_matching_keys(rabbit: Rabbit) -> None:
+    queue, exchange_name = rabbit.queue_name(), rabbit.exchange_name()
     emit = RecordingEmit(auto_ack=True)
-    source = make_source(broker, queue, exchange=exchange_name, routing_key="drift.*")
+    source = make_source(rabbit, queue, exchange=exchange_name, routing_key="drift.*")
     await source.start()  # declares the queue, the exchange and the binding
     async with consuming(source, emit):
-        exchange = await broker.channel.get_exchange(exchange_name)
+        exchange = await rabbit.channel.get_exchange(exchange_name)
         for key in ("drift.a", "other.b", "drift.c", "drift.end"):
             await exchange.publish(aio_pika.Message(key.encode()), routing_key=key)
         await emit.wait_for(3)
@@ -234,14 +153,14 @@ async def test_exchange_binding_delivers_only_matching_keys(broker: Broker) -> N
         assert emit.deliveries[0].meta.key == "drift.a"
 
 
-async def test_dead_letter_lands_on_the_broker_with_headers(broker: Broker) -> None:
-    queue, dead_letters = broker.queue_name(), broker.queue_name()
-    broker.exchanges.append(dead_letters)
-    await broker.declare(queue)
-    await broker.publish(queue, [b'{"bad": true}'], message_ids=["poison-1"])
+async def test_dead_letter_lands_on_the_broker_with_headers(rabbit: Rabbit) -> None:
+    queue, dead_letters = rabbit.queue_name(), rabbit.queue_name()
+    rabbit.exchanges.append(dead_letters)
+    await rabbit.declare(queue)
+    await rabbit.publish(queue, [b'{"bad": true}'], message_ids=["poison-1"])
 
     emit = RecordingEmit()
-    source = make_source(broker, queue, dead_letter_topic=dead_letters)
+    source = make_source(rabbit, queue, dead_letter_topic=dead_letters)
     async with consuming(source, emit):
         (delivery,) = await emit.wait_for(1)
         record = DeadLetterRecord(
@@ -255,7 +174,7 @@ async def test_dead_letter_lands_on_the_broker_with_headers(broker: Broker) -> N
         await source.publish_dead_letter(delivery, record)
         await delivery.ack()
 
-    declared = await broker.channel.declare_queue(dead_letters, passive=True)
+    declared = await rabbit.channel.declare_queue(dead_letters, passive=True)
     message = await declared.get(timeout=5)
     assert message is not None
     await message.ack()
@@ -267,42 +186,18 @@ async def test_dead_letter_lands_on_the_broker_with_headers(broker: Broker) -> N
     assert headers["x-sagaz-reason"] == "invalid"
     assert headers["x-sagaz-attempts"] == 3
     assert headers["x-sagaz-trigger"] == source.trigger_id
-    assert await broker.ready(queue) == 0
+    assert await rabbit.ready(queue) == 0
 
 
-async def close_connections_named(name: str) -> int:
-    """Close, from the broker side, the connections whose client named itself ``name``."""
-    require_service(
-        "rabbitmqctl", shutil.which("rabbitmqctl") is not None, "install rabbitmq-server"
-    )
-
-    async def rabbitmqctl(*args: str) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            "rabbitmqctl", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        out, err = await proc.communicate()
-        assert proc.returncode == 0, err.decode()
-        return out.decode()
-
-    listing = await rabbitmqctl(
-        "list_connections", "-q", "--no-table-headers", "pid", "client_properties"
-    )
-    marker = f'{{"connection_name","{name}"}}'
-    pids = [line.split("\t", 1)[0] for line in listing.splitlines() if marker in line]
-    for pid in pids:
-        await rabbitmqctl("close_connection", pid, "sagaz test: simulated broker loss")
-    return len(pids)
-
-
-async def test_reconnects_after_the_broker_drops_the_connection(broker: Broker) -> None:
-    queue = broker.queue_name()
-    await broker.declare(queue)
+async def test_reconnects_after_the_broker_drops_the_connection(rabbit: Rabbit) -> None:
+    queue = rabbit.queue_name()
+    await rabbit.declare(queue)
     first = bodies(50, "a")
-    await broker.publish(queue, first)
+    await rabbit.publish(queue, first)
 
     emit = RecordingEmit()
     errors: list[BaseException] = []
-    ctx = source_context(unique_name("saga") + ".on_event", errors, rabbitmq_url=broker.url)
+    ctx = source_context(unique_name("saga") + ".on_event", errors, rabbitmq_url=rabbit.url)
     # aio-pika's reconnect loop naps reconnect_interval (default 5 s) after each connect
     source = RabbitMQSource(RabbitMQOptions(queue=queue), ctx, reconnect_interval=0.2)
     async with consuming(source, emit):
@@ -318,7 +213,7 @@ async def test_reconnects_after_the_broker_drops_the_connection(broker: Broker) 
         assert sorted(d.payload for d in redelivered[50:]) == sorted(first[40:])
         assert {d.meta.attempt for d in redelivered[50:]} == {2}
         second = bodies(50, "b")
-        await broker.publish(queue, second)
+        await rabbit.publish(queue, second)
         await emit.wait_for(110)
         for delivery in emit.deliveries[50:]:
             await delivery.ack()
@@ -326,8 +221,8 @@ async def test_reconnects_after_the_broker_drops_the_connection(broker: Broker) 
         assert set(emit.payloads) == set(first + second)
 
     again = RecordingEmit(auto_ack=True)
-    async with consuming(make_source(broker, queue), again):
-        await expect_nothing_more(broker, queue, again)
+    async with consuming(make_source(rabbit, queue), again):
+        await expect_nothing_more(rabbit, queue, again)
 
 
 def test_identity_is_the_body_hash_without_a_message_id() -> None:

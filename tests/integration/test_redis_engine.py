@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 import sagaz
@@ -26,62 +25,12 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.sources.redis import RedisStreamSource
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
-from tests.engine_support import ErrorRecorder, HoldCompletion, completed_per_message, once_each
-from tests.recording_emit import eventually
-from tests.services import unique_name
-
-pytestmark = pytest.mark.integration
+from sagaz.testing import eventually
+from tests.engine_support import HoldCompletion, RecordingListener, completed_per_message, once_each
+from tests.fixtures_redis import GROUP, Streams, kill_connections_of
 
 SAGA = "redis-orders"
 TRIGGER = f"{SAGA}.on_message"
-GROUP = "workers"
-
-
-class Streams:
-    """A raw client plus the stream names a test used (deleted afterwards)."""
-
-    def __init__(self, url: str, client: aioredis.Redis) -> None:
-        self.url = url
-        self.client: Any = client  # redis-py's stubs are stricter than its behaviour
-        self.names: list[str] = []
-
-    def name(self, prefix: str = "sagaz-engine-stream") -> str:
-        name = unique_name(prefix)
-        self.names.append(name)
-        return name
-
-    async def add(self, stream: str, payloads: list[bytes]) -> list[str]:
-        ids: list[str] = []
-        for start in range(0, len(payloads), 1000):
-            pipe = self.client.pipeline(transaction=False)
-            for payload in payloads[start : start + 1000]:
-                pipe.xadd(stream, {"data": payload})
-            ids.extend(i.decode() for i in await pipe.execute())
-        return ids
-
-    async def pending(self, stream: str) -> int:
-        """Entries delivered to the group and not acknowledged (``XPENDING``)."""
-        summary = await self.client.xpending(stream, GROUP)
-        return int(summary["pending"])
-
-    async def lag(self, stream: str) -> int:
-        """Entries not delivered to the group yet."""
-        (group,) = [
-            g for g in await self.client.xinfo_groups(stream) if g["name"] == GROUP.encode()
-        ]
-        return int(group["lag"])
-
-
-@pytest.fixture
-async def streams(redis_url: str) -> AsyncIterator[Streams]:
-    client = aioredis.Redis.from_url(redis_url)
-    state = Streams(redis_url, client)
-    try:
-        yield state
-    finally:
-        if state.names:
-            await client.delete(*state.names)
-        await client.aclose()
 
 
 @pytest.fixture
@@ -279,15 +228,6 @@ async def test_poison_entries_are_dead_lettered_and_the_rest_keeps_flowing(
     assert (await streams.pending(stream), await streams.lag(stream)) == (0, 0)
 
 
-async def kill_connections_of(streams: Streams, source: RedisStreamSource) -> int:
-    """``CLIENT KILL`` every connection of ``source`` (its client name), nobody else's."""
-    name = f"sagaz:{source.consumer}"
-    clients = [c for c in await streams.client.client_list() if c["name"] == name]
-    for client in clients:
-        await streams.client.client_kill_filter(_id=client["id"])
-    return len(clients)
-
-
 async def test_connection_killed_by_the_server_still_one_saga_per_entry(
     streams: Streams, store: MemorySagaStore
 ) -> None:
@@ -313,7 +253,7 @@ async def test_connection_killed_by_the_server_still_one_saga_per_entry(
                 await gate.wait()
             done[ctx["n"]] += 1
 
-    errors = ErrorRecorder()
+    errors = RecordingListener()
     before, during, after = range(0, 200), range(200, 400), range(400, 600)
     await streams.add(stream, [body(n) for n in before])
     config = TriggerConfig(redis_url=streams.url)

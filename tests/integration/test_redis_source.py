@@ -6,70 +6,19 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
 from sagaz.sources import redis as redis_source
 from sagaz.sources.redis import RedisStreamSource
+from sagaz.testing import continually, eventually
 from sagaz.triggers.options import RedisOptions, parse_trigger_options
-from tests.recording_emit import (
-    RecordingEmit,
-    consuming,
-    eventually,
-    source_context,
-    stop_intake,
-)
+from tests.fixtures_redis import GROUP, Streams, kill_connections_of
+from tests.recording_emit import RecordingEmit, consuming, source_context, stop_intake
 from tests.services import unique_name
-
-pytestmark = pytest.mark.integration
-
-GROUP = "workers"
-
-
-class Streams:
-    """A raw client plus the stream names a test used (deleted afterwards)."""
-
-    def __init__(self, url: str, client: aioredis.Redis) -> None:
-        self.url = url
-        self.client: Any = client  # redis-py's stubs are stricter than its behaviour
-        self.names: list[str] = []
-
-    def name(self) -> str:
-        name = unique_name("sagaz-stream")
-        self.names.append(name)
-        return name
-
-    async def add(self, stream: str, payloads: list[bytes]) -> list[str]:
-        pipe = self.client.pipeline(transaction=False)
-        for payload in payloads:
-            pipe.xadd(stream, {"data": payload})
-        return [i.decode() for i in await pipe.execute()]
-
-    async def pending(self, stream: str) -> int:
-        summary = await self.client.xpending(stream, GROUP)
-        return int(summary["pending"])
-
-    async def consumers(self, stream: str) -> dict[str, int]:
-        rows = await self.client.xinfo_consumers(stream, GROUP)
-        return {row["name"].decode(): int(row["pending"]) for row in rows}
-
-
-@pytest.fixture
-async def streams(redis_url: str) -> AsyncIterator[Streams]:
-    client = aioredis.Redis.from_url(redis_url)
-    state = Streams(redis_url, client)
-    try:
-        yield state
-    finally:
-        if state.names:
-            await client.delete(*state.names)
-        await client.aclose()
 
 
 def make_source(
@@ -183,13 +132,19 @@ async def test_entries_in_flight_are_not_claimed_from_a_live_consumer(streams: S
     async with consuming(slow, busy):
         await busy.wait_for(3)  # three long sagas start
         async with consuming(other, idle):
-            # for 4 claim periods the slow consumer keeps its entries fresh
-            deadline = time.monotonic() + 4 * claim_idle_ms / 1000
-            while time.monotonic() < deadline:
+
+            async def kept_fresh_by_slow() -> bool:
                 rows = await streams.client.xpending_range(stream, GROUP, "-", "+", 10)
-                assert {r["consumer"] for r in rows} == {b"slow"}
-                assert max(r["time_since_delivered"] for r in rows) < claim_idle_ms
-                await asyncio.sleep(0.02)  # poll interval, not a wait for an outcome
+                return {r["consumer"] for r in rows} == {b"slow"} and max(
+                    r["time_since_delivered"] for r in rows
+                ) < claim_idle_ms
+
+            await continually(
+                kept_fresh_by_slow,
+                during=4 * claim_idle_ms / 1000,  # 4 claim periods
+                interval=0.02,
+                what="the slow consumer keeping its entries fresh",
+            )
         assert idle.deliveries == []
         for delivery in busy.deliveries:
             await delivery.ack()
@@ -261,15 +216,6 @@ async def test_dead_letter_is_added_to_the_dead_letter_stream(streams: Streams) 
         b"saga_id": b"saga-1",
     }
     assert await streams.pending(stream) == 0
-
-
-async def kill_connections_of(streams: Streams, source: RedisStreamSource) -> int:
-    """``CLIENT KILL`` every connection of ``source`` (its client name), nobody else's."""
-    name = f"sagaz:{source.consumer}"
-    clients = [c for c in await streams.client.client_list() if c["name"] == name]
-    for client in clients:
-        await streams.client.client_kill_filter(_id=client["id"])
-    return len(clients)
 
 
 async def test_reconnects_after_its_connection_is_killed(streams: Streams) -> None:

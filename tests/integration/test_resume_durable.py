@@ -14,9 +14,7 @@ from sagaz import Saga, SagaContext, SagaStatus, action, compensate
 from sagaz.abc import SagaStore
 from sagaz.storage.postgres import PostgresSagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
-from tests.services import unique_name
-
-pytestmark = pytest.mark.integration
+from tests.services import backend_params, drop_postgres_schema, unique_name
 
 runs: dict[str, int] = {}
 events: dict[str, asyncio.Event] = {}  # made per test: an Event belongs to one event loop
@@ -48,7 +46,7 @@ class Checkout(Saga):
         runs["release"] = runs.get("release", 0) + 1
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=backend_params("sqlite", "postgres"))
 async def store_factory(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[Callable[[], SagaStore]]:
@@ -59,13 +57,7 @@ async def store_factory(
     dsn = request.getfixturevalue("postgres_dsn")
     schema = unique_name("resume").replace("-", "_")
     yield lambda: PostgresSagaStore(dsn, schema=schema, max_size=2)
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+    await drop_postgres_schema(dsn, schema)
 
 
 async def test_killed_saga_resumes_from_the_store_without_rerunning_steps(

@@ -15,7 +15,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,15 @@ from sagaz import (
 from sagaz.engine.engine import TriggerEngine
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
-from tests.engine_support import HoldCompletion, completed_per_message, holds_for, once_each
-from tests.fixtures_sqs import sqs_source_options
-from tests.recording_emit import eventually
-
-pytestmark = pytest.mark.integration
-
-MakeQueue = Callable[..., Awaitable[str]]
+from sagaz.testing import continually, eventually
+from tests.engine_support import HoldCompletion, completed_per_message, once_each
+from tests.fixtures_sqs import (
+    MakeQueue,
+    queue_counts,
+    send_messages,
+    sqs_source_options,
+    wait_for_counts,
+)
 
 SAGA = "sqs-orders"
 TRIGGER = f"{SAGA}.on_message"
@@ -65,22 +67,6 @@ def body(n: int) -> str:
     return json.dumps({"n": n})
 
 
-async def send(client: Any, queue_url: str, bodies: list[str]) -> list[str]:
-    """``SendMessageBatch`` in batches of 10 (concurrently); the MessageIds in body order."""
-
-    async def batch(start: int) -> list[str]:
-        entries = [
-            {"Id": str(i), "MessageBody": text} for i, text in enumerate(bodies[start : start + 10])
-        ]
-        response = await client.send_message_batch(QueueUrl=queue_url, Entries=entries)
-        assert not response.get("Failed"), response
-        ids = {int(entry["Id"]): entry["MessageId"] for entry in response["Successful"]}
-        return [ids[i] for i in range(len(entries))]
-
-    chunks = await asyncio.gather(*(batch(start) for start in range(0, len(bodies), 10)))
-    return [message_id for chunk in chunks for message_id in chunk]
-
-
 async def send_paced(
     client: Any,
     queue_url: str,
@@ -98,29 +84,7 @@ async def send_paced(
             return start - received() <= backlog - wave
 
         await eventually(caught_up, within=30, what=f"the consumer to catch up before {start}")
-        await send(client, queue_url, bodies[start : start + wave])
-
-
-async def queue_counts(client: Any, queue_url: str) -> tuple[int, int]:
-    """(visible, in flight) messages of a queue."""
-    response = await client.get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )
-    attributes = response["Attributes"]
-    return (
-        int(attributes["ApproximateNumberOfMessages"]),
-        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
-    )
-
-
-async def wait_for_counts(
-    client: Any, queue_url: str, expected: tuple[int, int], within: float = 5.0
-) -> None:
-    async def reached() -> bool:
-        return await queue_counts(client, queue_url) == expected
-
-    await eventually(reached, within=within, what=f"queue counts {expected}")
+        await send_messages(client, queue_url, bodies[start : start + wave])
 
 
 # -- 1. bulk: exactly once, and a clean restart redelivers nothing ---------------------------
@@ -178,13 +142,15 @@ async def test_5000_messages_complete_once_and_a_restart_redelivers_nothing(
     # a clean restart (a new engine, same queue and store): only a new message arrives
     again = await sagaz.start_triggers(config, store)
     try:
-        await send(sqs_client, sqs_queue_url, [body(total)])
+        await send_messages(sqs_client, sqs_queue_url, [body(total)])
         await eventually(lambda: again.metrics.completed[TRIGGER] == 1, what="the new message")
 
         async def nothing_else() -> bool:
             return again.metrics.received[TRIGGER] == 1
 
-        await holds_for(1.5, nothing_else, what="only the new message received")  # > 1 poll
+        await continually(
+            nothing_else, during=1.5, what="only the new message received"
+        )  # > 1 poll
     finally:
         await sagaz.stop_triggers()
     assert again.metrics.reasons["duplicate"] == 0
@@ -237,7 +203,7 @@ async def test_out_of_order_completion_survives_a_restart_with_one_saga_per_mess
     acked = set(range(0, count, 4))
     held = HoldCompletion(gate, unacked)
     config = TriggerConfig(shutdown_timeout=0.2)
-    await send(sqs_client, sqs_queue_url, [body(n) for n in range(count)])
+    await send_messages(sqs_client, sqs_queue_url, [body(n) for n in range(count)])
     async with SQLiteSagaStore(tmp_path / "sagaz.db") as store:
         async with TriggerEngine(config, store, listeners=[held]) as engine:
             await eventually(
@@ -255,7 +221,7 @@ async def test_out_of_order_completion_survives_a_restart_with_one_saga_per_mess
         async with TriggerEngine(config, store) as again:
             # a producer retry of finished messages (new MessageIds, same key): the inbox
             # knows them
-            await send(sqs_client, sqs_queue_url, [body(n) for n in sorted(acked)])
+            await send_messages(sqs_client, sqs_queue_url, [body(n) for n in sorted(acked)])
             await eventually(
                 lambda: (
                     again.metrics.reasons["duplicate"] == len(acked)
@@ -315,7 +281,7 @@ async def test_poison_messages_are_dead_lettered_and_the_rest_keeps_flowing(
     poison = ["{not json", '{"n": "abc", "user": "u"}', '{"n": 7}']
     valid = [json.dumps({"n": n, "user": "u"}) for n in range(6)]
     mixed = [valid[0], poison[0], valid[1], valid[2], poison[1], valid[3], poison[2], *valid[4:]]
-    ids = await send(sqs_client, sqs_queue_url, mixed)
+    ids = await send_messages(sqs_client, sqs_queue_url, mixed)
     poison_ids = {ids[1]: poison[0], ids[4]: poison[1], ids[6]: poison[2]}
     async with TriggerEngine(TriggerConfig(), store) as engine:
         await eventually(
@@ -326,7 +292,7 @@ async def test_poison_messages_are_dead_lettered_and_the_rest_keeps_flowing(
             what="the valid messages completed and the poison dead-lettered",
         )
         # and later messages still flow
-        await send(sqs_client, sqs_queue_url, [json.dumps({"n": 6, "user": "u"})])
+        await send_messages(sqs_client, sqs_queue_url, [json.dumps({"n": 6, "user": "u"})])
         await eventually(lambda: engine.metrics.completed[TRIGGER] == 7, what="a later message")
         assert engine.metrics.reasons["invalid"] == len(poison)
     assert runs == once_each(range(7))
@@ -388,7 +354,7 @@ async def test_visibility_is_extended_while_a_long_saga_runs(
             await gate.wait()  # opened by the test after 2.5 visibility timeouts
             runs[ctx["n"]] += 1
 
-    await send(sqs_client, sqs_queue_url, [body(1)])
+    await send_messages(sqs_client, sqs_queue_url, [body(1)])
     async with TriggerEngine(TriggerConfig(), store) as engine:
         await eventually(lambda: started_at, what="the saga started")
 
@@ -397,7 +363,9 @@ async def test_visibility_is_extended_while_a_long_saga_runs(
             assert counts == (0, 1), f"queue counts {counts}: the message became visible"
             return engine.metrics.received[TRIGGER] == 1
 
-        await holds_for(2.5 * visibility, still_hidden_and_once, what="one hidden delivery")
+        await continually(
+            still_hidden_and_once, during=2.5 * visibility, what="one hidden delivery"
+        )
         gate.set()
         await eventually(lambda: engine.metrics.completed[TRIGGER] == 1, what="the saga done")
         ran_for = time.monotonic() - started_at[0]
@@ -433,7 +401,7 @@ async def test_block_backpressure_stops_receiving_without_losing_messages(
             await gate.wait()
             finished[ctx["n"]] += 1
 
-    await send(sqs_client, sqs_queue_url, [body(n) for n in range(total)])
+    await send_messages(sqs_client, sqs_queue_url, [body(n) for n in range(total)])
     config = TriggerConfig(
         queue_size=queue_size, backpressure_strategy="block", max_concurrent_sagas=concurrency
     )
@@ -461,7 +429,7 @@ async def test_block_backpressure_stops_receiving_without_losing_messages(
             assert counts == taken, f"queue counts {counts} while blocked, before {taken}"
             return len(entered) == concurrency and engine.metrics.received[TRIGGER] == blocked
 
-        await holds_for(2.5, stalled, what="the stall")  # > 2 long polls of 1 s
+        await continually(stalled, during=2.5, what="the stall")  # > 2 long polls of 1 s
         gate.set()
         await eventually(lambda: len(finished) == total, within=20, what="every message done")
         await wait_for_counts(sqs_client, sqs_queue_url, (0, 0))
@@ -496,7 +464,7 @@ async def test_stopped_while_blocked_every_message_comes_back_at_once_and_comple
             await gate.wait()
             finished[ctx["n"]] += 1
 
-    await send(sqs_client, sqs_queue_url, [body(n) for n in range(total)])
+    await send_messages(sqs_client, sqs_queue_url, [body(n) for n in range(total)])
     config = TriggerConfig(
         queue_size=5, backpressure_strategy="block", max_concurrent_sagas=2, shutdown_timeout=0.2
     )

@@ -5,10 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
-
-pytestmark = pytest.mark.integration
-
 
 async def test_send_receive_delete_round_trip(sqs_client: Any, sqs_queue_url: str) -> None:
     sent = await sqs_client.send_message(

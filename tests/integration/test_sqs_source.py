@@ -6,7 +6,6 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -16,20 +15,17 @@ from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
 from sagaz.sources.sqs import source as sqs
 from sagaz.sources.sqs.source import SQSSource
+from sagaz.testing import continually, eventually
 from sagaz.triggers.options import SQSOptions, parse_trigger_options
-from tests.fixtures_sqs import sqs_source_options
-from tests.recording_emit import (
-    RecordingEmit,
-    consuming,
-    eventually,
-    source_context,
-    stop_intake,
+from tests.fixtures_sqs import (
+    MakeQueue,
+    queue_counts,
+    send_messages,
+    sqs_source_options,
+    wait_for_counts,
 )
+from tests.recording_emit import RecordingEmit, consuming, source_context, stop_intake
 from tests.services import unique_name
-
-pytestmark = pytest.mark.integration
-
-MakeQueue = Callable[..., Awaitable[str]]
 
 
 def make_source(
@@ -46,48 +42,6 @@ def make_source(
     tuning = {k: v for k, v in options.items() if k not in SQSOptions.model_fields}
     ctx = source_context(errors=errors, dead_letter_topic=dead_letter_topic)
     return SQSSource(SQSOptions.model_validate(fields), ctx, **tuning)
-
-
-async def send(client: Any, queue_url: str, bodies: list[str], **attributes: str) -> list[str]:
-    """Send ``bodies`` in batches of 10; return the MessageIds in body order."""
-    message_attributes = {
-        name: {"DataType": "String", "StringValue": value} for name, value in attributes.items()
-    }
-
-    async def batch(start: int) -> list[str]:
-        entries = [
-            {"Id": str(i), "MessageBody": body, "MessageAttributes": message_attributes}
-            for i, body in enumerate(bodies[start : start + 10])
-        ]
-        response = await client.send_message_batch(QueueUrl=queue_url, Entries=entries)
-        assert not response.get("Failed"), response
-        ids = {int(entry["Id"]): entry["MessageId"] for entry in response["Successful"]}
-        return [ids[i] for i in range(len(entries))]
-
-    chunks = await asyncio.gather(*(batch(start) for start in range(0, len(bodies), 10)))
-    return [message_id for chunk in chunks for message_id in chunk]
-
-
-async def queue_counts(client: Any, queue_url: str) -> tuple[int, int]:
-    """(visible, in flight) messages of a queue."""
-    response = await client.get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )
-    attributes = response["Attributes"]
-    return (
-        int(attributes["ApproximateNumberOfMessages"]),
-        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
-    )
-
-
-async def wait_for_counts(
-    client: Any, queue_url: str, expected: tuple[int, int], within: float = 10.0
-) -> None:
-    deadline = time.monotonic() + within
-    while (counts := await queue_counts(client, queue_url)) != expected:
-        assert time.monotonic() < deadline, f"queue counts {counts}, expected {expected}"
-        await asyncio.sleep(0.05)
 
 
 class GatedEmit(RecordingEmit):
@@ -125,7 +79,7 @@ async def test_500_messages_delivered_parsed_then_acked_and_deleted(
         for wave in range(10):
             numbers = range(wave * 50, (wave + 1) * 50)
             bodies = [json.dumps({"id": i, "user": f"u{i % 7}"}) for i in numbers]
-            ids = await send(sqs_client, sqs_queue_url, bodies, kind="order")
+            ids = await send_messages(sqs_client, sqs_queue_url, bodies, kind="order")
             sent.update(zip(ids, numbers, strict=True))
             arrived = (await emit.wait_for(len(sent), within=30))[wave * 50 :]
             # the engine acks out of order, from other tasks
@@ -146,7 +100,7 @@ async def test_500_messages_delivered_parsed_then_acked_and_deleted(
 
     # stop() flushed the batched deletes: nothing is left, visible or in flight
     assert await queue_counts(sqs_client, sqs_queue_url) == (0, 0)
-    sentinel = (await send(sqs_client, sqs_queue_url, ['{"id": "sentinel"}']))[0]
+    sentinel = (await send_messages(sqs_client, sqs_queue_url, ['{"id": "sentinel"}']))[0]
     fresh = RecordingEmit(auto_ack=True)
     async with consuming(make_source(sqs_endpoint, sqs_queue_url), fresh):
         await fresh.wait_for(1)
@@ -157,7 +111,7 @@ async def test_non_json_body_stays_a_string(
     sqs_endpoint: str, sqs_client: Any, sqs_queue_url: str
 ) -> None:
     bodies = ["hello world", "not {json", '{"id": 1}', "[1, 2]"]
-    ids = await send(sqs_client, sqs_queue_url, bodies)
+    ids = await send_messages(sqs_client, sqs_queue_url, bodies)
     emit = RecordingEmit(auto_ack=True)
     async with consuming(make_source(sqs_endpoint, sqs_queue_url), emit):
         await emit.wait_for(4)
@@ -169,7 +123,7 @@ async def test_non_json_body_stays_a_string(
 async def test_nacked_messages_come_back(
     sqs_endpoint: str, sqs_client: Any, sqs_queue_url: str
 ) -> None:
-    ids = await send(sqs_client, sqs_queue_url, [json.dumps({"id": i}) for i in range(5)])
+    ids = await send_messages(sqs_client, sqs_queue_url, [json.dumps({"id": i}) for i in range(5)])
     emit = RecordingEmit()
     async with consuming(make_source(sqs_endpoint, sqs_queue_url), emit):
         first = await emit.wait_for(5)
@@ -185,7 +139,7 @@ async def test_nacked_messages_come_back(
 async def test_stop_hands_back_unsettled_messages(
     sqs_endpoint: str, sqs_client: Any, sqs_queue_url: str
 ) -> None:
-    await send(sqs_client, sqs_queue_url, [str(i) for i in range(3)])
+    await send_messages(sqs_client, sqs_queue_url, [str(i) for i in range(3)])
     emit = RecordingEmit()
     async with consuming(make_source(sqs_endpoint, sqs_queue_url), emit):
         await emit.wait_for(3)
@@ -197,7 +151,7 @@ async def test_stop_hands_back_unsettled_messages(
 
 async def test_moto_honours_visibility_timeout(sqs_client: Any, sqs_queue_url: str) -> None:
     """Guard for the extension test: an un-extended message does come back after 2 s."""
-    await send(sqs_client, sqs_queue_url, ["x"])
+    await send_messages(sqs_client, sqs_queue_url, ["x"])
     received_at = time.monotonic()
     first = await sqs_client.receive_message(
         QueueUrl=sqs_queue_url, VisibilityTimeout=2, WaitTimeSeconds=1
@@ -205,30 +159,33 @@ async def test_moto_honours_visibility_timeout(sqs_client: Any, sqs_queue_url: s
     assert len(first["Messages"]) == 1
     hidden = await sqs_client.receive_message(QueueUrl=sqs_queue_url, WaitTimeSeconds=0)
     assert hidden.get("Messages", []) == []
-    deadline = received_at + 10
-    while not (await sqs_client.receive_message(QueueUrl=sqs_queue_url, WaitTimeSeconds=1)).get(
-        "Messages"
-    ):
-        assert time.monotonic() < deadline, "moto never made the message visible again"
+
+    async def visible_again() -> bool:
+        reply = await sqs_client.receive_message(QueueUrl=sqs_queue_url, WaitTimeSeconds=1)
+        return bool(reply.get("Messages"))
+
+    await eventually(visible_again, within=10, what="moto to make the message visible again")
     assert time.monotonic() - received_at >= 1.5
 
 
 async def test_visibility_is_extended_while_unacked(
     sqs_endpoint: str, sqs_client: Any, sqs_queue_url: str
 ) -> None:
-    (message_id,) = await send(sqs_client, sqs_queue_url, ['{"id": 1}'])
+    (message_id,) = await send_messages(sqs_client, sqs_queue_url, ['{"id": 1}'])
     emit = RecordingEmit()
     errors: list[BaseException] = []
     source = make_source(sqs_endpoint, sqs_queue_url, errors, visibility_timeout=2)
     async with consuming(source, emit):
         (delivery,) = await emit.wait_for(1)
-        held_since = time.monotonic()
-        # a second consumer long-polls for 5 s (2.5 visibility timeouts) and gets nothing
-        while time.monotonic() - held_since < 5:
+
+        async def not_redelivered() -> bool:
             stolen = await sqs_client.receive_message(
                 QueueUrl=sqs_queue_url, WaitTimeSeconds=1, VisibilityTimeout=30
             )
-            assert stolen.get("Messages", []) == [], "redelivered while un-acked"
+            return stolen.get("Messages", []) == []
+
+        # a second consumer long-polls for 5 s (2.5 visibility timeouts) and gets nothing
+        await continually(not_redelivered, during=5, what="the un-acked message stays hidden")
         assert emit.identities == [message_id]  # not redelivered to ourselves either
         await delivery.ack()
     assert errors == []
@@ -238,16 +195,17 @@ async def test_visibility_is_extended_while_unacked(
 async def test_block_backpressure_stops_receiving(
     sqs_endpoint: str, sqs_client: Any, sqs_queue_url: str
 ) -> None:
-    await send(sqs_client, sqs_queue_url, [str(i) for i in range(30)])
+    await send_messages(sqs_client, sqs_queue_url, [str(i) for i in range(30)])
     emit = GatedEmit()
     async with consuming(make_source(sqs_endpoint, sqs_queue_url, max_messages=5), emit):
         await emit.wait_for(1)
-        blocked_since = time.monotonic()
-        while time.monotonic() - blocked_since < 2.5:  # > 2 long polls of wait_time=1
+
+        async def stalled() -> bool:
             _visible, in_flight = await queue_counts(sqs_client, sqs_queue_url)
-            assert in_flight <= 5, f"{in_flight} messages taken while emit was blocked"
-            assert len(emit.deliveries) == 1
-            await asyncio.sleep(0.1)
+            return in_flight <= 5 and len(emit.deliveries) == 1
+
+        # > 2 long polls of wait_time=1
+        await continually(stalled, during=2.5, interval=0.1, what="no receiving while blocked")
         emit.gate.set()
         await emit.wait_for(30)
     assert await queue_counts(sqs_client, sqs_queue_url) == (0, 0)
@@ -270,7 +228,7 @@ async def test_dead_letter_lands_in_the_dead_letter_queue(
         dlq_url = await make_sqs_queue("sagaz-dlq")
     dlq_name = dlq_url.rsplit("/", 1)[1]
     body = '{"id": 7,   "odd":  "spacing"}'
-    await send(sqs_client, sqs_queue_url, [body], tenant="acme")
+    await send_messages(sqs_client, sqs_queue_url, [body], tenant="acme")
     emit = RecordingEmit()
     source = make_source(sqs_endpoint, sqs_queue_url, dead_letter_topic=dlq_name)
     async with consuming(source, emit):
@@ -307,7 +265,7 @@ async def test_dead_letter_lands_in_the_dead_letter_queue(
 async def test_cancelled_stop_still_flushes_the_deletes(
     sqs_endpoint: str, sqs_client: Any, sqs_queue_url: str
 ) -> None:
-    await send(sqs_client, sqs_queue_url, [str(i) for i in range(20)])
+    await send_messages(sqs_client, sqs_queue_url, [str(i) for i in range(20)])
     emit = RecordingEmit()
     source = make_source(sqs_endpoint, sqs_queue_url, flush_interval=60.0)
     task = asyncio.create_task(source.run(emit))
@@ -327,7 +285,7 @@ async def test_cancelled_stop_still_flushes_the_deletes(
 async def test_missing_dead_letter_queue_says_how_to_fix(
     sqs_endpoint: str, sqs_client: Any, sqs_queue_url: str
 ) -> None:
-    await send(sqs_client, sqs_queue_url, ["x"])
+    await send_messages(sqs_client, sqs_queue_url, ["x"])
     emit = RecordingEmit()
     missing = unique_name("no-such-dlq")
     source = make_source(sqs_endpoint, sqs_queue_url, dead_letter_topic=missing)
@@ -342,7 +300,7 @@ async def test_missing_dead_letter_queue_says_how_to_fix(
 async def test_queue_name_is_resolved(
     sqs_endpoint: str, sqs_client: Any, sqs_queue_url: str
 ) -> None:
-    (message_id,) = await send(sqs_client, sqs_queue_url, ["x"])
+    (message_id,) = await send_messages(sqs_client, sqs_queue_url, ["x"])
     emit = RecordingEmit(auto_ack=True)
     source = make_source(sqs_endpoint, sqs_queue_url.rsplit("/", 1)[1])
     async with consuming(source, emit):
@@ -452,8 +410,8 @@ async def test_engine_runs_one_saga_per_message_and_deletes_them(
         async def record(self, ctx: Any) -> None:
             seen.append(ctx["id"])
 
-    await send(sqs_client, sqs_queue_url, [json.dumps({"id": i}) for i in range(20)])
-    await send(sqs_client, sqs_queue_url, ["garbage"])
+    await send_messages(sqs_client, sqs_queue_url, [json.dumps({"id": i}) for i in range(20)])
+    await send_messages(sqs_client, sqs_queue_url, ["garbage"])
     async with TriggerEngine(TriggerConfig(), MemorySagaStore()):
         await eventually(lambda: len(seen) >= 20, within=20, what="20 sagas")
         await wait_for_counts(sqs_client, sqs_queue_url, (0, 0))

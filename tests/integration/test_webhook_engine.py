@@ -38,7 +38,8 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.sources.webhook.auth import sign_body
 from sagaz.sources.webhook.source import webhook_server
 from sagaz.storage.memory import MemorySagaStore
-from tests.recording_emit import eventually
+from sagaz.testing import eventually
+from sagaz.testing.tansu import free_port
 from tests.services import unique_name
 
 TOKEN = "t0ken-from-config"
@@ -476,12 +477,6 @@ async def test_500_concurrent_requests_on_a_tiny_queue_get_202_or_503_and_202_me
 
 
 # -- mounted in the host application --------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def listening(port: int) -> bool:

@@ -29,8 +29,8 @@ from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery
 from sagaz.sources.webhook import source as webhook
 from sagaz.sources.webhook.server import WebhookServer
 from sagaz.storage.memory import MemorySagaStore
+from sagaz.testing import eventually
 from sagaz.triggers.options import WebhookOptions
-from tests.recording_emit import eventually
 from tests.services import unique_name
 
 pytest.importorskip("uvicorn")

@@ -13,7 +13,6 @@ import json
 import logging
 import signal
 import socket
-import time
 import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +41,7 @@ from sagaz.sources.webhook import app as webhook_app
 from sagaz.sources.webhook import source as webhook
 from sagaz.sources.webhook.auth import sign_body
 from sagaz.sources.webhook.server import WebhookServer, WebhookServerError
+from sagaz.testing import eventually
 from sagaz.triggers.options import WebhookOptions
 
 try:
@@ -82,15 +82,6 @@ class Running:
     server: WebhookServer
     sources: list[webhook.WebhookSource]
     errors: list[BaseException]
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll ``condition`` until it holds or ``within`` seconds pass (then fail)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.005)
 
 
 def make_ctx(
@@ -149,7 +140,7 @@ async def serving(
     tasks = [asyncio.create_task(source.run(emit)) for source in sources]
     server = webhook.webhook_server(shared)
     try:
-        await wait_until(lambda: server.app.ready)
+        await eventually(lambda: server.app.ready)
         assert server.url is not None
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             yield Running(client, server, sources, errors)
@@ -591,9 +582,9 @@ async def test_webhook_healthz_readyz_follow_the_routes() -> None:
     task = asyncio.create_task(running_source.run(emit))
     server = webhook.webhook_server(shared)
     try:
-        await wait_until(lambda: server.port is not None)
+        await eventually(lambda: server.port is not None)
         async with httpx.AsyncClient(base_url=server.url or "") as client:
-            await wait_until(lambda: running_source.route.state == "active")
+            await eventually(lambda: running_source.route.state == "active")
             health = await client.get("/healthz")
             not_ready = await client.get("/readyz")
             not_started = await client.post("/b", content=b"{}")
@@ -601,7 +592,7 @@ async def test_webhook_healthz_readyz_follow_the_routes() -> None:
 
             await idle_source.start()
             started = asyncio.create_task(idle_source.run(emit))
-            await wait_until(lambda: server.app.ready)
+            await eventually(lambda: server.app.ready)
             ready = await client.get("/readyz")
 
             await idle_source.stop()  # its route answers 503 until the server goes
@@ -659,7 +650,7 @@ async def test_webhook_server_dying_fails_run_and_restart_serves_again() -> None
     assert server.port is not None
     task = asyncio.create_task(source.run(emit))
     try:
-        await wait_until(lambda: server.app.ready)
+        await eventually(lambda: server.app.ready)
         assert server._uvicorn is not None
         server._uvicorn.should_exit = True  # uvicorn ends although a trigger still needs it
         with pytest.raises(WebhookServerError, match="unexpectedly"):
@@ -669,7 +660,7 @@ async def test_webhook_server_dying_fails_run_and_restart_serves_again() -> None
         # the engine's supervisor: start() again, then run() again
         await source.start()
         task = asyncio.create_task(source.run(emit))
-        await wait_until(lambda: server.app.ready)
+        await eventually(lambda: server.app.ready)
         async with httpx.AsyncClient(base_url=server.url or "") as client:
             response = await client.post("/r", content=b"{}")
         assert response.status_code == 202
@@ -702,7 +693,7 @@ async def test_webhook_app_mounted_under_a_prefix_in_a_parent_app() -> None:
     task = asyncio.create_task(source.run(emit))
     try:
         server = webhook.webhook_server(shared)
-        await wait_until(lambda: server.app.ready)
+        await eventually(lambda: server.app.ready)
         assert server.port is None  # mounted: sagaz listens on no port of its own
         transport = httpx.ASGITransport(app=parent)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:

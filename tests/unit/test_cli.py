@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 import textwrap
 from pathlib import Path
@@ -254,3 +255,10 @@ def test_dlq_show_prints_bytes_as_bytes_not_a_repr(
     assert main(["--store", f"sqlite:///{db}", "dlq", "show", str(dead_id)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["payload"] == {"body": {"bytes": '{"n": 1}'}, "raw": {"bytes_base64": "/wA="}}
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"sagaz {importlib.metadata.version('sagaz')}\n"

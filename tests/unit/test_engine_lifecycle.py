@@ -13,8 +13,7 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.events import Delivery, EventMeta
 from sagaz.records import ClaimOutcome, SagaRecord
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.testing import FakeClock
-from tests.recording_emit import eventually
+from sagaz.testing import FakeClock, eventually
 
 
 class ScriptedSource(Source):

@@ -25,7 +25,7 @@ from sagaz.outbox import (
 from sagaz.outbox.messages import dedup_id, encode_payload
 from sagaz.records import OutboxMessage
 from sagaz.storage.memory import MemorySagaStore
-from tests.recording_emit import eventually
+from sagaz.testing import eventually
 
 
 class TwoSteps(Saga):

@@ -24,30 +24,9 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.events import AdmissionOutcome
 from sagaz.exceptions import ConfigurationError, TriggerDefinitionError
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.testing import FakeClock
+from sagaz.testing import FakeClock, continually, eventually
 from sagaz.triggers import registry
-
-
-class Recorder(SagaListener):
-    def __init__(self) -> None:
-        self.filtered: list[tuple[Any, str]] = []
-        self.dead: list[Any] = []
-        self.errors: list[BaseException] = []
-
-    async def on_trigger_filtered(self, saga_name: str, event: Any, reason: str) -> None:
-        self.filtered.append((event, reason))
-
-    async def on_dead_letter(self, saga_name: str, record: Any) -> None:
-        self.dead.append(record)
-
-    async def on_trigger_error(self, saga_name: str, error: BaseException, event: Any) -> None:
-        self.errors.append(error)
-
-
-async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
+from tests.engine_support import RecordingListener
 
 
 async def test_ten_thousand_events_complete_exactly_once_and_twice_fired_still_once() -> None:
@@ -67,8 +46,8 @@ async def test_ten_thousand_events_complete_exactly_once_and_twice_fired_still_o
         for _ in range(2):
             for i in range(10_000):
                 await engine.fire("orders", {"id": i})
-            await wait_until(lambda: engine.metrics.in_flight == 0 and len(engine.state.queue) == 0)
-        await wait_until(lambda: len(ran) >= 10_000)
+            await eventually(lambda: engine.metrics.in_flight == 0 and len(engine.state.queue) == 0)
+        await eventually(lambda: len(ran) >= 10_000)
         await engine.dispatcher.wait_idle()
     assert len(ran) == 10_000
     assert sorted(ran) == list(range(10_000))
@@ -98,17 +77,17 @@ async def test_full_queue_strategies_drop_exactly_the_expected_events(strategy: 
     gate = asyncio.Event()
     started: list[int] = []
     make_blocking_saga("bp", gate, started)
-    recorder = Recorder()
+    recorder = RecordingListener()
     store = MemorySagaStore()
     config = TriggerConfig(queue_size=10, backpressure_strategy=strategy, max_concurrent_sagas=1)
     async with TriggerEngine(config, store, listeners=[recorder]) as engine:
         await engine.fire("bp", {"n": 0})
-        await wait_until(lambda: started == [0])  # the only worker is stuck on event 0
+        await eventually(lambda: started == [0])  # the only worker is stuck on event 0
         results = [await engine.fire("bp", {"n": n}) for n in range(1, 16)]  # 15 more; room for 10
         gate.set()
-        await wait_until(lambda: len(started) == 11)
+        await eventually(lambda: len(started) == 11)
         await engine.dispatcher.wait_idle()
-    reasons = [r for _, r in recorder.filtered]
+    reasons = recorder.reasons
     if strategy == "drop_oldest":
         assert sorted(started) == [0, *range(6, 16)]
         assert reasons == ["dropped_oldest"] * 5
@@ -133,15 +112,14 @@ async def test_block_strategy_loses_nothing_and_the_producer_waits() -> None:
     config = TriggerConfig(queue_size=10, backpressure_strategy="block", max_concurrent_sagas=1)
     async with TriggerEngine(config, MemorySagaStore()) as engine:
         await engine.fire("blk", {"n": 0})
-        await wait_until(lambda: started == [0])
+        await eventually(lambda: started == [0])
         for n in range(1, 11):
             await engine.fire("blk", {"n": n})
         producer = asyncio.create_task(engine.fire("blk", {"n": 11}))
-        await asyncio.sleep(0.05)
-        assert not producer.done()  # the 11th buffered event waits for room
+        await continually(lambda: not producer.done(), during=0.05, what="the 11th event waiting")
         gate.set()
         await asyncio.wait_for(producer, 5)
-        await wait_until(lambda: len(started) == 12)
+        await eventually(lambda: len(started) == 12)
     assert sorted(started) == list(range(12))
 
 
@@ -181,11 +159,11 @@ async def test_concurrency_key_serialises_per_key_and_does_not_block_other_keys(
             for user in ("slow", "a", "b", "c"):
                 await engine.fire("users", {"user": user, "n": n})
         # other keys finish while "slow" is stuck on its first event
-        await wait_until(lambda: sum(1 for u, _ in finished if u != "slow") == 15)
+        await eventually(lambda: sum(1 for u, _ in finished if u != "slow") == 15)
         assert [n for u, n in finished if u == "slow"] == []
         assert order["slow"] == [0]
         stuck.set()
-        await wait_until(lambda: len(finished) == 20)
+        await eventually(lambda: len(finished) == 20)
     assert overlap == []
     assert all(order[u] == [0, 1, 2, 3, 4] for u in ("slow", "a", "b", "c"))
 
@@ -212,7 +190,7 @@ async def test_max_concurrent_sagas_is_never_exceeded() -> None:
     async with TriggerEngine(TriggerConfig(max_concurrent_sagas=50), MemorySagaStore()) as engine:
         for n in range(200):
             await engine.fire("lim", {"n": n})
-        await wait_until(lambda: sum(engine.metrics.completed.values()) == 200)
+        await eventually(lambda: sum(engine.metrics.completed.values()) == 200)
     assert high_water == 3
 
 
@@ -282,7 +260,7 @@ async def test_a_rate_limited_trigger_does_not_hold_workers_from_other_triggers(
             await engine.fire("slow", {"n": n})
         for n in range(50):
             await engine.fire("fast", {"n": n})
-        await wait_until(lambda: len(fast_done) == 50)
+        await eventually(lambda: len(fast_done) == 50)
         assert slow_starts == [0]  # one token at t=0, the rest wait for time to move
         for _ in range(5):
             await clock.advance(1.0)
@@ -331,7 +309,7 @@ async def test_throttled_events_granted_while_every_worker_is_busy_start_in_arri
             await clock.advance(0.1)
         assert starts == [0]
         gate.set()
-        await wait_until(lambda: len(starts) == 6)
+        await eventually(lambda: len(starts) == 6)
     assert starts == list(range(6))
 
 
@@ -361,7 +339,7 @@ async def test_bad_input_is_dead_lettered_and_the_engine_keeps_running() -> None
         async def work(self, ctx: Any) -> None:
             ran.append(ctx["id"])
 
-    recorder = Recorder()
+    recorder = RecordingListener()
     store = MemorySagaStore()
     async with TriggerEngine(TriggerConfig(), store, listeners=[recorder]) as engine:
         active = engine.triggers["strict.on_order"]
@@ -374,7 +352,7 @@ async def test_bad_input_is_dead_lettered_and_the_engine_keeps_running() -> None
         cursed = await engine.fire("strict", {"id": 666, "user": "u"})
         buggy = await engine.fire("strict", {"id": 13, "user": "u"})
         good = await engine.fire("strict", {"id": 1, "user": "u"})
-        await wait_until(lambda: ran == [1])
+        await eventually(lambda: ran == [1])
     assert bad_json.outcome is AdmissionOutcome.INVALID
     assert bad_json.details and bad_json.details[0]["type"] == "json_invalid"
     assert invalid == [] and cursed == [] and buggy == [] and len(good) == 1
@@ -385,7 +363,7 @@ async def test_bad_input_is_dead_lettered_and_the_engine_keeps_running() -> None
     assert "cursed" in errors and "bug in user code" in errors and "int_parsing" not in errors
     assert "valid integer" in errors
     assert any(d.traceback and "RuntimeError" in d.traceback for d in dead)
-    assert [r for _, r in recorder.filtered].count("invalid") == 4
+    assert recorder.reasons.count("invalid") == 4
     assert len(recorder.dead) == 4
 
 
@@ -407,16 +385,16 @@ async def test_failing_saga_is_retried_with_backoff_then_dead_lettered() -> None
     config = TriggerConfig(retry_jitter=0)
     async with TriggerEngine(config, store, clock=clock) as engine:
         [saga_id] = await engine.fire("doom", {"n": 1})
-        await wait_until(lambda: len(attempts) == 1)
+        await eventually(lambda: len(attempts) == 1)
         await clock.advance(9.9)
         assert len(attempts) == 1
         await clock.advance(0.2)
-        await wait_until(lambda: len(attempts) == 2)
+        await eventually(lambda: len(attempts) == 2)
         await clock.advance(59)
         assert len(attempts) == 2
         await clock.advance(1.1)
-        await wait_until(lambda: len(attempts) == 3)
-        await wait_until(lambda: engine.metrics.dead_lettered["doomed.on_event"] == 1)
+        await eventually(lambda: len(attempts) == 3)
+        await eventually(lambda: engine.metrics.dead_lettered["doomed.on_event"] == 1)
     assert attempts == pytest.approx([0, 10, 70], abs=0.2)
     [dead] = await store.list_dead_letters()
     assert dead.saga_id == saga_id and dead.attempts == 3 and "downstream is down" in dead.error
@@ -436,11 +414,11 @@ async def test_filtered_and_async_transform_and_event_meta() -> None:
         @action("noop")
         async def noop(self, ctx: Any) -> None: ...
 
-    recorder = Recorder()
+    recorder = RecordingListener()
     async with TriggerEngine(TriggerConfig(), MemorySagaStore(), listeners=[recorder]) as engine:
         assert await engine.fire("meta", {"value": 0}) == []
         assert len(await engine.fire("meta", {"value": 2})) == 1
-    assert [r for _, r in recorder.filtered] == ["filtered"]
+    assert recorder.reasons == ["filtered"]
     assert (
         seen[0].source == "memory" and seen[0].topic == "meta" and seen[0].trigger == "meta.on_ping"
     )
@@ -555,11 +533,11 @@ async def test_a_delivery_of_a_saga_running_here_joins_the_run_instead_of_repeat
     async with TriggerEngine(TriggerConfig(), MemorySagaStore()) as engine:
         active = engine.triggers["joined.on_event"]
         first = await engine.admission.admit(active, delivery("first"))
-        await wait_until(lambda: runs == [1])
+        await eventually(lambda: runs == [1])
         again = await engine.admission.admit(active, delivery("redelivered"))
         assert (again.outcome, again.saga_id) == (AdmissionOutcome.ACCEPTED, first.saga_id)
         gate.set()
-        await wait_until(lambda: len(acks) == 2)
+        await eventually(lambda: len(acks) == 2)
     assert runs == [1]
     assert sorted(acks) == ["first", "redelivered"]
 
@@ -605,7 +583,7 @@ async def test_a_completed_unacked_event_settles_at_once_though_its_finisher_hol
     async with TriggerEngine(TriggerConfig(), store) as engine:
         result = await engine.dispatch(trigger_id, {"n": 1})
         assert result.outcome is AdmissionOutcome.ACCEPTED
-        await wait_until(lambda: engine.metrics.completed[trigger_id] == 1, timeout=5)
+        await eventually(lambda: engine.metrics.completed[trigger_id] == 1, within=5)
     assert ran == []  # finished before: not run again
     claim = await store.claim_inbox(trigger_id, "1", saga_id, "w", now + timedelta(minutes=1))
     assert claim.outcome is ClaimOutcome.DUPLICATE
@@ -646,9 +624,9 @@ async def test_deliveries_of_one_key_admitted_concurrently_start_one_run(tmp_pat
         )
         assert {r.outcome for r in results} == {AdmissionOutcome.ACCEPTED}
         assert len({r.saga_id for r in results}) == 1
-        await wait_until(lambda: runs == [1])
+        await eventually(lambda: runs == [1])
         gate.set()
-        await wait_until(lambda: len(acks) == 5)  # all five settled by the one run
+        await eventually(lambda: len(acks) == 5)  # all five settled by the one run
         await engine.dispatcher.wait_idle()
         assert len(engine.state.queue) == 0
     assert runs == [1]
@@ -681,7 +659,7 @@ async def test_a_failing_listener_is_isolated(caplog: pytest.LogCaptureFixture) 
     store = MemorySagaStore()
     async with TriggerEngine(TriggerConfig(), store, listeners=[ExplodingListener()]) as engine:
         [saga_id] = await engine.fire("observed", {"n": 1})
-        await wait_until(lambda: sum(engine.metrics.completed.values()) == 1)
+        await eventually(lambda: sum(engine.metrics.completed.values()) == 1)
     assert done == [1]
     record = await store.get_saga(saga_id)
     assert record is not None
@@ -734,7 +712,7 @@ async def test_fire_event_handles_of_events_evicted_by_drop_oldest_resolve_to_th
     engine = await sagaz.start_triggers(config, MemorySagaStore())
     try:
         [running] = await sagaz.fire_event("evict", {"n": 0})
-        await wait_until(lambda: started == [0])  # the only worker holds event 0
+        await eventually(lambda: started == [0])  # the only worker holds event 0
         handles = [await sagaz.fire_event("evict", {"n": n}) for n in range(1, 5)]
         assert all(len(ids) == 1 for ids in handles)  # each was accepted when fired
         [evicted_1], [evicted_2], [kept_3], [kept_4] = handles
@@ -770,7 +748,7 @@ async def test_handles_still_queued_or_running_at_shutdown_resolve_to_interrupte
     engine = TriggerEngine(config, MemorySagaStore())
     await engine.start()
     [running] = await engine.fire("halt", {"n": 0})
-    await wait_until(lambda: started == [0])
+    await eventually(lambda: started == [0])
     [queued] = await engine.fire("halt", {"n": 1})
     waiting = [asyncio.ensure_future(engine.wait_for(i, timeout=5)) for i in (running, queued)]
     await engine.stop()  # the running saga is cancelled, the queued one never starts

@@ -5,24 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sagaz import Fire, Saga, SagaListener, Skip, Trigger, TriggerConfig, action, trigger
+from sagaz import Fire, Saga, Skip, Trigger, TriggerConfig, action, trigger
 from sagaz.engine.engine import TriggerEngine
 from sagaz.engine.identity import canonical_hash
 from sagaz.storage.memory import MemorySagaStore
-from tests.recording_emit import eventually
-
-
-class Errors(SagaListener):
-    def __init__(self) -> None:
-        self.errors: list[BaseException] = []
-        self.filtered: list[str] = []
-
-    async def on_trigger_error(self, saga_name: str, error: BaseException, event: Any) -> None:
-        self.errors.append(error)
-
-    async def on_trigger_filtered(self, saga_name: str, event: Any, reason: str) -> None:
-        self.filtered.append(reason)
-
+from sagaz.testing import eventually
+from tests.engine_support import RecordingListener
 
 FAST = TriggerConfig(trigger_base_poll_interval=0.01, trigger_poll_timeout=0.1)
 
@@ -61,7 +49,7 @@ async def test_a_poll_that_raises_or_hangs_does_not_stop_later_polls() -> None:
         async def recover(self, ctx: Any) -> None:
             fired.append(ctx["poll"])
 
-    listener = Errors()
+    listener = RecordingListener()
     store = MemorySagaStore()
     async with TriggerEngine(FAST, store, listeners=[listener]):
         await eventually(lambda: len(fired) >= 3, within=5)
@@ -107,12 +95,12 @@ async def test_allow_concurrent_false_fires_once_per_distinct_context_while_it_r
             started.append(ctx["filename"])
             await gate.wait()
 
-    listener = Errors()
+    listener = RecordingListener()
     store = MemorySagaStore()
     async with TriggerEngine(FAST, store, listeners=[listener]):
         await eventually(lambda: watcher.turn >= 20, within=5)
         assert sorted(started) == ["a.csv", "b.csv"]  # 20 polls, one run per file
-        assert listener.filtered.count("overlap_skipped") >= 15
+        assert listener.reasons.count("overlap_skipped") >= 15
         gate.set()
         # once a run completed, its dedup row is closed and the file may fire again
         await eventually(lambda: len(started) >= 4, within=5)

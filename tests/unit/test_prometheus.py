@@ -10,7 +10,7 @@ from sagaz import Saga, TriggerConfig, action, trigger
 from sagaz.engine.engine import TriggerEngine
 from sagaz.engine.prometheus import render
 from sagaz.storage.memory import MemorySagaStore
-from tests.recording_emit import eventually
+from sagaz.testing import eventually
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -14,8 +14,9 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.sources import webhook
 from sagaz.sources.poll import PollSource
 from sagaz.storage.memory import MemorySagaStore
+from sagaz.testing import eventually
 from sagaz.triggers.options import WebhookOptions
-from tests.recording_emit import RecordingEmit, eventually, source_context
+from tests.recording_emit import RecordingEmit, source_context
 
 
 async def test_the_webhook_serves_the_metrics_renderer_of_its_context_while_it_runs() -> None:

@@ -7,6 +7,7 @@
   the saga's module stored with the dead letter (``--modules`` names others) and runs the
   event again as its source delivered it, as a new attempt of the same saga; exit status 0
   once the event is settled, 1 when it failed again, 2 when nothing could be run.
+* ``sagaz --version`` — the installed version.
 
 The store is ``--store URL``, else ``SAGAZ_STORE_URL``, else ``sqlite:///sagaz.db``.
 """
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from sagaz import __version__
 from sagaz.abc import SagaStore
 from sagaz.records import DeadLetterRecord
 
@@ -176,6 +178,7 @@ async def _replay(args: argparse.Namespace, store: SagaStore, record: DeadLetter
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``sagaz`` command."""
     parser = argparse.ArgumentParser(prog="sagaz", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sagaz {__version__}")
     parser.add_argument("--store", help=f"store URL (default: $SAGAZ_STORE_URL or {DEFAULT_STORE})")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the engine for the triggers of these modules")
