@@ -1,0 +1,237 @@
+"""Issue 12, acceptance 1: the app is SIGKILLed 5 times while it works through 2,000 events,
+restarted each time, and finishes: every event has exactly one completed saga, no dead
+letter, every message acknowledged, and the steps ran again at most once per saga that was
+in flight at a kill (``kills * max_concurrent_sagas`` repeats at most).
+
+Kafka + PostgreSQL store, Redis Streams + Redis store, RabbitMQ + SQLite store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sagaz import SagaStatus
+from sagaz.storage.url import store_from_url
+from tests.chaos.app import SAGA_NAME, STEPS
+from tests.chaos.side_effects import SideEffectTable
+from tests.chaos.supervisor import (
+    AppProcess,
+    assert_one_completed_saga_per_event,
+    kill_repeatedly,
+    wait_for,
+)
+from tests.services import unique_name
+
+pytestmark = [pytest.mark.chaos, pytest.mark.integration]
+
+TOTAL = 2_000
+KILLS = 5
+MAX_CONCURRENT_SAGAS = 10
+KAFKA_PARTITIONS = 3
+
+MakeTopic = Callable[..., Awaitable[str]]
+
+
+def body(n: int) -> bytes:
+    return json.dumps({"n": n}).encode()
+
+
+@dataclass
+class Feed:
+    """A source with its events on the broker, and the store the app uses with it."""
+
+    env: dict[str, str]  # CHAOS_SOURCE, CHAOS_NAME, CHAOS_GROUP, CHAOS_BROKER
+    store_url: str
+    all_acknowledged: Callable[[], Awaitable[bool]]  # nothing left for the group to redo
+
+
+@pytest.fixture
+async def kafka_feed(
+    kafka_bootstrap: str, make_kafka_topic: MakeTopic, postgres_store_url: str
+) -> Feed:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    bootstrap = kafka_bootstrap
+    topic = await make_kafka_topic("chaos", partitions=KAFKA_PARTITIONS)
+    group = unique_name("chaos")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        sent = [
+            await producer.send(topic, body(n), partition=n % KAFKA_PARTITIONS)
+            for n in range(TOTAL)
+        ]
+        for future in sent:
+            await future
+    finally:
+        await producer.stop()
+    per_partition = [len(range(p, TOTAL, KAFKA_PARTITIONS)) for p in range(KAFKA_PARTITIONS)]
+
+    async def all_acknowledged() -> bool:
+        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+        await reader.start()
+        try:
+            committed = [
+                await reader.committed(TopicPartition(topic, p)) for p in range(KAFKA_PARTITIONS)
+            ]
+        finally:
+            await reader.stop()
+        assert committed == per_partition, f"committed {committed}, produced {per_partition}"
+        return True
+
+    return Feed(
+        {
+            "CHAOS_SOURCE": "kafka",
+            "CHAOS_NAME": topic,
+            "CHAOS_GROUP": group,
+            "CHAOS_BROKER": bootstrap,
+        },
+        postgres_store_url,
+        all_acknowledged,
+    )
+
+
+@pytest.fixture
+async def redis_feed(redis_url: str) -> AsyncIterator[Feed]:
+    import redis.asyncio as aioredis
+
+    url = redis_url
+    stream, group, prefix = unique_name("chaos"), "chaos", unique_name("chaos-store")
+    client = aioredis.Redis.from_url(url)
+    try:
+        for start in range(0, TOTAL, 500):
+            pipe = client.pipeline(transaction=False)
+            for n in range(start, min(start + 500, TOTAL)):
+                pipe.xadd(stream, {"data": body(n)})
+            await pipe.execute()
+
+        async def all_acknowledged() -> bool:
+            (info,) = await client.xinfo_groups(stream)
+            pending = (await client.xpending(stream, group))["pending"]
+            assert (info["lag"], pending) == (0, 0), f"lag {info['lag']}, pending {pending}"
+            return True
+
+        yield Feed(
+            {
+                "CHAOS_SOURCE": "redis",
+                "CHAOS_NAME": stream,
+                "CHAOS_GROUP": group,
+                "CHAOS_BROKER": url,
+            },
+            f"{url}{'&' if '?' in url else '?'}prefix={prefix}",
+            all_acknowledged,
+        )
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await client.delete(*keys[start : start + 1000])
+        await client.delete(stream)
+        await client.aclose()
+
+
+@pytest.fixture
+async def rabbitmq_feed(rabbitmq_url: str, tmp_path: Path) -> AsyncIterator[Feed]:
+    import aio_pika
+
+    url = rabbitmq_url
+    queue = unique_name("chaos")
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        declared = await channel.declare_queue(queue, durable=True)
+        for start in range(0, TOTAL, 500):  # confirmed publishes, 500 at a time
+            await asyncio.gather(
+                *(
+                    channel.default_exchange.publish(
+                        aio_pika.Message(body(n), message_id=f"event-{n}"), routing_key=queue
+                    )
+                    for n in range(start, min(start + 500, TOTAL))
+                )
+            )
+
+        async def all_acknowledged() -> bool:
+            # the app's connection is closed: anything it had not acked is back in the queue
+            result = await channel.declare_queue(queue, passive=True)
+            waiting = result.declaration_result.message_count
+            assert waiting == 0, f"{waiting} messages still in {queue}"
+            return True
+
+        yield Feed(
+            {"CHAOS_SOURCE": "rabbitmq", "CHAOS_NAME": queue, "CHAOS_BROKER": url},
+            f"sqlite:///{tmp_path / 'sagaz.db'}",
+            all_acknowledged,
+        )
+        await declared.delete(if_unused=False, if_empty=False)
+    finally:
+        await connection.close()
+
+
+FEEDS = {
+    "kafka+postgres": "kafka_feed",
+    "redis+redis": "redis_feed",
+    "rabbitmq+sqlite": "rabbitmq_feed",
+}
+
+
+@pytest.fixture(params=list(FEEDS))
+def feed(request: pytest.FixtureRequest) -> Feed:
+    """One source and store pair (a sync fixture: it may ask for the async ones)."""
+    ready: Feed = request.getfixturevalue(FEEDS[request.param])
+    return ready
+
+
+@pytest.mark.timeout(240)
+async def test_every_event_completes_once_across_five_sigkills(
+    feed: Feed, side_effects: SideEffectTable, chaos_rng: random.Random, tmp_path: Path
+) -> None:
+    app = AppProcess(
+        {
+            **feed.env,
+            "CHAOS_STORE_URL": feed.store_url,
+            "CHAOS_SIDE_DSN": side_effects.dsn,
+            "CHAOS_SIDE_TABLE": side_effects.name,
+            "CHAOS_MAX_CONCURRENT_SAGAS": str(MAX_CONCURRENT_SAGAS),
+            "CHAOS_LEASE_SECONDS": "2",
+        },
+        log_dir=tmp_path,
+    )
+    store = store_from_url(feed.store_url)
+    try:
+        at_kill = await kill_repeatedly(
+            app, side_effects.progress, chaos_rng, kills=KILLS, total=TOTAL
+        )
+        print(f"killed at progress {at_kill}")
+        async with store:
+
+            async def all_completed() -> bool:
+                done = await store.list_sagas(
+                    status=SagaStatus.COMPLETED, saga_name=SAGA_NAME, limit=10 * TOTAL
+                )
+                return len(done) >= TOTAL
+
+            await wait_for(
+                all_completed,
+                within=120,
+                every=0.5,
+                what=f"{TOTAL} completed sagas",
+                alive=app.check_alive,
+            )
+        assert await app.terminate() == 0, app.log_tail()
+    finally:
+        await app.close()
+
+    async with store:
+        await assert_one_completed_saga_per_event(store, TOTAL)
+    assert await feed.all_acknowledged()
+    runs = await side_effects.runs()
+    assert runs.numbers == TOTAL, "every step of every saga ran"
+    assert runs.rows == TOTAL * len(STEPS)
+    print(f"step repeats: {runs.repeats} {runs.repeated}")
+    assert runs.repeats <= KILLS * MAX_CONCURRENT_SAGAS, runs.repeated
