@@ -20,10 +20,12 @@ from pathlib import Path
 from sagaz import SagaStatus
 from sagaz.abc import SagaStore
 from tests.chaos.app import SAGA_NAME
+from tests.chaos.side_effects import SideEffectTable
 
 __all__ = [
     "WORKTREE",
     "AppProcess",
+    "app_env",
     "assert_one_completed_saga_per_event",
     "kill_repeatedly",
     "wait_for",
@@ -53,6 +55,26 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(every)
+
+
+def app_env(
+    *,
+    store_url: str,
+    side_effects: SideEffectTable,
+    max_concurrent_sagas: int,
+    lease_seconds: float = 2.0,
+    **more: str,
+) -> dict[str, str]:
+    """The ``CHAOS_*`` variables of an app on ``store_url`` writing to ``side_effects``;
+    ``more`` adds others (``CHAOS_SOURCE=...``)."""
+    return {
+        "CHAOS_STORE_URL": store_url,
+        "CHAOS_SIDE_DSN": side_effects.dsn,
+        "CHAOS_SIDE_TABLE": side_effects.name,
+        "CHAOS_MAX_CONCURRENT_SAGAS": str(max_concurrent_sagas),
+        "CHAOS_LEASE_SECONDS": str(lease_seconds),
+        **more,
+    }
 
 
 class AppProcess:

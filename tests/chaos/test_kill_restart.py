@@ -9,7 +9,6 @@ Kafka + PostgreSQL store, Redis Streams + Redis store, RabbitMQ + SQLite store.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -20,9 +19,11 @@ import pytest
 from sagaz import SagaStatus
 from sagaz.storage.url import store_from_url
 from tests.chaos.app import SAGA_NAME, STEPS
+from tests.chaos.brokers import event, kafka_committed, produce_kafka
 from tests.chaos.side_effects import SideEffectTable
 from tests.chaos.supervisor import (
     AppProcess,
+    app_env,
     assert_one_completed_saga_per_event,
     kill_repeatedly,
     wait_for,
@@ -39,10 +40,6 @@ KAFKA_PARTITIONS = 3
 MakeTopic = Callable[..., Awaitable[str]]
 
 
-def body(n: int) -> bytes:
-    return json.dumps({"n": n}).encode()
-
-
 @dataclass
 class Feed:
     """A source with its events on the broker, and the store the app uses with it."""
@@ -56,34 +53,13 @@ class Feed:
 async def kafka_feed(
     kafka_bootstrap: str, make_kafka_topic: MakeTopic, postgres_store_url: str
 ) -> Feed:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
-    bootstrap = kafka_bootstrap
     topic = await make_kafka_topic("chaos", partitions=KAFKA_PARTITIONS)
     group = unique_name("chaos")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        sent = [
-            await producer.send(topic, body(n), partition=n % KAFKA_PARTITIONS)
-            for n in range(TOTAL)
-        ]
-        for future in sent:
-            await future
-    finally:
-        await producer.stop()
-    per_partition = [len(range(p, TOTAL, KAFKA_PARTITIONS)) for p in range(KAFKA_PARTITIONS)]
+    produced = await produce_kafka(kafka_bootstrap, topic, TOTAL, KAFKA_PARTITIONS)
 
     async def all_acknowledged() -> bool:
-        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
-        await reader.start()
-        try:
-            committed = [
-                await reader.committed(TopicPartition(topic, p)) for p in range(KAFKA_PARTITIONS)
-            ]
-        finally:
-            await reader.stop()
-        assert committed == per_partition, f"committed {committed}, produced {per_partition}"
+        committed = await kafka_committed(kafka_bootstrap, group, topic, KAFKA_PARTITIONS)
+        assert committed == produced, f"committed {committed}, produced {produced}"
         return True
 
     return Feed(
@@ -91,7 +67,7 @@ async def kafka_feed(
             "CHAOS_SOURCE": "kafka",
             "CHAOS_NAME": topic,
             "CHAOS_GROUP": group,
-            "CHAOS_BROKER": bootstrap,
+            "CHAOS_BROKER": kafka_bootstrap,
         },
         postgres_store_url,
         all_acknowledged,
@@ -109,7 +85,7 @@ async def redis_feed(redis_url: str) -> AsyncIterator[Feed]:
         for start in range(0, TOTAL, 500):
             pipe = client.pipeline(transaction=False)
             for n in range(start, min(start + 500, TOTAL)):
-                pipe.xadd(stream, {"data": body(n)})
+                pipe.xadd(stream, {"data": event(n)})
             await pipe.execute()
 
         async def all_acknowledged() -> bool:
@@ -150,7 +126,7 @@ async def rabbitmq_feed(rabbitmq_url: str, tmp_path: Path) -> AsyncIterator[Feed
             await asyncio.gather(
                 *(
                     channel.default_exchange.publish(
-                        aio_pika.Message(body(n), message_id=f"event-{n}"), routing_key=queue
+                        aio_pika.Message(event(n), message_id=f"event-{n}"), routing_key=queue
                     )
                     for n in range(start, min(start + 500, TOTAL))
                 )
@@ -192,14 +168,12 @@ async def test_every_event_completes_once_across_five_sigkills(
     feed: Feed, side_effects: SideEffectTable, chaos_rng: random.Random, tmp_path: Path
 ) -> None:
     app = AppProcess(
-        {
+        app_env(
+            store_url=feed.store_url,
+            side_effects=side_effects,
+            max_concurrent_sagas=MAX_CONCURRENT_SAGAS,
             **feed.env,
-            "CHAOS_STORE_URL": feed.store_url,
-            "CHAOS_SIDE_DSN": side_effects.dsn,
-            "CHAOS_SIDE_TABLE": side_effects.name,
-            "CHAOS_MAX_CONCURRENT_SAGAS": str(MAX_CONCURRENT_SAGAS),
-            "CHAOS_LEASE_SECONDS": "2",
-        },
+        ),
         log_dir=tmp_path,
     )
     store = store_from_url(feed.store_url)
