@@ -29,6 +29,7 @@ __all__ = [
     "assert_one_completed_saga_per_event",
     "kill_repeatedly",
     "wait_for",
+    "wait_for_count",
 ]
 
 WORKTREE = Path(__file__).resolve().parents[2]
@@ -75,6 +76,37 @@ def app_env(
         "CHAOS_LEASE_SECONDS": str(lease_seconds),
         **more,
     }
+
+
+async def wait_for_count(
+    count: Callable[[], Awaitable[int]],
+    target: int,
+    *,
+    what: str,
+    stall: float = 20.0,
+    within: float = 150.0,
+    every: float = 0.5,
+    alive: Callable[[], None] | None = None,
+) -> None:
+    """Poll ``count`` until it reaches ``target``; fail early when it has not moved for
+    ``stall`` seconds (leases and redeliveries take a few seconds here, never that long), or
+    after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    last, moved = -1, time.monotonic()
+    while True:
+        if alive is not None:
+            alive()
+        current = await count()
+        now = time.monotonic()
+        if current >= target:
+            return
+        if current != last:
+            last, moved = current, now
+        if now - moved > stall:
+            raise AssertionError(f"stuck at {current} of {target} {what} for {stall}s")
+        if now > deadline:
+            raise AssertionError(f"timed out after {within}s at {current} of {target} {what}")
+        await asyncio.sleep(every)
 
 
 class AppProcess:

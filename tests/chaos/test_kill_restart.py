@@ -26,7 +26,7 @@ from tests.chaos.supervisor import (
     app_env,
     assert_one_completed_saga_per_event,
     kill_repeatedly,
-    wait_for,
+    wait_for_count,
 )
 from tests.services import unique_name
 
@@ -184,19 +184,13 @@ async def test_every_event_completes_once_across_five_sigkills(
         print(f"killed at progress {at_kill}")
         async with store:
 
-            async def all_completed() -> bool:
+            async def completed() -> int:
                 done = await store.list_sagas(
                     status=SagaStatus.COMPLETED, saga_name=SAGA_NAME, limit=10 * TOTAL
                 )
-                return len(done) >= TOTAL
+                return len(done)
 
-            await wait_for(
-                all_completed,
-                within=120,
-                every=0.5,
-                what=f"{TOTAL} completed sagas",
-                alive=app.check_alive,
-            )
+            await wait_for_count(completed, TOTAL, what="completed sagas", alive=app.check_alive)
         assert await app.terminate() == 0, app.log_tail()
     finally:
         await app.close()

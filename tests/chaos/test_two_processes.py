@@ -23,6 +23,7 @@ from tests.chaos.supervisor import (
     app_env,
     assert_one_completed_saga_per_event,
     wait_for,
+    wait_for_count,
 )
 from tests.services import unique_name
 
@@ -101,15 +102,11 @@ async def test_two_processes_share_the_work_and_one_finishes_after_the_other_is_
                 f"the kill came too late to leave work for the survivor: {dict(at_kill)}"
             )
 
-            async def all_completed() -> bool:
-                return sum((await completed_by()).values()) >= TOTAL
+            async def completed() -> int:
+                return sum((await completed_by()).values())
 
-            await wait_for(
-                all_completed,
-                within=120,
-                every=0.5,
-                what=f"{TOTAL} completed sagas",
-                alive=apps[survivor].check_alive,
+            await wait_for_count(
+                completed, TOTAL, what="completed sagas", alive=apps[survivor].check_alive
             )
             assert await apps[survivor].terminate() == 0, apps[survivor].log_tail()
             final = await completed_by()
