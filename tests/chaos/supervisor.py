@@ -23,7 +23,7 @@ from tests.chaos.app import SAGA_NAME
 from tests.chaos.side_effects import SideEffectTable
 
 __all__ = [
-    "WORKTREE",
+    "ROOT",
     "AppProcess",
     "app_env",
     "assert_one_completed_saga_per_event",
@@ -32,8 +32,8 @@ __all__ = [
     "wait_for_count",
 ]
 
-WORKTREE = Path(__file__).resolve().parents[2]
-SRC = WORKTREE / "src"
+ROOT = Path(__file__).resolve().parents[2]  # the repository: the app imports its src/ and tests/
+SRC = ROOT / "src"
 
 
 async def wait_for(
@@ -133,7 +133,7 @@ class AppProcess:
             **os.environ,
             **self.env,
             **overrides,
-            "PYTHONPATH": os.pathsep.join([str(SRC), str(WORKTREE)]),
+            "PYTHONPATH": os.pathsep.join([str(SRC), str(ROOT)]),
             "PYTHONUNBUFFERED": "1",
         }
         with self.log_path.open("wb") as log:
@@ -141,7 +141,7 @@ class AppProcess:
                 sys.executable,
                 "-m",
                 "tests.chaos.app",
-                cwd=WORKTREE,
+                cwd=ROOT,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
