@@ -109,9 +109,24 @@ class SagaStore(Lifecycle, ABC):
         *,
         status: SagaStatus | None = None,
         saga_name: str | None = None,
+        trigger_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        after: str | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
-        """Sagas, oldest first, filtered by status and/or name."""
+        """At most ``limit`` sagas, newest first (the reverse of the order they were created
+        in), that match every filter given.
+
+        ``created_after`` keeps sagas created at or after that moment, ``created_before``
+        those created strictly before it. ``after`` pages: pass the ``saga_id`` of the last
+        saga of the previous page to continue with the sagas listed after it (created
+        before it); an ``after`` that names no saga gives an empty list.
+
+        >>> page = await store.list_sagas(status=SagaStatus.FAILED, limit=50)  # doctest: +SKIP
+        >>> more = await store.list_sagas(status=SagaStatus.FAILED, limit=50,
+        ...                               after=page[-1].saga_id)  # doctest: +SKIP
+        """
 
     @abstractmethod
     async def delete_saga(self, saga_id: str) -> None:

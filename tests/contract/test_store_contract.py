@@ -241,7 +241,7 @@ async def test_values_round_trip_including_bytes_and_datetimes(store: SagaStore)
     assert stored.lease_expires_at.utcoffset() is not None
 
 
-async def test_list_sagas_oldest_first_with_filters_and_limit(store: SagaStore) -> None:
+async def test_list_sagas_newest_first_with_filters_and_limit(store: SagaStore) -> None:
     specs = [
         ("a", "orders", SagaStatus.COMPLETED),
         ("b", "payments", SagaStatus.RUNNING),
@@ -256,13 +256,71 @@ async def test_list_sagas_oldest_first_with_filters_and_limit(store: SagaStore) 
     def ids(records: list[SagaRecord]) -> list[str]:
         return [r.saga_id for r in records]
 
-    assert ids(await store.list_sagas()) == ["a", "b", "c", "d", "e"]
-    assert ids(await store.list_sagas(limit=2)) == ["a", "b"]
-    assert ids(await store.list_sagas(status=SagaStatus.COMPLETED)) == ["d", "e"]
+    assert ids(await store.list_sagas()) == ["e", "d", "c", "b", "a"]
+    assert ids(await store.list_sagas(limit=2)) == ["e", "d"]
+    assert ids(await store.list_sagas(status=SagaStatus.COMPLETED)) == ["e", "d"]
     assert ids(await store.list_sagas(status=SagaStatus.FAILED)) == ["a"]
-    assert ids(await store.list_sagas(saga_name="orders")) == ["a", "c", "d"]
+    assert ids(await store.list_sagas(saga_name="orders")) == ["d", "c", "a"]
     assert ids(await store.list_sagas(saga_name="orders", status=SagaStatus.COMPLETED)) == ["d"]
     assert await store.list_sagas(saga_name="nope") == []
+
+
+async def test_list_sagas_filters_by_trigger_and_creation_time(store: SagaStore) -> None:
+    day = datetime(2024, 5, 1, tzinfo=UTC)
+    specs = [
+        ("old", "orders.on_order", day - timedelta(days=2)),
+        ("noon", "orders.on_order", day + timedelta(hours=12)),
+        ("by-hand", None, day + timedelta(hours=13)),
+        ("web", "orders.on_web", day + timedelta(hours=14)),
+        ("late", "orders.on_order", day + timedelta(days=1)),  # exactly the upper bound
+    ]
+    for saga_id, trigger_id, created in specs:
+        await store.create_saga(_saga(saga_id, trigger_id=trigger_id, created_at=created))
+
+    def ids(records: list[SagaRecord]) -> list[str]:
+        return [r.saga_id for r in records]
+
+    assert ids(await store.list_sagas(trigger_id="orders.on_order")) == ["late", "noon", "old"]
+    assert ids(await store.list_sagas(trigger_id="nope")) == []
+    window = {"created_after": day, "created_before": day + timedelta(days=1)}
+    assert ids(await store.list_sagas(**window)) == ["web", "by-hand", "noon"]
+    assert ids(await store.list_sagas(created_after=day + timedelta(hours=12))) == [
+        "late",
+        "web",
+        "by-hand",
+        "noon",  # created_after is inclusive
+    ]
+    assert ids(await store.list_sagas(created_before=day)) == ["old"]
+    assert ids(await store.list_sagas(trigger_id="orders.on_order", **window)) == ["noon"]
+    stored = await store.get_saga("noon")
+    assert stored is not None
+    assert stored.created_at == day + timedelta(hours=12)
+
+
+async def test_list_sagas_pages_after_a_saga_id(store: SagaStore) -> None:
+    total = 450  # more than one chunk of an index scan
+    for n in range(total):
+        status = SagaStatus.COMPLETED if n % 3 else SagaStatus.FAILED
+        await store.create_saga(_saga(f"s{n:03}", status=status))
+
+    async def every_page(**filters: Any) -> list[list[str]]:
+        pages: list[list[str]] = []
+        after: str | None = None
+        while page := await store.list_sagas(limit=100, after=after, **filters):
+            pages.append([r.saga_id for r in page])
+            after = page[-1].saga_id
+        return pages
+
+    pages = await every_page()
+    assert [len(page) for page in pages] == [100, 100, 100, 100, 50]
+    newest_first = [f"s{n:03}" for n in reversed(range(total))]
+    assert [saga_id for page in pages for saga_id in page] == newest_first
+    failed = await every_page(status=SagaStatus.FAILED)
+    assert [len(page) for page in failed] == [100, 50]
+    assert [saga_id for page in failed for saga_id in page] == newest_first[2::3]
+    assert [r.saga_id for r in await store.list_sagas(after="s002", limit=5)] == ["s001", "s000"]
+    assert await store.list_sagas(after="s000") == []
+    assert await store.list_sagas(after="no-such-saga") == []
 
 
 async def test_delete_saga_removes_it_and_its_steps(store: SagaStore) -> None:

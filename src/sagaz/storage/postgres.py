@@ -181,20 +181,32 @@ class PostgresSagaStore(SagaStore):
         *,
         status: SagaStatus | None = None,
         saga_name: str | None = None,
+        trigger_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        after: str | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
+        # newest first is descending ``seq``: the status and name filters walk their
+        # (status, seq) / (saga_name, seq) indexes backwards; the others filter that walk
+        conditions = {
+            "status = {}": None if status is None else SagaStatus(status).value,
+            "saga_name = {}": saga_name,
+            "trigger_id = {}": trigger_id,
+            "created_at >= {}": None if created_after is None else to_utc(created_after),
+            "created_at < {}": None if created_before is None else to_utc(created_before),
+            f"seq < (SELECT seq FROM {self._s}.saga_executions WHERE saga_id = {{}})": after,
+        }
         where: list[str] = []
         params: list[Any] = []
-        if status is not None:
-            params.append(SagaStatus(status).value)
-            where.append(f"status = ${len(params)}")
-        if saga_name is not None:
-            params.append(saga_name)
-            where.append(f"saga_name = ${len(params)}")
+        for condition, value in conditions.items():
+            if value is not None:
+                params.append(value)
+                where.append(condition.format(f"${len(params)}"))
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         params.append(limit)
         rows = await self._db().fetch(
-            f"{self._select_sagas} {clause}ORDER BY seq LIMIT ${len(params)}",
+            f"{self._select_sagas} {clause}ORDER BY seq DESC LIMIT ${len(params)}",
             *params,
         )
         return [tables.saga_from_row(row) for row in rows]

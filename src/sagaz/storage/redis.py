@@ -221,28 +221,67 @@ class RedisSagaStore(SagaStore):
                     found.append(record)
         return found[:limit]
 
+    async def _scan_newest(
+        self, index: str, keep: Callable[[SagaRecord], bool], limit: int, below: str
+    ) -> list[SagaRecord]:
+        """Sagas listed in the sorted set ``index`` with a score under ``below``, highest
+        score (newest) first, that pass ``keep``."""
+        db = self._db()
+        found: list[SagaRecord] = []
+        while len(found) < limit:
+            pairs = await db.zrevrangebyscore(
+                index, below, "-inf", start=0, num=_CHUNK, withscores=True
+            )
+            if not pairs:
+                break
+            below = f"({int(pairs[-1][1])}"
+            async with db.pipeline(transaction=False) as pipe:
+                for saga_id, _ in pairs:
+                    pipe.hgetall(self._key("saga", saga_id))
+                rows = await pipe.execute()
+            for fields in rows:
+                if fields and keep(record := tables.saga_from_hash(fields)):
+                    found.append(record)
+        return found[:limit]
+
     async def list_sagas(
         self,
         *,
         status: SagaStatus | None = None,
         saga_name: str | None = None,
+        trigger_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        after: str | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
+        # newest first is descending ``seq``: the status and name filters walk their sorted
+        # sets backwards; the others filter that walk
+        below = "+inf"
+        if after is not None:
+            seq = await self._db().hget(self._key("saga", after), "seq")
+            if seq is None:
+                return []
+            below = f"({seq}"
         if status is not None:
-            wanted = SagaStatus(status)
-            index = self._key("sagas-status", wanted.value)
+            index = self._key("sagas-status", SagaStatus(status).value)
         elif saga_name is not None:
             index = self._key("sagas-name", saga_name)
         else:
             index = self._key("sagas")
-        return await self._scan(
-            index,
-            lambda r: (
+
+        def keep(r: SagaRecord) -> bool:
+            created = r.created_at
+            assert created is not None  # every stored saga has one
+            return (
                 (status is None or r.status == status)
                 and (saga_name is None or r.saga_name == saga_name)
-            ),
-            limit,
-        )
+                and (trigger_id is None or r.trigger_id == trigger_id)
+                and (created_after is None or created >= created_after)
+                and (created_before is None or created < created_before)
+            )
+
+        return await self._scan_newest(index, keep, limit, below)
 
     async def delete_saga(self, saga_id: str) -> None:
         await self._script(

@@ -210,19 +210,27 @@ class SQLiteSagaStore(SagaStore):
         *,
         status: SagaStatus | None = None,
         saga_name: str | None = None,
+        trigger_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        after: str | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
-        where: list[str] = []
-        params: list[Any] = []
-        if status is not None:
-            where.append("status = ?")
-            params.append(SagaStatus(status).value)
-        if saga_name is not None:
-            where.append("saga_name = ?")
-            params.append(saga_name)
+        # newest first is descending ``seq``: the status and name filters walk their
+        # (status, seq) / (saga_name, seq) indexes backwards; the others filter that walk
+        conditions = {
+            "status = ?": None if status is None else SagaStatus(status).value,
+            "saga_name = ?": saga_name,
+            "trigger_id = ?": trigger_id,
+            "created_at >= ?": tables.optional_text(created_after),
+            "created_at < ?": tables.optional_text(created_before),
+            "seq < (SELECT seq FROM saga_executions WHERE saga_id = ?)": after,
+        }
+        where = [condition for condition, value in conditions.items() if value is not None]
+        params = [value for value in conditions.values() if value is not None]
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         rows = await self._fetch(
-            f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions {clause}ORDER BY seq LIMIT ?",
+            f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions {clause}ORDER BY seq DESC LIMIT ?",
             (*params, limit),
         )
         return [tables.saga_from_row(row) for row in rows]
