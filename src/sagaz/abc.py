@@ -21,6 +21,7 @@ from sagaz.records import (
     InboxClaim,
     OutboxMessage,
     SagaRecord,
+    SchemaVersions,
     StepRecord,
     TriggerExecutionRecord,
     TriggerScheduleRecord,
@@ -82,11 +83,33 @@ class SagaStore(Lifecycle, ABC):
     """Durable state of sagas, steps, inbox, outbox, dead letters, poll triggers and cron claims.
 
     Claims use the backend's atomic primitives (``INSERT ... ON CONFLICT``, ``SET NX``), never
-    read-then-write. ``start()`` creates or migrates the versioned schema.
+    read-then-write. ``start()`` creates the versioned schema on an empty database, starts on
+    a current one, and refuses one at an older version with
+    :class:`~sagaz.exceptions.SchemaOutdatedError`: migrations run only when asked, through
+    :meth:`upgrade_schema` (``sagaz db upgrade``).
     """
 
     #: False for stores that lose everything on exit (``MemorySagaStore``)
     durable: ClassVar[bool] = True
+
+    # -- schema ----------------------------------------------------------------------------
+    async def schema_versions(self) -> SchemaVersions:
+        """The schema version in the store's database and the one this sagaz needs.
+
+        Works on a stopped store too (it connects for the question only) and changes
+        nothing. The default is a store that keeps no schema: ``SchemaVersions(0, 0)``.
+        """
+        return SchemaVersions(current=0, expected=0)
+
+    async def upgrade_schema(self) -> SchemaVersions:
+        """Create the schema, or run the migrations that bring it to the version this sagaz
+        needs (``sagaz db upgrade``); return the versions as they were before.
+
+        Idempotent, and serialised with other processes starting or upgrading on the same
+        database (the lock of ``start()``). Works on a stopped store (it connects for the
+        upgrade only). The default is a store that keeps no schema: nothing to do.
+        """
+        return SchemaVersions(current=0, expected=0)
 
     # -- saga executions -------------------------------------------------------------------
     @abstractmethod

@@ -17,6 +17,7 @@ __all__ = [
     "SagaStepError",
     "SagaTimeoutError",
     "SagazError",
+    "SchemaOutdatedError",
     "StoreError",
     "TriggerDefinitionError",
 ]
@@ -62,6 +63,27 @@ class InvalidEventError(SagazError, ValueError):
 
 class StoreError(SagazError, RuntimeError):
     """The saga store failed or was used before ``start()``."""
+
+
+class SchemaOutdatedError(StoreError):
+    """The store's schema is older than this sagaz: the store (so the engine, and
+    ``Saga.run``) refuses to start on it until ``sagaz db upgrade`` migrates it.
+
+    ``store`` is the store's URL (password redacted), ``found`` the version in the database,
+    ``expected`` the one this sagaz needs; the message has the command to run.
+    """
+
+    def __init__(self, what: str, *, store: str, found: int, expected: int) -> None:
+        from shlex import quote
+
+        self.store = store
+        self.found = found
+        self.expected = expected
+        super().__init__(
+            f"{what} has schema version {found}, older than the {expected} this sagaz needs; "
+            f"migrate it explicitly (once, from any machine), then start again. "
+            f"run: sagaz db upgrade --store {quote(store)}"
+        )
 
 
 class DeadLetterReplayError(SagazError, ValueError):

@@ -19,12 +19,18 @@ import pytest
 
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
-from sagaz.exceptions import ConfigurationError, MissingExtraError, StoreError
+from sagaz.exceptions import (
+    ConfigurationError,
+    MissingExtraError,
+    SchemaOutdatedError,
+    StoreError,
+)
 from sagaz.records import (
     ClaimOutcome,
     DeadLetterRecord,
     OutboxMessage,
     SagaRecord,
+    SchemaVersions,
     StepRecord,
     TriggerExecutionRecord,
     TriggerScheduleRecord,
@@ -37,6 +43,7 @@ from sagaz.storage import (
     store_from_url,
 )
 from sagaz.types import SagaStatus, StepStatus
+from tests.schema_support import make_outdated
 from tests.services import backend_params, drop_postgres_schema, unique_name
 
 CONTENDERS = 50
@@ -908,6 +915,54 @@ async def test_schema_is_created_once_and_its_version_recorded(durable_backend: 
     assert await later.get_saga("s1") is not None
 
 
+async def test_schema_versions_before_and_after_the_first_start(backend: Backend) -> None:
+    store = backend.make()
+    before = await store.schema_versions()  # a stopped store answers too
+    if not store.durable:
+        assert before == SchemaVersions(current=0, expected=0)  # no schema to keep
+        assert await store.upgrade_schema() == before
+        return
+    assert before.current == 0  # an empty database: the first start creates the schema
+    assert before.expected > 0
+    assert not before.outdated
+    await backend.open()
+    assert await store.schema_versions() == SchemaVersions(before.expected, before.expected)
+    assert await store.upgrade_schema() == SchemaVersions(before.expected, before.expected)
+
+
+async def test_an_outdated_schema_refuses_to_start_until_sagaz_db_upgrade(
+    durable_backend: Backend,
+) -> None:
+    store = durable_backend.make()
+    old = await make_outdated(store)
+    expected = (await store.schema_versions()).expected
+    assert await store.schema_versions() == SchemaVersions(current=old, expected=expected)
+    assert (await store.schema_versions()).outdated
+
+    with pytest.raises(SchemaOutdatedError) as refused:
+        await store.start()
+    assert (refused.value.found, refused.value.expected) == (old, expected)
+    assert "run: sagaz db upgrade --store " in str(refused.value)
+    with pytest.raises(StoreError, match="not started"):
+        await store.get_saga("old")  # nothing half-started
+
+    # the command in the message names this very store
+    named = store_from_url(refused.value.store)
+    assert type(named) is type(store)
+    assert repr(named) == repr(store)
+    upgrades = await asyncio.gather(named.upgrade_schema(), durable_backend.make().upgrade_schema())
+    assert sorted(upgrades, key=lambda v: v.current) == [  # one upgrade ran, the other waited
+        SchemaVersions(current=old, expected=expected),
+        SchemaVersions(current=expected, expected=expected),
+    ]
+    assert await store.schema_versions() == SchemaVersions(expected, expected)
+    await durable_backend.open()  # starts now
+    started = await durable_backend.open()
+    kept = await started.get_saga("old")
+    assert kept is not None
+    assert kept.status is SagaStatus.COMPLETED
+
+
 async def test_redis_layout_1_is_indexed_for_purging_on_upgrade(
     redis_backend: Backend, redis_url: str
 ) -> None:
@@ -935,6 +990,9 @@ async def test_redis_layout_1_is_indexed_for_purging_on_upgrade(
     finally:
         await client.aclose()
 
+    with pytest.raises(SchemaOutdatedError, match="sagaz db upgrade"):
+        await redis_backend.open()  # a store migrates only when asked
+    assert await redis_backend.make().upgrade_schema() == SchemaVersions(current=1, expected=2)
     upgraded = await redis_backend.open()
     assert await upgraded.schema_version() == 2  # type: ignore[attr-defined]
     assert await upgraded.purge_expired(utcnow() + timedelta(seconds=5)) == 4

@@ -12,9 +12,10 @@ imported when the store starts (``pip install "sagaz[postgres]"``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from sagaz._imports import require_extra
 from sagaz.abc import SagaStore
@@ -26,6 +27,7 @@ from sagaz.records import (
     InboxClaim,
     OutboxMessage,
     SagaRecord,
+    SchemaVersions,
     StepRecord,
     TriggerExecutionRecord,
     TriggerScheduleRecord,
@@ -36,6 +38,8 @@ from sagaz.storage.url import redact_url
 from sagaz.types import SagaStatus, StepStatus
 
 __all__ = ["PostgresSagaStore"]
+
+T = TypeVar("T")
 
 _CLAIM_RETRIES = 5  # a row deleted between our two statements makes us look again
 
@@ -82,7 +86,10 @@ class PostgresSagaStore(SagaStore):
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the pool and create or migrate the schema. Idempotent."""
+        """Open the pool and create the schema if the database has none. Idempotent.
+
+        An older schema raises :class:`~sagaz.exceptions.SchemaOutdatedError`: migrate it
+        with ``sagaz db upgrade`` (:meth:`upgrade_schema`)."""
         async with self._lifecycle_lock:
             if self._pool is not None:
                 return
@@ -97,18 +104,49 @@ class PostgresSagaStore(SagaStore):
                     reset=tables.keep_session,
                 )
             except (OSError, asyncpg.PostgresError) as exc:
-                raise StoreError(
-                    f"cannot connect to PostgreSQL at {redact_url(self.dsn)}: {exc}; check the "
-                    "DSN (postgresql://user:password@host:5432/db) and that the server is up"
-                ) from exc
+                raise self._unreachable(exc) from exc
             try:
                 async with pool.acquire() as conn:
-                    await tables.migrate(conn, self.schema)
+                    await tables.migrate(conn, self.schema, url=self._store_url())
             except BaseException:
                 await pool.close()
                 raise
             self._pool = pool
             self._started = True
+
+    def _store_url(self) -> str:
+        """The store's URL with the password redacted (for ``--store`` and messages)."""
+        if self.schema == "sagaz":
+            return redact_url(self.dsn)
+        parts = urlsplit(redact_url(self.dsn))
+        query = "&".join(q for q in (parts.query, urlencode({"schema": self.schema})) if q)
+        return urlunsplit(parts._replace(query=query))
+
+    def _unreachable(self, exc: BaseException) -> StoreError:
+        return StoreError(
+            f"cannot connect to PostgreSQL at {redact_url(self.dsn)}: {exc}; check the "
+            "DSN (postgresql://user:password@host:5432/db) and that the server is up"
+        )
+
+    async def _one_connection(self, use: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``use`` on a connection of its own (the store need not be started)."""
+        asyncpg = require_extra("postgres")
+        try:
+            conn = await asyncpg.connect(self.dsn, command_timeout=self._command_timeout)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise self._unreachable(exc) from exc
+        try:
+            return await use(conn)
+        finally:
+            await conn.close()
+
+    async def schema_versions(self) -> SchemaVersions:
+        return await self._one_connection(lambda conn: tables.read_versions(conn, self.schema))
+
+    async def upgrade_schema(self) -> SchemaVersions:
+        return await self._one_connection(
+            lambda conn: tables.migrate(conn, self.schema, url=self._store_url(), upgrade=True)
+        )
 
     async def stop(self) -> None:
         """Close the pool, letting running queries finish. Idempotent."""

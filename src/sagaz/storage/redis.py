@@ -14,10 +14,10 @@ Cluster does not allow. redis-py is imported when the store starts
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
-from urllib.parse import quote
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from sagaz._imports import require_extra
 from sagaz.abc import SagaStore
@@ -29,6 +29,7 @@ from sagaz.records import (
     InboxClaim,
     OutboxMessage,
     SagaRecord,
+    SchemaVersions,
     StepRecord,
     TriggerExecutionRecord,
     TriggerScheduleRecord,
@@ -41,6 +42,8 @@ from sagaz.storage.url import redact_url
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
 __all__ = ["RedisSagaStore"]
+
+T = TypeVar("T")
 
 _CHUNK = 200  # ids read per round trip when scanning an index
 _PURGE_BATCH = 500
@@ -74,7 +77,11 @@ class RedisSagaStore(SagaStore):
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Connect, check the server answers, and record or migrate the key layout."""
+        """Connect, check the server answers, and record the key layout's version under a
+        new prefix. Idempotent.
+
+        An older layout raises :class:`~sagaz.exceptions.SchemaOutdatedError`: migrate it
+        with ``sagaz db upgrade`` (:meth:`upgrade_schema`)."""
         async with self._lifecycle_lock:
             if self._client is not None:
                 return
@@ -82,14 +89,11 @@ class RedisSagaStore(SagaStore):
             client = redis.Redis.from_url(self.url, decode_responses=True, **self._client_options)
             try:
                 await client.ping()
-                await tables.migrate(client, self.prefix)
+                await tables.migrate(client, self.prefix, url=self._store_url())
             except BaseException as exc:
                 await client.aclose()
                 if isinstance(exc, OSError | redis.RedisError):
-                    raise StoreError(
-                        f"cannot use Redis at {redact_url(self.url)}: {exc}; check the URL "
-                        "(redis://host:6379/0) and that the server is up"
-                    ) from exc
+                    raise self._unreachable(exc) from exc
                 raise
             scripts = {
                 name: client.register_script(source) for name, source in tables.SCRIPTS.items()
@@ -111,6 +115,39 @@ class RedisSagaStore(SagaStore):
     async def schema_version(self) -> int:
         """The key-layout version recorded in Redis."""
         return int(await self._db().get(self._key("schema_version")) or 0)
+
+    def _store_url(self) -> str:
+        """The store's URL with the password redacted, ``?prefix=`` included (messages)."""
+        if self.prefix == "sagaz":
+            return redact_url(self.url)
+        parts = urlsplit(redact_url(self.url))
+        query = "&".join(q for q in (parts.query, urlencode({"prefix": self.prefix})) if q)
+        return urlunsplit(parts._replace(query=query))
+
+    def _unreachable(self, exc: BaseException) -> StoreError:
+        return StoreError(
+            f"cannot use Redis at {redact_url(self.url)}: {exc}; check the URL "
+            "(redis://host:6379/0) and that the server is up"
+        )
+
+    async def _one_client(self, use: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``use`` on a client of its own (the store need not be started)."""
+        redis = require_extra("redis", "redis.asyncio")
+        client = redis.Redis.from_url(self.url, decode_responses=True, **self._client_options)
+        try:
+            return await use(client)
+        except (OSError, redis.RedisError) as exc:
+            raise self._unreachable(exc) from exc
+        finally:
+            await client.aclose()
+
+    async def schema_versions(self) -> SchemaVersions:
+        return await self._one_client(lambda client: tables.read_versions(client, self.prefix))
+
+    async def upgrade_schema(self) -> SchemaVersions:
+        return await self._one_client(
+            lambda client: tables.migrate(client, self.prefix, url=self._store_url(), upgrade=True)
+        )
 
     def _db(self) -> Any:
         if self._client is None:

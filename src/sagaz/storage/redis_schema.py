@@ -31,8 +31,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from sagaz.exceptions import StoreError
-from sagaz.records import SagaRecord
+from sagaz.exceptions import SchemaOutdatedError, StoreError
+from sagaz.records import SagaRecord, SchemaVersions
 from sagaz.storage.codec import from_micros, loads, to_micros
 from sagaz.types import SagaStatus
 
@@ -42,6 +42,7 @@ __all__ = [
     "micros",
     "migrate",
     "optional_moment",
+    "read_versions",
     "saga_from_hash",
 ]
 
@@ -53,7 +54,8 @@ indexes that ``purge_expired`` walks, ``p:texec-completed`` and ``p:cron-trigger
 :func:`migrate` fills them from version-1 data (:func:`_index_for_purge`); rows that a
 version-1 process still running during the upgrade writes afterwards are not indexed, so
 purging misses them. A later layout adds its data migration to :func:`migrate` too, which runs
-it under a ``SET NX`` lock."""
+it under a ``SET NX`` lock when asked (``sagaz db upgrade``): a store refuses to start on an
+older layout."""
 
 _MIGRATION_LOCK_MS = 30_000
 _MIGRATION_CHUNK = 500
@@ -63,19 +65,24 @@ _EXTEND_LOCK = (
 )
 
 
-async def migrate(client: Any, prefix: str) -> int:
-    """Bring ``<prefix>:schema_version`` to :data:`SCHEMA_VERSION`; return it.
+async def migrate(client: Any, prefix: str, *, url: str, upgrade: bool = False) -> SchemaVersions:
+    """Record :data:`SCHEMA_VERSION` under a new prefix or, with ``upgrade``, migrate an older
+    layout to it; return the versions found.
 
-    ``client`` is a ``redis.asyncio.Redis``. Processes starting at once queue on a ``SET NX``
-    lock (expiring after 30 s, should its holder die) and re-read the version while waiting.
+    Without ``upgrade`` an older layout raises :class:`SchemaOutdatedError` (``url`` goes
+    into its ``sagaz db upgrade --store URL``). ``client`` is a ``redis.asyncio.Redis``.
+    Processes starting at once queue on a ``SET NX`` lock (expiring after 30 s, should its
+    holder die) and re-read the version while waiting.
     """
     version_key = f"{prefix}:schema_version"
     lock, token = f"{prefix}:migration-lock", secrets.token_hex(8)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
     while True:
-        if int(await client.get(version_key) or 0) == SCHEMA_VERSION:
-            return SCHEMA_VERSION  # current (perhaps another process just migrated it)
+        current = int(await client.get(version_key) or 0)
+        if current == SCHEMA_VERSION:  # current (perhaps another process just migrated it)
+            return SchemaVersions(current=current, expected=SCHEMA_VERSION)
+        _check(current, prefix, url=url, upgrade=upgrade)
         if await client.set(lock, token, nx=True, px=_MIGRATION_LOCK_MS):
             break
         if loop.time() > deadline:
@@ -86,11 +93,7 @@ async def migrate(client: Any, prefix: str) -> int:
         await asyncio.sleep(0.05)
     try:
         current = int(await client.get(version_key) or 0)
-        if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"the Redis keys under {prefix!r} have layout version {current}, newer than "
-                f"the {SCHEMA_VERSION} this sagaz understands: upgrade sagaz (pip install -U sagaz)"
-            )
+        _check(current, prefix, url=url, upgrade=upgrade)
         if current < SCHEMA_VERSION:  # from 0 (a new prefix): keys appear on first write
             if current == 1:
                 await _index_for_purge(client, prefix, lambda: _extend(client, lock, token))
@@ -102,7 +105,26 @@ async def migrate(client: Any, prefix: str) -> int:
             lock,
             token,
         )
-    return SCHEMA_VERSION
+    return SchemaVersions(current=current, expected=SCHEMA_VERSION)
+
+
+def _check(current: int, prefix: str, *, url: str, upgrade: bool) -> None:
+    """Refuse a newer layout, and an older one unless upgrading."""
+    if current > SCHEMA_VERSION:
+        raise StoreError(
+            f"the Redis keys under {prefix!r} have layout version {current}, newer than "
+            f"the {SCHEMA_VERSION} this sagaz understands: upgrade sagaz (pip install -U sagaz)"
+        )
+    if 0 < current < SCHEMA_VERSION and not upgrade:
+        raise SchemaOutdatedError(
+            f"the Redis keys under {prefix!r}", store=url, found=current, expected=SCHEMA_VERSION
+        )
+
+
+async def read_versions(client: Any, prefix: str) -> SchemaVersions:
+    """The versions under ``prefix``, read without changing anything."""
+    current = int(await client.get(f"{prefix}:schema_version") or 0)
+    return SchemaVersions(current=current, expected=SCHEMA_VERSION)
 
 
 async def _extend(client: Any, lock: str, token: str) -> None:

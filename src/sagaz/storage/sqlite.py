@@ -37,6 +37,7 @@ from sagaz.records import (
     InboxClaim,
     OutboxMessage,
     SagaRecord,
+    SchemaVersions,
     StepRecord,
     TriggerExecutionRecord,
     TriggerScheduleRecord,
@@ -106,11 +107,16 @@ class SQLiteSagaStore(SagaStore):
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the file (WAL mode) and create or migrate the schema. Idempotent."""
+        """Open the file (WAL mode) and create the schema if the file has none. Idempotent.
+
+        An older schema raises :class:`~sagaz.exceptions.SchemaOutdatedError`: migrate it
+        with ``sagaz db upgrade`` (:meth:`upgrade_schema`)."""
         async with self._lifecycle_lock:
             if self._groups is not None:
                 return
-            connect = functools.partial(tables.open_database, self.path, self._busy_timeout_ms)
+            connect = functools.partial(
+                tables.open_database, self.path, self._busy_timeout_ms, url=self._store_url()
+            )
             try:
                 self._groups = await GroupCommitter.open(
                     connect, error=self._error, label=f"SQLite store {self.path!r}"
@@ -131,10 +137,29 @@ class SQLiteSagaStore(SagaStore):
                 except sqlite3.Error as exc:
                     raise self._error(exc) from exc
 
+    def _store_url(self) -> str:
+        """The ``sqlite:///`` URL of the file (for ``--store`` and messages)."""
+        return f"sqlite:///{self.path}"
+
     async def schema_version(self) -> int:
         """The schema version recorded in the database."""
         rows = await self._fetch("SELECT MAX(version) FROM schema_version")
         return int(rows[0][0])
+
+    async def schema_versions(self) -> SchemaVersions:
+        try:
+            return await asyncio.to_thread(tables.read_versions, self.path)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    async def upgrade_schema(self) -> SchemaVersions:
+        upgrade = functools.partial(
+            tables.upgrade_database, self.path, self._busy_timeout_ms, url=self._store_url()
+        )
+        try:
+            return await asyncio.to_thread(upgrade)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
 
     def _committer(self) -> GroupCommitter:
         if self._groups is None:
