@@ -80,8 +80,8 @@ class SchemaOutdatedError(StoreError):
         self.found = found
         self.expected = expected
         super().__init__(
-            f"{what} has schema version {found}, older than the {expected} this sagaz needs; "
-            f"migrate it explicitly (once, from any machine), then start again. "
+            f"{what} has schema version {found}, older than the {expected} this sagaz needs, "
+            "and a store migrates its schema only when asked; "
             f"run: sagaz db upgrade --store {quote(store)}"
         )
 

@@ -354,6 +354,18 @@ def test_mistakes_are_one_line_and_an_exit_status_never_a_traceback(
     err = fails(1, "dlq", "list", "--store", "redis://127.0.0.1:1/0")
     assert "cannot use Redis at redis://127.0.0.1:1/0" in err
     assert "cannot import 'no_such_module'" in fails(2, "triggers", "list", "no_such_module")
+    broken = f"broken_{app}"
+    (tmp_path / f"{broken}.py").write_text(
+        "from sagaz import Saga, trigger\n\n"
+        "class Broken(Saga):\n"
+        "    @trigger(source='carrier-pigeon')\n"
+        "    def on_event(self, event):\n"
+        "        return event\n"
+    )
+    try:
+        assert "carrier-pigeon" in fails(2, "triggers", "list", broken)  # a mistake in the code
+    finally:
+        sys.modules.pop(broken, None)
 
     import asyncio
 

@@ -40,10 +40,21 @@ from sagaz.exceptions import (
     ConfigurationError,
     DeadLetterReplayError,
     MissingExtraError,
+    SagaDefinitionError,
     SagazError,
+    TriggerDefinitionError,
 )
 
 __all__ = ["build_parser", "main"]
+
+#: errors that mean the command line (or the code it names) is wrong: exit status 2
+_USAGE_ERRORS = (
+    ConfigurationError,
+    MissingExtraError,
+    DeadLetterReplayError,
+    TriggerDefinitionError,
+    SagaDefinitionError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = asyncio.run(args.handler(args))
     except CommandError as exc:
         return _fail(str(exc), exc.status)
-    except (ConfigurationError, MissingExtraError, DeadLetterReplayError) as exc:
+    except _USAGE_ERRORS as exc:
         return _fail(str(exc), USAGE)
     except SagazError as exc:  # the store is unreachable, its schema outdated...
         return _fail(str(exc), FAILED)
