@@ -7,12 +7,14 @@ import argparse
 import asyncio
 import signal
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sagaz.cli.exits import OK
 from sagaz.cli.modules import import_modules
 from sagaz.cli.store import opened_store
-from sagaz.engine.metrics import EngineMetrics
+
+if TYPE_CHECKING:
+    from sagaz.engine.metrics import EngineMetrics
 
 __all__ = ["ProgressLine", "add_commands"]
 
