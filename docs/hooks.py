@@ -138,17 +138,23 @@ def model_table(model: type[BaseModel], *, key: str, env_prefix: str | None = No
     ]
     for name, type_, default, description in field_rows(model):
         cells = [
-            f"<code>{name}</code>",
+            f"<code>{_breakable(name)}</code>",
             f"<code>{html.escape(type_)}</code>",
             f"<code>{html.escape(default)}</code>",
         ]
         if env_prefix is not None:
-            cells.append(f"<code>{env_prefix}{name.upper()}</code>")
+            cells.append(f"<code>{_breakable(env_prefix + name.upper())}</code>")
         cells.append(html.escape(description))
         anchor = f"{key}-{name}".replace("_", "-")
         lines.append(f'<tr id="{anchor}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     lines += ["</tbody>", "</table>", "</div>"]
     return "\n".join(lines)
+
+
+def _breakable(identifier: str) -> str:
+    """``max_poll_records`` with line-break opportunities after its underscores (a narrow
+    column then wraps it there, not in the middle of a word)."""
+    return html.escape(identifier).replace("_", "_<wbr>")
 
 
 def options_table(kind: str) -> str:
@@ -197,7 +203,7 @@ def cli_reference() -> str:
     from sagaz.cli.main import build_parser
 
     parts: list[str] = []
-    with _columns(100):
+    with _columns(80):
         parser = build_parser()
         parts += ["```text", "$ sagaz --help", parser.format_help().rstrip(), "```"]
         for action in parser._actions:
