@@ -198,14 +198,28 @@ class SagaStore(Lifecycle, ABC):
     async def delete_dead_letter(self, dead_letter_id: int) -> bool:
         """Delete one dead letter; return whether it existed."""
 
-    # -- poll triggers ---------------------------------------------------------------------
+    # -- trigger schedules (every trigger's row: paused or not; poll triggers' interval) -----
     @abstractmethod
     async def save_trigger_schedule(self, record: TriggerScheduleRecord) -> None:
-        """Upsert a row of ``trigger_schedules`` (keeps ``last_poll_at`` if the new one is None)."""
+        """Upsert a row of ``trigger_schedules``.
+
+        An existing row keeps its ``enabled`` (only :meth:`set_trigger_enabled` changes it,
+        so a restart never resumes a paused trigger) and its ``last_poll_at`` if the new one
+        is None; a new row takes ``record.enabled``."""
 
     @abstractmethod
     async def get_trigger_schedule(self, trigger_name: str) -> TriggerScheduleRecord | None:
         """One row of ``trigger_schedules``."""
+
+    @abstractmethod
+    async def list_trigger_schedules(self) -> list[TriggerScheduleRecord]:
+        """Every row of ``trigger_schedules``, by ``trigger_name``."""
+
+    @abstractmethod
+    async def set_trigger_enabled(self, trigger_name: str, enabled: bool) -> bool:
+        """Pause (``False``) or resume (``True``) a trigger: set ``enabled`` of its row.
+
+        Returns whether the row exists (nothing is created for an unknown name)."""
 
     @abstractmethod
     async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
