@@ -13,7 +13,7 @@ from sagaz.abc import Emit, Source, SourceContext
 from sagaz.events import Delivery, EventMeta
 from sagaz.records import TriggerScheduleRecord
 from sagaz.triggers.options.custom import CustomOptions
-from sagaz.triggers.poll import Fire, Trigger
+from sagaz.triggers.poll import Fire, Skip, Trigger, interval_seconds
 
 __all__ = ["PollSource", "create"]
 
@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 class PollSource(Source):
     """Polls a :class:`Trigger` every ``max(poll_interval, trigger_base_poll_interval)``.
 
-    Each poll is bounded by ``trigger_poll_timeout``; a poll that raises or times out is
-    logged, reported to listeners (``on_trigger_error``) and polling continues.
+    Each poll is bounded by ``trigger_poll_timeout``; a poll that raises, times out or returns
+    anything but ``Fire``/``Skip`` is logged, reported to listeners (``on_trigger_error``) and
+    counted (``sagaz_source_errors``), and polling continues.
     """
 
     kind: ClassVar[str] = "custom"
@@ -38,7 +39,8 @@ class PollSource(Source):
     def interval(self) -> float:
         """Seconds between polls."""
         return max(
-            float(self.poll_trigger.poll_interval), self.ctx.config.trigger_base_poll_interval
+            interval_seconds(self.poll_trigger.poll_interval),
+            self.ctx.config.trigger_base_poll_interval,
         )
 
     async def run(self, emit: Emit) -> None:
@@ -79,7 +81,15 @@ class PollSource(Source):
                 await ctx.store.touch_trigger_schedule(self.name, ctx.clock.now())
             except Exception as exc:
                 await ctx.report_error(exc)
-        if not isinstance(outcome, Fire):
+        if outcome is Skip:
+            return
+        if not isinstance(outcome, Fire):  # never taken for a Skip: say so, keep polling
+            await ctx.report_error(
+                TypeError(
+                    f"poll() of trigger {self.name!r} ({ctx.trigger_id}) returned {outcome!r}; "
+                    "it must return Fire(context) or Skip. Nothing fired; polling continues"
+                )
+            )
             return
         context = dict(outcome.context or {})
         delivery = Delivery(
