@@ -30,7 +30,7 @@ from sagaz.types import SagaStatus
 if TYPE_CHECKING:
     from sagaz.clock import Clock
     from sagaz.config import TriggerConfig
-    from sagaz.events import AdmissionResult, Delivery
+    from sagaz.events import AdmissionResult, Delivery, Reason
 
 __all__ = [
     "Emit",
@@ -277,6 +277,23 @@ class Source(Lifecycle, ABC):
     async def run(self, emit: Emit) -> None:
         """Consume until cancelled, calling ``emit`` for every event."""
 
+    async def pause(self) -> None:
+        """Take no more events until :meth:`resume`; leave them where they are.
+
+        Called by the engine when the trigger is paused (``sagaz triggers pause ID``); it may
+        come before :meth:`run` (a trigger paused in the store starts paused) and more than
+        once. Events already emitted are in flight: pausing neither acks nor nacks them. The
+        built-in sources stop at their broker (Kafka pauses its partitions but keeps polling,
+        RabbitMQ cancels its consumer, Redis and SQS stop reading), a cron source skips its
+        ticks (``ctx.report_skipped(tick, Reason.PAUSED)``), a webhook answers 503.
+
+        The default does nothing here, and the engine then holds the source in ``emit()``
+        until it is resumed: a push source that waits for ``emit`` takes nothing more.
+        """
+
+    async def resume(self) -> None:
+        """Take events again after :meth:`pause`; default: nothing (``emit()`` returns)."""
+
     async def publish_dead_letter(self, delivery: Delivery, record: DeadLetterRecord) -> None:
         """Publish a dead letter to the source's broker (``dead_letter_topic``); default: no-op."""
 
@@ -306,6 +323,10 @@ class SourceCounter:
     values: Mapping[tuple[str, ...], int]
 
 
+async def _report_nothing(event: Any, reason: Reason) -> None:
+    """What a :class:`SourceContext` built outside the engine does with a skipped event."""
+
+
 @dataclass(slots=True)
 class SourceContext:
     """What a source module's ``create(options, ctx)`` gets: everything a source needs from
@@ -332,6 +353,9 @@ class SourceContext:
     #: where a broker source publishes dead letters: the trigger's ``dead_letter_topic``,
     #: else ``TriggerConfig.dead_letter_topic`` (resolved by the engine); ``None``: nowhere
     dead_letter_topic: str | None = None
+    #: count and report (``on_trigger_filtered``) an event the source did not hand in,
+    #: with its reason: a cron tick skipped while the trigger is paused (``Reason.PAUSED``)
+    report_skipped: Callable[[Any, Reason], Awaitable[None]] = field(default=_report_nothing)
 
 
 class Publisher(Lifecycle, ABC):

@@ -19,6 +19,7 @@ __all__ = [
     "SagazError",
     "StoreError",
     "TriggerDefinitionError",
+    "TriggerNotFoundError",
 ]
 
 
@@ -67,3 +68,8 @@ class StoreError(SagazError, RuntimeError):
 class DeadLetterReplayError(SagazError, ValueError):
     """A dead letter cannot be replayed (its saga's module does not import, its trigger is
     gone, or its event cannot be rebuilt); the message says what to pass or do."""
+
+
+class TriggerNotFoundError(SagazError, LookupError):
+    """No trigger with that id is known to the store (pausing or resuming it); the message
+    lists the ids it knows."""

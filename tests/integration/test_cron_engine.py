@@ -62,10 +62,10 @@ async def settled(
     clock: FakeClock, engines: list[TriggerEngine], store: SagaStore, saga_name: str, count: int
 ) -> None:
     """Wait (real time, bounded) until ``count`` sagas completed, every cron source sleeps on
-    the fake clock again and no saga runs."""
+    the fake clock again (beside each engine's trigger-state watcher) and no saga runs."""
 
     async def done() -> bool:
-        if clock.sleepers < len(engines) or any(e.dispatcher.in_flight for e in engines):
+        if clock.sleepers < 2 * len(engines) or any(e.dispatcher.in_flight for e in engines):
             return False
         return sum((await completed_per_tick(store, saga_name)).values()) >= count
 
@@ -202,6 +202,7 @@ async def test_a_stopped_engine_leaves_no_cron_task_behind() -> None:
     clock = FakeClock(START)
     engine = TriggerEngine(TriggerConfig(), MemorySagaStore(), clock=clock)
     await engine.start()
-    await eventually(lambda: clock.sleepers == 1, what="the cron source to sleep")
+    # the cron source and the trigger-state watcher
+    await eventually(lambda: clock.sleepers == 2, what="the cron source to sleep")
     await engine.stop()
     assert clock.sleepers == 0  # the source's sleep was cancelled with its task

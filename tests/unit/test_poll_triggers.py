@@ -61,8 +61,10 @@ async def test_a_poll_that_raises_or_hangs_does_not_stop_later_polls() -> None:
     assert isinstance(listener.errors[1], TimeoutError)
     assert "trigger_poll_timeout" in str(listener.errors[1])
     assert min(fired) == 4  # polls 1-3 fired nothing, 4+ fired
-    schedule = await store.get_trigger_schedule("scripted")
+    # the row is the trigger's (by trigger id, as every trigger's row: its paused state)
+    schedule = await store.get_trigger_schedule("health.on_fire")
     assert schedule is not None
+    assert schedule.poll_interval_ms == 10
     assert schedule.last_poll_at is not None
     assert schedule.allow_concurrent is True
     assert schedule.saga_name == "health"

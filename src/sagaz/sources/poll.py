@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 
 from sagaz.abc import Emit, Source, SourceContext
 from sagaz.events import Delivery, EventMeta
-from sagaz.records import TriggerScheduleRecord
 from sagaz.triggers.options.custom import CustomOptions
 from sagaz.triggers.poll import Fire, Skip, Trigger, interval_seconds
 
@@ -33,7 +32,10 @@ class PollSource(Source):
     def __init__(self, poll_trigger: Trigger, ctx: SourceContext) -> None:
         self.poll_trigger = poll_trigger
         self.ctx = ctx
+        #: the trigger's ``name`` (its dedup rows in ``trigger_executions``), else the id
         self.name = poll_trigger.name or ctx.trigger_id
+        self._running = asyncio.Event()  # cleared while paused: not polled
+        self._running.set()
 
     @property
     def interval(self) -> float:
@@ -44,20 +46,20 @@ class PollSource(Source):
         )
 
     async def run(self, emit: Emit) -> None:
-        """Poll until cancelled."""
+        """Poll until cancelled; not while paused."""
         ctx = self.ctx
-        await ctx.store.save_trigger_schedule(
-            TriggerScheduleRecord(
-                trigger_name=self.name,
-                saga_name=ctx.saga_name,
-                poll_interval_ms=int(self.interval * 1000),
-                allow_concurrent=bool(self.poll_trigger.allow_concurrent),
-                enabled=True,
-            )
-        )
         while True:
             await ctx.clock.sleep(self.interval)
+            await self._running.wait()
             await self.poll_once(emit)
+
+    async def pause(self) -> None:
+        """Poll no more until :meth:`resume` (a poll under way finishes)."""
+        self._running.clear()
+
+    async def resume(self) -> None:
+        """Poll again, from the next interval."""
+        self._running.set()
 
     async def poll_once(self, emit: Emit) -> None:
         """One poll: ``Fire`` → emit the context; errors and timeouts are reported."""
@@ -78,7 +80,7 @@ class PollSource(Source):
             return
         finally:
             try:
-                await ctx.store.touch_trigger_schedule(self.name, ctx.clock.now())
+                await ctx.store.touch_trigger_schedule(ctx.trigger_id, ctx.clock.now())
             except Exception as exc:
                 await ctx.report_error(exc)
         if outcome is Skip:
@@ -110,6 +112,7 @@ class PollSource(Source):
             "name": self.name,
             "poll_interval": self.interval,
             "allow_concurrent": self.poll_trigger.allow_concurrent,
+            "paused": not self._running.is_set(),
         }
 
 
