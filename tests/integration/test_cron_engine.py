@@ -17,9 +17,11 @@ import pytest
 from sagaz import CronTick, Saga, SagaContext, SagaStatus, TriggerConfig, action, trigger
 from sagaz.abc import SagaStore
 from sagaz.engine.engine import TriggerEngine
+from sagaz.engine.pausing import set_trigger_enabled
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.postgres import PostgresSagaStore
 from sagaz.testing import FakeClock, eventually
+from tests.engine_support import RecordingListener
 from tests.services import drop_postgres_schema, unique_name
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -157,6 +159,52 @@ async def test_two_engines_sharing_postgres_fire_each_tick_once(
     assert sum(received) == 12, received
     assert all(e.metrics.reasons["duplicate"] == 0 for e in engines)
     assert Counter(runs) == Counter(ticks_after(START, 12))
+
+
+async def test_a_paused_cron_trigger_skips_each_tick_once_across_engines_as_paused(
+    shared_postgres: tuple[SagaStore, SagaStore],
+) -> None:
+    saga_name = unique_name("report")
+    runs: list[str] = []
+    define_report_saga(saga_name, runs, catchup="all")
+    trigger_id = f"{saga_name}.on_tick"
+    clock = FakeClock(START)
+    first, second = shared_postgres
+    listeners = [RecordingListener(), RecordingListener()]
+    engines = [
+        TriggerEngine(
+            TriggerConfig(worker_id=worker, trigger_state_interval_seconds=60),
+            store,
+            clock=clock,
+            listeners=[listener],
+        )
+        for worker, store, listener in zip(("a", "b"), shared_postgres, listeners, strict=True)
+    ]
+    for engine in engines:
+        await engine.start()
+    try:
+        await step_through(clock, engines, first, saga_name, 1)  # 00:05 fires
+        await set_trigger_enabled(second, trigger_id, False)  # as `sagaz triggers pause`
+        await clock.advance(60)  # both engines read it within the watch interval
+        await eventually(lambda: all(e.paused_triggers() for e in engines))
+        for _ in range(3):  # 00:10, 00:15, 00:20: claimed once each, skipped as paused
+            await clock.advance(300)
+            await settled(clock, engines, first, saga_name, 1)
+        await set_trigger_enabled(first, trigger_id, True)
+        await clock.advance(60)
+        await eventually(lambda: not any(e.paused_triggers() for e in engines))
+        await clock.advance(180)  # 00:25 fires; the skipped ticks are not caught up
+        await settled(clock, engines, first, saga_name, 2)
+    finally:
+        for engine in engines:
+            await engine.stop()
+
+    assert sorted(runs) == [(START + timedelta(minutes=m)).isoformat() for m in (5, 25)]
+    skipped = [tick for listener in listeners for tick, reason in listener.filtered]
+    assert sorted(t.scheduled_at.minute for t in skipped) == [10, 15, 20]
+    assert {reason for listener in listeners for _, reason in listener.filtered} == {"paused"}
+    assert sum(e.metrics.reasons["paused"] for e in engines) == 3
+    assert await first.last_cron_tick(trigger_id) == START + timedelta(minutes=25)
 
 
 @pytest.mark.parametrize(("catchup", "expected"), [("none", 0), ("latest", 1), ("all", 36)])

@@ -112,7 +112,6 @@ class PollSource(Source):
             "name": self.name,
             "poll_interval": self.interval,
             "allow_concurrent": self.poll_trigger.allow_concurrent,
-            "paused": not self._running.is_set(),
         }
 
 
