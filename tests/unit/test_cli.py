@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sagaz.cli.main import main
-from sagaz.records import DeadLetterRecord
+from sagaz.records import DeadLetterRecord, TriggerScheduleRecord
 from sagaz.storage.sqlite import SQLiteSagaStore
 
 APP = textwrap.dedent(
@@ -55,6 +55,49 @@ def test_triggers_list(app: str, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "cli-saga.on_event\tmemory" in out
     assert '"channel": "cli"' in out
+
+
+async def _record_triggers(db: Path) -> None:
+    """What an engine writes for the app's triggers when it starts."""
+    async with SQLiteSagaStore(str(db)) as store:
+        for method in ("on_event", "on_typed"):
+            await store.save_trigger_schedule(
+                TriggerScheduleRecord(f"cli-saga.{method}", "cli-saga", 0, True)
+            )
+
+
+def test_triggers_pause_and_resume_in_the_store_and_list_shows_the_state(
+    app: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    db = tmp_path / "triggers.db"
+    store = ["--store", f"sqlite:///{db}"]
+    assert main([*store, "triggers", "list"]) == 0
+    assert "no trigger in" in capsys.readouterr().err
+    asyncio.run(_record_triggers(db))
+
+    assert main([*store, "triggers", "pause", "cli-saga.on_event"]) == 0
+    assert "paused trigger cli-saga.on_event" in capsys.readouterr().out
+    assert main([*store, "triggers", "list"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "cli-saga.on_event\tcli-saga\tpaused",
+        "cli-saga.on_typed\tcli-saga\trunning",
+    ]
+    assert main([*store, "triggers", "list", app]) == 0
+    listed = capsys.readouterr().out
+    assert "cli-saga.on_event\tmemory\tpaused\t" in listed
+    assert "cli-saga.on_typed\tmemory\trunning\t" in listed
+
+    assert main([*store, "triggers", "resume", "cli-saga.on_event"]) == 0
+    assert "resumed trigger cli-saga.on_event" in capsys.readouterr().out
+    assert main([*store, "triggers", "list"]) == 0
+    assert "cli-saga.on_event\tcli-saga\trunning" in capsys.readouterr().out
+
+    assert main([*store, "triggers", "pause", "cli-saga.on_evnt"]) == 2
+    error = capsys.readouterr().err
+    assert "no trigger 'cli-saga.on_evnt' in the store" in error
+    assert "known: cli-saga.on_event, cli-saga.on_typed" in error
 
 
 async def _seed(url: Path) -> int:

@@ -2,7 +2,11 @@
 
 * ``sagaz run myapp.sagas [more.modules]`` — import the modules (registering their triggers)
   and run the engine until SIGINT/SIGTERM, then stop gracefully.
-* ``sagaz triggers list myapp.sagas`` — the registered triggers.
+* ``sagaz triggers list [myapp.sagas]`` — the triggers and whether each is running or paused:
+  the triggers the store knows (an engine records its triggers when it starts), or with
+  modules, the triggers they register (source and options too).
+* ``sagaz triggers pause ID`` / ``sagaz triggers resume ID`` — pause or resume a trigger in
+  the store; every engine on it follows within ``trigger_state_interval_seconds``.
 * ``sagaz dlq list|show ID|replay ID|purge`` — dead letters in the store. ``replay`` imports
   the saga's module stored with the dead letter (``--modules`` names others) and runs the
   event again as its source delivered it, as a new attempt of the same saga; exit status 0
@@ -66,14 +70,56 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list_triggers(args: argparse.Namespace) -> int:
+async def _triggers(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return await _list_triggers(args)
+    from sagaz.engine.pausing import set_trigger_enabled
+    from sagaz.exceptions import TriggerNotFoundError
+
+    paused = args.action == "pause"
+    async with _store(args.store) as store:
+        try:
+            await set_trigger_enabled(store, args.trigger_id, not paused)
+        except TriggerNotFoundError as exc:
+            return _fail(str(exc))
+    print(
+        f"{'paused' if paused else 'resumed'} trigger {args.trigger_id}: every engine on "
+        f"{_redacted(_store_url(args.store))} follows within its trigger_state_interval_seconds"
+    )
+    return 0
+
+
+async def _list_triggers(args: argparse.Namespace) -> int:
+    """One line per trigger: id, source (with modules) or saga, running/paused, details."""
     from sagaz.triggers import registry
 
     _import(args.modules)
-    for definition in registry.triggers():
-        options = definition.source_options.describe()
-        print(f"{definition.trigger_id}\t{definition.source}\t{json.dumps(options, default=str)}")
+    async with _store(args.store) as store:
+        rows = {row.trigger_name: row for row in await store.list_trigger_schedules()}
+    if args.modules:
+        for definition in registry.triggers():
+            row = rows.get(definition.trigger_id)
+            state = "paused" if row is not None and not row.enabled else "running"
+            options = json.dumps(definition.source_options.describe(), default=str)
+            print(f"{definition.trigger_id}\t{definition.source}\t{state}\t{options}")
+        return 0
+    if not rows:
+        print(
+            f"sagaz: no trigger in {_redacted(_store_url(args.store))} yet: an engine records "
+            "its triggers when it starts; or name the modules: sagaz triggers list myapp.sagas",
+            file=sys.stderr,
+        )
+    for row in rows.values():
+        state = "running" if row.enabled else "paused"
+        polled = f"\tlast poll {row.last_poll_at.isoformat()}" if row.last_poll_at else ""
+        print(f"{row.trigger_name}\t{row.saga_name}\t{state}{polled}")
     return 0
+
+
+def _redacted(url: str) -> str:
+    from sagaz.storage.url import redact_url
+
+    return redact_url(url)
 
 
 async def _dlq(args: argparse.Namespace) -> int:
@@ -183,9 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the engine for the triggers of these modules")
     run.add_argument("modules", nargs="+")
-    triggers = commands.add_parser("triggers", help="inspect registered triggers")
-    triggers.add_argument("action", choices=["list"])
-    triggers.add_argument("modules", nargs="+")
+    triggers = commands.add_parser("triggers", help="triggers: list, pause, resume")
+    trigger_actions = triggers.add_subparsers(dest="action", required=True)
+    listed = trigger_actions.add_parser(
+        "list", help="the triggers (those the store knows, or those of MODULES) and their state"
+    )
+    listed.add_argument("modules", nargs="*")
+    for action in ("pause", "resume"):
+        changed = trigger_actions.add_parser(
+            action, help=f"{action} a trigger in every engine on the store"
+        )
+        changed.add_argument("trigger_id", metavar="ID", help="'{saga_name}.{method}'")
     dlq = commands.add_parser("dlq", help="dead letters: list, show, replay, purge")
     dlq.add_argument("action", choices=["list", "show", "replay", "purge"])
     dlq.add_argument("id", nargs="?", type=int)
@@ -207,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return asyncio.run(_run(args))
     if args.command == "triggers":
-        return _list_triggers(args)
+        return asyncio.run(_triggers(args))
     return asyncio.run(_dlq(args))
 
 
