@@ -222,6 +222,31 @@ def test_a_value_set_on_the_instance_is_checked_where_the_saga_is_defined() -> N
     assert "poll_interval='2 seconds' must be a number of seconds or a timedelta" in message
 
 
+def test_a_property_is_an_attribute_and_is_checked_on_the_instance() -> None:
+    class Tunable(Trigger):
+        def __init__(self, every: Any) -> None:
+            self._every = every
+
+        @property
+        def poll_interval(self) -> Any:  # type: ignore[override]
+            return self._every
+
+        async def poll(self) -> Any:
+            return Skip
+
+    class Tuned(Saga):
+        @trigger(source="custom", trigger=Tunable(timedelta(seconds=2)))
+        def on_fire(self, ctx: dict[str, Any]) -> dict[str, Any]:
+            return ctx
+
+    with pytest.raises(TriggerDefinitionError, match="poll_interval=-1 must be more than 0"):
+
+        class Mistuned(Saga):
+            @trigger(source="custom", trigger=Tunable(-1))
+            def on_fire(self, ctx: dict[str, Any]) -> dict[str, Any]:
+                return ctx
+
+
 def test_fire_takes_a_dict_or_nothing() -> None:
     assert Fire().context == {} and Fire(None).context == {}
     with pytest.raises(TypeError, match=r"Fire\(context\) takes a dict"):
