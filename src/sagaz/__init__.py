@@ -63,6 +63,8 @@ __all__ = [
     "compensate",
     "configure",
     "fire_event",
+    "pause_trigger",
+    "resume_trigger",
     "start_triggers",
     "stop_triggers",
     "trigger",
@@ -71,7 +73,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("TriggerEngine", "start_triggers", "stop_triggers", "fire_event", "webhook_app"):
+    if name in (
+        "TriggerEngine",
+        "start_triggers",
+        "stop_triggers",
+        "fire_event",
+        "webhook_app",
+        "pause_trigger",
+        "resume_trigger",
+    ):
         from sagaz import engine
 
         return getattr(engine, name)

@@ -31,7 +31,7 @@ from sagaz.types import SagaStatus
 if TYPE_CHECKING:
     from sagaz.clock import Clock
     from sagaz.config import TriggerConfig
-    from sagaz.events import AdmissionResult, Delivery
+    from sagaz.events import AdmissionResult, Delivery, Reason
 
 __all__ = [
     "Emit",
@@ -236,14 +236,28 @@ class SagaStore(Lifecycle, ABC):
     async def delete_dead_letter(self, dead_letter_id: int) -> bool:
         """Delete one dead letter; return whether it existed."""
 
-    # -- poll triggers ---------------------------------------------------------------------
+    # -- trigger schedules (every trigger's row: paused or not; poll triggers' interval) -----
     @abstractmethod
     async def save_trigger_schedule(self, record: TriggerScheduleRecord) -> None:
-        """Upsert a row of ``trigger_schedules`` (keeps ``last_poll_at`` if the new one is None)."""
+        """Upsert a row of ``trigger_schedules``.
+
+        An existing row keeps its ``enabled`` (only :meth:`set_trigger_enabled` changes it,
+        so a restart never resumes a paused trigger) and its ``last_poll_at`` if the new one
+        is None; a new row takes ``record.enabled``."""
 
     @abstractmethod
     async def get_trigger_schedule(self, trigger_name: str) -> TriggerScheduleRecord | None:
         """One row of ``trigger_schedules``."""
+
+    @abstractmethod
+    async def list_trigger_schedules(self) -> list[TriggerScheduleRecord]:
+        """Every row of ``trigger_schedules``, by ``trigger_name``."""
+
+    @abstractmethod
+    async def set_trigger_enabled(self, trigger_name: str, enabled: bool) -> bool:
+        """Pause (``False``) or resume (``True``) a trigger: set ``enabled`` of its row.
+
+        Returns whether the row exists (nothing is created for an unknown name)."""
 
     @abstractmethod
     async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
@@ -301,6 +315,23 @@ class Source(Lifecycle, ABC):
     async def run(self, emit: Emit) -> None:
         """Consume until cancelled, calling ``emit`` for every event."""
 
+    async def pause(self) -> None:
+        """Take no more events until :meth:`resume`; leave them where they are.
+
+        Called by the engine when the trigger is paused (``sagaz triggers pause ID``); it may
+        come before :meth:`run` (a trigger paused in the store starts paused) and more than
+        once. Events already emitted are in flight: pausing neither acks nor nacks them. The
+        built-in sources stop at their broker (Kafka pauses its partitions but keeps polling,
+        RabbitMQ cancels its consumer, Redis and SQS stop reading), a cron source skips its
+        ticks (``ctx.report_skipped(tick, Reason.PAUSED)``), a webhook answers 503.
+
+        The default does nothing here, and the engine then holds the source in ``emit()``
+        until it is resumed: a push source that waits for ``emit`` takes nothing more.
+        """
+
+    async def resume(self) -> None:
+        """Take events again after :meth:`pause`; default: nothing (``emit()`` returns)."""
+
     async def publish_dead_letter(self, delivery: Delivery, record: DeadLetterRecord) -> None:
         """Publish a dead letter to the source's broker (``dead_letter_topic``); default: no-op."""
 
@@ -330,6 +361,10 @@ class SourceCounter:
     values: Mapping[tuple[str, ...], int]
 
 
+async def _report_nothing(event: Any, reason: Reason) -> None:
+    """What a :class:`SourceContext` built outside the engine does with a skipped event."""
+
+
 @dataclass(slots=True)
 class SourceContext:
     """What a source module's ``create(options, ctx)`` gets: everything a source needs from
@@ -356,6 +391,9 @@ class SourceContext:
     #: where a broker source publishes dead letters: the trigger's ``dead_letter_topic``,
     #: else ``TriggerConfig.dead_letter_topic`` (resolved by the engine); ``None``: nowhere
     dead_letter_topic: str | None = None
+    #: count and report (``on_trigger_filtered``) an event the source did not hand in,
+    #: with its reason: a cron tick skipped while the trigger is paused (``Reason.PAUSED``)
+    report_skipped: Callable[[Any, Reason], Awaitable[None]] = field(default=_report_nothing)
 
 
 class Publisher(Lifecycle, ABC):

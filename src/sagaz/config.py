@@ -119,11 +119,20 @@ class TriggerConfig(BaseSettings):
         "file, memory and poll events, which no broker redelivers).",
     )
 
+    # pausing triggers (``sagaz triggers pause|resume ID``, ``sagaz.pause_trigger(ID)``)
+    trigger_state_interval_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between two reads of the triggers' paused/running state in the "
+        "store: a pause or resume made elsewhere (the CLI, another instance) takes effect "
+        "here within this time.",
+    )
+
     # poll triggers (Cloacina)
     enable_trigger_scheduling: bool = Field(
         default=True,
-        description="Meant to turn every poll trigger off; not read by the engine yet (poll "
-        "triggers run whatever its value).",
+        description="False: no poll trigger (source='custom' with a sagaz.Trigger) is polled; "
+        "the other triggers run.",
     )
     trigger_base_poll_interval: float = Field(
         default=1.0,

@@ -124,6 +124,8 @@ class Reason(StrEnum):
     REJECTED = "rejected"
     OVERLAP_SKIPPED = "overlap_skipped"
     INVALID = "invalid"
+    #: its trigger was paused and the event could not wait: a cron tick, a ``fire_event``
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ __all__ = [
     "SchemaOutdatedError",
     "StoreError",
     "TriggerDefinitionError",
+    "TriggerNotFoundError",
 ]
 
 
@@ -89,3 +90,8 @@ class SchemaOutdatedError(StoreError):
 class DeadLetterReplayError(SagazError, ValueError):
     """A dead letter cannot be replayed (its saga's module does not import, its trigger is
     gone, or its event cannot be rebuilt); the message says what to pass or do."""
+
+
+class TriggerNotFoundError(SagazError, LookupError):
+    """No trigger with that id is known to the store (pausing or resuming it); the message
+    lists the ids it knows."""

@@ -816,17 +816,43 @@ async def test_trigger_schedule_upsert_keeps_last_poll_at(store: SagaStore) -> N
 
     polled = datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
     await store.touch_trigger_schedule("poll", polled)
+    # saving again (an engine starting) keeps `enabled`: only set_trigger_enabled changes it
     await store.save_trigger_schedule(
         TriggerScheduleRecord("poll", "orders-v2", 500, True, enabled=False)
     )
     assert await store.get_trigger_schedule("poll") == TriggerScheduleRecord(
-        "poll", "orders-v2", 500, True, False, polled
+        "poll", "orders-v2", 500, True, True, polled
     )
     newer = polled + timedelta(minutes=1)
     await store.save_trigger_schedule(TriggerScheduleRecord("poll", "o", 500, True, True, newer))
     stored = await store.get_trigger_schedule("poll")
     assert stored is not None
     assert stored.last_poll_at == newer
+
+
+async def test_a_paused_trigger_stays_paused_when_its_row_is_saved_again(
+    store: SagaStore,
+) -> None:
+    assert await store.list_trigger_schedules() == []
+    assert await store.set_trigger_enabled("orders.on_order", False) is False  # no row: none made
+    assert await store.list_trigger_schedules() == []
+
+    await store.save_trigger_schedule(TriggerScheduleRecord("orders.on_order", "orders", 0, True))
+    await store.save_trigger_schedule(
+        TriggerScheduleRecord("audit.on_tick", "audit", 0, True, enabled=False)  # a new row
+    )
+    assert await store.set_trigger_enabled("orders.on_order", False) is True
+    # every engine saves its triggers' rows when it starts: a restart must not resume them
+    await store.save_trigger_schedule(TriggerScheduleRecord("orders.on_order", "orders", 0, True))
+    assert await store.list_trigger_schedules() == [
+        TriggerScheduleRecord("audit.on_tick", "audit", 0, True, False, None),
+        TriggerScheduleRecord("orders.on_order", "orders", 0, True, False, None),
+    ]
+
+    assert await store.set_trigger_enabled("orders.on_order", True) is True
+    assert await store.set_trigger_enabled("orders.on_order", True) is True  # idempotent
+    resumed = await store.get_trigger_schedule("orders.on_order")
+    assert resumed is not None and resumed.enabled is True
 
 
 async def test_exclusive_trigger_execution_refuses_an_open_duplicate(store: SagaStore) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sagaz.cli.main import main
-from sagaz.records import DeadLetterRecord
+from sagaz.records import DeadLetterRecord, TriggerScheduleRecord
 from sagaz.storage.sqlite import SQLiteSagaStore
 
 APP = textwrap.dedent(
@@ -55,9 +55,9 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def test_triggers_list(app: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["triggers", "list", app]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
-    assert header.split() == ["TRIGGER", "SOURCE", "OPTIONS"]
+    assert header.split() == ["TRIGGER", "SOURCE", "STATE", "OPTIONS"]
     [row] = [r for r in rows if r.startswith("cli-saga.on_event ")]
-    assert row.split()[1] == "memory"
+    assert row.split()[1:3] == ["memory", "running"]  # no sagaz data in the store: running
     assert '"channel": "cli"' in row
     assert row.index("memory") == header.index("SOURCE")  # columns are aligned
 
@@ -66,6 +66,58 @@ def test_triggers_list(app: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert {t["trigger_id"] for t in listed} == {"cli-saga.on_event", "cli-saga.on_typed"}
     assert listed[0]["source"] == "memory" and listed[0]["saga_name"] == "cli-saga"
     assert listed[0]["options"]["channel"] == "cli"
+
+
+async def _record_triggers(db: Path) -> None:
+    """What an engine writes for the app's triggers when it starts."""
+    async with SQLiteSagaStore(str(db)) as store:
+        for method in ("on_event", "on_typed"):
+            await store.save_trigger_schedule(
+                TriggerScheduleRecord(f"cli-saga.{method}", "cli-saga", 0, True)
+            )
+
+
+def test_triggers_pause_and_resume_in_the_store_and_list_shows_the_state(
+    app: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    db = tmp_path / "triggers.db"
+    store = ["--store", f"sqlite:///{db}"]
+    assert main([*store, "triggers", "list"]) == 2  # a mistyped --store creates nothing
+    assert "holds no sagaz data yet" in capsys.readouterr().err
+    asyncio.run(_record_triggers(db))
+
+    assert main([*store, "triggers", "pause", "cli-saga.on_event"]) == 0
+    assert "paused trigger cli-saga.on_event" in capsys.readouterr().out
+    assert main([*store, "triggers", "list"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["TRIGGER", "SAGA", "STATE", "LAST", "POLL"]
+    assert [row.split()[:3] for row in rows] == [
+        ["cli-saga.on_event", "cli-saga", "paused"],
+        ["cli-saga.on_typed", "cli-saga", "running"],
+    ]
+    assert main([*store, "triggers", "list", app]) == 0
+    _, *rows = capsys.readouterr().out.splitlines()
+    assert sorted(row.split()[:3] for row in rows) == [
+        ["cli-saga.on_event", "memory", "paused"],
+        ["cli-saga.on_typed", "memory", "running"],
+    ]
+    assert main([*store, "triggers", "list", "--json"]) == 0
+    states = {t["trigger_id"]: t["state"] for t in json.loads(capsys.readouterr().out)["triggers"]}
+    assert states == {"cli-saga.on_event": "paused", "cli-saga.on_typed": "running"}
+
+    assert main([*store, "triggers", "resume", "cli-saga.on_event"]) == 0
+    assert "resumed trigger cli-saga.on_event" in capsys.readouterr().out
+    assert main([*store, "triggers", "list"]) == 0
+    assert ["cli-saga.on_event", "cli-saga", "running"] in [
+        row.split()[:3] for row in capsys.readouterr().out.splitlines()
+    ]
+
+    assert main([*store, "triggers", "pause", "cli-saga.on_evnt"]) == 2
+    error = capsys.readouterr().err
+    assert "no trigger 'cli-saga.on_evnt' in the store" in error
+    assert "known: cli-saga.on_event, cli-saga.on_typed" in error
 
 
 async def _seed(url: Path) -> int:

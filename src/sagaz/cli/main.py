@@ -3,7 +3,11 @@
 * ``sagaz run MODULE... [--progress]`` — import the modules (registering their triggers) and
   run the engine until SIGINT/SIGTERM, then stop gracefully; ``--progress`` shows received /
   running / completed / dead-lettered.
-* ``sagaz triggers list MODULE...`` — the registered triggers.
+* ``sagaz triggers list [MODULE...]`` — the triggers and whether each is running or paused:
+  those the store knows (an engine records its triggers when it starts), or with modules,
+  those the modules register (source and options too).
+* ``sagaz triggers pause ID`` / ``sagaz triggers resume ID`` — pause or resume a trigger in
+  the store; every engine on it follows within ``trigger_state_interval_seconds``.
 * ``sagaz sagas list [--status S] [--saga NAME] [--trigger ID] [--older-than AGE]
   [--newer-than AGE] [--limit N] [--after SAGA_ID]`` — sagas, newest first, a page at a time.
 * ``sagaz sagas show SAGA_ID`` — one saga: which step failed, what was compensated, every

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -98,6 +99,19 @@ class ActiveTrigger:
             if definition.poll_trigger is not None
             else None
         )
+        #: why the trigger is paused in this engine; empty while it runs (``engine.pausing``)
+        self.paused_by: set[str] = set()
+        #: set while it runs: a source that keeps ``Source.pause()``'s default waits on it
+        #: in ``emit()``
+        self.running = asyncio.Event()
+        self.running.set()
+        #: whether its source was told to pause (and not to resume since)
+        self.source_paused = False
+
+    @property
+    def paused(self) -> bool:
+        """Whether the trigger is paused here (for any reason)."""
+        return bool(self.paused_by)
 
     async def transform(self, event: Any, meta: Any) -> Any:
         """Call the trigger method (sync or async)."""

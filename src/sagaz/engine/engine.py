@@ -19,14 +19,14 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from sagaz.abc import Lifecycle, SagaStore, Source, SourceContext
 from sagaz.backoff import Backoff
 from sagaz.clock import Clock, SystemClock, utcnow
-from sagaz.config import TriggerConfig, resolve_store, store_is_chosen
+from sagaz.config import TriggerConfig, ensure_store, resolve_store, store_is_chosen
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.admission import Admission
 from sagaz.engine.backpressure import BackpressureQueue
@@ -34,16 +34,25 @@ from sagaz.engine.dispatcher import Dispatcher
 from sagaz.engine.limits import TokenBucket
 from sagaz.engine.loading import load_source_module
 from sagaz.engine.outcomes import SagaOutcomes
+from sagaz.engine.pausing import TriggerPauses, set_trigger_enabled
 from sagaz.engine.runner import SagaRunner
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
-from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta, NotRun
+from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta, NotRun, Reason
 from sagaz.exceptions import ConfigurationError
 from sagaz.saga.listeners import SagaListener
 from sagaz.saga.result import SagaResult
 from sagaz.triggers.registration import TriggerDefinition, registry
 
-__all__ = ["TriggerEngine", "fire_event", "start_triggers", "stop_triggers", "webhook_app"]
+__all__ = [
+    "TriggerEngine",
+    "fire_event",
+    "pause_trigger",
+    "resume_trigger",
+    "start_triggers",
+    "stop_triggers",
+    "webhook_app",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +155,7 @@ class TriggerEngine(Lifecycle):
         self.runner = SagaRunner(state, self.settlement)
         self.outcomes.resume()
         self.dispatcher = Dispatcher(state, self.runner)
+        self.pausing = TriggerPauses(state, self.triggers, self._report_source_error)
         self._started = True
         try:
             for definition in definitions:
@@ -156,6 +166,8 @@ class TriggerEngine(Lifecycle):
                 elif self.start_sources:
                     active.source = self._build_source(active)
                     self.sources[definition.trigger_id] = active.source
+            if self.start_sources:  # a trigger paused in the store starts paused
+                await self.pausing.register()
             self.dispatcher.start(config.max_concurrent_sagas)
             for trigger_id, source in self.sources.items():
                 active = self.triggers[trigger_id]
@@ -165,6 +177,7 @@ class TriggerEngine(Lifecycle):
             if self.start_sources:  # one fed by hand (a replay) takes on no one else's sagas
                 self._spawn(self._recover(), "sagaz-recovery")
                 self._spawn(self._cleanup(), "sagaz-cleanup")
+                self._spawn(self.pausing.watch(), "sagaz-trigger-states")
         except BaseException:
             await self.stop()
             raise
@@ -190,6 +203,7 @@ class TriggerEngine(Lifecycle):
             shared=self.shared,
             metrics_renderer=self._metrics_renderer(),
             dead_letter_topic=active.dead_letter_topic,
+            report_skipped=functools.partial(self.settlement.filtered, active),
         )
         if definition.push_source is not None:
             return definition.push_source
@@ -199,7 +213,11 @@ class TriggerEngine(Lifecycle):
         await self.settlement.report(active, error, None)
 
     async def _supervise(self, active: ActiveTrigger, source: Source) -> None:
-        emit = functools.partial(self.admission.admit, active)
+        emit: Callable[[Delivery], Awaitable[AdmissionResult]]
+        if type(source).pause is Source.pause:  # it cannot pause itself: hold it in emit()
+            emit = functools.partial(self._emit_when_running, active)
+        else:
+            emit = functools.partial(self.admission.admit, active)
         backoff = Backoff(self.clock, initial=0.5, maximum=30.0)
         while True:
             try:
@@ -214,6 +232,11 @@ class TriggerEngine(Lifecycle):
                     await source.start()
                 except Exception as start_error:
                     await self._report_source_error(active, start_error)
+
+    async def _emit_when_running(self, active: ActiveTrigger, item: Delivery) -> AdmissionResult:
+        """``emit`` of a source that cannot pause itself: it waits here while paused."""
+        await active.running.wait()
+        return await self.admission.admit(active, item)
 
     async def _heartbeat(self) -> None:
         """Keep the leases of this worker's claims alive while it runs."""
@@ -358,6 +381,7 @@ class TriggerEngine(Lifecycle):
 
         Each call is its own event (two identical payloads start two sagas) unless the
         trigger names an identity (``idempotency_key=``) or asks ``dedup="content"``.
+        A paused trigger skips the event (``on_trigger_filtered`` with reason ``paused``).
         :meth:`wait_for` answers every returned id: its result, or why it did not run."""
         self._require_running()
         targets = self._channels.get(channel)
@@ -368,6 +392,9 @@ class TriggerEngine(Lifecycle):
             )
         accepted: list[str] = []
         for active in targets:
+            if active.paused:  # an in-process event cannot wait: skipped, and said so
+                await self.settlement.filtered(active, event, Reason.PAUSED)
+                continue
             delivery = Delivery(
                 payload=event,
                 decoded=True,
@@ -424,6 +451,31 @@ class TriggerEngine(Lifecycle):
         """
         return await self.outcomes.wait(saga_id, timeout)
 
+    # -- pausing -----------------------------------------------------------------------------
+    async def pause_trigger(self, trigger_id: str) -> None:
+        """Pause a trigger here at once and, through the store, in every engine on it
+        (within ``trigger_state_interval_seconds``); a restart keeps it paused.
+
+        Broker messages stay on the broker, cron ticks are skipped (reason ``paused``), a
+        webhook answers 503 + Retry-After, a poll trigger is not polled; what is in flight
+        finishes. ``trigger_id`` may be a trigger of another app on the same store.
+        Raises :class:`~sagaz.exceptions.TriggerNotFoundError` for an id the store does not
+        know.
+        """
+        self._require_running()
+        await self.pausing.set_enabled(trigger_id, False)
+
+    async def resume_trigger(self, trigger_id: str) -> None:
+        """Resume a trigger paused with :meth:`pause_trigger` (or ``sagaz triggers pause``)."""
+        self._require_running()
+        await self.pausing.set_enabled(trigger_id, True)
+
+    def paused_triggers(self) -> dict[str, frozenset[str]]:
+        """The triggers paused in this engine and why (``"operator"``: paused in the store;
+        ``"trigger_scheduling_disabled"``: a poll trigger under
+        ``enable_trigger_scheduling=False``)."""
+        return {tid: frozenset(t.paused_by) for tid, t in self.triggers.items() if t.paused}
+
     def _require_running(self) -> None:
         if not self.running:
             raise RuntimeError("the trigger engine is not running: `await engine.start()` first")
@@ -472,6 +524,33 @@ async def fire_event(channel: str, event: Any) -> list[str]:
     if _engine is None:
         raise RuntimeError("no trigger engine is running: `await sagaz.start_triggers()` first")
     return await _engine.fire(channel, event)
+
+
+async def pause_trigger(trigger_id: str, *, store: SagaStore | None = None) -> None:
+    """Pause a trigger in every engine on the store, within their
+    ``trigger_state_interval_seconds``; a restart keeps it paused. No engine needs to run
+    here: it is written to ``store`` (else the configured store, as ``start_triggers`` picks
+    it). When the process-wide engine runs on that store it pauses the trigger at once.
+
+    >>> await sagaz.pause_trigger("orders.on_order", store=store)  # doctest: +SKIP
+
+    Raises :class:`~sagaz.exceptions.TriggerNotFoundError` for an id the store does not know.
+    See :meth:`TriggerEngine.pause_trigger` for what a paused trigger does.
+    """
+    await _set_trigger_enabled(trigger_id, False, store)
+
+
+async def resume_trigger(trigger_id: str, *, store: SagaStore | None = None) -> None:
+    """Resume a paused trigger (see :func:`pause_trigger`)."""
+    await _set_trigger_enabled(trigger_id, True, store)
+
+
+async def _set_trigger_enabled(trigger_id: str, enabled: bool, store: SagaStore | None) -> None:
+    engine = _engine
+    if engine is not None and engine.running and store in (None, engine.store):
+        await engine.pausing.set_enabled(trigger_id, enabled)
+    else:
+        await set_trigger_enabled(await ensure_store(store), trigger_id, enabled)
 
 
 def webhook_app() -> Any:

@@ -296,13 +296,25 @@ class MemorySagaStore(SagaStore):
     async def save_trigger_schedule(self, record: TriggerScheduleRecord) -> None:
         previous = self._schedules.get(record.trigger_name)
         stored = _clone(record)
-        if stored.last_poll_at is None and previous is not None:
-            stored.last_poll_at = previous.last_poll_at
+        if previous is not None:
+            stored.enabled = previous.enabled
+            if stored.last_poll_at is None:
+                stored.last_poll_at = previous.last_poll_at
         self._schedules[record.trigger_name] = stored
 
     async def get_trigger_schedule(self, trigger_name: str) -> TriggerScheduleRecord | None:
         record = self._schedules.get(trigger_name)
         return _clone(record) if record else None
+
+    async def list_trigger_schedules(self) -> list[TriggerScheduleRecord]:
+        return [_clone(self._schedules[name]) for name in sorted(self._schedules)]
+
+    async def set_trigger_enabled(self, trigger_name: str, enabled: bool) -> bool:
+        record = self._schedules.get(trigger_name)
+        if record is None:
+            return False
+        record.enabled = enabled
+        return True
 
     async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
         record = self._schedules.get(trigger_name)

@@ -483,7 +483,7 @@ class PostgresSagaStore(SagaStore):
             "poll_interval_ms, allow_concurrent, enabled, last_poll_at) "
             "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (trigger_name) DO UPDATE SET "
             "saga_name = EXCLUDED.saga_name, poll_interval_ms = EXCLUDED.poll_interval_ms, "
-            "allow_concurrent = EXCLUDED.allow_concurrent, enabled = EXCLUDED.enabled, "
+            "allow_concurrent = EXCLUDED.allow_concurrent, "
             "last_poll_at = COALESCE(EXCLUDED.last_poll_at, t.last_poll_at)",
             record.trigger_name,
             record.saga_name,
@@ -500,6 +500,22 @@ class PostgresSagaStore(SagaStore):
             trigger_name,
         )
         return None if row is None else TriggerScheduleRecord(*row)
+
+    async def list_trigger_schedules(self) -> list[TriggerScheduleRecord]:
+        rows = await self._db().fetch(
+            "SELECT trigger_name, saga_name, poll_interval_ms, allow_concurrent, enabled, "
+            f'last_poll_at FROM {self._s}.trigger_schedules ORDER BY trigger_name COLLATE "C"'
+        )
+        return [TriggerScheduleRecord(*row) for row in rows]
+
+    async def set_trigger_enabled(self, trigger_name: str, enabled: bool) -> bool:
+        found = await self._db().fetchval(
+            f"UPDATE {self._s}.trigger_schedules SET enabled = $2 WHERE trigger_name = $1 "
+            "RETURNING TRUE",
+            trigger_name,
+            enabled,
+        )
+        return bool(found)
 
     async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
         await self._db().execute(

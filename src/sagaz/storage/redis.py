@@ -57,6 +57,17 @@ def _outbox_documents(outbox: Sequence[OutboxMessage]) -> list[str]:
     ]
 
 
+def _schedule(trigger_name: str, fields: dict[str, str]) -> TriggerScheduleRecord:
+    return TriggerScheduleRecord(
+        trigger_name=trigger_name,
+        saga_name=fields["saga_name"],
+        poll_interval_ms=int(fields["poll_interval_ms"]),
+        allow_concurrent=fields["allow_concurrent"] == "1",
+        enabled=fields.get("enabled", "1") == "1",
+        last_poll_at=tables.optional_moment(fields.get("last_poll_at")),
+    )
+
+
 class RedisSagaStore(SagaStore):
     """A :class:`~sagaz.abc.SagaStore` in Redis, shared by every instance of an app.
 
@@ -500,28 +511,40 @@ class RedisSagaStore(SagaStore):
 
     # -- poll triggers ---------------------------------------------------------------------
     async def save_trigger_schedule(self, record: TriggerScheduleRecord) -> None:
-        fields = {
-            "saga_name": record.saga_name,
-            "poll_interval_ms": str(record.poll_interval_ms),
-            "allow_concurrent": "1" if record.allow_concurrent else "0",
-            "enabled": "1" if record.enabled else "0",
-        }
-        if record.last_poll_at is not None:  # None keeps the stored time (one atomic HSET)
-            fields["last_poll_at"] = micros(record.last_poll_at)
-        await self._db().hset(self._key("schedule", record.trigger_name), mapping=fields)
+        last = record.last_poll_at
+        await self._script(
+            "SAVE_TRIGGER_SCHEDULE",
+            [self._key("schedule", record.trigger_name)],
+            [
+                self.prefix,
+                record.trigger_name,
+                record.saga_name,
+                str(record.poll_interval_ms),
+                "1" if record.allow_concurrent else "0",
+                "1" if record.enabled else "0",
+                "" if last is None else micros(last),  # "" keeps the stored time
+            ],
+        )
 
     async def get_trigger_schedule(self, trigger_name: str) -> TriggerScheduleRecord | None:
         fields = await self._db().hgetall(self._key("schedule", trigger_name))
-        if not fields:
-            return None
-        return TriggerScheduleRecord(
-            trigger_name=trigger_name,
-            saga_name=fields["saga_name"],
-            poll_interval_ms=int(fields["poll_interval_ms"]),
-            allow_concurrent=fields["allow_concurrent"] == "1",
-            enabled=fields["enabled"] == "1",
-            last_poll_at=tables.optional_moment(fields.get("last_poll_at")),
+        return _schedule(trigger_name, fields) if fields else None
+
+    async def list_trigger_schedules(self) -> list[TriggerScheduleRecord]:
+        names = sorted(await self._db().smembers(self._key("schedules")))
+        pipe = self._db().pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self._key("schedule", name))
+        rows = await pipe.execute() if names else []
+        return [_schedule(name, fields) for name, fields in zip(names, rows, strict=True) if fields]
+
+    async def set_trigger_enabled(self, trigger_name: str, enabled: bool) -> bool:
+        found = await self._script(
+            "SET_TRIGGER_ENABLED",
+            [self._key("schedule", trigger_name)],
+            [self.prefix, trigger_name, "1" if enabled else "0"],
         )
+        return bool(found)
 
     async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
         await self._script(

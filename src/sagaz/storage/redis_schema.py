@@ -11,7 +11,8 @@ with its row is one script. Key layout under the prefix ``p`` (``ARGV[1]`` of ev
 ``p:steps:<id>`` hash step name → JSON; ``p:inbox:<trigger>:<key>`` hash of an inbox row
 (both parts URL-quoted); ``p:inbox-completed`` completed rows scored by ``completed_at``;
 ``p:outbox:<id>`` hash, ``p:outbox-unsent`` sorted set of unsent ids; ``p:dead:<id>`` hash,
-``p:dead-all`` / ``p:dead-by-trigger:<trigger>`` sorted sets of ids; ``p:schedule:<name>`` hash;
+``p:dead-all`` / ``p:dead-by-trigger:<trigger>`` sorted sets of ids; ``p:schedule:<name>`` hash
+and ``p:schedules`` the set of names (rows written before it existed join it when saved again);
 ``p:texec:<id>`` hash, ``p:texecs:<trigger>`` ids, ``p:texec-open:<trigger>`` open count per
 context hash, ``p:texec-open-saga:<trigger>:<saga>`` open ids of one saga, ``p:texec-completed``
 completed ids scored by ``completed_at``; ``p:cron:<trigger>`` claimed ticks,
@@ -454,6 +455,25 @@ redis.call('ZREM', p .. ':dead-by-trigger:' .. trigger, id)
 return 1
 """
 
+SAVE_TRIGGER_SCHEDULE = """
+-- KEYS[1] schedule hash; ARGV: prefix, trigger name, saga_name, poll_interval_ms,
+-- allow_concurrent, enabled (of a new row only), last_poll_at ('' keeps the stored one)
+redis.call('HSET', KEYS[1], 'saga_name', ARGV[3], 'poll_interval_ms', ARGV[4],
+           'allow_concurrent', ARGV[5])
+redis.call('HSETNX', KEYS[1], 'enabled', ARGV[6])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'last_poll_at', ARGV[7]) end
+redis.call('SADD', ARGV[1] .. ':schedules', ARGV[2])
+return 1
+"""
+
+SET_TRIGGER_ENABLED = """
+-- KEYS[1] schedule hash; ARGV: prefix, trigger name, enabled
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'enabled', ARGV[3])
+redis.call('SADD', ARGV[1] .. ':schedules', ARGV[2])
+return 1
+"""
+
 TOUCH_TRIGGER_SCHEDULE = """
 -- KEYS[1] schedule hash; ARGV: last_poll_at
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -517,6 +537,8 @@ SCRIPTS: dict[str, str] = {
     "MARK_OUTBOX_SENT": MARK_OUTBOX_SENT,
     "ADD_DEAD_LETTER": ADD_DEAD_LETTER,
     "DELETE_DEAD_LETTER": DELETE_DEAD_LETTER,
+    "SAVE_TRIGGER_SCHEDULE": SAVE_TRIGGER_SCHEDULE,
+    "SET_TRIGGER_ENABLED": SET_TRIGGER_ENABLED,
     "TOUCH_TRIGGER_SCHEDULE": TOUCH_TRIGGER_SCHEDULE,
     "START_TRIGGER_EXECUTION": START_TRIGGER_EXECUTION,
     "COMPLETE_TRIGGER_EXECUTION": COMPLETE_TRIGGER_EXECUTION,

@@ -87,6 +87,13 @@ def _change(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> i
     return conn.execute(sql, params).rowcount
 
 
+def _schedule(row: Sequence[Any]) -> TriggerScheduleRecord:
+    name, saga_name, interval, concurrent, enabled, last = row
+    return TriggerScheduleRecord(
+        name, saga_name, interval, bool(concurrent), bool(enabled), tables.optional_moment(last)
+    )
+
+
 class SQLiteSagaStore(SagaStore):
     """A :class:`~sagaz.abc.SagaStore` in one SQLite file (the embedded default).
 
@@ -489,7 +496,7 @@ class SQLiteSagaStore(SagaStore):
             "allow_concurrent, enabled, last_poll_at) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (trigger_name) DO UPDATE SET saga_name = excluded.saga_name, "
             "poll_interval_ms = excluded.poll_interval_ms, "
-            "allow_concurrent = excluded.allow_concurrent, enabled = excluded.enabled, "
+            "allow_concurrent = excluded.allow_concurrent, "
             "last_poll_at = COALESCE(excluded.last_poll_at, trigger_schedules.last_poll_at)",
             (
                 record.trigger_name,
@@ -507,12 +514,21 @@ class SQLiteSagaStore(SagaStore):
             "last_poll_at FROM trigger_schedules WHERE trigger_name = ?",
             (trigger_name,),
         )
-        if not rows:
-            return None
-        name, saga_name, interval, concurrent, enabled, last = rows[0]
-        return TriggerScheduleRecord(
-            name, saga_name, interval, bool(concurrent), bool(enabled), tables.optional_moment(last)
+        return _schedule(rows[0]) if rows else None
+
+    async def list_trigger_schedules(self) -> list[TriggerScheduleRecord]:
+        rows = await self._fetch(
+            "SELECT trigger_name, saga_name, poll_interval_ms, allow_concurrent, enabled, "
+            "last_poll_at FROM trigger_schedules ORDER BY trigger_name"
         )
+        return [_schedule(row) for row in rows]
+
+    async def set_trigger_enabled(self, trigger_name: str, enabled: bool) -> bool:
+        changed = await self._write_one(
+            "UPDATE trigger_schedules SET enabled = ? WHERE trigger_name = ?",
+            (int(enabled), trigger_name),
+        )
+        return changed == 1
 
     async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
         await self._write_one(
