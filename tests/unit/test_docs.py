@@ -362,3 +362,11 @@ def test_the_api_reference_renders_the_public_modules(site: Path) -> None:
         html = (site / "reference" / page / "index.html").read_text()
         for name in names_:
             assert f'id="{name}"' in html, f"{name} is missing from reference/{page}"
+
+
+def test_the_concepts_page_explains_every_reason_an_event_does_not_become_a_saga() -> None:
+    from sagaz.events import Reason
+
+    page = (DOCS / "concepts.md").read_text(encoding="utf-8")
+    missing = [reason.value for reason in Reason if f"| `{reason.value}` |" not in page]
+    assert not missing, f"docs/concepts.md does not explain the reasons {missing}"
