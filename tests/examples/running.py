@@ -58,12 +58,13 @@ class RunningExample:
             lambda: any(text in line for line in self.lines), f"a line with {text!r}", within=within
         )
 
-    async def stop(self) -> None:
-        """SIGTERM, as Ctrl-C or a process manager would; it must exit 0, without a traceback."""
+    async def stop(self, *, exit_codes: Sequence[int] = (0,)) -> None:
+        """SIGTERM, as Ctrl-C or a process manager would; it must exit with one of
+        ``exit_codes``, without a traceback."""
         self.process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
             code = await self.process.wait()
-        assert code == 0, self.output()
+        assert code in exit_codes, f"exit code {code}:\n{self.output()}"
         assert not [line for line in self.lines if "Traceback" in line], self.output()
 
 
