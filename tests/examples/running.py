@@ -104,3 +104,15 @@ async def running_example(
             process.kill()
         await process.wait()
         await asyncio.gather(*readers)
+
+
+async def run_command(
+    module: str, env: Mapping[str, str], args: Sequence[str], *, within: float = 30.0
+) -> str:
+    """``python -m <module> <args>`` like :func:`running_example`, to its end; it must exit 0.
+    Its output."""
+    async with running_example(module, env, args=args) as command:
+        async with asyncio.timeout(within):
+            code = await command.process.wait()
+    assert code == 0, f"exit code {code}:\n{command.output()}"
+    return command.output()

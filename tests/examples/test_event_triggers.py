@@ -131,6 +131,7 @@ async def test_file_watcher_queue_monitor_and_health_check_fire_their_sagas(
                         name: await store.get_trigger_schedule(name)
                         for name in ("file_watcher", "queue_monitor", "service_health")
                     }
+                    file_runs = await store.list_trigger_executions("file_watcher")
                 await example.stop()
             remaining = await redis.llen(key)
         finally:
@@ -146,6 +147,10 @@ async def test_file_watcher_queue_monitor_and_health_check_fire_their_sagas(
     }
 
     # files: the valid one processed and archived, the broken one rejected
+    assert sorted(run.saga_id for run in file_runs) == sorted(
+        s.saga_id for s in sagas["file-processing"]
+    )
+    assert all(run.completed_at is not None for run in file_runs)  # no file in progress
     files = {s.context["filename"]: s for s in sagas["file-processing"]}
     assert files["orders.csv"].status is SagaStatus.COMPLETED
     assert files["orders.csv"].context["processed"] == 3

@@ -9,6 +9,7 @@ FastAPI is a requirement of this example only (``examples/requirements.txt``, wh
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 from pathlib import Path
@@ -21,9 +22,15 @@ from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.testing.tansu import free_port
 from tests.services import require_service
 
-from .running import running_example
+from .running import EXAMPLES, running_example
 
 TOKEN = "t0ken-for-the-test"
+README = EXAMPLES / "fastapi_mount" / "README.md"
+CURL = re.compile(
+    r"^curl -X POST localhost:8000(?P<path>/\S+) -H 'authorization: Bearer change-me' "
+    r"-H 'content-type: application/json' -d '(?P<body>[^']+)'$",
+    re.MULTILINE,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -68,13 +75,14 @@ async def test_deploy_webhook_served_by_the_fastapi_app_runs_its_saga(tmp_path: 
 
         await example.wait_until(ready, "the mounted webhooks to be ready", within=30)
         assert (await client.get("/")).json() == {"service": "ml-platform"}  # the app's own
-        body = {"version": "v2", "canary_percent": 5}
-        unauthenticated = await client.post("/webhooks/deploy/churn", json=body)
-        forbidden = await client.post(
-            "/webhooks/deploy/churn", json=body, headers={"authorization": "Bearer nope"}
-        )
-        invalid = await client.post("/webhooks/deploy/churn", json={"version": ""}, headers=auth)
-        accepted = await client.post("/webhooks/deploy/churn", json=body, headers=auth)
+        # the README's request, with this test's token
+        request = CURL.search(README.read_text())
+        assert request is not None, f"{README} lost its curl -X POST localhost:8000/... line"
+        path, body = request["path"], json.loads(request["body"])
+        unauthenticated = await client.post(path, json=body)
+        forbidden = await client.post(path, json=body, headers={"authorization": "Bearer nope"})
+        invalid = await client.post(path, json={"version": ""}, headers=auth)
+        accepted = await client.post(path, json=body, headers=auth)
         assert accepted.status_code == 202, accepted.text
         saga_id = accepted.json()["saga_id"]
 

@@ -10,10 +10,10 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from examples.model_retraining import send
 from examples.model_retraining.events import DriftEvent
 from examples.model_retraining.settings import RetrainingSettings
 
@@ -27,7 +27,21 @@ from sagaz.types import TERMINAL_SAGA_STATUSES, StepStatus
 from tests.fixtures_kafka import MakeTopic
 from tests.services import unique_name
 
-from .running import running_example
+from .running import EXAMPLES, run_command, running_example
+
+README = EXAMPLES / "model_retraining" / "README.md"
+SEND = re.compile(r"^python -m examples\.model_retraining\.send '(?P<event>[^']+)'$", re.MULTILINE)
+
+
+def readme_events() -> list[str]:
+    """The drift events the README sends, in its order."""
+    events = [found["event"] for found in SEND.finditer(README.read_text())]
+    assert [DriftEvent.model_validate_json(e).model_id for e in events] == [
+        "churn",
+        "pricing",
+        "fraud",
+    ], f"{README} sends other drift events than this test expects"
+    return events
 
 
 async def test_drift_events_retrain_skip_or_fail_the_quality_gate(
@@ -37,7 +51,6 @@ async def test_drift_events_retrain_skip_or_fail_the_quality_gate(
         drift_topic=await make_kafka_topic("model.drift", partitions=1),
         kafka_group=unique_name("retraining-service"),
     )
-    brokers = TriggerConfig(kafka_bootstrap_servers=kafka_bootstrap)
     env = {
         "SAGAZ_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "SAGAZ_STORE_URL": f"sqlite:///{tmp_path / 'sagaz.db'}",
@@ -47,9 +60,8 @@ async def test_drift_events_retrain_skip_or_fail_the_quality_gate(
     store = SQLiteSagaStore(tmp_path / "sagaz.db")
     async with running_example("examples.model_retraining.main", env) as example:
         await example.wait_for_line("model retraining running 2 triggers")
-        for model_id, score in (("pricing", 0.3), ("churn", 0.8), ("fraud", 0.95)):
-            event = DriftEvent(model_id=model_id, score=score)
-            await send.publish(event, config=brokers, names=names)
+        for event in readme_events():
+            await run_command("examples.model_retraining.send", env, [event])
 
         async with store:
 
@@ -68,7 +80,7 @@ async def test_drift_events_retrain_skip_or_fail_the_quality_gate(
             [dead] = await store.list_dead_letters()
         await example.stop()
 
-    # pricing (0.3) was read first (one partition): skipped, no saga
+    # pricing (0.3) was read before fraud (one partition): skipped, no saga
     assert "model pricing drifted by 0.30, not above 0.50: no retraining" in example.output()
     assert sorted(by_model) == ["churn", "fraud"]
 

@@ -1,12 +1,15 @@
 """``examples/order_saga``: the ADR's multi-broker saga, run as its README says
 (``python -m examples.order_saga.main``) against the real Kafka, RabbitMQ and PostgreSQL.
 
-Orders arrive as a Kafka message, a RabbitMQ message and HTTP requests; the test reads the
-outcome where a user would: the sagas and their steps in the (PostgreSQL) store.
+The orders are the README's own: its ``python -m examples.order_saga.send kafka|rabbitmq``
+commands are run as they are written, its ``curl`` requests sent through httpx. The test reads
+the outcome where a user would: the sagas and their steps in the (PostgreSQL) store.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -24,9 +27,24 @@ from tests.fixtures_kafka import MakeTopic
 from tests.fixtures_rabbitmq import Rabbit
 from tests.services import drop_postgres_schema, unique_name
 
-from .running import running_example
+from .running import EXAMPLES, run_command, running_example
 
 pytest.importorskip("uvicorn")
+
+README = EXAMPLES / "order_saga" / "README.md"
+COMMAND = re.compile(
+    r"^python -m examples\.order_saga\.send (?P<broker>kafka|rabbitmq) '(?P<order>[^']+)'$"
+    r"|^curl -X POST localhost:8000(?P<path>/\S+) -H 'content-type: application/json' "
+    r"-d '(?P<body>[^']+)'$",
+    re.MULTILINE,
+)
+
+
+def readme_commands() -> list[re.Match[str]]:
+    """The README's send and curl commands, in its order."""
+    found = list(COMMAND.finditer(README.read_text()))
+    assert len(found) == 5, f"{README}: expected its 3 orders and 2 failing ones, got {found}"
+    return found
 
 
 @pytest.fixture
@@ -34,12 +52,6 @@ async def schema(postgres_dsn: str) -> AsyncIterator[str]:
     name = unique_name("sagaz_example")
     yield name
     await drop_postgres_schema(postgres_dsn, name)
-
-
-def order(order_id: str, amount: float = 25.0, country: str = "DE") -> OrderPlaced:
-    return OrderPlaced(
-        order_id=order_id, customer_id=f"c-{order_id}", amount=amount, country=country
-    )
 
 
 async def test_orders_from_kafka_rabbitmq_and_http_complete_or_compensate(
@@ -55,7 +67,6 @@ async def test_orders_from_kafka_rabbitmq_and_http_complete_or_compensate(
         rabbitmq_queue=rabbit.queue_name("orders"),
         rabbitmq_exchange=rabbit.exchange_name("ecommerce"),
     )
-    brokers = TriggerConfig(kafka_bootstrap_servers=kafka_bootstrap, rabbitmq_url=rabbit.url)
     port = free_port()
     env = {
         "SAGAZ_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -67,19 +78,29 @@ async def test_orders_from_kafka_rabbitmq_and_http_complete_or_compensate(
         "ORDER_SAGA_RABBITMQ_QUEUE": names.rabbitmq_queue,
         "ORDER_SAGA_RABBITMQ_EXCHANGE": names.rabbitmq_exchange,
     }
+    commands = readme_commands()
     store = PostgresSagaStore(postgres_dsn, schema=schema)
-    async with running_example("examples.order_saga.main", env) as example:
+    answers: dict[str, httpx.Response] = {}
+    async with (
+        running_example("examples.order_saga.main", env) as example,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+    ):
         await example.wait_for_line("order saga running 3 triggers")
-        await send.to_kafka(order("K-1"), config=brokers, names=names)
-        await send.to_kafka(order("K-1"), config=brokers, names=names)  # an upstream retry
-        await send.to_kafka(order("K-2", country="AQ"), config=brokers, names=names)
-        await send.to_rabbitmq(order("R-1", amount=40), config=brokers, names=names)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            accepted = await client.post("/api/orders", json=order("W-1").model_dump())
-            declined = await client.post("/api/orders", json=order("W-2", amount=5000).model_dump())
-            invalid = await client.post("/api/orders", json={"order_id": "W-3", "amount": -1})
-        assert (accepted.status_code, declined.status_code) == (202, 202), declined.text
-        assert invalid.status_code == 400
+        for n, command in enumerate(commands):
+            if command["broker"]:
+                await run_command(
+                    "examples.order_saga.send", env, [command["broker"], command["order"]]
+                )
+            else:
+                body = command["body"]
+                answers[json.loads(body)["order_id"]] = await client.post(
+                    command["path"], content=body, headers={"content-type": "application/json"}
+                )
+            if n == 0:  # K-1 again, as an upstream retry would send it
+                brokers = TriggerConfig(kafka_bootstrap_servers=kafka_bootstrap)
+                again = OrderPlaced.model_validate_json(command["order"])
+                await send.to_kafka(again, config=brokers, names=names)
+        invalid = await client.post("/api/orders", json={"order_id": "W-3", "amount": -1})
 
         async with store:
 
@@ -95,29 +116,33 @@ async def test_orders_from_kafka_rabbitmq_and_http_complete_or_compensate(
             steps = {s.context["order_id"]: await store.get_steps(s.saga_id) for s in sagas}
         await example.stop()
 
+    assert {order: answer.status_code for order, answer in answers.items()} == {
+        "W-1": 202,
+        "W-2": 202,
+    }
+    assert invalid.status_code == 400
     by_order = {s.context["order_id"]: s for s in sagas}
-    assert sorted(by_order) == ["K-1", "K-2", "R-1", "W-1", "W-2"]
-    # K-1 sent twice: one saga, charged once (the copy was read before K-2: one partition)
-    assert len(sagas) == 5
-    assert example.output().count("order K-1: charged") == 1
     assert {o: s.context["source"] for o, s in by_order.items()} == {
         "K-1": "kafka",
-        "K-2": "kafka",
         "R-1": "rabbitmq",
         "W-1": "webhook",
         "W-2": "webhook",
+        "K-2": "kafka",
     }
+    # K-1 sent twice: one saga, charged once (its copy was read before K-2: one partition)
+    assert len(sagas) == 5
+    assert example.output().count("order K-1: charged") == 1
     for completed in ("K-1", "R-1", "W-1"):
         assert by_order[completed].status is SagaStatus.COMPLETED
         assert by_order[completed].context["tracking_number"].startswith("T-")
-    assert by_order["W-1"].saga_id == accepted.json()["saga_id"]
+    assert by_order["W-1"].saga_id == answers["W-1"].json()["saga_id"]
 
     def statuses(order_id: str) -> dict[str, StepStatus]:
         return {step.name: step.status for step in steps[order_id]}
 
     # a declined card: nothing charged, the stock released
     assert by_order["W-2"].status is SagaStatus.COMPENSATED
-    assert "card declined" in (by_order["W-2"].error or "")
+    assert "card declined: 5000 is over the limit of 1000" in (by_order["W-2"].error or "")
     assert statuses("W-2") == {
         "reserve_stock": StepStatus.COMPENSATED,
         "charge_payment": StepStatus.FAILED,
