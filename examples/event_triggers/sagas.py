@@ -29,7 +29,8 @@ from examples.event_triggers.triggers import (
 )
 from redis.asyncio import Redis
 
-from sagaz import Saga, SagaContext, TriggerConfig, action, compensate, trigger
+from sagaz import Saga, SagaContext, SagaListener, TriggerConfig, action, compensate, trigger
+from sagaz.events import Reason
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,15 @@ class ServiceStillDown(Exception):
     """The service did not answer its health check after the restart."""
 
 
+class SkippedFires(SagaListener):
+    """Logs each fire that ``allow_concurrent = False`` skipped: the same context is still
+    being worked on by a saga of that trigger."""
+
+    async def on_trigger_filtered(self, saga_name: str, event: Any, reason: str) -> None:
+        if reason == Reason.OVERLAP_SKIPPED:
+            logger.info("%s: still running for %s, this fire is skipped", saga_name, event)
+
+
 def move(name: str, source: Path, target: Path) -> None:
     """Move ``name`` from ``source`` to ``target``; already moved is fine (a repeated step)."""
     if (source / name).exists() or not (target / name).exists():
@@ -60,14 +70,12 @@ def move(name: str, source: Path, target: Path) -> None:
 
 class FileProcessingSaga(Saga):
     saga_name = "file-processing"
+    listeners = [SkippedFires()]
 
-    # The file's name, size and mtime identify it: a file fired again (a restart before its
-    # saga claimed it) is the same event, so it never makes a second saga.
-    @trigger(
-        source="custom",
-        trigger=file_watcher,
-        idempotency_key=lambda f: f"{f['filename']}:{f['size']}:{f['mtime_ns']}",
-    )
+    # The file stays in the inbox until claim_file moves it: a poll meanwhile fires it again
+    # with the same context, and file_watcher.allow_concurrent=False skips that (also after a
+    # restart, while the saga resumes: its execution stays open until the saga ends).
+    @trigger(source="custom", trigger=file_watcher)
     def on_new_file(self, fired: dict[str, Any]) -> dict[str, Any]:
         return dict(fired)
 
@@ -138,6 +146,7 @@ class QueueDrainSaga(Saga):
 
 class ServiceRecoverySaga(Saga):
     saga_name = "service-recovery"
+    listeners = [SkippedFires()]
 
     @trigger(source="custom", trigger=service_health)
     def on_unhealthy(self, fired: dict[str, Any]) -> dict[str, Any]:

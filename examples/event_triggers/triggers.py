@@ -30,7 +30,7 @@ class FileWatcherTrigger(Trigger):
     name = "file_watcher"
     poll_interval = 2.0
     # No: the file stays in the inbox until its saga claims it, and a poll that finds it again
-    # meanwhile must not start a second saga for it.
+    # meanwhile (same context: name, size, mtime) must not start a second saga for it.
     allow_concurrent = False
 
     def __init__(self, inbox: Path, pattern: str = "*.csv", settle_seconds: float = 0.5) -> None:
@@ -55,7 +55,7 @@ class FileWatcherTrigger(Trigger):
             {
                 "filename": path.name,
                 "size": stat.st_size,
-                # with the name and the size, identifies this version of the file
+                # with the name and the size, tells this version of the file from a later one
                 "mtime_ns": stat.st_mtime_ns,
             }
         )

@@ -4,7 +4,8 @@
 * the file watcher: CSV files in a temporary inbox (one valid, one broken);
 * the queue monitor: a Redis list on the real Redis (5 jobs, then 15);
 * the health check: an HTTP service of the test's own that answers 503 until the recovery
-  saga's restart command (a ``POST /restart`` to it) "restarts" it.
+  saga's restart command (a ``POST /restart`` to it, after 3 s) "restarts" it; a check that
+  fails while the recovery runs fires again, and ``allow_concurrent=False`` skips it.
 
 What the test reads: the files' directories, the Redis list, the service's restarts, and the
 sagas and trigger schedules in the example's store (SQLite).
@@ -79,7 +80,8 @@ async def test_file_watcher_queue_monitor_and_health_check_fire_their_sagas(
         [
             sys.executable,
             "-c",
-            "import urllib.request as r; "
+            # a restart that takes 3 s: the next failed check fires while the recovery runs
+            "import time, urllib.request as r; time.sleep(3); "
             f"r.urlopen(r.Request('http://127.0.0.1:{port}/restart', method='POST'))",
         ]
     )
@@ -131,8 +133,9 @@ async def test_file_watcher_queue_monitor_and_health_check_fire_their_sagas(
                         name: await store.get_trigger_schedule(name)
                         for name in ("file_watcher", "queue_monitor", "service_health")
                     }
+                    await example.stop()
+                    # settled by now (an execution is closed just after its saga ends)
                     file_runs = await store.list_trigger_executions("file_watcher")
-                await example.stop()
             remaining = await redis.llen(key)
         finally:
             await redis.delete(key)
@@ -179,6 +182,9 @@ async def test_file_watcher_queue_monitor_and_health_check_fire_their_sagas(
     assert flaky.restarts == 1
     logged = example.output()
     assert "web check failed (3 in a row): HTTP 503" in logged
-    assert logged.index("(3 in a row)") < logged.index(
-        f"{recovery.context['incident_id']}: web is down"
-    )
+    incident = recovery.context["incident_id"]
+    assert logged.index("(3 in a row)") < logged.index(f"{incident}: web is down")
+    # the 4th failed check fired during the recovery: allow_concurrent=False skipped it
+    assert logged.index("(4 in a row)") < logged.index(f"{incident}: web restarted")
+    skipped = "service-recovery: still running for {'service': 'web', 'health_url':"
+    assert skipped in logged
