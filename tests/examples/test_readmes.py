@@ -10,6 +10,7 @@ from .running import EXAMPLES, ROOT
 
 MODULE = re.compile(r"(?:python -m|sagaz run|uvicorn) (examples(?:\.\w+)+)")
 LINK = re.compile(r"\]\(([\w/.-]+/README\.md)\)")
+VARIABLE = re.compile(r"\b(?:SAGAZ|ORDER_SAGA|MODEL_RETRAINING|EVENT_TRIGGERS)_[A-Z0-9_]+")
 
 
 def example_dirs() -> list[str]:
@@ -39,3 +40,32 @@ def test_every_module_a_readme_runs_exists() -> None:
         if not (ROOT / (module.replace(".", "/") + ".py")).is_file()
     ]
     assert missing == []
+
+
+def test_every_variable_a_readme_names_is_read() -> None:
+    """``SAGAZ_*`` names are ``TriggerConfig`` fields (or ``SAGAZ_STORE_URL``); an example's
+    own ``ORDER_SAGA_*``... names are fields of its settings class."""
+    from examples.event_triggers.settings import EventTriggerSettings
+    from examples.model_retraining.settings import RetrainingSettings
+    from examples.order_saga.settings import OrderSagaSettings
+
+    from sagaz import TriggerConfig
+
+    read = {"SAGAZ_STORE_URL"} | {f"SAGAZ_{name.upper()}" for name in TriggerConfig.model_fields}
+    for settings in (OrderSagaSettings, RetrainingSettings, EventTriggerSettings):
+        prefix = str(settings.model_config.get("env_prefix", "")).upper()
+        read |= {prefix + name.upper() for name in settings.model_fields}
+    readmes = [EXAMPLES / "README.md", *(EXAMPLES / n / "README.md" for n in example_dirs())]
+    named = {
+        (readme.parent.name, name)
+        for readme in readmes
+        for name in VARIABLE.findall(readme.read_text())
+    }
+    assert len(named) > 20
+    # "ORDER_SAGA_RABBITMQ_QUEUE`, `..._EXCHANGE": a prefix of some variable
+    unknown = [
+        (where, name)
+        for where, name in sorted(named)
+        if not (name in read or (name.endswith("_") and any(v.startswith(name) for v in read)))
+    ]
+    assert unknown == []
