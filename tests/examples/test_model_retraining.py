@@ -140,3 +140,24 @@ async def test_the_daily_schedule_retrains_all_models_at_midnight(tmp_path: Path
     assert saga.context["scheduled_at"] == "2026-03-02T00:00:00+00:00"
     assert saga.context["model_version"].startswith("all-v")
     assert saga.context["best_epoch"] == 5
+
+
+async def test_the_adrs_harness_tests_pass_on_the_example() -> None:
+    """ADR-025's "Testing Triggered Sagas", on the example's saga: no broker needed."""
+    from examples.model_retraining.sagas import ModelRetrainingSaga
+
+    from sagaz.testing import TriggerTestHarness
+
+    async with TriggerTestHarness(ModelRetrainingSaga()) as harness:
+        event = DriftEvent(model_id="model-123", score=0.8)
+        context = await harness.trigger("on_drift_detected", event)
+        assert context is not None
+        assert context["model_id"] == "model-123"
+        assert context["reason"] == "drift"
+
+        low = DriftEvent(model_id="model-123", score=0.3)
+        assert await harness.trigger("on_drift_detected", low) is None  # filtered out
+
+        result = await harness.run("on_drift_detected", event)  # through the pipeline
+        assert result is not None and result.status is SagaStatus.COMPLETED
+        assert result.context["model_version"].startswith("model-123-v")
