@@ -30,6 +30,14 @@ from tests.services import unique_name
 
 from .running import running_example
 
+#: each Cloacina trigger's schedule row is kept under the id of the @trigger it feeds (the
+#: id that `sagaz triggers pause` takes); its executions keep the Trigger's name
+TRIGGER_IDS = {
+    "file_watcher": "file-processing.on_new_file",
+    "queue_monitor": "queue-draining.on_deep_queue",
+    "service_health": "service-recovery.on_unhealthy",
+}
+
 
 class FlakyService:
     """An HTTP service answering ``GET /`` with 503 until ``POST /restart``, then 200."""
@@ -102,7 +110,7 @@ async def test_file_watcher_queue_monitor_and_health_check_fire_their_sagas(
                 async with store:
 
                     async def queue_polled() -> bool:
-                        schedule = await store.get_trigger_schedule("queue_monitor")
+                        schedule = await store.get_trigger_schedule(TRIGGER_IDS["queue_monitor"])
                         return schedule is not None and schedule.last_poll_at is not None
 
                     # 5 jobs, not more than 10: the first poll does not fire
@@ -130,8 +138,8 @@ async def test_file_watcher_queue_monitor_and_health_check_fire_their_sagas(
                         for s in sagas["file-processing"]
                     }
                     schedules = {
-                        name: await store.get_trigger_schedule(name)
-                        for name in ("file_watcher", "queue_monitor", "service_health")
+                        name: await store.get_trigger_schedule(trigger_id)
+                        for name, trigger_id in TRIGGER_IDS.items()
                     }
                     await example.stop()
                     # settled by now (an execution is closed just after its saga ends)
