@@ -13,6 +13,7 @@ from sagaz.engine.decoding import EventDecoder
 from sagaz.engine.limits import TokenBucket
 from sagaz.engine.metrics import EngineMetrics
 from sagaz.engine.outcomes import SagaOutcomes
+from sagaz.events import plain_data
 from sagaz.saga.listeners import SagaListener
 
 if TYPE_CHECKING:
@@ -100,11 +101,13 @@ class ActiveTrigger:
         )
 
     async def transform(self, event: Any, meta: Any) -> Any:
-        """Call the trigger method (sync or async)."""
+        """Call the trigger method (sync or async). What it returns is made plain data (an
+        :class:`~sagaz.events.EventData` in it as a plain ``dict``): a saga's context is the
+        same on its first run as once read back from the store."""
         result = self.method(*self.decoder.arguments(event, meta))
         if self.is_async:
             result = await result
-        return result
+        return plain_data(result)
 
     def backoff(self, retry: int) -> float:
         """Base delay before retry number ``retry`` (1-based); the last value repeats."""

@@ -1,8 +1,9 @@
 """Turning a :class:`~sagaz.events.Delivery` into the event a trigger method expects.
 
 If the method's first parameter is annotated with a pydantic model, dataclass or TypedDict,
-the payload is validated into it (pydantic ``TypeAdapter``). Unannotated: the decoded payload
-(JSON → dict/list, otherwise ``bytes``).
+the payload is validated into it (pydantic ``TypeAdapter``). Unannotated: the decoded payload,
+a JSON object as an :class:`~sagaz.events.EventData` (a read-only mapping with attribute
+access, nested too), other JSON as decoded, otherwise ``bytes``.
 
 The decoder knows no source: it goes by the method's annotation, the payload's type, and what
 the source said its payload is (``Delivery.decoded``, ``Delivery.body``; see
@@ -20,7 +21,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import is_typeddict
 
-from sagaz.events import Delivery, EventMeta
+from sagaz.events import Delivery, EventData, EventMeta
 from sagaz.exceptions import InvalidEventError
 
 __all__ = ["EventDecoder", "InvalidPayloadError"]
@@ -95,7 +96,10 @@ class EventDecoder:
         """The event object for the trigger method, or :class:`InvalidPayloadError`."""
         payload = delivery.payload
         if self.adapter is None:  # unannotated: the payload as the source gave it
-            return payload if delivery.decoded else _json_or_raw(payload)
+            event = payload if delivery.decoded else _json_or_raw(payload)
+            if type(event) is dict:  # a JSON object: event["user_id"] and event.user_id
+                return EventData(event, message_id=delivery.meta.message_id)
+            return event
         if self._instance_of is not None and isinstance(payload, self._instance_of):
             return payload  # already what the method wants (a CronTick, a WebhookRequest...)
         envelope = delivery.body is not None and (

@@ -390,8 +390,9 @@ class TriggerEngine(Lifecycle):
     ) -> AdmissionResult:
         """Admit ``event`` for one trigger directly, bypassing its source (tests, replay).
 
-        ``identity`` is its dedup key (unless the trigger sets ``idempotency_key``); without
-        one each call is its own event, as for :meth:`fire`. ``body`` makes ``event`` an
+        ``identity`` is its dedup key (unless the trigger sets ``idempotency_key``), and its
+        message id when no ``meta`` is given; without one each call is its own event, as for
+        :meth:`fire`. ``body`` makes ``event`` an
         envelope, as its source marked it (see :class:`~sagaz.events.Delivery`): a typed
         trigger method gets ``body`` validated.
         """
@@ -401,7 +402,10 @@ class TriggerEngine(Lifecycle):
             payload=event,
             decoded=True,
             identity=identity,
-            meta=meta or EventMeta(source=active.definition.source, trigger=trigger_id),
+            meta=meta
+            or EventMeta(
+                source=active.definition.source, trigger=trigger_id, message_id=identity or None
+            ),
             body=body,
         )
         return await self.admission.admit(active, delivery)
