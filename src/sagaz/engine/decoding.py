@@ -22,7 +22,8 @@ from pydantic import TypeAdapter, ValidationError
 from typing_extensions import is_typeddict
 
 from sagaz.events import Delivery, EventData, EventMeta
-from sagaz.exceptions import InvalidEventError
+from sagaz.exceptions import InvalidEventError, TriggerDefinitionError
+from sagaz.triggers.signature import event_adapter, event_annotation
 
 __all__ = ["EventDecoder", "InvalidPayloadError"]
 
@@ -56,22 +57,16 @@ class EventDecoder:
         self.where = where
         params = list(inspect.signature(fn).parameters.values())
         # bound method: no self; plain function: drop self
-        if params and params[0].name == "self":
-            params = params[1:]
-        self.wants_meta = len(params) >= 2
+        bound = not (params and params[0].name == "self")
+        self.wants_meta = len(params) - (0 if bound else 1) >= 2
         try:
-            hints = typing.get_type_hints(fn)
+            annotation = event_annotation(fn, bound=bound)
         except Exception as exc:
-            from sagaz.exceptions import TriggerDefinitionError
-
             raise TriggerDefinitionError(
                 f"{where}: cannot resolve the type annotations of the trigger method ({exc}); "
                 "define the event type at module level (not inside a function) so sagaz can "
                 "validate events into it"
             ) from exc
-        annotation = hints.get(params[0].name) if params else None
-        if annotation is Any:
-            annotation = None
         self.annotation: Any = annotation
         origin = typing.get_origin(annotation) or annotation
         #: a model, dataclass or TypedDict (not a plain dict/mapping): validated from the body
@@ -89,7 +84,7 @@ class EventDecoder:
             else None
         )
         self.adapter: TypeAdapter[Any] | None = (
-            TypeAdapter(annotation) if annotation is not None else None
+            event_adapter(annotation, where=where) if annotation is not None else None
         )
 
     def decode(self, delivery: Delivery) -> Any:
