@@ -99,6 +99,7 @@ class TriggerTestHarness:
                 self.store,
                 triggers=list(self._definitions.values()),
                 start_sources=False,
+                sagas=[self.saga],  # its steps run on the instance under test
             )
             await self._engine.start()
         definition = self._definition(method)
