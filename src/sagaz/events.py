@@ -63,12 +63,13 @@ class EventData(dict[str, Any]):
         message_id: str | None = None,
     ) -> None:
         dict.__init__(self, data)
-        if message_id is not None:  # unset, the slot reads as None (see __getattr__)
+        if message_id is not None:  # unset, the slot reads as None (see _message_id)
             _set_message_id(self, message_id)
-        if not _CONTAINERS.isdisjoint(map(type, dict.values(self))):  # most events are flat
-            for key, value in list(dict.items(self)):
-                if type(value) is dict or type(value) is list:
-                    dict.__setitem__(self, key, _wrap(value))
+        for value in dict.values(self):  # most events are flat: this scan is all they cost
+            if type(value) is dict or type(value) is list:
+                for key, item in list(dict.items(self)):
+                    dict.__setitem__(self, key, _wrap(item))
+                return
 
     def __getattr__(self, name: str) -> Any:
         # called only when normal lookup fails: a field, or an error naming the fields
@@ -129,7 +130,6 @@ class EventData(dict[str, Any]):
 
 
 _MISSING = object()
-_CONTAINERS = frozenset({dict, list})
 _MESSAGE_ID_SLOT: Any = vars(EventData)["_message_id"]  # the slot's descriptor, used directly
 _set_message_id = _MESSAGE_ID_SLOT.__set__
 
@@ -178,6 +178,13 @@ def plain_data(value: Any) -> Any:
     The engine passes what a trigger method returns through it, so a saga's context holds
     plain data, as it does once it is read back from the store."""
     cls = type(value)
+    if cls is dict:  # the usual context: flat, nothing to copy (a cheap scan first)
+        for item in value.values():
+            kind = type(item)
+            if kind is dict or kind is list or kind is EventData:
+                break
+        else:
+            return value
     if cls is EventData or cls is dict:
         changed = False
         items = {}

@@ -206,3 +206,28 @@ async def test_the_harness_gives_the_same_event_and_a_plain_context() -> None:
     context = await TriggerTestHarness(HarnessOrderSaga()).trigger("on_order", ORDER)
     assert context == {"order_id": 7, "user_id": "u-1", "data": ORDER["payload"]}
     assert context is not None and type(context["data"]) is dict
+
+
+class MessageKeyedSaga(Saga):
+    saga_name = "event-data-message-keyed"
+
+    @trigger(source="kafka", topic="orders", idempotency_key=lambda e: e.message_id)
+    def on_order(self, event):
+        return {"order_id": event.order_id}
+
+    @action("noop")
+    async def noop(self, ctx: Any) -> None:
+        return None
+
+
+async def test_the_harness_key_is_the_message_id_of_the_event() -> None:
+    async with TriggerTestHarness(MessageKeyedSaga()) as harness:
+        first = await harness.run("on_order", ORDER, key="orders:0:1")
+        again = await harness.run("on_order", ORDER, key="orders:0:1")
+        assert harness.last_admission.outcome is AdmissionOutcome.DUPLICATE
+        other = await harness.run("on_order", ORDER, key="orders:0:2")
+        unkeyed = await harness.run("on_order", ORDER)
+        assert harness.last_admission.outcome is AdmissionOutcome.INVALID
+        assert "nor did its message carry an id" in harness.last_admission.error
+    assert first and other and first.saga_id != other.saga_id
+    assert again is None and unkeyed is None

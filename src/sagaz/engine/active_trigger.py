@@ -123,7 +123,8 @@ class ActiveTrigger:
         result = method(*self.decoder.arguments(event, meta))
         if self.is_async:
             result = await result
-        return plain_data(result)
+        # only an unannotated method gets EventData (a typed one, plain validated objects)
+        return plain_data(result) if self.decoder.adapter is None else result
 
     def backoff(self, retry: int) -> float:
         """Base delay before retry number ``retry`` (1-based); the last value repeats."""
