@@ -3,17 +3,20 @@ and a clear error at start for a class the engine cannot build."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 import sagaz
 from sagaz import Saga, SagaStatus, TriggerConfig, action, trigger
+from sagaz.clock import utcnow
 from sagaz.engine.engine import TriggerEngine
 from sagaz.engine.replay import replay
 from sagaz.exceptions import ConfigurationError
+from sagaz.records import SagaRecord
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.testing import TriggerTestHarness
+from sagaz.testing import TriggerTestHarness, eventually
 from sagaz.triggers import TriggerDefinition, TriggerRegistry, registry
 
 
@@ -46,8 +49,9 @@ def payment_triggers() -> list[TriggerDefinition]:
     return TriggerRegistry().register_saga(PaymentSaga)
 
 
-def engine(**options: Any) -> TriggerEngine:
-    return TriggerEngine(TriggerConfig(), MemorySagaStore(), triggers=payment_triggers(), **options)
+def engine(store: MemorySagaStore | None = None, **options: Any) -> TriggerEngine:
+    store = store or MemorySagaStore()
+    return TriggerEngine(TriggerConfig(), store, triggers=payment_triggers(), **options)
 
 
 async def run_orders(engine: TriggerEngine, *order_ids: int) -> list[Any]:
@@ -181,3 +185,30 @@ async def test_a_dead_letter_is_replayed_on_the_instance_given() -> None:
     outcome = await replay(store, dead, timeout=10, sagas=[saga])
     assert (outcome.status, outcome.saga_id) == ("completed", dead.saga_id)
     assert payments.charged == [(4, id(saga))]
+
+
+async def test_a_recovered_saga_runs_on_an_instance_from_the_factory() -> None:
+    payments = FakePayments()
+    built: list[PaymentSaga] = []
+
+    def factory(cls: type[Saga]) -> Saga:
+        built.append(PaymentSaga(payments))
+        return built[-1]
+
+    store = MemorySagaStore()
+    # accepted by a worker that crashed before it ran the saga
+    await store.create_saga(
+        SagaRecord(
+            "recovered-1",
+            "instances-payments",
+            SagaStatus.PENDING,
+            {"order_id": 5},
+            trigger_id="instances-payments.on_order",
+            owner="dead",
+            lease_expires_at=utcnow() - timedelta(seconds=1),
+        )
+    )
+    async with engine(saga_factory=factory, store=store):
+        await eventually(lambda: bool(payments.charged), within=5, what="the saga resumed")
+    assert len(built) == 2  # the check at start, then the recovered run's own
+    assert payments.charged == [(5, id(built[1]))]
