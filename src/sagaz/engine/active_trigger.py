@@ -119,7 +119,11 @@ class ActiveTrigger:
         What it returns is made plain data (an :class:`~sagaz.events.EventData` in it as a
         plain ``dict``): a saga's context is the same on its first run as once read back
         from the store."""
-        method = self.method if saga is None else getattr(saga, self.definition.method)
+        method = (
+            self.method
+            if saga is None or saga is self.saga
+            else getattr(saga, self.definition.method)
+        )
         result = method(*self.decoder.arguments(event, meta))
         if self.is_async:
             result = await result

@@ -64,8 +64,9 @@ class EventDecoder:
         except Exception as exc:
             raise TriggerDefinitionError(
                 f"{where}: cannot resolve the type annotations of the trigger method ({exc}); "
-                "define the event type at module level (not inside a function) so sagaz can "
-                "validate events into it"
+                "define the event type at module level (not inside a function: a forward "
+                "reference must resolve in the method's module by the time the engine "
+                "starts) so sagaz can validate events into it"
             ) from exc
         self.annotation: Any = annotation
         origin = typing.get_origin(annotation) or annotation
