@@ -65,11 +65,7 @@ class EventData(dict[str, Any]):
         dict.__init__(self, data)
         if message_id is not None:  # unset, the slot reads as None (see _message_id)
             _set_message_id(self, message_id)
-        for value in dict.values(self):  # most events are flat: this scan is all they cost
-            if type(value) is dict or type(value) is list:
-                for key, item in list(dict.items(self)):
-                    dict.__setitem__(self, key, _wrap(item))
-                return
+        _wrap_nested(self)
 
     def __getattr__(self, name: str) -> Any:
         # called only when normal lookup fails: a field, or an error naming the fields
@@ -159,6 +155,29 @@ def _fields(event: EventData) -> str:
 
 def _rebuild(data: dict[str, Any], message_id: str | None) -> EventData:
     return EventData(data, message_id=message_id)
+
+
+_new_dict = dict.__new__
+_update = dict.update
+
+
+def as_event_data(payload: dict[str, Any], message_id: str | None) -> EventData:
+    """``EventData(payload, message_id=message_id)``, about twice as fast (no ``__init__``
+    call): the decoder builds one per event of an unannotated trigger method."""
+    event: EventData = _new_dict(EventData)
+    _update(event, payload)
+    if message_id is not None:
+        _set_message_id(event, message_id)
+    _wrap_nested(event)
+    return event
+
+
+def _wrap_nested(event: EventData) -> None:
+    for value in dict.values(event):  # most events are flat: this scan is all they cost
+        if type(value) is dict or type(value) is list:
+            for key, item in list(dict.items(event)):
+                dict.__setitem__(event, key, _wrap(item))
+            return
 
 
 def _wrap(value: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import is_typeddict
 
-from sagaz.events import Delivery, EventData, EventMeta
+from sagaz.events import Delivery, EventMeta, as_event_data
 from sagaz.exceptions import InvalidEventError, TriggerDefinitionError
 from sagaz.triggers.signature import event_adapter, event_annotation
 
@@ -94,7 +94,7 @@ class EventDecoder:
         if self.adapter is None:  # unannotated: the payload as the source gave it
             event = payload if delivery.decoded else _json_or_raw(payload)
             if type(event) is dict:  # a JSON object: event["user_id"] and event.user_id
-                return EventData(event, message_id=delivery.meta.message_id)
+                return as_event_data(event, delivery.meta.message_id)
             return event
         if self._instance_of is not None and isinstance(payload, self._instance_of):
             return payload  # already what the method wants (a CronTick, a WebhookRequest...)
