@@ -15,7 +15,7 @@ from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
 from sagaz.config import TriggerConfig, configure
-from sagaz.events import CronTick, EventMeta, FileEvent, WebhookRequest
+from sagaz.events import CronTick, EventData, EventMeta, FileEvent, WebhookRequest
 from sagaz.exceptions import InvalidEventError, MissingExtraError, SagazError
 from sagaz.saga import (
     OutboxSagaListener,
@@ -40,6 +40,7 @@ except _metadata.PackageNotFoundError:  # a source tree on sys.path, not install
 
 __all__ = [
     "CronTick",
+    "EventData",
     "EventMeta",
     "FileEvent",
     "Fire",

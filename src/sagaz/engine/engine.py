@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -31,6 +31,7 @@ from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.admission import Admission
 from sagaz.engine.backpressure import BackpressureQueue
 from sagaz.engine.dispatcher import Dispatcher
+from sagaz.engine.instances import SagaFactory, SagaInstances
 from sagaz.engine.limits import TokenBucket
 from sagaz.engine.loading import load_source_module
 from sagaz.engine.outcomes import SagaOutcomes
@@ -40,6 +41,7 @@ from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta, NotRun, Reason
 from sagaz.exceptions import ConfigurationError
+from sagaz.saga.definition import Saga
 from sagaz.saga.listeners import SagaListener
 from sagaz.saga.result import SagaResult
 from sagaz.triggers.registration import TriggerDefinition, registry
@@ -82,6 +84,8 @@ class TriggerEngine(Lifecycle):
 
     With ``start_sources=False`` (a dead-letter replay, the test harness) no source runs, nor
     do the recovery and cleanup loops: the engine runs only the events it is handed.
+
+    ``sagas`` and ``saga_factory``: the saga objects runs use (see :func:`start_triggers`).
     """
 
     def __init__(
@@ -94,8 +98,11 @@ class TriggerEngine(Lifecycle):
         triggers: Sequence[TriggerDefinition] | None = None,
         start_sources: bool = True,
         shared: dict[str, Any] | None = None,
+        sagas: Iterable[Saga] = (),
+        saga_factory: SagaFactory | None = None,
     ) -> None:
         self.config = config or TriggerConfig()
+        self.instances = SagaInstances(sagas, saga_factory)
         self.store: SagaStore = resolve_store(store)
         self._store_chosen = store_is_chosen(store)
         self.clock = clock or SystemClock()
@@ -128,6 +135,7 @@ class TriggerEngine(Lifecycle):
                 "`@trigger(...)` methods is imported: import it before start_triggers() "
                 "(e.g. `import myapp.sagas`), or run `sagaz run myapp.sagas`."
             )
+        self.instances.prepare(d.saga_cls for d in definitions)
         if not self._store_chosen:
             logger.warning(NOT_DURABLE_WARNING, extra={"worker_id": self.worker_id})
         if not getattr(self.store, "_started", False):
@@ -159,7 +167,7 @@ class TriggerEngine(Lifecycle):
         self._started = True
         try:
             for definition in definitions:
-                active = ActiveTrigger(definition, state)
+                active = ActiveTrigger(definition, state, instances=self.instances)
                 self.triggers[definition.trigger_id] = active
                 if definition.channel is not None:  # in-process events come through fire()
                     self._channels.setdefault(str(definition.channel), []).append(active)
@@ -291,6 +299,7 @@ class TriggerEngine(Lifecycle):
                 attempt=record.attempt,
                 accepted_at=self.clock.monotonic(),
                 context_hash="recovered" if active.poll_name else None,
+                saga=active.saga_for_run(),
             )
             state.queue.put_nowait_unbounded(item)
             resumed += 1
@@ -417,8 +426,9 @@ class TriggerEngine(Lifecycle):
     ) -> AdmissionResult:
         """Admit ``event`` for one trigger directly, bypassing its source (tests, replay).
 
-        ``identity`` is its dedup key (unless the trigger sets ``idempotency_key``); without
-        one each call is its own event, as for :meth:`fire`. ``body`` makes ``event`` an
+        ``identity`` is its dedup key (unless the trigger sets ``idempotency_key``), and its
+        message id when no ``meta`` is given; without one each call is its own event, as for
+        :meth:`fire`. ``body`` makes ``event`` an
         envelope, as its source marked it (see :class:`~sagaz.events.Delivery`): a typed
         trigger method gets ``body`` validated.
         """
@@ -428,7 +438,10 @@ class TriggerEngine(Lifecycle):
             payload=event,
             decoded=True,
             identity=identity,
-            meta=meta or EventMeta(source=active.definition.source, trigger=trigger_id),
+            meta=meta
+            or EventMeta(
+                source=active.definition.source, trigger=trigger_id, message_id=identity or None
+            ),
             body=body,
         )
         return await self.admission.admit(active, delivery)
@@ -490,9 +503,16 @@ async def start_triggers(
     config: TriggerConfig | None = None,
     store: SagaStore | None = None,
     *,
+    sagas: Iterable[Saga] = (),
+    saga_factory: SagaFactory | None = None,
     listeners: Sequence[SagaListener] = (),
 ) -> TriggerEngine:
     """Start the process-wide engine for every registered trigger and return it.
+
+    For a saga whose constructor takes arguments, give the instance, ``sagas=[OrderSaga(
+    client)]``: it runs every event of its class, concurrently, so keep per-run state in the
+    context, not on ``self``; or ``saga_factory=lambda cls: cls(client)``, called per run.
+    Without either a saga class is built with no arguments (else ``ConfigurationError``).
 
     ``listeners`` hear about every trigger and saga of the engine, in addition to the
     ``listeners`` of each saga class (audit, metrics, tracing).
@@ -501,7 +521,14 @@ async def start_triggers(
     if _engine is not None and _engine.running:
         raise RuntimeError("triggers are already running; call `await sagaz.stop_triggers()` first")
     global _pending_shared
-    engine = TriggerEngine(config, store, listeners=listeners, shared=_pending_shared)
+    engine = TriggerEngine(
+        config,
+        store,
+        listeners=listeners,
+        shared=_pending_shared,
+        sagas=sagas,
+        saga_factory=saga_factory,
+    )
     _pending_shared = {}
     await engine.start()
     _engine = engine
