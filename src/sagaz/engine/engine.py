@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
+from sagaz import tracing
 from sagaz.abc import Lifecycle, SagaStore, Source, SourceContext
 from sagaz.backoff import Backoff
 from sagaz.clock import Clock, SystemClock, utcnow
@@ -367,12 +368,14 @@ class TriggerEngine(Lifecycle):
                 f"@trigger(source='memory', channel={channel!r})"
             )
         accepted: list[str] = []
+        caller = tracing.current_context()  # the event continues the caller's trace
         for active in targets:
             delivery = Delivery(
                 payload=event,
                 decoded=True,
                 identity="",
                 meta=EventMeta(source="memory", trigger=active.trigger_id, topic=channel),
+                trace_context=caller,
             )
             result = await self.admission.admit(active, delivery)
             if result.outcome is AdmissionOutcome.ACCEPTED and result.saga_id:
@@ -403,6 +406,7 @@ class TriggerEngine(Lifecycle):
             identity=identity,
             meta=meta or EventMeta(source=active.definition.source, trigger=trigger_id),
             body=body,
+            trace_context=tracing.current_context(),
         )
         return await self.admission.admit(active, delivery)
 
