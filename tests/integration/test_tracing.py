@@ -1,9 +1,10 @@
-"""One trace from a Kafka message to the messages its saga publishes (``sagaz[otel]``).
+"""One trace from a broker message to the messages its saga publishes (``sagaz[otel]``).
 
 A producer's ``traceparent`` header on a Kafka record → the admission and saga spans (children
 of the producer's span) → the step spans → the outbox message the second step emits, whose
 ``traceparent`` names that step, in the store and on the Kafka record the relay publishes.
-The spans are read from the OpenTelemetry SDK's in-memory exporter (``spans`` fixture).
+RabbitMQ headers and SQS message attributes carry the context in just the same way. The spans
+are read from the OpenTelemetry SDK's in-memory exporter (``spans`` fixture).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from sagaz.outbox import KafkaPublisher, OutboxRelay
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.testing import eventually
 from tests.fixtures_kafka import MakeTopic, take_records
+from tests.fixtures_rabbitmq import Rabbit
+from tests.fixtures_sqs import send_messages, sqs_source_options
 from tests.fixtures_tracing import named, one, span_id_of, trace_id_of
 from tests.services import unique_name
 
@@ -125,3 +128,73 @@ async def test_one_trace_from_a_kafka_traceparent_through_the_steps_to_the_outbo
     headers = {name: value.decode() for name, value in record.headers}
     assert headers["traceparent"] == emitted.headers["traceparent"]
     assert json.loads(record.value) == {"order": 42}
+
+
+# -- the other carriers: RabbitMQ headers, SQS message attributes -----------------------------
+def define_continued(**source: Any) -> str:
+    """A one-step saga triggered by ``source``; its name."""
+    name = unique_name("continued")
+
+    class Continued(Saga):
+        saga_name = name
+
+        @trigger(**source)
+        def on_message(self, event: Any) -> dict[str, Any]:
+            return {"received": True}
+
+        @action("work")
+        async def work(self, ctx: SagaContext) -> None:
+            return None
+
+    return name
+
+
+async def run_until_completed(config: TriggerConfig, store: MemorySagaStore) -> None:
+    async def completed() -> bool:
+        return len(await store.list_sagas(status=SagaStatus.COMPLETED)) == 1
+
+    await sagaz.start_triggers(config, store)
+    try:
+        await eventually(completed, within=30, what="the saga of the message to complete")
+    finally:
+        await sagaz.stop_triggers()
+
+
+def assert_continued(spans: InMemorySpanExporter, source: str) -> None:
+    """Admission and the saga are children of the message's span, the step of the saga."""
+    remote_trace, remote_span = trace_id_of(TRACEPARENT), span_id_of(TRACEPARENT)
+    admit, saga = one(named(spans, "sagaz.admit")), one(named(spans, "sagaz.saga"))
+    step = one(named(spans, "sagaz.step"))
+    assert {ids(s)[0] for s in (admit, saga, step)} == {remote_trace}
+    assert ids(admit)[2] == ids(saga)[2] == remote_span
+    assert ids(step)[2] == ids(saga)[1]
+    assert saga.attributes is not None and saga.attributes["sagaz.source"] == source
+
+
+async def test_a_rabbitmq_traceparent_header_is_continued(
+    spans: InMemorySpanExporter, rabbit: Rabbit
+) -> None:
+    import aio_pika
+
+    queue = rabbit.queue_name()
+    await rabbit.declare(queue)
+    define_continued(source="rabbitmq", queue=queue)
+    message = aio_pika.Message(b'{"n": 1}', headers={"traceparent": TRACEPARENT})
+    await rabbit.channel.default_exchange.publish(message, routing_key=queue)
+
+    await run_until_completed(TriggerConfig(rabbitmq_url=rabbit.url), MemorySagaStore())
+
+    assert_continued(spans, "rabbitmq")
+
+
+async def test_an_sqs_traceparent_message_attribute_is_continued(
+    spans: InMemorySpanExporter, sqs_client: Any, sqs_queue_url: str, sqs_endpoint: str
+) -> None:
+    define_continued(
+        source="sqs", queue_url=sqs_queue_url, wait_time=1, **sqs_source_options(sqs_endpoint)
+    )
+    await send_messages(sqs_client, sqs_queue_url, ['{"n": 1}'], traceparent=TRACEPARENT)
+
+    await run_until_completed(TriggerConfig(), MemorySagaStore())
+
+    assert_continued(spans, "sqs")

@@ -138,6 +138,38 @@ async def test_a_saga_run_inside_a_span_continues_that_trace(
     assert parent_of(saga) == request.get_span_context().span_id
 
 
+class Fanned(Saga):
+    """Two independent steps (run concurrently, as tasks), then one that needs both."""
+
+    saga_name = "tracing-fanned"
+
+    @action("left")
+    async def left(self, ctx: SagaContext) -> None:
+        ctx.emit("sides", {"side": "left"})
+
+    @action("right")
+    async def right(self, ctx: SagaContext) -> None:
+        return None
+
+    @action("join", depends_on=["left", "right"])
+    async def join(self, ctx: SagaContext) -> None:
+        return None
+
+
+async def test_the_steps_of_a_dag_are_children_of_the_saga_span(
+    spans: InMemorySpanExporter,
+) -> None:
+    store = MemorySagaStore()
+    await Fanned().run({}, store=store)
+
+    saga = one(named(spans, "sagaz.saga"))
+    steps = {s.name: s for s in named(spans, "sagaz.step")}
+    assert sorted(steps) == ["sagaz.step join", "sagaz.step left", "sagaz.step right"]
+    assert {parent_of(s) for s in steps.values()} == {span_id(saga)}
+    [message] = await outbox(store)
+    assert span_id_of(message.headers["traceparent"]) == span_id(steps["sagaz.step left"])
+
+
 async def test_headers_given_to_emit_win_over_the_trace_context(
     spans: InMemorySpanExporter,
 ) -> None:
@@ -171,6 +203,37 @@ async def test_a_failed_step_and_the_compensation_are_recorded(
     assert saga.status.status_code is StatusCode.ERROR
     assert saga.status.description == result.error
     assert saga.attributes["sagaz.saga.status"] == "compensated"
+
+
+class Stuck(Saga):
+    """``charge`` fails; undoing ``reserve`` fails both of its tries."""
+
+    saga_name = "tracing-stuck"
+
+    @action("reserve")
+    async def reserve(self, ctx: SagaContext) -> None:
+        return None
+
+    @compensate("reserve", max_retries=1)
+    async def release(self, ctx: SagaContext) -> None:
+        raise RuntimeError("warehouse down")
+
+    @action("charge")
+    async def charge(self, ctx: SagaContext) -> None:
+        raise RuntimeError("card declined")
+
+
+async def test_a_failed_compensation_is_an_error_span(spans: InMemorySpanExporter) -> None:
+    result = await Stuck().run({}, store=MemorySagaStore())
+
+    assert result.status is SagaStatus.FAILED
+    saga, release = one(named(spans, "sagaz.saga")), one(named(spans, "sagaz.compensate"))
+    assert release.status.status_code is StatusCode.ERROR
+    assert release.status.description == result.compensation_errors["reserve"]
+    # the first try was retried: an event; the last one is the span's status
+    assert [e.attributes.get("sagaz.try") for e in release.events if e.attributes] == [1]
+    assert saga.attributes is not None and saga.attributes["sagaz.saga.status"] == "failed"
+    assert saga.status.status_code is StatusCode.ERROR
 
 
 # -- events through the engine -----------------------------------------------------------------
