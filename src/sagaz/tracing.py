@@ -11,17 +11,20 @@ span                        covers                                         paren
 ``sagaz.saga {saga_name}``  one attempt of the saga (a retry is a new span  the event's context
                             under the same parent)
 ``sagaz.step {step}``       one step with all its tries (each failed try    the saga span
-                            that is retried is an exception event)
+                            that is retried is an exception event with
+                            ``sagaz.try``)
 ``sagaz.compensate {step}`` one compensation with all its tries             the saga span
 ==========================  =============================================  ====================
 
 Attributes: ``sagaz.trigger.id``, ``sagaz.source``, ``messaging.message.id`` and
-``messaging.destination.name`` (the topic, queue, stream or path) on admission and saga spans;
-``sagaz.admission.outcome`` and ``sagaz.admission.reason`` on admission spans;
-``sagaz.saga.id``, ``sagaz.saga.name``, ``sagaz.saga.attempt`` and ``sagaz.saga.status``
+``messaging.destination.name`` (the topic, queue, stream or path) on admission spans and on
+the saga spans of the engine's runs; ``sagaz.admission.outcome`` (``accepted``,
+``duplicate``, ``filtered``...), ``sagaz.admission.reason`` and ``sagaz.saga.id`` on admission
+spans; ``sagaz.saga.id``, ``sagaz.saga.name``, ``sagaz.saga.attempt`` and ``sagaz.saga.status``
 (``completed``, ``compensated``, ``failed``, or ``interrupted`` when shutdown cancelled it) on
 saga spans; ``sagaz.step.name`` on step and compensation spans. An invalid or refused event,
 a saga that did not complete, and a step or compensation that failed have status ``ERROR``.
+``Saga.run()`` outside the engine makes the saga and step spans, under the caller's span.
 
 **The event's context** is the trace context the event arrived with, read from
 ``EventMeta.headers`` with OpenTelemetry's global propagator (W3C ``traceparent`` /
@@ -31,8 +34,10 @@ message headers, SQS message attributes (String ones), a webhook request's HTTP 
 ``sagaz.fire_event`` continues the caller's current span. An event that carries no context
 starts a trace with its admission span, and its saga span is then a child of that span, so
 every event is one trace. The saga span is a child (not a link) of the event's context: one
-event runs one saga (its retries and a resumed run are spans of the same trace), so the trace
-of a message shows what it caused; links are for spans that fan in from many traces.
+event runs one saga (its retries, and the run a redelivered message resumes, are spans of the
+same trace), so the trace of a message shows what it caused; links are for spans that fan in
+from many traces. The context is not stored: a saga the recovery loop resumes after a crash
+(webhook, cron, file, memory, poll events) starts a new trace.
 
 **Outbox messages** carry the trace on: a message a step emits (``ctx.emit``) gets the step
 span's context in its headers (``traceparent``...), the ``OutboxSagaListener``'s
@@ -44,7 +49,7 @@ consumer's instrumentation (or another sagaz service) continues the trace.
 global provider is a proxy until ``trace.set_tracer_provider`` is called), no span, context
 or header is made: one check per event and per saga.
 
-Use the global provider::
+Use the global provider (``pip install opentelemetry-sdk opentelemetry-exporter-otlp``)::
 
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
@@ -58,7 +63,9 @@ Use the global provider::
 
 or give sagaz one of its own (tests, or an app whose global provider is someone else's)::
 
-    sagaz.tracing.use_tracer_provider(provider)   # None: back to the global one
+    from sagaz.tracing import use_tracer_provider
+
+    use_tracer_provider(provider)  # use_tracer_provider(None): the global one again
 """
 
 from __future__ import annotations
@@ -116,6 +123,8 @@ class _Gate:
         else:
             import sagaz
 
+            # loading the configured propagators takes a while: not on the first event
+            importlib.import_module("opentelemetry.propagate")
             self.recorder = SpanRecorder(provider.get_tracer(TRACER_NAME, sagaz.__version__))
         return self.recorder
 
@@ -129,7 +138,7 @@ def use_tracer_provider(provider: TracerProvider | None) -> None:
     (``None``: the global one again).
 
     >>> from opentelemetry.sdk.trace import TracerProvider  # doctest: +SKIP
-    >>> sagaz.tracing.use_tracer_provider(TracerProvider())  # doctest: +SKIP
+    >>> use_tracer_provider(TracerProvider())  # doctest: +SKIP
     """
     _gate.override = provider
 
