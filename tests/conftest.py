@@ -27,6 +27,7 @@ pytest_plugins = [
     "tests.fixtures_rabbitmq",
     "tests.fixtures_redis",
     "tests.fixtures_sqs",
+    "tests.fixtures_tracing",
 ]
 
 

@@ -282,6 +282,10 @@ class Delivery:
     and runs that saga again as a new attempt of the same ``saga_id`` (unless it completed in
     the meantime). Once the replay is settled the dead letter is deleted; a replay that is
     dead-lettered again leaves a new dead letter naming the old one (``meta["replay_of"]``).
+
+    ``trace_context`` is the OpenTelemetry context the event continues (:mod:`sagaz.tracing`;
+    only while tracing is on): ``fire_event`` sets the caller's, admission replaces it with
+    the context found in ``meta.headers`` when there is one, and its saga runs under it.
     """
 
     payload: Any
@@ -294,6 +298,7 @@ class Delivery:
     keep_invalid: Callable[[], bool] | None = None
     content_identity: str | None = None
     replay_of: int | None = None
+    trace_context: Any = None  # an opentelemetry Context (the extra is optional)
 
 
 class AdmissionOutcome(StrEnum):

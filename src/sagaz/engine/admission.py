@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from sagaz import tracing
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.decoding import InvalidPayloadError
 from sagaz.engine.identity import canonical_hash, content_key, saga_id_for, storable
@@ -49,8 +50,11 @@ class Admission:
         A failure of the store itself leaves the delivery for redelivery (nack) and answers
         ``REJECTED`` with the error, so a webhook caller gets 503 and retries.
         """
+        spans = tracing.recorder()
         try:
-            return await self._admit(trigger, delivery)
+            if spans is None:
+                return await self._admit(trigger, delivery)
+            return await self._traced(spans, trigger, delivery)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -59,6 +63,14 @@ class Admission:
             return AdmissionResult(
                 AdmissionOutcome.REJECTED, error=f"the event could not be accepted: {exc}"
             )
+
+    async def _traced(
+        self, spans: tracing.SpanRecorder, trigger: ActiveTrigger, delivery: Delivery
+    ) -> AdmissionResult:
+        with spans.admission(trigger.trigger_id, delivery) as span:
+            result = await self._admit(trigger, delivery)
+            spans.admitted(span, result)
+            return result
 
     async def _admit(self, trigger: ActiveTrigger, delivery: Delivery) -> AdmissionResult:
         state = self.state

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
+from sagaz import tracing
 from sagaz.abc import Lifecycle, SagaStore, Source, SourceContext
 from sagaz.backoff import Backoff
 from sagaz.clock import Clock, SystemClock, utcnow
@@ -400,6 +401,7 @@ class TriggerEngine(Lifecycle):
                 f"@trigger(source='memory', channel={channel!r})"
             )
         accepted: list[str] = []
+        caller = tracing.current_context()  # the event continues the caller's trace
         for active in targets:
             if active.paused:  # an in-process event cannot wait: skipped, and said so
                 await self.settlement.filtered(active, event, Reason.PAUSED)
@@ -409,6 +411,7 @@ class TriggerEngine(Lifecycle):
                 decoded=True,
                 identity="",
                 meta=EventMeta(source="memory", trigger=active.trigger_id, topic=channel),
+                trace_context=caller,
             )
             result = await self.admission.admit(active, delivery)
             if result.outcome is AdmissionOutcome.ACCEPTED and result.saga_id:
@@ -443,6 +446,7 @@ class TriggerEngine(Lifecycle):
                 source=active.definition.source, trigger=trigger_id, message_id=identity or None
             ),
             body=body,
+            trace_context=tracing.current_context(),
         )
         return await self.admission.admit(active, delivery)
 

@@ -11,11 +11,21 @@ from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import NotRun
 from sagaz.saga.execution import SagaExecution
+from sagaz.saga.result import SagaResult
 from sagaz.types import SagaStatus
 
 __all__ = ["SagaRunner"]
 
 logger = logging.getLogger(__name__)
+
+
+def _log_fields(item: WorkItem) -> dict[str, str | None]:
+    """The ``extra=`` fields of a log line about ``item``: trigger, saga id, message id."""
+    return {
+        "trigger": item.trigger_id,
+        "saga_id": item.saga_id,
+        "message_id": item.delivery.meta.message_id,
+    }
 
 
 class SagaRunner:
@@ -39,6 +49,7 @@ class SagaRunner:
             trigger_id=trigger.trigger_id,
             owner=state.worker_id,
             lease_until=state.lease_until(),
+            delivery=item.delivery,
         )
         try:
             result = await execution.run(
@@ -54,6 +65,7 @@ class SagaRunner:
             await self.settlement.nack(trigger, item.delivery)
             state.outcomes.settle(item.saga_id, NotRun(item.saga_id, "interrupted", str(exc)))
             return
+        self._log_result(item, result)
         if result.status is SagaStatus.COMPLETED:
             state.metrics.completed[trigger.trigger_id] += 1
             await self._settle(item)
@@ -76,6 +88,34 @@ class SagaRunner:
         )
         await self._settle(item)
         state.outcomes.settle(item.saga_id, result)
+
+    @staticmethod
+    def _log_result(item: WorkItem, result: SagaResult) -> None:
+        status = result.status
+        level = (
+            logging.DEBUG  # thousands a second: the normal case is not news
+            if status is SagaStatus.COMPLETED
+            else logging.INFO  # its compensations ran: retried or dead-lettered next
+            if status is SagaStatus.COMPENSATED
+            else logging.WARNING  # a compensation failed too
+        )
+        if not logger.isEnabledFor(level):
+            return
+        logger.log(
+            level,
+            "saga %s (%s, attempt %d) %s%s",
+            item.saga_id,
+            item.trigger.saga_name,
+            result.attempt,
+            status.value,
+            f": {result.error}" if result.error else "",
+            extra={
+                **_log_fields(item),
+                "saga_name": item.trigger.saga_name,
+                "attempt": result.attempt,
+                "status": status.value,
+            },
+        )
 
     @staticmethod
     def _take_new_attempt(item: WorkItem) -> bool:
@@ -105,7 +145,7 @@ class SagaRunner:
             item.saga_id,
             item.attempt,
             delay,
-            extra={"saga_id": item.saga_id, "trigger": trigger.trigger_id},
+            extra=_log_fields(item),
         )
         task = asyncio.create_task(
             self._retry_later(item, delay), name=f"sagaz-retry-{item.saga_id}"

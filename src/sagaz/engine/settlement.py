@@ -111,7 +111,12 @@ class Settlement:
             "dead-lettered an event of %s: %s",
             trigger.trigger_id,
             record.error,
-            extra={"trigger": trigger.trigger_id, "reason": reason, "saga_id": saga_id},
+            extra={
+                "trigger": trigger.trigger_id,
+                "reason": reason,
+                "saga_id": saga_id,
+                "message_id": delivery.meta.message_id,
+            },
         )
         if trigger.listeners:
             await notify(trigger.listeners, "on_dead_letter", trigger.saga_name, record)

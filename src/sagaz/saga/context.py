@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, MutableM
 from contextvars import ContextVar
 from typing import Any
 
+from sagaz import tracing
 from sagaz.exceptions import SagaStepError
 from sagaz.records import OutboxMessage
 
@@ -225,12 +226,16 @@ class SagaContext(MutableMapping[str, Any]):
     # -- outbox ----------------------------------------------------------------------------
     def emit(self, topic: str, payload: Any, headers: dict[str, str] | None = None) -> None:
         """Queue a message for the outbox; it is written in the same transaction as the
-        checkpoint of the step that emitted it, and published by the ``OutboxRelay``."""
+        checkpoint of the step that emitted it, and published by the ``OutboxRelay``.
+
+        While tracing is on (:mod:`sagaz.tracing`) its headers also carry the step's trace
+        context (``traceparent``...); ``headers`` given here win."""
         step = current_step.get()
         if not step:
             raise SagaStepError("ctx.emit() can only be called from inside a step")
+        headers = {**tracing.outgoing_headers(), **(headers or {})}
         self._outbox.setdefault(step, []).append(
-            OutboxMessage(saga_id=self.saga_id, topic=topic, payload=payload, headers=headers or {})
+            OutboxMessage(saga_id=self.saga_id, topic=topic, payload=payload, headers=headers)
         )
 
     def take_outbox(self, step: str) -> list[OutboxMessage]:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from sagaz import tracing
 from sagaz.clock import Clock, SystemClock
 from sagaz.exceptions import ConfigurationError, SagaStepError, SagaTimeoutError
 from sagaz.records import OutboxMessage, SagaRecord, StepRecord
@@ -21,7 +22,9 @@ from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
 if TYPE_CHECKING:
     from sagaz.abc import SagaStore
+    from sagaz.events import Delivery
     from sagaz.saga.definition import Saga
+    from sagaz.tracing import SpanRecorder
 
 __all__ = ["SagaExecution"]
 
@@ -51,6 +54,7 @@ class SagaExecution:
         event: Any = None,
         owner: str | None = None,
         lease_until: datetime | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
         self.saga = saga
         self.definition = type(saga).definition()
@@ -62,6 +66,9 @@ class SagaExecution:
         self.event = event
         self.owner = owner
         self.lease_until = lease_until
+        #: the event it runs for (engine runs): its trace context is the saga span's parent
+        self.delivery = delivery
+        self._spans: SpanRecorder | None = None
         self._seq = 0
         self._remaining = 0
         self._record: SagaRecord | None = None
@@ -81,6 +88,28 @@ class SagaExecution:
         """
         self._check_outbox_listeners()
         saga_id = saga_id or str(uuid.uuid4())
+        self._spans = spans = tracing.recorder()
+        if spans is None:
+            return await self._run(initial, saga_id, new_attempt, known)
+        delivery = self.delivery
+        with spans.saga(
+            self.saga_name,
+            saga_id,
+            parent=delivery.trace_context if delivery is not None else None,
+            trigger_id=self.trigger_id,
+            delivery=delivery,
+        ) as span:
+            result = await self._run(initial, saga_id, new_attempt, known)
+            spans.ended(span, result)
+            return result
+
+    async def _run(
+        self,
+        initial: Mapping[str, Any],
+        saga_id: str,
+        new_attempt: bool,
+        known: SagaRecord | None,
+    ) -> SagaResult:
         if known is not None and known.saga_id == saga_id:
             record, created = known, False
         else:
@@ -162,6 +191,10 @@ class SagaExecution:
                 messages += listener.saga_messages(
                     self.saga_name, record.saga_id, record.status, record.error
                 )
+        if messages and self._spans is not None:
+            trace_headers = tracing.outgoing_headers()  # the saga span's context
+            for message in messages:
+                message.headers = {**trace_headers, **message.headers}
         return messages
 
     # -- restore ---------------------------------------------------------------------------
@@ -283,7 +316,11 @@ class SagaExecution:
         name = spec.name
         token = current_step.set(name)
         try:
-            await self._try_step(step, ctx, channel)
+            if self._spans is None:
+                await self._try_step(step, ctx, channel)
+            else:
+                with self._spans.step(name):
+                    await self._try_step(step, ctx, channel)
         finally:
             current_step.reset(token)
 
@@ -352,6 +389,8 @@ class SagaExecution:
             if self.listeners:
                 await notify(self.listeners, "on_step_failure", self.saga_name, name, ctx, error)
             if try_no < tries:
+                if self._spans is not None:
+                    self._spans.failed_try(error, try_no)
                 await self.clock.sleep(spec.retry_backoff_seconds * 2 ** (try_no - 1))
                 continue
             await self.store.save_step(
@@ -441,6 +480,17 @@ class SagaExecution:
     async def _run_compensation(
         self, definition: StepDefinition, ctx: SagaContext, step: StepRecord
     ) -> str | None:
+        if self._spans is None:
+            return await self._undo(definition, ctx, step)
+        with self._spans.step(step.name, compensation=True) as span:
+            problem = await self._undo(definition, ctx, step)
+            if problem is not None:
+                self._spans.failed(span, problem)
+            return problem
+
+    async def _undo(
+        self, definition: StepDefinition, ctx: SagaContext, step: StepRecord
+    ) -> str | None:
         spec = definition.compensation
         assert spec is not None
         fn = getattr(self.saga, spec.attr)
@@ -460,8 +510,15 @@ class SagaExecution:
                 logger.warning(
                     "compensation of %s failed",
                     step.name,
-                    extra={"saga_id": ctx.saga_id, "step": step.name, "try": try_no},
+                    extra={
+                        "trigger": self.trigger_id,
+                        "saga_id": ctx.saga_id,
+                        "step": step.name,
+                        "try": try_no,
+                    },
                 )
+                if self._spans is not None and try_no <= spec.max_retries:
+                    self._spans.failed_try(exc, try_no)
             else:
                 step.status = StepStatus.COMPENSATED
                 await self.store.save_step(step)
