@@ -12,6 +12,7 @@ imported when the store starts (``pip install "sagaz[postgres]"``).
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,7 @@ from sagaz.records import (
 )
 from sagaz.storage import postgres_schema as tables
 from sagaz.storage.codec import dumps, to_utc
+from sagaz.storage.unavailable import raises_unavailable
 from sagaz.storage.url import redact_url
 from sagaz.types import SagaStatus, StepStatus
 
@@ -40,11 +42,14 @@ __all__ = ["PostgresSagaStore"]
 _CLAIM_RETRIES = 5  # a row deleted between our two statements makes us look again
 
 
+@raises_unavailable
 class PostgresSagaStore(SagaStore):
     """A :class:`~sagaz.abc.SagaStore` in PostgreSQL, shared by every instance of an app.
 
     ``schema`` names the PostgreSQL schema that holds the tables (created at ``start()``);
-    ``min_size``/``max_size`` bound the asyncpg connection pool.
+    ``min_size``/``max_size`` bound the asyncpg connection pool. A lost server (restarted,
+    unreachable) makes operations raise :class:`~sagaz.exceptions.StoreUnavailableError`; the
+    pool replaces its broken connections, so the store works again once the server is back.
     """
 
     def __init__(
@@ -121,6 +126,28 @@ class PostgresSagaStore(SagaStore):
     async def schema_version(self) -> int:
         """The schema version recorded in the database."""
         return int(await self._db().fetchval(f"SELECT MAX(version) FROM {self._s}.schema_version"))
+
+    def _unavailable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the server cannot be reached (see :mod:`sagaz.storage.unavailable`):
+        refused, reset or timed-out connections, a server shutting down or starting up, a
+        connection the server terminated."""
+        if isinstance(exc, OSError):  # refused, reset, unreachable, command_timeout
+            return True
+        asyncpg = sys.modules.get("asyncpg")
+        if asyncpg is None:
+            return False
+        errors = asyncpg.exceptions
+        if isinstance(
+            exc,
+            errors.PostgresConnectionError  # SQLSTATE class 08: connection exceptions
+            | errors.AdminShutdownError  # 57P01: terminated by a shutdown or restart
+            | errors.CrashShutdownError
+            | errors.CannotConnectNowError  # 57P03: starting up, shutting down
+            | errors.TooManyConnectionsError,
+        ):
+            return True
+        # a pooled connection that the server closed under us
+        return isinstance(exc, errors.InterfaceError) and "connection" in str(exc)
 
     def _db(self) -> Any:
         if self._pool is None:
@@ -514,3 +541,40 @@ class PostgresSagaStore(SagaStore):
             f"SELECT MAX(tick) FROM {self._s}.cron_claims WHERE trigger_id = $1", trigger_id
         )
         return tick
+
+    # -- leases ----------------------------------------------------------------------------
+    # The server's clock decides expiry: holders on other machines need not agree on time.
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        # the row lock of ON CONFLICT makes "free, expired or ours" and the take-over atomic
+        acquired = await self._db().fetchval(
+            f"INSERT INTO {self._s}.leases AS l (name, holder, expires_at) "
+            "VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3::float8)) "
+            "ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, "
+            "expires_at = EXCLUDED.expires_at "
+            "WHERE l.holder = EXCLUDED.holder OR l.expires_at <= clock_timestamp() "
+            "RETURNING TRUE",
+            name,
+            holder,
+            float(ttl),
+        )
+        return bool(acquired)
+
+    async def renew_lease(self, name: str, holder: str, ttl: float) -> bool:
+        renewed = await self._db().fetchval(
+            f"UPDATE {self._s}.leases "
+            "SET expires_at = clock_timestamp() + make_interval(secs => $3::float8) "
+            "WHERE name = $1 AND holder = $2 AND expires_at > clock_timestamp() RETURNING TRUE",
+            name,
+            holder,
+            float(ttl),
+        )
+        return bool(renewed)
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        released = await self._db().fetchval(
+            f"DELETE FROM {self._s}.leases "
+            "WHERE name = $1 AND holder = $2 AND expires_at > clock_timestamp() RETURNING TRUE",
+            name,
+            holder,
+        )
+        return bool(released)

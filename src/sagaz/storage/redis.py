@@ -14,6 +14,7 @@ Cluster does not allow. redis-py is imported when the store starts
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -37,6 +38,7 @@ from sagaz.storage import redis_schema as tables
 from sagaz.storage.codec import dumps, from_micros, loads
 from sagaz.storage.redis_pipeline import ScriptPipeline
 from sagaz.storage.redis_schema import micros
+from sagaz.storage.unavailable import raises_unavailable
 from sagaz.storage.url import redact_url
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
@@ -54,11 +56,16 @@ def _outbox_documents(outbox: Sequence[OutboxMessage]) -> list[str]:
     ]
 
 
+@raises_unavailable
 class RedisSagaStore(SagaStore):
     """A :class:`~sagaz.abc.SagaStore` in Redis, shared by every instance of an app.
 
     ``prefix`` starts every key (default ``sagaz``); extra keyword arguments go to
-    ``redis.asyncio.Redis.from_url`` (``socket_timeout``, ``max_connections``...).
+    ``redis.asyncio.Redis.from_url`` (``socket_timeout``, ``max_connections``...). A lost
+    server (restarted, unreachable, still loading its data) makes operations raise
+    :class:`~sagaz.exceptions.StoreUnavailableError`; redis-py reconnects on the next call, so
+    the store works again once the server is back. What a restart keeps is the server's
+    business: run Redis with ``appendonly yes`` (``appendfsync always`` to lose no write).
     """
 
     def __init__(self, url: str, *, prefix: str = "sagaz", **client_options: Any) -> None:
@@ -111,6 +118,15 @@ class RedisSagaStore(SagaStore):
     async def schema_version(self) -> int:
         """The key-layout version recorded in Redis."""
         return int(await self._db().get(self._key("schema_version")) or 0)
+
+    def _unavailable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the server cannot be reached (see :mod:`sagaz.storage.unavailable`):
+        refused, reset or timed-out connections, a server still loading its data."""
+        if isinstance(exc, OSError):
+            return True
+        redis = sys.modules.get("redis.exceptions")
+        # ConnectionError covers BusyLoadingError (a restarted server loading its data)
+        return redis is not None and isinstance(exc, redis.ConnectionError | redis.TimeoutError)
 
     def _db(self) -> Any:
         if self._client is None:
@@ -513,3 +529,25 @@ class RedisSagaStore(SagaStore):
     async def last_cron_tick(self, trigger_id: str) -> datetime | None:
         latest = await self._db().zrange(self._key("cron", trigger_id), -1, -1)
         return from_micros(latest[0]) if latest else None
+
+    # -- leases ----------------------------------------------------------------------------
+    # The key expires with the lease, on the server's clock.
+    def _lease_key(self, name: str) -> str:
+        return self._key("lease", quote(name, safe=""))
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        taken = await self._script("ACQUIRE_LEASE", [self._lease_key(name)], [holder, _ms(ttl)])
+        return bool(taken)
+
+    async def renew_lease(self, name: str, holder: str, ttl: float) -> bool:
+        renewed = await self._script("RENEW_LEASE", [self._lease_key(name)], [holder, _ms(ttl)])
+        return bool(renewed)
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        released = await self._script("RELEASE_LEASE", [self._lease_key(name)], [holder])
+        return bool(released)
+
+
+def _ms(seconds: float) -> int:
+    """A lease's ``ttl`` as the whole milliseconds ``PX`` takes (at least 1)."""
+    return max(1, round(seconds * 1000))
