@@ -86,6 +86,11 @@ class Delivery:
     and runs that saga again as a new attempt of the same ``saga_id`` (unless it completed in
     the meantime). Once the replay is settled the dead letter is deleted; a replay that is
     dead-lettered again leaves a new dead letter naming the old one (``meta["replay_of"]``).
+
+    ``wait_for_store``: while the store is unavailable, admission holds the delivery until the
+    store is back (``emit`` does not return, so a broker source stops fetching meanwhile).
+    ``False`` for a caller better answered at once: the webhook sets it, and its client gets
+    503 + ``Retry-After``.
     """
 
     payload: Any
@@ -98,6 +103,7 @@ class Delivery:
     keep_invalid: Callable[[], bool] | None = None
     content_identity: str | None = None
     replay_of: int | None = None
+    wait_for_store: bool = True
 
 
 class AdmissionOutcome(StrEnum):

@@ -36,9 +36,10 @@ from sagaz.engine.loading import load_source_module
 from sagaz.engine.outcomes import SagaOutcomes
 from sagaz.engine.runner import SagaRunner
 from sagaz.engine.settlement import Settlement
+from sagaz.engine.store_outage import StoreOutage
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta, NotRun
-from sagaz.exceptions import ConfigurationError
+from sagaz.exceptions import ConfigurationError, StoreUnavailableError
 from sagaz.saga.listeners import SagaListener
 from sagaz.saga.result import SagaResult
 from sagaz.triggers.registration import TriggerDefinition, registry
@@ -222,8 +223,12 @@ class TriggerEngine(Lifecycle):
         assert state is not None
         while True:
             await asyncio.sleep(interval)  # real time, as leases are (PipelineState.lease_until)
+            if not state.outage.available:
+                continue  # the outage's probe renews them when the store is back
             try:
                 await self.store.renew_leases(self.worker_id, state.lease_until())
+            except StoreUnavailableError as exc:
+                state.outage.down(exc)
             except Exception:
                 logger.exception("renewing leases failed", extra={"worker_id": self.worker_id})
 
@@ -235,9 +240,13 @@ class TriggerEngine(Lifecycle):
         sagas are found in the store (lease expired) and resumed here.
         """
         interval = self.config.recovery_interval_seconds
+        outage = self._outage
         while True:
+            await outage.wait_available()  # after an outage: once our own leases are renewed
             try:
                 await self.recover_once()
+            except StoreUnavailableError as exc:
+                outage.down(exc)
             except Exception:
                 logger.exception("recovery pass failed", extra={"worker_id": self.worker_id})
             await asyncio.sleep(interval)  # real time: expired leases are found by real time
@@ -279,10 +288,14 @@ class TriggerEngine(Lifecycle):
         """Purge what is older than ``event_retention_days``: completed inbox rows, stored
         events of finished sagas, finished poll-trigger executions, and cron claims (each
         trigger keeps its newest tick)."""
+        outage = self._outage
         while True:
+            await outage.wait_available()
             try:
                 before = utcnow() - timedelta(days=self.config.event_retention_days)
                 await self.store.purge_expired(before)
+            except StoreUnavailableError as exc:
+                outage.down(exc)
             except Exception:
                 logger.exception("purging expired events failed")
             # real time, like the utcnow() that retention is measured from
@@ -312,6 +325,7 @@ class TriggerEngine(Lifecycle):
         for item in state.queue.drain():  # accepted, never started: redelivered or recovered
             await self.settlement.nack(item.trigger, item.delivery)
         await self.dispatcher.stop(self.config.shutdown_timeout)
+        await state.outage.close()
         await self.settlement.drain(ACK_DRAIN_SECONDS)  # acks under way, before sources close
         try:  # let a restarted worker take over our unfinished claims at once
             await self.store.renew_leases(self.worker_id, utcnow() - timedelta(seconds=1))
@@ -323,6 +337,11 @@ class TriggerEngine(Lifecycle):
             await self.store.stop()
         self._started = False
         self._stopping = False
+
+    @property
+    def _outage(self) -> StoreOutage:
+        assert self.state is not None
+        return self.state.outage
 
     def _metrics_renderer(self) -> Callable[[], tuple[bytes, str]] | None:
         """This engine's Prometheus metrics for a source that serves them (``GET /metrics``

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 
 from sagaz.engine.active_trigger import PipelineState
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import NotRun
+from sagaz.exceptions import StoreUnavailableError
+from sagaz.records import SagaRecord
 from sagaz.saga.execution import SagaExecution
+from sagaz.saga.result import SagaResult
 from sagaz.types import SagaStatus
 
 __all__ = ["SagaRunner"]
@@ -28,7 +32,68 @@ class SagaRunner:
         self._retries: set[asyncio.Task[None]] = set()
 
     async def run(self, item: WorkItem) -> None:
-        """Run ``item``'s saga to a terminal state and settle it. Cancellation never acks."""
+        """Run ``item``'s saga to a terminal state and settle it. Cancellation never acks.
+
+        While the store is unavailable the saga waits for it, keeping its delivery un-acked,
+        and then resumes from its last checkpoint (see :mod:`sagaz.engine.store_outage`)."""
+        state = self.state
+        trigger = item.trigger
+        try:
+            result = await self._execute(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store failed: leave the event for redelivery/recovery
+            await self.settlement.report(trigger, exc, item.event)
+            await self.settlement.nack(trigger, item.delivery)
+            state.outcomes.settle(item.saga_id, NotRun(item.saga_id, "interrupted", str(exc)))
+            return
+        if result.status is SagaStatus.COMPLETED:
+            state.metrics.completed[trigger.trigger_id] += 1
+            await self._outage_safe(lambda: self._settle(item))
+            state.outcomes.settle(item.saga_id, result)
+            return
+        if result.status is SagaStatus.COMPENSATED:
+            state.metrics.compensated[trigger.trigger_id] += 1
+            if item.attempt <= trigger.max_retries and not item.already_terminal:
+                self._schedule_retry(item)
+                return
+        else:
+            state.metrics.failed[trigger.trigger_id] += 1
+        await self._outage_safe(
+            lambda: self.settlement.dead_letter(
+                trigger,
+                item.delivery,
+                reason="saga_failed" if result.status is SagaStatus.FAILED else "retries_exhausted",
+                error=result.error or result.status.value,
+                attempts=item.attempt,
+                saga_id=item.saga_id,
+            )
+        )
+        await self._outage_safe(lambda: self._settle(item))
+        state.outcomes.settle(item.saga_id, result)
+
+    async def _execute(self, item: WorkItem) -> SagaResult:
+        """Run the saga; while the store is unavailable, wait for it and run it again, which
+        resumes it from its last checkpoint (the step whose checkpoint failed runs again)."""
+        state = self.state
+        new_attempt = self._take_new_attempt(item)
+        known = item.pending
+        interrupted = False
+        while True:
+            try:
+                if interrupted and new_attempt:
+                    # the new attempt began if the store counted it (a lost reply may hide
+                    # that): then it resumes, or answers its result, and is not reset again
+                    stored = await state.store.get_saga(item.saga_id)
+                    new_attempt = stored is None or stored.attempt < item.attempt
+                return await self._run_once(item, new_attempt, known)
+            except StoreUnavailableError as exc:
+                interrupted, known = True, None  # what the store holds now is read again
+                await state.outage.wait(exc)
+
+    async def _run_once(
+        self, item: WorkItem, new_attempt: bool, known: SagaRecord | None
+    ) -> SagaResult:
         state = self.state
         trigger = item.trigger
         execution = SagaExecution(
@@ -40,42 +105,16 @@ class SagaRunner:
             owner=state.worker_id,
             lease_until=state.lease_until(),
         )
-        try:
-            result = await execution.run(
-                item.context,
-                item.saga_id,
-                new_attempt=self._take_new_attempt(item),
-                known=item.pending,
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the store failed: leave the event for redelivery/recovery
-            await self.settlement.report(trigger, exc, item.event)
-            await self.settlement.nack(trigger, item.delivery)
-            state.outcomes.settle(item.saga_id, NotRun(item.saga_id, "interrupted", str(exc)))
-            return
-        if result.status is SagaStatus.COMPLETED:
-            state.metrics.completed[trigger.trigger_id] += 1
-            await self._settle(item)
-            state.outcomes.settle(item.saga_id, result)
-            return
-        if result.status is SagaStatus.COMPENSATED:
-            state.metrics.compensated[trigger.trigger_id] += 1
-            if item.attempt <= trigger.max_retries and not item.already_terminal:
-                self._schedule_retry(item)
+        return await execution.run(item.context, item.saga_id, new_attempt=new_attempt, known=known)
+
+    async def _outage_safe(self, operation: Callable[[], Awaitable[object]]) -> None:
+        """Run ``operation`` (store writes, then perhaps the ack) until the store takes it."""
+        while True:
+            try:
+                await operation()
                 return
-        else:
-            state.metrics.failed[trigger.trigger_id] += 1
-        await self.settlement.dead_letter(
-            trigger,
-            item.delivery,
-            reason="saga_failed" if result.status is SagaStatus.FAILED else "retries_exhausted",
-            error=result.error or result.status.value,
-            attempts=item.attempt,
-            saga_id=item.saga_id,
-        )
-        await self._settle(item)
-        state.outcomes.settle(item.saga_id, result)
+            except StoreUnavailableError as exc:
+                await self.state.outage.wait(exc)
 
     @staticmethod
     def _take_new_attempt(item: WorkItem) -> bool:
