@@ -194,8 +194,9 @@ class PrivatePostgres(PrivateServer):
 
 
 class PrivateRedis(PrivateServer):
-    """A ``redis-server`` of the test's own, with an append-only file synced on every write,
-    so a restart (even a kill) loses nothing a client was told is written."""
+    """A ``redis-server`` of the test's own, with an append-only file, stopped as the service
+    is (SIGTERM, like ``SHUTDOWN``: the file is synced first), so a restart loses nothing a
+    client was told is written."""
 
     def __init__(self) -> None:
         super().__init__(_scratch_directory("sagaz-redis-"), free_port())
@@ -217,7 +218,7 @@ class PrivateRedis(PrivateServer):
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "always",
+                "everysec",
                 "--dir",
                 str(self.directory),
                 stdout=log,
@@ -229,7 +230,7 @@ class PrivateRedis(PrivateServer):
     async def _halt(self) -> None:
         process = self.process
         if process is not None and process.returncode is None:
-            process.send_signal(signal.SIGKILL)  # a crash: the append-only file must do
+            process.send_signal(signal.SIGTERM)
         await self._wait_process()
 
 

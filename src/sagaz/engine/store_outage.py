@@ -47,7 +47,7 @@ class StoreOutage:
     """
 
     probe_initial: float = 0.1
-    probe_maximum: float = 5.0
+    probe_maximum: float = 2.0
 
     def __init__(
         self,

@@ -146,8 +146,12 @@ class PostgresSagaStore(SagaStore):
             | errors.TooManyConnectionsError,
         ):
             return True
-        # a pooled connection that the server closed under us
-        return isinstance(exc, errors.InterfaceError) and "connection" in str(exc)
+        # a pooled connection that the server closed under us; asyncpg may also trip over
+        # its own protocol state when a connection dies mid-operation ("cannot switch to
+        # state ...; another operation is in progress"): the pool replaces it
+        return (isinstance(exc, errors.InterfaceError) and "connection" in str(exc)) or (
+            isinstance(exc, errors.InternalClientError) and "another operation" in str(exc)
+        )
 
     def _db(self) -> Any:
         if self._pool is None:
