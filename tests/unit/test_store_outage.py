@@ -1,8 +1,8 @@
 """The engine while its store is unavailable (issue 12.3): intake pauses, nothing is acked,
 the outage is logged once, and everything resumes by itself once the store is back.
 
-``OutageStore`` is a ``MemorySagaStore`` whose every operation raises
-``StoreUnavailableError`` while ``down`` is set, as a lost PostgreSQL or Redis would.
+``OutageStore`` (``tests/engine_support.py``) is a ``MemorySagaStore`` whose every operation
+raises ``StoreUnavailableError`` while ``down`` is set, as a lost PostgreSQL or Redis would.
 """
 
 from __future__ import annotations
@@ -11,44 +11,20 @@ import asyncio
 import functools
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 import pytest
 
 from sagaz import Saga, SagaContext, SagaStatus, TriggerConfig, action, compensate, trigger
-from sagaz.abc import Emit, SagaStore, Source
+from sagaz.abc import Emit, Source
 from sagaz.engine.engine import TriggerEngine
 from sagaz.events import AdmissionOutcome, Delivery, EventMeta
 from sagaz.exceptions import StoreUnavailableError
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.testing import FakeClock, continually, eventually
+from tests.engine_support import OutageStore
 
 OUTAGE_LOG = "sagaz.engine.store_outage"
-
-
-class OutageStore(MemorySagaStore):
-    """A memory store that can be taken away: while ``down``, every operation raises."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-        self.refused = 0  # operations refused while down
-
-
-def _refusing(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    @functools.wraps(method)
-    async def operation(self: OutageStore, *args: Any, **kwargs: Any) -> Any:
-        if self.down:
-            self.refused += 1
-            raise StoreUnavailableError("the test store is down")
-        return await method(self, *args, **kwargs)
-
-    return operation
-
-
-for _name in SagaStore.__abstractmethods__:
-    setattr(OutageStore, _name, _refusing(getattr(MemorySagaStore, _name)))
 
 
 class BrokerSource(Source):

@@ -97,6 +97,16 @@ class EngineCollector:
             "The most sagas that ran at once since the engine started.",
             value=metrics.max_in_flight,
         )
+        yield GaugeMetricFamily(
+            "sagaz_store_available",
+            "1 while the store answers; 0 during an outage (intake paused, nothing acked).",
+            value=1 if state.outage.available else 0,
+        )
+        yield CounterMetricFamily(
+            "sagaz_store_outages",
+            "Times the store became unavailable since the engine started.",
+            value=state.outage.outages,
+        )
         yield from self._source_counters()
 
     def _source_counters(self) -> Iterator[Any]:
