@@ -15,7 +15,16 @@ from typing import Any, ClassVar
 
 import pytest
 
-from sagaz import Saga, SagaContext, SagaStatus, TriggerConfig, action, compensate, trigger
+from sagaz import (
+    Saga,
+    SagaContext,
+    SagaListener,
+    SagaStatus,
+    TriggerConfig,
+    action,
+    compensate,
+    trigger,
+)
 from sagaz.abc import Emit, Source
 from sagaz.engine.engine import TriggerEngine
 from sagaz.events import AdmissionOutcome, Delivery, EventMeta
@@ -282,3 +291,40 @@ async def test_a_step_whose_own_store_is_down_fails_like_any_step() -> None:
     result = await Reporting().run({}, store=MemorySagaStore())
     assert result.status is SagaStatus.COMPENSATED
     assert result.error is not None and "reporting database is down" in result.error
+
+
+async def test_a_source_failing_for_the_store_waits_for_it_unreported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    errors: list[BaseException] = []
+
+    class StoreBacked(Source):  # as a cron or poll source that claims in the store
+        runs = 0
+
+        async def run(self, emit: Emit) -> None:
+            self.runs += 1
+            if self.runs == 1:
+                raise StoreUnavailableError("the store is restarting")
+            await asyncio.Event().wait()
+
+    class Listening(SagaListener):
+        async def on_trigger_error(self, saga_name: str, error: BaseException, event: Any) -> None:
+            errors.append(error)
+
+    source = StoreBacked()
+
+    class Scheduled(Saga):
+        @trigger(source="custom", trigger=source)
+        def on_tick(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("one")
+        async def one(self, ctx: SagaContext) -> None:
+            return None
+
+    async with TriggerEngine(TriggerConfig(), OutageStore(), listeners=[Listening()]) as engine:
+        await eventually(lambda: source.runs == 2, what="the source run again")
+        assert engine.state.outage.available
+    assert errors == []  # an outage, not a source failure
+    assert len(outage_lines(caplog)) == 2

@@ -202,19 +202,22 @@ class TriggerEngine(Lifecycle):
     async def _supervise(self, active: ActiveTrigger, source: Source) -> None:
         emit = functools.partial(self.admission.admit, active)
         backoff = Backoff(self.clock, initial=0.5, maximum=30.0)
+        outage = self._outage
         while True:
             try:
                 await source.run(emit)
                 return
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailableError as exc:  # a source that uses the store (cron, poll)
+                await outage.wait(exc)  # logged once for the outage, not per source failure
             except Exception as exc:
                 await self._report_source_error(active, exc)
                 await backoff.sleep()
-                try:
-                    await source.start()
-                except Exception as start_error:
-                    await self._report_source_error(active, start_error)
+            try:
+                await source.start()
+            except Exception as start_error:
+                await self._report_source_error(active, start_error)
 
     async def _heartbeat(self) -> None:
         """Keep the leases of this worker's claims alive while it runs."""
