@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import pytest
@@ -29,6 +30,7 @@ from sagaz.abc import Emit, Source
 from sagaz.engine.engine import TriggerEngine
 from sagaz.events import AdmissionOutcome, Delivery, EventMeta
 from sagaz.exceptions import StoreUnavailableError
+from sagaz.records import OutboxMessage, SagaRecord
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.testing import FakeClock, continually, eventually
 from tests.engine_support import OutageStore
@@ -328,3 +330,38 @@ async def test_a_source_failing_for_the_store_waits_for_it_unreported(
         assert engine.state.outage.available
     assert errors == []  # an outage, not a source failure
     assert len(outage_lines(caplog)) == 2
+
+
+async def test_a_retry_attempt_whose_last_write_lost_its_reply_is_not_run_again() -> None:
+    class LostReply(OutageStore):
+        """The completion is written, then the connection drops before the reply."""
+
+        lose_the_completion = False
+
+        async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
+            await super().save_saga(record, outbox)
+            if self.lose_the_completion and record.status is SagaStatus.COMPLETED:
+                self.lose_the_completion = False
+                raise StoreUnavailableError("connection lost before the reply")
+
+    store = LostReply()
+    runs: list[int] = []
+
+    class Retried(Saga):
+        @trigger(source="memory", channel="retried")
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("one")
+        async def one(self, ctx: SagaContext) -> None:
+            runs.append(ctx.attempt)
+            if len(runs) == 1:
+                raise RuntimeError("the first attempt fails")  # compensated, then retried
+            store.lose_the_completion = True
+
+    config = TriggerConfig(max_retries=1, retry_backoff_seconds=[0])
+    async with TriggerEngine(config, store) as engine:
+        [saga_id] = await engine.fire("retried", {})
+        result = await engine.wait_for(saga_id, timeout=10)
+    assert result and result.status is SagaStatus.COMPLETED and result.attempt == 2
+    assert runs == [1, 2]  # the second attempt was not started over after the lost reply

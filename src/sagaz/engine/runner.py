@@ -12,7 +12,6 @@ from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import NotRun
 from sagaz.exceptions import StoreUnavailableError
-from sagaz.records import SagaRecord
 from sagaz.saga.execution import SagaExecution
 from sagaz.saga.result import SagaResult
 from sagaz.types import SagaStatus
@@ -76,36 +75,28 @@ class SagaRunner:
         """Run the saga; while the store is unavailable, wait for it and run it again, which
         resumes it from its last checkpoint (the step whose checkpoint failed runs again)."""
         state = self.state
+        trigger = item.trigger
         new_attempt = self._take_new_attempt(item)
         known = item.pending
-        interrupted = False
         while True:
+            execution = SagaExecution(
+                trigger.saga,
+                store=state.store,
+                listeners=trigger.listeners,
+                clock=state.clock,
+                trigger_id=trigger.trigger_id,
+                owner=state.worker_id,
+                lease_until=state.lease_until(),
+            )
             try:
-                if interrupted and new_attempt:
-                    # the new attempt began if the store counted it (a lost reply may hide
-                    # that): then it resumes, or answers its result, and is not reset again
-                    stored = await state.store.get_saga(item.saga_id)
-                    new_attempt = stored is None or stored.attempt < item.attempt
-                return await self._run_once(item, new_attempt, known)
+                return await execution.run(
+                    item.context, item.saga_id, new_attempt=new_attempt, known=known
+                )
             except StoreUnavailableError as exc:
-                interrupted, known = True, None  # what the store holds now is read again
+                # a new attempt stored as running is not started over again: it resumes
+                new_attempt = new_attempt and not execution.began
+                known = None  # what the store holds now is read again
                 await state.outage.wait(exc)
-
-    async def _run_once(
-        self, item: WorkItem, new_attempt: bool, known: SagaRecord | None
-    ) -> SagaResult:
-        state = self.state
-        trigger = item.trigger
-        execution = SagaExecution(
-            trigger.saga,
-            store=state.store,
-            listeners=trigger.listeners,
-            clock=state.clock,
-            trigger_id=trigger.trigger_id,
-            owner=state.worker_id,
-            lease_until=state.lease_until(),
-        )
-        return await execution.run(item.context, item.saga_id, new_attempt=new_attempt, known=known)
 
     async def _outage_safe(self, operation: Callable[[], Awaitable[object]]) -> None:
         """Run ``operation`` (store writes, then perhaps the ack) until the store takes it."""

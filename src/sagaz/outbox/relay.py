@@ -76,8 +76,10 @@ class OutboxRelay(Lifecycle):
 
     ``relay_once()`` publishes one batch without the task (tests, or your own scheduling).
 
-    Only the holder of the store's relay lease publishes (see the module docstring);
-    ``holder`` names this relay in it (default: host, process id and a random part).
+    Only the holder of the store's relay lease publishes (see the module docstring); it is
+    taken for ``lease_seconds`` and renewed every third of that, and a standby relay tries to
+    take it every ``poll_interval``. ``holder`` names this relay in it (default: host,
+    process id and a random part); :attr:`active` says whether this relay holds it.
 
     The relay starts ``publisher`` if it is not started yet, and then also stops it in its own
     ``stop()``; a publisher you started yourself is yours to stop. The store is never started

@@ -72,6 +72,12 @@ class SagaExecution:
         self._remaining = 0
         self._record: SagaRecord | None = None
 
+    @property
+    def began(self) -> bool:
+        """Whether :meth:`run` got as far as storing the saga as running (a new attempt
+        included): a later run of the same ``saga_id`` then resumes it."""
+        return self._record is not None
+
     # -- entry point -----------------------------------------------------------------------
     async def run(
         self,
