@@ -73,13 +73,17 @@ class PrivateServer(ABC):
         await self._launch()
         self.starts += 1
         deadline = time.monotonic() + STARTUP_SECONDS
-        while not await asyncio.to_thread(tcp_reachable, self.url, self.port, 0.5):
+        while not await self._answers():
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"{type(self).__name__} did not answer on port {self.port} within "
                     f"{STARTUP_SECONDS}s:\n{self.log_tail()}"
                 )
             await asyncio.sleep(0.05)  # between connection probes
+
+    async def _answers(self) -> bool:
+        """Whether it serves clients yet (by default: accepts TCP connections)."""
+        return await asyncio.to_thread(tcp_reachable, self.url, self.port, 0.5)
 
     async def stop(self) -> None:
         """Stop it (its data stays); idempotent."""
@@ -226,6 +230,17 @@ class PrivateRedis(PrivateServer):
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+
+    async def _answers(self) -> bool:
+        """``PING`` answered: listening, and done loading the append-only file."""
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        try:
+            async with aioredis.Redis.from_url(self.url, socket_timeout=0.5) as client:
+                return bool(await client.ping())
+        except (OSError, RedisError):
+            return False
 
     async def _halt(self) -> None:
         process = self.process

@@ -1135,7 +1135,7 @@ async def test_sqlite_in_a_missing_directory_says_what_to_check(tmp_path: Path) 
     ids=["postgres", "redis"],
 )
 async def test_unreachable_server_is_a_store_error_without_the_password(store: SagaStore) -> None:
-    with pytest.raises(StoreError, match="server is up") as info:
+    with pytest.raises(StoreUnavailableError, match="server is up") as info:
         await store.start()
     assert "s3cret" not in str(info.value)
     assert "127.0.0.1:1" in str(info.value)

@@ -20,7 +20,7 @@ from typing import Any
 from sagaz._imports import require_extra
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
-from sagaz.exceptions import StoreError
+from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.records import (
     ClaimOutcome,
     DeadLetterRecord,
@@ -102,7 +102,8 @@ class PostgresSagaStore(SagaStore):
                     reset=tables.keep_session,
                 )
             except (OSError, asyncpg.PostgresError) as exc:
-                raise StoreError(
+                error = StoreUnavailableError if self._unavailable(exc) else StoreError
+                raise error(
                     f"cannot connect to PostgreSQL at {redact_url(self.dsn)}: {exc}; check the "
                     "DSN (postgresql://user:password@host:5432/db) and that the server is up"
                 ) from exc

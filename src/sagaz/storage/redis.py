@@ -23,7 +23,7 @@ from urllib.parse import quote
 from sagaz._imports import require_extra
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
-from sagaz.exceptions import StoreError
+from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.records import (
     ClaimOutcome,
     DeadLetterRecord,
@@ -93,7 +93,8 @@ class RedisSagaStore(SagaStore):
             except BaseException as exc:
                 await client.aclose()
                 if isinstance(exc, OSError | redis.RedisError):
-                    raise StoreError(
+                    error = StoreUnavailableError if self._unavailable(exc) else StoreError
+                    raise error(
                         f"cannot use Redis at {redact_url(self.url)}: {exc}; check the URL "
                         "(redis://host:6379/0) and that the server is up"
                     ) from exc
