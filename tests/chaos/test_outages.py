@@ -130,11 +130,18 @@ async def test_a_store_restart_mid_stream_loses_nothing_and_needs_no_app_restart
         await app.start()
         await reached(app, side_effects, OUTAGE_AT)
         await server.stop()
-        # the outage itself lasts DOWN_FOR seconds; acks made before it are committed within
-        # the app's commit interval (200 ms), after that the commits must stand still
-        await asyncio.sleep(0.5)
-        during = await committed()
-        await asyncio.sleep(DOWN_FOR)
+        # acks made before the outage are committed within the app's commit interval
+        # (200 ms); once two reads agree, the commits must stand still for the whole outage
+        last: list[list[int]] = [await committed()]
+
+        async def settled() -> bool:
+            await asyncio.sleep(0.3)  # one read per 0.3 s, apart more than a commit interval
+            last.append(await committed())
+            return last[-1] == last[-2]
+
+        await wait_for(settled, within=10, what="the commits before the outage")
+        during = last[-1]
+        await asyncio.sleep(DOWN_FOR)  # the outage goes on
         assert await committed() == during, "an event was acked while the store was down"
         assert sum(during) < TOTAL
         app.check_alive()
