@@ -24,6 +24,7 @@ from tests.services import (
 pytest_plugins = [
     "pytester",
     "tests.fixtures_kafka",
+    "tests.fixtures_postgres",
     "tests.fixtures_rabbitmq",
     "tests.fixtures_redis",
     "tests.fixtures_sqs",

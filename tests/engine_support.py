@@ -4,13 +4,23 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sagaz import SagaContext, SagaListener, SagaStatus
 from sagaz.abc import SagaStore
+from sagaz.exceptions import StoreUnavailableError
+from sagaz.storage.memory import MemorySagaStore
 
-__all__ = ["HoldCompletion", "RecordingListener", "completed_per_message", "once_each"]
+__all__ = [
+    "HoldCompletion",
+    "OutageStore",
+    "RecordingListener",
+    "completed_per_message",
+    "once_each",
+]
 
 
 class HoldCompletion(SagaListener):
@@ -61,3 +71,28 @@ async def completed_per_message(store: SagaStore, saga_name: str) -> Counter[int
 def once_each(numbers: range) -> Counter[int]:
     """The expected count: every number exactly once."""
     return Counter(numbers)
+
+
+class OutageStore(MemorySagaStore):
+    """A memory store that can be taken away: while ``down``, every operation raises
+    ``StoreUnavailableError``, as a lost PostgreSQL or Redis would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.refused = 0  # operations refused while down
+
+
+def _refusing(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(method)
+    async def operation(self: OutageStore, *args: Any, **kwargs: Any) -> Any:
+        if self.down:
+            self.refused += 1
+            raise StoreUnavailableError("the test store is down")
+        return await method(self, *args, **kwargs)
+
+    return operation
+
+
+for _name in SagaStore.__abstractmethods__:
+    setattr(OutageStore, _name, _refusing(getattr(MemorySagaStore, _name)))

@@ -3,6 +3,8 @@
 ``rabbit`` (function) is a raw aio-pika client (:class:`Rabbit`) for publishing and
 inspecting; it deletes the queues and exchanges the test named. ``close_connections_named``
 drops a client's connection from the broker side (``rabbitmqctl``), to simulate a broker loss.
+``private_rabbitmq`` is a node of the test's own, which it may stop and start again
+(:class:`tests.private_servers.PrivateRabbitMQ`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from sagaz.testing import eventually
-from tests.services import require_service, unique_name
+from tests.private_servers import PrivateRabbitMQ, rabbitmq_binary
+from tests.services import require_marker, require_service, unique_name
 
 if TYPE_CHECKING:  # the driver is imported where it is used, so unit tests run without it
     import aio_pika
 
-__all__ = ["Rabbit", "close_connections_named", "rabbit"]
+__all__ = ["Rabbit", "close_connections_named", "private_rabbitmq", "rabbit"]
 
 
 @dataclass
@@ -114,6 +117,25 @@ async def rabbit(rabbitmq_url: str) -> AsyncIterator[Rabbit]:
         for exchange in state.exchanges:
             await cleanup.exchange_delete(exchange)
         await connection.close()
+
+
+@pytest.fixture
+async def private_rabbitmq(request: pytest.FixtureRequest) -> AsyncIterator[PrivateRabbitMQ]:
+    """A running RabbitMQ node of this test's own (``.url``); removed afterwards."""
+    require_marker(request)
+    script = rabbitmq_binary()
+    require_service(
+        "rabbitmq-server",
+        script is not None,
+        "install rabbitmq-server or set SAGAZ_TEST_RABBITMQ_SERVER to its start script",
+    )
+    assert script is not None
+    server = PrivateRabbitMQ(script)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.close()
 
 
 async def close_connections_named(name: str) -> int:

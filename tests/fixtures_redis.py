@@ -2,24 +2,27 @@
 
 ``streams`` (function) is a raw redis-py client plus the stream names the test used
 (:class:`Streams`); the streams are deleted after the test. The tests' consumer group is
-:data:`GROUP`.
+:data:`GROUP`. ``private_redis`` is a server of the test's own, which it may stop and start
+again (:class:`tests.private_servers.PrivateRedis`).
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.services import unique_name
+from tests.private_servers import PrivateRedis
+from tests.services import require_marker, require_service, unique_name
 
 if TYPE_CHECKING:  # the driver is imported by the fixture, so unit tests run without it
     import redis.asyncio as aioredis
 
     from sagaz.sources.redis import RedisStreamSource
 
-__all__ = ["GROUP", "Streams", "kill_connections_of", "streams"]
+__all__ = ["GROUP", "Streams", "kill_connections_of", "private_redis", "streams"]
 
 GROUP = "workers"
 
@@ -77,6 +80,21 @@ async def streams(redis_url: str) -> AsyncIterator[Streams]:
         if state.names:
             await client.delete(*state.names)
         await client.aclose()
+
+
+@pytest.fixture
+async def private_redis(request: pytest.FixtureRequest) -> AsyncIterator[PrivateRedis]:
+    """A running ``redis-server`` of this test's own (``.url``); removed afterwards."""
+    require_marker(request)
+    require_service(
+        "redis-server", shutil.which("redis-server") is not None, "install the Redis server"
+    )
+    server = PrivateRedis()
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.close()
 
 
 async def kill_connections_of(streams: Streams, source: RedisStreamSource) -> int:

@@ -55,6 +55,9 @@ SERVICE_FIXTURES = {
     "rabbitmq_url": "rabbitmq",
     "kafka_bootstrap": "kafka",
     "private_kafka": "kafka",
+    "private_postgres": "postgres",
+    "private_redis": "redis",
+    "private_rabbitmq": "rabbitmq",
     "sqs_endpoint": "sqs",
 }
 

@@ -287,6 +287,28 @@ class SagaStore(Lifecycle, ABC):
     async def last_cron_tick(self, trigger_id: str) -> datetime | None:
         """The latest claimed tick of a cron trigger (its ``last_fired_at``)."""
 
+    # -- leases ----------------------------------------------------------------------------
+    # A named lease is held by one holder at a time, for ``ttl`` seconds unless renewed
+    # (the outbox relay's "one active relay per store"; cluster-wide limits later). Its time
+    # is the store's: PostgreSQL's and Redis's server clock, the local one for SQLite and
+    # memory, so the holders' clocks need not agree.
+    @abstractmethod
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Take the lease ``name`` for ``ttl`` seconds if it is free, expired, or already
+        ``holder``'s (then it is extended); return whether ``holder`` holds it now.
+
+        Atomic: of any number of holders trying at once, at most one holds the lease."""
+
+    @abstractmethod
+    async def renew_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Extend the lease to ``ttl`` seconds from now if ``holder`` holds it and it has not
+        expired; return whether it did (``False``: the lease is lost, perhaps to another)."""
+
+    @abstractmethod
+    async def release_lease(self, name: str, holder: str) -> bool:
+        """Give the lease up if ``holder`` holds it, so another can take it at once; return
+        whether it did."""
+
 
 Emit = Callable[["Delivery"], Awaitable["AdmissionResult"]]
 """What a source calls for every event. It returns once the event is admitted (durably

@@ -286,6 +286,11 @@ class Delivery:
     ``trace_context`` is the OpenTelemetry context the event continues (:mod:`sagaz.tracing`;
     only while tracing is on): ``fire_event`` sets the caller's, admission replaces it with
     the context found in ``meta.headers`` when there is one, and its saga runs under it.
+
+    ``wait_for_store``: while the store is unavailable, admission holds the delivery until the
+    store is back (``emit`` does not return, so a broker source stops fetching meanwhile).
+    ``False`` for a caller better answered at once: the webhook sets it, and its client gets
+    503 + ``Retry-After``.
     """
 
     payload: Any
@@ -299,6 +304,7 @@ class Delivery:
     content_identity: str | None = None
     replay_of: int | None = None
     trace_context: Any = None  # an opentelemetry Context (the extra is optional)
+    wait_for_store: bool = True
 
 
 class AdmissionOutcome(StrEnum):

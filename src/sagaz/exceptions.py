@@ -19,6 +19,7 @@ __all__ = [
     "SagazError",
     "SchemaOutdatedError",
     "StoreError",
+    "StoreUnavailableError",
     "TriggerDefinitionError",
     "TriggerNotFoundError",
 ]
@@ -85,6 +86,16 @@ class SchemaOutdatedError(StoreError):
             "and a store migrates its schema only when asked; "
             f"run: sagaz db upgrade --store {quote(store)}"
         )
+
+
+class StoreUnavailableError(StoreError, ConnectionError):
+    """The saga store cannot be reached right now: its connection was refused or lost (the
+    server is restarting, the network is down) or, for SQLite, the file is locked or its disk
+    failed. Transient by nature: the same call may succeed once the store is back.
+
+    Every store raises this one type for such a failure, whatever its driver raised (that
+    error is the ``__cause__``). The trigger engine pauses intake while it sees it, retries
+    with a :class:`~sagaz.backoff.Backoff` and resumes by itself."""
 
 
 class DeadLetterReplayError(SagazError, ValueError):

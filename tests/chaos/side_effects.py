@@ -54,6 +54,11 @@ class SideEffectTable:
         rows = await self.conn.fetch(f'SELECT n FROM "{self.name}" WHERE step = $1', step)
         return sorted(row["n"] for row in rows)
 
+    async def attempts(self) -> dict[tuple[str, str], int]:
+        """How many times each ``(saga_id, step)`` ran so far."""
+        rows = await self.conn.fetch(f'SELECT saga_id, step, attempts FROM "{self.name}"')
+        return {(row["saga_id"], row["step"]): row["attempts"] for row in rows}
+
     async def runs(self) -> StepRuns:
         totals = await self.conn.fetchrow(
             f'SELECT count(*) AS rows, coalesce(sum(attempts), 0) AS runs FROM "{self.name}"'

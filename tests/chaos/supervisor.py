@@ -116,10 +116,18 @@ class AppProcess:
     the interpreter's installed copy points at.
     """
 
-    def __init__(self, env: Mapping[str, str], *, log_dir: Path, label: str = "app") -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        log_dir: Path,
+        label: str = "app",
+        module: str = "tests.chaos.app",
+    ) -> None:
         self.env = dict(env)
         self.log_dir = log_dir
         self.label = label
+        self.module = module  # what runs as ``python -m``
         self.process: asyncio.subprocess.Process | None = None
         self.runs = 0
         self.log_path: Path | None = None
@@ -140,7 +148,7 @@ class AppProcess:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "tests.chaos.app",
+                self.module,
                 cwd=ROOT,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -198,9 +206,11 @@ async def kill_repeatedly(
     kills: int,
     total: int,
     within: float = 60.0,
+    after_kill: Callable[[], Awaitable[None]] | None = None,
 ) -> list[int]:
     """Start ``app``, and ``kills`` times: wait until it made a random amount of progress
-    since its start, SIGKILL it, start it again. Returns the progress at each kill.
+    since its start, SIGKILL it, (call ``after_kill``,) start it again. Returns the progress
+    at each kill.
 
     The amount is drawn from ``total // 40 .. total // (kills + 2)`` finished sagas per run, so
     the kills land at random moments spread over the first two thirds or so of the work and
@@ -218,6 +228,8 @@ async def kill_repeatedly(
         await wait_for(reached, within=within, what=f"progress {target}", alive=app.check_alive)
         await app.kill()
         at_kill.append(await progress())
+        if after_kill is not None:
+            await after_kill()
         await app.start()
     return at_kill
 

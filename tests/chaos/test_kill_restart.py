@@ -1,7 +1,9 @@
 """Issue 12, acceptance 1: the app is SIGKILLed 5 times while it works through 2,000 events,
 restarted each time, and finishes: every event has exactly one completed saga, no dead
 letter, every message acknowledged, and the steps ran again at most once per saga that was
-in flight at a kill (``kills * max_concurrent_sagas`` repeats at most).
+in flight at a kill (``kills * max_concurrent_sagas`` repeats at most). And (12.5) a saga
+completed before a kill never runs a step again, though the messages of those whose
+acknowledgement the kill lost are delivered again (Kafka: checked to happen).
 
 Kafka + PostgreSQL store, Redis Streams + Redis store, RabbitMQ + SQLite store.
 """
@@ -47,6 +49,8 @@ class Feed:
     env: dict[str, str]  # CHAOS_SOURCE, CHAOS_NAME, CHAOS_GROUP, CHAOS_BROKER
     store_url: str
     all_acknowledged: Callable[[], Awaitable[bool]]  # nothing left for the group to redo
+    #: of the given events, those the broker will deliver again (not acknowledged), if known
+    unacknowledged: Callable[[set[int]], Awaitable[set[int]]] | None = None
 
 
 @pytest.fixture
@@ -62,6 +66,13 @@ async def kafka_feed(
         assert committed == produced, f"committed {committed}, produced {produced}"
         return True
 
+    async def unacknowledged(events: set[int]) -> set[int]:
+        # event n is offset n // KAFKA_PARTITIONS of partition n % KAFKA_PARTITIONS
+        committed = await kafka_committed(kafka_bootstrap, group, topic, KAFKA_PARTITIONS)
+        return {
+            n for n in events if n // KAFKA_PARTITIONS >= (committed[n % KAFKA_PARTITIONS] or 0)
+        }
+
     return Feed(
         {
             "CHAOS_SOURCE": "kafka",
@@ -71,6 +82,7 @@ async def kafka_feed(
         },
         postgres_store_url,
         all_acknowledged,
+        unacknowledged,
     )
 
 
@@ -184,9 +196,29 @@ async def test_every_event_completes_once_across_five_sigkills(
         log_dir=tmp_path,
     )
     store = store_from_url(feed.store_url)
+    # the steps of the sagas completed before each kill, as they had run by then
+    finished: dict[tuple[str, str], int] = {}
+    redelivered: set[int] = set()  # completed, but their acknowledgement lost in a kill
+
+    async def note_finished_sagas() -> None:
+        async with store_from_url(feed.store_url) as reader:
+            done = await reader.list_sagas(
+                status=SagaStatus.COMPLETED, saga_name=SAGA_NAME, limit=10 * TOTAL
+            )
+        ids = {saga.saga_id for saga in done}
+        attempts = await side_effects.attempts()
+        finished.update({key: count for key, count in attempts.items() if key[0] in ids})
+        if feed.unacknowledged is not None:
+            redelivered.update(await feed.unacknowledged({saga.context["n"] for saga in done}))
+
     try:
         at_kill = await kill_repeatedly(
-            app, side_effects.progress, chaos_rng, kills=KILLS, total=TOTAL
+            app,
+            side_effects.progress,
+            chaos_rng,
+            kills=KILLS,
+            total=TOTAL,
+            after_kill=note_finished_sagas,
         )
         print(f"killed at progress {at_kill}")
         async with store:
@@ -210,3 +242,10 @@ async def test_every_event_completes_once_across_five_sigkills(
     assert runs.rows == TOTAL * len(STEPS)
     print(f"step repeats: {runs.repeats} {runs.repeated}")
     assert runs.repeats <= KILLS * MAX_CONCURRENT_SAGAS, runs.repeated
+    # a completed saga never runs again, not even from a message delivered again
+    attempts = await side_effects.attempts()
+    again = {key: (n, attempts[key]) for key, n in finished.items() if attempts[key] != n}
+    assert again == {}, f"steps of completed sagas ran again: {again}"
+    print(f"{len(redelivered)} completed sagas had their message delivered again")
+    if feed.unacknowledged is not None:
+        assert redelivered, "no kill left a completed saga unacknowledged: nothing was checked"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -24,6 +25,7 @@ from sagaz.exceptions import (
     MissingExtraError,
     SchemaOutdatedError,
     StoreError,
+    StoreUnavailableError,
 )
 from sagaz.records import (
     ClaimOutcome,
@@ -42,6 +44,7 @@ from sagaz.storage import (
     SQLiteSagaStore,
     store_from_url,
 )
+from sagaz.testing import eventually
 from sagaz.types import SagaStatus, StepStatus
 from tests.schema_support import make_outdated
 from tests.services import backend_params, drop_postgres_schema, unique_name
@@ -723,6 +726,46 @@ async def test_a_saga_with_an_outbox_listener_keeps_outbox_state_out_of_the_step
         assert topics == ["orders.reserved", "orders.charged", "saga.completed"]
 
 
+# -- leases --------------------------------------------------------------------------------
+async def test_a_lease_has_one_holder_until_its_holder_releases_it(store: SagaStore) -> None:
+    assert await store.acquire_lease("relay", "a", 30.0)
+    assert not await store.acquire_lease("relay", "b", 30.0)
+    assert await store.acquire_lease("relay", "a", 30.0)  # its holder again: extended
+    assert await store.acquire_lease("other", "b", 30.0)  # leases are independent by name
+    # only the holder renews or releases it
+    assert not await store.renew_lease("relay", "b", 30.0)
+    assert await store.renew_lease("relay", "a", 30.0)
+    assert not await store.release_lease("relay", "b")
+    assert not await store.acquire_lease("relay", "b", 30.0)
+    assert await store.release_lease("relay", "a")
+    assert not await store.release_lease("relay", "a")  # once
+    assert not await store.renew_lease("relay", "a", 30.0)  # released: lost
+    assert await store.acquire_lease("relay", "b", 30.0)  # free: taken at once
+
+
+async def test_an_expired_lease_is_taken_over_and_lost_to_its_old_holder(
+    store: SagaStore,
+) -> None:
+    assert await store.acquire_lease("relay", "a", 0.2)
+    assert not await store.acquire_lease("relay", "b", 30.0)  # still a's
+    await eventually(lambda: store.acquire_lease("relay", "b", 30.0), what="a's lease expired")
+    assert not await store.renew_lease("relay", "a", 30.0)
+    assert not await store.release_lease("relay", "a")
+    assert not await store.acquire_lease("relay", "a", 30.0)
+    assert await store.renew_lease("relay", "b", 30.0)
+
+
+async def test_an_expired_lease_is_not_renewed_even_if_nobody_took_it(store: SagaStore) -> None:
+    assert await store.acquire_lease("relay", "a", 0.05)
+    # a second lease of the same ttl, taken after the first, tells when the first expired
+    assert await store.acquire_lease("hourglass", "a", 0.05)
+    await eventually(
+        lambda: store.acquire_lease("hourglass", "b", 30.0), what="the hourglass lease expired"
+    )
+    assert not await store.renew_lease("relay", "a", 30.0)
+    assert await store.acquire_lease("relay", "a", 30.0)  # taken again, knowingly
+
+
 # -- dead letters --------------------------------------------------------------------------
 async def test_dead_letters_crud_with_bytes_payload(store: SagaStore) -> None:
     first = DeadLetterRecord(
@@ -935,7 +978,7 @@ async def test_schema_is_created_once_and_its_version_recorded(durable_backend: 
     for store in stores:
         await store.start()  # again: harmless
     versions = {await store.schema_version() for store in stores}  # type: ignore[attr-defined]
-    assert versions == {2}
+    assert versions == {3}
     await stores[0].save_saga(_saga())
     later = await backend.open()  # starting on an existing schema keeps the data
     assert await later.get_saga("s1") is not None
@@ -989,6 +1032,54 @@ async def test_an_outdated_schema_refuses_to_start_until_sagaz_db_upgrade(
     assert kept.status is SagaStatus.COMPLETED
 
 
+async def test_a_version_2_schema_is_upgraded_to_3_with_leases_and_keeps_its_data(
+    durable_backend: Backend,
+) -> None:
+    backend = durable_backend
+    store = await backend.open()
+    await store.save_saga(_saga())
+    await store.stop()
+    await _downgrade_to_version_2(store)
+    with pytest.raises(SchemaOutdatedError):  # migrated only when asked: sagaz db upgrade
+        await backend.make().start()
+    assert await backend.make().upgrade_schema() == SchemaVersions(current=2, expected=3)
+    upgraded = await backend.open()
+    assert await upgraded.schema_versions() == SchemaVersions(current=3, expected=3)
+    assert await upgraded.get_saga("s1") is not None
+    assert await upgraded.acquire_lease("relay", "a", 30.0)
+    assert not await upgraded.acquire_lease("relay", "b", 30.0)
+
+
+async def _downgrade_to_version_2(store: SagaStore) -> None:
+    """Make the storage look as a version-2 sagaz left it: no leases."""
+    if isinstance(store, SQLiteSagaStore):
+        conn = sqlite3.connect(store.path)
+        try:
+            conn.execute("DROP TABLE leases")
+            conn.execute("DELETE FROM schema_version WHERE version = 3")
+            conn.commit()
+        finally:
+            conn.close()
+    elif isinstance(store, PostgresSagaStore):
+        import asyncpg
+
+        conn = await asyncpg.connect(store.dsn)
+        try:
+            await conn.execute(f'DROP TABLE "{store.schema}".leases')
+            await conn.execute(f'DELETE FROM "{store.schema}".schema_version WHERE version = 3')
+        finally:
+            await conn.close()
+    else:
+        import redis.asyncio as redis
+
+        assert isinstance(store, RedisSagaStore)
+        client = redis.Redis.from_url(store.url)
+        try:
+            await client.set(f"{store.prefix}:schema_version", 2)
+        finally:
+            await client.aclose()
+
+
 async def test_redis_layout_1_is_indexed_for_purging_on_upgrade(
     redis_backend: Backend, redis_url: str
 ) -> None:
@@ -1018,9 +1109,9 @@ async def test_redis_layout_1_is_indexed_for_purging_on_upgrade(
 
     with pytest.raises(SchemaOutdatedError, match="sagaz db upgrade"):
         await redis_backend.open()  # a store migrates only when asked
-    assert await redis_backend.make().upgrade_schema() == SchemaVersions(current=1, expected=2)
+    assert await redis_backend.make().upgrade_schema() == SchemaVersions(current=1, expected=3)
     upgraded = await redis_backend.open()
-    assert await upgraded.schema_version() == 2  # type: ignore[attr-defined]
+    assert await upgraded.schema_version() == 3  # type: ignore[attr-defined]
     assert await upgraded.purge_expired(utcnow() + timedelta(seconds=5)) == 4
     assert [r.saga_id for r in await upgraded.list_trigger_executions("poll")] == ["running"]
     assert await upgraded.last_cron_tick("a") == ticks[-1]
@@ -1104,6 +1195,19 @@ async def test_concurrent_exclusive_executions_of_one_context_have_one_winner(
     assert len(await stores[0].list_trigger_executions("poll")) == 1
 
 
+async def test_concurrent_acquires_of_one_lease_have_one_winner(backend: Backend) -> None:
+    stores = await _contenders(backend)
+    results = await asyncio.gather(
+        *(s.acquire_lease("relay", f"w{i}", 30.0) for i, s in enumerate(stores))
+    )
+    assert results.count(True) == 1
+    winner = f"w{results.index(True)}"
+    renewals = await asyncio.gather(
+        *(s.renew_lease("relay", f"w{i}", 30.0) for i, s in enumerate(stores))
+    )
+    assert [f"w{i}" for i, renewed in enumerate(renewals) if renewed] == [winner]
+
+
 async def test_concurrent_create_saga_creates_once(backend: Backend) -> None:
     stores = await _contenders(backend)
     results = await asyncio.gather(
@@ -1172,7 +1276,7 @@ async def test_sqlite_in_a_missing_directory_says_what_to_check(tmp_path: Path) 
     ids=["postgres", "redis"],
 )
 async def test_unreachable_server_is_a_store_error_without_the_password(store: SagaStore) -> None:
-    with pytest.raises(StoreError, match="server is up") as info:
+    with pytest.raises(StoreUnavailableError, match="server is up") as info:
         await store.start()
     assert "s3cret" not in str(info.value)
     assert "127.0.0.1:1" in str(info.value)
@@ -1192,3 +1296,69 @@ async def test_missing_driver_names_the_extra_to_install(
     monkeypatch.setitem(sys.modules, module, None)  # makes the import fail
     with pytest.raises(MissingExtraError, match=r'pip install "sagaz\[(postgres|redis)\]"'):
         await store.start()
+
+
+# -- a store that cannot be reached -----------------------------------------------------------
+@pytest.fixture(params=backend_params("postgres", "redis"))
+def restartable(request: pytest.FixtureRequest) -> tuple[SagaStore, Any]:
+    """A store on a server of the test's own, and that server (a sync fixture: it may ask
+    for the async one)."""
+    kind: str = request.param
+    server = request.getfixturevalue(f"private_{kind}")
+    store: SagaStore = (
+        PostgresSagaStore(server.url, schema="sagaz_test")
+        if kind == "postgres"
+        else RedisSagaStore(server.url, prefix="sagaz-test")
+    )
+    return store, server
+
+
+async def test_a_lost_server_is_store_unavailable_and_the_store_works_once_it_is_back(
+    restartable: tuple[SagaStore, Any],
+) -> None:
+    store, server = restartable
+    async with store:
+        await _lose_the_server_and_get_it_back(store, server)
+
+
+async def _lose_the_server_and_get_it_back(store: SagaStore, server: Any) -> None:
+    lease = utcnow() + timedelta(seconds=30)
+    await store.create_saga(_saga("s-1"))
+    await server.stop()
+    operations = [
+        lambda: store.get_saga("s-1"),
+        lambda: store.save_saga(_saga("s-2")),
+        lambda: store.claim_inbox("t", "k", "s-3", "worker", lease),
+        lambda: store.renew_leases("worker", lease),
+        lambda: store.acquire_lease("relay", "worker", 5.0),
+    ]
+    for operation in operations:
+        with pytest.raises(StoreUnavailableError) as info:
+            await operation()
+        assert info.value.__cause__ is not None  # the driver's own error
+    await server.start()
+
+    async def answers() -> bool:
+        try:
+            return await store.get_saga("s-1") is not None  # the saga outlived the restart
+        except StoreUnavailableError:
+            return False  # a connection of the pool that died with the server
+
+    await eventually(answers, what="the store answering again")
+    claim = await store.claim_inbox("t", "k", "s-3", "worker", lease)
+    assert claim.outcome is ClaimOutcome.CLAIMED
+
+
+async def test_a_sqlite_file_locked_too_long_is_store_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "sagaz.db"
+    async with SQLiteSagaStore(path, busy_timeout=0.05) as store:
+        holder = sqlite3.connect(path, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")  # another process keeps the write lock
+            with pytest.raises(StoreUnavailableError, match="busy_timeout"):
+                await store.save_saga(_saga("s-1"))
+            holder.execute("ROLLBACK")
+        finally:
+            holder.close()
+        await store.save_saga(_saga("s-1"))
+        assert await store.get_saga("s-1") is not None

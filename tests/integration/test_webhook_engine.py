@@ -40,6 +40,7 @@ from sagaz.sources.webhook.source import webhook_server
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.testing import eventually
 from sagaz.testing.tansu import free_port
+from tests.engine_support import OutageStore
 from tests.services import unique_name
 
 TOKEN = "t0ken-from-config"
@@ -577,3 +578,40 @@ async def test_a_paused_webhook_trigger_answers_503_with_retry_after_until_resum
         assert accepted.status_code == 202
         await completed(running.store, accepted.json()["saga_id"])
     assert len(await sagas_of(running.store, shop)) == 2  # the accepted order and /load
+
+
+# -- the store unavailable -----------------------------------------------------------------
+
+
+async def test_while_the_store_is_down_requests_get_503_with_retry_after_at_once() -> None:
+    ran: list[int] = []
+
+    class Outaged(Saga):
+        saga_name = unique_name("outaged")
+
+        @trigger(source="webhook", path="/outaged")
+        def on_request(self, request: WebhookRequest) -> dict[str, Any]:
+            return {"n": request.json()["n"]}
+
+        @action("one")
+        async def one(self, ctx: SagaContext) -> None:
+            ran.append(ctx["n"])
+
+    store = OutageStore()
+    config = TriggerConfig(webhook_port=0, shutdown_timeout=5)
+    async with TriggerEngine(config, store) as engine:
+        server = webhook_server(engine.shared)
+        await eventually(lambda: server.app.ready, what="the webhook routes to be active")
+        assert server.url is not None
+        async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+            store.down = True
+            for n in (1, 2):  # the first finds the outage, the second knows of it
+                response = await client.post("/outaged", json={"n": n})
+                assert response.status_code == 503
+                assert response.headers["retry-after"] == "1"
+                assert response.json() == {"error": "retry later"}
+            store.down = False
+            await eventually(lambda: engine.state.outage.available, what="the store back")
+            response = await client.post("/outaged", json={"n": 3})
+            assert response.status_code == 202
+            await eventually(lambda: ran == [3], what="the accepted request's saga")

@@ -14,6 +14,7 @@ import pytest
 
 from sagaz.abc import SagaStore, SourceContext
 from sagaz.events import CronTick, Delivery
+from sagaz.exceptions import StoreUnavailableError
 from sagaz.sources import cron
 from sagaz.sources.cron import CronSchedule, CronSource
 from sagaz.storage.memory import MemorySagaStore
@@ -242,6 +243,35 @@ async def test_catchup_all_is_bounded_by_max_catchup(caplog: pytest.LogCaptureFi
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "max_catchup=10" in warning.getMessage()
     assert warning.trigger == TRIGGER  # type: ignore[attr-defined]
+
+
+async def test_ticks_missed_while_the_store_is_unavailable_are_a_downtime() -> None:
+    class Unreachable(MemorySagaStore):
+        down = False
+
+        async def claim_cron_tick(self, trigger_id: str, tick: datetime, owner: str) -> bool:
+            if self.down:
+                raise StoreUnavailableError("the store is restarting")
+            return await super().claim_cron_tick(trigger_id, tick, owner)
+
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    store, emit, errors = Unreachable(), RecordingEmit(), list[BaseException]()
+    options = {"schedule": "*/5 * * * *", "catchup": "latest"}
+    source = make_source(options, clock, store, errors=errors)
+    task = asyncio.create_task(source.run(emit))
+    await parked(clock)
+    await clock.advance(300)  # 00:05 fires
+    store.down = True
+    await clock.advance(300)  # 00:10: the claim fails, and the source ends to wait for it
+    with pytest.raises(StoreUnavailableError):
+        await task
+    assert errors == []  # an outage: the engine logs it once, not the source per tick
+    store.down = False
+    await clock.advance(600)  # back at 00:20: the engine runs the source again
+    async with running((make_source(options, clock, store, errors=errors), emit)):
+        await clock.advance(300)
+    # the 00:10 .. 00:20 ticks were missed: "latest" fires 00:20, then the schedule goes on
+    assert scheduled_utc(emit) == [datetime(2026, 1, 1, 0, m, tzinfo=UTC) for m in (5, 20, 25)]
 
 
 async def test_schedule_resumes_after_catchup() -> None:

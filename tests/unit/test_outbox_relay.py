@@ -14,7 +14,13 @@ import pytest
 
 from sagaz import Saga, SagaContext, action
 from sagaz.clock import SystemClock
-from sagaz.exceptions import ConfigurationError, MissingExtraError, SagazError, StoreError
+from sagaz.exceptions import (
+    ConfigurationError,
+    MissingExtraError,
+    SagazError,
+    StoreError,
+    StoreUnavailableError,
+)
 from sagaz.outbox import (
     KafkaPublisher,
     OutboxRelay,
@@ -25,7 +31,7 @@ from sagaz.outbox import (
 from sagaz.outbox.messages import dedup_id, encode_payload
 from sagaz.records import OutboxMessage
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.testing import eventually
+from sagaz.testing import FakeClock, eventually
 
 
 class TwoSteps(Saga):
@@ -354,6 +360,125 @@ async def test_stop_is_not_held_up_by_a_store_that_fails_to_mark() -> None:
     assert len(await store.fetch_outbox()) == 6  # not marked: published again later
 
 
+# -- one active relay per store (the lease) ---------------------------------------------------
+async def test_of_two_relays_on_one_store_only_the_lease_holder_publishes() -> None:
+    store = MemorySagaStore()
+    first, second = RecordingPublisher(), RecordingPublisher()
+    async with (
+        OutboxRelay(store, first, clock=RecordingClock(), holder="a") as a,
+        OutboxRelay(store, second, clock=RecordingClock(), holder="b") as b,
+    ):
+        await emitted(store, 1, 2, 3)
+        await eventually(lambda: a.published + b.published == 18, what="every message")
+        assert [a.active, b.active].count(True) == 1
+    publishers = sorted([first, second], key=lambda p: len(p.messages))
+    assert len(publishers[0].messages) == 0  # the standby published nothing
+    assert publishers[1].ids == list(range(1, 19))
+
+
+async def test_a_standby_takes_over_from_a_dead_holder_from_the_oldest_unsent_message() -> None:
+    store = MemorySagaStore()
+    outbox = await emitted(store, 1, 2)
+    hung = asyncio.Event()
+
+    class HangsAtTheFourth(RecordingPublisher):
+        async def publish(self, message: OutboxMessage) -> None:
+            if message.id == 4:
+                hung.set()
+                await asyncio.Event().wait()  # until the relay dies
+            await super().publish(message)
+
+    holder, standby = HangsAtTheFourth(), RecordingPublisher()
+    a = OutboxRelay(store, holder, clock=RecordingClock(), lease_seconds=0.3, holder="a")
+    b = OutboxRelay(store, standby, clock=RecordingClock(), lease_seconds=0.3, holder="b")
+    await a.start()
+    await hung.wait()  # a published three, none marked sent yet...
+    await b.start()
+    assert not b.active
+    assert a._task is not None
+    a._task.cancel()  # ...and dies in the fourth: its lease is left to expire
+
+    async def all_sent() -> bool:
+        return await store.fetch_outbox() == []
+
+    await eventually(all_sent, what="b publishing the rest")
+    assert b.active
+    # a, cancelled (not killed), marked the three the broker took; b went on from the oldest
+    # unsent message, so every saga's messages stay in order across the handover (the chaos
+    # suite SIGKILLs a relay: then the unmarked ones come again, at least once)
+    assert holder.ids == [1, 2, 3]
+    assert standby.ids == [m.id for m in outbox][3:]
+    await b.stop()
+    await a.stop()
+
+
+async def test_a_stopping_holder_hands_the_lease_over_at_once() -> None:
+    store = MemorySagaStore()
+    first, second = RecordingPublisher(), RecordingPublisher()
+    a = OutboxRelay(store, first, clock=RecordingClock(), lease_seconds=60, holder="a")
+    await a.start()
+    await eventually(lambda: a.active, what="a holding the lease")
+    async with OutboxRelay(store, second, clock=RecordingClock(), lease_seconds=60) as b:
+        await a.stop()  # released: no waiting for its 60 seconds
+        await emitted(store, 1)
+        await eventually(lambda: len(second.messages) == 6, what="b publishing", within=5)
+        assert b.active
+    assert first.messages == []
+
+
+async def test_the_holder_renews_its_lease_every_third_of_it_on_its_clock() -> None:
+    class CountingStore(MemorySagaStore):
+        renewals = 0
+
+        async def renew_lease(self, name: str, holder: str, ttl: float) -> bool:
+            self.renewals += 1
+            return await super().renew_lease(name, holder, ttl)
+
+    store, clock = CountingStore(), FakeClock()
+    async with OutboxRelay(
+        store, RecordingPublisher(), clock=clock, poll_interval=0.5, lease_seconds=9
+    ) as relay:
+        await clock.settle()
+        assert relay.active and store.renewals == 0
+        await clock.advance(2.9)
+        assert store.renewals == 0
+        await clock.advance(0.2)  # 3 s: a third of the lease
+        assert store.renewals == 1
+        await clock.advance(3)
+        assert store.renewals == 2
+
+
+async def test_a_holder_that_cannot_renew_stops_publishing_when_its_lease_runs_out() -> None:
+    class Unreachable(MemorySagaStore):
+        down = False
+
+        async def renew_lease(self, name: str, holder: str, ttl: float) -> bool:
+            if self.down:
+                raise StoreUnavailableError("store down")
+            return await super().renew_lease(name, holder, ttl)
+
+        async def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+            if self.down:
+                raise StoreUnavailableError("store down")
+            return await super().acquire_lease(name, holder, ttl)
+
+    store, clock, publisher = Unreachable(), FakeClock(), RecordingPublisher()
+    await emitted(store, 1)
+    relay = OutboxRelay(store, publisher, clock=clock, batch_size=1, lease_seconds=9)
+    assert await relay.relay_once() == 1
+    store.down = True
+    await clock.advance(8.9)  # renewal due but failing; still within its lease
+    with pytest.raises(StoreUnavailableError):
+        await relay.relay_once()
+    assert relay.active
+    await clock.advance(0.2)  # the lease ran out, by its own reckoning
+    assert not relay.active
+    with pytest.raises(StoreUnavailableError):
+        await relay.relay_once()
+    assert len(publisher.messages) == 1
+    await relay.stop()
+
+
 # -- publisher ownership ------------------------------------------------------------------------
 async def test_the_relay_stops_the_publisher_it_started() -> None:
     publisher = RecordingPublisher()
@@ -401,6 +526,7 @@ async def test_start_and_stop_are_idempotent() -> None:
         ({"batch_size": 0}, "batch_size=0 must be a positive integer"),
         ({"poll_interval": 0}, "poll_interval=0 must be > 0"),
         ({"poll_interval": 2.0, "max_backoff": 1.0}, "max_backoff=1.0 must be >= poll_interval"),
+        ({"lease_seconds": 0}, "lease_seconds=0 must be > 0"),
     ],
 )
 def test_bad_relay_options_say_what_to_fix(options: dict[str, Any], match: str) -> None:

@@ -9,8 +9,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from sagaz import Saga, TriggerConfig, action, trigger
 from sagaz.engine.engine import TriggerEngine
 from sagaz.engine.prometheus import render
+from sagaz.exceptions import StoreUnavailableError
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.testing import eventually
+from tests.engine_support import OutageStore
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -51,6 +53,30 @@ async def test_metrics_count_events_sagas_and_reasons_per_trigger() -> None:
     assert values[("sagaz_queue_depth", ())] == 0
     assert values[("sagaz_sagas_in_flight", ())] == 0
     assert values[("sagaz_sagas_in_flight_max", ())] >= 1
+    assert values[("sagaz_store_available", ())] == 1
+    assert values[("sagaz_store_outages_total", ())] == 0
+
+
+async def test_a_store_outage_shows_until_the_store_is_back() -> None:
+    class Quiet(Saga):
+        @trigger(source="memory", channel="quiet")
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("one")
+        async def one(self, ctx: Any) -> None:
+            return None
+
+    store = OutageStore()
+    async with TriggerEngine(TriggerConfig(), store) as engine:
+        store.down = True
+        engine.state.outage.down(StoreUnavailableError("gone"))
+        values = samples(render(engine)[0])
+        assert values[("sagaz_store_available", ())] == 0
+        assert values[("sagaz_store_outages_total", ())] == 1
+        store.down = False
+        await eventually(lambda: engine.state.outage.available, what="the store back")
+        assert samples(render(engine)[0])[("sagaz_store_available", ())] == 1
 
 
 async def test_an_engine_that_never_started_has_no_series() -> None:

@@ -14,6 +14,7 @@ from sagaz.engine.decoding import EventDecoder
 from sagaz.engine.limits import TokenBucket
 from sagaz.engine.metrics import EngineMetrics
 from sagaz.engine.outcomes import SagaOutcomes
+from sagaz.engine.store_outage import StoreOutage
 from sagaz.events import plain_data
 from sagaz.saga.listeners import SagaListener
 
@@ -41,10 +42,13 @@ class PipelineState:
     #: the outcome of every accepted saga id, for ``TriggerEngine.wait_for``
     outcomes: SagaOutcomes = field(default_factory=SagaOutcomes)
     global_bucket: TokenBucket | None = None
+    #: whether the store can be reached, and the wait for it when it cannot
+    outage: StoreOutage = field(init=False)
     _lease: timedelta = field(init=False)
 
     def __post_init__(self) -> None:
         self._lease = timedelta(seconds=self.config.lease_seconds)
+        self.outage = StoreOutage(self.store, self.clock, self.worker_id, self.lease_until)
 
     def lease_until(self) -> datetime:
         """The lease deadline for claims made now.

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sagaz import tracing
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
@@ -23,7 +23,7 @@ from sagaz.engine.identity import canonical_hash, content_key, saga_id_for, stor
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, NotRun, Reason
-from sagaz.exceptions import InvalidEventError
+from sagaz.exceptions import InvalidEventError, StoreUnavailableError
 from sagaz.records import ClaimOutcome, InboxClaim, SagaRecord, TriggerExecutionRecord
 from sagaz.saga.listeners import notify
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
@@ -31,6 +31,12 @@ from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 __all__ = ["Admission"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_STORE_UNAVAILABLE = AdmissionResult(
+    AdmissionOutcome.REJECTED, error="the store is unavailable; retry later"
+)
 
 
 class Admission:
@@ -40,6 +46,8 @@ class Admission:
         self.state = state
         self.settlement = settlement
         self.accepting = True
+        #: set by :meth:`close`: ends the waits for an unavailable store
+        self._closing = asyncio.Event()
         self._busy_watchers: set[asyncio.Task[None]] = set()
         #: saga id -> deliveries of the saga queued or running here (see ``_join``)
         self._in_flight: dict[str, _JointDeliveries] = {}
@@ -48,15 +56,28 @@ class Admission:
         """Admit one delivery of ``trigger``; never raises (bar cancellation).
 
         A failure of the store itself leaves the delivery for redelivery (nack) and answers
-        ``REJECTED`` with the error, so a webhook caller gets 503 and retries.
+        ``REJECTED`` with the error, so a webhook caller gets 503 and retries. While the store
+        is unavailable (:mod:`sagaz.engine.store_outage`), a delivery that may wait
+        (``Delivery.wait_for_store``: a broker message, whose source stops fetching meanwhile)
+        waits for it; the others are answered ``REJECTED`` at once.
         """
+        outage = self.state.outage
         spans = tracing.recorder()
         try:
+            if not outage.available:
+                if not delivery.wait_for_store:
+                    await self.settlement.nack(trigger, delivery)
+                    return _STORE_UNAVAILABLE
+                await outage.wait_available(until=self._closing)
             if spans is None:
                 return await self._admit(trigger, delivery)
             return await self._traced(spans, trigger, delivery)
         except asyncio.CancelledError:
             raise
+        except StoreUnavailableError as exc:  # a delivery that does not wait for the store
+            outage.down(exc)
+            await self.settlement.nack(trigger, delivery)
+            return _STORE_UNAVAILABLE
         except Exception as exc:
             await self.settlement.report(trigger, exc, delivery.payload)
             await self.settlement.nack(trigger, delivery)
@@ -71,6 +92,17 @@ class Admission:
             result = await self._admit(trigger, delivery)
             spans.admitted(span, result)
             return result
+
+    async def _waiting(self, delivery: Delivery, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation``; while the store is unavailable, a delivery that may wait waits
+        for it and runs the operation again, the others get the error (and 503)."""
+        while True:
+            try:
+                return await operation()
+            except StoreUnavailableError as exc:
+                if not delivery.wait_for_store or not self.accepting:
+                    raise
+                await self.state.outage.wait(exc, until=self._closing)
 
     async def _admit(self, trigger: ActiveTrigger, delivery: Delivery) -> AdmissionResult:
         state = self.state
@@ -93,7 +125,9 @@ class Admission:
             await self.settlement.nack(trigger, delivery)
             return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
         if undecodable is not None:
-            return await self._invalid(trigger, delivery, event, undecodable, None)
+            return await self._waiting(
+                delivery, lambda: self._invalid(trigger, delivery, event, undecodable, None)
+            )
         try:
             key = self._key(trigger, delivery, event)
             if not delivery.identity:  # the key it was given: its dead letter replays to it
@@ -104,7 +138,10 @@ class Admission:
                 else None
             )
         except Exception as exc:
-            return await self._invalid(trigger, delivery, event, exc, None)
+            error = exc
+            return await self._waiting(
+                delivery, lambda: self._invalid(trigger, delivery, event, error, None)
+            )
         saga_id = saga_id_for(trigger.trigger_id, key)
         joint = self._in_flight.get(saga_id)
         if joint is not None:
@@ -116,7 +153,7 @@ class Admission:
         tracked = self._track(saga_id, delivery)
         candidate = _Candidate(trigger, tracked, event, key, saga_id, concurrency_key)
         try:
-            result = await self._claim(candidate)
+            result = await self._waiting(delivery, lambda: self._claim(candidate))
             if result is None:
                 self._watch_busy(candidate)
                 return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
@@ -124,6 +161,10 @@ class Admission:
         except asyncio.CancelledError:
             await self.settlement.nack(trigger, tracked)
             raise
+        except StoreUnavailableError as exc:
+            self.state.outage.down(exc)
+            await self.settlement.nack(trigger, tracked)
+            return _STORE_UNAVAILABLE
         except Exception as exc:
             await self.settlement.report(trigger, exc, delivery.payload)
             await self.settlement.nack(trigger, tracked)
@@ -285,7 +326,14 @@ class Admission:
         if not put.accepted:
             return await self._refused(trigger, item)
         if put.evicted is not None:
-            await self._drop(put.evicted, Reason.DROPPED_OLDEST)
+            evicted = put.evicted
+            # queued now: this admission is not run again, so the drop waits for the store
+            while True:
+                try:
+                    await self._drop(evicted, Reason.DROPPED_OLDEST)
+                    break
+                except StoreUnavailableError as exc:
+                    await state.outage.wait(exc)
         state.metrics.accepted[trigger.trigger_id] += 1
         return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
 
@@ -370,7 +418,7 @@ class Admission:
         try:
             while True:
                 await state.clock.sleep(max(0.05, state.config.lease_seconds / 4))
-                if await self._claim(c) is not None:
+                if await self._waiting(c.delivery, lambda: self._claim(c)) is not None:
                     return
         except asyncio.CancelledError:
             await self.settlement.nack(c.trigger, c.delivery)
@@ -380,8 +428,9 @@ class Admission:
             await self.settlement.nack(c.trigger, c.delivery)
 
     async def close(self) -> None:
-        """Stop watching busy keys (their deliveries are nacked)."""
+        """Stop watching busy keys (their deliveries are nacked) and waiting for the store."""
         self.accepting = False
+        self._closing.set()
         for task in list(self._busy_watchers):
             task.cancel()
         if self._busy_watchers:

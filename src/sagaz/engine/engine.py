@@ -39,9 +39,10 @@ from sagaz.engine.outcomes import SagaOutcomes
 from sagaz.engine.pausing import TriggerPauses, set_trigger_enabled
 from sagaz.engine.runner import SagaRunner
 from sagaz.engine.settlement import Settlement
+from sagaz.engine.store_outage import StoreOutage
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta, NotRun, Reason
-from sagaz.exceptions import ConfigurationError
+from sagaz.exceptions import ConfigurationError, StoreUnavailableError
 from sagaz.saga.definition import Saga
 from sagaz.saga.listeners import SagaListener
 from sagaz.saga.result import SagaResult
@@ -228,19 +229,22 @@ class TriggerEngine(Lifecycle):
         else:
             emit = functools.partial(self.admission.admit, active)
         backoff = Backoff(self.clock, initial=0.5, maximum=30.0)
+        outage = self._outage
         while True:
             try:
                 await source.run(emit)
                 return
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailableError as exc:  # a source that uses the store (cron, poll)
+                await outage.wait(exc)  # logged once for the outage, not per source failure
             except Exception as exc:
                 await self._report_source_error(active, exc)
                 await backoff.sleep()
-                try:
-                    await source.start()
-                except Exception as start_error:
-                    await self._report_source_error(active, start_error)
+            try:
+                await source.start()
+            except Exception as start_error:
+                await self._report_source_error(active, start_error)
 
     async def _emit_when_running(self, active: ActiveTrigger, item: Delivery) -> AdmissionResult:
         """``emit`` of a source that cannot pause itself: it waits here while paused."""
@@ -254,8 +258,12 @@ class TriggerEngine(Lifecycle):
         assert state is not None
         while True:
             await asyncio.sleep(interval)  # real time, as leases are (PipelineState.lease_until)
+            if not state.outage.available:
+                continue  # the outage's probe renews them when the store is back
             try:
                 await self.store.renew_leases(self.worker_id, state.lease_until())
+            except StoreUnavailableError as exc:
+                state.outage.down(exc)
             except Exception:
                 logger.exception("renewing leases failed", extra={"worker_id": self.worker_id})
 
@@ -267,9 +275,13 @@ class TriggerEngine(Lifecycle):
         sagas are found in the store (lease expired) and resumed here.
         """
         interval = self.config.recovery_interval_seconds
+        outage = self._outage
         while True:
+            await outage.wait_available()  # after an outage: once our own leases are renewed
             try:
                 await self.recover_once()
+            except StoreUnavailableError as exc:
+                outage.down(exc)
             except Exception:
                 logger.exception("recovery pass failed", extra={"worker_id": self.worker_id})
             await asyncio.sleep(interval)  # real time: expired leases are found by real time
@@ -312,10 +324,14 @@ class TriggerEngine(Lifecycle):
         """Purge what is older than ``event_retention_days``: completed inbox rows, stored
         events of finished sagas, finished poll-trigger executions, and cron claims (each
         trigger keeps its newest tick)."""
+        outage = self._outage
         while True:
+            await outage.wait_available()
             try:
                 before = utcnow() - timedelta(days=self.config.event_retention_days)
                 await self.store.purge_expired(before)
+            except StoreUnavailableError as exc:
+                outage.down(exc)
             except Exception:
                 logger.exception("purging expired events failed")
             # real time, like the utcnow() that retention is measured from
@@ -345,6 +361,7 @@ class TriggerEngine(Lifecycle):
         for item in state.queue.drain():  # accepted, never started: redelivered or recovered
             await self.settlement.nack(item.trigger, item.delivery)
         await self.dispatcher.stop(self.config.shutdown_timeout)
+        await state.outage.close()
         await self.settlement.drain(ACK_DRAIN_SECONDS)  # acks under way, before sources close
         try:  # let a restarted worker take over our unfinished claims at once
             await self.store.renew_leases(self.worker_id, utcnow() - timedelta(seconds=1))
@@ -356,6 +373,11 @@ class TriggerEngine(Lifecycle):
             await self.store.stop()
         self._started = False
         self._stopping = False
+
+    @property
+    def _outage(self) -> StoreOutage:
+        assert self.state is not None
+        return self.state.outage
 
     def _metrics_renderer(self) -> Callable[[], tuple[bytes, str]] | None:
         """This engine's Prometheus metrics for a source that serves them (``GET /metrics``

@@ -165,6 +165,8 @@ class TriggerPauses:
         state = self.state
         while True:
             await state.clock.sleep(state.config.trigger_state_interval_seconds)
+            if not state.outage.available:
+                continue  # the store outage is known and logged; its probe watches the store
             try:
                 await self.refresh()
             except Exception as exc:

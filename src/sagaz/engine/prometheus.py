@@ -107,6 +107,16 @@ class EngineCollector:
         for trigger_id in triggers:
             paused.add_metric([trigger_id], 1 if self.engine.triggers[trigger_id].paused else 0)
         yield paused
+        yield GaugeMetricFamily(
+            "sagaz_store_available",
+            "1 while the store answers; 0 during an outage (intake paused, nothing acked).",
+            value=1 if state.outage.available else 0,
+        )
+        yield CounterMetricFamily(
+            "sagaz_store_outages",
+            "Times the store became unavailable since the engine started.",
+            value=state.outage.outages,
+        )
         yield from self._source_counters()
 
     def _source_counters(self) -> Iterator[Any]:

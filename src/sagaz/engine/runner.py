@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 
 from sagaz.engine.active_trigger import PipelineState
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import NotRun
+from sagaz.exceptions import StoreUnavailableError
 from sagaz.saga.execution import SagaExecution
 from sagaz.saga.result import SagaResult
 from sagaz.types import SagaStatus
@@ -38,26 +40,14 @@ class SagaRunner:
         self._retries: set[asyncio.Task[None]] = set()
 
     async def run(self, item: WorkItem) -> None:
-        """Run ``item``'s saga to a terminal state and settle it. Cancellation never acks."""
+        """Run ``item``'s saga to a terminal state and settle it. Cancellation never acks.
+
+        While the store is unavailable the saga waits for it, keeping its delivery un-acked,
+        and then resumes from its last checkpoint (see :mod:`sagaz.engine.store_outage`)."""
         state = self.state
         trigger = item.trigger
-        execution = SagaExecution(
-            item.saga if item.saga is not None else trigger.saga,
-            store=state.store,
-            listeners=trigger.listeners,
-            clock=state.clock,
-            trigger_id=trigger.trigger_id,
-            owner=state.worker_id,
-            lease_until=state.lease_until(),
-            delivery=item.delivery,
-        )
         try:
-            result = await execution.run(
-                item.context,
-                item.saga_id,
-                new_attempt=self._take_new_attempt(item),
-                known=item.pending,
-            )
+            result = await self._execute(item)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the store failed: leave the event for redelivery/recovery
@@ -68,7 +58,7 @@ class SagaRunner:
         self._log_result(item, result)
         if result.status is SagaStatus.COMPLETED:
             state.metrics.completed[trigger.trigger_id] += 1
-            await self._settle(item)
+            await self._outage_safe(lambda: self._settle(item))
             state.outcomes.settle(item.saga_id, result)
             return
         if result.status is SagaStatus.COMPENSATED:
@@ -78,16 +68,55 @@ class SagaRunner:
                 return
         else:
             state.metrics.failed[trigger.trigger_id] += 1
-        await self.settlement.dead_letter(
-            trigger,
-            item.delivery,
-            reason="saga_failed" if result.status is SagaStatus.FAILED else "retries_exhausted",
-            error=result.error or result.status.value,
-            attempts=item.attempt,
-            saga_id=item.saga_id,
+        await self._outage_safe(
+            lambda: self.settlement.dead_letter(
+                trigger,
+                item.delivery,
+                reason="saga_failed" if result.status is SagaStatus.FAILED else "retries_exhausted",
+                error=result.error or result.status.value,
+                attempts=item.attempt,
+                saga_id=item.saga_id,
+            )
         )
-        await self._settle(item)
+        await self._outage_safe(lambda: self._settle(item))
         state.outcomes.settle(item.saga_id, result)
+
+    async def _execute(self, item: WorkItem) -> SagaResult:
+        """Run the saga; while the store is unavailable, wait for it and run it again, which
+        resumes it from its last checkpoint (the step whose checkpoint failed runs again)."""
+        state = self.state
+        trigger = item.trigger
+        new_attempt = self._take_new_attempt(item)
+        known = item.pending
+        while True:
+            execution = SagaExecution(
+                item.saga if item.saga is not None else trigger.saga,
+                store=state.store,
+                listeners=trigger.listeners,
+                clock=state.clock,
+                trigger_id=trigger.trigger_id,
+                owner=state.worker_id,
+                lease_until=state.lease_until(),
+                delivery=item.delivery,
+            )
+            try:
+                return await execution.run(
+                    item.context, item.saga_id, new_attempt=new_attempt, known=known
+                )
+            except StoreUnavailableError as exc:
+                # a new attempt stored as running is not started over again: it resumes
+                new_attempt = new_attempt and not execution.began
+                known = None  # what the store holds now is read again
+                await state.outage.wait(exc)
+
+    async def _outage_safe(self, operation: Callable[[], Awaitable[object]]) -> None:
+        """Run ``operation`` (store writes, then perhaps the ack) until the store takes it."""
+        while True:
+            try:
+                await operation()
+                return
+            except StoreUnavailableError as exc:
+                await self.state.outage.wait(exc)
 
     @staticmethod
     def _log_result(item: WorkItem, result: SagaResult) -> None:

@@ -18,9 +18,16 @@ the rest of the batch waits for the retry, so a later message never overtakes an
 A message that can never be published (say, an unroutable RabbitMQ topic) therefore holds back
 the whole outbox; the relay logs a warning at every retry.
 
-**One relay per store.** Run a single relay for a store (e.g. in one process of the service).
-Two relays on one store both publish every message, which is still at-least-once, only with
-more duplicates; there is no leader election.
+**One active relay per store.** Run a relay in every instance of the service: they share
+one lease in the store (:data:`LEASE_NAME`, see :meth:`sagaz.abc.SagaStore.acquire_lease`),
+and only its holder publishes; the others stand by and try to take it every
+``poll_interval``. The holder renews it every third of ``lease_seconds`` (on its clock) and
+publishes only while its own reckoning says it still holds it (``lease_seconds`` from before
+its last renewal), so two relays never publish at once. When the holder dies its lease
+expires and a standby takes over within about ``lease_seconds``; a holder that stops
+releases it, so another takes over at once. The new holder publishes what is unsent, from
+the oldest message on: the messages the dead one published but had not marked sent are
+published again (at least once), and per-saga order holds across the handover.
 
 The store belongs to the caller: start it before the relay and stop it after. The publishers
 (:class:`KafkaPublisher`, :class:`RabbitMQPublisher`, :class:`RedisStreamPublisher`, or your
@@ -32,6 +39,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,9 +51,12 @@ from sagaz.clock import Clock, SystemClock
 from sagaz.exceptions import ConfigurationError
 from sagaz.records import OutboxMessage
 
-__all__ = ["OutboxRelay"]
+__all__ = ["LEASE_NAME", "OutboxRelay"]
 
 logger = logging.getLogger(__name__)
+
+LEASE_NAME = "sagaz.outbox-relay"
+"""The store lease that makes one relay per store the active one."""
 
 _OnError = Callable[[BaseException, OutboxMessage | None], Awaitable[None] | None]
 """``on_error(exc, message)``: ``message`` is the one that failed to publish, or ``None`` when
@@ -63,6 +76,11 @@ class OutboxRelay(Lifecycle):
 
     ``relay_once()`` publishes one batch without the task (tests, or your own scheduling).
 
+    Only the holder of the store's relay lease publishes (see the module docstring); it is
+    taken for ``lease_seconds`` and renewed every third of that, and a standby relay tries to
+    take it every ``poll_interval``. ``holder`` names this relay in it (default: host,
+    process id and a random part); :attr:`active` says whether this relay holds it.
+
     The relay starts ``publisher`` if it is not started yet, and then also stops it in its own
     ``stop()``; a publisher you started yourself is yours to stop. The store is never started
     or stopped by the relay.
@@ -78,6 +96,8 @@ class OutboxRelay(Lifecycle):
         max_backoff: float = 30.0,
         clock: Clock | None = None,
         on_error: _OnError | None = None,
+        lease_seconds: float = 10.0,
+        holder: str | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size={batch_size!r} must be a positive integer")
@@ -87,8 +107,13 @@ class OutboxRelay(Lifecycle):
             raise ConfigurationError(
                 f"max_backoff={max_backoff!r} must be >= poll_interval={poll_interval!r} seconds"
             )
+        if not lease_seconds > 0:
+            raise ConfigurationError(f"lease_seconds={lease_seconds!r} must be > 0 seconds")
         self.store = store
         self.publisher = publisher
+        self.lease_seconds = lease_seconds
+        #: this relay's name in the lease
+        self.holder = holder or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.max_backoff = max_backoff
@@ -104,7 +129,11 @@ class OutboxRelay(Lifecycle):
         self._owns_publisher = False
         self._task: asyncio.Task[None] | None = None
         self._batch_lock = asyncio.Lock()
-        self._log = {"publisher": type(publisher).__name__}
+        self._log = {"publisher": type(publisher).__name__, "holder": self.holder}
+        #: on the relay's clock: until when it may publish, and when to renew the lease
+        self._held_until: float | None = None
+        self._renew_at = 0.0
+        self._standing_by = False
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -131,6 +160,7 @@ class OutboxRelay(Lifecycle):
                         "outbox relay task ended with %r", task.exception(), extra=self._log
                     )
                 logger.info("outbox relay stopped", extra=self._log)
+            await self._release_lease()
         finally:
             try:
                 if self._owns_publisher:
@@ -149,6 +179,56 @@ class OutboxRelay(Lifecycle):
         """Whether the relay task runs (between ``start()`` and ``stop()``)."""
         return self._task is not None and not self._task.done()
 
+    @property
+    def active(self) -> bool:
+        """Whether this relay holds the store's relay lease (so it is the one publishing)."""
+        return self._held_until is not None and self.clock.monotonic() < self._held_until
+
+    # -- the lease -------------------------------------------------------------------------
+    async def _hold_lease(self) -> bool:
+        """Whether this relay may publish now: take the lease, or renew it once a third of
+        its time has passed (a store call only then). A store error propagates."""
+        now = self.clock.monotonic()
+        if self._held_until is not None and now < self._renew_at:
+            return True
+        ttl = self.lease_seconds
+        held = self._held_until is not None and now < self._held_until
+        if held:
+            held = await self.store.renew_lease(LEASE_NAME, self.holder, ttl)
+        if not held:
+            held = await self.store.acquire_lease(LEASE_NAME, self.holder, ttl)
+        was_active, self._held_until = self._held_until is not None, None
+        if held:  # valid until ttl after the call began, whatever the store's clock says
+            self._held_until, self._renew_at = now + ttl, now + ttl / 3
+            if not was_active:
+                self._standing_by = False
+                logger.info("outbox relay holds the lease: publishing", extra=self._log)
+        elif was_active:
+            logger.warning(
+                "outbox relay lost the lease (it expired before a renewal): standing by",
+                extra=self._log,
+            )
+        elif not self._standing_by:
+            self._standing_by = True
+            logger.info("another outbox relay holds the lease: standing by", extra=self._log)
+        return held
+
+    async def _release_lease(self) -> None:
+        """Hand the lease over at once (``stop()``); a store error only delays the handover
+        until the lease expires."""
+        if self._held_until is None:
+            return
+        self._held_until = None
+        try:
+            await self.store.release_lease(LEASE_NAME, self.holder)
+        except Exception as exc:
+            logger.warning(
+                "releasing the outbox relay lease failed; another relay takes over when it "
+                "expires: %r",
+                exc,
+                extra=self._log,
+            )
+
     async def _ensure_publisher(self) -> None:
         if not self.publisher.started:
             await self.publisher.start()
@@ -162,6 +242,7 @@ class OutboxRelay(Lifecycle):
         A publish error is reported (warning and ``on_error``), not raised: the messages
         before it are marked sent, that one and the rest stay for the next call. A store error
         is raised. Starts the publisher if needed (then ``stop()`` the relay to stop it).
+        Publishes nothing (0) while another relay holds the store's relay lease.
         """
         published, _, _ = await self._relay_batch()
         return published
@@ -170,11 +251,15 @@ class OutboxRelay(Lifecycle):
         """(published, fetched, publish error) of one batch; store errors propagate."""
         async with self._batch_lock:
             await self._ensure_publisher()
+            if not await self._hold_lease():
+                return 0, 0, None
             batch = await self.store.fetch_outbox(self.batch_size)
             done: list[int] = []
             error: BaseException | None = None
             try:
                 for message in batch:
+                    if not await self._hold_lease():
+                        break  # lost it: the new holder publishes the rest
                     try:
                         await self.publisher.publish(message)
                     except (Exception, asyncio.CancelledError) as exc:

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from sagaz import tracing
 from sagaz.clock import Clock, SystemClock
-from sagaz.exceptions import ConfigurationError, SagaStepError, SagaTimeoutError
+from sagaz.exceptions import (
+    ConfigurationError,
+    SagaError,
+    SagaStepError,
+    SagaTimeoutError,
+    StoreUnavailableError,
+)
 from sagaz.records import OutboxMessage, SagaRecord, StepRecord
 from sagaz.saga.context import SagaContext, StreamChannel, current_step
 from sagaz.saga.definition import StepDefinition
@@ -72,6 +78,12 @@ class SagaExecution:
         self._seq = 0
         self._remaining = 0
         self._record: SagaRecord | None = None
+
+    @property
+    def began(self) -> bool:
+        """Whether :meth:`run` got as far as storing the saga as running (a new attempt
+        included): a later run of the same ``saga_id`` then resumes it."""
+        return self._record is not None
 
     # -- entry point -----------------------------------------------------------------------
     async def run(
@@ -227,6 +239,8 @@ class SagaExecution:
                     continue
                 try:
                     await self._run_step(step, ctx, None)
+                except StoreUnavailableError:
+                    raise  # the store is away, the step did not fail: resumed once it is back
                 except Exception as error:
                     return (name, error)
                 done.add(name)
@@ -257,6 +271,9 @@ class SagaExecution:
                 for task in finished:
                     name = running.pop(task)
                     exc = task.exception()
+                    if isinstance(exc, StoreUnavailableError):
+                        ctx.abort_streams()
+                        raise exc  # not a step failure (see above); the others are cancelled
                     if exc is not None:
                         if failure is None:
                             failure = (name, exc)
@@ -358,6 +375,11 @@ class SagaExecution:
             except SagaStepError as exc:
                 error = exc
                 tries = try_no  # a broken return value is a bug: retrying cannot help
+            except StoreUnavailableError as exc:
+                # the step's own use of some store failed: a step failure like any other,
+                # never mistaken for an outage of this saga's store (which _forward lets by)
+                error = SagaError(f"step {name!r} raised {_describe(exc)}")
+                error.__cause__ = exc
             except Exception as exc:
                 error = exc
             else:

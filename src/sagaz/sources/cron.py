@@ -40,6 +40,7 @@ from croniter import croniter
 
 from sagaz.abc import Emit, Source, SourceContext
 from sagaz.events import CronTick, Delivery, EventMeta, Reason
+from sagaz.exceptions import StoreUnavailableError
 from sagaz.triggers.options.cron import CronOptions, check_expression, zone
 
 __all__ = ["CronSchedule", "CronSource", "create"]
@@ -132,7 +133,10 @@ class CronSource(Source):
     A tick is emitted only by the instance that claims it in the store
     (``store.claim_cron_tick``). Errors of the store or of ``emit`` are reported through
     ``ctx.report_error`` and the schedule keeps running; a tick whose emit failed after its
-    claim is not retried (cron is not redeliverable).
+    claim is not retried (cron is not redeliverable). A store that cannot be reached
+    (:class:`~sagaz.exceptions.StoreUnavailableError`) ends :meth:`run` instead: the engine
+    runs the source again once the store is back, and the ticks missed meanwhile are a
+    downtime, fired or not as ``catchup`` says.
 
     While paused (``sagaz triggers pause ID``) each tick is still claimed, then skipped: it
     is logged and reported (``on_trigger_filtered`` with reason ``paused``, counted in
@@ -166,6 +170,8 @@ class CronSource(Source):
         now = ctx.clock.now()
         try:
             last = await ctx.store.last_cron_tick(ctx.trigger_id)
+        except StoreUnavailableError:
+            raise  # the engine waits for the store and runs us again
         except Exception as exc:
             await ctx.report_error(exc)
             last = None  # cannot tell what was missed: catch up on nothing
@@ -242,6 +248,8 @@ class CronSource(Source):
         tick_utc = tick.astimezone(UTC)
         try:
             claimed = await ctx.store.claim_cron_tick(ctx.trigger_id, tick_utc, ctx.worker_id)
+        except StoreUnavailableError:
+            raise  # a downtime: caught up with (``catchup``) when the store is back
         except Exception as exc:
             await ctx.report_error(exc)
             return False

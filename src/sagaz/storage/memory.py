@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -67,6 +68,7 @@ class MemorySagaStore(SagaStore):
         self._schedules: dict[str, TriggerScheduleRecord] = {}
         self._executions: list[TriggerExecutionRecord] = []
         self._cron: dict[str, dict[datetime, str]] = {}
+        self._leases: dict[str, tuple[str, float]] = {}  # name -> (holder, monotonic expiry)
 
     # -- sagas -----------------------------------------------------------------------------
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
@@ -356,3 +358,28 @@ class MemorySagaStore(SagaStore):
     async def last_cron_tick(self, trigger_id: str) -> datetime | None:
         ticks = self._cron.get(trigger_id)
         return max(ticks) if ticks else None
+
+    # -- leases ----------------------------------------------------------------------------
+    def _lease_holder(self, name: str) -> str | None:
+        held = self._leases.get(name)
+        if held is None or held[1] <= time.monotonic():
+            return None
+        return held[0]
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        if self._lease_holder(name) not in (None, holder):
+            return False
+        self._leases[name] = (holder, time.monotonic() + ttl)
+        return True
+
+    async def renew_lease(self, name: str, holder: str, ttl: float) -> bool:
+        if self._lease_holder(name) != holder:
+            return False
+        self._leases[name] = (holder, time.monotonic() + ttl)
+        return True
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        if self._lease_holder(name) != holder:
+            return False
+        del self._leases[name]
+        return True

@@ -12,6 +12,7 @@ imported when the store starts (``pip install "sagaz[postgres]"``).
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from sagaz._imports import require_extra
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
-from sagaz.exceptions import StoreError
+from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.records import (
     ClaimOutcome,
     DeadLetterRecord,
@@ -34,6 +35,7 @@ from sagaz.records import (
 )
 from sagaz.storage import postgres_schema as tables
 from sagaz.storage.codec import dumps, to_utc
+from sagaz.storage.unavailable import raises_unavailable
 from sagaz.storage.url import redact_url
 from sagaz.types import SagaStatus, StepStatus
 
@@ -44,11 +46,14 @@ T = TypeVar("T")
 _CLAIM_RETRIES = 5  # a row deleted between our two statements makes us look again
 
 
+@raises_unavailable
 class PostgresSagaStore(SagaStore):
     """A :class:`~sagaz.abc.SagaStore` in PostgreSQL, shared by every instance of an app.
 
     ``schema`` names the PostgreSQL schema that holds the tables (created at ``start()``);
-    ``min_size``/``max_size`` bound the asyncpg connection pool.
+    ``min_size``/``max_size`` bound the asyncpg connection pool. A lost server (restarted,
+    unreachable) makes operations raise :class:`~sagaz.exceptions.StoreUnavailableError`; the
+    pool replaces its broken connections, so the store works again once the server is back.
     """
 
     def __init__(
@@ -123,7 +128,10 @@ class PostgresSagaStore(SagaStore):
         return urlunsplit(parts._replace(query=query))
 
     def _unreachable(self, exc: BaseException) -> StoreError:
-        return StoreError(
+        """The error for ``exc``: :class:`StoreUnavailableError` when the server cannot be
+        reached (an outage the engine waits out), else :class:`StoreError`."""
+        error = StoreUnavailableError if self._unavailable(exc) else StoreError
+        return error(
             f"cannot connect to PostgreSQL at {redact_url(self.dsn)}: {exc}; check the "
             "DSN (postgresql://user:password@host:5432/db) and that the server is up"
         )
@@ -159,6 +167,32 @@ class PostgresSagaStore(SagaStore):
     async def schema_version(self) -> int:
         """The schema version recorded in the database."""
         return int(await self._db().fetchval(f"SELECT MAX(version) FROM {self._s}.schema_version"))
+
+    def _unavailable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the server cannot be reached (see :mod:`sagaz.storage.unavailable`):
+        refused, reset or timed-out connections, a server shutting down or starting up, a
+        connection the server terminated."""
+        if isinstance(exc, OSError):  # refused, reset, unreachable, command_timeout
+            return True
+        asyncpg = sys.modules.get("asyncpg")
+        if asyncpg is None:
+            return False
+        errors = asyncpg.exceptions
+        if isinstance(
+            exc,
+            errors.PostgresConnectionError  # SQLSTATE class 08: connection exceptions
+            | errors.AdminShutdownError  # 57P01: terminated by a shutdown or restart
+            | errors.CrashShutdownError
+            | errors.CannotConnectNowError  # 57P03: starting up, shutting down
+            | errors.TooManyConnectionsError,
+        ):
+            return True
+        # a pooled connection that the server closed under us; asyncpg may also trip over
+        # its own protocol state when a connection dies mid-operation ("cannot switch to
+        # state ...; another operation is in progress"): the pool replaces it
+        return (isinstance(exc, errors.InterfaceError) and "connection" in str(exc)) or (
+            isinstance(exc, errors.InternalClientError) and "another operation" in str(exc)
+        )
 
     def _db(self) -> Any:
         if self._pool is None:
@@ -580,3 +614,40 @@ class PostgresSagaStore(SagaStore):
             f"SELECT MAX(tick) FROM {self._s}.cron_claims WHERE trigger_id = $1", trigger_id
         )
         return tick
+
+    # -- leases ----------------------------------------------------------------------------
+    # The server's clock decides expiry: holders on other machines need not agree on time.
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        # the row lock of ON CONFLICT makes "free, expired or ours" and the take-over atomic
+        acquired = await self._db().fetchval(
+            f"INSERT INTO {self._s}.leases AS l (name, holder, expires_at) "
+            "VALUES ($1, $2, clock_timestamp() + make_interval(secs => $3::float8)) "
+            "ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, "
+            "expires_at = EXCLUDED.expires_at "
+            "WHERE l.holder = EXCLUDED.holder OR l.expires_at <= clock_timestamp() "
+            "RETURNING TRUE",
+            name,
+            holder,
+            float(ttl),
+        )
+        return bool(acquired)
+
+    async def renew_lease(self, name: str, holder: str, ttl: float) -> bool:
+        renewed = await self._db().fetchval(
+            f"UPDATE {self._s}.leases "
+            "SET expires_at = clock_timestamp() + make_interval(secs => $3::float8) "
+            "WHERE name = $1 AND holder = $2 AND expires_at > clock_timestamp() RETURNING TRUE",
+            name,
+            holder,
+            float(ttl),
+        )
+        return bool(renewed)
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        released = await self._db().fetchval(
+            f"DELETE FROM {self._s}.leases "
+            "WHERE name = $1 AND holder = $2 AND expires_at > clock_timestamp() RETURNING TRUE",
+            name,
+            holder,
+        )
+        return bool(released)

@@ -168,6 +168,17 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "ON {s}.trigger_executions (completed_at) WHERE completed_at IS NOT NULL",
         ),
     ),
+    (
+        3,
+        (
+            # named leases (acquire_lease): one holder at a time, until expires_at (server time)
+            """CREATE TABLE IF NOT EXISTS {s}.leases (
+                name text PRIMARY KEY,
+                holder text NOT NULL,
+                expires_at timestamptz NOT NULL
+            )""",
+        ),
+    ),
 ]
 """Every migration, oldest first (``{s}`` is the quoted schema name)."""
 

@@ -14,6 +14,7 @@ Cluster does not allow. redis-py is imported when the store starts
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -22,7 +23,7 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 from sagaz._imports import require_extra
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
-from sagaz.exceptions import StoreError
+from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.records import (
     ClaimOutcome,
     DeadLetterRecord,
@@ -38,6 +39,7 @@ from sagaz.storage import redis_schema as tables
 from sagaz.storage.codec import dumps, from_micros, loads
 from sagaz.storage.redis_pipeline import ScriptPipeline
 from sagaz.storage.redis_schema import micros
+from sagaz.storage.unavailable import raises_unavailable
 from sagaz.storage.url import redact_url
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
@@ -68,11 +70,16 @@ def _schedule(trigger_name: str, fields: dict[str, str]) -> TriggerScheduleRecor
     )
 
 
+@raises_unavailable
 class RedisSagaStore(SagaStore):
     """A :class:`~sagaz.abc.SagaStore` in Redis, shared by every instance of an app.
 
     ``prefix`` starts every key (default ``sagaz``); extra keyword arguments go to
-    ``redis.asyncio.Redis.from_url`` (``socket_timeout``, ``max_connections``...).
+    ``redis.asyncio.Redis.from_url`` (``socket_timeout``, ``max_connections``...). A lost
+    server (restarted, unreachable, still loading its data) makes operations raise
+    :class:`~sagaz.exceptions.StoreUnavailableError`; redis-py reconnects on the next call, so
+    the store works again once the server is back. What a restart keeps is the server's
+    business: run Redis with ``appendonly yes`` (``appendfsync always`` to lose no write).
     """
 
     def __init__(self, url: str, *, prefix: str = "sagaz", **client_options: Any) -> None:
@@ -136,7 +143,10 @@ class RedisSagaStore(SagaStore):
         return urlunsplit(parts._replace(query=query))
 
     def _unreachable(self, exc: BaseException) -> StoreError:
-        return StoreError(
+        """The error for ``exc``: :class:`StoreUnavailableError` when the server cannot be
+        reached (an outage the engine waits out), else :class:`StoreError`."""
+        error = StoreUnavailableError if self._unavailable(exc) else StoreError
+        return error(
             f"cannot use Redis at {redact_url(self.url)}: {exc}; check the URL "
             "(redis://host:6379/0) and that the server is up"
         )
@@ -159,6 +169,15 @@ class RedisSagaStore(SagaStore):
         return await self._one_client(
             lambda client: tables.migrate(client, self.prefix, url=self._store_url(), upgrade=True)
         )
+
+    def _unavailable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the server cannot be reached (see :mod:`sagaz.storage.unavailable`):
+        refused, reset or timed-out connections, a server still loading its data."""
+        if isinstance(exc, OSError):
+            return True
+        redis = sys.modules.get("redis.exceptions")
+        # ConnectionError covers BusyLoadingError (a restarted server loading its data)
+        return redis is not None and isinstance(exc, redis.ConnectionError | redis.TimeoutError)
 
     def _db(self) -> Any:
         if self._client is None:
@@ -612,3 +631,25 @@ class RedisSagaStore(SagaStore):
     async def last_cron_tick(self, trigger_id: str) -> datetime | None:
         latest = await self._db().zrange(self._key("cron", trigger_id), -1, -1)
         return from_micros(latest[0]) if latest else None
+
+    # -- leases ----------------------------------------------------------------------------
+    # The key expires with the lease, on the server's clock.
+    def _lease_key(self, name: str) -> str:
+        return self._key("lease", quote(name, safe=""))
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        taken = await self._script("ACQUIRE_LEASE", [self._lease_key(name)], [holder, _ms(ttl)])
+        return bool(taken)
+
+    async def renew_lease(self, name: str, holder: str, ttl: float) -> bool:
+        renewed = await self._script("RENEW_LEASE", [self._lease_key(name)], [holder, _ms(ttl)])
+        return bool(renewed)
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        released = await self._script("RELEASE_LEASE", [self._lease_key(name)], [holder])
+        return bool(released)
+
+
+def _ms(seconds: float) -> int:
+    """A lease's ``ttl`` as the whole milliseconds ``PX`` takes (at least 1)."""
+    return max(1, round(seconds * 1000))

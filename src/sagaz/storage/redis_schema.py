@@ -17,7 +17,8 @@ and ``p:schedules`` the set of names (rows written before it existed join it whe
 context hash, ``p:texec-open-saga:<trigger>:<saga>`` open ids of one saga, ``p:texec-completed``
 completed ids scored by ``completed_at``; ``p:cron:<trigger>`` claimed ticks,
 ``p:cron-owners:<trigger>`` who claimed each and ``p:cron-triggers`` the set of triggers with
-claimed ticks; id counters ``p:<kind>-seq``; ``p:schema_version`` and ``p:migration-lock``.
+claimed ticks; ``p:lease:<name>`` the holder of a named lease (URL-quoted name), expiring with
+it; id counters ``p:<kind>-seq``; ``p:schema_version`` and ``p:migration-lock``.
 
 Timestamps are integer microseconds passed in as strings and stored verbatim (never formatted
 by Lua), and only compared with ``tonumber`` (exact below 2^53).
@@ -47,14 +48,16 @@ __all__ = [
     "saga_from_hash",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The key-layout version this code writes (stored in ``<prefix>:schema_version``).
 
 Version 1 needs no data migration (keys are created on first write). Version 2 adds the two
 indexes that ``purge_expired`` walks, ``p:texec-completed`` and ``p:cron-triggers``;
 :func:`migrate` fills them from version-1 data (:func:`_index_for_purge`); rows that a
 version-1 process still running during the upgrade writes afterwards are not indexed, so
-purging misses them. A later layout adds its data migration to :func:`migrate` too, which runs
+purging misses them. Version 3 adds the named leases, ``p:lease:<name>`` (the holder, with
+the lease's expiry as the key's own ``PX`` expiry); they are created on first use, so it
+needs no data step. A later layout adds its data migration to :func:`migrate` too, which runs
 it under a ``SET NX`` lock when asked (``sagaz db upgrade``): a store refuses to start on an
 older layout."""
 
@@ -96,8 +99,9 @@ async def migrate(client: Any, prefix: str, *, url: str, upgrade: bool = False) 
         current = int(await client.get(version_key) or 0)
         _check(current, prefix, url=url, upgrade=upgrade)
         if current < SCHEMA_VERSION:  # from 0 (a new prefix): keys appear on first write
-            if current == 1:
+            if current == 1:  # 1 -> 2
                 await _index_for_purge(client, prefix, lambda: _extend(client, lock, token))
+            # 2 -> 3: the lease keys are new and created on first use: nothing to migrate
             await client.set(version_key, SCHEMA_VERSION)
     finally:
         await client.eval(
@@ -524,6 +528,28 @@ end
 return 0
 """
 
+ACQUIRE_LEASE = """
+-- KEYS[1] the lease; ARGV: holder, ttl in milliseconds. Redis expires the key itself.
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+RENEW_LEASE = """
+-- KEYS[1] the lease; ARGV: holder, ttl in milliseconds
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+RELEASE_LEASE = """
+-- KEYS[1] the lease; ARGV: holder
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 SCRIPTS: dict[str, str] = {
     "SAVE_SAGA": SAVE_SAGA,
     "DELETE_SAGA": DELETE_SAGA,
@@ -543,5 +569,8 @@ SCRIPTS: dict[str, str] = {
     "START_TRIGGER_EXECUTION": START_TRIGGER_EXECUTION,
     "COMPLETE_TRIGGER_EXECUTION": COMPLETE_TRIGGER_EXECUTION,
     "CLAIM_CRON_TICK": CLAIM_CRON_TICK,
+    "ACQUIRE_LEASE": ACQUIRE_LEASE,
+    "RENEW_LEASE": RENEW_LEASE,
+    "RELEASE_LEASE": RELEASE_LEASE,
 }
 """Every script by name; the store registers them all at start (EVALSHA afterwards)."""

@@ -25,12 +25,12 @@ import functools
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
-from sagaz.exceptions import StoreError
+from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.records import (
     ClaimOutcome,
     DeadLetterRecord,
@@ -53,6 +53,8 @@ __all__ = ["SQLiteSagaStore"]
 T = TypeVar("T")
 
 _IN_CHUNK = 500  # well under SQLite's bound-parameter limit
+#: SQLite's words for a file that cannot be used right now (StoreUnavailableError)
+_UNAVAILABLE = ("locked", "disk I/O error", "unable to open", "disk is full")
 _INSERT_SAGA = (
     f"INSERT INTO saga_executions ({tables.SAGA_COLUMNS}) VALUES ({tables.placeholders(12)})"
 )
@@ -176,15 +178,24 @@ class SQLiteSagaStore(SagaStore):
         return self._groups
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
+        """The :class:`StoreError` for ``exc``: a :class:`StoreUnavailableError` when the
+        file cannot be used right now (locked by another process, I/O error, disk full), so
+        the engine waits for it instead of failing the event."""
         hint = ""
-        if "locked" in str(exc):
+        text = str(exc)
+        if "locked" in text:
             hint = (
                 "; another process held the write lock longer than busy_timeout: raise "
                 "SQLiteSagaStore(..., busy_timeout=) or use PostgreSQL for many writers"
             )
-        elif "unable to open" in str(exc):
+        elif "unable to open" in text:
             hint = "; check that the directory exists and that this process may write to it"
-        return StoreError(f"SQLite store {self.path!r}: {exc}{hint}")
+        message = f"SQLite store {self.path!r}: {exc}{hint}"
+        if isinstance(exc, sqlite3.OperationalError) and any(
+            condition in text for condition in _UNAVAILABLE
+        ):
+            return StoreUnavailableError(message)
+        return StoreError(message)
 
     async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``op`` (all of its SQL, in the store's thread) as one atomic operation of the
@@ -585,3 +596,30 @@ class SQLiteSagaStore(SagaStore):
             "SELECT MAX(tick) FROM cron_claims WHERE trigger_id = ?", (trigger_id,)
         )
         return tables.optional_moment(rows[0][0]) if rows else None
+
+    # -- leases ----------------------------------------------------------------------------
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        now = utcnow()
+        taken = await self._write_one(
+            "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+            "expires_at = excluded.expires_at "
+            "WHERE leases.holder = excluded.holder OR leases.expires_at <= ?",
+            (name, holder, to_text(now + timedelta(seconds=ttl)), to_text(now)),
+        )
+        return taken == 1
+
+    async def renew_lease(self, name: str, holder: str, ttl: float) -> bool:
+        now = utcnow()
+        renewed = await self._write_one(
+            "UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ? AND expires_at > ?",
+            (to_text(now + timedelta(seconds=ttl)), name, holder, to_text(now)),
+        )
+        return renewed == 1
+
+    async def release_lease(self, name: str, holder: str) -> bool:
+        released = await self._write_one(
+            "DELETE FROM leases WHERE name = ? AND holder = ? AND expires_at > ?",
+            (name, holder, to_text(utcnow())),
+        )
+        return released == 1

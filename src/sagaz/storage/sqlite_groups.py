@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sagaz.exceptions import StoreError
+from sagaz.exceptions import StoreError, StoreUnavailableError
 
 __all__ = ["GroupCommitter"]
 
@@ -180,9 +180,11 @@ class GroupCommitter:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
         reason = "an operation ended it" if cause is None else str(cause)
+        # a file that cannot be used right now fails the whole group the same way
+        kind = StoreUnavailableError if isinstance(cause, StoreUnavailableError) else StoreError
         outcomes: list[_Outcome] = []
         for _ in ops:
-            error = StoreError(f"{self._label}: the transaction was lost ({reason})")
+            error = kind(f"{self._label}: the transaction was lost ({reason})")
             error.__cause__ = cause
             outcomes.append((None, error))
         return outcomes

@@ -180,6 +180,17 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "ON trigger_executions (completed_at) WHERE completed_at IS NOT NULL",
         ),
     ),
+    (
+        3,
+        (
+            # named leases (acquire_lease): one holder at a time, until expires_at
+            """CREATE TABLE IF NOT EXISTS leases (
+                name TEXT PRIMARY KEY,
+                holder TEXT NOT NULL,
+                expires_at TEXT NOT NULL
+            ) WITHOUT ROWID""",
+        ),
+    ),
 ]
 """Every migration, oldest first."""
 

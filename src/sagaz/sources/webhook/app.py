@@ -17,8 +17,8 @@ Responses (the body is always JSON)::
     401 / 403                                   no credentials / wrong credentials
     404 / 405 (+ Allow)                         unknown path / wrong method
     413                                         body larger than max_body_bytes
-    503 (+ Retry-After)                         queue full (dropped/rejected), starting, stopping,
-                                                the trigger is paused
+    503 (+ Retry-After)                         queue full (dropped/rejected), store unavailable,
+                                                starting, stopping, the trigger is paused
     500 {"error": "internal error"}             the pipeline raised (logged, never echoed)
 
 Every refused request (4xx) is counted per reason in :attr:`WebhookApp.rejections` and logged
@@ -373,6 +373,7 @@ async def _admit(
         decoded=True,
         body=body,  # an envelope: a typed trigger method gets the body
         keep_invalid=keep_invalid,
+        wait_for_store=False,  # the store is away: answer 503 + Retry-After, do not hang
     )
     try:
         result = await emit(delivery)
@@ -407,7 +408,11 @@ def admission_response(result: AdmissionResult, *, retry_after: int = 1) -> Resp
     if outcome is AdmissionOutcome.INVALID:
         return _json(400, {"error": result.error or "invalid event", "details": result.details})
     if outcome in (AdmissionOutcome.DROPPED, AdmissionOutcome.REJECTED):
-        return _unavailable(retry_after, "too many events in flight, retry later")
+        # REJECTED with no reason: not the queue's doing (the store is away, or we stop)
+        busy = outcome is AdmissionOutcome.DROPPED or result.reason is not None
+        return _unavailable(
+            retry_after, "too many events in flight, retry later" if busy else "retry later"
+        )
     logger.error("unknown admission outcome %r", outcome)
     return _json(500, {"error": "internal error"})
 
