@@ -34,6 +34,7 @@ from tests.fixtures_rabbitmq import Rabbit
 
 logger = logging.getLogger(__name__)  # left undefined by the ADR
 
+
 # -- ADR-025 §7 "Listeners", as written ----------------------------------------------------
 # fmt: off
 # Trigger events are observable
