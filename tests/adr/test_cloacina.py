@@ -26,6 +26,7 @@ The engine runs on a ``FakeClock``: the poll intervals are fake seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -428,19 +429,61 @@ async def test_enable_trigger_scheduling_false_polls_no_trigger(tmp_path: Path) 
         world.gate(workflow).set()
     clock = FakeClock(START)
     define_workflows(world, clock)
-
-    async def time_flies() -> None:
-        while True:  # a fake second every 10 ms of real time
-            await clock.advance(1)
-            await asyncio.sleep(0.01)  # pacing, not waiting: the store answers meanwhile
-
     async with (
         SQLiteSagaStore(tmp_path / "sagaz.db") as store,
         TriggerEngine(runner_config(enable_trigger_scheduling=False), store, clock=clock),
+        time_flies(clock),  # 50 fake seconds: 25 polls of an enabled file watcher
     ):
-        flying = asyncio.create_task(time_flies())
-        try:  # 50 fake seconds: 25 polls of an enabled file watcher
-            await continually(lambda: world.polls == {}, during=0.5, what="no poll at all")
-        finally:
-            flying.cancel()
+        await continually(lambda: world.polls == {}, during=0.5, what="no poll at all")
     assert world.runs == []
+
+
+async def test_a_disabled_trigger_stays_disabled_across_a_restart(tmp_path: Path) -> None:
+    """``trigger_schedules`` "persists trigger configuration for recovery across restarts",
+    ``enabled`` included: a trigger an operator disabled in the table is not polled by the
+    runner that starts next."""
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "done").mkdir()
+    world = World(tmp_path / "inbox", tmp_path / "done")
+    for workflow in WORKFLOWS:
+        world.gate(workflow).set()
+    path = tmp_path / "sagaz.db"
+    clock = FakeClock(START)
+    define_workflows(world, clock)
+    async with SQLiteSagaStore(path) as store, TriggerEngine(runner_config(), store, clock=clock):
+        await eventually(lambda: clock.sleepers >= 3, what="the three schedules saved")
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE trigger_schedules SET enabled = 0 WHERE trigger_name = 'file_watcher'")
+
+    (world.inbox / "waiting.csv").write_text("id\n1\n")
+    clock = FakeClock(START)
+    define_workflows(world, clock)  # the next process
+    async with (
+        SQLiteSagaStore(path) as store,
+        TriggerEngine(runner_config(), store, clock=clock),
+        time_flies(clock),
+    ):
+        await eventually(lambda: len(world.polls.get("queue_monitor", [])) >= 5, what="polls")
+        schedule = await store.get_trigger_schedule("file_watcher")
+    assert "file_watcher" not in world.polls
+    assert world.runs == []
+    assert schedule is not None
+    assert schedule.enabled is False
+
+
+@contextlib.asynccontextmanager
+async def time_flies(clock: FakeClock) -> AsyncIterator[None]:
+    """A fake second every 10 ms of real time, while the block runs."""
+
+    async def fly() -> None:
+        while True:
+            await clock.advance(1)
+            await asyncio.sleep(0.01)  # pacing, not waiting: the store answers meanwhile
+
+    flying = asyncio.create_task(fly())
+    try:
+        yield
+    finally:
+        flying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flying
