@@ -15,7 +15,7 @@ from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
 from sagaz.config import TriggerConfig, configure
-from sagaz.events import CronTick, EventMeta, FileEvent, WebhookRequest
+from sagaz.events import CronTick, EventData, EventMeta, FileEvent, WebhookRequest
 from sagaz.exceptions import InvalidEventError, MissingExtraError, SagazError
 from sagaz.saga import (
     OutboxSagaListener,
@@ -40,6 +40,7 @@ except _metadata.PackageNotFoundError:  # a source tree on sys.path, not install
 
 __all__ = [
     "CronTick",
+    "EventData",
     "EventMeta",
     "FileEvent",
     "Fire",
@@ -63,6 +64,8 @@ __all__ = [
     "compensate",
     "configure",
     "fire_event",
+    "pause_trigger",
+    "resume_trigger",
     "start_triggers",
     "stop_triggers",
     "trigger",
@@ -71,7 +74,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("TriggerEngine", "start_triggers", "stop_triggers", "fire_event", "webhook_app"):
+    if name in (
+        "TriggerEngine",
+        "start_triggers",
+        "stop_triggers",
+        "fire_event",
+        "webhook_app",
+        "pause_trigger",
+        "resume_trigger",
+    ):
         from sagaz import engine
 
         return getattr(engine, name)

@@ -21,6 +21,7 @@ from sagaz.records import (
     InboxClaim,
     OutboxMessage,
     SagaRecord,
+    SchemaVersions,
     StepRecord,
     TriggerExecutionRecord,
     TriggerScheduleRecord,
@@ -30,7 +31,7 @@ from sagaz.types import SagaStatus
 if TYPE_CHECKING:
     from sagaz.clock import Clock
     from sagaz.config import TriggerConfig
-    from sagaz.events import AdmissionResult, Delivery
+    from sagaz.events import AdmissionResult, Delivery, Reason
 
 __all__ = [
     "Emit",
@@ -82,11 +83,33 @@ class SagaStore(Lifecycle, ABC):
     """Durable state of sagas, steps, inbox, outbox, dead letters, poll triggers and cron claims.
 
     Claims use the backend's atomic primitives (``INSERT ... ON CONFLICT``, ``SET NX``), never
-    read-then-write. ``start()`` creates or migrates the versioned schema.
+    read-then-write. ``start()`` creates the versioned schema on an empty database, starts on
+    a current one, and refuses one at an older version with
+    :class:`~sagaz.exceptions.SchemaOutdatedError`: migrations run only when asked, through
+    :meth:`upgrade_schema` (``sagaz db upgrade``).
     """
 
     #: False for stores that lose everything on exit (``MemorySagaStore``)
     durable: ClassVar[bool] = True
+
+    # -- schema ----------------------------------------------------------------------------
+    async def schema_versions(self) -> SchemaVersions:
+        """The schema version in the store's database and the one this sagaz needs.
+
+        Works on a stopped store too (it connects for the question only) and changes
+        nothing. The default is a store that keeps no schema: ``SchemaVersions(0, 0)``.
+        """
+        return SchemaVersions(current=0, expected=0)
+
+    async def upgrade_schema(self) -> SchemaVersions:
+        """Create the schema, or run the migrations that bring it to the version this sagaz
+        needs (``sagaz db upgrade``); return the versions as they were before.
+
+        Idempotent, and serialised with other processes starting or upgrading on the same
+        database (the lock of ``start()``). Works on a stopped store (it connects for the
+        upgrade only). The default is a store that keeps no schema: nothing to do.
+        """
+        return SchemaVersions(current=0, expected=0)
 
     # -- saga executions -------------------------------------------------------------------
     @abstractmethod
@@ -109,9 +132,24 @@ class SagaStore(Lifecycle, ABC):
         *,
         status: SagaStatus | None = None,
         saga_name: str | None = None,
+        trigger_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        after: str | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
-        """Sagas, oldest first, filtered by status and/or name."""
+        """At most ``limit`` sagas, newest first (the reverse of the order they were created
+        in), that match every filter given.
+
+        ``created_after`` keeps sagas created at or after that moment, ``created_before``
+        those created strictly before it. ``after`` pages: pass the ``saga_id`` of the last
+        saga of the previous page to continue with the sagas listed after it (created
+        before it); an ``after`` that names no saga gives an empty list.
+
+        >>> page = await store.list_sagas(status=SagaStatus.FAILED, limit=50)  # doctest: +SKIP
+        >>> more = await store.list_sagas(status=SagaStatus.FAILED, limit=50,
+        ...                               after=page[-1].saga_id)  # doctest: +SKIP
+        """
 
     @abstractmethod
     async def delete_saga(self, saga_id: str) -> None:
@@ -198,14 +236,28 @@ class SagaStore(Lifecycle, ABC):
     async def delete_dead_letter(self, dead_letter_id: int) -> bool:
         """Delete one dead letter; return whether it existed."""
 
-    # -- poll triggers ---------------------------------------------------------------------
+    # -- trigger schedules (every trigger's row: paused or not; poll triggers' interval) -----
     @abstractmethod
     async def save_trigger_schedule(self, record: TriggerScheduleRecord) -> None:
-        """Upsert a row of ``trigger_schedules`` (keeps ``last_poll_at`` if the new one is None)."""
+        """Upsert a row of ``trigger_schedules``.
+
+        An existing row keeps its ``enabled`` (only :meth:`set_trigger_enabled` changes it,
+        so a restart never resumes a paused trigger) and its ``last_poll_at`` if the new one
+        is None; a new row takes ``record.enabled``."""
 
     @abstractmethod
     async def get_trigger_schedule(self, trigger_name: str) -> TriggerScheduleRecord | None:
         """One row of ``trigger_schedules``."""
+
+    @abstractmethod
+    async def list_trigger_schedules(self) -> list[TriggerScheduleRecord]:
+        """Every row of ``trigger_schedules``, by ``trigger_name``."""
+
+    @abstractmethod
+    async def set_trigger_enabled(self, trigger_name: str, enabled: bool) -> bool:
+        """Pause (``False``) or resume (``True``) a trigger: set ``enabled`` of its row.
+
+        Returns whether the row exists (nothing is created for an unknown name)."""
 
     @abstractmethod
     async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
@@ -263,6 +315,23 @@ class Source(Lifecycle, ABC):
     async def run(self, emit: Emit) -> None:
         """Consume until cancelled, calling ``emit`` for every event."""
 
+    async def pause(self) -> None:
+        """Take no more events until :meth:`resume`; leave them where they are.
+
+        Called by the engine when the trigger is paused (``sagaz triggers pause ID``); it may
+        come before :meth:`run` (a trigger paused in the store starts paused) and more than
+        once. Events already emitted are in flight: pausing neither acks nor nacks them. The
+        built-in sources stop at their broker (Kafka pauses its partitions but keeps polling,
+        RabbitMQ cancels its consumer, Redis and SQS stop reading), a cron source skips its
+        ticks (``ctx.report_skipped(tick, Reason.PAUSED)``), a webhook answers 503.
+
+        The default does nothing here, and the engine then holds the source in ``emit()``
+        until it is resumed: a push source that waits for ``emit`` takes nothing more.
+        """
+
+    async def resume(self) -> None:
+        """Take events again after :meth:`pause`; default: nothing (``emit()`` returns)."""
+
     async def publish_dead_letter(self, delivery: Delivery, record: DeadLetterRecord) -> None:
         """Publish a dead letter to the source's broker (``dead_letter_topic``); default: no-op."""
 
@@ -292,6 +361,10 @@ class SourceCounter:
     values: Mapping[tuple[str, ...], int]
 
 
+async def _report_nothing(event: Any, reason: Reason) -> None:
+    """What a :class:`SourceContext` built outside the engine does with a skipped event."""
+
+
 @dataclass(slots=True)
 class SourceContext:
     """What a source module's ``create(options, ctx)`` gets: everything a source needs from
@@ -318,6 +391,9 @@ class SourceContext:
     #: where a broker source publishes dead letters: the trigger's ``dead_letter_topic``,
     #: else ``TriggerConfig.dead_letter_topic`` (resolved by the engine); ``None``: nowhere
     dead_letter_topic: str | None = None
+    #: count and report (``on_trigger_filtered``) an event the source did not hand in,
+    #: with its reason: a cron tick skipped while the trigger is paused (``Reason.PAUSED``)
+    report_skipped: Callable[[Any, Reason], Awaitable[None]] = field(default=_report_nothing)
 
 
 class Publisher(Lifecycle, ABC):

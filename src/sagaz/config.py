@@ -41,43 +41,147 @@ class TriggerConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SAGAZ_", extra="forbid", validate_assignment=True)
 
     # retries and dead letters
-    dead_letter_topic: str | None = None
-    max_retries: int = Field(default=0, ge=0)
-    retry_backoff_seconds: list[float] = Field(default_factory=lambda: [1.0, 5.0, 30.0])
-    retry_jitter: float = Field(default=0.1, ge=0.0, le=1.0)
+    dead_letter_topic: str | None = Field(
+        default=None,
+        description="Where sources publish dead letters on their broker (a Kafka topic, a "
+        "RabbitMQ exchange, a Redis stream, an SQS queue); default: stored only.",
+    )
+    max_retries: int = Field(
+        default=0,
+        ge=0,
+        description="Retries of a saga that ended compensated before its event is dead-lettered.",
+    )
+    retry_backoff_seconds: list[float] = Field(
+        default_factory=lambda: [1.0, 5.0, 30.0],
+        description="Delays before retry 1, 2, ... (the last one repeats).",
+    )
+    retry_jitter: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Each retry delay is multiplied by a random factor in 1 ± this.",
+    )
 
     # event persistence
-    persist_events: bool = False
-    event_retention_days: float = Field(default=7.0, gt=0)
-    cleanup_interval_seconds: float = Field(default=3600.0, gt=0)
+    persist_events: bool = Field(
+        default=False, description="Keep each accepted event in the store with its saga."
+    )
+    event_retention_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="Age after which completed inbox rows, stored events of finished sagas, "
+        "finished poll executions and old cron claims are purged.",
+    )
+    cleanup_interval_seconds: float = Field(
+        default=3600.0, gt=0, description="Seconds between two purges of expired rows."
+    )
 
     # backpressure and limits
-    backpressure_strategy: BackpressureStrategy = "block"
-    queue_size: int = Field(default=1000, ge=1)
-    max_concurrent_sagas: int = Field(default=100, ge=1)
-    rate_limit_per_second: float | None = Field(default=None, gt=0)
-    shutdown_timeout: float = Field(default=30.0, ge=0)
+    backpressure_strategy: BackpressureStrategy = Field(
+        default="block",
+        description="What a full queue does with the next event: block (the source waits), "
+        "drop_oldest, drop_newest or reject (dead letter).",
+    )
+    queue_size: int = Field(
+        default=1000, ge=1, description="Events accepted and waiting to start, at most."
+    )
+    max_concurrent_sagas: int = Field(
+        default=100, ge=1, description="Sagas running at once in this engine, at most."
+    )
+    rate_limit_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        description="Sagas this engine starts per second, at most (a token bucket); "
+        "default: no limit.",
+    )
+    shutdown_timeout: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds stop() lets in-flight sagas finish; the rest are cancelled, "
+        "left un-acked and resume later.",
+    )
 
     # leases (crash recovery, scale-out)
-    lease_seconds: float = Field(default=60.0, gt=0)
-    worker_id: str | None = None
-    recovery_interval_seconds: float = Field(default=15.0, gt=0)
+    lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a worker's claim on an event or saga lasts without renewal "
+        "(renewed every third of it); another worker takes over an expired one.",
+    )
+    worker_id: str | None = Field(
+        default=None,
+        description="This process's name in the store's claims; default: hostname-pid-random.",
+    )
+    recovery_interval_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds between two searches for sagas of dead workers (webhook, cron, "
+        "file, memory and poll events, which no broker redelivers).",
+    )
+
+    # pausing triggers (``sagaz triggers pause|resume ID``, ``sagaz.pause_trigger(ID)``)
+    trigger_state_interval_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between two reads of the triggers' paused/running state in the "
+        "store: a pause or resume made elsewhere (the CLI, another instance) takes effect "
+        "here within this time.",
+    )
 
     # poll triggers (Cloacina)
-    enable_trigger_scheduling: bool = True
-    trigger_base_poll_interval: float = Field(default=1.0, gt=0)
-    trigger_poll_timeout: float = Field(default=10.0, gt=0)
+    enable_trigger_scheduling: bool = Field(
+        default=True,
+        description="False: no poll trigger (source='custom' with a sagaz.Trigger) is polled; "
+        "the other triggers run.",
+    )
+    trigger_base_poll_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds: the shortest poll interval of a poll trigger (a smaller "
+        "poll_interval is raised to it).",
+    )
+    trigger_poll_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds one poll() may take; a slower one is reported and polling goes on.",
+    )
 
     # broker connections
-    kafka_bootstrap_servers: str = "localhost:9092"
-    rabbitmq_url: str = "amqp://guest:guest@localhost:5672/"
-    redis_url: str = "redis://localhost:6379/0"
-    sqs_endpoint_url: str | None = None
-    sqs_region: str = "us-east-1"
-    webhook_host: str = "127.0.0.1"
-    webhook_port: int = Field(default=8000, ge=0, le=65535)
-    webhook_tokens: list[str] = Field(default_factory=list)
-    webhook_hmac_secret: str | None = None
+    kafka_bootstrap_servers: str = Field(
+        default="localhost:9092",
+        description="Kafka brokers (host:port,...) of triggers without bootstrap_servers=.",
+    )
+    rabbitmq_url: str = Field(
+        default="amqp://guest:guest@localhost:5672/",
+        description="RabbitMQ URL of triggers without url=.",
+    )
+    redis_url: str = Field(
+        default="redis://localhost:6379/0", description="Redis URL of triggers without url=."
+    )
+    sqs_endpoint_url: str | None = Field(
+        default=None,
+        description="SQS API URL of triggers without endpoint_url= (an emulator); default: AWS.",
+    )
+    sqs_region: str = Field(
+        default="us-east-1", description="AWS region of SQS triggers without region=."
+    )
+    webhook_host: str = Field(
+        default="127.0.0.1", description="Address the built-in webhook server listens on."
+    )
+    webhook_port: int = Field(
+        default=8000,
+        ge=0,
+        le=65535,
+        description="Port of the built-in webhook server (0 picks a free one).",
+    )
+    webhook_tokens: list[str] = Field(
+        default_factory=list,
+        description='Bearer tokens of auth="bearer" webhook triggers without tokens=.',
+    )
+    webhook_hmac_secret: str | None = Field(
+        default=None,
+        description='HMAC secret of auth="hmac" webhook triggers without secret=.',
+    )
 
     # limits of the built-in webhook server (a webhook_app() mounted in your own ASGI server
     # follows that server's limits); every refusal is counted in

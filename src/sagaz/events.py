@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from sagaz.clock import utcnow
 
@@ -16,12 +16,208 @@ __all__ = [
     "AdmissionResult",
     "CronTick",
     "Delivery",
+    "EventData",
     "EventMeta",
     "FileEvent",
     "NotRun",
     "Reason",
     "WebhookRequest",
+    "plain_data",
 ]
+
+
+class EventData(dict[str, Any]):
+    """A JSON object event, as an unannotated trigger method receives it: a read-only mapping
+    that also allows attribute access, nested too.
+
+    >>> event = EventData({"user_id": "u-1", "order": {"id": 7, "lines": [{"sku": "A"}]}})
+    >>> event["user_id"], event.user_id, event.order.id, event.order.lines[0].sku
+    ('u-1', 'u-1', 7, 'A')
+    >>> event == {"user_id": "u-1", "order": {"id": 7, "lines": [{"sku": "A"}]}}
+    True
+
+    It *is* a ``dict`` (``json.dumps(event)``, ``dict(event)``, ``event.get("x")`` and
+    ``isinstance(event, dict)`` work; it compares equal to the plain dict) that refuses
+    changes: ``dict(event)`` or ``event.copy()`` is a plain dict to change, and
+    :func:`plain_data` a plain deep copy. Objects nested in it, also in lists, are
+    ``EventData`` too (the lists are copies: changing one leaves the message as it was).
+
+    A field named like a ``dict`` method (``items``, ``keys``, ``values``, ``get``, ``copy``...)
+    is read with ``event["items"]``. A missing field raises ``AttributeError`` naming the
+    fields there are (``event.get("field")`` reads an optional one).
+
+    ``event.message_id`` is the event's own ``message_id`` field when it has one, else the id
+    of the message that carried it (:attr:`EventMeta.message_id`: Kafka
+    ``topic:partition:offset``, the Redis entry id, the SQS MessageId, the RabbitMQ
+    message_id...), so ``idempotency_key=lambda e: e.message_id`` dedups by the message.
+    """
+
+    __slots__ = ("_message_id",)
+    _message_id: str | None
+
+    def __init__(
+        self,
+        data: Mapping[str, Any] | Iterable[tuple[str, Any]] = (),
+        /,
+        *,
+        message_id: str | None = None,
+    ) -> None:
+        dict.__init__(self, data)
+        if message_id is not None:  # unset, the slot reads as None (see _message_id)
+            _set_message_id(self, message_id)
+        _wrap_nested(self)
+
+    def __getattr__(self, name: str) -> Any:
+        # called only when normal lookup fails: a field, or an error naming the fields
+        value = dict.get(self, name, _MISSING)
+        if value is not _MISSING:
+            return value
+        if name.startswith("__") or name == "_message_id":
+            raise AttributeError(name)
+        if name == "message_id":
+            message_id = _message_id(self)
+            if message_id is not None:
+                return message_id
+            hint = (
+                ", nor did its message carry an id (EventMeta.message_id is None: a "
+                "fire_event call, a RabbitMQ message without message_id...); dedup by a "
+                "field of the event instead, e.g. idempotency_key=lambda e: e.order_id"
+            )
+        else:
+            hint = f'; read an optional field with event.get("{name}")'
+        raise AttributeError(f"the event has no field {name!r}{hint}; {_fields(self)}")
+
+    def __dir__(self) -> list[str]:
+        return [*super().__dir__(), *(k for k in self if isinstance(k, str) and k.isidentifier())]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (plain_data(self), _message_id(self)))
+
+    # -- read-only -------------------------------------------------------------------------
+    def __setitem__(self, key: str, value: Any) -> NoReturn:
+        _read_only()
+
+    def __delitem__(self, key: str) -> NoReturn:
+        _read_only()
+
+    def __setattr__(self, name: str, value: Any) -> NoReturn:
+        _read_only()
+
+    def __delattr__(self, name: str) -> NoReturn:
+        _read_only()
+
+    def __ior__(self, other: Any) -> NoReturn:  # type: ignore[misc]
+        _read_only()
+
+    def clear(self) -> NoReturn:
+        _read_only()
+
+    def pop(self, *args: Any) -> NoReturn:
+        _read_only()
+
+    def popitem(self) -> NoReturn:
+        _read_only()
+
+    def setdefault(self, *args: Any) -> NoReturn:
+        _read_only()
+
+    def update(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _read_only()
+
+
+_MISSING = object()
+_MESSAGE_ID_SLOT: Any = vars(EventData)["_message_id"]  # the slot's descriptor, used directly
+_set_message_id = _MESSAGE_ID_SLOT.__set__
+
+
+def _message_id(event: EventData) -> str | None:
+    try:
+        message_id: str | None = _MESSAGE_ID_SLOT.__get__(event, EventData)
+    except AttributeError:  # never set: the message had no id
+        return None
+    return message_id
+
+
+def _read_only() -> NoReturn:
+    raise TypeError(
+        "an event is read-only: change a copy, e.g. data = dict(event) (or "
+        "sagaz.events.plain_data(event) for a deep copy)"
+    )
+
+
+def _fields(event: EventData) -> str:
+    names = [repr(k) for k in event]
+    if not names:
+        return "it has no fields"
+    more = f" and {len(names) - 20} more" if len(names) > 20 else ""
+    return f"its fields: {', '.join(names[:20])}{more}"
+
+
+def _rebuild(data: dict[str, Any], message_id: str | None) -> EventData:
+    return EventData(data, message_id=message_id)
+
+
+_new_dict = dict.__new__
+_update = dict.update
+
+
+def as_event_data(payload: dict[str, Any], message_id: str | None) -> EventData:
+    """``EventData(payload, message_id=message_id)``, about twice as fast (no ``__init__``
+    call): the decoder builds one per event of an unannotated trigger method."""
+    event: EventData = _new_dict(EventData)
+    _update(event, payload)
+    if message_id is not None:
+        _set_message_id(event, message_id)
+    _wrap_nested(event)
+    return event
+
+
+def _wrap_nested(event: EventData) -> None:
+    for value in dict.values(event):  # most events are flat: this scan is all they cost
+        if type(value) is dict or type(value) is list:
+            for key, item in list(dict.items(event)):
+                dict.__setitem__(event, key, _wrap(item))
+            return
+
+
+def _wrap(value: Any) -> Any:
+    """``value`` with its JSON objects as :class:`EventData` (lists copied)."""
+    if type(value) is dict:
+        return EventData(value)
+    if type(value) is list:
+        return [_wrap(item) for item in value]
+    return value
+
+
+def plain_data(value: Any) -> Any:
+    """``value`` with every :class:`EventData` in it (nested in dicts and lists too) turned
+    into a plain, changeable ``dict``; anything else as it is (containers without an
+    ``EventData`` inside are not copied).
+
+    The engine passes what a trigger method returns through it, so a saga's context holds
+    plain data, as it does once it is read back from the store."""
+    cls = type(value)
+    if cls is dict:  # the usual context: flat, nothing to copy (a cheap scan first)
+        for item in value.values():
+            kind = type(item)
+            if kind is dict or kind is list or kind is EventData:
+                break
+        else:
+            return value
+    if cls is EventData or cls is dict:
+        changed = False
+        items = {}
+        for key, item in dict.items(value):
+            new = plain_data(item)
+            changed = changed or new is not item
+            items[key] = new
+        return items if changed or cls is EventData else value
+    if cls is list:
+        new_items = [plain_data(item) for item in value]
+        if any(a is not b for a, b in zip(new_items, value, strict=True)):
+            return new_items
+        return value
+    return value
 
 
 @dataclass(slots=True)
@@ -124,6 +320,8 @@ class Reason(StrEnum):
     REJECTED = "rejected"
     OVERLAP_SKIPPED = "overlap_skipped"
     INVALID = "invalid"
+    #: its trigger was paused and the event could not wait: a cron tick, a ``fire_event``
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True, slots=True)

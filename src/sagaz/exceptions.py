@@ -17,8 +17,10 @@ __all__ = [
     "SagaStepError",
     "SagaTimeoutError",
     "SagazError",
+    "SchemaOutdatedError",
     "StoreError",
     "TriggerDefinitionError",
+    "TriggerNotFoundError",
 ]
 
 
@@ -64,6 +66,32 @@ class StoreError(SagazError, RuntimeError):
     """The saga store failed or was used before ``start()``."""
 
 
+class SchemaOutdatedError(StoreError):
+    """The store's schema is older than this sagaz: the store (so the engine, and
+    ``Saga.run``) refuses to start on it until ``sagaz db upgrade`` migrates it.
+
+    ``store`` is the store's URL (password redacted), ``found`` the version in the database,
+    ``expected`` the one this sagaz needs; the message has the command to run.
+    """
+
+    def __init__(self, what: str, *, store: str, found: int, expected: int) -> None:
+        from shlex import quote
+
+        self.store = store
+        self.found = found
+        self.expected = expected
+        super().__init__(
+            f"{what} has schema version {found}, older than the {expected} this sagaz needs, "
+            "and a store migrates its schema only when asked; "
+            f"run: sagaz db upgrade --store {quote(store)}"
+        )
+
+
 class DeadLetterReplayError(SagazError, ValueError):
     """A dead letter cannot be replayed (its saga's module does not import, its trigger is
     gone, or its event cannot be rebuilt); the message says what to pass or do."""
+
+
+class TriggerNotFoundError(SagazError, LookupError):
+    """No trigger with that id is known to the store (pausing or resuming it); the message
+    lists the ids it knows."""

@@ -16,6 +16,7 @@ __all__ = [
     "InboxClaim",
     "OutboxMessage",
     "SagaRecord",
+    "SchemaVersions",
     "StepRecord",
     "TriggerExecutionRecord",
     "TriggerScheduleRecord",
@@ -136,3 +137,20 @@ class CronClaim:
     tick: datetime
     owner: str
     claimed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaVersions:
+    """The schema version a store's database has and the one this sagaz needs
+    (:meth:`sagaz.abc.SagaStore.schema_versions`, :meth:`~sagaz.abc.SagaStore.upgrade_schema`).
+    """
+
+    #: the version in the database; 0: no schema yet (the first ``start()`` creates it)
+    current: int
+    #: the version this sagaz writes; 0: the store keeps no schema (``MemorySagaStore``)
+    expected: int
+
+    @property
+    def outdated(self) -> bool:
+        """Whether ``sagaz db upgrade`` must run before a store can start on it."""
+        return 0 < self.current < self.expected

@@ -22,7 +22,7 @@ from sagaz.abc import Source
 from sagaz.engine.loading import SOURCE_MODULES, load_source_module
 from sagaz.exceptions import MissingExtraError
 from sagaz.records import DeadLetterRecord
-from sagaz.testing import FakeClock, eventually
+from sagaz.testing import FakeClock, continually, eventually
 from sagaz.triggers.options import OPTION_MODELS
 from tests.contract.source_backends import DRIVERS, Backend, open_backend
 from tests.fixtures_sqs import sqs_source_options
@@ -137,6 +137,54 @@ async def test_nacked_and_unacked_messages_come_back_after_a_restart(backend: Ba
         assert {d.identity: backend.event(d) for d in redelivered} == owed
         await expect_only(backend, again, tag="after-restart", count=2)
     assert len(again.deliveries) == 6
+    await expect_outstanding(backend, 0)
+
+
+async def test_a_paused_source_leaves_new_messages_on_the_broker_until_resumed(
+    backend: Backend,
+) -> None:
+    source = backend.make_source()
+    assert type(source).pause is not Source.pause  # it pauses at its broker, not in emit()
+    await backend.publish(bodies(3, "before"))
+    emit = RecordingEmit()
+    async with consuming(source, emit):
+        in_flight = await emit.wait_for(3, within=20)
+        await source.pause()
+        await source.pause()  # twice is harmless
+        for delivery in in_flight:  # pausing settled none of them: they are still ours
+            await delivery.ack()
+        await backend.publish(bodies(5, "paused"))
+        await expect_outstanding(backend, 5)
+        await continually(
+            lambda: len(emit.deliveries) == 3, during=1.5, what="nothing taken while paused"
+        )
+        await expect_outstanding(backend, 5)
+        await source.resume()
+        await emit.wait_for(8, within=20)
+        arrived = [backend.event(d) for d in emit.deliveries[3:]]
+        assert sorted(arrived, key=key) == events(5, "paused")  # no in-flight one came back
+        for delivery in emit.deliveries[3:]:
+            await delivery.ack()
+        await expect_only(backend, emit, tag="after-resume", count=2)
+        for delivery in emit.deliveries[8:]:
+            await delivery.ack()
+    await expect_outstanding(backend, 0)
+    assert backend.errors == []
+
+
+async def test_a_source_paused_before_it_runs_takes_nothing(backend: Backend) -> None:
+    source = backend.make_source()
+    await source.pause()  # a trigger paused in the store starts paused
+    await backend.publish(bodies(4, "waiting"))
+    emit = RecordingEmit(auto_ack=True)
+    async with consuming(source, emit):
+        await continually(
+            lambda: emit.deliveries == [], during=2.0, what="nothing taken while paused"
+        )
+        await expect_outstanding(backend, 4)
+        await source.resume()
+        await emit.wait_for(4, within=20)
+        assert sorted((backend.event(d) for d in emit.deliveries), key=key) == events(4, "waiting")
     await expect_outstanding(backend, 0)
 
 

@@ -19,12 +19,18 @@ import pytest
 
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
-from sagaz.exceptions import ConfigurationError, MissingExtraError, StoreError
+from sagaz.exceptions import (
+    ConfigurationError,
+    MissingExtraError,
+    SchemaOutdatedError,
+    StoreError,
+)
 from sagaz.records import (
     ClaimOutcome,
     DeadLetterRecord,
     OutboxMessage,
     SagaRecord,
+    SchemaVersions,
     StepRecord,
     TriggerExecutionRecord,
     TriggerScheduleRecord,
@@ -37,6 +43,7 @@ from sagaz.storage import (
     store_from_url,
 )
 from sagaz.types import SagaStatus, StepStatus
+from tests.schema_support import make_outdated
 from tests.services import backend_params, drop_postgres_schema, unique_name
 
 CONTENDERS = 50
@@ -241,7 +248,7 @@ async def test_values_round_trip_including_bytes_and_datetimes(store: SagaStore)
     assert stored.lease_expires_at.utcoffset() is not None
 
 
-async def test_list_sagas_oldest_first_with_filters_and_limit(store: SagaStore) -> None:
+async def test_list_sagas_newest_first_with_filters_and_limit(store: SagaStore) -> None:
     specs = [
         ("a", "orders", SagaStatus.COMPLETED),
         ("b", "payments", SagaStatus.RUNNING),
@@ -256,13 +263,71 @@ async def test_list_sagas_oldest_first_with_filters_and_limit(store: SagaStore) 
     def ids(records: list[SagaRecord]) -> list[str]:
         return [r.saga_id for r in records]
 
-    assert ids(await store.list_sagas()) == ["a", "b", "c", "d", "e"]
-    assert ids(await store.list_sagas(limit=2)) == ["a", "b"]
-    assert ids(await store.list_sagas(status=SagaStatus.COMPLETED)) == ["d", "e"]
+    assert ids(await store.list_sagas()) == ["e", "d", "c", "b", "a"]
+    assert ids(await store.list_sagas(limit=2)) == ["e", "d"]
+    assert ids(await store.list_sagas(status=SagaStatus.COMPLETED)) == ["e", "d"]
     assert ids(await store.list_sagas(status=SagaStatus.FAILED)) == ["a"]
-    assert ids(await store.list_sagas(saga_name="orders")) == ["a", "c", "d"]
+    assert ids(await store.list_sagas(saga_name="orders")) == ["d", "c", "a"]
     assert ids(await store.list_sagas(saga_name="orders", status=SagaStatus.COMPLETED)) == ["d"]
     assert await store.list_sagas(saga_name="nope") == []
+
+
+async def test_list_sagas_filters_by_trigger_and_creation_time(store: SagaStore) -> None:
+    day = datetime(2024, 5, 1, tzinfo=UTC)
+    specs = [
+        ("old", "orders.on_order", day - timedelta(days=2)),
+        ("noon", "orders.on_order", day + timedelta(hours=12)),
+        ("by-hand", None, day + timedelta(hours=13)),
+        ("web", "orders.on_web", day + timedelta(hours=14)),
+        ("late", "orders.on_order", day + timedelta(days=1)),  # exactly the upper bound
+    ]
+    for saga_id, trigger_id, created in specs:
+        await store.create_saga(_saga(saga_id, trigger_id=trigger_id, created_at=created))
+
+    def ids(records: list[SagaRecord]) -> list[str]:
+        return [r.saga_id for r in records]
+
+    assert ids(await store.list_sagas(trigger_id="orders.on_order")) == ["late", "noon", "old"]
+    assert ids(await store.list_sagas(trigger_id="nope")) == []
+    window = {"created_after": day, "created_before": day + timedelta(days=1)}
+    assert ids(await store.list_sagas(**window)) == ["web", "by-hand", "noon"]
+    assert ids(await store.list_sagas(created_after=day + timedelta(hours=12))) == [
+        "late",
+        "web",
+        "by-hand",
+        "noon",  # created_after is inclusive
+    ]
+    assert ids(await store.list_sagas(created_before=day)) == ["old"]
+    assert ids(await store.list_sagas(trigger_id="orders.on_order", **window)) == ["noon"]
+    stored = await store.get_saga("noon")
+    assert stored is not None
+    assert stored.created_at == day + timedelta(hours=12)
+
+
+async def test_list_sagas_pages_after_a_saga_id(store: SagaStore) -> None:
+    total = 450  # more than one chunk of an index scan
+    for n in range(total):
+        status = SagaStatus.COMPLETED if n % 3 else SagaStatus.FAILED
+        await store.create_saga(_saga(f"s{n:03}", status=status))
+
+    async def every_page(**filters: Any) -> list[list[str]]:
+        pages: list[list[str]] = []
+        after: str | None = None
+        while page := await store.list_sagas(limit=100, after=after, **filters):
+            pages.append([r.saga_id for r in page])
+            after = page[-1].saga_id
+        return pages
+
+    pages = await every_page()
+    assert [len(page) for page in pages] == [100, 100, 100, 100, 50]
+    newest_first = [f"s{n:03}" for n in reversed(range(total))]
+    assert [saga_id for page in pages for saga_id in page] == newest_first
+    failed = await every_page(status=SagaStatus.FAILED)
+    assert [len(page) for page in failed] == [100, 50]
+    assert [saga_id for page in failed for saga_id in page] == newest_first[2::3]
+    assert [r.saga_id for r in await store.list_sagas(after="s002", limit=5)] == ["s001", "s000"]
+    assert await store.list_sagas(after="s000") == []
+    assert await store.list_sagas(after="no-such-saga") == []
 
 
 async def test_delete_saga_removes_it_and_its_steps(store: SagaStore) -> None:
@@ -751,17 +816,43 @@ async def test_trigger_schedule_upsert_keeps_last_poll_at(store: SagaStore) -> N
 
     polled = datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
     await store.touch_trigger_schedule("poll", polled)
+    # saving again (an engine starting) keeps `enabled`: only set_trigger_enabled changes it
     await store.save_trigger_schedule(
         TriggerScheduleRecord("poll", "orders-v2", 500, True, enabled=False)
     )
     assert await store.get_trigger_schedule("poll") == TriggerScheduleRecord(
-        "poll", "orders-v2", 500, True, False, polled
+        "poll", "orders-v2", 500, True, True, polled
     )
     newer = polled + timedelta(minutes=1)
     await store.save_trigger_schedule(TriggerScheduleRecord("poll", "o", 500, True, True, newer))
     stored = await store.get_trigger_schedule("poll")
     assert stored is not None
     assert stored.last_poll_at == newer
+
+
+async def test_a_paused_trigger_stays_paused_when_its_row_is_saved_again(
+    store: SagaStore,
+) -> None:
+    assert await store.list_trigger_schedules() == []
+    assert await store.set_trigger_enabled("orders.on_order", False) is False  # no row: none made
+    assert await store.list_trigger_schedules() == []
+
+    await store.save_trigger_schedule(TriggerScheduleRecord("orders.on_order", "orders", 0, True))
+    await store.save_trigger_schedule(
+        TriggerScheduleRecord("audit.on_tick", "audit", 0, True, enabled=False)  # a new row
+    )
+    assert await store.set_trigger_enabled("orders.on_order", False) is True
+    # every engine saves its triggers' rows when it starts: a restart must not resume them
+    await store.save_trigger_schedule(TriggerScheduleRecord("orders.on_order", "orders", 0, True))
+    assert await store.list_trigger_schedules() == [
+        TriggerScheduleRecord("audit.on_tick", "audit", 0, True, False, None),
+        TriggerScheduleRecord("orders.on_order", "orders", 0, True, False, None),
+    ]
+
+    assert await store.set_trigger_enabled("orders.on_order", True) is True
+    assert await store.set_trigger_enabled("orders.on_order", True) is True  # idempotent
+    resumed = await store.get_trigger_schedule("orders.on_order")
+    assert resumed is not None and resumed.enabled is True
 
 
 async def test_exclusive_trigger_execution_refuses_an_open_duplicate(store: SagaStore) -> None:
@@ -850,6 +941,54 @@ async def test_schema_is_created_once_and_its_version_recorded(durable_backend: 
     assert await later.get_saga("s1") is not None
 
 
+async def test_schema_versions_before_and_after_the_first_start(backend: Backend) -> None:
+    store = backend.make()
+    before = await store.schema_versions()  # a stopped store answers too
+    if not store.durable:
+        assert before == SchemaVersions(current=0, expected=0)  # no schema to keep
+        assert await store.upgrade_schema() == before
+        return
+    assert before.current == 0  # an empty database: the first start creates the schema
+    assert before.expected > 0
+    assert not before.outdated
+    await backend.open()
+    assert await store.schema_versions() == SchemaVersions(before.expected, before.expected)
+    assert await store.upgrade_schema() == SchemaVersions(before.expected, before.expected)
+
+
+async def test_an_outdated_schema_refuses_to_start_until_sagaz_db_upgrade(
+    durable_backend: Backend,
+) -> None:
+    store = durable_backend.make()
+    old = await make_outdated(store)
+    expected = (await store.schema_versions()).expected
+    assert await store.schema_versions() == SchemaVersions(current=old, expected=expected)
+    assert (await store.schema_versions()).outdated
+
+    with pytest.raises(SchemaOutdatedError) as refused:
+        await store.start()
+    assert (refused.value.found, refused.value.expected) == (old, expected)
+    assert "run: sagaz db upgrade --store " in str(refused.value)
+    with pytest.raises(StoreError, match="not started"):
+        await store.get_saga("old")  # nothing half-started
+
+    # the command in the message names this very store
+    named = store_from_url(refused.value.store)
+    assert type(named) is type(store)
+    assert repr(named) == repr(store)
+    upgrades = await asyncio.gather(named.upgrade_schema(), durable_backend.make().upgrade_schema())
+    assert sorted(upgrades, key=lambda v: v.current) == [  # one upgrade ran, the other waited
+        SchemaVersions(current=old, expected=expected),
+        SchemaVersions(current=expected, expected=expected),
+    ]
+    assert await store.schema_versions() == SchemaVersions(expected, expected)
+    await durable_backend.open()  # starts now
+    started = await durable_backend.open()
+    kept = await started.get_saga("old")
+    assert kept is not None
+    assert kept.status is SagaStatus.COMPLETED
+
+
 async def test_redis_layout_1_is_indexed_for_purging_on_upgrade(
     redis_backend: Backend, redis_url: str
 ) -> None:
@@ -877,6 +1016,9 @@ async def test_redis_layout_1_is_indexed_for_purging_on_upgrade(
     finally:
         await client.aclose()
 
+    with pytest.raises(SchemaOutdatedError, match="sagaz db upgrade"):
+        await redis_backend.open()  # a store migrates only when asked
+    assert await redis_backend.make().upgrade_schema() == SchemaVersions(current=1, expected=2)
     upgraded = await redis_backend.open()
     assert await upgraded.schema_version() == 2  # type: ignore[attr-defined]
     assert await upgraded.purge_expired(utcnow() + timedelta(seconds=5)) == 4

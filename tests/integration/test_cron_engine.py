@@ -17,9 +17,11 @@ import pytest
 from sagaz import CronTick, Saga, SagaContext, SagaStatus, TriggerConfig, action, trigger
 from sagaz.abc import SagaStore
 from sagaz.engine.engine import TriggerEngine
+from sagaz.engine.pausing import set_trigger_enabled
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.postgres import PostgresSagaStore
 from sagaz.testing import FakeClock, eventually
+from tests.engine_support import RecordingListener
 from tests.services import drop_postgres_schema, unique_name
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -62,10 +64,10 @@ async def settled(
     clock: FakeClock, engines: list[TriggerEngine], store: SagaStore, saga_name: str, count: int
 ) -> None:
     """Wait (real time, bounded) until ``count`` sagas completed, every cron source sleeps on
-    the fake clock again and no saga runs."""
+    the fake clock again (beside each engine's trigger-state watcher) and no saga runs."""
 
     async def done() -> bool:
-        if clock.sleepers < len(engines) or any(e.dispatcher.in_flight for e in engines):
+        if clock.sleepers < 2 * len(engines) or any(e.dispatcher.in_flight for e in engines):
             return False
         return sum((await completed_per_tick(store, saga_name)).values()) >= count
 
@@ -159,6 +161,52 @@ async def test_two_engines_sharing_postgres_fire_each_tick_once(
     assert Counter(runs) == Counter(ticks_after(START, 12))
 
 
+async def test_a_paused_cron_trigger_skips_each_tick_once_across_engines_as_paused(
+    shared_postgres: tuple[SagaStore, SagaStore],
+) -> None:
+    saga_name = unique_name("report")
+    runs: list[str] = []
+    define_report_saga(saga_name, runs, catchup="all")
+    trigger_id = f"{saga_name}.on_tick"
+    clock = FakeClock(START)
+    first, second = shared_postgres
+    listeners = [RecordingListener(), RecordingListener()]
+    engines = [
+        TriggerEngine(
+            TriggerConfig(worker_id=worker, trigger_state_interval_seconds=60),
+            store,
+            clock=clock,
+            listeners=[listener],
+        )
+        for worker, store, listener in zip(("a", "b"), shared_postgres, listeners, strict=True)
+    ]
+    for engine in engines:
+        await engine.start()
+    try:
+        await step_through(clock, engines, first, saga_name, 1)  # 00:05 fires
+        await set_trigger_enabled(second, trigger_id, False)  # as `sagaz triggers pause`
+        await clock.advance(60)  # both engines read it within the watch interval
+        await eventually(lambda: all(e.paused_triggers() for e in engines))
+        for _ in range(3):  # 00:10, 00:15, 00:20: claimed once each, skipped as paused
+            await clock.advance(300)
+            await settled(clock, engines, first, saga_name, 1)
+        await set_trigger_enabled(first, trigger_id, True)
+        await clock.advance(60)
+        await eventually(lambda: not any(e.paused_triggers() for e in engines))
+        await clock.advance(180)  # 00:25 fires; the skipped ticks are not caught up
+        await settled(clock, engines, first, saga_name, 2)
+    finally:
+        for engine in engines:
+            await engine.stop()
+
+    assert sorted(runs) == [(START + timedelta(minutes=m)).isoformat() for m in (5, 25)]
+    skipped = [tick for listener in listeners for tick, reason in listener.filtered]
+    assert sorted(t.scheduled_at.minute for t in skipped) == [10, 15, 20]
+    assert {reason for listener in listeners for _, reason in listener.filtered} == {"paused"}
+    assert sum(e.metrics.reasons["paused"] for e in engines) == 3
+    assert await first.last_cron_tick(trigger_id) == START + timedelta(minutes=25)
+
+
 @pytest.mark.parametrize(("catchup", "expected"), [("none", 0), ("latest", 1), ("all", 36)])
 async def test_catchup_after_a_three_hour_outage(catchup: str, expected: int) -> None:
     saga_name = unique_name("report")
@@ -202,6 +250,7 @@ async def test_a_stopped_engine_leaves_no_cron_task_behind() -> None:
     clock = FakeClock(START)
     engine = TriggerEngine(TriggerConfig(), MemorySagaStore(), clock=clock)
     await engine.start()
-    await eventually(lambda: clock.sleepers == 1, what="the cron source to sleep")
+    # the cron source and the trigger-state watcher
+    await eventually(lambda: clock.sleepers == 2, what="the cron source to sleep")
     await engine.stop()
     assert clock.sleepers == 0  # the source's sleep was cancelled with its task

@@ -220,7 +220,8 @@ def cron(tmp_path: Path) -> Scenario:
     clock = FakeClock(START)
 
     async def tick(engine: TriggerEngine, trigger_id: str) -> None:
-        await eventually(lambda: clock.sleepers >= 1, what="the cron source to wait for a tick")
+        # the cron source waits for a tick, beside the engine's trigger-state watcher
+        await eventually(lambda: clock.sleepers >= 2, what="the cron source to wait for a tick")
         await clock.advance(300)
 
     return Scenario(

@@ -21,7 +21,7 @@ from sagaz import FileEvent, Saga, SagaContext, SagaStatus, TriggerConfig, actio
 from sagaz.engine.engine import TriggerEngine
 from sagaz.sources.file import FileSource
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.testing import eventually
+from sagaz.testing import continually, eventually
 from tests.services import unique_name
 
 pytest.importorskip("watchfiles")
@@ -169,3 +169,23 @@ async def test_files_not_matching_the_pattern_start_nothing(tmp_path: Path) -> N
     assert total == 1
     assert engine.metrics.received[imports.trigger_id] == 1
     assert imports.seen == [("zz-sentinel.json", len('{"sentinel": true}'))]
+
+
+async def test_files_written_while_paused_start_their_sagas_once_resumed(tmp_path: Path) -> None:
+    """The file source keeps the default pause: it is held in emit(), the files stay."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    imports = define_imports(inbox)
+    async with watching(imports) as (engine, store):
+        await engine.pause_trigger(imports.trigger_id)
+        for n in range(3):
+            (inbox / f"{n}.json").write_text("{}")
+        await continually(lambda: imports.seen == [], during=1.0, what="no saga while paused")
+        await engine.resume_trigger(imports.trigger_id)
+        expected = Counter({"0.json": 1, "1.json": 1, "2.json": 1})
+
+        async def all_completed() -> bool:
+            return await completed_files(store, imports) == expected
+
+        await eventually(all_completed, within=10, what="a completed saga per file")
+    assert sorted(imports.seen) == [("0.json", 2), ("1.json", 2), ("2.json", 2)]

@@ -57,7 +57,7 @@ async def test_raw_client_round_trip(streams: Streams) -> None:
 async def test_thousand_entries_acked_are_not_redelivered(streams: Streams) -> None:
     stream = streams.name()
     source = make_source(streams, stream)
-    await source.start()  # creates the group at "$": only entries added from now on
+    await source.start()  # creates the group (at the beginning of the empty stream)
     sent = payloads(1000)
     ids = await streams.add(stream, sent)
 
@@ -73,6 +73,33 @@ async def test_thousand_entries_acked_are_not_redelivered(streams: Streams) -> N
     again = RecordingEmit(auto_ack=True)
     async with consuming(make_source(streams, stream), again):
         await expect_nothing_more(streams, stream, again)
+
+
+async def test_entries_added_before_the_first_start_are_consumed(streams: Streams) -> None:
+    # a producer that runs before the first deployment of its consumers loses nothing: a new
+    # group starts at the beginning of the stream, as a Kafka group starts at "earliest"
+    stream = streams.name()
+    sent = payloads(3, prefix="early")
+    await streams.add(stream, sent)
+    source = make_source(streams, stream)
+    await source.start()
+    emit = RecordingEmit(auto_ack=True)
+    async with consuming(source, emit):
+        await emit.wait_for(3)
+        assert emit.payloads == sent
+        await expect_nothing_more(streams, stream, emit)
+
+
+async def test_start_id_dollar_skips_what_the_stream_held_before_the_group(
+    streams: Streams,
+) -> None:
+    stream = streams.name()
+    await streams.add(stream, [b"before the group"])
+    source = make_source(streams, stream, start_id="$")
+    await source.start()
+    emit = RecordingEmit(auto_ack=True)
+    async with consuming(source, emit):
+        await expect_nothing_more(streams, stream, emit)
 
 
 async def test_unacked_and_nacked_entries_come_back_after_restart(streams: Streams) -> None:
@@ -330,7 +357,7 @@ def test_defaults_come_from_the_trigger_and_the_process() -> None:
     assert source.consumer_group == "orders.on_order"
     other = redis_source.create(RedisOptions(stream="s"), source_context("orders.on_order"))
     assert source.consumer != other.consumer  # unique per process and instance
-    assert (source.claim_idle_ms, source.start_id) == (60_000, "$")
+    assert (source.claim_idle_ms, source.start_id) == (60_000, "0")
     assert (source.url, source.batch_size, source.block_ms) == (
         "redis://localhost:6379/0",
         100,

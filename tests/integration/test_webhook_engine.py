@@ -547,3 +547,33 @@ async def test_metrics_are_served_next_to_the_webhooks_while_the_engine_runs() -
 async def _no_engine_left_running() -> AsyncIterator[None]:
     yield
     await sagaz.stop_triggers()  # a failed test must not leave the process-wide engine behind
+
+
+# -- paused --------------------------------------------------------------------------------
+
+
+async def test_a_paused_webhook_trigger_answers_503_with_retry_after_until_resumed() -> None:
+    shop = define_shop()
+    async with serving(trigger_state_interval_seconds=0.05) as running:
+        on_order = shop.trigger_id("on_order")
+        # as `sagaz triggers pause`: through the store, followed within the watch interval
+        await sagaz.pause_trigger(on_order, store=running.store)
+        await eventually(lambda: running.engine.paused_triggers(), what="the pause")
+        order = {"order_id": "P-1", "amount": 3.0}
+        refused = await running.client.post("/orders", json=order)
+        assert refused.status_code == 503
+        assert refused.headers["Retry-After"] == "1"
+        assert "paused" in refused.json()["error"]
+        other = await running.client.post("/load", json={"n": 1})  # other triggers still run
+        assert other.status_code == 202
+        ready = await running.client.get("/readyz")
+        assert ready.status_code == 200  # a paused trigger does not take the server out
+        rejections = webhook_server(running.engine.shared).app.rejections
+        assert rejections.counts[("paused", on_order)] == 1
+
+        await sagaz.resume_trigger(on_order, store=running.store)
+        await eventually(lambda: not running.engine.paused_triggers(), what="the resume")
+        accepted = await running.client.post("/orders", json=order)
+        assert accepted.status_code == 202
+        await completed(running.store, accepted.json()["saga_id"])
+    assert len(await sagas_of(running.store, shop)) == 2  # the accepted order and /load

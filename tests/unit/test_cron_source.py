@@ -467,3 +467,58 @@ def test_describe() -> None:
         "max_catchup": 100,
     }
     assert source.redeliverable is False
+
+
+# -- pausing ------------------------------------------------------------------------------
+
+
+async def test_a_paused_cron_trigger_claims_and_skips_its_ticks_as_paused() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    clock, store, emit = FakeClock(start), MemorySagaStore(), RecordingEmit()
+    source = make_source({"schedule": "*/5 * * * *", "catchup": "all"}, clock, store)
+    skipped: list[tuple[Any, str]] = []
+
+    async def report_skipped(event: Any, reason: Any) -> None:
+        skipped.append((event, reason))
+
+    source.ctx.report_skipped = report_skipped
+    async with running((source, emit)):
+        await clock.advance(300)  # 00:05 fires
+        await source.pause()
+        await clock.advance(600)  # 00:10 and 00:15 are skipped
+        await source.resume()
+        await clock.advance(300)  # 00:20 fires; the skipped ones are not caught up
+    minutes = [t.scheduled_at.minute for t in ticks(emit)]
+    assert minutes == [5, 20]
+    assert [(tick.scheduled_at.minute, reason) for tick, reason in skipped] == [
+        (10, "paused"),
+        (15, "paused"),
+    ]
+    assert await store.last_cron_tick(TRIGGER) == start + timedelta(minutes=20)
+
+    # a restart with catchup="all" does not fire the skipped ticks either: they were claimed
+    again = RecordingEmit()
+    restarted = make_source({"schedule": "*/5 * * * *", "catchup": "all"}, clock, store)
+    async with running((restarted, again)):
+        await clock.advance(300)
+    assert [t.scheduled_at.minute for t in ticks(again)] == [25]
+
+
+async def test_a_cron_trigger_paused_before_it_runs_catches_up_on_nothing() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    clock, store = FakeClock(start), MemorySagaStore()
+    await store.claim_cron_tick(TRIGGER, start, "earlier-run")
+    clock.set_time(start + timedelta(minutes=30))  # six ticks missed while down
+    source = make_source({"schedule": "*/5 * * * *", "catchup": "all"}, clock, store)
+    skipped: list[str] = []
+
+    async def report_skipped(event: Any, reason: Any) -> None:
+        skipped.append(reason)
+
+    source.ctx.report_skipped = report_skipped
+    await source.pause()  # the engine pauses a paused trigger before it runs
+    emit = RecordingEmit()
+    async with running((source, emit)):
+        await clock.advance(300)
+    assert emit.deliveries == []
+    assert skipped == ["paused"] * 7  # the six missed (catchup="all") and the next one

@@ -260,6 +260,14 @@ def test_redis_source_uses_the_model_defaults() -> None:
     assert source.consumer_group == "orders.on_order"
 
 
+def test_a_new_redis_group_starts_at_the_beginning_like_kafka_earliest() -> None:
+    # entries added before the first start are consumed, as Kafka's auto_offset_reset
+    # "earliest" consumes the messages sent before its group existed
+    assert default(RedisOptions, "start_id") == "0"
+    assert default(KafkaOptions, "auto_offset_reset") == "earliest"
+    assert "beginning" in (RedisOptions.model_fields["start_id"].description or "")
+
+
 def test_sqs_source_uses_the_model_defaults() -> None:
     source = build(SQSOptions(queue_url="orders"), context())
     assert isinstance(source, SQSSource)

@@ -1,1 +1,2 @@
-"""The ``sagaz`` command: ``run``, ``triggers list``, ``dlq list|show|replay|purge``."""
+"""The ``sagaz`` command (:mod:`sagaz.cli.main`): ``run``, ``triggers``, ``sagas``, ``dlq``,
+``db``; one module per command."""

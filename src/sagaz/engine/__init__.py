@@ -7,9 +7,19 @@
 from sagaz.engine.engine import (
     TriggerEngine,
     fire_event,
+    pause_trigger,
+    resume_trigger,
     start_triggers,
     stop_triggers,
     webhook_app,
 )
 
-__all__ = ["TriggerEngine", "fire_event", "start_triggers", "stop_triggers", "webhook_app"]
+__all__ = [
+    "TriggerEngine",
+    "fire_event",
+    "pause_trigger",
+    "resume_trigger",
+    "start_triggers",
+    "stop_triggers",
+    "webhook_app",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -13,11 +14,13 @@ from sagaz.engine.decoding import EventDecoder
 from sagaz.engine.limits import TokenBucket
 from sagaz.engine.metrics import EngineMetrics
 from sagaz.engine.outcomes import SagaOutcomes
+from sagaz.events import plain_data
 from sagaz.saga.listeners import SagaListener
 
 if TYPE_CHECKING:
     from sagaz.abc import SagaStore, Source
     from sagaz.engine.backpressure import BackpressureQueue
+    from sagaz.engine.instances import SagaInstances
     from sagaz.saga.definition import Saga
     from sagaz.triggers.registration import TriggerDefinition
 
@@ -55,14 +58,21 @@ class ActiveTrigger:
     """A registered trigger bound to a running engine: saga instance, decoder, limits."""
 
     def __init__(
-        self, definition: TriggerDefinition, state: PipelineState, source: Source | None = None
+        self,
+        definition: TriggerDefinition,
+        state: PipelineState,
+        source: Source | None = None,
+        *,
+        instances: SagaInstances,
     ) -> None:
         self.definition = definition
         #: the trigger id (``"{saga_name}.{method}"``)
         self.trigger_id: str = definition.trigger_id
         #: the saga's name
         self.saga_name: str = definition.saga_name
-        self.saga: Saga = definition.saga_cls()
+        #: the saga object of every run (or, with a saga_factory, the one built at start)
+        self.saga: Saga = instances.prototype(definition.saga_cls)
+        self._instances = instances if instances.builds_per_run(definition.saga_cls) else None
         self.method = getattr(self.saga, definition.method)
         self.is_async = inspect.iscoroutinefunction(self.method)
         where = f"{definition.saga_cls.__qualname__}.{definition.method}"
@@ -98,13 +108,41 @@ class ActiveTrigger:
             if definition.poll_trigger is not None
             else None
         )
+        #: why the trigger is paused in this engine; empty while it runs (``engine.pausing``)
+        self.paused_by: set[str] = set()
+        #: set while it runs: a source that keeps ``Source.pause()``'s default waits on it
+        #: in ``emit()``
+        self.running = asyncio.Event()
+        self.running.set()
+        #: whether its source was told to pause (and not to resume since)
+        self.source_paused = False
 
-    async def transform(self, event: Any, meta: Any) -> Any:
-        """Call the trigger method (sync or async)."""
-        result = self.method(*self.decoder.arguments(event, meta))
+    @property
+    def paused(self) -> bool:
+        """Whether the trigger is paused here (for any reason)."""
+        return bool(self.paused_by)
+
+    def saga_for_run(self) -> Saga:
+        """The saga object of one run: the shared instance, or a new one from the factory."""
+        if self._instances is None:
+            return self.saga
+        return self._instances.for_run(self.definition.saga_cls)
+
+    async def transform(self, event: Any, meta: Any, saga: Saga | None = None) -> Any:
+        """Call the trigger method (sync or async) of ``saga`` (default: :attr:`saga`).
+        What it returns is made plain data (an :class:`~sagaz.events.EventData` in it as a
+        plain ``dict``): a saga's context is the same on its first run as once read back
+        from the store."""
+        method = (
+            self.method
+            if saga is None or saga is self.saga
+            else getattr(saga, self.definition.method)
+        )
+        result = method(*self.decoder.arguments(event, meta))
         if self.is_async:
             result = await result
-        return result
+        # only an unannotated method gets EventData (a typed one, plain validated objects)
+        return plain_data(result) if self.decoder.adapter is None else result
 
     def backoff(self, retry: int) -> float:
         """Base delay before retry number ``retry`` (1-based); the last value repeats."""

@@ -202,11 +202,12 @@ class Admission:
         ):  # the saga itself is leased by a live worker (e.g. the recovery loop elsewhere)
             self._watch_busy(c)
             return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
+        saga = trigger.saga_for_run()
         if existing is not None and existing.status is not SagaStatus.PENDING and not rerun:
             context = dict(existing.context)  # resume an interrupted (or finished) saga
         else:
             try:
-                context = await trigger.transform(event, delivery.meta)
+                context = await trigger.transform(event, delivery.meta, saga)
             except Exception as exc:
                 await state.store.release_inbox(trigger.trigger_id, key)
                 return await self._invalid(trigger, delivery, event, exc, saga_id, claimed=True)
@@ -263,6 +264,7 @@ class Admission:
             context_hash=context_hash,
             pending=pending,
             new_attempt=rerun,
+            saga=saga,
         )
         if existing is not None and existing.status in TERMINAL_SAGA_STATUSES and not rerun:
             item.already_terminal = True

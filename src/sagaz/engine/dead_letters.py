@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from sagaz.events import Delivery, EventMeta
+from sagaz.events import Delivery, EventData, EventMeta, plain_data
 from sagaz.exceptions import DeadLetterReplayError, StoreError
 from sagaz.records import DeadLetterRecord
 from sagaz.storage.codec import encode_value
@@ -157,6 +157,8 @@ def _finite(value: Any) -> bool:
 
 def _keep_payload(payload: Any) -> tuple[Any, dict[str, Any]]:
     """The payload as a dead letter stores it, and what ``meta`` says about it."""
+    if type(payload) is EventData:  # an event a trigger method got, handed in again
+        payload = plain_data(payload)
     if isinstance(payload, _PLAIN) and _storable(payload):
         return payload, {}
     cls = type(payload)

@@ -1,8 +1,9 @@
 """Turning a :class:`~sagaz.events.Delivery` into the event a trigger method expects.
 
 If the method's first parameter is annotated with a pydantic model, dataclass or TypedDict,
-the payload is validated into it (pydantic ``TypeAdapter``). Unannotated: the decoded payload
-(JSON → dict/list, otherwise ``bytes``).
+the payload is validated into it (pydantic ``TypeAdapter``). Unannotated: the decoded payload,
+a JSON object as an :class:`~sagaz.events.EventData` (a read-only mapping with attribute
+access, nested too), other JSON as decoded, otherwise ``bytes``.
 
 The decoder knows no source: it goes by the method's annotation, the payload's type, and what
 the source said its payload is (``Delivery.decoded``, ``Delivery.body``; see
@@ -20,8 +21,9 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from typing_extensions import is_typeddict
 
-from sagaz.events import Delivery, EventMeta
-from sagaz.exceptions import InvalidEventError
+from sagaz.events import Delivery, EventMeta, as_event_data
+from sagaz.exceptions import InvalidEventError, TriggerDefinitionError
+from sagaz.triggers.signature import event_adapter, event_annotation
 
 __all__ = ["EventDecoder", "InvalidPayloadError"]
 
@@ -55,22 +57,17 @@ class EventDecoder:
         self.where = where
         params = list(inspect.signature(fn).parameters.values())
         # bound method: no self; plain function: drop self
-        if params and params[0].name == "self":
-            params = params[1:]
-        self.wants_meta = len(params) >= 2
+        bound = not (params and params[0].name == "self")
+        self.wants_meta = len(params) - (0 if bound else 1) >= 2
         try:
-            hints = typing.get_type_hints(fn)
+            annotation = event_annotation(fn, bound=bound)
         except Exception as exc:
-            from sagaz.exceptions import TriggerDefinitionError
-
             raise TriggerDefinitionError(
                 f"{where}: cannot resolve the type annotations of the trigger method ({exc}); "
-                "define the event type at module level (not inside a function) so sagaz can "
-                "validate events into it"
+                "define the event type at module level (not inside a function: a forward "
+                "reference must resolve in the method's module by the time the engine "
+                "starts) so sagaz can validate events into it"
             ) from exc
-        annotation = hints.get(params[0].name) if params else None
-        if annotation is Any:
-            annotation = None
         self.annotation: Any = annotation
         origin = typing.get_origin(annotation) or annotation
         #: a model, dataclass or TypedDict (not a plain dict/mapping): validated from the body
@@ -88,14 +85,17 @@ class EventDecoder:
             else None
         )
         self.adapter: TypeAdapter[Any] | None = (
-            TypeAdapter(annotation) if annotation is not None else None
+            event_adapter(annotation, where=where) if annotation is not None else None
         )
 
     def decode(self, delivery: Delivery) -> Any:
         """The event object for the trigger method, or :class:`InvalidPayloadError`."""
         payload = delivery.payload
         if self.adapter is None:  # unannotated: the payload as the source gave it
-            return payload if delivery.decoded else _json_or_raw(payload)
+            event = payload if delivery.decoded else _json_or_raw(payload)
+            if type(event) is dict:  # a JSON object: event["user_id"] and event.user_id
+                return as_event_data(event, delivery.meta.message_id)
+            return event
         if self._instance_of is not None and isinstance(payload, self._instance_of):
             return payload  # already what the method wants (a CronTick, a WebhookRequest...)
         envelope = delivery.body is not None and (

@@ -19,31 +19,42 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from sagaz.abc import Lifecycle, SagaStore, Source, SourceContext
 from sagaz.backoff import Backoff
 from sagaz.clock import Clock, SystemClock, utcnow
-from sagaz.config import TriggerConfig, resolve_store, store_is_chosen
+from sagaz.config import TriggerConfig, ensure_store, resolve_store, store_is_chosen
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.admission import Admission
 from sagaz.engine.backpressure import BackpressureQueue
 from sagaz.engine.dispatcher import Dispatcher
+from sagaz.engine.instances import SagaFactory, SagaInstances
 from sagaz.engine.limits import TokenBucket
 from sagaz.engine.loading import load_source_module
 from sagaz.engine.outcomes import SagaOutcomes
+from sagaz.engine.pausing import TriggerPauses, set_trigger_enabled
 from sagaz.engine.runner import SagaRunner
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
-from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta, NotRun
+from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta, NotRun, Reason
 from sagaz.exceptions import ConfigurationError
+from sagaz.saga.definition import Saga
 from sagaz.saga.listeners import SagaListener
 from sagaz.saga.result import SagaResult
 from sagaz.triggers.registration import TriggerDefinition, registry
 
-__all__ = ["TriggerEngine", "fire_event", "start_triggers", "stop_triggers", "webhook_app"]
+__all__ = [
+    "TriggerEngine",
+    "fire_event",
+    "pause_trigger",
+    "resume_trigger",
+    "start_triggers",
+    "stop_triggers",
+    "webhook_app",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +84,8 @@ class TriggerEngine(Lifecycle):
 
     With ``start_sources=False`` (a dead-letter replay, the test harness) no source runs, nor
     do the recovery and cleanup loops: the engine runs only the events it is handed.
+
+    ``sagas`` and ``saga_factory``: the saga objects runs use (see :func:`start_triggers`).
     """
 
     def __init__(
@@ -85,8 +98,11 @@ class TriggerEngine(Lifecycle):
         triggers: Sequence[TriggerDefinition] | None = None,
         start_sources: bool = True,
         shared: dict[str, Any] | None = None,
+        sagas: Iterable[Saga] = (),
+        saga_factory: SagaFactory | None = None,
     ) -> None:
         self.config = config or TriggerConfig()
+        self.instances = SagaInstances(sagas, saga_factory)
         self.store: SagaStore = resolve_store(store)
         self._store_chosen = store_is_chosen(store)
         self.clock = clock or SystemClock()
@@ -119,6 +135,7 @@ class TriggerEngine(Lifecycle):
                 "`@trigger(...)` methods is imported: import it before start_triggers() "
                 "(e.g. `import myapp.sagas`), or run `sagaz run myapp.sagas`."
             )
+        self.instances.prepare(d.saga_cls for d in definitions)
         if not self._store_chosen:
             logger.warning(NOT_DURABLE_WARNING, extra={"worker_id": self.worker_id})
         if not getattr(self.store, "_started", False):
@@ -146,16 +163,19 @@ class TriggerEngine(Lifecycle):
         self.runner = SagaRunner(state, self.settlement)
         self.outcomes.resume()
         self.dispatcher = Dispatcher(state, self.runner)
+        self.pausing = TriggerPauses(state, self.triggers, self._report_source_error)
         self._started = True
         try:
             for definition in definitions:
-                active = ActiveTrigger(definition, state)
+                active = ActiveTrigger(definition, state, instances=self.instances)
                 self.triggers[definition.trigger_id] = active
                 if definition.channel is not None:  # in-process events come through fire()
                     self._channels.setdefault(str(definition.channel), []).append(active)
                 elif self.start_sources:
                     active.source = self._build_source(active)
                     self.sources[definition.trigger_id] = active.source
+            if self.start_sources:  # a trigger paused in the store starts paused
+                await self.pausing.register()
             self.dispatcher.start(config.max_concurrent_sagas)
             for trigger_id, source in self.sources.items():
                 active = self.triggers[trigger_id]
@@ -165,6 +185,7 @@ class TriggerEngine(Lifecycle):
             if self.start_sources:  # one fed by hand (a replay) takes on no one else's sagas
                 self._spawn(self._recover(), "sagaz-recovery")
                 self._spawn(self._cleanup(), "sagaz-cleanup")
+                self._spawn(self.pausing.watch(), "sagaz-trigger-states")
         except BaseException:
             await self.stop()
             raise
@@ -190,6 +211,7 @@ class TriggerEngine(Lifecycle):
             shared=self.shared,
             metrics_renderer=self._metrics_renderer(),
             dead_letter_topic=active.dead_letter_topic,
+            report_skipped=functools.partial(self.settlement.filtered, active),
         )
         if definition.push_source is not None:
             return definition.push_source
@@ -199,7 +221,11 @@ class TriggerEngine(Lifecycle):
         await self.settlement.report(active, error, None)
 
     async def _supervise(self, active: ActiveTrigger, source: Source) -> None:
-        emit = functools.partial(self.admission.admit, active)
+        emit: Callable[[Delivery], Awaitable[AdmissionResult]]
+        if type(source).pause is Source.pause:  # it cannot pause itself: hold it in emit()
+            emit = functools.partial(self._emit_when_running, active)
+        else:
+            emit = functools.partial(self.admission.admit, active)
         backoff = Backoff(self.clock, initial=0.5, maximum=30.0)
         while True:
             try:
@@ -214,6 +240,11 @@ class TriggerEngine(Lifecycle):
                     await source.start()
                 except Exception as start_error:
                     await self._report_source_error(active, start_error)
+
+    async def _emit_when_running(self, active: ActiveTrigger, item: Delivery) -> AdmissionResult:
+        """``emit`` of a source that cannot pause itself: it waits here while paused."""
+        await active.running.wait()
+        return await self.admission.admit(active, item)
 
     async def _heartbeat(self) -> None:
         """Keep the leases of this worker's claims alive while it runs."""
@@ -268,6 +299,7 @@ class TriggerEngine(Lifecycle):
                 attempt=record.attempt,
                 accepted_at=self.clock.monotonic(),
                 context_hash="recovered" if active.poll_name else None,
+                saga=active.saga_for_run(),
             )
             state.queue.put_nowait_unbounded(item)
             resumed += 1
@@ -358,6 +390,7 @@ class TriggerEngine(Lifecycle):
 
         Each call is its own event (two identical payloads start two sagas) unless the
         trigger names an identity (``idempotency_key=``) or asks ``dedup="content"``.
+        A paused trigger skips the event (``on_trigger_filtered`` with reason ``paused``).
         :meth:`wait_for` answers every returned id: its result, or why it did not run."""
         self._require_running()
         targets = self._channels.get(channel)
@@ -368,6 +401,9 @@ class TriggerEngine(Lifecycle):
             )
         accepted: list[str] = []
         for active in targets:
+            if active.paused:  # an in-process event cannot wait: skipped, and said so
+                await self.settlement.filtered(active, event, Reason.PAUSED)
+                continue
             delivery = Delivery(
                 payload=event,
                 decoded=True,
@@ -390,8 +426,9 @@ class TriggerEngine(Lifecycle):
     ) -> AdmissionResult:
         """Admit ``event`` for one trigger directly, bypassing its source (tests, replay).
 
-        ``identity`` is its dedup key (unless the trigger sets ``idempotency_key``); without
-        one each call is its own event, as for :meth:`fire`. ``body`` makes ``event`` an
+        ``identity`` is its dedup key (unless the trigger sets ``idempotency_key``), and its
+        message id when no ``meta`` is given; without one each call is its own event, as for
+        :meth:`fire`. ``body`` makes ``event`` an
         envelope, as its source marked it (see :class:`~sagaz.events.Delivery`): a typed
         trigger method gets ``body`` validated.
         """
@@ -401,7 +438,10 @@ class TriggerEngine(Lifecycle):
             payload=event,
             decoded=True,
             identity=identity,
-            meta=meta or EventMeta(source=active.definition.source, trigger=trigger_id),
+            meta=meta
+            or EventMeta(
+                source=active.definition.source, trigger=trigger_id, message_id=identity or None
+            ),
             body=body,
         )
         return await self.admission.admit(active, delivery)
@@ -424,6 +464,31 @@ class TriggerEngine(Lifecycle):
         """
         return await self.outcomes.wait(saga_id, timeout)
 
+    # -- pausing -----------------------------------------------------------------------------
+    async def pause_trigger(self, trigger_id: str) -> None:
+        """Pause a trigger here at once and, through the store, in every engine on it
+        (within ``trigger_state_interval_seconds``); a restart keeps it paused.
+
+        Broker messages stay on the broker, cron ticks are skipped (reason ``paused``), a
+        webhook answers 503 + Retry-After, a poll trigger is not polled; what is in flight
+        finishes. ``trigger_id`` may be a trigger of another app on the same store.
+        Raises :class:`~sagaz.exceptions.TriggerNotFoundError` for an id the store does not
+        know.
+        """
+        self._require_running()
+        await self.pausing.set_enabled(trigger_id, False)
+
+    async def resume_trigger(self, trigger_id: str) -> None:
+        """Resume a trigger paused with :meth:`pause_trigger` (or ``sagaz triggers pause``)."""
+        self._require_running()
+        await self.pausing.set_enabled(trigger_id, True)
+
+    def paused_triggers(self) -> dict[str, frozenset[str]]:
+        """The triggers paused in this engine and why (``"operator"``: paused in the store;
+        ``"trigger_scheduling_disabled"``: a poll trigger under
+        ``enable_trigger_scheduling=False``)."""
+        return {tid: frozenset(t.paused_by) for tid, t in self.triggers.items() if t.paused}
+
     def _require_running(self) -> None:
         if not self.running:
             raise RuntimeError("the trigger engine is not running: `await engine.start()` first")
@@ -438,9 +503,16 @@ async def start_triggers(
     config: TriggerConfig | None = None,
     store: SagaStore | None = None,
     *,
+    sagas: Iterable[Saga] = (),
+    saga_factory: SagaFactory | None = None,
     listeners: Sequence[SagaListener] = (),
 ) -> TriggerEngine:
     """Start the process-wide engine for every registered trigger and return it.
+
+    For a saga whose constructor takes arguments, give the instance, ``sagas=[OrderSaga(
+    client)]``: it runs every event of its class, concurrently, so keep per-run state in the
+    context, not on ``self``; or ``saga_factory=lambda cls: cls(client)``, called per run.
+    Without either a saga class is built with no arguments (else ``ConfigurationError``).
 
     ``listeners`` hear about every trigger and saga of the engine, in addition to the
     ``listeners`` of each saga class (audit, metrics, tracing).
@@ -449,7 +521,14 @@ async def start_triggers(
     if _engine is not None and _engine.running:
         raise RuntimeError("triggers are already running; call `await sagaz.stop_triggers()` first")
     global _pending_shared
-    engine = TriggerEngine(config, store, listeners=listeners, shared=_pending_shared)
+    engine = TriggerEngine(
+        config,
+        store,
+        listeners=listeners,
+        shared=_pending_shared,
+        sagas=sagas,
+        saga_factory=saga_factory,
+    )
     _pending_shared = {}
     await engine.start()
     _engine = engine
@@ -472,6 +551,33 @@ async def fire_event(channel: str, event: Any) -> list[str]:
     if _engine is None:
         raise RuntimeError("no trigger engine is running: `await sagaz.start_triggers()` first")
     return await _engine.fire(channel, event)
+
+
+async def pause_trigger(trigger_id: str, *, store: SagaStore | None = None) -> None:
+    """Pause a trigger in every engine on the store, within their
+    ``trigger_state_interval_seconds``; a restart keeps it paused. No engine needs to run
+    here: it is written to ``store`` (else the configured store, as ``start_triggers`` picks
+    it). When the process-wide engine runs on that store it pauses the trigger at once.
+
+    >>> await sagaz.pause_trigger("orders.on_order", store=store)  # doctest: +SKIP
+
+    Raises :class:`~sagaz.exceptions.TriggerNotFoundError` for an id the store does not know.
+    See :meth:`TriggerEngine.pause_trigger` for what a paused trigger does.
+    """
+    await _set_trigger_enabled(trigger_id, False, store)
+
+
+async def resume_trigger(trigger_id: str, *, store: SagaStore | None = None) -> None:
+    """Resume a paused trigger (see :func:`pause_trigger`)."""
+    await _set_trigger_enabled(trigger_id, True, store)
+
+
+async def _set_trigger_enabled(trigger_id: str, enabled: bool, store: SagaStore | None) -> None:
+    engine = _engine
+    if engine is not None and engine.running and store in (None, engine.store):
+        await engine.pausing.set_enabled(trigger_id, enabled)
+    else:
+        await set_trigger_enabled(await ensure_store(store), trigger_id, enabled)
 
 
 def webhook_app() -> Any:

@@ -9,6 +9,8 @@ import json
 import uuid
 from typing import Any
 
+from sagaz.events import EventData, plain_data
+
 __all__ = ["SAGAZ_NAMESPACE", "canonical_hash", "content_key", "saga_id_for", "storable"]
 
 SAGAZ_NAMESPACE = uuid.UUID("3f1d5c8e-6a52-5b8e-9c57-5a6761a7a001")
@@ -32,6 +34,8 @@ def saga_id_for(trigger_id: str, key: str) -> str:
 
 def storable(payload: Any) -> Any:
     """A payload the stores can keep (bytes, str, JSON values; objects as dicts)."""
+    if type(payload) is EventData:  # what an unannotated trigger method got: a plain copy
+        return plain_data(payload)
     if payload is None or isinstance(payload, (bytes, str, int, float, bool, list, dict)):
         return payload
     if hasattr(payload, "model_dump"):

@@ -12,7 +12,8 @@ cost nothing per event. Two ways to expose them:
 Every name starts with ``sagaz_``; per-trigger series carry a ``trigger`` label
 (``"{saga_name}.{method}"``), events that did not become a saga a ``reason`` label
 (``filtered``, ``duplicate``, ``dropped_oldest``, ``dropped_newest``, ``rejected``,
-``overlap_skipped``, ``invalid``).
+``overlap_skipped``, ``invalid``, ``paused``). ``sagaz_trigger_paused{trigger}`` is 1 while a
+trigger is paused in the engine.
 
 Sources add their own counters (:meth:`sagaz.abc.Source.counters`). With webhook triggers,
 ``sagaz_webhook_requests_rejected_total{reason, trigger}`` counts the
@@ -97,6 +98,15 @@ class EngineCollector:
             "The most sagas that ran at once since the engine started.",
             value=metrics.max_in_flight,
         )
+        paused = GaugeMetricFamily(
+            "sagaz_trigger_paused",
+            "1 while the trigger is paused in this engine (sagaz triggers pause, or a poll "
+            "trigger under enable_trigger_scheduling=False).",
+            labels=["trigger"],
+        )
+        for trigger_id in triggers:
+            paused.add_metric([trigger_id], 1 if self.engine.triggers[trigger_id].paused else 0)
+        yield paused
         yield from self._source_counters()
 
     def _source_counters(self) -> Iterator[Any]:

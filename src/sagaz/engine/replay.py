@@ -18,11 +18,11 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sagaz.abc import SagaStore
 from sagaz.config import TriggerConfig
@@ -32,6 +32,10 @@ from sagaz.exceptions import DeadLetterReplayError
 from sagaz.records import DeadLetterRecord
 from sagaz.saga.listeners import SagaListener
 from sagaz.triggers.registration import TriggerDefinition, registry
+
+if TYPE_CHECKING:
+    from sagaz.engine.instances import SagaFactory
+    from sagaz.saga.definition import Saga
 
 __all__ = ["ReplayOutcome", "import_saga", "replay"]
 
@@ -209,9 +213,12 @@ async def replay(
     config: TriggerConfig | None = None,
     timeout: float = 60.0,
     module_aliases: dict[str, str] | None = None,
+    sagas: Iterable[Saga] = (),
+    saga_factory: SagaFactory | None = None,
 ) -> ReplayOutcome:
     """Replay ``record`` through a pipeline of its own trigger (no source runs) and wait up to
-    ``timeout`` seconds for its saga. The trigger must be registered (:func:`import_saga`)."""
+    ``timeout`` seconds for its saga. The trigger must be registered (:func:`import_saga`).
+    ``sagas``/``saga_factory``: the saga objects, as for ``start_triggers``."""
     from sagaz.engine.engine import TriggerEngine
 
     if record.id is None:
@@ -224,6 +231,8 @@ async def replay(
         triggers=[definition],
         start_sources=False,
         listeners=[caught],
+        sagas=sagas,
+        saga_factory=saga_factory,
     ) as engine:
         active = engine.triggers[definition.trigger_id]
         annotation = active.decoder.annotation

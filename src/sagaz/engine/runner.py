@@ -32,7 +32,7 @@ class SagaRunner:
         state = self.state
         trigger = item.trigger
         execution = SagaExecution(
-            trigger.saga,
+            item.saga if item.saga is not None else trigger.saga,
             store=state.store,
             listeners=trigger.listeners,
             clock=state.clock,

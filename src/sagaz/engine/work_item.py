@@ -11,6 +11,7 @@ from sagaz.records import SagaRecord
 
 if TYPE_CHECKING:
     from sagaz.engine.active_trigger import ActiveTrigger
+    from sagaz.saga.definition import Saga
 
 __all__ = ["WorkItem"]
 
@@ -35,6 +36,7 @@ class WorkItem:
     new_attempt: bool = False  # a retry: the runner starts attempt ``attempt`` afresh
     already_terminal: bool = False  # a redelivery of a saga that already finished
     rate_granted: bool = False  # its trigger's rate-limit token is taken (see BackpressureQueue)
+    saga: Saga | None = None  # the saga object of this run (None: the trigger's shared one)
 
     @property
     def trigger_id(self) -> str:

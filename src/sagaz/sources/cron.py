@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 from croniter import croniter
 
 from sagaz.abc import Emit, Source, SourceContext
-from sagaz.events import CronTick, Delivery, EventMeta
+from sagaz.events import CronTick, Delivery, EventMeta, Reason
 from sagaz.triggers.options.cron import CronOptions, check_expression, zone
 
 __all__ = ["CronSchedule", "CronSource", "create"]
@@ -133,6 +133,11 @@ class CronSource(Source):
     (``store.claim_cron_tick``). Errors of the store or of ``emit`` are reported through
     ``ctx.report_error`` and the schedule keeps running; a tick whose emit failed after its
     claim is not retried (cron is not redeliverable).
+
+    While paused (``sagaz triggers pause ID``) each tick is still claimed, then skipped: it
+    is logged and reported (``on_trigger_filtered`` with reason ``paused``, counted in
+    ``sagaz_events_not_started_total{reason="paused"}``), and neither a resume nor a later
+    catch-up fires it.
     """
 
     kind: ClassVar[str] = "cron"
@@ -143,6 +148,17 @@ class CronSource(Source):
         self.ctx = ctx
         self.schedule = CronSchedule(options.schedule, options.timezone)
         self._log_extra = {"trigger": ctx.trigger_id, "source": self.kind}
+        #: while paused, each tick is still claimed (so no instance fires it, now or on a
+        #: catch-up later) but skipped: reported with reason ``paused``, never emitted
+        self.paused = False
+
+    async def pause(self) -> None:
+        """Skip the ticks from now on (reason ``paused``) until :meth:`resume`."""
+        self.paused = True
+
+    async def resume(self) -> None:
+        """Fire the ticks again, from the next one (skipped ticks are not caught up)."""
+        self.paused = False
 
     async def run(self, emit: Emit) -> None:
         """Catch up on missed ticks, then fire every tick until cancelled."""
@@ -220,7 +236,8 @@ class CronSource(Source):
             await self.fire(emit, tick)
 
     async def fire(self, emit: Emit, tick: datetime) -> bool:
-        """Claim ``tick`` (a UTC instant) and emit it; return whether this instance fired it."""
+        """Claim ``tick`` (a UTC instant) and emit it, or skip it while paused (reason
+        ``paused``); return whether this instance claimed it."""
         ctx = self.ctx
         tick_utc = tick.astimezone(UTC)
         try:
@@ -237,13 +254,22 @@ class CronSource(Source):
             )
             return False
         fired_at = ctx.clock.now()
+        event = CronTick(
+            timestamp=tick_utc.timestamp(),
+            scheduled_at=tick_utc.astimezone(self.schedule.tz),
+            fired_at=fired_at,
+            schedule=self.options.schedule,
+        )
+        if self.paused:
+            logger.info(
+                "cron tick %s skipped: the trigger is paused",
+                identity,
+                extra={**self._log_extra, "message_id": identity, "reason": Reason.PAUSED.value},
+            )
+            await ctx.report_skipped(event, Reason.PAUSED)
+            return True
         delivery = Delivery(
-            payload=CronTick(
-                timestamp=tick_utc.timestamp(),
-                scheduled_at=tick_utc.astimezone(self.schedule.tz),
-                fired_at=fired_at,
-                schedule=self.options.schedule,
-            ),
+            payload=event,
             decoded=True,
             identity=identity,
             meta=EventMeta(

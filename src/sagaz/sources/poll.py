@@ -11,9 +11,8 @@ from typing import Any, ClassVar
 
 from sagaz.abc import Emit, Source, SourceContext
 from sagaz.events import Delivery, EventMeta
-from sagaz.records import TriggerScheduleRecord
 from sagaz.triggers.options.custom import CustomOptions
-from sagaz.triggers.poll import Fire, Trigger
+from sagaz.triggers.poll import Fire, Skip, Trigger, interval_seconds
 
 __all__ = ["PollSource", "create"]
 
@@ -23,8 +22,9 @@ logger = logging.getLogger(__name__)
 class PollSource(Source):
     """Polls a :class:`Trigger` every ``max(poll_interval, trigger_base_poll_interval)``.
 
-    Each poll is bounded by ``trigger_poll_timeout``; a poll that raises or times out is
-    logged, reported to listeners (``on_trigger_error``) and polling continues.
+    Each poll is bounded by ``trigger_poll_timeout``; a poll that raises, times out or returns
+    anything but ``Fire``/``Skip`` is logged, reported to listeners (``on_trigger_error``) and
+    counted (``sagaz_source_errors``), and polling continues.
     """
 
     kind: ClassVar[str] = "custom"
@@ -32,30 +32,34 @@ class PollSource(Source):
     def __init__(self, poll_trigger: Trigger, ctx: SourceContext) -> None:
         self.poll_trigger = poll_trigger
         self.ctx = ctx
+        #: the trigger's ``name`` (its dedup rows in ``trigger_executions``), else the id
         self.name = poll_trigger.name or ctx.trigger_id
+        self._running = asyncio.Event()  # cleared while paused: not polled
+        self._running.set()
 
     @property
     def interval(self) -> float:
         """Seconds between polls."""
         return max(
-            float(self.poll_trigger.poll_interval), self.ctx.config.trigger_base_poll_interval
+            interval_seconds(self.poll_trigger.poll_interval),
+            self.ctx.config.trigger_base_poll_interval,
         )
 
     async def run(self, emit: Emit) -> None:
-        """Poll until cancelled."""
+        """Poll until cancelled; not while paused."""
         ctx = self.ctx
-        await ctx.store.save_trigger_schedule(
-            TriggerScheduleRecord(
-                trigger_name=self.name,
-                saga_name=ctx.saga_name,
-                poll_interval_ms=int(self.interval * 1000),
-                allow_concurrent=bool(self.poll_trigger.allow_concurrent),
-                enabled=True,
-            )
-        )
         while True:
             await ctx.clock.sleep(self.interval)
+            await self._running.wait()
             await self.poll_once(emit)
+
+    async def pause(self) -> None:
+        """Poll no more until :meth:`resume` (a poll under way finishes)."""
+        self._running.clear()
+
+    async def resume(self) -> None:
+        """Poll again, from the next interval."""
+        self._running.set()
 
     async def poll_once(self, emit: Emit) -> None:
         """One poll: ``Fire`` → emit the context; errors and timeouts are reported."""
@@ -76,10 +80,18 @@ class PollSource(Source):
             return
         finally:
             try:
-                await ctx.store.touch_trigger_schedule(self.name, ctx.clock.now())
+                await ctx.store.touch_trigger_schedule(ctx.trigger_id, ctx.clock.now())
             except Exception as exc:
                 await ctx.report_error(exc)
-        if not isinstance(outcome, Fire):
+        if outcome is Skip:
+            return
+        if not isinstance(outcome, Fire):  # never taken for a Skip: say so, keep polling
+            await ctx.report_error(
+                TypeError(
+                    f"poll() of trigger {self.name!r} ({ctx.trigger_id}) returned {outcome!r}; "
+                    "it must return Fire(context) or Skip. Nothing fired; polling continues"
+                )
+            )
             return
         context = dict(outcome.context or {})
         delivery = Delivery(

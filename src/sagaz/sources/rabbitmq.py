@@ -7,6 +7,10 @@ broker restart or a dropped connection it reconnects, re-declares the queue, exc
 binding, and consumption resumes by itself. Messages that were in flight on the lost channel
 are requeued by the broker and come back with ``redelivered`` set; the inbox deduplicates them.
 
+``pause()`` (a paused trigger) cancels the consumer and hands back what was received but never
+emitted: new messages stay in the queue; the ones in flight finish and are acked as usual.
+``resume()`` consumes again.
+
 >>> @trigger(source="rabbitmq", queue="ml.retraining", exchange="model-events",
 ...          routing_key="drift.*")  # doctest: +SKIP
 ... def on_drift(self, event: dict) -> dict: ...
@@ -115,6 +119,9 @@ class RabbitMQSource(Source):
         self._dead_letter_exchange: AbstractExchange | None = None
         self._dead_letter_lock = asyncio.Lock()
         self._stopping = False
+        self._paused = False
+        self._consuming = False  # run() reads the buffer
+        self._intake_lock = asyncio.Lock()  # consume/cancel, one at a time
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -191,7 +198,10 @@ class RabbitMQSource(Source):
         await self._start_with_retry()
         assert self._queue is not None
         self._buffer = asyncio.Queue()
-        self._consumer_tag = await self._queue.consume(self._buffer.put)
+        async with self._intake_lock:
+            self._consuming = True
+            if not self._paused:
+                self._consumer_tag = await self._queue.consume(self._buffer.put)
         try:
             while True:
                 message = await self._buffer.get()
@@ -201,7 +211,27 @@ class RabbitMQSource(Source):
                     continue
                 await emit(self._delivery(message))
         finally:
+            self._consuming = False
             await self._stop_intake()
+
+    async def pause(self) -> None:
+        """Cancel the consumer and hand back the messages received but not emitted; the
+        queue keeps the new ones until :meth:`resume`. Messages in flight are left alone."""
+        async with self._intake_lock:
+            if not self._paused:
+                self._paused = True
+                await self._stop_intake()
+                logger.info("rabbitmq intake paused", extra=self._log)
+
+    async def resume(self) -> None:
+        """Consume again (raises if the broker cannot be reached: the engine retries)."""
+        async with self._intake_lock:
+            if not self._paused:
+                return
+            if self._consuming and self._queue is not None and self._consumer_tag is None:
+                self._consumer_tag = await self._queue.consume(self._buffer.put)
+            self._paused = False
+            logger.info("rabbitmq intake resumed", extra=self._log)
 
     async def _start_with_retry(self) -> None:
         """Start, waiting out a broker that is not reachable yet (reported, with backoff)."""

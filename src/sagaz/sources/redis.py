@@ -10,6 +10,10 @@ Entries of a consumer that died are taken over with ``XAUTOCLAIM`` after ``claim
 While a saga runs, this source keeps its own entries fresh (``XCLAIM ... JUSTID`` to itself),
 so a saga that runs longer than ``claim_idle_ms`` is not stolen by another live consumer.
 
+``pause()`` (a paused trigger) stops reading (``XREADGROUP``, ``XAUTOCLAIM``): new entries wait
+in the stream; entries in flight stay fresh and are acked as usual; an entry read but not yet
+emitted when the pause came stays pending and is read again after ``resume()``.
+
 Payload rule: an entry with a single field named ``data``, ``payload`` or ``body`` hands over
 that field's raw bytes (decoded as JSON by the pipeline when possible); any other entry hands
 over its fields as a ``dict[str, str]`` (UTF-8, undecodable bytes replaced).
@@ -124,6 +128,8 @@ class RedisStreamSource(Source):
         self._inflight: set[str] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = False
+        self._intake = asyncio.Event()  # cleared while the trigger is paused
+        self._intake.set()
 
     @property
     def _redis(self) -> Redis:
@@ -233,6 +239,10 @@ class RedisStreamSource(Source):
                 elif missing_group:
                     await self._ensure_group(self._redis)
                     missing_group = False
+                if not self._intake.is_set():
+                    await self._intake.wait()
+                    recovering, cursor = True, "0-0"  # what a pause left pending, first
+                    continue
                 if recovering:
                     cursor = await self._recover(emit, cursor)
                     recovering = cursor != "0-0"
@@ -262,6 +272,16 @@ class RedisStreamSource(Source):
                 # the stream or the group vanished (deleted, or Redis restarted empty)
                 await self._report(exc, "consumer group missing; creating it again")
                 missing_group = True
+
+    async def pause(self) -> None:
+        """Read nothing more until :meth:`resume`; entries in flight are left alone."""
+        self._intake.clear()
+        logger.info("redis intake paused", extra=self._log)
+
+    async def resume(self) -> None:
+        """Read again, first the entries a pause left pending here."""
+        self._intake.set()
+        logger.info("redis intake resumed", extra=self._log)
 
     async def _report(self, exc: BaseException, what: str) -> None:
         logger.warning(what, extra={**self._log, "error": repr(exc)})
@@ -329,7 +349,10 @@ class RedisStreamSource(Source):
         _raise_if_cancelled()
         fresh = [(i, f) for i, f in entries if i not in self._inflight]
         self._inflight.update(i for i, _ in fresh)
-        for entry_id, fields in fresh:
+        for index, (entry_id, fields) in enumerate(fresh):
+            if not self._intake.is_set():  # paused: the rest stay pending, read after resume
+                self._inflight.difference_update(i for i, _ in fresh[index:])
+                return
             if not fields:
                 # deleted from the stream while pending: nothing left to process
                 await self._settle(entry_id, ack=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar
@@ -30,6 +30,7 @@ _SAGA = RowCodec(SagaRecord)
 _STEP = RowCodec(StepRecord)
 _S_STATUS = _SAGA.index["status"]
 _S_NAME = _SAGA.index["saga_name"]
+_S_TRIGGER = _SAGA.index["trigger_id"]
 _S_OWNER = _SAGA.index["owner"]
 _S_LEASE = _SAGA.index["lease_expires_at"]
 _S_EVENT = _SAGA.index["event"]
@@ -98,15 +99,32 @@ class MemorySagaStore(SagaStore):
         *,
         status: SagaStatus | None = None,
         saga_name: str | None = None,
+        trigger_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        after: str | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
-        rows = [
-            r
-            for r in self._sagas.values()
-            if (status is None or r[_S_STATUS] == status)
-            and (saga_name is None or r[_S_NAME] == saga_name)
-        ]
-        return [_SAGA.unpack(r) for r in rows[:limit]]
+        ids: Iterable[str] = reversed(self._sagas)  # a dict keeps the order of creation
+        if after is not None:
+            if after not in self._sagas:
+                return []
+            ids = itertools.dropwhile(lambda saga_id: saga_id != after, ids)
+            next(ids)  # ``after`` itself
+        found: list[SagaRecord] = []
+        for saga_id in ids:
+            if len(found) >= limit:
+                break
+            r = self._sagas[saga_id]
+            if (
+                (status is None or r[_S_STATUS] == status)
+                and (saga_name is None or r[_S_NAME] == saga_name)
+                and (trigger_id is None or r[_S_TRIGGER] == trigger_id)
+                and (created_after is None or r[_S_CREATED] >= created_after)
+                and (created_before is None or r[_S_CREATED] < created_before)
+            ):
+                found.append(_SAGA.unpack(r))
+        return found
 
     async def delete_saga(self, saga_id: str) -> None:
         self._sagas.pop(saga_id, None)
@@ -278,13 +296,25 @@ class MemorySagaStore(SagaStore):
     async def save_trigger_schedule(self, record: TriggerScheduleRecord) -> None:
         previous = self._schedules.get(record.trigger_name)
         stored = _clone(record)
-        if stored.last_poll_at is None and previous is not None:
-            stored.last_poll_at = previous.last_poll_at
+        if previous is not None:
+            stored.enabled = previous.enabled
+            if stored.last_poll_at is None:
+                stored.last_poll_at = previous.last_poll_at
         self._schedules[record.trigger_name] = stored
 
     async def get_trigger_schedule(self, trigger_name: str) -> TriggerScheduleRecord | None:
         record = self._schedules.get(trigger_name)
         return _clone(record) if record else None
+
+    async def list_trigger_schedules(self) -> list[TriggerScheduleRecord]:
+        return [_clone(self._schedules[name]) for name in sorted(self._schedules)]
+
+    async def set_trigger_enabled(self, trigger_name: str, enabled: bool) -> bool:
+        record = self._schedules.get(trigger_name)
+        if record is None:
+            return False
+        record.enabled = enabled
+        return True
 
     async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
         record = self._schedules.get(trigger_name)

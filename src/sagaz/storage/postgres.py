@@ -12,9 +12,10 @@ imported when the store starts (``pip install "sagaz[postgres]"``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from sagaz._imports import require_extra
 from sagaz.abc import SagaStore
@@ -26,6 +27,7 @@ from sagaz.records import (
     InboxClaim,
     OutboxMessage,
     SagaRecord,
+    SchemaVersions,
     StepRecord,
     TriggerExecutionRecord,
     TriggerScheduleRecord,
@@ -36,6 +38,8 @@ from sagaz.storage.url import redact_url
 from sagaz.types import SagaStatus, StepStatus
 
 __all__ = ["PostgresSagaStore"]
+
+T = TypeVar("T")
 
 _CLAIM_RETRIES = 5  # a row deleted between our two statements makes us look again
 
@@ -82,7 +86,10 @@ class PostgresSagaStore(SagaStore):
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the pool and create or migrate the schema. Idempotent."""
+        """Open the pool and create the schema if the database has none. Idempotent.
+
+        An older schema raises :class:`~sagaz.exceptions.SchemaOutdatedError`: migrate it
+        with ``sagaz db upgrade`` (:meth:`upgrade_schema`)."""
         async with self._lifecycle_lock:
             if self._pool is not None:
                 return
@@ -97,18 +104,49 @@ class PostgresSagaStore(SagaStore):
                     reset=tables.keep_session,
                 )
             except (OSError, asyncpg.PostgresError) as exc:
-                raise StoreError(
-                    f"cannot connect to PostgreSQL at {redact_url(self.dsn)}: {exc}; check the "
-                    "DSN (postgresql://user:password@host:5432/db) and that the server is up"
-                ) from exc
+                raise self._unreachable(exc) from exc
             try:
                 async with pool.acquire() as conn:
-                    await tables.migrate(conn, self.schema)
+                    await tables.migrate(conn, self.schema, url=self._store_url())
             except BaseException:
                 await pool.close()
                 raise
             self._pool = pool
             self._started = True
+
+    def _store_url(self) -> str:
+        """The store's URL with the password redacted (for ``--store`` and messages)."""
+        if self.schema == "sagaz":
+            return redact_url(self.dsn)
+        parts = urlsplit(redact_url(self.dsn))
+        query = "&".join(q for q in (parts.query, urlencode({"schema": self.schema})) if q)
+        return urlunsplit(parts._replace(query=query))
+
+    def _unreachable(self, exc: BaseException) -> StoreError:
+        return StoreError(
+            f"cannot connect to PostgreSQL at {redact_url(self.dsn)}: {exc}; check the "
+            "DSN (postgresql://user:password@host:5432/db) and that the server is up"
+        )
+
+    async def _one_connection(self, use: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``use`` on a connection of its own (the store need not be started)."""
+        asyncpg = require_extra("postgres")
+        try:
+            conn = await asyncpg.connect(self.dsn, command_timeout=self._command_timeout)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise self._unreachable(exc) from exc
+        try:
+            return await use(conn)
+        finally:
+            await conn.close()
+
+    async def schema_versions(self) -> SchemaVersions:
+        return await self._one_connection(lambda conn: tables.read_versions(conn, self.schema))
+
+    async def upgrade_schema(self) -> SchemaVersions:
+        return await self._one_connection(
+            lambda conn: tables.migrate(conn, self.schema, url=self._store_url(), upgrade=True)
+        )
 
     async def stop(self) -> None:
         """Close the pool, letting running queries finish. Idempotent."""
@@ -181,20 +219,32 @@ class PostgresSagaStore(SagaStore):
         *,
         status: SagaStatus | None = None,
         saga_name: str | None = None,
+        trigger_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        after: str | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
+        # newest first is descending ``seq``: the status and name filters walk their
+        # (status, seq) / (saga_name, seq) indexes backwards; the others filter that walk
+        conditions = {
+            "status = {}": None if status is None else SagaStatus(status).value,
+            "saga_name = {}": saga_name,
+            "trigger_id = {}": trigger_id,
+            "created_at >= {}": None if created_after is None else to_utc(created_after),
+            "created_at < {}": None if created_before is None else to_utc(created_before),
+            f"seq < (SELECT seq FROM {self._s}.saga_executions WHERE saga_id = {{}})": after,
+        }
         where: list[str] = []
         params: list[Any] = []
-        if status is not None:
-            params.append(SagaStatus(status).value)
-            where.append(f"status = ${len(params)}")
-        if saga_name is not None:
-            params.append(saga_name)
-            where.append(f"saga_name = ${len(params)}")
+        for condition, value in conditions.items():
+            if value is not None:
+                params.append(value)
+                where.append(condition.format(f"${len(params)}"))
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         params.append(limit)
         rows = await self._db().fetch(
-            f"{self._select_sagas} {clause}ORDER BY seq LIMIT ${len(params)}",
+            f"{self._select_sagas} {clause}ORDER BY seq DESC LIMIT ${len(params)}",
             *params,
         )
         return [tables.saga_from_row(row) for row in rows]
@@ -433,7 +483,7 @@ class PostgresSagaStore(SagaStore):
             "poll_interval_ms, allow_concurrent, enabled, last_poll_at) "
             "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (trigger_name) DO UPDATE SET "
             "saga_name = EXCLUDED.saga_name, poll_interval_ms = EXCLUDED.poll_interval_ms, "
-            "allow_concurrent = EXCLUDED.allow_concurrent, enabled = EXCLUDED.enabled, "
+            "allow_concurrent = EXCLUDED.allow_concurrent, "
             "last_poll_at = COALESCE(EXCLUDED.last_poll_at, t.last_poll_at)",
             record.trigger_name,
             record.saga_name,
@@ -450,6 +500,22 @@ class PostgresSagaStore(SagaStore):
             trigger_name,
         )
         return None if row is None else TriggerScheduleRecord(*row)
+
+    async def list_trigger_schedules(self) -> list[TriggerScheduleRecord]:
+        rows = await self._db().fetch(
+            "SELECT trigger_name, saga_name, poll_interval_ms, allow_concurrent, enabled, "
+            f'last_poll_at FROM {self._s}.trigger_schedules ORDER BY trigger_name COLLATE "C"'
+        )
+        return [TriggerScheduleRecord(*row) for row in rows]
+
+    async def set_trigger_enabled(self, trigger_name: str, enabled: bool) -> bool:
+        found = await self._db().fetchval(
+            f"UPDATE {self._s}.trigger_schedules SET enabled = $2 WHERE trigger_name = $1 "
+            "RETURNING TRUE",
+            trigger_name,
+            enabled,
+        )
+        return bool(found)
 
     async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
         await self._db().execute(

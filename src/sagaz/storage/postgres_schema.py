@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sagaz.exceptions import ConfigurationError, StoreError
-from sagaz.records import DeadLetterRecord, SagaRecord, StepRecord
+from sagaz.exceptions import ConfigurationError, SchemaOutdatedError, StoreError
+from sagaz.records import DeadLetterRecord, SagaRecord, SchemaVersions, StepRecord
 from sagaz.storage.codec import dumps, loads, to_utc
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
@@ -33,6 +33,7 @@ __all__ = [
     "keep_session",
     "migrate",
     "quote_schema",
+    "read_versions",
     "saga_from_row",
     "saga_params",
     "step_from_row",
@@ -184,11 +185,14 @@ def quote_schema(schema: str) -> str:
     return f'"{schema}"'
 
 
-async def migrate(conn: Any, schema: str) -> int:
-    """Create or upgrade the schema in one transaction; return the version now in place.
+async def migrate(conn: Any, schema: str, *, url: str, upgrade: bool = False) -> SchemaVersions:
+    """Create the schema in an empty database or, with ``upgrade``, bring an older one up to
+    date, in one transaction; return the versions found.
 
-    ``conn`` is an asyncpg connection. The advisory lock is keyed on the schema name, so two
-    processes starting at once queue up instead of racing on ``CREATE TABLE``.
+    Without ``upgrade`` an older schema raises :class:`SchemaOutdatedError` (``url`` goes
+    into its ``sagaz db upgrade --store URL``). ``conn`` is an asyncpg connection. The
+    advisory lock is keyed on the schema name, so two processes starting at once queue up
+    instead of racing on ``CREATE TABLE``.
     """
     s = quote_schema(schema)
     async with conn.transaction():
@@ -210,13 +214,29 @@ async def migrate(conn: Any, schema: str) -> int:
                 f"the PostgreSQL schema {schema!r} has version {current}, newer than the "
                 f"{SCHEMA_VERSION} this sagaz understands: upgrade sagaz (pip install -U sagaz)"
             )
+        if 0 < current < SCHEMA_VERSION and not upgrade:
+            raise SchemaOutdatedError(
+                f"the PostgreSQL schema {schema!r}",
+                store=url,
+                found=current,
+                expected=SCHEMA_VERSION,
+            )
         for version, statements in MIGRATIONS:
             if version <= current:
                 continue
             for statement in statements:
                 await conn.execute(statement.replace("{s}", s))
             await conn.execute(f"INSERT INTO {s}.schema_version (version) VALUES ($1)", version)
-    return SCHEMA_VERSION
+    return SchemaVersions(current=current, expected=SCHEMA_VERSION)
+
+
+async def read_versions(conn: Any, schema: str) -> SchemaVersions:
+    """The versions of ``schema``, read without creating or changing anything."""
+    table = f"{quote_schema(schema)}.schema_version"
+    current = 0
+    if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+        current = int(await conn.fetchval(f"SELECT COALESCE(MAX(version), 0) FROM {table}"))
+    return SchemaVersions(current=current, expected=SCHEMA_VERSION)
 
 
 # -- rows <-> records ----------------------------------------------------------------------

@@ -14,10 +14,10 @@ Cluster does not allow. redis-py is imported when the store starts
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
-from urllib.parse import quote
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from sagaz._imports import require_extra
 from sagaz.abc import SagaStore
@@ -29,6 +29,7 @@ from sagaz.records import (
     InboxClaim,
     OutboxMessage,
     SagaRecord,
+    SchemaVersions,
     StepRecord,
     TriggerExecutionRecord,
     TriggerScheduleRecord,
@@ -42,6 +43,8 @@ from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
 __all__ = ["RedisSagaStore"]
 
+T = TypeVar("T")
+
 _CHUNK = 200  # ids read per round trip when scanning an index
 _PURGE_BATCH = 500
 
@@ -52,6 +55,17 @@ def _outbox_documents(outbox: Sequence[OutboxMessage]) -> list[str]:
         dumps({"saga_id": m.saga_id, "topic": m.topic, "payload": m.payload, "headers": m.headers})
         for m in outbox
     ]
+
+
+def _schedule(trigger_name: str, fields: dict[str, str]) -> TriggerScheduleRecord:
+    return TriggerScheduleRecord(
+        trigger_name=trigger_name,
+        saga_name=fields["saga_name"],
+        poll_interval_ms=int(fields["poll_interval_ms"]),
+        allow_concurrent=fields["allow_concurrent"] == "1",
+        enabled=fields.get("enabled", "1") == "1",
+        last_poll_at=tables.optional_moment(fields.get("last_poll_at")),
+    )
 
 
 class RedisSagaStore(SagaStore):
@@ -74,7 +88,11 @@ class RedisSagaStore(SagaStore):
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Connect, check the server answers, and record or migrate the key layout."""
+        """Connect, check the server answers, and record the key layout's version under a
+        new prefix. Idempotent.
+
+        An older layout raises :class:`~sagaz.exceptions.SchemaOutdatedError`: migrate it
+        with ``sagaz db upgrade`` (:meth:`upgrade_schema`)."""
         async with self._lifecycle_lock:
             if self._client is not None:
                 return
@@ -82,14 +100,11 @@ class RedisSagaStore(SagaStore):
             client = redis.Redis.from_url(self.url, decode_responses=True, **self._client_options)
             try:
                 await client.ping()
-                await tables.migrate(client, self.prefix)
+                await tables.migrate(client, self.prefix, url=self._store_url())
             except BaseException as exc:
                 await client.aclose()
                 if isinstance(exc, OSError | redis.RedisError):
-                    raise StoreError(
-                        f"cannot use Redis at {redact_url(self.url)}: {exc}; check the URL "
-                        "(redis://host:6379/0) and that the server is up"
-                    ) from exc
+                    raise self._unreachable(exc) from exc
                 raise
             scripts = {
                 name: client.register_script(source) for name, source in tables.SCRIPTS.items()
@@ -111,6 +126,39 @@ class RedisSagaStore(SagaStore):
     async def schema_version(self) -> int:
         """The key-layout version recorded in Redis."""
         return int(await self._db().get(self._key("schema_version")) or 0)
+
+    def _store_url(self) -> str:
+        """The store's URL with the password redacted, ``?prefix=`` included (messages)."""
+        if self.prefix == "sagaz":
+            return redact_url(self.url)
+        parts = urlsplit(redact_url(self.url))
+        query = "&".join(q for q in (parts.query, urlencode({"prefix": self.prefix})) if q)
+        return urlunsplit(parts._replace(query=query))
+
+    def _unreachable(self, exc: BaseException) -> StoreError:
+        return StoreError(
+            f"cannot use Redis at {redact_url(self.url)}: {exc}; check the URL "
+            "(redis://host:6379/0) and that the server is up"
+        )
+
+    async def _one_client(self, use: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``use`` on a client of its own (the store need not be started)."""
+        redis = require_extra("redis", "redis.asyncio")
+        client = redis.Redis.from_url(self.url, decode_responses=True, **self._client_options)
+        try:
+            return await use(client)
+        except (OSError, redis.RedisError) as exc:
+            raise self._unreachable(exc) from exc
+        finally:
+            await client.aclose()
+
+    async def schema_versions(self) -> SchemaVersions:
+        return await self._one_client(lambda client: tables.read_versions(client, self.prefix))
+
+    async def upgrade_schema(self) -> SchemaVersions:
+        return await self._one_client(
+            lambda client: tables.migrate(client, self.prefix, url=self._store_url(), upgrade=True)
+        )
 
     def _db(self) -> Any:
         if self._client is None:
@@ -221,28 +269,67 @@ class RedisSagaStore(SagaStore):
                     found.append(record)
         return found[:limit]
 
+    async def _scan_newest(
+        self, index: str, keep: Callable[[SagaRecord], bool], limit: int, below: str
+    ) -> list[SagaRecord]:
+        """Sagas listed in the sorted set ``index`` with a score under ``below``, highest
+        score (newest) first, that pass ``keep``."""
+        db = self._db()
+        found: list[SagaRecord] = []
+        while len(found) < limit:
+            pairs = await db.zrevrangebyscore(
+                index, below, "-inf", start=0, num=_CHUNK, withscores=True
+            )
+            if not pairs:
+                break
+            below = f"({int(pairs[-1][1])}"
+            async with db.pipeline(transaction=False) as pipe:
+                for saga_id, _ in pairs:
+                    pipe.hgetall(self._key("saga", saga_id))
+                rows = await pipe.execute()
+            for fields in rows:
+                if fields and keep(record := tables.saga_from_hash(fields)):
+                    found.append(record)
+        return found[:limit]
+
     async def list_sagas(
         self,
         *,
         status: SagaStatus | None = None,
         saga_name: str | None = None,
+        trigger_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        after: str | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
+        # newest first is descending ``seq``: the status and name filters walk their sorted
+        # sets backwards; the others filter that walk
+        below = "+inf"
+        if after is not None:
+            seq = await self._db().hget(self._key("saga", after), "seq")
+            if seq is None:
+                return []
+            below = f"({seq}"
         if status is not None:
-            wanted = SagaStatus(status)
-            index = self._key("sagas-status", wanted.value)
+            index = self._key("sagas-status", SagaStatus(status).value)
         elif saga_name is not None:
             index = self._key("sagas-name", saga_name)
         else:
             index = self._key("sagas")
-        return await self._scan(
-            index,
-            lambda r: (
+
+        def keep(r: SagaRecord) -> bool:
+            created = r.created_at
+            assert created is not None  # every stored saga has one
+            return (
                 (status is None or r.status == status)
                 and (saga_name is None or r.saga_name == saga_name)
-            ),
-            limit,
-        )
+                and (trigger_id is None or r.trigger_id == trigger_id)
+                and (created_after is None or created >= created_after)
+                and (created_before is None or created < created_before)
+            )
+
+        return await self._scan_newest(index, keep, limit, below)
 
     async def delete_saga(self, saga_id: str) -> None:
         await self._script(
@@ -424,28 +511,40 @@ class RedisSagaStore(SagaStore):
 
     # -- poll triggers ---------------------------------------------------------------------
     async def save_trigger_schedule(self, record: TriggerScheduleRecord) -> None:
-        fields = {
-            "saga_name": record.saga_name,
-            "poll_interval_ms": str(record.poll_interval_ms),
-            "allow_concurrent": "1" if record.allow_concurrent else "0",
-            "enabled": "1" if record.enabled else "0",
-        }
-        if record.last_poll_at is not None:  # None keeps the stored time (one atomic HSET)
-            fields["last_poll_at"] = micros(record.last_poll_at)
-        await self._db().hset(self._key("schedule", record.trigger_name), mapping=fields)
+        last = record.last_poll_at
+        await self._script(
+            "SAVE_TRIGGER_SCHEDULE",
+            [self._key("schedule", record.trigger_name)],
+            [
+                self.prefix,
+                record.trigger_name,
+                record.saga_name,
+                str(record.poll_interval_ms),
+                "1" if record.allow_concurrent else "0",
+                "1" if record.enabled else "0",
+                "" if last is None else micros(last),  # "" keeps the stored time
+            ],
+        )
 
     async def get_trigger_schedule(self, trigger_name: str) -> TriggerScheduleRecord | None:
         fields = await self._db().hgetall(self._key("schedule", trigger_name))
-        if not fields:
-            return None
-        return TriggerScheduleRecord(
-            trigger_name=trigger_name,
-            saga_name=fields["saga_name"],
-            poll_interval_ms=int(fields["poll_interval_ms"]),
-            allow_concurrent=fields["allow_concurrent"] == "1",
-            enabled=fields["enabled"] == "1",
-            last_poll_at=tables.optional_moment(fields.get("last_poll_at")),
+        return _schedule(trigger_name, fields) if fields else None
+
+    async def list_trigger_schedules(self) -> list[TriggerScheduleRecord]:
+        names = sorted(await self._db().smembers(self._key("schedules")))
+        pipe = self._db().pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self._key("schedule", name))
+        rows = await pipe.execute() if names else []
+        return [_schedule(name, fields) for name, fields in zip(names, rows, strict=True) if fields]
+
+    async def set_trigger_enabled(self, trigger_name: str, enabled: bool) -> bool:
+        found = await self._script(
+            "SET_TRIGGER_ENABLED",
+            [self._key("schedule", trigger_name)],
+            [self.prefix, trigger_name, "1" if enabled else "0"],
         )
+        return bool(found)
 
     async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
         await self._script(

@@ -11,7 +11,8 @@ with its row is one script. Key layout under the prefix ``p`` (``ARGV[1]`` of ev
 ``p:steps:<id>`` hash step name → JSON; ``p:inbox:<trigger>:<key>`` hash of an inbox row
 (both parts URL-quoted); ``p:inbox-completed`` completed rows scored by ``completed_at``;
 ``p:outbox:<id>`` hash, ``p:outbox-unsent`` sorted set of unsent ids; ``p:dead:<id>`` hash,
-``p:dead-all`` / ``p:dead-by-trigger:<trigger>`` sorted sets of ids; ``p:schedule:<name>`` hash;
+``p:dead-all`` / ``p:dead-by-trigger:<trigger>`` sorted sets of ids; ``p:schedule:<name>`` hash
+and ``p:schedules`` the set of names (rows written before it existed join it when saved again);
 ``p:texec:<id>`` hash, ``p:texecs:<trigger>`` ids, ``p:texec-open:<trigger>`` open count per
 context hash, ``p:texec-open-saga:<trigger>:<saga>`` open ids of one saga, ``p:texec-completed``
 completed ids scored by ``completed_at``; ``p:cron:<trigger>`` claimed ticks,
@@ -31,8 +32,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from sagaz.exceptions import StoreError
-from sagaz.records import SagaRecord
+from sagaz.exceptions import SchemaOutdatedError, StoreError
+from sagaz.records import SagaRecord, SchemaVersions
 from sagaz.storage.codec import from_micros, loads, to_micros
 from sagaz.types import SagaStatus
 
@@ -42,6 +43,7 @@ __all__ = [
     "micros",
     "migrate",
     "optional_moment",
+    "read_versions",
     "saga_from_hash",
 ]
 
@@ -53,7 +55,8 @@ indexes that ``purge_expired`` walks, ``p:texec-completed`` and ``p:cron-trigger
 :func:`migrate` fills them from version-1 data (:func:`_index_for_purge`); rows that a
 version-1 process still running during the upgrade writes afterwards are not indexed, so
 purging misses them. A later layout adds its data migration to :func:`migrate` too, which runs
-it under a ``SET NX`` lock."""
+it under a ``SET NX`` lock when asked (``sagaz db upgrade``): a store refuses to start on an
+older layout."""
 
 _MIGRATION_LOCK_MS = 30_000
 _MIGRATION_CHUNK = 500
@@ -63,19 +66,24 @@ _EXTEND_LOCK = (
 )
 
 
-async def migrate(client: Any, prefix: str) -> int:
-    """Bring ``<prefix>:schema_version`` to :data:`SCHEMA_VERSION`; return it.
+async def migrate(client: Any, prefix: str, *, url: str, upgrade: bool = False) -> SchemaVersions:
+    """Record :data:`SCHEMA_VERSION` under a new prefix or, with ``upgrade``, migrate an older
+    layout to it; return the versions found.
 
-    ``client`` is a ``redis.asyncio.Redis``. Processes starting at once queue on a ``SET NX``
-    lock (expiring after 30 s, should its holder die) and re-read the version while waiting.
+    Without ``upgrade`` an older layout raises :class:`SchemaOutdatedError` (``url`` goes
+    into its ``sagaz db upgrade --store URL``). ``client`` is a ``redis.asyncio.Redis``.
+    Processes starting at once queue on a ``SET NX`` lock (expiring after 30 s, should its
+    holder die) and re-read the version while waiting.
     """
     version_key = f"{prefix}:schema_version"
     lock, token = f"{prefix}:migration-lock", secrets.token_hex(8)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
     while True:
-        if int(await client.get(version_key) or 0) == SCHEMA_VERSION:
-            return SCHEMA_VERSION  # current (perhaps another process just migrated it)
+        current = int(await client.get(version_key) or 0)
+        if current == SCHEMA_VERSION:  # current (perhaps another process just migrated it)
+            return SchemaVersions(current=current, expected=SCHEMA_VERSION)
+        _check(current, prefix, url=url, upgrade=upgrade)
         if await client.set(lock, token, nx=True, px=_MIGRATION_LOCK_MS):
             break
         if loop.time() > deadline:
@@ -86,11 +94,7 @@ async def migrate(client: Any, prefix: str) -> int:
         await asyncio.sleep(0.05)
     try:
         current = int(await client.get(version_key) or 0)
-        if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"the Redis keys under {prefix!r} have layout version {current}, newer than "
-                f"the {SCHEMA_VERSION} this sagaz understands: upgrade sagaz (pip install -U sagaz)"
-            )
+        _check(current, prefix, url=url, upgrade=upgrade)
         if current < SCHEMA_VERSION:  # from 0 (a new prefix): keys appear on first write
             if current == 1:
                 await _index_for_purge(client, prefix, lambda: _extend(client, lock, token))
@@ -102,7 +106,26 @@ async def migrate(client: Any, prefix: str) -> int:
             lock,
             token,
         )
-    return SCHEMA_VERSION
+    return SchemaVersions(current=current, expected=SCHEMA_VERSION)
+
+
+def _check(current: int, prefix: str, *, url: str, upgrade: bool) -> None:
+    """Refuse a newer layout, and an older one unless upgrading."""
+    if current > SCHEMA_VERSION:
+        raise StoreError(
+            f"the Redis keys under {prefix!r} have layout version {current}, newer than "
+            f"the {SCHEMA_VERSION} this sagaz understands: upgrade sagaz (pip install -U sagaz)"
+        )
+    if 0 < current < SCHEMA_VERSION and not upgrade:
+        raise SchemaOutdatedError(
+            f"the Redis keys under {prefix!r}", store=url, found=current, expected=SCHEMA_VERSION
+        )
+
+
+async def read_versions(client: Any, prefix: str) -> SchemaVersions:
+    """The versions under ``prefix``, read without changing anything."""
+    current = int(await client.get(f"{prefix}:schema_version") or 0)
+    return SchemaVersions(current=current, expected=SCHEMA_VERSION)
 
 
 async def _extend(client: Any, lock: str, token: str) -> None:
@@ -432,6 +455,25 @@ redis.call('ZREM', p .. ':dead-by-trigger:' .. trigger, id)
 return 1
 """
 
+SAVE_TRIGGER_SCHEDULE = """
+-- KEYS[1] schedule hash; ARGV: prefix, trigger name, saga_name, poll_interval_ms,
+-- allow_concurrent, enabled (of a new row only), last_poll_at ('' keeps the stored one)
+redis.call('HSET', KEYS[1], 'saga_name', ARGV[3], 'poll_interval_ms', ARGV[4],
+           'allow_concurrent', ARGV[5])
+redis.call('HSETNX', KEYS[1], 'enabled', ARGV[6])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'last_poll_at', ARGV[7]) end
+redis.call('SADD', ARGV[1] .. ':schedules', ARGV[2])
+return 1
+"""
+
+SET_TRIGGER_ENABLED = """
+-- KEYS[1] schedule hash; ARGV: prefix, trigger name, enabled
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'enabled', ARGV[3])
+redis.call('SADD', ARGV[1] .. ':schedules', ARGV[2])
+return 1
+"""
+
 TOUCH_TRIGGER_SCHEDULE = """
 -- KEYS[1] schedule hash; ARGV: last_poll_at
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -495,6 +537,8 @@ SCRIPTS: dict[str, str] = {
     "MARK_OUTBOX_SENT": MARK_OUTBOX_SENT,
     "ADD_DEAD_LETTER": ADD_DEAD_LETTER,
     "DELETE_DEAD_LETTER": DELETE_DEAD_LETTER,
+    "SAVE_TRIGGER_SCHEDULE": SAVE_TRIGGER_SCHEDULE,
+    "SET_TRIGGER_ENABLED": SET_TRIGGER_ENABLED,
     "TOUCH_TRIGGER_SCHEDULE": TOUCH_TRIGGER_SCHEDULE,
     "START_TRIGGER_EXECUTION": START_TRIGGER_EXECUTION,
     "COMPLETE_TRIGGER_EXECUTION": COMPLETE_TRIGGER_EXECUTION,

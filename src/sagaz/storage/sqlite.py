@@ -37,6 +37,7 @@ from sagaz.records import (
     InboxClaim,
     OutboxMessage,
     SagaRecord,
+    SchemaVersions,
     StepRecord,
     TriggerExecutionRecord,
     TriggerScheduleRecord,
@@ -86,6 +87,13 @@ def _change(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> i
     return conn.execute(sql, params).rowcount
 
 
+def _schedule(row: Sequence[Any]) -> TriggerScheduleRecord:
+    name, saga_name, interval, concurrent, enabled, last = row
+    return TriggerScheduleRecord(
+        name, saga_name, interval, bool(concurrent), bool(enabled), tables.optional_moment(last)
+    )
+
+
 class SQLiteSagaStore(SagaStore):
     """A :class:`~sagaz.abc.SagaStore` in one SQLite file (the embedded default).
 
@@ -106,11 +114,16 @@ class SQLiteSagaStore(SagaStore):
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the file (WAL mode) and create or migrate the schema. Idempotent."""
+        """Open the file (WAL mode) and create the schema if the file has none. Idempotent.
+
+        An older schema raises :class:`~sagaz.exceptions.SchemaOutdatedError`: migrate it
+        with ``sagaz db upgrade`` (:meth:`upgrade_schema`)."""
         async with self._lifecycle_lock:
             if self._groups is not None:
                 return
-            connect = functools.partial(tables.open_database, self.path, self._busy_timeout_ms)
+            connect = functools.partial(
+                tables.open_database, self.path, self._busy_timeout_ms, url=self._store_url()
+            )
             try:
                 self._groups = await GroupCommitter.open(
                     connect, error=self._error, label=f"SQLite store {self.path!r}"
@@ -131,10 +144,29 @@ class SQLiteSagaStore(SagaStore):
                 except sqlite3.Error as exc:
                     raise self._error(exc) from exc
 
+    def _store_url(self) -> str:
+        """The ``sqlite:///`` URL of the file (for ``--store`` and messages)."""
+        return f"sqlite:///{self.path}"
+
     async def schema_version(self) -> int:
         """The schema version recorded in the database."""
         rows = await self._fetch("SELECT MAX(version) FROM schema_version")
         return int(rows[0][0])
+
+    async def schema_versions(self) -> SchemaVersions:
+        try:
+            return await asyncio.to_thread(tables.read_versions, self.path)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    async def upgrade_schema(self) -> SchemaVersions:
+        upgrade = functools.partial(
+            tables.upgrade_database, self.path, self._busy_timeout_ms, url=self._store_url()
+        )
+        try:
+            return await asyncio.to_thread(upgrade)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
 
     def _committer(self) -> GroupCommitter:
         if self._groups is None:
@@ -210,19 +242,27 @@ class SQLiteSagaStore(SagaStore):
         *,
         status: SagaStatus | None = None,
         saga_name: str | None = None,
+        trigger_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        after: str | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
-        where: list[str] = []
-        params: list[Any] = []
-        if status is not None:
-            where.append("status = ?")
-            params.append(SagaStatus(status).value)
-        if saga_name is not None:
-            where.append("saga_name = ?")
-            params.append(saga_name)
+        # newest first is descending ``seq``: the status and name filters walk their
+        # (status, seq) / (saga_name, seq) indexes backwards; the others filter that walk
+        conditions = {
+            "status = ?": None if status is None else SagaStatus(status).value,
+            "saga_name = ?": saga_name,
+            "trigger_id = ?": trigger_id,
+            "created_at >= ?": tables.optional_text(created_after),
+            "created_at < ?": tables.optional_text(created_before),
+            "seq < (SELECT seq FROM saga_executions WHERE saga_id = ?)": after,
+        }
+        where = [condition for condition, value in conditions.items() if value is not None]
+        params = [value for value in conditions.values() if value is not None]
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         rows = await self._fetch(
-            f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions {clause}ORDER BY seq LIMIT ?",
+            f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions {clause}ORDER BY seq DESC LIMIT ?",
             (*params, limit),
         )
         return [tables.saga_from_row(row) for row in rows]
@@ -456,7 +496,7 @@ class SQLiteSagaStore(SagaStore):
             "allow_concurrent, enabled, last_poll_at) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (trigger_name) DO UPDATE SET saga_name = excluded.saga_name, "
             "poll_interval_ms = excluded.poll_interval_ms, "
-            "allow_concurrent = excluded.allow_concurrent, enabled = excluded.enabled, "
+            "allow_concurrent = excluded.allow_concurrent, "
             "last_poll_at = COALESCE(excluded.last_poll_at, trigger_schedules.last_poll_at)",
             (
                 record.trigger_name,
@@ -474,12 +514,21 @@ class SQLiteSagaStore(SagaStore):
             "last_poll_at FROM trigger_schedules WHERE trigger_name = ?",
             (trigger_name,),
         )
-        if not rows:
-            return None
-        name, saga_name, interval, concurrent, enabled, last = rows[0]
-        return TriggerScheduleRecord(
-            name, saga_name, interval, bool(concurrent), bool(enabled), tables.optional_moment(last)
+        return _schedule(rows[0]) if rows else None
+
+    async def list_trigger_schedules(self) -> list[TriggerScheduleRecord]:
+        rows = await self._fetch(
+            "SELECT trigger_name, saga_name, poll_interval_ms, allow_concurrent, enabled, "
+            "last_poll_at FROM trigger_schedules ORDER BY trigger_name"
         )
+        return [_schedule(row) for row in rows]
+
+    async def set_trigger_enabled(self, trigger_name: str, enabled: bool) -> bool:
+        changed = await self._write_one(
+            "UPDATE trigger_schedules SET enabled = ? WHERE trigger_name = ?",
+            (int(enabled), trigger_name),
+        )
+        return changed == 1
 
     async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
         await self._write_one(

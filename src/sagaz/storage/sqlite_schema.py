@@ -9,6 +9,7 @@ migrations; never edit a released one.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -16,11 +17,12 @@ from datetime import datetime
 from typing import Any
 
 from sagaz.clock import utcnow
-from sagaz.exceptions import StoreError
+from sagaz.exceptions import SchemaOutdatedError, StoreError
 from sagaz.records import (
     DeadLetterRecord,
     OutboxMessage,
     SagaRecord,
+    SchemaVersions,
     StepRecord,
     TriggerExecutionRecord,
 )
@@ -45,9 +47,11 @@ __all__ = [
     "optional_text",
     "outbox_from_row",
     "placeholders",
+    "read_versions",
     "saga_from_row",
     "saga_params",
     "step_from_row",
+    "upgrade_database",
 ]
 
 TERMINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_SAGA_STATUSES)) + ")"
@@ -183,11 +187,14 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 """The schema version this code writes and expects."""
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Create or upgrade the schema in one ``BEGIN IMMEDIATE`` transaction; return the version.
+def migrate(conn: sqlite3.Connection, *, url: str, upgrade: bool = False) -> SchemaVersions:
+    """Create the schema on an empty database or, with ``upgrade``, bring an older one up to
+    date, in one ``BEGIN IMMEDIATE`` transaction; return the versions found.
 
-    The write lock of ``BEGIN IMMEDIATE`` serialises two processes starting at once: the second
-    one waits (``busy_timeout``) and then finds the schema current.
+    Without ``upgrade`` an older schema raises :class:`SchemaOutdatedError` (``url`` goes
+    into its ``sagaz db upgrade --store URL``). The write lock of ``BEGIN IMMEDIATE``
+    serialises two processes starting at once: the second one waits (``busy_timeout``) and
+    then finds the schema current.
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -195,12 +202,15 @@ def migrate(conn: sqlite3.Connection) -> int:
             "CREATE TABLE IF NOT EXISTS schema_version ("
             "version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
         )
-        row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
-        current = int(row[0]) if row else 0
+        current = _version(conn)
         if current > SCHEMA_VERSION:
             raise StoreError(
                 f"the SQLite database has schema version {current}, newer than the "
                 f"{SCHEMA_VERSION} this sagaz understands: upgrade sagaz (pip install -U sagaz)"
+            )
+        if 0 < current < SCHEMA_VERSION and not upgrade:
+            raise SchemaOutdatedError(
+                "the SQLite database", store=url, found=current, expected=SCHEMA_VERSION
             )
         for version, statements in MIGRATIONS:
             if version <= current:
@@ -215,22 +225,63 @@ def migrate(conn: sqlite3.Connection) -> int:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-    return SCHEMA_VERSION
+    return SchemaVersions(current=current, expected=SCHEMA_VERSION)
 
 
-def open_database(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
+def _version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+    return int(row[0]) if row else 0
+
+
+def read_versions(path: str) -> SchemaVersions:
+    """The versions of the database at ``path``, read without creating or changing anything
+    (a missing file has no schema yet). It blocks: call it in a thread."""
+    if path == ":memory:" or not os.path.exists(path):
+        return SchemaVersions(current=0, expected=SCHEMA_VERSION)
+    conn = sqlite3.connect(path)
+    try:
+        known = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        current = _version(conn) if known else 0
+    finally:
+        conn.close()
+    return SchemaVersions(current=current, expected=SCHEMA_VERSION)
+
+
+def open_database(path: str, busy_timeout_ms: int, *, url: str) -> sqlite3.Connection:
     """Connect in autocommit mode (sagaz issues ``BEGIN IMMEDIATE`` itself), switch the file to
-    WAL mode with ``synchronous=FULL``, and create or migrate the schema.
+    WAL mode with ``synchronous=FULL``, and create the schema on an empty database (an older
+    one raises :class:`SchemaOutdatedError`, see :func:`migrate`).
 
     It blocks (on another process's write lock, up to ``busy_timeout_ms``): call it in the one
     thread that will use the connection.
     """
+    conn = _connect(path, busy_timeout_ms)
+    try:
+        migrate(conn, url=url)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def upgrade_database(path: str, busy_timeout_ms: int, *, url: str) -> SchemaVersions:
+    """Create or migrate the schema of the file at ``path`` on a connection of its own;
+    return the versions found. It blocks: call it in a thread."""
+    conn = _connect(path, busy_timeout_ms)
+    try:
+        return migrate(conn, url=url, upgrade=True)
+    finally:
+        conn.close()
+
+
+def _connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None)
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         _enable_wal(conn, patience=busy_timeout_ms / 1000)
         conn.execute("PRAGMA synchronous = FULL")
-        migrate(conn)
     except BaseException:
         conn.close()
         raise

@@ -8,7 +8,7 @@ from typing import Any, Self
 
 from sagaz.config import TriggerConfig
 from sagaz.engine.decoding import EventDecoder
-from sagaz.events import AdmissionOutcome, Delivery, EventMeta, WebhookRequest
+from sagaz.events import AdmissionOutcome, Delivery, EventMeta, WebhookRequest, plain_data
 from sagaz.saga.definition import Saga
 from sagaz.saga.result import SagaResult
 from sagaz.storage.memory import MemorySagaStore
@@ -82,7 +82,7 @@ class TriggerTestHarness:
         result = fn(*decoder.arguments(decoded, meta))
         if inspect.isawaitable(result):
             result = await result
-        return result  # type: ignore[no-any-return]
+        return plain_data(result)  # type: ignore[no-any-return]
 
     async def run(
         self, method: str, event: Any, *, key: str = "", timeout: float = 30.0
@@ -99,6 +99,7 @@ class TriggerTestHarness:
                 self.store,
                 triggers=list(self._definitions.values()),
                 start_sources=False,
+                sagas=[self.saga],  # its steps run on the instance under test
             )
             await self._engine.start()
         definition = self._definition(method)

@@ -7,8 +7,6 @@ no broker driver.
 
 from __future__ import annotations
 
-import inspect
-import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,6 +21,7 @@ from sagaz.triggers.options import (
     parse_trigger_options,
 )
 from sagaz.triggers.poll import Trigger
+from sagaz.triggers.signature import check_trigger_method
 
 if TYPE_CHECKING:
     from sagaz.saga.definition import Saga
@@ -121,32 +120,6 @@ def build_trigger_definition(
     )
 
 
-def _check_signature(saga_cls: type, method: str, fn: Any) -> None:
-    params = list(inspect.signature(fn).parameters.values())[1:]  # drop self
-    if not params:
-        raise TriggerDefinitionError(
-            f"{saga_cls.__qualname__}.{method}: a trigger method takes the event: "
-            f"def {method}(self, event) -> dict | None"
-        )
-    if len(params) > 2:
-        raise TriggerDefinitionError(
-            f"{saga_cls.__qualname__}.{method}: a trigger method takes (self, event) or "
-            f"(self, event, meta: EventMeta), got {len(params)} parameters"
-        )
-    if len(params) == 2:
-        from sagaz.events import EventMeta
-
-        try:
-            hints = typing.get_type_hints(fn)
-        except Exception:
-            return
-        if hints.get(params[1].name) not in (EventMeta, None):
-            raise TriggerDefinitionError(
-                f"{saga_cls.__qualname__}.{method}: the second parameter "
-                f"{params[1].name!r} must be annotated EventMeta"
-            )
-
-
 class TriggerRegistry:
     """Every registered trigger, by id (``"{saga_name}.{method}"``).
 
@@ -169,7 +142,7 @@ class TriggerRegistry:
                 specs = getattr(value, TRIGGER_ATTR, None)
                 if not specs:
                     continue
-                _check_signature(saga_cls, attr, value)
+                check_trigger_method(saga_cls, attr, value)
                 for n, spec in enumerate(specs, start=1):
                     suffix = f"#{n}" if n > 1 else ""
                     trigger_id = f"{saga_cls.saga_name}.{attr}{suffix}"

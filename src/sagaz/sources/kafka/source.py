@@ -14,6 +14,10 @@ ignored: the new owner redelivers the event and the inbox deduplicates it).
 ``nack(requeue=True)`` leaves the offset uncommitted: the event comes back after a restart or a
 rebalance; until then that partition's commits stop short of it (nothing is re-sought
 in-process). ``nack(requeue=False)`` commits past the event, as Kafka cannot drop one message.
+
+``pause()`` (a paused trigger) pauses every assigned partition, and each one assigned later,
+while the poll loop keeps polling (the member stays in its group); records already fetched stay
+buffered, uncommitted, and are emitted after ``resume()``; events in flight finish and commit.
 """
 
 from __future__ import annotations
@@ -88,6 +92,8 @@ class KafkaSource(Source):
             options.max_buffered_per_partition,
             options.max_unsettled_per_partition,
         )
+        self._intake = asyncio.Event()  # cleared while the trigger is paused
+        self._intake.set()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -140,7 +146,30 @@ class KafkaSource(Source):
             "assigned": sorted((p.tp.topic, p.tp.partition) for p in states),
             "paused": sorted((p.tp.topic, p.tp.partition) for p in states if p.paused),
             "assignments": self.assignments,
+            "intake_paused": not self._intake.is_set(),
         }
+
+    # -- pausing ---------------------------------------------------------------------------
+    async def pause(self) -> None:
+        """Fetch nothing more until :meth:`resume`: every partition is paused (the poll loop
+        keeps polling, so the member stays in its group); nothing is committed past what
+        was emitted, and events in flight finish."""
+        self._intake.clear()
+        if self._consumer is not None and self._partitions:
+            with contextlib.suppress(self._errors.IllegalStateError):  # mid-rebalance
+                self._consumer.pause(*self._partitions)
+        logger.info("Kafka intake paused", extra=self._log)
+
+    async def resume(self) -> None:
+        """Fetch and emit again (a partition whose buffer is still full stays paused until
+        it drains)."""
+        self._intake.set()
+        if self._consumer is not None:
+            for partition in self._partitions.values():
+                if not partition.paused:
+                    with contextlib.suppress(self._errors.IllegalStateError):
+                        self._consumer.resume(partition.tp)
+        logger.info("Kafka intake resumed", extra=self._log)
 
     # -- consuming -------------------------------------------------------------------------
     async def run(self, emit: Emit) -> None:
@@ -215,7 +244,7 @@ class KafkaSource(Source):
             max_poll_interval_ms=options.max_poll_interval_ms,
             **(options.consumer_options or {}),
         )
-        consumer.subscribe(self.topics, listener=_rebalance_listener(self))
+        consumer.subscribe(self.topics, listener=_rebalance_listener(self, consumer))
         try:
             await consumer.start()
         except BaseException:
@@ -244,6 +273,7 @@ class KafkaSource(Source):
                 partition.wakeup.clear()
                 await partition.wakeup.wait()
                 continue
+            await self._intake.wait()  # paused: the record stays buffered, uncommitted
             delivery = self._delivery(partition, *partition.buffer.popleft())
             try:
                 await emit(delivery)
@@ -275,7 +305,7 @@ class KafkaSource(Source):
                     partition.outstanding[0],
                     extra=self._log,
                 )
-        elif change is False:
+        elif change is False and self._intake.is_set():  # a paused trigger stays paused
             with contextlib.suppress(self._errors.IllegalStateError):  # mid-rebalance
                 self._consumer.resume(partition.tp)
 
@@ -404,10 +434,14 @@ class KafkaSource(Source):
             del self._partitions[tp]
         logger.info("partitions revoked: %s", gone, extra=self._log)
 
-    async def _on_assigned(self, assigned: Iterable[Any]) -> None:
-        """Start every assigned partition afresh, from its committed offset."""
+    async def _on_assigned(self, assigned: Iterable[Any], consumer: Any) -> None:
+        """Start every assigned partition afresh, from its committed offset (paused, while
+        the trigger is)."""
+        assigned = list(assigned)
         for tp in assigned:
             self._partitions[tp] = PartitionState(tp)
+        if assigned and not self._intake.is_set():
+            consumer.pause(*assigned)
         self.assignments += 1
         logger.info("partitions assigned: %s", sorted(assigned), extra=self._log)
 
@@ -474,8 +508,9 @@ async def _stop_consumer(consumer: Any) -> None:
         await consumer._client.close()
 
 
-def _rebalance_listener(source: KafkaSource) -> Any:
-    """An aiokafka ``ConsumerRebalanceListener`` bound to ``source`` (built after the import)."""
+def _rebalance_listener(source: KafkaSource, consumer: Any) -> Any:
+    """An aiokafka ``ConsumerRebalanceListener`` bound to ``source`` and its ``consumer``
+    (built after the import)."""
     from aiokafka.abc import ConsumerRebalanceListener
 
     class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -483,6 +518,6 @@ def _rebalance_listener(source: KafkaSource) -> Any:
             await source._on_revoked(revoked)
 
         async def on_partitions_assigned(self, assigned: Any) -> None:
-            await source._on_assigned(assigned)
+            await source._on_assigned(assigned, consumer)
 
     return _Listener()

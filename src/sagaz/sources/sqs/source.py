@@ -16,6 +16,10 @@ message is neither acked nor nacked, a heartbeat extends its visibility whenever
 ``visibility_timeout`` has passed, so a saga may run longer than the timeout without the
 message being redelivered meanwhile. ``nack(requeue=True)`` makes it visible again at once;
 ``nack(requeue=False)`` deletes it (SQS cannot park a message; the dead letter is stored).
+
+``pause()`` (a paused trigger) stops receiving: new messages stay in the queue; messages in
+flight keep their visibility extended and are deleted as usual; a batch received but not yet
+emitted when the pause came is made visible again at once.
 """
 
 from __future__ import annotations
@@ -103,6 +107,8 @@ class SQSSource(Source):
         self._stopping = False
         self._poll: asyncio.Task[list[ReceivedMessage]] | None = None
         self._reachable = False  # the last receive answered
+        self._intake = asyncio.Event()  # cleared while the trigger is paused
+        self._intake.set()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -188,6 +194,9 @@ class SQSSource(Source):
         answer and hands the messages back (a poll cut short may still take messages)."""
         await self.start()
         while self._started and not self._stopping:
+            if not self._intake.is_set():
+                await self._intake.wait()
+                continue
             if self._poll is None:
                 self._poll = asyncio.create_task(self._receive())
             poll = self._poll
@@ -204,6 +213,10 @@ class SQSSource(Source):
             for index, message in enumerate(batch):
                 if message.settled:  # stop() handed it back meanwhile
                     continue
+                if not self._intake.is_set():  # paused: hand the rest back at once
+                    for rest in batch[index:]:
+                        self._settle(rest, "release")
+                    break
                 try:
                     await emit(self._delivery(message))
                 except asyncio.CancelledError:
@@ -215,6 +228,17 @@ class SQSSource(Source):
                     for rest in batch[index:]:
                         self._settle(rest, "release")
                     raise
+
+    async def pause(self) -> None:
+        """Receive nothing more until :meth:`resume` (a long poll under way answers, and what
+        it brings is made visible again); messages in flight are left alone."""
+        self._intake.clear()
+        logger.info("sqs intake paused", extra=self._log)
+
+    async def resume(self) -> None:
+        """Receive again."""
+        self._intake.set()
+        logger.info("sqs intake resumed", extra=self._log)
 
     async def _receive(self) -> list[ReceivedMessage]:
         """One long poll (an empty answer is an empty batch); API errors are logged,

@@ -17,7 +17,8 @@ Responses (the body is always JSON)::
     401 / 403                                   no credentials / wrong credentials
     404 / 405 (+ Allow)                         unknown path / wrong method
     413                                         body larger than max_body_bytes
-    503 (+ Retry-After)                         queue full (dropped/rejected), starting, stopping
+    503 (+ Retry-After)                         queue full (dropped/rejected), starting, stopping,
+                                                the trigger is paused
     500 {"error": "internal error"}             the pipeline raised (logged, never echoed)
 
 Every refused request (4xx) is counted per reason in :attr:`WebhookApp.rejections` and logged
@@ -106,6 +107,8 @@ class WebhookRoute:
     #: log + ``on_trigger_error`` listeners for an exception raised by ``emit``
     report_error: Callable[[BaseException], Awaitable[None]] | None = None
     state: RouteState = RouteState.REGISTERED
+    #: the trigger is paused: requests get 503 + Retry-After (the route stays ready)
+    paused: bool = False
     _emit: Emit | None = field(default=None, repr=False)
     _in_flight: int = field(default=0, repr=False)
     _idle: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -286,6 +289,11 @@ class WebhookApp:
         emit = route._emit
         if route.state is not RouteState.ACTIVE or emit is None:
             return _unavailable(route.retry_after, "webhook trigger is starting or stopping")
+        if route.paused:
+            self.rejections.count(
+                RejectionReason.PAUSED, route.trigger_id, f"{request.method} {path}"
+            )
+            return _unavailable(route.retry_after, "webhook trigger is paused, retry later")
         route._enter()
         try:
             return await _admit(route, emit, params, request, path, self.rejections)

@@ -1,6 +1,7 @@
 """Requests the webhook server refused: counted per reason, logged at a bounded rate.
 
-A refused request (4xx, or 503 because the server is at its connection or request cap) is
+A refused request (4xx, or 503 because the server is at its connection or request cap or the
+trigger is paused) is
 answered and counted, never stored: anyone who can reach the port can send them, so neither
 the store nor the log may grow with their number. The counts are exported as
 ``sagaz_webhook_requests_rejected_total{reason, trigger}`` on ``/metrics``; the log gets one
@@ -42,6 +43,7 @@ class RejectionReason(StrEnum):
     TOO_MANY_HEADERS = "too_many_headers"  # 431: more header fields than allowed
     TIMEOUT = "timeout"  # 408, or closed: headers or body not received in time
     OVERLOADED = "overloaded"  # 503: too many connections or requests at once
+    PAUSED = "paused"  # 503: the trigger is paused (sagaz triggers pause)
 
 
 @dataclass(slots=True)

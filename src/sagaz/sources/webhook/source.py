@@ -210,6 +210,16 @@ class WebhookSource(Source):
         finally:
             await self._shutdown()
 
+    async def pause(self) -> None:
+        """Answer 503 + ``Retry-After`` (the trigger's ``retry_after``) until :meth:`resume`;
+        requests already admitted finish. The server stays ready (``/readyz``): other
+        triggers on it still answer."""
+        self.route.paused = True
+
+    async def resume(self) -> None:
+        """Admit requests again."""
+        self.route.paused = False
+
     async def stop(self) -> None:
         """Stop admitting (503 from now on), drain, release the server. Idempotent."""
         self._wake.set()

@@ -12,7 +12,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from sagaz.abc import Source
 from sagaz.triggers.options.base import SourceOptions
-from sagaz.triggers.poll import Trigger
+from sagaz.triggers.poll import Trigger, check_trigger
 
 __all__ = ["CustomOptions"]
 
@@ -23,9 +23,9 @@ class CustomOptions(SourceOptions):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     trigger: Trigger | Source = Field(
-        description="An instance of a sagaz.Trigger subclass (poll: name, poll_interval, "
-        "allow_concurrent, async poll() -> Fire | Skip) or of a sagaz.abc.Source subclass "
-        "(push: async run(emit)).",
+        description="An instance of a sagaz.Trigger subclass (poll: name, poll_interval in "
+        "seconds or a timedelta, allow_concurrent, async poll() -> Fire | Skip) or of a "
+        "sagaz.abc.Source subclass (push: async run(emit)).",
     )
 
     @field_validator("trigger", mode="before")
@@ -36,4 +36,6 @@ class CustomOptions(SourceOptions):
                 "option trigger= must be an instance of a sagaz.Trigger subclass (poll) or of "
                 f"a sagaz.abc.Source subclass (push), got {value!r}"
             )
+        if isinstance(value, Trigger):
+            check_trigger(value)  # its values as the engine will read them, properties included
         return value

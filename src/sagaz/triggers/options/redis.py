@@ -45,9 +45,11 @@ class RedisOptions(SourceOptions):
         "a consumer that died.",
     )
     start_id: Literal["$", "0"] = Field(
-        default="$",
-        description='Where a new consumer group starts: "$" (only entries added after it is '
-        'created) or "0" (the whole stream).',
+        default="0",
+        description='Where a new consumer group starts: "0" (the beginning of the stream, '
+        "so entries added before the first start are consumed, like Kafka's "
+        'auto_offset_reset="earliest") or "$" (only entries added after the group is '
+        "created). An existing group keeps its position.",
     )
 
     @field_validator("url")

@@ -1,0 +1,71 @@
+"""Databases left at an older schema version, as an older sagaz left them (the tests of
+``sagaz db upgrade`` and of the stores that refuse to start on them)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sagaz.abc import SagaStore
+from sagaz.records import SagaRecord
+from sagaz.storage import PostgresSagaStore, RedisSagaStore, SQLiteSagaStore
+from sagaz.types import SagaStatus
+
+__all__ = ["make_outdated"]
+
+
+async def make_outdated(store: SagaStore) -> int:
+    """Build, at ``store``'s empty location, the schema of the version before this sagaz's,
+    holding one completed saga ``"old"``; return that version."""
+    if isinstance(store, SQLiteSagaStore):
+        from sagaz.storage import sqlite_schema as tables
+
+        conn = sqlite3.connect(store.path, isolation_level=None)
+        try:  # the DDL of every migration but the last, as an older sagaz left it
+            conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at)")
+            for version, statements in tables.MIGRATIONS[:-1]:
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version VALUES (?, '')", (version,))
+            conn.execute(
+                "INSERT INTO saga_executions (saga_id, saga_name, status, context, attempt, "
+                "created_at, updated_at) VALUES ('old', 'order-saga', 'completed', '{}', 1, "
+                "'2024-01-01T00:00:00.000000+00:00', '2024-01-01T00:00:00.000000+00:00')"
+            )
+        finally:
+            conn.close()
+        return tables.MIGRATIONS[-2][0]
+    if isinstance(store, PostgresSagaStore):
+        import asyncpg
+
+        from sagaz.storage import postgres_schema as tables
+
+        s = tables.quote_schema(store.schema)
+        conn = await asyncpg.connect(store.dsn)
+        try:
+            await conn.execute(f"CREATE SCHEMA {s}")
+            await conn.execute(f"CREATE TABLE {s}.schema_version (version integer PRIMARY KEY)")
+            for version, statements in tables.MIGRATIONS[:-1]:
+                for statement in statements:
+                    await conn.execute(statement.replace("{s}", s))
+                await conn.execute(f"INSERT INTO {s}.schema_version VALUES ($1)", version)
+            await conn.execute(
+                f"INSERT INTO {s}.saga_executions (saga_id, saga_name, status, context, attempt, "
+                "created_at, updated_at) VALUES ('old', 'order-saga', 'completed', '{}', 1, "
+                "now(), now())"
+            )
+        finally:
+            await conn.close()
+        return tables.MIGRATIONS[-2][0]
+    assert isinstance(store, RedisSagaStore)
+    import redis.asyncio as redis
+
+    from sagaz.storage import redis_schema
+
+    async with store:  # the layout has no DDL: a store of this version, its version set back
+        await store.create_saga(SagaRecord("old", "order-saga", SagaStatus.COMPLETED, {}))
+    client = redis.Redis.from_url(store.url)
+    try:
+        await client.set(f"{store.prefix}:schema_version", redis_schema.SCHEMA_VERSION - 1)
+    finally:
+        await client.aclose()
+    return redis_schema.SCHEMA_VERSION - 1
