@@ -12,7 +12,7 @@ from sagaz.abc import SagaStore
 from sagaz.records import SagaRecord
 from sagaz.testing import eventually
 
-__all__ = ["Kafka", "Recorder", "fresh_stream", "saga_with", "sagas_named"]
+__all__ = ["Kafka", "Recorder", "fresh_stream", "parked", "saga_with", "sagas_named"]
 
 
 @dataclass
@@ -101,3 +101,19 @@ async def fresh_stream(streams: Any, name: str) -> str:
     await streams.client.delete(name)
     streams.names.append(name)
     return name
+
+
+async def parked(clock: Any, at_least: int = 1) -> int:
+    """How many tasks sleep on the fake ``clock`` once the engine has settled: at least
+    ``at_least`` of them, and the count unchanged for 0.1 s. Besides the sources, the engine
+    has tasks of its own on its clock (the trigger-state watcher...), so a test compares with
+    this count rather than with a number of sources."""
+    counts: list[int] = []
+
+    async def steady() -> bool:
+        counts.append(clock.sleepers)
+        recent = counts[-10:]
+        return len(recent) == 10 and len(set(recent)) == 1 and recent[0] >= at_least
+
+    await eventually(steady, what=f"at least {at_least} tasks parked on the fake clock")
+    return int(counts[-1])

@@ -40,10 +40,10 @@ import pytest
 
 from sagaz import Fire, Saga, SagaStatus, Skip, Trigger, TriggerConfig, action, trigger
 from sagaz.engine.engine import TriggerEngine
-from sagaz.records import TriggerScheduleRecord
+from sagaz.storage.codec import to_text
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.testing import FakeClock, continually, eventually
-from tests.adr.support import Recorder, sagas_named
+from tests.adr.support import Recorder, parked, sagas_named
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 WORKFLOWS = ("file_processing_workflow", "queue_processing_workflow", "service_recovery_workflow")
@@ -201,6 +201,7 @@ class Runner:
     engine: TriggerEngine
     recorder: Recorder
     path: Path
+    idle: int = 0  # tasks sleeping on the clock between two polls (the sources and more)
 
     async def tick(self, seconds: float = 1.0) -> None:
         """Move fake time on, one second at a time, letting each second's polls finish."""
@@ -209,9 +210,9 @@ class Runner:
             await eventually(self._quiet, what="the polls of this second")
 
     def _quiet(self) -> bool:
-        # every poll source sleeps again (nothing else sleeps on this clock): each poll of
-        # this second is done, and what it fired admitted (queued, or skipped and reported)
-        return self.clock.sleepers >= len(self.engine.sources)
+        # every poll source sleeps again: each poll of this second is done, and what it
+        # fired admitted (queued, or skipped and reported)
+        return self.clock.sleepers >= self.idle
 
     async def runs(self, workflow: str, expected: list[dict[str, Any]]) -> None:
         """Wait until ``workflow`` ran exactly with ``expected`` (a started saga reaches its
@@ -222,8 +223,13 @@ class Runner:
 
     def table(self, sql: str) -> list[tuple[Any, ...]]:
         """Rows of the SQLite file, read like an operator would."""
-        with sqlite3.connect(self.path) as conn:
-            return conn.execute(sql).fetchall()
+        return read(self.path, sql)
+
+
+def read(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of the SQLite file ``path``, read like an operator would."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchall()
 
 
 @pytest.fixture
@@ -239,7 +245,7 @@ async def runner(tmp_path: Path) -> AsyncIterator[Runner]:
         engine = TriggerEngine(runner_config(), store, clock=clock, listeners=[recorder])
         async with engine:
             running = Runner(world, clock, store, engine, recorder, path)
-            await eventually(running._quiet, what="the three triggers registered and waiting")
+            running.idle = await parked(clock, len(engine.sources))
             yield running
             for gate in world.gates.values():
                 gate.set()
@@ -248,32 +254,39 @@ async def runner(tmp_path: Path) -> AsyncIterator[Runner]:
 
 # -- the tests -------------------------------------------------------------------------------
 async def test_the_three_triggers_are_in_trigger_schedules(runner: Runner) -> None:
-    schedules = {
-        name: await runner.store.get_trigger_schedule(name)
-        for name in ("file_watcher", "queue_monitor", "service_health")
-    }
-    assert schedules == {
-        "file_watcher": TriggerScheduleRecord(
-            "file_watcher", "file_processing_workflow", 2000, False, True, None
-        ),
-        "queue_monitor": TriggerScheduleRecord(
-            "queue_monitor", "queue_processing_workflow", 3000, True, True, None
-        ),
-        "service_health": TriggerScheduleRecord(
-            "service_health", "service_recovery_workflow", 2000, False, True, None
-        ),
-    }
-    # the table itself, with Cloacina's columns
-    assert sorted(
-        runner.table(
-            "SELECT trigger_name, saga_name, poll_interval_ms, allow_concurrent, enabled, "
-            "last_poll_at FROM trigger_schedules"
-        )
-    ) == [
-        ("file_watcher", "file_processing_workflow", 2000, 0, 1, None),
-        ("queue_monitor", "queue_processing_workflow", 3000, 1, 1, None),
-        ("service_health", "service_recovery_workflow", 2000, 0, 1, None),
+    """The row of each trigger, found by its workflow (``saga_name``): its interval in
+    milliseconds, whether it runs concurrently, enabled, not polled yet."""
+    rows = runner.table(
+        "SELECT saga_name, poll_interval_ms, allow_concurrent, enabled, last_poll_at "
+        "FROM trigger_schedules"
+    )
+    assert sorted(rows) == [
+        ("file_processing_workflow", 2000, 0, 1, None),
+        ("queue_processing_workflow", 3000, 1, 1, None),
+        ("service_recovery_workflow", 2000, 0, 1, None),
     ]
+
+
+async def test_both_tables_name_each_trigger_by_its_name(runner: Runner) -> None:
+    """Cloacina: ``trigger_name`` is the trigger's unique identifier (``fn name()``, e.g.
+    ``file_watcher``) in ``trigger_schedules`` and "which trigger fired" in
+    ``trigger_executions``: one name, so that the audit trail joins its schedule."""
+    (runner.world.inbox / "data_file_1.csv").write_text("id\n1\n")
+    runner.world.gate("file_processing_workflow").set()
+    await runner.tick(2)
+    await runner.runs("file_processing_workflow", [{"filename": "data_file_1.csv"}])
+    await runner.engine.dispatcher.wait_idle()
+    assert sorted(runner.table("SELECT trigger_name FROM trigger_schedules")) == [
+        ("file_watcher",),
+        ("queue_monitor",),
+        ("service_health",),
+    ]
+    assert runner.table("SELECT trigger_name FROM trigger_executions") == [("file_watcher",)]
+    joined = runner.table(
+        "SELECT s.saga_name FROM trigger_executions AS e "
+        "JOIN trigger_schedules AS s ON s.trigger_name = e.trigger_name"
+    )
+    assert joined == [("file_processing_workflow",)]
 
 
 async def test_each_trigger_is_polled_at_its_interval(runner: Runner) -> None:
@@ -283,12 +296,10 @@ async def test_each_trigger_is_polled_at_its_interval(runner: Runner) -> None:
         "queue_monitor": [3.0, 6.0, 9.0, 12.0],
         "service_health": [2.0, 4.0, 6.0, 8.0, 10.0, 12.0],
     }
-    last_polls = dict(runner.table("SELECT trigger_name, last_poll_at FROM trigger_schedules"))
-    for name in ("file_watcher", "queue_monitor", "service_health"):
-        schedule = await runner.store.get_trigger_schedule(name)
-        assert schedule is not None
-        assert schedule.last_poll_at == runner.clock.now()  # each polled at 12 s
-        assert last_polls[name] is not None
+    last_polls = dict(runner.table("SELECT saga_name, last_poll_at FROM trigger_schedules"))
+    assert set(last_polls) == set(WORKFLOWS)
+    for workflow in WORKFLOWS:  # each polled at 12 s, the fake clock's time
+        assert last_polls[workflow] == to_text(runner.clock.now())
     assert runner.world.runs == []  # nothing to do: every poll skipped
 
 
@@ -407,7 +418,7 @@ async def test_two_runners_on_one_database_never_process_a_file_twice(tmp_path: 
         )
     async with engines[0], engines[1]:
         for clock in clocks:
-            await eventually(lambda c=clock: c.sleepers >= 1, what="the watcher waiting")
+            await parked(clock)
         await clocks[0].advance(2)
         await eventually(lambda: len(world.runs) == 1, what="the first runner's run")
         await clocks[1].advance(2)
@@ -451,9 +462,11 @@ async def test_a_disabled_trigger_stays_disabled_across_a_restart(tmp_path: Path
     clock = FakeClock(START)
     define_workflows(world, clock)
     async with SQLiteSagaStore(path) as store, TriggerEngine(runner_config(), store, clock=clock):
-        await eventually(lambda: clock.sleepers >= 3, what="the three schedules saved")
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE trigger_schedules SET enabled = 0 WHERE trigger_name = 'file_watcher'")
+        await parked(clock, 3)  # the three schedules saved, the sources waiting
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:  # an operator disables it
+        conn.execute(
+            "UPDATE trigger_schedules SET enabled = 0 WHERE saga_name = 'file_processing_workflow'"
+        )
 
     (world.inbox / "waiting.csv").write_text("id\n1\n")
     clock = FakeClock(START)
@@ -464,11 +477,10 @@ async def test_a_disabled_trigger_stays_disabled_across_a_restart(tmp_path: Path
         time_flies(clock),
     ):
         await eventually(lambda: len(world.polls.get("queue_monitor", [])) >= 5, what="polls")
-        schedule = await store.get_trigger_schedule("file_watcher")
     assert "file_watcher" not in world.polls
     assert world.runs == []
-    assert schedule is not None
-    assert schedule.enabled is False
+    enabled = dict(read(path, "SELECT saga_name, enabled FROM trigger_schedules"))
+    assert enabled["file_processing_workflow"] == 0
 
 
 @contextlib.asynccontextmanager

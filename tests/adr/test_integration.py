@@ -14,6 +14,7 @@ The three blocks, as written:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -154,13 +155,16 @@ async def test_persisted_events_are_kept_for_the_retention_days(
     await sagaz.stop_triggers()
 
     def event_column() -> dict[str, Any]:
-        with sqlite3.connect(path) as conn:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
             rows = conn.execute("SELECT saga_id, event FROM saga_executions").fetchall()
         return dict(rows)
 
     assert all(event_column().values())  # stored in the saga_executions table
     now = datetime.now(UTC)
-    with sqlite3.connect(path) as conn:  # as if the sagas had finished 31 and 29 days ago
+    with (
+        contextlib.closing(sqlite3.connect(path)) as conn,
+        conn,
+    ):  # as if the sagas had finished 31 and 29 days ago
         for saga, age in ((first, 31), (second, 29)):
             conn.execute(
                 "UPDATE saga_executions SET updated_at = ? WHERE saga_id = ?",

@@ -34,7 +34,7 @@ from sagaz.sources.webhook.source import webhook_server
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.testing import FakeClock, eventually
 from sagaz.triggers import registry
-from tests.adr.support import Kafka, saga_with, sagas_named
+from tests.adr.support import Kafka, parked, saga_with, sagas_named
 from tests.fixtures_rabbitmq import Rabbit
 
 SAGA = "order-processing"
@@ -121,8 +121,9 @@ async def test_the_hourly_schedule_starts_a_batch_saga(
     clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
     store = MemorySagaStore()
     hourly = [registry.get(f"{SAGA}.from_schedule")]  # no broker in this test
-    async with TriggerEngine(TriggerConfig(), store, clock=clock, triggers=hourly):
-        await eventually(lambda: clock.sleepers >= 1, what="the cron source waiting")
+    config = TriggerConfig(trigger_state_interval_seconds=3600)  # see test_decorator.py
+    async with TriggerEngine(config, store, clock=clock, triggers=hourly):
+        await parked(clock)
         await clock.advance(3600)
 
         async def one_completed() -> bool:

@@ -24,7 +24,7 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.sources.webhook.source import webhook_server
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.testing import FakeClock, eventually
-from tests.adr.support import Kafka, fresh_stream, saga_with, sagas_named
+from tests.adr.support import Kafka, fresh_stream, parked, saga_with, sagas_named
 from tests.fixtures_rabbitmq import Rabbit
 from tests.fixtures_redis import Streams
 
@@ -197,15 +197,17 @@ async def test_cron_examples() -> None:
         done = [s for s in await sagas_named(store, SAGA) if s.status is SagaStatus.COMPLETED]
         return [dict(s.context) for s in done]
 
-    async def parked(count: int) -> bool:
-        """``count`` sagas completed and both cron sources wait for their next tick."""
-        return clock.sleepers >= 2 and len(await contexts()) == count
+    config = TriggerConfig(trigger_state_interval_seconds=3600)  # see test_decorator.py
+    async with TriggerEngine(config, store, clock=clock):
+        idle = await parked(clock, 2)  # both cron sources wait for their next tick
 
-    async with TriggerEngine(TriggerConfig(), store, clock=clock):
-        await eventually(lambda: parked(0), what="both cron sources waiting")
+        async def settled(count: int) -> bool:
+            """``count`` sagas completed and the cron sources wait again."""
+            return clock.sleepers >= idle and len(await contexts()) == count
+
         for hour, count in ((6, 1), (12, 2), (18, 3), (24, 5)):
             await clock.advance(6 * 3600)
-            await eventually(lambda c=count: parked(c), what=f"{count} sagas at {hour}:00")
+            await eventually(lambda c=count: settled(c), what=f"{count} sagas at {hour}:00")
 
     every_six_hours = [c for c in await contexts() if "batch_mode" in c]
     assert sorted(c["triggered_at"] for c in every_six_hours) == [
