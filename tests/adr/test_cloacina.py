@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -499,3 +500,62 @@ async def time_flies(clock: FakeClock) -> AsyncIterator[None]:
         flying.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await flying
+
+
+async def test_a_poll_that_fails_is_logged_and_polling_continues(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Best practice 4: "Errors in ``poll()`` are logged and polling continues on the next
+    interval". The first check fails with an error, the second fires ``Fire(None)`` (a
+    workflow without context, as Cloacina's ``TriggerResult::Fire(None)``)."""
+    recovered: list[dict[str, Any]] = []
+
+    class FlakyCheck(Trigger):
+        name = "flaky_check"
+        poll_interval = 2.0
+        allow_concurrent = False
+
+        def __init__(self) -> None:
+            self.polls = 0
+
+        async def poll(self) -> Any:
+            self.polls += 1
+            if self.polls == 1:
+                raise ConnectionError("health endpoint unreachable")
+            return Fire(None) if self.polls == 2 else Skip
+
+    check = FlakyCheck()
+
+    class Recovery(Saga):
+        saga_name = "service_recovery_workflow"
+
+        @trigger(source="custom", trigger=check)
+        def on_unhealthy(self, context: dict[str, Any]) -> dict[str, Any]:
+            return dict(context)
+
+        @action("restart")
+        async def restart(self, ctx: Any) -> None:
+            recovered.append(dict(ctx))
+
+    clock = FakeClock(START)
+    recorder = Recorder()
+    async with (
+        SQLiteSagaStore(tmp_path / "sagaz.db") as store,
+        TriggerEngine(runner_config(), store, clock=clock, listeners=[recorder]) as engine,
+    ):
+        idle = await parked(clock)
+        await clock.advance(2)
+        await eventually(
+            lambda: recorder.errors and clock.sleepers >= idle,
+            what="the failed poll reported, the source waiting for the next one",
+        )
+        await clock.advance(2)
+        await eventually(lambda: recovered == [{}], what="the next poll fired")
+        await engine.dispatcher.wait_idle()
+    [error] = recorder.errors
+    assert isinstance(error, ConnectionError)
+    assert any(
+        r.levelno == logging.ERROR and "health endpoint unreachable" in r.getMessage()
+        for r in caplog.records
+    )
+    assert check.polls == 2
