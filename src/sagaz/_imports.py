@@ -19,6 +19,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "file": ("watchfiles",),
     "postgres": ("asyncpg",),
     "metrics": ("prometheus_client",),
+    "dashboard": ("jinja2", "starlette", "uvicorn"),
 }
 
 

@@ -1,0 +1,185 @@
+"""The dashboard (``sagaz.dashboard_app``): tokens on every page, CSRF on every action, read-only
+tokens take no action, nothing from an event or a context is rendered unescaped, bounded pages,
+and the engine serving it at ``/sagaz`` when ``TriggerConfig.dashboard`` is on."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+import sagaz
+from sagaz import Saga, SagaStatus, TriggerConfig, action, trigger
+from sagaz.engine.engine import TriggerEngine
+from sagaz.records import DeadLetterRecord, SagaRecord, StepRecord, TriggerScheduleRecord
+from sagaz.storage.memory import MemorySagaStore
+from sagaz.types import StepStatus
+
+TOKEN = "full-token"
+READER = "reader-token"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+PAGES = ["/", "/triggers", "/sagas", "/dead-letters", "/sagas/s1", "/dead-letters/1"]
+
+
+def client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash")
+
+
+async def seeded() -> MemorySagaStore:
+    store = MemorySagaStore()
+    await store.start()
+    evil = {"note": "<script>alert(1)</script>"}
+    await store.save_saga(
+        SagaRecord("s1", "orders", SagaStatus.COMPENSATED, dict(evil), trigger_id="t", event=evil)
+    )
+    await store.save_step(StepRecord("s1", "charge", StepStatus.FAILED, error="<b>no</b>"))
+    await store.add_dead_letter(DeadLetterRecord("t", "orders", evil, "boom", "failed"))
+    await store.save_trigger_schedule(TriggerScheduleRecord("t", "orders", 0, False))
+    return store
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found is not None, html
+    return found.group(1)
+
+
+async def test_every_page_needs_a_token_and_answers_401_without_one() -> None:
+    store = await seeded()
+    app = sagaz.dashboard_app(store=store, tokens=[TOKEN])
+    async with client(app) as http:
+        for path in PAGES:
+            response = await http.get(path)
+            assert response.status_code == 401, path
+            assert response.headers["www-authenticate"].startswith("Bearer")
+            wrong = await http.get(path, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401, path
+            assert (await http.get(path, headers=BEARER)).status_code in (200, 303), path
+        for action in ("/triggers/t/pause", "/dead-letters/purge"):
+            assert (await http.post(action)).status_code == 401
+
+
+async def test_a_dashboard_without_tokens_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs a token"):
+        sagaz.dashboard_app(store=MemorySagaStore(), tokens=[])
+
+
+async def test_the_login_form_sets_a_cookie_that_opens_the_pages() -> None:
+    app = sagaz.dashboard_app(store=await seeded(), tokens=[TOKEN])
+    async with client(app) as http:
+        assert (await http.post("/login", data={"token": "nope"})).status_code == 401
+        response = await http.post("/login", data={"token": TOKEN})
+        assert response.status_code == 303
+        assert TOKEN not in response.headers["set-cookie"]  # a digest, not the token
+        assert (await http.get("/triggers")).status_code == 200
+
+
+async def test_an_action_without_the_csrf_token_is_403_and_with_it_works() -> None:
+    store = await seeded()
+    app = sagaz.dashboard_app(store=store, tokens=[TOKEN])
+    async with client(app) as http:
+        page = (await http.get("/triggers", headers=BEARER)).text
+        assert (await http.post("/triggers/t/pause", headers=BEARER)).status_code == 403
+        bad = await http.post("/triggers/t/pause", headers=BEARER, data={"csrf": "0" * 64})
+        assert bad.status_code == 403
+        assert [s.enabled for s in await store.list_trigger_schedules()] == [True]
+        ok = await http.post("/triggers/t/pause", headers=BEARER, data={"csrf": csrf_of(page)})
+        assert ok.status_code == 303
+        assert [s.enabled for s in await store.list_trigger_schedules()] == [False]
+        assert "Resume" in (await http.get("/triggers", headers=BEARER)).text
+        purge = await http.post(
+            "/dead-letters/purge", headers=BEARER, data={"csrf": csrf_of(page), "id": "1"}
+        )
+        assert purge.status_code == 303
+        assert await store.list_dead_letters() == []
+
+
+async def test_a_read_only_token_sees_no_button_and_may_take_no_action() -> None:
+    store = await seeded()
+    app = sagaz.dashboard_app(store=store, tokens=[TOKEN], read_only_tokens=[READER])
+    reader = {"Authorization": f"Bearer {READER}"}
+    async with client(app) as http:
+        page = await http.get("/triggers", headers=reader)
+        assert page.status_code == 200
+        assert "Pause" not in page.text and 'name="csrf"' not in page.text
+        assert "Replay" not in (await http.get("/dead-letters/1", headers=reader)).text
+        full = (await http.get("/triggers", headers=BEARER)).text
+        for action in ("/triggers/t/pause", "/dead-letters/purge"):
+            response = await http.post(action, headers=reader, data={"csrf": csrf_of(full)})
+            assert response.status_code == 403
+    assert [s.enabled for s in await store.list_trigger_schedules()] == [True]
+    assert len(await store.list_dead_letters()) == 1
+
+
+async def test_an_event_with_a_script_is_shown_as_text() -> None:
+    app = sagaz.dashboard_app(store=await seeded(), tokens=[TOKEN])
+    async with client(app) as http:
+        for path in ("/sagas/s1", "/dead-letters/1", "/dead-letters", "/sagas"):
+            html = (await http.get(path, headers=BEARER)).text
+            assert "<script>" not in html and "<b>" not in html, path
+        saga = (await http.get("/sagas/s1", headers=BEARER)).text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in saga
+        assert "&lt;b&gt;no&lt;/b&gt;" in saga  # the failed step's error
+
+
+async def test_the_saga_list_is_paged_and_filtered() -> None:
+    store = MemorySagaStore()
+    await store.start()
+    for n in range(120):
+        status = SagaStatus.COMPLETED if n % 2 else SagaStatus.COMPENSATED
+        await store.save_saga(SagaRecord(f"s{n:03}", "orders", status, {}, trigger_id="t"))
+    app = sagaz.dashboard_app(store=store, tokens=[TOKEN])
+    async with client(app) as http:
+        first = (await http.get("/sagas?limit=100000", headers=BEARER)).text
+        ids = re.findall(r'href="/sagas/(s\d+)"', first)
+        assert len(ids) == 50  # bounded whatever ?limit= asks
+        after = re.search(r'after=(s\d+)"', first)
+        assert after is not None and after.group(1) == ids[-1]
+        second = (await http.get(f"/sagas?after={ids[-1]}", headers=BEARER)).text
+        more = re.findall(r'href="/sagas/(s\d+)"', second)
+        assert len(more) == 50 and not set(more) & set(ids)
+        failed = (await http.get("/sagas?status=compensated", headers=BEARER)).text
+        assert set(re.findall(r'class="status">(\w+)<', failed)) == {"compensated"}
+
+
+async def test_the_engine_serves_the_dashboard_at_sagaz_without_a_webhook_trigger() -> None:
+    class Shop(Saga):
+        @trigger(source="memory", channel="shop")
+        def on_order(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("ship")
+        async def ship(self, ctx: Any) -> None:
+            return None
+
+    config = TriggerConfig(dashboard=True, dashboard_tokens=[TOKEN], webhook_port=0)
+    async with TriggerEngine(config, MemorySagaStore()) as engine:
+        url = engine.dashboard_url
+        assert url is not None and url.endswith("/sagaz")
+        [saga_id] = await engine.fire("shop", {"n": 1})
+        await engine.wait_for(saga_id, timeout=5)
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(url + "/triggers")).status_code == 401
+            page = await http.get(url + "/triggers", headers=BEARER)
+            assert page.status_code == 200
+            assert "shop.on_order" in page.text
+            assert 'class="completed">1<' in page.text
+            link = await http.get(url + "/sagas", headers=BEARER)
+            assert f'href="/sagaz/sagas/{saga_id}"' in link.text
+    assert engine.dashboard_url is None
+
+
+async def test_the_dashboard_is_off_by_default() -> None:
+    class Idle(Saga):
+        @trigger(source="memory", channel="idle")
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("noop")
+        async def noop(self, ctx: Any) -> None:
+            return None
+
+    async with TriggerEngine(TriggerConfig(webhook_port=0), MemorySagaStore()) as engine:
+        assert engine.dashboard_url is None
