@@ -4,7 +4,12 @@ and the engine serving it at ``/sagaz`` when ``TriggerConfig.dashboard`` is on."
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import socket
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,6 +20,7 @@ from sagaz import Saga, SagaStatus, TriggerConfig, action, trigger
 from sagaz.engine.engine import TriggerEngine
 from sagaz.records import DeadLetterRecord, SagaRecord, StepRecord, TriggerScheduleRecord
 from sagaz.storage.memory import MemorySagaStore
+from sagaz.testing import eventually
 from sagaz.types import StepStatus
 
 TOKEN = "full-token"
@@ -183,3 +189,40 @@ async def test_the_dashboard_is_off_by_default() -> None:
 
     async with TriggerEngine(TriggerConfig(webhook_port=0), MemorySagaStore()) as engine:
         assert engine.dashboard_url is None
+
+
+async def test_sagaz_ui_serves_the_dashboard_of_a_store(tmp_path: Path) -> None:
+    from sagaz.storage.sqlite import SQLiteSagaStore
+
+    url = f"sqlite:///{tmp_path / 'ui.db'}"
+    async with SQLiteSagaStore(str(tmp_path / "ui.db")) as store:
+        await store.save_saga(SagaRecord("s-ui", "orders", SagaStatus.COMPLETED, {}))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(sagaz.__file__).parents[1])}
+    command = [sys.executable, "-m", "sagaz.cli.main", "ui", "--store", url, "--port", str(port)]
+    process = await asyncio.create_subprocess_exec(
+        *command, "--token", TOKEN, env=env, cwd=tmp_path
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+
+            async def answers() -> bool:
+                try:
+                    return (await http.get("/sagaz/sagas", headers=BEARER)).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(answers, within=20)
+            assert "s-ui" in (await http.get("/sagaz/sagas", headers=BEARER)).text
+            assert (await http.get("/sagaz/sagas")).status_code == 401
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 10)
+    no_token = await asyncio.create_subprocess_exec(
+        *command, env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(no_token.communicate(), 30)
+    assert no_token.returncode == 2
+    assert b"needs a token" in stderr
