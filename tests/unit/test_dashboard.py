@@ -18,6 +18,7 @@ import pytest
 import sagaz
 from sagaz import Saga, SagaStatus, TriggerConfig, action, trigger
 from sagaz.engine.engine import TriggerEngine
+from sagaz.exceptions import ConfigurationError
 from sagaz.records import DeadLetterRecord, SagaRecord, StepRecord, TriggerScheduleRecord
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.testing import eventually
@@ -68,8 +69,24 @@ async def test_every_page_needs_a_token_and_answers_401_without_one() -> None:
 
 
 async def test_a_dashboard_without_tokens_is_refused() -> None:
-    with pytest.raises(ValueError, match="needs a token"):
+    with pytest.raises(ConfigurationError, match="needs a token"):
         sagaz.dashboard_app(store=MemorySagaStore(), tokens=[])
+
+
+async def test_an_engine_with_the_dashboard_on_and_no_token_does_not_start() -> None:
+    class Guarded(Saga):
+        @trigger(source="memory", channel="guarded")
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("noop")
+        async def noop(self, ctx: Any) -> None:
+            return None
+
+    engine = TriggerEngine(TriggerConfig(dashboard=True, webhook_port=0), MemorySagaStore())
+    with pytest.raises(ConfigurationError, match="needs a token"):
+        await engine.start()
+    assert not engine.running
 
 
 async def test_the_login_form_sets_a_cookie_that_opens_the_pages() -> None:
@@ -226,3 +243,31 @@ async def test_sagaz_ui_serves_the_dashboard_of_a_store(tmp_path: Path) -> None:
     _, stderr = await asyncio.wait_for(no_token.communicate(), 30)
     assert no_token.returncode == 2
     assert b"needs a token" in stderr
+
+
+async def test_the_dashboard_shares_the_server_of_the_webhook_triggers() -> None:
+    class Hooked(Saga):
+        @trigger(source="webhook", path="/orders")
+        def on_order(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("ship")
+        async def ship(self, ctx: Any) -> None:
+            return None
+
+    config = TriggerConfig(dashboard=True, dashboard_tokens=[TOKEN], webhook_port=0)
+    async with TriggerEngine(config, MemorySagaStore()) as engine:
+        url = engine.dashboard_url
+        assert url is not None
+        root = url.removesuffix("/sagaz")
+        async with httpx.AsyncClient() as http:
+            accepted = await http.post(root + "/orders", json={"n": 1})
+            assert accepted.status_code == 202
+            await engine.wait_for(accepted.json()["saga_id"], timeout=5)
+            page = await http.get(url + "/triggers", headers=BEARER)
+            assert 'data-trigger="hooked.on_order"' in page.text
+            assert 'class="received">1<' in page.text
+            assert (await http.get(root + "/healthz")).status_code == 200
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(httpx.TransportError):  # the last holder released the server
+            await http.get(url + "/triggers", headers=BEARER)

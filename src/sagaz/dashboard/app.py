@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from sagaz.dashboard.auth import COOKIE, Access, Tokens
 from sagaz.dashboard.chart import per_minute_svg
+from sagaz.exceptions import ConfigurationError
 from sagaz.types import SagaStatus
 
 __all__ = ["PAGE_SIZE", "build_app"]
@@ -55,7 +56,7 @@ def build_app(
 ) -> Starlette:
     """See :func:`sagaz.dashboard.dashboard_app`."""
     if engine is None and store is None:
-        raise ValueError("dashboard_app() needs a store= or an engine=")
+        raise ConfigurationError("dashboard_app() needs a store= or an engine=")
     config = getattr(engine, "config", None)
     if tokens is None and config is not None:
         tokens = list(config.dashboard_tokens or config.webhook_tokens)

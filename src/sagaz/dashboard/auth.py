@@ -7,6 +7,8 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
+from sagaz.exceptions import ConfigurationError
+
 __all__ = ["COOKIE", "Access", "Tokens"]
 
 #: the cookie a browser gets from the login form (holds the token's digest, not the token)
@@ -26,7 +28,7 @@ class Tokens:
 
     def __init__(self, tokens: list[str], read_only_tokens: list[str]) -> None:
         if not tokens and not read_only_tokens:
-            raise ValueError(
+            raise ConfigurationError(
                 "the dashboard needs a token: set TriggerConfig.dashboard_tokens "
                 "(SAGAZ_DASHBOARD_TOKENS) or webhook_tokens, or pass tokens="
             )
