@@ -63,6 +63,7 @@ __all__ = [
     "action",
     "compensate",
     "configure",
+    "dashboard_app",
     "fire_event",
     "pause_trigger",
     "resume_trigger",
@@ -86,6 +87,10 @@ def __getattr__(name: str) -> Any:
         from sagaz import engine
 
         return getattr(engine, name)
+    if name == "dashboard_app":
+        from sagaz.dashboard import dashboard_app
+
+        return dashboard_app
     if name == "OutboxRelay":
         from sagaz.outbox import OutboxRelay
 

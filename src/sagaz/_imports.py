@@ -20,6 +20,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "postgres": ("asyncpg",),
     "metrics": ("prometheus_client",),
     "otel": ("opentelemetry",),
+    "dashboard": ("jinja2", "starlette", "uvicorn"),
 }
 
 

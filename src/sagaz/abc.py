@@ -217,6 +217,11 @@ class SagaStore(Lifecycle, ABC):
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
         """Mark the given outbox messages as published."""
 
+    async def list_saga_outbox(self, saga_id: str, limit: int = 100) -> list[OutboxMessage]:
+        """The outbox messages of one saga, sent or not, in id order (at most ``limit``; for
+        the dashboard). Raises :class:`NotImplementedError` on a store that cannot list them."""
+        raise NotImplementedError(f"{type(self).__name__} does not list a saga's outbox")
+
     # -- dead letters ----------------------------------------------------------------------
     @abstractmethod
     async def add_dead_letter(self, record: DeadLetterRecord) -> int:

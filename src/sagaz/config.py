@@ -182,6 +182,20 @@ class TriggerConfig(BaseSettings):
         default=None,
         description='HMAC secret of auth="hmac" webhook triggers without secret=.',
     )
+    dashboard: bool = Field(
+        default=False,
+        description="Serve the dashboard at /sagaz on the webhook server (started for it if "
+        "no webhook trigger runs); off by default.",
+    )
+    dashboard_tokens: list[str] = Field(
+        default_factory=list,
+        description="Bearer tokens of the dashboard (pages and actions); empty: the "
+        "webhook_tokens.",
+    )
+    dashboard_read_only_tokens: list[str] = Field(
+        default_factory=list,
+        description="Bearer tokens that may read the dashboard but take no action.",
+    )
 
     # limits of the built-in webhook server (a webhook_app() mounted in your own ASGI server
     # follows that server's limits); every refusal is counted in

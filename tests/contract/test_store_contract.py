@@ -602,6 +602,29 @@ async def test_outbox_is_written_with_the_step_and_fetched_in_id_order(store: Sa
     assert [(m.id, m.payload) for m in rest] == [(ids[3], "text")]
 
 
+async def test_a_sagas_outbox_rows_are_listed_sent_or_not(store: SagaStore) -> None:
+    """The dashboard's saga page: one saga's messages, in id order, bounded by ``limit``.
+    The Redis store does not index outbox rows by saga: it says so (NotImplementedError)."""
+    await store.save_step(StepRecord("s1", "a", StepStatus.COMPLETED), [
+        OutboxMessage("s1", "orders", {"n": 1}),
+        OutboxMessage("s1", "orders", {"n": 2}),
+    ])  # fmt: skip
+    await store.save_step(
+        StepRecord("s2", "b", StepStatus.COMPLETED), [OutboxMessage("s2", "other", None)]
+    )
+    try:
+        listed = await store.list_saga_outbox("s1")
+    except NotImplementedError:
+        assert type(store).__name__ == "RedisSagaStore"
+        return
+    assert [m.payload for m in listed] == [{"n": 1}, {"n": 2}]
+    await store.mark_outbox_sent([listed[0].id or 0])
+    again = await store.list_saga_outbox("s1")
+    assert again[0].sent_at is not None and again[1].sent_at is None
+    assert [m.payload for m in await store.list_saga_outbox("s1", limit=1)] == [{"n": 1}]
+    assert await store.list_saga_outbox("nobody") == []
+
+
 async def test_a_step_whose_outbox_cannot_be_stored_writes_nothing(
     durable_backend: Backend,
 ) -> None:

@@ -17,6 +17,8 @@
   event again as its source delivered it, as a new attempt of the same saga.
 * ``sagaz db upgrade|status`` — the store's schema: a store creates it on an empty database,
   but an older one is migrated only by ``sagaz db upgrade`` (a store refuses to start on it).
+* ``sagaz ui [MODULE...] [--host H] [--port P] [--token T]`` — the dashboard for the store at
+  ``http://H:P/sagaz`` (triggers, sagas, dead letters of every engine on it).
 * ``sagaz --version`` — the installed version.
 
 The store is ``--store URL`` (before or after the subcommand), else ``SAGAZ_STORE_URL``, else
@@ -37,7 +39,7 @@ import sys
 from collections.abc import Sequence
 
 from sagaz import __version__
-from sagaz.cli import db, dlq, run, sagas, triggers
+from sagaz.cli import db, dlq, run, sagas, triggers, ui
 from sagaz.cli.exits import EXIT_STATUSES, FAILED, USAGE, CommandError
 from sagaz.cli.store import STORE_HELP, store_options
 from sagaz.exceptions import (
@@ -73,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--store", metavar="URL", help=STORE_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = [store_options()]
-    for module in (run, triggers, sagas, dlq, db):
+    for module in (run, triggers, sagas, dlq, db, ui):
         module.add_commands(commands, common)
     return parser
 

@@ -122,6 +122,7 @@ class TriggerEngine(Lifecycle):
         self._store_started_here = False
         self.shared: dict[str, Any] = shared if shared is not None else {}
         self.state: PipelineState | None = None
+        self._dashboard_server: Any = None  # the webhook server held for the dashboard
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -184,6 +185,8 @@ class TriggerEngine(Lifecycle):
                 await source.start()
                 self._spawn(self._supervise(active, source), f"sagaz-source-{trigger_id}")
             self._spawn(self._heartbeat(), "sagaz-heartbeat")
+            if config.dashboard and self.start_sources:
+                await self._serve_dashboard()
             if self.start_sources:  # one fed by hand (a replay) takes on no one else's sagas
                 self._spawn(self._recover(), "sagaz-recovery")
                 self._spawn(self._cleanup(), "sagaz-cleanup")
@@ -196,6 +199,30 @@ class TriggerEngine(Lifecycle):
             len(self.triggers),
             extra={"worker_id": self.worker_id, "triggers": sorted(self.triggers)},
         )
+
+    async def _serve_dashboard(self) -> None:
+        """Mount the dashboard at ``/sagaz`` on the engine's webhook server and hold the
+        server open (it starts here when no webhook trigger runs)."""
+        from sagaz.dashboard import dashboard_app
+
+        app = dashboard_app(engine=self)
+        webhook: Any = load_source_module("webhook")  # loaded lazily, as for its triggers
+        server = webhook.webhook_server(self.shared)
+        if server.config is None:
+            server.config = self.config
+        server.app.dashboard = app
+        await server.acquire(self, self._report_dashboard_error)
+        self._dashboard_server = server
+
+    def _report_dashboard_error(self, error: BaseException) -> None:
+        logger.error("the dashboard's server stopped", exc_info=error)
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """``http://host:port/sagaz`` while the built-in server serves the dashboard."""
+        server = self._dashboard_server
+        url = server.url if server is not None else None
+        return f"{url}/sagaz" if url else None
 
     def _spawn(self, coro: Any, name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))
@@ -368,6 +395,10 @@ class TriggerEngine(Lifecycle):
         except Exception:
             logger.exception("releasing leases failed")
         await asyncio.gather(*(self._stop_source(s) for s in self.sources.values()))
+        if self._dashboard_server is not None:
+            server, self._dashboard_server = self._dashboard_server, None
+            server.app.dashboard = None
+            await server.release(self)
         self.outcomes.interrupt()  # what did not end here resumes later: say so to waiters
         if self._store_started_here:
             await self.store.stop()

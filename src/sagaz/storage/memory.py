@@ -268,6 +268,9 @@ class MemorySagaStore(SagaStore):
     async def fetch_outbox(self, limit: int = 100) -> list[OutboxMessage]:
         return [_clone(m) for m in self._outbox if m.sent_at is None][:limit]
 
+    async def list_saga_outbox(self, saga_id: str, limit: int = 100) -> list[OutboxMessage]:
+        return [_clone(m) for m in self._outbox if m.saga_id == saga_id][:limit]
+
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
         wanted = set(ids)
         now = utcnow()

@@ -457,6 +457,26 @@ class PostgresSagaStore(SagaStore):
             for row in rows
         ]
 
+    async def list_saga_outbox(self, saga_id: str, limit: int = 100) -> list[OutboxMessage]:
+        rows = await self._db().fetch(
+            f"SELECT id, saga_id, topic, payload, headers, created_at, sent_at "
+            f"FROM {self._s}.outbox WHERE saga_id = $1 ORDER BY id LIMIT $2",
+            saga_id,
+            limit,
+        )
+        return [
+            OutboxMessage(
+                saga_id=row["saga_id"],
+                topic=row["topic"],
+                payload=row["payload"],
+                headers=row["headers"],
+                id=row["id"],
+                created_at=row["created_at"],
+                sent_at=row["sent_at"],
+            )
+            for row in rows
+        ]
+
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
         if ids:
             await self._db().execute(

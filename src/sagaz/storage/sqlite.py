@@ -439,6 +439,13 @@ class SQLiteSagaStore(SagaStore):
         )
         return [tables.outbox_from_row(row) for row in rows]
 
+    async def list_saga_outbox(self, saga_id: str, limit: int = 100) -> list[OutboxMessage]:
+        rows = await self._fetch(
+            f"SELECT {tables.OUTBOX_COLUMNS} FROM outbox WHERE saga_id = ? ORDER BY id LIMIT ?",
+            (saga_id, limit),
+        )
+        return [tables.outbox_from_row(row) for row in rows]
+
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
         if not ids:
             return

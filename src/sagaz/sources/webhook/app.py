@@ -47,7 +47,7 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sagaz.abc import Emit
 from sagaz.clock import Clock, SystemClock
@@ -62,6 +62,7 @@ from sagaz.sources.webhook.source import (
 )
 
 __all__ = [
+    "DASHBOARD_PATH",
     "MAX_DISCARD_BYTES",
     "MAX_IDEMPOTENCY_KEY_LENGTH",
     "RouteState",
@@ -74,6 +75,8 @@ logger = logging.getLogger(__name__)
 
 #: how much of an oversized body is read (and dropped) after the 413 before the connection closes
 MAX_DISCARD_BYTES = 16 << 20
+#: where :attr:`WebhookApp.dashboard` is served
+DASHBOARD_PATH = "/sagaz"
 #: longest accepted ``Idempotency-Key`` header value
 MAX_IDEMPOTENCY_KEY_LENGTH = 256
 
@@ -189,6 +192,8 @@ class WebhookApp:
         self.metrics: Callable[[], tuple[bytes, str]] | None = None
         #: requests refused by this app (and by the built-in server's limits), per reason
         self.rejections = RequestRejections()
+        #: an ASGI app served below ``/sagaz`` (the engine's dashboard), or ``None``
+        self.dashboard: ASGIApp | None = None
 
     @property
     def routes(self) -> list[WebhookRoute]:
@@ -242,6 +247,13 @@ class WebhookApp:
         if scope["type"] != "http":  # websockets: refuse the handshake
             await send({"type": "websocket.close", "code": 1008})
             return
+        dashboard = self.dashboard
+        if dashboard is not None:
+            path = _route_path(scope)
+            if path == DASHBOARD_PATH or path.startswith(DASHBOARD_PATH + "/"):
+                root = scope.get("root_path", "") + DASHBOARD_PATH
+                await dashboard({**scope, "root_path": root}, receive, send)
+                return
         request = Request(scope, receive)
         response = await self._dispatch(request)
         await response(scope, receive, send)
