@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import pytest
 from pydantic import BaseModel
 
 from sagaz import InvalidEventError, Saga, SagaStatus, TriggerConfig, action, compensate, trigger
@@ -69,6 +70,12 @@ async def dead_lettered(rabbit: Rabbit) -> list[aio_pika.abc.AbstractIncomingMes
     return await rabbit.take_all("failed-triggers")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the ADR's 5. block calls event.is_valid() on an unannotated event, a read-only "
+    "mapping of the JSON with no such method: every event is dead-lettered with AttributeError "
+    "(test_the_example_works_once_its_event_is_annotated shows the path with a model)",
+)
 async def test_an_invalid_event_goes_to_the_dlq_and_starts_no_saga(rabbit_env: Rabbit) -> None:
     rabbit = rabbit_env
     uses(rabbit, "events", "failed-triggers")
@@ -93,6 +100,12 @@ async def test_an_invalid_event_goes_to_the_dlq_and_starts_no_saga(rabbit_env: R
     assert await rabbit.ready("events") == 0  # acked: not redelivered
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the ADR's 5. block calls event.is_valid() on an unannotated event, a read-only "
+    "mapping of the JSON with no such method: every event is dead-lettered with AttributeError "
+    "(test_the_example_works_once_its_event_is_annotated shows the path with a model)",
+)
 async def test_a_valid_event_starts_the_saga_with_its_payload(rabbit_env: Rabbit) -> None:
     rabbit = rabbit_env
     uses(rabbit, "events", "failed-triggers")
