@@ -16,7 +16,7 @@ class DriftEvent(BaseModel):
 
 
 class ModelRetrainingSaga(Saga):
-    saga_name = "model-retraining"
+    saga_name = "model-retraining-unit"  # tests/adr has the ADR's own, same name
 
     @trigger(source="kafka", topic="model.drift")
     def on_drift_detected(self, event: DriftEvent) -> dict[str, Any] | None:
