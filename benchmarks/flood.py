@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from typing import Any
 
 from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
@@ -103,7 +104,7 @@ class Sampler(threading.Thread):
         self.join()
 
 
-async def flood(events: int, store_kind: str) -> dict[str, Any]:
+async def flood(events: int, store_kind: str, trace: bool = False) -> dict[str, Any]:
     store = RetainedMemoryStore() if store_kind == "retained" else MemorySagaStore()
     config = TriggerConfig(
         queue_size=QUEUE_SIZE,
@@ -117,6 +118,9 @@ async def flood(events: int, store_kind: str) -> dict[str, Any]:
             await asyncio.sleep(0.001)
         idle_kib = status_kib("VmRSS")
         reset_peak()
+        if trace:
+            tracemalloc.start()
+            before = tracemalloc.take_snapshot()
         sampler = Sampler()
         sampler.start()
         start = time.perf_counter()
@@ -125,6 +129,11 @@ async def flood(events: int, store_kind: str) -> dict[str, Any]:
             if i % 10 == 0:
                 await asyncio.sleep(0)
         offered_seconds = time.perf_counter() - start
+        if trace:  # the queue is full here: what the flood holds, by allocation site
+            after = tracemalloc.take_snapshot()
+            tracemalloc.stop()
+            for stat in after.compare_to(before, "lineno")[:12]:
+                print(stat, file=sys.stderr)
         assert engine.state is not None
         while metrics.in_flight or len(engine.state.queue):  # drained
             await asyncio.sleep(0.01)
@@ -149,8 +158,8 @@ async def flood(events: int, store_kind: str) -> dict[str, Any]:
         }
 
 
-def child(events: int, store_kind: str) -> None:
-    print(json.dumps(asyncio.run(flood(events, store_kind))))
+def child(events: int, store_kind: str, trace: bool) -> None:
+    print(json.dumps(asyncio.run(flood(events, store_kind, trace))))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -198,8 +207,13 @@ if __name__ == "__main__":
     parser.add_argument("--events", default="100000,300000,1000000")
     parser.add_argument("--store", default="retained,memory")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="with --child N: print the top allocation growth at the end of the offering",
+    )
     arguments = parser.parse_args()
     if arguments.child is not None:
-        child(arguments.child, arguments.store)
+        child(arguments.child, arguments.store, arguments.tracemalloc)
         sys.exit(0)
     sys.exit(main(arguments))
