@@ -9,8 +9,9 @@ The work: N events, each running one durable one-step workflow keyed by the even
 redelivered event would not run twice.
 
 * **DBOS Transact** (``dbos``): a ``@DBOS.workflow()`` calling one ``@DBOS.step()`` that does
-  nothing, started with ``SetWorkflowID(event id)`` by each of ``k`` threads (DBOS workflows
-  are synchronous functions: threads are its concurrency), checkpointed in its system database.
+  nothing, started with ``SetWorkflowID(event id)`` by each of ``k`` threads (synchronous
+  workflows, DBOS's common form; async workflows were not measured), checkpointed in its
+  system database.
 * **sagaz**: ``engine.fire()`` → admission (inbox claim on the event id, pending row) → queue
   → a one-step no-op saga (checkpointed) → settlement, ``max_concurrent_sagas=k``, 20
   producers (as ``benchmarks/stores.py``).
