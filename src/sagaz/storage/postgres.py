@@ -440,42 +440,20 @@ class PostgresSagaStore(SagaStore):
     # -- outbox ----------------------------------------------------------------------------
     async def fetch_outbox(self, limit: int = 100) -> list[OutboxMessage]:
         rows = await self._db().fetch(
-            f"SELECT id, saga_id, topic, payload, headers, created_at, sent_at "
+            f"SELECT {tables.OUTBOX_COLUMNS} "
             f"FROM {self._s}.outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
             limit,
         )
-        return [
-            OutboxMessage(
-                saga_id=row["saga_id"],
-                topic=row["topic"],
-                payload=row["payload"],
-                headers=row["headers"],
-                id=row["id"],
-                created_at=row["created_at"],
-                sent_at=row["sent_at"],
-            )
-            for row in rows
-        ]
+        return [tables.outbox_from_row(row) for row in rows]
 
     async def list_saga_outbox(self, saga_id: str, limit: int = 100) -> list[OutboxMessage]:
         rows = await self._db().fetch(
-            f"SELECT id, saga_id, topic, payload, headers, created_at, sent_at "
+            f"SELECT {tables.OUTBOX_COLUMNS} "
             f"FROM {self._s}.outbox WHERE saga_id = $1 ORDER BY id LIMIT $2",
             saga_id,
             limit,
         )
-        return [
-            OutboxMessage(
-                saga_id=row["saga_id"],
-                topic=row["topic"],
-                payload=row["payload"],
-                headers=row["headers"],
-                id=row["id"],
-                created_at=row["created_at"],
-                sent_at=row["sent_at"],
-            )
-            for row in rows
-        ]
+        return [tables.outbox_from_row(row) for row in rows]
 
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
         if ids:

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sagaz.exceptions import ConfigurationError, SchemaOutdatedError, StoreError
-from sagaz.records import DeadLetterRecord, SagaRecord, SchemaVersions, StepRecord
+from sagaz.records import DeadLetterRecord, OutboxMessage, SagaRecord, SchemaVersions, StepRecord
 from sagaz.storage.codec import dumps, loads, to_utc
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
@@ -23,6 +23,7 @@ __all__ = [
     "ACTIVE_SQL",
     "DEAD_LETTER_COLUMNS",
     "MIGRATIONS",
+    "OUTBOX_COLUMNS",
     "SAGA_COLUMNS",
     "SAGA_VALUES",
     "SCHEMA_VERSION",
@@ -32,6 +33,7 @@ __all__ = [
     "init_connection",
     "keep_session",
     "migrate",
+    "outbox_from_row",
     "quote_schema",
     "read_versions",
     "saga_from_row",
@@ -314,6 +316,22 @@ def saga_from_row(row: Mapping[str, Any]) -> SagaRecord:
         lease_expires_at=row["lease_expires_at"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+    )
+
+
+OUTBOX_COLUMNS = "id, saga_id, topic, payload, headers, created_at, sent_at"
+
+
+def outbox_from_row(row: Mapping[str, Any]) -> OutboxMessage:
+    """A row of :data:`OUTBOX_COLUMNS` as a message."""
+    return OutboxMessage(
+        saga_id=row["saga_id"],
+        topic=row["topic"],
+        payload=row["payload"],
+        headers=row["headers"],
+        id=row["id"],
+        created_at=row["created_at"],
+        sent_at=row["sent_at"],
     )
 
 
