@@ -17,7 +17,14 @@ from typing import Any
 from sagaz.exceptions import ConfigurationError, SchemaOutdatedError, StoreError
 from sagaz.records import DeadLetterRecord, OutboxMessage, SagaRecord, SchemaVersions, StepRecord
 from sagaz.storage.codec import dumps, loads, to_utc
-from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
+from sagaz.storage.sql import (
+    ACTIVE_SQL,
+    OUTBOX_COLUMNS,
+    SAGA_COLUMNS,
+    STEP_COLUMNS,
+    TERMINAL_SQL,
+)
+from sagaz.types import SagaStatus, StepStatus
 
 __all__ = [
     "ACTIVE_SQL",
@@ -41,12 +48,6 @@ __all__ = [
     "step_from_row",
 ]
 
-TERMINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_SAGA_STATUSES)) + ")"
-"""SQL list of the terminal saga statuses (``IN`` clauses and partial indexes)."""
-ACTIVE_SQL = (
-    "(" + ", ".join(f"'{s.value}'" for s in sorted(set(SagaStatus) - TERMINAL_SAGA_STATUSES)) + ")"
-)
-"""SQL list of the non-terminal saga statuses."""
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
 
@@ -253,14 +254,7 @@ async def read_versions(conn: Any, schema: str) -> SchemaVersions:
 
 
 # -- rows <-> records ----------------------------------------------------------------------
-SAGA_COLUMNS = (
-    "saga_id, saga_name, status, context, attempt, error, trigger_id, event, owner, "
-    "lease_expires_at, created_at, updated_at"
-)
 SAGA_VALUES = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12"
-STEP_COLUMNS = (
-    "saga_id, name, status, result, error, attempts, completed_seq, compensation_error, updated_at"
-)
 DEAD_LETTER_COLUMNS = (
     "trigger_id, saga_name, payload, error, reason, traceback, attempts, saga_id, source, meta"
 )
@@ -317,9 +311,6 @@ def saga_from_row(row: Mapping[str, Any]) -> SagaRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
-
-
-OUTBOX_COLUMNS = "id, saga_id, topic, payload, headers, created_at, sent_at"
 
 
 def outbox_from_row(row: Mapping[str, Any]) -> OutboxMessage:

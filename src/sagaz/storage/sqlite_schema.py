@@ -27,7 +27,14 @@ from sagaz.records import (
     TriggerExecutionRecord,
 )
 from sagaz.storage.codec import dumps, from_text, loads, to_text
-from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
+from sagaz.storage.sql import (
+    ACTIVE_SQL,
+    OUTBOX_COLUMNS,
+    SAGA_COLUMNS,
+    STEP_COLUMNS,
+    TERMINAL_SQL,
+)
+from sagaz.types import SagaStatus, StepStatus
 
 __all__ = [
     "ACTIVE_SQL",
@@ -54,12 +61,6 @@ __all__ = [
     "upgrade_database",
 ]
 
-TERMINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_SAGA_STATUSES)) + ")"
-"""SQL list of the terminal saga statuses (``IN`` clauses and partial indexes)."""
-ACTIVE_SQL = (
-    "(" + ", ".join(f"'{s.value}'" for s in sorted(set(SagaStatus) - TERMINAL_SAGA_STATUSES)) + ")"
-)
-"""SQL list of the non-terminal saga statuses."""
 
 MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
     (
@@ -319,14 +320,6 @@ def _enable_wal(conn: sqlite3.Connection, *, patience: float) -> None:
 
 
 # -- rows <-> records ----------------------------------------------------------------------
-SAGA_COLUMNS = (
-    "saga_id, saga_name, status, context, attempt, error, trigger_id, event, owner, "
-    "lease_expires_at, created_at, updated_at"
-)
-STEP_COLUMNS = (
-    "saga_id, name, status, result, error, attempts, completed_seq, compensation_error, updated_at"
-)
-OUTBOX_COLUMNS = "id, saga_id, topic, payload, headers, created_at, sent_at"
 DEAD_LETTER_COLUMNS = (
     "id, trigger_id, saga_name, payload, error, reason, traceback, attempts, saga_id, source, "
     "meta, created_at"
