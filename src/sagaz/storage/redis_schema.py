@@ -48,7 +48,7 @@ __all__ = [
     "saga_from_hash",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The key-layout version this code writes (stored in ``<prefix>:schema_version``).
 
 Version 1 needs no data migration (keys are created on first write). Version 2 adds the two
@@ -57,7 +57,9 @@ indexes that ``purge_expired`` walks, ``p:texec-completed`` and ``p:cron-trigger
 version-1 process still running during the upgrade writes afterwards are not indexed, so
 purging misses them. Version 3 adds the named leases, ``p:lease:<name>`` (the holder, with
 the lease's expiry as the key's own ``PX`` expiry); they are created on first use, so it
-needs no data step. A later layout adds its data migration to :func:`migrate` too, which runs
+needs no data step. Version 4 adds saga control: ``p:history:<saga_id>`` (a saga's history,
+ids from ``p:history-id``) and ``p:saga-requests`` (the open requests by saga id), also
+created on first use. A later layout adds its data migration to :func:`migrate` too, which runs
 it under a ``SET NX`` lock when asked (``sagaz db upgrade``): a store refuses to start on an
 older layout."""
 
@@ -102,6 +104,7 @@ async def migrate(client: Any, prefix: str, *, url: str, upgrade: bool = False) 
             if current == 1:  # 1 -> 2
                 await _index_for_purge(client, prefix, lambda: _extend(client, lock, token))
             # 2 -> 3: the lease keys are new and created on first use: nothing to migrate
+            # 3 -> 4: the saga history and request keys too
             await client.set(version_key, SCHEMA_VERSION)
     finally:
         await client.eval(
