@@ -30,7 +30,13 @@ from sagaz.triggers import Fire, Skip, Trigger, trigger
 from sagaz.types import SagaStatus
 
 if TYPE_CHECKING:
-    from sagaz.engine import TriggerEngine
+    from sagaz.engine import (
+        TriggerEngine,
+        cancel_saga,
+        resume_saga,
+        retry_saga,
+        saga_history,
+    )
     from sagaz.outbox import OutboxRelay
 
 try:
@@ -61,12 +67,16 @@ __all__ = [
     "WebhookRequest",
     "__version__",
     "action",
+    "cancel_saga",
     "compensate",
     "configure",
     "dashboard_app",
     "fire_event",
     "pause_trigger",
+    "resume_saga",
     "resume_trigger",
+    "retry_saga",
+    "saga_history",
     "start_triggers",
     "stop_triggers",
     "trigger",
@@ -83,6 +93,10 @@ def __getattr__(name: str) -> Any:
         "webhook_app",
         "pause_trigger",
         "resume_trigger",
+        "cancel_saga",
+        "resume_saga",
+        "retry_saga",
+        "saga_history",
     ):
         from sagaz import engine
 

@@ -13,12 +13,17 @@ from sagaz.engine.engine import (
     stop_triggers,
     webhook_app,
 )
+from sagaz.engine.steering import cancel_saga, resume_saga, retry_saga, saga_history
 
 __all__ = [
     "TriggerEngine",
+    "cancel_saga",
     "fire_event",
     "pause_trigger",
+    "resume_saga",
     "resume_trigger",
+    "retry_saga",
+    "saga_history",
     "start_triggers",
     "stop_triggers",
     "webhook_app",

@@ -1,0 +1,321 @@
+"""Steering sagas end to end, on SQLite and PostgreSQL: ``sagaz sagas cancel|resume|retry``
+through the real CLI entry point (its own store object, as another process would have), and a
+real engine running the saga, which acts on the request it finds in the store.
+
+* cancel: arrives while a step runs; the engine starts no further step, compensates what
+  completed, the saga ends ``cancelled`` and its event is settled (a redelivery is a
+  duplicate); a queued (pending) saga starts cancelled;
+* resume: a saga compensated because a step failed runs again once the cause is fixed;
+* retry --from-step: exactly the named step and the steps after it run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sagaz import Saga, SagaContext, SagaStatus, TriggerConfig, action, compensate, trigger
+from sagaz.abc import SagaStore
+from sagaz.cli.main import main
+from sagaz.engine.engine import TriggerEngine
+from sagaz.events import NotRun
+from sagaz.storage import store_from_url
+from sagaz.testing import eventually
+from tests.services import backend_params, drop_postgres_schema, unique_name
+
+INTERVAL = 0.1  # saga_control_interval_seconds: the engines read requests this often
+
+
+@dataclass
+class Place:
+    """A durable store location: its URL (for the CLI) and a way to open stores on it."""
+
+    url: str
+
+    def store(self) -> SagaStore:
+        return store_from_url(self.url)
+
+
+@pytest.fixture(params=backend_params("sqlite", "postgres"))
+async def place(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Place]:
+    if request.param == "sqlite":
+        yield Place(f"sqlite:///{tmp_path / 'sagaz.db'}")
+        return
+    dsn = request.getfixturevalue("postgres_dsn")
+    schema = unique_name("control").replace("-", "_")
+    yield Place(f"{dsn}?schema={schema}")
+    await drop_postgres_schema(dsn, schema)
+
+
+async def sagaz(*argv: str) -> int:
+    """``sagaz ARGV`` through its entry point (in a thread: it runs its own event loop)."""
+    return await asyncio.to_thread(main, list(argv))
+
+
+@dataclass
+class Shop:
+    """A saga class of the test's own and what its steps did."""
+
+    saga: type[Saga]
+    channel: str
+    runs: dict[str, int] = field(default_factory=dict)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    broken: set[str] = field(default_factory=set)  # steps that raise while named here
+
+
+def make_shop(*, gated: bool = False) -> Shop:
+    """``reserve`` → ``charge`` → ``ship``, each counted; ``reserve`` and ``charge`` are
+    compensated (``release``, ``refund``); with ``gated``, ``charge`` waits for the gate."""
+    channel = unique_name("orders")
+    holder: dict[str, Shop] = {}
+
+    def count(name: str) -> None:
+        shop = holder["shop"]
+        shop.runs[name] = shop.runs.get(name, 0) + 1
+        if name in shop.broken:
+            raise RuntimeError(f"{name} is broken")
+
+    class Order(Saga):
+        saga_name = unique_name("order")
+
+        @trigger(source="memory", channel=channel, idempotency_key=lambda e: e["id"])
+        def on_order(self, event: Any) -> dict[str, Any]:
+            return {"id": event["id"]}
+
+        @action("reserve")
+        async def reserve(self, ctx: SagaContext) -> dict[str, Any]:
+            count("reserve")
+            return {"reservation": f"r-{ctx['id']}"}
+
+        @compensate("reserve")
+        async def release(self, ctx: SagaContext) -> None:
+            count("release")
+
+        @action("charge")
+        async def charge(self, ctx: SagaContext) -> dict[str, Any]:
+            count("charge")
+            if gated:
+                holder["shop"].entered.set()
+                await holder["shop"].gate.wait()
+            return {"charged": ctx["reservation"]}
+
+        @compensate("charge")
+        async def refund(self, ctx: SagaContext) -> None:
+            count("refund")
+
+        @action("ship")
+        async def ship(self, ctx: SagaContext) -> dict[str, Any]:
+            count("ship")
+            return {"tracking": f"t-{ctx['charged']}"}
+
+    holder["shop"] = Shop(Order, channel)
+    return holder["shop"]
+
+
+def engine_on(store: SagaStore, **options: Any) -> TriggerEngine:
+    config = TriggerConfig(saga_control_interval_seconds=INTERVAL, max_retries=0, **options)
+    return TriggerEngine(config, store)
+
+
+async def history(store: SagaStore, saga_id: str) -> list[str]:
+    return [entry.action for entry in await store.list_saga_history(saga_id)]
+
+
+async def ended(store: SagaStore, saga_id: str, status: SagaStatus, attempt: int) -> bool:
+    record = await store.get_saga(saga_id)
+    return record is not None and record.status is status and record.attempt == attempt
+
+
+async def settled(store: SagaStore, saga_id: str, last: str) -> bool:
+    """The request is finished and the history ends with ``last``."""
+    if await store.list_saga_requests(saga_id=saga_id):
+        return False
+    actions = await history(store, saga_id)
+    return bool(actions) and actions[-1] == last
+
+
+# -- cancel ------------------------------------------------------------------------------------
+async def test_a_cancel_arriving_mid_run_compensates_and_settles_the_event(
+    place: Place, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shop = make_shop(gated=True)
+    async with place.store() as store, engine_on(store) as engine:
+        [saga_id] = await engine.fire(shop.channel, {"id": 1})
+        await asyncio.wait_for(shop.entered.wait(), 10)  # "charge" is running
+
+        assert (
+            await sagaz("sagas", "cancel", saga_id, "--store", place.url, "--reason", "oops") == 0
+        )
+        assert "cancel of saga" in capsys.readouterr().out
+        cancellations = engine.state.cancellations  # type: ignore[union-attr]
+        await eventually(lambda: cancellations.cancelled(saga_id), what="the engine noticing")
+        shop.gate.set()  # "charge" finishes; "ship" must not start
+
+        outcome = await engine.wait_for(saga_id, timeout=30)
+        assert not isinstance(outcome, NotRun)
+        assert outcome.status is SagaStatus.CANCELLED
+        assert outcome.error is not None
+        assert "cancelled by " in outcome.error and "oops" in outcome.error
+        assert shop.runs == {"reserve": 1, "charge": 1, "refund": 1, "release": 1}
+        record = await store.get_saga(saga_id)
+        assert record is not None
+        assert record.status is SagaStatus.CANCELLED
+        steps = {s.name: s.status.value for s in await store.get_steps(saga_id)}
+        assert steps == {"reserve": "compensated", "charge": "compensated"}
+
+        await eventually(lambda: settled(store, saga_id, "cancelled"), what="the request done")
+        assert await history(store, saga_id) == ["cancel_requested", "cancelled"]
+        assert await store.list_dead_letters() == []  # an operator's cancel is no failure
+
+        assert await engine.fire(shop.channel, {"id": 1}) == []  # redelivered: a duplicate
+        assert shop.runs == {"reserve": 1, "charge": 1, "refund": 1, "release": 1}
+
+    assert await sagaz("sagas", "show", saga_id, "--store", place.url, "--json") == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "cancelled"
+    assert [e["action"] for e in shown["history"]] == ["cancel_requested", "cancelled"]
+    assert shown["history"][0]["detail"] == "oops"
+    assert shown["request"] is None
+    assert await sagaz("sagas", "list", "--status", "cancelled", "--store", place.url) == 0
+    assert saga_id in capsys.readouterr().out
+
+
+async def test_a_pending_saga_cancelled_before_it_starts_runs_no_step(place: Place) -> None:
+    shop = make_shop(gated=True)
+    async with place.store() as store, engine_on(store, max_concurrent_sagas=1) as engine:
+        [first] = await engine.fire(shop.channel, {"id": 1})
+        await asyncio.wait_for(shop.entered.wait(), 10)
+        [waiting] = await engine.fire(shop.channel, {"id": 2})  # queued behind the first
+        record = await store.get_saga(waiting)
+        assert record is not None
+        assert record.status is SagaStatus.PENDING
+
+        assert await sagaz("sagas", "cancel", waiting, "--store", place.url) == 0
+        cancellations = engine.state.cancellations  # type: ignore[union-attr]
+        await eventually(lambda: cancellations.requested(waiting), what="the engine noticing")
+        shop.gate.set()
+
+        outcome = await engine.wait_for(waiting, timeout=30)
+        assert not isinstance(outcome, NotRun)
+        assert outcome.status is SagaStatus.CANCELLED
+        first_outcome = await engine.wait_for(first, timeout=30)
+        assert not isinstance(first_outcome, NotRun)
+        assert first_outcome.status is SagaStatus.COMPLETED
+        assert shop.runs == {"reserve": 1, "charge": 1, "ship": 1}  # the first saga's only
+        await eventually(lambda: settled(store, waiting, "cancelled"), what="the request done")
+
+
+async def test_a_finished_saga_cannot_be_cancelled(
+    place: Place, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shop = make_shop()
+    async with place.store() as store, engine_on(store) as engine:
+        [saga_id] = await engine.fire(shop.channel, {"id": 1})
+        await engine.wait_for(saga_id, timeout=30)
+    capsys.readouterr()
+    assert await sagaz("sagas", "cancel", saga_id, "--store", place.url) == 1
+    assert "has ended completed: nothing to cancel" in capsys.readouterr().err
+    assert await sagaz("sagas", "cancel", "no-such-saga", "--store", place.url) == 2
+
+
+# -- resume ------------------------------------------------------------------------------------
+async def test_a_compensated_saga_resumes_once_its_failing_step_is_fixed(
+    place: Place, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shop = make_shop()
+    shop.broken.add("charge")
+    async with place.store() as store, engine_on(store) as engine:
+        [saga_id] = await engine.fire(shop.channel, {"id": 7})
+        outcome = await engine.wait_for(saga_id, timeout=30)
+        assert not isinstance(outcome, NotRun)
+        assert outcome.status is SagaStatus.COMPENSATED
+        assert shop.runs == {"reserve": 1, "charge": 1, "release": 1}
+
+        shop.broken.clear()  # the cause is fixed
+        assert await sagaz("sagas", "resume", saga_id, "--store", place.url) == 0
+        await eventually(
+            lambda: ended(store, saga_id, SagaStatus.COMPLETED, 2), within=30, what="resumed"
+        )
+        # reserve was compensated (undone), so it runs again with charge and ship
+        assert shop.runs == {"reserve": 2, "charge": 2, "release": 1, "ship": 1}
+        record = await store.get_saga(saga_id)
+        assert record is not None
+        assert record.error is None
+        assert record.context["tracking"] == "t-r-7"
+        await eventually(lambda: settled(store, saga_id, "finished"), what="the request done")
+        assert await history(store, saga_id) == ["resume_requested", "resumed", "finished"]
+        entries = await store.list_saga_history(saga_id)
+        assert entries[1].detail == "attempt 2; runs again: reserve, charge, ship"
+        assert entries[1].actor == engine.worker_id
+        assert entries[2].detail == "attempt 2 ended completed"
+
+    capsys.readouterr()
+    assert await sagaz("sagas", "resume", saga_id, "--store", place.url) == 1
+    assert "completed: nothing to resume" in capsys.readouterr().err
+
+
+# -- retry from a step -------------------------------------------------------------------------
+async def test_retry_from_a_step_reruns_exactly_that_step_and_the_ones_after(
+    place: Place, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shop = make_shop()
+    async with place.store() as store, engine_on(store) as engine:
+        [saga_id] = await engine.fire(shop.channel, {"id": 3})
+        await engine.wait_for(saga_id, timeout=30)
+        assert shop.runs == {"reserve": 1, "charge": 1, "ship": 1}
+
+        capsys.readouterr()
+        assert await sagaz("sagas", "retry", saga_id, "--from-step", "nope", "--store", place.url)
+        assert "has no step 'nope' that ran" in capsys.readouterr().err
+
+        assert (
+            await sagaz("sagas", "retry", saga_id, "--from-step", "charge", "--store", place.url)
+            == 0
+        )
+        await eventually(
+            lambda: ended(store, saga_id, SagaStatus.COMPLETED, 2), within=30, what="retried"
+        )
+        assert shop.runs == {"reserve": 1, "charge": 2, "ship": 2}
+        record = await store.get_saga(saga_id)
+        assert record is not None
+        assert record.context["reservation"] == "r-3"  # kept from the first attempt
+        await eventually(lambda: settled(store, saga_id, "finished"), what="the request done")
+        entries = await store.list_saga_history(saga_id)
+        assert [(e.action, e.detail) for e in entries] == [
+            ("retry_requested", "from step 'charge'"),
+            ("retried", "attempt 2; runs again: charge, ship"),
+            ("finished", "attempt 2 ended completed"),
+        ]
+
+        # once more, from the last step
+        await _retry(place, saga_id, "ship")
+        await eventually(
+            lambda: ended(store, saga_id, SagaStatus.COMPLETED, 3), within=30, what="retried"
+        )
+        assert shop.runs == {"reserve": 1, "charge": 2, "ship": 3}
+
+
+async def _retry(place: Place, saga_id: str, step: str) -> None:
+    assert await sagaz("sagas", "retry", saga_id, "--from-step", step, "--store", place.url) == 0
+
+
+async def test_retry_refuses_to_keep_a_compensated_step(
+    place: Place, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shop = make_shop()
+    shop.broken.add("ship")
+    async with place.store() as store, engine_on(store) as engine:
+        [saga_id] = await engine.fire(shop.channel, {"id": 5})
+        await engine.wait_for(saga_id, timeout=30)
+    capsys.readouterr()
+    assert await sagaz("sagas", "retry", saga_id, "--from-step", "charge", "--store", place.url)
+    err = capsys.readouterr().err
+    assert "step 'reserve', before 'charge', is compensated" in err
+    assert "retry from 'reserve'" in err
