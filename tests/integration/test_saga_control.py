@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import sagaz
 from sagaz import Saga, SagaContext, SagaStatus, TriggerConfig, action, compensate, trigger
 from sagaz.abc import SagaStore
 from sagaz.cli.main import main
@@ -53,7 +54,7 @@ async def place(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await drop_postgres_schema(dsn, schema)
 
 
-async def sagaz(*argv: str) -> int:
+async def cli(*argv: str) -> int:
     """``sagaz ARGV`` through its entry point (in a thread: it runs its own event loop)."""
     return await asyncio.to_thread(main, list(argv))
 
@@ -150,9 +151,7 @@ async def test_a_cancel_arriving_mid_run_compensates_and_settles_the_event(
         [saga_id] = await engine.fire(shop.channel, {"id": 1})
         await asyncio.wait_for(shop.entered.wait(), 10)  # "charge" is running
 
-        assert (
-            await sagaz("sagas", "cancel", saga_id, "--store", place.url, "--reason", "oops") == 0
-        )
+        assert await cli("sagas", "cancel", saga_id, "--store", place.url, "--reason", "oops") == 0
         assert "cancel of saga" in capsys.readouterr().out
         cancellations = engine.state.cancellations  # type: ignore[union-attr]
         await eventually(lambda: cancellations.cancelled(saga_id), what="the engine noticing")
@@ -177,13 +176,13 @@ async def test_a_cancel_arriving_mid_run_compensates_and_settles_the_event(
         assert await engine.fire(shop.channel, {"id": 1}) == []  # redelivered: a duplicate
         assert shop.runs == {"reserve": 1, "charge": 1, "refund": 1, "release": 1}
 
-    assert await sagaz("sagas", "show", saga_id, "--store", place.url, "--json") == 0
+    assert await cli("sagas", "show", saga_id, "--store", place.url, "--json") == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["status"] == "cancelled"
     assert [e["action"] for e in shown["history"]] == ["cancel_requested", "cancelled"]
     assert shown["history"][0]["detail"] == "oops"
     assert shown["request"] is None
-    assert await sagaz("sagas", "list", "--status", "cancelled", "--store", place.url) == 0
+    assert await cli("sagas", "list", "--status", "cancelled", "--store", place.url) == 0
     assert saga_id in capsys.readouterr().out
 
 
@@ -197,7 +196,7 @@ async def test_a_pending_saga_cancelled_before_it_starts_runs_no_step(place: Pla
         assert record is not None
         assert record.status is SagaStatus.PENDING
 
-        assert await sagaz("sagas", "cancel", waiting, "--store", place.url) == 0
+        assert await cli("sagas", "cancel", waiting, "--store", place.url) == 0
         cancellations = engine.state.cancellations  # type: ignore[union-attr]
         await eventually(lambda: cancellations.requested(waiting), what="the engine noticing")
         shop.gate.set()
@@ -220,9 +219,9 @@ async def test_a_finished_saga_cannot_be_cancelled(
         [saga_id] = await engine.fire(shop.channel, {"id": 1})
         await engine.wait_for(saga_id, timeout=30)
     capsys.readouterr()
-    assert await sagaz("sagas", "cancel", saga_id, "--store", place.url) == 1
+    assert await cli("sagas", "cancel", saga_id, "--store", place.url) == 1
     assert "has ended completed: nothing to cancel" in capsys.readouterr().err
-    assert await sagaz("sagas", "cancel", "no-such-saga", "--store", place.url) == 2
+    assert await cli("sagas", "cancel", "no-such-saga", "--store", place.url) == 2
 
 
 # -- resume ------------------------------------------------------------------------------------
@@ -239,7 +238,7 @@ async def test_a_compensated_saga_resumes_once_its_failing_step_is_fixed(
         assert shop.runs == {"reserve": 1, "charge": 1, "release": 1}
 
         shop.broken.clear()  # the cause is fixed
-        assert await sagaz("sagas", "resume", saga_id, "--store", place.url) == 0
+        assert await cli("sagas", "resume", saga_id, "--store", place.url) == 0
         await eventually(
             lambda: ended(store, saga_id, SagaStatus.COMPLETED, 2), within=30, what="resumed"
         )
@@ -257,7 +256,7 @@ async def test_a_compensated_saga_resumes_once_its_failing_step_is_fixed(
         assert entries[2].detail == "attempt 2 ended completed"
 
     capsys.readouterr()
-    assert await sagaz("sagas", "resume", saga_id, "--store", place.url) == 1
+    assert await cli("sagas", "resume", saga_id, "--store", place.url) == 1
     assert "completed: nothing to resume" in capsys.readouterr().err
 
 
@@ -272,12 +271,11 @@ async def test_retry_from_a_step_reruns_exactly_that_step_and_the_ones_after(
         assert shop.runs == {"reserve": 1, "charge": 1, "ship": 1}
 
         capsys.readouterr()
-        assert await sagaz("sagas", "retry", saga_id, "--from-step", "nope", "--store", place.url)
+        assert await cli("sagas", "retry", saga_id, "--from-step", "nope", "--store", place.url)
         assert "has no step 'nope' that ran" in capsys.readouterr().err
 
         assert (
-            await sagaz("sagas", "retry", saga_id, "--from-step", "charge", "--store", place.url)
-            == 0
+            await cli("sagas", "retry", saga_id, "--from-step", "charge", "--store", place.url) == 0
         )
         await eventually(
             lambda: ended(store, saga_id, SagaStatus.COMPLETED, 2), within=30, what="retried"
@@ -303,7 +301,7 @@ async def test_retry_from_a_step_reruns_exactly_that_step_and_the_ones_after(
 
 
 async def _retry(place: Place, saga_id: str, step: str) -> None:
-    assert await sagaz("sagas", "retry", saga_id, "--from-step", step, "--store", place.url) == 0
+    assert await cli("sagas", "retry", saga_id, "--from-step", step, "--store", place.url) == 0
 
 
 async def test_retry_refuses_to_keep_a_compensated_step(
@@ -315,7 +313,98 @@ async def test_retry_refuses_to_keep_a_compensated_step(
         [saga_id] = await engine.fire(shop.channel, {"id": 5})
         await engine.wait_for(saga_id, timeout=30)
     capsys.readouterr()
-    assert await sagaz("sagas", "retry", saga_id, "--from-step", "charge", "--store", place.url)
+    assert await cli("sagas", "retry", saga_id, "--from-step", "charge", "--store", place.url)
     err = capsys.readouterr().err
     assert "step 'reserve', before 'charge', is compensated" in err
     assert "retry from 'reserve'" in err
+
+
+# -- many engines, and the Python API ---------------------------------------------------------
+@pytest.fixture
+async def shared_postgres(postgres_dsn: str) -> AsyncIterator[Place]:
+    schema = unique_name("control2").replace("-", "_")
+    yield Place(f"{postgres_dsn}?schema={schema}")
+    await drop_postgres_schema(postgres_dsn, schema)
+
+
+async def test_every_engine_on_a_shared_store_follows_the_requests(
+    shared_postgres: Place,
+) -> None:
+    place = shared_postgres
+    shop = make_shop(gated=True)
+    async with (
+        place.store() as store_a,
+        place.store() as store_b,
+        place.store() as operator,  # as another process: only the store in common
+        engine_on(store_a) as engine_a,
+        engine_on(store_b) as engine_b,
+    ):
+        # a cancel written elsewhere reaches the engine running the saga: here, B
+        [saga_id] = await engine_b.fire(shop.channel, {"id": 1})
+        await asyncio.wait_for(shop.entered.wait(), 10)
+        await sagaz_api_cancel(operator, saga_id)
+        noticed = engine_b.state.cancellations  # type: ignore[union-attr]
+        await eventually(lambda: noticed.cancelled(saga_id), what="engine B noticing")
+        shop.gate.set()
+        outcome = await engine_b.wait_for(saga_id, timeout=30)
+        assert not isinstance(outcome, NotRun)
+        assert outcome.status is SagaStatus.CANCELLED
+        assert shop.runs == {"reserve": 1, "charge": 1, "refund": 1, "release": 1}
+        await eventually(lambda: settled(operator, saga_id, "cancelled"), what="cancel done")
+
+        # a resume is taken up by exactly one engine
+        await sagaz.resume_saga(saga_id, store=operator, actor="ann@ops")
+        await eventually(
+            lambda: ended(operator, saga_id, SagaStatus.COMPLETED, 2), within=30, what="resumed"
+        )
+        await eventually(lambda: settled(operator, saga_id, "finished"), what="request done")
+        assert shop.runs == {
+            "reserve": 2,
+            "charge": 2,
+            "ship": 1,
+            "refund": 1,
+            "release": 1,
+        }
+        entries = await sagaz.saga_history(saga_id, store=operator)
+        assert [e.action for e in entries] == [
+            "cancel_requested",
+            "cancelled",
+            "resume_requested",
+            "resumed",
+            "finished",
+        ]
+        assert entries[2].actor == "ann@ops"
+        assert entries[3].actor in (engine_a.worker_id, engine_b.worker_id)
+
+
+async def sagaz_api_cancel(store: SagaStore, saga_id: str) -> None:
+    await sagaz.cancel_saga(saga_id, reason="from Python", store=store)
+
+
+async def test_the_process_wide_engine_acts_at_once_on_a_request_made_in_its_process(
+    tmp_path: Path,
+) -> None:
+    shop = make_shop(gated=True)
+    # an interval too long for the test to wait: only the wake-up of the local engine works
+    config = TriggerConfig(saga_control_interval_seconds=3600, max_retries=0)
+    async with store_from_url(f"sqlite:///{tmp_path / 'sagaz.db'}") as store:
+        engine = await sagaz.start_triggers(config, store)
+        try:
+            [saga_id] = await sagaz.fire_event(shop.channel, {"id": 9})
+            await asyncio.wait_for(shop.entered.wait(), 10)
+            await sagaz.cancel_saga(saga_id)  # the running engine's store
+            assert engine.state is not None
+            assert engine.state.cancellations.cancelled(saga_id)
+            shop.gate.set()
+            outcome = await engine.wait_for(saga_id, timeout=30)
+            assert not isinstance(outcome, NotRun)
+            assert outcome.status is SagaStatus.CANCELLED
+            await eventually(lambda: settled(store, saga_id, "cancelled"), what="cancel done")
+
+            await sagaz.retry_saga(saga_id, "reserve")
+            await eventually(
+                lambda: ended(store, saga_id, SagaStatus.COMPLETED, 2), within=30, what="retry"
+            )
+            assert shop.runs["ship"] == 1
+        finally:
+            await sagaz.stop_triggers()

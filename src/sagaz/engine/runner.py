@@ -145,8 +145,8 @@ class SagaRunner:
         level = (
             logging.DEBUG  # thousands a second: the normal case is not news
             if status is SagaStatus.COMPLETED
-            else logging.INFO  # its compensations ran: retried or dead-lettered next
-            if status is SagaStatus.COMPENSATED
+            else logging.INFO  # its compensations ran: retried, dead-lettered, or cancelled
+            if status in (SagaStatus.COMPENSATED, SagaStatus.CANCELLED)
             else logging.WARNING  # a compensation failed too
         )
         if not logger.isEnabledFor(level):

@@ -104,11 +104,16 @@ async def cancel_saga(
     step, compensates what completed and ends it ``cancelled`` (see the module docs).
 
     Returns the stored request; the engines act on it within their
-    ``saga_control_interval_seconds``. Raises :class:`~sagaz.exceptions.SagaControlError`
-    for a saga that cannot be cancelled (unknown, finished, compensating already, run
-    without a trigger engine, or with a request open already).
+    ``saga_control_interval_seconds`` (the process-wide engine, when it runs on that store,
+    at once). ``store``: where the saga is; default the process-wide engine's store if it
+    runs, else the configured one (``sagaz.configure``, ``SAGAZ_STORE_URL``). ``actor``:
+    who asks, for the history (default ``user@host``).
+
+    Raises :class:`~sagaz.exceptions.SagaControlError` for a saga that cannot be cancelled
+    (unknown, finished, compensating already, run without a trigger engine, or with a
+    request open already).
     """
-    store = await ensure_store(store)
+    store = await _store(store)
     record = await _saga(store, saga_id, SagaAction.CANCEL)
     if record.status is SagaStatus.COMPENSATING:
         raise SagaControlError(
@@ -138,7 +143,7 @@ async def resume_saga(
     (unknown, completed, still running, run without a trigger engine, or with a request open
     already).
     """
-    store = await ensure_store(store)
+    store = await _store(store)
     record = await _saga(store, saga_id, SagaAction.RESUME)
     if record.status is SagaStatus.COMPLETED:
         raise SagaControlError(
@@ -170,7 +175,7 @@ async def retry_saga(
     to (unknown saga, a step it never ran, a step before it that was compensated, a saga
     still running, run without a trigger engine, or with a request open already).
     """
-    store = await ensure_store(store)
+    store = await _store(store)
     record = await _saga(store, saga_id, SagaAction.RETRY)
     if record.status not in TERMINAL_SAGA_STATUSES:
         raise SagaControlError(
@@ -186,11 +191,23 @@ async def saga_history(
 ) -> list[SagaHistoryRecord]:
     """What was done to a saga from outside its run, oldest first: operators' requests and
     what the engines did about them."""
-    store = await ensure_store(store)
+    store = await _store(store)
     return await store.list_saga_history(saga_id, limit)
 
 
 # -- checks ------------------------------------------------------------------------------------
+async def _store(store: SagaStore | None) -> SagaStore:
+    """``store``, else the store of the process-wide engine if it runs, else the configured
+    one (as ``start_triggers`` picks it)."""
+    if store is None:
+        from sagaz.engine import engine as engine_module
+
+        engine = engine_module._engine
+        if engine is not None and engine.running:
+            return engine.store
+    return await ensure_store(store)
+
+
 async def _saga(store: SagaStore, saga_id: str, action: SagaAction) -> SagaRecord:
     record = await store.get_saga(saga_id)
     if record is None:

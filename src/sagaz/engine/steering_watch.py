@@ -59,7 +59,7 @@ class SagaSteering:
         self.state = state
         self.triggers = triggers
         self._wake = asyncio.Event()
-        self._unsupported = False
+        state.cancellations.on_end = self._wake.set
 
     def notice(self, request: SagaControlRequest) -> None:
         """A request was just written in this process: act on it now."""
@@ -220,6 +220,7 @@ class SagaSteering:
             saga=active.saga_for_run(),
         )
         state.outcomes.accepted(record.saga_id)
+        state.cancellations.watch(record.saga_id)  # its request is finished once it ends
         state.queue.put_nowait_unbounded(item)
 
     async def _finish(self, request: SagaControlRequest, action: str, detail: str | None) -> None:

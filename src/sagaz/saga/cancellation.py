@@ -16,6 +16,8 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sagaz.exceptions import SagaCancelledError
 
 __all__ = ["Cancellation", "SagaCancellations"]
@@ -62,6 +64,14 @@ class SagaCancellations:
     def __init__(self) -> None:
         self._running: dict[str, Cancellation] = {}
         self._wanted: dict[str, tuple[str | None, str | None]] = {}
+        self._watched: set[str] = set()
+        #: called when a run of a cancelled or watched saga ends here (the steering then
+        #: finishes its request at once, not at its next read of the store)
+        self.on_end: Callable[[], None] | None = None
+
+    def watch(self, saga_id: str) -> None:
+        """Call :attr:`on_end` when the next run of ``saga_id`` here ends (a resume)."""
+        self._watched.add(saga_id)
 
     def track(self, saga_id: str) -> Cancellation:
         """The cancellation of a run of ``saga_id`` starting now (until :meth:`untrack`)."""
@@ -76,6 +86,10 @@ class SagaCancellations:
     def untrack(self, saga_id: str) -> None:
         """The run of ``saga_id`` ended here."""
         self._running.pop(saga_id, None)
+        watched = saga_id in self._watched
+        self._watched.discard(saga_id)
+        if (watched or saga_id in self._wanted) and self.on_end is not None:
+            self.on_end()
 
     def running(self, saga_id: str) -> bool:
         """Whether a run of ``saga_id`` is under way here."""
