@@ -1,4 +1,4 @@
-"""Steering sagas end to end, on SQLite and PostgreSQL: ``sagaz sagas cancel|resume|retry``
+"""Steering sagas end to end, on SQLite, PostgreSQL and Redis: ``sagaz sagas cancel|resume|retry``
 through the real CLI entry point (its own store object, as another process would have), and a
 real engine running the saga, which acts on the request it finds in the store.
 
@@ -43,15 +43,32 @@ class Place:
         return store_from_url(self.url)
 
 
-@pytest.fixture(params=backend_params("sqlite", "postgres"))
+@pytest.fixture(params=backend_params("sqlite", "postgres", "redis"))
 async def place(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Place]:
     if request.param == "sqlite":
         yield Place(f"sqlite:///{tmp_path / 'sagaz.db'}")
-        return
-    dsn = request.getfixturevalue("postgres_dsn")
-    schema = unique_name("control").replace("-", "_")
-    yield Place(f"{dsn}?schema={schema}")
-    await drop_postgres_schema(dsn, schema)
+    elif request.param == "postgres":
+        dsn = request.getfixturevalue("postgres_dsn")
+        schema = unique_name("control").replace("-", "_")
+        yield Place(f"{dsn}?schema={schema}")
+        await drop_postgres_schema(dsn, schema)
+    else:
+        url = request.getfixturevalue("redis_url")
+        prefix = unique_name("control")
+        yield Place(f"{url}?prefix={prefix}")
+        await _delete_redis_keys(url, prefix)
+
+
+async def _delete_redis_keys(url: str, prefix: str) -> None:
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
 
 
 async def cli(*argv: str) -> int:
@@ -172,6 +189,8 @@ async def test_a_cancel_arriving_mid_run_compensates_and_settles_the_event(
         await eventually(lambda: settled(store, saga_id, "cancelled"), what="the request done")
         assert await history(store, saga_id) == ["cancel_requested", "cancelled"]
         assert await store.list_dead_letters() == []  # an operator's cancel is no failure
+        counted = engine.metrics.snapshot()
+        assert (counted["cancelled"], counted["compensated"], counted["completed"]) == (1, 0, 0)
 
         assert await engine.fire(shop.channel, {"id": 1}) == []  # redelivered: a duplicate
         assert shop.runs == {"reserve": 1, "charge": 1, "refund": 1, "release": 1}

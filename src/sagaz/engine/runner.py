@@ -59,6 +59,7 @@ class SagaRunner:
             return
         self._log_result(item, result)
         if result.status is SagaStatus.CANCELLED:  # an operator's decision: never retried
+            state.metrics.cancelled[trigger.trigger_id] += 1
             await self._outage_safe(lambda: self._settle(item))
             state.outcomes.settle(item.saga_id, result)
             return
