@@ -182,6 +182,18 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             )""",
         ),
     ),
+    (
+        4,
+        (
+            # trigger_executions name a poll trigger by its trigger id, as trigger_schedules
+            # does (they named it by its Trigger's `name`): the rows of sagas still stored
+            # take their saga's trigger_id, so both tables join on trigger_name
+            """UPDATE {s}.trigger_executions AS e SET trigger_name = s.trigger_id
+            FROM {s}.saga_executions AS s
+            WHERE s.saga_id = e.saga_id AND s.trigger_id IS NOT NULL
+            AND s.trigger_id <> e.trigger_name""",
+        ),
+    ),
 ]
 """Every migration, oldest first (``{s}`` is the quoted schema name)."""
 
