@@ -13,12 +13,15 @@ from sagaz.engine.engine import (
     stop_triggers,
     webhook_app,
 )
+from sagaz.engine.schedules import backfill_trigger, run_trigger
 
 __all__ = [
     "TriggerEngine",
+    "backfill_trigger",
     "fire_event",
     "pause_trigger",
     "resume_trigger",
+    "run_trigger",
     "start_triggers",
     "stop_triggers",
     "webhook_app",
