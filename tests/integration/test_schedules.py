@@ -8,7 +8,6 @@ is an event of its own and starts one saga per call.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -181,9 +180,7 @@ async def test_the_cron_source_and_a_backfill_run_each_tick_once_whichever_comes
         )
         assert [(run.tick, run.outcome) for run in report.runs] == [
             (START + timedelta(hours=h), outcome)
-            for h, outcome in enumerate(
-                ["started", "duplicate", "duplicate", "started", "started"]
-            )
+            for h, outcome in enumerate(["started", "duplicate", "duplicate", "started", "started"])
         ]
         assert [run.status for run in report.started] == ["completed"] * 3
 
