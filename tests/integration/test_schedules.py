@@ -8,6 +8,12 @@ is an event of its own and starts one saga per call.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import sys
+import textwrap
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +40,7 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.storage.postgres import PostgresSagaStore
 from sagaz.storage.redis import RedisSagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
+from sagaz.storage.url import store_from_url
 from sagaz.testing import FakeClock, eventually
 from tests.engine_support import RecordingListener
 from tests.integration.test_cron_engine import completed_per_tick, settled
@@ -258,3 +265,94 @@ async def test_run_now_starts_one_saga_per_call_for_a_cron_and_a_poll_trigger(
     assert given.status == "completed" and depth.polls == 3
     sagas = await store.list_sagas(saga_name=name, limit=100)
     assert len(sagas) == 5 and {s.status for s in sagas} == {SagaStatus.COMPLETED}
+
+
+CLI_APP = textwrap.dedent(
+    """
+    from sagaz import Fire, Saga, Trigger, action, trigger
+
+    class Depth(Trigger):
+        poll_interval = 60.0
+
+        async def poll(self):
+            return Fire({"depth": 12})
+
+    class Reports(Saga):
+        saga_name = "cli-e2e-reports"
+
+        @trigger(source="cron", schedule="0 * * * *")
+        def on_tick(self, tick) -> dict:
+            return {"tick": tick.scheduled_at.isoformat()}
+
+        @trigger(source="custom", trigger=Depth())
+        def on_depth(self, ctx: dict) -> dict:
+            return dict(ctx)
+
+        @action("build")
+        async def build(self, ctx) -> dict:
+            return {"built": True}
+    """
+)
+
+
+@pytest.fixture(params=backend_params("sqlite", "postgres"))
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The URL of a SQLite or PostgreSQL store that has its schema (an engine ran on it)."""
+    if request.param == "sqlite":
+        path = tmp_path / "cli.db"
+        async with SQLiteSagaStore(path):
+            pass
+        yield f"sqlite:///{path}"
+        return
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    schema = unique_name("sagaz_cli_schedules").replace("-", "_")
+    async with PostgresSagaStore(dsn, schema=schema):
+        pass
+    try:
+        yield f"{dsn}{'&' if '?' in dsn else '?'}schema={schema}"
+    finally:
+        await drop_postgres_schema(dsn, schema)
+
+
+async def test_the_sagaz_command_backfills_once_and_runs_now_once_per_call(
+    store_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "cli_e2e_reports.py").write_text(CLI_APP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAGAZ_")}
+    src = str(Path(sagaz.__file__).parents[1])  # the sagaz under test, in the subprocess too
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+
+    async def sagaz_command(*argv: str) -> dict[str, Any]:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "sagaz.cli.main", *argv),
+            *("--modules", "cli_e2e_reports", "--store", store_url, "--json"),
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(120):
+            out, err = await process.communicate()
+        assert process.returncode == 0, err.decode()
+        report: dict[str, Any] = json.loads(out)
+        return report
+
+    window = ("--from", "2026-03-01T00:00Z", "--to", "2026-03-02T11:00Z")
+    first = await sagaz_command("triggers", "backfill", "cli-e2e-reports.on_tick", *window)
+    assert (first["started"], first["skipped"]) == (36, 0)
+    assert {run["status"] for run in first["runs"]} == {"completed"}
+    again = await sagaz_command("triggers", "backfill", "cli-e2e-reports.on_tick", *window)
+    assert (again["started"], again["skipped"]) == (0, 36)
+    for trigger_id in ("cli-e2e-reports.on_tick", "cli-e2e-reports.on_depth"):
+        for _ in range(2):
+            report = await sagaz_command("triggers", "run", trigger_id)
+            assert [(r["outcome"], r["status"]) for r in report["runs"]] == [
+                ("started", "completed")
+            ]
+
+    reader = store_from_url(store_url)
+    async with reader:
+        sagas = await reader.list_sagas(saga_name="cli-e2e-reports", limit=1000)
+    per_trigger = Counter(s.trigger_id for s in sagas)
+    assert per_trigger == {"cli-e2e-reports.on_tick": 38, "cli-e2e-reports.on_depth": 2}
+    assert {s.status for s in sagas} == {SagaStatus.COMPLETED}
