@@ -46,7 +46,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
+from zoneinfo import ZoneInfo
 
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
@@ -54,10 +55,10 @@ from sagaz.config import TriggerConfig, ensure_store
 from sagaz.engine.active_trigger import ActiveTrigger
 from sagaz.engine.identity import saga_id_for
 from sagaz.engine.instances import SagaFactory
+from sagaz.engine.loading import load_source_module
 from sagaz.events import AdmissionOutcome, AdmissionResult, CronTick, Delivery, EventMeta, NotRun
 from sagaz.exceptions import ScheduleError, TriggerNotFoundError
 from sagaz.saga.definition import Saga
-from sagaz.sources.cron import CronSchedule
 from sagaz.triggers.options.cron import CronOptions
 from sagaz.triggers.poll import Fire, Skip
 from sagaz.triggers.registration import TriggerDefinition, registry
@@ -80,6 +81,29 @@ DEFAULT_MAX_TICKS = 1000
 SCHEDULE_HEADER = "sagaz-schedule"
 
 T = TypeVar("T")
+
+
+class _Schedule(Protocol):
+    """What a backfill needs of the cron source's ``sagaz.sources.cron.CronSchedule``."""
+
+    expression: str
+    tz: ZoneInfo
+
+    def resolve(self, wall: datetime) -> datetime:
+        """The UTC instant of a naive local wall time."""
+        ...
+
+    def latest(self, after: datetime, until: datetime, limit: int) -> tuple[list[datetime], bool]:
+        """The most recent ``limit`` ticks in ``(after, until]`` and whether more were left."""
+        ...
+
+
+def _schedule(options: CronOptions) -> _Schedule:
+    """The schedule of a cron trigger, as its source computes it (the source module is loaded
+    by its kind, as the engine loads sources)."""
+    cron: Any = load_source_module("cron")
+    schedule: _Schedule = cron.CronSchedule(options.schedule, options.timezone)
+    return schedule
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +364,7 @@ async def _run_once(
     identity = f"{active.trigger_id}@run:{uuid.uuid4().hex}"
     payload: Any
     if isinstance(options, CronOptions):
-        schedule = CronSchedule(options.schedule, options.timezone)
+        schedule = _schedule(options)
         payload = CronTick(
             timestamp=now.timestamp(),
             scheduled_at=now.astimezone(schedule.tz),
@@ -387,7 +411,7 @@ def backfill_ticks(
     after ``now`` (those ticks are the cron source's to fire), or the window holds more
     than ``max_ticks`` ticks.
     """
-    schedule = CronSchedule(options.schedule, options.timezone)
+    schedule = _schedule(options)
     start, end = _aware(start, schedule), _aware(end, schedule)
     now = now or utcnow()
     if start > end:
@@ -414,7 +438,7 @@ def backfill_ticks(
     return ticks
 
 
-def _aware(moment: datetime, schedule: CronSchedule) -> datetime:
+def _aware(moment: datetime, schedule: _Schedule) -> datetime:
     if moment.tzinfo is None:
         return schedule.resolve(moment)
     return moment.astimezone(UTC)
@@ -462,7 +486,7 @@ async def backfill_trigger(
         paused = await _paused(engine.store, trigger_id)
         options = active.definition.source_options
         assert isinstance(options, CronOptions)
-        schedule = CronSchedule(options.schedule, options.timezone)
+        schedule = _schedule(options)
         runs = [await _backfill_tick(engine, active, schedule, tick) for tick in window]
         return ScheduleReport(trigger_id, await _settle(engine, runs, timeout), paused)
 
@@ -470,7 +494,7 @@ async def backfill_trigger(
 
 
 async def _backfill_tick(
-    engine: Any, active: ActiveTrigger, schedule: CronSchedule, tick: datetime
+    engine: Any, active: ActiveTrigger, schedule: _Schedule, tick: datetime
 ) -> ScheduledRun:
     identity = f"{active.trigger_id}@{tick.isoformat()}"  # as the cron source names it
     if active.definition.idempotency_key is None:
