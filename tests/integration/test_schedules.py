@@ -356,3 +356,24 @@ async def test_the_sagaz_command_backfills_once_and_runs_now_once_per_call(
     per_trigger = Counter(s.trigger_id for s in sagas)
     assert per_trigger == {"cli-e2e-reports.on_tick": 38, "cli-e2e-reports.on_depth": 2}
     assert {s.status for s in sagas} == {SagaStatus.COMPLETED}
+
+
+async def test_the_process_wide_engine_runs_them_when_it_runs_the_trigger(
+    sql_store: SagaStore,
+) -> None:
+    runs: list[tuple[str, str]] = []
+    name = unique_name("hourly")
+    trigger_id = define_hourly(name, runs)
+    engine = await sagaz.start_triggers(store=sql_store)
+    try:
+        [now] = (await sagaz.run_trigger(trigger_id)).runs
+        backfill = await sagaz.backfill_trigger(
+            trigger_id, START, START + timedelta(hours=2), store=sql_store
+        )
+        # accepted by the running engine itself (its limits, listeners and metrics)
+        assert engine.metrics.accepted[trigger_id] == 4
+    finally:
+        await sagaz.stop_triggers()
+    assert now.status == "completed"
+    assert [run.status for run in backfill.runs] == ["completed"] * 3
+    assert sorted(how for _, how in runs) == ["backfill"] * 3 + ["run"]
