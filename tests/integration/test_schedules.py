@@ -37,6 +37,7 @@ from sagaz import (
 )
 from sagaz.abc import SagaStore
 from sagaz.engine.engine import TriggerEngine
+from sagaz.engine.pausing import set_trigger_enabled
 from sagaz.storage.postgres import PostgresSagaStore
 from sagaz.storage.redis import RedisSagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
@@ -377,3 +378,76 @@ async def test_the_process_wide_engine_runs_them_when_it_runs_the_trigger(
     assert now.status == "completed"
     assert [run.status for run in backfill.runs] == ["completed"] * 3
     assert sorted(how for _, how in runs) == ["backfill"] * 3 + ["run"]
+
+
+async def test_a_backfill_runs_the_ticks_skipped_while_the_trigger_was_paused(
+    sql_store: SagaStore,
+) -> None:
+    store = sql_store
+    runs: list[tuple[str, str]] = []
+    name = unique_name("hourly")
+    trigger_id = define_hourly(name, runs)
+    clock = FakeClock(START)
+    listener = RecordingListener()
+    config = TriggerConfig(worker_id="cron-engine", trigger_state_interval_seconds=60)
+    async with TriggerEngine(config, store, clock=clock, listeners=[listener]) as engine:
+        await settled(clock, [engine], store, name, 0)
+        await set_trigger_enabled(store, trigger_id, False)  # as `sagaz triggers pause`
+        await clock.advance(60)
+        await eventually(engine.paused_triggers)
+        await clock.advance(HOUR - 60)  # 01:00 and 02:00 are claimed and skipped as paused
+        await eventually(lambda: listener.reasons == ["paused"])
+        await clock.advance(HOUR)
+        await eventually(lambda: listener.reasons == ["paused", "paused"])
+
+        report = await sagaz.backfill_trigger(
+            trigger_id, START + timedelta(hours=1), START + timedelta(hours=2), store=store
+        )
+    assert report.paused  # it ran as asked, and says the trigger is paused
+    assert [(run.outcome, run.status) for run in report.runs] == [("started", "completed")] * 2
+    assert sorted(runs) == [(tick, "backfill") for tick in hours(1, 2)]
+    assert await store.last_cron_tick(trigger_id) == START + timedelta(hours=2)
+
+
+async def test_sagas_unfinished_at_the_timeout_stay_in_the_store_and_an_engine_resumes_them(
+    sql_store: SagaStore,
+) -> None:
+    store = sql_store
+    name = unique_name("slow")
+    release = asyncio.Event()  # the step waits for it: the backfill gives up first
+
+    class Slow(Saga):
+        saga_name = name
+
+        @trigger(source="cron", schedule="0 * * * *")
+        def on_tick(self, tick: CronTick) -> dict[str, Any]:
+            return {"tick": tick.scheduled_at.astimezone(UTC).isoformat()}
+
+        @action("build")
+        async def build(self, ctx: SagaContext) -> dict[str, Any]:
+            await release.wait()
+            return {"built": True}
+
+    trigger_id = f"{name}.on_tick"
+    report = await sagaz.backfill_trigger(
+        trigger_id,
+        START,
+        START + timedelta(hours=2),
+        store=store,
+        timeout=0.2,
+        config=TriggerConfig(shutdown_timeout=0),
+    )
+    assert [(run.outcome, run.status) for run in report.runs] == [("started", "running")] * 3
+    assert not report.ok
+    unfinished = await store.list_sagas(saga_name=name, limit=10)
+    assert len(unfinished) == 3 and SagaStatus.COMPLETED not in {s.status for s in unfinished}
+
+    release.set()
+    async with TriggerEngine(TriggerConfig(recovery_interval_seconds=0.05), store):
+        await eventually(lambda: _count_completed(store, name, 3), what="all three recovered sagas")
+    per_tick = await completed_per_tick(store, name)
+    assert sorted(per_tick) == hours(0, 1, 2) and set(per_tick.values()) == {1}
+
+
+async def _count_completed(store: SagaStore, name: str, count: int) -> bool:
+    return sum((await completed_per_tick(store, name)).values()) == count

@@ -228,6 +228,13 @@ def _print(args: argparse.Namespace, report: ScheduleReport, *, what: str) -> in
             + _why_skipped(report)
             + (" (the trigger is paused; it ran as asked)" if report.paused else "")
         )
+        unfinished = [r for r in report.skipped if r.status not in (None, "completed")]
+        if unfinished:
+            say(
+                f"{len(unfinished)} tick(s) ran before and did not complete; a backfill does "
+                "not run them again: replay their dead letters (sagaz dlq list --trigger "
+                f"{report.trigger_id}, then sagaz dlq replay ID)"
+            )
         if any(run.status == "running" for run in runs):
             say(
                 "sagas still running at --timeout are kept in the store: the recovery loop of "
