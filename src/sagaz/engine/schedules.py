@@ -51,7 +51,7 @@ from zoneinfo import ZoneInfo
 
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
-from sagaz.config import TriggerConfig, ensure_store
+from sagaz.config import TriggerConfig
 from sagaz.engine.active_trigger import ActiveTrigger
 from sagaz.engine.identity import saga_id_for
 from sagaz.engine.instances import SagaFactory
@@ -223,10 +223,10 @@ async def _in_engine(
         return await body(running, active)
     definition = _definition(trigger_id)
     check(definition)
-    resolved = await ensure_store(store)
+    # the engine starts (and then stops) a store that is not started: the configured one
     async with engines.TriggerEngine(
         config or TriggerConfig(),
-        resolved,
+        store,
         triggers=[definition],
         start_sources=False,
         sagas=sagas,
