@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sagaz.engine.schedules import backfill_ticks
+from sagaz.engine.backfill import backfill_ticks
 from sagaz.exceptions import ScheduleError
 from sagaz.triggers.options.cron import CronOptions
 

@@ -35,7 +35,7 @@ _TIMES = (
 
 def add_commands(actions: Any, common: list[argparse.ArgumentParser]) -> None:
     """Register ``triggers run ID`` and ``triggers backfill ID`` under ``triggers``."""
-    from sagaz.engine.schedules import DEFAULT_MAX_TICKS
+    from sagaz.engine.backfill import DEFAULT_MAX_TICKS
 
     run = actions.add_parser(
         "run",
@@ -166,7 +166,7 @@ async def run_now(args: argparse.Namespace) -> int:
 
 async def backfill_window(args: argparse.Namespace) -> int:
     """Run the ticks of a cron trigger in a window, each once, and report them."""
-    from sagaz.engine.schedules import backfill_trigger
+    from sagaz.engine.backfill import backfill_trigger
     from sagaz.exceptions import ScheduleError
 
     start, end = _time(args.start, "--from"), _time(args.end, "--to")

@@ -4,6 +4,7 @@
 :mod:`~sagaz.engine.dispatcher` → :mod:`~sagaz.engine.runner` → :mod:`~sagaz.engine.settlement`.
 """
 
+from sagaz.engine.backfill import backfill_trigger
 from sagaz.engine.engine import (
     TriggerEngine,
     fire_event,
@@ -13,7 +14,7 @@ from sagaz.engine.engine import (
     stop_triggers,
     webhook_app,
 )
-from sagaz.engine.schedules import backfill_trigger, run_trigger
+from sagaz.engine.schedules import run_trigger
 
 __all__ = [
     "TriggerEngine",

@@ -24,16 +24,16 @@ released: the recovery loop of any engine that runs the trigger on that store re
 once (``poll()`` returning ``Skip`` starts nothing), or, given ``context``, fires with it
 without a poll. Its ``EventMeta.headers["sagaz-schedule"]`` is ``"run"``.
 
-**Backfill** (:func:`backfill_trigger`) runs each tick of a cron trigger in ``[start, end]``
-as the cron source would have fired it: the same :class:`~sagaz.events.CronTick`, the same
-identity (``{trigger_id}@{tick}``, or the trigger's ``idempotency_key``), hence the same saga
-id and inbox key. So a tick whose saga exists (run by the cron source, by a catch-up or by an
-earlier backfill) is skipped (``duplicate``), a backfilled tick that the cron source reaches
-later (a catch-up) is a duplicate there, and repeating a backfill starts nothing. Ticks the
-cron source claimed but never ran (skipped while the trigger was paused, or lost to a store
-error) have no saga: a backfill runs them. A backfill claims no cron tick, so the cron
-source's catch-up after a downtime still starts from its own last tick. ``EventMeta.headers[
-"sagaz-schedule"]`` is ``"backfill"``.
+**Backfill** (:func:`~sagaz.engine.backfill.backfill_trigger`) runs each tick of a cron
+trigger in ``[start, end]`` as the cron source would have fired it: the same
+:class:`~sagaz.events.CronTick`, the same identity (``{trigger_id}@{tick}``, or the trigger's
+``idempotency_key``), hence the same saga id and inbox key. So a tick whose saga exists (run
+by the cron source, by a catch-up or by an earlier backfill) is skipped (``duplicate``), a
+backfilled tick that the cron source reaches later (a catch-up) is a duplicate there, and
+repeating a backfill starts nothing. Ticks the cron source claimed but never ran (skipped
+while the trigger was paused, or lost to a store error) have no saga: a backfill runs them. A
+backfill claims no cron tick, so the cron source's catch-up after a downtime still starts from
+its own last tick. ``EventMeta.headers["sagaz-schedule"]`` is ``"backfill"``.
 
 A paused trigger runs too (the call is an operator's explicit request); the report says it is
 paused.
@@ -45,15 +45,13 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from sagaz.abc import SagaStore
-from sagaz.clock import utcnow
 from sagaz.config import TriggerConfig
 from sagaz.engine.active_trigger import ActiveTrigger
-from sagaz.engine.identity import saga_id_for
 from sagaz.engine.instances import SagaFactory
 from sagaz.engine.loading import load_source_module
 from sagaz.events import AdmissionOutcome, AdmissionResult, CronTick, Delivery, EventMeta, NotRun
@@ -62,20 +60,22 @@ from sagaz.saga.definition import Saga
 from sagaz.triggers.options.cron import CronOptions
 from sagaz.triggers.poll import Fire, Skip
 from sagaz.triggers.registration import TriggerDefinition, registry
-from sagaz.types import TERMINAL_SAGA_STATUSES
 
 __all__ = [
-    "DEFAULT_MAX_TICKS",
     "SCHEDULE_HEADER",
+    "CronTicks",
     "ScheduleReport",
     "ScheduledRun",
-    "backfill_ticks",
-    "backfill_trigger",
+    "admitted",
+    "cron_schedule",
+    "event_meta",
+    "in_engine",
+    "paused_in_store",
     "run_trigger",
+    "settle",
+    "trigger_kind",
 ]
 
-#: a backfill of more ticks than this needs ``max_ticks`` (``--max``) raised
-DEFAULT_MAX_TICKS = 1000
 #: the ``EventMeta.headers`` key that marks a run now (``"run"``) or a backfilled tick
 #: (``"backfill"``)
 SCHEDULE_HEADER = "sagaz-schedule"
@@ -83,8 +83,8 @@ SCHEDULE_HEADER = "sagaz-schedule"
 T = TypeVar("T")
 
 
-class _Schedule(Protocol):
-    """What a backfill needs of the cron source's ``sagaz.sources.cron.CronSchedule``."""
+class CronTicks(Protocol):
+    """What run now and backfill need of the cron source's ``sagaz.sources.cron.CronSchedule``."""
 
     expression: str
     tz: ZoneInfo
@@ -98,17 +98,18 @@ class _Schedule(Protocol):
         ...
 
 
-def _schedule(options: CronOptions) -> _Schedule:
+def cron_schedule(options: CronOptions) -> CronTicks:
     """The schedule of a cron trigger, as its source computes it (the source module is loaded
     by its kind, as the engine loads sources)."""
     cron: Any = load_source_module("cron")
-    schedule: _Schedule = cron.CronSchedule(options.schedule, options.timezone)
+    schedule: CronTicks = cron.CronSchedule(options.schedule, options.timezone)
     return schedule
 
 
 @dataclass(frozen=True, slots=True)
 class ScheduledRun:
-    """One event of :func:`run_trigger` or :func:`backfill_trigger` and what became of it.
+    """One event of :func:`run_trigger` or :func:`~sagaz.engine.backfill.backfill_trigger`
+    and what became of it.
 
     ``outcome`` is ``"started"`` (a saga was accepted for it) or why not: ``"duplicate"``
     (its saga exists: the tick ran before; ``status`` is that saga's), ``"busy"`` (another
@@ -145,8 +146,8 @@ class ScheduledRun:
 
 @dataclass(frozen=True, slots=True)
 class ScheduleReport:
-    """What :func:`run_trigger` or :func:`backfill_trigger` did, one :class:`ScheduledRun`
-    per event (per tick of a backfill, oldest first)."""
+    """What :func:`run_trigger` or :func:`~sagaz.engine.backfill.backfill_trigger` did, one
+    :class:`ScheduledRun` per event (per tick of a backfill, oldest first)."""
 
     trigger_id: str
     runs: tuple[ScheduledRun, ...]
@@ -182,23 +183,12 @@ def _definition(trigger_id: str) -> TriggerDefinition:
     )
 
 
-def _cron_options(definition: TriggerDefinition, action: str) -> CronOptions:
-    options = definition.source_options
-    if not isinstance(options, CronOptions):
-        raise ScheduleError(
-            f"cannot {action} trigger {definition.trigger_id!r}: it is a "
-            f"{_kind(definition)} trigger, and only a cron trigger has ticks to backfill "
-            "(run it now with `sagaz triggers run ID` / sagaz.run_trigger, if it is a cron or "
-            "poll trigger)"
-        )
-    return options
-
-
-def _kind(definition: TriggerDefinition) -> str:
+def trigger_kind(definition: TriggerDefinition) -> str:
+    """What an error calls the trigger: ``"poll"``, ``"cron"``, ``"kafka"``..."""
     return "poll" if definition.poll_trigger is not None else str(definition.source)
 
 
-async def _in_engine(
+async def in_engine(
     trigger_id: str,
     store: SagaStore | None,
     config: TriggerConfig | None,
@@ -235,7 +225,8 @@ async def _in_engine(
         return await body(engine, engine.triggers[trigger_id])
 
 
-async def _paused(store: SagaStore, trigger_id: str) -> bool:
+async def paused_in_store(store: SagaStore, trigger_id: str) -> bool:
+    """Whether ``trigger_id`` is paused in ``store`` (``sagaz triggers pause``)."""
     row = await store.get_trigger_schedule(trigger_id)
     return row is not None and not row.enabled
 
@@ -249,7 +240,8 @@ _NOT_STARTED = {
 }
 
 
-def _admitted(trigger_id: str, tick: datetime | None, result: AdmissionResult) -> ScheduledRun:
+def admitted(trigger_id: str, tick: datetime | None, result: AdmissionResult) -> ScheduledRun:
+    """The :class:`ScheduledRun` of an admission's result: ``"started"``, or why not."""
     if result.outcome is AdmissionOutcome.ACCEPTED:
         return ScheduledRun(trigger_id, "started", tick, result.saga_id)
     outcome = (
@@ -261,7 +253,7 @@ def _admitted(trigger_id: str, tick: datetime | None, result: AdmissionResult) -
     return ScheduledRun(trigger_id, outcome, tick, result.saga_id, error=error)
 
 
-async def _settle(
+async def settle(
     engine: Any, runs: Sequence[ScheduledRun], timeout: float | None
 ) -> tuple[ScheduledRun, ...]:
     """Wait (up to ``timeout`` seconds in all; ``0``: not at all) for the started sagas."""
@@ -292,7 +284,8 @@ def _replace(run: ScheduledRun, *, status: str, error: str | None = None) -> Sch
     return ScheduledRun(run.trigger_id, run.outcome, run.tick, run.saga_id, status, error)
 
 
-def _meta(active: ActiveTrigger, identity: str, kind: str, now: datetime) -> EventMeta:
+def event_meta(active: ActiveTrigger, identity: str, kind: str, now: datetime) -> EventMeta:
+    """The ``EventMeta`` of a run now or backfilled tick (``kind`` in :data:`SCHEDULE_HEADER`)."""
     return EventMeta(
         source=active.definition.source,
         trigger=active.trigger_id,
@@ -336,9 +329,9 @@ async def run_trigger(
         is_cron = isinstance(definition.source_options, CronOptions)
         if not is_cron and definition.poll_trigger is None:
             raise ScheduleError(
-                f"cannot run trigger {trigger_id!r} now: it is a {_kind(definition)} trigger, "
-                "whose events come from outside; only cron and poll triggers run on their own "
-                "schedule (send a memory trigger's event with sagaz.fire_event)"
+                f"cannot run trigger {trigger_id!r} now: it is a {trigger_kind(definition)} "
+                "trigger, whose events come from outside; only cron and poll triggers run on "
+                "their own schedule (send a memory trigger's event with sagaz.fire_event)"
             )
         if is_cron and context is not None:
             raise ScheduleError(
@@ -348,12 +341,12 @@ async def run_trigger(
 
     async def body(engine: Any, active: ActiveTrigger) -> ScheduleReport:
         now = engine.clock.now()
-        paused = await _paused(engine.store, trigger_id)
+        paused = await paused_in_store(engine.store, trigger_id)
         run = await _run_once(active, engine, now, context)
-        runs = await _settle(engine, [run], timeout)
+        runs = await settle(engine, [run], timeout)
         return ScheduleReport(trigger_id, runs, paused)
 
-    return await _in_engine(trigger_id, store, config, sagas, saga_factory, check, body)
+    return await in_engine(trigger_id, store, config, sagas, saga_factory, check, body)
 
 
 async def _run_once(
@@ -364,7 +357,7 @@ async def _run_once(
     identity = f"{active.trigger_id}@run:{uuid.uuid4().hex}"
     payload: Any
     if isinstance(options, CronOptions):
-        schedule = _schedule(options)
+        schedule = cron_schedule(options)
         payload = CronTick(
             timestamp=now.timestamp(),
             scheduled_at=now.astimezone(schedule.tz),
@@ -389,132 +382,6 @@ async def _run_once(
         payload=payload,
         decoded=True,
         identity=identity,
-        meta=_meta(active, identity, "run", now),
+        meta=event_meta(active, identity, "run", now),
     )
-    return _admitted(active.trigger_id, None, await engine.admission.admit(active, delivery))
-
-
-# -- backfill ------------------------------------------------------------------------------------
-def backfill_ticks(
-    trigger_id: str,
-    options: CronOptions,
-    start: datetime,
-    end: datetime,
-    *,
-    now: datetime | None = None,
-    max_ticks: int = DEFAULT_MAX_TICKS,
-) -> list[datetime]:
-    """The ticks (UTC) of a cron trigger in ``[start, end]``, oldest first.
-
-    Naive datetimes are read in the trigger's time zone. Raises
-    :class:`~sagaz.exceptions.ScheduleError` when ``start`` is after ``end``, ``end`` is
-    after ``now`` (those ticks are the cron source's to fire), or the window holds more
-    than ``max_ticks`` ticks.
-    """
-    schedule = _schedule(options)
-    start, end = _aware(start, schedule), _aware(end, schedule)
-    now = now or utcnow()
-    if start > end:
-        raise ScheduleError(
-            f"backfill of {trigger_id!r}: the window starts ({start.isoformat()}) after it "
-            f"ends ({end.isoformat()}); swap --from and --to"
-        )
-    if end > now:
-        raise ScheduleError(
-            f"backfill of {trigger_id!r}: the window ends in the future ({end.isoformat()}, "
-            f"now is {now.isoformat()}); the cron source fires those ticks: end it at now "
-            "(--to now) or earlier"
-        )
-    if max_ticks < 1:
-        raise ScheduleError(f"max_ticks={max_ticks} must be at least 1")
-    # latest() takes the ticks in (after, until]: one microsecond before `start` includes it
-    ticks, more = schedule.latest(start - timedelta(microseconds=1), end, max_ticks)
-    if more:
-        raise ScheduleError(
-            f"backfill of {trigger_id!r}: the window {start.isoformat()} .. {end.isoformat()} "
-            f"holds more than {max_ticks} ticks of {options.schedule!r}; narrow it, or allow "
-            f"more with --max N (max_ticks=N)"
-        )
-    return ticks
-
-
-def _aware(moment: datetime, schedule: _Schedule) -> datetime:
-    if moment.tzinfo is None:
-        return schedule.resolve(moment)
-    return moment.astimezone(UTC)
-
-
-async def backfill_trigger(
-    trigger_id: str,
-    start: datetime,
-    end: datetime,
-    *,
-    store: SagaStore | None = None,
-    config: TriggerConfig | None = None,
-    max_ticks: int = DEFAULT_MAX_TICKS,
-    timeout: float | None = None,
-    sagas: Iterable[Saga] = (),
-    saga_factory: SagaFactory | None = None,
-) -> ScheduleReport:
-    """Run each tick of a cron trigger in ``[start, end]`` that has no saga yet, oldest first.
-
-    A tick is the event the cron source would have fired (same ``CronTick``, identity, saga
-    id and inbox key): a tick that ran before (cron source, catch-up, an earlier backfill) is
-    skipped as ``"duplicate"``, so repeating a backfill starts nothing, and the cron source
-    skips a backfilled tick. Naive datetimes are read in the trigger's time zone; ``end`` may
-    not be in the future. Waits up to ``timeout`` seconds (``None``: until every saga
-    finished; ``0``: not at all) and the sagas run under the trigger's limits
-    (``max_concurrent_sagas``, ``rate_limit_per_second``, ``concurrency_key``).
-
-    >>> report = await sagaz.backfill_trigger(  # doctest: +SKIP
-    ...     "reports.on_tick", datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
-    ... )
-    >>> len(report.started), len(report.skipped)  # doctest: +SKIP
-    (25, 0)
-
-    Raises :class:`~sagaz.exceptions.TriggerNotFoundError` (listing the registered ids) or
-    :class:`~sagaz.exceptions.ScheduleError` (not a cron trigger, a window that ends before
-    it starts or in the future, more than ``max_ticks`` ticks).
-    """
-    window: list[datetime] = []  # the ticks, computed before any engine starts
-
-    def check(definition: TriggerDefinition) -> None:
-        options = _cron_options(definition, "backfill")
-        window[:] = backfill_ticks(trigger_id, options, start, end, max_ticks=max_ticks)
-
-    async def body(engine: Any, active: ActiveTrigger) -> ScheduleReport:
-        paused = await _paused(engine.store, trigger_id)
-        options = active.definition.source_options
-        assert isinstance(options, CronOptions)
-        schedule = _schedule(options)
-        runs = [await _backfill_tick(engine, active, schedule, tick) for tick in window]
-        return ScheduleReport(trigger_id, await _settle(engine, runs, timeout), paused)
-
-    return await _in_engine(trigger_id, store, config, sagas, saga_factory, check, body)
-
-
-async def _backfill_tick(
-    engine: Any, active: ActiveTrigger, schedule: _Schedule, tick: datetime
-) -> ScheduledRun:
-    identity = f"{active.trigger_id}@{tick.isoformat()}"  # as the cron source names it
-    if active.definition.idempotency_key is None:
-        # the inbox forgets after event_retention_days; the saga row stays
-        existing = await engine.store.get_saga(saga_id_for(active.trigger_id, identity))
-        if existing is not None and existing.status in TERMINAL_SAGA_STATUSES:
-            return ScheduledRun(
-                active.trigger_id, "duplicate", tick, existing.saga_id, existing.status.value
-            )
-    now = engine.clock.now()
-    event = CronTick(
-        timestamp=tick.timestamp(),
-        scheduled_at=tick.astimezone(schedule.tz),
-        fired_at=now,
-        schedule=schedule.expression,
-    )
-    delivery = Delivery(
-        payload=event,
-        decoded=True,
-        identity=identity,
-        meta=_meta(active, identity, "backfill", now),
-    )
-    return _admitted(active.trigger_id, tick, await engine.admission.admit(active, delivery))
+    return admitted(active.trigger_id, None, await engine.admission.admit(active, delivery))
