@@ -67,6 +67,7 @@ __all__ = [
     "WebhookRequest",
     "__version__",
     "action",
+    "backfill_trigger",
     "cancel_saga",
     "compensate",
     "configure",
@@ -76,6 +77,7 @@ __all__ = [
     "resume_saga",
     "resume_trigger",
     "retry_saga",
+    "run_trigger",
     "saga_history",
     "start_triggers",
     "stop_triggers",
@@ -97,6 +99,8 @@ def __getattr__(name: str) -> Any:
         "resume_saga",
         "retry_saga",
         "saga_history",
+        "run_trigger",
+        "backfill_trigger",
     ):
         from sagaz import engine
 
