@@ -203,6 +203,11 @@ async def test_a_cancel_arriving_mid_run_compensates_and_settles_the_event(
     assert shown["request"] is None
     assert await cli("sagas", "list", "--status", "cancelled", "--store", place.url) == 0
     assert saga_id in capsys.readouterr().out
+    assert await cli("sagas", "show", saga_id, "--store", place.url) == 0
+    text = capsys.readouterr().out
+    history_table = text[text.index("\nhistory\n") :]
+    assert "cancel_requested" in history_table and "oops" in history_table
+    assert "cancelled by " in history_table  # the engine's entry, with the saga's error
 
 
 async def test_a_pending_saga_cancelled_before_it_starts_runs_no_step(place: Place) -> None:
