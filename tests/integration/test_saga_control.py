@@ -27,7 +27,8 @@ from sagaz.cli.main import main
 from sagaz.engine.engine import TriggerEngine
 from sagaz.events import NotRun
 from sagaz.storage import store_from_url
-from sagaz.testing import eventually
+from sagaz.testing import continually, eventually
+from tests.contract.source_backends import Backend, open_backend
 from tests.services import backend_params, drop_postgres_schema, unique_name
 
 INTERVAL = 0.1  # saga_control_interval_seconds: the engines read requests this often
@@ -432,3 +433,66 @@ async def test_the_process_wide_engine_acts_at_once_on_a_request_made_in_its_pro
             assert shop.runs["ship"] == 1
         finally:
             await sagaz.stop_triggers()
+
+
+# -- a broker trigger --------------------------------------------------------------------------
+@pytest.fixture(params=backend_params("redis", "rabbitmq"))
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    kind: str = request.param
+    address = request.getfixturevalue({"redis": "redis_url", "rabbitmq": "rabbitmq_url"}[kind])
+    async with open_backend(kind, address) as opened:
+        yield opened
+
+
+async def test_a_cancelled_broker_saga_acks_its_message_and_is_not_redelivered(
+    broker: Backend, tmp_path: Path
+) -> None:
+    runs: dict[str, int] = {}
+    gate, entered = asyncio.Event(), asyncio.Event()
+    name = unique_name("brokered")
+
+    class Brokered(Saga):
+        saga_name = name
+
+        @trigger(source=broker.kind, **broker.options())
+        def on_event(self, event: Any) -> dict[str, Any]:
+            return {"n": event["n"]}
+
+        @action("first")
+        async def first(self, ctx: SagaContext) -> None:
+            runs["first"] = runs.get("first", 0) + 1
+            entered.set()
+            await gate.wait()
+
+        @compensate("first")
+        async def undo_first(self, ctx: SagaContext) -> None:
+            runs["undo"] = runs.get("undo", 0) + 1
+
+        @action("second")
+        async def second(self, ctx: SagaContext) -> None:
+            runs["second"] = runs.get("second", 0) + 1
+
+    config = TriggerConfig(saga_control_interval_seconds=INTERVAL, max_retries=0, **broker.config())
+    async with (
+        store_from_url(f"sqlite:///{tmp_path / 'sagaz.db'}") as store,
+        TriggerEngine(config, store) as engine,
+    ):
+        await broker.publish([json.dumps({"n": 1}).encode()])
+        await asyncio.wait_for(entered.wait(), 30)
+        [record] = await store.list_sagas(saga_name=name)
+        await sagaz.cancel_saga(record.saga_id, store=store)
+        noticed = engine.state.cancellations  # type: ignore[union-attr]
+        await eventually(lambda: noticed.cancelled(record.saga_id), what="the cancel")
+        gate.set()
+        outcome = await engine.wait_for(record.saga_id, timeout=30)
+        assert not isinstance(outcome, NotRun)
+        assert outcome.status is SagaStatus.CANCELLED
+
+        async def acked() -> bool:
+            return await broker.outstanding() == 0
+
+        await eventually(acked, within=30, what="the message acked")
+        await continually(acked, during=1.0)  # and not redelivered
+        assert runs == {"first": 1, "undo": 1}
+        assert engine.metrics.snapshot()["received"] == 1
+        assert await store.list_dead_letters() == []
