@@ -139,7 +139,9 @@ def make_shop(*, gated: bool = False) -> Shop:
 
 
 def engine_on(store: SagaStore, **options: Any) -> TriggerEngine:
-    config = TriggerConfig(saga_control_interval_seconds=INTERVAL, max_retries=0, **options)
+    config = TriggerConfig(
+        **{"saga_control_interval_seconds": INTERVAL, "max_retries": 0, **options}
+    )
     return TriggerEngine(config, store)
 
 
@@ -283,6 +285,30 @@ async def test_a_compensated_saga_resumes_once_its_failing_step_is_fixed(
     capsys.readouterr()
     assert await cli("sagas", "resume", saga_id, "--store", place.url) == 1
     assert "completed: nothing to resume" in capsys.readouterr().err
+
+
+async def test_a_resume_during_the_runners_own_retry_backoff_runs_the_saga_once(
+    place: Place,
+) -> None:
+    shop = make_shop()
+    shop.broken.add("charge")
+    async with (
+        place.store() as store,
+        engine_on(store, max_retries=1, retry_backoff_seconds=[2.0]) as engine,
+    ):
+        [saga_id] = await engine.fire(shop.channel, {"id": 4})
+        await eventually(
+            lambda: ended(store, saga_id, SagaStatus.COMPENSATED, 1), what="the first attempt"
+        )
+        shop.broken.clear()
+        await sagaz.resume_saga(saga_id, store=store)  # while the runner waits to retry it
+        outcome = await engine.wait_for(saga_id, timeout=30)
+        assert not isinstance(outcome, NotRun)
+        assert (outcome.status, outcome.attempt) == (SagaStatus.COMPLETED, 2)
+        await eventually(lambda: settled(store, saga_id, "finished"), what="the request done")
+        await continually(lambda: shop.runs["reserve"] == 2, during=INTERVAL * 5)
+        assert shop.runs == {"reserve": 2, "charge": 2, "release": 1, "ship": 1}
+        assert await history(store, saga_id) == ["resume_requested", "finished"]
 
 
 # -- retry from a step -------------------------------------------------------------------------

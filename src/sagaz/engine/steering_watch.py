@@ -8,7 +8,9 @@ engine reads the open requests of its store:
   the saga starts cancelled if it starts here. Once the saga has ended, the request is
   finished and the history says how (``cancelled``, or ``cancel_missed`` when it ended
   otherwise first).
-* a **resume** or **retry** of a finished saga of a trigger this engine runs: the engine
+* a **resume** or **retry** of a finished saga of a trigger this engine runs (a compensated
+  saga with retries left is left to the runner's own retry, which counts as the new attempt,
+  unless that retry is overdue): the engine
   claims the saga (its lease: one engine takes it up), forgets the checkpoints of the steps
   that run again, stores the saga as ``running`` with its attempt counted up, and queues it;
   the runner resumes it from its checkpoints. The request stays open until the new attempt
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from datetime import timedelta
 
 from sagaz.clock import utcnow
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
@@ -139,7 +142,11 @@ class SagaSteering:
                 await self._finish(request, FINISHED, detail)
                 return
             active = self.triggers.get(record.trigger_id or "")
-            if active is not None and not self.state.cancellations.running(record.saga_id):
+            if (
+                active is not None
+                and not self.state.cancellations.running(record.saga_id)
+                and not self._retry_due(record, active)
+            ):
                 await self._take_up(request, record, active)
             return
         active = self.triggers.get(record.trigger_id or "")
@@ -155,6 +162,18 @@ class SagaSteering:
             )
         ):
             self._enqueue(active, record)
+
+    def _retry_due(self, record: SagaRecord, active: ActiveTrigger) -> bool:
+        """Whether the runner of the engine that ran ``record`` retries it by itself soon
+        (a compensated saga with retries left, within its backoff): that new attempt is the
+        one the request asked for, and taking the saga up too would run it twice. Once the
+        retry is overdue (its engine died), the request is taken up."""
+        if record.status is not SagaStatus.COMPENSATED or record.attempt > active.max_retries:
+            return False
+        config = self.state.config
+        wait = active.backoff(record.attempt) * (1 + config.retry_jitter) + config.lease_seconds
+        since = record.updated_at or utcnow()
+        return utcnow() < since + timedelta(seconds=wait)
 
     async def _take_up(
         self, request: SagaControlRequest, record: SagaRecord, active: ActiveTrigger
