@@ -75,6 +75,9 @@ class ClusterLimits:
         self.burst = burst
         #: lease name -> holder of every lease this process holds (renewed by :meth:`renew`)
         self.held: dict[str, str] = {}
+        #: slot lease name -> slot number, and the slots released here since the last take
+        self._slots = {self.slot_lease(n): n for n in range(slots or 0)}
+        self._freed: list[int] = []
         self._closing = asyncio.Event()
 
     # -- names -----------------------------------------------------------------------------
@@ -110,8 +113,9 @@ class ClusterLimits:
         wait = CLUSTER_POLL_MINIMUM
         while True:
             first = random.randrange(self.slots)  # spread the instances over the slots
-            for offset in range(self.slots):
-                name = self.slot_lease((first + offset) % self.slots)
+            freed, self._freed = self._freed, []  # released here lately: likely still free
+            for slot in [*freed, *((first + k) % self.slots for k in range(self.slots))]:
+                name = self.slot_lease(slot)
                 if name in self.held:  # ours, for another saga: no need to ask
                     continue
                 if await self._ask(functools.partial(self._acquire, name, holder)):
@@ -138,20 +142,26 @@ class ClusterLimits:
         """Give up the leases ``item`` holds (its saga reached its terminal state, or will
         not start here); a failure leaves them to expire."""
         names, item.cluster_leases = item.cluster_leases, []
-        for name in names:
-            holder = self.held.pop(name, None)
-            if holder is None:
-                continue
-            try:
-                await self.store.release_lease(name, holder)
-            except Exception as exc:  # it expires by itself within lease_seconds
-                logger.warning(
-                    "could not release %s (it expires within %ss): %s",
-                    name,
-                    self.lease_seconds,
-                    exc,
-                    extra={"trigger": self.trigger_id, "saga_id": item.saga_id},
-                )
+        await asyncio.gather(*(self._release(name, item) for name in names))
+
+    async def _release(self, name: str, item: WorkItem) -> None:
+        holder = self.held.pop(name, None)
+        if holder is None:
+            return
+        try:
+            await self.store.release_lease(name, holder)
+        except Exception as exc:  # it expires by itself within lease_seconds
+            logger.warning(
+                "could not release %s (it expires within %ss): %s",
+                name,
+                self.lease_seconds,
+                exc,
+                extra={"trigger": self.trigger_id, "saga_id": item.saga_id},
+            )
+            return
+        slot = self._slots.get(name)
+        if slot is not None:
+            self._freed.append(slot)
 
     async def renew(self) -> None:
         """Extend every lease held here (called by the engine's heartbeat)."""
