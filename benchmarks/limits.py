@@ -158,7 +158,7 @@ async def main(args: argparse.Namespace) -> None:
         for scope in ("process", "cluster"):
             values = results[kind, scope]
             ratio = statistics.median(values) / statistics.median(results[kind, "process"])
-            print(f"{kind:<10} {scope:<8} {spread(values)}  {'':7}  {ratio:.0%}")
+            print(f"         {kind:<10} {scope:<8} {spread(values)}  {ratio:>10.0%}")
     for kind, rate in rates.items():
         print(
             f"{kind}: two engines under a cluster rate limit of {args.rate:g}/s achieved "
