@@ -221,3 +221,46 @@ async def test_an_engine_stopping_releases_its_keys_for_the_other() -> None:
         await first.stop()  # its saga is cancelled: the lease is given up, not left to expire
         await eventually(lambda: (1, "w1") in ran)
         release()
+
+
+async def test_an_event_evicted_while_waiting_for_its_key_frees_the_key_for_the_next() -> None:
+    """drop_oldest evicts events waiting for a key another engine holds; the ones left run
+    once it is free, in order, and nothing stays held."""
+    gate = asyncio.Event()
+    ran: list[tuple[int, str]] = []
+
+    class Evicting(Saga):
+        saga_name = "cluster-evicting"
+
+        @trigger(
+            source="memory",
+            channel="evict",
+            idempotency_key=lambda e: e["n"],
+            concurrency_key=lambda e: "k",
+            limit_scope="cluster",
+        )
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("work")
+        async def work(self, ctx: Any) -> None:
+            ran.append((ctx["n"], ctx["worker"]))
+            await gate.wait()
+
+    store = MemorySagaStore()
+    holder = TriggerEngine(TriggerConfig(worker_id="w0"), store)
+    small = TriggerEngine(
+        TriggerConfig(worker_id="w1", queue_size=2, backpressure_strategy="drop_oldest"), store
+    )
+    async with holder, small:
+        await holder.fire("evict", {"n": 0, "worker": "w0"})
+        await eventually(lambda: ran == [(0, "w0")])
+        for n in range(1, 5):
+            await small.fire("evict", {"n": n, "worker": "w1"})
+        assert small.metrics.reasons["dropped_oldest"] == 2
+        await continually(lambda: len(ran) == 1, during=0.1)  # "k" is still w0's
+        gate.set()
+        await eventually(lambda: len(ran) == 3)
+        assert ran == [(0, "w0"), (3, "w1"), (4, "w1")]
+        await eventually(lambda: small.metrics.in_flight == 0)
+    assert await store.acquire_lease(f"sagaz.key/{Evicting.saga_name}.on_event/k", "x", 1)

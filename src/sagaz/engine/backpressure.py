@@ -258,8 +258,7 @@ class BackpressureQueue:
             self._to_trigger_gate(item, cluster)
 
     async def _lease_key(self, item: WorkItem, cluster: ClusterLimits) -> None:
-        await cluster.take_key(item)
-        item.key_leased = True
+        item.key_leased = await cluster.take_key(item)
         if item.evicted:
             self._abandon(item)
         else:

@@ -95,19 +95,24 @@ class ClusterLimits:
         return f"sagaz.rate/{self.trigger_id}"
 
     # -- taking ----------------------------------------------------------------------------
-    async def take_key(self, item: WorkItem) -> None:
-        """Wait until ``item``'s concurrency key is held for it."""
+    async def take_key(self, item: WorkItem) -> bool:
+        """Wait until ``item``'s concurrency key is held for it; ``False``: ``item`` was
+        evicted from the queue meanwhile (nothing taken)."""
         name = self.key_lease(item.concurrency_key)
         holder = self._holder(item)
         wait = CLUSTER_POLL_MINIMUM
         while not await self._ask(functools.partial(self._acquire, name, holder)):
+            if item.evicted:
+                return False
             await asyncio.sleep(wait)
             wait = min(wait * 2, CLUSTER_POLL_MAXIMUM)
         self.held[name] = holder
         item.cluster_leases.append(name)
+        return True
 
-    async def take_slot(self, item: WorkItem) -> None:
-        """Wait until one of the trigger's slots is held for ``item``."""
+    async def take_slot(self, item: WorkItem) -> bool:
+        """Wait until one of the trigger's slots is held for ``item``; ``False``: ``item`` was
+        evicted from the queue meanwhile (no slot taken)."""
         assert self.slots is not None
         holder = self._holder(item)
         wait = CLUSTER_POLL_MINIMUM
@@ -121,7 +126,9 @@ class ClusterLimits:
                 if await self._ask(functools.partial(self._acquire, name, holder)):
                     self.held[name] = holder
                     item.cluster_leases.append(name)
-                    return
+                    return True
+            if item.evicted:
+                return False
             await asyncio.sleep(wait)
             wait = min(wait * 2, CLUSTER_POLL_MAXIMUM)
 
