@@ -654,19 +654,21 @@ class PostgresSagaStore(SagaStore):
     # -- shared rate limits ----------------------------------------------------------------
     # GCRA: one "theoretical arrival time" per bucket; a token is free while it is at most
     # (burst - 1) intervals ahead of now. One statement: the row lock of ON CONFLICT makes
-    # the check and the take atomic; now() is this statement's (autocommit) time.
+    # the check and the take atomic. clock_timestamp() is read once the row is locked: now(),
+    # the statement's start, would be older for a taker that waited for the lock, and would
+    # set the bucket back.
     async def take_rate_token(self, name: str, rate: float, burst: int) -> float:
         interval, tolerance = rate_interval(rate, burst)
         row = await self._db().fetchrow(
             f"WITH taken AS (INSERT INTO {self._s}.rate_limits AS r (name, tat) "
-            "VALUES ($1, now() + make_interval(secs => $2::float8)) "
+            "VALUES ($1, clock_timestamp() + make_interval(secs => $2::float8)) "
             "ON CONFLICT (name) DO UPDATE "
-            "SET tat = GREATEST(r.tat, now()) + make_interval(secs => $2::float8) "
-            "WHERE GREATEST(r.tat, now()) <= now() + make_interval(secs => $3::float8) "
+            "SET tat = GREATEST(r.tat, clock_timestamp()) + make_interval(secs => $2::float8) "
+            "WHERE r.tat <= clock_timestamp() + make_interval(secs => $3::float8) "
             "RETURNING 1) "
             "SELECT EXISTS (SELECT 1 FROM taken) AS taken, "
-            f"(SELECT EXTRACT(EPOCH FROM tat - now())::float8 FROM {self._s}.rate_limits "
-            "WHERE name = $1) AS ahead",
+            "(SELECT EXTRACT(EPOCH FROM tat - clock_timestamp())::float8 "
+            f"FROM {self._s}.rate_limits WHERE name = $1) AS ahead",
             name,
             interval,
             tolerance,
