@@ -44,7 +44,7 @@ pytestmark = pytest.mark.chaos
 
 TOTAL = 2_000
 KEYS = 20
-MAX_CONCURRENT_SAGAS = 10
+MAX_CONCURRENT_SAGAS = KEYS  # every key can run at once in one process
 RATE = 50.0
 RATE_EVENTS = 150
 BURST = 1
@@ -306,6 +306,25 @@ async def test_a_cluster_concurrency_key_holds_across_two_processes_and_a_sigkil
         if after.n < before.n
     )
     print(f"per-key starts out of publish order across the two processes: {inversions}")
+    print_handovers(runs)
+
+
+def print_handovers(runs: list[Run]) -> None:
+    """How long a key stayed free between two runs, within a process and across the two."""
+    gaps: dict[bool, list[float]] = {True: [], False: []}
+    for key_runs in _by_key(runs).values():
+        for before, after in itertools.pairwise(key_runs):
+            assert before.ended_at is not None
+            gap = (after.started_at - before.ended_at).total_seconds()
+            gaps[before.worker == after.worker].append(gap)
+    for same, values in gaps.items():
+        if values:
+            values.sort()
+            print(
+                f"key free between runs {'in one process' if same else 'across processes'}: "
+                f"{len(values)} times, median {values[len(values) // 2] * 1000:.1f} ms, "
+                f"p90 {values[len(values) * 9 // 10] * 1000:.1f} ms"
+            )
 
 
 def _by_key(runs: list[Run]) -> dict[str, list[Run]]:
