@@ -172,8 +172,8 @@ async def test_a_shared_rate_limit_holds_over_both_engines_in_any_window() -> No
         for n in range(total):
             await engines[n % 2].fire("rate", {"n": n})
         await eventually(lambda: len(starts) == total, within=30)
-    # burst 1; a start is recorded a little after its token was taken: allow 10 ms of that
-    assert_rate_bound(sorted(starts), rate, burst=1, jitter=0.01)
+    # burst 1; a start is recorded a little after its token was taken: allow 50 ms of that
+    assert_rate_bound(sorted(starts), rate, burst=1, jitter=0.05)
 
 
 def assert_rate_bound(starts: list[float], rate: float, *, burst: int, jitter: float) -> None:
@@ -264,3 +264,41 @@ async def test_an_event_evicted_while_waiting_for_its_key_frees_the_key_for_the_
         assert ran == [(0, "w0"), (3, "w1"), (4, "w1")]
         await eventually(lambda: small.metrics.in_flight == 0)
     assert await store.acquire_lease(f"sagaz.key/{Evicting.saga_name}.on_event/k", "x", 1)
+
+
+async def test_a_key_stays_held_while_its_saga_runs_longer_than_the_lease() -> None:
+    """The heartbeat renews the key's lease: a saga running for several lease periods keeps
+    its key, and the other engine's event of the key waits for it to end."""
+    gate = asyncio.Event()
+    ran: list[tuple[int, str]] = []
+
+    class Long(Saga):
+        saga_name = "cluster-long"
+
+        @trigger(
+            source="memory",
+            channel="long",
+            idempotency_key=lambda e: e["n"],
+            concurrency_key=lambda e: "k",
+            limit_scope="cluster",
+        )
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("work")
+        async def work(self, ctx: Any) -> None:
+            ran.append((ctx["n"], ctx["worker"]))
+            if ctx["n"] == 0:
+                await gate.wait()
+
+    store = MemorySagaStore()
+    lease = 0.3  # renewed every 0.1 s
+    first = TriggerEngine(TriggerConfig(worker_id="w0", lease_seconds=lease), store)
+    second = TriggerEngine(TriggerConfig(worker_id="w1", lease_seconds=lease), store)
+    async with first, second:
+        await first.fire("long", {"n": 0, "worker": "w0"})
+        await eventually(lambda: ran == [(0, "w0")])
+        await second.fire("long", {"n": 1, "worker": "w1"})
+        await continually(lambda: len(ran) == 1, during=4 * lease)
+        gate.set()
+        await eventually(lambda: ran == [(0, "w0"), (1, "w1")])
