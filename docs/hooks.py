@@ -198,7 +198,6 @@ def _columns(width: int) -> Iterator[None]:
 
 def cli_reference() -> str:
     """``sagaz --help`` and the help of each command, as the installed parser prints them."""
-    import argparse
 
     from sagaz.cli.main import build_parser
 
@@ -206,19 +205,30 @@ def cli_reference() -> str:
     with _columns(80):
         parser = build_parser()
         parts += ["```text", "$ sagaz --help", parser.format_help().rstrip(), "```"]
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, command in action.choices.items():
-                    parts += [
-                        "",
-                        f"### `sagaz {name}`",
-                        "",
-                        "```text",
-                        f"$ sagaz {name} --help",
-                        command.format_help().rstrip(),
-                        "```",
-                    ]
+        parts += _subcommand_help(parser, "sagaz", "###")
     return "\n".join(parts)
+
+
+def _subcommand_help(parser: Any, prefix: str, heading: str) -> list[str]:
+    """The help of each subcommand of ``parser``, and of theirs one heading level down."""
+    import argparse
+
+    parts: list[str] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, command in action.choices.items():
+                parts += [
+                    "",
+                    f"{heading} `{prefix} {name}`",
+                    "",
+                    "```text",
+                    f"$ {prefix} {name} --help",
+                    command.format_help().rstrip(),
+                    "```",
+                ]
+                if heading == "###":  # `sagaz triggers backfill`, `sagaz dlq replay`...
+                    parts += _subcommand_help(command, f"{prefix} {name}", "####")
+    return parts
 
 
 _GENERATORS: Mapping[str, Callable[..., str]] = {

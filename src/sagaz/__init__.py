@@ -61,12 +61,14 @@ __all__ = [
     "WebhookRequest",
     "__version__",
     "action",
+    "backfill_trigger",
     "compensate",
     "configure",
     "dashboard_app",
     "fire_event",
     "pause_trigger",
     "resume_trigger",
+    "run_trigger",
     "start_triggers",
     "stop_triggers",
     "trigger",
@@ -83,6 +85,8 @@ def __getattr__(name: str) -> Any:
         "webhook_app",
         "pause_trigger",
         "resume_trigger",
+        "run_trigger",
+        "backfill_trigger",
     ):
         from sagaz import engine
 

@@ -44,7 +44,11 @@ class EventData(dict[str, Any]):
 
     A field named like a ``dict`` method (``items``, ``keys``, ``values``, ``get``, ``copy``...)
     is read with ``event["items"]``. A missing field raises ``AttributeError`` naming the
-    fields there are (``event.get("field")`` reads an optional one).
+    fields there are (``event.get("field")`` reads an optional one). It is data: it has no
+    methods but ``dict``'s, so a trigger method of a broker, SQS, webhook, cron or file source
+    that calls another one on its unannotated event (ADR-025's ``event.is_valid()``) is refused
+    when the saga class is defined: annotate the event with a pydantic model that defines the
+    method.
 
     ``event.message_id`` is the event's own ``message_id`` field when it has one, else the id
     of the message that carried it (:attr:`EventMeta.message_id`: Kafka
@@ -84,7 +88,11 @@ class EventData(dict[str, Any]):
                 "field of the event instead, e.g. idempotency_key=lambda e: e.order_id"
             )
         else:
-            hint = f'; read an optional field with event.get("{name}")'
+            hint = (
+                f'; read an optional field with event.get("{name}") (an unannotated event is '
+                "the message's data, without methods of its own: to call methods on it, "
+                "annotate the trigger method's event with a pydantic model that defines them)"
+            )
         raise AttributeError(f"the event has no field {name!r}{hint}; {_fields(self)}")
 
     def __dir__(self) -> list[str]:

@@ -17,6 +17,7 @@ __all__ = [
     "SagaStepError",
     "SagaTimeoutError",
     "SagazError",
+    "ScheduleError",
     "SchemaOutdatedError",
     "StoreError",
     "StoreUnavailableError",
@@ -106,3 +107,9 @@ class DeadLetterReplayError(SagazError, ValueError):
 class TriggerNotFoundError(SagazError, LookupError):
     """No trigger with that id is known to the store (pausing or resuming it); the message
     lists the ids it knows."""
+
+
+class ScheduleError(SagazError, ValueError):
+    """A trigger cannot be run now or backfilled as asked (not a cron or poll trigger, a
+    window that ends before it starts or in the future, too many ticks); the message says
+    what to change."""

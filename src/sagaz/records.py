@@ -108,8 +108,10 @@ class DeadLetterRecord:
 
 @dataclass(slots=True)
 class TriggerScheduleRecord:
-    """One row of ``trigger_schedules`` (poll triggers, as in Cloacina)."""
+    """One row of ``trigger_schedules``: every trigger an engine runs (paused or not), with a
+    poll trigger's interval and overlap policy, as in Cloacina."""
 
+    #: the trigger id (``"{saga_name}.{method}"``), as in ``trigger_executions``
     trigger_name: str
     saga_name: str
     poll_interval_ms: int
@@ -120,8 +122,10 @@ class TriggerScheduleRecord:
 
 @dataclass(slots=True)
 class TriggerExecutionRecord:
-    """One row of ``trigger_executions``: audit trail and cross-instance dedup."""
+    """One row of ``trigger_executions``: audit trail and cross-instance dedup of a poll
+    trigger's runs."""
 
+    #: the trigger id, the ``trigger_name`` of its ``trigger_schedules`` row
     trigger_name: str
     context_hash: str
     saga_id: str

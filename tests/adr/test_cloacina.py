@@ -48,6 +48,8 @@ from tests.adr.support import Recorder, parked, sagas_named
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 WORKFLOWS = ("file_processing_workflow", "queue_processing_workflow", "service_recovery_workflow")
+#: the trigger id of the file watcher's trigger method: its name in both tables
+FILE_WATCHER = "file_processing_workflow.on_new_file"
 
 
 def runner_config(**overrides: Any) -> TriggerConfig:
@@ -268,32 +270,30 @@ async def test_the_three_triggers_are_in_trigger_schedules(runner: Runner) -> No
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: since pausing, trigger_schedules rows are keyed by the @trigger id (what "
-    "`sagaz triggers pause` takes) while trigger_executions keep the Trigger's name, so the "
-    "audit trail no longer joins its schedule as Cloacina's does",
-)
-async def test_both_tables_name_each_trigger_by_its_name(runner: Runner) -> None:
-    """Cloacina: ``trigger_name`` is the trigger's unique identifier (``fn name()``, e.g.
-    ``file_watcher``) in ``trigger_schedules`` and "which trigger fired" in
-    ``trigger_executions``: one name, so that the audit trail joins its schedule."""
+async def test_both_tables_name_each_trigger_by_one_identifier(runner: Runner) -> None:
+    """Cloacina: ``trigger_name`` is the trigger's unique identifier in ``trigger_schedules``
+    and "which trigger fired" in ``trigger_executions``: one name, so the audit trail joins its
+    schedule. In sagaz that identifier is the trigger id (``"{saga_name}.{method}"``, what
+    ``sagaz triggers pause`` takes, in dead letters, metrics and the dashboard); the
+    ``Trigger``'s ``name`` (``file_watcher``) names it in logs and ``EventMeta.topic``."""
     (runner.world.inbox / "data_file_1.csv").write_text("id\n1\n")
     runner.world.gate("file_processing_workflow").set()
     await runner.tick(2)
     await runner.runs("file_processing_workflow", [{"filename": "data_file_1.csv"}])
     await runner.engine.dispatcher.wait_idle()
     assert sorted(runner.table("SELECT trigger_name FROM trigger_schedules")) == [
-        ("file_watcher",),
-        ("queue_monitor",),
-        ("service_health",),
+        (FILE_WATCHER,),
+        ("queue_processing_workflow.on_depth",),
+        ("service_recovery_workflow.on_unhealthy",),
     ]
-    assert runner.table("SELECT trigger_name FROM trigger_executions") == [("file_watcher",)]
+    assert runner.table("SELECT trigger_name FROM trigger_executions") == [(FILE_WATCHER,)]
     joined = runner.table(
-        "SELECT s.saga_name FROM trigger_executions AS e "
+        "SELECT s.saga_name, e.saga_id FROM trigger_executions AS e "
         "JOIN trigger_schedules AS s ON s.trigger_name = e.trigger_name"
     )
-    assert joined == [("file_processing_workflow",)]
+    [saga] = await sagas_named(runner.store, "file_processing_workflow")
+    assert joined == [("file_processing_workflow", saga.saga_id)]
+    assert saga.trigger_id == FILE_WATCHER  # the saga names its trigger the same way
 
 
 async def test_each_trigger_is_polled_at_its_interval(runner: Runner) -> None:
@@ -341,7 +341,7 @@ async def test_the_file_watcher_processes_each_file_once_even_while_it_is_still_
     }
     assert sagas["data_file_1.csv"].context["records"] == 100
     assert {s.status for s in sagas.values()} == {SagaStatus.COMPLETED}
-    executions = await runner.store.list_trigger_executions("file_watcher")
+    executions = await runner.store.list_trigger_executions(FILE_WATCHER)
     assert [(e.context_hash, e.saga_id) for e in executions] == [
         (context_hash({"filename": name}), sagas[name].saga_id)
         for name in ("data_file_1.csv", "data_file_2.csv")
@@ -352,7 +352,7 @@ async def test_the_file_watcher_processes_each_file_once_even_while_it_is_still_
     assert runner.table(
         "SELECT trigger_name, context_hash, saga_id, started_at IS NOT NULL, "
         "completed_at IS NOT NULL FROM trigger_executions ORDER BY id"
-    ) == [("file_watcher", e.context_hash, e.saga_id, 1, 1) for e in executions]
+    ) == [(FILE_WATCHER, e.context_hash, e.saga_id, 1, 1) for e in executions]
 
 
 async def test_the_queue_monitor_fires_above_ten_and_runs_drains_in_parallel(
@@ -371,7 +371,7 @@ async def test_the_queue_monitor_fires_above_ten_and_runs_drains_in_parallel(
     assert "overlap_skipped" not in runner.recorder.reasons
     world.gate("queue_processing_workflow").set()
     await runner.engine.dispatcher.wait_idle()
-    executions = await runner.store.list_trigger_executions("queue_monitor")
+    executions = await runner.store.list_trigger_executions("queue_processing_workflow.on_depth")
     assert [e.context_hash for e in executions] == [context_hash({"queue_depth": 11})] * 2
     assert all(e.completed_at is not None for e in executions)
 
@@ -393,7 +393,8 @@ async def test_the_health_check_recovers_after_three_consecutive_failures(
     await runner.engine.dispatcher.wait_idle()
     await runner.tick(4)  # healthy again: nothing fires
     await continually(lambda: len(world.runs) == 1, during=0.1, what="one recovery only")
-    [execution] = await runner.store.list_trigger_executions("service_health")
+    recovery = "service_recovery_workflow.on_unhealthy"
+    [execution] = await runner.store.list_trigger_executions(recovery)
     assert execution.context_hash == context_hash({"service": "payments-api"})
     assert execution.completed_at is not None
 

@@ -94,16 +94,7 @@ def adr_test_file() -> str:
     "plugins",
     [
         pytest.param([], id="pytest-asyncio installed, not configured"),
-        pytest.param(
-            ["-p", "no:asyncio"],
-            id="without pytest-asyncio",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="not built: issue 11.10 asks for projects with pytest-asyncio installed; "
-                "without it, async tests still need a plugin (a fallback that runs them with "
-                "asyncio.run in sagaz's plugin is the follow-up)",
-            ),
-        ),
+        pytest.param(["-p", "no:asyncio"], id="without pytest-asyncio"),
     ],
 )
 def test_the_adrs_test_sagas_py_passes_under_a_plain_pytest(

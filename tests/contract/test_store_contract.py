@@ -1023,7 +1023,7 @@ async def test_schema_is_created_once_and_its_version_recorded(durable_backend: 
     for store in stores:
         await store.start()  # again: harmless
     versions = {await store.schema_version() for store in stores}  # type: ignore[attr-defined]
-    assert versions == {4}
+    assert versions == {(await stores[0].schema_versions()).expected}
     await stores[0].save_saga(_saga())
     later = await backend.open()  # starting on an existing schema keeps the data
     assert await later.get_saga("s1") is not None
@@ -1087,14 +1087,76 @@ async def test_a_version_2_schema_is_upgraded_with_leases_and_rate_limits_keepin
     await _downgrade_to_version_2(store)
     with pytest.raises(SchemaOutdatedError):  # migrated only when asked: sagaz db upgrade
         await backend.make().start()
-    assert await backend.make().upgrade_schema() == SchemaVersions(current=2, expected=4)
+    expected = (await store.schema_versions()).expected
+    assert await backend.make().upgrade_schema() == SchemaVersions(current=2, expected=expected)
     upgraded = await backend.open()
-    assert await upgraded.schema_versions() == SchemaVersions(current=4, expected=4)
+    assert await upgraded.schema_versions() == SchemaVersions(expected, expected)
     assert await upgraded.get_saga("s1") is not None
     assert await upgraded.acquire_lease("relay", "a", 30.0)
     assert not await upgraded.acquire_lease("relay", "b", 30.0)
     assert await upgraded.take_rate_token("t", 0.5, 1) == 0.0
     assert await upgraded.take_rate_token("t", 0.5, 1) > 0.0
+
+
+#: the SQL stores' migration that names trigger_executions rows by trigger id (renumbered if
+#: another migration lands first)
+TRIGGER_IDS_MIGRATION = 4
+
+
+async def test_upgrading_names_trigger_executions_by_the_trigger_id_of_their_saga(
+    sql_backend: Backend,
+) -> None:
+    """Before it, executions were named by the poll Trigger's ``name`` while
+    ``trigger_schedules`` names a trigger by its id: rows whose saga is stored take its
+    ``trigger_id``, so the two tables join again; others are left as they are."""
+    store = await sql_backend.open()
+    await store.save_saga(_saga("s1", trigger_id="files.on_file"))
+    await store.save_saga(_saga("s2", trigger_id="files.on_file", status=SagaStatus.COMPLETED))
+    for saga_id, hash_ in (("s1", "h1"), ("s2", "h2"), ("purged", "h3")):
+        await store.start_trigger_execution(
+            TriggerExecutionRecord("file_watcher", hash_, saga_id), exclusive=True
+        )
+    await store.complete_trigger_execution("file_watcher", "s2")
+    await store.stop()
+    await _set_version(store, TRIGGER_IDS_MIGRATION - 1)  # the rows as that sagaz left them
+
+    assert (await sql_backend.make().upgrade_schema()).current == TRIGGER_IDS_MIGRATION - 1
+    upgraded = await sql_backend.open()
+    renamed = await upgraded.list_trigger_executions("files.on_file")
+    assert [(r.saga_id, r.context_hash, r.completed_at is None) for r in renamed] == [
+        ("s1", "h1", True),
+        ("s2", "h2", False),
+    ]
+    assert [r.saga_id for r in await upgraded.list_trigger_executions("file_watcher")] == [
+        "purged"  # its saga is gone: nothing names its trigger id
+    ]
+    # the open exclusive row is found under the new name: it still dedups, and it closes
+    again = TriggerExecutionRecord("files.on_file", "h1", "s3")
+    assert not await upgraded.start_trigger_execution(again, exclusive=True)
+    await upgraded.complete_trigger_execution("files.on_file", "s1")
+    assert await upgraded.start_trigger_execution(again, exclusive=True)
+
+
+async def _set_version(store: SagaStore, version: int) -> None:
+    """Record ``version`` as the schema's latest, as if later migrations had not run."""
+    if isinstance(store, SQLiteSagaStore):
+        conn = sqlite3.connect(store.path)
+        try:
+            conn.execute("DELETE FROM schema_version WHERE version > ?", (version,))
+            conn.commit()
+        finally:
+            conn.close()
+    else:
+        import asyncpg
+
+        assert isinstance(store, PostgresSagaStore)
+        conn = await asyncpg.connect(store.dsn)
+        try:
+            await conn.execute(
+                f'DELETE FROM "{store.schema}".schema_version WHERE version > $1', version
+            )
+        finally:
+            await conn.close()
 
 
 async def _downgrade_to_version_2(store: SagaStore) -> None:

@@ -143,7 +143,7 @@ async def test_file_watcher_queue_monitor_and_health_check_fire_their_sagas(
                     }
                     await example.stop()
                     # settled by now (an execution is closed just after its saga ends)
-                    file_runs = await store.list_trigger_executions("file_watcher")
+                    file_runs = await store.list_trigger_executions(TRIGGER_IDS["file_watcher"])
             remaining = await redis.llen(key)
         finally:
             await redis.delete(key)

@@ -267,3 +267,19 @@ async def test_drain_hands_back_every_buffered_event_parked_ones_included() -> N
     await fill(queue, item("c"))
     assert names(queue.drain()) == ["a2", "c"]  # not started: to be nacked
     assert len(queue) == 0
+
+
+async def test_depth_counts_the_buffered_events_of_each_trigger() -> None:
+    """Ready and parked events count; started, evicted and drained ones no longer do."""
+    queue = BackpressureQueue(3, "drop_oldest")
+    refunds = trigger("refunds.on_refund", max_concurrent=1)
+    await fill(queue, item("o1"), item("r1", of=refunds), item("r2", of=refunds))
+    assert (queue.depth(ORDERS.trigger_id), queue.depth("refunds.on_refund")) == (1, 2)
+    assert (await queue.put(item("o2"))).evicted.key == "o1"  # type: ignore[union-attr]
+    assert (queue.depth(ORDERS.trigger_id), queue.depth("refunds.on_refund")) == (1, 2)
+    started = await take(queue, 2)  # r1 and o2; r2 is parked behind r1's trigger slot
+    assert sorted(names(started)) == ["o2", "r1"]
+    assert (queue.depth(ORDERS.trigger_id), queue.depth("refunds.on_refund")) == (0, 1)
+    assert queue.depth("unknown.trigger") == 0
+    assert names(queue.drain()) == ["r2"]
+    assert queue.depth("refunds.on_refund") == 0

@@ -147,6 +147,51 @@ async def test_an_event_with_a_script_is_shown_as_text() -> None:
         assert "&lt;b&gt;no&lt;/b&gt;" in saga  # the failed step's error
 
 
+async def test_the_triggers_page_counts_queued_and_not_started_events_per_trigger() -> None:
+    gate = asyncio.Event()
+
+    class Slow(Saga):
+        @trigger(source="memory", channel="slow", max_concurrent_sagas=1)
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("wait")
+        async def wait(self, ctx: Any) -> None:
+            await gate.wait()
+
+    class Picky(Saga):
+        @trigger(source="memory", channel="picky", idempotency_key=lambda e: e["n"])
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any] | None:
+            return dict(event) if event["n"] else None
+
+        @action("one")
+        async def one(self, ctx: Any) -> None:
+            return None
+
+    def cells(html: str, trigger_id: str) -> dict[str, str]:
+        row = re.search(rf'<tr data-trigger="{re.escape(trigger_id)}">(.*?)</tr>', html, re.S)
+        assert row is not None, html
+        found = re.findall(r'<td class="([a-z_-]+)[^"]*">(.*?)</td>', row.group(1), re.S)
+        return {name: re.sub(r"<[^>]+>", "", text).strip() for name, text in found}
+
+    async with TriggerEngine(TriggerConfig(), MemorySagaStore()) as engine:
+        for n in range(3):
+            await engine.fire("slow", {"n": n})
+        for n in (0, 1):  # filtered, started
+            await engine.fire("picky", {"n": n})
+        await eventually(lambda: sum(engine.metrics.completed.values()) == 1)
+        await engine.fire("picky", {"n": 1})  # its saga completed: a duplicate
+        app = sagaz.dashboard_app(engine=engine, tokens=[TOKEN])
+        async with client(app) as http:
+            html = (await http.get("/triggers", headers=BEARER)).text
+        gate.set()
+
+    slow, picky = cells(html, "slow.on_event"), cells(html, "picky.on_event")
+    assert (slow["queued"], slow["not-started"]) == ("2", "0")  # one runs, two wait
+    assert (picky["queued"], picky["not-started"]) == ("0", "duplicate: 1, filtered: 1")
+    assert '<span id="queue-depth">2</span>' in html  # the engine's whole queue
+
+
 async def test_the_saga_list_is_paged_and_filtered() -> None:
     store = MemorySagaStore()
     await store.start()

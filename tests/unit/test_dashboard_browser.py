@@ -152,6 +152,12 @@ async def test_the_dashboard_in_a_headless_browser(tmp_path: Path) -> None:
             assert await step(lambda: click_and_state("pause", "paused")) == "paused"
             assert engine.paused_triggers() == {"checkout.on_order": frozenset({"operator"})}
             assert await engine.fire("checkout", {"n": 3}) == []  # skipped while paused
+
+            def not_started_and_queued() -> tuple[str, str]:
+                driver.get(base + "/triggers")
+                return text_of(f"{row} td.not-started"), text_of(f"{row} td.queued")
+
+            assert await step(not_started_and_queued) == ("paused: 1", "0")  # this trigger's
             await step(lambda: shot("triggers-paused"))
             assert await step(lambda: click_and_state("resume", "running")) == "running"
             assert engine.paused_triggers() == {}

@@ -110,7 +110,9 @@ async def test_allow_concurrent_false_fires_once_per_distinct_context_while_it_r
         gate.set()
         # once a run completed, its dedup row is closed and the file may fire again
         await eventually(lambda: len(started) >= 4, within=5)
-    executions = await store.list_trigger_executions("file_watcher")
+    # named by the trigger id (as its trigger_schedules row), not by the Trigger's name
+    assert await store.list_trigger_executions("file_watcher") == []
+    executions = await store.list_trigger_executions("files.on_file")
     hashes = {e.context_hash for e in executions}
     assert hashes == {canonical_hash({"filename": "a.csv"}), canonical_hash({"filename": "b.csv"})}
     finished = [e for e in executions if e.completed_at is not None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -48,13 +49,57 @@ async def test_metrics_count_events_sagas_and_reasons_per_trigger() -> None:
     assert values[("sagaz_events_accepted_total", trigger_label)] == 5
     assert values[("sagaz_sagas_completed_total", trigger_label)] == 5
     assert values[("sagaz_dead_letters_total", trigger_label)] == 0
-    assert values[("sagaz_events_not_started_total", (("reason", "filtered"),))] == 1
-    assert values[("sagaz_events_not_started_total", (("reason", "duplicate"),))] == 1
-    assert values[("sagaz_queue_depth", ())] == 0
+    for reason in ("filtered", "duplicate"):
+        key = ("sagaz_events_not_started_total", (("reason", reason), *trigger_label))
+        assert values[key] == 1
+    assert values[("sagaz_queue_depth", trigger_label)] == 0
     assert values[("sagaz_sagas_in_flight", ())] == 0
     assert values[("sagaz_sagas_in_flight_max", ())] >= 1
     assert values[("sagaz_store_available", ())] == 1
     assert values[("sagaz_store_outages_total", ())] == 0
+
+
+async def test_queue_depth_and_events_not_started_are_per_trigger() -> None:
+    gate = asyncio.Event()
+
+    class Slow(Saga):
+        @trigger(source="memory", channel="slow", max_concurrent_sagas=1)
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("wait")
+        async def wait(self, ctx: Any) -> None:
+            await gate.wait()
+
+    class Picky(Saga):
+        @trigger(source="memory", channel="picky")
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any] | None:
+            return None  # every event filtered
+
+        @action("one")
+        async def one(self, ctx: Any) -> None:
+            return None
+
+    async with TriggerEngine(TriggerConfig(), MemorySagaStore()) as engine:
+        for n in range(3):
+            await engine.fire("slow", {"n": n})
+        await engine.fire("picky", {"n": 1})
+        await engine.fire("picky", {"n": 2})
+        await eventually(lambda: engine.metrics.in_flight == 1, what="one slow saga running")
+        values = samples(render(engine)[0])
+        assert engine.state.queue.depth("slow.on_event") == 2
+        assert engine.metrics.not_started_by("picky.on_event") == {"filtered": 2}
+        assert engine.metrics.not_started_by("slow.on_event") == {}
+        gate.set()
+        await eventually(lambda: sum(engine.metrics.completed.values()) == 3)
+        assert engine.state.queue.depth("slow.on_event") == 0
+
+    slow, picky = (("trigger", "slow.on_event"),), (("trigger", "picky.on_event"),)
+    assert values[("sagaz_queue_depth", slow)] == 2
+    assert values[("sagaz_queue_depth", picky)] == 0
+    filtered = ("sagaz_events_not_started_total", (("reason", "filtered"), *picky))
+    assert values[filtered] == 2
+    assert ("sagaz_events_not_started_total", (("reason", "filtered"), *slow)) not in values
 
 
 async def test_a_store_outage_shows_until_the_store_is_back() -> None:

@@ -1,6 +1,7 @@
 """The sagaz pytest plugin in a fresh project: the ADR's ``test_sagas.py`` runs as written with
-``sagaz``, ``pytest`` and ``pytest-asyncio`` installed and no pytest configuration, and a project
-that configures its async tests itself is left as it is."""
+``sagaz``, ``pytest`` and ``pytest-asyncio`` installed and no pytest configuration, and with
+``sagaz`` and ``pytest`` alone (the plugin runs the tests itself); a project that configures
+its async tests itself is left as it is."""
 
 from __future__ import annotations
 
@@ -131,3 +132,77 @@ def test_anyio_tests_stay_with_anyio(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=3)
+
+
+# -- without pytest-asyncio: the plugin runs unclaimed async tests itself ------------------
+NO_ASYNCIO = ("-p", "no:cacheprovider", "-p", "no:asyncio")
+
+
+def test_without_pytest_asyncio_the_adr_tests_run(pytester: pytest.Pytester) -> None:
+    adr_project(pytester)
+    result = pytester.runpytest(*NO_ASYNCIO)
+    result.assert_outcomes(passed=2)
+
+
+def test_without_pytest_asyncio_a_failing_async_test_fails(pytester: pytest.Pytester) -> None:
+    """The coroutine is awaited: its assertion counts, with fixtures passed in."""
+    pytester.makepyfile(
+        test_async="""
+        import asyncio
+
+        import pytest
+
+
+        @pytest.fixture
+        def answer():
+            return 42
+
+
+        async def test_fails(answer):
+            await asyncio.sleep(0)
+            assert answer == 41
+
+
+        async def test_passes(answer, tmp_path):
+            await asyncio.sleep(0)
+            assert answer == 42 and tmp_path.is_dir()
+
+
+        @pytest.mark.parametrize("n", [1, 2])
+        async def test_parametrized(n):
+            assert asyncio.get_running_loop() is not None and n in (1, 2)
+        """
+    )
+    result = pytester.runpytest(*NO_ASYNCIO)
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*assert 42 == 41*"])
+
+
+def test_without_pytest_asyncio_and_without_the_plugin_they_would_not_run(
+    pytester: pytest.Pytester,
+) -> None:
+    adr_project(pytester)
+    result = pytester.runpytest(*NO_ASYNCIO, "-p", "no:sagaz")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*async def functions are not natively supported*"])
+
+
+def test_without_pytest_asyncio_anyio_tests_stay_with_anyio(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_anyio="""
+        import pytest
+        import sniffio
+
+
+        @pytest.fixture(params=["asyncio"])
+        def anyio_backend(request):
+            return request.param
+
+
+        @pytest.mark.anyio
+        async def test_marked():
+            assert sniffio.current_async_library() == "asyncio"
+        """
+    )
+    result = pytester.runpytest(*NO_ASYNCIO)
+    result.assert_outcomes(passed=1)

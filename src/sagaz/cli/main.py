@@ -8,6 +8,9 @@
   those the modules register (source and options too).
 * ``sagaz triggers pause ID`` / ``sagaz triggers resume ID`` — pause or resume a trigger in
   the store; every engine on it follows within ``trigger_state_interval_seconds``.
+* ``sagaz triggers run ID --modules M...`` — fire a cron or poll trigger now, once, here, and
+  wait for its saga; ``sagaz triggers backfill ID --from T --to T --modules M...`` — run each
+  tick of a cron trigger in that window that has no saga yet (repeating it starts nothing).
 * ``sagaz sagas list [--status S] [--saga NAME] [--trigger ID] [--older-than AGE]
   [--newer-than AGE] [--limit N] [--after SAGA_ID]`` — sagas, newest first, a page at a time.
 * ``sagaz sagas show SAGA_ID`` — one saga: which step failed, what was compensated, every

@@ -1,4 +1,5 @@
-"""``sagaz triggers list|pause|resume``: the triggers, their running/paused state in the store."""
+"""``sagaz triggers list|pause|resume|run|backfill``: the triggers, their running/paused state
+in the store; ``run`` and ``backfill`` are in :mod:`sagaz.cli.schedules`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 from typing import Any
 
+from sagaz.cli import schedules
 from sagaz.cli.exits import OK, CommandError
 from sagaz.cli.modules import import_modules
 from sagaz.cli.output import moment, print_json, print_table
@@ -15,8 +17,11 @@ __all__ = ["add_commands"]
 
 
 def add_commands(commands: Any, common: list[argparse.ArgumentParser]) -> None:
-    """Register ``triggers list``, ``triggers pause ID`` and ``triggers resume ID``."""
-    triggers = commands.add_parser("triggers", help="the triggers: list, pause, resume")
+    """Register ``triggers list``, ``triggers pause ID``, ``triggers resume ID``, ``triggers
+    run ID`` and ``triggers backfill ID``."""
+    triggers = commands.add_parser(
+        "triggers", help="the triggers: list, pause, resume, run now, backfill"
+    )
     actions = triggers.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser(
         "list",
@@ -35,6 +40,7 @@ def add_commands(commands: Any, common: list[argparse.ArgumentParser]) -> None:
         )
         parser.add_argument("trigger_id", metavar="ID", help="e.g. order-processing.from_kafka")
         parser.set_defaults(handler=set_trigger_state, paused=action == "pause")
+    schedules.add_commands(actions, common)
 
 
 async def set_trigger_state(args: argparse.Namespace) -> int:

@@ -279,6 +279,8 @@ async def _triggers(ctx: _Context) -> dict[str, Any]:
                     "completed": metrics.completed[trigger_id],
                     "failed": metrics.compensated[trigger_id] + metrics.failed[trigger_id],
                     "dead_lettered": metrics.dead_lettered[trigger_id],
+                    "queued": engine.state.queue.depth(trigger_id),
+                    "not_started": metrics.not_started_by(trigger_id),
                 }
             )
     for name, schedule in sorted(schedules.items()):
@@ -294,6 +296,8 @@ async def _triggers(ctx: _Context) -> dict[str, Any]:
                     "completed": None,
                     "failed": None,
                     "dead_lettered": None,
+                    "queued": None,
+                    "not_started": None,
                 }
             )
     now = datetime.now(UTC)
@@ -309,7 +313,6 @@ async def _triggers(ctx: _Context) -> dict[str, Any]:
     ]
     return {
         "rows": rows,
-        "reasons": dict(sorted(metrics.reasons.items())) if metrics is not None else {},
         "queue_depth": len(engine.state.queue) if running else None,
         "in_flight": metrics.in_flight if metrics is not None else None,
         "chart": per_minute_svg(

@@ -124,11 +124,9 @@ class ActiveTrigger:
         self.poll_exclusive = (
             definition.poll_trigger is not None and not definition.poll_trigger.allow_concurrent
         )
-        self.poll_name = (
-            (definition.poll_trigger.name or definition.trigger_id)
-            if definition.poll_trigger is not None
-            else None
-        )
+        #: a poll trigger's name in ``trigger_executions``: its trigger id, the name of its
+        #: ``trigger_schedules`` row too (both tables join on ``trigger_name``)
+        self.poll_name = definition.trigger_id if definition.poll_trigger is not None else None
         #: why the trigger is paused in this engine; empty while it runs (``engine.pausing``)
         self.paused_by: set[str] = set()
         #: set while it runs: a source that keeps ``Source.pause()``'s default waits on it

@@ -63,6 +63,8 @@ class BackpressureQueue:
         self._cluster_gates: dict[str, asyncio.Task[None]] = {}
         self._cluster_tasks: set[asyncio.Task[None]] = set()
         self._running: Counter[str] = Counter()
+        #: events buffered per trigger id (``depth``)
+        self._depths: Counter[str] = Counter()
         self._getters: deque[asyncio.Future[None]] = deque()
         self._putters: deque[asyncio.Future[None]] = deque()
         self._seq = itertools.count()
@@ -77,6 +79,10 @@ class BackpressureQueue:
     def full(self) -> bool:
         """True when a new event would need the full-queue strategy."""
         return len(self._buffered) >= self.capacity
+
+    def depth(self, trigger_id: str) -> int:
+        """Events of ``trigger_id`` buffered (ready or parked), not yet started."""
+        return self._depths[trigger_id]
 
     def running(self, trigger_id: str) -> int:
         """Sagas of ``trigger_id`` started and not finished."""
@@ -115,12 +121,20 @@ class BackpressureQueue:
         item.evicted = False
         item.key_reserved = item.key_leased = item.cluster_ready = False
         self._buffered[item.seq] = item
+        self._depths[item.trigger_id] += 1
         self._ready.append(item)
         self._wake(self._getters)
 
     def _evict(self, item: WorkItem) -> None:
         item.evicted = True
+        self._unbuffer(item)
+
+    def _unbuffer(self, item: WorkItem) -> None:
         del self._buffered[item.seq]
+        trigger_id = item.trigger_id
+        self._depths[trigger_id] -= 1
+        if self._depths[trigger_id] <= 0:
+            del self._depths[trigger_id]
 
     # -- get -------------------------------------------------------------------------------
     async def get(self) -> WorkItem:
@@ -173,7 +187,7 @@ class BackpressureQueue:
             if key is not None:
                 self._busy_keys.add(key)
             self._running[trigger_id] += 1
-            del self._buffered[item.seq]
+            self._unbuffer(item)
             self._wake(self._putters)
             return item
         return None
@@ -323,6 +337,7 @@ class BackpressureQueue:
         for item in items:
             item.evicted = True
         self._buffered.clear()
+        self._depths.clear()
         self._ready.clear()
         self._returning.clear()
         self._parked_keys.clear()

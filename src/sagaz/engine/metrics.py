@@ -15,6 +15,8 @@ class EngineMetrics:
     received: Counter[str] = field(default_factory=Counter)  # by trigger id
     accepted: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)  # filtered, duplicate, dropped_*...
+    #: the same events by (trigger id, reason): see :meth:`not_started_by`
+    not_started: Counter[tuple[str, str]] = field(default_factory=Counter)
     completed: Counter[str] = field(default_factory=Counter)
     compensated: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
@@ -25,6 +27,19 @@ class EngineMetrics:
     max_in_flight: int = 0
     start_latencies: list[float] = field(default_factory=list)  # seconds, bounded sample
     _latency_limit: int = 100_000
+
+    def count_not_started(self, trigger_id: str, reason: str) -> None:
+        """An event of ``trigger_id`` did not become a saga, for ``reason``."""
+        self.reasons[reason] += 1
+        self.not_started[trigger_id, reason] += 1
+
+    def not_started_by(self, trigger_id: str) -> dict[str, int]:
+        """The events of ``trigger_id`` that did not become a saga, by reason (sorted)."""
+        return {
+            reason: count
+            for (trigger, reason), count in sorted(self.not_started.items())
+            if trigger == trigger_id and count
+        }
 
     def started(self, latency: float) -> None:
         """A saga started ``latency`` seconds after its event was accepted."""

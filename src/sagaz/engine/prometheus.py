@@ -10,9 +10,10 @@ cost nothing per event. Two ways to expose them:
 >>> REGISTRY.register(EngineCollector(engine))  # doctest: +SKIP
 
 Every name starts with ``sagaz_``; per-trigger series carry a ``trigger`` label
-(``"{saga_name}.{method}"``), events that did not become a saga a ``reason`` label
-(``filtered``, ``duplicate``, ``dropped_oldest``, ``dropped_newest``, ``rejected``,
-``overlap_skipped``, ``invalid``, ``paused``). ``sagaz_trigger_paused{trigger}`` is 1 while a
+(``"{saga_name}.{method}"``): the event counters, ``sagaz_queue_depth{trigger}`` (sum it for
+the engine's queue) and ``sagaz_events_not_started{trigger, reason}``, whose ``reason`` is
+``filtered``, ``duplicate``, ``dropped_oldest``, ``dropped_newest``, ``rejected``,
+``overlap_skipped``, ``invalid`` or ``paused``. ``sagaz_trigger_paused{trigger}`` is 1 while a
 trigger is paused in the engine.
 
 Sources add their own counters (:meth:`sagaz.abc.Source.counters`). With webhook triggers,
@@ -81,15 +82,21 @@ class EngineCollector:
             yield family
         reasons = CounterMetricFamily(
             "sagaz_events_not_started",
-            "Events that did not become a saga, by reason.",
-            labels=["reason"],
+            "Events that did not become a saga, by trigger and reason.",
+            labels=["trigger", "reason"],
         )
-        for reason, count in sorted(metrics.reasons.items()):
-            reasons.add_metric([reason], count)
+        for (trigger_id, reason), count in sorted(metrics.not_started.items()):
+            reasons.add_metric([trigger_id, reason], count)
         yield reasons
-        yield GaugeMetricFamily(
-            "sagaz_queue_depth", "Events accepted and waiting to start.", value=len(state.queue)
+        depth = GaugeMetricFamily(
+            "sagaz_queue_depth",
+            "Events accepted and waiting to start, by trigger (sum them for the engine's "
+            "queue, bounded by queue_size).",
+            labels=["trigger"],
         )
+        for trigger_id in triggers:
+            depth.add_metric([trigger_id], state.queue.depth(trigger_id))
+        yield depth
         yield GaugeMetricFamily(
             "sagaz_sagas_in_flight", "Sagas running now.", value=metrics.in_flight
         )

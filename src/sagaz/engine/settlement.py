@@ -81,7 +81,7 @@ class Settlement:
 
     async def filtered(self, trigger: ActiveTrigger, event: Any, reason: Reason) -> None:
         """Count and report an event that does not become a saga."""
-        self.state.metrics.reasons[reason.value] += 1
+        self.state.metrics.count_not_started(trigger.trigger_id, reason.value)
         if trigger.listeners:
             await notify(trigger.listeners, "on_trigger_filtered", trigger.saga_name, event, reason)
 

@@ -32,7 +32,7 @@ class PollSource(Source):
     def __init__(self, poll_trigger: Trigger, ctx: SourceContext) -> None:
         self.poll_trigger = poll_trigger
         self.ctx = ctx
-        #: the trigger's ``name`` (its dedup rows in ``trigger_executions``), else the id
+        #: the trigger's ``name`` (in logs and ``EventMeta.topic``), else the trigger id
         self.name = poll_trigger.name or ctx.trigger_id
         self._running = asyncio.Event()  # cleared while paused: not polled
         self._running.set()

@@ -185,6 +185,18 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
     (
         4,
         (
+            # trigger_executions name a poll trigger by its trigger id, as trigger_schedules
+            # does (they named it by its Trigger's `name`): the rows of sagas still stored
+            # take their saga's trigger_id, so both tables join on trigger_name
+            """UPDATE {s}.trigger_executions AS e SET trigger_name = s.trigger_id
+            FROM {s}.saga_executions AS s
+            WHERE s.saga_id = e.saga_id AND s.trigger_id IS NOT NULL
+            AND s.trigger_id <> e.trigger_name""",
+        ),
+    ),
+    (
+        5,
+        (
             # shared token buckets (take_rate_token, limit_scope="cluster"): the bucket's
             # theoretical arrival time, GCRA-style, on the server's clock
             """CREATE TABLE IF NOT EXISTS {s}.rate_limits (

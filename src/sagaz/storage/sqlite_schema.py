@@ -195,6 +195,23 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
     (
         4,
         (
+            # trigger_executions name a poll trigger by its trigger id, as trigger_schedules
+            # does (they named it by its Trigger's `name`): the rows of sagas still stored
+            # take their saga's trigger_id, so both tables join on trigger_name
+            """UPDATE trigger_executions SET trigger_name = (
+                SELECT s.trigger_id FROM saga_executions AS s
+                WHERE s.saga_id = trigger_executions.saga_id
+            )
+            WHERE EXISTS (
+                SELECT 1 FROM saga_executions AS s
+                WHERE s.saga_id = trigger_executions.saga_id AND s.trigger_id IS NOT NULL
+                AND s.trigger_id <> trigger_executions.trigger_name
+            )""",
+        ),
+    ),
+    (
+        5,
+        (
             # shared token buckets (take_rate_token, limit_scope="cluster"): the bucket's
             # theoretical arrival time, GCRA-style, in seconds since the epoch
             """CREATE TABLE IF NOT EXISTS rate_limits (

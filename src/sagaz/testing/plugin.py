@@ -10,10 +10,16 @@
   async plugin claims (no ``asyncio``, ``anyio`` or ``trio`` marker, no ``anyio_backend``
   fixture) is marked ``pytest.mark.asyncio``. A project that sets ``asyncio_mode`` itself
   (``auto``, or ``strict`` on purpose) is left as it configured it.
+* Without pytest-asyncio (not installed, or disabled with ``-p no:asyncio``), runs such an
+  unclaimed ``async def`` test itself, in a fresh event loop of its own
+  (``asyncio.run``), so ``pip install sagaz pytest`` is enough for the ADR's tests. Only
+  the test function is awaited: async fixtures still need an async plugin
+  (pytest-asyncio or anyio's).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Generator, Iterator
 from typing import Any
@@ -69,3 +75,24 @@ def pytest_pycollect_makeitem(
     for item in result if isinstance(result, list) else [result]:
         if isinstance(item, pytest.Function) and _unclaimed_coroutine_test(item):
             item.add_marker(pytest.mark.asyncio)
+
+
+def _runs_async_tests_itself(config: pytest.Config) -> bool:
+    """Whether no pytest-asyncio runs here: sagaz then runs unclaimed ``async def`` tests."""
+    return not config.pluginmanager.has_plugin("asyncio")
+
+
+# tryfirst: before pytest's own implementation, which fails an ``async def`` test
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run an ``async def`` test no async plugin claims with ``asyncio.run`` when
+    pytest-asyncio is not there (see the module); anything else is left to pytest."""
+    if not _runs_async_tests_itself(pyfuncitem.config):
+        return None
+    if not _unclaimed_coroutine_test(pyfuncitem):
+        return None
+    parameters = inspect.signature(pyfuncitem.obj).parameters
+    funcargs = pyfuncitem.funcargs
+    arguments = {name: funcargs[name] for name in parameters if name in funcargs}
+    asyncio.run(pyfuncitem.obj(**arguments))
+    return True

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sagaz.abc import Source
 from sagaz.exceptions import TriggerDefinitionError
 from sagaz.triggers.decorator import TRIGGER_ATTR, TriggerSpec
+from sagaz.triggers.event_calls import check_event_calls
 from sagaz.triggers.options import (
     CustomOptions,
     MemoryOptions,
@@ -146,6 +147,7 @@ class TriggerRegistry:
                     continue
                 check_trigger_method(saga_cls, attr, value)
                 for n, spec in enumerate(specs, start=1):
+                    check_event_calls(saga_cls, attr, value, spec.source)
                     suffix = f"#{n}" if n > 1 else ""
                     trigger_id = f"{saga_cls.saga_name}.{attr}{suffix}"
                     found.append(build_trigger_definition(saga_cls, attr, spec, trigger_id))
