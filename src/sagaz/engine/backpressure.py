@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import Counter, deque
 from collections.abc import Coroutine, Hashable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from sagaz.engine.limits import TokenBucket
 from sagaz.engine.work_item import WorkItem
 
 __all__ = ["BackpressureQueue", "PutResult"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,9 +288,11 @@ class BackpressureQueue:
         trigger_id = item.trigger_id
         self._cluster_waiting.setdefault(trigger_id, deque()).append(item)
         if trigger_id not in self._cluster_gates:
-            self._cluster_gates[trigger_id] = asyncio.get_running_loop().create_task(
+            gate = asyncio.get_running_loop().create_task(
                 self._gate(trigger_id, cluster), name=f"sagaz-cluster-{trigger_id}"
             )
+            gate.add_done_callback(self._cluster_task_done)
+            self._cluster_gates[trigger_id] = gate
 
     async def _gate(self, trigger_id: str, cluster: ClusterLimits) -> None:
         """Let the events of ``trigger_id`` waiting for a slot or token through, in order;
@@ -328,7 +333,13 @@ class BackpressureQueue:
     def _spawn(self, work: Coroutine[None, None, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(work, name=name)
         self._cluster_tasks.add(task)
-        task.add_done_callback(self._cluster_tasks.discard)
+        task.add_done_callback(self._cluster_task_done)
+
+    def _cluster_task_done(self, task: asyncio.Task[None]) -> None:
+        self._cluster_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # only a store unavailable at shutdown ends one so: its event is nacked by drain()
+            logger.debug("%s ended: %r", task.get_name(), task.exception())
 
     # -- shutdown --------------------------------------------------------------------------
     def drain(self) -> list[WorkItem]:
