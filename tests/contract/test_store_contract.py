@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -778,6 +778,28 @@ async def test_an_expired_lease_is_taken_over_and_lost_to_its_old_holder(
     assert await store.renew_lease("relay", "b", 30.0)
 
 
+# -- shared rate limits --------------------------------------------------------------------
+async def test_a_new_rate_bucket_gives_its_burst_at_once_then_tells_the_wait(
+    store: SagaStore,
+) -> None:
+    # 0.5 tokens a second: no token comes back while the test runs
+    takes = await asyncio.gather(*(store.take_rate_token("t", 0.5, 3) for _ in range(10)))
+    assert sorted(takes)[:3] == [0.0, 0.0, 0.0]  # of ten at once, the burst of three
+    refused = [wait for wait in takes if wait != 0.0]
+    assert len(refused) == 7
+    assert all(0.0 < wait <= 2.0 + 1e-3 for wait in refused), refused  # one interval at most
+    assert await store.take_rate_token("other", 0.5, 1) == 0.0  # buckets are independent
+
+
+async def test_a_rate_bucket_refills_at_its_rate(store: SagaStore) -> None:
+    assert await store.take_rate_token("fast", 50.0, 1) == 0.0
+    await eventually(lambda: _taken(store.take_rate_token("fast", 50.0, 1)), what="the next token")
+
+
+async def _taken(take: Awaitable[float]) -> bool:
+    return await take == 0.0
+
+
 async def test_an_expired_lease_is_not_renewed_even_if_nobody_took_it(store: SagaStore) -> None:
     assert await store.acquire_lease("relay", "a", 0.05)
     # a second lease of the same ttl, taken after the first, tells when the first expired
@@ -1055,7 +1077,7 @@ async def test_an_outdated_schema_refuses_to_start_until_sagaz_db_upgrade(
     assert kept.status is SagaStatus.COMPLETED
 
 
-async def test_a_version_2_schema_is_upgraded_to_3_with_leases_and_keeps_its_data(
+async def test_a_version_2_schema_is_upgraded_with_leases_and_rate_limits_keeping_its_data(
     durable_backend: Backend,
 ) -> None:
     backend = durable_backend
@@ -1072,6 +1094,8 @@ async def test_a_version_2_schema_is_upgraded_to_3_with_leases_and_keeps_its_dat
     assert await upgraded.get_saga("s1") is not None
     assert await upgraded.acquire_lease("relay", "a", 30.0)
     assert not await upgraded.acquire_lease("relay", "b", 30.0)
+    assert await upgraded.take_rate_token("t", 0.5, 1) == 0.0
+    assert await upgraded.take_rate_token("t", 0.5, 1) > 0.0
 
 
 #: the SQL stores' migration that names trigger_executions rows by trigger id (renumbered if
@@ -1136,11 +1160,12 @@ async def _set_version(store: SagaStore, version: int) -> None:
 
 
 async def _downgrade_to_version_2(store: SagaStore) -> None:
-    """Make the storage look as a version-2 sagaz left it: no leases."""
+    """Make the storage look as a version-2 sagaz left it: no leases, no rate limits."""
     if isinstance(store, SQLiteSagaStore):
         conn = sqlite3.connect(store.path)
         try:
             conn.execute("DROP TABLE leases")
+            conn.execute("DROP TABLE rate_limits")
             conn.execute("DELETE FROM schema_version WHERE version >= 3")
             conn.commit()
         finally:
@@ -1151,6 +1176,7 @@ async def _downgrade_to_version_2(store: SagaStore) -> None:
         conn = await asyncpg.connect(store.dsn)
         try:
             await conn.execute(f'DROP TABLE "{store.schema}".leases')
+            await conn.execute(f'DROP TABLE "{store.schema}".rate_limits')
             await conn.execute(f'DELETE FROM "{store.schema}".schema_version WHERE version >= 3')
         finally:
             await conn.close()
@@ -1194,9 +1220,9 @@ async def test_redis_layout_1_is_indexed_for_purging_on_upgrade(
 
     with pytest.raises(SchemaOutdatedError, match="sagaz db upgrade"):
         await redis_backend.open()  # a store migrates only when asked
-    assert await redis_backend.make().upgrade_schema() == SchemaVersions(current=1, expected=3)
+    assert await redis_backend.make().upgrade_schema() == SchemaVersions(current=1, expected=4)
     upgraded = await redis_backend.open()
-    assert await upgraded.schema_version() == 3  # type: ignore[attr-defined]
+    assert await upgraded.schema_version() == 4  # type: ignore[attr-defined]
     assert await upgraded.purge_expired(utcnow() + timedelta(seconds=5)) == 4
     assert [r.saga_id for r in await upgraded.list_trigger_executions("poll")] == ["running"]
     assert await upgraded.last_cron_tick("a") == ticks[-1]

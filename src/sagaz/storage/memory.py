@@ -21,6 +21,7 @@ from sagaz.records import (
     TriggerExecutionRecord,
     TriggerScheduleRecord,
 )
+from sagaz.storage.rate_limits import take as take_token
 from sagaz.storage.rows import RowCodec
 from sagaz.storage.rows import clone as _clone
 from sagaz.types import TERMINAL_SAGA_STATUSES, InboxStatus, SagaStatus
@@ -69,6 +70,7 @@ class MemorySagaStore(SagaStore):
         self._executions: list[TriggerExecutionRecord] = []
         self._cron: dict[str, dict[datetime, str]] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (holder, monotonic expiry)
+        self._rate_limits: dict[str, float] = {}  # name -> theoretical arrival time (monotonic)
 
     # -- sagas -----------------------------------------------------------------------------
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
@@ -386,3 +388,10 @@ class MemorySagaStore(SagaStore):
             return False
         del self._leases[name]
         return True
+
+    # -- shared rate limits ----------------------------------------------------------------
+    async def take_rate_token(self, name: str, rate: float, burst: int) -> float:
+        wait, tat = take_token(self._rate_limits.get(name), time.monotonic(), rate, burst)
+        if tat is not None:
+            self._rate_limits[name] = tat
+        return wait

@@ -194,6 +194,17 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             AND s.trigger_id <> e.trigger_name""",
         ),
     ),
+    (
+        5,
+        (
+            # shared token buckets (take_rate_token, limit_scope="cluster"): the bucket's
+            # theoretical arrival time, GCRA-style, on the server's clock
+            """CREATE TABLE IF NOT EXISTS {s}.rate_limits (
+                name text PRIMARY KEY,
+                tat timestamptz NOT NULL
+            )""",
+        ),
+    ),
 ]
 """Every migration, oldest first (``{s}`` is the quoted schema name)."""
 

@@ -209,6 +209,17 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             )""",
         ),
     ),
+    (
+        5,
+        (
+            # shared token buckets (take_rate_token, limit_scope="cluster"): the bucket's
+            # theoretical arrival time, GCRA-style, in seconds since the epoch
+            """CREATE TABLE IF NOT EXISTS rate_limits (
+                name TEXT PRIMARY KEY,
+                tat REAL NOT NULL
+            ) WITHOUT ROWID""",
+        ),
+    ),
 ]
 """Every migration, oldest first."""
 
