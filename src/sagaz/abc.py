@@ -317,6 +317,18 @@ class SagaStore(Lifecycle, ABC):
         """Give the lease up if ``holder`` holds it, so another can take it at once; return
         whether it did."""
 
+    # -- shared rate limits ----------------------------------------------------------------
+    # A token bucket shared by every instance on the store (``limit_scope="cluster"``), on
+    # the store's clock like the leases.
+    @abstractmethod
+    async def take_rate_token(self, name: str, rate: float, burst: int) -> float:
+        """Take one token of the token bucket ``name``: ``rate`` tokens a second, at most
+        ``burst`` saved up (a new bucket is full). Return ``0.0`` when a token was taken,
+        otherwise the seconds until the next one (nothing taken).
+
+        Atomic: however many instances take at once, tokens taken over any ``t`` seconds
+        never exceed ``rate * t + burst``."""
+
     # -- saga control: operators' requests and each saga's history ---------------------------
     # Not abstract, so a store written for an older sagaz still works: without them,
     # ``sagaz sagas cancel|resume|retry`` and the engines' watch of requests are unavailable.

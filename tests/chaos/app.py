@@ -92,8 +92,8 @@ class SideEffects:
         await self.pool.execute(self.insert, ctx.saga_id, step, ctx["n"])
 
 
-def define_saga(settings: Settings, side: SideEffects) -> type[Saga]:
-    """The saga class, with one trigger on ``settings.source`` (registered on definition)."""
+def source_options(settings: Settings) -> dict[str, Any]:
+    """The ``@trigger`` options of ``settings.source``."""
     options: dict[str, Any]
     if settings.source == "kafka":
         options = {
@@ -121,6 +121,12 @@ def define_saga(settings: Settings, side: SideEffects) -> type[Saga]:
         options = {"queue": settings.name, "url": settings.broker}
     else:
         options = {"path": WEBHOOK_PATH}
+    return options
+
+
+def define_saga(settings: Settings, side: SideEffects) -> type[Saga]:
+    """The saga class, with one trigger on ``settings.source`` (registered on definition)."""
+    options = source_options(settings)
 
     async def step(ctx: SagaContext, name: str) -> None:
         await side.record(ctx, name)

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -856,6 +856,28 @@ async def test_an_expired_lease_is_taken_over_and_lost_to_its_old_holder(
     assert await store.renew_lease("relay", "b", 30.0)
 
 
+# -- shared rate limits --------------------------------------------------------------------
+async def test_a_new_rate_bucket_gives_its_burst_at_once_then_tells_the_wait(
+    store: SagaStore,
+) -> None:
+    # 0.5 tokens a second: no token comes back while the test runs
+    takes = await asyncio.gather(*(store.take_rate_token("t", 0.5, 3) for _ in range(10)))
+    assert sorted(takes)[:3] == [0.0, 0.0, 0.0]  # of ten at once, the burst of three
+    refused = [wait for wait in takes if wait != 0.0]
+    assert len(refused) == 7
+    assert all(0.0 < wait <= 2.0 + 1e-3 for wait in refused), refused  # one interval at most
+    assert await store.take_rate_token("other", 0.5, 1) == 0.0  # buckets are independent
+
+
+async def test_a_rate_bucket_refills_at_its_rate(store: SagaStore) -> None:
+    assert await store.take_rate_token("fast", 50.0, 1) == 0.0
+    await eventually(lambda: _taken(store.take_rate_token("fast", 50.0, 1)), what="the next token")
+
+
+async def _taken(take: Awaitable[float]) -> bool:
+    return await take == 0.0
+
+
 async def test_an_expired_lease_is_not_renewed_even_if_nobody_took_it(store: SagaStore) -> None:
     assert await store.acquire_lease("relay", "a", 0.05)
     # a second lease of the same ttl, taken after the first, tells when the first expired
@@ -1133,7 +1155,7 @@ async def test_an_outdated_schema_refuses_to_start_until_sagaz_db_upgrade(
     assert kept.status is SagaStatus.COMPLETED
 
 
-async def test_a_version_2_schema_is_upgraded_to_3_with_leases_and_keeps_its_data(
+async def test_a_version_2_schema_is_upgraded_with_leases_and_rate_limits_keeping_its_data(
     durable_backend: Backend,
 ) -> None:
     backend = durable_backend
@@ -1150,6 +1172,8 @@ async def test_a_version_2_schema_is_upgraded_to_3_with_leases_and_keeps_its_dat
     assert await upgraded.get_saga("s1") is not None
     assert await upgraded.acquire_lease("relay", "a", 30.0)
     assert not await upgraded.acquire_lease("relay", "b", 30.0)
+    assert await upgraded.take_rate_token("t", 0.5, 1) == 0.0
+    assert await upgraded.take_rate_token("t", 0.5, 1) > 0.0
 
 
 #: the SQL stores' migration that names trigger_executions rows by trigger id (renumbered if
@@ -1213,9 +1237,9 @@ async def _set_version(store: SagaStore, version: int) -> None:
             await conn.close()
 
 
-#: the migration that adds saga control: SQL schema 5, Redis key layout 4 (renumbered if
+#: the migration that adds saga control: SQL schema 6, Redis key layout 5 (renumbered if
 #: another migration lands first)
-SAGA_CONTROL_MIGRATION = {"sqlite": 5, "postgres": 5, "redis": 4}
+SAGA_CONTROL_MIGRATION = {"sqlite": 6, "postgres": 6, "redis": 5}
 
 
 async def test_a_schema_before_saga_control_is_upgraded_to_it_and_keeps_its_data(
@@ -1243,8 +1267,9 @@ async def test_a_schema_before_saga_control_is_upgraded_to_it_and_keeps_its_data
 
 async def _downgrade_to(store: SagaStore, version: int) -> None:
     """Make the storage look as a sagaz of schema ``version`` left it: no saga history or
-    requests (before saga control), no leases (before 3)."""
-    tables = ["saga_history", "saga_requests"] + (["leases"] if version < 3 else [])
+    requests (before saga control), no rate limits (before 5), no leases (before 3)."""
+    tables = ["saga_history", "saga_requests"]
+    tables += (["rate_limits"] if version < 5 else []) + (["leases"] if version < 3 else [])
     if isinstance(store, SQLiteSagaStore):
         conn = sqlite3.connect(store.path)
         try:

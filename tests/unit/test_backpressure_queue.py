@@ -25,7 +25,9 @@ def trigger(
     bucket: TokenBucket | None = None,
 ) -> Any:
     """The part of an ``ActiveTrigger`` the queue reads."""
-    return SimpleNamespace(trigger_id=trigger_id, max_concurrent=max_concurrent, bucket=bucket)
+    return SimpleNamespace(
+        trigger_id=trigger_id, max_concurrent=max_concurrent, bucket=bucket, cluster=None
+    )
 
 
 ORDERS = trigger()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sagaz.clock import Clock, utcnow
 from sagaz.config import TriggerConfig
+from sagaz.engine.cluster_limits import ClusterLimits
 from sagaz.engine.decoding import EventDecoder
 from sagaz.engine.limits import TokenBucket
 from sagaz.engine.metrics import EngineMetrics
@@ -100,10 +101,26 @@ class ActiveTrigger:
             if definition.persist_events is not None
             else config.persist_events
         )
-        self.max_concurrent = definition.max_concurrent_sagas
+        cluster = definition.limit_scope == "cluster"
+        #: the limits kept in the store (``limit_scope="cluster"``); ``None``: this process's
+        self.cluster: ClusterLimits | None = (
+            ClusterLimits(
+                definition.trigger_id,
+                state.store,
+                state.worker_id,
+                outage=state.outage,
+                lease_seconds=config.lease_seconds,
+                keys=definition.concurrency_key is not None,
+                slots=definition.max_concurrent_sagas,
+                rate=definition.rate_limit_per_second,
+            )
+            if cluster
+            else None
+        )
+        self.max_concurrent = None if cluster else definition.max_concurrent_sagas
         self.bucket = (
             TokenBucket(definition.rate_limit_per_second, state.clock)
-            if definition.rate_limit_per_second
+            if definition.rate_limit_per_second and not cluster
             else None
         )
         self.listeners: list[SagaListener] = [*type(self.saga).listeners, *state.listeners]

@@ -5,21 +5,31 @@ It also parks events whose ``concurrency_key`` is busy, whose trigger is at its
 never block events of other keys or triggers (no head-of-line blocking), while keeping per-key
 and per-trigger arrival order. Parked events count against the capacity: memory stays bounded
 by ``queue_size`` plus the sagas in flight.
+
+A trigger with ``limit_scope="cluster"`` (:mod:`sagaz.engine.cluster_limits`) asks the store
+instead: an event whose key is free here takes the key locally (later events of the key park
+behind it, as in process scope), then waits, in a task of its own key, for the key's lease in
+the store; then, in its trigger's arrival order, for a slot and a rate token. Other keys and
+triggers go on meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import Counter, deque
-from collections.abc import Hashable
+from collections.abc import Coroutine, Hashable
 from dataclasses import dataclass
 
 from sagaz.config import BackpressureStrategy
+from sagaz.engine.cluster_limits import ClusterLimits
 from sagaz.engine.limits import TokenBucket
 from sagaz.engine.work_item import WorkItem
 
 __all__ = ["BackpressureQueue", "PutResult"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +60,11 @@ class BackpressureQueue:
         self._rate_parked: dict[str, deque[WorkItem]] = {}
         self._rate_granters: dict[str, asyncio.Task[None]] = {}
         self._busy_keys: set[Hashable] = set()
+        #: limit_scope="cluster": events waiting for a slot or token, per trigger, and the
+        #: tasks asking the store (one per waiting key, one per trigger)
+        self._cluster_waiting: dict[str, deque[WorkItem]] = {}
+        self._cluster_gates: dict[str, asyncio.Task[None]] = {}
+        self._cluster_tasks: set[asyncio.Task[None]] = set()
         self._running: Counter[str] = Counter()
         #: events buffered per trigger id (``depth``)
         self._depths: Counter[str] = Counter()
@@ -107,6 +122,7 @@ class BackpressureQueue:
     def _add(self, item: WorkItem) -> None:
         item.seq = next(self._seq)
         item.evicted = False
+        item.key_reserved = item.key_leased = item.cluster_ready = False
         self._buffered[item.seq] = item
         self._depths[item.trigger_id] += 1
         self._ready.append(item)
@@ -144,9 +160,10 @@ class BackpressureQueue:
         while returning or ready:
             item = returning.popleft() if returning else ready.popleft()
             if item.evicted:
+                self._abandon(item)
                 continue
             key = item.concurrency_key
-            if key is not None and key in self._busy_keys:
+            if key is not None and not item.key_reserved and key in self._busy_keys:
                 self._parked_keys.setdefault(key, deque()).append(item)
                 continue
             limit = item.trigger.max_concurrent
@@ -162,6 +179,13 @@ class BackpressureQueue:
             ):
                 self._park_for_rate(item, bucket)
                 continue
+            cluster = item.trigger.cluster
+            if cluster is not None and not item.cluster_ready:
+                if key is not None:  # later events of the key wait behind it, here
+                    self._busy_keys.add(key)
+                    item.key_reserved = True
+                self._to_cluster(item, cluster)
+                continue
             item.rate_granted = False  # a retry takes a token of its own
             if key is not None:
                 self._busy_keys.add(key)
@@ -173,15 +197,18 @@ class BackpressureQueue:
 
     def done(self, item: WorkItem) -> None:
         """An event's saga finished (or was given up): free its key and trigger slot."""
-        key = item.concurrency_key
-        if key is not None:
-            self._busy_keys.discard(key)
-            self._unpark(self._parked_keys, key)
+        self._free_key(item.concurrency_key)
+        item.key_reserved = False
         trigger_id = item.trigger_id
         self._running[trigger_id] -= 1
         if self._running[trigger_id] <= 0:
             del self._running[trigger_id]
         self._unpark(self._parked_triggers, trigger_id)
+
+    def _free_key(self, key: Hashable | None) -> None:
+        if key is not None:
+            self._busy_keys.discard(key)
+            self._unpark(self._parked_keys, key)
 
     def _unpark(
         self, parked: dict[Hashable, deque[WorkItem]] | dict[str, deque[WorkItem]], key: Hashable
@@ -232,6 +259,87 @@ class BackpressureQueue:
         for task in self._rate_granters.values():
             task.cancel()
         self._rate_granters.clear()
+        for task in [*self._cluster_gates.values(), *self._cluster_tasks]:
+            task.cancel()
+        self._cluster_gates.clear()
+        self._cluster_tasks.clear()
+        self._cluster_waiting.clear()
+
+    # -- cluster limits --------------------------------------------------------------------
+    def _to_cluster(self, item: WorkItem, cluster: ClusterLimits) -> None:
+        """Ask the store for ``item``'s cluster limits: its key first (one task per key, so
+        keys never wait for each other), then a slot and a token in trigger order."""
+        if cluster.keys and item.concurrency_key is not None and not item.key_leased:
+            self._spawn(self._lease_key(item, cluster), f"sagaz-key-{item.saga_id}")
+        else:
+            self._to_trigger_gate(item, cluster)
+
+    async def _lease_key(self, item: WorkItem, cluster: ClusterLimits) -> None:
+        item.key_leased = await cluster.take_key(item)
+        if item.evicted:
+            self._abandon(item)
+        else:
+            self._to_trigger_gate(item, cluster)
+
+    def _to_trigger_gate(self, item: WorkItem, cluster: ClusterLimits) -> None:
+        if cluster.slots is None and cluster.rate is None:
+            self._cluster_ready(item)
+            return
+        trigger_id = item.trigger_id
+        self._cluster_waiting.setdefault(trigger_id, deque()).append(item)
+        if trigger_id not in self._cluster_gates:
+            gate = asyncio.get_running_loop().create_task(
+                self._gate(trigger_id, cluster), name=f"sagaz-cluster-{trigger_id}"
+            )
+            gate.add_done_callback(self._cluster_task_done)
+            self._cluster_gates[trigger_id] = gate
+
+    async def _gate(self, trigger_id: str, cluster: ClusterLimits) -> None:
+        """Let the events of ``trigger_id`` waiting for a slot or token through, in order;
+        ends when none is left."""
+        waiting = self._cluster_waiting[trigger_id]
+        try:
+            while waiting:
+                item = waiting[0]
+                if not item.evicted and cluster.slots is not None:
+                    await cluster.take_slot(item)
+                if not item.evicted and cluster.rate is not None:
+                    await cluster.take_token()
+                waiting.popleft()
+                if item.evicted:
+                    self._abandon(item)
+                else:
+                    self._cluster_ready(item)
+        finally:
+            if self._cluster_waiting.get(trigger_id) is waiting and not waiting:
+                del self._cluster_waiting[trigger_id]
+            if self._cluster_gates.get(trigger_id) is asyncio.current_task():
+                del self._cluster_gates[trigger_id]
+
+    def _cluster_ready(self, item: WorkItem) -> None:
+        item.cluster_ready = True
+        self._returning.append(item)  # it arrived before anything behind it
+        self._wake(self._getters)
+
+    def _abandon(self, item: WorkItem) -> None:
+        """An evicted event will not start: free what it took here and in the store."""
+        if item.key_reserved:
+            item.key_reserved = False
+            self._free_key(item.concurrency_key)
+        cluster = item.trigger.cluster
+        if cluster is not None and item.cluster_leases:
+            self._spawn(cluster.release(item), f"sagaz-release-{item.saga_id}")
+
+    def _spawn(self, work: Coroutine[None, None, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._cluster_tasks.add(task)
+        task.add_done_callback(self._cluster_task_done)
+
+    def _cluster_task_done(self, task: asyncio.Task[None]) -> None:
+        self._cluster_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # only a store unavailable at shutdown ends one so: its event is nacked by drain()
+            logger.debug("%s ended: %r", task.get_name(), task.exception())
 
     # -- shutdown --------------------------------------------------------------------------
     def drain(self) -> list[WorkItem]:

@@ -64,6 +64,10 @@ class Dispatcher:
                 await self.runner.settlement.nack(item.trigger, item.delivery)
             finally:
                 self._current.pop(me, None)
+                cluster = item.trigger.cluster
+                if cluster is not None and item.cluster_leases:
+                    # before the key is free here: the next event of the key asks at once
+                    await cluster.release(item)
                 queue.done(item)
                 if not self._current:
                     self._idle.set()

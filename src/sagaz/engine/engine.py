@@ -294,6 +294,9 @@ class TriggerEngine(Lifecycle):
                 continue  # the outage's probe renews them when the store is back
             try:
                 await self.store.renew_leases(self.worker_id, state.lease_until())
+                for active in self.triggers.values():
+                    if active.cluster is not None:
+                        await active.cluster.renew()
             except StoreUnavailableError as exc:
                 state.outage.down(exc)
             except Exception:
@@ -393,6 +396,9 @@ class TriggerEngine(Lifecycle):
         for item in state.queue.drain():  # accepted, never started: redelivered or recovered
             await self.settlement.nack(item.trigger, item.delivery)
         await self.dispatcher.stop(self.config.shutdown_timeout)
+        for active in self.triggers.values():  # what is left of the cluster limits' leases
+            if active.cluster is not None:
+                await active.cluster.close()
         await state.outage.close()
         await self.settlement.drain(ACK_DRAIN_SECONDS)  # acks under way, before sources close
         try:  # let a restarted worker take over our unfinished claims at once

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sagaz.events import Delivery
@@ -37,6 +37,12 @@ class WorkItem:
     already_terminal: bool = False  # a redelivery of a saga that already finished
     rate_granted: bool = False  # its trigger's rate-limit token is taken (see BackpressureQueue)
     saga: Saga | None = None  # the saga object of this run (None: the trigger's shared one)
+    # limit_scope="cluster" (see BackpressureQueue and ClusterLimits)
+    key_reserved: bool = False  # its concurrency key is taken here while it waits for the store
+    key_leased: bool = False  # its concurrency key's lease in the store is held for it
+    cluster_ready: bool = False  # every cluster limit let it start
+    cluster_leases: list[str] = field(default_factory=list)  # the leases held for it
+    cluster_holder: str | None = None  # the holder of those leases
 
     @property
     def trigger_id(self) -> str:

@@ -24,6 +24,7 @@ from sagaz.records import (
     TriggerExecutionRecord,
     TriggerScheduleRecord,
 )
+from sagaz.storage.rate_limits import take as take_token
 from sagaz.storage.rows import RowCodec
 from sagaz.storage.rows import clone as _clone
 from sagaz.types import TERMINAL_SAGA_STATUSES, InboxStatus, SagaStatus
@@ -72,6 +73,7 @@ class MemorySagaStore(SagaStore):
         self._executions: list[TriggerExecutionRecord] = []
         self._cron: dict[str, dict[datetime, str]] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (holder, monotonic expiry)
+        self._rate_limits: dict[str, float] = {}  # name -> theoretical arrival time (monotonic)
         self._history: dict[str, list[SagaHistoryRecord]] = {}
         self._history_ids = itertools.count(1)
         self._requests: dict[str, SagaControlRequest] = {}  # by saga_id, oldest first
@@ -392,6 +394,13 @@ class MemorySagaStore(SagaStore):
             return False
         del self._leases[name]
         return True
+
+    # -- shared rate limits ----------------------------------------------------------------
+    async def take_rate_token(self, name: str, rate: float, burst: int) -> float:
+        wait, tat = take_token(self._rate_limits.get(name), time.monotonic(), rate, burst)
+        if tat is not None:
+            self._rate_limits[name] = tat
+        return wait
 
     # -- saga control ----------------------------------------------------------------------
     async def delete_steps(self, saga_id: str, names: Sequence[str]) -> None:

@@ -38,6 +38,7 @@ from sagaz.records import (
 )
 from sagaz.storage import postgres_schema as tables
 from sagaz.storage.codec import dumps, to_utc
+from sagaz.storage.rate_limits import MIN_RATE_WAIT, rate_interval
 from sagaz.storage.unavailable import raises_unavailable
 from sagaz.storage.url import redact_url
 from sagaz.types import SagaStatus, StepStatus
@@ -652,6 +653,34 @@ class PostgresSagaStore(SagaStore):
             holder,
         )
         return bool(released)
+
+    # -- shared rate limits ----------------------------------------------------------------
+    # GCRA: one "theoretical arrival time" per bucket; a token is free while it is at most
+    # (burst - 1) intervals ahead of now. One statement: the row lock of ON CONFLICT makes
+    # the check and the take atomic. clock_timestamp() is read once the row is locked: now(),
+    # the statement's start, would be older for a taker that waited for the lock, and would
+    # set the bucket back.
+    async def take_rate_token(self, name: str, rate: float, burst: int) -> float:
+        interval, tolerance = rate_interval(rate, burst)
+        row = await self._db().fetchrow(
+            f"WITH taken AS (INSERT INTO {self._s}.rate_limits AS r (name, tat) "
+            "VALUES ($1, clock_timestamp() + make_interval(secs => $2::float8)) "
+            "ON CONFLICT (name) DO UPDATE "
+            "SET tat = GREATEST(r.tat, clock_timestamp()) + make_interval(secs => $2::float8) "
+            "WHERE r.tat <= clock_timestamp() + make_interval(secs => $3::float8) "
+            "RETURNING 1) "
+            "SELECT EXISTS (SELECT 1 FROM taken) AS taken, "
+            "(SELECT EXTRACT(EPOCH FROM tat - clock_timestamp())::float8 "
+            f"FROM {self._s}.rate_limits WHERE name = $1) AS ahead",
+            name,
+            interval,
+            tolerance,
+        )
+        assert row is not None
+        if row["taken"]:
+            return 0.0
+        ahead = row["ahead"] if row["ahead"] is not None else interval
+        return max(ahead - tolerance, MIN_RATE_WAIT)
 
     # -- saga control ----------------------------------------------------------------------
     async def delete_steps(self, saga_id: str, names: Sequence[str]) -> None:

@@ -197,6 +197,17 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
     (
         5,
         (
+            # shared token buckets (take_rate_token, limit_scope="cluster"): the bucket's
+            # theoretical arrival time, GCRA-style, on the server's clock
+            """CREATE TABLE IF NOT EXISTS {s}.rate_limits (
+                name text PRIMARY KEY,
+                tat timestamptz NOT NULL
+            )""",
+        ),
+    ),
+    (
+        6,
+        (
             # saga control (sagaz sagas cancel|resume|retry): what was done to each saga...
             """CREATE TABLE IF NOT EXISTS {s}.saga_history (
                 id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -40,6 +40,7 @@ from sagaz.records import (
 )
 from sagaz.storage import redis_schema as tables
 from sagaz.storage.codec import dumps, from_micros, loads
+from sagaz.storage.rate_limits import MIN_RATE_WAIT, rate_interval
 from sagaz.storage.redis_pipeline import ScriptPipeline
 from sagaz.storage.redis_schema import micros
 from sagaz.storage.unavailable import raises_unavailable
@@ -651,6 +652,16 @@ class RedisSagaStore(SagaStore):
     async def release_lease(self, name: str, holder: str) -> bool:
         released = await self._script("RELEASE_LEASE", [self._lease_key(name)], [holder])
         return bool(released)
+
+    # -- shared rate limits ----------------------------------------------------------------
+    async def take_rate_token(self, name: str, rate: float, burst: int) -> float:
+        interval, tolerance = rate_interval(rate, burst)
+        wait = await self._script(
+            "TAKE_RATE_TOKEN",
+            [self._key("rate", quote(name, safe=""))],
+            [max(1, round(interval * 1e6)), round(tolerance * 1e6)],
+        )
+        return 0.0 if int(wait) == 0 else max(int(wait) / 1e6, MIN_RATE_WAIT)
 
     # -- saga control ----------------------------------------------------------------------
     # p:history:<saga_id> a list of JSON entries (ids from p:history-id); p:saga-requests a

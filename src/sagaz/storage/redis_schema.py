@@ -18,7 +18,8 @@ context hash, ``p:texec-open-saga:<trigger>:<saga>`` open ids of one saga, ``p:t
 completed ids scored by ``completed_at``; ``p:cron:<trigger>`` claimed ticks,
 ``p:cron-owners:<trigger>`` who claimed each and ``p:cron-triggers`` the set of triggers with
 claimed ticks; ``p:lease:<name>`` the holder of a named lease (URL-quoted name), expiring with
-it; id counters ``p:<kind>-seq``; ``p:schema_version`` and ``p:migration-lock``.
+it; ``p:rate:<name>`` a shared token bucket's theoretical arrival time (URL-quoted name; a new
+key kind of layout 4); id counters ``p:<kind>-seq``; ``p:schema_version`` and ``p:migration-lock``.
 
 Timestamps are integer microseconds passed in as strings and stored verbatim (never formatted
 by Lua), and only compared with ``tonumber`` (exact below 2^53).
@@ -48,7 +49,7 @@ __all__ = [
     "saga_from_hash",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The key-layout version this code writes (stored in ``<prefix>:schema_version``).
 
 Version 1 needs no data migration (keys are created on first write). Version 2 adds the two
@@ -57,11 +58,12 @@ indexes that ``purge_expired`` walks, ``p:texec-completed`` and ``p:cron-trigger
 version-1 process still running during the upgrade writes afterwards are not indexed, so
 purging misses them. Version 3 adds the named leases, ``p:lease:<name>`` (the holder, with
 the lease's expiry as the key's own ``PX`` expiry); they are created on first use, so it
-needs no data step. Version 4 adds saga control: ``p:history:<saga_id>`` (a saga's history,
-ids from ``p:history-id``) and ``p:saga-requests`` (the open requests by saga id), also
-created on first use. A later layout adds its data migration to :func:`migrate` too, which runs
-it under a ``SET NX`` lock when asked (``sagaz db upgrade``): a store refuses to start on an
-older layout."""
+needs no data step. Version 4 adds the shared token buckets, ``p:rate:<name>``
+(``take_rate_token``), likewise created on first use. Version 5 adds saga control:
+``p:history:<saga_id>`` (a saga's history, ids from ``p:history-id``) and
+``p:saga-requests`` (the open requests by saga id), also created on first use. A later layout
+adds its data migration to :func:`migrate` too, which runs it under a ``SET NX`` lock when
+asked (``sagaz db upgrade``): a store refuses to start on an older layout."""
 
 _MIGRATION_LOCK_MS = 30_000
 _MIGRATION_CHUNK = 500
@@ -104,7 +106,8 @@ async def migrate(client: Any, prefix: str, *, url: str, upgrade: bool = False) 
             if current == 1:  # 1 -> 2
                 await _index_for_purge(client, prefix, lambda: _extend(client, lock, token))
             # 2 -> 3: the lease keys are new and created on first use: nothing to migrate
-            # 3 -> 4: the saga history and request keys too
+            # 3 -> 4: so are the rate-limit keys
+            # 4 -> 5: and the saga history and request keys
             await client.set(version_key, SCHEMA_VERSION)
     finally:
         await client.eval(
@@ -553,6 +556,24 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+TAKE_RATE_TOKEN = """
+-- KEYS[1] a shared token bucket (sagaz.storage.rate_limits): its theoretical arrival time in
+-- microseconds of the server's clock; ARGV: interval, tolerance (microseconds). Returns 0
+-- when a token was taken, else the microseconds until the next one.
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+if tat - now <= tonumber(ARGV[2]) then
+  local next = tat + tonumber(ARGV[1])
+  -- a bucket left alone refills completely by next: it need not outlive it
+  local ttl = math.floor((next - now) / 1000) + 1000
+  redis.call('SET', KEYS[1], string.format('%d', next), 'PX', ttl)
+  return 0
+end
+return tat - now - tonumber(ARGV[2])
+"""
+
 SCRIPTS: dict[str, str] = {
     "SAVE_SAGA": SAVE_SAGA,
     "DELETE_SAGA": DELETE_SAGA,
@@ -575,5 +596,6 @@ SCRIPTS: dict[str, str] = {
     "ACQUIRE_LEASE": ACQUIRE_LEASE,
     "RENEW_LEASE": RENEW_LEASE,
     "RELEASE_LEASE": RELEASE_LEASE,
+    "TAKE_RATE_TOKEN": TAKE_RATE_TOKEN,
 }
 """Every script by name; the store registers them all at start (EVALSHA afterwards)."""

@@ -24,6 +24,7 @@ import asyncio
 import functools
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -47,6 +48,8 @@ from sagaz.records import (
 )
 from sagaz.storage import sqlite_schema as tables
 from sagaz.storage.codec import dumps, from_text, to_text
+from sagaz.storage.rate_limits import rate_interval
+from sagaz.storage.rate_limits import take as take_token
 from sagaz.storage.sqlite_groups import GroupCommitter
 from sagaz.storage.url import sqlite_path
 from sagaz.types import SagaStatus, StepStatus
@@ -633,6 +636,23 @@ class SQLiteSagaStore(SagaStore):
             (name, holder, to_text(utcnow())),
         )
         return released == 1
+
+    # -- shared rate limits ----------------------------------------------------------------
+    async def take_rate_token(self, name: str, rate: float, burst: int) -> float:
+        rate_interval(rate, burst)  # a bad bucket fails here, not in the store's thread
+
+        def take_one(conn: sqlite3.Connection) -> float:
+            row = conn.execute("SELECT tat FROM rate_limits WHERE name = ?", (name,)).fetchone()
+            wait, tat = take_token(row[0] if row else None, time.time(), rate, burst)
+            if tat is not None:
+                conn.execute(
+                    "INSERT INTO rate_limits (name, tat) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET tat = excluded.tat",
+                    (name, tat),
+                )
+            return wait
+
+        return await self._write(take_one)
 
     # -- saga control ----------------------------------------------------------------------
     async def delete_steps(self, saga_id: str, names: Sequence[str]) -> None:

@@ -212,6 +212,17 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
     (
         5,
         (
+            # shared token buckets (take_rate_token, limit_scope="cluster"): the bucket's
+            # theoretical arrival time, GCRA-style, in seconds since the epoch
+            """CREATE TABLE IF NOT EXISTS rate_limits (
+                name TEXT PRIMARY KEY,
+                tat REAL NOT NULL
+            ) WITHOUT ROWID""",
+        ),
+    ),
+    (
+        6,
+        (
             # saga control (sagaz sagas cancel|resume|retry): what was done to each saga...
             """CREATE TABLE IF NOT EXISTS saga_history (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,

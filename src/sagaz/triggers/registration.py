@@ -51,6 +51,7 @@ class TriggerDefinition:
     concurrency_key: Callable[[Any], Any] | None = None
     max_concurrent_sagas: int | None = None
     rate_limit_per_second: float | None = None
+    limit_scope: Literal["process", "cluster"] = "process"
     max_retries: int | None = None
     retry_backoff_seconds: list[float] | None = None
     dead_letter_topic: str | None = None
@@ -111,6 +112,7 @@ def build_trigger_definition(
         concurrency_key=pipeline.concurrency_key,
         max_concurrent_sagas=pipeline.max_concurrent_sagas,
         rate_limit_per_second=pipeline.rate_limit_per_second,
+        limit_scope=pipeline.limit_scope,
         max_retries=pipeline.max_retries,
         retry_backoff_seconds=list(backoff) if backoff is not None else None,
         dead_letter_topic=pipeline.dead_letter_topic,

@@ -59,6 +59,15 @@ class PipelineOptions(BaseModel):
         allow_inf_nan=False,
         description="Most sagas this trigger starts per second (a token bucket); default: none.",
     )
+    limit_scope: Literal["process", "cluster"] = Field(
+        default="process",
+        description=(
+            "Where concurrency_key, max_concurrent_sagas and rate_limit_per_second hold: "
+            "'process' (each engine on its own) or 'cluster' (every engine on the same "
+            "store: key and slot leases and a token bucket in the store, a few store calls "
+            "per event)."
+        ),
+    )
     max_retries: int | None = Field(
         default=None,
         ge=0,
@@ -100,5 +109,19 @@ class PipelineOptions(BaseModel):
             raise ValueError(
                 "options dedup and idempotency_key both say what identifies an event; keep one "
                 "(idempotency_key wins over any content)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _scoped_limits(self) -> PipelineOptions:
+        if self.limit_scope == "cluster" and (
+            self.concurrency_key is None
+            and self.max_concurrent_sagas is None
+            and self.rate_limit_per_second is None
+        ):
+            raise ValueError(
+                "option limit_scope='cluster' shares this trigger's concurrency_key, "
+                "max_concurrent_sagas or rate_limit_per_second through the store, and none is "
+                "set: set one of them, or drop limit_scope"
             )
         return self
