@@ -249,6 +249,12 @@ async def steer_saga(args: argparse.Namespace) -> int:
                 )
         except SagaControlError as exc:
             raise CommandError(str(exc), FAILED) from exc
+        except NotImplementedError as exc:
+            raise CommandError(
+                f"{_where(args)}: {exc}, so sagas cannot be steered on it (a store of sagaz's "
+                "own keeps them: memory, sqlite, postgresql, redis)",
+                FAILED,
+            ) from exc
     print(
         f"{args.steering} of saga {args.saga_id} requested: {_AFTER_REQUEST[args.steering]}, "
         f"within its saga_control_interval_seconds (sagaz sagas show {args.saga_id})"
