@@ -8,12 +8,11 @@ engine reads the open requests of its store:
   the saga starts cancelled if it starts here. Once the saga has ended, the request is
   finished and the history says how (``cancelled``, or ``cancel_missed`` when it ended
   otherwise first).
-* a **resume** or **retry** of a finished saga of a trigger this engine runs (a compensated
-  saga with retries left is left to the runner's own retry, which counts as the new attempt,
-  unless that retry is overdue): the engine
+* a **resume** or **retry** of a finished saga of a trigger this engine runs: the engine
   claims the saga (its lease: one engine takes it up), forgets the checkpoints of the steps
   that run again, stores the saga as ``running`` with its attempt counted up, and queues it;
-  the runner resumes it from its checkpoints. The request stays open until the new attempt
+  the runner resumes it from its checkpoints. A compensated saga with retries left is left
+  to the runner's own retry, which counts as the new attempt, unless that retry is overdue. The request stays open until the new attempt
   ends, so an engine that dies meanwhile leaves it to the others: the recovery loop resumes
   the saga of a webhook, cron, file, memory or poll trigger, and this watch that of a broker
   trigger (whose event was acked already, so no redelivery brings it back).
