@@ -90,15 +90,38 @@ def pack_command(args: tuple[Any, ...], encoding: str, errors: str) -> bytes | N
     b'*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n'
     """
     name = args[0]
-    head = name.encode(encoding, errors).split() if type(name) is str else [name]
-    pieces = [b"*%d\r\n" % (len(head) + len(args) - 1)]
-    for arg in (*head, *args[1:]):
-        kind = type(arg)
-        if kind is str:
-            arg = arg.encode(encoding, errors)
-        elif kind is int:
-            arg = b"%d" % arg
-        elif kind is not bytes:
-            return None
-        pieces.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    if type(name) is not str:
+        return None
+    texts = [*name.split(), *[a if type(a) is str else None for a in args[1:]]]
+    for i in range(len(texts)) if None in texts else ():  # integers as decimal text
+        if texts[i] is None:
+            arg = args[i - len(texts) + len(args)]
+            if type(arg) is not int:
+                return _pack_pieces(texts, args, encoding, errors)
+            texts[i] = str(arg)
+    body = "".join([f"${len(t)}\r\n{t}\r\n" for t in texts])  # type: ignore[arg-type]
+    if body.isascii():  # one character per byte: len() was the length in bytes
+        return f"*{len(texts)}\r\n{body}".encode("ascii")
+    return _pack_pieces(texts, args, encoding, errors)
+
+
+def _pack_pieces(
+    texts: list[str | None], args: tuple[Any, ...], encoding: str, errors: str
+) -> bytes | None:
+    """:func:`pack_command` argument by argument: non-ASCII text, bytes."""
+    offset = len(texts) - len(args)  # the name's extra words
+    pieces = [b"*%d\r\n" % len(texts)]
+    for i, text in enumerate(texts):
+        if text is not None:
+            data = text.encode(encoding, errors)
+        else:
+            arg = args[i - offset]
+            kind = type(arg)
+            if kind is int:
+                data = b"%d" % arg
+            elif kind is bytes:
+                data = arg
+            else:
+                return None
+        pieces.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(pieces)

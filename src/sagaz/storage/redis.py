@@ -192,7 +192,7 @@ class RedisSagaStore(SagaStore):
             max_connections=self.max_connections,
             timeout=self.pool_timeout,
             decode_responses=True,
-            **self._client_options,
+            **{**self._client_options, "protocol": 2},  # group commit reads RESP2 itself
         )
 
     async def _one_client(self, use: Callable[[Any], Awaitable[T]]) -> T:
