@@ -67,7 +67,7 @@ def blocking_pool(
         """Packs commands of text, bytes and integers itself (see :func:`pack_command`)."""
 
         def pack_command(self, *args: Any) -> list[bytes]:
-            if self._command_packer is None:  # no hiredis
+            if getattr(self, "_command_packer", None) is None:  # no hiredis
                 packed = pack_command(args, self.encoder.encoding, self.encoder.encoding_errors)
                 if packed is not None:
                     return [packed]
