@@ -22,7 +22,8 @@ completed ids scored by ``completed_at``; ``p:cron:<trigger>`` claimed ticks,
 ``p:cron-owners:<trigger>`` who claimed each and ``p:cron-triggers`` the set of triggers with
 claimed ticks; ``p:lease:<name>`` the holder of a named lease (URL-quoted name), expiring with
 it; ``p:rate:<name>`` a shared token bucket's theoretical arrival time (URL-quoted name; a new
-key kind of layout 4); ``p:outbox-saga:<saga>`` (layout 5); id counters ``p:<kind>-seq``; ``p:schema_version`` and ``p:migration-lock``.
+key kind of layout 4); id counters ``p:<kind>-seq``; ``p:schema_version`` and
+``p:migration-lock``.
 
 Timestamps are integer microseconds passed in as strings and stored verbatim (never formatted
 by Lua), and only compared with ``tonumber`` (exact below 2^53).
