@@ -606,25 +606,33 @@ async def test_outbox_is_written_with_the_step_and_fetched_in_id_order(store: Sa
 
 
 async def test_a_sagas_outbox_rows_are_listed_sent_or_not(store: SagaStore) -> None:
-    """The dashboard's saga page: one saga's messages, in id order, bounded by ``limit``.
-    The Redis store does not index outbox rows by saga: it says so (NotImplementedError)."""
+    """The dashboard's saga page: one saga's messages, in id order, bounded by ``limit``,
+    whether a step or the saga's own row wrote them."""
     await store.save_step(StepRecord("s1", "a", StepStatus.COMPLETED), [
-        OutboxMessage("s1", "orders", {"n": 1}),
+        OutboxMessage("s1", "orders", {"n": 1}, headers={"trace": "1"}),
         OutboxMessage("s1", "orders", {"n": 2}),
     ])  # fmt: skip
     await store.save_step(
         StepRecord("s2", "b", StepStatus.COMPLETED), [OutboxMessage("s2", "other", None)]
     )
-    try:
-        listed = await store.list_saga_outbox("s1")
-    except NotImplementedError:
-        assert type(store).__name__ == "RedisSagaStore"
-        return
-    assert [m.payload for m in listed] == [{"n": 1}, {"n": 2}]
-    await store.mark_outbox_sent([listed[0].id or 0])
+    await store.save_saga(_saga("s1", status=SagaStatus.COMPLETED), [
+        OutboxMessage("s1", "done", {"n": 3}),
+    ])  # fmt: skip
+    listed = await store.list_saga_outbox("s1")
+    assert [(m.saga_id, m.topic, m.payload) for m in listed] == [
+        ("s1", "orders", {"n": 1}),
+        ("s1", "orders", {"n": 2}),
+        ("s1", "done", {"n": 3}),
+    ]
+    assert listed[0].headers == {"trace": "1"}
+    assert all(m.created_at is not None and m.sent_at is None for m in listed)
+    ids = [m.id or 0 for m in listed]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    await store.mark_outbox_sent([ids[0]])
     again = await store.list_saga_outbox("s1")
     assert again[0].sent_at is not None and again[1].sent_at is None
     assert [m.payload for m in await store.list_saga_outbox("s1", limit=1)] == [{"n": 1}]
+    assert [m.payload for m in await store.list_saga_outbox("s2")] == [None]
     assert await store.list_saga_outbox("nobody") == []
 
 
@@ -1237,9 +1245,9 @@ async def _set_version(store: SagaStore, version: int) -> None:
             await conn.close()
 
 
-#: the migration that adds saga control: SQL schema 6, Redis key layout 5 (renumbered if
+#: the migration that adds saga control: SQL schema 6, Redis key layout 6 (renumbered if
 #: another migration lands first)
-SAGA_CONTROL_MIGRATION = {"sqlite": 6, "postgres": 6, "redis": 5}
+SAGA_CONTROL_MIGRATION = {"sqlite": 6, "postgres": 6, "redis": 6}
 
 
 async def test_a_schema_before_saga_control_is_upgraded_to_it_and_keeps_its_data(
@@ -1342,6 +1350,36 @@ async def test_redis_layout_1_is_indexed_for_purging_on_upgrade(
     assert await upgraded.purge_expired(utcnow() + timedelta(seconds=5)) == 0
 
 
+async def test_redis_layout_4_lists_outbox_rows_by_saga_after_upgrade(
+    redis_backend: Backend, redis_url: str
+) -> None:
+    import redis.asyncio as redis
+
+    store = await redis_backend.open()
+    assert isinstance(store, RedisSagaStore)
+    step = StepRecord("s1", "a", StepStatus.COMPLETED)
+    await store.save_step(step, [OutboxMessage("s1", "orders", {"n": 1})])
+    await store.save_saga(_saga("s2"), [OutboxMessage("s2", "other", 2)])
+    await store.save_step(step, [OutboxMessage("s1", "orders", {"n": 3})])
+    await store.stop()
+
+    client = redis.Redis.from_url(redis_url)
+    try:  # what a version-4 store left behind: outbox rows, no index by saga
+        p = store.prefix
+        assert await client.delete(f"{p}:outbox-saga:s1", f"{p}:outbox-saga:s2") == 2
+        await client.set(f"{p}:schema_version", 4)
+    finally:
+        await client.aclose()
+
+    with pytest.raises(SchemaOutdatedError, match="sagaz db upgrade"):
+        await redis_backend.open()
+    expected = (await redis_backend.make().schema_versions()).expected
+    assert await redis_backend.make().upgrade_schema() == SchemaVersions(4, expected)
+    upgraded = await redis_backend.open()
+    assert [m.payload for m in await upgraded.list_saga_outbox("s1")] == [{"n": 1}, {"n": 3}]
+    assert [m.payload for m in await upgraded.list_saga_outbox("s2")] == [2]
+
+
 async def test_redis_store_reloads_its_scripts_when_the_server_lost_them(
     redis_backend: Backend, redis_url: str
 ) -> None:
@@ -1373,6 +1411,58 @@ async def test_concurrent_redis_calls_share_round_trips_and_keep_their_own_repli
     assert [c.outcome for c in claims[:50]] == [ClaimOutcome.CLAIMED] * 50
     assert [c.saga_id for c in claims[:50]] == [f"s{n}" for n in range(50)]
     assert claims[50].outcome is ClaimOutcome.DUPLICATE
+
+
+async def test_one_failing_redis_call_fails_alone_in_its_round_trip(
+    redis_backend: Backend, redis_url: str
+) -> None:
+    """Group commit: the calls concurrent sagas make share one pipeline; a script that fails
+    (here: a key of the wrong type where a saga's hash goes) fails its own caller only."""
+    import redis.asyncio as redis
+    from redis.exceptions import ResponseError
+
+    store = await redis_backend.open()
+    assert isinstance(store, RedisSagaStore)
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        await admin.set(f"{store.prefix}:saga:broken", "not a hash")
+    finally:
+        await admin.aclose()
+    groups = store._client.groups
+    sent = groups.groups_sent
+    results = await asyncio.gather(
+        *(store.save_saga(_saga(f"s{n}")) for n in range(10)),
+        store.save_saga(_saga("broken")),
+        *(store.get_saga(f"nobody-{n}") for n in range(10)),
+        return_exceptions=True,
+    )
+    assert groups.groups_sent - sent <= 2  # 21 calls, not 21 round trips
+    assert results[:10] == [None] * 10
+    assert isinstance(results[10], ResponseError) and "WRONGTYPE" in str(results[10])
+    assert results[11:] == [None] * 10
+    assert [r.saga_id for r in await store.list_sagas()] == [f"s{n}" for n in reversed(range(10))]
+
+
+async def test_a_lost_redis_server_fails_every_call_of_the_round_trip(
+    private_redis: Any,
+) -> None:
+    async with RedisSagaStore(private_redis.url, prefix="sagaz-test") as store:
+        await store.create_saga(_saga("s-1"))
+        await private_redis.stop()
+        lease = utcnow() + timedelta(seconds=30)
+        results = await asyncio.gather(
+            store.get_saga("s-1"),
+            *(store.save_saga(_saga(f"s{n}")) for n in range(5)),
+            *(store.claim_inbox("t", f"k{n}", f"s{n}", "worker", lease) for n in range(5)),
+            store.list_saga_outbox("s-1"),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, StoreUnavailableError) for r in results), [
+            (i, repr(r)[:300])
+            for i, r in enumerate(results)
+            if not isinstance(r, StoreUnavailableError)
+        ]
+        await private_redis.start()
 
 
 # -- contention ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@ client reads the messages back (payload, order, dedup id)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import aio_pika
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.exceptions import RedisError
 
 from sagaz import Saga, SagaContext, action
 from sagaz.abc import SagaStore
@@ -269,3 +271,34 @@ async def test_running_relay_on_sqlite_publishes_to_redis_in_saga_order(
     # reopened, the durable store has nothing left to send
     async with SQLiteSagaStore(tmp_path / "s.db") as reopened:
         assert await reopened.fetch_outbox() == []
+
+
+async def test_redis_publisher_waits_for_a_free_connection_instead_of_failing(
+    redis_url: str, redis_client: tuple[Any, list[str]]
+) -> None:
+    """More publishes at once than connections: they queue for one (a plain pool failed
+    those beyond its cap at once, ``MaxConnectionsError``)."""
+    client, streams = redis_client
+    stream = unique_name("sagaz-outbox")
+    streams.append(stream)
+    publisher = RedisStreamPublisher(redis_url, max_connections=2)
+    async with publisher:
+        await asyncio.gather(
+            *(publisher.publish(OutboxMessage("s", stream, {"n": n}, id=n)) for n in range(200))
+        )
+    assert await client.xlen(stream) == 200
+
+
+async def test_redis_publisher_says_which_pool_ran_dry_and_what_to_change(
+    redis_url: str,
+) -> None:
+    publisher = RedisStreamPublisher(redis_url, max_connections=1, pool_timeout=0.05)
+    async with publisher:
+        pool: Any = publisher._client.connection_pool  # type: ignore[union-attr]
+        held = await pool.get_connection()  # the only connection, busy elsewhere
+        try:
+            message = OutboxMessage("s", unique_name("sagaz-outbox"), {}, id=1)
+            with pytest.raises(RedisError, match=r"RedisStreamPublisher: .* max_connections="):
+                await publisher.publish(message)
+        finally:
+            await pool.release(held)

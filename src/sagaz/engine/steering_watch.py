@@ -12,10 +12,11 @@ engine reads the open requests of its store:
   claims the saga (its lease: one engine takes it up), forgets the checkpoints of the steps
   that run again, stores the saga as ``running`` with its attempt counted up, and queues it;
   the runner resumes it from its checkpoints. A compensated saga with retries left is left
-  to the runner's own retry, which counts as the new attempt, unless that retry is overdue. The request stays open until the new attempt
-  ends, so an engine that dies meanwhile leaves it to the others: the recovery loop resumes
-  the saga of a webhook, cron, file, memory or poll trigger, and this watch that of a broker
-  trigger (whose event was acked already, so no redelivery brings it back).
+  to the runner's own retry, which counts as the new attempt, unless that retry is overdue.
+  The request stays open until the new attempt ends, so an engine that dies meanwhile
+  leaves it to the others: the recovery loop resumes the saga of a webhook, cron, file,
+  memory or poll trigger, and this watch that of a broker trigger (whose event was acked
+  already, so no redelivery brings it back).
 
 Engines act only on sagas of triggers they run; others leave the request to the engines of
 that application.

@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from sagaz._imports import require_extra
+from sagaz._redis_pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT, blocking_pool
 from sagaz.abc import Publisher
 from sagaz.exceptions import ConfigurationError
 from sagaz.outbox.messages import encode_payload
@@ -24,16 +25,30 @@ class RedisStreamPublisher(Publisher):
 
     Fields: ``data`` (the JSON payload), ``saga_id``, ``outbox_id``, and one ``h:<name>``
     field per header. With ``maxlen``, the stream is trimmed to about that many entries
-    (``MAXLEN ~``).
+    (``MAXLEN ~``). Its connections come from a blocking pool of at most ``max_connections``
+    (default 20): a publish waits up to ``pool_timeout`` seconds (default 20) for one.
 
     >>> publisher = RedisStreamPublisher("redis://localhost", maxlen=100_000)  # doctest: +SKIP
     """
 
-    def __init__(self, url: str, *, maxlen: int | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        maxlen: int | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+    ) -> None:
         if maxlen is not None and (isinstance(maxlen, bool) or maxlen < 1):
             raise ConfigurationError(f"maxlen={maxlen!r} must be None or a positive integer")
+        if isinstance(max_connections, bool) or max_connections < 1:
+            raise ConfigurationError(
+                f"max_connections={max_connections!r} must be a positive integer"
+            )
         self.url = url
         self.maxlen = maxlen
+        self.max_connections = max_connections
+        self.pool_timeout = pool_timeout
         self._client: Redis | None = None
 
     async def start(self) -> None:
@@ -41,7 +56,14 @@ class RedisStreamPublisher(Publisher):
         if self._started:
             return
         redis_asyncio = require_extra("redis", "redis.asyncio")
-        self._client = redis_asyncio.Redis.from_url(self.url, client_name="sagaz:outbox")
+        pool = blocking_pool(
+            self.url,
+            user="RedisStreamPublisher",
+            max_connections=self.max_connections,
+            timeout=self.pool_timeout,
+            client_name="sagaz:outbox",
+        )
+        self._client = redis_asyncio.Redis.from_pool(pool)
         await super().start()
 
     async def stop(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from sagaz._imports import require_extra
+from sagaz._redis_pool import DEFAULT_POOL_TIMEOUT, blocking_pool
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
 from sagaz.exceptions import StoreError, StoreUnavailableError
@@ -41,9 +42,9 @@ from sagaz.records import (
 from sagaz.storage import redis_schema as tables
 from sagaz.storage.codec import dumps, from_micros, loads
 from sagaz.storage.rate_limits import MIN_RATE_WAIT, rate_interval
-from sagaz.storage.redis_pipeline import ScriptPipeline
+from sagaz.storage.redis_pipeline import grouped_client
 from sagaz.storage.redis_schema import micros
-from sagaz.storage.unavailable import raises_unavailable
+from sagaz.storage.unavailable import raises_unavailable, unavailable_error
 from sagaz.storage.url import redact_url
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
@@ -53,14 +54,32 @@ T = TypeVar("T")
 
 _CHUNK = 200  # ids read per round trip when scanning an index
 _PURGE_BATCH = 500
+_MAX_CONNECTIONS = 8  # group commit keeps at most two pipelines out (redis_pipeline)
 
 
 def _outbox_documents(outbox: Sequence[OutboxMessage]) -> list[str]:
-    """The JSON documents the store's scripts write as outbox rows."""
+    """What the store's scripts write as outbox rows: each message's saga id (the index it
+    joins) and its JSON document."""
     return [
-        dumps({"saga_id": m.saga_id, "topic": m.topic, "payload": m.payload, "headers": m.headers})
+        item
         for m in outbox
+        for item in (
+            m.saga_id,
+            dumps(
+                {"saga_id": m.saga_id, "topic": m.topic, "payload": m.payload, "headers": m.headers}
+            ),
+        )
     ]
+
+
+def _outbox_message(outbox_id: str, fields: dict[str, str]) -> OutboxMessage:
+    """A ``p:outbox:<id>`` hash as a message."""
+    return OutboxMessage(
+        **loads(fields["doc"]),
+        id=int(outbox_id),
+        created_at=from_micros(fields["created_at"]),
+        sent_at=tables.optional_moment(fields.get("sent_at")),
+    )
 
 
 def _schedule(trigger_name: str, fields: dict[str, str]) -> TriggerScheduleRecord:
@@ -78,21 +97,36 @@ def _schedule(trigger_name: str, fields: dict[str, str]) -> TriggerScheduleRecor
 class RedisSagaStore(SagaStore):
     """A :class:`~sagaz.abc.SagaStore` in Redis, shared by every instance of an app.
 
-    ``prefix`` starts every key (default ``sagaz``); extra keyword arguments go to
-    ``redis.asyncio.Redis.from_url`` (``socket_timeout``, ``max_connections``...). A lost
+    ``prefix`` starts every key (default ``sagaz``). Every command goes through group commit
+    (:mod:`sagaz.storage.redis_pipeline`): the commands concurrent sagas issue at the same
+    time share one round trip, each caller getting its own reply or error. Connections come
+    from a blocking pool of at most ``max_connections`` (default 8: group commit needs
+    few); a command waits up to ``pool_timeout`` seconds (default 20) for one. Extra keyword
+    arguments go to each connection (``socket_timeout``, ``client_name``...). A lost
     server (restarted, unreachable, still loading its data) makes operations raise
     :class:`~sagaz.exceptions.StoreUnavailableError`; redis-py reconnects on the next call, so
     the store works again once the server is back. What a restart keeps is the server's
     business: run Redis with ``appendonly yes`` (``appendfsync always`` to lose no write).
     """
 
-    def __init__(self, url: str, *, prefix: str = "sagaz", **client_options: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "sagaz",
+        max_connections: int = _MAX_CONNECTIONS,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        **client_options: Any,
+    ) -> None:
         self.url = url
         self.prefix = prefix
+        self.max_connections = max_connections
+        self.pool_timeout = pool_timeout
         self._client_options = client_options
         self._client: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._noscript: type[Exception] = Exception
         self._lifecycle_lock = asyncio.Lock()
-        self._pipeline: ScriptPipeline | None = None
 
     def __repr__(self) -> str:
         return f"RedisSagaStore({redact_url(self.url)!r}, prefix={self.prefix!r})"
@@ -108,7 +142,7 @@ class RedisSagaStore(SagaStore):
             if self._client is not None:
                 return
             redis = require_extra("redis", "redis.asyncio")
-            client = redis.Redis.from_url(self.url, decode_responses=True, **self._client_options)
+            client = grouped_client(self._pool(), translate=self._lost)
             try:
                 await client.ping()
                 await tables.migrate(client, self.prefix, url=self._store_url())
@@ -117,18 +151,18 @@ class RedisSagaStore(SagaStore):
                 if isinstance(exc, OSError | redis.RedisError):
                     raise self._unreachable(exc) from exc
                 raise
-            scripts = {
+            self._scripts = {
                 name: client.register_script(source) for name, source in tables.SCRIPTS.items()
             }
-            self._pipeline = ScriptPipeline(client, scripts)
+            self._noscript = require_extra("redis", "redis.exceptions").NoScriptError
             self._client = client
             self._started = True
 
     async def stop(self) -> None:
-        """Send the queued script calls, then close the connection pool. Idempotent."""
+        """Send the queued commands, then close the connection pool. Idempotent."""
         async with self._lifecycle_lock:
-            if self._pipeline is not None:
-                await self._pipeline.drain()
+            if self._client is not None:
+                await self._client.groups.drain()
             client, self._client = self._client, None
             self._started = False
             if client is not None:
@@ -155,10 +189,20 @@ class RedisSagaStore(SagaStore):
             "(redis://host:6379/0) and that the server is up"
         )
 
+    def _pool(self) -> Any:
+        return blocking_pool(
+            self.url,
+            user=repr(self),
+            max_connections=self.max_connections,
+            timeout=self.pool_timeout,
+            decode_responses=True,
+            **{**self._client_options, "protocol": 2},  # group commit reads RESP2 itself
+        )
+
     async def _one_client(self, use: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``use`` on a client of its own (the store need not be started)."""
         redis = require_extra("redis", "redis.asyncio")
-        client = redis.Redis.from_url(self.url, decode_responses=True, **self._client_options)
+        client = grouped_client(self._pool())
         try:
             return await use(client)
         except (OSError, redis.RedisError) as exc:
@@ -173,6 +217,11 @@ class RedisSagaStore(SagaStore):
         return await self._one_client(
             lambda client: tables.migrate(client, self.prefix, url=self._store_url(), upgrade=True)
         )
+
+    def _lost(self, exc: Exception) -> Exception:
+        """What a caller of a group that ``exc`` failed gets: :class:`StoreUnavailableError`
+        for an outage, whichever operation it was in, else ``exc`` itself."""
+        return unavailable_error(self, exc) if self._unavailable(exc) else exc
 
     def _unavailable(self, exc: BaseException) -> bool:
         """Whether ``exc`` says the server cannot be reached (see :mod:`sagaz.storage.unavailable`):
@@ -191,11 +240,14 @@ class RedisSagaStore(SagaStore):
         return self._client
 
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run one of the store's Lua scripts, pipelined with concurrent calls (see
-        :mod:`sagaz.storage.redis_pipeline`)."""
-        self._db()
-        assert self._pipeline is not None
-        return await self._pipeline.call(name, keys, args)
+        """Run one of the store's Lua scripts (``EVALSHA``, loading it again should the
+        server have lost it), in the next group of commands like any other."""
+        db, script = self._db(), self._scripts[name]
+        try:
+            return await db.groups.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except self._noscript:  # the server lost it (restarted, SCRIPT FLUSH): load it again
+            script.sha = await db.script_load(script.script)
+            return await db.evalsha(script.sha, len(keys), *keys, *args)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -214,7 +266,8 @@ class RedisSagaStore(SagaStore):
         record: SagaRecord,
         now: datetime,
         outbox: Sequence[OutboxMessage] = (),
-    ) -> list[str]:
+    ) -> tuple[list[str], dict[str, str]]:
+        """The ``SAVE_SAGA`` arguments, and the fields it writes to a new saga's hash."""
         status = SagaStatus(record.status)
         values: dict[str, str | None] = {
             "saga_id": record.saga_id,
@@ -228,17 +281,18 @@ class RedisSagaStore(SagaStore):
             "owner": record.owner,
             "lease": None if record.lease_expires_at is None else micros(record.lease_expires_at),
         }
+        created, updated = micros(record.created_at or now), micros(now)
         present = [(k, v) for k, v in values.items() if v is not None]
         absent = [k for k, v in values.items() if v is None]
-        return [
+        args = [
             self.prefix,
             mode,
             record.saga_id,
             record.saga_name,
             status.value,
             "1" if status in TERMINAL_SAGA_STATUSES else "0",
-            micros(record.created_at or now),
-            micros(now),
+            created,
+            updated,
             record.owner or "",
             "0" if record.event is None else "1",
             str(len(present)),
@@ -247,15 +301,16 @@ class RedisSagaStore(SagaStore):
             *absent,
             *_outbox_documents(outbox),
         ]
+        return args, {**dict(present), "created_at": created, "updated_at": updated}
 
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
         now = utcnow()
         key = self._key("saga", record.saga_id)
+        args, written = self._saga_args("create", record, now)
         for _ in range(5):
-            if await self._script("SAVE_SAGA", [key], self._saga_args("create", record, now)):
-                stored = await self.get_saga(record.saga_id)
-                if stored is not None:
-                    return stored, True
+            if await self._script("SAVE_SAGA", [key], args):
+                # the script wrote exactly these fields (atomically): no need to read them back
+                return tables.saga_from_hash(written), True
             stored = await self.get_saga(record.saga_id)
             if stored is not None:
                 return stored, False
@@ -265,7 +320,7 @@ class RedisSagaStore(SagaStore):
         await self._script(
             "SAVE_SAGA",
             [self._key("saga", record.saga_id)],
-            self._saga_args("save", record, utcnow(), outbox),
+            self._saga_args("save", record, utcnow(), outbox)[0],
         )
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
@@ -456,17 +511,25 @@ class RedisSagaStore(SagaStore):
             for outbox_id in ids:
                 pipe.hgetall(self._key("outbox", outbox_id))
             rows = await pipe.execute()
-        messages = []
-        for outbox_id, fields in zip(ids, rows, strict=True):
-            if not fields or "sent_at" in fields:
-                continue  # sent or gone between the two reads
-            data = loads(fields["doc"])
-            messages.append(
-                OutboxMessage(
-                    **data, id=int(outbox_id), created_at=from_micros(fields["created_at"])
-                )
-            )
-        return messages
+        return [
+            _outbox_message(outbox_id, fields)
+            for outbox_id, fields in zip(ids, rows, strict=True)
+            if fields and "sent_at" not in fields  # else sent or gone between the two reads
+        ]
+
+    async def list_saga_outbox(self, saga_id: str, limit: int = 100) -> list[OutboxMessage]:
+        db = self._db()
+        index = self._key("outbox-saga", saga_id)
+        ids = await db.zrange(index, 0, limit - 1) if limit > 0 else []
+        async with db.pipeline(transaction=False) as pipe:
+            for outbox_id in ids:
+                pipe.hgetall(self._key("outbox", outbox_id))
+            rows = await pipe.execute()
+        return [
+            _outbox_message(outbox_id, fields)
+            for outbox_id, fields in zip(ids, rows, strict=True)
+            if fields
+        ]
 
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
         if ids:

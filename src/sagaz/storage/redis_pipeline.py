@@ -1,90 +1,332 @@
-"""Auto-pipelining for :class:`~sagaz.storage.redis.RedisSagaStore`'s Lua scripts.
+"""Group commit for :class:`~sagaz.storage.redis.RedisSagaStore`: every command it sends shares
+a round trip with the commands issued at the same time.
 
-Every store operation that writes is one Lua script, atomic on the server. Calls made while a
-pipeline is on its way wait for the next one, so many concurrent sagas share a round trip
-(non-transactional: each script stays atomic by itself, and each caller gets its own reply or
-error). A caller cancelled before its call is sent drops it; once sent, it runs.
+The store talks to Redis only through the client :func:`grouped_client` makes. That client's
+``execute_command`` (which every redis-py command method, ``Script.__call__`` included, ends
+in) and its non-transactional pipelines do not touch a connection: they queue their commands
+in a :class:`CommandGroups`, which sends whatever is queued as one pipeline
+(``transaction=False``) and hands each caller its own reply, or its own error, once that
+pipeline came back. While ``max_in_flight`` pipelines are out, new commands wait for the next
+one, so many concurrent sagas share a round trip and the store needs only a few connections.
+An operation added to the store later goes through the same groups without doing anything.
+
+Each command keeps its own semantics: a Lua script stays atomic, a failing one fails alone
+(its caller gets the ``ResponseError``, the others their replies), and the commands of one
+pipeline object go out together and in order. A lost link fails every command of the group
+it broke, each caller with its own error made by ``translate`` from the driver's (the store
+makes :class:`~sagaz.exceptions.StoreUnavailableError`), so an operation added later raises
+it without doing anything either. A caller cancelled before its command was sent drops it;
+once sent, it runs. ``MULTI``/``EXEC`` pipelines (``transaction=True``) are not grouped: they
+take a connection of their own.
+
+On a pool whose connections speak RESP2 (``protocol=2``, as the store's do), a group is sent
+and its replies read by :func:`send_resp2` rather than by redis-py's pipeline, whose per-reply
+work was most of the store's CPU time; commands are packed by the pool's connections
+(:func:`sagaz._redis_pool.pack_command`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ScriptPipeline"]
+__all__ = ["Command", "CommandGroups", "grouped_client"]
+
+Command = tuple[tuple[Any, ...], Mapping[str, Any]]
+"""One redis-py command: its arguments (name first) and its ``execute_command`` options."""
+
+SendGroup = Callable[[list[Command]], Awaitable[Sequence[Any]]]
+"""Sends commands in one round trip; returns one reply per command, an error as its
+exception instance (redis-py's ``Pipeline.execute(raise_on_error=False)``)."""
 
 
 @dataclass(slots=True)
-class _Call:
-    """A script call waiting for its pipeline."""
+class _Queued:
+    """A command waiting for its group."""
 
-    name: str
-    keys: list[str]
-    args: list[Any]
+    command: Command
     reply: asyncio.Future[Any]
 
 
-class ScriptPipeline:
-    """Sends script calls on ``client`` in pipelines; ``scripts`` are redis-py ``Script``
-    objects by name (``client.register_script``)."""
+class CommandGroups:
+    """Queues commands and sends them in groups through ``send``, at most ``max_in_flight``
+    groups at once and at most ``max_group`` commands in one. When ``send`` raises, every
+    caller of the group gets ``translate(error)`` (a new exception each), else the error.
 
-    def __init__(self, client: Any, scripts: Mapping[str, Any]) -> None:
-        from redis.exceptions import NoScriptError
+    ``groups_sent`` and ``commands_sent`` count what went out (tests, benchmarks)."""
 
-        self._client = client
-        self._scripts = dict(scripts)
-        self._noscript = NoScriptError
-        self._queued: list[_Call] = []
-        self._sender: asyncio.Task[None] | None = None
+    def __init__(
+        self,
+        send: SendGroup,
+        *,
+        max_in_flight: int = 2,
+        max_group: int = 1000,
+        translate: Callable[[Exception], Exception] | None = None,
+    ) -> None:
+        if max_in_flight < 1 or max_group < 1:
+            raise ValueError(f"{max_in_flight=} and {max_group=} must be at least 1")
+        self._send = send
+        self._translate = translate
+        self.max_in_flight = max_in_flight
+        self.max_group = max_group
+        self._queued: list[_Queued] = []
+        self._senders: set[asyncio.Task[None]] = set()
+        self._sending = 0  # senders still taking groups (a finished task leaves the set later)
+        self.groups_sent = 0
+        self.commands_sent = 0
 
-    async def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run script ``name``; its reply, once the pipeline carrying it came back."""
-        call = _Call(name, list(keys), list(args), asyncio.get_running_loop().create_future())
-        self._queued.append(call)
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send(), name="sagaz-redis-store")
-        return await call.reply
+    def submit(self, commands: Sequence[Command]) -> list[asyncio.Future[Any]]:
+        """Queue ``commands`` (they go out together, in order); one future per reply."""
+        loop = asyncio.get_running_loop()
+        queued = [_Queued(command, loop.create_future()) for command in commands]
+        self._queued.extend(queued)
+        if self._sending < self.max_in_flight:
+            self._sending += 1
+            sender = loop.create_task(self._run(), name="sagaz-redis-store-group")
+            self._senders.add(sender)
+            sender.add_done_callback(self._senders.discard)
+        return [q.reply for q in queued]
+
+    async def execute(self, *args: Any, **options: Any) -> Any:
+        """Send one command with the next group; its reply once that group came back."""
+        (reply,) = self.submit([(args, options)])
+        return await reply
 
     async def drain(self) -> None:
-        """Wait until every queued call was sent and answered."""
-        if self._sender is not None:
-            await asyncio.wait({self._sender})
+        """Wait until every queued command was sent and answered."""
+        while self._senders:
+            await asyncio.wait(set(self._senders))
 
-    async def _send(self) -> None:
-        while self._queued:
-            calls = [call for call in self._queued if not call.reply.done()]
-            self._queued = []
-            if calls:
-                await self._send_one_pipeline(calls)
-
-    async def _send_one_pipeline(self, calls: list[_Call]) -> None:
+    async def _run(self) -> None:
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for call in calls:
-                    sha = self._scripts[call.name].sha
-                    pipe.evalsha(sha, len(call.keys), *call.keys, *call.args)
-                replies = await pipe.execute(raise_on_error=False)
-            unknown = [c for c, r in zip(calls, replies, strict=True) if self._lost(r)]
-            if unknown:  # the server lost its scripts (restarted, SCRIPT FLUSH)
-                for script in self._scripts.values():
-                    script.sha = await self._client.script_load(script.script)
-                self._queued[:0] = unknown  # sent again, ahead of the newer calls
+            while self._queued:
+                taken = self._queued[: self.max_group]
+                del self._queued[: self.max_group]
+                group = [q for q in taken if not q.reply.done()]  # done: its caller is gone
+                if group:
+                    await self._send_group(group)
+        finally:
+            self._sending -= 1  # at once: a command queued from now on starts a sender
+
+    async def _send_group(self, group: list[_Queued]) -> None:
+        self.groups_sent += 1
+        self.commands_sent += len(group)
+        try:
+            replies = await self._send([q.command for q in group])
         except BaseException as exc:  # the link (or the loop) went away: all of them fail
-            for call in calls:
-                if not call.reply.done():
-                    call.reply.set_exception(exc)
+            for queued in group:
+                if not queued.reply.done():
+                    queued.reply.set_exception(self._error(exc))
             if not isinstance(exc, Exception):
                 raise
             return
-        for call, reply in zip(calls, replies, strict=True):
-            if call.reply.done() or self._lost(reply):
+        for queued, reply in zip(group, replies, strict=True):
+            if queued.reply.done():
                 continue
             if isinstance(reply, Exception):
-                call.reply.set_exception(reply)
+                queued.reply.set_exception(reply)
             else:
-                call.reply.set_result(reply)
+                queued.reply.set_result(reply)
 
-    def _lost(self, reply: Any) -> bool:
-        return isinstance(reply, self._noscript)
+    def _error(self, exc: BaseException) -> BaseException:
+        if self._translate is None or not isinstance(exc, Exception):
+            return exc
+        error = self._translate(exc)
+        if error is not exc:
+            error.__cause__ = exc
+        return error
+
+
+def grouped_client(
+    pool: Any,
+    *,
+    max_in_flight: int = 2,
+    max_group: int = 1000,
+    translate: Callable[[Exception], Exception] | None = None,
+) -> Any:
+    """A ``redis.asyncio.Redis`` on connection ``pool`` whose commands and non-transactional
+    pipelines go through one :class:`CommandGroups` (its ``groups`` attribute; the keyword
+    arguments are its own)."""
+    from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
+    from redis.exceptions import ResponseError
+
+    class GroupedPipeline(Pipeline):
+        """A ``transaction=False`` pipeline whose ``execute`` joins the next group."""
+
+        groups: CommandGroups
+
+        async def execute(self, raise_on_error: bool = True) -> list[Any]:
+            stack, self.command_stack = self.command_stack, []
+            if not stack:
+                return []
+            replies = self.groups.submit(stack)
+            try:
+                await asyncio.wait(replies)
+            finally:
+                for reply in replies:
+                    reply.cancel()  # no-op on the answered ones
+            results = [r.exception() or r.result() for r in replies]
+            # as redis-py's own pipeline: a lost link raises whatever raise_on_error says, a
+            # command's error (ResponseError) only with raise_on_error
+            failed = [e for e in results if isinstance(e, Exception)]
+            lost = [e for e in failed if not isinstance(e, ResponseError)]
+            if lost or (failed and raise_on_error):
+                raise (lost or failed)[0]
+            return results
+
+    class GroupedRedis(Redis):
+        """``redis.asyncio.Redis`` whose every command joins the next group."""
+
+        groups: CommandGroups
+
+        async def execute_command(self, *args: Any, **options: Any) -> Any:
+            return await self.groups.execute(*args, **options)
+
+        def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+            if transaction:
+                return super().pipeline(transaction, shard_hint)
+            pipe = GroupedPipeline(self.connection_pool, self.response_callbacks, False, None)
+            pipe.groups = self.groups
+            return pipe
+
+    async def send(commands: list[Command]) -> Sequence[Any]:
+        if str(pool.connection_kwargs.get("protocol")) == "2":
+            return await send_resp2(pool, client, commands)
+        pipe = Pipeline(pool, client.response_callbacks, False, None)
+        for args, options in commands:
+            pipe.pipeline_execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        replies: Sequence[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+    client = GroupedRedis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # as Redis.from_pool: aclose() closes the pool
+    client.groups = CommandGroups(
+        send, max_in_flight=max_in_flight, max_group=max_group, translate=translate
+    )
+    return client
+
+
+class _Incomplete(Exception):
+    """The buffer ends inside a reply."""
+
+
+async def send_resp2(pool: Any, client: Any, commands: list[Command]) -> list[Any]:
+    """Send ``commands`` on one connection of ``pool`` and read their RESP2 replies at once.
+
+    What redis-py's ``Pipeline.execute(raise_on_error=False)`` does, for a connection speaking
+    RESP2 (no push messages: every byte read is a reply), minus its per-reply cost: one
+    timeout for the whole group instead of one per reply, and the replies parsed from the
+    bytes as they arrive instead of a buffered ``readline`` per line (most of the store's
+    CPU time). Replies then go through ``client``'s response callbacks as redis-py's would.
+    A connection that failed midway is dropped, never handed back with replies on it.
+    """
+    from redis.exceptions import ConnectionError, ResponseError
+
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command(conn.pack_commands([args for args, _ in commands]))
+        timeout = conn.socket_timeout
+        async with asyncio.timeout(timeout):
+            raw = await _read_replies(conn, len(commands))
+    except BaseException:
+        await conn.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(conn)
+    encoder, parse_error = conn.encoder, conn._parser.parse_error
+    replies: list[Any] = []
+    for (args, options), reply in zip(commands, raw, strict=True):
+        options = dict(options)
+        if isinstance(reply, _Error):
+            error = parse_error(reply.message)
+            if isinstance(error, ConnectionError):  # e.g. LOADING: the server is not ready
+                raise error
+            assert isinstance(error, ResponseError)
+            replies.append(options.get("EMPTY_RESPONSE", error))
+            continue
+        if options.pop("NEVER_DECODE", False) is False and encoder.decode_responses:
+            reply = _decode(reply, encoder.encoding, encoder.encoding_errors)
+        options.pop("EMPTY_RESPONSE", None)
+        options.pop("keys", None)
+        callback = client.response_callbacks.get(args[0])
+        if callback is not None:
+            reply = callback(reply, **options)
+            if inspect.isawaitable(reply):
+                reply = await reply
+        replies.append(reply)
+    return replies
+
+
+@dataclass(slots=True)
+class _Error:
+    """An error reply (``-ERR ...``), turned into redis-py's exception afterwards."""
+
+    message: str
+
+
+async def _read_replies(conn: Any, count: int) -> list[Any]:
+    from redis.exceptions import ConnectionError
+
+    reader: asyncio.StreamReader = conn._reader
+    buffer, position = b"", 0
+    replies: list[Any] = []
+    while len(replies) < count:
+        try:
+            while len(replies) < count:
+                reply, position = _parse(buffer, position)
+                replies.append(reply)
+        except _Incomplete:
+            data = await reader.read(1 << 16)
+            if not data:
+                raise ConnectionError("Connection closed by server.") from None
+            buffer, position = buffer[position:] + data, 0
+    if position != len(buffer):
+        raise ConnectionError(f"{len(buffer) - position} bytes after the last reply")
+    return replies
+
+
+def _parse(buffer: bytes, position: int) -> tuple[Any, int]:
+    """The RESP2 reply at ``position`` of ``buffer`` (bytes, not decoded) and where the next
+    starts; raises :class:`_Incomplete` when the buffer ends first."""
+    end = buffer.find(b"\r\n", position)
+    if end < 0:
+        raise _Incomplete
+    kind, line, position = buffer[position], buffer[position + 1 : end], end + 2
+    if kind == 58:  # ":" integer
+        return int(line), position
+    if kind == 36:  # "$" bulk string, -1: nil
+        size = int(line)
+        if size < 0:
+            return None, position
+        stop = position + size
+        if len(buffer) < stop + 2:
+            raise _Incomplete
+        return buffer[position:stop], stop + 2
+    if kind == 42:  # "*" array, -1: nil
+        size = int(line)
+        if size < 0:
+            return None, position
+        items = []
+        for _ in range(size):
+            item, position = _parse(buffer, position)
+            items.append(item)
+        return items, position
+    if kind == 43:  # "+" simple string
+        return line, position
+    if kind == 45:  # "-" error
+        return _Error(line.decode("utf-8", errors="replace")), position
+    from redis.exceptions import InvalidResponse
+
+    raise InvalidResponse(f"Protocol error, got {chr(kind)!r} as reply type byte")
+
+
+def _decode(reply: Any, encoding: str, errors: str) -> Any:
+    if type(reply) is bytes:
+        return reply.decode(encoding, errors)
+    if type(reply) is list:
+        return [_decode(item, encoding, errors) for item in reply]
+    return reply

@@ -10,7 +10,10 @@ with its row is one script. Key layout under the prefix ``p`` (``ARGV[1]`` of ev
 ``p:owner-sagas:<owner>`` / ``p:owner-inbox:<owner>`` what a worker holds (lease renewal);
 ``p:steps:<id>`` hash step name → JSON; ``p:inbox:<trigger>:<key>`` hash of an inbox row
 (both parts URL-quoted); ``p:inbox-completed`` completed rows scored by ``completed_at``;
-``p:outbox:<id>`` hash, ``p:outbox-unsent`` sorted set of unsent ids; ``p:dead:<id>`` hash,
+``p:outbox:<id>`` hash, ``p:outbox-unsent`` sorted set of unsent ids, ``p:outbox-saga:<saga>``
+sorted set of one saga's outbox ids (written with the rows; whatever deletes an outbox row
+removes its id in the same script: nothing does today, the outbox is kept as by the SQL
+stores); ``p:dead:<id>`` hash,
 ``p:dead-all`` / ``p:dead-by-trigger:<trigger>`` sorted sets of ids; ``p:schedule:<name>`` hash
 and ``p:schedules`` the set of names (rows written before it existed join it when saved again);
 ``p:texec:<id>`` hash, ``p:texecs:<trigger>`` ids, ``p:texec-open:<trigger>`` open count per
@@ -19,7 +22,8 @@ completed ids scored by ``completed_at``; ``p:cron:<trigger>`` claimed ticks,
 ``p:cron-owners:<trigger>`` who claimed each and ``p:cron-triggers`` the set of triggers with
 claimed ticks; ``p:lease:<name>`` the holder of a named lease (URL-quoted name), expiring with
 it; ``p:rate:<name>`` a shared token bucket's theoretical arrival time (URL-quoted name; a new
-key kind of layout 4); id counters ``p:<kind>-seq``; ``p:schema_version`` and ``p:migration-lock``.
+key kind of layout 4); id counters ``p:<kind>-seq``; ``p:schema_version`` and
+``p:migration-lock``.
 
 Timestamps are integer microseconds passed in as strings and stored verbatim (never formatted
 by Lua), and only compared with ``tonumber`` (exact below 2^53).
@@ -49,7 +53,7 @@ __all__ = [
     "saga_from_hash",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The key-layout version this code writes (stored in ``<prefix>:schema_version``).
 
 Version 1 needs no data migration (keys are created on first write). Version 2 adds the two
@@ -59,11 +63,15 @@ version-1 process still running during the upgrade writes afterwards are not ind
 purging misses them. Version 3 adds the named leases, ``p:lease:<name>`` (the holder, with
 the lease's expiry as the key's own ``PX`` expiry); they are created on first use, so it
 needs no data step. Version 4 adds the shared token buckets, ``p:rate:<name>``
-(``take_rate_token``), likewise created on first use. Version 5 adds saga control:
+(``take_rate_token``), likewise created on first use. Version 5 adds
+``p:outbox-saga:<saga>``, each saga's outbox ids
+(:meth:`~sagaz.storage.redis.RedisSagaStore.list_saga_outbox`); :func:`migrate` fills it from
+the outbox rows (:func:`_index_outbox_by_saga`), and, as for version 2, rows an older process
+writes during the upgrade are not indexed. Version 6 adds saga control:
 ``p:history:<saga_id>`` (a saga's history, ids from ``p:history-id``) and
-``p:saga-requests`` (the open requests by saga id), also created on first use. A later layout
-adds its data migration to :func:`migrate` too, which runs it under a ``SET NX`` lock when
-asked (``sagaz db upgrade``): a store refuses to start on an older layout."""
+``p:saga-requests`` (the open requests by saga id), created on first use. A later layout adds
+its data migration to :func:`migrate` too, which runs it under a ``SET NX`` lock when asked
+(``sagaz db upgrade``): a store refuses to start on an older layout."""
 
 _MIGRATION_LOCK_MS = 30_000
 _MIGRATION_CHUNK = 500
@@ -103,11 +111,14 @@ async def migrate(client: Any, prefix: str, *, url: str, upgrade: bool = False) 
         current = int(await client.get(version_key) or 0)
         _check(current, prefix, url=url, upgrade=upgrade)
         if current < SCHEMA_VERSION:  # from 0 (a new prefix): keys appear on first write
+            keep_lock = lambda: _extend(client, lock, token)  # noqa: E731
             if current == 1:  # 1 -> 2
-                await _index_for_purge(client, prefix, lambda: _extend(client, lock, token))
+                await _index_for_purge(client, prefix, keep_lock)
             # 2 -> 3: the lease keys are new and created on first use: nothing to migrate
             # 3 -> 4: so are the rate-limit keys
-            # 4 -> 5: and the saga history and request keys
+            if 1 <= current <= 4:  # 4 -> 5
+                await _index_outbox_by_saga(client, prefix, keep_lock)
+            # 5 -> 6: the saga history and request keys are created on first use
             await client.set(version_key, SCHEMA_VERSION)
     finally:
         await client.eval(
@@ -175,6 +186,29 @@ async def _index_for_purge(
         await client.sadd(f"{prefix}:cron-triggers", *triggers)
 
 
+async def _index_outbox_by_saga(
+    client: Any, prefix: str, keep_lock: Callable[[], Awaitable[None]]
+) -> None:
+    """Version 3 → 4: list every outbox row under its saga (idempotent).
+
+    Rows are found by id (``1..p:outbox-seq``), in chunks, extending the migration lock
+    after each."""
+    last_id = int(await client.get(f"{prefix}:outbox-seq") or 0)
+    for first in range(1, last_id + 1, _MIGRATION_CHUNK):
+        ids = range(first, min(first + _MIGRATION_CHUNK, last_id + 1))
+        async with client.pipeline(transaction=False) as pipe:
+            for outbox_id in ids:
+                pipe.hget(f"{prefix}:outbox:{outbox_id}", "doc")
+            documents = await pipe.execute()
+        async with client.pipeline(transaction=False) as pipe:
+            for outbox_id, document in zip(ids, documents, strict=True):
+                if document is not None:
+                    saga_id = loads(document)["saga_id"]
+                    pipe.zadd(f"{prefix}:outbox-saga:{saga_id}", {str(outbox_id): outbox_id})
+            await pipe.execute()
+        await keep_lock()
+
+
 def micros(moment: datetime) -> str:
     """``moment`` as the integer-microseconds text the scripts store and compare."""
     return str(to_micros(moment))
@@ -206,7 +240,7 @@ def saga_from_hash(fields: dict[str, str]) -> SagaRecord:
 SAVE_SAGA = """
 -- KEYS[1] saga hash; ARGV: prefix, mode ('create'|'save'), id, name, status, terminal,
 -- created_at, updated_at, owner ('' = none), has_event, n_set, n_set field/value pairs,
--- n_del, n_del fields to delete, then outbox JSON documents written with the row
+-- n_del, n_del fields to delete, then (saga_id, JSON) of each outbox row written with it
 local key, p, id = KEYS[1], ARGV[1], ARGV[3]
 local name, status, terminal = ARGV[4], ARGV[5], ARGV[6] == '1'
 local owner, has_event = ARGV[9], ARGV[10] == '1'
@@ -246,10 +280,11 @@ local n_del = tonumber(ARGV[del_at])
 if n_del > 0 then
   redis.call('HDEL', key, unpack(ARGV, del_at + 1, del_at + n_del))
 end
-for i = del_at + n_del + 1, #ARGV do
+for i = del_at + n_del + 1, #ARGV, 2 do
   local outbox_id = redis.call('INCR', p .. ':outbox-seq')
-  redis.call('HSET', p .. ':outbox:' .. outbox_id, 'doc', ARGV[i], 'created_at', ARGV[8])
+  redis.call('HSET', p .. ':outbox:' .. outbox_id, 'doc', ARGV[i + 1], 'created_at', ARGV[8])
   redis.call('ZADD', p .. ':outbox-unsent', outbox_id, outbox_id)
+  redis.call('ZADD', p .. ':outbox-saga:' .. ARGV[i], outbox_id, outbox_id)
 end
 return 1
 """
@@ -287,14 +322,16 @@ return 1
 """
 
 SAVE_STEP = """
--- KEYS[1] steps hash; ARGV: prefix, step name, step JSON, created_at, outbox JSON...
+-- KEYS[1] steps hash; ARGV: prefix, step name, step JSON, created_at, then (saga_id, JSON)
+-- of each outbox row
 local p = ARGV[1]
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 local ids = {}
-for i = 5, #ARGV do
+for i = 5, #ARGV, 2 do
   local id = redis.call('INCR', p .. ':outbox-seq')
-  redis.call('HSET', p .. ':outbox:' .. id, 'doc', ARGV[i], 'created_at', ARGV[4])
+  redis.call('HSET', p .. ':outbox:' .. id, 'doc', ARGV[i + 1], 'created_at', ARGV[4])
   redis.call('ZADD', p .. ':outbox-unsent', id, id)
+  redis.call('ZADD', p .. ':outbox-saga:' .. ARGV[i], id, id)
   ids[#ids + 1] = id
 end
 return ids

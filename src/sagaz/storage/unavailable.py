@@ -1,11 +1,12 @@
 """One exception type for a store that cannot be reached right now.
 
 A server store decorated with :func:`raises_unavailable` re-raises, from every operation of the
-:class:`~sagaz.abc.SagaStore` contract, each exception its ``_unavailable(exc)`` recognises (a
-refused or lost connection, a server shutting down or starting up) as
-:class:`~sagaz.exceptions.StoreUnavailableError`, the driver's error as its ``__cause__``. The
-trigger engine then knows the store is away, not that the operation was wrong, and waits for
-it (:mod:`sagaz.engine.store_outage`). Other errors pass through unchanged.
+:class:`~sagaz.abc.SagaStore` contract it defines (abstract or with a default), each exception
+its ``_unavailable(exc)`` recognises (a refused or lost connection, a server shutting down or
+starting up) as :class:`~sagaz.exceptions.StoreUnavailableError`, the driver's error as its
+``__cause__``. The trigger engine then knows the store is away, not that the operation was
+wrong, and waits for it (:mod:`sagaz.engine.store_outage`). Other errors pass through
+unchanged.
 
 >>> @raises_unavailable  # doctest: +SKIP
 ... class MyStore(SagaStore):
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 from sagaz.abc import SagaStore
 from sagaz.exceptions import StoreUnavailableError
 
-__all__ = ["raises_unavailable"]
+__all__ = ["raises_unavailable", "unavailable_error"]
 
 S = TypeVar("S", bound=SagaStore)
 
@@ -33,11 +34,30 @@ def raises_unavailable(cls: type[S]) -> type[S]:
     predicate = getattr(cls, "_unavailable", None)
     if not callable(predicate):
         raise TypeError(f"{cls.__name__} needs a `_unavailable(self, exc) -> bool` method")
-    for name in sorted(SagaStore.__abstractmethods__):
+    for name in sorted(_operations()):
         method = cls.__dict__.get(name)
         if method is not None and inspect.iscoroutinefunction(method):
             setattr(cls, name, _translating(method))
     return cls
+
+
+def _operations() -> set[str]:
+    """The contract's public coroutine methods (``start``/``stop`` translate their own)."""
+    return {
+        name
+        for name, member in vars(SagaStore).items()
+        if not name.startswith("_")
+        and name not in ("start", "stop")
+        and inspect.iscoroutinefunction(member)
+    }
+
+
+def unavailable_error(store: object, exc: BaseException) -> StoreUnavailableError:
+    """The :class:`StoreUnavailableError` that says ``store`` could not be reached, ``exc``
+    (the driver's error) being what happened; the caller sets it as ``__cause__``."""
+    return StoreUnavailableError(
+        f"{store!r} is unavailable ({type(exc).__name__}: {exc}); retry once it is back"
+    )
 
 
 def _translating(
@@ -51,9 +71,7 @@ def _translating(
             raise
         except Exception as exc:
             if self._unavailable(exc):
-                raise StoreUnavailableError(
-                    f"{self!r} is unavailable ({type(exc).__name__}: {exc}); retry once it is back"
-                ) from exc
+                raise unavailable_error(self, exc) from exc
             raise
 
     return operation

@@ -1,0 +1,127 @@
+"""A bounded, blocking redis-py connection pool for sagaz's Redis clients.
+
+``Redis.from_url`` makes a ``ConnectionPool`` that fails a command at once
+(``MaxConnectionsError``) when all its connections (redis-py 8: 100) are in use, which under
+load looks like a lost server. :func:`blocking_pool` makes a ``BlockingConnectionPool``
+instead: a command waits up to ``timeout`` seconds for a free connection, then fails with a
+message that names the user and the two knobs. Its connections encode commands with
+:func:`pack_command` when redis-py has no hiredis to do it. redis-py is imported when called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sagaz._imports import require_extra
+
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_POOL_TIMEOUT", "blocking_pool", "pack_command"]
+
+DEFAULT_MAX_CONNECTIONS = 20
+"""Connections a sagaz Redis client opens at most, unless told otherwise."""
+
+DEFAULT_POOL_TIMEOUT = 20.0
+"""Seconds a command waits for a free connection before it fails."""
+
+
+def blocking_pool(
+    url: str,
+    *,
+    user: str,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    timeout: float = DEFAULT_POOL_TIMEOUT,
+    **connection_options: Any,
+) -> Any:
+    """A ``redis.asyncio.BlockingConnectionPool`` for ``url`` of at most ``max_connections``
+    connections; ``user`` (e.g. ``"RedisSagaStore"``) names it in the error a command gets
+    after waiting ``timeout`` seconds for one. ``connection_options`` go to each connection
+    (``decode_responses``, ``socket_timeout``, ``client_name``...).
+
+    >>> pool = blocking_pool("redis://localhost", user="app", max_connections=5)  # doctest: +SKIP
+    """
+    redis_asyncio = require_extra("redis", "redis.asyncio")
+    errors = require_extra("redis", "redis.exceptions")
+    if isinstance(max_connections, bool) or max_connections < 1:
+        raise ValueError(f"max_connections={max_connections!r} must be a positive integer")
+
+    class Pool(redis_asyncio.BlockingConnectionPool):  # type: ignore[misc, name-defined]
+        """Says who ran out of connections, and what to change."""
+
+        async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().get_connection(*args, **kwargs)
+            except errors.ConnectionError as exc:
+                if str(exc) != "No connection available.":
+                    raise
+                raise errors.ConnectionError(
+                    f"{user}: no Redis connection became free within {timeout:g} s (all "
+                    f"{max_connections} in use); pass a larger max_connections= or "
+                    "pool_timeout=, or run fewer commands at once"
+                ) from exc
+
+    pool = Pool.from_url(
+        url, max_connections=max_connections, timeout=timeout, **connection_options
+    )
+    base = pool.connection_class  # TCP, TLS or Unix socket, from the URL
+
+    class Connection(base):  # type: ignore[misc, valid-type]
+        """Packs commands of text, bytes and integers itself (see :func:`pack_command`)."""
+
+        def pack_command(self, *args: Any) -> list[bytes]:
+            if getattr(self, "_command_packer", None) is None:  # no hiredis
+                packed = pack_command(args, self.encoder.encoding, self.encoder.encoding_errors)
+                if packed is not None:
+                    return [packed]
+            return list(super().pack_command(*args))
+
+    pool.connection_class = Connection
+    return pool
+
+
+def pack_command(args: tuple[Any, ...], encoding: str, errors: str) -> bytes | None:
+    """``args`` (the command's name first) in the Redis protocol, or ``None`` when one is not
+    ``str``, ``bytes`` or ``int`` (redis-py packs those).
+
+    redis-py's pure-Python packer grows one bytes object argument by argument (quadratic in
+    the command's length); the store's scripts take some thirty arguments, so this one joins
+    the pieces once. Same output: a multi-word name (``"SCRIPT LOAD"``) is split, text is
+    encoded with the connection's ``encoding``, integers are written in decimal.
+
+    >>> pack_command(("SET", "k", 1), "utf-8", "strict")
+    b'*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n'
+    """
+    name = args[0]
+    if type(name) is not str:
+        return None
+    texts = [*name.split(), *[a if type(a) is str else None for a in args[1:]]]
+    for i in range(len(texts)) if None in texts else ():  # integers as decimal text
+        if texts[i] is None:
+            arg = args[i - len(texts) + len(args)]
+            if type(arg) is not int:
+                return _pack_pieces(texts, args, encoding, errors)
+            texts[i] = str(arg)
+    body = "".join([f"${len(t)}\r\n{t}\r\n" for t in texts])  # type: ignore[arg-type]
+    if body.isascii():  # one character per byte: len() was the length in bytes
+        return f"*{len(texts)}\r\n{body}".encode("ascii")
+    return _pack_pieces(texts, args, encoding, errors)
+
+
+def _pack_pieces(
+    texts: list[str | None], args: tuple[Any, ...], encoding: str, errors: str
+) -> bytes | None:
+    """:func:`pack_command` argument by argument: non-ASCII text, bytes."""
+    offset = len(texts) - len(args)  # the name's extra words
+    pieces = [b"*%d\r\n" % len(texts)]
+    for i, text in enumerate(texts):
+        if text is not None:
+            data = text.encode(encoding, errors)
+        else:
+            arg = args[i - offset]
+            kind = type(arg)
+            if kind is int:
+                data = b"%d" % arg
+            elif kind is bytes:
+                data = arg
+            else:
+                return None
+        pieces.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(pieces)

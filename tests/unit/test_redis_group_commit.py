@@ -1,0 +1,141 @@
+"""The pieces of the Redis store's group commit that need no server: the command packer,
+the RESP2 reply parser (replies split anywhere by the network) and the groups' bookkeeping.
+The store itself, over a real server, is in tests/contract/test_store_contract.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from sagaz._redis_pool import pack_command
+from sagaz.storage.redis_pipeline import Command, CommandGroups, _Error, _Incomplete, _parse
+
+pytest.importorskip("redis")
+
+REPLIES = (
+    b":1\r\n"
+    b"$5\r\nhello\r\n"
+    b"$-1\r\n"
+    b"*3\r\n:7\r\n$0\r\n\r\n*2\r\n+OK\r\n$3\r\n\xc3\xa9t\r\n"
+    b"*-1\r\n"
+    b"*0\r\n"
+    b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+    b"$4\r\na\r\nb\r\n"  # CRLF inside a bulk string
+)
+PARSED = [
+    1,
+    b"hello",
+    None,
+    [7, b"", [b"OK", "\u00e9t".encode()]],
+    None,
+    [],
+    _Error("WRONGTYPE Operation against a key holding the wrong kind of value"),
+    b"a\r\nb",
+]
+
+
+def _parse_all(buffer: bytes) -> list[Any]:
+    replies, position = [], 0
+    while position < len(buffer):
+        reply, position = _parse(buffer, position)
+        replies.append(reply)
+    return replies
+
+
+def _parse_until_incomplete(buffer: bytes) -> tuple[list[Any], int]:
+    replies, position = [], 0
+    while True:
+        try:
+            reply, following = _parse(buffer, position)
+        except _Incomplete:
+            return replies, position
+        replies.append(reply)
+        position = following
+
+
+def test_replies_parse_whole() -> None:
+    assert _parse_all(REPLIES) == PARSED
+
+
+@pytest.mark.parametrize("cut", range(1, len(REPLIES)))
+def test_a_reply_cut_anywhere_waits_for_the_rest(cut: int) -> None:
+    """What arrived so far parses up to the last whole reply, then asks for more."""
+    replies, position = _parse_until_incomplete(REPLIES[:cut])
+    assert replies == PARSED[: len(replies)]
+    assert _parse_all(REPLIES[position:]) == PARSED[len(replies) :]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("SET", "k", 1),
+        ("SCRIPT LOAD", "return 1"),
+        ("EVALSHA", "abc", 2, "k1", "k2", "\u00e9t\u00e9", b"\x00\xff", -5, "\r\n"),
+        ("HSET", "h", "f", "x" * 10_000),
+    ],
+)
+def test_commands_pack_as_redis_py_packs_them(args: tuple[Any, ...]) -> None:
+    from redis.asyncio.connection import Connection
+
+    expected = b"".join(Connection()._pack_command_python(*args))
+    assert pack_command(args, "utf-8", "strict") == expected
+
+
+@pytest.mark.parametrize("args", [("SET", "k", 1.5), ("SET", "k", True), (b"GET", "k")])
+def test_other_arguments_are_left_to_redis_py(args: tuple[Any, ...]) -> None:
+    assert pack_command(args, "utf-8", "strict") is None
+
+
+async def test_callers_of_one_group_get_their_own_replies_and_errors() -> None:
+    sent: list[list[Command]] = []
+
+    async def send(commands: list[Command]) -> Sequence[Any]:
+        sent.append(commands)
+        await asyncio.sleep(0)  # a round trip
+        return [ValueError(a[1]) if a[1] == "bad" else a[1] for a, _ in commands]
+
+    groups = CommandGroups(send, max_in_flight=1)
+    results = await asyncio.gather(
+        *(groups.execute("ECHO", name) for name in ("a", "bad", "c")),
+        return_exceptions=True,
+    )
+    assert results[0] == "a" and results[2] == "c"
+    assert isinstance(results[1], ValueError)
+    assert [len(group) for group in sent] == [3]
+    assert (groups.groups_sent, groups.commands_sent) == (1, 3)
+
+
+async def test_a_failed_round_trip_fails_each_caller_with_an_error_of_its_own() -> None:
+    async def send(commands: list[Command]) -> Sequence[Any]:
+        raise ConnectionResetError("gone")
+
+    groups = CommandGroups(send, translate=lambda exc: RuntimeError(f"away: {exc}"))
+    results = await asyncio.gather(
+        *(groups.execute("PING") for _ in range(3)), return_exceptions=True
+    )
+    assert [str(r) for r in results] == ["away: gone"] * 3
+    assert len({id(r) for r in results}) == 3
+    assert all(isinstance(r.__cause__, ConnectionResetError) for r in results)  # type: ignore[union-attr]
+
+
+async def test_commands_queued_while_groups_are_out_go_in_the_next_one() -> None:
+    release = asyncio.Event()
+    sent: list[int] = []
+
+    async def send(commands: list[Command]) -> Sequence[Any]:
+        sent.append(len(commands))
+        await release.wait()
+        return [None] * len(commands)
+
+    groups = CommandGroups(send, max_in_flight=1)
+    first = asyncio.ensure_future(groups.execute("PING"))
+    await asyncio.sleep(0.01)  # the first group is out
+    later = [asyncio.ensure_future(groups.execute("PING")) for _ in range(5)]
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(first, *later)
+    await groups.drain()
+    assert sent == [1, 5]
