@@ -30,7 +30,13 @@ from sagaz.triggers import Fire, Skip, Trigger, trigger
 from sagaz.types import SagaStatus
 
 if TYPE_CHECKING:
-    from sagaz.engine import TriggerEngine
+    from sagaz.engine import (
+        TriggerEngine,
+        cancel_saga,
+        resume_saga,
+        retry_saga,
+        saga_history,
+    )
     from sagaz.outbox import OutboxRelay
 
 try:
@@ -62,13 +68,17 @@ __all__ = [
     "__version__",
     "action",
     "backfill_trigger",
+    "cancel_saga",
     "compensate",
     "configure",
     "dashboard_app",
     "fire_event",
     "pause_trigger",
+    "resume_saga",
     "resume_trigger",
+    "retry_saga",
     "run_trigger",
+    "saga_history",
     "start_triggers",
     "stop_triggers",
     "trigger",
@@ -85,6 +95,10 @@ def __getattr__(name: str) -> Any:
         "webhook_app",
         "pause_trigger",
         "resume_trigger",
+        "cancel_saga",
+        "resume_saga",
+        "retry_saga",
+        "saga_history",
         "run_trigger",
         "backfill_trigger",
     ):

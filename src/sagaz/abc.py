@@ -20,6 +20,9 @@ from sagaz.records import (
     DeadLetterRecord,
     InboxClaim,
     OutboxMessage,
+    SagaAction,
+    SagaControlRequest,
+    SagaHistoryRecord,
     SagaRecord,
     SchemaVersions,
     StepRecord,
@@ -325,6 +328,38 @@ class SagaStore(Lifecycle, ABC):
 
         Atomic: however many instances take at once, tokens taken over any ``t`` seconds
         never exceed ``rate * t + burst``."""
+
+    # -- saga control: operators' requests and each saga's history ---------------------------
+    # Not abstract, so a store written for an older sagaz still works: without them,
+    # ``sagaz sagas cancel|resume|retry`` and the engines' watch of requests are unavailable.
+    async def delete_steps(self, saga_id: str, names: Sequence[str]) -> None:
+        """Forget the checkpoints of the named steps of a saga (they run again on resume);
+        names without a checkpoint are ignored."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete single steps")
+
+    async def add_saga_history(self, entry: SagaHistoryRecord) -> int:
+        """Append one entry to a saga's history (``at`` defaults to now); return its id."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no saga history")
+
+    async def list_saga_history(self, saga_id: str, limit: int = 100) -> list[SagaHistoryRecord]:
+        """The history of one saga, oldest first (at most ``limit`` entries)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no saga history")
+
+    async def add_saga_request(self, request: SagaControlRequest) -> bool:
+        """Store an operator's request unless the saga has one already (atomic); return
+        whether it was stored. ``requested_at`` defaults to now."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no saga requests")
+
+    async def list_saga_requests(
+        self, *, saga_id: str | None = None, limit: int = 100
+    ) -> list[SagaControlRequest]:
+        """Open requests (of one saga, if given), oldest first."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no saga requests")
+
+    async def finish_saga_request(self, saga_id: str, action: SagaAction) -> bool:
+        """Delete the saga's open request if it is for ``action``; return whether this call
+        deleted it (of several callers at once, exactly one gets ``True``)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no saga requests")
 
 
 Emit = Callable[["Delivery"], Awaitable["AdmissionResult"]]

@@ -128,6 +128,16 @@ class TriggerConfig(BaseSettings):
         "here within this time.",
     )
 
+    # saga control (``sagaz sagas cancel|resume|retry ID``, ``sagaz.cancel_saga(ID)``)
+    saga_control_interval_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds between two reads of the operators' saga requests in the store: "
+        "a cancel reaches the engine that runs the saga (which stops it before its next "
+        "step), and a resume or retry is taken up by an engine running its trigger, within "
+        "this time.",
+    )
+
     # poll triggers (Cloacina)
     enable_trigger_scheduling: bool = Field(
         default=True,

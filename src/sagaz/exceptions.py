@@ -12,6 +12,8 @@ __all__ = [
     "DeadLetterReplayError",
     "InvalidEventError",
     "MissingExtraError",
+    "SagaCancelledError",
+    "SagaControlError",
     "SagaDefinitionError",
     "SagaError",
     "SagaStepError",
@@ -58,6 +60,17 @@ class SagaStepError(SagaError):
 
 class SagaTimeoutError(SagaError, TimeoutError):
     """A step or compensation exceeded its ``timeout_seconds``."""
+
+
+class SagaCancelledError(SagaError):
+    """An operator cancelled the saga (``sagaz sagas cancel ID``, :func:`sagaz.cancel_saga`):
+    raised in place of its next step, so the steps it completed are compensated and it ends
+    ``cancelled``. Its message says who cancelled it and why."""
+
+
+class SagaControlError(SagazError, ValueError):
+    """A cancel, resume or retry that cannot apply to the saga as it is (unknown id, a state
+    the action does not fit, an unknown step); the message says what to do instead."""
 
 
 class InvalidEventError(SagazError, ValueError):

@@ -15,6 +15,9 @@ __all__ = [
     "DeadLetterRecord",
     "InboxClaim",
     "OutboxMessage",
+    "SagaAction",
+    "SagaControlRequest",
+    "SagaHistoryRecord",
     "SagaRecord",
     "SchemaVersions",
     "StepRecord",
@@ -141,6 +144,46 @@ class CronClaim:
     tick: datetime
     owner: str
     claimed_at: datetime | None = None
+
+
+class SagaAction(StrEnum):
+    """What an operator asks of one saga (``sagaz sagas cancel|resume|retry ID``)."""
+
+    CANCEL = "cancel"  # stop between steps, compensate what completed, end ``cancelled``
+    RESUME = "resume"  # run a saga that did not complete again, keeping its completed steps
+    RETRY = "retry"  # run it again from one step, keeping the results of the steps before
+
+
+@dataclass(slots=True)
+class SagaControlRequest:
+    """One row of ``saga_requests``: an operator's request that engines have not finished
+    acting on yet (at most one per saga). The engines on the store act on it and delete it."""
+
+    saga_id: str
+    action: SagaAction
+    #: the step a retry starts from (``None`` for cancel and resume)
+    step: str | None = None
+    #: who asked (``user@host`` from the CLI)
+    actor: str | None = None
+    reason: str | None = None
+    #: the saga's attempt when it was asked: a resume or retry is under way once it grew
+    attempt: int = 1
+    requested_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class SagaHistoryRecord:
+    """One row of ``saga_history``: something done to a saga from outside its own run (an
+    operator's request, an engine acting on it), oldest first."""
+
+    saga_id: str
+    #: ``cancel_requested``, ``cancelled``, ``resume_requested``, ``resumed``... (see
+    #: :mod:`sagaz.engine.steering`)
+    action: str
+    actor: str | None = None
+    detail: str | None = None
+    id: int | None = None  # assigned by the store, increasing
+    at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

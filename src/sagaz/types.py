@@ -26,10 +26,11 @@ class SagaStatus(StrEnum):
     COMPLETED = "completed"
     COMPENSATED = "compensated"
     FAILED = "failed"  # a compensation itself failed: needs a human
+    CANCELLED = "cancelled"  # an operator cancelled it; what it had done was compensated
 
 
 TERMINAL_SAGA_STATUSES = frozenset(
-    {SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED}
+    {SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED, SagaStatus.CANCELLED}
 )
 
 

@@ -31,6 +31,9 @@ from sagaz.records import (
     ClaimOutcome,
     DeadLetterRecord,
     OutboxMessage,
+    SagaAction,
+    SagaControlRequest,
+    SagaHistoryRecord,
     SagaRecord,
     SchemaVersions,
     StepRecord,
@@ -757,6 +760,81 @@ async def test_a_saga_with_an_outbox_listener_keeps_outbox_state_out_of_the_step
         assert topics == ["orders.reserved", "orders.charged", "saga.completed"]
 
 
+# -- saga control --------------------------------------------------------------------------
+async def test_delete_steps_forgets_only_the_named_steps(store: SagaStore) -> None:
+    for name in ("reserve", "charge", "ship"):
+        await store.save_step(StepRecord("s1", name, StepStatus.COMPLETED, result={name: 1}))
+    await store.save_step(StepRecord("other", "charge", StepStatus.COMPLETED))
+    await store.delete_steps("s1", ["charge", "ship", "never-ran"])
+    await store.delete_steps("s1", [])
+    assert [s.name for s in await store.get_steps("s1")] == ["reserve"]
+    assert [s.name for s in await store.get_steps("other")] == ["charge"]
+
+
+async def test_a_cancelled_saga_is_terminal(store: SagaStore) -> None:
+    await store.save_saga(_saga("c", status=SagaStatus.CANCELLED, error="cancelled by ops"))
+    await store.save_saga(_saga("live", status=SagaStatus.RUNNING))
+    stored = await store.get_saga("c")
+    assert stored is not None
+    assert (stored.status, stored.error) == (SagaStatus.CANCELLED, "cancelled by ops")
+    assert [r.saga_id for r in await store.list_sagas(status=SagaStatus.CANCELLED)] == ["c"]
+    assert [r.saga_id for r in await store.list_recoverable(utcnow())] == ["live"]
+
+
+async def test_saga_history_is_kept_per_saga_oldest_first(store: SagaStore) -> None:
+    at = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    first = await store.add_saga_history(
+        SagaHistoryRecord("s1", "cancel_requested", actor="ann@ops", detail="wrong order", at=at)
+    )
+    second = await store.add_saga_history(SagaHistoryRecord("s1", "cancelled", actor="w1"))
+    await store.add_saga_history(SagaHistoryRecord("s2", "resume_requested"))
+    assert second > first
+    history = await store.list_saga_history("s1")
+    assert [(e.action, e.actor, e.detail) for e in history] == [
+        ("cancel_requested", "ann@ops", "wrong order"),
+        ("cancelled", "w1", None),
+    ]
+    assert [e.id for e in history] == [first, second]
+    assert history[0].at == at
+    assert history[1].at is not None
+    assert [e.action for e in await store.list_saga_history("s1", limit=1)] == ["cancel_requested"]
+    assert await store.list_saga_history("nobody") == []
+
+
+async def test_one_open_request_per_saga_finished_once(store: SagaStore) -> None:
+    at = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    retry = SagaControlRequest(
+        "s1",
+        SagaAction.RETRY,
+        step="charge",
+        actor="ann@ops",
+        reason="fixed",
+        attempt=2,
+        requested_at=at,
+    )
+    assert await store.add_saga_request(retry)
+    assert not await store.add_saga_request(SagaControlRequest("s1", SagaAction.CANCEL))
+    assert await store.add_saga_request(SagaControlRequest("s2", SagaAction.CANCEL))
+    requests = await store.list_saga_requests()
+    assert [(r.saga_id, r.action) for r in requests] == [
+        ("s1", SagaAction.RETRY),
+        ("s2", SagaAction.CANCEL),
+    ]
+    assert requests[0] == retry
+    assert requests[1].requested_at is not None
+    assert [r.saga_id for r in await store.list_saga_requests(saga_id="s2")] == ["s2"]
+    assert await store.list_saga_requests(saga_id="nobody") == []
+    assert [r.saga_id for r in await store.list_saga_requests(limit=1)] == ["s1"]
+
+    assert not await store.finish_saga_request("s1", SagaAction.CANCEL)  # not that request
+    finished = await asyncio.gather(
+        *(store.finish_saga_request("s1", SagaAction.RETRY) for _ in range(5))
+    )
+    assert sorted(finished) == [False] * 4 + [True]
+    assert [r.saga_id for r in await store.list_saga_requests()] == ["s2"]
+    assert await store.add_saga_request(SagaControlRequest("s1", SagaAction.RESUME))
+
+
 # -- leases --------------------------------------------------------------------------------
 async def test_a_lease_has_one_holder_until_its_holder_releases_it(store: SagaStore) -> None:
     assert await store.acquire_lease("relay", "a", 30.0)
@@ -1090,15 +1168,15 @@ async def test_a_version_2_schema_is_upgraded_with_leases_and_rate_limits_keepin
 ) -> None:
     backend = durable_backend
     store = await backend.open()
+    expected = (await store.schema_versions()).expected
     await store.save_saga(_saga())
     await store.stop()
-    await _downgrade_to_version_2(store)
+    await _downgrade_to(store, 2)
     with pytest.raises(SchemaOutdatedError):  # migrated only when asked: sagaz db upgrade
         await backend.make().start()
-    expected = (await store.schema_versions()).expected
     assert await backend.make().upgrade_schema() == SchemaVersions(current=2, expected=expected)
     upgraded = await backend.open()
-    assert await upgraded.schema_versions() == SchemaVersions(expected, expected)
+    assert await upgraded.schema_versions() == SchemaVersions(current=expected, expected=expected)
     assert await upgraded.get_saga("s1") is not None
     assert await upgraded.acquire_lease("relay", "a", 30.0)
     assert not await upgraded.acquire_lease("relay", "b", 30.0)
@@ -1167,14 +1245,45 @@ async def _set_version(store: SagaStore, version: int) -> None:
             await conn.close()
 
 
-async def _downgrade_to_version_2(store: SagaStore) -> None:
-    """Make the storage look as a version-2 sagaz left it: no leases, no rate limits."""
+#: the migration that adds saga control: SQL schema 6, Redis key layout 6 (renumbered if
+#: another migration lands first)
+SAGA_CONTROL_MIGRATION = {"sqlite": 6, "postgres": 6, "redis": 6}
+
+
+async def test_a_schema_before_saga_control_is_upgraded_to_it_and_keeps_its_data(
+    durable_backend: Backend,
+) -> None:
+    backend = durable_backend
+    before = SAGA_CONTROL_MIGRATION[backend.name] - 1
+    store = await backend.open()
+    await store.save_saga(_saga(status=SagaStatus.COMPENSATED, event={"id": 1}))
+    await store.stop()
+    await _downgrade_to(store, before)
+    with pytest.raises(SchemaOutdatedError):
+        await backend.make().start()
+    assert (await backend.make().upgrade_schema()).current == before
+    upgraded = await backend.open()
+    assert await upgraded.get_saga("s1") is not None
+    await upgraded.save_saga(_saga("s2", status=SagaStatus.CANCELLED))
+    stored = await upgraded.get_saga("s2")
+    assert stored is not None
+    assert stored.status is SagaStatus.CANCELLED
+    assert await upgraded.add_saga_request(SagaControlRequest("s1", SagaAction.RESUME))
+    await upgraded.add_saga_history(SagaHistoryRecord("s1", "resume_requested"))
+    assert [e.action for e in await upgraded.list_saga_history("s1")] == ["resume_requested"]
+
+
+async def _downgrade_to(store: SagaStore, version: int) -> None:
+    """Make the storage look as a sagaz of schema ``version`` left it: no saga history or
+    requests (before saga control), no rate limits (before 5), no leases (before 3)."""
+    tables = ["saga_history", "saga_requests"]
+    tables += (["rate_limits"] if version < 5 else []) + (["leases"] if version < 3 else [])
     if isinstance(store, SQLiteSagaStore):
         conn = sqlite3.connect(store.path)
         try:
-            conn.execute("DROP TABLE leases")
-            conn.execute("DROP TABLE rate_limits")
-            conn.execute("DELETE FROM schema_version WHERE version >= 3")
+            for table in tables:
+                conn.execute(f"DROP TABLE {table}")
+            conn.execute("DELETE FROM schema_version WHERE version > ?", (version,))
             conn.commit()
         finally:
             conn.close()
@@ -1183,9 +1292,11 @@ async def _downgrade_to_version_2(store: SagaStore) -> None:
 
         conn = await asyncpg.connect(store.dsn)
         try:
-            await conn.execute(f'DROP TABLE "{store.schema}".leases')
-            await conn.execute(f'DROP TABLE "{store.schema}".rate_limits')
-            await conn.execute(f'DELETE FROM "{store.schema}".schema_version WHERE version >= 3')
+            for table in tables:
+                await conn.execute(f'DROP TABLE "{store.schema}".{table}')
+            await conn.execute(
+                f'DELETE FROM "{store.schema}".schema_version WHERE version > $1', version
+            )
         finally:
             await conn.close()
     else:
@@ -1194,7 +1305,7 @@ async def _downgrade_to_version_2(store: SagaStore) -> None:
         assert isinstance(store, RedisSagaStore)
         client = redis.Redis.from_url(store.url)
         try:
-            await client.set(f"{store.prefix}:schema_version", 2)
+            await client.set(f"{store.prefix}:schema_version", version)
         finally:
             await client.aclose()
 
@@ -1228,9 +1339,10 @@ async def test_redis_layout_1_is_indexed_for_purging_on_upgrade(
 
     with pytest.raises(SchemaOutdatedError, match="sagaz db upgrade"):
         await redis_backend.open()  # a store migrates only when asked
-    assert await redis_backend.make().upgrade_schema() == SchemaVersions(current=1, expected=5)
+    expected = (await redis_backend.make().schema_versions()).expected
+    assert await redis_backend.make().upgrade_schema() == SchemaVersions(1, expected)
     upgraded = await redis_backend.open()
-    assert await upgraded.schema_version() == 5  # type: ignore[attr-defined]
+    assert await upgraded.schema_version() == expected  # type: ignore[attr-defined]
     assert await upgraded.purge_expired(utcnow() + timedelta(seconds=5)) == 4
     assert [r.saga_id for r in await upgraded.list_trigger_executions("poll")] == ["running"]
     assert await upgraded.last_cron_tick("a") == ticks[-1]
@@ -1261,7 +1373,8 @@ async def test_redis_layout_4_lists_outbox_rows_by_saga_after_upgrade(
 
     with pytest.raises(SchemaOutdatedError, match="sagaz db upgrade"):
         await redis_backend.open()
-    assert await redis_backend.make().upgrade_schema() == SchemaVersions(current=4, expected=5)
+    expected = (await redis_backend.make().schema_versions()).expected
+    assert await redis_backend.make().upgrade_schema() == SchemaVersions(4, expected)
     upgraded = await redis_backend.open()
     assert [m.payload for m in await upgraded.list_saga_outbox("s1")] == [{"n": 1}, {"n": 3}]
     assert [m.payload for m in await upgraded.list_saga_outbox("s2")] == [2]

@@ -15,6 +15,7 @@ import pytest
 
 from sagaz.cli.main import main
 from sagaz.storage import store_from_url
+from sagaz.types import SagaStatus
 from tests.schema_support import make_outdated
 from tests.services import backend_params, drop_postgres_schema, unique_name
 
@@ -106,3 +107,18 @@ async def test_db_upgrade_migrates_what_every_command_refused(
     assert await sagaz("sagas", "list", "--json", "--store", url) == 0
     [kept] = json.loads(capsys.readouterr().out)["sagas"]
     assert (kept["saga_id"], kept["status"]) == ("old", "completed")
+    # the migrated database keeps saga history and requests (schema version 4)
+    assert await sagaz("sagas", "show", "old", "--json", "--store", url) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["history"], shown["request"]) == ([], None)
+    async with store_from_url(url) as store:  # as if a trigger engine were running it
+        running = await store.get_saga("old")
+        assert running is not None
+        running.trigger_id, running.status = "app.on_event", SagaStatus.RUNNING
+        await store.save_saga(running)
+    assert await sagaz("sagas", "cancel", "old", "--store", url) == 0
+    assert "cancel of saga old requested" in capsys.readouterr().out
+    assert await sagaz("sagas", "show", "old", "--json", "--store", url) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [e["action"] for e in shown["history"]] == ["cancel_requested"]
+    assert shown["request"]["action"] == "cancel"

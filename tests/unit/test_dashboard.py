@@ -19,7 +19,15 @@ import sagaz
 from sagaz import Saga, SagaStatus, TriggerConfig, action, trigger
 from sagaz.engine.engine import TriggerEngine
 from sagaz.exceptions import ConfigurationError
-from sagaz.records import DeadLetterRecord, SagaRecord, StepRecord, TriggerScheduleRecord
+from sagaz.records import (
+    DeadLetterRecord,
+    SagaAction,
+    SagaControlRequest,
+    SagaHistoryRecord,
+    SagaRecord,
+    StepRecord,
+    TriggerScheduleRecord,
+)
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.testing import eventually
 from sagaz.types import StepStatus
@@ -316,3 +324,17 @@ async def test_the_dashboard_shares_the_server_of_the_webhook_triggers() -> None
     async with httpx.AsyncClient() as http:
         with pytest.raises(httpx.TransportError):  # the last holder released the server
             await http.get(url + "/triggers", headers=BEARER)
+
+
+async def test_a_sagas_history_and_open_request_are_shown() -> None:
+    store = await seeded()
+    await store.add_saga_history(SagaHistoryRecord("s1", "cancel_requested", "ann@ops", "oops"))
+    await store.add_saga_history(SagaHistoryRecord("s1", "cancel_missed", "w1", "<i>late</i>"))
+    await store.add_saga_request(SagaControlRequest("s1", SagaAction.RESUME, actor="bob@ops"))
+    app = sagaz.dashboard_app(store=store, tokens=[TOKEN])
+    async with client(app) as http:
+        html = (await http.get("/sagas/s1", headers=BEARER)).text
+    history = html[html.index('id="history"') :]
+    assert "cancel_requested" in history and "ann@ops" in history and "oops" in history
+    assert "&lt;i&gt;late&lt;/i&gt;" in history
+    assert "Open request: resume" in html and "bob@ops" in html

@@ -1,5 +1,6 @@
-"""``sagaz sagas list`` (newest first; by status, saga, trigger, age; a page at a time) and
-``sagaz sagas show ID`` (its steps with status, attempts, timings and errors; its context)."""
+"""``sagaz sagas list`` (newest first; by status, saga, trigger, age; a page at a time),
+``sagaz sagas show ID`` (its steps with status, attempts, timings and errors; its context and
+history) and ``sagaz sagas cancel|resume|retry ID`` (see :mod:`sagaz.engine.steering`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sagaz.cli.exits import OK, CommandError
+from sagaz.cli.exits import FAILED, OK, CommandError
 from sagaz.cli.output import clip, moment, print_json, print_table, say
 from sagaz.cli.store import opened_store, store_url
 from sagaz.clock import utcnow
-from sagaz.records import SagaRecord, StepRecord
+from sagaz.records import SagaControlRequest, SagaHistoryRecord, SagaRecord, StepRecord
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
 __all__ = ["add_commands", "parse_age"]
@@ -38,8 +39,10 @@ def parse_age(text: str) -> datetime:
 
 
 def add_commands(commands: Any, common: list[argparse.ArgumentParser]) -> None:
-    """Register ``sagas list`` and ``sagas show``."""
-    sagas = commands.add_parser("sagas", help="the sagas in the store: list, show")
+    """Register ``sagas list``, ``sagas show`` and ``sagas cancel|resume|retry``."""
+    sagas = commands.add_parser(
+        "sagas", help="the sagas in the store: list, show, cancel, resume, retry"
+    )
     actions = sagas.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     listing = actions.add_parser(
@@ -75,6 +78,31 @@ def add_commands(commands: Any, common: list[argparse.ArgumentParser]) -> None:
     show.add_argument("saga_id", metavar="SAGA_ID")
     show.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     show.set_defaults(handler=show_saga)
+
+    steering = {
+        "cancel": "cancel a pending or running saga: the engine running it starts no further "
+        "step, compensates what completed, and it ends cancelled",
+        "resume": "run a compensated, failed or cancelled saga again: its completed steps keep "
+        "their results, the others run again",
+        "retry": "run a finished saga again from a step: that step and the steps after it run "
+        "again, the steps before it keep their results",
+    }
+    for name, text in steering.items():
+        command = actions.add_parser(
+            name,
+            parents=common,
+            help=text.split(":")[0],
+            description=f"{text[0].upper()}{text[1:]}. The request is written to the store; "
+            "the engines on it act within their saga_control_interval_seconds, and "
+            "`sagaz sagas show ID` shows what they did.",
+        )
+        command.add_argument("saga_id", metavar="SAGA_ID")
+        if name == "retry":
+            command.add_argument(
+                "--from-step", required=True, metavar="NAME", help="the first step to run again"
+            )
+        command.add_argument("--reason", metavar="TEXT", help="why (kept in the saga's history)")
+        command.set_defaults(handler=steer_saga, steering=name)
 
 
 def _positive(text: str) -> int:
@@ -194,13 +222,67 @@ def _outcome(steps: list[StepRecord]) -> dict[str, Any]:
     }
 
 
+_AFTER_REQUEST = {
+    "cancel": "the engine running it stops it before its next step and compensates what it "
+    "completed",
+    "resume": "an engine running its trigger runs it again",
+    "retry": "an engine running its trigger runs it again from that step",
+}
+
+
+async def steer_saga(args: argparse.Namespace) -> int:
+    """Ask the engines to cancel, resume or retry one saga."""
+    from sagaz.engine import steering
+    from sagaz.exceptions import SagaControlError
+
+    async with opened_store(args) as store:
+        if await store.get_saga(args.saga_id) is None:
+            raise CommandError(f"no saga {args.saga_id} in {_where(args)} (sagaz sagas list)")
+        try:
+            if args.steering == "cancel":
+                await steering.cancel_saga(args.saga_id, reason=args.reason, store=store)
+            elif args.steering == "resume":
+                await steering.resume_saga(args.saga_id, reason=args.reason, store=store)
+            else:
+                await steering.retry_saga(
+                    args.saga_id, args.from_step, reason=args.reason, store=store
+                )
+        except SagaControlError as exc:
+            raise CommandError(str(exc), FAILED) from exc
+        except NotImplementedError as exc:
+            raise CommandError(
+                f"{_where(args)}: {exc}, so sagas cannot be steered on it (a store of sagaz's "
+                "own keeps them: memory, sqlite, postgresql, redis)",
+                FAILED,
+            ) from exc
+    print(
+        f"{args.steering} of saga {args.saga_id} requested: {_AFTER_REQUEST[args.steering]}, "
+        f"within its saga_control_interval_seconds (sagaz sagas show {args.saga_id})"
+    )
+    return OK
+
+
+async def _control(
+    store: Any, saga_id: str
+) -> tuple[list[SagaHistoryRecord], SagaControlRequest | None]:
+    """The saga's history and open request; nothing on a store that keeps neither."""
+    try:
+        history = await store.list_saga_history(saga_id)
+        requests = await store.list_saga_requests(saga_id=saga_id)
+    except NotImplementedError:
+        return [], None
+    return history, requests[0] if requests else None
+
+
 async def show_saga(args: argparse.Namespace) -> int:
-    """Print one saga: its state, what failed and what was undone, its steps, its context."""
+    """Print one saga: its state, what failed and what was undone, its steps, its context,
+    and its history (operators' requests, what the engines did)."""
     async with opened_store(args) as store:
         record = await store.get_saga(args.saga_id)
         if record is None:
             raise CommandError(f"no saga {args.saga_id} in {_where(args)} (sagaz sagas list)")
         steps = _in_order(await store.get_steps(args.saga_id))
+        history, request = await _control(store, args.saga_id)
     outcome = _outcome(steps)
     if args.json:
         document = _saga_document(record)
@@ -217,10 +299,41 @@ async def show_saga(args: argparse.Namespace) -> int:
             for s in steps
         ]
         document.update(outcome)
+        document["history"] = [
+            {"at": e.at, "action": e.action, "actor": e.actor, "detail": e.detail} for e in history
+        ]
+        document["request"] = (
+            None
+            if request is None
+            else {
+                "action": request.action.value,
+                "step": request.step,
+                "actor": request.actor,
+                "reason": request.reason,
+                "requested_at": request.requested_at,
+            }
+        )
         print_json(document)
         return OK
     _print_saga(record, steps, outcome)
+    _print_control(history, request)
     return OK
+
+
+def _print_control(history: list[SagaHistoryRecord], request: SagaControlRequest | None) -> None:
+    if request is not None:
+        step = f" from step {request.step!r}" if request.step else ""
+        print(
+            f"\nopen request: {request.action.value}{step} by {request.actor} at "
+            f"{moment(request.requested_at)} (the engines have not finished acting on it)"
+        )
+    if history:
+        print("\nhistory")
+        print_table(
+            ["AT", "ACTION", "BY", "DETAIL"],
+            [(moment(e.at), e.action, e.actor, clip(e.detail, 100)) for e in history],
+            empty="",
+        )
 
 
 def _print_saga(record: SagaRecord, steps: list[StepRecord], outcome: dict[str, Any]) -> None:

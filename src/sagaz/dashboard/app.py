@@ -139,8 +139,21 @@ def build_app(
             outbox = await store.list_saga_outbox(saga_id, limit=PAGE_SIZE)
         except NotImplementedError:
             outbox = None
+        try:  # operators' requests (sagaz sagas cancel|resume|retry) and what came of them
+            history = await store.list_saga_history(saga_id, limit=PAGE_SIZE)
+            requests = await store.list_saga_requests(saga_id=saga_id)
+        except NotImplementedError:
+            history, requests = None, []
         return _render(
-            ctx, request, "saga.html", access=access, saga=record, steps=steps, outbox=outbox
+            ctx,
+            request,
+            "saga.html",
+            access=access,
+            saga=record,
+            steps=steps,
+            outbox=outbox,
+            history=history,
+            open_request=requests[0] if requests else None,
         )
 
     async def dead_letters(request: Request, access: Access) -> Response:

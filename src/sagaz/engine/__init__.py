@@ -15,14 +15,19 @@ from sagaz.engine.engine import (
     webhook_app,
 )
 from sagaz.engine.schedules import run_trigger
+from sagaz.engine.steering import cancel_saga, resume_saga, retry_saga, saga_history
 
 __all__ = [
     "TriggerEngine",
     "backfill_trigger",
+    "cancel_saga",
     "fire_event",
     "pause_trigger",
+    "resume_saga",
     "resume_trigger",
+    "retry_saga",
     "run_trigger",
+    "saga_history",
     "start_triggers",
     "stop_triggers",
     "webhook_app",

@@ -17,6 +17,7 @@ from sagaz.engine.metrics import EngineMetrics
 from sagaz.engine.outcomes import SagaOutcomes
 from sagaz.engine.store_outage import StoreOutage
 from sagaz.events import plain_data
+from sagaz.saga.cancellation import SagaCancellations
 from sagaz.saga.listeners import SagaListener
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class PipelineState:
     #: the outcome of every accepted saga id, for ``TriggerEngine.wait_for``
     outcomes: SagaOutcomes = field(default_factory=SagaOutcomes)
     global_bucket: TokenBucket | None = None
+    #: operators' cancels of the sagas this engine runs (``sagaz.engine.steering_watch``)
+    cancellations: SagaCancellations = field(default_factory=SagaCancellations)
     #: whether the store can be reached, and the wait for it when it cannot
     outage: StoreOutage = field(init=False)
     _lease: timedelta = field(init=False)

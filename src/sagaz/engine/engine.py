@@ -39,6 +39,7 @@ from sagaz.engine.outcomes import SagaOutcomes
 from sagaz.engine.pausing import TriggerPauses, set_trigger_enabled
 from sagaz.engine.runner import SagaRunner
 from sagaz.engine.settlement import Settlement
+from sagaz.engine.steering_watch import SagaSteering
 from sagaz.engine.store_outage import StoreOutage
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta, NotRun, Reason
@@ -123,6 +124,8 @@ class TriggerEngine(Lifecycle):
         self.shared: dict[str, Any] = shared if shared is not None else {}
         self.state: PipelineState | None = None
         self._dashboard_server: Any = None  # the webhook server held for the dashboard
+        #: acts on operators' saga requests (``sagaz sagas cancel|resume|retry``)
+        self.steering: SagaSteering | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -167,6 +170,7 @@ class TriggerEngine(Lifecycle):
         self.outcomes.resume()
         self.dispatcher = Dispatcher(state, self.runner)
         self.pausing = TriggerPauses(state, self.triggers, self._report_source_error)
+        self.steering = SagaSteering(state, self.triggers)
         self._started = True
         try:
             for definition in definitions:
@@ -191,6 +195,7 @@ class TriggerEngine(Lifecycle):
                 self._spawn(self._recover(), "sagaz-recovery")
                 self._spawn(self._cleanup(), "sagaz-cleanup")
                 self._spawn(self.pausing.watch(), "sagaz-trigger-states")
+                self._spawn(self.steering.watch(), "sagaz-saga-requests")
         except BaseException:
             await self.stop()
             raise

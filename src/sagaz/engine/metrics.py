@@ -20,6 +20,7 @@ class EngineMetrics:
     completed: Counter[str] = field(default_factory=Counter)
     compensated: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
+    cancelled: Counter[str] = field(default_factory=Counter)  # by an operator
     retried: Counter[str] = field(default_factory=Counter)
     dead_lettered: Counter[str] = field(default_factory=Counter)
     source_errors: Counter[str] = field(default_factory=Counter)
@@ -61,6 +62,7 @@ class EngineMetrics:
             "completed": sum(self.completed.values()),
             "compensated": sum(self.compensated.values()),
             "failed": sum(self.failed.values()),
+            "cancelled": sum(self.cancelled.values()),
             "retried": sum(self.retried.values()),
             "dead_lettered": sum(self.dead_lettered.values()),
             "source_errors": sum(self.source_errors.values()),

@@ -44,6 +44,7 @@ _PER_TRIGGER = (
     ("sagaz_sagas_completed", "Saga runs that completed.", "completed"),
     ("sagaz_sagas_compensated", "Saga runs that ended compensated.", "compensated"),
     ("sagaz_sagas_failed", "Saga runs whose compensation failed.", "failed"),
+    ("sagaz_sagas_cancelled", "Saga runs an operator cancelled (sagaz sagas cancel).", "cancelled"),
     ("sagaz_saga_retries", "Compensated sagas started again as a new attempt.", "retried"),
     (
         "sagaz_dead_letters",

@@ -12,6 +12,8 @@ from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import NotRun
 from sagaz.exceptions import StoreUnavailableError
+from sagaz.records import SagaRecord
+from sagaz.saga.cancellation import Cancellation
 from sagaz.saga.execution import SagaExecution
 from sagaz.saga.result import SagaResult
 from sagaz.types import SagaStatus
@@ -56,6 +58,11 @@ class SagaRunner:
             state.outcomes.settle(item.saga_id, NotRun(item.saga_id, "interrupted", str(exc)))
             return
         self._log_result(item, result)
+        if result.status is SagaStatus.CANCELLED:  # an operator's decision: never retried
+            state.metrics.cancelled[trigger.trigger_id] += 1
+            await self._outage_safe(lambda: self._settle(item))
+            state.outcomes.settle(item.saga_id, result)
+            return
         if result.status is SagaStatus.COMPLETED:
             state.metrics.completed[trigger.trigger_id] += 1
             await self._outage_safe(lambda: self._settle(item))
@@ -84,10 +91,24 @@ class SagaRunner:
     async def _execute(self, item: WorkItem) -> SagaResult:
         """Run the saga; while the store is unavailable, wait for it and run it again, which
         resumes it from its last checkpoint (the step whose checkpoint failed runs again)."""
-        state = self.state
-        trigger = item.trigger
         new_attempt = self._take_new_attempt(item)
         known = item.pending
+        cancellations = self.state.cancellations
+        cancellation = cancellations.track(item.saga_id)
+        try:
+            return await self._run_until_stored(item, new_attempt, known, cancellation)
+        finally:
+            cancellations.untrack(item.saga_id)
+
+    async def _run_until_stored(
+        self,
+        item: WorkItem,
+        new_attempt: bool,
+        known: SagaRecord | None,
+        cancellation: Cancellation,
+    ) -> SagaResult:
+        state = self.state
+        trigger = item.trigger
         while True:
             execution = SagaExecution(
                 item.saga if item.saga is not None else trigger.saga,
@@ -98,6 +119,7 @@ class SagaRunner:
                 owner=state.worker_id,
                 lease_until=state.lease_until(),
                 delivery=item.delivery,
+                cancellation=cancellation,
             )
             try:
                 return await execution.run(
@@ -124,8 +146,8 @@ class SagaRunner:
         level = (
             logging.DEBUG  # thousands a second: the normal case is not news
             if status is SagaStatus.COMPLETED
-            else logging.INFO  # its compensations ran: retried or dead-lettered next
-            if status is SagaStatus.COMPENSATED
+            else logging.INFO  # its compensations ran: retried, dead-lettered, or cancelled
+            if status in (SagaStatus.COMPENSATED, SagaStatus.CANCELLED)
             else logging.WARNING  # a compensation failed too
         )
         if not logger.isEnabledFor(level):

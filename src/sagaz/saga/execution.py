@@ -14,6 +14,7 @@ from sagaz import tracing
 from sagaz.clock import Clock, SystemClock
 from sagaz.exceptions import (
     ConfigurationError,
+    SagaCancelledError,
     SagaError,
     SagaStepError,
     SagaTimeoutError,
@@ -29,6 +30,7 @@ from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 if TYPE_CHECKING:
     from sagaz.abc import SagaStore
     from sagaz.events import Delivery
+    from sagaz.saga.cancellation import Cancellation
     from sagaz.saga.definition import Saga
     from sagaz.tracing import SpanRecorder
 
@@ -61,6 +63,7 @@ class SagaExecution:
         owner: str | None = None,
         lease_until: datetime | None = None,
         delivery: Delivery | None = None,
+        cancellation: Cancellation | None = None,
     ) -> None:
         self.saga = saga
         self.definition = type(saga).definition()
@@ -74,6 +77,8 @@ class SagaExecution:
         self.lease_until = lease_until
         #: the event it runs for (engine runs): its trace context is the saga span's parent
         self.delivery = delivery
+        #: an operator's cancel (sagaz.saga.cancellation): no step starts once it is set
+        self.cancellation = cancellation
         self._spans: SpanRecorder | None = None
         self._seq = 0
         self._remaining = 0
@@ -331,6 +336,8 @@ class SagaExecution:
     ) -> None:
         spec = step.action
         name = spec.name
+        if self.cancellation is not None:
+            self.cancellation.check(name)  # cancelled: this step fails before it starts
         token = current_step.set(name)
         try:
             if self._spans is None:
@@ -449,15 +456,21 @@ class SagaExecution:
         record = self._record
         assert record is not None
         saga_id = record.saga_id
-        error = (
-            cause if isinstance(cause, str) else f"step {failed_step!r} failed: {_describe(cause)}"
-        )
+        cancelled = isinstance(cause, SagaCancelledError)
+        if cancelled:
+            failed_step, error = None, str(cause)  # no step failed: it ends cancelled
+        else:
+            error = (
+                cause
+                if isinstance(cause, str)
+                else f"step {failed_step!r} failed: {_describe(cause)}"
+            )
         record.status = SagaStatus.COMPENSATING
         record.error = error
         record.context = ctx.to_dict()
         await self.store.save_saga(record)
         steps = await self.store.get_steps(saga_id)
-        if failed_step is None:
+        if failed_step is None and not cancelled:
             failed_step = next((s.name for s in steps if s.status is StepStatus.FAILED), None)
         to_undo = sorted(
             (s for s in steps if s.status in (StepStatus.COMPLETED, StepStatus.COMPENSATING)),
@@ -478,7 +491,13 @@ class SagaExecution:
                 problem = await self._run_compensation(definition, ctx, step)
                 if problem is not None:
                     errors[step.name] = problem
-        status = SagaStatus.FAILED if errors else SagaStatus.COMPENSATED
+        status = (
+            SagaStatus.FAILED
+            if errors
+            else SagaStatus.CANCELLED
+            if cancelled
+            else SagaStatus.COMPENSATED
+        )
         if errors:
             error += "; " + "; ".join(
                 f"compensation of {name!r} failed: {msg}" for name, msg in errors.items()

@@ -16,6 +16,9 @@ from sagaz.records import (
     DeadLetterRecord,
     InboxClaim,
     OutboxMessage,
+    SagaAction,
+    SagaControlRequest,
+    SagaHistoryRecord,
     SagaRecord,
     StepRecord,
     TriggerExecutionRecord,
@@ -71,6 +74,9 @@ class MemorySagaStore(SagaStore):
         self._cron: dict[str, dict[datetime, str]] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # name -> (holder, monotonic expiry)
         self._rate_limits: dict[str, float] = {}  # name -> theoretical arrival time (monotonic)
+        self._history: dict[str, list[SagaHistoryRecord]] = {}
+        self._history_ids = itertools.count(1)
+        self._requests: dict[str, SagaControlRequest] = {}  # by saga_id, oldest first
 
     # -- sagas -----------------------------------------------------------------------------
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
@@ -395,3 +401,38 @@ class MemorySagaStore(SagaStore):
         if tat is not None:
             self._rate_limits[name] = tat
         return wait
+
+    # -- saga control ----------------------------------------------------------------------
+    async def delete_steps(self, saga_id: str, names: Sequence[str]) -> None:
+        steps = self._steps.get(saga_id, {})
+        for name in names:
+            steps.pop(name, None)
+
+    async def add_saga_history(self, entry: SagaHistoryRecord) -> int:
+        entry_id = next(self._history_ids)
+        stored = replace(_clone(entry), id=entry_id, at=entry.at or utcnow())
+        self._history.setdefault(entry.saga_id, []).append(stored)
+        return entry_id
+
+    async def list_saga_history(self, saga_id: str, limit: int = 100) -> list[SagaHistoryRecord]:
+        return [_clone(e) for e in self._history.get(saga_id, [])[:limit]]
+
+    async def add_saga_request(self, request: SagaControlRequest) -> bool:
+        if request.saga_id in self._requests:
+            return False
+        stored = replace(_clone(request), requested_at=request.requested_at or utcnow())
+        self._requests[request.saga_id] = stored
+        return True
+
+    async def list_saga_requests(
+        self, *, saga_id: str | None = None, limit: int = 100
+    ) -> list[SagaControlRequest]:
+        found = [r for r in self._requests.values() if saga_id is None or r.saga_id == saga_id]
+        return [_clone(r) for r in found[:limit]]
+
+    async def finish_saga_request(self, saga_id: str, action: SagaAction) -> bool:
+        request = self._requests.get(saga_id)
+        if request is None or request.action != action:
+            return False
+        del self._requests[saga_id]
+        return True

@@ -205,6 +205,35 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             )""",
         ),
     ),
+    (
+        6,
+        (
+            # saga control (sagaz sagas cancel|resume|retry): what was done to each saga...
+            """CREATE TABLE IF NOT EXISTS {s}.saga_history (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                saga_id text NOT NULL,
+                at timestamptz NOT NULL,
+                action text NOT NULL,
+                actor text,
+                detail text
+            )""",
+            "CREATE INDEX IF NOT EXISTS saga_history_by_saga ON {s}.saga_history (saga_id, id)",
+            # ...and the requests the engines have still to finish, at most one per saga
+            """CREATE TABLE IF NOT EXISTS {s}.saga_requests (
+                saga_id text PRIMARY KEY,
+                action text NOT NULL,
+                step text,
+                actor text,
+                reason text,
+                attempt integer NOT NULL,
+                requested_at timestamptz NOT NULL
+            )""",
+            # the status 'cancelled' is terminal: purge_expired's partial index includes it
+            "DROP INDEX IF EXISTS {s}.saga_executions_stored_events",
+            "CREATE INDEX saga_executions_stored_events ON {s}.saga_executions (updated_at) "
+            f"WHERE event IS NOT NULL AND status IN {TERMINAL_SQL}",
+        ),
+    ),
 ]
 """Every migration, oldest first (``{s}`` is the quoted schema name)."""
 

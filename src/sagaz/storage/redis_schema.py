@@ -53,7 +53,7 @@ __all__ = [
     "saga_from_hash",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """The key-layout version this code writes (stored in ``<prefix>:schema_version``).
 
 Version 1 needs no data migration (keys are created on first write). Version 2 adds the two
@@ -67,9 +67,11 @@ needs no data step. Version 4 adds the shared token buckets, ``p:rate:<name>``
 ``p:outbox-saga:<saga>``, each saga's outbox ids
 (:meth:`~sagaz.storage.redis.RedisSagaStore.list_saga_outbox`); :func:`migrate` fills it from
 the outbox rows (:func:`_index_outbox_by_saga`), and, as for version 2, rows an older process
-writes during the upgrade are not indexed. A later layout adds its data migration to
-:func:`migrate` too, which runs it under a ``SET NX`` lock when asked (``sagaz db upgrade``):
-a store refuses to start on an older layout."""
+writes during the upgrade are not indexed. Version 6 adds saga control:
+``p:history:<saga_id>`` (a saga's history, ids from ``p:history-id``) and
+``p:saga-requests`` (the open requests by saga id), created on first use. A later layout adds
+its data migration to :func:`migrate` too, which runs it under a ``SET NX`` lock when asked
+(``sagaz db upgrade``): a store refuses to start on an older layout."""
 
 _MIGRATION_LOCK_MS = 30_000
 _MIGRATION_CHUNK = 500
@@ -116,6 +118,7 @@ async def migrate(client: Any, prefix: str, *, url: str, upgrade: bool = False) 
             # 3 -> 4: so are the rate-limit keys
             if 1 <= current <= 4:  # 4 -> 5
                 await _index_outbox_by_saga(client, prefix, keep_lock)
+            # 5 -> 6: the saga history and request keys are created on first use
             await client.set(version_key, SCHEMA_VERSION)
     finally:
         await client.eval(

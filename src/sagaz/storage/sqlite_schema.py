@@ -220,6 +220,35 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             ) WITHOUT ROWID""",
         ),
     ),
+    (
+        6,
+        (
+            # saga control (sagaz sagas cancel|resume|retry): what was done to each saga...
+            """CREATE TABLE IF NOT EXISTS saga_history (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                saga_id TEXT NOT NULL,
+                at TEXT NOT NULL,
+                action TEXT NOT NULL,
+                actor TEXT,
+                detail TEXT
+            )""",
+            "CREATE INDEX IF NOT EXISTS saga_history_by_saga ON saga_history (saga_id, id)",
+            # ...and the requests the engines have still to finish, at most one per saga
+            """CREATE TABLE IF NOT EXISTS saga_requests (
+                saga_id TEXT PRIMARY KEY,
+                action TEXT NOT NULL,
+                step TEXT,
+                actor TEXT,
+                reason TEXT,
+                attempt INTEGER NOT NULL,
+                requested_at TEXT NOT NULL
+            ) WITHOUT ROWID""",
+            # the status 'cancelled' is terminal: purge_expired's partial index includes it
+            "DROP INDEX IF EXISTS saga_executions_stored_events",
+            "CREATE INDEX saga_executions_stored_events ON saga_executions (updated_at) "
+            f"WHERE event IS NOT NULL AND status IN {TERMINAL_SQL}",
+        ),
+    ),
 ]
 """Every migration, oldest first."""
 
