@@ -37,6 +37,7 @@ class WorkItem:
     already_terminal: bool = False  # a redelivery of a saga that already finished
     rate_granted: bool = False  # its trigger's rate-limit token is taken (see BackpressureQueue)
     saga: Saga | None = None  # the saga object of this run (None: the trigger's shared one)
+    inbox_completed: bool = False  # its inbox row was completed with the completed saga
 
     @property
     def trigger_id(self) -> str:

@@ -35,6 +35,7 @@ from sagaz.records import (
 )
 from sagaz.storage import postgres_schema as tables
 from sagaz.storage.codec import dumps, to_utc
+from sagaz.storage.postgres_groups import PgGroupCommitter
 from sagaz.storage.unavailable import raises_unavailable
 from sagaz.storage.url import redact_url
 from sagaz.types import SagaStatus, StepStatus
@@ -72,6 +73,27 @@ class PostgresSagaStore(SagaStore):
             f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
             f"VALUES ({tables.SAGA_VALUES})"
         )
+        self._upsert_saga = (
+            f"{self._insert_saga} "
+            "ON CONFLICT (saga_id) DO UPDATE SET saga_name = EXCLUDED.saga_name, "
+            "status = EXCLUDED.status, context = EXCLUDED.context, attempt = EXCLUDED.attempt, "
+            "error = EXCLUDED.error, trigger_id = EXCLUDED.trigger_id, event = EXCLUDED.event, "
+            "owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at, "
+            "updated_at = EXCLUDED.updated_at"
+        )
+        self._upsert_step = (
+            f"INSERT INTO {self._s}.saga_steps ({tables.STEP_COLUMNS}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+            "ON CONFLICT (saga_id, name) DO UPDATE SET status = EXCLUDED.status, "
+            "result = EXCLUDED.result, error = EXCLUDED.error, "
+            "attempts = EXCLUDED.attempts, completed_seq = EXCLUDED.completed_seq, "
+            "compensation_error = EXCLUDED.compensation_error, "
+            "updated_at = EXCLUDED.updated_at"
+        )
+        self._complete_inbox = (
+            f"UPDATE {self._s}.inbox SET status = 'completed', completed_at = $3 "
+            "WHERE trigger_id = $1 AND key = $2"
+        )
         self._select_sagas = f"SELECT {tables.SAGA_COLUMNS} FROM {self._s}.saga_executions"
         self._insert_outbox = (
             f"INSERT INTO {self._s}.outbox (saga_id, topic, payload, headers, created_at) "
@@ -84,6 +106,7 @@ class PostgresSagaStore(SagaStore):
         self._max_size = max_size
         self._command_timeout = command_timeout
         self._pool: Any = None
+        self._groups: PgGroupCommitter | None = None
         self._lifecycle_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -117,6 +140,7 @@ class PostgresSagaStore(SagaStore):
                 await pool.close()
                 raise
             self._pool = pool
+            self._groups = PgGroupCommitter(pool, unavailable=self._unavailable, label=repr(self))
             self._started = True
 
     def _store_url(self) -> str:
@@ -160,7 +184,10 @@ class PostgresSagaStore(SagaStore):
         """Close the pool, letting running queries finish. Idempotent."""
         async with self._lifecycle_lock:
             pool, self._pool = self._pool, None
+            groups, self._groups = self._groups, None
             self._started = False
+            if groups is not None:
+                await groups.close()
             if pool is not None:
                 await pool.close()
 
@@ -201,45 +228,65 @@ class PostgresSagaStore(SagaStore):
             )
         return self._pool
 
+    def _committer(self) -> PgGroupCommitter:
+        self._db()  # the error for a store that is not started
+        assert self._groups is not None
+        return self._groups
+
+    async def _write(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``op(conn)`` (all its SQL) as one atomic operation of the next group commit;
+        return its result once that group has committed (see
+        :mod:`sagaz.storage.postgres_groups`)."""
+        return await self._committer().run(op)
+
+    async def _write_execute(self, sql: str, *args: Any) -> str:
+        """:meth:`_write` one statement; return its status."""
+        status: str = await self._write(lambda conn: conn.execute(sql, *args))
+        return status
+
+    async def _write_fetchval(self, sql: str, *args: Any) -> Any:
+        """:meth:`_write` one statement; return the first value of its first row."""
+        return await self._write(lambda conn: conn.fetchval(sql, *args))
+
+    @property
+    def commits(self) -> int:
+        """Transactions the group committer has committed since the store started (each
+        holds the writes of every saga that wrote at the same time)."""
+        return 0 if self._groups is None else self._groups.commits
+
     # -- sagas -----------------------------------------------------------------------------
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
-        db = self._db()
         now = utcnow()
         params = tables.saga_params(record, record.created_at or now, now)
-        for _ in range(_CLAIM_RETRIES):
-            row = await db.fetchrow(
-                f"{self._insert_saga} "
-                f"ON CONFLICT (saga_id) DO NOTHING RETURNING {tables.SAGA_COLUMNS}",
-                *params,
-            )
-            if row is not None:
-                return tables.saga_from_row(row), True
-            row = await db.fetchrow(
-                f"{self._select_sagas} WHERE saga_id = $1",
-                record.saga_id,
-            )
-            if row is not None:
-                return tables.saga_from_row(row), False
-        raise StoreError(f"saga {record.saga_id!r} kept appearing and disappearing; retry")
+        insert = (
+            f"{self._insert_saga} ON CONFLICT (saga_id) DO NOTHING RETURNING {tables.SAGA_COLUMNS}"
+        )
+        select = f"{self._select_sagas} WHERE saga_id = $1"
+
+        async def create(conn: Any) -> tuple[Any, bool]:
+            for _ in range(_CLAIM_RETRIES):
+                row = await conn.fetchrow(insert, *params)
+                if row is not None:
+                    return row, True
+                row = await conn.fetchrow(select, record.saga_id)
+                if row is not None:
+                    return row, False
+            raise StoreError(f"saga {record.saga_id!r} kept appearing and disappearing; retry")
+
+        row, created = await self._write(create)
+        return tables.saga_from_row(row), created
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()
-        upsert = (
-            f"{self._insert_saga} "
-            "ON CONFLICT (saga_id) DO UPDATE SET saga_name = EXCLUDED.saga_name, "
-            "status = EXCLUDED.status, context = EXCLUDED.context, attempt = EXCLUDED.attempt, "
-            "error = EXCLUDED.error, trigger_id = EXCLUDED.trigger_id, event = EXCLUDED.event, "
-            "owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at, "
-            "updated_at = EXCLUDED.updated_at"
-        )
         params = tables.saga_params(record, record.created_at or now, now)
         messages = self._outbox_rows(outbox, now)
-        if not messages:  # one statement: atomic alone, one round trip
-            await self._db().execute(upsert, *params)
-            return
-        async with self._db().acquire() as conn, conn.transaction():
-            await conn.execute(upsert, *params)
-            await conn.executemany(self._insert_outbox, messages)
+
+        async def save(conn: Any) -> None:
+            await conn.execute(self._upsert_saga, *params)
+            if messages:
+                await conn.executemany(self._insert_outbox, messages)
+
+        await self._write(save)
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         row = await self._db().fetchrow(
@@ -284,7 +331,7 @@ class PostgresSagaStore(SagaStore):
         return [tables.saga_from_row(row) for row in rows]
 
     async def delete_saga(self, saga_id: str) -> None:
-        await self._db().execute(
+        await self._write_execute(
             f"WITH steps AS (DELETE FROM {self._s}.saga_steps WHERE saga_id = $1) "
             f"DELETE FROM {self._s}.saga_executions WHERE saga_id = $1",
             saga_id,
@@ -300,7 +347,7 @@ class PostgresSagaStore(SagaStore):
         return [tables.saga_from_row(row) for row in rows]
 
     async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
-        claimed = await self._db().fetchval(
+        claimed = await self._write_fetchval(
             f"UPDATE {self._s}.saga_executions SET owner = $2, lease_expires_at = $3 "
             "WHERE saga_id = $1 AND (owner IS NULL OR owner = $2 OR lease_expires_at IS NULL "
             "OR lease_expires_at < $4) RETURNING TRUE",
@@ -314,34 +361,61 @@ class PostgresSagaStore(SagaStore):
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()
-        result = None if step.result is None else dumps(step.result)
+        params = self._step_params(step, now)
         messages = self._outbox_rows(outbox, now)
-        upsert = (
-            f"INSERT INTO {self._s}.saga_steps ({tables.STEP_COLUMNS}) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
-            "ON CONFLICT (saga_id, name) DO UPDATE SET status = EXCLUDED.status, "
-            "result = EXCLUDED.result, error = EXCLUDED.error, "
-            "attempts = EXCLUDED.attempts, completed_seq = EXCLUDED.completed_seq, "
-            "compensation_error = EXCLUDED.compensation_error, "
-            "updated_at = EXCLUDED.updated_at"
-        )
-        params = (
+
+        async def save(conn: Any) -> None:
+            await conn.execute(self._upsert_step, *params)
+            if messages:
+                await conn.executemany(self._insert_outbox, messages)
+
+        await self._write(save)
+
+    @staticmethod
+    def _step_params(step: StepRecord, now: datetime) -> tuple[Any, ...]:
+        return (
             step.saga_id,
             step.name,
             StepStatus(step.status).value,
-            result,
+            None if step.result is None else dumps(step.result),
             step.error,
             step.attempts,
             step.completed_seq,
             step.compensation_error,
             now,
         )
-        if not messages:  # one statement: atomic alone, one round trip
-            await self._db().execute(upsert, *params)
-            return
-        async with self._db().acquire() as conn, conn.transaction():
-            await conn.execute(upsert, *params)
-            await conn.executemany(self._insert_outbox, messages)
+
+    async def save_checkpoint(
+        self,
+        saga: SagaRecord | None = None,
+        steps: Sequence[StepRecord] = (),
+        outbox: Sequence[OutboxMessage] = (),
+        *,
+        complete_inbox: tuple[str, str] | None = None,
+    ) -> None:
+        """One operation of the group commit: all or nothing (see the contract)."""
+        if saga is None and outbox and not steps:
+            raise ValueError("save_checkpoint: outbox messages need a saga or a step to go with")
+        now = utcnow()
+        step_rows = [self._step_params(step, now) for step in steps]
+        saga_params = (
+            None if saga is None else tables.saga_params(saga, saga.created_at or now, now)
+        )
+        messages = self._outbox_rows(outbox, now)
+
+        async def save(conn: Any) -> None:
+            if len(step_rows) == 1:
+                await conn.execute(self._upsert_step, *step_rows[0])
+            elif step_rows:
+                await conn.executemany(self._upsert_step, step_rows)
+            if saga_params is not None:
+                await conn.execute(self._upsert_saga, *saga_params)
+            if messages:
+                await conn.executemany(self._insert_outbox, messages)
+            if complete_inbox is not None:
+                await conn.execute(self._complete_inbox, *complete_inbox, now)
+
+        await self._write(save)
 
     @staticmethod
     def _outbox_rows(outbox: Sequence[OutboxMessage], now: datetime) -> list[tuple[Any, ...]]:
@@ -354,62 +428,57 @@ class PostgresSagaStore(SagaStore):
         return [tables.step_from_row(row) for row in rows]
 
     async def reset_steps(self, saga_id: str) -> None:
-        await self._db().execute(f"DELETE FROM {self._s}.saga_steps WHERE saga_id = $1", saga_id)
+        await self._write_execute(f"DELETE FROM {self._s}.saga_steps WHERE saga_id = $1", saga_id)
 
     # -- inbox -----------------------------------------------------------------------------
     async def claim_inbox(
         self, trigger_id: str, key: str, saga_id: str, owner: str, lease_until: datetime
     ) -> InboxClaim:
-        db = self._db()
-        for _ in range(_CLAIM_RETRIES):
-            # one statement inserts a new row or takes over an expired/own one; the row lock
-            # taken by ON CONFLICT makes the lease check and the takeover atomic
-            row = await db.fetchrow(
-                f"INSERT INTO {self._s}.inbox AS i (trigger_id, key, saga_id, owner, "
-                "lease_until, status, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6) "
-                "ON CONFLICT (trigger_id, key) DO UPDATE SET owner = EXCLUDED.owner, "
-                "lease_until = EXCLUDED.lease_until WHERE i.status = 'pending' AND "
-                "(i.owner = EXCLUDED.owner OR i.lease_until IS NULL OR i.lease_until < $6) "
-                "RETURNING i.saga_id, (xmax = 0) AS inserted",
-                trigger_id,
-                key,
-                saga_id,
-                owner,
-                to_utc(lease_until),
-                utcnow(),
-            )
-            if row is not None:
-                outcome = ClaimOutcome.CLAIMED if row["inserted"] else ClaimOutcome.TAKEN_OVER
-                return InboxClaim(outcome, row["saga_id"], owner)
-            row = await db.fetchrow(
-                f"SELECT saga_id, owner, status FROM {self._s}.inbox "
-                "WHERE trigger_id = $1 AND key = $2",
-                trigger_id,
-                key,
-            )
-            if row is not None:
-                outcome = (
-                    ClaimOutcome.DUPLICATE if row["status"] == "completed" else ClaimOutcome.BUSY
-                )
-                return InboxClaim(outcome, row["saga_id"], row["owner"])
-        raise StoreError(f"inbox row ({trigger_id!r}, {key!r}) kept changing under us; retry")
+        # one statement inserts a new row or takes over an expired/own one; the row lock
+        # taken by ON CONFLICT makes the lease check and the takeover atomic
+        claim = (
+            f"INSERT INTO {self._s}.inbox AS i (trigger_id, key, saga_id, owner, "
+            "lease_until, status, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6) "
+            "ON CONFLICT (trigger_id, key) DO UPDATE SET owner = EXCLUDED.owner, "
+            "lease_until = EXCLUDED.lease_until WHERE i.status = 'pending' AND "
+            "(i.owner = EXCLUDED.owner OR i.lease_until IS NULL OR i.lease_until < $6) "
+            "RETURNING i.saga_id, (xmax = 0) AS inserted"
+        )
+        select = (
+            f"SELECT saga_id, owner, status FROM {self._s}.inbox WHERE trigger_id = $1 AND key = $2"
+        )
+        args = (trigger_id, key, saga_id, owner, to_utc(lease_until), utcnow())
+
+        async def claim_row(conn: Any) -> InboxClaim:
+            for _ in range(_CLAIM_RETRIES):
+                row = await conn.fetchrow(claim, *args)
+                if row is not None:
+                    outcome = ClaimOutcome.CLAIMED if row["inserted"] else ClaimOutcome.TAKEN_OVER
+                    return InboxClaim(outcome, row["saga_id"], owner)
+                row = await conn.fetchrow(select, trigger_id, key)
+                if row is not None:
+                    completed = row["status"] == "completed"
+                    outcome = ClaimOutcome.DUPLICATE if completed else ClaimOutcome.BUSY
+                    return InboxClaim(outcome, row["saga_id"], row["owner"])
+            raise StoreError(f"inbox row ({trigger_id!r}, {key!r}) kept changing under us; retry")
+
+        return await self._write(claim_row)
 
     async def complete_inbox(self, trigger_id: str, key: str) -> None:
-        await self._db().execute(
-            f"UPDATE {self._s}.inbox SET status = 'completed', completed_at = $3 "
-            "WHERE trigger_id = $1 AND key = $2",
+        await self._write_execute(
+            self._complete_inbox,
             trigger_id,
             key,
             utcnow(),
         )
 
     async def release_inbox(self, trigger_id: str, key: str) -> None:
-        await self._db().execute(
+        await self._write_execute(
             f"DELETE FROM {self._s}.inbox WHERE trigger_id = $1 AND key = $2", trigger_id, key
         )
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
-        touched = await self._db().fetchval(
+        touched = await self._write_fetchval(
             f"WITH i AS (UPDATE {self._s}.inbox SET lease_until = $2 "
             "WHERE owner = $1 AND status = 'pending' RETURNING 1), "
             f"s AS (UPDATE {self._s}.saga_executions SET lease_expires_at = $2 "
@@ -457,7 +526,7 @@ class PostgresSagaStore(SagaStore):
 
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
         if ids:
-            await self._db().execute(
+            await self._write_execute(
                 f"UPDATE {self._s}.outbox SET sent_at = $2 WHERE id = ANY($1::bigint[])",
                 [int(i) for i in ids],
                 utcnow(),
@@ -465,7 +534,7 @@ class PostgresSagaStore(SagaStore):
 
     # -- dead letters ----------------------------------------------------------------------
     async def add_dead_letter(self, record: DeadLetterRecord) -> int:
-        dead_id = await self._db().fetchval(
+        dead_id = await self._write_fetchval(
             f"INSERT INTO {self._s}.dead_letters ({tables.DEAD_LETTER_COLUMNS}, created_at) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
             record.trigger_id,
@@ -502,7 +571,7 @@ class PostgresSagaStore(SagaStore):
         return None if row is None else tables.dead_letter_from_row(row)
 
     async def delete_dead_letter(self, dead_letter_id: int) -> bool:
-        deleted = await self._db().fetchval(
+        deleted = await self._write_fetchval(
             f"DELETE FROM {self._s}.dead_letters WHERE id = $1 RETURNING TRUE", dead_letter_id
         )
         return bool(deleted)
@@ -566,11 +635,11 @@ class PostgresSagaStore(SagaStore):
         )
         args = (record.trigger_name, record.context_hash, record.saga_id, exclusive, started)
         if not exclusive:
-            await self._db().execute(insert + "VALUES ($1, $2, $3, $4, $5)", *args)
+            await self._write_execute(insert + "VALUES ($1, $2, $3, $4, $5)", *args)
             return True
         # the NOT EXISTS sees committed open rows; the partial unique index settles two
         # exclusive inserts racing each other (the loser's ON CONFLICT does nothing)
-        inserted = await self._db().fetchval(
+        inserted = await self._write_fetchval(
             insert + "SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM "
             f"{self._s}.trigger_executions WHERE trigger_name = $1 AND context_hash = $2 "
             "AND completed_at IS NULL) ON CONFLICT DO NOTHING RETURNING TRUE",
@@ -579,7 +648,7 @@ class PostgresSagaStore(SagaStore):
         return bool(inserted)
 
     async def complete_trigger_execution(self, trigger_name: str, saga_id: str) -> None:
-        await self._db().execute(
+        await self._write_execute(
             f"UPDATE {self._s}.trigger_executions SET completed_at = $3 "
             "WHERE trigger_name = $1 AND saga_id = $2 AND completed_at IS NULL",
             trigger_name,
@@ -597,7 +666,7 @@ class PostgresSagaStore(SagaStore):
 
     # -- cron ------------------------------------------------------------------------------
     async def claim_cron_tick(self, trigger_id: str, tick: datetime, owner: str) -> bool:
-        claimed = await self._db().fetchval(
+        claimed = await self._write_fetchval(
             f"INSERT INTO {self._s}.cron_claims (trigger_id, tick, owner, claimed_at) "
             "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING TRUE",
             trigger_id,

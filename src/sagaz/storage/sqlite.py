@@ -306,7 +306,54 @@ class SQLiteSagaStore(SagaStore):
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = to_text(utcnow())
-        step_params = (
+        step_params = self._step_params(step, now)
+        messages = self._outbox_rows(outbox, now)
+
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute(_INSERT_STEP, step_params)
+            if messages:
+                conn.executemany(_INSERT_OUTBOX, messages)
+
+        await self._write(save)
+
+    async def save_checkpoint(
+        self,
+        saga: SagaRecord | None = None,
+        steps: Sequence[StepRecord] = (),
+        outbox: Sequence[OutboxMessage] = (),
+        *,
+        complete_inbox: tuple[str, str] | None = None,
+    ) -> None:
+        """One operation of the group committer: all or nothing (see the contract)."""
+        if saga is None and outbox and not steps:
+            raise ValueError("save_checkpoint: outbox messages need a saga or a step to go with")
+        moment = utcnow()
+        now = to_text(moment)
+        step_rows = [self._step_params(step, now) for step in steps]
+        saga_params = (
+            None if saga is None else tables.saga_params(saga, saga.created_at or moment, moment)
+        )
+        messages = self._outbox_rows(outbox, now)
+
+        def save(conn: sqlite3.Connection) -> None:
+            if step_rows:
+                conn.executemany(_INSERT_STEP, step_rows)
+            if saga_params is not None:
+                conn.execute(_UPSERT_SAGA, saga_params)
+            if messages:
+                conn.executemany(_INSERT_OUTBOX, messages)
+            if complete_inbox is not None:
+                conn.execute(
+                    "UPDATE inbox SET status = 'completed', completed_at = ? "
+                    "WHERE trigger_id = ? AND key = ?",
+                    (now, *complete_inbox),
+                )
+
+        await self._write(save)
+
+    @staticmethod
+    def _step_params(step: StepRecord, now: str) -> tuple[Any, ...]:
+        return (
             step.saga_id,
             step.name,
             StepStatus(step.status).value,
@@ -317,14 +364,6 @@ class SQLiteSagaStore(SagaStore):
             step.compensation_error,
             now,
         )
-        messages = self._outbox_rows(outbox, now)
-
-        def save(conn: sqlite3.Connection) -> None:
-            conn.execute(_INSERT_STEP, step_params)
-            if messages:
-                conn.executemany(_INSERT_OUTBOX, messages)
-
-        await self._write(save)
 
     @staticmethod
     def _outbox_rows(outbox: Sequence[OutboxMessage], now: str) -> list[tuple[Any, ...]]:

@@ -27,13 +27,16 @@ __all__ = ["raises_unavailable"]
 
 S = TypeVar("S", bound=SagaStore)
 
+#: the contract's operations that have a default (so are not abstract) but a store overrides
+_COMBINED = frozenset({"save_checkpoint"})
+
 
 def raises_unavailable(cls: type[S]) -> type[S]:
     """Wrap the contract's operations that ``cls`` defines (see the module docstring)."""
     predicate = getattr(cls, "_unavailable", None)
     if not callable(predicate):
         raise TypeError(f"{cls.__name__} needs a `_unavailable(self, exc) -> bool` method")
-    for name in sorted(SagaStore.__abstractmethods__):
+    for name in sorted(SagaStore.__abstractmethods__ | _COMBINED):
         method = cls.__dict__.get(name)
         if method is not None and inspect.iscoroutinefunction(method):
             setattr(cls, name, _translating(method))
