@@ -71,6 +71,16 @@ async def test_one_failing_operation_fails_only_its_own_caller(database: str) ->
         ]
 
 
+async def test_one_caller_writing_again_and_again_is_never_left_waiting(database: str) -> None:
+    # max_size=2: one group connection, so one flusher; each write comes right after the
+    # previous one's group committed (the moment the flusher finds its queue empty)
+    async with PostgresSagaStore(database, max_size=2) as store:
+        async with asyncio.timeout(10):  # in this task: the next write is queued at once
+            for i in range(50):
+                await store.save_saga(_running(f"s-{i}"))
+        assert len(await store.list_sagas(limit=100)) == 50
+
+
 async def test_a_lost_connection_fails_every_caller_of_the_group(database: str) -> None:
     async with PostgresSagaStore(database) as store:
         await store.save_saga(_running("held"))

@@ -12,6 +12,7 @@ imported when the store starts (``pip install "sagaz[postgres]"``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -45,6 +46,13 @@ __all__ = ["PostgresSagaStore"]
 T = TypeVar("T")
 
 _CLAIM_RETRIES = 5  # a row deleted between our two statements makes us look again
+_GROUP_CONNECTIONS = 4  # group commits in flight at once, at most
+_STEP_CONFLICT = (
+    "ON CONFLICT (saga_id, name) DO UPDATE SET status = EXCLUDED.status, "
+    "result = EXCLUDED.result, error = EXCLUDED.error, "
+    "attempts = EXCLUDED.attempts, completed_seq = EXCLUDED.completed_seq, "
+    "compensation_error = EXCLUDED.compensation_error, updated_at = EXCLUDED.updated_at"
+)
 
 
 @raises_unavailable
@@ -83,17 +91,13 @@ class PostgresSagaStore(SagaStore):
         )
         self._upsert_step = (
             f"INSERT INTO {self._s}.saga_steps ({tables.STEP_COLUMNS}) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
-            "ON CONFLICT (saga_id, name) DO UPDATE SET status = EXCLUDED.status, "
-            "result = EXCLUDED.result, error = EXCLUDED.error, "
-            "attempts = EXCLUDED.attempts, completed_seq = EXCLUDED.completed_seq, "
-            "compensation_error = EXCLUDED.compensation_error, "
-            "updated_at = EXCLUDED.updated_at"
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) {_STEP_CONFLICT}"
         )
         self._complete_inbox = (
             f"UPDATE {self._s}.inbox SET status = 'completed', completed_at = $3 "
             "WHERE trigger_id = $1 AND key = $2"
         )
+        self._checkpoint_sql: dict[tuple[bool, bool, bool, bool], str] = {}
         self._select_sagas = f"SELECT {tables.SAGA_COLUMNS} FROM {self._s}.saga_executions"
         self._insert_outbox = (
             f"INSERT INTO {self._s}.outbox (saga_id, topic, payload, headers, created_at) "
@@ -140,7 +144,13 @@ class PostgresSagaStore(SagaStore):
                 await pool.close()
                 raise
             self._pool = pool
-            self._groups = PgGroupCommitter(pool, unavailable=self._unavailable, label=repr(self))
+            self._groups = PgGroupCommitter(
+                pool,
+                unavailable=self._unavailable,
+                label=repr(self),
+                # the rest of the pool is for reads and the statements kept out of groups
+                connections=max(1, min(_GROUP_CONNECTIONS, self._max_size // 2)),
+            )
             self._started = True
 
     def _store_url(self) -> str:
@@ -258,23 +268,28 @@ class PostgresSagaStore(SagaStore):
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
         now = utcnow()
         params = tables.saga_params(record, record.created_at or now, now)
-        insert = (
-            f"{self._insert_saga} ON CONFLICT (saga_id) DO NOTHING RETURNING {tables.SAGA_COLUMNS}"
-        )
+        insert = f"{self._insert_saga} ON CONFLICT (saga_id) DO NOTHING RETURNING TRUE"
         select = f"{self._select_sagas} WHERE saga_id = $1"
 
-        async def create(conn: Any) -> tuple[Any, bool]:
+        async def create(conn: Any) -> Any:
             for _ in range(_CLAIM_RETRIES):
-                row = await conn.fetchrow(insert, *params)
-                if row is not None:
-                    return row, True
+                if await conn.fetchval(insert, *params):
+                    return None  # stored as given: nothing to read back
                 row = await conn.fetchrow(select, record.saga_id)
                 if row is not None:
-                    return row, False
+                    return row
             raise StoreError(f"saga {record.saga_id!r} kept appearing and disappearing; retry")
 
-        row, created = await self._write(create)
-        return tables.saga_from_row(row), created
+        row = await self._write(create)
+        if row is not None:
+            return tables.saga_from_row(row), False
+        created = dataclasses.replace(
+            record,
+            status=SagaStatus(record.status),
+            created_at=record.created_at or now,
+            updated_at=now,
+        )
+        return created, True
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()
@@ -371,6 +386,78 @@ class PostgresSagaStore(SagaStore):
 
         await self._write(save)
 
+    def _checkpoint_statement(
+        self,
+        saga_params: tuple[Any, ...] | None,
+        step_rows: list[tuple[Any, ...]],
+        messages: list[tuple[Any, ...]],
+        complete_inbox: tuple[str, str] | None,
+        now: datetime,
+    ) -> tuple[str, list[Any]]:
+        """One statement (one round trip) for a whole checkpoint: a data-modifying CTE per
+        table, the steps and outbox messages as arrays (``unnest``), the messages in order."""
+        shape = (bool(step_rows), saga_params is not None, bool(messages), bool(complete_inbox))
+        args: list[Any] = []
+        if step_rows:
+            args += [list(column) for column in zip(*step_rows, strict=True)]
+        if saga_params is not None:
+            args += saga_params
+        if messages:
+            args += [list(column) for column in zip(*messages, strict=True)]
+        if complete_inbox is not None:
+            args += [*complete_inbox, now]
+        sql = self._checkpoint_sql.get(shape)
+        if sql is None:
+            sql = self._checkpoint_sql[shape] = self._build_checkpoint_sql(*shape)
+        return sql, args
+
+    def _build_checkpoint_sql(self, steps: bool, saga: bool, outbox: bool, inbox: bool) -> str:
+        s = self._s
+        parts: list[str] = []
+        n = 0
+
+        def params(count: int) -> list[str]:
+            nonlocal n
+            made = [f"${n + i + 1}" for i in range(count)]
+            n += count
+            return made
+
+        if steps:
+            p = params(9)
+            parts.append(
+                f"st AS (INSERT INTO {s}.saga_steps ({tables.STEP_COLUMNS}) "
+                "SELECT u.saga_id, u.name, u.status, u.result::jsonb, u.error, u.attempts, "
+                "u.completed_seq, u.compensation_error, u.updated_at FROM unnest("
+                f"{p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], "
+                f"{p[4]}::text[], {p[5]}::int[], {p[6]}::int[], {p[7]}::text[], "
+                f"{p[8]}::timestamptz[]) AS u(saga_id, name, status, result, error, attempts, "
+                f"completed_seq, compensation_error, updated_at) {_STEP_CONFLICT} RETURNING 1)"
+            )
+        if saga:
+            p = params(12)
+            values = self._upsert_saga.replace(
+                f"VALUES ({tables.SAGA_VALUES})", f"VALUES ({', '.join(p)})"
+            )
+            parts.append(f"sg AS ({values} RETURNING 1)")
+        if outbox:
+            p = params(5)
+            parts.append(
+                f"ob AS (INSERT INTO {s}.outbox (saga_id, topic, payload, headers, created_at) "
+                "SELECT u.saga_id, u.topic, u.payload::jsonb, u.headers::jsonb, u.created_at "
+                f"FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], "
+                f"{p[4]}::timestamptz[]) WITH ORDINALITY "
+                "AS u(saga_id, topic, payload, headers, created_at, n) ORDER BY u.n RETURNING 1)"
+            )
+        if inbox:
+            p = params(3)
+            parts.append(
+                f"ib AS (UPDATE {s}.inbox SET status = 'completed', completed_at = {p[2]} "
+                f"WHERE trigger_id = {p[0]} AND key = {p[1]} RETURNING 1)"
+            )
+        if not parts:
+            return "SELECT 1"
+        return "WITH " + ", ".join(parts) + " SELECT 1"
+
     @staticmethod
     def _step_params(step: StepRecord, now: datetime) -> tuple[Any, ...]:
         return (
@@ -403,17 +490,12 @@ class PostgresSagaStore(SagaStore):
         )
         messages = self._outbox_rows(outbox, now)
 
+        sql, args = self._checkpoint_statement(
+            saga_params, step_rows, messages, complete_inbox, now
+        )
+
         async def save(conn: Any) -> None:
-            if len(step_rows) == 1:
-                await conn.execute(self._upsert_step, *step_rows[0])
-            elif step_rows:
-                await conn.executemany(self._upsert_step, step_rows)
-            if saga_params is not None:
-                await conn.execute(self._upsert_saga, *saga_params)
-            if messages:
-                await conn.executemany(self._insert_outbox, messages)
-            if complete_inbox is not None:
-                await conn.execute(self._complete_inbox, *complete_inbox, now)
+            await conn.execute(sql, *args)
 
         await self._write(save)
 

@@ -5,11 +5,14 @@ the writes that many sagas issue at once.
 >>> await groups.run(lambda conn: conn.execute("DELETE FROM inbox"))  # doctest: +SKIP
 
 An operation is a coroutine function ``op(conn) -> result`` that runs all its SQL on the
-connection it is given. :meth:`PgGroupCommitter.run` queues it; one flusher task takes every
+connection it is given. :meth:`PgGroupCommitter.run` queues it; a flusher task takes every
 queued operation as one group, runs the group on one pooled connection in one transaction and
 commits it once; results and errors reach their callers only after that ``COMMIT``. While a
 group runs, new operations queue up for the next one, so the more sagas write at once, the
-larger the groups and the fewer the commits.
+larger the groups and the fewer the commits. Up to ``connections`` groups run at once, each
+on a connection of its own (a group spends most of its time waiting for the server).
+Operations of one caller never overlap (each is awaited), so their order is kept; a
+deadlock between two groups is retried (see below).
 
 One operation's error fails only its caller. The group first runs without savepoints (the
 common case: nothing fails, one round trip per statement plus ``BEGIN`` and ``COMMIT``); if an
@@ -74,13 +77,19 @@ class PgGroupCommitter:
     """
 
     def __init__(
-        self, pool: Any, *, unavailable: Callable[[BaseException], bool], label: str
+        self,
+        pool: Any,
+        *,
+        unavailable: Callable[[BaseException], bool],
+        label: str,
+        connections: int = 1,
     ) -> None:
         self._pool = pool
         self._unavailable = unavailable
         self._label = label
+        self._connections = max(1, connections)
         self._queue: list[_Queued] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
         #: transactions committed by this committer
         self.commits = 0
         #: operations whose results reached their callers through a commit
@@ -90,23 +99,29 @@ class PgGroupCommitter:
         """Queue ``op`` for the next group; return its result once that group has committed."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append(_Queued(op, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="sagaz-postgres-flusher")
+        if len(self._flushers) < self._connections:
+            self._flushers.add(asyncio.create_task(self._flush(), name="sagaz-postgres-flusher"))
         return await future  # cancelling the caller cancels the future: the flusher drops it
 
     async def close(self) -> None:
         """Run what is queued and wait for the running group. Queue nothing after it."""
-        flusher = self._flusher
-        if flusher is not None:
-            await asyncio.wait({flusher})  # not cancelled with the caller
+        while self._flushers:
+            await asyncio.wait(set(self._flushers))  # not cancelled with the caller
 
     async def _flush(self) -> None:
         """Run the queued operations, a group at a time, until none is left."""
-        while self._queue:
-            group = [queued for queued in self._queue[:_MAX_GROUP] if not queued.future.done()]
-            del self._queue[:_MAX_GROUP]  # the next group collects while this one runs
-            if group:
-                await self._run_group(group)
+        this = asyncio.current_task()
+        try:
+            await asyncio.sleep(0)  # let the callers of this moment queue theirs first
+            while self._queue:
+                group = [q for q in self._queue[:_MAX_GROUP] if not q.future.done()]
+                del self._queue[:_MAX_GROUP]  # the next group collects while this one runs
+                if group:
+                    await self._run_group(group)
+        finally:
+            # in the same step as the empty queue was seen: a caller queueing after this
+            # finds a free place and starts a flusher (a done callback would come too late)
+            self._flushers.discard(this)
 
     async def _run_group(self, group: list[_Queued]) -> None:
         ops = [queued.op for queued in group]

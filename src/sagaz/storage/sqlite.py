@@ -21,6 +21,7 @@ A caller cancelled while its operation is queued drops it; once running, it comp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import sqlite3
@@ -87,6 +88,16 @@ def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> lis
 def _change(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> int:
     """Execute one statement (in the store's thread); return the number of rows it changed."""
     return conn.execute(sql, params).rowcount
+
+
+def _as_created(record: SagaRecord, now: datetime) -> SagaRecord:
+    """The record :meth:`SQLiteSagaStore.create_saga` just stored (not decoded back)."""
+    return dataclasses.replace(
+        record,
+        status=SagaStatus(record.status),
+        created_at=record.created_at or now,
+        updated_at=now,
+    )
 
 
 def _schedule(row: Sequence[Any]) -> TriggerScheduleRecord:
@@ -228,7 +239,7 @@ class SQLiteSagaStore(SagaStore):
         rows = await self._write(create)
         if rows:
             return tables.saga_from_row(rows[0]), False
-        return tables.saga_from_row(params), True
+        return _as_created(record, now), True
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()
