@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 
 from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
+from sagaz.clock import utcnow
 from sagaz.engine.engine import TriggerEngine
 from sagaz.exceptions import StoreError, StoreUnavailableError
-from sagaz.records import OutboxMessage, SagaRecord, StepRecord
+from sagaz.records import ClaimOutcome, OutboxMessage, SagaRecord, StepRecord
 from sagaz.storage.postgres import PostgresSagaStore
 from sagaz.testing import eventually
 from sagaz.types import SagaStatus, StepStatus
@@ -69,6 +71,45 @@ async def test_one_failing_operation_fails_only_its_own_caller(database: str) ->
         assert sorted(m.payload["i"] for m in await store.fetch_outbox()) == [
             i for i in range(20) if i != 3
         ]
+
+
+async def test_claims_and_creations_batched_in_one_group_keep_their_own_outcomes(
+    database: str,
+) -> None:
+    later = utcnow() + timedelta(minutes=5)
+    async with PostgresSagaStore(database) as store:
+        await store.claim_inbox("t", "done", "s-done", "w1", later)
+        await store.complete_inbox("t", "done")
+        await store.claim_inbox("t", "held", "s-held", "other", later)
+        await store.claim_inbox("t", "mine", "s-mine", "w1", later)
+        await store.create_saga(_running("old"))
+        before = store.commits
+        claims = await asyncio.gather(
+            store.claim_inbox("t", "done", "s-x", "w1", later),
+            store.claim_inbox("t", "held", "s-x", "w1", later),
+            store.claim_inbox("t", "mine", "s-x", "w1", later),
+            store.claim_inbox("t", "new", "s-new", "w1", later),
+            store.claim_inbox("t", "new", "s-new", "w1", later),  # the same key twice
+        )
+        created = await asyncio.gather(
+            store.create_saga(_running("old")),
+            store.create_saga(_running("n-1")),
+            store.create_saga(_running("n-2")),
+        )
+        assert store.commits - before == 2  # one group each
+        assert [(c.outcome, c.saga_id, c.owner) for c in claims] == [
+            (ClaimOutcome.DUPLICATE, "s-done", "w1"),
+            (ClaimOutcome.BUSY, "s-held", "other"),
+            (ClaimOutcome.TAKEN_OVER, "s-mine", "w1"),
+            (ClaimOutcome.CLAIMED, "s-new", "w1"),
+            (ClaimOutcome.TAKEN_OVER, "s-new", "w1"),  # after the first, in the same group
+        ]
+        assert [(record.saga_id, made) for record, made in created] == [
+            ("old", False),
+            ("n-1", True),
+            ("n-2", True),
+        ]
+        assert {r.saga_id for r in await store.list_sagas()} == {"old", "n-1", "n-2"}
 
 
 async def test_one_caller_writing_again_and_again_is_never_left_waiting(database: str) -> None:

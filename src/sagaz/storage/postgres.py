@@ -47,12 +47,45 @@ T = TypeVar("T")
 
 _CLAIM_RETRIES = 5  # a row deleted between our two statements makes us look again
 _GROUP_CONNECTIONS = 4  # group commits in flight at once, at most
+#: the saga columns as arrays, $1 to $12 (for ``unnest``)
+_SAGA_ARRAYS = (
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], "
+    "$8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[]"
+)
+_SAGA_CONFLICT = (
+    "ON CONFLICT (saga_id) DO UPDATE SET saga_name = EXCLUDED.saga_name, "
+    "status = EXCLUDED.status, context = EXCLUDED.context, attempt = EXCLUDED.attempt, "
+    "error = EXCLUDED.error, trigger_id = EXCLUDED.trigger_id, event = EXCLUDED.event, "
+    "owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at, "
+    "updated_at = EXCLUDED.updated_at"
+)
+_INBOX_CONFLICT = (
+    "ON CONFLICT (trigger_id, key) DO UPDATE SET owner = EXCLUDED.owner, "
+    "lease_until = EXCLUDED.lease_until WHERE i.status = 'pending' AND "
+    "(i.owner = EXCLUDED.owner OR i.lease_until IS NULL OR i.lease_until < EXCLUDED.created_at)"
+)
 _STEP_CONFLICT = (
     "ON CONFLICT (saga_id, name) DO UPDATE SET status = EXCLUDED.status, "
     "result = EXCLUDED.result, error = EXCLUDED.error, "
     "attempts = EXCLUDED.attempts, completed_seq = EXCLUDED.completed_seq, "
     "compensation_error = EXCLUDED.compensation_error, updated_at = EXCLUDED.updated_at"
 )
+
+
+def _found_claim(row: Any) -> InboxClaim:
+    """The claim of a key whose row was neither inserted nor taken over: done or held."""
+    outcome = ClaimOutcome.DUPLICATE if row["status"] == "completed" else ClaimOutcome.BUSY
+    return InboxClaim(outcome, row["saga_id"], row["owner"])
+
+
+@dataclasses.dataclass(slots=True)
+class _Checkpoint:
+    """The rows of one :meth:`PostgresSagaStore.save_checkpoint`, as statement parameters."""
+
+    saga: tuple[Any, ...] | None
+    steps: list[tuple[Any, ...]]
+    outbox: list[tuple[Any, ...]]
+    inbox: tuple[str, str, datetime] | None
 
 
 @raises_unavailable
@@ -81,14 +114,7 @@ class PostgresSagaStore(SagaStore):
             f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
             f"VALUES ({tables.SAGA_VALUES})"
         )
-        self._upsert_saga = (
-            f"{self._insert_saga} "
-            "ON CONFLICT (saga_id) DO UPDATE SET saga_name = EXCLUDED.saga_name, "
-            "status = EXCLUDED.status, context = EXCLUDED.context, attempt = EXCLUDED.attempt, "
-            "error = EXCLUDED.error, trigger_id = EXCLUDED.trigger_id, event = EXCLUDED.event, "
-            "owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at, "
-            "updated_at = EXCLUDED.updated_at"
-        )
+        self._upsert_saga = f"{self._insert_saga} {_SAGA_CONFLICT}"
         self._upsert_step = (
             f"INSERT INTO {self._s}.saga_steps ({tables.STEP_COLUMNS}) "
             f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) {_STEP_CONFLICT}"
@@ -98,6 +124,21 @@ class PostgresSagaStore(SagaStore):
             "WHERE trigger_id = $1 AND key = $2"
         )
         self._checkpoint_sql: dict[tuple[bool, bool, bool, bool], str] = {}
+        self._insert_sagas = (
+            f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
+            "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
+            "u.trigger_id, u.event::jsonb, u.owner, u.lease_expires_at, u.created_at, "
+            f"u.updated_at FROM unnest({_SAGA_ARRAYS}) AS u({tables.SAGA_COLUMNS}) "
+            "ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
+        )
+        self._claim_many = (
+            f"INSERT INTO {self._s}.inbox AS i (trigger_id, key, saga_id, owner, "
+            "lease_until, status, created_at) SELECT u.trigger_id, u.key, u.saga_id, u.owner, "
+            "u.lease_until, 'pending', u.created_at FROM unnest($1::text[], $2::text[], "
+            "$3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[]) AS u(trigger_id, "
+            f"key, saga_id, owner, lease_until, created_at) {_INBOX_CONFLICT} "
+            "RETURNING i.trigger_id, i.key, i.saga_id, (xmax = 0) AS inserted"
+        )
         self._select_sagas = f"SELECT {tables.SAGA_COLUMNS} FROM {self._s}.saga_executions"
         self._insert_outbox = (
             f"INSERT INTO {self._s}.outbox (saga_id, topic, payload, headers, created_at) "
@@ -268,19 +309,10 @@ class PostgresSagaStore(SagaStore):
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
         now = utcnow()
         params = tables.saga_params(record, record.created_at or now, now)
-        insert = f"{self._insert_saga} ON CONFLICT (saga_id) DO NOTHING RETURNING TRUE"
-        select = f"{self._select_sagas} WHERE saga_id = $1"
-
-        async def create(conn: Any) -> Any:
-            for _ in range(_CLAIM_RETRIES):
-                if await conn.fetchval(insert, *params):
-                    return None  # stored as given: nothing to read back
-                row = await conn.fetchrow(select, record.saga_id)
-                if row is not None:
-                    return row
-            raise StoreError(f"saga {record.saga_id!r} kept appearing and disappearing; retry")
-
-        row = await self._write(create)
+        run = self._create_sagas
+        row = await self._committer().run(
+            lambda conn: self._create_one(conn, params), batch=(run, params, record.saga_id)
+        )
         if row is not None:
             return tables.saga_from_row(row), False
         created = dataclasses.replace(
@@ -290,6 +322,39 @@ class PostgresSagaStore(SagaStore):
             updated_at=now,
         )
         return created, True
+
+    async def _create_one(self, conn: Any, params: tuple[Any, ...]) -> Any:
+        """Insert one saga row unless it exists: None if inserted, else the existing row."""
+        insert = f"{self._insert_saga} ON CONFLICT (saga_id) DO NOTHING RETURNING TRUE"
+        for _ in range(_CLAIM_RETRIES):
+            if await conn.fetchval(insert, *params):
+                return None  # stored as given: nothing to read back
+            row = await conn.fetchrow(f"{self._select_sagas} WHERE saga_id = $1", params[0])
+            if row is not None:
+                return row
+        raise StoreError(f"saga {params[0]!r} kept appearing and disappearing; retry")
+
+    async def _create_sagas(self, conn: Any, items: list[tuple[Any, ...]]) -> list[Any]:
+        """:meth:`_create_one` for several sagas (distinct ids) in two statements."""
+        columns = [list(column) for column in zip(*items, strict=True)]
+        inserted = {row[0] for row in await conn.fetch(self._insert_sagas, *columns)}
+        missing = [params[0] for params in items if params[0] not in inserted]
+        existing: dict[str, Any] = {}
+        if missing:
+            rows = await conn.fetch(
+                f"{self._select_sagas} WHERE saga_id = ANY($1::text[])", missing
+            )
+            existing = {row["saga_id"]: row for row in rows}
+        results: list[Any] = []
+        for params in items:
+            saga_id = params[0]
+            if saga_id in inserted:
+                results.append(None)
+            elif saga_id in existing:
+                results.append(existing[saga_id])
+            else:  # deleted between the two statements: look again, alone
+                results.append(await self._create_one(conn, params))
+        return results
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()
@@ -386,31 +451,6 @@ class PostgresSagaStore(SagaStore):
 
         await self._write(save)
 
-    def _checkpoint_statement(
-        self,
-        saga_params: tuple[Any, ...] | None,
-        step_rows: list[tuple[Any, ...]],
-        messages: list[tuple[Any, ...]],
-        complete_inbox: tuple[str, str] | None,
-        now: datetime,
-    ) -> tuple[str, list[Any]]:
-        """One statement (one round trip) for a whole checkpoint: a data-modifying CTE per
-        table, the steps and outbox messages as arrays (``unnest``), the messages in order."""
-        shape = (bool(step_rows), saga_params is not None, bool(messages), bool(complete_inbox))
-        args: list[Any] = []
-        if step_rows:
-            args += [list(column) for column in zip(*step_rows, strict=True)]
-        if saga_params is not None:
-            args += saga_params
-        if messages:
-            args += [list(column) for column in zip(*messages, strict=True)]
-        if complete_inbox is not None:
-            args += [*complete_inbox, now]
-        sql = self._checkpoint_sql.get(shape)
-        if sql is None:
-            sql = self._checkpoint_sql[shape] = self._build_checkpoint_sql(*shape)
-        return sql, args
-
     def _build_checkpoint_sql(self, steps: bool, saga: bool, outbox: bool, inbox: bool) -> str:
         s = self._s
         parts: list[str] = []
@@ -435,10 +475,17 @@ class PostgresSagaStore(SagaStore):
             )
         if saga:
             p = params(12)
-            values = self._upsert_saga.replace(
-                f"VALUES ({tables.SAGA_VALUES})", f"VALUES ({', '.join(p)})"
+            parts.append(
+                f"sg AS (INSERT INTO {s}.saga_executions ({tables.SAGA_COLUMNS}) "
+                "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
+                "u.trigger_id, u.event::jsonb, u.owner, u.lease_expires_at, u.created_at, "
+                f"u.updated_at FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], "
+                f"{p[3]}::text[], {p[4]}::int[], {p[5]}::text[], {p[6]}::text[], "
+                f"{p[7]}::text[], {p[8]}::text[], {p[9]}::timestamptz[], "
+                f"{p[10]}::timestamptz[], {p[11]}::timestamptz[]) AS u(saga_id, saga_name, "
+                "status, context, attempt, error, trigger_id, event, owner, lease_expires_at, "
+                f"created_at, updated_at) {_SAGA_CONFLICT} RETURNING 1)"
             )
-            parts.append(f"sg AS ({values} RETURNING 1)")
         if outbox:
             p = params(5)
             parts.append(
@@ -451,8 +498,10 @@ class PostgresSagaStore(SagaStore):
         if inbox:
             p = params(3)
             parts.append(
-                f"ib AS (UPDATE {s}.inbox SET status = 'completed', completed_at = {p[2]} "
-                f"WHERE trigger_id = {p[0]} AND key = {p[1]} RETURNING 1)"
+                f"ib AS (UPDATE {s}.inbox AS i SET status = 'completed', "
+                f"completed_at = u.completed_at FROM unnest({p[0]}::text[], {p[1]}::text[], "
+                f"{p[2]}::timestamptz[]) AS u(trigger_id, key, completed_at) "
+                "WHERE i.trigger_id = u.trigger_id AND i.key = u.key RETURNING 1)"
             )
         if not parts:
             return "SELECT 1"
@@ -490,14 +539,30 @@ class PostgresSagaStore(SagaStore):
         )
         messages = self._outbox_rows(outbox, now)
 
-        sql, args = self._checkpoint_statement(
-            saga_params, step_rows, messages, complete_inbox, now
-        )
+        inbox_row = None if complete_inbox is None else (*complete_inbox, now)
+        item = _Checkpoint(saga_params, step_rows, messages, inbox_row)
+        key = saga_params[0] if saga_params is not None else step_rows[0][0] if step_rows else None
+        run = self._run_checkpoints
+        await self._committer().run(lambda conn: run(conn, [item]), batch=(run, item, key))
 
-        async def save(conn: Any) -> None:
+    async def _run_checkpoints(self, conn: Any, items: list[_Checkpoint]) -> list[None]:
+        """Several checkpoints (of distinct sagas) in one statement: a data-modifying CTE per
+        table over arrays (``unnest``); the outbox messages keep their order."""
+        steps = [row for item in items for row in item.steps]
+        sagas = [item.saga for item in items if item.saga is not None]
+        messages = [row for item in items for row in item.outbox]
+        inbox = [item.inbox for item in items if item.inbox is not None]
+        shape = (bool(steps), bool(sagas), bool(messages), bool(inbox))
+        sql = self._checkpoint_sql.get(shape)
+        if sql is None:
+            sql = self._checkpoint_sql[shape] = self._build_checkpoint_sql(*shape)
+        args: list[Any] = []
+        for rows in (steps, sagas, messages, inbox):
+            if rows:
+                args += [list(column) for column in zip(*rows, strict=True)]
+        if args:
             await conn.execute(sql, *args)
-
-        await self._write(save)
+        return [None] * len(items)
 
     @staticmethod
     def _outbox_rows(outbox: Sequence[OutboxMessage], now: datetime) -> list[tuple[Any, ...]]:
@@ -516,35 +581,62 @@ class PostgresSagaStore(SagaStore):
     async def claim_inbox(
         self, trigger_id: str, key: str, saga_id: str, owner: str, lease_until: datetime
     ) -> InboxClaim:
+        args = (trigger_id, key, saga_id, owner, to_utc(lease_until), utcnow())
+        claim: InboxClaim = await self._committer().run(
+            lambda conn: self._claim_one(conn, args),
+            batch=(self._claim_inboxes, args, (trigger_id, key)),
+        )
+        return claim
+
+    async def _claim_one(self, conn: Any, args: tuple[Any, ...]) -> InboxClaim:
         # one statement inserts a new row or takes over an expired/own one; the row lock
         # taken by ON CONFLICT makes the lease check and the takeover atomic
+        trigger_id, key, _, owner, _, _ = args
         claim = (
             f"INSERT INTO {self._s}.inbox AS i (trigger_id, key, saga_id, owner, "
             "lease_until, status, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6) "
-            "ON CONFLICT (trigger_id, key) DO UPDATE SET owner = EXCLUDED.owner, "
-            "lease_until = EXCLUDED.lease_until WHERE i.status = 'pending' AND "
-            "(i.owner = EXCLUDED.owner OR i.lease_until IS NULL OR i.lease_until < $6) "
-            "RETURNING i.saga_id, (xmax = 0) AS inserted"
+            f"{_INBOX_CONFLICT} RETURNING i.saga_id, (xmax = 0) AS inserted"
         )
         select = (
             f"SELECT saga_id, owner, status FROM {self._s}.inbox WHERE trigger_id = $1 AND key = $2"
         )
-        args = (trigger_id, key, saga_id, owner, to_utc(lease_until), utcnow())
+        for _ in range(_CLAIM_RETRIES):
+            row = await conn.fetchrow(claim, *args)
+            if row is not None:
+                outcome = ClaimOutcome.CLAIMED if row["inserted"] else ClaimOutcome.TAKEN_OVER
+                return InboxClaim(outcome, row["saga_id"], owner)
+            row = await conn.fetchrow(select, trigger_id, key)
+            if row is not None:
+                return _found_claim(row)
+        raise StoreError(f"inbox row ({trigger_id!r}, {key!r}) kept changing under us; retry")
 
-        async def claim_row(conn: Any) -> InboxClaim:
-            for _ in range(_CLAIM_RETRIES):
-                row = await conn.fetchrow(claim, *args)
-                if row is not None:
-                    outcome = ClaimOutcome.CLAIMED if row["inserted"] else ClaimOutcome.TAKEN_OVER
-                    return InboxClaim(outcome, row["saga_id"], owner)
-                row = await conn.fetchrow(select, trigger_id, key)
-                if row is not None:
-                    completed = row["status"] == "completed"
-                    outcome = ClaimOutcome.DUPLICATE if completed else ClaimOutcome.BUSY
-                    return InboxClaim(outcome, row["saga_id"], row["owner"])
-            raise StoreError(f"inbox row ({trigger_id!r}, {key!r}) kept changing under us; retry")
-
-        return await self._write(claim_row)
+    async def _claim_inboxes(self, conn: Any, items: list[tuple[Any, ...]]) -> list[InboxClaim]:
+        """:meth:`_claim_one` for several keys (distinct) in two statements."""
+        columns = [list(column) for column in zip(*items, strict=True)]
+        claimed = {(row[0], row[1]): row for row in await conn.fetch(self._claim_many, *columns)}
+        missing = [args for args in items if (args[0], args[1]) not in claimed]
+        found: dict[tuple[str, str], Any] = {}
+        if missing:
+            rows = await conn.fetch(
+                f"SELECT i.trigger_id, i.key, i.saga_id, i.owner, i.status FROM {self._s}.inbox "
+                "AS i JOIN unnest($1::text[], $2::text[]) AS u(trigger_id, key) "
+                "ON i.trigger_id = u.trigger_id AND i.key = u.key",
+                [args[0] for args in missing],
+                [args[1] for args in missing],
+            )
+            found = {(row[0], row[1]): row for row in rows}
+        results: list[InboxClaim] = []
+        for args in items:
+            ident = (args[0], args[1])
+            row = claimed.get(ident)
+            if row is not None:
+                outcome = ClaimOutcome.CLAIMED if row["inserted"] else ClaimOutcome.TAKEN_OVER
+                results.append(InboxClaim(outcome, row["saga_id"], args[3]))
+            elif ident in found:
+                results.append(_found_claim(found[ident]))
+            else:  # deleted between the two statements: look again, alone
+                results.append(await self._claim_one(conn, args))
+        return results
 
     async def complete_inbox(self, trigger_id: str, key: str) -> None:
         await self._write_execute(

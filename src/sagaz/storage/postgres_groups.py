@@ -14,13 +14,19 @@ on a connection of its own (a group spends most of its time waiting for the serv
 Operations of one caller never overlap (each is awaited), so their order is kept; a
 deadlock between two groups is retried (see below).
 
+An operation may also come with a batch form, ``(runner, item, key)``: the group then runs
+the items of every operation with the same ``runner`` as one call ``runner(conn, items)``
+(one statement over arrays, one round trip for them all) instead of one call per operation.
+Two items with the same ``key`` (rows the statement would touch twice) never share a batch:
+the later one runs alone, after it, in the same transaction.
+
 One operation's error fails only its caller. The group first runs without savepoints (the
-common case: nothing fails, one round trip per statement plus ``BEGIN`` and ``COMMIT``); if an
-operation raises, that transaction is rolled back and the group runs again with each
-operation inside its own ``SAVEPOINT`` (an operation that fails there is rolled back alone
-and its caller gets its error; a deadlock or serialization failure is retried in its
-savepoint first). Operations must therefore only touch the database: they may run twice,
-the first run rolled back.
+common case: nothing fails, one round trip per statement or batch, plus ``BEGIN`` and
+``COMMIT``); if an operation raises, that transaction is rolled back and the group runs again,
+each operation alone (no batches) inside its own ``SAVEPOINT``: an operation that fails there
+is rolled back alone and its caller gets its error (a deadlock or serialization failure is
+retried in its savepoint first). Operations must therefore only touch the database: they may
+run twice, the first run rolled back.
 
 A lost connection or server fails every operation of the group: each caller gets its own
 :class:`~sagaz.exceptions.StoreUnavailableError` (``unavailable(exc)`` decides which driver
@@ -44,6 +50,10 @@ T = TypeVar("T")
 
 Op = Callable[[Any], Awaitable[Any]]
 """An operation: runs all its SQL on the asyncpg connection it is given, returns a result."""
+BatchRunner = Callable[[Any, list[Any]], Awaitable[list[Any]]]
+"""Runs the items of several operations at once on a connection; a result per item, in order."""
+Batch = tuple[BatchRunner, Any, Any]
+"""An operation's batch form: ``(runner, item, key)``; ``key`` None never conflicts."""
 _Outcome = tuple[Any, BaseException | None]
 """What one operation gave: ``(result, None)`` or ``(None, error)``."""
 
@@ -58,6 +68,7 @@ class _Queued:
 
     op: Op
     future: asyncio.Future[Any]
+    batch: Batch | None = None
 
 
 class _GroupLost(Exception):
@@ -95,10 +106,13 @@ class PgGroupCommitter:
         #: operations whose results reached their callers through a commit
         self.operations = 0
 
-    async def run(self, op: Callable[[Any], Awaitable[T]]) -> T:
-        """Queue ``op`` for the next group; return its result once that group has committed."""
+    async def run(self, op: Callable[[Any], Awaitable[T]], *, batch: Batch | None = None) -> T:
+        """Queue ``op`` for the next group; return its result once that group has committed.
+
+        ``batch`` is its batch form (see the module docstring): ``op`` and the batch must
+        write the same."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(op, future))
+        self._queue.append(_Queued(op, future, batch))
         if len(self._flushers) < self._connections:
             self._flushers.add(asyncio.create_task(self._flush(), name="sagaz-postgres-flusher"))
         return await future  # cancelling the caller cancels the future: the flusher drops it
@@ -127,7 +141,7 @@ class PgGroupCommitter:
         ops = [queued.op for queued in group]
         try:
             async with self._pool.acquire() as conn:
-                outcomes = await self._execute(conn, ops)
+                outcomes = await self._execute(conn, group)
         except asyncio.CancelledError as exc:  # the loop is shutting down
             for queued in [*group, *self._queue]:
                 _settle(queued.future, (None, self._lost(exc, interrupted=True)))
@@ -143,12 +157,13 @@ class PgGroupCommitter:
         for queued, outcome in zip(group, outcomes, strict=True):
             _settle(queued.future, outcome)
 
-    async def _execute(self, conn: Any, ops: list[Op]) -> list[_Outcome]:
+    async def _execute(self, conn: Any, group: list[_Queued]) -> list[_Outcome]:
         """One group in one transaction: without savepoints first, with them if an op fails."""
+        ops = [queued.op for queued in group]
         transaction = conn.transaction()
         await self._guard(transaction.start())
         try:
-            results = [await op(conn) for op in ops]
+            results = await self._run_all(conn, group)
         except Exception as exc:
             if self._unavailable(exc):
                 raise _GroupLost(exc) from exc
@@ -161,6 +176,32 @@ class PgGroupCommitter:
             raise
         await self._guard(transaction.commit())
         return [(result, None) for result in results]
+
+    @staticmethod
+    async def _run_all(conn: Any, group: list[_Queued]) -> list[Any]:
+        """Every operation of the group: the batches first, then the others one by one."""
+        results: list[Any] = [None] * len(group)
+        batches: dict[BatchRunner, tuple[list[int], list[Any], set[Any]]] = {}
+        alone: list[int] = []
+        for index, queued in enumerate(group):
+            if queued.batch is None:
+                alone.append(index)
+                continue
+            runner, item, key = queued.batch
+            indexes, items, keys = batches.setdefault(runner, ([], [], set()))
+            if key is not None and key in keys:
+                alone.append(index)  # would touch a row of the batch a second time
+                continue
+            if key is not None:
+                keys.add(key)
+            indexes.append(index)
+            items.append(item)
+        for runner, (indexes, items, _) in batches.items():
+            for index, result in zip(indexes, await runner(conn, items), strict=True):
+                results[index] = result
+        for index in alone:
+            results[index] = await group[index].op(conn)
+        return results
 
     async def _execute_with_savepoints(self, conn: Any, ops: list[Op]) -> list[_Outcome]:
         transaction = conn.transaction()
