@@ -758,9 +758,9 @@ def _finish(outbox: list[OutboxMessage]) -> tuple[Any, ...]:
 
 
 async def test_a_finish_whose_outbox_cannot_be_stored_writes_nothing(
-    sql_backend: Backend,
+    durable_backend: Backend,
 ) -> None:
-    store = await sql_backend.open()
+    store = await durable_backend.open()
     await _started(store)
     good = OutboxMessage("s1", "saga.completed", {"ok": True})
     bad = OutboxMessage("s1", "saga.completed", object())
