@@ -6,14 +6,19 @@ their drivers: ``pip install -e ".[postgres,redis]"``).
 
 The pipeline is the one of ``benchmarks/pipeline.py`` (``fire()`` → admission → queue →
 a one-step no-op saga → settlement), fed by 20 concurrent producers, with 100 concurrent
-sagas. Every saga makes seven store operations (inbox claim, pending row, running row, step
-running, step completed, completed row, inbox completed); a durable store makes each durable
-before the call returns. The baseline is the same run on ``MemorySagaStore`` in this process.
+sagas. Every saga makes four store operations (inbox claim, pending row, start checkpoint:
+running row + step running, finish checkpoint: step completed + completed row + inbox
+completed; see docs/operations/stores.md); a durable store makes each durable before the
+call returns. The baseline is the same run on ``MemorySagaStore`` in this process.
 Each durable store gets a fresh file, schema or key prefix, removed afterwards.
 
 Beside sagas/s, ``CPU µs/saga`` is this process's CPU time (``time.process_time``) per saga:
 the client's own cost, which other jobs on a shared machine disturb much less than the
 wall-clock rate (the database server's CPU is not in it).
+
+PostgreSQL runs in a database of its own (created and dropped by the script), so
+``pg_stat_database.xact_commit`` of that database counts this run's transactions only: the
+``commits/saga`` column is that count (engine start and stop included) over the events.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ def make_store(kind: str, args: argparse.Namespace, tmp: Path) -> SagaStore:
         from sagaz.storage.postgres import PostgresSagaStore
 
         schema = f"bench_{uuid.uuid4().hex[:8]}"
-        return PostgresSagaStore(args.postgres_dsn, schema=schema, max_size=20)
+        return PostgresSagaStore(args.bench_dsn, schema=schema, max_size=20)
     if kind == "redis":
         from sagaz.storage.redis import RedisSagaStore
 
@@ -69,6 +74,34 @@ async def throughput(store: SagaStore, events: int) -> tuple[float, float]:
             await asyncio.sleep(0.001)
         rate = events / (time.perf_counter() - start)
         return rate, (time.process_time() - cpu) / events * 1e6
+
+
+async def pg_commits(dsn: str, database: str) -> int:
+    """``xact_commit`` of ``database`` (its backends report their counts when they exit)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        value = await conn.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = $1", database
+        )
+        return int(value or 0)
+    finally:
+        await conn.close()
+
+
+async def pg_database(dsn: str, database: str, *, create: bool) -> None:
+    """Create (or drop) the run's own database on the server of ``dsn``."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        if create:
+            await conn.execute(f'CREATE DATABASE "{database}"')
+        else:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 async def remove(store: SagaStore) -> None:
@@ -101,17 +134,35 @@ async def main(args: argparse.Namespace) -> None:
         tmp = Path(folder)
         await throughput(MemorySagaStore(), min(args.events, 1000))  # warm-up
         baseline, baseline_cpu = await throughput(MemorySagaStore(), args.events)
-        rows = [("memory", baseline, baseline_cpu)]
+        rows: list[tuple[str, float, float, float | None]] = [
+            ("memory", baseline, baseline_cpu, None)
+        ]
         for kind in kinds:
+            database = f"sagaz_bench_{uuid.uuid4().hex[:8]}"
+            if kind == "postgres":
+                await pg_database(args.postgres_dsn, database, create=True)
+                args.bench_dsn = args.postgres_dsn.rsplit("/", 1)[0] + f"/{database}"
             store = make_store(kind, args, tmp)
             try:
-                rows.append((kind, *await throughput(store, args.events)))
+                before = await pg_commits(args.postgres_dsn, database) if kind == "postgres" else 0
+                rate, cpu = await throughput(store, args.events)  # the store is stopped after it
+                commits = None
+                if kind == "postgres":
+                    await asyncio.sleep(1.0)  # the pool's backends report as they exit
+                    after = await pg_commits(args.postgres_dsn, database)
+                    commits = (after - before) / args.events
+                rows.append((kind, rate, cpu, commits))
             finally:
                 await remove(store)
+                if kind == "postgres":
+                    await pg_database(args.postgres_dsn, database, create=False)
     print(f"events: {args.events}, producers: {PRODUCERS}, concurrent sagas: 100")
-    print(f"{'store':<10} {'sagas/s':>10} {'of memory':>10} {'CPU µs/saga':>12}")
-    for kind, rate, cpu in rows:
-        print(f"{kind:<10} {rate:>10,.0f} {rate / baseline:>10.1%} {cpu:>12,.0f}")
+    print(
+        f"{'store':<10} {'sagas/s':>10} {'of memory':>10} {'CPU µs/saga':>12} {'commits/saga':>13}"
+    )
+    for kind, rate, cpu, commits in rows:
+        per_saga = "" if commits is None else f"{commits:.3f}"
+        print(f"{kind:<10} {rate:>10,.0f} {rate / baseline:>10.1%} {cpu:>12,.0f} {per_saga:>13}")
 
 
 if __name__ == "__main__":

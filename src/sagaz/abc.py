@@ -171,6 +171,40 @@ class SagaStore(Lifecycle, ABC):
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         """Upsert a step checkpoint; ``outbox`` messages are written in the same transaction."""
 
+    # -- combined checkpoints ----------------------------------------------------------------
+    async def save_checkpoint(
+        self,
+        saga: SagaRecord | None = None,
+        steps: Sequence[StepRecord] = (),
+        outbox: Sequence[OutboxMessage] = (),
+        *,
+        complete_inbox: tuple[str, str] | None = None,
+    ) -> None:
+        """Write one checkpoint of a saga as one operation: the ``steps`` checkpoints (as
+        :meth:`save_step`, in order, distinct names), then the ``saga`` row (as
+        :meth:`save_saga`), the ``outbox`` messages (in order), and the inbox row
+        ``complete_inbox = (trigger_id, key)`` completed (as :meth:`complete_inbox`).
+
+        The engine uses it twice per saga: starting (the saga row going running with its
+        first step's running checkpoint) and finishing (the last step's completion, the
+        terminal saga row, its outbox messages and, for a completed saga, its inbox row).
+
+        A store overrides it to write everything in one transaction, all or nothing (the
+        PostgreSQL, SQLite and memory stores do). This default, for stores that do not,
+        makes the same writes one call after another in the order above, so a crash between
+        two of them leaves a state the saga resumes from (a step checkpoint ahead of its saga
+        row, or a terminal saga whose inbox row is still pending).
+        """
+        for index, step in enumerate(steps):
+            last = index == len(steps) - 1
+            await self.save_step(step, outbox if saga is None and last else ())
+        if saga is not None:
+            await self.save_saga(saga, outbox)
+        elif outbox and not steps:
+            raise ValueError("save_checkpoint: outbox messages need a saga or a step to go with")
+        if complete_inbox is not None:
+            await self.complete_inbox(*complete_inbox)
+
     @abstractmethod
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
         """All step checkpoints of a saga (any order)."""

@@ -165,7 +165,17 @@ async def test_every_request_answered_202_completes_when_the_process_is_killed_u
             await asyncio.gather(*burst)
         print(f"killed after {len(accepted)} answers 202 of {requests} requests")
 
-        await app.start(CHAOS_WEBHOOK_PORT=str(free_port()))
+        restart_port = free_port()
+        await app.start(CHAOS_WEBHOOK_PORT=str(restart_port))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{restart_port}") as client:
+            # every accepted saga may have completed before the kill: the restarted app then
+            # has nothing to do, and a SIGTERM during its start-up would end it with -15
+            await wait_for(
+                lambda: answers_ready(client),
+                within=30,
+                what="the restarted webhook server",
+                alive=app.check_alive,
+            )
         async with store_from_url(store_url) as store:
 
             async def accepted_completed() -> bool:

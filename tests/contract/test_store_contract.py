@@ -664,6 +664,155 @@ async def test_a_database_error_inside_save_step_rolls_the_step_back(
     assert await store.fetch_outbox() == []
 
 
+# -- combined checkpoints (save_checkpoint) ------------------------------------------------
+async def test_save_checkpoint_starts_a_saga_with_its_first_step(store: SagaStore) -> None:
+    await store.create_saga(_saga())  # PENDING, as admission writes it
+    running = _saga(status=SagaStatus.RUNNING, owner="w1", lease_expires_at=_later())
+    await store.save_checkpoint(
+        running, [StepRecord("s1", "reserve", StepStatus.RUNNING, attempts=1)]
+    )
+    saved = await store.get_saga("s1")
+    assert saved is not None
+    assert (saved.status, saved.owner) == (SagaStatus.RUNNING, "w1")
+    assert [(s.name, s.status, s.attempts) for s in await store.get_steps("s1")] == [
+        ("reserve", StepStatus.RUNNING, 1)
+    ]
+    assert await store.fetch_outbox() == []
+
+
+async def test_save_checkpoint_finishes_a_saga_its_outbox_and_its_inbox_row(
+    store: SagaStore,
+) -> None:
+    claim = await store.claim_inbox("orders", "k1", "s1", "w1", _later())
+    assert claim.outcome is ClaimOutcome.CLAIMED
+    await store.save_checkpoint(
+        _saga(status=SagaStatus.RUNNING), [StepRecord("s1", "reserve", StepStatus.RUNNING)]
+    )
+    await store.save_checkpoint(
+        _saga(status=SagaStatus.COMPLETED, context={"order_id": 1, "reserved": True}),
+        [
+            StepRecord(
+                "s1", "reserve", StepStatus.COMPLETED, result={"reserved": True}, completed_seq=1
+            )
+        ],
+        [
+            OutboxMessage("s1", "orders", {"event": "reserved"}),  # the step's
+            OutboxMessage("s1", "saga.completed", {"saga_id": "s1"}, {"trace": "1"}),
+        ],
+        complete_inbox=("orders", "k1"),
+    )
+    saved = await store.get_saga("s1")
+    assert saved is not None
+    assert saved.status is SagaStatus.COMPLETED
+    assert saved.context == {"order_id": 1, "reserved": True}
+    [step] = await store.get_steps("s1")
+    assert (step.status, step.result, step.completed_seq) == (
+        StepStatus.COMPLETED,
+        {"reserved": True},
+        1,
+    )
+    messages = await store.fetch_outbox()
+    assert [(m.topic, m.payload) for m in messages] == [
+        ("orders", {"event": "reserved"}),
+        ("saga.completed", {"saga_id": "s1"}),
+    ]
+    assert messages[1].headers == {"trace": "1"}
+    assert (messages[0].id or 0) < (messages[1].id or 0)
+    again = await store.claim_inbox("orders", "k1", "s1", "w2", _later())
+    assert again.outcome is ClaimOutcome.DUPLICATE
+
+
+async def test_save_checkpoint_with_steps_only_writes_them_and_their_outbox(
+    store: SagaStore,
+) -> None:
+    await store.save_checkpoint(
+        steps=[
+            StepRecord("s1", "a", StepStatus.COMPLETED, result={"a": 1}, completed_seq=1),
+            StepRecord("s1", "b", StepStatus.RUNNING),
+        ],
+        outbox=[OutboxMessage("s1", "orders", {"a": 1})],
+    )
+    assert await store.get_saga("s1") is None
+    assert sorted((s.name, s.status) for s in await store.get_steps("s1")) == [
+        ("a", StepStatus.COMPLETED),
+        ("b", StepStatus.RUNNING),
+    ]
+    assert [m.payload for m in await store.fetch_outbox()] == [{"a": 1}]
+    with pytest.raises(ValueError, match="need a saga or a step"):
+        await store.save_checkpoint(outbox=[OutboxMessage("s1", "orders", {})])
+
+
+async def _started(store: SagaStore) -> None:
+    """A claimed inbox row and a saga started with its step running (before a finish)."""
+    await store.claim_inbox("orders", "k1", "s1", "w1", _later())
+    await store.save_checkpoint(
+        _saga(status=SagaStatus.RUNNING), [StepRecord("s1", "reserve", StepStatus.RUNNING)]
+    )
+
+
+async def _assert_still_started(store: SagaStore) -> None:
+    saved = await store.get_saga("s1")
+    assert saved is not None
+    assert saved.status is SagaStatus.RUNNING
+    assert [s.status for s in await store.get_steps("s1")] == [StepStatus.RUNNING]
+    assert await store.fetch_outbox() == []
+    claim = await store.claim_inbox("orders", "k1", "s1", "w2", _later())
+    assert claim.outcome is ClaimOutcome.BUSY  # still pending, held by w1: not completed
+
+
+def _finish(outbox: list[OutboxMessage]) -> tuple[Any, ...]:
+    return (
+        _saga(status=SagaStatus.COMPLETED),
+        [StepRecord("s1", "reserve", StepStatus.COMPLETED, completed_seq=1)],
+        outbox,
+    )
+
+
+async def test_a_finish_whose_outbox_cannot_be_stored_writes_nothing(
+    durable_backend: Backend,
+) -> None:
+    store = await durable_backend.open()
+    await _started(store)
+    good = OutboxMessage("s1", "saga.completed", {"ok": True})
+    bad = OutboxMessage("s1", "saga.completed", object())
+    with pytest.raises(StoreError, match="convert it first"):
+        await store.save_checkpoint(*_finish([good, bad]), complete_inbox=("orders", "k1"))
+    await _assert_still_started(store)
+
+
+async def test_a_database_error_inside_a_finish_rolls_all_of_it_back(
+    sql_backend: Backend,
+) -> None:
+    import asyncpg
+
+    store = await sql_backend.open()
+    await _started(store)
+    good = OutboxMessage("s1", "saga.completed", {"ok": True})
+    broken = OutboxMessage("s1", None, {"ok": True})  # type: ignore[arg-type]  # NOT NULL topic
+    with pytest.raises((StoreError, asyncpg.NotNullViolationError)):
+        await store.save_checkpoint(*_finish([good, broken]), complete_inbox=("orders", "k1"))
+    await _assert_still_started(store)
+
+
+async def test_a_memory_finish_that_cannot_copy_a_row_writes_nothing() -> None:
+    store = MemorySagaStore()
+    await _started(store)
+    # the step and the outbox could be copied; the saga row cannot: none of them is stored
+    with pytest.raises(TypeError, match="cannot be copied"):
+        await store.save_checkpoint(
+            _saga(status=SagaStatus.COMPLETED, context={"x": _Uncopyable()}),
+            [StepRecord("s1", "reserve", StepStatus.COMPLETED, completed_seq=1)],
+            [OutboxMessage("s1", "saga.completed", {"ok": True})],
+            complete_inbox=("orders", "k1"),
+        )
+    await _assert_still_started(store)
+
+
+class _Uncopyable:
+    def __deepcopy__(self, memo: Any) -> Any:
+        raise TypeError("this value cannot be copied")
+
+
 async def test_save_saga_writes_its_outbox_in_the_same_transaction(store: SagaStore) -> None:
     await store.save_saga(_saga(status=SagaStatus.RUNNING))
     await store.save_step(StepRecord("s1", "reserve", StepStatus.COMPLETED), [

@@ -120,11 +120,15 @@ class SagaRunner:
                 lease_until=state.lease_until(),
                 delivery=item.delivery,
                 cancellation=cancellation,
+                # a completed saga completes its inbox row in the same store operation
+                inbox=(item.trigger_id, item.key) if item.key else None,
             )
             try:
-                return await execution.run(
+                result = await execution.run(
                     item.context, item.saga_id, new_attempt=new_attempt, known=known
                 )
+                item.inbox_completed = execution.inbox_completed
+                return result
             except StoreUnavailableError as exc:
                 # a new attempt stored as running is not started over again: it resumes
                 new_attempt = new_attempt and not execution.began
@@ -176,7 +180,8 @@ class SagaRunner:
 
     async def _settle(self, item: WorkItem) -> None:
         store = self.state.store
-        await store.complete_inbox(item.trigger_id, item.key)
+        if not item.inbox_completed:  # else written with the saga's completed state
+            await store.complete_inbox(item.trigger_id, item.key)
         if item.context_hash is not None and item.trigger.poll_name is not None:
             await store.complete_trigger_execution(item.trigger.poll_name, item.saga_id)
         await self.settlement.ack(item.trigger, item.delivery)

@@ -43,6 +43,7 @@ class WorkItem:
     cluster_ready: bool = False  # every cluster limit let it start
     cluster_leases: list[str] = field(default_factory=list)  # the leases held for it
     cluster_holder: str | None = None  # the holder of those leases
+    inbox_completed: bool = False  # its inbox row was completed with the completed saga
 
     @property
     def trigger_id(self) -> str:

@@ -64,6 +64,7 @@ class SagaExecution:
         lease_until: datetime | None = None,
         delivery: Delivery | None = None,
         cancellation: Cancellation | None = None,
+        inbox: tuple[str, str] | None = None,
     ) -> None:
         self.saga = saga
         self.definition = type(saga).definition()
@@ -83,12 +84,22 @@ class SagaExecution:
         self._seq = 0
         self._remaining = 0
         self._record: SagaRecord | None = None
+        #: the inbox row ``(trigger_id, key)`` completed with the saga's completed state
+        self.inbox = inbox
+        #: whether the completed state was written together with that inbox row's completion
+        self.inbox_completed = False
+        self._began = False
+        #: the saga row's new state, written with the next checkpoint (the first step's)
+        self._unsaved: SagaRecord | None = None
+        #: the last step's completion, written with the terminal state: (record, outbox,
+        #: result for on_step_success)
+        self._last_step: tuple[StepRecord, list[OutboxMessage], dict[str, Any]] | None = None
 
     @property
     def began(self) -> bool:
         """Whether :meth:`run` got as far as storing the saga as running (a new attempt
         included): a later run of the same ``saga_id`` then resumes it."""
-        return self._record is not None
+        return self._began
 
     # -- entry point -----------------------------------------------------------------------
     async def run(
@@ -142,6 +153,7 @@ class SagaExecution:
                     lease_expires_at=self.lease_until,
                 )
             )
+            self._began = created
         steps: dict[str, StepRecord] = {}
         if not created:
             if record.status in TERMINAL_SAGA_STATUSES:
@@ -160,7 +172,8 @@ class SagaExecution:
             resuming_compensation = record.status is SagaStatus.COMPENSATING
             if not resuming_compensation:
                 record.status = SagaStatus.RUNNING
-            await self.store.save_saga(record)
+            # written with the first step's running checkpoint: one store operation
+            self._unsaved = record
         else:
             resuming_compensation = False
         self._record = record
@@ -177,13 +190,50 @@ class SagaExecution:
         if failure is None:
             record.status = SagaStatus.COMPLETED
             record.context = ctx.to_dict()
-            await self.store.save_saga(record, self._terminal_outbox(record))
+            await self._finish(record, ctx)
             if self.listeners:
                 await notify(self.listeners, "on_saga_complete", self.saga_name, saga_id, ctx)
                 record.context = ctx.to_dict()  # a listener may have written to the context
             return SagaResult(saga_id, SagaStatus.COMPLETED, record.context, attempt=record.attempt)
         failed_step, exc = failure
         return await self._compensate(ctx, failed_step, exc)
+
+    async def _finish(self, record: SagaRecord, ctx: SagaContext) -> None:
+        """Write the completed state in one store operation: the last step's completion, the
+        saga row, the outbox messages (the step's, then the listeners') and, when the saga
+        runs for an inbox row, that row's completion."""
+        last, self._last_step = self._last_step, None
+        steps: list[StepRecord] = []
+        outbox: list[OutboxMessage] = []
+        if last is not None:
+            steps.append(last[0])
+            outbox += last[1]
+        outbox += self._terminal_outbox(record)
+        await self._checkpoint(saga=record, steps=steps, outbox=outbox, complete_inbox=self.inbox)
+        self.inbox_completed = self.inbox is not None
+        if last is not None and self.listeners:
+            name = last[0].name
+            await notify(self.listeners, "on_step_success", self.saga_name, name, ctx, last[2])
+
+    async def _checkpoint(
+        self,
+        *,
+        saga: SagaRecord | None = None,
+        steps: list[StepRecord] | None = None,
+        outbox: list[OutboxMessage] | None = None,
+        complete_inbox: tuple[str, str] | None = None,
+    ) -> None:
+        """One store operation: ``steps``, the saga row (``saga``, or the state waiting to be
+        written since the saga started), ``outbox``, and the inbox row's completion."""
+        pending, self._unsaved = self._unsaved, None
+        saga = saga or pending
+        steps = steps or []
+        if saga is None and complete_inbox is None and len(steps) == 1:
+            await self.store.save_step(steps[0], outbox or ())
+            return
+        await self.store.save_checkpoint(saga, steps, outbox or (), complete_inbox=complete_inbox)
+        if saga is not None:
+            self._began = True
 
     # -- outbox listeners ------------------------------------------------------------------
     def _check_outbox_listeners(self) -> None:
@@ -357,8 +407,8 @@ class SagaExecution:
         saga_id = ctx.saga_id
         tries = spec.max_retries + 1
         for try_no in range(1, tries + 1):
-            await self.store.save_step(
-                StepRecord(saga_id, name, StepStatus.RUNNING, attempts=try_no)
+            await self._checkpoint(
+                steps=[StepRecord(saga_id, name, StepStatus.RUNNING, attempts=try_no)]
             )
             if self.listeners:
                 await notify(self.listeners, "on_step_enter", self.saga_name, name, ctx)
@@ -392,23 +442,25 @@ class SagaExecution:
             else:
                 self._seq += 1
                 ctx.update(result)
-                await self.store.save_step(
-                    StepRecord(
-                        saga_id,
-                        name,
-                        StepStatus.COMPLETED,
-                        result=result,
-                        attempts=try_no,
-                        completed_seq=self._seq,
-                    ),
-                    ctx.take_outbox(name),
+                completed = StepRecord(
+                    saga_id,
+                    name,
+                    StepStatus.COMPLETED,
+                    result=result,
+                    attempts=try_no,
+                    completed_seq=self._seq,
                 )
                 self._remaining -= 1
-                if self._record is not None and self._remaining > 0:
-                    # direct ``ctx[...] = ...`` writes survive a crash; the last step's are
-                    # saved with the terminal state right after
-                    self._record.context = ctx.to_dict()
-                    await self.store.save_saga(self._record)
+                if self._remaining == 0 and self._record is not None:
+                    # the last step: its completion is written with the terminal state, in
+                    # the same store operation (on_step_success is told then)
+                    self._last_step = (completed, ctx.take_outbox(name), result)
+                    return
+                saga = self._record
+                if saga is not None:
+                    # direct ``ctx[...] = ...`` writes survive a crash, with the step
+                    saga.context = ctx.to_dict()
+                await self._checkpoint(saga=saga, steps=[completed], outbox=ctx.take_outbox(name))
                 if self.listeners:
                     await notify(
                         self.listeners, "on_step_success", self.saga_name, name, ctx, result
@@ -468,7 +520,7 @@ class SagaExecution:
         record.status = SagaStatus.COMPENSATING
         record.error = error
         record.context = ctx.to_dict()
-        await self.store.save_saga(record)
+        await self._checkpoint(saga=record)
         steps = await self.store.get_steps(saga_id)
         if failed_step is None and not cancelled:
             failed_step = next((s.name for s in steps if s.status is StepStatus.FAILED), None)

@@ -171,6 +171,45 @@ class MemorySagaStore(SagaStore):
         step.updated_at = updated
         self._append_outbox(messages)
 
+    async def save_checkpoint(
+        self,
+        saga: SagaRecord | None = None,
+        steps: Sequence[StepRecord] = (),
+        outbox: Sequence[OutboxMessage] = (),
+        *,
+        complete_inbox: tuple[str, str] | None = None,
+    ) -> None:
+        """All or nothing: every row is copied before any is stored (see the contract)."""
+        if saga is None and outbox and not steps:
+            raise ValueError("save_checkpoint: outbox messages need a saga or a step to go with")
+        messages = [_clone(m) for m in outbox]
+        now = utcnow()
+        step_rows: list[tuple[Any, ...]] = []
+        for step in steps:
+            updated = step.updated_at
+            step.updated_at = now
+            try:
+                step_rows.append(_STEP.pack(step))
+            finally:
+                step.updated_at = updated
+        saga_row: tuple[Any, ...] | None = None
+        if saga is not None:
+            previous = self._sagas.get(saga.saga_id)
+            created, updated = saga.created_at, saga.updated_at
+            saga.created_at = previous[_S_CREATED] if previous else (created or now)
+            saga.updated_at = now
+            try:
+                saga_row = _SAGA.pack(saga)
+            finally:
+                saga.created_at, saga.updated_at = created, updated
+        for step, row in zip(steps, step_rows, strict=True):
+            self._steps.setdefault(step.saga_id, {})[step.name] = row
+        if saga is not None and saga_row is not None:
+            self._sagas[saga.saga_id] = saga_row
+        self._append_outbox(messages)
+        if complete_inbox is not None:
+            self._complete_inbox(*complete_inbox)
+
     def _append_outbox(self, messages: Sequence[OutboxMessage]) -> None:
         for message in messages:
             self._outbox.append(replace(message, id=next(self._outbox_ids), created_at=utcnow()))
@@ -212,6 +251,9 @@ class MemorySagaStore(SagaStore):
         return InboxClaim(ClaimOutcome.BUSY, stored_id, stored_owner)
 
     async def complete_inbox(self, trigger_id: str, key: str) -> None:
+        self._complete_inbox(trigger_id, key)
+
+    def _complete_inbox(self, trigger_id: str, key: str) -> None:
         row = self._inbox.get((trigger_id, key))
         if row is not None:
             saga_id, owner, lease_until, _, created, _ = row

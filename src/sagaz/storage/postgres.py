@@ -12,6 +12,7 @@ imported when the store starts (``pip install "sagaz[postgres]"``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -38,6 +39,7 @@ from sagaz.records import (
 )
 from sagaz.storage import postgres_schema as tables
 from sagaz.storage.codec import dumps, to_utc
+from sagaz.storage.postgres_groups import PgGroupCommitter
 from sagaz.storage.rate_limits import MIN_RATE_WAIT, rate_interval
 from sagaz.storage.unavailable import raises_unavailable
 from sagaz.storage.url import redact_url
@@ -48,6 +50,46 @@ __all__ = ["PostgresSagaStore"]
 T = TypeVar("T")
 
 _CLAIM_RETRIES = 5  # a row deleted between our two statements makes us look again
+_GROUP_CONNECTIONS = 4  # group commits in flight at once, at most
+#: the saga columns as arrays, $1 to $12 (for ``unnest``)
+_SAGA_ARRAYS = (
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], "
+    "$8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[]"
+)
+_SAGA_CONFLICT = (
+    "ON CONFLICT (saga_id) DO UPDATE SET saga_name = EXCLUDED.saga_name, "
+    "status = EXCLUDED.status, context = EXCLUDED.context, attempt = EXCLUDED.attempt, "
+    "error = EXCLUDED.error, trigger_id = EXCLUDED.trigger_id, event = EXCLUDED.event, "
+    "owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at, "
+    "updated_at = EXCLUDED.updated_at"
+)
+_INBOX_CONFLICT = (
+    "ON CONFLICT (trigger_id, key) DO UPDATE SET owner = EXCLUDED.owner, "
+    "lease_until = EXCLUDED.lease_until WHERE i.status = 'pending' AND "
+    "(i.owner = EXCLUDED.owner OR i.lease_until IS NULL OR i.lease_until < EXCLUDED.created_at)"
+)
+_STEP_CONFLICT = (
+    "ON CONFLICT (saga_id, name) DO UPDATE SET status = EXCLUDED.status, "
+    "result = EXCLUDED.result, error = EXCLUDED.error, "
+    "attempts = EXCLUDED.attempts, completed_seq = EXCLUDED.completed_seq, "
+    "compensation_error = EXCLUDED.compensation_error, updated_at = EXCLUDED.updated_at"
+)
+
+
+def _found_claim(row: Any) -> InboxClaim:
+    """The claim of a key whose row was neither inserted nor taken over: done or held."""
+    outcome = ClaimOutcome.DUPLICATE if row["status"] == "completed" else ClaimOutcome.BUSY
+    return InboxClaim(outcome, row["saga_id"], row["owner"])
+
+
+@dataclasses.dataclass(slots=True)
+class _Checkpoint:
+    """The rows of one :meth:`PostgresSagaStore.save_checkpoint`, as statement parameters."""
+
+    saga: tuple[Any, ...] | None
+    steps: list[tuple[Any, ...]]
+    outbox: list[tuple[Any, ...]]
+    inbox: tuple[str, str, datetime] | None
 
 
 @raises_unavailable
@@ -76,6 +118,31 @@ class PostgresSagaStore(SagaStore):
             f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
             f"VALUES ({tables.SAGA_VALUES})"
         )
+        self._upsert_saga = f"{self._insert_saga} {_SAGA_CONFLICT}"
+        self._upsert_step = (
+            f"INSERT INTO {self._s}.saga_steps ({tables.STEP_COLUMNS}) "
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) {_STEP_CONFLICT}"
+        )
+        self._complete_inbox = (
+            f"UPDATE {self._s}.inbox SET status = 'completed', completed_at = $3 "
+            "WHERE trigger_id = $1 AND key = $2"
+        )
+        self._checkpoint_sql: dict[tuple[bool, bool, bool, bool], str] = {}
+        self._insert_sagas = (
+            f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
+            "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
+            "u.trigger_id, u.event::jsonb, u.owner, u.lease_expires_at, u.created_at, "
+            f"u.updated_at FROM unnest({_SAGA_ARRAYS}) AS u({tables.SAGA_COLUMNS}) "
+            "ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
+        )
+        self._claim_many = (
+            f"INSERT INTO {self._s}.inbox AS i (trigger_id, key, saga_id, owner, "
+            "lease_until, status, created_at) SELECT u.trigger_id, u.key, u.saga_id, u.owner, "
+            "u.lease_until, 'pending', u.created_at FROM unnest($1::text[], $2::text[], "
+            "$3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[]) AS u(trigger_id, "
+            f"key, saga_id, owner, lease_until, created_at) {_INBOX_CONFLICT} "
+            "RETURNING i.trigger_id, i.key, i.saga_id, (xmax = 0) AS inserted"
+        )
         self._select_sagas = f"SELECT {tables.SAGA_COLUMNS} FROM {self._s}.saga_executions"
         self._insert_outbox = (
             f"INSERT INTO {self._s}.outbox (saga_id, topic, payload, headers, created_at) "
@@ -88,6 +155,7 @@ class PostgresSagaStore(SagaStore):
         self._max_size = max_size
         self._command_timeout = command_timeout
         self._pool: Any = None
+        self._groups: PgGroupCommitter | None = None
         self._lifecycle_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -121,6 +189,13 @@ class PostgresSagaStore(SagaStore):
                 await pool.close()
                 raise
             self._pool = pool
+            self._groups = PgGroupCommitter(
+                pool,
+                unavailable=self._unavailable,
+                label=repr(self),
+                # the rest of the pool is for reads and the statements kept out of groups
+                connections=max(1, min(_GROUP_CONNECTIONS, self._max_size // 2)),
+            )
             self._started = True
 
     def _store_url(self) -> str:
@@ -164,7 +239,10 @@ class PostgresSagaStore(SagaStore):
         """Close the pool, letting running queries finish. Idempotent."""
         async with self._lifecycle_lock:
             pool, self._pool = self._pool, None
+            groups, self._groups = self._groups, None
             self._started = False
+            if groups is not None:
+                await groups.close()
             if pool is not None:
                 await pool.close()
 
@@ -205,45 +283,94 @@ class PostgresSagaStore(SagaStore):
             )
         return self._pool
 
+    def _committer(self) -> PgGroupCommitter:
+        self._db()  # the error for a store that is not started
+        assert self._groups is not None
+        return self._groups
+
+    async def _write(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``op(conn)`` (all its SQL) as one atomic operation of the next group commit;
+        return its result once that group has committed (see
+        :mod:`sagaz.storage.postgres_groups`)."""
+        return await self._committer().run(op)
+
+    async def _write_execute(self, sql: str, *args: Any) -> str:
+        """:meth:`_write` one statement; return its status."""
+        status: str = await self._write(lambda conn: conn.execute(sql, *args))
+        return status
+
+    async def _write_fetchval(self, sql: str, *args: Any) -> Any:
+        """:meth:`_write` one statement; return the first value of its first row."""
+        return await self._write(lambda conn: conn.fetchval(sql, *args))
+
+    @property
+    def commits(self) -> int:
+        """Transactions the group committer has committed since the store started (each
+        holds the writes of every saga that wrote at the same time)."""
+        return 0 if self._groups is None else self._groups.commits
+
     # -- sagas -----------------------------------------------------------------------------
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
-        db = self._db()
         now = utcnow()
         params = tables.saga_params(record, record.created_at or now, now)
+        run = self._create_sagas
+        row = await self._committer().run(
+            lambda conn: self._create_one(conn, params), batch=(run, params, record.saga_id)
+        )
+        if row is not None:
+            return tables.saga_from_row(row), False
+        created = dataclasses.replace(
+            record,
+            status=SagaStatus(record.status),
+            created_at=record.created_at or now,
+            updated_at=now,
+        )
+        return created, True
+
+    async def _create_one(self, conn: Any, params: tuple[Any, ...]) -> Any:
+        """Insert one saga row unless it exists: None if inserted, else the existing row."""
+        insert = f"{self._insert_saga} ON CONFLICT (saga_id) DO NOTHING RETURNING TRUE"
         for _ in range(_CLAIM_RETRIES):
-            row = await db.fetchrow(
-                f"{self._insert_saga} "
-                f"ON CONFLICT (saga_id) DO NOTHING RETURNING {tables.SAGA_COLUMNS}",
-                *params,
-            )
+            if await conn.fetchval(insert, *params):
+                return None  # stored as given: nothing to read back
+            row = await conn.fetchrow(f"{self._select_sagas} WHERE saga_id = $1", params[0])
             if row is not None:
-                return tables.saga_from_row(row), True
-            row = await db.fetchrow(
-                f"{self._select_sagas} WHERE saga_id = $1",
-                record.saga_id,
+                return row
+        raise StoreError(f"saga {params[0]!r} kept appearing and disappearing; retry")
+
+    async def _create_sagas(self, conn: Any, items: list[tuple[Any, ...]]) -> list[Any]:
+        """:meth:`_create_one` for several sagas (distinct ids) in two statements."""
+        columns = [list(column) for column in zip(*items, strict=True)]
+        inserted = {row[0] for row in await conn.fetch(self._insert_sagas, *columns)}
+        missing = [params[0] for params in items if params[0] not in inserted]
+        existing: dict[str, Any] = {}
+        if missing:
+            rows = await conn.fetch(
+                f"{self._select_sagas} WHERE saga_id = ANY($1::text[])", missing
             )
-            if row is not None:
-                return tables.saga_from_row(row), False
-        raise StoreError(f"saga {record.saga_id!r} kept appearing and disappearing; retry")
+            existing = {row["saga_id"]: row for row in rows}
+        results: list[Any] = []
+        for params in items:
+            saga_id = params[0]
+            if saga_id in inserted:
+                results.append(None)
+            elif saga_id in existing:
+                results.append(existing[saga_id])
+            else:  # deleted between the two statements: look again, alone
+                results.append(await self._create_one(conn, params))
+        return results
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()
-        upsert = (
-            f"{self._insert_saga} "
-            "ON CONFLICT (saga_id) DO UPDATE SET saga_name = EXCLUDED.saga_name, "
-            "status = EXCLUDED.status, context = EXCLUDED.context, attempt = EXCLUDED.attempt, "
-            "error = EXCLUDED.error, trigger_id = EXCLUDED.trigger_id, event = EXCLUDED.event, "
-            "owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at, "
-            "updated_at = EXCLUDED.updated_at"
-        )
         params = tables.saga_params(record, record.created_at or now, now)
         messages = self._outbox_rows(outbox, now)
-        if not messages:  # one statement: atomic alone, one round trip
-            await self._db().execute(upsert, *params)
-            return
-        async with self._db().acquire() as conn, conn.transaction():
-            await conn.execute(upsert, *params)
-            await conn.executemany(self._insert_outbox, messages)
+
+        async def save(conn: Any) -> None:
+            await conn.execute(self._upsert_saga, *params)
+            if messages:
+                await conn.executemany(self._insert_outbox, messages)
+
+        await self._write(save)
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         row = await self._db().fetchrow(
@@ -288,7 +415,7 @@ class PostgresSagaStore(SagaStore):
         return [tables.saga_from_row(row) for row in rows]
 
     async def delete_saga(self, saga_id: str) -> None:
-        await self._db().execute(
+        await self._write_execute(
             f"WITH steps AS (DELETE FROM {self._s}.saga_steps WHERE saga_id = $1) "
             f"DELETE FROM {self._s}.saga_executions WHERE saga_id = $1",
             saga_id,
@@ -304,7 +431,7 @@ class PostgresSagaStore(SagaStore):
         return [tables.saga_from_row(row) for row in rows]
 
     async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
-        claimed = await self._db().fetchval(
+        claimed = await self._write_fetchval(
             f"UPDATE {self._s}.saga_executions SET owner = $2, lease_expires_at = $3 "
             "WHERE saga_id = $1 AND (owner IS NULL OR owner = $2 OR lease_expires_at IS NULL "
             "OR lease_expires_at < $4) RETURNING TRUE",
@@ -318,34 +445,128 @@ class PostgresSagaStore(SagaStore):
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()
-        result = None if step.result is None else dumps(step.result)
+        params = self._step_params(step, now)
         messages = self._outbox_rows(outbox, now)
-        upsert = (
-            f"INSERT INTO {self._s}.saga_steps ({tables.STEP_COLUMNS}) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
-            "ON CONFLICT (saga_id, name) DO UPDATE SET status = EXCLUDED.status, "
-            "result = EXCLUDED.result, error = EXCLUDED.error, "
-            "attempts = EXCLUDED.attempts, completed_seq = EXCLUDED.completed_seq, "
-            "compensation_error = EXCLUDED.compensation_error, "
-            "updated_at = EXCLUDED.updated_at"
-        )
-        params = (
+
+        async def save(conn: Any) -> None:
+            await conn.execute(self._upsert_step, *params)
+            if messages:
+                await conn.executemany(self._insert_outbox, messages)
+
+        await self._write(save)
+
+    def _build_checkpoint_sql(self, steps: bool, saga: bool, outbox: bool, inbox: bool) -> str:
+        s = self._s
+        parts: list[str] = []
+        n = 0
+
+        def params(count: int) -> list[str]:
+            nonlocal n
+            made = [f"${n + i + 1}" for i in range(count)]
+            n += count
+            return made
+
+        if steps:
+            p = params(9)
+            parts.append(
+                f"st AS (INSERT INTO {s}.saga_steps ({tables.STEP_COLUMNS}) "
+                "SELECT u.saga_id, u.name, u.status, u.result::jsonb, u.error, u.attempts, "
+                "u.completed_seq, u.compensation_error, u.updated_at FROM unnest("
+                f"{p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], "
+                f"{p[4]}::text[], {p[5]}::int[], {p[6]}::int[], {p[7]}::text[], "
+                f"{p[8]}::timestamptz[]) AS u(saga_id, name, status, result, error, attempts, "
+                f"completed_seq, compensation_error, updated_at) {_STEP_CONFLICT} RETURNING 1)"
+            )
+        if saga:
+            p = params(12)
+            parts.append(
+                f"sg AS (INSERT INTO {s}.saga_executions ({tables.SAGA_COLUMNS}) "
+                "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
+                "u.trigger_id, u.event::jsonb, u.owner, u.lease_expires_at, u.created_at, "
+                f"u.updated_at FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], "
+                f"{p[3]}::text[], {p[4]}::int[], {p[5]}::text[], {p[6]}::text[], "
+                f"{p[7]}::text[], {p[8]}::text[], {p[9]}::timestamptz[], "
+                f"{p[10]}::timestamptz[], {p[11]}::timestamptz[]) AS u(saga_id, saga_name, "
+                "status, context, attempt, error, trigger_id, event, owner, lease_expires_at, "
+                f"created_at, updated_at) {_SAGA_CONFLICT} RETURNING 1)"
+            )
+        if outbox:
+            p = params(5)
+            parts.append(
+                f"ob AS (INSERT INTO {s}.outbox (saga_id, topic, payload, headers, created_at) "
+                "SELECT u.saga_id, u.topic, u.payload::jsonb, u.headers::jsonb, u.created_at "
+                f"FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], "
+                f"{p[4]}::timestamptz[]) WITH ORDINALITY "
+                "AS u(saga_id, topic, payload, headers, created_at, n) ORDER BY u.n RETURNING 1)"
+            )
+        if inbox:
+            p = params(3)
+            parts.append(
+                f"ib AS (UPDATE {s}.inbox AS i SET status = 'completed', "
+                f"completed_at = u.completed_at FROM unnest({p[0]}::text[], {p[1]}::text[], "
+                f"{p[2]}::timestamptz[]) AS u(trigger_id, key, completed_at) "
+                "WHERE i.trigger_id = u.trigger_id AND i.key = u.key RETURNING 1)"
+            )
+        if not parts:
+            return "SELECT 1"
+        return "WITH " + ", ".join(parts) + " SELECT 1"
+
+    @staticmethod
+    def _step_params(step: StepRecord, now: datetime) -> tuple[Any, ...]:
+        return (
             step.saga_id,
             step.name,
             StepStatus(step.status).value,
-            result,
+            None if step.result is None else dumps(step.result),
             step.error,
             step.attempts,
             step.completed_seq,
             step.compensation_error,
             now,
         )
-        if not messages:  # one statement: atomic alone, one round trip
-            await self._db().execute(upsert, *params)
-            return
-        async with self._db().acquire() as conn, conn.transaction():
-            await conn.execute(upsert, *params)
-            await conn.executemany(self._insert_outbox, messages)
+
+    async def save_checkpoint(
+        self,
+        saga: SagaRecord | None = None,
+        steps: Sequence[StepRecord] = (),
+        outbox: Sequence[OutboxMessage] = (),
+        *,
+        complete_inbox: tuple[str, str] | None = None,
+    ) -> None:
+        """One operation of the group commit: all or nothing (see the contract)."""
+        if saga is None and outbox and not steps:
+            raise ValueError("save_checkpoint: outbox messages need a saga or a step to go with")
+        now = utcnow()
+        step_rows = [self._step_params(step, now) for step in steps]
+        saga_params = (
+            None if saga is None else tables.saga_params(saga, saga.created_at or now, now)
+        )
+        messages = self._outbox_rows(outbox, now)
+
+        inbox_row = None if complete_inbox is None else (*complete_inbox, now)
+        item = _Checkpoint(saga_params, step_rows, messages, inbox_row)
+        key = saga_params[0] if saga_params is not None else step_rows[0][0] if step_rows else None
+        run = self._run_checkpoints
+        await self._committer().run(lambda conn: run(conn, [item]), batch=(run, item, key))
+
+    async def _run_checkpoints(self, conn: Any, items: list[_Checkpoint]) -> list[None]:
+        """Several checkpoints (of distinct sagas) in one statement: a data-modifying CTE per
+        table over arrays (``unnest``); the outbox messages keep their order."""
+        steps = [row for item in items for row in item.steps]
+        sagas = [item.saga for item in items if item.saga is not None]
+        messages = [row for item in items for row in item.outbox]
+        inbox = [item.inbox for item in items if item.inbox is not None]
+        shape = (bool(steps), bool(sagas), bool(messages), bool(inbox))
+        sql = self._checkpoint_sql.get(shape)
+        if sql is None:
+            sql = self._checkpoint_sql[shape] = self._build_checkpoint_sql(*shape)
+        args: list[Any] = []
+        for rows in (steps, sagas, messages, inbox):
+            if rows:
+                args += [list(column) for column in zip(*rows, strict=True)]
+        if args:
+            await conn.execute(sql, *args)
+        return [None] * len(items)
 
     @staticmethod
     def _outbox_rows(outbox: Sequence[OutboxMessage], now: datetime) -> list[tuple[Any, ...]]:
@@ -358,62 +579,84 @@ class PostgresSagaStore(SagaStore):
         return [tables.step_from_row(row) for row in rows]
 
     async def reset_steps(self, saga_id: str) -> None:
-        await self._db().execute(f"DELETE FROM {self._s}.saga_steps WHERE saga_id = $1", saga_id)
+        await self._write_execute(f"DELETE FROM {self._s}.saga_steps WHERE saga_id = $1", saga_id)
 
     # -- inbox -----------------------------------------------------------------------------
     async def claim_inbox(
         self, trigger_id: str, key: str, saga_id: str, owner: str, lease_until: datetime
     ) -> InboxClaim:
-        db = self._db()
+        args = (trigger_id, key, saga_id, owner, to_utc(lease_until), utcnow())
+        claim: InboxClaim = await self._committer().run(
+            lambda conn: self._claim_one(conn, args),
+            batch=(self._claim_inboxes, args, (trigger_id, key)),
+        )
+        return claim
+
+    async def _claim_one(self, conn: Any, args: tuple[Any, ...]) -> InboxClaim:
+        # one statement inserts a new row or takes over an expired/own one; the row lock
+        # taken by ON CONFLICT makes the lease check and the takeover atomic
+        trigger_id, key, _, owner, _, _ = args
+        claim = (
+            f"INSERT INTO {self._s}.inbox AS i (trigger_id, key, saga_id, owner, "
+            "lease_until, status, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6) "
+            f"{_INBOX_CONFLICT} RETURNING i.saga_id, (xmax = 0) AS inserted"
+        )
+        select = (
+            f"SELECT saga_id, owner, status FROM {self._s}.inbox WHERE trigger_id = $1 AND key = $2"
+        )
         for _ in range(_CLAIM_RETRIES):
-            # one statement inserts a new row or takes over an expired/own one; the row lock
-            # taken by ON CONFLICT makes the lease check and the takeover atomic
-            row = await db.fetchrow(
-                f"INSERT INTO {self._s}.inbox AS i (trigger_id, key, saga_id, owner, "
-                "lease_until, status, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6) "
-                "ON CONFLICT (trigger_id, key) DO UPDATE SET owner = EXCLUDED.owner, "
-                "lease_until = EXCLUDED.lease_until WHERE i.status = 'pending' AND "
-                "(i.owner = EXCLUDED.owner OR i.lease_until IS NULL OR i.lease_until < $6) "
-                "RETURNING i.saga_id, (xmax = 0) AS inserted",
-                trigger_id,
-                key,
-                saga_id,
-                owner,
-                to_utc(lease_until),
-                utcnow(),
-            )
+            row = await conn.fetchrow(claim, *args)
             if row is not None:
                 outcome = ClaimOutcome.CLAIMED if row["inserted"] else ClaimOutcome.TAKEN_OVER
                 return InboxClaim(outcome, row["saga_id"], owner)
-            row = await db.fetchrow(
-                f"SELECT saga_id, owner, status FROM {self._s}.inbox "
-                "WHERE trigger_id = $1 AND key = $2",
-                trigger_id,
-                key,
-            )
+            row = await conn.fetchrow(select, trigger_id, key)
             if row is not None:
-                outcome = (
-                    ClaimOutcome.DUPLICATE if row["status"] == "completed" else ClaimOutcome.BUSY
-                )
-                return InboxClaim(outcome, row["saga_id"], row["owner"])
+                return _found_claim(row)
         raise StoreError(f"inbox row ({trigger_id!r}, {key!r}) kept changing under us; retry")
 
+    async def _claim_inboxes(self, conn: Any, items: list[tuple[Any, ...]]) -> list[InboxClaim]:
+        """:meth:`_claim_one` for several keys (distinct) in two statements."""
+        columns = [list(column) for column in zip(*items, strict=True)]
+        claimed = {(row[0], row[1]): row for row in await conn.fetch(self._claim_many, *columns)}
+        missing = [args for args in items if (args[0], args[1]) not in claimed]
+        found: dict[tuple[str, str], Any] = {}
+        if missing:
+            rows = await conn.fetch(
+                f"SELECT i.trigger_id, i.key, i.saga_id, i.owner, i.status FROM {self._s}.inbox "
+                "AS i JOIN unnest($1::text[], $2::text[]) AS u(trigger_id, key) "
+                "ON i.trigger_id = u.trigger_id AND i.key = u.key",
+                [args[0] for args in missing],
+                [args[1] for args in missing],
+            )
+            found = {(row[0], row[1]): row for row in rows}
+        results: list[InboxClaim] = []
+        for args in items:
+            ident = (args[0], args[1])
+            row = claimed.get(ident)
+            if row is not None:
+                outcome = ClaimOutcome.CLAIMED if row["inserted"] else ClaimOutcome.TAKEN_OVER
+                results.append(InboxClaim(outcome, row["saga_id"], args[3]))
+            elif ident in found:
+                results.append(_found_claim(found[ident]))
+            else:  # deleted between the two statements: look again, alone
+                results.append(await self._claim_one(conn, args))
+        return results
+
     async def complete_inbox(self, trigger_id: str, key: str) -> None:
-        await self._db().execute(
-            f"UPDATE {self._s}.inbox SET status = 'completed', completed_at = $3 "
-            "WHERE trigger_id = $1 AND key = $2",
+        await self._write_execute(
+            self._complete_inbox,
             trigger_id,
             key,
             utcnow(),
         )
 
     async def release_inbox(self, trigger_id: str, key: str) -> None:
-        await self._db().execute(
+        await self._write_execute(
             f"DELETE FROM {self._s}.inbox WHERE trigger_id = $1 AND key = $2", trigger_id, key
         )
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
-        touched = await self._db().fetchval(
+        touched = await self._write_fetchval(
             f"WITH i AS (UPDATE {self._s}.inbox SET lease_until = $2 "
             "WHERE owner = $1 AND status = 'pending' RETURNING 1), "
             f"s AS (UPDATE {self._s}.saga_executions SET lease_expires_at = $2 "
@@ -461,7 +704,7 @@ class PostgresSagaStore(SagaStore):
 
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
         if ids:
-            await self._db().execute(
+            await self._write_execute(
                 f"UPDATE {self._s}.outbox SET sent_at = $2 WHERE id = ANY($1::bigint[])",
                 [int(i) for i in ids],
                 utcnow(),
@@ -469,7 +712,7 @@ class PostgresSagaStore(SagaStore):
 
     # -- dead letters ----------------------------------------------------------------------
     async def add_dead_letter(self, record: DeadLetterRecord) -> int:
-        dead_id = await self._db().fetchval(
+        dead_id = await self._write_fetchval(
             f"INSERT INTO {self._s}.dead_letters ({tables.DEAD_LETTER_COLUMNS}, created_at) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
             record.trigger_id,
@@ -506,7 +749,7 @@ class PostgresSagaStore(SagaStore):
         return None if row is None else tables.dead_letter_from_row(row)
 
     async def delete_dead_letter(self, dead_letter_id: int) -> bool:
-        deleted = await self._db().fetchval(
+        deleted = await self._write_fetchval(
             f"DELETE FROM {self._s}.dead_letters WHERE id = $1 RETURNING TRUE", dead_letter_id
         )
         return bool(deleted)
@@ -570,11 +813,11 @@ class PostgresSagaStore(SagaStore):
         )
         args = (record.trigger_name, record.context_hash, record.saga_id, exclusive, started)
         if not exclusive:
-            await self._db().execute(insert + "VALUES ($1, $2, $3, $4, $5)", *args)
+            await self._write_execute(insert + "VALUES ($1, $2, $3, $4, $5)", *args)
             return True
         # the NOT EXISTS sees committed open rows; the partial unique index settles two
         # exclusive inserts racing each other (the loser's ON CONFLICT does nothing)
-        inserted = await self._db().fetchval(
+        inserted = await self._write_fetchval(
             insert + "SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM "
             f"{self._s}.trigger_executions WHERE trigger_name = $1 AND context_hash = $2 "
             "AND completed_at IS NULL) ON CONFLICT DO NOTHING RETURNING TRUE",
@@ -583,7 +826,7 @@ class PostgresSagaStore(SagaStore):
         return bool(inserted)
 
     async def complete_trigger_execution(self, trigger_name: str, saga_id: str) -> None:
-        await self._db().execute(
+        await self._write_execute(
             f"UPDATE {self._s}.trigger_executions SET completed_at = $3 "
             "WHERE trigger_name = $1 AND saga_id = $2 AND completed_at IS NULL",
             trigger_name,
@@ -601,7 +844,7 @@ class PostgresSagaStore(SagaStore):
 
     # -- cron ------------------------------------------------------------------------------
     async def claim_cron_tick(self, trigger_id: str, tick: datetime, owner: str) -> bool:
-        claimed = await self._db().fetchval(
+        claimed = await self._write_fetchval(
             f"INSERT INTO {self._s}.cron_claims (trigger_id, tick, owner, claimed_at) "
             "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING TRUE",
             trigger_id,

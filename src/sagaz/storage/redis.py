@@ -456,6 +456,56 @@ class RedisSagaStore(SagaStore):
             [self.prefix, step.name, document, now, *_outbox_documents(outbox)],
         )
 
+    async def save_checkpoint(
+        self,
+        saga: SagaRecord | None = None,
+        steps: Sequence[StepRecord] = (),
+        outbox: Sequence[OutboxMessage] = (),
+        *,
+        complete_inbox: tuple[str, str] | None = None,
+    ) -> None:
+        """One Lua script (``SAVE_CHECKPOINT``): the writes of ``save_step``, ``save_saga``
+        and ``complete_inbox`` in turn, atomically (see the contract)."""
+        saga_ids = {step.saga_id for step in steps} | ({saga.saga_id} if saga else set())
+        if len(saga_ids) != 1:  # nothing, or several sagas: the calls one by one
+            await super().save_checkpoint(saga, steps, outbox, complete_inbox=complete_inbox)
+            return
+        [saga_id] = saga_ids
+        moment = utcnow()
+        now = micros(moment)
+        args: list[Any] = [len(steps)]
+        for index, step in enumerate(steps):
+            messages = outbox if saga is None and index == len(steps) - 1 else ()
+            step_args = [self.prefix, step.name, self._step_document(step, now), now]
+            step_args += _outbox_documents(messages)
+            args += [len(step_args), *step_args]
+        saga_args = [] if saga is None else self._saga_args("save", saga, moment, outbox)
+        args += [len(saga_args), *saga_args]
+        inbox_args = [] if complete_inbox is None else [self.prefix, now]
+        args += [len(inbox_args), *inbox_args]
+        steps_key = self._key("steps", saga_id)
+        inbox_key = steps_key if complete_inbox is None else self._inbox_key(*complete_inbox)
+        await self._script(
+            "SAVE_CHECKPOINT", [steps_key, self._key("saga", saga_id), inbox_key], args
+        )
+
+    @staticmethod
+    def _step_document(step: StepRecord, now: str) -> str:
+        """A step checkpoint as the JSON document of the steps hash."""
+        return dumps(
+            {
+                "saga_id": step.saga_id,
+                "name": step.name,
+                "status": StepStatus(step.status).value,
+                "result": step.result,
+                "error": step.error,
+                "attempts": step.attempts,
+                "completed_seq": step.completed_seq,
+                "compensation_error": step.compensation_error,
+                "updated_at": now,
+            }
+        )
+
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
         steps = []
         for document in await self._db().hvals(self._key("steps", saga_id)):

@@ -636,3 +636,42 @@ SCRIPTS: dict[str, str] = {
     "TAKE_RATE_TOKEN": TAKE_RATE_TOKEN,
 }
 """Every script by name; the store registers them all at start (EVALSHA afterwards)."""
+
+
+def _as_function(name: str, script: str) -> str:
+    """``script`` as a Lua function ``name(K, ARGV)``: its KEYS[1] is ``K``, its ARGV the
+    table passed (so one script can run several others in turn)."""
+    body = script.replace("KEYS[1]", "K")
+    return f"local function {name}(K, ARGV)\n{body}\nend\n"
+
+
+SAVE_CHECKPOINT = (
+    _as_function("save_step", SAVE_STEP)
+    + _as_function("save_saga", SAVE_SAGA)
+    + _as_function("complete_inbox", COMPLETE_INBOX)
+    + """
+-- KEYS[1] steps hash, KEYS[2] saga hash, KEYS[3] inbox row; ARGV: sections, each a count
+-- then that many values: per step (the count of steps first) the SAVE_STEP ARGV, then the
+-- SAVE_SAGA ARGV (count 0: no saga), then the COMPLETE_INBOX ARGV (count 0: no inbox row)
+local pos = 1
+local function take()
+  local n = tonumber(ARGV[pos])
+  local section = {}
+  for i = 1, n do section[i] = ARGV[pos + i] end
+  pos = pos + n + 1
+  return section
+end
+local n_steps = tonumber(ARGV[pos])
+pos = pos + 1
+for _ = 1, n_steps do save_step(KEYS[1], take()) end
+local saga = take()
+if #saga > 0 then save_saga(KEYS[2], saga) end
+local inbox = take()
+if #inbox > 0 then complete_inbox(KEYS[3], inbox) end
+return 1
+"""
+)
+"""A saga's checkpoint in one script (:meth:`RedisSagaStore.save_checkpoint`): its steps,
+its row with the outbox messages, its inbox row completed."""
+
+SCRIPTS["SAVE_CHECKPOINT"] = SAVE_CHECKPOINT

@@ -21,6 +21,7 @@ A caller cancelled while its operation is queued drops it; once running, it comp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import sqlite3
@@ -93,6 +94,16 @@ def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> lis
 def _change(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> int:
     """Execute one statement (in the store's thread); return the number of rows it changed."""
     return conn.execute(sql, params).rowcount
+
+
+def _as_created(record: SagaRecord, now: datetime) -> SagaRecord:
+    """The record :meth:`SQLiteSagaStore.create_saga` just stored (not decoded back)."""
+    return dataclasses.replace(
+        record,
+        status=SagaStatus(record.status),
+        created_at=record.created_at or now,
+        updated_at=now,
+    )
 
 
 def _schedule(row: Sequence[Any]) -> TriggerScheduleRecord:
@@ -234,7 +245,7 @@ class SQLiteSagaStore(SagaStore):
         rows = await self._write(create)
         if rows:
             return tables.saga_from_row(rows[0]), False
-        return tables.saga_from_row(params), True
+        return _as_created(record, now), True
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()
@@ -312,7 +323,54 @@ class SQLiteSagaStore(SagaStore):
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = to_text(utcnow())
-        step_params = (
+        step_params = self._step_params(step, now)
+        messages = self._outbox_rows(outbox, now)
+
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute(_INSERT_STEP, step_params)
+            if messages:
+                conn.executemany(_INSERT_OUTBOX, messages)
+
+        await self._write(save)
+
+    async def save_checkpoint(
+        self,
+        saga: SagaRecord | None = None,
+        steps: Sequence[StepRecord] = (),
+        outbox: Sequence[OutboxMessage] = (),
+        *,
+        complete_inbox: tuple[str, str] | None = None,
+    ) -> None:
+        """One operation of the group committer: all or nothing (see the contract)."""
+        if saga is None and outbox and not steps:
+            raise ValueError("save_checkpoint: outbox messages need a saga or a step to go with")
+        moment = utcnow()
+        now = to_text(moment)
+        step_rows = [self._step_params(step, now) for step in steps]
+        saga_params = (
+            None if saga is None else tables.saga_params(saga, saga.created_at or moment, moment)
+        )
+        messages = self._outbox_rows(outbox, now)
+
+        def save(conn: sqlite3.Connection) -> None:
+            if step_rows:
+                conn.executemany(_INSERT_STEP, step_rows)
+            if saga_params is not None:
+                conn.execute(_UPSERT_SAGA, saga_params)
+            if messages:
+                conn.executemany(_INSERT_OUTBOX, messages)
+            if complete_inbox is not None:
+                conn.execute(
+                    "UPDATE inbox SET status = 'completed', completed_at = ? "
+                    "WHERE trigger_id = ? AND key = ?",
+                    (now, *complete_inbox),
+                )
+
+        await self._write(save)
+
+    @staticmethod
+    def _step_params(step: StepRecord, now: str) -> tuple[Any, ...]:
+        return (
             step.saga_id,
             step.name,
             StepStatus(step.status).value,
@@ -323,14 +381,6 @@ class SQLiteSagaStore(SagaStore):
             step.compensation_error,
             now,
         )
-        messages = self._outbox_rows(outbox, now)
-
-        def save(conn: sqlite3.Connection) -> None:
-            conn.execute(_INSERT_STEP, step_params)
-            if messages:
-                conn.executemany(_INSERT_OUTBOX, messages)
-
-        await self._write(save)
 
     @staticmethod
     def _outbox_rows(outbox: Sequence[OutboxMessage], now: str) -> list[tuple[Any, ...]]:

@@ -1,0 +1,285 @@
+"""Group commit for :class:`~sagaz.storage.postgres.PostgresSagaStore`: one transaction for
+the writes that many sagas issue at once.
+
+>>> groups = PgGroupCommitter(pool, unavailable=store._unavailable, label="…")  # doctest: +SKIP
+>>> await groups.run(lambda conn: conn.execute("DELETE FROM inbox"))  # doctest: +SKIP
+
+An operation is a coroutine function ``op(conn) -> result`` that runs all its SQL on the
+connection it is given. :meth:`PgGroupCommitter.run` queues it; a flusher task takes every
+queued operation as one group, runs the group on one pooled connection in one transaction and
+commits it once; results and errors reach their callers only after that ``COMMIT``. While a
+group runs, new operations queue up for the next one, so the more sagas write at once, the
+larger the groups and the fewer the commits. Up to ``connections`` groups run at once, each
+on a connection of its own (a group spends most of its time waiting for the server).
+Operations of one caller never overlap (each is awaited), so their order is kept; a
+deadlock between two groups is retried (see below).
+
+An operation may also come with a batch form, ``(runner, item, key)``: the group then runs
+the items of every operation with the same ``runner`` as one call ``runner(conn, items)``
+(one statement over arrays, one round trip for them all) instead of one call per operation.
+Two items with the same ``key`` (rows the statement would touch twice) never share a batch:
+the later one runs alone, after it, in the same transaction.
+
+One operation's error fails only its caller. The group first runs without savepoints (the
+common case: nothing fails, one round trip per statement or batch, plus ``BEGIN`` and
+``COMMIT``); if an operation raises, that transaction is rolled back and the group runs again,
+each operation alone (no batches) inside its own ``SAVEPOINT``: an operation that fails there
+is rolled back alone and its caller gets its error (a deadlock or serialization failure is
+retried in its savepoint first). Operations must therefore only touch the database: they may
+run twice, the first run rolled back.
+
+A lost connection or server fails every operation of the group: each caller gets its own
+:class:`~sagaz.exceptions.StoreUnavailableError` (``unavailable(exc)`` decides which driver
+errors mean that), or a :class:`~sagaz.exceptions.StoreError` when the transaction was lost
+for another reason. A caller cancelled while its operation is queued drops it; once running,
+it completes and its result is discarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sagaz.exceptions import StoreError, StoreUnavailableError
+
+__all__ = ["PgGroupCommitter"]
+
+T = TypeVar("T")
+
+Op = Callable[[Any], Awaitable[Any]]
+"""An operation: runs all its SQL on the asyncpg connection it is given, returns a result."""
+BatchRunner = Callable[[Any, list[Any]], Awaitable[list[Any]]]
+"""Runs the items of several operations at once on a connection; a result per item, in order."""
+Batch = tuple[BatchRunner, Any, Any]
+"""An operation's batch form: ``(runner, item, key)``; ``key`` None never conflicts."""
+_Outcome = tuple[Any, BaseException | None]
+"""What one operation gave: ``(result, None)`` or ``(None, error)``."""
+
+_RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
+_RETRIES = 3
+_MAX_GROUP = 1000  # operations in one transaction at most (bounds a group's duration)
+
+
+@dataclass(slots=True)
+class _Queued:
+    """An operation waiting for its group, and the future its caller awaits."""
+
+    op: Op
+    future: asyncio.Future[Any]
+    batch: Batch | None = None
+
+
+class _GroupLost(Exception):
+    """The group's transaction (or its connection) is gone: every operation fails."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class PgGroupCommitter:
+    """Runs write operations of many callers in shared transactions on an asyncpg pool.
+
+    ``unavailable(exc)`` tells whether a driver error means the server cannot be reached;
+    ``label`` names the store in the errors made here. :attr:`commits` counts the
+    transactions committed (a group, whatever its size, is one).
+    """
+
+    def __init__(
+        self,
+        pool: Any,
+        *,
+        unavailable: Callable[[BaseException], bool],
+        label: str,
+        connections: int = 1,
+    ) -> None:
+        self._pool = pool
+        self._unavailable = unavailable
+        self._label = label
+        self._connections = max(1, connections)
+        self._queue: list[_Queued] = []
+        self._flushers: set[asyncio.Task[None]] = set()
+        #: transactions committed by this committer
+        self.commits = 0
+        #: operations whose results reached their callers through a commit
+        self.operations = 0
+
+    async def run(self, op: Callable[[Any], Awaitable[T]], *, batch: Batch | None = None) -> T:
+        """Queue ``op`` for the next group; return its result once that group has committed.
+
+        ``batch`` is its batch form (see the module docstring): ``op`` and the batch must
+        write the same."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(op, future, batch))
+        if len(self._flushers) < self._connections:
+            self._flushers.add(asyncio.create_task(self._flush(), name="sagaz-postgres-flusher"))
+        return await future  # cancelling the caller cancels the future: the flusher drops it
+
+    async def close(self) -> None:
+        """Run what is queued and wait for the running group. Queue nothing after it."""
+        while self._flushers:
+            await asyncio.wait(set(self._flushers))  # not cancelled with the caller
+
+    async def _flush(self) -> None:
+        """Run the queued operations, a group at a time, until none is left."""
+        this = asyncio.current_task()
+        try:
+            await asyncio.sleep(0)  # let the callers of this moment queue theirs first
+            while self._queue:
+                group = [q for q in self._queue[:_MAX_GROUP] if not q.future.done()]
+                del self._queue[:_MAX_GROUP]  # the next group collects while this one runs
+                if group:
+                    await self._run_group(group)
+        finally:
+            # in the same step as the empty queue was seen: a caller queueing after this
+            # finds a free place and starts a flusher (a done callback would come too late)
+            self._flushers.discard(this)
+
+    async def _run_group(self, group: list[_Queued]) -> None:
+        ops = [queued.op for queued in group]
+        try:
+            async with self._pool.acquire() as conn:
+                outcomes = await self._execute(conn, group)
+        except asyncio.CancelledError as exc:  # the loop is shutting down
+            for queued in [*group, *self._queue]:
+                _settle(queued.future, (None, self._lost(exc, interrupted=True)))
+            self._queue.clear()
+            raise
+        except _GroupLost as lost:
+            outcomes = [(None, self._lost(lost.cause)) for _ in ops]
+        except Exception as exc:  # no connection, or releasing it failed
+            outcomes = [(None, self._lost(exc)) for _ in ops]
+        else:
+            self.commits += 1
+            self.operations += len(ops)
+        for queued, outcome in zip(group, outcomes, strict=True):
+            _settle(queued.future, outcome)
+
+    async def _execute(self, conn: Any, group: list[_Queued]) -> list[_Outcome]:
+        """One group in one transaction: without savepoints first, with them if an op fails."""
+        ops = [queued.op for queued in group]
+        transaction = conn.transaction()
+        await self._guard(transaction.start())
+        try:
+            results = await self._run_all(conn, group)
+        except Exception as exc:
+            if self._unavailable(exc):
+                raise _GroupLost(exc) from exc
+            await self._guard(transaction.rollback())
+            if len(ops) == 1 and _sqlstate(exc) not in _RETRYABLE:
+                return [(None, exc)]
+            return await self._execute_with_savepoints(conn, ops)
+        except BaseException:
+            await self._abandon(transaction)
+            raise
+        await self._guard(transaction.commit())
+        return [(result, None) for result in results]
+
+    @staticmethod
+    async def _run_all(conn: Any, group: list[_Queued]) -> list[Any]:
+        """Every operation of the group: the batches first, then the others one by one."""
+        results: list[Any] = [None] * len(group)
+        batches: dict[BatchRunner, tuple[list[int], list[Any], set[Any]]] = {}
+        alone: list[int] = []
+        for index, queued in enumerate(group):
+            if queued.batch is None:
+                alone.append(index)
+                continue
+            runner, item, key = queued.batch
+            indexes, items, keys = batches.setdefault(runner, ([], [], set()))
+            if key is not None and key in keys:
+                alone.append(index)  # would touch a row of the batch a second time
+                continue
+            if key is not None:
+                keys.add(key)
+            indexes.append(index)
+            items.append(item)
+        for runner, (indexes, items, _) in batches.items():
+            for index, result in zip(indexes, await runner(conn, items), strict=True):
+                results[index] = result
+        for index in alone:
+            results[index] = await group[index].op(conn)
+        return results
+
+    async def _execute_with_savepoints(self, conn: Any, ops: list[Op]) -> list[_Outcome]:
+        transaction = conn.transaction()
+        await self._guard(transaction.start())
+        try:
+            outcomes = [await self._execute_one(conn, op) for op in ops]
+        except BaseException:
+            await self._abandon(transaction)
+            raise
+        await self._guard(transaction.commit())
+        return outcomes
+
+    async def _execute_one(self, conn: Any, op: Op) -> _Outcome:
+        """Run ``op`` in a savepoint: released if it succeeds, rolled back if it fails."""
+        for attempt in range(_RETRIES):
+            savepoint = conn.transaction()  # nested in the group's transaction: a SAVEPOINT
+            await self._guard(savepoint.start())
+            try:
+                result = await op(conn)
+            except Exception as exc:
+                if self._unavailable(exc):
+                    raise _GroupLost(exc) from exc
+                await self._guard(savepoint.rollback())
+                if _sqlstate(exc) in _RETRYABLE and attempt + 1 < _RETRIES:
+                    continue
+                return None, exc
+            await self._guard(savepoint.commit())
+            return result, None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _guard(self, step: Awaitable[Any]) -> None:
+        """Run a BEGIN, COMMIT, SAVEPOINT or ROLLBACK; its failure loses the whole group."""
+        try:
+            await step
+        except Exception as exc:
+            raise _GroupLost(exc) from exc
+
+    @staticmethod
+    async def _abandon(transaction: Any) -> None:
+        """Roll back a transaction the group cannot finish (the pool resets the connection
+        anyway; this only tries to leave it clean)."""
+        try:
+            await transaction.rollback()
+        except Exception:  # the connection is broken: the pool replaces it
+            return
+
+    def _lost(self, cause: BaseException, *, interrupted: bool = False) -> StoreError:
+        """The error each caller of a lost group gets (a new one per caller)."""
+        if interrupted:
+            error: StoreError = StoreError(
+                f"{self._label}: the operation was interrupted ({cause!r}); "
+                "it may or may not have been committed"
+            )
+        elif self._unavailable(cause):
+            error = StoreUnavailableError(
+                f"{self._label} is unavailable ({type(cause).__name__}: {cause}); "
+                "the transaction may or may not have been committed; retry once it is back"
+            )
+        else:
+            error = StoreError(
+                f"{self._label}: the transaction was lost ({type(cause).__name__}: {cause})"
+            )
+        error.__cause__ = cause
+        return error
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of an asyncpg error, if it has one."""
+    state = getattr(exc, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+def _settle(future: asyncio.Future[Any], outcome: _Outcome) -> None:
+    """Hand an outcome to its caller, unless the caller is gone (cancelled)."""
+    if future.done():
+        return
+    result, error = outcome
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)

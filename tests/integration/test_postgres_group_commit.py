@@ -1,0 +1,221 @@
+"""The PostgreSQL store's group commit: operations issued at once share one transaction, yet
+each caller gets its own result or error; a lost connection fails every caller of the group
+with ``StoreUnavailableError``; and a burst of one-step sagas costs at most one commit each,
+counted by the server (``pg_stat_database.xact_commit`` of a database of the test's own)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
+from sagaz.clock import utcnow
+from sagaz.engine.engine import TriggerEngine
+from sagaz.exceptions import StoreError, StoreUnavailableError
+from sagaz.records import ClaimOutcome, OutboxMessage, SagaRecord, StepRecord
+from sagaz.storage.postgres import PostgresSagaStore
+from sagaz.testing import eventually
+from sagaz.types import SagaStatus, StepStatus
+from tests.services import unique_name
+
+
+@pytest.fixture
+async def database(postgres_dsn: str) -> AsyncIterator[str]:
+    """The DSN of a database of this test's own (its statistics count its work only)."""
+    name = unique_name("sagaz_gc")
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield postgres_dsn.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        admin = await asyncpg.connect(postgres_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def _running(saga_id: str) -> SagaRecord:
+    return SagaRecord(saga_id, "order", SagaStatus.RUNNING, {"n": saga_id})
+
+
+async def test_one_failing_operation_fails_only_its_own_caller(database: str) -> None:
+    async with PostgresSagaStore(database) as store:
+        before = store.commits
+        broken = OutboxMessage("s-3", None, {"ok": True})  # type: ignore[arg-type]  # NOT NULL
+        calls = [
+            store.save_checkpoint(
+                _running(f"s-{i}"),
+                [StepRecord(f"s-{i}", "one", StepStatus.RUNNING)],
+                [broken] if i == 3 else [OutboxMessage(f"s-{i}", "orders", {"i": i})],
+            )
+            for i in range(20)
+        ]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        assert store.commits - before == 1  # one group: every call in one transaction
+        failed = {i for i, outcome in enumerate(outcomes) if outcome is not None}
+        assert failed == {3}
+        assert isinstance(outcomes[3], asyncpg.NotNullViolationError)
+        for i in range(20):
+            saved = await store.get_saga(f"s-{i}")
+            assert (saved is None) == (i == 3)
+            assert len(await store.get_steps(f"s-{i}")) == (0 if i == 3 else 1)
+        assert sorted(m.payload["i"] for m in await store.fetch_outbox()) == [
+            i for i in range(20) if i != 3
+        ]
+
+
+async def test_claims_and_creations_batched_in_one_group_keep_their_own_outcomes(
+    database: str,
+) -> None:
+    later = utcnow() + timedelta(minutes=5)
+    async with PostgresSagaStore(database) as store:
+        await store.claim_inbox("t", "done", "s-done", "w1", later)
+        await store.complete_inbox("t", "done")
+        await store.claim_inbox("t", "held", "s-held", "other", later)
+        await store.claim_inbox("t", "mine", "s-mine", "w1", later)
+        await store.create_saga(_running("old"))
+        before = store.commits
+        claims = await asyncio.gather(
+            store.claim_inbox("t", "done", "s-x", "w1", later),
+            store.claim_inbox("t", "held", "s-x", "w1", later),
+            store.claim_inbox("t", "mine", "s-x", "w1", later),
+            store.claim_inbox("t", "new", "s-new", "w1", later),
+            store.claim_inbox("t", "new", "s-new", "w1", later),  # the same key twice
+        )
+        created = await asyncio.gather(
+            store.create_saga(_running("old")),
+            store.create_saga(_running("n-1")),
+            store.create_saga(_running("n-2")),
+        )
+        assert store.commits - before == 2  # one group each
+        assert [(c.outcome, c.saga_id, c.owner) for c in claims] == [
+            (ClaimOutcome.DUPLICATE, "s-done", "w1"),
+            (ClaimOutcome.BUSY, "s-held", "other"),
+            (ClaimOutcome.TAKEN_OVER, "s-mine", "w1"),
+            (ClaimOutcome.CLAIMED, "s-new", "w1"),
+            (ClaimOutcome.TAKEN_OVER, "s-new", "w1"),  # after the first, in the same group
+        ]
+        assert [(record.saga_id, made) for record, made in created] == [
+            ("old", False),
+            ("n-1", True),
+            ("n-2", True),
+        ]
+        assert {r.saga_id for r in await store.list_sagas()} == {"old", "n-1", "n-2"}
+
+
+async def test_one_caller_writing_again_and_again_is_never_left_waiting(database: str) -> None:
+    # max_size=2: one group connection, so one flusher; each write comes right after the
+    # previous one's group committed (the moment the flusher finds its queue empty)
+    async with PostgresSagaStore(database, max_size=2) as store:
+        async with asyncio.timeout(10):  # in this task: the next write is queued at once
+            for i in range(50):
+                await store.save_saga(_running(f"s-{i}"))
+        assert len(await store.list_sagas(limit=100)) == 50
+
+
+async def test_a_lost_connection_fails_every_caller_of_the_group(database: str) -> None:
+    async with PostgresSagaStore(database) as store:
+        await store.save_saga(_running("held"))
+        admin = await asyncpg.connect(database)
+        try:
+            # hold the row of "held": the group that writes it waits for the lock, mid-way
+            holding = admin.transaction()
+            await holding.start()
+            await admin.execute(
+                "SELECT 1 FROM sagaz.saga_executions WHERE saga_id = 'held' FOR UPDATE"
+            )
+            writes = asyncio.gather(
+                store.save_saga(_running("held")),
+                *(store.save_saga(_running(f"s-{i}")) for i in range(9)),
+                return_exceptions=True,
+            )
+
+            async def waiting_backend() -> int | None:
+                pid: int | None = await admin.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+                return pid
+
+            pid = await eventually(waiting_backend, what="the group waiting for the lock")
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+            outcomes = await writes
+            await holding.rollback()
+        finally:
+            await admin.close()
+        assert all(isinstance(outcome, StoreUnavailableError) for outcome in outcomes), outcomes
+        assert len({id(outcome) for outcome in outcomes}) == 10  # an error of its own each
+        for i in range(9):  # lost with the group, none half-written
+            assert await store.get_saga(f"s-{i}") is None
+        await store.save_saga(_running("after"))  # the pool replaced the connection
+        assert await store.get_saga("after") is not None
+
+
+async def test_a_stopped_store_refuses_writes_with_a_clear_error(database: str) -> None:
+    store = PostgresSagaStore(database)
+    with pytest.raises(StoreError, match="not started"):
+        await store.save_saga(_running("s-1"))
+
+
+async def _xact_commit(dsn: str) -> int:
+    """The server's committed-transaction count of the database, once every other session
+    of it has gone (a backend reports its counts when it exits)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+
+        async def alone() -> bool:
+            others = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return int(others) == 0
+
+        await eventually(alone, what="the store's connections to close")
+        value = await conn.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return int(value)
+    finally:
+        await conn.close()
+
+
+async def test_a_burst_of_one_step_sagas_costs_at_most_one_commit_each(database: str) -> None:
+    events = 300
+
+    class Burst(Saga):
+        """A one-step saga started by events on the memory channel ``burst``."""
+
+        saga_name = "group-commit-burst"
+
+        @trigger(source="memory", channel="burst", idempotency_key=lambda e: e["id"])
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("one")
+        async def one(self, ctx: SagaContext) -> None:
+            return None
+
+    store = PostgresSagaStore(database, max_size=10)
+    async with store:  # the schema is created before counting
+        pass
+    before = await _xact_commit(database)
+    config = TriggerConfig(queue_size=events, max_concurrent_sagas=100)
+    async with TriggerEngine(config, store) as engine:
+        saga_ids = await asyncio.gather(*(engine.fire("burst", {"id": i}) for i in range(events)))
+        results = await asyncio.gather(
+            *(engine.wait_for(saga_id, timeout=60) for [saga_id] in saga_ids)
+        )
+        assert all(r is not None and r.status is SagaStatus.COMPLETED for r in results)
+    after = await _xact_commit(database)
+    assert after > before  # the server did count this run
+    # the counts include the engine's own start and stop (leases, recovery, schedules)
+    assert (after - before) / events <= 1.0, f"{after - before} commits for {events} sagas"
