@@ -288,8 +288,8 @@ async def test_stop_marks_what_the_broker_took_before_it() -> None:
     relay = OutboxRelay(store, publisher, clock=RecordingClock())
     await relay.start()
     await eventually(lambda: len(publisher.messages) == 6)
+    publisher.gate = asyncio.Event()  # before the next messages exist: none slips through
     await emitted(store, 2)
-    publisher.gate = asyncio.Event()
     await eventually(lambda: publisher.waiting == 1, what="a publish under way")
     await relay.stop()  # cancels the publish of message 7: it stays unsent
     assert not relay.running
