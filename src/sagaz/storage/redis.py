@@ -437,23 +437,16 @@ class RedisSagaStore(SagaStore):
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = micros(utcnow())
-        document = dumps(
-            {
-                "saga_id": step.saga_id,
-                "name": step.name,
-                "status": StepStatus(step.status).value,
-                "result": step.result,
-                "error": step.error,
-                "attempts": step.attempts,
-                "completed_seq": step.completed_seq,
-                "compensation_error": step.compensation_error,
-                "updated_at": now,
-            }
-        )
         await self._script(
             "SAVE_STEP",
             [self._key("steps", step.saga_id)],
-            [self.prefix, step.name, document, now, *_outbox_documents(outbox)],
+            [
+                self.prefix,
+                step.name,
+                self._step_document(step, now),
+                now,
+                *_outbox_documents(outbox),
+            ],
         )
 
     async def save_checkpoint(
@@ -479,7 +472,7 @@ class RedisSagaStore(SagaStore):
             step_args = [self.prefix, step.name, self._step_document(step, now), now]
             step_args += _outbox_documents(messages)
             args += [len(step_args), *step_args]
-        saga_args = [] if saga is None else self._saga_args("save", saga, moment, outbox)
+        saga_args = [] if saga is None else self._saga_args("save", saga, moment, outbox)[0]
         args += [len(saga_args), *saga_args]
         inbox_args = [] if complete_inbox is None else [self.prefix, now]
         args += [len(inbox_args), *inbox_args]
