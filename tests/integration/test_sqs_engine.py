@@ -74,7 +74,7 @@ async def send_paced(
     received: Callable[[], int],
     *,
     wave: int = 20,
-    backlog: int = 60,
+    backlog: int = 20,
 ) -> None:
     """Send ``bodies`` in waves of ``wave``, each once the consumer left fewer than
     ``backlog - wave`` messages unreceived (moto slows down with every queued message)."""
