@@ -4,9 +4,16 @@ and the service markers (see ``tests/services.py``).
 Each service has a session fixture that checks once whether it is there (``_postgres_dsn``...)
 and a public, function-scoped one that tests request (``postgres_dsn``...): the public one
 first checks that the test carries the service's marker, then asks the session fixture.
+
+The suite runs in parallel (pytest-xdist, ``-n auto --dist loadgroup`` in pyproject.toml):
+each worker is a process of its own with its own session fixtures (its own Tansu broker, its
+own moto server, on free ports), and every test names what it creates on a shared service
+uniquely (``tests.services.unique_name``). :data:`GROUPS` keeps some tests on one worker.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -32,12 +39,49 @@ pytest_plugins = [
 ]
 
 
+#: The most workers ``-n auto`` starts. The tests mostly wait on brokers, stores and
+#: subprocesses, so a worker more than the CPUs still shortens the run; past that they only
+#: compete for the CPUs (see :func:`pytest_xdist_auto_num_workers`).
+MAX_WORKERS = 4
+
+#: xdist groups (``--dist loadgroup``): the tests of a group run one after the other on one
+#: worker. A marker puts a test in one (``chaos``: the chaos tests, which run app processes
+#: flat out and kill them at moments they measure, must not share the CPUs with each other);
+#: so does a fixture (``site``: ``mkdocs build`` runs once per worker that needs the site).
+GROUPS = {"marker:chaos": "chaos", "fixture:site": "mkdocs-site"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: ``PYTEST_XDIST_AUTO_NUM_WORKERS`` if set, else one more worker than the
+    CPUs the process may use, at least 2 and at most :data:`MAX_WORKERS`."""
+    explicit = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if explicit:
+        return int(explicit)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(2, min((cpus or 1) + 1, MAX_WORKERS))
+
+
+def _group(item: pytest.Item) -> str | None:
+    for key, group in GROUPS.items():
+        kind, name = key.split(":", 1)
+        if kind == "marker" and item.get_closest_marker(name) is not None:
+            return group
+        if kind == "fixture" and name in getattr(item, "fixturenames", ()):
+            return group
+    return None
+
+
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects anything
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test with the services whose fixtures it requests, and with
-    ``integration`` when it has any service marker (set by hand or here)."""
+    ``integration`` when it has any service marker (set by hand or here); under xdist, put
+    the tests of :data:`GROUPS` in their group."""
     handmade: list[str] = []
+    grouping = config.pluginmanager.hasplugin("xdist")  # the marker is xdist's
     for item in items:
+        if grouping and (group := _group(item)) is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
         for fixture in sorted(SERVICE_FIXTURES.keys() & set(getattr(item, "fixturenames", ()))):
             if item.get_closest_marker(SERVICE_FIXTURES[fixture]) is None:
                 item.add_marker(SERVICE_FIXTURES[fixture])

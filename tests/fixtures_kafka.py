@@ -51,6 +51,7 @@ __all__ = [
 KAFKA_BOOTSTRAP_ENV = "SAGAZ_TEST_KAFKA_BOOTSTRAP"
 TANSU_BIN_ENV = "SAGAZ_TEST_TANSU_BIN"
 STARTUP_DEADLINE_SECONDS = 20.0
+START_ATTEMPTS = 3
 
 MakeTopic = Callable[..., Awaitable[str]]
 
@@ -120,35 +121,46 @@ class TansuBroker:
 
 @contextlib.contextmanager
 def tansu_broker(binary: str, log_path: Path) -> Iterator[TansuBroker]:
-    """Start Tansu on a free port, wait until it answers metadata requests, stop it after."""
-    port = free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            broker_command(binary, port),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    bootstrap = f"127.0.0.1:{port}"
-    try:
-        ready = kafka_answers_within(
-            bootstrap, STARTUP_DEADLINE_SECONDS, lambda: process.poll() is None
-        )
-        if not ready:
-            tail = log_path.read_text(errors="replace")[-2000:]
-            pytest.fail(
-                f"Tansu ({binary}) did not answer at {bootstrap} within "
-                f"{STARTUP_DEADLINE_SECONDS}s (exit code {process.poll()}); log:\n{tail}"
+    """Start Tansu on a free port, wait until it answers metadata requests, stop it after.
+
+    A port found free may be taken before Tansu binds it (the xdist workers start brokers and
+    servers at the same time): then it exits, and the next attempt takes another port."""
+    failures: list[str] = []
+    for _ in range(START_ATTEMPTS):
+        port = free_port()
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                broker_command(binary, port),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
-        yield TansuBroker(bootstrap, process)
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        bootstrap = f"127.0.0.1:{port}"
+        try:
+            ready = kafka_answers_within(
+                bootstrap, STARTUP_DEADLINE_SECONDS, lambda p=process: p.poll() is None
+            )
+            if ready and process.poll() is None:  # not another broker that has the port
+                yield TansuBroker(bootstrap, process)
+                return
+            failures.append(f"{bootstrap}: exit code {process.poll()}")
+        finally:
+            _stop(process)
+    tail = log_path.read_text(errors="replace")[-2000:]
+    pytest.fail(
+        f"Tansu ({binary}) did not answer within {STARTUP_DEADLINE_SECONDS}s "
+        f"({'; '.join(failures)}); log:\n{tail}"
+    )
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 @pytest.fixture

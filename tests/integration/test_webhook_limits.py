@@ -172,8 +172,12 @@ class SlowClient:
 
 
 async def connect(port: int) -> SlowClient:
+    # the clock starts before the connection exists: the server's deadline starts later (at
+    # its accept), so ``closed_after`` is never shorter than the server's timeout, however
+    # late this coroutine resumes after the connect on a busy machine
+    opened_at = time.monotonic()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    return SlowClient(reader, writer, time.monotonic())
+    return SlowClient(reader, writer, opened_at)
 
 
 # -- slow clients ---------------------------------------------------------------------------

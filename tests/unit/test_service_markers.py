@@ -39,6 +39,11 @@ CONFTEST = textwrap.dedent(
 ROOT = Path(__file__).resolve().parents[2]
 
 
+#: options of ``addopts`` the inner runs leave out, with the number of values each takes:
+#: they run in this process, not on xdist workers of their own
+NOT_INNER = {"-n": 1, "--dist": 1}
+
+
 def project_pytest_options() -> str:
     """This project's ``[tool.pytest.ini_options]`` (markers, ``--strict-markers``...), as an
     ini file for the inner runs."""
@@ -47,12 +52,27 @@ def project_pytest_options() -> str:
     for name, value in options["ini_options"].items():
         if name == "testpaths":
             continue
+        if name == "addopts":
+            value = _without_xdist(value)
         if isinstance(value, list):
             lines.append(f"{name} =")
             lines.extend(f"    {item}" for item in value)
         else:
             lines.append(f"{name} = {value}")
     return "\n".join(lines)
+
+
+def _without_xdist(addopts: list[str]) -> list[str]:
+    kept: list[str] = []
+    skip = 0
+    for option in addopts:
+        if skip:
+            skip -= 1
+        elif option in NOT_INNER:
+            skip = NOT_INNER[option]
+        else:
+            kept.append(option)
+    return kept
 
 
 def run(suite: pytest.Pytester, *args: str) -> pytest.RunResult:
