@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 from sagaz._aio import wait_event
 from sagaz._imports import require_extra
-from sagaz.abc import Emit, Source, SourceContext
+from sagaz.abc import Emit, Source, SourceContext, emit_many
 from sagaz.backoff import Backoff
 from sagaz.events import Delivery, EventMeta
 from sagaz.outbox.kafka import start_producer
@@ -267,16 +267,25 @@ class KafkaSource(Source):
         self._update_flow(partition)
 
     async def _emit_loop(self, partition: PartitionState, emit: Emit) -> None:
-        """Emit the partition's records one at a time, in offset order."""
+        """Emit the partition's records in offset order, what is buffered as one batch (up
+        to ``max_poll_records``): admission claims a batch's inbox keys together."""
+        buffer, most = partition.buffer, self.options.max_poll_records
         while True:
-            if not partition.buffer:
+            if not buffer:
                 partition.wakeup.clear()
                 await partition.wakeup.wait()
                 continue
-            await self._intake.wait()  # paused: the record stays buffered, uncommitted
-            delivery = self._delivery(partition, *partition.buffer.popleft())
+            if not self._intake.is_set():
+                await self._intake.wait()  # paused: the records stay buffered, uncommitted
+                continue
+            deliveries = [
+                self._delivery(partition, *buffer.popleft()) for _ in range(min(len(buffer), most))
+            ]
             try:
-                await emit(delivery)
+                if len(deliveries) == 1:
+                    await emit(deliveries[0])
+                else:
+                    await emit_many(emit, deliveries)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is None or task.cancelling():
@@ -284,8 +293,9 @@ class KafkaSource(Source):
                 # the pipeline cancelled its own wait (e.g. its queue closed): not fatal to us
                 logger.warning("emit was cancelled; the event stays uncommitted", extra=self._log)
             except Exception as exc:  # the pipeline should not raise; if it does, go on
-                await self._report(exc, "emit failed; the event stays uncommitted")
-            self._update_flow(partition)
+                await self._report(exc, "emit failed; the events stay uncommitted")
+            if partition.paused:  # only fetching pauses it (``_take``): here it may resume
+                self._update_flow(partition)
 
     def _update_flow(self, partition: PartitionState) -> None:
         """Pause a partition whose buffer or unsettled backlog is full; resume it once drained.
