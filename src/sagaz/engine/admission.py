@@ -198,7 +198,7 @@ class Admission:
             # Redelivered (a lost ack, a broker reconnect) or sent twice while its saga is
             # being admitted, queued or running here: the inbox would hand our own claim back
             # (TAKEN_OVER) and a second run would repeat the steps. Settle it with that one.
-            joint.deliveries.append(delivery)
+            joint.join(delivery)
             return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
         tracked = self._track(saga_id, delivery)
         candidate = _Candidate(trigger, tracked, event, key, saga_id, concurrency_key, after)
@@ -510,10 +510,12 @@ class _JointDeliveries:
     settled together, once; that first settlement ends the tracking (a later delivery of the
     key then meets the inbox)."""
 
-    __slots__ = ("deliveries", "in_flight", "saga_id", "settled")
+    __slots__ = ("first", "in_flight", "more", "saga_id", "settled")
 
     def __init__(self, first: Delivery, in_flight: dict[str, _JointDeliveries], saga_id: str):
-        self.deliveries = [first]
+        self.first = first
+        #: the deliveries that joined ``first`` (no list per event while there is none)
+        self.more: list[Delivery] | None = None
         self.in_flight = in_flight
         self.saga_id = saga_id
         self.settled = False
@@ -524,23 +526,29 @@ class _JointDeliveries:
         settled, self.settled = self.settled, True
         return not settled
 
+    def join(self, delivery: Delivery) -> None:
+        """Settle ``delivery`` with the first one."""
+        if self.more is None:
+            self.more = []
+        self.more.append(delivery)
+
     async def ack(self) -> None:
         if self._forget():
-            if len(self.deliveries) == 1:  # the usual case: no redelivery joined it
-                await self.deliveries[0].ack()
+            if self.more is None:  # the usual case: no redelivery joined it
+                await self.first.ack()
             else:
                 await self._each(lambda delivery: delivery.ack())
 
     async def nack(self, requeue: bool) -> None:
         if self._forget():
-            if len(self.deliveries) == 1:
-                await self.deliveries[0].nack(requeue)
+            if self.more is None:
+                await self.first.nack(requeue)
             else:
                 await self._each(lambda delivery: delivery.nack(requeue))
 
     async def _each(self, settle: Callable[[Delivery], Awaitable[None]]) -> None:
         error: Exception | None = None
-        for delivery in self.deliveries:  # one failing settlement must not skip the others
+        for delivery in [self.first, *(self.more or ())]:  # one failing must not skip others
             try:
                 await settle(delivery)
             except Exception as exc:
