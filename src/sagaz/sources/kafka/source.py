@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any, ClassVar
 
 from sagaz._aio import wait_event
@@ -384,24 +384,11 @@ class KafkaSource(Source):
             else {},
             received_at=received_at,
         )
-        settle = self._settler(partition, offset)
+        settle = _RecordSettler(self, partition, offset)
         payload = record.value if record.value is not None else b""
         return Delivery(payload, meta, f"{topic}/{number}/{offset}", ack=settle, nack=settle)
 
     # -- settling and committing -----------------------------------------------------------
-    def _settler(self, partition: PartitionState, offset: int) -> Callable[..., Awaitable[None]]:
-        """The delivery's ``ack()`` and ``nack(requeue)``: the first call counts."""
-        settled = False
-
-        async def settle(requeue: bool = False) -> None:
-            nonlocal settled
-            if not settled:
-                settled = True
-                if not requeue:  # nack(requeue=True) leaves the offset uncommitted
-                    self._settle(partition, offset)
-
-        return settle
-
     def _settle(self, partition: PartitionState, offset: int) -> None:
         if self._partitions.get(partition.tp) is not partition:
             return  # revoked since: the partition's new owner redelivers the event
@@ -544,6 +531,23 @@ class KafkaSource(Source):
     async def _report(self, exc: BaseException, message: str) -> None:
         logger.warning("%s: %r", message, exc, extra=self._log)
         await self._ctx.report_error(exc)
+
+
+class _RecordSettler:
+    """A delivery's ``ack()`` and ``nack(requeue)``: the first call counts. One object per
+    record (a closure would hold four cells and a function until the record settles)."""
+
+    __slots__ = ("offset", "partition", "settled", "source")
+
+    def __init__(self, source: KafkaSource, partition: PartitionState, offset: int) -> None:
+        self.source, self.partition, self.offset = source, partition, offset
+        self.settled = False
+
+    async def __call__(self, requeue: bool = False) -> None:
+        if not self.settled:
+            self.settled = True
+            if not requeue:  # nack(requeue=True) leaves the offset uncommitted
+                self.source._settle(self.partition, self.offset)
 
 
 def _as_bytes(payload: Any) -> bytes:
