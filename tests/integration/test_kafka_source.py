@@ -24,7 +24,7 @@ from sagaz.records import DeadLetterRecord
 from sagaz.sources.kafka import source as kafka
 from sagaz.sources.kafka.source import KafkaSource
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.testing import eventually
+from sagaz.testing import continually, eventually
 from sagaz.triggers.options import KafkaOptions
 from tests.fixtures_kafka import TansuBroker
 from tests.services import unique_name
@@ -222,6 +222,8 @@ async def test_blocked_emit_pauses_the_partition_but_polling_goes_on(
             await eventually(lambda: len(emit.of(1)) == 40 and len(emit.of(2)) == 40, within=15)
             assert emit.blocked == {0}
             assert (kafka_topic, 0) in source.describe()["paused"]
+            # held back by the poll loop, not paused in aiokafka: its prefetch is kept
+            assert source._consumer.paused() == set()
             # keep partition 1 busy for 3x max_poll_interval while partition 0 stays blocked:
             # every new message arriving proves the poll loop is still polling
             blocked_since, sent = time.monotonic(), 0
@@ -241,6 +243,44 @@ async def test_blocked_emit_pauses_the_partition_but_polling_goes_on(
             assert source.describe()["assignments"] == 1
     finally:
         await producer.stop()
+    assert errors == []
+
+
+async def test_every_partition_held_back_past_max_poll_interval_keeps_the_member(
+    kafka_bootstrap: str, kafka_topic: str
+) -> None:
+    # every partition's emit blocks (a saturated pipeline): the poll loop has nothing to
+    # poll, yet the member must not leave its group after max_poll_interval_ms
+    max_poll_interval = 1.0
+    await produce(kafka_bootstrap, kafka_topic, 20)
+    ctx, errors = make_ctx(kafka_bootstrap)
+    emit = Recorder()
+    gate = asyncio.Event()
+    emit.gates = dict.fromkeys(range(3), gate)
+    source = source_for(
+        ctx,
+        kafka_topic,
+        unique_name("group"),
+        session_timeout_ms=1000,
+        heartbeat_interval_ms=200,
+        max_poll_interval_ms=int(max_poll_interval * 1000),
+        max_buffered_per_partition=4,
+    )
+    async with running(source, emit):
+        await eventually(lambda: len(source.describe()["paused"]) == 3, within=15)
+        blocked_since = time.monotonic()
+        await continually(
+            lambda: emit.deliveries == [],
+            during=3 * max_poll_interval,
+            what="nothing emitted while every partition is blocked",
+        )
+        assert time.monotonic() - blocked_since >= 3 * max_poll_interval
+        gate.set()
+        await eventually(lambda: len(emit.deliveries) == 60, what="all after unblocking", within=15)
+        for p in range(3):
+            assert [d.meta.offset for d in emit.of(p)] == list(range(20))
+        assert source.describe()["paused"] == []
+        assert source.describe()["assignments"] == 1  # never evicted
     assert errors == []
 
 

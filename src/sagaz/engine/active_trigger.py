@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,9 @@ class PipelineState:
     #: whether the store can be reached, and the wait for it when it cannot
     outage: StoreOutage = field(init=False)
     _lease: timedelta = field(init=False)
+    #: the last lease deadline computed, and until when (monotonic) it is reused
+    _lease_until: datetime = field(init=False)
+    _lease_fresh_until: float = field(init=False, default=-1.0)
 
     def __post_init__(self) -> None:
         self._lease = timedelta(seconds=self.config.lease_seconds)
@@ -58,8 +62,14 @@ class PipelineState:
         """The lease deadline for claims made now.
 
         Leases measure the liveness of real processes, so they use the real clock even when
-        the engine runs on a ``FakeClock`` (the stores compare them with real time)."""
-        return utcnow() + self._lease
+        the engine runs on a ``FakeClock`` (the stores compare them with real time).
+        Asked twice per event, it is computed at most once a millisecond: a deadline up to
+        a millisecond early is a lease a millisecond shorter."""
+        now = time.monotonic()
+        if now >= self._lease_fresh_until:
+            self._lease_until = utcnow() + self._lease
+            self._lease_fresh_until = now + 0.001
+        return self._lease_until
 
 
 class ActiveTrigger:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: every field of a delivery, in order: :meth:`Admission._track` copies one per event
+_DELIVERY_FIELDS = operator.attrgetter(*(f.name for f in fields(Delivery)))
+
 _STORE_UNAVAILABLE = AdmissionResult(
     AdmissionOutcome.REJECTED, error="the store is unavailable; retry later"
 )
@@ -52,8 +56,17 @@ class Admission:
         #: saga id -> deliveries of the saga queued or running here (see ``_join``)
         self._in_flight: dict[str, _JointDeliveries] = {}
 
-    async def admit(self, trigger: ActiveTrigger, delivery: Delivery) -> AdmissionResult:
+    async def admit(
+        self,
+        trigger: ActiveTrigger,
+        delivery: Delivery,
+        *,
+        after: asyncio.Future[None] | None = None,
+    ) -> AdmissionResult:
         """Admit one delivery of ``trigger``; never raises (bar cancellation).
+
+        ``after`` (:meth:`admit_many`): the delivery is queued only once ``after`` is done,
+        i.e. once the delivery before it in its batch is admitted.
 
         A failure of the store itself leaves the delivery for redelivery (nack) and answers
         ``REJECTED`` with the error, so a webhook caller gets 503 and retries. While the store
@@ -70,8 +83,8 @@ class Admission:
                     return _STORE_UNAVAILABLE
                 await outage.wait_available(until=self._closing)
             if spans is None:
-                return await self._admit(trigger, delivery)
-            return await self._traced(spans, trigger, delivery)
+                return await self._admit(trigger, delivery, after)
+            return await self._traced(spans, trigger, delivery, after)
         except asyncio.CancelledError:
             raise
         except StoreUnavailableError as exc:  # a delivery that does not wait for the store
@@ -86,10 +99,14 @@ class Admission:
             )
 
     async def _traced(
-        self, spans: tracing.SpanRecorder, trigger: ActiveTrigger, delivery: Delivery
+        self,
+        spans: tracing.SpanRecorder,
+        trigger: ActiveTrigger,
+        delivery: Delivery,
+        after: asyncio.Future[None] | None,
     ) -> AdmissionResult:
         with spans.admission(trigger.trigger_id, delivery) as span:
-            result = await self._admit(trigger, delivery)
+            result = await self._admit(trigger, delivery, after)
             spans.admitted(span, result)
             return result
 
@@ -104,7 +121,40 @@ class Admission:
                     raise
                 await self.state.outage.wait(exc, until=self._closing)
 
-    async def _admit(self, trigger: ActiveTrigger, delivery: Delivery) -> AdmissionResult:
+    async def admit_many(
+        self, trigger: ActiveTrigger, deliveries: Sequence[Delivery]
+    ) -> list[AdmissionResult]:
+        """Admit a batch of deliveries of ``trigger`` (a broker poll's records), queued in
+        their order; never raises (bar cancellation).
+
+        On a durable store the batch is admitted concurrently, so the inbox claims and
+        pending rows of the whole batch are issued together and a store with group commit
+        coalesces them into a few round trips; each delivery is still queued only after the
+        one before it, so the queue (and thus per-key order) sees the batch's order. On the
+        memory store (no I/O, nothing to coalesce) and for a trigger with listeners (whose
+        ``on_trigger_received`` could suspend before a redelivery within the batch is
+        matched with its first delivery) the deliveries are admitted one after the other.
+        """
+        if len(deliveries) < 2 or not self.state.store.durable or trigger.listeners:
+            return [await self.admit(trigger, delivery) for delivery in deliveries]
+        loop = asyncio.get_running_loop()
+        admitted = [loop.create_future() for _ in deliveries]
+
+        async def admit_in_turn(n: int, delivery: Delivery) -> AdmissionResult:
+            try:
+                return await self.admit(trigger, delivery, after=admitted[n - 1] if n else None)
+            finally:  # queued, refused, or given up: the next one may be queued
+                if not admitted[n].done():
+                    admitted[n].set_result(None)
+
+        return list(await asyncio.gather(*(admit_in_turn(n, d) for n, d in enumerate(deliveries))))
+
+    async def _admit(
+        self,
+        trigger: ActiveTrigger,
+        delivery: Delivery,
+        after: asyncio.Future[None] | None = None,
+    ) -> AdmissionResult:
         state = self.state
         state.metrics.received[trigger.trigger_id] += 1
         delivery.meta.trigger = delivery.meta.trigger or trigger.trigger_id
@@ -148,10 +198,10 @@ class Admission:
             # Redelivered (a lost ack, a broker reconnect) or sent twice while its saga is
             # being admitted, queued or running here: the inbox would hand our own claim back
             # (TAKEN_OVER) and a second run would repeat the steps. Settle it with that one.
-            joint.deliveries.append(delivery)
+            joint.join(delivery)
             return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
         tracked = self._track(saga_id, delivery)
-        candidate = _Candidate(trigger, tracked, event, key, saga_id, concurrency_key)
+        candidate = _Candidate(trigger, tracked, event, key, saga_id, concurrency_key, after)
         try:
             result = await self._waiting(delivery, lambda: self._claim(candidate))
             if result is None:
@@ -177,7 +227,9 @@ class Admission:
         acked or nacked (see :class:`_JointDeliveries`)."""
         joint = _JointDeliveries(delivery, self._in_flight, saga_id)
         self._in_flight[saga_id] = joint
-        return replace(delivery, ack=joint.ack, nack=joint.nack)
+        tracked = Delivery(*_DELIVERY_FIELDS(delivery))  # dataclasses.replace, 4x cheaper
+        tracked.ack, tracked.nack = joint.ack, joint.nack
+        return tracked
 
     async def _claim(self, c: _Candidate) -> AdmissionResult | None:
         """Claim the inbox row of ``c``; ``None`` while another live worker holds it."""
@@ -322,6 +374,8 @@ class Admission:
         if existing is not None and existing.status in TERMINAL_SAGA_STATUSES and not rerun:
             item.already_terminal = True
         state.outcomes.accepted(saga_id)  # its outcome is still to come
+        if c.after is not None and not c.after.done():
+            await asyncio.shield(c.after)  # queued in its batch's order (``admit_many``)
         put = await state.queue.put(item)
         if not put.accepted:
             return await self._refused(trigger, item)
@@ -447,6 +501,8 @@ class _Candidate:
     key: str
     saga_id: str
     concurrency_key: Any
+    #: done once the delivery before it in its batch is admitted (``admit_many``)
+    after: asyncio.Future[None] | None = None
 
 
 class _JointDeliveries:
@@ -454,10 +510,12 @@ class _JointDeliveries:
     settled together, once; that first settlement ends the tracking (a later delivery of the
     key then meets the inbox)."""
 
-    __slots__ = ("deliveries", "in_flight", "saga_id", "settled")
+    __slots__ = ("first", "in_flight", "more", "saga_id", "settled")
 
     def __init__(self, first: Delivery, in_flight: dict[str, _JointDeliveries], saga_id: str):
-        self.deliveries = [first]
+        self.first = first
+        #: the deliveries that joined ``first`` (no list per event while there is none)
+        self.more: list[Delivery] | None = None
         self.in_flight = in_flight
         self.saga_id = saga_id
         self.settled = False
@@ -468,17 +526,29 @@ class _JointDeliveries:
         settled, self.settled = self.settled, True
         return not settled
 
+    def join(self, delivery: Delivery) -> None:
+        """Settle ``delivery`` with the first one."""
+        if self.more is None:
+            self.more = []
+        self.more.append(delivery)
+
     async def ack(self) -> None:
         if self._forget():
-            await self._each(lambda delivery: delivery.ack())
+            if self.more is None:  # the usual case: no redelivery joined it
+                await self.first.ack()
+            else:
+                await self._each(lambda delivery: delivery.ack())
 
     async def nack(self, requeue: bool) -> None:
         if self._forget():
-            await self._each(lambda delivery: delivery.nack(requeue))
+            if self.more is None:
+                await self.first.nack(requeue)
+            else:
+                await self._each(lambda delivery: delivery.nack(requeue))
 
     async def _each(self, settle: Callable[[Delivery], Awaitable[None]]) -> None:
         error: Exception | None = None
-        for delivery in self.deliveries:  # one failing settlement must not skip the others
+        for delivery in [self.first, *(self.more or ())]:  # one failing must not skip others
             try:
                 await settle(delivery)
             except Exception as exc:

@@ -107,7 +107,7 @@ class ClusterLimits:
             await asyncio.sleep(wait)
             wait = min(wait * 2, CLUSTER_POLL_MAXIMUM)
         self.held[name] = holder
-        item.cluster_leases.append(name)
+        item.cluster_leases = (*item.cluster_leases, name)
         return True
 
     async def take_slot(self, item: WorkItem) -> bool:
@@ -125,7 +125,7 @@ class ClusterLimits:
                     continue
                 if await self._ask(functools.partial(self._acquire, name, holder)):
                     self.held[name] = holder
-                    item.cluster_leases.append(name)
+                    item.cluster_leases = (*item.cluster_leases, name)
                     return True
             if item.evicted:
                 return False
@@ -148,7 +148,7 @@ class ClusterLimits:
     async def release(self, item: WorkItem) -> None:
         """Give up the leases ``item`` holds (its saga reached its terminal state, or will
         not start here); a failure leaves them to expire."""
-        names, item.cluster_leases = item.cluster_leases, []
+        names, item.cluster_leases = item.cluster_leases, ()
         await asyncio.gather(*(self._release(name, item) for name in names))
 
     async def _release(self, name: str, item: WorkItem) -> None:

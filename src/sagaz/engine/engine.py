@@ -24,7 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 from sagaz import tracing
-from sagaz.abc import Lifecycle, SagaStore, Source, SourceContext
+from sagaz.abc import EmitMany, Lifecycle, SagaStore, Source, SourceContext
 from sagaz.backoff import Backoff
 from sagaz.clock import Clock, SystemClock, utcnow
 from sagaz.config import TriggerConfig, ensure_store, resolve_store, store_is_chosen
@@ -72,6 +72,13 @@ NOT_DURABLE_WARNING = (
     "sagaz.configure(store=...) or SAGAZ_STORE_URL (sqlite:///sagaz.db, postgresql://..., "
     "redis://...)"
 )
+
+
+class _TriggerEmit(functools.partial[Awaitable[AdmissionResult]]):
+    """The ``emit`` of one trigger's source: admission bound to the trigger (a C-level call,
+    once per event), and ``many``, its batch form (:func:`sagaz.abc.emit_many`)."""
+
+    many: EmitMany | None = None
 
 
 def _default_worker_id() -> str:
@@ -259,7 +266,9 @@ class TriggerEngine(Lifecycle):
         if type(source).pause is Source.pause:  # it cannot pause itself: hold it in emit()
             emit = functools.partial(self._emit_when_running, active)
         else:
-            emit = functools.partial(self.admission.admit, active)
+            admit = _TriggerEmit(self.admission.admit, active)
+            admit.many = functools.partial(self.admission.admit_many, active)
+            emit = admit
         backoff = Backoff(self.clock, initial=0.5, maximum=30.0)
         outage = self._outage
         while True:

@@ -36,13 +36,16 @@ class SagaOutcomes:
 
     def settle(self, saga_id: str, outcome: SagaOutcome) -> None:
         """Record the outcome of ``saga_id`` and answer whoever waits for it."""
-        self._recent[saga_id] = outcome
-        self._recent.move_to_end(saga_id)
-        if len(self._recent) > self.keep:
-            self._recent.popitem(last=False)
-        for waiter in self._waiters.pop(saga_id, ()):
-            if not waiter.done():
-                waiter.set_result(outcome)
+        recent = self._recent
+        if saga_id in recent:  # (``accepted`` removed it: new ones go to the end anyway)
+            recent.move_to_end(saga_id)
+        recent[saga_id] = outcome
+        if len(recent) > self.keep:
+            recent.popitem(last=False)
+        if self._waiters:
+            for waiter in self._waiters.pop(saga_id, ()):
+                if not waiter.done():
+                    waiter.set_result(outcome)
 
     async def wait(self, saga_id: str, timeout: float | None = None) -> SagaOutcome:
         """The outcome of ``saga_id``, once there is one (``TimeoutError`` after ``timeout``)."""

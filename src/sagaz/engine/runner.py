@@ -65,7 +65,11 @@ class SagaRunner:
             return
         if result.status is SagaStatus.COMPLETED:
             state.metrics.completed[trigger.trigger_id] += 1
-            await self._outage_safe(lambda: self._settle(item))
+            try:  # no closure and no extra coroutine on the common path: once per event
+                await self._settle(item)
+            except StoreUnavailableError as exc:
+                await state.outage.wait(exc)
+                await self._outage_safe(lambda: self._settle(item))
             state.outcomes.settle(item.saga_id, result)
             return
         if result.status is SagaStatus.COMPENSATED:

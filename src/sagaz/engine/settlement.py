@@ -36,8 +36,11 @@ class Settlement:
         if source is not None and source.redeliverable and not source.settles_locally:
             # a lost broker ack means a redelivery: it finishes even if our caller is cancelled
             await asyncio.shield(self._detach(self._settle(trigger, delivery, delivery.ack())))
-        else:
-            await self._settle(trigger, delivery, delivery.ack())  # nothing to lose: no task
+        else:  # nothing to lose: no task (nor a wrapping coroutine: once per event)
+            try:
+                await delivery.ack()
+            except Exception as exc:
+                await self.report(trigger, exc, delivery.payload)
         if delivery.replay_of is not None:
             try:
                 await self.state.store.delete_dead_letter(delivery.replay_of)

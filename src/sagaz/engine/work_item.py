@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sagaz.events import Delivery
@@ -41,7 +41,8 @@ class WorkItem:
     key_reserved: bool = False  # its concurrency key is taken here while it waits for the store
     key_leased: bool = False  # its concurrency key's lease in the store is held for it
     cluster_ready: bool = False  # every cluster limit let it start
-    cluster_leases: list[str] = field(default_factory=list)  # the leases held for it
+    #: the leases held for it (a tuple: no list per event when there is none)
+    cluster_leases: tuple[str, ...] = ()
     cluster_holder: str | None = None  # the holder of those leases
     inbox_completed: bool = False  # its inbox row was completed with the completed saga
 

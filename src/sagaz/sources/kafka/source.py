@@ -5,9 +5,14 @@
 
 Offsets are committed by hand, per partition, up to the highest **contiguous** settled offset,
 so an acknowledgement that arrives out of order never commits past an event whose saga has not
-finished. Emits run in one task per partition (per-partition order is kept) while the poll loop
-keeps polling; a partition whose buffer fills up is paused, not the consumer, so a slow pipeline
-never gets the member evicted for ``max_poll_interval_ms``. On a rebalance, the revoked
+finished. Emits run in one task per partition (per-partition order is kept), what is buffered
+as one batch (admission claims a batch together), while the poll loop keeps polling; a
+partition whose buffer fills up is held back, not the consumer, so a slow pipeline never gets
+the member evicted for ``max_poll_interval_ms``. A held-back partition is left out of the
+polls rather than paused in aiokafka, which would drop the records it has prefetched: they
+stay in aiokafka, one fetch per partition, and are there at once when the partition drains.
+Only while every partition has been held back for half of ``max_poll_interval_ms`` are they
+paused in aiokafka, so that polling keeps the member in its group. On a rebalance, the revoked
 partitions commit what is contiguous-done and their in-flight state is forgotten (a late ack is
 ignored: the new owner redelivers the event and the inbox deduplicates it).
 
@@ -26,12 +31,12 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any, ClassVar
 
 from sagaz._aio import wait_event
 from sagaz._imports import require_extra
-from sagaz.abc import Emit, Source, SourceContext
+from sagaz.abc import Emit, Source, SourceContext, emit_many
 from sagaz.backoff import Backoff
 from sagaz.events import Delivery, EventMeta
 from sagaz.outbox.kafka import start_producer
@@ -94,6 +99,11 @@ class KafkaSource(Source):
         )
         self._intake = asyncio.Event()  # cleared while the trigger is paused
         self._intake.set()
+        #: set when a held-back partition drained (see ``_fetchable``)
+        self._released = asyncio.Event()
+        #: since when every partition is held back, and whether they are paused in aiokafka
+        self._all_held_since: float | None = None
+        self._held_in_client = False
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -161,14 +171,14 @@ class KafkaSource(Source):
         logger.info("Kafka intake paused", extra=self._log)
 
     async def resume(self) -> None:
-        """Fetch and emit again (a partition whose buffer is still full stays paused until
-        it drains)."""
+        """Fetch and emit again (a partition whose buffer is still full stays held back
+        until it drains)."""
         self._intake.set()
+        self._held_in_client = False
         if self._consumer is not None:
             for partition in self._partitions.values():
-                if not partition.paused:
-                    with contextlib.suppress(self._errors.IllegalStateError):
-                        self._consumer.resume(partition.tp)
+                with contextlib.suppress(self._errors.IllegalStateError):
+                    self._consumer.resume(partition.tp)
         logger.info("Kafka intake resumed", extra=self._log)
 
     # -- consuming -------------------------------------------------------------------------
@@ -201,7 +211,12 @@ class KafkaSource(Source):
                     await self._until_closing(self._connect())
                     if self._consumer is None:
                         return
+                partitions = self._fetchable()
+                if partitions is None:  # every partition is held back
+                    await self._wait_released()
+                    continue
                 batches = await self._consumer.getmany(
+                    *partitions,
                     timeout_ms=self.options.poll_timeout_ms,
                     max_records=self.options.max_poll_records,
                 )
@@ -216,6 +231,34 @@ class KafkaSource(Source):
                 self._last_records_at = asyncio.get_running_loop().time()
             for tp, records in batches.items():
                 self._take(tp, records)
+
+    def _fetchable(self) -> list[Any] | None:
+        """The partitions to poll: ``[]`` for all of them (none is held back, the usual
+        case), else those not held back; ``None`` while every one is held back (their
+        prefetched records stay in aiokafka until they drain)."""
+        partitions = self._partitions.values()
+        if not any(p.paused for p in partitions):
+            return []
+        free = [p.tp for p in partitions if not p.paused]
+        if free or self._held_in_client:
+            return free  # [] when held in aiokafka: the poll keeps the member in its group
+        return None
+
+    async def _wait_released(self) -> None:
+        """Wait up to one poll for a held-back partition to drain. After half of
+        ``max_poll_interval_ms`` with every partition held back, pause them in aiokafka
+        (their prefetch is dropped) so that the next polls keep the member in its group."""
+        now = asyncio.get_running_loop().time()
+        if self._all_held_since is None:
+            self._all_held_since = now
+        if now - self._all_held_since >= self.options.max_poll_interval_ms / 2000:
+            if self._consumer is not None:
+                with contextlib.suppress(self._errors.IllegalStateError):  # mid-rebalance
+                    self._consumer.pause(*(p.tp for p in self._partitions.values()))
+            self._held_in_client = True
+            return
+        self._released.clear()
+        await wait_event(self._released, self.options.poll_timeout_ms / 1000)
 
     async def _until_closing(self, work: Awaitable[None]) -> None:
         """Await ``work`` unless ``stop()`` is called first (then cancel it)."""
@@ -267,16 +310,25 @@ class KafkaSource(Source):
         self._update_flow(partition)
 
     async def _emit_loop(self, partition: PartitionState, emit: Emit) -> None:
-        """Emit the partition's records one at a time, in offset order."""
+        """Emit the partition's records in offset order, what is buffered as one batch (up
+        to ``max_poll_records``): admission claims a batch's inbox keys together."""
+        buffer, most = partition.buffer, self.options.max_poll_records
         while True:
-            if not partition.buffer:
+            if not buffer:
                 partition.wakeup.clear()
                 await partition.wakeup.wait()
                 continue
-            await self._intake.wait()  # paused: the record stays buffered, uncommitted
-            delivery = self._delivery(partition, *partition.buffer.popleft())
+            if not self._intake.is_set():
+                await self._intake.wait()  # paused: the records stay buffered, uncommitted
+                continue
+            deliveries = [
+                self._delivery(partition, *buffer.popleft()) for _ in range(min(len(buffer), most))
+            ]
             try:
-                await emit(delivery)
+                if len(deliveries) == 1:
+                    await emit(deliveries[0])
+                else:
+                    await emit_many(emit, deliveries)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is None or task.cancelling():
@@ -284,11 +336,13 @@ class KafkaSource(Source):
                 # the pipeline cancelled its own wait (e.g. its queue closed): not fatal to us
                 logger.warning("emit was cancelled; the event stays uncommitted", extra=self._log)
             except Exception as exc:  # the pipeline should not raise; if it does, go on
-                await self._report(exc, "emit failed; the event stays uncommitted")
-            self._update_flow(partition)
+                await self._report(exc, "emit failed; the events stay uncommitted")
+            if partition.paused:  # only fetching pauses it (``_take``): here it may resume
+                self._update_flow(partition)
 
     def _update_flow(self, partition: PartitionState) -> None:
-        """Pause a partition whose buffer or unsettled backlog is full; resume it once drained.
+        """Hold back a partition whose buffer or unsettled backlog is full (it is left out
+        of the polls, see ``_fetchable``); take it again once drained.
 
         Only that partition stops fetching: the poll loop goes on, so the member stays alive.
         """
@@ -296,7 +350,6 @@ class KafkaSource(Source):
             return
         change = partition.flow(*self._limits)
         if change is True:
-            self._consumer.pause(partition.tp)
             if len(partition.outstanding) >= self._limits[1]:  # rare: an old event is held
                 logger.warning(
                     "partition %s paused: %d events unsettled since offset %d",
@@ -305,9 +358,13 @@ class KafkaSource(Source):
                     partition.outstanding[0],
                     extra=self._log,
                 )
-        elif change is False and self._intake.is_set():  # a paused trigger stays paused
-            with contextlib.suppress(self._errors.IllegalStateError):  # mid-rebalance
-                self._consumer.resume(partition.tp)
+        elif change is False:
+            self._all_held_since = None
+            self._released.set()
+            if self._held_in_client and self._intake.is_set():  # a paused trigger stays paused
+                self._held_in_client = False
+                with contextlib.suppress(self._errors.IllegalStateError):  # mid-rebalance
+                    self._consumer.resume(*(p.tp for p in self._partitions.values()))
 
     def _delivery(self, partition: PartitionState, record: Any, received_at: Any) -> Delivery:
         topic, number, offset, key = record.topic, record.partition, record.offset, record.key
@@ -327,24 +384,11 @@ class KafkaSource(Source):
             else {},
             received_at=received_at,
         )
-        settle = self._settler(partition, offset)
+        settle = _RecordSettler(self, partition, offset)
         payload = record.value if record.value is not None else b""
         return Delivery(payload, meta, f"{topic}/{number}/{offset}", ack=settle, nack=settle)
 
     # -- settling and committing -----------------------------------------------------------
-    def _settler(self, partition: PartitionState, offset: int) -> Callable[..., Awaitable[None]]:
-        """The delivery's ``ack()`` and ``nack(requeue)``: the first call counts."""
-        settled = False
-
-        async def settle(requeue: bool = False) -> None:
-            nonlocal settled
-            if not settled:
-                settled = True
-                if not requeue:  # nack(requeue=True) leaves the offset uncommitted
-                    self._settle(partition, offset)
-
-        return settle
-
     def _settle(self, partition: PartitionState, offset: int) -> None:
         if self._partitions.get(partition.tp) is not partition:
             return  # revoked since: the partition's new owner redelivers the event
@@ -440,6 +484,7 @@ class KafkaSource(Source):
         assigned = list(assigned)
         for tp in assigned:
             self._partitions[tp] = PartitionState(tp)
+        self._all_held_since, self._held_in_client = None, False
         if assigned and not self._intake.is_set():
             consumer.pause(*assigned)
         self.assignments += 1
@@ -486,6 +531,23 @@ class KafkaSource(Source):
     async def _report(self, exc: BaseException, message: str) -> None:
         logger.warning("%s: %r", message, exc, extra=self._log)
         await self._ctx.report_error(exc)
+
+
+class _RecordSettler:
+    """A delivery's ``ack()`` and ``nack(requeue)``: the first call counts. One object per
+    record (a closure would hold four cells and a function until the record settles)."""
+
+    __slots__ = ("offset", "partition", "settled", "source")
+
+    def __init__(self, source: KafkaSource, partition: PartitionState, offset: int) -> None:
+        self.source, self.partition, self.offset = source, partition, offset
+        self.settled = False
+
+    async def __call__(self, requeue: bool = False) -> None:
+        if not self.settled:
+            self.settled = True
+            if not requeue:  # nack(requeue=True) leaves the offset uncommitted
+                self.source._settle(self.partition, self.offset)
 
 
 def _as_bytes(payload: Any) -> bytes:
