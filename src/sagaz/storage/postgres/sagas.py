@@ -18,14 +18,16 @@ from sagaz.records import (
     StepRecord,
 )
 from sagaz.storage import postgres_schema as tables
-from sagaz.storage.codec import dumps, to_utc
+from sagaz.storage.checkpoints import check_checkpoint
+from sagaz.storage.codec import to_utc
 from sagaz.storage.postgres.connection import (
     _CLAIM_RETRIES,
     _SAGA_CONFLICT,
     _STEP_CONFLICT,
     PostgresConnection,
 )
-from sagaz.types import SagaStatus, StepStatus
+from sagaz.storage.sql import outbox_params, step_params
+from sagaz.types import SagaStatus
 
 __all__ = ["PostgresSagas"]
 
@@ -97,7 +99,7 @@ class PostgresSagas(PostgresConnection):
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()
         params = tables.saga_params(record, record.created_at or now, now)
-        messages = self._outbox_rows(outbox, now)
+        messages = outbox_params(outbox, now)
 
         async def save(conn: Any) -> None:
             await conn.execute(self._upsert_saga, *params)
@@ -179,8 +181,8 @@ class PostgresSagas(PostgresConnection):
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()
-        params = self._step_params(step, now)
-        messages = self._outbox_rows(outbox, now)
+        params = step_params(step, now)
+        messages = outbox_params(outbox, now)
 
         async def save(conn: Any) -> None:
             await conn.execute(self._upsert_step, *params)
@@ -245,20 +247,6 @@ class PostgresSagas(PostgresConnection):
             return "SELECT 1"
         return "WITH " + ", ".join(parts) + " SELECT 1"
 
-    @staticmethod
-    def _step_params(step: StepRecord, now: datetime) -> tuple[Any, ...]:
-        return (
-            step.saga_id,
-            step.name,
-            StepStatus(step.status).value,
-            None if step.result is None else dumps(step.result),
-            step.error,
-            step.attempts,
-            step.completed_seq,
-            step.compensation_error,
-            now,
-        )
-
     async def save_checkpoint(
         self,
         saga: SagaRecord | None = None,
@@ -268,14 +256,13 @@ class PostgresSagas(PostgresConnection):
         complete_inbox: tuple[str, str] | None = None,
     ) -> None:
         """One operation of the group commit: all or nothing (see the contract)."""
-        if saga is None and outbox and not steps:
-            raise ValueError("save_checkpoint: outbox messages need a saga or a step to go with")
+        check_checkpoint(saga, steps, outbox)
         now = utcnow()
-        step_rows = [self._step_params(step, now) for step in steps]
+        step_rows = [step_params(step, now) for step in steps]
         saga_params = (
             None if saga is None else tables.saga_params(saga, saga.created_at or now, now)
         )
-        messages = self._outbox_rows(outbox, now)
+        messages = outbox_params(outbox, now)
 
         inbox_row = None if complete_inbox is None else (*complete_inbox, now)
         item = _Checkpoint(saga_params, step_rows, messages, inbox_row)
@@ -301,10 +288,6 @@ class PostgresSagas(PostgresConnection):
         if args:
             await conn.execute(sql, *args)
         return [None] * len(items)
-
-    @staticmethod
-    def _outbox_rows(outbox: Sequence[OutboxMessage], now: datetime) -> list[tuple[Any, ...]]:
-        return [(m.saga_id, m.topic, dumps(m.payload), dumps(m.headers), now) for m in outbox]
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
         rows = await self._db().fetch(

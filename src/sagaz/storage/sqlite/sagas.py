@@ -18,14 +18,16 @@ from sagaz.records import (
     StepRecord,
 )
 from sagaz.storage import sqlite_schema as tables
-from sagaz.storage.codec import dumps, to_text
+from sagaz.storage.checkpoints import check_checkpoint
+from sagaz.storage.codec import to_text
+from sagaz.storage.sql import outbox_params, step_params
 from sagaz.storage.sqlite.connection import (
     _INSERT_SAGA,
     SQLiteConnection,
     _change,
     _rows,
 )
-from sagaz.types import SagaStatus, StepStatus
+from sagaz.types import SagaStatus
 
 __all__ = ["SQLiteSagas"]
 
@@ -84,7 +86,7 @@ class SQLiteSagas(SQLiteConnection):
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()
         params = tables.saga_params(record, record.created_at or now, now)
-        messages = self._outbox_rows(outbox, to_text(now))
+        messages = outbox_params(outbox, to_text(now))
 
         def save(conn: sqlite3.Connection) -> None:
             conn.execute(_UPSERT_SAGA, params)
@@ -157,11 +159,11 @@ class SQLiteSagas(SQLiteConnection):
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = to_text(utcnow())
-        step_params = self._step_params(step, now)
-        messages = self._outbox_rows(outbox, now)
+        row = step_params(step, now)
+        messages = outbox_params(outbox, now)
 
         def save(conn: sqlite3.Connection) -> None:
-            conn.execute(_INSERT_STEP, step_params)
+            conn.execute(_INSERT_STEP, row)
             if messages:
                 conn.executemany(_INSERT_OUTBOX, messages)
 
@@ -176,15 +178,14 @@ class SQLiteSagas(SQLiteConnection):
         complete_inbox: tuple[str, str] | None = None,
     ) -> None:
         """One operation of the group committer: all or nothing (see the contract)."""
-        if saga is None and outbox and not steps:
-            raise ValueError("save_checkpoint: outbox messages need a saga or a step to go with")
+        check_checkpoint(saga, steps, outbox)
         moment = utcnow()
         now = to_text(moment)
-        step_rows = [self._step_params(step, now) for step in steps]
+        step_rows = [step_params(step, now) for step in steps]
         saga_params = (
             None if saga is None else tables.saga_params(saga, saga.created_at or moment, moment)
         )
-        messages = self._outbox_rows(outbox, now)
+        messages = outbox_params(outbox, now)
 
         def save(conn: sqlite3.Connection) -> None:
             if step_rows:
@@ -201,24 +202,6 @@ class SQLiteSagas(SQLiteConnection):
                 )
 
         await self._write(save)
-
-    @staticmethod
-    def _step_params(step: StepRecord, now: str) -> tuple[Any, ...]:
-        return (
-            step.saga_id,
-            step.name,
-            StepStatus(step.status).value,
-            None if step.result is None else dumps(step.result),
-            step.error,
-            step.attempts,
-            step.completed_seq,
-            step.compensation_error,
-            now,
-        )
-
-    @staticmethod
-    def _outbox_rows(outbox: Sequence[OutboxMessage], now: str) -> list[tuple[Any, ...]]:
-        return [(m.saga_id, m.topic, dumps(m.payload), dumps(dict(m.headers)), now) for m in outbox]
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
         rows = await self._fetch(
