@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sagaz.records import OutboxMessage, StepRecord
+from sagaz.records import DeadLetterRecord, OutboxMessage, StepRecord
 from sagaz.storage.codec import dumps
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
@@ -16,6 +16,7 @@ __all__ = [
     "SAGA_COLUMNS",
     "STEP_COLUMNS",
     "TERMINAL_SQL",
+    "dead_letter_params",
     "outbox_params",
     "step_params",
 ]
@@ -57,3 +58,22 @@ def outbox_params(outbox: Sequence[OutboxMessage], now: Any) -> list[tuple[Any, 
     """The values ``(saga_id, topic, payload, headers, created_at)`` of each new outbox row
     (JSON as text), created ``now`` (a value of the store's timestamp column)."""
     return [(m.saga_id, m.topic, dumps(m.payload), dumps(dict(m.headers)), now) for m in outbox]
+
+
+def dead_letter_params(record: DeadLetterRecord, now: Any) -> tuple[Any, ...]:
+    """The values ``(trigger_id, saga_name, payload, error, reason, traceback, attempts,
+    saga_id, source, meta, created_at)`` of a new dead letter (JSON as text), created ``now``
+    (a value of the store's timestamp column)."""
+    return (
+        record.trigger_id,
+        record.saga_name,
+        dumps(record.payload),
+        record.error,
+        record.reason,
+        record.traceback,
+        record.attempts,
+        record.saga_id,
+        record.source,
+        dumps(record.meta),
+        now,
+    )

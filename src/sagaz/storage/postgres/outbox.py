@@ -13,8 +13,8 @@ from sagaz.records import (
     OutboxMessage,
 )
 from sagaz.storage import postgres_schema as tables
-from sagaz.storage.codec import dumps
 from sagaz.storage.postgres.connection import PostgresConnection
+from sagaz.storage.sql import dead_letter_params
 
 __all__ = ["PostgresOutbox"]
 
@@ -53,17 +53,7 @@ class PostgresOutbox(PostgresConnection):
         dead_id = await self._write_fetchval(
             f"INSERT INTO {self._s}.dead_letters ({tables.DEAD_LETTER_COLUMNS}, created_at) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
-            record.trigger_id,
-            record.saga_name,
-            dumps(record.payload),
-            record.error,
-            record.reason,
-            record.traceback,
-            record.attempts,
-            record.saga_id,
-            record.source,
-            dumps(record.meta),
-            utcnow(),
+            *dead_letter_params(record, utcnow()),
         )
         return int(dead_id)
 

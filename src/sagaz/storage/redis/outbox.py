@@ -37,13 +37,9 @@ class RedisOutbox(RedisConnection):
     async def fetch_outbox(self, limit: int = 100) -> list[OutboxMessage]:
         db = self._db()
         ids = await db.zrange(self._key("outbox-unsent"), 0, limit - 1) if limit > 0 else []
-        async with db.pipeline(transaction=False) as pipe:
-            for outbox_id in ids:
-                pipe.hgetall(self._key("outbox", outbox_id))
-            rows = await pipe.execute()
         return [
             _outbox_message(outbox_id, fields)
-            for outbox_id, fields in zip(ids, rows, strict=True)
+            for outbox_id, fields in await self._outbox_hashes(ids)
             if fields and "sent_at" not in fields  # else sent or gone between the two reads
         ]
 
@@ -51,15 +47,19 @@ class RedisOutbox(RedisConnection):
         db = self._db()
         index = self._key("outbox-saga", saga_id)
         ids = await db.zrange(index, 0, limit - 1) if limit > 0 else []
-        async with db.pipeline(transaction=False) as pipe:
+        return [
+            _outbox_message(outbox_id, fields)
+            for outbox_id, fields in await self._outbox_hashes(ids)
+            if fields
+        ]
+
+    async def _outbox_hashes(self, ids: list[str]) -> list[tuple[str, dict[str, str]]]:
+        """Each of ``ids`` with its outbox row's hash (empty: gone), read in one round trip."""
+        async with self._db().pipeline(transaction=False) as pipe:
             for outbox_id in ids:
                 pipe.hgetall(self._key("outbox", outbox_id))
             rows = await pipe.execute()
-        return [
-            _outbox_message(outbox_id, fields)
-            for outbox_id, fields in zip(ids, rows, strict=True)
-            if fields
-        ]
+        return list(zip(ids, rows, strict=True))
 
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
         if ids:

@@ -124,13 +124,7 @@ class RedisSagas(RedisConnection):
             if not ids:
                 break
             start += len(ids)
-            async with db.pipeline(transaction=False) as pipe:
-                for saga_id in ids:
-                    pipe.hgetall(self._key("saga", saga_id))
-                rows = await pipe.execute()
-            for fields in rows:
-                if fields and keep(record := tables.saga_from_hash(fields)):
-                    found.append(record)
+            found += await self._sagas_kept(ids, keep)
         return found[:limit]
 
     async def _scan_newest(
@@ -147,14 +141,20 @@ class RedisSagas(RedisConnection):
             if not pairs:
                 break
             below = f"({int(pairs[-1][1])}"
-            async with db.pipeline(transaction=False) as pipe:
-                for saga_id, _ in pairs:
-                    pipe.hgetall(self._key("saga", saga_id))
-                rows = await pipe.execute()
-            for fields in rows:
-                if fields and keep(record := tables.saga_from_hash(fields)):
-                    found.append(record)
+            found += await self._sagas_kept([saga_id for saga_id, _ in pairs], keep)
         return found[:limit]
+
+    async def _sagas_kept(
+        self, ids: Sequence[str], keep: Callable[[SagaRecord], bool]
+    ) -> list[SagaRecord]:
+        """The sagas ``ids`` (read in one round trip) that still exist and pass ``keep``."""
+        async with self._db().pipeline(transaction=False) as pipe:
+            for saga_id in ids:
+                pipe.hgetall(self._key("saga", saga_id))
+            rows = await pipe.execute()
+        return [
+            record for fields in rows if fields and keep(record := tables.saga_from_hash(fields))
+        ]
 
     async def list_sagas(
         self,

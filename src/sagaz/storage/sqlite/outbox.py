@@ -16,7 +16,8 @@ from sagaz.records import (
     OutboxMessage,
 )
 from sagaz.storage import sqlite_schema as tables
-from sagaz.storage.codec import dumps, to_text
+from sagaz.storage.codec import to_text
+from sagaz.storage.sql import dead_letter_params
 from sagaz.storage.sqlite.connection import (
     _IN_CHUNK,
     SQLiteConnection,
@@ -66,19 +67,7 @@ class SQLiteOutbox(SQLiteConnection):
 
     # -- dead letters ----------------------------------------------------------------------
     async def add_dead_letter(self, record: DeadLetterRecord) -> int:
-        params = (
-            record.trigger_id,
-            record.saga_name,
-            dumps(record.payload),
-            record.error,
-            record.reason,
-            record.traceback,
-            record.attempts,
-            record.saga_id,
-            record.source,
-            dumps(record.meta),
-            to_text(utcnow()),
-        )
+        params = dead_letter_params(record, to_text(utcnow()))
         dead_id = await self._write(
             lambda conn: conn.execute(_INSERT_DEAD_LETTER, params).lastrowid
         )
