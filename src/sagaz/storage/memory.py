@@ -24,6 +24,7 @@ from sagaz.records import (
     TriggerExecutionRecord,
     TriggerScheduleRecord,
 )
+from sagaz.storage.checkpoints import check_checkpoint
 from sagaz.storage.rate_limits import take as take_token
 from sagaz.storage.rows import RowCodec
 from sagaz.storage.rows import clone as _clone
@@ -180,8 +181,7 @@ class MemorySagaStore(SagaStore):
         complete_inbox: tuple[str, str] | None = None,
     ) -> None:
         """All or nothing: every row is copied before any is stored (see the contract)."""
-        if saga is None and outbox and not steps:
-            raise ValueError("save_checkpoint: outbox messages need a saga or a step to go with")
+        check_checkpoint(saga, steps, outbox)
         messages = [_clone(m) for m in outbox]
         now = utcnow()
         step_rows: list[tuple[Any, ...]] = []

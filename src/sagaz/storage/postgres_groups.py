@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sagaz.exceptions import StoreError, StoreUnavailableError
+from sagaz.storage.group_commit import Outcome, settle
 
 __all__ = ["PgGroupCommitter"]
 
@@ -54,8 +55,6 @@ BatchRunner = Callable[[Any, list[Any]], Awaitable[list[Any]]]
 """Runs the items of several operations at once on a connection; a result per item, in order."""
 Batch = tuple[BatchRunner, Any, Any]
 """An operation's batch form: ``(runner, item, key)``; ``key`` None never conflicts."""
-_Outcome = tuple[Any, BaseException | None]
-"""What one operation gave: ``(result, None)`` or ``(None, error)``."""
 
 _RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 _RETRIES = 3
@@ -144,7 +143,7 @@ class PgGroupCommitter:
                 outcomes = await self._execute(conn, group)
         except asyncio.CancelledError as exc:  # the loop is shutting down
             for queued in [*group, *self._queue]:
-                _settle(queued.future, (None, self._lost(exc, interrupted=True)))
+                settle(queued.future, (None, self._lost(exc, interrupted=True)))
             self._queue.clear()
             raise
         except _GroupLost as lost:
@@ -155,9 +154,9 @@ class PgGroupCommitter:
             self.commits += 1
             self.operations += len(ops)
         for queued, outcome in zip(group, outcomes, strict=True):
-            _settle(queued.future, outcome)
+            settle(queued.future, outcome)
 
-    async def _execute(self, conn: Any, group: list[_Queued]) -> list[_Outcome]:
+    async def _execute(self, conn: Any, group: list[_Queued]) -> list[Outcome]:
         """One group in one transaction: without savepoints first, with them if an op fails."""
         ops = [queued.op for queued in group]
         transaction = conn.transaction()
@@ -203,7 +202,7 @@ class PgGroupCommitter:
             results[index] = await group[index].op(conn)
         return results
 
-    async def _execute_with_savepoints(self, conn: Any, ops: list[Op]) -> list[_Outcome]:
+    async def _execute_with_savepoints(self, conn: Any, ops: list[Op]) -> list[Outcome]:
         transaction = conn.transaction()
         await self._guard(transaction.start())
         try:
@@ -214,7 +213,7 @@ class PgGroupCommitter:
         await self._guard(transaction.commit())
         return outcomes
 
-    async def _execute_one(self, conn: Any, op: Op) -> _Outcome:
+    async def _execute_one(self, conn: Any, op: Op) -> Outcome:
         """Run ``op`` in a savepoint: released if it succeeds, rolled back if it fails."""
         for attempt in range(_RETRIES):
             savepoint = conn.transaction()  # nested in the group's transaction: a SAVEPOINT
@@ -272,14 +271,3 @@ def _sqlstate(exc: BaseException) -> str | None:
     """The SQLSTATE of an asyncpg error, if it has one."""
     state = getattr(exc, "sqlstate", None)
     return state if isinstance(state, str) else None
-
-
-def _settle(future: asyncio.Future[Any], outcome: _Outcome) -> None:
-    """Hand an outcome to its caller, unless the caller is gone (cancelled)."""
-    if future.done():
-        return
-    result, error = outcome
-    if error is None:
-        future.set_result(result)
-    else:
-        future.set_exception(error)

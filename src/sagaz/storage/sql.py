@@ -3,9 +3,23 @@ tables both schemas lay out the same way."""
 
 from __future__ import annotations
 
-from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
+from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["ACTIVE_SQL", "OUTBOX_COLUMNS", "SAGA_COLUMNS", "STEP_COLUMNS", "TERMINAL_SQL"]
+from sagaz.records import DeadLetterRecord, OutboxMessage, StepRecord
+from sagaz.storage.codec import dumps
+from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
+
+__all__ = [
+    "ACTIVE_SQL",
+    "OUTBOX_COLUMNS",
+    "SAGA_COLUMNS",
+    "STEP_COLUMNS",
+    "TERMINAL_SQL",
+    "dead_letter_params",
+    "outbox_params",
+    "step_params",
+]
 
 TERMINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_SAGA_STATUSES)) + ")"
 """SQL list of the terminal saga statuses (``IN`` clauses and partial indexes)."""
@@ -22,3 +36,44 @@ STEP_COLUMNS = (
     "saga_id, name, status, result, error, attempts, completed_seq, compensation_error, updated_at"
 )
 OUTBOX_COLUMNS = "id, saga_id, topic, payload, headers, created_at, sent_at"
+
+
+def step_params(step: StepRecord, now: Any) -> tuple[Any, ...]:
+    """The values of :data:`STEP_COLUMNS` for ``step`` (JSON as text), updated ``now`` (a
+    value of the store's timestamp column)."""
+    return (
+        step.saga_id,
+        step.name,
+        StepStatus(step.status).value,
+        None if step.result is None else dumps(step.result),
+        step.error,
+        step.attempts,
+        step.completed_seq,
+        step.compensation_error,
+        now,
+    )
+
+
+def outbox_params(outbox: Sequence[OutboxMessage], now: Any) -> list[tuple[Any, ...]]:
+    """The values ``(saga_id, topic, payload, headers, created_at)`` of each new outbox row
+    (JSON as text), created ``now`` (a value of the store's timestamp column)."""
+    return [(m.saga_id, m.topic, dumps(m.payload), dumps(dict(m.headers)), now) for m in outbox]
+
+
+def dead_letter_params(record: DeadLetterRecord, now: Any) -> tuple[Any, ...]:
+    """The values ``(trigger_id, saga_name, payload, error, reason, traceback, attempts,
+    saga_id, source, meta, created_at)`` of a new dead letter (JSON as text), created ``now``
+    (a value of the store's timestamp column)."""
+    return (
+        record.trigger_id,
+        record.saga_name,
+        dumps(record.payload),
+        record.error,
+        record.reason,
+        record.traceback,
+        record.attempts,
+        record.saga_id,
+        record.source,
+        dumps(record.meta),
+        now,
+    )

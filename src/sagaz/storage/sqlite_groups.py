@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sagaz.exceptions import StoreError, StoreUnavailableError
+from sagaz.storage.group_commit import Outcome, settle
 
 __all__ = ["GroupCommitter"]
 
@@ -34,8 +35,6 @@ T = TypeVar("T")
 
 Op = Callable[[sqlite3.Connection], Any]
 """An operation: runs all its SQL on the connection, in the thread, and returns a result."""
-_Outcome = tuple[Any, BaseException | None]
-"""What one operation gave: ``(result, None)`` or ``(None, error)``."""
 
 
 @dataclass(slots=True)
@@ -127,11 +126,11 @@ class GroupCommitter:
             outcomes = await loop.run_in_executor(self._executor, self._execute, ops, writes)
         except BaseException as exc:  # cancelled (the loop is shutting down) or no thread
             for queued in [*group, *self._queue]:
-                _settle(queued.future, (None, self._interrupted(exc)))
+                settle(queued.future, (None, self._interrupted(exc)))
             self._queue.clear()
             raise
         for queued, outcome in zip(group, outcomes, strict=True):
-            _settle(queued.future, outcome)
+            settle(queued.future, outcome)
 
     def _interrupted(self, exc: BaseException) -> StoreError:
         error = StoreError(
@@ -142,14 +141,14 @@ class GroupCommitter:
         return error
 
     # -- the thread side -------------------------------------------------------------------
-    def _execute(self, ops: list[Op], writes: bool) -> list[_Outcome]:
+    def _execute(self, ops: list[Op], writes: bool) -> list[Outcome]:
         """One group: ``BEGIN``, each operation in a savepoint, ``COMMIT`` (in the thread)."""
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
         except sqlite3.Error as exc:  # e.g. another process kept the write lock too long
             return [(None, self._failure(exc)) for _ in ops]
-        outcomes: list[_Outcome] = []
+        outcomes: list[Outcome] = []
         try:
             for op in ops:
                 outcome = self._execute_one(conn, op)
@@ -161,7 +160,7 @@ class GroupCommitter:
             return self._lost(ops, self._failure(exc))
         return outcomes
 
-    def _execute_one(self, conn: sqlite3.Connection, op: Op) -> _Outcome:
+    def _execute_one(self, conn: sqlite3.Connection, op: Op) -> Outcome:
         """Run ``op`` in a savepoint: released if it succeeds, rolled back if it fails."""
         conn.execute("SAVEPOINT op")
         try:
@@ -174,7 +173,7 @@ class GroupCommitter:
             return None, self._failure(exc)
         return result, None
 
-    def _lost(self, ops: list[Op], cause: BaseException | None) -> list[_Outcome]:
+    def _lost(self, ops: list[Op], cause: BaseException | None) -> list[Outcome]:
         """Roll back what is left of the group; every operation of it fails."""
         if self._conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
@@ -182,7 +181,7 @@ class GroupCommitter:
         reason = "an operation ended it" if cause is None else str(cause)
         # a file that cannot be used right now fails the whole group the same way
         kind = StoreUnavailableError if isinstance(cause, StoreUnavailableError) else StoreError
-        outcomes: list[_Outcome] = []
+        outcomes: list[Outcome] = []
         for _ in ops:
             error = kind(f"{self._label}: the transaction was lost ({reason})")
             error.__cause__ = cause
@@ -196,14 +195,3 @@ class GroupCommitter:
         error = self._error(exc)
         error.__cause__ = exc
         return error
-
-
-def _settle(future: asyncio.Future[Any], outcome: _Outcome) -> None:
-    """Hand an outcome to its caller, unless the caller is gone (cancelled)."""
-    if future.done():
-        return
-    result, error = outcome
-    if error is None:
-        future.set_result(result)
-    else:
-        future.set_exception(error)

@@ -1,7 +1,8 @@
 """One exception type for a store that cannot be reached right now.
 
 A server store decorated with :func:`raises_unavailable` re-raises, from every operation of the
-:class:`~sagaz.abc.SagaStore` contract it defines (abstract or with a default), each exception
+:class:`~sagaz.abc.SagaStore` contract it defines (abstract or with a default), itself or in one
+of its bases below :class:`~sagaz.abc.SagaStore` (the parts a store is composed of), each exception
 its ``_unavailable(exc)`` recognises (a refused or lost connection, a server shutting down or
 starting up) as :class:`~sagaz.exceptions.StoreUnavailableError`, the driver's error as its
 ``__cause__``. The trigger engine then knows the store is away, not that the operation was
@@ -27,6 +28,7 @@ from sagaz.exceptions import StoreUnavailableError
 __all__ = ["raises_unavailable", "unavailable_error"]
 
 S = TypeVar("S", bound=SagaStore)
+_TRANSLATES = "__sagaz_translates_unavailable__"  # set on a wrapped operation
 
 
 def raises_unavailable(cls: type[S]) -> type[S]:
@@ -35,10 +37,23 @@ def raises_unavailable(cls: type[S]) -> type[S]:
     if not callable(predicate):
         raise TypeError(f"{cls.__name__} needs a `_unavailable(self, exc) -> bool` method")
     for name in sorted(_operations()):
-        method = cls.__dict__.get(name)
-        if method is not None and inspect.iscoroutinefunction(method):
+        method = _defined(cls, name)
+        if method is not None:
             setattr(cls, name, _translating(method))
     return cls
+
+
+def _defined(cls: type[SagaStore], name: str) -> Callable[..., Coroutine[Any, Any, Any]] | None:
+    """The coroutine function ``name`` that ``cls`` or one of its bases below
+    :class:`SagaStore` defines, unless it translates already (a decorated base's)."""
+    for klass in cls.__mro__:
+        if klass is SagaStore:
+            return None
+        method = klass.__dict__.get(name)
+        if method is not None:
+            translates = getattr(method, _TRANSLATES, False)
+            return method if inspect.iscoroutinefunction(method) and not translates else None
+    return None
 
 
 def _operations() -> set[str]:
@@ -74,4 +89,5 @@ def _translating(
                 raise unavailable_error(self, exc) from exc
             raise
 
+    setattr(operation, _TRANSLATES, True)
     return operation

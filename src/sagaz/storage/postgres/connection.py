@@ -1,0 +1,268 @@
+"""The connection of :class:`~sagaz.storage.postgres.PostgresSagaStore`: its lifecycle, the schema,
+and the read and write paths that every part of the store shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from sagaz._imports import require_extra
+from sagaz.abc import SagaStore
+from sagaz.exceptions import StoreError, StoreUnavailableError
+from sagaz.records import SchemaVersions
+from sagaz.storage import postgres_schema as tables
+from sagaz.storage.postgres_groups import PgGroupCommitter
+from sagaz.storage.url import redact_url
+
+__all__ = ["PostgresConnection"]
+
+T = TypeVar("T")
+
+_CLAIM_RETRIES = 5  # a row deleted between our two statements makes us look again
+
+_GROUP_CONNECTIONS = 4  # group commits in flight at once, at most
+
+
+#: the saga columns as arrays, $1 to $12 (for ``unnest``)
+_SAGA_ARRAYS = (
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], "
+    "$8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[]"
+)
+
+_SAGA_CONFLICT = (
+    "ON CONFLICT (saga_id) DO UPDATE SET saga_name = EXCLUDED.saga_name, "
+    "status = EXCLUDED.status, context = EXCLUDED.context, attempt = EXCLUDED.attempt, "
+    "error = EXCLUDED.error, trigger_id = EXCLUDED.trigger_id, event = EXCLUDED.event, "
+    "owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at, "
+    "updated_at = EXCLUDED.updated_at"
+)
+
+_INBOX_CONFLICT = (
+    "ON CONFLICT (trigger_id, key) DO UPDATE SET owner = EXCLUDED.owner, "
+    "lease_until = EXCLUDED.lease_until WHERE i.status = 'pending' AND "
+    "(i.owner = EXCLUDED.owner OR i.lease_until IS NULL OR i.lease_until < EXCLUDED.created_at)"
+)
+
+_STEP_CONFLICT = (
+    "ON CONFLICT (saga_id, name) DO UPDATE SET status = EXCLUDED.status, "
+    "result = EXCLUDED.result, error = EXCLUDED.error, "
+    "attempts = EXCLUDED.attempts, completed_seq = EXCLUDED.completed_seq, "
+    "compensation_error = EXCLUDED.compensation_error, updated_at = EXCLUDED.updated_at"
+)
+
+
+class PostgresConnection(SagaStore):
+    """What every part of :class:`~sagaz.storage.postgres.PostgresSagaStore` shares: the connection,
+    its lifecycle and the read and write paths (the operations are in the sibling modules).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "sagaz",
+        min_size: int = 1,
+        max_size: int = 10,
+        command_timeout: float | None = 60.0,
+    ) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self._s = tables.quote_schema(schema)
+        self._insert_saga = (
+            f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
+            f"VALUES ({tables.SAGA_VALUES})"
+        )
+        self._upsert_saga = f"{self._insert_saga} {_SAGA_CONFLICT}"
+        self._upsert_step = (
+            f"INSERT INTO {self._s}.saga_steps ({tables.STEP_COLUMNS}) "
+            f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) {_STEP_CONFLICT}"
+        )
+        self._complete_inbox = (
+            f"UPDATE {self._s}.inbox SET status = 'completed', completed_at = $3 "
+            "WHERE trigger_id = $1 AND key = $2"
+        )
+        self._checkpoint_sql: dict[tuple[bool, bool, bool, bool], str] = {}
+        self._insert_sagas = (
+            f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
+            "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
+            "u.trigger_id, u.event::jsonb, u.owner, u.lease_expires_at, u.created_at, "
+            f"u.updated_at FROM unnest({_SAGA_ARRAYS}) AS u({tables.SAGA_COLUMNS}) "
+            "ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
+        )
+        self._claim_many = (
+            f"INSERT INTO {self._s}.inbox AS i (trigger_id, key, saga_id, owner, "
+            "lease_until, status, created_at) SELECT u.trigger_id, u.key, u.saga_id, u.owner, "
+            "u.lease_until, 'pending', u.created_at FROM unnest($1::text[], $2::text[], "
+            "$3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[]) AS u(trigger_id, "
+            f"key, saga_id, owner, lease_until, created_at) {_INBOX_CONFLICT} "
+            "RETURNING i.trigger_id, i.key, i.saga_id, (xmax = 0) AS inserted"
+        )
+        self._select_sagas = f"SELECT {tables.SAGA_COLUMNS} FROM {self._s}.saga_executions"
+        self._insert_outbox = (
+            f"INSERT INTO {self._s}.outbox (saga_id, topic, payload, headers, created_at) "
+            "VALUES ($1, $2, $3, $4, $5)"
+        )
+        self._select_dead_letters = (
+            f"SELECT id, {tables.DEAD_LETTER_COLUMNS}, created_at FROM {self._s}.dead_letters"
+        )
+        self._min_size = min_size
+        self._max_size = max_size
+        self._command_timeout = command_timeout
+        self._pool: Any = None
+        self._groups: PgGroupCommitter | None = None
+        self._lifecycle_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresSagaStore({redact_url(self.dsn)!r}, schema={self.schema!r})"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the pool and create the schema if the database has none. Idempotent.
+
+        An older schema raises :class:`~sagaz.exceptions.SchemaOutdatedError`: migrate it
+        with ``sagaz db upgrade`` (:meth:`upgrade_schema`)."""
+        async with self._lifecycle_lock:
+            if self._pool is not None:
+                return
+            asyncpg = require_extra("postgres")
+            try:
+                pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    command_timeout=self._command_timeout,
+                    init=tables.init_connection,
+                    reset=tables.keep_session,
+                )
+            except (OSError, asyncpg.PostgresError) as exc:
+                raise self._unreachable(exc) from exc
+            try:
+                async with pool.acquire() as conn:
+                    await tables.migrate(conn, self.schema, url=self._store_url())
+            except BaseException:
+                await pool.close()
+                raise
+            self._pool = pool
+            self._groups = PgGroupCommitter(
+                pool,
+                unavailable=self._unavailable,
+                label=repr(self),
+                # the rest of the pool is for reads and the statements kept out of groups
+                connections=max(1, min(_GROUP_CONNECTIONS, self._max_size // 2)),
+            )
+            self._started = True
+
+    def _store_url(self) -> str:
+        """The store's URL with the password redacted (for ``--store`` and messages)."""
+        if self.schema == "sagaz":
+            return redact_url(self.dsn)
+        parts = urlsplit(redact_url(self.dsn))
+        query = "&".join(q for q in (parts.query, urlencode({"schema": self.schema})) if q)
+        return urlunsplit(parts._replace(query=query))
+
+    def _unreachable(self, exc: BaseException) -> StoreError:
+        """The error for ``exc``: :class:`StoreUnavailableError` when the server cannot be
+        reached (an outage the engine waits out), else :class:`StoreError`."""
+        error = StoreUnavailableError if self._unavailable(exc) else StoreError
+        return error(
+            f"cannot connect to PostgreSQL at {redact_url(self.dsn)}: {exc}; check the "
+            "DSN (postgresql://user:password@host:5432/db) and that the server is up"
+        )
+
+    async def _one_connection(self, use: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``use`` on a connection of its own (the store need not be started)."""
+        asyncpg = require_extra("postgres")
+        try:
+            conn = await asyncpg.connect(self.dsn, command_timeout=self._command_timeout)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise self._unreachable(exc) from exc
+        try:
+            return await use(conn)
+        finally:
+            await conn.close()
+
+    async def schema_versions(self) -> SchemaVersions:
+        return await self._one_connection(lambda conn: tables.read_versions(conn, self.schema))
+
+    async def upgrade_schema(self) -> SchemaVersions:
+        return await self._one_connection(
+            lambda conn: tables.migrate(conn, self.schema, url=self._store_url(), upgrade=True)
+        )
+
+    async def stop(self) -> None:
+        """Close the pool, letting running queries finish. Idempotent."""
+        async with self._lifecycle_lock:
+            pool, self._pool = self._pool, None
+            groups, self._groups = self._groups, None
+            self._started = False
+            if groups is not None:
+                await groups.close()
+            if pool is not None:
+                await pool.close()
+
+    async def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        return int(await self._db().fetchval(f"SELECT MAX(version) FROM {self._s}.schema_version"))
+
+    def _unavailable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says the server cannot be reached (see :mod:`sagaz.storage.unavailable`):
+        refused, reset or timed-out connections, a server shutting down or starting up, a
+        connection the server terminated."""
+        if isinstance(exc, OSError):  # refused, reset, unreachable, command_timeout
+            return True
+        asyncpg = sys.modules.get("asyncpg")
+        if asyncpg is None:
+            return False
+        errors = asyncpg.exceptions
+        if isinstance(
+            exc,
+            errors.PostgresConnectionError  # SQLSTATE class 08: connection exceptions
+            | errors.AdminShutdownError  # 57P01: terminated by a shutdown or restart
+            | errors.CrashShutdownError
+            | errors.CannotConnectNowError  # 57P03: starting up, shutting down
+            | errors.TooManyConnectionsError,
+        ):
+            return True
+        # a pooled connection that the server closed under us; asyncpg may also trip over
+        # its own protocol state when a connection dies mid-operation ("cannot switch to
+        # state ...; another operation is in progress"): the pool replaces it
+        return (isinstance(exc, errors.InterfaceError) and "connection" in str(exc)) or (
+            isinstance(exc, errors.InternalClientError) and "another operation" in str(exc)
+        )
+
+    def _db(self) -> Any:
+        if self._pool is None:
+            raise StoreError(
+                f"{self!r} is not started: call await store.start() or use async with store"
+            )
+        return self._pool
+
+    def _committer(self) -> PgGroupCommitter:
+        self._db()  # the error for a store that is not started
+        assert self._groups is not None
+        return self._groups
+
+    async def _write(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``op(conn)`` (all its SQL) as one atomic operation of the next group commit;
+        return its result once that group has committed (see
+        :mod:`sagaz.storage.postgres_groups`)."""
+        return await self._committer().run(op)
+
+    async def _write_execute(self, sql: str, *args: Any) -> str:
+        """:meth:`_write` one statement; return its status."""
+        status: str = await self._write(lambda conn: conn.execute(sql, *args))
+        return status
+
+    async def _write_fetchval(self, sql: str, *args: Any) -> Any:
+        """:meth:`_write` one statement; return the first value of its first row."""
+        return await self._write(lambda conn: conn.fetchval(sql, *args))
+
+    @property
+    def commits(self) -> int:
+        """Transactions the group committer has committed since the store started (each
+        holds the writes of every saga that wrote at the same time)."""
+        return 0 if self._groups is None else self._groups.commits

@@ -1,0 +1,138 @@
+"""The inbox: claims of trigger keys, their leases, and the purge of expired rows.
+
+A part of :class:`~sagaz.storage.postgres.PostgresSagaStore`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sagaz.clock import utcnow
+from sagaz.exceptions import StoreError
+from sagaz.records import (
+    ClaimOutcome,
+    InboxClaim,
+)
+from sagaz.storage import postgres_schema as tables
+from sagaz.storage.codec import to_utc
+from sagaz.storage.postgres.connection import (
+    _CLAIM_RETRIES,
+    _INBOX_CONFLICT,
+    PostgresConnection,
+)
+
+__all__ = ["PostgresInbox"]
+
+
+def _found_claim(row: Any) -> InboxClaim:
+    """The claim of a key whose row was neither inserted nor taken over: done or held."""
+    outcome = ClaimOutcome.DUPLICATE if row["status"] == "completed" else ClaimOutcome.BUSY
+    return InboxClaim(outcome, row["saga_id"], row["owner"])
+
+
+class PostgresInbox(PostgresConnection):
+    """The inbox: claims of trigger keys, their leases, and the purge of expired rows."""
+
+    # -- inbox -----------------------------------------------------------------------------
+    async def claim_inbox(
+        self, trigger_id: str, key: str, saga_id: str, owner: str, lease_until: datetime
+    ) -> InboxClaim:
+        args = (trigger_id, key, saga_id, owner, to_utc(lease_until), utcnow())
+        claim: InboxClaim = await self._committer().run(
+            lambda conn: self._claim_one(conn, args),
+            batch=(self._claim_inboxes, args, (trigger_id, key)),
+        )
+        return claim
+
+    async def _claim_one(self, conn: Any, args: tuple[Any, ...]) -> InboxClaim:
+        # one statement inserts a new row or takes over an expired/own one; the row lock
+        # taken by ON CONFLICT makes the lease check and the takeover atomic
+        trigger_id, key, _, owner, _, _ = args
+        claim = (
+            f"INSERT INTO {self._s}.inbox AS i (trigger_id, key, saga_id, owner, "
+            "lease_until, status, created_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6) "
+            f"{_INBOX_CONFLICT} RETURNING i.saga_id, (xmax = 0) AS inserted"
+        )
+        select = (
+            f"SELECT saga_id, owner, status FROM {self._s}.inbox WHERE trigger_id = $1 AND key = $2"
+        )
+        for _ in range(_CLAIM_RETRIES):
+            row = await conn.fetchrow(claim, *args)
+            if row is not None:
+                outcome = ClaimOutcome.CLAIMED if row["inserted"] else ClaimOutcome.TAKEN_OVER
+                return InboxClaim(outcome, row["saga_id"], owner)
+            row = await conn.fetchrow(select, trigger_id, key)
+            if row is not None:
+                return _found_claim(row)
+        raise StoreError(f"inbox row ({trigger_id!r}, {key!r}) kept changing under us; retry")
+
+    async def _claim_inboxes(self, conn: Any, items: list[tuple[Any, ...]]) -> list[InboxClaim]:
+        """:meth:`_claim_one` for several keys (distinct) in two statements."""
+        columns = [list(column) for column in zip(*items, strict=True)]
+        claimed = {(row[0], row[1]): row for row in await conn.fetch(self._claim_many, *columns)}
+        missing = [args for args in items if (args[0], args[1]) not in claimed]
+        found: dict[tuple[str, str], Any] = {}
+        if missing:
+            rows = await conn.fetch(
+                f"SELECT i.trigger_id, i.key, i.saga_id, i.owner, i.status FROM {self._s}.inbox "
+                "AS i JOIN unnest($1::text[], $2::text[]) AS u(trigger_id, key) "
+                "ON i.trigger_id = u.trigger_id AND i.key = u.key",
+                [args[0] for args in missing],
+                [args[1] for args in missing],
+            )
+            found = {(row[0], row[1]): row for row in rows}
+        results: list[InboxClaim] = []
+        for args in items:
+            ident = (args[0], args[1])
+            row = claimed.get(ident)
+            if row is not None:
+                outcome = ClaimOutcome.CLAIMED if row["inserted"] else ClaimOutcome.TAKEN_OVER
+                results.append(InboxClaim(outcome, row["saga_id"], args[3]))
+            elif ident in found:
+                results.append(_found_claim(found[ident]))
+            else:  # deleted between the two statements: look again, alone
+                results.append(await self._claim_one(conn, args))
+        return results
+
+    async def complete_inbox(self, trigger_id: str, key: str) -> None:
+        await self._write_execute(
+            self._complete_inbox,
+            trigger_id,
+            key,
+            utcnow(),
+        )
+
+    async def release_inbox(self, trigger_id: str, key: str) -> None:
+        await self._write_execute(
+            f"DELETE FROM {self._s}.inbox WHERE trigger_id = $1 AND key = $2", trigger_id, key
+        )
+
+    async def renew_leases(self, owner: str, lease_until: datetime) -> int:
+        touched = await self._write_fetchval(
+            f"WITH i AS (UPDATE {self._s}.inbox SET lease_until = $2 "
+            "WHERE owner = $1 AND status = 'pending' RETURNING 1), "
+            f"s AS (UPDATE {self._s}.saga_executions SET lease_expires_at = $2 "
+            f"WHERE owner = $1 AND status IN {tables.ACTIVE_SQL} RETURNING 1) "
+            "SELECT (SELECT count(*) FROM i) + (SELECT count(*) FROM s)",
+            owner,
+            to_utc(lease_until),
+        )
+        return int(touched)
+
+    async def purge_expired(self, before: datetime) -> int:
+        affected = await self._db().fetchval(
+            f"WITH i AS (DELETE FROM {self._s}.inbox "
+            "WHERE status = 'completed' AND completed_at < $1 RETURNING 1), "
+            f"s AS (UPDATE {self._s}.saga_executions SET event = NULL WHERE event IS NOT NULL "
+            f"AND status IN {tables.TERMINAL_SQL} AND updated_at < $1 RETURNING 1), "
+            f"e AS (DELETE FROM {self._s}.trigger_executions WHERE completed_at < $1 RETURNING 1), "
+            # every trigger keeps its newest tick: last_cron_tick answers the same afterwards
+            f"c AS (DELETE FROM {self._s}.cron_claims AS c WHERE c.tick < $1 AND c.tick < "
+            f"(SELECT max(n.tick) FROM {self._s}.cron_claims AS n "
+            "WHERE n.trigger_id = c.trigger_id) RETURNING 1) "
+            "SELECT (SELECT count(*) FROM i) + (SELECT count(*) FROM s) "
+            "+ (SELECT count(*) FROM e) + (SELECT count(*) FROM c)",
+            to_utc(before),
+        )
+        return int(affected)

@@ -1,0 +1,299 @@
+"""Sagas, their steps and combined checkpoints.
+
+A part of :class:`~sagaz.storage.postgres.PostgresSagaStore`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sagaz.clock import utcnow
+from sagaz.exceptions import StoreError
+from sagaz.records import (
+    OutboxMessage,
+    SagaRecord,
+    StepRecord,
+)
+from sagaz.storage import postgres_schema as tables
+from sagaz.storage.checkpoints import check_checkpoint
+from sagaz.storage.codec import to_utc
+from sagaz.storage.postgres.connection import (
+    _CLAIM_RETRIES,
+    _SAGA_CONFLICT,
+    _STEP_CONFLICT,
+    PostgresConnection,
+)
+from sagaz.storage.sql import outbox_params, step_params
+from sagaz.types import SagaStatus
+
+__all__ = ["PostgresSagas"]
+
+
+@dataclasses.dataclass(slots=True)
+class _Checkpoint:
+    """The rows of one :meth:`PostgresSagaStore.save_checkpoint`, as statement parameters."""
+
+    saga: tuple[Any, ...] | None
+    steps: list[tuple[Any, ...]]
+    outbox: list[tuple[Any, ...]]
+    inbox: tuple[str, str, datetime] | None
+
+
+class PostgresSagas(PostgresConnection):
+    """Sagas, their steps and combined checkpoints."""
+
+    # -- sagas -----------------------------------------------------------------------------
+    async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
+        now = utcnow()
+        params = tables.saga_params(record, record.created_at or now, now)
+        run = self._create_sagas
+        row = await self._committer().run(
+            lambda conn: self._create_one(conn, params), batch=(run, params, record.saga_id)
+        )
+        if row is not None:
+            return tables.saga_from_row(row), False
+        created = dataclasses.replace(
+            record,
+            status=SagaStatus(record.status),
+            created_at=record.created_at or now,
+            updated_at=now,
+        )
+        return created, True
+
+    async def _create_one(self, conn: Any, params: tuple[Any, ...]) -> Any:
+        """Insert one saga row unless it exists: None if inserted, else the existing row."""
+        insert = f"{self._insert_saga} ON CONFLICT (saga_id) DO NOTHING RETURNING TRUE"
+        for _ in range(_CLAIM_RETRIES):
+            if await conn.fetchval(insert, *params):
+                return None  # stored as given: nothing to read back
+            row = await conn.fetchrow(f"{self._select_sagas} WHERE saga_id = $1", params[0])
+            if row is not None:
+                return row
+        raise StoreError(f"saga {params[0]!r} kept appearing and disappearing; retry")
+
+    async def _create_sagas(self, conn: Any, items: list[tuple[Any, ...]]) -> list[Any]:
+        """:meth:`_create_one` for several sagas (distinct ids) in two statements."""
+        columns = [list(column) for column in zip(*items, strict=True)]
+        inserted = {row[0] for row in await conn.fetch(self._insert_sagas, *columns)}
+        missing = [params[0] for params in items if params[0] not in inserted]
+        existing: dict[str, Any] = {}
+        if missing:
+            rows = await conn.fetch(
+                f"{self._select_sagas} WHERE saga_id = ANY($1::text[])", missing
+            )
+            existing = {row["saga_id"]: row for row in rows}
+        results: list[Any] = []
+        for params in items:
+            saga_id = params[0]
+            if saga_id in inserted:
+                results.append(None)
+            elif saga_id in existing:
+                results.append(existing[saga_id])
+            else:  # deleted between the two statements: look again, alone
+                results.append(await self._create_one(conn, params))
+        return results
+
+    async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
+        now = utcnow()
+        params = tables.saga_params(record, record.created_at or now, now)
+        messages = outbox_params(outbox, now)
+
+        async def save(conn: Any) -> None:
+            await conn.execute(self._upsert_saga, *params)
+            if messages:
+                await conn.executemany(self._insert_outbox, messages)
+
+        await self._write(save)
+
+    async def get_saga(self, saga_id: str) -> SagaRecord | None:
+        row = await self._db().fetchrow(
+            f"{self._select_sagas} WHERE saga_id = $1",
+            saga_id,
+        )
+        return None if row is None else tables.saga_from_row(row)
+
+    async def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        saga_name: str | None = None,
+        trigger_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        # newest first is descending ``seq``: the status and name filters walk their
+        # (status, seq) / (saga_name, seq) indexes backwards; the others filter that walk
+        conditions = {
+            "status = {}": None if status is None else SagaStatus(status).value,
+            "saga_name = {}": saga_name,
+            "trigger_id = {}": trigger_id,
+            "created_at >= {}": None if created_after is None else to_utc(created_after),
+            "created_at < {}": None if created_before is None else to_utc(created_before),
+            f"seq < (SELECT seq FROM {self._s}.saga_executions WHERE saga_id = {{}})": after,
+        }
+        where: list[str] = []
+        params: list[Any] = []
+        for condition, value in conditions.items():
+            if value is not None:
+                params.append(value)
+                where.append(condition.format(f"${len(params)}"))
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        params.append(limit)
+        rows = await self._db().fetch(
+            f"{self._select_sagas} {clause}ORDER BY seq DESC LIMIT ${len(params)}",
+            *params,
+        )
+        return [tables.saga_from_row(row) for row in rows]
+
+    async def delete_saga(self, saga_id: str) -> None:
+        await self._write_execute(
+            f"WITH steps AS (DELETE FROM {self._s}.saga_steps WHERE saga_id = $1) "
+            f"DELETE FROM {self._s}.saga_executions WHERE saga_id = $1",
+            saga_id,
+        )
+
+    async def list_recoverable(self, now: datetime, limit: int = 100) -> list[SagaRecord]:
+        rows = await self._db().fetch(
+            f"{self._select_sagas} WHERE status IN {tables.ACTIVE_SQL} AND "
+            " (lease_expires_at IS NULL OR lease_expires_at < $1) ORDER BY seq LIMIT $2",
+            to_utc(now),
+            limit,
+        )
+        return [tables.saga_from_row(row) for row in rows]
+
+    async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
+        claimed = await self._write_fetchval(
+            f"UPDATE {self._s}.saga_executions SET owner = $2, lease_expires_at = $3 "
+            "WHERE saga_id = $1 AND (owner IS NULL OR owner = $2 OR lease_expires_at IS NULL "
+            "OR lease_expires_at < $4) RETURNING TRUE",
+            saga_id,
+            owner,
+            to_utc(lease_until),
+            utcnow(),
+        )
+        return bool(claimed)
+
+    # -- steps -----------------------------------------------------------------------------
+    async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
+        now = utcnow()
+        params = step_params(step, now)
+        messages = outbox_params(outbox, now)
+
+        async def save(conn: Any) -> None:
+            await conn.execute(self._upsert_step, *params)
+            if messages:
+                await conn.executemany(self._insert_outbox, messages)
+
+        await self._write(save)
+
+    def _build_checkpoint_sql(self, steps: bool, saga: bool, outbox: bool, inbox: bool) -> str:
+        s = self._s
+        parts: list[str] = []
+        n = 0
+
+        def params(count: int) -> list[str]:
+            nonlocal n
+            made = [f"${n + i + 1}" for i in range(count)]
+            n += count
+            return made
+
+        if steps:
+            p = params(9)
+            parts.append(
+                f"st AS (INSERT INTO {s}.saga_steps ({tables.STEP_COLUMNS}) "
+                "SELECT u.saga_id, u.name, u.status, u.result::jsonb, u.error, u.attempts, "
+                "u.completed_seq, u.compensation_error, u.updated_at FROM unnest("
+                f"{p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], "
+                f"{p[4]}::text[], {p[5]}::int[], {p[6]}::int[], {p[7]}::text[], "
+                f"{p[8]}::timestamptz[]) AS u(saga_id, name, status, result, error, attempts, "
+                f"completed_seq, compensation_error, updated_at) {_STEP_CONFLICT} RETURNING 1)"
+            )
+        if saga:
+            p = params(12)
+            parts.append(
+                f"sg AS (INSERT INTO {s}.saga_executions ({tables.SAGA_COLUMNS}) "
+                "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
+                "u.trigger_id, u.event::jsonb, u.owner, u.lease_expires_at, u.created_at, "
+                f"u.updated_at FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], "
+                f"{p[3]}::text[], {p[4]}::int[], {p[5]}::text[], {p[6]}::text[], "
+                f"{p[7]}::text[], {p[8]}::text[], {p[9]}::timestamptz[], "
+                f"{p[10]}::timestamptz[], {p[11]}::timestamptz[]) AS u(saga_id, saga_name, "
+                "status, context, attempt, error, trigger_id, event, owner, lease_expires_at, "
+                f"created_at, updated_at) {_SAGA_CONFLICT} RETURNING 1)"
+            )
+        if outbox:
+            p = params(5)
+            parts.append(
+                f"ob AS (INSERT INTO {s}.outbox (saga_id, topic, payload, headers, created_at) "
+                "SELECT u.saga_id, u.topic, u.payload::jsonb, u.headers::jsonb, u.created_at "
+                f"FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], "
+                f"{p[4]}::timestamptz[]) WITH ORDINALITY "
+                "AS u(saga_id, topic, payload, headers, created_at, n) ORDER BY u.n RETURNING 1)"
+            )
+        if inbox:
+            p = params(3)
+            parts.append(
+                f"ib AS (UPDATE {s}.inbox AS i SET status = 'completed', "
+                f"completed_at = u.completed_at FROM unnest({p[0]}::text[], {p[1]}::text[], "
+                f"{p[2]}::timestamptz[]) AS u(trigger_id, key, completed_at) "
+                "WHERE i.trigger_id = u.trigger_id AND i.key = u.key RETURNING 1)"
+            )
+        if not parts:
+            return "SELECT 1"
+        return "WITH " + ", ".join(parts) + " SELECT 1"
+
+    async def save_checkpoint(
+        self,
+        saga: SagaRecord | None = None,
+        steps: Sequence[StepRecord] = (),
+        outbox: Sequence[OutboxMessage] = (),
+        *,
+        complete_inbox: tuple[str, str] | None = None,
+    ) -> None:
+        """One operation of the group commit: all or nothing (see the contract)."""
+        check_checkpoint(saga, steps, outbox)
+        now = utcnow()
+        step_rows = [step_params(step, now) for step in steps]
+        saga_params = (
+            None if saga is None else tables.saga_params(saga, saga.created_at or now, now)
+        )
+        messages = outbox_params(outbox, now)
+
+        inbox_row = None if complete_inbox is None else (*complete_inbox, now)
+        item = _Checkpoint(saga_params, step_rows, messages, inbox_row)
+        key = saga_params[0] if saga_params is not None else step_rows[0][0] if step_rows else None
+        run = self._run_checkpoints
+        await self._committer().run(lambda conn: run(conn, [item]), batch=(run, item, key))
+
+    async def _run_checkpoints(self, conn: Any, items: list[_Checkpoint]) -> list[None]:
+        """Several checkpoints (of distinct sagas) in one statement: a data-modifying CTE per
+        table over arrays (``unnest``); the outbox messages keep their order."""
+        steps = [row for item in items for row in item.steps]
+        sagas = [item.saga for item in items if item.saga is not None]
+        messages = [row for item in items for row in item.outbox]
+        inbox = [item.inbox for item in items if item.inbox is not None]
+        shape = (bool(steps), bool(sagas), bool(messages), bool(inbox))
+        sql = self._checkpoint_sql.get(shape)
+        if sql is None:
+            sql = self._checkpoint_sql[shape] = self._build_checkpoint_sql(*shape)
+        args: list[Any] = []
+        for rows in (steps, sagas, messages, inbox):
+            if rows:
+                args += [list(column) for column in zip(*rows, strict=True)]
+        if args:
+            await conn.execute(sql, *args)
+        return [None] * len(items)
+
+    async def get_steps(self, saga_id: str) -> list[StepRecord]:
+        rows = await self._db().fetch(
+            f"SELECT {tables.STEP_COLUMNS} FROM {self._s}.saga_steps WHERE saga_id = $1", saga_id
+        )
+        return [tables.step_from_row(row) for row in rows]
+
+    async def reset_steps(self, saga_id: str) -> None:
+        await self._write_execute(f"DELETE FROM {self._s}.saga_steps WHERE saga_id = $1", saga_id)

@@ -1,0 +1,155 @@
+"""The connection of :class:`~sagaz.storage.sqlite.SQLiteSagaStore`: its lifecycle, the schema,
+and the read and write paths that every part of the store shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from sagaz.abc import SagaStore
+from sagaz.exceptions import StoreError, StoreUnavailableError
+from sagaz.records import SchemaVersions
+from sagaz.storage import sqlite_schema as tables
+from sagaz.storage.sqlite_groups import GroupCommitter
+from sagaz.storage.url import sqlite_path
+
+__all__ = ["SQLiteConnection"]
+
+T = TypeVar("T")
+
+_IN_CHUNK = 500  # well under SQLite's bound-parameter limit
+
+#: SQLite's words for a file that cannot be used right now (StoreUnavailableError)
+_UNAVAILABLE = ("locked", "disk I/O error", "unable to open", "disk is full")
+
+_INSERT_SAGA = (
+    f"INSERT INTO saga_executions ({tables.SAGA_COLUMNS}) VALUES ({tables.placeholders(12)})"
+)
+
+
+def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    """Every row of one query (in the store's thread)."""
+    return conn.execute(sql, params).fetchall()
+
+
+def _change(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> int:
+    """Execute one statement (in the store's thread); return the number of rows it changed."""
+    return conn.execute(sql, params).rowcount
+
+
+class SQLiteConnection(SagaStore):
+    """What every part of :class:`~sagaz.storage.sqlite.SQLiteSagaStore` shares: the connection,
+    its lifecycle and the read and write paths (the operations are in the sibling modules).
+    """
+
+    def __init__(
+        self, path_or_url: str | os.PathLike[str] = "sagaz.db", *, busy_timeout: float = 30.0
+    ) -> None:
+        self.path = sqlite_path(os.fspath(path_or_url))
+        self._busy_timeout_ms = int(busy_timeout * 1000)
+        self._groups: GroupCommitter | None = None  # the thread, its connection, the queue
+        self._lifecycle_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"SQLiteSagaStore({self.path!r})"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the file (WAL mode) and create the schema if the file has none. Idempotent.
+
+        An older schema raises :class:`~sagaz.exceptions.SchemaOutdatedError`: migrate it
+        with ``sagaz db upgrade`` (:meth:`upgrade_schema`)."""
+        async with self._lifecycle_lock:
+            if self._groups is not None:
+                return
+            connect = functools.partial(
+                tables.open_database, self.path, self._busy_timeout_ms, url=self._store_url()
+            )
+            try:
+                self._groups = await GroupCommitter.open(
+                    connect, error=self._error, label=f"SQLite store {self.path!r}"
+                )
+            except sqlite3.Error as exc:
+                raise self._error(exc) from exc
+            self._started = True
+
+    async def stop(self) -> None:
+        """Run the queued operations, wait for the running group, then close the connection
+        and its thread. Idempotent."""
+        async with self._lifecycle_lock:
+            groups, self._groups = self._groups, None
+            self._started = False
+            if groups is not None:
+                try:
+                    await groups.close()
+                except sqlite3.Error as exc:
+                    raise self._error(exc) from exc
+
+    def _store_url(self) -> str:
+        """The ``sqlite:///`` URL of the file (for ``--store`` and messages)."""
+        return f"sqlite:///{self.path}"
+
+    async def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        rows = await self._fetch("SELECT MAX(version) FROM schema_version")
+        return int(rows[0][0])
+
+    async def schema_versions(self) -> SchemaVersions:
+        try:
+            return await asyncio.to_thread(tables.read_versions, self.path)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    async def upgrade_schema(self) -> SchemaVersions:
+        upgrade = functools.partial(
+            tables.upgrade_database, self.path, self._busy_timeout_ms, url=self._store_url()
+        )
+        try:
+            return await asyncio.to_thread(upgrade)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def _committer(self) -> GroupCommitter:
+        if self._groups is None:
+            raise StoreError(
+                f"{self!r} is not started: call await store.start() or use async with store"
+            )
+        return self._groups
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        """The :class:`StoreError` for ``exc``: a :class:`StoreUnavailableError` when the
+        file cannot be used right now (locked by another process, I/O error, disk full), so
+        the engine waits for it instead of failing the event."""
+        hint = ""
+        text = str(exc)
+        if "locked" in text:
+            hint = (
+                "; another process held the write lock longer than busy_timeout: raise "
+                "SQLiteSagaStore(..., busy_timeout=) or use PostgreSQL for many writers"
+            )
+        elif "unable to open" in text:
+            hint = "; check that the directory exists and that this process may write to it"
+        message = f"SQLite store {self.path!r}: {exc}{hint}"
+        if isinstance(exc, sqlite3.OperationalError) and any(
+            condition in text for condition in _UNAVAILABLE
+        ):
+            return StoreUnavailableError(message)
+        return StoreError(message)
+
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op`` (all of its SQL, in the store's thread) as one atomic operation of the
+        next group; return its result once that group has committed."""
+        return await self._committer().run(op)
+
+    async def _write_one(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """:meth:`_write` one statement; return the number of rows it changed."""
+        return await self._write(lambda conn: _change(conn, sql, params))
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The rows of one query, read in the next group (after the writes queued before it)."""
+        return await self._committer().run(lambda conn: _rows(conn, sql, params), writes=False)

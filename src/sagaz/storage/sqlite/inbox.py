@@ -1,0 +1,120 @@
+"""The inbox: claims of trigger keys, their leases, and the purge of expired rows.
+
+A part of :class:`~sagaz.storage.sqlite.SQLiteSagaStore`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+
+from sagaz.clock import utcnow
+from sagaz.records import (
+    ClaimOutcome,
+    InboxClaim,
+)
+from sagaz.storage import sqlite_schema as tables
+from sagaz.storage.codec import to_text
+from sagaz.storage.sqlite.connection import (
+    SQLiteConnection,
+    _change,
+    _rows,
+)
+
+__all__ = ["SQLiteInbox"]
+
+
+class SQLiteInbox(SQLiteConnection):
+    """The inbox: claims of trigger keys, their leases, and the purge of expired rows."""
+
+    # -- inbox -----------------------------------------------------------------------------
+    async def claim_inbox(
+        self, trigger_id: str, key: str, saga_id: str, owner: str, lease_until: datetime
+    ) -> InboxClaim:
+        now, until = to_text(utcnow()), to_text(lease_until)
+
+        def claim(conn: sqlite3.Connection) -> InboxClaim:
+            rows = _rows(
+                conn,
+                "SELECT saga_id, owner, lease_until, status FROM inbox "
+                "WHERE trigger_id = ? AND key = ?",
+                (trigger_id, key),
+            )
+            if not rows:
+                _change(
+                    conn,
+                    "INSERT INTO inbox (trigger_id, key, saga_id, owner, lease_until, status, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                    (trigger_id, key, saga_id, owner, until, now),
+                )
+                return InboxClaim(ClaimOutcome.CLAIMED, saga_id, owner)
+            row_saga, row_owner, row_lease, row_status = rows[0]
+            if row_status == "completed":
+                return InboxClaim(ClaimOutcome.DUPLICATE, row_saga, row_owner)
+            if row_owner == owner or row_lease is None or row_lease < now:
+                _change(
+                    conn,
+                    "UPDATE inbox SET owner = ?, lease_until = ? WHERE trigger_id = ? AND key = ?",
+                    (owner, until, trigger_id, key),
+                )
+                return InboxClaim(ClaimOutcome.TAKEN_OVER, row_saga, owner)
+            return InboxClaim(ClaimOutcome.BUSY, row_saga, row_owner)
+
+        return await self._write(claim)
+
+    async def complete_inbox(self, trigger_id: str, key: str) -> None:
+        await self._write_one(
+            "UPDATE inbox SET status = 'completed', completed_at = ? "
+            "WHERE trigger_id = ? AND key = ?",
+            (to_text(utcnow()), trigger_id, key),
+        )
+
+    async def release_inbox(self, trigger_id: str, key: str) -> None:
+        await self._write_one(
+            "DELETE FROM inbox WHERE trigger_id = ? AND key = ?", (trigger_id, key)
+        )
+
+    async def renew_leases(self, owner: str, lease_until: datetime) -> int:
+        until = to_text(lease_until)
+
+        def renew(conn: sqlite3.Connection) -> int:
+            inbox = _change(
+                conn,
+                "UPDATE inbox SET lease_until = ? WHERE owner = ? AND status = 'pending'",
+                (until, owner),
+            )
+            sagas = _change(
+                conn,
+                f"UPDATE saga_executions SET lease_expires_at = ? "
+                f"WHERE owner = ? AND status IN {tables.ACTIVE_SQL}",
+                (until, owner),
+            )
+            return inbox + sagas
+
+        return await self._write(renew)
+
+    async def purge_expired(self, before: datetime) -> int:
+        cutoff = (to_text(before),)
+
+        def purge(conn: sqlite3.Connection) -> int:
+            inbox = _change(
+                conn, "DELETE FROM inbox WHERE status = 'completed' AND completed_at < ?", cutoff
+            )
+            events = _change(
+                conn,
+                f"UPDATE saga_executions SET event = NULL WHERE event IS NOT NULL "
+                f"AND status IN {tables.TERMINAL_SQL} AND updated_at < ?",
+                cutoff,
+            )
+            executions = _change(
+                conn, "DELETE FROM trigger_executions WHERE completed_at < ?", cutoff
+            )
+            ticks = _change(  # every trigger keeps its newest tick (last_cron_tick)
+                conn,
+                "DELETE FROM cron_claims WHERE tick < ? AND tick < (SELECT MAX(newest.tick) "
+                "FROM cron_claims AS newest WHERE newest.trigger_id = cron_claims.trigger_id)",
+                cutoff,
+            )
+            return inbox + events + executions + ticks
+
+        return await self._write(purge)

@@ -1,0 +1,213 @@
+"""Sagas, their steps and combined checkpoints.
+
+A part of :class:`~sagaz.storage.sqlite.SQLiteSagaStore`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sagaz.clock import utcnow
+from sagaz.records import (
+    OutboxMessage,
+    SagaRecord,
+    StepRecord,
+)
+from sagaz.storage import sqlite_schema as tables
+from sagaz.storage.checkpoints import check_checkpoint
+from sagaz.storage.codec import to_text
+from sagaz.storage.sql import outbox_params, step_params
+from sagaz.storage.sqlite.connection import (
+    _INSERT_SAGA,
+    SQLiteConnection,
+    _change,
+    _rows,
+)
+from sagaz.types import SagaStatus
+
+__all__ = ["SQLiteSagas"]
+
+_UPSERT_SAGA = (
+    f"{_INSERT_SAGA} ON CONFLICT (saga_id) DO UPDATE SET "
+    "saga_name = excluded.saga_name, status = excluded.status, "
+    "context = excluded.context, "
+    "attempt = excluded.attempt, error = excluded.error, "
+    "trigger_id = excluded.trigger_id, event = excluded.event, "
+    "owner = excluded.owner, lease_expires_at = excluded.lease_expires_at, "
+    "updated_at = excluded.updated_at"
+)
+
+_INSERT_STEP = (
+    f"INSERT OR REPLACE INTO saga_steps ({tables.STEP_COLUMNS}) VALUES ({tables.placeholders(9)})"
+)
+
+_INSERT_OUTBOX = (
+    "INSERT INTO outbox (saga_id, topic, payload, headers, created_at) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _as_created(record: SagaRecord, now: datetime) -> SagaRecord:
+    """The record :meth:`SQLiteSagaStore.create_saga` just stored (not decoded back)."""
+    return dataclasses.replace(
+        record,
+        status=SagaStatus(record.status),
+        created_at=record.created_at or now,
+        updated_at=now,
+    )
+
+
+class SQLiteSagas(SQLiteConnection):
+    """Sagas, their steps and combined checkpoints."""
+
+    # -- sagas -----------------------------------------------------------------------------
+    async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
+        now = utcnow()
+        params = tables.saga_params(record, record.created_at or now, now)
+
+        def create(conn: sqlite3.Connection) -> list[Any]:
+            rows = _rows(
+                conn,
+                f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions WHERE saga_id = ?",
+                (record.saga_id,),
+            )
+            if not rows:
+                _change(conn, _INSERT_SAGA, params)
+            return rows
+
+        rows = await self._write(create)
+        if rows:
+            return tables.saga_from_row(rows[0]), False
+        return _as_created(record, now), True
+
+    async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
+        now = utcnow()
+        params = tables.saga_params(record, record.created_at or now, now)
+        messages = outbox_params(outbox, to_text(now))
+
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute(_UPSERT_SAGA, params)
+            if messages:
+                conn.executemany(_INSERT_OUTBOX, messages)
+
+        await self._write(save)
+
+    async def get_saga(self, saga_id: str) -> SagaRecord | None:
+        rows = await self._fetch(
+            f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions WHERE saga_id = ?", (saga_id,)
+        )
+        return tables.saga_from_row(rows[0]) if rows else None
+
+    async def list_sagas(
+        self,
+        *,
+        status: SagaStatus | None = None,
+        saga_name: str | None = None,
+        trigger_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        # newest first is descending ``seq``: the status and name filters walk their
+        # (status, seq) / (saga_name, seq) indexes backwards; the others filter that walk
+        conditions = {
+            "status = ?": None if status is None else SagaStatus(status).value,
+            "saga_name = ?": saga_name,
+            "trigger_id = ?": trigger_id,
+            "created_at >= ?": tables.optional_text(created_after),
+            "created_at < ?": tables.optional_text(created_before),
+            "seq < (SELECT seq FROM saga_executions WHERE saga_id = ?)": after,
+        }
+        where = [condition for condition, value in conditions.items() if value is not None]
+        params = [value for value in conditions.values() if value is not None]
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        rows = await self._fetch(
+            f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions {clause}ORDER BY seq DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [tables.saga_from_row(row) for row in rows]
+
+    async def delete_saga(self, saga_id: str) -> None:
+        def delete(conn: sqlite3.Connection) -> None:
+            _change(conn, "DELETE FROM saga_steps WHERE saga_id = ?", (saga_id,))
+            _change(conn, "DELETE FROM saga_executions WHERE saga_id = ?", (saga_id,))
+
+        await self._write(delete)
+
+    async def list_recoverable(self, now: datetime, limit: int = 100) -> list[SagaRecord]:
+        rows = await self._fetch(
+            f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions "
+            f"WHERE status IN {tables.ACTIVE_SQL} "
+            "AND (lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY seq LIMIT ?",
+            (to_text(now), limit),
+        )
+        return [tables.saga_from_row(row) for row in rows]
+
+    async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
+        changed = await self._write_one(
+            "UPDATE saga_executions SET owner = ?, lease_expires_at = ? WHERE saga_id = ? "
+            "AND (owner IS NULL OR owner = ? OR lease_expires_at IS NULL "
+            "OR lease_expires_at < ?)",
+            (owner, to_text(lease_until), saga_id, owner, to_text(utcnow())),
+        )
+        return changed == 1
+
+    # -- steps -----------------------------------------------------------------------------
+    async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
+        now = to_text(utcnow())
+        row = step_params(step, now)
+        messages = outbox_params(outbox, now)
+
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute(_INSERT_STEP, row)
+            if messages:
+                conn.executemany(_INSERT_OUTBOX, messages)
+
+        await self._write(save)
+
+    async def save_checkpoint(
+        self,
+        saga: SagaRecord | None = None,
+        steps: Sequence[StepRecord] = (),
+        outbox: Sequence[OutboxMessage] = (),
+        *,
+        complete_inbox: tuple[str, str] | None = None,
+    ) -> None:
+        """One operation of the group committer: all or nothing (see the contract)."""
+        check_checkpoint(saga, steps, outbox)
+        moment = utcnow()
+        now = to_text(moment)
+        step_rows = [step_params(step, now) for step in steps]
+        saga_params = (
+            None if saga is None else tables.saga_params(saga, saga.created_at or moment, moment)
+        )
+        messages = outbox_params(outbox, now)
+
+        def save(conn: sqlite3.Connection) -> None:
+            if step_rows:
+                conn.executemany(_INSERT_STEP, step_rows)
+            if saga_params is not None:
+                conn.execute(_UPSERT_SAGA, saga_params)
+            if messages:
+                conn.executemany(_INSERT_OUTBOX, messages)
+            if complete_inbox is not None:
+                conn.execute(
+                    "UPDATE inbox SET status = 'completed', completed_at = ? "
+                    "WHERE trigger_id = ? AND key = ?",
+                    (now, *complete_inbox),
+                )
+
+        await self._write(save)
+
+    async def get_steps(self, saga_id: str) -> list[StepRecord]:
+        rows = await self._fetch(
+            f"SELECT {tables.STEP_COLUMNS} FROM saga_steps WHERE saga_id = ?", (saga_id,)
+        )
+        return [tables.step_from_row(row) for row in rows]
+
+    async def reset_steps(self, saga_id: str) -> None:
+        await self._write_one("DELETE FROM saga_steps WHERE saga_id = ?", (saga_id,))
