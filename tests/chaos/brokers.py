@@ -31,12 +31,13 @@ async def produce_kafka(bootstrap: str, topic: str, total: int, partitions: int)
 
 
 async def kafka_committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
-    """The group's committed offset of each partition (``committed()``: no group join)."""
+    """The group's committed offset of each partition (``committed()``: no group join); 0 for
+    a partition the group has not committed yet (aiokafka says ``None``)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
     await reader.start()
     try:
-        return [await reader.committed(TopicPartition(topic, p)) for p in range(partitions)]
+        return [await reader.committed(TopicPartition(topic, p)) or 0 for p in range(partitions)]
     finally:
         await reader.stop()
