@@ -94,7 +94,7 @@ async def test_the_dashboard_in_a_headless_browser(tmp_path: Path) -> None:
     def shot(name: str) -> None:
         driver.save_screenshot(str(screens / f"{name}.png"))
 
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.wait import WebDriverWait
 
@@ -105,7 +105,13 @@ async def test_the_dashboard_in_a_headless_browser(tmp_path: Path) -> None:
         )
 
     def text_of(css: str) -> str:
-        return str(driver.find_element(By.CSS_SELECTOR, css).text)
+        """The element's text, read again if the page was replaced under the read (chromedriver
+        then says "Node with given id does not belong to the document")."""
+        texts: list[str] = []
+        WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,)).until(
+            lambda d: texts.append(str(d.find_element(By.CSS_SELECTOR, css).text)) or True
+        )
+        return texts[-1]
 
     config = TriggerConfig(dashboard=True, dashboard_tokens=[TOKEN], webhook_port=0)
     store = MemorySagaStore()
