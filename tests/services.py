@@ -31,6 +31,7 @@ __all__ = [
     "SERVICE_FIXTURES",
     "answers_within",
     "backend_params",
+    "delete_redis_keys",
     "drop_postgres_schema",
     "require_marker",
     "require_service",
@@ -146,3 +147,16 @@ async def drop_postgres_schema(dsn: str, schema: str) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
         await conn.close()
+
+
+async def delete_redis_keys(url: str, prefix: str) -> None:
+    """Delete a test's Redis keys: every key under ``prefix:``."""
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()

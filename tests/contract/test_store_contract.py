@@ -50,7 +50,7 @@ from sagaz.storage import (
 from sagaz.testing import eventually
 from sagaz.types import SagaStatus, StepStatus
 from tests.schema_support import make_outdated
-from tests.services import backend_params, drop_postgres_schema, unique_name
+from tests.services import backend_params, delete_redis_keys, drop_postgres_schema, unique_name
 
 CONTENDERS = 50
 
@@ -76,18 +76,6 @@ class Backend:
         return list(await asyncio.gather(*(self.open(**options) for _ in range(count))))
 
 
-async def _delete_redis_keys(url: str, prefix: str) -> None:
-    import redis.asyncio as redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
 async def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """A fresh, empty storage location of one kind; every store opened on it is stopped."""
     kind: str = request.param
@@ -109,7 +97,7 @@ async def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         url = request.getfixturevalue("redis_url")
         prefix = unique_name("sagaz-test")
         backend = Backend(kind, lambda **kw: RedisSagaStore(url, prefix=prefix, **kw), 50)
-        cleanup = lambda: _delete_redis_keys(url, prefix)  # noqa: E731
+        cleanup = lambda: delete_redis_keys(url, prefix)  # noqa: E731
     try:
         yield backend
     finally:

@@ -17,7 +17,7 @@ from sagaz.cli.main import main
 from sagaz.storage import store_from_url
 from sagaz.types import SagaStatus
 from tests.schema_support import make_outdated
-from tests.services import backend_params, drop_postgres_schema, unique_name
+from tests.services import backend_params, delete_redis_keys, drop_postgres_schema, unique_name
 
 
 @dataclass
@@ -25,18 +25,6 @@ class Outdated:
     url: str
     version: int
     expected: int
-
-
-async def _delete_redis_keys(url: str, prefix: str) -> None:
-    import redis.asyncio as redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture(params=backend_params("sqlite", "postgres", "redis"))
@@ -61,7 +49,7 @@ async def outdated(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         if request.param == "postgres":
             await drop_postgres_schema(dsn, schema)
         elif request.param == "redis":
-            await _delete_redis_keys(redis_url, prefix)
+            await delete_redis_keys(redis_url, prefix)
 
 
 async def sagaz(*argv: str) -> int:

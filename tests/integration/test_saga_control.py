@@ -29,7 +29,7 @@ from sagaz.events import NotRun
 from sagaz.storage import store_from_url
 from sagaz.testing import continually, eventually
 from tests.contract.source_backends import Backend, open_backend
-from tests.services import backend_params, drop_postgres_schema, unique_name
+from tests.services import backend_params, delete_redis_keys, drop_postgres_schema, unique_name
 
 INTERVAL = 0.1  # saga_control_interval_seconds: the engines read requests this often
 
@@ -57,19 +57,7 @@ async def place(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         url = request.getfixturevalue("redis_url")
         prefix = unique_name("control")
         yield Place(f"{url}?prefix={prefix}")
-        await _delete_redis_keys(url, prefix)
-
-
-async def _delete_redis_keys(url: str, prefix: str) -> None:
-    import redis.asyncio as redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+        await delete_redis_keys(url, prefix)
 
 
 async def cli(*argv: str) -> int:

@@ -45,7 +45,7 @@ from sagaz.storage.url import store_from_url
 from sagaz.testing import FakeClock, eventually
 from tests.engine_support import RecordingListener
 from tests.integration.test_cron_engine import completed_per_tick, settled
-from tests.services import backend_params, drop_postgres_schema, unique_name
+from tests.services import backend_params, delete_redis_keys, drop_postgres_schema, unique_name
 
 #: in the past of the real clock: a backfill may not reach into the future
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -75,19 +75,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         if kind == "postgres":
             await drop_postgres_schema(dsn, schema)
         elif kind == "redis":
-            await _delete_keys(url, prefix)
-
-
-async def _delete_keys(url: str, prefix: str) -> None:
-    import redis.asyncio as redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=500)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+            await delete_redis_keys(url, prefix)
 
 
 def define_hourly(name: str, runs: list[tuple[str, str]]) -> str:
