@@ -1,6 +1,6 @@
 """``GroupCommitter`` on its own, on a one-table database: operations queued together share
-one transaction, each inside its own savepoint (``tests/unit/test_sqlite_group_commit.py``
-covers the same through ``SQLiteSagaStore``)."""
+one transaction, without savepoints unless one of them fails
+(``tests/unit/test_sqlite_group_commit.py`` covers the same through ``SQLiteSagaStore``)."""
 
 from __future__ import annotations
 
@@ -147,6 +147,50 @@ async def test_a_failing_operation_fails_alone_and_its_own_writes_are_undone(
     assert isinstance(results[2].__cause__, sqlite3.IntegrityError)
     assert database.count("COMMIT") == 1
     assert database.committed() == {"a", "b"}
+
+
+async def test_a_group_where_nothing_fails_runs_no_savepoint(
+    db: tuple[Database, GroupCommitter],
+) -> None:
+    database, groups = db
+    results = await asyncio.gather(*(groups.run(database.insert(f"k{n}")) for n in range(5)))
+    assert results == [f"k{n}" for n in range(5)]
+    assert not [sql for sql in database.statements if "SAVEPOINT" in sql or "ROLLBACK" in sql]
+    assert database.count("COMMIT") == 1
+    assert database.ran == [f"k{n}" for n in range(5)]  # each ran once
+
+
+async def test_a_failing_operation_reruns_its_group_with_a_savepoint_per_operation(
+    db: tuple[Database, GroupCommitter],
+) -> None:
+    database, groups = db
+    results = await asyncio.gather(
+        groups.run(database.insert("a")),
+        groups.run(database.insert("a")),  # duplicate key: fails, in either run
+        groups.run(database.insert("b")),
+        return_exceptions=True,
+    )
+    assert results[0] == "a" and results[2] == "b"
+    assert isinstance(results[1], StoreError)
+    # the first run stopped at the failure and was rolled back; the second ran all three
+    assert database.ran == ["a", "a", "a", "a", "b"]
+    assert database.count("ROLLBACK") == 1
+    assert database.count("SAVEPOINT op") == 3
+    assert database.count("ROLLBACK TO op") == 1
+    assert database.count("COMMIT") == 1
+    assert database.committed() == {"a", "b"}
+
+
+async def test_a_failing_operation_alone_is_rolled_back_without_a_second_run(
+    db: tuple[Database, GroupCommitter],
+) -> None:
+    database, groups = db
+    await groups.run(database.insert("a"))
+    with pytest.raises(StoreError, match="UNIQUE constraint failed"):
+        await groups.run(database.insert("a"))
+    assert database.ran == ["a", "a"]
+    assert database.count("SAVEPOINT op") == 0
+    assert database.committed() == {"a"}
 
 
 async def test_a_cancelled_queued_operation_never_runs(

@@ -124,6 +124,8 @@ def to_utc(moment: datetime) -> datetime:
 
 def to_text(moment: datetime) -> str:
     """Fixed-width ISO text in UTC (``2024-05-01T12:00:00.000000Z``): sorts like the moment."""
+    if moment.tzinfo is UTC:  # e.g. sagaz.clock.utcnow(): already UTC, no conversion
+        return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
     return to_utc(moment).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 

@@ -6,11 +6,18 @@
 The connection is made, used and closed in one dedicated thread. An operation is a plain
 function ``op(conn) -> result`` that runs all its SQL there. :meth:`GroupCommitter.run` queues
 it; one flusher task hands every queued operation, as one group, to the thread, which runs
-``BEGIN IMMEDIATE``, each operation inside its own ``SAVEPOINT`` (an error undoes that operation
-only, and only it fails), then one ``COMMIT``: one thread hop per group. Results reach their
-callers only after that COMMIT. While a group runs, new operations queue up for the next one.
-A group of reads only opens a deferred ``BEGIN``, so readers do not take the write lock.
-If the whole transaction is lost (an error rolled it back, or the COMMIT failed), every
+``BEGIN IMMEDIATE``, every operation, then one ``COMMIT``: one thread hop per group. Results
+reach their callers only after that COMMIT. While a group runs, new operations queue up for the
+next one. A group of reads only opens a deferred ``BEGIN``, so readers do not take the write
+lock.
+
+One operation's error fails only its caller, as the PostgreSQL committer
+(:mod:`sagaz.storage.postgres_groups`) does it: the group first runs without savepoints (the
+common case: nothing fails, no statement beyond the operations' own); if an operation raises,
+that transaction is rolled back and the group runs again with each operation inside its own
+``SAVEPOINT``: one that fails there is rolled back alone and only its caller gets its error.
+Operations must therefore only touch the database: they may run twice, the first run rolled
+back. If the whole transaction is lost (an error rolled it back, or the COMMIT failed), every
 operation of its group fails with a :class:`~sagaz.exceptions.StoreError` that says so.
 A caller cancelled while its operation is queued drops it; once running, it completes and its
 result is discarded.
@@ -142,11 +149,41 @@ class GroupCommitter:
 
     # -- the thread side -------------------------------------------------------------------
     def _execute(self, ops: list[Op], writes: bool) -> list[Outcome]:
-        """One group: ``BEGIN``, each operation in a savepoint, ``COMMIT`` (in the thread)."""
+        """One group (in the thread): ``BEGIN``, every operation, ``COMMIT``; with a savepoint
+        per operation only if one of them failed."""
+        conn = self._conn
+        begin = "BEGIN IMMEDIATE" if writes else "BEGIN"
+        try:
+            conn.execute(begin)
+        except sqlite3.Error as exc:  # e.g. another process kept the write lock too long
+            return [(None, self._failure(exc)) for _ in ops]
+        results: list[Any] = []
+        try:
+            for op in ops:
+                results.append(op(conn))
+                if not conn.in_transaction:  # the operation ended the group's transaction
+                    return self._lost(ops, None)
+        except Exception as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as rollback:
+                    return self._lost(ops, self._failure(rollback))
+            if len(ops) == 1:
+                return [(None, self._failure(exc))]
+            return self._execute_with_savepoints(ops, begin)
+        try:
+            conn.execute("COMMIT")
+        except Exception as exc:
+            return self._lost(ops, self._failure(exc))
+        return [(result, None) for result in results]
+
+    def _execute_with_savepoints(self, ops: list[Op], begin: str) -> list[Outcome]:
+        """The group again, after one of its operations failed: each in a savepoint."""
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
-        except sqlite3.Error as exc:  # e.g. another process kept the write lock too long
+            conn.execute(begin)
+        except sqlite3.Error as exc:
             return [(None, self._failure(exc)) for _ in ops]
         outcomes: list[Outcome] = []
         try:

@@ -9,6 +9,7 @@ migrations; never edit a released one.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import time
@@ -394,8 +395,18 @@ def optional_moment(text: str | None) -> datetime | None:
     return None if text is None else from_text(text)
 
 
-def saga_params(record: SagaRecord, created_at: datetime, updated_at: datetime) -> tuple[Any, ...]:
-    """The values of :data:`SAGA_COLUMNS` for ``record``."""
+@functools.lru_cache(maxsize=4096)
+def _lasting_text(moment: datetime) -> str:
+    """:func:`~sagaz.storage.codec.to_text` of a moment that a saga's writes store again and
+    again (its lease, its created_at): formatted once, then looked up."""
+    return to_text(moment)
+
+
+def saga_params(record: SagaRecord, now: str) -> tuple[Any, ...]:
+    """The values of :data:`SAGA_COLUMNS` for ``record``, updated ``now`` (its
+    :func:`~sagaz.storage.codec.to_text`), and created ``now`` if it has no ``created_at``."""
+    lease = record.lease_expires_at
+    created = record.created_at
     return (
         record.saga_id,
         record.saga_name,
@@ -406,9 +417,9 @@ def saga_params(record: SagaRecord, created_at: datetime, updated_at: datetime) 
         record.trigger_id,
         None if record.event is None else dumps(record.event),
         record.owner,
-        optional_text(record.lease_expires_at),
-        to_text(created_at),
-        to_text(updated_at),
+        None if lease is None else _lasting_text(lease),
+        now if created is None else _lasting_text(created),
+        now,
     )
 
 

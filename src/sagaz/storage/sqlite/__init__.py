@@ -7,15 +7,17 @@ One connection serves the process; it is made, used and closed in one dedicated 
 (:mod:`sagaz.storage.sqlite_groups`). Every operation prepares its parameters on the event
 loop, then queues a plain function that runs all its SQL on that connection. Operations are
 grouped (group commit): the queued ones run in the thread, in one hop, as one
-``BEGIN IMMEDIATE`` transaction, each in its own ``SAVEPOINT`` (an error undoes that operation
-only), ended by one ``COMMIT``; those queued meanwhile form the next group. Every operation
-returns only after its group's COMMIT, so a claim (read the row, then write it) holds SQLite's
-write lock throughout, stays atomic even against another process on the same file, and is
-durable when it returns: the database runs in WAL mode with ``synchronous=FULL``. A lost
-transaction (an error rolled it back, or the COMMIT failed) fails every operation of its
-group; reads are queued like writes and return after their group's COMMIT too, so no caller
-acts on a write that did not last (a group of reads only does not take the write lock).
-A caller cancelled while its operation is queued drops it; once running, it completes.
+``BEGIN IMMEDIATE`` transaction ended by one ``COMMIT``; those queued meanwhile form the next
+group. If an operation fails, its group is rolled back and run again with each operation in
+its own ``SAVEPOINT``, so the error undoes that operation only and only its caller gets it.
+Every operation returns only after its group's COMMIT, so a claim (insert the row, or read it
+and then update it) holds SQLite's write lock throughout, stays atomic even against another
+process on the same file, and is durable when it returns: the database runs in WAL mode with
+``synchronous=FULL``. A lost transaction (an error rolled it back, or the COMMIT failed) fails
+every operation of its group; reads are queued like writes and return after their group's
+COMMIT too, so no caller acts on a write that did not last (a group of reads only does not
+take the write lock). A caller cancelled while its operation is queued drops it; once
+running, it completes.
 """
 
 from __future__ import annotations

@@ -23,6 +23,11 @@ from sagaz.storage.sqlite.connection import (
 
 __all__ = ["SQLiteInbox"]
 
+_INSERT_CLAIM = (
+    "INSERT INTO inbox (trigger_id, key, saga_id, owner, lease_until, status, created_at) "
+    "VALUES (?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT (trigger_id, key) DO NOTHING"
+)
+
 
 class SQLiteInbox(SQLiteConnection):
     """The inbox: claims of trigger keys, their leases, and the purge of expired rows."""
@@ -34,20 +39,15 @@ class SQLiteInbox(SQLiteConnection):
         now, until = to_text(utcnow()), to_text(lease_until)
 
         def claim(conn: sqlite3.Connection) -> InboxClaim:
+            # a new key (the common case) is one statement; a known one is read after it
+            if _change(conn, _INSERT_CLAIM, (trigger_id, key, saga_id, owner, until, now)):
+                return InboxClaim(ClaimOutcome.CLAIMED, saga_id, owner)
             rows = _rows(
                 conn,
                 "SELECT saga_id, owner, lease_until, status FROM inbox "
                 "WHERE trigger_id = ? AND key = ?",
                 (trigger_id, key),
             )
-            if not rows:
-                _change(
-                    conn,
-                    "INSERT INTO inbox (trigger_id, key, saga_id, owner, lease_until, status, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                    (trigger_id, key, saga_id, owner, until, now),
-                )
-                return InboxClaim(ClaimOutcome.CLAIMED, saga_id, owner)
             row_saga, row_owner, row_lease, row_status = rows[0]
             if row_status == "completed":
                 return InboxClaim(ClaimOutcome.DUPLICATE, row_saga, row_owner)

@@ -41,6 +41,8 @@ _UPSERT_SAGA = (
     "updated_at = excluded.updated_at"
 )
 
+_CREATE_SAGA = f"{_INSERT_SAGA} ON CONFLICT (saga_id) DO NOTHING"
+
 _INSERT_STEP = (
     f"INSERT OR REPLACE INTO saga_steps ({tables.STEP_COLUMNS}) VALUES ({tables.placeholders(9)})"
 )
@@ -66,17 +68,17 @@ class SQLiteSagas(SQLiteConnection):
     # -- sagas -----------------------------------------------------------------------------
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
         now = utcnow()
-        params = tables.saga_params(record, record.created_at or now, now)
+        params = tables.saga_params(record, to_text(now))
 
         def create(conn: sqlite3.Connection) -> list[Any]:
-            rows = _rows(
+            # a new saga (the common case) is one statement; a known one is read after it
+            if _change(conn, _CREATE_SAGA, params):
+                return []
+            return _rows(
                 conn,
                 f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions WHERE saga_id = ?",
                 (record.saga_id,),
             )
-            if not rows:
-                _change(conn, _INSERT_SAGA, params)
-            return rows
 
         rows = await self._write(create)
         if rows:
@@ -84,9 +86,9 @@ class SQLiteSagas(SQLiteConnection):
         return _as_created(record, now), True
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
-        now = utcnow()
-        params = tables.saga_params(record, record.created_at or now, now)
-        messages = outbox_params(outbox, to_text(now))
+        now = to_text(utcnow())
+        params = tables.saga_params(record, now)
+        messages = outbox_params(outbox, now)
 
         def save(conn: sqlite3.Connection) -> None:
             conn.execute(_UPSERT_SAGA, params)
@@ -179,12 +181,9 @@ class SQLiteSagas(SQLiteConnection):
     ) -> None:
         """One operation of the group committer: all or nothing (see the contract)."""
         check_checkpoint(saga, steps, outbox)
-        moment = utcnow()
-        now = to_text(moment)
+        now = to_text(utcnow())
         step_rows = [step_params(step, now) for step in steps]
-        saga_params = (
-            None if saga is None else tables.saga_params(saga, saga.created_at or moment, moment)
-        )
+        saga_params = None if saga is None else tables.saga_params(saga, now)
         messages = outbox_params(outbox, now)
 
         def save(conn: sqlite3.Connection) -> None:
