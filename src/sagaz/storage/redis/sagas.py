@@ -19,6 +19,7 @@ from sagaz.records import (
 from sagaz.storage import redis_schema as tables
 from sagaz.storage.codec import dumps, from_micros, loads
 from sagaz.storage.redis.connection import RedisConnection
+from sagaz.storage.redis.encoding import step_document
 from sagaz.storage.redis_schema import micros
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
@@ -52,51 +53,84 @@ class RedisSagas(RedisConnection):
         record: SagaRecord,
         now: datetime,
         outbox: Sequence[OutboxMessage] = (),
-    ) -> tuple[list[str], dict[str, str]]:
-        """The ``SAVE_SAGA`` arguments, and the fields it writes to a new saga's hash."""
-        status = SagaStatus(record.status)
-        values: dict[str, str | None] = {
-            "saga_id": record.saga_id,
-            "saga_name": record.saga_name,
-            "status": status.value,
-            "context": dumps(record.context),
-            "attempt": str(record.attempt),
-            "error": record.error,
-            "trigger_id": record.trigger_id,
-            "event": None if record.event is None else dumps(record.event),
-            "owner": record.owner,
-            "lease": None if record.lease_expires_at is None else micros(record.lease_expires_at),
-        }
-        created, updated = micros(record.created_at or now), micros(now)
-        present = [(k, v) for k, v in values.items() if v is not None]
-        absent = [k for k, v in values.items() if v is None]
-        args = [
+    ) -> list[str]:
+        """The ``SAVE_SAGA`` arguments (see :meth:`_saga_fields` for the fields).
+
+        The texts that do not change between a saga's writes (its context while unchanged,
+        its event, ``created_at``, its lease) come from :attr:`_texts`; the saga's entry
+        there goes at its terminal write."""
+        saga_id, status = record.saga_id, SagaStatus(record.status)
+        terminal = status in TERMINAL_SAGA_STATUSES
+        texts = self._texts
+        memo = texts.memo(saga_id)
+        event = None if record.event is None else texts.event(memo, record.event)
+        lease = record.lease_expires_at
+        owner = record.owner
+        fields = [
+            "saga_id",
+            saga_id,
+            "saga_name",
+            record.saga_name,
+            "status",
+            status.value,
+            "context",
+            texts.context(memo, record.context),
+            "attempt",
+            str(record.attempt),
+        ]
+        absent: list[str] = []
+        for field, value in (
+            ("error", record.error),
+            ("trigger_id", record.trigger_id),
+            ("event", event),
+            ("owner", owner),
+            ("lease", None if lease is None else texts.lease(memo, lease)),
+        ):
+            if value is None:
+                absent.append(field)
+            else:
+                fields += (field, value)
+        updated = micros(now)
+        created = updated if record.created_at is None else texts.created(memo, record.created_at)
+        if terminal:
+            texts.forget(saga_id)
+        return [
             self.prefix,
             mode,
-            record.saga_id,
+            saga_id,
             record.saga_name,
             status.value,
-            "1" if status in TERMINAL_SAGA_STATUSES else "0",
+            "1" if terminal else "0",
             created,
             updated,
-            record.owner or "",
-            "0" if record.event is None else "1",
-            str(len(present)),
-            *(item for pair in present for item in pair),
+            owner or "",
+            "0" if event is None else "1",
+            str(len(fields) // 2),
+            *fields,
             str(len(absent)),
             *absent,
             *_outbox_documents(outbox),
         ]
-        return args, {**dict(present), "created_at": created, "updated_at": updated}
+
+    @staticmethod
+    def _saga_fields(args: Sequence[str]) -> dict[str, str]:
+        """The fields ``SAVE_SAGA`` with ``args`` writes to a new saga's hash."""
+        count = int(args[10])
+        pairs = args[11 : 11 + 2 * count]
+        return {
+            **dict(zip(pairs[::2], pairs[1::2], strict=True)),
+            "created_at": args[6],
+            "updated_at": args[7],
+        }
 
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
         now = utcnow()
         key = self._key("saga", record.saga_id)
-        args, written = self._saga_args("create", record, now)
+        args = self._saga_args("create", record, now)
         for _ in range(5):
             if await self._script("SAVE_SAGA", [key], args):
                 # the script wrote exactly these fields (atomically): no need to read them back
-                return tables.saga_from_hash(written), True
+                return tables.saga_from_hash(self._saga_fields(args)), True
             stored = await self.get_saga(record.saga_id)
             if stored is not None:
                 return stored, False
@@ -106,7 +140,7 @@ class RedisSagas(RedisConnection):
         await self._script(
             "SAVE_SAGA",
             [self._key("saga", record.saga_id)],
-            self._saga_args("save", record, utcnow(), outbox)[0],
+            self._saga_args("save", record, utcnow(), outbox),
         )
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
@@ -196,6 +230,7 @@ class RedisSagas(RedisConnection):
         return await self._scan_newest(index, keep, limit, below)
 
     async def delete_saga(self, saga_id: str) -> None:
+        self._texts.forget(saga_id)
         await self._script(
             "DELETE_SAGA",
             [self._key("saga", saga_id), self._key("steps", saga_id)],
@@ -229,7 +264,7 @@ class RedisSagas(RedisConnection):
             [
                 self.prefix,
                 step.name,
-                self._step_document(step, now),
+                step_document(step, now),
                 now,
                 *_outbox_documents(outbox),
             ],
@@ -255,10 +290,10 @@ class RedisSagas(RedisConnection):
         args: list[Any] = [len(steps)]
         for index, step in enumerate(steps):
             messages = outbox if saga is None and index == len(steps) - 1 else ()
-            step_args = [self.prefix, step.name, self._step_document(step, now), now]
+            step_args = [self.prefix, step.name, step_document(step, now), now]
             step_args += _outbox_documents(messages)
             args += [len(step_args), *step_args]
-        saga_args = [] if saga is None else self._saga_args("save", saga, moment, outbox)[0]
+        saga_args = [] if saga is None else self._saga_args("save", saga, moment, outbox)
         args += [len(saga_args), *saga_args]
         inbox_args = [] if complete_inbox is None else [self.prefix, now]
         args += [len(inbox_args), *inbox_args]
@@ -266,23 +301,6 @@ class RedisSagas(RedisConnection):
         inbox_key = steps_key if complete_inbox is None else self._inbox_key(*complete_inbox)
         await self._script(
             "SAVE_CHECKPOINT", [steps_key, self._key("saga", saga_id), inbox_key], args
-        )
-
-    @staticmethod
-    def _step_document(step: StepRecord, now: str) -> str:
-        """A step checkpoint as the JSON document of the steps hash."""
-        return dumps(
-            {
-                "saga_id": step.saga_id,
-                "name": step.name,
-                "status": StepStatus(step.status).value,
-                "result": step.result,
-                "error": step.error,
-                "attempts": step.attempts,
-                "completed_seq": step.completed_seq,
-                "compensation_error": step.compensation_error,
-                "updated_at": now,
-            }
         )
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
