@@ -26,6 +26,9 @@ from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 __all__ = ["RedisSagas"]
 
 _CHUNK = 200  # ids read per round trip when scanning an index
+# the optional fields of SAVE_SAGA, in the order of its ``present`` flags, and where their
+# values are among its arguments
+_OPTIONAL_FIELDS = (("error", 12), ("trigger_id", 13), ("event", 14), ("owner", 8), ("lease", 15))
 
 
 def _outbox_documents(outbox: Sequence[OutboxMessage]) -> list[str]:
@@ -54,7 +57,7 @@ class RedisSagas(RedisConnection):
         now: datetime,
         outbox: Sequence[OutboxMessage] = (),
     ) -> list[str]:
-        """The ``SAVE_SAGA`` arguments (see :meth:`_saga_fields` for the fields).
+        """The ``SAVE_SAGA`` arguments (:meth:`_saga_fields` reads back the fields written).
 
         The texts that do not change between a saga's writes (its context while unchanged,
         its event, ``created_at``, its lease) come from :attr:`_texts`; the saga's entry
@@ -63,37 +66,24 @@ class RedisSagas(RedisConnection):
         terminal = status in TERMINAL_SAGA_STATUSES
         texts = self._texts
         memo = texts.memo(saga_id)
+        error, trigger_id, owner = record.error, record.trigger_id, record.owner
         event = None if record.event is None else texts.event(memo, record.event)
         lease = record.lease_expires_at
-        owner = record.owner
-        fields = [
-            "saga_id",
-            saga_id,
-            "saga_name",
-            record.saga_name,
-            "status",
-            status.value,
-            "context",
-            texts.context(memo, record.context),
-            "attempt",
-            str(record.attempt),
-        ]
-        absent: list[str] = []
-        for field, value in (
-            ("error", record.error),
-            ("trigger_id", record.trigger_id),
-            ("event", event),
-            ("owner", owner),
-            ("lease", None if lease is None else texts.lease(memo, lease)),
-        ):
-            if value is None:
-                absent.append(field)
-            else:
-                fields += (field, value)
+        lease_text = None if lease is None else texts.lease(memo, lease)
         updated = micros(now)
         created = updated if record.created_at is None else texts.created(memo, record.created_at)
+        context = texts.context(memo, record.context)
         if terminal:
             texts.forget(saga_id)
+        present = "".join(
+            [
+                "0" if error is None else "1",
+                "0" if trigger_id is None else "1",
+                "0" if event is None else "1",
+                "0" if owner is None else "1",
+                "0" if lease_text is None else "1",
+            ]
+        )
         return [
             self.prefix,
             mode,
@@ -104,24 +94,34 @@ class RedisSagas(RedisConnection):
             created,
             updated,
             owner or "",
-            "0" if event is None else "1",
-            str(len(fields) // 2),
-            *fields,
-            str(len(absent)),
-            *absent,
+            present,
+            context,
+            str(record.attempt),
+            error or "",
+            trigger_id or "",
+            event or "",
+            lease_text or "",
             *_outbox_documents(outbox),
         ]
 
     @staticmethod
     def _saga_fields(args: Sequence[str]) -> dict[str, str]:
-        """The fields ``SAVE_SAGA`` with ``args`` writes to a new saga's hash."""
-        count = int(args[10])
-        pairs = args[11 : 11 + 2 * count]
-        return {
-            **dict(zip(pairs[::2], pairs[1::2], strict=True)),
+        """The fields ``SAVE_SAGA`` with ``args`` (:meth:`_saga_args`) writes to a new saga's
+        hash."""
+        fields = {
+            "saga_id": args[2],
+            "saga_name": args[3],
+            "status": args[4],
+            "context": args[10],
+            "attempt": args[11],
             "created_at": args[6],
             "updated_at": args[7],
         }
+        present = args[9]
+        for index, (name, position) in enumerate(_OPTIONAL_FIELDS):
+            if present[index] == "1":
+                fields[name] = args[position]
+        return fields
 
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
         now = utcnow()
