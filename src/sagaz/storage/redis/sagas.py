@@ -56,8 +56,10 @@ class RedisSagas(RedisConnection):
         record: SagaRecord,
         now: datetime,
         outbox: Sequence[OutboxMessage] = (),
+        updated: str | None = None,
     ) -> list[str]:
-        """The ``SAVE_SAGA`` arguments (:meth:`_saga_fields` reads back the fields written).
+        """The ``SAVE_SAGA`` arguments (:meth:`_saga_fields` reads back the fields written);
+        ``updated`` is ``micros(now)`` when the caller has it already.
 
         The texts that do not change between a saga's writes (its context while unchanged,
         its event, ``created_at``, its lease) come from :attr:`_texts`; the saga's entry
@@ -70,7 +72,8 @@ class RedisSagas(RedisConnection):
         event = None if record.event is None else texts.event(memo, record.event)
         lease = record.lease_expires_at
         lease_text = None if lease is None else texts.lease(memo, lease)
-        updated = micros(now)
+        if updated is None:
+            updated = micros(now)
         created = updated if record.created_at is None else texts.created(memo, record.created_at)
         context = texts.context(memo, record.context)
         if terminal:
@@ -293,7 +296,7 @@ class RedisSagas(RedisConnection):
             step_args = [self.prefix, step.name, step_document(step, now), now]
             step_args += _outbox_documents(messages)
             args += [len(step_args), *step_args]
-        saga_args = [] if saga is None else self._saga_args("save", saga, moment, outbox)
+        saga_args = [] if saga is None else self._saga_args("save", saga, moment, outbox, now)
         args += [len(saga_args), *saga_args]
         inbox_args = [] if complete_inbox is None else [self.prefix, now]
         args += [len(inbox_args), *inbox_args]
