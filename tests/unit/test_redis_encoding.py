@@ -12,7 +12,7 @@ import pytest
 from sagaz.exceptions import StoreError
 from sagaz.records import SagaRecord, StepRecord
 from sagaz.storage.codec import dumps
-from sagaz.storage.redis.encoding import SagaTexts, step_document
+from sagaz.storage.redis.encoding import MAX_TEXT, SagaTexts, step_document
 from sagaz.storage.redis_schema import micros
 from sagaz.types import SagaStatus, StepStatus
 
@@ -61,6 +61,16 @@ def test_an_unchanged_context_reuses_its_text() -> None:
     memo = texts.memo("s")
     first = texts.context(memo, {"id": 7})
     assert texts.context(memo, {"id": 7}) is first
+
+
+def test_a_long_text_is_not_kept() -> None:
+    texts = SagaTexts()
+    memo = texts.memo("s")
+    long = {"x": "y" * MAX_TEXT}
+    assert texts.context(memo, long) == dumps(long)
+    assert memo.context is None and memo.context_text == ""
+    assert texts.context(memo, {"id": 1}) == '{"id":1}'
+    assert texts.context(memo, long) == dumps(long)
 
 
 def test_the_cache_is_bounded_and_forgets() -> None:

@@ -11,8 +11,9 @@ anything but ``dict`` (of ``str`` keys), ``list``, ``str``, ``int``, ``float``, 
 ``None`` is encoded every time. The text is the one ``dumps`` wrote for an equal value, so the
 stored data is the same as without the cache.
 
-The cache is bounded: a saga's entry goes at its terminal write or its deletion, and beyond
-:data:`MAX_SAGAS` entries the oldest goes first.
+The cache is bounded: a saga's entry goes at its terminal write or its deletion, beyond
+:data:`MAX_SAGAS` entries the oldest goes first, and a text longer than :data:`MAX_TEXT`
+characters is not kept (such a value is encoded every time).
 """
 
 from __future__ import annotations
@@ -27,10 +28,13 @@ from sagaz.storage.codec import dumps, encode_value
 from sagaz.storage.redis_schema import micros
 from sagaz.types import StepStatus
 
-__all__ = ["MAX_SAGAS", "SagaTexts", "step_document"]
+__all__ = ["MAX_SAGAS", "MAX_TEXT", "SagaTexts", "step_document"]
 
 MAX_SAGAS = 4096
 """Sagas whose texts :class:`SagaTexts` keeps at most (the oldest go first)."""
+
+MAX_TEXT = 16_384
+"""The longest text (in characters) :class:`SagaTexts` keeps for one value."""
 
 _NO_TEXT = ""  # never a dumps() result
 
@@ -117,7 +121,11 @@ class SagaTexts:
             memo.context = None
             return dumps(value)
         if snapshot != memo.context:
-            memo.context_text = dumps(value)
+            text = dumps(value)
+            if len(text) > MAX_TEXT:
+                memo.context, memo.context_text = None, _NO_TEXT
+                return text
+            memo.context_text = text
             memo.context = snapshot
         return memo.context_text
 
@@ -129,7 +137,11 @@ class SagaTexts:
             memo.event = None
             return dumps(value)
         if snapshot != memo.event:
-            memo.event_text = dumps(value)
+            text = dumps(value)
+            if len(text) > MAX_TEXT:
+                memo.event, memo.event_text = None, _NO_TEXT
+                return text
+            memo.event_text = text
             memo.event = snapshot
         return memo.event_text
 
