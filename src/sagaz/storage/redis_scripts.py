@@ -11,11 +11,14 @@ __all__ = ["SAVE_CHECKPOINT", "SCRIPTS"]
 
 SAVE_SAGA = """
 -- KEYS[1] saga hash; ARGV: prefix, mode ('create'|'save'), id, name, status, terminal,
--- created_at, updated_at, owner ('' = none), has_event, n_set, n_set field/value pairs,
--- n_del, n_del fields to delete, then (saga_id, JSON) of each outbox row written with it
+-- created_at, updated_at, owner ('' = none), present (five '0'/'1': whether the saga has an
+-- error, trigger_id, event, owner, lease), context, attempt, error, trigger_id, event, lease
+-- (each '' when absent: the hash loses that field), then (saga_id, JSON) of each outbox row
+-- written with it
 local key, p, id = KEYS[1], ARGV[1], ARGV[3]
 local name, status, terminal = ARGV[4], ARGV[5], ARGV[6] == '1'
-local owner, has_event = ARGV[9], ARGV[10] == '1'
+local owner, present = ARGV[9], ARGV[10]
+local has_event = string.sub(present, 3, 3) == '1'
 local old = redis.call('HMGET', key, 'seq', 'status', 'saga_name', 'owner')
 local seq = old[1]
 if seq then
@@ -43,16 +46,22 @@ else
   if owner ~= '' then redis.call('SADD', p .. ':owner-sagas:' .. owner, id) end
   redis.call('ZREM', p .. ':sagas-events', id)
 end
-local n_set = tonumber(ARGV[11])
-local fields = {'updated_at', ARGV[8]}
-for i = 12, 11 + 2 * n_set do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', key, unpack(fields))
-local del_at = 12 + 2 * n_set
-local n_del = tonumber(ARGV[del_at])
-if n_del > 0 then
-  redis.call('HDEL', key, unpack(ARGV, del_at + 1, del_at + n_del))
+local fields = {'updated_at', ARGV[8], 'saga_id', id, 'saga_name', name, 'status', status,
+                'context', ARGV[11], 'attempt', ARGV[12]}
+local names = {'error', 'trigger_id', 'event', 'owner', 'lease'}
+local values = {ARGV[13], ARGV[14], ARGV[15], owner, ARGV[16]}
+local absent = {}
+for i = 1, 5 do
+  if string.sub(present, i, i) == '1' then
+    fields[#fields + 1] = names[i]
+    fields[#fields + 1] = values[i]
+  else
+    absent[#absent + 1] = names[i]
+  end
 end
-for i = del_at + n_del + 1, #ARGV, 2 do
+redis.call('HSET', key, unpack(fields))
+if #absent > 0 then redis.call('HDEL', key, unpack(absent)) end
+for i = 17, #ARGV, 2 do
   local outbox_id = redis.call('INCR', p .. ':outbox-seq')
   redis.call('HSET', p .. ':outbox:' .. outbox_id, 'doc', ARGV[i + 1], 'created_at', ARGV[8])
   redis.call('ZADD', p .. ':outbox-unsent', outbox_id, outbox_id)

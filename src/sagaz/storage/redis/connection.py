@@ -16,6 +16,7 @@ from sagaz.abc import SagaStore
 from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.records import SchemaVersions
 from sagaz.storage import redis_schema as tables
+from sagaz.storage.redis.encoding import SagaTexts
 from sagaz.storage.redis_pipeline import grouped_client
 from sagaz.storage.unavailable import unavailable_error
 from sagaz.storage.url import redact_url
@@ -50,6 +51,7 @@ class RedisConnection(SagaStore):
         self._scripts: dict[str, Any] = {}
         self._noscript: type[Exception] = Exception
         self._lifecycle_lock = asyncio.Lock()
+        self._texts = SagaTexts()  # the sagas' unchanged texts, reused between their writes
 
     def __repr__(self) -> str:
         return f"RedisSagaStore({redact_url(self.url)!r}, prefix={self.prefix!r})"

@@ -19,12 +19,16 @@ from sagaz.records import (
 from sagaz.storage import redis_schema as tables
 from sagaz.storage.codec import dumps, from_micros, loads
 from sagaz.storage.redis.connection import RedisConnection
+from sagaz.storage.redis.encoding import step_document
 from sagaz.storage.redis_schema import micros
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
 __all__ = ["RedisSagas"]
 
 _CHUNK = 200  # ids read per round trip when scanning an index
+# the optional fields of SAVE_SAGA, in the order of its ``present`` flags, and where their
+# values are among its arguments
+_OPTIONAL_FIELDS = (("error", 12), ("trigger_id", 13), ("event", 14), ("owner", 8), ("lease", 15))
 
 
 def _outbox_documents(outbox: Sequence[OutboxMessage]) -> list[str]:
@@ -52,51 +56,84 @@ class RedisSagas(RedisConnection):
         record: SagaRecord,
         now: datetime,
         outbox: Sequence[OutboxMessage] = (),
-    ) -> tuple[list[str], dict[str, str]]:
-        """The ``SAVE_SAGA`` arguments, and the fields it writes to a new saga's hash."""
-        status = SagaStatus(record.status)
-        values: dict[str, str | None] = {
-            "saga_id": record.saga_id,
-            "saga_name": record.saga_name,
-            "status": status.value,
-            "context": dumps(record.context),
-            "attempt": str(record.attempt),
-            "error": record.error,
-            "trigger_id": record.trigger_id,
-            "event": None if record.event is None else dumps(record.event),
-            "owner": record.owner,
-            "lease": None if record.lease_expires_at is None else micros(record.lease_expires_at),
-        }
-        created, updated = micros(record.created_at or now), micros(now)
-        present = [(k, v) for k, v in values.items() if v is not None]
-        absent = [k for k, v in values.items() if v is None]
-        args = [
+        updated: str | None = None,
+    ) -> list[str]:
+        """The ``SAVE_SAGA`` arguments (:meth:`_saga_fields` reads back the fields written);
+        ``updated`` is ``micros(now)`` when the caller has it already.
+
+        The texts that do not change between a saga's writes (its context while unchanged,
+        its event, ``created_at``, its lease) come from :attr:`_texts`; the saga's entry
+        there goes at its terminal write."""
+        saga_id, status = record.saga_id, SagaStatus(record.status)
+        terminal = status in TERMINAL_SAGA_STATUSES
+        texts = self._texts
+        memo = texts.memo(saga_id)
+        error, trigger_id, owner = record.error, record.trigger_id, record.owner
+        event = None if record.event is None else texts.event(memo, record.event)
+        lease = record.lease_expires_at
+        lease_text = None if lease is None else texts.lease(memo, lease)
+        if updated is None:
+            updated = micros(now)
+        created = updated if record.created_at is None else texts.created(memo, record.created_at)
+        context = texts.context(memo, record.context)
+        if terminal:
+            texts.forget(saga_id)
+        present = "".join(
+            [
+                "0" if error is None else "1",
+                "0" if trigger_id is None else "1",
+                "0" if event is None else "1",
+                "0" if owner is None else "1",
+                "0" if lease_text is None else "1",
+            ]
+        )
+        return [
             self.prefix,
             mode,
-            record.saga_id,
+            saga_id,
             record.saga_name,
             status.value,
-            "1" if status in TERMINAL_SAGA_STATUSES else "0",
+            "1" if terminal else "0",
             created,
             updated,
-            record.owner or "",
-            "0" if record.event is None else "1",
-            str(len(present)),
-            *(item for pair in present for item in pair),
-            str(len(absent)),
-            *absent,
+            owner or "",
+            present,
+            context,
+            str(record.attempt),
+            error or "",
+            trigger_id or "",
+            event or "",
+            lease_text or "",
             *_outbox_documents(outbox),
         ]
-        return args, {**dict(present), "created_at": created, "updated_at": updated}
+
+    @staticmethod
+    def _saga_fields(args: Sequence[str]) -> dict[str, str]:
+        """The fields ``SAVE_SAGA`` with ``args`` (:meth:`_saga_args`) writes to a new saga's
+        hash."""
+        fields = {
+            "saga_id": args[2],
+            "saga_name": args[3],
+            "status": args[4],
+            "context": args[10],
+            "attempt": args[11],
+            "created_at": args[6],
+            "updated_at": args[7],
+        }
+        present = args[9]
+        for index, (name, position) in enumerate(_OPTIONAL_FIELDS):
+            if present[index] == "1":
+                fields[name] = args[position]
+        return fields
 
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
         now = utcnow()
         key = self._key("saga", record.saga_id)
-        args, written = self._saga_args("create", record, now)
+        args = self._saga_args("create", record, now)
         for _ in range(5):
             if await self._script("SAVE_SAGA", [key], args):
                 # the script wrote exactly these fields (atomically): no need to read them back
-                return tables.saga_from_hash(written), True
+                return tables.saga_from_hash(self._saga_fields(args)), True
             stored = await self.get_saga(record.saga_id)
             if stored is not None:
                 return stored, False
@@ -106,7 +143,7 @@ class RedisSagas(RedisConnection):
         await self._script(
             "SAVE_SAGA",
             [self._key("saga", record.saga_id)],
-            self._saga_args("save", record, utcnow(), outbox)[0],
+            self._saga_args("save", record, utcnow(), outbox),
         )
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
@@ -196,6 +233,7 @@ class RedisSagas(RedisConnection):
         return await self._scan_newest(index, keep, limit, below)
 
     async def delete_saga(self, saga_id: str) -> None:
+        self._texts.forget(saga_id)
         await self._script(
             "DELETE_SAGA",
             [self._key("saga", saga_id), self._key("steps", saga_id)],
@@ -229,7 +267,7 @@ class RedisSagas(RedisConnection):
             [
                 self.prefix,
                 step.name,
-                self._step_document(step, now),
+                step_document(step, now),
                 now,
                 *_outbox_documents(outbox),
             ],
@@ -255,10 +293,10 @@ class RedisSagas(RedisConnection):
         args: list[Any] = [len(steps)]
         for index, step in enumerate(steps):
             messages = outbox if saga is None and index == len(steps) - 1 else ()
-            step_args = [self.prefix, step.name, self._step_document(step, now), now]
+            step_args = [self.prefix, step.name, step_document(step, now), now]
             step_args += _outbox_documents(messages)
             args += [len(step_args), *step_args]
-        saga_args = [] if saga is None else self._saga_args("save", saga, moment, outbox)[0]
+        saga_args = [] if saga is None else self._saga_args("save", saga, moment, outbox, now)
         args += [len(saga_args), *saga_args]
         inbox_args = [] if complete_inbox is None else [self.prefix, now]
         args += [len(inbox_args), *inbox_args]
@@ -266,23 +304,6 @@ class RedisSagas(RedisConnection):
         inbox_key = steps_key if complete_inbox is None else self._inbox_key(*complete_inbox)
         await self._script(
             "SAVE_CHECKPOINT", [steps_key, self._key("saga", saga_id), inbox_key], args
-        )
-
-    @staticmethod
-    def _step_document(step: StepRecord, now: str) -> str:
-        """A step checkpoint as the JSON document of the steps hash."""
-        return dumps(
-            {
-                "saga_id": step.saga_id,
-                "name": step.name,
-                "status": StepStatus(step.status).value,
-                "result": step.result,
-                "error": step.error,
-                "attempts": step.attempts,
-                "completed_seq": step.completed_seq,
-                "compensation_error": step.compensation_error,
-                "updated_at": now,
-            }
         )
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
