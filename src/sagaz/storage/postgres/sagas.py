@@ -56,9 +56,17 @@ class PostgresSagas(PostgresConnection):
         )
         if row is not None:
             return tables.saga_from_row(row), False
-        created = dataclasses.replace(
-            record,
+        created = SagaRecord(  # a third of dataclasses.replace's cost
+            saga_id=record.saga_id,
+            saga_name=record.saga_name,
             status=SagaStatus(record.status),
+            context=record.context,
+            attempt=record.attempt,
+            error=record.error,
+            trigger_id=record.trigger_id,
+            event=record.event,
+            owner=record.owner,
+            lease_expires_at=record.lease_expires_at,
             created_at=record.created_at or now,
             updated_at=now,
         )
