@@ -96,7 +96,10 @@ async def test_claims_and_creations_batched_in_one_group_keep_their_own_outcomes
             store.create_saga(_running("n-1")),
             store.create_saga(_running("n-2")),
         )
-        assert store.commits - before == 2  # one group each
+        # one group each, and one more for "old": the group's one statement (the claims'
+        # group writes "new" twice, so runs in a transaction) inserts "n-1" and "n-2" and
+        # leaves "old" to a transaction of its own that reads the existing row
+        assert store.commits - before == 3
         assert [(c.outcome, c.saga_id, c.owner) for c in claims] == [
             (ClaimOutcome.DUPLICATE, "s-done", "w1"),
             (ClaimOutcome.BUSY, "s-held", "other"),
@@ -110,6 +113,81 @@ async def test_claims_and_creations_batched_in_one_group_keep_their_own_outcomes
             ("n-2", True),
         ]
         assert {r.saga_id for r in await store.list_sagas()} == {"old", "n-1", "n-2"}
+
+
+async def test_a_group_of_claims_creations_and_checkpoints_is_one_statement(
+    database: str,
+) -> None:
+    later = utcnow() + timedelta(minutes=5)
+    async with PostgresSagaStore(database) as store:
+        await store.claim_inbox("t", "done", "s-done", "w1", later)
+        await store.complete_inbox("t", "done")
+        await store.claim_inbox("t", "held", "s-held", "other", later)
+        await store.claim_inbox("t", "ended", "s-ended", "w1", later)
+        await store.create_saga(_running("ended"))
+        before, statements = store.commits, store._committer().statements
+        claims, created, _ = await asyncio.gather(
+            asyncio.gather(
+                store.claim_inbox("t", "done", "s-x", "w1", later),
+                store.claim_inbox("t", "held", "s-x", "w1", later),
+                store.claim_inbox("t", "new", "s-new", "w1", later),
+            ),
+            asyncio.gather(store.create_saga(_running("n-1")), store.create_saga(_running("n-2"))),
+            store.save_checkpoint(
+                SagaRecord("ended", "order", SagaStatus.COMPLETED, {"n": "ended"}),
+                [StepRecord("ended", "one", StepStatus.COMPLETED, result={"ok": 1})],
+                [OutboxMessage("ended", "orders", {"done": True})],
+                complete_inbox=("t", "ended"),
+            ),
+        )
+        assert store.commits - before == 1  # one group, one statement, nothing left over
+        assert store._committer().statements - statements == 1
+        assert [(c.outcome, c.saga_id, c.owner) for c in claims] == [
+            (ClaimOutcome.DUPLICATE, "s-done", "w1"),
+            (ClaimOutcome.BUSY, "s-held", "other"),
+            (ClaimOutcome.CLAIMED, "s-new", "w1"),
+        ]
+        assert [(record.saga_id, made) for record, made in created] == [
+            ("n-1", True),
+            ("n-2", True),
+        ]
+        ended = await store.get_saga("ended")
+        assert ended is not None and ended.status is SagaStatus.COMPLETED
+        assert [s.status for s in await store.get_steps("ended")] == [StepStatus.COMPLETED]
+        assert [m.payload for m in await store.fetch_outbox()] == [{"done": True}]
+        again = await store.claim_inbox("t", "ended", "s-y", "w2", later)
+        assert again.outcome is ClaimOutcome.DUPLICATE  # the checkpoint completed the key
+
+
+async def test_a_group_writing_a_row_twice_keeps_every_write(database: str) -> None:
+    # one statement's CTEs see one snapshot, so a group that writes a row twice (here the
+    # inbox row of "k", claimed by one caller and completed by another; the saga "s-1",
+    # created and checkpointed) must run its operations one after the other
+    later = utcnow() + timedelta(minutes=5)
+    async with PostgresSagaStore(database) as store:
+        await store.claim_inbox("t", "k", "s-k", "w1", later)
+        statements = store._committer().statements
+        claim, _ = await asyncio.gather(
+            store.claim_inbox("t", "k", "s-other", "w2", later),
+            store.save_checkpoint(
+                SagaRecord("s-1", "order", SagaStatus.COMPLETED, {"n": "s-1"}),
+                complete_inbox=("t", "k"),
+            ),
+        )
+        (record, made), _ = await asyncio.gather(
+            store.create_saga(_running("s-1")),
+            store.save_checkpoint(
+                SagaRecord("s-1", "order", SagaStatus.COMPLETED, {"n": "s-1"}),
+            ),
+        )
+        assert store._committer().statements == statements  # a transaction instead
+        assert claim.outcome is ClaimOutcome.BUSY  # the claim ran before the completion
+        assert (await store.claim_inbox("t", "k", "s-y", "w2", later)).outcome is (
+            ClaimOutcome.DUPLICATE
+        )
+        assert not made and record.status is SagaStatus.COMPLETED  # after the checkpoint
+        saved = await store.get_saga("s-1")
+        assert saved is not None and saved.status is SagaStatus.COMPLETED
 
 
 async def test_one_caller_writing_again_and_again_is_never_left_waiting(database: str) -> None:

@@ -14,11 +14,21 @@ on a connection of its own (a group spends most of its time waiting for the serv
 Operations of one caller never overlap (each is awaited), so their order is kept; a
 deadlock between two groups is retried (see below).
 
-An operation may also come with a batch form, ``(runner, item, key)``: the group then runs
+An operation may also come with a batch form, ``(runner, item, rows)``: the group then runs
 the items of every operation with the same ``runner`` as one call ``runner(conn, items)``
 (one statement over arrays, one round trip for them all) instead of one call per operation.
-Two items with the same ``key`` (rows the statement would touch twice) never share a batch:
-the later one runs alone, after it, in the same transaction.
+``rows`` names the rows the item writes (hashables, e.g. ``("saga", saga_id)``); two items
+that share one (rows the statement would touch twice) never share a batch: the later one
+runs alone, after it, in the same transaction.
+
+One statement: given ``statement``, a group whose operations are all batches and write no
+row twice runs as ``statement(conn, {runner: items})``, a single statement (data-modifying
+CTEs) that the server commits on its own: one round trip, no ``BEGIN``/``COMMIT``. Its
+statements' CTEs all see the same snapshot, which is why a row written twice sends the group
+the transaction's way. It returns ``{runner: results}``; a result :data:`UNRESOLVED` means
+"that item wrote nothing, run its operation again": those operations then run as a group of
+their own in a transaction (below). If the statement fails, it wrote nothing either, and the
+whole group runs in a transaction.
 
 One operation's error fails only its caller. The group first runs without savepoints (the
 common case: nothing fails, one round trip per statement or batch, plus ``BEGIN`` and
@@ -38,14 +48,14 @@ it completes and its result is discarded.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.storage.group_commit import Outcome, settle
 
-__all__ = ["PgGroupCommitter"]
+__all__ = ["UNRESOLVED", "BatchRunner", "PgGroupCommitter", "Statement"]
 
 T = TypeVar("T")
 
@@ -53,8 +63,13 @@ Op = Callable[[Any], Awaitable[Any]]
 """An operation: runs all its SQL on the asyncpg connection it is given, returns a result."""
 BatchRunner = Callable[[Any, list[Any]], Awaitable[list[Any]]]
 """Runs the items of several operations at once on a connection; a result per item, in order."""
-Batch = tuple[BatchRunner, Any, Any]
-"""An operation's batch form: ``(runner, item, key)``; ``key`` None never conflicts."""
+Batch = tuple[BatchRunner, Any, tuple[Hashable, ...]]
+"""An operation's batch form: ``(runner, item, rows)``, ``rows`` the rows the item writes."""
+Statement = Callable[[Any, dict[BatchRunner, list[Any]]], Awaitable[dict[BatchRunner, list[Any]]]]
+"""Runs the items of a group's batches as one statement; a result per item, by runner."""
+
+UNRESOLVED: Any = type("Unresolved", (), {"__repr__": lambda self: "UNRESOLVED"})()
+"""A one-statement result: the item wrote nothing; run its operation in a transaction."""
 
 _RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 _RETRIES = 3
@@ -82,8 +97,9 @@ class PgGroupCommitter:
     """Runs write operations of many callers in shared transactions on an asyncpg pool.
 
     ``unavailable(exc)`` tells whether a driver error means the server cannot be reached;
-    ``label`` names the store in the errors made here. :attr:`commits` counts the
-    transactions committed (a group, whatever its size, is one).
+    ``label`` names the store in the errors made here; ``statement`` runs an all-batch group
+    as one statement (see the module docstring). :attr:`commits` counts the transactions
+    committed (a group, whatever its size, is one).
     """
 
     def __init__(
@@ -93,8 +109,10 @@ class PgGroupCommitter:
         unavailable: Callable[[BaseException], bool],
         label: str,
         connections: int = 1,
+        statement: Statement | None = None,
     ) -> None:
         self._pool = pool
+        self._statement = statement
         self._unavailable = unavailable
         self._label = label
         self._connections = max(1, connections)
@@ -104,6 +122,8 @@ class PgGroupCommitter:
         self.commits = 0
         #: operations whose results reached their callers through a commit
         self.operations = 0
+        #: groups run as one statement (see the module docstring)
+        self.statements = 0
 
     async def run(self, op: Callable[[Any], Awaitable[T]], *, batch: Batch | None = None) -> T:
         """Queue ``op`` for the next group; return its result once that group has committed.
@@ -157,6 +177,40 @@ class PgGroupCommitter:
             settle(queued.future, outcome)
 
     async def _execute(self, conn: Any, group: list[_Queued]) -> list[Outcome]:
+        """One group: as one statement if it can, else in one transaction."""
+        batches = None if self._statement is None else _one_statement(group)
+        if batches is None or self._statement is None:
+            return await self._transaction(conn, group)
+        try:
+            results = await self._statement(
+                conn, {runner: items for runner, (_, items) in batches.items()}
+            )
+        except Exception as exc:
+            if self._unavailable(exc):
+                raise _GroupLost(exc) from exc
+            return await self._transaction(conn, group)  # it wrote nothing: go the safe way
+        self.statements += 1
+        outcomes: list[Outcome] = [(None, None)] * len(group)
+        again: list[int] = []
+        for runner, (indexes, _) in batches.items():
+            for index, result in zip(indexes, results[runner], strict=True):
+                if result is UNRESOLVED:
+                    again.append(index)
+                outcomes[index] = (result, None)
+        if again:
+            again.sort()  # the group's order
+            rest = [group[index] for index in again]
+            try:
+                redone = await self._transaction(conn, rest)
+            except _GroupLost as lost:
+                redone = [(None, self._lost(lost.cause)) for _ in rest]
+            else:
+                self.commits += 1  # (the group's own is counted by _run_group)
+            for index, outcome in zip(again, redone, strict=True):
+                outcomes[index] = outcome
+        return outcomes
+
+    async def _transaction(self, conn: Any, group: list[_Queued]) -> list[Outcome]:
         """One group in one transaction: without savepoints first, with them if an op fails."""
         ops = [queued.op for queued in group]
         transaction = conn.transaction()
@@ -186,13 +240,12 @@ class PgGroupCommitter:
             if queued.batch is None:
                 alone.append(index)
                 continue
-            runner, item, key = queued.batch
+            runner, item, rows = queued.batch
             indexes, items, keys = batches.setdefault(runner, ([], [], set()))
-            if key is not None and key in keys:
+            if not keys.isdisjoint(rows):
                 alone.append(index)  # would touch a row of the batch a second time
                 continue
-            if key is not None:
-                keys.add(key)
+            keys.update(rows)
             indexes.append(index)
             items.append(item)
         for runner, (indexes, items, _) in batches.items():
@@ -265,6 +318,24 @@ class PgGroupCommitter:
             )
         error.__cause__ = cause
         return error
+
+
+def _one_statement(group: list[_Queued]) -> dict[BatchRunner, tuple[list[int], list[Any]]] | None:
+    """The indexes and items of ``group`` by runner if it can run as one statement (every
+    operation a batch, no row written twice), else None."""
+    batches: dict[BatchRunner, tuple[list[int], list[Any]]] = {}
+    written: set[Hashable] = set()
+    for index, queued in enumerate(group):
+        if queued.batch is None:
+            return None
+        runner, item, rows = queued.batch
+        if not written.isdisjoint(rows):
+            return None
+        written.update(rows)
+        indexes, items = batches.setdefault(runner, ([], []))
+        indexes.append(index)
+        items.append(item)
+    return batches
 
 
 def _sqlstate(exc: BaseException) -> str | None:

@@ -15,7 +15,7 @@ from sagaz.abc import SagaStore
 from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.records import SchemaVersions
 from sagaz.storage import postgres_schema as tables
-from sagaz.storage.postgres_groups import PgGroupCommitter
+from sagaz.storage.postgres_groups import PgGroupCommitter, Statement
 from sagaz.storage.url import redact_url
 
 __all__ = ["PostgresConnection"]
@@ -86,6 +86,7 @@ class PostgresConnection(SagaStore):
             "WHERE trigger_id = $1 AND key = $2"
         )
         self._checkpoint_sql: dict[tuple[bool, bool, bool, bool], str] = {}
+        self._group_sql: dict[Any, str] = {}  # by shape, see postgres.group_statement
         self._insert_sagas = (
             f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
             "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
@@ -153,6 +154,7 @@ class PostgresConnection(SagaStore):
                 label=repr(self),
                 # the rest of the pool is for reads and the statements kept out of groups
                 connections=max(1, min(_GROUP_CONNECTIONS, self._max_size // 2)),
+                statement=self._statement(),
             )
             self._started = True
 
@@ -240,6 +242,11 @@ class PostgresConnection(SagaStore):
                 f"{self!r} is not started: call await store.start() or use async with store"
             )
         return self._pool
+
+    def _statement(self) -> Statement | None:
+        """What runs an all-batch group as one statement (the group committer's
+        ``statement``), if the store has it."""
+        return None
 
     def _committer(self) -> PgGroupCommitter:
         self._db()  # the error for a store that is not started

@@ -51,13 +51,22 @@ class PostgresSagas(PostgresConnection):
         params = tables.saga_params(record, record.created_at or now, now)
         run = self._create_sagas
         row = await self._committer().run(
-            lambda conn: self._create_one(conn, params), batch=(run, params, record.saga_id)
+            lambda conn: self._create_one(conn, params),
+            batch=(run, params, (("saga", record.saga_id),)),
         )
         if row is not None:
             return tables.saga_from_row(row), False
-        created = dataclasses.replace(
-            record,
+        created = SagaRecord(  # a third of dataclasses.replace's cost
+            saga_id=record.saga_id,
+            saga_name=record.saga_name,
             status=SagaStatus(record.status),
+            context=record.context,
+            attempt=record.attempt,
+            error=record.error,
+            trigger_id=record.trigger_id,
+            event=record.event,
+            owner=record.owner,
+            lease_expires_at=record.lease_expires_at,
             created_at=record.created_at or now,
             updated_at=now,
         )
@@ -192,9 +201,18 @@ class PostgresSagas(PostgresConnection):
         await self._write(save)
 
     def _build_checkpoint_sql(self, steps: bool, saga: bool, outbox: bool, inbox: bool) -> str:
+        parts = self._checkpoint_ctes((steps, saga, outbox, inbox), 0)
+        if not parts:
+            return "SELECT 1"
+        return "WITH " + ", ".join(parts) + " SELECT 1"
+
+    def _checkpoint_ctes(self, shape: tuple[bool, bool, bool, bool], first: int) -> list[str]:
+        """The data-modifying CTEs of checkpoints of ``shape`` (which of steps, saga, outbox
+        and inbox they have), their parameters numbered from ``first + 1``."""
+        steps, saga, outbox, inbox = shape
         s = self._s
         parts: list[str] = []
-        n = 0
+        n = first
 
         def params(count: int) -> list[str]:
             nonlocal n
@@ -243,9 +261,7 @@ class PostgresSagas(PostgresConnection):
                 f"{p[2]}::timestamptz[]) AS u(trigger_id, key, completed_at) "
                 "WHERE i.trigger_id = u.trigger_id AND i.key = u.key RETURNING 1)"
             )
-        if not parts:
-            return "SELECT 1"
-        return "WITH " + ", ".join(parts) + " SELECT 1"
+        return parts
 
     async def save_checkpoint(
         self,
@@ -266,25 +282,20 @@ class PostgresSagas(PostgresConnection):
 
         inbox_row = None if complete_inbox is None else (*complete_inbox, now)
         item = _Checkpoint(saga_params, step_rows, messages, inbox_row)
-        key = saga_params[0] if saga_params is not None else step_rows[0][0] if step_rows else None
+        saga_id = saga.saga_id if saga is not None else steps[0].saga_id if steps else None
+        rows: tuple[tuple[str, ...], ...] = () if saga_id is None else (("saga", saga_id),)
+        if complete_inbox is not None:
+            rows += (("inbox", *complete_inbox),)
         run = self._run_checkpoints
-        await self._committer().run(lambda conn: run(conn, [item]), batch=(run, item, key))
+        await self._committer().run(lambda conn: run(conn, [item]), batch=(run, item, rows))
 
     async def _run_checkpoints(self, conn: Any, items: list[_Checkpoint]) -> list[None]:
         """Several checkpoints (of distinct sagas) in one statement: a data-modifying CTE per
         table over arrays (``unnest``); the outbox messages keep their order."""
-        steps = [row for item in items for row in item.steps]
-        sagas = [item.saga for item in items if item.saga is not None]
-        messages = [row for item in items for row in item.outbox]
-        inbox = [item.inbox for item in items if item.inbox is not None]
-        shape = (bool(steps), bool(sagas), bool(messages), bool(inbox))
+        shape, args = _checkpoint_args(items)
         sql = self._checkpoint_sql.get(shape)
         if sql is None:
             sql = self._checkpoint_sql[shape] = self._build_checkpoint_sql(*shape)
-        args: list[Any] = []
-        for rows in (steps, sagas, messages, inbox):
-            if rows:
-                args += [list(column) for column in zip(*rows, strict=True)]
         if args:
             await conn.execute(sql, *args)
         return [None] * len(items)
@@ -297,3 +308,17 @@ class PostgresSagas(PostgresConnection):
 
     async def reset_steps(self, saga_id: str) -> None:
         await self._write_execute(f"DELETE FROM {self._s}.saga_steps WHERE saga_id = $1", saga_id)
+
+
+def _checkpoint_args(items: list[_Checkpoint]) -> tuple[tuple[bool, bool, bool, bool], list[Any]]:
+    """The shape (which of steps, saga, outbox and inbox rows there are) and the array
+    parameters of the checkpoints ``items``, column by column."""
+    steps = [row for item in items for row in item.steps]
+    sagas = [item.saga for item in items if item.saga is not None]
+    messages = [row for item in items for row in item.outbox]
+    inbox = [item.inbox for item in items if item.inbox is not None]
+    args: list[Any] = []
+    for rows in (steps, sagas, messages, inbox):
+        if rows:
+            args += [list(column) for column in zip(*rows, strict=True)]
+    return (bool(steps), bool(sagas), bool(messages), bool(inbox)), args

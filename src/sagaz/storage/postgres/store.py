@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sagaz.storage.postgres.control import PostgresControl
+from sagaz.storage.postgres.group_statement import PostgresGroupStatement
 from sagaz.storage.postgres.inbox import PostgresInbox
 from sagaz.storage.postgres.leases import PostgresLeases
 from sagaz.storage.postgres.outbox import PostgresOutbox
@@ -15,7 +16,13 @@ __all__ = ["PostgresSagaStore"]
 
 @raises_unavailable
 class PostgresSagaStore(
-    PostgresSagas, PostgresInbox, PostgresOutbox, PostgresTriggers, PostgresLeases, PostgresControl
+    PostgresGroupStatement,
+    PostgresSagas,
+    PostgresInbox,
+    PostgresOutbox,
+    PostgresTriggers,
+    PostgresLeases,
+    PostgresControl,
 ):
     """A :class:`~sagaz.abc.SagaStore` in PostgreSQL, shared by every instance of an app.
 
