@@ -37,7 +37,7 @@ from sagaz.events import (
     WebhookRequest,
 )
 from sagaz.exceptions import ConfigurationError
-from sagaz.sources.webhook import app as webhook_app
+from sagaz.sources.webhook import bodies as webhook_bodies
 from sagaz.sources.webhook import source as webhook
 from sagaz.sources.webhook.auth import sign_body
 from sagaz.sources.webhook.server import WebhookServer, WebhookServerError
@@ -541,7 +541,7 @@ async def test_webhook_streamed_10_mib_body_is_refused_without_buffering_it() ->
 
 async def test_webhook_413_arrives_before_the_upload_ends(monkeypatch: pytest.MonkeyPatch) -> None:
     # past this budget of dropped bytes the server hangs up instead of reading on
-    monkeypatch.setattr(webhook_app, "MAX_DISCARD_BYTES", 2 * 1024 * 1024)
+    monkeypatch.setattr(webhook_bodies, "MAX_DISCARD_BYTES", 2 * 1024 * 1024)
     emit = FakeEmit()
     total = 10 * 1024 * 1024
     chunk = b"y" * (64 * 1024)

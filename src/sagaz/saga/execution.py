@@ -1,4 +1,5 @@
-"""Running one saga: steps (sequence or DAG), checkpoints, retries, compensation, resume."""
+"""Running one saga: steps (sequence or DAG), checkpoints, retries, resume (compensation:
+sagaz.saga.compensation)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from sagaz import tracing
 from sagaz.clock import Clock, SystemClock
 from sagaz.exceptions import (
     ConfigurationError,
-    SagaCancelledError,
     SagaError,
     SagaStepError,
     SagaTimeoutError,
     StoreUnavailableError,
 )
 from sagaz.records import OutboxMessage, SagaRecord, StepRecord
+from sagaz.saga.compensation import SagaCompensation, describe_error
 from sagaz.saga.context import SagaContext, StreamChannel, current_step
 from sagaz.saga.definition import StepDefinition
 from sagaz.saga.listeners import OutboxSagaListener, SagaListener, notify
@@ -41,11 +42,7 @@ logger = logging.getLogger(__name__)
 _NO_DEADLINE = contextlib.nullcontext()
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-class SagaExecution:
+class SagaExecution(SagaCompensation):
     """Runs one saga instance against a store, checkpointing every step transition.
 
     Interrupted executions resume by ``saga_id``: completed steps are not run again.
@@ -435,7 +432,7 @@ class SagaExecution:
             except StoreUnavailableError as exc:
                 # the step's own use of some store failed: a step failure like any other,
                 # never mistaken for an outage of this saga's store (which _forward lets by)
-                error = SagaError(f"step {name!r} raised {_describe(exc)}")
+                error = SagaError(f"step {name!r} raised {describe_error(exc)}")
                 error.__cause__ = exc
             except Exception as exc:
                 error = exc
@@ -476,7 +473,7 @@ class SagaExecution:
                 continue
             await self.store.save_step(
                 StepRecord(
-                    saga_id, name, StepStatus.FAILED, error=_describe(error), attempts=try_no
+                    saga_id, name, StepStatus.FAILED, error=describe_error(error), attempts=try_no
                 )
             )
             raise error
@@ -499,149 +496,4 @@ class SagaExecution:
         raise SagaStepError(
             f"{type(self.saga).__qualname__}: step {name!r} returned {type(value).__name__} "
             f"({value!r:.80}); an action must return a dict (merged into the context) or None"
-        )
-
-    # -- compensation ----------------------------------------------------------------------
-    async def _compensate(
-        self, ctx: SagaContext, failed_step: str | None, cause: BaseException | str
-    ) -> SagaResult:
-        record = self._record
-        assert record is not None
-        saga_id = record.saga_id
-        cancelled = isinstance(cause, SagaCancelledError)
-        if cancelled:
-            failed_step, error = None, str(cause)  # no step failed: it ends cancelled
-        else:
-            error = (
-                cause
-                if isinstance(cause, str)
-                else f"step {failed_step!r} failed: {_describe(cause)}"
-            )
-        record.status = SagaStatus.COMPENSATING
-        record.error = error
-        record.context = ctx.to_dict()
-        await self._checkpoint(saga=record)
-        steps = await self.store.get_steps(saga_id)
-        if failed_step is None and not cancelled:
-            failed_step = next((s.name for s in steps if s.status is StepStatus.FAILED), None)
-        to_undo = sorted(
-            (s for s in steps if s.status in (StepStatus.COMPLETED, StepStatus.COMPENSATING)),
-            key=lambda s: s.completed_seq or 0,
-            reverse=True,
-        )
-        errors: dict[str, str] = {
-            s.name: s.compensation_error or "compensation failed"
-            for s in steps
-            if s.status is StepStatus.COMPENSATION_FAILED
-        }
-        for step in to_undo:
-            try:
-                definition = self.definition.step(step.name)
-            except KeyError:
-                continue
-            if definition.compensation is not None:
-                problem = await self._run_compensation(definition, ctx, step)
-                if problem is not None:
-                    errors[step.name] = problem
-        status = (
-            SagaStatus.FAILED
-            if errors
-            else SagaStatus.CANCELLED
-            if cancelled
-            else SagaStatus.COMPENSATED
-        )
-        if errors:
-            error += "; " + "; ".join(
-                f"compensation of {name!r} failed: {msg}" for name, msg in errors.items()
-            )
-        record.status = status
-        record.error = error
-        record.context = ctx.to_dict()
-        await self.store.save_saga(record, self._terminal_outbox(record))
-        if self.listeners:
-            await notify(self.listeners, "on_saga_failed", self.saga_name, saga_id, ctx, cause)
-        return SagaResult(
-            saga_id,
-            status,
-            ctx.to_dict(),
-            error=error,
-            failed_step=failed_step,
-            compensation_errors=errors,
-            attempt=record.attempt,
-        )
-
-    async def _run_compensation(
-        self, definition: StepDefinition, ctx: SagaContext, step: StepRecord
-    ) -> str | None:
-        if self._spans is None:
-            return await self._undo(definition, ctx, step)
-        with self._spans.step(step.name, compensation=True) as span:
-            problem = await self._undo(definition, ctx, step)
-            if problem is not None:
-                self._spans.failed(span, problem)
-            return problem
-
-    async def _undo(
-        self, definition: StepDefinition, ctx: SagaContext, step: StepRecord
-    ) -> str | None:
-        spec = definition.compensation
-        assert spec is not None
-        fn = getattr(self.saga, spec.attr)
-        step.status = StepStatus.COMPENSATING
-        await self.store.save_step(step)
-        if self.listeners:
-            await notify(self.listeners, "on_compensation_start", self.saga_name, step.name, ctx)
-        last = ""
-        for try_no in range(1, spec.max_retries + 2):
-            try:
-                async with asyncio.timeout(spec.timeout_seconds):
-                    await fn(ctx)
-            except TimeoutError:
-                last = f"timed out after timeout_seconds={spec.timeout_seconds} (try {try_no})"
-            except Exception as exc:
-                last = f"{_describe(exc)} (try {try_no})"
-                logger.warning(
-                    "compensation of %s failed",
-                    step.name,
-                    extra={
-                        "trigger": self.trigger_id,
-                        "saga_id": ctx.saga_id,
-                        "step": step.name,
-                        "try": try_no,
-                    },
-                )
-                if self._spans is not None and try_no <= spec.max_retries:
-                    self._spans.failed_try(exc, try_no)
-            else:
-                step.status = StepStatus.COMPENSATED
-                await self.store.save_step(step)
-                await notify(
-                    self.listeners, "on_compensation_complete", self.saga_name, step.name, ctx
-                )
-                return None
-            if try_no <= spec.max_retries:
-                await self.clock.sleep(spec.retry_backoff_seconds * 2 ** (try_no - 1))
-        step.status = StepStatus.COMPENSATION_FAILED
-        step.compensation_error = last
-        await self.store.save_step(step)
-        return last
-
-    # -- stored result ---------------------------------------------------------------------
-    async def _stored_result(self, record: SagaRecord) -> SagaResult:
-        failed_step: str | None = None
-        errors: dict[str, str] = {}
-        if record.status is not SagaStatus.COMPLETED:
-            for step in await self.store.get_steps(record.saga_id):
-                if step.status is StepStatus.FAILED:
-                    failed_step = step.name
-                if step.status is StepStatus.COMPENSATION_FAILED:
-                    errors[step.name] = step.compensation_error or "compensation failed"
-        return SagaResult(
-            record.saga_id,
-            record.status,
-            dict(record.context),
-            error=record.error,
-            failed_step=failed_step,
-            compensation_errors=errors,
-            attempt=record.attempt,
         )

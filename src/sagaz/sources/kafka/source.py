@@ -41,6 +41,7 @@ from sagaz.backoff import Backoff
 from sagaz.events import Delivery, EventMeta
 from sagaz.outbox.kafka import start_producer
 from sagaz.records import DeadLetterRecord
+from sagaz.sources.kafka.commits import OffsetCommits, RecordSettler
 from sagaz.sources.kafka.partitions import PartitionState
 from sagaz.triggers.options.kafka import KafkaOptions
 
@@ -55,7 +56,7 @@ def create(options: KafkaOptions, ctx: SourceContext) -> KafkaSource:
     return KafkaSource(options, ctx)
 
 
-class KafkaSource(Source):
+class KafkaSource(OffsetCommits, Source):
     """A consumer-group member of one Kafka trigger (see the module docstring).
 
     >>> async with kafka.create(KafkaOptions(topic="orders"), ctx) as source:  # doctest: +SKIP
@@ -384,85 +385,9 @@ class KafkaSource(Source):
             else {},
             received_at=received_at,
         )
-        settle = _RecordSettler(self, partition, offset)
+        settle = RecordSettler(self, partition, offset)
         payload = record.value if record.value is not None else b""
         return Delivery(payload, meta, f"{topic}/{number}/{offset}", ack=settle, nack=settle)
-
-    # -- settling and committing -----------------------------------------------------------
-    def _settle(self, partition: PartitionState, offset: int) -> None:
-        if self._partitions.get(partition.tp) is not partition:
-            return  # revoked since: the partition's new owner redelivers the event
-        partition.settle(offset)
-        if partition.paused:
-            self._update_flow(partition)
-        self._settled_since_commit += 1
-        if self._settled_since_commit >= self.options.commit_every:
-            self._commit_wanted.set()
-
-    async def commit(self) -> None:
-        """Commit the contiguous settled offsets now (this also happens every
-        ``commit_interval_ms``, after ``commit_every`` settlements, on rebalance and on stop)."""
-        if self._consumer is not None:
-            await self._commit(self._consumer)
-
-    async def _commit_loop(self) -> None:
-        """Commit periodically; probe the broker when no record came for a while.
-
-        aiokafka retries a lost broker internally and only logs it, so without the probe an
-        outage would look like an idle topic to the engine's listeners.
-        """
-        loop, probe_every = (
-            asyncio.get_running_loop(),
-            self.options.health_check_interval_ms / 1000,
-        )
-        probed_at, unreachable = loop.time(), False
-        while True:
-            # not asyncio.wait_for: on 3.11 it can swallow the cancel that stops this loop
-            await wait_event(self._commit_wanted, self.options.commit_interval_ms / 1000)
-            self._commit_wanted.clear()
-            try:
-                await self.commit()
-            except Exception as exc:  # keep committing: a dead committer would stall silently
-                await self._report(exc, "unexpected error while committing")
-            now = loop.time()
-            if self._consumer is None or now - max(probed_at, self._last_records_at) < probe_every:
-                continue
-            probed_at = now
-            try:
-                async with asyncio.timeout(probe_every):
-                    await self._consumer.topics()
-            except (self._errors.KafkaError, TimeoutError) as exc:
-                unreachable = True
-                await self._report(exc, "Kafka broker unreachable; aiokafka keeps reconnecting")
-            else:
-                if unreachable:
-                    logger.info("Kafka broker reachable again", extra=self._log)
-                unreachable = False
-
-    async def _commit(self, consumer: Any, only: Iterable[Any] | None = None) -> None:
-        """Commit the contiguous settled offsets of ``only`` (default: every partition)."""
-        async with self._commit_lock:
-            parts = self._partitions
-            chosen = parts.values() if only is None else [parts[tp] for tp in only if tp in parts]
-            due = [p for p in chosen if p.commit_due]
-            if not due:
-                return
-            self._settled_since_commit = 0
-            offsets = {p.tp: p.commit_offset for p in due}
-            try:
-                # aiokafka retries a commit until the coordinator answers: bound it
-                async with asyncio.timeout(self.options.commit_timeout_ms / 1000):
-                    await consumer.commit(offsets)
-            except (self._errors.IllegalStateError, self._errors.CommitFailedError) as exc:
-                # a rebalance is under way; the revoke callback commits again before it ends
-                logger.info("commit skipped during a rebalance: %r", exc, extra=self._log)
-                return
-            except (self._errors.KafkaError, TimeoutError) as exc:
-                await self._report(exc, "Kafka commit failed; events may be redelivered")
-                return
-            for p in due:
-                p.committed_offset = offsets[p.tp]
-            logger.debug("committed %s", offsets, extra=self._log)
 
     # -- rebalancing -----------------------------------------------------------------------
     async def _on_revoked(self, revoked: Iterable[Any]) -> None:
@@ -531,23 +456,6 @@ class KafkaSource(Source):
     async def _report(self, exc: BaseException, message: str) -> None:
         logger.warning("%s: %r", message, exc, extra=self._log)
         await self._ctx.report_error(exc)
-
-
-class _RecordSettler:
-    """A delivery's ``ack()`` and ``nack(requeue)``: the first call counts. One object per
-    record (a closure would hold four cells and a function until the record settles)."""
-
-    __slots__ = ("offset", "partition", "settled", "source")
-
-    def __init__(self, source: KafkaSource, partition: PartitionState, offset: int) -> None:
-        self.source, self.partition, self.offset = source, partition, offset
-        self.settled = False
-
-    async def __call__(self, requeue: bool = False) -> None:
-        if not self.settled:
-            self.settled = True
-            if not requeue:  # nack(requeue=True) leaves the offset uncommitted
-                self.source._settle(self.partition, self.offset)
 
 
 def _as_bytes(payload: Any) -> bytes:

@@ -27,6 +27,9 @@ reaches the pipeline (which validates it) but is dead-lettered only when its tri
 ``dead_letter_invalid=True``, and then at most ``dead_letter_invalid_limit`` per
 ``dead_letter_invalid_window`` seconds.
 
+Reading a body within ``max_body_bytes`` is :mod:`sagaz.sources.webhook.bodies`; the JSON
+responses, :func:`admission_response` included, are :mod:`sagaz.sources.webhook.responses`.
+
 Besides the triggers' routes: ``GET /healthz``, ``GET /readyz`` and ``GET /metrics`` (the
 engine's Prometheus metrics, with the ``metrics`` extra; 404 with a hint without it).
 """
@@ -36,25 +39,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sagaz.abc import Emit
 from sagaz.clock import Clock, SystemClock
-from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta, WebhookRequest
+from sagaz.events import AdmissionOutcome, Delivery, EventMeta, WebhookRequest
 from sagaz.exceptions import ConfigurationError
 from sagaz.sources.webhook.auth import AuthFailure, BearerAuth, WebhookAuth
+from sagaz.sources.webhook.bodies import MAX_DISCARD_BYTES, Refusal, read_body
 from sagaz.sources.webhook.rejections import RejectionReason, RequestRejections
+from sagaz.sources.webhook.responses import (
+    admission_response,
+    json_response,
+    unavailable_response,
+)
 from sagaz.sources.webhook.source import (
     DEFAULT_DEAD_LETTER_INVALID_LIMIT,
     DEFAULT_DEAD_LETTER_INVALID_WINDOW,
@@ -73,8 +81,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: how much of an oversized body is read (and dropped) after the 413 before the connection closes
-MAX_DISCARD_BYTES = 16 << 20
 #: where :attr:`WebhookApp.dashboard` is served
 DASHBOARD_PATH = "/sagaz"
 #: longest accepted ``Idempotency-Key`` header value
@@ -223,7 +229,7 @@ class WebhookApp:
 
     def _metrics(self) -> Response:
         if self.metrics is None:
-            return _json(
+            return json_response(
                 404,
                 {
                     "error": "no metrics here: they need a running engine and the metrics "
@@ -265,9 +271,9 @@ class WebhookApp:
         if path in ("/healthz", "/readyz", "/metrics"):
             if method not in ("GET", "HEAD"):
                 rejections.count(RejectionReason.METHOD_NOT_ALLOWED, detail=f"{method} {path}")
-                return _json(405, {"error": "method not allowed"}, {"Allow": "GET, HEAD"})
+                return json_response(405, {"error": "method not allowed"}, {"Allow": "GET, HEAD"})
             if path == "/healthz":
-                return _json(200, {"status": "ok"})
+                return json_response(200, {"status": "ok"})
             if path == "/metrics":
                 return self._metrics()
             return self._readiness()
@@ -278,13 +284,13 @@ class WebhookApp:
                 matches.append((route, found.groupdict()))
         if not matches:
             rejections.count(RejectionReason.NOT_FOUND, detail=f"{method} {path}")
-            return _json(404, {"error": "no webhook trigger at this path"})
+            return json_response(404, {"error": "no webhook trigger at this path"})
         allowed = [(route, params) for route, params in matches if route.method == method]
         if not allowed:
             methods = ", ".join(sorted({route.method for route, _ in matches}))
             only = matches[0][0].trigger_id if len(matches) == 1 else ""
             rejections.count(RejectionReason.METHOD_NOT_ALLOWED, only, f"{method} {path}")
-            return _json(405, {"error": "method not allowed"}, {"Allow": methods})
+            return json_response(405, {"error": "method not allowed"}, {"Allow": methods})
         # "/orders/new" beats "/orders/{id}": the fewest parameters wins
         route, params = min(allowed, key=lambda item: len(item[1]))
         return await self._handle(route, params, request, path)
@@ -292,20 +298,22 @@ class WebhookApp:
     def _readiness(self) -> Response:
         waiting = [r.trigger_id for r in self._routes.values() if r.state is not RouteState.ACTIVE]
         if self.ready:
-            return _json(200, {"status": "ready", "triggers": len(self._routes)})
-        return _json(503, {"status": "not ready", "waiting": waiting}, {"Retry-After": "1"})
+            return json_response(200, {"status": "ready", "triggers": len(self._routes)})
+        return json_response(503, {"status": "not ready", "waiting": waiting}, {"Retry-After": "1"})
 
     async def _handle(
         self, route: WebhookRoute, params: dict[str, str], request: Request, path: str
     ) -> Response:
         emit = route._emit
         if route.state is not RouteState.ACTIVE or emit is None:
-            return _unavailable(route.retry_after, "webhook trigger is starting or stopping")
+            return unavailable_response(
+                route.retry_after, "webhook trigger is starting or stopping"
+            )
         if route.paused:
             self.rejections.count(
                 RejectionReason.PAUSED, route.trigger_id, f"{request.method} {path}"
             )
-            return _unavailable(route.retry_after, "webhook trigger is paused, retry later")
+            return unavailable_response(route.retry_after, "webhook trigger is paused, retry later")
         route._enter()
         try:
             return await _admit(route, emit, params, request, path, self.rejections)
@@ -329,8 +337,8 @@ async def _admit(
         failure = route.auth.check_headers(headers)
         if failure is not None:
             return _refused(failure, trigger_id, rejections, log_extra)
-    body = await _read_body(request, headers, route.max_body_bytes, log_extra)
-    if isinstance(body, _Refusal):
+    body = await read_body(request, headers, route.max_body_bytes, log_extra)
+    if isinstance(body, Refusal):
         rejections.count(body.reason, trigger_id, body.detail)
         return body.response
     if isinstance(body, Response):
@@ -346,7 +354,7 @@ async def _admit(
         if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
             error = f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
             rejections.count(RejectionReason.BAD_REQUEST, trigger_id, error)
-            return _json(400, {"error": error})
+            return json_response(400, {"error": error})
     query = request.scope.get("query_string", b"").decode("latin-1")
     # without a key the request is its own event, unless its trigger dedups by content
     content = None if key else _body_identity(request.method, path, query, body)
@@ -394,7 +402,7 @@ async def _admit(
         if route.report_error is not None:
             with contextlib.suppress(Exception):
                 await route.report_error(exc)
-        return _json(500, {"error": "internal error", "request_id": message_id})
+        return json_response(500, {"error": "internal error", "request_id": message_id})
     response = admission_response(result, retry_after=route.retry_after)
     if result.outcome is AdmissionOutcome.INVALID:
         rejections.count(RejectionReason.INVALID_BODY, trigger_id, result.error or "")
@@ -406,40 +414,7 @@ async def _admit(
     return response
 
 
-def admission_response(result: AdmissionResult, *, retry_after: int = 1) -> Response:
-    """The HTTP answer to an :class:`~sagaz.events.AdmissionResult` (see the module table)."""
-    outcome = result.outcome
-    if outcome is AdmissionOutcome.ACCEPTED:
-        return _json(202, {"saga_id": result.saga_id, "status": "accepted"})
-    if outcome is AdmissionOutcome.BUSY:
-        return _json(202, {"saga_id": result.saga_id, "status": "in_progress"})
-    if outcome is AdmissionOutcome.DUPLICATE:
-        return _json(200, {"saga_id": result.saga_id, "status": "duplicate"})
-    if outcome is AdmissionOutcome.FILTERED:
-        return _json(200, {"status": "filtered"})
-    if outcome is AdmissionOutcome.INVALID:
-        return _json(400, {"error": result.error or "invalid event", "details": result.details})
-    if outcome in (AdmissionOutcome.DROPPED, AdmissionOutcome.REJECTED):
-        # REJECTED with no reason: not the queue's doing (the store is away, or we stop)
-        busy = outcome is AdmissionOutcome.DROPPED or result.reason is not None
-        return _unavailable(
-            retry_after, "too many events in flight, retry later" if busy else "retry later"
-        )
-    logger.error("unknown admission outcome %r", outcome)
-    return _json(500, {"error": "internal error"})
-
-
 # -- small pieces ----------------------------------------------------------------------------
-
-
-def _json(status: int, content: Any, headers: Mapping[str, str] | None = None) -> Response:
-    # default=str: pydantic error details may carry exceptions or other non-JSON values
-    body = json.dumps(content, default=str, separators=(",", ":"), ensure_ascii=False)
-    return Response(body, status_code=status, headers=headers, media_type="application/json")
-
-
-def _unavailable(retry_after: int, error: str) -> Response:
-    return _json(503, {"error": error}, {"Retry-After": str(retry_after)})
 
 
 def _refused(
@@ -451,79 +426,7 @@ def _refused(
     logger.debug("webhook request refused: %s", failure.error, extra=log_extra)
     reason = RejectionReason.UNAUTHORIZED if failure.status == 401 else RejectionReason.FORBIDDEN
     rejections.count(reason, trigger_id, failure.error)
-    return _json(failure.status, {"error": failure.error}, failure.headers)
-
-
-@dataclass(frozen=True, slots=True)
-class _Refusal:
-    """A refused body: the response and how to count it."""
-
-    response: Response
-    reason: RejectionReason
-    detail: str
-
-
-class _BodyTooLarge(Response):
-    """413, sent at once; then the rest of the request body is read and dropped.
-
-    The status line and JSON body leave before the upload ends, so a client that reads while
-    it sends stops early. Dropping the rest (at most :data:`MAX_DISCARD_BYTES`, never kept)
-    lets a client that only reads after sending still get the 413 instead of a reset
-    connection; past that budget the connection is closed.
-    """
-
-    def __init__(self, limit: int, *, discard: bool) -> None:
-        super().__init__(
-            json.dumps({"error": f"request body is larger than {limit} bytes"}),
-            status_code=413,
-            headers={"Connection": "close"},
-            media_type="application/json",
-        )
-        self.discard = discard
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 413, "headers": self.raw_headers})
-        await send({"type": "http.response.body", "body": self.body, "more_body": True})
-        discarded = 0
-        while self.discard and discarded <= MAX_DISCARD_BYTES:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                break
-            discarded += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _read_body(
-    request: Request, headers: Mapping[str, str], limit: int, log_extra: dict[str, Any]
-) -> bytes | _Refusal | Response:
-    """The body, or the response refusing it; never holds more than ``limit`` + one chunk."""
-    too_large = f"body larger than max_body_bytes={limit}"
-    declared = headers.get("content-length")
-    if declared is not None:
-        try:
-            length = int(declared)
-        except ValueError:
-            error = "invalid Content-Length header"
-            return _Refusal(_json(400, {"error": error}), RejectionReason.BAD_REQUEST, error)
-        if length > limit:
-            logger.debug("webhook body refused by Content-Length", extra=log_extra)
-            # with "Expect: 100-continue" the client waits for us and sends no body at all
-            waits = "100-continue" in headers.get("expect", "").lower()
-            refusal = _BodyTooLarge(limit, discard=not waits)
-            return _Refusal(refusal, RejectionReason.TOO_LARGE, too_large)
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                logger.debug("webhook body refused while streaming", extra=log_extra)
-                refusal = _BodyTooLarge(limit, discard=True)
-                return _Refusal(refusal, RejectionReason.TOO_LARGE, too_large)
-    except ClientDisconnect:
-        return _json(400, {"error": "client disconnected"})  # nobody reads it; ends the task
-    return bytes(body)
+    return json_response(failure.status, {"error": failure.error}, failure.headers)
 
 
 def _headers(request: Request) -> dict[str, str]:
