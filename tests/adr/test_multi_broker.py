@@ -82,7 +82,7 @@ async def test_main_py_starts_every_listener_and_each_broker_starts_the_saga(
     # -----------------------------------------------------------------------------------------
 
     assert my_app.sagas.OrderSaga.saga_name == SAGA
-    engine = sagaz.engine.engine._engine  # what start_triggers() started (main.py drops it)
+    engine = sagaz.engine.process_engine._engine  # what start_triggers() started (main.py drops it)
     assert engine is not None and engine.running
     assert {t: s.describe()["kind"] for t, s in engine.sources.items()} == {
         f"{SAGA}.from_kafka": "kafka",

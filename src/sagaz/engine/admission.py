@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import operator
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -20,7 +19,8 @@ from typing import Any, Literal, TypeVar
 from sagaz import tracing
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.decoding import InvalidPayloadError
-from sagaz.engine.identity import canonical_hash, content_key, saga_id_for, storable
+from sagaz.engine.identity import canonical_hash, dedup_key, saga_id_for, storable
+from sagaz.engine.joint_deliveries import JointDeliveries
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, NotRun, Reason
@@ -54,7 +54,7 @@ class Admission:
         self._closing = asyncio.Event()
         self._busy_watchers: set[asyncio.Task[None]] = set()
         #: saga id -> deliveries of the saga queued or running here (see ``_join``)
-        self._in_flight: dict[str, _JointDeliveries] = {}
+        self._in_flight: dict[str, JointDeliveries] = {}
 
     async def admit(
         self,
@@ -179,7 +179,7 @@ class Admission:
                 delivery, lambda: self._invalid(trigger, delivery, event, undecodable, None)
             )
         try:
-            key = self._key(trigger, delivery, event)
+            key = dedup_key(trigger, delivery, event)
             if not delivery.identity:  # the key it was given: its dead letter replays to it
                 delivery.identity = key
             concurrency_key = (
@@ -224,8 +224,8 @@ class Admission:
 
     def _track(self, saga_id: str, delivery: Delivery) -> Delivery:
         """``delivery``, settling also the deliveries of the same saga admitted until it is
-        acked or nacked (see :class:`_JointDeliveries`)."""
-        joint = _JointDeliveries(delivery, self._in_flight, saga_id)
+        acked or nacked (see :class:`JointDeliveries`)."""
+        joint = JointDeliveries(delivery, self._in_flight, saga_id)
         self._in_flight[saga_id] = joint
         tracked = Delivery(*_DELIVERY_FIELDS(delivery))  # dataclasses.replace, 4x cheaper
         tracked.ack, tracked.nack = joint.ack, joint.nack
@@ -263,26 +263,6 @@ class Admission:
         return await store.claim_inbox(
             c.trigger.trigger_id, c.key, c.saga_id, self.state.worker_id, lease
         )
-
-    def _key(self, trigger: ActiveTrigger, delivery: Delivery, event: Any) -> str:
-        if trigger.definition.idempotency_key is not None:
-            value = trigger.definition.idempotency_key(event)
-            if value is None:
-                raise InvalidEventError(
-                    f"{trigger.trigger_id}: idempotency_key returned None for this event"
-                )
-            return str(value)
-        if delivery.identity:
-            return delivery.identity
-        source = trigger.source
-        if trigger.definition.dedup == "content" or (source is not None and source.redeliverable):
-            if delivery.content_identity:
-                return delivery.content_identity
-            content = delivery.body if delivery.body is not None else delivery.payload
-            return content_key(storable(content))
-        # no identity (a fire_event call, a webhook request without Idempotency-Key): its own
-        # event, never merged with an identical one behind the user's back (DESIGN 3.1)
-        return f"event:{uuid.uuid4().hex}"
 
     async def _accept(
         self, c: _Candidate, lease: datetime, *, fresh: bool = False
@@ -503,55 +483,3 @@ class _Candidate:
     concurrency_key: Any
     #: done once the delivery before it in its batch is admitted (``admit_many``)
     after: asyncio.Future[None] | None = None
-
-
-class _JointDeliveries:
-    """The deliveries of one saga, from admission until the first of them is settled, all
-    settled together, once; that first settlement ends the tracking (a later delivery of the
-    key then meets the inbox)."""
-
-    __slots__ = ("first", "in_flight", "more", "saga_id", "settled")
-
-    def __init__(self, first: Delivery, in_flight: dict[str, _JointDeliveries], saga_id: str):
-        self.first = first
-        #: the deliveries that joined ``first`` (no list per event while there is none)
-        self.more: list[Delivery] | None = None
-        self.in_flight = in_flight
-        self.saga_id = saga_id
-        self.settled = False
-
-    def _forget(self) -> bool:
-        if self.in_flight.get(self.saga_id) is self:
-            del self.in_flight[self.saga_id]
-        settled, self.settled = self.settled, True
-        return not settled
-
-    def join(self, delivery: Delivery) -> None:
-        """Settle ``delivery`` with the first one."""
-        if self.more is None:
-            self.more = []
-        self.more.append(delivery)
-
-    async def ack(self) -> None:
-        if self._forget():
-            if self.more is None:  # the usual case: no redelivery joined it
-                await self.first.ack()
-            else:
-                await self._each(lambda delivery: delivery.ack())
-
-    async def nack(self, requeue: bool) -> None:
-        if self._forget():
-            if self.more is None:
-                await self.first.nack(requeue)
-            else:
-                await self._each(lambda delivery: delivery.nack(requeue))
-
-    async def _each(self, settle: Callable[[Delivery], Awaitable[None]]) -> None:
-        error: Exception | None = None
-        for delivery in [self.first, *(self.more or ())]:  # one failing must not skip others
-            try:
-                await settle(delivery)
-            except Exception as exc:
-                error = error or exc
-        if error is not None:
-            raise error

@@ -8,6 +8,10 @@ or, without the process-wide engine::
 
     async with TriggerEngine(TriggerConfig(queue_size=100), store) as engine:
         ...
+
+The process-wide engine's functions live in :mod:`sagaz.engine.process_engine` (imported
+here too); the tasks the engine runs in :mod:`~sagaz.engine.supervision` (one per source),
+:mod:`~sagaz.engine.leases`, :mod:`~sagaz.engine.recovery` and :mod:`~sagaz.engine.retention`.
 """
 
 from __future__ import annotations
@@ -19,31 +23,40 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from sagaz import tracing
-from sagaz.abc import EmitMany, Lifecycle, SagaStore, Source, SourceContext
-from sagaz.backoff import Backoff
+from sagaz.abc import Lifecycle, SagaStore, Source, SourceContext
 from sagaz.clock import Clock, SystemClock, utcnow
-from sagaz.config import TriggerConfig, ensure_store, resolve_store, store_is_chosen
+from sagaz.config import TriggerConfig, resolve_store, store_is_chosen
+from sagaz.engine import recovery
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.admission import Admission
 from sagaz.engine.backpressure import BackpressureQueue
 from sagaz.engine.dispatcher import Dispatcher
 from sagaz.engine.instances import SagaFactory, SagaInstances
+from sagaz.engine.leases import renew_leases
 from sagaz.engine.limits import TokenBucket
 from sagaz.engine.loading import load_source_module
 from sagaz.engine.outcomes import SagaOutcomes
-from sagaz.engine.pausing import TriggerPauses, set_trigger_enabled
+from sagaz.engine.pausing import TriggerPauses
+from sagaz.engine.process_engine import (
+    fire_event,
+    pause_trigger,
+    resume_trigger,
+    start_triggers,
+    stop_triggers,
+    webhook_app,
+)
+from sagaz.engine.retention import purge_expired
 from sagaz.engine.runner import SagaRunner
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.steering_watch import SagaSteering
-from sagaz.engine.store_outage import StoreOutage
-from sagaz.engine.work_item import WorkItem
+from sagaz.engine.supervision import supervise_source
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta, NotRun, Reason
-from sagaz.exceptions import ConfigurationError, StoreUnavailableError
+from sagaz.exceptions import ConfigurationError
 from sagaz.saga.definition import Saga
 from sagaz.saga.listeners import SagaListener
 from sagaz.saga.result import SagaResult
@@ -72,13 +85,6 @@ NOT_DURABLE_WARNING = (
     "sagaz.configure(store=...) or SAGAZ_STORE_URL (sqlite:///sagaz.db, postgresql://..., "
     "redis://...)"
 )
-
-
-class _TriggerEmit(functools.partial[Awaitable[AdmissionResult]]):
-    """The ``emit`` of one trigger's source: admission bound to the trigger (a C-level call,
-    once per event), and ``many``, its batch form (:func:`sagaz.abc.emit_many`)."""
-
-    many: EmitMany | None = None
 
 
 def _default_worker_id() -> str:
@@ -194,13 +200,16 @@ class TriggerEngine(Lifecycle):
             for trigger_id, source in self.sources.items():
                 active = self.triggers[trigger_id]
                 await source.start()
-                self._spawn(self._supervise(active, source), f"sagaz-source-{trigger_id}")
-            self._spawn(self._heartbeat(), "sagaz-heartbeat")
+                supervised = supervise_source(
+                    state, self.admission, active, source, self._report_source_error
+                )
+                self._spawn(supervised, f"sagaz-source-{trigger_id}")
+            self._spawn(renew_leases(state, self.triggers), "sagaz-heartbeat")
             if config.dashboard and self.start_sources:
                 await self._serve_dashboard()
             if self.start_sources:  # one fed by hand (a replay) takes on no one else's sagas
-                self._spawn(self._recover(), "sagaz-recovery")
-                self._spawn(self._cleanup(), "sagaz-cleanup")
+                self._spawn(recovery.recover(state, self.triggers), "sagaz-recovery")
+                self._spawn(purge_expired(state), "sagaz-cleanup")
                 self._spawn(self.pausing.watch(), "sagaz-trigger-states")
                 self._spawn(self.steering.watch(), "sagaz-saga-requests")
         except BaseException:
@@ -261,125 +270,11 @@ class TriggerEngine(Lifecycle):
     async def _report_source_error(self, active: ActiveTrigger, error: BaseException) -> None:
         await self.settlement.report(active, error, None)
 
-    async def _supervise(self, active: ActiveTrigger, source: Source) -> None:
-        emit: Callable[[Delivery], Awaitable[AdmissionResult]]
-        if type(source).pause is Source.pause:  # it cannot pause itself: hold it in emit()
-            emit = functools.partial(self._emit_when_running, active)
-        else:
-            admit = _TriggerEmit(self.admission.admit, active)
-            admit.many = functools.partial(self.admission.admit_many, active)
-            emit = admit
-        backoff = Backoff(self.clock, initial=0.5, maximum=30.0)
-        outage = self._outage
-        while True:
-            try:
-                await source.run(emit)
-                return
-            except asyncio.CancelledError:
-                raise
-            except StoreUnavailableError as exc:  # a source that uses the store (cron, poll)
-                await outage.wait(exc)  # logged once for the outage, not per source failure
-            except Exception as exc:
-                await self._report_source_error(active, exc)
-                await backoff.sleep()
-            try:
-                await source.start()
-            except Exception as start_error:
-                await self._report_source_error(active, start_error)
-
-    async def _emit_when_running(self, active: ActiveTrigger, item: Delivery) -> AdmissionResult:
-        """``emit`` of a source that cannot pause itself: it waits here while paused."""
-        await active.running.wait()
-        return await self.admission.admit(active, item)
-
-    async def _heartbeat(self) -> None:
-        """Keep the leases of this worker's claims alive while it runs."""
-        interval = self.config.lease_seconds / 3
-        state = self.state
-        assert state is not None
-        while True:
-            await asyncio.sleep(interval)  # real time, as leases are (PipelineState.lease_until)
-            if not state.outage.available:
-                continue  # the outage's probe renews them when the store is back
-            try:
-                await self.store.renew_leases(self.worker_id, state.lease_until())
-                for active in self.triggers.values():
-                    if active.cluster is not None:
-                        await active.cluster.renew()
-            except StoreUnavailableError as exc:
-                state.outage.down(exc)
-            except Exception:
-                logger.exception("renewing leases failed", extra={"worker_id": self.worker_id})
-
-    async def _recover(self) -> None:
-        """Resume accepted or interrupted sagas of non-redeliverable sources whose worker died.
-
-        Broker events come back by themselves (they were never acked); events of webhook,
-        cron, file, memory and poll triggers were acknowledged once accepted, so their
-        sagas are found in the store (lease expired) and resumed here.
-        """
-        interval = self.config.recovery_interval_seconds
-        outage = self._outage
-        while True:
-            await outage.wait_available()  # after an outage: once our own leases are renewed
-            try:
-                await self.recover_once()
-            except StoreUnavailableError as exc:
-                outage.down(exc)
-            except Exception:
-                logger.exception("recovery pass failed", extra={"worker_id": self.worker_id})
-            await asyncio.sleep(interval)  # real time: expired leases are found by real time
-
     async def recover_once(self) -> int:
-        """One recovery pass; returns how many sagas were resumed."""
-        state = self.state
-        assert state is not None
-        lease_until = state.lease_until()
-        resumed = 0
-        for record in await self.store.list_recoverable(utcnow()):
-            active = self.triggers.get(record.trigger_id or "")
-            if active is None or (active.source is not None and active.source.redeliverable):
-                continue
-            if not await self.store.claim_saga(record.saga_id, self.worker_id, lease_until):
-                continue
-            item = WorkItem(
-                trigger=active,
-                delivery=Delivery(
-                    payload=record.event,
-                    decoded=True,
-                    identity="",
-                    meta=EventMeta(source="recovery", trigger=active.trigger_id),
-                ),
-                key="",  # the inbox row completes lazily on a retried delivery
-                saga_id=record.saga_id,
-                context=dict(record.context),
-                attempt=record.attempt,
-                accepted_at=self.clock.monotonic(),
-                context_hash="recovered" if active.poll_name else None,
-                saga=active.saga_for_run(),
-            )
-            state.queue.put_nowait_unbounded(item)
-            resumed += 1
-        if resumed:
-            logger.info("recovered %d saga(s)", resumed, extra={"worker_id": self.worker_id})
-        return resumed
-
-    async def _cleanup(self) -> None:
-        """Purge what is older than ``event_retention_days``: completed inbox rows, stored
-        events of finished sagas, finished poll-trigger executions, and cron claims (each
-        trigger keeps its newest tick)."""
-        outage = self._outage
-        while True:
-            await outage.wait_available()
-            try:
-                before = utcnow() - timedelta(days=self.config.event_retention_days)
-                await self.store.purge_expired(before)
-            except StoreUnavailableError as exc:
-                outage.down(exc)
-            except Exception:
-                logger.exception("purging expired events failed")
-            # real time, like the utcnow() that retention is measured from
-            await asyncio.sleep(self.config.cleanup_interval_seconds)
+        """One recovery pass; returns how many sagas were resumed (see
+        :func:`~sagaz.engine.recovery.recover_once`)."""
+        assert self.state is not None
+        return await recovery.recover_once(self.state, self.triggers)
 
     async def stop(self) -> None:
         """Graceful shutdown; idempotent.
@@ -424,11 +319,6 @@ class TriggerEngine(Lifecycle):
             await self.store.stop()
         self._started = False
         self._stopping = False
-
-    @property
-    def _outage(self) -> StoreOutage:
-        assert self.state is not None
-        return self.state.outage
 
     def _metrics_renderer(self) -> Callable[[], tuple[bytes, str]] | None:
         """This engine's Prometheus metrics for a source that serves them (``GET /metrics``
@@ -569,104 +459,3 @@ class TriggerEngine(Lifecycle):
     def _require_running(self) -> None:
         if not self.running:
             raise RuntimeError("the trigger engine is not running: `await engine.start()` first")
-
-
-# -- the process-wide engine -------------------------------------------------------------
-_engine: TriggerEngine | None = None
-_pending_shared: dict[str, Any] = {}  # what webhook_app() prepares before start_triggers()
-
-
-async def start_triggers(
-    config: TriggerConfig | None = None,
-    store: SagaStore | None = None,
-    *,
-    sagas: Iterable[Saga] = (),
-    saga_factory: SagaFactory | None = None,
-    listeners: Sequence[SagaListener] = (),
-) -> TriggerEngine:
-    """Start the process-wide engine for every registered trigger and return it.
-
-    For a saga whose constructor takes arguments, give the instance, ``sagas=[OrderSaga(
-    client)]``: it runs every event of its class, concurrently, so keep per-run state in the
-    context, not on ``self``; or ``saga_factory=lambda cls: cls(client)``, called per run.
-    Without either a saga class is built with no arguments (else ``ConfigurationError``).
-
-    ``listeners`` hear about every trigger and saga of the engine, in addition to the
-    ``listeners`` of each saga class (audit, metrics, tracing).
-    """
-    global _engine
-    if _engine is not None and _engine.running:
-        raise RuntimeError("triggers are already running; call `await sagaz.stop_triggers()` first")
-    global _pending_shared
-    engine = TriggerEngine(
-        config,
-        store,
-        listeners=listeners,
-        shared=_pending_shared,
-        sagas=sagas,
-        saga_factory=saga_factory,
-    )
-    _pending_shared = {}
-    await engine.start()
-    _engine = engine
-    return engine
-
-
-async def stop_triggers() -> None:
-    """Stop the process-wide engine (graceful: stop intake, drain, ack, close)."""
-    global _engine
-    engine, _engine = _engine, None
-    if engine is not None:
-        await engine.stop()
-
-
-async def fire_event(channel: str, event: Any) -> list[str]:
-    """Send an in-process event to the ``source="memory"`` triggers on ``channel``; return
-    the accepted saga ids. ``(await sagaz.start_triggers()).wait_for(saga_id)`` answers each
-    with its ``SagaResult`` or a ``NotRun`` naming why it did not run (see
-    :meth:`TriggerEngine.wait_for`)."""
-    if _engine is None:
-        raise RuntimeError("no trigger engine is running: `await sagaz.start_triggers()` first")
-    return await _engine.fire(channel, event)
-
-
-async def pause_trigger(trigger_id: str, *, store: SagaStore | None = None) -> None:
-    """Pause a trigger in every engine on the store, within their
-    ``trigger_state_interval_seconds``; a restart keeps it paused. No engine needs to run
-    here: it is written to ``store`` (else the configured store, as ``start_triggers`` picks
-    it). When the process-wide engine runs on that store it pauses the trigger at once.
-
-    >>> await sagaz.pause_trigger("orders.on_order", store=store)  # doctest: +SKIP
-
-    Raises :class:`~sagaz.exceptions.TriggerNotFoundError` for an id the store does not know.
-    See :meth:`TriggerEngine.pause_trigger` for what a paused trigger does.
-    """
-    await _set_trigger_enabled(trigger_id, False, store)
-
-
-async def resume_trigger(trigger_id: str, *, store: SagaStore | None = None) -> None:
-    """Resume a paused trigger (see :func:`pause_trigger`)."""
-    await _set_trigger_enabled(trigger_id, True, store)
-
-
-async def _set_trigger_enabled(trigger_id: str, enabled: bool, store: SagaStore | None) -> None:
-    engine = _engine
-    if engine is not None and engine.running and store in (None, engine.store):
-        await engine.pausing.set_enabled(trigger_id, enabled)
-    else:
-        await set_trigger_enabled(await ensure_store(store), trigger_id, enabled)
-
-
-def webhook_app() -> Any:
-    """The ASGI app of the webhook triggers, to mount in an existing Starlette/FastAPI app.
-
-    Call it before or after ``start_triggers()``; once mounted, sagaz does not start its own
-    uvicorn server (call it before ``start_triggers()`` for that).
-
-    >>> app.mount("/hooks", sagaz.webhook_app())  # doctest: +SKIP
-    """
-    # The webhook module is loaded by its kind, as start() does; it keeps its server in the
-    # resources the process-wide engine shares with its sources, which the engine never reads.
-    webhook: Any = load_source_module("webhook")  # webhook_app() is its own, not the contract's
-    shared = _engine.shared if _engine is not None else _pending_shared
-    return webhook.webhook_app(shared)

@@ -7,11 +7,22 @@ import functools
 import hashlib
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sagaz.events import EventData, plain_data
+from sagaz.events import Delivery, EventData, plain_data
+from sagaz.exceptions import InvalidEventError
 
-__all__ = ["SAGAZ_NAMESPACE", "canonical_hash", "content_key", "saga_id_for", "storable"]
+if TYPE_CHECKING:
+    from sagaz.engine.active_trigger import ActiveTrigger
+
+__all__ = [
+    "SAGAZ_NAMESPACE",
+    "canonical_hash",
+    "content_key",
+    "dedup_key",
+    "saga_id_for",
+    "storable",
+]
 
 SAGAZ_NAMESPACE = uuid.UUID("3f1d5c8e-6a52-5b8e-9c57-5a6761a7a001")
 
@@ -68,3 +79,28 @@ def content_key(payload: Any) -> str:
     if isinstance(payload, str):
         return hashlib.sha256(payload.encode()).hexdigest()
     return canonical_hash(payload)
+
+
+def dedup_key(trigger: ActiveTrigger, delivery: Delivery, event: Any) -> str:
+    """The inbox key of ``delivery``: the trigger's ``idempotency_key`` of ``event``, else the
+    delivery's identity, else its content (``dedup="content"`` or a redeliverable source),
+    else a key of its own. Raises :class:`~sagaz.exceptions.InvalidEventError` when
+    ``idempotency_key`` returns ``None``."""
+    if trigger.definition.idempotency_key is not None:
+        value = trigger.definition.idempotency_key(event)
+        if value is None:
+            raise InvalidEventError(
+                f"{trigger.trigger_id}: idempotency_key returned None for this event"
+            )
+        return str(value)
+    if delivery.identity:
+        return delivery.identity
+    source = trigger.source
+    if trigger.definition.dedup == "content" or (source is not None and source.redeliverable):
+        if delivery.content_identity:
+            return delivery.content_identity
+        content = delivery.body if delivery.body is not None else delivery.payload
+        return content_key(storable(content))
+    # no identity (a fire_event call, a webhook request without Idempotency-Key): its own
+    # event, never merged with an identical one behind the user's back (DESIGN 3.1)
+    return f"event:{uuid.uuid4().hex}"

@@ -199,9 +199,10 @@ async def in_engine(
 ) -> T:
     """Run ``body(engine, active)`` in the process-wide engine when it runs the trigger on
     ``store``, else in an engine of its own (no source, no recovery loop) on ``store``."""
-    from sagaz.engine import engine as engines
+    from sagaz.engine import process_engine
+    from sagaz.engine.engine import TriggerEngine
 
-    running = engines._engine
+    running = process_engine._engine
     if (
         running is not None
         and running.running
@@ -214,7 +215,7 @@ async def in_engine(
     definition = _definition(trigger_id)
     check(definition)
     # the engine starts (and then stops) a store that is not started: the configured one
-    async with engines.TriggerEngine(
+    async with TriggerEngine(
         config or TriggerConfig(),
         store,
         triggers=[definition],

@@ -200,7 +200,7 @@ async def _store(store: SagaStore | None) -> SagaStore:
     """``store``, else the store of the process-wide engine if it runs, else the configured
     one (as ``start_triggers`` picks it)."""
     if store is None:
-        from sagaz.engine import engine as engine_module
+        from sagaz.engine import process_engine as engine_module
 
         engine = engine_module._engine
         if engine is not None and engine.running:
@@ -338,7 +338,7 @@ async def _request(
 
 def _wake_local_engine(store: SagaStore, request: SagaControlRequest) -> None:
     """The process-wide engine on the same store acts now, not at its next read."""
-    from sagaz.engine import engine as engine_module
+    from sagaz.engine import process_engine as engine_module
 
     engine = engine_module._engine
     if engine is None or not engine.running or engine.store is not store:

@@ -1,0 +1,69 @@
+"""``JointDeliveries``: the deliveries of one saga in flight here, settled together once.
+
+A redelivered message (a lost ack, a broker reconnect) or one sent twice while its saga is
+being admitted, queued or running here joins the first delivery instead of meeting the inbox
+(which would hand our own claim back): :class:`~sagaz.engine.admission.Admission` tracks
+them by saga id until the first settlement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from sagaz.events import Delivery
+
+__all__ = ["JointDeliveries"]
+
+
+class JointDeliveries:
+    """The deliveries of one saga, from admission until the first of them is settled, all
+    settled together, once; that first settlement ends the tracking (a later delivery of the
+    key then meets the inbox)."""
+
+    __slots__ = ("first", "in_flight", "more", "saga_id", "settled")
+
+    def __init__(self, first: Delivery, in_flight: dict[str, JointDeliveries], saga_id: str):
+        self.first = first
+        #: the deliveries that joined ``first`` (no list per event while there is none)
+        self.more: list[Delivery] | None = None
+        self.in_flight = in_flight
+        self.saga_id = saga_id
+        self.settled = False
+
+    def _forget(self) -> bool:
+        if self.in_flight.get(self.saga_id) is self:
+            del self.in_flight[self.saga_id]
+        settled, self.settled = self.settled, True
+        return not settled
+
+    def join(self, delivery: Delivery) -> None:
+        """Settle ``delivery`` with the first one."""
+        if self.more is None:
+            self.more = []
+        self.more.append(delivery)
+
+    async def ack(self) -> None:
+        """Ack every delivery of the saga (once: a later settlement does nothing)."""
+        if self._forget():
+            if self.more is None:  # the usual case: no redelivery joined it
+                await self.first.ack()
+            else:
+                await self._each(lambda delivery: delivery.ack())
+
+    async def nack(self, requeue: bool) -> None:
+        """Nack every delivery of the saga (once: a later settlement does nothing)."""
+        if self._forget():
+            if self.more is None:
+                await self.first.nack(requeue)
+            else:
+                await self._each(lambda delivery: delivery.nack(requeue))
+
+    async def _each(self, settle: Callable[[Delivery], Awaitable[None]]) -> None:
+        error: Exception | None = None
+        for delivery in [self.first, *(self.more or ())]:  # one failing must not skip others
+            try:
+                await settle(delivery)
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error

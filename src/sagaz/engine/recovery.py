@@ -1,0 +1,72 @@
+"""The recovery loop: resumes the sagas of a dead worker that no broker redelivers.
+
+Broker events come back by themselves (they were never acked); events of webhook, cron,
+file, memory and poll triggers were acknowledged once accepted, so their sagas are found in
+the store (lease expired) and resumed by a live engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from sagaz.clock import utcnow
+from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
+from sagaz.engine.work_item import WorkItem
+from sagaz.events import Delivery, EventMeta
+from sagaz.exceptions import StoreUnavailableError
+
+__all__ = ["recover", "recover_once"]
+
+logger = logging.getLogger(__name__)
+
+
+async def recover(state: PipelineState, triggers: Mapping[str, ActiveTrigger]) -> None:
+    """Run :func:`recover_once` every ``recovery_interval_seconds``, until cancelled."""
+    interval = state.config.recovery_interval_seconds
+    outage = state.outage
+    while True:
+        await outage.wait_available()  # after an outage: once our own leases are renewed
+        try:
+            await recover_once(state, triggers)
+        except StoreUnavailableError as exc:
+            outage.down(exc)
+        except Exception:
+            logger.exception("recovery pass failed", extra={"worker_id": state.worker_id})
+        await asyncio.sleep(interval)  # real time: expired leases are found by real time
+
+
+async def recover_once(state: PipelineState, triggers: Mapping[str, ActiveTrigger]) -> int:
+    """One recovery pass: claim the recoverable sagas of ``triggers`` whose source does not
+    redeliver and queue them; returns how many sagas were resumed."""
+    store = state.store
+    lease_until = state.lease_until()
+    resumed = 0
+    for record in await store.list_recoverable(utcnow()):
+        active = triggers.get(record.trigger_id or "")
+        if active is None or (active.source is not None and active.source.redeliverable):
+            continue
+        if not await store.claim_saga(record.saga_id, state.worker_id, lease_until):
+            continue
+        item = WorkItem(
+            trigger=active,
+            delivery=Delivery(
+                payload=record.event,
+                decoded=True,
+                identity="",
+                meta=EventMeta(source="recovery", trigger=active.trigger_id),
+            ),
+            key="",  # the inbox row completes lazily on a retried delivery
+            saga_id=record.saga_id,
+            context=dict(record.context),
+            attempt=record.attempt,
+            accepted_at=state.clock.monotonic(),
+            context_hash="recovered" if active.poll_name else None,
+            saga=active.saga_for_run(),
+        )
+        state.queue.put_nowait_unbounded(item)
+        resumed += 1
+    if resumed:
+        logger.info("recovered %d saga(s)", resumed, extra={"worker_id": state.worker_id})
+    return resumed
