@@ -47,8 +47,15 @@ MAX_WORKERS = 4
 #: xdist groups (``--dist loadgroup``): the tests of a group run one after the other on one
 #: worker. A marker puts a test in one (``chaos``: the chaos tests, which run app processes
 #: flat out and kill them at moments they measure, must not share the CPUs with each other);
-#: so does a fixture (``site``: ``mkdocs build`` runs once per worker that needs the site).
-GROUPS = {"marker:chaos": "chaos", "fixture:site": "mkdocs-site"}
+#: so does a fixture (``site``: ``mkdocs build`` runs once per worker that needs the site;
+#: ``rabbit_env``/``redis_env``: tests/adr uses the ADR's own queue and stream names, such as
+#: ``events`` and ``failed-triggers``, on the shared RabbitMQ and Redis servers).
+GROUPS = {
+    "marker:chaos": "chaos",
+    "fixture:site": "mkdocs-site",
+    "fixture:rabbit_env": "adr-brokers",
+    "fixture:redis_env": "adr-brokers",
+}
 
 
 @pytest.hookimpl(tryfirst=True)
