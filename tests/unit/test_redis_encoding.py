@@ -68,7 +68,7 @@ def test_a_long_text_is_not_kept() -> None:
     memo = texts.memo("s")
     long = {"x": "y" * MAX_TEXT}
     assert texts.context(memo, long) == dumps(long)
-    assert memo.context is None and memo.context_text == ""
+    assert memo.context.snapshot is None and memo.context.text == ""
     assert texts.context(memo, {"id": 1}) == '{"id":1}'
     assert texts.context(memo, long) == dumps(long)
 

@@ -65,25 +65,39 @@ def _snapshot(value: Any, out: list[Any]) -> bool:
     return True
 
 
+class _Encoded:
+    """A value's text and the snapshot it was encoded from (``None``: nothing kept)."""
+
+    __slots__ = ("snapshot", "text")
+
+    def __init__(self) -> None:
+        self.snapshot: list[Any] | None = None
+        self.text = _NO_TEXT
+
+    def encode(self, value: Any) -> str:
+        """``dumps(value)``, the kept text while ``value`` is unchanged."""
+        snapshot: list[Any] = []
+        if not _snapshot(value, snapshot):
+            self.snapshot = None
+            return dumps(value)
+        if snapshot != self.snapshot:
+            text = dumps(value)
+            if len(text) > MAX_TEXT:
+                self.snapshot, self.text = None, _NO_TEXT
+                return text
+            self.text = text
+            self.snapshot = snapshot
+        return self.text
+
+
 class _Memo:
     """What :class:`SagaTexts` keeps of one saga."""
 
-    __slots__ = (
-        "context",
-        "context_text",
-        "created",
-        "created_text",
-        "event",
-        "event_text",
-        "lease",
-        "lease_text",
-    )
+    __slots__ = ("context", "created", "created_text", "event", "lease", "lease_text")
 
     def __init__(self) -> None:
-        self.context: list[Any] | None = None
-        self.context_text = _NO_TEXT
-        self.event: list[Any] | None = None
-        self.event_text = _NO_TEXT
+        self.context = _Encoded()
+        self.event = _Encoded()
         self.created: datetime | None = None
         self.created_text = _NO_TEXT
         self.lease: datetime | None = None
@@ -116,34 +130,12 @@ class SagaTexts:
     @staticmethod
     def context(memo: _Memo, value: Any) -> str:
         """``dumps(value)`` for the context of ``memo``'s saga, reused while unchanged."""
-        snapshot: list[Any] = []
-        if not _snapshot(value, snapshot):
-            memo.context = None
-            return dumps(value)
-        if snapshot != memo.context:
-            text = dumps(value)
-            if len(text) > MAX_TEXT:
-                memo.context, memo.context_text = None, _NO_TEXT
-                return text
-            memo.context_text = text
-            memo.context = snapshot
-        return memo.context_text
+        return memo.context.encode(value)
 
     @staticmethod
     def event(memo: _Memo, value: Any) -> str:
         """``dumps(value)`` for the event of ``memo``'s saga, reused while unchanged."""
-        snapshot: list[Any] = []
-        if not _snapshot(value, snapshot):
-            memo.event = None
-            return dumps(value)
-        if snapshot != memo.event:
-            text = dumps(value)
-            if len(text) > MAX_TEXT:
-                memo.event, memo.event_text = None, _NO_TEXT
-                return text
-            memo.event_text = text
-            memo.event = snapshot
-        return memo.event_text
+        return memo.event.encode(value)
 
     @staticmethod
     def created(memo: _Memo, moment: datetime) -> str:
