@@ -8,9 +8,9 @@ Run by :mod:`tests.chaos.supervisor` as ``python -m tests.chaos.limits_app``, co
 - ``CHAOS_SCOPE``: ``cluster`` (default) or ``process``.
 
 Events are ``{"n": <int>, "key": <str>}``. The trigger method numbers the events in the order
-this process receives them (``arrival``, with the worker id in ``arrived_at``); the step writes
-one row per run to the side table (:class:`RunTable`): start and end time on the database's
-clock, the worker that ran it, and that numbering.
+this process receives them (``arrival``, with the worker id in ``arrived_at`` and the delivery's
+``EventMeta.attempt``); the step writes one row per run to the side table (:class:`RunTable`):
+start and end time on the database's clock, the worker that ran it, and that numbering.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import asyncpg
 
 import sagaz
-from sagaz import Saga, SagaContext, action, trigger
+from sagaz import EventMeta, Saga, SagaContext, action, trigger
 from sagaz.abc import SagaStore
 from sagaz.storage.url import store_from_url
 from tests.chaos.app import SAGA_NAME, Settings, source_options, trigger_config
@@ -34,8 +34,8 @@ __all__ = ["RunTable", "define_saga"]
 
 
 class RunTable:
-    """One row per run of the step: ``(n, key, worker, arrival, arrived_at, started_at,
-    ended_at)``; ``ended_at`` stays NULL for a run a kill cut short."""
+    """One row per run of the step: ``(n, key, worker, arrival, arrived_at, attempt,
+    started_at, ended_at)``; ``ended_at`` stays NULL for a run a kill cut short."""
 
     def __init__(self, pool: Any, table: str) -> None:
         self.pool = pool
@@ -46,19 +46,20 @@ class RunTable:
         return (
             f'CREATE TABLE "{table}" (id bigserial PRIMARY KEY, n integer NOT NULL, '
             "key text NOT NULL, worker text NOT NULL, arrival integer NOT NULL, "
-            "arrived_at text NOT NULL, started_at timestamptz NOT NULL DEFAULT "
-            "clock_timestamp(), ended_at timestamptz)"
+            "arrived_at text NOT NULL, attempt integer NOT NULL, "
+            "started_at timestamptz NOT NULL DEFAULT clock_timestamp(), ended_at timestamptz)"
         )
 
     async def started(self, ctx: SagaContext, worker: str) -> int:
         run: int = await self.pool.fetchval(
-            f'INSERT INTO "{self.table}" (n, key, worker, arrival, arrived_at) '
-            "VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            f'INSERT INTO "{self.table}" (n, key, worker, arrival, arrived_at, attempt) '
+            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
             ctx["n"],
             ctx["key"],
             worker,
             ctx["arrival"],
             ctx["arrived_at"],
+            ctx["attempt"],
         )
         return run
 
@@ -85,12 +86,13 @@ def define_saga(settings: Settings, runs: RunTable, worker: str) -> type[Saga]:
         saga_name = SAGA_NAME
 
         @trigger(source=settings.source, **options)
-        def on_event(self, event: Any) -> dict[str, Any]:
+        def on_event(self, event: Any, meta: EventMeta) -> dict[str, Any]:
             return {
                 "n": event["n"],
                 "key": event["key"],
                 "arrival": next(arrivals),
                 "arrived_at": worker,
+                "attempt": meta.attempt,
             }
 
         @action("work")
