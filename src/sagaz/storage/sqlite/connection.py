@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from sagaz.abc import SagaStore
 from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.records import SchemaVersions
+from sagaz.storage import sqlite_rows as mapping
 from sagaz.storage import sqlite_schema as tables
 from sagaz.storage.sqlite_groups import GroupCommitter
 from sagaz.storage.url import sqlite_path
@@ -28,7 +29,7 @@ _IN_CHUNK = 500  # well under SQLite's bound-parameter limit
 _UNAVAILABLE = ("locked", "disk I/O error", "unable to open", "disk is full")
 
 _INSERT_SAGA = (
-    f"INSERT INTO saga_executions ({tables.SAGA_COLUMNS}) VALUES ({tables.placeholders(12)})"
+    f"INSERT INTO saga_executions ({tables.SAGA_COLUMNS}) VALUES ({mapping.placeholders(12)})"
 )
 
 

@@ -14,7 +14,7 @@ from sagaz.records import (
     SagaControlRequest,
     SagaHistoryRecord,
 )
-from sagaz.storage import sqlite_schema as tables
+from sagaz.storage import sqlite_rows as mapping
 from sagaz.storage.codec import from_text, to_text
 from sagaz.storage.sqlite.connection import (
     _IN_CHUNK,
@@ -38,7 +38,7 @@ class SQLiteControl(SQLiteConnection):
                 _change(
                     conn,
                     f"DELETE FROM saga_steps WHERE saga_id = ? "
-                    f"AND name IN ({tables.placeholders(len(chunk))})",
+                    f"AND name IN ({mapping.placeholders(len(chunk))})",
                     (saga_id, *chunk),
                 )
 
@@ -71,7 +71,7 @@ class SQLiteControl(SQLiteConnection):
             (saga_id, limit),
         )
         return [
-            SagaHistoryRecord(saga_id, action, actor, detail, entry_id, tables.optional_moment(at))
+            SagaHistoryRecord(saga_id, action, actor, detail, entry_id, mapping.optional_moment(at))
             for entry_id, saga_id, at, action, actor, detail in rows
         ]
 

@@ -15,6 +15,7 @@ from sagaz.records import (
     DeadLetterRecord,
     OutboxMessage,
 )
+from sagaz.storage import sqlite_rows as mapping
 from sagaz.storage import sqlite_schema as tables
 from sagaz.storage.codec import to_text
 from sagaz.storage.sql import dead_letter_params
@@ -26,8 +27,8 @@ from sagaz.storage.sqlite.connection import (
 __all__ = ["SQLiteOutbox"]
 
 _INSERT_DEAD_LETTER = (
-    f"INSERT INTO dead_letters ({tables.DEAD_LETTER_COLUMNS.removeprefix('id, ')}) "
-    f"VALUES ({tables.placeholders(11)})"
+    f"INSERT INTO dead_letters ({mapping.DEAD_LETTER_COLUMNS.removeprefix('id, ')}) "
+    f"VALUES ({mapping.placeholders(11)})"
 )
 
 
@@ -40,14 +41,14 @@ class SQLiteOutbox(SQLiteConnection):
             f"SELECT {tables.OUTBOX_COLUMNS} FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?",
             (limit,),
         )
-        return [tables.outbox_from_row(row) for row in rows]
+        return [mapping.outbox_from_row(row) for row in rows]
 
     async def list_saga_outbox(self, saga_id: str, limit: int = 100) -> list[OutboxMessage]:
         rows = await self._fetch(
             f"SELECT {tables.OUTBOX_COLUMNS} FROM outbox WHERE saga_id = ? ORDER BY id LIMIT ?",
             (saga_id, limit),
         )
-        return [tables.outbox_from_row(row) for row in rows]
+        return [mapping.outbox_from_row(row) for row in rows]
 
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
         if not ids:
@@ -60,7 +61,7 @@ class SQLiteOutbox(SQLiteConnection):
 
         def mark(conn: sqlite3.Connection) -> None:
             for chunk in chunks:
-                marks = tables.placeholders(len(chunk))
+                marks = mapping.placeholders(len(chunk))
                 conn.execute(f"UPDATE outbox SET sent_at = ? WHERE id IN ({marks})", (now, *chunk))
 
         await self._write(mark)
@@ -83,16 +84,17 @@ class SQLiteOutbox(SQLiteConnection):
         if trigger_id is not None:
             sql, params = "WHERE trigger_id = ? ", [trigger_id, limit]
         rows = await self._fetch(
-            f"SELECT {tables.DEAD_LETTER_COLUMNS} FROM dead_letters {sql}ORDER BY id LIMIT ?",
+            f"SELECT {mapping.DEAD_LETTER_COLUMNS} FROM dead_letters {sql}ORDER BY id LIMIT ?",
             params,
         )
-        return [tables.dead_letter_from_row(row) for row in rows]
+        return [mapping.dead_letter_from_row(row) for row in rows]
 
     async def get_dead_letter(self, dead_letter_id: int) -> DeadLetterRecord | None:
         rows = await self._fetch(
-            f"SELECT {tables.DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?", (dead_letter_id,)
+            f"SELECT {mapping.DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?",
+            (dead_letter_id,),
         )
-        return tables.dead_letter_from_row(rows[0]) if rows else None
+        return mapping.dead_letter_from_row(rows[0]) if rows else None
 
     async def delete_dead_letter(self, dead_letter_id: int) -> bool:
         deleted = await self._write_one("DELETE FROM dead_letters WHERE id = ?", (dead_letter_id,))

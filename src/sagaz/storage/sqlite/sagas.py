@@ -17,6 +17,7 @@ from sagaz.records import (
     SagaRecord,
     StepRecord,
 )
+from sagaz.storage import sqlite_rows as mapping
 from sagaz.storage import sqlite_schema as tables
 from sagaz.storage.checkpoints import check_checkpoint
 from sagaz.storage.codec import to_text
@@ -44,7 +45,7 @@ _UPSERT_SAGA = (
 _CREATE_SAGA = f"{_INSERT_SAGA} ON CONFLICT (saga_id) DO NOTHING"
 
 _INSERT_STEP = (
-    f"INSERT OR REPLACE INTO saga_steps ({tables.STEP_COLUMNS}) VALUES ({tables.placeholders(9)})"
+    f"INSERT OR REPLACE INTO saga_steps ({tables.STEP_COLUMNS}) VALUES ({mapping.placeholders(9)})"
 )
 
 _INSERT_OUTBOX = (
@@ -68,7 +69,7 @@ class SQLiteSagas(SQLiteConnection):
     # -- sagas -----------------------------------------------------------------------------
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
         now = utcnow()
-        params = tables.saga_params(record, to_text(now))
+        params = mapping.saga_params(record, to_text(now))
 
         def create(conn: sqlite3.Connection) -> list[Any]:
             # a new saga (the common case) is one statement; a known one is read after it
@@ -82,12 +83,12 @@ class SQLiteSagas(SQLiteConnection):
 
         rows = await self._write(create)
         if rows:
-            return tables.saga_from_row(rows[0]), False
+            return mapping.saga_from_row(rows[0]), False
         return _as_created(record, now), True
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = to_text(utcnow())
-        params = tables.saga_params(record, now)
+        params = mapping.saga_params(record, now)
         messages = outbox_params(outbox, now)
 
         def save(conn: sqlite3.Connection) -> None:
@@ -101,7 +102,7 @@ class SQLiteSagas(SQLiteConnection):
         rows = await self._fetch(
             f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions WHERE saga_id = ?", (saga_id,)
         )
-        return tables.saga_from_row(rows[0]) if rows else None
+        return mapping.saga_from_row(rows[0]) if rows else None
 
     async def list_sagas(
         self,
@@ -120,8 +121,8 @@ class SQLiteSagas(SQLiteConnection):
             "status = ?": None if status is None else SagaStatus(status).value,
             "saga_name = ?": saga_name,
             "trigger_id = ?": trigger_id,
-            "created_at >= ?": tables.optional_text(created_after),
-            "created_at < ?": tables.optional_text(created_before),
+            "created_at >= ?": mapping.optional_text(created_after),
+            "created_at < ?": mapping.optional_text(created_before),
             "seq < (SELECT seq FROM saga_executions WHERE saga_id = ?)": after,
         }
         where = [condition for condition, value in conditions.items() if value is not None]
@@ -131,7 +132,7 @@ class SQLiteSagas(SQLiteConnection):
             f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions {clause}ORDER BY seq DESC LIMIT ?",
             (*params, limit),
         )
-        return [tables.saga_from_row(row) for row in rows]
+        return [mapping.saga_from_row(row) for row in rows]
 
     async def delete_saga(self, saga_id: str) -> None:
         def delete(conn: sqlite3.Connection) -> None:
@@ -147,7 +148,7 @@ class SQLiteSagas(SQLiteConnection):
             "AND (lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY seq LIMIT ?",
             (to_text(now), limit),
         )
-        return [tables.saga_from_row(row) for row in rows]
+        return [mapping.saga_from_row(row) for row in rows]
 
     async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
         changed = await self._write_one(
@@ -183,7 +184,7 @@ class SQLiteSagas(SQLiteConnection):
         check_checkpoint(saga, steps, outbox)
         now = to_text(utcnow())
         step_rows = [step_params(step, now) for step in steps]
-        saga_params = None if saga is None else tables.saga_params(saga, now)
+        saga_params = None if saga is None else mapping.saga_params(saga, now)
         messages = outbox_params(outbox, now)
 
         def save(conn: sqlite3.Connection) -> None:
@@ -206,7 +207,7 @@ class SQLiteSagas(SQLiteConnection):
         rows = await self._fetch(
             f"SELECT {tables.STEP_COLUMNS} FROM saga_steps WHERE saga_id = ?", (saga_id,)
         )
-        return [tables.step_from_row(row) for row in rows]
+        return [mapping.step_from_row(row) for row in rows]
 
     async def reset_steps(self, saga_id: str) -> None:
         await self._write_one("DELETE FROM saga_steps WHERE saga_id = ?", (saga_id,))

@@ -14,7 +14,7 @@ from sagaz.records import (
     TriggerExecutionRecord,
     TriggerScheduleRecord,
 )
-from sagaz.storage import sqlite_schema as tables
+from sagaz.storage import sqlite_rows as mapping
 from sagaz.storage.codec import to_text
 from sagaz.storage.sqlite.connection import SQLiteConnection
 
@@ -24,7 +24,7 @@ __all__ = ["SQLiteTriggers"]
 def _schedule(row: Sequence[Any]) -> TriggerScheduleRecord:
     name, saga_name, interval, concurrent, enabled, last = row
     return TriggerScheduleRecord(
-        name, saga_name, interval, bool(concurrent), bool(enabled), tables.optional_moment(last)
+        name, saga_name, interval, bool(concurrent), bool(enabled), mapping.optional_moment(last)
     )
 
 
@@ -46,7 +46,7 @@ class SQLiteTriggers(SQLiteConnection):
                 record.poll_interval_ms,
                 int(record.allow_concurrent),
                 int(record.enabled),
-                tables.optional_text(record.last_poll_at),
+                mapping.optional_text(record.last_poll_at),
             ),
         )
 
@@ -107,11 +107,11 @@ class SQLiteTriggers(SQLiteConnection):
 
     async def list_trigger_executions(self, trigger_name: str) -> list[TriggerExecutionRecord]:
         rows = await self._fetch(
-            f"SELECT {tables.EXECUTION_COLUMNS} FROM trigger_executions WHERE trigger_name = ? "
+            f"SELECT {mapping.EXECUTION_COLUMNS} FROM trigger_executions WHERE trigger_name = ? "
             "ORDER BY id",
             (trigger_name,),
         )
-        return [tables.execution_from_row(row) for row in rows]
+        return [mapping.execution_from_row(row) for row in rows]
 
     # -- cron ------------------------------------------------------------------------------
     async def claim_cron_tick(self, trigger_id: str, tick: datetime, owner: str) -> bool:
@@ -126,4 +126,4 @@ class SQLiteTriggers(SQLiteConnection):
         rows = await self._fetch(
             "SELECT MAX(tick) FROM cron_claims WHERE trigger_id = ?", (trigger_id,)
         )
-        return tables.optional_moment(rows[0][0]) if rows else None
+        return mapping.optional_moment(rows[0][0]) if rows else None

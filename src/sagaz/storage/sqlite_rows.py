@@ -1,0 +1,168 @@
+"""How the rows of :class:`~sagaz.storage.sqlite.SQLiteSagaStore` map to records and back.
+
+Timestamps are fixed-width ISO text in UTC (see :func:`sagaz.storage.codec.to_text`), so they
+compare and sort as text; JSON columns hold :func:`sagaz.storage.codec.dumps` text. The schema
+itself is :mod:`sagaz.storage.sqlite_schema`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sagaz.records import (
+    DeadLetterRecord,
+    OutboxMessage,
+    SagaRecord,
+    StepRecord,
+    TriggerExecutionRecord,
+)
+from sagaz.storage.codec import dumps, from_text, loads, to_text
+from sagaz.types import SagaStatus, StepStatus
+
+__all__ = [
+    "DEAD_LETTER_COLUMNS",
+    "EXECUTION_COLUMNS",
+    "dead_letter_from_row",
+    "execution_from_row",
+    "optional_moment",
+    "optional_text",
+    "outbox_from_row",
+    "placeholders",
+    "saga_from_row",
+    "saga_params",
+    "step_from_row",
+]
+
+
+DEAD_LETTER_COLUMNS = (
+    "id, trigger_id, saga_name, payload, error, reason, traceback, attempts, saga_id, source, "
+    "meta, created_at"
+)
+EXECUTION_COLUMNS = "trigger_name, context_hash, saga_id, started_at, completed_at"
+
+
+def optional_text(moment: datetime | None) -> str | None:
+    """:func:`~sagaz.storage.codec.to_text`, passing ``None`` through."""
+    return None if moment is None else to_text(moment)
+
+
+def optional_moment(text: str | None) -> datetime | None:
+    """:func:`~sagaz.storage.codec.from_text`, passing ``None`` through."""
+    return None if text is None else from_text(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _lasting_text(moment: datetime) -> str:
+    """:func:`~sagaz.storage.codec.to_text` of a moment that a saga's writes store again and
+    again (its lease, its created_at): formatted once, then looked up."""
+    return to_text(moment)
+
+
+def saga_params(record: SagaRecord, now: str) -> tuple[Any, ...]:
+    """The values of :data:`SAGA_COLUMNS` for ``record``, updated ``now`` (its
+    :func:`~sagaz.storage.codec.to_text`), and created ``now`` if it has no ``created_at``."""
+    lease = record.lease_expires_at
+    created = record.created_at
+    return (
+        record.saga_id,
+        record.saga_name,
+        SagaStatus(record.status).value,
+        dumps(record.context),
+        record.attempt,
+        record.error,
+        record.trigger_id,
+        None if record.event is None else dumps(record.event),
+        record.owner,
+        None if lease is None else _lasting_text(lease),
+        now if created is None else _lasting_text(created),
+        now,
+    )
+
+
+def saga_from_row(row: Iterable[Any]) -> SagaRecord:
+    """A row of :data:`SAGA_COLUMNS` as a record."""
+    (saga_id, name, status, context, attempt, error, trigger_id, event, owner, lease, created,
+     updated) = row  # fmt: skip
+    return SagaRecord(
+        saga_id=saga_id,
+        saga_name=name,
+        status=SagaStatus(status),
+        context=loads(context),
+        attempt=attempt,
+        error=error,
+        trigger_id=trigger_id,
+        event=None if event is None else loads(event),
+        owner=owner,
+        lease_expires_at=optional_moment(lease),
+        created_at=from_text(created),
+        updated_at=from_text(updated),
+    )
+
+
+def step_from_row(row: Iterable[Any]) -> StepRecord:
+    """A row of :data:`STEP_COLUMNS` as a record."""
+    saga_id, name, status, result, error, attempts, seq, comp_error, updated = row
+    return StepRecord(
+        saga_id=saga_id,
+        name=name,
+        status=StepStatus(status),
+        result=None if result is None else loads(result),
+        error=error,
+        attempts=attempts,
+        completed_seq=seq,
+        compensation_error=comp_error,
+        updated_at=from_text(updated),
+    )
+
+
+def outbox_from_row(row: Iterable[Any]) -> OutboxMessage:
+    """A row of :data:`OUTBOX_COLUMNS` as a message."""
+    id_, saga_id, topic, payload, headers, created, sent = row
+    return OutboxMessage(
+        saga_id=saga_id,
+        topic=topic,
+        payload=loads(payload),
+        headers=loads(headers),
+        id=id_,
+        created_at=from_text(created),
+        sent_at=optional_moment(sent),
+    )
+
+
+def dead_letter_from_row(row: Iterable[Any]) -> DeadLetterRecord:
+    """A row of :data:`DEAD_LETTER_COLUMNS` as a record."""
+    id_, trigger, name, payload, error, reason, tb, attempts, saga_id, source, meta, at = row
+    return DeadLetterRecord(
+        trigger_id=trigger,
+        saga_name=name,
+        payload=loads(payload),
+        error=error,
+        reason=reason,
+        traceback=tb,
+        attempts=attempts,
+        saga_id=saga_id,
+        source=source,
+        meta=loads(meta),
+        id=id_,
+        created_at=from_text(at),
+    )
+
+
+def execution_from_row(row: Iterable[Any]) -> TriggerExecutionRecord:
+    """A row of :data:`EXECUTION_COLUMNS` as a record."""
+    trigger_name, context_hash, saga_id, started, completed = row
+    return TriggerExecutionRecord(
+        trigger_name=trigger_name,
+        context_hash=context_hash,
+        saga_id=saga_id,
+        started_at=from_text(started),
+        completed_at=optional_moment(completed),
+    )
+
+
+def placeholders(count: int) -> str:
+    """``?, ?, ...`` for ``count`` parameters."""
+    return ", ".join("?" * count)
