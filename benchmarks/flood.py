@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 import tracemalloc
+from datetime import datetime
 from typing import Any
 
 from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
@@ -61,12 +62,13 @@ class SlowSaga(Saga):
 class RetainedMemoryStore(MemorySagaStore):
     """``MemorySagaStore`` with a retention of zero: a settled saga's rows go at once."""
 
-    async def complete_inbox(self, trigger_id: str, key: str) -> None:
+    def _complete_inbox(self, trigger_id: str, key: str, *, now: datetime) -> None:
+        # both ways an inbox row completes: complete_inbox(), and a completed saga's checkpoint
         row = self._inbox.pop((trigger_id, key), None)
         if row is not None:
             saga_id = row[0]
             self._sagas.pop(saga_id, None)
-            self._steps.pop(saga_id, None)
+            self._drop_steps(saga_id, self._step_names.get(saga_id, ()))
 
 
 def status_kib(field: str) -> int:

@@ -49,8 +49,9 @@ class Dispatcher:
                 # (per-trigger limits are applied by the queue, which parks the events)
                 if state.global_bucket is not None:
                     await state.global_bucket.acquire()
+                if not self._current:  # else cleared already (set only once it is empty)
+                    self._idle.clear()
                 self._current[me] = item
-                self._idle.clear()
                 state.metrics.started(state.clock.monotonic() - item.accepted_at)
                 try:
                     await self.runner.run(item)

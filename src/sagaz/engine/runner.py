@@ -22,6 +22,14 @@ __all__ = ["SagaRunner"]
 
 logger = logging.getLogger(__name__)
 
+#: the level of the line logged when a saga ends; any other status (a compensation failed
+#: too) is a warning
+_LEVELS = {
+    SagaStatus.COMPLETED: logging.DEBUG,  # thousands a second: the normal case is not news
+    SagaStatus.COMPENSATED: logging.INFO,  # retried or dead-lettered
+    SagaStatus.CANCELLED: logging.INFO,  # an operator's decision
+}
+
 
 def _log_fields(item: WorkItem) -> dict[str, str | None]:
     """The ``extra=`` fields of a log line about ``item``: trigger, saga id, message id."""
@@ -57,7 +65,8 @@ class SagaRunner:
             await self.settlement.nack(trigger, item.delivery)
             state.outcomes.settle(item.saga_id, NotRun(item.saga_id, "interrupted", str(exc)))
             return
-        self._log_result(item, result)
+        if logger.isEnabledFor(_LEVELS.get(result.status, logging.WARNING)):
+            self._log_result(item, result)
         if result.status is SagaStatus.CANCELLED:  # an operator's decision: never retried
             state.metrics.cancelled[trigger.trigger_id] += 1
             await self._outage_safe(lambda: self._settle(item))
@@ -96,8 +105,9 @@ class SagaRunner:
         """Run the saga; while the store is unavailable, wait for it and run it again, which
         resumes it from its last checkpoint (the step whose checkpoint failed runs again)."""
         new_attempt = self._take_new_attempt(item)
-        known = item.pending
-        cancellations = self.state.cancellations
+        known: SagaRecord | None = item.pending
+        state = self.state
+        cancellations = state.cancellations
         cancellation = cancellations.track(item.saga_id)
         try:
             return await self._run_until_stored(item, new_attempt, known, cancellation)
@@ -151,17 +161,8 @@ class SagaRunner:
     @staticmethod
     def _log_result(item: WorkItem, result: SagaResult) -> None:
         status = result.status
-        level = (
-            logging.DEBUG  # thousands a second: the normal case is not news
-            if status is SagaStatus.COMPLETED
-            else logging.INFO  # its compensations ran: retried, dead-lettered, or cancelled
-            if status in (SagaStatus.COMPENSATED, SagaStatus.CANCELLED)
-            else logging.WARNING  # a compensation failed too
-        )
-        if not logger.isEnabledFor(level):
-            return
         logger.log(
-            level,
+            _LEVELS.get(status, logging.WARNING),
             "saga %s (%s, attempt %d) %s%s",
             item.saga_id,
             item.trigger.saga_name,

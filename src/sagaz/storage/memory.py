@@ -42,6 +42,7 @@ _S_LEASE = _SAGA.index["lease_expires_at"]
 _S_EVENT = _SAGA.index["event"]
 _S_CREATED = _SAGA.index["created_at"]
 _S_UPDATED = _SAGA.index["updated_at"]
+_T_NAME = _STEP.index["name"]
 
 #: an inbox row: (saga_id, owner, lease_until, status value, created_at, completed_at)
 _InboxRow = tuple[str, str | None, datetime | None, str, datetime, datetime | None]
@@ -64,7 +65,12 @@ class MemorySagaStore(SagaStore):
 
     def __init__(self) -> None:
         self._sagas: dict[str, tuple[Any, ...]] = {}
-        self._steps: dict[str, dict[str, tuple[Any, ...]]] = {}
+        #: step rows by (saga_id, step name), and per saga its step names in the order first
+        #: written: tuples of plain values, which the garbage collector stops tracking at its
+        #: next pass (a dict of steps per saga it would track until a full collection, and
+        #: promote to the oldest generation meanwhile)
+        self._steps: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._step_names: dict[str, tuple[str, ...]] = {}
         self._inbox: dict[tuple[str, str], _InboxRow] = {}
         self._outbox: list[OutboxMessage] = []
         self._outbox_ids = itertools.count(1)
@@ -92,14 +98,15 @@ class MemorySagaStore(SagaStore):
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         messages = [_clone(m) for m in outbox]
-        previous = self._sagas.get(record.saga_id)
         now = utcnow()
-        created, updated = record.created_at, record.updated_at
-        record.created_at = previous[_S_CREATED] if previous else (created or now)
-        record.updated_at = now
-        self._sagas[record.saga_id] = _SAGA.pack(record)
-        record.created_at, record.updated_at = created, updated
-        self._append_outbox(messages)
+        self._sagas[record.saga_id] = self._saga_row(record, now)
+        self._append_outbox(messages, now)
+
+    def _saga_row(self, record: SagaRecord, now: datetime) -> tuple[Any, ...]:
+        """``record`` as its row, written ``now`` (created when first written)."""
+        previous = self._sagas.get(record.saga_id)
+        created = previous[_S_CREATED] if previous else (record.created_at or now)
+        return _SAGA.stamped(record, created, now)
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         row = self._sagas.get(saga_id)
@@ -139,7 +146,7 @@ class MemorySagaStore(SagaStore):
 
     async def delete_saga(self, saga_id: str) -> None:
         self._sagas.pop(saga_id, None)
-        self._steps.pop(saga_id, None)
+        self._drop_steps(saga_id, self._step_names.get(saga_id, ()))
 
     async def list_recoverable(self, now: datetime, limit: int = 100) -> list[SagaRecord]:
         rows = [
@@ -166,11 +173,27 @@ class MemorySagaStore(SagaStore):
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         messages = [_clone(m) for m in outbox]
-        updated = step.updated_at
-        step.updated_at = utcnow()
-        self._steps.setdefault(step.saga_id, {})[step.name] = _STEP.pack(step)
-        step.updated_at = updated
-        self._append_outbox(messages)
+        now = utcnow()
+        self._put_step(step.saga_id, _STEP.stamped(step, None, now))
+        self._append_outbox(messages, now)
+
+    def _put_step(self, saga_id: str, row: tuple[Any, ...]) -> None:
+        key = (saga_id, row[_T_NAME])
+        if key not in self._steps:
+            self._step_names[saga_id] = (*self._step_names.get(saga_id, ()), key[1])
+        self._steps[key] = row
+
+    def _drop_steps(self, saga_id: str, names: Iterable[str]) -> None:
+        dropped = set(names)
+        if not dropped:
+            return
+        for name in dropped:
+            self._steps.pop((saga_id, name), None)
+        kept = tuple(n for n in self._step_names.get(saga_id, ()) if n not in dropped)
+        if kept:
+            self._step_names[saga_id] = kept
+        else:
+            self._step_names.pop(saga_id, None)
 
     async def save_checkpoint(
         self,
@@ -181,44 +204,32 @@ class MemorySagaStore(SagaStore):
         complete_inbox: tuple[str, str] | None = None,
     ) -> None:
         """All or nothing: every row is copied before any is stored (see the contract)."""
-        check_checkpoint(saga, steps, outbox)
-        messages = [_clone(m) for m in outbox]
+        messages: Sequence[OutboxMessage] = ()
+        if outbox:
+            check_checkpoint(saga, steps, outbox)
+            messages = [_clone(m) for m in outbox]
         now = utcnow()
-        step_rows: list[tuple[Any, ...]] = []
-        for step in steps:
-            updated = step.updated_at
-            step.updated_at = now
-            try:
-                step_rows.append(_STEP.pack(step))
-            finally:
-                step.updated_at = updated
-        saga_row: tuple[Any, ...] | None = None
-        if saga is not None:
-            previous = self._sagas.get(saga.saga_id)
-            created, updated = saga.created_at, saga.updated_at
-            saga.created_at = previous[_S_CREATED] if previous else (created or now)
-            saga.updated_at = now
-            try:
-                saga_row = _SAGA.pack(saga)
-            finally:
-                saga.created_at, saga.updated_at = created, updated
+        step_rows = [_STEP.stamped(step, None, now) for step in steps]
+        saga_row = None if saga is None else self._saga_row(saga, now)
         for step, row in zip(steps, step_rows, strict=True):
-            self._steps.setdefault(step.saga_id, {})[step.name] = row
+            self._put_step(step.saga_id, row)
         if saga is not None and saga_row is not None:
             self._sagas[saga.saga_id] = saga_row
-        self._append_outbox(messages)
+        if messages:
+            self._append_outbox(messages, now)
         if complete_inbox is not None:
-            self._complete_inbox(*complete_inbox)
+            self._complete_inbox(*complete_inbox, now=now)
 
-    def _append_outbox(self, messages: Sequence[OutboxMessage]) -> None:
+    def _append_outbox(self, messages: Sequence[OutboxMessage], now: datetime) -> None:
         for message in messages:
-            self._outbox.append(replace(message, id=next(self._outbox_ids), created_at=utcnow()))
+            self._outbox.append(replace(message, id=next(self._outbox_ids), created_at=now))
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
-        return [_STEP.unpack(s) for s in self._steps.get(saga_id, {}).values()]
+        steps = self._steps
+        return [_STEP.unpack(steps[saga_id, n]) for n in self._step_names.get(saga_id, ())]
 
     async def reset_steps(self, saga_id: str) -> None:
-        self._steps.pop(saga_id, None)
+        self._drop_steps(saga_id, self._step_names.get(saga_id, ()))
 
     # -- inbox -----------------------------------------------------------------------------
     async def claim_inbox(
@@ -251,20 +262,13 @@ class MemorySagaStore(SagaStore):
         return InboxClaim(ClaimOutcome.BUSY, stored_id, stored_owner)
 
     async def complete_inbox(self, trigger_id: str, key: str) -> None:
-        self._complete_inbox(trigger_id, key)
+        self._complete_inbox(trigger_id, key, now=utcnow())
 
-    def _complete_inbox(self, trigger_id: str, key: str) -> None:
+    def _complete_inbox(self, trigger_id: str, key: str, *, now: datetime) -> None:
         row = self._inbox.get((trigger_id, key))
         if row is not None:
             saga_id, owner, lease_until, _, created, _ = row
-            self._inbox[(trigger_id, key)] = (
-                saga_id,
-                owner,
-                lease_until,
-                _COMPLETED,
-                created,
-                utcnow(),
-            )
+            self._inbox[(trigger_id, key)] = (saga_id, owner, lease_until, _COMPLETED, created, now)
 
     async def release_inbox(self, trigger_id: str, key: str) -> None:
         self._inbox.pop((trigger_id, key), None)
@@ -446,9 +450,7 @@ class MemorySagaStore(SagaStore):
 
     # -- saga control ----------------------------------------------------------------------
     async def delete_steps(self, saga_id: str, names: Sequence[str]) -> None:
-        steps = self._steps.get(saga_id, {})
-        for name in names:
-            steps.pop(name, None)
+        self._drop_steps(saga_id, names)
 
     async def add_saga_history(self, entry: SagaHistoryRecord) -> int:
         entry_id = next(self._history_ids)
