@@ -2,49 +2,16 @@
 
 from __future__ import annotations
 
-import gc
 from datetime import UTC, datetime
 
 from sagaz.engine.joint_deliveries import JointDeliveries
-from sagaz.engine.outcomes import SagaOutcomes
-from sagaz.events import Delivery, EventMeta, NotRun, Reason
+from sagaz.events import Delivery, EventMeta
 from sagaz.records import SagaRecord, StepRecord
-from sagaz.saga.result import SagaResult
 from sagaz.storage.rows import RowCodec
 from sagaz.types import SagaStatus, StepStatus
 
 THEN = datetime(2026, 1, 1, tzinfo=UTC)
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
-
-
-def test_kept_outcomes_hold_no_tracked_objects() -> None:
-    outcomes = SagaOutcomes(keep=1000)
-    gc.collect()
-    before = len(gc.get_objects())
-    for n in range(500):
-        outcomes.settle(str(n), SagaResult(str(n), SagaStatus.COMPLETED, {"n": n}))
-    gc.collect()
-    assert len(gc.get_objects()) - before < 50  # a SagaResult object each: 500
-
-
-async def test_a_kept_outcome_is_answered_as_it_was_settled() -> None:
-    outcomes = SagaOutcomes()
-    result = SagaResult(
-        "s1",
-        SagaStatus.FAILED,
-        {"order": 7},
-        error="boom",
-        failed_step="pay",
-        compensation_errors={"reserve": "gone"},
-        attempt=3,
-    )
-    outcomes.settle("s1", result)
-    outcomes.settle("s2", NotRun("s2", Reason.DROPPED_OLDEST))
-    answered = await outcomes.wait("s1")
-    assert answered == result
-    assert isinstance(answered, SagaResult)
-    assert answered.status is SagaStatus.FAILED
-    assert await outcomes.wait("s2") == NotRun("s2", Reason.DROPPED_OLDEST)
 
 
 async def test_a_joint_delivery_acks_without_argument_and_nacks_with_one() -> None:

@@ -11,53 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from typing import Any
 
 from sagaz.events import NotRun
 from sagaz.saga.result import SagaResult
-from sagaz.storage.rows import freeze, thaw
-from sagaz.types import SagaStatus
 
 __all__ = ["SagaOutcome", "SagaOutcomes"]
 
 #: what :meth:`SagaOutcomes.wait` answers
 SagaOutcome = SagaResult | NotRun
-
-#: a ``SagaResult`` as it is kept: a tuple of its fields, the status as its value, the
-#: context and compensation errors frozen (``marshal`` bytes, see :mod:`sagaz.storage.rows`).
-#: Thousands are kept, each from the moment its saga ends: a tuple of plain values is one
-#: the garbage collector stops tracking, where each ``SagaResult`` would be promoted to the
-#: oldest generation, bring full collections on sooner and be walked by every one of them.
-_Kept = tuple[str, str, Any, str | None, str | None, Any, int]
-
-
-def _keep(outcome: SagaOutcome) -> _Kept | NotRun:
-    if isinstance(outcome, NotRun):
-        return outcome
-    return (
-        outcome.saga_id,
-        outcome.status.value,
-        freeze(outcome.context),
-        outcome.error,
-        outcome.failed_step,
-        freeze(outcome.compensation_errors) if outcome.compensation_errors else None,
-        outcome.attempt,
-    )
-
-
-def _kept(kept: _Kept | NotRun) -> SagaOutcome:
-    if isinstance(kept, NotRun):
-        return kept
-    saga_id, status, context, error, failed_step, compensation_errors, attempt = kept
-    return SagaResult(
-        saga_id,
-        SagaStatus(status),
-        thaw(context),
-        error,
-        failed_step,
-        {} if compensation_errors is None else thaw(compensation_errors),
-        attempt,
-    )
 
 
 class SagaOutcomes:
@@ -65,7 +26,7 @@ class SagaOutcomes:
 
     def __init__(self, keep: int = 10_000) -> None:
         self.keep = keep
-        self._recent: OrderedDict[str, _Kept | NotRun] = OrderedDict()
+        self._recent: OrderedDict[str, SagaOutcome] = OrderedDict()
         self._waiters: dict[str, list[asyncio.Future[SagaOutcome]]] = {}
         self._interrupted = False
 
@@ -78,7 +39,7 @@ class SagaOutcomes:
         recent = self._recent
         if saga_id in recent:  # (``accepted`` removed it: new ones go to the end anyway)
             recent.move_to_end(saga_id)
-        recent[saga_id] = _keep(outcome)
+        recent[saga_id] = outcome
         if len(recent) > self.keep:
             recent.popitem(last=False)
         if self._waiters:
@@ -90,7 +51,7 @@ class SagaOutcomes:
         """The outcome of ``saga_id``, once there is one (``TimeoutError`` after ``timeout``)."""
         known = self._recent.get(saga_id)
         if known is not None:
-            return _kept(known)
+            return known
         if self._interrupted:
             return NotRun(saga_id, "interrupted")
         future: asyncio.Future[SagaOutcome] = asyncio.get_running_loop().create_future()
