@@ -68,7 +68,7 @@ class RetainedMemoryStore(MemorySagaStore):
         if row is not None:
             saga_id = row[0]
             self._sagas.pop(saga_id, None)
-            self._drop_steps(saga_id, self._step_names.get(saga_id, ()))
+            self._steps.pop(saga_id, None)
 
 
 def status_kib(field: str) -> int:

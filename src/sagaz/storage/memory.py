@@ -65,12 +65,11 @@ class MemorySagaStore(SagaStore):
 
     def __init__(self) -> None:
         self._sagas: dict[str, tuple[Any, ...]] = {}
-        #: step rows by (saga_id, step name), and per saga its step names in the order first
-        #: written: tuples of plain values, which the garbage collector stops tracking at its
-        #: next pass (a dict of steps per saga it would track until a full collection, and
-        #: promote to the oldest generation meanwhile)
-        self._steps: dict[tuple[str, str], tuple[Any, ...]] = {}
-        self._step_names: dict[str, tuple[str, ...]] = {}
+        #: per saga, its step rows in the order first written: a tuple of tuples of plain
+        #: values, which the garbage collector stops tracking within two passes, before it
+        #: reaches the oldest generation (a dict of steps per saga it would track until a
+        #: full collection, promote, and walk in every full collection)
+        self._steps: dict[str, tuple[tuple[Any, ...], ...]] = {}
         self._inbox: dict[tuple[str, str], _InboxRow] = {}
         self._outbox: list[OutboxMessage] = []
         self._outbox_ids = itertools.count(1)
@@ -146,7 +145,7 @@ class MemorySagaStore(SagaStore):
 
     async def delete_saga(self, saga_id: str) -> None:
         self._sagas.pop(saga_id, None)
-        self._drop_steps(saga_id, self._step_names.get(saga_id, ()))
+        self._steps.pop(saga_id, None)
 
     async def list_recoverable(self, now: datetime, limit: int = 100) -> list[SagaRecord]:
         rows = [
@@ -178,22 +177,17 @@ class MemorySagaStore(SagaStore):
         self._append_outbox(messages, now)
 
     def _put_step(self, saga_id: str, row: tuple[Any, ...]) -> None:
-        key = (saga_id, row[_T_NAME])
-        if key not in self._steps:
-            self._step_names[saga_id] = (*self._step_names.get(saga_id, ()), key[1])
-        self._steps[key] = row
-
-    def _drop_steps(self, saga_id: str, names: Iterable[str]) -> None:
-        dropped = set(names)
-        if not dropped:
+        """Store a step row in place of the saga's row of the same step (or after its last)."""
+        rows = self._steps.get(saga_id)
+        if rows is None:
+            self._steps[saga_id] = (row,)
             return
-        for name in dropped:
-            self._steps.pop((saga_id, name), None)
-        kept = tuple(n for n in self._step_names.get(saga_id, ()) if n not in dropped)
-        if kept:
-            self._step_names[saga_id] = kept
-        else:
-            self._step_names.pop(saga_id, None)
+        name = row[_T_NAME]
+        for n, old in enumerate(rows):
+            if old[_T_NAME] == name:
+                self._steps[saga_id] = (*rows[:n], row, *rows[n + 1 :])
+                return
+        self._steps[saga_id] = (*rows, row)
 
     async def save_checkpoint(
         self,
@@ -225,11 +219,10 @@ class MemorySagaStore(SagaStore):
             self._outbox.append(replace(message, id=next(self._outbox_ids), created_at=now))
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
-        steps = self._steps
-        return [_STEP.unpack(steps[saga_id, n]) for n in self._step_names.get(saga_id, ())]
+        return [_STEP.unpack(row) for row in self._steps.get(saga_id, ())]
 
     async def reset_steps(self, saga_id: str) -> None:
-        self._drop_steps(saga_id, self._step_names.get(saga_id, ()))
+        self._steps.pop(saga_id, None)
 
     # -- inbox -----------------------------------------------------------------------------
     async def claim_inbox(
@@ -450,7 +443,10 @@ class MemorySagaStore(SagaStore):
 
     # -- saga control ----------------------------------------------------------------------
     async def delete_steps(self, saga_id: str, names: Sequence[str]) -> None:
-        self._drop_steps(saga_id, names)
+        rows = self._steps.get(saga_id)
+        if rows is not None:
+            dropped = set(names)
+            self._steps[saga_id] = tuple(row for row in rows if row[_T_NAME] not in dropped)
 
     async def add_saga_history(self, entry: SagaHistoryRecord) -> int:
         entry_id = next(self._history_ids)
