@@ -64,7 +64,7 @@ class RetainedMemoryStore(MemorySagaStore):
 
     def _complete_inbox(self, trigger_id: str, key: str, *, now: datetime) -> None:
         # both ways an inbox row completes: complete_inbox(), and a completed saga's checkpoint
-        row = self._inbox.pop((trigger_id, key), None)
+        row = self._inbox.get(trigger_id, {}).pop(key, None)
         if row is not None:
             saga_id = row[0]
             self._sagas.pop(saga_id, None)
@@ -156,7 +156,7 @@ async def flood(events: int, store_kind: str, trace: bool = False) -> dict[str, 
             "offered_seconds": offered_seconds,
             "seconds": elapsed,
             "store_sagas": len(store._sagas),
-            "store_inbox": len(store._inbox),
+            "store_inbox": sum(len(rows) for rows in store._inbox.values()),
         }
 
 

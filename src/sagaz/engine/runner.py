@@ -13,7 +13,6 @@ from sagaz.engine.work_item import WorkItem
 from sagaz.events import NotRun
 from sagaz.exceptions import StoreUnavailableError
 from sagaz.records import SagaRecord
-from sagaz.saga.cancellation import Cancellation
 from sagaz.saga.execution import SagaExecution
 from sagaz.saga.result import SagaResult
 from sagaz.types import SagaStatus
@@ -104,50 +103,41 @@ class SagaRunner:
     async def _execute(self, item: WorkItem) -> SagaResult:
         """Run the saga; while the store is unavailable, wait for it and run it again, which
         resumes it from its last checkpoint (the step whose checkpoint failed runs again)."""
-        new_attempt = self._take_new_attempt(item)
+        # set once by a scheduled retry: this run starts a new attempt
+        new_attempt, item.new_attempt = item.new_attempt, False
         known: SagaRecord | None = item.pending
         state = self.state
+        trigger = item.trigger
         cancellations = state.cancellations
         cancellation = cancellations.track(item.saga_id)
         try:
-            return await self._run_until_stored(item, new_attempt, known, cancellation)
+            while True:
+                execution = SagaExecution(
+                    item.saga if item.saga is not None else trigger.saga,
+                    store=state.store,
+                    listeners=trigger.listeners,
+                    clock=state.clock,
+                    trigger_id=trigger.trigger_id,
+                    owner=state.worker_id,
+                    lease_until=state.lease_until(),
+                    delivery=item.delivery,
+                    cancellation=cancellation,
+                    # a completed saga completes its inbox row in the same store operation
+                    inbox=(item.trigger_id, item.key) if item.key else None,
+                )
+                try:
+                    result = await execution.run(
+                        item.context, item.saga_id, new_attempt=new_attempt, known=known
+                    )
+                    item.inbox_completed = execution.inbox_completed
+                    return result
+                except StoreUnavailableError as exc:
+                    # a new attempt stored as running is not started over again: it resumes
+                    new_attempt = new_attempt and not execution.began
+                    known = None  # what the store holds now is read again
+                    await state.outage.wait(exc)
         finally:
             cancellations.untrack(item.saga_id)
-
-    async def _run_until_stored(
-        self,
-        item: WorkItem,
-        new_attempt: bool,
-        known: SagaRecord | None,
-        cancellation: Cancellation,
-    ) -> SagaResult:
-        state = self.state
-        trigger = item.trigger
-        while True:
-            execution = SagaExecution(
-                item.saga if item.saga is not None else trigger.saga,
-                store=state.store,
-                listeners=trigger.listeners,
-                clock=state.clock,
-                trigger_id=trigger.trigger_id,
-                owner=state.worker_id,
-                lease_until=state.lease_until(),
-                delivery=item.delivery,
-                cancellation=cancellation,
-                # a completed saga completes its inbox row in the same store operation
-                inbox=(item.trigger_id, item.key) if item.key else None,
-            )
-            try:
-                result = await execution.run(
-                    item.context, item.saga_id, new_attempt=new_attempt, known=known
-                )
-                item.inbox_completed = execution.inbox_completed
-                return result
-            except StoreUnavailableError as exc:
-                # a new attempt stored as running is not started over again: it resumes
-                new_attempt = new_attempt and not execution.began
-                known = None  # what the store holds now is read again
-                await state.outage.wait(exc)
 
     async def _outage_safe(self, operation: Callable[[], Awaitable[object]]) -> None:
         """Run ``operation`` (store writes, then perhaps the ack) until the store takes it."""
@@ -176,12 +166,6 @@ class SagaRunner:
                 "status": status.value,
             },
         )
-
-    @staticmethod
-    def _take_new_attempt(item: WorkItem) -> bool:
-        """Whether this run starts a new attempt (set once by a scheduled retry)."""
-        new_attempt, item.new_attempt = item.new_attempt, False
-        return new_attempt
 
     async def _settle(self, item: WorkItem) -> None:
         store = self.state.store

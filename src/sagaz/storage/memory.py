@@ -70,7 +70,8 @@ class MemorySagaStore(SagaStore):
         #: reaches the oldest generation (a dict of steps per saga it would track until a
         #: full collection, promote, and walk in every full collection)
         self._steps: dict[str, tuple[tuple[Any, ...], ...]] = {}
-        self._inbox: dict[tuple[str, str], _InboxRow] = {}
+        #: inbox rows by trigger id, then key: no (trigger_id, key) tuple kept per event
+        self._inbox: dict[str, dict[str, _InboxRow]] = {}
         self._outbox: list[OutboxMessage] = []
         self._outbox_ids = itertools.count(1)
         self._dead: dict[int, DeadLetterRecord] = {}
@@ -228,9 +229,12 @@ class MemorySagaStore(SagaStore):
     async def claim_inbox(
         self, trigger_id: str, key: str, saga_id: str, owner: str, lease_until: datetime
     ) -> InboxClaim:
-        row = self._inbox.get((trigger_id, key))
+        rows = self._inbox.get(trigger_id)
+        if rows is None:
+            rows = self._inbox[trigger_id] = {}
+        row = rows.get(key)
         if row is None:
-            self._inbox[(trigger_id, key)] = (
+            rows[key] = (
                 saga_id,
                 owner,
                 lease_until,
@@ -243,7 +247,7 @@ class MemorySagaStore(SagaStore):
         if status == _COMPLETED:
             return InboxClaim(ClaimOutcome.DUPLICATE, stored_id, stored_owner)
         if stored_owner == owner or stored_lease is None or stored_lease < utcnow():
-            self._inbox[(trigger_id, key)] = (
+            rows[key] = (
                 stored_id,
                 owner,
                 lease_until,
@@ -258,21 +262,24 @@ class MemorySagaStore(SagaStore):
         self._complete_inbox(trigger_id, key, now=utcnow())
 
     def _complete_inbox(self, trigger_id: str, key: str, *, now: datetime) -> None:
-        row = self._inbox.get((trigger_id, key))
-        if row is not None:
+        rows = self._inbox.get(trigger_id)
+        row = None if rows is None else rows.get(key)
+        if rows is not None and row is not None:
             saga_id, owner, lease_until, _, created, _ = row
-            self._inbox[(trigger_id, key)] = (saga_id, owner, lease_until, _COMPLETED, created, now)
+            rows[key] = (saga_id, owner, lease_until, _COMPLETED, created, now)
 
     async def release_inbox(self, trigger_id: str, key: str) -> None:
-        self._inbox.pop((trigger_id, key), None)
+        rows = self._inbox.get(trigger_id)
+        if rows is not None:
+            rows.pop(key, None)
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
         touched = 0
-        inbox = self._inbox
-        for k, (saga_id, row_owner, _, status, created, completed) in inbox.items():
-            if row_owner == owner and status == _PENDING:
-                inbox[k] = (saga_id, owner, lease_until, _PENDING, created, completed)
-                touched += 1
+        for inbox in self._inbox.values():
+            for k, (saga_id, row_owner, _, status, created, completed) in inbox.items():
+                if row_owner == owner and status == _PENDING:
+                    inbox[k] = (saga_id, owner, lease_until, _PENDING, created, completed)
+                    touched += 1
         sagas = self._sagas
         for saga_id, record in sagas.items():
             if record[_S_OWNER] == owner and record[_S_STATUS] not in TERMINAL_SAGA_STATUSES:
@@ -281,13 +288,16 @@ class MemorySagaStore(SagaStore):
         return touched
 
     async def purge_expired(self, before: datetime) -> int:
-        expired = [
-            k
-            for k, (_, _, _, status, _, completed) in self._inbox.items()
-            if status == _COMPLETED and completed is not None and completed < before
-        ]
-        for k in expired:
-            del self._inbox[k]
+        expired = 0
+        for inbox in self._inbox.values():
+            keys = [
+                k
+                for k, (_, _, _, status, _, completed) in inbox.items()
+                if status == _COMPLETED and completed is not None and completed < before
+            ]
+            for k in keys:
+                del inbox[k]
+            expired += len(keys)
         cleared = 0
         sagas = self._sagas
         for saga_id, record in sagas.items():
@@ -309,7 +319,7 @@ class MemorySagaStore(SagaStore):
             for tick in stale:
                 del ticks[tick]
             ticks_dropped += len(stale)
-        return len(expired) + cleared + executions + ticks_dropped
+        return expired + cleared + executions + ticks_dropped
 
     # -- outbox ----------------------------------------------------------------------------
     async def fetch_outbox(self, limit: int = 100) -> list[OutboxMessage]:
