@@ -177,12 +177,13 @@ class BackpressureQueue:
             if key is not None and not item.key_reserved and key in self._busy_keys:
                 self._parked_keys.setdefault(key, deque()).append(item)
                 continue
-            limit = item.trigger.max_concurrent
-            trigger_id = item.trigger_id
+            trigger = item.trigger
+            limit = trigger.max_concurrent
+            trigger_id = trigger.trigger_id
             if limit is not None and self._running.get(trigger_id, 0) >= limit:
                 self._parked_triggers.setdefault(trigger_id, deque()).append(item)
                 continue
-            bucket = item.trigger.bucket
+            bucket = trigger.bucket
             if (
                 bucket is not None
                 and not item.rate_granted
@@ -190,7 +191,7 @@ class BackpressureQueue:
             ):
                 self._park_for_rate(item, bucket)
                 continue
-            cluster = item.trigger.cluster
+            cluster = trigger.cluster
             if cluster is not None and not item.cluster_ready:
                 if key is not None:  # later events of the key wait behind it, here
                     self._busy_keys.add(key)
