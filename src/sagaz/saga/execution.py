@@ -111,8 +111,7 @@ class SagaExecution(SagaCompensation):
 
         ``known`` is the stored row when the caller just created it (skips one read).
         """
-        if self.listeners:
-            self._check_outbox_listeners()
+        self._check_outbox_listeners()
         saga_id = saga_id or str(uuid.uuid4())
         self._spans = spans = tracing.recorder()
         if spans is None:
