@@ -16,6 +16,8 @@ Run: ``python benchmarks/pipeline.py [--events 20000]``
 
 All run in this process, one after the other, and the ratios are printed. Start latency is
 measured at half of sagaz's measured throughput (paced producer): accepted → saga started.
+The process CPU time per event (``time.process_time``) of the saga loop and of sagaz is
+printed too: on a shared machine it moves much less than the rates.
 """
 
 from __future__ import annotations
@@ -146,8 +148,12 @@ async def main(events: int, seconds: float) -> None:
     await sagaz_throughput(min(events, 2000))  # warm-up
     await raw_throughput(min(events, 2000), run_saga=True)
     bare = await raw_throughput(events, run_saga=False)
+    cpu = time.process_time()
     loop = await raw_throughput(events, run_saga=True)
+    loop_cpu = (time.process_time() - cpu) / events * 1e6
+    cpu = time.process_time()
     ours = await sagaz_throughput(events)
+    ours_cpu = (time.process_time() - cpu) / events * 1e6
     rate = ours / 2
     ours_lat = await sagaz_latency(rate, seconds)
     raw_lat = await raw_latency(rate, seconds)
@@ -166,6 +172,10 @@ async def main(events: int, seconds: float) -> None:
         f"{statistics.median(ours_lat) * ms:>9.3f} {percentile(ours_lat, 0.99) * ms:>9.3f}"
     )
     print(f"ratio sagaz/saga loop: {ours / loop:.1%}   (sagaz/bare floor: {ours / bare:.1%})")
+    print(
+        f"CPU µs/event: saga loop {loop_cpu:.1f}, sagaz {ours_cpu:.1f} "
+        f"(saga loop/sagaz: {loop_cpu / ours_cpu:.1%})"
+    )
 
 
 if __name__ == "__main__":

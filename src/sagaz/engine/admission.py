@@ -228,7 +228,7 @@ class Admission:
         joint = JointDeliveries(delivery, self._in_flight, saga_id)
         self._in_flight[saga_id] = joint
         tracked = Delivery(*_DELIVERY_FIELDS(delivery))  # dataclasses.replace, 4x cheaper
-        tracked.ack, tracked.nack = joint.ack, joint.nack
+        tracked.ack = tracked.nack = joint  # one object settles it either way
         return tracked
 
     async def _claim(self, c: _Candidate) -> AdmissionResult | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Coroutine, Hashable
 from dataclasses import dataclass
 
@@ -38,6 +38,9 @@ class PutResult:
 
     accepted: bool
     evicted: WorkItem | None = None  # drop_oldest: the event pushed out
+
+
+_ACCEPTED = PutResult(True)  # what nearly every put returns: not one object per event
 
 
 class BackpressureQueue:
@@ -65,9 +68,11 @@ class BackpressureQueue:
         self._cluster_waiting: dict[str, deque[WorkItem]] = {}
         self._cluster_gates: dict[str, asyncio.Task[None]] = {}
         self._cluster_tasks: set[asyncio.Task[None]] = set()
-        self._running: Counter[str] = Counter()
-        #: events buffered per trigger id (``depth``)
-        self._depths: Counter[str] = Counter()
+        #: sagas running per trigger id, and events buffered per trigger id (``depth``); plain
+        #: dicts, not ``Counter``s: a ``Counter``'s ``__missing__`` and ``__delitem__`` are Python
+        #: code, run once or twice per event
+        self._running: dict[str, int] = {}
+        self._depths: dict[str, int] = {}
         self._getters: deque[asyncio.Future[None]] = deque()
         self._putters: deque[asyncio.Future[None]] = deque()
         self._seq = itertools.count()
@@ -85,17 +90,17 @@ class BackpressureQueue:
 
     def depth(self, trigger_id: str) -> int:
         """Events of ``trigger_id`` buffered (ready or parked), not yet started."""
-        return self._depths[trigger_id]
+        return self._depths.get(trigger_id, 0)
 
     def running(self, trigger_id: str) -> int:
         """Sagas of ``trigger_id`` started and not finished."""
-        return self._running[trigger_id]
+        return self._running.get(trigger_id, 0)
 
     # -- put -------------------------------------------------------------------------------
     async def put(self, item: WorkItem) -> PutResult:
         """Buffer ``item``; under ``block`` wait for room, otherwise apply the strategy."""
         evicted: WorkItem | None = None
-        if self.full:
+        if len(self._buffered) >= self.capacity:
             if self.strategy == "block":
                 while self.full:
                     waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -113,7 +118,7 @@ class BackpressureQueue:
             else:  # drop_newest, reject
                 return PutResult(False)
         self._add(item)
-        return PutResult(True, evicted)
+        return _ACCEPTED if evicted is None else PutResult(True, evicted)
 
     def put_nowait_unbounded(self, item: WorkItem) -> None:
         """Buffer an already-admitted event (a retry) regardless of capacity."""
@@ -124,9 +129,12 @@ class BackpressureQueue:
         item.evicted = False
         item.key_reserved = item.key_leased = item.cluster_ready = False
         self._buffered[item.seq] = item
-        self._depths[item.trigger_id] += 1
+        depths = self._depths
+        trigger_id = item.trigger.trigger_id
+        depths[trigger_id] = depths.get(trigger_id, 0) + 1
         self._ready.append(item)
-        self._wake(self._getters)
+        if self._getters:
+            self._wake(self._getters)
 
     def _evict(self, item: WorkItem) -> None:
         item.evicted = True
@@ -134,10 +142,13 @@ class BackpressureQueue:
 
     def _unbuffer(self, item: WorkItem) -> None:
         del self._buffered[item.seq]
-        trigger_id = item.trigger_id
-        self._depths[trigger_id] -= 1
-        if self._depths[trigger_id] <= 0:
-            del self._depths[trigger_id]
+        depths = self._depths
+        trigger_id = item.trigger.trigger_id
+        depth = depths[trigger_id] - 1
+        if depth > 0:
+            depths[trigger_id] = depth
+        else:
+            del depths[trigger_id]
 
     # -- get -------------------------------------------------------------------------------
     async def get(self) -> WorkItem:
@@ -166,12 +177,13 @@ class BackpressureQueue:
             if key is not None and not item.key_reserved and key in self._busy_keys:
                 self._parked_keys.setdefault(key, deque()).append(item)
                 continue
-            limit = item.trigger.max_concurrent
-            trigger_id = item.trigger_id
-            if limit is not None and self._running[trigger_id] >= limit:
+            trigger = item.trigger
+            limit = trigger.max_concurrent
+            trigger_id = trigger.trigger_id
+            if limit is not None and self._running.get(trigger_id, 0) >= limit:
                 self._parked_triggers.setdefault(trigger_id, deque()).append(item)
                 continue
-            bucket = item.trigger.bucket
+            bucket = trigger.bucket
             if (
                 bucket is not None
                 and not item.rate_granted
@@ -179,7 +191,7 @@ class BackpressureQueue:
             ):
                 self._park_for_rate(item, bucket)
                 continue
-            cluster = item.trigger.cluster
+            cluster = trigger.cluster
             if cluster is not None and not item.cluster_ready:
                 if key is not None:  # later events of the key wait behind it, here
                     self._busy_keys.add(key)
@@ -189,21 +201,26 @@ class BackpressureQueue:
             item.rate_granted = False  # a retry takes a token of its own
             if key is not None:
                 self._busy_keys.add(key)
-            self._running[trigger_id] += 1
+            self._running[trigger_id] = self._running.get(trigger_id, 0) + 1
             self._unbuffer(item)
-            self._wake(self._putters)
+            if self._putters:
+                self._wake(self._putters)
             return item
         return None
 
     def done(self, item: WorkItem) -> None:
         """An event's saga finished (or was given up): free its key and trigger slot."""
-        self._free_key(item.concurrency_key)
+        if item.concurrency_key is not None:
+            self._free_key(item.concurrency_key)
         item.key_reserved = False
-        trigger_id = item.trigger_id
-        self._running[trigger_id] -= 1
-        if self._running[trigger_id] <= 0:
-            del self._running[trigger_id]
-        self._unpark(self._parked_triggers, trigger_id)
+        trigger_id = item.trigger.trigger_id
+        running = self._running.get(trigger_id, 0) - 1
+        if running > 0:
+            self._running[trigger_id] = running
+        else:
+            self._running.pop(trigger_id, None)
+        if self._parked_triggers:
+            self._unpark(self._parked_triggers, trigger_id)
 
     def _free_key(self, key: Hashable | None) -> None:
         if key is not None:

@@ -24,8 +24,9 @@ class Dispatcher:
         self.runner = runner
         self._workers: list[asyncio.Task[None]] = []
         self._current: dict[asyncio.Task[None], WorkItem] = {}
-        self._idle = asyncio.Event()
-        self._idle.set()
+        #: set once no saga runs; made only while someone waits for that (on the memory store
+        #: every saga runs alone, and an event set and cleared around each would cost more)
+        self._idle: asyncio.Event | None = None
 
     def start(self, size: int) -> None:
         """Start ``size`` workers."""
@@ -50,7 +51,6 @@ class Dispatcher:
                 if state.global_bucket is not None:
                     await state.global_bucket.acquire()
                 self._current[me] = item
-                self._idle.clear()
                 state.metrics.started(state.clock.monotonic() - item.accepted_at)
                 try:
                     await self.runner.run(item)
@@ -69,16 +69,27 @@ class Dispatcher:
                     # before the key is free here: the next event of the key asks at once
                     await cluster.release(item)
                 queue.done(item)
-                if not self._current:
+                if not self._current and self._idle is not None:
                     self._idle.set()
+                    self._idle = None
+
+    def _idle_event(self) -> asyncio.Event:
+        """An event set once no saga runs (set already if none runs now)."""
+        if not self._current:
+            idle = asyncio.Event()
+            idle.set()
+            return idle
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        return self._idle
 
     async def wait_idle(self) -> None:
         """Wait until no saga is running."""
-        await self._idle.wait()
+        await self._idle_event().wait()
 
     async def stop(self, timeout: float) -> None:
         """Let running sagas finish up to ``timeout`` seconds, then cancel the rest."""
-        if not await wait_event(self._idle, timeout):
+        if not await wait_event(self._idle_event(), timeout):
             logger.warning(
                 "shutdown_timeout=%ss reached: cancelling %d running saga(s); their events stay "
                 "un-acked and will be redelivered and resumed",

@@ -36,6 +36,15 @@ class JointDeliveries:
         settled, self.settled = self.settled, True
         return not settled
 
+    def __call__(self, requeue: bool | None = None) -> Awaitable[None]:
+        """:meth:`ack` when called without an argument, :meth:`nack` with one.
+
+        The tracked delivery's ``ack`` and ``nack`` are both this object, not two bound
+        methods: a queued event then holds two garbage-collected objects fewer, which a
+        deep queue would otherwise promote to the oldest generation with it (and so bring
+        on full collections)."""
+        return self.ack() if requeue is None else self.nack(requeue)
+
     def join(self, delivery: Delivery) -> None:
         """Settle ``delivery`` with the first one."""
         if self.more is None:

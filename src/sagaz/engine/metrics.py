@@ -45,7 +45,8 @@ class EngineMetrics:
     def started(self, latency: float) -> None:
         """A saga started ``latency`` seconds after its event was accepted."""
         self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        if self.in_flight > self.max_in_flight:
+            self.max_in_flight = self.in_flight
         if len(self.start_latencies) < self._latency_limit:
             self.start_latencies.append(latency)
 

@@ -13,7 +13,6 @@ from sagaz.engine.work_item import WorkItem
 from sagaz.events import NotRun
 from sagaz.exceptions import StoreUnavailableError
 from sagaz.records import SagaRecord
-from sagaz.saga.cancellation import Cancellation
 from sagaz.saga.execution import SagaExecution
 from sagaz.saga.result import SagaResult
 from sagaz.types import SagaStatus
@@ -21,6 +20,14 @@ from sagaz.types import SagaStatus
 __all__ = ["SagaRunner"]
 
 logger = logging.getLogger(__name__)
+
+#: the level of the line logged when a saga ends; any other status (a compensation failed
+#: too) is a warning
+_LEVELS = {
+    SagaStatus.COMPLETED: logging.DEBUG,  # thousands a second: the normal case is not news
+    SagaStatus.COMPENSATED: logging.INFO,  # retried or dead-lettered
+    SagaStatus.CANCELLED: logging.INFO,  # an operator's decision
+}
 
 
 def _log_fields(item: WorkItem) -> dict[str, str | None]:
@@ -57,7 +64,8 @@ class SagaRunner:
             await self.settlement.nack(trigger, item.delivery)
             state.outcomes.settle(item.saga_id, NotRun(item.saga_id, "interrupted", str(exc)))
             return
-        self._log_result(item, result)
+        if logger.isEnabledFor(_LEVELS.get(result.status, logging.WARNING)):
+            self._log_result(item, result)
         if result.status is SagaStatus.CANCELLED:  # an operator's decision: never retried
             state.metrics.cancelled[trigger.trigger_id] += 1
             await self._outage_safe(lambda: self._settle(item))
@@ -95,49 +103,41 @@ class SagaRunner:
     async def _execute(self, item: WorkItem) -> SagaResult:
         """Run the saga; while the store is unavailable, wait for it and run it again, which
         resumes it from its last checkpoint (the step whose checkpoint failed runs again)."""
-        new_attempt = self._take_new_attempt(item)
-        known = item.pending
-        cancellations = self.state.cancellations
-        cancellation = cancellations.track(item.saga_id)
-        try:
-            return await self._run_until_stored(item, new_attempt, known, cancellation)
-        finally:
-            cancellations.untrack(item.saga_id)
-
-    async def _run_until_stored(
-        self,
-        item: WorkItem,
-        new_attempt: bool,
-        known: SagaRecord | None,
-        cancellation: Cancellation,
-    ) -> SagaResult:
+        # set once by a scheduled retry: this run starts a new attempt
+        new_attempt, item.new_attempt = item.new_attempt, False
+        known: SagaRecord | None = item.pending
         state = self.state
         trigger = item.trigger
-        while True:
-            execution = SagaExecution(
-                item.saga if item.saga is not None else trigger.saga,
-                store=state.store,
-                listeners=trigger.listeners,
-                clock=state.clock,
-                trigger_id=trigger.trigger_id,
-                owner=state.worker_id,
-                lease_until=state.lease_until(),
-                delivery=item.delivery,
-                cancellation=cancellation,
-                # a completed saga completes its inbox row in the same store operation
-                inbox=(item.trigger_id, item.key) if item.key else None,
-            )
-            try:
-                result = await execution.run(
-                    item.context, item.saga_id, new_attempt=new_attempt, known=known
+        cancellations = state.cancellations
+        cancellation = cancellations.track(item.saga_id)
+        try:
+            while True:
+                execution = SagaExecution(
+                    item.saga if item.saga is not None else trigger.saga,
+                    store=state.store,
+                    listeners=trigger.listeners,
+                    clock=state.clock,
+                    trigger_id=trigger.trigger_id,
+                    owner=state.worker_id,
+                    lease_until=state.lease_until(),
+                    delivery=item.delivery,
+                    cancellation=cancellation,
+                    # a completed saga completes its inbox row in the same store operation
+                    inbox=(item.trigger_id, item.key) if item.key else None,
                 )
-                item.inbox_completed = execution.inbox_completed
-                return result
-            except StoreUnavailableError as exc:
-                # a new attempt stored as running is not started over again: it resumes
-                new_attempt = new_attempt and not execution.began
-                known = None  # what the store holds now is read again
-                await state.outage.wait(exc)
+                try:
+                    result = await execution.run(
+                        item.context, item.saga_id, new_attempt=new_attempt, known=known
+                    )
+                    item.inbox_completed = execution.inbox_completed
+                    return result
+                except StoreUnavailableError as exc:
+                    # a new attempt stored as running is not started over again: it resumes
+                    new_attempt = new_attempt and not execution.began
+                    known = None  # what the store holds now is read again
+                    await state.outage.wait(exc)
+        finally:
+            cancellations.untrack(item.saga_id)
 
     async def _outage_safe(self, operation: Callable[[], Awaitable[object]]) -> None:
         """Run ``operation`` (store writes, then perhaps the ack) until the store takes it."""
@@ -151,17 +151,8 @@ class SagaRunner:
     @staticmethod
     def _log_result(item: WorkItem, result: SagaResult) -> None:
         status = result.status
-        level = (
-            logging.DEBUG  # thousands a second: the normal case is not news
-            if status is SagaStatus.COMPLETED
-            else logging.INFO  # its compensations ran: retried, dead-lettered, or cancelled
-            if status in (SagaStatus.COMPENSATED, SagaStatus.CANCELLED)
-            else logging.WARNING  # a compensation failed too
-        )
-        if not logger.isEnabledFor(level):
-            return
         logger.log(
-            level,
+            _LEVELS.get(status, logging.WARNING),
             "saga %s (%s, attempt %d) %s%s",
             item.saga_id,
             item.trigger.saga_name,
@@ -175,12 +166,6 @@ class SagaRunner:
                 "status": status.value,
             },
         )
-
-    @staticmethod
-    def _take_new_attempt(item: WorkItem) -> bool:
-        """Whether this run starts a new attempt (set once by a scheduled retry)."""
-        new_attempt, item.new_attempt = item.new_attempt, False
-        return new_attempt
 
     async def _settle(self, item: WorkItem) -> None:
         store = self.state.store

@@ -47,7 +47,7 @@ class SagaDefinition:
     @property
     def sequential(self) -> bool:
         """Steps run one after another (no DAG, no streaming action)."""
-        return not self.is_dag and not any(s.action.streaming for s in self.steps)
+        return not self.is_dag and not self.readers  # ``readers`` names every streaming action
 
     def step(self, name: str) -> StepDefinition:
         """The step called ``name``."""

@@ -178,7 +178,7 @@ class SagaExecution(SagaCompensation):
             record.context, saga_id=saga_id, saga_name=self.saga_name, attempt=record.attempt
         )
         ctx.declare_streams(self.definition.readers)
-        done = self._restore(ctx, steps)
+        done = self._restore(ctx, steps) if steps else set()
         if self.listeners:
             await notify(self.listeners, "on_saga_start", self.saga_name, saga_id, ctx)
         if resuming_compensation:

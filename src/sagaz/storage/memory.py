@@ -42,6 +42,7 @@ _S_LEASE = _SAGA.index["lease_expires_at"]
 _S_EVENT = _SAGA.index["event"]
 _S_CREATED = _SAGA.index["created_at"]
 _S_UPDATED = _SAGA.index["updated_at"]
+_T_NAME = _STEP.index["name"]
 
 #: an inbox row: (saga_id, owner, lease_until, status value, created_at, completed_at)
 _InboxRow = tuple[str, str | None, datetime | None, str, datetime, datetime | None]
@@ -64,8 +65,13 @@ class MemorySagaStore(SagaStore):
 
     def __init__(self) -> None:
         self._sagas: dict[str, tuple[Any, ...]] = {}
-        self._steps: dict[str, dict[str, tuple[Any, ...]]] = {}
-        self._inbox: dict[tuple[str, str], _InboxRow] = {}
+        #: per saga, its step rows in the order first written: a tuple of tuples of plain
+        #: values, which the garbage collector stops tracking within two passes, before it
+        #: reaches the oldest generation (a dict of steps per saga it would track until a
+        #: full collection, promote, and walk in every full collection)
+        self._steps: dict[str, tuple[tuple[Any, ...], ...]] = {}
+        #: inbox rows by trigger id, then key: no (trigger_id, key) tuple kept per event
+        self._inbox: dict[str, dict[str, _InboxRow]] = {}
         self._outbox: list[OutboxMessage] = []
         self._outbox_ids = itertools.count(1)
         self._dead: dict[int, DeadLetterRecord] = {}
@@ -92,14 +98,15 @@ class MemorySagaStore(SagaStore):
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         messages = [_clone(m) for m in outbox]
-        previous = self._sagas.get(record.saga_id)
         now = utcnow()
-        created, updated = record.created_at, record.updated_at
-        record.created_at = previous[_S_CREATED] if previous else (created or now)
-        record.updated_at = now
-        self._sagas[record.saga_id] = _SAGA.pack(record)
-        record.created_at, record.updated_at = created, updated
-        self._append_outbox(messages)
+        self._sagas[record.saga_id] = self._saga_row(record, now)
+        self._append_outbox(messages, now)
+
+    def _saga_row(self, record: SagaRecord, now: datetime) -> tuple[Any, ...]:
+        """``record`` as its row, written ``now`` (created when first written)."""
+        previous = self._sagas.get(record.saga_id)
+        created = previous[_S_CREATED] if previous else (record.created_at or now)
+        return _SAGA.stamped(record, created, now)
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         row = self._sagas.get(saga_id)
@@ -166,11 +173,22 @@ class MemorySagaStore(SagaStore):
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         messages = [_clone(m) for m in outbox]
-        updated = step.updated_at
-        step.updated_at = utcnow()
-        self._steps.setdefault(step.saga_id, {})[step.name] = _STEP.pack(step)
-        step.updated_at = updated
-        self._append_outbox(messages)
+        now = utcnow()
+        self._put_step(step.saga_id, _STEP.stamped(step, None, now))
+        self._append_outbox(messages, now)
+
+    def _put_step(self, saga_id: str, row: tuple[Any, ...]) -> None:
+        """Store a step row in place of the saga's row of the same step (or after its last)."""
+        rows = self._steps.get(saga_id)
+        if rows is None:
+            self._steps[saga_id] = (row,)
+            return
+        name = row[_T_NAME]
+        for n, old in enumerate(rows):
+            if old[_T_NAME] == name:
+                self._steps[saga_id] = (*rows[:n], row, *rows[n + 1 :])
+                return
+        self._steps[saga_id] = (*rows, row)
 
     async def save_checkpoint(
         self,
@@ -181,41 +199,28 @@ class MemorySagaStore(SagaStore):
         complete_inbox: tuple[str, str] | None = None,
     ) -> None:
         """All or nothing: every row is copied before any is stored (see the contract)."""
-        check_checkpoint(saga, steps, outbox)
-        messages = [_clone(m) for m in outbox]
+        messages: Sequence[OutboxMessage] = ()
+        if outbox:
+            check_checkpoint(saga, steps, outbox)
+            messages = [_clone(m) for m in outbox]
         now = utcnow()
-        step_rows: list[tuple[Any, ...]] = []
-        for step in steps:
-            updated = step.updated_at
-            step.updated_at = now
-            try:
-                step_rows.append(_STEP.pack(step))
-            finally:
-                step.updated_at = updated
-        saga_row: tuple[Any, ...] | None = None
-        if saga is not None:
-            previous = self._sagas.get(saga.saga_id)
-            created, updated = saga.created_at, saga.updated_at
-            saga.created_at = previous[_S_CREATED] if previous else (created or now)
-            saga.updated_at = now
-            try:
-                saga_row = _SAGA.pack(saga)
-            finally:
-                saga.created_at, saga.updated_at = created, updated
+        step_rows = [_STEP.stamped(step, None, now) for step in steps]
+        saga_row = None if saga is None else self._saga_row(saga, now)
         for step, row in zip(steps, step_rows, strict=True):
-            self._steps.setdefault(step.saga_id, {})[step.name] = row
+            self._put_step(step.saga_id, row)
         if saga is not None and saga_row is not None:
             self._sagas[saga.saga_id] = saga_row
-        self._append_outbox(messages)
+        if messages:
+            self._append_outbox(messages, now)
         if complete_inbox is not None:
-            self._complete_inbox(*complete_inbox)
+            self._complete_inbox(*complete_inbox, now=now)
 
-    def _append_outbox(self, messages: Sequence[OutboxMessage]) -> None:
+    def _append_outbox(self, messages: Sequence[OutboxMessage], now: datetime) -> None:
         for message in messages:
-            self._outbox.append(replace(message, id=next(self._outbox_ids), created_at=utcnow()))
+            self._outbox.append(replace(message, id=next(self._outbox_ids), created_at=now))
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
-        return [_STEP.unpack(s) for s in self._steps.get(saga_id, {}).values()]
+        return [_STEP.unpack(row) for row in self._steps.get(saga_id, ())]
 
     async def reset_steps(self, saga_id: str) -> None:
         self._steps.pop(saga_id, None)
@@ -224,9 +229,12 @@ class MemorySagaStore(SagaStore):
     async def claim_inbox(
         self, trigger_id: str, key: str, saga_id: str, owner: str, lease_until: datetime
     ) -> InboxClaim:
-        row = self._inbox.get((trigger_id, key))
+        rows = self._inbox.get(trigger_id)
+        if rows is None:
+            rows = self._inbox[trigger_id] = {}
+        row = rows.get(key)
         if row is None:
-            self._inbox[(trigger_id, key)] = (
+            rows[key] = (
                 saga_id,
                 owner,
                 lease_until,
@@ -239,7 +247,7 @@ class MemorySagaStore(SagaStore):
         if status == _COMPLETED:
             return InboxClaim(ClaimOutcome.DUPLICATE, stored_id, stored_owner)
         if stored_owner == owner or stored_lease is None or stored_lease < utcnow():
-            self._inbox[(trigger_id, key)] = (
+            rows[key] = (
                 stored_id,
                 owner,
                 lease_until,
@@ -251,31 +259,27 @@ class MemorySagaStore(SagaStore):
         return InboxClaim(ClaimOutcome.BUSY, stored_id, stored_owner)
 
     async def complete_inbox(self, trigger_id: str, key: str) -> None:
-        self._complete_inbox(trigger_id, key)
+        self._complete_inbox(trigger_id, key, now=utcnow())
 
-    def _complete_inbox(self, trigger_id: str, key: str) -> None:
-        row = self._inbox.get((trigger_id, key))
-        if row is not None:
+    def _complete_inbox(self, trigger_id: str, key: str, *, now: datetime) -> None:
+        rows = self._inbox.get(trigger_id)
+        row = None if rows is None else rows.get(key)
+        if rows is not None and row is not None:
             saga_id, owner, lease_until, _, created, _ = row
-            self._inbox[(trigger_id, key)] = (
-                saga_id,
-                owner,
-                lease_until,
-                _COMPLETED,
-                created,
-                utcnow(),
-            )
+            rows[key] = (saga_id, owner, lease_until, _COMPLETED, created, now)
 
     async def release_inbox(self, trigger_id: str, key: str) -> None:
-        self._inbox.pop((trigger_id, key), None)
+        rows = self._inbox.get(trigger_id)
+        if rows is not None:
+            rows.pop(key, None)
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
         touched = 0
-        inbox = self._inbox
-        for k, (saga_id, row_owner, _, status, created, completed) in inbox.items():
-            if row_owner == owner and status == _PENDING:
-                inbox[k] = (saga_id, owner, lease_until, _PENDING, created, completed)
-                touched += 1
+        for inbox in self._inbox.values():
+            for k, (saga_id, row_owner, _, status, created, completed) in inbox.items():
+                if row_owner == owner and status == _PENDING:
+                    inbox[k] = (saga_id, owner, lease_until, _PENDING, created, completed)
+                    touched += 1
         sagas = self._sagas
         for saga_id, record in sagas.items():
             if record[_S_OWNER] == owner and record[_S_STATUS] not in TERMINAL_SAGA_STATUSES:
@@ -284,13 +288,16 @@ class MemorySagaStore(SagaStore):
         return touched
 
     async def purge_expired(self, before: datetime) -> int:
-        expired = [
-            k
-            for k, (_, _, _, status, _, completed) in self._inbox.items()
-            if status == _COMPLETED and completed is not None and completed < before
-        ]
-        for k in expired:
-            del self._inbox[k]
+        expired = 0
+        for inbox in self._inbox.values():
+            keys = [
+                k
+                for k, (_, _, _, status, _, completed) in inbox.items()
+                if status == _COMPLETED and completed is not None and completed < before
+            ]
+            for k in keys:
+                del inbox[k]
+            expired += len(keys)
         cleared = 0
         sagas = self._sagas
         for saga_id, record in sagas.items():
@@ -312,7 +319,7 @@ class MemorySagaStore(SagaStore):
             for tick in stale:
                 del ticks[tick]
             ticks_dropped += len(stale)
-        return len(expired) + cleared + executions + ticks_dropped
+        return expired + cleared + executions + ticks_dropped
 
     # -- outbox ----------------------------------------------------------------------------
     async def fetch_outbox(self, limit: int = 100) -> list[OutboxMessage]:
@@ -446,9 +453,10 @@ class MemorySagaStore(SagaStore):
 
     # -- saga control ----------------------------------------------------------------------
     async def delete_steps(self, saga_id: str, names: Sequence[str]) -> None:
-        steps = self._steps.get(saga_id, {})
-        for name in names:
-            steps.pop(name, None)
+        rows = self._steps.get(saga_id)
+        if rows is not None:
+            dropped = set(names)
+            self._steps[saga_id] = tuple(row for row in rows if row[_T_NAME] not in dropped)
 
     async def add_saga_history(self, entry: SagaHistoryRecord) -> int:
         entry_id = next(self._history_ids)

@@ -85,9 +85,9 @@ def _namespace(cls: type, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _compile(source: list[str], namespace: dict[str, Any], name: str) -> Callable[[Any], Any]:
+def _compile(source: list[str], namespace: dict[str, Any], name: str) -> Callable[..., Any]:
     exec("\n".join(source), namespace)
-    compiled: Callable[[Any], Any] = namespace[name]
+    compiled: Callable[..., Any] = namespace[name]
     return compiled
 
 
@@ -148,25 +148,38 @@ class RowCodec(Generic[R]):
         self.index: dict[str, int] = {f.name: i for i, f in enumerate(fields)}
         members: dict[str, dict[Any, Enum]] = {}
         pack = ["def pack(r):"]
+        stamped = ["def stamped(r, created, updated):"]
         unpack = ["def unpack(t):", "    c = new(cls)"]
         values: list[str] = []
+        stamped_values: list[str] = []
         for i, field in enumerate(fields):
             name = field.name
             enum = _enum_type(hints[name])
             if name in _NESTED:
-                values.append(f"freeze(r.{name})")
+                # plain scalars (None above all) without a call: most nested fields are None
+                value = f"(r.{name} if type(r.{name}) in plain else freeze(r.{name}))"
                 unpack.append(f"    c.{name} = thaw(t[{i}])")
             elif enum is not None:
                 members[f"m{i}"] = {m.value: m for m in enum}
-                values.append(f"(None if r.{name} is None else r.{name}._value_)")
+                value = f"(None if r.{name} is None else r.{name}._value_)"
                 unpack.append(f"    c.{name} = None if t[{i}] is None else m{i}[t[{i}]]")
             else:
-                values.append(f"r.{name}")
+                value = f"r.{name}"
                 unpack.append(f"    c.{name} = t[{i}]")
+            values.append(value)
+            stamped_values.append(
+                "created" if name == "created_at" else "updated" if name == "updated_at" else value
+            )
         pack.append(f"    return ({', '.join(values)},)")
+        stamped.append(f"    return ({', '.join(stamped_values)},)")
         unpack.append("    return c")
-        namespace = _namespace(cls, freeze=freeze, thaw=thaw, **members)
+        namespace = _namespace(cls, freeze=freeze, thaw=thaw, plain=_PLAIN, **members)
         self.pack: Callable[[R], tuple[Any, ...]] = _compile(pack, namespace, "pack")
+        #: ``pack`` with ``created_at`` and ``updated_at`` (where the record has them) taken
+        #: from the arguments instead of the record, which is left as it is
+        self.stamped: Callable[[R, Any, Any], tuple[Any, ...]] = _compile(
+            stamped, namespace, "stamped"
+        )
         self.unpack: Callable[[tuple[Any, ...]], R] = _compile(unpack, namespace, "unpack")
 
     def replace(self, row: tuple[Any, ...], **changes: Any) -> tuple[Any, ...]:
