@@ -72,6 +72,13 @@ class TriggerConfig(BaseSettings):
         description="Age after which completed inbox rows, stored events of finished sagas, "
         "finished poll executions and old cron claims are purged.",
     )
+    saga_retention_days: float | None = Field(
+        default=30.0,
+        gt=0,
+        description="Age (since its last change) after which a finished saga is deleted with "
+        "its steps, history and outbox messages; None keeps finished sagas forever. A saga "
+        "awaiting a retry, an operator's request or the publishing of its outbox is kept.",
+    )
     cleanup_interval_seconds: float = Field(
         default=3600.0, gt=0, description="Seconds between two purges of expired rows."
     )

@@ -190,7 +190,25 @@ class SagaStore(Lifecycle, ABC):
 
         Also delete trigger executions completed before ``before`` (running ones are kept
         whatever their age) and cron claims of ticks before ``before``, except the newest tick
-        of each trigger, so :meth:`last_cron_tick` answers the same after a purge."""
+        of each trigger, so :meth:`last_cron_tick` answers the same after a purge; and, on
+        the store's clock whatever ``before``, named leases that have expired and token buckets
+        that are full again (a missing row means the same: free, full), so that many
+        distinct concurrency keys or buckets do not accumulate rows."""
+
+    async def purge_sagas(self, before: datetime, *, limit: int = 500) -> int:
+        """Delete at most ``limit`` finished sagas whose last change is older than ``before``,
+        oldest first, each with its steps, history and outbox messages; return how many.
+
+        Finished means a terminal status (completed, compensated, failed, cancelled). A saga
+        is kept, whatever its age, while an inbox row of it is pending (a retry is due), an
+        operator's request for it is open, or one of its outbox messages is unsent. Each call
+        is one short transaction (one script on Redis): call it again while it returns
+        ``limit``. Inbox rows and dead letters are not touched: a completed inbox row keeps
+        answering duplicates after its saga is gone.
+
+        Not abstract, so a store written for an older sagaz still works: without it the
+        engine keeps finished sagas (it logs so once)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot purge finished sagas")
 
     # -- outbox ----------------------------------------------------------------------------
     @abstractmethod

@@ -25,6 +25,7 @@ from sagaz.records import (
     TriggerScheduleRecord,
 )
 from sagaz.storage.checkpoints import check_checkpoint
+from sagaz.storage.memory_retention import InboxRow, MemoryRetention
 from sagaz.storage.rate_limits import take as take_token
 from sagaz.storage.rows import RowCodec
 from sagaz.storage.rows import clone as _clone
@@ -39,18 +40,16 @@ _S_NAME = _SAGA.index["saga_name"]
 _S_TRIGGER = _SAGA.index["trigger_id"]
 _S_OWNER = _SAGA.index["owner"]
 _S_LEASE = _SAGA.index["lease_expires_at"]
-_S_EVENT = _SAGA.index["event"]
 _S_CREATED = _SAGA.index["created_at"]
 _S_UPDATED = _SAGA.index["updated_at"]
 _T_NAME = _STEP.index["name"]
 
-#: an inbox row: (saga_id, owner, lease_until, status value, created_at, completed_at)
-_InboxRow = tuple[str, str | None, datetime | None, str, datetime, datetime | None]
+_InboxRow = InboxRow
 _PENDING = InboxStatus.PENDING.value
 _COMPLETED = InboxStatus.COMPLETED.value
 
 
-class MemorySagaStore(SagaStore):
+class MemorySagaStore(MemoryRetention, SagaStore):
     """A :class:`~sagaz.abc.SagaStore` in dictionaries.
 
     Every operation runs without an ``await`` in between, so it is atomic on the event loop.
@@ -286,40 +285,6 @@ class MemorySagaStore(SagaStore):
                 sagas[saga_id] = _SAGA.replace(record, lease_expires_at=lease_until)
                 touched += 1
         return touched
-
-    async def purge_expired(self, before: datetime) -> int:
-        expired = 0
-        for inbox in self._inbox.values():
-            keys = [
-                k
-                for k, (_, _, _, status, _, completed) in inbox.items()
-                if status == _COMPLETED and completed is not None and completed < before
-            ]
-            for k in keys:
-                del inbox[k]
-            expired += len(keys)
-        cleared = 0
-        sagas = self._sagas
-        for saga_id, record in sagas.items():
-            if (
-                record[_S_EVENT] is not None
-                and record[_S_STATUS] in TERMINAL_SAGA_STATUSES
-                and record[_S_UPDATED] is not None
-                and record[_S_UPDATED] < before
-            ):
-                sagas[saga_id] = _SAGA.replace(record, event=None)
-                cleared += 1
-        kept = [e for e in self._executions if e.completed_at is None or e.completed_at >= before]
-        executions = len(self._executions) - len(kept)
-        self._executions = kept
-        ticks_dropped = 0
-        for ticks in self._cron.values():
-            newest = max(ticks)
-            stale = [t for t in ticks if t < before and t != newest]
-            for tick in stale:
-                del ticks[tick]
-            ticks_dropped += len(stale)
-        return expired + cleared + executions + ticks_dropped
 
     # -- outbox ----------------------------------------------------------------------------
     async def fetch_outbox(self, limit: int = 100) -> list[OutboxMessage]:

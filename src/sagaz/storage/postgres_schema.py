@@ -234,6 +234,16 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             f"WHERE event IS NOT NULL AND status IN {TERMINAL_SQL}",
         ),
     ),
+    (
+        7,
+        (
+            # purge_sagas (saga_retention_days) finds finished sagas oldest first, and the
+            # outbox rows of each (also what list_saga_outbox reads)
+            "CREATE INDEX IF NOT EXISTS saga_executions_finished ON {s}.saga_executions "
+            f"(updated_at) WHERE status IN {TERMINAL_SQL}",
+            "CREATE INDEX IF NOT EXISTS outbox_by_saga ON {s}.outbox (saga_id, id)",
+        ),
+    ),
 ]
 """Every migration, oldest first (``{s}`` is the quoted schema name)."""
 

@@ -8,13 +8,13 @@ with its row is one script. Key layout under the prefix ``p`` (``ARGV[1]`` of ev
 ``p:saga:<id>`` hash of a saga; ``p:sagas`` / ``p:sagas-active`` / ``p:sagas-status:<status>`` /
 ``p:sagas-name:<name>`` sorted sets of saga ids scored by insertion order (``p:saga-seq``);
 ``p:sagas-events`` terminal sagas with a stored event, scored by ``updated_at``;
+``p:sagas-finished`` every terminal saga, scored by ``updated_at`` (layout 7, ``purge_sagas``);
 ``p:owner-sagas:<owner>`` / ``p:owner-inbox:<owner>`` what a worker holds (lease renewal);
 ``p:steps:<id>`` hash step name → JSON; ``p:inbox:<trigger>:<key>`` hash of an inbox row
 (both parts URL-quoted); ``p:inbox-completed`` completed rows scored by ``completed_at``;
 ``p:outbox:<id>`` hash, ``p:outbox-unsent`` sorted set of unsent ids, ``p:outbox-saga:<saga>``
-sorted set of one saga's outbox ids (written with the rows; whatever deletes an outbox row
-removes its id in the same script: nothing does today, the outbox is kept as by the SQL
-stores); ``p:dead:<id>`` hash,
+sorted set of one saga's outbox ids (written with the rows; ``purge_sagas`` deletes the rows
+and the set with their saga, in one script); ``p:dead:<id>`` hash,
 ``p:dead-all`` / ``p:dead-by-trigger:<trigger>`` sorted sets of ids; ``p:schedule:<name>`` hash
 and ``p:schedules`` the set of names (rows written before it existed join it when saved again);
 ``p:texec:<id>`` hash, ``p:texecs:<trigger>`` ids, ``p:texec-open:<trigger>`` open count per
@@ -43,7 +43,7 @@ from sagaz.exceptions import SchemaOutdatedError, StoreError
 from sagaz.records import SagaRecord, SchemaVersions
 from sagaz.storage.codec import from_micros, loads, to_micros
 from sagaz.storage.redis_scripts import SCRIPTS
-from sagaz.types import SagaStatus
+from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -55,7 +55,7 @@ __all__ = [
     "saga_from_hash",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """The key-layout version this code writes (stored in ``<prefix>:schema_version``).
 
 Version 1 needs no data migration (keys are created on first write). Version 2 adds the two
@@ -71,7 +71,10 @@ needs no data step. Version 4 adds the shared token buckets, ``p:rate:<name>``
 the outbox rows (:func:`_index_outbox_by_saga`), and, as for version 2, rows an older process
 writes during the upgrade are not indexed. Version 6 adds saga control:
 ``p:history:<saga_id>`` (a saga's history, ids from ``p:history-id``) and
-``p:saga-requests`` (the open requests by saga id), created on first use. A later layout adds
+``p:saga-requests`` (the open requests by saga id), created on first use. Version 7 adds
+``p:sagas-finished``, the terminal sagas scored by ``updated_at`` (``purge_sagas``);
+:func:`migrate` fills it from the status indexes (:func:`_index_finished_sagas`), and, as for
+version 2, sagas an older process finishes during the upgrade are not indexed. A later layout adds
 its data migration to :func:`migrate` too, which runs it under a ``SET NX`` lock when asked
 (``sagaz db upgrade``): a store refuses to start on an older layout."""
 
@@ -121,6 +124,8 @@ async def migrate(client: Any, prefix: str, *, url: str, upgrade: bool = False) 
             if 1 <= current <= 4:  # 4 -> 5
                 await _index_outbox_by_saga(client, prefix, keep_lock)
             # 5 -> 6: the saga history and request keys are created on first use
+            if 1 <= current <= 6:  # 6 -> 7
+                await _index_finished_sagas(client, prefix, keep_lock)
             await client.set(version_key, SCHEMA_VERSION)
     finally:
         await client.eval(
@@ -209,6 +214,27 @@ async def _index_outbox_by_saga(
                     pipe.zadd(f"{prefix}:outbox-saga:{saga_id}", {str(outbox_id): outbox_id})
             await pipe.execute()
         await keep_lock()
+
+
+async def _index_finished_sagas(
+    client: Any, prefix: str, keep_lock: Callable[[], Awaitable[None]]
+) -> None:
+    """Version 6 → 7: index every finished saga by its ``updated_at`` (idempotent).
+
+    The sagas are found in the status indexes of the terminal statuses, in chunks, extending
+    the migration lock after each."""
+    for status in sorted(TERMINAL_SAGA_STATUSES):
+        index = f"{prefix}:sagas-status:{status.value}"
+        for first in range(0, int(await client.zcard(index)), _MIGRATION_CHUNK):
+            ids = await client.zrange(index, first, first + _MIGRATION_CHUNK - 1)
+            async with client.pipeline(transaction=False) as pipe:
+                for saga_id in ids:
+                    pipe.hget(f"{prefix}:saga:{saga_id}", "updated_at")
+                updated = await pipe.execute()
+            found = {i: int(at) for i, at in zip(ids, updated, strict=True) if at is not None}
+            if found:
+                await client.zadd(f"{prefix}:sagas-finished", found)
+            await keep_lock()
 
 
 def micros(moment: datetime) -> str:

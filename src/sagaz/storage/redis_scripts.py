@@ -7,6 +7,8 @@ with its row is one script. The key layout they read and write, and its version,
 
 from __future__ import annotations
 
+from sagaz.storage.redis_purge_scripts import PURGE_EXPIRED, PURGE_SAGAS
+
 __all__ = ["SAVE_CHECKPOINT", "SCRIPTS"]
 
 SAVE_SAGA = """
@@ -35,6 +37,7 @@ redis.call('ZADD', p .. ':sagas-status:' .. status, seq, id)
 redis.call('ZADD', p .. ':sagas-name:' .. name, seq, id)
 if terminal then
   redis.call('ZREM', p .. ':sagas-active', id)
+  redis.call('ZADD', p .. ':sagas-finished', ARGV[8], id)
   if owner ~= '' then redis.call('SREM', p .. ':owner-sagas:' .. owner, id) end
   if has_event then
     redis.call('ZADD', p .. ':sagas-events', ARGV[8], id)
@@ -43,6 +46,7 @@ if terminal then
   end
 else
   redis.call('ZADD', p .. ':sagas-active', seq, id)
+  if old[2] then redis.call('ZREM', p .. ':sagas-finished', id) end
   if owner ~= '' then redis.call('SADD', p .. ':owner-sagas:' .. owner, id) end
   redis.call('ZREM', p .. ':sagas-events', id)
 end
@@ -79,6 +83,7 @@ if not old[1] then return 0 end
 redis.call('ZREM', p .. ':sagas', id)
 redis.call('ZREM', p .. ':sagas-active', id)
 redis.call('ZREM', p .. ':sagas-events', id)
+redis.call('ZREM', p .. ':sagas-finished', id)
 redis.call('ZREM', p .. ':sagas-status:' .. old[1], id)
 redis.call('ZREM', p .. ':sagas-name:' .. old[2], id)
 if old[3] then redis.call('SREM', p .. ':owner-sagas:' .. old[3], id) end
@@ -182,71 +187,6 @@ for _, id in ipairs(redis.call('SMEMBERS', held)) do
   end
 end
 return touched
-"""
-
-PURGE_EXPIRED = """
--- ARGV: prefix, before, batch size; returns {rows affected, index entries looked at}
-local p, before, batch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local affected, seen = 0, 0
-local index = p .. ':inbox-completed'
-for _, row in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. ARGV[2],
-                                'LIMIT', 0, batch)) do
-  local v = redis.call('HMGET', row, 'status', 'completed_at')
-  if v[1] == 'completed' and tonumber(v[2]) < before then
-    redis.call('DEL', row)
-    affected = affected + 1
-  end
-  redis.call('ZREM', index, row)
-  seen = seen + 1
-end
-index = p .. ':sagas-events'
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. ARGV[2],
-                               'LIMIT', 0, batch)) do
-  local key = p .. ':saga:' .. id
-  local v = redis.call('HMGET', key, 'event', 'updated_at')
-  if v[1] and tonumber(v[2]) < before then
-    redis.call('HDEL', key, 'event')
-    affected = affected + 1
-  end
-  redis.call('ZREM', index, id)
-  seen = seen + 1
-end
-index = p .. ':texec-completed'
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. ARGV[2],
-                               'LIMIT', 0, batch)) do
-  local key = p .. ':texec:' .. id
-  local v = redis.call('HMGET', key, 'trigger_name', 'completed_at')
-  if v[2] and tonumber(v[2]) < before then
-    redis.call('DEL', key)
-    redis.call('ZREM', p .. ':texecs:' .. v[1], id)
-    affected = affected + 1
-  end
-  redis.call('ZREM', index, id)
-  seen = seen + 1
-end
--- cron claims before the cutoff, except the newest tick of each trigger (last_cron_tick);
--- ticks are their own members, integer-microsecond text
-local triggers, budget = p .. ':cron-triggers', batch
-for _, trigger in ipairs(redis.call('SMEMBERS', triggers)) do
-  if budget <= 0 then break end
-  local ticks = p .. ':cron:' .. trigger
-  local newest = redis.call('ZRANGE', ticks, -1, -1)[1]
-  if not newest then
-    redis.call('SREM', triggers, trigger)
-  else
-    local upto = ARGV[2]
-    if tonumber(newest) < before then upto = newest end
-    local old = redis.call('ZRANGEBYSCORE', ticks, '-inf', '(' .. upto, 'LIMIT', 0, budget)
-    if #old > 0 then
-      redis.call('ZREM', ticks, unpack(old))
-      redis.call('HDEL', p .. ':cron-owners:' .. trigger, unpack(old))
-      affected = affected + #old
-      seen = seen + #old
-      budget = budget - #old
-    end
-  end
-end
-return {affected, seen}
 """
 
 MARK_OUTBOX_SENT = """
@@ -402,6 +342,7 @@ SCRIPTS: dict[str, str] = {
     "RELEASE_INBOX": RELEASE_INBOX,
     "RENEW_LEASES": RENEW_LEASES,
     "PURGE_EXPIRED": PURGE_EXPIRED,
+    "PURGE_SAGAS": PURGE_SAGAS,
     "MARK_OUTBOX_SENT": MARK_OUTBOX_SENT,
     "ADD_DEAD_LETTER": ADD_DEAD_LETTER,
     "DELETE_DEAD_LETTER": DELETE_DEAD_LETTER,

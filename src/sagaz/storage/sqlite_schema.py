@@ -229,6 +229,15 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             f"WHERE event IS NOT NULL AND status IN {TERMINAL_SQL}",
         ),
     ),
+    (
+        7,
+        (
+            # purge_sagas (saga_retention_days): finished sagas oldest first, a saga's outbox
+            "CREATE INDEX IF NOT EXISTS saga_executions_finished ON saga_executions "
+            f"(updated_at) WHERE status IN {TERMINAL_SQL}",
+            "CREATE INDEX IF NOT EXISTS outbox_by_saga ON outbox (saga_id, id)",
+        ),
+    ),
 ]
 """Every migration, oldest first."""
 

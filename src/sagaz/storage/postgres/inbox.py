@@ -1,4 +1,5 @@
-"""The inbox: claims of trigger keys, their leases, and the purge of expired rows.
+"""The inbox: claims of trigger keys and their leases (the purge of expired rows is in
+:mod:`sagaz.storage.postgres.retention`).
 
 A part of :class:`~sagaz.storage.postgres.PostgresSagaStore`.
 """
@@ -32,7 +33,7 @@ def _found_claim(row: Any) -> InboxClaim:
 
 
 class PostgresInbox(PostgresConnection):
-    """The inbox: claims of trigger keys, their leases, and the purge of expired rows."""
+    """The inbox: claims of trigger keys and their leases."""
 
     # -- inbox -----------------------------------------------------------------------------
     async def claim_inbox(
@@ -119,20 +120,3 @@ class PostgresInbox(PostgresConnection):
             to_utc(lease_until),
         )
         return int(touched)
-
-    async def purge_expired(self, before: datetime) -> int:
-        affected = await self._db().fetchval(
-            f"WITH i AS (DELETE FROM {self._s}.inbox "
-            "WHERE status = 'completed' AND completed_at < $1 RETURNING 1), "
-            f"s AS (UPDATE {self._s}.saga_executions SET event = NULL WHERE event IS NOT NULL "
-            f"AND status IN {tables.TERMINAL_SQL} AND updated_at < $1 RETURNING 1), "
-            f"e AS (DELETE FROM {self._s}.trigger_executions WHERE completed_at < $1 RETURNING 1), "
-            # every trigger keeps its newest tick: last_cron_tick answers the same afterwards
-            f"c AS (DELETE FROM {self._s}.cron_claims AS c WHERE c.tick < $1 AND c.tick < "
-            f"(SELECT max(n.tick) FROM {self._s}.cron_claims AS n "
-            "WHERE n.trigger_id = c.trigger_id) RETURNING 1) "
-            "SELECT (SELECT count(*) FROM i) + (SELECT count(*) FROM s) "
-            "+ (SELECT count(*) FROM e) + (SELECT count(*) FROM c)",
-            to_utc(before),
-        )
-        return int(affected)

@@ -7,6 +7,7 @@ from sagaz.storage.postgres.group_statement import PostgresGroupStatement
 from sagaz.storage.postgres.inbox import PostgresInbox
 from sagaz.storage.postgres.leases import PostgresLeases
 from sagaz.storage.postgres.outbox import PostgresOutbox
+from sagaz.storage.postgres.retention import PostgresRetention
 from sagaz.storage.postgres.sagas import PostgresSagas
 from sagaz.storage.postgres.triggers import PostgresTriggers
 from sagaz.storage.unavailable import raises_unavailable
@@ -23,6 +24,7 @@ class PostgresSagaStore(
     PostgresTriggers,
     PostgresLeases,
     PostgresControl,
+    PostgresRetention,
 ):
     """A :class:`~sagaz.abc.SagaStore` in PostgreSQL, shared by every instance of an app.
 

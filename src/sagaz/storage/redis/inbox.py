@@ -1,4 +1,5 @@
-"""The inbox: claims of trigger keys, their leases, and the purge of expired rows.
+"""The inbox: claims of trigger keys and their leases (the purge of expired rows is in
+:mod:`sagaz.storage.redis.retention`).
 
 A part of :class:`~sagaz.storage.redis.RedisSagaStore`.
 """
@@ -17,11 +18,9 @@ from sagaz.storage.redis_schema import micros
 
 __all__ = ["RedisInbox"]
 
-_PURGE_BATCH = 500
-
 
 class RedisInbox(RedisConnection):
-    """The inbox: claims of trigger keys, their leases, and the purge of expired rows."""
+    """The inbox: claims of trigger keys and their leases."""
 
     # -- inbox -----------------------------------------------------------------------------
     async def claim_inbox(
@@ -47,13 +46,3 @@ class RedisInbox(RedisConnection):
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
         touched = await self._script("RENEW_LEASES", [], [self.prefix, owner, micros(lease_until)])
         return int(touched)
-
-    async def purge_expired(self, before: datetime) -> int:
-        total = 0
-        while True:
-            affected, seen = await self._script(
-                "PURGE_EXPIRED", [], [self.prefix, micros(before), _PURGE_BATCH]
-            )
-            total += int(affected)
-            if not seen:
-                return total

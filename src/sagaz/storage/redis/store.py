@@ -6,6 +6,7 @@ from sagaz.storage.redis.control import RedisControl
 from sagaz.storage.redis.inbox import RedisInbox
 from sagaz.storage.redis.leases import RedisLeases
 from sagaz.storage.redis.outbox import RedisOutbox
+from sagaz.storage.redis.retention import RedisRetention
 from sagaz.storage.redis.sagas import RedisSagas
 from sagaz.storage.redis.triggers import RedisTriggers
 from sagaz.storage.unavailable import raises_unavailable
@@ -14,7 +15,15 @@ __all__ = ["RedisSagaStore"]
 
 
 @raises_unavailable
-class RedisSagaStore(RedisSagas, RedisInbox, RedisOutbox, RedisTriggers, RedisLeases, RedisControl):
+class RedisSagaStore(
+    RedisSagas,
+    RedisInbox,
+    RedisOutbox,
+    RedisTriggers,
+    RedisLeases,
+    RedisControl,
+    RedisRetention,
+):
     """A :class:`~sagaz.abc.SagaStore` in Redis, shared by every instance of an app.
 
     ``prefix`` starts every key (default ``sagaz``). Every command goes through group commit

@@ -1,4 +1,5 @@
-"""The inbox: claims of trigger keys, their leases, and the purge of expired rows.
+"""The inbox: claims of trigger keys and their leases (the purge of expired rows is in
+:mod:`sagaz.storage.sqlite.retention`).
 
 A part of :class:`~sagaz.storage.sqlite.SQLiteSagaStore`.
 """
@@ -30,7 +31,7 @@ _INSERT_CLAIM = (
 
 
 class SQLiteInbox(SQLiteConnection):
-    """The inbox: claims of trigger keys, their leases, and the purge of expired rows."""
+    """The inbox: claims of trigger keys and their leases."""
 
     # -- inbox -----------------------------------------------------------------------------
     async def claim_inbox(
@@ -92,29 +93,3 @@ class SQLiteInbox(SQLiteConnection):
             return inbox + sagas
 
         return await self._write(renew)
-
-    async def purge_expired(self, before: datetime) -> int:
-        cutoff = (to_text(before),)
-
-        def purge(conn: sqlite3.Connection) -> int:
-            inbox = _change(
-                conn, "DELETE FROM inbox WHERE status = 'completed' AND completed_at < ?", cutoff
-            )
-            events = _change(
-                conn,
-                f"UPDATE saga_executions SET event = NULL WHERE event IS NOT NULL "
-                f"AND status IN {tables.TERMINAL_SQL} AND updated_at < ?",
-                cutoff,
-            )
-            executions = _change(
-                conn, "DELETE FROM trigger_executions WHERE completed_at < ?", cutoff
-            )
-            ticks = _change(  # every trigger keeps its newest tick (last_cron_tick)
-                conn,
-                "DELETE FROM cron_claims WHERE tick < ? AND tick < (SELECT MAX(newest.tick) "
-                "FROM cron_claims AS newest WHERE newest.trigger_id = cron_claims.trigger_id)",
-                cutoff,
-            )
-            return inbox + events + executions + ticks
-
-        return await self._write(purge)

@@ -6,6 +6,7 @@ from sagaz.storage.sqlite.control import SQLiteControl
 from sagaz.storage.sqlite.inbox import SQLiteInbox
 from sagaz.storage.sqlite.leases import SQLiteLeases
 from sagaz.storage.sqlite.outbox import SQLiteOutbox
+from sagaz.storage.sqlite.retention import SQLiteRetention
 from sagaz.storage.sqlite.sagas import SQLiteSagas
 from sagaz.storage.sqlite.triggers import SQLiteTriggers
 
@@ -13,7 +14,13 @@ __all__ = ["SQLiteSagaStore"]
 
 
 class SQLiteSagaStore(
-    SQLiteSagas, SQLiteInbox, SQLiteOutbox, SQLiteTriggers, SQLiteLeases, SQLiteControl
+    SQLiteSagas,
+    SQLiteInbox,
+    SQLiteOutbox,
+    SQLiteTriggers,
+    SQLiteLeases,
+    SQLiteControl,
+    SQLiteRetention,
 ):
     """A :class:`~sagaz.abc.SagaStore` in one SQLite file (the embedded default).
 

@@ -1,0 +1,68 @@
+"""What the store forgets with age: expired rows (``purge_expired``) and finished sagas
+(``purge_sagas``), see :class:`~sagaz.abc.SagaStore`.
+
+A part of :class:`~sagaz.storage.postgres.PostgresSagaStore`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sagaz.storage import postgres_schema as tables
+from sagaz.storage.codec import to_utc
+from sagaz.storage.postgres.connection import PostgresConnection
+
+__all__ = ["PostgresRetention"]
+
+
+class PostgresRetention(PostgresConnection):
+    """Expired rows and finished sagas, deleted."""
+
+    async def purge_expired(self, before: datetime) -> int:
+        s = self._s
+        affected = await self._db().fetchval(
+            f"WITH i AS (DELETE FROM {s}.inbox "
+            "WHERE status = 'completed' AND completed_at < $1 RETURNING 1), "
+            f"s AS (UPDATE {s}.saga_executions SET event = NULL WHERE event IS NOT NULL "
+            f"AND status IN {tables.TERMINAL_SQL} AND updated_at < $1 RETURNING 1), "
+            f"e AS (DELETE FROM {s}.trigger_executions WHERE completed_at < $1 RETURNING 1), "
+            # every trigger keeps its newest tick: last_cron_tick answers the same afterwards
+            f"c AS (DELETE FROM {s}.cron_claims AS c WHERE c.tick < $1 AND c.tick < "
+            f"(SELECT max(n.tick) FROM {s}.cron_claims AS n "
+            "WHERE n.trigger_id = c.trigger_id) RETURNING 1), "
+            # an expired lease is free and a bucket whose arrival time passed is full: a
+            # missing row says the same, so each distinct key leaves no row behind
+            f"l AS (DELETE FROM {s}.leases WHERE expires_at <= clock_timestamp() RETURNING 1), "
+            f"r AS (DELETE FROM {s}.rate_limits WHERE tat < clock_timestamp() RETURNING 1) "
+            "SELECT (SELECT count(*) FROM i) + (SELECT count(*) FROM s) "
+            "+ (SELECT count(*) FROM e) + (SELECT count(*) FROM c) "
+            "+ (SELECT count(*) FROM l) + (SELECT count(*) FROM r)",
+            to_utc(before),
+        )
+        return int(affected)
+
+    async def purge_sagas(self, before: datetime, *, limit: int = 500) -> int:
+        s = self._s
+        # One statement, one short transaction. The rows are locked (SKIP LOCKED: a saga
+        # being saved right now is left for the next purge) and their status re-checked.
+        # Pending inbox rows are few (events in flight): their saga ids make a small hash.
+        deleted = await self._db().fetchval(
+            f"WITH doomed AS (SELECT saga_id FROM {s}.saga_executions AS e "
+            f"WHERE status IN {tables.TERMINAL_SQL} AND updated_at < $1 "
+            f"AND saga_id NOT IN (SELECT saga_id FROM {s}.inbox WHERE status = 'pending') "
+            f"AND NOT EXISTS (SELECT 1 FROM {s}.saga_requests AS r WHERE r.saga_id = e.saga_id) "
+            f"AND NOT EXISTS (SELECT 1 FROM {s}.outbox AS o "
+            "WHERE o.saga_id = e.saga_id AND o.sent_at IS NULL) "
+            "ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED), "
+            f"steps AS (DELETE FROM {s}.saga_steps "
+            "WHERE saga_id IN (SELECT saga_id FROM doomed)), "
+            f"history AS (DELETE FROM {s}.saga_history "
+            "WHERE saga_id IN (SELECT saga_id FROM doomed)), "
+            f"outbox AS (DELETE FROM {s}.outbox WHERE saga_id IN (SELECT saga_id FROM doomed)), "
+            f"gone AS (DELETE FROM {s}.saga_executions "
+            "WHERE saga_id IN (SELECT saga_id FROM doomed) RETURNING 1) "
+            "SELECT count(*) FROM gone",
+            to_utc(before),
+            limit,
+        )
+        return int(deleted)

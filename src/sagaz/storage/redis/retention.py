@@ -1,0 +1,42 @@
+"""What the store forgets with age: expired rows (``purge_expired``) and finished sagas
+(``purge_sagas``), see :class:`~sagaz.abc.SagaStore`. Named leases and token buckets expire
+by themselves (their keys' own ``PX``): nothing to purge for them.
+
+A part of :class:`~sagaz.storage.redis.RedisSagaStore`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sagaz.storage.redis.connection import RedisConnection
+from sagaz.storage.redis_schema import micros
+
+__all__ = ["RedisRetention"]
+
+_PURGE_BATCH = 500
+#: index entries one purge_sagas script looks at, per saga it may delete: the kept ones
+#: (a retry due, a request open, an outbox message unsent) are passed over
+_SCAN_FACTOR = 4
+
+
+class RedisRetention(RedisConnection):
+    """Expired rows and finished sagas, deleted (one bounded script at a time)."""
+
+    async def purge_expired(self, before: datetime) -> int:
+        total = 0
+        while True:
+            affected, seen = await self._script(
+                "PURGE_EXPIRED", [], [self.prefix, micros(before), _PURGE_BATCH]
+            )
+            total += int(affected)
+            if not seen:
+                return total
+
+    async def purge_sagas(self, before: datetime, *, limit: int = 500) -> int:
+        if limit <= 0:
+            return 0
+        deleted, _ = await self._script(
+            "PURGE_SAGAS", [], [self.prefix, micros(before), limit, limit * _SCAN_FACTOR]
+        )
+        return int(deleted)

@@ -1,0 +1,81 @@
+"""What the store forgets with age: expired rows (``purge_expired``) and finished sagas
+(``purge_sagas``), see :class:`~sagaz.abc.SagaStore`.
+
+A part of :class:`~sagaz.storage.sqlite.SQLiteSagaStore`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import datetime
+
+from sagaz.clock import utcnow
+from sagaz.storage import sqlite_schema as tables
+from sagaz.storage.codec import to_text
+from sagaz.storage.sqlite.connection import SQLiteConnection, _change, _rows
+from sagaz.storage.sqlite_rows import placeholders
+
+__all__ = ["SQLiteRetention"]
+
+_FINISHED = (
+    f"SELECT saga_id FROM saga_executions AS e WHERE status IN {tables.TERMINAL_SQL} "
+    "AND updated_at < ? "
+    "AND saga_id NOT IN (SELECT saga_id FROM inbox WHERE status = 'pending') "
+    "AND NOT EXISTS (SELECT 1 FROM saga_requests AS r WHERE r.saga_id = e.saga_id) "
+    "AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.saga_id = e.saga_id "
+    "AND o.sent_at IS NULL) "
+    "ORDER BY updated_at LIMIT ?"
+)
+_OF_SAGAS = ("saga_steps", "saga_history", "outbox", "saga_executions")
+
+
+class SQLiteRetention(SQLiteConnection):
+    """Expired rows and finished sagas, deleted."""
+
+    async def purge_expired(self, before: datetime) -> int:
+        cutoff = (to_text(before),)
+
+        def purge(conn: sqlite3.Connection) -> int:
+            inbox = _change(
+                conn, "DELETE FROM inbox WHERE status = 'completed' AND completed_at < ?", cutoff
+            )
+            events = _change(
+                conn,
+                f"UPDATE saga_executions SET event = NULL WHERE event IS NOT NULL "
+                f"AND status IN {tables.TERMINAL_SQL} AND updated_at < ?",
+                cutoff,
+            )
+            executions = _change(
+                conn, "DELETE FROM trigger_executions WHERE completed_at < ?", cutoff
+            )
+            ticks = _change(  # every trigger keeps its newest tick (last_cron_tick)
+                conn,
+                "DELETE FROM cron_claims WHERE tick < ? AND tick < (SELECT MAX(newest.tick) "
+                "FROM cron_claims AS newest WHERE newest.trigger_id = cron_claims.trigger_id)",
+                cutoff,
+            )
+            # an expired lease is free and a bucket whose arrival time passed is full: a
+            # missing row says the same, so each distinct key leaves no row behind
+            leases = _change(conn, "DELETE FROM leases WHERE expires_at <= ?", (now_text,))
+            buckets = _change(conn, "DELETE FROM rate_limits WHERE tat < ?", (time.time(),))
+            return inbox + events + executions + ticks + leases + buckets
+
+        now_text = to_text(utcnow())
+        return await self._write(purge)
+
+    async def purge_sagas(self, before: datetime, *, limit: int = 500) -> int:
+        cutoff = to_text(before)
+
+        def purge(conn: sqlite3.Connection) -> int:
+            # one write of the store's thread: nothing changes between the choice and the
+            # deletes
+            doomed = [row[0] for row in _rows(conn, _FINISHED, (cutoff, limit))]
+            for start in range(0, len(doomed), 500):  # under SQLite's bound-parameter limit
+                chunk = doomed[start : start + 500]
+                marks = placeholders(len(chunk))
+                for table in _OF_SAGAS:
+                    conn.execute(f"DELETE FROM {table} WHERE saga_id IN ({marks})", chunk)
+            return len(doomed)
+
+        return await self._write(purge)

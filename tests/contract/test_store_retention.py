@@ -1,0 +1,315 @@
+"""What every store forgets with age (memory, SQLite, PostgreSQL, Redis): finished sagas with
+their steps, history and outbox (``purge_sagas``), and the rows of expired leases and full
+token buckets (``purge_expired``), so that neither many sagas nor many distinct keys grow the
+store without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from sagaz.abc import SagaStore
+from sagaz.clock import utcnow
+from sagaz.records import (
+    ClaimOutcome,
+    OutboxMessage,
+    SagaAction,
+    SagaControlRequest,
+    SagaHistoryRecord,
+    SchemaVersions,
+    StepRecord,
+)
+from sagaz.storage import MemorySagaStore, PostgresSagaStore, RedisSagaStore, SQLiteSagaStore
+from sagaz.testing import eventually
+from sagaz.types import SagaStatus, StepStatus
+from tests.contract.test_store_contract import Backend, _backend, _later, _saga
+from tests.services import backend_params
+
+
+@pytest.fixture(params=backend_params("memory", "sqlite", "postgres", "redis"))
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Every store kind (as in ``test_store_contract.py``)."""
+    async for made in _backend(request, tmp_path):
+        yield made
+
+
+@pytest.fixture(params=backend_params("sqlite", "postgres", "redis"))
+async def durable_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """The durable stores (they have a schema)."""
+    async for made in _backend(request, tmp_path):
+        yield made
+
+
+@pytest.fixture
+async def store(backend: Backend) -> SagaStore:
+    """A started store on a fresh storage location."""
+    return await backend.open()
+
+
+FINISHED = (
+    SagaStatus.COMPLETED,
+    SagaStatus.COMPENSATED,
+    SagaStatus.FAILED,
+    SagaStatus.CANCELLED,
+)
+
+
+async def _finish(store: SagaStore, saga_id: str, status: SagaStatus, **changes: object) -> None:
+    """A saga that ran one step, wrote an outbox message (published) and a history entry."""
+    await store.save_step(
+        StepRecord(saga_id, "charge", StepStatus.COMPLETED),
+        [OutboxMessage(saga_id, "orders", {"saga": saga_id})],
+    )
+    await store.add_saga_history(SagaHistoryRecord(saga_id, "resume_requested"))
+    await store.save_saga(_saga(saga_id, status=status, **changes))  # type: ignore[arg-type]
+    await store.mark_outbox_sent([m.id for m in await store.list_saga_outbox(saga_id) if m.id])
+
+
+async def _moment() -> datetime:
+    """A cutoff strictly between what was saved before and what is saved after it."""
+    await asyncio.sleep(0.01)  # the stores' timestamps: microseconds, not always monotonic
+    moment = utcnow()
+    await asyncio.sleep(0.01)
+    return moment
+
+
+async def _gone(store: SagaStore, saga_id: str) -> bool:
+    return (
+        await store.get_saga(saga_id) is None
+        and await store.get_steps(saga_id) == []
+        and await store.list_saga_history(saga_id) == []
+        and await store.list_saga_outbox(saga_id) == []
+    )
+
+
+async def test_purge_sagas_deletes_finished_sagas_older_than_the_cutoff_with_their_rows(
+    store: SagaStore,
+) -> None:
+    for status in FINISHED:
+        await _finish(store, f"old-{status.value}", status)
+    await store.save_saga(_saga("running", status=SagaStatus.RUNNING))
+    await store.save_saga(_saga("pending", status=SagaStatus.PENDING))
+    cutoff = await _moment()
+    await _finish(store, "recent", SagaStatus.COMPLETED)
+
+    assert await store.purge_sagas(cutoff - timedelta(hours=1)) == 0
+    assert await store.purge_sagas(cutoff) == len(FINISHED)
+    for status in FINISHED:
+        assert await _gone(store, f"old-{status.value}")
+    kept = {r.saga_id for r in await store.list_sagas()}
+    assert kept == {"running", "pending", "recent"}
+    assert [s.name for s in await store.get_steps("recent")] == ["charge"]
+    assert len(await store.list_saga_outbox("recent")) == 1
+    assert await store.purge_sagas(cutoff) == 0
+
+    # a live saga is never finished, whatever its age
+    assert await store.purge_sagas(utcnow() + timedelta(days=1)) == 1  # "recent"
+    assert {r.saga_id for r in await store.list_sagas()} == {"running", "pending"}
+    assert {r.saga_id for r in await store.list_sagas(status=SagaStatus.COMPLETED)} == set()
+
+
+async def test_purge_sagas_goes_oldest_first_in_batches_of_limit(store: SagaStore) -> None:
+    for n in range(5):
+        await _finish(store, f"s{n}", SagaStatus.COMPLETED)
+        await asyncio.sleep(0.002)
+    later = utcnow() + timedelta(days=1)
+
+    assert await store.purge_sagas(later, limit=2) == 2
+    assert {r.saga_id for r in await store.list_sagas()} == {"s2", "s3", "s4"}
+    assert await store.purge_sagas(later, limit=2) == 2
+    assert await store.purge_sagas(later, limit=2) == 1
+    assert await store.purge_sagas(later, limit=2) == 0
+    assert await store.list_sagas() == []
+
+
+async def test_purge_sagas_keeps_a_saga_whose_retry_request_or_outbox_is_still_due(
+    store: SagaStore,
+) -> None:
+    # compensated, its event's inbox row still pending: the engine retries it after a backoff
+    await store.claim_inbox("t", "k", "retrying", "w1", _later())
+    await _finish(store, "retrying", SagaStatus.COMPENSATED, owner="w1", trigger_id="t")
+    # an operator asked to resume it
+    await _finish(store, "requested", SagaStatus.FAILED)
+    assert await store.add_saga_request(SagaControlRequest("requested", SagaAction.RESUME))
+    # the relay has not published its terminal event yet
+    await store.save_saga(
+        _saga("unsent", status=SagaStatus.COMPLETED), [OutboxMessage("unsent", "orders", 1)]
+    )
+    later = utcnow() + timedelta(days=1)
+
+    assert await store.purge_sagas(later) == 0
+    assert {r.saga_id for r in await store.list_sagas()} == {"retrying", "requested", "unsent"}
+
+    await store.complete_inbox("t", "k")  # dead-lettered after its last retry
+    assert await store.finish_saga_request("requested", SagaAction.RESUME)
+    await store.mark_outbox_sent([m.id for m in await store.fetch_outbox() if m.id])
+    assert await store.purge_sagas(later) == 3
+    for saga_id in ("retrying", "requested", "unsent"):
+        assert await _gone(store, saga_id)
+    assert await store.fetch_outbox() == []
+
+
+async def test_a_duplicate_after_its_saga_was_purged_is_still_a_duplicate(
+    store: SagaStore,
+) -> None:
+    claim = await store.claim_inbox("t", "order-7", "s-7", "w1", _later())
+    assert claim.outcome is ClaimOutcome.CLAIMED
+    await store.save_checkpoint(
+        _saga("s-7", status=SagaStatus.COMPLETED, owner="w1", trigger_id="t"),
+        complete_inbox=("t", "order-7"),
+    )
+    assert await store.purge_sagas(utcnow() + timedelta(days=1)) == 1
+    assert await store.get_saga("s-7") is None
+
+    # the inbox row outlives the saga: the key still answers "done"
+    again = await store.claim_inbox("t", "order-7", "s-7", "w2", _later())
+    assert (again.outcome, again.saga_id) == (ClaimOutcome.DUPLICATE, "s-7")
+
+
+async def test_a_finished_saga_run_again_is_kept_until_it_finishes_again(
+    store: SagaStore,
+) -> None:
+    await _finish(store, "s1", SagaStatus.COMPENSATED)
+    await store.save_saga(_saga("s1", status=SagaStatus.RUNNING, attempt=2))  # resumed
+    assert await store.purge_sagas(utcnow() + timedelta(days=1)) == 0
+    assert await store.get_saga("s1") is not None
+
+    cutoff = await _moment()
+    await store.save_saga(_saga("s1", status=SagaStatus.COMPLETED, attempt=2))
+    assert await store.purge_sagas(cutoff) == 0  # finished after the cutoff
+    assert await store.purge_sagas(utcnow() + timedelta(days=1)) == 1
+    assert await _gone(store, "s1")
+
+
+async def test_expired_leases_and_full_buckets_leave_no_rows_behind(backend: Backend) -> None:
+    """One row per distinct concurrency key (``sagaz.key/<trigger>/<key>``) would grow the
+    store with every new key: released leases go at once, expired ones and full token buckets
+    with the next purge."""
+    store = await backend.open()
+    names = [f"sagaz.key/orders.on_order/{n}" for n in range(20)]
+    for name in names:
+        assert await store.acquire_lease(name, "holder", 0.3)
+    for name in names[:10]:
+        assert await store.release_lease(name, "holder")
+    for n in range(5):
+        assert await store.take_rate_token(f"sagaz.rate/t{n}", 50.0, 1) == 0.0
+    assert await _stored_names(backend, store) == 15  # the unreleased leases, the buckets
+
+    async def forgotten() -> bool:
+        await store.purge_expired(utcnow() - timedelta(days=1))
+        return await _stored_names(backend, store) == 0
+
+    await eventually(forgotten, within=10, what="expired leases and full buckets purged")
+    # free and full, as before
+    assert await store.acquire_lease(names[-1], "another", 30.0)
+    assert await store.take_rate_token("sagaz.rate/t0", 50.0, 1) == 0.0
+
+
+async def _stored_names(backend: Backend, store: SagaStore) -> int:
+    """How many lease and token-bucket rows (keys) the storage holds."""
+    if isinstance(store, MemorySagaStore):
+        return len(store._leases) + len(store._rate_limits)
+    if isinstance(store, SQLiteSagaStore):
+        conn = sqlite3.connect(store.path)
+        try:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM leases) + (SELECT count(*) FROM rate_limits)"
+            ).fetchone()
+        finally:
+            conn.close()
+        return int(row[0])
+    if isinstance(store, PostgresSagaStore):
+        import asyncpg
+
+        conn = await asyncpg.connect(store.dsn)
+        try:
+            s = f'"{store.schema}"'
+            return int(
+                await conn.fetchval(
+                    f"SELECT (SELECT count(*) FROM {s}.leases) "
+                    f"+ (SELECT count(*) FROM {s}.rate_limits)"
+                )
+            )
+        finally:
+            await conn.close()
+    assert isinstance(store, RedisSagaStore), backend.name
+    import redis.asyncio as redis
+
+    client = redis.Redis.from_url(store.url)
+    try:
+        count = 0
+        for kind in ("lease", "rate"):
+            count += len([k async for k in client.scan_iter(match=f"{store.prefix}:{kind}:*")])
+        return count
+    finally:
+        await client.aclose()
+
+
+#: the migration that indexes finished sagas for purge_sagas: SQL schema 7, Redis layout 7
+SAGA_RETENTION_MIGRATION = 7
+
+
+async def test_sagas_finished_before_the_upgrade_are_purged_after_it(
+    durable_backend: Backend,
+) -> None:
+    backend = durable_backend
+    store = await backend.open()
+    await _finish(store, "old", SagaStatus.COMPLETED)
+    await store.save_saga(_saga("live", status=SagaStatus.RUNNING))
+    await store.stop()
+    await _downgrade(store, SAGA_RETENTION_MIGRATION - 1)
+    expected = (await backend.make().schema_versions()).expected
+    assert await backend.make().upgrade_schema() == SchemaVersions(
+        SAGA_RETENTION_MIGRATION - 1, expected
+    )
+    upgraded = await backend.open()
+    assert await upgraded.purge_sagas(utcnow() + timedelta(days=1)) == 1
+    assert await _gone(upgraded, "old")
+    assert await upgraded.get_saga("live") is not None
+
+
+async def _downgrade(store: SagaStore, version: int) -> None:
+    """The storage as the sagaz of ``version`` left it: no index of finished sagas."""
+    if isinstance(store, SQLiteSagaStore):
+        conn = sqlite3.connect(store.path)
+        try:
+            conn.execute("DROP INDEX saga_executions_finished")
+            conn.execute("DROP INDEX outbox_by_saga")
+            conn.execute("DELETE FROM schema_version WHERE version > ?", (version,))
+            conn.commit()
+        finally:
+            conn.close()
+    elif isinstance(store, PostgresSagaStore):
+        import asyncpg
+
+        conn = await asyncpg.connect(store.dsn)
+        try:
+            s = f'"{store.schema}"'
+            await conn.execute(f"DROP INDEX {s}.saga_executions_finished")
+            await conn.execute(f"DROP INDEX {s}.outbox_by_saga")
+            await conn.execute(f"DELETE FROM {s}.schema_version WHERE version > $1", version)
+        finally:
+            await conn.close()
+    else:
+        import redis.asyncio as redis
+
+        assert isinstance(store, RedisSagaStore)
+        client = redis.Redis.from_url(store.url)
+        try:
+            await client.delete(f"{store.prefix}:sagas-finished")
+            await client.set(f"{store.prefix}:schema_version", version)
+        finally:
+            await client.aclose()
+
+
+@pytest.mark.parametrize("limit", [0])
+async def test_purge_sagas_with_no_room_deletes_nothing(store: SagaStore, limit: int) -> None:
+    await _finish(store, "s1", SagaStatus.COMPLETED)
+    assert await store.purge_sagas(utcnow() + timedelta(days=1), limit=limit) == 0
+    assert await store.get_saga("s1") is not None

@@ -1,0 +1,138 @@
+"""The engine's purge loop deletes finished sagas after ``saga_retention_days``: never a live
+one, never one whose retry is due, and a late duplicate of a purged saga stays a duplicate."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sagaz import Saga, TriggerConfig, action, trigger
+from sagaz.abc import SagaStore
+from sagaz.engine.engine import TriggerEngine
+from sagaz.storage.memory import MemorySagaStore
+from sagaz.storage.sqlite import SQLiteSagaStore
+from sagaz.testing import FakeClock, eventually
+
+#: a finished saga is purged a fraction of a second after it finished
+QUICKLY = TriggerConfig(
+    saga_retention_days=0.1 / 86400, cleanup_interval_seconds=0.02, retry_jitter=0
+)
+
+
+class CountingStore(MemorySagaStore):
+    """A memory store that counts the purges of finished sagas asked of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saga_purges = 0
+
+    async def purge_sagas(self, before: datetime, *, limit: int = 500) -> int:
+        self.saga_purges += 1
+        return await super().purge_sagas(before, limit=limit)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    made: SagaStore = (
+        MemorySagaStore() if request.param == "memory" else SQLiteSagaStore(tmp_path / "s.db")
+    )
+    async with made:
+        yield made
+
+
+async def test_the_purge_loop_deletes_finished_sagas_and_keeps_running_ones(
+    store: SagaStore,
+) -> None:
+    release = asyncio.Event()
+
+    class Orders(Saga):
+        @trigger(source="memory", channel="orders", idempotency_key=lambda e: e["id"])
+        def on_order(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("ship")
+        async def ship(self, ctx: Any) -> None:
+            if ctx["slow"]:
+                await release.wait()
+
+    async with TriggerEngine(QUICKLY, store) as engine:
+        [done] = await engine.fire("orders", {"id": 1, "slow": False})
+        [slow] = await engine.fire("orders", {"id": 2, "slow": True})
+        await eventually(lambda: sum(engine.metrics.completed.values()) == 1)
+
+        async def purged() -> bool:
+            return await store.get_saga(done) is None and await store.get_steps(done) == []
+
+        await eventually(purged, what="the finished saga purged")
+        assert await store.get_saga(slow) is not None  # running: never purged
+        release.set()
+
+        async def slow_purged() -> bool:
+            return await store.get_saga(slow) is None
+
+        await eventually(slow_purged, what="the second saga purged once it finished")
+
+
+async def test_a_duplicate_of_a_purged_saga_is_still_a_duplicate(store: SagaStore) -> None:
+    runs: list[int] = []
+
+    class Payments(Saga):
+        @trigger(source="memory", channel="payments", idempotency_key=lambda e: e["id"])
+        def on_payment(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("charge")
+        async def charge(self, ctx: Any) -> None:
+            runs.append(ctx["id"])
+
+    # the inbox keeps its rows for event_retention_days (7 by default), far longer
+    async with TriggerEngine(QUICKLY, store) as engine:
+        [saga_id] = await engine.fire("payments", {"id": 7})
+        await eventually(lambda: sum(engine.metrics.completed.values()) == 1)
+
+        async def purged() -> bool:
+            return await store.get_saga(saga_id) is None
+
+        await eventually(purged, what="the finished saga purged")
+        assert await engine.fire("payments", {"id": 7}) == []  # a duplicate, not a new run
+        assert runs == [7]
+        assert await store.get_saga(saga_id) is None
+
+
+async def test_a_compensated_saga_awaiting_its_retry_is_not_purged() -> None:
+    clock = FakeClock()
+    attempts: list[int] = []
+
+    class Flaky(Saga):
+        @trigger(source="memory", channel="flaky", max_retries=1, retry_backoff_seconds=[60])
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("call")
+        async def call(self, ctx: Any) -> None:
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise RuntimeError("downstream is down")
+
+    store = CountingStore()
+    async with TriggerEngine(QUICKLY, store, clock=clock) as engine:
+        [saga_id] = await engine.fire("flaky", {"n": 1})
+        await eventually(lambda: engine.metrics.compensated["flaky.on_event"] == 1)
+        # long past its retention, the saga waits for its retry (60 s on the fake clock)
+        seen = store.saga_purges
+        await eventually(lambda: store.saga_purges >= seen + 10, what="ten more purges")
+        kept = await store.get_saga(saga_id)
+        assert kept is not None and kept.status.value == "compensated"
+
+        await clock.advance(61)
+        await eventually(lambda: engine.metrics.completed["flaky.on_event"] == 1)
+
+        async def purged() -> bool:
+            return await store.get_saga(saga_id) is None
+
+        await eventually(purged, what="the saga purged once it completed")
+    assert len(attempts) == 2
