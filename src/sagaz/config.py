@@ -79,6 +79,12 @@ class TriggerConfig(BaseSettings):
         "its steps, history and outbox messages; None keeps finished sagas forever. A saga "
         "awaiting a retry, an operator's request or the publishing of its outbox is kept.",
     )
+    dead_letter_retention_days: float | None = Field(
+        default=30.0,
+        gt=0,
+        description="Age after which a dead letter is deleted (replay or purge it before); "
+        "None keeps dead letters until `sagaz dlq purge`.",
+    )
     cleanup_interval_seconds: float = Field(
         default=3600.0, gt=0, description="Seconds between two purges of expired rows."
     )

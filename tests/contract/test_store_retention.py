@@ -1,7 +1,7 @@
 """What every store forgets with age (memory, SQLite, PostgreSQL, Redis): finished sagas with
-their steps, history and outbox (``purge_sagas``), and the rows of expired leases and full
-token buckets (``purge_expired``), so that neither many sagas nor many distinct keys grow the
-store without bound.
+their steps, history and outbox (``purge_sagas``), old dead letters (``purge_dead_letters``),
+and the rows of expired leases and full token buckets (``purge_expired``), so that neither many
+sagas, nor a flood of bad events, nor many distinct keys grow the store without bound.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
 from sagaz.records import (
     ClaimOutcome,
+    DeadLetterRecord,
     OutboxMessage,
     SagaAction,
     SagaControlRequest,
@@ -185,6 +186,31 @@ async def test_a_finished_saga_run_again_is_kept_until_it_finishes_again(
     assert await store.purge_sagas(cutoff) == 0  # finished after the cutoff
     assert await store.purge_sagas(utcnow() + timedelta(days=1)) == 1
     assert await _gone(store, "s1")
+
+
+async def test_purge_dead_letters_deletes_the_oldest_first_in_batches(store: SagaStore) -> None:
+    for n in range(3):
+        await store.add_dead_letter(_dead_letter(n, "orders.on_order"))
+    await store.add_dead_letter(_dead_letter(3, "payments.on_payment"))
+    cutoff = await _moment()
+    await store.add_dead_letter(_dead_letter(4, "orders.on_order"))
+
+    assert await store.purge_dead_letters(cutoff - timedelta(hours=1)) == 0
+    assert await store.purge_dead_letters(cutoff, limit=2) == 2
+    assert [d.payload for d in await store.list_dead_letters()] == [{"n": 2}, {"n": 3}, {"n": 4}]
+    assert await store.purge_dead_letters(cutoff, limit=2) == 2
+    assert await store.purge_dead_letters(cutoff, limit=2) == 0
+    [kept] = await store.list_dead_letters()
+    assert kept.payload == {"n": 4}
+    assert await store.list_dead_letters(trigger_id="payments.on_payment") == []
+    assert [d.payload for d in await store.list_dead_letters(trigger_id="orders.on_order")] == [
+        {"n": 4}
+    ]
+    assert kept.id is not None and await store.get_dead_letter(kept.id) is not None
+
+
+def _dead_letter(n: int, trigger_id: str) -> DeadLetterRecord:
+    return DeadLetterRecord(trigger_id, "order-saga", {"n": n}, "boom", "invalid")
 
 
 async def test_expired_leases_and_full_buckets_leave_no_rows_behind(backend: Backend) -> None:

@@ -1,5 +1,6 @@
-"""The engine's purge loop deletes finished sagas after ``saga_retention_days``: never a live
-one, never one whose retry is due, and a late duplicate of a purged saga stays a duplicate."""
+"""The engine's purge loop deletes finished sagas after ``saga_retention_days`` (never a live
+one, never one whose retry is due; a late duplicate of a purged saga stays a duplicate) and
+dead letters after ``dead_letter_retention_days``."""
 
 from __future__ import annotations
 
@@ -24,11 +25,16 @@ QUICKLY = TriggerConfig(
 
 
 class CountingStore(MemorySagaStore):
-    """A memory store that counts the purges of finished sagas asked of it."""
+    """A memory store that counts the purges asked of it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.saga_purges = 0
+        self.expired_purges = 0
+
+    async def purge_expired(self, before: datetime) -> int:
+        self.expired_purges += 1
+        return await super().purge_expired(before)
 
     async def purge_sagas(self, before: datetime, *, limit: int = 500) -> int:
         self.saga_purges += 1
@@ -136,3 +142,53 @@ async def test_a_compensated_saga_awaiting_its_retry_is_not_purged() -> None:
 
         await eventually(purged, what="the saga purged once it completed")
     assert len(attempts) == 2
+
+
+async def test_dead_letters_of_bad_events_are_purged_after_their_retention(
+    store: SagaStore,
+) -> None:
+    class Strict(Saga):
+        @trigger(source="memory", channel="strict")
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            raise ValueError(f"bad event {event['n']}")
+
+        @action("noop")
+        async def noop(self, ctx: Any) -> None: ...
+
+    config = TriggerConfig(dead_letter_retention_days=0.1 / 86400, cleanup_interval_seconds=0.02)
+    async with TriggerEngine(config, store) as engine:
+        for n in range(3):
+            assert await engine.fire("strict", {"n": n}) == []
+        await eventually(lambda: engine.metrics.dead_lettered["strict.on_event"] == 3)
+
+        async def purged() -> bool:
+            return await store.list_dead_letters() == []
+
+        await eventually(purged, what="the dead letters purged")
+
+
+async def test_nothing_is_purged_when_the_retentions_are_none(store: SagaStore) -> None:
+    class Kept(Saga):
+        @trigger(source="memory", channel="kept")
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            if event["bad"]:
+                raise ValueError("bad event")
+            return dict(event)
+
+        @action("noop")
+        async def noop(self, ctx: Any) -> None: ...
+
+    config = TriggerConfig(
+        saga_retention_days=None, dead_letter_retention_days=None, cleanup_interval_seconds=0.02
+    )
+    spy = CountingStore()
+    async with TriggerEngine(config, spy) as engine:
+        [saga_id] = await engine.fire("kept", {"bad": False})
+        await engine.fire("kept", {"bad": True})
+        await eventually(lambda: engine.metrics.completed["kept.on_event"] == 1)
+        await eventually(lambda: engine.metrics.dead_lettered["kept.on_event"] == 1)
+        purges = spy.expired_purges
+        await eventually(lambda: spy.expired_purges >= purges + 5, what="five more purges")
+        assert await spy.get_saga(saga_id) is not None
+        assert len(await spy.list_dead_letters()) == 1
+    assert spy.saga_purges == 0

@@ -73,6 +73,7 @@ ARGUMENTS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "list_trigger_schedules": ((), {}),
     "mark_outbox_sent": (([1],), {}),
     "purge_expired": ((NOW,), {}),
+    "purge_dead_letters": ((NOW,), {"limit": 10}),
     "purge_sagas": ((NOW,), {"limit": 10}),
     "release_inbox": (("t", "k"), {}),
     "release_lease": (("lease", "me"), {}),

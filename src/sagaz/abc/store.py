@@ -243,6 +243,14 @@ class SagaStore(Lifecycle, ABC):
     async def delete_dead_letter(self, dead_letter_id: int) -> bool:
         """Delete one dead letter; return whether it existed."""
 
+    async def purge_dead_letters(self, before: datetime, *, limit: int = 500) -> int:
+        """Delete at most ``limit`` dead letters stored before ``before``, oldest first;
+        return how many (call it again while it returns ``limit``).
+
+        Not abstract, so a store written for an older sagaz still works: without it the
+        engine keeps dead letters until they are purged by hand (it logs so once)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot purge dead letters by age")
+
     # -- trigger schedules (every trigger's row: paused or not; poll triggers' interval) -----
     @abstractmethod
     async def save_trigger_schedule(self, record: TriggerScheduleRecord) -> None:

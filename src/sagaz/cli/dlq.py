@@ -14,6 +14,7 @@ from typing import Any
 from sagaz.abc import SagaStore
 from sagaz.cli.exits import FAILED, OK, CommandError
 from sagaz.cli.output import clip, moment, print_json, print_table
+from sagaz.cli.sagas import parse_age
 from sagaz.cli.store import opened_store, store_url
 from sagaz.records import DeadLetterRecord
 
@@ -59,6 +60,12 @@ def add_commands(commands: Any, common: list[argparse.ArgumentParser]) -> None:
 
     purge = actions.add_parser("purge", parents=common, help="delete dead letters")
     purge.add_argument("--trigger", metavar="TRIGGER_ID", help="only this trigger's")
+    purge.add_argument(
+        "--older-than",
+        type=parse_age,
+        metavar="AGE",
+        help="only those stored before: an age (90s, 15m, 2h, 7d, 1w) or an ISO 8601 timestamp",
+    )
     purge.set_defaults(handler=purge_dead_letters)
 
 
@@ -141,17 +148,20 @@ async def show_dead_letter(args: argparse.Namespace) -> int:
 
 
 async def purge_dead_letters(args: argparse.Namespace) -> int:
-    """Delete every dead letter (of one trigger with ``--trigger``)."""
+    """Delete every dead letter (of one trigger with ``--trigger``, stored before
+    ``--older-than``)."""
     count = 0
+    before = args.older_than
     async with opened_store(args) as store:
         while found := await store.list_dead_letters(trigger_id=args.trigger, limit=1000):
+            old = [d for d in found if before is None or (d.created_at and d.created_at < before)]
             deleted = 0
-            for dead in found:
+            for dead in old:
                 if dead.id is not None and await store.delete_dead_letter(dead.id):
                     deleted += 1
             count += deleted
-            if not deleted:
-                break  # another process deletes them as fast: what is left is not ours
+            if not deleted or len(old) < len(found):
+                break  # the rest is newer (oldest first), or another process deletes them
     print(f"purged {count} dead letter(s)")
     return OK
 

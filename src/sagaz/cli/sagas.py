@@ -1,6 +1,7 @@
 """``sagaz sagas list`` (newest first; by status, saga, trigger, age; a page at a time),
 ``sagaz sagas show ID`` (its steps with status, attempts, timings and errors; its context and
-history) and ``sagaz sagas cancel|resume|retry ID`` (see :mod:`sagaz.engine.steering`)."""
+history), ``sagaz sagas purge --older-than AGE`` (finished sagas, as ``saga_retention_days``
+does) and ``sagaz sagas cancel|resume|retry ID`` (see :mod:`sagaz.engine.steering`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ __all__ = ["add_commands", "parse_age"]
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_PURGE_BATCH = 500
 
 
 def parse_age(text: str) -> datetime:
@@ -39,9 +41,10 @@ def parse_age(text: str) -> datetime:
 
 
 def add_commands(commands: Any, common: list[argparse.ArgumentParser]) -> None:
-    """Register ``sagas list``, ``sagas show`` and ``sagas cancel|resume|retry``."""
+    """Register ``sagas list``, ``sagas show``, ``sagas purge`` and
+    ``sagas cancel|resume|retry``."""
     sagas = commands.add_parser(
-        "sagas", help="the sagas in the store: list, show, cancel, resume, retry"
+        "sagas", help="the sagas in the store: list, show, purge, cancel, resume, retry"
     )
     actions = sagas.add_subparsers(dest="action", required=True, metavar="ACTION")
 
@@ -78,6 +81,25 @@ def add_commands(commands: Any, common: list[argparse.ArgumentParser]) -> None:
     show.add_argument("saga_id", metavar="SAGA_ID")
     show.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     show.set_defaults(handler=show_saga)
+
+    purge = actions.add_parser(
+        "purge",
+        parents=common,
+        help="delete finished sagas older than an age, with their steps, history and outbox",
+        description="Delete the finished sagas (completed, compensated, failed, cancelled) "
+        "last changed before --older-than, with their steps, history and outbox messages, "
+        "as the engine does after saga_retention_days. A saga whose retry is due, with an "
+        "open request or an unpublished outbox message is kept. Inbox rows stay: a late "
+        "duplicate of a deleted saga is still a duplicate.",
+    )
+    purge.add_argument(
+        "--older-than",
+        type=parse_age,
+        required=True,
+        metavar="AGE",
+        help="last changed before: an age (90s, 15m, 2h, 7d, 1w) or an ISO 8601 timestamp",
+    )
+    purge.set_defaults(handler=purge_sagas)
 
     steering = {
         "cancel": "cancel a pending or running saga (or a compensated one waiting for its "
@@ -229,6 +251,21 @@ _AFTER_REQUEST = {
     "resume": "an engine running its trigger runs it again",
     "retry": "an engine running its trigger runs it again from that step",
 }
+
+
+async def purge_sagas(args: argparse.Namespace) -> int:
+    """Delete the finished sagas older than ``--older-than``, a batch at a time."""
+    count = 0
+    async with opened_store(args) as store:
+        try:
+            while (deleted := await store.purge_sagas(args.older_than, limit=_PURGE_BATCH)) > 0:
+                count += deleted
+                if deleted < _PURGE_BATCH:
+                    break
+        except NotImplementedError as exc:
+            raise CommandError(f"{exc}: use a store of this sagaz version") from None
+    print(f"purged {count} finished saga(s) last changed before {moment(args.older_than)}")
+    return OK
 
 
 async def steer_saga(args: argparse.Namespace) -> int:

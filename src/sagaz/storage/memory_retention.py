@@ -1,5 +1,6 @@
-"""What :class:`~sagaz.storage.memory.MemorySagaStore` forgets with age: ``purge_expired`` and
-``purge_sagas`` (see :class:`~sagaz.abc.SagaStore`), on its dictionaries."""
+"""What :class:`~sagaz.storage.memory.MemorySagaStore` forgets with age: ``purge_expired``,
+``purge_sagas`` and ``purge_dead_letters`` (see :class:`~sagaz.abc.SagaStore`), on its
+dictionaries."""
 
 from __future__ import annotations
 
@@ -115,3 +116,14 @@ class MemoryRetention:
         if doomed:
             self._outbox = [m for m in self._outbox if m.saga_id not in doomed]
         return len(doomed)
+
+    async def purge_dead_letters(self, before: datetime, *, limit: int = 500) -> int:
+        """See :meth:`sagaz.abc.SagaStore.purge_dead_letters`."""
+        old = [
+            dead_id
+            for dead_id, record in self._dead.items()  # in id order: oldest first
+            if record.created_at is not None and record.created_at < before
+        ][: max(limit, 0)]
+        for dead_id in old:
+            del self._dead[dead_id]
+        return len(old)

@@ -1,5 +1,6 @@
 """The purge scripts of :class:`~sagaz.storage.redis.RedisSagaStore` (registered with the
-others in :data:`sagaz.storage.redis_scripts.SCRIPTS`): expired rows and finished sagas.
+others in :data:`sagaz.storage.redis_scripts.SCRIPTS`): expired rows, finished sagas and old
+dead letters.
 
 ``ARGV[1]`` of each is the key prefix ``p``; the key layout is in
 :mod:`sagaz.storage.redis_schema`.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from sagaz.types import TERMINAL_SAGA_STATUSES
 
-__all__ = ["PURGE_EXPIRED", "PURGE_SAGAS"]
+__all__ = ["PURGE_DEAD_LETTERS", "PURGE_EXPIRED", "PURGE_SAGAS"]
 
 PURGE_EXPIRED = """
 -- ARGV: prefix, before, batch size; returns {rows affected, index entries looked at}
@@ -141,3 +142,20 @@ end
 return {deleted, seen}
 """
 )
+
+PURGE_DEAD_LETTERS = """
+-- ARGV: prefix, before, limit; returns the dead letters deleted: the oldest ids first, up to
+-- the first one stored at or after before
+local p, before = ARGV[1], tonumber(ARGV[2])
+local deleted = 0
+for _, id in ipairs(redis.call('ZRANGE', p .. ':dead-all', 0, tonumber(ARGV[3]) - 1)) do
+  local key = p .. ':dead:' .. id
+  local v = redis.call('HMGET', key, 'created_at', 'trigger_id')
+  if v[1] and tonumber(v[1]) >= before then break end
+  redis.call('DEL', key)
+  redis.call('ZREM', p .. ':dead-all', id)
+  if v[2] then redis.call('ZREM', p .. ':dead-by-trigger:' .. v[2], id) end
+  deleted = deleted + 1
+end
+return deleted
+"""

@@ -7,7 +7,7 @@ with its row is one script. The key layout they read and write, and its version,
 
 from __future__ import annotations
 
-from sagaz.storage.redis_purge_scripts import PURGE_EXPIRED, PURGE_SAGAS
+from sagaz.storage.redis_purge_scripts import PURGE_DEAD_LETTERS, PURGE_EXPIRED, PURGE_SAGAS
 
 __all__ = ["SAVE_CHECKPOINT", "SCRIPTS"]
 
@@ -343,6 +343,7 @@ SCRIPTS: dict[str, str] = {
     "RENEW_LEASES": RENEW_LEASES,
     "PURGE_EXPIRED": PURGE_EXPIRED,
     "PURGE_SAGAS": PURGE_SAGAS,
+    "PURGE_DEAD_LETTERS": PURGE_DEAD_LETTERS,
     "MARK_OUTBOX_SENT": MARK_OUTBOX_SENT,
     "ADD_DEAD_LETTER": ADD_DEAD_LETTER,
     "DELETE_DEAD_LETTER": DELETE_DEAD_LETTER,

@@ -1,5 +1,5 @@
-"""What the store forgets with age: expired rows (``purge_expired``) and finished sagas
-(``purge_sagas``), see :class:`~sagaz.abc.SagaStore`.
+"""What the store forgets with age: expired rows (``purge_expired``), finished sagas
+(``purge_sagas``) and old dead letters (``purge_dead_letters``), see :class:`~sagaz.abc.SagaStore`.
 
 A part of :class:`~sagaz.storage.postgres.PostgresSagaStore`.
 """
@@ -62,6 +62,17 @@ class PostgresRetention(PostgresConnection):
             f"gone AS (DELETE FROM {s}.saga_executions "
             "WHERE saga_id IN (SELECT saga_id FROM doomed) RETURNING 1) "
             "SELECT count(*) FROM gone",
+            to_utc(before),
+            limit,
+        )
+        return int(deleted)
+
+    async def purge_dead_letters(self, before: datetime, *, limit: int = 500) -> int:
+        s = self._s
+        deleted = await self._db().fetchval(
+            f"WITH gone AS (DELETE FROM {s}.dead_letters WHERE id IN "
+            f"(SELECT id FROM {s}.dead_letters WHERE created_at < $1 ORDER BY id LIMIT $2 "
+            "FOR UPDATE SKIP LOCKED) RETURNING 1) SELECT count(*) FROM gone",
             to_utc(before),
             limit,
         )

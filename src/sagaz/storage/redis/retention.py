@@ -1,6 +1,7 @@
-"""What the store forgets with age: expired rows (``purge_expired``) and finished sagas
-(``purge_sagas``), see :class:`~sagaz.abc.SagaStore`. Named leases and token buckets expire
-by themselves (their keys' own ``PX``): nothing to purge for them.
+"""What the store forgets with age: expired rows (``purge_expired``), finished sagas
+(``purge_sagas``) and old dead letters (``purge_dead_letters``), see
+:class:`~sagaz.abc.SagaStore`. Named leases and token buckets expire by themselves (their
+keys' own ``PX``): nothing to purge for them.
 
 A part of :class:`~sagaz.storage.redis.RedisSagaStore`.
 """
@@ -39,4 +40,10 @@ class RedisRetention(RedisConnection):
         deleted, _ = await self._script(
             "PURGE_SAGAS", [], [self.prefix, micros(before), limit, limit * _SCAN_FACTOR]
         )
+        return int(deleted)
+
+    async def purge_dead_letters(self, before: datetime, *, limit: int = 500) -> int:
+        if limit <= 0:
+            return 0
+        deleted = await self._script("PURGE_DEAD_LETTERS", [], [self.prefix, micros(before), limit])
         return int(deleted)

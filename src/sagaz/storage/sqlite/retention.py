@@ -1,5 +1,5 @@
-"""What the store forgets with age: expired rows (``purge_expired``) and finished sagas
-(``purge_sagas``), see :class:`~sagaz.abc.SagaStore`.
+"""What the store forgets with age: expired rows (``purge_expired``), finished sagas
+(``purge_sagas``) and old dead letters (``purge_dead_letters``), see :class:`~sagaz.abc.SagaStore`.
 
 A part of :class:`~sagaz.storage.sqlite.SQLiteSagaStore`.
 """
@@ -79,3 +79,10 @@ class SQLiteRetention(SQLiteConnection):
             return len(doomed)
 
         return await self._write(purge)
+
+    async def purge_dead_letters(self, before: datetime, *, limit: int = 500) -> int:
+        return await self._write_one(
+            "DELETE FROM dead_letters WHERE id IN "
+            "(SELECT id FROM dead_letters WHERE created_at < ? ORDER BY id LIMIT ?)",
+            (to_text(before), limit),
+        )
