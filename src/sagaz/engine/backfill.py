@@ -161,7 +161,7 @@ async def _backfill_tick(
 ) -> ScheduledRun:
     identity = f"{active.trigger_id}@{tick.isoformat()}"  # as the cron source names it
     if active.definition.idempotency_key is None:
-        # the inbox forgets after event_retention_days; the saga row stays
+        # the inbox forgets after event_retention_days, the saga after saga_retention_days
         existing = await engine.store.get_saga(saga_id_for(active.trigger_id, identity))
         if existing is not None and existing.status in TERMINAL_SAGA_STATUSES:
             return ScheduledRun(
