@@ -73,7 +73,7 @@ class TriggerConfig(BaseSettings):
         "finished poll executions and old cron claims are purged.",
     )
     saga_retention_days: float | None = Field(
-        default=30.0,
+        default=90.0,
         gt=0,
         description="Age (since its last change) after which a finished saga is deleted with "
         "its steps, history and outbox messages; None keeps finished sagas forever. A saga "
