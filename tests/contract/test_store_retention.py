@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,8 +25,12 @@ from sagaz.records import (
     SagaHistoryRecord,
     SchemaVersions,
     StepRecord,
+    TriggerExecutionRecord,
 )
 from sagaz.storage import MemorySagaStore, PostgresSagaStore, RedisSagaStore, SQLiteSagaStore
+from sagaz.storage.postgres import retention as postgres_retention
+from sagaz.storage.redis import retention as redis_retention
+from sagaz.storage.sqlite import retention as sqlite_retention
 from sagaz.testing import eventually
 from sagaz.types import SagaStatus, StepStatus
 from tests.contract.test_store_contract import Backend, _backend, _later, _saga
@@ -211,6 +215,32 @@ async def test_purge_dead_letters_deletes_the_oldest_first_in_batches(store: Sag
 
 def _dead_letter(n: int, trigger_id: str) -> DeadLetterRecord:
     return DeadLetterRecord(trigger_id, "order-saga", {"n": n}, "boom", "invalid")
+
+
+async def test_purge_expired_goes_on_batch_after_batch_until_nothing_is_left(
+    store: SagaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each transaction (script) deletes a bounded number of rows; one call still purges all."""
+    for module in (sqlite_retention, postgres_retention, redis_retention):
+        monkeypatch.setattr(module, "_PURGE_BATCH", 2)
+    first_tick = datetime(2024, 3, 1, tzinfo=UTC)
+    for n in range(5):
+        await store.claim_inbox("t", f"k{n}", f"s{n}", "w1", _later())
+        await store.complete_inbox("t", f"k{n}")
+        await store.save_saga(_saga(f"s{n}", status=SagaStatus.COMPLETED, event={"n": n}))
+        execution = TriggerExecutionRecord("poll", f"h{n}", f"s{n}", started_at=first_tick)
+        assert await store.start_trigger_execution(execution, exclusive=False)
+        await store.complete_trigger_execution("poll", f"s{n}")
+        assert await store.claim_cron_tick("cron", first_tick + timedelta(hours=n), "w1")
+
+    # 5 inbox rows, 5 stored events, 5 executions, 4 cron ticks (the newest is kept)
+    assert await store.purge_expired(utcnow() + timedelta(seconds=5)) == 19
+    assert await store.purge_expired(utcnow() + timedelta(seconds=5)) == 0
+    assert all(s.event is None for s in await store.list_sagas())
+    assert await store.list_trigger_executions("poll") == []
+    assert await store.last_cron_tick("cron") == first_tick + timedelta(hours=4)
+    again = await store.claim_inbox("t", "k0", "s0", "w2", _later())
+    assert again.outcome is ClaimOutcome.CLAIMED
 
 
 async def test_expired_leases_and_full_buckets_leave_no_rows_behind(backend: Backend) -> None:

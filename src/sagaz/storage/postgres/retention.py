@@ -14,32 +14,52 @@ from sagaz.storage.postgres.connection import PostgresConnection
 
 __all__ = ["PostgresRetention"]
 
+_PURGE_BATCH = 1000
+"""Rows of each kind ``purge_expired`` deletes per statement (one short transaction)."""
+
 
 class PostgresRetention(PostgresConnection):
     """Expired rows and finished sagas, deleted."""
 
     async def purge_expired(self, before: datetime) -> int:
+        # Each statement deletes at most _PURGE_BATCH rows of each kind (one short
+        # transaction); the outer WHEREs check again what a concurrent writer may have changed.
         s = self._s
-        affected = await self._db().fetchval(
-            f"WITH i AS (DELETE FROM {s}.inbox "
-            "WHERE status = 'completed' AND completed_at < $1 RETURNING 1), "
-            f"s AS (UPDATE {s}.saga_executions SET event = NULL WHERE event IS NOT NULL "
-            f"AND status IN {tables.TERMINAL_SQL} AND updated_at < $1 RETURNING 1), "
-            f"e AS (DELETE FROM {s}.trigger_executions WHERE completed_at < $1 RETURNING 1), "
+        sql = (
+            f"WITH i AS (DELETE FROM {s}.inbox WHERE (trigger_id, key) IN "
+            f"(SELECT trigger_id, key FROM {s}.inbox "
+            "WHERE status = 'completed' AND completed_at < $1 LIMIT $2) "
+            "AND status = 'completed' AND completed_at < $1 RETURNING 1), "
+            f"s AS (UPDATE {s}.saga_executions SET event = NULL WHERE saga_id IN "
+            f"(SELECT saga_id FROM {s}.saga_executions WHERE event IS NOT NULL "
+            f"AND status IN {tables.TERMINAL_SQL} AND updated_at < $1 LIMIT $2) "
+            f"AND event IS NOT NULL AND status IN {tables.TERMINAL_SQL} AND updated_at < $1 "
+            "RETURNING 1), "
+            f"e AS (DELETE FROM {s}.trigger_executions WHERE id IN "
+            f"(SELECT id FROM {s}.trigger_executions WHERE completed_at < $1 LIMIT $2) "
+            "RETURNING 1), "
             # every trigger keeps its newest tick: last_cron_tick answers the same afterwards
-            f"c AS (DELETE FROM {s}.cron_claims AS c WHERE c.tick < $1 AND c.tick < "
-            f"(SELECT max(n.tick) FROM {s}.cron_claims AS n "
-            "WHERE n.trigger_id = c.trigger_id) RETURNING 1), "
+            f"c AS (DELETE FROM {s}.cron_claims WHERE (trigger_id, tick) IN "
+            f"(SELECT c.trigger_id, c.tick FROM {s}.cron_claims AS c WHERE c.tick < $1 "
+            f"AND c.tick < (SELECT max(n.tick) FROM {s}.cron_claims AS n "
+            "WHERE n.trigger_id = c.trigger_id) LIMIT $2) RETURNING 1), "
             # an expired lease is free and a bucket whose arrival time passed is full: a
             # missing row says the same, so each distinct key leaves no row behind
-            f"l AS (DELETE FROM {s}.leases WHERE expires_at <= clock_timestamp() RETURNING 1), "
-            f"r AS (DELETE FROM {s}.rate_limits WHERE tat < clock_timestamp() RETURNING 1) "
-            "SELECT (SELECT count(*) FROM i) + (SELECT count(*) FROM s) "
-            "+ (SELECT count(*) FROM e) + (SELECT count(*) FROM c) "
-            "+ (SELECT count(*) FROM l) + (SELECT count(*) FROM r)",
-            to_utc(before),
+            f"l AS (DELETE FROM {s}.leases WHERE name IN (SELECT name FROM {s}.leases "
+            "WHERE expires_at <= clock_timestamp() LIMIT $2) "
+            "AND expires_at <= clock_timestamp() RETURNING 1), "
+            f"r AS (DELETE FROM {s}.rate_limits WHERE name IN (SELECT name FROM {s}.rate_limits "
+            "WHERE tat < clock_timestamp() LIMIT $2) AND tat < clock_timestamp() RETURNING 1) "
+            "SELECT (SELECT count(*) FROM i), (SELECT count(*) FROM s), "
+            "(SELECT count(*) FROM e), (SELECT count(*) FROM c), "
+            "(SELECT count(*) FROM l), (SELECT count(*) FROM r)"
         )
-        return int(affected)
+        total = 0
+        while True:
+            counts = [int(n) for n in await self._db().fetchrow(sql, to_utc(before), _PURGE_BATCH)]
+            total += sum(counts)
+            if max(counts) < _PURGE_BATCH:
+                return total
 
     async def purge_sagas(self, before: datetime, *, limit: int = 500) -> int:
         s = self._s

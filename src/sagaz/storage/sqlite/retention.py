@@ -28,41 +28,71 @@ _FINISHED = (
     "ORDER BY updated_at LIMIT ?"
 )
 _OF_SAGAS = ("saga_steps", "saga_history", "outbox", "saga_executions")
+_PURGE_BATCH = 1000
+"""Rows of each kind ``purge_expired`` deletes per write (one short transaction)."""
 
 
 class SQLiteRetention(SQLiteConnection):
     """Expired rows and finished sagas, deleted."""
 
     async def purge_expired(self, before: datetime) -> int:
-        cutoff = (to_text(before),)
+        # At most _PURGE_BATCH rows of each kind per write (the write lock is held briefly);
+        # the outer WHEREs check again, as PostgreSQL's do (here nothing runs in between).
+        cutoff = to_text(before)
 
-        def purge(conn: sqlite3.Connection) -> int:
-            inbox = _change(
-                conn, "DELETE FROM inbox WHERE status = 'completed' AND completed_at < ?", cutoff
-            )
-            events = _change(
-                conn,
-                f"UPDATE saga_executions SET event = NULL WHERE event IS NOT NULL "
-                f"AND status IN {tables.TERMINAL_SQL} AND updated_at < ?",
-                cutoff,
-            )
-            executions = _change(
-                conn, "DELETE FROM trigger_executions WHERE completed_at < ?", cutoff
-            )
-            ticks = _change(  # every trigger keeps its newest tick (last_cron_tick)
-                conn,
-                "DELETE FROM cron_claims WHERE tick < ? AND tick < (SELECT MAX(newest.tick) "
-                "FROM cron_claims AS newest WHERE newest.trigger_id = cron_claims.trigger_id)",
-                cutoff,
-            )
-            # an expired lease is free and a bucket whose arrival time passed is full: a
-            # missing row says the same, so each distinct key leaves no row behind
-            leases = _change(conn, "DELETE FROM leases WHERE expires_at <= ?", (now_text,))
-            buckets = _change(conn, "DELETE FROM rate_limits WHERE tat < ?", (time.time(),))
-            return inbox + events + executions + ticks + leases + buckets
+        def purge(conn: sqlite3.Connection) -> list[int]:
+            batch = _PURGE_BATCH
+            now_text, now_epoch = to_text(utcnow()), time.time()
+            return [
+                _change(
+                    conn,
+                    "DELETE FROM inbox WHERE (trigger_id, key) IN (SELECT trigger_id, key "
+                    "FROM inbox WHERE status = 'completed' AND completed_at < ? LIMIT ?)",
+                    (cutoff, batch),
+                ),
+                _change(
+                    conn,
+                    "UPDATE saga_executions SET event = NULL WHERE saga_id IN (SELECT saga_id "
+                    f"FROM saga_executions WHERE event IS NOT NULL AND status IN "
+                    f"{tables.TERMINAL_SQL} AND updated_at < ? LIMIT ?)",
+                    (cutoff, batch),
+                ),
+                _change(
+                    conn,
+                    "DELETE FROM trigger_executions WHERE id IN (SELECT id "
+                    "FROM trigger_executions WHERE completed_at < ? LIMIT ?)",
+                    (cutoff, batch),
+                ),
+                _change(  # every trigger keeps its newest tick (last_cron_tick)
+                    conn,
+                    "DELETE FROM cron_claims WHERE (trigger_id, tick) IN (SELECT c.trigger_id, "
+                    "c.tick FROM cron_claims AS c WHERE c.tick < ? AND c.tick < (SELECT "
+                    "MAX(n.tick) FROM cron_claims AS n WHERE n.trigger_id = c.trigger_id) "
+                    "LIMIT ?)",
+                    (cutoff, batch),
+                ),
+                # an expired lease is free and a bucket whose arrival time passed is full: a
+                # missing row says the same, so each distinct key leaves no row behind
+                _change(
+                    conn,
+                    "DELETE FROM leases WHERE name IN "
+                    "(SELECT name FROM leases WHERE expires_at <= ? LIMIT ?)",
+                    (now_text, batch),
+                ),
+                _change(
+                    conn,
+                    "DELETE FROM rate_limits WHERE name IN "
+                    "(SELECT name FROM rate_limits WHERE tat < ? LIMIT ?)",
+                    (now_epoch, batch),
+                ),
+            ]
 
-        now_text = to_text(utcnow())
-        return await self._write(purge)
+        total = 0
+        while True:
+            counts = await self._write(purge)
+            total += sum(counts)
+            if max(counts) < _PURGE_BATCH:
+                return total
 
     async def purge_sagas(self, before: datetime, *, limit: int = 500) -> int:
         cutoff = to_text(before)
