@@ -160,6 +160,27 @@ async def test_purge_sagas_keeps_a_saga_whose_retry_request_or_outbox_is_still_d
     assert await store.fetch_outbox() == []
 
 
+async def test_sagas_kept_in_front_do_not_hold_back_the_deletable_ones_behind_them(
+    store: SagaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_retention, "_SCAN_FACTOR", 1)  # a window of `limit` entries
+    for n in range(5):  # the oldest: each with an unpublished outbox message
+        await store.save_saga(
+            _saga(f"kept{n}", status=SagaStatus.COMPLETED), [OutboxMessage(f"kept{n}", "t", n)]
+        )
+    for n in range(3):
+        await _finish(store, f"old{n}", SagaStatus.COMPLETED)
+    later = utcnow() + timedelta(days=1)
+
+    assert await store.purge_sagas(later, limit=2) == 2
+    assert await store.purge_sagas(later, limit=2) == 1
+    assert await store.purge_sagas(later, limit=2) == 0
+    assert {r.saga_id for r in await store.list_sagas()} == {f"kept{n}" for n in range(5)}
+    # published at last: their turn
+    await store.mark_outbox_sent([m.id for m in await store.fetch_outbox() if m.id])
+    assert await store.purge_sagas(utcnow() + timedelta(days=1), limit=10) == 5
+
+
 async def test_a_duplicate_after_its_saga_was_purged_is_still_a_duplicate(
     store: SagaStore,
 ) -> None:

@@ -84,11 +84,12 @@ _TERMINAL_LUA = (
 PURGE_SAGAS = (
     f"local terminal = {_TERMINAL_LUA}\n"
     + """
--- ARGV: prefix, before, limit, scan; returns {sagas deleted, index entries looked at}.
+-- ARGV: prefix, before, limit, scan; returns {sagas deleted, index entries looked at,
+-- entries moved}.
 -- Finished sagas (p:sagas-finished, scored by updated_at) older than before, oldest first,
 -- at most limit deleted out of at most scan looked at. Kept: a saga with a pending inbox row
 -- (its retry is due: found in the inbox rows its owner holds), an open request, or an unsent
--- outbox message.
+-- outbox message; it moves behind the others, out of the way of the next call's window.
 local p, before = ARGV[1], tonumber(ARGV[2])
 local limit, scan = tonumber(ARGV[3]), tonumber(ARGV[4])
 local index = p .. ':sagas-finished'
@@ -112,18 +113,31 @@ local function unsent(outbox)
   end
   return false
 end
-local deleted, seen = 0, 0
-local candidates = redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. ARGV[2], 'LIMIT', 0, scan)
-for _, id in ipairs(candidates) do
+local deleted, seen, moved = 0, 0, 0
+local last = string.format('%d', before - 1)  -- the last score before the cutoff
+local candidates = redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. ARGV[2],
+                              'WITHSCORES', 'LIMIT', 0, scan)
+for i = 1, #candidates, 2 do
   if deleted >= limit then break end
+  local id, score = candidates[i], candidates[i + 1]
   seen = seen + 1
   local key = p .. ':saga:' .. id
   local v = redis.call('HMGET', key, 'status', 'updated_at', 'saga_name', 'owner')
   if not v[1] or not terminal[v[1]] then
     redis.call('ZREM', index, id)  -- gone, or running again: not finished
-  elseif tonumber(v[2]) < before and not retrying(v[4], id)
-      and redis.call('HEXISTS', p .. ':saga-requests', id) == 0
-      and not unsent(p .. ':outbox-saga:' .. id) then
+    moved = moved + 1
+  elseif tonumber(v[2]) >= before then
+    redis.call('ZADD', index, v[2], id)  -- its score is its updated_at again
+    moved = moved + 1
+  elseif retrying(v[4], id) or redis.call('HEXISTS', p .. ':saga-requests', id) == 1
+      or unsent(p .. ':outbox-saga:' .. id) then
+    -- kept for now: it goes behind every other saga older than the cutoff (the purge reads
+    -- updated_at from the hash, not the score), so it never hides those
+    if tonumber(score) < before - 1 then
+      redis.call('ZADD', index, last, id)
+      moved = moved + 1
+    end
+  else
     local outbox = p .. ':outbox-saga:' .. id
     for _, oid in ipairs(redis.call('ZRANGE', outbox, 0, -1)) do
       redis.call('DEL', p .. ':outbox:' .. oid)
@@ -139,7 +153,7 @@ for _, id in ipairs(candidates) do
     deleted = deleted + 1
   end
 end
-return {deleted, seen}
+return {deleted, seen, moved}
 """
 )
 

@@ -35,12 +35,18 @@ class RedisRetention(RedisConnection):
                 return total
 
     async def purge_sagas(self, before: datetime, *, limit: int = 500) -> int:
-        if limit <= 0:
-            return 0
-        deleted, _ = await self._script(
-            "PURGE_SAGAS", [], [self.prefix, micros(before), limit, limit * _SCAN_FACTOR]
-        )
-        return int(deleted)
+        # one bounded script after another: a script moves the sagas it keeps behind the
+        # others, so kept sagas never hide the deletable ones; it stops when a script found
+        # nothing more to look at, or only sagas it had moved already
+        scan, total = max(limit, 1) * _SCAN_FACTOR, 0
+        while total < limit:
+            deleted, seen, moved = await self._script(
+                "PURGE_SAGAS", [], [self.prefix, micros(before), limit - total, scan]
+            )
+            total += int(deleted)
+            if int(seen) < scan or not (int(deleted) or int(moved)):
+                break
+        return total
 
     async def purge_dead_letters(self, before: datetime, *, limit: int = 500) -> int:
         if limit <= 0:
