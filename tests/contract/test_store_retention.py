@@ -181,6 +181,29 @@ async def test_sagas_kept_in_front_do_not_hold_back_the_deletable_ones_behind_th
     assert await store.purge_sagas(utcnow() + timedelta(days=1), limit=10) == 5
 
 
+async def test_an_abandoned_inbox_row_is_purged_and_no_longer_keeps_its_saga(
+    store: SagaStore,
+) -> None:
+    """A worker died holding the row (a retry due, or a saga recovery finished without the
+    event's key): once its lease has long expired and the event never came back, the row is
+    forgotten like a completed one, and its finished saga is no longer kept for it."""
+    long_ago = utcnow() - timedelta(hours=2)
+    await store.claim_inbox("t", "dead", "s-dead", "w-dead", long_ago)
+    await _finish(store, "s-dead", SagaStatus.COMPENSATED, owner="w-dead")
+    await store.claim_inbox("t", "live", "s-live", "w-live", _later())
+    await _finish(store, "s-live", SagaStatus.COMPENSATED, owner="w-live")
+
+    assert await store.purge_sagas(utcnow() + timedelta(days=1)) == 1  # not kept: w-dead died
+    assert await store.get_saga("s-dead") is None
+    assert await store.purge_expired(utcnow() - timedelta(hours=3)) == 0  # expired since
+    assert await store.purge_expired(utcnow() - timedelta(hours=1)) == 1
+    back = await store.claim_inbox("t", "dead", "s-dead", "w-new", _later())
+    assert back.outcome is ClaimOutcome.CLAIMED  # a redelivery now is a new event
+    live = await store.claim_inbox("t", "live", "s-live", "w-new", _later())
+    assert live.outcome is ClaimOutcome.BUSY
+    assert await store.get_saga("s-live") is not None
+
+
 async def test_a_duplicate_after_its_saga_was_purged_is_still_a_duplicate(
     store: SagaStore,
 ) -> None:

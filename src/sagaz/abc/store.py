@@ -186,7 +186,9 @@ class SagaStore(Lifecycle, ABC):
     @abstractmethod
     async def purge_expired(self, before: datetime) -> int:
         """Delete completed inbox rows older than ``before`` and drop stored events of
-        terminal sagas older than ``before``; return the number of rows affected.
+        terminal sagas older than ``before``; return the number of rows affected. Pending
+        inbox rows whose lease expired before ``before`` go too (their worker died and their
+        event never came back).
 
         Also delete trigger executions completed before ``before`` (running ones are kept
         whatever their age) and cron claims of ticks before ``before``, except the newest tick
@@ -200,11 +202,11 @@ class SagaStore(Lifecycle, ABC):
         oldest first, each with its steps, history and outbox messages; return how many.
 
         Finished means a terminal status (completed, compensated, failed, cancelled). A saga
-        is kept, whatever its age, while an inbox row of it is pending (a retry is due), an
-        operator's request for it is open, or one of its outbox messages is unsent. Each call
-        is one short transaction (one script on Redis): call it again while it returns
-        ``limit``. Inbox rows and dead letters are not touched: a completed inbox row keeps
-        answering duplicates after its saga is gone.
+        is kept, whatever its age, while an inbox row of it is pending with a live lease (a
+        retry is due), an operator's request for it is open, or one of its outbox messages is
+        unsent. Each call deletes at most ``limit`` sagas in short transactions (scripts on
+        Redis): call it again while it returns ``limit``. Inbox rows and dead letters are not
+        touched: a completed inbox row keeps answering duplicates after its saga is gone.
 
         Not abstract, so a store written for an older sagaz still works: without it the
         engine keeps finished sagas (it logs so once)."""

@@ -8,6 +8,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from sagaz.clock import utcnow
 from sagaz.records import (
     DeadLetterRecord,
     OutboxMessage,
@@ -51,10 +52,11 @@ class MemoryRetention:
         """See :meth:`sagaz.abc.SagaStore.purge_expired`."""
         expired = 0
         for inbox in self._inbox.values():
-            keys = [
+            keys = [  # completed, or abandoned: pending with a lease that long expired
                 k
-                for k, (_, _, _, status, _, completed) in inbox.items()
-                if status == _COMPLETED and completed is not None and completed < before
+                for k, (_, _, lease, status, _, completed) in inbox.items()
+                if (status == _COMPLETED and completed is not None and completed < before)
+                or (status == _PENDING and lease is not None and lease < before)
             ]
             for k in keys:
                 del inbox[k]
@@ -95,8 +97,12 @@ class MemoryRetention:
 
     async def purge_sagas(self, before: datetime, *, limit: int = 500) -> int:
         """See :meth:`sagaz.abc.SagaStore.purge_sagas`."""
-        retrying = {
-            row[0] for inbox in self._inbox.values() for row in inbox.values() if row[3] == _PENDING
+        now = utcnow()
+        retrying = {  # a pending row of a live worker: its retry is due
+            saga_id
+            for inbox in self._inbox.values()
+            for saga_id, _, lease, status, _, _ in inbox.values()
+            if status == _PENDING and lease is not None and lease >= now
         }
         unsent = {m.saga_id for m in self._outbox if m.sent_at is None}
         finished = sorted(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from sagaz.types import TERMINAL_SAGA_STATUSES
 
-__all__ = ["PURGE_DEAD_LETTERS", "PURGE_EXPIRED", "PURGE_SAGAS"]
+__all__ = ["PURGE_ABANDONED_INBOX", "PURGE_DEAD_LETTERS", "PURGE_EXPIRED", "PURGE_SAGAS"]
 
 PURGE_EXPIRED = """
 -- ARGV: prefix, before, batch size; returns {rows affected, index entries looked at}
@@ -84,14 +84,15 @@ _TERMINAL_LUA = (
 PURGE_SAGAS = (
     f"local terminal = {_TERMINAL_LUA}\n"
     + """
--- ARGV: prefix, before, limit, scan; returns {sagas deleted, index entries looked at,
+-- ARGV: prefix, before, limit, scan, now; returns {sagas deleted, index entries looked at,
 -- entries moved}.
 -- Finished sagas (p:sagas-finished, scored by updated_at) older than before, oldest first,
 -- at most limit deleted out of at most scan looked at. Kept: a saga with a pending inbox row
--- (its retry is due: found in the inbox rows its owner holds), an open request, or an unsent
+-- with a live lease (its retry is due: found in the inbox rows its owner holds), an open
+-- request, or an unsent
 -- outbox message; it moves behind the others, out of the way of the next call's window.
 local p, before = ARGV[1], tonumber(ARGV[2])
-local limit, scan = tonumber(ARGV[3]), tonumber(ARGV[4])
+local limit, scan, now = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local index = p .. ':sagas-finished'
 local pending = {}
 local function retrying(owner, id)
@@ -100,8 +101,10 @@ local function retrying(owner, id)
   if not ids then
     ids = {}
     for _, row in ipairs(redis.call('SMEMBERS', p .. ':owner-inbox:' .. owner)) do
-      local v = redis.call('HMGET', row, 'status', 'saga_id')
-      if v[1] == 'pending' and v[2] then ids[v[2]] = true end
+      local v = redis.call('HMGET', row, 'status', 'saga_id', 'lease')
+      if v[1] == 'pending' and v[2] and v[3] and tonumber(v[3]) >= now then
+        ids[v[2]] = true
+      end
     end
     pending[owner] = ids
   end
@@ -170,6 +173,24 @@ for _, id in ipairs(redis.call('ZRANGE', p .. ':dead-all', 0, tonumber(ARGV[3]) 
   redis.call('ZREM', p .. ':dead-all', id)
   if v[2] then redis.call('ZREM', p .. ':dead-by-trigger:' .. v[2], id) end
   deleted = deleted + 1
+end
+return deleted
+"""
+
+PURGE_ABANDONED_INBOX = """
+-- KEYS[1] the inbox rows a worker holds (p:owner-inbox:<owner>); ARGV: before. Deletes its
+-- pending rows whose lease expired before the cutoff (the worker died, the event never came
+-- back), and forgets the rows it no longer holds; returns the rows deleted.
+local before, deleted = tonumber(ARGV[1]), 0
+for _, row in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local v = redis.call('HMGET', row, 'status', 'lease')
+  if v[1] == 'pending' and v[2] and tonumber(v[2]) < before then
+    redis.call('DEL', row)
+    redis.call('SREM', KEYS[1], row)
+    deleted = deleted + 1
+  elseif v[1] ~= 'pending' then
+    redis.call('SREM', KEYS[1], row)
+  end
 end
 return deleted
 """

@@ -7,7 +7,12 @@ with its row is one script. The key layout they read and write, and its version,
 
 from __future__ import annotations
 
-from sagaz.storage.redis_purge_scripts import PURGE_DEAD_LETTERS, PURGE_EXPIRED, PURGE_SAGAS
+from sagaz.storage.redis_purge_scripts import (
+    PURGE_ABANDONED_INBOX,
+    PURGE_DEAD_LETTERS,
+    PURGE_EXPIRED,
+    PURGE_SAGAS,
+)
 
 __all__ = ["SAVE_CHECKPOINT", "SCRIPTS"]
 
@@ -344,6 +349,7 @@ SCRIPTS: dict[str, str] = {
     "PURGE_EXPIRED": PURGE_EXPIRED,
     "PURGE_SAGAS": PURGE_SAGAS,
     "PURGE_DEAD_LETTERS": PURGE_DEAD_LETTERS,
+    "PURGE_ABANDONED_INBOX": PURGE_ABANDONED_INBOX,
     "MARK_OUTBOX_SENT": MARK_OUTBOX_SENT,
     "ADD_DEAD_LETTER": ADD_DEAD_LETTER,
     "DELETE_DEAD_LETTER": DELETE_DEAD_LETTER,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sagaz.clock import utcnow
 from sagaz.storage import postgres_schema as tables
 from sagaz.storage.codec import to_utc
 from sagaz.storage.postgres.connection import PostgresConnection
@@ -30,6 +31,11 @@ class PostgresRetention(PostgresConnection):
             f"(SELECT trigger_id, key FROM {s}.inbox "
             "WHERE status = 'completed' AND completed_at < $1 LIMIT $2) "
             "AND status = 'completed' AND completed_at < $1 RETURNING 1), "
+            # abandoned: pending, its lease long expired (its worker died), its event never back
+            f"a AS (DELETE FROM {s}.inbox WHERE (trigger_id, key) IN "
+            f"(SELECT trigger_id, key FROM {s}.inbox "
+            "WHERE status = 'pending' AND lease_until < $1 LIMIT $2) "
+            "AND status = 'pending' AND lease_until < $1 RETURNING 1), "
             f"s AS (UPDATE {s}.saga_executions SET event = NULL WHERE saga_id IN "
             f"(SELECT saga_id FROM {s}.saga_executions WHERE event IS NOT NULL "
             f"AND status IN {tables.TERMINAL_SQL} AND updated_at < $1 LIMIT $2) "
@@ -50,7 +56,7 @@ class PostgresRetention(PostgresConnection):
             "AND expires_at <= clock_timestamp() RETURNING 1), "
             f"r AS (DELETE FROM {s}.rate_limits WHERE name IN (SELECT name FROM {s}.rate_limits "
             "WHERE tat < clock_timestamp() LIMIT $2) AND tat < clock_timestamp() RETURNING 1) "
-            "SELECT (SELECT count(*) FROM i), (SELECT count(*) FROM s), "
+            "SELECT (SELECT count(*) FROM i), (SELECT count(*) FROM a), (SELECT count(*) FROM s), "
             "(SELECT count(*) FROM e), (SELECT count(*) FROM c), "
             "(SELECT count(*) FROM l), (SELECT count(*) FROM r)"
         )
@@ -69,7 +75,8 @@ class PostgresRetention(PostgresConnection):
         deleted = await self._db().fetchval(
             f"WITH doomed AS (SELECT saga_id FROM {s}.saga_executions AS e "
             f"WHERE status IN {tables.TERMINAL_SQL} AND updated_at < $1 "
-            f"AND saga_id NOT IN (SELECT saga_id FROM {s}.inbox WHERE status = 'pending') "
+            f"AND saga_id NOT IN (SELECT saga_id FROM {s}.inbox "
+            "WHERE status = 'pending' AND lease_until >= $3) "
             f"AND NOT EXISTS (SELECT 1 FROM {s}.saga_requests AS r WHERE r.saga_id = e.saga_id) "
             f"AND NOT EXISTS (SELECT 1 FROM {s}.outbox AS o "
             "WHERE o.saga_id = e.saga_id AND o.sent_at IS NULL) "
@@ -84,6 +91,7 @@ class PostgresRetention(PostgresConnection):
             "SELECT count(*) FROM gone",
             to_utc(before),
             limit,
+            utcnow(),  # the inbox leases are the engines' clock, as claim_inbox compares them
         )
         return int(deleted)
 

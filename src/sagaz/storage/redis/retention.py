@@ -8,8 +8,10 @@ A part of :class:`~sagaz.storage.redis.RedisSagaStore`.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
+from sagaz.clock import utcnow
 from sagaz.storage.redis.connection import RedisConnection
 from sagaz.storage.redis_schema import micros
 
@@ -32,7 +34,17 @@ class RedisRetention(RedisConnection):
             )
             total += int(affected)
             if not seen:
-                return total
+                return total + await self._purge_abandoned_inbox(before)
+
+    async def _purge_abandoned_inbox(self, before: datetime) -> int:
+        """Delete the pending inbox rows whose lease expired before ``before``: their worker
+        died and their event never came back. Pending rows are only found through the set of
+        rows each worker holds, so this walks those sets (``SCAN``: no index of workers)."""
+        db, cutoff, total = self._db(), micros(before), 0
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", f"{self.prefix}:owner-inbox:") + "*"
+        async for key in db.scan_iter(match=pattern, count=_PURGE_BATCH):
+            total += int(await self._script("PURGE_ABANDONED_INBOX", [key], [cutoff]))
+        return total
 
     async def purge_sagas(self, before: datetime, *, limit: int = 500) -> int:
         # one bounded script after another: a script moves the sagas it keeps behind the
@@ -41,7 +53,9 @@ class RedisRetention(RedisConnection):
         scan, total = max(limit, 1) * _SCAN_FACTOR, 0
         while total < limit:
             deleted, seen, moved = await self._script(
-                "PURGE_SAGAS", [], [self.prefix, micros(before), limit - total, scan]
+                "PURGE_SAGAS",
+                [],
+                [self.prefix, micros(before), limit - total, scan, micros(utcnow())],
             )
             total += int(deleted)
             if int(seen) < scan or not (int(deleted) or int(moved)):

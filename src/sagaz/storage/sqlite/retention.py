@@ -21,7 +21,8 @@ __all__ = ["SQLiteRetention"]
 _FINISHED = (
     f"SELECT saga_id FROM saga_executions AS e WHERE status IN {tables.TERMINAL_SQL} "
     "AND updated_at < ? "
-    "AND saga_id NOT IN (SELECT saga_id FROM inbox WHERE status = 'pending') "
+    "AND saga_id NOT IN (SELECT saga_id FROM inbox WHERE status = 'pending' "
+    "AND lease_until >= ?) "
     "AND NOT EXISTS (SELECT 1 FROM saga_requests AS r WHERE r.saga_id = e.saga_id) "
     "AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.saga_id = e.saga_id "
     "AND o.sent_at IS NULL) "
@@ -48,6 +49,12 @@ class SQLiteRetention(SQLiteConnection):
                     conn,
                     "DELETE FROM inbox WHERE (trigger_id, key) IN (SELECT trigger_id, key "
                     "FROM inbox WHERE status = 'completed' AND completed_at < ? LIMIT ?)",
+                    (cutoff, batch),
+                ),
+                _change(  # abandoned: pending, its lease long expired, its event never back
+                    conn,
+                    "DELETE FROM inbox WHERE (trigger_id, key) IN (SELECT trigger_id, key "
+                    "FROM inbox WHERE status = 'pending' AND lease_until < ? LIMIT ?)",
                     (cutoff, batch),
                 ),
                 _change(
@@ -100,7 +107,8 @@ class SQLiteRetention(SQLiteConnection):
         def purge(conn: sqlite3.Connection) -> int:
             # one write of the store's thread: nothing changes between the choice and the
             # deletes
-            doomed = [row[0] for row in _rows(conn, _FINISHED, (cutoff, limit))]
+            now = to_text(utcnow())  # a pending inbox row with a live lease: a retry is due
+            doomed = [row[0] for row in _rows(conn, _FINISHED, (cutoff, now, limit))]
             for start in range(0, len(doomed), 500):  # under SQLite's bound-parameter limit
                 chunk = doomed[start : start + 500]
                 marks = placeholders(len(chunk))
