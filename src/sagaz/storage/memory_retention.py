@@ -96,32 +96,42 @@ class MemoryRetention:
         return len(leases) + len(buckets)
 
     async def purge_sagas(self, before: datetime, *, limit: int = 500) -> int:
-        """See :meth:`sagaz.abc.SagaStore.purge_sagas`."""
-        now = utcnow()
-        retrying = {  # a pending row of a live worker: its retry is due
-            saga_id
-            for inbox in self._inbox.values()
-            for saga_id, _, lease, status, _, _ in inbox.values()
-            if status == _PENDING and lease is not None and lease >= now
-        }
-        unsent = {m.saga_id for m in self._outbox if m.sent_at is None}
-        finished = sorted(
-            (row[_S_UPDATED], saga_id)
-            for saga_id, row in self._sagas.items()
-            if row[_S_STATUS] in TERMINAL_SAGA_STATUSES
-            and row[_S_UPDATED] < before
-            and saga_id not in retrying
-            and saga_id not in self._requests
-            and saga_id not in unsent
-        )
-        doomed = {saga_id for _, saga_id in finished[:limit]}
+        """See :meth:`sagaz.abc.SagaStore.purge_sagas`. Oldest created first (the order of
+        the dictionary): the scan stops at ``limit`` sagas, and the sets of sagas to keep are
+        made once per call, only when a saga old enough is found."""
+        keep: set[str] | None = None
+        doomed: list[str] = []
+        for saga_id, row in self._sagas.items():
+            if len(doomed) >= limit:
+                break
+            if row[_S_STATUS] not in TERMINAL_SAGA_STATUSES or row[_S_UPDATED] >= before:
+                continue
+            if keep is None:
+                keep = self._sagas_to_keep()
+            if saga_id not in keep:
+                doomed.append(saga_id)
         for saga_id in doomed:
             del self._sagas[saga_id]
             self._steps.pop(saga_id, None)
             self._history.pop(saga_id, None)
         if doomed:
-            self._outbox = [m for m in self._outbox if m.saga_id not in doomed]
+            gone = set(doomed)
+            self._outbox = [m for m in self._outbox if m.saga_id not in gone]
         return len(doomed)
+
+    def _sagas_to_keep(self) -> set[str]:
+        """The sagas with a pending inbox row of a live worker (a retry is due), an open
+        request or an unsent outbox message."""
+        now = utcnow()
+        keep = {
+            saga_id
+            for inbox in self._inbox.values()
+            for saga_id, _, lease, status, _, _ in inbox.values()
+            if status == _PENDING and lease is not None and lease >= now
+        }
+        keep.update(self._requests)
+        keep.update(m.saga_id for m in self._outbox if m.sent_at is None)
+        return keep
 
     async def purge_dead_letters(self, before: datetime, *, limit: int = 500) -> int:
         """See :meth:`sagaz.abc.SagaStore.purge_dead_letters`."""
