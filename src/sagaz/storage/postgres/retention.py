@@ -20,7 +20,7 @@ _PURGE_BATCH = 1000
 
 
 class PostgresRetention(PostgresConnection):
-    """Expired rows and finished sagas, deleted."""
+    """Expired rows, finished sagas and old dead letters, deleted in short batches."""
 
     async def purge_expired(self, before: datetime) -> int:
         # Each statement deletes at most _PURGE_BATCH rows of each kind (one short

@@ -24,7 +24,7 @@ _SCAN_FACTOR = 4
 
 
 class RedisRetention(RedisConnection):
-    """Expired rows and finished sagas, deleted (one bounded script at a time)."""
+    """Expired rows, finished sagas and old dead letters, deleted one bounded script at a time."""
 
     async def purge_expired(self, before: datetime) -> int:
         total = 0

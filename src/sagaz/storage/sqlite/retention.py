@@ -34,7 +34,7 @@ _PURGE_BATCH = 1000
 
 
 class SQLiteRetention(SQLiteConnection):
-    """Expired rows and finished sagas, deleted."""
+    """Expired rows, finished sagas and old dead letters, deleted in short batches."""
 
     async def purge_expired(self, before: datetime) -> int:
         # At most _PURGE_BATCH rows of each kind per write (the write lock is held briefly);
