@@ -303,7 +303,10 @@ async def test_a_cluster_concurrency_key_holds_across_two_processes_and_a_sigkil
     assert repeated <= KEYS  # at most the one running saga of each key was cut short
     assert_one_run_of_a_key_at_a_time(runs, killed=victim)
     checked = assert_each_process_kept_its_arrival_order(runs)
-    assert checked == 2 * KEYS  # each process received events of every key
+    # the killed process ran at least kill_at first deliveries, of every key; the survivor may
+    # have had few of its own when the killed one had read the backlog (those come back as
+    # redeliveries, left out of the check)
+    assert checked >= KEYS
     inversions = sum(
         1
         for key_runs in _by_key(runs).values()
