@@ -12,6 +12,8 @@ from typing import Any
 from sagaz.clock import utcnow
 from sagaz.exceptions import StoreError
 from sagaz.records import (
+    ClaimOutcome,
+    EventClaim,
     OutboxMessage,
     SagaRecord,
     StepRecord,
@@ -138,6 +140,28 @@ class RedisSagas(RedisConnection):
             if stored is not None:
                 return stored, False
         raise StoreError(f"saga {record.saga_id!r} kept appearing and disappearing; retry")
+
+    async def claim_event(self, trigger_id: str, key: str, record: SagaRecord) -> EventClaim:
+        owner, lease = record.owner, record.lease_expires_at
+        if owner is None or lease is None:
+            return await super().claim_event(trigger_id, key, record)  # says what is missing
+        now = utcnow()
+        updated = micros(now)
+        claim_args = [self.prefix, record.saga_id, owner, micros(lease), updated]
+        saga_args = self._saga_args("create", record, now, updated=updated)
+        outcome, saga_id, row_owner, created, fields = await self._script(
+            "CLAIM_EVENT",
+            [self._inbox_key(trigger_id, key), self._key("saga", record.saga_id)],
+            claim_args + saga_args,
+        )
+        claim = ClaimOutcome(outcome)
+        if claim not in (ClaimOutcome.CLAIMED, ClaimOutcome.TAKEN_OVER):
+            return EventClaim(claim, saga_id, row_owner or None)
+        if int(created):
+            saga = tables.saga_from_hash(self._saga_fields(saga_args))
+            return EventClaim(claim, saga_id, row_owner or None, saga, True)
+        stored = tables.saga_from_hash(dict(zip(fields[::2], fields[1::2], strict=True)))
+        return EventClaim(claim, saga_id, row_owner or None, stored)
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         await self._script(
