@@ -1,7 +1,8 @@
 """How a dead letter keeps its event, and how a replay gets the very same delivery back.
 
 A dead letter keeps the :class:`~sagaz.events.Delivery` exactly, as data that every store holds
-alike (JSON plus ``bytes`` and ``datetime``, see :mod:`sagaz.storage.codec`):
+alike (JSON plus ``bytes`` and ``datetime``, see :mod:`sagaz.storage.codec`), and so does a
+pending saga until its trigger method has run (:mod:`sagaz.engine.pending`):
 
 ``payload``
     the event: a message's raw ``bytes`` or ``str`` as it arrived (``meta["decoded"]`` false);
@@ -43,7 +44,7 @@ from sagaz.storage.codec import encode_value
 if TYPE_CHECKING:
     from sagaz.engine.active_trigger import ActiveTrigger
 
-__all__ = ["FORMAT", "dead_letter_record", "replay_delivery", "saga_location"]
+__all__ = ["FORMAT", "dead_letter_record", "kept_delivery", "replay_delivery", "saga_location"]
 
 FORMAT = 2
 """The version of the layout above (1: before the delivery was kept whole)."""
@@ -71,31 +72,8 @@ def dead_letter_record(
         trace: str | None = "".join(tb.format_exception(error))
     else:
         message, trace = error, None
-    payload, kept = _keep_payload(delivery.payload)
-    event_meta = delivery.meta
-    meta: dict[str, Any] = {
-        "format": FORMAT,
-        "source": event_meta.source,
-        "trigger": event_meta.trigger or trigger.trigger_id,
-        "message_id": event_meta.message_id,
-        "topic": event_meta.topic,
-        "partition": event_meta.partition,
-        "offset": event_meta.offset,
-        "key": event_meta.key,
-        "headers": dict(event_meta.headers),
-        "received_at": event_meta.received_at,
-        "attempt": event_meta.attempt,
-        "identity": delivery.identity,
-        "decoded": delivery.decoded,
-        **kept,
-        **saga_location(type(trigger.saga)),
-    }
-    if delivery.body is not None:  # an envelope: a typed trigger method gets its body
-        field = _body_field(payload, delivery.body)
-        if field is None:
-            meta["body"] = delivery.body
-        else:  # stored once, in the envelope (a WebhookRequest's body)
-            meta["body_field"] = field
+    payload, meta = kept_delivery(trigger.trigger_id, delivery)
+    meta.update(saga_location(type(trigger.saga)))
     if delivery.replay_of is not None:
         meta["replay_of"] = delivery.replay_of
     return DeadLetterRecord(
@@ -107,9 +85,39 @@ def dead_letter_record(
         traceback=trace,
         attempts=attempts,
         saga_id=saga_id,
-        source=event_meta.source,
+        source=delivery.meta.source,
         meta=meta,
     )
+
+
+def kept_delivery(trigger_id: str, delivery: Delivery) -> tuple[Any, dict[str, Any]]:
+    """The payload and ``meta`` that keep ``delivery`` exactly (the layout above, without
+    where the saga lives and ``replay_of``)."""
+    payload, kept = _keep_payload(delivery.payload)
+    event_meta = delivery.meta
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "source": event_meta.source,
+        "trigger": event_meta.trigger or trigger_id,
+        "message_id": event_meta.message_id,
+        "topic": event_meta.topic,
+        "partition": event_meta.partition,
+        "offset": event_meta.offset,
+        "key": event_meta.key,
+        "headers": dict(event_meta.headers),
+        "received_at": event_meta.received_at,
+        "attempt": event_meta.attempt,
+        "identity": delivery.identity,
+        "decoded": delivery.decoded,
+        **kept,
+    }
+    if delivery.body is not None:  # an envelope: a typed trigger method gets its body
+        field = _body_field(payload, delivery.body)
+        if field is None:
+            meta["body"] = delivery.body
+        else:  # stored once, in the envelope (a WebhookRequest's body)
+            meta["body_field"] = field
+    return payload, meta
 
 
 def _body_field(payload: Any, body: bytes | str) -> str | None:

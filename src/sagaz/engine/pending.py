@@ -1,0 +1,85 @@
+"""A pending saga: the row admission writes with an event's inbox claim, before the trigger
+method runs, and the delivery it keeps until its saga starts.
+
+The row has no context yet: the trigger method's context reaches the store with the saga's
+start (its first checkpoint). A delivery that no one delivers again (a webhook request, a cron
+tick, a file, a poll, ``fire_event``) is acknowledged once accepted, so the row keeps it whole
+(as a dead letter keeps its event, :mod:`sagaz.engine.dead_letters`): if its worker stops
+before the saga starts, the recovery loop rebuilds it and runs the trigger method again
+(:meth:`~sagaz.engine.admission.Admission.resume_pending`). A broker's message is not kept:
+it was not acked, and its redelivery brings it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sagaz.engine.dead_letters import FORMAT, kept_delivery, replay_delivery
+from sagaz.engine.identity import storable
+from sagaz.events import Delivery
+from sagaz.records import DeadLetterRecord, SagaRecord
+from sagaz.types import SagaStatus
+
+if TYPE_CHECKING:
+    from sagaz.engine.active_trigger import ActiveTrigger
+
+__all__ = ["PENDING_EVENT", "pending_delivery", "pending_event", "pending_record"]
+
+#: the key that marks a pending saga's kept delivery (:func:`pending_event`)
+PENDING_EVENT = "sagaz_pending_event"
+
+
+def pending_record(
+    trigger: ActiveTrigger, delivery: Delivery, saga_id: str, owner: str, lease: datetime
+) -> SagaRecord:
+    """The ``PENDING`` row of ``delivery``'s saga, as admission writes it with the claim."""
+    source = trigger.source
+    if source is not None and source.redeliverable:  # a redelivery brings it back
+        event = storable(delivery.payload) if trigger.persist_events else None
+    else:
+        event = pending_event(trigger.trigger_id, delivery)
+    return SagaRecord(
+        saga_id=saga_id,
+        saga_name=trigger.saga_name,
+        status=SagaStatus.PENDING,
+        context={},
+        trigger_id=trigger.trigger_id,
+        event=event,
+        owner=owner,
+        lease_expires_at=lease,
+    )
+
+
+def pending_event(trigger_id: str, delivery: Delivery) -> dict[str, Any]:
+    """The delivery as a pending saga keeps it until its trigger method has run (its
+    ``SagaRecord.event``): acknowledged at acceptance, it is rebuilt from this by
+    :func:`pending_delivery` if its worker stops before the saga starts."""
+    payload, meta = kept_delivery(trigger_id, delivery)
+    return {PENDING_EVENT: FORMAT, "payload": payload, "meta": meta}
+
+
+def pending_delivery(saga: SagaRecord, *, known_types: Iterable[type] = ()) -> Delivery | None:
+    """The delivery that ``saga`` keeps (:func:`pending_event`), or ``None`` if it keeps
+    none (a pending row written by an older sagaz, an event kept for ``persist_events``).
+    Raises :class:`DeadLetterReplayError` when the event cannot be rebuilt (its class
+    changed since)."""
+    event = saga.event
+    if not (isinstance(event, dict) and event.get(PENDING_EVENT) == FORMAT):
+        return None
+    meta = event.get("meta")
+    if not isinstance(meta, dict):
+        return None
+    kept = DeadLetterRecord(  # read as a dead letter is: one way to rebuild an event
+        trigger_id=saga.trigger_id or "",
+        saga_name=saga.saga_name,
+        payload=event.get("payload"),
+        error="",
+        reason="",
+        saga_id=saga.saga_id,
+        meta=meta,
+    )
+    delivery = replay_delivery(kept, known_types=known_types)
+    delivery.replay_of = None
+    return delivery
