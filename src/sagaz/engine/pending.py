@@ -57,7 +57,14 @@ def pending_event(trigger_id: str, delivery: Delivery) -> dict[str, Any]:
     ``SagaRecord.event``): acknowledged at acceptance, it is rebuilt from this by
     :func:`pending_delivery` if its worker stops before the saga starts."""
     payload, meta = kept_delivery(trigger_id, delivery)
-    return {PENDING_EVENT: FORMAT, "payload": payload, "meta": meta}
+    # what a rebuilt delivery takes as the default is not kept: it is written once per event
+    kept = {name: value for name, value in meta.items() if not _default(value)}
+    return {PENDING_EVENT: FORMAT, "payload": payload, "meta": kept}
+
+
+def _default(value: Any) -> bool:
+    """Whether a rebuilt delivery takes ``value`` anyway when ``meta`` lacks it."""
+    return value is None or value is False or (type(value) is dict and not value)
 
 
 def pending_delivery(saga: SagaRecord, *, known_types: Iterable[type] = ()) -> Delivery | None:

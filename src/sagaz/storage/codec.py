@@ -47,6 +47,7 @@ DICT_TAG = "$sagaz:dict"
 """Envelope key of a user dict whose own keys start with ``$sagaz:``."""
 
 _TAG_PREFIX = "$sagaz:"
+_SCALARS = frozenset({str, int, float, bool})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -62,7 +63,12 @@ def encode_value(value: Any, *, _path: str = "value") -> Any:
                     f"cannot store {_path}: key {key!r} is a {type(key).__name__}, but JSON "
                     "object keys must be strings; convert the key with str() before storing"
                 )
-            encoded[key] = encode_value(item, _path=f"{_path}[{key!r}]")
+            # a plain scalar (most values) is itself: no call, no path text made for it
+            encoded[key] = (
+                item
+                if item is None or type(item) in _SCALARS
+                else encode_value(item, _path=f"{_path}[{key!r}]")
+            )
         if any(key.startswith(_TAG_PREFIX) for key in encoded):
             return {DICT_TAG: encoded}
         return encoded
