@@ -254,7 +254,7 @@ class Admission:
         return await self._claim_event(c, lease)
 
     def _claim_event(self, c: _Candidate, lease: datetime) -> Awaitable[EventClaim]:
-        record = pending_record(c.trigger, c.delivery, c.saga_id, self.state.worker_id, lease)
+        record = pending_record(c.trigger, c.delivery, c.saga_id, self.state, lease)
         return self.state.store.claim_event(c.trigger.trigger_id, c.key, record)
 
     async def resume_pending(

@@ -20,26 +20,30 @@ from sagaz.engine.dead_letters import FORMAT, kept_delivery, replay_delivery
 from sagaz.engine.identity import storable
 from sagaz.events import Delivery
 from sagaz.records import DeadLetterRecord, SagaRecord
+from sagaz.storage.codec import from_micros, to_micros
 from sagaz.types import SagaStatus
 
 if TYPE_CHECKING:
-    from sagaz.engine.active_trigger import ActiveTrigger
+    from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 
 __all__ = ["PENDING_EVENT", "pending_delivery", "pending_event", "pending_record"]
 
 #: the key that marks a pending saga's kept delivery (:func:`pending_event`)
 PENDING_EVENT = "sagaz_pending_event"
+_RECEIVED_MICROS = "received_at_us"
 
 
 def pending_record(
-    trigger: ActiveTrigger, delivery: Delivery, saga_id: str, owner: str, lease: datetime
+    trigger: ActiveTrigger, delivery: Delivery, saga_id: str, state: PipelineState, lease: datetime
 ) -> SagaRecord:
-    """The ``PENDING`` row of ``delivery``'s saga, as admission writes it with the claim."""
+    """The ``PENDING`` row of ``delivery``'s saga, as admission writes it with the claim;
+    the delivery is kept on a durable store only (nothing is recovered from another)."""
     source = trigger.source
-    if source is not None and source.redeliverable:  # a redelivery brings it back
-        event = storable(delivery.payload) if trigger.persist_events else None
-    else:
+    event: Any
+    if state.store.durable and (source is None or not source.redeliverable):
         event = pending_event(trigger.trigger_id, delivery)
+    else:  # a redelivery brings it back, or nothing outlives the process
+        event = storable(delivery.payload) if trigger.persist_events else None
     return SagaRecord(
         saga_id=saga_id,
         saga_name=trigger.saga_name,
@@ -47,7 +51,7 @@ def pending_record(
         context={},
         trigger_id=trigger.trigger_id,
         event=event,
-        owner=owner,
+        owner=state.worker_id,
         lease_expires_at=lease,
     )
 
@@ -59,6 +63,9 @@ def pending_event(trigger_id: str, delivery: Delivery) -> dict[str, Any]:
     payload, meta = kept_delivery(trigger_id, delivery)
     # what a rebuilt delivery takes as the default is not kept: it is written once per event
     kept = {name: value for name, value in meta.items() if not _default(value)}
+    received = kept.pop("received_at", None)
+    if isinstance(received, datetime):  # an integer: no envelope to encode and decode
+        kept[_RECEIVED_MICROS] = to_micros(received)
     return {PENDING_EVENT: FORMAT, "payload": payload, "meta": kept}
 
 
@@ -78,6 +85,9 @@ def pending_delivery(saga: SagaRecord, *, known_types: Iterable[type] = ()) -> D
     meta = event.get("meta")
     if not isinstance(meta, dict):
         return None
+    received = meta.get(_RECEIVED_MICROS)
+    if isinstance(received, int):
+        meta = {**meta, "received_at": from_micros(received)}
     kept = DeadLetterRecord(  # read as a dead letter is: one way to rebuild an event
         trigger_id=saga.trigger_id or "",
         saga_name=saga.saga_name,
