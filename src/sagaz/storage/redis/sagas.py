@@ -5,6 +5,7 @@ A part of :class:`~sagaz.storage.redis.RedisSagaStore`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -59,25 +60,30 @@ class RedisSagas(RedisConnection):
         now: datetime,
         outbox: Sequence[OutboxMessage] = (),
         updated: str | None = None,
+        *,
+        once: bool = False,
     ) -> list[str]:
         """The ``SAVE_SAGA`` arguments (:meth:`_saga_fields` reads back the fields written);
         ``updated`` is ``micros(now)`` when the caller has it already.
 
         The texts that do not change between a saga's writes (its context while unchanged,
         its event, ``created_at``, its lease) come from :attr:`_texts`; the saga's entry
-        there goes at its terminal write."""
+        there goes at its terminal write. ``once``: the context and the event are written
+        once as they are (a pending row's: the saga's start writes others), not kept."""
         saga_id, status = record.saga_id, SagaStatus(record.status)
         terminal = status in TERMINAL_SAGA_STATUSES
         texts = self._texts
         memo = texts.memo(saga_id)
         error, trigger_id, owner = record.error, record.trigger_id, record.owner
-        event = None if record.event is None else texts.event(memo, record.event)
+        event = record.event
+        if event is not None:
+            event = dumps(event) if once else texts.event(memo, event)
         lease = record.lease_expires_at
         lease_text = None if lease is None else texts.lease(memo, lease)
         if updated is None:
             updated = micros(now)
         created = updated if record.created_at is None else texts.created(memo, record.created_at)
-        context = texts.context(memo, record.context)
+        context = dumps(record.context) if once else texts.context(memo, record.context)
         if terminal:
             texts.forget(saga_id)
         present = "".join(
@@ -148,7 +154,7 @@ class RedisSagas(RedisConnection):
         now = utcnow()
         updated = micros(now)
         claim_args = [self.prefix, record.saga_id, owner, micros(lease), updated]
-        saga_args = self._saga_args("create", record, now, updated=updated)
+        saga_args = self._saga_args("create", record, now, updated=updated, once=True)
         outcome, saga_id, row_owner, created, fields = await self._script(
             "CLAIM_EVENT",
             [self._inbox_key(trigger_id, key), self._key("saga", record.saga_id)],
@@ -157,8 +163,13 @@ class RedisSagas(RedisConnection):
         claim = ClaimOutcome(outcome)
         if claim not in (ClaimOutcome.CLAIMED, ClaimOutcome.TAKEN_OVER):
             return EventClaim(claim, saga_id, row_owner or None)
-        if int(created):
-            saga = tables.saga_from_hash(self._saga_fields(saga_args))
+        if int(created):  # stored as given: nothing to read back
+            saga = dataclasses.replace(
+                record,
+                status=SagaStatus(record.status),
+                created_at=record.created_at or now,
+                updated_at=now,
+            )
             return EventClaim(claim, saga_id, row_owner or None, saga, True)
         stored = tables.saga_from_hash(dict(zip(fields[::2], fields[1::2], strict=True)))
         return EventClaim(claim, saga_id, row_owner or None, stored)
