@@ -153,7 +153,10 @@ async def test_entries_in_flight_are_not_claimed_from_a_live_consumer(streams: S
     await streams.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
     await streams.add(stream, payloads(3))
     busy, idle = RecordingEmit(), RecordingEmit()
-    claim_idle_ms = 300
+    # the heartbeat refreshes every claim_idle_ms / 3: a second leaves it room for a stall of
+    # the event loop under a loaded parallel run (with 300 ms, 200 ms of slack, it failed once
+    # in a full parallel run)
+    claim_idle_ms = 1000
     slow = make_source(streams, stream, consumer="slow", claim_idle_ms=claim_idle_ms)
     other = make_source(streams, stream, consumer="other", claim_idle_ms=claim_idle_ms)
     async with consuming(slow, busy):
@@ -168,7 +171,7 @@ async def test_entries_in_flight_are_not_claimed_from_a_live_consumer(streams: S
 
             await continually(
                 kept_fresh_by_slow,
-                during=4 * claim_idle_ms / 1000,  # 4 claim periods
+                during=3 * claim_idle_ms / 1000,  # 3 claim periods
                 interval=0.02,
                 what="the slow consumer keeping its entries fresh",
             )

@@ -239,6 +239,54 @@ async def test_a_finished_saga_cannot_be_cancelled(
     assert await cli("sagas", "cancel", "no-such-saga", "--store", place.url) == 2
 
 
+async def test_a_compensated_saga_waiting_for_its_retry_is_cancelled_not_retried(
+    place: Place, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shop = make_shop()
+    shop.broken.add("charge")
+    backoff = 60.0  # the retry would run long after the test's timeouts
+    async with (
+        place.store() as store,
+        engine_on(store, max_retries=2, retry_backoff_seconds=[backoff]) as engine,
+    ):
+        [saga_id] = await engine.fire(shop.channel, {"id": 5})
+        await eventually(
+            lambda: ended(store, saga_id, SagaStatus.COMPENSATED, 1), what="the first attempt"
+        )
+        await eventually(lambda: engine.runner.pending_retries == 1, what="the retry waiting")
+
+        assert await cli("sagas", "cancel", saga_id, "--store", place.url, "--reason", "gone") == 0
+        assert "cancel of saga" in capsys.readouterr().out
+        outcome = await engine.wait_for(saga_id, timeout=backoff / 4)
+        assert not isinstance(outcome, NotRun)
+        assert outcome.status is SagaStatus.CANCELLED
+        assert outcome.error is not None and "gone" in outcome.error
+        assert engine.runner.pending_retries == 0
+        assert shop.runs == {"reserve": 1, "charge": 1, "release": 1}  # no step ran again
+        await eventually(lambda: settled(store, saga_id, "cancelled"), what="the request done")
+        assert await history(store, saga_id) == ["cancel_requested", "cancelled"]
+        assert await store.list_dead_letters() == []  # cancelled, not retries exhausted
+        counted = engine.metrics.snapshot()
+        assert (counted["cancelled"], counted["compensated"], counted["retried"]) == (1, 1, 1)
+        assert await engine.fire(shop.channel, {"id": 5}) == []  # settled: a duplicate
+        assert shop.runs == {"reserve": 1, "charge": 1, "release": 1}
+
+
+async def test_a_compensated_saga_with_no_retry_left_stays_compensated(place: Place) -> None:
+    shop = make_shop()
+    shop.broken.add("charge")
+    async with place.store() as store, engine_on(store) as engine:  # max_retries=0
+        [saga_id] = await engine.fire(shop.channel, {"id": 6})
+        outcome = await engine.wait_for(saga_id, timeout=30)
+        assert not isinstance(outcome, NotRun)
+        assert outcome.status is SagaStatus.COMPENSATED
+        await sagaz.cancel_saga(saga_id, store=store)
+        await eventually(lambda: settled(store, saga_id, "cancel_missed"), what="the request")
+        assert await ended(store, saga_id, SagaStatus.COMPENSATED, 1)
+        assert len(await store.list_dead_letters()) == 1
+        assert shop.runs == {"reserve": 1, "charge": 1, "release": 1}
+
+
 # -- resume ------------------------------------------------------------------------------------
 async def test_a_compensated_saga_resumes_once_its_failing_step_is_fixed(
     place: Place, capsys: pytest.CaptureFixture[str]

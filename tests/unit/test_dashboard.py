@@ -338,3 +338,67 @@ async def test_a_sagas_history_and_open_request_are_shown() -> None:
     assert "cancel_requested" in history and "ann@ops" in history and "oops" in history
     assert "&lt;i&gt;late&lt;/i&gt;" in history
     assert "Open request: resume" in html and "bob@ops" in html
+
+
+async def test_a_sagas_page_cancels_resumes_and_retries_it_with_the_csrf_token() -> None:
+    store = await seeded()  # s1: compensated, trigger t
+    await store.save_saga(SagaRecord("s2", "orders", SagaStatus.RUNNING, {}, trigger_id="t"))
+    app = sagaz.dashboard_app(store=store, tokens=[TOKEN], read_only_tokens=[READER])
+    reader = {"Authorization": f"Bearer {READER}"}
+    async with client(app) as http:
+        page = (await http.get("/sagas/s1", headers=BEARER)).text
+        assert 'id="cancel"' in page and 'id="resume"' in page and 'id="retry"' in page
+        assert 'id="steer"' not in (await http.get("/sagas/s1", headers=reader)).text
+        csrf = csrf_of(page)
+        refused = [
+            await http.post("/sagas/s1/cancel", headers=BEARER),  # no CSRF token
+            await http.post("/sagas/s1/cancel", headers=BEARER, data={"csrf": "0" * 64}),
+            await http.post("/sagas/s1/cancel", headers=reader, data={"csrf": csrf}),
+        ]
+        assert [r.status_code for r in refused] == [403, 403, 403]
+        assert await store.list_saga_requests() == []
+
+        done = await http.post(
+            "/sagas/s1/cancel", headers=BEARER, data={"csrf": csrf, "reason": "<b>gone</b>"}
+        )
+        assert done.status_code == 303
+        assert done.headers["location"].startswith("/sagas/s1?message=cancel%20requested")
+        [request] = await store.list_saga_requests()
+        assert (request.saga_id, request.action, request.reason) == (
+            "s1",
+            SagaAction.CANCEL,
+            "<b>gone</b>",
+        )
+        assert request.actor is not None and request.actor.startswith("dashboard")
+        shown = (await http.get(done.headers["location"], headers=BEARER)).text
+        assert "cancel requested" in shown
+        assert "&lt;b&gt;gone&lt;/b&gt;" in shown  # the history entry, escaped
+        # one open request per saga: the engines' answer is shown, with what to do
+        again = await http.post("/sagas/s1/resume", headers=BEARER, data={"csrf": csrf})
+        shown = (await http.get(again.headers["location"], headers=BEARER)).text
+        assert "not done: saga s1: a cancel request by dashboard" in shown
+        assert "is still open; wait until the engines have acted on it" in shown
+
+        running = (await http.get("/sagas/s2", headers=BEARER)).text
+        assert 'id="cancel"' in running and 'id="resume"' not in running
+        assert 'id="retry"' not in running
+        no_step = await http.post("/sagas/s2/retry", headers=BEARER, data={"csrf": csrf})
+        assert no_step.status_code == 400
+        resumed = await http.post("/sagas/s2/resume", headers=BEARER, data={"csrf": csrf})
+        shown = (await http.get(resumed.headers["location"], headers=BEARER)).text
+        assert "not done: saga s2 is running" in shown
+        unknown = await http.post("/sagas/s2/explode", headers=BEARER, data={"csrf": csrf})
+        assert unknown.status_code == 404
+
+        await store.save_saga(SagaRecord("s3", "orders", SagaStatus.COMPLETED, {}, trigger_id="t"))
+        await store.save_step(StepRecord("s3", "charge", StepStatus.COMPLETED))
+        page = (await http.get("/sagas/s3", headers=BEARER)).text
+        assert 'id="retry"' in page and '<option value="charge">' in page
+        assert 'id="cancel"' not in page
+        retried = await http.post(
+            "/sagas/s3/retry", headers=BEARER, data={"csrf": csrf, "step": "charge"}
+        )
+        assert retried.headers["location"].startswith("/sagas/s3?message=retry%20requested")
+    requests = {r.saga_id: r for r in await store.list_saga_requests()}
+    assert sorted(requests) == ["s1", "s3"]
+    assert (requests["s3"].action, requests["s3"].step) == (SagaAction.RETRY, "charge")

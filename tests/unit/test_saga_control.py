@@ -108,6 +108,25 @@ def test_a_cancellation_known_before_the_run_starts_it_cancelled() -> None:
     assert not cancellations.track("s1").requested
 
 
+def test_a_cancel_wakes_a_retry_waiting_for_its_backoff() -> None:
+    cancellations = SagaCancellations()
+    woken: list[str] = []
+    cancellations.retry_waits("s1", lambda: woken.append("s1"))
+    assert cancellations.cancel("s1", "ann@ops")  # about to run here
+    assert woken == ["s1"]
+    assert cancellations.track("s1").requested  # the retry starts cancelled
+    cancellations.untrack("s1")
+    assert not cancellations.cancel("s1")  # woken once: not waiting any more
+    assert woken == ["s1"]
+    # a cancel known before the retry waits wakes it at once; a finished wait forgets it
+    cancellations.retry_waits("s1", lambda: woken.append("again"))
+    assert woken == ["s1", "again"]
+    cancellations.retry_waits("s2", lambda: woken.append("s2"))
+    cancellations.retry_started("s2")
+    assert not cancellations.cancel("s2")
+    assert woken == ["s1", "again"]
+
+
 async def test_a_cancelled_dag_starts_no_step_and_compensates_what_finished() -> None:
     ran: list[str] = []
     undone: list[str] = []

@@ -80,8 +80,9 @@ def add_commands(commands: Any, common: list[argparse.ArgumentParser]) -> None:
     show.set_defaults(handler=show_saga)
 
     steering = {
-        "cancel": "cancel a pending or running saga: the engine running it starts no further "
-        "step, compensates what completed, and it ends cancelled",
+        "cancel": "cancel a pending or running saga (or a compensated one waiting for its "
+        "retry): the engine running it starts no further step, compensates what completed, "
+        "and it ends cancelled",
         "resume": "run a compensated, failed or cancelled saga again: its completed steps keep "
         "their results, the others run again",
         "retry": "run a finished saga again from a step: that step and the steps after it run "

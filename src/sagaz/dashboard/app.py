@@ -19,8 +19,8 @@ from starlette.routing import Route
 
 from sagaz.dashboard.auth import COOKIE, Access, Tokens
 from sagaz.dashboard.chart import per_minute_svg
-from sagaz.exceptions import ConfigurationError
-from sagaz.types import SagaStatus
+from sagaz.exceptions import ConfigurationError, SagaControlError
+from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 
 __all__ = ["PAGE_SIZE", "build_app"]
 
@@ -154,7 +154,45 @@ def build_app(
             outbox=outbox,
             history=history,
             open_request=requests[0] if requests else None,
+            actions=_saga_actions(record.status) if history is not None else (),
+            message=request.query_params.get("message", ""),
         )
+
+    async def saga_action(request: Request, access: Access) -> Response:
+        """``cancel``, ``resume`` or ``retry`` (``step=`` from the form) the saga, as
+        ``sagaz sagas cancel|resume|retry`` would; back to its page with what came of it."""
+        from sagaz.engine import steering
+
+        saga_id = request.path_params["saga_id"]
+        verb = request.path_params["verb"]
+        form: dict[str, list[str]] = request.state.form
+        reason = (form.get("reason", [""])[0] or "").strip()[:500] or None
+        step = (form.get("step", [""])[0] or "").strip() or None
+        store = _store(ctx)
+        actor = f"dashboard ({steering.default_actor()})"
+        try:
+            if verb == "cancel":
+                made = await steering.cancel_saga(saga_id, reason=reason, actor=actor, store=store)
+            elif verb == "resume":
+                made = await steering.resume_saga(saga_id, reason=reason, actor=actor, store=store)
+            elif verb == "retry" and step is not None:
+                made = await steering.retry_saga(
+                    saga_id, from_step=step, reason=reason, actor=actor, store=store
+                )
+            elif verb == "retry":
+                return _text(400, "retry needs the step to run again from (step=NAME)")
+            else:
+                return _text(404, "no such action")
+        except SagaControlError as exc:
+            message = f"not done: {exc}"
+        else:
+            engine = ctx.engine
+            notice = getattr(getattr(engine, "steering", None), "notice", None)
+            if notice is not None and getattr(engine, "running", False):
+                notice(made)  # the engine serving this page acts now, not at its next read
+            message = f"{verb} requested: the engines act on it within seconds"
+        target = f"{_base(ctx, request)}/sagas/{quote(saga_id, safe='')}?message="
+        return RedirectResponse(target + quote(message, safe=""), status_code=303)
 
     async def dead_letters(request: Request, access: Access) -> Response:
         trigger_id = request.query_params.get("trigger") or None
@@ -206,6 +244,11 @@ def build_app(
             methods=["POST"],
         ),
         Route("/sagas", page(sagas)),
+        Route(
+            "/sagas/{saga_id:str}/{verb:str}",
+            page(saga_action, action=True),
+            methods=["POST"],
+        ),
         Route("/sagas/{saga_id:path}", page(saga)),
         Route("/dead-letters", page(dead_letters)),
         Route("/dead-letters/{dl_id:int}", page(dead_letter)),
@@ -334,6 +377,18 @@ async def _triggers(ctx: _Context) -> dict[str, Any]:
             [s.updated_at or s.created_at for s in failed],
         ),
     }
+
+
+def _saga_actions(status: SagaStatus) -> tuple[str, ...]:
+    """The buttons a saga's page offers (the engines check again when they act)."""
+    actions: list[str] = []
+    if status in (SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATED):
+        actions.append("cancel")
+    if status in (SagaStatus.COMPENSATED, SagaStatus.FAILED, SagaStatus.CANCELLED):
+        actions.append("resume")
+    if status in TERMINAL_SAGA_STATUSES:
+        actions.append("retry")
+    return tuple(actions)
 
 
 def _key_options(options: dict[str, Any]) -> str:

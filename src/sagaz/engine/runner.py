@@ -214,11 +214,25 @@ class SagaRunner:
         task.add_done_callback(self._retries.discard)
 
     async def _retry_later(self, item: WorkItem, delay: float) -> None:
+        """Queue ``item`` again after ``delay``, or sooner when an operator cancels its saga
+        (it then starts cancelled: see :meth:`SagaCancellations.retry_waits`)."""
+        cancellations = self.state.cancellations
+        woken = asyncio.Event()
+        cancellations.retry_waits(item.saga_id, woken.set)
         try:
-            await self.state.clock.sleep(delay)
+            if not woken.is_set():
+                backoff = asyncio.ensure_future(self.state.clock.sleep(delay))
+                wake = asyncio.ensure_future(woken.wait())
+                try:
+                    await asyncio.wait((backoff, wake), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    backoff.cancel()
+                    wake.cancel()
         except asyncio.CancelledError:
             await self.settlement.nack(item.trigger, item.delivery)
             raise
+        finally:
+            cancellations.retry_started(item.saga_id)
         self.state.queue.put_nowait_unbounded(item)
 
     @property

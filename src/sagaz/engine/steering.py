@@ -12,13 +12,16 @@ open request per saga) and a ``*_requested`` entry to the saga's history, and re
 engine needs to run in the calling process. Every engine on the store reads the requests
 every ``TriggerConfig.saga_control_interval_seconds`` (:mod:`sagaz.engine.steering_watch`):
 
-* **cancel** (a ``pending`` or ``running`` saga): the engine that runs the saga starts no
+* **cancel** (a ``pending`` or ``running`` saga, or a ``compensated`` one waiting for its
+  automatic retry): the engine that runs the saga starts no
   further step (a step under way finishes), compensates the steps that completed, in reverse,
   and the saga ends ``cancelled`` (``failed`` if a compensation fails). Its event is settled
   like a completed one (inbox row completed, message acked, no retry, no dead letter), so a
   redelivery does not start it again. A saga that is not running anywhere (queued, or
   interrupted by a crash) is cancelled when an engine takes it up. One that completes before
-  reaching a step boundary stays completed, and its history says so (``cancel_missed``).
+  reaching a step boundary stays completed, and its history says so (``cancel_missed``). A
+  compensated saga waiting for its retry is not retried: it ends ``cancelled`` at once; one
+  with no retry left (dead-lettered) stays compensated (``cancel_missed``).
 * **resume** (a ``compensated``, ``failed`` or ``cancelled`` saga): an engine running its
   trigger runs it again as a new attempt, from its stored context: the steps whose checkpoint
   is still ``completed`` keep their results and do not run again, every other step does
@@ -101,7 +104,9 @@ async def cancel_saga(
     store: SagaStore | None = None,
 ) -> SagaControlRequest:
     """Cancel a ``pending`` or ``running`` saga: the engine running it starts no further
-    step, compensates what completed and ends it ``cancelled`` (see the module docs).
+    step, compensates what completed and ends it ``cancelled`` (see the module docs). A
+    ``compensated`` saga waiting for its automatic retry is not retried and ends
+    ``cancelled``; one with no retry left stays compensated (history: ``cancel_missed``).
 
     Returns the stored request; the engines act on it within their
     ``saga_control_interval_seconds`` (the process-wide engine, when it runs on that store,
@@ -120,7 +125,7 @@ async def cancel_saga(
             f"saga {saga_id} is compensating already (a step failed): it ends compensated, "
             "or failed if a compensation fails; nothing to cancel"
         )
-    if record.status in TERMINAL_SAGA_STATUSES:
+    if record.status in TERMINAL_SAGA_STATUSES and record.status is not SagaStatus.COMPENSATED:
         raise SagaControlError(
             f"saga {saga_id} has ended {record.status.value}: nothing to cancel"
             + ("; to run it again: sagaz sagas resume ID" if record.status in _RESUMABLE else "")

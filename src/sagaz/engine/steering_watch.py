@@ -5,9 +5,10 @@ engine reads the open requests of its store:
 
 * a **cancel** of a saga running here sets its :class:`~sagaz.saga.cancellation.Cancellation`
   (the run stops before its next step); one for a saga not running here is remembered, so
-  the saga starts cancelled if it starts here. Once the saga has ended, the request is
-  finished and the history says how (``cancelled``, or ``cancel_missed`` when it ended
-  otherwise first).
+  the saga starts cancelled if it starts here. A compensated saga whose retry waits here for
+  its backoff is retried at once, and that run starts cancelled (no step runs). Once the
+  saga has ended, the request is finished and the history says how (``cancelled``, or
+  ``cancel_missed`` when it ended otherwise first).
 * a **resume** or **retry** of a finished saga of a trigger this engine runs: the engine
   claims the saga (its lease: one engine takes it up), forgets the checkpoints of the steps
   that run again, stores the saga as ``running`` with its attempt counted up, and queues it;
@@ -117,6 +118,12 @@ class SagaSteering:
         if record is None:
             await self._finish(request, REFUSED, "no such saga")
         elif record.status in TERMINAL_SAGA_STATUSES:
+            if record.status is SagaStatus.COMPENSATED:
+                active = self.triggers.get(record.trigger_id or "")
+                if active is None or self._retry_due(record, active):
+                    # the engine whose runner waits to retry it wakes the retry, which starts
+                    # cancelled; the engines of its trigger know whether a retry is left
+                    return
             if record.status is SagaStatus.CANCELLED:
                 await self._finish(request, CANCELLED, record.error)
             else:

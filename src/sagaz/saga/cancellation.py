@@ -4,7 +4,9 @@ An operator's cancel (``sagaz sagas cancel ID``, :func:`sagaz.cancel_saga`) is w
 store; the engine that runs the saga learns of it (see :mod:`sagaz.engine.steering_watch`)
 and sets the saga's :class:`Cancellation`. The execution looks at it before each step: a
 cancelled saga starts no further step (a step already running finishes), compensates the
-steps it completed, and ends ``cancelled``.
+steps it completed, and ends ``cancelled``. A compensated saga waiting for its automatic
+retry is cancelled too: the cancel wakes the retry, which starts cancelled, runs no step, and
+the saga ends ``cancelled`` instead of being retried.
 
 >>> cancellations = SagaCancellations()
 >>> token = cancellations.track("s1")
@@ -65,6 +67,8 @@ class SagaCancellations:
         self._running: dict[str, Cancellation] = {}
         self._wanted: dict[str, tuple[str | None, str | None]] = {}
         self._watched: set[str] = set()
+        #: saga id -> the wake-up of its retry waiting for its backoff here
+        self._retrying: dict[str, Callable[[], None]] = {}
         #: called when a run of a cancelled or watched saga ends here (the steering then
         #: finishes its request at once, not at its next read of the store)
         self.on_end: Callable[[], None] | None = None
@@ -91,6 +95,19 @@ class SagaCancellations:
         if (watched or saga_id in self._wanted) and self.on_end is not None:
             self.on_end()
 
+    def retry_waits(self, saga_id: str, wake: Callable[[], None]) -> None:
+        """A retry of ``saga_id`` waits here for its backoff; ``wake()`` starts it now. A
+        cancel of the saga, known already or to come, wakes it: the retry starts cancelled,
+        so the saga ends ``cancelled`` instead of running again."""
+        if saga_id in self._wanted:
+            wake()
+        else:
+            self._retrying[saga_id] = wake
+
+    def retry_started(self, saga_id: str) -> None:
+        """The retry of ``saga_id`` stopped waiting (queued now, or given up)."""
+        self._retrying.pop(saga_id, None)
+
     def running(self, saga_id: str) -> bool:
         """Whether a run of ``saga_id`` is under way here."""
         return saga_id in self._running
@@ -105,12 +122,17 @@ class SagaCancellations:
         return token is not None and token.requested
 
     def cancel(self, saga_id: str, actor: str | None = None, reason: str | None = None) -> bool:
-        """Cancel ``saga_id``: at once if it runs here, else when it starts here; return
-        whether it runs here."""
+        """Cancel ``saga_id``: at once if it runs here, else when it starts here (a retry
+        waiting here for its backoff is woken and starts cancelled); return whether it runs,
+        or is about to run, here."""
         self._wanted[saga_id] = (actor, reason)
         token = self._running.get(saga_id)
         if token is None:
-            return False
+            wake = self._retrying.pop(saga_id, None)
+            if wake is None:
+                return False
+            wake()
+            return True
         token.request(actor, reason)
         return True
 
