@@ -44,7 +44,14 @@ from sagaz.storage.codec import encode_value
 if TYPE_CHECKING:
     from sagaz.engine.active_trigger import ActiveTrigger
 
-__all__ = ["FORMAT", "dead_letter_record", "kept_delivery", "replay_delivery", "saga_location"]
+__all__ = [
+    "FORMAT",
+    "body_field",
+    "dead_letter_record",
+    "keep_payload",
+    "replay_delivery",
+    "saga_location",
+]
 
 FORMAT = 2
 """The version of the layout above (1: before the delivery was kept whole)."""
@@ -72,33 +79,12 @@ def dead_letter_record(
         trace: str | None = "".join(tb.format_exception(error))
     else:
         message, trace = error, None
-    payload, meta = kept_delivery(trigger.trigger_id, delivery)
-    meta.update(saga_location(type(trigger.saga)))
-    if delivery.replay_of is not None:
-        meta["replay_of"] = delivery.replay_of
-    return DeadLetterRecord(
-        trigger_id=trigger.trigger_id,
-        saga_name=trigger.saga_name,
-        payload=payload,
-        error=message,
-        reason=reason,
-        traceback=trace,
-        attempts=attempts,
-        saga_id=saga_id,
-        source=delivery.meta.source,
-        meta=meta,
-    )
-
-
-def kept_delivery(trigger_id: str, delivery: Delivery) -> tuple[Any, dict[str, Any]]:
-    """The payload and ``meta`` that keep ``delivery`` exactly (the layout above, without
-    where the saga lives and ``replay_of``)."""
-    payload, kept = _keep_payload(delivery.payload)
+    payload, kept = keep_payload(delivery.payload)
     event_meta = delivery.meta
     meta: dict[str, Any] = {
         "format": FORMAT,
         "source": event_meta.source,
-        "trigger": event_meta.trigger or trigger_id,
+        "trigger": event_meta.trigger or trigger.trigger_id,
         "message_id": event_meta.message_id,
         "topic": event_meta.topic,
         "partition": event_meta.partition,
@@ -110,17 +96,31 @@ def kept_delivery(trigger_id: str, delivery: Delivery) -> tuple[Any, dict[str, A
         "identity": delivery.identity,
         "decoded": delivery.decoded,
         **kept,
+        **saga_location(type(trigger.saga)),
     }
     if delivery.body is not None:  # an envelope: a typed trigger method gets its body
-        field = _body_field(payload, delivery.body)
+        field = body_field(payload, delivery.body)
         if field is None:
             meta["body"] = delivery.body
         else:  # stored once, in the envelope (a WebhookRequest's body)
             meta["body_field"] = field
-    return payload, meta
+    if delivery.replay_of is not None:
+        meta["replay_of"] = delivery.replay_of
+    return DeadLetterRecord(
+        trigger_id=trigger.trigger_id,
+        saga_name=trigger.saga_name,
+        payload=payload,
+        error=message,
+        reason=reason,
+        traceback=trace,
+        attempts=attempts,
+        saga_id=saga_id,
+        source=event_meta.source,
+        meta=meta,
+    )
 
 
-def _body_field(payload: Any, body: bytes | str) -> str | None:
+def body_field(payload: Any, body: bytes | str) -> str | None:
     """The field of an envelope's stored fields that is its body, if any."""
     if isinstance(payload, dict):
         for name, value in payload.items():
@@ -163,7 +163,7 @@ def _finite(value: Any) -> bool:
     return True
 
 
-def _keep_payload(payload: Any) -> tuple[Any, dict[str, Any]]:
+def keep_payload(payload: Any) -> tuple[Any, dict[str, Any]]:
     """The payload as a dead letter stores it, and what ``meta`` says about it."""
     if type(payload) is EventData:  # an event a trigger method got, handed in again
         payload = plain_data(payload)

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sagaz.engine.dead_letters import FORMAT, kept_delivery, replay_delivery
+from sagaz.engine.dead_letters import FORMAT, body_field, keep_payload, replay_delivery
 from sagaz.engine.identity import storable
 from sagaz.events import Delivery
 from sagaz.records import DeadLetterRecord, SagaRecord
@@ -31,6 +31,10 @@ __all__ = ["PENDING_EVENT", "pending_delivery", "pending_event", "pending_record
 #: the key that marks a pending saga's kept delivery (:func:`pending_event`)
 PENDING_EVENT = "sagaz_pending_event"
 _RECEIVED_MICROS = "received_at_us"
+#: the ``EventMeta`` fields kept when set
+_OPTIONAL = ("message_id", "topic", "partition", "offset", "key")
+#: the kept event's entries that are not the rebuilt delivery's ``meta``
+_NOT_META = frozenset({PENDING_EVENT, "payload", _RECEIVED_MICROS})
 
 
 def pending_record(
@@ -59,19 +63,41 @@ def pending_record(
 def pending_event(trigger_id: str, delivery: Delivery) -> dict[str, Any]:
     """The delivery as a pending saga keeps it until its trigger method has run (its
     ``SagaRecord.event``): acknowledged at acceptance, it is rebuilt from this by
-    :func:`pending_delivery` if its worker stops before the saga starts."""
-    payload, meta = kept_delivery(trigger_id, delivery)
-    # what a rebuilt delivery takes as the default is not kept: it is written once per event
-    kept = {name: value for name, value in meta.items() if not _default(value)}
-    received = kept.pop("received_at", None)
-    if isinstance(received, datetime):  # an integer: no envelope to encode and decode
-        kept[_RECEIVED_MICROS] = to_micros(received)
-    return {PENDING_EVENT: FORMAT, "payload": payload, "meta": kept}
+    :func:`pending_delivery` if its worker stops before the saga starts.
 
-
-def _default(value: Any) -> bool:
-    """Whether a rebuilt delivery takes ``value`` anyway when ``meta`` lacks it."""
-    return value is None or value is False or (type(value) is dict and not value)
+    The payload is kept as a dead letter keeps it; of the metadata (a dead letter's
+    ``meta``, flat beside the payload) only what a rebuilt delivery would not have anyway:
+    this is written once per event."""
+    payload, kept = keep_payload(delivery.payload)
+    meta = delivery.meta
+    event: dict[str, Any] = {
+        PENDING_EVENT: FORMAT,
+        "payload": payload,
+        "source": meta.source,
+        "identity": delivery.identity,
+        _RECEIVED_MICROS: to_micros(meta.received_at),
+    }
+    if kept:
+        event.update(kept)
+    if meta.trigger and meta.trigger != trigger_id:
+        event["trigger"] = meta.trigger
+    for name in _OPTIONAL:
+        value = getattr(meta, name)
+        if value is not None:
+            event[name] = value
+    if meta.headers:
+        event["headers"] = dict(meta.headers)
+    if meta.attempt != 1:
+        event["attempt"] = meta.attempt
+    if delivery.decoded:
+        event["decoded"] = True
+    if delivery.body is not None:  # an envelope: a typed trigger method gets its body
+        field = body_field(payload, delivery.body)
+        if field is None:
+            event["body"] = delivery.body
+        else:  # kept once, in the envelope (a WebhookRequest's body)
+            event["body_field"] = field
+    return event
 
 
 def pending_delivery(saga: SagaRecord, *, known_types: Iterable[type] = ()) -> Delivery | None:
@@ -82,12 +108,11 @@ def pending_delivery(saga: SagaRecord, *, known_types: Iterable[type] = ()) -> D
     event = saga.event
     if not (isinstance(event, dict) and event.get(PENDING_EVENT) == FORMAT):
         return None
-    meta = event.get("meta")
-    if not isinstance(meta, dict):
-        return None
-    received = meta.get(_RECEIVED_MICROS)
+    meta = {name: value for name, value in event.items() if name not in _NOT_META}
+    meta["format"] = FORMAT
+    received = event.get(_RECEIVED_MICROS)
     if isinstance(received, int):
-        meta = {**meta, "received_at": from_micros(received)}
+        meta["received_at"] = from_micros(received)
     kept = DeadLetterRecord(  # read as a dead letter is: one way to rebuild an event
         trigger_id=saga.trigger_id or "",
         saga_name=saga.saga_name,
