@@ -1,11 +1,12 @@
-"""CPU per store operation: the four operations of a one-step saga, store by store.
+"""CPU per store operation: the three operations of a one-step saga, store by store.
 
 Run: ``python benchmarks/store_ops.py [--sagas 2000] [--stores sqlite,postgres,redis]``
 (PostgreSQL and Redis at their default local ports: ``--postgres-dsn`` / ``--redis-url``).
 
 ``stores.py`` measures the whole pipeline; this script measures the store alone, without the
-engine: rounds of ``--concurrency`` sagas (50) issue each of the four operations the pipeline
-makes per saga (inbox claim, pending row, start checkpoint: running row + step running,
+engine: rounds of ``--concurrency`` sagas (50) issue each of the three operations the pipeline
+makes per saga (``claim_event``: inbox claim + pending row keeping the event, as
+``fire_event`` admits it; start checkpoint: running row with the context + step running;
 finish checkpoint: step completed + completed row + inbox completed) at once, so a store with
 group commit coalesces them as it does under load, and the script reads the CPU spent per
 operation:
@@ -39,10 +40,12 @@ import stores
 
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
+from sagaz.engine.pending import pending_event
+from sagaz.events import Delivery, EventMeta
 from sagaz.records import SagaRecord, StepRecord
 from sagaz.types import SagaStatus, StepStatus
 
-OPERATIONS = ("claim_inbox", "create_saga", "checkpoint running", "checkpoint completed")
+OPERATIONS = ("claim_event", "checkpoint running", "checkpoint completed")
 SERVERS = {"postgres": "postgres", "redis": "redis-server"}
 TRIGGER = "bench-noop.on_event"
 
@@ -84,7 +87,7 @@ class Costs:
 
 
 async def one_round(store: SagaStore, concurrency: int, costs: Costs) -> None:
-    """The four operations of ``concurrency`` one-step sagas, one kind at a time."""
+    """The three operations of ``concurrency`` one-step sagas, one kind at a time."""
     ids = [uuid.uuid4().hex for _ in range(concurrency)]
     lease = utcnow() + timedelta(seconds=30)
     records = [
@@ -92,19 +95,20 @@ async def one_round(store: SagaStore, concurrency: int, costs: Costs) -> None:
             saga_id=saga_id,
             saga_name="bench-noop",
             status=SagaStatus.PENDING,
-            context={"id": n},
+            context={},
             trigger_id=TRIGGER,
+            event=pending_event(
+                TRIGGER,
+                Delivery(payload={"id": n}, meta=EventMeta(source="memory"), identity=saga_id),
+            ),
             owner="worker",
             lease_expires_at=lease,
         )
         for n, saga_id in enumerate(ids)
     ]
 
-    def claim(saga_id: str) -> Callable[[], Awaitable[object]]:
-        return lambda: store.claim_inbox(TRIGGER, saga_id, saga_id, "worker", lease)
-
-    def create(record: SagaRecord) -> Callable[[], Awaitable[object]]:
-        return lambda: store.create_saga(record)
+    def claim(record: SagaRecord) -> Callable[[], Awaitable[object]]:
+        return lambda: store.claim_event(TRIGGER, record.saga_id, record)
 
     def start(record: SagaRecord) -> Callable[[], Awaitable[object]]:
         step = StepRecord(record.saga_id, "noop", StepStatus.RUNNING, attempts=1)
@@ -117,13 +121,12 @@ async def one_round(store: SagaStore, concurrency: int, costs: Costs) -> None:
         inbox = (TRIGGER, record.saga_id)
         return lambda: store.save_checkpoint(record, [step], complete_inbox=inbox)
 
-    await costs.timed("claim_inbox", [claim(saga_id) for saga_id in ids])
-    await costs.timed("create_saga", [create(record) for record in records])
-    for record in records:
-        record.status = SagaStatus.RUNNING
+    await costs.timed("claim_event", [claim(record) for record in records])
+    for n, record in enumerate(records):  # the context comes with the start; the event goes
+        record.status, record.context, record.event = SagaStatus.RUNNING, {"id": n}, None
     await costs.timed("checkpoint running", [start(record) for record in records])
-    for n, record in enumerate(records):
-        record.status, record.context = SagaStatus.COMPLETED, {"id": n}
+    for record in records:
+        record.status = SagaStatus.COMPLETED
     await costs.timed("checkpoint completed", [finish(record) for record in records])
 
 

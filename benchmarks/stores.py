@@ -6,9 +6,10 @@ their drivers: ``pip install -e ".[postgres,redis]"``).
 
 The pipeline is the one of ``benchmarks/pipeline.py`` (``fire()`` → admission → queue →
 a one-step no-op saga → settlement), fed by 20 concurrent producers, with 100 concurrent
-sagas. Every saga makes four store operations (inbox claim, pending row, start checkpoint:
-running row + step running, finish checkpoint: step completed + completed row + inbox
-completed; see docs/operations/stores.md); a durable store makes each durable before the
+sagas. Every saga makes three store operations (``claim_event``: inbox claim + pending row
+keeping the event, start checkpoint: running row with the context + step running, finish
+checkpoint: step completed + completed row + inbox completed; see
+docs/operations/stores.md); a durable store makes each durable before the
 call returns. The baseline is the same run on ``MemorySagaStore`` in this process.
 Each durable store gets a fresh file, schema or key prefix, removed afterwards.
 

@@ -13,6 +13,7 @@ __all__ = [
     "ClaimOutcome",
     "CronClaim",
     "DeadLetterRecord",
+    "EventClaim",
     "InboxClaim",
     "OutboxMessage",
     "SagaAction",
@@ -76,6 +77,23 @@ class InboxClaim:
     outcome: ClaimOutcome
     saga_id: str
     owner: str | None = None
+
+
+@dataclass(slots=True)
+class EventClaim:
+    """What :meth:`sagaz.abc.SagaStore.claim_event` found or made: the inbox claim and, when
+    the key is ours (``CLAIMED`` or ``TAKEN_OVER``), the saga row of the event.
+
+    ``saga`` is the row as it is now in the store: the record given, just created
+    (``created``), or the row that was there already (a key taken over from a dead worker,
+    a replayed dead letter); ``None`` for a ``DUPLICATE`` or ``BUSY`` key (nothing written).
+    """
+
+    outcome: ClaimOutcome
+    saga_id: str
+    owner: str | None = None
+    saga: SagaRecord | None = None
+    created: bool = False
 
 
 @dataclass(slots=True)

@@ -1602,6 +1602,124 @@ async def test_a_lost_redis_server_fails_every_call_of_the_round_trip(
         await private_redis.start()
 
 
+# -- admission's claim of an event: inbox row and saga row in one operation ----------------
+def _event_saga(saga_id: str = "s1", **changes: Any) -> SagaRecord:
+    """The pending row admission writes with its claim: no context yet, the event kept."""
+    base = _saga(saga_id, context={}, event={"id": 7}, owner="a", lease_expires_at=_later())
+    return dataclasses.replace(base, trigger_id="t", **changes)
+
+
+async def test_event_claim_of_a_new_key_creates_its_pending_saga(store: SagaStore) -> None:
+    claim = await store.claim_event("t", "k1", _event_saga("s1"))
+    assert (claim.outcome, claim.saga_id, claim.owner, claim.created) == (
+        ClaimOutcome.CLAIMED,
+        "s1",
+        "a",
+        True,
+    )
+    assert claim.saga is not None
+    stored = await store.get_saga("s1")
+    assert stored is not None
+    for found in (claim.saga, stored):
+        assert (found.saga_id, found.status, found.context, found.event, found.owner) == (
+            "s1",
+            SagaStatus.PENDING,
+            {},
+            {"id": 7},
+            "a",
+        )
+        assert found.trigger_id == "t" and found.created_at is not None
+    # the key is held like any claimed key: live elsewhere, recoverable once it expires
+    busy = await store.claim_inbox("t", "k1", "s1", "b", _later())
+    assert (busy.outcome, busy.owner) == (ClaimOutcome.BUSY, "a")
+
+
+async def test_event_claim_of_a_completed_or_held_key_writes_no_saga(store: SagaStore) -> None:
+    await store.claim_inbox("t", "done", "s-done", "a", _later())
+    await store.complete_inbox("t", "done")
+    await store.claim_inbox("t", "held", "s-held", "a", _later())
+
+    duplicate = await store.claim_event("t", "done", _event_saga("s-done", owner="b"))
+    busy = await store.claim_event("t", "held", _event_saga("s-held", owner="b"))
+    assert (duplicate.outcome, duplicate.saga, duplicate.created) == (
+        ClaimOutcome.DUPLICATE,
+        None,
+        False,
+    )
+    assert (busy.outcome, busy.owner, busy.saga, busy.created) == (
+        ClaimOutcome.BUSY,
+        "a",
+        None,
+        False,
+    )
+    assert await store.get_saga("s-done") is None
+    assert await store.get_saga("s-held") is None
+
+
+async def test_event_claim_taking_a_key_over_returns_its_saga_as_stored(
+    store: SagaStore,
+) -> None:
+    first = await store.claim_event("t", "k", _event_saga("s1", lease_expires_at=_earlier()))
+    assert first.created
+    running = _saga("s1", status=SagaStatus.RUNNING, context={"n": 1}, trigger_id="t")
+    await store.save_saga(dataclasses.replace(running, owner="a", lease_expires_at=_earlier()))
+
+    taken = await store.claim_event("t", "k", _event_saga("s1", owner="b"))
+    assert (taken.outcome, taken.owner, taken.created) == (ClaimOutcome.TAKEN_OVER, "b", False)
+    assert taken.saga is not None
+    assert (taken.saga.status, taken.saga.context) == (SagaStatus.RUNNING, {"n": 1})
+    stored = await store.get_saga("s1")
+    assert stored is not None and stored.context == {"n": 1}  # not overwritten
+
+
+async def test_event_claim_of_a_released_key_finds_the_saga_of_its_earlier_run(
+    store: SagaStore,
+) -> None:
+    """A replayed dead letter: its key was released, its saga ended compensated."""
+    await store.claim_event("t", "k", _event_saga("s1"))
+    await store.save_saga(_saga("s1", status=SagaStatus.COMPENSATED, trigger_id="t"))
+    await store.release_inbox("t", "k")
+    again = await store.claim_event("t", "k", _event_saga("s1", owner="b"))
+    assert (again.outcome, again.created) == (ClaimOutcome.CLAIMED, False)
+    assert again.saga is not None and again.saga.status is SagaStatus.COMPENSATED
+
+
+async def test_concurrent_event_claims_share_a_group_and_keep_their_own_answers(
+    store: SagaStore,
+) -> None:
+    """Group commit: claims of new keys, a duplicate, a busy key and a key taken over (its
+    saga exists) issued at once, among other writes, each get their own answer."""
+    await store.claim_inbox("t", "done", "s-done", "x", _later())
+    await store.complete_inbox("t", "done")
+    await store.claim_inbox("t", "held", "s-held", "x", _later())
+    await store.claim_event(
+        "t", "lapsed", _event_saga("s-lapsed", owner="x", lease_expires_at=_earlier())
+    )
+    await store.save_saga(_saga("s-lapsed", status=SagaStatus.RUNNING, context={"n": 2}))
+    results = await asyncio.gather(
+        *(store.claim_event("t", f"k{n}", _event_saga(f"s{n}")) for n in range(30)),
+        store.claim_event("t", "done", _event_saga("s-done")),
+        store.claim_event("t", "held", _event_saga("s-held")),
+        store.claim_event("t", "lapsed", _event_saga("s-lapsed")),
+        store.claim_inbox("t", "plain", "s-plain", "a", _later()),
+        store.create_saga(_saga("s-created")),
+        store.save_checkpoint(_saga("s-checkpoint", status=SagaStatus.RUNNING)),
+    )
+    claims = results[:30]
+    assert [(c.outcome, c.created) for c in claims] == [(ClaimOutcome.CLAIMED, True)] * 30
+    assert [c.saga.saga_id for c in claims if c.saga] == [f"s{n}" for n in range(30)]
+    duplicate, busy, lapsed = results[30:33]
+    assert (duplicate.outcome, duplicate.saga) == (ClaimOutcome.DUPLICATE, None)
+    assert (busy.outcome, busy.saga) == (ClaimOutcome.BUSY, None)
+    assert (lapsed.outcome, lapsed.created) == (ClaimOutcome.TAKEN_OVER, False)
+    assert lapsed.saga is not None and lapsed.saga.context == {"n": 2}
+    assert results[33].outcome is ClaimOutcome.CLAIMED and results[34][1]
+    for n in range(30):
+        stored = await store.get_saga(f"s{n}")
+        assert stored is not None and stored.status is SagaStatus.PENDING
+    assert await store.get_saga("s-done") is None and await store.get_saga("s-held") is None
+
+
 # -- contention ----------------------------------------------------------------------------
 async def _contenders(backend: Backend) -> list[SagaStore]:
     stores = await backend.open_many(backend.instances)
@@ -1617,6 +1735,22 @@ async def test_concurrent_inbox_claims_of_one_key_have_one_winner(backend: Backe
     assert len(winners) == 1
     assert {c.outcome for c in claims} == {ClaimOutcome.CLAIMED, ClaimOutcome.BUSY}
     assert {c.saga_id for c in claims} == {winners[0].saga_id}
+
+
+async def test_concurrent_event_claims_of_one_key_create_one_saga(backend: Backend) -> None:
+    stores = await _contenders(backend)
+    claims = await asyncio.gather(
+        *(
+            s.claim_event("t", "key", _event_saga("s-key", owner=f"w{i}"))
+            for i, s in enumerate(stores)
+        )
+    )
+    winners = [c for c in claims if c.outcome is ClaimOutcome.CLAIMED]
+    assert len(winners) == 1 and winners[0].created
+    assert {c.outcome for c in claims} == {ClaimOutcome.CLAIMED, ClaimOutcome.BUSY}
+    assert all(c.saga is None and not c.created for c in claims if c is not winners[0])
+    stored = await stores[0].get_saga("s-key")
+    assert stored is not None and stored.owner == winners[0].owner
 
 
 async def test_concurrent_cron_claims_of_one_tick_have_one_winner(backend: Backend) -> None:

@@ -4,7 +4,6 @@ claims of a batch go out together on a durable store, and the batch is queued in
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
 from sagaz.abc import emit_many
 from sagaz.engine.engine import TriggerEngine
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta
-from sagaz.records import InboxClaim
+from sagaz.records import EventClaim, SagaRecord
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.testing import eventually
@@ -32,14 +31,12 @@ class SlowEarlyClaims(SQLiteSagaStore):
         self.claiming = 0
         self.most_at_once = 0
 
-    async def claim_inbox(
-        self, trigger_id: str, key: str, saga_id: str, owner: str, lease_until: datetime
-    ) -> InboxClaim:
+    async def claim_event(self, trigger_id: str, key: str, record: SagaRecord) -> EventClaim:
         self.claiming += 1
         self.most_at_once = max(self.most_at_once, self.claiming)
         try:
             await asyncio.sleep((BATCH - int(key)) / 1000)
-            return await super().claim_inbox(trigger_id, key, saga_id, owner, lease_until)
+            return await super().claim_event(trigger_id, key, record)
         finally:
             self.claiming -= 1
 

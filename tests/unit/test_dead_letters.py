@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from sagaz import Saga, SagaContext, SagaStatus, TriggerConfig, action, trigger
 from sagaz.engine.dead_letters import dead_letter_record, replay_delivery, saga_location
 from sagaz.engine.engine import TriggerEngine
+from sagaz.engine.pending import pending_delivery, pending_event
 from sagaz.engine.replay import import_saga, replay
 from sagaz.events import CronTick, Delivery, EventMeta, FileEvent, WebhookRequest
 from sagaz.exceptions import DeadLetterReplayError, InvalidEventError
@@ -493,3 +494,31 @@ def test_what_cannot_be_imported_says_what_to_pass(
     with pytest.raises(DeadLetterReplayError, match=message) as caught:
         import_saga(record_of(**meta))
     assert "--modules" in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", sorted(DELIVERIES))
+def test_a_pending_saga_keeps_its_delivery_as_a_dead_letter_does(kind: str) -> None:
+    """Admission's pending row keeps a non-redeliverable delivery (recovery runs the trigger
+    method again from it): the same delivery comes back from a durable store."""
+    original = DELIVERIES[kind]
+    kept = loads(dumps(pending_event("shop.on_event", original)))
+    saga = SagaRecord("s", "shop", SagaStatus.PENDING, {}, trigger_id="shop.on_event", event=kept)
+    again = pending_delivery(saga)
+
+    assert again is not None
+    assert type(again.payload) is type(original.payload)
+    assert again.payload == original.payload
+    assert again.meta == original.meta
+    assert (again.identity, again.decoded, again.body) == (
+        original.identity,
+        original.decoded,
+        original.body,
+    )
+    assert again.replay_of is None
+
+
+def test_a_pending_saga_without_a_kept_delivery_has_none() -> None:
+    """A pending row of an older sagaz (its context stored) or a ``persist_events`` event."""
+    for event in (None, {"id": 1}, "text", {"sagaz_pending_event": 99, "meta": {}}):
+        saga = SagaRecord("s", "shop", SagaStatus.PENDING, {"id": 1}, event=event)
+        assert pending_delivery(saga) is None

@@ -11,6 +11,7 @@ real outage (a server stopped under a running store) is tests/chaos/test_outages
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import socket
 from collections.abc import Callable
@@ -48,6 +49,7 @@ ARGUMENTS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "add_saga_history": ((SagaHistoryRecord("s-1", "pause"),), {}),
     "add_saga_request": ((SagaControlRequest("s-1", SagaAction.CANCEL),), {}),
     "claim_cron_tick": (("t", NOW, "me"), {}),
+    "claim_event": (("t", "k", dataclasses.replace(SAGA, owner="me", lease_expires_at=NOW)), {}),
     "claim_inbox": (("t", "k", "s-1", "me", NOW), {}),
     "claim_saga": (("s-1", "me", NOW), {}),
     "complete_inbox": (("t", "k"), {}),

@@ -12,7 +12,9 @@ from typing import ClassVar
 
 from sagaz.abc.lifecycle import Lifecycle
 from sagaz.records import (
+    ClaimOutcome,
     DeadLetterRecord,
+    EventClaim,
     InboxClaim,
     OutboxMessage,
     SagaAction,
@@ -170,6 +172,33 @@ class SagaStore(Lifecycle, ABC):
         New key → ``CLAIMED``; completed → ``DUPLICATE``; pending with a live lease of another
         owner → ``BUSY``; pending with an expired lease, or our own → ``TAKEN_OVER``.
         """
+
+    async def claim_event(self, trigger_id: str, key: str, record: SagaRecord) -> EventClaim:
+        """Claim ``(trigger_id, key)`` for ``record.saga_id`` and write the event's saga row, as
+        one operation: admission's, before the trigger method runs.
+
+        The claim is :meth:`claim_inbox`'s (owner ``record.owner``, lease until
+        ``record.lease_expires_at``). When the key is ours (``CLAIMED``, ``TAKEN_OVER``),
+        ``record`` (a ``PENDING`` row) is created as by :meth:`create_saga` unless its saga
+        exists, and the answer holds the saga row: ``record`` (``created``) or the existing
+        one, so a key taken over needs no :meth:`get_saga`. A ``DUPLICATE`` or ``BUSY`` key
+        writes nothing and reads no saga.
+
+        A store overrides it to do both in one transaction (the SQLite, PostgreSQL and Redis
+        stores do, within their group commit). This default, for stores that do not, makes
+        the claim and then the creation: a crash between the two leaves a pending inbox row
+        without a saga, which the key's next delivery takes over once the lease expires.
+        """
+        owner, lease = record.owner, record.lease_expires_at
+        if owner is None or lease is None:
+            raise ValueError(
+                "claim_event: the record needs an owner and a lease_expires_at (the claim's)"
+            )
+        claim = await self.claim_inbox(trigger_id, key, record.saga_id, owner, lease)
+        if claim.outcome not in (ClaimOutcome.CLAIMED, ClaimOutcome.TAKEN_OVER):
+            return EventClaim(claim.outcome, claim.saga_id, claim.owner)
+        saga, created = await self.create_saga(record)
+        return EventClaim(claim.outcome, claim.saga_id, claim.owner, saga, created)
 
     @abstractmethod
     async def complete_inbox(self, trigger_id: str, key: str) -> None:

@@ -18,14 +18,16 @@ from typing import Any, Literal, TypeVar
 
 from sagaz import tracing
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
+from sagaz.engine.busy_keys import BusyKeys
 from sagaz.engine.decoding import InvalidPayloadError
 from sagaz.engine.identity import canonical_hash, dedup_key, saga_id_for, storable
 from sagaz.engine.joint_deliveries import JointDeliveries
+from sagaz.engine.pending import pending_record
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, NotRun, Reason
 from sagaz.exceptions import InvalidEventError, StoreUnavailableError
-from sagaz.records import ClaimOutcome, InboxClaim, SagaRecord, TriggerExecutionRecord
+from sagaz.records import ClaimOutcome, EventClaim, SagaRecord, TriggerExecutionRecord
 from sagaz.saga.listeners import notify
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 
@@ -52,7 +54,7 @@ class Admission:
         self.accepting = True
         #: set by :meth:`close`: ends the waits for an unavailable store
         self._closing = asyncio.Event()
-        self._busy_watchers: set[asyncio.Task[None]] = set()
+        self._busy = BusyKeys(state, settlement)
         #: saga id -> deliveries of the saga queued or running here (see ``_join``)
         self._in_flight: dict[str, JointDeliveries] = {}
 
@@ -179,14 +181,7 @@ class Admission:
                 delivery, lambda: self._invalid(trigger, delivery, event, undecodable, None)
             )
         try:
-            key = dedup_key(trigger, delivery, event)
-            if not delivery.identity:  # the key it was given: its dead letter replays to it
-                delivery.identity = key
-            concurrency_key = (
-                trigger.definition.concurrency_key(event)
-                if trigger.definition.concurrency_key
-                else None
-            )
+            key, concurrency_key = _identify(trigger, delivery, event)
         except Exception as exc:
             error = exc
             return await self._waiting(
@@ -232,14 +227,12 @@ class Admission:
         return tracked
 
     async def _claim(self, c: _Candidate) -> AdmissionResult | None:
-        """Claim the inbox row of ``c``; ``None`` while another live worker holds it."""
+        """Claim the inbox row of ``c`` with its saga's pending row, in one store operation,
+        before the trigger method runs; ``None`` while another live worker holds it."""
         state = self.state
         lease = state.lease_until()
-        claim = await state.store.claim_inbox(
-            c.trigger.trigger_id, c.key, c.saga_id, state.worker_id, lease
-        )
-        replay = c.delivery.replay_of is not None
-        if claim.outcome is ClaimOutcome.DUPLICATE and replay:
+        claim = await self._claim_event(c, lease)
+        if claim.outcome is ClaimOutcome.DUPLICATE and c.delivery.replay_of is not None:
             claim = await self._reopen(c, claim, lease)
         if claim.outcome is ClaimOutcome.DUPLICATE:
             await self.settlement.filtered(c.trigger, c.event, Reason.DUPLICATE)
@@ -247,11 +240,9 @@ class Admission:
             return AdmissionResult(AdmissionOutcome.DUPLICATE, c.saga_id, Reason.DUPLICATE)
         if claim.outcome is ClaimOutcome.BUSY:
             return None
-        # a replay may find the saga of its key (dead-lettered: run it again), even when new
-        fresh = claim.outcome is ClaimOutcome.CLAIMED and not replay
-        return await self._accept(c, lease, fresh=fresh)
+        return await self._accept(c, lease, claim)
 
-    async def _reopen(self, c: _Candidate, claim: InboxClaim, lease: datetime) -> InboxClaim:
+    async def _reopen(self, c: _Candidate, claim: EventClaim, lease: datetime) -> EventClaim:
         """Claim the key of a replayed dead letter again: dead-lettering completed its inbox
         row, but its saga did not complete. A saga that completed since (an earlier replay)
         keeps its key completed: the replay is then a duplicate."""
@@ -260,17 +251,39 @@ class Admission:
         if saga is not None and saga.status is SagaStatus.COMPLETED:
             return claim
         await store.release_inbox(c.trigger.trigger_id, c.key)
-        return await store.claim_inbox(
-            c.trigger.trigger_id, c.key, c.saga_id, self.state.worker_id, lease
-        )
+        return await self._claim_event(c, lease)
+
+    def _claim_event(self, c: _Candidate, lease: datetime) -> Awaitable[EventClaim]:
+        record = pending_record(c.trigger, c.delivery, c.saga_id, self.state, lease)
+        return self.state.store.claim_event(c.trigger.trigger_id, c.key, record)
+
+    async def resume_pending(
+        self, trigger: ActiveTrigger, delivery: Delivery, record: SagaRecord
+    ) -> None:
+        """Admit again, from the ``delivery`` it keeps, the pending saga ``record`` of a
+        stopped worker (for the recovery loop, which holds its lease): the trigger method
+        runs again, and what becomes of the event is admission's."""
+        try:
+            event = trigger.decoder.decode(delivery)
+            key, concurrency_key = _identify(trigger, delivery, event)
+        except Exception as exc:  # it was valid when accepted: the trigger changed since
+            dropped = _Candidate(trigger, delivery, delivery.payload, "", record.saga_id, None)
+            drop = (dropped, record)
+            await self._invalid(trigger, delivery, delivery.payload, exc, record.saga_id, drop=drop)
+            return
+        if saga_id_for(trigger.trigger_id, key) != record.saga_id:
+            key = ""  # not the key it was claimed with: its inbox row completes lazily
+        candidate = _Candidate(trigger, delivery, event, key, record.saga_id, concurrency_key)
+        claim = EventClaim(ClaimOutcome.TAKEN_OVER, record.saga_id, record.owner, record)
+        await self._accept(candidate, self.state.lease_until(), claim, recovered=True)
 
     async def _accept(
-        self, c: _Candidate, lease: datetime, *, fresh: bool = False
+        self, c: _Candidate, lease: datetime, claim: EventClaim, *, recovered: bool = False
     ) -> AdmissionResult:
         state = self.state
         trigger, delivery, event, key, saga_id = c.trigger, c.delivery, c.event, c.key, c.saga_id
         # a key never claimed before has no saga yet; a taken-over one may be half done
-        existing = None if fresh else await state.store.get_saga(saga_id)
+        existing = None if claim.created else claim.saga
         # a replayed dead letter runs its saga again, from the event, as a new attempt
         rerun = (
             delivery.replay_of is not None
@@ -288,27 +301,28 @@ class Admission:
             self._watch_busy(c)
             return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
         saga = trigger.saga_for_run()
+        # the pending row (new, or left by a stopped worker) gets its context at the start
+        pending = claim.saga if existing is None or existing.status is SagaStatus.PENDING else None
         if existing is not None and existing.status is not SagaStatus.PENDING and not rerun:
             context = dict(existing.context)  # resume an interrupted (or finished) saga
         else:
             try:
                 context = await trigger.transform(event, delivery.meta, saga)
+                if context is not None and not isinstance(context, dict):
+                    raise InvalidEventError(
+                        f"{trigger.trigger_id}: the trigger method returned "
+                        f"{type(context).__name__}; it must return a dict (the saga's "
+                        "starting context) or None (skip the event)"
+                    )
             except Exception as exc:
-                await state.store.release_inbox(trigger.trigger_id, key)
-                return await self._invalid(trigger, delivery, event, exc, saga_id, claimed=True)
+                return await self._invalid(
+                    trigger, delivery, event, exc, saga_id, drop=(c, pending)
+                )
             if context is None:
-                await state.store.complete_inbox(trigger.trigger_id, key)
+                await self._unclaim(c, pending, complete=True)
                 await self.settlement.filtered(trigger, event, Reason.FILTERED)
                 await self.settlement.ack(trigger, delivery)
                 return AdmissionResult(AdmissionOutcome.FILTERED, saga_id, Reason.FILTERED)
-            if not isinstance(context, dict):
-                await state.store.release_inbox(trigger.trigger_id, key)
-                error = InvalidEventError(
-                    f"{trigger.trigger_id}: the trigger method returned "
-                    f"{type(context).__name__}; it must return a dict (the saga's starting "
-                    "context) or None (skip the event)"
-                )
-                return await self._invalid(trigger, delivery, event, error, saga_id, claimed=True)
         context_hash: str | None = None
         if trigger.poll_name is not None:
             context_hash = canonical_hash(context)
@@ -317,26 +331,12 @@ class Admission:
                 exclusive=trigger.poll_exclusive,
             )
             if not started:
-                await state.store.complete_inbox(trigger.trigger_id, key)
+                await self._unclaim(c, pending, complete=True)
                 await self.settlement.filtered(trigger, event, Reason.OVERLAP_SKIPPED)
                 await self.settlement.ack(trigger, delivery)
                 return AdmissionResult(AdmissionOutcome.FILTERED, saga_id, Reason.OVERLAP_SKIPPED)
-        pending: SagaRecord | None = None
-        if existing is None:
-            pending, created = await state.store.create_saga(
-                SagaRecord(
-                    saga_id=saga_id,
-                    saga_name=trigger.saga_name,
-                    status=SagaStatus.PENDING,
-                    context=context,
-                    trigger_id=trigger.trigger_id,
-                    event=storable(delivery.payload) if trigger.persist_events else None,
-                    owner=state.worker_id,
-                    lease_expires_at=lease,
-                )
-            )
-            if not created:
-                pending = None
+        if pending is not None:
+            pending.event = storable(delivery.payload) if trigger.persist_events else None
         item = WorkItem(
             trigger=trigger,
             delivery=delivery,
@@ -354,6 +354,9 @@ class Admission:
         if existing is not None and existing.status in TERMINAL_SAGA_STATUSES and not rerun:
             item.already_terminal = True
         state.outcomes.accepted(saga_id)  # its outcome is still to come
+        if recovered:  # accepted before: never dropped nor refused now
+            state.queue.put_nowait_unbounded(item)
+            return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
         if c.after is not None and not c.after.done():
             await asyncio.shield(c.after)  # queued in its batch's order (``admit_many``)
         put = await state.queue.put(item)
@@ -370,6 +373,20 @@ class Admission:
                     await state.outage.wait(exc)
         state.metrics.accepted[trigger.trigger_id] += 1
         return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
+
+    async def _unclaim(self, c: _Candidate, pending: SagaRecord | None, *, complete: bool) -> None:
+        """Undo the claim of an event that starts no saga: its pending row goes first (a
+        crash in between leaves a claimed key without a saga, which the next delivery takes
+        over), then its inbox row is completed (filtered) or released (invalid)."""
+        store = self.state.store
+        if pending is not None:
+            await store.delete_saga(c.saga_id)
+        if not c.key:
+            return
+        if complete:
+            await store.complete_inbox(c.trigger.trigger_id, c.key)
+        else:
+            await store.release_inbox(c.trigger.trigger_id, c.key)
 
     async def _refused(self, trigger: ActiveTrigger, item: WorkItem) -> AdmissionResult:
         state = self.state
@@ -419,10 +436,11 @@ class Admission:
         exc: BaseException,
         saga_id: str | None,
         *,
-        claimed: bool = False,
+        drop: tuple[_Candidate, SagaRecord | None] | None = None,
     ) -> AdmissionResult:
         """Dead-letter (unless ``keep_invalid`` says no), report and ack an invalid event;
-        ``event`` is what listeners got as received: decoded, or the payload if undecodable."""
+        ``event`` is what listeners got as received: decoded, or the payload if undecodable.
+        ``drop``: the claim to undo (:meth:`_unclaim`), once the dead letter is stored."""
         details = exc.details if isinstance(exc, InvalidPayloadError) else None
         if delivery.keep_invalid is None or delivery.keep_invalid():
             await self.settlement.dead_letter(
@@ -433,42 +451,38 @@ class Admission:
                 attempts=0,
                 saga_id=saga_id,
             )
+        if drop is not None:
+            await self._unclaim(*drop, complete=False)
         await self.settlement.filtered(trigger, event, Reason.INVALID)
         await self.settlement.ack(trigger, delivery)
         return AdmissionResult(
             AdmissionOutcome.INVALID, saga_id, Reason.INVALID, error=str(exc), details=details
         )
 
-    # -- a key held by another live worker -------------------------------------------------
     def _watch_busy(self, c: _Candidate) -> None:
-        task = asyncio.create_task(self._await_other_owner(c), name=f"sagaz-busy-{c.saga_id}")
-        self._busy_watchers.add(task)
-        task.add_done_callback(self._busy_watchers.discard)
-
-    async def _await_other_owner(self, c: _Candidate) -> None:
-        """Hold the delivery until the other owner finishes (ack) or its lease expires (take
-        over); never ack an event whose saga is not terminal."""
-        state = self.state
-        try:
-            while True:
-                await state.clock.sleep(max(0.05, state.config.lease_seconds / 4))
-                if await self._waiting(c.delivery, lambda: self._claim(c)) is not None:
-                    return
-        except asyncio.CancelledError:
-            await self.settlement.nack(c.trigger, c.delivery)
-            raise
-        except Exception as exc:
-            await self.settlement.report(c.trigger, exc, c.delivery.payload)
-            await self.settlement.nack(c.trigger, c.delivery)
+        """Hold the delivery of ``c`` until the live worker holding its key is done."""
+        self._busy.watch(
+            c.trigger,
+            c.delivery,
+            c.saga_id,
+            lambda: self._waiting(c.delivery, lambda: self._claim(c)),
+        )
 
     async def close(self) -> None:
         """Stop watching busy keys (their deliveries are nacked) and waiting for the store."""
         self.accepting = False
         self._closing.set()
-        for task in list(self._busy_watchers):
-            task.cancel()
-        if self._busy_watchers:
-            await asyncio.gather(*self._busy_watchers, return_exceptions=True)
+        await self._busy.close()
+
+
+def _identify(trigger: ActiveTrigger, delivery: Delivery, event: Any) -> tuple[str, Any]:
+    """The inbox key and the concurrency key of ``event``; a delivery without an identity
+    takes its key as one (its dead letter, or its pending row, gives it back)."""
+    key = dedup_key(trigger, delivery, event)
+    if not delivery.identity:
+        delivery.identity = key
+    definition = trigger.definition
+    return key, definition.concurrency_key(event) if definition.concurrency_key else None
 
 
 @dataclass(slots=True)

@@ -1,7 +1,8 @@
 """How a dead letter keeps its event, and how a replay gets the very same delivery back.
 
 A dead letter keeps the :class:`~sagaz.events.Delivery` exactly, as data that every store holds
-alike (JSON plus ``bytes`` and ``datetime``, see :mod:`sagaz.storage.codec`):
+alike (JSON plus ``bytes`` and ``datetime``, see :mod:`sagaz.storage.codec`), and so does a
+pending saga until its trigger method has run (:mod:`sagaz.engine.pending`):
 
 ``payload``
     the event: a message's raw ``bytes`` or ``str`` as it arrived (``meta["decoded"]`` false);
@@ -43,7 +44,14 @@ from sagaz.storage.codec import encode_value
 if TYPE_CHECKING:
     from sagaz.engine.active_trigger import ActiveTrigger
 
-__all__ = ["FORMAT", "dead_letter_record", "replay_delivery", "saga_location"]
+__all__ = [
+    "FORMAT",
+    "body_field",
+    "dead_letter_record",
+    "keep_payload",
+    "replay_delivery",
+    "saga_location",
+]
 
 FORMAT = 2
 """The version of the layout above (1: before the delivery was kept whole)."""
@@ -71,7 +79,7 @@ def dead_letter_record(
         trace: str | None = "".join(tb.format_exception(error))
     else:
         message, trace = error, None
-    payload, kept = _keep_payload(delivery.payload)
+    payload, kept = keep_payload(delivery.payload)
     event_meta = delivery.meta
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -91,7 +99,7 @@ def dead_letter_record(
         **saga_location(type(trigger.saga)),
     }
     if delivery.body is not None:  # an envelope: a typed trigger method gets its body
-        field = _body_field(payload, delivery.body)
+        field = body_field(payload, delivery.body)
         if field is None:
             meta["body"] = delivery.body
         else:  # stored once, in the envelope (a WebhookRequest's body)
@@ -112,7 +120,7 @@ def dead_letter_record(
     )
 
 
-def _body_field(payload: Any, body: bytes | str) -> str | None:
+def body_field(payload: Any, body: bytes | str) -> str | None:
     """The field of an envelope's stored fields that is its body, if any."""
     if isinstance(payload, dict):
         for name, value in payload.items():
@@ -155,7 +163,7 @@ def _finite(value: Any) -> bool:
     return True
 
 
-def _keep_payload(payload: Any) -> tuple[Any, dict[str, Any]]:
+def keep_payload(payload: Any) -> tuple[Any, dict[str, Any]]:
     """The payload as a dead letter stores it, and what ``meta`` says about it."""
     if type(payload) is EventData:  # an event a trigger method got, handed in again
         payload = plain_data(payload)

@@ -208,7 +208,9 @@ class TriggerEngine(Lifecycle):
             if config.dashboard and self.start_sources:
                 await self._serve_dashboard()
             if self.start_sources:  # one fed by hand (a replay) takes on no one else's sagas
-                self._spawn(recovery.recover(state, self.triggers), "sagaz-recovery")
+                self._spawn(
+                    recovery.recover(state, self.triggers, self.admission), "sagaz-recovery"
+                )
                 self._spawn(purge_expired(state), "sagaz-cleanup")
                 self._spawn(self.pausing.watch(), "sagaz-trigger-states")
                 self._spawn(self.steering.watch(), "sagaz-saga-requests")
@@ -274,7 +276,7 @@ class TriggerEngine(Lifecycle):
         """One recovery pass; returns how many sagas were resumed (see
         :func:`~sagaz.engine.recovery.recover_once`)."""
         assert self.state is not None
-        return await recovery.recover_once(self.state, self.triggers)
+        return await recovery.recover_once(self.state, self.triggers, self.admission)
 
     async def stop(self) -> None:
         """Graceful shutdown; idempotent.

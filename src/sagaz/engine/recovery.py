@@ -2,7 +2,10 @@
 
 Broker events come back by themselves (they were never acked); events of webhook, cron,
 file, memory and poll triggers were acknowledged once accepted, so their sagas are found in
-the store (lease expired) and resumed by a live engine.
+the store (lease expired) and resumed by a live engine: a started saga from its stored
+context, a saga still pending (its worker stopped before the saga started, perhaps before
+the trigger method ran) from the delivery it keeps, through admission again
+(:mod:`sagaz.engine.pending`).
 """
 
 from __future__ import annotations
@@ -13,23 +16,28 @@ from collections.abc import Mapping
 
 from sagaz.clock import utcnow
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
+from sagaz.engine.admission import Admission
+from sagaz.engine.pending import pending_delivery
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import StoreUnavailableError
+from sagaz.types import SagaStatus
 
 __all__ = ["recover", "recover_once"]
 
 logger = logging.getLogger(__name__)
 
 
-async def recover(state: PipelineState, triggers: Mapping[str, ActiveTrigger]) -> None:
+async def recover(
+    state: PipelineState, triggers: Mapping[str, ActiveTrigger], admission: Admission
+) -> None:
     """Run :func:`recover_once` every ``recovery_interval_seconds``, until cancelled."""
     interval = state.config.recovery_interval_seconds
     outage = state.outage
     while True:
         await outage.wait_available()  # after an outage: once our own leases are renewed
         try:
-            await recover_once(state, triggers)
+            await recover_once(state, triggers, admission)
         except StoreUnavailableError as exc:
             outage.down(exc)
         except Exception:
@@ -37,9 +45,12 @@ async def recover(state: PipelineState, triggers: Mapping[str, ActiveTrigger]) -
         await asyncio.sleep(interval)  # real time: expired leases are found by real time
 
 
-async def recover_once(state: PipelineState, triggers: Mapping[str, ActiveTrigger]) -> int:
+async def recover_once(
+    state: PipelineState, triggers: Mapping[str, ActiveTrigger], admission: Admission
+) -> int:
     """One recovery pass: claim the recoverable sagas of ``triggers`` whose source does not
-    redeliver and queue them; returns how many sagas were resumed."""
+    redeliver and queue them (a pending one through ``admission``); returns how many sagas
+    were resumed."""
     store = state.store
     lease_until = state.lease_until()
     resumed = 0
@@ -49,6 +60,16 @@ async def recover_once(state: PipelineState, triggers: Mapping[str, ActiveTrigge
             continue
         if not await store.claim_saga(record.saga_id, state.worker_id, lease_until):
             continue
+        if record.status is SagaStatus.PENDING:
+            try:
+                delivery = pending_delivery(record)
+            except Exception as exc:  # its event's class changed since: keep it, tell
+                await admission.settlement.report(active, exc, record.event)
+                continue
+            if delivery is not None:  # else a row of an older sagaz: it has its context
+                await admission.resume_pending(active, delivery, record)
+                resumed += 1
+                continue
         item = WorkItem(
             trigger=active,
             delivery=Delivery(

@@ -47,6 +47,7 @@ DICT_TAG = "$sagaz:dict"
 """Envelope key of a user dict whose own keys start with ``$sagaz:``."""
 
 _TAG_PREFIX = "$sagaz:"
+_SCALARS = frozenset({str, int, float, bool})
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -56,16 +57,22 @@ def encode_value(value: Any, *, _path: str = "value") -> Any:
         return value
     if isinstance(value, dict):
         encoded: dict[str, Any] = {}
+        tagged = False
         for key, item in value.items():
             if not isinstance(key, str):
                 raise StoreError(
                     f"cannot store {_path}: key {key!r} is a {type(key).__name__}, but JSON "
                     "object keys must be strings; convert the key with str() before storing"
                 )
-            encoded[key] = encode_value(item, _path=f"{_path}[{key!r}]")
-        if any(key.startswith(_TAG_PREFIX) for key in encoded):
-            return {DICT_TAG: encoded}
-        return encoded
+            if key[:1] == "$" and key.startswith(_TAG_PREFIX):
+                tagged = True
+            # a plain scalar (most values) is itself: no call, no path text made for it
+            encoded[key] = (
+                item
+                if item is None or type(item) in _SCALARS
+                else encode_value(item, _path=f"{_path}[{key!r}]")
+            )
+        return {DICT_TAG: encoded} if tagged else encoded
     if isinstance(value, list | tuple):
         return [encode_value(item, _path=f"{_path}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, bytes | bytearray | memoryview):

@@ -14,7 +14,7 @@ from sagaz.storage.redis_purge_scripts import (
     PURGE_SAGAS,
 )
 
-__all__ = ["SAVE_CHECKPOINT", "SCRIPTS"]
+__all__ = ["CLAIM_EVENT", "SAVE_CHECKPOINT", "SCRIPTS"]
 
 SAVE_SAGA = """
 -- KEYS[1] saga hash; ARGV: prefix, mode ('create'|'save'), id, name, status, terminal,
@@ -404,3 +404,25 @@ return 1
 its row with the outbox messages, its inbox row completed."""
 
 SCRIPTS["SAVE_CHECKPOINT"] = SAVE_CHECKPOINT
+
+CLAIM_EVENT = (
+    _as_function("claim_inbox", CLAIM_INBOX)
+    + _as_function("save_saga", SAVE_SAGA)
+    + """
+-- KEYS[1] inbox row, KEYS[2] saga hash; ARGV: the CLAIM_INBOX ARGV (5), then the SAVE_SAGA
+-- ARGV (mode 'create'). Returns the claim (outcome, saga_id, owner), then 1 if the saga was
+-- created, and the saga's hash as it was when it existed already (empty otherwise)
+local claim = claim_inbox(KEYS[1], {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]})
+if claim[1] ~= 'claimed' and claim[1] ~= 'taken_over' then
+  return {claim[1], claim[2], claim[3], 0, {}}
+end
+local saga = {}
+for i = 6, #ARGV do saga[#saga + 1] = ARGV[i] end
+if save_saga(KEYS[2], saga) == 1 then return {claim[1], claim[2], claim[3], 1, {}} end
+return {claim[1], claim[2], claim[3], 0, redis.call('HGETALL', KEYS[2])}
+"""
+)
+"""Admission's claim of an event in one script (:meth:`RedisSagaStore.claim_event`): its
+inbox row claimed and, when the key is ours, its saga's row created (or read)."""
+
+SCRIPTS["CLAIM_EVENT"] = CLAIM_EVENT

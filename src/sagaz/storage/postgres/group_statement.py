@@ -1,5 +1,6 @@
-"""A group commit as one statement: the inbox claims, the new sagas and the checkpoints of a
-group in one ``WITH`` of data-modifying CTEs, which the server commits on its own (no
+"""A group commit as one statement: the inbox claims, the new sagas, the events' claims (an
+inbox claim and its saga's row) and the checkpoints of a group in one ``WITH`` of
+data-modifying CTEs, which the server commits on its own (no
 ``BEGIN``/``COMMIT``: one round trip per group). See
 :mod:`sagaz.storage.postgres_groups` for when a group runs this way.
 
@@ -11,17 +12,19 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sagaz.records import ClaimOutcome, InboxClaim
-from sagaz.storage.postgres.inbox import PostgresInbox, _found_claim
-from sagaz.storage.postgres.sagas import PostgresSagas, _checkpoint_args
+from sagaz.records import ClaimOutcome, EventClaim, InboxClaim
+from sagaz.storage.postgres.events import OURS, EventItem, PostgresEventClaims
+from sagaz.storage.postgres.inbox import _found_claim
+from sagaz.storage.postgres.sagas import _checkpoint_args
 from sagaz.storage.postgres_groups import UNRESOLVED, BatchRunner, Statement
 
 __all__ = ["PostgresGroupStatement"]
 
 _PARAM = re.compile(r"\$(\d+)")
 
-#: a checkpoint shape (steps, saga, outbox, inbox), or None for a group without checkpoints
-_Shape = tuple[bool, bool, tuple[bool, bool, bool, bool] | None]
+#: claims?, new sagas?, events' claims?, and the checkpoint shape (steps, saga, outbox,
+#: inbox), or None for a group without checkpoints
+_Shape = tuple[bool, bool, bool, tuple[bool, bool, bool, bool] | None]
 
 
 def _shift(sql: str, by: int) -> str:
@@ -29,8 +32,9 @@ def _shift(sql: str, by: int) -> str:
     return _PARAM.sub(lambda match: f"${int(match.group(1)) + by}", sql)
 
 
-class PostgresGroupStatement(PostgresSagas, PostgresInbox):
-    """Runs an all-batch group (claims, new sagas, checkpoints) as one statement."""
+class PostgresGroupStatement(PostgresEventClaims):
+    """Runs an all-batch group (claims, new sagas, events' claims, checkpoints) as one
+    statement."""
 
     def _statement(self) -> Statement | None:
         return self._group_statement
@@ -42,25 +46,33 @@ class PostgresGroupStatement(PostgresSagas, PostgresInbox):
         the statement did not settle is :data:`UNRESOLVED` (its operation runs again)."""
         claims: list[tuple[Any, ...]] = []
         creates: list[tuple[Any, ...]] = []
+        events: list[EventItem] = []
         checkpoints: list[Any] = []
         for runner, items in batches.items():
             if runner == self._claim_inboxes:
                 claims = items
             elif runner == self._create_sagas:
                 creates = items
+            elif runner == self._claim_events:
+                events = items
             elif runner == self._run_checkpoints:
                 checkpoints = items
             else:  # pragma: no cover - every batch runner of the store is above
                 raise AssertionError(f"unknown batch runner {runner!r}")
         args: list[Any] = []
-        for rows in (claims, creates):
+        for rows in (
+            claims,
+            creates,
+            [event.claim_args for event in events],
+            [event.saga_params for event in events],
+        ):
             if rows:
                 args += [list(column) for column in zip(*rows, strict=True)]
         checkpoint_shape = None
         if checkpoints:
             checkpoint_shape, checkpoint_args = _checkpoint_args(checkpoints)
             args += checkpoint_args
-        shape: _Shape = (bool(claims), bool(creates), checkpoint_shape)
+        shape: _Shape = (bool(claims), bool(creates), bool(events), checkpoint_shape)
         sql = self._group_sql.get(shape)
         if sql is None:
             sql = self._group_sql[shape] = self._build_group_sql(shape)
@@ -68,6 +80,9 @@ class PostgresGroupStatement(PostgresSagas, PostgresInbox):
         claimed: dict[tuple[str, str], Any] = {}
         found: dict[tuple[str, str], Any] = {}
         inserted: set[str] = set()
+        event_claimed: dict[tuple[str, str], Any] = {}
+        event_found: dict[tuple[str, str], Any] = {}
+        event_sagas: set[str] = set()
         for row in rows:
             kind = row[0]
             if kind == 1:
@@ -76,12 +91,22 @@ class PostgresGroupStatement(PostgresSagas, PostgresInbox):
                 found[(row[1], row[2])] = row
             elif kind == 3:
                 inserted.add(row[1])
+            elif kind == 4:
+                event_claimed[(row[1], row[2])] = row
+            elif kind == 5:
+                event_found[(row[1], row[2])] = row
+            elif kind == 6:
+                event_sagas.add(row[1])
         results: dict[BatchRunner, list[Any]] = {}
         if claims:
             results[self._claim_inboxes] = [_claim(args, claimed, found) for args in claims]
         if creates:
             results[self._create_sagas] = [
                 None if params[0] in inserted else UNRESOLVED for params in creates
+            ]
+        if events:
+            results[self._claim_events] = [
+                _event(event, event_claimed, event_found, event_sagas) for event in events
             ]
         if checkpoints:
             results[self._run_checkpoints] = [None] * len(checkpoints)
@@ -90,32 +115,49 @@ class PostgresGroupStatement(PostgresSagas, PostgresInbox):
     def _build_group_sql(self, shape: _Shape) -> str:
         """The statement of a group of ``shape``: its CTEs, then one row per claimed key
         (kind 1), per key found as it was before the statement (2), per inserted saga (3)."""
-        has_claims, has_creates, checkpoint_shape = shape
+        has_claims, has_creates, has_events, checkpoint_shape = shape
         ctes: list[str] = []
-        selects: list[str] = []
+        selects = [
+            # typed once: every SELECT below fills these columns
+            "SELECT 0 AS kind, NULL::text AS trigger_id, NULL::text AS key, "
+            "NULL::text AS saga_id, NULL::text AS owner, NULL::text AS status, "
+            "NULL::timestamptz AS lease_until, NULL::bool AS inserted WHERE FALSE"
+        ]
         n = 0
-        if has_claims:  # $1 to $6
+        if has_claims:  # 6 arrays
             ctes.append(f"cl AS ({self._claim_many})")
-            selects.append(
-                "SELECT 1 AS kind, trigger_id, key, saga_id, NULL::text AS owner, "
-                "NULL::text AS status, NULL::timestamptz AS lease_until, inserted FROM cl"
-            )
-            # the rows before the statement (its snapshot): of the keys not claimed, the
-            # ones that refused the claim then (see _claim)
-            selects.append(
-                "SELECT 2, i.trigger_id, i.key, i.saga_id, i.owner, i.status, i.lease_until, "
-                f"NULL FROM {self._s}.inbox AS i JOIN unnest($1::text[], $2::text[]) "
-                "AS u(trigger_id, key) ON i.trigger_id = u.trigger_id AND i.key = u.key"
-            )
+            selects += self._claim_selects("cl", 1, n)
             n = 6
         if has_creates:  # 12 arrays
             ctes.append(f"sn AS ({_shift(self._insert_sagas, n)})")
             selects.append("SELECT 3, saga_id, NULL, NULL, NULL, NULL, NULL, NULL FROM sn")
             n += 12
+        if has_events:  # 6 arrays of claims, then 12 of their sagas
+            ctes.append(f"ec AS ({_shift(self._claim_many, n)})")
+            selects += self._claim_selects("ec", 4, n)
+            # a saga is created only where its key was claimed (by ec, in this statement)
+            insert = _shift(self._insert_sagas, n + 6).replace(
+                " ON CONFLICT", " JOIN ec ON ec.saga_id = u.saga_id ON CONFLICT", 1
+            )
+            ctes.append(f"es AS ({insert})")
+            selects.append("SELECT 6, saga_id, NULL, NULL, NULL, NULL, NULL, NULL FROM es")
+            n += 18
         if checkpoint_shape is not None:
             ctes += self._checkpoint_ctes(checkpoint_shape, n)
-        select = " UNION ALL ".join(selects) if selects else "SELECT 0"
+        select = " UNION ALL ".join(selects)
         return f"WITH {', '.join(ctes)} {select}" if ctes else select
+
+    def _claim_selects(self, cte: str, kind: int, n: int) -> list[str]:
+        """The rows of the claims of ``cte`` (keys ``$n+1``, ``$n+2``): one per key claimed
+        (``kind``), and one per key as it was before the statement (its snapshot,
+        ``kind + 1``): of the keys not claimed, the ones that refused the claim then."""
+        return [
+            f"SELECT {kind}, trigger_id, key, saga_id, NULL, NULL, NULL, inserted FROM {cte}",
+            f"SELECT {kind + 1}, i.trigger_id, i.key, i.saga_id, i.owner, i.status, "
+            f"i.lease_until, NULL FROM {self._s}.inbox AS i JOIN unnest(${n + 1}::text[], "
+            f"${n + 2}::text[]) AS u(trigger_id, key) "
+            "ON i.trigger_id = u.trigger_id AND i.key = u.key",
+        ]
 
 
 def _claim(
@@ -136,3 +178,23 @@ def _claim(
         row["owner"] != owner and row["lease_until"] is not None and row["lease_until"] >= now
     )
     return _found_claim(row) if refused else UNRESOLVED
+
+
+def _event(
+    event: EventItem,
+    claimed: dict[tuple[str, str], Any],
+    found: dict[tuple[str, str], Any],
+    inserted: set[str],
+) -> Any:
+    """The answer to one event's claim from the statement's rows, or :data:`UNRESOLVED`: its
+    claim is not settled (see :func:`_claim`), or its key was claimed but its saga exists
+    (the claim is kept on ``event``: run again, its operation reads the saga)."""
+    claim = _claim(event.claim_args, claimed, found)
+    if claim is UNRESOLVED:
+        return UNRESOLVED
+    if claim.outcome not in OURS:
+        return EventClaim(claim.outcome, claim.saga_id, claim.owner)
+    if event.record.saga_id in inserted:
+        return event.answer(claim, None)
+    event.claim = claim  # committed with the statement
+    return UNRESOLVED

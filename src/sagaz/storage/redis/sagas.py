@@ -5,6 +5,7 @@ A part of :class:`~sagaz.storage.redis.RedisSagaStore`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 from sagaz.clock import utcnow
 from sagaz.exceptions import StoreError
 from sagaz.records import (
+    ClaimOutcome,
+    EventClaim,
     OutboxMessage,
     SagaRecord,
     StepRecord,
@@ -57,25 +60,30 @@ class RedisSagas(RedisConnection):
         now: datetime,
         outbox: Sequence[OutboxMessage] = (),
         updated: str | None = None,
+        *,
+        once: bool = False,
     ) -> list[str]:
         """The ``SAVE_SAGA`` arguments (:meth:`_saga_fields` reads back the fields written);
         ``updated`` is ``micros(now)`` when the caller has it already.
 
         The texts that do not change between a saga's writes (its context while unchanged,
         its event, ``created_at``, its lease) come from :attr:`_texts`; the saga's entry
-        there goes at its terminal write."""
+        there goes at its terminal write. ``once``: the context and the event are written
+        once as they are (a pending row's: the saga's start writes others), not kept."""
         saga_id, status = record.saga_id, SagaStatus(record.status)
         terminal = status in TERMINAL_SAGA_STATUSES
         texts = self._texts
         memo = texts.memo(saga_id)
         error, trigger_id, owner = record.error, record.trigger_id, record.owner
-        event = None if record.event is None else texts.event(memo, record.event)
+        event = record.event
+        if event is not None:
+            event = dumps(event) if once else texts.event(memo, event)
         lease = record.lease_expires_at
         lease_text = None if lease is None else texts.lease(memo, lease)
         if updated is None:
             updated = micros(now)
         created = updated if record.created_at is None else texts.created(memo, record.created_at)
-        context = texts.context(memo, record.context)
+        context = dumps(record.context) if once else texts.context(memo, record.context)
         if terminal:
             texts.forget(saga_id)
         present = "".join(
@@ -138,6 +146,33 @@ class RedisSagas(RedisConnection):
             if stored is not None:
                 return stored, False
         raise StoreError(f"saga {record.saga_id!r} kept appearing and disappearing; retry")
+
+    async def claim_event(self, trigger_id: str, key: str, record: SagaRecord) -> EventClaim:
+        owner, lease = record.owner, record.lease_expires_at
+        if owner is None or lease is None:
+            return await super().claim_event(trigger_id, key, record)  # says what is missing
+        now = utcnow()
+        updated = micros(now)
+        claim_args = [self.prefix, record.saga_id, owner, micros(lease), updated]
+        saga_args = self._saga_args("create", record, now, updated=updated, once=True)
+        outcome, saga_id, row_owner, created, fields = await self._script(
+            "CLAIM_EVENT",
+            [self._inbox_key(trigger_id, key), self._key("saga", record.saga_id)],
+            claim_args + saga_args,
+        )
+        claim = ClaimOutcome(outcome)
+        if claim not in (ClaimOutcome.CLAIMED, ClaimOutcome.TAKEN_OVER):
+            return EventClaim(claim, saga_id, row_owner or None)
+        if int(created):  # stored as given: nothing to read back
+            saga = dataclasses.replace(
+                record,
+                status=SagaStatus(record.status),
+                created_at=record.created_at or now,
+                updated_at=now,
+            )
+            return EventClaim(claim, saga_id, row_owner or None, saga, True)
+        stored = tables.saga_from_hash(dict(zip(fields[::2], fields[1::2], strict=True)))
+        return EventClaim(claim, saga_id, row_owner or None, stored)
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         await self._script(

@@ -12,8 +12,11 @@ from datetime import datetime
 from sagaz.clock import utcnow
 from sagaz.records import (
     ClaimOutcome,
+    EventClaim,
     InboxClaim,
+    SagaRecord,
 )
+from sagaz.storage import sqlite_rows as mapping
 from sagaz.storage import sqlite_schema as tables
 from sagaz.storage.codec import to_text
 from sagaz.storage.sqlite.connection import (
@@ -21,6 +24,7 @@ from sagaz.storage.sqlite.connection import (
     _change,
     _rows,
 )
+from sagaz.storage.sqlite.sagas import _as_created, _create
 
 __all__ = ["SQLiteInbox"]
 
@@ -28,6 +32,31 @@ _INSERT_CLAIM = (
     "INSERT INTO inbox (trigger_id, key, saga_id, owner, lease_until, status, created_at) "
     "VALUES (?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT (trigger_id, key) DO NOTHING"
 )
+
+
+def _claim(conn: sqlite3.Connection, args: tuple[str, str, str, str, str, str]) -> InboxClaim:
+    """:meth:`SQLiteInbox.claim_inbox` in the writer's transaction; ``args``: trigger id, key,
+    saga id, owner, lease and now (as text)."""
+    trigger_id, key, saga_id, owner, until, now = args
+    # a new key (the common case) is one statement; a known one is read after it
+    if _change(conn, _INSERT_CLAIM, args):
+        return InboxClaim(ClaimOutcome.CLAIMED, saga_id, owner)
+    rows = _rows(
+        conn,
+        "SELECT saga_id, owner, lease_until, status FROM inbox WHERE trigger_id = ? AND key = ?",
+        (trigger_id, key),
+    )
+    row_saga, row_owner, row_lease, row_status = rows[0]
+    if row_status == "completed":
+        return InboxClaim(ClaimOutcome.DUPLICATE, row_saga, row_owner)
+    if row_owner == owner or row_lease is None or row_lease < now:
+        _change(
+            conn,
+            "UPDATE inbox SET owner = ?, lease_until = ? WHERE trigger_id = ? AND key = ?",
+            (owner, until, trigger_id, key),
+        )
+        return InboxClaim(ClaimOutcome.TAKEN_OVER, row_saga, owner)
+    return InboxClaim(ClaimOutcome.BUSY, row_saga, row_owner)
 
 
 class SQLiteInbox(SQLiteConnection):
@@ -38,30 +67,30 @@ class SQLiteInbox(SQLiteConnection):
         self, trigger_id: str, key: str, saga_id: str, owner: str, lease_until: datetime
     ) -> InboxClaim:
         now, until = to_text(utcnow()), to_text(lease_until)
+        args = (trigger_id, key, saga_id, owner, until, now)
+        return await self._write(lambda conn: _claim(conn, args))
 
-        def claim(conn: sqlite3.Connection) -> InboxClaim:
-            # a new key (the common case) is one statement; a known one is read after it
-            if _change(conn, _INSERT_CLAIM, (trigger_id, key, saga_id, owner, until, now)):
-                return InboxClaim(ClaimOutcome.CLAIMED, saga_id, owner)
-            rows = _rows(
-                conn,
-                "SELECT saga_id, owner, lease_until, status FROM inbox "
-                "WHERE trigger_id = ? AND key = ?",
-                (trigger_id, key),
-            )
-            row_saga, row_owner, row_lease, row_status = rows[0]
-            if row_status == "completed":
-                return InboxClaim(ClaimOutcome.DUPLICATE, row_saga, row_owner)
-            if row_owner == owner or row_lease is None or row_lease < now:
-                _change(
-                    conn,
-                    "UPDATE inbox SET owner = ?, lease_until = ? WHERE trigger_id = ? AND key = ?",
-                    (owner, until, trigger_id, key),
+    async def claim_event(self, trigger_id: str, key: str, record: SagaRecord) -> EventClaim:
+        owner, lease = record.owner, record.lease_expires_at
+        if owner is None or lease is None:
+            return await super().claim_event(trigger_id, key, record)  # says what is missing
+        now = utcnow()
+        text_now = to_text(now)
+        args = (trigger_id, key, record.saga_id, owner, to_text(lease), text_now)
+        params = mapping.saga_params(record, text_now)
+
+        def claim_and_create(conn: sqlite3.Connection) -> EventClaim:
+            claim = _claim(conn, args)
+            if claim.outcome not in (ClaimOutcome.CLAIMED, ClaimOutcome.TAKEN_OVER):
+                return EventClaim(claim.outcome, claim.saga_id, claim.owner)
+            rows = _create(conn, params)
+            if rows:
+                return EventClaim(
+                    claim.outcome, claim.saga_id, owner, mapping.saga_from_row(rows[0])
                 )
-                return InboxClaim(ClaimOutcome.TAKEN_OVER, row_saga, owner)
-            return InboxClaim(ClaimOutcome.BUSY, row_saga, row_owner)
+            return EventClaim(claim.outcome, claim.saga_id, owner, _as_created(record, now), True)
 
-        return await self._write(claim)
+        return await self._write(claim_and_create)
 
     async def complete_inbox(self, trigger_id: str, key: str) -> None:
         await self._write_one(

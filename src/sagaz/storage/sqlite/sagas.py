@@ -63,6 +63,16 @@ def _as_created(record: SagaRecord, now: datetime) -> SagaRecord:
     )
 
 
+def _create(conn: sqlite3.Connection, params: tuple[Any, ...]) -> list[Any]:
+    """Insert a saga row unless its saga exists: no rows if inserted, else the existing row."""
+    # a new saga (the common case) is one statement; a known one is read after it
+    if _change(conn, _CREATE_SAGA, params):
+        return []
+    return _rows(
+        conn, f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions WHERE saga_id = ?", (params[0],)
+    )
+
+
 class SQLiteSagas(SQLiteConnection):
     """Sagas, their steps and combined checkpoints."""
 
@@ -71,17 +81,7 @@ class SQLiteSagas(SQLiteConnection):
         now = utcnow()
         params = mapping.saga_params(record, to_text(now))
 
-        def create(conn: sqlite3.Connection) -> list[Any]:
-            # a new saga (the common case) is one statement; a known one is read after it
-            if _change(conn, _CREATE_SAGA, params):
-                return []
-            return _rows(
-                conn,
-                f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions WHERE saga_id = ?",
-                (record.saga_id,),
-            )
-
-        rows = await self._write(create)
+        rows = await self._write(lambda conn: _create(conn, params))
         if rows:
             return mapping.saga_from_row(rows[0]), False
         return _as_created(record, now), True

@@ -1,0 +1,65 @@
+"""Deliveries whose inbox key another live worker holds: each waits here, un-acked, until
+that worker finishes the saga (the claim is then a duplicate: ack) or its lease expires (the
+claim takes it over), so an event whose saga is not terminal is never acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
+from sagaz.engine.settlement import Settlement
+from sagaz.events import Delivery
+
+__all__ = ["BusyKeys"]
+
+
+class BusyKeys:
+    """One task per delivery whose key is busy, claiming it again every quarter lease."""
+
+    def __init__(self, state: PipelineState, settlement: Settlement) -> None:
+        self.state = state
+        self.settlement = settlement
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    def watch(
+        self,
+        trigger: ActiveTrigger,
+        delivery: Delivery,
+        saga_id: str,
+        claim: Callable[[], Awaitable[object | None]],
+    ) -> None:
+        """Claim the key of ``delivery`` again (``claim``: ``None`` while still busy) until
+        the claim settles it."""
+        task = asyncio.create_task(
+            self._await_other_owner(trigger, delivery, claim), name=f"sagaz-busy-{saga_id}"
+        )
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _await_other_owner(
+        self,
+        trigger: ActiveTrigger,
+        delivery: Delivery,
+        claim: Callable[[], Awaitable[object | None]],
+    ) -> None:
+        state = self.state
+        try:
+            while True:
+                await state.clock.sleep(max(0.05, state.config.lease_seconds / 4))
+                if await claim() is not None:
+                    return
+        except asyncio.CancelledError:
+            await self.settlement.nack(trigger, delivery)
+            raise
+        except Exception as exc:
+            await self.settlement.report(trigger, exc, delivery.payload)
+            await self.settlement.nack(trigger, delivery)
+
+    async def close(self) -> None:
+        """Stop watching (the deliveries are nacked for redelivery)."""
+        for task in list(self._watchers):
+            task.cancel()
+        if self._watchers:
+            await asyncio.gather(*self._watchers, return_exceptions=True)

@@ -1,0 +1,97 @@
+"""Admission's claim of an event: its inbox row and its saga's pending row, one operation.
+
+A part of :class:`~sagaz.storage.postgres.PostgresSagaStore`; in a group that runs as one
+statement, :mod:`sagaz.storage.postgres.group_statement` writes both in it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sagaz.clock import utcnow
+from sagaz.records import ClaimOutcome, EventClaim, InboxClaim, SagaRecord
+from sagaz.storage import postgres_schema as tables
+from sagaz.storage.codec import to_utc
+from sagaz.storage.postgres.inbox import PostgresInbox
+from sagaz.storage.postgres.sagas import PostgresSagas, _created
+
+__all__ = ["PostgresEventClaims"]
+
+#: the claims that make the key ours: the saga row is created (or read) with them
+OURS = (ClaimOutcome.CLAIMED, ClaimOutcome.TAKEN_OVER)
+
+
+@dataclass(slots=True, eq=False)
+class EventItem:
+    """One :meth:`PostgresEventClaims.claim_event` as statement parameters."""
+
+    claim_args: tuple[Any, ...]  # trigger id, key, saga id, owner, lease, now
+    saga_params: tuple[Any, ...]
+    record: SagaRecord
+    now: datetime
+    #: set once a one-statement group has committed the claim but not created the saga (it
+    #: exists): the operation, run again, only creates or reads the saga
+    claim: InboxClaim | None = None
+
+    def answer(self, claim: InboxClaim, row: Any) -> EventClaim:
+        """The answer for ``claim``, the saga created (``row`` None) or found (``row``)."""
+        if row is None:
+            return EventClaim(
+                claim.outcome, claim.saga_id, claim.owner, _created(self.record, self.now), True
+            )
+        return EventClaim(claim.outcome, claim.saga_id, claim.owner, tables.saga_from_row(row))
+
+
+class PostgresEventClaims(PostgresSagas, PostgresInbox):
+    """:meth:`claim_event`: the inbox claim and the pending saga row in one transaction."""
+
+    async def claim_event(self, trigger_id: str, key: str, record: SagaRecord) -> EventClaim:
+        owner, lease = record.owner, record.lease_expires_at
+        if owner is None or lease is None:
+            return await super().claim_event(trigger_id, key, record)  # says what is missing
+        now = utcnow()
+        item = EventItem(
+            (trigger_id, key, record.saga_id, owner, to_utc(lease), now),
+            tables.saga_params(record, record.created_at or now, now),
+            record,
+            now,
+        )
+        rows = (("inbox", trigger_id, key), ("saga", record.saga_id))
+        claim: EventClaim = await self._committer().run(
+            lambda conn: self._claim_event_one(conn, item),
+            batch=(self._claim_events, item, rows),
+        )
+        return claim
+
+    async def _claim_event_one(self, conn: Any, item: EventItem) -> EventClaim:
+        claim = item.claim or await self._claim_one(conn, item.claim_args)
+        if claim.outcome not in OURS:
+            return EventClaim(claim.outcome, claim.saga_id, claim.owner)
+        return item.answer(claim, await self._create_one(conn, item.saga_params))
+
+    async def _claim_events(self, conn: Any, items: list[EventItem]) -> list[EventClaim]:
+        """:meth:`_claim_event_one` for several events (distinct keys and sagas): their
+        claims in one batch, then their sagas in another."""
+        claims: list[InboxClaim | None] = [item.claim for item in items]
+        fresh = [n for n, claim in enumerate(claims) if claim is None]
+        if fresh:
+            found = await self._claim_inboxes(conn, [items[n].claim_args for n in fresh])
+            for n, fresh_claim in zip(fresh, found, strict=True):
+                claims[n] = fresh_claim
+        ours = [n for n, c in enumerate(claims) if c is not None and c.outcome in OURS]
+        rows: dict[int, Any] = {}
+        if ours:
+            created = await self._create_sagas(conn, [items[n].saga_params for n in ours])
+            rows = dict(zip(ours, created, strict=True))
+        answers: list[EventClaim] = []
+        for n, (item, found_claim) in enumerate(zip(items, claims, strict=True)):
+            assert found_claim is not None
+            if n in rows:
+                answers.append(item.answer(found_claim, rows[n]))
+            else:
+                answers.append(
+                    EventClaim(found_claim.outcome, found_claim.saga_id, found_claim.owner)
+                )
+        return answers
