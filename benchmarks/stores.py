@@ -32,6 +32,7 @@ import uuid
 from pathlib import Path
 
 import pipeline  # noqa: F401  (defines NoopSaga: its trigger listens on channel "bench")
+from _postgres import DEFAULT_DSN, pg_commits, pg_database
 
 from sagaz import TriggerConfig
 from sagaz.abc import SagaStore
@@ -75,34 +76,6 @@ async def throughput(store: SagaStore, events: int) -> tuple[float, float]:
             await asyncio.sleep(0.001)
         rate = events / (time.perf_counter() - start)
         return rate, (time.process_time() - cpu) / events * 1e6
-
-
-async def pg_commits(dsn: str, database: str) -> int:
-    """``xact_commit`` of ``database`` (its backends report their counts when they exit)."""
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        value = await conn.fetchval(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = $1", database
-        )
-        return int(value or 0)
-    finally:
-        await conn.close()
-
-
-async def pg_database(dsn: str, database: str, *, create: bool) -> None:
-    """Create (or drop) the run's own database on the server of ``dsn``."""
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        if create:
-            await conn.execute(f'CREATE DATABASE "{database}"')
-        else:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 async def remove(store: SagaStore) -> None:
@@ -170,6 +143,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--stores", default="sqlite,postgres,redis")
-    parser.add_argument("--postgres-dsn", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--postgres-dsn", default=DEFAULT_DSN)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     asyncio.run(main(parser.parse_args()))

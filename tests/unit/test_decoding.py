@@ -97,6 +97,31 @@ def test_raw_payloads_are_json_where_they_are_json() -> None:
     assert decoder(OrderDict).decode(delivery(raw)) == {"id": 5}
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b' {"id": 5}\n',  # whitespace around the value
+        b"\xef\xbb\xbf" + b'{"id": 5}',  # a UTF-8 byte order mark
+        '{"id": 5}'.encode("utf-16"),
+        '{"id": 5}'.encode("utf-16-le"),
+        '{"id": 5}'.encode("utf-32"),
+        b'{"id": 5, "s": "\xed\xa0\x80"}',  # a lone surrogate, as json.loads takes it
+        b"[5]",
+        b"5",
+        b"NaN",
+    ],
+)
+def test_raw_json_bytes_decode_as_json_loads_decodes_them(raw: bytes) -> None:
+    expected = json.loads(raw)
+    event = decoder(None).decode(delivery(raw))
+    assert event == expected or (expected != expected and event != event)  # NaN
+
+
+@pytest.mark.parametrize("raw", [b'{"id": 5}x', b'{"id": 5}{"id": 6}', b"", b"\xff\xfe", b"{"])
+def test_raw_bytes_that_json_loads_refuses_stay_bytes(raw: bytes) -> None:
+    assert decoder(None).decode(delivery(raw)) == raw
+
+
 def test_a_typed_dict_annotation_validates_a_decoded_payload() -> None:
     # a TypedDict has no instance check: asking isinstance() used to raise TypeError
     assert decoder(OrderDict).decode(delivery({"id": "6"}, decoded=True)) == {"id": 6}

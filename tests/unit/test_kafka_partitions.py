@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sagaz.sources.kafka.commits import OffsetCommits
 from sagaz.sources.kafka.partitions import PartitionState
+from sagaz.sources.kafka.records import take_deliveries
 from sagaz.triggers.options import KafkaOptions, parse_trigger_options
 
 
@@ -79,6 +83,62 @@ def test_flow_pauses_when_full_and_resumes_half_drained() -> None:
     assert state.flow(max_buffered=4, max_unsettled=4) is True
     state.settle(0)
     assert state.flow(max_buffered=4, max_unsettled=4) is False
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+class FullRecord(NamedTuple):
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes | None], ...]
+
+
+class Settled(OffsetCommits):
+    """The settle half of a source, without a consumer (nothing is committed)."""
+
+    def __init__(self, partition: PartitionState) -> None:
+        self.options = KafkaOptions(topic="orders")
+        self._partitions = {partition.tp: partition}
+        self._settled_since_commit = 0
+        self._commit_wanted = asyncio.Event()
+
+    def _update_flow(self, partition: PartitionState) -> None:
+        return None
+
+
+async def test_records_become_deliveries_in_offset_order_and_their_acks_settle_offsets() -> None:
+    state = PartitionState(tp=TopicPartition("orders", 2))
+    received = datetime(2026, 1, 2, tzinfo=UTC)
+    records = [
+        FullRecord(7, b"cust-1", b'{"id": 1}', (("trace", b"t-1"), ("empty", None))),
+        FullRecord(8, b"\xff\xfe", None, ()),  # a key that is not text; a tombstone
+        FullRecord(9, None, b"x", ()),
+    ]
+    state.track(records, received_at=received)
+    source = Settled(state)
+    first, second = take_deliveries(source, "Shop.on_order", state, 2)
+    assert len(state.buffer) == 1  # only what was asked is taken
+    assert (first.payload, first.identity) == (b'{"id": 1}', "orders/2/7")
+    meta = first.meta
+    assert (meta.source, meta.trigger, meta.message_id) == ("kafka", "Shop.on_order", "orders:2:7")
+    assert (meta.topic, meta.partition, meta.offset, meta.key) == ("orders", 2, 7, "cust-1")
+    assert meta.headers == {"trace": "t-1", "empty": ""}
+    assert (meta.received_at, meta.attempt) == (received, 1)
+    assert (second.payload, second.meta.key, second.meta.headers) == (b"", b"\xff\xfe", {})
+    await second.ack()
+    assert state.commit_offset is None  # offset 7 still runs
+    await first.nack(True)  # left for redelivery: not settled
+    assert state.commit_offset is None
+    await first.ack()  # the first call counted
+    assert state.commit_offset is None
+    (third,) = take_deliveries(source, "Shop.on_order", state, 1)
+    await third.ack()
+    assert state.commit_offset is None  # 8 and 9 are settled, behind 7
+    assert (list(state.outstanding), state.done) == ([7, 8, 9], {8, 9})
 
 
 @pytest.mark.parametrize(

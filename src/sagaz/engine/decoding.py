@@ -39,7 +39,32 @@ class InvalidPayloadError(InvalidEventError):
         self.details = details
 
 
+#: parses one JSON value at an index, without ``json.loads``' encoding detection and the two
+#: whitespace matches around the value (about 2.5x faster on a small object); not in typeshed
+_scan_json: Callable[[str, int], tuple[Any, int]]
+_scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _loads(payload: bytes) -> Any:
+    """``json.loads(payload)``: the common case (UTF-8, no whitespace around the value) by
+    the scanner alone; anything else (a BOM, UTF-16, surrounding whitespace, invalid JSON) by
+    ``json.loads`` itself, so the result and the errors are the same."""
+    try:
+        text = payload.decode()
+        value, end = _scan_json(text, 0)
+    except (ValueError, StopIteration):  # UnicodeDecodeError and JSONDecodeError included
+        return json.loads(payload)
+    if end != len(text):  # trailing whitespace or extra data: json.loads decides
+        return json.loads(payload)
+    return value
+
+
 def _json_or_raw(payload: Any) -> Any:
+    if type(payload) is bytes:  # a broker message: the common case first
+        try:
+            return _loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            return payload
     if isinstance(payload, memoryview):
         payload = payload.tobytes()
     if isinstance(payload, (bytes, bytearray, str)):

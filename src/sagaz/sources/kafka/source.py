@@ -38,11 +38,12 @@ from sagaz._aio import wait_event
 from sagaz._imports import require_extra
 from sagaz.abc import Emit, Source, SourceContext, emit_many
 from sagaz.backoff import Backoff
-from sagaz.events import Delivery, EventMeta
+from sagaz.events import Delivery
 from sagaz.outbox.kafka import start_producer
 from sagaz.records import DeadLetterRecord
-from sagaz.sources.kafka.commits import OffsetCommits, RecordSettler
+from sagaz.sources.kafka.commits import OffsetCommits
 from sagaz.sources.kafka.partitions import PartitionState
+from sagaz.sources.kafka.records import take_deliveries
 from sagaz.triggers.options.kafka import KafkaOptions
 
 __all__ = ["KafkaSource", "create"]
@@ -322,9 +323,8 @@ class KafkaSource(OffsetCommits, Source):
             if not self._intake.is_set():
                 await self._intake.wait()  # paused: the records stay buffered, uncommitted
                 continue
-            deliveries = [
-                self._delivery(partition, *buffer.popleft()) for _ in range(min(len(buffer), most))
-            ]
+            count = min(len(buffer), most)
+            deliveries = take_deliveries(self, self._ctx.trigger_id, partition, count)
             try:
                 if len(deliveries) == 1:
                     await emit(deliveries[0])
@@ -366,28 +366,6 @@ class KafkaSource(OffsetCommits, Source):
                 self._held_in_client = False
                 with contextlib.suppress(self._errors.IllegalStateError):  # mid-rebalance
                     self._consumer.resume(*(p.tp for p in self._partitions.values()))
-
-    def _delivery(self, partition: PartitionState, record: Any, received_at: Any) -> Delivery:
-        topic, number, offset, key = record.topic, record.partition, record.offset, record.key
-        if isinstance(key, bytes):
-            with contextlib.suppress(UnicodeDecodeError):
-                key = key.decode()
-        meta = EventMeta(
-            source=self.kind,
-            trigger=self._ctx.trigger_id,
-            message_id=f"{topic}:{number}:{offset}",
-            topic=topic,
-            partition=number,
-            offset=offset,
-            key=key,
-            headers={k: (v or b"").decode("utf-8", "replace") for k, v in record.headers}
-            if record.headers
-            else {},
-            received_at=received_at,
-        )
-        settle = RecordSettler(self, partition, offset)
-        payload = record.value if record.value is not None else b""
-        return Delivery(payload, meta, f"{topic}/{number}/{offset}", ack=settle, nack=settle)
 
     # -- rebalancing -----------------------------------------------------------------------
     async def _on_revoked(self, revoked: Iterable[Any]) -> None:
