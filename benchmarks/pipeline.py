@@ -17,7 +17,8 @@ Run: ``python benchmarks/pipeline.py [--events 20000]``
 All run in this process, one after the other, and the ratios are printed. Start latency is
 measured at half of sagaz's measured throughput (paced producer): accepted → saga started.
 The process CPU time per event (``time.process_time``) of the saga loop and of sagaz is
-printed too: on a shared machine it moves much less than the rates.
+printed too: on a shared machine it moves much less than the rates; and the garbage
+collections over the same windows (``gc.callbacks``; the collector's settings untouched).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import asyncio
 import statistics
 import time
 from typing import Any
+
+from _gc_watch import GcWatch
 
 from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
 from sagaz.engine.engine import TriggerEngine
@@ -148,12 +151,17 @@ async def main(events: int, seconds: float) -> None:
     await sagaz_throughput(min(events, 2000))  # warm-up
     await raw_throughput(min(events, 2000), run_saga=True)
     bare = await raw_throughput(events, run_saga=False)
+    loop_gc, ours_gc = GcWatch(), GcWatch()
+    loop_gc.start()
     cpu = time.process_time()
     loop = await raw_throughput(events, run_saga=True)
     loop_cpu = (time.process_time() - cpu) / events * 1e6
+    loop_gc.stop()
+    ours_gc.start()
     cpu = time.process_time()
     ours = await sagaz_throughput(events)
     ours_cpu = (time.process_time() - cpu) / events * 1e6
+    ours_gc.stop()
     rate = ours / 2
     ours_lat = await sagaz_latency(rate, seconds)
     raw_lat = await raw_latency(rate, seconds)
@@ -176,6 +184,9 @@ async def main(events: int, seconds: float) -> None:
         f"CPU µs/event: saga loop {loop_cpu:.1f}, sagaz {ours_cpu:.1f} "
         f"(saga loop/sagaz: {loop_cpu / ours_cpu:.1%})"
     )
+    print("GC collections young/middle/full; GC µs/event (young/middle/full); tracked objects:")
+    print(f"  saga loop {loop_gc.per(events)}")
+    print(f"  sagaz     {ours_gc.per(events)}")
 
 
 if __name__ == "__main__":

@@ -11,14 +11,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
+from typing import Any
 
 from sagaz.events import NotRun
 from sagaz.saga.result import SagaResult
+from sagaz.storage.rows import freeze, thaw
+from sagaz.types import SagaStatus
 
 __all__ = ["SagaOutcome", "SagaOutcomes"]
 
 #: what :meth:`SagaOutcomes.wait` answers
 SagaOutcome = SagaResult | NotRun
+
+#: a kept ``SagaResult`` as a tuple of its fields after ``saga_id``: the status as its value,
+#: the context and the compensation errors as :func:`~sagaz.storage.rows.freeze` keeps them
+#: (``marshal`` bytes). The collector stops tracking a tuple once nothing in it is a
+#: container (an untracked dict still counts as one), so the last ``keep`` outcomes are
+#: not promoted to the oldest generation, where each one counted towards the next full
+#: collection, as ``SagaResult`` objects were.
+_Kept = tuple[str, Any, str | None, str | None, Any, int]
+
+
+def _keep(outcome: SagaOutcome) -> _Kept | NotRun:
+    if type(outcome) is SagaResult:
+        return (
+            outcome.status._value_,
+            freeze(outcome.context),
+            outcome.error,
+            outcome.failed_step,
+            freeze(outcome.compensation_errors) if outcome.compensation_errors else None,
+            outcome.attempt,
+        )
+    return outcome  # type: ignore[return-value]  # NotRun: rare, kept as it is
+
+
+def _outcome(saga_id: str, kept: _Kept | NotRun) -> SagaOutcome:
+    if type(kept) is tuple:
+        status, context, error, failed_step, compensation_errors, attempt = kept
+        errors = {} if compensation_errors is None else thaw(compensation_errors)
+        return SagaResult(
+            saga_id, SagaStatus(status), thaw(context), error, failed_step, errors, attempt
+        )
+    return kept  # type: ignore[return-value]
 
 
 class SagaOutcomes:
@@ -26,7 +60,7 @@ class SagaOutcomes:
 
     def __init__(self, keep: int = 10_000) -> None:
         self.keep = keep
-        self._recent: OrderedDict[str, SagaOutcome] = OrderedDict()
+        self._recent: OrderedDict[str, _Kept | NotRun] = OrderedDict()
         self._waiters: dict[str, list[asyncio.Future[SagaOutcome]]] = {}
         self._interrupted = False
 
@@ -39,7 +73,7 @@ class SagaOutcomes:
         recent = self._recent
         if saga_id in recent:  # (``accepted`` removed it: new ones go to the end anyway)
             recent.move_to_end(saga_id)
-        recent[saga_id] = outcome
+        recent[saga_id] = _keep(outcome)
         if len(recent) > self.keep:
             recent.popitem(last=False)
         if self._waiters:
@@ -51,7 +85,7 @@ class SagaOutcomes:
         """The outcome of ``saga_id``, once there is one (``TimeoutError`` after ``timeout``)."""
         known = self._recent.get(saga_id)
         if known is not None:
-            return known
+            return _outcome(saga_id, known)
         if self._interrupted:
             return NotRun(saga_id, "interrupted")
         future: asyncio.Future[SagaOutcome] = asyncio.get_running_loop().create_future()
