@@ -38,6 +38,29 @@ async def test_a_joint_delivery_acks_without_argument_and_nacks_with_one() -> No
     assert in_flight == {}
 
 
+async def test_a_delivery_tracked_again_after_its_settlement_still_acks_its_source() -> None:
+    # admission points the delivery's own ack/nack at its JointDeliveries (no copy per event);
+    # a source that emits the same object again must still reach its own ack, not the old joint
+    acks: list[str] = []
+
+    async def ack() -> None:
+        acks.append("ack")
+
+    async def nack(requeue: bool) -> None:
+        acks.append("nack")
+
+    delivery = Delivery(
+        payload={}, meta=EventMeta(source="memory"), identity="", ack=ack, nack=nack
+    )
+    in_flight: dict[str, JointDeliveries] = {}
+    for _ in range(2):
+        joint = in_flight["a"] = JointDeliveries(delivery, in_flight, "a")
+        delivery.ack = delivery.nack = joint
+        await delivery.ack()
+    await delivery.nack(True)  # the second joint is settled: nothing more
+    assert acks == ["ack", "ack"]
+
+
 def test_a_stamped_row_takes_its_times_from_the_arguments_and_leaves_the_record() -> None:
     codec = RowCodec(SagaRecord)
     record = SagaRecord("s1", "orders", SagaStatus.RUNNING, {"a": [1]}, created_at=THEN)

@@ -20,10 +20,18 @@ class JointDeliveries:
     settled together, once; that first settlement ends the tracking (a later delivery of the
     key then meets the inbox)."""
 
-    __slots__ = ("first", "in_flight", "more", "saga_id", "settled")
+    __slots__ = ("first_ack", "first_nack", "in_flight", "more", "saga_id", "settled")
 
     def __init__(self, first: Delivery, in_flight: dict[str, JointDeliveries], saga_id: str):
-        self.first = first
+        # the source's own ``ack`` and ``nack`` of ``first``, whose attributes
+        # :meth:`~sagaz.engine.admission.Admission._track` then points at this object; not
+        # ``first`` itself, which would make a reference cycle only the collector frees
+        ack, nack = first.ack, first.nack
+        if isinstance(ack, JointDeliveries):  # the same delivery emitted again (settled before)
+            nack = ack.first_nack
+            ack = ack.first_ack
+        self.first_ack: Callable[[], Awaitable[None]] = ack
+        self.first_nack: Callable[[bool], Awaitable[None]] = nack
         #: the deliveries that joined ``first`` (no list per event while there is none)
         self.more: list[Delivery] | None = None
         self.in_flight = in_flight
@@ -55,21 +63,27 @@ class JointDeliveries:
         """Ack every delivery of the saga (once: a later settlement does nothing)."""
         if self._forget():
             if self.more is None:  # the usual case: no redelivery joined it
-                await self.first.ack()
+                await self.first_ack()
             else:
-                await self._each(lambda delivery: delivery.ack())
+                await self._each(self.first_ack(), lambda delivery: delivery.ack())
 
     async def nack(self, requeue: bool) -> None:
         """Nack every delivery of the saga (once: a later settlement does nothing)."""
         if self._forget():
             if self.more is None:
-                await self.first.nack(requeue)
+                await self.first_nack(requeue)
             else:
-                await self._each(lambda delivery: delivery.nack(requeue))
+                await self._each(self.first_nack(requeue), lambda d: d.nack(requeue))
 
-    async def _each(self, settle: Callable[[Delivery], Awaitable[None]]) -> None:
+    async def _each(
+        self, first: Awaitable[None], settle: Callable[[Delivery], Awaitable[None]]
+    ) -> None:
         error: Exception | None = None
-        for delivery in [self.first, *(self.more or ())]:  # one failing must not skip others
+        try:
+            await first
+        except Exception as exc:  # one failing must not skip the others
+            error = exc
+        for delivery in self.more or ():
             try:
                 await settle(delivery)
             except Exception as exc:
