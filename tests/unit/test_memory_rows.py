@@ -76,6 +76,29 @@ async def test_a_store_full_of_finished_sagas_holds_no_tracked_objects() -> None
     assert len(gc.get_objects()) - before < 50  # per saga it would be several hundred
 
 
+async def test_the_engines_path_through_the_store_leaves_no_tracked_objects_either() -> None:
+    # what admission and the runner call: claim_event, the start and completed checkpoints
+    # (the completed one completing the inbox row), with a nested context and a step result
+    store = MemorySagaStore()
+    gc.collect()
+    before = len(gc.get_objects())
+    for n in range(500):
+        pending = saga(saga_id=str(n), status=SagaStatus.PENDING, context={})
+        claim = await store.claim_event("t.m", str(n), pending)
+        assert claim.saga is not None
+        record = claim.saga
+        record.status = SagaStatus.RUNNING
+        record.context = {"order": {"id": n, "lines": [n]}}
+        await store.save_checkpoint(record)
+        record.status = SagaStatus.COMPLETED
+        step = StepRecord(str(n), "pay", StepStatus.COMPLETED, result={"ids": [n]})
+        await store.save_checkpoint(record, [step], complete_inbox=("t.m", str(n)))
+    del claim, record, step, pending
+    gc.collect()
+    gc.collect()
+    assert len(gc.get_objects()) - before < 50
+
+
 def test_values_that_marshal_cannot_hold_are_still_copied() -> None:
     value = {"at": NOW, "status": SagaStatus.FAILED}
     frozen = freeze(value)
