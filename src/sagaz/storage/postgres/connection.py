@@ -15,7 +15,6 @@ from sagaz.abc import SagaStore
 from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.records import SchemaVersions
 from sagaz.storage import postgres_schema as tables
-from sagaz.storage.postgres.batch_rows import rows_from
 from sagaz.storage.postgres_groups import PgGroupCommitter, Statement
 from sagaz.storage.url import redact_url
 
@@ -28,30 +27,10 @@ _CLAIM_RETRIES = 5  # a row deleted between our two statements makes us look aga
 _GROUP_CONNECTIONS = 4  # group commits in flight at once, at most
 
 
-#: the saga columns of a batch's rows (:func:`rows_from`), in :data:`SAGA_COLUMNS` order
-_SAGA_ROW = (
-    ("saga_id", "text"),
-    ("saga_name", "text"),
-    ("status", "text"),
-    ("context", "text"),
-    ("attempt", "int"),
-    ("error", "text"),
-    ("trigger_id", "text"),
-    ("event", "text"),
-    ("owner", "text"),
-    ("lease_expires_at", "timestamptz"),
-    ("created_at", "timestamptz"),
-    ("updated_at", "timestamptz"),
-)
-
-#: an inbox claim's row (:func:`rows_from`): trigger id, key, saga id, owner, lease, now
-_CLAIM_ROW = (
-    ("trigger_id", "text"),
-    ("key", "text"),
-    ("saga_id", "text"),
-    ("owner", "text"),
-    ("lease_until", "timestamptz"),
-    ("created_at", "timestamptz"),
+#: the saga columns as arrays, $1 to $12 (for ``unnest``)
+_SAGA_ARRAYS = (
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], "
+    "$8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[]"
 )
 
 _SAGA_CONFLICT = (
@@ -112,14 +91,15 @@ class PostgresConnection(SagaStore):
             f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
             "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
             "u.trigger_id, u.event::jsonb, u.owner, u.lease_expires_at, u.created_at, "
-            f"u.updated_at FROM {rows_from('$1', _SAGA_ROW)} "
+            f"u.updated_at FROM unnest({_SAGA_ARRAYS}) AS u({tables.SAGA_COLUMNS}) "
             "ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
         )
         self._claim_many = (
             f"INSERT INTO {self._s}.inbox AS i (trigger_id, key, saga_id, owner, "
             "lease_until, status, created_at) SELECT u.trigger_id, u.key, u.saga_id, u.owner, "
-            f"u.lease_until, 'pending', u.created_at FROM {rows_from('$1', _CLAIM_ROW)} "
-            f"{_INBOX_CONFLICT} "
+            "u.lease_until, 'pending', u.created_at FROM unnest($1::text[], $2::text[], "
+            "$3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[]) AS u(trigger_id, "
+            f"key, saga_id, owner, lease_until, created_at) {_INBOX_CONFLICT} "
             "RETURNING i.trigger_id, i.key, i.saga_id, (xmax = 0) AS inserted"
         )
         self._select_sagas = f"SELECT {tables.SAGA_COLUMNS} FROM {self._s}.saga_executions"

@@ -13,7 +13,6 @@ import re
 from typing import Any
 
 from sagaz.records import ClaimOutcome, EventClaim, InboxClaim
-from sagaz.storage.postgres.batch_rows import rows_from, rows_param
 from sagaz.storage.postgres.events import OURS, EventItem, PostgresEventClaims
 from sagaz.storage.postgres.inbox import _found_claim
 from sagaz.storage.postgres.sagas import _checkpoint_args
@@ -60,16 +59,15 @@ class PostgresGroupStatement(PostgresEventClaims):
                 checkpoints = items
             else:  # pragma: no cover - every batch runner of the store is above
                 raise AssertionError(f"unknown batch runner {runner!r}")
-        args: list[Any] = [
-            rows_param(rows)
-            for rows in (
-                claims,
-                creates,
-                [event.claim_args for event in events],
-                [event.saga_params for event in events],
-            )
-            if rows
-        ]
+        args: list[Any] = []
+        for rows in (
+            claims,
+            creates,
+            [event.claim_args for event in events],
+            [event.saga_params for event in events],
+        ):
+            if rows:
+                args += [list(column) for column in zip(*rows, strict=True)]
         checkpoint_shape = None
         if checkpoints:
             checkpoint_shape, checkpoint_args = _checkpoint_args(checkpoints)
@@ -126,38 +124,38 @@ class PostgresGroupStatement(PostgresEventClaims):
             "NULL::timestamptz AS lease_until, NULL::bool AS inserted WHERE FALSE"
         ]
         n = 0
-        if has_claims:  # the claims' rows
+        if has_claims:  # 6 arrays
             ctes.append(f"cl AS ({self._claim_many})")
             selects += self._claim_selects("cl", 1, n)
-            n = 1
-        if has_creates:  # the new sagas' rows
+            n = 6
+        if has_creates:  # 12 arrays
             ctes.append(f"sn AS ({_shift(self._insert_sagas, n)})")
             selects.append("SELECT 3, saga_id, NULL, NULL, NULL, NULL, NULL, NULL FROM sn")
-            n += 1
-        if has_events:  # the events' claims, then their sagas' rows
+            n += 12
+        if has_events:  # 6 arrays of claims, then 12 of their sagas
             ctes.append(f"ec AS ({_shift(self._claim_many, n)})")
             selects += self._claim_selects("ec", 4, n)
             # a saga is created only where its key was claimed (by ec, in this statement)
-            insert = _shift(self._insert_sagas, n + 1).replace(
+            insert = _shift(self._insert_sagas, n + 6).replace(
                 " ON CONFLICT", " JOIN ec ON ec.saga_id = u.saga_id ON CONFLICT", 1
             )
             ctes.append(f"es AS ({insert})")
             selects.append("SELECT 6, saga_id, NULL, NULL, NULL, NULL, NULL, NULL FROM es")
-            n += 2
+            n += 18
         if checkpoint_shape is not None:
             ctes += self._checkpoint_ctes(checkpoint_shape, n)
         select = " UNION ALL ".join(selects)
         return f"WITH {', '.join(ctes)} {select}" if ctes else select
 
     def _claim_selects(self, cte: str, kind: int, n: int) -> list[str]:
-        """The rows of the claims of ``cte`` (their rows ``$n+1``, keys first): one per key
-        claimed (``kind``), and one per key as it was before the statement (its snapshot,
+        """The rows of the claims of ``cte`` (keys ``$n+1``, ``$n+2``): one per key claimed
+        (``kind``), and one per key as it was before the statement (its snapshot,
         ``kind + 1``): of the keys not claimed, the ones that refused the claim then."""
-        keys = rows_from(f"${n + 1}", (("trigger_id", "text"), ("key", "text")))
         return [
             f"SELECT {kind}, trigger_id, key, saga_id, NULL, NULL, NULL, inserted FROM {cte}",
             f"SELECT {kind + 1}, i.trigger_id, i.key, i.saga_id, i.owner, i.status, "
-            f"i.lease_until, NULL FROM {self._s}.inbox AS i JOIN {keys} "
+            f"i.lease_until, NULL FROM {self._s}.inbox AS i JOIN unnest(${n + 1}::text[], "
+            f"${n + 2}::text[]) AS u(trigger_id, key) "
             "ON i.trigger_id = u.trigger_id AND i.key = u.key",
         ]
 

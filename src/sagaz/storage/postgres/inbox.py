@@ -17,7 +17,6 @@ from sagaz.records import (
 )
 from sagaz.storage import postgres_schema as tables
 from sagaz.storage.codec import to_utc
-from sagaz.storage.postgres.batch_rows import rows_param
 from sagaz.storage.postgres.connection import (
     _CLAIM_RETRIES,
     _INBOX_CONFLICT,
@@ -71,8 +70,8 @@ class PostgresInbox(PostgresConnection):
 
     async def _claim_inboxes(self, conn: Any, items: list[tuple[Any, ...]]) -> list[InboxClaim]:
         """:meth:`_claim_one` for several keys (distinct) in two statements."""
-        rows = await conn.fetch(self._claim_many, rows_param(items))
-        claimed = {(row[0], row[1]): row for row in rows}
+        columns = [list(column) for column in zip(*items, strict=True)]
+        claimed = {(row[0], row[1]): row for row in await conn.fetch(self._claim_many, *columns)}
         missing = [args for args in items if (args[0], args[1]) not in claimed]
         found: dict[tuple[str, str], Any] = {}
         if missing:

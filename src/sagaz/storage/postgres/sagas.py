@@ -20,11 +20,9 @@ from sagaz.records import (
 from sagaz.storage import postgres_schema as tables
 from sagaz.storage.checkpoints import check_checkpoint
 from sagaz.storage.codec import to_utc
-from sagaz.storage.postgres.batch_rows import rows_from, rows_param
 from sagaz.storage.postgres.connection import (
     _CLAIM_RETRIES,
     _SAGA_CONFLICT,
-    _SAGA_ROW,
     _STEP_CONFLICT,
     PostgresConnection,
 )
@@ -32,28 +30,6 @@ from sagaz.storage.sql import outbox_params, step_params
 from sagaz.types import SagaStatus
 
 __all__ = ["PostgresSagas"]
-
-#: the columns of a checkpoint's rows (:func:`rows_from`): steps (:func:`step_params`),
-#: outbox messages (:func:`outbox_params`), inbox keys completed
-_STEP_ROW = (
-    ("saga_id", "text"),
-    ("name", "text"),
-    ("status", "text"),
-    ("result", "text"),
-    ("error", "text"),
-    ("attempts", "int"),
-    ("completed_seq", "int"),
-    ("compensation_error", "text"),
-    ("updated_at", "timestamptz"),
-)
-_OUTBOX_ROW = (
-    ("saga_id", "text"),
-    ("topic", "text"),
-    ("payload", "text"),
-    ("headers", "text"),
-    ("created_at", "timestamptz"),
-)
-_INBOX_ROW = (("trigger_id", "text"), ("key", "text"), ("completed_at", "timestamptz"))
 
 
 @dataclasses.dataclass(slots=True)
@@ -114,7 +90,8 @@ class PostgresSagas(PostgresConnection):
 
     async def _create_sagas(self, conn: Any, items: list[tuple[Any, ...]]) -> list[Any]:
         """:meth:`_create_one` for several sagas (distinct ids) in two statements."""
-        inserted = {row[0] for row in await conn.fetch(self._insert_sagas, rows_param(items))}
+        columns = [list(column) for column in zip(*items, strict=True)]
+        inserted = {row[0] for row in await conn.fetch(self._insert_sagas, *columns)}
         missing = [params[0] for params in items if params[0] not in inserted]
         existing: dict[str, Any] = {}
         if missing:
@@ -242,35 +219,51 @@ class PostgresSagas(PostgresConnection):
         parts: list[str] = []
         n = first
 
-        def rows(columns: tuple[tuple[str, str], ...]) -> str:
+        def params(count: int) -> list[str]:
             nonlocal n
-            n += 1
-            return rows_from(f"${n}", columns)
+            made = [f"${n + i + 1}" for i in range(count)]
+            n += count
+            return made
 
         if steps:
+            p = params(9)
             parts.append(
                 f"st AS (INSERT INTO {s}.saga_steps ({tables.STEP_COLUMNS}) "
                 "SELECT u.saga_id, u.name, u.status, u.result::jsonb, u.error, u.attempts, "
-                "u.completed_seq, u.compensation_error, u.updated_at "
-                f"FROM {rows(_STEP_ROW)} {_STEP_CONFLICT} RETURNING 1)"
+                "u.completed_seq, u.compensation_error, u.updated_at FROM unnest("
+                f"{p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], "
+                f"{p[4]}::text[], {p[5]}::int[], {p[6]}::int[], {p[7]}::text[], "
+                f"{p[8]}::timestamptz[]) AS u(saga_id, name, status, result, error, attempts, "
+                f"completed_seq, compensation_error, updated_at) {_STEP_CONFLICT} RETURNING 1)"
             )
         if saga:
+            p = params(12)
             parts.append(
                 f"sg AS (INSERT INTO {s}.saga_executions ({tables.SAGA_COLUMNS}) "
                 "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
                 "u.trigger_id, u.event::jsonb, u.owner, u.lease_expires_at, u.created_at, "
-                f"u.updated_at FROM {rows(_SAGA_ROW)} {_SAGA_CONFLICT} RETURNING 1)"
+                f"u.updated_at FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], "
+                f"{p[3]}::text[], {p[4]}::int[], {p[5]}::text[], {p[6]}::text[], "
+                f"{p[7]}::text[], {p[8]}::text[], {p[9]}::timestamptz[], "
+                f"{p[10]}::timestamptz[], {p[11]}::timestamptz[]) AS u(saga_id, saga_name, "
+                "status, context, attempt, error, trigger_id, event, owner, lease_expires_at, "
+                f"created_at, updated_at) {_SAGA_CONFLICT} RETURNING 1)"
             )
         if outbox:
+            p = params(5)
             parts.append(
                 f"ob AS (INSERT INTO {s}.outbox (saga_id, topic, payload, headers, created_at) "
                 "SELECT u.saga_id, u.topic, u.payload::jsonb, u.headers::jsonb, u.created_at "
-                f"FROM {rows(_OUTBOX_ROW)} ORDER BY u.n RETURNING 1)"
+                f"FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], "
+                f"{p[4]}::timestamptz[]) WITH ORDINALITY "
+                "AS u(saga_id, topic, payload, headers, created_at, n) ORDER BY u.n RETURNING 1)"
             )
         if inbox:
+            p = params(3)
             parts.append(
                 f"ib AS (UPDATE {s}.inbox AS i SET status = 'completed', "
-                f"completed_at = u.completed_at FROM {rows(_INBOX_ROW)} "
+                f"completed_at = u.completed_at FROM unnest({p[0]}::text[], {p[1]}::text[], "
+                f"{p[2]}::timestamptz[]) AS u(trigger_id, key, completed_at) "
                 "WHERE i.trigger_id = u.trigger_id AND i.key = u.key RETURNING 1)"
             )
         return parts
@@ -303,7 +296,7 @@ class PostgresSagas(PostgresConnection):
 
     async def _run_checkpoints(self, conn: Any, items: list[_Checkpoint]) -> list[None]:
         """Several checkpoints (of distinct sagas) in one statement: a data-modifying CTE per
-        table over its rows (one ``jsonb`` parameter each); the outbox messages keep their order."""
+        table over arrays (``unnest``); the outbox messages keep their order."""
         shape, args = _checkpoint_args(items)
         sql = self._checkpoint_sql.get(shape)
         if sql is None:
@@ -323,11 +316,14 @@ class PostgresSagas(PostgresConnection):
 
 
 def _checkpoint_args(items: list[_Checkpoint]) -> tuple[tuple[bool, bool, bool, bool], list[Any]]:
-    """The shape (which of steps, saga, outbox and inbox rows there are) and the parameters
-    of the checkpoints ``items``: one per kind of row there is (:func:`rows_param`)."""
+    """The shape (which of steps, saga, outbox and inbox rows there are) and the array
+    parameters of the checkpoints ``items``, column by column."""
     steps = [row for item in items for row in item.steps]
     sagas = [item.saga for item in items if item.saga is not None]
     messages = [row for item in items for row in item.outbox]
     inbox = [item.inbox for item in items if item.inbox is not None]
-    args = [rows_param(rows) for rows in (steps, sagas, messages, inbox) if rows]
+    args: list[Any] = []
+    for rows in (steps, sagas, messages, inbox):
+        if rows:
+            args += [list(column) for column in zip(*rows, strict=True)]
     return (bool(steps), bool(sagas), bool(messages), bool(inbox)), args
