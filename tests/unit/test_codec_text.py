@@ -1,17 +1,18 @@
 """The stores' JSON text (:func:`sagaz.storage.codec.dumps`): the one ``json.dumps`` writes,
-compact, with NaN and infinities refused, from an encoder made once."""
+compact, with NaN and infinities refused, from an encoder made once; and moments, kept as the
+same instant in UTC."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from enum import IntEnum, StrEnum
 from typing import Any
 
 import pytest
 
 from sagaz.exceptions import StoreError
-from sagaz.storage.codec import dumps, encode_value, loads, plain_json
+from sagaz.storage.codec import dumps, encode_value, loads, plain_json, to_micros, to_text, to_utc
 
 
 class Colour(StrEnum):
@@ -69,3 +70,14 @@ def test_each_text_is_whole_after_a_refused_value() -> None:
 def test_a_value_the_stores_cannot_keep_is_refused() -> None:
     with pytest.raises(StoreError, match="convert it first"):
         dumps({"s": {1, 2}})
+
+
+def test_a_moment_is_the_same_instant_in_utc_whatever_its_zone() -> None:
+    utc = datetime(2026, 12, 5, 12, 0, 0, 123456, tzinfo=UTC)
+    india = utc.astimezone(timezone(timedelta(hours=5, minutes=30)))
+    assert to_utc(utc) is utc  # already UTC: kept as it is
+    assert to_utc(india) == utc and to_utc(india).tzinfo is UTC
+    assert to_micros(india) == to_micros(utc) == 1_796_472_000_123_456
+    assert to_text(india) == to_text(utc) == "2026-12-05T12:00:00.123456Z"
+    with pytest.raises(StoreError, match="naive datetime"):
+        to_utc(utc.replace(tzinfo=None))

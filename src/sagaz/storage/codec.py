@@ -155,6 +155,8 @@ def loads(text: str | bytes) -> Any:
 
 def to_utc(moment: datetime) -> datetime:
     """``moment`` in UTC; a naive datetime is refused (its zone would be a guess)."""
+    if moment.tzinfo is UTC:  # e.g. sagaz.clock.utcnow(), most moments: no conversion
+        return moment
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise StoreError(
             f"naive datetime {moment.isoformat()} given to the store: pass an aware datetime, "
