@@ -77,6 +77,10 @@ def blocking_pool(
     return pool
 
 
+#: the "$len" header of a text of each length up to 4095 characters
+_LENGTHS = tuple(f"${n}" for n in range(4096))
+
+
 def pack_command(args: tuple[Any, ...], encoding: str, errors: str) -> bytes | None:
     """``args`` (the command's name first) in the Redis protocol, or ``None`` when one is not
     ``str``, ``bytes`` or ``int`` (redis-py packs those).
@@ -99,9 +103,19 @@ def pack_command(args: tuple[Any, ...], encoding: str, errors: str) -> bytes | N
             if type(arg) is not int:
                 return _pack_pieces(texts, args, encoding, errors)
             texts[i] = str(arg)
-    body = "".join([f"${len(t)}\r\n{t}\r\n" for t in texts])  # type: ignore[arg-type]
+    # "*N", then "$len" and the text of each argument, CRLF between and after them all: one
+    # join (the "$len" of a short text looked up, not formatted)
+    count = len(texts)
+    parts = [""] * (2 * count + 2)
+    parts[0] = f"*{count}"
+    try:
+        parts[1:-1:2] = [_LENGTHS[len(t)] for t in texts]  # type: ignore[arg-type]
+    except IndexError:  # a text of _LENGTHS' length or more
+        parts[1:-1:2] = [f"${len(t)}" for t in texts]  # type: ignore[arg-type]
+    parts[2:-1:2] = texts  # type: ignore[assignment]
+    body = "\r\n".join(parts)
     if body.isascii():  # one character per byte: len() was the length in bytes
-        return f"*{len(texts)}\r\n{body}".encode("ascii")
+        return body.encode("ascii")
     return _pack_pieces(texts, args, encoding, errors)
 
 

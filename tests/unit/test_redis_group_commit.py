@@ -75,6 +75,8 @@ def test_a_reply_cut_anywhere_waits_for_the_rest(cut: int) -> None:
         ("SCRIPT LOAD", "return 1"),
         ("EVALSHA", "abc", 2, "k1", "k2", "\u00e9t\u00e9", b"\x00\xff", -5, "\r\n"),
         ("HSET", "h", "f", "x" * 10_000),
+        ("HSET", "h", "", "x" * 4095, "y" * 4096, "\u00e9" * 3000),
+        ("EVALSHA", "abc", 1, "k", *(f"arg-{n}" for n in range(40))),
     ],
 )
 def test_commands_pack_as_redis_py_packs_them(args: tuple[Any, ...]) -> None:

@@ -18,13 +18,12 @@ characters is not kept (such a value is encoded every time).
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
 from sagaz.exceptions import StoreError
 from sagaz.records import StepRecord
-from sagaz.storage.codec import dumps, encode_value
+from sagaz.storage.codec import dumps, encode_value, plain_json
 from sagaz.storage.redis_schema import micros
 from sagaz.types import StepStatus
 
@@ -168,7 +167,7 @@ def step_document(step: StepRecord, now: str) -> str:
         return dumps(_step_fields(step, step.result, now))
     result = encode_value(step.result, _path="value['result']")
     try:
-        return json.dumps(_step_fields(step, result, now), separators=(",", ":"), allow_nan=False)
+        return plain_json(_step_fields(step, result, now))
     except ValueError as exc:
         raise StoreError(
             f"cannot store a NaN or infinite float ({exc}); store None or a string instead"
