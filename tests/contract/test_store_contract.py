@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -49,105 +49,11 @@ from sagaz.storage import (
 )
 from sagaz.testing import eventually
 from sagaz.types import SagaStatus, StepStatus
+from tests.contract.store_backends import Backend, from_now, saga_record
 from tests.schema_support import make_outdated
-from tests.services import backend_params, delete_redis_keys, drop_postgres_schema, unique_name
+from tests.services import backend_params
 
 CONTENDERS = 50
-
-
-@dataclasses.dataclass
-class Backend:
-    """One storage location and a way to open (more) stores on it."""
-
-    name: str
-    make: Callable[..., SagaStore]
-    #: how many store instances the contention tests spread their callers over
-    instances: int
-    opened: list[SagaStore] = dataclasses.field(default_factory=list)
-
-    async def open(self, **options: Any) -> SagaStore:
-        store = self.make(**options)
-        await store.start()
-        self.opened.append(store)
-        return store
-
-    async def open_many(self, count: int) -> list[SagaStore]:
-        options = {"max_size": 3} if self.name == "postgres" else {}
-        return list(await asyncio.gather(*(self.open(**options) for _ in range(count))))
-
-
-async def _backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """A fresh, empty storage location of one kind; every store opened on it is stopped."""
-    kind: str = request.param
-    cleanup: Callable[[], Any] | None = None
-    if kind == "memory":
-        shared = MemorySagaStore()
-        backend = Backend(kind, lambda **_: shared, instances=1)
-    elif kind == "sqlite":
-        path = tmp_path / "sagaz.db"
-        backend = Backend(kind, lambda **kw: SQLiteSagaStore(path, **kw), instances=8)
-    elif kind == "postgres":
-        dsn = request.getfixturevalue("postgres_dsn")
-        schema = unique_name("sagaz_test")
-        backend = Backend(
-            kind, lambda **kw: PostgresSagaStore(dsn, schema=schema, **kw), instances=10
-        )
-        cleanup = lambda: drop_postgres_schema(dsn, schema)  # noqa: E731
-    else:
-        url = request.getfixturevalue("redis_url")
-        prefix = unique_name("sagaz-test")
-        backend = Backend(kind, lambda **kw: RedisSagaStore(url, prefix=prefix, **kw), 50)
-        cleanup = lambda: delete_redis_keys(url, prefix)  # noqa: E731
-    try:
-        yield backend
-    finally:
-        for store in backend.opened:
-            await store.stop()
-        if cleanup is not None:
-            await cleanup()
-
-
-@pytest.fixture(params=backend_params("memory", "sqlite", "postgres", "redis"))
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """Every store kind."""
-    async for made in _backend(request, tmp_path):
-        yield made
-
-
-@pytest.fixture(params=backend_params("sqlite", "postgres", "redis"))
-async def durable_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """The durable stores (they refuse work before start, keep JSON only, have a schema)."""
-    async for made in _backend(request, tmp_path):
-        yield made
-
-
-@pytest.fixture(params=backend_params("sqlite", "postgres"))
-async def sql_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """The SQL stores (a database error can hit the middle of a transaction)."""
-    async for made in _backend(request, tmp_path):
-        yield made
-
-
-@pytest.fixture(params=backend_params("redis"))
-async def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """Redis only (its key layout has data migrations)."""
-    async for made in _backend(request, tmp_path):
-        yield made
-
-
-@pytest.fixture
-async def store(backend: Backend) -> SagaStore:
-    """A started store on a fresh storage location."""
-    return await backend.open()
-
-
-def _saga(saga_id: str = "s1", **changes: Any) -> SagaRecord:
-    base = SagaRecord(saga_id, "order-saga", SagaStatus.PENDING, {"order_id": 1})
-    return dataclasses.replace(base, **changes)
-
-
-def _later(seconds: float = 60) -> datetime:
-    return utcnow() + timedelta(seconds=seconds)
 
 
 def _earlier(seconds: float = 1) -> datetime:
@@ -156,13 +62,15 @@ def _earlier(seconds: float = 1) -> datetime:
 
 # -- sagas ---------------------------------------------------------------------------------
 async def test_create_saga_inserts_only_if_absent(store: SagaStore) -> None:
-    first, created = await store.create_saga(_saga(context={"n": 1}))
+    first, created = await store.create_saga(saga_record(context={"n": 1}))
     assert created
     assert first.context == {"n": 1}
     assert first.created_at is not None
     assert first.updated_at is not None
 
-    again, created = await store.create_saga(_saga(status=SagaStatus.RUNNING, context={"n": 2}))
+    again, created = await store.create_saga(
+        saga_record(status=SagaStatus.RUNNING, context={"n": 2})
+    )
     assert not created
     assert (again.status, again.context, again.created_at) == (
         SagaStatus.PENDING,
@@ -176,14 +84,14 @@ async def test_create_saga_inserts_only_if_absent(store: SagaStore) -> None:
 
 async def test_save_saga_overwrites_but_keeps_created_at(store: SagaStore) -> None:
     assert await store.get_saga("s1") is None
-    await store.save_saga(_saga())
+    await store.save_saga(saga_record())
     before = await store.get_saga("s1")
     assert before is not None
     assert before.created_at is not None
 
-    lease = _later()
+    lease = from_now()
     await store.save_saga(
-        _saga(
+        saga_record(
             status=SagaStatus.COMPENSATED,
             context={"order_id": 1, "refund": True},
             attempt=2,
@@ -210,7 +118,7 @@ async def test_save_saga_overwrites_but_keeps_created_at(store: SagaStore) -> No
     assert after.updated_at is not None
     assert after.updated_at >= before.created_at
 
-    await store.save_saga(_saga(status=SagaStatus.RUNNING))  # optional fields cleared again
+    await store.save_saga(saga_record(status=SagaStatus.RUNNING))  # optional fields cleared again
     cleared = await store.get_saga("s1")
     assert cleared is not None
     assert (cleared.error, cleared.owner, cleared.lease_expires_at, cleared.trigger_id) == (
@@ -232,7 +140,7 @@ async def test_values_round_trip_including_bytes_and_datetimes(store: SagaStore)
     }
     event = b"\x01binary event"
     lease = datetime(2030, 1, 1, 10, 0, tzinfo=timezone(timedelta(hours=2)))
-    await store.save_saga(_saga(context=context, event=event, lease_expires_at=lease))
+    await store.save_saga(saga_record(context=context, event=event, lease_expires_at=lease))
     stored = await store.get_saga("s1")
     assert stored is not None
     assert stored.context == context
@@ -251,8 +159,8 @@ async def test_list_sagas_newest_first_with_filters_and_limit(store: SagaStore) 
         ("e", "payments", SagaStatus.COMPLETED),
     ]
     for saga_id, name, status in specs:
-        await store.create_saga(_saga(saga_id, saga_name=name, status=status))
-    await store.save_saga(_saga("a", saga_name="orders", status=SagaStatus.FAILED))
+        await store.create_saga(saga_record(saga_id, saga_name=name, status=status))
+    await store.save_saga(saga_record("a", saga_name="orders", status=SagaStatus.FAILED))
 
     def ids(records: list[SagaRecord]) -> list[str]:
         return [r.saga_id for r in records]
@@ -276,7 +184,7 @@ async def test_list_sagas_filters_by_trigger_and_creation_time(store: SagaStore)
         ("late", "orders.on_order", day + timedelta(days=1)),  # exactly the upper bound
     ]
     for saga_id, trigger_id, created in specs:
-        await store.create_saga(_saga(saga_id, trigger_id=trigger_id, created_at=created))
+        await store.create_saga(saga_record(saga_id, trigger_id=trigger_id, created_at=created))
 
     def ids(records: list[SagaRecord]) -> list[str]:
         return [r.saga_id for r in records]
@@ -302,7 +210,7 @@ async def test_list_sagas_pages_after_a_saga_id(store: SagaStore) -> None:
     total = 450  # more than one chunk of an index scan
     for n in range(total):
         status = SagaStatus.COMPLETED if n % 3 else SagaStatus.FAILED
-        await store.create_saga(_saga(f"s{n:03}", status=status))
+        await store.create_saga(saga_record(f"s{n:03}", status=status))
 
     async def every_page(**filters: Any) -> list[list[str]]:
         pages: list[list[str]] = []
@@ -325,8 +233,8 @@ async def test_list_sagas_pages_after_a_saga_id(store: SagaStore) -> None:
 
 
 async def test_delete_saga_removes_it_and_its_steps(store: SagaStore) -> None:
-    await store.create_saga(_saga("gone"))
-    await store.create_saga(_saga("kept"))
+    await store.create_saga(saga_record("gone"))
+    await store.create_saga(saga_record("kept"))
     await store.save_step(StepRecord("gone", "reserve", StepStatus.COMPLETED))
     await store.save_step(StepRecord("kept", "reserve", StepStatus.COMPLETED))
     await store.delete_saga("gone")
@@ -338,16 +246,16 @@ async def test_delete_saga_removes_it_and_its_steps(store: SagaStore) -> None:
 
 
 async def test_list_recoverable_finds_unleased_and_expired_live_sagas(store: SagaStore) -> None:
-    await store.save_saga(_saga("no-lease", status=SagaStatus.PENDING))
+    await store.save_saga(saga_record("no-lease", status=SagaStatus.PENDING))
     await store.save_saga(
-        _saga("expired", status=SagaStatus.RUNNING, owner="w", lease_expires_at=_earlier())
+        saga_record("expired", status=SagaStatus.RUNNING, owner="w", lease_expires_at=_earlier())
     )
     await store.save_saga(
-        _saga("live", status=SagaStatus.RUNNING, owner="w", lease_expires_at=_later())
+        saga_record("live", status=SagaStatus.RUNNING, owner="w", lease_expires_at=from_now())
     )
-    await store.save_saga(_saga("done", status=SagaStatus.COMPLETED))
-    await store.save_saga(_saga("undoing", status=SagaStatus.COMPENSATING))
-    await store.save_saga(_saga("undoing", status=SagaStatus.COMPENSATED))  # became terminal
+    await store.save_saga(saga_record("done", status=SagaStatus.COMPLETED))
+    await store.save_saga(saga_record("undoing", status=SagaStatus.COMPENSATING))
+    await store.save_saga(saga_record("undoing", status=SagaStatus.COMPENSATED))  # became terminal
 
     found = await store.list_recoverable(utcnow())
     assert [r.saga_id for r in found] == ["no-lease", "expired"]
@@ -357,19 +265,19 @@ async def test_list_recoverable_finds_unleased_and_expired_live_sagas(store: Sag
 
 
 async def test_claim_saga_takes_free_expired_or_own_leases_only(store: SagaStore) -> None:
-    assert not await store.claim_saga("missing", "a", _later())
-    await store.save_saga(_saga(status=SagaStatus.RUNNING))
+    assert not await store.claim_saga("missing", "a", from_now())
+    await store.save_saga(saga_record(status=SagaStatus.RUNNING))
 
-    lease = _later()
+    lease = from_now()
     assert await store.claim_saga("s1", "a", lease)
     stored = await store.get_saga("s1")
     assert stored is not None
     assert (stored.owner, stored.lease_expires_at) == ("a", lease)
-    assert not await store.claim_saga("s1", "b", _later())  # a's lease is live
-    assert await store.claim_saga("s1", "a", _later(120))  # own lease: renewed
+    assert not await store.claim_saga("s1", "b", from_now())  # a's lease is live
+    assert await store.claim_saga("s1", "a", from_now(120))  # own lease: renewed
 
     await store.claim_saga("s1", "a", _earlier())  # a's lease lapses
-    assert await store.claim_saga("s1", "b", _later())
+    assert await store.claim_saga("s1", "b", from_now())
     stored = await store.get_saga("s1")
     assert stored is not None
     assert stored.owner == "b"
@@ -413,38 +321,38 @@ async def test_steps_round_trip_upsert_and_reset(store: SagaStore) -> None:
 
 # -- inbox ---------------------------------------------------------------------------------
 async def test_inbox_claimed_then_duplicate_then_released(store: SagaStore) -> None:
-    claim = await store.claim_inbox("t", "k1", "saga-1", "a", _later())
+    claim = await store.claim_inbox("t", "k1", "saga-1", "a", from_now())
     assert (claim.outcome, claim.saga_id, claim.owner) == (ClaimOutcome.CLAIMED, "saga-1", "a")
 
     await store.complete_inbox("t", "k1")
-    dup = await store.claim_inbox("t", "k1", "saga-2", "b", _later())
+    dup = await store.claim_inbox("t", "k1", "saga-2", "b", from_now())
     assert (dup.outcome, dup.saga_id) == (ClaimOutcome.DUPLICATE, "saga-1")
-    other_trigger = await store.claim_inbox("t2", "k1", "saga-3", "b", _later())
+    other_trigger = await store.claim_inbox("t2", "k1", "saga-3", "b", from_now())
     assert other_trigger.outcome is ClaimOutcome.CLAIMED
 
     await store.release_inbox("t", "k1")
-    again = await store.claim_inbox("t", "k1", "saga-4", "b", _later())
+    again = await store.claim_inbox("t", "k1", "saga-4", "b", from_now())
     assert (again.outcome, again.saga_id) == (ClaimOutcome.CLAIMED, "saga-4")
 
 
 async def test_inbox_busy_while_another_owner_holds_a_live_lease(store: SagaStore) -> None:
-    await store.claim_inbox("t", "k", "saga-1", "a", _later())
-    busy = await store.claim_inbox("t", "k", "saga-2", "b", _later())
+    await store.claim_inbox("t", "k", "saga-1", "a", from_now())
+    busy = await store.claim_inbox("t", "k", "saga-2", "b", from_now())
     assert (busy.outcome, busy.saga_id, busy.owner) == (ClaimOutcome.BUSY, "saga-1", "a")
 
 
 async def test_inbox_taken_over_by_own_owner_or_after_expiry(store: SagaStore) -> None:
-    await store.claim_inbox("t", "k", "saga-1", "a", _later())
+    await store.claim_inbox("t", "k", "saga-1", "a", from_now())
     own = await store.claim_inbox("t", "k", "saga-x", "a", _earlier())  # a lets it lapse
     assert (own.outcome, own.saga_id, own.owner) == (ClaimOutcome.TAKEN_OVER, "saga-1", "a")
 
-    stolen = await store.claim_inbox("t", "k", "saga-2", "b", _later())
+    stolen = await store.claim_inbox("t", "k", "saga-2", "b", from_now())
     assert (stolen.outcome, stolen.saga_id, stolen.owner) == (
         ClaimOutcome.TAKEN_OVER,
         "saga-1",
         "b",
     )
-    back = await store.claim_inbox("t", "k", "saga-3", "a", _later())
+    back = await store.claim_inbox("t", "k", "saga-3", "a", from_now())
     assert (back.outcome, back.owner) == (ClaimOutcome.BUSY, "b")
 
 
@@ -454,40 +362,40 @@ async def test_renew_leases_extends_what_an_owner_still_holds(store: SagaStore) 
     await store.claim_inbox("t", "k3", "s-3", "a", _earlier())
     await store.complete_inbox("t", "k3")  # completed rows are not renewed
     await store.claim_inbox("t", "k4", "s-4", "z", _earlier())  # someone else's
-    await store.save_saga(_saga("run", status=SagaStatus.RUNNING, owner="a"))
-    await store.save_saga(_saga("done", status=SagaStatus.COMPLETED, owner="a"))
-    await store.save_saga(_saga("theirs", status=SagaStatus.RUNNING, owner="z"))
+    await store.save_saga(saga_record("run", status=SagaStatus.RUNNING, owner="a"))
+    await store.save_saga(saga_record("done", status=SagaStatus.COMPLETED, owner="a"))
+    await store.save_saga(saga_record("theirs", status=SagaStatus.RUNNING, owner="z"))
 
-    assert await store.renew_leases("a", _later()) == 3
-    assert (await store.claim_inbox("t", "k1", "x", "b", _later())).outcome is ClaimOutcome.BUSY
-    assert (await store.claim_inbox("t", "k4", "x", "b", _later())).outcome is (
+    assert await store.renew_leases("a", from_now()) == 3
+    assert (await store.claim_inbox("t", "k1", "x", "b", from_now())).outcome is ClaimOutcome.BUSY
+    assert (await store.claim_inbox("t", "k4", "x", "b", from_now())).outcome is (
         ClaimOutcome.TAKEN_OVER
     )
     assert [r.saga_id for r in await store.list_recoverable(utcnow())] == ["theirs"]
     run = await store.get_saga("run")
     assert run is not None
     assert run.lease_expires_at is not None
-    assert await store.renew_leases("nobody", _later()) == 0
+    assert await store.renew_leases("nobody", from_now()) == 0
 
     # a row another worker took over is no longer renewed for the old owner
     await store.claim_inbox("t", "k2", "s-2", "a", _earlier())
-    await store.claim_inbox("t", "k2", "s-2", "b", _later())
-    assert await store.renew_leases("a", _later()) == 2
+    await store.claim_inbox("t", "k2", "s-2", "b", from_now())
+    assert await store.renew_leases("a", from_now()) == 2
 
 
 async def test_purge_expired_drops_old_completed_rows_and_stored_events(store: SagaStore) -> None:
-    await store.claim_inbox("t", "done", "s-1", "a", _later())
+    await store.claim_inbox("t", "done", "s-1", "a", from_now())
     await store.complete_inbox("t", "done")
-    await store.claim_inbox("t", "pending", "s-2", "a", _later())
-    await store.save_saga(_saga("finished", status=SagaStatus.COMPLETED, event={"id": 1}))
-    await store.save_saga(_saga("running", status=SagaStatus.RUNNING, event={"id": 2}))
+    await store.claim_inbox("t", "pending", "s-2", "a", from_now())
+    await store.save_saga(saga_record("finished", status=SagaStatus.COMPLETED, event={"id": 1}))
+    await store.save_saga(saga_record("running", status=SagaStatus.RUNNING, event={"id": 2}))
 
     assert await store.purge_expired(utcnow() - timedelta(hours=1)) == 0
     assert await store.purge_expired(utcnow() + timedelta(seconds=5)) == 2
 
-    again = await store.claim_inbox("t", "done", "s-9", "b", _later())
+    again = await store.claim_inbox("t", "done", "s-9", "b", from_now())
     assert (again.outcome, again.saga_id) == (ClaimOutcome.CLAIMED, "s-9")
-    pending = await store.claim_inbox("t", "pending", "s-9", "b", _later())
+    pending = await store.claim_inbox("t", "pending", "s-9", "b", from_now())
     assert pending.outcome is ClaimOutcome.BUSY
     finished = await store.get_saga("finished")
     running = await store.get_saga("running")
@@ -603,7 +511,7 @@ async def test_a_sagas_outbox_rows_are_listed_sent_or_not(store: SagaStore) -> N
     await store.save_step(
         StepRecord("s2", "b", StepStatus.COMPLETED), [OutboxMessage("s2", "other", None)]
     )
-    await store.save_saga(_saga("s1", status=SagaStatus.COMPLETED), [
+    await store.save_saga(saga_record("s1", status=SagaStatus.COMPLETED), [
         OutboxMessage("s1", "done", {"n": 3}),
     ])  # fmt: skip
     listed = await store.list_saga_outbox("s1")
@@ -654,8 +562,8 @@ async def test_a_database_error_inside_save_step_rolls_the_step_back(
 
 # -- combined checkpoints (save_checkpoint) ------------------------------------------------
 async def test_save_checkpoint_starts_a_saga_with_its_first_step(store: SagaStore) -> None:
-    await store.create_saga(_saga())  # PENDING, as admission writes it
-    running = _saga(status=SagaStatus.RUNNING, owner="w1", lease_expires_at=_later())
+    await store.create_saga(saga_record())  # PENDING, as admission writes it
+    running = saga_record(status=SagaStatus.RUNNING, owner="w1", lease_expires_at=from_now())
     await store.save_checkpoint(
         running, [StepRecord("s1", "reserve", StepStatus.RUNNING, attempts=1)]
     )
@@ -671,13 +579,13 @@ async def test_save_checkpoint_starts_a_saga_with_its_first_step(store: SagaStor
 async def test_save_checkpoint_finishes_a_saga_its_outbox_and_its_inbox_row(
     store: SagaStore,
 ) -> None:
-    claim = await store.claim_inbox("orders", "k1", "s1", "w1", _later())
+    claim = await store.claim_inbox("orders", "k1", "s1", "w1", from_now())
     assert claim.outcome is ClaimOutcome.CLAIMED
     await store.save_checkpoint(
-        _saga(status=SagaStatus.RUNNING), [StepRecord("s1", "reserve", StepStatus.RUNNING)]
+        saga_record(status=SagaStatus.RUNNING), [StepRecord("s1", "reserve", StepStatus.RUNNING)]
     )
     await store.save_checkpoint(
-        _saga(status=SagaStatus.COMPLETED, context={"order_id": 1, "reserved": True}),
+        saga_record(status=SagaStatus.COMPLETED, context={"order_id": 1, "reserved": True}),
         [
             StepRecord(
                 "s1", "reserve", StepStatus.COMPLETED, result={"reserved": True}, completed_seq=1
@@ -706,7 +614,7 @@ async def test_save_checkpoint_finishes_a_saga_its_outbox_and_its_inbox_row(
     ]
     assert messages[1].headers == {"trace": "1"}
     assert (messages[0].id or 0) < (messages[1].id or 0)
-    again = await store.claim_inbox("orders", "k1", "s1", "w2", _later())
+    again = await store.claim_inbox("orders", "k1", "s1", "w2", from_now())
     assert again.outcome is ClaimOutcome.DUPLICATE
 
 
@@ -732,9 +640,9 @@ async def test_save_checkpoint_with_steps_only_writes_them_and_their_outbox(
 
 async def _started(store: SagaStore) -> None:
     """A claimed inbox row and a saga started with its step running (before a finish)."""
-    await store.claim_inbox("orders", "k1", "s1", "w1", _later())
+    await store.claim_inbox("orders", "k1", "s1", "w1", from_now())
     await store.save_checkpoint(
-        _saga(status=SagaStatus.RUNNING), [StepRecord("s1", "reserve", StepStatus.RUNNING)]
+        saga_record(status=SagaStatus.RUNNING), [StepRecord("s1", "reserve", StepStatus.RUNNING)]
     )
 
 
@@ -744,13 +652,13 @@ async def _assert_still_started(store: SagaStore) -> None:
     assert saved.status is SagaStatus.RUNNING
     assert [s.status for s in await store.get_steps("s1")] == [StepStatus.RUNNING]
     assert await store.fetch_outbox() == []
-    claim = await store.claim_inbox("orders", "k1", "s1", "w2", _later())
+    claim = await store.claim_inbox("orders", "k1", "s1", "w2", from_now())
     assert claim.outcome is ClaimOutcome.BUSY  # still pending, held by w1: not completed
 
 
 def _finish(outbox: list[OutboxMessage]) -> tuple[Any, ...]:
     return (
-        _saga(status=SagaStatus.COMPLETED),
+        saga_record(status=SagaStatus.COMPLETED),
         [StepRecord("s1", "reserve", StepStatus.COMPLETED, completed_seq=1)],
         outbox,
     )
@@ -788,7 +696,7 @@ async def test_a_memory_finish_that_cannot_copy_a_row_writes_nothing() -> None:
     # the step and the outbox could be copied; the saga row cannot: none of them is stored
     with pytest.raises(TypeError, match="cannot be copied"):
         await store.save_checkpoint(
-            _saga(status=SagaStatus.COMPLETED, context={"x": _Uncopyable()}),
+            saga_record(status=SagaStatus.COMPLETED, context={"x": _Uncopyable()}),
             [StepRecord("s1", "reserve", StepStatus.COMPLETED, completed_seq=1)],
             [OutboxMessage("s1", "saga.completed", {"ok": True})],
             complete_inbox=("orders", "k1"),
@@ -802,12 +710,12 @@ class _Uncopyable:
 
 
 async def test_save_saga_writes_its_outbox_in_the_same_transaction(store: SagaStore) -> None:
-    await store.save_saga(_saga(status=SagaStatus.RUNNING))
+    await store.save_saga(saga_record(status=SagaStatus.RUNNING))
     await store.save_step(StepRecord("s1", "reserve", StepStatus.COMPLETED), [
         OutboxMessage("s1", "orders", {"event": "reserved"}),
     ])  # fmt: skip
     await store.save_saga(
-        _saga(status=SagaStatus.COMPLETED),
+        saga_record(status=SagaStatus.COMPLETED),
         [
             OutboxMessage("s1", "saga.completed", {"saga_id": "s1"}, {"trace": "1"}),
             OutboxMessage("s1", "audit", b"\x00raw"),
@@ -828,7 +736,7 @@ async def test_save_saga_writes_its_outbox_in_the_same_transaction(store: SagaSt
     assert 0 < ids[0] < ids[1] < ids[2]
     assert all(m.created_at is not None and m.sent_at is None for m in messages)
 
-    await store.save_saga(_saga(status=SagaStatus.COMPLETED, error="again"))  # no messages
+    await store.save_saga(saga_record(status=SagaStatus.COMPLETED, error="again"))  # no messages
     assert len(await store.fetch_outbox()) == 3
 
 
@@ -836,11 +744,11 @@ async def test_a_saga_whose_outbox_cannot_be_stored_keeps_its_previous_state(
     durable_backend: Backend,
 ) -> None:
     store = await durable_backend.open()
-    await store.save_saga(_saga(status=SagaStatus.RUNNING))
+    await store.save_saga(saga_record(status=SagaStatus.RUNNING))
     good = OutboxMessage("s1", "saga.completed", {"ok": True})
     bad = OutboxMessage("s1", "saga.completed", object())
     with pytest.raises(StoreError, match="convert it first"):
-        await store.save_saga(_saga(status=SagaStatus.COMPLETED), [good, bad])
+        await store.save_saga(saga_record(status=SagaStatus.COMPLETED), [good, bad])
     saved = await store.get_saga("s1")
     assert saved is not None
     assert saved.status is SagaStatus.RUNNING
@@ -853,10 +761,10 @@ async def test_a_database_error_inside_save_saga_rolls_the_saga_back(
     import asyncpg
 
     store = await sql_backend.open()
-    await store.save_saga(_saga(status=SagaStatus.RUNNING))
+    await store.save_saga(saga_record(status=SagaStatus.RUNNING))
     broken = OutboxMessage("s1", None, {"ok": True})  # type: ignore[arg-type]  # NOT NULL topic
     with pytest.raises((StoreError, asyncpg.NotNullViolationError)):
-        await store.save_saga(_saga(status=SagaStatus.COMPLETED), [broken])
+        await store.save_saga(saga_record(status=SagaStatus.COMPLETED), [broken])
     saved = await store.get_saga("s1")
     assert saved is not None
     assert saved.status is SagaStatus.RUNNING
@@ -909,8 +817,8 @@ async def test_delete_steps_forgets_only_the_named_steps(store: SagaStore) -> No
 
 
 async def test_a_cancelled_saga_is_terminal(store: SagaStore) -> None:
-    await store.save_saga(_saga("c", status=SagaStatus.CANCELLED, error="cancelled by ops"))
-    await store.save_saga(_saga("live", status=SagaStatus.RUNNING))
+    await store.save_saga(saga_record("c", status=SagaStatus.CANCELLED, error="cancelled by ops"))
+    await store.save_saga(saga_record("live", status=SagaStatus.RUNNING))
     stored = await store.get_saga("c")
     assert stored is not None
     assert (stored.status, stored.error) == (SagaStatus.CANCELLED, "cancelled by ops")
@@ -1219,7 +1127,7 @@ async def test_start_and_stop_are_idempotent_and_data_survives_reopening(
     store = backend.make()
     await store.start()
     await store.start()
-    await store.create_saga(_saga("kept"))
+    await store.create_saga(saga_record("kept"))
     await store.stop()
     await store.stop()
     if not store.durable:
@@ -1235,9 +1143,9 @@ async def test_durable_store_refuses_work_before_start_and_after_stop(
     with pytest.raises(StoreError, match=r"await store\.start\(\)"):
         await store.get_saga("s1")
     async with store:
-        await store.save_saga(_saga())
+        await store.save_saga(saga_record())
     with pytest.raises(StoreError, match="not started"):
-        await store.claim_inbox("t", "k", "s", "a", _later())
+        await store.claim_inbox("t", "k", "s", "a", from_now())
 
 
 async def test_schema_is_created_once_and_its_version_recorded(durable_backend: Backend) -> None:
@@ -1247,7 +1155,7 @@ async def test_schema_is_created_once_and_its_version_recorded(durable_backend: 
         await store.start()  # again: harmless
     versions = {await store.schema_version() for store in stores}  # type: ignore[attr-defined]
     assert versions == {(await stores[0].schema_versions()).expected}
-    await stores[0].save_saga(_saga())
+    await stores[0].save_saga(saga_record())
     later = await backend.open()  # starting on an existing schema keeps the data
     assert await later.get_saga("s1") is not None
 
@@ -1306,7 +1214,7 @@ async def test_a_version_2_schema_is_upgraded_with_leases_and_rate_limits_keepin
     backend = durable_backend
     store = await backend.open()
     expected = (await store.schema_versions()).expected
-    await store.save_saga(_saga())
+    await store.save_saga(saga_record())
     await store.stop()
     await _downgrade_to(store, 2)
     with pytest.raises(SchemaOutdatedError):  # migrated only when asked: sagaz db upgrade
@@ -1333,8 +1241,10 @@ async def test_upgrading_names_trigger_executions_by_the_trigger_id_of_their_sag
     ``trigger_schedules`` names a trigger by its id: rows whose saga is stored take its
     ``trigger_id``, so the two tables join again; others are left as they are."""
     store = await sql_backend.open()
-    await store.save_saga(_saga("s1", trigger_id="files.on_file"))
-    await store.save_saga(_saga("s2", trigger_id="files.on_file", status=SagaStatus.COMPLETED))
+    await store.save_saga(saga_record("s1", trigger_id="files.on_file"))
+    await store.save_saga(
+        saga_record("s2", trigger_id="files.on_file", status=SagaStatus.COMPLETED)
+    )
     for saga_id, hash_ in (("s1", "h1"), ("s2", "h2"), ("purged", "h3")):
         await store.start_trigger_execution(
             TriggerExecutionRecord("file_watcher", hash_, saga_id), exclusive=True
@@ -1393,7 +1303,7 @@ async def test_a_schema_before_saga_control_is_upgraded_to_it_and_keeps_its_data
     backend = durable_backend
     before = SAGA_CONTROL_MIGRATION[backend.name] - 1
     store = await backend.open()
-    await store.save_saga(_saga(status=SagaStatus.COMPENSATED, event={"id": 1}))
+    await store.save_saga(saga_record(status=SagaStatus.COMPENSATED, event={"id": 1}))
     await store.stop()
     await _downgrade_to(store, before)
     with pytest.raises(SchemaOutdatedError):
@@ -1401,7 +1311,7 @@ async def test_a_schema_before_saga_control_is_upgraded_to_it_and_keeps_its_data
     assert (await backend.make().upgrade_schema()).current == before
     upgraded = await backend.open()
     assert await upgraded.get_saga("s1") is not None
-    await upgraded.save_saga(_saga("s2", status=SagaStatus.CANCELLED))
+    await upgraded.save_saga(saga_record("s2", status=SagaStatus.CANCELLED))
     stored = await upgraded.get_saga("s2")
     assert stored is not None
     assert stored.status is SagaStatus.CANCELLED
@@ -1496,7 +1406,7 @@ async def test_redis_layout_4_lists_outbox_rows_by_saga_after_upgrade(
     assert isinstance(store, RedisSagaStore)
     step = StepRecord("s1", "a", StepStatus.COMPLETED)
     await store.save_step(step, [OutboxMessage("s1", "orders", {"n": 1})])
-    await store.save_saga(_saga("s2"), [OutboxMessage("s2", "other", 2)])
+    await store.save_saga(saga_record("s2"), [OutboxMessage("s2", "other", 2)])
     await store.save_step(step, [OutboxMessage("s1", "orders", {"n": 3})])
     await store.stop()
 
@@ -1523,13 +1433,13 @@ async def test_redis_store_reloads_its_scripts_when_the_server_lost_them(
     import redis.asyncio as redis
 
     store = await redis_backend.open()
-    await store.create_saga(_saga("before"))
+    await store.create_saga(saga_record("before"))
     admin = redis.Redis.from_url(redis_url)
     try:
         await admin.script_flush()  # as after a restart
     finally:
         await admin.aclose()
-    results = await asyncio.gather(*(store.create_saga(_saga(f"s{n}")) for n in range(20)))
+    results = await asyncio.gather(*(store.create_saga(saga_record(f"s{n}")) for n in range(20)))
     assert all(created for _, created in results)
     assert await store.claim_inbox("t", "k", "s0", "w1", utcnow() + timedelta(seconds=30))
 
@@ -1568,8 +1478,8 @@ async def test_one_failing_redis_call_fails_alone_in_its_round_trip(
     groups = store._client.groups
     sent = groups.groups_sent
     results = await asyncio.gather(
-        *(store.save_saga(_saga(f"s{n}")) for n in range(10)),
-        store.save_saga(_saga("broken")),
+        *(store.save_saga(saga_record(f"s{n}")) for n in range(10)),
+        store.save_saga(saga_record("broken")),
         *(store.get_saga(f"nobody-{n}") for n in range(10)),
         return_exceptions=True,
     )
@@ -1584,12 +1494,12 @@ async def test_a_lost_redis_server_fails_every_call_of_the_round_trip(
     private_redis: Any,
 ) -> None:
     async with RedisSagaStore(private_redis.url, prefix="sagaz-test") as store:
-        await store.create_saga(_saga("s-1"))
+        await store.create_saga(saga_record("s-1"))
         await private_redis.stop()
         lease = utcnow() + timedelta(seconds=30)
         results = await asyncio.gather(
             store.get_saga("s-1"),
-            *(store.save_saga(_saga(f"s{n}")) for n in range(5)),
+            *(store.save_saga(saga_record(f"s{n}")) for n in range(5)),
             *(store.claim_inbox("t", f"k{n}", f"s{n}", "worker", lease) for n in range(5)),
             store.list_saga_outbox("s-1"),
             return_exceptions=True,
@@ -1605,7 +1515,7 @@ async def test_a_lost_redis_server_fails_every_call_of_the_round_trip(
 # -- admission's claim of an event: inbox row and saga row in one operation ----------------
 def _event_saga(saga_id: str = "s1", **changes: Any) -> SagaRecord:
     """The pending row admission writes with its claim: no context yet, the event kept."""
-    base = _saga(saga_id, context={}, event={"id": 7}, owner="a", lease_expires_at=_later())
+    base = saga_record(saga_id, context={}, event={"id": 7}, owner="a", lease_expires_at=from_now())
     return dataclasses.replace(base, trigger_id="t", **changes)
 
 
@@ -1630,14 +1540,14 @@ async def test_event_claim_of_a_new_key_creates_its_pending_saga(store: SagaStor
         )
         assert found.trigger_id == "t" and found.created_at is not None
     # the key is held like any claimed key: live elsewhere, recoverable once it expires
-    busy = await store.claim_inbox("t", "k1", "s1", "b", _later())
+    busy = await store.claim_inbox("t", "k1", "s1", "b", from_now())
     assert (busy.outcome, busy.owner) == (ClaimOutcome.BUSY, "a")
 
 
 async def test_event_claim_of_a_completed_or_held_key_writes_no_saga(store: SagaStore) -> None:
-    await store.claim_inbox("t", "done", "s-done", "a", _later())
+    await store.claim_inbox("t", "done", "s-done", "a", from_now())
     await store.complete_inbox("t", "done")
-    await store.claim_inbox("t", "held", "s-held", "a", _later())
+    await store.claim_inbox("t", "held", "s-held", "a", from_now())
 
     duplicate = await store.claim_event("t", "done", _event_saga("s-done", owner="b"))
     busy = await store.claim_event("t", "held", _event_saga("s-held", owner="b"))
@@ -1661,7 +1571,7 @@ async def test_event_claim_taking_a_key_over_returns_its_saga_as_stored(
 ) -> None:
     first = await store.claim_event("t", "k", _event_saga("s1", lease_expires_at=_earlier()))
     assert first.created
-    running = _saga("s1", status=SagaStatus.RUNNING, context={"n": 1}, trigger_id="t")
+    running = saga_record("s1", status=SagaStatus.RUNNING, context={"n": 1}, trigger_id="t")
     await store.save_saga(dataclasses.replace(running, owner="a", lease_expires_at=_earlier()))
 
     taken = await store.claim_event("t", "k", _event_saga("s1", owner="b"))
@@ -1677,7 +1587,7 @@ async def test_event_claim_of_a_released_key_finds_the_saga_of_its_earlier_run(
 ) -> None:
     """A replayed dead letter: its key was released, its saga ended compensated."""
     await store.claim_event("t", "k", _event_saga("s1"))
-    await store.save_saga(_saga("s1", status=SagaStatus.COMPENSATED, trigger_id="t"))
+    await store.save_saga(saga_record("s1", status=SagaStatus.COMPENSATED, trigger_id="t"))
     await store.release_inbox("t", "k")
     again = await store.claim_event("t", "k", _event_saga("s1", owner="b"))
     assert (again.outcome, again.created) == (ClaimOutcome.CLAIMED, False)
@@ -1689,21 +1599,21 @@ async def test_concurrent_event_claims_share_a_group_and_keep_their_own_answers(
 ) -> None:
     """Group commit: claims of new keys, a duplicate, a busy key and a key taken over (its
     saga exists) issued at once, among other writes, each get their own answer."""
-    await store.claim_inbox("t", "done", "s-done", "x", _later())
+    await store.claim_inbox("t", "done", "s-done", "x", from_now())
     await store.complete_inbox("t", "done")
-    await store.claim_inbox("t", "held", "s-held", "x", _later())
+    await store.claim_inbox("t", "held", "s-held", "x", from_now())
     await store.claim_event(
         "t", "lapsed", _event_saga("s-lapsed", owner="x", lease_expires_at=_earlier())
     )
-    await store.save_saga(_saga("s-lapsed", status=SagaStatus.RUNNING, context={"n": 2}))
+    await store.save_saga(saga_record("s-lapsed", status=SagaStatus.RUNNING, context={"n": 2}))
     results = await asyncio.gather(
         *(store.claim_event("t", f"k{n}", _event_saga(f"s{n}")) for n in range(30)),
         store.claim_event("t", "done", _event_saga("s-done")),
         store.claim_event("t", "held", _event_saga("s-held")),
         store.claim_event("t", "lapsed", _event_saga("s-lapsed")),
-        store.claim_inbox("t", "plain", "s-plain", "a", _later()),
-        store.create_saga(_saga("s-created")),
-        store.save_checkpoint(_saga("s-checkpoint", status=SagaStatus.RUNNING)),
+        store.claim_inbox("t", "plain", "s-plain", "a", from_now()),
+        store.create_saga(saga_record("s-created")),
+        store.save_checkpoint(saga_record("s-checkpoint", status=SagaStatus.RUNNING)),
     )
     claims = results[:30]
     assert [(c.outcome, c.created) for c in claims] == [(ClaimOutcome.CLAIMED, True)] * 30
@@ -1729,7 +1639,7 @@ async def _contenders(backend: Backend) -> list[SagaStore]:
 async def test_concurrent_inbox_claims_of_one_key_have_one_winner(backend: Backend) -> None:
     stores = await _contenders(backend)
     claims = await asyncio.gather(
-        *(s.claim_inbox("t", "key", f"saga-{i}", f"w{i}", _later()) for i, s in enumerate(stores))
+        *(s.claim_inbox("t", "key", f"saga-{i}", f"w{i}", from_now()) for i, s in enumerate(stores))
     )
     winners = [c for c in claims if c.outcome is ClaimOutcome.CLAIMED]
     assert len(winners) == 1
@@ -1795,7 +1705,7 @@ async def test_concurrent_acquires_of_one_lease_have_one_winner(backend: Backend
 async def test_concurrent_create_saga_creates_once(backend: Backend) -> None:
     stores = await _contenders(backend)
     results = await asyncio.gather(
-        *(s.create_saga(_saga("one", context={"by": i})) for i, s in enumerate(stores))
+        *(s.create_saga(saga_record("one", context={"by": i})) for i, s in enumerate(stores))
     )
     created = [record for record, was_created in results if was_created]
     assert len(created) == 1
@@ -1907,11 +1817,11 @@ async def test_a_lost_server_is_store_unavailable_and_the_store_works_once_it_is
 
 async def _lose_the_server_and_get_it_back(store: SagaStore, server: Any) -> None:
     lease = utcnow() + timedelta(seconds=30)
-    await store.create_saga(_saga("s-1"))
+    await store.create_saga(saga_record("s-1"))
     await server.stop()
     operations = [
         lambda: store.get_saga("s-1"),
-        lambda: store.save_saga(_saga("s-2")),
+        lambda: store.save_saga(saga_record("s-2")),
         lambda: store.claim_inbox("t", "k", "s-3", "worker", lease),
         lambda: store.renew_leases("worker", lease),
         lambda: store.acquire_lease("relay", "worker", 5.0),
@@ -1940,9 +1850,9 @@ async def test_a_sqlite_file_locked_too_long_is_store_unavailable(tmp_path: Path
         try:
             holder.execute("BEGIN IMMEDIATE")  # another process keeps the write lock
             with pytest.raises(StoreUnavailableError, match="busy_timeout"):
-                await store.save_saga(_saga("s-1"))
+                await store.save_saga(saga_record("s-1"))
             holder.execute("ROLLBACK")
         finally:
             holder.close()
-        await store.save_saga(_saga("s-1"))
+        await store.save_saga(saga_record("s-1"))
         assert await store.get_saga("s-1") is not None

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -33,29 +31,7 @@ from sagaz.storage.redis import retention as redis_retention
 from sagaz.storage.sqlite import retention as sqlite_retention
 from sagaz.testing import eventually
 from sagaz.types import SagaStatus, StepStatus
-from tests.contract.test_store_contract import Backend, _backend, _later, _saga
-from tests.services import backend_params
-
-
-@pytest.fixture(params=backend_params("memory", "sqlite", "postgres", "redis"))
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """Every store kind (as in ``test_store_contract.py``)."""
-    async for made in _backend(request, tmp_path):
-        yield made
-
-
-@pytest.fixture(params=backend_params("sqlite", "postgres", "redis"))
-async def durable_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """The durable stores (they have a schema)."""
-    async for made in _backend(request, tmp_path):
-        yield made
-
-
-@pytest.fixture
-async def store(backend: Backend) -> SagaStore:
-    """A started store on a fresh storage location."""
-    return await backend.open()
-
+from tests.contract.store_backends import Backend, from_now, saga_record
 
 FINISHED = (
     SagaStatus.COMPLETED,
@@ -72,7 +48,7 @@ async def _finish(store: SagaStore, saga_id: str, status: SagaStatus, **changes:
         [OutboxMessage(saga_id, "orders", {"saga": saga_id})],
     )
     await store.add_saga_history(SagaHistoryRecord(saga_id, "resume_requested"))
-    await store.save_saga(_saga(saga_id, status=status, **changes))  # type: ignore[arg-type]
+    await store.save_saga(saga_record(saga_id, status=status, **changes))  # type: ignore[arg-type]
     await store.mark_outbox_sent([m.id for m in await store.list_saga_outbox(saga_id) if m.id])
 
 
@@ -98,8 +74,8 @@ async def test_purge_sagas_deletes_finished_sagas_older_than_the_cutoff_with_the
 ) -> None:
     for status in FINISHED:
         await _finish(store, f"old-{status.value}", status)
-    await store.save_saga(_saga("running", status=SagaStatus.RUNNING))
-    await store.save_saga(_saga("pending", status=SagaStatus.PENDING))
+    await store.save_saga(saga_record("running", status=SagaStatus.RUNNING))
+    await store.save_saga(saga_record("pending", status=SagaStatus.PENDING))
     cutoff = await _moment()
     await _finish(store, "recent", SagaStatus.COMPLETED)
 
@@ -137,14 +113,14 @@ async def test_purge_sagas_keeps_a_saga_whose_retry_request_or_outbox_is_still_d
     store: SagaStore,
 ) -> None:
     # compensated, its event's inbox row still pending: the engine retries it after a backoff
-    await store.claim_inbox("t", "k", "retrying", "w1", _later())
+    await store.claim_inbox("t", "k", "retrying", "w1", from_now())
     await _finish(store, "retrying", SagaStatus.COMPENSATED, owner="w1", trigger_id="t")
     # an operator asked to resume it
     await _finish(store, "requested", SagaStatus.FAILED)
     assert await store.add_saga_request(SagaControlRequest("requested", SagaAction.RESUME))
     # the relay has not published its terminal event yet
     await store.save_saga(
-        _saga("unsent", status=SagaStatus.COMPLETED), [OutboxMessage("unsent", "orders", 1)]
+        saga_record("unsent", status=SagaStatus.COMPLETED), [OutboxMessage("unsent", "orders", 1)]
     )
     later = utcnow() + timedelta(days=1)
 
@@ -166,7 +142,8 @@ async def test_sagas_kept_in_front_do_not_hold_back_the_deletable_ones_behind_th
     monkeypatch.setattr(redis_retention, "_SCAN_FACTOR", 1)  # a window of `limit` entries
     for n in range(5):  # the oldest: each with an unpublished outbox message
         await store.save_saga(
-            _saga(f"kept{n}", status=SagaStatus.COMPLETED), [OutboxMessage(f"kept{n}", "t", n)]
+            saga_record(f"kept{n}", status=SagaStatus.COMPLETED),
+            [OutboxMessage(f"kept{n}", "t", n)],
         )
     for n in range(3):
         await _finish(store, f"old{n}", SagaStatus.COMPLETED)
@@ -190,16 +167,16 @@ async def test_an_abandoned_inbox_row_is_purged_and_no_longer_keeps_its_saga(
     long_ago = utcnow() - timedelta(hours=2)
     await store.claim_inbox("t", "dead", "s-dead", "w-dead", long_ago)
     await _finish(store, "s-dead", SagaStatus.COMPENSATED, owner="w-dead")
-    await store.claim_inbox("t", "live", "s-live", "w-live", _later())
+    await store.claim_inbox("t", "live", "s-live", "w-live", from_now())
     await _finish(store, "s-live", SagaStatus.COMPENSATED, owner="w-live")
 
     assert await store.purge_sagas(utcnow() + timedelta(days=1)) == 1  # not kept: w-dead died
     assert await store.get_saga("s-dead") is None
     assert await store.purge_expired(utcnow() - timedelta(hours=3)) == 0  # expired since
     assert await store.purge_expired(utcnow() - timedelta(hours=1)) == 1
-    back = await store.claim_inbox("t", "dead", "s-dead", "w-new", _later())
+    back = await store.claim_inbox("t", "dead", "s-dead", "w-new", from_now())
     assert back.outcome is ClaimOutcome.CLAIMED  # a redelivery now is a new event
-    live = await store.claim_inbox("t", "live", "s-live", "w-new", _later())
+    live = await store.claim_inbox("t", "live", "s-live", "w-new", from_now())
     assert live.outcome is ClaimOutcome.BUSY
     assert await store.get_saga("s-live") is not None
 
@@ -207,17 +184,17 @@ async def test_an_abandoned_inbox_row_is_purged_and_no_longer_keeps_its_saga(
 async def test_a_duplicate_after_its_saga_was_purged_is_still_a_duplicate(
     store: SagaStore,
 ) -> None:
-    claim = await store.claim_inbox("t", "order-7", "s-7", "w1", _later())
+    claim = await store.claim_inbox("t", "order-7", "s-7", "w1", from_now())
     assert claim.outcome is ClaimOutcome.CLAIMED
     await store.save_checkpoint(
-        _saga("s-7", status=SagaStatus.COMPLETED, owner="w1", trigger_id="t"),
+        saga_record("s-7", status=SagaStatus.COMPLETED, owner="w1", trigger_id="t"),
         complete_inbox=("t", "order-7"),
     )
     assert await store.purge_sagas(utcnow() + timedelta(days=1)) == 1
     assert await store.get_saga("s-7") is None
 
     # the inbox row outlives the saga: the key still answers "done"
-    again = await store.claim_inbox("t", "order-7", "s-7", "w2", _later())
+    again = await store.claim_inbox("t", "order-7", "s-7", "w2", from_now())
     assert (again.outcome, again.saga_id) == (ClaimOutcome.DUPLICATE, "s-7")
 
 
@@ -225,12 +202,12 @@ async def test_a_finished_saga_run_again_is_kept_until_it_finishes_again(
     store: SagaStore,
 ) -> None:
     await _finish(store, "s1", SagaStatus.COMPENSATED)
-    await store.save_saga(_saga("s1", status=SagaStatus.RUNNING, attempt=2))  # resumed
+    await store.save_saga(saga_record("s1", status=SagaStatus.RUNNING, attempt=2))  # resumed
     assert await store.purge_sagas(utcnow() + timedelta(days=1)) == 0
     assert await store.get_saga("s1") is not None
 
     cutoff = await _moment()
-    await store.save_saga(_saga("s1", status=SagaStatus.COMPLETED, attempt=2))
+    await store.save_saga(saga_record("s1", status=SagaStatus.COMPLETED, attempt=2))
     assert await store.purge_sagas(cutoff) == 0  # finished after the cutoff
     assert await store.purge_sagas(utcnow() + timedelta(days=1)) == 1
     assert await _gone(store, "s1")
@@ -269,9 +246,9 @@ async def test_purge_expired_goes_on_batch_after_batch_until_nothing_is_left(
         monkeypatch.setattr(module, "_PURGE_BATCH", 2)
     first_tick = datetime(2024, 3, 1, tzinfo=UTC)
     for n in range(5):
-        await store.claim_inbox("t", f"k{n}", f"s{n}", "w1", _later())
+        await store.claim_inbox("t", f"k{n}", f"s{n}", "w1", from_now())
         await store.complete_inbox("t", f"k{n}")
-        await store.save_saga(_saga(f"s{n}", status=SagaStatus.COMPLETED, event={"n": n}))
+        await store.save_saga(saga_record(f"s{n}", status=SagaStatus.COMPLETED, event={"n": n}))
         execution = TriggerExecutionRecord("poll", f"h{n}", f"s{n}", started_at=first_tick)
         assert await store.start_trigger_execution(execution, exclusive=False)
         await store.complete_trigger_execution("poll", f"s{n}")
@@ -283,7 +260,7 @@ async def test_purge_expired_goes_on_batch_after_batch_until_nothing_is_left(
     assert all(s.event is None for s in await store.list_sagas())
     assert await store.list_trigger_executions("poll") == []
     assert await store.last_cron_tick("cron") == first_tick + timedelta(hours=4)
-    again = await store.claim_inbox("t", "k0", "s0", "w2", _later())
+    again = await store.claim_inbox("t", "k0", "s0", "w2", from_now())
     assert again.outcome is ClaimOutcome.CLAIMED
 
 
@@ -361,7 +338,7 @@ async def test_sagas_finished_before_the_upgrade_are_purged_after_it(
     backend = durable_backend
     store = await backend.open()
     await _finish(store, "old", SagaStatus.COMPLETED)
-    await store.save_saga(_saga("live", status=SagaStatus.RUNNING))
+    await store.save_saga(saga_record("live", status=SagaStatus.RUNNING))
     await store.stop()
     await _downgrade(store, SAGA_RETENTION_MIGRATION - 1)
     expected = (await backend.make().schema_versions()).expected
