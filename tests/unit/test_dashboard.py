@@ -402,3 +402,71 @@ async def test_a_sagas_page_cancels_resumes_and_retries_it_with_the_csrf_token()
     requests = {r.saga_id: r for r in await store.list_saga_requests()}
     assert sorted(requests) == ["s1", "s3"]
     assert (requests["s3"].action, requests["s3"].step) == (SagaAction.RETRY, "charge")
+
+
+async def test_run_now_fires_a_cron_trigger_of_the_serving_engine_once() -> None:
+    ran: list[str] = []
+
+    class Nightly(Saga):
+        saga_name = "dash-nightly"
+
+        @trigger(source="cron", schedule="0 3 * * *")
+        def on_tick(self, tick: sagaz.CronTick) -> dict[str, Any]:
+            return {"at": tick.scheduled_at.isoformat()}
+
+        @action("report")
+        async def report(self, ctx: Any) -> None:
+            ran.append(ctx["at"])
+
+    class Orders(Saga):
+        saga_name = "dash-orders"
+
+        @trigger(source="memory", channel="dash-orders")
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("one")
+        async def one(self, ctx: Any) -> None:
+            return None
+
+    store = MemorySagaStore()
+    engine = TriggerEngine(TriggerConfig(), store, start_sources=False)
+    async with engine:
+        app = sagaz.dashboard_app(engine=engine, tokens=[TOKEN], read_only_tokens=[READER])
+        async with client(app) as http:
+            page = (await http.get("/triggers", headers=BEARER)).text
+            nightly = page[page.index('data-trigger="dash-nightly.on_tick"') :]
+            assert 'class="run"' in nightly[: nightly.index("</tr>")]
+            orders = page[page.index('data-trigger="dash-orders.on_event"') :]
+            assert 'class="run"' not in orders[: orders.index("</tr>")]  # events come from outside
+            csrf = csrf_of(page)
+            reader = {"Authorization": f"Bearer {READER}"}
+            refused = await http.post(
+                "/triggers/dash-nightly.on_tick/run", headers=reader, data={"csrf": csrf}
+            )
+            assert refused.status_code == 403
+            assert (
+                await http.post("/triggers/dash-nightly.on_tick/run", headers=BEARER)
+            ).status_code == 403
+
+            done = await http.post(
+                "/triggers/dash-nightly.on_tick/run", headers=BEARER, data={"csrf": csrf}
+            )
+            assert done.status_code == 303
+            shown = (await http.get(done.headers["location"], headers=BEARER)).text
+            assert "dash-nightly.on_tick: started, saga " in shown
+            await eventually(lambda: len(ran) == 1, what="the saga of the tick")
+            again = await http.post(
+                "/triggers/dash-nightly.on_tick/run", headers=BEARER, data={"csrf": csrf}
+            )
+            await eventually(lambda: len(ran) == 2, what="a second run: each click is an event")
+
+            wrong = await http.post(
+                "/triggers/dash-orders.on_event/run", headers=BEARER, data={"csrf": csrf}
+            )
+            shown = (await http.get(wrong.headers["location"], headers=BEARER)).text
+            assert "not run: cannot run trigger" in shown and "events come from outside" in shown
+    assert again.status_code == 303
+    sagas = await store.list_sagas(saga_name="dash-nightly")
+    assert len(sagas) == 2
+    await store.stop()

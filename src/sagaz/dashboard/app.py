@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from sagaz.dashboard.auth import COOKIE, Access, Tokens
 from sagaz.dashboard.chart import per_minute_svg
-from sagaz.exceptions import ConfigurationError, SagaControlError
+from sagaz.exceptions import ConfigurationError, SagaControlError, SagazError
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 
 __all__ = ["PAGE_SIZE", "build_app"]
@@ -106,10 +106,15 @@ def build_app(
         return RedirectResponse(_base(ctx, request) + "/triggers", status_code=303)
 
     async def triggers(request: Request, access: Access) -> Response:
-        return _render(ctx, request, "triggers.html", access=access, **await _triggers(ctx))
+        message = request.query_params.get("message", "")
+        return _render(
+            ctx, request, "triggers.html", access=access, message=message, **await _triggers(ctx)
+        )
 
-    async def set_paused(request: Request, access: Access) -> Response:
+    async def trigger_action(request: Request, access: Access) -> Response:
         trigger_id = request.path_params["trigger_id"]
+        if request.path_params["verb"] == "run":
+            return await run_now(request, trigger_id)
         if request.path_params["verb"] not in ("pause", "resume"):
             return _text(404, "no such action")
         paused = request.path_params["verb"] == "pause"
@@ -121,6 +126,35 @@ def build_app(
 
             await (pause_trigger if paused else resume_trigger)(trigger_id, store=_store(ctx))
         return RedirectResponse(_base(ctx, request) + "/triggers", status_code=303)
+
+    async def run_now(request: Request, trigger_id: str) -> Response:
+        """Fire a cron or poll trigger of the serving engine once, now (``sagaz triggers run
+        ID``); back to the triggers page with the saga it started, or why none."""
+        from sagaz.engine.schedules import run_in_engine
+
+        engine = ctx.engine
+        if engine is None or not getattr(engine, "running", False):
+            message = (
+                f"not run: {trigger_id} runs in no engine serving this page; use "
+                f"sagaz triggers run {trigger_id}"
+            )
+        else:
+            try:
+                report = await run_in_engine(engine, trigger_id, timeout=0)
+            except SagazError as exc:
+                message = f"not run: {exc}"
+            except Exception as exc:  # the poll() of a poll trigger: user code
+                logger.warning("dashboard run of trigger %s failed", trigger_id, exc_info=True)
+                message = f"not run: {type(exc).__name__}: {exc}"
+            else:
+                run = report.runs[0]
+                message = f"{trigger_id}: {run.outcome}"
+                if run.saga_id:
+                    message += f", saga {run.saga_id}"
+                if run.error:
+                    message += f" ({run.error})"
+        target = _base(ctx, request) + "/triggers?message=" + quote(message, safe="")
+        return RedirectResponse(target, status_code=303)
 
     async def sagas(request: Request, access: Access) -> Response:
         return _render(ctx, request, "sagas.html", access=access, **await _sagas(ctx, request))
@@ -240,7 +274,7 @@ def build_app(
         Route("/triggers", page(triggers)),
         Route(
             "/triggers/{trigger_id:path}/{verb:str}",
-            page(set_paused, action=True),
+            page(trigger_action, action=True),
             methods=["POST"],
         ),
         Route("/sagas", page(sagas)),
@@ -330,6 +364,7 @@ async def _triggers(ctx: _Context) -> dict[str, Any]:
                     "source": definition.source,
                     "options": _key_options(definition.options),
                     "paused": active.paused or (schedule is not None and not schedule.enabled),
+                    "runnable": definition.source == "cron" or definition.poll_trigger is not None,
                     "received": metrics.received[trigger_id],
                     "started": metrics.accepted[trigger_id],
                     "completed": metrics.completed[trigger_id],
@@ -347,6 +382,7 @@ async def _triggers(ctx: _Context) -> dict[str, Any]:
                     "source": "",
                     "options": f"saga {schedule.saga_name}",
                     "paused": not schedule.enabled,
+                    "runnable": False,
                     "received": None,
                     "started": None,
                     "completed": None,

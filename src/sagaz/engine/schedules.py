@@ -42,6 +42,7 @@ paused.
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ __all__ = [
     "event_meta",
     "in_engine",
     "paused_in_store",
+    "run_in_engine",
     "run_trigger",
     "settle",
     "trigger_kind",
@@ -326,28 +328,57 @@ async def run_trigger(
     ``context`` for a cron trigger).
     """
 
-    def check(definition: TriggerDefinition) -> None:
-        is_cron = isinstance(definition.source_options, CronOptions)
-        if not is_cron and definition.poll_trigger is None:
-            raise ScheduleError(
-                f"cannot run trigger {trigger_id!r} now: it is a {trigger_kind(definition)} "
-                "trigger, whose events come from outside; only cron and poll triggers run on "
-                "their own schedule (send a memory trigger's event with sagaz.fire_event)"
-            )
-        if is_cron and context is not None:
-            raise ScheduleError(
-                f"trigger {trigger_id!r} is a cron trigger: its method receives a CronTick, "
-                "not a context; run it without one (--context is for poll triggers)"
-            )
-
-    async def body(engine: Any, active: ActiveTrigger) -> ScheduleReport:
-        now = engine.clock.now()
-        paused = await paused_in_store(engine.store, trigger_id)
-        run = await _run_once(active, engine, now, context)
-        runs = await settle(engine, [run], timeout)
-        return ScheduleReport(trigger_id, runs, paused)
-
+    check = functools.partial(_check_runnable, trigger_id, context)
+    body = functools.partial(_run_now, trigger_id, context, timeout)
     return await in_engine(trigger_id, store, config, sagas, saga_factory, check, body)
+
+
+async def run_in_engine(
+    engine: Any, trigger_id: str, *, timeout: float | None = 0
+) -> ScheduleReport:
+    """:func:`run_trigger` in ``engine``, a running engine that runs ``trigger_id`` (the
+    dashboard's *Run now*); raises what :func:`run_trigger` raises, and
+    :class:`~sagaz.exceptions.TriggerNotFoundError` when ``engine`` does not run it."""
+    active = engine.triggers.get(trigger_id)
+    if active is None:
+        raise TriggerNotFoundError(
+            f"this engine runs no trigger {trigger_id!r} (it runs: "
+            f"{', '.join(sorted(engine.triggers)) or 'none'})"
+        )
+    _check_runnable(trigger_id, None, active.definition)
+    return await _run_now(trigger_id, None, timeout, engine, active)
+
+
+def _check_runnable(
+    trigger_id: str, context: Mapping[str, Any] | None, definition: TriggerDefinition
+) -> None:
+    """Refuse a trigger that does not run on its own schedule, or a context for a cron one."""
+    is_cron = isinstance(definition.source_options, CronOptions)
+    if not is_cron and definition.poll_trigger is None:
+        raise ScheduleError(
+            f"cannot run trigger {trigger_id!r} now: it is a {trigger_kind(definition)} "
+            "trigger, whose events come from outside; only cron and poll triggers run on "
+            "their own schedule (send a memory trigger's event with sagaz.fire_event)"
+        )
+    if is_cron and context is not None:
+        raise ScheduleError(
+            f"trigger {trigger_id!r} is a cron trigger: its method receives a CronTick, "
+            "not a context; run it without one (--context is for poll triggers)"
+        )
+
+
+async def _run_now(
+    trigger_id: str,
+    context: Mapping[str, Any] | None,
+    timeout: float | None,
+    engine: Any,
+    active: ActiveTrigger,
+) -> ScheduleReport:
+    now = engine.clock.now()
+    paused = await paused_in_store(engine.store, trigger_id)
+    run = await _run_once(active, engine, now, context)
+    runs = await settle(engine, [run], timeout)
+    return ScheduleReport(trigger_id, runs, paused)
 
 
 async def _run_once(
