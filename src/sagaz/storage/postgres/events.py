@@ -60,7 +60,8 @@ class PostgresEventClaims(PostgresSagas, PostgresInbox):
         )
         rows = (("inbox", trigger_id, key), ("saga", record.saga_id))
         claim: EventClaim = await self._committer().run(
-            lambda conn: self._claim_event_one(conn, item),
+            self._claim_event_one,
+            item,
             batch=(self._claim_events, item, rows),
         )
         return claim

@@ -70,7 +70,8 @@ class PostgresSagas(PostgresConnection):
         params = tables.saga_params(record, record.created_at or now, now)
         run = self._create_sagas
         row = await self._committer().run(
-            lambda conn: self._create_one(conn, params),
+            self._create_one,
+            params,
             batch=(run, params, (("saga", record.saga_id),)),
         )
         if row is not None:
@@ -292,7 +293,7 @@ class PostgresSagas(PostgresConnection):
         if complete_inbox is not None:
             rows += (("inbox", *complete_inbox),)
         run = self._run_checkpoints
-        await self._committer().run(lambda conn: run(conn, [item]), batch=(run, item, rows))
+        await self._committer().run(None, batch=(run, item, rows))  # alone: run(conn, [item])
 
     async def _run_checkpoints(self, conn: Any, items: list[_Checkpoint]) -> list[None]:
         """Several checkpoints (of distinct sagas) in one statement: a data-modifying CTE per
