@@ -59,8 +59,6 @@ __all__ = ["UNRESOLVED", "BatchRunner", "PgGroupCommitter", "Statement"]
 
 T = TypeVar("T")
 
-Op = Callable[[Any], Awaitable[Any]]
-"""An operation: runs all its SQL on the asyncpg connection it is given, returns a result."""
 BatchRunner = Callable[[Any, list[Any]], Awaitable[list[Any]]]
 """Runs the items of several operations at once on a connection; a result per item, in order."""
 Batch = tuple[BatchRunner, Any, tuple[Hashable, ...]]
@@ -76,13 +74,31 @@ _RETRIES = 3
 _MAX_GROUP = 1000  # operations in one transaction at most (bounds a group's duration)
 
 
+_NO_ARG: Any = object()
+
+
 @dataclass(slots=True)
 class _Queued:
-    """An operation waiting for its group, and the future its caller awaits."""
+    """An operation waiting for its group, and the future its caller awaits.
 
-    op: Op
+    The operation is ``op(conn)``, or ``op(conn, arg)`` given ``arg``, or, with no ``op``,
+    its batch's runner on its item alone: a bound method and its argument instead of a
+    closure (fewer objects for the garbage collector to track per operation)."""
+
+    op: Callable[..., Awaitable[Any]] | None
     future: asyncio.Future[Any]
     batch: Batch | None = None
+    arg: Any = _NO_ARG
+
+    async def call(self, conn: Any) -> Any:
+        """Run the operation on ``conn``; its result."""
+        if self.op is None:
+            assert self.batch is not None  # run() refuses an operation without either
+            runner, item, _ = self.batch
+            return (await runner(conn, [item]))[0]
+        if self.arg is _NO_ARG:
+            return await self.op(conn)
+        return await self.op(conn, self.arg)
 
 
 class _GroupLost(Exception):
@@ -125,16 +141,27 @@ class PgGroupCommitter:
         #: groups run as one statement (see the module docstring)
         self.statements = 0
 
-    async def run(self, op: Callable[[Any], Awaitable[T]], *, batch: Batch | None = None) -> T:
-        """Queue ``op`` for the next group; return its result once that group has committed.
+    def run(
+        self,
+        op: Callable[..., Awaitable[T]] | None,
+        arg: Any = _NO_ARG,
+        *,
+        batch: Batch | None = None,
+    ) -> asyncio.Future[T]:
+        """Queue ``op`` for the next group; await the future returned for its result, set
+        once that group has committed.
 
-        ``batch`` is its batch form (see the module docstring): ``op`` and the batch must
-        write the same."""
+        The operation is ``op(conn)``, or ``op(conn, arg)`` given ``arg``; ``op`` None runs
+        the batch's runner on its item alone. ``batch`` is its batch form (see the module
+        docstring): the operation and the batch must write the same. A plain function, not a
+        coroutine: one object less per operation, alive until its group is done."""
+        if op is None and batch is None:
+            raise TypeError("PgGroupCommitter.run: give an operation, a batch, or both")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(op, future, batch))
+        self._queue.append(_Queued(op, future, batch, arg))
         if len(self._flushers) < self._connections:
             self._flushers.add(asyncio.create_task(self._flush(), name="sagaz-postgres-flusher"))
-        return await future  # cancelling the caller cancels the future: the flusher drops it
+        return future  # cancelling its awaiting caller cancels it: the flusher drops it
 
     async def close(self) -> None:
         """Run what is queued and wait for the running group. Queue nothing after it."""
@@ -157,7 +184,6 @@ class PgGroupCommitter:
             self._flushers.discard(this)
 
     async def _run_group(self, group: list[_Queued]) -> None:
-        ops = [queued.op for queued in group]
         try:
             async with self._pool.acquire() as conn:
                 outcomes = await self._execute(conn, group)
@@ -167,12 +193,12 @@ class PgGroupCommitter:
             self._queue.clear()
             raise
         except _GroupLost as lost:
-            outcomes = [(None, self._lost(lost.cause)) for _ in ops]
+            outcomes = [(None, self._lost(lost.cause)) for _ in group]
         except Exception as exc:  # no connection, or releasing it failed
-            outcomes = [(None, self._lost(exc)) for _ in ops]
+            outcomes = [(None, self._lost(exc)) for _ in group]
         else:
             self.commits += 1
-            self.operations += len(ops)
+            self.operations += len(group)
         for queued, outcome in zip(group, outcomes, strict=True):
             settle(queued.future, outcome)
 
@@ -212,7 +238,6 @@ class PgGroupCommitter:
 
     async def _transaction(self, conn: Any, group: list[_Queued]) -> list[Outcome]:
         """One group in one transaction: without savepoints first, with them if an op fails."""
-        ops = [queued.op for queued in group]
         transaction = conn.transaction()
         await self._guard(transaction.start())
         try:
@@ -221,9 +246,9 @@ class PgGroupCommitter:
             if self._unavailable(exc):
                 raise _GroupLost(exc) from exc
             await self._guard(transaction.rollback())
-            if len(ops) == 1 and _sqlstate(exc) not in _RETRYABLE:
+            if len(group) == 1 and _sqlstate(exc) not in _RETRYABLE:
                 return [(None, exc)]
-            return await self._execute_with_savepoints(conn, ops)
+            return await self._execute_with_savepoints(conn, group)
         except BaseException:
             await self._abandon(transaction)
             raise
@@ -252,27 +277,27 @@ class PgGroupCommitter:
             for index, result in zip(indexes, await runner(conn, items), strict=True):
                 results[index] = result
         for index in alone:
-            results[index] = await group[index].op(conn)
+            results[index] = await group[index].call(conn)
         return results
 
-    async def _execute_with_savepoints(self, conn: Any, ops: list[Op]) -> list[Outcome]:
+    async def _execute_with_savepoints(self, conn: Any, group: list[_Queued]) -> list[Outcome]:
         transaction = conn.transaction()
         await self._guard(transaction.start())
         try:
-            outcomes = [await self._execute_one(conn, op) for op in ops]
+            outcomes = [await self._execute_one(conn, queued) for queued in group]
         except BaseException:
             await self._abandon(transaction)
             raise
         await self._guard(transaction.commit())
         return outcomes
 
-    async def _execute_one(self, conn: Any, op: Op) -> Outcome:
+    async def _execute_one(self, conn: Any, op: _Queued) -> Outcome:
         """Run ``op`` in a savepoint: released if it succeeds, rolled back if it fails."""
         for attempt in range(_RETRIES):
             savepoint = conn.transaction()  # nested in the group's transaction: a SAVEPOINT
             await self._guard(savepoint.start())
             try:
-                result = await op(conn)
+                result = await op.call(conn)
             except Exception as exc:
                 if self._unavailable(exc):
                     raise _GroupLost(exc) from exc

@@ -6,8 +6,10 @@ statement, :mod:`sagaz.storage.postgres.group_statement` writes both in it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from sagaz.clock import utcnow
@@ -60,10 +62,19 @@ class PostgresEventClaims(PostgresSagas, PostgresInbox):
         )
         rows = (("inbox", trigger_id, key), ("saga", record.saga_id))
         claim: EventClaim = await self._committer().run(
-            lambda conn: self._claim_event_one(conn, item),
-            batch=(self._claim_events, item, rows),
+            self._claim_event_op, item, batch=(self._claim_events_runner, item, rows)
         )
         return claim
+
+    # bound once: a new bound method per claim would be one more object in flight for the
+    # cyclic collector (equal to ``self._claim_events``: the group statement compares them)
+    @cached_property
+    def _claim_event_op(self) -> Callable[[Any, EventItem], Awaitable[EventClaim]]:
+        return self._claim_event_one
+
+    @cached_property
+    def _claim_events_runner(self) -> Callable[[Any, list[EventItem]], Awaitable[list[EventClaim]]]:
+        return self._claim_events
 
     async def _claim_event_one(self, conn: Any, item: EventItem) -> EventClaim:
         claim = item.claim or await self._claim_one(conn, item.claim_args)

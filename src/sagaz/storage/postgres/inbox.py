@@ -41,7 +41,8 @@ class PostgresInbox(PostgresConnection):
     ) -> InboxClaim:
         args = (trigger_id, key, saga_id, owner, to_utc(lease_until), utcnow())
         claim: InboxClaim = await self._committer().run(
-            lambda conn: self._claim_one(conn, args),
+            self._claim_one,
+            args,
             batch=(self._claim_inboxes, args, (("inbox", trigger_id, key),)),
         )
         return claim

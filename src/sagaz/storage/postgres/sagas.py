@@ -6,8 +6,9 @@ A part of :class:`~sagaz.storage.postgres.PostgresSagaStore`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from sagaz.clock import utcnow
@@ -70,7 +71,8 @@ class PostgresSagas(PostgresConnection):
         params = tables.saga_params(record, record.created_at or now, now)
         run = self._create_sagas
         row = await self._committer().run(
-            lambda conn: self._create_one(conn, params),
+            self._create_one,
+            params,
             batch=(run, params, (("saga", record.saga_id),)),
         )
         if row is not None:
@@ -291,8 +293,14 @@ class PostgresSagas(PostgresConnection):
         rows: tuple[tuple[str, ...], ...] = () if saga_id is None else (("saga", saga_id),)
         if complete_inbox is not None:
             rows += (("inbox", *complete_inbox),)
-        run = self._run_checkpoints
-        await self._committer().run(lambda conn: run(conn, [item]), batch=(run, item, rows))
+        run = self._checkpoints_runner
+        await self._committer().run(None, batch=(run, item, rows))  # alone: run(conn, [item])
+
+    @cached_property
+    def _checkpoints_runner(self) -> Callable[[Any, list[_Checkpoint]], Awaitable[list[None]]]:
+        """:meth:`_run_checkpoints` bound once (equal to it): a new bound method per
+        checkpoint would be one more object in flight for the cyclic collector."""
+        return self._run_checkpoints
 
     async def _run_checkpoints(self, conn: Any, items: list[_Checkpoint]) -> list[None]:
         """Several checkpoints (of distinct sagas) in one statement: a data-modifying CTE per
