@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
 from sagaz.abc import SagaStore
 from sagaz.records import SagaRecord
 from sagaz.storage import PostgresSagaStore, RedisSagaStore, SQLiteSagaStore
 from sagaz.types import SagaStatus
 
-__all__ = ["make_outdated"]
+__all__ = ["make_outdated", "rewind_schema"]
 
 
 async def make_outdated(store: SagaStore) -> int:
@@ -69,3 +70,46 @@ async def make_outdated(store: SagaStore) -> int:
     finally:
         await client.aclose()
     return redis_schema.SCHEMA_VERSION - 1
+
+
+async def rewind_schema(
+    store: SagaStore,
+    version: int,
+    *,
+    drop: Sequence[tuple[str, str]] = (),
+    redis_keys: Sequence[str] = (),
+) -> None:
+    """Make ``store``'s (stopped) storage look as a sagaz of schema ``version`` left it: drop
+    ``drop`` (``("TABLE", name)`` or ``("INDEX", name)``) from a SQL store, delete
+    ``redis_keys`` (without the prefix) from a Redis one, and set the version back."""
+    if isinstance(store, SQLiteSagaStore):
+        conn = sqlite3.connect(store.path)
+        try:
+            for kind, name in drop:
+                conn.execute(f"DROP {kind} {name}")
+            conn.execute("DELETE FROM schema_version WHERE version > ?", (version,))
+            conn.commit()
+        finally:
+            conn.close()
+    elif isinstance(store, PostgresSagaStore):
+        import asyncpg
+
+        s = f'"{store.schema}"'
+        conn = await asyncpg.connect(store.dsn)
+        try:
+            for kind, name in drop:
+                await conn.execute(f"DROP {kind} {s}.{name}")
+            await conn.execute(f"DELETE FROM {s}.schema_version WHERE version > $1", version)
+        finally:
+            await conn.close()
+    else:
+        import redis.asyncio as redis
+
+        assert isinstance(store, RedisSagaStore)
+        client = redis.Redis.from_url(store.url)
+        try:
+            if redis_keys:
+                await client.delete(*(f"{store.prefix}:{key}" for key in redis_keys))
+            await client.set(f"{store.prefix}:schema_version", version)
+        finally:
+            await client.aclose()

@@ -50,7 +50,7 @@ from sagaz.storage import (
 from sagaz.testing import eventually
 from sagaz.types import SagaStatus, StepStatus
 from tests.contract.store_backends import Backend, from_now, saga_record
-from tests.schema_support import make_outdated
+from tests.schema_support import make_outdated, rewind_schema
 from tests.services import backend_params
 
 CONTENDERS = 50
@@ -1325,36 +1325,7 @@ async def _downgrade_to(store: SagaStore, version: int) -> None:
     requests (before saga control), no rate limits (before 5), no leases (before 3)."""
     tables = ["saga_history", "saga_requests"]
     tables += (["rate_limits"] if version < 5 else []) + (["leases"] if version < 3 else [])
-    if isinstance(store, SQLiteSagaStore):
-        conn = sqlite3.connect(store.path)
-        try:
-            for table in tables:
-                conn.execute(f"DROP TABLE {table}")
-            conn.execute("DELETE FROM schema_version WHERE version > ?", (version,))
-            conn.commit()
-        finally:
-            conn.close()
-    elif isinstance(store, PostgresSagaStore):
-        import asyncpg
-
-        conn = await asyncpg.connect(store.dsn)
-        try:
-            for table in tables:
-                await conn.execute(f'DROP TABLE "{store.schema}".{table}')
-            await conn.execute(
-                f'DELETE FROM "{store.schema}".schema_version WHERE version > $1', version
-            )
-        finally:
-            await conn.close()
-    else:
-        import redis.asyncio as redis
-
-        assert isinstance(store, RedisSagaStore)
-        client = redis.Redis.from_url(store.url)
-        try:
-            await client.set(f"{store.prefix}:schema_version", version)
-        finally:
-            await client.aclose()
+    await rewind_schema(store, version, drop=[("TABLE", table) for table in tables])
 
 
 async def test_redis_layout_1_is_indexed_for_purging_on_upgrade(

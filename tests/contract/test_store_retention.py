@@ -32,6 +32,7 @@ from sagaz.storage.sqlite import retention as sqlite_retention
 from sagaz.testing import eventually
 from sagaz.types import SagaStatus, StepStatus
 from tests.contract.store_backends import Backend, from_now, saga_record
+from tests.schema_support import rewind_schema
 
 FINISHED = (
     SagaStatus.COMPLETED,
@@ -353,36 +354,12 @@ async def test_sagas_finished_before_the_upgrade_are_purged_after_it(
 
 async def _downgrade(store: SagaStore, version: int) -> None:
     """The storage as the sagaz of ``version`` left it: no index of finished sagas."""
-    if isinstance(store, SQLiteSagaStore):
-        conn = sqlite3.connect(store.path)
-        try:
-            conn.execute("DROP INDEX saga_executions_finished")
-            conn.execute("DROP INDEX outbox_by_saga")
-            conn.execute("DELETE FROM schema_version WHERE version > ?", (version,))
-            conn.commit()
-        finally:
-            conn.close()
-    elif isinstance(store, PostgresSagaStore):
-        import asyncpg
-
-        conn = await asyncpg.connect(store.dsn)
-        try:
-            s = f'"{store.schema}"'
-            await conn.execute(f"DROP INDEX {s}.saga_executions_finished")
-            await conn.execute(f"DROP INDEX {s}.outbox_by_saga")
-            await conn.execute(f"DELETE FROM {s}.schema_version WHERE version > $1", version)
-        finally:
-            await conn.close()
-    else:
-        import redis.asyncio as redis
-
-        assert isinstance(store, RedisSagaStore)
-        client = redis.Redis.from_url(store.url)
-        try:
-            await client.delete(f"{store.prefix}:sagas-finished")
-            await client.set(f"{store.prefix}:schema_version", version)
-        finally:
-            await client.aclose()
+    await rewind_schema(
+        store,
+        version,
+        drop=[("INDEX", "saga_executions_finished"), ("INDEX", "outbox_by_saga")],
+        redis_keys=["sagas-finished"],
+    )
 
 
 @pytest.mark.parametrize("limit", [0])
