@@ -153,8 +153,7 @@ def build_app(
                     message += f", saga {run.saga_id}"
                 if run.error:
                     message += f" ({run.error})"
-        target = _base(ctx, request) + "/triggers?message=" + quote(message, safe="")
-        return RedirectResponse(target, status_code=303)
+        return _back(ctx, request, "/triggers", message)
 
     async def sagas(request: Request, access: Access) -> Response:
         return _render(ctx, request, "sagas.html", access=access, **await _sagas(ctx, request))
@@ -225,8 +224,7 @@ def build_app(
             if notice is not None and getattr(engine, "running", False):
                 notice(made)  # the engine serving this page acts now, not at its next read
             message = f"{verb} requested: the engines act on it within seconds"
-        target = f"{_base(ctx, request)}/sagas/{quote(saga_id, safe='')}?message="
-        return RedirectResponse(target + quote(message, safe=""), status_code=303)
+        return _back(ctx, request, f"/sagas/{quote(saga_id, safe='')}", message)
 
     async def dead_letters(request: Request, access: Access) -> Response:
         trigger_id = request.query_params.get("trigger") or None
@@ -265,8 +263,7 @@ def build_app(
                 continue
             done.append(f"{dl_id}: {await _replay(ctx, record)}")
         message = "; ".join(done) or "nothing selected"
-        target = _base(ctx, request) + "/dead-letters?message=" + quote(message, safe="")
-        return RedirectResponse(target, status_code=303)
+        return _back(ctx, request, "/dead-letters", message)
 
     routes = [
         Route("/", page(index)),
@@ -301,6 +298,12 @@ def _store(ctx: _Context) -> Any:
 def _base(ctx: _Context, request: Request) -> str:
     root: str = request.scope.get("root_path", "") or ctx.root_path
     return root.rstrip("/")
+
+
+def _back(ctx: _Context, request: Request, page: str, message: str) -> Response:
+    """After an action: to ``page`` (under the dashboard's root), which shows ``message``."""
+    target = f"{_base(ctx, request)}{page}?message={quote(message, safe='')}"
+    return RedirectResponse(target, status_code=303)
 
 
 def _text(status: int, text: str) -> Response:
