@@ -71,6 +71,9 @@ class RedisConnection(SagaStore):
             try:
                 await client.ping()
                 await tables.migrate(client, self.prefix, url=self._store_url())
+                # loaded now, in one round trip: else the first sagas' scripts all fail with
+                # NOSCRIPT on a fresh server, and each caller loads its script again
+                await asyncio.gather(*(client.script_load(s) for s in tables.SCRIPTS.values()))
             except BaseException as exc:
                 await client.aclose()
                 if isinstance(exc, OSError | redis.RedisError):
