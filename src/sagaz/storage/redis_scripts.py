@@ -415,8 +415,7 @@ SAVE_CHECKPOINT = (
 local pos = 1
 local function take()
   local n = tonumber(ARGV[pos])
-  local section = {}
-  for i = 1, n do section[i] = ARGV[pos + i] end
+  local section = {unpack(ARGV, pos + 1, pos + n)}
   pos = pos + n + 1
   return section
 end
@@ -446,8 +445,7 @@ local claim = claim_inbox(KEYS[1], {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]}
 if claim[1] ~= 'claimed' and claim[1] ~= 'taken_over' then
   return {claim[1], claim[2], claim[3], 0, {}}
 end
-local saga = {}
-for i = 6, #ARGV do saga[#saga + 1] = ARGV[i] end
+local saga = {unpack(ARGV, 6)}
 if save_saga(KEYS[2], saga) == 1 then return {claim[1], claim[2], claim[3], 1, {}} end
 return {claim[1], claim[2], claim[3], 0, redis.call('HGETALL', KEYS[2])}
 """
