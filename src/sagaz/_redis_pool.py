@@ -12,7 +12,7 @@ without hiredis). redis-py is imported when called.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sagaz._imports import require_extra
@@ -81,6 +81,18 @@ def blocking_pool(
             if packed is not None:
                 return [packed]
             return list(super().pack_command(*args))
+
+        def pack_commands(self, commands: Iterable[tuple[Any, ...]]) -> list[bytes]:
+            # one bytes object: the transport joins redis-py's pieces anyway
+            encoding, errors = self.encoder.encoding, self.encoder.encoding_errors
+            pieces: list[bytes] = []
+            for args in commands:
+                packed = pack_command(args, encoding, errors)
+                if packed is None:
+                    pieces += super().pack_command(*args)
+                else:
+                    pieces.append(packed)
+            return [b"".join(pieces)]
 
     pool.connection_class = Connection
     return pool

@@ -46,6 +46,9 @@ SendGroup = Callable[[list[Command]], Awaitable[Sequence[Any]]]
 exception instance (redis-py's ``Pipeline.execute(raise_on_error=False)``)."""
 
 
+_NO_OPTIONS: Mapping[str, Any] = {}
+
+
 @dataclass(slots=True)
 class _Queued:
     """A command waiting for its group."""
@@ -87,16 +90,30 @@ class CommandGroups:
         queued = [_Queued(command, loop.create_future()) for command in commands]
         self._queued.extend(queued)
         if self._sending < self.max_in_flight:
-            self._sending += 1
-            sender = loop.create_task(self._run(), name="sagaz-redis-store-group")
-            self._senders.add(sender)
-            sender.add_done_callback(self._senders.discard)
+            self._start_sender(loop)
         return [q.reply for q in queued]
+
+    def submit_one(
+        self, args: tuple[Any, ...], options: Mapping[str, Any] = _NO_OPTIONS
+    ) -> asyncio.Future[Any]:
+        """Queue one command (``args``: its name first); the future of its reply, which the
+        caller awaits (:meth:`submit` of one command, for the most frequent case)."""
+        loop = asyncio.get_running_loop()
+        reply = loop.create_future()
+        self._queued.append(_Queued((args, options), reply))
+        if self._sending < self.max_in_flight:
+            self._start_sender(loop)
+        return reply
 
     async def execute(self, *args: Any, **options: Any) -> Any:
         """Send one command with the next group; its reply once that group came back."""
-        (reply,) = self.submit([(args, options)])
-        return await reply
+        return await self.submit_one(args, options)
+
+    def _start_sender(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sending += 1
+        sender = loop.create_task(self._run(), name="sagaz-redis-store-group")
+        self._senders.add(sender)
+        sender.add_done_callback(self._senders.discard)
 
     async def drain(self) -> None:
         """Wait until every queued command was sent and answered."""
@@ -216,6 +233,10 @@ def grouped_client(
 _NOT_CALLBACK_OPTIONS = frozenset({"NEVER_DECODE", "EMPTY_RESPONSE", "keys"})
 """``execute_command`` options that redis-py's response callbacks are not passed."""
 
+# the store's scripts have no response callback: found without redis-py's case-insensitive
+# lookup (the callbacks of other commands are looked up once per group)
+_NO_CALLBACKS: dict[Any, Any] = {"EVALSHA": None}
+
 
 async def send_resp2(pool: Any, client: Any, commands: list[Command]) -> list[Any]:
     """Send ``commands`` on one connection of ``pool`` and read their RESP2 replies at once.
@@ -245,6 +266,8 @@ async def send_resp2(pool: Any, client: Any, commands: list[Command]) -> list[An
     finally:
         await pool.release(conn)
     replies: list[Any] = []
+    decode_here = not decode and encoder.decode_responses
+    callbacks, found = client.response_callbacks, _NO_CALLBACKS.copy()
     for (args, options), reply in zip(commands, raw, strict=True):
         if isinstance(reply, ReplyError):
             error = parse_error(reply.message)
@@ -253,9 +276,10 @@ async def send_resp2(pool: Any, client: Any, commands: list[Command]) -> list[An
             assert isinstance(error, ResponseError)
             replies.append(options.get("EMPTY_RESPONSE", error))
             continue
-        if not decode and encoder.decode_responses and "NEVER_DECODE" not in options:
+        if decode_here and "NEVER_DECODE" not in options:
             reply = decode_reply(reply, encoder.encoding, encoder.encoding_errors)
-        callback = client.response_callbacks.get(args[0])
+        name = args[0]
+        callback = found[name] if name in found else found.setdefault(name, callbacks.get(name))
         if callback is not None:
             options = {k: v for k, v in options.items() if k not in _NOT_CALLBACK_OPTIONS}
             reply = callback(reply, **options)

@@ -172,7 +172,7 @@ class RedisConnection(SagaStore):
         server have lost it), in the next group of commands like any other."""
         db, script = self._db(), self._scripts[name]
         try:
-            return await db.groups.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await db.groups.submit_one(("EVALSHA", script.sha, len(keys), *keys, *args))
         except self._noscript:  # the server lost it (restarted, SCRIPT FLUSH): load it again
             script.sha = await db.script_load(script.script)
             return await db.evalsha(script.sha, len(keys), *keys, *args)
