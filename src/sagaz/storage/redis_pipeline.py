@@ -250,12 +250,13 @@ async def send_resp2(pool: Any, client: Any, commands: list[Command]) -> list[An
     """
     from redis.exceptions import ConnectionError, ResponseError
 
-    conn = await pool.get_connection()
-    encoder, parse_error = conn.encoder, conn._parser.parse_error
+    encoder = pool.get_encoder()
     # the reader decodes the text of every reply, unless a command wants its bytes (redis-py:
     # the option's presence, DUMP passes an empty list)
     decode = encoder.decode_responses and not any("NEVER_DECODE" in o for _, o in commands)
+    conn = await pool.get_connection()
     try:
+        parse_error = conn._parser.parse_error
         await conn.send_packed_command(conn.pack_commands([args for args, _ in commands]))
         reader = reply_reader(encoder.encoding if decode else None, encoder.encoding_errors)
         async with asyncio.timeout(conn.socket_timeout):
