@@ -5,14 +5,24 @@
 load looks like a lost server. :func:`blocking_pool` makes a ``BlockingConnectionPool``
 instead: a command waits up to ``timeout`` seconds for a free connection, then fails with a
 message that names the user and the two knobs. Its connections encode commands with
-:func:`pack_command` when redis-py has no hiredis to do it. redis-py is imported when called.
+:func:`pack_command` (redis-py's own packer encodes argument by argument in Python, with or
+without hiredis). redis-py is imported when called.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sagaz._imports import require_extra
+
+try:  # hiredis packs a command in C
+    _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None = importlib.import_module(
+        "hiredis"
+    ).pack_command
+except ImportError:  # pragma: no cover - the redis extra installs it
+    _hiredis_pack = None
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_POOL_TIMEOUT", "blocking_pool", "pack_command"]
 
@@ -67,11 +77,22 @@ def blocking_pool(
         """Packs commands of text, bytes and integers itself (see :func:`pack_command`)."""
 
         def pack_command(self, *args: Any) -> list[bytes]:
-            if getattr(self, "_command_packer", None) is None:  # no hiredis
-                packed = pack_command(args, self.encoder.encoding, self.encoder.encoding_errors)
-                if packed is not None:
-                    return [packed]
+            packed = pack_command(args, self.encoder.encoding, self.encoder.encoding_errors)
+            if packed is not None:
+                return [packed]
             return list(super().pack_command(*args))
+
+        def pack_commands(self, commands: Iterable[tuple[Any, ...]]) -> list[bytes]:
+            # one bytes object: the transport joins redis-py's pieces anyway
+            encoding, errors = self.encoder.encoding, self.encoder.encoding_errors
+            pieces: list[bytes] = []
+            for args in commands:
+                packed = pack_command(args, encoding, errors)
+                if packed is None:
+                    pieces += super().pack_command(*args)
+                else:
+                    pieces.append(packed)
+            return [b"".join(pieces)]
 
     pool.connection_class = Connection
     return pool
@@ -80,15 +101,27 @@ def blocking_pool(
 #: the "$len" header of a text of each length up to 4095 characters
 _LENGTHS = tuple(f"${n}" for n in range(4096))
 
+#: the argument types hiredis's packer writes as redis-py does (not float: its decimal text
+#: may differ from redis-py's repr(); not bool, which redis-py refuses)
+_HIREDIS_TYPES = frozenset({str, bytes, int})
 
-def pack_command(args: tuple[Any, ...], encoding: str, errors: str) -> bytes | None:
+#: the names of the encoding hiredis writes text in
+_UTF8 = frozenset({"utf-8", "utf8", "UTF-8", "UTF8"})
+
+
+def pack_command(
+    args: tuple[Any, ...], encoding: str, errors: str, *, native: bool = True
+) -> bytes | None:
     """``args`` (the command's name first) in the Redis protocol, or ``None`` when one is not
     ``str``, ``bytes`` or ``int`` (redis-py packs those).
 
     redis-py's pure-Python packer grows one bytes object argument by argument (quadratic in
-    the command's length); the store's scripts take some thirty arguments, so this one joins
-    the pieces once. Same output: a multi-word name (``"SCRIPT LOAD"``) is split, text is
-    encoded with the connection's ``encoding``, integers are written in decimal.
+    the command's length), and with hiredis installed it still encodes each argument in
+    Python before hiredis packs them; the store's scripts take some thirty arguments. This
+    one has hiredis pack them all at once when it is installed (and ``native``) and the text
+    is UTF-8, else joins the pieces once in Python. Same output: a multi-word name
+    (``"SCRIPT LOAD"``) is split, text is encoded with the connection's ``encoding``,
+    integers are written in decimal.
 
     >>> pack_command(("SET", "k", 1), "utf-8", "strict")
     b'*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n'
@@ -96,6 +129,16 @@ def pack_command(args: tuple[Any, ...], encoding: str, errors: str) -> bytes | N
     name = args[0]
     if type(name) is not str:
         return None
+    if (
+        native
+        and _hiredis_pack is not None
+        and _HIREDIS_TYPES.issuperset(map(type, args))
+        and encoding in _UTF8
+        and errors == "strict"
+    ):
+        if " " in name:
+            args = (*name.split(), *args[1:])
+        return _hiredis_pack(args)
     texts = [*name.split(), *[a if type(a) is str else None for a in args[1:]]]
     for i in range(len(texts)) if None in texts else ():  # integers as decimal text
         if texts[i] is None:

@@ -100,6 +100,9 @@ def test_moments_as_micros() -> None:
         StepRecord("s", "a", StepStatus.COMPLETED, {"x": b"\x01"}, None, 1, 3, None),
         StepRecord("s", "a", StepStatus.FAILED, None, "boom", 2, None, "undo failed"),
         StepRecord("s", "a", StepStatus.RUNNING),
+        StepRecord('s\u00e9"\n', "\u6b65\\/", StepStatus.COMPENSATED, [1, 2.5], "\u00e9\t", 0, 0),
+        StepRecord("s", "a", StepStatus.COMPENSATION_FAILED, {}, None, 1, None, "\u2028\x00"),
+        StepRecord("s", "a", StepStatus.COMPLETED, {"a": {"b": [None, True, "\ud83d\ude00"]}}),
     ],
 )
 def test_a_step_document_is_the_codecs_text(step: StepRecord) -> None:

@@ -1,5 +1,6 @@
 """The pieces of the Redis store's group commit that need no server: the command packer,
-the RESP2 reply parser (replies split anywhere by the network) and the groups' bookkeeping.
+the RESP2 reply parsers, hiredis's and the Python fallback (replies split anywhere by the
+network) and the groups' bookkeeping.
 The store itself, over a real server, is in tests/contract/test_store_contract.py."""
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from typing import Any
 import pytest
 
 from sagaz._redis_pool import pack_command
-from sagaz.storage.redis_pipeline import Command, CommandGroups, _Error, _Incomplete, _parse
+from sagaz.storage.redis_pipeline import Command, CommandGroups
+from sagaz.storage.redis_replies import (
+    HIREDIS_AVAILABLE,
+    PythonReplyReader,
+    ReplyError,
+    ReplyReader,
+    reply_reader,
+)
 
 pytest.importorskip("redis")
 
@@ -24,6 +32,7 @@ REPLIES = (
     b"*0\r\n"
     b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
     b"$4\r\na\r\nb\r\n"  # CRLF inside a bulk string
+    b"*2\r\n-ERR inside \xc3\xa9\xff\r\n:-3\r\n"  # an error in an array, undecodable
 )
 PARSED = [
     1,
@@ -32,63 +41,108 @@ PARSED = [
     [7, b"", [b"OK", "\u00e9t".encode()]],
     None,
     [],
-    _Error("WRONGTYPE Operation against a key holding the wrong kind of value"),
+    ReplyError("WRONGTYPE Operation against a key holding the wrong kind of value"),
     b"a\r\nb",
+    [ReplyError("ERR inside \u00e9\ufffd"), -3],
+]
+DECODED = [
+    1,
+    "hello",
+    None,
+    [7, "", ["OK", "\u00e9t"]],
+    None,
+    [],
+    PARSED[6],
+    "a\r\nb",
+    PARSED[8],
 ]
 
+# both parsers: hiredis's (the redis extra installs it) and the Python fallback
+READERS = ["hiredis", "python"]
 
-def _parse_all(buffer: bytes) -> list[Any]:
-    replies, position = [], 0
-    while position < len(buffer):
-        reply, position = _parse(buffer, position)
+
+def _reader(kind: str, encoding: str | None = None) -> ReplyReader:
+    if kind == "python":
+        return reply_reader(encoding, native=False)
+    assert HIREDIS_AVAILABLE, "hiredis is missing: pip install -e '.[test]' (the redis extra)"
+    return reply_reader(encoding)
+
+
+def _read_all(reader: ReplyReader) -> list[Any]:
+    replies = []
+    while (reply := reader.gets()) is not False:
         replies.append(reply)
     return replies
 
 
-def _parse_until_incomplete(buffer: bytes) -> tuple[list[Any], int]:
-    replies, position = [], 0
-    while True:
-        try:
-            reply, following = _parse(buffer, position)
-        except _Incomplete:
-            return replies, position
-        replies.append(reply)
-        position = following
+def test_the_readers_are_hiredis_and_python() -> None:
+    assert type(_reader("hiredis")).__module__.startswith("hiredis")
+    assert isinstance(_reader("python"), PythonReplyReader)
 
 
-def test_replies_parse_whole() -> None:
-    assert _parse_all(REPLIES) == PARSED
+@pytest.mark.parametrize("kind", READERS)
+@pytest.mark.parametrize(("encoding", "expected"), [(None, PARSED), ("utf-8", DECODED)])
+def test_replies_parse_whole(kind: str, encoding: str | None, expected: list[Any]) -> None:
+    reader = _reader(kind, encoding)
+    reader.feed(REPLIES)
+    assert _read_all(reader) == expected
+    assert not reader.has_data()
 
 
+@pytest.mark.parametrize("kind", READERS)
 @pytest.mark.parametrize("cut", range(1, len(REPLIES)))
-def test_a_reply_cut_anywhere_waits_for_the_rest(cut: int) -> None:
+def test_a_reply_cut_anywhere_waits_for_the_rest(kind: str, cut: int) -> None:
     """What arrived so far parses up to the last whole reply, then asks for more."""
-    replies, position = _parse_until_incomplete(REPLIES[:cut])
+    reader = _reader(kind)
+    reader.feed(REPLIES[:cut])
+    replies = _read_all(reader)
     assert replies == PARSED[: len(replies)]
-    assert _parse_all(REPLIES[position:]) == PARSED[len(replies) :]
+    assert len(replies) < len(PARSED)
+    reader.feed(REPLIES[cut:])
+    assert replies + _read_all(reader) == PARSED
+    assert not reader.has_data()
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ("SET", "k", 1),
-        ("SCRIPT LOAD", "return 1"),
-        ("EVALSHA", "abc", 2, "k1", "k2", "\u00e9t\u00e9", b"\x00\xff", -5, "\r\n"),
-        ("HSET", "h", "f", "x" * 10_000),
-        ("HSET", "h", "", "x" * 4095, "y" * 4096, "\u00e9" * 3000),
-        ("EVALSHA", "abc", 1, "k", *(f"arg-{n}" for n in range(40))),
-    ],
-)
-def test_commands_pack_as_redis_py_packs_them(args: tuple[Any, ...]) -> None:
+@pytest.mark.parametrize("kind", READERS)
+def test_a_protocol_error_raises_redis_pys_error(kind: str) -> None:
+    from redis.exceptions import InvalidResponse
+
+    reader = _reader(kind)
+    reader.feed(b"?what\r\n")
+    with pytest.raises(InvalidResponse, match='got "\\?" as reply type byte'):
+        reader.gets()
+
+
+PACKED_ARGS = [
+    ("SET", "k", 1),
+    ("SCRIPT LOAD", "return 1"),
+    ("EVALSHA", "abc", 2, "k1", "k2", "\u00e9t\u00e9", b"\x00\xff", -5, "\r\n"),
+    ("HSET", "h", "f", "x" * 10_000),
+    ("HSET", "h", "", "x" * 4095, "y" * 4096, "\u00e9" * 3000),
+    ("EVALSHA", "abc", 1, "k", *(f"arg-{n}" for n in range(40))),
+]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["hiredis", "python"])
+@pytest.mark.parametrize("args", PACKED_ARGS)
+def test_commands_pack_as_redis_py_packs_them(args: tuple[Any, ...], native: bool) -> None:
     from redis.asyncio.connection import Connection
 
     expected = b"".join(Connection()._pack_command_python(*args))
-    assert pack_command(args, "utf-8", "strict") == expected
+    assert pack_command(args, "utf-8", "strict", native=native) == expected
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["hiredis", "python"])
 @pytest.mark.parametrize("args", [("SET", "k", 1.5), ("SET", "k", True), (b"GET", "k")])
-def test_other_arguments_are_left_to_redis_py(args: tuple[Any, ...]) -> None:
-    assert pack_command(args, "utf-8", "strict") is None
+def test_other_arguments_are_left_to_redis_py(args: tuple[Any, ...], native: bool) -> None:
+    assert pack_command(args, "utf-8", "strict", native=native) is None
+
+
+def test_hiredis_packs_only_utf8_text() -> None:
+    """Another encoding is written by the Python packer, in that encoding."""
+    assert pack_command(("SET", "k", "\u00e9"), "latin-1", "strict") == (
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n\xe9\r\n"
+    )
 
 
 async def test_callers_of_one_group_get_their_own_replies_and_errors() -> None:

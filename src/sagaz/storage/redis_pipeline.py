@@ -21,8 +21,9 @@ take a connection of their own.
 
 On a pool whose connections speak RESP2 (``protocol=2``, as the store's do), a group is sent
 and its replies read by :func:`send_resp2` rather than by redis-py's pipeline, whose per-reply
-work was most of the store's CPU time; commands are packed by the pool's connections
-(:func:`sagaz._redis_pool.pack_command`).
+work was most of the store's CPU time: the replies are parsed by hiredis when it is installed,
+else in Python (:mod:`sagaz.storage.redis_replies`); commands are packed by the pool's
+connections (:func:`sagaz._redis_pool.pack_command`, hiredis's packer when installed).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sagaz.storage.redis_replies import ReplyError, ReplyReader, decode_reply, reply_reader
+
 __all__ = ["Command", "CommandGroups", "grouped_client"]
 
 Command = tuple[tuple[Any, ...], Mapping[str, Any]]
@@ -41,6 +44,9 @@ Command = tuple[tuple[Any, ...], Mapping[str, Any]]
 SendGroup = Callable[[list[Command]], Awaitable[Sequence[Any]]]
 """Sends commands in one round trip; returns one reply per command, an error as its
 exception instance (redis-py's ``Pipeline.execute(raise_on_error=False)``)."""
+
+
+_NO_OPTIONS: Mapping[str, Any] = {}
 
 
 @dataclass(slots=True)
@@ -84,16 +90,30 @@ class CommandGroups:
         queued = [_Queued(command, loop.create_future()) for command in commands]
         self._queued.extend(queued)
         if self._sending < self.max_in_flight:
-            self._sending += 1
-            sender = loop.create_task(self._run(), name="sagaz-redis-store-group")
-            self._senders.add(sender)
-            sender.add_done_callback(self._senders.discard)
+            self._start_sender(loop)
         return [q.reply for q in queued]
+
+    def submit_one(
+        self, args: tuple[Any, ...], options: Mapping[str, Any] = _NO_OPTIONS
+    ) -> asyncio.Future[Any]:
+        """Queue one command (``args``: its name first); the future of its reply, which the
+        caller awaits (:meth:`submit` of one command, for the most frequent case)."""
+        loop = asyncio.get_running_loop()
+        reply = loop.create_future()
+        self._queued.append(_Queued((args, options), reply))
+        if self._sending < self.max_in_flight:
+            self._start_sender(loop)
+        return reply
 
     async def execute(self, *args: Any, **options: Any) -> Any:
         """Send one command with the next group; its reply once that group came back."""
-        (reply,) = self.submit([(args, options)])
-        return await reply
+        return await self.submit_one(args, options)
+
+    def _start_sender(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sending += 1
+        sender = loop.create_task(self._run(), name="sagaz-redis-store-group")
+        self._senders.add(sender)
+        sender.add_done_callback(self._senders.discard)
 
     async def drain(self) -> None:
         """Wait until every queued command was sent and answered."""
@@ -210,8 +230,12 @@ def grouped_client(
     return client
 
 
-class _Incomplete(Exception):
-    """The buffer ends inside a reply."""
+_NOT_CALLBACK_OPTIONS = frozenset({"NEVER_DECODE", "EMPTY_RESPONSE", "keys"})
+"""``execute_command`` options that redis-py's response callbacks are not passed."""
+
+# the store's scripts have no response callback: found without redis-py's case-insensitive
+# lookup (the callbacks of other commands are looked up once per group)
+_NO_CALLBACKS: dict[Any, Any] = {"EVALSHA": None}
 
 
 async def send_resp2(pool: Any, client: Any, commands: list[Command]) -> list[Any]:
@@ -226,34 +250,39 @@ async def send_resp2(pool: Any, client: Any, commands: list[Command]) -> list[An
     """
     from redis.exceptions import ConnectionError, ResponseError
 
+    encoder = pool.get_encoder()
+    # the reader decodes the text of every reply, unless a command wants its bytes (redis-py:
+    # the option's presence, DUMP passes an empty list)
+    decode = encoder.decode_responses and not any("NEVER_DECODE" in o for _, o in commands)
     conn = await pool.get_connection()
     try:
+        parse_error = conn._parser.parse_error
         await conn.send_packed_command(conn.pack_commands([args for args, _ in commands]))
-        timeout = conn.socket_timeout
-        async with asyncio.timeout(timeout):
-            raw = await _read_replies(conn, len(commands))
+        reader = reply_reader(encoder.encoding if decode else None, encoder.encoding_errors)
+        async with asyncio.timeout(conn.socket_timeout):
+            raw = await _read_replies(conn._reader, reader, len(commands))
     except BaseException:
         await conn.disconnect(nowait=True)
         raise
     finally:
         await pool.release(conn)
-    encoder, parse_error = conn.encoder, conn._parser.parse_error
     replies: list[Any] = []
+    decode_here = not decode and encoder.decode_responses
+    callbacks, found = client.response_callbacks, _NO_CALLBACKS.copy()
     for (args, options), reply in zip(commands, raw, strict=True):
-        options = dict(options)
-        if isinstance(reply, _Error):
+        if isinstance(reply, ReplyError):
             error = parse_error(reply.message)
             if isinstance(error, ConnectionError):  # e.g. LOADING: the server is not ready
                 raise error
             assert isinstance(error, ResponseError)
             replies.append(options.get("EMPTY_RESPONSE", error))
             continue
-        if options.pop("NEVER_DECODE", False) is False and encoder.decode_responses:
-            reply = _decode(reply, encoder.encoding, encoder.encoding_errors)
-        options.pop("EMPTY_RESPONSE", None)
-        options.pop("keys", None)
-        callback = client.response_callbacks.get(args[0])
+        if decode_here and "NEVER_DECODE" not in options:
+            reply = decode_reply(reply, encoder.encoding, encoder.encoding_errors)
+        name = args[0]
+        callback = found[name] if name in found else found.setdefault(name, callbacks.get(name))
         if callback is not None:
+            options = {k: v for k, v in options.items() if k not in _NOT_CALLBACK_OPTIONS}
             reply = callback(reply, **options)
             if inspect.isawaitable(reply):
                 reply = await reply
@@ -261,72 +290,20 @@ async def send_resp2(pool: Any, client: Any, commands: list[Command]) -> list[An
     return replies
 
 
-@dataclass(slots=True)
-class _Error:
-    """An error reply (``-ERR ...``), turned into redis-py's exception afterwards."""
-
-    message: str
-
-
-async def _read_replies(conn: Any, count: int) -> list[Any]:
+async def _read_replies(stream: asyncio.StreamReader, reader: ReplyReader, count: int) -> list[Any]:
+    """``count`` replies read from ``stream`` with ``reader``; nothing may follow them."""
     from redis.exceptions import ConnectionError
 
-    reader: asyncio.StreamReader = conn._reader
-    buffer, position = b"", 0
     replies: list[Any] = []
     while len(replies) < count:
-        try:
-            while len(replies) < count:
-                reply, position = _parse(buffer, position)
-                replies.append(reply)
-        except _Incomplete:
-            data = await reader.read(1 << 16)
+        reply = reader.gets()
+        if reply is False:  # RESP2 has no false: the rest has not arrived yet
+            data = await stream.read(1 << 16)
             if not data:
-                raise ConnectionError("Connection closed by server.") from None
-            buffer, position = buffer[position:] + data, 0
-    if position != len(buffer):
-        raise ConnectionError(f"{len(buffer) - position} bytes after the last reply")
+                raise ConnectionError("Connection closed by server.")
+            reader.feed(data)
+        else:
+            replies.append(reply)
+    if reader.has_data():
+        raise ConnectionError("bytes after the last reply")
     return replies
-
-
-def _parse(buffer: bytes, position: int) -> tuple[Any, int]:
-    """The RESP2 reply at ``position`` of ``buffer`` (bytes, not decoded) and where the next
-    starts; raises :class:`_Incomplete` when the buffer ends first."""
-    end = buffer.find(b"\r\n", position)
-    if end < 0:
-        raise _Incomplete
-    kind, line, position = buffer[position], buffer[position + 1 : end], end + 2
-    if kind == 58:  # ":" integer
-        return int(line), position
-    if kind == 36:  # "$" bulk string, -1: nil
-        size = int(line)
-        if size < 0:
-            return None, position
-        stop = position + size
-        if len(buffer) < stop + 2:
-            raise _Incomplete
-        return buffer[position:stop], stop + 2
-    if kind == 42:  # "*" array, -1: nil
-        size = int(line)
-        if size < 0:
-            return None, position
-        items = []
-        for _ in range(size):
-            item, position = _parse(buffer, position)
-            items.append(item)
-        return items, position
-    if kind == 43:  # "+" simple string
-        return line, position
-    if kind == 45:  # "-" error
-        return _Error(line.decode("utf-8", errors="replace")), position
-    from redis.exceptions import InvalidResponse
-
-    raise InvalidResponse(f"Protocol error, got {chr(kind)!r} as reply type byte")
-
-
-def _decode(reply: Any, encoding: str, errors: str) -> Any:
-    if type(reply) is bytes:
-        return reply.decode(encoding, errors)
-    if type(reply) is list:
-        return [_decode(item, encoding, errors) for item in reply]
-    return reply

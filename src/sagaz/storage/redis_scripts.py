@@ -13,50 +13,79 @@ from sagaz.storage.redis_purge_scripts import (
     PURGE_EXPIRED,
     PURGE_SAGAS,
 )
+from sagaz.types import TERMINAL_SAGA_STATUSES
 
 __all__ = ["CLAIM_EVENT", "SAVE_CHECKPOINT", "SCRIPTS"]
 
-SAVE_SAGA = """
+# whether ``s`` (a saga's status) is terminal, in Lua
+_IS_TERMINAL = " or ".join(f"s == '{status.value}'" for status in sorted(TERMINAL_SAGA_STATUSES))
+
+SAVE_SAGA = (
+    """
 -- KEYS[1] saga hash; ARGV: prefix, mode ('create'|'save'), id, name, status, terminal,
 -- created_at, updated_at, owner ('' = none), present (five '0'/'1': whether the saga has an
 -- error, trigger_id, event, owner, lease), context, attempt, error, trigger_id, event, lease
 -- (each '' when absent: the hash loses that field), then (saga_id, JSON) of each outbox row
 -- written with it
+local function is_terminal(s) return """
+    + _IS_TERMINAL
+    + """ end
 local key, p, id = KEYS[1], ARGV[1], ARGV[3]
 local name, status, terminal = ARGV[4], ARGV[5], ARGV[6] == '1'
 local owner, present = ARGV[9], ARGV[10]
 local has_event = string.sub(present, 3, 3) == '1'
 local old = redis.call('HMGET', key, 'seq', 'status', 'saga_name', 'owner')
 local seq = old[1]
+local fields = {'updated_at', ARGV[8], 'saga_id', id, 'saga_name', name, 'status', status,
+                'context', ARGV[11], 'attempt', ARGV[12]}
+-- an active saga (stored with a status that is not terminal) is in sagas-active and in the
+-- owner-sagas set of its owner, and in none of the indexes of terminal sagas: this script
+-- makes every status change, so it writes only what the change moves
+local active = false
 if seq then
   if ARGV[2] == 'create' then return 0 end
-  if old[2] ~= status then redis.call('ZREM', p .. ':sagas-status:' .. old[2], id) end
-  if old[3] ~= name then redis.call('ZREM', p .. ':sagas-name:' .. old[3], id) end
+  active = not is_terminal(old[2])
+  if old[2] ~= status then
+    redis.call('ZREM', p .. ':sagas-status:' .. old[2], id)
+    redis.call('ZADD', p .. ':sagas-status:' .. status, seq, id)
+  end
+  if old[3] ~= name then
+    redis.call('ZREM', p .. ':sagas-name:' .. old[3], id)
+    redis.call('ZADD', p .. ':sagas-name:' .. name, seq, id)
+  end
   if old[4] and old[4] ~= owner then redis.call('SREM', p .. ':owner-sagas:' .. old[4], id) end
 else
   seq = redis.call('INCR', p .. ':saga-seq')
-  redis.call('HSET', key, 'seq', seq, 'created_at', ARGV[7])
+  fields[#fields + 1] = 'seq'
+  fields[#fields + 1] = seq
+  fields[#fields + 1] = 'created_at'
+  fields[#fields + 1] = ARGV[7]
   redis.call('ZADD', p .. ':sagas', seq, id)
+  redis.call('ZADD', p .. ':sagas-status:' .. status, seq, id)
+  redis.call('ZADD', p .. ':sagas-name:' .. name, seq, id)
 end
-redis.call('ZADD', p .. ':sagas-status:' .. status, seq, id)
-redis.call('ZADD', p .. ':sagas-name:' .. name, seq, id)
+local was_terminal = old[1] and not active  -- stored, and terminal
 if terminal then
-  redis.call('ZREM', p .. ':sagas-active', id)
+  if active then
+    redis.call('ZREM', p .. ':sagas-active', id)
+    if owner ~= '' then redis.call('SREM', p .. ':owner-sagas:' .. owner, id) end
+  end
   redis.call('ZADD', p .. ':sagas-finished', ARGV[8], id)
-  if owner ~= '' then redis.call('SREM', p .. ':owner-sagas:' .. owner, id) end
   if has_event then
     redis.call('ZADD', p .. ':sagas-events', ARGV[8], id)
-  else
+  elseif was_terminal then
     redis.call('ZREM', p .. ':sagas-events', id)
   end
 else
-  redis.call('ZADD', p .. ':sagas-active', seq, id)
-  if old[2] then redis.call('ZREM', p .. ':sagas-finished', id) end
-  if owner ~= '' then redis.call('SADD', p .. ':owner-sagas:' .. owner, id) end
-  redis.call('ZREM', p .. ':sagas-events', id)
+  if not active then redis.call('ZADD', p .. ':sagas-active', seq, id) end
+  if was_terminal then
+    redis.call('ZREM', p .. ':sagas-finished', id)
+    redis.call('ZREM', p .. ':sagas-events', id)
+  end
+  if owner ~= '' and (not active or old[4] ~= owner) then
+    redis.call('SADD', p .. ':owner-sagas:' .. owner, id)
+  end
 end
-local fields = {'updated_at', ARGV[8], 'saga_id', id, 'saga_name', name, 'status', status,
-                'context', ARGV[11], 'attempt', ARGV[12]}
 local names = {'error', 'trigger_id', 'event', 'owner', 'lease'}
 local values = {ARGV[13], ARGV[14], ARGV[15], owner, ARGV[16]}
 local absent = {}
@@ -64,7 +93,7 @@ for i = 1, 5 do
   if string.sub(present, i, i) == '1' then
     fields[#fields + 1] = names[i]
     fields[#fields + 1] = values[i]
-  else
+  elseif old[1] then  -- a new hash has none of them
     absent[#absent + 1] = names[i]
   end
 end
@@ -78,6 +107,7 @@ for i = 17, #ARGV, 2 do
 end
 return 1
 """
+)
 
 DELETE_SAGA = """
 -- KEYS[1] saga hash, KEYS[2] steps hash; ARGV: prefix, id
@@ -385,8 +415,7 @@ SAVE_CHECKPOINT = (
 local pos = 1
 local function take()
   local n = tonumber(ARGV[pos])
-  local section = {}
-  for i = 1, n do section[i] = ARGV[pos + i] end
+  local section = {unpack(ARGV, pos + 1, pos + n)}
   pos = pos + n + 1
   return section
 end
@@ -416,8 +445,7 @@ local claim = claim_inbox(KEYS[1], {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]}
 if claim[1] ~= 'claimed' and claim[1] ~= 'taken_over' then
   return {claim[1], claim[2], claim[3], 0, {}}
 end
-local saga = {}
-for i = 6, #ARGV do saga[#saga + 1] = ARGV[i] end
+local saga = {unpack(ARGV, 6)}
 if save_saga(KEYS[2], saga) == 1 then return {claim[1], claim[2], claim[3], 1, {}} end
 return {claim[1], claim[2], claim[3], 0, redis.call('HGETALL', KEYS[2])}
 """

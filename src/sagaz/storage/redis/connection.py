@@ -71,6 +71,9 @@ class RedisConnection(SagaStore):
             try:
                 await client.ping()
                 await tables.migrate(client, self.prefix, url=self._store_url())
+                # loaded now, in one round trip: else the first sagas' scripts all fail with
+                # NOSCRIPT on a fresh server, and each caller loads its script again
+                await asyncio.gather(*(client.script_load(s) for s in tables.SCRIPTS.values()))
             except BaseException as exc:
                 await client.aclose()
                 if isinstance(exc, OSError | redis.RedisError):
@@ -169,7 +172,7 @@ class RedisConnection(SagaStore):
         server have lost it), in the next group of commands like any other."""
         db, script = self._db(), self._scripts[name]
         try:
-            return await db.groups.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await db.groups.submit_one(("EVALSHA", script.sha, len(keys), *keys, *args))
         except self._noscript:  # the server lost it (restarted, SCRIPT FLUSH): load it again
             script.sha = await db.script_load(script.script)
             return await db.evalsha(script.sha, len(keys), *keys, *args)
