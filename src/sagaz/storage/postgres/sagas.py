@@ -26,6 +26,7 @@ from sagaz.storage.postgres.connection import (
     _SAGA_CONFLICT,
     _STEP_CONFLICT,
     PostgresConnection,
+    _inbox_rows,
 )
 from sagaz.storage.sql import outbox_params, step_params
 from sagaz.types import SagaStatus
@@ -261,12 +262,24 @@ class PostgresSagas(PostgresConnection):
                 "AS u(saga_id, topic, payload, headers, created_at, n) ORDER BY u.n RETURNING 1)"
             )
         if inbox:
+            # an upsert on the primary key of the rows the snapshot has, not an UPDATE
+            # joined with the keys (see _inbox_rows). It completes the same rows; a key
+            # with no row stays without one. A row deleted after the snapshot would come
+            # back completed, but only release_inbox (by the owner, which is finishing the
+            # saga instead) and the purges (of rows long done or abandoned) delete rows
             p = params(3)
             parts.append(
-                f"ib AS (UPDATE {s}.inbox AS i SET status = 'completed', "
-                f"completed_at = u.completed_at FROM unnest({p[0]}::text[], {p[1]}::text[], "
-                f"{p[2]}::timestamptz[]) AS u(trigger_id, key, completed_at) "
-                "WHERE i.trigger_id = u.trigger_id AND i.key = u.key RETURNING 1)"
+                f"ib AS (INSERT INTO {s}.inbox AS t (trigger_id, key, saga_id, owner, "
+                "lease_until, status, created_at, completed_at) SELECT i.trigger_id, i.key, "
+                "i.saga_id, i.owner, i.lease_until, 'completed', i.created_at, u.completed_at "
+                "FROM "
+                + _inbox_rows(
+                    s,
+                    f"{p[0]}::text[], {p[1]}::text[], {p[2]}::timestamptz[]",
+                    "trigger_id, key, completed_at",
+                )
+                + " ON CONFLICT (trigger_id, key) DO UPDATE SET status = 'completed', "
+                "completed_at = EXCLUDED.completed_at RETURNING 1)"
             )
         return parts
 
