@@ -143,17 +143,38 @@ class PostgresSagas(PostgresConnection):
         after: str | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
-        # newest first is descending ``seq``: the status and name filters walk their
-        # (status, seq) / (saga_name, seq) indexes backwards; the others filter that walk
+        sql, params = self._list_sagas_sql(
+            status, saga_name, trigger_id, created_after, created_before, after, limit
+        )
+        rows = await self._db().fetch(sql, *params)
+        return [tables.saga_from_row(row) for row in rows]
+
+    def _list_sagas_sql(
+        self,
+        status: SagaStatus | None,
+        saga_name: str | None,
+        trigger_id: str | None,
+        created_after: datetime | None,
+        created_before: datetime | None,
+        after: str | None,
+        limit: int,
+    ) -> tuple[str, list[Any]]:
+        """The statement of :meth:`list_sagas` and its parameters."""
+        # newest first is descending ``seq``: the name filter walks (saga_name, seq)
+        # backwards; a status, written as a literal so that a cached plan may use a partial
+        # index, walks saga_executions_active (pending, running), saga_executions_by_rare_status
+        # (the others but completed), or the seq index (completed: most rows); the other
+        # filters filter that walk
+        where: list[str] = []
+        if status is not None:
+            where.append(f"status = '{SagaStatus(status).value}'")
         conditions = {
-            "status = {}": None if status is None else SagaStatus(status).value,
             "saga_name = {}": saga_name,
             "trigger_id = {}": trigger_id,
             "created_at >= {}": None if created_after is None else to_utc(created_after),
             "created_at < {}": None if created_before is None else to_utc(created_before),
             f"seq < (SELECT seq FROM {self._s}.saga_executions WHERE saga_id = {{}})": after,
         }
-        where: list[str] = []
         params: list[Any] = []
         for condition, value in conditions.items():
             if value is not None:
@@ -161,11 +182,7 @@ class PostgresSagas(PostgresConnection):
                 where.append(condition.format(f"${len(params)}"))
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         params.append(limit)
-        rows = await self._db().fetch(
-            f"{self._select_sagas} {clause}ORDER BY seq DESC LIMIT ${len(params)}",
-            *params,
-        )
-        return [tables.saga_from_row(row) for row in rows]
+        return f"{self._select_sagas} {clause}ORDER BY seq DESC LIMIT ${len(params)}", params
 
     async def delete_saga(self, saga_id: str) -> None:
         await self._write_execute(
