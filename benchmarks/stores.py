@@ -20,6 +20,10 @@ wall-clock rate (the database server's CPU is not in it).
 PostgreSQL runs in a database of its own (created and dropped by the script), so
 ``pg_stat_database.xact_commit`` of that database counts this run's transactions only: the
 ``commits/saga`` column is that count (engine start and stop included) over the events.
+Below the table, what the server spent on the run (``_postgres.ServerProbe``): the CPU of
+that database's backends (``/proc``: the server must run on this machine), the WAL written
+for it (``pg_walinspect``, created in the throwaway database), its B-tree records, and the
+rows each table inserted and updated (of which HOT), all per saga.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import uuid
 from pathlib import Path
 
 import pipeline  # noqa: F401  (defines NoopSaga: its trigger listens on channel "bench")
-from _postgres import DEFAULT_DSN, pg_commits, pg_database
+from _postgres import DEFAULT_DSN, ServerProbe, pg_commits, pg_database, table_writes
 
 from sagaz import TriggerConfig
 from sagaz.abc import SagaStore
@@ -61,8 +65,11 @@ def make_store(kind: str, args: argparse.Namespace, tmp: Path) -> SagaStore:
     raise SystemExit(f"unknown store {kind!r}: memory, sqlite, postgres or redis")
 
 
-async def throughput(store: SagaStore, events: int) -> tuple[float, float]:
-    """Sagas/s, and this process's CPU microseconds per saga."""
+async def throughput(
+    store: SagaStore, events: int, probe: ServerProbe | None = None
+) -> tuple[float, float]:
+    """Sagas/s, and this process's CPU microseconds per saga (``probe`` reads the server's
+    counters at the start and the end of the run)."""
     config = TriggerConfig(queue_size=1000, max_concurrent_sagas=100)
 
     async def produce(engine: TriggerEngine, first: int) -> None:
@@ -70,12 +77,17 @@ async def throughput(store: SagaStore, events: int) -> tuple[float, float]:
             await engine.fire("bench", {"id": i})
 
     async with store, TriggerEngine(config, store) as engine:
+        if probe is not None:
+            await probe.start()
         start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(produce(engine, k) for k in range(PRODUCERS)))
         while sum(engine.metrics.completed.values()) < events:
             await asyncio.sleep(0.001)
         rate = events / (time.perf_counter() - start)
-        return rate, (time.process_time() - cpu) / events * 1e6
+        cpu = time.process_time() - cpu
+        if probe is not None:
+            await probe.stop()
+        return rate, cpu / events * 1e6
 
 
 async def remove(store: SagaStore) -> None:
@@ -104,6 +116,7 @@ async def remove(store: SagaStore) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     kinds = [k for k in args.stores.split(",") if k]
+    server: list[str] = []
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         await throughput(MemorySagaStore(), min(args.events, 1000))  # warm-up
@@ -119,12 +132,21 @@ async def main(args: argparse.Namespace) -> None:
             store = make_store(kind, args, tmp)
             try:
                 before = await pg_commits(args.postgres_dsn, database) if kind == "postgres" else 0
-                rate, cpu = await throughput(store, args.events)  # the store is stopped after it
+                probe = ServerProbe(args.bench_dsn) if kind == "postgres" else None
+                # the store is stopped after it
+                rate, cpu = await throughput(store, args.events, probe)
                 commits = None
-                if kind == "postgres":
+                if probe is not None:
                     await asyncio.sleep(1.0)  # the pool's backends report as they exit
                     after = await pg_commits(args.postgres_dsn, database)
                     commits = (after - before) / args.events
+                    server.append(
+                        f"postgres server: CPU µs/saga {probe.cpu_seconds / args.events * 1e6:,.0f}"
+                        f", WAL bytes/saga {probe.wal_bytes / args.events:,.0f} (full-page "
+                        f"images {probe.fpi_bytes / args.events:,.0f}), B-tree records/saga "
+                        f"{probe.btree_records / args.events:.2f}"
+                    )
+                    server.append(await table_writes(args.bench_dsn, store.schema, args.events))  # type: ignore[attr-defined]
                 rows.append((kind, rate, cpu, commits))
             finally:
                 await remove(store)
@@ -137,6 +159,8 @@ async def main(args: argparse.Namespace) -> None:
     for kind, rate, cpu, commits in rows:
         per_saga = "" if commits is None else f"{commits:.3f}"
         print(f"{kind:<10} {rate:>10,.0f} {rate / baseline:>10.1%} {cpu:>12,.0f} {per_saga:>13}")
+    for line in server:
+        print(line)
 
 
 if __name__ == "__main__":

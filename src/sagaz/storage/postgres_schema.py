@@ -28,6 +28,8 @@ from sagaz.types import SagaStatus, StepStatus
 
 __all__ = [
     "ACTIVE_SQL",
+    "COMMON_SAGA_STATUSES",
+    "COMMON_SQL",
     "DEAD_LETTER_COLUMNS",
     "MIGRATIONS",
     "OUTBOX_COLUMNS",
@@ -48,6 +50,12 @@ __all__ = [
     "step_from_row",
 ]
 
+
+COMMON_SAGA_STATUSES = frozenset({SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPLETED})
+"""The statuses every saga that succeeds passes through: the index by status has the others
+only (migration 8)."""
+COMMON_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(COMMON_SAGA_STATUSES)) + ")"
+"""SQL list of :data:`COMMON_SAGA_STATUSES`."""
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
 
@@ -242,6 +250,19 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "CREATE INDEX IF NOT EXISTS saga_executions_finished ON {s}.saga_executions "
             f"(updated_at) WHERE status IN {TERMINAL_SQL}",
             "CREATE INDEX IF NOT EXISTS outbox_by_saga ON {s}.outbox (saga_id, id)",
+        ),
+    ),
+    (
+        8,
+        (
+            # every saga row passes pending -> running -> completed, a row version each,
+            # and each version takes an entry in every index it meets the predicate of:
+            # the list by status reads those three through saga_executions_active (pending,
+            # running) and the seq index (completed, most rows), so the index by status
+            # keeps the other statuses only (3 B-tree entries fewer per saga)
+            "DROP INDEX IF EXISTS {s}.saga_executions_by_status",
+            "CREATE INDEX IF NOT EXISTS saga_executions_by_rare_status ON {s}.saga_executions "
+            f"(status, seq) WHERE status NOT IN {COMMON_SQL}",
         ),
     ),
 ]

@@ -47,6 +47,23 @@ _INBOX_CONFLICT = (
     "(i.owner = EXCLUDED.owner OR i.lease_until IS NULL OR i.lease_until < EXCLUDED.created_at)"
 )
 
+
+def _inbox_rows(schema: str, arrays: str, columns: str = "trigger_id, key") -> str:
+    """A ``FROM`` list: the keys ``u`` (``unnest`` of ``arrays``, named ``columns``: their
+    trigger ids and keys first) and the inbox row ``i`` of each, looked up alone by the
+    primary key (a key without a row has none).
+
+    ``OFFSET 0`` keeps each a lookup: joined by ``=``, a plan cached while the table was
+    small (the planner takes a table never analyzed for 10 pages) would join by a hash
+    over a scan of the whole table, and keep doing so as the table grew (1.1 ms of a
+    2.4 ms group statement at 7,600 rows)."""
+    return (
+        f"unnest({arrays}) AS u({columns}) CROSS JOIN LATERAL (SELECT * FROM "
+        f"{schema}.inbox AS i WHERE i.trigger_id = u.trigger_id AND i.key = u.key "
+        "OFFSET 0) AS i"
+    )
+
+
 _STEP_CONFLICT = (
     "ON CONFLICT (saga_id, name) DO UPDATE SET status = EXCLUDED.status, "
     "result = EXCLUDED.result, error = EXCLUDED.error, "

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from sagaz.records import ClaimOutcome, EventClaim, InboxClaim
+from sagaz.storage.postgres.connection import _inbox_rows
 from sagaz.storage.postgres.events import OURS, EventItem, PostgresEventClaims
 from sagaz.storage.postgres.inbox import _found_claim
 from sagaz.storage.postgres.sagas import _checkpoint_args
@@ -154,9 +155,8 @@ class PostgresGroupStatement(PostgresEventClaims):
         return [
             f"SELECT {kind}, trigger_id, key, saga_id, NULL, NULL, NULL, inserted FROM {cte}",
             f"SELECT {kind + 1}, i.trigger_id, i.key, i.saga_id, i.owner, i.status, "
-            f"i.lease_until, NULL FROM {self._s}.inbox AS i JOIN unnest(${n + 1}::text[], "
-            f"${n + 2}::text[]) AS u(trigger_id, key) "
-            "ON i.trigger_id = u.trigger_id AND i.key = u.key",
+            "i.lease_until, NULL FROM "
+            + _inbox_rows(self._s, f"${n + 1}::text[], ${n + 2}::text[]"),
         ]
 
 

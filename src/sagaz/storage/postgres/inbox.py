@@ -21,6 +21,7 @@ from sagaz.storage.postgres.connection import (
     _CLAIM_RETRIES,
     _INBOX_CONFLICT,
     PostgresConnection,
+    _inbox_rows,
 )
 
 __all__ = ["PostgresInbox"]
@@ -77,9 +78,8 @@ class PostgresInbox(PostgresConnection):
         found: dict[tuple[str, str], Any] = {}
         if missing:
             rows = await conn.fetch(
-                f"SELECT i.trigger_id, i.key, i.saga_id, i.owner, i.status FROM {self._s}.inbox "
-                "AS i JOIN unnest($1::text[], $2::text[]) AS u(trigger_id, key) "
-                "ON i.trigger_id = u.trigger_id AND i.key = u.key",
+                "SELECT i.trigger_id, i.key, i.saga_id, i.owner, i.status FROM "
+                + _inbox_rows(self._s, "$1::text[], $2::text[]"),
                 [args[0] for args in missing],
                 [args[1] for args in missing],
             )

@@ -26,6 +26,7 @@ from sagaz.storage.postgres.connection import (
     _SAGA_CONFLICT,
     _STEP_CONFLICT,
     PostgresConnection,
+    _inbox_rows,
 )
 from sagaz.storage.sql import outbox_params, step_params
 from sagaz.types import SagaStatus
@@ -142,17 +143,38 @@ class PostgresSagas(PostgresConnection):
         after: str | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
-        # newest first is descending ``seq``: the status and name filters walk their
-        # (status, seq) / (saga_name, seq) indexes backwards; the others filter that walk
+        sql, params = self._list_sagas_sql(
+            status, saga_name, trigger_id, created_after, created_before, after, limit
+        )
+        rows = await self._db().fetch(sql, *params)
+        return [tables.saga_from_row(row) for row in rows]
+
+    def _list_sagas_sql(
+        self,
+        status: SagaStatus | None,
+        saga_name: str | None,
+        trigger_id: str | None,
+        created_after: datetime | None,
+        created_before: datetime | None,
+        after: str | None,
+        limit: int,
+    ) -> tuple[str, list[Any]]:
+        """The statement of :meth:`list_sagas` and its parameters."""
+        # newest first is descending ``seq``: the name filter walks (saga_name, seq)
+        # backwards; a status, written as a literal so that a cached plan may use a partial
+        # index, walks saga_executions_active (pending, running), saga_executions_by_rare_status
+        # (the others but completed), or the seq index (completed: most rows); the other
+        # filters filter that walk
+        where: list[str] = []
+        if status is not None:
+            where.append(f"status = '{SagaStatus(status).value}'")
         conditions = {
-            "status = {}": None if status is None else SagaStatus(status).value,
             "saga_name = {}": saga_name,
             "trigger_id = {}": trigger_id,
             "created_at >= {}": None if created_after is None else to_utc(created_after),
             "created_at < {}": None if created_before is None else to_utc(created_before),
             f"seq < (SELECT seq FROM {self._s}.saga_executions WHERE saga_id = {{}})": after,
         }
-        where: list[str] = []
         params: list[Any] = []
         for condition, value in conditions.items():
             if value is not None:
@@ -160,11 +182,7 @@ class PostgresSagas(PostgresConnection):
                 where.append(condition.format(f"${len(params)}"))
         clause = f"WHERE {' AND '.join(where)} " if where else ""
         params.append(limit)
-        rows = await self._db().fetch(
-            f"{self._select_sagas} {clause}ORDER BY seq DESC LIMIT ${len(params)}",
-            *params,
-        )
-        return [tables.saga_from_row(row) for row in rows]
+        return f"{self._select_sagas} {clause}ORDER BY seq DESC LIMIT ${len(params)}", params
 
     async def delete_saga(self, saga_id: str) -> None:
         await self._write_execute(
@@ -261,12 +279,24 @@ class PostgresSagas(PostgresConnection):
                 "AS u(saga_id, topic, payload, headers, created_at, n) ORDER BY u.n RETURNING 1)"
             )
         if inbox:
+            # an upsert on the primary key of the rows the snapshot has, not an UPDATE
+            # joined with the keys (see _inbox_rows). It completes the same rows; a key
+            # with no row stays without one. A row deleted after the snapshot would come
+            # back completed, but only release_inbox (by the owner, which is finishing the
+            # saga instead) and the purges (of rows long done or abandoned) delete rows
             p = params(3)
             parts.append(
-                f"ib AS (UPDATE {s}.inbox AS i SET status = 'completed', "
-                f"completed_at = u.completed_at FROM unnest({p[0]}::text[], {p[1]}::text[], "
-                f"{p[2]}::timestamptz[]) AS u(trigger_id, key, completed_at) "
-                "WHERE i.trigger_id = u.trigger_id AND i.key = u.key RETURNING 1)"
+                f"ib AS (INSERT INTO {s}.inbox AS t (trigger_id, key, saga_id, owner, "
+                "lease_until, status, created_at, completed_at) SELECT i.trigger_id, i.key, "
+                "i.saga_id, i.owner, i.lease_until, 'completed', i.created_at, u.completed_at "
+                "FROM "
+                + _inbox_rows(
+                    s,
+                    f"{p[0]}::text[], {p[1]}::text[], {p[2]}::timestamptz[]",
+                    "trigger_id, key, completed_at",
+                )
+                + " ON CONFLICT (trigger_id, key) DO UPDATE SET status = 'completed', "
+                "completed_at = EXCLUDED.completed_at RETURNING 1)"
             )
         return parts
 

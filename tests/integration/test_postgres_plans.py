@@ -1,0 +1,137 @@
+"""The PostgreSQL store's statements and indexes: the group statements look inbox keys up by
+the primary key whatever plan the server caches (a generic plan made while the table is new,
+never analyzed and taken for 10 pages, must not join the keys by a hash over a scan of the
+whole inbox, a scan that grows with the table for as long as the plan stays cached); the
+index by status leaves out the statuses every saga passes through (schema 8), and the list
+by status still finds each through an index."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from sagaz.exceptions import SchemaOutdatedError
+from sagaz.records import SagaRecord, SchemaVersions
+from sagaz.storage.postgres import PostgresSagaStore
+from sagaz.types import SagaStatus
+from tests.schema_support import rewind_schema
+from tests.services import unique_name
+
+_T = "'{2026-01-01 00:00:00+00}'"
+
+
+@pytest.fixture
+async def store(postgres_dsn: str) -> AsyncIterator[PostgresSagaStore]:
+    schema = unique_name("sagaz_plan")
+    async with PostgresSagaStore(postgres_dsn, schema=schema) as store:
+        try:
+            yield store
+        finally:
+            await _drop(postgres_dsn, schema)
+
+
+async def _drop(dsn: str, schema: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def _generic_plan(dsn: str, sql: str, args: str) -> str:
+    """The plan the server would cache for ``sql`` (run with the literals ``args``)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE probe AS {sql}")
+        rows = await conn.fetch(f"EXPLAIN EXECUTE probe({args})")
+        return "\n".join(row[0] for row in rows)
+    finally:
+        await conn.close()
+
+
+async def test_a_group_of_claims_and_completions_finds_inbox_rows_by_their_key(
+    store: PostgresSagaStore, postgres_dsn: str
+) -> None:
+    # claims (6 arrays), then checkpoints that only complete inbox keys (3 arrays)
+    sql = store._build_group_sql((True, False, False, (False, False, False, True)))
+    claims = f"'{{t}}', '{{k1}}', '{{s1}}', '{{o}}', {_T}, {_T}"
+    plan = await _generic_plan(postgres_dsn, sql, f"{claims}, '{{t}}', '{{k2}}', {_T}")
+    assert "Seq Scan on inbox" not in plan, plan
+    assert plan.count("Index Scan using inbox_pkey") == 2, plan  # the snapshot's, the completion's
+
+
+async def test_a_checkpoint_completing_its_inbox_key_finds_the_row_by_its_key(
+    store: PostgresSagaStore, postgres_dsn: str
+) -> None:
+    sql = store._build_checkpoint_sql(False, False, False, True)
+    plan = await _generic_plan(postgres_dsn, sql, f"'{{t}}', '{{k}}', {_T}")
+    assert "Seq Scan on inbox" not in plan, plan
+    assert "Index Scan using inbox_pkey" in plan, plan
+
+
+_ACTIVE = ("saga_executions_active", "saga_executions_by_owner")  # both: pending, running
+
+
+@pytest.mark.parametrize(
+    ("status", "indexes"),
+    [
+        (SagaStatus.FAILED, ("saga_executions_by_rare_status",)),
+        (SagaStatus.COMPENSATED, ("saga_executions_by_rare_status",)),
+        (SagaStatus.RUNNING, _ACTIVE),
+        (SagaStatus.PENDING, _ACTIVE),
+    ],
+)
+async def test_the_list_by_status_reads_a_partial_index_in_any_cached_plan(
+    store: PostgresSagaStore, postgres_dsn: str, status: SagaStatus, indexes: tuple[str, ...]
+) -> None:
+    sql, params = store._list_sagas_sql(status, None, None, None, None, None, 100)
+    plan = await _generic_plan(postgres_dsn, sql, ", ".join(str(p) for p in params))
+    assert any(index in plan for index in indexes), plan
+    assert "Seq Scan" not in plan, plan
+
+
+async def test_a_version_7_schema_is_upgraded_to_index_the_rare_statuses_only(
+    postgres_dsn: str,
+) -> None:
+    schema = unique_name("sagaz_v7")
+    statuses = list(SagaStatus)
+    try:
+        async with PostgresSagaStore(postgres_dsn, schema=schema) as store:
+            for n, status in enumerate(statuses):
+                await store.save_saga(SagaRecord(f"s{n}", "order", status, {"n": n}))
+        # as sagaz 7 left it: one index of every status
+        await rewind_schema(store, 7, drop=[("INDEX", "saga_executions_by_rare_status")])
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            await conn.execute(
+                f'CREATE INDEX saga_executions_by_status ON "{schema}".saga_executions '
+                "(status, seq)"
+            )
+        finally:
+            await conn.close()
+        with pytest.raises(SchemaOutdatedError):
+            await PostgresSagaStore(postgres_dsn, schema=schema).start()
+        upgraded = PostgresSagaStore(postgres_dsn, schema=schema)
+        assert await upgraded.upgrade_schema() == SchemaVersions(7, 8)
+        async with upgraded:
+            for n, status in enumerate(statuses):
+                assert [r.saga_id for r in await upgraded.list_sagas(status=status)] == [f"s{n}"]
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            indexes = dict(
+                await conn.fetch(
+                    "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1", schema
+                )
+            )
+        finally:
+            await conn.close()
+        assert "saga_executions_by_status" not in indexes
+        assert (
+            "WHERE (status <> ALL (ARRAY['completed'::text, 'pending'::text, 'running'"
+            in (indexes["saga_executions_by_rare_status"])
+        )
+    finally:
+        await _drop(postgres_dsn, schema)
