@@ -115,9 +115,14 @@ class Admission:
             try:
                 return await operation()
             except StoreUnavailableError as exc:
-                if not delivery.wait_for_store or not self.accepting:
-                    raise
-                await self.state.outage.wait(exc, until=self._closing)
+                await self._wait_for_store(delivery, exc)
+
+    async def _wait_for_store(self, delivery: Delivery, exc: StoreUnavailableError) -> None:
+        """``exc`` came from the store: wait until it is back when ``delivery`` may wait
+        (then the operation runs again), else raise ``exc``."""
+        if not delivery.wait_for_store or not self.accepting:
+            raise exc
+        await self.state.outage.wait(exc, until=self._closing)
 
     async def admit_many(
         self, trigger: ActiveTrigger, deliveries: Sequence[Delivery]
@@ -194,7 +199,11 @@ class Admission:
         tracked = self._track(saga_id, delivery)
         candidate = _Candidate(trigger, tracked, event, key, saga_id, concurrency_key, after)
         try:
-            result = await self._waiting(delivery, lambda: self._claim(candidate))
+            try:  # the claim at once: ``_waiting``'s closure and coroutine only after a failure
+                result = await self._claim(candidate)
+            except StoreUnavailableError as exc:
+                await self._wait_for_store(delivery, exc)
+                result = await self._waiting(delivery, lambda: self._claim(candidate))
             if result is None:
                 self._watch_busy(candidate)
                 return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
@@ -357,6 +366,9 @@ class Admission:
             return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
         if c.after is not None and not c.after.done():
             await asyncio.shield(c.after)  # queued in its batch's order (``admit_many``)
+        if state.queue.offer(item):  # room now: no strategy to apply
+            state.metrics.accepted[trigger.trigger_id] += 1
+            return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
         put = await state.queue.put(item)
         if not put.accepted:
             return await self._refused(trigger, item)
