@@ -342,7 +342,7 @@ class Admission:
                 await self.settlement.filtered(trigger, event, Reason.OVERLAP_SKIPPED)
                 await self.settlement.ack(trigger, delivery)
                 return AdmissionResult(AdmissionOutcome.FILTERED, saga_id, Reason.OVERLAP_SKIPPED)
-        if pending is not None:
+        if pending is not None and not claim.created:  # a pending row taken over
             pending.event = storable(delivery.payload) if trigger.persist_events else None
         item = WorkItem(
             trigger=trigger,
@@ -354,7 +354,10 @@ class Admission:
             concurrency_key=c.concurrency_key,
             accepted_at=state.clock.monotonic(),
             context_hash=context_hash,
-            pending=pending,
+            # a row it just created is not kept (``WorkItem.created``): the collector would
+            # walk one object more per queued event
+            pending=None if claim.created else pending,
+            created=claim.created,
             new_attempt=rerun,
             saga=saga,
         )

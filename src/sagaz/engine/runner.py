@@ -105,8 +105,10 @@ class SagaRunner:
         resumes it from its last checkpoint (the step whose checkpoint failed runs again)."""
         # set once by a scheduled retry: this run starts a new attempt
         new_attempt, item.new_attempt = item.new_attempt, False
-        known: SagaRecord | None = item.pending
         state = self.state
+        known: SagaRecord | None = item.pending
+        if known is None and item.created:
+            known = item.pending_row(state.worker_id)
         trigger = item.trigger
         cancellations = state.cancellations
         cancellation = cancellations.track(item.saga_id)
@@ -183,6 +185,7 @@ class SagaRunner:
             delay *= 1 + random.uniform(-jitter, jitter)
         item.attempt += 1
         item.pending = None
+        item.created = False
         item.new_attempt = True
         self.state.metrics.retried[trigger.trigger_id] += 1
         logger.info(
