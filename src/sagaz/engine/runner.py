@@ -169,7 +169,14 @@ class SagaRunner:
             },
         )
 
-    async def _settle(self, item: WorkItem) -> None:
+    def _settle(self, item: WorkItem) -> Awaitable[None]:
+        """Complete what the store still holds open for ``item``, then ack it."""
+        if item.inbox_completed and item.context_hash is None:
+            # the usual case: the inbox row was completed with the saga's completed state
+            return self.settlement.ack(item.trigger, item.delivery)
+        return self._settle_in_store(item)
+
+    async def _settle_in_store(self, item: WorkItem) -> None:
         store = self.state.store
         if not item.inbox_completed:  # else written with the saga's completed state
             await store.complete_inbox(item.trigger_id, item.key)

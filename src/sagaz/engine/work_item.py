@@ -58,14 +58,19 @@ class WorkItem:
         pending row keeps for recovery is dropped at the start), its lease and
         ``created_at`` are the store's (an update keeps them)."""
         trigger = self.trigger
+        event = storable(self.delivery.payload) if trigger.persist_events else None
+        # saga_id, saga_name, status, context, attempt, error, trigger_id, event, owner: by
+        # position (once per event)
         return SagaRecord(
             self.saga_id,
             trigger.saga_name,
             SagaStatus.PENDING,
             {},
-            trigger_id=trigger.trigger_id,
-            event=storable(self.delivery.payload) if trigger.persist_events else None,
-            owner=owner,
+            1,
+            None,
+            trigger.trigger_id,
+            event,
+            owner,
         )
 
     @property
