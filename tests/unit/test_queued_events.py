@@ -53,7 +53,12 @@ async def test_a_queued_event_holds_no_saga_row_and_its_saga_starts_from_the_one
         ids = [saga_id for n in range(3) for saga_id in await engine.fire("held", {"n": n})]
         while engine.dispatcher.in_flight < 1:
             await asyncio.sleep(0.001)
-        queued = [o for o in gc.get_objects() if isinstance(o, WorkItem) and o.seq > 0]
+        ours = set(map(id, engine.triggers.values()))  # (not another test's leftovers)
+        queued = [
+            o
+            for o in gc.get_objects()
+            if isinstance(o, WorkItem) and id(o.trigger) in ours and o.seq > 0
+        ]
         held = [r for item in queued for r in gc.get_referents(item)]
         pending = {item.saga_id: await store.get_saga(item.saga_id) for item in queued}
         gate.set()  # (before any assertion: a failing test must not wait for its shutdown)
