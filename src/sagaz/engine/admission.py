@@ -60,11 +60,13 @@ class Admission:
         delivery: Delivery,
         *,
         after: asyncio.Future[None] | None = None,
+        admitted: asyncio.Future[None] | None = None,
     ) -> AdmissionResult:
         """Admit one delivery of ``trigger``; never raises (bar cancellation).
 
         ``after`` (:meth:`admit_many`): the delivery is queued only once ``after`` is done,
-        i.e. once the delivery before it in its batch is admitted.
+        i.e. once the delivery before it in its batch is admitted; ``admitted`` is set once
+        this one is (queued, refused, or given up), for the delivery after it.
 
         A failure of the store itself leaves the delivery for redelivery (nack) and answers
         ``REJECTED`` with the error, so a webhook caller gets 503 and retries. While the store
@@ -95,6 +97,9 @@ class Admission:
             return AdmissionResult(
                 AdmissionOutcome.REJECTED, error=f"the event could not be accepted: {exc}"
             )
+        finally:  # queued, refused or given up: the next one of the batch may be queued
+            if admitted is not None and not admitted.done():
+                admitted.set_result(None)
 
     async def _traced(
         self,
@@ -142,15 +147,16 @@ class Admission:
             return [await self.admit(trigger, delivery) for delivery in deliveries]
         loop = asyncio.get_running_loop()
         admitted = [loop.create_future() for _ in deliveries]
-
-        async def admit_in_turn(n: int, delivery: Delivery) -> AdmissionResult:
-            try:
-                return await self.admit(trigger, delivery, after=admitted[n - 1] if n else None)
-            finally:  # queued, refused, or given up: the next one may be queued
-                if not admitted[n].done():
-                    admitted[n].set_result(None)
-
-        return list(await asyncio.gather(*(admit_in_turn(n, d) for n, d in enumerate(deliveries))))
+        return list(
+            await asyncio.gather(
+                *(
+                    self.admit(
+                        trigger, d, after=admitted[n - 1] if n else None, admitted=admitted[n]
+                    )
+                    for n, d in enumerate(deliveries)
+                )
+            )
+        )
 
     async def _admit(
         self,
