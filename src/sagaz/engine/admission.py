@@ -350,22 +350,24 @@ class Admission:
                 return AdmissionResult(AdmissionOutcome.FILTERED, saga_id, Reason.OVERLAP_SKIPPED)
         if pending is not None and not claim.created:  # a pending row taken over
             pending.event = storable(delivery.payload) if trigger.persist_events else None
+        # by position, in the order of WorkItem's first fields: once per event, where a
+        # dozen keywords cost about 0.3 µs more
         item = WorkItem(
-            trigger=trigger,
-            delivery=delivery,
-            key=key,
-            saga_id=saga_id,
-            context=context,
-            event=event,
-            concurrency_key=c.concurrency_key,
-            accepted_at=state.clock.monotonic(),
-            context_hash=context_hash,
-            # a row it just created is not kept (``WorkItem.created``): the collector would
-            # walk one object more per queued event
-            pending=None if claim.created else pending,
-            created=claim.created,
-            new_attempt=rerun,
-            saga=saga,
+            trigger,
+            delivery,
+            key,
+            saga_id,
+            context,
+            event,
+            c.concurrency_key,
+            state.clock.monotonic(),  # accepted_at
+            context_hash,
+            # pending: a row it just created is not kept (``WorkItem.created``), the collector
+            # would walk one object more per queued event
+            None if claim.created else pending,
+            claim.created,  # created
+            rerun,  # new_attempt
+            saga,
         )
         if existing is not None and existing.status in TERMINAL_SAGA_STATUSES and not rerun:
             item.already_terminal = True

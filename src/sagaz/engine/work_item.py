@@ -27,12 +27,10 @@ class WorkItem:
     key: str
     saga_id: str
     context: dict[str, Any]
+    # (admission passes the fields up to ``saga`` by position: keep their order)
     event: Any = None
     concurrency_key: Hashable | None = None
-    attempt: int = 1
     accepted_at: float = 0.0  # clock.monotonic() at admission (start-latency metric)
-    seq: int = 0
-    evicted: bool = False
     context_hash: str | None = None  # poll triggers: the execution row to close
     pending: SagaRecord | None = None  # the PENDING row admission took over (first attempt)
     #: admission created its PENDING row (first attempt): the runner starts from that row,
@@ -40,9 +38,12 @@ class WorkItem:
     #: every object a queued event holds is one more for the garbage collector to walk
     created: bool = False
     new_attempt: bool = False  # a retry: the runner starts attempt ``attempt`` afresh
+    saga: Saga | None = None  # the saga object of this run (None: the trigger's shared one)
+    attempt: int = 1
+    seq: int = 0
+    evicted: bool = False
     already_terminal: bool = False  # a redelivery of a saga that already finished
     rate_granted: bool = False  # its trigger's rate-limit token is taken (see BackpressureQueue)
-    saga: Saga | None = None  # the saga object of this run (None: the trigger's shared one)
     # limit_scope="cluster" (see BackpressureQueue and ClusterLimits)
     key_reserved: bool = False  # its concurrency key is taken here while it waits for the store
     key_leased: bool = False  # its concurrency key's lease in the store is held for it
