@@ -94,5 +94,5 @@ def _refusing(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[
     return operation
 
 
-for _name in SagaStore.__abstractmethods__ | {"save_checkpoint"}:
+for _name in SagaStore.__abstractmethods__ | {"save_checkpoint", "claim_event"}:
     setattr(OutageStore, _name, _refusing(getattr(MemorySagaStore, _name)))

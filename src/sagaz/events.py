@@ -9,6 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, NoReturn
 
+from sagaz._frozen import quick_init
 from sagaz.clock import utcnow
 
 __all__ = [
@@ -343,6 +344,7 @@ class Reason(StrEnum):
     PAUSED = "paused"
 
 
+@quick_init  # one per admission: see sagaz._frozen
 @dataclass(frozen=True, slots=True)
 class AdmissionResult:
     """Answer of ``emit(delivery)``; the webhook maps it to a status code."""

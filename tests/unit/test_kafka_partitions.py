@@ -179,3 +179,18 @@ def test_a_full_trigger_is_accepted() -> None:
     # the dead-letter topic is a pipeline option: the engine hands it to the source
     assert pipeline.dead_letter_topic == "orders.dlq"
     assert "dead_letter_topic" not in KafkaOptions.model_fields
+
+
+async def test_records_of_two_polls_keep_each_poll_s_arrival_and_no_pair_per_record() -> None:
+    state = PartitionState(tp=TopicPartition("orders", 0))
+    first_poll, second_poll = datetime(2026, 1, 2, tzinfo=UTC), datetime(2026, 1, 3, tzinfo=UTC)
+    older = [FullRecord(o, None, b"{}", ()) for o in (3, 4)]
+    state.track(older, received_at=first_poll)
+    state.track([FullRecord(o, None, b"{}", ()) for o in (4, 5, 6)], received_at=second_poll)
+    # the buffer holds the records themselves (a deep buffer is promoted by the collector)
+    assert list(state.buffer)[:2] == older and state.buffer[0] is older[0]
+    source = Settled(state)
+    taken = take_deliveries(source, "Shop.on_order", state, 3)
+    taken += take_deliveries(source, "Shop.on_order", state, 1)
+    assert [d.meta.offset for d in taken] == [3, 4, 5, 6]  # offset 4 once
+    assert [d.meta.received_at for d in taken] == [first_poll, first_poll, second_poll, second_poll]

@@ -120,6 +120,14 @@ class BackpressureQueue:
         self._add(item)
         return _ACCEPTED if evicted is None else PutResult(True, evicted)
 
+    def offer(self, item: WorkItem) -> bool:
+        """Buffer ``item`` if there is room now (``False``: full, :meth:`put` applies the
+        strategy): what nearly every admission does, without a coroutine."""
+        if len(self._buffered) >= self.capacity:
+            return False
+        self._add(item)
+        return True
+
     def put_nowait_unbounded(self, item: WorkItem) -> None:
         """Buffer an already-admitted event (a retry) regardless of capacity."""
         self._add(item)

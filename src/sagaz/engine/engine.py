@@ -371,11 +371,12 @@ class TriggerEngine(Lifecycle):
             if active.paused:  # an in-process event cannot wait: skipped, and said so
                 await self.settlement.filtered(active, event, Reason.PAUSED)
                 continue
+            # payload, meta (source, trigger, message_id, topic), identity: by position
             delivery = Delivery(
-                payload=event,
+                event,
+                EventMeta("memory", active.trigger_id, None, channel),
+                "",
                 decoded=True,
-                identity="",
-                meta=EventMeta(source="memory", trigger=active.trigger_id, topic=channel),
                 trace_context=caller,
             )
             result = await self.admission.admit(active, delivery)

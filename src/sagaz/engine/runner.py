@@ -105,8 +105,10 @@ class SagaRunner:
         resumes it from its last checkpoint (the step whose checkpoint failed runs again)."""
         # set once by a scheduled retry: this run starts a new attempt
         new_attempt, item.new_attempt = item.new_attempt, False
-        known: SagaRecord | None = item.pending
         state = self.state
+        known: SagaRecord | None = item.pending
+        if known is None and item.created:
+            known = item.pending_row(state.worker_id)
         trigger = item.trigger
         cancellations = state.cancellations
         cancellation = cancellations.track(item.saga_id)
@@ -167,7 +169,14 @@ class SagaRunner:
             },
         )
 
-    async def _settle(self, item: WorkItem) -> None:
+    def _settle(self, item: WorkItem) -> Awaitable[None]:
+        """Complete what the store still holds open for ``item``, then ack it."""
+        if item.inbox_completed and item.context_hash is None:
+            # the usual case: the inbox row was completed with the saga's completed state
+            return self.settlement.ack(item.trigger, item.delivery)
+        return self._settle_in_store(item)
+
+    async def _settle_in_store(self, item: WorkItem) -> None:
         store = self.state.store
         if not item.inbox_completed:  # else written with the saga's completed state
             await store.complete_inbox(item.trigger_id, item.key)
@@ -183,6 +192,7 @@ class SagaRunner:
             delay *= 1 + random.uniform(-jitter, jitter)
         item.attempt += 1
         item.pending = None
+        item.created = False
         item.new_attempt = True
         self.state.metrics.retried[trigger.trigger_id] += 1
         logger.info(

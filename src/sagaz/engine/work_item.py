@@ -6,8 +6,10 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sagaz.engine.identity import storable
 from sagaz.events import Delivery
 from sagaz.records import SagaRecord
+from sagaz.types import SagaStatus
 
 if TYPE_CHECKING:
     from sagaz.engine.active_trigger import ActiveTrigger
@@ -25,18 +27,23 @@ class WorkItem:
     key: str
     saga_id: str
     context: dict[str, Any]
+    # (admission passes the fields up to ``saga`` by position: keep their order)
     event: Any = None
     concurrency_key: Hashable | None = None
-    attempt: int = 1
     accepted_at: float = 0.0  # clock.monotonic() at admission (start-latency metric)
+    context_hash: str | None = None  # poll triggers: the execution row to close
+    pending: SagaRecord | None = None  # the PENDING row admission took over (first attempt)
+    #: admission created its PENDING row (first attempt): the runner starts from that row,
+    #: rebuilt (:meth:`pending_row`), without reading it back; it is not kept here, since
+    #: every object a queued event holds is one more for the garbage collector to walk
+    created: bool = False
+    new_attempt: bool = False  # a retry: the runner starts attempt ``attempt`` afresh
+    saga: Saga | None = None  # the saga object of this run (None: the trigger's shared one)
+    attempt: int = 1
     seq: int = 0
     evicted: bool = False
-    context_hash: str | None = None  # poll triggers: the execution row to close
-    pending: SagaRecord | None = None  # the PENDING row admission created (first attempt)
-    new_attempt: bool = False  # a retry: the runner starts attempt ``attempt`` afresh
     already_terminal: bool = False  # a redelivery of a saga that already finished
     rate_granted: bool = False  # its trigger's rate-limit token is taken (see BackpressureQueue)
-    saga: Saga | None = None  # the saga object of this run (None: the trigger's shared one)
     # limit_scope="cluster" (see BackpressureQueue and ClusterLimits)
     key_reserved: bool = False  # its concurrency key is taken here while it waits for the store
     key_leased: bool = False  # its concurrency key's lease in the store is held for it
@@ -45,6 +52,27 @@ class WorkItem:
     cluster_leases: tuple[str, ...] = ()
     cluster_holder: str | None = None  # the holder of those leases
     inbox_completed: bool = False  # its inbox row was completed with the completed saga
+
+    def pending_row(self, owner: str) -> SagaRecord:
+        """The ``PENDING`` row admission created for this event, as the start checkpoint
+        writes it over: its event is the one ``persist_events`` keeps (the delivery a
+        pending row keeps for recovery is dropped at the start), its lease and
+        ``created_at`` are the store's (an update keeps them)."""
+        trigger = self.trigger
+        event = storable(self.delivery.payload) if trigger.persist_events else None
+        # saga_id, saga_name, status, context, attempt, error, trigger_id, event, owner: by
+        # position (once per event)
+        return SagaRecord(
+            self.saga_id,
+            trigger.saga_name,
+            SagaStatus.PENDING,
+            {},
+            1,
+            None,
+            trigger.trigger_id,
+            event,
+            owner,
+        )
 
     @property
     def trigger_id(self) -> str:

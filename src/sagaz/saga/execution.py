@@ -4,7 +4,6 @@ sagaz.saga.compensation)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
@@ -38,8 +37,6 @@ if TYPE_CHECKING:
 __all__ = ["SagaExecution"]
 
 logger = logging.getLogger(__name__)
-
-_NO_DEADLINE = contextlib.nullcontext()
 
 
 class SagaExecution(SagaCompensation):
@@ -409,17 +406,18 @@ class SagaExecution(SagaCompensation):
             )
             if self.listeners:
                 await notify(self.listeners, "on_step_enter", self.saga_name, name, ctx)
-            deadline = (
-                asyncio.timeout(spec.timeout_seconds)
-                if spec.timeout_seconds is not None
-                else _NO_DEADLINE  # the common case: no Timeout object per step
-            )
             try:
-                async with deadline:
+                if spec.timeout_seconds is None:  # the common case: no context manager per step
                     if channel is not None:
                         result = await self._produce(fn, ctx, channel)
                     else:
                         result = self._check_result(name, await fn(ctx))
+                else:
+                    async with asyncio.timeout(spec.timeout_seconds):
+                        if channel is not None:
+                            result = await self._produce(fn, ctx, channel)
+                        else:
+                            result = self._check_result(name, await fn(ctx))
             except TimeoutError as exc:
                 error: Exception = SagaTimeoutError(
                     f"step {name!r} of saga {self.saga_name!r} exceeded "

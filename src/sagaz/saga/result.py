@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sagaz._frozen import quick_init
 from sagaz.types import SagaStatus
 
 __all__ = ["SagaResult"]
 
 
+@quick_init  # one per saga: see sagaz._frozen
 @dataclass(frozen=True, slots=True)
 class SagaResult:
     """The outcome of one saga execution.

@@ -14,6 +14,7 @@ from sagaz.clock import utcnow
 from sagaz.records import (
     ClaimOutcome,
     DeadLetterRecord,
+    EventClaim,
     InboxClaim,
     OutboxMessage,
     SagaAction,
@@ -228,34 +229,55 @@ class MemorySagaStore(MemoryRetention, SagaStore):
     async def claim_inbox(
         self, trigger_id: str, key: str, saga_id: str, owner: str, lease_until: datetime
     ) -> InboxClaim:
+        return InboxClaim(*self._claim(trigger_id, key, saga_id, owner, lease_until, utcnow()))
+
+    def _claim(
+        self,
+        trigger_id: str,
+        key: str,
+        saga_id: str,
+        owner: str,
+        lease_until: datetime,
+        now: datetime,
+    ) -> tuple[ClaimOutcome, str, str | None]:
+        """The inbox claim (outcome, saga id, owner) of ``claim_inbox``, made ``now``."""
         rows = self._inbox.get(trigger_id)
         if rows is None:
             rows = self._inbox[trigger_id] = {}
         row = rows.get(key)
         if row is None:
-            rows[key] = (
-                saga_id,
-                owner,
-                lease_until,
-                _PENDING,
-                utcnow(),
-                None,
-            )
-            return InboxClaim(ClaimOutcome.CLAIMED, saga_id, owner)
+            rows[key] = (saga_id, owner, lease_until, _PENDING, now, None)
+            return ClaimOutcome.CLAIMED, saga_id, owner
         stored_id, stored_owner, stored_lease, status, created, _ = row
         if status == _COMPLETED:
-            return InboxClaim(ClaimOutcome.DUPLICATE, stored_id, stored_owner)
-        if stored_owner == owner or stored_lease is None or stored_lease < utcnow():
-            rows[key] = (
-                stored_id,
-                owner,
-                lease_until,
-                _PENDING,
-                created,
-                None,
+            return ClaimOutcome.DUPLICATE, stored_id, stored_owner
+        if stored_owner == owner or stored_lease is None or stored_lease < now:
+            rows[key] = (stored_id, owner, lease_until, _PENDING, created, None)
+            return ClaimOutcome.TAKEN_OVER, stored_id, owner
+        return ClaimOutcome.BUSY, stored_id, stored_owner
+
+    async def claim_event(self, trigger_id: str, key: str, record: SagaRecord) -> EventClaim:
+        """The contract's claim and pending row, made at once (nothing else runs between
+        them on the event loop), at one moment: admission's, once per event."""
+        owner, lease = record.owner, record.lease_expires_at
+        if owner is None or lease is None:
+            raise ValueError(
+                "claim_event: the record needs an owner and a lease_expires_at (the claim's)"
             )
-            return InboxClaim(ClaimOutcome.TAKEN_OVER, stored_id, owner)
-        return InboxClaim(ClaimOutcome.BUSY, stored_id, stored_owner)
+        now = utcnow()
+        outcome, saga_id, claim_owner = self._claim(
+            trigger_id, key, record.saga_id, owner, lease, now
+        )
+        if outcome is ClaimOutcome.DUPLICATE or outcome is ClaimOutcome.BUSY:
+            return EventClaim(outcome, saga_id, claim_owner)
+        existing = self._sagas.get(record.saga_id)
+        if existing is not None:
+            return EventClaim(outcome, saga_id, claim_owner, _SAGA.unpack(existing), False)
+        record.created_at = record.created_at or now
+        record.updated_at = now
+        self._sagas[record.saga_id] = _SAGA.pack(record)
+        # the caller's own object, as create_saga answers: the store keeps its private copy
+        return EventClaim(outcome, saga_id, claim_owner, record, True)
 
     async def complete_inbox(self, trigger_id: str, key: str) -> None:
         self._complete_inbox(trigger_id, key, now=utcnow())

@@ -23,7 +23,11 @@ class PartitionState:
     """State of one assigned partition; a fresh one replaces it on every assignment."""
 
     tp: Any  # aiokafka's TopicPartition
-    buffer: deque[tuple[Any, Any]] = field(default_factory=deque)  # (record, received_at)
+    buffer: deque[Any] = field(default_factory=deque)  # fetched records, not yet emitted
+    #: when the buffered records were fetched: (received_at, last offset of that fetch); one
+    #: entry per poll, not a (record, received_at) pair per record: what a deep buffer holds
+    #: is promoted by the garbage collector and walked by every full collection
+    arrivals: deque[tuple[Any, int]] = field(default_factory=deque)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # set when buffer fills
     outstanding: deque[int] = field(default_factory=deque)  # fetched, unsettled, in order
     done: set[int] = field(default_factory=set)  # settled, but behind an unsettled offset
@@ -40,8 +44,10 @@ class PartitionState:
             if record.offset > self.last_offset:
                 self.last_offset = record.offset
                 self.outstanding.append(record.offset)
-                self.buffer.append((record, received_at))
+                self.buffer.append(record)
                 added += 1
+        if added:
+            self.arrivals.append((received_at, self.last_offset))
         return added
 
     def settle(self, offset: int) -> None:

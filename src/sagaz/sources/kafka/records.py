@@ -25,14 +25,20 @@ def take_deliveries(
     a trigger without ``idempotency_key``) ``topic/partition/offset``; its ``ack``/``nack``
     settle the offset (:class:`RecordSettler`). A ``bytes`` key is decoded when it is UTF-8.
     """
-    buffer, tp = partition.buffer, partition.tp
+    deliveries: list[Delivery] = []
+    if not count:
+        return deliveries
+    buffer, arrivals, tp = partition.buffer, partition.arrivals, partition.tp
     topic, number = tp.topic, tp.partition
     message_prefix, identity_prefix = f"{topic}:{number}:", f"{topic}/{number}/"
-    deliveries: list[Delivery] = []
     append = deliveries.append
+    received_at, fetched_until = arrivals[0]
     for _ in range(count):
-        record, received_at = buffer.popleft()
+        record = buffer.popleft()
         offset, key, value, headers = record.offset, record.key, record.value, record.headers
+        while offset > fetched_until:  # the first record of a later fetch
+            arrivals.popleft()
+            received_at, fetched_until = arrivals[0]
         if type(key) is bytes:
             try:  # noqa: SIM105 (no context manager per record)
                 key = key.decode()
