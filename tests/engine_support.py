@@ -18,7 +18,9 @@ __all__ = [
     "HoldCompletion",
     "OutageStore",
     "RecordingListener",
+    "complete_a_burst",
     "completed_per_message",
+    "define_burst_saga",
     "once_each",
 ]
 
@@ -96,3 +98,37 @@ def _refusing(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[
 
 for _name in SagaStore.__abstractmethods__ | {"save_checkpoint", "claim_event"}:
     setattr(OutageStore, _name, _refusing(getattr(MemorySagaStore, _name)))
+
+
+def define_burst_saga(name: str) -> None:
+    """Defines (registers) a one-step no-op saga started by events on the memory channel
+    ``burst``, one saga per event ``{"id": n}``: what the store-cost tests count."""
+    from sagaz import Saga, action, trigger
+
+    class Burst(Saga):
+        """A one-step saga started by events on the memory channel ``burst``."""
+
+        saga_name = name
+
+        @trigger(source="memory", channel="burst", idempotency_key=lambda e: e["id"])
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return dict(event)
+
+        @action("one")
+        async def one(self, ctx: SagaContext) -> None:
+            return None
+
+
+async def complete_a_burst(store: SagaStore, events: int) -> None:
+    """Fires ``events`` events on channel ``burst`` at once (see :func:`define_burst_saga`)
+    into an engine on ``store`` and waits until every saga completed."""
+    from sagaz import TriggerConfig
+    from sagaz.engine.engine import TriggerEngine
+
+    config = TriggerConfig(queue_size=events, max_concurrent_sagas=100)
+    async with TriggerEngine(config, store) as engine:
+        saga_ids = await asyncio.gather(*(engine.fire("burst", {"id": i}) for i in range(events)))
+        results = await asyncio.gather(
+            *(engine.wait_for(saga_id, timeout=60) for [saga_id] in saga_ids)
+        )
+        assert all(r is not None and r.status is SagaStatus.COMPLETED for r in results)

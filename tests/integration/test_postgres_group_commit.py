@@ -8,19 +8,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
 import asyncpg
 import pytest
 
-from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
 from sagaz.clock import utcnow
-from sagaz.engine.engine import TriggerEngine
 from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.records import ClaimOutcome, OutboxMessage, SagaRecord, StepRecord
 from sagaz.storage.postgres import PostgresSagaStore
 from sagaz.testing import eventually
 from sagaz.types import SagaStatus, StepStatus
+from tests.engine_support import complete_a_burst, define_burst_saga
 from tests.services import unique_name
 
 
@@ -269,30 +267,13 @@ async def _xact_commit(dsn: str) -> int:
 async def test_a_burst_of_one_step_sagas_costs_at_most_one_commit_each(database: str) -> None:
     events = 300
 
-    class Burst(Saga):
-        """A one-step saga started by events on the memory channel ``burst``."""
-
-        saga_name = "group-commit-burst"
-
-        @trigger(source="memory", channel="burst", idempotency_key=lambda e: e["id"])
-        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
-            return dict(event)
-
-        @action("one")
-        async def one(self, ctx: SagaContext) -> None:
-            return None
+    define_burst_saga("group-commit-burst")
 
     store = PostgresSagaStore(database, max_size=10)
     async with store:  # the schema is created before counting
         pass
     before = await _xact_commit(database)
-    config = TriggerConfig(queue_size=events, max_concurrent_sagas=100)
-    async with TriggerEngine(config, store) as engine:
-        saga_ids = await asyncio.gather(*(engine.fire("burst", {"id": i}) for i in range(events)))
-        results = await asyncio.gather(
-            *(engine.wait_for(saga_id, timeout=60) for [saga_id] in saga_ids)
-        )
-        assert all(r is not None and r.status is SagaStatus.COMPLETED for r in results)
+    await complete_a_burst(store, events)
     after = await _xact_commit(database)
     assert after > before  # the server did count this run
     # the counts include the engine's own start and stop (leases, recovery, schedules)

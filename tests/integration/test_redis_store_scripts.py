@@ -5,7 +5,6 @@ the indexes of its state (the store's listings, recovery and purges read those).
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -13,12 +12,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
 from sagaz.clock import utcnow
-from sagaz.engine.engine import TriggerEngine
 from sagaz.records import ClaimOutcome, SagaRecord, StepRecord
 from sagaz.storage.redis import RedisSagaStore
 from sagaz.types import SagaStatus, StepStatus
+from tests.engine_support import complete_a_burst, define_burst_saga
 from tests.private_servers import PrivateRedis
 
 pytestmark = pytest.mark.redis
@@ -41,18 +39,7 @@ async def test_a_one_step_saga_costs_at_most_36_commands_on_the_server(
     """The three scripts of a one-step saga (claim, start, finish) and their own commands."""
     events = 300
 
-    class Burst(Saga):
-        """A one-step saga started by events on the memory channel ``burst``."""
-
-        saga_name = "redis-script-burst"
-
-        @trigger(source="memory", channel="burst", idempotency_key=lambda e: e["id"])
-        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
-            return dict(event)
-
-        @action("one")
-        async def one(self, ctx: SagaContext) -> None:
-            return None
+    define_burst_saga("redis-script-burst")
 
     store = RedisSagaStore(private_redis.url)
     async with store:  # the layout is written before counting
@@ -62,13 +49,7 @@ async def test_a_one_step_saga_costs_at_most_36_commands_on_the_server(
         await client.config_resetstat()
     finally:
         await client.aclose()
-    config = TriggerConfig(queue_size=events, max_concurrent_sagas=100)
-    async with TriggerEngine(config, store) as engine:
-        saga_ids = await asyncio.gather(*(engine.fire("burst", {"id": i}) for i in range(events)))
-        results = await asyncio.gather(
-            *(engine.wait_for(saga_id, timeout=60) for [saga_id] in saga_ids)
-        )
-        assert all(r is not None and r.status is SagaStatus.COMPLETED for r in results)
+    await complete_a_burst(store, events)
     commands = await _commands_run(private_redis.url)
     # 3 scripts and 31 commands in them; the count includes the engine's own start and stop,
     # and its first cleanup, which reads each inbox row still pending then (timing: up to one
