@@ -583,7 +583,9 @@ async def test_a_paused_webhook_trigger_answers_503_with_retry_after_until_resum
 # -- the store unavailable -----------------------------------------------------------------
 
 
-async def test_while_the_store_is_down_requests_get_503_with_retry_after_at_once() -> None:
+async def test_while_the_store_is_down_requests_and_readyz_get_503_with_retry_after() -> None:
+    """Requests are refused at once, and ``/readyz`` says why, so that a load balancer
+    sends them to an instance whose store answers."""
     ran: list[int] = []
 
     class Outaged(Saga):
@@ -604,14 +606,21 @@ async def test_while_the_store_is_down_requests_get_503_with_retry_after_at_once
         await eventually(lambda: server.app.ready, what="the webhook routes to be active")
         assert server.url is not None
         async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+            assert (await client.get("/readyz")).status_code == 200
             store.down = True
             for n in (1, 2):  # the first finds the outage, the second knows of it
                 response = await client.post("/outaged", json={"n": n})
                 assert response.status_code == 503
                 assert response.headers["retry-after"] == "1"
                 assert response.json() == {"error": "retry later"}
+            not_ready = await client.get("/readyz")
+            assert not_ready.status_code == 503
+            assert not_ready.headers["retry-after"] == "1"
+            assert not_ready.json() == {"status": "not ready", "store": "unavailable"}
+            assert (await client.get("/healthz")).status_code == 200  # alive all the same
             store.down = False
             await eventually(lambda: engine.state.outage.available, what="the store back")
+            assert (await client.get("/readyz")).status_code == 200
             response = await client.post("/outaged", json={"n": 3})
             assert response.status_code == 202
             await eventually(lambda: ran == [3], what="the accepted request's saga")

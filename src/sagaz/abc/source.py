@@ -120,6 +120,11 @@ async def _report_nothing(event: Any, reason: Reason) -> None:
     """What a :class:`SourceContext` built outside the engine does with a skipped event."""
 
 
+def _always_available() -> bool:
+    """What a :class:`SourceContext` built outside the engine says of its store."""
+    return True
+
+
 @dataclass(slots=True)
 class SourceContext:
     """What a source module's ``create(options, ctx)`` gets: everything a source needs from
@@ -149,3 +154,7 @@ class SourceContext:
     #: count and report (``on_trigger_filtered``) an event the source did not hand in,
     #: with its reason: a cron tick skipped while the trigger is paused (``Reason.PAUSED``)
     report_skipped: Callable[[Any, Reason], Awaitable[None]] = field(default=_report_nothing)
+    #: whether the engine reaches its store now: False during a store outage, from the first
+    #: ``StoreUnavailableError`` until the engine's probe finds the store back (a source
+    #: that serves HTTP reports it in its readiness: the webhook's ``GET /readyz``)
+    store_available: Callable[[], bool] = field(default=_always_available)

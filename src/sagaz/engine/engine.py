@@ -264,10 +264,14 @@ class TriggerEngine(Lifecycle):
             metrics_renderer=self._metrics_renderer(),
             dead_letter_topic=active.dead_letter_topic,
             report_skipped=functools.partial(self.settlement.filtered, active),
+            store_available=self._store_available,
         )
         if definition.push_source is not None:
             return definition.push_source
         return load_source_module(definition.source).create(definition.source_options, ctx)
+
+    def _store_available(self) -> bool:
+        return self.state is None or self.state.outage.available
 
     async def _report_source_error(self, active: ActiveTrigger, error: BaseException) -> None:
         await self.settlement.report(active, error, None)

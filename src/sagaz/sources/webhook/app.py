@@ -186,7 +186,8 @@ class WebhookApp:
 
     Routes are added by the engine (through the webhook source's ``create``). Besides them it
     answers ``GET /healthz`` (200 whenever it answers at all) and ``GET /readyz`` (200 when every
-    registered trigger is running, 503 while starting or stopping) and ``GET /metrics``
+    registered trigger is running, 503 while starting or stopping, and 503 while the engine's
+    store is unavailable: :attr:`store_available`) and ``GET /metrics``
     (what :attr:`metrics` renders: the engine's ``SourceContext.metrics_renderer``, set by
     the webhook sources while they hold the server, when the ``metrics`` extra is installed).
     Refused requests are counted in :attr:`rejections`.
@@ -196,6 +197,9 @@ class WebhookApp:
         self._routes: dict[tuple[str, str], WebhookRoute] = {}
         #: renders the Prometheus text and its content type (``None``: no metrics to serve)
         self.metrics: Callable[[], tuple[bytes, str]] | None = None
+        #: whether the engine's store is reachable (``None``: not asked; set by the webhook
+        #: sources while they hold the server): ``/readyz`` answers 503 while it is not
+        self.store_available: Callable[[], bool] | None = None
         #: requests refused by this app (and by the built-in server's limits), per reason
         self.rejections = RequestRejections()
         #: an ASGI app served below ``/sagaz`` (the engine's dashboard), or ``None``
@@ -297,6 +301,11 @@ class WebhookApp:
 
     def _readiness(self) -> Response:
         waiting = [r.trigger_id for r in self._routes.values() if r.state is not RouteState.ACTIVE]
+        if self.store_available is not None and not self.store_available():
+            # a load balancer sends the requests elsewhere: here they would get 503 anyway
+            return json_response(
+                503, {"status": "not ready", "store": "unavailable"}, {"Retry-After": "1"}
+            )
         if self.ready:
             return json_response(200, {"status": "ready", "triggers": len(self._routes)})
         return json_response(503, {"status": "not ready", "waiting": waiting}, {"Retry-After": "1"})

@@ -91,6 +91,7 @@ def create(options: WebhookOptions, ctx: SourceContext) -> WebhookSource:
         server,
         drain_timeout=ctx.config.shutdown_timeout,
         metrics=ctx.metrics_renderer,
+        store_available=ctx.store_available,
     )
 
 
@@ -154,7 +155,8 @@ class WebhookSource(Source):
     ``drain_timeout``), and the last webhook source to stop stops the server.
 
     ``metrics`` (the engine's ``SourceContext.metrics_renderer``) is what the server answers
-    ``GET /metrics`` with while the source holds it.
+    ``GET /metrics`` with while the source holds it; ``store_available``
+    (``SourceContext.store_available``) is what its ``GET /readyz`` asks of the engine's store.
     """
 
     kind = "webhook"
@@ -167,11 +169,13 @@ class WebhookSource(Source):
         *,
         drain_timeout: float,
         metrics: Callable[[], tuple[bytes, str]] | None = None,
+        store_available: Callable[[], bool] | None = None,
     ) -> None:
         self.route = route
         self.server = server
         self.drain_timeout = drain_timeout
         self.metrics = metrics
+        self.store_available = store_available
         self._wake = asyncio.Event()
         self._failure: BaseException | None = None
         self._holding = False
@@ -190,6 +194,8 @@ class WebhookSource(Source):
         await self.server.acquire(self, self._on_server_failure)
         if self.metrics is not None:
             self.server.app.metrics = self.metrics
+        if self.store_available is not None:
+            self.server.app.store_available = self.store_available
         self._holding = True
         await super().start()
 
