@@ -20,7 +20,7 @@ from sagaz.storage import sqlite_schema as tables
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.storage.sqlite.inbox import _RENEW_SAGAS
 from sagaz.storage.sqlite.retention import _CLEAR_EVENTS, _FINISHED
-from sagaz.storage.sqlite.sagas import _RECOVERABLE, _UPSERT_SAGA, _list_sagas_sql
+from sagaz.storage.sqlite.sagas import _RECOVERABLE, _UPDATE_SAGA, _UPSERT_SAGA, _list_sagas_sql
 from sagaz.types import SagaStatus
 from tests.schema_support import rewind_schema
 
@@ -110,9 +110,10 @@ def test_recovery_leases_and_purges_read_the_partial_indexes_in_order(
 def test_a_saga_row_update_checks_the_index_conditions_without_ephemeral_tables(
     conn: sqlite3.Connection,
 ) -> None:
-    # OpenEphemeral is an IN list's table; the upsert's only other one would be none
-    program = conn.execute(f"EXPLAIN {_UPSERT_SAGA}", (None,) * 12).fetchall()
-    assert not [op for op in program if op[1] == "OpenEphemeral"]
+    # OpenEphemeral is an IN list's table: these statements need no other
+    for sql in (_UPDATE_SAGA, _UPSERT_SAGA):
+        program = conn.execute(f"EXPLAIN {sql}", (None,) * 12).fetchall()
+        assert not [op for op in program if op[1] == "OpenEphemeral"], sql
 
 
 async def test_a_version_7_database_is_upgraded_to_the_or_conditions(tmp_path: Path) -> None:

@@ -42,6 +42,12 @@ _UPSERT_SAGA = (
     "updated_at = excluded.updated_at"
 )
 
+_UPDATE_SAGA = (  # the same values as _UPSERT_SAGA's (?11, created_at, is not set)
+    "UPDATE saga_executions SET saga_name = ?2, status = ?3, context = ?4, attempt = ?5, "
+    "error = ?6, trigger_id = ?7, event = ?8, owner = ?9, lease_expires_at = ?10, "
+    "updated_at = ?12 WHERE saga_id = ?1"
+)
+
 _CREATE_SAGA = f"{_INSERT_SAGA} ON CONFLICT (saga_id) DO NOTHING"
 
 _INSERT_STEP = (
@@ -66,6 +72,13 @@ def _as_created(record: SagaRecord, now: datetime) -> SagaRecord:
         created_at=record.created_at or now,
         updated_at=now,
     )
+
+
+def _save(conn: sqlite3.Connection, params: tuple[Any, ...]) -> None:
+    """Update a saga row, or insert it if there is none (an upsert that finds the row costs
+    about 1 µs more: it looks the key up for the insert, then again for the update)."""
+    if not conn.execute(_UPDATE_SAGA, params).rowcount:
+        conn.execute(_UPSERT_SAGA, params)
 
 
 def _create(conn: sqlite3.Connection, params: tuple[Any, ...]) -> list[Any]:
@@ -119,7 +132,7 @@ class SQLiteSagas(SQLiteConnection):
         messages = outbox_params(outbox, now)
 
         def save(conn: sqlite3.Connection) -> None:
-            conn.execute(_UPSERT_SAGA, params)
+            _save(conn, params)
             if messages:
                 conn.executemany(_INSERT_OUTBOX, messages)
 
@@ -204,7 +217,7 @@ class SQLiteSagas(SQLiteConnection):
             if step_rows:
                 conn.executemany(_INSERT_STEP, step_rows)
             if saga_params is not None:
-                conn.execute(_UPSERT_SAGA, saga_params)
+                _save(conn, saga_params)
             if messages:
                 conn.executemany(_INSERT_OUTBOX, messages)
             if complete_inbox is not None:
