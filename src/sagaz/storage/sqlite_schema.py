@@ -21,6 +21,7 @@ from sagaz.records import (
 from sagaz.storage.codec import to_text
 from sagaz.storage.sql import (
     ACTIVE_SQL,
+    COMMON_SAGA_STATUSES,
     OUTBOX_COLUMNS,
     SAGA_COLUMNS,
     STEP_COLUMNS,
@@ -54,9 +55,6 @@ def _any_status(statuses: frozenset[SagaStatus] | set[SagaStatus]) -> str:
     return "(" + " OR ".join(f"status = '{s.value}'" for s in sorted(statuses)) + ")"
 
 
-COMMON_SAGA_STATUSES = frozenset({SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPLETED})
-"""The statuses every saga that succeeds passes through: the index by status has the others
-only (migration 8)."""
 ACTIVE_WHERE = _any_status(set(SagaStatus) - TERMINAL_SAGA_STATUSES)
 """The non-terminal statuses as the conditions of the partial indexes since schema 8: a query
 that writes it (or one status of it as a literal) may read those indexes."""
