@@ -61,12 +61,12 @@ def statements(phase: int, saga_id: str) -> list[tuple[str, str, tuple[object, .
         step = (saga_id, "noop", "running", None, None, 1, None, None, NOW)
         return [
             ("step running", sagas._INSERT_STEP, step),
-            ("saga running", sagas._UPSERT_SAGA, saga_row(saga_id, "running", "worker", None)),
+            ("saga running", sagas._UPDATE_SAGA, saga_row(saga_id, "running", "worker", None)),
         ]
     step = (saga_id, "noop", "completed", "{}", None, 1, 1, None, NOW)
     return [
         ("step completed", sagas._INSERT_STEP, step),
-        ("saga completed", sagas._UPSERT_SAGA, saga_row(saga_id, "completed", None, None)),
+        ("saga completed", sagas._UPDATE_SAGA, saga_row(saga_id, "completed", None, None)),
         ("inbox completed", COMPLETE_INBOX, (NOW, "bench", saga_id)),
     ]
 

@@ -168,7 +168,8 @@ def to_utc(moment: datetime) -> datetime:
 def to_text(moment: datetime) -> str:
     """Fixed-width ISO text in UTC (``2024-05-01T12:00:00.000000Z``): sorts like the moment."""
     if moment.tzinfo is UTC:  # e.g. sagaz.clock.utcnow(): already UTC, no conversion
-        return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+        # its text ends in "+00:00": cut, not a naive copy made first (1.0 against 1.3 µs)
+        return moment.isoformat(timespec="microseconds")[:-6] + "Z"
     return to_utc(moment).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 

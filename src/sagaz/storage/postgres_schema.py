@@ -19,6 +19,7 @@ from sagaz.records import DeadLetterRecord, OutboxMessage, SagaRecord, SchemaVer
 from sagaz.storage.codec import dumps, loads, to_utc
 from sagaz.storage.sql import (
     ACTIVE_SQL,
+    COMMON_SAGA_STATUSES,
     OUTBOX_COLUMNS,
     SAGA_COLUMNS,
     STEP_COLUMNS,
@@ -51,9 +52,6 @@ __all__ = [
 ]
 
 
-COMMON_SAGA_STATUSES = frozenset({SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPLETED})
-"""The statuses every saga that succeeds passes through: the index by status has the others
-only (migration 8)."""
 COMMON_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(COMMON_SAGA_STATUSES)) + ")"
 """SQL list of :data:`COMMON_SAGA_STATUSES`."""
 

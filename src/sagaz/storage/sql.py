@@ -12,6 +12,7 @@ from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
 __all__ = [
     "ACTIVE_SQL",
+    "COMMON_SAGA_STATUSES",
     "OUTBOX_COLUMNS",
     "SAGA_COLUMNS",
     "STEP_COLUMNS",
@@ -27,6 +28,10 @@ ACTIVE_SQL = (
     "(" + ", ".join(f"'{s.value}'" for s in sorted(set(SagaStatus) - TERMINAL_SAGA_STATUSES)) + ")"
 )
 """SQL list of the non-terminal saga statuses."""
+
+COMMON_SAGA_STATUSES = frozenset({SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPLETED})
+"""The statuses every saga that succeeds passes through: the SQL stores' index by status has
+the others only (schema 8)."""
 
 SAGA_COLUMNS = (
     "saga_id, saga_name, status, context, attempt, error, trigger_id, event, owner, "

@@ -33,6 +33,10 @@ _INSERT_CLAIM = (
     "VALUES (?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT (trigger_id, key) DO NOTHING"
 )
 
+_RENEW_SAGAS = (  # an owner's active sagas: saga_executions_by_owner
+    f"UPDATE saga_executions SET lease_expires_at = ? WHERE owner = ? AND {tables.ACTIVE_WHERE}"
+)
+
 
 def _claim(conn: sqlite3.Connection, args: tuple[str, str, str, str, str, str]) -> InboxClaim:
     """:meth:`SQLiteInbox.claim_inbox` in the writer's transaction; ``args``: trigger id, key,
@@ -113,12 +117,7 @@ class SQLiteInbox(SQLiteConnection):
                 "UPDATE inbox SET lease_until = ? WHERE owner = ? AND status = 'pending'",
                 (until, owner),
             )
-            sagas = _change(
-                conn,
-                f"UPDATE saga_executions SET lease_expires_at = ? "
-                f"WHERE owner = ? AND status IN {tables.ACTIVE_SQL}",
-                (until, owner),
-            )
+            sagas = _change(conn, _RENEW_SAGAS, (until, owner))
             return inbox + sagas
 
         return await self._write(renew)

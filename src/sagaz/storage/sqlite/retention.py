@@ -19,7 +19,7 @@ from sagaz.storage.sqlite_rows import placeholders
 __all__ = ["SQLiteRetention"]
 
 _FINISHED = (
-    f"SELECT saga_id FROM saga_executions AS e WHERE status IN {tables.TERMINAL_SQL} "
+    f"SELECT saga_id FROM saga_executions AS e WHERE {tables.TERMINAL_WHERE} "
     "AND updated_at < ? "
     "AND saga_id NOT IN (SELECT saga_id FROM inbox WHERE status = 'pending' "
     "AND lease_until >= ?) "
@@ -27,6 +27,13 @@ _FINISHED = (
     "AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.saga_id = e.saga_id "
     "AND o.sent_at IS NULL) "
     "ORDER BY updated_at LIMIT ?"
+)
+_CLEAR_EVENTS = (
+    # by the index of the events still stored (saga_executions_finished, as good a match to
+    # the planner, would walk the cleared ones again)
+    "UPDATE saga_executions SET event = NULL WHERE saga_id IN (SELECT saga_id "
+    "FROM saga_executions INDEXED BY saga_executions_stored_events "
+    f"WHERE event IS NOT NULL AND {tables.TERMINAL_WHERE} AND updated_at < ? LIMIT ?)"
 )
 _OF_SAGAS = ("saga_steps", "saga_history", "outbox", "saga_executions")
 _PURGE_BATCH = 1000
@@ -57,13 +64,7 @@ class SQLiteRetention(SQLiteConnection):
                     "FROM inbox WHERE status = 'pending' AND lease_until < ? LIMIT ?)",
                     (cutoff, batch),
                 ),
-                _change(
-                    conn,
-                    "UPDATE saga_executions SET event = NULL WHERE saga_id IN (SELECT saga_id "
-                    f"FROM saga_executions WHERE event IS NOT NULL AND status IN "
-                    f"{tables.TERMINAL_SQL} AND updated_at < ? LIMIT ?)",
-                    (cutoff, batch),
-                ),
+                _change(conn, _CLEAR_EVENTS, (cutoff, batch)),
                 _change(
                     conn,
                     "DELETE FROM trigger_executions WHERE id IN (SELECT id "
