@@ -27,6 +27,11 @@ _CLAIM_RETRIES = 5  # a row deleted between our two statements makes us look aga
 _GROUP_CONNECTIONS = 4  # group commits in flight at once, at most
 
 
+#: a saga_row's moments (bigint microseconds) as its columns' timestamps
+_SAGA_MOMENTS = ", ".join(
+    tables.moment_sql(f"u.{column}") for column in ("lease_expires_at", "created_at", "updated_at")
+)
+
 _SAGA_CONFLICT = (
     "ON CONFLICT (saga_id) DO UPDATE SET saga_name = EXCLUDED.saga_name, "
     "status = EXCLUDED.status, context = EXCLUDED.context, attempt = EXCLUDED.attempt, "
@@ -101,8 +106,8 @@ class PostgresConnection(SagaStore):
         self._insert_sagas = (
             f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
             "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
-            "u.trigger_id, u.event::jsonb, u.owner, u.lease_expires_at, u.created_at, "
-            f"u.updated_at FROM unnest($1::{self._s}.saga_row[]) AS u "
+            f"u.trigger_id, u.event::jsonb, u.owner, {_SAGA_MOMENTS} "
+            f"FROM unnest($1::{self._s}.saga_row[]) AS u "
             "ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
         )
         self._claim_many = (

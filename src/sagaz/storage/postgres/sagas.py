@@ -24,6 +24,7 @@ from sagaz.storage.codec import to_utc
 from sagaz.storage.postgres.connection import (
     _CLAIM_RETRIES,
     _SAGA_CONFLICT,
+    _SAGA_MOMENTS,
     _STEP_CONFLICT,
     PostgresConnection,
     _inbox_rows,
@@ -251,7 +252,8 @@ class PostgresSagas(PostgresConnection):
             parts.append(
                 f"st AS (INSERT INTO {s}.saga_steps ({tables.STEP_COLUMNS}) "
                 "SELECT u.saga_id, u.name, u.status, u.result::jsonb, u.error, u.attempts, "
-                "u.completed_seq, u.compensation_error, u.updated_at FROM "
+                "u.completed_seq, u.compensation_error, "
+                f"{tables.moment_sql('u.updated_at')} FROM "
                 f"unnest({row}::{s}.step_row[]) AS u {_STEP_CONFLICT} RETURNING 1)"
             )
         if saga:
@@ -259,8 +261,8 @@ class PostgresSagas(PostgresConnection):
             parts.append(
                 f"sg AS (INSERT INTO {s}.saga_executions ({tables.SAGA_COLUMNS}) "
                 "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
-                "u.trigger_id, u.event::jsonb, u.owner, u.lease_expires_at, u.created_at, "
-                f"u.updated_at FROM unnest({row}::{s}.saga_row[]) AS u {_SAGA_CONFLICT} "
+                f"u.trigger_id, u.event::jsonb, u.owner, {_SAGA_MOMENTS} "
+                f"FROM unnest({row}::{s}.saga_row[]) AS u {_SAGA_CONFLICT} "
                 "RETURNING 1)"
             )
         if outbox:
@@ -305,7 +307,8 @@ class PostgresSagas(PostgresConnection):
         """One operation of the group commit: all or nothing (see the contract)."""
         check_checkpoint(saga, steps, outbox)
         now = utcnow()
-        step_rows = [step_params(step, now) for step in steps]
+        micros = tables.pg_micros(now)  # a step_row's moment (migration 9)
+        step_rows = [step_params(step, micros) for step in steps]
         saga_params = (
             None if saga is None else tables.saga_params(saga, saga.created_at or now, now)
         )
