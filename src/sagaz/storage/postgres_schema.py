@@ -414,11 +414,12 @@ async def keep_session(conn: Any) -> None:
 def saga_params(record: SagaRecord, created_at: datetime, updated_at: datetime) -> tuple[Any, ...]:
     """The values of :data:`SAGA_COLUMNS` for ``record`` (JSON columns as text, moments as
     :func:`pg_micros`): a ``saga_row`` (migration 9), or :data:`SAGA_VALUES`."""
-    lease = record.lease_expires_at
+    lease, status = record.lease_expires_at, record.status
     return (
         record.saga_id,
         record.saga_name,
-        SagaStatus(record.status).value,
+        # a member (most records) is its own value; SagaStatus() checks a plain string
+        status.value if type(status) is SagaStatus else SagaStatus(status).value,
         dumps(record.context),
         record.attempt,
         record.error,
