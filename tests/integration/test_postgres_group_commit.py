@@ -6,6 +6,7 @@ counted by the server (``pg_stat_database.xact_commit`` of a database of the tes
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -278,3 +279,42 @@ async def test_a_burst_of_one_step_sagas_costs_at_most_one_commit_each(database:
     assert after > before  # the server did count this run
     # the counts include the engine's own start and stop (leases, recovery, schedules)
     assert (after - before) / events <= 1.0, f"{after - before} commits for {events} sagas"
+
+
+async def test_moments_sent_as_microseconds_come_back_exact_in_every_path(
+    postgres_dsn: str,
+) -> None:
+    # schema 9 sends a saga's and a step's moments as bigint microseconds; a conversion
+    # computed in one double product would round them beyond 2^53 us (after the year 2285)
+    from datetime import UTC, datetime
+
+    schema = unique_name("sagaz_moments")
+    moments = [
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2026, 12, 5, 13, 0, 0, 123_457, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    ]
+    try:
+        async with PostgresSagaStore(postgres_dsn, schema=schema) as store:
+            for n, moment in enumerate(moments):
+                record = SagaRecord(
+                    f"m-{n}", "order", SagaStatus.RUNNING, {}, created_at=moment,
+                    owner="me", lease_expires_at=moment,
+                )  # fmt: skip
+                claimed = await store.claim_event("t", f"k-{n}", record)  # a group statement
+                assert claimed.created, claimed
+                await store.save_checkpoint(record, [StepRecord(f"m-{n}", "one", "running")])
+                await store.save_saga(dataclasses.replace(record, saga_id=f"alone-{n}"))
+                await store.create_saga(dataclasses.replace(record, saga_id=f"new-{n}"))
+            for n, moment in enumerate(moments):
+                for saga_id in (f"m-{n}", f"alone-{n}", f"new-{n}"):
+                    saga = await store.get_saga(saga_id)
+                    assert saga is not None
+                    assert (saga.created_at, saga.lease_expires_at) == (moment, moment), saga_id
+    finally:
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()

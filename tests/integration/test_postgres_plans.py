@@ -15,6 +15,7 @@ import pytest
 from sagaz.exceptions import SchemaOutdatedError
 from sagaz.records import SagaRecord, SchemaVersions
 from sagaz.storage.postgres import PostgresSagaStore
+from sagaz.storage.postgres_schema import SCHEMA_VERSION
 from sagaz.types import SagaStatus
 from tests.schema_support import rewind_schema
 from tests.services import unique_name
@@ -55,9 +56,9 @@ async def _generic_plan(dsn: str, sql: str, args: str) -> str:
 async def test_a_group_of_claims_and_completions_finds_inbox_rows_by_their_key(
     store: PostgresSagaStore, postgres_dsn: str
 ) -> None:
-    # claims (6 arrays), then checkpoints that only complete inbox keys (3 arrays)
+    # claims (an array of rows), then checkpoints that only complete inbox keys (3 arrays)
     sql = store._build_group_sql((True, False, False, (False, False, False, True)))
-    claims = f"'{{t}}', '{{k1}}', '{{s1}}', '{{o}}', {_T}, {_T}"
+    claims = f"ARRAY[('t', 'k1', 's1', 'o', now(), now())]::\"{store.schema}\".inbox_claim[]"
     plan = await _generic_plan(postgres_dsn, sql, f"{claims}, '{{t}}', '{{k2}}', {_T}")
     assert "Seq Scan on inbox" not in plan, plan
     assert plan.count("Index Scan using inbox_pkey") == 2, plan  # the snapshot's, the completion's
@@ -115,7 +116,7 @@ async def test_a_version_7_schema_is_upgraded_to_index_the_rare_statuses_only(
         with pytest.raises(SchemaOutdatedError):
             await PostgresSagaStore(postgres_dsn, schema=schema).start()
         upgraded = PostgresSagaStore(postgres_dsn, schema=schema)
-        assert await upgraded.upgrade_schema() == SchemaVersions(7, 8)
+        assert await upgraded.upgrade_schema() == SchemaVersions(7, SCHEMA_VERSION)
         async with upgraded:
             for n, status in enumerate(statuses):
                 assert [r.saga_id for r in await upgraded.list_sagas(status=status)] == [f"s{n}"]

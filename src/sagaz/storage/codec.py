@@ -140,6 +140,8 @@ def plain_json(value: Any) -> str:
 def dumps(value: Any) -> str:
     """JSON text of ``value`` (see :func:`encode_value`); NaN and infinities are refused,
     because PostgreSQL's JSONB cannot hold them and every store must accept the same data."""
+    if type(value) is dict and not value:  # e.g. a pending saga's context: no walk, no encoder
+        return "{}"
     try:
         return plain_json(encode_value(value))
     except ValueError as exc:

@@ -134,6 +134,8 @@ class PgGroupCommitter:
         self._connections = max(1, connections)
         self._queue: list[_Queued] = []
         self._flushers: set[asyncio.Task[None]] = set()
+        #: a flusher is started and has not yet taken the queue: it takes what comes meanwhile
+        self._collecting = False
         #: transactions committed by this committer
         self.commits = 0
         #: operations whose results reached their callers through a commit
@@ -159,7 +161,9 @@ class PgGroupCommitter:
             raise TypeError("PgGroupCommitter.run: give an operation, a batch, or both")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append(_Queued(op, future, batch, arg))
-        if len(self._flushers) < self._connections:
+        # a flusher about to take the queue takes this one too: another would find it empty
+        if not self._collecting and len(self._flushers) < self._connections:
+            self._collecting = True
             self._flushers.add(asyncio.create_task(self._flush(), name="sagaz-postgres-flusher"))
         return future  # cancelling its awaiting caller cancels it: the flusher drops it
 
@@ -172,7 +176,10 @@ class PgGroupCommitter:
         """Run the queued operations, a group at a time, until none is left."""
         this = asyncio.current_task()
         try:
-            await asyncio.sleep(0)  # let the callers of this moment queue theirs first
+            try:
+                await asyncio.sleep(0)  # let the callers of this moment queue theirs first
+            finally:
+                self._collecting = False  # what is queued from now on may need a flusher
             while self._queue:
                 group = [q for q in self._queue[:_MAX_GROUP] if not q.future.done()]
                 del self._queue[:_MAX_GROUP]  # the next group collects while this one runs

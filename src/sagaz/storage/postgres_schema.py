@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sagaz.exceptions import ConfigurationError, SchemaOutdatedError, StoreError
@@ -43,7 +43,9 @@ __all__ = [
     "init_connection",
     "keep_session",
     "migrate",
+    "moment_sql",
     "outbox_from_row",
+    "pg_micros",
     "quote_schema",
     "read_versions",
     "saga_from_row",
@@ -263,6 +265,33 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             f"(status, seq) WHERE status NOT IN {COMMON_SQL}",
         ),
     ),
+    (
+        9,
+        (
+            # the rows a group commit writes, one array parameter of these per table instead
+            # of one array per column: the driver checks each element of an array it sends
+            # (is it itself an array?), so a row costs it 4 checks instead of 1 or 2 per
+            # column. JSON goes as text and is cast in the statement, as before; a saga's
+            # and a step's moments as bigint microseconds (pg_micros: the driver's datetime
+            # encoding costs 0.55 us a value, 11 a saga). (CREATE TYPE has no IF NOT
+            # EXISTS: a type left from an earlier run goes first)
+            "DROP TYPE IF EXISTS {s}.saga_row, {s}.step_row, {s}.inbox_claim",
+            """CREATE TYPE {s}.saga_row AS (
+                saga_id text, saga_name text, status text, context text, attempt integer,
+                error text, trigger_id text, event text, owner text,
+                lease_expires_at bigint, created_at bigint, updated_at bigint
+            )""",
+            """CREATE TYPE {s}.step_row AS (
+                saga_id text, name text, status text, result text, error text,
+                attempts integer, completed_seq integer, compensation_error text,
+                updated_at bigint
+            )""",
+            """CREATE TYPE {s}.inbox_claim AS (
+                trigger_id text, key text, saga_id text, owner text, lease_until timestamptz,
+                created_at timestamptz
+            )""",
+        ),
+    ),
 ]
 """Every migration, oldest first (``{s}`` is the quoted schema name)."""
 
@@ -335,7 +364,32 @@ async def read_versions(conn: Any, schema: str) -> SchemaVersions:
 
 
 # -- rows <-> records ----------------------------------------------------------------------
-SAGA_VALUES = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12"
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def pg_micros(moment: datetime) -> int:
+    """``moment`` (aware) as microseconds since PostgreSQL's epoch (2000-01-01 UTC): how a
+    saga's and a step's moments are sent (:func:`moment_sql` turns them back)."""
+    return (to_utc(moment) - _PG_EPOCH) // _MICROSECOND
+
+
+def moment_sql(micros: str) -> str:
+    """SQL: the ``timestamptz`` of the ``bigint`` microseconds ``micros`` (an expression
+    without side effects), exact: its high and low bits are each multiplied by an
+    interval of a power of two microseconds (``interval * float8`` computes in double,
+    exact for such products; one product of a whole microsecond count would round beyond
+    2^53, after the year 2285)."""
+    return (
+        f"(timestamptz '2000-01-01 00:00:00+00' + ({micros} >> 20) * "
+        f"interval '1048576 microseconds' + ({micros} & 1048575) * interval '1 microsecond')"
+    )
+
+
+SAGA_VALUES = "$1, $2, $3, $4, $5, $6, $7, $8, $9, " + ", ".join(
+    moment_sql(f"${n}::bigint") for n in (10, 11, 12)
+)
+"""The parameters of an insert of :data:`SAGA_COLUMNS` (:func:`saga_params`' values)."""
 DEAD_LETTER_COLUMNS = (
     "trigger_id, saga_name, payload, error, reason, traceback, attempts, saga_id, source, meta"
 )
@@ -358,21 +412,23 @@ async def keep_session(conn: Any) -> None:
 
 
 def saga_params(record: SagaRecord, created_at: datetime, updated_at: datetime) -> tuple[Any, ...]:
-    """The values of :data:`SAGA_COLUMNS` for ``record`` (JSON columns as text)."""
-    lease = record.lease_expires_at
+    """The values of :data:`SAGA_COLUMNS` for ``record`` (JSON columns as text, moments as
+    :func:`pg_micros`): a ``saga_row`` (migration 9), or :data:`SAGA_VALUES`."""
+    lease, status = record.lease_expires_at, record.status
     return (
         record.saga_id,
         record.saga_name,
-        SagaStatus(record.status).value,
+        # a member (most records) is its own value; SagaStatus() checks a plain string
+        status.value if type(status) is SagaStatus else SagaStatus(status).value,
         dumps(record.context),
         record.attempt,
         record.error,
         record.trigger_id,
         None if record.event is None else dumps(record.event),
         record.owner,
-        None if lease is None else to_utc(lease),
-        to_utc(created_at),
-        updated_at,
+        None if lease is None else pg_micros(lease),
+        pg_micros(created_at),
+        pg_micros(updated_at),
     )
 
 

@@ -46,10 +46,12 @@ OUTBOX_COLUMNS = "id, saga_id, topic, payload, headers, created_at, sent_at"
 def step_params(step: StepRecord, now: Any) -> tuple[Any, ...]:
     """The values of :data:`STEP_COLUMNS` for ``step`` (JSON as text), updated ``now`` (a
     value of the store's timestamp column)."""
+    status = step.status
     return (
         step.saga_id,
         step.name,
-        StepStatus(step.status).value,
+        # a member (most records) is its own value; StepStatus() checks a plain string
+        status.value if type(status) is StepStatus else StepStatus(status).value,
         None if step.result is None else dumps(step.result),
         step.error,
         step.attempts,

@@ -27,10 +27,9 @@ _CLAIM_RETRIES = 5  # a row deleted between our two statements makes us look aga
 _GROUP_CONNECTIONS = 4  # group commits in flight at once, at most
 
 
-#: the saga columns as arrays, $1 to $12 (for ``unnest``)
-_SAGA_ARRAYS = (
-    "$1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[], "
-    "$8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[]"
+#: a saga_row's moments (bigint microseconds) as its columns' timestamps
+_SAGA_MOMENTS = ", ".join(
+    tables.moment_sql(f"u.{column}") for column in ("lease_expires_at", "created_at", "updated_at")
 )
 
 _SAGA_CONFLICT = (
@@ -107,16 +106,15 @@ class PostgresConnection(SagaStore):
         self._insert_sagas = (
             f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
             "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
-            "u.trigger_id, u.event::jsonb, u.owner, u.lease_expires_at, u.created_at, "
-            f"u.updated_at FROM unnest({_SAGA_ARRAYS}) AS u({tables.SAGA_COLUMNS}) "
+            f"u.trigger_id, u.event::jsonb, u.owner, {_SAGA_MOMENTS} "
+            f"FROM unnest($1::{self._s}.saga_row[]) AS u "
             "ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
         )
         self._claim_many = (
             f"INSERT INTO {self._s}.inbox AS i (trigger_id, key, saga_id, owner, "
             "lease_until, status, created_at) SELECT u.trigger_id, u.key, u.saga_id, u.owner, "
-            "u.lease_until, 'pending', u.created_at FROM unnest($1::text[], $2::text[], "
-            "$3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[]) AS u(trigger_id, "
-            f"key, saga_id, owner, lease_until, created_at) {_INBOX_CONFLICT} "
+            f"u.lease_until, 'pending', u.created_at FROM unnest($1::{self._s}.inbox_claim[]) "
+            f"AS u {_INBOX_CONFLICT} "
             "RETURNING i.trigger_id, i.key, i.saga_id, (xmax = 0) AS inserted"
         )
         self._select_sagas = f"SELECT {tables.SAGA_COLUMNS} FROM {self._s}.saga_executions"

@@ -60,15 +60,15 @@ class PostgresGroupStatement(PostgresEventClaims):
                 checkpoints = items
             else:  # pragma: no cover - every batch runner of the store is above
                 raise AssertionError(f"unknown batch runner {runner!r}")
+        # each kind's rows as one parameter, an array of rows (see postgres_schema, 9)
         args: list[Any] = []
-        for rows in (
-            claims,
-            creates,
-            [event.claim_args for event in events],
-            [event.saga_params for event in events],
-        ):
-            if rows:
-                args += [list(column) for column in zip(*rows, strict=True)]
+        if claims:
+            args.append(claims)
+        if creates:
+            args.append(creates)
+        if events:
+            args.append([event.claim_args for event in events])
+            args.append([event.saga_params for event in events])
         checkpoint_shape = None
         if checkpoints:
             checkpoint_shape, checkpoint_args = _checkpoint_args(checkpoints)
@@ -125,38 +125,42 @@ class PostgresGroupStatement(PostgresEventClaims):
             "NULL::timestamptz AS lease_until, NULL::bool AS inserted WHERE FALSE"
         ]
         n = 0
-        if has_claims:  # 6 arrays
+        if has_claims:  # an array of inbox_claim
             ctes.append(f"cl AS ({self._claim_many})")
             selects += self._claim_selects("cl", 1, n)
-            n = 6
-        if has_creates:  # 12 arrays
+            n = 1
+        if has_creates:  # an array of saga_row
             ctes.append(f"sn AS ({_shift(self._insert_sagas, n)})")
             selects.append("SELECT 3, saga_id, NULL, NULL, NULL, NULL, NULL, NULL FROM sn")
-            n += 12
-        if has_events:  # 6 arrays of claims, then 12 of their sagas
+            n += 1
+        if has_events:  # the claims (inbox_claim), then their sagas (saga_row)
             ctes.append(f"ec AS ({_shift(self._claim_many, n)})")
             selects += self._claim_selects("ec", 4, n)
             # a saga is created only where its key was claimed (by ec, in this statement)
-            insert = _shift(self._insert_sagas, n + 6).replace(
+            insert = _shift(self._insert_sagas, n + 1).replace(
                 " ON CONFLICT", " JOIN ec ON ec.saga_id = u.saga_id ON CONFLICT", 1
             )
             ctes.append(f"es AS ({insert})")
             selects.append("SELECT 6, saga_id, NULL, NULL, NULL, NULL, NULL, NULL FROM es")
-            n += 18
+            n += 2
         if checkpoint_shape is not None:
             ctes += self._checkpoint_ctes(checkpoint_shape, n)
         select = " UNION ALL ".join(selects)
         return f"WITH {', '.join(ctes)} {select}" if ctes else select
 
     def _claim_selects(self, cte: str, kind: int, n: int) -> list[str]:
-        """The rows of the claims of ``cte`` (keys ``$n+1``, ``$n+2``): one per key claimed
+        """The rows of the claims of ``cte`` (keys in ``$n+1``): one per key claimed
         (``kind``), and one per key as it was before the statement (its snapshot,
         ``kind + 1``): of the keys not claimed, the ones that refused the claim then."""
         return [
             f"SELECT {kind}, trigger_id, key, saga_id, NULL, NULL, NULL, inserted FROM {cte}",
             f"SELECT {kind + 1}, i.trigger_id, i.key, i.saga_id, i.owner, i.status, "
             "i.lease_until, NULL FROM "
-            + _inbox_rows(self._s, f"${n + 1}::text[], ${n + 2}::text[]"),
+            + _inbox_rows(
+                self._s,
+                f"${n + 1}::{self._s}.inbox_claim[]",
+                "trigger_id, key, saga_id, owner, lease_until, created_at",
+            ),
         ]
 
 

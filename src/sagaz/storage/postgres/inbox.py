@@ -72,8 +72,8 @@ class PostgresInbox(PostgresConnection):
 
     async def _claim_inboxes(self, conn: Any, items: list[tuple[Any, ...]]) -> list[InboxClaim]:
         """:meth:`_claim_one` for several keys (distinct) in two statements."""
-        columns = [list(column) for column in zip(*items, strict=True)]
-        claimed = {(row[0], row[1]): row for row in await conn.fetch(self._claim_many, *columns)}
+        # one parameter: the rows as an array of inbox_claim (see postgres_schema, migration 9)
+        claimed = {(row[0], row[1]): row for row in await conn.fetch(self._claim_many, items)}
         missing = [args for args in items if (args[0], args[1]) not in claimed]
         found: dict[tuple[str, str], Any] = {}
         if missing:

@@ -24,6 +24,7 @@ from sagaz.storage.codec import to_utc
 from sagaz.storage.postgres.connection import (
     _CLAIM_RETRIES,
     _SAGA_CONFLICT,
+    _SAGA_MOMENTS,
     _STEP_CONFLICT,
     PostgresConnection,
     _inbox_rows,
@@ -93,8 +94,8 @@ class PostgresSagas(PostgresConnection):
 
     async def _create_sagas(self, conn: Any, items: list[tuple[Any, ...]]) -> list[Any]:
         """:meth:`_create_one` for several sagas (distinct ids) in two statements."""
-        columns = [list(column) for column in zip(*items, strict=True)]
-        inserted = {row[0] for row in await conn.fetch(self._insert_sagas, *columns)}
+        # one parameter: the rows as an array of saga_row (see postgres_schema, migration 9)
+        inserted = {row[0] for row in await conn.fetch(self._insert_sagas, items)}
         missing = [params[0] for params in items if params[0] not in inserted]
         existing: dict[str, Any] = {}
         if missing:
@@ -245,29 +246,24 @@ class PostgresSagas(PostgresConnection):
             n += count
             return made
 
+        # the steps and the sagas as one array of rows each (step_row, saga_row: migration 9)
         if steps:
-            p = params(9)
+            (row,) = params(1)
             parts.append(
                 f"st AS (INSERT INTO {s}.saga_steps ({tables.STEP_COLUMNS}) "
                 "SELECT u.saga_id, u.name, u.status, u.result::jsonb, u.error, u.attempts, "
-                "u.completed_seq, u.compensation_error, u.updated_at FROM unnest("
-                f"{p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], "
-                f"{p[4]}::text[], {p[5]}::int[], {p[6]}::int[], {p[7]}::text[], "
-                f"{p[8]}::timestamptz[]) AS u(saga_id, name, status, result, error, attempts, "
-                f"completed_seq, compensation_error, updated_at) {_STEP_CONFLICT} RETURNING 1)"
+                "u.completed_seq, u.compensation_error, "
+                f"{tables.moment_sql('u.updated_at')} FROM "
+                f"unnest({row}::{s}.step_row[]) AS u {_STEP_CONFLICT} RETURNING 1)"
             )
         if saga:
-            p = params(12)
+            (row,) = params(1)
             parts.append(
                 f"sg AS (INSERT INTO {s}.saga_executions ({tables.SAGA_COLUMNS}) "
                 "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
-                "u.trigger_id, u.event::jsonb, u.owner, u.lease_expires_at, u.created_at, "
-                f"u.updated_at FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], "
-                f"{p[3]}::text[], {p[4]}::int[], {p[5]}::text[], {p[6]}::text[], "
-                f"{p[7]}::text[], {p[8]}::text[], {p[9]}::timestamptz[], "
-                f"{p[10]}::timestamptz[], {p[11]}::timestamptz[]) AS u(saga_id, saga_name, "
-                "status, context, attempt, error, trigger_id, event, owner, lease_expires_at, "
-                f"created_at, updated_at) {_SAGA_CONFLICT} RETURNING 1)"
+                f"u.trigger_id, u.event::jsonb, u.owner, {_SAGA_MOMENTS} "
+                f"FROM unnest({row}::{s}.saga_row[]) AS u {_SAGA_CONFLICT} "
+                "RETURNING 1)"
             )
         if outbox:
             p = params(5)
@@ -311,7 +307,8 @@ class PostgresSagas(PostgresConnection):
         """One operation of the group commit: all or nothing (see the contract)."""
         check_checkpoint(saga, steps, outbox)
         now = utcnow()
-        step_rows = [step_params(step, now) for step in steps]
+        micros = tables.pg_micros(now)  # a step_row's moment (migration 9)
+        step_rows = [step_params(step, micros) for step in steps]
         saga_params = (
             None if saga is None else tables.saga_params(saga, saga.created_at or now, now)
         )
@@ -355,13 +352,18 @@ class PostgresSagas(PostgresConnection):
 
 def _checkpoint_args(items: list[_Checkpoint]) -> tuple[tuple[bool, bool, bool, bool], list[Any]]:
     """The shape (which of steps, saga, outbox and inbox rows there are) and the array
-    parameters of the checkpoints ``items``, column by column."""
+    parameters of the checkpoints ``items``: the steps and the sagas as one array of rows
+    each, the outbox messages and the inbox keys column by column."""
     steps = [row for item in items for row in item.steps]
     sagas = [item.saga for item in items if item.saga is not None]
     messages = [row for item in items for row in item.outbox]
     inbox = [item.inbox for item in items if item.inbox is not None]
     args: list[Any] = []
-    for rows in (steps, sagas, messages, inbox):
+    if steps:
+        args.append(steps)
+    if sagas:
+        args.append(sagas)
+    for rows in (messages, inbox):
         if rows:
             args += [list(column) for column in zip(*rows, strict=True)]
     return (bool(steps), bool(sagas), bool(messages), bool(inbox)), args
