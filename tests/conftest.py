@@ -14,9 +14,14 @@ uniquely (``tests.services.unique_name``). :data:`GROUPS` keeps some tests on on
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from sagaz.abc import SagaStore
+from sagaz.storage.memory import MemorySagaStore
+from sagaz.storage.sqlite import SQLiteSagaStore
 from tests.services import (
     POSTGRES_DSN,
     RABBITMQ_URL,
@@ -167,3 +172,13 @@ def empty_trigger_registry(sagaz_registry: object) -> None:
     from sagaz.triggers import registry
 
     registry.clear()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def local_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SagaStore]:
+    """A started store that needs no service: the memory store, then an SQLite file."""
+    made: SagaStore = (
+        MemorySagaStore() if request.param == "memory" else SQLiteSagaStore(tmp_path / "local.db")
+    )
+    async with made:
+        yield made

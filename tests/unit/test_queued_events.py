@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +14,6 @@ from sagaz.abc import SagaStore
 from sagaz.engine.engine import TriggerEngine
 from sagaz.engine.work_item import WorkItem
 from sagaz.records import SagaRecord
-from sagaz.storage.memory import MemorySagaStore
-from sagaz.storage.sqlite import SQLiteSagaStore
 
 
 def held_saga(gate: asyncio.Event) -> type[Saga]:
@@ -34,13 +31,10 @@ def held_saga(gate: asyncio.Event) -> type[Saga]:
     return Held
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    made: SagaStore = (
-        MemorySagaStore() if request.param == "memory" else SQLiteSagaStore(tmp_path / "q.db")
-    )
-    async with made:
-        yield made
+@pytest.fixture
+def store(local_store: SagaStore) -> SagaStore:
+    """The memory store, then an SQLite file (``local_store``)."""
+    return local_store
 
 
 async def test_a_queued_event_holds_no_saga_row_and_its_saga_starts_from_the_one_stored(

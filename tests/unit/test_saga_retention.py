@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +14,6 @@ from sagaz import Saga, TriggerConfig, action, trigger
 from sagaz.abc import SagaStore
 from sagaz.engine.engine import TriggerEngine
 from sagaz.storage.memory import MemorySagaStore
-from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.testing import FakeClock, eventually
 
 #: a finished saga is purged a fraction of a second after it finished
@@ -41,13 +39,10 @@ class CountingStore(MemorySagaStore):
         return await super().purge_sagas(before, limit=limit)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    made: SagaStore = (
-        MemorySagaStore() if request.param == "memory" else SQLiteSagaStore(tmp_path / "s.db")
-    )
-    async with made:
-        yield made
+@pytest.fixture
+def store(local_store: SagaStore) -> SagaStore:
+    """The memory store, then an SQLite file (``local_store``)."""
+    return local_store
 
 
 async def test_the_purge_loop_deletes_finished_sagas_and_keeps_running_ones(
