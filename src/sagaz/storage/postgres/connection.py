@@ -16,6 +16,7 @@ from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.records import SchemaVersions
 from sagaz.storage import postgres_schema as tables
 from sagaz.storage.postgres_groups import PgGroupCommitter, Statement
+from sagaz.storage.texts import SagaJson
 from sagaz.storage.url import redact_url
 
 __all__ = ["PostgresConnection"]
@@ -103,6 +104,8 @@ class PostgresConnection(SagaStore):
         )
         self._checkpoint_sql: dict[tuple[bool, bool, bool, bool], str] = {}
         self._group_sql: dict[Any, str] = {}  # by shape, see postgres.group_statement
+        #: the running sagas' context and event texts, reused between their checkpoints
+        self._json = SagaJson()
         self._insert_sagas = (
             f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
             "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
