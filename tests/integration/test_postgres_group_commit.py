@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -199,7 +200,19 @@ async def test_one_caller_writing_again_and_again_is_never_left_waiting(database
         assert len(await store.list_sagas(limit=100)) == 50
 
 
-async def test_a_lost_connection_fails_every_caller_of_the_group(database: str) -> None:
+def _checkpoint_or_claim(store: PostgresSagaStore, i: int) -> Awaitable[Any]:
+    """An operation without a wrapper of its own (translates_unavailable)."""
+    if i % 2:
+        return store.save_checkpoint(_running(f"s-{i}"))
+    record = SagaRecord(
+        f"s-{i}", "order", SagaStatus.PENDING, {}, owner="me",
+        lease_expires_at=utcnow() + timedelta(seconds=30),
+    )  # fmt: skip
+    return store.claim_event("t", f"k-{i}", record)
+
+
+@pytest.mark.parametrize("hot", [False, True], ids=["save_saga", "checkpoint_and_claim"])
+async def test_a_lost_connection_fails_every_caller_of_the_group(database: str, hot: bool) -> None:
     async with PostgresSagaStore(database) as store:
         await store.save_saga(_running("held"))
         admin = await asyncpg.connect(database)
@@ -212,7 +225,10 @@ async def test_a_lost_connection_fails_every_caller_of_the_group(database: str) 
             )
             writes = asyncio.gather(
                 store.save_saga(_running("held")),
-                *(store.save_saga(_running(f"s-{i}")) for i in range(9)),
+                *(
+                    _checkpoint_or_claim(store, i) if hot else store.save_saga(_running(f"s-{i}"))
+                    for i in range(9)
+                ),
                 return_exceptions=True,
             )
 

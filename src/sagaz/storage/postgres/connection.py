@@ -17,6 +17,7 @@ from sagaz.records import SchemaVersions
 from sagaz.storage import postgres_schema as tables
 from sagaz.storage.postgres_groups import PgGroupCommitter, Statement
 from sagaz.storage.texts import SagaJson
+from sagaz.storage.unavailable import unavailable_error
 from sagaz.storage.url import redact_url
 
 __all__ = ["PostgresConnection"]
@@ -267,7 +268,15 @@ class PostgresConnection(SagaStore):
         return None
 
     def _committer(self) -> PgGroupCommitter:
-        self._db()  # the error for a store that is not started
+        """The group committer; raises what :meth:`_db` raises, a server that cannot be
+        reached as :class:`StoreUnavailableError` (for the operations that are not wrapped,
+        see :func:`~sagaz.storage.unavailable.translates_unavailable`)."""
+        try:
+            self._db()  # the error for a store that is not started
+        except Exception as exc:
+            if self._unavailable(exc):
+                raise unavailable_error(self, exc) from exc
+            raise
         assert self._groups is not None
         return self._groups
 

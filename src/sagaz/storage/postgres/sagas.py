@@ -30,6 +30,7 @@ from sagaz.storage.postgres.connection import (
     _inbox_rows,
 )
 from sagaz.storage.sql import outbox_params, step_params
+from sagaz.storage.unavailable import translates_unavailable
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 
 __all__ = ["PostgresSagas"]
@@ -307,6 +308,8 @@ class PostgresSagas(PostgresConnection):
             )
         return parts
 
+    # errors: the committer's (translated there, or the operation's own: not unavailable)
+    @translates_unavailable
     async def save_checkpoint(
         self,
         saga: SagaRecord | None = None,
