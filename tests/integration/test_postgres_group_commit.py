@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -199,7 +200,19 @@ async def test_one_caller_writing_again_and_again_is_never_left_waiting(database
         assert len(await store.list_sagas(limit=100)) == 50
 
 
-async def test_a_lost_connection_fails_every_caller_of_the_group(database: str) -> None:
+def _checkpoint_or_claim(store: PostgresSagaStore, i: int) -> Awaitable[Any]:
+    """An operation without a wrapper of its own (translates_unavailable)."""
+    if i % 2:
+        return store.save_checkpoint(_running(f"s-{i}"))
+    record = SagaRecord(
+        f"s-{i}", "order", SagaStatus.PENDING, {}, owner="me",
+        lease_expires_at=utcnow() + timedelta(seconds=30),
+    )  # fmt: skip
+    return store.claim_event("t", f"k-{i}", record)
+
+
+@pytest.mark.parametrize("hot", [False, True], ids=["save_saga", "checkpoint_and_claim"])
+async def test_a_lost_connection_fails_every_caller_of_the_group(database: str, hot: bool) -> None:
     async with PostgresSagaStore(database) as store:
         await store.save_saga(_running("held"))
         admin = await asyncpg.connect(database)
@@ -212,7 +225,10 @@ async def test_a_lost_connection_fails_every_caller_of_the_group(database: str) 
             )
             writes = asyncio.gather(
                 store.save_saga(_running("held")),
-                *(store.save_saga(_running(f"s-{i}")) for i in range(9)),
+                *(
+                    _checkpoint_or_claim(store, i) if hot else store.save_saga(_running(f"s-{i}"))
+                    for i in range(9)
+                ),
                 return_exceptions=True,
             )
 
@@ -312,6 +328,53 @@ async def test_moments_sent_as_microseconds_come_back_exact_in_every_path(
                     saga = await store.get_saga(saga_id)
                     assert saga is not None
                     assert (saga.created_at, saga.lease_expires_at) == (moment, moment), saga_id
+    finally:
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+async def test_a_checkpoint_reuses_the_context_and_event_texts_while_unchanged(
+    postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sagaz.storage.postgres_schema as schema_module
+    import sagaz.storage.texts as texts_module
+    from sagaz.storage.codec import dumps
+
+    encoded: list[object] = []
+
+    def counting(value: object) -> str:
+        encoded.append(value)
+        return dumps(value)
+
+    monkeypatch.setattr(schema_module, "dumps", counting)
+    monkeypatch.setattr(texts_module, "dumps", counting)
+    schema = unique_name("sagaz_texts")
+    context = {"id": 1, "items": [1, 2]}
+    event = {"id": 1}
+    try:
+        async with PostgresSagaStore(postgres_dsn, schema=schema) as store:
+            record = SagaRecord("t-1", "order", SagaStatus.RUNNING, context, event=event)
+            await store.save_checkpoint(record, [StepRecord("t-1", "one", StepStatus.RUNNING)])
+            assert encoded == [context, event]
+            done = dataclasses.replace(record, status=SagaStatus.COMPLETED)
+            await store.save_checkpoint(done, [StepRecord("t-1", "one", StepStatus.COMPLETED)])
+            assert encoded == [context, event]  # the running checkpoint's texts
+            assert len(store._json) == 0  # forgotten at the terminal write
+
+            # a value changed in place, or only in type, is encoded again
+            record = dataclasses.replace(record, saga_id="t-2")
+            await store.save_checkpoint(record)
+            context["items"].append(3)  # type: ignore[attr-defined]
+            await store.save_checkpoint(record)
+            assert (await store.get_saga("t-2")).context == {"id": 1, "items": [1, 2, 3]}  # type: ignore[union-attr]
+            context["id"] = True
+            await store.save_saga(dataclasses.replace(record, status=SagaStatus.FAILED))
+            saga = await store.get_saga("t-2")
+            assert saga is not None and saga.context == {"id": True, "items": [1, 2, 3]}
+            assert saga.context["id"] is True
     finally:
         conn = await asyncpg.connect(postgres_dsn)
         try:

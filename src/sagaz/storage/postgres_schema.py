@@ -25,6 +25,7 @@ from sagaz.storage.sql import (
     STEP_COLUMNS,
     TERMINAL_SQL,
 )
+from sagaz.storage.texts import JsonMemo
 from sagaz.types import SagaStatus, StepStatus
 
 __all__ = [
@@ -411,20 +412,28 @@ async def keep_session(conn: Any) -> None:
     default reset would cost every operation a second round trip."""
 
 
-def saga_params(record: SagaRecord, created_at: datetime, updated_at: datetime) -> tuple[Any, ...]:
+def saga_params(
+    record: SagaRecord, created_at: datetime, updated_at: datetime, texts: JsonMemo | None = None
+) -> tuple[Any, ...]:
     """The values of :data:`SAGA_COLUMNS` for ``record`` (JSON columns as text, moments as
-    :func:`pg_micros`): a ``saga_row`` (migration 9), or :data:`SAGA_VALUES`."""
-    lease, status = record.lease_expires_at, record.status
+    :func:`pg_micros`): a ``saga_row`` (migration 9), or :data:`SAGA_VALUES`. ``texts``: the
+    saga's context and event texts (:class:`~sagaz.storage.texts.SagaJson`), reused while
+    the values are unchanged."""
+    lease, status, event = record.lease_expires_at, record.status, record.event
+    encode_context, encode_event = (
+        (dumps, dumps) if texts is None else (texts[0].encode, texts[1].encode)
+    )
+    context, event = encode_context(record.context), None if event is None else encode_event(event)
     return (
         record.saga_id,
         record.saga_name,
         # a member (most records) is its own value; SagaStatus() checks a plain string
         status.value if type(status) is SagaStatus else SagaStatus(status).value,
-        dumps(record.context),
+        context,
         record.attempt,
         record.error,
         record.trigger_id,
-        None if record.event is None else dumps(record.event),
+        event,
         record.owner,
         None if lease is None else pg_micros(lease),
         pg_micros(created_at),

@@ -13,6 +13,9 @@ unchanged.
 ... class MyStore(SagaStore):
 ...     def _unavailable(self, exc: BaseException) -> bool:
 ...         return isinstance(exc, OSError)
+
+An operation that translates its own errors is marked :func:`translates_unavailable` and left
+unwrapped.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from typing import Any, TypeVar
 from sagaz.abc import SagaStore
 from sagaz.exceptions import StoreUnavailableError
 
-__all__ = ["raises_unavailable", "unavailable_error"]
+__all__ = ["raises_unavailable", "translates_unavailable", "unavailable_error"]
 
 S = TypeVar("S", bound=SagaStore)
+F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
 _TRANSLATES = "__sagaz_translates_unavailable__"  # set on a wrapped operation
 
 
@@ -41,6 +45,16 @@ def raises_unavailable(cls: type[S]) -> type[S]:
         if method is not None:
             setattr(cls, name, _translating(method))
     return cls
+
+
+def translates_unavailable(method: F) -> F:
+    """Mark an operation that raises :class:`StoreUnavailableError` itself for every error
+    ``_unavailable`` recognises: :func:`raises_unavailable` leaves it as it is (no wrapper
+    coroutine per call). For a store's hottest operations, whose driver errors all surface
+    where they are translated already (a group committer's futures, the store's
+    ``_committer()``)."""
+    setattr(method, _TRANSLATES, True)
+    return method
 
 
 def _defined(cls: type[SagaStore], name: str) -> Callable[..., Coroutine[Any, Any, Any]] | None:

@@ -16,6 +16,8 @@ from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.records import SchemaVersions
 from sagaz.storage import postgres_schema as tables
 from sagaz.storage.postgres_groups import PgGroupCommitter, Statement
+from sagaz.storage.texts import SagaJson
+from sagaz.storage.unavailable import unavailable_error
 from sagaz.storage.url import redact_url
 
 __all__ = ["PostgresConnection"]
@@ -103,6 +105,8 @@ class PostgresConnection(SagaStore):
         )
         self._checkpoint_sql: dict[tuple[bool, bool, bool, bool], str] = {}
         self._group_sql: dict[Any, str] = {}  # by shape, see postgres.group_statement
+        #: the running sagas' context and event texts, reused between their checkpoints
+        self._json = SagaJson()
         self._insert_sagas = (
             f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
             "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
@@ -264,7 +268,15 @@ class PostgresConnection(SagaStore):
         return None
 
     def _committer(self) -> PgGroupCommitter:
-        self._db()  # the error for a store that is not started
+        """The group committer; raises what :meth:`_db` raises, a server that cannot be
+        reached as :class:`StoreUnavailableError` (for the operations that are not wrapped,
+        see :func:`~sagaz.storage.unavailable.translates_unavailable`)."""
+        try:
+            self._db()  # the error for a store that is not started
+        except Exception as exc:
+            if self._unavailable(exc):
+                raise unavailable_error(self, exc) from exc
+            raise
         assert self._groups is not None
         return self._groups
 

@@ -18,6 +18,7 @@ from sagaz.storage import postgres_schema as tables
 from sagaz.storage.codec import to_utc
 from sagaz.storage.postgres.inbox import PostgresInbox
 from sagaz.storage.postgres.sagas import PostgresSagas, _created
+from sagaz.storage.unavailable import translates_unavailable
 
 __all__ = ["PostgresEventClaims"]
 
@@ -49,6 +50,9 @@ class EventItem:
 class PostgresEventClaims(PostgresSagas, PostgresInbox):
     """:meth:`claim_event`: the inbox claim and the pending saga row in one transaction."""
 
+    # errors: the committer's (translated there, or the operation's own: not unavailable);
+    # the contract's default (no owner or lease) calls wrapped operations
+    @translates_unavailable
     async def claim_event(self, trigger_id: str, key: str, record: SagaRecord) -> EventClaim:
         owner, lease = record.owner, record.lease_expires_at
         if owner is None or lease is None:

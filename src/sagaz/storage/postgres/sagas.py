@@ -30,7 +30,8 @@ from sagaz.storage.postgres.connection import (
     _inbox_rows,
 )
 from sagaz.storage.sql import outbox_params, step_params
-from sagaz.types import SagaStatus
+from sagaz.storage.unavailable import translates_unavailable
+from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 
 __all__ = ["PostgresSagas"]
 
@@ -114,9 +115,19 @@ class PostgresSagas(PostgresConnection):
                 results.append(await self._create_one(conn, params))
         return results
 
+    def _saga_row(self, record: SagaRecord, now: datetime) -> tuple[Any, ...]:
+        """:func:`~sagaz.storage.postgres_schema.saga_params` of a saga being run, its
+        context's and event's texts reused from its last write while unchanged (kept until
+        its terminal write)."""
+        saga_id = record.saga_id
+        params = tables.saga_params(record, record.created_at or now, now, self._json.memo(saga_id))
+        if record.status in TERMINAL_SAGA_STATUSES:
+            self._json.forget(saga_id)
+        return params
+
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()
-        params = tables.saga_params(record, record.created_at or now, now)
+        params = self._saga_row(record, now)
         messages = outbox_params(outbox, now)
 
         async def save(conn: Any) -> None:
@@ -186,6 +197,7 @@ class PostgresSagas(PostgresConnection):
         return f"{self._select_sagas} {clause}ORDER BY seq DESC LIMIT ${len(params)}", params
 
     async def delete_saga(self, saga_id: str) -> None:
+        self._json.forget(saga_id)
         await self._write_execute(
             f"WITH steps AS (DELETE FROM {self._s}.saga_steps WHERE saga_id = $1) "
             f"DELETE FROM {self._s}.saga_executions WHERE saga_id = $1",
@@ -296,6 +308,8 @@ class PostgresSagas(PostgresConnection):
             )
         return parts
 
+    # errors: the committer's (translated there, or the operation's own: not unavailable)
+    @translates_unavailable
     async def save_checkpoint(
         self,
         saga: SagaRecord | None = None,
@@ -309,9 +323,7 @@ class PostgresSagas(PostgresConnection):
         now = utcnow()
         micros = tables.pg_micros(now)  # a step_row's moment (migration 9)
         step_rows = [step_params(step, micros) for step in steps]
-        saga_params = (
-            None if saga is None else tables.saga_params(saga, saga.created_at or now, now)
-        )
+        saga_params = None if saga is None else self._saga_row(saga, now)
         messages = outbox_params(outbox, now)
 
         inbox_row = None if complete_inbox is None else (*complete_inbox, now)

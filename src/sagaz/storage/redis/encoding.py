@@ -26,71 +26,15 @@ from sagaz.exceptions import StoreError
 from sagaz.records import StepRecord
 from sagaz.storage.codec import dumps, encode_value, plain_json
 from sagaz.storage.redis_schema import micros
+from sagaz.storage.texts import MAX_SAGAS, MAX_TEXT, EncodedText
 from sagaz.types import StepStatus
 
 __all__ = ["MAX_SAGAS", "MAX_TEXT", "SagaTexts", "step_document"]
-
-MAX_SAGAS = 4096
-"""Sagas whose texts :class:`SagaTexts` keeps at most (the oldest go first)."""
-
-MAX_TEXT = 16_384
-"""The longest text (in characters) :class:`SagaTexts` keeps for one value."""
 
 _NO_TEXT = ""  # never a dumps() result
 
 # a JSON string as plain_json writes it (quoted, ASCII, escaped)
 _text = json.encoder.encode_basestring_ascii
-
-
-def _snapshot(value: Any, out: list[Any]) -> bool:
-    """Append what identifies ``value`` exactly (types included) to ``out``; ``False`` when it
-    holds a type this does not handle (the caller then encodes it every time)."""
-    kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        out += (kind, value)
-    elif kind is float:
-        out += (kind, value.hex())
-    elif kind is dict:
-        out += (kind, len(value))
-        for key, item in value.items():
-            if type(key) is not str:
-                return False
-            out.append(key)
-            if not _snapshot(item, out):
-                return False
-    elif kind is list:
-        out += (kind, len(value))
-        for item in value:
-            if not _snapshot(item, out):
-                return False
-    else:
-        return False
-    return True
-
-
-class _Encoded:
-    """A value's text and the snapshot it was encoded from (``None``: nothing kept)."""
-
-    __slots__ = ("snapshot", "text")
-
-    def __init__(self) -> None:
-        self.snapshot: list[Any] | None = None
-        self.text = _NO_TEXT
-
-    def encode(self, value: Any) -> str:
-        """``dumps(value)``, the kept text while ``value`` is unchanged."""
-        snapshot: list[Any] = []
-        if not _snapshot(value, snapshot):
-            self.snapshot = None
-            return dumps(value)
-        if snapshot != self.snapshot:
-            text = dumps(value)
-            if len(text) > MAX_TEXT:
-                self.snapshot, self.text = None, _NO_TEXT
-                return text
-            self.text = text
-            self.snapshot = snapshot
-        return self.text
 
 
 class _Memo:
@@ -99,8 +43,8 @@ class _Memo:
     __slots__ = ("context", "created", "created_text", "event", "lease", "lease_text")
 
     def __init__(self) -> None:
-        self.context = _Encoded()
-        self.event = _Encoded()
+        self.context = EncodedText()
+        self.event = EncodedText()
         self.created: datetime | None = None
         self.created_text = _NO_TEXT
         self.lease: datetime | None = None
