@@ -23,11 +23,12 @@ store.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from sagaz.storage.codec import dumps
 
-__all__ = ["MAX_SAGAS", "MAX_TEXT", "EncodedText", "JsonMemo", "SagaJson"]
+__all__ = ["MAX_SAGAS", "MAX_TEXT", "EncodedText", "JsonMemo", "SagaJson", "SagaMemos"]
 
 MAX_SAGAS = 4096
 """Sagas whose texts a store keeps at most (the oldest go first)."""
@@ -93,28 +94,42 @@ class EncodedText:
 JsonMemo = tuple[EncodedText, EncodedText]
 """What :class:`SagaJson` keeps of one saga: its context's text and its event's."""
 
+M = TypeVar("M")
 
-class SagaJson:
-    """The context's and the event's :class:`EncodedText` of the sagas a store is writing,
-    per saga id (see the module)."""
 
-    def __init__(self, max_sagas: int = MAX_SAGAS) -> None:
+class SagaMemos(Generic[M]):
+    """What a store keeps of each saga it is writing, per saga id: made by ``make`` at the
+    saga's first write, at most ``max_sagas`` of them (the oldest go first)."""
+
+    def __init__(self, make: Callable[[], M], max_sagas: int = MAX_SAGAS) -> None:
         self.max_sagas = max_sagas
-        self._memos: dict[str, JsonMemo] = {}
+        self._make = make
+        self._memos: dict[str, M] = {}
 
     def __len__(self) -> int:
         return len(self._memos)
 
-    def memo(self, saga_id: str) -> JsonMemo:
-        """The context's and the event's texts of ``saga_id``, made (evicting the oldest
-        beyond the bound) if new."""
+    def memo(self, saga_id: str) -> M:
+        """What is kept of ``saga_id``, made (evicting the oldest beyond the bound) if new."""
         memo = self._memos.get(saga_id)
         if memo is None:
             if len(self._memos) >= self.max_sagas:
                 del self._memos[next(iter(self._memos))]
-            memo = self._memos[saga_id] = (EncodedText(), EncodedText())
+            memo = self._memos[saga_id] = self._make()
         return memo
 
     def forget(self, saga_id: str) -> None:
         """Drop what is kept of ``saga_id`` (its terminal write, its deletion)."""
         self._memos.pop(saga_id, None)
+
+
+def _json_memo() -> JsonMemo:
+    return (EncodedText(), EncodedText())
+
+
+class SagaJson(SagaMemos[JsonMemo]):
+    """The context's and the event's :class:`EncodedText` of the sagas a store is writing,
+    per saga id (see the module)."""
+
+    def __init__(self, max_sagas: int = MAX_SAGAS) -> None:
+        super().__init__(_json_memo, max_sagas)

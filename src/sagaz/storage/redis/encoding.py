@@ -26,7 +26,7 @@ from sagaz.exceptions import StoreError
 from sagaz.records import StepRecord
 from sagaz.storage.codec import dumps, encode_value, plain_json
 from sagaz.storage.redis_schema import micros
-from sagaz.storage.texts import MAX_SAGAS, MAX_TEXT, EncodedText
+from sagaz.storage.texts import MAX_SAGAS, MAX_TEXT, EncodedText, SagaMemos
 from sagaz.types import StepStatus
 
 __all__ = ["MAX_SAGAS", "MAX_TEXT", "SagaTexts", "step_document"]
@@ -51,28 +51,11 @@ class _Memo:
         self.lease_text = _NO_TEXT
 
 
-class SagaTexts:
+class SagaTexts(SagaMemos[_Memo]):
     """The texts of the sagas a store is writing, per saga id (see the module)."""
 
     def __init__(self, max_sagas: int = MAX_SAGAS) -> None:
-        self.max_sagas = max_sagas
-        self._memos: dict[str, _Memo] = {}
-
-    def __len__(self) -> int:
-        return len(self._memos)
-
-    def memo(self, saga_id: str) -> _Memo:
-        """The entry of ``saga_id``, made (evicting the oldest beyond the bound) if new."""
-        memo = self._memos.get(saga_id)
-        if memo is None:
-            if len(self._memos) >= self.max_sagas:
-                del self._memos[next(iter(self._memos))]
-            memo = self._memos[saga_id] = _Memo()
-        return memo
-
-    def forget(self, saga_id: str) -> None:
-        """Drop what is kept of ``saga_id`` (its terminal write, its deletion)."""
-        self._memos.pop(saga_id, None)
+        super().__init__(_Memo, max_sagas)
 
     @staticmethod
     def context(memo: _Memo, value: Any) -> str:
