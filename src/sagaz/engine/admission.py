@@ -3,7 +3,7 @@
 Every event leaves admission with exactly one outcome (:class:`~sagaz.events.AdmissionResult`)
 and, when it does not become a saga, exactly one reason code. Such an event is counted and
 reported (``on_trigger_filtered``) before it is acked, so a shutdown that cancels the ack's
-caller cannot skip the count.
+caller cannot skip the count (:mod:`sagaz.engine.not_started` holds those paths).
 """
 
 from __future__ import annotations
@@ -11,20 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import TypeVar
 
 from sagaz import tracing
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.busy_keys import BusyKeys
-from sagaz.engine.decoding import InvalidPayloadError
-from sagaz.engine.identity import canonical_hash, dedup_key, saga_id_for, storable
+from sagaz.engine.candidate import Candidate, identify
+from sagaz.engine.identity import canonical_hash, saga_id_for, storable
 from sagaz.engine.joint_deliveries import JointDeliveries
+from sagaz.engine.not_started import NotStarted
 from sagaz.engine.pending import pending_record
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
-from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, NotRun, Reason
+from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, Reason
 from sagaz.exceptions import InvalidEventError, StoreUnavailableError
 from sagaz.records import ClaimOutcome, EventClaim, SagaRecord, TriggerExecutionRecord
 from sagaz.saga.listeners import notify
@@ -51,6 +51,7 @@ class Admission:
         #: set by :meth:`close`: ends the waits for an unavailable store
         self._closing = asyncio.Event()
         self._busy = BusyKeys(state, settlement)
+        self._not_started = NotStarted(state, settlement)
         #: saga id -> deliveries of the saga queued or running here (see ``_join``)
         self._in_flight: dict[str, JointDeliveries] = {}
 
@@ -184,15 +185,17 @@ class Admission:
             await self.settlement.nack(trigger, delivery)
             return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
         if undecodable is not None:
+            invalid = self._not_started.invalid
             return await self._waiting(
-                delivery, lambda: self._invalid(trigger, delivery, event, undecodable, None)
+                delivery, lambda: invalid(trigger, delivery, event, undecodable, None)
             )
         try:
-            key, concurrency_key = _identify(trigger, delivery, event)
+            key, concurrency_key = identify(trigger, delivery, event)
         except Exception as exc:
             error = exc
+            invalid = self._not_started.invalid
             return await self._waiting(
-                delivery, lambda: self._invalid(trigger, delivery, event, error, None)
+                delivery, lambda: invalid(trigger, delivery, event, error, None)
             )
         saga_id = saga_id_for(trigger.trigger_id, key)
         joint = self._in_flight.get(saga_id)
@@ -203,7 +206,7 @@ class Admission:
             joint.join(delivery)
             return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
         tracked = self._track(saga_id, delivery)
-        candidate = _Candidate(trigger, tracked, event, key, saga_id, concurrency_key, after)
+        candidate = Candidate(trigger, tracked, event, key, saga_id, concurrency_key, after)
         try:
             try:  # the claim at once: ``_waiting``'s closure and coroutine only after a failure
                 result = await self._claim(candidate)
@@ -239,7 +242,7 @@ class Admission:
         delivery.ack = delivery.nack = joint
         return delivery
 
-    async def _claim(self, c: _Candidate) -> AdmissionResult | None:
+    async def _claim(self, c: Candidate) -> AdmissionResult | None:
         """Claim the inbox row of ``c`` with its saga's pending row, in one store operation,
         before the trigger method runs; ``None`` while another live worker holds it."""
         state = self.state
@@ -255,7 +258,7 @@ class Admission:
             return None
         return await self._accept(c, lease, claim)
 
-    async def _reopen(self, c: _Candidate, claim: EventClaim, lease: datetime) -> EventClaim:
+    async def _reopen(self, c: Candidate, claim: EventClaim, lease: datetime) -> EventClaim:
         """Claim the key of a replayed dead letter again: dead-lettering completed its inbox
         row, but its saga did not complete. A saga that completed since (an earlier replay)
         keeps its key completed: the replay is then a duplicate."""
@@ -266,7 +269,7 @@ class Admission:
         await store.release_inbox(c.trigger.trigger_id, c.key)
         return await self._claim_event(c, lease)
 
-    def _claim_event(self, c: _Candidate, lease: datetime) -> Awaitable[EventClaim]:
+    def _claim_event(self, c: Candidate, lease: datetime) -> Awaitable[EventClaim]:
         record = pending_record(c.trigger, c.delivery, c.saga_id, self.state, lease)
         return self.state.store.claim_event(c.trigger.trigger_id, c.key, record)
 
@@ -278,20 +281,21 @@ class Admission:
         runs again, and what becomes of the event is admission's."""
         try:
             event = trigger.decoder.decode(delivery)
-            key, concurrency_key = _identify(trigger, delivery, event)
+            key, concurrency_key = identify(trigger, delivery, event)
         except Exception as exc:  # it was valid when accepted: the trigger changed since
-            dropped = _Candidate(trigger, delivery, delivery.payload, "", record.saga_id, None)
-            drop = (dropped, record)
-            await self._invalid(trigger, delivery, delivery.payload, exc, record.saga_id, drop=drop)
+            dropped = Candidate(trigger, delivery, delivery.payload, "", record.saga_id, None)
+            await self._not_started.invalid(
+                trigger, delivery, delivery.payload, exc, record.saga_id, drop=(dropped, record)
+            )
             return
         if saga_id_for(trigger.trigger_id, key) != record.saga_id:
             key = ""  # not the key it was claimed with: its inbox row completes lazily
-        candidate = _Candidate(trigger, delivery, event, key, record.saga_id, concurrency_key)
+        candidate = Candidate(trigger, delivery, event, key, record.saga_id, concurrency_key)
         claim = EventClaim(ClaimOutcome.TAKEN_OVER, record.saga_id, record.owner, record)
         await self._accept(candidate, self.state.lease_until(), claim, recovered=True)
 
     async def _accept(
-        self, c: _Candidate, lease: datetime, claim: EventClaim, *, recovered: bool = False
+        self, c: Candidate, lease: datetime, claim: EventClaim, *, recovered: bool = False
     ) -> AdmissionResult:
         state = self.state
         trigger, delivery, event, key, saga_id = c.trigger, c.delivery, c.event, c.key, c.saga_id
@@ -328,11 +332,11 @@ class Admission:
                         "starting context) or None (skip the event)"
                     )
             except Exception as exc:
-                return await self._invalid(
+                return await self._not_started.invalid(
                     trigger, delivery, event, exc, saga_id, drop=(c, pending)
                 )
             if context is None:
-                await self._unclaim(c, pending, complete=True)
+                await self._not_started.unclaim(c, pending, complete=True)
                 await self.settlement.filtered(trigger, event, Reason.FILTERED)
                 await self.settlement.ack(trigger, delivery)
                 return AdmissionResult(AdmissionOutcome.FILTERED, saga_id, Reason.FILTERED)
@@ -344,7 +348,7 @@ class Admission:
                 exclusive=trigger.poll_exclusive,
             )
             if not started:
-                await self._unclaim(c, pending, complete=True)
+                await self._not_started.unclaim(c, pending, complete=True)
                 await self.settlement.filtered(trigger, event, Reason.OVERLAP_SKIPPED)
                 await self.settlement.ack(trigger, delivery)
                 return AdmissionResult(AdmissionOutcome.FILTERED, saga_id, Reason.OVERLAP_SKIPPED)
@@ -382,105 +386,20 @@ class Admission:
             return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
         put = await state.queue.put(item)
         if not put.accepted:
-            return await self._refused(trigger, item)
+            return await self._not_started.refused(trigger, item, accepting=self.accepting)
         if put.evicted is not None:
             evicted = put.evicted
             # queued now: this admission is not run again, so the drop waits for the store
             while True:
                 try:
-                    await self._drop(evicted, Reason.DROPPED_OLDEST)
+                    await self._not_started.drop(evicted, Reason.DROPPED_OLDEST)
                     break
                 except StoreUnavailableError as exc:
                     await state.outage.wait(exc)
         state.metrics.accepted[trigger.trigger_id] += 1
         return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
 
-    async def _unclaim(self, c: _Candidate, pending: SagaRecord | None, *, complete: bool) -> None:
-        """Undo the claim of an event that starts no saga: its pending row goes first (a
-        crash in between leaves a claimed key without a saga, which the next delivery takes
-        over), then its inbox row is completed (filtered) or released (invalid)."""
-        store = self.state.store
-        if pending is not None:
-            await store.delete_saga(c.saga_id)
-        if not c.key:
-            return
-        if complete:
-            await store.complete_inbox(c.trigger.trigger_id, c.key)
-        else:
-            await store.release_inbox(c.trigger.trigger_id, c.key)
-
-    async def _refused(self, trigger: ActiveTrigger, item: WorkItem) -> AdmissionResult:
-        state = self.state
-        if not self.accepting:  # released from a blocked put by shutdown
-            await self._forget(item, "interrupted")
-            await self.settlement.nack(trigger, item.delivery)
-            return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
-        if state.queue.strategy == "reject":
-            await self._forget(item, Reason.REJECTED)
-            await self.settlement.dead_letter(
-                trigger,
-                item.delivery,
-                reason=Reason.REJECTED.value,
-                error=f"queue full (queue_size={state.queue.capacity}, strategy=reject)",
-                attempts=0,
-                saga_id=item.saga_id,
-            )
-            await self.settlement.filtered(trigger, item.event, Reason.REJECTED)
-            await self.settlement.ack(trigger, item.delivery)
-            return AdmissionResult(AdmissionOutcome.REJECTED, item.saga_id, Reason.REJECTED)
-        await self._drop(item, Reason.DROPPED_NEWEST)
-        return AdmissionResult(AdmissionOutcome.DROPPED, item.saga_id, Reason.DROPPED_NEWEST)
-
-    async def _drop(self, item: WorkItem, reason: Reason) -> None:
-        await self._forget(item, reason)
-        await self.settlement.filtered(item.trigger, item.event, reason)
-        if item.delivery.replay_of is not None:  # not replayed after all: keep its dead letter
-            await self.settlement.nack(item.trigger, item.delivery)
-        else:
-            await self.settlement.ack(item.trigger, item.delivery)
-
-    async def _forget(self, item: WorkItem, why: Reason | Literal["interrupted"]) -> None:
-        """Undo an acceptance that never started: the key may be delivered again. Whoever
-        waits on its saga id (``fire_event`` returned it) is told ``why`` at once."""
-        self.state.outcomes.settle(item.saga_id, NotRun(item.saga_id, why))
-        store = self.state.store
-        await store.delete_saga(item.saga_id)
-        await store.release_inbox(item.trigger_id, item.key)
-        if item.context_hash is not None and item.trigger.poll_name is not None:
-            await store.complete_trigger_execution(item.trigger.poll_name, item.saga_id)
-
-    async def _invalid(
-        self,
-        trigger: ActiveTrigger,
-        delivery: Delivery,
-        event: Any,
-        exc: BaseException,
-        saga_id: str | None,
-        *,
-        drop: tuple[_Candidate, SagaRecord | None] | None = None,
-    ) -> AdmissionResult:
-        """Dead-letter (unless ``keep_invalid`` says no), report and ack an invalid event;
-        ``event`` is what listeners got as received: decoded, or the payload if undecodable.
-        ``drop``: the claim to undo (:meth:`_unclaim`), once the dead letter is stored."""
-        details = exc.details if isinstance(exc, InvalidPayloadError) else None
-        if delivery.keep_invalid is None or delivery.keep_invalid():
-            await self.settlement.dead_letter(
-                trigger,
-                delivery,
-                reason=Reason.INVALID.value,
-                error=exc,
-                attempts=0,
-                saga_id=saga_id,
-            )
-        if drop is not None:
-            await self._unclaim(*drop, complete=False)
-        await self.settlement.filtered(trigger, event, Reason.INVALID)
-        await self.settlement.ack(trigger, delivery)
-        return AdmissionResult(
-            AdmissionOutcome.INVALID, saga_id, Reason.INVALID, error=str(exc), details=details
-        )
-
-    def _watch_busy(self, c: _Candidate) -> None:
+    def _watch_busy(self, c: Candidate) -> None:
         """Hold the delivery of ``c`` until the live worker holding its key is done."""
         self._busy.watch(
             c.trigger,
@@ -494,27 +413,3 @@ class Admission:
         self.accepting = False
         self._closing.set()
         await self._busy.close()
-
-
-def _identify(trigger: ActiveTrigger, delivery: Delivery, event: Any) -> tuple[str, Any]:
-    """The inbox key and the concurrency key of ``event``; a delivery without an identity
-    takes its key as one (its dead letter, or its pending row, gives it back)."""
-    key = dedup_key(trigger, delivery, event)
-    if not delivery.identity:
-        delivery.identity = key
-    definition = trigger.definition
-    return key, definition.concurrency_key(event) if definition.concurrency_key else None
-
-
-@dataclass(slots=True)
-class _Candidate:
-    """An event on its way through admission, with its identity."""
-
-    trigger: ActiveTrigger
-    delivery: Delivery
-    event: Any
-    key: str
-    saga_id: str
-    concurrency_key: Any
-    #: done once the delivery before it in its batch is admitted (``admit_many``)
-    after: asyncio.Future[None] | None = None
