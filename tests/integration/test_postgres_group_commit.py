@@ -339,7 +339,7 @@ async def test_moments_sent_as_microseconds_come_back_exact_in_every_path(
 async def test_a_checkpoint_reuses_the_context_and_event_texts_while_unchanged(
     postgres_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sagaz.storage.postgres_schema as schema_module
+    import sagaz.storage.postgres_rows as rows_module
     import sagaz.storage.texts as texts_module
     from sagaz.storage.codec import dumps
 
@@ -349,7 +349,7 @@ async def test_a_checkpoint_reuses_the_context_and_event_texts_while_unchanged(
         encoded.append(value)
         return dumps(value)
 
-    monkeypatch.setattr(schema_module, "dumps", counting)
+    monkeypatch.setattr(rows_module, "dumps", counting)
     monkeypatch.setattr(texts_module, "dumps", counting)
     schema = unique_name("sagaz_texts")
     context = {"id": 1, "items": [1, 2]}

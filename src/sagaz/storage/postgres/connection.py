@@ -14,6 +14,7 @@ from sagaz._imports import require_extra
 from sagaz.abc import SagaStore
 from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.records import SchemaVersions
+from sagaz.storage import postgres_rows as mapping
 from sagaz.storage import postgres_schema as tables
 from sagaz.storage.postgres_groups import PgGroupCommitter, Statement
 from sagaz.storage.texts import SagaJson
@@ -31,7 +32,7 @@ _GROUP_CONNECTIONS = 4  # group commits in flight at once, at most
 
 #: a saga_row's moments (bigint microseconds) as its columns' timestamps
 _SAGA_MOMENTS = ", ".join(
-    tables.moment_sql(f"u.{column}") for column in ("lease_expires_at", "created_at", "updated_at")
+    mapping.moment_sql(f"u.{column}") for column in ("lease_expires_at", "created_at", "updated_at")
 )
 
 _SAGA_CONFLICT = (
@@ -92,7 +93,7 @@ class PostgresConnection(SagaStore):
         self._s = tables.quote_schema(schema)
         self._insert_saga = (
             f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
-            f"VALUES ({tables.SAGA_VALUES})"
+            f"VALUES ({mapping.SAGA_VALUES})"
         )
         self._upsert_saga = f"{self._insert_saga} {_SAGA_CONFLICT}"
         self._upsert_step = (
@@ -127,7 +128,7 @@ class PostgresConnection(SagaStore):
             "VALUES ($1, $2, $3, $4, $5)"
         )
         self._select_dead_letters = (
-            f"SELECT id, {tables.DEAD_LETTER_COLUMNS}, created_at FROM {self._s}.dead_letters"
+            f"SELECT id, {mapping.DEAD_LETTER_COLUMNS}, created_at FROM {self._s}.dead_letters"
         )
         self._min_size = min_size
         self._max_size = max_size
@@ -155,8 +156,8 @@ class PostgresConnection(SagaStore):
                     min_size=self._min_size,
                     max_size=self._max_size,
                     command_timeout=self._command_timeout,
-                    init=tables.init_connection,
-                    reset=tables.keep_session,
+                    init=mapping.init_connection,
+                    reset=mapping.keep_session,
                 )
             except (OSError, asyncpg.PostgresError) as exc:
                 raise self._unreachable(exc) from exc

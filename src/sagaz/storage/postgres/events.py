@@ -14,7 +14,7 @@ from typing import Any
 
 from sagaz.clock import utcnow
 from sagaz.records import ClaimOutcome, EventClaim, InboxClaim, SagaRecord
-from sagaz.storage import postgres_schema as tables
+from sagaz.storage import postgres_rows as mapping
 from sagaz.storage.codec import to_utc
 from sagaz.storage.postgres.inbox import PostgresInbox
 from sagaz.storage.postgres.sagas import PostgresSagas, _created
@@ -44,7 +44,7 @@ class EventItem:
             return EventClaim(
                 claim.outcome, claim.saga_id, claim.owner, _created(self.record, self.now), True
             )
-        return EventClaim(claim.outcome, claim.saga_id, claim.owner, tables.saga_from_row(row))
+        return EventClaim(claim.outcome, claim.saga_id, claim.owner, mapping.saga_from_row(row))
 
 
 class PostgresEventClaims(PostgresSagas, PostgresInbox):
@@ -60,7 +60,7 @@ class PostgresEventClaims(PostgresSagas, PostgresInbox):
         now = utcnow()
         item = EventItem(
             (trigger_id, key, record.saga_id, owner, to_utc(lease), now),
-            tables.saga_params(record, record.created_at or now, now),
+            mapping.saga_params(record, record.created_at or now, now),
             record,
             now,
         )

@@ -12,6 +12,7 @@ from sagaz.records import (
     DeadLetterRecord,
     OutboxMessage,
 )
+from sagaz.storage import postgres_rows as mapping
 from sagaz.storage import postgres_schema as tables
 from sagaz.storage.postgres.connection import PostgresConnection
 from sagaz.storage.sql import dead_letter_params
@@ -29,7 +30,7 @@ class PostgresOutbox(PostgresConnection):
             f"FROM {self._s}.outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1",
             limit,
         )
-        return [tables.outbox_from_row(row) for row in rows]
+        return [mapping.outbox_from_row(row) for row in rows]
 
     async def list_saga_outbox(self, saga_id: str, limit: int = 100) -> list[OutboxMessage]:
         rows = await self._db().fetch(
@@ -38,7 +39,7 @@ class PostgresOutbox(PostgresConnection):
             saga_id,
             limit,
         )
-        return [tables.outbox_from_row(row) for row in rows]
+        return [mapping.outbox_from_row(row) for row in rows]
 
     async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
         if ids:
@@ -51,7 +52,7 @@ class PostgresOutbox(PostgresConnection):
     # -- dead letters ----------------------------------------------------------------------
     async def add_dead_letter(self, record: DeadLetterRecord) -> int:
         dead_id = await self._write_fetchval(
-            f"INSERT INTO {self._s}.dead_letters ({tables.DEAD_LETTER_COLUMNS}, created_at) "
+            f"INSERT INTO {self._s}.dead_letters ({mapping.DEAD_LETTER_COLUMNS}, created_at) "
             "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
             *dead_letter_params(record, utcnow()),
         )
@@ -67,14 +68,14 @@ class PostgresOutbox(PostgresConnection):
             rows = await self._db().fetch(
                 f"{select} WHERE trigger_id = $1 ORDER BY id LIMIT $2", trigger_id, limit
             )
-        return [tables.dead_letter_from_row(row) for row in rows]
+        return [mapping.dead_letter_from_row(row) for row in rows]
 
     async def get_dead_letter(self, dead_letter_id: int) -> DeadLetterRecord | None:
         row = await self._db().fetchrow(
             f"{self._select_dead_letters} WHERE id = $1",
             dead_letter_id,
         )
-        return None if row is None else tables.dead_letter_from_row(row)
+        return None if row is None else mapping.dead_letter_from_row(row)
 
     async def delete_dead_letter(self, dead_letter_id: int) -> bool:
         deleted = await self._write_fetchval(

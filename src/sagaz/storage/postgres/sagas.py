@@ -18,6 +18,7 @@ from sagaz.records import (
     SagaRecord,
     StepRecord,
 )
+from sagaz.storage import postgres_rows as mapping
 from sagaz.storage import postgres_schema as tables
 from sagaz.storage.checkpoints import check_checkpoint
 from sagaz.storage.codec import to_utc
@@ -71,7 +72,7 @@ class PostgresSagas(PostgresConnection):
     # -- sagas -----------------------------------------------------------------------------
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
         now = utcnow()
-        params = tables.saga_params(record, record.created_at or now, now)
+        params = mapping.saga_params(record, record.created_at or now, now)
         run = self._create_sagas
         row = await self._committer().run(
             self._create_one,
@@ -79,7 +80,7 @@ class PostgresSagas(PostgresConnection):
             batch=(run, params, (("saga", record.saga_id),)),
         )
         if row is not None:
-            return tables.saga_from_row(row), False
+            return mapping.saga_from_row(row), False
         return _created(record, now), True
 
     async def _create_one(self, conn: Any, params: tuple[Any, ...]) -> Any:
@@ -116,11 +117,12 @@ class PostgresSagas(PostgresConnection):
         return results
 
     def _saga_row(self, record: SagaRecord, now: datetime) -> tuple[Any, ...]:
-        """:func:`~sagaz.storage.postgres_schema.saga_params` of a saga being run, its
+        """:func:`~sagaz.storage.postgres_rows.saga_params` of a saga being run, its
         context's and event's texts reused from its last write while unchanged (kept until
         its terminal write)."""
         saga_id = record.saga_id
-        params = tables.saga_params(record, record.created_at or now, now, self._json.memo(saga_id))
+        texts = self._json.memo(saga_id)
+        params = mapping.saga_params(record, record.created_at or now, now, texts)
         if record.status in TERMINAL_SAGA_STATUSES:
             self._json.forget(saga_id)
         return params
@@ -142,7 +144,7 @@ class PostgresSagas(PostgresConnection):
             f"{self._select_sagas} WHERE saga_id = $1",
             saga_id,
         )
-        return None if row is None else tables.saga_from_row(row)
+        return None if row is None else mapping.saga_from_row(row)
 
     async def list_sagas(
         self,
@@ -159,7 +161,7 @@ class PostgresSagas(PostgresConnection):
             status, saga_name, trigger_id, created_after, created_before, after, limit
         )
         rows = await self._db().fetch(sql, *params)
-        return [tables.saga_from_row(row) for row in rows]
+        return [mapping.saga_from_row(row) for row in rows]
 
     def _list_sagas_sql(
         self,
@@ -211,7 +213,7 @@ class PostgresSagas(PostgresConnection):
             to_utc(now),
             limit,
         )
-        return [tables.saga_from_row(row) for row in rows]
+        return [mapping.saga_from_row(row) for row in rows]
 
     async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
         claimed = await self._write_fetchval(
@@ -265,7 +267,7 @@ class PostgresSagas(PostgresConnection):
                 f"st AS (INSERT INTO {s}.saga_steps ({tables.STEP_COLUMNS}) "
                 "SELECT u.saga_id, u.name, u.status, u.result::jsonb, u.error, u.attempts, "
                 "u.completed_seq, u.compensation_error, "
-                f"{tables.moment_sql('u.updated_at')} FROM "
+                f"{mapping.moment_sql('u.updated_at')} FROM "
                 f"unnest({row}::{s}.step_row[]) AS u {_STEP_CONFLICT} RETURNING 1)"
             )
         if saga:
@@ -321,7 +323,7 @@ class PostgresSagas(PostgresConnection):
         """One operation of the group commit: all or nothing (see the contract)."""
         check_checkpoint(saga, steps, outbox)
         now = utcnow()
-        micros = tables.pg_micros(now)  # a step_row's moment (migration 9)
+        micros = mapping.pg_micros(now)  # a step_row's moment (migration 9)
         step_rows = [step_params(step, micros) for step in steps]
         saga_params = None if saga is None else self._saga_row(saga, now)
         messages = outbox_params(outbox, now)
@@ -356,7 +358,7 @@ class PostgresSagas(PostgresConnection):
         rows = await self._db().fetch(
             f"SELECT {tables.STEP_COLUMNS} FROM {self._s}.saga_steps WHERE saga_id = $1", saga_id
         )
-        return [tables.step_from_row(row) for row in rows]
+        return [mapping.step_from_row(row) for row in rows]
 
     async def reset_steps(self, saga_id: str) -> None:
         await self._write_execute(f"DELETE FROM {self._s}.saga_steps WHERE saga_id = $1", saga_id)
