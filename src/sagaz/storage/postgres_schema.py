@@ -288,7 +288,7 @@ def quote_schema(schema: str) -> str:
     """``schema`` as a quoted SQL identifier, after checking it is a plain name."""
     if not _SCHEMA_NAME.match(schema):
         raise ConfigurationError(
-            f"invalid PostgreSQL schema name {schema!r}: use letters, digits, '_' or '-', "
+            f"invalid PostgreSQL schema name {schema!r}: use letters, digits, '_', '-' or '$', "
             "starting with a letter or '_', at most 63 characters"
         )
     return f'"{schema}"'

@@ -21,7 +21,8 @@ from sagaz.storage.postgres_groups import UNRESOLVED, BatchRunner, Statement
 
 __all__ = ["PostgresGroupStatement"]
 
-_PARAM = re.compile(r"\$(\d+)")
+# a parameter, or a quoted identifier (a schema name may hold "$1": left as it is)
+_PARAM = re.compile(r'"[^"]*"|\$(\d+)')
 
 #: claims?, new sagas?, events' claims?, and the checkpoint shape (steps, saga, outbox,
 #: inbox), or None for a group without checkpoints
@@ -29,8 +30,14 @@ _Shape = tuple[bool, bool, bool, tuple[bool, bool, bool, bool] | None]
 
 
 def _shift(sql: str, by: int) -> str:
-    """``sql`` with its parameters ``$n`` renumbered ``$(n + by)``."""
-    return _PARAM.sub(lambda match: f"${int(match.group(1)) + by}", sql)
+    """``sql`` with its parameters ``$n`` renumbered ``$(n + by)``; quoted identifiers are
+    left as they are."""
+
+    def renumber(match: re.Match[str]) -> str:
+        number = match.group(1)
+        return match.group(0) if number is None else f"${int(number) + by}"
+
+    return _PARAM.sub(renumber, sql)
 
 
 class PostgresGroupStatement(PostgresEventClaims):
