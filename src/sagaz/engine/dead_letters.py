@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT",
-    "body_field",
     "dead_letter_record",
+    "keep_body",
     "keep_payload",
     "replay_delivery",
     "saga_location",
@@ -99,11 +99,7 @@ def dead_letter_record(
         **saga_location(type(trigger.saga)),
     }
     if delivery.body is not None:  # an envelope: a typed trigger method gets its body
-        field = body_field(payload, delivery.body)
-        if field is None:
-            meta["body"] = delivery.body
-        else:  # stored once, in the envelope (a WebhookRequest's body)
-            meta["body_field"] = field
+        keep_body(meta, payload, delivery.body)
     if delivery.replay_of is not None:
         meta["replay_of"] = delivery.replay_of
     return DeadLetterRecord(
@@ -120,13 +116,17 @@ def dead_letter_record(
     )
 
 
-def body_field(payload: Any, body: bytes | str) -> str | None:
-    """The field of an envelope's stored fields that is its body, if any."""
+def keep_body(kept: dict[str, Any], payload: Any, body: bytes | str) -> None:
+    """Record in ``kept`` (a dead letter's or a pending row's metadata) the body of an
+    envelope whose fields are ``payload``: as the name of the field that holds it
+    (``body_field``: stored once, in the envelope, e.g. a WebhookRequest's body), else as
+    itself (``body``)."""
     if isinstance(payload, dict):
         for name, value in payload.items():
             if value is body or (type(value) is type(body) and value == body):
-                return str(name)
-    return None
+                kept["body_field"] = str(name)
+                return
+    kept["body"] = body
 
 
 def saga_location(saga_cls: type) -> dict[str, str | None]:

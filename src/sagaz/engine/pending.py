@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sagaz.engine.dead_letters import FORMAT, body_field, keep_payload, replay_delivery
+from sagaz.engine.dead_letters import FORMAT, keep_body, keep_payload, replay_delivery
 from sagaz.engine.identity import storable
 from sagaz.events import Delivery
 from sagaz.records import DeadLetterRecord, SagaRecord
@@ -96,11 +96,7 @@ def pending_event(trigger_id: str, delivery: Delivery) -> dict[str, Any]:
     if delivery.decoded:
         event["decoded"] = True
     if delivery.body is not None:  # an envelope: a typed trigger method gets its body
-        field = body_field(payload, delivery.body)
-        if field is None:
-            event["body"] = delivery.body
-        else:  # kept once, in the envelope (a WebhookRequest's body)
-            event["body_field"] = field
+        keep_body(event, payload, delivery.body)
     return event
 
 
