@@ -169,6 +169,19 @@ def through_a_store(record: DeadLetterRecord) -> DeadLetterRecord:
     )
 
 
+def assert_same_delivery(again: Delivery, original: Delivery) -> None:
+    """``again`` (rebuilt from a dead letter or a pending row) is ``original``: its payload,
+    of the same type, its metadata, identity, decoding and envelope body."""
+    assert type(again.payload) is type(original.payload)
+    assert again.payload == original.payload
+    assert again.meta == original.meta
+    assert (again.identity, again.decoded, again.body) == (
+        original.identity,
+        original.decoded,
+        original.body,
+    )
+
+
 @pytest.mark.parametrize("kind", sorted(DELIVERIES))
 def test_a_replay_gets_back_the_delivery_that_was_dead_lettered(kind: str) -> None:
     original = DELIVERIES[kind]
@@ -178,14 +191,7 @@ def test_a_replay_gets_back_the_delivery_that_was_dead_lettered(kind: str) -> No
     stored = through_a_store(record)
     again = replay_delivery(stored)
 
-    assert type(again.payload) is type(original.payload)
-    assert again.payload == original.payload
-    assert again.meta == original.meta
-    assert (again.identity, again.decoded, again.body) == (
-        original.identity,
-        original.decoded,
-        original.body,
-    )
+    assert_same_delivery(again, original)
     assert type(again.body) is type(original.body)
     assert again.replay_of == 9
     assert stored.meta["saga_module"] == __name__
@@ -506,14 +512,7 @@ def test_a_pending_saga_keeps_its_delivery_as_a_dead_letter_does(kind: str) -> N
     again = pending_delivery(saga)
 
     assert again is not None
-    assert type(again.payload) is type(original.payload)
-    assert again.payload == original.payload
-    assert again.meta == original.meta
-    assert (again.identity, again.decoded, again.body) == (
-        original.identity,
-        original.decoded,
-        original.body,
-    )
+    assert_same_delivery(again, original)
     assert again.replay_of is None
 
 
