@@ -315,6 +315,30 @@ async def test_stop_interrupting_a_batch_keeps_the_marks_of_its_published_messag
     assert [m.id for m in await store.fetch_outbox()] == [2, 3, 4, 5, 6]
 
 
+async def test_stop_while_the_batch_is_being_marked_keeps_its_marks() -> None:
+    """Every message of the batch is on the broker and the store is marking them when the
+    relay is stopped (a durable store's mark waits for its group commit): they stay marked,
+    not published again by the next relay."""
+    marking = asyncio.Event()
+
+    class SlowMarks(MemorySagaStore):
+        async def mark_outbox_sent(self, ids: Sequence[int]) -> None:
+            if not marking.is_set():
+                marking.set()
+                await asyncio.Event().wait()  # the first mark hangs until cancelled
+            await super().mark_outbox_sent(ids)
+
+    store = SlowMarks()
+    await emitted(store, 1)
+    publisher = RecordingPublisher()
+    relay = OutboxRelay(store, publisher, clock=RecordingClock())
+    await relay.start()
+    await eventually(marking.is_set, what="the batch being marked")
+    await relay.stop()
+    assert publisher.ids == [1, 2, 3, 4, 5, 6]
+    assert await store.fetch_outbox() == []
+
+
 async def test_a_cancelled_error_raised_by_the_driver_is_a_publish_failure() -> None:
     store = MemorySagaStore()
     await emitted(store, 1)

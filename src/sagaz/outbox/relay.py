@@ -275,12 +275,13 @@ class OutboxRelay(Lifecycle):
                         break
                     if message.id is not None:
                         done.append(message.id)
-            except asyncio.CancelledError:  # stop(): mark what the broker took, then go
                 if done:
+                    await self.store.mark_outbox_sent(done)
+            except asyncio.CancelledError:  # stop(): mark what the broker took, then go
+                if done:  # (again, if stop() interrupted the mark: marking is idempotent)
                     await self._mark_quietly(done)
                 raise
             if done:
-                await self.store.mark_outbox_sent(done)
                 self.published += len(done)
                 logger.debug("published %d outbox messages", len(done), extra=self._log)
             return len(done), len(batch), error
