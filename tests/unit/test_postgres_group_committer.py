@@ -55,3 +55,65 @@ async def test_operations_queued_at_once_start_one_flusher_and_share_its_group()
 async def _no_transaction(conn: object, group: list[Any]) -> list[tuple[Any, None]]:
     """The committer's transaction without a server: each operation run, nothing to commit."""
     return [(await queued.call(conn), None) for queued in group]
+
+
+class _Recording:
+    """The committer's transaction without a server, recording each group's operations."""
+
+    def __init__(self) -> None:
+        self.groups: list[list[Any]] = []
+
+    async def __call__(self, conn: object, group: list[Any]) -> list[tuple[Any, None]]:
+        self.groups.append([queued.arg for queued in group])
+        return [(await queued.call(conn), None) for queued in group]
+
+
+async def _caller(groups: PgGroupCommitter, name: str, rounds: int) -> list[str]:
+    """One caller writing ``rounds`` times, each write awaited before the next."""
+
+    async def op(conn: object, arg: str) -> str:
+        return arg.upper()
+
+    return [await groups.run(op, f"{name}-{n}") for n in range(rounds)]
+
+
+async def test_a_group_back_while_the_server_idles_is_handed_over_in_two_halves() -> None:
+    groups = PgGroupCommitter(
+        _Pool(), unavailable=lambda exc: False, label="PostgreSQL store", connections=4
+    )
+    recording = _Recording()
+    groups._transaction = recording  # type: ignore[method-assign]
+    results = await asyncio.gather(*(_caller(groups, f"c{k}", 3) for k in range(20)))
+    # every caller got its own results, in its order
+    assert results == [[f"C{k}-{n}" for n in range(3)] for k in range(20)]
+    first, second = recording.groups[:2]
+    assert first == [f"c{k}-0" for k in range(20)]
+    # the first half ran on to its next write, sent before the second half had its results
+    assert second == [f"c{k}-1" for k in range(10)]
+    assert "c10-1" in recording.groups[2]
+    await groups.close()
+
+
+async def test_a_group_back_while_another_is_at_the_server_is_handed_over_at_once() -> None:
+    groups = PgGroupCommitter(
+        _Pool(), unavailable=lambda exc: False, label="PostgreSQL store", connections=4
+    )
+    recording = _Recording()
+    groups._transaction = recording  # type: ignore[method-assign]
+    gate = asyncio.Event()
+
+    async def held(conn: object, arg: str) -> str:
+        await gate.wait()  # this group stays at the "server" until the gate opens
+        return arg
+
+    slow = groups.run(held, "held")
+    await asyncio.sleep(0.01)  # its flusher has sent it
+    callers = asyncio.gather(*(_caller(groups, f"c{k}", 2) for k in range(20)))
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await slow == "held"
+    await callers
+    assert recording.groups[1] == [f"c{k}-0" for k in range(20)]
+    # back while "held" was still out: all twenty results at once, one next group
+    assert recording.groups[2] == [f"c{k}-1" for k in range(20)]
+    await groups.close()

@@ -14,6 +14,16 @@ on a connection of its own (a group spends most of its time waiting for the serv
 Operations of one caller never overlap (each is awaited), so their order is kept; a
 deadlock between two groups is retried (see below).
 
+A group that comes back while no other group is at the server is handed over in two halves:
+the first half's callers get their results and run on to their next operation, which the
+flusher sends at once as the next group, while the second half's callers are only then
+given theirs (their next operations form a group of their own). Without it, many sagas
+advance in lock step: every caller's next operation waits for the whole group's results to
+be handled, and the server idles while the client works, then the client while the server
+works. Two halves keep both busy, for a few more commits (each result is still given only
+after its group's ``COMMIT``). A group that comes back while another is at the server (the
+server is busy) is handed over at once, and so is a small one (under ``_SPLIT_AT``).
+
 An operation may also come with a batch form, ``(runner, item, rows)``: the group then runs
 the items of every operation with the same ``runner`` as one call ``runner(conn, items)``
 (one statement over arrays, one round trip for them all) instead of one call per operation.
@@ -72,6 +82,7 @@ UNRESOLVED: Any = type("Unresolved", (), {"__repr__": lambda self: "UNRESOLVED"}
 _RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 _RETRIES = 3
 _MAX_GROUP = 1000  # operations in one transaction at most (bounds a group's duration)
+_SPLIT_AT = 16  # a group back while the server idles is handed over in two halves from here
 
 
 _NO_ARG: Any = object()
@@ -136,6 +147,8 @@ class PgGroupCommitter:
         self._flushers: set[asyncio.Task[None]] = set()
         #: a flusher is started and has not yet taken the queue: it takes what comes meanwhile
         self._collecting = False
+        #: groups at the server (sent, not yet back)
+        self._in_flight = 0
         #: transactions committed by this committer
         self.commits = 0
         #: operations whose results reached their callers through a commit
@@ -191,13 +204,12 @@ class PgGroupCommitter:
             self._flushers.discard(this)
 
     async def _run_group(self, group: list[_Queued]) -> None:
+        self._in_flight += 1
         try:
             async with self._pool.acquire() as conn:
                 outcomes = await self._execute(conn, group)
         except asyncio.CancelledError as exc:  # the loop is shutting down
-            for queued in [*group, *self._queue]:
-                settle(queued.future, (None, self._lost(exc, interrupted=True)))
-            self._queue.clear()
+            self._interrupt(group, exc)
             raise
         except _GroupLost as lost:
             outcomes = [(None, self._lost(lost.cause)) for _ in group]
@@ -206,8 +218,33 @@ class PgGroupCommitter:
         else:
             self.commits += 1
             self.operations += len(group)
-        for queued, outcome in zip(group, outcomes, strict=True):
-            settle(queued.future, outcome)
+        finally:
+            self._in_flight -= 1
+        await self._hand_over(group, outcomes)
+
+    async def _hand_over(self, group: list[_Queued], outcomes: list[Outcome]) -> None:
+        """Give each caller of ``group`` its outcome: in two halves if no other group is at
+        the server (see the module docstring), else at once."""
+        half = 0
+        if len(group) >= _SPLIT_AT and not self._in_flight:
+            half = len(group) // 2
+            for queued, outcome in zip(group[:half], outcomes[:half], strict=True):
+                settle(queued.future, outcome)
+        try:
+            if half:
+                await asyncio.sleep(0)  # the first half's callers queue their next operations
+        except asyncio.CancelledError as exc:  # the loop is shutting down
+            self._interrupt([], exc)
+            raise
+        finally:  # committed: theirs whatever happens
+            for queued, outcome in zip(group[half:], outcomes[half:], strict=True):
+                settle(queued.future, outcome)
+
+    def _interrupt(self, group: list[_Queued], exc: BaseException) -> None:
+        """The flusher is cancelled: ``group`` and everything queued fail as interrupted."""
+        for queued in [*group, *self._queue]:
+            settle(queued.future, (None, self._lost(exc, interrupted=True)))
+        self._queue.clear()
 
     async def _execute(self, conn: Any, group: list[_Queued]) -> list[Outcome]:
         """One group: as one statement if it can, else in one transaction."""
