@@ -195,3 +195,48 @@ async def test_commands_queued_while_groups_are_out_go_in_the_next_one() -> None
     await asyncio.gather(first, *later)
     await groups.drain()
     assert sent == [1, 5]
+
+
+async def _echoes(groups: CommandGroups, name: str, rounds: int) -> list[Any]:
+    """One caller sending ``rounds`` commands, each awaited before the next."""
+    return [await groups.execute("ECHO", f"{name}-{n}") for n in range(rounds)]
+
+
+async def test_a_group_back_while_none_other_is_out_is_handed_over_in_two_halves() -> None:
+    sent: list[list[str]] = []
+
+    async def send(commands: list[Command]) -> Sequence[Any]:
+        sent.append([a[1] for a, _ in commands])
+        await asyncio.sleep(0)  # a round trip
+        return [a[1] for a, _ in commands]
+
+    groups = CommandGroups(send, max_in_flight=2)
+    results = await asyncio.gather(*(_echoes(groups, f"c{k}", 3) for k in range(20)))
+    assert results == [[f"c{k}-{n}" for n in range(3)] for k in range(20)]
+    assert sent[0] == [f"c{k}-0" for k in range(20)]
+    # the first half ran on to its next command, sent before the second half had its replies
+    assert sent[1] == [f"c{k}-1" for k in range(10)]
+    await groups.drain()
+
+
+async def test_a_group_back_while_another_is_out_is_handed_over_at_once() -> None:
+    release = asyncio.Event()
+    sent: list[list[str]] = []
+
+    async def send(commands: list[Command]) -> Sequence[Any]:
+        sent.append([a[1] for a, _ in commands])
+        if commands[0][0][1] == "held":
+            await release.wait()  # this group stays out until released
+        await asyncio.sleep(0)
+        return [a[1] for a, _ in commands]
+
+    groups = CommandGroups(send, max_in_flight=2)
+    held = asyncio.ensure_future(groups.execute("ECHO", "held"))
+    await asyncio.sleep(0.01)  # out, and stays out
+    results = await asyncio.gather(*(_echoes(groups, f"c{k}", 2) for k in range(20)))
+    assert results == [[f"c{k}-{n}" for n in range(2)] for k in range(20)]
+    # back while "held" was out: all twenty replies at once, one next group
+    assert sent[1:3] == [[f"c{k}-0" for k in range(20)], [f"c{k}-1" for k in range(20)]]
+    release.set()
+    assert await held == "held"
+    await groups.drain()

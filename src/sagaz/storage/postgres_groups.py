@@ -14,15 +14,9 @@ on a connection of its own (a group spends most of its time waiting for the serv
 Operations of one caller never overlap (each is awaited), so their order is kept; a
 deadlock between two groups is retried (see below).
 
-A group that comes back while no other group is at the server is handed over in two halves:
-the first half's callers get their results and run on to their next operation, which the
-flusher sends at once as the next group, while the second half's callers are only then
-given theirs (their next operations form a group of their own). Without it, many sagas
-advance in lock step: every caller's next operation waits for the whole group's results to
-be handled, and the server idles while the client works, then the client while the server
-works. Two halves keep both busy, for a few more commits (each result is still given only
-after its group's ``COMMIT``). A group that comes back while another is at the server (the
-server is busy) is handed over at once, and so is a small one (under ``_SPLIT_AT``).
+A group that comes back while no other group is at the server is handed to its callers in
+two halves (:func:`~sagaz.storage.group_commit.hand_over`), so that the server and the
+client work at the same time instead of in turn.
 
 An operation may also come with a batch form, ``(runner, item, rows)``: the group then runs
 the items of every operation with the same ``runner`` as one call ``runner(conn, items)``
@@ -63,7 +57,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sagaz.exceptions import StoreError, StoreUnavailableError
-from sagaz.storage.group_commit import Outcome, settle
+from sagaz.storage.group_commit import Outcome, hand_over, settle
 
 __all__ = ["UNRESOLVED", "BatchRunner", "PgGroupCommitter", "Statement"]
 
@@ -82,7 +76,6 @@ UNRESOLVED: Any = type("Unresolved", (), {"__repr__": lambda self: "UNRESOLVED"}
 _RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 _RETRIES = 3
 _MAX_GROUP = 1000  # operations in one transaction at most (bounds a group's duration)
-_SPLIT_AT = 16  # a group back while the server idles is handed over in two halves from here
 
 
 _NO_ARG: Any = object()
@@ -223,22 +216,14 @@ class PgGroupCommitter:
         await self._hand_over(group, outcomes)
 
     async def _hand_over(self, group: list[_Queued], outcomes: list[Outcome]) -> None:
-        """Give each caller of ``group`` its outcome: in two halves if no other group is at
-        the server (see the module docstring), else at once."""
-        half = 0
-        if len(group) >= _SPLIT_AT and not self._in_flight:
-            half = len(group) // 2
-            for queued, outcome in zip(group[:half], outcomes[:half], strict=True):
-                settle(queued.future, outcome)
+        """Give each caller of ``group`` its outcome (:func:`hand_over`: in two halves if no
+        other group is at the server)."""
+        futures = [queued.future for queued in group]
         try:
-            if half:
-                await asyncio.sleep(0)  # the first half's callers queue their next operations
+            await hand_over(futures, outcomes, settle, alone=not self._in_flight)
         except asyncio.CancelledError as exc:  # the loop is shutting down
             self._interrupt([], exc)
             raise
-        finally:  # committed: theirs whatever happens
-            for queued, outcome in zip(group[half:], outcomes[half:], strict=True):
-                settle(queued.future, outcome)
 
     def _interrupt(self, group: list[_Queued], exc: BaseException) -> None:
         """The flusher is cancelled: ``group`` and everything queued fail as interrupted."""

@@ -8,6 +8,9 @@ in a :class:`CommandGroups`, which sends whatever is queued as one pipeline
 (``transaction=False``) and hands each caller its own reply, or its own error, once that
 pipeline came back. While ``max_in_flight`` pipelines are out, new commands wait for the next
 one, so many concurrent sagas share a round trip and the store needs only a few connections.
+A group back while no other is out is handed to its callers in two halves
+(:func:`~sagaz.storage.group_commit.hand_over`), so Redis and the process work at the same
+time instead of in turn.
 An operation added to the store later goes through the same groups without doing anything.
 
 Each command keeps its own semantics: a Lua script stays atomic, a failing one fails alone
@@ -34,6 +37,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sagaz.storage.group_commit import hand_over
 from sagaz.storage.redis_replies import ReplyError, ReplyReader, decode_reply, reply_reader
 
 __all__ = ["Command", "CommandGroups", "grouped_client"]
@@ -83,6 +87,7 @@ class CommandGroups:
         self._sending = 0  # senders still taking groups (a finished task leaves the set later)
         self.groups_sent = 0
         self.commands_sent = 0
+        self._in_flight = 0
 
     def submit(self, commands: Sequence[Command]) -> list[asyncio.Future[Any]]:
         """Queue ``commands`` (they go out together, in order); one future per reply."""
@@ -134,6 +139,7 @@ class CommandGroups:
     async def _send_group(self, group: list[_Queued]) -> None:
         self.groups_sent += 1
         self.commands_sent += len(group)
+        self._in_flight += 1
         try:
             replies = await self._send([q.command for q in group])
         except BaseException as exc:  # the link (or the loop) went away: all of them fail
@@ -143,13 +149,9 @@ class CommandGroups:
             if not isinstance(exc, Exception):
                 raise
             return
-        for queued, reply in zip(group, replies, strict=True):
-            if queued.reply.done():
-                continue
-            if isinstance(reply, Exception):
-                queued.reply.set_exception(reply)
-            else:
-                queued.reply.set_result(reply)
+        finally:
+            self._in_flight -= 1
+        await hand_over(group, replies, _give, alone=not self._in_flight)
 
     def _error(self, exc: BaseException) -> BaseException:
         if self._translate is None or not isinstance(exc, Exception):
@@ -158,6 +160,16 @@ class CommandGroups:
         if error is not exc:
             error.__cause__ = exc
         return error
+
+
+def _give(queued: _Queued, reply: Any) -> None:
+    """Hand ``reply`` (an exception instance for an error) to its caller, unless gone."""
+    if queued.reply.done():
+        return
+    if isinstance(reply, Exception):
+        queued.reply.set_exception(reply)
+    else:
+        queued.reply.set_result(reply)
 
 
 def grouped_client(
