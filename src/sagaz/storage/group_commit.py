@@ -2,29 +2,41 @@
 :mod:`sagaz.storage.postgres_groups`, :mod:`sagaz.storage.redis_pipeline`): an operation's
 outcome, handing it to its caller, and handing a whole group over in two halves.
 
-A group that comes back while the server has no other group is handed to its callers in two
-halves, a loop turn apart (:func:`hand_over`): the first half's callers run on to their next
-operation, which leaves at once as the next group, while the second half is still being
-handled. Without it, many callers advance in lock step (each one's next operation waits for
-the whole group's results to be handled, so the server idles while the process works, then
-the process while the server works); with it, the two work at the same time, for about
-twice the round trips. Each result is still handed over only after its group came back.
-Not for SQLite: its writer thread cannot run while the event loop handles the second half.
+Many callers that each await one operation after another advance in lock step through a
+group committer: each one's next operation waits for the whole group's results to be
+handled, so the server idles while the process works, then the process while the server
+works. A group that comes back while no other is out is therefore handed to its callers in
+two halves, a loop turn apart (:class:`HandOver`): the first half's callers run on to their
+next operations, which leave at once as the next group while the second half is still being
+handled, and the two sides work at the same time. That costs about twice the round trips,
+more CPU per operation on both sides, so it pays only when the event loop gets a core
+whenever it wants one; on a machine whose cores are all busy it is slower. So
+:class:`HandOver` halves only while the event loop's thread has waited for a core less
+than :data:`CONTENDED` of the time over the last :data:`WINDOW` seconds (Linux's
+``/proc/thread-self/schedstat``; where it cannot be read, it always halves). Each result is
+still handed over only after its group came back, whichever way. Not for SQLite: its writer
+thread cannot run while the event loop handles the second half.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["SPLIT_AT", "Outcome", "hand_over", "settle"]
+__all__ = ["CONTENDED", "SPLIT_AT", "WINDOW", "HandOver", "Outcome", "settle"]
 
 X = TypeVar("X")
 Y = TypeVar("Y")
 
 SPLIT_AT = 16
-"""A group of at least this many operations, back while no other is out, goes in two halves."""
+"""A group of at least this many operations, back while no other is out, may go in halves."""
+CONTENDED = 0.1
+"""Halve only while the loop's thread waited for a core less than this share of the time."""
+WINDOW = 0.05
+"""Seconds over which that share is measured, at least."""
+_SCHEDSTAT = "/proc/thread-self/schedstat"
 
 Outcome = tuple[Any, BaseException | None]
 """What one operation gave: ``(result, None)`` or ``(None, error)``."""
@@ -41,18 +53,63 @@ def settle(future: asyncio.Future[Any], outcome: Outcome) -> None:
         future.set_exception(error)
 
 
-async def hand_over(
-    callers: Sequence[X], results: Sequence[Y], give: Callable[[X, Y], None], *, alone: bool
-) -> None:
-    """``give(caller, result)`` for each caller of a group; in two halves a loop turn apart
-    if the group came back ``alone`` (no other group out) and holds at least
-    :data:`SPLIT_AT` callers. The second half gets its results even if this is cancelled."""
-    half = len(callers) // 2 if alone and len(callers) >= SPLIT_AT else 0
-    for caller, result in zip(callers[:half], results[:half], strict=True):
-        give(caller, result)
-    try:
-        if half:
-            await asyncio.sleep(0)  # the first half's callers queue their next operations
-    finally:
-        for caller, result in zip(callers[half:], results[half:], strict=True):
+class HandOver:
+    """Hands each group's results to its callers, in two halves while the event loop's
+    thread gets a core when it wants one (see the module docstring). One per group
+    committer, used from the event loop's thread. ``schedstat`` (tests) returns the thread's
+    nanoseconds waiting for a core and a monotonic clock's, or None where not known."""
+
+    def __init__(self, schedstat: Callable[[], tuple[int, int] | None] | None = None) -> None:
+        self._schedstat = schedstat or _schedstat
+        #: whether a group back alone is handed over in two halves now
+        self.halving = True
+        self._since: tuple[int, int] | None = None  # (waited, clock) at the window's start
+        self._next = 0  # the monotonic clock's nanoseconds at which the window may end
+        self._known = True
+
+    def _measure(self) -> None:
+        """At the end of a window, halve while the thread waited for a core little."""
+        if not self._known or time.monotonic_ns() < self._next:
+            return
+        now = self._schedstat()
+        if now is None:
+            self._known = False  # not known here: always halve
+            return
+        since, self._since = self._since, now
+        self._next = now[1] + int(WINDOW * 1e9)
+        if since is not None:
+            waited, elapsed = now[0] - since[0], now[1] - since[1]
+            self.halving = waited < CONTENDED * elapsed
+
+    async def __call__(
+        self,
+        callers: Sequence[X],
+        results: Sequence[Y],
+        give: Callable[[X, Y], None],
+        *,
+        alone: bool,
+    ) -> None:
+        """``give(caller, result)`` for each caller of a group: in two halves a loop turn
+        apart if halving, the group came back ``alone`` (no other group out) and it holds at
+        least :data:`SPLIT_AT` callers. The second half gets its results even if this is
+        cancelled."""
+        self._measure()
+        half = len(callers) // 2 if self.halving and alone and len(callers) >= SPLIT_AT else 0
+        for caller, result in zip(callers[:half], results[:half], strict=True):
             give(caller, result)
+        try:
+            if half:
+                await asyncio.sleep(0)  # the first half's callers queue their next operations
+        finally:
+            for caller, result in zip(callers[half:], results[half:], strict=True):
+                give(caller, result)
+
+
+def _schedstat() -> tuple[int, int] | None:
+    """This thread's nanoseconds spent waiting for a core (Linux), and a monotonic clock's."""
+    try:
+        with open(_SCHEDSTAT, "rb") as stat:
+            waited = int(stat.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return waited, time.monotonic_ns()

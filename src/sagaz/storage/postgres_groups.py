@@ -15,8 +15,8 @@ Operations of one caller never overlap (each is awaited), so their order is kept
 deadlock between two groups is retried (see below).
 
 A group that comes back while no other group is at the server is handed to its callers in
-two halves (:func:`~sagaz.storage.group_commit.hand_over`), so that the server and the
-client work at the same time instead of in turn.
+two halves when that is faster (:class:`~sagaz.storage.group_commit.HandOver`), so that the
+server and the client work at the same time instead of in turn.
 
 An operation may also come with a batch form, ``(runner, item, rows)``: the group then runs
 the items of every operation with the same ``runner`` as one call ``runner(conn, items)``
@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sagaz.exceptions import StoreError, StoreUnavailableError
-from sagaz.storage.group_commit import Outcome, hand_over, settle
+from sagaz.storage.group_commit import HandOver, Outcome, settle
 
 __all__ = ["UNRESOLVED", "BatchRunner", "PgGroupCommitter", "Statement"]
 
@@ -142,6 +142,7 @@ class PgGroupCommitter:
         self._collecting = False
         #: groups at the server (sent, not yet back)
         self._in_flight = 0
+        self._handing = HandOver()
         #: transactions committed by this committer
         self.commits = 0
         #: operations whose results reached their callers through a commit
@@ -216,11 +217,11 @@ class PgGroupCommitter:
         await self._hand_over(group, outcomes)
 
     async def _hand_over(self, group: list[_Queued], outcomes: list[Outcome]) -> None:
-        """Give each caller of ``group`` its outcome (:func:`hand_over`: in two halves if no
+        """Give each caller of ``group`` its outcome (:class:`HandOver`: in two halves if no
         other group is at the server)."""
         futures = [queued.future for queued in group]
         try:
-            await hand_over(futures, outcomes, settle, alone=not self._in_flight)
+            await self._handing(futures, outcomes, settle, alone=not self._in_flight)
         except asyncio.CancelledError as exc:  # the loop is shutting down
             self._interrupt([], exc)
             raise

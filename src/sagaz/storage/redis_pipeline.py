@@ -8,9 +8,9 @@ in a :class:`CommandGroups`, which sends whatever is queued as one pipeline
 (``transaction=False``) and hands each caller its own reply, or its own error, once that
 pipeline came back. While ``max_in_flight`` pipelines are out, new commands wait for the next
 one, so many concurrent sagas share a round trip and the store needs only a few connections.
-A group back while no other is out is handed to its callers in two halves
-(:func:`~sagaz.storage.group_commit.hand_over`), so Redis and the process work at the same
-time instead of in turn.
+A group back while no other is out is handed to its callers in two halves when that is
+faster (:class:`~sagaz.storage.group_commit.HandOver`), so Redis and the process work at the
+same time instead of in turn.
 An operation added to the store later goes through the same groups without doing anything.
 
 Each command keeps its own semantics: a Lua script stays atomic, a failing one fails alone
@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sagaz.storage.group_commit import hand_over
+from sagaz.storage.group_commit import HandOver
 from sagaz.storage.redis_replies import ReplyError, ReplyReader, decode_reply, reply_reader
 
 __all__ = ["Command", "CommandGroups", "grouped_client"]
@@ -88,6 +88,7 @@ class CommandGroups:
         self.groups_sent = 0
         self.commands_sent = 0
         self._in_flight = 0
+        self._handing = HandOver()
 
     def submit(self, commands: Sequence[Command]) -> list[asyncio.Future[Any]]:
         """Queue ``commands`` (they go out together, in order); one future per reply."""
@@ -151,7 +152,7 @@ class CommandGroups:
             return
         finally:
             self._in_flight -= 1
-        await hand_over(group, replies, _give, alone=not self._in_flight)
+        await self._handing(group, replies, _give, alone=not self._in_flight)
 
     def _error(self, exc: BaseException) -> BaseException:
         if self._translate is None or not isinstance(exc, Exception):

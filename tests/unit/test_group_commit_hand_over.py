@@ -1,0 +1,83 @@
+"""``HandOver`` halves a group's hand-over only while the event loop's thread gets a core
+when it wants one (the group committers' use of it is in test_postgres_group_committer.py
+and test_redis_group_commit.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sagaz.storage import group_commit
+from sagaz.storage.group_commit import WINDOW, HandOver
+
+
+class _Stat:
+    """A thread's schedstat whose waiting for a core grows by ``share`` of the time."""
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self.waited = 0.0
+        self.last = time.monotonic_ns()
+
+    def __call__(self) -> tuple[int, int]:
+        now = time.monotonic_ns()
+        self.waited += (now - self.last) * self.share
+        self.last = now
+        return int(self.waited), now
+
+
+async def _order(hand_over: HandOver, *, alone: bool = True, size: int = 20) -> list[object]:
+    """What happened, in order: each caller given its result, and a loop turn ("turn")."""
+    seen: list[object] = []
+    asyncio.get_running_loop().call_soon(seen.append, "turn")
+    await hand_over(list(range(size)), [None] * size, lambda c, r: seen.append(c), alone=alone)
+    await asyncio.sleep(0)
+    return seen
+
+
+async def _after_a_window(hand_over: HandOver) -> None:
+    """Let one measurement window pass (the first call starts it)."""
+    await _order(hand_over)
+    await asyncio.sleep(WINDOW * 1.5)
+
+
+HALVES = [*range(10), "turn", *range(10, 20)]
+WHOLE = [*range(20), "turn"]
+
+
+async def test_a_thread_that_gets_a_core_hands_a_group_over_in_two_halves() -> None:
+    hand_over = HandOver(_Stat(share=0.0))
+    await _after_a_window(hand_over)
+    assert await _order(hand_over) == HALVES
+    assert hand_over.halving
+
+
+async def test_a_thread_waiting_for_a_core_hands_groups_over_whole() -> None:
+    stat = _Stat(share=0.5)
+    hand_over = HandOver(stat)
+    await _after_a_window(hand_over)
+    assert await _order(hand_over) == WHOLE
+    # and halves again once the cores are free
+    stat.share = 0.0
+    await _after_a_window(hand_over)  # the window that saw the change
+    assert await _order(hand_over) == HALVES
+
+
+async def test_small_groups_and_groups_back_beside_another_are_handed_over_whole() -> None:
+    hand_over = HandOver(_Stat(share=0.0))
+    assert await _order(hand_over, alone=False) == WHOLE
+    assert await _order(hand_over, size=group_commit.SPLIT_AT - 1) == [
+        *range(group_commit.SPLIT_AT - 1),
+        "turn",
+    ]
+
+
+async def test_where_the_waiting_is_not_known_it_always_halves() -> None:
+    hand_over = HandOver(lambda: None)
+    await _after_a_window(hand_over)
+    assert await _order(hand_over) == HALVES
+
+
+def test_this_machine_reports_the_waiting_or_nothing() -> None:
+    stat = group_commit._schedstat()
+    assert stat is None or (stat[0] >= 0 and stat[1] > 0)
