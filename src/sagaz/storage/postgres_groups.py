@@ -15,8 +15,9 @@ Operations of one caller never overlap (each is awaited), so their order is kept
 deadlock between two groups is retried (see below).
 
 A group that comes back while no other group is at the server is handed to its callers in
-two halves when that is faster (:class:`~sagaz.storage.group_commit.HandOver`), so that the
-server and the client work at the same time instead of in turn.
+two halves while the process has a core to spare
+(:class:`~sagaz.storage.group_commit.HandOver`), so that the server and the client work at
+the same time instead of in turn.
 
 An operation may also come with a batch form, ``(runner, item, rows)``: the group then runs
 the items of every operation with the same ``runner`` as one call ``runner(conn, items)``

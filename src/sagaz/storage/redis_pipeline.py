@@ -8,9 +8,9 @@ in a :class:`CommandGroups`, which sends whatever is queued as one pipeline
 (``transaction=False``) and hands each caller its own reply, or its own error, once that
 pipeline came back. While ``max_in_flight`` pipelines are out, new commands wait for the next
 one, so many concurrent sagas share a round trip and the store needs only a few connections.
-A group back while no other is out is handed to its callers in two halves when that is
-faster (:class:`~sagaz.storage.group_commit.HandOver`), so Redis and the process work at the
-same time instead of in turn.
+A group back while no other is out is handed to its callers in two halves while the process
+has a core to spare (:class:`~sagaz.storage.group_commit.HandOver`), so Redis and the
+process work at the same time instead of in turn.
 An operation added to the store later goes through the same groups without doing anything.
 
 Each command keeps its own semantics: a Lua script stays atomic, a failing one fails alone
