@@ -8,22 +8,26 @@ import asyncio
 import time
 
 from sagaz.storage import group_commit
-from sagaz.storage.group_commit import WINDOW, HandOver
+from sagaz.storage.group_commit import CONTENDED, FREE, WINDOW, HandOver
 
 
 class _Stat:
-    """A thread's schedstat whose waiting for a core grows by ``share`` of the time."""
+    """A thread's schedstat: on a core ``share`` of the time, waiting for one ``wait`` times
+    as long as it runs."""
 
-    def __init__(self, share: float) -> None:
-        self.share = share
-        self.waited = 0.0
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        self.share = 0.5
+        self.ran = self.waited = 0.0
         self.last = time.monotonic_ns()
 
     def __call__(self) -> tuple[int, int]:
         now = time.monotonic_ns()
-        self.waited += (now - self.last) * self.share
+        ran = (now - self.last) * self.share
+        self.ran += ran
+        self.waited += ran * self.wait
         self.last = now
-        return int(self.waited), now
+        return int(self.ran), int(self.waited)
 
 
 async def _order(hand_over: HandOver, *, alone: bool = True, size: int = 20) -> list[object]:
@@ -46,25 +50,32 @@ WHOLE = [*range(20), "turn"]
 
 
 async def test_a_thread_that_gets_a_core_hands_a_group_over_in_two_halves() -> None:
-    hand_over = HandOver(_Stat(share=0.0))
+    hand_over = HandOver(_Stat(wait=0.0))
     await _after_a_window(hand_over)
     assert await _order(hand_over) == HALVES
     assert hand_over.halving
 
 
 async def test_a_thread_waiting_for_a_core_hands_groups_over_whole() -> None:
-    stat = _Stat(share=0.5)
+    stat = _Stat(wait=1.0)
     hand_over = HandOver(stat)
     await _after_a_window(hand_over)
     assert await _order(hand_over) == WHOLE
-    # and halves again once the cores are free
-    stat.share = 0.0
-    await _after_a_window(hand_over)  # the window that saw the change
+    # between the two thresholds it keeps to what it does
+    stat.wait = (FREE + CONTENDED) / 2
+    await _after_a_window(hand_over)
+    assert await _order(hand_over) == WHOLE
+    # and halves again once the cores are free, and keeps halving between them
+    stat.wait = 0.0
+    await _after_a_window(hand_over)
+    assert await _order(hand_over) == HALVES
+    stat.wait = (FREE + CONTENDED) / 2
+    await _after_a_window(hand_over)
     assert await _order(hand_over) == HALVES
 
 
 async def test_small_groups_and_groups_back_beside_another_are_handed_over_whole() -> None:
-    hand_over = HandOver(_Stat(share=0.0))
+    hand_over = HandOver(_Stat(wait=0.0))
     assert await _order(hand_over, alone=False) == WHOLE
     assert await _order(hand_over, size=group_commit.SPLIT_AT - 1) == [
         *range(group_commit.SPLIT_AT - 1),
@@ -80,4 +91,21 @@ async def test_where_the_waiting_is_not_known_it_always_halves() -> None:
 
 def test_this_machine_reports_the_waiting_or_nothing() -> None:
     stat = group_commit._schedstat()
-    assert stat is None or (stat[0] >= 0 and stat[1] > 0)
+    assert stat is None or (stat[0] > 0 and stat[1] >= 0)
+
+
+async def test_it_hands_over_whole_until_a_window_told_the_cores_are_free() -> None:
+    hand_over = HandOver(_Stat(wait=0.0))
+    assert await _order(hand_over) == WHOLE  # the first window has only begun
+    await asyncio.sleep(WINDOW * 1.5)
+    assert await _order(hand_over) == HALVES
+
+
+async def test_a_window_in_which_the_thread_hardly_ran_tells_nothing() -> None:
+    stat = _Stat(wait=1.0)
+    hand_over = HandOver(stat)
+    await _after_a_window(hand_over)
+    assert not hand_over.halving
+    stat.wait, stat.share = 0.0, 0.001  # on a core 0.1% of the time: under 5 ms a window
+    await _after_a_window(hand_over)
+    assert not hand_over.halving  # kept: too little to tell

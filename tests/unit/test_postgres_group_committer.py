@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from sagaz.storage.group_commit import HandOver
 from sagaz.storage.postgres_groups import PgGroupCommitter
 
 
@@ -83,6 +84,7 @@ async def test_a_group_back_while_the_server_idles_is_handed_over_in_two_halves(
     )
     recording = _Recording()
     groups._transaction = recording  # type: ignore[method-assign]
+    groups._handing = HandOver(lambda: None)  # cores free or not known: it halves
     results = await asyncio.gather(*(_caller(groups, f"c{k}", 3) for k in range(20)))
     # every caller got its own results, in its order
     assert results == [[f"C{k}-{n}" for n in range(3)] for k in range(20)]
@@ -100,6 +102,7 @@ async def test_a_group_back_while_another_is_at_the_server_is_handed_over_at_onc
     )
     recording = _Recording()
     groups._transaction = recording  # type: ignore[method-assign]
+    groups._handing = HandOver(lambda: None)  # it would halve a group back alone
     gate = asyncio.Event()
 
     async def held(conn: object, arg: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from sagaz._redis_pool import pack_command
+from sagaz.storage.group_commit import HandOver
 from sagaz.storage.redis_pipeline import Command, CommandGroups
 from sagaz.storage.redis_replies import (
     HIREDIS_AVAILABLE,
@@ -211,6 +212,7 @@ async def test_a_group_back_while_none_other_is_out_is_handed_over_in_two_halves
         return [a[1] for a, _ in commands]
 
     groups = CommandGroups(send, max_in_flight=2)
+    groups._handing = HandOver(lambda: None)  # cores free or not known: it halves
     results = await asyncio.gather(*(_echoes(groups, f"c{k}", 3) for k in range(20)))
     assert results == [[f"c{k}-{n}" for n in range(3)] for k in range(20)]
     assert sent[0] == [f"c{k}-0" for k in range(20)]
@@ -231,6 +233,7 @@ async def test_a_group_back_while_another_is_out_is_handed_over_at_once() -> Non
         return [a[1] for a, _ in commands]
 
     groups = CommandGroups(send, max_in_flight=2)
+    groups._handing = HandOver(lambda: None)  # cores free or not known: it halves
     held = asyncio.ensure_future(groups.execute("ECHO", "held"))
     await asyncio.sleep(0.01)  # out, and stays out
     results = await asyncio.gather(*(_echoes(groups, f"c{k}", 2) for k in range(20)))

@@ -11,8 +11,9 @@ next operations, which leave at once as the next group while the second half is 
 handled, and the two sides work at the same time. That costs about twice the round trips,
 more CPU per operation on both sides, so it pays only when the event loop gets a core
 whenever it wants one; on a machine whose cores are all busy it is slower. So
-:class:`HandOver` halves only while the event loop's thread has waited for a core less
-than :data:`CONTENDED` of the time over the last :data:`WINDOW` seconds (Linux's
+:class:`HandOver` stops halving once the event loop's thread has waited for a core more
+than :data:`CONTENDED` times as long as it ran, over a window of :data:`WINDOW` seconds,
+and halves again once it waited less than :data:`FREE` times as long (Linux's
 ``/proc/thread-self/schedstat``; where it cannot be read, it always halves). Each result is
 still handed over only after its group came back, whichever way. Not for SQLite: its writer
 thread cannot run while the event loop handles the second half.
@@ -25,17 +26,21 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["CONTENDED", "SPLIT_AT", "WINDOW", "HandOver", "Outcome", "settle"]
+__all__ = ["CONTENDED", "FREE", "SPLIT_AT", "WINDOW", "HandOver", "Outcome", "settle"]
 
 X = TypeVar("X")
 Y = TypeVar("Y")
 
 SPLIT_AT = 16
 """A group of at least this many operations, back while no other is out, may go in halves."""
-CONTENDED = 0.1
-"""Halve only while the loop's thread waited for a core less than this share of the time."""
+CONTENDED = 0.4
+"""Stop halving once the loop's thread waited for a core this many times as long as it ran."""
+FREE = 0.25
+"""Halve again once it waited less than this many times as long as it ran."""
 WINDOW = 0.05
-"""Seconds over which that share is measured, at least."""
+"""Seconds over which the thread's running and waiting are measured, at least."""
+_MEASURED = 0.005
+"""Seconds the thread must have run in a window for it to tell (else the window goes on)."""
 _SCHEDSTAT = "/proc/thread-self/schedstat"
 
 Outcome = tuple[Any, BaseException | None]
@@ -57,29 +62,38 @@ class HandOver:
     """Hands each group's results to its callers, in two halves while the event loop's
     thread gets a core when it wants one (see the module docstring). One per group
     committer, used from the event loop's thread. ``schedstat`` (tests) returns the thread's
-    nanoseconds waiting for a core and a monotonic clock's, or None where not known."""
+    nanoseconds on a core and waiting for one, or None where not known."""
 
     def __init__(self, schedstat: Callable[[], tuple[int, int] | None] | None = None) -> None:
         self._schedstat = schedstat or _schedstat
-        #: whether a group back alone is handed over in two halves now
-        self.halving = True
-        self._since: tuple[int, int] | None = None  # (waited, clock) at the window's start
+        #: whether a group back alone is handed over in two halves now (not before the first
+        #: window told the cores are free)
+        self.halving = False
+        self._since: tuple[int, int] | None = None  # (ran, waited) at the window's start
         self._next = 0  # the monotonic clock's nanoseconds at which the window may end
         self._known = True
 
     def _measure(self) -> None:
         """At the end of a window, halve while the thread waited for a core little."""
-        if not self._known or time.monotonic_ns() < self._next:
+        if not self._known:
+            return
+        clock = time.monotonic_ns()
+        if clock < self._next:
             return
         now = self._schedstat()
         if now is None:
-            self._known = False  # not known here: always halve
+            self._known, self.halving = False, True  # not known here: always halve
             return
-        since, self._since = self._since, now
-        self._next = now[1] + int(WINDOW * 1e9)
-        if since is not None:
-            waited, elapsed = now[0] - since[0], now[1] - since[1]
-            self.halving = waited < CONTENDED * elapsed
+        self._next = clock + int(WINDOW * 1e9)
+        since = self._since
+        if since is None:
+            self._since = now
+            return
+        ran, waited = now[0] - since[0], now[1] - since[1]
+        if ran < _MEASURED * 1e9:
+            return  # too little to tell: the window goes on
+        self._since = now
+        self.halving = waited < (CONTENDED if self.halving else FREE) * ran
 
     async def __call__(
         self,
@@ -106,10 +120,10 @@ class HandOver:
 
 
 def _schedstat() -> tuple[int, int] | None:
-    """This thread's nanoseconds spent waiting for a core (Linux), and a monotonic clock's."""
+    """This thread's nanoseconds on a core and waiting for one (Linux), else None."""
     try:
         with open(_SCHEDSTAT, "rb") as stat:
-            waited = int(stat.read().split()[1])
-    except (OSError, ValueError, IndexError):
+            ran, waited = stat.read().split()[:2]
+        return int(ran), int(waited)
+    except (OSError, ValueError):
         return None
-    return waited, time.monotonic_ns()
