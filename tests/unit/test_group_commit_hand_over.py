@@ -94,18 +94,21 @@ def test_this_machine_reports_the_waiting_or_nothing() -> None:
     assert stat is None or (stat[0] > 0 and stat[1] >= 0)
 
 
-async def test_it_hands_over_whole_until_a_window_told_the_cores_are_free() -> None:
-    hand_over = HandOver(_Stat(wait=0.0))
-    assert await _order(hand_over) == WHOLE  # the first window has only begun
+async def test_it_halves_from_the_start_until_a_window_tells_the_cores_are_busy() -> None:
+    hand_over = HandOver(_Stat(wait=1.0))
+    assert await _order(hand_over) == HALVES  # the first window has only begun
     await asyncio.sleep(WINDOW * 1.5)
-    assert await _order(hand_over) == HALVES
+    assert await _order(hand_over) == WHOLE
 
 
 async def test_a_window_in_which_the_thread_hardly_ran_tells_nothing() -> None:
     stat = _Stat(wait=1.0)
     hand_over = HandOver(stat)
     await _after_a_window(hand_over)
-    assert not hand_over.halving
+    assert await _order(hand_over) == WHOLE
     stat.wait, stat.share = 0.0, 0.001  # on a core 0.1% of the time: under 5 ms a window
-    await _after_a_window(hand_over)
-    assert not hand_over.halving  # kept: too little to tell
+    await asyncio.sleep(WINDOW * 1.5)
+    assert await _order(hand_over) == WHOLE  # kept: too little to tell
+    stat.share = 0.5
+    await asyncio.sleep(WINDOW * 1.5)
+    assert await _order(hand_over) == HALVES  # the window went on until it could tell

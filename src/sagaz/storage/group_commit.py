@@ -66,9 +66,9 @@ class HandOver:
 
     def __init__(self, schedstat: Callable[[], tuple[int, int] | None] | None = None) -> None:
         self._schedstat = schedstat or _schedstat
-        #: whether a group back alone is handed over in two halves now (not before the first
-        #: window told the cores are free)
-        self.halving = False
+        #: whether a group back alone is handed over in two halves now (from the start: the
+        #: lock step, once set, outlives a later start)
+        self.halving = True
         self._since: tuple[int, int] | None = None  # (ran, waited) at the window's start
         self._next = 0  # the monotonic clock's nanoseconds at which the window may end
         self._known = True
