@@ -15,10 +15,9 @@ whenever it wants one; on a machine whose cores are all busy it is slower. So
 than :data:`CONTENDED` times as long as it ran, over a window of :data:`WINDOW` seconds,
 and halves again once it waited less than :data:`FREE` times as long (Linux's
 ``/proc/thread-self/schedstat``; where it cannot be read, it always halves). It starts by
-halving: a lock step, once set going, outlived a later start in ``benchmarks/stores.py``. Each
-result is
-still handed over only after its group came back, whichever way. Not for SQLite: its writer
-thread cannot run while the event loop handles the second half.
+halving: a lock step, once set going, outlived a later start in ``benchmarks/stores.py``.
+Each result is still handed over only after its group came back, whichever way. Not for
+SQLite: its writer thread cannot run while the event loop handles the second half.
 """
 
 from __future__ import annotations
