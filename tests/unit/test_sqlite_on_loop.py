@@ -56,7 +56,7 @@ async def until(condition: Callable[[], bool]) -> None:
 async def test_writes_go_on_while_another_task_keeps_the_loop_busy(tmp_path: Path) -> None:
     # A task that burns CPU and yields, again and again, never lets the loop block: a thread
     # that runs the SQL got the GIL back only tens of times a second and these 20 writers
-    # managed 20-70 writes/s (minutes for these 6,000). On the loop: a few seconds at most.
+    # managed 20-70 writes/s (minutes for these 10,000). On the loop: a few seconds at most.
     stop = asyncio.Event()
 
     async def busy() -> None:
@@ -67,18 +67,18 @@ async def test_writes_go_on_while_another_task_keeps_the_loop_busy(tmp_path: Pat
             await asyncio.sleep(0)
 
     async def writer(store: SQLiteSagaStore, first: int) -> None:
-        for n in range(first, first + 300):
+        for n in range(first, first + 500):
             await store.create_saga(SagaRecord(str(n), "orders", SagaStatus.RUNNING, {"n": n}))
 
     async with SQLiteSagaStore(tmp_path / "sagaz.db") as store:
         burner = asyncio.create_task(busy())
         try:
             async with asyncio.timeout(30):  # generous: a loaded machine must pass it
-                await asyncio.gather(*(writer(store, 300 * w) for w in range(20)))
+                await asyncio.gather(*(writer(store, 500 * w) for w in range(20)))
         finally:
             stop.set()
             await burner
-        assert len(await store.list_sagas(limit=7000)) == 6000
+        assert len(await store.list_sagas(limit=11000)) == 10000
 
 
 async def test_a_file_another_connection_writes_to_does_not_block_the_event_loop(
