@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -114,26 +114,33 @@ async def test_a_cancelled_operation_is_dropped_while_queued_and_completes_once_
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "sagaz.db"
-    running, release = threading.Event(), threading.Event()
-
-    def slow(conn: sqlite3.Connection) -> None:
-        conn.execute(tables_insert_saga("slow"))
-        running.set()
-        release.wait(5)
-
     async with SQLiteSagaStore(path) as store:
-        slow_write = asyncio.create_task(store._write(slow))
-        assert await asyncio.to_thread(running.wait, 5)  # its group holds the thread
-        queued = asyncio.create_task(store.create_saga(record(1)))
-        await asyncio.sleep(0)  # queued behind the running group
-        queued.cancel()
-        slow_write.cancel()  # already running: it completes, its result is discarded
-        release.set()
-        for task in (queued, slow_write):
+        groups = store._committer()
+        other = sqlite3.connect(path, isolation_level=None)  # another process writing
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            running = asyncio.create_task(store.create_saga(record(1)))
+            # its group finds the file busy and waits for the lock in the store's thread
+            await until(lambda: groups._in_thread is not None)
+            queued = asyncio.create_task(store.create_saga(record(2)))
+            await asyncio.sleep(0)  # queued behind the running group
+            queued.cancel()
+            running.cancel()  # already running: it completes, its result is discarded
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        for task in (queued, running):
             with pytest.raises(asyncio.CancelledError):
                 await task
-        await store.create_saga(record(2))
-    assert committed_sagas(path) == {"slow", "2"}  # saga 1 was never written
+        await store.create_saga(record(3))
+    assert committed_sagas(path) == {"1", "3"}  # saga 2 was never written
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` until it holds (5 s at most)."""
+    async with asyncio.timeout(5):
+        while not condition():
+            await asyncio.sleep(0.001)
 
 
 async def test_reads_do_not_take_the_write_lock(tmp_path: Path) -> None:

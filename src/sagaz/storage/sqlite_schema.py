@@ -380,7 +380,9 @@ def upgrade_database(path: str, busy_timeout_ms: int, *, url: str) -> SchemaVers
 
 
 def _connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000, isolation_level=None)
+    conn = sqlite3.connect(  # the store's event loop runs its groups (sqlite_groups)
+        path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+    )
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         _enable_wal(conn, patience=busy_timeout_ms / 1000)

@@ -34,12 +34,12 @@ _INSERT_SAGA = (
 
 
 def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-    """Every row of one query (in the store's thread)."""
+    """Every row of one query (on the store's connection)."""
     return conn.execute(sql, params).fetchall()
 
 
 def _change(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> int:
-    """Execute one statement (in the store's thread); return the number of rows it changed."""
+    """Execute one statement (on the store's connection); return the number of rows it changed."""
     return conn.execute(sql, params).rowcount
 
 
@@ -53,7 +53,7 @@ class SQLiteConnection(SagaStore):
     ) -> None:
         self.path = sqlite_path(os.fspath(path_or_url))
         self._busy_timeout_ms = int(busy_timeout * 1000)
-        self._groups: GroupCommitter | None = None  # the thread, its connection, the queue
+        self._groups: GroupCommitter | None = None  # the connection, the queue, the thread
         self._lifecycle_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -143,7 +143,7 @@ class SQLiteConnection(SagaStore):
         return StoreError(message)
 
     async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``op`` (all of its SQL, in the store's thread) as one atomic operation of the
+        """Run ``op`` (all of its SQL, on the store's connection) as one atomic operation of the
         next group; return its result once that group has committed."""
         return await self._committer().run(op)
 

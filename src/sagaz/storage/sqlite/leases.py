@@ -50,7 +50,7 @@ class SQLiteLeases(SQLiteConnection):
 
     # -- shared rate limits ----------------------------------------------------------------
     async def take_rate_token(self, name: str, rate: float, burst: int) -> float:
-        rate_interval(rate, burst)  # a bad bucket fails here, not in the store's thread
+        rate_interval(rate, burst)  # a bad bucket fails here, not in a group of writes
 
         def take_one(conn: sqlite3.Connection) -> float:
             row = conn.execute("SELECT tat FROM rate_limits WHERE name = ?", (name,)).fetchone()

@@ -106,7 +106,7 @@ class SQLiteRetention(SQLiteConnection):
         cutoff = to_text(before)
 
         def purge(conn: sqlite3.Connection) -> int:
-            # one write of the store's thread: nothing changes between the choice and the
+            # one operation of a group: nothing changes between the choice and the
             # deletes
             now = to_text(utcnow())  # a pending inbox row with a live lease: a retry is due
             doomed = [row[0] for row in _rows(conn, _FINISHED, (cutoff, now, limit))]
