@@ -17,7 +17,9 @@ and halves again once it waited less than :data:`FREE` times as long (Linux's
 ``/proc/thread-self/schedstat``; where it cannot be read, it always halves). It starts by
 halving: a lock step, once set going, outlived a later start in ``benchmarks/stores.py``.
 Each result is still handed over only after its group came back, whichever way. Not for
-SQLite: its writer thread cannot run while the event loop handles the second half.
+SQLite: its groups run on the event loop's thread, so there is no other side to keep busy
+(halving its groups when they ran in a thread of their own was slower: that thread could
+not take the GIL while the loop handled the second half).
 """
 
 from __future__ import annotations
