@@ -131,6 +131,7 @@ async def main(args: argparse.Namespace) -> None:
     starts = rated_saga(args.rate)
     kinds = [k for k in args.stores.split(",") if k]
     tmp = Path(".")  # make_store's SQLite folder: unused for postgres and redis
+    args.bench_dsn = args.postgres_dsn  # make_store's PostgreSQL: a schema of its own there
     results: dict[tuple[str, str], list[float]] = {}
     rates: dict[str, float] = {}
     for kind in kinds:
