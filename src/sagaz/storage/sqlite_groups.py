@@ -57,8 +57,6 @@ T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], Any]
 """An operation: runs all its SQL on the connection and returns a result."""
 
-_SQLITE_BUSY = 5
-
 
 @dataclass(slots=True)
 class _Queued:
@@ -329,7 +327,7 @@ def _is_busy(exc: BaseException) -> bool:
     return (
         isinstance(exc, sqlite3.OperationalError)
         and code is not None
-        and code & 0xFF == (_SQLITE_BUSY)
+        and code & 0xFF == sqlite3.SQLITE_BUSY
     )
 
 
