@@ -110,8 +110,10 @@ class HandOver:
         apart if halving, the group came back ``alone`` (no other group out) and it holds at
         least :data:`SPLIT_AT` callers. The second half gets its results even if this is
         cancelled."""
-        self._measure()
-        half = len(callers) // 2 if self.halving and alone and len(callers) >= SPLIT_AT else 0
+        half = 0
+        if alone and len(callers) >= SPLIT_AT:  # measured only where the answer matters
+            self._measure()
+            half = len(callers) // 2 if self.halving else 0
         for caller, result in zip(callers[:half], results[:half], strict=True):
             give(caller, result)
         try:
