@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from tests.chaos.side_effects import SideEffectTable
-from tests.services import unique_name
+from tests.services import drop_postgres_schema, unique_name
 
 
 @pytest.fixture
@@ -42,8 +42,4 @@ async def postgres_store_url(postgres_dsn: str) -> AsyncIterator[str]:
     """A ``postgresql://...?schema=`` store URL on a new schema, dropped after the test."""
     schema = unique_name("chaos_store").replace("-", "_")
     yield f"{postgres_dsn}{'&' if '?' in postgres_dsn else '?'}schema={schema}"
-    conn = await asyncpg.connect(postgres_dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+    await drop_postgres_schema(postgres_dsn, schema)

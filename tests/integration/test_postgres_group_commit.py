@@ -21,7 +21,7 @@ from sagaz.storage.postgres import PostgresSagaStore
 from sagaz.testing import eventually
 from sagaz.types import SagaStatus, StepStatus
 from tests.engine_support import complete_a_burst, define_burst_saga
-from tests.services import unique_name
+from tests.services import drop_postgres_schema, unique_name
 
 
 @pytest.fixture
@@ -337,11 +337,7 @@ async def test_moments_sent_as_microseconds_come_back_exact_in_every_path(
                     assert saga is not None
                     assert (saga.created_at, saga.lease_expires_at) == (moment, moment), saga_id
     finally:
-        conn = await asyncpg.connect(postgres_dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_postgres_schema(postgres_dsn, schema)
 
 
 async def test_a_checkpoint_reuses_the_context_and_event_texts_while_unchanged(
@@ -384,8 +380,4 @@ async def test_a_checkpoint_reuses_the_context_and_event_texts_while_unchanged(
             assert saga is not None and saga.context == {"id": True, "items": [1, 2, 3]}
             assert saga.context["id"] is True
     finally:
-        conn = await asyncpg.connect(postgres_dsn)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_postgres_schema(postgres_dsn, schema)

@@ -18,7 +18,7 @@ from sagaz.storage.postgres import PostgresSagaStore
 from sagaz.storage.postgres_schema import SCHEMA_VERSION
 from sagaz.types import SagaStatus
 from tests.schema_support import rewind_schema
-from tests.services import unique_name
+from tests.services import drop_postgres_schema, unique_name
 
 _T = "'{2026-01-01 00:00:00+00}'"
 
@@ -30,15 +30,7 @@ async def store(postgres_dsn: str) -> AsyncIterator[PostgresSagaStore]:
         try:
             yield store
         finally:
-            await _drop(postgres_dsn, schema)
-
-
-async def _drop(dsn: str, schema: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+            await drop_postgres_schema(postgres_dsn, schema)
 
 
 async def _generic_plan(dsn: str, sql: str, args: str) -> str:
@@ -135,4 +127,4 @@ async def test_a_version_7_schema_is_upgraded_to_index_the_rare_statuses_only(
             in (indexes["saga_executions_by_rare_status"])
         )
     finally:
-        await _drop(postgres_dsn, schema)
+        await drop_postgres_schema(postgres_dsn, schema)
