@@ -6,7 +6,6 @@ sagas (once their leases expire) and finishes everything: exactly 5,000 complete
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -42,6 +41,7 @@ MakeTopic = Callable[..., Awaitable[str]]
 async def test_two_processes_share_the_work_and_one_finishes_after_the_other_is_killed(
     kafka_bootstrap: str,
     make_kafka_topic: MakeTopic,
+    postgres_dsn: str,
     postgres_store_url: str,
     side_effects: SideEffectTable,
     chaos_rng: random.Random,
@@ -61,7 +61,14 @@ async def test_two_processes_share_the_work_and_one_finishes_after_the_other_is_
     )
     apps = {
         label: AppProcess(
-            {**env, "CHAOS_WORKER_ID": f"chaos-{label}"}, log_dir=tmp_path, label=label
+            {
+                **env,
+                "CHAOS_WORKER_ID": f"chaos-{label}",
+                # its connections name it on the server: see _wait_for_backends_gone
+                "CHAOS_STORE_URL": f"{postgres_store_url}&application_name={group}-{label}",
+            },
+            log_dir=tmp_path,
+            label=label,
         )
         for label in ("a", "b")
     }
@@ -96,17 +103,14 @@ async def test_two_processes_share_the_work_and_one_finishes_after_the_other_is_
                 what=f"more than {SHARE} completed sagas by each process",
                 alive=both_alive,
             )
+            assert await _backends(postgres_dsn, f"{group}-{victim}") > 0  # named, as meant
             await apps[victim].kill()
             # What the victim sent before it died may still commit: the server runs a
-            # statement it already received before it notices the closed connection. The
-            # count at the kill is the victim's count once it stopped moving.
+            # statement it already received (waiting for a lock, up to deadlock_timeout)
+            # before it notices the closed connection and ends the backend. The count at
+            # the kill is read once none of the victim's backends is left.
+            await _wait_for_backends_gone(postgres_dsn, f"{group}-{victim}")
             at_kill = await completed_by()
-            while True:
-                await asyncio.sleep(0.5)
-                settled = await completed_by()
-                if settled[victim] == at_kill[victim]:
-                    break
-                at_kill = settled
             print(f"killed {victim} at {dict(at_kill)}")
             assert sum(at_kill.values()) < TOTAL - SHARE, (
                 f"the kill came too late to leave work for the survivor: {dict(at_kill)}"
@@ -135,3 +139,28 @@ async def test_two_processes_share_the_work_and_one_finishes_after_the_other_is_
     assert (runs.numbers, runs.rows) == (TOTAL, TOTAL * len(STEPS))
     print(f"step repeats: {runs.repeats} {runs.repeated}")
     assert runs.repeats <= 1 * MAX_CONCURRENT_SAGAS, runs.repeated
+
+
+async def _backends(dsn: str, application_name: str) -> int:
+    """How many server backends ``application_name`` has."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        count = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            application_name,
+        )
+    finally:
+        await conn.close()
+    return int(count)
+
+
+async def _wait_for_backends_gone(dsn: str, application_name: str) -> None:
+    """Wait until the server has no backend of ``application_name`` left: every statement
+    that process sent has committed or rolled back."""
+
+    async def gone() -> bool:
+        return await _backends(dsn, application_name) == 0
+
+    await wait_for(gone, within=30, every=0.1, what=f"no backend of {application_name}")
