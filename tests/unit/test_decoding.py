@@ -69,6 +69,20 @@ def test_the_same_mapping_without_a_body_is_the_event_itself() -> None:
     assert decoder(dict[str, Any]).decode(plain) == MESSAGE
 
 
+@pytest.mark.parametrize("annotation", [dict[str, Any], dict])
+def test_a_dict_method_gets_its_own_shallow_copy_of_a_dict_event(annotation: Any) -> None:
+    nested = {"sku": "A"}
+    payload = {"id": 7, "line": nested}
+    event = decoder(annotation).decode(delivery(payload, decoded=True))
+    assert event == payload and type(event) is dict
+    assert event is not payload and event["line"] is nested  # as pydantic copies it
+
+
+def test_a_dict_event_with_a_key_that_is_not_a_string_is_still_refused() -> None:
+    with pytest.raises(InvalidPayloadError, match="Input should be a valid string"):
+        decoder(dict[str, Any]).decode(delivery({1: "a"}, decoded=True))
+
+
 def request(body: bytes) -> WebhookRequest:
     return WebhookRequest("POST", "/orders", {}, {}, {}, body)
 

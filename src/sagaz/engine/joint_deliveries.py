@@ -59,21 +59,24 @@ class JointDeliveries:
             self.more = []
         self.more.append(delivery)
 
-    async def ack(self) -> None:
-        """Ack every delivery of the saga (once: a later settlement does nothing)."""
-        if self._forget():
-            if self.more is None:  # the usual case: no redelivery joined it
-                await self.first_ack()
-            else:
-                await self._each(self.first_ack(), lambda delivery: delivery.ack())
+    def ack(self) -> Awaitable[None]:
+        """Ack every delivery of the saga (once: a later settlement does nothing).
 
-    async def nack(self, requeue: bool) -> None:
+        Not a coroutine of its own (once per event): the source's own ack, awaited by the
+        caller, in the usual case that no redelivery joined the first delivery."""
+        if not self._forget():
+            return _settled()
+        if self.more is None:
+            return self.first_ack()
+        return self._each(self.first_ack(), lambda delivery: delivery.ack())
+
+    def nack(self, requeue: bool) -> Awaitable[None]:
         """Nack every delivery of the saga (once: a later settlement does nothing)."""
-        if self._forget():
-            if self.more is None:
-                await self.first_nack(requeue)
-            else:
-                await self._each(self.first_nack(requeue), lambda d: d.nack(requeue))
+        if not self._forget():
+            return _settled()
+        if self.more is None:
+            return self.first_nack(requeue)
+        return self._each(self.first_nack(requeue), lambda d: d.nack(requeue))
 
     async def _each(
         self, first: Awaitable[None], settle: Callable[[Delivery], Awaitable[None]]
@@ -90,3 +93,7 @@ class JointDeliveries:
                 error = error or exc
         if error is not None:
             raise error
+
+
+async def _settled() -> None:
+    """What settling a saga's deliveries a second time does: nothing."""
