@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -160,8 +161,11 @@ class ActiveTrigger:
             return self.saga
         return self._instances.for_run(self.definition.saga_cls)
 
-    async def transform(self, event: Any, meta: Any, saga: Saga | None = None) -> Any:
-        """Call the trigger method (sync or async) of ``saga`` (default: :attr:`saga`).
+    def transform(self, event: Any, meta: Any, saga: Saga | None = None) -> Any:
+        """Call the trigger method of ``saga`` (default: :attr:`saga`): the saga's starting
+        context, or for an ``async`` method (:attr:`is_async`) an awaitable of it (no
+        coroutine of its own around a plain method: once per event).
+
         What it returns is made plain data (an :class:`~sagaz.events.EventData` in it as a
         plain ``dict``): a saga's context is the same on its first run as once read back
         from the store."""
@@ -172,9 +176,13 @@ class ActiveTrigger:
         )
         result = method(*self.decoder.arguments(event, meta))
         if self.is_async:
-            result = await result
+            return self._plain_once_awaited(result)
         # only an unannotated method gets EventData (a typed one, plain validated objects)
         return plain_data(result) if self.decoder.adapter is None else result
+
+    async def _plain_once_awaited(self, result: Awaitable[Any]) -> Any:
+        value = await result
+        return plain_data(value) if self.decoder.adapter is None else value
 
     def backoff(self, retry: int) -> float:
         """Base delay before retry number ``retry`` (1-based); the last value repeats."""

@@ -324,7 +324,9 @@ class Admission:
             context = dict(existing.context)  # resume an interrupted (or finished) saga
         else:
             try:
-                context = await trigger.transform(event, delivery.meta, saga)
+                context = trigger.transform(event, delivery.meta, saga)
+                if trigger.is_async:
+                    context = await context
                 if context is not None and not isinstance(context, dict):
                     raise InvalidEventError(
                         f"{trigger.trigger_id}: the trigger method returned "

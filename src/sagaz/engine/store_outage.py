@@ -62,6 +62,9 @@ class StoreOutage:
         self._lease_until = lease_until
         self._available = asyncio.Event()
         self._available.set()
+        #: False from the first :class:`StoreUnavailableError` until the probe succeeds (the
+        #: event's state as a plain attribute: every admission reads it)
+        self.available = True
         self._probe: asyncio.Task[None] | None = None
         self._since = 0.0
         #: outages seen so far (each logged once when it began and once when it ended)
@@ -69,17 +72,13 @@ class StoreOutage:
         #: calls that waited for the store during the current or the last outage
         self.waits = 0
 
-    @property
-    def available(self) -> bool:
-        """False from the first :class:`StoreUnavailableError` until the probe succeeds."""
-        return self._available.is_set()
-
     def down(self, error: StoreUnavailableError) -> None:
         """Record that the store is unavailable, without waiting; the first call of an outage
         logs the warning and starts the probe."""
         if not self._available.is_set():
             return
         self._available.clear()
+        self.available = False
         self.outages += 1
         self.waits = 0
         self._since = self.clock.monotonic()
@@ -130,6 +129,7 @@ class StoreOutage:
                 continue
             break
         self._available.set()
+        self.available = True
         logger.warning(
             "the store is back after %.1fs (%d operation(s) waited for it); intake resumed",
             self.clock.monotonic() - self._since,

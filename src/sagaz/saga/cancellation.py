@@ -26,14 +26,14 @@ __all__ = ["Cancellation", "SagaCancellations"]
 
 
 class Cancellation:
-    """Whether one saga run was cancelled, by whom and why. Cheap to check: a flag."""
+    """Whether one saga run was cancelled, by whom and why. Cheap to check: a flag.
 
-    __slots__ = ("actor", "reason", "requested")
+    One is made per saga run and nearly none is ever requested: the fields are class-level
+    defaults until :meth:`request` sets them, so making one runs no ``__init__``."""
 
-    def __init__(self) -> None:
-        self.requested = False
-        self.actor: str | None = None
-        self.reason: str | None = None
+    requested: bool = False
+    actor: str | None = None
+    reason: str | None = None
 
     def request(self, actor: str | None = None, reason: str | None = None) -> None:
         """Cancel the run: its next step will not start."""
@@ -90,6 +90,8 @@ class SagaCancellations:
     def untrack(self, saga_id: str) -> None:
         """The run of ``saga_id`` ended here."""
         self._running.pop(saga_id, None)
+        if not self._watched and not self._wanted:  # the usual case: nothing asked of it
+            return
         watched = saga_id in self._watched
         self._watched.discard(saga_id)
         if (watched or saga_id in self._wanted) and self.on_end is not None:
