@@ -174,7 +174,8 @@ class ActiveTrigger:
             if saga is None or saga is self.saga
             else getattr(saga, self.definition.method)
         )
-        result = method(*self.decoder.arguments(event, meta))
+        # the arguments of ``EventDecoder.arguments``, without the call and the tuple
+        result = method(event, meta) if self.decoder.wants_meta else method(event)
         if self.is_async:
             return self._plain_once_awaited(result)
         # only an unannotated method gets EventData (a typed one, plain validated objects)

@@ -205,8 +205,13 @@ class Admission:
             # (TAKEN_OVER) and a second run would repeat the steps. Settle it with that one.
             joint.join(delivery)
             return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
-        tracked = self._track(saga_id, delivery)
-        candidate = Candidate(trigger, tracked, event, key, saga_id, concurrency_key, after)
+        # settled with the deliveries of the same saga admitted until it is acked or nacked
+        # (see JointDeliveries): the delivery itself, not a copy (one object fewer per queued
+        # event, which a deep queue promotes to the oldest generation), its ``ack`` and
+        # ``nack`` pointed at the JointDeliveries, which keeps the source's and settles it
+        joint = self._in_flight[saga_id] = JointDeliveries(delivery, self._in_flight, saga_id)
+        delivery.ack = delivery.nack = joint
+        candidate = Candidate(trigger, delivery, event, key, saga_id, concurrency_key, after)
         try:
             try:  # the claim at once: ``_waiting``'s closure and coroutine only after a failure
                 result = await self._claim(candidate)
@@ -218,29 +223,18 @@ class Admission:
                 return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
             return result
         except asyncio.CancelledError:
-            await self.settlement.nack(trigger, tracked)
+            await self.settlement.nack(trigger, delivery)
             raise
         except StoreUnavailableError as exc:
             self.state.outage.down(exc)
-            await self.settlement.nack(trigger, tracked)
+            await self.settlement.nack(trigger, delivery)
             return _STORE_UNAVAILABLE
         except Exception as exc:
             await self.settlement.report(trigger, exc, delivery.payload)
-            await self.settlement.nack(trigger, tracked)
+            await self.settlement.nack(trigger, delivery)
             return AdmissionResult(
                 AdmissionOutcome.REJECTED, error=f"the event could not be accepted: {exc}"
             )
-
-    def _track(self, saga_id: str, delivery: Delivery) -> Delivery:
-        """``delivery``, settling also the deliveries of the same saga admitted until it is
-        acked or nacked (see :class:`JointDeliveries`)."""
-        joint = JointDeliveries(delivery, self._in_flight, saga_id)
-        self._in_flight[saga_id] = joint
-        # the delivery itself, not a copy (one object fewer per queued event, which a deep
-        # queue promotes to the oldest generation): ``joint`` keeps the source's ack and
-        # nack, and settles it either way
-        delivery.ack = delivery.nack = joint
-        return delivery
 
     async def _claim(self, c: Candidate) -> AdmissionResult | None:
         """Claim the inbox row of ``c`` with its saga's pending row, in one store operation,

@@ -24,7 +24,7 @@ class JointDeliveries:
 
     def __init__(self, first: Delivery, in_flight: dict[str, JointDeliveries], saga_id: str):
         # the source's own ``ack`` and ``nack`` of ``first``, whose attributes
-        # :meth:`~sagaz.engine.admission.Admission._track` then points at this object; not
+        # :meth:`~sagaz.engine.admission.Admission.admit` then points at this object; not
         # ``first`` itself, which would make a reference cycle only the collector frees
         ack, nack = first.ack, first.nack
         if isinstance(ack, JointDeliveries):  # the same delivery emitted again (settled before)
@@ -50,8 +50,19 @@ class JointDeliveries:
         The tracked delivery's ``ack`` and ``nack`` are both this object, not two bound
         methods: a queued event then holds two garbage-collected objects fewer, which a
         deep queue would otherwise promote to the oldest generation with it (and so bring
-        on full collections)."""
-        return self.ack() if requeue is None else self.nack(requeue)
+        on full collections).
+
+        Not a coroutine of its own (once per event): in the usual case, that no redelivery
+        joined the first delivery, the source's own ack or nack, for the caller to await."""
+        if not self._forget():
+            return _settled()
+        if requeue is None:
+            if self.more is None:
+                return self.first_ack()
+            return self._each(self.first_ack(), lambda delivery: delivery.ack())
+        if self.more is None:
+            return self.first_nack(requeue)
+        return self._each(self.first_nack(requeue), lambda d: d.nack(requeue))
 
     def join(self, delivery: Delivery) -> None:
         """Settle ``delivery`` with the first one."""
@@ -60,23 +71,12 @@ class JointDeliveries:
         self.more.append(delivery)
 
     def ack(self) -> Awaitable[None]:
-        """Ack every delivery of the saga (once: a later settlement does nothing).
-
-        Not a coroutine of its own (once per event): the source's own ack, awaited by the
-        caller, in the usual case that no redelivery joined the first delivery."""
-        if not self._forget():
-            return _settled()
-        if self.more is None:
-            return self.first_ack()
-        return self._each(self.first_ack(), lambda delivery: delivery.ack())
+        """Ack every delivery of the saga (once: a later settlement does nothing)."""
+        return self()
 
     def nack(self, requeue: bool) -> Awaitable[None]:
         """Nack every delivery of the saga (once: a later settlement does nothing)."""
-        if not self._forget():
-            return _settled()
-        if self.more is None:
-            return self.first_nack(requeue)
-        return self._each(self.first_nack(requeue), lambda d: d.nack(requeue))
+        return self(requeue)
 
     async def _each(
         self, first: Awaitable[None], settle: Callable[[Delivery], Awaitable[None]]

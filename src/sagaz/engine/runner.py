@@ -125,7 +125,7 @@ class SagaRunner:
                     delivery=item.delivery,
                     cancellation=cancellation,
                     # a completed saga completes its inbox row in the same store operation
-                    inbox=(item.trigger_id, item.key) if item.key else None,
+                    inbox=(trigger.trigger_id, item.key) if item.key else None,
                 )
                 try:
                     result = await execution.run(
