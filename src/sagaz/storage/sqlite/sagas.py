@@ -246,7 +246,9 @@ class SQLiteSagas(SQLiteConnection):
         """One operation of the group committer: all or nothing (see the contract)."""
         check_checkpoint(saga, steps, outbox)
         now = self._moment()[1]
-        step_rows = [step_params(step, now) for step in steps]
+        step_rows = []
+        for step in steps:  # not a comprehension: it would make ``now`` a cell of this call
+            step_rows.append(step_params(step, now))
         saga_params = None if saga is None else mapping.saga_params(saga, now)
         messages = outbox_params(outbox, now)
         inbox = None if complete_inbox is None else (now, *complete_inbox)
