@@ -75,6 +75,7 @@ async def test_the_writes_of_one_group_share_their_stamp(tmp_path: Path) -> None
         stored = await store.get_saga("s0")
         assert stored is not None and stored.created_at == created.pop()
         assert stored.updated_at == stored.created_at
+        assert claims[0].saga == stored  # every field of the record returned is the stored one
         later = await store.claim_event("t", "k-later", pending(99))
         assert later.saga is not None and later.saga.created_at is not None
         assert later.saga.created_at > stored.created_at  # the next group reads it again

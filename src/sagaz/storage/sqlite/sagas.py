@@ -71,7 +71,8 @@ def _as_created(record: SagaRecord, now: datetime) -> SagaRecord:
     """The record :meth:`SQLiteSagaStore.create_saga` just stored (not decoded back)."""
     status = record.status
     # by position, every field (dataclasses.replace cost five times as much; a field added
-    # to SagaRecord fails tests/unit/test_sqlite_rows.py until it is added here)
+    # to SagaRecord must be added here: tests/unit/test_sqlite_queued_writes.py compares
+    # this record with the stored one)
     return SagaRecord(
         record.saga_id,
         record.saga_name,
