@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import types
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from sagaz.clock import utcnow
+from sagaz.exceptions import StoreError
 from sagaz.records import SagaRecord, StepRecord
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.types import SagaStatus, StepStatus
@@ -79,3 +82,18 @@ async def test_the_writes_of_one_group_share_their_stamp(tmp_path: Path) -> None
         later = await store.claim_event("t", "k-later", pending(99))
         assert later.saga is not None and later.saga.created_at is not None
         assert later.saga.created_at > stored.created_at  # the next group reads it again
+
+
+async def test_a_write_refused_before_it_was_queued_leaves_no_stamp_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [datetime(2026, 12, 5, 12, 0, tzinfo=utcnow().tzinfo)]
+    monkeypatch.setattr("sagaz.storage.sqlite_groups.utcnow", lambda: clock[0])
+    async with SQLiteSagaStore(tmp_path / "sagaz.db") as store:
+        unstorable = pending(1)
+        unstorable.event = {"when": {1, 2}}  # a set: refused while its row is built
+        with pytest.raises(StoreError):
+            await store.claim_event("t", "k1", unstorable)
+        clock[0] += timedelta(hours=1)
+        claim = await store.claim_event("t", "k2", pending(2))
+        assert claim.saga is not None and claim.saga.created_at == clock[0]

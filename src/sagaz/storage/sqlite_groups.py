@@ -12,8 +12,8 @@ so readers do not take the write lock. :meth:`GroupCommitter.submit` is the same
 store's frequent operations, without a coroutine or a closure per call: it queues a
 module-level ``op(conn, arg)`` with its argument and returns the future to await (a closure
 and the coroutine awaiting it are objects that outlive a young collection of the garbage
-collector while the operation waits for its group: they made the SQLite run's young
-collections six times dearer than the memory store's, benchmarks/README.md).
+collector while the operation waits for its group: the SQLite run made twice as many young
+collections as the memory store's, each six times dearer, benchmarks/README.md).
 
 Where a group runs. The connection is made in a thread of the committer's own (it may wait
 for another process's lock). On a file in WAL mode opened with ``check_same_thread=False``
@@ -149,9 +149,10 @@ class GroupCommitter:
         """The time that stamps the writes of the group now forming, and its
         :func:`~sagaz.storage.codec.to_text`: the clock is read once per group, when the
         first of them asks (its operations commit together; formatting the time cost about
-        a tenth of a saga's Python in the store)."""
+        a tenth of a saga's Python in the store). Read it just before :meth:`submit`: a
+        moment read while nothing is queued is read again by the next caller."""
         moment = self._moment
-        if moment is None:
+        if moment is None or not self._queue:  # read by a caller that queued nothing after all
             now = utcnow()
             # through the cache: a saga created now stores it again as its created_at
             moment = self._moment = (now, lasting_text(now))
