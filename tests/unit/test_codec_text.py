@@ -40,6 +40,10 @@ VALUES: list[Any] = [
     {"when": datetime(2026, 12, 5, 12, 0, tzinfo=UTC), "$sagaz:key": "escaped"},
     (1, "tuple"),
     {"colour": Colour.RED, "size": Size.BIG},
+    # flat and nested plain dicts (encoded as they stand), and ones that only look plain
+    {"a": 1, "b": "x", "c": None, "d": 2.5, "e": True, "f": {"g": {"h": -1}}},
+    {"$money": 1, "a": {"$sagaz:x": 2}},
+    {"a": {"b": [1]}, "c": (2,)},
 ]
 
 
@@ -59,6 +63,21 @@ def test_the_text_reads_back(value: Any) -> None:
 def test_nan_and_infinities_are_refused_with_the_fix(bad: float) -> None:
     with pytest.raises(StoreError, match="store None or a string instead"):
         dumps({"ratio": [1, bad]})
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_and_infinities_are_refused_in_a_plain_dict_too(bad: float) -> None:
+    with pytest.raises(StoreError, match="store None or a string instead"):
+        dumps({"ratio": bad})
+    with pytest.raises(StoreError, match="store None or a string instead"):
+        dumps({"a": {"ratio": bad}})
+
+
+def test_a_key_that_is_not_a_string_is_refused_in_a_plain_dict_too() -> None:
+    with pytest.raises(StoreError, match="must be strings"):
+        dumps({1: "one"})
+    with pytest.raises(StoreError, match="must be strings"):
+        dumps({"a": {None: "none"}})
 
 
 def test_each_text_is_whole_after_a_refused_value() -> None:

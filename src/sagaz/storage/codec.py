@@ -111,7 +111,8 @@ def _not_json(value: Any) -> Any:
 # ``json.dumps(..., separators=(",", ":"), allow_nan=False)`` builds a JSONEncoder and its C
 # encoder on every call (about 1.3 µs, and a saga's writes encode four or five values): this
 # is that C encoder, made once. Without circular checks: it is only given what encode_value
-# built, a tree of new containers (a circular input fails in encode_value, RecursionError).
+# built, a tree of new containers, or a tree that _plain walked (a circular input fails in
+# either walk, RecursionError).
 def _make_encoder() -> Any:
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # no C accelerator (another Python): json.dumps each time
@@ -137,12 +138,29 @@ def plain_json(value: Any) -> str:
     return "".join(_ENCODE(value, 0))
 
 
+def _plain(value: dict[Any, Any]) -> bool:
+    """Whether ``value`` is JSON as it stands, that :func:`encode_value` would copy unchanged:
+    ``str`` keys that do not start with ``$``; ``None``, ``str``, ``int``, ``float`` and
+    ``bool`` values (exactly those types: a subclass, such as an enum, goes the long way) or
+    dicts of the same kind."""
+    for key, item in value.items():
+        if type(key) is not str or key[:1] == "$":
+            return False
+        if item is None or type(item) in _SCALARS:
+            continue
+        if type(item) is not dict or not _plain(item):
+            return False
+    return True
+
+
 def dumps(value: Any) -> str:
     """JSON text of ``value`` (see :func:`encode_value`); NaN and infinities are refused,
     because PostgreSQL's JSONB cannot hold them and every store must accept the same data."""
     if type(value) is dict and not value:  # e.g. a pending saga's context: no walk, no encoder
         return "{}"
     try:
+        if type(value) is dict and _plain(value):  # most contexts and events: checked, not copied
+            return plain_json(value)
         return plain_json(encode_value(value))
     except ValueError as exc:
         raise StoreError(

@@ -8,7 +8,12 @@ An operation is a plain function ``op(conn) -> result`` that runs all its SQL on
 connection. :meth:`GroupCommitter.run` queues it; one flusher task takes every queued
 operation as one group: ``BEGIN IMMEDIATE``, every operation, then one ``COMMIT``. Results
 reach their callers only after that COMMIT. A group of reads only opens a deferred ``BEGIN``,
-so readers do not take the write lock.
+so readers do not take the write lock. :meth:`GroupCommitter.submit` is the same for a
+store's frequent operations, without a coroutine or a closure per call: it queues a
+module-level ``op(conn, arg)`` with its argument and returns the future to await (a closure
+and the coroutine awaiting it are objects that outlive a young collection of the garbage
+collector while the operation waits for its group: the SQLite run made twice as many young
+collections as the memory store's, each six times dearer, benchmarks/README.md).
 
 Where a group runs. The connection is made in a thread of the committer's own (it may wait
 for another process's lock). On a file in WAL mode opened with ``check_same_thread=False``
@@ -44,27 +49,30 @@ import contextlib
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
+from sagaz.clock import utcnow
 from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.storage.group_commit import Outcome, settle
+from sagaz.storage.sqlite_rows import lasting_text
 
 __all__ = ["GroupCommitter"]
 
 T = TypeVar("T")
 
-Op = Callable[[sqlite3.Connection], Any]
-"""An operation: runs all its SQL on the connection and returns a result."""
+Op = Callable[[sqlite3.Connection, Any], Any]
+"""An operation: runs all its SQL on the connection, given its argument; returns a result."""
+
+_Queued = tuple[Op, Any, bool, "asyncio.Future[Any]"]
+"""An operation waiting for its group: the operation, its argument, whether it writes, and
+the future its caller awaits (a tuple: one object per call, none for the collector to track
+beyond it)."""
 
 
-@dataclass(slots=True)
-class _Queued:
-    """An operation waiting for its group, and the future its caller awaits."""
-
-    op: Op
-    writes: bool
-    future: asyncio.Future[Any]
+def _call(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any]) -> Any:
+    """The operation of :meth:`GroupCommitter.run`: ``op(conn)``."""
+    return op(conn)
 
 
 class _Busy(Exception):
@@ -98,6 +106,8 @@ class GroupCommitter:
         self._label = label
         self._queue: list[_Queued] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._moment: tuple[datetime, str] | None = None  # see moment()
 
     @classmethod
     async def open(
@@ -133,11 +143,32 @@ class GroupCommitter:
 
         ``writes=False`` promises that ``op`` only reads (its group may skip the write lock).
         """
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(op, writes, future))
+        return await self.submit(_call, op, writes=writes)  # type: ignore[no-any-return]
+
+    def moment(self) -> tuple[datetime, str]:
+        """The time that stamps the writes of the group now forming, and its
+        :func:`~sagaz.storage.codec.to_text`: the clock is read once per group, when the
+        first of them asks (its operations commit together; formatting the time cost about
+        a tenth of a saga's Python in the store). Read it just before :meth:`submit`: a
+        moment read while nothing is queued is read again by the next caller."""
+        moment = self._moment
+        if moment is None or not self._queue:  # read by a caller that queued nothing after all
+            now = utcnow()
+            # through the cache: a saga created now stores it again as its created_at
+            moment = self._moment = (now, lasting_text(now))
+        return moment
+
+    def submit(self, op: Op, arg: Any, *, writes: bool = True) -> asyncio.Future[Any]:
+        """Queue ``op(conn, arg)`` for the next group; return the future of its result, set
+        once that group has committed (:meth:`run` without a coroutine or a closure).
+
+        Cancelling the future (as cancelling a caller that awaits it does) drops the
+        operation if its group has not taken it yet."""
+        future = self._loop.create_future()
+        self._queue.append((op, arg, writes, future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="sagaz-sqlite-flusher")
-        return await future  # cancelling the caller cancels the future: the flusher drops it
+            self._flusher = self._loop.create_task(self._flush(), name="sagaz-sqlite-flusher")
+        return future
 
     async def close(self) -> None:
         """Run what is queued, wait for the running group, then close the connection and end
@@ -155,14 +186,15 @@ class GroupCommitter:
         """Run the queued operations, a group at a time, until none is left."""
         while self._queue:
             await self._thread_done()
-            group = [queued for queued in self._queue if not queued.future.done()]
-            self._queue.clear()  # the next group collects while this one runs
+            group = [queued for queued in self._queue if not queued[3].done()]
+            self._queue = []  # the next group collects while this one runs
+            self._moment = None  # and reads the clock again
             if group:
                 await self._run_group(group)
 
     async def _run_group(self, group: list[_Queued]) -> None:
-        ops = [queued.op for queued in group]
-        writes = any(queued.writes for queued in group)
+        ops = [(queued[0], queued[1]) for queued in group]
+        writes = any(queued[2] for queued in group)
         outcomes: list[Outcome] | None = None
         if self._on_loop:
             with contextlib.suppress(_Busy):
@@ -172,11 +204,11 @@ class GroupCommitter:
                 outcomes = await self._in_the_thread(self._execute_patiently, ops, writes)
         except BaseException as exc:  # cancelled (the loop is shutting down) or no thread
             for queued in [*group, *self._queue]:
-                settle(queued.future, (None, self._interrupted(exc)))
-            self._queue.clear()
+                settle(queued[3], (None, self._interrupted(exc)))
+            self._queue = []
             raise
         for queued, outcome in zip(group, outcomes, strict=True):
-            settle(queued.future, outcome)
+            settle(queued[3], outcome)
 
     async def _in_the_thread(self, work: Callable[..., T], *args: Any) -> T:
         self._in_thread = self._executor.submit(work, *args)
@@ -197,7 +229,7 @@ class GroupCommitter:
         return error
 
     # -- the thread side -------------------------------------------------------------------
-    def _execute_patiently(self, ops: list[Op], writes: bool) -> list[Outcome]:
+    def _execute_patiently(self, ops: list[tuple[Op, Any]], writes: bool) -> list[Outcome]:
         """:meth:`_execute` in the thread, waiting up to the busy timeout for a lock."""
         if not self._on_loop:
             return self._execute(ops, writes, on_loop=False)
@@ -208,7 +240,7 @@ class GroupCommitter:
             self._conn.execute("PRAGMA busy_timeout = 0")
 
     # -- running a group (on the loop, or in the thread) -----------------------------------
-    def _execute(self, ops: list[Op], writes: bool, *, on_loop: bool) -> list[Outcome]:
+    def _execute(self, ops: list[tuple[Op, Any]], writes: bool, *, on_loop: bool) -> list[Outcome]:
         """One group: ``BEGIN``, every operation, ``COMMIT``; with a savepoint per operation
         only if one of them failed. ``on_loop``: raise :class:`_Busy`, the group rolled
         back, at the first lock another connection holds."""
@@ -221,8 +253,8 @@ class GroupCommitter:
             return [(None, self._failure(exc)) for _ in ops]
         results: list[Any] = []
         try:
-            for op in ops:
-                results.append(op(conn))
+            for op, arg in ops:
+                results.append(op(conn, arg))
                 if not conn.in_transaction:  # the operation ended the group's transaction
                     return self._lost(ops, None)
         except Exception as exc:
@@ -249,7 +281,9 @@ class GroupCommitter:
                     self._conn.execute("ROLLBACK")
             raise _Busy from exc
 
-    def _execute_with_savepoints(self, ops: list[Op], begin: str, on_loop: bool) -> list[Outcome]:
+    def _execute_with_savepoints(
+        self, ops: list[tuple[Op, Any]], begin: str, on_loop: bool
+    ) -> list[Outcome]:
         """The group again, after one of its operations failed: each in a savepoint."""
         conn = self._conn
         try:
@@ -272,11 +306,11 @@ class GroupCommitter:
             return self._lost(ops, self._failure(exc))
         return outcomes
 
-    def _execute_one(self, conn: sqlite3.Connection, op: Op, on_loop: bool) -> Outcome:
+    def _execute_one(self, conn: sqlite3.Connection, op: tuple[Op, Any], on_loop: bool) -> Outcome:
         """Run ``op`` in a savepoint: released if it succeeds, rolled back if it fails."""
         conn.execute("SAVEPOINT op")
         try:
-            result = op(conn)
+            result = op[0](conn, op[1])
             conn.execute("RELEASE op")
         except Exception as exc:
             self._check_busy(exc, on_loop)
@@ -286,7 +320,7 @@ class GroupCommitter:
             return None, self._failure(exc)
         return result, None
 
-    def _lost(self, ops: list[Op], cause: BaseException | None) -> list[Outcome]:
+    def _lost(self, ops: list[tuple[Op, Any]], cause: BaseException | None) -> list[Outcome]:
         """Roll back what is left of the group; every operation of it fails."""
         if self._conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):

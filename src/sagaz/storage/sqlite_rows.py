@@ -27,6 +27,7 @@ __all__ = [
     "EXECUTION_COLUMNS",
     "dead_letter_from_row",
     "execution_from_row",
+    "lasting_text",
     "optional_moment",
     "optional_text",
     "outbox_from_row",
@@ -55,7 +56,7 @@ def optional_moment(text: str | None) -> datetime | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _lasting_text(moment: datetime) -> str:
+def lasting_text(moment: datetime) -> str:
     """:func:`~sagaz.storage.codec.to_text` of a moment that a saga's writes store again and
     again (its lease, its created_at): formatted once, then looked up."""
     return to_text(moment)
@@ -66,18 +67,20 @@ def saga_params(record: SagaRecord, now: str) -> tuple[Any, ...]:
     :func:`~sagaz.storage.codec.to_text`), and created ``now`` if it has no ``created_at``."""
     lease = record.lease_expires_at
     created = record.created_at
+    status = record.status
     return (
         record.saga_id,
         record.saga_name,
-        SagaStatus(record.status).value,
+        # a member (most records) is its own value; SagaStatus() checks a plain string
+        status.value if type(status) is SagaStatus else SagaStatus(status).value,
         dumps(record.context),
         record.attempt,
         record.error,
         record.trigger_id,
         None if record.event is None else dumps(record.event),
         record.owner,
-        None if lease is None else _lasting_text(lease),
-        now if created is None else _lasting_text(created),
+        None if lease is None else lasting_text(lease),
+        now if created is None else lasting_text(created),
         now,
     )
 

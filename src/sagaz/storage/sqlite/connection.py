@@ -9,6 +9,7 @@ import functools
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sagaz.abc import SagaStore
@@ -22,6 +23,7 @@ from sagaz.storage.url import sqlite_path
 __all__ = ["SQLiteConnection"]
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 _IN_CHUNK = 500  # well under SQLite's bound-parameter limit
 
@@ -41,6 +43,16 @@ def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> lis
 def _change(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> int:
     """Execute one statement (on the store's connection); return the number of rows it changed."""
     return conn.execute(sql, params).rowcount
+
+
+def _change_args(conn: sqlite3.Connection, args: tuple[str, Sequence[Any]]) -> int:
+    """:func:`_change` of ``(sql, params)``."""
+    return conn.execute(*args).rowcount
+
+
+def _rows_args(conn: sqlite3.Connection, args: tuple[str, Sequence[Any]]) -> list[Any]:
+    """:func:`_rows` of ``(sql, params)``."""
+    return conn.execute(*args).fetchall()
 
 
 class SQLiteConnection(SagaStore):
@@ -147,10 +159,20 @@ class SQLiteConnection(SagaStore):
         next group; return its result once that group has committed."""
         return await self._committer().run(op)
 
+    def _submit(self, op: Callable[[sqlite3.Connection, A], T], arg: A) -> asyncio.Future[T]:
+        """:meth:`_write` of ``op(conn, arg)``: a module-level function and its argument, no
+        closure (the frequent operations: see :meth:`GroupCommitter.submit`)."""
+        return self._committer().submit(op, arg)
+
+    def _moment(self) -> tuple[datetime, str]:
+        """The time that stamps the writes of the next group, and its text
+        (:meth:`GroupCommitter.moment`)."""
+        return self._committer().moment()
+
     async def _write_one(self, sql: str, params: Sequence[Any] = ()) -> int:
         """:meth:`_write` one statement; return the number of rows it changed."""
-        return await self._write(lambda conn: _change(conn, sql, params))
+        return await self._committer().submit(_change_args, (sql, params))  # type: ignore[no-any-return]
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """The rows of one query, read in the next group (after the writes queued before it)."""
-        return await self._committer().run(lambda conn: _rows(conn, sql, params), writes=False)
+        return await self._committer().submit(_rows_args, (sql, params), writes=False)  # type: ignore[no-any-return]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import datetime
+from typing import Any
 
 from sagaz.clock import utcnow
 from sagaz.records import (
@@ -63,6 +64,23 @@ def _claim(conn: sqlite3.Connection, args: tuple[str, str, str, str, str, str]) 
     return InboxClaim(ClaimOutcome.BUSY, row_saga, row_owner)
 
 
+def _claim_and_create(
+    conn: sqlite3.Connection,
+    args: tuple[tuple[str, str, str, str, str, str], tuple[Any, ...], SagaRecord, datetime],
+) -> EventClaim:
+    """:meth:`SQLiteInbox.claim_event` in the writer's transaction; ``args``: those of
+    :func:`_claim`, the saga row's values, the record and the moment (created ``now``)."""
+    claim_args, params, record, now = args
+    claim = _claim(conn, claim_args)
+    if claim.outcome not in (ClaimOutcome.CLAIMED, ClaimOutcome.TAKEN_OVER):
+        return EventClaim(claim.outcome, claim.saga_id, claim.owner)
+    owner = claim_args[3]
+    rows = _create(conn, params)
+    if rows:
+        return EventClaim(claim.outcome, claim.saga_id, owner, mapping.saga_from_row(rows[0]))
+    return EventClaim(claim.outcome, claim.saga_id, owner, _as_created(record, now), True)
+
+
 class SQLiteInbox(SQLiteConnection):
     """The inbox: claims of trigger keys and their leases."""
 
@@ -78,23 +96,11 @@ class SQLiteInbox(SQLiteConnection):
         owner, lease = record.owner, record.lease_expires_at
         if owner is None or lease is None:
             return await super().claim_event(trigger_id, key, record)  # says what is missing
-        now = utcnow()
-        text_now = to_text(now)
-        args = (trigger_id, key, record.saga_id, owner, to_text(lease), text_now)
+        now, text_now = self._moment()
+        # the lease's text: the saga's later writes store it again (sqlite_rows.lasting_text)
+        args = (trigger_id, key, record.saga_id, owner, mapping.lasting_text(lease), text_now)
         params = mapping.saga_params(record, text_now)
-
-        def claim_and_create(conn: sqlite3.Connection) -> EventClaim:
-            claim = _claim(conn, args)
-            if claim.outcome not in (ClaimOutcome.CLAIMED, ClaimOutcome.TAKEN_OVER):
-                return EventClaim(claim.outcome, claim.saga_id, claim.owner)
-            rows = _create(conn, params)
-            if rows:
-                return EventClaim(
-                    claim.outcome, claim.saga_id, owner, mapping.saga_from_row(rows[0])
-                )
-            return EventClaim(claim.outcome, claim.saga_id, owner, _as_created(record, now), True)
-
-        return await self._write(claim_and_create)
+        return await self._submit(_claim_and_create, (args, params, record, now))
 
     async def complete_inbox(self, trigger_id: str, key: str) -> None:
         await self._write_one(

@@ -5,7 +5,6 @@ A part of :class:`~sagaz.storage.sqlite.SQLiteSagaStore`.
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
@@ -59,6 +58,10 @@ _RECOVERABLE = (  # oldest first: saga_executions_active in order
     "AND (lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY seq LIMIT ?"
 )
 
+_COMPLETE_INBOX = (
+    "UPDATE inbox SET status = 'completed', completed_at = ? WHERE trigger_id = ? AND key = ?"
+)
+
 _INSERT_OUTBOX = (
     "INSERT INTO outbox (saga_id, topic, payload, headers, created_at) VALUES (?, ?, ?, ?, ?)"
 )
@@ -66,11 +69,23 @@ _INSERT_OUTBOX = (
 
 def _as_created(record: SagaRecord, now: datetime) -> SagaRecord:
     """The record :meth:`SQLiteSagaStore.create_saga` just stored (not decoded back)."""
-    return dataclasses.replace(
-        record,
-        status=SagaStatus(record.status),
-        created_at=record.created_at or now,
-        updated_at=now,
+    status = record.status
+    # by position, every field (dataclasses.replace cost five times as much; a field added
+    # to SagaRecord must be added here: tests/unit/test_sqlite_queued_writes.py compares
+    # this record with the stored one)
+    return SagaRecord(
+        record.saga_id,
+        record.saga_name,
+        status if type(status) is SagaStatus else SagaStatus(status),
+        record.context,
+        record.attempt,
+        record.error,
+        record.trigger_id,
+        record.event,
+        record.owner,
+        record.lease_expires_at,
+        record.created_at or now,
+        now,
     )
 
 
@@ -89,6 +104,29 @@ def _create(conn: sqlite3.Connection, params: tuple[Any, ...]) -> list[Any]:
     return _rows(
         conn, f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions WHERE saga_id = ?", (params[0],)
     )
+
+
+def _save_checkpoint(
+    conn: sqlite3.Connection,
+    args: tuple[
+        list[tuple[Any, ...]],
+        tuple[Any, ...] | None,
+        list[tuple[Any, ...]],
+        tuple[str, str, str] | None,
+    ],
+) -> None:
+    """:meth:`SQLiteSagas.save_checkpoint` in the writer's transaction; ``args``: the step
+    rows, the saga row (or None), the outbox rows, and the inbox row to complete (its
+    ``completed_at``, trigger id and key, or None)."""
+    step_rows, saga_params, messages, inbox = args
+    if step_rows:
+        conn.executemany(_INSERT_STEP, step_rows)
+    if saga_params is not None:
+        _save(conn, saga_params)
+    if messages:
+        conn.executemany(_INSERT_OUTBOX, messages)
+    if inbox is not None:
+        conn.execute(_COMPLETE_INBOX, inbox)
 
 
 def _list_sagas_sql(
@@ -118,8 +156,8 @@ class SQLiteSagas(SQLiteConnection):
 
     # -- sagas -----------------------------------------------------------------------------
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
-        now = utcnow()
-        params = mapping.saga_params(record, to_text(now))
+        now, text_now = self._moment()
+        params = mapping.saga_params(record, text_now)
 
         rows = await self._write(lambda conn: _create(conn, params))
         if rows:
@@ -208,26 +246,14 @@ class SQLiteSagas(SQLiteConnection):
     ) -> None:
         """One operation of the group committer: all or nothing (see the contract)."""
         check_checkpoint(saga, steps, outbox)
-        now = to_text(utcnow())
-        step_rows = [step_params(step, now) for step in steps]
+        now = self._moment()[1]
+        step_rows = []
+        for step in steps:  # not a comprehension: it would make ``now`` a cell of this call
+            step_rows.append(step_params(step, now))
         saga_params = None if saga is None else mapping.saga_params(saga, now)
         messages = outbox_params(outbox, now)
-
-        def save(conn: sqlite3.Connection) -> None:
-            if step_rows:
-                conn.executemany(_INSERT_STEP, step_rows)
-            if saga_params is not None:
-                _save(conn, saga_params)
-            if messages:
-                conn.executemany(_INSERT_OUTBOX, messages)
-            if complete_inbox is not None:
-                conn.execute(
-                    "UPDATE inbox SET status = 'completed', completed_at = ? "
-                    "WHERE trigger_id = ? AND key = ?",
-                    (now, *complete_inbox),
-                )
-
-        await self._write(save)
+        inbox = None if complete_inbox is None else (now, *complete_inbox)
+        await self._submit(_save_checkpoint, (step_rows, saga_params, messages, inbox))
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
         rows = await self._fetch(
