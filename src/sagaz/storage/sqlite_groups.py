@@ -61,6 +61,8 @@ from sagaz.storage.sqlite_wal import WalFile
 
 __all__ = ["GroupCommitter"]
 
+_IN_CHILD = __import__("os").environ.get("SAGAZ_SQLITE_SYNC_CHILD") == "1"  # experiment
+
 T = TypeVar("T")
 
 Op = Callable[[sqlite3.Connection, Any], Any]
@@ -194,6 +196,8 @@ class GroupCommitter:
                 if task is not None:
                     await asyncio.wait({task})  # not cancelled with the caller
         finally:
+            if self._wal is not None:
+                self._wal.forget()
             closed = self._executor.submit(self._close_connection)  # after the thread's work
             self._executor.shutdown(wait=False)
             self._syncs.shutdown(wait=False)
@@ -254,7 +258,10 @@ class GroupCommitter:
                 failure: BaseException | None = None
                 if self._durable < covered:
                     try:
-                        await self._loop.run_in_executor(self._syncs, self._wal.sync)
+                        if _IN_CHILD:
+                            await self._wal.sync_in_child()
+                        else:
+                            await self._loop.run_in_executor(self._syncs, self._wal.sync)
                     except OSError as exc:
                         failure = self._unsynced(exc)
                     self._durable = covered

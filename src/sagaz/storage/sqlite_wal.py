@@ -30,8 +30,11 @@ is reused, not replaced, so its sync still covers every commit.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
+import subprocess
+import sys
 
 __all__ = ["WalFile", "sync_file"]
 
@@ -46,8 +49,11 @@ class WalFile:
     releases the descriptor.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, path: str = "") -> None:
         self._fd = fd
+        self._path = path
+        self._child: subprocess.Popen[bytes] | None = None
+        self._waiting: asyncio.Future[bytes] | None = None
 
     @classmethod
     def open(cls, conn: sqlite3.Connection) -> WalFile | None:
@@ -62,12 +68,59 @@ class WalFile:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
         fd = os.open(path + "-wal", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         conn.execute("PRAGMA synchronous = NORMAL")
-        return cls(fd)
+        return cls(fd, path + "-wal")
+
+    async def sync_in_child(self) -> None:
+        """:meth:`sync` in a child process: no thread of ours needs the GIL back after it."""
+        loop = asyncio.get_running_loop()
+        if self._child is None:
+            self._child = subprocess.Popen(
+                [sys.executable, "-c", _CHILD, self._path],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                bufsize=0,
+            )
+            assert self._child.stdout is not None
+            os.set_blocking(self._child.stdout.fileno(), False)
+            loop.add_reader(self._child.stdout.fileno(), self._answered)
+        assert self._child.stdin is not None
+        self._waiting = loop.create_future()
+        os.write(self._child.stdin.fileno(), b"s")
+        if await self._waiting != b"k":
+            raise OSError("syncing the WAL failed in the child process")
+
+    def forget(self) -> None:
+        """Stop reading the child's answers (on the loop, before :meth:`close`)."""
+        if self._child is not None and self._child.stdout is not None:
+            asyncio.get_running_loop().remove_reader(self._child.stdout.fileno())
+
+    def _answered(self) -> None:
+        assert self._child is not None and self._child.stdout is not None
+        data = os.read(self._child.stdout.fileno(), 1)
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(data)
 
     def sync(self) -> None:
         """Make every commit written to the WAL so far durable (blocks: call it in a thread)."""
         sync_file(self._fd)
 
     def close(self) -> None:
-        """Close the descriptor."""
+        """Close the descriptor (and end the child)."""
+        if self._child is not None:
+            assert self._child.stdin is not None and self._child.stdout is not None
+            self._child.stdin.close()
+            self._child.wait()
+            self._child.stdout.close()
         os.close(self._fd)
+
+
+_CHILD = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+while os.read(0, 1):
+    try:
+        os.fdatasync(fd)
+        os.write(1, b"k")
+    except OSError:
+        os.write(1, b"e")
+"""
