@@ -192,9 +192,10 @@ class GroupCommitter:
         """Run what is queued, wait for the running group, then close the connection and end
         the thread. Queue nothing after calling it."""
         try:
-            for task in (self._flusher, self._syncer):
-                if task is not None:
-                    await asyncio.wait({task})  # not cancelled with the caller
+            if self._flusher is not None:
+                await asyncio.wait({self._flusher})  # not cancelled with the caller
+            if self._syncer is not None:  # the flusher may have started it
+                await asyncio.wait({self._syncer})
         finally:
             if self._wal is not None:
                 self._wal.forget()
