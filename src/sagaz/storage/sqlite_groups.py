@@ -45,7 +45,6 @@ result is discarded.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import sqlite3
 from collections.abc import Callable
@@ -55,13 +54,10 @@ from typing import Any, TypeVar
 
 from sagaz.clock import utcnow
 from sagaz.exceptions import StoreError, StoreUnavailableError
-from sagaz.storage.group_commit import HandOver, Outcome, settle
+from sagaz.storage.group_commit import Outcome, settle
 from sagaz.storage.sqlite_rows import lasting_text
-from sagaz.storage.sqlite_wal import WalFile
 
 __all__ = ["GroupCommitter"]
-
-_IN_CHILD = __import__("os").environ.get("SAGAZ_SQLITE_SYNC_CHILD") == "1"  # experiment
 
 T = TypeVar("T")
 
@@ -98,7 +94,6 @@ class GroupCommitter:
         conn: sqlite3.Connection,
         *,
         patience_ms: int | None,
-        wal: WalFile | None = None,
         error: Callable[[sqlite3.Error], StoreError],
         label: str,
     ) -> None:
@@ -113,16 +108,6 @@ class GroupCommitter:
         self._flusher: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._moment: tuple[datetime, str] | None = None  # see moment()
-        self._wal = wal
-        self._syncs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sagaz-sqlite-sync")
-        # groups that ran, waiting for the sync of their commit: (commits then, group, outcomes)
-        self._committed: collections.deque[tuple[int, list[_Queued], list[Outcome]]] = (
-            collections.deque()
-        )
-        self._syncer: asyncio.Task[None] | None = None
-        self._commits = 0  # groups that wrote, so far
-        self._durable = 0  # of them, those a sync covered
-        self._handing = HandOver()
 
     @classmethod
     async def open(
@@ -142,18 +127,15 @@ class GroupCommitter:
             conn = await loop.run_in_executor(executor, connect)
             try:
                 patience_ms = None
-                wal = None
                 if _usable_here(conn):
                     patience_ms = await loop.run_in_executor(executor, _prepare, conn)
-                    if patience_ms is not None:
-                        wal = await loop.run_in_executor(executor, WalFile.open, conn)
             except BaseException:
                 await loop.run_in_executor(executor, conn.close)
                 raise
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(executor, conn, patience_ms=patience_ms, wal=wal, error=error, label=label)
+        return cls(executor, conn, patience_ms=patience_ms, error=error, label=label)
 
     # -- the event loop side ---------------------------------------------------------------
     async def run(self, op: Callable[[sqlite3.Connection], T], *, writes: bool = True) -> T:
@@ -191,25 +173,14 @@ class GroupCommitter:
     async def close(self) -> None:
         """Run what is queued, wait for the running group, then close the connection and end
         the thread. Queue nothing after calling it."""
+        flusher = self._flusher
         try:
-            if self._flusher is not None:
-                await asyncio.wait({self._flusher})  # not cancelled with the caller
-            if self._syncer is not None:  # the flusher may have started it
-                await asyncio.wait({self._syncer})
+            if flusher is not None:
+                await asyncio.wait({flusher})  # not cancelled with the caller
         finally:
-            if self._wal is not None:
-                self._wal.forget()
-            closed = self._executor.submit(self._close_connection)  # after the thread's work
+            closed = self._executor.submit(self._conn.close)  # after the thread's work
             self._executor.shutdown(wait=False)
-            self._syncs.shutdown(wait=False)
         await asyncio.wrap_future(closed)
-
-    def _close_connection(self) -> None:
-        try:
-            if self._wal is not None:
-                self._wal.close()
-        finally:
-            self._conn.close()
 
     async def _flush(self) -> None:
         """Run the queued operations, a group at a time, until none is left."""
@@ -236,60 +207,8 @@ class GroupCommitter:
                 settle(queued[3], (None, self._interrupted(exc)))
             self._queue = []
             raise
-        if self._wal is None:
-            for queued, outcome in zip(group, outcomes, strict=True):
-                settle(queued[3], outcome)
-            return
-        if writes:
-            self._commits += 1
-        if not self._committed and self._durable >= self._commits:
-            for queued, outcome in zip(group, outcomes, strict=True):
-                settle(queued[3], outcome)  # reads after durable writes: nothing to wait for
-            return
-        self._committed.append((self._commits, group, outcomes))
-        if self._syncer is None or self._syncer.done():
-            self._syncer = self._loop.create_task(self._sync(), name="sagaz-sqlite-sync")
-
-    async def _sync(self) -> None:
-        """Sync the WAL, and hand the groups it covers their results, until none waits."""
-        assert self._wal is not None
-        try:
-            while self._committed:
-                covered = self._commits  # every commit so far is in the WAL file
-                failure: BaseException | None = None
-                if self._durable < covered:
-                    try:
-                        if _IN_CHILD:
-                            await self._wal.sync_in_child()
-                        else:
-                            await self._loop.run_in_executor(self._syncs, self._wal.sync)
-                    except OSError as exc:
-                        failure = self._unsynced(exc)
-                    self._durable = covered
-                futures: list[asyncio.Future[Any]] = []
-                outcomes: list[Outcome] = []
-                while self._committed and self._committed[0][0] <= covered:
-                    _, group, done = self._committed.popleft()
-                    futures.extend(queued[3] for queued in group)
-                    if failure is None:
-                        outcomes.extend(done)
-                    else:
-                        outcomes.extend((None, failure) for _ in done)
-                await self._handing(futures, outcomes, settle, alone=not self._committed)
-        except BaseException as exc:  # cancelled: the loop is shutting down
-            for _, group, _ in self._committed:
-                for queued in group:
-                    settle(queued[3], (None, self._interrupted(exc)))
-            self._committed.clear()
-            raise
-
-    def _unsynced(self, exc: OSError) -> StoreError:
-        error = StoreUnavailableError(
-            f"{self._label}: syncing the WAL failed ({exc}); the transaction was committed "
-            "but may not survive a power loss"
-        )
-        error.__cause__ = exc
-        return error
+        for queued, outcome in zip(group, outcomes, strict=True):
+            settle(queued[3], outcome)
 
     async def _in_the_thread(self, work: Callable[..., T], *args: Any) -> T:
         self._in_thread = self._executor.submit(work, *args)
