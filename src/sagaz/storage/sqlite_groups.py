@@ -60,6 +60,7 @@ from sagaz.storage.sqlite_rows import lasting_text
 __all__ = ["GroupCommitter"]
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 Op = Callable[[sqlite3.Connection, Any], Any]
 """An operation: runs all its SQL on the connection, given its argument; returns a result."""
@@ -70,7 +71,7 @@ the future its caller awaits (a tuple: one object per call, none for the collect
 beyond it)."""
 
 
-def _call(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], Any]) -> Any:
+def _call(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], T]) -> T:
     """The operation of :meth:`GroupCommitter.run`: ``op(conn)``."""
     return op(conn)
 
@@ -143,7 +144,7 @@ class GroupCommitter:
 
         ``writes=False`` promises that ``op`` only reads (its group may skip the write lock).
         """
-        return await self.submit(_call, op, writes=writes)  # type: ignore[no-any-return]
+        return await self.submit(_call, op, writes=writes)
 
     def moment(self) -> tuple[datetime, str]:
         """The time that stamps the writes of the group now forming, and its
@@ -158,7 +159,9 @@ class GroupCommitter:
             moment = self._moment = (now, lasting_text(now))
         return moment
 
-    def submit(self, op: Op, arg: Any, *, writes: bool = True) -> asyncio.Future[Any]:
+    def submit(
+        self, op: Callable[[sqlite3.Connection, A], T], arg: A, *, writes: bool = True
+    ) -> asyncio.Future[T]:
         """Queue ``op(conn, arg)`` for the next group; return the future of its result, set
         once that group has committed (:meth:`run` without a coroutine or a closure).
 

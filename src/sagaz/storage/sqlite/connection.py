@@ -159,10 +159,13 @@ class SQLiteConnection(SagaStore):
         next group; return its result once that group has committed."""
         return await self._committer().run(op)
 
-    def _submit(self, op: Callable[[sqlite3.Connection, A], T], arg: A) -> asyncio.Future[T]:
+    def _submit(
+        self, op: Callable[[sqlite3.Connection, A], T], arg: A, *, writes: bool = True
+    ) -> asyncio.Future[T]:
         """:meth:`_write` of ``op(conn, arg)``: a module-level function and its argument, no
-        closure (the frequent operations: see :meth:`GroupCommitter.submit`)."""
-        return self._committer().submit(op, arg)
+        closure (the frequent operations: see :meth:`GroupCommitter.submit`); ``writes=False``
+        promises that ``op`` only reads."""
+        return self._committer().submit(op, arg, writes=writes)
 
     def _moment(self) -> tuple[datetime, str]:
         """The time that stamps the writes of the next group, and its text
@@ -171,8 +174,8 @@ class SQLiteConnection(SagaStore):
 
     async def _write_one(self, sql: str, params: Sequence[Any] = ()) -> int:
         """:meth:`_write` one statement; return the number of rows it changed."""
-        return await self._committer().submit(_change_args, (sql, params))  # type: ignore[no-any-return]
+        return await self._submit(_change_args, (sql, params))
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """The rows of one query, read in the next group (after the writes queued before it)."""
-        return await self._committer().submit(_rows_args, (sql, params), writes=False)  # type: ignore[no-any-return]
+        return await self._submit(_rows_args, (sql, params), writes=False)
