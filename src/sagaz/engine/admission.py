@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from sagaz import tracing
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
+from sagaz.engine.admission_batch import admit_batch
 from sagaz.engine.busy_keys import BusyKeys
 from sagaz.engine.candidate import Candidate, identify
 from sagaz.engine.identity import canonical_hash, saga_id_for, storable
@@ -53,7 +54,7 @@ class Admission:
         self._busy = BusyKeys(state, settlement)
         self._not_started = NotStarted(state, settlement)
         #: saga id -> deliveries of the saga queued or running here (see ``_join``)
-        self._in_flight: dict[str, JointDeliveries] = {}
+        self.in_flight: dict[str, JointDeliveries] = {}
 
     async def admit(
         self,
@@ -136,14 +137,33 @@ class Admission:
         """Admit a batch of deliveries of ``trigger`` (a broker poll's records), queued in
         their order; never raises (bar cancellation).
 
-        On a durable store the batch is admitted concurrently, so the inbox claims and
-        pending rows of the whole batch are issued together and a store with group commit
-        coalesces them into a few round trips; each delivery is still queued only after the
-        one before it, so the queue (and thus per-key order) sees the batch's order. On the
-        memory store (no I/O, nothing to coalesce) and for a trigger with listeners (whose
-        ``on_trigger_received`` could suspend before a redelivery within the batch is
-        matched with its first delivery) the deliveries are admitted one after the other.
+        As one batch (:mod:`sagaz.engine.admission_batch`): decoded, identified and joined
+        to the sagas in flight in one loop, their inbox claims and pending rows made with one
+        store call (:meth:`~sagaz.abc.SagaStore.claim_events`), then accepted and queued one
+        after the other, in order. Each delivery gets what :meth:`admit` would give it. Not
+        while the store is down, tracing is on, or for a trigger with listeners (whose
+        ``on_trigger_received`` runs first, per event) or a poll trigger: then each delivery
+        is admitted by :meth:`admit` (:meth:`_admit_each`).
         """
+        if (
+            len(deliveries) < 2
+            or trigger.listeners
+            or trigger.poll_name is not None
+            or not self.accepting
+            or not self.state.outage.available
+            or tracing.recorder() is not None
+        ):
+            return await self._admit_each(trigger, deliveries)
+        return await admit_batch(self, trigger, deliveries)
+
+    async def _admit_each(
+        self, trigger: ActiveTrigger, deliveries: Sequence[Delivery]
+    ) -> list[AdmissionResult]:
+        """:meth:`admit_many` one delivery at a time: on a durable store concurrently, so
+        their claims go out together, each queued only after the one before it; on the
+        memory store (nothing to coalesce) and for a trigger with listeners (whose
+        ``on_trigger_received`` could suspend before a redelivery within the batch is
+        matched with its first delivery) one after the other."""
         if len(deliveries) < 2 or not self.state.store.durable or trigger.listeners:
             return [await self.admit(trigger, delivery) for delivery in deliveries]
         loop = asyncio.get_running_loop()
@@ -198,7 +218,7 @@ class Admission:
                 delivery, lambda: invalid(trigger, delivery, event, error, None)
             )
         saga_id = saga_id_for(trigger.trigger_id, key)
-        joint = self._in_flight.get(saga_id)
+        joint = self.in_flight.get(saga_id)
         if joint is not None:
             # Redelivered (a lost ack, a broker reconnect) or sent twice while its saga is
             # being admitted, queued or running here: the inbox would hand our own claim back
@@ -209,7 +229,7 @@ class Admission:
         # (see JointDeliveries): the delivery itself, not a copy (one object fewer per queued
         # event, which a deep queue promotes to the oldest generation), its ``ack`` and
         # ``nack`` pointed at the JointDeliveries, which keeps the source's and settles it
-        joint = self._in_flight[saga_id] = JointDeliveries(delivery, self._in_flight, saga_id)
+        joint = self.in_flight[saga_id] = JointDeliveries(delivery, self.in_flight, saga_id)
         delivery.ack = delivery.nack = joint
         candidate = Candidate(trigger, delivery, event, key, saga_id, concurrency_key, after)
         try:
@@ -225,16 +245,62 @@ class Admission:
         except asyncio.CancelledError:
             await self.settlement.nack(trigger, delivery)
             raise
-        except StoreUnavailableError as exc:
+        except Exception as exc:
+            return await self.failed(trigger, delivery, exc)
+
+    async def failed(
+        self, trigger: ActiveTrigger, delivery: Delivery, exc: Exception
+    ) -> AdmissionResult:
+        """A claimed delivery whose admission failed: nacked (and reported, unless it is the
+        store that is down); its answer."""
+        if isinstance(exc, StoreUnavailableError):
             self.state.outage.down(exc)
             await self.settlement.nack(trigger, delivery)
             return _STORE_UNAVAILABLE
+        await self.settlement.report(trigger, exc, delivery.payload)
+        await self.settlement.nack(trigger, delivery)
+        return AdmissionResult(
+            AdmissionOutcome.REJECTED, error=f"the event could not be accepted: {exc}"
+        )
+
+    async def settle_claim(
+        self, c: Candidate, lease: datetime, claim: EventClaim
+    ) -> AdmissionResult:
+        """Admit ``c`` from the claim :meth:`~sagaz.abc.SagaStore.claim_events` made for it
+        (``admit_many``), as :meth:`_admit` does from its own."""
+        try:
+            if claim.outcome is ClaimOutcome.DUPLICATE and c.delivery.replay_of is not None:
+                claim = await self._reopen(c, claim, lease)
+            if claim.outcome is ClaimOutcome.BUSY:
+                self._watch_busy(c)
+                return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
+            if claim.outcome is ClaimOutcome.DUPLICATE:
+                return await self._duplicate(c)
+            return await self.accept(c, lease, claim)
+        except asyncio.CancelledError:
+            await self.settlement.nack(c.trigger, c.delivery)
+            raise
         except Exception as exc:
-            await self.settlement.report(trigger, exc, delivery.payload)
-            await self.settlement.nack(trigger, delivery)
-            return AdmissionResult(
-                AdmissionOutcome.REJECTED, error=f"the event could not be accepted: {exc}"
-            )
+            return await self.failed(c.trigger, c.delivery, exc)
+
+    async def claim_each(self, c: Candidate) -> AdmissionResult:
+        """Admit ``c`` with a claim of its own, waiting for the store as :meth:`_admit` does
+        (``admit_many``, once the batch's claim failed)."""
+        try:
+            try:
+                result = await self._claim(c)
+            except StoreUnavailableError as exc:
+                await self._wait_for_store(c.delivery, exc)
+                result = await self._waiting(c.delivery, lambda: self._claim(c))
+            if result is None:
+                self._watch_busy(c)
+                return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
+            return result
+        except asyncio.CancelledError:
+            await self.settlement.nack(c.trigger, c.delivery)
+            raise
+        except Exception as exc:
+            return await self.failed(c.trigger, c.delivery, exc)
 
     async def _claim(self, c: Candidate) -> AdmissionResult | None:
         """Claim the inbox row of ``c`` with its saga's pending row, in one store operation,
@@ -245,12 +311,15 @@ class Admission:
         if claim.outcome is ClaimOutcome.DUPLICATE and c.delivery.replay_of is not None:
             claim = await self._reopen(c, claim, lease)
         if claim.outcome is ClaimOutcome.DUPLICATE:
-            await self.settlement.filtered(c.trigger, c.event, Reason.DUPLICATE)
-            await self.settlement.ack(c.trigger, c.delivery)
-            return AdmissionResult(AdmissionOutcome.DUPLICATE, c.saga_id, Reason.DUPLICATE)
+            return await self._duplicate(c)
         if claim.outcome is ClaimOutcome.BUSY:
             return None
-        return await self._accept(c, lease, claim)
+        return await self.accept(c, lease, claim)
+
+    async def _duplicate(self, c: Candidate) -> AdmissionResult:
+        await self.settlement.filtered(c.trigger, c.event, Reason.DUPLICATE)
+        await self.settlement.ack(c.trigger, c.delivery)
+        return AdmissionResult(AdmissionOutcome.DUPLICATE, c.saga_id, Reason.DUPLICATE)
 
     async def _reopen(self, c: Candidate, claim: EventClaim, lease: datetime) -> EventClaim:
         """Claim the key of a replayed dead letter again: dead-lettering completed its inbox
@@ -286,11 +355,14 @@ class Admission:
             key = ""  # not the key it was claimed with: its inbox row completes lazily
         candidate = Candidate(trigger, delivery, event, key, record.saga_id, concurrency_key)
         claim = EventClaim(ClaimOutcome.TAKEN_OVER, record.saga_id, record.owner, record)
-        await self._accept(candidate, self.state.lease_until(), claim, recovered=True)
+        await self.accept(candidate, self.state.lease_until(), claim, recovered=True)
 
-    async def _accept(
+    async def accept(
         self, c: Candidate, lease: datetime, claim: EventClaim, *, recovered: bool = False
     ) -> AdmissionResult:
+        """Accept ``c``, whose key ``claim`` made ours (``CLAIMED``, ``TAKEN_OVER``): the
+        trigger method, then the queue (``recovered``: past the queue's bound). Raises what
+        the store or the queue raises (the callers nack and report it)."""
         state = self.state
         trigger, delivery, event, key, saga_id = c.trigger, c.delivery, c.event, c.key, c.saga_id
         # a key never claimed before has no saga yet; a taken-over one may be half done

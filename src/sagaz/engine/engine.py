@@ -370,7 +370,8 @@ class TriggerEngine(Lifecycle):
                 f"@trigger(source='memory', channel={channel!r})"
             )
         accepted: list[str] = []
-        caller = tracing.current_context()  # the event continues the caller's trace
+        # the event continues the caller's trace (one look at the gate while tracing is off)
+        caller = None if tracing.recorder() is None else tracing.current_context()
         for active in targets:
             if active.paused:  # an in-process event cannot wait: skipped, and said so
                 await self.settlement.filtered(active, event, Reason.PAUSED)
