@@ -63,6 +63,7 @@ class Admission:
         *,
         after: asyncio.Future[None] | None = None,
         admitted: asyncio.Future[None] | None = None,
+        untraced: bool = False,
     ) -> AdmissionResult:
         """Admit one delivery of ``trigger``; never raises (bar cancellation).
 
@@ -75,45 +76,115 @@ class Admission:
         is unavailable (:mod:`sagaz.engine.store_outage`), a delivery that may wait
         (``Delivery.wait_for_store``: a broker message, whose source stops fetching meanwhile)
         waits for it; the others are answered ``REJECTED`` at once.
+
+        ``untraced``: admit it here, without looking at the store's availability or at
+        tracing (:meth:`_admit_when` did, and calls this within the admission span).
         """
+        if not untraced and (not self.state.outage.available or tracing.recorder() is not None):
+            return await self._admit_when(trigger, delivery, after, admitted)
+        # the usual case, in this one coroutine: the store is available, tracing is off
+        try:
+            state = self.state
+            state.metrics.received[trigger.trigger_id] += 1
+            delivery.meta.trigger = delivery.meta.trigger or trigger.trigger_id
+            undecodable: Exception | None = None
+            try:
+                event = trigger.decoder.decode(delivery)
+            except Exception as exc:
+                event, undecodable = delivery.payload, exc
+            if trigger.listeners:  # the object on_trigger_filtered gets, should it come to that
+                await notify(
+                    trigger.listeners,
+                    "on_trigger_received",
+                    trigger.saga_name,
+                    delivery.meta.source,
+                    event,
+                )
+            if not self.accepting:
+                await self.settlement.nack(trigger, delivery)
+                return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
+            if undecodable is not None:
+                invalid = self._not_started.invalid
+                return await self._waiting(
+                    delivery, lambda: invalid(trigger, delivery, event, undecodable, None)
+                )
+            try:
+                key, concurrency_key = identify(trigger, delivery, event)
+            except Exception as exc:
+                error = exc
+                invalid = self._not_started.invalid
+                return await self._waiting(
+                    delivery, lambda: invalid(trigger, delivery, event, error, None)
+                )
+            saga_id = saga_id_for(trigger.trigger_id, key)
+            joint = self.in_flight.get(saga_id)
+            if joint is not None:
+                # Redelivered (a lost ack, a broker reconnect) or sent twice while its saga is
+                # being admitted, queued or running here: the inbox would hand our own claim back
+                # (TAKEN_OVER) and a second run would repeat the steps. Settle it with that one.
+                joint.join(delivery)
+                return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
+            # settled with the deliveries of the same saga admitted until it is acked or nacked
+            # (see JointDeliveries): the delivery itself, not a copy (one object fewer per queued
+            # event, which a deep queue promotes to the oldest generation), its ``ack`` and
+            # ``nack`` pointed at the JointDeliveries, which keeps the source's and settles it
+            joint = self.in_flight[saga_id] = JointDeliveries(delivery, self.in_flight, saga_id)
+            delivery.ack = delivery.nack = joint
+            candidate = Candidate(trigger, delivery, event, key, saga_id, concurrency_key, after)
+            try:
+                try:  # the claim at once: ``_waiting``'s closure and coroutine only after a failure
+                    result = await self._claim(candidate)
+                except StoreUnavailableError as exc:
+                    await self._wait_for_store(delivery, exc)
+                    result = await self._waiting(delivery, lambda: self._claim(candidate))
+                if result is None:
+                    self._watch_busy(candidate)
+                    return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
+                return result
+            except asyncio.CancelledError:
+                await self.settlement.nack(trigger, delivery)
+                raise
+            except Exception as exc:
+                return await self.failed(trigger, delivery, exc)
+
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return await self.failed(trigger, delivery, exc)
+        finally:  # queued, refused or given up: the next one of the batch may be queued
+            if admitted is not None and not admitted.done():
+                admitted.set_result(None)
+
+    async def _admit_when(
+        self,
+        trigger: ActiveTrigger,
+        delivery: Delivery,
+        after: asyncio.Future[None] | None,
+        admitted: asyncio.Future[None] | None,
+    ) -> AdmissionResult:
+        """:meth:`admit` while the store is unavailable (wait for it, or answer at once) or
+        tracing is on (within the admission span)."""
         outage = self.state.outage
-        spans = tracing.recorder()
         try:
             if not outage.available:
                 if not delivery.wait_for_store:
                     await self.settlement.nack(trigger, delivery)
                     return _STORE_UNAVAILABLE
                 await outage.wait_available(until=self._closing)
+            spans = tracing.recorder()
             if spans is None:
-                return await self._admit(trigger, delivery, after)
-            return await self._traced(spans, trigger, delivery, after)
+                return await self.admit(trigger, delivery, after=after, untraced=True)
+            with spans.admission(trigger.trigger_id, delivery) as span:
+                result = await self.admit(trigger, delivery, after=after, untraced=True)
+                spans.admitted(span, result)
+                return result
         except asyncio.CancelledError:
             raise
-        except StoreUnavailableError as exc:  # a delivery that does not wait for the store
-            outage.down(exc)
-            await self.settlement.nack(trigger, delivery)
-            return _STORE_UNAVAILABLE
         except Exception as exc:
-            await self.settlement.report(trigger, exc, delivery.payload)
-            await self.settlement.nack(trigger, delivery)
-            return AdmissionResult(
-                AdmissionOutcome.REJECTED, error=f"the event could not be accepted: {exc}"
-            )
+            return await self.failed(trigger, delivery, exc)
         finally:  # queued, refused or given up: the next one of the batch may be queued
             if admitted is not None and not admitted.done():
                 admitted.set_result(None)
-
-    async def _traced(
-        self,
-        spans: tracing.SpanRecorder,
-        trigger: ActiveTrigger,
-        delivery: Delivery,
-        after: asyncio.Future[None] | None,
-    ) -> AdmissionResult:
-        with spans.admission(trigger.trigger_id, delivery) as span:
-            result = await self._admit(trigger, delivery, after)
-            spans.admitted(span, result)
-            return result
 
     async def _waiting(self, delivery: Delivery, operation: Callable[[], Awaitable[T]]) -> T:
         """Run ``operation``; while the store is unavailable, a delivery that may wait waits
@@ -179,80 +250,11 @@ class Admission:
             )
         )
 
-    async def _admit(
-        self,
-        trigger: ActiveTrigger,
-        delivery: Delivery,
-        after: asyncio.Future[None] | None = None,
-    ) -> AdmissionResult:
-        state = self.state
-        state.metrics.received[trigger.trigger_id] += 1
-        delivery.meta.trigger = delivery.meta.trigger or trigger.trigger_id
-        undecodable: Exception | None = None
-        try:
-            event = trigger.decoder.decode(delivery)
-        except Exception as exc:
-            event, undecodable = delivery.payload, exc
-        if trigger.listeners:  # the object on_trigger_filtered gets, should it come to that
-            await notify(
-                trigger.listeners,
-                "on_trigger_received",
-                trigger.saga_name,
-                delivery.meta.source,
-                event,
-            )
-        if not self.accepting:
-            await self.settlement.nack(trigger, delivery)
-            return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
-        if undecodable is not None:
-            invalid = self._not_started.invalid
-            return await self._waiting(
-                delivery, lambda: invalid(trigger, delivery, event, undecodable, None)
-            )
-        try:
-            key, concurrency_key = identify(trigger, delivery, event)
-        except Exception as exc:
-            error = exc
-            invalid = self._not_started.invalid
-            return await self._waiting(
-                delivery, lambda: invalid(trigger, delivery, event, error, None)
-            )
-        saga_id = saga_id_for(trigger.trigger_id, key)
-        joint = self.in_flight.get(saga_id)
-        if joint is not None:
-            # Redelivered (a lost ack, a broker reconnect) or sent twice while its saga is
-            # being admitted, queued or running here: the inbox would hand our own claim back
-            # (TAKEN_OVER) and a second run would repeat the steps. Settle it with that one.
-            joint.join(delivery)
-            return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
-        # settled with the deliveries of the same saga admitted until it is acked or nacked
-        # (see JointDeliveries): the delivery itself, not a copy (one object fewer per queued
-        # event, which a deep queue promotes to the oldest generation), its ``ack`` and
-        # ``nack`` pointed at the JointDeliveries, which keeps the source's and settles it
-        joint = self.in_flight[saga_id] = JointDeliveries(delivery, self.in_flight, saga_id)
-        delivery.ack = delivery.nack = joint
-        candidate = Candidate(trigger, delivery, event, key, saga_id, concurrency_key, after)
-        try:
-            try:  # the claim at once: ``_waiting``'s closure and coroutine only after a failure
-                result = await self._claim(candidate)
-            except StoreUnavailableError as exc:
-                await self._wait_for_store(delivery, exc)
-                result = await self._waiting(delivery, lambda: self._claim(candidate))
-            if result is None:
-                self._watch_busy(candidate)
-                return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
-            return result
-        except asyncio.CancelledError:
-            await self.settlement.nack(trigger, delivery)
-            raise
-        except Exception as exc:
-            return await self.failed(trigger, delivery, exc)
-
     async def failed(
         self, trigger: ActiveTrigger, delivery: Delivery, exc: Exception
     ) -> AdmissionResult:
-        """A claimed delivery whose admission failed: nacked (and reported, unless it is the
-        store that is down); its answer."""
+        """A delivery whose admission failed with ``exc``: nacked (and reported, unless it is
+        the store that is down); its answer."""
         if isinstance(exc, StoreUnavailableError):
             self.state.outage.down(exc)
             await self.settlement.nack(trigger, delivery)
