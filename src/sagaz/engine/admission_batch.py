@@ -35,12 +35,41 @@ if TYPE_CHECKING:
 __all__ = ["admit_batch"]
 
 
+#: the most deliveries admitted as one batch on a store without I/O (the memory store): a
+#: poll's records (up to ``max_poll_records``) go through in batches of this size, so that
+#: what a batch holds until it is queued (its candidates, pending rows and claims) stays
+#: small for the garbage collector. A durable store takes the whole poll as one batch, as
+#: ``admit_many`` did before batches (its claims went out together): each batch waits for
+#: its claims' round trip
+CHUNK = 100
+
+
 async def admit_batch(
     admission: Admission, trigger: ActiveTrigger, deliveries: Sequence[Delivery]
 ) -> list[AdmissionResult]:
-    """Admit ``deliveries`` of ``trigger`` as one batch (see the module); one result each,
-    in order. Never raises (bar cancellation, after which the batch's unsettled deliveries
-    are nacked)."""
+    """Admit ``deliveries`` of ``trigger`` as batches (see the module); one result each, in
+    order. Never raises (bar cancellation: then the deliveries claimed and not yet settled
+    are nacked, those not yet admitted are left as they are).
+
+    A durable store takes them as one batch. The memory store takes batches of up to
+    :data:`CHUNK`, and no more than the queue has room for (at least one): with a full
+    queue one at a time, as ``admit_many`` did there before batches, so ``block`` leaves the
+    rest with the source, unclaimed."""
+    if admission.state.store.durable:
+        return await _admit_chunk(admission, trigger, deliveries)
+    queue, total = admission.state.queue, len(deliveries)
+    results: list[AdmissionResult] = []
+    start = 0
+    while start < total:
+        size = min(CHUNK, max(1, queue.room))
+        results += await _admit_chunk(admission, trigger, deliveries[start : start + size])
+        start += size
+    return results
+
+
+async def _admit_chunk(
+    admission: Admission, trigger: ActiveTrigger, deliveries: Sequence[Delivery]
+) -> list[AdmissionResult]:
     state = admission.state
     trigger_id = trigger.trigger_id
     decode = trigger.decoder.decode
