@@ -41,7 +41,7 @@ __all__ = ["admit_batch"]
 #: small for the garbage collector. A durable store takes the whole poll as one batch, as
 #: ``admit_many`` did before batches (its claims went out together): each batch waits for
 #: its claims' round trip
-CHUNK = 100
+CHUNK = 30
 
 
 async def admit_batch(
