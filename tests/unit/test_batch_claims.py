@@ -4,8 +4,11 @@ that fails is made again per event, waiting for the store."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
+
+import pytest
 
 from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
 from sagaz.engine.engine import TriggerEngine
@@ -107,3 +110,43 @@ async def test_a_batch_claim_that_fails_is_made_again_per_event_once_the_store_i
     assert store.batch_claims == [6]
     assert store.single_claims == 6  # each again, alone: three of them taken over (ours)
     assert sorted(started) == list(range(6))  # one run each
+
+
+class StuckClaims(MemorySagaStore):
+    """Its batch claims never answer (a store that hangs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claiming = asyncio.Event()
+
+    async def claim_events(
+        self, trigger_id: str, claims: Sequence[tuple[str, SagaRecord]]
+    ) -> list[EventClaim]:
+        self.claiming.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answers")
+
+
+async def test_a_batch_cancelled_while_claiming_hands_every_delivery_back() -> None:
+    nacks: list[Any] = []
+    batch_saga([])
+    store = StuckClaims()
+    async with TriggerEngine(TriggerConfig(), store) as engine:
+        active = engine.triggers["batched.on_event"]
+        batch = deliveries([{"n": n} for n in range(3)], [])
+        for delivery in batch:
+
+            async def nack(requeue: bool, payload: Any = delivery.payload) -> None:
+                nacks.append((payload["n"], requeue))
+
+            delivery.nack = nack
+        admitting = asyncio.ensure_future(engine.admission.admit_many(active, batch))
+        async with asyncio.timeout(10):  # the batch's claim is under way
+            await store.claiming.wait()
+        admitting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await admitting
+        await eventually(lambda: len(nacks) == 3)
+        assert sorted(nacks) == [(0, True), (1, True), (2, True)]
+        # nothing of them stays in flight: a redelivery is admitted afresh
+        assert engine.admission.in_flight == {}
