@@ -12,6 +12,8 @@ events of both, subtracts a process that only warms up, and divides by ``--event
 the same code agree within about 1,000 instructions per event. Instructions are not time,
 but on this interpreter-bound path they follow it (300,000 ≈ 130 µs on the 2-core machine of
 ``README.md``). ``--no-gc``: with the garbage collector off, to see its share.
+``--batch N`` also counts sagaz admitting the same events in batches of ``N`` through
+``admit_many`` (what a Kafka partition's poll hands to the engine), without ``fire()``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,30 @@ WARM_UP = 300
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
-async def _child(events: int, which: str) -> None:
+async def _batches(events: int, size: int) -> None:
+    """``pipeline.py``'s sagaz run, its events admitted ``size`` at a time (``admit_many``)."""
+    import pipeline
+
+    from sagaz import TriggerConfig
+    from sagaz.engine.engine import TriggerEngine
+    from sagaz.events import Delivery, EventMeta
+    from sagaz.storage.memory import MemorySagaStore
+
+    config = TriggerConfig(queue_size=1000, max_concurrent_sagas=pipeline.WORKERS)
+    async with TriggerEngine(config, MemorySagaStore()) as engine:
+        assert engine.admission is not None
+        [active] = engine.triggers.values()
+        tid = active.trigger_id
+        for start in range(0, events, size):
+            batch = [
+                Delivery({"id": i}, EventMeta("memory", tid, None, "bench"), "", decoded=True)
+                for i in range(start, min(events, start + size))
+            ]
+            await engine.admission.admit_many(active, batch)
+        await pipeline._wait_completed(engine, events)
+
+
+async def _child(events: int, which: str, batch: int) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     import pipeline
 
@@ -40,9 +65,11 @@ async def _child(events: int, which: str) -> None:
         await pipeline.sagaz_throughput(events)
     elif which == "loop":
         await pipeline.raw_throughput(events, run_saga=True)
+    elif which == "batch":
+        await _batches(events, batch)
 
 
-def _start(events: int, which: str, collector: bool) -> subprocess.Popen[str]:
+def _start(events: int, which: str, collector: bool, batch: int) -> subprocess.Popen[str]:
     command = [
         "valgrind",
         "--tool=cachegrind",
@@ -54,6 +81,8 @@ def _start(events: int, which: str, collector: bool) -> subprocess.Popen[str]:
         which,
         "--events",
         str(events),
+        "--batch",
+        str(batch),
     ]
     if not collector:
         command.append("--no-gc")
@@ -69,29 +98,32 @@ def _instructions(process: subprocess.Popen[str]) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-def main(events: int, collector: bool) -> None:
+def main(events: int, collector: bool, batch: int) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
-    runs = {
-        name: _start(events if name != "base" else 0, name, collector)
-        for name in ("base", "sagaz", "loop")
-    }
+    names = ("base", "sagaz", "loop", "batch") if batch else ("base", "sagaz", "loop")
+    runs = {name: _start(events if name != "base" else 0, name, collector, batch) for name in names}
     counts = {name: _instructions(process) for name, process in runs.items()}
-    per = {name: (counts[name] - counts["base"]) / events for name in ("sagaz", "loop")}
+    per = {name: (counts[name] - counts["base"]) / events for name in names[1:]}
     print(f"events: {events}, collector {'on' if collector else 'off'}")
     print(f"instructions per event: saga loop {per['loop']:,.0f}, sagaz {per['sagaz']:,.0f}")
     print(f"saga loop / sagaz: {per['loop'] / per['sagaz']:.1%}")
+    if batch:
+        print(f"sagaz in batches of {batch} (admit_many): {per['batch']:,.0f}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--no-gc", action="store_true", help="the garbage collector off")
-    parser.add_argument("--child", choices=("base", "sagaz", "loop"), help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=0, help="also admit_many in batches of N")
+    parser.add_argument(
+        "--child", choices=("base", "sagaz", "loop", "batch"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         if args.no_gc:
             gc.disable()
-        asyncio.run(_child(args.events, args.child))
+        asyncio.run(_child(args.events, args.child, args.batch))
     else:
-        main(args.events, not args.no_gc)
+        main(args.events, not args.no_gc, args.batch)

@@ -141,6 +141,21 @@ async def test_records_become_deliveries_in_offset_order_and_their_acks_settle_o
     assert (list(state.outstanding), state.done) == ([7, 8, 9], {8, 9})
 
 
+async def test_a_records_ack_settles_its_offset_when_called_without_a_coroutine() -> None:
+    """The ack is settled by the call itself (what it returns is already done), so a
+    saga's settlement costs no coroutine per record."""
+    state = PartitionState(tp=TopicPartition("orders", 0))
+    state.track([FullRecord(0, None, b"a", ()), FullRecord(1, None, b"b", ())], received_at=None)
+    first, second = take_deliveries(Settled(state), "Shop.on_order", state, 2)
+    answer = first.ack()
+    assert state.commit_offset == 1  # settled before anything awaited it
+    assert not asyncio.iscoroutine(answer)
+    await answer
+    settling = second.nack(True)  # left for redelivery: nothing settled, nothing to run
+    await settling
+    assert state.commit_offset == 1
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -50,6 +50,10 @@ ARGUMENTS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "add_saga_request": ((SagaControlRequest("s-1", SagaAction.CANCEL),), {}),
     "claim_cron_tick": (("t", NOW, "me"), {}),
     "claim_event": (("t", "k", dataclasses.replace(SAGA, owner="me", lease_expires_at=NOW)), {}),
+    "claim_events": (
+        ("t", [("k", dataclasses.replace(SAGA, owner="me", lease_expires_at=NOW))]),
+        {},
+    ),
     "claim_inbox": (("t", "k", "s-1", "me", NOW), {}),
     "claim_saga": (("s-1", "me", NOW), {}),
     "complete_inbox": (("t", "k"), {}),

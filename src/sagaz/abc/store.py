@@ -5,6 +5,7 @@ Every store passes the same suite in ``tests/contract/test_store_contract.py``.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
@@ -199,6 +200,30 @@ class SagaStore(Lifecycle, ABC):
             return EventClaim(claim.outcome, claim.saga_id, claim.owner)
         saga, created = await self.create_saga(record)
         return EventClaim(claim.outcome, claim.saga_id, claim.owner, saga, created)
+
+    async def claim_events(
+        self, trigger_id: str, claims: Sequence[tuple[str, SagaRecord]]
+    ) -> list[EventClaim]:
+        """:meth:`claim_event` for several ``(key, record)`` of one trigger (a broker poll's
+        records, distinct sagas): one answer each, in order. Admission's batch form.
+
+        Each claim is its own operation, as with :meth:`claim_event`; once one failed, the
+        others may have been made or not (admission then claims each again: a key claimed by
+        us is ``TAKEN_OVER``, its pending row kept). Raises only after every claim has
+        returned or failed. This default issues the :meth:`claim_event` calls together, so a
+        store with group commit makes them in a few round trips; a store overrides it to make
+        them in one step (the memory store does).
+        """
+        answers = await asyncio.gather(
+            *(self.claim_event(trigger_id, key, record) for key, record in claims),
+            return_exceptions=True,
+        )
+        made: list[EventClaim] = []
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+            made.append(answer)
+        return made
 
     @abstractmethod
     async def complete_inbox(self, trigger_id: str, key: str) -> None:

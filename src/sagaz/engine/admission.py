@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from sagaz import tracing
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
+from sagaz.engine.admission_batch import admit_batch
 from sagaz.engine.busy_keys import BusyKeys
 from sagaz.engine.candidate import Candidate, identify
 from sagaz.engine.identity import canonical_hash, saga_id_for, storable
@@ -53,7 +54,7 @@ class Admission:
         self._busy = BusyKeys(state, settlement)
         self._not_started = NotStarted(state, settlement)
         #: saga id -> deliveries of the saga queued or running here (see ``_join``)
-        self._in_flight: dict[str, JointDeliveries] = {}
+        self.in_flight: dict[str, JointDeliveries] = {}
 
     async def admit(
         self,
@@ -62,6 +63,7 @@ class Admission:
         *,
         after: asyncio.Future[None] | None = None,
         admitted: asyncio.Future[None] | None = None,
+        untraced: bool = False,
     ) -> AdmissionResult:
         """Admit one delivery of ``trigger``; never raises (bar cancellation).
 
@@ -74,45 +76,115 @@ class Admission:
         is unavailable (:mod:`sagaz.engine.store_outage`), a delivery that may wait
         (``Delivery.wait_for_store``: a broker message, whose source stops fetching meanwhile)
         waits for it; the others are answered ``REJECTED`` at once.
+
+        ``untraced``: admit it here, without looking at the store's availability or at
+        tracing (:meth:`_admit_when` did, and calls this within the admission span).
         """
+        if not untraced and (not self.state.outage.available or tracing.recorder() is not None):
+            return await self._admit_when(trigger, delivery, after, admitted)
+        # the usual case, in this one coroutine: the store is available, tracing is off
+        try:
+            state = self.state
+            state.metrics.received[trigger.trigger_id] += 1
+            delivery.meta.trigger = delivery.meta.trigger or trigger.trigger_id
+            undecodable: Exception | None = None
+            try:
+                event = trigger.decoder.decode(delivery)
+            except Exception as exc:
+                event, undecodable = delivery.payload, exc
+            if trigger.listeners:  # the object on_trigger_filtered gets, should it come to that
+                await notify(
+                    trigger.listeners,
+                    "on_trigger_received",
+                    trigger.saga_name,
+                    delivery.meta.source,
+                    event,
+                )
+            if not self.accepting:
+                await self.settlement.nack(trigger, delivery)
+                return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
+            if undecodable is not None:
+                invalid = self._not_started.invalid
+                return await self._waiting(
+                    delivery, lambda: invalid(trigger, delivery, event, undecodable, None)
+                )
+            try:
+                key, concurrency_key = identify(trigger, delivery, event)
+            except Exception as exc:
+                error = exc
+                invalid = self._not_started.invalid
+                return await self._waiting(
+                    delivery, lambda: invalid(trigger, delivery, event, error, None)
+                )
+            saga_id = saga_id_for(trigger.trigger_id, key)
+            joint = self.in_flight.get(saga_id)
+            if joint is not None:
+                # Redelivered (a lost ack, a broker reconnect) or sent twice while its saga is
+                # being admitted, queued or running here: the inbox would hand our own claim back
+                # (TAKEN_OVER) and a second run would repeat the steps. Settle it with that one.
+                joint.join(delivery)
+                return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
+            # settled with the deliveries of the same saga admitted until it is acked or nacked
+            # (see JointDeliveries): the delivery itself, not a copy (one object fewer per queued
+            # event, which a deep queue promotes to the oldest generation), its ``ack`` and
+            # ``nack`` pointed at the JointDeliveries, which keeps the source's and settles it
+            joint = self.in_flight[saga_id] = JointDeliveries(delivery, self.in_flight, saga_id)
+            delivery.ack = delivery.nack = joint
+            candidate = Candidate(trigger, delivery, event, key, saga_id, concurrency_key, after)
+            try:
+                try:  # the claim at once: ``_waiting``'s closure and coroutine only after a failure
+                    result = await self._claim(candidate)
+                except StoreUnavailableError as exc:
+                    await self._wait_for_store(delivery, exc)
+                    result = await self._waiting(delivery, lambda: self._claim(candidate))
+                if result is None:
+                    self._watch_busy(candidate)
+                    return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
+                return result
+            except asyncio.CancelledError:
+                await self.settlement.nack(trigger, delivery)
+                raise
+            except Exception as exc:
+                return await self.failed(trigger, delivery, exc)
+
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return await self.failed(trigger, delivery, exc)
+        finally:  # queued, refused or given up: the next one of the batch may be queued
+            if admitted is not None and not admitted.done():
+                admitted.set_result(None)
+
+    async def _admit_when(
+        self,
+        trigger: ActiveTrigger,
+        delivery: Delivery,
+        after: asyncio.Future[None] | None,
+        admitted: asyncio.Future[None] | None,
+    ) -> AdmissionResult:
+        """:meth:`admit` while the store is unavailable (wait for it, or answer at once) or
+        tracing is on (within the admission span)."""
         outage = self.state.outage
-        spans = tracing.recorder()
         try:
             if not outage.available:
                 if not delivery.wait_for_store:
                     await self.settlement.nack(trigger, delivery)
                     return _STORE_UNAVAILABLE
                 await outage.wait_available(until=self._closing)
+            spans = tracing.recorder()
             if spans is None:
-                return await self._admit(trigger, delivery, after)
-            return await self._traced(spans, trigger, delivery, after)
+                return await self.admit(trigger, delivery, after=after, untraced=True)
+            with spans.admission(trigger.trigger_id, delivery) as span:
+                result = await self.admit(trigger, delivery, after=after, untraced=True)
+                spans.admitted(span, result)
+                return result
         except asyncio.CancelledError:
             raise
-        except StoreUnavailableError as exc:  # a delivery that does not wait for the store
-            outage.down(exc)
-            await self.settlement.nack(trigger, delivery)
-            return _STORE_UNAVAILABLE
         except Exception as exc:
-            await self.settlement.report(trigger, exc, delivery.payload)
-            await self.settlement.nack(trigger, delivery)
-            return AdmissionResult(
-                AdmissionOutcome.REJECTED, error=f"the event could not be accepted: {exc}"
-            )
+            return await self.failed(trigger, delivery, exc)
         finally:  # queued, refused or given up: the next one of the batch may be queued
             if admitted is not None and not admitted.done():
                 admitted.set_result(None)
-
-    async def _traced(
-        self,
-        spans: tracing.SpanRecorder,
-        trigger: ActiveTrigger,
-        delivery: Delivery,
-        after: asyncio.Future[None] | None,
-    ) -> AdmissionResult:
-        with spans.admission(trigger.trigger_id, delivery) as span:
-            result = await self._admit(trigger, delivery, after)
-            spans.admitted(span, result)
-            return result
 
     async def _waiting(self, delivery: Delivery, operation: Callable[[], Awaitable[T]]) -> T:
         """Run ``operation``; while the store is unavailable, a delivery that may wait waits
@@ -136,14 +208,33 @@ class Admission:
         """Admit a batch of deliveries of ``trigger`` (a broker poll's records), queued in
         their order; never raises (bar cancellation).
 
-        On a durable store the batch is admitted concurrently, so the inbox claims and
-        pending rows of the whole batch are issued together and a store with group commit
-        coalesces them into a few round trips; each delivery is still queued only after the
-        one before it, so the queue (and thus per-key order) sees the batch's order. On the
-        memory store (no I/O, nothing to coalesce) and for a trigger with listeners (whose
-        ``on_trigger_received`` could suspend before a redelivery within the batch is
-        matched with its first delivery) the deliveries are admitted one after the other.
+        As one batch (:mod:`sagaz.engine.admission_batch`): decoded, identified and joined
+        to the sagas in flight in one loop, their inbox claims and pending rows made with one
+        store call (:meth:`~sagaz.abc.SagaStore.claim_events`), then accepted and queued one
+        after the other, in order. Each delivery gets what :meth:`admit` would give it. Not
+        while the store is down, tracing is on, or for a trigger with listeners (whose
+        ``on_trigger_received`` runs first, per event) or a poll trigger: then each delivery
+        is admitted by :meth:`admit` (:meth:`_admit_each`).
         """
+        if (
+            len(deliveries) < 2
+            or trigger.listeners
+            or trigger.poll_name is not None
+            or not self.accepting
+            or not self.state.outage.available
+            or tracing.recorder() is not None
+        ):
+            return await self._admit_each(trigger, deliveries)
+        return await admit_batch(self, trigger, deliveries)
+
+    async def _admit_each(
+        self, trigger: ActiveTrigger, deliveries: Sequence[Delivery]
+    ) -> list[AdmissionResult]:
+        """:meth:`admit_many` one delivery at a time: on a durable store concurrently, so
+        their claims go out together, each queued only after the one before it; on the
+        memory store (nothing to coalesce) and for a trigger with listeners (whose
+        ``on_trigger_received`` could suspend before a redelivery within the batch is
+        matched with its first delivery) one after the other."""
         if len(deliveries) < 2 or not self.state.store.durable or trigger.listeners:
             return [await self.admit(trigger, delivery) for delivery in deliveries]
         loop = asyncio.get_running_loop()
@@ -159,82 +250,59 @@ class Admission:
             )
         )
 
-    async def _admit(
-        self,
-        trigger: ActiveTrigger,
-        delivery: Delivery,
-        after: asyncio.Future[None] | None = None,
+    async def failed(
+        self, trigger: ActiveTrigger, delivery: Delivery, exc: Exception
     ) -> AdmissionResult:
-        state = self.state
-        state.metrics.received[trigger.trigger_id] += 1
-        delivery.meta.trigger = delivery.meta.trigger or trigger.trigger_id
-        undecodable: Exception | None = None
-        try:
-            event = trigger.decoder.decode(delivery)
-        except Exception as exc:
-            event, undecodable = delivery.payload, exc
-        if trigger.listeners:  # the object on_trigger_filtered gets, should it come to that
-            await notify(
-                trigger.listeners,
-                "on_trigger_received",
-                trigger.saga_name,
-                delivery.meta.source,
-                event,
-            )
-        if not self.accepting:
-            await self.settlement.nack(trigger, delivery)
-            return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
-        if undecodable is not None:
-            invalid = self._not_started.invalid
-            return await self._waiting(
-                delivery, lambda: invalid(trigger, delivery, event, undecodable, None)
-            )
-        try:
-            key, concurrency_key = identify(trigger, delivery, event)
-        except Exception as exc:
-            error = exc
-            invalid = self._not_started.invalid
-            return await self._waiting(
-                delivery, lambda: invalid(trigger, delivery, event, error, None)
-            )
-        saga_id = saga_id_for(trigger.trigger_id, key)
-        joint = self._in_flight.get(saga_id)
-        if joint is not None:
-            # Redelivered (a lost ack, a broker reconnect) or sent twice while its saga is
-            # being admitted, queued or running here: the inbox would hand our own claim back
-            # (TAKEN_OVER) and a second run would repeat the steps. Settle it with that one.
-            joint.join(delivery)
-            return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
-        # settled with the deliveries of the same saga admitted until it is acked or nacked
-        # (see JointDeliveries): the delivery itself, not a copy (one object fewer per queued
-        # event, which a deep queue promotes to the oldest generation), its ``ack`` and
-        # ``nack`` pointed at the JointDeliveries, which keeps the source's and settles it
-        joint = self._in_flight[saga_id] = JointDeliveries(delivery, self._in_flight, saga_id)
-        delivery.ack = delivery.nack = joint
-        candidate = Candidate(trigger, delivery, event, key, saga_id, concurrency_key, after)
-        try:
-            try:  # the claim at once: ``_waiting``'s closure and coroutine only after a failure
-                result = await self._claim(candidate)
-            except StoreUnavailableError as exc:
-                await self._wait_for_store(delivery, exc)
-                result = await self._waiting(delivery, lambda: self._claim(candidate))
-            if result is None:
-                self._watch_busy(candidate)
-                return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
-            return result
-        except asyncio.CancelledError:
-            await self.settlement.nack(trigger, delivery)
-            raise
-        except StoreUnavailableError as exc:
+        """A delivery whose admission failed with ``exc``: nacked (and reported, unless it is
+        the store that is down); its answer."""
+        if isinstance(exc, StoreUnavailableError):
             self.state.outage.down(exc)
             await self.settlement.nack(trigger, delivery)
             return _STORE_UNAVAILABLE
+        await self.settlement.report(trigger, exc, delivery.payload)
+        await self.settlement.nack(trigger, delivery)
+        return AdmissionResult(
+            AdmissionOutcome.REJECTED, error=f"the event could not be accepted: {exc}"
+        )
+
+    async def settle_claim(
+        self, c: Candidate, lease: datetime, claim: EventClaim
+    ) -> AdmissionResult:
+        """Admit ``c`` from the claim :meth:`~sagaz.abc.SagaStore.claim_events` made for it
+        (``admit_many``), as :meth:`_admit` does from its own."""
+        try:
+            if claim.outcome is ClaimOutcome.DUPLICATE and c.delivery.replay_of is not None:
+                claim = await self._reopen(c, claim, lease)
+            if claim.outcome is ClaimOutcome.BUSY:
+                self._watch_busy(c)
+                return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
+            if claim.outcome is ClaimOutcome.DUPLICATE:
+                return await self._duplicate(c)
+            return await self.accept(c, lease, claim)
+        except asyncio.CancelledError:
+            await self.settlement.nack(c.trigger, c.delivery)
+            raise
         except Exception as exc:
-            await self.settlement.report(trigger, exc, delivery.payload)
-            await self.settlement.nack(trigger, delivery)
-            return AdmissionResult(
-                AdmissionOutcome.REJECTED, error=f"the event could not be accepted: {exc}"
-            )
+            return await self.failed(c.trigger, c.delivery, exc)
+
+    async def claim_each(self, c: Candidate) -> AdmissionResult:
+        """Admit ``c`` with a claim of its own, waiting for the store as :meth:`_admit` does
+        (``admit_many``, once the batch's claim failed)."""
+        try:
+            try:
+                result = await self._claim(c)
+            except StoreUnavailableError as exc:
+                await self._wait_for_store(c.delivery, exc)
+                result = await self._waiting(c.delivery, lambda: self._claim(c))
+            if result is None:
+                self._watch_busy(c)
+                return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
+            return result
+        except asyncio.CancelledError:
+            await self.settlement.nack(c.trigger, c.delivery)
+            raise
+        except Exception as exc:
+            return await self.failed(c.trigger, c.delivery, exc)
 
     async def _claim(self, c: Candidate) -> AdmissionResult | None:
         """Claim the inbox row of ``c`` with its saga's pending row, in one store operation,
@@ -245,12 +313,15 @@ class Admission:
         if claim.outcome is ClaimOutcome.DUPLICATE and c.delivery.replay_of is not None:
             claim = await self._reopen(c, claim, lease)
         if claim.outcome is ClaimOutcome.DUPLICATE:
-            await self.settlement.filtered(c.trigger, c.event, Reason.DUPLICATE)
-            await self.settlement.ack(c.trigger, c.delivery)
-            return AdmissionResult(AdmissionOutcome.DUPLICATE, c.saga_id, Reason.DUPLICATE)
+            return await self._duplicate(c)
         if claim.outcome is ClaimOutcome.BUSY:
             return None
-        return await self._accept(c, lease, claim)
+        return await self.accept(c, lease, claim)
+
+    async def _duplicate(self, c: Candidate) -> AdmissionResult:
+        await self.settlement.filtered(c.trigger, c.event, Reason.DUPLICATE)
+        await self.settlement.ack(c.trigger, c.delivery)
+        return AdmissionResult(AdmissionOutcome.DUPLICATE, c.saga_id, Reason.DUPLICATE)
 
     async def _reopen(self, c: Candidate, claim: EventClaim, lease: datetime) -> EventClaim:
         """Claim the key of a replayed dead letter again: dead-lettering completed its inbox
@@ -286,11 +357,14 @@ class Admission:
             key = ""  # not the key it was claimed with: its inbox row completes lazily
         candidate = Candidate(trigger, delivery, event, key, record.saga_id, concurrency_key)
         claim = EventClaim(ClaimOutcome.TAKEN_OVER, record.saga_id, record.owner, record)
-        await self._accept(candidate, self.state.lease_until(), claim, recovered=True)
+        await self.accept(candidate, self.state.lease_until(), claim, recovered=True)
 
-    async def _accept(
+    async def accept(
         self, c: Candidate, lease: datetime, claim: EventClaim, *, recovered: bool = False
     ) -> AdmissionResult:
+        """Accept ``c``, whose key ``claim`` made ours (``CLAIMED``, ``TAKEN_OVER``): the
+        trigger method, then the queue (``recovered``: past the queue's bound). Raises what
+        the store or the queue raises (the callers nack and report it)."""
         state = self.state
         trigger, delivery, event, key, saga_id = c.trigger, c.delivery, c.event, c.key, c.saga_id
         # a key never claimed before has no saga yet; a taken-over one may be half done

@@ -120,6 +120,12 @@ class BackpressureQueue:
         self._add(item)
         return _ACCEPTED if evicted is None else PutResult(True, evicted)
 
+    @property
+    def room(self) -> int:
+        """Places free in the buffer now (what a batch of admissions may fill without
+        meeting the strategy)."""
+        return max(0, self.capacity - len(self._buffered))
+
     def offer(self, item: WorkItem) -> bool:
         """Buffer ``item`` if there is room now (``False``: full, :meth:`put` applies the
         strategy): what nearly every admission does, without a coroutine."""

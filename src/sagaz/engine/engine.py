@@ -370,7 +370,11 @@ class TriggerEngine(Lifecycle):
                 f"@trigger(source='memory', channel={channel!r})"
             )
         accepted: list[str] = []
-        caller = tracing.current_context()  # the event continues the caller's trace
+        # the event continues the caller's trace; while tracing is off and the store is up,
+        # admission need not look at either again (one look at the gate per event)
+        untraced = tracing.recorder() is None
+        caller = None if untraced else tracing.current_context()
+        admit, outage = self.admission.admit, self.admission.state.outage
         for active in targets:
             if active.paused:  # an in-process event cannot wait: skipped, and said so
                 await self.settlement.filtered(active, event, Reason.PAUSED)
@@ -383,7 +387,7 @@ class TriggerEngine(Lifecycle):
                 decoded=True,
                 trace_context=caller,
             )
-            result = await self.admission.admit(active, delivery)
+            result = await admit(active, delivery, untraced=untraced and outage.available)
             if result.outcome is AdmissionOutcome.ACCEPTED and result.saga_id:
                 accepted.append(result.saga_id)
         return accepted

@@ -38,12 +38,6 @@ class JointDeliveries:
         self.saga_id = saga_id
         self.settled = False
 
-    def _forget(self) -> bool:
-        if self.in_flight.get(self.saga_id) is self:
-            del self.in_flight[self.saga_id]
-        settled, self.settled = self.settled, True
-        return not settled
-
     def __call__(self, requeue: bool | None = None) -> Awaitable[None]:
         """:meth:`ack` when called without an argument, :meth:`nack` with one.
 
@@ -54,8 +48,12 @@ class JointDeliveries:
 
         Not a coroutine of its own (once per event): in the usual case, that no redelivery
         joined the first delivery, the source's own ack or nack, for the caller to await."""
-        if not self._forget():
+        # forget it (inline: once per event): a later delivery of the key meets the inbox
+        if self.settled:
             return _settled()
+        self.settled = True
+        if self.in_flight.get(self.saga_id) is self:
+            del self.in_flight[self.saga_id]
         if requeue is None:
             if self.more is None:
                 return self.first_ack()

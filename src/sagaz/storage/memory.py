@@ -259,12 +259,23 @@ class MemorySagaStore(MemoryRetention, SagaStore):
     async def claim_event(self, trigger_id: str, key: str, record: SagaRecord) -> EventClaim:
         """The contract's claim and pending row, made at once (nothing else runs between
         them on the event loop), at one moment: admission's, once per event."""
+        return self._claim_event(trigger_id, key, record, utcnow())
+
+    async def claim_events(
+        self, trigger_id: str, claims: Sequence[tuple[str, SagaRecord]]
+    ) -> list[EventClaim]:
+        """:meth:`claim_event` for each, in one step at one moment (a broker poll's batch)."""
+        now = utcnow()
+        return [self._claim_event(trigger_id, key, record, now) for key, record in claims]
+
+    def _claim_event(
+        self, trigger_id: str, key: str, record: SagaRecord, now: datetime
+    ) -> EventClaim:
         owner, lease = record.owner, record.lease_expires_at
         if owner is None or lease is None:
             raise ValueError(
                 "claim_event: the record needs an owner and a lease_expires_at (the claim's)"
             )
-        now = utcnow()
         outcome, saga_id, claim_owner = self._claim(
             trigger_id, key, record.saga_id, owner, lease, now
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Generator, Iterable
 from typing import Any
 
 from sagaz._aio import wait_event
@@ -128,8 +128,23 @@ class RecordSettler:
         self.source, self.partition, self.offset = source, partition, offset
         self.settled = False
 
-    async def __call__(self, requeue: bool = False) -> None:
+    def __call__(self, requeue: bool = False) -> Awaitable[None]:
+        """Settle the record at once; the answer is already done (no coroutine per ack)."""
         if not self.settled:
             self.settled = True
             if not requeue:  # nack(requeue=True) leaves the offset uncommitted
                 self.source._settle(self.partition, self.offset)
+        return _DONE
+
+
+class _Done:
+    """An awaitable that is already done: what every :class:`RecordSettler` call answers."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator that returns at once
+
+
+_DONE = _Done()

@@ -6,7 +6,8 @@ statement, :mod:`sagaz.storage.postgres.group_statement` writes both in it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -69,6 +70,35 @@ class PostgresEventClaims(PostgresSagas, PostgresInbox):
             self._claim_event_op, item, batch=(self._claim_events_runner, item, rows)
         )
         return claim
+
+    @translates_unavailable
+    async def claim_events(
+        self, trigger_id: str, claims: Sequence[tuple[str, SagaRecord]]
+    ) -> list[EventClaim]:
+        """:meth:`claim_event` for each, queued at once at one moment: the group committer
+        makes them in its next groups (as many concurrent ``claim_event`` calls), without a
+        coroutine or a task per claim."""
+        now = utcnow()
+        items: list[EventItem] = []
+        for key, record in claims:
+            owner, lease = record.owner, record.lease_expires_at
+            if owner is None or lease is None:
+                return await super().claim_events(trigger_id, claims)  # says what is missing
+            params = mapping.saga_params(record, record.created_at or now, now)
+            claim_args = (trigger_id, key, record.saga_id, owner, to_utc(lease), now)
+            items.append(EventItem(claim_args, params, record, now))
+        run, op, runner = self._committer().run, self._claim_event_op, self._claim_events_runner
+        waiting: list[asyncio.Future[EventClaim]] = []
+        for item in items:  # queued only once every record is known to be complete
+            rows = (("inbox", trigger_id, item.claim_args[1]), ("saga", item.record.saga_id))
+            waiting.append(run(op, item, batch=(runner, item, rows)))
+        answers = await asyncio.gather(*waiting, return_exceptions=True)
+        made: list[EventClaim] = []
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+            made.append(answer)
+        return made
 
     # bound once: a new bound method per claim would be one more object in flight for the
     # cyclic collector (equal to ``self._claim_events``: the group statement compares them)
