@@ -14,12 +14,13 @@ from sagaz.clock import utcnow
 from sagaz.exceptions import SchemaOutdatedError
 from sagaz.records import ClaimOutcome, SagaRecord, SchemaVersions, StepRecord
 from sagaz.storage import sqlite_schema as tables
-from sagaz.storage.sqlite import SQLiteSagaStore
+from sagaz.storage.sqlite import SQLiteSagaStore, retention, sagas
 from sagaz.types import SagaStatus, StepStatus
 from tests.contract.store_backends import from_now
 
 _OLD = "2026-01-01T00:00:00.000000+00:00"
 _LEASE = "2999-01-01T00:00:00.000000+00:00"  # a live lease
+_STEP_KEY = "SEARCH saga_steps USING PRIMARY KEY (saga_seq=? AND saga_id=?)"
 
 
 def _rows(path: Path, sql: str) -> list[tuple[object, ...]]:
@@ -173,3 +174,29 @@ async def test_steps_saved_before_their_saga_row_give_way_to_later_saves(tmp_pat
         assert await store.purge_sagas(from_now()) == 1  # s2, with both of its steps
         assert await store.get_steps("s1") == await store.get_steps("s2") == []
     assert _rows(path, "SELECT saga_id FROM saga_steps") == []
+
+
+@pytest.mark.parametrize(
+    ("sql", "count", "search"),
+    [
+        (sagas._INSERT_STEP, 9, "saga_executions USING COVERING INDEX sqlite_autoindex"),
+        (f"SELECT * FROM saga_steps WHERE {tables.STEPS_OF}", 1, _STEP_KEY),
+        (sagas._DELETE_STEPS, 1, _STEP_KEY),
+        (retention._STEPS_OF_SAGAS[0].format(marks="?, ?"), 2, "saga_steps USING PRIMARY KEY"),
+        (retention._STEPS_OF_SAGAS[1].format(marks="?, ?"), 2, _STEP_KEY),
+        (sagas._COMPLETE_INBOX, 3, "inbox USING INDEX inbox_by_key (trigger_id=? AND key=?)"),
+    ],
+    ids=["save_step", "get_steps", "reset_steps", "purge_steps", "purge_keyless", "inbox"],
+)
+def test_steps_and_inbox_rows_are_found_by_their_keys(
+    tmp_path: Path, sql: str, count: int, search: str
+) -> None:
+    path = str(tmp_path / "plans.db")
+    conn = tables.open_database(path, 5_000, url=f"sqlite:///{path}")
+    try:
+        rows = conn.execute(f"EXPLAIN QUERY PLAN {sql}", (None,) * count).fetchall()
+    finally:
+        conn.close()
+    plan = "\n".join(row[3] for row in rows)
+    assert search in plan, plan
+    assert "SCAN" not in plan, plan
