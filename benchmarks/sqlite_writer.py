@@ -17,9 +17,11 @@ per transaction as the group committer coalesces them under load, and reads:
   checkpoint every 1000 pages is not in these figures).
 
 The keys of a saga (its id, its inbox key) are random, as ``saga_id_for`` makes them: each
-saga writes to its own leaf page of every index keyed by them. ``--sequential-keys`` makes them
-ascending instead, to show what that costs (not something the store can choose: the inbox key
-is the event's, the saga id a hash of it).
+saga writes to its own leaf page of every index keyed by them (since schema 9 those are the
+saga id's index and the inbox key's, at the claim only: the steps are keyed by the saga row's
+``seq``, the inbox rows by their arrival). ``--sequential-keys`` makes them ascending instead,
+to show what that costs (not something the store can choose: the inbox key is the event's,
+the saga id a hash of it).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ __all__ = [
     "dead_letter_from_row",
     "execution_from_row",
     "lasting_text",
+    "latest_steps",
     "optional_moment",
     "optional_text",
     "outbox_from_row",
@@ -119,6 +120,17 @@ def step_from_row(row: Iterable[Any]) -> StepRecord:
         compensation_error=comp_error,
         updated_at=from_text(updated),
     )
+
+
+def latest_steps(rows: Iterable[Any]) -> list[StepRecord]:
+    """Rows of ``saga_seq`` and :data:`STEP_COLUMNS` (one saga's, ``saga_seq`` ascending) as
+    records, one per name: a row keyed by its saga row's ``seq`` is newer than one keyed by 0,
+    written while the saga had no row (see :data:`sagaz.storage.sqlite_schema.STEPS_OF`)."""
+    latest: dict[str, StepRecord] = {}
+    for row in rows:
+        step = step_from_row(row[1:])
+        latest[step.name] = step
+    return list(latest.values())
 
 
 def outbox_from_row(row: Iterable[Any]) -> OutboxMessage:

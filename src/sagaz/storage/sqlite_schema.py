@@ -4,7 +4,12 @@ file is opened (how its rows map to records: :mod:`sagaz.storage.sqlite_rows`).
 Timestamps are fixed-width ISO text in UTC (see :func:`sagaz.storage.codec.to_text`), so they
 compare and sort as text; JSON columns hold :func:`sagaz.storage.codec.dumps` text.
 A migration is a version number and the statements that bring the schema to it. Append new
-migrations; never edit a released one.
+migrations; never edit a released one (the tables a migration creates again are constants
+named for it, such as ``_STEPS_TABLE_9``).
+
+Since schema 9 the rows written together share B-tree leaves whatever their keys (saga ids
+are hashes, event keys often random): a saga's steps are keyed by its row's ``seq``
+(:data:`STEPS_OF`), the inbox is a rowid table with its key as a unique index.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ __all__ = [
     "RARE_WHERE",
     "SAGA_COLUMNS",
     "SCHEMA_VERSION",
+    "STEPS_OF",
     "STEP_COLUMNS",
     "TERMINAL_SQL",
     "TERMINAL_WHERE",
@@ -62,6 +68,38 @@ TERMINAL_WHERE = _any_status(TERMINAL_SAGA_STATUSES)
 """The terminal statuses, as :data:`ACTIVE_WHERE`."""
 RARE_WHERE = _any_status(set(SagaStatus) - COMMON_SAGA_STATUSES)
 """The statuses other than :data:`COMMON_SAGA_STATUSES`, as :data:`ACTIVE_WHERE`."""
+
+_STEPS_TABLE_9 = """CREATE TABLE saga_steps (
+    saga_seq INTEGER NOT NULL DEFAULT 0,
+    saga_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL,
+    completed_seq INTEGER,
+    compensation_error TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (saga_seq, saga_id, name)
+) WITHOUT ROWID"""
+_INBOX_COLUMNS_9 = "trigger_id, key, saga_id, owner, lease_until, status, created_at, completed_at"
+_INBOX_TABLE_9 = """CREATE TABLE inbox (
+    id INTEGER PRIMARY KEY,
+    trigger_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    saga_id TEXT NOT NULL,
+    owner TEXT,
+    lease_until TEXT,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    completed_at TEXT
+)"""
+
+STEPS_OF = "saga_seq IN (0, (SELECT seq FROM saga_executions WHERE saga_id = ?1)) AND saga_id = ?1"
+"""The rows of saga ``?1``'s steps since schema 9 (a ``WHERE`` clause): a step of a saga that
+has a row is keyed by that row's ``seq``, one written while its saga had no row by 0 (a saga
+row made later leaves those where they are: where a name has both, the one keyed by the
+``seq`` is the newer, see :func:`sagaz.storage.sqlite_rows.latest_steps`)."""
 
 MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
     (
@@ -281,6 +319,29 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             f"WHERE event IS NOT NULL AND {TERMINAL_WHERE}",
             "CREATE INDEX saga_executions_finished ON saga_executions (updated_at) "
             f"WHERE {TERMINAL_WHERE}",
+        ),
+    ),
+    (
+        9,
+        (
+            # keys in arrival order (random keys put every saga's rows in leaves of their
+            # own, one 4 KiB WAL frame each per commit). A saga's steps are keyed by its
+            # row's seq (0 while it has none, see STEPS_OF); the inbox is a rowid table,
+            # its key a unique index: completing a row no longer rewrites the key's leaf
+            "ALTER TABLE saga_steps RENAME TO saga_steps_8",
+            _STEPS_TABLE_9,
+            f"INSERT INTO saga_steps (saga_seq, {STEP_COLUMNS}) SELECT COALESCE(("
+            "SELECT e.seq FROM saga_executions AS e WHERE e.saga_id = s.saga_id), 0), "
+            f"{', '.join(f's.{c}' for c in STEP_COLUMNS.split(', '))} FROM saga_steps_8 AS s",
+            "DROP TABLE saga_steps_8",
+            "ALTER TABLE inbox RENAME TO inbox_8",
+            _INBOX_TABLE_9,
+            f"INSERT INTO inbox ({_INBOX_COLUMNS_9}) SELECT {_INBOX_COLUMNS_9} FROM inbox_8 "
+            "ORDER BY created_at",
+            "DROP TABLE inbox_8",
+            "CREATE UNIQUE INDEX inbox_by_key ON inbox (trigger_id, key)",
+            "CREATE INDEX inbox_pending_by_owner ON inbox (owner) WHERE status = 'pending'",
+            "CREATE INDEX inbox_completed ON inbox (completed_at) WHERE status = 'completed'",
         ),
     ),
 ]

@@ -15,6 +15,7 @@ from sagaz.records import (
     SagaHistoryRecord,
 )
 from sagaz.storage import sqlite_rows as mapping
+from sagaz.storage import sqlite_schema as tables
 from sagaz.storage.codec import from_text, to_text
 from sagaz.storage.sqlite.connection import (
     _IN_CHUNK,
@@ -37,7 +38,7 @@ class SQLiteControl(SQLiteConnection):
                 chunk = wanted[start : start + _IN_CHUNK]
                 _change(
                     conn,
-                    f"DELETE FROM saga_steps WHERE saga_id = ? "
+                    f"DELETE FROM saga_steps WHERE {tables.STEPS_OF} "
                     f"AND name IN ({mapping.placeholders(len(chunk))})",
                     (saga_id, *chunk),
                 )

@@ -35,7 +35,12 @@ _CLEAR_EVENTS = (
     "FROM saga_executions INDEXED BY saga_executions_stored_events "
     f"WHERE event IS NOT NULL AND {tables.TERMINAL_WHERE} AND updated_at < ? LIMIT ?)"
 )
-_OF_SAGAS = ("saga_steps", "saga_history", "outbox", "saga_executions")
+_OF_SAGAS = ("saga_history", "outbox", "saga_executions")  # after their steps:
+_STEPS_OF_SAGAS = (  # keyed by their saga row's seq, or by 0 (sqlite_schema.STEPS_OF)
+    "DELETE FROM saga_steps WHERE saga_seq IN "
+    "(SELECT seq FROM saga_executions WHERE saga_id IN ({marks}))",
+    "DELETE FROM saga_steps WHERE saga_seq = 0 AND saga_id IN ({marks})",
+)
 _PURGE_BATCH = 1000
 """Rows of each kind ``purge_expired`` deletes per write (one short transaction)."""
 
@@ -54,13 +59,13 @@ class SQLiteRetention(SQLiteConnection):
             return [
                 _change(
                     conn,
-                    "DELETE FROM inbox WHERE (trigger_id, key) IN (SELECT trigger_id, key "
+                    "DELETE FROM inbox WHERE id IN (SELECT id "
                     "FROM inbox WHERE status = 'completed' AND completed_at < ? LIMIT ?)",
                     (cutoff, batch),
                 ),
                 _change(  # abandoned: pending, its lease long expired, its event never back
                     conn,
-                    "DELETE FROM inbox WHERE (trigger_id, key) IN (SELECT trigger_id, key "
+                    "DELETE FROM inbox WHERE id IN (SELECT id "
                     "FROM inbox WHERE status = 'pending' AND lease_until < ? LIMIT ?)",
                     (cutoff, batch),
                 ),
@@ -113,6 +118,8 @@ class SQLiteRetention(SQLiteConnection):
             for start in range(0, len(doomed), 500):  # under SQLite's bound-parameter limit
                 chunk = doomed[start : start + 500]
                 marks = placeholders(len(chunk))
+                for steps in _STEPS_OF_SAGAS:
+                    conn.execute(steps.format(marks=marks), chunk)
                 for table in _OF_SAGAS:
                     conn.execute(f"DELETE FROM {table} WHERE saga_id IN ({marks})", chunk)
             return len(doomed)

@@ -49,9 +49,13 @@ _UPDATE_SAGA = (  # the same values as _UPSERT_SAGA's (?11, created_at, is not s
 
 _CREATE_SAGA = f"{_INSERT_SAGA} ON CONFLICT (saga_id) DO NOTHING"
 
-_INSERT_STEP = (
-    f"INSERT OR REPLACE INTO saga_steps ({tables.STEP_COLUMNS}) VALUES ({mapping.placeholders(9)})"
+_INSERT_STEP = (  # keyed by its saga row's seq, in arrival order (schema 9: STEPS_OF)
+    f"INSERT OR REPLACE INTO saga_steps (saga_seq, {tables.STEP_COLUMNS}) VALUES (COALESCE(("
+    "SELECT seq FROM saga_executions WHERE saga_id = ?1), 0), "
+    f"{', '.join(f'?{n}' for n in range(1, 10))})"
 )
+
+_DELETE_STEPS = f"DELETE FROM saga_steps WHERE {tables.STEPS_OF}"
 
 _RECOVERABLE = (  # oldest first: saga_executions_active in order
     f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions WHERE {tables.ACTIVE_WHERE} "
@@ -205,7 +209,7 @@ class SQLiteSagas(SQLiteConnection):
 
     async def delete_saga(self, saga_id: str) -> None:
         def delete(conn: sqlite3.Connection) -> None:
-            _change(conn, "DELETE FROM saga_steps WHERE saga_id = ?", (saga_id,))
+            _change(conn, _DELETE_STEPS, (saga_id,))
             _change(conn, "DELETE FROM saga_executions WHERE saga_id = ?", (saga_id,))
 
         await self._write(delete)
@@ -257,9 +261,11 @@ class SQLiteSagas(SQLiteConnection):
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
         rows = await self._fetch(
-            f"SELECT {tables.STEP_COLUMNS} FROM saga_steps WHERE saga_id = ?", (saga_id,)
+            f"SELECT saga_seq, {tables.STEP_COLUMNS} FROM saga_steps WHERE {tables.STEPS_OF} "
+            "ORDER BY saga_seq",
+            (saga_id,),
         )
-        return [mapping.step_from_row(row) for row in rows]
+        return mapping.latest_steps(rows)
 
     async def reset_steps(self, saga_id: str) -> None:
-        await self._write_one("DELETE FROM saga_steps WHERE saga_id = ?", (saga_id,))
+        await self._write_one(_DELETE_STEPS, (saga_id,))
