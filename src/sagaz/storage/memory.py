@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
+from sagaz.exceptions import LeaseLostError
 from sagaz.records import (
     ClaimOutcome,
     DeadLetterRecord,
@@ -97,10 +98,21 @@ class MemorySagaStore(MemoryRetention, SagaStore):
         return record, True  # the caller's own object: the store keeps its private copy
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
+        self._fence(record)
         messages = [_clone(m) for m in outbox]
         now = utcnow()
         self._sagas[record.saga_id] = self._saga_row(record, now)
         self._append_outbox(messages, now)
+
+    def _fence(self, record: SagaRecord) -> None:
+        """Raise :class:`LeaseLostError` if another owner holds the stored row (the
+        contract's fencing)."""
+        owner = record.owner
+        if owner is None:
+            return
+        row = self._sagas.get(record.saga_id)
+        if row is not None and row[_S_OWNER] is not None and row[_S_OWNER] != owner:
+            raise LeaseLostError(record.saga_id, owner)
 
     def _saga_row(self, record: SagaRecord, now: datetime) -> tuple[Any, ...]:
         """``record`` as its row, written ``now`` (created when first written)."""
@@ -199,6 +211,8 @@ class MemorySagaStore(MemoryRetention, SagaStore):
         complete_inbox: tuple[str, str] | None = None,
     ) -> None:
         """All or nothing: every row is copied before any is stored (see the contract)."""
+        if saga is not None:
+            self._fence(saga)
         messages: Sequence[OutboxMessage] = ()
         if outbox:
             check_checkpoint(saga, steps, outbox)
