@@ -108,6 +108,19 @@ async def test_an_owner_whose_lease_expired_writes_while_no_one_took_over(
     assert stored is not None and stored.status is SagaStatus.FAILED
 
 
+async def test_a_new_attempt_by_another_worker_supersedes_the_old_one(store: SagaStore) -> None:
+    """A retry or a replayed dead letter runs the saga again as its next attempt, wherever
+    it runs: that write is not fenced, and the old attempt's owner is fenced out by it."""
+    await _running_saga_of_a(store, lease=60)  # a's lease is live
+    await store.save_saga(saga_record("s1", status=SagaStatus.COMPENSATED, owner="a"))
+    again = saga_record("s1", status=SagaStatus.RUNNING, owner="b", attempt=2)
+    await store.save_checkpoint(again, [StepRecord("s1", "reserve", StepStatus.RUNNING)])
+    stored = await store.get_saga("s1")
+    assert stored is not None and (stored.owner, stored.attempt) == ("b", 2)
+    with pytest.raises(LeaseLostError):  # a's retry, late: attempt 2 is b's
+        await store.save_saga(saga_record("s1", status=SagaStatus.RUNNING, owner="a", attempt=2))
+
+
 async def test_fenced_and_unfenced_checkpoints_of_one_group_keep_their_own_answers(
     backend: Backend,
 ) -> None:

@@ -43,8 +43,10 @@ class SagaStore(Lifecycle, ABC):
     **Fencing.** A saga row names its owner, the worker running it. A write of a saga row
     (:meth:`save_saga`, and :meth:`save_checkpoint` with a ``saga``) is *fenced* by the
     written record's ``owner``: it applies only when the stored row has no owner, the
-    record has none, or both are the same worker. Otherwise another worker took the saga
-    over (:meth:`claim_saga` after the lease expired), and the write, with everything
+    record has none, both are the same worker, or the record is a later ``attempt`` than
+    the stored row's (a retry, a replayed dead letter, an operator's resume: a new attempt
+    supersedes the old one). Otherwise another worker took the saga over (its admission's
+    or recovery's :meth:`claim_saga` after the lease expired), and the write, with everything
     written with it (steps, outbox messages, the inbox row's completion), is not applied:
     the store raises :class:`~sagaz.exceptions.LeaseLostError`. The check and the write are
     one atomic operation (a conditional upsert, a Lua script), never read-then-write.

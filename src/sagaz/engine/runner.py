@@ -116,13 +116,6 @@ class SagaRunner:
             known = await self._taken_over(item, known)
         elif item.created:
             known = item.pending_row(state.worker_id)
-        store = state.store
-        if (  # a retry or a replay writes the saga anew: only while no other worker holds it
-            new_attempt
-            and not await store.claim_saga(item.saga_id, state.worker_id, state.lease_until())
-            and await store.get_saga(item.saga_id) is not None
-        ):
-            raise LeaseLostError(item.saga_id, state.worker_id)
         trigger = item.trigger
         cancellations = state.cancellations
         cancellation = cancellations.track(item.saga_id)

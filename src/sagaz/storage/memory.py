@@ -41,6 +41,7 @@ _S_STATUS = _SAGA.index["status"]
 _S_NAME = _SAGA.index["saga_name"]
 _S_TRIGGER = _SAGA.index["trigger_id"]
 _S_OWNER = _SAGA.index["owner"]
+_S_ATTEMPT = _SAGA.index["attempt"]
 _S_LEASE = _SAGA.index["lease_expires_at"]
 _S_CREATED = _SAGA.index["created_at"]
 _S_UPDATED = _SAGA.index["updated_at"]
@@ -111,7 +112,12 @@ class MemorySagaStore(MemoryRetention, SagaStore):
         if owner is None:
             return
         row = self._sagas.get(record.saga_id)
-        if row is not None and row[_S_OWNER] is not None and row[_S_OWNER] != owner:
+        if (
+            row is not None
+            and row[_S_OWNER] is not None
+            and row[_S_OWNER] != owner
+            and record.attempt <= row[_S_ATTEMPT]
+        ):
             raise LeaseLostError(record.saga_id, owner)
 
     def _saga_row(self, record: SagaRecord, now: datetime) -> tuple[Any, ...]:

@@ -27,7 +27,7 @@ SAVE_SAGA = (
 -- error, trigger_id, event, owner, lease), context, attempt, error, trigger_id, event, lease
 -- (each '' when absent: the hash loses that field), then (saga_id, JSON) of each outbox row
 -- written with it. Returns 1 when written; 0 when not: 'create' of an existing saga, or
--- 'save' of a saga another owner holds (fenced: the store's contract)
+-- 'save' of a saga another owner holds, unless as a new attempt (fenced: the contract)
 local function is_terminal(s) return """
     + _IS_TERMINAL
     + """ end
@@ -35,9 +35,12 @@ local key, p, id = KEYS[1], ARGV[1], ARGV[3]
 local name, status, terminal = ARGV[4], ARGV[5], ARGV[6] == '1'
 local owner, present = ARGV[9], ARGV[10]
 local has_event = string.sub(present, 3, 3) == '1'
-local old = redis.call('HMGET', key, 'seq', 'status', 'saga_name', 'owner')
+local old = redis.call('HMGET', key, 'seq', 'status', 'saga_name', 'owner', 'attempt')
 local seq = old[1]
-if seq and old[4] and owner ~= '' and old[4] ~= owner and ARGV[2] == 'save' then return 0 end
+if seq and old[4] and owner ~= '' and old[4] ~= owner and ARGV[2] == 'save'
+   and tonumber(ARGV[12]) <= tonumber(old[5] or '0') then
+  return 0
+end
 local fields = {'updated_at', ARGV[8], 'saga_id', id, 'saga_name', name, 'status', status,
                 'context', ARGV[11], 'attempt', ARGV[12]}
 -- an active saga (stored with a status that is not terminal) is in sagas-active and in the

@@ -43,7 +43,8 @@ _SAGA_CONFLICT = (
     "updated_at = EXCLUDED.updated_at "
     # fenced (see the contract): a row another owner took over is not written
     "WHERE saga_executions.owner IS NULL OR EXCLUDED.owner IS NULL "
-    "OR saga_executions.owner = EXCLUDED.owner"
+    "OR saga_executions.owner = EXCLUDED.owner "
+    "OR saga_executions.attempt < EXCLUDED.attempt"
 )
 
 _INBOX_CONFLICT = (

@@ -40,13 +40,15 @@ _UPSERT_SAGA = (
     "trigger_id = excluded.trigger_id, event = excluded.event, "
     "owner = excluded.owner, lease_expires_at = excluded.lease_expires_at, "
     "updated_at = excluded.updated_at WHERE saga_executions.owner IS NULL "
-    "OR excluded.owner IS NULL OR saga_executions.owner = excluded.owner"
+    "OR excluded.owner IS NULL OR saga_executions.owner = excluded.owner "
+    "OR saga_executions.attempt < excluded.attempt"
 )
 
 _UPDATE_SAGA = (  # the same values as _UPSERT_SAGA's (?11, created_at, is not set)
     "UPDATE saga_executions SET saga_name = ?2, status = ?3, context = ?4, attempt = ?5, "
     "error = ?6, trigger_id = ?7, event = ?8, owner = ?9, lease_expires_at = ?10, "
-    "updated_at = ?12 WHERE saga_id = ?1 AND (owner IS NULL OR ?9 IS NULL OR owner = ?9)"
+    "updated_at = ?12 WHERE saga_id = ?1 "
+    "AND (owner IS NULL OR ?9 IS NULL OR owner = ?9 OR attempt < ?5)"
 )
 
 _CREATE_SAGA = f"{_INSERT_SAGA} ON CONFLICT (saga_id) DO NOTHING"
