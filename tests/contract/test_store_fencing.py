@@ -257,3 +257,72 @@ async def test_a_worker_that_lost_its_lease_in_a_step_does_not_complete_the_saga
     saga = await store_b.get_saga(saga_id)
     assert saga is not None
     assert (saga.status, saga.owner) == (SagaStatus.COMPLETED, "b")
+
+
+async def test_a_saga_its_old_owner_completed_during_a_takeover_is_settled_not_run_again(
+    backend: Backend,
+) -> None:
+    """Worker ``b`` takes a pending event over; before its claim of the saga is through,
+    the old owner ``a`` (only late, not dead) completes the saga. ``b``'s run starts from
+    the row as stored then: completed, so it settles the event and runs no step."""
+    broker, gate, runs = SharedBroker(), asyncio.Event(), Counter[str]()
+
+    class LateOwner(Saga):
+        saga_name = "late-owner"
+
+        @trigger(source="custom", trigger=broker)
+        async def on_order(self, event: dict[str, Any]) -> dict[str, Any]:
+            runs["method"] += 1
+            if runs["method"] == 1:  # a's admission waits here, its pending row stored
+                await gate.wait()
+            return {"order": event["order"]}
+
+        @action("charge")
+        async def charge(self, ctx: SagaContext) -> None:
+            runs["charge"] += 1
+
+    store_a, store_b = await backend.open(), await backend.open()
+    _no_renewals(store_a)
+    claiming, claim_gate = asyncio.Event(), asyncio.Event()
+    claim_saga = store_b.claim_saga
+
+    async def slow_claim_saga(saga_id: str, owner: str, lease_until: Any) -> bool:
+        claiming.set()
+        await claim_gate.wait()
+        return await claim_saga(saga_id, owner, lease_until)
+
+    store_b.claim_saga = slow_claim_saga  # type: ignore[method-assign]
+    config_a = TriggerConfig(worker_id="a", lease_seconds=0.5)
+    config_b = TriggerConfig(worker_id="b", lease_seconds=30)
+    async with TriggerEngine(config_a, store_a):
+        await eventually(lambda: len(broker.emits) == 1, what="a consuming")
+        admit_a = asyncio.create_task(broker.emits[0](broker.delivery("a")))
+        await eventually(lambda: runs["method"] == 1, what="a in the trigger method")
+        [pending] = await store_b.list_sagas()
+        await _expired(pending.lease_expires_at)
+        async with TriggerEngine(config_b, store_b):
+            await eventually(lambda: len(broker.emits) == 2, what="b consuming")
+            admit_b = asyncio.create_task(broker.emits[1](broker.delivery("b")))
+            await asyncio.wait_for(claiming.wait(), 10)  # b took the key over
+            gate.set()  # a goes on, and completes the saga
+            await eventually(lambda: broker.acked["a"] == 1, what="a's run settled")
+            assert (await admit_a).outcome is AdmissionOutcome.ACCEPTED
+            completed = await store_b.get_saga(pending.saga_id)
+            assert completed is not None and completed.status is SagaStatus.COMPLETED
+            await _expired(completed.lease_expires_at)  # b's claim of the saga goes through
+            claim_gate.set()
+            assert (await admit_b).outcome is AdmissionOutcome.ACCEPTED
+            await eventually(
+                lambda: broker.acked["b"] + broker.nacked["b"] == 1, what="b's run ended"
+            )
+    assert broker.acked["b"] == 1  # settled: the saga is done
+    assert runs == Counter({"method": 2, "charge": 1})  # charge ran once, in a's run
+    saga = await store_b.get_saga(pending.saga_id)
+    assert saga is not None and saga.status is SagaStatus.COMPLETED
+
+
+async def _expired(lease: Any) -> None:
+    """Wait until the lease deadline ``lease`` is past."""
+    assert lease is not None
+    deadline = lease + timedelta(seconds=0.05)
+    await eventually(lambda: utcnow() > deadline, what="the lease expired", within=10)
