@@ -99,32 +99,28 @@ class MemorySagaStore(MemoryRetention, SagaStore):
         return record, True  # the caller's own object: the store keeps its private copy
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
-        self._fence(record)
-        messages = [_clone(m) for m in outbox]
         now = utcnow()
-        self._sagas[record.saga_id] = self._saga_row(record, now)
+        row = self._saga_row(record, now)
+        messages = [_clone(m) for m in outbox]
+        self._sagas[record.saga_id] = row
         self._append_outbox(messages, now)
 
-    def _fence(self, record: SagaRecord) -> None:
-        """Raise :class:`LeaseLostError` if another owner holds the stored row (the
-        contract's fencing)."""
-        owner = record.owner
-        if owner is None:
-            return
-        row = self._sagas.get(record.saga_id)
+    def _saga_row(self, record: SagaRecord, now: datetime) -> tuple[Any, ...]:
+        """``record`` as its row, written ``now`` (created when first written); raises
+        :class:`LeaseLostError` when another owner holds the stored row (fenced: see the
+        contract)."""
+        previous = self._sagas.get(record.saga_id)
+        if previous is None:
+            return _SAGA.stamped(record, record.created_at or now, now)
+        owner, stored_owner = record.owner, previous[_S_OWNER]
         if (
-            row is not None
-            and row[_S_OWNER] is not None
-            and row[_S_OWNER] != owner
-            and record.attempt <= row[_S_ATTEMPT]
+            owner != stored_owner
+            and owner is not None
+            and stored_owner is not None
+            and record.attempt <= previous[_S_ATTEMPT]
         ):
             raise LeaseLostError(record.saga_id, owner)
-
-    def _saga_row(self, record: SagaRecord, now: datetime) -> tuple[Any, ...]:
-        """``record`` as its row, written ``now`` (created when first written)."""
-        previous = self._sagas.get(record.saga_id)
-        created = previous[_S_CREATED] if previous else (record.created_at or now)
-        return _SAGA.stamped(record, created, now)
+        return _SAGA.stamped(record, previous[_S_CREATED], now)
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         row = self._sagas.get(saga_id)
@@ -217,8 +213,6 @@ class MemorySagaStore(MemoryRetention, SagaStore):
         complete_inbox: tuple[str, str] | None = None,
     ) -> None:
         """All or nothing: every row is copied before any is stored (see the contract)."""
-        if saga is not None:
-            self._fence(saga)
         messages: Sequence[OutboxMessage] = ()
         if outbox:
             check_checkpoint(saga, steps, outbox)
