@@ -148,7 +148,7 @@ class SagaRunner:
         finally:
             cancellations.untrack(item.saga_id)
 
-    async def _taken_over(self, item: WorkItem, pending: SagaRecord) -> SagaRecord | None:
+    async def _taken_over(self, item: WorkItem, pending: SagaRecord) -> SagaRecord:
         """The row to start ``item``'s saga from: admission's ``pending`` row unless the
         saga moved on in the store since admission took it over (its old owner went on
         until the takeover): then the row as stored now."""
