@@ -11,6 +11,7 @@ __all__ = [
     "ConfigurationError",
     "DeadLetterReplayError",
     "InvalidEventError",
+    "LeaseLostError",
     "MissingExtraError",
     "SagaCancelledError",
     "SagaControlError",
@@ -110,6 +111,25 @@ class StoreUnavailableError(StoreError, ConnectionError):
     Every store raises this one type for such a failure, whatever its driver raised (that
     error is the ``__cause__``). The trigger engine pauses intake while it sees it, retries
     with a :class:`~sagaz.backoff.Backoff` and resumes by itself."""
+
+
+class LeaseLostError(StoreError):
+    """A write of a saga's state by a worker that no longer owns the saga: another worker
+    took it over (its lease had expired: the worker was stopped, or too busy to renew it),
+    so the write was not applied, nor anything written with it (steps, outbox messages,
+    the inbox row's completion). The saga goes on with its new owner, which settles its
+    event; the engine stops its own run of it without acking. Not a failure of the saga.
+
+    ``saga_id`` is the saga, ``owner`` the worker whose write was refused."""
+
+    def __init__(self, saga_id: str, owner: str | None) -> None:
+        self.saga_id = saga_id
+        self.owner = owner
+        super().__init__(
+            f"saga {saga_id!r} is no longer owned by worker {owner!r}: another worker took "
+            "it over after its lease expired, and this write was not applied (raise "
+            "lease_seconds if live workers lose their leases)"
+        )
 
 
 class DeadLetterReplayError(SagazError, ValueError):

@@ -107,8 +107,10 @@ async def test_a_saga_is_in_the_indexes_of_its_state_through_every_change(redis_
             await store.save_checkpoint(record(SagaStatus.RUNNING), [step])
             assert await indexes() == active_w1 | {"sagas-status:running"}
 
-            # another worker took it over, under another name
-            await store.save_saga(record(SagaStatus.RUNNING, owner="w2", saga_name="orders2"))
+            # another worker runs it, as its next attempt (else fenced), under another name
+            await store.save_saga(
+                record(SagaStatus.RUNNING, owner="w2", saga_name="orders2", attempt=2)
+            )
             assert await indexes() == {
                 "sagas",
                 "sagas-active",

@@ -40,6 +40,18 @@ class SagaStore(Lifecycle, ABC):
     a current one, and refuses one at an older version with
     :class:`~sagaz.exceptions.SchemaOutdatedError`: migrations run only when asked, through
     :meth:`upgrade_schema` (``sagaz db upgrade``).
+
+    **Fencing.** A saga row names its owner, the worker running it. A write of a saga row
+    (:meth:`save_saga`, and :meth:`save_checkpoint` with a ``saga``) is *fenced* by the
+    written record's ``owner``: it applies only when the stored row has no owner, the
+    record has none, both are the same worker, or the record is a later ``attempt`` than
+    the stored row's (a retry, a replayed dead letter, an operator's resume: a new attempt
+    supersedes the old one). Otherwise another worker took the saga over (its admission's
+    or recovery's :meth:`claim_saga` after the lease expired), and the write, with everything
+    written with it (steps, outbox messages, the inbox row's completion), is not applied:
+    the store raises :class:`~sagaz.exceptions.LeaseLostError`. The check and the write are
+    one atomic operation (a conditional upsert, a Lua script), never read-then-write.
+    A worker's own writes still apply after its lease expired while no one took the saga.
     """
 
     #: False for stores that lose everything on exit (``MemorySagaStore``)
@@ -73,7 +85,11 @@ class SagaStore(Lifecycle, ABC):
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         """Insert or overwrite the saga row (status, context, error, attempt, lease);
         ``outbox`` messages (the events of a terminal state) are written in the same
-        transaction."""
+        transaction.
+
+        Fenced by ``record.owner`` (see the class): raises
+        :class:`~sagaz.exceptions.LeaseLostError`, writing nothing, when another worker owns
+        the stored row."""
 
     @abstractmethod
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
@@ -144,6 +160,12 @@ class SagaStore(Lifecycle, ABC):
         makes the same writes one call after another in the order above, so a crash between
         two of them leaves a state the saga resumes from (a step checkpoint ahead of its saga
         row, or a terminal saga whose inbox row is still pending).
+
+        With a ``saga``, fenced by ``saga.owner`` (see the class): when another worker owns
+        the stored row, nothing of the checkpoint is written and
+        :class:`~sagaz.exceptions.LeaseLostError` is raised (this default has written the
+        steps by then). A checkpoint of steps only is not fenced: the saga row write that
+        follows it (a step's completion, the terminal state) is.
         """
         for index, step in enumerate(steps):
             last = index == len(steps) - 1

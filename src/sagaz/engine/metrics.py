@@ -22,6 +22,8 @@ class EngineMetrics:
     failed: Counter[str] = field(default_factory=Counter)
     cancelled: Counter[str] = field(default_factory=Counter)  # by an operator
     retried: Counter[str] = field(default_factory=Counter)
+    #: runs stopped because another worker took their saga over (their lease had expired)
+    lease_lost: Counter[str] = field(default_factory=Counter)
     dead_lettered: Counter[str] = field(default_factory=Counter)
     source_errors: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
@@ -65,6 +67,7 @@ class EngineMetrics:
             "failed": sum(self.failed.values()),
             "cancelled": sum(self.cancelled.values()),
             "retried": sum(self.retried.values()),
+            "lease_lost": sum(self.lease_lost.values()),
             "dead_lettered": sum(self.dead_lettered.values()),
             "source_errors": sum(self.source_errors.values()),
             "in_flight": self.in_flight,

@@ -47,6 +47,11 @@ _PER_TRIGGER = (
     ("sagaz_sagas_cancelled", "Saga runs an operator cancelled (sagaz sagas cancel).", "cancelled"),
     ("sagaz_saga_retries", "Compensated sagas started again as a new attempt.", "retried"),
     (
+        "sagaz_sagas_lease_lost",
+        "Saga runs stopped because another worker took the saga over (lease expired).",
+        "lease_lost",
+    ),
+    (
         "sagaz_dead_letters",
         "Events dead-lettered (invalid, rejected, retries exhausted).",
         "dead_lettered",

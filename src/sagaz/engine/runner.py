@@ -11,7 +11,7 @@ from sagaz.engine.active_trigger import PipelineState
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import NotRun
-from sagaz.exceptions import StoreUnavailableError
+from sagaz.exceptions import LeaseLostError, StoreUnavailableError
 from sagaz.records import SagaRecord
 from sagaz.saga.execution import SagaExecution
 from sagaz.saga.result import SagaResult
@@ -59,6 +59,11 @@ class SagaRunner:
             result = await self._execute(item)
         except asyncio.CancelledError:
             raise
+        except LeaseLostError as exc:  # another worker took the saga over: it settles the event
+            self._lease_lost(item, exc)
+            await self.settlement.nack(trigger, item.delivery)
+            state.outcomes.settle(item.saga_id, NotRun(item.saga_id, "interrupted", str(exc)))
+            return
         except Exception as exc:  # the store failed: leave the event for redelivery/recovery
             await self.settlement.report(trigger, exc, item.event)
             await self.settlement.nack(trigger, item.delivery)
@@ -107,7 +112,9 @@ class SagaRunner:
         new_attempt, item.new_attempt = item.new_attempt, False
         state = self.state
         known: SagaRecord | None = item.pending
-        if known is None and item.created:
+        if known is not None:  # a row taken over: its old owner may have gone on since
+            known = await self._taken_over(item, known)
+        elif item.created:
             known = item.pending_row(state.worker_id)
         trigger = item.trigger
         cancellations = state.cancellations
@@ -140,6 +147,25 @@ class SagaRunner:
                     await state.outage.wait(exc)
         finally:
             cancellations.untrack(item.saga_id)
+
+    async def _taken_over(self, item: WorkItem, pending: SagaRecord) -> SagaRecord:
+        """The row to start ``item``'s saga from: admission's ``pending`` row unless the
+        saga moved on in the store since admission took it over (its old owner went on
+        until the takeover): then the row as stored now."""
+        stored = await self.state.store.get_saga(item.saga_id)
+        if stored is None or stored.status is SagaStatus.PENDING:
+            return pending
+        return stored
+
+    def _lease_lost(self, item: WorkItem, exc: LeaseLostError) -> None:
+        """Count and log a run stopped because another worker owns its saga now."""
+        self.state.metrics.lease_lost[item.trigger_id] += 1
+        logger.warning(
+            "saga %s was taken over by another worker (this one's lease had expired): its "
+            "run here stops, unacked, and the new owner settles the event",
+            item.saga_id,
+            extra={**_log_fields(item), "worker_id": self.state.worker_id},
+        )
 
     async def _outage_safe(self, operation: Callable[[], Awaitable[object]]) -> None:
         """Run ``operation`` (store writes, then perhaps the ack) until the store takes it."""

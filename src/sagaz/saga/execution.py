@@ -14,6 +14,7 @@ from sagaz import tracing
 from sagaz.clock import Clock, SystemClock
 from sagaz.exceptions import (
     ConfigurationError,
+    LeaseLostError,
     SagaError,
     SagaStepError,
     SagaTimeoutError,
@@ -288,8 +289,8 @@ class SagaExecution(SagaCompensation):
                     continue
                 try:
                     await self._run_step(step, ctx, None)
-                except StoreUnavailableError:
-                    raise  # the store is away, the step did not fail: resumed once it is back
+                except (StoreUnavailableError, LeaseLostError):
+                    raise  # the store is away (or the saga another's): the step did not fail
                 except Exception as error:
                     return (name, error)
                 done.add(name)
@@ -320,7 +321,7 @@ class SagaExecution(SagaCompensation):
                 for task in finished:
                     name = running.pop(task)
                     exc = task.exception()
-                    if isinstance(exc, StoreUnavailableError):
+                    if isinstance(exc, (StoreUnavailableError, LeaseLostError)):
                         ctx.abort_streams()
                         raise exc  # not a step failure (see above); the others are cancelled
                     if exc is not None:

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
+from sagaz.exceptions import LeaseLostError
 from sagaz.records import (
     ClaimOutcome,
     DeadLetterRecord,
@@ -40,6 +41,7 @@ _S_STATUS = _SAGA.index["status"]
 _S_NAME = _SAGA.index["saga_name"]
 _S_TRIGGER = _SAGA.index["trigger_id"]
 _S_OWNER = _SAGA.index["owner"]
+_S_ATTEMPT = _SAGA.index["attempt"]
 _S_LEASE = _SAGA.index["lease_expires_at"]
 _S_CREATED = _SAGA.index["created_at"]
 _S_UPDATED = _SAGA.index["updated_at"]
@@ -97,16 +99,28 @@ class MemorySagaStore(MemoryRetention, SagaStore):
         return record, True  # the caller's own object: the store keeps its private copy
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
-        messages = [_clone(m) for m in outbox]
         now = utcnow()
-        self._sagas[record.saga_id] = self._saga_row(record, now)
+        row = self._saga_row(record, now)
+        messages = [_clone(m) for m in outbox]
+        self._sagas[record.saga_id] = row
         self._append_outbox(messages, now)
 
     def _saga_row(self, record: SagaRecord, now: datetime) -> tuple[Any, ...]:
-        """``record`` as its row, written ``now`` (created when first written)."""
+        """``record`` as its row, written ``now`` (created when first written); raises
+        :class:`LeaseLostError` when another owner holds the stored row (fenced: see the
+        contract)."""
         previous = self._sagas.get(record.saga_id)
-        created = previous[_S_CREATED] if previous else (record.created_at or now)
-        return _SAGA.stamped(record, created, now)
+        if previous is None:
+            return _SAGA.stamped(record, record.created_at or now, now)
+        owner, stored_owner = record.owner, previous[_S_OWNER]
+        if (
+            owner != stored_owner
+            and owner is not None
+            and stored_owner is not None
+            and record.attempt <= previous[_S_ATTEMPT]
+        ):
+            raise LeaseLostError(record.saga_id, owner)
+        return _SAGA.stamped(record, previous[_S_CREATED], now)
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         row = self._sagas.get(saga_id)

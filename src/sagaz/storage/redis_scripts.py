@@ -26,7 +26,8 @@ SAVE_SAGA = (
 -- created_at, updated_at, owner ('' = none), present (five '0'/'1': whether the saga has an
 -- error, trigger_id, event, owner, lease), context, attempt, error, trigger_id, event, lease
 -- (each '' when absent: the hash loses that field), then (saga_id, JSON) of each outbox row
--- written with it
+-- written with it. Returns 1 when written; 0 when not: 'create' of an existing saga, or
+-- 'save' of a saga another owner holds, unless as a new attempt (fenced: the contract)
 local function is_terminal(s) return """
     + _IS_TERMINAL
     + """ end
@@ -34,8 +35,12 @@ local key, p, id = KEYS[1], ARGV[1], ARGV[3]
 local name, status, terminal = ARGV[4], ARGV[5], ARGV[6] == '1'
 local owner, present = ARGV[9], ARGV[10]
 local has_event = string.sub(present, 3, 3) == '1'
-local old = redis.call('HMGET', key, 'seq', 'status', 'saga_name', 'owner')
+local old = redis.call('HMGET', key, 'seq', 'status', 'saga_name', 'owner', 'attempt')
 local seq = old[1]
+if seq and old[4] and owner ~= '' and old[4] ~= owner and ARGV[2] == 'save'
+   and tonumber(ARGV[12]) <= tonumber(old[5] or '0') then
+  return 0
+end
 local fields = {'updated_at', ARGV[8], 'saga_id', id, 'saga_name', name, 'status', status,
                 'context', ARGV[11], 'attempt', ARGV[12]}
 -- an active saga (stored with a status that is not terminal) is in sagas-active and in the
@@ -411,7 +416,8 @@ SAVE_CHECKPOINT = (
     + """
 -- KEYS[1] steps hash, KEYS[2] saga hash, KEYS[3] inbox row; ARGV: sections, each a count
 -- then that many values: per step (the count of steps first) the SAVE_STEP ARGV, then the
--- SAVE_SAGA ARGV (count 0: no saga), then the COMPLETE_INBOX ARGV (count 0: no inbox row)
+-- SAVE_SAGA ARGV (count 0: no saga), then the COMPLETE_INBOX ARGV (count 0: no inbox row).
+-- Returns 1, or 0 when the saga row is another owner's: then nothing is written (fenced)
 local pos = 1
 local function take()
   local n = tonumber(ARGV[pos])
@@ -421,9 +427,11 @@ local function take()
 end
 local n_steps = tonumber(ARGV[pos])
 pos = pos + 1
-for _ = 1, n_steps do save_step(KEYS[1], take()) end
+local steps = {}
+for i = 1, n_steps do steps[i] = take() end
 local saga = take()
-if #saga > 0 then save_saga(KEYS[2], saga) end
+if #saga > 0 and save_saga(KEYS[2], saga) == 0 then return 0 end
+for i = 1, n_steps do save_step(KEYS[1], steps[i]) end
 local inbox = take()
 if #inbox > 0 then complete_inbox(KEYS[3], inbox) end
 return 1

@@ -40,7 +40,11 @@ _SAGA_CONFLICT = (
     "status = EXCLUDED.status, context = EXCLUDED.context, attempt = EXCLUDED.attempt, "
     "error = EXCLUDED.error, trigger_id = EXCLUDED.trigger_id, event = EXCLUDED.event, "
     "owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at, "
-    "updated_at = EXCLUDED.updated_at"
+    "updated_at = EXCLUDED.updated_at "
+    # fenced (see the contract): a row another owner took over is not written
+    "WHERE saga_executions.owner IS NULL OR EXCLUDED.owner IS NULL "
+    "OR saga_executions.owner = EXCLUDED.owner "
+    "OR saga_executions.attempt < EXCLUDED.attempt"
 )
 
 _INBOX_CONFLICT = (

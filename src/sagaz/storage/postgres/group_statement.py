@@ -16,7 +16,7 @@ from sagaz.records import ClaimOutcome, EventClaim, InboxClaim
 from sagaz.storage.postgres.connection import _inbox_rows
 from sagaz.storage.postgres.events import OURS, EventItem, PostgresEventClaims
 from sagaz.storage.postgres.inbox import _found_claim
-from sagaz.storage.postgres.sagas import _checkpoint_args
+from sagaz.storage.postgres.sagas import _checkpoint_args, checkpoints_written
 from sagaz.storage.postgres_groups import UNRESOLVED, BatchRunner, Statement
 
 __all__ = ["PostgresGroupStatement"]
@@ -91,6 +91,7 @@ class PostgresGroupStatement(PostgresEventClaims):
         event_claimed: dict[tuple[str, str], Any] = {}
         event_found: dict[tuple[str, str], Any] = {}
         event_sagas: set[str] = set()
+        lost: set[str] = set()  # the checkpoints' sagas fenced out
         for row in rows:
             kind = row[0]
             if kind == 1:
@@ -105,6 +106,8 @@ class PostgresGroupStatement(PostgresEventClaims):
                 event_found[(row[1], row[2])] = row
             elif kind == 6:
                 event_sagas.add(row[1])
+            elif kind == 7:
+                lost.add(row[1])
         results: dict[BatchRunner, list[Any]] = {}
         if claims:
             results[self._claim_inboxes] = [_claim(args, claimed, found) for args in claims]
@@ -117,12 +120,14 @@ class PostgresGroupStatement(PostgresEventClaims):
                 _event(event, event_claimed, event_found, event_sagas) for event in events
             ]
         if checkpoints:
-            results[self._run_checkpoints] = [None] * len(checkpoints)
+            results[self._run_checkpoints] = checkpoints_written(checkpoints, lost)
         return results
 
     def _build_group_sql(self, shape: _Shape) -> str:
         """The statement of a group of ``shape``: its CTEs, then one row per claimed key
-        (kind 1), per key found as it was before the statement (2), per inserted saga (3)."""
+        (kind 1), per key found as it was before the statement (2), per inserted saga (3),
+        per event's claimed key (4) and key found (5), per saga it created (6), per
+        checkpoint's saga fenced out (7)."""
         has_claims, has_creates, has_events, checkpoint_shape = shape
         ctes: list[str] = []
         selects = [
@@ -152,6 +157,8 @@ class PostgresGroupStatement(PostgresEventClaims):
             n += 2
         if checkpoint_shape is not None:
             ctes += self._checkpoint_ctes(checkpoint_shape, n)
+            if checkpoint_shape[1]:  # the sagas fenced out (kind 7)
+                selects.append("SELECT 7, saga_id, NULL, NULL, NULL, NULL, NULL, NULL FROM lost")
         select = " UNION ALL ".join(selects)
         return f"WITH {', '.join(ctes)} {select}" if ctes else select
 

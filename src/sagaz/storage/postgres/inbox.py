@@ -111,12 +111,15 @@ class PostgresInbox(PostgresConnection):
         )
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
+        # the saga rows first, then the inbox rows: the order a checkpoint locks them in
+        # (its fenced saga upsert decides whether the inbox row is completed), else the two
+        # deadlock
         touched = await self._write_fetchval(
-            f"WITH i AS (UPDATE {self._s}.inbox SET lease_until = $2 "
-            "WHERE owner = $1 AND status = 'pending' RETURNING 1), "
-            f"s AS (UPDATE {self._s}.saga_executions SET lease_expires_at = $2 "
-            f"WHERE owner = $1 AND status IN {tables.ACTIVE_SQL} RETURNING 1) "
-            "SELECT (SELECT count(*) FROM i) + (SELECT count(*) FROM s)",
+            f"WITH s AS (UPDATE {self._s}.saga_executions SET lease_expires_at = $2 "
+            f"WHERE owner = $1 AND status IN {tables.ACTIVE_SQL} RETURNING 1), "
+            f"i AS (UPDATE {self._s}.inbox SET lease_until = $2 "
+            "WHERE owner = $1 AND status = 'pending' RETURNING 1) "
+            "SELECT (SELECT count(*) FROM s) + (SELECT count(*) FROM i)",
             owner,
             to_utc(lease_until),
         )

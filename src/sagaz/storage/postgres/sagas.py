@@ -12,7 +12,7 @@ from functools import cached_property
 from typing import Any
 
 from sagaz.clock import utcnow
-from sagaz.exceptions import StoreError
+from sagaz.exceptions import LeaseLostError, StoreError
 from sagaz.records import (
     OutboxMessage,
     SagaRecord,
@@ -34,7 +34,7 @@ from sagaz.storage.sql import outbox_params, step_params
 from sagaz.storage.unavailable import translates_unavailable
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 
-__all__ = ["PostgresSagas"]
+__all__ = ["PostgresSagas", "checkpoints_written"]
 
 
 @dataclasses.dataclass(slots=True)
@@ -132,12 +132,15 @@ class PostgresSagas(PostgresConnection):
         params = self._saga_row(record, now)
         messages = outbox_params(outbox, now)
 
-        async def save(conn: Any) -> None:
-            await conn.execute(self._upsert_saga, *params)
+        async def save(conn: Any) -> bool:
+            if not await conn.fetchval(f"{self._upsert_saga} RETURNING TRUE", *params):
+                return False  # fenced: another owner holds the row
             if messages:
                 await conn.executemany(self._insert_outbox, messages)
+            return True
 
-        await self._write(save)
+        if not await self._write(save):
+            raise LeaseLostError(record.saga_id, record.owner)
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         row = await self._db().fetchrow(
@@ -244,7 +247,8 @@ class PostgresSagas(PostgresConnection):
         parts = self._checkpoint_ctes((steps, saga, outbox, inbox), 0)
         if not parts:
             return "SELECT 1"
-        return "WITH " + ", ".join(parts) + " SELECT 1"
+        # the sagas fenced out (their rows another owner's): nothing of theirs was written
+        return "WITH " + ", ".join(parts) + (" SELECT saga_id FROM lost" if saga else " SELECT 1")
 
     def _checkpoint_ctes(self, shape: tuple[bool, bool, bool, bool], first: int) -> list[str]:
         """The data-modifying CTEs of checkpoints of ``shape`` (which of steps, saga, outbox
@@ -261,15 +265,10 @@ class PostgresSagas(PostgresConnection):
             return made
 
         # the steps and the sagas as one array of rows each (step_row, saga_row: migration 9)
-        if steps:
-            (row,) = params(1)
-            parts.append(
-                f"st AS (INSERT INTO {s}.saga_steps ({tables.STEP_COLUMNS}) "
-                "SELECT u.saga_id, u.name, u.status, u.result::jsonb, u.error, u.attempts, "
-                "u.completed_seq, u.compensation_error, "
-                f"{mapping.moment_sql('u.updated_at')} FROM "
-                f"unnest({row}::{s}.step_row[]) AS u {_STEP_CONFLICT} RETURNING 1)"
-            )
+        step_rows = params(1)[0] if steps else ""
+        # fenced (see the contract): the sagas whose upsert another owner's row refused are
+        # ``lost``, and none of their rows is written (a CTE sees the others' RETURNING only)
+        keep = ""
         if saga:
             (row,) = params(1)
             parts.append(
@@ -277,6 +276,20 @@ class PostgresSagas(PostgresConnection):
                 "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
                 f"u.trigger_id, u.event::jsonb, u.owner, {_SAGA_MOMENTS} "
                 f"FROM unnest({row}::{s}.saga_row[]) AS u {_SAGA_CONFLICT} "
+                "RETURNING saga_id)"
+            )
+            parts.append(
+                f"lost AS (SELECT u.saga_id FROM unnest({row}::{s}.saga_row[]) AS u "
+                "WHERE NOT EXISTS (SELECT FROM sg WHERE sg.saga_id = u.saga_id))"
+            )
+            keep = " WHERE NOT EXISTS (SELECT FROM lost WHERE lost.saga_id = {}.saga_id)"
+        if steps:
+            parts.append(
+                f"st AS (INSERT INTO {s}.saga_steps ({tables.STEP_COLUMNS}) "
+                "SELECT u.saga_id, u.name, u.status, u.result::jsonb, u.error, u.attempts, "
+                "u.completed_seq, u.compensation_error, "
+                f"{mapping.moment_sql('u.updated_at')} FROM "
+                f"unnest({step_rows}::{s}.step_row[]) AS u{keep.format('u')} {_STEP_CONFLICT} "
                 "RETURNING 1)"
             )
         if outbox:
@@ -286,7 +299,8 @@ class PostgresSagas(PostgresConnection):
                 "SELECT u.saga_id, u.topic, u.payload::jsonb, u.headers::jsonb, u.created_at "
                 f"FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], "
                 f"{p[4]}::timestamptz[]) WITH ORDINALITY "
-                "AS u(saga_id, topic, payload, headers, created_at, n) ORDER BY u.n RETURNING 1)"
+                f"AS u(saga_id, topic, payload, headers, created_at, n){keep.format('u')} "
+                "ORDER BY u.n RETURNING 1)"
             )
         if inbox:
             # an upsert on the primary key of the rows the snapshot has, not an UPDATE
@@ -305,6 +319,7 @@ class PostgresSagas(PostgresConnection):
                     f"{p[0]}::text[], {p[1]}::text[], {p[2]}::timestamptz[]",
                     "trigger_id, key, completed_at",
                 )
+                + keep.format("i")
                 + " ON CONFLICT (trigger_id, key) DO UPDATE SET status = 'completed', "
                 "completed_at = EXCLUDED.completed_at RETURNING 1)"
             )
@@ -335,24 +350,30 @@ class PostgresSagas(PostgresConnection):
         if complete_inbox is not None:
             rows += (("inbox", *complete_inbox),)
         run = self._checkpoints_runner
-        await self._committer().run(None, batch=(run, item, rows))  # alone: run(conn, [item])
+        # alone: run(conn, [item])
+        if not await self._committer().run(None, batch=(run, item, rows)):
+            assert saga is not None  # only a saga row is fenced
+            raise LeaseLostError(saga.saga_id, saga.owner)
 
     @cached_property
-    def _checkpoints_runner(self) -> Callable[[Any, list[_Checkpoint]], Awaitable[list[None]]]:
+    def _checkpoints_runner(self) -> Callable[[Any, list[_Checkpoint]], Awaitable[list[bool]]]:
         """:meth:`_run_checkpoints` bound once (equal to it): a new bound method per
         checkpoint would be one more object in flight for the cyclic collector."""
         return self._run_checkpoints
 
-    async def _run_checkpoints(self, conn: Any, items: list[_Checkpoint]) -> list[None]:
+    async def _run_checkpoints(self, conn: Any, items: list[_Checkpoint]) -> list[bool]:
         """Several checkpoints (of distinct sagas) in one statement: a data-modifying CTE per
-        table over arrays (``unnest``); the outbox messages keep their order."""
+        table over arrays (``unnest``); the outbox messages keep their order. Each item's
+        answer: written, or False when fenced (nothing of it written)."""
         shape, args = _checkpoint_args(items)
         sql = self._checkpoint_sql.get(shape)
         if sql is None:
             sql = self._checkpoint_sql[shape] = self._build_checkpoint_sql(*shape)
-        if args:
-            await conn.execute(sql, *args)
-        return [None] * len(items)
+        if not shape[1]:  # no saga row: nothing is fenced
+            if args:
+                await conn.execute(sql, *args)
+            return [True] * len(items)
+        return checkpoints_written(items, {row[0] for row in await conn.fetch(sql, *args)})
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
         rows = await self._db().fetch(
@@ -362,6 +383,11 @@ class PostgresSagas(PostgresConnection):
 
     async def reset_steps(self, saga_id: str) -> None:
         await self._write_execute(f"DELETE FROM {self._s}.saga_steps WHERE saga_id = $1", saga_id)
+
+
+def checkpoints_written(items: list[_Checkpoint], lost: set[str]) -> list[bool]:
+    """Whether each checkpoint of ``items`` was written: not if its saga is in ``lost``."""
+    return [item.saga is None or item.saga[0] not in lost for item in items]
 
 
 def _checkpoint_args(items: list[_Checkpoint]) -> tuple[tuple[bool, bool, bool, bool], list[Any]]:

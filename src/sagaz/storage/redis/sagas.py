@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sagaz.clock import utcnow
-from sagaz.exceptions import StoreError
+from sagaz.exceptions import LeaseLostError, StoreError
 from sagaz.records import (
     ClaimOutcome,
     EventClaim,
@@ -175,11 +175,12 @@ class RedisSagas(RedisConnection):
         return EventClaim(claim, saga_id, row_owner or None, stored)
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
-        await self._script(
+        if not await self._script(
             "SAVE_SAGA",
             [self._key("saga", record.saga_id)],
             self._saga_args("save", record, utcnow(), outbox),
-        )
+        ):
+            raise LeaseLostError(record.saga_id, record.owner)
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         fields = await self._db().hgetall(self._key("saga", saga_id))
@@ -337,9 +338,10 @@ class RedisSagas(RedisConnection):
         args += [len(inbox_args), *inbox_args]
         steps_key = self._key("steps", saga_id)
         inbox_key = steps_key if complete_inbox is None else self._inbox_key(*complete_inbox)
-        await self._script(
+        if not await self._script(
             "SAVE_CHECKPOINT", [steps_key, self._key("saga", saga_id), inbox_key], args
-        )
+        ):
+            raise LeaseLostError(saga_id, None if saga is None else saga.owner)
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
         steps = []

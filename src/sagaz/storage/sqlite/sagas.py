@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from sagaz.clock import utcnow
+from sagaz.exceptions import LeaseLostError
 from sagaz.records import (
     OutboxMessage,
     SagaRecord,
@@ -38,13 +39,16 @@ _UPSERT_SAGA = (
     "attempt = excluded.attempt, error = excluded.error, "
     "trigger_id = excluded.trigger_id, event = excluded.event, "
     "owner = excluded.owner, lease_expires_at = excluded.lease_expires_at, "
-    "updated_at = excluded.updated_at"
+    "updated_at = excluded.updated_at WHERE saga_executions.owner IS NULL "
+    "OR excluded.owner IS NULL OR saga_executions.owner = excluded.owner "
+    "OR saga_executions.attempt < excluded.attempt"
 )
 
 _UPDATE_SAGA = (  # the same values as _UPSERT_SAGA's (?11, created_at, is not set)
     "UPDATE saga_executions SET saga_name = ?2, status = ?3, context = ?4, attempt = ?5, "
     "error = ?6, trigger_id = ?7, event = ?8, owner = ?9, lease_expires_at = ?10, "
-    "updated_at = ?12 WHERE saga_id = ?1"
+    "updated_at = ?12 WHERE saga_id = ?1 "
+    "AND (owner IS NULL OR ?9 IS NULL OR owner = ?9 OR attempt < ?5)"
 )
 
 _CREATE_SAGA = f"{_INSERT_SAGA} ON CONFLICT (saga_id) DO NOTHING"
@@ -93,11 +97,13 @@ def _as_created(record: SagaRecord, now: datetime) -> SagaRecord:
     )
 
 
-def _save(conn: sqlite3.Connection, params: tuple[Any, ...]) -> None:
+def _save(conn: sqlite3.Connection, params: tuple[Any, ...]) -> bool:
     """Update a saga row, or insert it if there is none (an upsert that finds the row costs
-    about 1 µs more: it looks the key up for the insert, then again for the update)."""
-    if not conn.execute(_UPDATE_SAGA, params).rowcount:
-        conn.execute(_UPSERT_SAGA, params)
+    about 1 µs more: it looks the key up for the insert, then again for the update); return
+    False, writing nothing, when another owner holds the row (fenced: see the contract)."""
+    if conn.execute(_UPDATE_SAGA, params).rowcount:
+        return True
+    return bool(conn.execute(_UPSERT_SAGA, params).rowcount)
 
 
 def _create(conn: sqlite3.Connection, params: tuple[Any, ...]) -> list[Any]:
@@ -118,19 +124,20 @@ def _save_checkpoint(
         list[tuple[Any, ...]],
         tuple[str, str, str] | None,
     ],
-) -> None:
+) -> bool:
     """:meth:`SQLiteSagas.save_checkpoint` in the writer's transaction; ``args``: the step
     rows, the saga row (or None), the outbox rows, and the inbox row to complete (its
-    ``completed_at``, trigger id and key, or None)."""
+    ``completed_at``, trigger id and key, or None). False: fenced, nothing written."""
     step_rows, saga_params, messages, inbox = args
+    if saga_params is not None and not _save(conn, saga_params):
+        return False  # the saga row first: a fenced checkpoint writes nothing
     if step_rows:
         conn.executemany(_INSERT_STEP, step_rows)
-    if saga_params is not None:
-        _save(conn, saga_params)
     if messages:
         conn.executemany(_INSERT_OUTBOX, messages)
     if inbox is not None:
         conn.execute(_COMPLETE_INBOX, inbox)
+    return True
 
 
 def _list_sagas_sql(
@@ -173,12 +180,15 @@ class SQLiteSagas(SQLiteConnection):
         params = mapping.saga_params(record, now)
         messages = outbox_params(outbox, now)
 
-        def save(conn: sqlite3.Connection) -> None:
-            _save(conn, params)
+        def save(conn: sqlite3.Connection) -> bool:
+            if not _save(conn, params):
+                return False
             if messages:
                 conn.executemany(_INSERT_OUTBOX, messages)
+            return True
 
-        await self._write(save)
+        if not await self._write(save):
+            raise LeaseLostError(record.saga_id, record.owner)
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
         rows = await self._fetch(
@@ -257,7 +267,9 @@ class SQLiteSagas(SQLiteConnection):
         saga_params = None if saga is None else mapping.saga_params(saga, now)
         messages = outbox_params(outbox, now)
         inbox = None if complete_inbox is None else (now, *complete_inbox)
-        await self._submit(_save_checkpoint, (step_rows, saga_params, messages, inbox))
+        if not await self._submit(_save_checkpoint, (step_rows, saga_params, messages, inbox)):
+            assert saga is not None  # only a saga row is fenced
+            raise LeaseLostError(saga.saga_id, saga.owner)
 
     async def get_steps(self, saga_id: str) -> list[StepRecord]:
         rows = await self._fetch(
