@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -27,8 +26,8 @@ from sagaz.records import (
     TriggerScheduleRecord,
 )
 from sagaz.storage.checkpoints import check_checkpoint
+from sagaz.storage.memory_coordination import MemoryCoordination
 from sagaz.storage.memory_retention import InboxRow, MemoryRetention
-from sagaz.storage.rate_limits import take as take_token
 from sagaz.storage.rows import RowCodec
 from sagaz.storage.rows import clone as _clone
 from sagaz.types import TERMINAL_SAGA_STATUSES, InboxStatus, SagaStatus
@@ -52,7 +51,7 @@ _PENDING = InboxStatus.PENDING.value
 _COMPLETED = InboxStatus.COMPLETED.value
 
 
-class MemorySagaStore(MemoryRetention, SagaStore):
+class MemorySagaStore(MemoryRetention, MemoryCoordination, SagaStore):
     """A :class:`~sagaz.abc.SagaStore` in dictionaries.
 
     Every operation runs without an ``await`` in between, so it is atomic on the event loop.
@@ -365,103 +364,6 @@ class MemorySagaStore(MemoryRetention, SagaStore):
 
     async def delete_dead_letter(self, dead_letter_id: int) -> bool:
         return self._dead.pop(dead_letter_id, None) is not None
-
-    # -- poll triggers ---------------------------------------------------------------------
-    async def save_trigger_schedule(self, record: TriggerScheduleRecord) -> None:
-        previous = self._schedules.get(record.trigger_name)
-        stored = _clone(record)
-        if previous is not None:
-            stored.enabled = previous.enabled
-            if stored.last_poll_at is None:
-                stored.last_poll_at = previous.last_poll_at
-        self._schedules[record.trigger_name] = stored
-
-    async def get_trigger_schedule(self, trigger_name: str) -> TriggerScheduleRecord | None:
-        record = self._schedules.get(trigger_name)
-        return _clone(record) if record else None
-
-    async def list_trigger_schedules(self) -> list[TriggerScheduleRecord]:
-        return [_clone(self._schedules[name]) for name in sorted(self._schedules)]
-
-    async def set_trigger_enabled(self, trigger_name: str, enabled: bool) -> bool:
-        record = self._schedules.get(trigger_name)
-        if record is None:
-            return False
-        record.enabled = enabled
-        return True
-
-    async def touch_trigger_schedule(self, trigger_name: str, last_poll_at: datetime) -> None:
-        record = self._schedules.get(trigger_name)
-        if record is not None:
-            record.last_poll_at = last_poll_at
-
-    async def start_trigger_execution(
-        self, record: TriggerExecutionRecord, *, exclusive: bool
-    ) -> bool:
-        if exclusive and any(
-            e.trigger_name == record.trigger_name
-            and e.context_hash == record.context_hash
-            and e.completed_at is None
-            for e in self._executions
-        ):
-            return False
-        stored = _clone(record)
-        stored.started_at = stored.started_at or utcnow()
-        self._executions.append(stored)
-        return True
-
-    async def complete_trigger_execution(self, trigger_name: str, saga_id: str) -> None:
-        now = utcnow()
-        for e in self._executions:
-            if e.trigger_name == trigger_name and e.saga_id == saga_id and e.completed_at is None:
-                e.completed_at = now
-
-    async def list_trigger_executions(self, trigger_name: str) -> list[TriggerExecutionRecord]:
-        return [_clone(e) for e in self._executions if e.trigger_name == trigger_name]
-
-    # -- cron ------------------------------------------------------------------------------
-    async def claim_cron_tick(self, trigger_id: str, tick: datetime, owner: str) -> bool:
-        ticks = self._cron.setdefault(trigger_id, {})
-        if tick in ticks:
-            return False
-        ticks[tick] = owner
-        return True
-
-    async def last_cron_tick(self, trigger_id: str) -> datetime | None:
-        ticks = self._cron.get(trigger_id)
-        return max(ticks) if ticks else None
-
-    # -- leases ----------------------------------------------------------------------------
-    def _lease_holder(self, name: str) -> str | None:
-        held = self._leases.get(name)
-        if held is None or held[1] <= time.monotonic():
-            return None
-        return held[0]
-
-    async def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
-        if self._lease_holder(name) not in (None, holder):
-            return False
-        self._leases[name] = (holder, time.monotonic() + ttl)
-        return True
-
-    async def renew_lease(self, name: str, holder: str, ttl: float) -> bool:
-        if self._lease_holder(name) != holder:
-            return False
-        self._leases[name] = (holder, time.monotonic() + ttl)
-        return True
-
-    async def release_lease(self, name: str, holder: str) -> bool:
-        if self._lease_holder(name) != holder:
-            return False
-        del self._leases[name]
-        return True
-
-    # -- shared rate limits ----------------------------------------------------------------
-    async def take_rate_token(self, name: str, rate: float, burst: int) -> float:
-        wait, tat = take_token(self._rate_limits.get(name), time.monotonic(), rate, burst)
-        if tat is not None:
-            self._rate_limits[name] = tat
-        return wait
 
     # -- saga control ----------------------------------------------------------------------
     async def delete_steps(self, saga_id: str, names: Sequence[str]) -> None:
