@@ -333,6 +333,44 @@ async def test_recreates_a_vanished_group(streams: Streams) -> None:
     assert emit.payloads == [b"before", b"after"]
 
 
+async def test_a_group_vanishing_while_pending_entries_are_counted_is_recreated(
+    streams: Streams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The delivery counts of recovered or claimed entries come from a pipeline, whose error
+    # redis-py prefixes with "Command # 1 (...)": a NOGROUP there ended run() instead of
+    # recreating the group. The stream is deleted (as by a Redis restart) right between the
+    # read of the pending entries and the pipeline, where a real restart lands by chance.
+    stream = streams.name()
+    await streams.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    await streams.add(stream, [b"pending"])
+    first = RecordingEmit()
+    async with consuming(make_source(streams, stream, consumer="c"), first):
+        await first.wait_for(1)  # read, never acked: pending for "c"
+
+    errors: list[BaseException] = []
+    ctx = source_context(unique_name("saga") + ".on_event", errors, redis_url=streams.url)
+    source = redis_source.create(
+        RedisOptions(stream=stream, consumer_group=GROUP, consumer="c"), ctx
+    )
+    counts = source._delivery_counts
+
+    async def vanishing_first(entries: Any) -> dict[str, int]:
+        monkeypatch.setattr(source, "_delivery_counts", counts)
+        await streams.client.delete(stream)
+        return await counts(entries)
+
+    monkeypatch.setattr(source, "_delivery_counts", vanishing_first)
+    emit = RecordingEmit(auto_ack=True)
+    async with consuming(source, emit) as task:
+        await eventually(lambda: bool(errors), what="the missing group to be reported")
+        assert str(errors[0]).startswith("NOGROUP")
+        await eventually(lambda: streams.client.exists(stream), what="the group recreated")
+        assert not task.done()
+        await streams.add(stream, [b"after"])
+        await emit.wait_for(1)
+    assert emit.payloads == [b"after"]
+
+
 async def test_unreachable_redis_is_reported_and_retried() -> None:
     errors: list[BaseException] = []
     ctx = source_context("saga.on_event", errors, redis_url="redis://127.0.0.1:1/0")

@@ -335,7 +335,11 @@ class RedisStreamSource(Source):
         for entry_id, _ in entries:
             pipe.xpending_range(self.stream, self.consumer_group, entry_id, entry_id, 1)
         counts: dict[str, int] = {}
-        for rows in await pipe.execute():
+        # raise_on_error=False: the first error is raised as Redis sent it, so run() still
+        # knows a NOGROUP (redis-py prefixes a pipeline's error with "Command # 1 (...)")
+        for rows in await pipe.execute(raise_on_error=False):
+            if isinstance(rows, Exception):
+                raise rows
             for row in rows:
                 counts[_text(row["message_id"])] = int(row["times_delivered"])
         return counts
