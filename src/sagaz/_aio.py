@@ -1,5 +1,8 @@
 """Small asyncio helpers.
 
+:func:`gather_all` awaits every awaitable, then raises the first error: a batch's callers
+each get their answer made before an error is seen.
+
 ``asyncio.wait_for`` on Python 3.11 loses a cancellation that arrives just as the awaited
 future completes (it returns the result instead: CPython gh-86296, fixed in 3.12). A loop
 that waits on an event with ``wait_for`` can then survive its own cancellation and hang the
@@ -9,8 +12,12 @@ shutdown that awaits it. :func:`wait_event` waits with ``asyncio.timeout``, whic
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Iterable
+from typing import TypeVar
 
-__all__ = ["wait_event"]
+__all__ = ["gather_all", "wait_event"]
+
+T = TypeVar("T")
 
 
 async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
@@ -24,3 +31,15 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     except TimeoutError:
         return event.is_set()
     return True
+
+
+async def gather_all(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """The results of ``awaitables``, run together, in their order; once all are done, the
+    first error (in their order) is raised instead, so none is left running or unawaited."""
+    answers = await asyncio.gather(*awaitables, return_exceptions=True)
+    made: list[T] = []
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer
+        made.append(answer)
+    return made

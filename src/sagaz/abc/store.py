@@ -5,12 +5,12 @@ Every store passes the same suite in ``tests/contract/test_store_contract.py``.
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
 from typing import ClassVar
 
+from sagaz._aio import gather_all
 from sagaz.abc.lifecycle import Lifecycle
 from sagaz.records import (
     ClaimOutcome,
@@ -236,16 +236,7 @@ class SagaStore(Lifecycle, ABC):
         store with group commit makes them in a few round trips; a store overrides it to make
         them in one step (the memory store does).
         """
-        answers = await asyncio.gather(
-            *(self.claim_event(trigger_id, key, record) for key, record in claims),
-            return_exceptions=True,
-        )
-        made: list[EventClaim] = []
-        for answer in answers:
-            if isinstance(answer, BaseException):
-                raise answer
-            made.append(answer)
-        return made
+        return await gather_all(self.claim_event(trigger_id, key, record) for key, record in claims)
 
     @abstractmethod
     async def complete_inbox(self, trigger_id: str, key: str) -> None:

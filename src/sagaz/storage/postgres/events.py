@@ -13,6 +13,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+from sagaz._aio import gather_all
 from sagaz.clock import utcnow
 from sagaz.records import ClaimOutcome, EventClaim, InboxClaim, SagaRecord
 from sagaz.storage import postgres_rows as mapping
@@ -92,13 +93,7 @@ class PostgresEventClaims(PostgresSagas, PostgresInbox):
         for item in items:  # queued only once every record is known to be complete
             rows = (("inbox", trigger_id, item.claim_args[1]), ("saga", item.record.saga_id))
             waiting.append(run(op, item, batch=(runner, item, rows)))
-        answers = await asyncio.gather(*waiting, return_exceptions=True)
-        made: list[EventClaim] = []
-        for answer in answers:
-            if isinstance(answer, BaseException):
-                raise answer
-            made.append(answer)
-        return made
+        return await gather_all(waiting)
 
     # bound once: a new bound method per claim would be one more object in flight for the
     # cyclic collector (equal to ``self._claim_events``: the group statement compares them)
