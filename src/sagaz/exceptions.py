@@ -118,7 +118,8 @@ class LeaseLostError(StoreError):
     took it over (its lease had expired: the worker was stopped, or too busy to renew it),
     so the write was not applied, nor anything written with it (steps, outbox messages,
     the inbox row's completion). The saga goes on with its new owner, which settles its
-    event; the engine stops its own run of it without acking. Not a failure of the saga.
+    event; the engine stops its own run of it and holds its delivery until the new owner
+    finished the saga (then acks it as a duplicate). Not a failure of the saga.
 
     ``saga_id`` is the saga, ``owner`` the worker whose write was refused."""
 

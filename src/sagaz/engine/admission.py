@@ -469,6 +469,14 @@ class Admission:
         state.metrics.accepted[trigger.trigger_id] += 1
         return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
 
+    def watch_taken_over(self, item: WorkItem) -> None:
+        """Hold ``item``'s delivery, whose saga another worker took over while it ran here
+        (a lost lease), as a busy key: its key is claimed again until that worker finished
+        the saga (a duplicate: ack, so a Kafka partition's commits go on past it) or died
+        (taken over again here)."""
+        c = Candidate(item.trigger, item.delivery, item.event, item.key, item.saga_id, None)
+        self._watch_busy(c)
+
     def _watch_busy(self, c: Candidate) -> None:
         """Hold the delivery of ``c`` until the live worker holding its key is done."""
         self._busy.watch(

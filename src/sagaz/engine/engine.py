@@ -180,6 +180,7 @@ class TriggerEngine(Lifecycle):
         self.settlement = Settlement(state)
         self.admission = Admission(state, self.settlement)
         self.runner = SagaRunner(state, self.settlement)
+        self.runner.taken_over = self.admission.watch_taken_over
         self.outcomes.resume()
         self.dispatcher = Dispatcher(state, self.runner)
         self.pausing = TriggerPauses(state, self.triggers, self._report_source_error)

@@ -47,6 +47,9 @@ class SagaRunner:
         self.state = state
         self.settlement = settlement
         self._retries: set[asyncio.Task[None]] = set()
+        #: what becomes of the delivery of a run that lost its saga to another worker
+        #: (the engine's :meth:`Admission.watch_taken_over`); unset: nacked
+        self.taken_over: Callable[[WorkItem], None] | None = None
 
     async def run(self, item: WorkItem) -> None:
         """Run ``item``'s saga to a terminal state and settle it. Cancellation never acks.
@@ -61,7 +64,10 @@ class SagaRunner:
             raise
         except LeaseLostError as exc:  # another worker took the saga over: it settles the event
             self._lease_lost(item, exc)
-            await self.settlement.nack(trigger, item.delivery)
+            if self.taken_over is not None:  # held until the new owner finished it
+                self.taken_over(item)
+            else:
+                await self.settlement.nack(trigger, item.delivery)
             state.outcomes.settle(item.saga_id, NotRun(item.saga_id, "interrupted", str(exc)))
             return
         except Exception as exc:  # the store failed: leave the event for redelivery/recovery
@@ -162,7 +168,7 @@ class SagaRunner:
         self.state.metrics.lease_lost[item.trigger_id] += 1
         logger.warning(
             "saga %s was taken over by another worker (this one's lease had expired): its "
-            "run here stops, unacked, and the new owner settles the event",
+            "run here stops, unacked, until the new owner finished it",
             item.saga_id,
             extra={**_log_fields(item), "worker_id": self.state.worker_id},
         )
