@@ -75,6 +75,7 @@ async def test_a_worker_frozen_past_its_lease_is_fenced_when_it_wakes(
         for label in ("a", "b")
     }
     frozen = chaos_rng.choice(sorted(apps))
+    (other,) = set(apps) - {frozen}  # takes the frozen one's work over
     store = store_from_url(postgres_store_url)
     try:
         async with store:
@@ -102,13 +103,35 @@ async def test_a_worker_frozen_past_its_lease_is_fenced_when_it_wakes(
             assert process is not None
             process.send_signal(signal.SIGSTOP)
             try:
+                # the sagas it is in the middle of: thawed once the other owns one of them
+                running = await store.list_sagas(status=SagaStatus.RUNNING, saga_name=SAGA_NAME)
+                mine = [r.saga_id for r in running if r.owner == f"chaos-{frozen}"]
+                assert mine, "no saga in flight at the freeze"
+
+                async def one_taken_over() -> bool:
+                    for saga_id in mine:
+                        row = await store.get_saga(saga_id)
+                        if row is not None and row.owner == f"chaos-{other}":
+                            return True
+                    return False
+
                 await asyncio.sleep(FROZEN_SECONDS)
+                await wait_for(one_taken_over, within=60, every=0.2, what="a takeover")
             finally:
                 process.send_signal(signal.SIGCONT)
             at_thaw = await completed()
             print(f"froze {frozen} for {FROZEN_SECONDS}s; thawed at {at_thaw} completed")
             assert at_thaw < TOTAL - TOTAL // 10, "the freeze came too late to leave work"
             await wait_for_count(completed, TOTAL, what="completed sagas", alive=both_alive)
+
+            async def all_committed() -> bool:
+                committed = await kafka_committed(kafka_bootstrap, group, topic, PARTITIONS)
+                return committed == produced
+
+            # while both run (a stop leaves what is not settled yet for redelivery)
+            await wait_for(
+                all_committed, within=60, every=0.2, what="every offset committed", alive=both_alive
+            )
             for app in apps.values():
                 assert await app.terminate() == 0, app.log_tail()
             await assert_one_completed_saga_per_event(store, TOTAL)
@@ -116,7 +139,6 @@ async def test_a_worker_frozen_past_its_lease_is_fenced_when_it_wakes(
         for app in apps.values():
             await app.close()
 
-    assert await kafka_committed(kafka_bootstrap, group, topic, PARTITIONS) == produced
     runs = await side_effects.runs()
     assert (runs.numbers, runs.rows) == (TOTAL, TOTAL * len(STEPS))
     fenced = _count_in_logs(tmp_path, frozen, FENCED)
