@@ -12,10 +12,10 @@ shutdown that awaits it. :func:`wait_event` waits with ``asyncio.timeout``, whic
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
-from typing import TypeVar
+from collections.abc import Awaitable, Generator, Iterable
+from typing import Any, TypeVar
 
-__all__ = ["gather_all", "wait_event"]
+__all__ = ["DONE", "gather_all", "wait_event"]
 
 T = TypeVar("T")
 
@@ -43,3 +43,18 @@ async def gather_all(awaitables: Iterable[Awaitable[T]]) -> list[T]:
             raise answer
         made.append(answer)
     return made
+
+
+class _Done:
+    """An awaitable that is already done (awaiting it gives ``None`` at once)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # a generator that returns at once
+
+
+#: an awaitable already done, for an ``ack``/``nack`` that settled in the call (one object
+#: for all: no coroutine per call)
+DONE: Awaitable[None] = _Done()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from sagaz._aio import DONE
 from sagaz.events import Delivery
 
 __all__ = ["JointDeliveries"]
@@ -50,7 +51,7 @@ class JointDeliveries:
         joined the first delivery, the source's own ack or nack, for the caller to await."""
         # forget it (inline: once per event): a later delivery of the key meets the inbox
         if self.settled:
-            return _settled()
+            return DONE  # settling a saga's deliveries a second time does nothing
         self.settled = True
         if self.in_flight.get(self.saga_id) is self:
             del self.in_flight[self.saga_id]
@@ -91,7 +92,3 @@ class JointDeliveries:
                 error = error or exc
         if error is not None:
             raise error
-
-
-async def _settled() -> None:
-    """What settling a saga's deliveries a second time does: nothing."""

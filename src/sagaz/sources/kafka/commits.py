@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Generator, Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
-from sagaz._aio import wait_event
+from sagaz._aio import DONE, wait_event
 from sagaz.sources.kafka.partitions import PartitionState
 from sagaz.triggers.options.kafka import KafkaOptions
 
@@ -134,17 +134,4 @@ class RecordSettler:
             self.settled = True
             if not requeue:  # nack(requeue=True) leaves the offset uncommitted
                 self.source._settle(self.partition, self.offset)
-        return _DONE
-
-
-class _Done:
-    """An awaitable that is already done: what every :class:`RecordSettler` call answers."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield  # a generator that returns at once
-
-
-_DONE = _Done()
+        return DONE
