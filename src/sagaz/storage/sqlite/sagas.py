@@ -179,15 +179,8 @@ class SQLiteSagas(SQLiteConnection):
         now = to_text(utcnow())
         params = mapping.saga_params(record, now)
         messages = outbox_params(outbox, now)
-
-        def save(conn: sqlite3.Connection) -> bool:
-            if not _save(conn, params):
-                return False
-            if messages:
-                conn.executemany(_INSERT_OUTBOX, messages)
-            return True
-
-        if not await self._write(save):
+        # a checkpoint of the saga row and its outbox messages only (fenced the same way)
+        if not await self._submit(_save_checkpoint, ([], params, messages, None)):
             raise LeaseLostError(record.saga_id, record.owner)
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
