@@ -144,9 +144,6 @@ class Admission:
             except asyncio.CancelledError:
                 await self.settlement.nack(trigger, delivery)
                 raise
-            except Exception as exc:
-                return await self.failed(trigger, delivery, exc)
-
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -474,8 +471,10 @@ class Admission:
         (a lost lease), as a busy key: its key is claimed again until that worker finished
         the saga (a duplicate: ack, so a Kafka partition's commits go on past it) or died
         (taken over again here)."""
-        c = Candidate(item.trigger, item.delivery, item.event, item.key, item.saga_id, None)
-        self._watch_busy(c)
+        trigger, delivery, key, saga_id = item.trigger, item.delivery, item.key, item.saga_id
+        self._watch_busy(
+            Candidate(trigger, delivery, item.event, key, saga_id, item.concurrency_key)
+        )
 
     def _watch_busy(self, c: Candidate) -> None:
         """Hold the delivery of ``c`` until the live worker holding its key is done."""
