@@ -15,6 +15,7 @@ from sagaz.storage.codec import dumps
 from sagaz.storage.redis.encoding import MAX_TEXT, SagaTexts, step_document
 from sagaz.storage.redis_schema import micros
 from sagaz.types import SagaStatus, StepStatus
+from tests.services import delete_redis_keys, unique_name
 
 VALUES: list[Any] = [
     {"id": 1},
@@ -129,7 +130,15 @@ def test_a_step_result_the_codec_refuses_is_refused(result: Any) -> None:
 async def test_the_store_drops_a_sagas_texts_at_its_terminal_write(redis_url: str) -> None:
     from sagaz.storage.redis import RedisSagaStore
 
-    async with RedisSagaStore(redis_url, prefix=f"t-encoding-{id(object())}") as store:
+    prefix = unique_name("t-encoding")
+    try:
+        await _drops_texts_at_terminal_write(RedisSagaStore(redis_url, prefix=prefix))
+    finally:
+        await delete_redis_keys(redis_url, prefix)
+
+
+async def _drops_texts_at_terminal_write(opened: Any) -> None:
+    async with opened as store:
         context: dict[str, Any] = {"n": 1}
         record = SagaRecord("s1", "Demo", SagaStatus.PENDING, context, event={"id": 1})
         await store.create_saga(record)
