@@ -77,18 +77,18 @@ class SagaRunner:
             return
         if logger.isEnabledFor(_LEVELS.get(result.status, logging.WARNING)):
             self._log_result(item, result)
-        if result.status is SagaStatus.CANCELLED:  # an operator's decision: never retried
-            state.metrics.cancelled[trigger.trigger_id] += 1
-            await self._outage_safe(lambda: self._settle(item))
-            state.outcomes.settle(item.saga_id, result)
-            return
-        if result.status is SagaStatus.COMPLETED:
+        if result.status is SagaStatus.COMPLETED:  # (first: the usual case)
             state.metrics.completed[trigger.trigger_id] += 1
             try:  # no closure and no extra coroutine on the common path: once per event
                 await self._settle(item)
             except StoreUnavailableError as exc:
                 await state.outage.wait(exc)
                 await self._outage_safe(lambda: self._settle(item))
+            state.outcomes.settle(item.saga_id, result)
+            return
+        if result.status is SagaStatus.CANCELLED:  # an operator's decision: never retried
+            state.metrics.cancelled[trigger.trigger_id] += 1
+            await self._outage_safe(lambda: self._settle(item))
             state.outcomes.settle(item.saga_id, result)
             return
         if result.status is SagaStatus.COMPENSATED:
