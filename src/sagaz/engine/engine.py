@@ -381,14 +381,11 @@ class TriggerEngine(Lifecycle):
             if active.paused_by:  # paused: an in-process event cannot wait, skipped, said so
                 await self.settlement.filtered(active, event, Reason.PAUSED)
                 continue
-            # payload, meta (source, trigger, message_id, topic), identity: by position
-            delivery = Delivery(
-                event,
-                EventMeta("memory", active.trigger_id, None, channel),
-                "",
-                decoded=True,
-                trace_context=caller,
-            )
+            # payload, meta (source, trigger, message_id, topic), identity: by position; the
+            # rest set after (keywords to a class cost a dict per call)
+            delivery = Delivery(event, EventMeta("memory", active.trigger_id, None, channel), "")
+            delivery.decoded = True
+            delivery.trace_context = caller
             result = await admit(active, delivery, untraced=untraced and outage.available)
             if result.outcome is AdmissionOutcome.ACCEPTED and result.saga_id:
                 accepted.append(result.saga_id)

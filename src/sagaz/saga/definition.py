@@ -325,7 +325,6 @@ class Saga:
             from sagaz.config import ensure_store
 
             store = await ensure_store()
-        execution = _execution_class()(
-            self, store=store, listeners=[*type(self).listeners, *(listeners or [])]
-        )
+        # saga, store, listeners: by position (see SagaExecution)
+        execution = _execution_class()(self, store, [*type(self).listeners, *(listeners or [])])
         return await execution.run(dict(context or {}), saga_id=saga_id)

@@ -235,7 +235,8 @@ class MemorySagaStore(MemoryRetention, MemoryCoordination, SagaStore):
         if messages:
             self._append_outbox(messages, now)
         if complete_inbox is not None:
-            self._complete_inbox(*complete_inbox, now=now)
+            trigger_id, key = complete_inbox  # (no star-call: once per saga)
+            self._complete_inbox(trigger_id, key, now)
 
     def _append_outbox(self, messages: Sequence[OutboxMessage], now: datetime) -> None:
         for message in messages:
@@ -313,9 +314,9 @@ class MemorySagaStore(MemoryRetention, MemoryCoordination, SagaStore):
         return EventClaim(outcome, saga_id, claim_owner, record, True)
 
     async def complete_inbox(self, trigger_id: str, key: str) -> None:
-        self._complete_inbox(trigger_id, key, now=utcnow())
+        self._complete_inbox(trigger_id, key, utcnow())
 
-    def _complete_inbox(self, trigger_id: str, key: str, *, now: datetime) -> None:
+    def _complete_inbox(self, trigger_id: str, key: str, now: datetime) -> None:
         rows = self._inbox.get(trigger_id)
         row = None if rows is None else rows.get(key)
         if rows is not None and row is not None:
