@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -115,24 +115,37 @@ class SagaExecution(SagaDag, SagaCompensation):
         return self._began
 
     # -- entry point -----------------------------------------------------------------------
-    async def run(
+    def run(
         self,
         initial: Mapping[str, Any],
         saga_id: str | None = None,
         *,
         new_attempt: bool = False,
         known: SagaRecord | None = None,
-    ) -> SagaResult:
-        """Run, resume, or (``new_attempt``) retry the saga ``saga_id`` from ``initial``.
+    ) -> Coroutine[Any, Any, SagaResult]:
+        """Run, resume, or (``new_attempt``) retry the saga ``saga_id`` from ``initial``: a
+        coroutine to await, which answers the :class:`SagaResult`.
 
         ``known`` is the stored row when the caller just created it (skips one read).
-        """
+        Without tracing the coroutine is the run itself (no coroutine around it: once per
+        saga)."""
         if self.listeners:
             self._check_outbox_listeners()
         saga_id = saga_id or _random_saga_id()
         self._spans = spans = tracing.recorder()
         if spans is None:
-            return await self._run(initial, saga_id, new_attempt, known)
+            return self._run(initial, saga_id, new_attempt, known)
+        return self._run_traced(spans, initial, saga_id, new_attempt, known)
+
+    async def _run_traced(
+        self,
+        spans: SpanRecorder,
+        initial: Mapping[str, Any],
+        saga_id: str,
+        new_attempt: bool,
+        known: SagaRecord | None,
+    ) -> SagaResult:
+        """:meth:`_run` within the saga's span (tracing on)."""
         delivery = self.delivery
         with spans.saga(
             self.saga_name,
