@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal, NoReturn
 
 from sagaz._frozen import quick_init
-from sagaz.clock import utcnow
 
 __all__ = [
     "AdmissionOutcome",
@@ -241,7 +241,8 @@ class EventMeta:
     offset: int | None = None
     key: bytes | str | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    received_at: datetime = field(default_factory=utcnow)
+    #: utcnow(), made by a C callable (no Python call per event)
+    received_at: datetime = field(default_factory=functools.partial(datetime.now, UTC))
     attempt: int = 1
 
 

@@ -307,6 +307,8 @@ class Admission:
         state = self.state
         lease = state.lease_until()
         claim = await self._claim_event(c, lease)
+        if claim.created and c.delivery.replay_of is None:  # the usual: a new key, a new row
+            return await self.accept(c, lease, claim)
         if claim.outcome is ClaimOutcome.DUPLICATE and c.delivery.replay_of is not None:
             claim = await self._reopen(c, claim, lease)
         if claim.outcome is ClaimOutcome.DUPLICATE:

@@ -168,7 +168,7 @@ class BackpressureQueue:
     async def get(self) -> WorkItem:
         """The next event that may start now (its key and trigger are free)."""
         while True:
-            item = self._pop_eligible()
+            item = self.get_nowait()
             if item is not None:
                 return item
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -180,7 +180,9 @@ class BackpressureQueue:
                     self._wake(self._getters)  # pass our wake-up on
                 raise
 
-    def _pop_eligible(self) -> WorkItem | None:
+    def get_nowait(self) -> WorkItem | None:
+        """The next event that may start now, or ``None`` (then :meth:`get` waits): what a
+        worker finds nearly every time, without a coroutine."""
         returning, ready = self._returning, self._ready
         while returning or ready:
             item = returning.popleft() if returning else ready.popleft()

@@ -44,7 +44,9 @@ class Dispatcher:
         me = asyncio.current_task()
         assert me is not None
         while True:
-            item = await queue.get()
+            item = queue.get_nowait()  # one ready: no coroutine (once per event)
+            if item is None:
+                item = await queue.get()
             try:
                 # waiting for a global rate-limit token is not "in flight": shutdown cancels it
                 # (per-trigger limits are applied by the queue, which parks the events)

@@ -363,7 +363,8 @@ class TriggerEngine(Lifecycle):
         trigger names an identity (``idempotency_key=``) or asks ``dedup="content"``.
         A paused trigger skips the event (``on_trigger_filtered`` with reason ``paused``).
         :meth:`wait_for` answers every returned id: its result, or why it did not run."""
-        self._require_running()
+        if self._stopping or not self._started:  # ``running`` inline: once per event
+            self._require_running()
         targets = self._channels.get(channel)
         if not targets:
             raise ConfigurationError(
@@ -377,17 +378,14 @@ class TriggerEngine(Lifecycle):
         caller = None if untraced else tracing.current_context()
         admit, outage = self.admission.admit, self.admission.state.outage
         for active in targets:
-            if active.paused:  # an in-process event cannot wait: skipped, and said so
+            if active.paused_by:  # paused: an in-process event cannot wait, skipped, said so
                 await self.settlement.filtered(active, event, Reason.PAUSED)
                 continue
-            # payload, meta (source, trigger, message_id, topic), identity: by position
-            delivery = Delivery(
-                event,
-                EventMeta("memory", active.trigger_id, None, channel),
-                "",
-                decoded=True,
-                trace_context=caller,
-            )
+            # payload, meta (source, trigger, message_id, topic), identity: by position; the
+            # rest set after (keywords to a class cost a dict per call)
+            delivery = Delivery(event, EventMeta("memory", active.trigger_id, None, channel), "")
+            delivery.decoded = True
+            delivery.trace_context = caller
             result = await admit(active, delivery, untraced=untraced and outage.available)
             if result.outcome is AdmissionOutcome.ACCEPTED and result.saga_id:
                 accepted.append(result.saga_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import marshal
 from collections import OrderedDict
 from typing import Any
 
@@ -34,9 +35,14 @@ _Kept = tuple[str, Any, str | None, str | None, Any, int]
 
 def _keep(outcome: SagaOutcome) -> _Kept | NotRun:
     if type(outcome) is SagaResult:
+        context: Any = outcome.context
+        try:  # freeze() of a dict without the call: once per saga
+            context = marshal.dumps(context)
+        except ValueError:  # an object somewhere inside
+            context = freeze(context)
         return (
             outcome.status._value_,
-            freeze(outcome.context),
+            context,
             outcome.error,
             outcome.failed_step,
             freeze(outcome.compensation_errors) if outcome.compensation_errors else None,

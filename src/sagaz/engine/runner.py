@@ -77,18 +77,18 @@ class SagaRunner:
             return
         if logger.isEnabledFor(_LEVELS.get(result.status, logging.WARNING)):
             self._log_result(item, result)
-        if result.status is SagaStatus.CANCELLED:  # an operator's decision: never retried
-            state.metrics.cancelled[trigger.trigger_id] += 1
-            await self._outage_safe(lambda: self._settle(item))
-            state.outcomes.settle(item.saga_id, result)
-            return
-        if result.status is SagaStatus.COMPLETED:
+        if result.status is SagaStatus.COMPLETED:  # (first: the usual case)
             state.metrics.completed[trigger.trigger_id] += 1
             try:  # no closure and no extra coroutine on the common path: once per event
                 await self._settle(item)
             except StoreUnavailableError as exc:
                 await state.outage.wait(exc)
                 await self._outage_safe(lambda: self._settle(item))
+            state.outcomes.settle(item.saga_id, result)
+            return
+        if result.status is SagaStatus.CANCELLED:  # an operator's decision: never retried
+            state.metrics.cancelled[trigger.trigger_id] += 1
+            await self._outage_safe(lambda: self._settle(item))
             state.outcomes.settle(item.saga_id, result)
             return
         if result.status is SagaStatus.COMPENSATED:
@@ -127,18 +127,21 @@ class SagaRunner:
         cancellation = cancellations.track(item.saga_id)
         try:
             while True:
+                # saga, store, listeners, clock, trigger_id, event, owner, lease_until,
+                # delivery, cancellation, inbox: by position (ten keywords cost ~0.8 µs)
                 execution = SagaExecution(
                     item.saga if item.saga is not None else trigger.saga,
-                    store=state.store,
-                    listeners=trigger.listeners,
-                    clock=state.clock,
-                    trigger_id=trigger.trigger_id,
-                    owner=state.worker_id,
-                    lease_until=state.lease_until(),
-                    delivery=item.delivery,
-                    cancellation=cancellation,
+                    state.store,
+                    trigger.listeners,
+                    state.clock,
+                    trigger.trigger_id,
+                    None,
+                    state.worker_id,
+                    state.lease_until(),
+                    item.delivery,
+                    cancellation,
                     # a completed saga completes its inbox row in the same store operation
-                    inbox=(trigger.trigger_id, item.key) if item.key else None,
+                    (trigger.trigger_id, item.key) if item.key else None,
                 )
                 try:
                     result = await execution.run(

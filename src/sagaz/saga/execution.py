@@ -1,12 +1,11 @@
-"""Running one saga: steps (sequence or DAG), checkpoints, retries, resume (compensation:
-sagaz.saga.compensation)."""
+"""Running one saga: steps (in sequence; a DAG: sagaz.saga.dag), checkpoints, retries,
+resume (compensation: sagaz.saga.compensation)."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import uuid
-from collections.abc import Mapping
+import os
+from collections.abc import Coroutine, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +22,8 @@ from sagaz.exceptions import (
 from sagaz.records import OutboxMessage, SagaRecord, StepRecord
 from sagaz.saga.compensation import SagaCompensation, describe_error
 from sagaz.saga.context import SagaContext, StreamChannel, current_step
-from sagaz.saga.definition import StepDefinition
+from sagaz.saga.dag import SagaDag
+from sagaz.saga.definition import SagaDefinition, StepDefinition
 from sagaz.saga.listeners import OutboxSagaListener, SagaListener, notify
 from sagaz.saga.result import SagaResult
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
@@ -37,10 +37,26 @@ if TYPE_CHECKING:
 
 __all__ = ["SagaExecution"]
 
-logger = logging.getLogger(__name__)
+#: the clock of an execution given none (``Saga.run``): stateless, so shared
+_SYSTEM_CLOCK = SystemClock()
+
+# the members of the usual path, read once: on Python 3.11 ``SagaStatus.RUNNING`` goes
+# through ``EnumType.__getattr__``'s hook (about 0.1 µs), several times per saga
+_PENDING, _RUNNING, _COMPLETED = SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPLETED
+_STEP_RUNNING, _STEP_COMPLETED = StepStatus.RUNNING, StepStatus.COMPLETED
+
+#: the first hex digit of clock_seq with the RFC 4122 variant bits set, by the random digit
+_VARIANT = dict(zip("0123456789abcdef", "89ab89ab89ab89ab", strict=True))
 
 
-class SagaExecution(SagaCompensation):
+def _random_saga_id() -> str:
+    """``str(uuid.uuid4())`` from the random hex directly: a third of its cost (``UUID``'s
+    constructor and ``__str__`` are Python code), once per ``Saga.run`` without an id."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+class SagaExecution(SagaDag, SagaCompensation):
     """Runs one saga instance against a store, checkpointing every step transition.
 
     Interrupted executions resume by ``saga_id``: completed steps are not run again.
@@ -49,7 +65,8 @@ class SagaExecution(SagaCompensation):
     def __init__(
         self,
         saga: Saga,
-        *,
+        # by position too (the engine's runner, Saga.run: once per saga): a class called
+        # with ten keywords builds a dict of them first, about 0.8 µs
         store: SagaStore,
         listeners: list[SagaListener] | None = None,
         clock: Clock | None = None,
@@ -62,11 +79,12 @@ class SagaExecution(SagaCompensation):
         inbox: tuple[str, str] | None = None,
     ) -> None:
         self.saga = saga
-        self.definition = type(saga).definition()
-        self.saga_name = type(saga).saga_name
+        cls = type(saga)
+        self.definition: SagaDefinition = cls.__sagaz_definition__  # definition(), no call
+        self.saga_name = cls.saga_name
         self.store = store
         self.listeners = listeners or []
-        self.clock = clock or SystemClock()
+        self.clock = clock or _SYSTEM_CLOCK
         self.trigger_id = trigger_id
         self.event = event
         self.owner = owner
@@ -97,23 +115,37 @@ class SagaExecution(SagaCompensation):
         return self._began
 
     # -- entry point -----------------------------------------------------------------------
-    async def run(
+    def run(
         self,
         initial: Mapping[str, Any],
         saga_id: str | None = None,
         *,
         new_attempt: bool = False,
         known: SagaRecord | None = None,
-    ) -> SagaResult:
-        """Run, resume, or (``new_attempt``) retry the saga ``saga_id`` from ``initial``.
+    ) -> Coroutine[Any, Any, SagaResult]:
+        """Run, resume, or (``new_attempt``) retry the saga ``saga_id`` from ``initial``: a
+        coroutine to await, which answers the :class:`SagaResult`.
 
         ``known`` is the stored row when the caller just created it (skips one read).
-        """
-        self._check_outbox_listeners()
-        saga_id = saga_id or str(uuid.uuid4())
+        Without tracing the coroutine is the run itself (no coroutine around it: once per
+        saga)."""
+        if self.listeners:
+            self._check_outbox_listeners()
+        saga_id = saga_id or _random_saga_id()
         self._spans = spans = tracing.recorder()
         if spans is None:
-            return await self._run(initial, saga_id, new_attempt, known)
+            return self._run(initial, saga_id, new_attempt, known)
+        return self._run_traced(spans, initial, saga_id, new_attempt, known)
+
+    async def _run_traced(
+        self,
+        spans: SpanRecorder,
+        initial: Mapping[str, Any],
+        saga_id: str,
+        new_attempt: bool,
+        known: SagaRecord | None,
+    ) -> SagaResult:
+        """:meth:`_run` within the saga's span (tracing on)."""
         delivery = self.delivery
         with spans.saga(
             self.saga_name,
@@ -136,16 +168,20 @@ class SagaExecution(SagaCompensation):
         if known is not None and known.saga_id == saga_id:
             record, created = known, False
         else:
+            # saga_id, saga_name, status, context, attempt, error, trigger_id, event, owner,
+            # lease_expires_at: by position (once per saga; keywords cost a third more)
             record, created = await self.store.create_saga(
                 SagaRecord(
-                    saga_id=saga_id,
-                    saga_name=self.saga_name,
-                    status=SagaStatus.RUNNING,
-                    context=dict(initial),
-                    trigger_id=self.trigger_id,
-                    event=self.event,
-                    owner=self.owner,
-                    lease_expires_at=self.lease_until,
+                    saga_id,
+                    self.saga_name,
+                    _RUNNING,
+                    dict(initial),
+                    1,
+                    None,
+                    self.trigger_id,
+                    self.event,
+                    self.owner,
+                    self.lease_until,
                 )
             )
             self._began = created
@@ -158,7 +194,7 @@ class SagaExecution(SagaCompensation):
                 record.attempt += 1
                 record.context = dict(initial)
                 record.error = None
-            elif record.status is SagaStatus.PENDING:
+            elif record.status is _PENDING:
                 record.context = dict(initial) or record.context
             else:
                 steps = {s.name: s for s in await self.store.get_steps(saga_id)}
@@ -166,7 +202,7 @@ class SagaExecution(SagaCompensation):
             record.lease_expires_at = self.lease_until or record.lease_expires_at
             resuming_compensation = record.status is SagaStatus.COMPENSATING
             if not resuming_compensation:
-                record.status = SagaStatus.RUNNING
+                record.status = _RUNNING
             # written with the first step's running checkpoint: one store operation
             self._unsaved = record
         else:
@@ -175,7 +211,8 @@ class SagaExecution(SagaCompensation):
         ctx = SagaContext(
             record.context, saga_id=saga_id, saga_name=self.saga_name, attempt=record.attempt
         )
-        ctx.declare_streams(self.definition.readers)
+        if self.definition.readers:
+            ctx.declare_streams(self.definition.readers)
         done = self._restore(ctx, steps) if steps else set()
         if self.listeners:
             await notify(self.listeners, "on_saga_start", self.saga_name, saga_id, ctx)
@@ -183,13 +220,15 @@ class SagaExecution(SagaCompensation):
             return await self._compensate(ctx, None, record.error or "resumed compensation")
         failure = await self._forward(ctx, done)
         if failure is None:
-            record.status = SagaStatus.COMPLETED
+            record.status = _COMPLETED
             record.context = ctx.to_dict()
             await self._finish(record, ctx)
             if self.listeners:
                 await notify(self.listeners, "on_saga_complete", self.saga_name, saga_id, ctx)
                 record.context = ctx.to_dict()  # a listener may have written to the context
-            return SagaResult(saga_id, SagaStatus.COMPLETED, record.context, attempt=record.attempt)
+            # saga_id, status, context, error, failed_step, compensation_errors, attempt: by
+            # position (a keyword makes the call build a dict of it)
+            return SagaResult(saga_id, _COMPLETED, record.context, None, None, {}, record.attempt)
         failed_step, exc = failure
         return await self._compensate(ctx, failed_step, exc)
 
@@ -203,8 +242,12 @@ class SagaExecution(SagaCompensation):
         if last is not None:
             steps.append(last[0])
             outbox += last[1]
-        outbox += self._terminal_outbox(record)
-        await self._checkpoint(saga=record, steps=steps, outbox=outbox, complete_inbox=self.inbox)
+        if self.listeners:
+            outbox += self._terminal_outbox(record)
+        # the store itself, not _checkpoint: the saga row is given (nothing unsaved to add)
+        self._unsaved = None
+        await self.store.save_checkpoint(record, steps, outbox, complete_inbox=self.inbox)
+        self._began = True
         self.inbox_completed = self.inbox is not None
         if last is not None and self.listeners:
             name = last[0].name
@@ -295,94 +338,16 @@ class SagaExecution(SagaCompensation):
                     return (name, error)
                 done.add(name)
             return None
-        started: set[str] = set(done)
-        running: dict[asyncio.Task[None], str] = {}
-        channels: dict[str, StreamChannel] = {}
-        failure: tuple[str, BaseException] | None = None
-        try:
-            while True:
-                if failure is None:
-                    for step in self.definition.steps:
-                        name = step.action.name
-                        if name in started or not self._ready(step, done, started):
-                            continue
-                        started.add(name)
-                        channel = ctx.open_stream(name) if step.action.streaming else None
-                        if channel is not None:
-                            channels[name] = channel
-                            self._detach_unread({name: channel}, done)
-                        task = asyncio.create_task(
-                            self._run_step(step, ctx, channel), name=f"sagaz-step-{name}"
-                        )
-                        running[task] = name
-                if not running:
-                    return failure
-                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in finished:
-                    name = running.pop(task)
-                    exc = task.exception()
-                    if isinstance(exc, (StoreUnavailableError, LeaseLostError)):
-                        ctx.abort_streams()
-                        raise exc  # not a step failure (see above); the others are cancelled
-                    if exc is not None:
-                        if failure is None:
-                            failure = (name, exc)
-                            ctx.abort_streams()
-                    else:
-                        done.add(name)
-                self._detach_unread(channels, done)
-                self._report_drained(ctx, channels)
-        finally:
-            for task in running:
-                task.cancel()
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
-
-    def _ready(self, step: StepDefinition, done: set[str], started: set[str]) -> bool:
-        for dep in step.depends_on:
-            if dep in done:
-                continue
-            if dep in started and self.definition.step(dep).action.streaming:
-                continue  # readers of a stream run while it is produced
-            return False
-        return True
-
-    def _detach_unread(self, channels: dict[str, StreamChannel], done: set[str]) -> None:
-        """Nobody will read a stream whose readers all finished (or that has none): from then
-        on its producer runs to completion without waiting, its records counted and dropped."""
-        for name, channel in channels.items():
-            if all(r in done for r in self.definition.readers[name]):
-                channel.detach()
-
-    def _report_drained(self, ctx: SagaContext, channels: dict[str, StreamChannel]) -> None:
-        """Log each finished stream whose records were (partly) not read, once."""
-        for name, channel in list(channels.items()):
-            if not (channel.closed and channel.detached):
-                continue
-            del channels[name]
-            if channel.discarded:
-                logger.info(
-                    "stream %r of saga %r: %d of its %d records were read by no step "
-                    "and were dropped",
-                    name,
-                    self.saga_name,
-                    channel.discarded,
-                    channel.yielded,
-                    extra={
-                        "saga_id": ctx.saga_id,
-                        "step": name,
-                        "yielded": channel.yielded,
-                        "discarded": channel.discarded,
-                    },
-                )
+        return await self._forward_dag(ctx, done)
 
     async def _run_step(
         self, step: StepDefinition, ctx: SagaContext, channel: StreamChannel | None
     ) -> None:
         spec = step.action
         name = spec.name
-        if self.cancellation is not None:
-            self.cancellation.check(name)  # cancelled: this step fails before it starts
+        cancellation = self.cancellation
+        if cancellation is not None and cancellation.requested:
+            cancellation.check(name)  # cancelled: this step fails before it starts
         token = current_step.set(name)
         try:
             if self._spans is None:
@@ -402,17 +367,30 @@ class SagaExecution(SagaCompensation):
         saga_id = ctx.saga_id
         tries = spec.max_retries + 1
         for try_no in range(1, tries + 1):
-            await self._checkpoint(
-                steps=[StepRecord(saga_id, name, StepStatus.RUNNING, attempts=try_no)]
-            )
+            # the running checkpoint, with the saga row's new state if one waits (the first
+            # step's): what _checkpoint does, without its call (once per step)
+            running = StepRecord(saga_id, name, _STEP_RUNNING, None, None, try_no)
+            unsaved, self._unsaved = self._unsaved, None
+            if unsaved is None:
+                await self.store.save_step(running)
+            else:
+                await self.store.save_checkpoint(unsaved, [running])
+                self._began = True
             if self.listeners:
                 await notify(self.listeners, "on_step_enter", self.saga_name, name, ctx)
             try:
                 if spec.timeout_seconds is None:  # the common case: no context manager per step
                     if channel is not None:
                         result = await self._produce(fn, ctx, channel)
-                    else:
-                        result = self._check_result(name, await fn(ctx))
+                    else:  # no call for the usual return values: None, a dict (copied)
+                        value = await fn(ctx)
+                        result = (
+                            {}
+                            if value is None
+                            else dict(value)
+                            if type(value) is dict
+                            else self._check_result(name, value)
+                        )
                 else:
                     async with asyncio.timeout(spec.timeout_seconds):
                         if channel is not None:
@@ -437,14 +415,11 @@ class SagaExecution(SagaCompensation):
                 error = exc
             else:
                 self._seq += 1
-                ctx.update(result)
+                if result:  # (a step that returns None adds nothing: no call)
+                    ctx.update(result)
+                # saga_id, name, status, result, error, attempts, completed_seq: by position
                 completed = StepRecord(
-                    saga_id,
-                    name,
-                    StepStatus.COMPLETED,
-                    result=result,
-                    attempts=try_no,
-                    completed_seq=self._seq,
+                    saga_id, name, _STEP_COMPLETED, result, None, try_no, self._seq
                 )
                 self._remaining -= 1
                 if self._remaining == 0 and self._record is not None:

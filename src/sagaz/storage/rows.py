@@ -99,6 +99,19 @@ def _nested(target: str, source: str) -> list[str]:
     ]
 
 
+def _frozen(target: str, source: str) -> list[str]:
+    """Lines that set ``target`` to :func:`freeze` of ``source``, without the call (plain
+    scalars, ``None`` above all, as they are)."""
+    return [
+        f"    {target} = {source}",
+        f"    if type({target}) not in plain:",
+        "        try:",
+        f"            {target} = dumps({target})",
+        "        except ValueError:",
+        f"            {target} = copy_slow({target})",
+    ]
+
+
 def _make_cloner(cls: type) -> Callable[[Any], Any]:
     lines = ["def clone(r):", "    c = new(cls)"]
     for field in dataclasses.fields(cls):
@@ -156,8 +169,12 @@ class RowCodec(Generic[R]):
             name = field.name
             enum = _enum_type(hints[name])
             if name in _NESTED:
-                # plain scalars (None above all) without a call: most nested fields are None
-                value = f"(r.{name} if type(r.{name}) in plain else freeze(r.{name}))"
+                # freeze() inline: a row is packed several times per saga, and the call
+                # would cost more than the marshal itself
+                frozen = _frozen(f"n{i}", f"r.{name}")
+                pack += frozen
+                stamped += frozen
+                value = f"n{i}"
                 unpack.append(f"    c.{name} = thaw(t[{i}])")
             elif enum is not None:
                 members[f"m{i}"] = {m.value: m for m in enum}
@@ -173,7 +190,9 @@ class RowCodec(Generic[R]):
         pack.append(f"    return ({', '.join(values)},)")
         stamped.append(f"    return ({', '.join(stamped_values)},)")
         unpack.append("    return c")
-        namespace = _namespace(cls, freeze=freeze, thaw=thaw, plain=_PLAIN, **members)
+        namespace = _namespace(
+            cls, dumps=marshal.dumps, copy_slow=_copy_slow, thaw=thaw, plain=_PLAIN, **members
+        )
         self.pack: Callable[[R], tuple[Any, ...]] = _compile(pack, namespace, "pack")
         #: ``pack`` with ``created_at`` and ``updated_at`` (where the record has them) taken
         #: from the arguments instead of the record, which is left as it is
