@@ -360,3 +360,16 @@ async def test_outbox_messages_are_written_with_the_step_checkpoint() -> None:
     await Emitting().run({}, store=store)
     messages = await store.fetch_outbox()
     assert [m.topic for m in messages] == ["orders.reserved"]  # a failed step publishes nothing
+
+
+def test_a_run_without_an_id_gets_a_random_version_4_uuid() -> None:
+    import uuid
+
+    from sagaz.saga.execution import _random_saga_id
+
+    ids = {_random_saga_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text  # canonical: lower-case, hyphens where uuid4() puts them
