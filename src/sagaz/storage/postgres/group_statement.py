@@ -165,16 +165,17 @@ class PostgresGroupStatement(PostgresEventClaims):
     def _claim_selects(self, cte: str, kind: int, n: int) -> list[str]:
         """The rows of the claims of ``cte`` (keys in ``$n+1``): one per key claimed
         (``kind``), and one per key as it was before the statement (its snapshot,
-        ``kind + 1``): of the keys not claimed, the ones that refused the claim then."""
+        ``kind + 1``): of the keys not claimed, the ones that refused the claim then.
+
+        The second are read only if some key was not claimed: gated by a count (a one-time
+        filter), so that in the usual group, every key claimed, no key is looked up again."""
+        keys = f"${n + 1}::{self._s}.inbox_claim[]"
         return [
             f"SELECT {kind}, trigger_id, key, saga_id, NULL, NULL, NULL, inserted FROM {cte}",
             f"SELECT {kind + 1}, i.trigger_id, i.key, i.saga_id, i.owner, i.status, "
             "i.lease_until, NULL FROM "
-            + _inbox_rows(
-                self._s,
-                f"${n + 1}::{self._s}.inbox_claim[]",
-                "trigger_id, key, saga_id, owner, lease_until, created_at",
-            ),
+            + _inbox_rows(self._s, keys, "trigger_id, key, saga_id, owner, lease_until, created_at")
+            + f" WHERE (SELECT count(*) FROM {cte}) < cardinality({keys})",
         ]
 
 
