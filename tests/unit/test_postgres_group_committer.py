@@ -29,12 +29,21 @@ class _Pool:
         self.acquired = 0
         self.released: list[object] = []
 
-    async def acquire(self) -> object:
+    async def acquire(self) -> _Connection:
         self.acquired += 1
-        return object()
+        return _Connection()
 
     async def release(self, conn: object) -> None:
         self.released.append(conn)
+
+
+class _Connection:
+    """A connection that runs nothing, open until ``closed`` is set."""
+
+    closed = False
+
+    def is_closed(self) -> bool:
+        return self.closed
 
 
 async def test_operations_queued_at_once_start_one_flusher_and_share_its_group() -> None:
@@ -173,3 +182,22 @@ async def test_a_connection_whose_group_was_lost_goes_back_to_the_pool() -> None
     assert pool.acquired == 2  # the next group took another
     await groups.close()
     assert len(pool.released) == 2
+
+
+async def test_a_kept_connection_the_server_closed_is_replaced_before_the_next_group() -> None:
+    pool = _Pool()
+    groups = PgGroupCommitter(pool, unavailable=lambda exc: False, label="PostgreSQL store")
+    groups._transaction = _no_transaction  # type: ignore[method-assign]
+    seen: list[Any] = []
+
+    async def op(conn: object, n: int) -> int:
+        seen.append(conn)
+        return n
+
+    assert await groups.run(op, 1) == 1
+    seen[0].closed = True  # e.g. the server restarted while the committer kept it
+    assert await groups.run(op, 2) == 2
+    assert seen[1] is not seen[0]
+    assert pool.released == [seen[0]]  # given back: the pool replaces it
+    await groups.close()
+    assert pool.released == [seen[0], seen[1]]

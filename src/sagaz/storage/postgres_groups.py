@@ -46,8 +46,8 @@ run twice, the first run rolled back.
 The committer keeps the pooled connections its groups ran on, one per group at the server at
 most, until :meth:`PgGroupCommitter.close`: taking a connection from an asyncpg pool and
 giving it back cost a group more of the client's CPU than the round trip of its statement.
-A connection whose group failed (the driver, the server, a cancellation) goes back to the
-pool, which replaces it if it is broken.
+A connection whose group failed (the driver, the server, a cancellation), or that was closed
+while kept, goes back to the pool, which replaces it if it is broken.
 
 A lost connection or server fails every operation of the group: each caller gets its own
 :class:`~sagaz.exceptions.StoreUnavailableError` (``unavailable(exc)`` decides which driver
@@ -212,7 +212,7 @@ class PgGroupCommitter:
     async def _run_group(self, group: list[_Queued]) -> None:
         self._in_flight += 1
         try:
-            conn = self._idle.pop() if self._idle else await self._pool.acquire()
+            conn = await self._connection()
             try:
                 outcomes, healthy = await self._execute(conn, group)
             except BaseException:
@@ -235,6 +235,16 @@ class PgGroupCommitter:
         finally:
             self._in_flight -= 1
         await self._hand_over(group, outcomes)
+
+    async def _connection(self) -> Any:
+        """A kept connection, or one from the pool; a kept one the server closed meanwhile
+        (a restart, an idle timeout) goes back to the pool, which replaces it."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.is_closed():
+                return conn
+            await self._give_back(conn)
+        return await self._pool.acquire()
 
     async def _give_back(self, conn: Any) -> None:
         """Return a connection whose group failed to the pool, which replaces it if it is
