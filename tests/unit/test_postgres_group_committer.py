@@ -38,11 +38,15 @@ class _Pool:
 
 
 class _Connection:
-    """A connection that runs nothing, open until ``closed`` is set."""
+    """A connection that runs nothing, open until ``closed`` is set; ``detached``: as asyncpg
+    leaves a pooled connection that closed (given back to its pool by itself)."""
 
     closed = False
+    detached = False
 
     def is_closed(self) -> bool:
+        if self.detached:
+            raise RuntimeError("cannot call Connection.is_closed(): released to the pool")
         return self.closed
 
 
@@ -184,7 +188,10 @@ async def test_a_connection_whose_group_was_lost_goes_back_to_the_pool() -> None
     assert len(pool.released) == 2
 
 
-async def test_a_kept_connection_the_server_closed_is_replaced_before_the_next_group() -> None:
+@pytest.mark.parametrize("how", ["closed", "detached"])
+async def test_a_kept_connection_the_server_closed_is_replaced_before_the_next_group(
+    how: str,
+) -> None:
     pool = _Pool()
     groups = PgGroupCommitter(pool, unavailable=lambda exc: False, label="PostgreSQL store")
     groups._transaction = _no_transaction  # type: ignore[method-assign]
@@ -195,7 +202,7 @@ async def test_a_kept_connection_the_server_closed_is_replaced_before_the_next_g
         return n
 
     assert await groups.run(op, 1) == 1
-    seen[0].closed = True  # e.g. the server restarted while the committer kept it
+    setattr(seen[0], how, True)  # e.g. the server restarted while the committer kept it
     assert await groups.run(op, 2) == 2
     assert seen[1] is not seen[0]
     assert pool.released == [seen[0]]  # given back: the pool replaces it

@@ -241,7 +241,7 @@ class PgGroupCommitter:
         (a restart, an idle timeout) goes back to the pool, which replaces it."""
         while self._idle:
             conn = self._idle.pop()
-            if not conn.is_closed():
+            if _open(conn):
                 return conn
             await self._give_back(conn)
         return await self._pool.acquire()
@@ -432,6 +432,15 @@ def _one_statement(group: list[_Queued]) -> dict[BatchRunner, tuple[list[int], l
         indexes.append(index)
         items.append(item)
     return batches
+
+
+def _open(conn: Any) -> bool:
+    """Whether a kept connection is still open (asyncpg gives a pooled connection that
+    closed back to its pool itself: its proxy then raises instead of answering)."""
+    try:
+        return not conn.is_closed()
+    except Exception:
+        return False
 
 
 def _sqlstate(exc: BaseException) -> str | None:
