@@ -208,3 +208,21 @@ async def test_a_kept_connection_the_server_closed_is_replaced_before_the_next_g
     assert pool.released == [seen[0]]  # given back: the pool replaces it
     await groups.close()
     assert pool.released == [seen[0], seen[1]]
+
+
+async def test_without_keep_each_group_gives_its_connection_back() -> None:
+    # a pool with no connection to spare: the store's reads need the one the groups use
+    pool = _Pool()
+    groups = PgGroupCommitter(
+        pool, unavailable=lambda exc: False, label="PostgreSQL store", keep=False
+    )
+    groups._transaction = _no_transaction  # type: ignore[method-assign]
+
+    async def op(conn: object, n: int) -> int:
+        return n
+
+    for n in range(3):
+        assert await groups.run(op, n) == n
+        assert len(pool.released) == pool.acquired == n + 1
+    await groups.close()
+    assert len(pool.released) == 3

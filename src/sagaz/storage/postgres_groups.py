@@ -44,8 +44,9 @@ retried in its savepoint first). Operations must therefore only touch the databa
 run twice, the first run rolled back.
 
 The committer keeps the pooled connections its groups ran on, one per group at the server at
-most, until :meth:`PgGroupCommitter.close`: taking a connection from an asyncpg pool and
-giving it back cost a group more of the client's CPU than the round trip of its statement.
+most, until :meth:`PgGroupCommitter.close` (unless ``keep`` is false: a pool with no
+connection to spare for the reads): taking a connection from an asyncpg pool and giving it
+back cost a group more of the client's CPU than the round trip of its statement.
 A connection whose group failed (the driver, the server, a cancellation), or that was closed
 while kept, goes back to the pool, which replaces it if it is broken.
 
@@ -125,8 +126,9 @@ class PgGroupCommitter:
 
     ``unavailable(exc)`` tells whether a driver error means the server cannot be reached;
     ``label`` names the store in the errors made here; ``statement`` runs an all-batch group
-    as one statement (see the module docstring). :attr:`commits` counts the transactions
-    committed (a group, whatever its size, is one).
+    as one statement (see the module docstring); ``keep``: keep the connections between
+    groups (the pool must have others for the rest of the store). :attr:`commits` counts
+    the transactions committed (a group, whatever its size, is one).
     """
 
     def __init__(
@@ -137,12 +139,14 @@ class PgGroupCommitter:
         label: str,
         connections: int = 1,
         statement: Statement | None = None,
+        keep: bool = True,
     ) -> None:
         self._pool = pool
         self._statement = statement
         self._unavailable = unavailable
         self._label = label
         self._connections = max(1, connections)
+        self._keep = keep
         self._queue: list[_Queued] = []
         self._flushers: set[asyncio.Task[None]] = set()
         #: a flusher is started and has not yet taken the queue: it takes what comes meanwhile
@@ -218,7 +222,7 @@ class PgGroupCommitter:
             except BaseException:
                 await self._give_back(conn)
                 raise
-            if healthy:
+            if healthy and self._keep:
                 self._idle.append(conn)
             else:
                 await self._give_back(conn)
