@@ -193,7 +193,7 @@ class PgGroupCommitter:
         while self._flushers:
             await asyncio.wait(set(self._flushers))  # not cancelled with the caller
         while self._idle:
-            await self._pool.release(self._idle.pop())
+            await self._give_back(self._idle.pop())
 
     async def _flush(self) -> None:
         """Run the queued operations, a group at a time, until none is left."""
@@ -251,8 +251,8 @@ class PgGroupCommitter:
         return await self._pool.acquire()
 
     async def _give_back(self, conn: Any) -> None:
-        """Return a connection whose group failed to the pool, which replaces it if it is
-        broken (a release that fails too changes nothing for the group's callers)."""
+        """Return a connection to the pool, which replaces it if it is broken (a release
+        that fails changes nothing for the callers: the pool's close ends the connection)."""
         try:
             await self._pool.release(conn)
         except Exception:  # the connection is broken: the pool's close ends it
