@@ -200,6 +200,35 @@ async def test_one_caller_writing_again_and_again_is_never_left_waiting(database
         assert len(await store.list_sagas(limit=100)) == 50
 
 
+async def test_a_pool_of_one_connection_still_reads_between_writes(database: str) -> None:
+    # max_size=1: the groups may not keep the only connection (the reads need it too)
+    async with PostgresSagaStore(database, max_size=1) as store:
+        async with asyncio.timeout(10):
+            await store.save_saga(_running("s-1"))
+            assert await store.get_saga("s-1") is not None
+            await store.save_saga(_running("s-2"))
+            assert len(await store.list_sagas()) == 2
+
+
+async def test_a_kept_connection_the_server_ended_is_replaced_for_the_next_write(
+    database: str,
+) -> None:
+    async with PostgresSagaStore(database) as store:
+        await store.save_saga(_running("s-1"))  # its group's connection is kept
+        admin = await asyncpg.connect(database)
+        try:
+            ended = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        assert ended >= 1
+        await asyncio.sleep(0.1)  # the client sees its connection closed
+        await store.save_saga(_running("s-2"))  # on a fresh connection, not an error
+        assert await store.get_saga("s-2") is not None
+
+
 def _checkpoint_or_claim(store: PostgresSagaStore, i: int) -> Awaitable[Any]:
     """An operation without a wrapper of its own (translates_unavailable)."""
     if i % 2:

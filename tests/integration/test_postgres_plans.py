@@ -20,7 +20,7 @@ from sagaz.types import SagaStatus
 from tests.schema_support import rewind_schema
 from tests.services import drop_postgres_schema, unique_name
 
-_T = "'{2026-01-01 00:00:00+00}'"
+_T = "'{820540800000000}'"  # an inbox completion's moment: 2026-01-01 in pg_micros
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from sagaz.exceptions import StoreUnavailableError
 from sagaz.storage.group_commit import HandOver
 from sagaz.storage.postgres_groups import PgGroupCommitter
 
@@ -21,16 +22,32 @@ async def test_an_operation_without_a_function_or_a_batch_is_refused_at_once() -
 
 
 class _Pool:
-    """A pool whose connection runs nothing: the operations below do not touch it."""
+    """A pool whose connections run nothing: the operations below do not touch them. It
+    counts the connections taken and given back."""
 
-    def acquire(self) -> _Pool:
-        return self
+    def __init__(self) -> None:
+        self.acquired = 0
+        self.released: list[object] = []
 
-    async def __aenter__(self) -> object:
-        return object()
+    async def acquire(self) -> _Connection:
+        self.acquired += 1
+        return _Connection()
 
-    async def __aexit__(self, *exc: object) -> None:
-        return None
+    async def release(self, conn: object) -> None:
+        self.released.append(conn)
+
+
+class _Connection:
+    """A connection that runs nothing, open until ``closed`` is set; ``detached``: as asyncpg
+    leaves a pooled connection that closed (given back to its pool by itself)."""
+
+    closed = False
+    detached = False
+
+    def is_closed(self) -> bool:
+        if self.detached:
+            raise RuntimeError("cannot call Connection.is_closed(): released to the pool")
+        return self.closed
 
 
 async def test_operations_queued_at_once_start_one_flusher_and_share_its_group() -> None:
@@ -120,3 +137,92 @@ async def test_a_group_back_while_another_is_at_the_server_is_handed_over_at_onc
     # back while "held" was still out: all twenty results at once, one next group
     assert recording.groups[2] == [f"c{k}-1" for k in range(20)]
     await groups.close()
+
+
+async def test_groups_in_turn_run_on_one_connection_kept_until_close() -> None:
+    pool = _Pool()
+    groups = PgGroupCommitter(
+        pool, unavailable=lambda exc: False, label="PostgreSQL store", connections=4
+    )
+    groups._transaction = _no_transaction  # type: ignore[method-assign]
+    seen: list[object] = []
+
+    async def op(conn: object, n: int) -> int:
+        seen.append(conn)
+        return n
+
+    for n in range(5):  # each awaited: five groups, one after the other
+        assert await groups.run(op, n) == n
+    assert groups.commits == 5
+    # taken from the pool once, not once per group (that cost more than the round trip)
+    assert pool.acquired == 1
+    assert len(set(map(id, seen))) == 1
+    assert pool.released == []
+    await groups.close()
+    assert pool.released == [seen[0]]
+
+
+async def test_a_connection_whose_group_was_lost_goes_back_to_the_pool() -> None:
+    pool = _Pool()
+    groups = PgGroupCommitter(
+        pool, unavailable=lambda exc: isinstance(exc, OSError), label="PostgreSQL store"
+    )
+    seen: list[object] = []
+
+    async def lose(conn: object, group: list[Any]) -> list[tuple[Any, None]]:
+        seen.append(conn)
+        raise OSError("connection reset")  # the server went away mid-group
+
+    groups._transaction = lose  # type: ignore[method-assign]
+
+    async def op(conn: object, n: int) -> int:
+        return n
+
+    with pytest.raises(StoreUnavailableError):
+        await groups.run(op, 1)
+    assert pool.released == [seen[0]]  # given back: the pool replaces a broken connection
+    groups._transaction = _no_transaction  # type: ignore[method-assign]
+    assert await groups.run(op, 2) == 2
+    assert pool.acquired == 2  # the next group took another
+    await groups.close()
+    assert len(pool.released) == 2
+
+
+@pytest.mark.parametrize("how", ["closed", "detached"])
+async def test_a_kept_connection_the_server_closed_is_replaced_before_the_next_group(
+    how: str,
+) -> None:
+    pool = _Pool()
+    groups = PgGroupCommitter(pool, unavailable=lambda exc: False, label="PostgreSQL store")
+    groups._transaction = _no_transaction  # type: ignore[method-assign]
+    seen: list[Any] = []
+
+    async def op(conn: object, n: int) -> int:
+        seen.append(conn)
+        return n
+
+    assert await groups.run(op, 1) == 1
+    setattr(seen[0], how, True)  # e.g. the server restarted while the committer kept it
+    assert await groups.run(op, 2) == 2
+    assert seen[1] is not seen[0]
+    assert pool.released == [seen[0]]  # given back: the pool replaces it
+    await groups.close()
+    assert pool.released == [seen[0], seen[1]]
+
+
+async def test_without_keep_each_group_gives_its_connection_back() -> None:
+    # a pool with no connection to spare: the store's reads need the one the groups use
+    pool = _Pool()
+    groups = PgGroupCommitter(
+        pool, unavailable=lambda exc: False, label="PostgreSQL store", keep=False
+    )
+    groups._transaction = _no_transaction  # type: ignore[method-assign]
+
+    async def op(conn: object, n: int) -> int:
+        return n
+
+    for n in range(3):
+        assert await groups.run(op, n) == n
+        assert len(pool.released) == pool.acquired == n + 1
+    await groups.close()
+    assert len(pool.released) == 3

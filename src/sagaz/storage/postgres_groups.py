@@ -43,6 +43,13 @@ is rolled back alone and its caller gets its error (a deadlock or serialization 
 retried in its savepoint first). Operations must therefore only touch the database: they may
 run twice, the first run rolled back.
 
+The committer keeps the pooled connections its groups ran on, one per group at the server at
+most, until :meth:`PgGroupCommitter.close` (unless ``keep`` is false: a pool with no
+connection to spare for the reads): taking a connection from an asyncpg pool and giving it
+back cost a group more of the client's CPU than the round trip of its statement.
+A connection whose group failed (the driver, the server, a cancellation), or that was closed
+while kept, goes back to the pool, which replaces it if it is broken.
+
 A lost connection or server fails every operation of the group: each caller gets its own
 :class:`~sagaz.exceptions.StoreUnavailableError` (``unavailable(exc)`` decides which driver
 errors mean that), or a :class:`~sagaz.exceptions.StoreError` when the transaction was lost
@@ -119,8 +126,9 @@ class PgGroupCommitter:
 
     ``unavailable(exc)`` tells whether a driver error means the server cannot be reached;
     ``label`` names the store in the errors made here; ``statement`` runs an all-batch group
-    as one statement (see the module docstring). :attr:`commits` counts the transactions
-    committed (a group, whatever its size, is one).
+    as one statement (see the module docstring); ``keep``: keep the connections between
+    groups (the pool must have others for the rest of the store). :attr:`commits` counts
+    the transactions committed (a group, whatever its size, is one).
     """
 
     def __init__(
@@ -131,18 +139,22 @@ class PgGroupCommitter:
         label: str,
         connections: int = 1,
         statement: Statement | None = None,
+        keep: bool = True,
     ) -> None:
         self._pool = pool
         self._statement = statement
         self._unavailable = unavailable
         self._label = label
         self._connections = max(1, connections)
+        self._keep = keep
         self._queue: list[_Queued] = []
         self._flushers: set[asyncio.Task[None]] = set()
         #: a flusher is started and has not yet taken the queue: it takes what comes meanwhile
         self._collecting = False
         #: groups at the server (sent, not yet back)
         self._in_flight = 0
+        #: pooled connections kept between groups (see the module docstring)
+        self._idle: list[Any] = []
         self._handing = HandOver()
         #: transactions committed by this committer
         self.commits = 0
@@ -176,9 +188,12 @@ class PgGroupCommitter:
         return future  # cancelling its awaiting caller cancels it: the flusher drops it
 
     async def close(self) -> None:
-        """Run what is queued and wait for the running group. Queue nothing after it."""
+        """Run what is queued and wait for the running group, then give the connections
+        kept back to the pool. Queue nothing after it."""
         while self._flushers:
             await asyncio.wait(set(self._flushers))  # not cancelled with the caller
+        while self._idle:
+            await self._give_back(self._idle.pop())
 
     async def _flush(self) -> None:
         """Run the queued operations, a group at a time, until none is left."""
@@ -201,8 +216,16 @@ class PgGroupCommitter:
     async def _run_group(self, group: list[_Queued]) -> None:
         self._in_flight += 1
         try:
-            async with self._pool.acquire() as conn:
-                outcomes = await self._execute(conn, group)
+            conn = await self._connection()
+            try:
+                outcomes, healthy = await self._execute(conn, group)
+            except BaseException:
+                await self._give_back(conn)
+                raise
+            if healthy and self._keep:
+                self._idle.append(conn)
+            else:
+                await self._give_back(conn)
         except asyncio.CancelledError as exc:  # the loop is shutting down
             self._interrupt(group, exc)
             raise
@@ -216,6 +239,24 @@ class PgGroupCommitter:
         finally:
             self._in_flight -= 1
         await self._hand_over(group, outcomes)
+
+    async def _connection(self) -> Any:
+        """A kept connection, or one from the pool; a kept one the server closed meanwhile
+        (a restart, an idle timeout) goes back to the pool, which replaces it."""
+        while self._idle:
+            conn = self._idle.pop()
+            if _open(conn):
+                return conn
+            await self._give_back(conn)
+        return await self._pool.acquire()
+
+    async def _give_back(self, conn: Any) -> None:
+        """Return a connection to the pool, which replaces it if it is broken (a release
+        that fails changes nothing for the callers: the pool's close ends the connection)."""
+        try:
+            await self._pool.release(conn)
+        except Exception:  # the connection is broken: the pool's close ends it
+            return
 
     async def _hand_over(self, group: list[_Queued], outcomes: list[Outcome]) -> None:
         """Give each caller of ``group`` its outcome (:class:`HandOver`: in two halves if no
@@ -233,11 +274,12 @@ class PgGroupCommitter:
             settle(queued.future, (None, self._lost(exc, interrupted=True)))
         self._queue.clear()
 
-    async def _execute(self, conn: Any, group: list[_Queued]) -> list[Outcome]:
-        """One group: as one statement if it can, else in one transaction."""
+    async def _execute(self, conn: Any, group: list[_Queued]) -> tuple[list[Outcome], bool]:
+        """One group: as one statement if it can, else in one transaction. Its outcomes, and
+        whether the connection may run the next group (no transaction of it was lost)."""
         batches = None if self._statement is None else _one_statement(group)
         if batches is None or self._statement is None:
-            return await self._transaction(conn, group)
+            return await self._transaction(conn, group), True
         try:
             results = await self._statement(
                 conn, {runner: items for runner, (_, items) in batches.items()}
@@ -245,8 +287,9 @@ class PgGroupCommitter:
         except Exception as exc:
             if self._unavailable(exc):
                 raise _GroupLost(exc) from exc
-            return await self._transaction(conn, group)  # it wrote nothing: go the safe way
+            return await self._transaction(conn, group), True  # it wrote nothing: the safe way
         self.statements += 1
+        healthy = True
         outcomes: list[Outcome] = [(None, None)] * len(group)
         again: list[int] = []
         for runner, (indexes, _) in batches.items():
@@ -261,11 +304,12 @@ class PgGroupCommitter:
                 redone = await self._transaction(conn, rest)
             except _GroupLost as lost:
                 redone = [(None, self._lost(lost.cause)) for _ in rest]
+                healthy = False
             else:
                 self.commits += 1  # (the group's own is counted by _run_group)
             for index, outcome in zip(again, redone, strict=True):
                 outcomes[index] = outcome
-        return outcomes
+        return outcomes, healthy
 
     async def _transaction(self, conn: Any, group: list[_Queued]) -> list[Outcome]:
         """One group in one transaction: without savepoints first, with them if an op fails."""
@@ -392,6 +436,15 @@ def _one_statement(group: list[_Queued]) -> dict[BatchRunner, tuple[list[int], l
         indexes.append(index)
         items.append(item)
     return batches
+
+
+def _open(conn: Any) -> bool:
+    """Whether a kept connection is still open (asyncpg gives a pooled connection that
+    closed back to its pool itself: its proxy then raises instead of answering)."""
+    try:
+        return not conn.is_closed()
+    except Exception:
+        return False
 
 
 def _sqlstate(exc: BaseException) -> str | None:

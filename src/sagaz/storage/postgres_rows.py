@@ -35,8 +35,11 @@ _MICROSECOND = timedelta(microseconds=1)
 
 def pg_micros(moment: datetime) -> int:
     """``moment`` (aware) as microseconds since PostgreSQL's epoch (2000-01-01 UTC): how a
-    saga's and a step's moments are sent (:func:`moment_sql` turns them back)."""
-    return (to_utc(moment) - _PG_EPOCH) // _MICROSECOND
+    saga's and a step's moments and an inbox row's completion are sent (:func:`moment_sql`
+    turns them back)."""
+    if moment.tzinfo is not UTC:  # most moments are (sagaz.clock.utcnow)
+        moment = to_utc(moment)
+    return (moment - _PG_EPOCH) // _MICROSECOND
 
 
 def moment_sql(micros: str) -> str:
@@ -77,13 +80,19 @@ async def keep_session(conn: Any) -> None:
 
 
 def saga_params(
-    record: SagaRecord, created_at: datetime, updated_at: datetime, texts: JsonMemo | None = None
+    record: SagaRecord,
+    created_at: datetime,
+    updated_at: datetime,
+    texts: JsonMemo | None = None,
+    updated_micros: int | None = None,
 ) -> tuple[Any, ...]:
     """The values of :data:`SAGA_COLUMNS` for ``record`` (JSON columns as text, moments as
     :func:`pg_micros`): a ``saga_row`` (migration 9), or :data:`SAGA_VALUES`. ``texts``: the
     saga's context and event texts (:class:`~sagaz.storage.texts.SagaJson`), reused while
-    the values are unchanged."""
+    the values are unchanged; ``updated_micros``: ``pg_micros(updated_at)`` if the caller
+    has it already."""
     lease, status, event = record.lease_expires_at, record.status, record.event
+    updated = pg_micros(updated_at) if updated_micros is None else updated_micros
     encode_context, encode_event = (
         (dumps, dumps) if texts is None else (texts[0].encode, texts[1].encode)
     )
@@ -100,8 +109,8 @@ def saga_params(
         event,
         record.owner,
         None if lease is None else pg_micros(lease),
-        pg_micros(created_at),
-        pg_micros(updated_at),
+        updated if created_at is updated_at else pg_micros(created_at),
+        updated,
     )
 
 

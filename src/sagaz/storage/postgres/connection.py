@@ -172,13 +172,16 @@ class PostgresConnection(SagaStore):
                 await pool.close()
                 raise
             self._pool = pool
+            # the rest of the pool is for reads and the statements kept out of groups
+            connections = max(1, min(_GROUP_CONNECTIONS, self._max_size // 2))
             self._groups = PgGroupCommitter(
                 pool,
                 unavailable=self._unavailable,
                 label=repr(self),
-                # the rest of the pool is for reads and the statements kept out of groups
-                connections=max(1, min(_GROUP_CONNECTIONS, self._max_size // 2)),
+                connections=connections,
                 statement=self._statement(),
+                # kept between groups only while the pool has others for the reads
+                keep=self._max_size > connections,
             )
             self._started = True
 

@@ -91,6 +91,7 @@ class PostgresGroupStatement(PostgresEventClaims):
         event_claimed: dict[tuple[str, str], Any] = {}
         event_found: dict[tuple[str, str], Any] = {}
         event_sagas: set[str] = set()
+        every_saga = False  # every event whose key was claimed had its saga created
         lost: set[str] = set()  # the checkpoints' sagas fenced out
         for row in rows:
             kind = row[0]
@@ -108,6 +109,8 @@ class PostgresGroupStatement(PostgresEventClaims):
                 event_sagas.add(row[1])
             elif kind == 7:
                 lost.add(row[1])
+            elif kind == 8:
+                every_saga = True
         results: dict[BatchRunner, list[Any]] = {}
         if claims:
             results[self._claim_inboxes] = [_claim(args, claimed, found) for args in claims]
@@ -117,7 +120,8 @@ class PostgresGroupStatement(PostgresEventClaims):
             ]
         if events:
             results[self._claim_events] = [
-                _event(event, event_claimed, event_found, event_sagas) for event in events
+                _event(event, event_claimed, event_found, None if every_saga else event_sagas)
+                for event in events
             ]
         if checkpoints:
             results[self._run_checkpoints] = checkpoints_written(checkpoints, lost)
@@ -126,8 +130,8 @@ class PostgresGroupStatement(PostgresEventClaims):
     def _build_group_sql(self, shape: _Shape) -> str:
         """The statement of a group of ``shape``: its CTEs, then one row per claimed key
         (kind 1), per key found as it was before the statement (2), per inserted saga (3),
-        per event's claimed key (4) and key found (5), per saga it created (6), per
-        checkpoint's saga fenced out (7)."""
+        per event's claimed key (4) and key found (5), per saga it created (6) unless it
+        created every claimed key's (one row, 8), per checkpoint's saga fenced out (7)."""
         has_claims, has_creates, has_events, checkpoint_shape = shape
         ctes: list[str] = []
         selects = [
@@ -153,7 +157,13 @@ class PostgresGroupStatement(PostgresEventClaims):
                 " ON CONFLICT", " JOIN ec ON ec.saga_id = u.saga_id ON CONFLICT", 1
             )
             ctes.append(f"es AS ({insert})")
-            selects.append("SELECT 6, saga_id, NULL, NULL, NULL, NULL, NULL, NULL FROM es")
+            # the sagas created, listed only if some claimed key's saga was not (it existed):
+            # else one row of kind 8 says every one was (gated by counts, one-time filters)
+            every = "(SELECT count(*) FROM es) = (SELECT count(*) FROM ec)"
+            selects.append(
+                f"SELECT 6, saga_id, NULL, NULL, NULL, NULL, NULL, NULL FROM es WHERE NOT {every}"
+            )
+            selects.append(f"SELECT 8, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE {every}")
             n += 2
         if checkpoint_shape is not None:
             ctes += self._checkpoint_ctes(checkpoint_shape, n)
@@ -165,16 +175,17 @@ class PostgresGroupStatement(PostgresEventClaims):
     def _claim_selects(self, cte: str, kind: int, n: int) -> list[str]:
         """The rows of the claims of ``cte`` (keys in ``$n+1``): one per key claimed
         (``kind``), and one per key as it was before the statement (its snapshot,
-        ``kind + 1``): of the keys not claimed, the ones that refused the claim then."""
+        ``kind + 1``): of the keys not claimed, the ones that refused the claim then.
+
+        The second are read only if some key was not claimed: gated by a count (a one-time
+        filter), so that in the usual group, every key claimed, no key is looked up again."""
+        keys = f"${n + 1}::{self._s}.inbox_claim[]"
         return [
             f"SELECT {kind}, trigger_id, key, saga_id, NULL, NULL, NULL, inserted FROM {cte}",
             f"SELECT {kind + 1}, i.trigger_id, i.key, i.saga_id, i.owner, i.status, "
             "i.lease_until, NULL FROM "
-            + _inbox_rows(
-                self._s,
-                f"${n + 1}::{self._s}.inbox_claim[]",
-                "trigger_id, key, saga_id, owner, lease_until, created_at",
-            ),
+            + _inbox_rows(self._s, keys, "trigger_id, key, saga_id, owner, lease_until, created_at")
+            + f" WHERE (SELECT count(*) FROM {cte}) < cardinality({keys})",
         ]
 
 
@@ -202,17 +213,18 @@ def _event(
     event: EventItem,
     claimed: dict[tuple[str, str], Any],
     found: dict[tuple[str, str], Any],
-    inserted: set[str],
+    inserted: set[str] | None,
 ) -> Any:
     """The answer to one event's claim from the statement's rows, or :data:`UNRESOLVED`: its
     claim is not settled (see :func:`_claim`), or its key was claimed but its saga exists
-    (the claim is kept on ``event``: run again, its operation reads the saga)."""
+    (the claim is kept on ``event``: run again, its operation reads the saga). ``inserted``:
+    the sagas created, None when the saga of every claimed key was."""
     claim = _claim(event.claim_args, claimed, found)
     if claim is UNRESOLVED:
         return UNRESOLVED
     if claim.outcome not in OURS:
         return EventClaim(claim.outcome, claim.saga_id, claim.owner)
-    if event.record.saga_id in inserted:
+    if inserted is None or event.record.saga_id in inserted:
         return event.answer(claim, None)
     event.claim = claim  # committed with the statement
     return UNRESOLVED

@@ -44,7 +44,7 @@ class _Checkpoint:
     saga: tuple[Any, ...] | None
     steps: list[tuple[Any, ...]]
     outbox: list[tuple[Any, ...]]
-    inbox: tuple[str, str, datetime] | None
+    inbox: tuple[str, str, int] | None  # trigger id, key, completed at (pg_micros)
 
 
 def _created(record: SagaRecord, now: datetime) -> SagaRecord:
@@ -116,20 +116,21 @@ class PostgresSagas(PostgresConnection):
                 results.append(await self._create_one(conn, params))
         return results
 
-    def _saga_row(self, record: SagaRecord, now: datetime) -> tuple[Any, ...]:
-        """:func:`~sagaz.storage.postgres_rows.saga_params` of a saga being run, its
-        context's and event's texts reused from its last write while unchanged (kept until
-        its terminal write)."""
+    def _saga_row(self, record: SagaRecord, now: datetime, micros: int) -> tuple[Any, ...]:
+        """:func:`~sagaz.storage.postgres_rows.saga_params` of a saga being run at ``now``
+        (``micros``: its :func:`~sagaz.storage.postgres_rows.pg_micros`), its context's and
+        event's texts reused from its last write while unchanged (kept until its terminal
+        write)."""
         saga_id = record.saga_id
         texts = self._json.memo(saga_id)
-        params = mapping.saga_params(record, record.created_at or now, now, texts)
+        params = mapping.saga_params(record, record.created_at or now, now, texts, micros)
         if record.status in TERMINAL_SAGA_STATUSES:
             self._json.forget(saga_id)
         return params
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()
-        params = self._saga_row(record, now)
+        params = self._saga_row(record, now, mapping.pg_micros(now))
         messages = outbox_params(outbox, now)
 
         async def save(conn: Any) -> bool:
@@ -311,15 +312,16 @@ class PostgresSagas(PostgresConnection):
             # with no row stays without one. A row deleted after the snapshot would come
             # back completed, but only release_inbox (by the owner, which is finishing the
             # saga instead) and the purges (of rows long done or abandoned) delete rows
+            # (the moments as bigint microseconds, like a saga's: pg_micros)
             p = params(3)
             parts.append(
                 f"ib AS (INSERT INTO {s}.inbox AS t (trigger_id, key, saga_id, owner, "
                 "lease_until, status, created_at, completed_at) SELECT i.trigger_id, i.key, "
-                "i.saga_id, i.owner, i.lease_until, 'completed', i.created_at, u.completed_at "
-                "FROM "
+                "i.saga_id, i.owner, i.lease_until, 'completed', i.created_at, "
+                f"{mapping.moment_sql('u.completed_at')} FROM "
                 + _inbox_rows(
                     s,
-                    f"{p[0]}::text[], {p[1]}::text[], {p[2]}::timestamptz[]",
+                    f"{p[0]}::text[], {p[1]}::text[], {p[2]}::bigint[]",
                     "trigger_id, key, completed_at",
                 )
                 + keep.format("i")
@@ -343,10 +345,10 @@ class PostgresSagas(PostgresConnection):
         now = utcnow()
         micros = mapping.pg_micros(now)  # a step_row's moment (migration 9)
         step_rows = [step_params(step, micros) for step in steps]
-        saga_params = None if saga is None else self._saga_row(saga, now)
+        saga_params = None if saga is None else self._saga_row(saga, now, micros)
         messages = outbox_params(outbox, now)
 
-        inbox_row = None if complete_inbox is None else (*complete_inbox, now)
+        inbox_row = None if complete_inbox is None else (*complete_inbox, micros)
         item = _Checkpoint(saga_params, step_rows, messages, inbox_row)
         saga_id = saga.saga_id if saga is not None else steps[0].saga_id if steps else None
         rows: tuple[tuple[str, ...], ...] = () if saga_id is None else (("saga", saga_id),)
