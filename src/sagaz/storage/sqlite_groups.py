@@ -10,10 +10,13 @@ operation as one group: ``BEGIN IMMEDIATE``, every operation, then one ``COMMIT`
 reach their callers only after that COMMIT. A group of reads only opens a deferred ``BEGIN``,
 so readers do not take the write lock. :meth:`GroupCommitter.submit` is the same for a
 store's frequent operations, without a coroutine or a closure per call: it queues a
-module-level ``op(conn, arg)`` with its argument and returns the future to await (a closure
+module-level ``op(cursor, arg)`` with its argument and returns the future to await (a closure
 and the coroutine awaiting it are objects that outlive a young collection of the garbage
 collector while the operation waits for its group: the SQLite run made twice as many young
-collections as the memory store's, each six times dearer, benchmarks/README.md).
+collections as the memory store's, each six times dearer, benchmarks/README.md). Such an
+operation runs its SQL on one cursor the whole group shares: ``Connection.execute`` makes
+and frees a cursor per statement, about 0.3 µs each (benchmarks/README.md, "SQLite: the
+store's Python and its bindings").
 
 Where a group runs. The connection is made in a thread of the committer's own (it may wait
 for another process's lock). On a file in WAL mode opened with ``check_same_thread=False``
@@ -62,8 +65,9 @@ __all__ = ["GroupCommitter"]
 T = TypeVar("T")
 A = TypeVar("A")
 
-Op = Callable[[sqlite3.Connection, Any], Any]
-"""An operation: runs all its SQL on the connection, given its argument; returns a result."""
+Op = Callable[[sqlite3.Cursor, Any], Any]
+"""An operation: runs all its SQL on the group's cursor, given its argument; returns a
+result."""
 
 _Queued = tuple[Op, Any, bool, "asyncio.Future[Any]"]
 """An operation waiting for its group: the operation, its argument, whether it writes, and
@@ -71,9 +75,9 @@ the future its caller awaits (a tuple: one object per call, none for the collect
 beyond it)."""
 
 
-def _call(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], T]) -> T:
-    """The operation of :meth:`GroupCommitter.run`: ``op(conn)``."""
-    return op(conn)
+def _call(cursor: sqlite3.Cursor, op: Callable[[sqlite3.Connection], T]) -> T:
+    """The operation of :meth:`GroupCommitter.run`: ``op`` on the connection."""
+    return op(cursor.connection)
 
 
 class _Busy(Exception):
@@ -160,10 +164,11 @@ class GroupCommitter:
         return moment
 
     def submit(
-        self, op: Callable[[sqlite3.Connection, A], T], arg: A, *, writes: bool = True
+        self, op: Callable[[sqlite3.Cursor, A], T], arg: A, *, writes: bool = True
     ) -> asyncio.Future[T]:
-        """Queue ``op(conn, arg)`` for the next group; return the future of its result, set
-        once that group has committed (:meth:`run` without a coroutine or a closure).
+        """Queue ``op(cursor, arg)`` for the next group; return the future of its result, set
+        once that group has committed (:meth:`run` without a coroutine or a closure). The
+        cursor is the group's: read what a statement gives before the next one runs.
 
         Cancelling the future (as cancelling a caller that awaits it does) drops the
         operation if its group has not taken it yet."""
@@ -255,9 +260,10 @@ class GroupCommitter:
             self._check_busy(exc, on_loop)
             return [(None, self._failure(exc)) for _ in ops]
         results: list[Any] = []
+        cursor = conn.cursor()  # the group's
         try:
             for op, arg in ops:
-                results.append(op(conn, arg))
+                results.append(op(cursor, arg))
                 if not conn.in_transaction:  # the operation ended the group's transaction
                     return self._lost(ops, None)
         except Exception as exc:
@@ -295,9 +301,10 @@ class GroupCommitter:
             self._check_busy(exc, on_loop)
             return [(None, self._failure(exc)) for _ in ops]
         outcomes: list[Outcome] = []
+        cursor = conn.cursor()
         try:
             for op in ops:
-                outcome = self._execute_one(conn, op, on_loop)
+                outcome = self._execute_one(cursor, op, on_loop)
                 if not conn.in_transaction:  # SQLite rolled the whole group back
                     return self._lost(ops, outcome[1])
                 outcomes.append(outcome)
@@ -309,11 +316,12 @@ class GroupCommitter:
             return self._lost(ops, self._failure(exc))
         return outcomes
 
-    def _execute_one(self, conn: sqlite3.Connection, op: tuple[Op, Any], on_loop: bool) -> Outcome:
+    def _execute_one(self, cursor: sqlite3.Cursor, op: tuple[Op, Any], on_loop: bool) -> Outcome:
         """Run ``op`` in a savepoint: released if it succeeds, rolled back if it fails."""
+        conn = cursor.connection
         conn.execute("SAVEPOINT op")
         try:
-            result = op[0](conn, op[1])
+            result = op[0](cursor, op[1])
             conn.execute("RELEASE op")
         except Exception as exc:
             self._check_busy(exc, on_loop)
