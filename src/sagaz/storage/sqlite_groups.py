@@ -201,22 +201,27 @@ class GroupCommitter:
                 await self._run_group(group)
 
     async def _run_group(self, group: list[_Queued]) -> None:
-        ops = [(queued[0], queued[1]) for queued in group]
         writes = any(queued[2] for queued in group)
         outcomes: list[Outcome] | None = None
         if self._on_loop:
             with contextlib.suppress(_Busy):
-                outcomes = self._execute(ops, writes, on_loop=True)
+                outcomes = self._execute(group, writes, on_loop=True)
         try:
-            if outcomes is None:  # in the thread, which may wait for the lock
-                outcomes = await self._in_the_thread(self._execute_patiently, ops, writes)
+            if outcomes is None:  # in the thread (which touches no future), may wait for the lock
+                outcomes = await self._in_the_thread(self._execute_patiently, group, writes)
         except BaseException as exc:  # cancelled (the loop is shutting down) or no thread
             for queued in [*group, *self._queue]:
                 settle(queued[3], (None, self._interrupted(exc)))
             self._queue = []
             raise
-        for queued, outcome in zip(group, outcomes, strict=True):
-            settle(queued[3], outcome)
+        for queued, (result, error) in zip(group, outcomes, strict=True):
+            future = queued[3]  # settle(), inlined: three calls a saga
+            if future.done():  # its caller is gone (cancelled)
+                continue
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
 
     async def _in_the_thread(self, work: Callable[..., T], *args: Any) -> T:
         self._in_thread = self._executor.submit(work, *args)
@@ -237,7 +242,7 @@ class GroupCommitter:
         return error
 
     # -- the thread side -------------------------------------------------------------------
-    def _execute_patiently(self, ops: list[tuple[Op, Any]], writes: bool) -> list[Outcome]:
+    def _execute_patiently(self, ops: list[_Queued], writes: bool) -> list[Outcome]:
         """:meth:`_execute` in the thread, waiting up to the busy timeout for a lock."""
         if not self._on_loop:
             return self._execute(ops, writes, on_loop=False)
@@ -248,7 +253,7 @@ class GroupCommitter:
             self._conn.execute("PRAGMA busy_timeout = 0")
 
     # -- running a group (on the loop, or in the thread) -----------------------------------
-    def _execute(self, ops: list[tuple[Op, Any]], writes: bool, *, on_loop: bool) -> list[Outcome]:
+    def _execute(self, ops: list[_Queued], writes: bool, *, on_loop: bool) -> list[Outcome]:
         """One group: ``BEGIN``, every operation, ``COMMIT``; with a savepoint per operation
         only if one of them failed. ``on_loop``: raise :class:`_Busy`, the group rolled
         back, at the first lock another connection holds."""
@@ -262,7 +267,7 @@ class GroupCommitter:
         results: list[Any] = []
         cursor = conn.cursor()  # the group's
         try:
-            for op, arg in ops:
+            for op, arg, _, _ in ops:
                 results.append(op(cursor, arg))
                 if not conn.in_transaction:  # the operation ended the group's transaction
                     return self._lost(ops, None)
@@ -291,7 +296,7 @@ class GroupCommitter:
             raise _Busy from exc
 
     def _execute_with_savepoints(
-        self, ops: list[tuple[Op, Any]], begin: str, on_loop: bool
+        self, ops: list[_Queued], begin: str, on_loop: bool
     ) -> list[Outcome]:
         """The group again, after one of its operations failed: each in a savepoint."""
         conn = self._conn
@@ -316,7 +321,7 @@ class GroupCommitter:
             return self._lost(ops, self._failure(exc))
         return outcomes
 
-    def _execute_one(self, cursor: sqlite3.Cursor, op: tuple[Op, Any], on_loop: bool) -> Outcome:
+    def _execute_one(self, cursor: sqlite3.Cursor, op: _Queued, on_loop: bool) -> Outcome:
         """Run ``op`` in a savepoint: released if it succeeds, rolled back if it fails."""
         conn = cursor.connection
         conn.execute("SAVEPOINT op")
@@ -331,7 +336,7 @@ class GroupCommitter:
             return None, self._failure(exc)
         return result, None
 
-    def _lost(self, ops: list[tuple[Op, Any]], cause: BaseException | None) -> list[Outcome]:
+    def _lost(self, ops: list[_Queued], cause: BaseException | None) -> list[Outcome]:
         """Roll back what is left of the group; every operation of it fails."""
         if self._conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):

@@ -105,11 +105,12 @@ class SQLiteInbox(SQLiteConnection):
         owner, lease = record.owner, record.lease_expires_at
         if owner is None or lease is None:
             return await super().claim_event(trigger_id, key, record)  # says what is missing
-        now, text_now = self._moment()
+        groups = self._committer()
+        now, text_now = groups.moment()
         # the lease's text: the saga's later writes store it again (sqlite_rows.lasting_text)
         args = (trigger_id, key, record.saga_id, owner, mapping.lasting_text(lease), text_now)
         params = mapping.saga_params(record, text_now)
-        return await self._submit(_claim_and_create, (args, params, record, now))
+        return await groups.submit(_claim_and_create, (args, params, record, now))
 
     async def complete_inbox(self, trigger_id: str, key: str) -> None:
         await self._write_one(

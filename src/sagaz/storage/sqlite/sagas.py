@@ -255,14 +255,15 @@ class SQLiteSagas(SQLiteConnection):
     ) -> None:
         """One operation of the group committer: all or nothing (see the contract)."""
         check_checkpoint(saga, steps, outbox)
-        now = self._moment()[1]
+        groups = self._committer()
+        now = groups.moment()[1]
         step_rows = []
         for step in steps:  # not a comprehension: it would make ``now`` a cell of this call
             step_rows.append(mapping.step_params(step, now))
         saga_params = None if saga is None else mapping.saga_params(saga, now)
         messages = outbox_params(outbox, now)
         inbox = None if complete_inbox is None else (now, *complete_inbox)
-        if not await self._submit(_save_checkpoint, (step_rows, saga_params, messages, inbox)):
+        if not await groups.submit(_save_checkpoint, (step_rows, saga_params, messages, inbox)):
             assert saga is not None  # only a saga row is fenced
             raise LeaseLostError(saga.saga_id, saga.owner)
 
