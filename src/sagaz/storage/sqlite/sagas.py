@@ -261,7 +261,7 @@ class SQLiteSagas(SQLiteConnection):
         for step in steps:  # not a comprehension: it would make ``now`` a cell of this call
             step_rows.append(mapping.step_params(step, now))
         saga_params = None if saga is None else mapping.saga_params(saga, now)
-        messages = outbox_params(outbox, now)
+        messages = outbox_params(outbox, now) if outbox else []  # mostly none: no call
         inbox = None if complete_inbox is None else (now, *complete_inbox)
         if not await groups.submit(_save_checkpoint, (step_rows, saga_params, messages, inbox)):
             assert saga is not None  # only a saga row is fenced
