@@ -87,8 +87,9 @@ def saga_params(record: SagaRecord, now: str) -> tuple[Any, ...]:
     return (
         record.saga_id,
         record.saga_name,
-        # a member (most records) is its own value; SagaStatus() checks a plain string
-        status.value if type(status) is SagaStatus else SagaStatus(status).value,
+        # a member's value (most records; _value_: .value is a Python property, three
+        # times dearer), or a plain string checked by SagaStatus()
+        status._value_ if type(status) is SagaStatus else SagaStatus(status).value,
         dumps(record.context),
         record.attempt,
         NO_TEXT if record.error is None else record.error,  # NULLIF(?6, 0)
@@ -110,8 +111,9 @@ def step_params(step: StepRecord, now: str) -> tuple[Any, ...]:
     return (
         step.saga_id,
         step.name,
-        # a member (most records) is its own value; StepStatus() checks a plain string
-        status.value if type(status) is StepStatus else StepStatus(status).value,
+        # a member's value (most records; _value_: .value is a Python property, three
+        # times dearer), or a plain string checked by StepStatus()
+        status._value_ if type(status) is StepStatus else StepStatus(status).value,
         NO_TEXT if result is None else dumps(result),  # NULLIF(?4, 0)
         NO_TEXT if error is None else error,  # NULLIF(?5, 0)
         step.attempts,
