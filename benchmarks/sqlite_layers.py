@@ -80,12 +80,17 @@ class _Changed:
 
 
 class _NoSQL:
-    """A connection that runs nothing: every statement changed one row and read none."""
+    """A connection that runs nothing: every statement changed one row and read none (and
+    its own cursor: the group's)."""
 
     in_transaction = True
 
     def __init__(self, real: Any) -> None:
         self._real = real
+        self.connection = self
+
+    def cursor(self) -> _NoSQL:
+        return self
 
     def execute(self, *args: Any) -> _Changed:
         return _Changed()

@@ -35,6 +35,7 @@ from collections.abc import Callable
 
 from sagaz.storage import sqlite_schema as tables
 from sagaz.storage.sqlite import inbox, sagas
+from sagaz.storage.sqlite_rows import NO_INTEGER, NO_TEXT
 
 NOW = "2026-12-05T12:00:00.000000+00:00"
 CONTEXT = '{"id": 1234}'
@@ -46,9 +47,24 @@ PHASES = ("claim_event", "checkpoint running", "checkpoint completed")
 
 
 def saga_row(saga_id: str, status: str, owner: str | None, event: str | None) -> tuple[object, ...]:
-    """The values of a ``saga_executions`` row, as ``sqlite_rows.saga_params`` makes them."""
+    """The values of a ``saga_executions`` row, as ``sqlite_rows.saga_params`` makes them (an
+    empty error or event: ``NO_TEXT``)."""
     lease = NOW if owner else None
-    return (saga_id, "bench", status, CONTEXT, 1, None, "bench", event, owner, lease, NOW, NOW)
+    event_text = NO_TEXT if event is None else event
+    return (
+        saga_id,
+        "bench",
+        status,
+        CONTEXT,
+        1,
+        NO_TEXT,
+        "bench",
+        event_text,
+        owner,
+        lease,
+        NOW,
+        NOW,
+    )
 
 
 def statements(phase: int, saga_id: str) -> list[tuple[str, str, tuple[object, ...]]]:
@@ -60,12 +76,12 @@ def statements(phase: int, saga_id: str) -> list[tuple[str, str, tuple[object, .
             ("saga insert", sagas._CREATE_SAGA, saga_row(saga_id, "pending", "worker", EVENT)),
         ]
     if phase == 1:
-        step = (saga_id, "noop", "running", None, None, 1, None, None, NOW)
+        step = (saga_id, "noop", "running", NO_TEXT, NO_TEXT, 1, NO_INTEGER, NO_TEXT, NOW)
         return [
             ("step running", sagas._INSERT_STEP, step),
             ("saga running", sagas._UPDATE_SAGA, saga_row(saga_id, "running", "worker", None)),
         ]
-    step = (saga_id, "noop", "completed", "{}", None, 1, 1, None, NOW)
+    step = (saga_id, "noop", "completed", "{}", NO_TEXT, 1, 1, NO_TEXT, NOW)
     return [
         ("step completed", sagas._INSERT_STEP, step),
         ("saga completed", sagas._UPDATE_SAGA, saga_row(saga_id, "completed", None, None)),

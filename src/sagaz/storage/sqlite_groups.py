@@ -10,10 +10,13 @@ operation as one group: ``BEGIN IMMEDIATE``, every operation, then one ``COMMIT`
 reach their callers only after that COMMIT. A group of reads only opens a deferred ``BEGIN``,
 so readers do not take the write lock. :meth:`GroupCommitter.submit` is the same for a
 store's frequent operations, without a coroutine or a closure per call: it queues a
-module-level ``op(conn, arg)`` with its argument and returns the future to await (a closure
+module-level ``op(cursor, arg)`` with its argument and returns the future to await (a closure
 and the coroutine awaiting it are objects that outlive a young collection of the garbage
 collector while the operation waits for its group: the SQLite run made twice as many young
-collections as the memory store's, each six times dearer, benchmarks/README.md).
+collections as the memory store's, each six times dearer, benchmarks/README.md). Such an
+operation runs its SQL on one cursor the whole group shares: ``Connection.execute`` makes
+and frees a cursor per statement, about 0.3 µs each (benchmarks/README.md, "SQLite: the
+store's Python and its bindings").
 
 Where a group runs. The connection is made in a thread of the committer's own (it may wait
 for another process's lock). On a file in WAL mode opened with ``check_same_thread=False``
@@ -62,8 +65,9 @@ __all__ = ["GroupCommitter"]
 T = TypeVar("T")
 A = TypeVar("A")
 
-Op = Callable[[sqlite3.Connection, Any], Any]
-"""An operation: runs all its SQL on the connection, given its argument; returns a result."""
+Op = Callable[[sqlite3.Cursor, Any], Any]
+"""An operation: runs all its SQL on the group's cursor, given its argument; returns a
+result."""
 
 _Queued = tuple[Op, Any, bool, "asyncio.Future[Any]"]
 """An operation waiting for its group: the operation, its argument, whether it writes, and
@@ -71,9 +75,9 @@ the future its caller awaits (a tuple: one object per call, none for the collect
 beyond it)."""
 
 
-def _call(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], T]) -> T:
-    """The operation of :meth:`GroupCommitter.run`: ``op(conn)``."""
-    return op(conn)
+def _call(cursor: sqlite3.Cursor, op: Callable[[sqlite3.Connection], T]) -> T:
+    """The operation of :meth:`GroupCommitter.run`: ``op`` on the connection."""
+    return op(cursor.connection)
 
 
 class _Busy(Exception):
@@ -160,10 +164,11 @@ class GroupCommitter:
         return moment
 
     def submit(
-        self, op: Callable[[sqlite3.Connection, A], T], arg: A, *, writes: bool = True
+        self, op: Callable[[sqlite3.Cursor, A], T], arg: A, *, writes: bool = True
     ) -> asyncio.Future[T]:
-        """Queue ``op(conn, arg)`` for the next group; return the future of its result, set
-        once that group has committed (:meth:`run` without a coroutine or a closure).
+        """Queue ``op(cursor, arg)`` for the next group; return the future of its result, set
+        once that group has committed (:meth:`run` without a coroutine or a closure). The
+        cursor is the group's: read what a statement gives before the next one runs.
 
         Cancelling the future (as cancelling a caller that awaits it does) drops the
         operation if its group has not taken it yet."""
@@ -196,22 +201,27 @@ class GroupCommitter:
                 await self._run_group(group)
 
     async def _run_group(self, group: list[_Queued]) -> None:
-        ops = [(queued[0], queued[1]) for queued in group]
         writes = any(queued[2] for queued in group)
         outcomes: list[Outcome] | None = None
         if self._on_loop:
             with contextlib.suppress(_Busy):
-                outcomes = self._execute(ops, writes, on_loop=True)
+                outcomes = self._execute(group, writes, on_loop=True)
         try:
-            if outcomes is None:  # in the thread, which may wait for the lock
-                outcomes = await self._in_the_thread(self._execute_patiently, ops, writes)
+            if outcomes is None:  # in the thread (which touches no future), may wait for the lock
+                outcomes = await self._in_the_thread(self._execute_patiently, group, writes)
         except BaseException as exc:  # cancelled (the loop is shutting down) or no thread
             for queued in [*group, *self._queue]:
                 settle(queued[3], (None, self._interrupted(exc)))
             self._queue = []
             raise
-        for queued, outcome in zip(group, outcomes, strict=True):
-            settle(queued[3], outcome)
+        for queued, (result, error) in zip(group, outcomes, strict=True):
+            future = queued[3]  # settle(), inlined: three calls a saga
+            if future.done():  # its caller is gone (cancelled)
+                continue
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
 
     async def _in_the_thread(self, work: Callable[..., T], *args: Any) -> T:
         self._in_thread = self._executor.submit(work, *args)
@@ -232,7 +242,7 @@ class GroupCommitter:
         return error
 
     # -- the thread side -------------------------------------------------------------------
-    def _execute_patiently(self, ops: list[tuple[Op, Any]], writes: bool) -> list[Outcome]:
+    def _execute_patiently(self, ops: list[_Queued], writes: bool) -> list[Outcome]:
         """:meth:`_execute` in the thread, waiting up to the busy timeout for a lock."""
         if not self._on_loop:
             return self._execute(ops, writes, on_loop=False)
@@ -243,7 +253,7 @@ class GroupCommitter:
             self._conn.execute("PRAGMA busy_timeout = 0")
 
     # -- running a group (on the loop, or in the thread) -----------------------------------
-    def _execute(self, ops: list[tuple[Op, Any]], writes: bool, *, on_loop: bool) -> list[Outcome]:
+    def _execute(self, ops: list[_Queued], writes: bool, *, on_loop: bool) -> list[Outcome]:
         """One group: ``BEGIN``, every operation, ``COMMIT``; with a savepoint per operation
         only if one of them failed. ``on_loop``: raise :class:`_Busy`, the group rolled
         back, at the first lock another connection holds."""
@@ -255,9 +265,10 @@ class GroupCommitter:
             self._check_busy(exc, on_loop)
             return [(None, self._failure(exc)) for _ in ops]
         results: list[Any] = []
+        cursor = conn.cursor()  # the group's
         try:
-            for op, arg in ops:
-                results.append(op(conn, arg))
+            for op, arg, _, _ in ops:
+                results.append(op(cursor, arg))
                 if not conn.in_transaction:  # the operation ended the group's transaction
                     return self._lost(ops, None)
         except Exception as exc:
@@ -285,7 +296,7 @@ class GroupCommitter:
             raise _Busy from exc
 
     def _execute_with_savepoints(
-        self, ops: list[tuple[Op, Any]], begin: str, on_loop: bool
+        self, ops: list[_Queued], begin: str, on_loop: bool
     ) -> list[Outcome]:
         """The group again, after one of its operations failed: each in a savepoint."""
         conn = self._conn
@@ -295,9 +306,10 @@ class GroupCommitter:
             self._check_busy(exc, on_loop)
             return [(None, self._failure(exc)) for _ in ops]
         outcomes: list[Outcome] = []
+        cursor = conn.cursor()
         try:
             for op in ops:
-                outcome = self._execute_one(conn, op, on_loop)
+                outcome = self._execute_one(cursor, op, on_loop)
                 if not conn.in_transaction:  # SQLite rolled the whole group back
                     return self._lost(ops, outcome[1])
                 outcomes.append(outcome)
@@ -309,11 +321,12 @@ class GroupCommitter:
             return self._lost(ops, self._failure(exc))
         return outcomes
 
-    def _execute_one(self, conn: sqlite3.Connection, op: tuple[Op, Any], on_loop: bool) -> Outcome:
+    def _execute_one(self, cursor: sqlite3.Cursor, op: _Queued, on_loop: bool) -> Outcome:
         """Run ``op`` in a savepoint: released if it succeeds, rolled back if it fails."""
+        conn = cursor.connection
         conn.execute("SAVEPOINT op")
         try:
-            result = op[0](conn, op[1])
+            result = op[0](cursor, op[1])
             conn.execute("RELEASE op")
         except Exception as exc:
             self._check_busy(exc, on_loop)
@@ -323,7 +336,7 @@ class GroupCommitter:
             return None, self._failure(exc)
         return result, None
 
-    def _lost(self, ops: list[tuple[Op, Any]], cause: BaseException | None) -> list[Outcome]:
+    def _lost(self, ops: list[_Queued], cause: BaseException | None) -> list[Outcome]:
         """Roll back what is left of the group; every operation of it fails."""
         if self._conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):

@@ -25,6 +25,8 @@ from sagaz.types import SagaStatus, StepStatus
 __all__ = [
     "DEAD_LETTER_COLUMNS",
     "EXECUTION_COLUMNS",
+    "NO_INTEGER",
+    "NO_TEXT",
     "dead_letter_from_row",
     "execution_from_row",
     "lasting_text",
@@ -36,6 +38,7 @@ __all__ = [
     "saga_from_row",
     "saga_params",
     "step_from_row",
+    "step_params",
 ]
 
 
@@ -44,6 +47,17 @@ DEAD_LETTER_COLUMNS = (
     "meta, created_at"
 )
 EXECUTION_COLUMNS = "trigger_name, context_hash, saga_id, started_at, completed_at"
+
+NO_TEXT = 0
+"""What :func:`saga_params` and :func:`step_params` bind for ``None`` in a text column that
+is usually empty (a saga's error and event, a step's result, error and compensation error):
+their statements store ``NULLIF(?n, 0)``, which is NULL for the integer 0 and the value for
+any text (SQLite compares a text with an integer as unequal). Python 3.11's ``sqlite3`` binds
+an ``int`` directly, but ``None`` through its adaptation protocol (a registry lookup, then an
+``AttributeError`` formatted and cleared): about 0.4 µs a value, eleven values a saga
+(benchmarks/README.md, "SQLite: the store's Python and its bindings")."""
+NO_INTEGER = ""
+""":data:`NO_TEXT` for an integer column (a step's ``completed_seq``): ``NULLIF(?n, '')``."""
 
 
 def optional_text(moment: datetime | None) -> str | None:
@@ -65,23 +79,46 @@ def lasting_text(moment: datetime) -> str:
 
 def saga_params(record: SagaRecord, now: str) -> tuple[Any, ...]:
     """The values of :data:`SAGA_COLUMNS` for ``record``, updated ``now`` (its
-    :func:`~sagaz.storage.codec.to_text`), and created ``now`` if it has no ``created_at``."""
+    :func:`~sagaz.storage.codec.to_text`), and created ``now`` if it has no ``created_at``;
+    an empty error or event is :data:`NO_TEXT`."""
     lease = record.lease_expires_at
     created = record.created_at
     status = record.status
     return (
         record.saga_id,
         record.saga_name,
-        # a member (most records) is its own value; SagaStatus() checks a plain string
-        status.value if type(status) is SagaStatus else SagaStatus(status).value,
+        # a member's value (most records; _value_: .value is a Python property, three
+        # times dearer), or a plain string checked by SagaStatus()
+        status._value_ if type(status) is SagaStatus else SagaStatus(status).value,
         dumps(record.context),
         record.attempt,
-        record.error,
+        NO_TEXT if record.error is None else record.error,  # NULLIF(?6, 0)
         record.trigger_id,
-        None if record.event is None else dumps(record.event),
+        NO_TEXT if record.event is None else dumps(record.event),  # NULLIF(?8, 0)
         record.owner,
         None if lease is None else lasting_text(lease),
         now if created is None else lasting_text(created),
+        now,
+    )
+
+
+def step_params(step: StepRecord, now: str) -> tuple[Any, ...]:
+    """The values of :data:`STEP_COLUMNS` for ``step`` (JSON as text), updated ``now`` (its
+    :func:`~sagaz.storage.codec.to_text`); an empty result, error or compensation error is
+    :data:`NO_TEXT`, an empty ``completed_seq`` :data:`NO_INTEGER`."""
+    status, result, error = step.status, step.result, step.error
+    seq, compensation = step.completed_seq, step.compensation_error
+    return (
+        step.saga_id,
+        step.name,
+        # a member's value (most records; _value_: .value is a Python property, three
+        # times dearer), or a plain string checked by StepStatus()
+        status._value_ if type(status) is StepStatus else StepStatus(status).value,
+        NO_TEXT if result is None else dumps(result),  # NULLIF(?4, 0)
+        NO_TEXT if error is None else error,  # NULLIF(?5, 0)
+        step.attempts,
+        NO_INTEGER if seq is None else seq,  # NULLIF(?7, '')
+        NO_TEXT if compensation is None else compensation,  # NULLIF(?8, 0)
         now,
     )
 

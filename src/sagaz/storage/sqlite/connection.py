@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 from sagaz.abc import SagaStore
 from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.records import SchemaVersions
-from sagaz.storage import sqlite_rows as mapping
 from sagaz.storage import sqlite_schema as tables
 from sagaz.storage.sqlite_groups import GroupCommitter
 from sagaz.storage.url import sqlite_path
@@ -30,29 +29,35 @@ _IN_CHUNK = 500  # well under SQLite's bound-parameter limit
 #: SQLite's words for a file that cannot be used right now (StoreUnavailableError)
 _UNAVAILABLE = ("locked", "disk I/O error", "unable to open", "disk is full")
 
-_INSERT_SAGA = (
-    f"INSERT INTO saga_executions ({tables.SAGA_COLUMNS}) VALUES ({mapping.placeholders(12)})"
+_INSERT_SAGA = (  # the values of sqlite_rows.saga_params (NO_TEXT for an empty error, event)
+    f"INSERT INTO saga_executions ({tables.SAGA_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, NULLIF(?, 0), ?, NULLIF(?, 0), ?, ?, ?, ?)"
 )
 
 
-def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-    """Every row of one query (on the store's connection)."""
-    return conn.execute(sql, params).fetchall()
+_Handle = sqlite3.Connection | sqlite3.Cursor
+"""What an operation runs its SQL on: the store's connection (an operation of
+:meth:`GroupCommitter.run`) or its group's cursor (of :meth:`GroupCommitter.submit`)."""
 
 
-def _change(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> int:
-    """Execute one statement (on the store's connection); return the number of rows it changed."""
-    return conn.execute(sql, params).rowcount
+def _rows(sql_on: _Handle, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    """Every row of one query."""
+    return sql_on.execute(sql, params).fetchall()
 
 
-def _change_args(conn: sqlite3.Connection, args: tuple[str, Sequence[Any]]) -> int:
+def _change(sql_on: _Handle, sql: str, params: Sequence[Any] = ()) -> int:
+    """Execute one statement; return the number of rows it changed."""
+    return sql_on.execute(sql, params).rowcount
+
+
+def _change_args(cursor: sqlite3.Cursor, args: tuple[str, Sequence[Any]]) -> int:
     """:func:`_change` of ``(sql, params)``."""
-    return conn.execute(*args).rowcount
+    return cursor.execute(*args).rowcount
 
 
-def _rows_args(conn: sqlite3.Connection, args: tuple[str, Sequence[Any]]) -> list[Any]:
+def _rows_args(cursor: sqlite3.Cursor, args: tuple[str, Sequence[Any]]) -> list[Any]:
     """:func:`_rows` of ``(sql, params)``."""
-    return conn.execute(*args).fetchall()
+    return cursor.execute(*args).fetchall()
 
 
 class SQLiteConnection(SagaStore):
@@ -160,11 +165,11 @@ class SQLiteConnection(SagaStore):
         return await self._committer().run(op)
 
     def _submit(
-        self, op: Callable[[sqlite3.Connection, A], T], arg: A, *, writes: bool = True
+        self, op: Callable[[sqlite3.Cursor, A], T], arg: A, *, writes: bool = True
     ) -> asyncio.Future[T]:
-        """:meth:`_write` of ``op(conn, arg)``: a module-level function and its argument, no
-        closure (the frequent operations: see :meth:`GroupCommitter.submit`); ``writes=False``
-        promises that ``op`` only reads."""
+        """:meth:`_write` of ``op(cursor, arg)`` on the group's cursor: a module-level function
+        and its argument, no closure (the frequent operations: see
+        :meth:`GroupCommitter.submit`); ``writes=False`` promises that ``op`` only reads."""
         return self._committer().submit(op, arg, writes=writes)
 
     def _moment(self) -> tuple[datetime, str]:

@@ -39,15 +39,20 @@ _RENEW_SAGAS = (  # an owner's active sagas: saga_executions_by_owner
 )
 
 
-def _claim(conn: sqlite3.Connection, args: tuple[str, str, str, str, str, str]) -> InboxClaim:
+def _claim(cursor: sqlite3.Cursor, args: tuple[str, str, str, str, str, str]) -> InboxClaim:
     """:meth:`SQLiteInbox.claim_inbox` in the writer's transaction; ``args``: trigger id, key,
     saga id, owner, lease and now (as text)."""
-    trigger_id, key, saga_id, owner, until, now = args
     # a new key (the common case) is one statement; a known one is read after it
-    if _change(conn, _INSERT_CLAIM, args):
-        return InboxClaim(ClaimOutcome.CLAIMED, saga_id, owner)
+    if _change(cursor, _INSERT_CLAIM, args):
+        return InboxClaim(ClaimOutcome.CLAIMED, args[2], args[3])
+    return _claim_known(cursor, args)
+
+
+def _claim_known(cursor: sqlite3.Cursor, args: tuple[str, str, str, str, str, str]) -> InboxClaim:
+    """:func:`_claim` of a key the inbox has already."""
+    trigger_id, key, _, owner, until, now = args
     rows = _rows(
-        conn,
+        cursor,
         "SELECT saga_id, owner, lease_until, status FROM inbox WHERE trigger_id = ? AND key = ?",
         (trigger_id, key),
     )
@@ -56,7 +61,7 @@ def _claim(conn: sqlite3.Connection, args: tuple[str, str, str, str, str, str]) 
         return InboxClaim(ClaimOutcome.DUPLICATE, row_saga, row_owner)
     if row_owner == owner or row_lease is None or row_lease < now:
         _change(
-            conn,
+            cursor,
             "UPDATE inbox SET owner = ?, lease_until = ? WHERE trigger_id = ? AND key = ?",
             (owner, until, trigger_id, key),
         )
@@ -65,20 +70,24 @@ def _claim(conn: sqlite3.Connection, args: tuple[str, str, str, str, str, str]) 
 
 
 def _claim_and_create(
-    conn: sqlite3.Connection,
+    cursor: sqlite3.Cursor,
     args: tuple[tuple[str, str, str, str, str, str], tuple[Any, ...], SagaRecord, datetime],
 ) -> EventClaim:
     """:meth:`SQLiteInbox.claim_event` in the writer's transaction; ``args``: those of
     :func:`_claim`, the saga row's values, the record and the moment (created ``now``)."""
     claim_args, params, record, now = args
-    claim = _claim(conn, claim_args)
-    if claim.outcome not in (ClaimOutcome.CLAIMED, ClaimOutcome.TAKEN_OVER):
-        return EventClaim(claim.outcome, claim.saga_id, claim.owner)
-    owner = claim_args[3]
-    rows = _create(conn, params)
+    saga_id, owner = claim_args[2], claim_args[3]
+    if _change(cursor, _INSERT_CLAIM, claim_args):  # a new key (the common case)
+        outcome = ClaimOutcome.CLAIMED
+    else:
+        claim = _claim_known(cursor, claim_args)
+        if claim.outcome is not ClaimOutcome.TAKEN_OVER:
+            return EventClaim(claim.outcome, claim.saga_id, claim.owner)
+        outcome, saga_id = claim.outcome, claim.saga_id
+    rows = _create(cursor, params)
     if rows:
-        return EventClaim(claim.outcome, claim.saga_id, owner, mapping.saga_from_row(rows[0]))
-    return EventClaim(claim.outcome, claim.saga_id, owner, _as_created(record, now), True)
+        return EventClaim(outcome, saga_id, owner, mapping.saga_from_row(rows[0]))
+    return EventClaim(outcome, saga_id, owner, _as_created(record, now), True)
 
 
 class SQLiteInbox(SQLiteConnection):
@@ -90,17 +99,18 @@ class SQLiteInbox(SQLiteConnection):
     ) -> InboxClaim:
         now, until = to_text(utcnow()), to_text(lease_until)
         args = (trigger_id, key, saga_id, owner, until, now)
-        return await self._write(lambda conn: _claim(conn, args))
+        return await self._submit(_claim, args)
 
     async def claim_event(self, trigger_id: str, key: str, record: SagaRecord) -> EventClaim:
         owner, lease = record.owner, record.lease_expires_at
         if owner is None or lease is None:
             return await super().claim_event(trigger_id, key, record)  # says what is missing
-        now, text_now = self._moment()
+        groups = self._committer()
+        now, text_now = groups.moment()
         # the lease's text: the saga's later writes store it again (sqlite_rows.lasting_text)
         args = (trigger_id, key, record.saga_id, owner, mapping.lasting_text(lease), text_now)
         params = mapping.saga_params(record, text_now)
-        return await self._submit(_claim_and_create, (args, params, record, now))
+        return await groups.submit(_claim_and_create, (args, params, record, now))
 
     async def complete_inbox(self, trigger_id: str, key: str) -> None:
         await self._write_one(

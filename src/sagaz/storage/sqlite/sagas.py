@@ -21,7 +21,7 @@ from sagaz.storage import sqlite_rows as mapping
 from sagaz.storage import sqlite_schema as tables
 from sagaz.storage.checkpoints import check_checkpoint
 from sagaz.storage.codec import to_text
-from sagaz.storage.sql import outbox_params, step_params
+from sagaz.storage.sql import outbox_params
 from sagaz.storage.sqlite.connection import (
     _INSERT_SAGA,
     SQLiteConnection,
@@ -46,7 +46,8 @@ _UPSERT_SAGA = (
 
 _UPDATE_SAGA = (  # the same values as _UPSERT_SAGA's (?11, created_at, is not set)
     "UPDATE saga_executions SET saga_name = ?2, status = ?3, context = ?4, attempt = ?5, "
-    "error = ?6, trigger_id = ?7, event = ?8, owner = ?9, lease_expires_at = ?10, "
+    "error = NULLIF(?6, 0), trigger_id = ?7, event = NULLIF(?8, 0), owner = ?9, "
+    "lease_expires_at = ?10, "
     "updated_at = ?12 WHERE saga_id = ?1 "
     "AND (owner IS NULL OR ?9 IS NULL OR owner = ?9 OR attempt < ?5)"
 )
@@ -55,8 +56,9 @@ _CREATE_SAGA = f"{_INSERT_SAGA} ON CONFLICT (saga_id) DO NOTHING"
 
 _INSERT_STEP = (  # keyed by its saga row's seq, in arrival order (schema 9: STEPS_OF)
     f"INSERT OR REPLACE INTO saga_steps (saga_seq, {tables.STEP_COLUMNS}) VALUES (COALESCE(("
-    "SELECT seq FROM saga_executions WHERE saga_id = ?1), 0), "
-    f"{', '.join(f'?{n}' for n in range(1, 10))})"
+    "SELECT seq FROM saga_executions WHERE saga_id = ?1), 0), ?1, ?2, ?3, "
+    # the values of sqlite_rows.step_params: NO_TEXT, NO_INTEGER for the empty ones
+    "NULLIF(?4, 0), NULLIF(?5, 0), ?6, NULLIF(?7, ''), NULLIF(?8, 0), ?9)"
 )
 
 _DELETE_STEPS = f"DELETE FROM saga_steps WHERE {tables.STEPS_OF}"
@@ -97,27 +99,27 @@ def _as_created(record: SagaRecord, now: datetime) -> SagaRecord:
     )
 
 
-def _save(conn: sqlite3.Connection, params: tuple[Any, ...]) -> bool:
+def _save(cursor: sqlite3.Cursor, params: tuple[Any, ...]) -> bool:
     """Update a saga row, or insert it if there is none (an upsert that finds the row costs
     about 1 µs more: it looks the key up for the insert, then again for the update); return
     False, writing nothing, when another owner holds the row (fenced: see the contract)."""
-    if conn.execute(_UPDATE_SAGA, params).rowcount:
+    if cursor.execute(_UPDATE_SAGA, params).rowcount:
         return True
-    return bool(conn.execute(_UPSERT_SAGA, params).rowcount)
+    return bool(cursor.execute(_UPSERT_SAGA, params).rowcount)
 
 
-def _create(conn: sqlite3.Connection, params: tuple[Any, ...]) -> list[Any]:
+def _create(cursor: sqlite3.Cursor, params: tuple[Any, ...]) -> list[Any]:
     """Insert a saga row unless its saga exists: no rows if inserted, else the existing row."""
     # a new saga (the common case) is one statement; a known one is read after it
-    if _change(conn, _CREATE_SAGA, params):
+    if _change(cursor, _CREATE_SAGA, params):
         return []
     return _rows(
-        conn, f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions WHERE saga_id = ?", (params[0],)
+        cursor, f"SELECT {tables.SAGA_COLUMNS} FROM saga_executions WHERE saga_id = ?", (params[0],)
     )
 
 
 def _save_checkpoint(
-    conn: sqlite3.Connection,
+    cursor: sqlite3.Cursor,
     args: tuple[
         list[tuple[Any, ...]],
         tuple[Any, ...] | None,
@@ -129,14 +131,14 @@ def _save_checkpoint(
     rows, the saga row (or None), the outbox rows, and the inbox row to complete (its
     ``completed_at``, trigger id and key, or None). False: fenced, nothing written."""
     step_rows, saga_params, messages, inbox = args
-    if saga_params is not None and not _save(conn, saga_params):
+    if saga_params is not None and not _save(cursor, saga_params):
         return False  # the saga row first: a fenced checkpoint writes nothing
-    if step_rows:
-        conn.executemany(_INSERT_STEP, step_rows)
+    for row in step_rows:  # mostly one: executemany would cost more
+        cursor.execute(_INSERT_STEP, row)
     if messages:
-        conn.executemany(_INSERT_OUTBOX, messages)
+        cursor.executemany(_INSERT_OUTBOX, messages)
     if inbox is not None:
-        conn.execute(_COMPLETE_INBOX, inbox)
+        cursor.execute(_COMPLETE_INBOX, inbox)
     return True
 
 
@@ -170,7 +172,7 @@ class SQLiteSagas(SQLiteConnection):
         now, text_now = self._moment()
         params = mapping.saga_params(record, text_now)
 
-        rows = await self._write(lambda conn: _create(conn, params))
+        rows = await self._submit(_create, params)
         if rows:
             return mapping.saga_from_row(rows[0]), False
         return _as_created(record, now), True
@@ -233,7 +235,7 @@ class SQLiteSagas(SQLiteConnection):
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = to_text(utcnow())
-        row = step_params(step, now)
+        row = mapping.step_params(step, now)
         messages = outbox_params(outbox, now)
 
         def save(conn: sqlite3.Connection) -> None:
@@ -253,14 +255,15 @@ class SQLiteSagas(SQLiteConnection):
     ) -> None:
         """One operation of the group committer: all or nothing (see the contract)."""
         check_checkpoint(saga, steps, outbox)
-        now = self._moment()[1]
+        groups = self._committer()
+        now = groups.moment()[1]
         step_rows = []
         for step in steps:  # not a comprehension: it would make ``now`` a cell of this call
-            step_rows.append(step_params(step, now))
+            step_rows.append(mapping.step_params(step, now))
         saga_params = None if saga is None else mapping.saga_params(saga, now)
-        messages = outbox_params(outbox, now)
+        messages = outbox_params(outbox, now) if outbox else []  # mostly none: no call
         inbox = None if complete_inbox is None else (now, *complete_inbox)
-        if not await self._submit(_save_checkpoint, (step_rows, saga_params, messages, inbox)):
+        if not await groups.submit(_save_checkpoint, (step_rows, saga_params, messages, inbox)):
             assert saga is not None  # only a saga row is fenced
             raise LeaseLostError(saga.saga_id, saga.owner)
 
