@@ -20,7 +20,9 @@ import pytest
 from sagaz import Saga, SagaContext, SagaStatus, TriggerConfig, action, trigger
 from sagaz.abc import Emit, SagaStore, Source, emit_many
 from sagaz.engine.engine import TriggerEngine
+from sagaz.engine.identity import saga_id_for
 from sagaz.events import Delivery, EventMeta
+from sagaz.records import EventClaim, SagaRecord
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.testing import eventually
@@ -155,3 +157,42 @@ async def test_an_admission_cancelled_while_the_engine_stops_is_nacked() -> None
         await engine.stop()
     await asyncio.gather(blocked, return_exceptions=True)
     assert 2 in source.nacked  # stopping: handed back for redelivery, not accepted late
+
+
+class SlowClaims(MemorySagaStore):
+    """Its claims are made at once but answered only once ``answer`` is set (a claim whose
+    group is still at the server when the admission is cancelled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = asyncio.Event()
+        self.made = asyncio.Event()
+
+    async def claim_event(self, trigger_id: str, key: str, record: SagaRecord) -> EventClaim:
+        claim = await super().claim_event(trigger_id, key, record)
+        if key.endswith("m-2"):
+            self.made.set()
+            await self.answer.wait()
+        return claim
+
+
+async def test_an_admission_cancelled_while_its_claim_is_under_way_still_runs_its_saga() -> None:
+    source, gate = PartitionSource(), asyncio.Event()
+    define_saga(source, gate)
+    store = SlowClaims()
+    config = TriggerConfig(lease_seconds=0.4, shutdown_timeout=1.0)
+    async with TriggerEngine(config, store) as engine:
+        await source.ready.wait()
+        gate.set()
+        await source.send(0)
+        admitting = source.send(2)
+        async with asyncio.timeout(10):
+            await store.made.wait()  # the key is ours; the answer has not come back
+        admitting.cancel()  # its partition revoked
+        await asyncio.gather(admitting, return_exceptions=True)
+        store.answer.set()
+        await eventually(lambda: source.acked[2] == 1, what="the event acked")
+        assert engine.admission.in_flight == {}
+    assert source.nacked == []
+    saga = await store.get_saga(saga_id_for("partitioned.on_message", "m-2"))
+    assert saga is not None and saga.status is SagaStatus.COMPLETED

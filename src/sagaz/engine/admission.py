@@ -9,6 +9,7 @@ caller cannot skip the count (:mod:`sagaz.engine.not_started` holds those paths)
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -291,9 +292,14 @@ class Admission:
     async def _claim(self, c: Candidate) -> AdmissionResult | None:
         """Claim the inbox row of ``c`` with its saga's pending row, in one store operation,
         before the trigger method runs; ``None`` while another live worker holds it."""
-        state = self.state
-        lease = state.lease_until()
-        claim = await self._claim_event(c, lease)
+        lease = self.state.lease_until()
+        try:
+            claim = await self._claim_event(c, lease)
+        except asyncio.CancelledError:  # the key may be ours now: claimed again in a while,
+            if self.accepting:  # so that it is not left ours and unrun (late_acceptances)
+                c.handed_over = True
+                self._watch_busy(c)
+            raise
         if claim.outcome is ClaimOutcome.DUPLICATE and c.delivery.replay_of is not None:
             claim = await self._reopen(c, claim, lease)
         if claim.outcome is ClaimOutcome.DUPLICATE:
@@ -481,12 +487,8 @@ class Admission:
 
     def _watch_busy(self, c: Candidate) -> None:
         """Hold the delivery of ``c`` until the live worker holding its key is done."""
-        self._busy.watch(
-            c.trigger,
-            c.delivery,
-            c.saga_id,
-            lambda: self._waiting(c.delivery, lambda: self._claim(c)),
-        )
+        again = functools.partial(self._waiting, c.delivery, functools.partial(self._claim, c))
+        self._busy.watch(c.trigger, c.delivery, c.saga_id, again)
 
     async def close(self) -> None:
         """Stop watching busy keys (their deliveries are nacked) and waiting for the store."""
