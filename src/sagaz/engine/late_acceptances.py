@@ -8,7 +8,8 @@ this worker, their leases renewed by its heartbeat while no saga runs here: the 
 delivery (the partition's new owner) would find the key busy and wait for ever. So the
 acceptance is finished in a task of its own instead: the saga runs here (its ack may be
 ignored, the next delivery is then a duplicate). While the engine stops, the delivery is
-nacked as before (its heartbeat stops too, so its leases expire).
+nacked as before (its heartbeat stops too, so its leases expire); so is the event of a source
+that does not redeliver (its pending row keeps it for the recovery loop).
 """
 
 from __future__ import annotations
@@ -22,13 +23,21 @@ from sagaz.engine.settlement import Settlement
 from sagaz.events import AdmissionResult
 from sagaz.records import ClaimOutcome, EventClaim
 
-__all__ = ["OURS", "LateAcceptances"]
+__all__ = ["OURS", "LateAcceptances", "redelivers"]
 
 #: the claims that make the key this worker's
 OURS = (ClaimOutcome.CLAIMED, ClaimOutcome.TAKEN_OVER)
 
 Accept = Callable[[Candidate, datetime, EventClaim], Awaitable[AdmissionResult]]
 Failed = Callable[[Candidate, Exception], Awaitable[AdmissionResult]]
+
+
+def redelivers(c: Candidate) -> bool:
+    """Whether the source of ``c`` delivers an event given up again (a broker). Only those
+    are finished late: an event of another source (``fire_event``, webhook, cron) keeps its
+    pending row for the recovery loop, as a cancelled admission always did."""
+    source = c.trigger.source
+    return source is not None and source.redeliverable
 
 
 class LateAcceptances:
@@ -44,7 +53,7 @@ class LateAcceptances:
         """Finish accepting ``c`` in a task of its own if ``claim`` made its key ours;
         whether it did (else its caller nacks the delivery). ``c.handed_over`` says so to
         the callers up the stack, which then leave the delivery alone."""
-        if claim is None or claim.outcome not in OURS:
+        if claim is None or claim.outcome not in OURS or not redelivers(c):
             return False
         c.handed_over = True
         task = asyncio.create_task(self._finish(c, lease, claim), name=f"sagaz-accept-{c.saga_id}")
