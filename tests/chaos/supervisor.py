@@ -28,6 +28,7 @@ __all__ = [
     "app_env",
     "assert_one_completed_saga_per_event",
     "kill_repeatedly",
+    "unfinished_sagas",
     "wait_for",
     "wait_for_count",
 ]
@@ -246,3 +247,20 @@ async def assert_one_completed_saga_per_event(store: SagaStore, total: int) -> N
     assert numbers == list(range(total)), "some events have no saga, or more than one"
     dead = await store.list_dead_letters(limit=10)
     assert dead == [], [(d.reason, d.error) for d in dead]
+
+
+async def unfinished_sagas(store: SagaStore, limit: int = 10) -> str:
+    """The sagas not completed (up to ``limit``), with their owner and lease, and the dead
+    letters: what a test stuck short of its count says about where it stuck."""
+    sagas = await store.list_sagas(saga_name=SAGA_NAME, limit=100_000)
+    left = [s for s in sagas if s.status is not SagaStatus.COMPLETED]
+    lines = [
+        f"{s.saga_id} {s.status.value} owner={s.owner} lease={s.lease_expires_at:%H:%M:%S.%f} "
+        f"context={s.context}"
+        if s.lease_expires_at is not None
+        else f"{s.saga_id} {s.status.value} owner={s.owner} context={s.context}"
+        for s in left[:limit]
+    ]
+    dead = await store.list_dead_letters(limit=limit)
+    lines += [f"dead letter {d.saga_id}: {d.reason}: {d.error[:200]}" for d in dead]
+    return f"{len(sagas)} sagas, {len(left)} not completed:\n" + "\n".join(lines)

@@ -226,3 +226,58 @@ async def test_without_keep_each_group_gives_its_connection_back() -> None:
         assert len(pool.released) == pool.acquired == n + 1
     await groups.close()
     assert len(pool.released) == 3
+
+
+class _Deadlock(Exception):
+    """As asyncpg raises a deadlock victim's error: SQLSTATE 40P01."""
+
+    sqlstate = "40P01"
+
+
+class _Deadlocking:
+    """The committer's transaction without a server: the operation whose argument is
+    ``victim`` comes back as a deadlock victim (its savepoint retries spent) the first
+    ``times`` groups it is in; the others run."""
+
+    def __init__(self, victim: str, times: int) -> None:
+        self.victim, self.times = victim, times
+        self.groups: list[list[Any]] = []
+
+    async def __call__(self, conn: object, group: list[Any]) -> list[tuple[Any, Any]]:
+        self.groups.append([queued.arg for queued in group])
+        outcomes: list[tuple[Any, Any]] = []
+        for queued in group:
+            if queued.arg == self.victim and self.times:
+                self.times -= 1
+                outcomes.append((None, _Deadlock("deadlock detected")))
+            else:
+                outcomes.append((await queued.call(conn), None))
+        return outcomes
+
+
+async def _upper(conn: object, arg: str) -> str:
+    return arg.upper()
+
+
+async def test_a_deadlock_victim_runs_again_in_a_later_group_of_its_own_transaction() -> None:
+    # found by the frozen-worker chaos test: a checkpoint that kept deadlocking in its
+    # savepoint (its group's own locks were what the other transaction waited for) failed
+    # its saga's step with the driver's error: compensated and dead-lettered, its steps done
+    groups = PgGroupCommitter(_Pool(), unavailable=lambda exc: False, label="PostgreSQL store")
+    deadlocking = _Deadlocking("victim", times=2)
+    groups._transaction = deadlocking  # type: ignore[method-assign]
+    results = await asyncio.gather(*(groups.run(_upper, arg) for arg in ("a", "victim", "b")))
+    assert results == ["A", "VICTIM", "B"]
+    # the others' results came with their group; the victim ran in two more groups
+    assert deadlocking.groups == [["a", "victim", "b"], ["victim"], ["victim"]]
+    await groups.close()
+
+
+async def test_an_operation_that_keeps_deadlocking_fails_as_unavailable_for_now() -> None:
+    groups = PgGroupCommitter(_Pool(), unavailable=lambda exc: False, label="PostgreSQL store")
+    groups._transaction = _Deadlocking("victim", times=100)  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailableError, match="kept deadlocking") as raised:
+        await groups.run(_upper, "victim")
+    assert isinstance(raised.value.__cause__, _Deadlock)  # the saga waits, then resumes
+    assert await groups.run(_upper, "other") == "OTHER"
+    await groups.close()

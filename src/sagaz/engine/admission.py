@@ -9,6 +9,7 @@ caller cannot skip the count (:mod:`sagaz.engine.not_started` holds those paths)
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -16,11 +17,12 @@ from typing import TypeVar
 
 from sagaz import tracing
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
-from sagaz.engine.admission_batch import admit_batch
+from sagaz.engine.admission_batch import admit_batch, admit_each
 from sagaz.engine.busy_keys import BusyKeys
 from sagaz.engine.candidate import Candidate, identify
 from sagaz.engine.identity import canonical_hash, saga_id_for, storable
 from sagaz.engine.joint_deliveries import JointDeliveries
+from sagaz.engine.late_acceptances import LateAcceptances, redelivers
 from sagaz.engine.not_started import NotStarted
 from sagaz.engine.pending import pending_record
 from sagaz.engine.settlement import Settlement
@@ -55,6 +57,12 @@ class Admission:
         self._not_started = NotStarted(state, settlement)
         #: saga id -> deliveries of the saga queued or running here (see ``_join``)
         self.in_flight: dict[str, JointDeliveries] = {}
+        #: acceptances cancelled after their claim made the key ours, finished in tasks
+        self.late = LateAcceptances(
+            settlement,
+            lambda c, lease, claim: self.accept(c, lease, claim, recovered=True),
+            lambda c, exc: self.failed(c.trigger, c.delivery, exc),
+        )
 
     async def admit(
         self,
@@ -142,7 +150,8 @@ class Admission:
                     return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
                 return result
             except asyncio.CancelledError:
-                await self.settlement.nack(trigger, delivery)
+                if not candidate.handed_over:
+                    await self.settlement.nack(trigger, delivery)
                 raise
         except asyncio.CancelledError:
             raise
@@ -211,7 +220,7 @@ class Admission:
         after the other, in order. Each delivery gets what :meth:`admit` would give it. Not
         while the store is down, tracing is on, or for a trigger with listeners (whose
         ``on_trigger_received`` runs first, per event) or a poll trigger: then each delivery
-        is admitted by :meth:`admit` (:meth:`_admit_each`).
+        is admitted by :meth:`admit` (:func:`~sagaz.engine.admission_batch.admit_each`).
         """
         if (
             len(deliveries) < 2
@@ -221,31 +230,8 @@ class Admission:
             or not self.state.outage.available
             or tracing.recorder() is not None
         ):
-            return await self._admit_each(trigger, deliveries)
+            return await admit_each(self, trigger, deliveries)
         return await admit_batch(self, trigger, deliveries)
-
-    async def _admit_each(
-        self, trigger: ActiveTrigger, deliveries: Sequence[Delivery]
-    ) -> list[AdmissionResult]:
-        """:meth:`admit_many` one delivery at a time: on a durable store concurrently, so
-        their claims go out together, each queued only after the one before it; on the
-        memory store (nothing to coalesce) and for a trigger with listeners (whose
-        ``on_trigger_received`` could suspend before a redelivery within the batch is
-        matched with its first delivery) one after the other."""
-        if len(deliveries) < 2 or not self.state.store.durable or trigger.listeners:
-            return [await self.admit(trigger, delivery) for delivery in deliveries]
-        loop = asyncio.get_running_loop()
-        admitted = [loop.create_future() for _ in deliveries]
-        return list(
-            await asyncio.gather(
-                *(
-                    self.admit(
-                        trigger, d, after=admitted[n - 1] if n else None, admitted=admitted[n]
-                    )
-                    for n, d in enumerate(deliveries)
-                )
-            )
-        )
 
     async def failed(
         self, trigger: ActiveTrigger, delivery: Delivery, exc: Exception
@@ -277,7 +263,8 @@ class Admission:
                 return await self._duplicate(c)
             return await self.accept(c, lease, claim)
         except asyncio.CancelledError:
-            await self.settlement.nack(c.trigger, c.delivery)
+            if not c.handed_over:
+                await self.settlement.nack(c.trigger, c.delivery)
             raise
         except Exception as exc:
             return await self.failed(c.trigger, c.delivery, exc)
@@ -296,7 +283,8 @@ class Admission:
                 return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
             return result
         except asyncio.CancelledError:
-            await self.settlement.nack(c.trigger, c.delivery)
+            if not c.handed_over:
+                await self.settlement.nack(c.trigger, c.delivery)
             raise
         except Exception as exc:
             return await self.failed(c.trigger, c.delivery, exc)
@@ -304,9 +292,14 @@ class Admission:
     async def _claim(self, c: Candidate) -> AdmissionResult | None:
         """Claim the inbox row of ``c`` with its saga's pending row, in one store operation,
         before the trigger method runs; ``None`` while another live worker holds it."""
-        state = self.state
-        lease = state.lease_until()
-        claim = await self._claim_event(c, lease)
+        lease = self.state.lease_until()
+        try:
+            claim = await self._claim_event(c, lease)
+        except asyncio.CancelledError:  # the key may be ours now: claimed again in a while,
+            if self.accepting and redelivers(c):  # not left ours, unrun (late_acceptances)
+                c.handed_over = True
+                self._watch_busy(c)
+            raise
         if claim.created and c.delivery.replay_of is None:  # the usual: a new key, a new row
             return await self.accept(c, lease, claim)
         if claim.outcome is ClaimOutcome.DUPLICATE and c.delivery.replay_of is not None:
@@ -363,110 +356,126 @@ class Admission:
     ) -> AdmissionResult:
         """Accept ``c``, whose key ``claim`` made ours (``CLAIMED``, ``TAKEN_OVER``): the
         trigger method, then the queue (``recovered``: past the queue's bound). Raises what
-        the store or the queue raises (the callers nack and report it)."""
-        state = self.state
-        trigger, delivery, event, key, saga_id = c.trigger, c.delivery, c.event, c.key, c.saga_id
-        # a key never claimed before has no saga yet; a taken-over one may be half done
-        existing = None if claim.created else claim.saga
-        # a replayed dead letter runs its saga again, from the event, as a new attempt
-        rerun = (
-            delivery.replay_of is not None
-            and existing is not None
-            and existing.status in TERMINAL_SAGA_STATUSES
-            and existing.status is not SagaStatus.COMPLETED
-        )
-        if (
-            existing is not None
-            # a finished saga is not run again (its stored result settles the event), and its
-            # lease may still name the worker that finished it but never acked the event
-            and existing.status not in TERMINAL_SAGA_STATUSES
-            and not await state.store.claim_saga(saga_id, state.worker_id, lease)
-        ):  # the saga itself is leased by a live worker (e.g. the recovery loop elsewhere)
-            self._watch_busy(c)
-            return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
-        saga = trigger.saga_for_run()
-        # the pending row (new, or left by a stopped worker) gets its context at the start
-        pending = claim.saga if existing is None or existing.status is SagaStatus.PENDING else None
-        if existing is not None and existing.status is not SagaStatus.PENDING and not rerun:
-            context = dict(existing.context)  # resume an interrupted (or finished) saga
-        else:
-            try:
-                context = trigger.transform(event, delivery.meta, saga)
-                if trigger.is_async:
-                    context = await context
-                if context is not None and not isinstance(context, dict):
-                    raise InvalidEventError(
-                        f"{trigger.trigger_id}: the trigger method returned "
-                        f"{type(context).__name__}; it must return a dict (the saga's "
-                        "starting context) or None (skip the event)"
-                    )
-            except Exception as exc:
-                return await self._not_started.invalid(
-                    trigger, delivery, event, exc, saga_id, drop=(c, pending)
-                )
-            if context is None:
-                await self._not_started.unclaim(c, pending, complete=True)
-                await self.settlement.filtered(trigger, event, Reason.FILTERED)
-                await self.settlement.ack(trigger, delivery)
-                return AdmissionResult(AdmissionOutcome.FILTERED, saga_id, Reason.FILTERED)
-        context_hash: str | None = None
-        if trigger.poll_name is not None:
-            context_hash = canonical_hash(context)
-            started = await state.store.start_trigger_execution(
-                TriggerExecutionRecord(trigger.poll_name, context_hash, saga_id),
-                exclusive=trigger.poll_exclusive,
+        the store or the queue raises (the callers nack and report it). Cancelled, it is finished
+        in a task of its own (:mod:`sagaz.engine.late_acceptances`), ``c.handed_over`` set."""
+        try:
+            state = self.state
+            trigger, delivery, event, key, saga_id = (
+                c.trigger,
+                c.delivery,
+                c.event,
+                c.key,
+                c.saga_id,
             )
-            if not started:
-                await self._not_started.unclaim(c, pending, complete=True)
-                await self.settlement.filtered(trigger, event, Reason.OVERLAP_SKIPPED)
-                await self.settlement.ack(trigger, delivery)
-                return AdmissionResult(AdmissionOutcome.FILTERED, saga_id, Reason.OVERLAP_SKIPPED)
-        if pending is not None and not claim.created:  # a pending row taken over
-            pending.event = storable(delivery.payload) if trigger.persist_events else None
-        # by position, in the order of WorkItem's first fields: once per event, where a
-        # dozen keywords cost about 0.3 µs more
-        item = WorkItem(
-            trigger,
-            delivery,
-            key,
-            saga_id,
-            context,
-            event,
-            c.concurrency_key,
-            state.clock.monotonic(),  # accepted_at
-            context_hash,
-            # pending: a row it just created is not kept (``WorkItem.created``), the collector
-            # would walk one object more per queued event
-            None if claim.created else pending,
-            claim.created,  # created
-            rerun,  # new_attempt
-            saga,
-        )
-        if existing is not None and existing.status in TERMINAL_SAGA_STATUSES and not rerun:
-            item.already_terminal = True
-        state.outcomes.accepted(saga_id)  # its outcome is still to come
-        if recovered:  # accepted before: never dropped nor refused now
-            state.queue.put_nowait_unbounded(item)
-            return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
-        if c.after is not None and not c.after.done():
-            await asyncio.shield(c.after)  # queued in its batch's order (``admit_many``)
-        if state.queue.offer(item):  # room now: no strategy to apply
+            # a key never claimed before has no saga yet; a taken-over one may be half done
+            existing = None if claim.created else claim.saga
+            # a replayed dead letter runs its saga again, from the event, as a new attempt
+            rerun = (
+                delivery.replay_of is not None
+                and existing is not None
+                and existing.status in TERMINAL_SAGA_STATUSES
+                and existing.status is not SagaStatus.COMPLETED
+            )
+            if (
+                existing is not None
+                # a finished saga is not run again (its stored result settles the event), and its
+                # lease may still name the worker that finished it but never acked the event
+                and existing.status not in TERMINAL_SAGA_STATUSES
+                and not await state.store.claim_saga(saga_id, state.worker_id, lease)
+            ):  # the saga itself is leased by a live worker (e.g. the recovery loop elsewhere)
+                self._watch_busy(c)
+                return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
+            saga = trigger.saga_for_run()
+            # the pending row (new, or left by a stopped worker) gets its context at the start
+            pending = (
+                claim.saga if existing is None or existing.status is SagaStatus.PENDING else None
+            )
+            if existing is not None and existing.status is not SagaStatus.PENDING and not rerun:
+                context = dict(existing.context)  # resume an interrupted (or finished) saga
+            else:
+                try:
+                    context = trigger.transform(event, delivery.meta, saga)
+                    if trigger.is_async:
+                        context = await context
+                    if context is not None and not isinstance(context, dict):
+                        raise InvalidEventError(
+                            f"{trigger.trigger_id}: the trigger method returned "
+                            f"{type(context).__name__}; it must return a dict (the saga's "
+                            "starting context) or None (skip the event)"
+                        )
+                except Exception as exc:
+                    return await self._not_started.invalid(
+                        trigger, delivery, event, exc, saga_id, drop=(c, pending)
+                    )
+                if context is None:
+                    await self._not_started.unclaim(c, pending, complete=True)
+                    await self.settlement.filtered(trigger, event, Reason.FILTERED)
+                    await self.settlement.ack(trigger, delivery)
+                    return AdmissionResult(AdmissionOutcome.FILTERED, saga_id, Reason.FILTERED)
+            context_hash: str | None = None
+            if trigger.poll_name is not None:
+                context_hash = canonical_hash(context)
+                started = await state.store.start_trigger_execution(
+                    TriggerExecutionRecord(trigger.poll_name, context_hash, saga_id),
+                    exclusive=trigger.poll_exclusive,
+                )
+                if not started:
+                    await self._not_started.unclaim(c, pending, complete=True)
+                    await self.settlement.filtered(trigger, event, Reason.OVERLAP_SKIPPED)
+                    await self.settlement.ack(trigger, delivery)
+                    return AdmissionResult(
+                        AdmissionOutcome.FILTERED, saga_id, Reason.OVERLAP_SKIPPED
+                    )
+            if pending is not None and not claim.created:  # a pending row taken over
+                pending.event = storable(delivery.payload) if trigger.persist_events else None
+            # by position, in the order of WorkItem's first fields: once per event, where a
+            # dozen keywords cost about 0.3 µs more
+            item = WorkItem(
+                trigger,
+                delivery,
+                key,
+                saga_id,
+                context,
+                event,
+                c.concurrency_key,
+                state.clock.monotonic(),  # accepted_at
+                context_hash,
+                # pending: a row it just created is not kept (``WorkItem.created``), the collector
+                # would walk one object more per queued event
+                None if claim.created else pending,
+                claim.created,  # created
+                rerun,  # new_attempt
+                saga,
+            )
+            if existing is not None and existing.status in TERMINAL_SAGA_STATUSES and not rerun:
+                item.already_terminal = True
+            state.outcomes.accepted(saga_id)  # its outcome is still to come
+            if recovered:  # accepted before: never dropped nor refused now
+                state.queue.put_nowait_unbounded(item)
+                return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
+            if c.after is not None and not c.after.done():
+                await asyncio.shield(c.after)  # queued in its batch's order (``admit_many``)
+            if state.queue.offer(item):  # room now: no strategy to apply
+                state.metrics.accepted[trigger.trigger_id] += 1
+                return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
+            put = await state.queue.put(item)
+            if not put.accepted:
+                return await self._not_started.refused(trigger, item, accepting=self.accepting)
+            if put.evicted is not None:
+                evicted = put.evicted
+                # queued now: this admission is not run again, so the drop waits for the store
+                while True:
+                    try:
+                        await self._not_started.drop(evicted, Reason.DROPPED_OLDEST)
+                        break
+                    except StoreUnavailableError as exc:
+                        await state.outage.wait(exc)
             state.metrics.accepted[trigger.trigger_id] += 1
             return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
-        put = await state.queue.put(item)
-        if not put.accepted:
-            return await self._not_started.refused(trigger, item, accepting=self.accepting)
-        if put.evicted is not None:
-            evicted = put.evicted
-            # queued now: this admission is not run again, so the drop waits for the store
-            while True:
-                try:
-                    await self._not_started.drop(evicted, Reason.DROPPED_OLDEST)
-                    break
-                except StoreUnavailableError as exc:
-                    await state.outage.wait(exc)
-        state.metrics.accepted[trigger.trigger_id] += 1
-        return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
+        except asyncio.CancelledError:  # a claim that made the key ours is not left behind
+            if not recovered and self.accepting:
+                self.late.take(c, lease, claim)
+            raise
 
     def watch_taken_over(self, item: WorkItem) -> None:
         """Hold ``item``'s delivery, whose saga another worker took over while it ran here
@@ -480,15 +489,12 @@ class Admission:
 
     def _watch_busy(self, c: Candidate) -> None:
         """Hold the delivery of ``c`` until the live worker holding its key is done."""
-        self._busy.watch(
-            c.trigger,
-            c.delivery,
-            c.saga_id,
-            lambda: self._waiting(c.delivery, lambda: self._claim(c)),
-        )
+        again = functools.partial(self._waiting, c.delivery, functools.partial(self._claim, c))
+        self._busy.watch(c.trigger, c.delivery, c.saga_id, again)
 
     async def close(self) -> None:
         """Stop watching busy keys (their deliveries are nacked) and waiting for the store."""
         self.accepting = False
         self._closing.set()
         await self._busy.close()
+        await self.late.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sagaz.engine.candidate import Candidate, identify
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from sagaz.engine.active_trigger import ActiveTrigger
     from sagaz.engine.admission import Admission
 
-__all__ = ["admit_batch"]
+__all__ = ["admit_batch", "admit_each"]
 
 
 #: the most deliveries admitted as one batch on a store without I/O (the memory store): a
@@ -49,7 +50,8 @@ async def admit_batch(
 ) -> list[AdmissionResult]:
     """Admit ``deliveries`` of ``trigger`` as batches (see the module); one result each, in
     order. Never raises (bar cancellation: then the deliveries claimed and not yet settled
-    are nacked, those not yet admitted are left as they are).
+    are nacked, or accepted all the same when the claim made the key ours, and those not yet
+    admitted are left as they are).
 
     A durable store takes them as one batch. The memory store takes batches of up to
     :data:`CHUNK`, and no more than the queue has room for (at least one): with a full
@@ -65,6 +67,29 @@ async def admit_batch(
         results += await _admit_chunk(admission, trigger, deliveries[start : start + size])
         start += size
     return results
+
+
+async def admit_each(
+    admission: Admission, trigger: ActiveTrigger, deliveries: Sequence[Delivery]
+) -> list[AdmissionResult]:
+    """``admit_many`` one delivery at a time (when it does not admit them as a batch): on a
+    durable store concurrently, so their claims go out together, each queued only after the
+    one before it; on the memory store (nothing to coalesce) and for a trigger with
+    listeners (whose ``on_trigger_received`` could suspend before a redelivery within the
+    batch is matched with its first delivery) one after the other."""
+    admit = admission.admit
+    if len(deliveries) < 2 or not admission.state.store.durable or trigger.listeners:
+        return [await admit(trigger, delivery) for delivery in deliveries]
+    loop = asyncio.get_running_loop()
+    admitted = [loop.create_future() for _ in deliveries]
+    return list(
+        await asyncio.gather(
+            *(
+                admit(trigger, d, after=admitted[n - 1] if n else None, admitted=admitted[n])
+                for n, d in enumerate(deliveries)
+            )
+        )
+    )
 
 
 async def _admit_chunk(
@@ -102,10 +127,17 @@ async def _admit_chunk(
         rows.append((key, pending_record(trigger, delivery, saga_id, state, lease)))
     claims: list[EventClaim] | None = None
     if rows:
+        # shielded: cancelled meanwhile, the batch still learns which keys it made ours
+        claiming = asyncio.ensure_future(state.store.claim_events(trigger_id, rows))
         try:
-            claims = await state.store.claim_events(trigger_id, rows)
-        except asyncio.CancelledError:
-            await _nack(admission, claimed)
+            claims = await asyncio.shield(claiming)
+        except asyncio.CancelledError:  # bounded: a store that hangs gets them nacked
+            await asyncio.wait({claiming}, timeout=min(5.0, state.config.lease_seconds / 2))
+            claiming.cancel()  # a no-op once done
+            made = None
+            if claiming.done() and not claiming.cancelled() and claiming.exception() is None:
+                made = claiming.result()
+            await _hand_back(admission, claimed, made, lease)
             raise
         except Exception:  # claimed again one by one: they wait for the store, or say why
             claims = None
@@ -129,17 +161,28 @@ async def _admit_chunk(
                 try:
                     results[n] = await accept(c, lease, claim)
                 except asyncio.CancelledError:
-                    await admission.settlement.nack(trigger, delivery)
+                    if not c.handed_over:
+                        await admission.settlement.nack(trigger, delivery)
                     raise
                 except Exception as exc:
                     results[n] = await admission.failed(trigger, delivery, exc)
     except asyncio.CancelledError:
-        await _nack(admission, claimed[k:])
+        await _hand_back(admission, claimed[k:], None if claims is None else claims[k:], lease)
         raise
     return [r for r in results if r is not None]
 
 
-async def _nack(admission: Admission, candidates: Sequence[Candidate]) -> None:
-    """Hand back the deliveries of ``candidates``, admission cancelled before their turn."""
-    for c in candidates:
-        await admission.settlement.nack(c.trigger, c.delivery)
+async def _hand_back(
+    admission: Admission,
+    candidates: Sequence[Candidate],
+    claims: Sequence[EventClaim] | None,
+    lease: datetime,
+) -> None:
+    """Settle ``candidates``, whose admission was cancelled before their turn: those whose
+    ``claims`` made the key ours are accepted all the same, in tasks of their own (else the
+    key would stay ours while nothing runs its saga: see
+    :mod:`sagaz.engine.late_acceptances`); the others are nacked."""
+    take = admission.late.take if admission.accepting else None
+    for n, c in enumerate(candidates):
+        if take is None or claims is None or not take(c, lease, claims[n]):
+            await admission.settlement.nack(c.trigger, c.delivery)

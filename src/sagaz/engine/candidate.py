@@ -37,3 +37,6 @@ class Candidate:
     concurrency_key: Any
     #: done once the delivery before it in its batch is admitted (``admit_many``)
     after: asyncio.Future[None] | None = None
+    #: its acceptance, cancelled after its claim, is finished by a task of its own
+    #: (:class:`~sagaz.engine.late_acceptances.LateAcceptances`): not to be nacked
+    handed_over: bool = False

@@ -40,8 +40,10 @@ common case: nothing fails, one round trip per statement or batch, plus ``BEGIN`
 ``COMMIT``); if an operation raises, that transaction is rolled back and the group runs again,
 each operation alone (no batches) inside its own ``SAVEPOINT``: an operation that fails there
 is rolled back alone and its caller gets its error (a deadlock or serialization failure is
-retried in its savepoint first). Operations must therefore only touch the database: they may
-run twice, the first run rolled back.
+retried in its savepoint first, then queued again for a later group, as the locks its own
+group holds until its commit may be what the other transaction waits for; after
+:data:`_REQUEUES` groups, :class:`~sagaz.exceptions.StoreUnavailableError`). Operations must
+therefore only touch the database: they may run several times, all but the last rolled back.
 
 The committer keeps the pooled connections its groups ran on, one per group at the server at
 most, until :meth:`PgGroupCommitter.close` (unless ``keep`` is false: a pool with no
@@ -83,6 +85,7 @@ UNRESOLVED: Any = type("Unresolved", (), {"__repr__": lambda self: "UNRESOLVED"}
 
 _RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 _RETRIES = 3
+_REQUEUES = 5  # then a deadlocking operation's caller gets the error
 _MAX_GROUP = 1000  # operations in one transaction at most (bounds a group's duration)
 
 
@@ -101,6 +104,8 @@ class _Queued:
     future: asyncio.Future[Any]
     batch: Batch | None = None
     arg: Any = _NO_ARG
+    #: times queued again after deadlocking (``_requeue_deadlocked``)
+    requeued: int = 0
 
     async def call(self, conn: Any) -> Any:
         """Run the operation on ``conn``; its result."""
@@ -238,6 +243,7 @@ class PgGroupCommitter:
             self.operations += len(group)
         finally:
             self._in_flight -= 1
+        group, outcomes = self._requeue_deadlocked(group, outcomes)
         await self._hand_over(group, outcomes)
 
     async def _connection(self) -> Any:
@@ -257,6 +263,32 @@ class PgGroupCommitter:
             await self._pool.release(conn)
         except Exception:  # the connection is broken: the pool's close ends it
             return
+
+    def _requeue_deadlocked(
+        self, group: list[_Queued], outcomes: list[Outcome]
+    ) -> tuple[list[_Queued], list[Outcome]]:
+        """Queue again, for a transaction of their own in a later group, the operations that
+        kept deadlocking in their savepoints (the group's own locks, held until its commit,
+        can be what the other transaction waits for); the others, with their outcomes. One
+        still deadlocking after :data:`_REQUEUES` groups fails as unavailable for now: a
+        saga then waits for the store and resumes from its last checkpoint, where a raw
+        driver error would fail its step (compensated, dead-lettered, its steps all done)."""
+        if all(error is None or _sqlstate(error) not in _RETRYABLE for _, error in outcomes):
+            return group, outcomes  # the usual case
+        settled: list[tuple[_Queued, Outcome]] = []
+        for queued, (result, error) in zip(group, outcomes, strict=True):
+            if error is None or _sqlstate(error) not in _RETRYABLE or queued.future.done():
+                settled.append((queued, (result, error)))
+            elif queued.requeued < _REQUEUES:
+                queued.requeued += 1
+                self._queue.append(queued)
+            else:
+                unavailable = StoreUnavailableError(
+                    f"{self._label}: the operation kept deadlocking ({error}); retry it"
+                )
+                unavailable.__cause__ = error
+                settled.append((queued, (None, unavailable)))
+        return [q for q, _ in settled], [o for _, o in settled]
 
     async def _hand_over(self, group: list[_Queued], outcomes: list[Outcome]) -> None:
         """Give each caller of ``group`` its outcome (:class:`HandOver`: in two halves if no

@@ -91,6 +91,7 @@ class PostgresConnection(SagaStore):
         min_size: int = 1,
         max_size: int = 10,
         command_timeout: float | None = 60.0,
+        idle_transaction_timeout: float | None = 5.0,
     ) -> None:
         self.dsn = dsn
         self.schema = schema
@@ -137,6 +138,16 @@ class PostgresConnection(SagaStore):
         self._min_size = min_size
         self._max_size = max_size
         self._command_timeout = command_timeout
+        # the server ends a session left idle in a transaction (its worker frozen or cut
+        # off mid-group) and so releases its row locks: every other worker's group waits
+        # on them meanwhile, and the lease takeover too
+        self._server_settings = (
+            {}
+            if idle_transaction_timeout is None
+            else {
+                "idle_in_transaction_session_timeout": str(round(idle_transaction_timeout * 1000))
+            }
+        )
         self._pool: Any = None
         self._groups: PgGroupCommitter | None = None
         self._lifecycle_lock = asyncio.Lock()
@@ -160,6 +171,7 @@ class PostgresConnection(SagaStore):
                     min_size=self._min_size,
                     max_size=self._max_size,
                     command_timeout=self._command_timeout,
+                    server_settings=self._server_settings,
                     init=mapping.init_connection,
                     reset=mapping.keep_session,
                 )
@@ -251,6 +263,8 @@ class PostgresConnection(SagaStore):
             exc,
             errors.PostgresConnectionError  # SQLSTATE class 08: connection exceptions
             | errors.AdminShutdownError  # 57P01: terminated by a shutdown or restart
+            # 25P03: ended by the server after idling in a transaction (a frozen worker)
+            | errors.IdleInTransactionSessionTimeoutError
             | errors.CrashShutdownError
             | errors.CannotConnectNowError  # 57P03: starting up, shutting down
             | errors.TooManyConnectionsError,

@@ -111,14 +111,22 @@ class PostgresInbox(PostgresConnection):
         )
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
-        # the saga rows first, then the inbox rows: the order a checkpoint locks them in
-        # (its fenced saga upsert decides whether the inbox row is completed), else the two
-        # deadlock
+        # the rows of this owner that no other transaction holds (SKIP LOCKED): renewing
+        # waits on no row lock, so it is never one end of a deadlock (this UPDATE of many
+        # rows locks them in no particular order, the checkpoints and claims of a group in
+        # theirs), nor stuck behind a frozen worker's open transaction. A row skipped is
+        # being written (its saga checkpointed, its key claimed or completed) or taken over:
+        # the next renewal, a third of a lease later, finds it free.
+        s = self._s
         touched = await self._write_fetchval(
-            f"WITH s AS (UPDATE {self._s}.saga_executions SET lease_expires_at = $2 "
-            f"WHERE owner = $1 AND status IN {tables.ACTIVE_SQL} RETURNING 1), "
-            f"i AS (UPDATE {self._s}.inbox SET lease_until = $2 "
-            "WHERE owner = $1 AND status = 'pending' RETURNING 1) "
+            f"WITH s AS (UPDATE {s}.saga_executions AS e SET lease_expires_at = $2 FROM "
+            f"(SELECT saga_id FROM {s}.saga_executions WHERE owner = $1 AND status IN "
+            f"{tables.ACTIVE_SQL} FOR UPDATE SKIP LOCKED) AS l "
+            "WHERE e.saga_id = l.saga_id RETURNING 1), "
+            f"i AS (UPDATE {s}.inbox AS t SET lease_until = $2 FROM "
+            f"(SELECT trigger_id, key FROM {s}.inbox WHERE owner = $1 AND status = 'pending' "
+            "FOR UPDATE SKIP LOCKED) AS l "
+            "WHERE t.trigger_id = l.trigger_id AND t.key = l.key RETURNING 1) "
             "SELECT (SELECT count(*) FROM s) + (SELECT count(*) FROM i)",
             owner,
             to_utc(lease_until),

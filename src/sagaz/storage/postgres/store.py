@@ -32,4 +32,7 @@ class PostgresSagaStore(
     ``min_size``/``max_size`` bound the asyncpg connection pool. A lost server (restarted,
     unreachable) makes operations raise :class:`~sagaz.exceptions.StoreUnavailableError`; the
     pool replaces its broken connections, so the store works again once the server is back.
+    ``idle_transaction_timeout`` (seconds, ``None``: the server's setting) ends a session of
+    the pool left idle in a transaction that long (a worker frozen or cut off in the middle
+    of one), which releases the rows it locked: other workers' writes wait on them until then.
     """

@@ -1,0 +1,78 @@
+"""Acceptances finished after their admission was cancelled, once the claim had made the key
+this worker's (:class:`LateAcceptances`).
+
+A source cancels an admission under way when it gives the event up: a Kafka partition revoked
+by a rebalance cancels its emits. If the inbox claim had already made the key ours (claimed,
+or taken over), a nack would leave the key, and the saga's pending or taken-over row, owned by
+this worker, their leases renewed by its heartbeat while no saga runs here: the event's next
+delivery (the partition's new owner) would find the key busy and wait for ever. So the
+acceptance is finished in a task of its own instead: the saga runs here (its ack may be
+ignored, the next delivery is then a duplicate). While the engine stops, the delivery is
+nacked as before (its heartbeat stops too, so its leases expire); so is the event of a source
+that does not redeliver (its pending row keeps it for the recovery loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from sagaz.engine.candidate import Candidate
+from sagaz.engine.settlement import Settlement
+from sagaz.events import AdmissionResult
+from sagaz.records import ClaimOutcome, EventClaim
+
+__all__ = ["OURS", "LateAcceptances", "redelivers"]
+
+#: the claims that make the key this worker's
+OURS = (ClaimOutcome.CLAIMED, ClaimOutcome.TAKEN_OVER)
+
+Accept = Callable[[Candidate, datetime, EventClaim], Awaitable[AdmissionResult]]
+Failed = Callable[[Candidate, Exception], Awaitable[AdmissionResult]]
+
+
+def redelivers(c: Candidate) -> bool:
+    """Whether the source of ``c`` delivers an event given up again (a broker). Only those
+    are finished late: an event of another source (``fire_event``, webhook, cron) keeps its
+    pending row for the recovery loop, as a cancelled admission always did."""
+    source = c.trigger.source
+    return source is not None and source.redeliverable
+
+
+class LateAcceptances:
+    """The tasks finishing acceptances whose admission was cancelled (see the module)."""
+
+    def __init__(self, settlement: Settlement, accept: Accept, failed: Failed) -> None:
+        self.settlement = settlement
+        self._accept = accept  # unbounded, past the queue's bound (accepted before)
+        self._failed = failed
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def take(self, c: Candidate, lease: datetime, claim: EventClaim | None) -> bool:
+        """Finish accepting ``c`` in a task of its own if ``claim`` made its key ours;
+        whether it did (else its caller nacks the delivery). ``c.handed_over`` says so to
+        the callers up the stack, which then leave the delivery alone."""
+        if claim is None or claim.outcome not in OURS or not redelivers(c):
+            return False
+        c.handed_over = True
+        task = asyncio.create_task(self._finish(c, lease, claim), name=f"sagaz-accept-{c.saga_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _finish(self, c: Candidate, lease: datetime, claim: EventClaim) -> None:
+        try:
+            await self._accept(c, lease, claim)
+        except asyncio.CancelledError:
+            await self.settlement.nack(c.trigger, c.delivery)
+            raise
+        except Exception as exc:
+            await self._failed(c, exc)
+
+    async def close(self) -> None:
+        """Cancel what is still being accepted (those deliveries are nacked)."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,97 @@
+"""Row locks held by another transaction of the PostgreSQL store, where they would make
+workers wait on each other (all found by the frozen-worker chaos test):
+
+- a worker frozen (SIGSTOP, a long pause) or cut off in the middle of a transaction holds the
+  rows it locked: its sessions are ended by the server once idle in a transaction for
+  ``idle_transaction_timeout`` (5 s by default), which releases them. Before, the frozen
+  worker's open group kept the live one's claims of its events waiting for 60 s (the command
+  timeout): none of its sagas could be taken over, every partition of the live one stalled;
+- the lease renewal skips the rows another transaction holds instead of waiting on them: an
+  UPDATE of all of a worker's rows locks them in no particular order, a group's checkpoints
+  and claims in theirs, and the two deadlocked (and waited on each other for 20 s and more,
+  everything else queued behind them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from sagaz.clock import utcnow
+from sagaz.records import SagaRecord
+from sagaz.storage.postgres import PostgresSagaStore
+from sagaz.types import SagaStatus
+from tests.services import drop_postgres_schema, unique_name
+
+
+@pytest.fixture
+async def schema(postgres_dsn: str) -> AsyncIterator[str]:
+    name = unique_name("sagaz_idle")
+    try:
+        yield name
+    finally:
+        await drop_postgres_schema(postgres_dsn, name)
+
+
+async def test_a_transaction_left_open_by_a_frozen_worker_stops_holding_its_rows(
+    postgres_dsn: str, schema: str
+) -> None:
+    lapsed = utcnow() - timedelta(seconds=1)
+    frozen = PostgresSagaStore(postgres_dsn, schema=schema)
+    live = PostgresSagaStore(postgres_dsn, schema=schema)
+    async with frozen, live:
+        await frozen.save_saga(
+            SagaRecord("s-1", "order", SagaStatus.RUNNING, {}, owner="a", lease_expires_at=lapsed)
+        )
+        # the frozen worker's group: a transaction of its pool, the saga row locked, no COMMIT
+        async with frozen._pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            await conn.execute(
+                f'UPDATE "{schema}".saga_executions SET owner = $1 WHERE saga_id = $2', "a", "s-1"
+            )
+            # its lease is over: the live worker takes the saga over once the row is free
+            async with asyncio.timeout(20):  # (the command timeout is 60 s)
+                assert await live.claim_saga("s-1", "b", utcnow() + timedelta(seconds=30))
+            # thawed, the frozen worker finds its session ended: the store is "unavailable"
+            # (its operations are retried once it is back), not failed
+            # (25P03, a closed connection, or asyncpg's protocol tripping over the ending)
+            errors = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+            with pytest.raises(errors) as ended:
+                await conn.execute("SELECT 1")
+            assert frozen._unavailable(ended.value), repr(ended.value)
+        saga = await frozen.get_saga("s-1")  # the pool replaced the ended connection
+        assert saga is not None and saga.owner == "b"
+
+
+async def test_renewing_leases_skips_the_rows_another_transaction_holds(
+    postgres_dsn: str, schema: str
+) -> None:
+    later = utcnow() + timedelta(seconds=30)
+    async with PostgresSagaStore(postgres_dsn, schema=schema) as store:
+        for saga_id in ("s-1", "s-2", "s-3"):
+            await store.save_saga(
+                SagaRecord(
+                    saga_id, "order", SagaStatus.RUNNING, {}, owner="a", lease_expires_at=later
+                )
+            )
+        holder = await asyncpg.connect(postgres_dsn)  # another transaction: a checkpoint
+        try:
+            async with holder.transaction():
+                await holder.execute(
+                    f'SELECT 1 FROM "{schema}".saga_executions WHERE saga_id = $1 FOR UPDATE',
+                    "s-2",
+                )
+                renewed = utcnow() + timedelta(minutes=5)
+                async with asyncio.timeout(10):  # it waited as long as the holder did
+                    assert await store.renew_leases("a", renewed) == 2
+        finally:
+            await holder.close()
+        leases = {s.saga_id: s.lease_expires_at for s in await store.list_sagas()}
+        assert leases["s-1"] == leases["s-3"] == renewed
+        assert leases["s-2"] == later  # renewed by the next renewal
+        assert await store.renew_leases("a", renewed) == 3

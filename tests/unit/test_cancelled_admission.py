@@ -1,0 +1,198 @@
+"""An admission cancelled after its inbox claim made the key this worker's (a Kafka partition
+revoked by a rebalance cancels its emits, here while the queue is full) is finished all the
+same: the saga runs here and the delivery is acked, never nacked.
+
+Found by the frozen-worker chaos test: nacked, the claimed keys and their pending rows stayed
+the worker's, their leases renewed by its heartbeat while nothing ran their sagas, and the
+partition's new owner waited on them for ever (stuck at 1998 and at 1415 of 2000 sagas).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from sagaz import Saga, SagaContext, SagaStatus, TriggerConfig, action, trigger
+from sagaz.abc import Emit, SagaStore, Source, emit_many
+from sagaz.engine.engine import TriggerEngine
+from sagaz.engine.identity import saga_id_for
+from sagaz.events import Delivery, EventMeta
+from sagaz.records import EventClaim, SagaRecord
+from sagaz.storage.memory import MemorySagaStore
+from sagaz.storage.sqlite import SQLiteSagaStore
+from sagaz.testing import eventually
+
+
+class PartitionSource(Source):
+    """A redeliverable source whose emits can be cancelled one by one, as a Kafka partition's
+    are when it is revoked; records what it was asked to ack and nack."""
+
+    kind: ClassVar[str] = "partitioned"
+    redeliverable: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self.emit: Emit | None = None
+        self.ready = asyncio.Event()
+        self.acked: Counter[int] = Counter()
+        self.nacked: list[int] = []
+
+    async def pause(self) -> None:  # pauses itself (so its emit takes batches whole)
+        return None
+
+    async def resume(self) -> None:
+        return None
+
+    async def run(self, emit: Emit) -> None:
+        self.emit = emit
+        self.ready.set()
+        await asyncio.Event().wait()
+
+    def delivery(self, n: int) -> Delivery:
+        return Delivery(
+            payload={"n": n},
+            decoded=True,
+            identity=f"m-{n}",
+            meta=EventMeta(source=self.kind),
+            ack=functools.partial(self._ack, n),
+            nack=functools.partial(self._nack, n),
+        )
+
+    def send(self, *numbers: int) -> asyncio.Task[Any]:
+        """Emit ``numbers`` (one, or a batch) in a task, as a partition's emit loop does."""
+        assert self.emit is not None
+        deliveries = [self.delivery(n) for n in numbers]
+        if len(deliveries) == 1:
+            return asyncio.ensure_future(self.emit(deliveries[0]))
+        return asyncio.ensure_future(emit_many(self.emit, deliveries))
+
+    async def _ack(self, n: int) -> None:
+        self.acked[n] += 1
+
+    async def _nack(self, n: int, requeue: bool) -> None:
+        self.nacked.append(n)
+
+
+def define_saga(source: Source, gate: asyncio.Event) -> None:
+    class Partitioned(Saga):
+        saga_name = "partitioned"
+
+        @trigger(source="custom", trigger=source)
+        def on_message(self, event: dict[str, Any]) -> dict[str, Any]:
+            return {"n": event["n"]}
+
+        @action("work")
+        async def work(self, ctx: SagaContext) -> None:
+            await gate.wait()
+
+
+@pytest.mark.parametrize(
+    ("kind", "batch"),
+    [("memory", [2]), ("sqlite", [2]), ("sqlite", [2, 3, 4])],
+    ids=["memory", "sqlite", "sqlite-batch"],
+)
+async def test_an_admission_cancelled_after_its_claim_still_runs_its_saga(
+    kind: str, batch: list[int], tmp_path: Path
+) -> None:
+    source, gate = PartitionSource(), asyncio.Event()
+    define_saga(source, gate)
+    store: SagaStore = (
+        MemorySagaStore() if kind == "memory" else SQLiteSagaStore(tmp_path / "cancel.db")
+    )
+    config = TriggerConfig(
+        max_concurrent_sagas=1, queue_size=1, lease_seconds=30, shutdown_timeout=1.0
+    )
+    async with TriggerEngine(config, store) as engine:
+        await source.ready.wait()
+        running, queued = source.send(0), source.send(1)  # one runs (gated), one is queued
+        await eventually(lambda: running.done() and queued.done(), what="both admitted")
+        blocked = source.send(*batch)  # claimed, then blocked on the full queue
+
+        async def claimed() -> bool:
+            sagas = await store.list_sagas(saga_name="partitioned")
+            return len(sagas) == 2 + len(batch)
+
+        await eventually(claimed, what="the batch's keys claimed")
+        await asyncio.sleep(0.05)
+        assert not blocked.done()  # waiting for room in the queue
+        blocked.cancel()  # its partition revoked
+        await asyncio.gather(blocked, return_exceptions=True)
+        assert source.nacked == []  # the keys are ours: not handed back
+        gate.set()
+        total = 2 + len(batch)
+        await eventually(lambda: len(source.acked) == total, what="every event acked")
+        assert engine.admission.in_flight == {}
+    assert source.acked == Counter(range(total))
+    assert source.nacked == []
+    async with store:
+        sagas = await store.list_sagas(saga_name="partitioned")
+    assert sorted(s.context["n"] for s in sagas) == list(range(total))
+    assert {s.status for s in sagas} == {SagaStatus.COMPLETED}
+
+
+async def test_an_admission_cancelled_while_the_engine_stops_is_nacked() -> None:
+    source, gate = PartitionSource(), asyncio.Event()
+    define_saga(source, gate)
+    store = MemorySagaStore()
+    config = TriggerConfig(max_concurrent_sagas=1, queue_size=1, shutdown_timeout=0.1)
+    engine = TriggerEngine(config, store)
+    await engine.start()
+    try:
+        await source.ready.wait()
+        source.send(0)
+        source.send(1)
+        blocked = source.send(2)
+
+        async def claimed() -> bool:
+            return len(await store.list_sagas(saga_name="partitioned")) == 3
+
+        await eventually(claimed, what="its key claimed")
+        await asyncio.sleep(0.05)
+        assert not blocked.done()  # waiting for room in the queue
+    finally:
+        await engine.stop()
+    await asyncio.gather(blocked, return_exceptions=True)
+    assert 2 in source.nacked  # stopping: handed back for redelivery, not accepted late
+
+
+class SlowClaims(MemorySagaStore):
+    """Its claims are made at once but answered only once ``answer`` is set (a claim whose
+    group is still at the server when the admission is cancelled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = asyncio.Event()
+        self.made = asyncio.Event()
+
+    async def claim_event(self, trigger_id: str, key: str, record: SagaRecord) -> EventClaim:
+        claim = await super().claim_event(trigger_id, key, record)
+        if key.endswith("m-2"):
+            self.made.set()
+            await self.answer.wait()
+        return claim
+
+
+async def test_an_admission_cancelled_while_its_claim_is_under_way_still_runs_its_saga() -> None:
+    source, gate = PartitionSource(), asyncio.Event()
+    define_saga(source, gate)
+    store = SlowClaims()
+    config = TriggerConfig(lease_seconds=0.4, shutdown_timeout=1.0)
+    async with TriggerEngine(config, store) as engine:
+        await source.ready.wait()
+        gate.set()
+        await source.send(0)
+        admitting = source.send(2)
+        async with asyncio.timeout(10):
+            await store.made.wait()  # the key is ours; the answer has not come back
+        admitting.cancel()  # its partition revoked
+        await asyncio.gather(admitting, return_exceptions=True)
+        store.answer.set()
+        await eventually(lambda: source.acked[2] == 1, what="the event acked")
+        assert engine.admission.in_flight == {}
+    assert source.nacked == []
+    saga = await store.get_saga(saga_id_for("partitioned.on_message", "m-2"))
+    assert saga is not None and saga.status is SagaStatus.COMPLETED
