@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +77,7 @@ class SagaExecution(SagaDag, SagaCompensation):
         delivery: Delivery | None = None,
         cancellation: Cancellation | None = None,
         inbox: tuple[str, str] | None = None,
+        lease: Callable[[], datetime] | None = None,
     ) -> None:
         self.saga = saga
         cls = type(saga)
@@ -89,6 +90,11 @@ class SagaExecution(SagaDag, SagaCompensation):
         self.event = event
         self.owner = owner
         self.lease_until = lease_until
+        #: the lease deadline for a write made now (the engine's ``lease_until``): a saga row
+        #: written before the end carries a fresh one, not the run's first (a run longer than
+        #: the lease would put its row back to an expired lease at each step, until the next
+        #: renewal, a takeover's chance)
+        self.lease = lease
         #: the event it runs for (engine runs): its trace context is the saga span's parent
         self.delivery = delivery
         #: an operator's cancel (sagaz.saga.cancellation): no step starts once it is set
@@ -266,6 +272,8 @@ class SagaExecution(SagaDag, SagaCompensation):
         pending, self._unsaved = self._unsaved, None
         saga = saga or pending
         steps = steps or []
+        if saga is not None and self.lease is not None and saga.lease_expires_at is not None:
+            saga.lease_expires_at = self.lease()
         if saga is None and complete_inbox is None and len(steps) == 1:
             await self.store.save_step(steps[0], outbox or ())
             return
