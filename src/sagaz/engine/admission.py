@@ -29,7 +29,7 @@ from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, Reason
 from sagaz.exceptions import InvalidEventError, StoreUnavailableError
-from sagaz.records import ClaimOutcome, EventClaim, SagaRecord, TriggerExecutionRecord
+from sagaz.records import ClaimOutcome, EventClaim, TriggerExecutionRecord
 from sagaz.saga.listeners import notify
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 
@@ -54,7 +54,8 @@ class Admission:
         #: set by :meth:`close`: ends the waits for an unavailable store
         self._closing = asyncio.Event()
         self._busy = BusyKeys(state, settlement)
-        self._not_started = NotStarted(state, settlement)
+        #: the outcomes of events that start no saga (invalid, refused, dropped, unclaimed)
+        self.not_started = NotStarted(state, settlement)
         #: saga id -> deliveries of the saga queued or running here (see ``_join``)
         self.in_flight: dict[str, JointDeliveries] = {}
         #: acceptances cancelled after their claim made the key ours, finished in tasks
@@ -112,7 +113,7 @@ class Admission:
                 await self.settlement.nack(trigger, delivery)
                 return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
             if undecodable is not None:
-                invalid = self._not_started.invalid
+                invalid = self.not_started.invalid
                 return await self._waiting(
                     delivery, lambda: invalid(trigger, delivery, event, undecodable, None)
                 )
@@ -120,7 +121,7 @@ class Admission:
                 key, concurrency_key = identify(trigger, delivery, event)
             except Exception as exc:
                 error = exc
-                invalid = self._not_started.invalid
+                invalid = self.not_started.invalid
                 return await self._waiting(
                     delivery, lambda: invalid(trigger, delivery, event, error, None)
                 )
@@ -330,27 +331,6 @@ class Admission:
         record = pending_record(c.trigger, c.delivery, c.saga_id, self.state, lease)
         return self.state.store.claim_event(c.trigger.trigger_id, c.key, record)
 
-    async def resume_pending(
-        self, trigger: ActiveTrigger, delivery: Delivery, record: SagaRecord
-    ) -> None:
-        """Admit again, from the ``delivery`` it keeps, the pending saga ``record`` of a
-        stopped worker (for the recovery loop, which holds its lease): the trigger method
-        runs again, and what becomes of the event is admission's."""
-        try:
-            event = trigger.decoder.decode(delivery)
-            key, concurrency_key = identify(trigger, delivery, event)
-        except Exception as exc:  # it was valid when accepted: the trigger changed since
-            dropped = Candidate(trigger, delivery, delivery.payload, "", record.saga_id, None)
-            await self._not_started.invalid(
-                trigger, delivery, delivery.payload, exc, record.saga_id, drop=(dropped, record)
-            )
-            return
-        if saga_id_for(trigger.trigger_id, key) != record.saga_id:
-            key = ""  # not the key it was claimed with: its inbox row completes lazily
-        candidate = Candidate(trigger, delivery, event, key, record.saga_id, concurrency_key)
-        claim = EventClaim(ClaimOutcome.TAKEN_OVER, record.saga_id, record.owner, record)
-        await self.accept(candidate, self.state.lease_until(), claim, recovered=True)
-
     async def accept(
         self, c: Candidate, lease: datetime, claim: EventClaim, *, recovered: bool = False
     ) -> AdmissionResult:
@@ -404,11 +384,11 @@ class Admission:
                             "starting context) or None (skip the event)"
                         )
                 except Exception as exc:
-                    return await self._not_started.invalid(
+                    return await self.not_started.invalid(
                         trigger, delivery, event, exc, saga_id, drop=(c, pending)
                     )
                 if context is None:
-                    await self._not_started.unclaim(c, pending, complete=True)
+                    await self.not_started.unclaim(c, pending, complete=True)
                     await self.settlement.filtered(trigger, event, Reason.FILTERED)
                     await self.settlement.ack(trigger, delivery)
                     return AdmissionResult(AdmissionOutcome.FILTERED, saga_id, Reason.FILTERED)
@@ -420,7 +400,7 @@ class Admission:
                     exclusive=trigger.poll_exclusive,
                 )
                 if not started:
-                    await self._not_started.unclaim(c, pending, complete=True)
+                    await self.not_started.unclaim(c, pending, complete=True)
                     await self.settlement.filtered(trigger, event, Reason.OVERLAP_SKIPPED)
                     await self.settlement.ack(trigger, delivery)
                     return AdmissionResult(
@@ -460,13 +440,13 @@ class Admission:
                 return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
             put = await state.queue.put(item)
             if not put.accepted:
-                return await self._not_started.refused(trigger, item, accepting=self.accepting)
+                return await self.not_started.refused(trigger, item, accepting=self.accepting)
             if put.evicted is not None:
                 evicted = put.evicted
                 # queued now: this admission is not run again, so the drop waits for the store
                 while True:
                     try:
-                        await self._not_started.drop(evicted, Reason.DROPPED_OLDEST)
+                        await self.not_started.drop(evicted, Reason.DROPPED_OLDEST)
                         break
                     except StoreUnavailableError as exc:
                         await state.outage.wait(exc)

@@ -6,7 +6,7 @@ start (its first checkpoint). A delivery that no one delivers again (a webhook r
 tick, a file, a poll, ``fire_event``) is acknowledged once accepted, so the row keeps it whole
 (as a dead letter keeps its event, :mod:`sagaz.engine.dead_letters`): if its worker stops
 before the saga starts, the recovery loop rebuilds it and runs the trigger method again
-(:meth:`~sagaz.engine.admission.Admission.resume_pending`). A broker's message is not kept:
+(:func:`~sagaz.engine.recovery.resume_pending`). A broker's message is not kept:
 it was not acked, and its redelivery brings it back.
 """
 

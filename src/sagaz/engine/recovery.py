@@ -17,13 +17,16 @@ from collections.abc import Mapping
 from sagaz.clock import utcnow
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.admission import Admission
+from sagaz.engine.candidate import Candidate, identify
+from sagaz.engine.identity import saga_id_for
 from sagaz.engine.pending import pending_delivery
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import StoreUnavailableError
+from sagaz.records import ClaimOutcome, EventClaim, SagaRecord
 from sagaz.types import SagaStatus
 
-__all__ = ["recover", "recover_once"]
+__all__ = ["recover", "recover_once", "resume_pending"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ async def recover_once(
                 await admission.settlement.report(active, exc, record.event)
                 continue
             if delivery is not None:  # else a row of an older sagaz: it has its context
-                await admission.resume_pending(active, delivery, record)
+                await resume_pending(admission, active, delivery, record)
                 resumed += 1
                 continue
         item = WorkItem(
@@ -91,3 +94,25 @@ async def recover_once(
     if resumed:
         logger.info("recovered %d saga(s)", resumed, extra={"worker_id": state.worker_id})
     return resumed
+
+
+async def resume_pending(
+    admission: Admission, trigger: ActiveTrigger, delivery: Delivery, record: SagaRecord
+) -> None:
+    """Admit again, from the ``delivery`` it keeps, the pending saga ``record`` of a
+    stopped worker (for the recovery loop, which holds its lease): the trigger method
+    runs again, and what becomes of the event is admission's."""
+    try:
+        event = trigger.decoder.decode(delivery)
+        key, concurrency_key = identify(trigger, delivery, event)
+    except Exception as exc:  # it was valid when accepted: the trigger changed since
+        dropped = Candidate(trigger, delivery, delivery.payload, "", record.saga_id, None)
+        await admission.not_started.invalid(
+            trigger, delivery, delivery.payload, exc, record.saga_id, drop=(dropped, record)
+        )
+        return
+    if saga_id_for(trigger.trigger_id, key) != record.saga_id:
+        key = ""  # not the key it was claimed with: its inbox row completes lazily
+    candidate = Candidate(trigger, delivery, event, key, record.saga_id, concurrency_key)
+    claim = EventClaim(ClaimOutcome.TAKEN_OVER, record.saga_id, record.owner, record)
+    await admission.accept(candidate, admission.state.lease_until(), claim, recovered=True)
