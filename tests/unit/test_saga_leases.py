@@ -30,19 +30,14 @@ async def test_a_step_checkpoint_writes_the_lease_of_now() -> None:
     saga.second_may_run = asyncio.Event()
     first_lease = datetime.now(UTC) + timedelta(seconds=1)
     later_lease = first_lease + timedelta(minutes=5)  # what the engine's clock says by then
+    handed: list[datetime] = []
+
+    def lease() -> datetime:  # the engine's lease_until: the first at the start, then later
+        handed.append(later_lease if handed else first_lease)
+        return handed[-1]
+
     execution = SagaExecution(
-        saga,
-        store,
-        None,
-        None,
-        "t",
-        None,
-        "worker-1",
-        first_lease,
-        None,
-        None,
-        None,
-        lambda: later_lease,
+        saga, store, None, None, "t", None, "worker-1", lease, None, None, None
     )
     run = asyncio.create_task(execution.run({}, "s-1"))
     for _ in range(100):  # until the first step's completion is stored

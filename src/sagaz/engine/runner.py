@@ -127,8 +127,9 @@ class SagaRunner:
         cancellation = cancellations.track(item.saga_id)
         try:
             while True:
-                # saga, store, listeners, clock, trigger_id, event, owner, lease_until,
-                # delivery, cancellation, inbox, lease: by position (ten keywords cost ~0.8 µs)
+                # saga, store, listeners, clock, trigger_id, event, owner, lease (a fresh one
+                # for each saga row written), delivery, cancellation, inbox: by position (ten
+                # keywords cost ~0.8 µs)
                 execution = SagaExecution(
                     item.saga if item.saga is not None else trigger.saga,
                     state.store,
@@ -137,12 +138,11 @@ class SagaRunner:
                     trigger.trigger_id,
                     None,
                     state.worker_id,
-                    state.lease_until(),
+                    state.lease_until,
                     item.delivery,
                     cancellation,
                     # a completed saga completes its inbox row in the same store operation
                     (trigger.trigger_id, item.key) if item.key else None,
-                    state.lease_until,  # a fresh lease for each saga row written mid-run
                 )
                 try:
                     result = await execution.run(

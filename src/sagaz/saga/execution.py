@@ -73,11 +73,10 @@ class SagaExecution(SagaDag, SagaCompensation):
         trigger_id: str | None = None,
         event: Any = None,
         owner: str | None = None,
-        lease_until: datetime | None = None,
+        lease: Callable[[], datetime] | None = None,
         delivery: Delivery | None = None,
         cancellation: Cancellation | None = None,
         inbox: tuple[str, str] | None = None,
-        lease: Callable[[], datetime] | None = None,
     ) -> None:
         self.saga = saga
         cls = type(saga)
@@ -89,11 +88,10 @@ class SagaExecution(SagaDag, SagaCompensation):
         self.trigger_id = trigger_id
         self.event = event
         self.owner = owner
-        self.lease_until = lease_until
-        #: the lease deadline for a write made now (the engine's ``lease_until``): a saga row
-        #: written before the end carries a fresh one, not the run's first (a run longer than
-        #: the lease would put its row back to an expired lease at each step, until the next
-        #: renewal, a takeover's chance)
+        #: the lease deadline for a write made now (the engine's ``lease_until``): each saga
+        #: row written before the end carries a fresh one, not the run's first (a run longer
+        #: than the lease would put its row back to an expired lease at each step, until the
+        #: next renewal, a takeover's chance)
         self.lease = lease
         #: the event it runs for (engine runs): its trace context is the saga span's parent
         self.delivery = delivery
@@ -187,7 +185,7 @@ class SagaExecution(SagaDag, SagaCompensation):
                     self.trigger_id,
                     self.event,
                     self.owner,
-                    self.lease_until,
+                    None if self.lease is None else self.lease(),
                 )
             )
             self._began = created
@@ -205,7 +203,8 @@ class SagaExecution(SagaDag, SagaCompensation):
             else:
                 steps = {s.name: s for s in await self.store.get_steps(saga_id)}
             record.owner = self.owner or record.owner
-            record.lease_expires_at = self.lease_until or record.lease_expires_at
+            if self.lease is not None:
+                record.lease_expires_at = self.lease()
             resuming_compensation = record.status is SagaStatus.COMPENSATING
             if not resuming_compensation:
                 record.status = _RUNNING
@@ -272,7 +271,7 @@ class SagaExecution(SagaDag, SagaCompensation):
         pending, self._unsaved = self._unsaved, None
         saga = saga or pending
         steps = steps or []
-        if saga is not None and self.lease is not None and saga.lease_expires_at is not None:
+        if saga is not None and self.lease is not None:
             saga.lease_expires_at = self.lease()
         if saga is None and complete_inbox is None and len(steps) == 1:
             await self.store.save_step(steps[0], outbox or ())
