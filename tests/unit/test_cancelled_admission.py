@@ -77,12 +77,17 @@ class PartitionSource(Source):
         self.nacked.append(n)
 
 
+#: the trigger method's calls, per event number
+TRANSFORMED: Counter[int] = Counter()
+
+
 def define_saga(source: Source, gate: asyncio.Event) -> None:
     class Partitioned(Saga):
         saga_name = "partitioned"
 
         @trigger(source="custom", trigger=source)
         def on_message(self, event: dict[str, Any]) -> dict[str, Any]:
+            TRANSFORMED[event["n"]] += 1
             return {"n": event["n"]}
 
         @action("work")
@@ -196,3 +201,58 @@ async def test_an_admission_cancelled_while_its_claim_is_under_way_still_runs_it
     assert source.nacked == []
     saga = await store.get_saga(saga_id_for("partitioned.on_message", "m-2"))
     assert saga is not None and saga.status is SagaStatus.COMPLETED
+
+
+class SlowDeletes(MemorySagaStore):
+    """Its ``delete_saga`` of ``slow`` waits for ``go`` (a drop_oldest eviction's writes
+    still under way when the admission that evicted is cancelled)."""
+
+    def __init__(self, slow: str) -> None:
+        super().__init__()
+        self.slow = slow
+        self.go = asyncio.Event()
+        self.deleting = asyncio.Event()
+
+    async def delete_saga(self, saga_id: str) -> None:
+        if saga_id == self.slow:
+            self.deleting.set()
+            await self.go.wait()
+        await super().delete_saga(saga_id)
+
+
+async def test_an_admission_cancelled_after_its_event_was_queued_is_not_accepted_again() -> None:
+    source, gate = PartitionSource(), asyncio.Event()
+    define_saga(source, gate)
+    store = SlowDeletes(saga_id_for("partitioned.on_message", "m-1"))
+    TRANSFORMED.clear()
+    config = TriggerConfig(
+        max_concurrent_sagas=1,
+        queue_size=1,
+        backpressure_strategy="drop_oldest",
+        shutdown_timeout=1.0,
+    )
+    async with TriggerEngine(config, store) as engine:
+        await source.ready.wait()
+        await source.send(0)
+        first = saga_id_for("partitioned.on_message", "m-0")
+
+        async def first_running() -> bool:
+            saga = await store.get_saga(first)
+            return saga is not None and saga.status is SagaStatus.RUNNING
+
+        await eventually(first_running, what="0 running (gated)")
+        await source.send(1)  # queued
+        evicting = source.send(2)  # queued in place of 1, whose drop waits for the store
+        async with asyncio.timeout(10):
+            await store.deleting.wait()
+        evicting.cancel()  # its partition revoked: 2 is queued already
+        await asyncio.gather(evicting, return_exceptions=True)
+        store.go.set()
+        gate.set()
+        await eventually(lambda: source.acked[2] >= 1, what="2 acked")
+        await eventually(lambda: source.acked[1] >= 1, what="1 dropped and acked")
+        await asyncio.sleep(0.1)
+        assert engine.admission.in_flight == {}
+    assert source.nacked == []
+    assert source.acked == Counter({0: 1, 1: 1, 2: 1})
+    assert TRANSFORMED[2] == 1  # queued once: not accepted again when cancelled

@@ -442,20 +442,26 @@ class Admission:
             if not put.accepted:
                 return await self.not_started.refused(trigger, item, accepting=self.accepting)
             if put.evicted is not None:
-                evicted = put.evicted
-                # queued now: this admission is not run again, so the drop waits for the store
-                while True:
-                    try:
-                        await self.not_started.drop(evicted, Reason.DROPPED_OLDEST)
-                        break
-                    except StoreUnavailableError as exc:
-                        await state.outage.wait(exc)
+                # queued now: its delivery is its run's to settle (cancelled from here on, it is
+                # neither nacked nor accepted again), and the evicted event's drop is finished
+                # even so (its key would stay ours, unrun)
+                c.handed_over = True
+                await asyncio.shield(self._drop_evicted(put.evicted))
             state.metrics.accepted[trigger.trigger_id] += 1
             return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
         except asyncio.CancelledError:  # a claim that made the key ours is not left behind
-            if not recovered and self.accepting:
+            if not recovered and self.accepting and not c.handed_over:
                 self.late.take(c, lease, claim)
             raise
+
+    async def _drop_evicted(self, evicted: WorkItem) -> None:
+        """Drop ``evicted``, pushed out of the queue by ``drop_oldest``: this admission is not
+        run again, so the drop waits for the store."""
+        while True:
+            try:
+                return await self.not_started.drop(evicted, Reason.DROPPED_OLDEST)
+            except StoreUnavailableError as exc:
+                await self.state.outage.wait(exc)
 
     def watch_taken_over(self, item: WorkItem) -> None:
         """Hold ``item``'s delivery, whose saga another worker took over while it ran here
