@@ -109,7 +109,9 @@ async def main() -> None:
     settings = Settings.from_env()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    pool = await asyncpg.create_pool(settings.side_dsn, min_size=1, max_size=4)
+    # every connection opened before the first run: one opened mid-run would record its run's
+    # start late (tests/chaos/test_cluster_limits.py reads the starts' spacing)
+    pool = await asyncpg.create_pool(settings.side_dsn, min_size=4, max_size=4)
     store: SagaStore = store_from_url(settings.store_url)
     try:
         async with store:

@@ -49,8 +49,9 @@ RATE = 50.0
 RATE_EVENTS = 150
 BURST = 1
 #: a run's start is recorded a little after its rate token was taken (queue hand-back,
-#: dispatcher, runner, the INSERT): windows are checked with this much slack
-START_JITTER = 0.1
+#: dispatcher, runner, the INSERT): windows are checked with this much slack (0.1 s once
+#: failed in CI, a window's first start recorded 0.11 s after its token on a loaded machine)
+START_JITTER = 0.15
 
 
 def body(n: int) -> bytes:
