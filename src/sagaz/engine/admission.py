@@ -22,7 +22,7 @@ from sagaz.engine.busy_keys import BusyKeys
 from sagaz.engine.candidate import Candidate, identify
 from sagaz.engine.identity import canonical_hash, saga_id_for, storable
 from sagaz.engine.joint_deliveries import JointDeliveries
-from sagaz.engine.late_acceptances import LateAcceptances, redelivers
+from sagaz.engine.late_acceptances import LateAcceptances
 from sagaz.engine.not_started import NotStarted
 from sagaz.engine.pending import pending_record
 from sagaz.engine.settlement import Settlement
@@ -297,7 +297,7 @@ class Admission:
         try:
             claim = await self._claim_event(c, lease)
         except asyncio.CancelledError:  # the key may be ours now: claimed again in a while,
-            if self.accepting and redelivers(c):  # not left ours, unrun (late_acceptances)
+            if self.accepting:  # not left ours, unrun (late_acceptances)
                 c.handed_over = True
                 self._watch_busy(c)
             raise
