@@ -300,8 +300,8 @@ class Admission:
             claim = await self._claim_event(c, lease)
         except asyncio.CancelledError:  # the key may be ours now: claimed again in a while,
             if self.accepting:  # not left ours, unrun (late_acceptances)
-                self._watch_busy(dataclasses.replace(c))  # a claim of its own: not handed over
                 c.handed_over = True
+                self._watch_busy(c)
             raise
         if claim.created and c.delivery.replay_of is None:  # the usual: a new key, a new row
             return await self.accept(c, lease, claim)
@@ -484,6 +484,7 @@ class Admission:
 
     def _watch_busy(self, c: Candidate) -> None:
         """Hold the delivery of ``c`` until the live worker holding its key is done."""
+        c = dataclasses.replace(c, handed_over=False)  # its own claims: held on a store error
         again = functools.partial(self._waiting, c.delivery, functools.partial(self._claim, c))
         failed = functools.partial(self.failed, c.trigger, c.delivery, c=c)
         self._busy.watch(c.trigger, c.delivery, c.saga_id, again, failed)
