@@ -6,18 +6,20 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sagaz import SagaContext, SagaListener, SagaStatus
 from sagaz.abc import SagaStore
 from sagaz.exceptions import StoreUnavailableError
+from sagaz.records import EventClaim, SagaRecord
 from sagaz.storage.memory import MemorySagaStore
 
 __all__ = [
     "HoldCompletion",
     "OutageStore",
     "RecordingListener",
+    "RefusesOneEvent",
     "complete_a_burst",
     "completed_per_message",
     "define_burst_saga",
@@ -83,6 +85,32 @@ class OutageStore(MemorySagaStore):
         super().__init__()
         self.down = False
         self.refused = 0  # operations refused while down
+
+
+class RefusesOneEvent(MemorySagaStore):
+    """Every claim of the event whose inbox key is ``key`` fails, alone or in its batch, with
+    an error that is not an outage (a value the store refuses); ``failures`` counts them."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+        self.failures = 0
+
+    def _refuse(self, key: str) -> None:
+        if key == self.key:
+            self.failures += 1
+            raise RuntimeError('invalid input syntax for type json: "\\u0000"')
+
+    async def claim_event(self, trigger_id: str, key: str, record: SagaRecord) -> EventClaim:
+        self._refuse(key)
+        return await super().claim_event(trigger_id, key, record)
+
+    async def claim_events(
+        self, trigger_id: str, claims: Sequence[tuple[str, SagaRecord]]
+    ) -> list[EventClaim]:
+        for key, _ in claims:
+            self._refuse(key)
+        return await super().claim_events(trigger_id, claims)
 
 
 def _refusing(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

@@ -27,11 +27,13 @@ import sagaz.triggers
 from sagaz import Saga, SagaContext, SagaStatus, TriggerConfig, action, trigger
 from sagaz.abc import SagaStore
 from sagaz.engine.engine import TriggerEngine
+from sagaz.engine.store_errors import StoreErrors
 from sagaz.exceptions import MissingExtraError
 from sagaz.sources.kafka.source import KafkaSource
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.testing import continually, eventually
+from tests.engine_support import RefusesOneEvent
 from tests.fixtures_kafka import MakeTopic
 from tests.services import unique_name
 
@@ -518,3 +520,50 @@ async def test_without_aiokafka_start_triggers_names_the_extra(
     await sagaz.stop_triggers()  # nothing is running: a no-op
     with pytest.raises(RuntimeError, match="no trigger engine is running"):
         await sagaz.fire_event("orders", {})
+
+
+# -- 5. a store error at admission: the partition's commits are not held for good --------------
+async def test_an_event_the_store_keeps_refusing_is_dead_lettered_and_the_offset_committed(
+    kafka_bootstrap: str, make_kafka_topic: MakeTopic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # it was nacked: the offset stayed uncommitted, so the partition's commits stopped at 2
+    # until a restart or a rebalance (and the event was tried again only then)
+    monkeypatch.setattr(StoreErrors, "initial", 0.05)
+    monkeypatch.setattr(StoreErrors, "maximum", 0.2)
+    topic = await make_kafka_topic("refused", partitions=1)
+    group = unique_name("refused")
+    ran: list[int] = []
+
+    class Refused(Saga):
+        saga_name = "refused"
+
+        @trigger(
+            source="kafka",
+            topic=topic,
+            group_id=group,
+            bootstrap_servers=kafka_bootstrap,
+            idempotency_key=lambda e: str(e["n"]),
+            **FAST,
+        )
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return {"n": event["n"]}
+
+        @action("count")
+        async def count(self, ctx: SagaContext) -> None:
+            ran.append(ctx["n"])
+
+    await produce(kafka_bootstrap, topic, ((0, event(n)) for n in range(5)))
+    async with (
+        RefusesOneEvent("2") as store,
+        group_offsets(kafka_bootstrap, group, topic, 1) as offsets,
+        TriggerEngine(TriggerConfig(), store),
+    ):
+        await eventually(lambda: sorted(ran) == [0, 1, 3, 4], within=30, what="4 sagas")
+        dead = await eventually(store.list_dead_letters, within=30, what="its dead letter")
+        assert [(d.reason, d.payload) for d in dead] == [("store_error", event(2))]
+
+        async def committed_past_it() -> bool:
+            return await offsets.committed() == [5]
+
+        await eventually(committed_past_it, within=30, what="the offset committed past it")
+        assert store.failures >= StoreErrors.attempts

@@ -19,10 +19,17 @@ from pydantic import BaseModel
 import sagaz
 from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
 from sagaz.engine.engine import TriggerEngine
+from sagaz.engine.store_errors import StoreErrors
 from sagaz.sources.rabbitmq import RabbitMQSource
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.testing import eventually
-from tests.engine_support import HoldCompletion, RecordingListener, completed_per_message, once_each
+from tests.engine_support import (
+    HoldCompletion,
+    RecordingListener,
+    RefusesOneEvent,
+    completed_per_message,
+    once_each,
+)
 from tests.fixtures_rabbitmq import Rabbit, close_connections_named
 
 SAGA = "rabbit-orders"
@@ -263,3 +270,37 @@ async def test_connection_dropped_by_the_broker_still_one_saga_per_message(
     assert await completed_per_message(store, SAGA) == once_each(range(600))
     assert started - Counter(range(600)) == Counter()  # no step ran twice
     assert await rabbit.ready(queue) == 0
+
+
+async def test_a_message_the_store_keeps_refusing_is_dead_lettered_not_requeued_for_ever(
+    rabbit: Rabbit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # it was nacked with requeue: RabbitMQ delivered it again at once, for ever (about 700
+    # failed claims a second here, each logged as an error), and nothing dead-lettered it
+    monkeypatch.setattr(StoreErrors, "initial", 0.05)
+    monkeypatch.setattr(StoreErrors, "maximum", 0.2)
+    queue = rabbit.queue_name()
+    await rabbit.declare(queue)
+    ran: list[int] = []
+
+    class RabbitOrders(Saga):
+        saga_name = SAGA
+
+        @trigger(source="rabbitmq", queue=queue, idempotency_key=lambda e: str(e["n"]))
+        def on_message(self, event: dict[str, Any]) -> dict[str, Any]:
+            return {"n": event["n"]}
+
+        @action("work")
+        async def work(self, ctx: SagaContext) -> None:
+            ran.append(ctx["n"])
+
+    await rabbit.publish(queue, [body(n) for n in range(5)])
+    async with (
+        RefusesOneEvent("2") as store,
+        TriggerEngine(TriggerConfig(rabbitmq_url=rabbit.url), store),
+    ):
+        dead = await eventually(store.list_dead_letters, within=30, what="its dead letter")
+        assert [(d.reason, d.payload) for d in dead] == [("store_error", body(2))]
+        await eventually(lambda: sorted(ran) == [0, 1, 3, 4], what="the others' sagas")
+        assert store.failures == StoreErrors.attempts  # each attempt once: no redelivery loop
+    assert await rabbit.ready(queue) == 0  # acked once dead-lettered

@@ -1,6 +1,7 @@
 """An admission cancelled after its inbox claim made the key this worker's (a Kafka partition
-revoked by a rebalance cancels its emits, here while the queue is full) is finished all the
-same: the saga runs here and the delivery is acked, never nacked.
+revoked by a rebalance cancels its emits, here while the queue is full; a webhook request, a
+cron tick, a poll or a ``fire()`` whose caller is cancelled) is finished all the same: the
+saga runs here and the delivery is acked, never nacked.
 
 Found by the frozen-worker chaos test: nacked, the claimed keys and their pending rows stayed
 the worker's, their leases renewed by its heartbeat while nothing ran their sagas, and the
@@ -77,6 +78,14 @@ class PartitionSource(Source):
         self.nacked.append(n)
 
 
+class OneShotSource(PartitionSource):
+    """The same, for a source that never delivers an event again (a webhook whose caller
+    went away, a cron tick or a poll whose emit was cancelled)."""
+
+    kind: ClassVar[str] = "one-shot"
+    redeliverable: ClassVar[bool] = False
+
+
 #: the trigger method's calls, per event number
 TRANSFORMED: Counter[int] = Counter()
 
@@ -96,14 +105,22 @@ def define_saga(source: Source, gate: asyncio.Event) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "batch"),
-    [("memory", [2]), ("sqlite", [2]), ("sqlite", [2, 3, 4])],
-    ids=["memory", "sqlite", "sqlite-batch"],
+    ("kind", "batch", "source_class"),
+    [
+        ("memory", [2], PartitionSource),
+        ("sqlite", [2], PartitionSource),
+        ("sqlite", [2, 3, 4], PartitionSource),
+        ("memory", [2], OneShotSource),
+        ("sqlite", [2], OneShotSource),
+    ],
+    ids=["memory", "sqlite", "sqlite-batch", "memory-one-shot", "sqlite-one-shot"],
 )
 async def test_an_admission_cancelled_after_its_claim_still_runs_its_saga(
-    kind: str, batch: list[int], tmp_path: Path
+    kind: str, batch: list[int], source_class: type[PartitionSource], tmp_path: Path
 ) -> None:
-    source, gate = PartitionSource(), asyncio.Event()
+    # one-shot: the pending row keeps the event, but while this worker lives its heartbeat
+    # renews the row's lease, so no recovery loop would take it: it must run here
+    source, gate = source_class(), asyncio.Event()
     define_saga(source, gate)
     store: SagaStore = (
         MemorySagaStore() if kind == "memory" else SQLiteSagaStore(tmp_path / "cancel.db")
@@ -181,8 +198,11 @@ class SlowClaims(MemorySagaStore):
         return claim
 
 
-async def test_an_admission_cancelled_while_its_claim_is_under_way_still_runs_its_saga() -> None:
-    source, gate = PartitionSource(), asyncio.Event()
+@pytest.mark.parametrize("source_class", [PartitionSource, OneShotSource])
+async def test_an_admission_cancelled_while_its_claim_is_under_way_still_runs_its_saga(
+    source_class: type[PartitionSource],
+) -> None:
+    source, gate = source_class(), asyncio.Event()
     define_saga(source, gate)
     store = SlowClaims()
     config = TriggerConfig(lease_seconds=0.4, shutdown_timeout=1.0)
@@ -256,3 +276,52 @@ async def test_an_admission_cancelled_after_its_event_was_queued_is_not_accepted
     assert source.nacked == []
     assert source.acked == Counter({0: 1, 1: 1, 2: 1})
     assert TRANSFORMED[2] == 1  # queued once: not accepted again when cancelled
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_fire_cancelled_in_its_trigger_method_still_runs_its_saga_once(
+    kind: str, tmp_path: Path
+) -> None:
+    """``fire()``'s caller gives up (a timeout, a cancelled request) once the store holds the
+    event: the saga runs here all the same, once, and its key is not left locked."""
+    entered, calls, ran = asyncio.Event(), list[str](), list[str]()
+
+    class Fired(Saga):
+        saga_name = "fired"
+
+        @trigger(source="memory", channel="orders", idempotency_key=lambda e: e["id"])
+        async def on_order(self, event: dict[str, Any]) -> dict[str, Any]:
+            calls.append(event["id"])
+            if len(calls) == 1:
+                entered.set()
+                await asyncio.Event().wait()  # its caller is cancelled here
+            return {"order": event["id"]}
+
+        @action("charge")
+        async def charge(self, ctx: SagaContext) -> None:
+            ran.append(ctx["order"])
+
+    store: SagaStore = (
+        MemorySagaStore() if kind == "memory" else SQLiteSagaStore(tmp_path / "fire.db")
+    )
+    saga_id = saga_id_for("fired.on_order", "o-1")
+    # a short lease and a quick recovery loop: still, while this worker lives, its heartbeat
+    # renews the pending row's lease, so only this worker can run the saga
+    config = TriggerConfig(lease_seconds=0.6, recovery_interval_seconds=0.1)
+    async with TriggerEngine(config, store) as engine:
+        fire = asyncio.create_task(engine.fire("orders", {"id": "o-1"}))
+        async with asyncio.timeout(10):
+            await entered.wait()
+        fire.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fire
+
+        async def completed() -> bool:
+            saga = await store.get_saga(saga_id)
+            return saga is not None and saga.status is SagaStatus.COMPLETED
+
+        await eventually(completed, within=10, what="the saga completed")
+        assert ran == ["o-1"]
+        assert calls == ["o-1", "o-1"]  # its trigger method ran again, from the kept event
+        assert await engine.fire("orders", {"id": "o-1"}) == []  # a duplicate: not locked
+        await eventually(lambda: engine.admission.in_flight == {}, what="settled")

@@ -9,6 +9,7 @@ caller cannot skip the count (:mod:`sagaz.engine.not_started` holds those paths)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,10 +23,11 @@ from sagaz.engine.busy_keys import BusyKeys
 from sagaz.engine.candidate import Candidate, identify
 from sagaz.engine.identity import canonical_hash, saga_id_for, storable
 from sagaz.engine.joint_deliveries import JointDeliveries
-from sagaz.engine.late_acceptances import LateAcceptances, redelivers
+from sagaz.engine.late_acceptances import LateAcceptances
 from sagaz.engine.not_started import NotStarted
 from sagaz.engine.pending import pending_record
 from sagaz.engine.settlement import Settlement
+from sagaz.engine.store_errors import StoreErrors
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, Reason
 from sagaz.exceptions import InvalidEventError, StoreUnavailableError
@@ -58,11 +60,13 @@ class Admission:
         self.not_started = NotStarted(state, settlement)
         #: saga id -> deliveries of the saga queued or running here (see ``_join``)
         self.in_flight: dict[str, JointDeliveries] = {}
+        #: events whose admission a store error (not an outage) interrupted, held, tried again
+        self.errors = StoreErrors(state, self.not_started, self._readmit)
         #: acceptances cancelled after their claim made the key ours, finished in tasks
         self.late = LateAcceptances(
             settlement,
             lambda c, lease, claim: self.accept(c, lease, claim, recovered=True),
-            lambda c, exc: self.failed(c.trigger, c.delivery, exc),
+            self.errors.hold,
         )
 
     async def admit(
@@ -154,6 +158,8 @@ class Admission:
                 if not candidate.handed_over:
                     await self.settlement.nack(trigger, delivery)
                 raise
+            except Exception as exc:
+                return await self.failed(trigger, delivery, exc, candidate)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -235,14 +241,17 @@ class Admission:
         return await admit_batch(self, trigger, deliveries)
 
     async def failed(
-        self, trigger: ActiveTrigger, delivery: Delivery, exc: Exception
+        self, trigger: ActiveTrigger, delivery: Delivery, exc: Exception, c: Candidate | None = None
     ) -> AdmissionResult:
         """A delivery whose admission failed with ``exc``: nacked (and reported, unless it is
-        the store that is down); its answer."""
+        the store that is down); its answer. An error of the store for the claim of ``c``
+        (not an outage) holds a delivery that may wait instead (:mod:`~.store_errors`)."""
         if isinstance(exc, StoreUnavailableError):
             self.state.outage.down(exc)
             await self.settlement.nack(trigger, delivery)
             return _STORE_UNAVAILABLE
+        if c is not None and delivery.wait_for_store and not c.handed_over:
+            return await self.errors.hold(c, exc)
         await self.settlement.report(trigger, exc, delivery.payload)
         await self.settlement.nack(trigger, delivery)
         return AdmissionResult(
@@ -255,20 +264,13 @@ class Admission:
         """Admit ``c`` from the claim :meth:`~sagaz.abc.SagaStore.claim_events` made for it
         (``admit_many``), as :meth:`_admit` does from its own."""
         try:
-            if claim.outcome is ClaimOutcome.DUPLICATE and c.delivery.replay_of is not None:
-                claim = await self._reopen(c, claim, lease)
-            if claim.outcome is ClaimOutcome.BUSY:
-                self._watch_busy(c)
-                return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
-            if claim.outcome is ClaimOutcome.DUPLICATE:
-                return await self._duplicate(c)
-            return await self.accept(c, lease, claim)
+            return await self._settle(c, lease, claim)
         except asyncio.CancelledError:
             if not c.handed_over:
                 await self.settlement.nack(c.trigger, c.delivery)
             raise
         except Exception as exc:
-            return await self.failed(c.trigger, c.delivery, exc)
+            return await self.failed(c.trigger, c.delivery, exc, c)
 
     async def claim_each(self, c: Candidate) -> AdmissionResult:
         """Admit ``c`` with a claim of its own, waiting for the store as :meth:`_admit` does
@@ -288,7 +290,7 @@ class Admission:
                 await self.settlement.nack(c.trigger, c.delivery)
             raise
         except Exception as exc:
-            return await self.failed(c.trigger, c.delivery, exc)
+            return await self.failed(c.trigger, c.delivery, exc, c)
 
     async def _claim(self, c: Candidate) -> AdmissionResult | None:
         """Claim the inbox row of ``c`` with its saga's pending row, in one store operation,
@@ -297,24 +299,15 @@ class Admission:
         try:
             claim = await self._claim_event(c, lease)
         except asyncio.CancelledError:  # the key may be ours now: claimed again in a while,
-            if self.accepting and redelivers(c):  # not left ours, unrun (late_acceptances)
+            if self.accepting:  # not left ours, unrun (late_acceptances)
                 c.handed_over = True
                 self._watch_busy(c)
             raise
         if claim.created and c.delivery.replay_of is None:  # the usual: a new key, a new row
             return await self.accept(c, lease, claim)
-        if claim.outcome is ClaimOutcome.DUPLICATE and c.delivery.replay_of is not None:
-            claim = await self._reopen(c, claim, lease)
-        if claim.outcome is ClaimOutcome.DUPLICATE:
-            return await self._duplicate(c)
         if claim.outcome is ClaimOutcome.BUSY:
             return None
-        return await self.accept(c, lease, claim)
-
-    async def _duplicate(self, c: Candidate) -> AdmissionResult:
-        await self.settlement.filtered(c.trigger, c.event, Reason.DUPLICATE)
-        await self.settlement.ack(c.trigger, c.delivery)
-        return AdmissionResult(AdmissionOutcome.DUPLICATE, c.saga_id, Reason.DUPLICATE)
+        return await self._settle(c, lease, claim)
 
     async def _reopen(self, c: Candidate, claim: EventClaim, lease: datetime) -> EventClaim:
         """Claim the key of a replayed dead letter again: dead-lettering completed its inbox
@@ -336,8 +329,10 @@ class Admission:
     ) -> AdmissionResult:
         """Accept ``c``, whose key ``claim`` made ours (``CLAIMED``, ``TAKEN_OVER``): the
         trigger method, then the queue (``recovered``: past the queue's bound). Raises what
-        the store or the queue raises (the callers nack and report it). Cancelled, it is finished
-        in a task of its own (:mod:`sagaz.engine.late_acceptances`), ``c.handed_over`` set."""
+        the store or the queue raises (the callers nack and report it), bar a store error that
+        is not an outage, or any for a delivery that may not wait: then ``c`` is held and
+        admitted again (:mod:`~.store_errors`). Cancelled, it is finished in a task of its own
+        (:mod:`sagaz.engine.late_acceptances`); either way ``c.handed_over`` is set."""
         try:
             state = self.state
             trigger, delivery, event, key, saga_id = (
@@ -446,22 +441,36 @@ class Admission:
                 # neither nacked nor accepted again), and the evicted event's drop is finished
                 # even so (its key would stay ours, unrun)
                 c.handed_over = True
-                await asyncio.shield(self._drop_evicted(put.evicted))
+                await asyncio.shield(self.not_started.drop_evicted(put.evicted))
             state.metrics.accepted[trigger.trigger_id] += 1
             return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
         except asyncio.CancelledError:  # a claim that made the key ours is not left behind
             if not recovered and self.accepting and not c.handed_over:
                 self.late.take(c, lease, claim)
             raise
+        except Exception as exc:  # nor a failure once the claim made the key ours
+            outage = isinstance(exc, StoreUnavailableError) and c.delivery.wait_for_store
+            if recovered or outage or c.handed_over:  # the callers wait for the store, or settle
+                raise
+            return await self.errors.hold(c, exc)
 
-    async def _drop_evicted(self, evicted: WorkItem) -> None:
-        """Drop ``evicted``, pushed out of the queue by ``drop_oldest``: this admission is not
-        run again, so the drop waits for the store."""
-        while True:
-            try:
-                return await self.not_started.drop(evicted, Reason.DROPPED_OLDEST)
-            except StoreUnavailableError as exc:
-                await self.state.outage.wait(exc)
+    async def _settle(
+        self, c: Candidate, lease: datetime, claim: EventClaim, *, recovered: bool = False
+    ) -> AdmissionResult:
+        if claim.outcome is ClaimOutcome.DUPLICATE and c.delivery.replay_of is not None:
+            claim = await self._reopen(c, claim, lease)
+        if claim.outcome is ClaimOutcome.BUSY:
+            self._watch_busy(c)
+            return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
+        if claim.outcome is ClaimOutcome.DUPLICATE:
+            return await self.not_started.duplicate(c)
+        return await self.accept(c, lease, claim, recovered=recovered)
+
+    async def _readmit(self, c: Candidate) -> None:
+        """Claim the key of ``c`` again and admit it past the queue's bound (held by
+        :mod:`~.store_errors`); raises what the store raises."""
+        lease = self.state.lease_until()
+        await self._settle(c, lease, await self._claim_event(c, lease), recovered=True)
 
     def watch_taken_over(self, item: WorkItem) -> None:
         """Hold ``item``'s delivery, whose saga another worker took over while it ran here
@@ -475,8 +484,10 @@ class Admission:
 
     def _watch_busy(self, c: Candidate) -> None:
         """Hold the delivery of ``c`` until the live worker holding its key is done."""
+        c = dataclasses.replace(c, handed_over=False)  # its own claims: held on a store error
         again = functools.partial(self._waiting, c.delivery, functools.partial(self._claim, c))
-        self._busy.watch(c.trigger, c.delivery, c.saga_id, again)
+        failed = functools.partial(self.failed, c.trigger, c.delivery, c=c)
+        self._busy.watch(c.trigger, c.delivery, c.saga_id, again, failed)
 
     async def close(self) -> None:
         """Stop watching busy keys (their deliveries are nacked) and waiting for the store."""
@@ -484,3 +495,4 @@ class Admission:
         self._closing.set()
         await self._busy.close()
         await self.late.close()
+        await self.errors.close()

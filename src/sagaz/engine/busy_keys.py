@@ -29,11 +29,14 @@ class BusyKeys:
         delivery: Delivery,
         saga_id: str,
         claim: Callable[[], Awaitable[object | None]],
+        failed: Callable[[Exception], Awaitable[object]] | None = None,
     ) -> None:
         """Claim the key of ``delivery`` again (``claim``: ``None`` while still busy) until
-        the claim settles it."""
+        the claim settles it; an error of the claim goes to ``failed`` (else it is reported,
+        and the delivery nacked)."""
         task = asyncio.create_task(
-            self._await_other_owner(trigger, delivery, claim), name=f"sagaz-busy-{saga_id}"
+            self._await_other_owner(trigger, delivery, claim, failed),
+            name=f"sagaz-busy-{saga_id}",
         )
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
@@ -43,6 +46,7 @@ class BusyKeys:
         trigger: ActiveTrigger,
         delivery: Delivery,
         claim: Callable[[], Awaitable[object | None]],
+        failed: Callable[[Exception], Awaitable[object]] | None,
     ) -> None:
         state = self.state
         try:
@@ -54,6 +58,9 @@ class BusyKeys:
             await self.settlement.nack(trigger, delivery)
             raise
         except Exception as exc:
+            if failed is not None:
+                await failed(exc)
+                return
             await self.settlement.report(trigger, exc, delivery.payload)
             await self.settlement.nack(trigger, delivery)
 

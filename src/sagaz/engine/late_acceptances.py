@@ -2,14 +2,19 @@
 this worker's (:class:`LateAcceptances`).
 
 A source cancels an admission under way when it gives the event up: a Kafka partition revoked
-by a rebalance cancels its emits. If the inbox claim had already made the key ours (claimed,
-or taken over), a nack would leave the key, and the saga's pending or taken-over row, owned by
-this worker, their leases renewed by its heartbeat while no saga runs here: the event's next
-delivery (the partition's new owner) would find the key busy and wait for ever. So the
-acceptance is finished in a task of its own instead: the saga runs here (its ack may be
-ignored, the next delivery is then a duplicate). While the engine stops, the delivery is
-nacked as before (its heartbeat stops too, so its leases expire); so is the event of a source
-that does not redeliver (its pending row keeps it for the recovery loop).
+by a rebalance cancels its emits; a webhook request, a cron tick, a poll or a ``fire()`` is
+cancelled when its caller is (a client that went away, a timeout). If the inbox claim had
+already made the key ours (claimed, or taken over), a nack would leave the key, and the saga's
+pending or taken-over row, owned by this worker, their leases renewed by its heartbeat while
+no saga runs here: the event's next delivery (the partition's new owner) would find the key
+busy and wait for ever, and the recovery loop would not take the pending row of an event no
+one delivers again (it keeps the event) before this process ends. So the acceptance is
+finished in a task of its own instead, whatever the source: the saga runs here, once (a
+broker's ack may be ignored, the next delivery is then a duplicate; the caller of a source
+that does not redeliver got no answer, yet the store had accepted its event). While the
+engine stops, the delivery is nacked as before: its heartbeat stops too and it releases its
+leases, so the pending row (which keeps an event no one delivers again) is the recovery
+loop's, on any instance, at once.
 """
 
 from __future__ import annotations
@@ -23,21 +28,13 @@ from sagaz.engine.settlement import Settlement
 from sagaz.events import AdmissionResult
 from sagaz.records import ClaimOutcome, EventClaim
 
-__all__ = ["OURS", "LateAcceptances", "redelivers"]
+__all__ = ["OURS", "LateAcceptances"]
 
 #: the claims that make the key this worker's
 OURS = (ClaimOutcome.CLAIMED, ClaimOutcome.TAKEN_OVER)
 
 Accept = Callable[[Candidate, datetime, EventClaim], Awaitable[AdmissionResult]]
 Failed = Callable[[Candidate, Exception], Awaitable[AdmissionResult]]
-
-
-def redelivers(c: Candidate) -> bool:
-    """Whether the source of ``c`` delivers an event given up again (a broker). Only those
-    are finished late: an event of another source (``fire_event``, webhook, cron) keeps its
-    pending row for the recovery loop, as a cancelled admission always did."""
-    source = c.trigger.source
-    return source is not None and source.redeliverable
 
 
 class LateAcceptances:
@@ -53,7 +50,7 @@ class LateAcceptances:
         """Finish accepting ``c`` in a task of its own if ``claim`` made its key ours;
         whether it did (else its caller nacks the delivery). ``c.handed_over`` says so to
         the callers up the stack, which then leave the delivery alone."""
-        if claim is None or claim.outcome not in OURS or not redelivers(c):
+        if claim is None or claim.outcome not in OURS:
             return False
         c.handed_over = True
         task = asyncio.create_task(self._finish(c, lease, claim), name=f"sagaz-accept-{c.saga_id}")

@@ -16,6 +16,7 @@ from sagaz.engine.decoding import InvalidPayloadError
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, NotRun, Reason
+from sagaz.exceptions import StoreUnavailableError
 from sagaz.records import SagaRecord
 
 __all__ = ["NotStarted"]
@@ -75,6 +76,21 @@ class NotStarted:
             await self.settlement.nack(item.trigger, item.delivery)
         else:
             await self.settlement.ack(item.trigger, item.delivery)
+
+    async def duplicate(self, c: Candidate) -> AdmissionResult:
+        """Settle ``c``, whose key's saga completed already (or its event was settled)."""
+        await self.settlement.filtered(c.trigger, c.event, Reason.DUPLICATE)
+        await self.settlement.ack(c.trigger, c.delivery)
+        return AdmissionResult(AdmissionOutcome.DUPLICATE, c.saga_id, Reason.DUPLICATE)
+
+    async def drop_evicted(self, evicted: WorkItem) -> None:
+        """Drop ``evicted``, pushed out of the queue by ``drop_oldest``: the admission that
+        evicted it is not run again, so the drop waits for the store."""
+        while True:
+            try:
+                return await self.drop(evicted, Reason.DROPPED_OLDEST)
+            except StoreUnavailableError as exc:
+                await self.state.outage.wait(exc)
 
     async def forget(self, item: WorkItem, why: Reason | Literal["interrupted"]) -> None:
         """Undo an acceptance that never started: the key may be delivered again. Whoever

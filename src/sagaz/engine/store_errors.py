@@ -1,0 +1,144 @@
+"""Events whose admission a store error interrupted, held and admitted again
+(:class:`StoreErrors`).
+
+An outage (:class:`~sagaz.exceptions.StoreUnavailableError`) is waited for
+(:mod:`sagaz.engine.store_outage`). Any other error of the store during admission (a value it
+refuses, a failed transaction, a bug) was answered with a nack, which is neither defined nor
+bounded: Kafka never commits past a nacked offset before a restart or a rebalance (the
+partition's commits stop there), RabbitMQ and SQS deliver the event again at once (a hot loop
+while the error repeats), a cron tick or a poll's event was lost, and a key the claim had
+already made ours stayed ours, its lease renewed by the heartbeat while nothing ran its saga.
+
+DESIGN 3.5 acks a broker's message only once its saga's terminal state, or its dead letter,
+is in the store (3.6: retried with a backoff, then dead-lettered). So the event is held here,
+neither acked nor nacked, and admitted again after a :class:`~sagaz.backoff.Backoff`: its key
+claimed again (ours already, it is taken over), its trigger method run, its saga queued past
+the queue's bound (the delivery is already held). An outage meanwhile is waited for and not
+counted. After :attr:`StoreErrors.attempts` failed attempts (the first included) the event is
+dead-lettered with the last error (reason ``store_error``, its admission reason ``invalid``),
+its claim undone, and acked; a dead letter the store refuses too is tried again, at the
+backoff's longest delay, until it is stored: nothing is acked before the store has it.
+While the engine stops, a held event is nacked (redelivered, or recovered from its pending row).
+
+The caller gets ``BUSY`` (its saga id): in progress, neither accepted nor refused yet; a
+webhook answers 202 ``in_progress``. A webhook request whose claim itself failed is not held
+(nothing keeps its event): it is answered 503, and its caller retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import ClassVar
+
+from sagaz.backoff import Backoff
+from sagaz.engine.active_trigger import PipelineState
+from sagaz.engine.candidate import Candidate
+from sagaz.engine.not_started import NotStarted
+from sagaz.engine.settlement import Settlement
+from sagaz.events import AdmissionOutcome, AdmissionResult, Reason
+from sagaz.exceptions import StoreUnavailableError
+from sagaz.types import SagaStatus
+
+__all__ = ["STORE_ERROR", "StoreErrors"]
+
+#: the reason of the dead letter of an event whose admission the store kept failing
+STORE_ERROR = "store_error"
+
+
+class StoreErrors:
+    """The tasks holding events whose admission a store error interrupted (see the module)."""
+
+    #: attempts of an admission, the first included, before its event is dead-lettered
+    attempts: ClassVar[int] = 5
+    #: the backoff between attempts: from ``initial`` seconds, doubling up to ``maximum``
+    initial: ClassVar[float] = 0.5
+    maximum: ClassVar[float] = 8.0
+
+    def __init__(
+        self,
+        state: PipelineState,
+        not_started: NotStarted,
+        readmit: Callable[[Candidate], Awaitable[object]],
+    ) -> None:
+        self.state = state
+        self.settlement: Settlement = not_started.settlement
+        self.not_started = not_started
+        self._readmit = readmit  # raises what the store raises
+        self._closing = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def hold(self, c: Candidate, error: Exception) -> AdmissionResult:
+        """Hold ``c``, whose admission ``error`` (from the store) interrupted, and admit it
+        again in a task of its own (``c.handed_over`` set: its callers leave its delivery
+        alone); while the engine stops, nack it instead."""
+        if self._closing.is_set():
+            await self.settlement.nack(c.trigger, c.delivery)
+            return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
+        c.handed_over = True
+        task = asyncio.create_task(self._retry(c, error), name=f"sagaz-readmit-{c.saga_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
+
+    async def _retry(self, c: Candidate, error: Exception) -> None:
+        trigger, delivery = c.trigger, c.delivery
+        backoff = Backoff(self.state.clock, initial=self.initial, maximum=self.maximum)
+        try:
+            failures = 0
+            while True:
+                if not isinstance(error, StoreUnavailableError):
+                    failures += 1
+                    await self.settlement.report(trigger, error, delivery.payload)
+                    if failures >= self.attempts:
+                        break
+                    await backoff.sleep()
+                else:  # an outage: not this event's doing, not counted
+                    await self.state.outage.wait(error, until=self._closing)
+                try:
+                    await self._readmit(c)
+                    return
+                except Exception as exc:
+                    error = exc
+            await self._dead_letter(c, error, backoff)
+        except asyncio.CancelledError:
+            await self.settlement.nack(trigger, delivery)
+            raise
+
+    async def _dead_letter(self, c: Candidate, error: Exception, backoff: Backoff) -> None:
+        trigger, delivery, settlement = c.trigger, c.delivery, self.settlement
+        while True:
+            try:
+                await settlement.dead_letter(
+                    trigger,
+                    delivery,
+                    reason=STORE_ERROR,
+                    error=error,
+                    attempts=self.attempts,
+                    saga_id=c.saga_id,
+                )
+                break
+            except StoreUnavailableError as exc:
+                await self.state.outage.wait(exc, until=self._closing)
+            except Exception as exc:  # the store takes nothing of it: try again, never ack
+                await settlement.report(trigger, exc, delivery.payload)
+                await self.state.clock.sleep(backoff.maximum)
+        try:  # its claim undone, if ours: a saga that started keeps its row (its dead letter
+            # resumes it), and a key another worker holds (a busy key's claim failed) is theirs
+            saga = await self.state.store.get_saga(c.saga_id)
+            if saga is None or (
+                saga.status is SagaStatus.PENDING and saga.owner == self.state.worker_id
+            ):
+                await self.not_started.unclaim(c, saga, complete=False)
+        except Exception as exc:  # the dead letter is stored: the event is settled all the same
+            await settlement.report(trigger, exc, delivery.payload)
+        await settlement.filtered(trigger, c.event, Reason.INVALID)
+        await settlement.ack(trigger, delivery)
+
+    async def close(self) -> None:
+        """Stop holding (those deliveries are nacked)."""
+        self._closing.set()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
