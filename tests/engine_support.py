@@ -7,16 +7,18 @@ import asyncio
 import functools
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from sagaz import SagaContext, SagaListener, SagaStatus
-from sagaz.abc import SagaStore
+from sagaz.abc import SagaStore, Source
+from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import StoreUnavailableError
 from sagaz.records import EventClaim, SagaRecord
 from sagaz.storage.memory import MemorySagaStore
 
 __all__ = [
     "HoldCompletion",
+    "NumberedSource",
     "OutageStore",
     "RecordingListener",
     "RefusesOneEvent",
@@ -25,6 +27,37 @@ __all__ = [
     "define_burst_saga",
     "once_each",
 ]
+
+
+class NumberedSource(Source):
+    """A redeliverable source of numbered messages (``{"n": n}``, identity ``m-n``) that
+    records what it was asked to ack (``acked``: how often each) and nack (``nacked``);
+    subclasses decide when ``run`` emits them."""
+
+    kind: ClassVar[str] = "numbered"
+    redeliverable: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self.acked: Counter[int] = Counter()
+        self.nacked: list[int] = []
+
+    def delivery(self, n: int, *, wait_for_store: bool = True) -> Delivery:
+        """Message ``n``, its ack and nack recorded here."""
+        return Delivery(
+            payload={"n": n},
+            decoded=True,
+            identity=f"m-{n}",
+            meta=EventMeta(source=self.kind),
+            ack=functools.partial(self._ack, n),
+            nack=functools.partial(self._nack, n),
+            wait_for_store=wait_for_store,
+        )
+
+    async def _ack(self, n: int) -> None:
+        self.acked[n] += 1
+
+    async def _nack(self, n: int, requeue: bool) -> None:
+        self.nacked.append(n)
 
 
 class HoldCompletion(SagaListener):

@@ -9,7 +9,6 @@ repeats), and a key the claim had already made ours stayed ours, its lease renew
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -23,28 +22,28 @@ from sagaz.clock import utcnow
 from sagaz.engine.engine import TriggerEngine
 from sagaz.engine.identity import saga_id_for
 from sagaz.engine.store_errors import StoreErrors
-from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, EventMeta
+from sagaz.events import AdmissionOutcome, AdmissionResult
 from sagaz.records import ClaimOutcome, EventClaim, SagaRecord
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.testing import eventually
+from tests.engine_support import NumberedSource
 
 TRIGGER_ID = "stored.on_message"
 
 
-class RecordingSource(Source):
+class RecordingSource(NumberedSource):
     """A source whose deliveries record their acks and nacks; redeliverable (a broker) or
     not, and willing to wait for the store or not (a webhook)."""
 
     kind: ClassVar[str] = "recording"
 
     def __init__(self, *, redeliverable: bool = True, wait_for_store: bool = True) -> None:
+        super().__init__()
         self.redeliverable = redeliverable  # type: ignore[misc]  # per test, not per class
         self.wait_for_store = wait_for_store
         self.emit: Emit | None = None
         self.ready = asyncio.Event()
-        self.acked: Counter[int] = Counter()
-        self.nacked: list[int] = []
 
     async def run(self, emit: Emit) -> None:
         self.emit = emit
@@ -53,23 +52,10 @@ class RecordingSource(Source):
 
     async def send(self, n: int) -> AdmissionResult:
         assert self.emit is not None
-        delivery = Delivery(
-            payload={"n": n},
-            decoded=True,
-            identity=f"m-{n}",
-            meta=EventMeta(source=self.kind),
-            ack=functools.partial(self._ack, n),
-            nack=functools.partial(self._nack, n),
-            wait_for_store=self.wait_for_store,
+        result: AdmissionResult = await self.emit(
+            self.delivery(n, wait_for_store=self.wait_for_store)
         )
-        result: AdmissionResult = await self.emit(delivery)
         return result
-
-    async def _ack(self, n: int) -> None:
-        self.acked[n] += 1
-
-    async def _nack(self, n: int, requeue: bool) -> None:
-        self.nacked.append(n)
 
 
 def define_saga(source: Source, *, skip: frozenset[int] = frozenset()) -> list[int]:

@@ -11,7 +11,6 @@ partition's new owner waited on them for ever (stuck at 1998 and at 1415 of 2000
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,25 +21,23 @@ from sagaz import Saga, SagaContext, SagaStatus, TriggerConfig, action, trigger
 from sagaz.abc import Emit, SagaStore, Source, emit_many
 from sagaz.engine.engine import TriggerEngine
 from sagaz.engine.identity import saga_id_for
-from sagaz.events import Delivery, EventMeta
 from sagaz.records import EventClaim, SagaRecord
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.testing import eventually
+from tests.engine_support import NumberedSource
 
 
-class PartitionSource(Source):
+class PartitionSource(NumberedSource):
     """A redeliverable source whose emits can be cancelled one by one, as a Kafka partition's
     are when it is revoked; records what it was asked to ack and nack."""
 
     kind: ClassVar[str] = "partitioned"
-    redeliverable: ClassVar[bool] = True
 
     def __init__(self) -> None:
+        super().__init__()
         self.emit: Emit | None = None
         self.ready = asyncio.Event()
-        self.acked: Counter[int] = Counter()
-        self.nacked: list[int] = []
 
     async def pause(self) -> None:  # pauses itself (so its emit takes batches whole)
         return None
@@ -53,16 +50,6 @@ class PartitionSource(Source):
         self.ready.set()
         await asyncio.Event().wait()
 
-    def delivery(self, n: int) -> Delivery:
-        return Delivery(
-            payload={"n": n},
-            decoded=True,
-            identity=f"m-{n}",
-            meta=EventMeta(source=self.kind),
-            ack=functools.partial(self._ack, n),
-            nack=functools.partial(self._nack, n),
-        )
-
     def send(self, *numbers: int) -> asyncio.Task[Any]:
         """Emit ``numbers`` (one, or a batch) in a task, as a partition's emit loop does."""
         assert self.emit is not None
@@ -70,12 +57,6 @@ class PartitionSource(Source):
         if len(deliveries) == 1:
             return asyncio.ensure_future(self.emit(deliveries[0]))
         return asyncio.ensure_future(emit_many(self.emit, deliveries))
-
-    async def _ack(self, n: int) -> None:
-        self.acked[n] += 1
-
-    async def _nack(self, n: int, requeue: bool) -> None:
-        self.nacked.append(n)
 
 
 class OneShotSource(PartitionSource):

@@ -8,7 +8,6 @@ raises ``StoreUnavailableError`` while ``down`` is set, as a lost PostgreSQL or 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -33,44 +32,27 @@ from sagaz.exceptions import StoreUnavailableError
 from sagaz.records import OutboxMessage, SagaRecord
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.testing import FakeClock, continually, eventually
-from tests.engine_support import OutageStore
+from tests.engine_support import NumberedSource, OutageStore
 
 OUTAGE_LOG = "sagaz.engine.store_outage"
 
 
-class BrokerSource(Source):
+class BrokerSource(NumberedSource):
     """A redeliverable push source: emits ``count`` messages in order, records what it was
     asked to ack and nack, and how many it has handed to ``emit`` (returned or not)."""
 
     kind: ClassVar[str] = "broker"
-    redeliverable: ClassVar[bool] = True
 
     def __init__(self, count: int) -> None:
+        super().__init__()
         self.count = count
         self.emitting = 0  # emit calls started
-        self.acked: Counter[int] = Counter()
-        self.nacked: list[int] = []
 
     async def run(self, emit: Emit) -> None:
         for n in range(self.count):
             self.emitting += 1
-            await emit(
-                Delivery(
-                    payload={"n": n},
-                    decoded=True,
-                    identity=f"m-{n}",
-                    meta=EventMeta(source=self.kind),
-                    ack=functools.partial(self._ack, n),
-                    nack=functools.partial(self._nack, n),
-                )
-            )
+            await emit(self.delivery(n))
         await asyncio.Event().wait()
-
-    async def _ack(self, n: int) -> None:
-        self.acked[n] += 1
-
-    async def _nack(self, n: int, requeue: bool) -> None:
-        self.nacked.append(n)
 
 
 def define_saga(source: Source, gate: asyncio.Event, runs: Counter[tuple[int, str]]) -> type[Saga]:
