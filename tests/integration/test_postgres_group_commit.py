@@ -410,3 +410,40 @@ async def test_a_checkpoint_reuses_the_context_and_event_texts_while_unchanged(
             assert saga.context["id"] is True
     finally:
         await drop_postgres_schema(postgres_dsn, schema)
+
+
+async def test_event_claims_of_records_naming_another_trigger_claim_their_own_key(
+    database: str,
+) -> None:
+    # a group statement sends an event's claim as its key beside its saga row (which holds
+    # the rest of the claim) only while every record names the claim's trigger: a record
+    # naming another (or none) has its claim sent whole, under the claim's trigger id
+    lease = utcnow() + timedelta(minutes=5)
+
+    def record(saga_id: str, trigger_id: str | None) -> SagaRecord:
+        return SagaRecord(
+            saga_id, "order", SagaStatus.PENDING, {}, trigger_id=trigger_id,
+            owner="w1", lease_expires_at=lease,
+        )  # fmt: skip
+
+    async with PostgresSagaStore(database) as store:
+        before = store._committer().statements
+        same = await asyncio.gather(
+            *(store.claim_event("t", f"k{n}", record(f"s{n}", "t")) for n in range(3))
+        )
+        mixed = await asyncio.gather(
+            store.claim_event("t", "m0", record("m0", "t")),
+            store.claim_event("t", "m1", record("m1", "other")),
+            store.claim_event("t", "m2", record("m2", None)),
+        )
+        assert store._committer().statements - before == 2  # a group statement each
+        for claim in [*same, *mixed]:
+            assert (claim.outcome, claim.created) == (ClaimOutcome.CLAIMED, True)
+        for key, saga_id in [("k0", "s0"), ("k2", "s2"), ("m0", "m0"), ("m1", "m1"), ("m2", "m2")]:
+            # the key is held under the claim's trigger: another owner finds it busy
+            held = await store.claim_inbox("t", key, "x", "w2", lease)
+            assert (held.outcome, held.saga_id, held.owner) == (ClaimOutcome.BUSY, saga_id, "w1")
+            other = await store.claim_inbox("other", key, "y", "w2", lease)
+            assert other.outcome is ClaimOutcome.CLAIMED, key  # no row under another trigger
+        triggers = {s: (await store.get_saga(s)).trigger_id for s in ("s1", "m0", "m1", "m2")}  # type: ignore[union-attr]
+        assert triggers == {"s1": "t", "m0": "t", "m1": "other", "m2": None}

@@ -56,6 +56,22 @@ async def test_a_group_of_claims_and_completions_finds_inbox_rows_by_their_key(
     assert plan.count("Index Scan using inbox_pkey") == 2, plan  # the snapshot's, the completion's
 
 
+async def test_a_group_of_event_claims_sent_as_keys_finds_inbox_rows_by_their_key(
+    store: PostgresSagaStore, postgres_dsn: str
+) -> None:
+    # the events' claims as their keys beside their saga rows (one text[], one saga_row[])
+    from sagaz.storage.postgres.group_statement import _KEYS
+
+    sql = store._build_group_sql((False, False, _KEYS, None))
+    sagas = (
+        "ARRAY[('s1', 'order', 'pending', '{}', 0, NULL, 't', '{}', 'o', "
+        f'820540800000000, 820540800000000, 820540800000000)]::"{store.schema}".saga_row[]'
+    )
+    plan = await _generic_plan(postgres_dsn, sql, f"'{{k1}}', {sagas}")
+    assert "Seq Scan on inbox" not in plan, plan
+    assert plan.count("Index Scan using inbox_pkey") == 1, plan  # the snapshot's
+
+
 async def test_a_checkpoint_completing_its_inbox_key_finds_the_row_by_its_key(
     store: PostgresSagaStore, postgres_dsn: str
 ) -> None:

@@ -63,8 +63,14 @@ def _inbox_rows(schema: str, arrays: str, columns: str = "trigger_id, key") -> s
     small (the planner takes a table never analyzed for 10 pages) would join by a hash
     over a scan of the whole table, and keep doing so as the table grew (1.1 ms of a
     2.4 ms group statement at 7,600 rows)."""
+    return _inbox_lookup(schema, f"unnest({arrays}) AS u({columns})")
+
+
+def _inbox_lookup(schema: str, keys: str) -> str:
+    """:func:`_inbox_rows` of the keys ``u`` of the ``FROM`` item ``keys`` (with columns
+    ``trigger_id`` and ``key``)."""
     return (
-        f"unnest({arrays}) AS u({columns}) CROSS JOIN LATERAL (SELECT * FROM "
+        f"{keys} CROSS JOIN LATERAL (SELECT * FROM "
         f"{schema}.inbox AS i WHERE i.trigger_id = u.trigger_id AND i.key = u.key "
         "OFFSET 0) AS i"
     )
