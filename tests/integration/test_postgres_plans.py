@@ -51,7 +51,7 @@ async def test_a_group_of_claims_and_completions_finds_inbox_rows_by_their_key(
     store: PostgresSagaStore, postgres_dsn: str
 ) -> None:
     # claims (an array of rows), then checkpoints that only complete inbox keys (3 arrays)
-    sql = store._build_group_sql((True, False, False, (False, False, False, True)))
+    sql = store._build_group_sql((True, False, False, (False, False, False, True, False)))
     claims = f"ARRAY[('t', 'k1', 's1', 'o', now(), now())]::\"{store.schema}\".inbox_claim[]"
     plan = await _generic_plan(postgres_dsn, sql, f"{claims}, '{{t}}', '{{k2}}', {_T}")
     assert "Seq Scan on inbox" not in plan, plan

@@ -115,7 +115,7 @@ class PostgresConnection(SagaStore):
             f"UPDATE {self._s}.inbox SET status = 'completed', completed_at = $3 "
             "WHERE trigger_id = $1 AND key = $2"
         )
-        self._checkpoint_sql: dict[tuple[bool, bool, bool, bool], str] = {}
+        self._checkpoint_sql: dict[tuple[bool, bool, bool, bool, bool], str] = {}
         self._group_sql: dict[Any, str] = {}  # by shape, see postgres.group_statement
         #: the running sagas' context and event texts, reused between their checkpoints
         self._json = SagaJson()

@@ -17,7 +17,7 @@ from sagaz.storage import postgres_rows as mapping
 from sagaz.storage.postgres.connection import _INBOX_CONFLICT, _inbox_lookup
 from sagaz.storage.postgres.events import OURS, EventItem, PostgresEventClaims
 from sagaz.storage.postgres.inbox import _found_claim
-from sagaz.storage.postgres.sagas import _checkpoint_args, checkpoints_written
+from sagaz.storage.postgres.sagas import CheckpointShape, _checkpoint_args, checkpoints_written
 from sagaz.storage.postgres_groups import UNRESOLVED, BatchRunner, Statement
 
 __all__ = ["PostgresGroupStatement"]
@@ -26,8 +26,8 @@ __all__ = ["PostgresGroupStatement"]
 _PARAM = re.compile(r'"[^"]*"|\$(\d+)')
 
 #: claims?, the events' claims (none, or as _KEYS or _ROWS), and the checkpoint shape
-#: (steps, saga, outbox, inbox), or None for a group without checkpoints
-_Shape = tuple[bool, bool, int, tuple[bool, bool, bool, bool] | None]
+#: (steps, saga, outbox, inbox, as checkpoint rows), or None for a group without checkpoints
+_Shape = tuple[bool, bool, int, CheckpointShape | None]
 
 #: the events' claims sent as their keys (a text[]) beside their saga rows, which hold the
 #: rest of each claim: 26,200 client instructions an inbox_claim row against 5,000 a key
