@@ -151,9 +151,9 @@ class PostgresConnection(SagaStore):
         # in the default mode the server plans a statement anew at each run while its
         # plan for the run's own values is estimated cheaper than the kept one, and a
         # group statement's is whenever its arrays hold fewer than 10 rows (the
-        # estimate of an array parameter): ~700 us of server CPU per group, 3 times the
-        # rest of a group of 3 operations. The statements are written for kept plans
-        # (tests/integration/test_postgres_plans.py)
+        # estimate of an array parameter): ~500-700 us of server CPU per group, more
+        # than all the rest of a group of one saga. The statements are written for kept
+        # plans (tests/integration/test_postgres_plans.py)
         self._server_settings = {"plan_cache_mode": "force_generic_plan"}
         if idle_transaction_timeout is not None:
             self._server_settings["idle_in_transaction_session_timeout"] = str(
