@@ -98,6 +98,30 @@ async def rounds(store: Any, count: int, group: int) -> None:
         started, claimed = claimed, new
 
 
+async def _server(count: int, group: int, dsn: str) -> None:
+    """``--server``: the same rounds, natively, and what the server spent on them (its
+    backends' CPU from ``/proc``, the WAL: ``_postgres.ServerProbe``), per saga."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _postgres import ServerProbe, throwaway_database
+
+    from sagaz.storage.postgres import PostgresSagaStore
+
+    async with throwaway_database(dsn) as database:
+        store = PostgresSagaStore(database, max_size=20)
+        async with store:
+            await rounds(store, WARM_UP, group)
+            probe = ServerProbe(database)
+            await probe.start()
+            await rounds(store, count, group)
+            await probe.stop()
+    sagas = count * group
+    print(
+        f"postgres server: {probe.cpu_seconds / sagas * 1e6:.1f} CPU µs per saga, "
+        f"{probe.wal_bytes / sagas:,.0f} WAL bytes, {probe.btree_records / sagas:.2f} B-tree "
+        f"records ({sagas} sagas, groups of {3 * group} operations)"
+    )
+
+
 async def _child(kind: str, count: int, group: int, dsn: str) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from _postgres import throwaway_database
@@ -162,8 +186,15 @@ if __name__ == "__main__":
     parser.add_argument("--store", choices=("postgres", "memory"), default="postgres")
     parser.add_argument("--postgres-dsn", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--child", choices=("postgres", "memory"))
+    parser.add_argument(
+        "--server",
+        action="store_true",
+        help="the server's CPU per saga instead (no valgrind; use --rounds 1000 or more)",
+    )
     parsed = parser.parse_args()
-    if parsed.child:
+    if parsed.server:
+        asyncio.run(_server(parsed.rounds, parsed.group, parsed.postgres_dsn))
+    elif parsed.child:
         asyncio.run(_child(parsed.child, parsed.rounds, parsed.group, parsed.postgres_dsn))
     else:
         main(parsed)

@@ -15,12 +15,19 @@ import asyncpg
 import pytest
 
 from sagaz.clock import utcnow
-from sagaz.exceptions import StoreError, StoreUnavailableError
-from sagaz.records import ClaimOutcome, OutboxMessage, SagaRecord, StepRecord
+from sagaz.exceptions import (
+    LeaseLostError,
+    SchemaOutdatedError,
+    StoreError,
+    StoreUnavailableError,
+)
+from sagaz.records import ClaimOutcome, OutboxMessage, SagaRecord, SchemaVersions, StepRecord
 from sagaz.storage.postgres import PostgresSagaStore
+from sagaz.storage.postgres_schema import SCHEMA_VERSION
 from sagaz.testing import eventually
 from sagaz.types import SagaStatus, StepStatus
 from tests.engine_support import complete_a_burst, define_burst_saga
+from tests.schema_support import rewind_schema
 from tests.services import drop_postgres_schema, unique_name
 
 
@@ -410,3 +417,109 @@ async def test_a_checkpoint_reuses_the_context_and_event_texts_while_unchanged(
             assert saga.context["id"] is True
     finally:
         await drop_postgres_schema(postgres_dsn, schema)
+
+
+async def test_event_claims_of_records_naming_another_trigger_claim_their_own_key(
+    database: str,
+) -> None:
+    # a group statement sends an event's claim as its key beside its saga row (which holds
+    # the rest of the claim) only while every record names the claim's trigger: a record
+    # naming another (or none) has its claim sent whole, under the claim's trigger id
+    lease = utcnow() + timedelta(minutes=5)
+
+    def record(saga_id: str, trigger_id: str | None) -> SagaRecord:
+        return SagaRecord(
+            saga_id, "order", SagaStatus.PENDING, {}, trigger_id=trigger_id,
+            owner="w1", lease_expires_at=lease,
+        )  # fmt: skip
+
+    async with PostgresSagaStore(database) as store:
+        before = store._committer().statements
+        same = await asyncio.gather(
+            *(store.claim_event("t", f"k{n}", record(f"s{n}", "t")) for n in range(3))
+        )
+        mixed = await asyncio.gather(
+            store.claim_event("t", "m0", record("m0", "t")),
+            store.claim_event("t", "m1", record("m1", "other")),
+            store.claim_event("t", "m2", record("m2", None)),
+        )
+        assert store._committer().statements - before == 2  # a group statement each
+        for claim in [*same, *mixed]:
+            assert (claim.outcome, claim.created) == (ClaimOutcome.CLAIMED, True)
+        for key, saga_id in [("k0", "s0"), ("k2", "s2"), ("m0", "m0"), ("m1", "m1"), ("m2", "m2")]:
+            # the key is held under the claim's trigger: another owner finds it busy
+            held = await store.claim_inbox("t", key, "x", "w2", lease)
+            assert (held.outcome, held.saga_id, held.owner) == (ClaimOutcome.BUSY, saga_id, "w1")
+            other = await store.claim_inbox("other", key, "y", "w2", lease)
+            assert other.outcome is ClaimOutcome.CLAIMED, key  # no row under another trigger
+        triggers = {s: (await store.get_saga(s)).trigger_id for s in ("s1", "m0", "m1", "m2")}  # type: ignore[union-attr]
+        assert triggers == {"s1": "t", "m0": "t", "m1": "other", "m2": None}
+
+
+async def test_checkpoints_sent_as_checkpoint_rows_write_each_and_fence_a_lost_saga(
+    database: str,
+) -> None:
+    # the usual checkpoints (a saga row, one step, maybe the inbox key: schema 10's
+    # checkpoint_row, one array element each) in one group statement: each is written
+    # whole, and the one whose saga another owner took over writes nothing
+    expired, later = utcnow() - timedelta(seconds=1), utcnow() + timedelta(minutes=5)
+
+    def saga(saga_id: str, status: SagaStatus, lease: Any) -> SagaRecord:
+        return SagaRecord(
+            saga_id, "order", status, {"n": saga_id}, trigger_id="t", owner="a",
+            lease_expires_at=lease,
+        )  # fmt: skip
+
+    def step(saga_id: str, status: StepStatus) -> StepRecord:
+        return StepRecord(saga_id, "one", status, result={"ok": saga_id}, attempts=1)
+
+    async with PostgresSagaStore(database) as store:
+        for saga_id, lease in (("s1", expired), ("s2", later), ("s3", later)):
+            await store.claim_event("t", f"k-{saga_id}", saga(saga_id, SagaStatus.PENDING, lease))
+            running = saga(saga_id, SagaStatus.RUNNING, lease)
+            await store.save_checkpoint(running, [step(saga_id, StepStatus.RUNNING)])
+        assert await store.claim_saga("s1", "b", later)  # a's lease on s1 had expired
+        before = store._committer().statements
+        done = await asyncio.gather(
+            *(
+                store.save_checkpoint(
+                    saga(saga_id, SagaStatus.COMPLETED, later),
+                    [step(saga_id, StepStatus.COMPLETED)],
+                    complete_inbox=("t", f"k-{saga_id}") if saga_id != "s3" else None,
+                )
+                for saga_id in ("s1", "s2", "s3")
+            ),
+            return_exceptions=True,
+        )
+        assert store._committer().statements - before == 1
+        assert any(shape[3] and shape[3][4] for shape in store._group_sql)  # as rows
+        assert isinstance(done[0], LeaseLostError) and done[1:] == [None, None]
+        for saga_id, status in (("s1", "running"), ("s2", "completed"), ("s3", "completed")):
+            stored = await store.get_saga(saga_id)
+            assert stored is not None and stored.status == status, saga_id
+            [stored_step] = await store.get_steps(saga_id)
+            assert stored_step.status == status, saga_id
+            assert stored_step.result == {"ok": saga_id}
+            assert stored_step.updated_at == stored.updated_at
+        conn = await asyncpg.connect(database)
+        try:
+            inbox = dict(await conn.fetch('SELECT key, status FROM "sagaz".inbox'))
+        finally:
+            await conn.close()
+        assert inbox == {"k-s1": "pending", "k-s2": "completed", "k-s3": "pending"}
+
+
+async def test_a_version_9_schema_is_upgraded_to_send_checkpoint_rows(database: str) -> None:
+    async with PostgresSagaStore(database) as store:
+        await store.save_saga(_running("s1"))
+    await rewind_schema(store, 9, drop=[("TYPE", "checkpoint_row")])  # as sagaz 9 left it
+    with pytest.raises(SchemaOutdatedError):
+        await PostgresSagaStore(database).start()
+    upgraded = PostgresSagaStore(database)
+    assert await upgraded.upgrade_schema() == SchemaVersions(9, SCHEMA_VERSION)
+    async with upgraded:
+        done = dataclasses.replace(_running("s1"), status=SagaStatus.COMPLETED)
+        await upgraded.save_checkpoint(done, [StepRecord("s1", "one", StepStatus.COMPLETED)])
+        stored = await upgraded.get_saga("s1")
+        assert stored is not None and stored.status is SagaStatus.COMPLETED
+        assert [s.status for s in await upgraded.get_steps("s1")] == [StepStatus.COMPLETED]

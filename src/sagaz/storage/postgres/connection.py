@@ -63,8 +63,14 @@ def _inbox_rows(schema: str, arrays: str, columns: str = "trigger_id, key") -> s
     small (the planner takes a table never analyzed for 10 pages) would join by a hash
     over a scan of the whole table, and keep doing so as the table grew (1.1 ms of a
     2.4 ms group statement at 7,600 rows)."""
+    return _inbox_lookup(schema, f"unnest({arrays}) AS u({columns})")
+
+
+def _inbox_lookup(schema: str, keys: str) -> str:
+    """:func:`_inbox_rows` of the keys ``u`` of the ``FROM`` item ``keys`` (with columns
+    ``trigger_id`` and ``key``)."""
     return (
-        f"unnest({arrays}) AS u({columns}) CROSS JOIN LATERAL (SELECT * FROM "
+        f"{keys} CROSS JOIN LATERAL (SELECT * FROM "
         f"{schema}.inbox AS i WHERE i.trigger_id = u.trigger_id AND i.key = u.key "
         "OFFSET 0) AS i"
     )
@@ -109,7 +115,7 @@ class PostgresConnection(SagaStore):
             f"UPDATE {self._s}.inbox SET status = 'completed', completed_at = $3 "
             "WHERE trigger_id = $1 AND key = $2"
         )
-        self._checkpoint_sql: dict[tuple[bool, bool, bool, bool], str] = {}
+        self._checkpoint_sql: dict[tuple[bool, bool, bool, bool, bool], str] = {}
         self._group_sql: dict[Any, str] = {}  # by shape, see postgres.group_statement
         #: the running sagas' context and event texts, reused between their checkpoints
         self._json = SagaJson()
@@ -141,13 +147,18 @@ class PostgresConnection(SagaStore):
         # the server ends a session left idle in a transaction (its worker frozen or cut
         # off mid-group) and so releases its row locks: every other worker's group waits
         # on them meanwhile, and the lease takeover too
-        self._server_settings = (
-            {}
-            if idle_transaction_timeout is None
-            else {
-                "idle_in_transaction_session_timeout": str(round(idle_transaction_timeout * 1000))
-            }
-        )
+        # every statement of the store is planned once per connection and its plan kept:
+        # in the default mode the server plans a statement anew at each run while its
+        # plan for the run's own values is estimated cheaper than the kept one, and a
+        # group statement's is whenever its arrays hold fewer than 10 rows (the
+        # estimate of an array parameter): ~500-700 us of server CPU per group, more
+        # than all the rest of a group of one saga. The statements are written for kept
+        # plans (tests/integration/test_postgres_plans.py)
+        self._server_settings = {"plan_cache_mode": "force_generic_plan"}
+        if idle_transaction_timeout is not None:
+            self._server_settings["idle_in_transaction_session_timeout"] = str(
+                round(idle_transaction_timeout * 1000)
+            )
         self._pool: Any = None
         self._groups: PgGroupCommitter | None = None
         self._lifecycle_lock = asyncio.Lock()

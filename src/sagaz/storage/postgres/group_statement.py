@@ -13,10 +13,11 @@ import re
 from typing import Any
 
 from sagaz.records import ClaimOutcome, EventClaim, InboxClaim
-from sagaz.storage.postgres.connection import _inbox_rows
+from sagaz.storage import postgres_rows as mapping
+from sagaz.storage.postgres.connection import _INBOX_CONFLICT, _inbox_lookup
 from sagaz.storage.postgres.events import OURS, EventItem, PostgresEventClaims
 from sagaz.storage.postgres.inbox import _found_claim
-from sagaz.storage.postgres.sagas import _checkpoint_args, checkpoints_written
+from sagaz.storage.postgres.sagas import CheckpointShape, _checkpoint_args, checkpoints_written
 from sagaz.storage.postgres_groups import UNRESOLVED, BatchRunner, Statement
 
 __all__ = ["PostgresGroupStatement"]
@@ -24,9 +25,16 @@ __all__ = ["PostgresGroupStatement"]
 # a parameter, or a quoted identifier (a schema name may hold "$1": left as it is)
 _PARAM = re.compile(r'"[^"]*"|\$(\d+)')
 
-#: claims?, new sagas?, events' claims?, and the checkpoint shape (steps, saga, outbox,
-#: inbox), or None for a group without checkpoints
-_Shape = tuple[bool, bool, bool, tuple[bool, bool, bool, bool] | None]
+#: claims?, the events' claims (none, or as _KEYS or _ROWS), and the checkpoint shape
+#: (steps, saga, outbox, inbox, as checkpoint rows), or None for a group without checkpoints
+_Shape = tuple[bool, bool, int, CheckpointShape | None]
+
+#: the events' claims sent as their keys (a text[]) beside their saga rows, which hold the
+#: rest of each claim: 26,200 client instructions an inbox_claim row against 5,000 a key
+#: (asyncpg checks and encodes every array element; two timestamptz of it)
+_KEYS = 1
+#: ... or as inbox_claim rows, when a record names another trigger than its claim
+_ROWS = 2
 
 
 def _shift(sql: str, by: int) -> str:
@@ -73,14 +81,24 @@ class PostgresGroupStatement(PostgresEventClaims):
             args.append(claims)
         if creates:
             args.append(creates)
+        # the events' claims: their keys beside their saga rows, which hold the rest of
+        # each claim (trigger id, saga id, owner, lease, moment) unless a record names
+        # another trigger than its claim (then one inbox_claim row each, as for claims)
+        event_claims = 0
         if events:
-            args.append([event.claim_args for event in events])
-            args.append([event.saga_params for event in events])
+            sagas = [event.saga_params for event in events]
+            if all(event.claim_args[0] == event.saga_params[6] for event in events):
+                event_claims = _KEYS
+                args.append([event.claim_args[1] for event in events])
+            else:
+                event_claims = _ROWS
+                args.append([event.claim_args for event in events])
+            args.append(sagas)
         checkpoint_shape = None
         if checkpoints:
             checkpoint_shape, checkpoint_args = _checkpoint_args(checkpoints)
             args += checkpoint_args
-        shape: _Shape = (bool(claims), bool(creates), bool(events), checkpoint_shape)
+        shape: _Shape = (bool(claims), bool(creates), event_claims, checkpoint_shape)
         sql = self._group_sql.get(shape)
         if sql is None:
             sql = self._group_sql[shape] = self._build_group_sql(shape)
@@ -149,9 +167,13 @@ class PostgresGroupStatement(PostgresEventClaims):
             ctes.append(f"sn AS ({_shift(self._insert_sagas, n)})")
             selects.append("SELECT 3, saga_id, NULL, NULL, NULL, NULL, NULL, NULL FROM sn")
             n += 1
-        if has_events:  # the claims (inbox_claim), then their sagas (saga_row)
-            ctes.append(f"ec AS ({_shift(self._claim_many, n)})")
-            selects += self._claim_selects("ec", 4, n)
+        if has_events:  # the claims (keys, or inbox_claim rows), then the sagas (saga_row)
+            if has_events == _KEYS:
+                ctes.append(f"ec AS ({self._claim_keys_sql(n)})")
+                selects += self._claim_selects("ec", 4, n, self._key_rows(n))
+            else:
+                ctes.append(f"ec AS ({_shift(self._claim_many, n)})")
+                selects += self._claim_selects("ec", 4, n)
             # a saga is created only where its key was claimed (by ec, in this statement)
             insert = _shift(self._insert_sagas, n + 1).replace(
                 " ON CONFLICT", " JOIN ec ON ec.saga_id = u.saga_id ON CONFLICT", 1
@@ -172,19 +194,42 @@ class PostgresGroupStatement(PostgresEventClaims):
         select = " UNION ALL ".join(selects)
         return f"WITH {', '.join(ctes)} {select}" if ctes else select
 
-    def _claim_selects(self, cte: str, kind: int, n: int) -> list[str]:
+    def _key_rows(self, n: int) -> str:
+        """The events' claims sent as keys: ``unnest`` of the keys (``$n+1``) beside the saga
+        rows (``$n+2``), one row each: ``key`` and the saga row's columns."""
+        return f"unnest(${n + 1}::text[], ${n + 2}::{self._s}.saga_row[]) AS u(key)"
+
+    def _claim_keys_sql(self, n: int) -> str:
+        """:attr:`_claim_many` of the events' claims sent as keys (:meth:`_key_rows`): the
+        claim's lease is the saga row's, its moment the row's ``updated_at``."""
+        return (
+            f"INSERT INTO {self._s}.inbox AS i (trigger_id, key, saga_id, owner, lease_until, "
+            "status, created_at) SELECT u.trigger_id, u.key, u.saga_id, u.owner, "
+            f"{mapping.moment_sql('u.lease_expires_at')}, 'pending', "
+            f"{mapping.moment_sql('u.updated_at')} FROM {self._key_rows(n)} {_INBOX_CONFLICT} "
+            "RETURNING i.trigger_id, i.key, i.saga_id, (xmax = 0) AS inserted"
+        )
+
+    def _claim_selects(
+        self, cte: str, kind: int, n: int, keys_from: str | None = None
+    ) -> list[str]:
         """The rows of the claims of ``cte`` (keys in ``$n+1``): one per key claimed
         (``kind``), and one per key as it was before the statement (its snapshot,
         ``kind + 1``): of the keys not claimed, the ones that refused the claim then.
+        ``keys_from``: the ``FROM`` item of the keys if not ``$n+1`` as inbox_claim rows.
 
         The second are read only if some key was not claimed: gated by a count (a one-time
         filter), so that in the usual group, every key claimed, no key is looked up again."""
         keys = f"${n + 1}::{self._s}.inbox_claim[]"
+        if keys_from is None:
+            keys_from = f"unnest({keys}) AS u(trigger_id, key)"
+        else:
+            keys = f"${n + 1}::text[]"
         return [
             f"SELECT {kind}, trigger_id, key, saga_id, NULL, NULL, NULL, inserted FROM {cte}",
             f"SELECT {kind + 1}, i.trigger_id, i.key, i.saga_id, i.owner, i.status, "
             "i.lease_until, NULL FROM "
-            + _inbox_rows(self._s, keys, "trigger_id, key, saga_id, owner, lease_until, created_at")
+            + _inbox_lookup(self._s, keys_from)
             + f" WHERE (SELECT count(*) FROM {cte}) < cardinality({keys})",
         ]
 

@@ -34,7 +34,11 @@ from sagaz.storage.sql import outbox_params, step_params
 from sagaz.storage.unavailable import translates_unavailable
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 
-__all__ = ["PostgresSagas", "checkpoints_written"]
+__all__ = ["CheckpointShape", "PostgresSagas", "checkpoints_written"]
+
+#: which of steps, saga, outbox and inbox rows a group's checkpoints have, and whether
+#: they go as checkpoint rows (one per checkpoint: a saga row, one step, no outbox)
+CheckpointShape = tuple[bool, bool, bool, bool, bool]
 
 
 @dataclasses.dataclass(slots=True)
@@ -45,6 +49,9 @@ class _Checkpoint:
     steps: list[tuple[Any, ...]]
     outbox: list[tuple[Any, ...]]
     inbox: tuple[str, str, int] | None  # trigger id, key, completed at (pg_micros)
+    #: the usual checkpoint (a saga row and one step of it, no outbox message) as one
+    #: checkpoint_row (migration 10), else None
+    row: tuple[Any, ...] | None = None
 
 
 def _created(record: SagaRecord, now: datetime) -> SagaRecord:
@@ -244,18 +251,23 @@ class PostgresSagas(PostgresConnection):
 
         await self._write(save)
 
-    def _build_checkpoint_sql(self, steps: bool, saga: bool, outbox: bool, inbox: bool) -> str:
-        parts = self._checkpoint_ctes((steps, saga, outbox, inbox), 0)
+    def _build_checkpoint_sql(
+        self, steps: bool, saga: bool, outbox: bool, inbox: bool, rows: bool = False
+    ) -> str:
+        parts = self._checkpoint_ctes((steps, saga, outbox, inbox, rows), 0)
         if not parts:
             return "SELECT 1"
         # the sagas fenced out (their rows another owner's): nothing of theirs was written
         return "WITH " + ", ".join(parts) + (" SELECT saga_id FROM lost" if saga else " SELECT 1")
 
-    def _checkpoint_ctes(self, shape: tuple[bool, bool, bool, bool], first: int) -> list[str]:
+    def _checkpoint_ctes(self, shape: CheckpointShape, first: int) -> list[str]:
         """The data-modifying CTEs of checkpoints of ``shape`` (which of steps, saga, outbox
-        and inbox they have), their parameters numbered from ``first + 1``."""
-        steps, saga, outbox, inbox = shape
+        and inbox they have, as checkpoint rows or not), their parameters numbered from
+        ``first + 1``."""
+        steps, saga, outbox, inbox, as_rows = shape
         s = self._s
+        if as_rows:
+            return self._checkpoint_row_ctes(f"${first + 1}::{s}.checkpoint_row[]", inbox)
         parts: list[str] = []
         n = first
 
@@ -330,6 +342,39 @@ class PostgresSagas(PostgresConnection):
             )
         return parts
 
+    def _checkpoint_row_ctes(self, rows: str, inbox: bool) -> list[str]:
+        """:meth:`_checkpoint_ctes` of checkpoints sent as the checkpoint rows ``rows`` (an
+        array parameter): the same writes from one array (a saga row, its step, its inbox
+        key if any, one moment for the three)."""
+        s = self._s
+        keep = " WHERE NOT EXISTS (SELECT FROM lost WHERE lost.saga_id = u.saga_id)"
+        parts = [
+            f"sg AS (INSERT INTO {s}.saga_executions ({tables.SAGA_COLUMNS}) "
+            "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
+            f"u.trigger_id, u.event::jsonb, u.owner, {_SAGA_MOMENTS} "
+            f"FROM unnest({rows}) AS u {_SAGA_CONFLICT} RETURNING saga_id)",
+            f"lost AS (SELECT u.saga_id FROM unnest({rows}) AS u "
+            f"WHERE (SELECT count(*) FROM sg) < cardinality({rows}) "
+            "AND NOT EXISTS (SELECT FROM sg WHERE sg.saga_id = u.saga_id))",
+            f"st AS (INSERT INTO {s}.saga_steps ({tables.STEP_COLUMNS}) "
+            "SELECT u.saga_id, u.step_name, u.step_status, u.step_result::jsonb, u.step_error, "
+            "u.step_attempts, u.step_completed_seq, u.step_compensation_error, "
+            f"{mapping.moment_sql('u.updated_at')} FROM unnest({rows}) AS u{keep} "
+            f"{_STEP_CONFLICT} RETURNING 1)",
+        ]
+        if inbox:  # as _checkpoint_ctes's, each key looked up alone (see _inbox_rows)
+            parts.append(
+                f"ib AS (INSERT INTO {s}.inbox AS t (trigger_id, key, saga_id, owner, "
+                "lease_until, status, created_at, completed_at) SELECT i.trigger_id, i.key, "
+                "i.saga_id, i.owner, i.lease_until, 'completed', i.created_at, "
+                f"{mapping.moment_sql('u.updated_at')} FROM unnest({rows}) AS u "
+                f"CROSS JOIN LATERAL (SELECT * FROM {s}.inbox AS i WHERE "
+                "i.trigger_id = u.inbox_trigger_id AND i.key = u.inbox_key OFFSET 0) AS i"
+                f"{keep} ON CONFLICT (trigger_id, key) DO UPDATE SET status = 'completed', "
+                "completed_at = EXCLUDED.completed_at RETURNING 1)"
+            )
+        return parts
+
     # errors: the committer's (translated there, or the operation's own: not unavailable)
     @translates_unavailable
     async def save_checkpoint(
@@ -349,7 +394,12 @@ class PostgresSagas(PostgresConnection):
         messages = outbox_params(outbox, now)
 
         inbox_row = None if complete_inbox is None else (*complete_inbox, micros)
-        item = _Checkpoint(saga_params, step_rows, messages, inbox_row)
+        row = None
+        if saga_params is not None and len(step_rows) == 1 and not messages:
+            step = step_rows[0]
+            if step[0] == saga_params[0]:  # one array element instead of two or three
+                row = (*saga_params, *step[1:8], *(complete_inbox or (None, None)))
+        item = _Checkpoint(saga_params, step_rows, messages, inbox_row, row)
         saga_id = saga.saga_id if saga is not None else steps[0].saga_id if steps else None
         rows: tuple[tuple[str, ...], ...] = () if saga_id is None else (("saga", saga_id),)
         if complete_inbox is not None:
@@ -395,10 +445,14 @@ def checkpoints_written(items: list[_Checkpoint], lost: set[str]) -> list[bool]:
     return [item.saga is None or item.saga[0] not in lost for item in items]
 
 
-def _checkpoint_args(items: list[_Checkpoint]) -> tuple[tuple[bool, bool, bool, bool], list[Any]]:
-    """The shape (which of steps, saga, outbox and inbox rows there are) and the array
-    parameters of the checkpoints ``items``: the steps and the sagas as one array of rows
-    each, the outbox messages and the inbox keys column by column."""
+def _checkpoint_args(items: list[_Checkpoint]) -> tuple[CheckpointShape, list[Any]]:
+    """The shape (which of steps, saga, outbox and inbox rows there are, and whether as
+    checkpoint rows) and the array parameters of the checkpoints ``items``: every one as a
+    checkpoint_row when each has that form, else the steps and the sagas as one array of
+    rows each, the outbox messages and the inbox keys column by column."""
+    if all(item.row is not None for item in items):
+        keys = any(item.inbox is not None for item in items)
+        return (True, True, False, keys, True), [[item.row for item in items]]
     steps = [row for item in items for row in item.steps]
     sagas = [item.saga for item in items if item.saga is not None]
     messages = [row for item in items for row in item.outbox]
@@ -411,4 +465,4 @@ def _checkpoint_args(items: list[_Checkpoint]) -> tuple[tuple[bool, bool, bool, 
     for rows in (messages, inbox):
         if rows:
             args += [list(column) for column in zip(*rows, strict=True)]
-    return (bool(steps), bool(sagas), bool(messages), bool(inbox)), args
+    return (bool(steps), bool(sagas), bool(messages), bool(inbox), False), args
