@@ -111,9 +111,24 @@ def test_a_saga_row_update_checks_the_index_conditions_without_ephemeral_tables(
     conn: sqlite3.Connection,
 ) -> None:
     # OpenEphemeral is an IN list's table: these statements need no other
-    for sql in (_UPDATE_SAGA, _UPSERT_SAGA):
-        program = conn.execute(f"EXPLAIN {sql}", (None,) * 12).fetchall()
+    for sql, count in ((_UPDATE_SAGA, 11), (_UPSERT_SAGA, 12)):
+        program = conn.execute(f"EXPLAIN {sql}", (None,) * count).fetchall()
         assert not [op for op in program if op[1] == "OpenEphemeral"], sql
+
+
+def test_a_saga_row_update_leaves_the_index_by_name_alone(conn: sqlite3.Connection) -> None:
+    # a column the update sets is a rewrite of every index holding it (the entry deleted and
+    # inserted again): the usual checkpoint must not set saga_name, which does not change
+    [(by_name,)] = conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'saga_executions_by_name'"
+    ).fetchall()
+    [(by_owner,)] = conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'saga_executions_by_owner'"
+    ).fetchall()
+    program = conn.execute(f"EXPLAIN {_UPDATE_SAGA}", (None,) * 11).fetchall()
+    written = {op[3] for op in program if op[1] == "OpenWrite"}  # (addr, opcode, p1, p2...)
+    assert by_owner in written  # the check sees the indexes the update writes
+    assert by_name not in written
 
 
 async def test_a_version_7_database_is_upgraded_to_the_or_conditions(tmp_path: Path) -> None:

@@ -11,7 +11,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sagaz.clock import utcnow
+from sagaz.exceptions import LeaseLostError
 from sagaz.records import SagaRecord, StepRecord
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.types import SagaStatus, StepStatus
@@ -99,3 +102,29 @@ async def test_values_that_look_like_the_empty_marker_read_back_as_themselves(
         [read] = await store.get_steps("s0")
         assert (read.result, read.error, read.attempts, read.completed_seq) == ({}, "0", 0, 0)
         assert read.compensation_error == ""
+
+
+async def test_a_checkpoint_of_a_renamed_saga_writes_its_new_name(tmp_path: Path) -> None:
+    # the usual update leaves saga_name (and its index) alone; a row stored under another
+    # name is written whole, created_at kept, and fenced as any other
+    async with SQLiteSagaStore(tmp_path / "sagaz.db") as store:
+        claim = await store.claim_event("t", "k1", pending(1))
+        assert claim.saga is not None
+        created = claim.saga.created_at
+        claim.saga.saga_name, claim.saga.status = "invoices", SagaStatus.RUNNING
+        await store.save_checkpoint(claim.saga)
+        stored = await store.get_saga("s1")
+        assert stored is not None
+        assert (stored.saga_name, stored.status, stored.created_at) == (
+            "invoices",
+            SagaStatus.RUNNING,
+            created,
+        )
+        assert [s.saga_id for s in await store.list_sagas(saga_name="invoices")] == ["s1"]
+        assert await store.list_sagas(saga_name="orders") == []
+
+        claim.saga.saga_name, claim.saga.owner = "refunds", "another worker"
+        with pytest.raises(LeaseLostError):  # held by "w" until its lease runs out
+            await store.save_checkpoint(claim.saga)
+        stored = await store.get_saga("s1")
+        assert stored is not None and (stored.saga_name, stored.owner) == ("invoices", "w")

@@ -37,6 +37,7 @@ __all__ = [
     "placeholders",
     "saga_from_row",
     "saga_params",
+    "saga_update_params",
     "step_from_row",
     "step_params",
 ]
@@ -98,6 +99,26 @@ def saga_params(record: SagaRecord, now: str) -> tuple[Any, ...]:
         record.owner,
         None if lease is None else lasting_text(lease),
         now if created is None else lasting_text(created),
+        now,
+    )
+
+
+def saga_update_params(record: SagaRecord, now: str) -> tuple[Any, ...]:
+    """:func:`saga_params` without ``created_at``, which an update of the row does not set (a
+    value bound is a copy SQLite makes, about 0.3 µs for a text: benchmarks/README.md)."""
+    lease = record.lease_expires_at
+    status = record.status
+    return (
+        record.saga_id,
+        record.saga_name,
+        status._value_ if type(status) is SagaStatus else SagaStatus(status).value,
+        dumps(record.context),
+        record.attempt,
+        NO_TEXT if record.error is None else record.error,  # NULLIF(?6, 0)
+        record.trigger_id,
+        NO_TEXT if record.event is None else dumps(record.event),  # NULLIF(?8, 0)
+        record.owner,
+        None if lease is None else lasting_text(lease),
         now,
     )
 

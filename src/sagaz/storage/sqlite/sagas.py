@@ -44,11 +44,14 @@ _UPSERT_SAGA = (
     "OR saga_executions.attempt < excluded.attempt"
 )
 
-_UPDATE_SAGA = (  # the same values as _UPSERT_SAGA's (?11, created_at, is not set)
-    "UPDATE saga_executions SET saga_name = ?2, status = ?3, context = ?4, attempt = ?5, "
+_UPDATE_SAGA = (  # the values of sqlite_rows.saga_update_params: _UPSERT_SAGA's but created_at
+    # a saga's name does not change, so this update does not set it (a column it sets is a
+    # rewrite of every index that holds it: saga_executions_by_name's entry deleted and
+    # inserted again, two B-tree writes an update); a row under another name is not found
+    # here, and _save writes it with _UPSERT_SAGA
+    "UPDATE saga_executions SET status = ?3, context = ?4, attempt = ?5, "
     "error = NULLIF(?6, 0), trigger_id = ?7, event = NULLIF(?8, 0), owner = ?9, "
-    "lease_expires_at = ?10, "
-    "updated_at = ?12 WHERE saga_id = ?1 "
+    "lease_expires_at = ?10, updated_at = ?11 WHERE saga_id = ?1 AND saga_name = ?2 "
     "AND (owner IS NULL OR ?9 IS NULL OR owner = ?9 OR attempt < ?5)"
 )
 
@@ -99,13 +102,17 @@ def _as_created(record: SagaRecord, now: datetime) -> SagaRecord:
     )
 
 
-def _save(cursor: sqlite3.Cursor, params: tuple[Any, ...]) -> bool:
-    """Update a saga row, or insert it if there is none (an upsert that finds the row costs
-    about 1 µs more: it looks the key up for the insert, then again for the update); return
-    False, writing nothing, when another owner holds the row (fenced: see the contract)."""
+def _save(cursor: sqlite3.Cursor, params: tuple[Any, ...], created: datetime | None) -> bool:
+    """Update a saga row, or write it whole if the update finds none (no row: an insert, an
+    upsert that finds the row costs about 1 µs more; a row under another name); return False,
+    writing nothing, when another owner holds the row (fenced: see the contract). ``params``:
+    :func:`~sagaz.storage.sqlite_rows.saga_update_params`, ``created``: the record's
+    ``created_at`` (None: created now)."""
     if cursor.execute(_UPDATE_SAGA, params).rowcount:
         return True
-    return bool(cursor.execute(_UPSERT_SAGA, params).rowcount)
+    now = params[10]
+    row = (*params[:10], now if created is None else mapping.lasting_text(created), now)
+    return bool(cursor.execute(_UPSERT_SAGA, row).rowcount)
 
 
 def _create(cursor: sqlite3.Cursor, params: tuple[Any, ...]) -> list[Any]:
@@ -121,17 +128,19 @@ def _create(cursor: sqlite3.Cursor, params: tuple[Any, ...]) -> list[Any]:
 def _save_checkpoint(
     cursor: sqlite3.Cursor,
     args: tuple[
-        list[tuple[Any, ...]],
+        Sequence[tuple[Any, ...]],
         tuple[Any, ...] | None,
-        list[tuple[Any, ...]],
+        datetime | None,
+        Sequence[tuple[Any, ...]],
         tuple[str, str, str] | None,
     ],
 ) -> bool:
     """:meth:`SQLiteSagas.save_checkpoint` in the writer's transaction; ``args``: the step
-    rows, the saga row (or None), the outbox rows, and the inbox row to complete (its
-    ``completed_at``, trigger id and key, or None). False: fenced, nothing written."""
-    step_rows, saga_params, messages, inbox = args
-    if saga_params is not None and not _save(cursor, saga_params):
+    rows, the saga row's update (or None) and its record's ``created_at``, the outbox rows,
+    and the inbox row to complete (its ``completed_at``, trigger id and key, or None).
+    False: fenced, nothing written."""
+    step_rows, saga_params, created, messages, inbox = args
+    if saga_params is not None and not _save(cursor, saga_params, created):
         return False  # the saga row first: a fenced checkpoint writes nothing
     for row in step_rows:  # mostly one: executemany would cost more
         cursor.execute(_INSERT_STEP, row)
@@ -179,10 +188,11 @@ class SQLiteSagas(SQLiteConnection):
 
     async def save_saga(self, record: SagaRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = to_text(utcnow())
-        params = mapping.saga_params(record, now)
+        params = mapping.saga_update_params(record, now)
         messages = outbox_params(outbox, now)
         # a checkpoint of the saga row and its outbox messages only (fenced the same way)
-        if not await self._submit(_save_checkpoint, ([], params, messages, None)):
+        checkpoint = ((), params, record.created_at, messages, None)
+        if not await self._submit(_save_checkpoint, checkpoint):
             raise LeaseLostError(record.saga_id, record.owner)
 
     async def get_saga(self, saga_id: str) -> SagaRecord | None:
@@ -260,10 +270,14 @@ class SQLiteSagas(SQLiteConnection):
         step_rows = []
         for step in steps:  # not a comprehension: it would make ``now`` a cell of this call
             step_rows.append(mapping.step_params(step, now))
-        saga_params = None if saga is None else mapping.saga_params(saga, now)
-        messages = outbox_params(outbox, now) if outbox else []  # mostly none: no call
+        if saga is None:
+            saga_params = created = None
+        else:
+            saga_params, created = mapping.saga_update_params(saga, now), saga.created_at
+        messages = outbox_params(outbox, now) if outbox else ()  # mostly none: no call, no list
         inbox = None if complete_inbox is None else (now, *complete_inbox)
-        if not await groups.submit(_save_checkpoint, (step_rows, saga_params, messages, inbox)):
+        checkpoint = (step_rows, saga_params, created, messages, inbox)
+        if not await groups.submit(_save_checkpoint, checkpoint):
             assert saga is not None  # only a saga row is fenced
             raise LeaseLostError(saga.saga_id, saga.owner)
 
