@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -98,8 +99,22 @@ async def consuming(source: Source, emit: RecordingEmit) -> AsyncIterator[asynci
         await source.stop()
 
 
+#: seconds a cancelled ``run()`` has to end before :func:`stop_intake` says where it is stuck
+STOP_WITHIN = 30.0
+
+
 async def stop_intake(task: asyncio.Task[None]) -> None:
-    """Cancel a ``run()`` task and wait for it, as the engine does at shutdown."""
+    """Cancel a ``run()`` task and wait for it, as the engine does at shutdown; raises what
+    it raised, or an :class:`AssertionError` with its stack when it does not end within
+    :data:`STOP_WITHIN` (rather than hanging the test until its timeout; the wait does not
+    swallow a cancel of the test itself either)."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    done, _ = await asyncio.wait({task}, timeout=STOP_WITHIN)
+    if not done:
+        stack = io.StringIO()
+        task.print_stack(file=stack)
+        raise AssertionError(
+            f"run() did not end within {STOP_WITHIN:.0f} s of its cancel:\n{stack.getvalue()}"
+        )
+    if not task.cancelled() and task.exception() is not None:
+        await task  # raises it

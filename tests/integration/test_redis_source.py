@@ -371,6 +371,44 @@ async def test_a_group_vanishing_while_pending_entries_are_counted_is_recreated(
     assert emit.payloads == [b"after"]
 
 
+async def test_a_cancel_the_driver_swallows_still_ends_run(streams: Streams) -> None:
+    # redis-py has been seen to turn a cancel landing in a command into an ordinary outcome
+    # (a reply, sagaz.sources.redis._raise_if_cancelled); here into a lost link, after which
+    # the server stays unreachable. run() retried with a backoff for ever: the cancel was
+    # spent, and no turn of its loop asked whether the task was cancelling, so stopping the
+    # source hung (as a CI run once did, 180 s, with the heartbeat alive).
+    stream = streams.name()
+    source = make_source(streams, stream)
+    await source.start()
+    entered = asyncio.Event()
+    errors = source._errors
+    swallowed = False
+
+    async def xreadgroup(*args: Any, **kwargs: Any) -> Any:
+        nonlocal swallowed
+        if swallowed:
+            raise errors.ConnectionError("Connection refused")
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # a blocking read
+        except asyncio.CancelledError:
+            swallowed = True
+            raise errors.ConnectionError("Connection closed by server") from None
+
+    source._redis.xreadgroup = xreadgroup  # type: ignore[method-assign]
+    task = asyncio.create_task(source.run(RecordingEmit()))
+    try:
+        await asyncio.wait_for(entered.wait(), 10)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert done, "run() went on after its cancel was swallowed"
+        assert task.cancelled()
+    finally:
+        task.cancel()
+        await asyncio.wait({task}, timeout=5)
+        await source.stop()
+
+
 async def test_unreachable_redis_is_reported_and_retried() -> None:
     errors: list[BaseException] = []
     ctx = source_context("saga.on_event", errors, redis_url="redis://127.0.0.1:1/0")

@@ -83,7 +83,9 @@ def _entries(response: Any) -> list[tuple[str, dict[bytes, bytes] | None]]:
 def _raise_if_cancelled() -> None:
     """Honour a cancellation that redis-py swallowed: a cancel landing in a blocking
     ``XREADGROUP`` can come back as an ordinary reply (seen with redis-py 8.1), which would
-    leave ``run()`` emitting and looping in a task that was asked to stop."""
+    leave ``run()`` emitting and looping in a task that was asked to stop. Checked before
+    anything is emitted and at every turn of the source's loops (a swallowed cancel of an
+    ``XAUTOCLAIM`` that found nothing, or of the heartbeat's ``XCLAIM``, emits nothing)."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
@@ -233,6 +235,7 @@ class RedisStreamSource(Source):
         next_claim = loop.time() + claim_every
         missing_group = False
         while not self._stopping:
+            _raise_if_cancelled()
             try:
                 if not self._started:
                     await self.start()
@@ -413,6 +416,7 @@ class RedisStreamSource(Source):
         # claimed after our heartbeats stalled past claim_idle_ms (the inbox lease decides).
         min_idle = max(1, self.claim_idle_ms // 6)
         while True:
+            _raise_if_cancelled()
             await asyncio.sleep(interval)  # real time: Redis measures the idle time of entries
             ids: list[Any] = list(self._inflight)
             try:
