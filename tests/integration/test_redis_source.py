@@ -409,6 +409,42 @@ async def test_a_cancel_the_driver_swallows_still_ends_run(streams: Streams) -> 
         await source.stop()
 
 
+async def test_a_cancel_the_driver_swallows_still_ends_the_heartbeat(streams: Streams) -> None:
+    # The same in the heartbeat's XCLAIM of entries in flight, turned into a RedisError (which
+    # the heartbeat logs and goes on from): it looped for ever, so stop() waited on it for
+    # ever; the test's own cancel, landing in that wait, was swallowed there too. A CI run and
+    # a loop of this file hung so, the heartbeat's 0.33 s sleep the loop's only timer.
+    stream = streams.name()
+    await streams.client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    await streams.add(stream, [b"in flight"])
+    source = make_source(streams, stream, claim_idle_ms=150)  # a heartbeat every 50 ms
+    emit = RecordingEmit()
+    entered = asyncio.Event()
+    errors = source._errors
+
+    async def xclaim(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise errors.ConnectionError("Connection closed by server") from None
+
+    async with consuming(source, emit):
+        await emit.wait_for(1)  # never acked: in flight, kept fresh
+        source._redis.xclaim = xclaim  # type: ignore[method-assign]
+        await asyncio.wait_for(entered.wait(), 10)
+        heartbeat = source._heartbeat
+        assert heartbeat is not None
+        stopping = asyncio.create_task(source.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=5)
+        if not done:  # unstuck (a second cancel, the real XCLAIM), so the test fails, not hangs
+            del source._redis.xclaim
+            heartbeat.cancel()
+            await stopping
+        assert done, "stop() waited for a heartbeat that went on after its cancel"
+        stopping.result()
+
+
 async def test_unreachable_redis_is_reported_and_retried() -> None:
     errors: list[BaseException] = []
     ctx = source_context("saga.on_event", errors, redis_url="redis://127.0.0.1:1/0")

@@ -26,7 +26,6 @@ over its fields as a ``dict[str, str]`` (UTF-8, undecodable bytes replaced).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -200,8 +199,9 @@ class RedisStreamSource(Source):
         heartbeat, self._heartbeat = self._heartbeat, None
         if heartbeat is not None:
             heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            await asyncio.wait({heartbeat})  # (a cancel of stop()'s caller is not swallowed)
+            if not heartbeat.cancelled() and (exc := heartbeat.exception()) is not None:
+                logger.warning("heartbeat failed: %r", exc, extra=self._log)
         client, self._client = self._client, None
         if client is None:
             return
