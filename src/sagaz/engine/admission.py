@@ -96,6 +96,8 @@ class Admission:
         if not untraced and (not self.state.outage.available or tracing.recorder() is not None):
             return await self._admit_when(trigger, delivery, after, admitted)
         # the usual case, in this one coroutine: the store is available, tracing is off
+        # (no lambda in it, functools.partial instead: each variable a closure captured would
+        # be a cell made at every call and kept while the claim waits for the store)
         try:
             state = self.state
             state.metrics.received[trigger.trigger_id] += 1
@@ -119,7 +121,8 @@ class Admission:
             if undecodable is not None:
                 invalid = self.not_started.invalid
                 return await self._waiting(
-                    delivery, lambda: invalid(trigger, delivery, event, undecodable, None)
+                    delivery,
+                    functools.partial(invalid, trigger, delivery, event, undecodable, None),
                 )
             try:
                 key, concurrency_key = identify(trigger, delivery, event)
@@ -127,7 +130,7 @@ class Admission:
                 error = exc
                 invalid = self.not_started.invalid
                 return await self._waiting(
-                    delivery, lambda: invalid(trigger, delivery, event, error, None)
+                    delivery, functools.partial(invalid, trigger, delivery, event, error, None)
                 )
             saga_id = saga_id_for(trigger.trigger_id, key)
             joint = self.in_flight.get(saga_id)
@@ -149,7 +152,9 @@ class Admission:
                     result = await self._claim(candidate)
                 except StoreUnavailableError as exc:
                     await self._wait_for_store(delivery, exc)
-                    result = await self._waiting(delivery, lambda: self._claim(candidate))
+                    result = await self._waiting(
+                        delivery, functools.partial(self._claim, candidate)
+                    )
                 if result is None:
                     self._watch_busy(candidate)
                     return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
@@ -280,7 +285,7 @@ class Admission:
                 result = await self._claim(c)
             except StoreUnavailableError as exc:
                 await self._wait_for_store(c.delivery, exc)
-                result = await self._waiting(c.delivery, lambda: self._claim(c))
+                result = await self._waiting(c.delivery, functools.partial(self._claim, c))
             if result is None:
                 self._watch_busy(c)
                 return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
