@@ -80,9 +80,12 @@ async def test_sagas_waiting_in_a_step_or_for_their_claim_hold_no_closure_cells(
         assert held < SAGAS, f"{held} closure cells held by {2 * SAGAS} waiting sagas"
 
 
-def test_the_postgres_checkpoint_makes_no_cell_kept_while_it_waits() -> None:
-    # a comprehension that reads a local makes that local a cell of every call (Python
-    # 3.11), kept while the checkpoint waits for its group commit
+def test_the_durable_stores_checkpoints_make_no_cell_kept_while_they_wait() -> None:
+    # a closure, or a comprehension that reads a local, makes that local a cell of every
+    # call (Python 3.11), kept while the call waits for its group commit
     from sagaz.storage.postgres.sagas import PostgresSagas
+    from sagaz.storage.sqlite.sagas import SQLiteSagas
 
     assert PostgresSagas.save_checkpoint.__code__.co_cellvars == ()
+    assert SQLiteSagas.save_checkpoint.__code__.co_cellvars == ()
+    assert SQLiteSagas.save_step.__code__.co_cellvars == ()
