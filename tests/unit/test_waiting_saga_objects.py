@@ -12,6 +12,8 @@ from typing import Any
 
 from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
 from sagaz.engine.engine import TriggerEngine
+from sagaz.engine.joint_deliveries import JointDeliveries
+from sagaz.events import Delivery, EventMeta
 from sagaz.records import EventClaim
 from sagaz.storage.memory import MemorySagaStore
 
@@ -89,3 +91,22 @@ def test_the_durable_stores_checkpoints_make_no_cell_kept_while_they_wait() -> N
     assert PostgresSagas.save_checkpoint.__code__.co_cellvars == ()
     assert SQLiteSagas.save_checkpoint.__code__.co_cellvars == ()
     assert SQLiteSagas.save_step.__code__.co_cellvars == ()
+
+
+def nacked_delivery(log: list[tuple[str, bool]], name: str) -> Delivery:
+    async def nack(requeue: bool) -> None:
+        log.append((name, requeue))
+
+    return Delivery(payload={}, meta=EventMeta(source="memory"), identity="", nack=nack)
+
+
+async def test_a_joint_nack_passes_requeue_on_to_every_delivery_and_makes_no_cell() -> None:
+    log: list[tuple[str, bool]] = []
+    first = nacked_delivery(log, "first")
+    joint = JointDeliveries(first, {}, "saga")
+    joint.join(nacked_delivery(log, "second"))
+    joint.join(nacked_delivery(log, "third"))
+    await joint.nack(True)
+    assert log == [("first", True), ("second", True), ("third", True)]
+    # settling is once per event: no cell made for ``requeue`` at each call
+    assert JointDeliveries.__call__.__code__.co_cellvars == ()
