@@ -95,9 +95,8 @@ class Admission:
         """
         if not untraced and (not self.state.outage.available or tracing.recorder() is not None):
             return await self._admit_when(trigger, delivery, after, admitted)
-        # the usual case, in this one coroutine: the store is available, tracing is off
-        # (no lambda in it, functools.partial instead: each variable a closure captured would
-        # be a cell made at every call and kept while the claim waits for the store)
+        # the usual case, in this one coroutine: the store is available, tracing is off (no
+        # lambda here: a cell per captured variable at every call, kept while the claim waits)
         try:
             state = self.state
             state.metrics.received[trigger.trigger_id] += 1
@@ -119,19 +118,14 @@ class Admission:
                 await self.settlement.nack(trigger, delivery)
                 return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
             if undecodable is not None:
-                invalid = self.not_started.invalid
-                return await self._waiting(
-                    delivery,
-                    functools.partial(invalid, trigger, delivery, event, undecodable, None),
-                )
+                invalid = functools.partial(self.not_started.invalid, trigger, delivery, event)
+                return await self._waiting(delivery, functools.partial(invalid, undecodable, None))
             try:
                 key, concurrency_key = identify(trigger, delivery, event)
             except Exception as exc:
                 error = exc
-                invalid = self.not_started.invalid
-                return await self._waiting(
-                    delivery, functools.partial(invalid, trigger, delivery, event, error, None)
-                )
+                invalid = functools.partial(self.not_started.invalid, trigger, delivery, event)
+                return await self._waiting(delivery, functools.partial(invalid, error, None))
             saga_id = saga_id_for(trigger.trigger_id, key)
             joint = self.in_flight.get(saga_id)
             if joint is not None:
