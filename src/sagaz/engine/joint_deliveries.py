@@ -61,7 +61,7 @@ class JointDeliveries:
             return self._each(self.first_ack(), lambda delivery: delivery.ack())
         if self.more is None:
             return self.first_nack(requeue)
-        return self._each(self.first_nack(requeue), lambda d: d.nack(requeue))
+        return self._each(self.first_nack(requeue), _nacker(requeue))
 
     def join(self, delivery: Delivery) -> None:
         """Settle ``delivery`` with the first one."""
@@ -92,3 +92,9 @@ class JointDeliveries:
                 error = error or exc
         if error is not None:
             raise error
+
+
+def _nacker(requeue: bool) -> Callable[[Delivery], Awaitable[None]]:
+    """What nacks each further delivery (a closure made here, not in ``__call__``: there,
+    ``requeue`` would be a cell made at every settlement)."""
+    return lambda delivery: delivery.nack(requeue)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,8 @@ class SagaRunner:
 
         While the store is unavailable the saga waits for it, keeping its delivery un-acked,
         and then resumes from its last checkpoint (see :mod:`sagaz.engine.store_outage`)."""
+        # no lambda in this coroutine (functools.partial instead): a variable a closure
+        # captures is a cell made at every call, kept across every wait on the store
         state = self.state
         trigger = item.trigger
         try:
@@ -83,12 +86,12 @@ class SagaRunner:
                 await self._settle(item)
             except StoreUnavailableError as exc:
                 await state.outage.wait(exc)
-                await self._outage_safe(lambda: self._settle(item))
+                await self._outage_safe(functools.partial(self._settle, item))
             state.outcomes.settle(item.saga_id, result)
             return
         if result.status is SagaStatus.CANCELLED:  # an operator's decision: never retried
             state.metrics.cancelled[trigger.trigger_id] += 1
-            await self._outage_safe(lambda: self._settle(item))
+            await self._outage_safe(functools.partial(self._settle, item))
             state.outcomes.settle(item.saga_id, result)
             return
         if result.status is SagaStatus.COMPENSATED:
@@ -99,7 +102,8 @@ class SagaRunner:
         else:
             state.metrics.failed[trigger.trigger_id] += 1
         await self._outage_safe(
-            lambda: self.settlement.dead_letter(
+            functools.partial(
+                self.settlement.dead_letter,
                 trigger,
                 item.delivery,
                 reason="saga_failed" if result.status is SagaStatus.FAILED else "retries_exhausted",
@@ -108,7 +112,7 @@ class SagaRunner:
                 saga_id=item.saga_id,
             )
         )
-        await self._outage_safe(lambda: self._settle(item))
+        await self._outage_safe(functools.partial(self._settle, item))
         state.outcomes.settle(item.saga_id, result)
 
     async def _execute(self, item: WorkItem) -> SagaResult:

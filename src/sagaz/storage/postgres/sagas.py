@@ -389,7 +389,9 @@ class PostgresSagas(PostgresConnection):
         check_checkpoint(saga, steps, outbox)
         now = utcnow()
         micros = mapping.pg_micros(now)  # a step_row's moment (migration 9)
-        step_rows = [step_params(step, micros) for step in steps]
+        step_rows = []
+        for record in steps:  # not a comprehension: it would make ``micros`` a cell of this call
+            step_rows.append(step_params(record, micros))
         saga_params = None if saga is None else self._saga_row(saga, now, micros)
         messages = outbox_params(outbox, now)
 

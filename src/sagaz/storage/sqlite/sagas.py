@@ -125,6 +125,17 @@ def _create(cursor: sqlite3.Cursor, params: tuple[Any, ...]) -> list[Any]:
     )
 
 
+def _save_step(
+    cursor: sqlite3.Cursor, args: tuple[tuple[Any, ...], Sequence[tuple[Any, ...]]]
+) -> None:
+    """:meth:`SQLiteSagas.save_step` in the writer's transaction; ``args``: the step row and
+    the outbox rows."""
+    row, messages = args
+    cursor.execute(_INSERT_STEP, row)
+    if messages:
+        cursor.executemany(_INSERT_OUTBOX, messages)
+
+
 def _save_checkpoint(
     cursor: sqlite3.Cursor,
     args: tuple[
@@ -247,13 +258,9 @@ class SQLiteSagas(SQLiteConnection):
         now = to_text(utcnow())
         row = mapping.step_params(step, now)
         messages = outbox_params(outbox, now)
-
-        def save(conn: sqlite3.Connection) -> None:
-            conn.execute(_INSERT_STEP, row)
-            if messages:
-                conn.executemany(_INSERT_OUTBOX, messages)
-
-        await self._write(save)
+        # a module-level operation and its argument: no closure, whose function and cells
+        # would be kept while the step waits for its group
+        await self._committer().submit(_save_step, (row, messages))
 
     async def save_checkpoint(
         self,
