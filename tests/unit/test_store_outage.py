@@ -25,7 +25,7 @@ from sagaz import (
     compensate,
     trigger,
 )
-from sagaz.abc import Emit, Source
+from sagaz.abc import Emit, Source, emit_many
 from sagaz.engine.engine import TriggerEngine
 from sagaz.events import AdmissionOutcome, Delivery, EventMeta
 from sagaz.exceptions import StoreUnavailableError
@@ -347,3 +347,59 @@ async def test_a_retry_attempt_whose_last_write_lost_its_reply_is_not_run_again(
         result = await engine.wait_for(saga_id, timeout=10)
     assert result and result.status is SagaStatus.COMPLETED and result.attempt == 2
     assert runs == [1, 2]  # the second attempt was not started over after the lost reply
+
+
+class BatchSource(NumberedSource):
+    """A broker whose poll hands the engine one batch (``admit_many``: it pauses itself)."""
+
+    kind: ClassVar[str] = "batch"
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = count
+
+    async def pause(self) -> None:
+        return None
+
+    async def resume(self) -> None:
+        return None
+
+    async def run(self, emit: Emit) -> None:
+        await emit_many(emit, [self.delivery(n) for n in range(self.count)])
+        await asyncio.Event().wait()
+
+
+async def test_an_outage_after_a_batch_claim_waits_for_the_store_instead_of_a_nack() -> None:
+    # The batch's claim made the filtered event's key ours; undoing it met an outage. The
+    # batch path nacked it where a lone admission waits and claims again: the key and its
+    # delivery were left to a redelivery that a Kafka partition only gives after a restart.
+    class OutageOnCompletion(MemorySagaStore):
+        outages = 0
+
+        async def complete_inbox(self, trigger_id: str, key: str) -> None:
+            if not self.outages:
+                self.outages += 1
+                raise StoreUnavailableError("connection lost")
+            await super().complete_inbox(trigger_id, key)
+
+    source = BatchSource(3)
+    ran: list[int] = []
+
+    class Batched(Saga):
+        saga_name = "batched"
+
+        @trigger(source="custom", trigger=source)
+        def on_message(self, event: dict[str, Any]) -> dict[str, Any] | None:
+            return None if event["n"] == 1 else {"n": event["n"]}  # 1 is filtered
+
+        @action("work")
+        async def work(self, ctx: SagaContext) -> None:
+            ran.append(ctx["n"])
+
+    store = OutageOnCompletion()
+    async with TriggerEngine(TriggerConfig(), store):
+        await eventually(lambda: len(source.acked) + len(source.nacked) == 3, what="settled")
+    assert store.outages == 1
+    assert source.nacked == []
+    assert source.acked == Counter({0: 1, 1: 1, 2: 1})
+    assert sorted(ran) == [0, 2]

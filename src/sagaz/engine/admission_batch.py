@@ -27,6 +27,7 @@ from sagaz.engine.identity import saga_id_for
 from sagaz.engine.joint_deliveries import JointDeliveries
 from sagaz.engine.pending import pending_record
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery
+from sagaz.exceptions import StoreUnavailableError
 from sagaz.records import EventClaim, SagaRecord
 
 if TYPE_CHECKING:
@@ -164,6 +165,12 @@ async def _admit_chunk(
                     if not c.handed_over:
                         await admission.settlement.nack(trigger, delivery)
                     raise
+                except StoreUnavailableError as exc:  # after the claim (undoing a filtered
+                    # event's, a dead letter): as ``admit``, claimed again once the store answers
+                    if c.handed_over or not delivery.wait_for_store:
+                        results[n] = await admission.failed(trigger, delivery, exc)
+                    else:
+                        results[n] = await each(c)
                 except Exception as exc:
                     results[n] = await admission.failed(trigger, delivery, exc)
     except asyncio.CancelledError:
