@@ -12,10 +12,10 @@ shutdown that awaits it. :func:`wait_event` waits with ``asyncio.timeout``, whic
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Generator, Iterable
+from collections.abc import Awaitable, Coroutine, Generator, Iterable
 from typing import Any, TypeVar
 
-__all__ = ["DONE", "gather_all", "wait_event"]
+__all__ = ["DONE", "TaskSet", "gather_all", "wait_event"]
 
 T = TypeVar("T")
 
@@ -43,6 +43,32 @@ async def gather_all(awaitables: Iterable[Awaitable[T]]) -> list[T]:
             raise answer
         made.append(answer)
     return made
+
+
+class TaskSet:
+    """Tasks run beside their owner (a held delivery, a retry waiting for its backoff): each
+    kept until it ends, all cancelled and awaited by :meth:`close`."""
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``coroutine`` in a task named ``name``, kept here until it ends."""
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def close(self) -> None:
+        """Cancel every task and wait until all have ended (their errors are not raised)."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class _Done:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from sagaz._aio import TaskSet
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.settlement import Settlement
 from sagaz.events import Delivery
@@ -21,7 +22,7 @@ class BusyKeys:
     def __init__(self, state: PipelineState, settlement: Settlement) -> None:
         self.state = state
         self.settlement = settlement
-        self._watchers: set[asyncio.Task[None]] = set()
+        self._watchers = TaskSet()
 
     def watch(
         self,
@@ -34,12 +35,9 @@ class BusyKeys:
         """Claim the key of ``delivery`` again (``claim``: ``None`` while still busy) until
         the claim settles it; an error of the claim goes to ``failed`` (else it is reported,
         and the delivery nacked)."""
-        task = asyncio.create_task(
-            self._await_other_owner(trigger, delivery, claim, failed),
-            name=f"sagaz-busy-{saga_id}",
+        self._watchers.spawn(
+            self._await_other_owner(trigger, delivery, claim, failed), f"sagaz-busy-{saga_id}"
         )
-        self._watchers.add(task)
-        task.add_done_callback(self._watchers.discard)
 
     async def _await_other_owner(
         self,
@@ -66,7 +64,4 @@ class BusyKeys:
 
     async def close(self) -> None:
         """Stop watching (the deliveries are nacked for redelivery)."""
-        for task in list(self._watchers):
-            task.cancel()
-        if self._watchers:
-            await asyncio.gather(*self._watchers, return_exceptions=True)
+        await self._watchers.close()

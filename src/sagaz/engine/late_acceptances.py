@@ -23,6 +23,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+from sagaz._aio import TaskSet
 from sagaz.engine.candidate import Candidate
 from sagaz.engine.settlement import Settlement
 from sagaz.events import AdmissionResult
@@ -44,7 +45,7 @@ class LateAcceptances:
         self.settlement = settlement
         self._accept = accept  # unbounded, past the queue's bound (accepted before)
         self._failed = failed
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     def take(self, c: Candidate, lease: datetime, claim: EventClaim | None) -> bool:
         """Finish accepting ``c`` in a task of its own if ``claim`` made its key ours;
@@ -53,9 +54,7 @@ class LateAcceptances:
         if claim is None or claim.outcome not in OURS:
             return False
         c.handed_over = True
-        task = asyncio.create_task(self._finish(c, lease, claim), name=f"sagaz-accept-{c.saga_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._finish(c, lease, claim), f"sagaz-accept-{c.saga_id}")
         return True
 
     async def _finish(self, c: Candidate, lease: datetime, claim: EventClaim) -> None:
@@ -69,7 +68,4 @@ class LateAcceptances:
 
     async def close(self) -> None:
         """Cancel what is still being accepted (those deliveries are nacked)."""
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()

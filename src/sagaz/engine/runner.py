@@ -8,6 +8,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
+from sagaz._aio import TaskSet
 from sagaz.engine.active_trigger import PipelineState
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
@@ -47,7 +48,7 @@ class SagaRunner:
     def __init__(self, state: PipelineState, settlement: Settlement) -> None:
         self.state = state
         self.settlement = settlement
-        self._retries: set[asyncio.Task[None]] = set()
+        self._retries = TaskSet()
         #: what becomes of the delivery of a run that lost its saga to another worker
         #: (the engine's :meth:`Admission.watch_taken_over`); unset: nacked
         self.taken_over: Callable[[WorkItem], None] | None = None
@@ -242,11 +243,7 @@ class SagaRunner:
             delay,
             extra=_log_fields(item),
         )
-        task = asyncio.create_task(
-            self._retry_later(item, delay), name=f"sagaz-retry-{item.saga_id}"
-        )
-        self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
+        self._retries.spawn(self._retry_later(item, delay), f"sagaz-retry-{item.saga_id}")
 
     async def _retry_later(self, item: WorkItem, delay: float) -> None:
         """Queue ``item`` again after ``delay``, or sooner when an operator cancels its saga
@@ -277,7 +274,4 @@ class SagaRunner:
 
     async def close(self) -> None:
         """Cancel waiting retries (their deliveries are nacked for redelivery)."""
-        for task in list(self._retries):
-            task.cancel()
-        if self._retries:
-            await asyncio.gather(*self._retries, return_exceptions=True)
+        await self._retries.close()

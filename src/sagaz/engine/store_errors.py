@@ -31,6 +31,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
+from sagaz._aio import TaskSet
 from sagaz.backoff import Backoff
 from sagaz.engine.active_trigger import PipelineState
 from sagaz.engine.candidate import Candidate
@@ -66,7 +67,7 @@ class StoreErrors:
         self.not_started = not_started
         self._readmit = readmit  # raises what the store raises
         self._closing = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
 
     async def hold(self, c: Candidate, error: Exception) -> AdmissionResult:
         """Hold ``c``, whose admission ``error`` (from the store) interrupted, and admit it
@@ -76,9 +77,7 @@ class StoreErrors:
             await self.settlement.nack(c.trigger, c.delivery)
             return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
         c.handed_over = True
-        task = asyncio.create_task(self._retry(c, error), name=f"sagaz-readmit-{c.saga_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._retry(c, error), f"sagaz-readmit-{c.saga_id}")
         return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
 
     async def _retry(self, c: Candidate, error: Exception) -> None:
@@ -138,7 +137,4 @@ class StoreErrors:
     async def close(self) -> None:
         """Stop holding (those deliveries are nacked)."""
         self._closing.set()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
