@@ -117,15 +117,16 @@ class Admission:
             if not self.accepting:
                 await self.settlement.nack(trigger, delivery)
                 return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
-            if undecodable is not None:
-                invalid = functools.partial(self.not_started.invalid, trigger, delivery, event)
-                return await self._waiting(delivery, functools.partial(invalid, undecodable, None))
-            try:
-                key, concurrency_key = identify(trigger, delivery, event)
-            except Exception as exc:
-                error = exc
-                invalid = functools.partial(self.not_started.invalid, trigger, delivery, event)
-                return await self._waiting(delivery, functools.partial(invalid, error, None))
+            error = undecodable
+            if error is None:
+                try:
+                    key, concurrency_key = identify(trigger, delivery, event)
+                except Exception as exc:
+                    error = exc
+            if error is not None:  # dead-lettered, waiting for the store if it is down
+                invalid = self.not_started.invalid
+                args = (trigger, delivery, event, error, None)
+                return await self._waiting(delivery, functools.partial(invalid, *args))
             saga_id = saga_id_for(trigger.trigger_id, key)
             joint = self.in_flight.get(saga_id)
             if joint is not None:
