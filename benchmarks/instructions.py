@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from _cachegrind import instructions, require_valgrind, start
+
 WARM_UP = 300
-_REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
 async def _batches(events: int, size: int) -> None:
@@ -70,40 +68,15 @@ async def _child(events: int, which: str, batch: int) -> None:
 
 
 def _start(events: int, which: str, collector: bool, batch: int) -> subprocess.Popen[str]:
-    command = [
-        "valgrind",
-        "--tool=cachegrind",
-        "--cache-sim=no",
-        "--cachegrind-out-file=/dev/null",
-        sys.executable,
-        __file__,
-        "--child",
-        which,
-        "--events",
-        str(events),
-        "--batch",
-        str(batch),
-    ]
-    if not collector:
-        command.append("--no-gc")
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def _instructions(process: subprocess.Popen[str]) -> int:
-    _, err = process.communicate()
-    found = _REFS.search(err)
-    if process.returncode != 0 or found is None:
-        raise RuntimeError(f"valgrind failed:\n{err[-2000:]}")
-    return int(found.group(1).replace(",", ""))
+    args = ["--child", which, "--events", str(events), "--batch", str(batch)]
+    return start(__file__, *args, *([] if collector else ["--no-gc"]))
 
 
 def main(events: int, collector: bool, batch: int) -> None:
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    require_valgrind()
     names = ("base", "sagaz", "loop", "batch") if batch else ("base", "sagaz", "loop")
     runs = {name: _start(events if name != "base" else 0, name, collector, batch) for name in names}
-    counts = {name: _instructions(process) for name, process in runs.items()}
+    counts = {name: instructions(process) for name, process in runs.items()}
     per = {name: (counts[name] - counts["base"]) / events for name in names[1:]}
     print(f"events: {events}, collector {'on' if collector else 'off'}")
     print(f"instructions per event: saga loop {per['loop']:,.0f}, sagaz {per['sagaz']:,.0f}")

@@ -20,10 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
-import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import Coroutine
@@ -31,9 +27,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from _cachegrind import instructions, require_valgrind, start
+
 WARM_UP = 20  # rounds
 TRIGGER = "bench-noop.on_event"
-_REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
 def _records(first: int, count: int) -> list[Any]:
@@ -143,33 +140,12 @@ async def _child(kind: str, count: int, group: int, dsn: str) -> None:
 
 
 def _instructions(kind: str, count: int, group: int, dsn: str) -> int:
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    command = [
-        "valgrind",
-        "--tool=cachegrind",
-        "--cache-sim=no",
-        "--cachegrind-out-file=/dev/null",
-        sys.executable,
-        __file__,
-        "--child",
-        kind,
-        "--rounds",
-        str(count),
-        "--group",
-        str(group),
-        "--postgres-dsn",
-        dsn,
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    found = _REFS.search(done.stderr)
-    if done.returncode or found is None:
-        raise RuntimeError(f"valgrind failed:\n{done.stderr[-2000:]}")
-    return int(found.group(1).replace(",", ""))
+    args = ["--child", kind, "--rounds", str(count), "--group", str(group)]
+    return instructions(start(__file__, *args, "--postgres-dsn", dsn))
 
 
 def main(args: argparse.Namespace) -> None:
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    require_valgrind()
     base = _instructions(args.store, 0, args.group, args.postgres_dsn)
     full = _instructions(args.store, args.rounds, args.group, args.postgres_dsn)
     sagas = args.rounds * args.group

@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from _cachegrind import instructions, require_valgrind, start
+
 WARM_UP = 500
 _LAYERS = {"memory": "memory", "suspending": "suspending", "nosql": "sqlite, no SQL"}
 _LAYERS["sqlite"] = "sqlite"
-_REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
 async def _child(kind: str, events: int) -> None:
@@ -43,38 +40,13 @@ async def _child(kind: str, events: int) -> None:
             await stores.throughput(sqlite_layers.make(layer, Path(folder)), events)
 
 
-def _start(kind: str, events: int) -> subprocess.Popen[str]:
-    command = [
-        "valgrind",
-        "--tool=cachegrind",
-        "--cache-sim=no",
-        "--cachegrind-out-file=/dev/null",
-        sys.executable,
-        __file__,
-        "--child",
-        kind,
-        "--events",
-        str(events),
-    ]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def _instructions(process: subprocess.Popen[str]) -> int:
-    _, err = process.communicate()
-    found = _REFS.search(err)
-    if process.returncode != 0 or found is None:
-        raise RuntimeError(f"valgrind failed:\n{err[-2000:]}")
-    return int(found.group(1).replace(",", ""))
-
-
 def main(events: int, kinds: list[str]) -> None:
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    require_valgrind()
     print(f"events: {events}")
     for kind in kinds:  # one store at a time: two valgrind processes beside each other
-        base, run = _start(kind, 0), _start(kind, events)
-        per = (_instructions(run) - _instructions(base)) / events
+        base = start(__file__, "--child", kind, "--events", "0")
+        run = start(__file__, "--child", kind, "--events", str(events))
+        per = (instructions(run) - instructions(base)) / events
         print(f"{kind:<8} instructions per saga: {per:,.0f}")
 
 
