@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -182,14 +182,24 @@ async def status(store: SagaStore, saga_id: str) -> SagaStatus | None:
     return None if saga is None else saga.status
 
 
-async def given_back(store: SagaStore, saga_id: str) -> SagaRecord:
-    """``saga_id``'s row, held by no one and recoverable only after a backoff."""
+async def completed(store: SagaStore, saga_id: str) -> None:
+    """Wait until ``saga_id`` completed (its terminal state in the store)."""
+
+    async def done() -> bool:
+        return await status(store, saga_id) is SagaStatus.COMPLETED
+
+    await eventually(done, within=10)
+
+
+async def given_back(store: SagaStore, saga_id: str, since: datetime) -> None:
+    """``saga_id``'s row, given back by a pass that began at ``since``: held by no one, and
+    recoverable only after a backoff (at least half the recovery interval)."""
     saga = await store.get_saga(saga_id)
     assert saga is not None
     assert saga.owner is None  # old code: "b", renewed by its heartbeat forever
-    assert saga.lease_expires_at is not None and saga.lease_expires_at > utcnow()
-    assert saga_id not in [r.saga_id for r in await store.list_recoverable(utcnow())]
-    return saga
+    backoff = timedelta(seconds=CONFIG.recovery_interval_seconds / 2)
+    assert saga.lease_expires_at is not None and saga.lease_expires_at >= since + backoff
+    assert saga_id not in [r.saga_id for r in await store.list_recoverable(since + backoff)]
 
 
 async def recoverable(store: SagaStore, saga_id: str) -> bool:
@@ -213,8 +223,8 @@ async def test_a_pending_event_that_no_longer_decodes_is_dead_lettered_then_repl
     listener = RecordingListener()
     async with TriggerEngine(CONFIG, store, start_sources=False, listeners=[listener]) as engine:
         assert await engine.recover_once() == 1  # o-2 is resumed all the same
-        await eventually(lambda: ran == ["o-2"], within=10)
-        assert await status(store, good) is SagaStatus.COMPLETED
+        await completed(store, good)
+        assert ran == ["o-2"]
 
         [dead] = await store.list_dead_letters()
         assert (dead.reason, dead.saga_id, dead.payload) == (
@@ -253,17 +263,18 @@ async def test_a_saga_whose_resumption_fails_is_given_back_and_dead_lettered_at_
 
     listener = RecordingListener()
     async with TriggerEngine(CONFIG, store, start_sources=False, listeners=[listener]) as engine:
+        since = utcnow()
         assert await engine.recover_once() == 1  # old code: RuntimeError, o-2 not resumed
-        await eventually(lambda: ran == ["o-2"], within=10)
-        assert await status(store, good) is SagaStatus.COMPLETED
-        await given_back(store, bad)
+        await completed(store, good)
+        assert ran == ["o-2"]
+        await given_back(store, bad, since)
         assert [str(e) for e in listener.errors] == [f"refused: {bad}"]
-        assert await engine.recover_once() == 0  # not before its backoff
 
         for _ in range(4):  # five failures in all, each recoverable again after a backoff
             await eventually(lambda: recoverable(store, bad), within=10)
+            since = utcnow()
             assert await engine.recover_once() == 0
-            await given_back(store, bad)
+            await given_back(store, bad, since)
         await eventually(lambda: recoverable(store, bad), within=10)
         assert await engine.recover_once() == 0  # then dead-lettered, with its event
         [dead] = await store.list_dead_letters()
@@ -300,8 +311,8 @@ async def test_a_started_saga_whose_run_fails_is_given_back_and_resumed_later(
         assert ran == []
         await eventually(lambda: recoverable(store, saga_id), within=10)
         assert await engine.recover_once() == 1
-        await eventually(lambda: ran == ["o-1"], within=10)
-        assert await status(store, saga_id) is SagaStatus.COMPLETED
+        await completed(store, saga_id)
+        assert ran == ["o-1"]
 
 
 async def test_a_started_saga_whose_saga_object_cannot_be_made_is_given_back(
@@ -319,12 +330,14 @@ async def test_a_started_saga_whose_saga_object_cannot_be_made_is_given_back(
 
     async with TriggerEngine(CONFIG, store, start_sources=False, saga_factory=factory) as engine:
         broken = True  # after its check at start
+        since = utcnow()
         assert await engine.recover_once() == 0  # old code: RuntimeError, leased by "b"
-        await given_back(store, saga_id)
+        await given_back(store, saga_id, since)
         broken = False
         await eventually(lambda: recoverable(store, saga_id), within=10)
         assert await engine.recover_once() == 1
-        await eventually(lambda: ran == ["o-1"], within=10)
+        await completed(store, saga_id)
+        assert ran == ["o-1"]
 
 
 async def test_a_saga_claimed_as_the_store_went_away_is_given_back_once_it_is_back(
@@ -339,5 +352,5 @@ async def test_a_saga_claimed_as_the_store_went_away_is_given_back_once_it_is_ba
         with pytest.raises(StoreUnavailableError):  # the loop waits for the store
             await engine.recover_once()
         assert await engine.recover_once() == 1  # old code: 0, leased by "b" forever
-        await eventually(lambda: ran == ["o-1"], within=10)
-        assert await status(store, saga_id) is SagaStatus.COMPLETED
+        await completed(store, saga_id)
+        assert ran == ["o-1"]

@@ -194,7 +194,7 @@ async def _undecodable(
     event as it was kept (``sagaz dlq replay`` rebuilds it once its class fits it again),
     reason ``invalid``, as admission does with an invalid event; then its claim is undone."""
     dead = pending_dead_letter(active, record, error)
-    if dead is None:  # pending_delivery raised for a row that keeps a delivery only
+    if dead is None:  # a row that keeps no delivery (pending_delivery does not raise then)
         raise error
     await admission.settlement.keep_dead_letter(active, dead)
     await _drop_pending(admission, active, record)
