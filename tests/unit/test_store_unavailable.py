@@ -83,6 +83,7 @@ ARGUMENTS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "purge_sagas": ((NOW,), {"limit": 10}),
     "release_inbox": (("t", "k"), {}),
     "release_lease": (("lease", "me"), {}),
+    "release_saga": (("s-1", "me", NOW), {}),
     "renew_lease": (("lease", "me", 1.0), {}),
     "renew_leases": (("me", NOW), {}),
     "reset_steps": (("s-1",), {}),

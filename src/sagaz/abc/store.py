@@ -132,6 +132,27 @@ class SagaStore(Lifecycle, ABC):
     async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
         """Atomically take the lease of a saga if it is free, expired or already ``owner``'s."""
 
+    async def release_saga(
+        self, saga_id: str, owner: str, retry_at: datetime | None = None
+    ) -> bool:
+        """Give back the lease ``owner`` holds on a saga it could not resume: the row keeps
+        no owner (:meth:`renew_leases` no longer extends it) and its lease ends at
+        ``retry_at`` (none: at once), so :meth:`list_recoverable` lists it again from then,
+        while :meth:`claim_saga` (an admission of its event) may take it at once. Fenced:
+        nothing changes, and ``False`` is returned, unless ``owner`` holds it. The recovery
+        loop's (:mod:`sagaz.engine.recovery`).
+
+        A store overrides it to check and write in one atomic operation (the four stores
+        do). This default, for stores that do not, reads the row and then writes it back: a
+        takeover between the two (only after ``owner``'s lease expired) would be undone.
+        """
+        saga = await self.get_saga(saga_id)
+        if saga is None or saga.owner != owner:
+            return False
+        saga.owner, saga.lease_expires_at = None, retry_at
+        await self.save_saga(saga)
+        return True
+
     # -- steps -----------------------------------------------------------------------------
     @abstractmethod
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:

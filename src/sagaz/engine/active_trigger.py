@@ -17,6 +17,7 @@ from sagaz.engine.decoding import EventDecoder
 from sagaz.engine.limits import TokenBucket
 from sagaz.engine.metrics import EngineMetrics
 from sagaz.engine.outcomes import SagaOutcomes
+from sagaz.engine.resume_failures import ResumeFailures
 from sagaz.engine.store_outage import StoreOutage
 from sagaz.events import plain_data
 from sagaz.saga.cancellation import SagaCancellations
@@ -50,6 +51,8 @@ class PipelineState:
     cancellations: SagaCancellations = field(default_factory=SagaCancellations)
     #: whether the store can be reached, and the wait for it when it cannot
     outage: StoreOutage = field(init=False)
+    #: the sagas the recovery loop claimed and could not resume (``sagaz.engine.recovery``)
+    resume_failures: ResumeFailures = field(init=False)
     _lease: timedelta = field(init=False)
     #: the last lease deadline computed, and until when (monotonic) it is reused
     _lease_until: datetime = field(init=False)
@@ -58,6 +61,7 @@ class PipelineState:
     def __post_init__(self) -> None:
         self._lease = timedelta(seconds=self.config.lease_seconds)
         self.outage = StoreOutage(self.store, self.clock, self.worker_id, self.lease_until)
+        self.resume_failures = ResumeFailures(self.clock, self.config.recovery_interval_seconds)
 
     def lease_until(self) -> datetime:
         """The lease deadline for claims made now.

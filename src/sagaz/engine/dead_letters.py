@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMAT",
     "dead_letter_record",
+    "describe_error",
     "keep_body",
     "keep_payload",
     "replay_delivery",
@@ -74,11 +75,7 @@ def dead_letter_record(
     saga_id: str | None,
 ) -> DeadLetterRecord:
     """The dead letter of ``delivery``: the event exactly, its metadata, where its saga lives."""
-    if isinstance(error, BaseException):
-        message = f"{type(error).__name__}: {error}"
-        trace: str | None = "".join(tb.format_exception(error))
-    else:
-        message, trace = error, None
+    message, trace = describe_error(error)
     payload, kept = keep_payload(delivery.payload)
     event_meta = delivery.meta
     meta: dict[str, Any] = {
@@ -114,6 +111,13 @@ def dead_letter_record(
         source=event_meta.source,
         meta=meta,
     )
+
+
+def describe_error(error: BaseException | str) -> tuple[str, str | None]:
+    """A dead letter's ``error`` and ``traceback`` for ``error``."""
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}", "".join(tb.format_exception(error))
+    return error, None
 
 
 def keep_body(kept: dict[str, Any], payload: Any, body: bytes | str) -> None:

@@ -16,9 +16,16 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sagaz.engine.dead_letters import FORMAT, keep_body, keep_payload, replay_delivery
+from sagaz.engine.dead_letters import (
+    FORMAT,
+    describe_error,
+    keep_body,
+    keep_payload,
+    replay_delivery,
+    saga_location,
+)
 from sagaz.engine.identity import storable
-from sagaz.events import Delivery
+from sagaz.events import Delivery, Reason
 from sagaz.records import DeadLetterRecord, SagaRecord
 from sagaz.storage.codec import from_micros, to_micros
 from sagaz.types import SagaStatus
@@ -26,7 +33,13 @@ from sagaz.types import SagaStatus
 if TYPE_CHECKING:
     from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 
-__all__ = ["PENDING_EVENT", "pending_delivery", "pending_event", "pending_record"]
+__all__ = [
+    "PENDING_EVENT",
+    "pending_dead_letter",
+    "pending_delivery",
+    "pending_event",
+    "pending_record",
+]
 
 #: the key that marks a pending saga's kept delivery (:func:`pending_event`)
 PENDING_EVENT = "sagaz_pending_event"
@@ -104,7 +117,35 @@ def pending_delivery(saga: SagaRecord, *, known_types: Iterable[type] = ()) -> D
     """The delivery that ``saga`` keeps (:func:`pending_event`), or ``None`` if it keeps
     none (a pending row written by an older sagaz, an event kept for ``persist_events``).
     Raises :class:`DeadLetterReplayError` when the event cannot be rebuilt (its class
-    changed since)."""
+    changed since): :func:`pending_dead_letter` then keeps it."""
+    kept = _kept(saga)
+    if kept is None:
+        return None
+    delivery = replay_delivery(kept, known_types=known_types)
+    delivery.replay_of = None
+    return delivery
+
+
+def pending_dead_letter(
+    trigger: ActiveTrigger, saga: SagaRecord, error: BaseException
+) -> DeadLetterRecord | None:
+    """The dead letter (reason ``invalid``) of the delivery ``saga`` keeps but
+    :func:`pending_delivery` could not rebuild (``error``): the event as it was kept, so
+    that ``sagaz dlq replay`` rebuilds it once its class fits it again; ``None`` if ``saga``
+    keeps no delivery."""
+    kept = _kept(saga)
+    if kept is None:
+        return None
+    kept.error, kept.traceback = describe_error(error)
+    kept.reason = Reason.INVALID.value
+    kept.source = kept.meta.get("source")
+    kept.meta.update(saga_location(type(trigger.saga)))
+    return kept
+
+
+def _kept(saga: SagaRecord) -> DeadLetterRecord | None:
+    """The delivery ``saga`` keeps, read as a dead letter keeps one (one way to rebuild an
+    event), or ``None``."""
     event = saga.event
     if not (isinstance(event, dict) and event.get(PENDING_EVENT) == FORMAT):
         return None
@@ -113,7 +154,7 @@ def pending_delivery(saga: SagaRecord, *, known_types: Iterable[type] = ()) -> D
     received = event.get(_RECEIVED_MICROS)
     if isinstance(received, int):
         meta["received_at"] = from_micros(received)
-    kept = DeadLetterRecord(  # read as a dead letter is: one way to rebuild an event
+    return DeadLetterRecord(
         trigger_id=saga.trigger_id or "",
         saga_name=saga.saga_name,
         payload=event.get("payload"),
@@ -122,6 +163,3 @@ def pending_delivery(saga: SagaRecord, *, known_types: Iterable[type] = ()) -> D
         saga_id=saga.saga_id,
         meta=meta,
     )
-    delivery = replay_delivery(kept, known_types=known_types)
-    delivery.replay_of = None
-    return delivery

@@ -103,9 +103,17 @@ class Settlement:
         record = dead_letter_record(
             trigger, delivery, reason=reason, error=error, attempts=attempts, saga_id=saga_id
         )
+        return await self.keep_dead_letter(trigger, record, delivery)
+
+    async def keep_dead_letter(
+        self, trigger: ActiveTrigger, record: DeadLetterRecord, delivery: Delivery | None = None
+    ) -> DeadLetterRecord:
+        """Store the dead letter ``record`` and publish it with its ``delivery`` (when there
+        is one) as :meth:`dead_letter` does; notify. For an event kept without a delivery
+        that can be rebuilt (a pending saga's, :mod:`sagaz.engine.recovery`)."""
         record.id = await self.state.store.add_dead_letter(record)
         self.state.metrics.dead_lettered[trigger.trigger_id] += 1
-        if trigger.dead_letter_topic and trigger.source is not None:
+        if trigger.dead_letter_topic and trigger.source is not None and delivery is not None:
             try:
                 await trigger.source.publish_dead_letter(delivery, record)
             except Exception as exc:  # the store record exists: report, do not lose the event
@@ -116,9 +124,9 @@ class Settlement:
             record.error,
             extra={
                 "trigger": trigger.trigger_id,
-                "reason": reason,
-                "saga_id": saga_id,
-                "message_id": delivery.meta.message_id,
+                "reason": record.reason,
+                "saga_id": record.saga_id,
+                "message_id": record.meta.get("message_id"),
             },
         )
         if trigger.listeners:

@@ -187,6 +187,15 @@ class MemorySagaStore(MemoryRetention, MemoryCoordination, SagaStore):
         self._sagas[saga_id] = _SAGA.replace(row, owner=owner, lease_expires_at=lease_until)
         return True
 
+    async def release_saga(
+        self, saga_id: str, owner: str, retry_at: datetime | None = None
+    ) -> bool:
+        row = self._sagas.get(saga_id)
+        if row is None or row[_S_OWNER] != owner:
+            return False
+        self._sagas[saga_id] = _SAGA.replace(row, owner=None, lease_expires_at=retry_at)
+        return True
+
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = datetime.now(UTC)  # utcnow() without the call: several times per saga

@@ -147,6 +147,16 @@ end
 return 1
 """
 
+RELEASE_SAGA = """
+-- KEYS[1] saga hash; ARGV: prefix, id, owner, retry_at ('' = none)
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[3] then return 0 end
+redis.call('SREM', ARGV[1] .. ':owner-sagas:' .. ARGV[3], ARGV[2])
+redis.call('HDEL', KEYS[1], 'owner')
+if ARGV[4] == '' then redis.call('HDEL', KEYS[1], 'lease')
+else redis.call('HSET', KEYS[1], 'lease', ARGV[4]) end
+return 1
+"""
+
 SAVE_STEP = """
 -- KEYS[1] steps hash; ARGV: prefix, step name, step JSON, created_at, then (saga_id, JSON)
 -- of each outbox row
@@ -376,6 +386,7 @@ SCRIPTS: dict[str, str] = {
     "SAVE_SAGA": SAVE_SAGA,
     "DELETE_SAGA": DELETE_SAGA,
     "CLAIM_SAGA": CLAIM_SAGA,
+    "RELEASE_SAGA": RELEASE_SAGA,
     "SAVE_STEP": SAVE_STEP,
     "CLAIM_INBOX": CLAIM_INBOX,
     "COMPLETE_INBOX": COMPLETE_INBOX,

@@ -238,6 +238,18 @@ class PostgresSagas(PostgresConnection):
         )
         return bool(claimed)
 
+    async def release_saga(
+        self, saga_id: str, owner: str, retry_at: datetime | None = None
+    ) -> bool:
+        released = await self._write_fetchval(
+            f"UPDATE {self._s}.saga_executions SET owner = NULL, lease_expires_at = $3 "
+            "WHERE saga_id = $1 AND owner = $2 RETURNING TRUE",
+            saga_id,
+            owner,
+            None if retry_at is None else to_utc(retry_at),
+        )
+        return bool(released)
+
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = utcnow()

@@ -294,6 +294,16 @@ class RedisSagas(RedisConnection):
         )
         return bool(claimed)
 
+    async def release_saga(
+        self, saga_id: str, owner: str, retry_at: datetime | None = None
+    ) -> bool:
+        released = await self._script(
+            "RELEASE_SAGA",
+            [self._key("saga", saga_id)],
+            [self.prefix, saga_id, owner, "" if retry_at is None else micros(retry_at)],
+        )
+        return bool(released)
+
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = micros(utcnow())

@@ -253,6 +253,16 @@ class SQLiteSagas(SQLiteConnection):
         )
         return changed == 1
 
+    async def release_saga(
+        self, saga_id: str, owner: str, retry_at: datetime | None = None
+    ) -> bool:
+        changed = await self._write_one(
+            "UPDATE saga_executions SET owner = NULL, lease_expires_at = ? "
+            "WHERE saga_id = ? AND owner = ?",
+            (None if retry_at is None else to_text(retry_at), saga_id, owner),
+        )
+        return changed == 1
+
     # -- steps -----------------------------------------------------------------------------
     async def save_step(self, step: StepRecord, outbox: Sequence[OutboxMessage] = ()) -> None:
         now = to_text(utcnow())
