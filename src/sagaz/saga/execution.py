@@ -223,8 +223,8 @@ class SagaExecution(SagaDag, SagaCompensation):
         if resuming_compensation:
             return await self._compensate(ctx, None, record.error or "resumed compensation")
         # the steps, then the completed state, awaited from this coroutine: each wake-up of a
-        # store call resumes every coroutine between the task and the store's future (a
-        # step's running checkpoint waited 8 deep, benchmarks/README.md "wake-chain")
+        # store call resumes every coroutine from the task to the store (a step's running
+        # checkpoint: 8 before, 5 now; benchmarks/README.md, branch `wake-chain`)
         self._remaining = len(self.definition.steps) - len(done)
         failure: tuple[str, BaseException] | None = None
         if self.definition.sequential:  # the common case: no task per step
