@@ -15,6 +15,7 @@ from sagaz.engine.work_item import WorkItem
 from sagaz.events import NotRun
 from sagaz.exceptions import LeaseLostError, StoreUnavailableError
 from sagaz.records import SagaRecord
+from sagaz.saga.cancellation import Cancellation
 from sagaz.saga.execution import SagaExecution
 from sagaz.saga.result import SagaResult
 from sagaz.types import SagaStatus
@@ -63,7 +64,27 @@ class SagaRunner:
         state = self.state
         trigger = item.trigger
         try:
-            result = await self._execute(item)
+            # set once by a scheduled retry: this run starts a new attempt
+            new_attempt, item.new_attempt = item.new_attempt, False
+            known: SagaRecord | None = item.pending
+            if known is not None:  # a row taken over: its old owner may have gone on since
+                known = await self._taken_over(item, known)
+            elif item.created:
+                known = item.pending_row(state.worker_id)
+            cancellations = state.cancellations
+            cancellation = cancellations.track(item.saga_id)
+            try:
+                execution = self._execution(item, cancellation)
+                try:  # the saga awaited here, not in a coroutine of its own: each wake-up of
+                    # a store call resumes every coroutine between this task and the store
+                    result = await execution.run(
+                        item.context, item.saga_id, new_attempt=new_attempt, known=known
+                    )
+                    item.inbox_completed = execution.inbox_completed
+                except StoreUnavailableError as exc:  # wait for the store, then resume
+                    result = await self._resumed(item, execution, new_attempt, exc)
+            finally:
+                cancellations.untrack(item.saga_id)
         except asyncio.CancelledError:
             raise
         except LeaseLostError as exc:  # another worker took the saga over: it settles the event
@@ -116,52 +137,50 @@ class SagaRunner:
         await self._outage_safe(functools.partial(self._settle, item))
         state.outcomes.settle(item.saga_id, result)
 
-    async def _execute(self, item: WorkItem) -> SagaResult:
-        """Run the saga; while the store is unavailable, wait for it and run it again, which
-        resumes it from its last checkpoint (the step whose checkpoint failed runs again)."""
-        # set once by a scheduled retry: this run starts a new attempt
-        new_attempt, item.new_attempt = item.new_attempt, False
+    def _execution(self, item: WorkItem, cancellation: Cancellation | None) -> SagaExecution:
+        """A run of ``item``'s saga."""
         state = self.state
-        known: SagaRecord | None = item.pending
-        if known is not None:  # a row taken over: its old owner may have gone on since
-            known = await self._taken_over(item, known)
-        elif item.created:
-            known = item.pending_row(state.worker_id)
         trigger = item.trigger
-        cancellations = state.cancellations
-        cancellation = cancellations.track(item.saga_id)
-        try:
-            while True:
-                # saga, store, listeners, clock, trigger_id, event, owner, lease (a fresh one
-                # for each saga row written), delivery, cancellation, inbox: by position (ten
-                # keywords cost ~0.8 µs)
-                execution = SagaExecution(
-                    item.saga if item.saga is not None else trigger.saga,
-                    state.store,
-                    trigger.listeners,
-                    state.clock,
-                    trigger.trigger_id,
-                    None,
-                    state.worker_id,
-                    state.lease_until,
-                    item.delivery,
-                    cancellation,
-                    # a completed saga completes its inbox row in the same store operation
-                    (trigger.trigger_id, item.key) if item.key else None,
-                )
-                try:
-                    result = await execution.run(
-                        item.context, item.saga_id, new_attempt=new_attempt, known=known
-                    )
-                    item.inbox_completed = execution.inbox_completed
-                    return result
-                except StoreUnavailableError as exc:
-                    # a new attempt stored as running is not started over again: it resumes
-                    new_attempt = new_attempt and not execution.began
-                    known = None  # what the store holds now is read again
-                    await state.outage.wait(exc)
-        finally:
-            cancellations.untrack(item.saga_id)
+        # saga, store, listeners, clock, trigger_id, event, owner, lease (a fresh one for each
+        # saga row written), delivery, cancellation, inbox: by position (ten keywords cost
+        # ~0.8 µs)
+        return SagaExecution(
+            item.saga if item.saga is not None else trigger.saga,
+            state.store,
+            trigger.listeners,
+            state.clock,
+            trigger.trigger_id,
+            None,
+            state.worker_id,
+            state.lease_until,
+            item.delivery,
+            cancellation,
+            # a completed saga completes its inbox row in the same store operation
+            (trigger.trigger_id, item.key) if item.key else None,
+        )
+
+    async def _resumed(
+        self,
+        item: WorkItem,
+        execution: SagaExecution,
+        new_attempt: bool,
+        exc: StoreUnavailableError,
+    ) -> SagaResult:
+        """Run the saga again once the store is back, as often as it goes away meanwhile:
+        each run resumes it from its last checkpoint (the step whose checkpoint failed runs
+        again)."""
+        while True:
+            # a new attempt stored as running is not started over again: it resumes
+            new_attempt = new_attempt and not execution.began
+            await self.state.outage.wait(exc)
+            execution = self._execution(item, execution.cancellation)
+            try:  # without a known row: what the store holds now is read again
+                result = await execution.run(item.context, item.saga_id, new_attempt=new_attempt)
+            except StoreUnavailableError as again:
+                exc = again
+                continue
+            item.inbox_completed = execution.inbox_completed
+            return result
 
     async def _taken_over(self, item: WorkItem, pending: SagaRecord) -> SagaRecord:
         """The row to start ``item``'s saga from: admission's ``pending`` row unless the

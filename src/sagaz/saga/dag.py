@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from sagaz.exceptions import LeaseLostError, StoreUnavailableError
 from sagaz.saga.context import SagaContext, StreamChannel
@@ -30,9 +31,9 @@ class SagaDag:
     definition: SagaDefinition
     saga_name: str
 
-    async def _run_step(
+    def _run_step(
         self, step: StepDefinition, ctx: SagaContext, channel: StreamChannel | None
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
         raise NotImplementedError  # SagaExecution's: one step with its retries
 
     async def _forward_dag(

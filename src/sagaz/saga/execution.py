@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from sagaz import tracing
 from sagaz.clock import Clock, SystemClock
 from sagaz.exceptions import (
-    ConfigurationError,
     LeaseLostError,
     SagaError,
     SagaStepError,
@@ -24,7 +23,7 @@ from sagaz.saga.compensation import SagaCompensation, describe_error
 from sagaz.saga.context import SagaContext, StreamChannel, current_step
 from sagaz.saga.dag import SagaDag
 from sagaz.saga.definition import SagaDefinition, StepDefinition
-from sagaz.saga.listeners import OutboxSagaListener, SagaListener, notify
+from sagaz.saga.listeners import OutboxSagaListener, SagaListener, check_outbox_store, notify
 from sagaz.saga.result import SagaResult
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus, StepStatus
 
@@ -134,7 +133,7 @@ class SagaExecution(SagaDag, SagaCompensation):
         Without tracing the coroutine is the run itself (no coroutine around it: once per
         saga)."""
         if self.listeners:
-            self._check_outbox_listeners()
+            check_outbox_store(self.listeners, self.store, self.saga_name)
         saga_id = saga_id or _random_saga_id()
         self._spans = spans = tracing.recorder()
         if spans is None:
@@ -223,12 +222,39 @@ class SagaExecution(SagaDag, SagaCompensation):
             await notify(self.listeners, "on_saga_start", self.saga_name, saga_id, ctx)
         if resuming_compensation:
             return await self._compensate(ctx, None, record.error or "resumed compensation")
-        failure = await self._forward(ctx, done)
+        # the steps, then the completed state, awaited from this coroutine: each wake-up of a
+        # store call resumes every coroutine from the task to the store (a step's running
+        # checkpoint: 8 before, 5 now; benchmarks/README.md, branch `wake-chain`)
+        self._remaining = len(self.definition.steps) - len(done)
+        failure: tuple[str, BaseException] | None = None
+        if self.definition.sequential:  # the common case: no task per step
+            for step in self.definition.steps:
+                name = step.action.name
+                if name in done:
+                    continue
+                try:
+                    await self._run_step(step, ctx, None)
+                except (StoreUnavailableError, LeaseLostError):
+                    raise  # the store is away (or the saga another's): the step did not fail
+                except Exception as error:
+                    failure = (name, error)
+                    break
+                done.add(name)
+        else:
+            failure = await self._forward_dag(ctx, done)
         if failure is None:
             record.status = _COMPLETED
             record.context = ctx.to_dict()
-            await self._finish(record, ctx)
+            last = self._last_step
+            await self._finish(record)
+            self._began = True
+            self.inbox_completed = self.inbox is not None
             if self.listeners:
+                if last is not None:
+                    name, result = last[0].name, last[2]
+                    await notify(
+                        self.listeners, "on_step_success", self.saga_name, name, ctx, result
+                    )
                 await notify(self.listeners, "on_saga_complete", self.saga_name, saga_id, ctx)
                 record.context = ctx.to_dict()  # a listener may have written to the context
             # saga_id, status, context, error, failed_step, compensation_errors, attempt: by
@@ -237,10 +263,11 @@ class SagaExecution(SagaDag, SagaCompensation):
         failed_step, exc = failure
         return await self._compensate(ctx, failed_step, exc)
 
-    async def _finish(self, record: SagaRecord, ctx: SagaContext) -> None:
-        """Write the completed state in one store operation: the last step's completion, the
+    def _finish(self, record: SagaRecord) -> Coroutine[Any, Any, None]:
+        """The completed state's store operation, to await: the last step's completion, the
         saga row, the outbox messages (the step's, then the listeners') and, when the saga
-        runs for an inbox row, that row's completion."""
+        runs for an inbox row, that row's completion. The store's own awaitable, no
+        coroutine around it (:meth:`_run` then tells the listeners)."""
         last, self._last_step = self._last_step, None
         steps: list[StepRecord] = []
         outbox: list[OutboxMessage] = []
@@ -251,12 +278,7 @@ class SagaExecution(SagaDag, SagaCompensation):
             outbox += self._terminal_outbox(record)
         # the store itself, not _checkpoint: the saga row is given (nothing unsaved to add)
         self._unsaved = None
-        await self.store.save_checkpoint(record, steps, outbox, complete_inbox=self.inbox)
-        self._began = True
-        self.inbox_completed = self.inbox is not None
-        if last is not None and self.listeners:
-            name = last[0].name
-            await notify(self.listeners, "on_step_success", self.saga_name, name, ctx, last[2])
+        return self.store.save_checkpoint(record, steps, outbox, complete_inbox=self.inbox)
 
     async def _checkpoint(
         self,
@@ -281,20 +303,6 @@ class SagaExecution(SagaDag, SagaCompensation):
             self._began = True
 
     # -- outbox listeners ------------------------------------------------------------------
-    def _check_outbox_listeners(self) -> None:
-        """An ``OutboxSagaListener`` writes in the saga's own transaction: same store only."""
-        for listener in self.listeners:
-            if not isinstance(listener, OutboxSagaListener):
-                continue
-            if listener.store is not None and listener.store is not self.store:
-                raise ConfigurationError(
-                    f"the OutboxSagaListener of saga {self.saga_name!r} writes to "
-                    f"{listener.store!r}, but the saga runs on {self.store!r}: its messages are "
-                    "written in the same transaction as the saga's state, so both need the "
-                    "same store. Run the saga on that store (Saga.run(..., store=...), "
-                    "start_triggers(store=...)) or create OutboxSagaListener() without a store"
-                )
-
     def _terminal_outbox(self, record: SagaRecord) -> list[OutboxMessage]:
         """The outbox listeners' messages, written with the saga's terminal state."""
         messages: list[OutboxMessage] = []
@@ -330,134 +338,134 @@ class SagaExecution(SagaDag, SagaCompensation):
         return done
 
     # -- forward ---------------------------------------------------------------------------
-    async def _forward(self, ctx: SagaContext, done: set[str]) -> tuple[str, BaseException] | None:
-        self._remaining = len(self.definition.steps) - len(done)
-        if self.definition.sequential:  # the common case: no task per step
-            for step in self.definition.steps:
-                name = step.action.name
-                if name in done:
-                    continue
-                try:
-                    await self._run_step(step, ctx, None)
-                except (StoreUnavailableError, LeaseLostError):
-                    raise  # the store is away (or the saga another's): the step did not fail
-                except Exception as error:
-                    return (name, error)
-                done.add(name)
-            return None
-        return await self._forward_dag(ctx, done)
-
-    async def _run_step(
+    def _run_step(
         self, step: StepDefinition, ctx: SagaContext, channel: StreamChannel | None
+    ) -> Coroutine[Any, Any, None]:
+        """The coroutine of one step with its retries (a DAG's task runs it)."""
+        if self._spans is None:
+            return self._try_step(step, ctx, channel)
+        return self._try_step_traced(self._spans, step, ctx, channel)
+
+    async def _try_step_traced(
+        self,
+        spans: SpanRecorder,
+        step: StepDefinition,
+        ctx: SagaContext,
+        channel: StreamChannel | None,
     ) -> None:
-        spec = step.action
-        name = spec.name
-        cancellation = self.cancellation
-        if cancellation is not None and cancellation.requested:
-            cancellation.check(name)  # cancelled: this step fails before it starts
-        token = current_step.set(name)
-        try:
-            if self._spans is None:
-                await self._try_step(step, ctx, channel)
-            else:
-                with self._spans.step(name):
-                    await self._try_step(step, ctx, channel)
-        finally:
-            current_step.reset(token)
+        """:meth:`_try_step` within the step's span (tracing on)."""
+        with spans.step(step.action.name):
+            await self._try_step(step, ctx, channel)
 
     async def _try_step(
         self, step: StepDefinition, ctx: SagaContext, channel: StreamChannel | None
     ) -> None:
+        """One step with its retries and checkpoints, its name in ``current_step`` meanwhile."""
         spec = step.action
         name = spec.name
         fn = getattr(self.saga, spec.attr)
         saga_id = ctx.saga_id
         tries = spec.max_retries + 1
-        for try_no in range(1, tries + 1):
-            # the running checkpoint, with the saga row's new state if one waits (the first
-            # step's): what _checkpoint does, without its call (once per step)
-            running = StepRecord(saga_id, name, _STEP_RUNNING, None, None, try_no)
-            unsaved, self._unsaved = self._unsaved, None
-            if unsaved is None:
-                await self.store.save_step(running)
-            else:
-                await self.store.save_checkpoint(unsaved, [running])
-                self._began = True
-            if self.listeners:
-                await notify(self.listeners, "on_step_enter", self.saga_name, name, ctx)
-            try:
-                if spec.timeout_seconds is None:  # the common case: no context manager per step
-                    if channel is not None:
-                        result = await self._produce(fn, ctx, channel)
-                    else:  # no call for the usual return values: None, a dict (copied)
-                        value = await fn(ctx)
-                        result = (
-                            {}
-                            if value is None
-                            else dict(value)
-                            if type(value) is dict
-                            else self._check_result(name, value)
-                        )
+        cancellation = self.cancellation
+        if cancellation is not None and cancellation.requested:
+            cancellation.check(name)  # cancelled: this step fails before it starts
+        token = current_step.set(name)
+        try:
+            for try_no in range(1, tries + 1):
+                # the running checkpoint, with the saga row's new state if one waits (the first
+                # step's): what _checkpoint does, without its call (once per step)
+                running = StepRecord(saga_id, name, _STEP_RUNNING, None, None, try_no)
+                unsaved, self._unsaved = self._unsaved, None
+                if unsaved is None:
+                    await self.store.save_step(running)
                 else:
-                    async with asyncio.timeout(spec.timeout_seconds):
+                    await self.store.save_checkpoint(unsaved, [running])
+                    self._began = True
+                if self.listeners:
+                    await notify(self.listeners, "on_step_enter", self.saga_name, name, ctx)
+                try:
+                    if spec.timeout_seconds is None:  # the common case: no context manager per step
                         if channel is not None:
                             result = await self._produce(fn, ctx, channel)
-                        else:
-                            result = self._check_result(name, await fn(ctx))
-            except TimeoutError as exc:
-                error: Exception = SagaTimeoutError(
-                    f"step {name!r} of saga {self.saga_name!r} exceeded "
-                    f"timeout_seconds={spec.timeout_seconds}"
-                )
-                error.__cause__ = exc
-            except SagaStepError as exc:
-                error = exc
-                tries = try_no  # a broken return value is a bug: retrying cannot help
-            except StoreUnavailableError as exc:
-                # the step's own use of some store failed: a step failure like any other,
-                # never mistaken for an outage of this saga's store (which _forward lets by)
-                error = SagaError(f"step {name!r} raised {describe_error(exc)}")
-                error.__cause__ = exc
-            except Exception as exc:
-                error = exc
-            else:
-                self._seq += 1
-                if result:  # (a step that returns None adds nothing: no call)
-                    ctx.update(result)
-                # saga_id, name, status, result, error, attempts, completed_seq: by position
-                completed = StepRecord(
-                    saga_id, name, _STEP_COMPLETED, result, None, try_no, self._seq
-                )
-                self._remaining -= 1
-                if self._remaining == 0 and self._record is not None:
-                    # the last step: its completion is written with the terminal state, in
-                    # the same store operation (on_step_success is told then)
-                    self._last_step = (completed, ctx.take_outbox(name), result)
+                        else:  # no call for the usual return values: None, a dict (copied)
+                            value = await fn(ctx)
+                            result = (
+                                {}
+                                if value is None
+                                else dict(value)
+                                if type(value) is dict
+                                else self._check_result(name, value)
+                            )
+                    else:
+                        async with asyncio.timeout(spec.timeout_seconds):
+                            if channel is not None:
+                                result = await self._produce(fn, ctx, channel)
+                            else:
+                                result = self._check_result(name, await fn(ctx))
+                except TimeoutError as exc:
+                    error: Exception = SagaTimeoutError(
+                        f"step {name!r} of saga {self.saga_name!r} exceeded "
+                        f"timeout_seconds={spec.timeout_seconds}"
+                    )
+                    error.__cause__ = exc
+                except SagaStepError as exc:
+                    error = exc
+                    tries = try_no  # a broken return value is a bug: retrying cannot help
+                except StoreUnavailableError as exc:
+                    # the step's own use of some store failed: a step failure like any other,
+                    # never mistaken for an outage of this saga's store (which _forward lets by)
+                    error = SagaError(f"step {name!r} raised {describe_error(exc)}")
+                    error.__cause__ = exc
+                except Exception as exc:
+                    error = exc
+                else:
+                    self._seq += 1
+                    if result:  # (a step that returns None adds nothing: no call)
+                        ctx.update(result)
+                    # saga_id, name, status, result, error, attempts, completed_seq: by position
+                    completed = StepRecord(
+                        saga_id, name, _STEP_COMPLETED, result, None, try_no, self._seq
+                    )
+                    self._remaining -= 1
+                    if self._remaining == 0 and self._record is not None:
+                        # the last step: its completion is written with the terminal state, in
+                        # the same store operation (on_step_success is told then)
+                        self._last_step = (completed, ctx.take_outbox(name), result)
+                        return
+                    saga = self._record
+                    if saga is not None:
+                        # direct ``ctx[...] = ...`` writes survive a crash, with the step
+                        saga.context = ctx.to_dict()
+                    await self._checkpoint(
+                        saga=saga, steps=[completed], outbox=ctx.take_outbox(name)
+                    )
+                    if self.listeners:
+                        await notify(
+                            self.listeners, "on_step_success", self.saga_name, name, ctx, result
+                        )
                     return
-                saga = self._record
-                if saga is not None:
-                    # direct ``ctx[...] = ...`` writes survive a crash, with the step
-                    saga.context = ctx.to_dict()
-                await self._checkpoint(saga=saga, steps=[completed], outbox=ctx.take_outbox(name))
+                ctx.take_outbox(name)  # a failed try publishes nothing
                 if self.listeners:
                     await notify(
-                        self.listeners, "on_step_success", self.saga_name, name, ctx, result
+                        self.listeners, "on_step_failure", self.saga_name, name, ctx, error
                     )
-                return
-            ctx.take_outbox(name)  # a failed try publishes nothing
-            if self.listeners:
-                await notify(self.listeners, "on_step_failure", self.saga_name, name, ctx, error)
-            if try_no < tries:
-                if self._spans is not None:
-                    self._spans.failed_try(error, try_no)
-                await self.clock.sleep(spec.retry_backoff_seconds * 2 ** (try_no - 1))
-                continue
-            await self.store.save_step(
-                StepRecord(
-                    saga_id, name, StepStatus.FAILED, error=describe_error(error), attempts=try_no
+                if try_no < tries:
+                    if self._spans is not None:
+                        self._spans.failed_try(error, try_no)
+                    await self.clock.sleep(spec.retry_backoff_seconds * 2 ** (try_no - 1))
+                    continue
+                await self.store.save_step(
+                    StepRecord(
+                        saga_id,
+                        name,
+                        StepStatus.FAILED,
+                        error=describe_error(error),
+                        attempts=try_no,
+                    )
                 )
-            )
-            raise error
+                raise error
+        finally:
+            current_step.reset(token)
 
     async def _produce(self, fn: Any, ctx: SagaContext, channel: StreamChannel) -> dict[str, Any]:
         generator = fn(ctx)

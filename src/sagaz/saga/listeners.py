@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from sagaz.events import Reason
+from sagaz.exceptions import ConfigurationError
 from sagaz.records import DeadLetterRecord, OutboxMessage
 from sagaz.types import SagaStatus
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from sagaz.abc import SagaStore
     from sagaz.saga.context import SagaContext
 
-__all__ = ["OutboxSagaListener", "SagaListener", "notify"]
+__all__ = ["OutboxSagaListener", "SagaListener", "check_outbox_store", "notify"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,23 @@ async def notify(listeners: Iterable[SagaListener], hook: str, *args: Any) -> No
         except Exception:
             logger.exception(
                 "listener %s.%s failed", type(listener).__name__, hook, extra={"hook": hook}
+            )
+
+
+def check_outbox_store(listeners: Iterable[SagaListener], store: SagaStore, saga_name: str) -> None:
+    """Raise :class:`~sagaz.exceptions.ConfigurationError` if an ``OutboxSagaListener`` of
+    saga ``saga_name`` writes to another store than ``store``, the one the saga runs on: its
+    messages are written in the saga's own transaction."""
+    for listener in listeners:
+        if not isinstance(listener, OutboxSagaListener):
+            continue
+        if listener.store is not None and listener.store is not store:
+            raise ConfigurationError(
+                f"the OutboxSagaListener of saga {saga_name!r} writes to "
+                f"{listener.store!r}, but the saga runs on {store!r}: its messages are "
+                "written in the same transaction as the saga's state, so both need the "
+                "same store. Run the saga on that store (Saga.run(..., store=...), "
+                "start_triggers(store=...)) or create OutboxSagaListener() without a store"
             )
 
 
