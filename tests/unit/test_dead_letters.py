@@ -251,6 +251,28 @@ def test_plain_data_json_cannot_hold_is_kept_as_close_as_it_gets_and_flagged() -
     assert record.meta["payload_approximate"] is True
 
 
+@pytest.mark.parametrize(
+    ("payload", "flagged"),
+    [
+        ({"id": 1, "name": "x", "ok": True, "none": None}, False),  # flat: kept as it is
+        ({"id": 1, "ratio": float("nan")}, True),  # a float the stores cannot keep exactly
+        ({1: "x"}, True),  # a key JSON cannot hold
+        ({"id": 1, "when": Decimal("2")}, True),  # a value JSON cannot hold
+        ({"id": 1, "nested": {"a": float("inf")}}, True),
+    ],
+)
+def test_a_flat_event_is_kept_as_it_is_and_anything_else_checked_in_full(
+    payload: dict[Any, Any], flagged: bool
+) -> None:
+    delivery = Delivery(payload, meta("memory"), "", decoded=True)
+    record = dead_letter_record(
+        stub_trigger(), delivery, reason="r", error="e", attempts=1, saga_id="s"
+    )
+    assert record.meta.get("payload_approximate", False) is flagged
+    if not flagged:
+        assert record.payload is payload
+
+
 def test_a_legacy_dead_letter_replays_its_payload_with_identity_and_body() -> None:
     record = DeadLetterRecord(
         trigger_id="shop.on_event",

@@ -63,6 +63,8 @@ UNSTORABLE = "unstorable"
 RECOVERED = "recovery"
 
 _PLAIN = (type(None), str, bytes, int, float, bool, dict, list)
+#: the values a flat event keeps as they are (a float may be NaN: checked by _finite)
+_FLAT = frozenset({str, int, bool})
 
 
 def dead_letter_record(
@@ -150,6 +152,12 @@ def saga_location(saga_cls: type) -> dict[str, str | None]:
 # -- keeping an event ------------------------------------------------------------------------
 def _storable(value: Any) -> bool:
     """Whether the stores keep ``value`` exactly (JSON, bytes, datetimes; finite floats)."""
+    if type(value) is dict:  # the usual event, a flat JSON object: checked without a copy
+        for key, item in value.items():
+            if type(key) is not str or (item is not None and type(item) not in _FLAT):
+                break
+        else:
+            return True
     try:
         encode_value(value)
     except StoreError:
