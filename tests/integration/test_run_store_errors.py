@@ -203,7 +203,10 @@ class Broker(NumberedSource):
         await asyncio.Event().wait()
 
 
-async def test_a_held_run_is_nacked_when_the_engine_stops() -> None:
+async def test_a_held_run_is_nacked_when_the_engine_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(RunErrors, "attempts", 1000)  # still held when the engine stops
     ran: list[str] = []
     source = Broker()
     define_saga(ran, set(), source)
@@ -223,7 +226,6 @@ async def test_a_held_run_is_nacked_when_the_engine_stops() -> None:
     assert source.nacked == [3]  # handed back for redelivery, as cancellation is
     assert source.acked == Counter()
     assert await store.list_dead_letters() == []
-    assert len(listener.errors) < RunErrors.attempts
 
 
 async def test_a_rabbitmq_message_whose_saga_cannot_be_stored_is_dead_lettered_once(
