@@ -27,13 +27,14 @@ import sagaz.triggers
 from sagaz import Saga, SagaContext, SagaStatus, TriggerConfig, action, trigger
 from sagaz.abc import SagaStore
 from sagaz.engine.engine import TriggerEngine
+from sagaz.engine.run_errors import RunErrors
 from sagaz.engine.store_errors import StoreErrors
 from sagaz.exceptions import MissingExtraError
 from sagaz.sources.kafka.source import KafkaSource
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.testing import continually, eventually
-from tests.engine_support import RefusesOneEvent
+from tests.engine_support import RecordingListener, RefusesOneEvent
 from tests.fixtures_kafka import MakeTopic
 from tests.services import unique_name
 
@@ -567,3 +568,58 @@ async def test_an_event_the_store_keeps_refusing_is_dead_lettered_and_the_offset
 
         await eventually(committed_past_it, within=30, what="the offset committed past it")
         assert store.failures >= StoreErrors.attempts
+
+
+# -- 6. a store error that ends a saga's run: dead-lettered once, the offset committed ------
+async def test_a_saga_the_store_cannot_keep_is_dead_lettered_and_the_offset_committed(
+    kafka_bootstrap: str,
+    make_kafka_topic: MakeTopic,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # its trigger method returns a context the store cannot encode: the run was nacked, so
+    # the partition's commits stopped at 2 until a restart or a rebalance, and then the event
+    # came back to fail the same way (no dead letter ever)
+    monkeypatch.setattr(RunErrors, "initial", 0.05)
+    monkeypatch.setattr(RunErrors, "maximum", 0.2)
+    topic = await make_kafka_topic("unstorable", partitions=1)
+    group = unique_name("unstorable")
+    ran: list[int] = []
+    methods: Counter[int] = Counter()
+
+    class Unstorable(Saga):
+        saga_name = "unstorable-kafka"
+
+        @trigger(
+            source="kafka", topic=topic, group_id=group, bootstrap_servers=kafka_bootstrap, **FAST
+        )
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            methods[event["n"]] += 1
+            return {"n": event["n"], "handle": object() if event["n"] == 2 else None}
+
+        @action("count")
+        async def count(self, ctx: SagaContext) -> None:
+            ran.append(ctx["n"])
+
+    await produce(kafka_bootstrap, topic, ((0, event(n)) for n in range(5)))
+    listener = RecordingListener()
+    async with (
+        SQLiteSagaStore(tmp_path / "sagaz.db") as store,
+        group_offsets(kafka_bootstrap, group, topic, 1) as offsets,
+        TriggerEngine(TriggerConfig(), store, listeners=[listener]),
+    ):
+        await eventually(lambda: sorted(ran) == [0, 1, 3, 4], within=30, what="4 sagas")
+        dead = await eventually(store.list_dead_letters, within=30, what="its dead letter")
+        assert [(d.reason, d.payload, d.attempts) for d in dead] == [
+            ("store_error", event(2), RunErrors.attempts)
+        ]
+
+        async def committed_past_it() -> bool:
+            return await offsets.committed() == [5]
+
+        await eventually(committed_past_it, within=30, what="the offset committed past it")
+        assert len(listener.errors) == RunErrors.attempts  # exactly its attempts
+        assert [d.id for d in listener.dead] == [dead[0].id]
+        assert methods == Counter(range(5))  # never delivered again
+        failed = await store.list_sagas(status=SagaStatus.FAILED)
+        assert [s.context for s in failed] == [{}]  # its last checkpoint's: none

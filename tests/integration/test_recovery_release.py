@@ -27,9 +27,11 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.engine.identity import saga_id_for
 from sagaz.engine.pending import pending_event
 from sagaz.engine.replay import replay
+from sagaz.engine.run_errors import RunErrors
 from sagaz.events import Delivery, EventMeta
 from sagaz.exceptions import StoreUnavailableError
 from sagaz.records import ClaimOutcome, SagaRecord
+from sagaz.saga.result import SagaResult
 from sagaz.storage import MemorySagaStore, PostgresSagaStore, RedisSagaStore, SQLiteSagaStore
 from sagaz.testing import eventually
 from sagaz.types import SagaStatus
@@ -62,11 +64,13 @@ class Faults:
     """What a test store refuses, by saga id, with errors that are not an outage (as a
     value the store refuses would be): ``fail_admission``, admission's claim of the saga
     (after the recovery loop's), every time; ``fail_run``, the read of its steps as it
-    resumes, once. ``outage``: admission's claim finds the store gone, once."""
+    resumes, once (``fail_runs``: every time). ``outage``: admission's claim finds the store
+    gone, once."""
 
     def __init__(self) -> None:
         self.fail_admission: set[str] = set()
         self.fail_run: set[str] = set()
+        self.fail_runs: set[str] = set()
         self.outage: set[str] = set()
 
 
@@ -87,8 +91,8 @@ class Refusing:
         return bool(await super().claim_saga(saga_id, owner, lease_until))  # type: ignore[misc]
 
     async def get_steps(self, saga_id: str) -> list[Any]:
-        if saga_id in self.faults.fail_run:  # read as a started saga resumes
-            self.faults.fail_run.discard(saga_id)
+        if saga_id in self.faults.fail_run or saga_id in self.faults.fail_runs:
+            self.faults.fail_run.discard(saga_id)  # (read as a started saga resumes)
             raise RuntimeError(f"refused to read the steps of {saga_id}")
         return list(await super().get_steps(saga_id))  # type: ignore[misc]
 
@@ -292,27 +296,55 @@ async def test_a_saga_whose_resumption_fails_is_given_back_and_dead_lettered_at_
     assert claim.outcome is ClaimOutcome.CLAIMED  # released
 
 
-async def test_a_started_saga_whose_run_fails_is_given_back_and_resumed_later(
+async def test_a_started_saga_whose_run_fails_is_run_again_here_and_completes(
     store: SagaStore,
 ) -> None:
+    # its run fails once (the read of its steps): the delivery the loop made for it is held
+    # and the saga run again after a backoff, as any run a store error ends
+    # (sagaz.engine.run_errors); first code: leased by "b" for ever, never resumed
     ran: list[str] = []
     define_saga(ran)
     saga_id = await left_running(store, "o-1")
     faults(store).fail_run.add(saga_id)
 
-    async with TriggerEngine(CONFIG, store, start_sources=False) as engine:
-        assert await engine.recover_once() == 1
-
-        async def released() -> bool:  # old code: leased by "b" forever, never resumed
-            saga = await store.get_saga(saga_id)
-            return saga is not None and saga.owner is None
-
-        await eventually(released, within=10)
-        assert ran == []
-        await eventually(lambda: recoverable(store, saga_id), within=10)
+    listener = RecordingListener()
+    async with TriggerEngine(CONFIG, store, start_sources=False, listeners=[listener]) as engine:
         assert await engine.recover_once() == 1
         await completed(store, saga_id)
         assert ran == ["o-1"]
+        assert [str(e) for e in listener.errors] == [f"refused to read the steps of {saga_id}"]
+        assert await store.list_dead_letters() == []
+        assert await engine.recover_once() == 0
+
+
+async def test_a_started_saga_whose_run_keeps_failing_is_dead_lettered_and_ends_failed(
+    store: SagaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the runner's attempts (sagaz.engine.run_errors), then a dead letter and a terminal row;
+    # first code: leased by "b" for ever; then: given back and tried on every 600 s at most
+    monkeypatch.setattr(RunErrors, "initial", 0.02)
+    monkeypatch.setattr(RunErrors, "maximum", 0.05)
+    ran: list[str] = []
+    define_saga(ran)
+    saga_id = await left_running(store, "o-1")
+    faults(store).fail_runs.add(saga_id)
+
+    listener = RecordingListener()
+    async with TriggerEngine(CONFIG, store, start_sources=False, listeners=[listener]) as engine:
+        assert await engine.recover_once() == 1
+        outcome = await engine.wait_for(saga_id, timeout=10)
+        assert isinstance(outcome, SagaResult) and outcome.status is SagaStatus.FAILED
+        assert outcome.error == f"RuntimeError: refused to read the steps of {saga_id}"
+        [dead] = await store.list_dead_letters()
+        assert (dead.reason, dead.saga_id, dead.attempts) == ("store_error", saga_id, 5)
+        assert len(listener.errors) == RunErrors.attempts
+        saga = await store.get_saga(saga_id)
+        assert saga is not None and saga.status is SagaStatus.FAILED
+        assert saga.context == {"id": "o-1"}  # as it was stored
+        assert await engine.recover_once() == 0  # ended: nothing left to resume
+        assert engine.state is not None  # its delivery acked: no count of failures kept
+        assert engine.state.resume_failures.count(saga_id) == 0
+    assert ran == []
 
 
 async def test_a_started_saga_whose_saga_object_cannot_be_made_is_given_back(

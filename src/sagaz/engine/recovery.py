@@ -13,9 +13,10 @@ lease until the process stops, and no one would resume it):
 - a pending saga whose kept delivery no longer decodes (its event's class changed since) is
   dead-lettered, reason ``invalid``, with the event as kept (``sagaz dlq replay`` rebuilds it
   once its class fits it again), its pending row dropped and its inbox row released;
-- any other failure to resume one (an error of the store, a bug), and a failed run of one it
-  resumed (its delivery nacked), is reported and the saga given back
-  (:meth:`~sagaz.abc.SagaStore.release_saga`) until a backoff passes
+- any other failure to resume one (an error of the store, a bug), and a run of one it
+  resumed whose delivery is nacked (a run that an error of the store ends is not: it is held
+  and run again, then dead-lettered, by :mod:`sagaz.engine.run_errors`), is reported and the
+  saga given back (:meth:`~sagaz.abc.SagaStore.release_saga`) until a backoff passes
   (:mod:`sagaz.engine.resume_failures`); the others of the page are resumed all the same.
   After ``ResumeFailures.attempts`` failures here, a saga still pending is dead-lettered with
   its kept delivery, reason ``store_error``;

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from sagaz._aio import TaskSet
 from sagaz.engine.active_trigger import PipelineState
+from sagaz.engine.run_errors import RunErrors
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import NotRun
@@ -50,6 +51,8 @@ class SagaRunner:
         self.state = state
         self.settlement = settlement
         self._retries = TaskSet()
+        #: runs a store error (not an outage) ended: held and run again (:mod:`.run_errors`)
+        self.errors = RunErrors(state, settlement, self._settle)
         #: what becomes of the delivery of a run that lost its saga to another worker
         #: (the engine's :meth:`Admission.watch_taken_over`); unset: nacked
         self.taken_over: Callable[[WorkItem], None] | None = None
@@ -58,7 +61,9 @@ class SagaRunner:
         """Run ``item``'s saga to a terminal state and settle it. Cancellation never acks.
 
         While the store is unavailable the saga waits for it, keeping its delivery un-acked,
-        and then resumes from its last checkpoint (see :mod:`sagaz.engine.store_outage`)."""
+        and then resumes from its last checkpoint (see :mod:`sagaz.engine.store_outage`);
+        a run that another error ended is held and run again, then dead-lettered (see
+        :mod:`sagaz.engine.run_errors`)."""
         # no lambda in this coroutine (functools.partial instead): a variable a closure
         # captures is a cell made at every call, kept across every wait on the store
         state = self.state
@@ -95,10 +100,8 @@ class SagaRunner:
                 await self.settlement.nack(trigger, item.delivery)
             state.outcomes.settle(item.saga_id, NotRun(item.saga_id, "interrupted", str(exc)))
             return
-        except Exception as exc:  # the store failed: leave the event for redelivery/recovery
-            await self.settlement.report(trigger, exc, item.event)
-            await self.settlement.nack(trigger, item.delivery)
-            state.outcomes.settle(item.saga_id, NotRun(item.saga_id, "interrupted", str(exc)))
+        except Exception as exc:  # not an outage: held, run again, dead-lettered at last
+            await self.errors.hold(item, exc)
             return
         if logger.isEnabledFor(_LEVELS.get(result.status, logging.WARNING)):
             self._log_result(item, result)
@@ -292,5 +295,7 @@ class SagaRunner:
         return len(self._retries)
 
     async def close(self) -> None:
-        """Cancel waiting retries (their deliveries are nacked for redelivery)."""
+        """Cancel waiting retries and held runs (their deliveries are nacked for
+        redelivery)."""
         await self._retries.close()
+        await self.errors.close()

@@ -20,6 +20,9 @@ its claim undone, and acked; a dead letter the store refuses too is tried again,
 backoff's longest delay, until it is stored: nothing is acked before the store has it.
 While the engine stops, a held event is nacked (redelivered, or recovered from its pending row).
 
+The same policy holds the delivery of a saga whose run a store error ended
+(:mod:`sagaz.engine.run_errors`): :class:`HeldEvents` is what both share.
+
 The caller gets ``BUSY`` (its saga id): in progress, neither accepted nor refused yet; a
 webhook answers 202 ``in_progress``. A webhook request whose claim itself failed is not held
 (nothing keeps its event): it is answered 503, and its caller retries.
@@ -29,83 +32,80 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from sagaz._aio import TaskSet
 from sagaz.backoff import Backoff
-from sagaz.engine.active_trigger import PipelineState
+from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.candidate import Candidate
 from sagaz.engine.not_started import NotStarted
 from sagaz.engine.settlement import Settlement
-from sagaz.events import AdmissionOutcome, AdmissionResult, Reason
+from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, Reason
 from sagaz.exceptions import StoreUnavailableError
 from sagaz.types import SagaStatus
 
-__all__ = ["STORE_ERROR", "StoreErrors"]
+__all__ = ["STORE_ERROR", "HeldEvents", "StoreErrors"]
 
-#: the reason of the dead letter of an event whose admission the store kept failing
+#: the reason of the dead letter of an event whose admission, or whose saga's run
+#: (:mod:`sagaz.engine.run_errors`), the store kept failing
 STORE_ERROR = "store_error"
 
 
-class StoreErrors:
-    """The tasks holding events whose admission a store error interrupted (see the module)."""
+class HeldEvents:
+    """What admission's :class:`StoreErrors` and the runner's
+    :class:`~sagaz.engine.run_errors.RunErrors` share: events held in tasks of their own
+    while what a store error interrupted is tried again with a backoff, an outage waited
+    for and not counted, and a dead letter (reason ``store_error``) stored at last, however
+    long the store refuses it; while the engine stops, those events are nacked."""
 
-    #: attempts of an admission, the first included, before its event is dead-lettered
+    #: attempts, the first included, before the event is dead-lettered
     attempts: ClassVar[int] = 5
     #: the backoff between attempts: from ``initial`` seconds, doubling up to ``maximum``
     initial: ClassVar[float] = 0.5
     maximum: ClassVar[float] = 8.0
 
-    def __init__(
-        self,
-        state: PipelineState,
-        not_started: NotStarted,
-        readmit: Callable[[Candidate], Awaitable[object]],
-    ) -> None:
+    def __init__(self, state: PipelineState, settlement: Settlement) -> None:
         self.state = state
-        self.settlement: Settlement = not_started.settlement
-        self.not_started = not_started
-        self._readmit = readmit  # raises what the store raises
+        self.settlement = settlement
         self._closing = asyncio.Event()
         self._tasks = TaskSet()
 
-    async def hold(self, c: Candidate, error: Exception) -> AdmissionResult:
-        """Hold ``c``, whose admission ``error`` (from the store) interrupted, and admit it
-        again in a task of its own (``c.handed_over`` set: its callers leave its delivery
-        alone); while the engine stops, nack it instead."""
-        if self._closing.is_set():
-            await self.settlement.nack(c.trigger, c.delivery)
-            return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
-        c.handed_over = True
-        self._tasks.spawn(self._retry(c, error), f"sagaz-readmit-{c.saga_id}")
-        return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
+    @property
+    def stopping(self) -> bool:
+        """Whether the engine stops (:meth:`close` was called): hold nothing more."""
+        return self._closing.is_set()
 
-    async def _retry(self, c: Candidate, error: Exception) -> None:
-        trigger, delivery = c.trigger, c.delivery
-        backoff = Backoff(self.state.clock, initial=self.initial, maximum=self.maximum)
-        try:
-            failures = 0
-            while True:
-                if not isinstance(error, StoreUnavailableError):
-                    failures += 1
-                    await self.settlement.report(trigger, error, delivery.payload)
-                    if failures >= self.attempts:
-                        break
-                    await backoff.sleep()
-                else:  # an outage: not this event's doing, not counted
-                    await self.state.outage.wait(error, until=self._closing)
-                try:
-                    await self._readmit(c)
-                    return
-                except Exception as exc:
-                    error = exc
-            await self._dead_letter(c, error, backoff)
-        except asyncio.CancelledError:
-            await self.settlement.nack(trigger, delivery)
-            raise
+    def backoff(self) -> Backoff:
+        """The backoff between the attempts of one event."""
+        return Backoff(self.state.clock, initial=self.initial, maximum=self.maximum)
 
-    async def _dead_letter(self, c: Candidate, error: Exception, backoff: Backoff) -> None:
-        trigger, delivery, settlement = c.trigger, c.delivery, self.settlement
+    async def failed(
+        self, trigger: ActiveTrigger, error: Exception, event: Any, backoff: Backoff
+    ) -> bool:
+        """Take ``error``, which ended an attempt: ``False`` when it ended the last one (the
+        event is then to be dead-lettered); else ``True`` once the next one may begin. An
+        outage is waited for and not counted; another error is reported, counted (the
+        ``backoff``'s :attr:`~sagaz.backoff.Backoff.attempts` are the earlier ones), and
+        followed by the backoff's delay."""
+        if isinstance(error, StoreUnavailableError):  # not this event's doing
+            await self.state.outage.wait(error, until=self._closing)
+            return True
+        await self.settlement.report(trigger, error, event)
+        if backoff.attempts + 1 >= self.attempts:
+            return False
+        await backoff.sleep()
+        return True
+
+    async def dead_letter(
+        self,
+        trigger: ActiveTrigger,
+        delivery: Delivery,
+        error: Exception,
+        saga_id: str | None,
+    ) -> None:
+        """Dead-letter ``delivery`` with ``error``, reason ``store_error``: tried again until
+        the store has it (nothing is acked before), at the backoff's longest delay."""
+        settlement = self.settlement
         while True:
             try:
                 await settlement.dead_letter(
@@ -114,14 +114,63 @@ class StoreErrors:
                     reason=STORE_ERROR,
                     error=error,
                     attempts=self.attempts,
-                    saga_id=c.saga_id,
+                    saga_id=saga_id,
                 )
-                break
+                return
             except StoreUnavailableError as exc:
                 await self.state.outage.wait(exc, until=self._closing)
             except Exception as exc:  # the store takes nothing of it: try again, never ack
                 await settlement.report(trigger, exc, delivery.payload)
-                await self.state.clock.sleep(backoff.maximum)
+                await self.state.clock.sleep(self.maximum)
+
+    async def close(self) -> None:
+        """Stop holding (those deliveries are nacked)."""
+        self._closing.set()
+        await self._tasks.close()
+
+
+class StoreErrors(HeldEvents):
+    """The tasks holding events whose admission a store error interrupted (see the module)."""
+
+    def __init__(
+        self,
+        state: PipelineState,
+        not_started: NotStarted,
+        readmit: Callable[[Candidate], Awaitable[object]],
+    ) -> None:
+        super().__init__(state, not_started.settlement)
+        self.not_started = not_started
+        self._readmit = readmit  # raises what the store raises
+
+    async def hold(self, c: Candidate, error: Exception) -> AdmissionResult:
+        """Hold ``c``, whose admission ``error`` (from the store) interrupted, and admit it
+        again in a task of its own (``c.handed_over`` set: its callers leave its delivery
+        alone); while the engine stops, nack it instead."""
+        if self.stopping:
+            await self.settlement.nack(c.trigger, c.delivery)
+            return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
+        c.handed_over = True
+        self._tasks.spawn(self._retry(c, error), f"sagaz-readmit-{c.saga_id}")
+        return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
+
+    async def _retry(self, c: Candidate, error: Exception) -> None:
+        trigger, delivery = c.trigger, c.delivery
+        backoff = self.backoff()
+        try:
+            while await self.failed(trigger, error, delivery.payload, backoff):
+                try:
+                    await self._readmit(c)
+                    return
+                except Exception as exc:
+                    error = exc
+            await self._dead_letter(c, error)
+        except asyncio.CancelledError:
+            await self.settlement.nack(trigger, delivery)
+            raise
+
+    async def _dead_letter(self, c: Candidate, error: Exception) -> None:
+        trigger, delivery, settlement = c.trigger, c.delivery, self.settlement
+        await self.dead_letter(trigger, delivery, error, c.saga_id)
         try:  # its claim undone, if ours: a saga that started keeps its row (its dead letter
             # resumes it), and a key another worker holds (a busy key's claim failed) is theirs
             saga = await self.state.store.get_saga(c.saga_id)
@@ -133,8 +182,3 @@ class StoreErrors:
             await settlement.report(trigger, exc, delivery.payload)
         await settlement.filtered(trigger, c.event, Reason.INVALID)
         await settlement.ack(trigger, delivery)
-
-    async def close(self) -> None:
-        """Stop holding (those deliveries are nacked)."""
-        self._closing.set()
-        await self._tasks.close()

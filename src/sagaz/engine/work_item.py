@@ -12,6 +12,7 @@ from sagaz.records import SagaRecord
 from sagaz.types import SagaStatus
 
 if TYPE_CHECKING:
+    from sagaz.backoff import Backoff
     from sagaz.engine.active_trigger import ActiveTrigger
     from sagaz.saga.definition import Saga
 
@@ -52,6 +53,9 @@ class WorkItem:
     cluster_leases: tuple[str, ...] = ()
     cluster_holder: str | None = None  # the holder of those leases
     inbox_completed: bool = False  # its inbox row was completed with the completed saga
+    #: the backoff between its runs that a store error ended (its ``attempts``: how many);
+    #: see :mod:`sagaz.engine.run_errors`
+    run_errors: Backoff | None = None
 
     def pending_row(self, owner: str) -> SagaRecord:
         """The ``PENDING`` row admission created for this event, as the start checkpoint
