@@ -17,6 +17,7 @@ import pytest
 from sagaz.exceptions import SchemaOutdatedError
 from sagaz.records import SagaRecord, SchemaVersions
 from sagaz.storage import sqlite_schema as tables
+from sagaz.storage.codec import from_text
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.storage.sqlite.inbox import _RENEW_SAGAS
 from sagaz.storage.sqlite.retention import _CLEAR_EVENTS, _FINISHED
@@ -29,6 +30,7 @@ _OLD = tuple(
     for name in ("by_status", "active", "by_owner", "stored_events", "finished")
 )
 _NOW = "2026-01-01T00:00:00.000000+00:00"
+_LATER = "2026-01-01T00:01:00.000000+00:00"
 
 
 @pytest.fixture
@@ -93,7 +95,7 @@ def test_the_list_by_status_and_creation_time_walks_the_same_index(
     ("sql", "params", "index"),
     [
         (_RECOVERABLE, (_NOW, 100), "SCAN saga_executions USING INDEX saga_executions_active"),
-        (_RENEW_SAGAS, (_NOW, "worker"), "saga_executions_by_owner (owner=?)"),
+        (_RENEW_SAGAS, (_NOW, "worker"), "SCAN saga_executions USING INDEX saga_executions_active"),
         (_FINISHED, (_NOW, _NOW, 500), "SEARCH e USING INDEX saga_executions_finished"),
         (_CLEAR_EVENTS, (_NOW, 1000), "saga_executions_stored_events (updated_at<?)"),
     ],
@@ -122,13 +124,41 @@ def test_a_saga_row_update_leaves_the_index_by_name_alone(conn: sqlite3.Connecti
     [(by_name,)] = conn.execute(
         "SELECT rootpage FROM sqlite_master WHERE name = 'saga_executions_by_name'"
     ).fetchall()
-    [(by_owner,)] = conn.execute(
-        "SELECT rootpage FROM sqlite_master WHERE name = 'saga_executions_by_owner'"
+    [(active,)] = conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'saga_executions_active'"
     ).fetchall()
     program = conn.execute(f"EXPLAIN {_UPDATE_SAGA}", (None,) * 11).fetchall()
     written = {op[3] for op in program if op[1] == "OpenWrite"}  # (addr, opcode, p1, p2...)
-    assert by_owner in written  # the check sees the indexes the update writes
+    assert active in written  # the check sees the indexes the update writes
     assert by_name not in written
+
+
+def _written_indexes(conn: sqlite3.Connection, sql: str, count: int) -> set[str]:
+    """The indexes on saga rows that ``sql`` (``count`` parameters) opens for writing."""
+    roots = dict(
+        conn.execute(
+            "SELECT rootpage, name FROM sqlite_master WHERE type = 'index' "
+            "AND tbl_name = 'saga_executions'"
+        ).fetchall()
+    )
+    program = conn.execute(f"EXPLAIN {sql}", (None,) * count).fetchall()
+    return {roots[op[3]] for op in program if op[1] == "OpenWrite" and op[3] in roots}
+
+
+def test_a_saga_row_update_rewrites_one_index_of_active_sagas(conn: sqlite3.Connection) -> None:
+    # every checkpoint sets the status, so SQLite rewrites each partial index on the active
+    # statuses (its entry deleted and inserted again, even from pending to running): since
+    # schema 10 there is one, which also carries the owner that renew_leases looks for
+    active = {
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql LIKE ?",
+            (f"%{tables.ACTIVE_WHERE}",),
+        )
+    }
+    assert active == {"saga_executions_active"}
+    for sql, count in ((_UPDATE_SAGA, 11), (_UPSERT_SAGA, 12)):
+        assert _written_indexes(conn, sql, count) & active == {"saga_executions_active"}
 
 
 async def test_a_version_7_database_is_upgraded_to_the_or_conditions(tmp_path: Path) -> None:
@@ -142,8 +172,10 @@ async def test_a_version_7_database_is_upgraded_to_the_or_conditions(tmp_path: P
     old = sqlite3.connect(path)
     try:
         for name in _OLD[1:]:
-            old.execute(f"DROP INDEX {name}")
-        for _, statements in tables.MIGRATIONS[:-1]:
+            old.execute(f"DROP INDEX IF EXISTS {name}")  # by_owner: none since schema 10
+        for version, statements in tables.MIGRATIONS:
+            if version > 7:
+                break
             for statement in (s.replace("IF NOT EXISTS ", "") for s in statements):
                 if any(f"CREATE INDEX {name} " in statement for name in _OLD):
                     old.execute(statement.replace("INDEX ", "INDEX IF NOT EXISTS ", 1))
@@ -176,3 +208,65 @@ async def test_a_version_7_database_is_upgraded_to_the_or_conditions(tmp_path: P
         "WHERE (status = 'cancelled' OR status = 'compensated' OR status = 'compensating' "
         "OR status = 'failed')"
     )
+
+
+async def test_a_version_9_database_is_upgraded_to_one_index_of_active_sagas(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sagaz.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    try:  # as sagaz 9 left it: saga_executions_active (seq) and _by_owner (owner)
+        old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at)")
+        for version, statements in tables.MIGRATIONS:
+            if version > 9:
+                break
+            for statement in statements:
+                old.execute(statement)
+            old.execute("INSERT INTO schema_version VALUES (?, '')", (version,))
+        for saga_id, status, owner, lease in (
+            ("a1", "pending", "w1", _NOW),
+            ("b1", "running", "w2", _NOW),
+            ("a2", "running", "w1", "2999-01-01T00:00:00.000000Z"),
+            ("a3", "completed", "w1", _NOW),
+        ):
+            old.execute(
+                f"INSERT INTO saga_executions ({tables.SAGA_COLUMNS}) "
+                f"VALUES (?, 'order', ?, '{{}}', 1, NULL, 't', NULL, ?, ?, '{_NOW}', '{_NOW}')",
+                (saga_id, status, owner, lease),
+            )
+    finally:
+        old.close()
+    with pytest.raises(SchemaOutdatedError):
+        await SQLiteSagaStore(path).start()
+    upgraded = SQLiteSagaStore(path)
+    assert await upgraded.upgrade_schema() == SchemaVersions(9, tables.SCHEMA_VERSION)
+    new = sqlite3.connect(path)
+    try:
+        indexes = dict(
+            new.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                "AND tbl_name = 'saga_executions' AND sql IS NOT NULL"
+            ).fetchall()
+        )
+    finally:
+        new.close()
+    assert "saga_executions_by_owner" not in indexes
+    assert "(seq, owner) WHERE" in indexes["saga_executions_active"]
+    async with upgraded:
+        # the rows kept: recovery walks the active ones in order, the lists find them
+        assert [r.saga_id for r in await upgraded.list_recoverable(from_text(_LATER))] == [
+            "a1",
+            "b1",
+        ]
+        assert [r.saga_id for r in await upgraded.list_sagas(status=SagaStatus.RUNNING)] == [
+            "a2",
+            "b1",
+        ]
+        assert await upgraded.renew_leases("w1", from_text(_LATER)) == 2  # a1, a2
+        renewed = {r.saga_id: r.lease_expires_at for r in await upgraded.list_sagas()}
+        assert renewed == {
+            "a1": from_text(_LATER),
+            "a2": from_text(_LATER),
+            "b1": from_text(_NOW),
+            "a3": from_text(_NOW),
+        }

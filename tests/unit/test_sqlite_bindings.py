@@ -1,9 +1,9 @@
 """What the SQLite store binds on its hot path (a claim and a saga's two checkpoints): no
 ``None`` (Python 3.11's sqlite3 binds one through its adaptation protocol, an ``AttributeError``
 formatted and cleared each time: the empty values are bound as ``NO_TEXT`` / ``NO_INTEGER``
-and stored by ``NULLIF``), and the statements of a group run on one cursor. And what that
-must not change: an empty value reads back as ``None``, a value that looks like the marker
-(``"0"``, ``0``, ``""``) as itself."""
+and stored by ``NULLIF``), no text twice, and the statements of a group run on one cursor.
+And what that must not change: an empty value reads back as ``None``, a value that looks like
+the marker (``"0"``, ``0``, ``""``) as itself."""
 
 from __future__ import annotations
 
@@ -71,6 +71,11 @@ async def test_a_saga_binds_no_none_and_a_group_shares_one_cursor(tmp_path: Path
         with_params = [(on, sql, params) for on, sql, params in bound if params]
         assert len(with_params) == 7  # inbox, saga; step, saga; saga, step, inbox
         assert [(sql, params) for _, sql, params in with_params if None in params] == []
+        # nor an empty text for an empty integer (SQLite copies every text bound), and a
+        # saga created now binds its moment once, for created_at and updated_at
+        assert [(sql, params) for _, sql, params in with_params if "" in params] == []
+        [insert] = [params for _, sql, params in with_params if "INTO saga_executions" in sql]
+        assert insert.count(insert[-1]) == 1
         # on the group's cursor (Connection.execute makes and frees one per statement)
         assert {on for on, _, _ in with_params} == {"cursor"}
 

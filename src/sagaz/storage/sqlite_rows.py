@@ -57,8 +57,10 @@ any text (SQLite compares a text with an integer as unequal). Python 3.11's ``sq
 an ``int`` directly, but ``None`` through its adaptation protocol (a registry lookup, then an
 ``AttributeError`` formatted and cleared): about 0.4 µs a value, eleven values a saga
 (benchmarks/README.md, "SQLite: the store's Python and its bindings")."""
-NO_INTEGER = ""
-""":data:`NO_TEXT` for an integer column (a step's ``completed_seq``): ``NULLIF(?n, '')``."""
+NO_INTEGER = 0.5
+""":data:`NO_TEXT` for an integer column (a step's ``completed_seq``): ``NULLIF(?n, 0.5)``, a
+real number that no integer equals, bound as a double (a text, ``""`` before, is copied by
+SQLite: about 600 instructions more a value)."""
 
 
 def optional_text(moment: datetime | None) -> str | None:
@@ -80,8 +82,9 @@ def lasting_text(moment: datetime) -> str:
 
 def saga_params(record: SagaRecord, now: str) -> tuple[Any, ...]:
     """The values of :data:`SAGA_COLUMNS` for ``record``, updated ``now`` (its
-    :func:`~sagaz.storage.codec.to_text`), and created ``now`` if it has no ``created_at``;
-    an empty error or event is :data:`NO_TEXT`."""
+    :func:`~sagaz.storage.codec.to_text`); an empty error or event is :data:`NO_TEXT`, and so
+    is ``created_at`` if the record has none: the statement stores ``now`` for it
+    (``COALESCE(NULLIF(?11, 0), ?12)``, one text bound instead of two)."""
     lease = record.lease_expires_at
     created = record.created_at
     status = record.status
@@ -98,7 +101,7 @@ def saga_params(record: SagaRecord, now: str) -> tuple[Any, ...]:
         NO_TEXT if record.event is None else dumps(record.event),  # NULLIF(?8, 0)
         record.owner,
         None if lease is None else lasting_text(lease),
-        now if created is None else lasting_text(created),
+        NO_TEXT if created is None else lasting_text(created),  # created now
         now,
     )
 
@@ -138,7 +141,7 @@ def step_params(step: StepRecord, now: str) -> tuple[Any, ...]:
         NO_TEXT if result is None else dumps(result),  # NULLIF(?4, 0)
         NO_TEXT if error is None else error,  # NULLIF(?5, 0)
         step.attempts,
-        NO_INTEGER if seq is None else seq,  # NULLIF(?7, '')
+        NO_INTEGER if seq is None else seq,  # NULLIF(?7, 0.5)
         NO_TEXT if compensation is None else compensation,  # NULLIF(?8, 0)
         now,
     )

@@ -9,7 +9,9 @@ named for it, such as ``_STEPS_TABLE_9``).
 
 Since schema 9 the rows written together share B-tree leaves whatever their keys (saga ids
 are hashes, event keys often random): a saga's steps are keyed by its row's ``seq``
-(:data:`STEPS_OF`), the inbox is a rowid table with its key as a unique index.
+(:data:`STEPS_OF`), the inbox is a rowid table with its key as a unique index. Since schema
+10 one partial index holds the active sagas, ``(seq, owner)``: recovery walks it in order,
+the lease renewal of an owner reads the owner in it.
 """
 
 from __future__ import annotations
@@ -342,6 +344,19 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "CREATE UNIQUE INDEX inbox_by_key ON inbox (trigger_id, key)",
             "CREATE INDEX inbox_pending_by_owner ON inbox (owner) WHERE status = 'pending'",
             "CREATE INDEX inbox_completed ON inbox (completed_at) WHERE status = 'completed'",
+        ),
+    ),
+    (
+        10,
+        (
+            # one index of active sagas instead of two: an update of a saga row sets its
+            # status, so SQLite rewrote the entries of both partial indexes on the active
+            # statuses, even from pending to running. saga_executions_active carries the
+            # owner: renew_leases filters an owner's sagas in the index, without the table
+            "DROP INDEX IF EXISTS saga_executions_by_owner",
+            "DROP INDEX IF EXISTS saga_executions_active",
+            "CREATE INDEX saga_executions_active ON saga_executions (seq, owner) "
+            f"WHERE {ACTIVE_WHERE}",
         ),
     ),
 ]

@@ -29,9 +29,10 @@ _IN_CHUNK = 500  # well under SQLite's bound-parameter limit
 #: SQLite's words for a file that cannot be used right now (StoreUnavailableError)
 _UNAVAILABLE = ("locked", "disk I/O error", "unable to open", "disk is full")
 
-_INSERT_SAGA = (  # the values of sqlite_rows.saga_params (NO_TEXT for an empty error, event)
-    f"INSERT INTO saga_executions ({tables.SAGA_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, NULLIF(?, 0), ?, NULLIF(?, 0), ?, ?, ?, ?)"
+_INSERT_SAGA = (  # the values of sqlite_rows.saga_params (NO_TEXT for an empty error, event,
+    # created_at: a saga created now stores the update's moment, bound once)
+    f"INSERT INTO saga_executions ({tables.SAGA_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, "
+    "NULLIF(?6, 0), ?7, NULLIF(?8, 0), ?9, ?10, COALESCE(NULLIF(?11, 0), ?12), ?12)"
 )
 
 

@@ -34,7 +34,9 @@ _INSERT_CLAIM = (
     "VALUES (?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT (trigger_id, key) DO NOTHING"
 )
 
-_RENEW_SAGAS = (  # an owner's active sagas: saga_executions_by_owner
+_RENEW_SAGAS = (  # an owner's active sagas: saga_executions_active (seq, owner) walked whole,
+    # the owner compared in the index (schema 10: no index by owner for the checkpoints to
+    # rewrite; on 100,000 active sagas of 10 owners, 23 ms against 16 by owner)
     f"UPDATE saga_executions SET lease_expires_at = ? WHERE owner = ? AND {tables.ACTIVE_WHERE}"
 )
 

@@ -61,7 +61,7 @@ _INSERT_STEP = (  # keyed by its saga row's seq, in arrival order (schema 9: STE
     f"INSERT OR REPLACE INTO saga_steps (saga_seq, {tables.STEP_COLUMNS}) VALUES (COALESCE(("
     "SELECT seq FROM saga_executions WHERE saga_id = ?1), 0), ?1, ?2, ?3, "
     # the values of sqlite_rows.step_params: NO_TEXT, NO_INTEGER for the empty ones
-    "NULLIF(?4, 0), NULLIF(?5, 0), ?6, NULLIF(?7, ''), NULLIF(?8, 0), ?9)"
+    "NULLIF(?4, 0), NULLIF(?5, 0), ?6, NULLIF(?7, 0.5), NULLIF(?8, 0), ?9)"
 )
 
 _DELETE_STEPS = f"DELETE FROM saga_steps WHERE {tables.STEPS_OF}"
@@ -110,9 +110,8 @@ def _save(cursor: sqlite3.Cursor, params: tuple[Any, ...], created: datetime | N
     ``created_at`` (None: created now)."""
     if cursor.execute(_UPDATE_SAGA, params).rowcount:
         return True
-    now = params[10]
-    row = (*params[:10], now if created is None else mapping.lasting_text(created), now)
-    return bool(cursor.execute(_UPSERT_SAGA, row).rowcount)
+    created_text = mapping.NO_TEXT if created is None else mapping.lasting_text(created)
+    return bool(cursor.execute(_UPSERT_SAGA, (*params[:10], created_text, params[10])).rowcount)
 
 
 def _create(cursor: sqlite3.Cursor, params: tuple[Any, ...]) -> list[Any]:
