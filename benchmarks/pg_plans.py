@@ -32,6 +32,7 @@ import asyncpg
 from _postgres import DEFAULT_DSN
 
 from sagaz.clock import utcnow
+from sagaz.storage import postgres_schema as tables
 from sagaz.storage.postgres import PostgresSagaStore
 from sagaz.types import SagaStatus
 
@@ -71,16 +72,23 @@ async def fill(conn: Any, s: str, sagas: int, now: datetime) -> None:
     for n, status in zip(order, reversed(statuses), strict=True):
         status_of[n] = status
     keep_events = sagas // 3
+    columns = (
+        "saga_id, saga_name, status, context, attempt, trigger_id, event, owner, "
+        "lease_expires_at, created_at, updated_at"
+    )
+    derived = getattr(tables, "derived_values", None)  # schema 11's columns, where they are
+    if derived is not None:
+        columns += f", {tables.DERIVED_COLUMNS}"
     await conn.execute(
-        f"INSERT INTO {s}.saga_executions (saga_id, saga_name, status, context, attempt, "
-        "trigger_id, event, owner, lease_expires_at, created_at, updated_at) "
-        "SELECT 's-' || n, 'order', st, '{\"n\": 1}', 1, 'bench.on_event', "
-        "CASE WHEN n >= $2 THEN '{\"id\": 1}'::jsonb END, "
+        f"INSERT INTO {s}.saga_executions ({columns}) SELECT v.*"
+        + ("" if derived is None else ", " + derived("v.status", "v.event", "v.updated_at"))
+        + " FROM (SELECT 's-' || n AS saga_id, 'order', st AS status, '{\"n\": 1}'::jsonb, 1, "
+        "'bench.on_event', CASE WHEN n >= $2 THEN '{\"id\": 1}'::jsonb END AS event, "
         "CASE WHEN st IN ('pending', 'running', 'compensating') "
         "THEN 'w' || (n % 4) END, $3::timestamptz + interval '5 minutes', "
         "$3::timestamptz - (($4 - n) * interval '1 second') - interval '1 minute', "
-        "$3::timestamptz - (($4 - n) * interval '1 second') "
-        "FROM unnest($1::text[]) WITH ORDINALITY AS u(st, n)",
+        "$3::timestamptz - (($4 - n) * interval '1 second') AS updated_at "
+        "FROM unnest($1::text[]) WITH ORDINALITY AS u(st, n)) AS v",
         status_of,
         keep_events,
         now,

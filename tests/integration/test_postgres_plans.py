@@ -19,7 +19,7 @@ from sagaz.clock import utcnow
 from sagaz.exceptions import SchemaOutdatedError
 from sagaz.records import SagaRecord, SchemaVersions
 from sagaz.storage.postgres import PostgresSagaStore
-from sagaz.storage.postgres_schema import SCHEMA_VERSION
+from sagaz.storage.postgres_schema import DERIVED_COLUMNS, SCHEMA_VERSION, derived_values
 from sagaz.types import SagaStatus
 from tests.schema_support import rewind_schema
 from tests.services import drop_postgres_schema, unique_name
@@ -166,11 +166,13 @@ async def filled(store: PostgresSagaStore, postgres_dsn: str) -> PostgresSagaSto
         await conn.execute(f"ALTER TABLE {s}.saga_executions SET (autovacuum_enabled = false)")
         await conn.execute(
             f"INSERT INTO {s}.saga_executions (saga_id, saga_name, status, context, attempt, "
-            "event, owner, created_at, updated_at) SELECT 's' || n, 'order', "
-            "CASE WHEN n % 50 = 0 THEN 'running' ELSE 'completed' END, '{}', 1, "
-            "CASE WHEN n > 2500 THEN '{}'::jsonb END, CASE WHEN n % 50 = 0 THEN 'w' END, "
-            "now() - (5000 - n) * interval '1 s', now() - (5000 - n) * interval '1 s' "
-            "FROM generate_series(1, 5000) AS n"
+            f"event, owner, created_at, updated_at, {DERIVED_COLUMNS}) SELECT v.*, "
+            + derived_values("v.status", "v.event", "v.updated_at")
+            + " FROM (SELECT 's' || n, 'order', CASE WHEN n % 50 = 0 THEN 'running' "
+            "ELSE 'completed' END AS status, '{}'::jsonb, 1, CASE WHEN n > 2500 THEN "
+            "'{}'::jsonb END AS event, CASE WHEN n % 50 = 0 THEN 'w' END, now() - (5000 - n) "
+            "* interval '1 s', now() - (5000 - n) * interval '1 s' AS updated_at "
+            "FROM generate_series(1, 5000) AS n) AS v"
         )
     finally:
         await conn.close()

@@ -46,7 +46,8 @@ class PostgresRetention(PostgresConnection):
             # oldest first along saga_executions_stored_events and each row then by its key,
             # whatever the estimates (a kept plan made while the table was never analyzed
             # takes a third of the rows for the range, and scanned the table twice)
-            f"s AS (UPDATE {s}.saga_executions SET event = NULL WHERE saga_id = ANY(ARRAY("
+            f"s AS (UPDATE {s}.saga_executions SET event = NULL, event_finished_at = NULL "
+            "WHERE saga_id = ANY(ARRAY("
             f"SELECT saga_id FROM {s}.saga_executions WHERE event_finished_at < $1 "
             "ORDER BY event_finished_at LIMIT $2)) AND event_finished_at < $1 RETURNING 1), "
             f"e AS (DELETE FROM {s}.trigger_executions WHERE id IN "

@@ -25,7 +25,8 @@ from sagaz.storage.codec import to_utc
 from sagaz.storage.postgres.connection import (
     _CLAIM_RETRIES,
     _SAGA_CONFLICT,
-    _SAGA_MOMENTS,
+    _SAGA_INSERT,
+    _SAGA_SELECT,
     _STEP_CONFLICT,
     PostgresConnection,
     _inbox_rows,
@@ -295,9 +296,7 @@ class PostgresSagas(PostgresConnection):
         if saga:
             (row,) = params(1)
             parts.append(
-                f"sg AS (INSERT INTO {s}.saga_executions ({tables.SAGA_COLUMNS}) "
-                "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
-                f"u.trigger_id, u.event::jsonb, u.owner, {_SAGA_MOMENTS} "
+                f"sg AS (INSERT INTO {s}.saga_executions ({_SAGA_INSERT}) SELECT {_SAGA_SELECT} "
                 f"FROM unnest({row}::{s}.saga_row[]) AS u {_SAGA_CONFLICT} "
                 "RETURNING saga_id)"
             )
@@ -359,9 +358,7 @@ class PostgresSagas(PostgresConnection):
         s = self._s
         keep = " WHERE NOT EXISTS (SELECT FROM lost WHERE lost.saga_id = u.saga_id)"
         parts = [
-            f"sg AS (INSERT INTO {s}.saga_executions ({tables.SAGA_COLUMNS}) "
-            "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
-            f"u.trigger_id, u.event::jsonb, u.owner, {_SAGA_MOMENTS} "
+            f"sg AS (INSERT INTO {s}.saga_executions ({_SAGA_INSERT}) SELECT {_SAGA_SELECT} "
             f"FROM unnest({rows}) AS u {_SAGA_CONFLICT} RETURNING saga_id)",
             f"lost AS (SELECT u.saga_id FROM unnest({rows}) AS u "
             f"WHERE (SELECT count(*) FROM sg) < cardinality({rows}) "
