@@ -3,7 +3,9 @@ the primary key whatever plan the server caches (a generic plan made while the t
 never analyzed and taken for 10 pages, must not join the keys by a hash over a scan of the
 whole inbox, a scan that grows with the table for as long as the plan stays cached); the
 index by status leaves out the statuses every saga passes through (schema 8), and the list
-by status still finds each through an index."""
+by status still finds each through an index; the partial indexes on saga rows hold columns
+derived from the status (schema 11), and every read and purge of saga rows still finds its
+rows through its index."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from sagaz.clock import utcnow
 from sagaz.exceptions import SchemaOutdatedError
 from sagaz.records import SagaRecord, SchemaVersions
 from sagaz.storage.postgres import PostgresSagaStore
-from sagaz.storage.postgres_schema import SCHEMA_VERSION
+from sagaz.storage.postgres_schema import DERIVED_COLUMNS, SCHEMA_VERSION, derived_values
 from sagaz.types import SagaStatus
 from tests.schema_support import rewind_schema
 from tests.services import drop_postgres_schema, unique_name
@@ -84,13 +86,16 @@ async def test_a_checkpoint_completing_its_inbox_key_finds_the_row_by_its_key(
 
 
 _ACTIVE = ("saga_executions_active", "saga_executions_by_owner")  # both: pending, running
+_RARE = ("saga_executions_by_rare_status",)
 
 
 @pytest.mark.parametrize(
     ("status", "indexes"),
     [
-        (SagaStatus.FAILED, ("saga_executions_by_rare_status",)),
-        (SagaStatus.COMPENSATED, ("saga_executions_by_rare_status",)),
+        (SagaStatus.FAILED, _RARE),
+        (SagaStatus.COMPENSATED, _RARE),
+        (SagaStatus.CANCELLED, _RARE),
+        (SagaStatus.COMPENSATING, _RARE),
         (SagaStatus.RUNNING, _ACTIVE),
         (SagaStatus.PENDING, _ACTIVE),
     ],
@@ -140,12 +145,73 @@ async def test_a_version_7_schema_is_upgraded_to_index_the_rare_statuses_only(
         finally:
             await conn.close()
         assert "saga_executions_by_status" not in indexes
-        assert (
-            "WHERE (status <> ALL (ARRAY['completed'::text, 'pending'::text, 'running'"
-            in (indexes["saga_executions_by_rare_status"])
+        # since schema 11, by the column that holds the rare statuses only
+        assert indexes["saga_executions_by_rare_status"].endswith(
+            "(rare_status, seq) WHERE (rare_status IS NOT NULL)"
         )
     finally:
         await drop_postgres_schema(postgres_dsn, schema)
+
+
+_T1 = "'2026-01-01T00:00:00+00:00'::timestamptz"
+
+
+@pytest.fixture
+async def filled(store: PostgresSagaStore, postgres_dsn: str) -> PostgresSagaStore:
+    """``store`` holding 5,000 sagas, never analyzed: 98% finished, the newest half of those
+    keeping their event, the rest active (owner ``w``)."""
+    s = f'"{store.schema}"'
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        await conn.execute(f"ALTER TABLE {s}.saga_executions SET (autovacuum_enabled = false)")
+        await conn.execute(
+            f"INSERT INTO {s}.saga_executions (saga_id, saga_name, status, context, attempt, "
+            f"event, owner, created_at, updated_at, {DERIVED_COLUMNS}) SELECT v.*, "
+            + derived_values("v.status", "v.event", "v.updated_at")
+            + " FROM (SELECT 's' || n, 'order', CASE WHEN n % 50 = 0 THEN 'running' "
+            "ELSE 'completed' END AS status, '{}'::jsonb, 1, CASE WHEN n > 2500 THEN "
+            "'{}'::jsonb END AS event, CASE WHEN n % 50 = 0 THEN 'w' END, now() - (5000 - n) "
+            "* interval '1 s', now() - (5000 - n) * interval '1 s' AS updated_at "
+            "FROM generate_series(1, 5000) AS n) AS v"
+        )
+    finally:
+        await conn.close()
+    return store
+
+
+@pytest.mark.parametrize(
+    ("statement", "args", "indexes"),
+    [
+        ("_recoverable_sql", f"{_T1}, 100", ("Index Scan using saga_executions_active",)),
+        ("_renew_leases_sql", f"'w', {_T1}", ("Index Scan using saga_executions_by_owner",)),
+        ("_purge_sagas_sql", f"{_T1}, 500, {_T1}", ("Index Scan using saga_executions_finished",)),
+        # the events still kept: along their index, then each row by its key
+        (
+            "_purge_expired_sql",
+            f"{_T1}, 1000",
+            ("Index Scan using saga_executions_stored_events", "saga_executions_pkey"),
+        ),
+        (
+            "list completed",
+            "100",
+            ("Index Scan Backward using saga_executions_seq_key",),
+        ),
+    ],
+)
+async def test_recovery_renewals_purges_and_lists_find_saga_rows_by_an_index_in_any_cached_plan(
+    filled: PostgresSagaStore,
+    postgres_dsn: str,
+    statement: str,
+    args: str,
+    indexes: tuple[str, ...],
+) -> None:
+    if statement == "list completed":  # (most rows: along the sequence, newest first)
+        sql = filled._list_sagas_sql(SagaStatus.COMPLETED, None, None, None, None, None, 1)[0]
+    else:
+        sql = getattr(filled, statement)
+    plan = await _generic_plan(postgres_dsn, sql, args)
+    assert all(index in plan for index in indexes), plan
+    assert "Seq Scan on saga_executions" not in plan, plan
 
 
 async def test_a_group_statement_is_planned_once_per_connection_however_small_its_groups(

@@ -35,12 +35,22 @@ _SAGA_MOMENTS = ", ".join(
     mapping.moment_sql(f"u.{column}") for column in ("lease_expires_at", "created_at", "updated_at")
 )
 
+#: the columns a saga row is inserted with: its own and the derived ones (schema 11)
+_SAGA_INSERT = f"{tables.SAGA_COLUMNS}, {tables.DERIVED_COLUMNS}"
+
+#: the values of :data:`_SAGA_INSERT` from the saga_row (or checkpoint_row) ``u``
+_SAGA_SELECT = (
+    "u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, u.trigger_id, "
+    f"u.event::jsonb, u.owner, {_SAGA_MOMENTS}, "
+    + tables.derived_values("u.status", "u.event", mapping.moment_sql("u.updated_at"))
+)
+
 _SAGA_CONFLICT = (
     "ON CONFLICT (saga_id) DO UPDATE SET saga_name = EXCLUDED.saga_name, "
     "status = EXCLUDED.status, context = EXCLUDED.context, attempt = EXCLUDED.attempt, "
     "error = EXCLUDED.error, trigger_id = EXCLUDED.trigger_id, event = EXCLUDED.event, "
     "owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at, "
-    "updated_at = EXCLUDED.updated_at "
+    f"updated_at = EXCLUDED.updated_at, {tables.DERIVED_CONFLICT} "
     # fenced (see the contract): a row another owner took over is not written
     "WHERE saga_executions.owner IS NULL OR EXCLUDED.owner IS NULL "
     "OR saga_executions.owner = EXCLUDED.owner "
@@ -103,8 +113,10 @@ class PostgresConnection(SagaStore):
         self.schema = schema
         self._s = tables.quote_schema(schema)
         self._insert_saga = (
-            f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
-            f"VALUES ({mapping.SAGA_VALUES})"
+            f"INSERT INTO {self._s}.saga_executions ({_SAGA_INSERT}) "
+            f"VALUES ({mapping.SAGA_VALUES}, "
+            + tables.derived_values("$3::text", "$8::jsonb", mapping.moment_sql("$12::bigint"))
+            + ")"
         )
         self._upsert_saga = f"{self._insert_saga} {_SAGA_CONFLICT}"
         self._upsert_step = (
@@ -120,9 +132,7 @@ class PostgresConnection(SagaStore):
         #: the running sagas' context and event texts, reused between their checkpoints
         self._json = SagaJson()
         self._insert_sagas = (
-            f"INSERT INTO {self._s}.saga_executions ({tables.SAGA_COLUMNS}) "
-            "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
-            f"u.trigger_id, u.event::jsonb, u.owner, {_SAGA_MOMENTS} "
+            f"INSERT INTO {self._s}.saga_executions ({_SAGA_INSERT}) SELECT {_SAGA_SELECT} "
             f"FROM unnest($1::{self._s}.saga_row[]) AS u "
             "ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
         )

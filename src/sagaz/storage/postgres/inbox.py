@@ -7,6 +7,7 @@ A part of :class:`~sagaz.storage.postgres.PostgresSagaStore`.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from sagaz.clock import utcnow
@@ -15,7 +16,6 @@ from sagaz.records import (
     ClaimOutcome,
     InboxClaim,
 )
-from sagaz.storage import postgres_schema as tables
 from sagaz.storage.codec import to_utc
 from sagaz.storage.postgres.connection import (
     _CLAIM_RETRIES,
@@ -110,7 +110,10 @@ class PostgresInbox(PostgresConnection):
             f"DELETE FROM {self._s}.inbox WHERE trigger_id = $1 AND key = $2", trigger_id, key
         )
 
-    async def renew_leases(self, owner: str, lease_until: datetime) -> int:
+    @cached_property
+    def _renew_leases_sql(self) -> str:
+        """:meth:`renew_leases`'s statement: an owner's active sagas (not finished: schema
+        11) and pending keys, through saga_executions_by_owner and inbox_pending_by_owner."""
         # the rows of this owner that no other transaction holds (SKIP LOCKED): renewing
         # waits on no row lock, so it is never one end of a deadlock (this UPDATE of many
         # rows locks them in no particular order, the checkpoints and claims of a group in
@@ -118,17 +121,18 @@ class PostgresInbox(PostgresConnection):
         # being written (its saga checkpointed, its key claimed or completed) or taken over:
         # the next renewal, a third of a lease later, finds it free.
         s = self._s
-        touched = await self._write_fetchval(
+        return (
             f"WITH s AS (UPDATE {s}.saga_executions AS e SET lease_expires_at = $2 FROM "
-            f"(SELECT saga_id FROM {s}.saga_executions WHERE owner = $1 AND status IN "
-            f"{tables.ACTIVE_SQL} FOR UPDATE SKIP LOCKED) AS l "
+            f"(SELECT saga_id FROM {s}.saga_executions WHERE owner = $1 AND finished_at IS NULL "
+            "FOR UPDATE SKIP LOCKED) AS l "
             "WHERE e.saga_id = l.saga_id RETURNING 1), "
             f"i AS (UPDATE {s}.inbox AS t SET lease_until = $2 FROM "
             f"(SELECT trigger_id, key FROM {s}.inbox WHERE owner = $1 AND status = 'pending' "
             "FOR UPDATE SKIP LOCKED) AS l "
             "WHERE t.trigger_id = l.trigger_id AND t.key = l.key RETURNING 1) "
-            "SELECT (SELECT count(*) FROM s) + (SELECT count(*) FROM i)",
-            owner,
-            to_utc(lease_until),
+            "SELECT (SELECT count(*) FROM s) + (SELECT count(*) FROM i)"
         )
+
+    async def renew_leases(self, owner: str, lease_until: datetime) -> int:
+        touched = await self._write_fetchval(self._renew_leases_sql, owner, to_utc(lease_until))
         return int(touched)

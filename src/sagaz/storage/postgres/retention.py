@@ -7,9 +7,9 @@ A part of :class:`~sagaz.storage.postgres.PostgresSagaStore`.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cached_property
 
 from sagaz.clock import utcnow
-from sagaz.storage import postgres_schema as tables
 from sagaz.storage.codec import to_utc
 from sagaz.storage.postgres.connection import PostgresConnection
 
@@ -19,14 +19,20 @@ _PURGE_BATCH = 1000
 """Rows of each kind ``purge_expired`` deletes per statement (one short transaction)."""
 
 
+_DOOMED = "saga_id = ANY(ARRAY(SELECT saga_id FROM doomed))"
+"""The rows of the sagas ``purge_sagas`` deletes (its CTE ``doomed``)."""
+
+
 class PostgresRetention(PostgresConnection):
     """Expired rows, finished sagas and old dead letters, deleted in short batches."""
 
-    async def purge_expired(self, before: datetime) -> int:
+    @cached_property
+    def _purge_expired_sql(self) -> str:
+        """:meth:`purge_expired`'s statement (``$1`` the moment, ``$2`` the batch)."""
         # Each statement deletes at most _PURGE_BATCH rows of each kind (one short
         # transaction); the outer WHEREs check again what a concurrent writer may have changed.
         s = self._s
-        sql = (
+        return (
             f"WITH i AS (DELETE FROM {s}.inbox WHERE (trigger_id, key) IN "
             f"(SELECT trigger_id, key FROM {s}.inbox "
             "WHERE status = 'completed' AND completed_at < $1 LIMIT $2) "
@@ -36,11 +42,14 @@ class PostgresRetention(PostgresConnection):
             f"(SELECT trigger_id, key FROM {s}.inbox "
             "WHERE status = 'pending' AND lease_until < $1 LIMIT $2) "
             "AND status = 'pending' AND lease_until < $1 RETURNING 1), "
-            f"s AS (UPDATE {s}.saga_executions SET event = NULL WHERE saga_id IN "
-            f"(SELECT saga_id FROM {s}.saga_executions WHERE event IS NOT NULL "
-            f"AND status IN {tables.TERMINAL_SQL} AND updated_at < $1 LIMIT $2) "
-            f"AND event IS NOT NULL AND status IN {tables.TERMINAL_SQL} AND updated_at < $1 "
-            "RETURNING 1), "
+            # finished sagas that still keep their event (event_finished_at: schema 11), the
+            # oldest first along saga_executions_stored_events and each row then by its key,
+            # whatever the estimates (a kept plan made while the table was never analyzed
+            # takes a third of the rows for the range, and scanned the table twice)
+            f"s AS (UPDATE {s}.saga_executions SET event = NULL, event_finished_at = NULL "
+            "WHERE saga_id = ANY(ARRAY("
+            f"SELECT saga_id FROM {s}.saga_executions WHERE event_finished_at < $1 "
+            "ORDER BY event_finished_at LIMIT $2)) AND event_finished_at < $1 RETURNING 1), "
             f"e AS (DELETE FROM {s}.trigger_executions WHERE id IN "
             f"(SELECT id FROM {s}.trigger_executions WHERE completed_at < $1 LIMIT $2) "
             "RETURNING 1), "
@@ -60,6 +69,9 @@ class PostgresRetention(PostgresConnection):
             "(SELECT count(*) FROM e), (SELECT count(*) FROM c), "
             "(SELECT count(*) FROM l), (SELECT count(*) FROM r)"
         )
+
+    async def purge_expired(self, before: datetime) -> int:
+        sql = self._purge_expired_sql
         total = 0
         while True:
             counts = [int(n) for n in await self._db().fetchrow(sql, to_utc(before), _PURGE_BATCH)]
@@ -67,28 +79,35 @@ class PostgresRetention(PostgresConnection):
             if max(counts) < _PURGE_BATCH:
                 return total
 
-    async def purge_sagas(self, before: datetime, *, limit: int = 500) -> int:
+    @cached_property
+    def _purge_sagas_sql(self) -> str:
+        """:meth:`purge_sagas`'s statement (``$1`` the moment, ``$2`` the limit, ``$3`` now):
+        the sagas finished before, oldest first along saga_executions_finished."""
         s = self._s
         # One statement, one short transaction. The rows are locked (SKIP LOCKED: a saga
         # being saved right now is left for the next purge) and their status re-checked.
         # Pending inbox rows are few (events in flight): their saga ids make a small hash.
-        deleted = await self._db().fetchval(
+        return (
             f"WITH doomed AS (SELECT saga_id FROM {s}.saga_executions AS e "
-            f"WHERE status IN {tables.TERMINAL_SQL} AND updated_at < $1 "
+            "WHERE finished_at < $1 "  # finished before (schema 11)
             f"AND saga_id NOT IN (SELECT saga_id FROM {s}.inbox "
             "WHERE status = 'pending' AND lease_until >= $3) "
             f"AND NOT EXISTS (SELECT 1 FROM {s}.saga_requests AS r WHERE r.saga_id = e.saga_id) "
             f"AND NOT EXISTS (SELECT 1 FROM {s}.outbox AS o "
             "WHERE o.saga_id = e.saga_id AND o.sent_at IS NULL) "
-            "ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED), "
-            f"steps AS (DELETE FROM {s}.saga_steps "
-            "WHERE saga_id IN (SELECT saga_id FROM doomed)), "
-            f"history AS (DELETE FROM {s}.saga_history "
-            "WHERE saga_id IN (SELECT saga_id FROM doomed)), "
-            f"outbox AS (DELETE FROM {s}.outbox WHERE saga_id IN (SELECT saga_id FROM doomed)), "
-            f"gone AS (DELETE FROM {s}.saga_executions "
-            "WHERE saga_id IN (SELECT saga_id FROM doomed) RETURNING 1) "
-            "SELECT count(*) FROM gone",
+            "ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED), "
+            # each table's rows of those by its index on saga_id, whatever the estimates (a
+            # join with ``doomed`` may be a hash over a scan of the whole table)
+            f"steps AS (DELETE FROM {s}.saga_steps WHERE {_DOOMED}), "
+            f"history AS (DELETE FROM {s}.saga_history WHERE {_DOOMED}), "
+            f"outbox AS (DELETE FROM {s}.outbox WHERE {_DOOMED}), "
+            f"gone AS (DELETE FROM {s}.saga_executions WHERE {_DOOMED} RETURNING 1) "
+            "SELECT count(*) FROM gone"
+        )
+
+    async def purge_sagas(self, before: datetime, *, limit: int = 500) -> int:
+        deleted = await self._db().fetchval(
+            self._purge_sagas_sql,
             to_utc(before),
             limit,
             utcnow(),  # the inbox leases are the engines' clock, as claim_inbox compares them

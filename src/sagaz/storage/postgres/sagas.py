@@ -25,7 +25,8 @@ from sagaz.storage.codec import to_utc
 from sagaz.storage.postgres.connection import (
     _CLAIM_RETRIES,
     _SAGA_CONFLICT,
-    _SAGA_MOMENTS,
+    _SAGA_INSERT,
+    _SAGA_SELECT,
     _STEP_CONFLICT,
     PostgresConnection,
     _inbox_rows,
@@ -186,13 +187,19 @@ class PostgresSagas(PostgresConnection):
     ) -> tuple[str, list[Any]]:
         """The statement of :meth:`list_sagas` and its parameters."""
         # newest first is descending ``seq``: the name filter walks (saga_name, seq)
-        # backwards; a status, written as a literal so that a cached plan may use a partial
-        # index, walks saga_executions_active (pending, running), saga_executions_by_rare_status
-        # (the others but completed), or the seq index (completed: most rows); the other
-        # filters filter that walk
+        # backwards; a status, written as a literal, walks saga_executions_active (pending,
+        # running: not finished), saga_executions_by_rare_status (the others but completed,
+        # by the column of those only) or the seq index (completed: most rows); the other
+        # filters filter that walk (the partial indexes' columns: schema 11)
         where: list[str] = []
         if status is not None:
-            where.append(f"status = '{SagaStatus(status).value}'")
+            status = SagaStatus(status)
+            if status not in tables.COMMON_SAGA_STATUSES:
+                where.append(f"rare_status = '{status.value}'")
+            else:
+                if status not in TERMINAL_SAGA_STATUSES:
+                    where.append("finished_at IS NULL")
+                where.append(f"status = '{status.value}'")
         conditions = {
             "saga_name = {}": saga_name,
             "trigger_id = {}": trigger_id,
@@ -217,13 +224,17 @@ class PostgresSagas(PostgresConnection):
             saga_id,
         )
 
-    async def list_recoverable(self, now: datetime, limit: int = 100) -> list[SagaRecord]:
-        rows = await self._db().fetch(
-            f"{self._select_sagas} WHERE status IN {tables.ACTIVE_SQL} AND "
-            " (lease_expires_at IS NULL OR lease_expires_at < $1) ORDER BY seq LIMIT $2",
-            to_utc(now),
-            limit,
+    @cached_property
+    def _recoverable_sql(self) -> str:
+        """:meth:`list_recoverable`'s statement: the active sagas (not finished: schema 11)
+        oldest first, along saga_executions_active."""
+        return (
+            f"{self._select_sagas} WHERE finished_at IS NULL AND "
+            "(lease_expires_at IS NULL OR lease_expires_at < $1) ORDER BY seq LIMIT $2"
         )
+
+    async def list_recoverable(self, now: datetime, limit: int = 100) -> list[SagaRecord]:
+        rows = await self._db().fetch(self._recoverable_sql, to_utc(now), limit)
         return [mapping.saga_from_row(row) for row in rows]
 
     async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
@@ -297,9 +308,7 @@ class PostgresSagas(PostgresConnection):
         if saga:
             (row,) = params(1)
             parts.append(
-                f"sg AS (INSERT INTO {s}.saga_executions ({tables.SAGA_COLUMNS}) "
-                "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
-                f"u.trigger_id, u.event::jsonb, u.owner, {_SAGA_MOMENTS} "
+                f"sg AS (INSERT INTO {s}.saga_executions ({_SAGA_INSERT}) SELECT {_SAGA_SELECT} "
                 f"FROM unnest({row}::{s}.saga_row[]) AS u {_SAGA_CONFLICT} "
                 "RETURNING saga_id)"
             )
@@ -361,9 +370,7 @@ class PostgresSagas(PostgresConnection):
         s = self._s
         keep = " WHERE NOT EXISTS (SELECT FROM lost WHERE lost.saga_id = u.saga_id)"
         parts = [
-            f"sg AS (INSERT INTO {s}.saga_executions ({tables.SAGA_COLUMNS}) "
-            "SELECT u.saga_id, u.saga_name, u.status, u.context::jsonb, u.attempt, u.error, "
-            f"u.trigger_id, u.event::jsonb, u.owner, {_SAGA_MOMENTS} "
+            f"sg AS (INSERT INTO {s}.saga_executions ({_SAGA_INSERT}) SELECT {_SAGA_SELECT} "
             f"FROM unnest({rows}) AS u {_SAGA_CONFLICT} RETURNING saga_id)",
             f"lost AS (SELECT u.saga_id FROM unnest({rows}) AS u "
             f"WHERE (SELECT count(*) FROM sg) < cardinality({rows}) "
