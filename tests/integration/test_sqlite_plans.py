@@ -20,7 +20,7 @@ from sagaz.storage import sqlite_schema as tables
 from sagaz.storage.codec import from_text
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.storage.sqlite.inbox import _RENEW_SAGAS
-from sagaz.storage.sqlite.retention import _CLEAR_EVENTS, _COMPLETED_INBOX, _FINISHED
+from sagaz.storage.sqlite.retention import _CLEAR_EVENTS, _FINISHED
 from sagaz.storage.sqlite.sagas import _RECOVERABLE, _UPDATE_SAGA, _UPSERT_SAGA, _list_sagas_sql
 from sagaz.types import SagaStatus
 from tests.schema_support import rewind_schema
@@ -98,9 +98,8 @@ def test_the_list_by_status_and_creation_time_walks_the_same_index(
         (_RENEW_SAGAS, (_NOW, "worker"), "SCAN saga_executions USING INDEX saga_executions_active"),
         (_FINISHED, (_NOW, _NOW, 500), "SEARCH e USING INDEX saga_executions_finished"),
         (_CLEAR_EVENTS, (_NOW, 1000), "saga_executions_stored_events (updated_at<?)"),
-        (_COMPLETED_INBOX, (_NOW, 1000), "SEARCH inbox USING INDEX inbox_completed (<expr><?)"),
     ],
-    ids=["recovery", "renew_leases", "purge_sagas", "purge_expired_events", "purge_inbox"],
+    ids=["recovery", "renew_leases", "purge_sagas", "purge_expired_events"],
 )
 def test_recovery_leases_and_purges_read_the_partial_indexes_in_order(
     conn: sqlite3.Connection, sql: str, params: tuple[Any, ...], index: str
@@ -108,21 +107,6 @@ def test_recovery_leases_and_purges_read_the_partial_indexes_in_order(
     plan = _plan(conn, sql, params)
     assert index in plan, plan
     assert "TEMP B-TREE" not in plan, plan
-
-
-def test_the_index_of_finished_sagas_holds_more_than_twice_the_entries_a_leaf(
-    conn: sqlite3.Connection,
-) -> None:
-    # keyed by whole seconds (schema 11), not by the 27-character text: appends at its right
-    # edge fill and rebalance its last leaves half as often (fewer WAL frames per commit)
-    [(leaves,)] = conn.execute(
-        "SELECT COUNT(*) FROM dbstat WHERE name = 'saga_executions_finished' AND pagetype = 'leaf'"
-    ).fetchall()
-    [(entries,)] = conn.execute(
-        f"SELECT COUNT(*) FROM saga_executions WHERE {tables.TERMINAL_WHERE}"
-    ).fetchall()
-    assert entries > 11_000
-    assert entries / leaves > 200, (entries, leaves)  # schema 10: about 90
 
 
 def test_a_saga_row_update_checks_the_index_conditions_without_ephemeral_tables(
@@ -286,64 +270,3 @@ async def test_a_version_9_database_is_upgraded_to_one_index_of_active_sagas(
             "b1": from_text(_NOW),
             "a3": from_text(_NOW),
         }
-
-
-async def test_a_version_10_database_is_upgraded_to_indexes_by_the_second(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "sagaz.db"
-    old = sqlite3.connect(path, isolation_level=None)
-    cutoff = "2026-01-01T00:00:00.500000Z"
-    moments = {  # the same second as the cutoff on both sides of it: the text cuts
-        "before": "2025-12-31T23:59:59.900000Z",
-        "just-before": "2026-01-01T00:00:00.400000Z",
-        "just-after": "2026-01-01T00:00:00.600000Z",
-        "after": "2026-01-01T00:00:01.000000Z",
-    }
-    try:  # as sagaz 10 left it: both indexes keyed by the timestamp text
-        old.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at)")
-        for version, statements in tables.MIGRATIONS:
-            if version > 10:
-                break
-            for statement in statements:
-                old.execute(statement)
-            old.execute("INSERT INTO schema_version VALUES (?, '')", (version,))
-        for name, moment in moments.items():
-            for status in ("completed", "running"):
-                old.execute(
-                    f"INSERT INTO saga_executions ({tables.SAGA_COLUMNS}) VALUES "
-                    "(?, 'order', ?, '{}', 1, NULL, 't', NULL, NULL, NULL, ?, ?)",
-                    (f"{name}-{status}", status, moment, moment),
-                )
-            old.execute(
-                "INSERT INTO inbox (trigger_id, key, saga_id, status, created_at, "
-                "completed_at) VALUES ('t', ?, ?, 'completed', ?, ?)",
-                (name, f"{name}-completed", moment, moment),
-            )
-    finally:
-        old.close()
-    upgraded = SQLiteSagaStore(path)
-    assert await upgraded.upgrade_schema() == SchemaVersions(10, tables.SCHEMA_VERSION)
-    async with upgraded:
-        assert await upgraded.purge_sagas(from_text(cutoff), limit=1) == 1  # oldest first
-        assert [r.saga_id for r in await upgraded.list_sagas(status=SagaStatus.COMPLETED)] == [
-            "after-completed",
-            "just-after-completed",
-            "just-before-completed",
-        ]
-        assert await upgraded.purge_sagas(from_text(cutoff)) == 1
-        assert await upgraded.purge_expired(from_text(cutoff)) == 2
-    new = sqlite3.connect(path)
-    try:
-        kept = [key for (key,) in new.execute("SELECT key FROM inbox ORDER BY id")]
-        sagas = {saga_id for (saga_id,) in new.execute("SELECT saga_id FROM saga_executions")}
-        indexes = dict(new.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
-    finally:
-        new.close()
-    assert kept == ["just-after", "after"]
-    assert sagas == {f"{name}-running" for name in moments} | {
-        "just-after-completed",
-        "after-completed",
-    }
-    assert tables.FINISHED_KEY in indexes["saga_executions_finished"]
-    assert tables.COMPLETED_KEY in indexes["inbox_completed"]

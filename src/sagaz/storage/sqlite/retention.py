@@ -18,19 +18,15 @@ from sagaz.storage.sqlite_rows import placeholders
 
 __all__ = ["SQLiteRetention"]
 
-_FINISHED = (  # oldest first by the second (saga_executions_finished's key), then cut exactly
+_FINISHED = (
     f"SELECT saga_id FROM saga_executions AS e WHERE {tables.TERMINAL_WHERE} "
-    f"AND {tables.FINISHED_KEY} <= {tables.seconds_of('?1')} AND updated_at < ?1 "
+    "AND updated_at < ? "
     "AND saga_id NOT IN (SELECT saga_id FROM inbox WHERE status = 'pending' "
-    "AND lease_until >= ?2) "
+    "AND lease_until >= ?) "
     "AND NOT EXISTS (SELECT 1 FROM saga_requests AS r WHERE r.saga_id = e.saga_id) "
     "AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.saga_id = e.saga_id "
     "AND o.sent_at IS NULL) "
-    f"ORDER BY {tables.FINISHED_KEY} LIMIT ?3"
-)
-_COMPLETED_INBOX = (  # by inbox_completed's key, then cut exactly
-    "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox WHERE status = 'completed' "
-    f"AND {tables.COMPLETED_KEY} <= {tables.seconds_of('?1')} AND completed_at < ?1 LIMIT ?2)"
+    "ORDER BY updated_at LIMIT ?"
 )
 _CLEAR_EVENTS = (
     # by the index of the events still stored (saga_executions_finished, as good a match to
@@ -61,7 +57,12 @@ class SQLiteRetention(SQLiteConnection):
             batch = _PURGE_BATCH
             now_text, now_epoch = to_text(utcnow()), time.time()
             return [
-                _change(conn, _COMPLETED_INBOX, (cutoff, batch)),
+                _change(
+                    conn,
+                    "DELETE FROM inbox WHERE id IN (SELECT id "
+                    "FROM inbox WHERE status = 'completed' AND completed_at < ? LIMIT ?)",
+                    (cutoff, batch),
+                ),
                 _change(  # abandoned: pending, its lease long expired, its event never back
                     conn,
                     "DELETE FROM inbox WHERE id IN (SELECT id "
