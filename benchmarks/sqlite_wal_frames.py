@@ -1,6 +1,6 @@
 """WAL frames per group commit of ``stores.py``'s SQLite run, by the B-tree they belong to.
 
-Run: ``python benchmarks/sqlite_wal_frames.py [--events 3000]``
+Run: ``python benchmarks/sqlite_wal_frames.py [--events 3000] [--stored 0]``
 
 One run of ``stores.throughput`` on a fresh file with SQLite's automatic checkpoint off, so
 the ``-wal`` file keeps every frame the run's commits wrote; before the store closes (which
@@ -9,6 +9,11 @@ table or index through ``dbstat``. Printed: the commits, the frames per commit a
 and the same for each B-tree. Each frame is a 4 KiB page written (two ``pwrite`` calls) and
 checksummed, and the ``COMMIT``'s sync waits for them: fewer B-trees touched per group, or
 fewer leaves of one, is less of the kernel's share that the instruction counts miss.
+
+``--stored N`` first fills the file with ``N`` finished sagas and their completed inbox rows
+(random ids and keys, finished an hour ago: retention keeps them), as a file in use holds:
+an index of random keys then has more leaves than a group has sagas, and each new saga
+writes a leaf of its own, where on a fresh file they share the few there are.
 """
 
 from __future__ import annotations
@@ -19,10 +24,15 @@ import collections
 import sqlite3
 import struct
 import tempfile
+import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import stores
 
+from sagaz.clock import utcnow
+from sagaz.storage import sqlite_schema as tables
+from sagaz.storage.codec import to_text
 from sagaz.storage.sqlite import SQLiteSagaStore
 
 _WAL_HEADER = 32
@@ -66,8 +76,32 @@ def _frames(wal: bytes, path: str) -> tuple[int, collections.Counter[str]]:
     return commits, frames
 
 
-async def main(events: int) -> None:
+def _fill(path: Path, sagas: int) -> None:
+    """``sagas`` finished sagas and their completed inbox rows in a new file at ``path``."""
+    conn = tables.open_database(str(path), 5_000, url=f"sqlite:///{path}")
+    moment = to_text(utcnow() - timedelta(hours=1))
+    try:
+        conn.execute("BEGIN")
+        conn.executemany(
+            f"INSERT INTO saga_executions ({tables.SAGA_COLUMNS}) VALUES (?, 'stored', "
+            f"'completed', '{{}}', 1, NULL, 'stored', NULL, NULL, NULL, '{moment}', '{moment}')",
+            ((str(uuid.uuid4()),) for _ in range(sagas)),
+        )
+        conn.execute(
+            "INSERT INTO inbox (trigger_id, key, saga_id, status, created_at, completed_at) "
+            f"SELECT 'stored', hex(randomblob(16)), saga_id, 'completed', '{moment}', "
+            f"'{moment}' FROM saga_executions"
+        )
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+async def main(events: int, stored: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
+        if stored:
+            _fill(Path(folder) / "frames.db", stored)
         store = _KeptWal(Path(folder) / "frames.db")
         await stores.throughput(store, events)
         commits, frames = _frames(store.wal, store.path)
@@ -82,4 +116,6 @@ async def main(events: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=3000)
-    asyncio.run(main(parser.parse_args().events))
+    parser.add_argument("--stored", type=int, default=0, help="finished sagas stored first")
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.events, arguments.stored))
