@@ -26,6 +26,7 @@ __all__ = [
     "StoreUnavailableError",
     "TriggerDefinitionError",
     "TriggerNotFoundError",
+    "UnstorableValueError",
 ]
 
 
@@ -80,6 +81,14 @@ class InvalidEventError(SagazError, ValueError):
 
 class StoreError(SagazError, RuntimeError):
     """The saga store failed or was used before ``start()``."""
+
+
+class UnstorableValueError(StoreError):
+    """A value a durable store cannot keep: not JSON (plus bytes and datetimes), a key that
+    is not a string, a NaN or infinite float, a naive datetime. The same value fails every
+    time, so the engine does not try it again: a run whose context it is, or an admission
+    whose row it is in, is dead-lettered at once (reason ``store_error``). The message names
+    the value and how to convert it."""
 
 
 class SchemaOutdatedError(StoreError):

@@ -571,21 +571,78 @@ async def test_an_event_the_store_keeps_refusing_is_dead_lettered_and_the_offset
 
 
 # -- 6. a store error that ends a saga's run: dead-lettered once, the offset committed ------
-async def test_a_saga_the_store_cannot_keep_is_dead_lettered_and_the_offset_committed(
+class RefusesTwo(SQLiteSagaStore):
+    """Refuses, with an error that is not an outage, the completion of event 2's saga."""
+
+    async def save_checkpoint(self, saga: Any = None, *args: Any, **kwargs: Any) -> None:
+        if saga is not None and saga.status is SagaStatus.COMPLETED and saga.context["n"] == 2:
+            raise RuntimeError("refused the completion of event 2")
+        await super().save_checkpoint(saga, *args, **kwargs)
+
+
+async def test_a_saga_the_store_keeps_refusing_is_dead_lettered_and_the_offset_committed(
     kafka_bootstrap: str,
     make_kafka_topic: MakeTopic,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    # its trigger method returns a context the store cannot encode: the run was nacked, so
-    # the partition's commits stopped at 2 until a restart or a rebalance, and then the event
+    # the store refuses event 2's completion every time: the run was nacked, so the
+    # partition's commits stopped at 2 until a restart or a rebalance, and then the event
     # came back to fail the same way (no dead letter ever)
     monkeypatch.setattr(RunErrors, "initial", 0.05)
     monkeypatch.setattr(RunErrors, "maximum", 0.2)
+    topic = await make_kafka_topic("refused", partitions=1)
+    group = unique_name("refused")
+    ran: list[int] = []
+    methods: Counter[int] = Counter()
+
+    class Refused(Saga):
+        saga_name = "refused-kafka"
+
+        @trigger(
+            source="kafka", topic=topic, group_id=group, bootstrap_servers=kafka_bootstrap, **FAST
+        )
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            methods[event["n"]] += 1
+            return {"n": event["n"]}
+
+        @action("count")
+        async def count(self, ctx: SagaContext) -> None:
+            ran.append(ctx["n"])
+
+    await produce(kafka_bootstrap, topic, ((0, event(n)) for n in range(5)))
+    listener = RecordingListener()
+    async with (
+        RefusesTwo(tmp_path / "sagaz.db") as store,
+        group_offsets(kafka_bootstrap, group, topic, 1) as offsets,
+        TriggerEngine(TriggerConfig(), store, listeners=[listener]),
+    ):
+        dead = await eventually(store.list_dead_letters, within=30, what="its dead letter")
+        assert [(d.reason, d.payload, d.attempts) for d in dead] == [
+            ("store_error", event(2), RunErrors.attempts)
+        ]
+
+        async def committed_past_it() -> bool:
+            return await offsets.committed() == [5]
+
+        await eventually(committed_past_it, within=30, what="the offset committed past it")
+        assert sorted(n for n in ran if n != 2) == [0, 1, 3, 4]
+        assert ran.count(2) == RunErrors.attempts  # its last step, run again each time
+        assert len(listener.errors) == RunErrors.attempts  # exactly its attempts
+        assert [d.id for d in listener.dead] == [dead[0].id]
+        assert methods == Counter(range(5))  # never delivered again
+        failed = await store.list_sagas(status=SagaStatus.FAILED)
+        assert [s.context for s in failed] == [{"n": 2}]  # its last checkpoint's
+
+
+async def test_a_saga_the_store_cannot_keep_is_dead_lettered_at_once(
+    kafka_bootstrap: str, make_kafka_topic: MakeTopic, tmp_path: Path
+) -> None:
+    # its trigger method returns a context the store cannot encode: the same value fails
+    # every run, so it is dead-lettered after the first (no backoff to wait through)
     topic = await make_kafka_topic("unstorable", partitions=1)
     group = unique_name("unstorable")
     ran: list[int] = []
-    methods: Counter[int] = Counter()
 
     class Unstorable(Saga):
         saga_name = "unstorable-kafka"
@@ -594,7 +651,6 @@ async def test_a_saga_the_store_cannot_keep_is_dead_lettered_and_the_offset_comm
             source="kafka", topic=topic, group_id=group, bootstrap_servers=kafka_bootstrap, **FAST
         )
         def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
-            methods[event["n"]] += 1
             return {"n": event["n"], "handle": object() if event["n"] == 2 else None}
 
         @action("count")
@@ -610,16 +666,13 @@ async def test_a_saga_the_store_cannot_keep_is_dead_lettered_and_the_offset_comm
     ):
         await eventually(lambda: sorted(ran) == [0, 1, 3, 4], within=30, what="4 sagas")
         dead = await eventually(store.list_dead_letters, within=30, what="its dead letter")
-        assert [(d.reason, d.payload, d.attempts) for d in dead] == [
-            ("store_error", event(2), RunErrors.attempts)
-        ]
+        assert [(d.reason, d.payload, d.attempts) for d in dead] == [("store_error", event(2), 1)]
 
         async def committed_past_it() -> bool:
             return await offsets.committed() == [5]
 
         await eventually(committed_past_it, within=30, what="the offset committed past it")
-        assert len(listener.errors) == RunErrors.attempts  # exactly its attempts
-        assert [d.id for d in listener.dead] == [dead[0].id]
-        assert methods == Counter(range(5))  # never delivered again
+        assert len(listener.errors) == 1  # one run, not tried again
+        assert "UnstorableValueError" in (dead[0].traceback or "")
         failed = await store.list_sagas(status=SagaStatus.FAILED)
         assert [s.context for s in failed] == [{}]  # its last checkpoint's: none

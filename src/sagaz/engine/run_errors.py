@@ -13,7 +13,9 @@ So the delivery is held, neither acked nor nacked, as admission holds an event w
 admission failed (the same policy, :class:`~sagaz.engine.store_errors.HeldEvents`), and the
 saga is queued again after the backoff: that run resumes it from its last checkpoint (a new
 attempt that never began starts again). An outage meanwhile is waited for and not counted.
-After :attr:`RunErrors.attempts` failed runs (the first included) the event is dead-lettered
+After :attr:`RunErrors.attempts` failed runs (the first included), or after the first when
+its error is a value the store cannot keep (:class:`~sagaz.exceptions.UnstorableValueError`:
+it fails every run alike), the event is dead-lettered
 with the last error (reason ``store_error``, with its traceback), tried again until the store
 has it; then its saga gets a terminal row: ``failed``, with the error and the context of its
 last checkpoint (the one the store has: the context the run had may be what the store cannot
@@ -82,7 +84,7 @@ class RunErrors(HeldEvents):
                     return
                 except Exception as exc:
                     error = exc
-            await self._give_up(item, error)
+            await self._give_up(item, error, backoff.attempts + 1)
         except asyncio.CancelledError:
             await self._interrupted(item, error)
             raise
@@ -108,9 +110,10 @@ class RunErrors(HeldEvents):
         )
         self.state.queue.put_nowait_unbounded(item)
 
-    async def _give_up(self, item: WorkItem, error: Exception) -> None:
-        """Dead-letter ``item`` with ``error``, end its saga, settle its delivery."""
-        await self.dead_letter(item.trigger, item.delivery, error, item.saga_id)
+    async def _give_up(self, item: WorkItem, error: Exception, attempts: int) -> None:
+        """Dead-letter ``item`` with ``error`` after ``attempts`` runs, end its saga, settle
+        its delivery."""
+        await self.dead_letter(item.trigger, item.delivery, error, item.saga_id, attempts)
         outcome = await self._end(item, error)
         while True:
             try:

@@ -14,10 +14,12 @@ is in the store (3.6: retried with a backoff, then dead-lettered). So the event 
 neither acked nor nacked, and admitted again after a :class:`~sagaz.backoff.Backoff`: its key
 claimed again (ours already, it is taken over), its trigger method run, its saga queued past
 the queue's bound (the delivery is already held). An outage meanwhile is waited for and not
-counted. After :attr:`StoreErrors.attempts` failed attempts (the first included) the event is
-dead-lettered with the last error (reason ``store_error``, its admission reason ``invalid``),
-its claim undone, and acked; a dead letter the store refuses too is tried again, at the
-backoff's longest delay, until it is stored: nothing is acked before the store has it.
+counted. After :attr:`StoreErrors.attempts` failed attempts (the first included), or after
+the first when its error is a value the store cannot keep
+(:class:`~sagaz.exceptions.UnstorableValueError`), the event is dead-lettered with the last
+error (reason ``store_error``, its admission reason ``invalid``), its claim undone, and
+acked; a dead letter the store refuses too is tried again, at the backoff's longest delay,
+until it is stored: nothing is acked before the store has it.
 While the engine stops, a held event is nacked (redelivered, or recovered from its pending row).
 
 The same policy holds the delivery of a saga whose run a store error ended
@@ -41,7 +43,7 @@ from sagaz.engine.candidate import Candidate
 from sagaz.engine.not_started import NotStarted
 from sagaz.engine.settlement import Settlement
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, Reason
-from sagaz.exceptions import StoreUnavailableError
+from sagaz.exceptions import StoreUnavailableError, UnstorableValueError
 from sagaz.types import SagaStatus
 
 __all__ = ["STORE_ERROR", "HeldEvents", "StoreErrors"]
@@ -86,13 +88,15 @@ class HeldEvents:
         event is then to be dead-lettered); else ``True`` once the next one may begin. An
         outage is waited for and not counted; another error is reported, counted (the
         ``backoff``'s :attr:`~sagaz.backoff.Backoff.attempts` are the earlier ones), and
-        followed by the backoff's delay."""
+        followed by the backoff's delay; a value the store cannot keep
+        (:class:`~sagaz.exceptions.UnstorableValueError`) fails every attempt alike, so it
+        ends the first."""
         if isinstance(error, StoreUnavailableError):  # not this event's doing
             await self.state.outage.wait(error, until=self._closing)
             return True
         await self.settlement.report(trigger, error, event)
-        if backoff.attempts + 1 >= self.attempts:
-            return False
+        if backoff.attempts + 1 >= self.attempts or isinstance(error, UnstorableValueError):
+            return False  # the last attempt, or a value that fails every time: no more
         await backoff.sleep()
         return True
 
@@ -102,9 +106,11 @@ class HeldEvents:
         delivery: Delivery,
         error: Exception,
         saga_id: str | None,
+        attempts: int,
     ) -> None:
-        """Dead-letter ``delivery`` with ``error``, reason ``store_error``: tried again until
-        the store has it (nothing is acked before), at the backoff's longest delay."""
+        """Dead-letter ``delivery`` with ``error`` after ``attempts``, reason
+        ``store_error``: tried again until the store has it (nothing is acked before), at the
+        backoff's longest delay."""
         settlement = self.settlement
         while True:
             try:
@@ -113,7 +119,7 @@ class HeldEvents:
                     delivery,
                     reason=STORE_ERROR,
                     error=error,
-                    attempts=self.attempts,
+                    attempts=attempts,
                     saga_id=saga_id,
                 )
                 return
@@ -163,14 +169,14 @@ class StoreErrors(HeldEvents):
                     return
                 except Exception as exc:
                     error = exc
-            await self._dead_letter(c, error)
+            await self._dead_letter(c, error, backoff.attempts + 1)
         except asyncio.CancelledError:
             await self.settlement.nack(trigger, delivery)
             raise
 
-    async def _dead_letter(self, c: Candidate, error: Exception) -> None:
+    async def _dead_letter(self, c: Candidate, error: Exception, attempts: int) -> None:
         trigger, delivery, settlement = c.trigger, c.delivery, self.settlement
-        await self.dead_letter(trigger, delivery, error, c.saga_id)
+        await self.dead_letter(trigger, delivery, error, c.saga_id, attempts)
         try:  # its claim undone, if ours: a saga that started keeps its row (its dead letter
             # resumes it), and a key another worker holds (a busy key's claim failed) is theirs
             saga = await self.state.store.get_saga(c.saga_id)

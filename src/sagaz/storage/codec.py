@@ -22,7 +22,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sagaz.exceptions import StoreError
+from sagaz.exceptions import UnstorableValueError
 
 __all__ = [
     "BYTES_TAG",
@@ -61,7 +61,7 @@ def encode_value(value: Any, *, _path: str = "value") -> Any:
         tagged = False
         for key, item in value.items():
             if not isinstance(key, str):
-                raise StoreError(
+                raise UnstorableValueError(
                     f"cannot store {_path}: key {key!r} is a {type(key).__name__}, but JSON "
                     "object keys must be strings; convert the key with str() before storing"
                 )
@@ -80,7 +80,7 @@ def encode_value(value: Any, *, _path: str = "value") -> Any:
         return {BYTES_TAG: base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, datetime):
         return {DATETIME_TAG: value.isoformat()}
-    raise StoreError(
+    raise UnstorableValueError(
         f"cannot store {_path} of type {type(value).__name__}: a durable store keeps JSON "
         "(dict, list, str, int, float, bool, None) plus bytes and datetime; convert it first, "
         "e.g. model.model_dump(mode='json') for pydantic or dataclasses.asdict()"
@@ -163,7 +163,7 @@ def dumps(value: Any) -> str:
             return plain_json(value)
         return plain_json(encode_value(value))
     except ValueError as exc:
-        raise StoreError(
+        raise UnstorableValueError(
             f"cannot store a NaN or infinite float ({exc}); store None or a string instead"
         ) from exc
 
@@ -178,7 +178,7 @@ def to_utc(moment: datetime) -> datetime:
     if moment.tzinfo is UTC:  # e.g. sagaz.clock.utcnow(), most moments: no conversion
         return moment
     if moment.tzinfo is None or moment.utcoffset() is None:
-        raise StoreError(
+        raise UnstorableValueError(
             f"naive datetime {moment.isoformat()} given to the store: pass an aware datetime, "
             "e.g. datetime.now(UTC) or sagaz.clock.utcnow()"
         )
