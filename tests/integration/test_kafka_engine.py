@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.engine.run_errors import RunErrors
 from sagaz.engine.store_errors import StoreErrors
 from sagaz.exceptions import MissingExtraError
+from sagaz.records import DeadLetterRecord
 from sagaz.sources.kafka.source import KafkaSource
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.storage.sqlite import SQLiteSagaStore
@@ -580,6 +581,55 @@ class RefusesTwo(SQLiteSagaStore):
         await super().save_checkpoint(saga, *args, **kwargs)
 
 
+async def event_two_dead_lettered(
+    kafka_bootstrap: str,
+    make_kafka_topic: MakeTopic,
+    store: SQLiteSagaStore,
+    context: Callable[[int], dict[str, Any]],
+) -> tuple[list[int], Counter[int], DeadLetterRecord, RecordingListener]:
+    """Events 0 to 4 through a one-step saga whose trigger method returns ``context(n)``,
+    on ``store``, until event 2 is dead-lettered and the offset committed past it: the
+    step's runs, the trigger method's calls, the dead letter and the listener."""
+    topic = await make_kafka_topic("run-error", partitions=1)
+    group = unique_name("run-error")
+    ran: list[int] = []
+    methods: Counter[int] = Counter()
+
+    class RunError(Saga):
+        saga_name = "run-error-kafka"
+
+        @trigger(
+            source="kafka", topic=topic, group_id=group, bootstrap_servers=kafka_bootstrap, **FAST
+        )
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            methods[event["n"]] += 1
+            return context(event["n"])
+
+        @action("count")
+        async def count(self, ctx: SagaContext) -> None:
+            ran.append(ctx["n"])
+
+    await produce(kafka_bootstrap, topic, ((0, event(n)) for n in range(5)))
+    listener = RecordingListener()
+    async with (
+        store,
+        group_offsets(kafka_bootstrap, group, topic, 1) as offsets,
+        TriggerEngine(TriggerConfig(), store, listeners=[listener]),
+    ):
+        [dead] = await eventually(store.list_dead_letters, within=30, what="its dead letter")
+
+        async def committed_past_it() -> bool:
+            return await offsets.committed() == [5]
+
+        await eventually(committed_past_it, within=30, what="the offset committed past it")
+        await eventually(lambda: 4 in ran, what="the last event's saga")
+        assert [d.id for d in listener.dead] == [dead.id]
+        assert methods == Counter(range(5))  # never delivered again
+        failed = await store.list_sagas(status=SagaStatus.FAILED)
+        assert [s.saga_id for s in failed] == [dead.saga_id]
+    return ran, methods, dead, listener
+
+
 async def test_a_saga_the_store_keeps_refusing_is_dead_lettered_and_the_offset_committed(
     kafka_bootstrap: str,
     make_kafka_topic: MakeTopic,
@@ -591,48 +641,14 @@ async def test_a_saga_the_store_keeps_refusing_is_dead_lettered_and_the_offset_c
     # came back to fail the same way (no dead letter ever)
     monkeypatch.setattr(RunErrors, "initial", 0.05)
     monkeypatch.setattr(RunErrors, "maximum", 0.2)
-    topic = await make_kafka_topic("refused", partitions=1)
-    group = unique_name("refused")
-    ran: list[int] = []
-    methods: Counter[int] = Counter()
-
-    class Refused(Saga):
-        saga_name = "refused-kafka"
-
-        @trigger(
-            source="kafka", topic=topic, group_id=group, bootstrap_servers=kafka_bootstrap, **FAST
-        )
-        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
-            methods[event["n"]] += 1
-            return {"n": event["n"]}
-
-        @action("count")
-        async def count(self, ctx: SagaContext) -> None:
-            ran.append(ctx["n"])
-
-    await produce(kafka_bootstrap, topic, ((0, event(n)) for n in range(5)))
-    listener = RecordingListener()
-    async with (
-        RefusesTwo(tmp_path / "sagaz.db") as store,
-        group_offsets(kafka_bootstrap, group, topic, 1) as offsets,
-        TriggerEngine(TriggerConfig(), store, listeners=[listener]),
-    ):
-        dead = await eventually(store.list_dead_letters, within=30, what="its dead letter")
-        assert [(d.reason, d.payload, d.attempts) for d in dead] == [
-            ("store_error", event(2), RunErrors.attempts)
-        ]
-
-        async def committed_past_it() -> bool:
-            return await offsets.committed() == [5]
-
-        await eventually(committed_past_it, within=30, what="the offset committed past it")
-        assert sorted(n for n in ran if n != 2) == [0, 1, 3, 4]
-        assert ran.count(2) == RunErrors.attempts  # its last step, run again each time
-        assert len(listener.errors) == RunErrors.attempts  # exactly its attempts
-        assert [d.id for d in listener.dead] == [dead[0].id]
-        assert methods == Counter(range(5))  # never delivered again
-        failed = await store.list_sagas(status=SagaStatus.FAILED)
-        assert [s.context for s in failed] == [{"n": 2}]  # its last checkpoint's
+    store = RefusesTwo(tmp_path / "sagaz.db")
+    ran, _, dead, listener = await event_two_dead_lettered(
+        kafka_bootstrap, make_kafka_topic, store, lambda n: {"n": n}
+    )
+    assert (dead.reason, dead.payload, dead.attempts) == ("store_error", event(2), 5)
+    assert sorted(n for n in ran if n != 2) == [0, 1, 3, 4]
+    assert ran.count(2) == RunErrors.attempts  # its last step, run again each time
+    assert len(listener.errors) == RunErrors.attempts  # exactly its attempts
 
 
 async def test_a_saga_the_store_cannot_keep_is_dead_lettered_at_once(
@@ -640,39 +656,14 @@ async def test_a_saga_the_store_cannot_keep_is_dead_lettered_at_once(
 ) -> None:
     # its trigger method returns a context the store cannot encode: the same value fails
     # every run, so it is dead-lettered after the first (no backoff to wait through)
-    topic = await make_kafka_topic("unstorable", partitions=1)
-    group = unique_name("unstorable")
-    ran: list[int] = []
+    def context(n: int) -> dict[str, Any]:
+        return {"n": n, "handle": object() if n == 2 else None}
 
-    class Unstorable(Saga):
-        saga_name = "unstorable-kafka"
-
-        @trigger(
-            source="kafka", topic=topic, group_id=group, bootstrap_servers=kafka_bootstrap, **FAST
-        )
-        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
-            return {"n": event["n"], "handle": object() if event["n"] == 2 else None}
-
-        @action("count")
-        async def count(self, ctx: SagaContext) -> None:
-            ran.append(ctx["n"])
-
-    await produce(kafka_bootstrap, topic, ((0, event(n)) for n in range(5)))
-    listener = RecordingListener()
-    async with (
-        SQLiteSagaStore(tmp_path / "sagaz.db") as store,
-        group_offsets(kafka_bootstrap, group, topic, 1) as offsets,
-        TriggerEngine(TriggerConfig(), store, listeners=[listener]),
-    ):
-        await eventually(lambda: sorted(ran) == [0, 1, 3, 4], within=30, what="4 sagas")
-        dead = await eventually(store.list_dead_letters, within=30, what="its dead letter")
-        assert [(d.reason, d.payload, d.attempts) for d in dead] == [("store_error", event(2), 1)]
-
-        async def committed_past_it() -> bool:
-            return await offsets.committed() == [5]
-
-        await eventually(committed_past_it, within=30, what="the offset committed past it")
-        assert len(listener.errors) == 1  # one run, not tried again
-        assert "UnstorableValueError" in (dead[0].traceback or "")
-        failed = await store.list_sagas(status=SagaStatus.FAILED)
-        assert [s.context for s in failed] == [{}]  # its last checkpoint's: none
+    store = SQLiteSagaStore(tmp_path / "sagaz.db")
+    ran, _, dead, listener = await event_two_dead_lettered(
+        kafka_bootstrap, make_kafka_topic, store, context
+    )
+    assert (dead.reason, dead.payload, dead.attempts) == ("store_error", event(2), 1)
+    assert sorted(ran) == [0, 1, 3, 4]
+    assert len(listener.errors) == 1  # one run, not tried again
+    assert "UnstorableValueError" in (dead.traceback or "")
