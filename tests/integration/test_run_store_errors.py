@@ -13,6 +13,7 @@ value, so it refuses none): SQLite, PostgreSQL and Redis.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -265,7 +266,10 @@ async def test_a_rabbitmq_message_whose_saga_cannot_be_stored_is_dead_lettered_o
         ]
         assert len(listener.errors) == 1  # a value that fails alike: one run, not retried
         assert methods == Counter({0: 1, 1: 1, 2: 1, 3: 1})  # never redelivered
-        [saga] = [s for s in await store.list_sagas() if s.status is SagaStatus.FAILED]
+        # its row is written failed after its dead letter is stored
+        [saga] = await eventually(
+            functools.partial(store.list_sagas, status=SagaStatus.FAILED), what="its failed row"
+        )
         assert "cannot store value['handle']" in (saga.error or "")
     assert await rabbit.ready(queue) == 0  # acked once dead-lettered
     assert [d.id for d in listener.dead] == [dead[0].id]
