@@ -8,6 +8,7 @@ cancels the ack's caller cannot skip the count.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
@@ -16,7 +17,6 @@ from sagaz.engine.decoding import InvalidPayloadError
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, NotRun, Reason
-from sagaz.exceptions import StoreUnavailableError
 from sagaz.records import SagaRecord
 
 __all__ = ["NotStarted"]
@@ -86,11 +86,7 @@ class NotStarted:
     async def drop_evicted(self, evicted: WorkItem) -> None:
         """Drop ``evicted``, pushed out of the queue by ``drop_oldest``: the admission that
         evicted it is not run again, so the drop waits for the store."""
-        while True:
-            try:
-                return await self.drop(evicted, Reason.DROPPED_OLDEST)
-            except StoreUnavailableError as exc:
-                await self.state.outage.wait(exc)
+        await self.state.outage.retry(functools.partial(self.drop, evicted, Reason.DROPPED_OLDEST))
 
     async def forget(self, item: WorkItem, why: Reason | Literal["interrupted"]) -> None:
         """Undo an acceptance that never started: the key may be delivered again. Whoever

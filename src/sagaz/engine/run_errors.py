@@ -30,7 +30,7 @@ While the engine stops, a held delivery is nacked (redelivered, or recovered fro
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 
 from sagaz.engine.active_trigger import PipelineState
@@ -41,7 +41,6 @@ from sagaz.engine.settlement import Settlement
 from sagaz.engine.store_errors import HeldEvents
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import NotRun
-from sagaz.exceptions import StoreUnavailableError
 from sagaz.records import SagaRecord
 from sagaz.saga.result import SagaResult
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
@@ -49,7 +48,7 @@ from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 __all__ = ["RunErrors"]
 
 
-class RunErrors(HeldEvents):
+class RunErrors(HeldEvents[WorkItem]):
     """The tasks holding the deliveries of sagas whose run a store error interrupted (see the
     module). ``settle`` completes what the store still holds open for an item, then acks it
     (the runner's)."""
@@ -72,22 +71,8 @@ class RunErrors(HeldEvents):
             return
         if item.run_errors is None:  # its first: the backoff counts this event's failed runs
             item.run_errors = self.backoff()
-        self._tasks.spawn(self._retry(item, error), f"sagaz-rerun-{item.saga_id}")
-
-    async def _retry(self, item: WorkItem, error: Exception) -> None:
-        backoff = item.run_errors
-        assert backoff is not None
-        try:
-            while await self.failed(item.trigger, error, item.event, backoff):
-                try:
-                    await self._again(item)
-                    return
-                except Exception as exc:
-                    error = exc
-            await self._give_up(item, error, backoff.attempts + 1)
-        except asyncio.CancelledError:
-            await self._interrupted(item, error)
-            raise
+        retry = self._retry(item, item.trigger, item.event, error, item.run_errors)
+        self._tasks.spawn(retry, f"sagaz-rerun-{item.saga_id}")
 
     async def _interrupted(self, item: WorkItem, error: Exception) -> None:
         await self.settlement.nack(item.trigger, item.delivery)
@@ -115,30 +100,22 @@ class RunErrors(HeldEvents):
         its delivery."""
         await self.dead_letter(item.trigger, item.delivery, error, item.saga_id, attempts)
         outcome = await self._end(item, error)
-        while True:
-            try:
-                await self._settle(item)
-                break
-            except StoreUnavailableError as exc:
-                await self.state.outage.wait(exc)
-            except Exception as exc:  # its dead letter is stored: the event is settled
-                await self.settlement.report(item.trigger, exc, item.event)
-                await self.settlement.ack(item.trigger, item.delivery)
-                break
+        try:
+            await self.state.outage.retry(functools.partial(self._settle, item))
+        except Exception as exc:  # its dead letter is stored: the event is settled
+            await self.settlement.report(item.trigger, exc, item.event)
+            await self.settlement.ack(item.trigger, item.delivery)
         self.state.outcomes.settle(item.saga_id, outcome)
 
     async def _end(self, item: WorkItem, error: Exception) -> SagaOutcome:
         """Give the saga of ``item`` its terminal row (``failed``) with its inbox row's
         completion, unless it has one or another worker owns it; its outcome then."""
-        while True:
-            try:
-                return await self._fail(item, error)
-            except StoreUnavailableError as exc:
-                await self.state.outage.wait(exc)
-            except Exception as exc:  # not even that: no lease is kept on it
-                await self.settlement.report(item.trigger, exc, item.event)
-                await self._release(item, exc)
-                return NotRun(item.saga_id, "interrupted", str(error))
+        try:
+            return await self.state.outage.retry(functools.partial(self._fail, item, error))
+        except Exception as exc:  # not even that: no lease is kept on it
+            await self.settlement.report(item.trigger, exc, item.event)
+            await self._release(item, exc)
+            return NotRun(item.saga_id, "interrupted", str(error))
 
     async def _fail(self, item: WorkItem, error: Exception) -> SagaOutcome:
         state = self.state

@@ -111,12 +111,12 @@ class SagaRunner:
                 await self._settle(item)
             except StoreUnavailableError as exc:
                 await state.outage.wait(exc)
-                await self._outage_safe(functools.partial(self._settle, item))
+                await state.outage.retry(functools.partial(self._settle, item))
             state.outcomes.settle(item.saga_id, result)
             return
         if result.status is SagaStatus.CANCELLED:  # an operator's decision: never retried
             state.metrics.cancelled[trigger.trigger_id] += 1
-            await self._outage_safe(functools.partial(self._settle, item))
+            await state.outage.retry(functools.partial(self._settle, item))
             state.outcomes.settle(item.saga_id, result)
             return
         if result.status is SagaStatus.COMPENSATED:
@@ -126,7 +126,7 @@ class SagaRunner:
                 return
         else:
             state.metrics.failed[trigger.trigger_id] += 1
-        await self._outage_safe(
+        await state.outage.retry(
             functools.partial(
                 self.settlement.dead_letter,
                 trigger,
@@ -137,7 +137,7 @@ class SagaRunner:
                 saga_id=item.saga_id,
             )
         )
-        await self._outage_safe(functools.partial(self._settle, item))
+        await state.outage.retry(functools.partial(self._settle, item))
         state.outcomes.settle(item.saga_id, result)
 
     def _execution(self, item: WorkItem, cancellation: Cancellation | None) -> SagaExecution:
@@ -203,15 +203,6 @@ class SagaRunner:
             item.saga_id,
             extra={**_log_fields(item), "worker_id": self.state.worker_id},
         )
-
-    async def _outage_safe(self, operation: Callable[[], Awaitable[object]]) -> None:
-        """Run ``operation`` (store writes, then perhaps the ack) until the store takes it."""
-        while True:
-            try:
-                await operation()
-                return
-            except StoreUnavailableError as exc:
-                await self.state.outage.wait(exc)
 
     @staticmethod
     def _log_result(item: WorkItem, result: SagaResult) -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from sagaz._aio import TaskSet
 from sagaz.backoff import Backoff
@@ -52,13 +52,19 @@ __all__ = ["STORE_ERROR", "HeldEvents", "StoreErrors"]
 #: (:mod:`sagaz.engine.run_errors`), the store kept failing
 STORE_ERROR = "store_error"
 
+#: what a :class:`HeldEvents` holds: an admission's candidate, or a run's work item
+Held = TypeVar("Held")
 
-class HeldEvents:
+
+class HeldEvents(Generic[Held]):
     """What admission's :class:`StoreErrors` and the runner's
     :class:`~sagaz.engine.run_errors.RunErrors` share: events held in tasks of their own
     while what a store error interrupted is tried again with a backoff, an outage waited
     for and not counted, and a dead letter (reason ``store_error``) stored at last, however
-    long the store refuses it; while the engine stops, those events are nacked."""
+    long the store refuses it; while the engine stops, those events are nacked.
+
+    A subclass says what trying again (:meth:`_again`), giving up (:meth:`_give_up`) and
+    being interrupted (:meth:`_interrupted`) mean for what it holds."""
 
     #: attempts, the first included, before the event is dead-lettered
     attempts: ClassVar[int] = 5
@@ -100,6 +106,36 @@ class HeldEvents:
         await backoff.sleep()
         return True
 
+    async def _retry(
+        self, held: Held, trigger: ActiveTrigger, event: Any, error: Exception, backoff: Backoff
+    ) -> None:
+        """Try ``held``, whose attempt ``error`` ended, again after each failure
+        (:meth:`failed`) until an attempt goes through; give it up after the last; when
+        cancelled (the engine stops), interrupt it."""
+        try:
+            while await self.failed(trigger, error, event, backoff):
+                try:
+                    await self._again(held)
+                    return
+                except Exception as exc:
+                    error = exc
+            await self._give_up(held, error, backoff.attempts + 1)
+        except asyncio.CancelledError:
+            await self._interrupted(held, error)
+            raise
+
+    async def _again(self, held: Held) -> None:
+        """Make ``held``'s next attempt; raises what ends it."""
+        raise NotImplementedError
+
+    async def _give_up(self, held: Held, error: Exception, attempts: int) -> None:
+        """Dead-letter ``held`` with ``error`` after ``attempts`` and settle it."""
+        raise NotImplementedError
+
+    async def _interrupted(self, held: Held, error: Exception) -> None:
+        """Hand ``held`` back (nacked): the engine stops."""
+        raise NotImplementedError
+
     async def dead_letter(
         self,
         trigger: ActiveTrigger,
@@ -135,7 +171,7 @@ class HeldEvents:
         await self._tasks.close()
 
 
-class StoreErrors(HeldEvents):
+class StoreErrors(HeldEvents[Candidate]):
     """The tasks holding events whose admission a store error interrupted (see the module)."""
 
     def __init__(
@@ -156,25 +192,17 @@ class StoreErrors(HeldEvents):
             await self.settlement.nack(c.trigger, c.delivery)
             return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
         c.handed_over = True
-        self._tasks.spawn(self._retry(c, error), f"sagaz-readmit-{c.saga_id}")
+        retry = self._retry(c, c.trigger, c.delivery.payload, error, self.backoff())
+        self._tasks.spawn(retry, f"sagaz-readmit-{c.saga_id}")
         return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
 
-    async def _retry(self, c: Candidate, error: Exception) -> None:
-        trigger, delivery = c.trigger, c.delivery
-        backoff = self.backoff()
-        try:
-            while await self.failed(trigger, error, delivery.payload, backoff):
-                try:
-                    await self._readmit(c)
-                    return
-                except Exception as exc:
-                    error = exc
-            await self._dead_letter(c, error, backoff.attempts + 1)
-        except asyncio.CancelledError:
-            await self.settlement.nack(trigger, delivery)
-            raise
+    async def _again(self, c: Candidate) -> None:
+        await self._readmit(c)
 
-    async def _dead_letter(self, c: Candidate, error: Exception, attempts: int) -> None:
+    async def _interrupted(self, c: Candidate, error: Exception) -> None:
+        await self.settlement.nack(c.trigger, c.delivery)
+
+    async def _give_up(self, c: Candidate, error: Exception, attempts: int) -> None:
         trigger, delivery, settlement = c.trigger, c.delivery, self.settlement
         await self.dead_letter(trigger, delivery, error, c.saga_id, attempts)
         try:  # its claim undone, if ours: a saga that started keeps its row (its dead letter

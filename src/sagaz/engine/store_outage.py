@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sagaz.backoff import Backoff
 from sagaz.clock import Clock
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["StoreOutage"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class StoreOutage:
@@ -97,6 +99,16 @@ class StoreOutage:
         ``until`` is set (the caller is stopping)."""
         self.down(error)
         await self.wait_available(until=until)
+
+    async def retry(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Await ``operation()`` (store writes, then perhaps an ack) until the store takes
+        it, waiting out each outage that interrupts it (:meth:`wait`); its result. Any other
+        error is the caller's."""
+        while True:
+            try:
+                return await operation()
+            except StoreUnavailableError as exc:
+                await self.wait(exc)
 
     async def wait_available(self, *, until: asyncio.Event | None = None) -> None:
         """Return at once while the store is available, else when it is back, or when

@@ -413,7 +413,7 @@ class SagaExecution(SagaDag, SagaCompensation):
                     tries = try_no  # a broken return value is a bug: retrying cannot help
                 except StoreUnavailableError as exc:
                     # the step's own use of some store failed: a step failure like any other,
-                    # never mistaken for an outage of this saga's store (which _forward lets by)
+                    # never mistaken for an outage of this saga's store (which _run lets by)
                     error = SagaError(f"step {name!r} raised {describe_error(exc)}")
                     error.__cause__ = exc
                 except Exception as exc:
