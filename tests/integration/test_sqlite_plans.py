@@ -145,6 +145,20 @@ def _written_indexes(conn: sqlite3.Connection, sql: str, count: int) -> set[str]
     return {roots[op[3]] for op in program if op[1] == "OpenWrite" and op[3] in roots}
 
 
+def _saga_indexes(path: Path) -> dict[str, str]:
+    """The statements of the indexes on ``saga_executions`` in the file ``path``, by name."""
+    conn = sqlite3.connect(path)
+    try:
+        return dict(
+            conn.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                "AND tbl_name = 'saga_executions' AND sql IS NOT NULL"
+            ).fetchall()
+        )
+    finally:
+        conn.close()
+
+
 def test_a_saga_row_update_rewrites_one_index_of_active_sagas(conn: sqlite3.Connection) -> None:
     # every checkpoint sets the status, so SQLite rewrites each partial index on the active
     # statuses (its entry deleted and inserted again, even from pending to running): since
@@ -192,16 +206,7 @@ async def test_a_version_7_database_is_upgraded_to_the_or_conditions(tmp_path: P
     async with upgraded:
         for n, status in enumerate(statuses):
             assert [r.saga_id for r in await upgraded.list_sagas(status=status)] == [f"s{n}"]
-    new = sqlite3.connect(path)
-    try:
-        indexes = dict(
-            new.execute(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
-                "AND tbl_name = 'saga_executions' AND sql IS NOT NULL"
-            ).fetchall()
-        )
-    finally:
-        new.close()
+    indexes = _saga_indexes(path)
     assert "saga_executions_by_status" not in indexes
     assert not [sql for sql in indexes.values() if "status IN" in sql], indexes
     assert indexes["saga_executions_by_rare_status"].endswith(
@@ -240,16 +245,7 @@ async def test_a_version_9_database_is_upgraded_to_one_index_of_active_sagas(
         await SQLiteSagaStore(path).start()
     upgraded = SQLiteSagaStore(path)
     assert await upgraded.upgrade_schema() == SchemaVersions(9, tables.SCHEMA_VERSION)
-    new = sqlite3.connect(path)
-    try:
-        indexes = dict(
-            new.execute(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
-                "AND tbl_name = 'saga_executions' AND sql IS NOT NULL"
-            ).fetchall()
-        )
-    finally:
-        new.close()
+    indexes = _saga_indexes(path)
     assert "saga_executions_by_owner" not in indexes
     assert "(seq, owner) WHERE" in indexes["saga_executions_active"]
     async with upgraded:
