@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from sagaz._aio import TaskSet
 from sagaz.engine.active_trigger import PipelineState
 from sagaz.engine.run_errors import RunErrors
+from sagaz.engine.settle_errors import SettleErrors, Unsettled
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import NotRun
@@ -53,6 +54,9 @@ class SagaRunner:
         self._retries = TaskSet()
         #: runs a store error (not an outage) ended: held and run again (:mod:`.run_errors`)
         self.errors = RunErrors(state, settlement, self._settle)
+        #: ended sagas whose settling a store error (not an outage) interrupted: held and
+        #: settled again (:mod:`.settle_errors`)
+        self.settle_errors = SettleErrors(state, settlement, self._settle)
         #: what becomes of the delivery of a run that lost its saga to another worker
         #: (the engine's :meth:`Admission.watch_taken_over`); unset: nacked
         self.taken_over: Callable[[WorkItem], None] | None = None
@@ -63,7 +67,8 @@ class SagaRunner:
         While the store is unavailable the saga waits for it, keeping its delivery un-acked,
         and then resumes from its last checkpoint (see :mod:`sagaz.engine.store_outage`);
         a run that another error ended is held and run again, then dead-lettered (see
-        :mod:`sagaz.engine.run_errors`)."""
+        :mod:`sagaz.engine.run_errors`), and so is the settling of a saga that ended (see
+        :mod:`sagaz.engine.settle_errors`)."""
         # no lambda in this coroutine (functools.partial instead): a variable a closure
         # captures is a cell made at every call, kept across every wait on the store
         state = self.state
@@ -109,15 +114,14 @@ class SagaRunner:
             state.metrics.completed[trigger.trigger_id] += 1
             try:  # no closure and no extra coroutine on the common path: once per event
                 await self._settle(item)
-            except StoreUnavailableError as exc:
-                await state.outage.wait(exc)
-                await state.outage.retry(functools.partial(self._settle, item))
+            except Exception as exc:  # an outage waited out, another store error held
+                await self.settle_errors.failed_first(Unsettled(item, result), exc)
+                return
             state.outcomes.settle(item.saga_id, result)
             return
         if result.status is SagaStatus.CANCELLED:  # an operator's decision: never retried
             state.metrics.cancelled[trigger.trigger_id] += 1
-            await state.outage.retry(functools.partial(self._settle, item))
-            state.outcomes.settle(item.saga_id, result)
+            await self.settle_errors.settle(Unsettled(item, result))
             return
         if result.status is SagaStatus.COMPENSATED:
             state.metrics.compensated[trigger.trigger_id] += 1
@@ -126,19 +130,16 @@ class SagaRunner:
                 return
         else:
             state.metrics.failed[trigger.trigger_id] += 1
-        await state.outage.retry(
-            functools.partial(
-                self.settlement.dead_letter,
-                trigger,
-                item.delivery,
-                reason="saga_failed" if result.status is SagaStatus.FAILED else "retries_exhausted",
-                error=result.error or result.status.value,
-                attempts=item.attempt,
-                saga_id=item.saga_id,
-            )
+        dead_letter = functools.partial(
+            self.settlement.dead_letter,
+            trigger,
+            item.delivery,
+            reason="saga_failed" if result.status is SagaStatus.FAILED else "retries_exhausted",
+            error=result.error or result.status.value,
+            attempts=item.attempt,
+            saga_id=item.saga_id,
         )
-        await state.outage.retry(functools.partial(self._settle, item))
-        state.outcomes.settle(item.saga_id, result)
+        await self.settle_errors.settle(Unsettled(item, result, dead_letter))
 
     def _execution(self, item: WorkItem, cancellation: Cancellation | None) -> SagaExecution:
         """A run of ``item``'s saga."""
@@ -234,6 +235,7 @@ class SagaRunner:
         store = self.state.store
         if not item.inbox_completed:  # else written with the saga's completed state
             await store.complete_inbox(item.trigger_id, item.key)
+            item.inbox_completed = True  # not again if what follows fails (settle_errors)
         if item.context_hash is not None and item.trigger.poll_name is not None:
             await store.complete_trigger_execution(item.trigger.poll_name, item.saga_id)
         await self.settlement.ack(item.trigger, item.delivery)
@@ -286,7 +288,8 @@ class SagaRunner:
         return len(self._retries)
 
     async def close(self) -> None:
-        """Cancel waiting retries and held runs (their deliveries are nacked for
-        redelivery)."""
+        """Cancel waiting retries, held runs and held settlings (their deliveries are nacked
+        for redelivery)."""
         await self._retries.close()
         await self.errors.close()
+        await self.settle_errors.close()
