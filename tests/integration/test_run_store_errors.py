@@ -30,6 +30,7 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.engine.identity import saga_id_for
 from sagaz.engine.replay import replay
 from sagaz.engine.run_errors import RunErrors
+from sagaz.engine.settle_errors import SettleErrors
 from sagaz.records import ClaimOutcome, OutboxMessage, SagaRecord, StepRecord
 from sagaz.saga.result import SagaResult
 from sagaz.storage import MemorySagaStore, PostgresSagaStore, RedisSagaStore, SQLiteSagaStore
@@ -273,3 +274,65 @@ async def test_a_rabbitmq_message_whose_saga_cannot_be_stored_is_dead_lettered_o
         assert "cannot store value['handle']" in (saga.error or "")
     assert await rabbit.ready(queue) == 0  # acked once dead-lettered
     assert [d.id for d in listener.dead] == [dead[0].id]
+
+
+class RefusesInboxCompletions(SQLiteSagaStore):
+    """Its ``complete_inbox`` (the settling of a saga that ended without completing its inbox
+    row: compensated, failed, cancelled) always fails, with an error that is not an outage."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.refused = 0
+        self.released = 0
+
+    async def complete_inbox(self, trigger_id: str, key: str) -> None:
+        self.refused += 1
+        raise RuntimeError("disk I/O error")
+
+    async def release_inbox(self, trigger_id: str, key: str) -> None:
+        self.released += 1
+        await super().release_inbox(trigger_id, key)
+
+
+async def test_a_rabbitmq_message_whose_inbox_row_the_store_refuses_is_settled_once(
+    rabbit: Rabbit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # old code: the dispatcher nacked it (requeue), so RabbitMQ delivered it again at once, for
+    # ever: each delivery found its saga ended, dead-lettered it once more, and failed again
+    monkeypatch.setattr(SettleErrors, "initial", 0.02)
+    monkeypatch.setattr(SettleErrors, "maximum", 0.05)
+    queue = rabbit.queue_name()
+    await rabbit.declare(queue)
+    ran: Counter[int] = Counter()
+
+    class RabbitUnsettled(Saga):
+        saga_name = "rabbit-unsettled"
+
+        @trigger(source="rabbitmq", queue=queue, max_retries=0)
+        def on_message(self, event: dict[str, Any]) -> dict[str, Any]:
+            return {"n": event["n"]}
+
+        @action("work")
+        async def work(self, ctx: SagaContext) -> None:
+            ran[ctx["n"]] += 1
+            if ctx["n"] == 2:
+                raise RuntimeError("the step fails")
+
+    listener = RecordingListener()
+    await rabbit.publish(queue, [json.dumps({"n": n}).encode() for n in range(4)])
+    config = TriggerConfig(rabbitmq_url=rabbit.url, shutdown_timeout=1.0)
+    async with (
+        RefusesInboxCompletions(tmp_path / "sagaz.db") as store,
+        TriggerEngine(config, store, listeners=[listener]),
+    ):
+        # given up after its last attempt: its key released, then its delivery acked
+        await eventually(lambda: store.released == 1, within=30, what="its settling given up")
+        await eventually(lambda: sum(ran.values()) == 4, what="every saga ran")
+        dead = await store.list_dead_letters()
+    assert [(d.reason, d.payload) for d in dead] == [
+        ("retries_exhausted", json.dumps({"n": 2}).encode())
+    ]  # its own dead letter, once: its durable record
+    assert store.refused == SettleErrors.attempts  # bounded: no hot loop
+    assert len(listener.errors) == SettleErrors.attempts  # each attempt reported
+    assert ran == Counter({0: 1, 1: 1, 2: 1, 3: 1})  # never redelivered
+    assert await rabbit.ready(queue) == 0  # acked
