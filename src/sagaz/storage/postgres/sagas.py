@@ -412,7 +412,7 @@ class PostgresSagas(PostgresConnection):
         for record in steps:  # not a comprehension: it would make ``micros`` a cell of this call
             step_rows.append(step_params(record, micros))
         saga_params = None if saga is None else self._saga_row(saga, now, micros)
-        messages = outbox_params(outbox, now)
+        messages = outbox_params(outbox, now) if outbox else []
 
         inbox_row = None if complete_inbox is None else (*complete_inbox, micros)
         row = None
