@@ -175,35 +175,48 @@ class PostgresGroupStatement(PostgresEventClaims):
             selects.append("SELECT 3, saga_id, NULL, NULL, NULL, NULL, NULL, NULL FROM sn")
             n += 1
         if has_events:  # the claims (keys, or inbox_claim rows), then the sagas (saga_row)
-            # every key inserted (claimed afresh) and every saga created, the usual group:
-            # one row of kind 9 says so instead of a row per claimed key (a one-time filter)
+            # what the statement's rows of the events depend on, counted once (cn: one row):
+            # keys claimed, of them inserted (claimed afresh), sagas created. Each gate
+            # below reads it (a one-time filter): an aggregate the server sets up at every
+            # group is dearer than the rows it saves
             events = f"cardinality(${n + 2}::{self._s}.saga_row[])"
-            fresh = (
-                f"(SELECT count(*) FROM ec WHERE inserted) = {events} "
-                f"AND (SELECT count(*) FROM es) = {events}"
-            )
+            gate = "(SELECT {} FROM cn)"
             if has_events == _KEYS:
                 ctes.append(f"ec AS ({self._claim_keys_sql(n)})")
-                selects += self._claim_selects("ec", 4, n, self._key_rows(n), f"NOT ({fresh})")
+                keys_from: str | None = self._key_rows(n)
             else:
                 ctes.append(f"ec AS ({_shift(self._claim_many, n)})")
-                selects += self._claim_selects("ec", 4, n, unless=f"NOT ({fresh})")
-            selects.append(f"SELECT 9, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE {fresh}")
+                keys_from = None
+            # every key inserted and every saga created, the usual group: one row of kind 9
+            # says so instead of a row (kind 4) per key
+            fresh = f"fresh = {events} AND created = {events}"
+            selects += self._claim_selects(
+                "ec", 4, n, keys_from, unless=gate.format(f"NOT ({fresh})"),
+                claimed=gate.format("claimed"),
+            )  # fmt: skip
             # a saga is created only where its key was claimed (by ec, in this statement)
             insert = _shift(self._insert_sagas, n + 1).replace(
-                " ON CONFLICT", " JOIN ec ON ec.saga_id = u.saga_id ON CONFLICT", 1
+                # a filter by an array made once, not a join: no hash node to set up
+                " ON CONFLICT",
+                " WHERE u.saga_id = ANY (ARRAY(SELECT saga_id FROM ec)) ON CONFLICT",
+                1,
             )
             ctes.append(f"es AS ({insert})")
+            ctes.append(
+                "cn AS (SELECT c.claimed, c.fresh, (SELECT count(*) FROM es) AS created FROM "
+                "(SELECT count(*) AS claimed, count(*) FILTER (WHERE inserted) AS fresh "
+                "FROM ec) AS c)"
+            )
             # the sagas created, listed only if some claimed key's saga was not (it existed):
-            # else one row of kind 8 says every one was, unless kind 9 said more (gated by
-            # counts, one-time filters)
-            every = "(SELECT count(*) FROM es) = (SELECT count(*) FROM ec)"
+            # else one row says every one was (kind 8), or every key was claimed afresh too
+            # (kind 9)
             selects.append(
-                f"SELECT 6, saga_id, NULL, NULL, NULL, NULL, NULL, NULL FROM es WHERE NOT {every}"
+                "SELECT 6, saga_id, NULL, NULL, NULL, NULL, NULL, NULL FROM es WHERE "
+                + gate.format("created <> claimed")
             )
             selects.append(
-                f"SELECT 8, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE {every} "
-                f"AND NOT ({fresh})"
+                f"SELECT CASE WHEN {fresh} THEN 9 ELSE 8 END, NULL, NULL, NULL, NULL, NULL, "
+                "NULL, NULL FROM cn WHERE created = claimed"
             )
             n += 2
         if checkpoint_shape is not None:
@@ -236,12 +249,14 @@ class PostgresGroupStatement(PostgresEventClaims):
         n: int,
         keys_from: str | None = None,
         unless: str | None = None,
+        claimed: str | None = None,
     ) -> list[str]:
         """The rows of the claims of ``cte`` (keys in ``$n+1``): one per key claimed
         (``kind``; only where the condition ``unless`` holds), and one per key as it was
         before the statement (its snapshot, ``kind + 1``): of the keys not claimed, the
         ones that refused the claim then. ``keys_from``: the ``FROM`` item of the keys if
-        not ``$n+1`` as inbox_claim rows.
+        not ``$n+1`` as inbox_claim rows; ``claimed``: the count of the keys claimed, if
+        not counted from ``cte``.
 
         The second are read only if some key was not claimed: gated by a count (a one-time
         filter), so that in the usual group, every key claimed, no key is looked up again."""
@@ -256,7 +271,7 @@ class PostgresGroupStatement(PostgresEventClaims):
             f"SELECT {kind + 1}, i.trigger_id, i.key, i.saga_id, i.owner, i.status, "
             "i.lease_until, NULL FROM "
             + _inbox_lookup(self._s, keys_from)
-            + f" WHERE (SELECT count(*) FROM {cte}) < cardinality({keys})",
+            + f" WHERE {claimed or f'(SELECT count(*) FROM {cte})'} < cardinality({keys})",
         ]
 
 
