@@ -456,6 +456,66 @@ async def test_event_claims_of_records_naming_another_trigger_claim_their_own_ke
         assert triggers == {"s1": "t", "m0": "t", "m1": "other", "m2": None}
 
 
+async def test_a_group_of_new_event_claims_comes_back_as_one_row(database: str) -> None:
+    # a group statement whose events' keys are all claimed afresh, each saga created, says
+    # so in one row instead of one per key; a group where one is not (here a key another
+    # worker holds, a key taken over, a saga that exists) answers each from its own rows
+    expired, later = utcnow() - timedelta(seconds=1), utcnow() + timedelta(minutes=5)
+
+    def record(saga_id: str) -> SagaRecord:
+        return SagaRecord(
+            saga_id, "order", SagaStatus.PENDING, {}, trigger_id="t", owner="w1",
+            lease_expires_at=later,
+        )  # fmt: skip
+
+    async with PostgresSagaStore(database) as store:
+        await store.claim_inbox("t", "held", "s-held", "w2", later)
+        await store.claim_inbox("t", "expired", "s-expired", "w2", expired)
+        await store.create_saga(record("s-exists"))
+        committer = store._committer()
+        statement = committer._statement
+        assert statement is not None
+        rows: list[int] = []
+
+        class Counting:
+            def __init__(self, conn: Any) -> None:
+                self._conn = conn
+
+            async def fetch(self, sql: str, *args: Any) -> list[Any]:
+                found = await self._conn.fetch(sql, *args)
+                rows.append(len(found))
+                return list(found)
+
+        async def counted(conn: Any, batches: Any) -> Any:
+            return await statement(Counting(conn), batches)
+
+        committer._statement = counted
+        fresh = await asyncio.gather(
+            *(store.claim_event("t", f"k{n}", record(f"s{n}")) for n in range(4))
+        )
+        assert rows == [1]
+        assert [(c.outcome, c.saga_id, c.owner, c.created) for c in fresh] == [
+            (ClaimOutcome.CLAIMED, f"s{n}", "w1", True) for n in range(4)
+        ]
+        assert [c.saga.saga_id for c in fresh if c.saga is not None] == [f"s{n}" for n in range(4)]
+        mixed = await asyncio.gather(
+            store.claim_event("t", "new", record("s-new")),
+            store.claim_event("t", "held", record("s-x")),
+            store.claim_event("t", "expired", record("s-expired")),
+            store.claim_event("t", "exists", record("s-exists")),
+        )
+        answers = [(c.outcome, c.saga_id, c.owner, c.created) for c in mixed]
+        assert answers == [
+            (ClaimOutcome.CLAIMED, "s-new", "w1", True),
+            (ClaimOutcome.BUSY, "s-held", "w2", False),
+            (ClaimOutcome.TAKEN_OVER, "s-expired", "w1", True),
+            (ClaimOutcome.CLAIMED, "s-exists", "w1", False),
+        ]
+        for n in range(4):
+            stored = await store.get_saga(f"s{n}")
+            assert stored is not None and stored.status is SagaStatus.PENDING
+
+
 async def test_checkpoints_sent_as_checkpoint_rows_write_each_and_fence_a_lost_saga(
     database: str,
 ) -> None:

