@@ -300,8 +300,7 @@ class Admission:
             claim = await self._claim_event(c, lease)
         except asyncio.CancelledError:  # the key may be ours now: claimed again in a while,
             if self.accepting:  # not left ours, unrun (late_acceptances)
-                c.handed_over = True
-                self._watch_busy(c)
+                self.claim_again(c)
             raise
         if claim.created and c.delivery.replay_of is None:  # the usual: a new key, a new row
             return await self.accept(c, lease, claim)
@@ -471,6 +470,15 @@ class Admission:
         :mod:`~.store_errors`); raises what the store raises."""
         lease = self.state.lease_until()
         await self._settle(c, lease, await self._claim_event(c, lease), recovered=True)
+
+    def claim_again(self, c: Candidate) -> None:
+        """Claim the key of ``c`` again in a while, whose claim may or may not have been
+        made (cancelled under way): held as a busy key, its saga runs here once the key is
+        ours, or its delivery is settled once the worker holding it finished (a duplicate).
+        ``c.handed_over`` says so to the callers up the stack, which leave the delivery
+        alone."""
+        c.handed_over = True
+        self._watch_busy(c)
 
     def watch_taken_over(self, item: WorkItem) -> None:
         """Hold ``item``'s delivery, whose saga another worker took over while it ran here
