@@ -1,5 +1,6 @@
-"""Row locks held by another transaction of the PostgreSQL store, where they would make
-workers wait on each other (all found by the frozen-worker chaos test):
+"""Row locks held by another transaction of the PostgreSQL store, and writes queued before
+another, where they would make workers wait on each other (all found by the frozen-worker
+chaos test):
 
 - a worker frozen (SIGSTOP, a long pause) or cut off in the middle of a transaction holds the
   rows it locked: its sessions are ended by the server once idle in a transaction for
@@ -9,7 +10,9 @@ workers wait on each other (all found by the frozen-worker chaos test):
 - the lease renewal skips the rows another transaction holds instead of waiting on them: an
   UPDATE of all of a worker's rows locks them in no particular order, a group's checkpoints
   and claims in theirs, and the two deadlocked (and waited on each other for 20 s and more,
-  everything else queued behind them).
+  everything else queued behind them);
+- the renewal is not an operation of the group committer: queued behind its backlog it
+  landed seconds late, past a short lease (another worker took a live worker's sagas over).
 """
 
 from __future__ import annotations
@@ -95,3 +98,42 @@ async def test_renewing_leases_skips_the_rows_another_transaction_holds(
         assert leases["s-1"] == leases["s-3"] == renewed
         assert leases["s-2"] == later  # renewed by the next renewal
         assert await store.renew_leases("a", renewed) == 3
+
+
+async def test_renewing_leases_does_not_wait_behind_the_writes_queued_before_it(
+    postgres_dsn: str, schema: str
+) -> None:
+    # queued in the group committer behind a backlog (here: writes of a row another
+    # transaction holds, on every connection the committer may use, and more queued), a
+    # renewal used to land seconds late under load, past a short lease: another worker took
+    # a live worker's sagas over
+    later = utcnow() + timedelta(seconds=30)
+    lapsed = utcnow() - timedelta(seconds=1)  # "held" is claimable: its claims wait on it
+    async with PostgresSagaStore(postgres_dsn, schema=schema) as store:
+        for saga_id, owner, lease in (("mine", "a", later), ("held", "c", lapsed)):
+            await store.save_saga(
+                SagaRecord(
+                    saga_id, "order", SagaStatus.RUNNING, {}, owner=owner, lease_expires_at=lease
+                )
+            )
+        holder = await asyncpg.connect(postgres_dsn)
+        blocked: list[asyncio.Task[bool]] = []
+        try:
+            async with holder.transaction():
+                await holder.execute(
+                    f'SELECT 1 FROM "{schema}".saga_executions WHERE saga_id = $1 FOR UPDATE',
+                    "held",
+                )
+                for n in range(8):  # one group after another, each waiting on the row
+                    claim = store.claim_saga("held", f"w{n}", later)
+                    blocked.append(asyncio.ensure_future(claim))
+                    await asyncio.sleep(0.05)
+                renewed = utcnow() + timedelta(minutes=5)
+                async with asyncio.timeout(10):  # the writes before it wait as long as the holder
+                    assert await store.renew_leases("a", renewed) == 1
+                assert not any(task.done() for task in blocked)
+        finally:
+            await holder.close()
+            await asyncio.gather(*blocked, return_exceptions=True)
+        mine = await store.get_saga("mine")
+        assert mine is not None and mine.lease_expires_at == renewed
