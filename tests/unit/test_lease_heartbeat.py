@@ -14,8 +14,11 @@ from sagaz.engine.engine import TriggerEngine
 from sagaz.storage.memory import MemorySagaStore
 from sagaz.testing import eventually
 
-LEASE = 3.0
-RENEWAL_TAKES = 1.2  # longer than a third of the lease, well under half of it
+LEASE = 6.0
+#: longer than a third of the lease, well under half of it: the old schedule (a third of a
+#: lease after the end of the last renewal) let the lease lapse for 0.8 s at each renewal;
+#: started a third of a lease after the last one started, a renewal lands 1.2 s before it ends
+RENEWAL_TAKES = 2.4
 
 
 class SlowRenewals(MemorySagaStore):
@@ -60,7 +63,7 @@ async def test_a_saga_of_a_live_worker_whose_renewals_are_slow_is_not_taken_over
         await eventually(lambda: runs == [saga_id], what="the step under way")
         start = store.renewed["first"]
         await eventually(
-            lambda: store.renewed["first"] >= start + 4, within=60, what="four renewals"
+            lambda: store.renewed["first"] >= start + 3, within=60, what="three renewals"
         )
         release.set()
         result = await first.wait_for(saga_id)

@@ -495,7 +495,32 @@ class Admission:
         c = dataclasses.replace(c, handed_over=False)  # its own claims: held on a store error
         again = functools.partial(self._waiting, c.delivery, functools.partial(self._claim, c))
         failed = functools.partial(self.failed, c.trigger, c.delivery, c=c)
-        self._busy.watch(c.trigger, c.delivery, c.saga_id, again, failed)
+        busy = functools.partial(self._let_go_of_saga, c.saga_id)
+        self._busy.watch(c.trigger, c.delivery, c.saga_id, again, failed, busy)
+
+    async def _let_go_of_saga(self, saga_id: str) -> bool:
+        """Another live worker holds the key of ``saga_id``: give back this worker's lease on
+        the saga, if it holds one and does not run it here; whether that was done.
+
+        The takeover of a key and the claim of its saga are two store calls, and the old
+        owner, alive after all (frozen past its lease, then thawed), may renew the saga's
+        lease between them. The new owner then holds the key and waits for the saga, while
+        the old one, which claimed the key but runs no saga for it (its claim's answer was
+        lost, a store error held it), waits for the key: each renewing what it holds, the
+        event's saga would never run. Given back (recoverable a lease from now, claimable
+        by the key's holder at once), the saga is the key holder's next claim's. A no-op
+        write (fenced by owner) where the saga is not this worker's, once per busy key."""
+        state = self.state
+        if state.cancellations.running(saga_id):
+            return True  # its run goes on; the other worker's claims wait for its end
+        try:
+            await state.store.release_saga(saga_id, state.worker_id, state.lease_until())
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # (the store away, or refusing): given back after the next claim
+            logger.debug("giving back saga %s failed", saga_id, exc_info=True)
+            return False
+        return True
 
     async def close(self) -> None:
         """Stop watching busy keys (their deliveries are nacked) and waiting for the store."""

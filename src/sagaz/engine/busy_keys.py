@@ -31,12 +31,15 @@ class BusyKeys:
         saga_id: str,
         claim: Callable[[], Awaitable[object | None]],
         failed: Callable[[Exception], Awaitable[object]] | None = None,
+        busy: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         """Claim the key of ``delivery`` again (``claim``: ``None`` while still busy) until
         the claim settles it; an error of the claim goes to ``failed`` (else it is reported,
-        and the delivery nacked)."""
+        and the delivery nacked). ``busy`` is called after the first claim that finds the
+        key busy, and after the next ones until it returns true."""
         self._watchers.spawn(
-            self._await_other_owner(trigger, delivery, claim, failed), f"sagaz-busy-{saga_id}"
+            self._await_other_owner(trigger, delivery, claim, failed, busy),
+            f"sagaz-busy-{saga_id}",
         )
 
     async def _await_other_owner(
@@ -45,6 +48,7 @@ class BusyKeys:
         delivery: Delivery,
         claim: Callable[[], Awaitable[object | None]],
         failed: Callable[[Exception], Awaitable[object]] | None,
+        busy: Callable[[], Awaitable[bool]] | None,
     ) -> None:
         state = self.state
         try:
@@ -52,6 +56,8 @@ class BusyKeys:
                 await state.clock.sleep(max(0.05, state.config.lease_seconds / 4))
                 if await claim() is not None:
                     return
+                if busy is not None and await busy():
+                    busy = None
         except asyncio.CancelledError:
             await self.settlement.nack(trigger, delivery)
             raise
