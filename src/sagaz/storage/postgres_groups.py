@@ -271,11 +271,11 @@ class PgGroupCommitter:
         self, group: list[_Queued], outcomes: list[Outcome]
     ) -> tuple[list[_Queued], list[Outcome]]:
         """Queue again, for a later group, the operations that kept deadlocking in their
-        own transactions (the other transaction may be done by then); the others, with their
-        outcomes. One
-        still deadlocking after :data:`_REQUEUES` groups fails as unavailable for now: a
-        saga then waits for the store and resumes from its last checkpoint, where a raw
-        driver error would fail its step (compensated, dead-lettered, its steps all done)."""
+        own transactions (the other transaction may be done by then); the others, with
+        their outcomes. One still deadlocking after :data:`_REQUEUES` groups fails as
+        unavailable for now: a saga then waits for the store and resumes from its last
+        checkpoint, where a raw driver error would fail its step (compensated,
+        dead-lettered, its steps all done)."""
         if all(error is None or _sqlstate(error) not in _RETRYABLE for _, error in outcomes):
             return group, outcomes  # the usual case
         settled: list[tuple[_Queued, Outcome]] = []
@@ -394,9 +394,9 @@ class PgGroupCommitter:
     async def _execute_each(self, conn: Any, group: list[_Queued]) -> list[Outcome]:
         """Run each operation of a group that failed in a transaction of its own, in the
         group's order. Not in savepoints of one transaction: that held every row the group
-        had written until its last operation was done, a round trip or three each; a group
-        of hundreds (a thawed worker's, whose event loop answers slowly) held them for 25 s
-        and more, and the other workers' writes of those rows waited as long. A group lost
+        had written until its last operation was done, three round trips each; a group of
+        hundreds, on a loaded machine, held them for 25 s and more, and the other workers'
+        writes of those rows waited as long. A group lost
         midway is lost from the operation it was in: the ones before it are committed."""
         outcomes: list[Outcome] = []
         for queued in group:
