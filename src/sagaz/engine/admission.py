@@ -151,7 +151,7 @@ class Admission:
                         delivery, functools.partial(self._claim, candidate)
                     )
                 if result is None:
-                    self._watch_busy(candidate)
+                    self.watch_busy(candidate)
                     return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
                 return result
             except asyncio.CancelledError:
@@ -282,7 +282,7 @@ class Admission:
                 await self._wait_for_store(c.delivery, exc)
                 result = await self._waiting(c.delivery, functools.partial(self._claim, c))
             if result is None:
-                self._watch_busy(c)
+                self.watch_busy(c)
                 return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
             return result
         except asyncio.CancelledError:
@@ -300,7 +300,8 @@ class Admission:
             claim = await self._claim_event(c, lease)
         except asyncio.CancelledError:  # the key may be ours now: claimed again in a while,
             if self.accepting:  # not left ours, unrun (late_acceptances)
-                self.claim_again(c)
+                c.handed_over = True
+                self.watch_busy(c)
             raise
         if claim.created and c.delivery.replay_of is None:  # the usual: a new key, a new row
             return await self.accept(c, lease, claim)
@@ -357,7 +358,7 @@ class Admission:
                 and existing.status not in TERMINAL_SAGA_STATUSES
                 and not await state.store.claim_saga(saga_id, state.worker_id, lease)
             ):  # the saga itself is leased by a live worker (e.g. the recovery loop elsewhere)
-                self._watch_busy(c)
+                self.watch_busy(c)
                 return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
             saga = trigger.saga_for_run()
             # the pending row (new, or left by a stopped worker) gets its context at the start
@@ -459,7 +460,7 @@ class Admission:
         if claim.outcome is ClaimOutcome.DUPLICATE and c.delivery.replay_of is not None:
             claim = await self._reopen(c, claim, lease)
         if claim.outcome is ClaimOutcome.BUSY:
-            self._watch_busy(c)
+            self.watch_busy(c)
             return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
         if claim.outcome is ClaimOutcome.DUPLICATE:
             return await self.not_started.duplicate(c)
@@ -471,56 +472,23 @@ class Admission:
         lease = self.state.lease_until()
         await self._settle(c, lease, await self._claim_event(c, lease), recovered=True)
 
-    def claim_again(self, c: Candidate) -> None:
-        """Claim the key of ``c`` again in a while, whose claim may or may not have been
-        made (cancelled under way): held as a busy key, its saga runs here once the key is
-        ours, or its delivery is settled once the worker holding it finished (a duplicate).
-        ``c.handed_over`` says so to the callers up the stack, which leave the delivery
-        alone."""
-        c.handed_over = True
-        self._watch_busy(c)
-
     def watch_taken_over(self, item: WorkItem) -> None:
         """Hold ``item``'s delivery, whose saga another worker took over while it ran here
         (a lost lease), as a busy key: its key is claimed again until that worker finished
         the saga (a duplicate: ack, so a Kafka partition's commits go on past it) or died
         (taken over again here)."""
         trigger, delivery, key, saga_id = item.trigger, item.delivery, item.key, item.saga_id
-        self._watch_busy(
+        self.watch_busy(
             Candidate(trigger, delivery, item.event, key, saga_id, item.concurrency_key)
         )
 
-    def _watch_busy(self, c: Candidate) -> None:
-        """Hold the delivery of ``c`` until the live worker holding its key is done."""
+    def watch_busy(self, c: Candidate) -> None:
+        """Hold the delivery of ``c`` until the live worker holding its key is done (also
+        for a key whose claim, cancelled under way, may or may not have been made)."""
         c = dataclasses.replace(c, handed_over=False)  # its own claims: held on a store error
         again = functools.partial(self._waiting, c.delivery, functools.partial(self._claim, c))
         failed = functools.partial(self.failed, c.trigger, c.delivery, c=c)
-        busy = functools.partial(self._let_go_of_saga, c.saga_id)
-        self._busy.watch(c.trigger, c.delivery, c.saga_id, again, failed, busy)
-
-    async def _let_go_of_saga(self, saga_id: str) -> bool:
-        """Another live worker holds the key of ``saga_id``: give back this worker's lease on
-        the saga, if it holds one and does not run it here; whether that was done.
-
-        The takeover of a key and the claim of its saga are two store calls, and the old
-        owner, alive after all (frozen past its lease, then thawed), may renew the saga's
-        lease between them. The new owner then holds the key and waits for the saga, while
-        the old one, which claimed the key but runs no saga for it (its claim's answer was
-        lost, a store error held it), waits for the key: each renewing what it holds, the
-        event's saga would never run. Given back (recoverable a lease from now, claimable
-        by the key's holder at once), the saga is the key holder's next claim's. A no-op
-        write (fenced by owner) where the saga is not this worker's, once per busy key."""
-        state = self.state
-        if state.cancellations.running(saga_id):
-            return True  # its run goes on; the other worker's claims wait for its end
-        try:
-            await state.store.release_saga(saga_id, state.worker_id, state.lease_until())
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # (the store away, or refusing): given back after the next claim
-            logger.debug("giving back saga %s failed", saga_id, exc_info=True)
-            return False
-        return True
+        self._busy.watch(c.trigger, c.delivery, c.saga_id, again, failed)
 
     async def close(self) -> None:
         """Stop watching busy keys (their deliveries are nacked) and waiting for the store."""

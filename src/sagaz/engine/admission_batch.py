@@ -203,7 +203,8 @@ async def _hand_back(
         return
     if claims is None:
         for c in candidates:
-            admission.claim_again(c)
+            c.handed_over = True  # its delivery is the watcher's to settle
+            admission.watch_busy(c)
         return
     take = admission.late.take
     for c, claim in zip(candidates, claims, strict=True):
