@@ -67,7 +67,7 @@ async def test_one_failing_operation_fails_only_its_own_caller(database: str) ->
             for i in range(20)
         ]
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
-        assert store.commits - before == 1  # one group: every call in one transaction
+        assert store.commits - before == 1  # one group (run again an operation at a time)
         failed = {i for i, outcome in enumerate(outcomes) if outcome is not None}
         assert failed == {3}
         assert isinstance(outcomes[3], asyncpg.NotNullViolationError)

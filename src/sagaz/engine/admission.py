@@ -151,7 +151,7 @@ class Admission:
                         delivery, functools.partial(self._claim, candidate)
                     )
                 if result is None:
-                    self._watch_busy(candidate)
+                    self.watch_busy(candidate)
                     return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
                 return result
             except asyncio.CancelledError:
@@ -282,7 +282,7 @@ class Admission:
                 await self._wait_for_store(c.delivery, exc)
                 result = await self._waiting(c.delivery, functools.partial(self._claim, c))
             if result is None:
-                self._watch_busy(c)
+                self.watch_busy(c)
                 return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
             return result
         except asyncio.CancelledError:
@@ -301,7 +301,7 @@ class Admission:
         except asyncio.CancelledError:  # the key may be ours now: claimed again in a while,
             if self.accepting:  # not left ours, unrun (late_acceptances)
                 c.handed_over = True
-                self._watch_busy(c)
+                self.watch_busy(c)
             raise
         if claim.created and c.delivery.replay_of is None:  # the usual: a new key, a new row
             return await self.accept(c, lease, claim)
@@ -358,7 +358,7 @@ class Admission:
                 and existing.status not in TERMINAL_SAGA_STATUSES
                 and not await state.store.claim_saga(saga_id, state.worker_id, lease)
             ):  # the saga itself is leased by a live worker (e.g. the recovery loop elsewhere)
-                self._watch_busy(c)
+                self.watch_busy(c)
                 return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
             saga = trigger.saga_for_run()
             # the pending row (new, or left by a stopped worker) gets its context at the start
@@ -460,7 +460,7 @@ class Admission:
         if claim.outcome is ClaimOutcome.DUPLICATE and c.delivery.replay_of is not None:
             claim = await self._reopen(c, claim, lease)
         if claim.outcome is ClaimOutcome.BUSY:
-            self._watch_busy(c)
+            self.watch_busy(c)
             return AdmissionResult(AdmissionOutcome.BUSY, c.saga_id)
         if claim.outcome is ClaimOutcome.DUPLICATE:
             return await self.not_started.duplicate(c)
@@ -478,12 +478,13 @@ class Admission:
         the saga (a duplicate: ack, so a Kafka partition's commits go on past it) or died
         (taken over again here)."""
         trigger, delivery, key, saga_id = item.trigger, item.delivery, item.key, item.saga_id
-        self._watch_busy(
+        self.watch_busy(
             Candidate(trigger, delivery, item.event, key, saga_id, item.concurrency_key)
         )
 
-    def _watch_busy(self, c: Candidate) -> None:
-        """Hold the delivery of ``c`` until the live worker holding its key is done."""
+    def watch_busy(self, c: Candidate) -> None:
+        """Hold the delivery of ``c`` until the live worker holding its key is done (also
+        for a key whose claim, cancelled under way, may or may not have been made)."""
         c = dataclasses.replace(c, handed_over=False)  # its own claims: held on a store error
         again = functools.partial(self._waiting, c.delivery, functools.partial(self._claim, c))
         failed = functools.partial(self.failed, c.trigger, c.delivery, c=c)

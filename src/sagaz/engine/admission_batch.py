@@ -132,7 +132,8 @@ async def _admit_chunk(
         claiming = asyncio.ensure_future(state.store.claim_events(trigger_id, rows))
         try:
             claims = await asyncio.shield(claiming)
-        except asyncio.CancelledError:  # bounded: a store that hangs gets them nacked
+        except asyncio.CancelledError:  # bounded: a store that hangs does not hold the
+            # caller (a rebalance); the claims it did not answer are made again in a while
             await asyncio.wait({claiming}, timeout=min(5.0, state.config.lease_seconds / 2))
             claiming.cancel()  # a no-op once done
             made = None
@@ -188,8 +189,24 @@ async def _hand_back(
     """Settle ``candidates``, whose admission was cancelled before their turn: those whose
     ``claims`` made the key ours are accepted all the same, in tasks of their own (else the
     key would stay ours while nothing runs its saga: see
-    :mod:`sagaz.engine.late_acceptances`); the others are nacked."""
-    take = admission.late.take if admission.accepting else None
-    for n, c in enumerate(candidates):
-        if take is None or claims is None or not take(c, lease, claims[n]):
+    :mod:`sagaz.engine.late_acceptances`); the others are nacked.
+
+    ``claims`` None: what the batch's claim made is not known (it did not answer in time, or
+    failed), yet it may have made keys ours at the server all the same, their pending rows
+    then renewed by this worker's heartbeat: a new owner of the event would find its key
+    busy for ever. So each key is claimed again in a while, as a busy key (its saga then runs
+    here once if the key is ours, or its delivery is held until whoever holds it finished).
+    While the engine stops, they are nacked: it gives its leases back."""
+    if not admission.accepting:
+        for c in candidates:
+            await admission.settlement.nack(c.trigger, c.delivery)
+        return
+    if claims is None:
+        for c in candidates:
+            c.handed_over = True  # its delivery is the watcher's to settle
+            admission.watch_busy(c)
+        return
+    take = admission.late.take
+    for c, claim in zip(candidates, claims, strict=True):
+        if not take(c, lease, claim):
             await admission.settlement.nack(c.trigger, c.delivery)

@@ -35,13 +35,13 @@ the transaction's way. It returns ``{runner: results}``; a result :data:`UNRESOL
 their own in a transaction (below). If the statement fails, it wrote nothing either, and the
 whole group runs in a transaction.
 
-One operation's error fails only its caller. The group first runs without savepoints (the
+One operation's error fails only its caller. The group first runs in one transaction (the
 common case: nothing fails, one round trip per statement or batch, plus ``BEGIN`` and
 ``COMMIT``); if an operation raises, that transaction is rolled back and the group runs again,
-each operation alone (no batches) inside its own ``SAVEPOINT``: an operation that fails there
-is rolled back alone and its caller gets its error (a deadlock or serialization failure is
-retried in its savepoint first, then queued again for a later group, as the locks its own
-group holds until its commit may be what the other transaction waits for; after
+each operation alone (no batches) in a transaction of its own, one after the other, so that
+no row stays locked while the rest of the group runs: an operation that fails there is
+rolled back alone and its caller gets its error (a deadlock or serialization failure is
+retried in its transaction first, then queued again for a later group; after
 :data:`_REQUEUES` groups, :class:`~sagaz.exceptions.StoreUnavailableError`). Operations must
 therefore only touch the database: they may run several times, all but the last rolled back.
 
@@ -119,11 +119,13 @@ class _Queued:
 
 
 class _GroupLost(Exception):
-    """The group's transaction (or its connection) is gone: every operation fails."""
+    """The group's transaction (or its connection) is gone: every operation fails, but
+    those of ``done`` (the first ones of a group run one by one, each committed alone)."""
 
-    def __init__(self, cause: BaseException) -> None:
+    def __init__(self, cause: BaseException, done: list[Outcome] | None = None) -> None:
         super().__init__(str(cause))
         self.cause = cause
+        self.done: list[Outcome] = done or []
 
 
 class PgGroupCommitter:
@@ -242,7 +244,8 @@ class PgGroupCommitter:
             self._interrupt(group, exc)
             raise
         except _GroupLost as lost:
-            outcomes = [(None, self._lost(lost.cause)) for _ in group]
+            done = lost.done
+            outcomes = done + [(None, self._lost(lost.cause)) for _ in group[len(done) :]]
         except Exception as exc:  # no connection, or releasing it failed
             outcomes = [(None, self._lost(exc)) for _ in group]
         else:
@@ -274,12 +277,12 @@ class PgGroupCommitter:
     def _requeue_deadlocked(
         self, group: list[_Queued], outcomes: list[Outcome]
     ) -> tuple[list[_Queued], list[Outcome]]:
-        """Queue again, for a transaction of their own in a later group, the operations that
-        kept deadlocking in their savepoints (the group's own locks, held until its commit,
-        can be what the other transaction waits for); the others, with their outcomes. One
-        still deadlocking after :data:`_REQUEUES` groups fails as unavailable for now: a
-        saga then waits for the store and resumes from its last checkpoint, where a raw
-        driver error would fail its step (compensated, dead-lettered, its steps all done)."""
+        """Queue again, for a later group, the operations that kept deadlocking in their
+        own transactions (the other transaction may be done by then); the others, with
+        their outcomes. One still deadlocking after :data:`_REQUEUES` groups fails as
+        unavailable for now: a saga then waits for the store and resumes from its last
+        checkpoint, where a raw driver error would fail its step (compensated,
+        dead-lettered, its steps all done)."""
         if all(error is None or _sqlstate(error) not in _RETRYABLE for _, error in outcomes):
             return group, outcomes  # the usual case
         settled: list[tuple[_Queued, Outcome]] = []
@@ -342,7 +345,8 @@ class PgGroupCommitter:
             try:
                 redone = await self._transaction(conn, rest)
             except _GroupLost as lost:
-                redone = [(None, self._lost(lost.cause)) for _ in rest]
+                done = lost.done
+                redone = done + [(None, self._lost(lost.cause)) for _ in rest[len(done) :]]
                 healthy = False
             else:
                 self.commits += 1  # (the group's own is counted by _run_group)
@@ -351,7 +355,7 @@ class PgGroupCommitter:
         return outcomes, healthy
 
     async def _transaction(self, conn: Any, group: list[_Queued]) -> list[Outcome]:
-        """One group in one transaction: without savepoints first, with them if an op fails."""
+        """One group in one transaction; if an op fails, each op in a transaction of its own."""
         transaction = conn.transaction()
         await self._guard(transaction.start())
         try:
@@ -362,7 +366,7 @@ class PgGroupCommitter:
             await self._guard(transaction.rollback())
             if len(group) == 1 and _sqlstate(exc) not in _RETRYABLE:
                 return [(None, exc)]
-            return await self._execute_with_savepoints(conn, group)
+            return await self._execute_each(conn, group)
         except BaseException:
             await self._abandon(transaction)
             raise
@@ -394,32 +398,40 @@ class PgGroupCommitter:
             results[index] = await group[index].call(conn)
         return results
 
-    async def _execute_with_savepoints(self, conn: Any, group: list[_Queued]) -> list[Outcome]:
-        transaction = conn.transaction()
-        await self._guard(transaction.start())
-        try:
-            outcomes = [await self._execute_one(conn, queued) for queued in group]
-        except BaseException:
-            await self._abandon(transaction)
-            raise
-        await self._guard(transaction.commit())
+    async def _execute_each(self, conn: Any, group: list[_Queued]) -> list[Outcome]:
+        """Run each operation of a group that failed in a transaction of its own, in the
+        group's order. Not in savepoints of one transaction: that held every row the group
+        had written until its last operation was done, three round trips each; a group of
+        hundreds, on a loaded machine, held them for 25 s and more, and the other workers'
+        writes of those rows waited as long. A group lost
+        midway is lost from the operation it was in: the ones before it are committed."""
+        outcomes: list[Outcome] = []
+        for queued in group:
+            try:
+                outcomes.append(await self._execute_alone(conn, queued))
+            except _GroupLost as lost:
+                raise _GroupLost(lost.cause, outcomes) from lost.cause
         return outcomes
 
-    async def _execute_one(self, conn: Any, op: _Queued) -> Outcome:
-        """Run ``op`` in a savepoint: released if it succeeds, rolled back if it fails."""
+    async def _execute_alone(self, conn: Any, op: _Queued) -> Outcome:
+        """Run ``op`` in a transaction of its own: committed if it succeeds, rolled back if
+        it fails (a deadlock or serialization failure is retried first)."""
         for attempt in range(_RETRIES):
-            savepoint = conn.transaction()  # nested in the group's transaction: a SAVEPOINT
-            await self._guard(savepoint.start())
+            transaction = conn.transaction()
+            await self._guard(transaction.start())
             try:
                 result = await op.call(conn)
             except Exception as exc:
                 if self._unavailable(exc):
                     raise _GroupLost(exc) from exc
-                await self._guard(savepoint.rollback())
+                await self._guard(transaction.rollback())
                 if _sqlstate(exc) in _RETRYABLE and attempt + 1 < _RETRIES:
                     continue
                 return None, exc
-            await self._guard(savepoint.commit())
+            except BaseException:
+                await self._abandon(transaction)
+                raise
+            await self._guard(transaction.commit())
             return result, None
         raise AssertionError("unreachable")  # pragma: no cover
 

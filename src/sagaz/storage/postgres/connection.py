@@ -340,6 +340,7 @@ class PostgresConnection(SagaStore):
 
     @property
     def commits(self) -> int:
-        """Transactions the group committer has committed since the store started (each
-        holds the writes of every saga that wrote at the same time)."""
+        """Groups the group committer has committed since the store started (each holds the
+        writes of every saga that wrote at the same time; one an operation of which failed
+        is committed an operation at a time, and counted once)."""
         return 0 if self._groups is None else self._groups.commits

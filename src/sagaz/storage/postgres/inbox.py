@@ -134,5 +134,10 @@ class PostgresInbox(PostgresConnection):
         )
 
     async def renew_leases(self, owner: str, lease_until: datetime) -> int:
-        touched = await self._write_fetchval(self._renew_leases_sql, owner, to_utc(lease_until))
+        # a statement of its own, not an operation of the group committer's next group:
+        # queued behind a backlog of writes (a broker poll's claims, the claims of a thawed
+        # worker's busy keys) a renewal landed seconds after it was asked for, past a short
+        # lease, and another worker took the claims of this live one over. It waits on no
+        # row lock (SKIP LOCKED), so it needs no place in a group's order of locks either
+        touched = await self._db().fetchval(self._renew_leases_sql, owner, to_utc(lease_until))
         return int(touched)
