@@ -63,9 +63,9 @@ async def test_a_group_of_claims_and_checkpoints_is_one_statement_per_kind(
     assert [c.outcome for c in claims] == [ClaimOutcome.CLAIMED] * 8
     assert all(c.created for c in claims)
     # 8 inbox rows, then 8 saga rows: two statements, not sixteen
-    assert len(traced.ran("INSERT INTO inbox")) == 1
+    assert len(traced.ran("INSERT OR IGNORE INTO inbox")) == 1
     claims = await claim_all(store, list(range(8, 16)))  # statements of 8 are reused
-    assert len(traced.ran("INSERT INTO")) == 2
+    assert len(traced.ran("INSERT")) == 2
 
     def running(claim: EventClaim) -> tuple[SagaRecord, StepRecord]:
         assert claim.saga is not None
@@ -191,3 +191,10 @@ async def test_a_missing_saga_row_is_written_whole_by_its_checkpoint(traced: Tra
             created,
             record.event,
         )
+
+
+async def test_the_statement_journal_of_a_group_stays_in_memory(traced: Traced) -> None:
+    # a statement of many rows journals the pages it changes; spilled to a temporary file
+    # past 64 KiB, it cost about 10,000 writes (and 100 files) per 3,000 sagas
+    conn = traced.store._committer()._conn
+    assert conn.execute("PRAGMA temp_store").fetchone()[0] == 2  # MEMORY

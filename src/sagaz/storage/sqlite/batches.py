@@ -14,6 +14,14 @@ the rows of a whole group with one ``INSERT ... SELECT ... FROM (VALUES ...)`` p
 a few: a statement takes 1, 2, 4, ... 64 rows, so that a dozen statements serve every group
 size), and the completed inbox rows with one ``UPDATE`` whose ``OR`` terms each seek the key.
 
+A statement that writes many rows keeps the pages it changes in a statement journal, to undo
+itself alone if it fails midway: the store's connection keeps that journal in memory
+(``PRAGMA temp_store = MEMORY``, :func:`~sagaz.storage.sqlite_schema.open_database`; past 64
+KiB SQLite would spill it to a temporary file, about 10,000 writes per 3,000 sagas). The new
+inbox and saga rows are written with ``INSERT OR IGNORE``, which cannot fail midway and so
+keeps no such journal: a row it ignores (a key taken, or any other constraint) is a row
+fewer than given, below.
+
 It gives every operation the result the operation itself would have given, or gives up:
 
 - a group holding anything else, or a saga or an inbox key that two of its operations
@@ -66,11 +74,11 @@ def _values(width: int, rows: int) -> str:
 @functools.cache
 def _claims_sql(rows: int) -> str:
     """New inbox rows, as :data:`~sagaz.storage.sqlite.inbox._INSERT_CLAIM`'s, ``rows`` of
-    them."""
+    them (a row that breaks a constraint is not written: fewer rows changed)."""
     return (
-        "INSERT INTO inbox (trigger_id, key, saga_id, owner, lease_until, status, created_at) "
-        "SELECT column1, column2, column3, column4, column5, 'pending', column6 FROM (VALUES "
-        f"{_values(6, rows)}) WHERE true ON CONFLICT (trigger_id, key) DO NOTHING"
+        "INSERT OR IGNORE INTO inbox (trigger_id, key, saga_id, owner, lease_until, status, "
+        "created_at) SELECT column1, column2, column3, column4, column5, 'pending', column6 "
+        f"FROM (VALUES {_values(6, rows)})"
     )
 
 
@@ -88,8 +96,9 @@ _SAVE_SELECT = (  # those of sqlite_rows.saga_update_params, then created_at (or
 
 @functools.cache
 def _sagas_sql(rows: int) -> str:
-    """New saga rows, as :data:`~sagaz.storage.sqlite.sagas._CREATE_SAGA`'s."""
-    return f"{_SAGA_SELECT}{_values(12, rows)}) WHERE true ON CONFLICT (saga_id) DO NOTHING"
+    """New saga rows, as :data:`~sagaz.storage.sqlite.sagas._CREATE_SAGA`'s (a row that
+    breaks a constraint is not written: fewer rows changed)."""
+    return f"{_SAGA_SELECT.replace('INSERT', 'INSERT OR IGNORE', 1)}{_values(12, rows)})"
 
 
 @functools.cache
