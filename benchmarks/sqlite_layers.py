@@ -75,13 +75,20 @@ class SuspendingMemoryStore(MemorySagaStore):
 class _Changed:
     rowcount = 1
 
+    def __init__(self, rowcount: int = 1) -> None:
+        self.rowcount = rowcount
+
     def fetchall(self) -> list[Any]:
         return []
 
 
+_ONE = _Changed()
+
+
 class _NoSQL:
-    """A connection that runs nothing: every statement changed one row and read none (and
-    its own cursor: the group's)."""
+    """A connection that runs nothing: every statement changed one row, or each of the rows
+    it was given (the group's rows written together), and read none (and its own cursor:
+    the group's)."""
 
     in_transaction = True
 
@@ -92,8 +99,10 @@ class _NoSQL:
     def cursor(self) -> _NoSQL:
         return self
 
-    def execute(self, *args: Any) -> _Changed:
-        return _Changed()
+    def execute(self, sql: str, *args: Any) -> _Changed:
+        if "FROM (VALUES" in sql:  # sagaz.storage.sqlite.batches: a row of ?s per row given
+            return _Changed(sql.count("(?"))
+        return _ONE
 
     def executemany(self, *args: Any) -> _Changed:
         return _Changed()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from sagaz.exceptions import SchemaOutdatedError
 from sagaz.records import SagaRecord, SchemaVersions
 from sagaz.storage import sqlite_schema as tables
 from sagaz.storage.codec import from_text
-from sagaz.storage.sqlite import SQLiteSagaStore
+from sagaz.storage.sqlite import SQLiteSagaStore, batches
 from sagaz.storage.sqlite.inbox import _RENEW_SAGAS
 from sagaz.storage.sqlite.retention import _CLEAR_EVENTS, _FINISHED
 from sagaz.storage.sqlite.sagas import _RECOVERABLE, _UPDATE_SAGA, _UPSERT_SAGA, _list_sagas_sql
@@ -266,3 +266,29 @@ async def test_a_version_9_database_is_upgraded_to_one_index_of_active_sagas(
             "b1": from_text(_NOW),
             "a3": from_text(_NOW),
         }
+
+
+@pytest.mark.parametrize(
+    ("sql", "width"),
+    [
+        (batches._claims_sql, 6),
+        (batches._sagas_sql, 12),
+        (batches._saves_sql, 12),
+        (batches._steps_sql, 9),
+    ],
+)
+def test_the_rows_of_a_group_are_written_without_temporary_tables(
+    conn: sqlite3.Connection, sql: Callable[[int], str], width: int
+) -> None:
+    # the values go through a co-routine, row by row: a FROM (VALUES ...) the planner
+    # materialises is an ephemeral table per statement (about 60,000 instructions)
+    program = conn.execute(f"EXPLAIN {sql(8)}", (None,) * (8 * width)).fetchall()
+    assert not [op for op in program if op[1] == "OpenEphemeral"], sql(8)
+    plan = _plan(conn, sql(8), (None,) * (8 * width))
+    assert "SCAN saga_executions" not in plan and "SCAN inbox" not in plan, plan
+
+
+def test_the_inbox_rows_a_group_completes_are_sought_by_key(conn: sqlite3.Connection) -> None:
+    plan = _plan(conn, batches._completions_sql(8), (None,) * 17)
+    assert "MULTI-INDEX OR" in plan, plan
+    assert plan.count("INDEX inbox_by_key (trigger_id=? AND key=?)") == 8, plan

@@ -33,6 +33,10 @@ database and syncs both, a few milliseconds (a checkpoint in the thread would wa
 GIL as the groups did). Any other connection (another journal mode, made for one thread)
 runs every group in the thread.
 
+A group of writes may first run all at once (``together``, see :data:`Together`: the store
+writes its claims and checkpoints with one statement per kind of row); if that gives up
+midway, the group is rolled back and runs operation by operation as below.
+
 One operation's error fails only its caller, as the PostgreSQL committer
 (:mod:`sagaz.storage.postgres_groups`) does it: the group first runs without savepoints (the
 common case: nothing fails, no statement beyond the operations' own); if an operation raises,
@@ -60,7 +64,7 @@ from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.storage.group_commit import Outcome, settle
 from sagaz.storage.sqlite_rows import lasting_text
 
-__all__ = ["GroupCommitter"]
+__all__ = ["GroupCommitter", "Together"]
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -73,6 +77,15 @@ _Queued = tuple[Op, Any, bool, "asyncio.Future[Any]"]
 """An operation waiting for its group: the operation, its argument, whether it writes, and
 the future its caller awaits (a tuple: one object per call, none for the collector to track
 beyond it)."""
+
+
+Together = Callable[[sqlite3.Cursor, list[_Queued]], "list[Any] | None"]
+"""A group of writes run all at once (the SQLite store's
+:func:`~sagaz.storage.sqlite.batches.run_together`): given the group's cursor in its
+transaction and the queued operations, it returns their results in order, or None having
+written nothing (the group then runs operation by operation), or raises: the committer rolls
+back what it wrote and runs the group operation by operation (each operation finds its own
+case there; one that fails fails its caller alone)."""
 
 
 def _call(cursor: sqlite3.Cursor, op: Callable[[sqlite3.Connection], T]) -> T:
@@ -101,6 +114,7 @@ class GroupCommitter:
         patience_ms: int | None,
         error: Callable[[sqlite3.Error], StoreError],
         label: str,
+        together: Together | None = None,
     ) -> None:
         self._executor = executor  # made the connection; runs the groups that find it busy
         self._conn = conn  # used by one thread at a time: the loop's or the executor's
@@ -113,6 +127,7 @@ class GroupCommitter:
         self._flusher: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._moment: tuple[datetime, str] | None = None  # see moment()
+        self._together = together
 
     @classmethod
     async def open(
@@ -121,11 +136,13 @@ class GroupCommitter:
         *,
         error: Callable[[sqlite3.Error], StoreError],
         label: str,
+        together: Together | None = None,
     ) -> GroupCommitter:
         """Start the thread and make the connection in it with ``connect()``.
 
         Groups run on the event loop only if ``connect()`` opened the file in WAL mode with
-        ``check_same_thread=False``; otherwise every group runs in the thread."""
+        ``check_same_thread=False``; otherwise every group runs in the thread. ``together``:
+        how a group of writes may run all at once (see :data:`Together`)."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sagaz-sqlite")
         loop = asyncio.get_running_loop()
         try:
@@ -140,7 +157,9 @@ class GroupCommitter:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(executor, conn, patience_ms=patience_ms, error=error, label=label)
+        return cls(
+            executor, conn, patience_ms=patience_ms, error=error, label=label, together=together
+        )
 
     # -- the event loop side ---------------------------------------------------------------
     async def run(self, op: Callable[[sqlite3.Connection], T], *, writes: bool = True) -> T:
@@ -264,8 +283,18 @@ class GroupCommitter:
         except sqlite3.Error as exc:  # e.g. another process kept the write lock too long
             self._check_busy(exc, on_loop)
             return [(None, self._failure(exc)) for _ in ops]
-        results: list[Any] = []
         cursor = conn.cursor()  # the group's
+        if self._together is not None and writes and len(ops) > 1:
+            try:
+                together = self._together(cursor, ops)
+            except Exception as exc:  # not the common case: undone, then op by op
+                together = None
+                lost = self._undo_together(exc, begin, on_loop, ops)
+                if lost is not None:
+                    return lost
+            if together is not None:
+                return self._commit(ops, together, on_loop)
+        results: list[Any] = []
         try:
             for op, arg, _, _ in ops:
                 results.append(op(cursor, arg))
@@ -281,12 +310,39 @@ class GroupCommitter:
             if len(ops) == 1:
                 return [(None, self._failure(exc))]
             return self._execute_with_savepoints(ops, begin, on_loop)
+        return self._commit(ops, results, on_loop)
+
+    def _commit(self, ops: list[_Queued], results: list[Any], on_loop: bool) -> list[Outcome]:
+        """COMMIT the group whose operations gave ``results``; their outcomes."""
+        conn = self._conn
+        if not conn.in_transaction:  # an operation ended the group's transaction
+            return self._lost(ops, None)
         try:
             conn.execute("COMMIT")
         except Exception as exc:
             self._check_busy(exc, on_loop)
             return self._lost(ops, self._failure(exc))
         return [(result, None) for result in results]
+
+    def _undo_together(
+        self, exc: Exception, begin: str, on_loop: bool, ops: list[_Queued]
+    ) -> list[Outcome] | None:
+        """Roll back what the operations run together wrote (``exc``: why they stopped) and
+        begin the group again, to run it operation by operation; the outcomes if it cannot
+        begin again, else None."""
+        conn = self._conn
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as rollback:
+                return self._lost(ops, self._failure(rollback))
+        self._check_busy(exc, on_loop)
+        try:
+            conn.execute(begin)
+        except sqlite3.Error as again:
+            self._check_busy(again, on_loop)
+            return [(None, self._failure(again)) for _ in ops]
+        return None
 
     def _check_busy(self, exc: Exception, on_loop: bool) -> None:
         if on_loop and _is_busy(exc):

@@ -439,6 +439,12 @@ def open_database(path: str, busy_timeout_ms: int, *, url: str) -> sqlite3.Conne
     conn = _connect(path, busy_timeout_ms)
     try:
         migrate(conn, url=url)
+        # a statement that writes many rows (sagaz.storage.sqlite.batches) keeps the pages it
+        # changes in a statement journal, to undo it alone if it fails midway; past 64 KiB
+        # SQLite spills that journal to a temporary file: about 10,000 writes and 100 files
+        # made and unlinked per 3,000 sagas of benchmarks/stores.py. In memory it stays
+        # (bounded by what one statement of at most 64 rows changes)
+        conn.execute("PRAGMA temp_store = MEMORY")
     except BaseException:
         conn.close()
         raise

@@ -16,7 +16,7 @@ from sagaz.abc import SagaStore
 from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.records import SchemaVersions
 from sagaz.storage import sqlite_schema as tables
-from sagaz.storage.sqlite_groups import GroupCommitter
+from sagaz.storage.sqlite_groups import GroupCommitter, Together
 from sagaz.storage.url import sqlite_path
 
 __all__ = ["SQLiteConnection"]
@@ -91,7 +91,10 @@ class SQLiteConnection(SagaStore):
             )
             try:
                 self._groups = await GroupCommitter.open(
-                    connect, error=self._error, label=f"SQLite store {self.path!r}"
+                    connect,
+                    error=self._error,
+                    label=f"SQLite store {self.path!r}",
+                    together=self._together(),
                 )
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
@@ -132,6 +135,11 @@ class SQLiteConnection(SagaStore):
             return await asyncio.to_thread(upgrade)
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
+
+    def _together(self) -> Together | None:
+        """How the group committer may run a group of writes all at once (None: operation
+        by operation; the store's: :func:`~sagaz.storage.sqlite.batches.run_together`)."""
+        return None
 
     def _committer(self) -> GroupCommitter:
         if self._groups is None:
