@@ -8,11 +8,10 @@ An operation is a coroutine function ``op(conn) -> result`` that runs all its SQ
 connection it is given. :meth:`PgGroupCommitter.run` queues it; a flusher task takes every
 queued operation as one group, runs the group on one pooled connection in one transaction and
 commits it once; results and errors reach their callers only after that ``COMMIT``. While a
-group runs, new operations queue up for the next one, so the more sagas write at once, the
+group runs, new operations queue up for the next one: the more sagas write at once, the
 larger the groups and the fewer the commits. Up to ``connections`` groups run at once, each
-on a connection of its own (a group spends most of its time waiting for the server).
-Operations of one caller never overlap (each is awaited), so their order is kept; a
-deadlock between two groups is retried (see below).
+on a connection of its own. Operations of one caller never overlap (each is awaited), so
+their order is kept; a deadlock between two groups is retried (see below).
 
 A group that comes back while no other group is at the server is handed to its callers in
 two halves while the process has a core to spare
@@ -399,12 +398,9 @@ class PgGroupCommitter:
         return results
 
     async def _execute_each(self, conn: Any, group: list[_Queued]) -> list[Outcome]:
-        """Run each operation of a group that failed in a transaction of its own, in the
-        group's order. Not in savepoints of one transaction: that held every row the group
-        had written until its last operation was done, three round trips each; a group of
-        hundreds, on a loaded machine, held them for 25 s and more, and the other workers'
-        writes of those rows waited as long. A group lost
-        midway is lost from the operation it was in: the ones before it are committed."""
+        """Run each operation of a failed group in a transaction of its own, in order (in
+        savepoints of one transaction, a group of hundreds held its rows 25 s and more on a
+        loaded machine). A group lost midway is lost from the operation it was in."""
         outcomes: list[Outcome] = []
         for queued in group:
             try:
@@ -490,8 +486,7 @@ def _one_statement(group: list[_Queued]) -> dict[BatchRunner, tuple[list[int], l
 
 
 def _open(conn: Any) -> bool:
-    """Whether a kept connection is still open (asyncpg gives a pooled connection that
-    closed back to its pool itself: its proxy then raises instead of answering)."""
+    """Whether a kept connection is still open (a closed one's pool proxy raises)."""
     try:
         return not conn.is_closed()
     except Exception:

@@ -301,11 +301,9 @@ class GroupCommitter:
                 if not conn.in_transaction:  # the operation ended the group's transaction
                     return self._lost(ops, None)
         except Exception as exc:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error as rollback:
-                    return self._lost(ops, self._failure(rollback))
+            lost = self._roll_back(ops)
+            if lost is not None:
+                return lost
             self._check_busy(exc, on_loop)
             if len(ops) == 1:
                 return [(None, self._failure(exc))]
@@ -324,6 +322,16 @@ class GroupCommitter:
             return self._lost(ops, self._failure(exc))
         return [(result, None) for result in results]
 
+    def _roll_back(self, ops: list[_Queued]) -> list[Outcome] | None:
+        """Roll back the group's open transaction; the outcomes of ``ops`` if that fails (the
+        group is lost), else None."""
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error as rollback:
+                return self._lost(ops, self._failure(rollback))
+        return None
+
     def _undo_together(
         self, exc: Exception, begin: str, on_loop: bool, ops: list[_Queued]
     ) -> list[Outcome] | None:
@@ -331,11 +339,9 @@ class GroupCommitter:
         begin the group again, to run it operation by operation; the outcomes if it cannot
         begin again, else None."""
         conn = self._conn
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error as rollback:
-                return self._lost(ops, self._failure(rollback))
+        lost = self._roll_back(ops)
+        if lost is not None:
+            return lost
         self._check_busy(exc, on_loop)
         try:
             conn.execute(begin)
