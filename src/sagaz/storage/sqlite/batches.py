@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sagaz.records import ClaimOutcome, EventClaim
@@ -82,16 +82,20 @@ def _claims_sql(rows: int) -> str:
     )
 
 
-_SAGA_SELECT = (  # the values of sqlite_rows.saga_params, as connection._INSERT_SAGA
-    f"INSERT INTO saga_executions ({tables.SAGA_COLUMNS}) SELECT column1, column2, column3, "
-    "column4, column5, NULLIF(column6, 0), column7, NULLIF(column8, 0), column9, column10, "
-    "COALESCE(NULLIF(column11, 0), column12), column12 FROM (VALUES "
-)
-_SAVE_SELECT = (  # those of sqlite_rows.saga_update_params, then created_at (or NO_TEXT)
-    f"INSERT INTO saga_executions ({tables.SAGA_COLUMNS}) SELECT column1, column2, column3, "
-    "column4, column5, NULLIF(column6, 0), column7, NULLIF(column8, 0), column9, column10, "
-    "COALESCE(NULLIF(column12, 0), column11), column11 FROM (VALUES "
-)
+def _saga_select(created: str, moment: str) -> str:
+    """Saga rows from ``VALUES``: ``created`` (or ``moment`` where it is ``NO_TEXT``) as
+    ``created_at``, ``moment`` as ``updated_at``."""
+    return (
+        f"INSERT INTO saga_executions ({tables.SAGA_COLUMNS}) SELECT column1, column2, "
+        "column3, column4, column5, NULLIF(column6, 0), column7, NULLIF(column8, 0), column9, "
+        f"column10, COALESCE(NULLIF({created}, 0), {moment}), {moment} FROM (VALUES "
+    )
+
+
+# the values of sqlite_rows.saga_params, as connection._INSERT_SAGA
+_SAGA_SELECT = _saga_select("column11", "column12")
+# those of sqlite_rows.saga_update_params, then created_at (or NO_TEXT)
+_SAVE_SELECT = _saga_select("column12", "column11")
 
 
 @functools.cache
@@ -141,6 +145,17 @@ def _completions_sql(rows: int) -> str:
     return f"UPDATE inbox SET status = 'completed', completed_at = ?1 WHERE {keys}"
 
 
+def _sizes(count: int) -> Iterator[int]:
+    """The rows of each statement that writes ``count`` rows: 64, 32, ... 1 (the largest
+    that fits what is left, each a statement kept prepared)."""
+    while count:
+        rows = LARGEST
+        while rows > count:
+            rows //= 2
+        yield rows
+        count -= rows
+
+
 def _write(
     cursor: sqlite3.Cursor,
     sql: Callable[[int], str],
@@ -151,17 +166,13 @@ def _write(
 ) -> None:
     """``sql(rows)`` over ``params`` (``width`` values a row) in statements of 64, 32, ... 1
     rows; raise :class:`NotTogether` if ``changes`` and a statement changed fewer rows."""
-    count = len(params) // width
     start = 0
-    while count:
-        rows = LARGEST
-        while rows > count:
-            rows //= 2
+    for rows in _sizes(len(params) // width):
         end = start + rows * width
         changed = cursor.execute(sql(rows), params[start:end]).rowcount
         if changes and changed != rows:
             raise NotTogether
-        start, count = end, count - rows
+        start = end
 
 
 def run_together(cursor: sqlite3.Cursor, ops: list[tuple[Any, ...]]) -> list[Any] | None:
@@ -241,15 +252,11 @@ def _complete(cursor: sqlite3.Cursor, completions: list[Any]) -> None:
                 cursor.execute(_COMPLETE_INBOX, completion)
             return
         keys += (trigger_id, key)
-    count = len(keys) // 2
     start = 0
-    while count:
-        rows = LARGEST
-        while rows > count:
-            rows //= 2
+    for rows in _sizes(len(keys) // 2):
         end = start + 2 * rows
         cursor.execute(_completions_sql(rows), [moment, *keys[start:end]])
-        start, count = end, count - rows
+        start = end
 
 
 def _result(queued: tuple[Any, ...]) -> Any:
