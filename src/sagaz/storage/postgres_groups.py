@@ -118,8 +118,7 @@ class _Queued:
 
 
 class _GroupLost(Exception):
-    """The group's transaction (or its connection) is gone: every operation fails, but
-    those of ``done`` (the first ones of a group run one by one, each committed alone)."""
+    """The group's transaction or connection is gone: all but ``done`` (committed) fail."""
 
     def __init__(self, cause: BaseException, done: list[Outcome] | None = None) -> None:
         super().__init__(str(cause))
@@ -162,9 +161,8 @@ class PgGroupCommitter:
         #: pooled connections kept between groups (see the module docstring)
         self._idle: list[Any] = []
         self._handing = HandOver()
-        #: the event loop the committer runs on, taken at its first operation:
-        #: ``asyncio.get_running_loop()`` makes a ``getpid`` system call each time (about
-        #: 0.5 µs on a virtual machine), and ``run`` would call it for every operation
+        #: the event loop, taken at the first operation: ``asyncio.get_running_loop()``
+        #: makes a ``getpid`` system call (about 0.5 µs here), per operation in ``run``
         self._loop: asyncio.AbstractEventLoop | None = None
         #: transactions committed by this committer
         self.commits = 0
@@ -243,8 +241,7 @@ class PgGroupCommitter:
             self._interrupt(group, exc)
             raise
         except _GroupLost as lost:
-            done = lost.done
-            outcomes = done + [(None, self._lost(lost.cause)) for _ in group[len(done) :]]
+            outcomes = self._lost_group(lost, group)
         except Exception as exc:  # no connection, or releasing it failed
             outcomes = [(None, self._lost(exc)) for _ in group]
         else:
@@ -344,8 +341,7 @@ class PgGroupCommitter:
             try:
                 redone = await self._transaction(conn, rest)
             except _GroupLost as lost:
-                done = lost.done
-                redone = done + [(None, self._lost(lost.cause)) for _ in rest[len(done) :]]
+                redone = self._lost_group(lost, rest)
                 healthy = False
             else:
                 self.commits += 1  # (the group's own is counted by _run_group)
@@ -446,6 +442,10 @@ class PgGroupCommitter:
             await transaction.rollback()
         except Exception:  # the connection is broken: the pool replaces it
             return
+
+    def _lost_group(self, lost: _GroupLost, group: list[_Queued]) -> list[Outcome]:
+        """The outcomes of lost ``group``: ``lost.done``, then the loss's error for the rest."""
+        return lost.done + [(None, self._lost(lost.cause)) for _ in group[len(lost.done) :]]
 
     def _lost(self, cause: BaseException, *, interrupted: bool = False) -> StoreError:
         """The error each caller of a lost group gets (a new one per caller)."""

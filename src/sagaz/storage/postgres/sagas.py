@@ -42,6 +42,17 @@ __all__ = ["CheckpointShape", "PostgresSagas", "checkpoints_written"]
 #: hash node the server would set up at every group for a ``lost`` that is empty
 _NOT_LOST = " <> ALL (ARRAY(SELECT saga_id FROM lost))"
 
+
+def _lost(source: str, rows: str) -> str:
+    """The sagas of ``source`` (saga rows of the array ``rows``) whose upsert (``sg``) was
+    refused; gated by a count (a one-time filter), so the usual group compares no row."""
+    return (
+        f"lost AS (SELECT u.saga_id FROM {source} AS u "
+        f"WHERE (SELECT count(*) FROM sg) < cardinality({rows}) "
+        "AND u.saga_id <> ALL (ARRAY(SELECT saga_id FROM sg)))"
+    )
+
+
 #: which of steps, saga, outbox and inbox rows a group's checkpoints have, and whether
 #: they go as checkpoint rows (one per checkpoint: a saga row, one step, no outbox)
 CheckpointShape = tuple[bool, bool, bool, bool, bool]
@@ -317,13 +328,7 @@ class PostgresSagas(PostgresConnection):
                 f"FROM unnest({row}::{s}.saga_row[]) AS u {_SAGA_CONFLICT} "
                 "RETURNING saga_id)"
             )
-            # gated by a count (a one-time filter): when every saga row was written, the
-            # usual case, the anti-join of the rows with ``sg`` does not run at all
-            parts.append(
-                f"lost AS (SELECT u.saga_id FROM unnest({row}::{s}.saga_row[]) AS u "
-                f"WHERE (SELECT count(*) FROM sg) < cardinality({row}::{s}.saga_row[]) "
-                "AND u.saga_id <> ALL (ARRAY(SELECT saga_id FROM sg)))"
-            )
+            parts.append(_lost(f"unnest({row}::{s}.saga_row[])", f"{row}::{s}.saga_row[]"))
             keep = " WHERE {}.saga_id" + _NOT_LOST
         if steps:
             parts.append(
@@ -379,9 +384,7 @@ class PostgresSagas(PostgresConnection):
             f"ck AS (SELECT * FROM unnest({rows}))",
             f"sg AS (INSERT INTO {s}.saga_executions ({_SAGA_INSERT}) SELECT {_SAGA_SELECT} "
             f"FROM ck AS u {_SAGA_CONFLICT} RETURNING saga_id)",
-            "lost AS (SELECT u.saga_id FROM ck AS u "
-            f"WHERE (SELECT count(*) FROM sg) < cardinality({rows}) "
-            "AND u.saga_id <> ALL (ARRAY(SELECT saga_id FROM sg)))",
+            _lost("ck", rows),
             f"st AS (INSERT INTO {s}.saga_steps ({tables.STEP_COLUMNS}) "
             "SELECT u.saga_id, u.step_name, u.step_status, u.step_result::jsonb, u.step_error, "
             "u.step_attempts, u.step_completed_seq, u.step_compensation_error, "
