@@ -7,6 +7,7 @@ cases, on the durable stores and RabbitMQ: ``tests/integration/test_run_store_er
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -121,3 +122,53 @@ async def test_a_saga_whose_failed_row_is_refused_too_is_given_back_and_its_even
         assert engine.state is not None
         assert engine.state.resume_failures.count(saga_id) == 1
     assert ran == []
+
+
+class RefusesRetries(MemorySagaStore):
+    """Every new attempt's first write (``reset_steps``) fails, and so does every completion
+    of an inbox row (not an outage): a retried saga stays compensated between attempts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released: list[str] = []
+
+    async def reset_steps(self, saga_id: str) -> None:
+        raise RuntimeError("refused the reset")
+
+    async def complete_inbox(self, trigger_id: str, key: str) -> None:
+        raise RuntimeError("refused the inbox row")
+
+    async def release_inbox(self, trigger_id: str, key: str) -> None:
+        self.released.append(key)
+        await super().release_inbox(trigger_id, key)
+
+
+async def test_an_ended_sagas_key_is_released_when_its_settling_is_refused_at_the_end() -> None:
+    # the runs of a retry fail until the last attempt; its saga ended (compensated) before,
+    # so giving up settles that row: the inbox row's completion is refused too. The event is
+    # acked, its dead letter stored, and its key must not stay leased by this worker's
+    # heartbeat (a replay, or the next delivery, would wait for it until the process stops).
+    class Retried(Saga):
+        saga_name = "refused_retries"
+
+        @trigger(source="memory", channel=CHANNEL, max_retries=1, retry_backoff_seconds=[0.0])
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return {"n": event["n"]}
+
+        @action("work")
+        async def work(self, ctx: SagaContext) -> None:
+            raise RuntimeError("the first attempt fails")
+
+    store = RefusesRetries()
+    listener = RecordingListener()
+    config = TriggerConfig(worker_id="w")
+    async with TriggerEngine(config, store, listeners=[listener]) as engine:
+        [saga_id] = await engine.fire(CHANNEL, {"n": 1})
+        outcome = await engine.wait_for(saga_id, timeout=10)
+        assert isinstance(outcome, SagaResult) and outcome.status is SagaStatus.COMPENSATED
+        [dead] = await store.list_dead_letters()
+        assert (dead.reason, dead.attempts) == ("store_error", RunErrors.attempts)
+        assert str(listener.errors[-1]) == "refused the inbox row"
+        assert len(store.released) == 1
+        # nothing of this worker is left to renew
+        assert await store.renew_leases("w", datetime.now(UTC) + timedelta(minutes=1)) == 0

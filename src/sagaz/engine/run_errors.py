@@ -20,7 +20,11 @@ with the last error (reason ``store_error``, with its traceback), tried again un
 has it; then its saga gets a terminal row: ``failed``, with the error and the context of its
 last checkpoint (the one the store has: the context the run had may be what the store cannot
 encode), and its inbox row is completed in the same write, as a dead-lettered saga's is; then
-the delivery is acked. ``sagaz dlq replay`` runs the saga again, as a new attempt.
+the delivery is acked. ``sagaz dlq replay`` runs the saga again, as a new attempt. If the
+store refuses that settling too (the saga had ended before, compensated between attempts, and
+its inbox row's completion is refused), the failure is reported, an inbox row still open is
+released (:meth:`~sagaz.abc.SagaStore.release_inbox`: no heartbeat of this worker keeps the
+key leased, as :mod:`sagaz.engine.settle_errors` gives up), and the delivery is acked.
 
 A row the store refuses even so is given back (:meth:`~sagaz.abc.SagaStore.release_saga`,
 no owner: the heartbeat no longer renews it) until the recovery loop's backoff passes
@@ -104,6 +108,8 @@ class RunErrors(HeldEvents[WorkItem]):
             await self.state.outage.retry(functools.partial(self._settle, item))
         except Exception as exc:  # its dead letter is stored: the event is settled
             await self.settlement.report(item.trigger, exc, item.event)
+            if isinstance(outcome, SagaResult):  # ended: not left leased by this worker
+                await self.free_key(item)
             await self.settlement.ack(item.trigger, item.delivery)
         self.state.outcomes.settle(item.saga_id, outcome)
 

@@ -124,13 +124,7 @@ class SettleErrors(HeldEvents[Unsettled]):
         trigger, settlement = item.trigger, self.settlement
         if not unsettled.dead_lettered:  # no durable record of the event yet
             await self.dead_letter(trigger, item.delivery, error, item.saga_id, attempts)
-        if item.key and not item.inbox_completed:  # not left leased by this worker
-            try:
-                await self.state.outage.retry(
-                    functools.partial(self.state.store.release_inbox, item.trigger_id, item.key)
-                )
-            except Exception as exc:  # its dead letter is stored: the event is settled
-                await settlement.report(trigger, exc, item.event)
+        await self.free_key(item)  # not left leased by this worker
         await settlement.ack(trigger, item.delivery)
         self.state.outcomes.settle(item.saga_id, unsettled.result)
 

@@ -33,6 +33,7 @@ webhook answers 202 ``in_progress``. A webhook request whose claim itself failed
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -42,6 +43,7 @@ from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.candidate import Candidate
 from sagaz.engine.not_started import NotStarted
 from sagaz.engine.settlement import Settlement
+from sagaz.engine.work_item import WorkItem
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, Reason
 from sagaz.exceptions import StoreUnavailableError, UnstorableValueError
 from sagaz.types import SagaStatus
@@ -164,6 +166,21 @@ class HeldEvents(Generic[Held]):
             except Exception as exc:  # the store takes nothing of it: try again, never ack
                 await settlement.report(trigger, exc, delivery.payload)
                 await self.state.clock.sleep(self.maximum)
+
+    async def free_key(self, item: WorkItem) -> None:
+        """Release ``item``'s inbox row if it is still open (its saga ended, its dead letter
+        stored, the row's completion refused), so that no heartbeat of this worker keeps the
+        key leased: the event's next delivery, or a replay of its dead letter, finds its saga
+        ended and settles it. A failure is reported: the event is settled all the same."""
+        if not item.key or item.inbox_completed:
+            return
+        store = self.state.store
+        try:
+            await self.state.outage.retry(
+                functools.partial(store.release_inbox, item.trigger_id, item.key)
+            )
+        except Exception as exc:
+            await self.settlement.report(item.trigger, exc, item.event)
 
     async def close(self) -> None:
         """Stop holding (those deliveries are nacked)."""
