@@ -14,9 +14,10 @@ from sagaz.types import SagaStatus
 __all__ = ["make_outdated", "rewind_schema"]
 
 
-async def make_outdated(store: SagaStore) -> int:
-    """Build, at ``store``'s empty location, the schema of the version before this sagaz's,
-    holding one completed saga ``"old"``; return that version."""
+async def make_outdated(store: SagaStore, version: int | None = None) -> int:
+    """Build, at ``store``'s empty location, the schema of the version before this sagaz's
+    (of ``version``, for a PostgreSQL store), holding one completed saga ``"old"``; return
+    that version."""
     if isinstance(store, SQLiteSagaStore):
         from sagaz.storage import sqlite_schema as tables
 
@@ -45,10 +46,14 @@ async def make_outdated(store: SagaStore) -> int:
         try:
             await conn.execute(f"CREATE SCHEMA {s}")
             await conn.execute(f"CREATE TABLE {s}.schema_version (version integer PRIMARY KEY)")
-            for version, statements in tables.MIGRATIONS[:-1]:
+            if version is None:
+                version = tables.MIGRATIONS[-2][0]
+            for number, statements in tables.MIGRATIONS:
+                if number > version:
+                    break
                 for statement in statements:
                     await conn.execute(statement.replace("{s}", s))
-                await conn.execute(f"INSERT INTO {s}.schema_version VALUES ($1)", version)
+                await conn.execute(f"INSERT INTO {s}.schema_version VALUES ($1)", number)
             await conn.execute(
                 f"INSERT INTO {s}.saga_executions (saga_id, saga_name, status, context, attempt, "
                 "created_at, updated_at) VALUES ('old', 'order-saga', 'completed', '{}', 1, "
@@ -56,7 +61,7 @@ async def make_outdated(store: SagaStore) -> int:
             )
         finally:
             await conn.close()
-        return tables.MIGRATIONS[-2][0]
+        return version
     assert isinstance(store, RedisSagaStore)
     import redis.asyncio as redis
 

@@ -29,6 +29,7 @@ __all__ = [
     "COMMON_SQL",
     "DERIVED_COLUMNS",
     "DERIVED_CONFLICT",
+    "KEY_COLUMNS",
     "MIGRATIONS",
     "OUTBOX_COLUMNS",
     "SAGA_COLUMNS",
@@ -75,6 +76,19 @@ def _derived(status: str, event: str, updated_at: str) -> tuple[str, str, str]:
         f"CASE WHEN {status} NOT IN {COMMON_SQL} THEN {status} END",
     )
 
+
+KEY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "saga_executions": ("saga_id", "saga_name", "trigger_id", "owner"),
+    "saga_steps": ("saga_id", "name"),
+    "inbox": ("trigger_id", "key", "saga_id", "owner"),
+    "outbox": ("saga_id",),
+    "saga_history": ("saga_id",),
+    "saga_requests": ("saga_id",),
+    "trigger_executions": ("saga_id",),
+    "dead_letters": ("saga_id",),
+}
+"""The text columns of schema 12's ``COLLATE "C"`` (byte order), by table: the keys of the
+rows a saga writes and every saga id."""
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
 
@@ -372,6 +386,20 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "(event_finished_at) WHERE event_finished_at IS NOT NULL",
             "CREATE INDEX saga_executions_by_rare_status ON {s}.saga_executions "
             "(rare_status, seq) WHERE rare_status IS NOT NULL",
+        ),
+    ),
+    (
+        12,
+        # byte order for the key columns (their indexes are rebuilt, the tables are not
+        # rewritten): a database's default collation, C.UTF-8 say, compares text through
+        # strcoll and a locale looked up at each compare, and the indexes a saga writes
+        # compare these at every insert and look-up (-4% of the server's instructions a
+        # saga). Every saga_id column changes with them: a column compared with a "C" one
+        # is compared in "C", and an index of another collation could not serve it
+        tuple(
+            f"ALTER TABLE {{s}}.{table} "
+            + ", ".join(f'ALTER COLUMN {column} TYPE text COLLATE "C"' for column in columns)
+            for table, columns in KEY_COLUMNS.items()
         ),
     ),
 ]
