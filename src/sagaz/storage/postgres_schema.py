@@ -21,6 +21,7 @@ from sagaz.storage.sql import (
     SAGA_COLUMNS,
     STEP_COLUMNS,
     TERMINAL_SQL,
+    recovery_columns,
 )
 
 __all__ = [
@@ -374,6 +375,7 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "(rare_status, seq) WHERE rare_status IS NOT NULL",
         ),
     ),
+    (12, recovery_columns("{s}.saga_executions")),  # take_over_saga: recovery attempts
 ]
 """Every migration, oldest first (``{s}`` is the quoted schema name)."""
 
