@@ -25,7 +25,9 @@ async def test_take_over_saga_counts_each_takeover_not_the_owners_own_claims(
     store: SagaStore,
 ) -> None:
     assert await store.take_over_saga("missing", "a", from_now()) is None
-    await store.save_saga(saga_record(status=SagaStatus.RUNNING, owner="a", lease_expires_at=from_now()))
+    await store.save_saga(
+        saga_record(status=SagaStatus.RUNNING, owner="a", lease_expires_at=from_now())
+    )
 
     assert await store.take_over_saga("s1", "b", from_now()) is None  # a's lease is live
     assert await store.take_over_saga("s1", "a", from_now()) == 0  # its own: not counted

@@ -43,6 +43,9 @@ class ResumeFailures:
         self._failed: dict[str, tuple[Backoff, str]] = {}
         #: sagas claimed when the store went away: given back once it is back
         self.interrupted: set[str] = set()
+        #: sagas being dead-lettered here, given up: the recovery loop and admission, which
+        #: may both claim one (its own claim is not counted again), leave them alone
+        self.exhausting: set[str] = set()
 
     def failed(self, saga_id: str, error: BaseException | str) -> datetime:
         """Count a failure of ``saga_id`` (``error``); returns when it may be tried again."""

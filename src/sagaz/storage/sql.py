@@ -18,10 +18,10 @@ __all__ = [
     "STEP_COLUMNS",
     "TERMINAL_SQL",
     "dead_letter_params",
-    "recovery_columns",
-    "take_over_set",
     "outbox_params",
+    "recovery_columns",
     "step_params",
+    "take_over_set",
 ]
 
 TERMINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_SAGA_STATUSES)) + ")"
@@ -30,6 +30,7 @@ ACTIVE_SQL = (
     "(" + ", ".join(f"'{s.value}'" for s in sorted(set(SagaStatus) - TERMINAL_SAGA_STATUSES)) + ")"
 )
 """SQL list of the non-terminal saga statuses."""
+
 
 def recovery_columns(table: str) -> tuple[str, ...]:
     """The migration that keeps a saga's recovery attempts in its row of ``table``:

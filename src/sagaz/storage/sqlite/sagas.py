@@ -21,13 +21,13 @@ from sagaz.storage import sqlite_rows as mapping
 from sagaz.storage import sqlite_schema as tables
 from sagaz.storage.checkpoints import check_checkpoint
 from sagaz.storage.codec import to_text
-from sagaz.storage.sql import outbox_params, take_over_set
+from sagaz.storage.sql import TERMINAL_SQL, outbox_params, take_over_set
 from sagaz.storage.sqlite.connection import (
-    _rows_args,
     _INSERT_SAGA,
     SQLiteConnection,
     _change,
     _rows,
+    _rows_args,
 )
 from sagaz.types import SagaStatus
 
@@ -36,7 +36,7 @@ __all__ = ["SQLiteSagas"]
 _TAKE_OVER = (  # claim_saga's claim, counted (see take_over_set)
     f"UPDATE saga_executions SET {take_over_set('?1')}, lease_expires_at = ?2 "
     "WHERE saga_id = ?3 AND (owner IS NULL OR owner = ?1 OR lease_expires_at IS NULL "
-    "OR lease_expires_at < ?4) RETURNING recovery_attempts"
+    f"OR lease_expires_at < ?4) AND status NOT IN {TERMINAL_SQL} RETURNING recovery_attempts"
 )
 
 _UPSERT_SAGA = (
@@ -260,7 +260,8 @@ class SQLiteSagas(SQLiteConnection):
         return changed == 1
 
     async def take_over_saga(self, saga_id: str, owner: str, lease_until: datetime) -> int | None:
-        rows = await self._submit(_rows_args, (_TAKE_OVER, (owner, to_text(lease_until), saga_id, to_text(utcnow()))))
+        params = (owner, to_text(lease_until), saga_id, to_text(utcnow()))
+        rows = await self._submit(_rows_args, (_TAKE_OVER, params))
         return int(rows[0][0]) if rows else None
 
     async def release_saga(
