@@ -84,7 +84,7 @@ async def test_a_version_10_schema_is_upgraded_with_its_rows_and_its_updates_are
     postgres_dsn: str, schema: str
 ) -> None:
     store = PostgresSagaStore(postgres_dsn, schema=schema)
-    assert await make_outdated(store) == 10  # one completed saga, "old"
+    assert await make_outdated(store, 10) == 10  # one completed saga, "old"
     old = utcnow() - timedelta(days=30)
     conn = await asyncpg.connect(postgres_dsn)
     try:  # sagas of every status as sagaz 10 left them, a finished one keeping its event

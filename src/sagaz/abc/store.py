@@ -27,7 +27,7 @@ from sagaz.records import (
     TriggerExecutionRecord,
     TriggerScheduleRecord,
 )
-from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
+from sagaz.types import SagaStatus
 
 __all__ = ["SagaStore"]
 
@@ -133,8 +133,7 @@ class SagaStore(Lifecycle, ABC):
         """Atomically take the lease of a saga if it is free, expired or already ``owner``'s."""
 
     async def take_over_saga(self, saga_id: str, owner: str, lease_until: datetime) -> int | None:
-        """Claim a saga that has not ended as :meth:`claim_saga` does and, when it was not
-        already ``owner``'s
+        """Claim a saga as :meth:`claim_saga` does and, when it was not already ``owner``'s
         (another worker's whose lease expired, or given back), count the claim as a
         recovery attempt, in the same atomic operation; return the saga's recovery attempts
         after the claim, ``None`` when it was not claimed.
@@ -144,12 +143,8 @@ class SagaStore(Lifecycle, ABC):
         retry, starts it over). The recovery loop and admission's takeover of a key call
         this before they run anything of the saga, and stop at ``max_recovery_attempts``.
 
-        This default, for stores that keep no count, reads the saga, claims it and answers
-        ``0`` (a saga that ends between the two may be claimed).
+        This default, for stores that keep no count, claims and answers ``0``.
         """
-        saga = await self.get_saga(saga_id)
-        if saga is None or saga.status in TERMINAL_SAGA_STATUSES:
-            return None
         return 0 if await self.claim_saga(saga_id, owner, lease_until) else None
 
     async def release_saga(

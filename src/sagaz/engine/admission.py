@@ -356,7 +356,7 @@ class Admission:
                     self.watch_busy(c)
                     return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
                 if exhausted(state, taken) is not None:  # counted in the store, past the bound
-                    return await self.not_started.exhausted(c, existing, taken)
+                    return await self.not_started.exhausted(c, taken)
             saga = trigger.saga_for_run()
             # the pending row (new, or left by a stopped worker) gets its context at the start
             pending = (

@@ -20,6 +20,9 @@ lease until the process stops, and no one would resume it):
   (:mod:`sagaz.engine.resume_failures`); the others of the page are resumed all the same.
   After ``ResumeFailures.attempts`` failures here, a saga still pending is dead-lettered with
   its kept delivery, reason ``store_error``;
+- a saga claimed (:meth:`~sagaz.abc.SagaStore.take_over_saga`, counted in the store) more
+  than ``max_recovery_attempts`` times, by any worker, is not run again: it is dead-lettered,
+  reason ``recovery_exhausted`` (:mod:`sagaz.engine.recovery_attempts`);
 - the store going away (:class:`~sagaz.exceptions.StoreUnavailableError`) is not the saga's
   doing: the pass ends (the loop waits for the store) and the saga is given back, at once,
   by the next pass.
@@ -45,7 +48,7 @@ from sagaz.engine.work_item import WorkItem
 from sagaz.events import Delivery, EventMeta, Reason
 from sagaz.exceptions import StoreUnavailableError
 from sagaz.records import ClaimOutcome, EventClaim, SagaRecord
-from sagaz.types import SagaStatus
+from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 
 __all__ = ["recover", "recover_once", "resume_pending"]
 
@@ -126,6 +129,11 @@ async def _resume(
     """Resume ``record``, claimed (``taken`` over that many times): 1 once queued (or
     admitted again), 0 if dead-lettered."""
     too_often = exhausted(state, taken)
+    if too_often is not None:  # the row as it is now: it may have ended since it was listed
+        current = await state.store.get_saga(record.saga_id)
+        if current is None or current.status in TERMINAL_SAGA_STATUSES:
+            return 0
+        record = current
     if record.status is SagaStatus.PENDING:
         try:
             delivery = pending_delivery(record)

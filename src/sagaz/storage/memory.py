@@ -192,7 +192,7 @@ class MemorySagaStore(MemoryRetention, MemoryCoordination, SagaStore):
 
     async def take_over_saga(self, saga_id: str, owner: str, lease_until: datetime) -> int | None:
         row = self._sagas.get(saga_id)
-        if row is None or row[_S_STATUS] in TERMINAL_SAGA_STATUSES:
+        if row is None:
             return None
         previous = row[_S_OWNER]
         if not await self.claim_saga(saga_id, owner, lease_until):  # it never suspends

@@ -375,7 +375,7 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             "(rare_status, seq) WHERE rare_status IS NOT NULL",
         ),
     ),
-    (12, recovery_columns("{s}.saga_executions")),  # take_over_saga: recovery attempts
+    (12, recovery_columns("{s}.saga_executions", if_not_exists=True)),  # take_over_saga
 ]
 """Every migration, oldest first (``{s}`` is the quoted schema name)."""
 

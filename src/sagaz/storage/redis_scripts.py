@@ -149,8 +149,6 @@ return 1
 
 TAKE_OVER_SAGA = (  # CLAIM_SAGA, counted: the recovery attempts of the saga's attempt
     CLAIM_SAGA.replace("return 1\n", "")
-    .replace("'seq', 'owner', 'lease')", "'seq', 'owner', 'lease', 'status')")
-    .replace("if not old[1] then", f"local s = old[4]\nif not old[1] or {_IS_TERMINAL} then")
     + """local n = redis.call('HMGET', KEYS[1], 'attempt', 'recovery_of', 'recoveries')
 local count = 0
 if n[2] == n[1] then count = tonumber(n[3] or '0') end

@@ -32,12 +32,14 @@ ACTIVE_SQL = (
 """SQL list of the non-terminal saga statuses."""
 
 
-def recovery_columns(table: str) -> tuple[str, ...]:
+def recovery_columns(table: str, *, if_not_exists: bool) -> tuple[str, ...]:
     """The migration that keeps a saga's recovery attempts in its row of ``table``:
     ``recovery_attempts`` (how many takeovers, :meth:`~sagaz.abc.SagaStore.take_over_saga`)
-    and ``recovery_of`` (the ``attempt`` of the saga they count: a new attempt starts over)."""
+    and ``recovery_of`` (the ``attempt`` of the saga they count: a new attempt starts over).
+    ``if_not_exists`` where the database has it (PostgreSQL, not SQLite)."""
+    guard = " IF NOT EXISTS" if if_not_exists else ""
     return tuple(
-        f"ALTER TABLE {table} ADD COLUMN {column} integer NOT NULL DEFAULT 0"
+        f"ALTER TABLE {table} ADD COLUMN{guard} {column} integer NOT NULL DEFAULT 0"
         for column in ("recovery_attempts", "recovery_of")
     )
 

@@ -360,7 +360,7 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             f"WHERE {ACTIVE_WHERE}",
         ),
     ),
-    (11, recovery_columns("saga_executions")),  # take_over_saga: a saga's recovery attempts
+    (11, recovery_columns("saga_executions", if_not_exists=False)),  # take_over_saga
 ]
 """Every migration, oldest first."""
 

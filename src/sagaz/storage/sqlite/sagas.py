@@ -21,7 +21,7 @@ from sagaz.storage import sqlite_rows as mapping
 from sagaz.storage import sqlite_schema as tables
 from sagaz.storage.checkpoints import check_checkpoint
 from sagaz.storage.codec import to_text
-from sagaz.storage.sql import TERMINAL_SQL, outbox_params, take_over_set
+from sagaz.storage.sql import outbox_params, take_over_set
 from sagaz.storage.sqlite.connection import (
     _INSERT_SAGA,
     SQLiteConnection,
@@ -36,7 +36,7 @@ __all__ = ["SQLiteSagas"]
 _TAKE_OVER = (  # claim_saga's claim, counted (see take_over_set)
     f"UPDATE saga_executions SET {take_over_set('?1')}, lease_expires_at = ?2 "
     "WHERE saga_id = ?3 AND (owner IS NULL OR owner = ?1 OR lease_expires_at IS NULL "
-    f"OR lease_expires_at < ?4) AND status NOT IN {TERMINAL_SQL} RETURNING recovery_attempts"
+    "OR lease_expires_at < ?4) RETURNING recovery_attempts"
 )
 
 _UPSERT_SAGA = (
