@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Sequence
 
@@ -11,12 +12,12 @@ from sagaz.records import SagaRecord
 from sagaz.storage import PostgresSagaStore, RedisSagaStore, SQLiteSagaStore
 from sagaz.types import SagaStatus
 
-__all__ = ["make_outdated", "rewind_schema"]
+__all__ = ["added_columns", "make_outdated", "rewind_schema"]
 
 
 async def make_outdated(store: SagaStore, version: int | None = None) -> int:
     """Build, at ``store``'s empty location, the schema of the version before this sagaz's
-    (of ``version``, for a PostgreSQL store), holding one completed saga ``"old"``; return
+    (a SQL store: of ``version``, if given), holding one completed saga ``"old"``; return
     that version."""
     if isinstance(store, SQLiteSagaStore):
         from sagaz.storage import sqlite_schema as tables
@@ -24,10 +25,10 @@ async def make_outdated(store: SagaStore, version: int | None = None) -> int:
         conn = sqlite3.connect(store.path, isolation_level=None)
         try:  # the DDL of every migration but the last, as an older sagaz left it
             conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at)")
-            for version, statements in tables.MIGRATIONS[:-1]:
+            for number, statements in _up_to(tables.MIGRATIONS, version):
                 for statement in statements:
                     conn.execute(statement)
-                conn.execute("INSERT INTO schema_version VALUES (?, '')", (version,))
+                conn.execute("INSERT INTO schema_version VALUES (?, '')", (number,))
             conn.execute(
                 "INSERT INTO saga_executions (saga_id, saga_name, status, context, attempt, "
                 "created_at, updated_at) VALUES ('old', 'order-saga', 'completed', '{}', 1, "
@@ -35,7 +36,7 @@ async def make_outdated(store: SagaStore, version: int | None = None) -> int:
             )
         finally:
             conn.close()
-        return tables.MIGRATIONS[-2][0]
+        return _up_to(tables.MIGRATIONS, version)[-1][0]
     if isinstance(store, PostgresSagaStore):
         import asyncpg
 
@@ -46,11 +47,7 @@ async def make_outdated(store: SagaStore, version: int | None = None) -> int:
         try:
             await conn.execute(f"CREATE SCHEMA {s}")
             await conn.execute(f"CREATE TABLE {s}.schema_version (version integer PRIMARY KEY)")
-            if version is None:
-                version = tables.MIGRATIONS[-2][0]
-            for number, statements in tables.MIGRATIONS:
-                if number > version:
-                    break
+            for number, statements in _up_to(tables.MIGRATIONS, version):
                 for statement in statements:
                     await conn.execute(statement.replace("{s}", s))
                 await conn.execute(f"INSERT INTO {s}.schema_version VALUES ($1)", number)
@@ -61,7 +58,7 @@ async def make_outdated(store: SagaStore, version: int | None = None) -> int:
             )
         finally:
             await conn.close()
-        return version
+        return _up_to(tables.MIGRATIONS, version)[-1][0]
     assert isinstance(store, RedisSagaStore)
     import redis.asyncio as redis
 
@@ -77,6 +74,32 @@ async def make_outdated(store: SagaStore, version: int | None = None) -> int:
     return redis_schema.SCHEMA_VERSION - 1
 
 
+def _up_to(
+    migrations: Sequence[tuple[int, tuple[str, ...]]], version: int | None
+) -> Sequence[tuple[int, tuple[str, ...]]]:
+    """The migrations up to ``version`` (``None``: all but the last)."""
+    if version is None:
+        return migrations[:-1]
+    return [(number, statements) for number, statements in migrations if number <= version]
+
+
+_ADD_COLUMN = re.compile(r"^ALTER TABLE (\S+) ADD COLUMN (?:IF NOT EXISTS )?(\w+) ")
+
+
+def added_columns(
+    migrations: Sequence[tuple[int, Sequence[str]]], version: int
+) -> list[tuple[str, str]]:
+    """The ``(table, column)`` of the plain ``ADD COLUMN`` statements of the migrations after
+    ``version`` (not those a later statement of theirs computes: none is set back so far)."""
+    return [
+        (match[1], match[2])
+        for number, statements in migrations
+        if number > version
+        for statement in statements
+        if (match := _ADD_COLUMN.match(statement)) and "GENERATED" not in statement
+    ]
+
+
 async def rewind_schema(
     store: SagaStore,
     version: int,
@@ -85,13 +108,18 @@ async def rewind_schema(
     redis_keys: Sequence[str] = (),
 ) -> None:
     """Make ``store``'s (stopped) storage look as a sagaz of schema ``version`` left it: drop
-    ``drop`` (``("TABLE", name)`` or ``("INDEX", name)``) from a SQL store, delete
-    ``redis_keys`` (without the prefix) from a Redis one, and set the version back."""
+    ``drop`` (``("TABLE", name)`` or ``("INDEX", name)``) from a SQL store, and the columns
+    a later migration added (:func:`added_columns`), delete ``redis_keys`` (without the
+    prefix) from a Redis one, and set the version back."""
     if isinstance(store, SQLiteSagaStore):
+        from sagaz.storage import sqlite_schema
+
         conn = sqlite3.connect(store.path)
         try:
             for kind, name in drop:
                 conn.execute(f"DROP {kind} {name}")
+            for table, column in added_columns(sqlite_schema.MIGRATIONS, version):
+                conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
             conn.execute("DELETE FROM schema_version WHERE version > ?", (version,))
             conn.commit()
         finally:
@@ -99,11 +127,15 @@ async def rewind_schema(
     elif isinstance(store, PostgresSagaStore):
         import asyncpg
 
+        from sagaz.storage import postgres_schema
+
         s = f'"{store.schema}"'
         conn = await asyncpg.connect(store.dsn)
         try:
             for kind, name in drop:
                 await conn.execute(f"DROP {kind} {s}.{name}")
+            for table, column in added_columns(postgres_schema.MIGRATIONS, version):
+                await conn.execute(f"ALTER TABLE {table.replace('{s}', s)} DROP COLUMN {column}")
             await conn.execute(f"DELETE FROM {s}.schema_version WHERE version > $1", version)
         finally:
             await conn.close()

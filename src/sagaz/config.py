@@ -131,6 +131,14 @@ class TriggerConfig(BaseSettings):
         description="Seconds between two searches for sagas of dead workers (webhook, cron, "
         "file, memory and poll events, which no broker redelivers).",
     )
+    max_recovery_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="How many times a saga may be taken over from a worker that stopped (its "
+        "lease expired) or gave it back, counted in the store across workers and restarts; "
+        "the next takeover dead-letters it (reason recovery_exhausted) instead of running it: "
+        "a saga that kills its worker does not crash one worker after another for ever.",
+    )
 
     # pausing triggers (``sagaz triggers pause|resume ID``, ``sagaz.pause_trigger(ID)``)
     trigger_state_interval_seconds: float = Field(

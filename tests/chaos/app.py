@@ -35,6 +35,8 @@ WEBHOOK_PATH = "/events"
 
 #: how often a step blocked on the gate file looks for it
 GATE_POLL_SECONDS = 0.02
+#: how long the poison event's step runs before it kills its process (CHAOS_POISON)
+POISON_DELAY = 1.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Settings:
     webhook_port: int  # CHAOS_WEBHOOK_PORT
     gate: str | None  # CHAOS_GATE: the first step waits until this file exists
     step_delay: float  # CHAOS_STEP_DELAY: seconds each step takes (pace a run)
+    poison: int | None  # CHAOS_POISON: the event whose "charge" step SIGKILLs its process
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -75,6 +78,7 @@ class Settings:
             webhook_port=int(env.get("CHAOS_WEBHOOK_PORT", "0")),
             gate=env.get("CHAOS_GATE") or None,
             step_delay=float(env.get("CHAOS_STEP_DELAY", "0")),
+            poison=int(env["CHAOS_POISON"]) if env.get("CHAOS_POISON") else None,
         )
 
 
@@ -168,6 +172,9 @@ def define_saga(settings: Settings, side: SideEffects) -> type[Saga]:
         @action("charge")
         async def charge(self, ctx: SagaContext) -> None:
             await step(ctx, "charge")
+            if ctx["n"] == settings.poison:  # a step that kills its worker (as an OOM kill)
+                await asyncio.sleep(POISON_DELAY)  # the other sagas in flight go on meanwhile
+                os.kill(os.getpid(), signal.SIGKILL)
 
         @action("ship")
         async def ship(self, ctx: SagaContext) -> None:

@@ -1271,25 +1271,9 @@ async def test_upgrading_names_trigger_executions_by_the_trigger_id_of_their_sag
 
 
 async def _set_version(store: SagaStore, version: int) -> None:
-    """Record ``version`` as the schema's latest, as if later migrations had not run."""
-    if isinstance(store, SQLiteSagaStore):
-        conn = sqlite3.connect(store.path)
-        try:
-            conn.execute("DELETE FROM schema_version WHERE version > ?", (version,))
-            conn.commit()
-        finally:
-            conn.close()
-    else:
-        import asyncpg
-
-        assert isinstance(store, PostgresSagaStore)
-        conn = await asyncpg.connect(store.dsn)
-        try:
-            await conn.execute(
-                f'DELETE FROM "{store.schema}".schema_version WHERE version > $1', version
-            )
-        finally:
-            await conn.close()
+    """Record ``version`` as the schema's latest, as if later migrations had not run (the
+    columns they added dropped: see ``rewind_schema``)."""
+    await rewind_schema(store, version)
 
 
 #: the migration that adds saga control: SQL schema 6, Redis key layout 6 (renumbered if

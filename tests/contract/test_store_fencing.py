@@ -288,14 +288,14 @@ async def test_a_saga_its_old_owner_completed_during_a_takeover_is_settled_not_r
     store_a, store_b = await backend.open(), await backend.open()
     _no_renewals(store_a)
     claiming, claim_gate = asyncio.Event(), asyncio.Event()
-    claim_saga = store_b.claim_saga
+    take_over_saga = store_b.take_over_saga  # admission's claim of the saga of a key taken over
 
-    async def slow_claim_saga(saga_id: str, owner: str, lease_until: Any) -> bool:
+    async def slow_take_over_saga(saga_id: str, owner: str, lease_until: Any) -> int | None:
         claiming.set()
         await claim_gate.wait()
-        return await claim_saga(saga_id, owner, lease_until)
+        return await take_over_saga(saga_id, owner, lease_until)
 
-    store_b.claim_saga = slow_claim_saga  # type: ignore[method-assign]
+    store_b.take_over_saga = slow_take_over_saga  # type: ignore[method-assign]
     config_a = TriggerConfig(worker_id="a", lease_seconds=0.5)
     config_b = TriggerConfig(worker_id="b", lease_seconds=30)
     async with TriggerEngine(config_a, store_a):

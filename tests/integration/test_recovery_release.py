@@ -90,6 +90,17 @@ class Refusing:
                 raise RuntimeError(f"refused: {saga_id}")
         return bool(await super().claim_saga(saga_id, owner, lease_until))  # type: ignore[misc]
 
+    async def take_over_saga(self, saga_id: str, owner: str, lease_until: Any) -> int | None:
+        stored = await self.get_saga(saga_id)
+        if stored is not None and stored.owner == owner:  # admission's, after the loop's
+            if saga_id in self.faults.outage:
+                self.faults.outage.discard(saga_id)
+                raise StoreUnavailableError("the test store is away")
+            if saga_id in self.faults.fail_admission:
+                raise RuntimeError(f"refused: {saga_id}")
+        taken = await super().take_over_saga(saga_id, owner, lease_until)  # type: ignore[misc]
+        return None if taken is None else int(taken)
+
     async def get_steps(self, saga_id: str) -> list[Any]:
         if saga_id in self.faults.fail_run or saga_id in self.faults.fail_runs:
             self.faults.fail_run.discard(saga_id)  # (read as a started saga resumes)

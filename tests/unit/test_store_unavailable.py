@@ -56,6 +56,7 @@ ARGUMENTS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     ),
     "claim_inbox": (("t", "k", "s-1", "me", NOW), {}),
     "claim_saga": (("s-1", "me", NOW), {}),
+    "take_over_saga": (("s-1", "me", NOW), {}),
     "complete_inbox": (("t", "k"), {}),
     "complete_trigger_execution": (("t", "s-1"), {}),
     "create_saga": ((SAGA,), {}),

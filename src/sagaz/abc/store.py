@@ -132,6 +132,21 @@ class SagaStore(Lifecycle, ABC):
     async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
         """Atomically take the lease of a saga if it is free, expired or already ``owner``'s."""
 
+    async def take_over_saga(self, saga_id: str, owner: str, lease_until: datetime) -> int | None:
+        """Claim a saga as :meth:`claim_saga` does and, when it was not already ``owner``'s
+        (another worker's whose lease expired, or given back), count the claim as a
+        recovery attempt, in the same atomic operation; return the saga's recovery attempts
+        after the claim, ``None`` when it was not claimed.
+
+        The count is kept with the saga row, so every worker and every restart sees it; it
+        belongs to the saga's ``attempt`` (a new attempt, such as a replay or an operator's
+        retry, starts it over). The recovery loop and admission's takeover of a key call
+        this before they run anything of the saga, and stop at ``max_recovery_attempts``.
+
+        This default, for stores that keep no count, claims and answers ``0``.
+        """
+        return 0 if await self.claim_saga(saga_id, owner, lease_until) else None
+
     async def release_saga(
         self, saga_id: str, owner: str, retry_at: datetime | None = None
     ) -> bool:

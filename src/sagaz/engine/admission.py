@@ -26,6 +26,7 @@ from sagaz.engine.joint_deliveries import JointDeliveries
 from sagaz.engine.late_acceptances import LateAcceptances
 from sagaz.engine.not_started import NotStarted
 from sagaz.engine.pending import pending_record
+from sagaz.engine.recovery_attempts import exhausted
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.store_errors import StoreErrors
 from sagaz.engine.work_item import WorkItem
@@ -335,13 +336,8 @@ class Admission:
         (:mod:`sagaz.engine.late_acceptances`); either way ``c.handed_over`` is set."""
         try:
             state = self.state
-            trigger, delivery, event, key, saga_id = (
-                c.trigger,
-                c.delivery,
-                c.event,
-                c.key,
-                c.saga_id,
-            )
+            trigger, delivery, event = c.trigger, c.delivery, c.event
+            key, saga_id = c.key, c.saga_id
             # a key never claimed before has no saga yet; a taken-over one may be half done
             existing = None if claim.created else claim.saga
             # a replayed dead letter runs its saga again, from the event, as a new attempt
@@ -351,15 +347,16 @@ class Admission:
                 and existing.status in TERMINAL_SAGA_STATUSES
                 and existing.status is not SagaStatus.COMPLETED
             )
-            if (
-                existing is not None
-                # a finished saga is not run again (its stored result settles the event), and its
-                # lease may still name the worker that finished it but never acked the event
-                and existing.status not in TERMINAL_SAGA_STATUSES
-                and not await state.store.claim_saga(saga_id, state.worker_id, lease)
-            ):  # the saga itself is leased by a live worker (e.g. the recovery loop elsewhere)
-                self.watch_busy(c)
-                return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
+            # a finished saga is not run again (its stored result settles the event), and its
+            # lease may still name the worker that finished it but never acked the event
+            if existing is not None and existing.status not in TERMINAL_SAGA_STATUSES:
+                taken = await state.store.take_over_saga(saga_id, state.worker_id, lease)
+                # leased by a live worker (e.g. the recovery loop elsewhere), or given up here
+                if taken is None or saga_id in state.resume_failures.exhausting:
+                    self.watch_busy(c)
+                    return AdmissionResult(AdmissionOutcome.BUSY, saga_id)
+                if exhausted(state, taken) is not None:  # counted in the store, past the bound
+                    return await self.not_started.exhausted(c, taken)
             saga = trigger.saga_for_run()
             # the pending row (new, or left by a stopped worker) gets its context at the start
             pending = (

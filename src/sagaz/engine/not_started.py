@@ -14,10 +14,12 @@ from typing import Any, Literal
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.candidate import Candidate
 from sagaz.engine.decoding import InvalidPayloadError
+from sagaz.engine.recovery_attempts import RECOVERY_EXHAUSTED, exhausted, fail_exhausted
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, NotRun, Reason
 from sagaz.records import SagaRecord
+from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 
 __all__ = ["NotStarted"]
 
@@ -128,3 +130,38 @@ class NotStarted:
         return AdmissionResult(
             AdmissionOutcome.INVALID, saga_id, Reason.INVALID, error=str(exc), details=details
         )
+
+    async def exhausted(self, c: Candidate, taken: int) -> AdmissionResult:
+        """Settle ``c``, whose saga its claim took over ``taken`` times, past
+        ``max_recovery_attempts`` (:mod:`sagaz.engine.recovery_attempts`): dead-lettered with
+        reason ``recovery_exhausted``, never run again. A saga still pending (its trigger
+        method never completed) starts no saga, as an invalid event; a started one is
+        written failed. The delivery is acked either way."""
+        trigger, delivery, settlement = c.trigger, c.delivery, self.settlement
+        error = exhausted(self.state, taken) or RECOVERY_EXHAUSTED
+        exhausting = self.state.resume_failures.exhausting
+        exhausting.add(c.saga_id)  # before any await: see ResumeFailures.exhausting
+        try:  # the row as it is now: it may have ended since it was read (given up here)
+            current = await self.state.store.get_saga(c.saga_id)
+            if current is None or current.status in TERMINAL_SAGA_STATUSES:
+                return await self.duplicate(c)
+            if current.status is not SagaStatus.PENDING:
+                await fail_exhausted(
+                    self.state, settlement, trigger, current, delivery, c.key, taken, error
+                )
+                await settlement.ack(trigger, delivery)
+                return AdmissionResult(AdmissionOutcome.ACCEPTED, c.saga_id, error=error)
+            await settlement.dead_letter(
+                trigger,
+                delivery,
+                reason=RECOVERY_EXHAUSTED,
+                error=error,
+                attempts=taken,
+                saga_id=c.saga_id,
+            )
+            await self.unclaim(c, current, complete=False)
+        finally:
+            exhausting.discard(c.saga_id)
+        await settlement.filtered(trigger, c.event, Reason.INVALID)
+        await settlement.ack(trigger, delivery)
+        return AdmissionResult(AdmissionOutcome.INVALID, c.saga_id, Reason.INVALID, error=error)

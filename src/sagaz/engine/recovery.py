@@ -20,6 +20,9 @@ lease until the process stops, and no one would resume it):
   (:mod:`sagaz.engine.resume_failures`); the others of the page are resumed all the same.
   After ``ResumeFailures.attempts`` failures here, a saga still pending is dead-lettered with
   its kept delivery, reason ``store_error``;
+- a saga claimed (:meth:`~sagaz.abc.SagaStore.take_over_saga`, counted in the store) more
+  than ``max_recovery_attempts`` times, by any worker, is not run again: it is dead-lettered,
+  reason ``recovery_exhausted`` (:mod:`sagaz.engine.recovery_attempts`);
 - the store going away (:class:`~sagaz.exceptions.StoreUnavailableError`) is not the saga's
   doing: the pass ends (the loop waits for the store) and the saga is given back, at once,
   by the next pass.
@@ -39,12 +42,13 @@ from sagaz.engine.candidate import Candidate, identify
 from sagaz.engine.dead_letters import RECOVERED
 from sagaz.engine.identity import saga_id_for
 from sagaz.engine.pending import pending_dead_letter, pending_delivery
+from sagaz.engine.recovery_attempts import RECOVERY_EXHAUSTED, exhausted, fail_exhausted
 from sagaz.engine.store_errors import STORE_ERROR
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import Delivery, EventMeta, Reason
 from sagaz.exceptions import StoreUnavailableError
 from sagaz.records import ClaimOutcome, EventClaim, SagaRecord
-from sagaz.types import SagaStatus
+from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 
 __all__ = ["recover", "recover_once", "resume_pending"]
 
@@ -93,10 +97,12 @@ async def recover_once(
         active = triggers.get(record.trigger_id or "")
         if active is None or (active.source is not None and active.source.redeliverable):
             continue
-        if not await store.claim_saga(record.saga_id, state.worker_id, lease_until):
+        # counted in the store as it is claimed: the bound holds across workers and restarts
+        taken = await store.take_over_saga(record.saga_id, state.worker_id, lease_until)
+        if taken is None or record.saga_id in failures.exhausting:
             continue
         try:
-            resumed += await _resume(state, active, admission, record)
+            resumed += await _resume(state, active, admission, record, taken)
         except StoreUnavailableError:  # not this saga's doing: given back once it is back
             failures.interrupted.add(record.saga_id)
             raise
@@ -114,9 +120,20 @@ async def recover_once(
 
 
 async def _resume(
-    state: PipelineState, active: ActiveTrigger, admission: Admission, record: SagaRecord
+    state: PipelineState,
+    active: ActiveTrigger,
+    admission: Admission,
+    record: SagaRecord,
+    taken: int,
 ) -> int:
-    """Resume ``record``, claimed: 1 once queued (or admitted again), 0 if dead-lettered."""
+    """Resume ``record``, claimed (``taken`` over that many times): 1 once queued (or
+    admitted again), 0 if dead-lettered."""
+    too_often = exhausted(state, taken)
+    if too_often is not None:  # the row as it is now: it may have ended since it was listed
+        current = await state.store.get_saga(record.saga_id)
+        if current is None or current.status in TERMINAL_SAGA_STATUSES:
+            return 0
+        record = current
     if record.status is SagaStatus.PENDING:
         try:
             delivery = pending_delivery(record)
@@ -124,9 +141,15 @@ async def _resume(
             await _undecodable(state, admission, active, record, exc)
             return 0
         if delivery is not None:  # else a row of an older sagaz: it has its context
+            # failed here too often (its last error says why), or claimed too often in all
             error = state.resume_failures.exhausted(record.saga_id)
             if error is not None:
-                await _give_up(state, admission, active, delivery, record, error)
+                args = (error, STORE_ERROR, state.resume_failures.count(record.saga_id))
+                await _give_up(state, admission, active, delivery, record, *args)
+                return 0
+            if too_often is not None:
+                args = (too_often, RECOVERY_EXHAUSTED, taken)
+                await _give_up(state, admission, active, delivery, record, *args)
                 return 0
             _settled_here(state, admission, delivery, record.saga_id)
             await resume_pending(admission, active, delivery, record)
@@ -137,6 +160,12 @@ async def _resume(
         identity="",
         meta=EventMeta(source=RECOVERED, trigger=active.trigger_id),
     )
+    if too_often is not None:  # its key is not known here: a delivery of it is a duplicate
+        await fail_exhausted(
+            state, admission.settlement, active, record, delivery, "", taken, too_often
+        )
+        state.resume_failures.forget(record.saga_id)
+        return 0
     _settled_here(state, admission, delivery, record.saga_id)
     item = WorkItem(
         trigger=active,
@@ -210,16 +239,23 @@ async def _give_up(
     delivery: Delivery,
     record: SagaRecord,
     error: str,
+    reason: str,
+    attempts: int,
 ) -> None:
-    """Dead-letter the pending saga ``record`` that failed to resume too often here, with
-    its kept ``delivery`` and last ``error`` (reason ``store_error``, as admission's), and
+    """Dead-letter the pending saga ``record`` that failed to resume too often here
+    (``reason`` ``store_error``, as admission's, with the last ``error``) or was taken over
+    too often (``recovery_exhausted``), ``attempts`` times, with its kept ``delivery``, and
     undo its claim."""
     settlement, saga_id = admission.settlement, record.saga_id
-    attempts = state.resume_failures.count(saga_id)
-    await settlement.dead_letter(
-        active, delivery, reason=STORE_ERROR, error=error, attempts=attempts, saga_id=saga_id
-    )
-    await _drop_pending(admission, active, record)
+    exhausting = state.resume_failures.exhausting
+    exhausting.add(saga_id)  # before any await: see ResumeFailures.exhausting
+    try:
+        await settlement.dead_letter(
+            active, delivery, reason=reason, error=error, attempts=attempts, saga_id=saga_id
+        )
+        await _drop_pending(admission, active, record)
+    finally:
+        exhausting.discard(saga_id)
     await settlement.filtered(active, delivery.payload, Reason.INVALID)
     state.resume_failures.forget(saga_id)
 

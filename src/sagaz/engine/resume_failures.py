@@ -9,10 +9,13 @@ keeps failing is neither resumed in a hot loop nor in the way of the others on t
 (``list_recoverable``'s limit). After :attr:`ResumeFailures.attempts` failures here, a saga
 still pending (its trigger method never completed) is dead-lettered with its kept event; a
 started one is tried on at the longest delay (it holds a context, and only resuming it
-settles its steps).
+settles its steps), until the store's count of its claims passes ``max_recovery_attempts``.
 
 The counts are this process's: each worker counts its own, and a restart starts over. They
-are bounded (:attr:`ResumeFailures.limit`: the oldest is forgotten first).
+are bounded (:attr:`ResumeFailures.limit`: the oldest is forgotten first). What bounds a
+saga's recoveries across workers and restarts, and a saga that kills its worker (which
+counts nothing here), is the store's count of takeovers
+(:mod:`sagaz.engine.recovery_attempts`, ``max_recovery_attempts``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ class ResumeFailures:
         self._failed: dict[str, tuple[Backoff, str]] = {}
         #: sagas claimed when the store went away: given back once it is back
         self.interrupted: set[str] = set()
+        #: sagas being dead-lettered here, given up: the recovery loop and admission, which
+        #: may both claim one (its own claim is not counted again), leave them alone
+        self.exhausting: set[str] = set()
 
     def failed(self, saga_id: str, error: BaseException | str) -> datetime:
         """Count a failure of ``saga_id`` (``error``); returns when it may be tried again."""

@@ -89,6 +89,8 @@ class MemorySagaStore(MemoryRetention, MemoryCoordination, SagaStore):
         self._history: dict[str, list[SagaHistoryRecord]] = {}
         self._history_ids = itertools.count(1)
         self._requests: dict[str, SagaControlRequest] = {}  # by saga_id, oldest first
+        #: per saga, (the attempt its recovery attempts count, how many: take_over_saga)
+        self._recoveries: dict[str, tuple[int, int]] = {}
 
     # -- sagas -----------------------------------------------------------------------------
     async def create_saga(self, record: SagaRecord) -> tuple[SagaRecord, bool]:
@@ -164,6 +166,7 @@ class MemorySagaStore(MemoryRetention, MemoryCoordination, SagaStore):
     async def delete_saga(self, saga_id: str) -> None:
         self._sagas.pop(saga_id, None)
         self._steps.pop(saga_id, None)
+        self._recoveries.pop(saga_id, None)
 
     async def list_recoverable(self, now: datetime, limit: int = 100) -> list[SagaRecord]:
         rows = [
@@ -186,6 +189,20 @@ class MemorySagaStore(MemoryRetention, MemoryCoordination, SagaStore):
             return False
         self._sagas[saga_id] = _SAGA.replace(row, owner=owner, lease_expires_at=lease_until)
         return True
+
+    async def take_over_saga(self, saga_id: str, owner: str, lease_until: datetime) -> int | None:
+        row = self._sagas.get(saga_id)
+        if row is None:
+            return None
+        previous = row[_S_OWNER]
+        if not await self.claim_saga(saga_id, owner, lease_until):  # it never suspends
+            return None
+        attempt, count = self._recoveries.get(saga_id, (0, 0))
+        count = count if attempt == row[_S_ATTEMPT] else 0
+        if previous != owner:
+            count += 1
+        self._recoveries[saga_id] = (row[_S_ATTEMPT], count)
+        return count
 
     async def release_saga(
         self, saga_id: str, owner: str, retry_at: datetime | None = None

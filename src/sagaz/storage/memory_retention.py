@@ -46,6 +46,7 @@ class MemoryRetention:
     _leases: dict[str, tuple[str, float]]  # name -> (holder, monotonic expiry)
     _rate_limits: dict[str, float]  # name -> theoretical arrival time (monotonic)
     _history: dict[str, list[SagaHistoryRecord]]
+    _recoveries: dict[str, tuple[int, int]]
     _requests: dict[str, SagaControlRequest]
 
     async def purge_expired(self, before: datetime) -> int:
@@ -114,6 +115,7 @@ class MemoryRetention:
             del self._sagas[saga_id]
             self._steps.pop(saga_id, None)
             self._history.pop(saga_id, None)
+            self._recoveries.pop(saga_id, None)
         if doomed:
             gone = set(doomed)
             self._outbox = [m for m in self._outbox if m.saga_id not in gone]

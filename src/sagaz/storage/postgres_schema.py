@@ -21,6 +21,7 @@ from sagaz.storage.sql import (
     SAGA_COLUMNS,
     STEP_COLUMNS,
     TERMINAL_SQL,
+    recovery_columns,
 )
 
 __all__ = [
@@ -402,6 +403,7 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             for table, columns in KEY_COLUMNS.items()
         ),
     ),
+    (13, recovery_columns("{s}.saga_executions", if_not_exists=True)),  # take_over_saga
 ]
 """Every migration, oldest first (``{s}`` is the quoted schema name)."""
 

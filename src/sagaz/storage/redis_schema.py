@@ -5,8 +5,10 @@ maps to a record; the Lua scripts that change it are in :mod:`sagaz.storage.redi
 Redis runs a script atomically, so every claim and every change that keeps an index in step
 with its row is one script. Key layout under the prefix ``p`` (``ARGV[1]`` of every script):
 
-``p:saga:<id>`` hash of a saga; ``p:sagas`` / ``p:sagas-active`` / ``p:sagas-status:<status>`` /
-``p:sagas-name:<name>`` sorted sets of saga ids scored by insertion order (``p:saga-seq``);
+``p:saga:<id>`` hash of a saga (its ``recoveries`` of attempt ``recovery_of``: fields
+of ``take_over_saga``'s, absent until the first takeover, so no layout change);
+``p:sagas`` / ``p:sagas-active`` / ``p:sagas-status:<status>`` / ``p:sagas-name:<name>``
+sorted sets of saga ids scored by insertion order (``p:saga-seq``);
 ``p:sagas-events`` terminal sagas with a stored event, scored by ``updated_at``;
 ``p:sagas-finished`` every terminal saga, scored by ``updated_at`` (layout 7, ``purge_sagas``);
 ``p:owner-sagas:<owner>`` / ``p:owner-inbox:<owner>`` what a worker holds (lease renewal);

@@ -147,6 +147,17 @@ end
 return 1
 """
 
+TAKE_OVER_SAGA = (  # CLAIM_SAGA, counted: the recovery attempts of the saga's attempt
+    CLAIM_SAGA.replace("return 1\n", "")
+    + """local n = redis.call('HMGET', KEYS[1], 'attempt', 'recovery_of', 'recoveries')
+local count = 0
+if n[2] == n[1] then count = tonumber(n[3] or '0') end
+if old[2] ~= owner then count = count + 1 end
+redis.call('HSET', KEYS[1], 'recoveries', count, 'recovery_of', n[1])
+return count + 1
+"""
+)
+
 RELEASE_SAGA = """
 -- KEYS[1] saga hash; ARGV: prefix, id, owner, retry_at ('' = none)
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[3] then return 0 end
@@ -387,6 +398,7 @@ SCRIPTS: dict[str, str] = {
     "DELETE_SAGA": DELETE_SAGA,
     "CLAIM_SAGA": CLAIM_SAGA,
     "RELEASE_SAGA": RELEASE_SAGA,
+    "TAKE_OVER_SAGA": TAKE_OVER_SAGA,
     "SAVE_STEP": SAVE_STEP,
     "CLAIM_INBOX": CLAIM_INBOX,
     "COMPLETE_INBOX": COMPLETE_INBOX,

@@ -19,7 +19,9 @@ __all__ = [
     "TERMINAL_SQL",
     "dead_letter_params",
     "outbox_params",
+    "recovery_columns",
     "step_params",
+    "take_over_set",
 ]
 
 TERMINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_SAGA_STATUSES)) + ")"
@@ -28,6 +30,30 @@ ACTIVE_SQL = (
     "(" + ", ".join(f"'{s.value}'" for s in sorted(set(SagaStatus) - TERMINAL_SAGA_STATUSES)) + ")"
 )
 """SQL list of the non-terminal saga statuses."""
+
+
+def recovery_columns(table: str, *, if_not_exists: bool) -> tuple[str, ...]:
+    """The migration that keeps a saga's recovery attempts in its row of ``table``:
+    ``recovery_attempts`` (how many takeovers, :meth:`~sagaz.abc.SagaStore.take_over_saga`)
+    and ``recovery_of`` (the ``attempt`` of the saga they count: a new attempt starts over).
+    ``if_not_exists`` where the database has it (PostgreSQL, not SQLite)."""
+    guard = " IF NOT EXISTS" if if_not_exists else ""
+    return tuple(
+        f"ALTER TABLE {table} ADD COLUMN{guard} {column} integer NOT NULL DEFAULT 0"
+        for column in ("recovery_attempts", "recovery_of")
+    )
+
+
+def take_over_set(owner: str) -> str:
+    """The SET clause of a saga's takeover by the parameter ``owner``: its lease's owner,
+    and one recovery attempt more unless it was ``owner``'s already (the old values: SQL
+    evaluates every assignment on the row before the update)."""
+    return (
+        f"owner = {owner}, recovery_attempts = CASE WHEN recovery_of = attempt "
+        f"THEN recovery_attempts ELSE 0 END + CASE WHEN owner = {owner} THEN 0 ELSE 1 END, "
+        "recovery_of = attempt"
+    )
+
 
 COMMON_SAGA_STATUSES = frozenset({SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPLETED})
 """The statuses every saga that succeeds passes through: the SQL stores' index by status has

@@ -33,6 +33,7 @@ from sagaz.storage.sql import (
     SAGA_COLUMNS,
     STEP_COLUMNS,
     TERMINAL_SQL,
+    recovery_columns,
 )
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 
@@ -359,6 +360,7 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
             f"WHERE {ACTIVE_WHERE}",
         ),
     ),
+    (11, recovery_columns("saga_executions", if_not_exists=False)),  # take_over_saga
 ]
 """Every migration, oldest first."""
 

@@ -7,6 +7,7 @@ from sagaz.storage.postgres.group_statement import PostgresGroupStatement
 from sagaz.storage.postgres.inbox import PostgresInbox
 from sagaz.storage.postgres.leases import PostgresLeases
 from sagaz.storage.postgres.outbox import PostgresOutbox
+from sagaz.storage.postgres.recoveries import PostgresRecoveries
 from sagaz.storage.postgres.retention import PostgresRetention
 from sagaz.storage.postgres.sagas import PostgresSagas
 from sagaz.storage.postgres.triggers import PostgresTriggers
@@ -19,6 +20,7 @@ __all__ = ["PostgresSagaStore"]
 class PostgresSagaStore(
     PostgresGroupStatement,
     PostgresSagas,
+    PostgresRecoveries,
     PostgresInbox,
     PostgresOutbox,
     PostgresTriggers,

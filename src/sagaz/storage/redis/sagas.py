@@ -294,6 +294,14 @@ class RedisSagas(RedisConnection):
         )
         return bool(claimed)
 
+    async def take_over_saga(self, saga_id: str, owner: str, lease_until: datetime) -> int | None:
+        claimed = await self._script(
+            "TAKE_OVER_SAGA",
+            [self._key("saga", saga_id)],
+            [self.prefix, saga_id, owner, micros(lease_until), micros(utcnow())],
+        )
+        return int(claimed) - 1 if claimed else None  # 0: not claimed, else the count + 1
+
     async def release_saga(
         self, saga_id: str, owner: str, retry_at: datetime | None = None
     ) -> bool:

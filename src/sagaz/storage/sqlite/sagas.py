@@ -21,16 +21,23 @@ from sagaz.storage import sqlite_rows as mapping
 from sagaz.storage import sqlite_schema as tables
 from sagaz.storage.checkpoints import check_checkpoint
 from sagaz.storage.codec import to_text
-from sagaz.storage.sql import outbox_params
+from sagaz.storage.sql import outbox_params, take_over_set
 from sagaz.storage.sqlite.connection import (
     _INSERT_SAGA,
     SQLiteConnection,
     _change,
     _rows,
+    _rows_args,
 )
 from sagaz.types import SagaStatus
 
 __all__ = ["SQLiteSagas"]
+
+_TAKE_OVER = (  # claim_saga's claim, counted (see take_over_set)
+    f"UPDATE saga_executions SET {take_over_set('?1')}, lease_expires_at = ?2 "
+    "WHERE saga_id = ?3 AND (owner IS NULL OR owner = ?1 OR lease_expires_at IS NULL "
+    "OR lease_expires_at < ?4) RETURNING recovery_attempts"
+)
 
 _UPSERT_SAGA = (
     f"{_INSERT_SAGA} ON CONFLICT (saga_id) DO UPDATE SET "
@@ -251,6 +258,11 @@ class SQLiteSagas(SQLiteConnection):
             (owner, to_text(lease_until), saga_id, owner, to_text(utcnow())),
         )
         return changed == 1
+
+    async def take_over_saga(self, saga_id: str, owner: str, lease_until: datetime) -> int | None:
+        params = (owner, to_text(lease_until), saga_id, to_text(utcnow()))
+        rows = await self._submit(_rows_args, (_TAKE_OVER, params))
+        return int(rows[0][0]) if rows else None
 
     async def release_saga(
         self, saga_id: str, owner: str, retry_at: datetime | None = None
