@@ -1,6 +1,7 @@
-"""``SagaStore.take_over_saga``: the claim of a saga another worker held, or no one,
-counted as a recovery attempt in the saga's row, on every store: the count every worker
-and every restart sees, which bounds a crash loop (:mod:`sagaz.engine.recovery_attempts`)."""
+"""``SagaStore.take_over_saga``: the claim of a saga another worker held and did not give
+back (its lease expired) counted as a recovery attempt in the saga's row, on every store:
+the count every worker and every restart sees, which bounds a crash loop
+(:mod:`sagaz.engine.recovery_attempts`)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,29 @@ async def test_take_over_saga_counts_each_takeover_not_the_owners_own_claims(
     await store.claim_saga("s1", "b", _lapsed())  # b dies too
     assert await store.take_over_saga("s1", "c", from_now()) == 2
     await store.release_saga("s1", "c")  # given back (its resumption failed): no owner
-    assert await store.take_over_saga("s1", "c", from_now()) == 3  # the next claim counts
+    assert await store.take_over_saga("s1", "c", from_now()) == 2  # not a takeover: uncounted
+
+
+async def test_a_saga_given_back_is_claimed_uncounted_one_left_leased_is_counted(
+    store: SagaStore,
+) -> None:
+    # a graceful stop gives its unfinished saga back: the next worker's claim is no recovery
+    await store.save_saga(
+        saga_record(status=SagaStatus.RUNNING, owner="a", lease_expires_at=from_now())
+    )
+    assert await store.release_saga("s1", "a")
+    assert await store.take_over_saga("s1", "b", from_now()) == 0
+    stored = await store.get_saga("s1")
+    assert stored is not None and stored.owner == "b"
+    # given back with its lease ending later (a failed resumption's backoff): the same
+    assert await store.release_saga("s1", "b", from_now())
+    assert await store.take_over_saga("s1", "c", from_now()) == 0
+
+    # c crashes: its name stays in the row, its lease lapses; that takeover is counted
+    await store.claim_saga("s1", "c", _lapsed())
+    assert await store.take_over_saga("s1", "d", from_now()) == 1
+    await store.release_saga("s1", "d")
+    assert await store.take_over_saga("s1", "e", from_now()) == 1  # the count is kept
 
 
 async def test_the_count_survives_the_owners_writes_and_a_new_attempt_starts_it_over(

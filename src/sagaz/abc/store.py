@@ -133,10 +133,12 @@ class SagaStore(Lifecycle, ABC):
         """Atomically take the lease of a saga if it is free, expired or already ``owner``'s."""
 
     async def take_over_saga(self, saga_id: str, owner: str, lease_until: datetime) -> int | None:
-        """Claim a saga as :meth:`claim_saga` does and, when it was not already ``owner``'s
-        (another worker's whose lease expired, or given back), count the claim as a
-        recovery attempt, in the same atomic operation; return the saga's recovery attempts
-        after the claim, ``None`` when it was not claimed.
+        """Claim a saga as :meth:`claim_saga` does and, when its row still names another
+        owner (a worker whose lease expired: it crashed or froze without giving the saga
+        back), count the claim as a recovery attempt, in the same atomic operation; return
+        the saga's recovery attempts after the claim, ``None`` when it was not claimed. A
+        saga with no owner (given back with :meth:`release_saga`: a graceful stop, a
+        worker letting go of it) or already ``owner``'s is claimed without being counted.
 
         The count is kept with the saga row, so every worker and every restart sees it; it
         belongs to the saga's ``attempt`` (a new attempt, such as a replay or an operator's

@@ -199,7 +199,7 @@ class MemorySagaStore(MemoryRetention, MemoryCoordination, SagaStore):
             return None
         attempt, count = self._recoveries.get(saga_id, (0, 0))
         count = count if attempt == row[_S_ATTEMPT] else 0
-        if previous != owner:
+        if previous is not None and previous != owner:  # given back: not counted
             count += 1
         self._recoveries[saga_id] = (row[_S_ATTEMPT], count)
         return count

@@ -152,7 +152,7 @@ TAKE_OVER_SAGA = (  # CLAIM_SAGA, counted: the recovery attempts of the saga's a
     + """local n = redis.call('HMGET', KEYS[1], 'attempt', 'recovery_of', 'recoveries')
 local count = 0
 if n[2] == n[1] then count = tonumber(n[3] or '0') end
-if old[2] ~= owner then count = count + 1 end
+if old[2] and old[2] ~= owner then count = count + 1 end
 redis.call('HSET', KEYS[1], 'recoveries', count, 'recovery_of', n[1])
 return count + 1
 """

@@ -46,11 +46,14 @@ def recovery_columns(table: str, *, if_not_exists: bool) -> tuple[str, ...]:
 
 def take_over_set(owner: str) -> str:
     """The SET clause of a saga's takeover by the parameter ``owner``: its lease's owner,
-    and one recovery attempt more unless it was ``owner``'s already (the old values: SQL
-    evaluates every assignment on the row before the update)."""
+    and one recovery attempt more when the row still names another owner (its lease
+    expired: that worker stopped or froze without giving the saga back); a row with no
+    owner (given back, ``release_saga``) or ``owner``'s already is claimed uncounted (the
+    old values: SQL evaluates every assignment on the row before the update)."""
     return (
         f"owner = {owner}, recovery_attempts = CASE WHEN recovery_of = attempt "
-        f"THEN recovery_attempts ELSE 0 END + CASE WHEN owner = {owner} THEN 0 ELSE 1 END, "
+        "THEN recovery_attempts ELSE 0 END + "
+        f"CASE WHEN owner IS NULL OR owner = {owner} THEN 0 ELSE 1 END, "
         "recovery_of = attempt"
     )
 
