@@ -134,8 +134,9 @@ class TriggerConfig(BaseSettings):
     max_recovery_attempts: int = Field(
         default=5,
         ge=1,
-        description="How many times a saga may be taken over from a worker that stopped (its "
-        "lease expired) or gave it back, counted in the store across workers and restarts; "
+        description="How many times a saga may be taken over from a worker that stopped "
+        "without giving it back (its lease expired: a crash, a kill), counted in the store "
+        "across workers and restarts (a graceful stop gives its sagas back: not counted); "
         "the next takeover dead-letters it (reason recovery_exhausted) instead of running it: "
         "a saga that kills its worker does not crash one worker after another for ever.",
     )

@@ -9,6 +9,7 @@ lease lapsed); worker "b" (the engine of the test) claims it next.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sagaz import Saga, SagaContext, action, trigger
+from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
 from sagaz.abc import SagaStore
 from sagaz.clock import utcnow
 from sagaz.engine.engine import TriggerEngine
@@ -25,6 +26,7 @@ from sagaz.engine.replay import replay
 from sagaz.records import ClaimOutcome, SagaRecord
 from sagaz.saga.result import SagaResult
 from sagaz.storage import MemorySagaStore, PostgresSagaStore, RedisSagaStore, SQLiteSagaStore
+from sagaz.testing import eventually
 from sagaz.types import SagaStatus
 from tests.engine_support import RecordingListener
 from tests.integration.test_recovery_release import (
@@ -185,3 +187,104 @@ async def test_a_redelivery_that_takes_a_saga_over_past_the_bound_dead_letters_i
     assert ran == []
     saga = await store.get_saga(saga_id)
     assert saga is not None and saga.status is SagaStatus.FAILED
+
+
+async def recovery_attempts(store: SagaStore, saga_id: str) -> int:
+    """The recovery attempts stored for ``saga_id``, given back (no owner): read by a claim,
+    which counts none more there, then given back again."""
+    taken = await store.take_over_saga(saga_id, "probe", utcnow() + timedelta(seconds=60))
+    assert taken is not None
+    assert await store.release_saga(saga_id, "probe")
+    return taken
+
+
+def define_held_saga(runs: list[str], held: set[str]) -> None:
+    """The saga of worker "a"'s events: its step waits for ever while its id is ``held``
+    (a long saga that a stop cuts short at ``shutdown_timeout``)."""
+
+    class LongOrder(Saga):
+        saga_name = SAGA
+
+        @action("ship")
+        async def ship(self, ctx: SagaContext) -> None:
+            runs.append(ctx["id"])
+            if ctx["id"] in held:
+                await asyncio.Event().wait()
+
+        @trigger(source="memory", channel="orders")
+        def on_order(self, event: dict[str, Any]) -> dict[str, Any]:
+            return {"id": event["id"]}
+
+
+async def ran(runs: list[str], times: int) -> None:
+    """Wait until the step ran ``times`` times (the last one waits now, if held)."""
+    await eventually(lambda: len(runs) == times, within=10)
+
+
+def deploy(worker: str, **options: Any) -> TriggerConfig:
+    """The config of worker ``worker``, one a rolling deploy stops: one takeover allowed."""
+    return TriggerConfig(
+        worker_id=worker,
+        shutdown_timeout=0.05,
+        max_recovery_attempts=1,
+        recovery_interval_seconds=0.05,
+        **options,
+    )
+
+
+async def test_sagas_a_graceful_stop_cuts_short_are_resumed_uncounted_deploy_after_deploy(
+    store: SagaStore,
+) -> None:
+    # a long saga lives through more rolling deploys than max_recovery_attempts: nothing
+    # crashed, so it is resumed each time, never dead-lettered recovery_exhausted
+    runs: list[str] = []
+    held = {"o-1"}
+    define_held_saga(runs, held)
+    async with TriggerEngine(deploy("a"), store, start_sources=False) as engine:
+        [saga_id] = await engine.fire("orders", {"id": "o-1"})
+        await ran(runs, 1)
+    # given back as the stop cut it short: no owner (old code: "a", its lease ended)
+    saga = await store.get_saga(saga_id)
+    assert saga is not None and (saga.status, saga.owner) == (SagaStatus.RUNNING, None)
+    assert await recovery_attempts(store, saga_id) == 0  # old code: 1
+
+    for worker in ("a2", "a3"):  # resumed, then cut short by the next deploy, twice
+        async with TriggerEngine(deploy(worker), store, start_sources=False) as engine:
+            assert await engine.recover_once() == 1
+            await ran(runs, len(runs) + 1)
+        assert await recovery_attempts(store, saga_id) == 0
+
+    held.clear()
+    async with TriggerEngine(deploy("b"), store, start_sources=False) as engine:
+        assert await engine.recover_once() == 1  # old code: 0, dead-lettered
+        await completed(store, saga_id)
+    assert runs == ["o-1"] * 4
+    assert await store.list_dead_letters() == []
+
+
+async def test_events_accepted_and_never_started_are_given_back_by_a_graceful_stop(
+    store: SagaStore,
+) -> None:
+    runs: list[str] = []
+    held = {"o-1"}
+    define_held_saga(runs, held)
+    async with TriggerEngine(
+        deploy("a", max_concurrent_sagas=1), store, start_sources=False
+    ) as engine:
+        [running] = await engine.fire("orders", {"id": "o-1"})
+        await ran(runs, 1)
+        [queued] = await engine.fire("orders", {"id": "o-2"})  # waits for the one worker
+    for saga_id, status in ((running, SagaStatus.RUNNING), (queued, SagaStatus.PENDING)):
+        saga = await store.get_saga(saga_id)
+        assert saga is not None and (saga.status, saga.owner) == (status, None)
+        assert await recovery_attempts(store, saga_id) == 0  # old code: 1
+    if not store.durable:  # it keeps no pending event: no other process recovers from it
+        return
+
+    held.clear()
+    async with TriggerEngine(deploy("b"), store, start_sources=False) as engine:
+        assert await engine.recover_once() == 2
+        await completed(store, running)
+        await completed(store, queued)
+    assert sorted(runs) == ["o-1", "o-1", "o-2"]
+    assert await store.list_dead_letters() == []

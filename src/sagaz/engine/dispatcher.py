@@ -27,6 +27,9 @@ class Dispatcher:
         #: set once no saga runs; made only while someone waits for that (on the memory store
         #: every saga runs alone, and an event set and cleared around each would cost more)
         self._idle: asyncio.Event | None = None
+        #: the sagas of the events whose worker :meth:`stop` cancelled (running, or waiting
+        #: for a rate-limit token): unfinished, given back by the engine's stop
+        self.interrupted: list[str] = []
 
     def start(self, size: int) -> None:
         """Start ``size`` workers."""
@@ -59,6 +62,7 @@ class Dispatcher:
                 finally:
                     state.metrics.finished()
             except asyncio.CancelledError:
+                self.interrupted.append(item.saga_id)
                 await self.runner.settlement.nack(item.trigger, item.delivery)
                 raise
             except Exception as exc:  # never let one event kill a worker

@@ -24,12 +24,11 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
 from typing import Any
 
 from sagaz import tracing
 from sagaz.abc import Lifecycle, SagaStore, Source, SourceContext
-from sagaz.clock import Clock, SystemClock, utcnow
+from sagaz.clock import Clock, SystemClock
 from sagaz.config import TriggerConfig, resolve_store, store_is_chosen
 from sagaz.engine import recovery
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
@@ -37,7 +36,7 @@ from sagaz.engine.admission import Admission
 from sagaz.engine.backpressure import BackpressureQueue
 from sagaz.engine.dispatcher import Dispatcher
 from sagaz.engine.instances import SagaFactory, SagaInstances
-from sagaz.engine.leases import renew_leases
+from sagaz.engine.leases import release_leases, renew_leases
 from sagaz.engine.limits import TokenBucket
 from sagaz.engine.loading import load_source_module
 from sagaz.engine.outcomes import SagaOutcomes
@@ -288,8 +287,9 @@ class TriggerEngine(Lifecycle):
 
         Order: stop intake (cancel the source tasks), nack what is buffered but not started,
         let in-flight sagas finish up to ``shutdown_timeout`` (their acks still reach the
-        sources: acks under way are awaited too), release this worker's leases, then close
-        the sources and the store.
+        sources: acks under way are awaited too), give back the sagas that did not finish
+        (the runs cancelled, the events never started: their next claim is no recovery
+        attempt) and end this worker's other leases, then close the sources and the store.
         """
         if not self._started or self._stopping:
             return
@@ -304,18 +304,19 @@ class TriggerEngine(Lifecycle):
         self._tasks.clear()
         await self.admission.close()
         await self.runner.close()
-        for item in state.queue.drain():  # accepted, never started: redelivered or recovered
+        queued: list[str] = []  # accepted, never started: redelivered or recovered
+        for item in state.queue.drain():
             await self.settlement.nack(item.trigger, item.delivery)
+            if not item.already_terminal:
+                queued.append(item.saga_id)
         await self.dispatcher.stop(self.config.shutdown_timeout)
         for active in self.triggers.values():  # what is left of the cluster limits' leases
             if active.cluster is not None:
                 await active.cluster.close()
         await state.outage.close()
         await self.settlement.drain(ACK_DRAIN_SECONDS)  # acks under way, before sources close
-        try:  # let a restarted worker take over our unfinished claims at once
-            await self.store.renew_leases(self.worker_id, utcnow() - timedelta(seconds=1))
-        except Exception:
-            logger.exception("releasing leases failed")
+        # given back, not left to be taken over: the next claims count no recovery attempt
+        await release_leases(state, [*self.dispatcher.interrupted, *queued])
         await asyncio.gather(*(self._stop_source(s) for s in self.sources.values()))
         if self._dashboard_server is not None:
             server, self._dashboard_server = self._dashboard_server, None

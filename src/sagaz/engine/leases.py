@@ -1,21 +1,29 @@
-"""The lease heartbeat: keeps the leases of a worker's claims alive while its engine runs.
+"""The lease heartbeat: keeps the leases of a worker's claims alive while its engine runs;
+and what a graceful stop does with them (:func:`release_leases`).
 
 A claim (inbox row, saga, cluster-limit slot) is held until ``lease_seconds`` after its last
-renewal; a worker that dies stops renewing, and another takes its claims over.
+renewal; a worker that dies stops renewing, and another takes its claims over. A worker that
+stops gracefully gives its unfinished sagas back instead: their next claim is no recovery
+attempt (:mod:`sagaz.engine.recovery_attempts`), so a rolling deploy never counts as a crash.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
 
+from sagaz.clock import utcnow
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.exceptions import StoreUnavailableError
 
-__all__ = ["renew_leases"]
+__all__ = ["GIVE_BACK_SECONDS", "release_leases", "renew_leases"]
 
 logger = logging.getLogger(__name__)
+
+#: how long a stop gives its unfinished sagas back before it leaves the rest to their leases
+GIVE_BACK_SECONDS = 5.0
 
 
 async def renew_leases(state: PipelineState, triggers: Mapping[str, ActiveTrigger]) -> None:
@@ -46,3 +54,43 @@ async def renew_leases(state: PipelineState, triggers: Mapping[str, ActiveTrigge
             state.outage.down(exc)
         except Exception:
             logger.exception("renewing leases failed", extra={"worker_id": state.worker_id})
+
+
+async def release_leases(state: PipelineState, unfinished: Iterable[str]) -> None:
+    """A graceful stop's end, once no saga runs here any more: give back each saga of
+    ``unfinished`` (:meth:`~sagaz.abc.SagaStore.release_saga`, fenced by owner: a saga
+    another worker holds, or that ended, stays as it is), so the worker that claims it next
+    counts no recovery attempt; then end every lease this worker still holds (its inbox rows,
+    a saga not given back) now, so another worker takes its claims over at once.
+
+    Errors are logged, never raised, and the sagas are given back for
+    :data:`GIVE_BACK_SECONDS` at most: a stop must finish. A saga not given back keeps this
+    worker as its owner, so its next claim counts, as after a crash."""
+    worker = state.worker_id
+    sagas = list(dict.fromkeys(unfinished))  # once each, in order: the runs cut short first
+    given = 0
+    try:
+        async with asyncio.timeout(GIVE_BACK_SECONDS):
+            for saga_id in sagas:
+                try:
+                    await state.store.release_saga(saga_id, worker)
+                except Exception:
+                    logger.exception(
+                        "giving back saga %s failed: its next claim counts a recovery attempt",
+                        saga_id,
+                        extra={"saga_id": saga_id, "worker_id": worker},
+                    )
+                given += 1
+    except TimeoutError:
+        logger.warning(
+            "giving back %d unfinished saga(s) took over %ss: %d left to their leases (their "
+            "next claims count a recovery attempt)",
+            len(sagas),
+            GIVE_BACK_SECONDS,
+            len(sagas) - given,
+            extra={"worker_id": worker},
+        )
+    try:  # let a restarted worker take over the claims left at once
+        await state.store.renew_leases(worker, utcnow() - timedelta(seconds=1))
+    except Exception:
+        logger.exception("releasing leases failed", extra={"worker_id": worker})

@@ -20,9 +20,10 @@ lease until the process stops, and no one would resume it):
   (:mod:`sagaz.engine.resume_failures`); the others of the page are resumed all the same.
   After ``ResumeFailures.attempts`` failures here, a saga still pending is dead-lettered with
   its kept delivery, reason ``store_error``;
-- a saga claimed (:meth:`~sagaz.abc.SagaStore.take_over_saga`, counted in the store) more
-  than ``max_recovery_attempts`` times, by any worker, is not run again: it is dead-lettered,
-  reason ``recovery_exhausted`` (:mod:`sagaz.engine.recovery_attempts`);
+- a saga taken over (:meth:`~sagaz.abc.SagaStore.take_over_saga`, counted in the store
+  unless it was given back) more than ``max_recovery_attempts`` times, by any worker, is not
+  run again: it is dead-lettered, reason ``recovery_exhausted``
+  (:mod:`sagaz.engine.recovery_attempts`);
 - the store going away (:class:`~sagaz.exceptions.StoreUnavailableError`) is not the saga's
   doing: the pass ends (the loop waits for the store) and the saga is given back, at once,
   by the next pass.

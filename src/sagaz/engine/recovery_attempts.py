@@ -7,6 +7,14 @@ the same statement, before anything of the saga runs. The count is the store's, 
 worker and every restart sees it; a new attempt of the saga (a retry, a replayed dead letter,
 an operator's ``sagaz sagas resume|retry``) starts it over.
 
+Only a takeover counts: the claim of a row that still names another owner, whose lease
+expired (it crashed, was killed, or froze). A saga given back
+(:meth:`~sagaz.abc.SagaStore.release_saga`: no owner) is claimed uncounted: a graceful stop
+gives back every saga it did not finish (:func:`sagaz.engine.leases.release_leases`: the
+runs ``shutdown_timeout`` cut short, the events accepted and never started), so a long saga
+outlives any number of rolling deploys; and so are the sagas a worker lets go of (another
+holds their key, resuming them failed: :mod:`sagaz.engine.resume_failures` bounds that).
+
 Past ``TriggerConfig.max_recovery_attempts`` the saga is not run again: a saga whose step
 stops its worker (a crash, ``os._exit``, an out-of-memory kill) would otherwise take down one
 worker after another for ever, and the healthy events of each with it. Instead it is
@@ -48,8 +56,9 @@ def exhausted(state: PipelineState, taken: int) -> str | None:
         return None
     return (
         f"recovery_exhausted: claimed for recovery {taken} times (max_recovery_attempts="
-        f"{bound}): its worker stopped while it ran, or resuming it failed, each time; a saga "
-        "that stops its worker (a crash, os._exit, an out-of-memory kill) is not run again: "
+        f"{bound}): its worker stopped without giving it back (a crash, a kill, a freeze past "
+        "its lease) each time; a saga that stops its worker (a crash, os._exit, an "
+        "out-of-memory kill) is not run again: "
         "fix it, then run `sagaz sagas resume ID` (or replay its dead letter)"
     )
 

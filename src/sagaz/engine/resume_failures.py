@@ -9,12 +9,13 @@ keeps failing is neither resumed in a hot loop nor in the way of the others on t
 (``list_recoverable``'s limit). After :attr:`ResumeFailures.attempts` failures here, a saga
 still pending (its trigger method never completed) is dead-lettered with its kept event; a
 started one is tried on at the longest delay (it holds a context, and only resuming it
-settles its steps), until the store's count of its claims passes ``max_recovery_attempts``.
+settles its steps), reported at each failure: a saga given back is no takeover, so the
+store's count (``max_recovery_attempts``) does not end it.
 
 The counts are this process's: each worker counts its own, and a restart starts over. They
 are bounded (:attr:`ResumeFailures.limit`: the oldest is forgotten first). What bounds a
 saga's recoveries across workers and restarts, and a saga that kills its worker (which
-counts nothing here), is the store's count of takeovers
+counts nothing here, and gives nothing back), is the store's count of takeovers
 (:mod:`sagaz.engine.recovery_attempts`, ``max_recovery_attempts``).
 """
 
