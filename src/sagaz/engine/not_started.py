@@ -139,9 +139,8 @@ class NotStarted:
         written failed. The delivery is acked either way."""
         trigger, delivery, settlement = c.trigger, c.delivery, self.settlement
         error = exhausted(self.state, taken) or RECOVERY_EXHAUSTED
-        exhausting = self.state.resume_failures.exhausting
-        exhausting.add(c.saga_id)  # before any await: see ResumeFailures.exhausting
-        try:  # the row as it is now: it may have ended since it was read (given up here)
+        with self.state.resume_failures.giving_up(c.saga_id):  # before any await
+            # the row as it is now: it may have ended since it was read (given up here)
             current = await self.state.store.get_saga(c.saga_id)
             if current is None or current.status in TERMINAL_SAGA_STATUSES:
                 return await self.duplicate(c)
@@ -160,8 +159,6 @@ class NotStarted:
                 saga_id=c.saga_id,
             )
             await self.unclaim(c, current, complete=False)
-        finally:
-            exhausting.discard(c.saga_id)
         await settlement.filtered(trigger, c.event, Reason.INVALID)
         await settlement.ack(trigger, delivery)
         return AdmissionResult(AdmissionOutcome.INVALID, c.saga_id, Reason.INVALID, error=error)

@@ -248,15 +248,11 @@ async def _give_up(
     too often (``recovery_exhausted``), ``attempts`` times, with its kept ``delivery``, and
     undo its claim."""
     settlement, saga_id = admission.settlement, record.saga_id
-    exhausting = state.resume_failures.exhausting
-    exhausting.add(saga_id)  # before any await: see ResumeFailures.exhausting
-    try:
+    with state.resume_failures.giving_up(saga_id):  # before any await
         await settlement.dead_letter(
             active, delivery, reason=reason, error=error, attempts=attempts, saga_id=saga_id
         )
         await _drop_pending(admission, active, record)
-    finally:
-        exhausting.discard(saga_id)
     await settlement.filtered(active, delivery.payload, Reason.INVALID)
     state.resume_failures.forget(saga_id)
 

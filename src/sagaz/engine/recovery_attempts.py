@@ -77,39 +77,22 @@ async def fail_exhausted(
     ``delivery``, then write it ``failed`` with ``error``, its inbox row ``key`` (if known)
     completed with it. The dead letter goes first: a crash in between leaves the saga as it
     was, taken over once more and dead-lettered again, never failed without a dead letter."""
-    exhausting = state.resume_failures.exhausting
-    exhausting.add(saga.saga_id)  # before any await: see ResumeFailures.exhausting
-    try:
-        await _fail(state, settlement, trigger, saga, delivery, key, taken, error)
-    finally:
-        exhausting.discard(saga.saga_id)
-
-
-async def _fail(
-    state: PipelineState,
-    settlement: Settlement,
-    trigger: ActiveTrigger,
-    saga: SagaRecord,
-    delivery: Delivery,
-    key: str,
-    taken: int,
-    error: str,
-) -> None:
-    await settlement.dead_letter(
-        trigger,
-        delivery,
-        reason=RECOVERY_EXHAUSTED,
-        error=error,
-        attempts=taken,
-        saga_id=saga.saga_id,
-    )
-    saga.status, saga.error = SagaStatus.FAILED, error
-    saga.owner, saga.lease_expires_at = state.worker_id, state.lease_until()
-    inbox = (trigger.trigger_id, key) if key else None
-    await state.store.save_checkpoint(saga, complete_inbox=inbox)
-    state.metrics.failed[trigger.trigger_id] += 1
-    outcome = SagaResult(
-        saga.saga_id, saga.status, dict(saga.context), error, None, {}, saga.attempt
-    )
-    state.outcomes.accepted(saga.saga_id)  # an outcome of an earlier attempt is not this one
-    state.outcomes.settle(saga.saga_id, outcome)
+    with state.resume_failures.giving_up(saga.saga_id):  # before any await
+        await settlement.dead_letter(
+            trigger,
+            delivery,
+            reason=RECOVERY_EXHAUSTED,
+            error=error,
+            attempts=taken,
+            saga_id=saga.saga_id,
+        )
+        saga.status, saga.error = SagaStatus.FAILED, error
+        saga.owner, saga.lease_expires_at = state.worker_id, state.lease_until()
+        inbox = (trigger.trigger_id, key) if key else None
+        await state.store.save_checkpoint(saga, complete_inbox=inbox)
+        state.metrics.failed[trigger.trigger_id] += 1
+        outcome = SagaResult(
+            saga.saga_id, saga.status, dict(saga.context), error, None, {}, saga.attempt
+        )
+        state.outcomes.accepted(saga.saga_id)  # an outcome of an earlier attempt is not this one
+        state.outcomes.settle(saga.saga_id, outcome)

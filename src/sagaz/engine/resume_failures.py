@@ -21,6 +21,8 @@ counts nothing here, and gives nothing back), is the store's count of takeovers
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import ClassVar
 
@@ -50,6 +52,16 @@ class ResumeFailures:
         #: sagas being dead-lettered here, given up: the recovery loop and admission, which
         #: may both claim one (its own claim is not counted again), leave them alone
         self.exhausting: set[str] = set()
+
+    @contextmanager
+    def giving_up(self, saga_id: str) -> Iterator[None]:
+        """While ``saga_id`` is dead-lettered here (given up): in :attr:`exhausting`, so
+        that the recovery loop and admission leave it alone. Enter it before any ``await``."""
+        self.exhausting.add(saga_id)
+        try:
+            yield
+        finally:
+            self.exhausting.discard(saga_id)
 
     def failed(self, saga_id: str, error: BaseException | str) -> datetime:
         """Count a failure of ``saga_id`` (``error``); returns when it may be tried again."""
