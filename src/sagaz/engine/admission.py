@@ -14,7 +14,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sagaz import tracing
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
@@ -363,7 +363,7 @@ class Admission:
                 claim.saga if existing is None or existing.status is SagaStatus.PENDING else None
             )
             if existing is not None and existing.status is not SagaStatus.PENDING and not rerun:
-                context = dict(existing.context)  # resume an interrupted (or finished) saga
+                context: Any = dict(existing.context)  # resume an interrupted (or ended) saga
             else:
                 try:
                     context = trigger.transform(event, delivery.meta, saga)
