@@ -14,7 +14,12 @@ from typing import Any, Literal
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.candidate import Candidate
 from sagaz.engine.decoding import InvalidPayloadError
-from sagaz.engine.recovery_attempts import RECOVERY_EXHAUSTED, exhausted, fail_exhausted
+from sagaz.engine.recovery_attempts import (
+    RECOVERY_EXHAUSTED,
+    dead_letter,
+    exhausted,
+    fail_exhausted,
+)
 from sagaz.engine.settlement import Settlement
 from sagaz.engine.work_item import WorkItem
 from sagaz.events import AdmissionOutcome, AdmissionResult, Delivery, NotRun, Reason
@@ -150,14 +155,7 @@ class NotStarted:
                 )
                 await settlement.ack(trigger, delivery)
                 return AdmissionResult(AdmissionOutcome.ACCEPTED, c.saga_id, error=error)
-            await settlement.dead_letter(
-                trigger,
-                delivery,
-                reason=RECOVERY_EXHAUSTED,
-                error=error,
-                attempts=taken,
-                saga_id=c.saga_id,
-            )
+            await dead_letter(settlement, trigger, delivery, c.saga_id, taken, error)
             await self.unclaim(c, current, complete=False)
         await settlement.filtered(trigger, c.event, Reason.INVALID)
         await settlement.ack(trigger, delivery)

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
     from sagaz.engine.settlement import Settlement
 
-__all__ = ["RECOVERY_EXHAUSTED", "exhausted", "fail_exhausted"]
+__all__ = ["RECOVERY_EXHAUSTED", "dead_letter", "exhausted", "fail_exhausted"]
 
 #: the dead letter's reason of a saga taken over more than ``max_recovery_attempts`` times
 RECOVERY_EXHAUSTED = "recovery_exhausted"
@@ -63,6 +63,21 @@ def exhausted(state: PipelineState, taken: int) -> str | None:
     )
 
 
+async def dead_letter(
+    settlement: Settlement,
+    trigger: ActiveTrigger,
+    delivery: Delivery,
+    saga_id: str,
+    taken: int,
+    error: str,
+) -> None:
+    """Dead-letter ``delivery`` of the saga ``saga_id``, taken over ``taken`` times, past the
+    bound (``error``): reason :data:`RECOVERY_EXHAUSTED`."""
+    await settlement.dead_letter(
+        trigger, delivery, reason=RECOVERY_EXHAUSTED, error=error, attempts=taken, saga_id=saga_id
+    )
+
+
 async def fail_exhausted(
     state: PipelineState,
     settlement: Settlement,
@@ -78,14 +93,7 @@ async def fail_exhausted(
     completed with it. The dead letter goes first: a crash in between leaves the saga as it
     was, taken over once more and dead-lettered again, never failed without a dead letter."""
     with state.resume_failures.giving_up(saga.saga_id):  # before any await
-        await settlement.dead_letter(
-            trigger,
-            delivery,
-            reason=RECOVERY_EXHAUSTED,
-            error=error,
-            attempts=taken,
-            saga_id=saga.saga_id,
-        )
+        await dead_letter(settlement, trigger, delivery, saga.saga_id, taken, error)
         saga.status, saga.error = SagaStatus.FAILED, error
         saga.owner, saga.lease_expires_at = state.worker_id, state.lease_until()
         inbox = (trigger.trigger_id, key) if key else None
