@@ -219,3 +219,43 @@ async def test_a_busy_key_whose_claim_then_fails_is_held_and_dead_lettered() -> 
     assert source.nacked == []
     saga = await store.get_saga(saga_id)
     assert saga is not None and saga.owner == "other"  # their key and row: left alone
+
+
+class ClaimsThenFails(MemorySagaStore):
+    """Its claims of ``key`` are made (the key and the pending row this worker's), then fail
+    with an error that is not an outage, as a commit whose answer was refused."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+
+    async def claim_event(self, trigger_id: str, key: str, record: SagaRecord) -> EventClaim:
+        claim = await super().claim_event(trigger_id, key, record)
+        if key == self.key:
+            raise RuntimeError("the answer of a claim that was made")
+        return claim
+
+
+async def test_an_admission_held_when_the_engine_stops_gives_its_saga_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # nacked at the stop, its pending row (this worker's) is given back: the worker that
+    # claims it next counts no recovery attempt (a stop is no crash)
+    monkeypatch.setattr(StoreErrors, "initial", 30.0)  # held until the stop
+    monkeypatch.setattr(StoreErrors, "maximum", 30.0)
+    source = RecordingSource()
+    define_saga(source)
+    store = ClaimsThenFails("m-2")
+    engine = TriggerEngine(TriggerConfig(worker_id="w", shutdown_timeout=0.1), store)
+    await engine.start()
+    try:
+        await source.ready.wait()
+        result = await source.send(2)
+        assert result.outcome is AdmissionOutcome.BUSY  # held
+        [pending] = await store.list_sagas()
+        assert pending.owner == "w"
+    finally:
+        await engine.stop()
+    assert source.nacked == [2]
+    saga = await store.get_saga(pending.saga_id)
+    assert saga is not None and saga.owner is None  # given back

@@ -6,6 +6,7 @@ cases, on the durable stores and RabbitMQ: ``tests/integration/test_run_store_er
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -172,3 +173,38 @@ async def test_an_ended_sagas_key_is_released_when_its_settling_is_refused_at_th
         assert len(store.released) == 1
         # nothing of this worker is left to renew
         assert await store.renew_leases("w", datetime.now(UTC) + timedelta(minutes=1)) == 0
+
+
+async def test_a_run_held_when_the_engine_stops_is_given_back_uncounted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the stop nacks the held delivery; its saga, still this worker's, is given back, so
+    # the worker that claims it next counts no recovery attempt (a stop is no crash)
+    class Held(Saga):
+        saga_name = "held_at_stop"
+
+        @trigger(source="memory", channel=CHANNEL)
+        def on_event(self, event: dict[str, Any]) -> dict[str, Any]:
+            return {"n": event["n"]}
+
+        @action("work")
+        async def work(self, ctx: SagaContext) -> None:
+            return None
+
+    monkeypatch.setattr(RunErrors, "initial", 30.0)  # held until the stop
+    monkeypatch.setattr(RunErrors, "maximum", 30.0)
+    store = RefusesFailedRows()
+    listener = RecordingListener()
+    async with TriggerEngine(TriggerConfig(worker_id="w"), store, listeners=[listener]) as engine:
+        [saga_id] = await engine.fire(CHANNEL, {"n": 1})
+        for _ in range(200):  # held: its first run failed
+            if listener.errors:
+                break
+            await asyncio.sleep(0.01)
+        assert [str(e) for e in listener.errors] == ["refused a compensating row"]
+        saga = await store.get_saga(saga_id)
+        assert saga is not None and saga.owner == "w"
+    saga = await store.get_saga(saga_id)
+    assert saga is not None and saga.status is not SagaStatus.COMPLETED
+    assert saga.owner is None  # given back: the next claim is no takeover
+    assert await store.take_over_saga(saga_id, "w2", datetime.now(UTC) + timedelta(minutes=1)) == 0

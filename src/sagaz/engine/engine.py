@@ -288,8 +288,9 @@ class TriggerEngine(Lifecycle):
         Order: stop intake (cancel the source tasks), nack what is buffered but not started,
         let in-flight sagas finish up to ``shutdown_timeout`` (their acks still reach the
         sources: acks under way are awaited too), give back the sagas that did not finish
-        (the runs cancelled, the events never started: their next claim is no recovery
-        attempt) and end this worker's other leases, then close the sources and the store.
+        (the runs cancelled, the events never started, those held after a store error:
+        their next claim is no recovery attempt) and end this worker's other leases, then
+        close the sources and the store.
         """
         if not self._started or self._stopping:
             return
@@ -316,7 +317,8 @@ class TriggerEngine(Lifecycle):
         await state.outage.close()
         await self.settlement.drain(ACK_DRAIN_SECONDS)  # acks under way, before sources close
         # given back, not left to be taken over: the next claims count no recovery attempt
-        await release_leases(state, [*self.dispatcher.interrupted, *queued])
+        held = [*self.runner.errors.interrupted, *self.admission.errors.interrupted]
+        await release_leases(state, [*self.dispatcher.interrupted, *queued, *held])
         await asyncio.gather(*(self._stop_source(s) for s in self.sources.values()))
         if self._dashboard_server is not None:
             server, self._dashboard_server = self._dashboard_server, None

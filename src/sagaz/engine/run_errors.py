@@ -79,6 +79,7 @@ class RunErrors(HeldEvents[WorkItem]):
         self._tasks.spawn(retry, f"sagaz-rerun-{item.saga_id}")
 
     async def _interrupted(self, item: WorkItem, error: Exception) -> None:
+        self.interrupted.append(item.saga_id)
         await self.settlement.nack(item.trigger, item.delivery)
         self.state.outcomes.settle(item.saga_id, NotRun(item.saga_id, "interrupted", str(error)))
 

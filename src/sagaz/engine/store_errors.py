@@ -79,6 +79,9 @@ class HeldEvents(Generic[Held]):
         self.settlement = settlement
         self._closing = asyncio.Event()
         self._tasks = TaskSet()
+        #: the sagas of the events handed back (nacked) because the engine stops: unfinished,
+        #: given back by the engine's stop (:func:`~sagaz.engine.leases.release_leases`)
+        self.interrupted: list[str] = []
 
     @property
     def stopping(self) -> bool:
@@ -206,7 +209,7 @@ class StoreErrors(HeldEvents[Candidate]):
         again in a task of its own (``c.handed_over`` set: its callers leave its delivery
         alone); while the engine stops, nack it instead."""
         if self.stopping:
-            await self.settlement.nack(c.trigger, c.delivery)
+            await self._interrupted(c, error)
             return AdmissionResult(AdmissionOutcome.REJECTED, error="the engine is stopping")
         c.handed_over = True
         retry = self._retry(c, c.trigger, c.delivery.payload, error, self.backoff())
@@ -217,6 +220,7 @@ class StoreErrors(HeldEvents[Candidate]):
         await self._readmit(c)
 
     async def _interrupted(self, c: Candidate, error: Exception) -> None:
+        self.interrupted.append(c.saga_id)
         await self.settlement.nack(c.trigger, c.delivery)
 
     async def _give_up(self, c: Candidate, error: Exception, attempts: int) -> None:
