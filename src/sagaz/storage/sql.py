@@ -17,6 +17,7 @@ __all__ = [
     "SAGA_COLUMNS",
     "STEP_COLUMNS",
     "TERMINAL_SQL",
+    "claimable",
     "dead_letter_params",
     "outbox_params",
     "recovery_columns",
@@ -41,6 +42,16 @@ def recovery_columns(table: str, *, if_not_exists: bool) -> tuple[str, ...]:
     return tuple(
         f"ALTER TABLE {table} ADD COLUMN{guard} {column} integer NOT NULL DEFAULT 0"
         for column in ("recovery_attempts", "recovery_of")
+    )
+
+
+def claimable(owner: str, now: str) -> str:
+    """The condition on a saga row that the parameter ``owner`` may claim at the parameter
+    ``now`` (``claim_saga``, ``take_over_saga``): no owner, ``owner``'s already, or a lease
+    that ended."""
+    return (
+        f"(owner IS NULL OR owner = {owner} OR lease_expires_at IS NULL "
+        f"OR lease_expires_at < {now})"
     )
 
 

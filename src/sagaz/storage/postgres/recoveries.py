@@ -10,7 +10,7 @@ from datetime import datetime
 from sagaz.clock import utcnow
 from sagaz.storage.codec import to_utc
 from sagaz.storage.postgres.connection import PostgresConnection
-from sagaz.storage.sql import take_over_set
+from sagaz.storage.sql import claimable, take_over_set
 
 __all__ = ["PostgresRecoveries"]
 
@@ -22,8 +22,7 @@ class PostgresRecoveries(PostgresConnection):
         # claim_saga's statement, counted: one row update, so the claim and the count are one
         count = await self._write_fetchval(
             f"UPDATE {self._s}.saga_executions SET {take_over_set('$2')}, lease_expires_at = $3 "
-            "WHERE saga_id = $1 AND (owner IS NULL OR owner = $2 OR lease_expires_at IS NULL "
-            "OR lease_expires_at < $4) RETURNING recovery_attempts",
+            f"WHERE saga_id = $1 AND {claimable('$2', '$4')} RETURNING recovery_attempts",
             saga_id,
             owner,
             to_utc(lease_until),

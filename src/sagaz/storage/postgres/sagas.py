@@ -31,7 +31,7 @@ from sagaz.storage.postgres.connection import (
     PostgresConnection,
     _inbox_rows,
 )
-from sagaz.storage.sql import outbox_params, step_params
+from sagaz.storage.sql import claimable, outbox_params, step_params
 from sagaz.storage.unavailable import translates_unavailable
 from sagaz.types import TERMINAL_SAGA_STATUSES, SagaStatus
 
@@ -256,8 +256,7 @@ class PostgresSagas(PostgresConnection):
     async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
         claimed = await self._write_fetchval(
             f"UPDATE {self._s}.saga_executions SET owner = $2, lease_expires_at = $3 "
-            "WHERE saga_id = $1 AND (owner IS NULL OR owner = $2 OR lease_expires_at IS NULL "
-            "OR lease_expires_at < $4) RETURNING TRUE",
+            f"WHERE saga_id = $1 AND {claimable('$2', '$4')} RETURNING TRUE",
             saga_id,
             owner,
             to_utc(lease_until),

@@ -21,7 +21,7 @@ from sagaz.storage import sqlite_rows as mapping
 from sagaz.storage import sqlite_schema as tables
 from sagaz.storage.checkpoints import check_checkpoint
 from sagaz.storage.codec import to_text
-from sagaz.storage.sql import outbox_params, take_over_set
+from sagaz.storage.sql import claimable, outbox_params, take_over_set
 from sagaz.storage.sqlite.connection import (
     _INSERT_SAGA,
     SQLiteConnection,
@@ -35,8 +35,7 @@ __all__ = ["SQLiteSagas"]
 
 _TAKE_OVER = (  # claim_saga's claim, counted (see take_over_set)
     f"UPDATE saga_executions SET {take_over_set('?1')}, lease_expires_at = ?2 "
-    "WHERE saga_id = ?3 AND (owner IS NULL OR owner = ?1 OR lease_expires_at IS NULL "
-    "OR lease_expires_at < ?4) RETURNING recovery_attempts"
+    f"WHERE saga_id = ?3 AND {claimable('?1', '?4')} RETURNING recovery_attempts"
 )
 
 _UPSERT_SAGA = (
@@ -253,8 +252,7 @@ class SQLiteSagas(SQLiteConnection):
     async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
         changed = await self._write_one(
             "UPDATE saga_executions SET owner = ?, lease_expires_at = ? WHERE saga_id = ? "
-            "AND (owner IS NULL OR owner = ? OR lease_expires_at IS NULL "
-            "OR lease_expires_at < ?)",
+            f"AND {claimable('?', '?')}",
             (owner, to_text(lease_until), saga_id, owner, to_text(utcnow())),
         )
         return changed == 1
