@@ -30,9 +30,13 @@ class Dispatcher:
         #: the sagas of the events whose worker :meth:`stop` cancelled (running, or waiting
         #: for a rate-limit token): unfinished, given back by the engine's stop
         self.interrupted: list[str] = []
+        #: set by the engine as its stop begins: a run that errs from then on is unfinished
+        #: work of a graceful stop, given back with the cancelled ones
+        self.stopping = False
 
     def start(self, size: int) -> None:
         """Start ``size`` workers."""
+        self.stopping = False
         for n in range(size):
             self._workers.append(asyncio.create_task(self._work(), name=f"sagaz-worker-{n}"))
 
@@ -66,6 +70,8 @@ class Dispatcher:
                 await self.runner.settlement.nack(item.trigger, item.delivery)
                 raise
             except Exception as exc:  # never let one event kill a worker
+                if self.stopping:  # its saga is given back at the stop (else redelivered here)
+                    self.interrupted.append(item.saga_id)
                 await self.runner.settlement.report(item.trigger, exc, item.event)
                 await self.runner.settlement.nack(item.trigger, item.delivery)
             finally:

@@ -295,6 +295,7 @@ class TriggerEngine(Lifecycle):
         if not self._started or self._stopping:
             return
         self._stopping = True
+        self.dispatcher.stopping = True
         state = self.state
         assert state is not None
         self.admission.accepting = False
