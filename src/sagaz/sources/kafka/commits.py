@@ -33,6 +33,9 @@ class OffsetCommits:
     _commit_lock: asyncio.Lock
     _commit_wanted: asyncio.Event
     _settled_since_commit: int
+    #: half of ``max_buffered_per_partition``: a held-back partition with more buffered
+    #: records stays held back whatever settles
+    _half_buffered: int
     _last_records_at: float
     _log: dict[str, Any]
 
@@ -41,16 +44,6 @@ class OffsetCommits:
 
     async def _report(self, exc: BaseException, message: str) -> None:
         raise NotImplementedError  # KafkaSource's: log and tell the engine
-
-    def _settle(self, partition: PartitionState, offset: int) -> None:
-        if self._partitions.get(partition.tp) is not partition:
-            return  # revoked since: the partition's new owner redelivers the event
-        partition.settle(offset)
-        if partition.paused:
-            self._update_flow(partition)
-        self._settled_since_commit += 1
-        if self._settled_since_commit >= self.options.commit_every:
-            self._commit_wanted.set()
 
     async def commit(self) -> None:
         """Commit the contiguous settled offsets now (this also happens every
@@ -129,9 +122,24 @@ class RecordSettler:
         self.settled = False
 
     def __call__(self, requeue: bool = False) -> Awaitable[None]:
-        """Settle the record at once; the answer is already done (no coroutine per ack)."""
-        if not self.settled:
+        """Settle the record at once; the answer is already done (no coroutine per ack).
+
+        ``nack(requeue=True)`` leaves the offset uncommitted; an ack, or ``nack(False)``,
+        marks it settled (its commit follows, see :class:`OffsetCommits`). Inline, once per
+        record: no call of the source's own."""
+        if self.settled or requeue:
             self.settled = True
-            if not requeue:  # nack(requeue=True) leaves the offset uncommitted
-                self.source._settle(self.partition, self.offset)
+            return DONE
+        self.settled = True
+        source, partition = self.source, self.partition
+        if source._partitions.get(partition.tp) is not partition:
+            return DONE  # revoked since: the partition's new owner redelivers the event
+        partition.settle(self.offset)
+        # a held-back partition resumes only once its buffer is half drained (see
+        # ``PartitionState.flow``): until then no settlement can release it
+        if partition.paused and len(partition.buffer) <= source._half_buffered:
+            source._update_flow(partition)
+        source._settled_since_commit += 1
+        if source._settled_since_commit >= source.options.commit_every:
+            source._commit_wanted.set()
         return DONE

@@ -52,11 +52,17 @@ class PartitionState:
 
     def settle(self, offset: int) -> None:
         """Mark ``offset`` done and move the commit point over the contiguous done prefix."""
-        self.done.add(offset)
-        while self.outstanding and self.outstanding[0] in self.done:
-            first = self.outstanding.popleft()
-            self.done.discard(first)
-            self.commit_offset = first + 1
+        outstanding, done = self.outstanding, self.done
+        if not outstanding or outstanding[0] != offset:  # behind an unsettled offset
+            done.add(offset)
+            return
+        # the first unsettled offset (the usual case: events finish about in order), and
+        # after it those that finished before it
+        outstanding.popleft()
+        while done and outstanding and outstanding[0] in done:
+            offset = outstanding.popleft()
+            done.discard(offset)
+        self.commit_offset = offset + 1
 
     @property
     def commit_due(self) -> bool:

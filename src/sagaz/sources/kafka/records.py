@@ -44,10 +44,11 @@ def take_deliveries(
                 key = key.decode()
             except UnicodeDecodeError:
                 pass  # not text: the key stays bytes
+        number_text = str(offset)
         meta = EventMeta(
             "kafka",
             trigger_id,
-            message_prefix + str(offset),
+            message_prefix + number_text,
             topic,
             number,
             offset,
@@ -57,5 +58,5 @@ def take_deliveries(
         )
         settle = RecordSettler(source, partition, offset)
         payload = value if value is not None else b""
-        append(Delivery(payload, meta, identity_prefix + str(offset), settle, settle))
+        append(Delivery(payload, meta, identity_prefix + number_text, settle, settle))
     return deliveries

@@ -99,6 +99,7 @@ class KafkaSource(OffsetCommits, Source):
             options.max_buffered_per_partition,
             options.max_unsettled_per_partition,
         )
+        self._half_buffered = options.max_buffered_per_partition // 2
         self._intake = asyncio.Event()  # cleared while the trigger is paused
         self._intake.set()
         #: set when a held-back partition drained (see ``_fetchable``)
