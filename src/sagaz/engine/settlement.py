@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Coroutine
 from typing import Any
 
+from sagaz._aio import DONE
 from sagaz.engine.active_trigger import ActiveTrigger, PipelineState
 from sagaz.engine.dead_letters import dead_letter_record
 from sagaz.events import Delivery, Reason
@@ -38,7 +39,9 @@ class Settlement:
             await asyncio.shield(self._detach(self._settle(trigger, delivery, delivery.ack())))
         else:  # nothing to lose: no task (nor a wrapping coroutine: once per event)
             try:
-                await delivery.ack()
+                settling = delivery.ack()
+                if settling is not DONE:  # DONE (a Kafka record's ack): settled in the call
+                    await settling
             except Exception as exc:
                 await self.report(trigger, exc, delivery.payload)
         if delivery.replay_of is not None:
