@@ -7,11 +7,11 @@ Run: ``python benchmarks/kafka_instructions.py [--events 6000] [--callgrind DIR]
 move by ±10% or more from run to run on a shared machine, and half of what it measures is the
 broker and aiokafka's fetches. This script counts, with ``valgrind --tool=cachegrind``
 (``PYTHONHASHSEED=0``), what sagaz's Kafka path adds to the shared pipeline, each variant in
-its own process after a warm-up, less a process that only warms up, per message:
+its own process after a warm-up of 1,500 messages, per message:
 
 * ``kafka``: ``kafka.py``'s saga (a ``dict[str, Any]`` trigger method, one no-op step) on a
   ``MemorySagaStore``, run by ``TriggerEngine`` with its real ``KafkaSource``, whose consumer
-  is a stand-in (:class:`FeedConsumer`): ``getmany`` hands out pre-built aiokafka
+  is a stand-in (:class:`FeedConsumer`): ``getmany`` makes and hands out aiokafka
   ``ConsumerRecord`` batches of ``kafka.py``'s 100-byte JSON values (up to 500 records of one
   partition per poll, 3 partitions, in turn), ``commit`` records the offsets. So it holds the
   source's poll loop and buffering, records → deliveries, the batch handover, the decoding of
@@ -20,11 +20,13 @@ its own process after a warm-up, less a process that only warms up, per message:
 * ``admit``: the same trigger and records, made into deliveries by hand as the source makes
   them (bytes payload, same ids) and admitted 500 at a time with ``admit_many`` (what
   ``instructions.py --batch 500`` does): the shared pipeline with the same decoding.
+
 Each is counted less a process of the same warm-up that then only makes the same records
 and drops them (their making is in both counts, so it cancels out).
 
-``kafka`` less ``admit`` is the source's own share. ``--callgrind DIR`` also writes a
-callgrind profile of a ``kafka`` child (and of a warm-up-only one) into ``DIR``.
+``kafka`` less ``admit`` is the source's own share. ``--callgrind DIR`` writes callgrind
+profiles of a ``kafka`` child and of its base into ``DIR`` instead (C functions only: the
+interpreter's, pydantic's, the collector's).
 """
 
 from __future__ import annotations
