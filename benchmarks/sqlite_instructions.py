@@ -1,6 +1,7 @@
 """Instructions per saga of ``stores.py``'s pipeline on the SQLite store, counted by valgrind.
 
-Run: ``python benchmarks/sqlite_instructions.py [--events 2000] [--stores sqlite,memory]``
+Run: ``python benchmarks/sqlite_instructions.py [--events 2000] [--stores sqlite,memory]
+[--redeliver LAG]``
 (needs ``valgrind`` on the PATH; about half a minute per store). The stores are those of
 ``sqlite_layers.py``: ``memory``, ``suspending``, ``nosql`` (``sqlite, no SQL``), ``sqlite``.
 
@@ -28,7 +29,7 @@ _LAYERS = {"memory": "memory", "suspending": "suspending", "nosql": "sqlite, no 
 _LAYERS["sqlite"] = "sqlite"
 
 
-async def _child(kind: str, events: int) -> None:
+async def _child(kind: str, events: int, redeliver: int) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     import sqlite_layers
     import stores
@@ -37,15 +38,18 @@ async def _child(kind: str, events: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         await stores.throughput(sqlite_layers.make(layer, Path(folder)), WARM_UP)
         if events:
-            await stores.throughput(sqlite_layers.make(layer, Path(folder)), events)
+            store = sqlite_layers.make(layer, Path(folder))
+            await stores.throughput(store, events, None, redeliver)
 
 
-def main(events: int, kinds: list[str]) -> None:
+def main(events: int, kinds: list[str], redeliver: int) -> None:
     require_valgrind()
     print(f"events: {events}")
     for kind in kinds:  # one store at a time: two valgrind processes beside each other
         base = start(__file__, "--child", kind, "--events", "0")
-        run = start(__file__, "--child", kind, "--events", str(events))
+        run = start(
+            __file__, "--child", kind, "--events", str(events), "--redeliver", str(redeliver)
+        )
         per = (instructions(run) - instructions(base)) / events
         print(f"{kind:<8} instructions per saga: {per:,.0f}")
 
@@ -54,9 +58,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--stores", default="sqlite,memory")
+    parser.add_argument(
+        "--redeliver", type=int, default=0, metavar="LAG", help="as stores.py's (0: none)"
+    )
     parser.add_argument("--child", choices=tuple(_LAYERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        asyncio.run(_child(args.child, args.events))
+        asyncio.run(_child(args.child, args.events, args.redeliver))
     else:
-        main(args.events, args.stores.split(","))
+        main(args.events, args.stores.split(","), args.redeliver)

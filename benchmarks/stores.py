@@ -65,16 +65,23 @@ def make_store(kind: str, args: argparse.Namespace, tmp: Path) -> SagaStore:
     raise SystemExit(f"unknown store {kind!r}: memory, sqlite, postgres or redis")
 
 
+DUPLICATES: list[int] = []
+"""The events each run found done already in the store (``--redeliver``), in order."""
+
+
 async def throughput(
-    store: SagaStore, events: int, probe: ServerProbe | None = None
+    store: SagaStore, events: int, probe: ServerProbe | None = None, redeliver: int = 0
 ) -> tuple[float, float]:
     """Sagas/s, and this process's CPU microseconds per saga (``probe`` reads the server's
-    counters at the start and the end of the run)."""
+    counters at the start and the end of the run). ``redeliver``: each producer sends each
+    event again after the event ``redeliver`` places later (0: none)."""
     config = TriggerConfig(queue_size=1000, max_concurrent_sagas=100)
 
     async def produce(engine: TriggerEngine, first: int) -> None:
         for i in range(first, events, PRODUCERS):
             await engine.fire("bench", {"id": i})
+            if redeliver and i >= redeliver:
+                await engine.fire("bench", {"id": i - redeliver})
 
     async with store, TriggerEngine(config, store) as engine:
         if probe is not None:
@@ -85,6 +92,7 @@ async def throughput(
             await asyncio.sleep(0.001)
         rate = events / (time.perf_counter() - start)
         cpu = time.process_time() - cpu
+        DUPLICATES.append(engine.metrics.reasons["duplicate"])
         if probe is not None:
             await probe.stop()
         return rate, cpu / events * 1e6
@@ -120,7 +128,9 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         await throughput(MemorySagaStore(), min(args.events, 1000))  # warm-up
-        baseline, baseline_cpu = await throughput(MemorySagaStore(), args.events)
+        baseline, baseline_cpu = await throughput(
+            MemorySagaStore(), args.events, None, args.redeliver
+        )
         rows: list[tuple[str, float, float, float | None]] = [
             ("memory", baseline, baseline_cpu, None)
         ]
@@ -134,7 +144,7 @@ async def main(args: argparse.Namespace) -> None:
                 before = await pg_commits(args.postgres_dsn, database) if kind == "postgres" else 0
                 probe = ServerProbe(args.bench_dsn) if kind == "postgres" else None
                 # the store is stopped after it
-                rate, cpu = await throughput(store, args.events, probe)
+                rate, cpu = await throughput(store, args.events, probe, args.redeliver)
                 commits = None
                 if probe is not None:
                     await asyncio.sleep(1.0)  # the pool's backends report as they exit
@@ -153,6 +163,9 @@ async def main(args: argparse.Namespace) -> None:
                 if kind == "postgres":
                     await pg_database(args.postgres_dsn, database, create=False)
     print(f"events: {args.events}, producers: {PRODUCERS}, concurrent sagas: 100")
+    if args.redeliver:
+        found = ", ".join(str(d) for d in DUPLICATES[1:])
+        print(f"each event sent again {args.redeliver} events later; duplicates found: {found}")
     print(
         f"{'store':<10} {'sagas/s':>10} {'of memory':>10} {'CPU µs/saga':>12} {'commits/saga':>13}"
     )
@@ -167,6 +180,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--stores", default="sqlite,postgres,redis")
+    parser.add_argument(
+        "--redeliver",
+        type=int,
+        default=0,
+        metavar="LAG",
+        help="send each event a second time, LAG events after it (a burst of redeliveries)",
+    )
     parser.add_argument("--postgres-dsn", default=DEFAULT_DSN)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     asyncio.run(main(parser.parse_args()))

@@ -24,13 +24,25 @@ fewer than given, below.
 
 It gives every operation the result the operation itself would have given, or gives up:
 
-- a group holding anything else, or a saga or an inbox key that two of its operations
-  touch, is not written together (None: nothing ran) — operation by operation, in order, as
-  before, since the rows of different kinds are written here in another order;
-- a statement that changes fewer rows than it was given (a key already claimed, a saga row
-  fenced by another owner or stored under another name) raises :class:`NotTogether`: the
-  committer rolls the group back and runs it operation by operation, where each operation
-  finds its own case (a duplicate, a lease lost) and its caller alone gets it.
+- a group holding anything else, a saga that two of its operations touch, or an inbox key
+  both claimed and completed in it, is not written together (None: nothing ran) — operation
+  by operation, in order, as before, since the rows of different kinds are written here in
+  another order;
+- a claim whose key the inbox has already (a redelivery: its ``INSERT OR IGNORE`` wrote
+  fewer rows than given, and its saga id is not among those of the rows just inserted, read
+  back by their rowids: :func:`_written`) writes no saga row here; it is settled alone once
+  the rest of the group is written, from the key's row, and finds its own case (a
+  duplicate, a key taken over, a busy one; a row ignored for another reason, none under its
+  key, raises: the group then runs operation by operation). What it reads, its key's inbox
+  row and its own saga's row, no other operation of the group writes after it in queue
+  order (a key both claimed and completed, a saga in two operations, are not written
+  together, above; a second claim of a key in the group is itself settled alone), so it
+  finds what it would have found in its place;
+- a statement that changes fewer rows than it was given (a saga row fenced by another owner
+  or stored under another name, a new saga row whose saga exists) raises
+  :class:`NotTogether`: the committer rolls the group back and runs it operation by
+  operation, where each operation finds its own case (a lease lost) and its caller alone
+  gets it.
 
 A saga row a checkpoint finds missing is written whole by the upsert, as
 :func:`~sagaz.storage.sqlite.sagas._save` does.
@@ -46,7 +58,7 @@ from typing import Any
 from sagaz.records import ClaimOutcome, EventClaim
 from sagaz.storage import sqlite_rows as mapping
 from sagaz.storage import sqlite_schema as tables
-from sagaz.storage.sqlite.inbox import _claim_and_create
+from sagaz.storage.sqlite.inbox import _claim_and_create, _claim_known_and_create
 from sagaz.storage.sqlite.sagas import (
     _COMPLETE_INBOX,
     _INSERT_OUTBOX,
@@ -74,7 +86,8 @@ def _values(width: int, rows: int) -> str:
 @functools.cache
 def _claims_sql(rows: int) -> str:
     """New inbox rows, as :data:`~sagaz.storage.sqlite.inbox._INSERT_CLAIM`'s, ``rows`` of
-    them (a row that breaks a constraint is not written: fewer rows changed)."""
+    them (a row that breaks a constraint, a key claimed already, is not written: fewer rows
+    changed)."""
     return (
         "INSERT OR IGNORE INTO inbox (trigger_id, key, saga_id, owner, lease_until, status, "
         "created_at) SELECT column1, column2, column3, column4, column5, 'pending', column6 "
@@ -188,7 +201,8 @@ def run_together(cursor: sqlite3.Cursor, ops: list[tuple[Any, ...]]) -> list[Any
     messages: list[Any] = []
     touched: set[str] = set()  # saga ids
     expected = 0  # operations that touch a saga
-    for queued in ops:
+    claiming: list[int] = []  # the claims' places in ops
+    for place, queued in enumerate(ops):
         op, arg = queued[0], queued[1]
         if op is _save_checkpoint:
             step_rows, params, created, outbox, inbox = arg
@@ -213,6 +227,7 @@ def run_together(cursor: sqlite3.Cursor, ops: list[tuple[Any, ...]]) -> list[Any
             claim_args, params, _, _ = arg
             touched.add(claim_args[2])
             expected += 1
+            claiming.append(place)
             claims += claim_args
             sagas += params
         else:
@@ -221,9 +236,13 @@ def run_together(cursor: sqlite3.Cursor, ops: list[tuple[Any, ...]]) -> list[Any
         return None  # a saga in two operations: their order matters
     if completions and claims and _completing_claimed(claims, completions):
         return None
+    alone: list[int] = []  # the places of the claims whose key the inbox had already
     if claims:
-        _write(cursor, _claims_sql, claims, 6)
-        _write(cursor, _sagas_sql, sagas, 12)
+        written = _claim(cursor, claims)
+        if written is not None:  # not every key was new: those claims run alone, below
+            sagas, alone = _of_written(claims, sagas, claiming, written)
+        if sagas:
+            _write(cursor, _sagas_sql, sagas, 12)
     if saves:
         _write(cursor, _saves_sql, saves, 12)
     if steps:
@@ -232,7 +251,66 @@ def run_together(cursor: sqlite3.Cursor, ops: list[tuple[Any, ...]]) -> list[Any
         cursor.executemany(_INSERT_OUTBOX, messages)
     if completions:
         _complete(cursor, completions)
-    return [_result(queued) for queued in ops]
+    results = [_result(queued) for queued in ops]
+    for place in alone:  # after the rest: what they read, the rest left alone (see above)
+        results[place] = _claim_known_and_create(cursor, ops[place][1])
+    return results
+
+
+_WRITTEN = "SELECT saga_id FROM inbox WHERE id > ? AND id <= ?"
+
+_ORDERED = 2**62
+"""Below this rowid an inbox row's id is one more than the largest before it (SQLite gives a
+new row that id until the largest possible rowid, 2**63 - 1, is taken: then random ones)."""
+
+
+def _claim(cursor: sqlite3.Cursor, claims: list[Any]) -> set[str] | None:
+    """Write the new inbox rows of ``claims`` (six values each); None if every one was
+    written, else the saga ids of those written (a claim's saga id is the group's alone)."""
+    written: set[str] | None = None
+    start = 0
+    for rows in _sizes(len(claims) // 6):
+        end = start + rows * 6
+        changed = cursor.execute(_claims_sql(rows), claims[start:end]).rowcount
+        if changed != rows:
+            if written is None:  # the statements before wrote all theirs
+                written = {claims[k] for k in range(2, start, 6)}
+            written |= _written(cursor, changed)
+        elif written is not None:
+            written.update(claims[k] for k in range(start + 2, end, 6))
+        start = end
+    return written
+
+
+def _written(cursor: sqlite3.Cursor, changed: int) -> set[str]:
+    """The saga ids of the ``changed`` inbox rows the cursor's last statement inserted: the
+    rows up to its last rowid, their ids one after the other (a ``RETURNING`` would make
+    SQLite copy the ``VALUES`` into a temporary table first: +10,000 instructions a saga in
+    ``stores.py``'s run, every group). :class:`NotTogether` past :data:`_ORDERED`."""
+    if not changed:
+        return set()
+    last = cursor.lastrowid
+    if last is None or last >= _ORDERED:
+        raise NotTogether
+    ids = cursor.execute(_WRITTEN, (last - changed, last)).fetchall()
+    if len(ids) != changed:
+        raise NotTogether
+    return {row[0] for row in ids}
+
+
+def _of_written(
+    claims: list[Any], sagas: list[Any], claiming: list[int], written: set[str]
+) -> tuple[list[Any], list[int]]:
+    """The new saga rows of the claims whose inbox row was ``written`` (their saga ids), and
+    the places in the group of the others (their key was known: each runs alone)."""
+    kept: list[Any] = []
+    alone: list[int] = []
+    for n, place in enumerate(claiming):
+        if claims[6 * n + 2] in written:
+            kept += sagas[12 * n : 12 * n + 12]
+        else:
+            alone.append(place)
+    return kept, alone
 
 
 def _completing_claimed(claims: list[Any], completions: list[Any]) -> bool:

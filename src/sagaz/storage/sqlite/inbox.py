@@ -77,15 +77,33 @@ def _claim_and_create(
 ) -> EventClaim:
     """:meth:`SQLiteInbox.claim_event` in the writer's transaction; ``args``: those of
     :func:`_claim`, the saga row's values, the record and the moment (created ``now``)."""
-    claim_args, params, record, now = args
-    saga_id, owner = claim_args[2], claim_args[3]
+    claim_args = args[0]
     if _change(cursor, _INSERT_CLAIM, claim_args):  # a new key (the common case)
-        outcome = ClaimOutcome.CLAIMED
-    else:
-        claim = _claim_known(cursor, claim_args)
-        if claim.outcome is not ClaimOutcome.TAKEN_OVER:
-            return EventClaim(claim.outcome, claim.saga_id, claim.owner)
-        outcome, saga_id = claim.outcome, claim.saga_id
+        return _create_claimed(cursor, args, ClaimOutcome.CLAIMED, claim_args[2])
+    return _claim_known_and_create(cursor, args)
+
+
+def _claim_known_and_create(
+    cursor: sqlite3.Cursor,
+    args: tuple[tuple[str, str, str, str, str, str], tuple[Any, ...], SagaRecord, datetime],
+) -> EventClaim:
+    """:func:`_claim_and_create` of a key the inbox has already (an ``IndexError`` if it has
+    none)."""
+    claim = _claim_known(cursor, args[0])
+    if claim.outcome is not ClaimOutcome.TAKEN_OVER:
+        return EventClaim(claim.outcome, claim.saga_id, claim.owner)
+    return _create_claimed(cursor, args, claim.outcome, claim.saga_id)
+
+
+def _create_claimed(
+    cursor: sqlite3.Cursor,
+    args: tuple[tuple[str, str, str, str, str, str], tuple[Any, ...], SagaRecord, datetime],
+    outcome: ClaimOutcome,
+    saga_id: str,
+) -> EventClaim:
+    """The claim of ``args`` made (``outcome``), with its saga's row created or found."""
+    claim_args, params, record, now = args
+    owner = claim_args[3]
     rows = _create(cursor, params)
     if rows:
         return EventClaim(outcome, saga_id, owner, mapping.saga_from_row(rows[0]))
