@@ -270,13 +270,15 @@ class PgGroupCommitter:
         """Give each caller of ``group`` its outcome (:class:`HandOver`: the callers that
         start new work first, else in two halves if no other group is at the server)."""
         futures = [queued.future for queued in group]
-        first = sum(queued.first for queued in group)
-        if 0 < first < len(group):  # theirs first, each part in the group's order
-            order = sorted(range(len(group)), key=lambda index: not group[index].first)
+        first = [index for index, queued in enumerate(group) if queued.first]
+        if 0 < len(first) < len(group):  # theirs first, each part in the group's order
+            order = first + [index for index, queued in enumerate(group) if not queued.first]
             futures = [futures[index] for index in order]
             outcomes = [outcomes[index] for index in order]
         try:
-            await self._handing(futures, outcomes, settle, alone=not self._in_flight, first=first)
+            await self._handing(
+                futures, outcomes, settle, alone=not self._in_flight, first=len(first)
+            )
         except asyncio.CancelledError as exc:  # the loop is shutting down
             self._interrupt([], exc)
             raise
