@@ -16,7 +16,9 @@ their order is kept; a deadlock between two groups is retried (see below).
 A group that comes back while no other group is at the server is handed to its callers in
 two halves while the process has a core to spare
 (:class:`~sagaz.storage.group_commit.HandOver`), so that the server and the client work at
-the same time instead of in turn.
+the same time instead of in turn; meanwhile a group holding operations queued ``first``
+(whose callers start new work: an event's claim) and others gives the first ones their
+results a loop turn before the others, back alone or not.
 
 An operation may also come with a batch form, ``(runner, item, rows)``: the group then runs
 the items of every operation with the same ``runner`` as one call ``runner(conn, items)``
