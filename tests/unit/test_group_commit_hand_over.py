@@ -30,11 +30,14 @@ class _Stat:
         return int(self.ran), int(self.waited)
 
 
-async def _order(hand_over: HandOver, *, alone: bool = True, size: int = 20) -> list[object]:
+async def _order(
+    hand_over: HandOver, *, alone: bool = True, size: int = 20, first: int = 0
+) -> list[object]:
     """What happened, in order: each caller given its result, and a loop turn ("turn")."""
     seen: list[object] = []
     asyncio.get_running_loop().call_soon(seen.append, "turn")
-    await hand_over(list(range(size)), [None] * size, lambda c, r: seen.append(c), alone=alone)
+    give = lambda c, r: seen.append(c)  # noqa: E731
+    await hand_over(list(range(size)), [None] * size, give, alone=alone, first=first)
     await asyncio.sleep(0)
     return seen
 
@@ -112,3 +115,22 @@ async def test_a_window_in_which_the_thread_hardly_ran_tells_nothing() -> None:
     stat.share = 0.5
     await asyncio.sleep(WINDOW * 1.5)
     assert await _order(hand_over) == HALVES  # the window went on until it could tell
+
+
+async def test_while_halving_the_callers_that_start_new_work_go_a_loop_turn_first() -> None:
+    hand_over = HandOver(_Stat(wait=0.0))
+    await _after_a_window(hand_over)
+    for alone in (True, False):  # back beside another group or not
+        assert await _order(hand_over, alone=alone, first=3) == [0, 1, 2, "turn", *range(3, 20)]
+        # small groups too
+        assert await _order(hand_over, alone=alone, size=4, first=1) == [0, "turn", 1, 2, 3]
+    # all of a group, or none: as without
+    assert await _order(hand_over, alone=False, first=20) == WHOLE
+    assert await _order(hand_over, alone=True, first=20) == HALVES
+
+
+async def test_a_thread_waiting_for_a_core_hands_them_over_with_the_others() -> None:
+    hand_over = HandOver(_Stat(wait=1.0))
+    await _after_a_window(hand_over)
+    assert await _order(hand_over, alone=False, first=3) == WHOLE
+    assert await _order(hand_over, alone=True, first=3) == WHOLE

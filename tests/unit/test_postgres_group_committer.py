@@ -139,6 +139,44 @@ async def test_a_group_back_while_another_is_at_the_server_is_handed_over_at_onc
     await groups.close()
 
 
+async def test_callers_that_start_new_work_get_their_results_a_loop_turn_first() -> None:
+    groups = PgGroupCommitter(
+        _Pool(), unavailable=lambda exc: False, label="PostgreSQL store", connections=4
+    )
+    recording = _Recording()
+    groups._transaction = recording  # type: ignore[method-assign]
+    groups._handing = HandOver(lambda: None)  # it would halve a group back alone
+    gate = asyncio.Event()
+
+    async def held(conn: object, arg: str) -> str:
+        await gate.wait()  # this group stays at the "server" until the gate opens
+        return arg
+
+    async def op(conn: object, arg: str) -> str:
+        return arg.upper()
+
+    async def caller(name: str, first: bool) -> list[str]:
+        return [await groups.run(op, f"{name}-{n}", first=first) for n in range(2)]
+
+    slow = groups.run(held, "held")
+    await asyncio.sleep(0.01)  # its flusher has sent it
+    # the claims ("e", first) queued after the checkpoints ("s") of the same group
+    callers = asyncio.gather(
+        *(caller(f"s{k}", False) for k in range(10)), *(caller(f"e{k}", True) for k in range(10))
+    )
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await slow == "held"
+    results = await callers
+    assert results[10] == ["E0-0", "E0-1"] and results[0] == ["S0-0", "S0-1"]
+    assert recording.groups[1] == [*(f"s{k}-0" for k in range(10)), *(f"e{k}-0" for k in range(10))]
+    # back while "held" was still out, yet the claims' callers had theirs a loop turn before
+    # the others: their next writes left as a group of their own
+    assert recording.groups[2] == [f"e{k}-1" for k in range(10)]
+    assert recording.groups[3] == [f"s{k}-1" for k in range(10)]
+    await groups.close()
+
+
 async def test_groups_in_turn_run_on_one_connection_kept_until_close() -> None:
     pool = _Pool()
     groups = PgGroupCommitter(

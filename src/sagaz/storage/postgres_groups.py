@@ -16,7 +16,9 @@ their order is kept; a deadlock between two groups is retried (see below).
 A group that comes back while no other group is at the server is handed to its callers in
 two halves while the process has a core to spare
 (:class:`~sagaz.storage.group_commit.HandOver`), so that the server and the client work at
-the same time instead of in turn.
+the same time instead of in turn; meanwhile a group holding operations queued ``first``
+(whose callers start new work: an event's claim) and others gives the first ones their
+results a loop turn before the others, back alone or not.
 
 An operation may also come with a batch form, ``(runner, item, rows)``: the group then runs
 the items of every operation with the same ``runner`` as one call ``runner(conn, items)``
@@ -61,21 +63,17 @@ it completes and its result is discarded.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from sagaz.exceptions import StoreError, StoreUnavailableError
 from sagaz.storage.group_commit import HandOver, Outcome, settle
+from sagaz.storage.postgres_group_ops import NO_ARG, Batch, BatchRunner, Queued, one_statement
 
 __all__ = ["UNRESOLVED", "BatchRunner", "PgGroupCommitter", "Statement"]
 
 T = TypeVar("T")
 
-BatchRunner = Callable[[Any, list[Any]], Awaitable[list[Any]]]
-"""Runs the items of several operations at once on a connection; a result per item, in order."""
-Batch = tuple[BatchRunner, Any, tuple[Hashable, ...]]
-"""An operation's batch form: ``(runner, item, rows)``, ``rows`` the rows the item writes."""
 Statement = Callable[[Any, dict[BatchRunner, list[Any]]], Awaitable[dict[BatchRunner, list[Any]]]]
 """Runs the items of a group's batches as one statement; a result per item, by runner."""
 
@@ -86,35 +84,6 @@ _RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization f
 _RETRIES = 3
 _REQUEUES = 5  # then a deadlocking operation's caller gets the error
 _MAX_GROUP = 1000  # operations in one transaction at most (bounds a group's duration)
-
-
-_NO_ARG: Any = object()
-
-
-@dataclass(slots=True)
-class _Queued:
-    """An operation waiting for its group, and the future its caller awaits.
-
-    The operation is ``op(conn)``, or ``op(conn, arg)`` given ``arg``, or, with no ``op``,
-    its batch's runner on its item alone: a bound method and its argument instead of a
-    closure (fewer objects for the garbage collector to track per operation)."""
-
-    op: Callable[..., Awaitable[Any]] | None
-    future: asyncio.Future[Any]
-    batch: Batch | None = None
-    arg: Any = _NO_ARG
-    #: times queued again after deadlocking (``_requeue_deadlocked``)
-    requeued: int = 0
-
-    async def call(self, conn: Any) -> Any:
-        """Run the operation on ``conn``; its result."""
-        if self.op is None:
-            assert self.batch is not None  # run() refuses an operation without either
-            runner, item, _ = self.batch
-            return (await runner(conn, [item]))[0]
-        if self.arg is _NO_ARG:
-            return await self.op(conn)
-        return await self.op(conn, self.arg)
 
 
 class _GroupLost(Exception):
@@ -152,7 +121,7 @@ class PgGroupCommitter:
         self._label = label
         self._connections = max(1, connections)
         self._keep = keep
-        self._queue: list[_Queued] = []
+        self._queue: list[Queued] = []
         self._flushers: set[asyncio.Task[None]] = set()
         #: a flusher is started and has not yet taken the queue: it takes what comes meanwhile
         self._collecting = False
@@ -174,16 +143,19 @@ class PgGroupCommitter:
     def run(
         self,
         op: Callable[..., Awaitable[T]] | None,
-        arg: Any = _NO_ARG,
+        arg: Any = NO_ARG,
         *,
         batch: Batch | None = None,
+        first: bool = False,
     ) -> asyncio.Future[T]:
         """Queue ``op`` for the next group; await the future returned for its result, set
         once that group has committed.
 
         The operation is ``op(conn)``, or ``op(conn, arg)`` given ``arg``; ``op`` None runs
         the batch's runner on its item alone. ``batch`` is its batch form (see the module
-        docstring): the operation and the batch must write the same. A plain function, not a
+        docstring): the operation and the batch must write the same. ``first``: its caller
+        starts new work once it has the result (an event's claim): it gets it a loop turn
+        before the group's other callers (:class:`HandOver`). A plain function, not a
         coroutine: one object less per operation, alive until its group is done."""
         if op is None and batch is None:
             raise TypeError("PgGroupCommitter.run: give an operation, a batch, or both")
@@ -191,7 +163,7 @@ class PgGroupCommitter:
         if loop is None or loop.is_closed():  # the first operation, or a new loop (tests)
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.append(_Queued(op, future, batch, arg))
+        self._queue.append(Queued(op, future, batch, arg, first))
         # a flusher about to take the queue takes this one too: another would find it empty
         if not self._collecting and len(self._flushers) < self._connections:
             self._collecting = True
@@ -224,7 +196,7 @@ class PgGroupCommitter:
             # finds a free place and starts a flusher (a done callback would come too late)
             self._flushers.discard(this)
 
-    async def _run_group(self, group: list[_Queued]) -> None:
+    async def _run_group(self, group: list[Queued]) -> None:
         self._in_flight += 1
         try:
             conn = await self._connection()
@@ -271,8 +243,8 @@ class PgGroupCommitter:
             return
 
     def _requeue_deadlocked(
-        self, group: list[_Queued], outcomes: list[Outcome]
-    ) -> tuple[list[_Queued], list[Outcome]]:
+        self, group: list[Queued], outcomes: list[Outcome]
+    ) -> tuple[list[Queued], list[Outcome]]:
         """Queue again, for a later group, the operations that kept deadlocking in their
         own transactions (the other transaction may be done by then); the others, with
         their outcomes. One still deadlocking after :data:`_REQUEUES` groups fails as
@@ -281,7 +253,7 @@ class PgGroupCommitter:
         dead-lettered, its steps all done)."""
         if all(error is None or _sqlstate(error) not in _RETRYABLE for _, error in outcomes):
             return group, outcomes  # the usual case
-        settled: list[tuple[_Queued, Outcome]] = []
+        settled: list[tuple[Queued, Outcome]] = []
         for queued, (result, error) in zip(group, outcomes, strict=True):
             if error is None or _sqlstate(error) not in _RETRYABLE or queued.future.done():
                 settled.append((queued, (result, error)))
@@ -296,26 +268,33 @@ class PgGroupCommitter:
                 settled.append((queued, (None, unavailable)))
         return [q for q, _ in settled], [o for _, o in settled]
 
-    async def _hand_over(self, group: list[_Queued], outcomes: list[Outcome]) -> None:
-        """Give each caller of ``group`` its outcome (:class:`HandOver`: in two halves if no
-        other group is at the server)."""
+    async def _hand_over(self, group: list[Queued], outcomes: list[Outcome]) -> None:
+        """Give each caller of ``group`` its outcome (:class:`HandOver`: the callers that
+        start new work first, else in two halves if no other group is at the server)."""
         futures = [queued.future for queued in group]
+        first = [index for index, queued in enumerate(group) if queued.first]
+        if 0 < len(first) < len(group):  # theirs first, each part in the group's order
+            order = first + [index for index, queued in enumerate(group) if not queued.first]
+            futures = [futures[index] for index in order]
+            outcomes = [outcomes[index] for index in order]
         try:
-            await self._handing(futures, outcomes, settle, alone=not self._in_flight)
+            await self._handing(
+                futures, outcomes, settle, alone=not self._in_flight, first=len(first)
+            )
         except asyncio.CancelledError as exc:  # the loop is shutting down
             self._interrupt([], exc)
             raise
 
-    def _interrupt(self, group: list[_Queued], exc: BaseException) -> None:
+    def _interrupt(self, group: list[Queued], exc: BaseException) -> None:
         """The flusher is cancelled: ``group`` and everything queued fail as interrupted."""
         for queued in [*group, *self._queue]:
             settle(queued.future, (None, self._lost(exc, interrupted=True)))
         self._queue.clear()
 
-    async def _execute(self, conn: Any, group: list[_Queued]) -> tuple[list[Outcome], bool]:
+    async def _execute(self, conn: Any, group: list[Queued]) -> tuple[list[Outcome], bool]:
         """One group: as one statement if it can, else in one transaction. Its outcomes, and
         whether the connection may run the next group (no transaction of it was lost)."""
-        batches = None if self._statement is None else _one_statement(group)
+        batches = None if self._statement is None else one_statement(group)
         if batches is None or self._statement is None:
             return await self._transaction(conn, group), True
         try:
@@ -349,7 +328,7 @@ class PgGroupCommitter:
                 outcomes[index] = outcome
         return outcomes, healthy
 
-    async def _transaction(self, conn: Any, group: list[_Queued]) -> list[Outcome]:
+    async def _transaction(self, conn: Any, group: list[Queued]) -> list[Outcome]:
         """One group in one transaction; if an op fails, each op in a transaction of its own."""
         transaction = conn.transaction()
         await self._guard(transaction.start())
@@ -369,7 +348,7 @@ class PgGroupCommitter:
         return [(result, None) for result in results]
 
     @staticmethod
-    async def _run_all(conn: Any, group: list[_Queued]) -> list[Any]:
+    async def _run_all(conn: Any, group: list[Queued]) -> list[Any]:
         """Every operation of the group: the batches first, then the others one by one."""
         results: list[Any] = [None] * len(group)
         batches: dict[BatchRunner, tuple[list[int], list[Any], set[Any]]] = {}
@@ -393,7 +372,7 @@ class PgGroupCommitter:
             results[index] = await group[index].call(conn)
         return results
 
-    async def _execute_each(self, conn: Any, group: list[_Queued]) -> list[Outcome]:
+    async def _execute_each(self, conn: Any, group: list[Queued]) -> list[Outcome]:
         """Run each operation of a failed group in a transaction of its own, in order (in
         savepoints of one transaction, a group of hundreds held its rows 25 s and more on a
         loaded machine). A group lost midway is lost from the operation it was in."""
@@ -405,7 +384,7 @@ class PgGroupCommitter:
                 raise _GroupLost(lost.cause, outcomes) from lost.cause
         return outcomes
 
-    async def _execute_alone(self, conn: Any, op: _Queued) -> Outcome:
+    async def _execute_alone(self, conn: Any, op: Queued) -> Outcome:
         """Run ``op`` in a transaction of its own: committed if it succeeds, rolled back if
         it fails (a deadlock or serialization failure is retried first)."""
         for attempt in range(_RETRIES):
@@ -443,7 +422,7 @@ class PgGroupCommitter:
         except Exception:  # the connection is broken: the pool replaces it
             return
 
-    def _lost_group(self, lost: _GroupLost, group: list[_Queued]) -> list[Outcome]:
+    def _lost_group(self, lost: _GroupLost, group: list[Queued]) -> list[Outcome]:
         """The outcomes of lost ``group``: ``lost.done``, then the loss's error for the rest."""
         return lost.done + [(None, self._lost(lost.cause)) for _ in group[len(lost.done) :]]
 
@@ -465,24 +444,6 @@ class PgGroupCommitter:
             )
         error.__cause__ = cause
         return error
-
-
-def _one_statement(group: list[_Queued]) -> dict[BatchRunner, tuple[list[int], list[Any]]] | None:
-    """The indexes and items of ``group`` by runner if it can run as one statement (every
-    operation a batch, no row written twice), else None."""
-    batches: dict[BatchRunner, tuple[list[int], list[Any]]] = {}
-    written: set[Hashable] = set()
-    for index, queued in enumerate(group):
-        if queued.batch is None:
-            return None
-        runner, item, rows = queued.batch
-        if not written.isdisjoint(rows):
-            return None
-        written.update(rows)
-        indexes, items = batches.setdefault(runner, ([], []))
-        indexes.append(index)
-        items.append(item)
-    return batches
 
 
 def _open(conn: Any) -> bool:

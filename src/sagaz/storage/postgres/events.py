@@ -68,7 +68,7 @@ class PostgresEventClaims(PostgresSagas, PostgresInbox):
         )
         rows = (("inbox", trigger_id, key), ("saga", record.saga_id))
         claim: EventClaim = await self._committer().run(
-            self._claim_event_op, item, batch=(self._claim_events_runner, item, rows)
+            self._claim_event_op, item, batch=(self._claim_events_runner, item, rows), first=True
         )
         return claim
 
@@ -92,7 +92,7 @@ class PostgresEventClaims(PostgresSagas, PostgresInbox):
         waiting: list[asyncio.Future[EventClaim]] = []
         for item in items:  # queued only once every record is known to be complete
             rows = (("inbox", trigger_id, item.claim_args[1]), ("saga", item.record.saga_id))
-            waiting.append(run(op, item, batch=(runner, item, rows)))
+            waiting.append(run(op, item, batch=(runner, item, rows), first=True))
         return await gather_all(waiting)
 
     # bound once: a new bound method per claim would be one more object in flight for the
