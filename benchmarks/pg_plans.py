@@ -7,8 +7,11 @@ A fresh schema is filled with ``--sagas`` saga rows, as a store that ran for a w
 them: 98% completed, the rest pending, running, compensating, compensated, failed and
 cancelled (the active ones owned by four workers), one step and one inbox row each, the
 newest two thirds of the finished ones still keeping their event (``persist_events``), each
-saga finished a second after the one before. Autovacuum is off on its tables, so the
-first round sees them never analyzed; the second follows an ``ANALYZE``.
+saga finished a second after the one before. With ``--names N`` (above 3) the sagas have
+N names: ``order`` on half of them, ``percent`` on 1%, ``rare`` on 10 spread over the table,
+the rest spread over N - 3 others; else all are ``order`` but those of ``percent`` and
+``rare``. Autovacuum is off on its tables, so the first round sees them never analyzed; the
+second follows an ``ANALYZE``.
 
 Each operation is called once through the store, and the statement and parameters it sent
 are captured; then ``EXPLAIN (ANALYZE)`` of the plan the store's sessions keep for it
@@ -59,8 +62,24 @@ def literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-async def fill(conn: Any, s: str, sagas: int, now: datetime) -> None:
-    """The rows (see the module's docstring), in three statements."""
+def names(sagas: int, count: int) -> list[str]:
+    """Each saga's name (see the module's docstring)."""
+    made: list[str] = []
+    spread = max(1, sagas // 10)
+    for n in range(sagas):
+        if n % spread == spread // 2:
+            made.append("rare")
+        elif n % 100 == 7:
+            made.append("percent")
+        elif count <= 3 or n % 2 == 0:
+            made.append("order")
+        else:
+            made.append(f"n{n % (count - 3)}")
+    return made
+
+
+async def fill(conn: Any, s: str, sagas: int, now: datetime, count: int = 1) -> None:
+    """The rows (see the module's docstring), in three statements; ``count`` names."""
     statuses: list[str] = []
     for status, count in OTHERS.items():
         statuses += [status.value] * (count * sagas // 30000)
@@ -82,7 +101,7 @@ async def fill(conn: Any, s: str, sagas: int, now: datetime) -> None:
     await conn.execute(
         f"INSERT INTO {s}.saga_executions ({columns}) SELECT v.*"
         + ("" if derived is None else ", " + derived("v.status", "v.event", "v.updated_at"))
-        + " FROM (SELECT 's-' || n AS saga_id, 'order', st AS status, '{\"n\": 1}'::jsonb, 1, "
+        + " FROM (SELECT 's-' || n AS saga_id, ($5::text[])[n], st AS status, '{\"n\": 1}'::jsonb, 1, "
         "'bench.on_event', CASE WHEN n >= $2 THEN '{\"id\": 1}'::jsonb END AS event, "
         "CASE WHEN st IN ('pending', 'running', 'compensating') "
         "THEN 'w' || (n % 4) END, $3::timestamptz + interval '5 minutes', "
@@ -93,6 +112,7 @@ async def fill(conn: Any, s: str, sagas: int, now: datetime) -> None:
         keep_events,
         now,
         sagas,
+        names(sagas, count),
     )
     await conn.execute(
         f"INSERT INTO {s}.saga_steps (saga_id, name, status, attempts, updated_at) "
@@ -168,6 +188,7 @@ async def main() -> None:
     parser.add_argument("--dsn", default=DEFAULT_DSN)
     parser.add_argument("--sagas", type=int, default=30000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--names", type=int, default=1, help="saga names (see above)")
     args = parser.parse_args()
     schema = f"plans_{uuid.uuid4().hex[:8]}"
     now = utcnow()
@@ -178,7 +199,7 @@ async def main() -> None:
         async with store:
             for table in TABLES:
                 await conn.execute(f"ALTER TABLE {s}.{table} SET (autovacuum_enabled = false)")
-            await fill(conn, s, args.sagas, now)
+            await fill(conn, s, args.sagas, now, args.names)
             cutoff = now - timedelta(seconds=args.sagas // 2)  # half the sagas finished before
             calls: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
                 (
@@ -187,8 +208,16 @@ async def main() -> None:
                 )
                 for status in SagaStatus
             ]
+            for name in ("order", "percent", "rare"):
+                for status in (None, SagaStatus.COMPLETED, SagaStatus.FAILED, SagaStatus.RUNNING):
+                    label = f"saga_name={name}" + ("" if status is None else f", {status.value}")
+                    calls.append(
+                        (
+                            f"list_sagas({label})",
+                            lambda n=name, st=status: store.list_sagas(saga_name=n, status=st),
+                        )
+                    )
             calls += [
-                ("list_sagas(saga_name=order)", lambda: store.list_sagas(saga_name="order")),
                 ("list_recoverable", lambda: store.list_recoverable(now + timedelta(hours=1))),
                 ("renew_leases", lambda: store.renew_leases("w1", now + timedelta(minutes=9))),
                 ("purge_expired", lambda: store.purge_expired(now - timedelta(days=3650))),

@@ -240,3 +240,36 @@ async def test_a_group_statement_is_planned_once_per_connection_however_small_it
     ]
     assert sum(generic for generic, _ in plans) >= 16, plans
     assert sum(custom for _, custom in plans) == 0, plans
+
+
+_FINISHED_BY_NAME = ("saga_executions_by_name", "saga_executions_by_rare_status")
+#: by status (none: every saga), the indexes a list by name reads (each: one of those)
+_BY_NAME: dict[SagaStatus | None, tuple[tuple[str, ...], ...]] = {
+    # the active ones along their index and the finished ones along the index by name
+    None: (("saga_executions_active",), ("saga_executions_by_name",)),
+    SagaStatus.COMPLETED: (("saga_executions_by_name",),),
+    SagaStatus.FAILED: (_FINISHED_BY_NAME,),
+    SagaStatus.RUNNING: (_ACTIVE,),
+}
+
+
+async def test_the_list_by_name_reads_the_active_and_the_finished_sagas_by_an_index(
+    filled: PostgresSagaStore, postgres_dsn: str
+) -> None:
+    # schema 14: the index by name holds the finished sagas only
+    statements = {
+        status: filled._list_sagas_sql(status, "order", None, None, None, None, 100)[0]
+        for status in _BY_NAME
+    }
+    for status, sql in statements.items():
+        plan = await _generic_plan(postgres_dsn, sql, "'order', 100")
+        assert all(any(index in plan for index in one) for one in _BY_NAME[status]), plan
+        assert "Seq Scan" not in plan, plan
+    conn = await asyncpg.connect(postgres_dsn)
+    try:  # analyzed: a name that every saga has may be walked along seq instead
+        await conn.execute(f'ANALYZE "{filled.schema}".saga_executions')
+    finally:
+        await conn.close()
+    for sql in statements.values():
+        plan = await _generic_plan(postgres_dsn, sql, "'order', 100")
+        assert "Seq Scan" not in plan, plan

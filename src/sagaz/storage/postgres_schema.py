@@ -404,6 +404,18 @@ MIGRATIONS: list[tuple[int, tuple[str, ...]]] = [
         ),
     ),
     (13, recovery_columns("{s}.saga_executions", if_not_exists=True)),  # take_over_saga
+    (
+        14,
+        (
+            # the index by name holds the finished sagas only: a saga's insert takes no
+            # entry in it, its finish (not HOT: it moves between the partial indexes) one.
+            # list_sagas by name reads the active sagas along saga_executions_active (a
+            # few at a time) and the finished ones along this index
+            "DROP INDEX IF EXISTS {s}.saga_executions_by_name",
+            "CREATE INDEX saga_executions_by_name ON {s}.saga_executions (saga_name, seq) "
+            "WHERE finished_at IS NOT NULL",
+        ),
+    ),
 ]
 """Every migration, oldest first (``{s}`` is the quoted schema name)."""
 

@@ -174,64 +174,6 @@ class PostgresSagas(PostgresConnection):
         )
         return None if row is None else mapping.saga_from_row(row)
 
-    async def list_sagas(
-        self,
-        *,
-        status: SagaStatus | None = None,
-        saga_name: str | None = None,
-        trigger_id: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        after: str | None = None,
-        limit: int = 100,
-    ) -> list[SagaRecord]:
-        sql, params = self._list_sagas_sql(
-            status, saga_name, trigger_id, created_after, created_before, after, limit
-        )
-        rows = await self._db().fetch(sql, *params)
-        return [mapping.saga_from_row(row) for row in rows]
-
-    def _list_sagas_sql(
-        self,
-        status: SagaStatus | None,
-        saga_name: str | None,
-        trigger_id: str | None,
-        created_after: datetime | None,
-        created_before: datetime | None,
-        after: str | None,
-        limit: int,
-    ) -> tuple[str, list[Any]]:
-        """The statement of :meth:`list_sagas` and its parameters."""
-        # newest first is descending ``seq``: the name filter walks (saga_name, seq)
-        # backwards; a status, written as a literal, walks saga_executions_active (pending,
-        # running: not finished), saga_executions_by_rare_status (the others but completed,
-        # by the column of those only) or the seq index (completed: most rows); the other
-        # filters filter that walk (the partial indexes' columns: schema 11)
-        where: list[str] = []
-        if status is not None:
-            status = SagaStatus(status)
-            if status not in tables.COMMON_SAGA_STATUSES:
-                where.append(f"rare_status = '{status.value}'")
-            else:
-                if status not in TERMINAL_SAGA_STATUSES:
-                    where.append("finished_at IS NULL")
-                where.append(f"status = '{status.value}'")
-        conditions = {
-            "saga_name = {}": saga_name,
-            "trigger_id = {}": trigger_id,
-            "created_at >= {}": None if created_after is None else to_utc(created_after),
-            "created_at < {}": None if created_before is None else to_utc(created_before),
-            f"seq < (SELECT seq FROM {self._s}.saga_executions WHERE saga_id = {{}})": after,
-        }
-        params: list[Any] = []
-        for condition, value in conditions.items():
-            if value is not None:
-                params.append(value)
-                where.append(condition.format(f"${len(params)}"))
-        clause = f"WHERE {' AND '.join(where)} " if where else ""
-        params.append(limit)
-        return f"{self._select_sagas} {clause}ORDER BY seq DESC LIMIT ${len(params)}", params
-
     async def delete_saga(self, saga_id: str) -> None:
         self._json.forget(saga_id)
         await self._write_execute(
@@ -239,19 +181,6 @@ class PostgresSagas(PostgresConnection):
             f"DELETE FROM {self._s}.saga_executions WHERE saga_id = $1",
             saga_id,
         )
-
-    @cached_property
-    def _recoverable_sql(self) -> str:
-        """:meth:`list_recoverable`'s statement: the active sagas (not finished: schema 11)
-        oldest first, along saga_executions_active."""
-        return (
-            f"{self._select_sagas} WHERE finished_at IS NULL AND "
-            "(lease_expires_at IS NULL OR lease_expires_at < $1) ORDER BY seq LIMIT $2"
-        )
-
-    async def list_recoverable(self, now: datetime, limit: int = 100) -> list[SagaRecord]:
-        rows = await self._db().fetch(self._recoverable_sql, to_utc(now), limit)
-        return [mapping.saga_from_row(row) for row in rows]
 
     async def claim_saga(self, saga_id: str, owner: str, lease_until: datetime) -> bool:
         claimed = await self._write_fetchval(

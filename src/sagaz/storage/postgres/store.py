@@ -6,6 +6,7 @@ from sagaz.storage.postgres.control import PostgresControl
 from sagaz.storage.postgres.group_statement import PostgresGroupStatement
 from sagaz.storage.postgres.inbox import PostgresInbox
 from sagaz.storage.postgres.leases import PostgresLeases
+from sagaz.storage.postgres.lists import PostgresSagaLists
 from sagaz.storage.postgres.outbox import PostgresOutbox
 from sagaz.storage.postgres.recoveries import PostgresRecoveries
 from sagaz.storage.postgres.retention import PostgresRetention
@@ -20,6 +21,7 @@ __all__ = ["PostgresSagaStore"]
 class PostgresSagaStore(
     PostgresGroupStatement,
     PostgresSagas,
+    PostgresSagaLists,
     PostgresRecoveries,
     PostgresInbox,
     PostgresOutbox,
