@@ -73,9 +73,9 @@ Op = Callable[[sqlite3.Cursor, Any], Any]
 """An operation: runs all its SQL on the group's cursor, given its argument; returns a
 result."""
 
-_Queued = tuple[Op, Any, bool, "asyncio.Future[Any]"]
-"""An operation waiting for its group: the operation, its argument, whether it writes, and
-the future its caller awaits (a tuple: one object per call, none for the collector to track
+_Queued = tuple[Op, Any, bool, "asyncio.Future[Any]", bool]
+"""An operation waiting for its group: the operation, its argument, whether it writes, the
+future its caller awaits, and whether its caller starts new work once it has its result (a tuple: one object per call, none for the collector to track
 beyond it)."""
 
 
@@ -128,6 +128,7 @@ class GroupCommitter:
         self._loop = asyncio.get_running_loop()
         self._moment: tuple[datetime, str] | None = None  # see moment()
         self._together = together
+        self._rest: list[tuple[asyncio.Future[Any], Outcome]] = []  # see _run_group
 
     @classmethod
     async def open(
@@ -183,7 +184,12 @@ class GroupCommitter:
         return moment
 
     def submit(
-        self, op: Callable[[sqlite3.Cursor, A], T], arg: A, *, writes: bool = True
+        self,
+        op: Callable[[sqlite3.Cursor, A], T],
+        arg: A,
+        *,
+        writes: bool = True,
+        first: bool = False,
     ) -> asyncio.Future[T]:
         """Queue ``op(cursor, arg)`` for the next group; return the future of its result, set
         once that group has committed (:meth:`run` without a coroutine or a closure). The
@@ -192,7 +198,7 @@ class GroupCommitter:
         Cancelling the future (as cancelling a caller that awaits it does) drops the
         operation if its group has not taken it yet."""
         future = self._loop.create_future()
-        self._queue.append((op, arg, writes, future))
+        self._queue.append((op, arg, writes, future, first))
         if self._flusher is None or self._flusher.done():
             self._flusher = self._loop.create_task(self._flush(), name="sagaz-sqlite-flusher")
         return future
@@ -218,29 +224,57 @@ class GroupCommitter:
             self._moment = None  # and reads the clock again
             if group:
                 await self._run_group(group)
+        self._give_rest()
 
     async def _run_group(self, group: list[_Queued]) -> None:
         writes = any(queued[2] for queued in group)
         outcomes: list[Outcome] | None = None
-        if self._on_loop:
-            with contextlib.suppress(_Busy):
-                outcomes = self._execute(group, writes, on_loop=True)
+        rest = self._rest
         try:
+            if self._on_loop:
+                with contextlib.suppress(_Busy):
+                    outcomes = self._execute(group, writes, on_loop=True, commit=not rest)
+                if outcomes is not None and self._conn.in_transaction:
+                    # the COMMIT (its sync) in the thread, the last group's rest handed over
+                    # meanwhile: their callers' Python runs while the WAL syncs
+                    results = [result for result, _ in outcomes]
+                    self._in_thread = self._executor.submit(self._commit, group, results, False)
+                    committing = asyncio.wrap_future(self._in_thread)
+                    self._give_rest()
+                    outcomes = await committing
             if outcomes is None:  # in the thread (which touches no future), may wait for the lock
                 outcomes = await self._in_the_thread(self._execute_patiently, group, writes)
         except BaseException as exc:  # cancelled (the loop is shutting down) or no thread
+            self._give_rest()
             for queued in [*group, *self._queue]:
                 settle(queued[3], (None, self._interrupted(exc)))
             self._queue = []
             raise
+        self._give_rest()
+        firsts = 0
         for queued, (result, error) in zip(group, outcomes, strict=True):
             future = queued[3]  # settle(), inlined: three calls a saga
             if future.done():  # its caller is gone (cancelled)
+                continue
+            if queued[4]:
+                firsts += 1
+            else:
+                self._rest.append((future, (result, error)))
                 continue
             if error is None:
                 future.set_result(result)
             else:
                 future.set_exception(error)
+        if not firsts:
+            self._give_rest()
+        else:
+            await asyncio.sleep(0)  # the first callers queue their next operations
+
+    def _give_rest(self) -> None:
+        """Hand over the outcomes kept back of the last group (committed)."""
+        rest, self._rest = self._rest, []
+        for future, outcome in rest:
+            settle(future, outcome)
 
     async def _in_the_thread(self, work: Callable[..., T], *args: Any) -> T:
         self._in_thread = self._executor.submit(work, *args)
@@ -272,7 +306,9 @@ class GroupCommitter:
             self._conn.execute("PRAGMA busy_timeout = 0")
 
     # -- running a group (on the loop, or in the thread) -----------------------------------
-    def _execute(self, ops: list[_Queued], writes: bool, *, on_loop: bool) -> list[Outcome]:
+    def _execute(
+        self, ops: list[_Queued], writes: bool, *, on_loop: bool, commit: bool = True
+    ) -> list[Outcome]:
         """One group: ``BEGIN``, every operation, ``COMMIT``; with a savepoint per operation
         only if one of them failed. ``on_loop``: raise :class:`_Busy`, the group rolled
         back, at the first lock another connection holds."""
@@ -293,10 +329,12 @@ class GroupCommitter:
                 if lost is not None:
                     return lost
             if together is not None:
+                if not commit:
+                    return [(result, None) for result in together]
                 return self._commit(ops, together, on_loop)
         results: list[Any] = []
         try:
-            for op, arg, _, _ in ops:
+            for op, arg, *_ in ops:
                 results.append(op(cursor, arg))
                 if not conn.in_transaction:  # the operation ended the group's transaction
                     return self._lost(ops, None)
@@ -308,6 +346,8 @@ class GroupCommitter:
             if len(ops) == 1:
                 return [(None, self._failure(exc))]
             return self._execute_with_savepoints(ops, begin, on_loop)
+        if not commit:
+            return [(result, None) for result in results]
         return self._commit(ops, results, on_loop)
 
     def _commit(self, ops: list[_Queued], results: list[Any], on_loop: bool) -> list[Outcome]:
