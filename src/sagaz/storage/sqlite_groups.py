@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
@@ -238,8 +239,12 @@ class GroupCommitter:
                     # the COMMIT (its sync) in the thread, the last group's rest handed over
                     # meanwhile: their callers' Python runs while the WAL syncs
                     results = [result for result, _ in outcomes]
-                    self._in_thread = self._executor.submit(self._commit, group, results, False)
+                    started = threading.Event()
+                    self._in_thread = self._executor.submit(
+                        self._commit_started, started, group, results
+                    )
                     committing = asyncio.wrap_future(self._in_thread)
+                    started.wait()  # the thread has the GIL only until the COMMIT lets it go
                     self._give_rest()
                     outcomes = await committing
             if outcomes is None:  # in the thread (which touches no future), may wait for the lock
@@ -269,6 +274,12 @@ class GroupCommitter:
             self._give_rest()
         else:
             await asyncio.sleep(0)  # the first callers queue their next operations
+
+    def _commit_started(
+        self, started: threading.Event, ops: list[_Queued], results: list[Any]
+    ) -> list[Outcome]:
+        started.set()
+        return self._commit(ops, results, False)
 
     def _give_rest(self) -> None:
         """Hand over the outcomes kept back of the last group (committed)."""
