@@ -243,10 +243,12 @@ class GroupCommitter:
                     self._in_thread = self._executor.submit(
                         self._commit_started, started, group, results
                     )
-                    committing = asyncio.wrap_future(self._in_thread)
                     started.wait()  # the thread has the GIL only until the COMMIT lets it go
                     self._give_rest()
-                    outcomes = await committing
+                    await asyncio.sleep(0)  # one turn: the rest's callers run on
+                    # then wait for the COMMIT blocking the loop: a thread that needs the GIL
+                    # back from a busy loop would wait for it by chance
+                    outcomes = self._in_thread.result()
             if outcomes is None:  # in the thread (which touches no future), may wait for the lock
                 outcomes = await self._in_the_thread(self._execute_patiently, group, writes)
         except BaseException as exc:  # cancelled (the loop is shutting down) or no thread
