@@ -55,6 +55,7 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
@@ -94,6 +95,10 @@ def _call(cursor: sqlite3.Cursor, op: Callable[[sqlite3.Connection], T]) -> T:
     return op(cursor.connection)
 
 
+_WORTH = 0.0003
+_PROBE = 32
+
+
 class _Busy(Exception):
     """A group on the event loop met a lock another connection holds (it was rolled back)."""
 
@@ -130,6 +135,8 @@ class GroupCommitter:
         self._moment: tuple[datetime, str] | None = None  # see moment()
         self._together = together
         self._rest: list[tuple[asyncio.Future[Any], Outcome]] = []  # see _run_group
+        self._worth = True
+        self._skipped = 0
 
     @classmethod
     async def open(
@@ -244,8 +251,10 @@ class GroupCommitter:
                         self._commit_started, started, group, results
                     )
                     started.wait()  # the thread has the GIL only until the COMMIT lets it go
+                    turn = time.perf_counter()
                     self._give_rest()
                     await asyncio.sleep(0)  # one turn: the rest's callers run on
+                    self._worth = time.perf_counter() - turn >= _WORTH
                     # then wait for the COMMIT blocking the loop: a thread that needs the GIL
                     # back from a busy loop would wait for it by chance
                     outcomes = self._in_thread.result()
@@ -258,12 +267,15 @@ class GroupCommitter:
             self._queue = []
             raise
         self._give_rest()
+        split = self._on_loop and self._worth_it()
         firsts = 0
         for queued, (result, error) in zip(group, outcomes, strict=True):
             future = queued[3]  # settle(), inlined: three calls a saga
             if future.done():  # its caller is gone (cancelled)
                 continue
-            if queued[4]:
+            if not split:
+                pass
+            elif queued[4]:
                 firsts += 1
             else:
                 self._rest.append((future, (result, error)))
@@ -282,6 +294,17 @@ class GroupCommitter:
     ) -> list[Outcome]:
         started.set()
         return self._commit(ops, results, False)
+
+    def _worth_it(self) -> bool:
+        """Whether to overlap this group's COMMIT with the rest's turn: yes while the last
+        such turn took at least _WORTH, and every _PROBE groups to look again."""
+        if self._worth:
+            return True
+        self._skipped += 1
+        if self._skipped >= _PROBE:
+            self._skipped = 0
+            return True
+        return False
 
     def _give_rest(self) -> None:
         """Hand over the outcomes kept back of the last group (committed)."""
