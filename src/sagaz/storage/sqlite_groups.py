@@ -33,6 +33,21 @@ database and syncs both, a few milliseconds (a checkpoint in the thread would wa
 GIL as the groups did). Any other connection (another journal mode, made for one thread)
 runs every group in the thread.
 
+Claims first (``submit(..., first=True)``: an event's claim, whose caller fires its next event
+and starts its saga once it has its result). A group holding such operations and others hands
+the first ones their results, then a loop turn, and keeps the others' results back (their
+group has committed) until the next group's SQL has run on the loop: that group's ``COMMIT``
+(the WAL's ``fdatasync``, about 0.4 ms, and any checkpoint) then runs in the committer's
+thread, which the loop waits for to start (``sqlite3`` lets the GIL go inside it); meanwhile
+the kept results are handed over and the loop gives their callers one turn, then waits for
+the ``COMMIT`` blocking (a thread that needs the GIL back from a loop kept busy by other tasks
+would get it by chance: tens of times a second). So the loop runs the others' Python while
+the WAL syncs, and each result still comes only after its own group's ``COMMIT``. Done only
+while that turn takes at least :data:`_WORTH` (else the hop to the thread costs more than it
+hides; tried again every :data:`_PROBE` groups). In ``benchmarks/stores.py``: about +10%
+SQLite sagas/s at +10 CPU µs a saga (benchmarks/README.md, "SQLite: an event claim's caller
+first").
+
 A group of writes may first run all at once (``together``, see :data:`Together`: the store
 writes its claims and checkpoints with one statement per kind of row); if that gives up
 midway, the group is rolled back and runs operation by operation as below.
@@ -54,38 +69,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
 
 from sagaz.clock import utcnow
-from sagaz.exceptions import StoreError, StoreUnavailableError
+from sagaz.exceptions import StoreError
 from sagaz.storage.group_commit import Outcome, settle
 from sagaz.storage.sqlite_rows import lasting_text
+from sagaz.storage.sqlite_transactions import GroupTransactions, Together, _Busy, _Queued
 
 __all__ = ["GroupCommitter", "Together"]
 
 T = TypeVar("T")
 A = TypeVar("A")
 
-Op = Callable[[sqlite3.Cursor, Any], Any]
-"""An operation: runs all its SQL on the group's cursor, given its argument; returns a
-result."""
-
-_Queued = tuple[Op, Any, bool, "asyncio.Future[Any]"]
-"""An operation waiting for its group: the operation, its argument, whether it writes, and
-the future its caller awaits (a tuple: one object per call, none for the collector to track
-beyond it)."""
-
-
-Together = Callable[[sqlite3.Cursor, list[_Queued]], "list[Any] | None"]
-"""A group of writes run all at once (the SQLite store's
-:func:`~sagaz.storage.sqlite.batches.run_together`): given the group's cursor in its
-transaction and the queued operations, it returns their results in order, or None having
-written nothing (the group then runs operation by operation), or raises: the committer rolls
-back what it wrote and runs the group operation by operation (each operation finds its own
-case there; one that fails fails its caller alone)."""
+_WORTH = 0.0003
+"""Seconds the loop's turn for a group's other callers must take for their hand-over to be
+worth overlapping with the next group's COMMIT in the thread (see :meth:`_run_group`)."""
+_PROBE = 32
+"""While not worth it, every this many groups try it again."""
 
 
 def _call(cursor: sqlite3.Cursor, op: Callable[[sqlite3.Connection], T]) -> T:
@@ -93,11 +99,7 @@ def _call(cursor: sqlite3.Cursor, op: Callable[[sqlite3.Connection], T]) -> T:
     return op(cursor.connection)
 
 
-class _Busy(Exception):
-    """A group on the event loop met a lock another connection holds (it was rolled back)."""
-
-
-class GroupCommitter:
+class GroupCommitter(GroupTransactions):
     """Runs operations on one SQLite connection, a group per transaction, on the event loop's
     thread (or in its own thread, see the module's documentation).
 
@@ -128,6 +130,9 @@ class GroupCommitter:
         self._loop = asyncio.get_running_loop()
         self._moment: tuple[datetime, str] | None = None  # see moment()
         self._together = together
+        self._rest: list[tuple[asyncio.Future[Any], Outcome]] = []  # see _run_group
+        self._worth = True
+        self._skipped = 0
 
     @classmethod
     async def open(
@@ -183,7 +188,12 @@ class GroupCommitter:
         return moment
 
     def submit(
-        self, op: Callable[[sqlite3.Cursor, A], T], arg: A, *, writes: bool = True
+        self,
+        op: Callable[[sqlite3.Cursor, A], T],
+        arg: A,
+        *,
+        writes: bool = True,
+        first: bool = False,
     ) -> asyncio.Future[T]:
         """Queue ``op(cursor, arg)`` for the next group; return the future of its result, set
         once that group has committed (:meth:`run` without a coroutine or a closure). The
@@ -192,7 +202,7 @@ class GroupCommitter:
         Cancelling the future (as cancelling a caller that awaits it does) drops the
         operation if its group has not taken it yet."""
         future = self._loop.create_future()
-        self._queue.append((op, arg, writes, future))
+        self._queue.append((op, arg, writes, future, first))
         if self._flusher is None or self._flusher.done():
             self._flusher = self._loop.create_task(self._flush(), name="sagaz-sqlite-flusher")
         return future
@@ -218,29 +228,84 @@ class GroupCommitter:
             self._moment = None  # and reads the clock again
             if group:
                 await self._run_group(group)
+        self._give_rest()
 
     async def _run_group(self, group: list[_Queued]) -> None:
         writes = any(queued[2] for queued in group)
         outcomes: list[Outcome] | None = None
-        if self._on_loop:
-            with contextlib.suppress(_Busy):
-                outcomes = self._execute(group, writes, on_loop=True)
+        rest = self._rest
         try:
+            if self._on_loop:
+                with contextlib.suppress(_Busy):
+                    outcomes = self._execute(group, writes, on_loop=True, commit=not rest)
+                if outcomes is not None and self._conn.in_transaction:
+                    # the COMMIT (its sync) in the thread, the last group's rest handed over
+                    # meanwhile: their callers' Python runs while the WAL syncs
+                    results = [result for result, _ in outcomes]
+                    started = threading.Event()
+                    self._in_thread = self._executor.submit(
+                        self._commit_started, started, group, results
+                    )
+                    started.wait()  # the thread has the GIL only until the COMMIT lets it go
+                    turn = time.perf_counter()
+                    self._give_rest()
+                    await asyncio.sleep(0)  # one turn: the rest's callers run on
+                    self._worth = time.perf_counter() - turn >= _WORTH
+                    # then wait for the COMMIT blocking the loop: a thread that needs the GIL
+                    # back from a busy loop would wait for it by chance
+                    outcomes = self._in_thread.result()
             if outcomes is None:  # in the thread (which touches no future), may wait for the lock
                 outcomes = await self._in_the_thread(self._execute_patiently, group, writes)
         except BaseException as exc:  # cancelled (the loop is shutting down) or no thread
+            self._give_rest()
             for queued in [*group, *self._queue]:
                 settle(queued[3], (None, self._interrupted(exc)))
             self._queue = []
             raise
+        self._give_rest()
+        split = self._on_loop and self._worth_it()
+        firsts = 0
         for queued, (result, error) in zip(group, outcomes, strict=True):
             future = queued[3]  # settle(), inlined: three calls a saga
             if future.done():  # its caller is gone (cancelled)
                 continue
+            if split:
+                if not queued[4]:  # handed over during the next group's COMMIT
+                    self._rest.append((future, (result, error)))
+                    continue
+                firsts += 1
             if error is None:
                 future.set_result(result)
             else:
                 future.set_exception(error)
+        if firsts and self._rest:
+            await asyncio.sleep(0)  # the first callers queue their next operations
+        else:
+            self._give_rest()
+
+    def _commit_started(
+        self, started: threading.Event, ops: list[_Queued], results: list[Any]
+    ) -> list[Outcome]:
+        """:meth:`_commit` in the thread, once it told the loop it has started."""
+        started.set()
+        return self._commit(ops, results, False)
+
+    def _worth_it(self) -> bool:
+        """Whether to overlap this group's COMMIT with the rest's turn: yes while the last
+        such turn took at least _WORTH, and every _PROBE groups to look again."""
+        if self._worth:
+            return True
+        self._skipped += 1
+        if self._skipped >= _PROBE:
+            self._skipped = 0
+            return True
+        return False
+
+    def _give_rest(self) -> None:
+        """Hand over the outcomes kept back of the last group (committed)."""
+        rest, self._rest = self._rest, []
+        for future, outcome in rest:
+            settle(future, outcome)
 
     async def _in_the_thread(self, work: Callable[..., T], *args: Any) -> T:
         self._in_thread = self._executor.submit(work, *args)
@@ -271,156 +336,6 @@ class GroupCommitter:
         finally:
             self._conn.execute("PRAGMA busy_timeout = 0")
 
-    # -- running a group (on the loop, or in the thread) -----------------------------------
-    def _execute(self, ops: list[_Queued], writes: bool, *, on_loop: bool) -> list[Outcome]:
-        """One group: ``BEGIN``, every operation, ``COMMIT``; with a savepoint per operation
-        only if one of them failed. ``on_loop``: raise :class:`_Busy`, the group rolled
-        back, at the first lock another connection holds."""
-        conn = self._conn
-        begin = "BEGIN IMMEDIATE" if writes else "BEGIN"
-        try:
-            conn.execute(begin)
-        except sqlite3.Error as exc:  # e.g. another process kept the write lock too long
-            self._check_busy(exc, on_loop)
-            return [(None, self._failure(exc)) for _ in ops]
-        cursor = conn.cursor()  # the group's
-        if self._together is not None and writes and len(ops) > 1:
-            try:
-                together = self._together(cursor, ops)
-            except Exception as exc:  # not the common case: undone, then op by op
-                together = None
-                lost = self._undo_together(exc, begin, on_loop, ops)
-                if lost is not None:
-                    return lost
-            if together is not None:
-                return self._commit(ops, together, on_loop)
-        results: list[Any] = []
-        try:
-            for op, arg, _, _ in ops:
-                results.append(op(cursor, arg))
-                if not conn.in_transaction:  # the operation ended the group's transaction
-                    return self._lost(ops, None)
-        except Exception as exc:
-            lost = self._roll_back(ops)
-            if lost is not None:
-                return lost
-            self._check_busy(exc, on_loop)
-            if len(ops) == 1:
-                return [(None, self._failure(exc))]
-            return self._execute_with_savepoints(ops, begin, on_loop)
-        return self._commit(ops, results, on_loop)
-
-    def _commit(self, ops: list[_Queued], results: list[Any], on_loop: bool) -> list[Outcome]:
-        """COMMIT the group whose operations gave ``results``; their outcomes."""
-        conn = self._conn
-        if not conn.in_transaction:  # an operation ended the group's transaction
-            return self._lost(ops, None)
-        try:
-            conn.execute("COMMIT")
-        except Exception as exc:
-            self._check_busy(exc, on_loop)
-            return self._lost(ops, self._failure(exc))
-        return [(result, None) for result in results]
-
-    def _roll_back(self, ops: list[_Queued]) -> list[Outcome] | None:
-        """Roll back the group's open transaction; the outcomes of ``ops`` if that fails (the
-        group is lost), else None."""
-        if self._conn.in_transaction:
-            try:
-                self._conn.execute("ROLLBACK")
-            except sqlite3.Error as rollback:
-                return self._lost(ops, self._failure(rollback))
-        return None
-
-    def _undo_together(
-        self, exc: Exception, begin: str, on_loop: bool, ops: list[_Queued]
-    ) -> list[Outcome] | None:
-        """Roll back what the operations run together wrote (``exc``: why they stopped) and
-        begin the group again, to run it operation by operation; the outcomes if it cannot
-        begin again, else None."""
-        conn = self._conn
-        lost = self._roll_back(ops)
-        if lost is not None:
-            return lost
-        self._check_busy(exc, on_loop)
-        try:
-            conn.execute(begin)
-        except sqlite3.Error as again:
-            self._check_busy(again, on_loop)
-            return [(None, self._failure(again)) for _ in ops]
-        return None
-
-    def _check_busy(self, exc: Exception, on_loop: bool) -> None:
-        if on_loop and _is_busy(exc):
-            if self._conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    self._conn.execute("ROLLBACK")
-            raise _Busy from exc
-
-    def _execute_with_savepoints(
-        self, ops: list[_Queued], begin: str, on_loop: bool
-    ) -> list[Outcome]:
-        """The group again, after one of its operations failed: each in a savepoint."""
-        conn = self._conn
-        try:
-            conn.execute(begin)
-        except sqlite3.Error as exc:
-            self._check_busy(exc, on_loop)
-            return [(None, self._failure(exc)) for _ in ops]
-        outcomes: list[Outcome] = []
-        cursor = conn.cursor()
-        try:
-            for op in ops:
-                outcome = self._execute_one(cursor, op, on_loop)
-                if not conn.in_transaction:  # SQLite rolled the whole group back
-                    return self._lost(ops, outcome[1])
-                outcomes.append(outcome)
-            conn.execute("COMMIT")
-        except _Busy:
-            raise
-        except Exception as exc:
-            self._check_busy(exc, on_loop)
-            return self._lost(ops, self._failure(exc))
-        return outcomes
-
-    def _execute_one(self, cursor: sqlite3.Cursor, op: _Queued, on_loop: bool) -> Outcome:
-        """Run ``op`` in a savepoint: released if it succeeds, rolled back if it fails."""
-        conn = cursor.connection
-        conn.execute("SAVEPOINT op")
-        try:
-            result = op[0](cursor, op[1])
-            conn.execute("RELEASE op")
-        except Exception as exc:
-            self._check_busy(exc, on_loop)
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-            return None, self._failure(exc)
-        return result, None
-
-    def _lost(self, ops: list[_Queued], cause: BaseException | None) -> list[Outcome]:
-        """Roll back what is left of the group; every operation of it fails."""
-        if self._conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
-        reason = "an operation ended it" if cause is None else str(cause)
-        # a file that cannot be used right now fails the whole group the same way
-        kind = StoreUnavailableError if isinstance(cause, StoreUnavailableError) else StoreError
-        outcomes: list[Outcome] = []
-        for _ in ops:
-            error = kind(f"{self._label}: the transaction was lost ({reason})")
-            error.__cause__ = cause
-            outcomes.append((None, error))
-        return outcomes
-
-    def _failure(self, exc: Exception) -> BaseException:
-        """The error a caller sees for ``exc``: a StoreError for an ``sqlite3.Error``."""
-        if not isinstance(exc, sqlite3.Error):
-            return exc
-        error = self._error(exc)
-        error.__cause__ = exc
-        return error
-
 
 def _prepare(conn: sqlite3.Connection) -> int | None:
     """If the event loop may run the groups of ``conn`` (in WAL mode), set it up for that (no
@@ -431,16 +346,6 @@ def _prepare(conn: sqlite3.Connection) -> int | None:
     patience_ms = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
     conn.execute("PRAGMA busy_timeout = 0")
     return patience_ms
-
-
-def _is_busy(exc: BaseException) -> bool:
-    """Whether ``exc`` is SQLite's ``SQLITE_BUSY``: another connection holds a lock."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return (
-        isinstance(exc, sqlite3.OperationalError)
-        and code is not None
-        and code & 0xFF == sqlite3.SQLITE_BUSY
-    )
 
 
 def _usable_here(conn: sqlite3.Connection) -> bool:

@@ -130,7 +130,8 @@ class SQLiteInbox(SQLiteConnection):
         # the lease's text: the saga's later writes store it again (sqlite_rows.lasting_text)
         args = (trigger_id, key, record.saga_id, owner, mapping.lasting_text(lease), text_now)
         params = mapping.saga_params(record, text_now)
-        return await groups.submit(_claim_and_create, (args, params, record, now))
+        # first: its caller fires its next event and starts its saga (sqlite_groups)
+        return await groups.submit(_claim_and_create, (args, params, record, now), first=True)
 
     async def complete_inbox(self, trigger_id: str, key: str) -> None:
         await self._write_one(
