@@ -113,7 +113,10 @@ async def test_a_group_back_while_the_server_idles_is_handed_over_in_two_halves(
     await groups.close()
 
 
-async def test_a_group_back_while_another_is_at_the_server_is_handed_over_at_once() -> None:
+async def _one_group_held() -> tuple[PgGroupCommitter, _Recording, asyncio.Event, Any]:
+    """A committer on four connections whose first group (``"held"``) stays at the "server"
+    until the returned gate opens; its results halved only if it came back alone; the
+    held group's awaitable."""
     groups = PgGroupCommitter(
         _Pool(), unavailable=lambda exc: False, label="PostgreSQL store", connections=4
     )
@@ -123,11 +126,16 @@ async def test_a_group_back_while_another_is_at_the_server_is_handed_over_at_onc
     gate = asyncio.Event()
 
     async def held(conn: object, arg: str) -> str:
-        await gate.wait()  # this group stays at the "server" until the gate opens
+        await gate.wait()
         return arg
 
     slow = groups.run(held, "held")
     await asyncio.sleep(0.01)  # its flusher has sent it
+    return groups, recording, gate, slow
+
+
+async def test_a_group_back_while_another_is_at_the_server_is_handed_over_at_once() -> None:
+    groups, recording, gate, slow = await _one_group_held()
     callers = asyncio.gather(*(_caller(groups, f"c{k}", 2) for k in range(20)))
     await asyncio.sleep(0.01)
     gate.set()
@@ -140,17 +148,7 @@ async def test_a_group_back_while_another_is_at_the_server_is_handed_over_at_onc
 
 
 async def test_callers_that_start_new_work_get_their_results_a_loop_turn_first() -> None:
-    groups = PgGroupCommitter(
-        _Pool(), unavailable=lambda exc: False, label="PostgreSQL store", connections=4
-    )
-    recording = _Recording()
-    groups._transaction = recording  # type: ignore[method-assign]
-    groups._handing = HandOver(lambda: None)  # it would halve a group back alone
-    gate = asyncio.Event()
-
-    async def held(conn: object, arg: str) -> str:
-        await gate.wait()  # this group stays at the "server" until the gate opens
-        return arg
+    groups, recording, gate, slow = await _one_group_held()
 
     async def op(conn: object, arg: str) -> str:
         return arg.upper()
@@ -158,8 +156,6 @@ async def test_callers_that_start_new_work_get_their_results_a_loop_turn_first()
     async def caller(name: str, first: bool) -> list[str]:
         return [await groups.run(op, f"{name}-{n}", first=first) for n in range(2)]
 
-    slow = groups.run(held, "held")
-    await asyncio.sleep(0.01)  # its flusher has sent it
     # the claims ("e", first) queued after the checkpoints ("s") of the same group
     callers = asyncio.gather(
         *(caller(f"s{k}", False) for k in range(10)), *(caller(f"e{k}", True) for k in range(10))
