@@ -115,3 +115,38 @@ async def test_claims_and_other_writes_go_on_while_another_task_keeps_the_loop_b
         finally:
             stop.set()
             await burner
+
+
+async def test_the_others_are_not_kept_waiting_while_the_next_group_waits_for_a_lock(
+    tmp_path: Path,
+) -> None:
+    # the next group finds the file locked by another process and waits for it in the
+    # committer's thread: the first group's other callers (committed) have their results
+    # meanwhile, not once the lock is released
+    path = tmp_path / "sagaz.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    created = asyncio.Event()
+
+    async with SQLiteSagaStore(path) as store:
+        await store.create_saga(SagaRecord("warm", "orders", SagaStatus.RUNNING, {}))
+
+        async def create() -> None:
+            await store.create_saga(SagaRecord("c1", "orders", SagaStatus.RUNNING, {}))
+            created.set()
+
+        async def claims() -> None:
+            await store.claim_event("t", "e1", claimed("e1"))
+            other.execute("BEGIN IMMEDIATE")  # before the next group's SQL runs
+            await store.claim_event("t", "e2", claimed("e2"))
+
+        claiming = asyncio.gather(create(), claims())
+        try:
+            async with asyncio.timeout(2):  # the store waits for the lock 5 s
+                await created.wait()
+            assert other.in_transaction  # still held: c1 did not wait for it
+        finally:
+            if other.in_transaction:
+                other.execute("ROLLBACK")
+        await claiming
+    other.close()
+    assert stored(path, "e2")

@@ -255,6 +255,7 @@ class GroupCommitter(GroupTransactions):
                     # back from a busy loop would wait for it by chance
                     outcomes = self._in_thread.result()
             if outcomes is None:  # in the thread (which touches no future), may wait for the lock
+                self._give_rest()  # committed: not kept waiting for another process's lock
                 outcomes = await self._in_the_thread(self._execute_patiently, group, writes)
         except BaseException as exc:  # cancelled (the loop is shutting down) or no thread
             self._give_rest()
