@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from sagaz.clock import utcnow
 from sagaz.records import ClaimOutcome, SagaRecord
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.types import SagaStatus
+from tests.busy_loop import busy_loop
 
 
 def claimed(saga_id: str) -> SagaRecord:
@@ -90,15 +90,6 @@ async def test_claims_and_other_writes_go_on_while_another_task_keeps_the_loop_b
     # A guard: the COMMIT that runs in the committer's thread is waited for with the loop
     # blocked after one turn (a thread that needs the GIL back from a loop that never blocks
     # gets it by chance). On the base and on this code: about 1 s.
-    stop = asyncio.Event()
-
-    async def busy() -> None:
-        while not stop.is_set():
-            end = time.perf_counter() + 0.0002
-            while time.perf_counter() < end:
-                pass
-            await asyncio.sleep(0)
-
     async def writer(store: SQLiteSagaStore, w: int) -> None:
         for n in range(500):
             saga_id = f"{w}-{n}"
@@ -107,14 +98,10 @@ async def test_claims_and_other_writes_go_on_while_another_task_keeps_the_loop_b
             else:
                 await store.create_saga(SagaRecord(saga_id, "orders", SagaStatus.RUNNING, {}))
 
-    async with SQLiteSagaStore(tmp_path / "sagaz.db") as store:
-        burner = asyncio.create_task(busy())
-        try:
-            async with asyncio.timeout(30):  # generous: a loaded machine must pass it
-                await asyncio.gather(*(writer(store, w) for w in range(20)))
-        finally:
-            stop.set()
-            await burner
+    store = SQLiteSagaStore(tmp_path / "sagaz.db")
+    # generous: a loaded machine must pass it
+    async with store, busy_loop(), asyncio.timeout(30):
+        await asyncio.gather(*(writer(store, w) for w in range(20)))
 
 
 async def test_the_others_are_not_kept_waiting_while_the_next_group_waits_for_a_lock(

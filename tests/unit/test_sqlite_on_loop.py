@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from sagaz.records import SagaRecord
 from sagaz.storage.sqlite import SQLiteSagaStore
 from sagaz.storage.sqlite_groups import GroupCommitter
 from sagaz.types import SagaStatus
+from tests.busy_loop import busy_loop
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -57,27 +57,13 @@ async def test_writes_go_on_while_another_task_keeps_the_loop_busy(tmp_path: Pat
     # A task that burns CPU and yields, again and again, never lets the loop block: a thread
     # that runs the SQL got the GIL back only tens of times a second and these 20 writers
     # managed 20-70 writes/s (minutes for these 10,000). On the loop: a few seconds at most.
-    stop = asyncio.Event()
-
-    async def busy() -> None:
-        while not stop.is_set():
-            end = time.perf_counter() + 0.0002
-            while time.perf_counter() < end:
-                pass
-            await asyncio.sleep(0)
-
     async def writer(store: SQLiteSagaStore, first: int) -> None:
         for n in range(first, first + 500):
             await store.create_saga(SagaRecord(str(n), "orders", SagaStatus.RUNNING, {"n": n}))
 
     async with SQLiteSagaStore(tmp_path / "sagaz.db") as store:
-        burner = asyncio.create_task(busy())
-        try:
-            async with asyncio.timeout(30):  # generous: a loaded machine must pass it
-                await asyncio.gather(*(writer(store, 500 * w) for w in range(20)))
-        finally:
-            stop.set()
-            await burner
+        async with busy_loop(), asyncio.timeout(30):  # generous: a loaded machine must pass
+            await asyncio.gather(*(writer(store, 500 * w) for w in range(20)))
         assert len(await store.list_sagas(limit=11000)) == 10000
 
 
