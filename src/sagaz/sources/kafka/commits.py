@@ -33,7 +33,7 @@ class OffsetCommits:
     _commit_lock: asyncio.Lock
     _commit_wanted: asyncio.Event
     _settled_since_commit: int
-    #: half of ``max_buffered_per_partition``: a held-back partition with more buffered
+    #: ``resumes_at(max_buffered_per_partition)``: a held-back partition with more buffered
     #: records stays held back whatever settles
     _half_buffered: int
     _last_records_at: float

@@ -15,7 +15,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PartitionState"]
+__all__ = ["PartitionState", "resumes_at"]
+
+
+def resumes_at(max_buffered: int) -> int:
+    """The buffered records at most of a paused partition that :meth:`PartitionState.flow`
+    resumes: half of ``max_buffered``."""
+    return max_buffered // 2
 
 
 @dataclass(slots=True, eq=False)
@@ -81,7 +87,7 @@ class PartitionState:
                 return None
             self.paused = True
             return True
-        if buffered <= max_buffered // 2 and unsettled < max_unsettled:
+        if buffered <= resumes_at(max_buffered) and unsettled < max_unsettled:
             self.paused = False
             return False
         return None

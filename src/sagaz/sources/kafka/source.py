@@ -42,7 +42,7 @@ from sagaz.events import Delivery
 from sagaz.outbox.kafka import start_producer
 from sagaz.records import DeadLetterRecord
 from sagaz.sources.kafka.commits import OffsetCommits
-from sagaz.sources.kafka.partitions import PartitionState
+from sagaz.sources.kafka.partitions import PartitionState, resumes_at
 from sagaz.sources.kafka.records import take_deliveries
 from sagaz.triggers.options.kafka import KafkaOptions
 
@@ -99,7 +99,7 @@ class KafkaSource(OffsetCommits, Source):
             options.max_buffered_per_partition,
             options.max_unsettled_per_partition,
         )
-        self._half_buffered = options.max_buffered_per_partition // 2
+        self._half_buffered = resumes_at(options.max_buffered_per_partition)
         self._intake = asyncio.Event()  # cleared while the trigger is paused
         self._intake.set()
         #: set when a held-back partition drained (see ``_fetchable``)
