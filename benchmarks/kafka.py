@@ -19,6 +19,10 @@ consumer group, one after the other in this process:
 * **raw aiokafka**: ``AIOKafkaConsumer`` without auto-commit, ``getmany()`` batches of up to
   500 records, ``await handler(record)`` per record (the handler decodes the JSON, nothing
   else), ``commit()`` after each batch: the floor of at-least-once consumption in asyncio.
+* **raw aiokafka + saga.run**: the same loop whose handler also runs a one-step no-op saga
+  per record, ``await saga.run(ctx, store=MemorySagaStore())``: the home-made consumer loop
+  sagaz replaces, with none of its guarantees. Its rate over the raw loop's is the ceiling of
+  any engine that runs a saga per message ("raw aiokafka + saga.run / raw aiokafka").
 * **faststream**: a ``KafkaBroker`` subscriber with a ``dict`` body and a no-op handler,
   started inside this loop with ``await broker.start()``. Measured twice: with FastStream's
   default ``AckPolicy.ACK_FIRST`` (aiokafka auto-commit: the offset may be committed before
@@ -63,7 +67,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,18 +217,32 @@ async def preload(bootstrap: str, topic: str, events: int, partitions: int) -> f
 
 # -- 1. raw aiokafka -------------------------------------------------------------------------
 async def raw_aiokafka(bootstrap: str, topic: str, events: int) -> Timing:
+    async def decode(record: Any) -> None:
+        json.loads(record.value)
+
+    return await _raw_consumer(bootstrap, topic, events, "bench-raw", decode)
+
+
+async def _raw_consumer(
+    bootstrap: str,
+    topic: str,
+    events: int,
+    group: str,
+    work: Callable[[Any], Awaitable[None]],
+) -> Timing:
+    """``getmany()`` batches, ``await work(record)`` per record, ``commit()`` per batch."""
     from aiokafka import AIOKafkaConsumer
 
     timing = Timing(events)
 
     async def handler(record: Any) -> None:
         timing.begin()
-        json.loads(record.value)
+        await work(record)
         timing.one_done()
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
-        group_id=unique("bench-raw"),
+        group_id=unique(group),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         **GROUP_TIMEOUTS,
@@ -242,6 +260,32 @@ async def raw_aiokafka(bootstrap: str, topic: str, events: int) -> Timing:
     finally:
         await consumer.stop()
     return timing
+
+
+SAGA_LOOP = "raw aiokafka + saga.run"
+
+
+async def raw_saga_loop(bootstrap: str, topic: str, events: int) -> Timing:
+    """The raw loop whose handler also runs a one-step no-op saga per record with
+    ``saga.run()`` on a ``MemorySagaStore``: the home-made consumer loop, none of sagaz's
+    guarantees (no inbox, no backpressure, no retries, no commit after the terminal state)."""
+    from sagaz import Saga, SagaContext, action
+    from sagaz.storage.memory import MemorySagaStore
+
+    class LoopSaga(Saga):
+        saga_name = "bench-kafka-loop"
+
+        @action("noop")
+        async def noop(self, ctx: SagaContext) -> None:
+            return None
+
+    saga, store = LoopSaga(), MemorySagaStore()
+
+    async def run_saga(record: Any) -> None:
+        event = json.loads(record.value)
+        await saga.run({"n": event["n"]}, store=store)
+
+    return await _raw_consumer(bootstrap, topic, events, "bench-raw-saga", run_saga)
 
 
 # -- 2. FastStream -------------------------------------------------------------------------
@@ -421,6 +465,10 @@ def ratios(rows: list[Row]) -> dict[str, float]:
     for mine in ours:
         for other in others:
             out[f"{mine.name} / {other.name}"] = mine.timing.rate / other.timing.rate
+    by_name = {row.name: row for row in others}
+    if SAGA_LOOP in by_name and "raw aiokafka" in by_name:  # the ceiling of any saga runner
+        loop, raw = by_name[SAGA_LOOP].timing.rate, by_name["raw aiokafka"].timing.rate
+        out[f"{SAGA_LOOP} / raw aiokafka"] = loop / raw
     memory = next((row for row in ours if row.name == "sagaz memory"), None)
     for mine in ours:
         if memory is not None and mine is not memory:
@@ -481,6 +529,7 @@ async def run_all(args: argparse.Namespace, bootstrap: str) -> None:
         print(f"run {number + 1} of {args.runs}:")
         rows: list[Row] = []
         await measure("raw aiokafka", raw_aiokafka(bootstrap, topic, events), timeout, rows)
+        await measure(SAGA_LOOP, raw_saga_loop(bootstrap, topic, events), timeout, rows)
         if not args.no_faststream:
             for policy in ("ack_first", "ack"):
                 run = faststream(bootstrap, topic, events, policy)
