@@ -10,6 +10,11 @@ Run: ``python benchmarks/pipeline.py [--events 20000]``
   ``MemorySagaStore`` — the home-made consumer loop sagaz replaces, with none of its
   guarantees (no inbox, no backpressure strategy, no retries or dead letters, no ack after
   the terminal state).
+* **saga loop + inbox**: the saga loop whose workers also keep sagaz's one guarantee against
+  running an event twice by hand, with the same store's API: ``claim_inbox`` of the event's
+  key, ``saga.run`` under a saga id made from it, ``complete_inbox``. Its rate over the saga
+  loop's is the ceiling of any engine that keeps an inbox (the contract's dedup), before
+  backpressure, leases, a pending row or the ack after the terminal state.
 * **bare floor**: the same queue and workers awaiting a no-op coroutine — what any asyncio
   pipeline pays before it does any work (printed for scale: a checkpointed saga makes seven
   store calls, the floor none).
@@ -27,12 +32,15 @@ import argparse
 import asyncio
 import statistics
 import time
+from datetime import timedelta
 from typing import Any
 
 from _gc_watch import GcWatch
 
 from sagaz import Saga, SagaContext, TriggerConfig, action, trigger
+from sagaz.clock import utcnow
 from sagaz.engine.engine import TriggerEngine
+from sagaz.records import ClaimOutcome
 from sagaz.storage.memory import MemorySagaStore
 
 WORKERS = 100
@@ -86,8 +94,9 @@ async def sagaz_latency(rate: float, seconds: float) -> list[float]:
         return list(engine.metrics.start_latencies)
 
 
-async def raw_throughput(events: int, *, run_saga: bool) -> float:
-    """The raw queue + worker pool; ``run_saga``: each event runs :class:`NoopSaga`."""
+async def raw_throughput(events: int, *, run_saga: bool, inbox: bool = False) -> float:
+    """The raw queue + worker pool; ``run_saga``: each event runs :class:`NoopSaga`;
+    ``inbox``: within a claim of its key in the store's inbox, completed after the run."""
     queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1000)
     done = 0
     finished = asyncio.Event()
@@ -100,7 +109,17 @@ async def raw_throughput(events: int, *, run_saga: bool) -> float:
     async def handle(event: int) -> None:
         await saga.run({"id": event}, store=store)
 
-    work = handle if run_saga else noop
+    lease = utcnow() + timedelta(minutes=5)
+
+    async def handle_once(event: int) -> None:
+        key = str(event)
+        saga_id = "loop-" + key
+        claim = await store.claim_inbox("loop", key, saga_id, "worker", lease)
+        if claim.outcome is ClaimOutcome.CLAIMED:
+            await saga.run({"id": event}, saga_id=saga_id, store=store)
+            await store.complete_inbox("loop", key)
+
+    work = (handle_once if inbox else handle) if run_saga else noop
 
     async def worker() -> None:
         nonlocal done
@@ -150,6 +169,7 @@ async def raw_latency(rate: float, seconds: float) -> list[float]:
 async def main(events: int, seconds: float) -> None:
     await sagaz_throughput(min(events, 2000))  # warm-up
     await raw_throughput(min(events, 2000), run_saga=True)
+    await raw_throughput(min(events, 2000), run_saga=True, inbox=True)
     bare = await raw_throughput(events, run_saga=False)
     loop_gc, ours_gc = GcWatch(), GcWatch()
     loop_gc.start()
@@ -157,6 +177,9 @@ async def main(events: int, seconds: float) -> None:
     loop = await raw_throughput(events, run_saga=True)
     loop_cpu = (time.process_time() - cpu) / events * 1e6
     loop_gc.stop()
+    cpu = time.process_time()
+    inbox = await raw_throughput(events, run_saga=True, inbox=True)
+    inbox_cpu = (time.process_time() - cpu) / events * 1e6
     ours_gc.start()
     cpu = time.process_time()
     ours = await sagaz_throughput(events)
@@ -175,6 +198,7 @@ async def main(events: int, seconds: float) -> None:
         f"{statistics.median(raw_lat) * ms:>9.3f} {percentile(raw_lat, 0.99) * ms:>9.3f}"
     )
     print(f"{'saga loop':<11} {loop:>12,.0f} {'':>9} {'':>9}")
+    print(f"{'  + inbox':<11} {inbox:>12,.0f} {'':>9} {'':>9}")
     print(
         f"{'sagaz':<11} {ours:>12,.0f} "
         f"{statistics.median(ours_lat) * ms:>9.3f} {percentile(ours_lat, 0.99) * ms:>9.3f}"
@@ -183,6 +207,11 @@ async def main(events: int, seconds: float) -> None:
     print(
         f"CPU µs/event: saga loop {loop_cpu:.1f}, sagaz {ours_cpu:.1f} "
         f"(saga loop/sagaz: {loop_cpu / ours_cpu:.1%})"
+    )
+    print(
+        f"ceiling of an engine with an inbox: saga loop + inbox / saga loop {inbox / loop:.1%}; "
+        f"CPU µs/event {inbox_cpu:.1f} (saga loop/+ inbox: {loop_cpu / inbox_cpu:.1%}); "
+        f"sagaz / saga loop + inbox {ours / inbox:.1%}"
     )
     print("GC collections young/middle/full; GC µs/event (young/middle/full); tracked objects:")
     print(f"  saga loop {loop_gc.per(events)}")
