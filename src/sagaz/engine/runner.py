@@ -8,7 +8,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from sagaz._aio import TaskSet
+from sagaz._aio import DONE, TaskSet
 from sagaz.engine.active_trigger import PipelineState
 from sagaz.engine.run_errors import RunErrors
 from sagaz.engine.settle_errors import SettleErrors, Unsettled
@@ -113,7 +113,9 @@ class SagaRunner:
         if result.status is SagaStatus.COMPLETED:  # (first: the usual case)
             state.metrics.completed[trigger.trigger_id] += 1
             try:  # no closure and no extra coroutine on the common path: once per event
-                await self._settle(item)
+                settling = self._settle(item)
+                if settling is not DONE:  # (DONE: acked in the call, nothing to wait for)
+                    await settling
             except Exception as exc:  # an outage waited out, another store error held
                 await self.settle_errors.failed_first(Unsettled(item, result), exc)
                 return
