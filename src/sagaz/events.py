@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal, NoReturn
 
+from sagaz._aio import DONE
 from sagaz._frozen import quick_init
 
 __all__ = [
@@ -246,12 +247,12 @@ class EventMeta:
     attempt: int = 1
 
 
-async def _no_ack() -> None:
-    return None
+def _no_ack() -> Awaitable[None]:
+    return DONE  # settled in the call: no coroutine per event (``Settlement.ack`` skips it)
 
 
-async def _no_nack(requeue: bool) -> None:
-    return None
+def _no_nack(requeue: bool) -> Awaitable[None]:
+    return DONE
 
 
 @dataclass(slots=True, eq=False)

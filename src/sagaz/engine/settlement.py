@@ -27,20 +27,39 @@ class Settlement:
         self.state = state
         self._under_way: set[asyncio.Task[None]] = set()
 
-    async def ack(self, trigger: ActiveTrigger, delivery: Delivery) -> None:
-        """Acknowledge to the source (failures are reported, never raised).
+    def ack(self, trigger: ActiveTrigger, delivery: Delivery) -> Awaitable[None]:
+        """Acknowledge to the source (failures are reported, never raised): an awaitable,
+        :data:`~sagaz._aio.DONE` when the delivery settled in the call.
 
         A replayed dead letter is settled too, so it is deleted: its saga completed, its event
         was filtered or a duplicate, or it was dead-lettered again (the new dead letter
         replaces it)."""
         source = trigger.source
+        if delivery.replay_of is not None or (
+            source is not None and source.redeliverable and not source.settles_locally
+        ):
+            return self._ack(trigger, delivery)
+        # nothing to lose: no task, nor a coroutine when the source settles in the call (a
+        # Kafka record's ack, an in-process event's): once per event
+        try:
+            settling = delivery.ack()
+        except Exception as exc:
+            return self.report(trigger, exc, delivery.payload)
+        if settling is DONE:
+            return DONE
+        return self._settle(trigger, delivery, settling)
+
+    async def _ack(self, trigger: ActiveTrigger, delivery: Delivery) -> None:
+        """:meth:`ack` of a delivery a lost ack would redeliver, or of a replayed dead
+        letter."""
+        source = trigger.source
         if source is not None and source.redeliverable and not source.settles_locally:
             # a lost broker ack means a redelivery: it finishes even if our caller is cancelled
             await asyncio.shield(self._detach(self._settle(trigger, delivery, delivery.ack())))
-        else:  # nothing to lose: no task (nor a wrapping coroutine: once per event)
+        else:
             try:
                 settling = delivery.ack()
-                if settling is not DONE:  # DONE (a Kafka record's ack): settled in the call
+                if settling is not DONE:
                     await settling
             except Exception as exc:
                 await self.report(trigger, exc, delivery.payload)

@@ -42,6 +42,7 @@ _SYSTEM_CLOCK = SystemClock()
 # the members of the usual path, read once: on Python 3.11 ``SagaStatus.RUNNING`` goes
 # through ``EnumType.__getattr__``'s hook (about 0.1 µs), several times per saga
 _PENDING, _RUNNING, _COMPLETED = SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPLETED
+_COMPENSATING = SagaStatus.COMPENSATING
 _STEP_RUNNING, _STEP_COMPLETED = StepStatus.RUNNING, StepStatus.COMPLETED
 
 #: the first hex digit of clock_seq with the RFC 4122 variant bits set, by the random digit
@@ -204,7 +205,7 @@ class SagaExecution(SagaDag, SagaCompensation):
             record.owner = self.owner or record.owner
             if self.lease is not None:
                 record.lease_expires_at = self.lease()
-            resuming_compensation = record.status is SagaStatus.COMPENSATING
+            resuming_compensation = record.status is _COMPENSATING
             if not resuming_compensation:
                 record.status = _RUNNING
             # written with the first step's running checkpoint: one store operation

@@ -230,6 +230,9 @@ class MemorySagaStore(MemoryRetention, MemoryCoordination, SagaStore):
             self._steps[saga_id] = (row,)
             return
         name = row[_T_NAME]
+        if rows[-1][_T_NAME] == name:  # the usual case: its latest step (running -> completed)
+            self._steps[saga_id] = (*rows[:-1], row)
+            return
         for n, old in enumerate(rows):
             if old[_T_NAME] == name:
                 self._steps[saga_id] = (*rows[:n], row, *rows[n + 1 :])
@@ -250,12 +253,16 @@ class MemorySagaStore(MemoryRetention, MemoryCoordination, SagaStore):
             check_checkpoint(saga, steps, outbox)
             messages = [_clone(m) for m in outbox]
         now = datetime.now(UTC)  # utcnow() without the call: twice per saga
-        step_rows = []  # a loop, not a comprehension (a call of its own): once per checkpoint
-        for step in steps:
-            step_rows.append(_STEP.stamped(step, None, now))
-        saga_row = None if saga is None else self._saga_row(saga, now)
-        for step, row in zip(steps, step_rows, strict=True):
+        if len(steps) == 1:  # a saga's two checkpoints: its first step's, its last step's
+            step = steps[0]
+            row = _STEP.stamped(step, None, now)
+            saga_row = None if saga is None else self._saga_row(saga, now)
             self._put_step(step.saga_id, row)
+        else:
+            step_rows = [_STEP.stamped(step, None, now) for step in steps]
+            saga_row = None if saga is None else self._saga_row(saga, now)
+            for step, row in zip(steps, step_rows, strict=True):
+                self._put_step(step.saga_id, row)
         if saga is not None and saga_row is not None:
             self._sagas[saga.saga_id] = saga_row
         if messages:
