@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 
 __all__ = ["WorkItem"]
 
+# read once: on Python 3.11 ``SagaStatus.PENDING`` goes through ``EnumType.__getattr__``'s hook
+# (about 1,000 instructions), once per event
+_PENDING = SagaStatus.PENDING
+
 
 @dataclass(slots=True, eq=False)
 class WorkItem:
@@ -69,7 +73,7 @@ class WorkItem:
         return SagaRecord(
             self.saga_id,
             trigger.saga_name,
-            SagaStatus.PENDING,
+            _PENDING,
             {},
             1,
             None,
