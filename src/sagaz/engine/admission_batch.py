@@ -137,7 +137,7 @@ async def _admit_chunk(
             else:
                 # the memory store answers in the call: nothing to shield (no cancellation
                 # arrives half-way; one that did, in a store that waits, leaves its claims
-                # unknown: made again in a while), so no task (~1,800 instructions per event
+                # unknown: made again in a while), so no task (~2,500 instructions per event
                 # with its shield). The batch still yields to the loop once, as it did while
                 # the task ran, so that the workers start the sagas queued so far: a poll's
                 # first events do not wait for the whole poll's admission (without the yield,
