@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 __all__ = ["WorkItem"]
 
-# read once: on Python 3.11 ``SagaStatus.PENDING`` goes through ``EnumType.__getattr__``'s hook
-# (about 1,000 instructions), once per event
+#: read once: on Python 3.11 ``SagaStatus.PENDING`` goes through ``EnumType.__getattr__``'s
+#: hook (about 0.1 µs), once per event
 _PENDING = SagaStatus.PENDING
 
 
