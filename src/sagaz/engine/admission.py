@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# read once: on Python 3.11 ``AdmissionOutcome.ACCEPTED`` goes through ``EnumType.__getattr__``'s
+# hook (about 1,000 instructions), once per accepted event
+_ACCEPTED = AdmissionOutcome.ACCEPTED
+
 _STORE_UNAVAILABLE = AdmissionResult(
     AdmissionOutcome.REJECTED, error="the store is unavailable; retry later"
 )
@@ -135,7 +139,7 @@ class Admission:
                 # being admitted, queued or running here: the inbox would hand our own claim back
                 # (TAKEN_OVER) and a second run would repeat the steps. Settle it with that one.
                 joint.join(delivery)
-                return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
+                return AdmissionResult(_ACCEPTED, saga_id)
             # settled with the deliveries of the same saga admitted until it is acked or nacked
             # (see JointDeliveries): the delivery itself, not a copy (one object fewer per queued
             # event, which a deep queue promotes to the oldest generation), its ``ack`` and
@@ -424,12 +428,12 @@ class Admission:
             state.outcomes.accepted(saga_id)  # its outcome is still to come
             if recovered:  # accepted before: never dropped nor refused now
                 state.queue.put_nowait_unbounded(item)
-                return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
+                return AdmissionResult(_ACCEPTED, saga_id)
             if c.after is not None and not c.after.done():
                 await asyncio.shield(c.after)  # queued in its batch's order (``admit_many``)
             if state.queue.offer(item):  # room now: no strategy to apply
                 state.metrics.accepted[trigger.trigger_id] += 1
-                return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
+                return AdmissionResult(_ACCEPTED, saga_id)
             put = await state.queue.put(item)
             if not put.accepted:
                 return await self.not_started.refused(trigger, item, accepting=self.accepting)
@@ -440,7 +444,7 @@ class Admission:
                 c.handed_over = True
                 await asyncio.shield(self.not_started.drop_evicted(put.evicted))
             state.metrics.accepted[trigger.trigger_id] += 1
-            return AdmissionResult(AdmissionOutcome.ACCEPTED, saga_id)
+            return AdmissionResult(_ACCEPTED, saga_id)
         except asyncio.CancelledError:  # a claim that made the key ours is not left behind
             if not recovered and self.accepting and not c.handed_over:
                 self.late.take(c, lease, claim)

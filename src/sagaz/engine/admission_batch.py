@@ -128,17 +128,32 @@ async def _admit_chunk(
         rows.append((key, pending_record(trigger, delivery, saga_id, state, lease)))
     claims: list[EventClaim] | None = None
     if rows:
-        # shielded: cancelled meanwhile, the batch still learns which keys it made ours
-        claiming = asyncio.ensure_future(state.store.claim_events(trigger_id, rows))
+        claiming: asyncio.Future[list[EventClaim]] | None = None
         try:
-            claims = await asyncio.shield(claiming)
+            if state.store.durable:
+                # shielded: cancelled meanwhile, the batch still learns which keys it made ours
+                claiming = asyncio.ensure_future(state.store.claim_events(trigger_id, rows))
+                claims = await asyncio.shield(claiming)
+            else:
+                # the memory store answers in the call: nothing to shield (no cancellation
+                # arrives half-way; one that did, in a store that waits, leaves its claims
+                # unknown: made again in a while), so no task (~2,500 instructions per event
+                # with its shield). The batch still yields to the loop once, as it did while
+                # the task ran, so that the workers start the sagas queued so far: a poll's
+                # first events do not wait for the whole poll's admission (without the yield,
+                # ~13,000 instructions fewer per event, but a start latency of ~9 ms at p50
+                # instead of ~0.7 in kafka_instructions.py's run)
+                claims = await state.store.claim_events(trigger_id, rows)
+                await asyncio.sleep(0)
         except asyncio.CancelledError:  # bounded: a store that hangs does not hold the
             # caller (a rebalance); the claims it did not answer are made again in a while
-            await asyncio.wait({claiming}, timeout=min(5.0, state.config.lease_seconds / 2))
-            claiming.cancel()  # a no-op once done
-            made = None
-            if claiming.done() and not claiming.cancelled() and claiming.exception() is None:
-                made = claiming.result()
+            made = claims  # the memory store's, answered before the batch yielded
+            if claiming is not None:
+                timeout = min(5.0, state.config.lease_seconds / 2)
+                await asyncio.wait({claiming}, timeout=timeout)
+                claiming.cancel()  # a no-op once done
+                if claiming.done() and not claiming.cancelled() and claiming.exception() is None:
+                    made = claiming.result()
             await _hand_back(admission, claimed, made, lease)
             raise
         except Exception:  # claimed again one by one: they wait for the store, or say why
