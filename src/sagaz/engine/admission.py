@@ -42,9 +42,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# read once: on Python 3.11 ``AdmissionOutcome.ACCEPTED`` goes through ``EnumType.__getattr__``'s
-# hook (about 1,000 instructions), once per accepted event
-_ACCEPTED = AdmissionOutcome.ACCEPTED
+_ACCEPTED = AdmissionOutcome.ACCEPTED  # read once: on 3.11 a read through EnumType's hook
 
 _STORE_UNAVAILABLE = AdmissionResult(
     AdmissionOutcome.REJECTED, error="the store is unavailable; retry later"
