@@ -35,39 +35,36 @@ class Settlement:
         was filtered or a duplicate, or it was dead-lettered again (the new dead letter
         replaces it)."""
         source = trigger.source
-        if delivery.replay_of is not None or (
-            source is not None and source.redeliverable and not source.settles_locally
-        ):
-            return self._ack(trigger, delivery)
-        # nothing to lose: no task, nor a coroutine when the source settles in the call (a
-        # Kafka record's ack, an in-process event's): once per event
-        try:
-            settling = delivery.ack()
-        except Exception as exc:
-            return self.report(trigger, exc, delivery.payload)
-        if settling is DONE:
-            return DONE
-        return self._settle(trigger, delivery, settling)
-
-    async def _ack(self, trigger: ActiveTrigger, delivery: Delivery) -> None:
-        """:meth:`ack` of a delivery a lost ack would redeliver, or of a replayed dead
-        letter."""
-        source = trigger.source
+        acking: Awaitable[None]
         if source is not None and source.redeliverable and not source.settles_locally:
-            # a lost broker ack means a redelivery: it finishes even if our caller is cancelled
-            await asyncio.shield(self._detach(self._settle(trigger, delivery, delivery.ack())))
-        else:
+            acking = self._ack_detached(trigger, delivery)
+        else:  # nothing to lose: no task, nor a coroutine when the source settles in the call
+            # (a Kafka record's ack, an in-process event's): once per event
             try:
                 settling = delivery.ack()
-                if settling is not DONE:
-                    await settling
             except Exception as exc:
-                await self.report(trigger, exc, delivery.payload)
+                acking = self.report(trigger, exc, delivery.payload)
+            else:
+                acking = settling if settling is DONE else self._settle(trigger, delivery, settling)
         if delivery.replay_of is not None:
-            try:
-                await self.state.store.delete_dead_letter(delivery.replay_of)
-            except Exception as exc:
-                await self.report(trigger, exc, delivery.payload)
+            return self._delete_replayed(trigger, delivery, delivery.replay_of, acking)
+        return acking
+
+    async def _ack_detached(self, trigger: ActiveTrigger, delivery: Delivery) -> None:
+        """Ack a delivery that a lost ack would have redelivered: in a task of its own, which
+        finishes even if our caller is cancelled."""
+        await asyncio.shield(self._detach(self._settle(trigger, delivery, delivery.ack())))
+
+    async def _delete_replayed(
+        self, trigger: ActiveTrigger, delivery: Delivery, replay_of: int, acking: Awaitable[None]
+    ) -> None:
+        """Await ``acking``, then delete the dead letter ``replay_of`` that ``delivery``
+        replays."""
+        await acking
+        try:
+            await self.state.store.delete_dead_letter(replay_of)
+        except Exception as exc:
+            await self.report(trigger, exc, delivery.payload)
 
     async def nack(self, trigger: ActiveTrigger, delivery: Delivery) -> None:
         """Leave the delivery for redelivery (shutdown, cancellation)."""
